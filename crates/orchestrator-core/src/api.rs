@@ -1,0 +1,288 @@
+//! The wire types of the HTTP API under `/v1`, shared by the daemon, the agent
+//! and the CLI so that all three speak exactly the same language.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::ErrorClass;
+use crate::machine::{JobState, RunState, StageState};
+use crate::plan::Plan;
+use crate::spec::CommandSpec;
+
+/// `POST /v1/runs`: submit a workflow to run in a project directory.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRun {
+    /// The workflow file's text (YAML or JSON).
+    pub workflow: String,
+    /// The file's name, used in error messages only.
+    #[serde(default)]
+    pub file: Option<String>,
+    /// Absolute path of the project directory the run works in.
+    pub project_dir: String,
+    /// The run's suggested priority; higher runs first. Default 0.
+    #[serde(default)]
+    pub priority: i32,
+}
+
+/// The answer to a submission.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Submitted {
+    pub run_id: String,
+    pub plan: Plan,
+}
+
+/// A run as listed by `orch ps`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunSummary {
+    pub id: String,
+    pub workflow: String,
+    pub project_dir: String,
+    pub state: RunState,
+    pub priority: i32,
+    pub stages_total: u32,
+    pub stages_succeeded: u32,
+    pub stages_ended: u32,
+    pub created_at_ms: i64,
+    pub ended_at_ms: Option<i64>,
+}
+
+/// One stage of a run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageView {
+    pub stage_id: String,
+    pub state: StageState,
+    pub needs: Vec<String>,
+    /// 0-based index of the current (or last) step.
+    pub step: u32,
+    pub steps_total: u32,
+    pub attempt: u32,
+    pub started_at_ms: Option<i64>,
+    pub ended_at_ms: Option<i64>,
+}
+
+/// One job: an attempt at one step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobView {
+    pub id: i64,
+    pub run_id: String,
+    pub stage_id: String,
+    pub step: u32,
+    pub attempt: u32,
+    pub state: JobState,
+    pub agent_id: Option<String>,
+    pub exit_codes: Vec<Option<i32>>,
+    pub error: Option<String>,
+    pub error_class: Option<ErrorClass>,
+    /// Path of the bundle directory, relative to the project directory.
+    pub bundle: Option<String>,
+    pub created_at_ms: i64,
+    pub started_at_ms: Option<i64>,
+    pub ended_at_ms: Option<i64>,
+}
+
+/// `GET /v1/runs/{id}`: a run with its stages, jobs and plan.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RunDetail {
+    pub run: RunSummary,
+    pub stages: Vec<StageView>,
+    pub jobs: Vec<JobView>,
+    pub plan: Plan,
+}
+
+/// `POST /v1/agents`: an agent introduces itself.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterAgent {
+    /// A stable name; registering again under the same name reuses the agent's id.
+    pub name: String,
+    /// Capabilities it offers.
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// How many jobs it runs at once.
+    pub slots: u32,
+    #[serde(default)]
+    pub hostname: Option<String>,
+}
+
+/// The answer to a registration.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentRegistered {
+    pub agent_id: String,
+    /// How long a lease lives without a heartbeat.
+    pub lease_ttl_ms: u64,
+    /// How often the agent should heartbeat.
+    pub heartbeat_interval_ms: u64,
+    /// Leases the daemon still thinks this agent holds from before (after a
+    /// restart of the agent they are stale: the agent must kill their commands).
+    #[serde(default)]
+    pub stale_jobs: Vec<i64>,
+}
+
+/// An agent as shown by the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentView {
+    pub id: String,
+    pub name: String,
+    pub labels: Vec<String>,
+    pub slots: u32,
+    pub running: u32,
+    pub hostname: Option<String>,
+    pub last_seen_ms: i64,
+}
+
+/// `POST /v1/agents/{id}/claim`: long-poll for a job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClaimRequest {
+    /// Longest time to wait for a job, in milliseconds (capped by the daemon).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// A job handed to an agent under a lease, with everything needed to run it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClaimedJob {
+    pub job_id: i64,
+    pub lease_id: i64,
+    /// Secret proving the holder; needed to heartbeat and complete.
+    pub lease_token: String,
+    pub lease_expires_at_ms: i64,
+    #[serde(flatten)]
+    pub spec: JobSpec,
+}
+
+/// What a job runs: one step of one stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub run_id: String,
+    pub stage_id: String,
+    pub step: u32,
+    pub steps_total: u32,
+    pub attempt: u32,
+    pub step_name: Option<String>,
+    pub project_dir: String,
+    /// Whether the workflow allows `run:` shell strings in this step.
+    pub shell: bool,
+    pub commands: Vec<CommandSpec>,
+    /// Workflow and stage environment, merged (stage wins).
+    pub env: BTreeMap<String, String>,
+    /// Longest time the step may run, from the stage's timeout.
+    pub timeout_ms: Option<u64>,
+}
+
+impl JobSpec {
+    /// The bundle directory of this attempt, relative to the project directory.
+    pub fn bundle_dir(&self, job_id: i64) -> String {
+        format!(
+            ".orchestrator/runs/{}/{}/{}",
+            self.run_id,
+            self.stage_id,
+            exec_id(self.step, self.attempt, job_id)
+        )
+    }
+}
+
+/// The name of one attempt's bundle directory: step, attempt and job id.
+pub fn exec_id(step: u32, attempt: u32, job_id: i64) -> String {
+    format!("step-{step:03}-attempt-{attempt}-job-{job_id}")
+}
+
+/// One lease an agent says it holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LeaseRef {
+    pub job_id: i64,
+    pub lease_token: String,
+}
+
+/// `POST /v1/agents/{id}/heartbeat`: the agent is alive and holds these leases.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRequest {
+    pub leases: Vec<LeaseRef>,
+}
+
+/// The answer to a heartbeat.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct HeartbeatResponse {
+    /// Leases extended, with their new expiry.
+    pub extended: Vec<i64>,
+    pub lease_expires_at_ms: i64,
+    /// Leases no longer held: the agent must kill these jobs' commands.
+    pub revoked: Vec<i64>,
+}
+
+/// `POST /v1/jobs/{id}/complete`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompleteRequest {
+    pub agent_id: String,
+    pub lease_token: String,
+    pub outcome: StepOutcome,
+}
+
+/// How a step ended, as the agent saw it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StepOutcome {
+    pub success: bool,
+    /// Exit code of each command that ran; None where a signal ended it.
+    pub exit_codes: Vec<Option<i32>>,
+    pub error: Option<String>,
+    pub error_class: Option<ErrorClass>,
+    /// Bundle directory relative to the project directory.
+    pub bundle: String,
+    pub duration_ms: u64,
+}
+
+/// The answer to a completion.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Completed {
+    pub job_id: i64,
+    pub stage_state: StageState,
+    pub run_state: RunState,
+}
+
+/// The bundle's `manifest.json`: the immutable record of one attempt.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub run_id: String,
+    pub stage_id: String,
+    pub step: u32,
+    pub step_name: Option<String>,
+    pub attempt: u32,
+    pub job_id: i64,
+    pub agent_id: String,
+    pub hostname: Option<String>,
+    pub started_at_ms: i64,
+    pub ended_at_ms: i64,
+    pub success: bool,
+    pub error: Option<String>,
+    pub error_class: Option<ErrorClass>,
+    pub commands: Vec<CommandRecord>,
+}
+
+/// One command of a bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    /// The argv that ran (for `run:`, `["/bin/sh", "-c", RUN]`).
+    pub argv: Vec<String>,
+    pub cwd: String,
+    /// Names of the environment variables the step set (values are not recorded).
+    pub env_keys: Vec<String>,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    pub timed_out: bool,
+    pub duration_ms: u64,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Every error answer of the API.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+    /// Structured details where there are some (e.g. workflow errors).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub details: Option<serde_json::Value>,
+}

@@ -1,0 +1,28 @@
+//! The pure domain of the orchestrator: no I/O, no async, no clock.
+//!
+//! What it is: the workflow spec and its validation ([`spec`], [`validate`]),
+//! the DAG planner ([`plan`]: topological layers, their width, the critical
+//! path), the state machines of run, stage and job ([`machine`]: functions
+//! from (state, event) to (state, effects)), the classification of failures
+//! ([`error`]) and the wire types of the HTTP API ([`api`]) shared by daemon,
+//! agent and CLI.
+//!
+//! What it is not: it never touches a file, a socket, a database or the time
+//! of day. The store applies the effects the machines return and writes the
+//! transition rows; the daemon and the agent do the I/O. That keeps every rule
+//! here testable exhaustively and deterministically.
+//!
+//! Main types: [`spec::Workflow`], [`plan::Plan`], [`machine::StageState`],
+//! [`machine::Transition`], [`api::ClaimedJob`], [`api::Manifest`].
+
+pub mod api;
+pub mod error;
+pub mod machine;
+pub mod plan;
+pub mod spec;
+pub mod validate;
+
+pub use machine::{Entity, JobState, RunState, StageState, Transition};
+pub use plan::{plan, Plan};
+pub use spec::Workflow;
+pub use validate::{parse_workflow, SpecError, SpecErrors};

@@ -1,0 +1,293 @@
+//! The state machines of run, stage and job, as pure functions from
+//! (state, event) to (state, effects). The store applies the effects and
+//! writes a transition row for every change; nothing changes state any other way.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! states {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal),* $(,)? } terminal: [$($t:ident),*]) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(rename_all = "snake_case")]
+        pub enum $name { $($(#[$vm])* $v),* }
+        impl $name {
+            /// Every state, for exhaustive tests and metrics.
+            pub const ALL: &'static [$name] = &[$($name::$v),*];
+            /// The name used in the store, the API and the CLI.
+            pub fn as_str(self) -> &'static str { match self { $($name::$v => $s),* } }
+            /// Parses a name written by [`Self::as_str`].
+            pub fn parse(s: &str) -> Option<Self> { match s { $($s => Some($name::$v),)* _ => None } }
+            /// Whether no event leaves this state.
+            pub fn is_terminal(self) -> bool { matches!(self, $($name::$t)|*) }
+        }
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
+        }
+    };
+}
+
+states!(
+    /// The state of a run.
+    RunState {
+        /// Some stage has not ended.
+        Running = "running",
+        /// Every stage succeeded.
+        Succeeded = "succeeded",
+        /// Every stage ended and at least one failed or was blocked.
+        Failed = "failed",
+        /// A human cancelled it.
+        Cancelled = "cancelled",
+    } terminal: [Succeeded, Failed, Cancelled]
+);
+
+states!(
+    /// The state of one stage of a run.
+    StageState {
+        /// Waiting for the stages it needs.
+        Pending = "pending",
+        /// A job for its next step waits for an agent.
+        Queued = "queued",
+        /// An agent holds the job of its current step.
+        Running = "running",
+        /// Its last step succeeded.
+        Succeeded = "succeeded",
+        /// A step failed.
+        Failed = "failed",
+        /// A stage it needs failed, so it cannot run.
+        Blocked = "blocked",
+        /// Its run was cancelled.
+        Cancelled = "cancelled",
+    } terminal: [Succeeded, Failed, Blocked, Cancelled]
+);
+
+states!(
+    /// The state of a job: one attempt at one step.
+    JobState {
+        /// Waiting for an agent to claim it.
+        Queued = "queued",
+        /// An agent holds it under a live lease.
+        Leased = "leased",
+        /// The step's commands all exited 0.
+        Succeeded = "succeeded",
+        /// A command failed or the step could not run.
+        Failed = "failed",
+        /// Its lease ran out before it completed; the stage was requeued.
+        Expired = "expired",
+        /// Its run was cancelled.
+        Cancelled = "cancelled",
+    } terminal: [Succeeded, Failed, Expired, Cancelled]
+);
+
+/// An event refused by a state machine: the state did not allow it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{entity} in state {state} cannot take event {event}")]
+pub struct RejectedTransition {
+    pub entity: &'static str,
+    pub state: String,
+    pub event: String,
+}
+
+fn reject<S: fmt::Display, E: fmt::Debug>(entity: &'static str, s: S, e: E) -> RejectedTransition {
+    RejectedTransition {
+        entity,
+        state: s.to_string(),
+        event: format!("{e:?}"),
+    }
+}
+
+/// What happens to a stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageEvent {
+    /// Every stage it needs succeeded.
+    NeedsMet,
+    /// An agent leased the job of its current step.
+    Started,
+    /// Step `step` (0-based) of `steps` succeeded.
+    StepSucceeded { step: u32, steps: u32 },
+    /// The current step failed.
+    StepFailed,
+    /// The attempt was lost (lease expired, agent gone): restart from step 0,
+    /// unless `attempt` already reached `max_attempts`.
+    AttemptLost { attempt: u32, max_attempts: u32 },
+    /// A stage it needs failed or was blocked.
+    UpstreamFailed,
+    /// Its run was cancelled.
+    Cancel,
+}
+
+/// What the store must do after a stage transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StageEffect {
+    /// Create a job for this step, with this attempt number.
+    EnqueueStep { step: u32, attempt: u32 },
+    /// The stage succeeded: dependents may have become runnable.
+    ReleaseDependents,
+    /// The stage ended without success: its pending dependents are blocked.
+    BlockDependents,
+    /// Cancel the stage's live job, if any.
+    CancelJob,
+    /// The stage ended: re-evaluate the run.
+    StageEnded,
+}
+
+/// The stage machine. `attempt` is the stage's current attempt (1-based).
+pub fn stage_on(
+    s: StageState,
+    attempt: u32,
+    e: StageEvent,
+) -> Result<(StageState, Vec<StageEffect>), RejectedTransition> {
+    use StageEffect as F;
+    use StageEvent as E;
+    use StageState as S;
+    Ok(match (s, e) {
+        (S::Pending, E::NeedsMet) => (S::Queued, vec![F::EnqueueStep { step: 0, attempt }]),
+        (S::Queued, E::Started) => (S::Running, vec![]),
+        (S::Running, E::StepSucceeded { step, steps }) if step + 1 < steps => (
+            S::Queued,
+            vec![F::EnqueueStep {
+                step: step + 1,
+                attempt,
+            }],
+        ),
+        (S::Running, E::StepSucceeded { step, steps }) if step + 1 == steps => {
+            (S::Succeeded, vec![F::ReleaseDependents, F::StageEnded])
+        }
+        (S::Running, E::StepFailed) => (S::Failed, vec![F::BlockDependents, F::StageEnded]),
+        (
+            S::Running | S::Queued,
+            E::AttemptLost {
+                attempt: a,
+                max_attempts,
+            },
+        ) => {
+            if a >= max_attempts {
+                (S::Failed, vec![F::BlockDependents, F::StageEnded])
+            } else {
+                (
+                    S::Queued,
+                    vec![F::EnqueueStep {
+                        step: 0,
+                        attempt: a + 1,
+                    }],
+                )
+            }
+        }
+        (S::Pending, E::UpstreamFailed) => (S::Blocked, vec![F::BlockDependents, F::StageEnded]),
+        (S::Pending | S::Queued | S::Running, E::Cancel) => {
+            (S::Cancelled, vec![F::CancelJob, F::StageEnded])
+        }
+        (s, e) => return Err(reject("stage", s, e)),
+    })
+}
+
+/// What happens to a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobEvent {
+    /// An agent claimed it and got a lease.
+    Lease,
+    /// The agent completed it: all commands exited 0.
+    Succeed,
+    /// The agent completed it with a failure.
+    Fail,
+    /// Its lease ran out.
+    Expire,
+    /// Its run was cancelled.
+    Cancel,
+}
+
+/// The job machine.
+pub fn job_on(s: JobState, e: JobEvent) -> Result<JobState, RejectedTransition> {
+    use JobEvent as E;
+    use JobState as S;
+    Ok(match (s, e) {
+        (S::Queued, E::Lease) => S::Leased,
+        (S::Leased, E::Succeed) => S::Succeeded,
+        (S::Leased, E::Fail) => S::Failed,
+        (S::Leased, E::Expire) => S::Expired,
+        (S::Queued | S::Leased, E::Cancel) => S::Cancelled,
+        (s, e) => return Err(reject("job", s, e)),
+    })
+}
+
+/// What happens to a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEvent {
+    /// A stage ended; `open` stages have not ended yet, `unsuccessful` ended
+    /// without success (failed, blocked or cancelled).
+    StageEnded { open: usize, unsuccessful: usize },
+    /// A human cancelled the run.
+    Cancel,
+}
+
+/// The run machine. A `StageEnded` that leaves stages open keeps the run running.
+pub fn run_on(s: RunState, e: RunEvent) -> Result<RunState, RejectedTransition> {
+    use RunEvent as E;
+    use RunState as S;
+    Ok(match (s, e) {
+        (S::Running, E::StageEnded { open, .. }) if open > 0 => S::Running,
+        (
+            S::Running,
+            E::StageEnded {
+                unsuccessful: 0, ..
+            },
+        ) => S::Succeeded,
+        (S::Running, E::StageEnded { .. }) => S::Failed,
+        (S::Running, E::Cancel) => S::Cancelled,
+        (s, e) => return Err(reject("run", s, e)),
+    })
+}
+
+/// The kind of entity a transition row is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Entity {
+    Run,
+    Stage,
+    Job,
+    Lease,
+    Agent,
+}
+
+impl Entity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Entity::Run => "run",
+            Entity::Stage => "stage",
+            Entity::Job => "job",
+            Entity::Lease => "lease",
+            Entity::Agent => "agent",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "run" => Entity::Run,
+            "stage" => Entity::Stage,
+            "job" => Entity::Job,
+            "lease" => Entity::Lease,
+            "agent" => Entity::Agent,
+            _ => return None,
+        })
+    }
+}
+
+/// One row of the transitions log: every state change, with why and who.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Transition {
+    /// Position in the log; strictly increasing.
+    pub seq: i64,
+    pub entity: Entity,
+    /// The entity's id: a run id, `run_id/stage_id`, a job id, a lease id or an agent id.
+    pub entity_id: String,
+    /// The run it belongs to, when it belongs to one.
+    pub run_id: Option<String>,
+    /// The state before; None for a creation.
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: String,
+    /// Who caused it: `user:<name>`, `agent:<id>`, `scheduler`, `reaper`, `daemon`.
+    pub actor: String,
+    /// Unix time in milliseconds.
+    pub at_ms: i64,
+}

@@ -1,0 +1,219 @@
+//! The workflow definition as a user writes it: a named DAG of stages, each a
+//! sequence of steps, each step an exec block of structured commands.
+//!
+//! These types are the published contract (`orch schema` prints their JSON
+//! Schema), so every field carries a doc comment and unknown fields are refused.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// A workflow file: a DAG of stages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Workflow {
+    /// Name of the workflow, shown in `orch ps`. Letters, digits, `_`, `-`, `.`.
+    pub name: String,
+    /// Free text for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Environment variables given to every command of every stage.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The stages; order does not matter, `needs` decides it.
+    pub stages: Vec<Stage>,
+}
+
+/// A node of the workflow graph: a sequence of steps that runs once every
+/// stage it `needs` has succeeded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    /// Unique id within the workflow. Letters, digits, `_`, `-`, `.`; at most 64.
+    pub id: String,
+    /// Free text for humans.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub description: Option<String>,
+    /// Ids of the stages that must succeed before this one starts.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub needs: Vec<String>,
+    /// Capabilities an agent must have (all of them) to run this stage.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub labels: Vec<String>,
+    /// Longest time the whole stage may run, e.g. `30s`, `10m`, `2h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+    /// Expected duration, used only by the planner's critical path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<DurationSpec>,
+    /// Environment variables for every command of this stage (over the workflow's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// The steps, run in order; a checkpoint follows each.
+    pub steps: Vec<Step>,
+}
+
+/// The unit of work between two checkpoints: an exec block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Step {
+    /// Optional name shown in `orch show` and the bundle manifest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Allows commands of this step to use `run:` (a shell string run by `/bin/sh -c`).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shell: bool,
+    /// The commands, run one after the other; the first failure ends the step.
+    pub commands: Vec<CommandSpec>,
+}
+
+/// One command of an exec block: either `argv` or, in a `shell: true` step, `run`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSpec {
+    /// Program and arguments, run directly without a shell.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub argv: Vec<String>,
+    /// A shell string, allowed only in a step with `shell: true`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<String>,
+    /// Working directory relative to the project directory; must stay inside it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Environment variables for this command (over the stage's).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// Longest time this command may run; its whole process group is killed after.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<DurationSpec>,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+/// A duration written as an integer number of seconds or a string with a unit:
+/// `250ms`, `30s`, `10m`, `2h`. Held in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DurationSpec(pub u64);
+
+impl DurationSpec {
+    pub fn from_secs(s: u64) -> Self {
+        DurationSpec(s.saturating_mul(1000))
+    }
+    pub fn as_millis(self) -> u64 {
+        self.0
+    }
+    /// Parses `250ms`, `30s`, `10m`, `2h` or a bare number of seconds.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let t = text.trim();
+        let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (digits, unit) = t.split_at(split);
+        let n: u64 = digits.parse().map_err(|_| {
+            format!("invalid duration {text:?}: expected a number with a unit such as 250ms, 30s, 10m or 2h")
+        })?;
+        let factor = match unit.trim() {
+            "ms" => 1,
+            "" | "s" => 1000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            other => {
+                return Err(format!(
+                    "invalid duration {text:?}: unknown unit {other:?}, expected ms, s, m or h"
+                ))
+            }
+        };
+        Ok(DurationSpec(n.saturating_mul(factor)))
+    }
+}
+
+impl fmt::Display for DurationSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0;
+        if ms % 3_600_000 == 0 && ms > 0 {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms % 60_000 == 0 && ms > 0 {
+            write!(f, "{}m", ms / 60_000)
+        } else if ms % 1000 == 0 {
+            write!(f, "{}s", ms / 1000)
+        } else {
+            write!(f, "{ms}ms")
+        }
+    }
+}
+
+impl Serialize for DurationSpec {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_string())
+    }
+}
+
+impl<'de> Deserialize<'de> for DurationSpec {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = DurationSpec;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as 30s, 10m, 2h, 250ms or a number of seconds")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DurationSpec, E> {
+                Ok(DurationSpec::from_secs(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<DurationSpec, E> {
+                u64::try_from(v)
+                    .map(DurationSpec::from_secs)
+                    .map_err(|_| E::custom(format!("invalid duration {v}: must not be negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<DurationSpec, E> {
+                DurationSpec::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl JsonSchema for DurationSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Duration".into()
+    }
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "A number of seconds, or a string with a unit: 250ms, 30s, 10m, 2h.",
+            "anyOf": [
+                {"type": "integer", "minimum": 0},
+                {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)?$"}
+            ]
+        })
+    }
+}
+
+/// The JSON Schema of a workflow file, as printed by `orch schema`.
+pub fn workflow_schema() -> serde_json::Value {
+    let schema = schemars::schema_for!(Workflow);
+    serde_json::to_value(schema).unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_and_without_units() {
+        assert_eq!(DurationSpec::parse("250ms").unwrap().0, 250);
+        assert_eq!(DurationSpec::parse("30s").unwrap().0, 30_000);
+        assert_eq!(DurationSpec::parse("10m").unwrap().0, 600_000);
+        assert_eq!(DurationSpec::parse("2h").unwrap().0, 7_200_000);
+        assert_eq!(DurationSpec::parse("7").unwrap().0, 7_000);
+        assert!(DurationSpec::parse("5 days").is_err());
+        assert!(DurationSpec::parse("m").is_err());
+    }
+
+    #[test]
+    fn durations_display_round_trips() {
+        for s in ["250ms", "30s", "10m", "2h", "0s"] {
+            assert_eq!(DurationSpec::parse(s).unwrap().to_string(), s);
+        }
+    }
+}
