@@ -1,1 +1,152 @@
-//! placeholder
+//! The store: where every run, stage run, job, lease, agent and transition lives.
+//!
+//! What it is: the [`Store`] trait the daemon talks to, and its embedded
+//! SQLite implementation ([`SqliteStore`]: WAL, `synchronous=FULL`, versioned
+//! migrations). One writer thread owns the write connection; every write is a
+//! command sent to it over a bounded channel. The writer drains whatever
+//! commands are waiting (up to `max_items`, for at most `max_ms`), runs each in
+//! its own savepoint, commits them all in one transaction (group commit), and
+//! only then answers each caller and publishes the batch's transitions. Reads
+//! use a separate connection and never wait for the writer.
+//!
+//! Every state change goes through a state machine of `orchestrator-core` and
+//! is written with its transition row in the same transaction. When a stage
+//! succeeds, its dependents' count of unmet needs drops; at the end of each
+//! batch that released stages (or submitted a run) the scheduler pass turns
+//! every runnable stage into a queued job, inside the same transaction, so a
+//! completion and the work it unlocks commit together.
+//!
+//! What it is not: it does no HTTP and no process handling, and it decides
+//! nothing the core's machines do not allow.
+//!
+//! Main types: [`Store`], [`SqliteStore`], [`StoreOptions`], [`NewRun`], [`StoreError`].
+
+mod ids;
+mod sqlite;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use orchestrator_core::api::{
+    AgentRegistered, AgentView, ClaimedJob, CompleteRequest, Completed, HeartbeatResponse,
+    LeaseRef, RegisterAgent, RunDetail, RunSummary, Submitted,
+};
+use orchestrator_core::{SpecErrors, Transition};
+use tokio::sync::{broadcast, Notify};
+
+pub use ids::{new_secret, now_ms};
+pub use sqlite::{SqliteStore, StoreOptions, WriterStats};
+
+/// A run to create.
+#[derive(Debug, Clone)]
+pub struct NewRun {
+    /// The workflow file's text.
+    pub workflow: String,
+    /// The file's name for error messages.
+    pub file: Option<String>,
+    /// Absolute project directory.
+    pub project_dir: String,
+    pub priority: i32,
+    /// Who submitted it, for the transition row (`user:admin`).
+    pub actor: String,
+}
+
+/// Counts for `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    /// (state, count) of runs, stages and jobs.
+    pub runs: Vec<(String, i64)>,
+    pub stages: Vec<(String, i64)>,
+    pub jobs: Vec<(String, i64)>,
+    pub agents: i64,
+    pub transitions: i64,
+}
+
+/// Why a store operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    #[error("{what} {id:?} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("invalid workflow:\n{0}")]
+    InvalidWorkflow(SpecErrors),
+    #[error("lease of job {job_id} refused: {reason}")]
+    StaleLease { job_id: i64, reason: String },
+    #[error("agent {agent_id} may not do this: {reason}")]
+    Forbidden { agent_id: String, reason: String },
+    #[error("refused: {0}")]
+    Conflict(String),
+    #[error("store error: {0}")]
+    Database(String),
+    #[error("the store is shut down")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything the daemon needs from a store. Implementations must write every
+/// state change together with its transition row in one transaction.
+pub trait Store: Send + Sync + 'static {
+    /// Validates, plans and writes a run with its stage runs and `requires`
+    /// edges; runnable stages are queued in the same transaction.
+    fn submit_run(&self, run: NewRun) -> impl Future<Output = Result<Submitted>> + Send;
+    /// Registers an agent (again, under the same name, reusing its id). Leases
+    /// an earlier incarnation held are void: their stages are requeued.
+    fn register_agent(
+        &self,
+        reg: RegisterAgent,
+        lease_ttl_ms: u64,
+        heartbeat_interval_ms: u64,
+    ) -> impl Future<Output = Result<AgentRegistered>> + Send;
+    /// Leases the best queued job this agent can run, if any.
+    fn claim(
+        &self,
+        agent_id: &str,
+        lease_ttl_ms: u64,
+    ) -> impl Future<Output = Result<Option<ClaimedJob>>> + Send;
+    /// Extends the leases the agent proves it holds; lists those it no longer holds.
+    fn heartbeat(
+        &self,
+        agent_id: &str,
+        leases: Vec<LeaseRef>,
+        lease_ttl_ms: u64,
+    ) -> impl Future<Output = Result<HeartbeatResponse>> + Send;
+    /// Completes a job under its live lease. A stale token is refused with
+    /// [`StoreError::StaleLease`] and the refusal is recorded as a transition.
+    fn complete(
+        &self,
+        job_id: i64,
+        req: CompleteRequest,
+    ) -> impl Future<Output = Result<Completed>> + Send;
+    /// Expires every active lease whose time ran out before `now_ms`; returns how many.
+    fn expire_leases(&self, now_ms: i64) -> impl Future<Output = Result<usize>> + Send;
+    /// Gives every active lease `grace_ms` more, so agents can reach a daemon
+    /// that just restarted before their leases are judged.
+    fn resume(&self, grace_ms: u64) -> impl Future<Output = Result<usize>> + Send;
+    /// The earliest expiry among active leases.
+    fn next_lease_expiry(&self) -> impl Future<Output = Result<Option<i64>>> + Send;
+
+    fn list_runs(&self, limit: u32) -> impl Future<Output = Result<Vec<RunSummary>>> + Send;
+    fn run_detail(&self, run_id: &str) -> impl Future<Output = Result<RunDetail>> + Send;
+    fn list_agents(&self) -> impl Future<Output = Result<Vec<AgentView>>> + Send;
+    /// Transitions with `seq > after`, oldest first, at most `limit`.
+    fn transitions_since(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<Vec<Transition>>> + Send;
+    fn counts(&self) -> impl Future<Output = Result<Counts>> + Send;
+
+    /// Every committed batch's transitions, in commit order.
+    fn subscribe(&self) -> broadcast::Receiver<Arc<[Transition]>>;
+    /// Notified after every commit that queued at least one job.
+    fn jobs_queued(&self) -> Arc<Notify>;
+    fn writer_stats(&self) -> WriterStats;
+    /// Finishes the writer's work and closes the store cleanly.
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}

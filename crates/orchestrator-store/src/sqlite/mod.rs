@@ -1,0 +1,234 @@
+//! The embedded SQLite store: a writer thread for every change, a read
+//! connection for queries.
+
+mod ops;
+mod reads;
+mod schema;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orchestrator_core::api::{
+    AgentRegistered, AgentView, ClaimedJob, CompleteRequest, Completed, HeartbeatResponse,
+    LeaseRef, RegisterAgent, RunDetail, RunSummary, Submitted,
+};
+use orchestrator_core::Transition;
+use rusqlite::Connection;
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+
+use crate::{Counts, NewRun, Result, Store, StoreError};
+use writer::{Command, Ctx, Stats, Writer};
+pub use writer::WriterStats;
+
+/// How the store batches and where it lives.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// The database file; created with its directory when missing.
+    pub path: PathBuf,
+    /// Most commands committed in one transaction.
+    pub max_items: usize,
+    /// Longest time, in milliseconds, a batch keeps taking commands that are
+    /// already waiting before it commits (the writer never waits for new ones).
+    pub max_ms: u64,
+    /// Capacity of the writer's command queue; senders wait when it is full.
+    pub queue: usize,
+}
+
+impl StoreOptions {
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        StoreOptions { path: path.into(), max_items: 256, max_ms: 5, queue: 4096 }
+    }
+}
+
+/// The SQLite implementation of [`Store`].
+pub struct SqliteStore {
+    tx: Mutex<Option<mpsc::Sender<Command>>>,
+    read: Arc<Mutex<Connection>>,
+    events: broadcast::Sender<Arc<[Transition]>>,
+    jobs_queued: Arc<Notify>,
+    stats: Arc<Stats>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+fn open_conn(path: &Path) -> Result<Connection> {
+    let conn = Connection::open(path).map_err(|e| {
+        StoreError::Database(format!("cannot open the store at {}: {e}", path.display()))
+    })?;
+    schema::configure(&conn)?;
+    Ok(conn)
+}
+
+impl SqliteStore {
+    /// Opens (creating and migrating when needed) the store and starts its writer.
+    pub fn open(opts: StoreOptions) -> Result<Self> {
+        if let Some(dir) = opts.path.parent() {
+            if !dir.as_os_str().is_empty() {
+                std::fs::create_dir_all(dir).map_err(|e| {
+                    StoreError::Database(format!("cannot create {}: {e}", dir.display()))
+                })?;
+            }
+        }
+        let mut wconn = open_conn(&opts.path)?;
+        schema::migrate(&mut wconn)?;
+        let read = open_conn(&opts.path)?;
+        let (tx, rx) = mpsc::channel(opts.queue.max(1));
+        let (events, _) = broadcast::channel(4096);
+        let jobs_queued = Arc::new(Notify::new());
+        let stats = Arc::new(Stats::default());
+        let w = Writer {
+            conn: wconn,
+            rx,
+            max_items: opts.max_items.max(1),
+            max_wait: Duration::from_millis(opts.max_ms),
+            events: events.clone(),
+            jobs_queued: jobs_queued.clone(),
+            stats: stats.clone(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || w.run())
+            .map_err(|e| StoreError::Database(format!("cannot start the store writer: {e}")))?;
+        Ok(SqliteStore {
+            tx: Mutex::new(Some(tx)),
+            read: Arc::new(Mutex::new(read)),
+            events,
+            jobs_queued,
+            stats,
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn sender(&self) -> Result<mpsc::Sender<Command>> {
+        self.tx
+            .lock()
+            .map_err(|_| StoreError::Closed)?
+            .clone()
+            .ok_or(StoreError::Closed)
+    }
+
+    /// Sends `f` to the writer; answers after the batch holding it commits.
+    async fn write<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Ctx<'_>) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let (reply, answer) = oneshot::channel::<Result<R>>();
+        let cmd: Command = Box::new(move |ctx: &mut Ctx<'_>| {
+            let r = ctx.savepoint(f);
+            Box::new(move |commit_error: Option<&StoreError>| {
+                let _ = reply.send(match commit_error {
+                    Some(e) => Err(e.clone()),
+                    None => r,
+                });
+            })
+        });
+        self.sender()?.send(cmd).await.map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a query on the read connection off the async threads.
+    async fn read<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        let conn = self.read.clone();
+        tokio::task::spawn_blocking(move || {
+            let c = conn.lock().map_err(|_| StoreError::Database("read connection poisoned".into()))?;
+            f(&c)
+        })
+        .await
+        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+    }
+}
+
+impl Store for SqliteStore {
+    async fn submit_run(&self, run: NewRun) -> Result<Submitted> {
+        self.write(move |ctx| ops::submit_run(ctx, run)).await
+    }
+
+    async fn register_agent(
+        &self,
+        reg: RegisterAgent,
+        lease_ttl_ms: u64,
+        heartbeat_interval_ms: u64,
+    ) -> Result<AgentRegistered> {
+        self.write(move |ctx| ops::register_agent(ctx, reg, lease_ttl_ms, heartbeat_interval_ms))
+            .await
+    }
+
+    async fn claim(&self, agent_id: &str, lease_ttl_ms: u64) -> Result<Option<ClaimedJob>> {
+        let agent_id = agent_id.to_owned();
+        self.write(move |ctx| ops::claim(ctx, &agent_id, lease_ttl_ms)).await
+    }
+
+    async fn heartbeat(
+        &self,
+        agent_id: &str,
+        leases: Vec<LeaseRef>,
+        lease_ttl_ms: u64,
+    ) -> Result<HeartbeatResponse> {
+        let agent_id = agent_id.to_owned();
+        self.write(move |ctx| ops::heartbeat(ctx, &agent_id, leases, lease_ttl_ms)).await
+    }
+
+    async fn complete(&self, job_id: i64, req: CompleteRequest) -> Result<Completed> {
+        self.write(move |ctx| ops::complete(ctx, job_id, req)).await?
+    }
+
+    async fn expire_leases(&self, now_ms: i64) -> Result<usize> {
+        self.write(move |ctx| ops::expire_leases(ctx, now_ms)).await
+    }
+
+    async fn resume(&self, grace_ms: u64) -> Result<usize> {
+        self.write(move |ctx| ops::resume(ctx, grace_ms)).await
+    }
+
+    async fn next_lease_expiry(&self) -> Result<Option<i64>> {
+        self.read(reads::next_lease_expiry).await
+    }
+
+    async fn list_runs(&self, limit: u32) -> Result<Vec<RunSummary>> {
+        self.read(move |c| reads::list_runs(c, limit)).await
+    }
+
+    async fn run_detail(&self, run_id: &str) -> Result<RunDetail> {
+        let id = run_id.to_owned();
+        self.read(move |c| reads::run_detail(c, &id)).await
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentView>> {
+        self.read(reads::list_agents).await
+    }
+
+    async fn transitions_since(&self, after: i64, limit: u32) -> Result<Vec<Transition>> {
+        self.read(move |c| reads::transitions_since(c, after, limit)).await
+    }
+
+    async fn counts(&self) -> Result<Counts> {
+        self.read(reads::counts).await
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<[Transition]>> {
+        self.events.subscribe()
+    }
+
+    fn jobs_queued(&self) -> Arc<Notify> {
+        self.jobs_queued.clone()
+    }
+
+    fn writer_stats(&self) -> WriterStats {
+        self.stats.snapshot()
+    }
+
+    async fn close(&self) {
+        // Dropping the last sender ends the writer's loop after its queue drains.
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
+        if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Queries on the read connection. They never wait for the writer: WAL lets
+//! them read the last committed state while a batch is being written.
+
+use orchestrator_core::api::{AgentView, JobView, RunDetail, RunSummary, StageView};
+use orchestrator_core::error::ErrorClass;
+use orchestrator_core::{Entity, JobState, RunState, StageState, Transition, Workflow};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use crate::{Counts, Result, StoreError};
+
+const RUN_COLS: &str = "id, workflow, project_dir, state, priority, stages_total, stages_succeeded, stages_ended, created_at, ended_at";
+
+fn run_summary(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
+    let state: String = r.get(3)?;
+    Ok(RunSummary {
+        id: r.get(0)?,
+        workflow: r.get(1)?,
+        project_dir: r.get(2)?,
+        state: RunState::parse(&state).unwrap_or(RunState::Failed),
+        priority: r.get(4)?,
+        stages_total: r.get(5)?,
+        stages_succeeded: r.get(6)?,
+        stages_ended: r.get(7)?,
+        created_at_ms: r.get(8)?,
+        ended_at_ms: r.get(9)?,
+    })
+}
+
+pub fn list_runs(conn: &Connection, limit: u32) -> Result<Vec<RunSummary>> {
+    let sql = format!("SELECT {RUN_COLS} FROM runs ORDER BY created_at DESC, id LIMIT ?1");
+    let rows = conn
+        .prepare_cached(&sql)?
+        .query_map([limit], run_summary)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+/// Finds a run by its id or by an unambiguous prefix of it.
+fn resolve_run(conn: &Connection, id: &str) -> Result<String> {
+    let exact: Option<String> = conn
+        .prepare_cached("SELECT id FROM runs WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    if let Some(x) = exact {
+        return Ok(x);
+    }
+    let like = format!("{}%", id.replace(['%', '_'], ""));
+    let found: Vec<String> = conn
+        .prepare_cached("SELECT id FROM runs WHERE id LIKE ?1 LIMIT 2")?
+        .query_map([like], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    match found.as_slice() {
+        [one] if !id.is_empty() => Ok(one.clone()),
+        [] | [_] => Err(StoreError::NotFound { what: "run", id: id.to_owned() }),
+        _ => Err(StoreError::Conflict(format!("run id prefix {id:?} is ambiguous; give more characters"))),
+    }
+}
+
+pub fn run_detail(conn: &Connection, id: &str) -> Result<RunDetail> {
+    let id = resolve_run(conn, id)?;
+    let sql = format!("SELECT {RUN_COLS}, spec FROM runs WHERE id = ?1");
+    let (run, spec): (RunSummary, String) = conn
+        .prepare_cached(&sql)?
+        .query_row([&id], |r| Ok((run_summary(r)?, r.get(10)?)))?;
+    let wf: Workflow = serde_json::from_str(&spec).map_err(|e| StoreError::Database(format!("run {id}: {e}")))?;
+    let plan = orchestrator_core::plan(&wf)
+        .map_err(|c| StoreError::Database(format!("run {id}: stored spec has a cycle {c:?}")))?;
+    let mut stages: Vec<StageView> = conn
+        .prepare_cached(
+            "SELECT stage_id, state, step, steps_total, attempt, started_at, ended_at, ord
+             FROM stage_runs WHERE run_id = ?1 ORDER BY ord",
+        )?
+        .query_map([&id], |r| {
+            let state: String = r.get(1)?;
+            Ok(StageView {
+                stage_id: r.get(0)?,
+                state: StageState::parse(&state).unwrap_or(StageState::Failed),
+                needs: Vec::new(),
+                step: r.get(2)?,
+                steps_total: r.get(3)?,
+                attempt: r.get(4)?,
+                started_at_ms: r.get(5)?,
+                ended_at_ms: r.get(6)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    for (s, spec) in stages.iter_mut().zip(&wf.stages) {
+        s.needs = spec.needs.clone();
+    }
+    let jobs = conn
+        .prepare_cached(
+            "SELECT id, run_id, stage_id, step, attempt, state, agent_id, exit_codes, error, error_class, bundle,
+                    created_at, started_at, ended_at
+             FROM jobs WHERE run_id = ?1 ORDER BY id",
+        )?
+        .query_map([&id], job_view)?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(RunDetail { run, stages, jobs, plan })
+}
+
+fn job_view(r: &Row<'_>) -> rusqlite::Result<JobView> {
+    let state: String = r.get(5)?;
+    let codes: Option<String> = r.get(7)?;
+    let class: Option<String> = r.get(9)?;
+    Ok(JobView {
+        id: r.get(0)?,
+        run_id: r.get(1)?,
+        stage_id: r.get(2)?,
+        step: r.get(3)?,
+        attempt: r.get(4)?,
+        state: JobState::parse(&state).unwrap_or(JobState::Failed),
+        agent_id: r.get(6)?,
+        exit_codes: codes.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default(),
+        error: r.get(8)?,
+        error_class: class.and_then(|c| ErrorClass::parse(&c)),
+        bundle: r.get(10)?,
+        created_at_ms: r.get(11)?,
+        started_at_ms: r.get(12)?,
+        ended_at_ms: r.get(13)?,
+    })
+}
+
+pub fn list_agents(conn: &Connection) -> Result<Vec<AgentView>> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT a.id, a.name, a.labels, a.slots, a.hostname, a.last_seen_at,
+                    (SELECT COUNT(*) FROM leases l WHERE l.agent_id = a.id AND l.state = 'active')
+             FROM agents a ORDER BY a.name",
+        )?
+        .query_map([], |r| {
+            let labels: String = r.get(2)?;
+            Ok(AgentView {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                labels: serde_json::from_str(&labels).unwrap_or_default(),
+                slots: r.get(3)?,
+                hostname: r.get(4)?,
+                last_seen_ms: r.get(5)?,
+                running: r.get(6)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+pub fn transitions_since(conn: &Connection, after: i64, limit: u32) -> Result<Vec<Transition>> {
+    let rows = conn
+        .prepare_cached(
+            "SELECT seq, entity, entity_id, run_id, from_state, to_state, reason, actor, at
+             FROM transitions WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        )?
+        .query_map(params![after, limit], |r| {
+            let entity: String = r.get(1)?;
+            Ok(Transition {
+                seq: r.get(0)?,
+                entity: Entity::parse(&entity).unwrap_or(Entity::Run),
+                entity_id: r.get(2)?,
+                run_id: r.get(3)?,
+                from: r.get(4)?,
+                to: r.get(5)?,
+                reason: r.get(6)?,
+                actor: r.get(7)?,
+                at_ms: r.get(8)?,
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    Ok(rows)
+}
+
+pub fn next_lease_expiry(conn: &Connection) -> Result<Option<i64>> {
+    Ok(conn
+        .prepare_cached("SELECT MIN(expires_at) FROM leases WHERE state = 'active'")?
+        .query_row([], |r| r.get(0))?)
+}
+
+pub fn counts(conn: &Connection) -> Result<Counts> {
+    let by_state = |table: &str| -> Result<Vec<(String, i64)>> {
+        let sql = format!("SELECT state, COUNT(*) FROM {table} GROUP BY state");
+        Ok(conn
+            .prepare_cached(&sql)?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?)
+    };
+    Ok(Counts {
+        runs: by_state("runs")?,
+        stages: by_state("stage_runs")?,
+        jobs: by_state("jobs")?,
+        agents: conn.query_row("SELECT COUNT(*) FROM agents", [], |r| r.get(0))?,
+        transitions: conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM transitions", [], |r| r.get(0))?,
+    })
+}

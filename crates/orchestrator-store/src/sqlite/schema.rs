@@ -1,0 +1,138 @@
+//! The SQLite schema and its migrations, numbered by `PRAGMA user_version`.
+//! A migration runs once, in its own transaction; a newer database than this
+//! binary knows is refused rather than guessed at.
+
+use rusqlite::Connection;
+
+use crate::{Result, StoreError};
+
+const MIGRATIONS: &[&str] = &[
+    // 1: the walking skeleton.
+    r#"
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    workflow TEXT NOT NULL,
+    project_dir TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    spec_hash TEXT NOT NULL,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    stages_total INTEGER NOT NULL,
+    stages_succeeded INTEGER NOT NULL DEFAULT 0,
+    stages_ended INTEGER NOT NULL DEFAULT 0,
+    created_at INTEGER NOT NULL,
+    ended_at INTEGER
+);
+CREATE INDEX runs_created ON runs(created_at);
+
+CREATE TABLE stage_runs (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    stage_id TEXT NOT NULL,
+    ord INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    unmet INTEGER NOT NULL,
+    step INTEGER NOT NULL DEFAULT 0,
+    steps_total INTEGER NOT NULL,
+    attempt INTEGER NOT NULL DEFAULT 1,
+    started_at INTEGER,
+    ended_at INTEGER,
+    PRIMARY KEY (run_id, stage_id)
+) WITHOUT ROWID;
+CREATE INDEX stage_runs_runnable ON stage_runs(state, unmet);
+
+CREATE TABLE requires (
+    run_id TEXT NOT NULL,
+    stage_id TEXT NOT NULL,
+    required TEXT NOT NULL,
+    PRIMARY KEY (run_id, stage_id, required)
+) WITHOUT ROWID;
+CREATE INDEX requires_required ON requires(run_id, required);
+
+CREATE TABLE jobs (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL,
+    stage_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    attempt INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    priority INTEGER NOT NULL,
+    labels TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    agent_id TEXT,
+    lease_id INTEGER,
+    exit_codes TEXT,
+    error TEXT,
+    error_class TEXT,
+    bundle TEXT,
+    created_at INTEGER NOT NULL,
+    started_at INTEGER,
+    ended_at INTEGER
+);
+CREATE INDEX jobs_queue ON jobs(priority DESC, id) WHERE state = 'queued';
+CREATE INDEX jobs_stage ON jobs(run_id, stage_id);
+
+CREATE TABLE leases (
+    id INTEGER PRIMARY KEY,
+    job_id INTEGER NOT NULL REFERENCES jobs(id),
+    agent_id TEXT NOT NULL,
+    token TEXT NOT NULL,
+    state TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    created_at INTEGER NOT NULL
+);
+CREATE INDEX leases_active ON leases(expires_at) WHERE state = 'active';
+CREATE INDEX leases_agent ON leases(agent_id, state);
+
+CREATE TABLE agents (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    labels TEXT NOT NULL,
+    slots INTEGER NOT NULL,
+    hostname TEXT,
+    registered_at INTEGER NOT NULL,
+    last_seen_at INTEGER NOT NULL
+);
+
+CREATE TABLE transitions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    entity TEXT NOT NULL,
+    entity_id TEXT NOT NULL,
+    run_id TEXT,
+    from_state TEXT,
+    to_state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    actor TEXT NOT NULL,
+    at INTEGER NOT NULL
+);
+CREATE INDEX transitions_run ON transitions(run_id, seq);
+"#,
+];
+
+/// Connection settings every connection gets.
+pub fn configure(conn: &Connection) -> Result<()> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    // FULL: a commit is on disk before the writer answers anyone.
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(())
+}
+
+/// Brings the database up to the newest schema.
+pub fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as i64;
+    if version > known {
+        return Err(StoreError::Database(format!(
+            "the database has schema version {version}, newer than this orch knows ({known}); use a newer orch"
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", (i + 1) as i64)?;
+        tx.commit()?;
+        tracing::info!(version = i + 1, "store migrated");
+    }
+    Ok(())
+}

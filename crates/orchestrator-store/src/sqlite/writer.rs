@@ -1,0 +1,219 @@
+//! The single writer: one thread owns the write connection and commits
+//! commands in batches (group commit).
+//!
+//! It blocks for the first command, then drains whatever else is already
+//! waiting, up to `max_items` or until `max_ms` has passed, and commits them
+//! all at once. It never sleeps waiting for more work: under load commands
+//! pile up while the previous commit is being synced, so batches form by
+//! themselves; when idle, a lone command is committed at once.
+//! Each command runs in its own savepoint, so one command's failure rolls back
+//! only that command. Callers are answered only after the commit.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orchestrator_core::{Transition, Workflow};
+use rusqlite::Connection;
+use tokio::sync::{broadcast, mpsc, Notify};
+
+use crate::{StoreError, Result};
+
+/// Called after the batch commits (None) or fails to (Some(error)).
+pub type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
+/// A write command: runs inside the batch's transaction, returns its reply.
+pub type Command = Box<dyn FnOnce(&mut Ctx<'_>) -> Reply + Send>;
+
+/// What a command sees while it runs.
+pub struct Ctx<'c> {
+    pub conn: &'c Connection,
+    /// The time of the batch, in Unix milliseconds: one clock reading per batch.
+    pub now: i64,
+    /// Parsed workflows of running runs, so queuing a job never re-parses.
+    pub workflows: &'c mut HashMap<String, Arc<Workflow>>,
+    /// Transition rows written in this batch, published after commit.
+    pub transitions: Vec<Transition>,
+    /// Some stage became runnable or a run was created: run the scheduler pass.
+    pub schedule: bool,
+    /// A job was queued: wake agents waiting in claim.
+    pub queued: bool,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub batches: AtomicU64,
+    pub commands: AtomicU64,
+    pub commit_micros: AtomicU64,
+    pub max_batch: AtomicU64,
+    pub failed_batches: AtomicU64,
+}
+
+/// A copy of the writer's counters.
+#[derive(Debug, Clone, Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub batches: u64,
+    /// Commands committed in them.
+    pub commands: u64,
+    /// Total time spent in COMMIT, in microseconds.
+    pub commit_micros: u64,
+    /// Largest batch seen.
+    pub max_batch: u64,
+    pub failed_batches: u64,
+}
+
+impl Stats {
+    pub fn snapshot(&self) -> WriterStats {
+        WriterStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            commands: self.commands.load(Ordering::Relaxed),
+            commit_micros: self.commit_micros.load(Ordering::Relaxed),
+            max_batch: self.max_batch.load(Ordering::Relaxed),
+            failed_batches: self.failed_batches.load(Ordering::Relaxed),
+        }
+    }
+}
+
+pub struct Writer {
+    pub conn: Connection,
+    pub rx: mpsc::Receiver<Command>,
+    pub max_items: usize,
+    pub max_wait: Duration,
+    pub events: broadcast::Sender<Arc<[Transition]>>,
+    pub jobs_queued: Arc<Notify>,
+    pub stats: Arc<Stats>,
+}
+
+impl Writer {
+    /// The writer thread's loop; returns when every sender is gone.
+    pub fn run(mut self) {
+        let mut workflows = HashMap::new();
+        let mut batch: Vec<Command> = Vec::with_capacity(self.max_items);
+        while let Some(first) = self.rx.blocking_recv() {
+            batch.push(first);
+            let started = Instant::now();
+            while batch.len() < self.max_items && started.elapsed() < self.max_wait {
+                match self.rx.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut batch, &mut workflows);
+        }
+        // Checkpoint the WAL so a clean shutdown leaves one tidy file.
+        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+    }
+
+    fn commit(&mut self, batch: &mut Vec<Command>, workflows: &mut HashMap<String, Arc<Workflow>>) {
+        let n = batch.len() as u64;
+        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+        let mut ctx = Ctx {
+            conn: &self.conn,
+            now: crate::now_ms(),
+            workflows,
+            transitions: Vec::new(),
+            schedule: false,
+            queued: false,
+        };
+        let outcome = (|| -> Result<()> {
+            ctx.conn.execute_batch("BEGIN IMMEDIATE")?;
+            for cmd in batch.drain(..) {
+                replies.push(cmd(&mut ctx));
+            }
+            if ctx.schedule {
+                super::ops::schedule(&mut ctx)?;
+            }
+            let t = Instant::now();
+            ctx.conn.execute_batch("COMMIT")?;
+            self.stats
+                .commit_micros
+                .fetch_add(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+            Ok(())
+        })();
+        batch.clear();
+        match outcome {
+            Ok(()) => {
+                self.stats.batches.fetch_add(1, Ordering::Relaxed);
+                self.stats.commands.fetch_add(n, Ordering::Relaxed);
+                self.stats.max_batch.fetch_max(n, Ordering::Relaxed);
+                let queued = ctx.queued;
+                let transitions = std::mem::take(&mut ctx.transitions);
+                for r in replies {
+                    r(None);
+                }
+                if !transitions.is_empty() {
+                    // No subscriber is not an error.
+                    let _ = self.events.send(transitions.into());
+                }
+                if queued {
+                    self.jobs_queued.notify_waiters();
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, commands = n, "store batch failed; rolled back");
+                self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                let _ = ctx.conn.execute_batch("ROLLBACK");
+                // Cached workflows may describe runs the rollback removed.
+                ctx.workflows.clear();
+                for r in replies {
+                    r(Some(&e));
+                }
+            }
+        }
+    }
+}
+
+impl Ctx<'_> {
+    /// Runs `f` in a savepoint: its writes and transitions stay only if it succeeds.
+    pub fn savepoint<R>(&mut self, f: impl FnOnce(&mut Self) -> Result<R>) -> Result<R> {
+        let mark = self.transitions.len();
+        let (schedule, queued) = (self.schedule, self.queued);
+        self.conn.execute_batch("SAVEPOINT cmd")?;
+        match f(self) {
+            Ok(r) => {
+                self.conn.execute_batch("RELEASE cmd")?;
+                Ok(r)
+            }
+            Err(e) => {
+                self.conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd")?;
+                self.transitions.truncate(mark);
+                self.schedule = schedule;
+                self.queued = queued;
+                Err(e)
+            }
+        }
+    }
+
+    /// Writes one transition row and keeps it for publishing after commit.
+    pub fn transition(
+        &mut self,
+        entity: orchestrator_core::Entity,
+        entity_id: String,
+        run_id: Option<&str>,
+        from: Option<&str>,
+        to: &str,
+        reason: String,
+        actor: &str,
+    ) -> Result<()> {
+        let mut st = self.conn.prepare_cached(
+            "INSERT INTO transitions (entity, entity_id, run_id, from_state, to_state, reason, actor, at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+        )?;
+        st.execute(rusqlite::params![entity.as_str(), entity_id, run_id, from, to, reason, actor, self.now])?;
+        let seq = self.conn.last_insert_rowid();
+        self.transitions.push(Transition {
+            seq,
+            entity,
+            entity_id,
+            run_id: run_id.map(str::to_owned),
+            from: from.map(str::to_owned),
+            to: to.to_owned(),
+            reason,
+            actor: actor.to_owned(),
+            at_ms: self.now,
+        });
+        Ok(())
+    }
+}
