@@ -1,1 +1,42 @@
-//! placeholder
+//! The agent: the worker process that runs workflow steps on one machine.
+//!
+//! What it is: a client of the daemon's HTTP API that registers itself
+//! (name, labels, slots), long-polls for jobs, runs each job's step (its
+//! commands, each in its own process group, with timeouts), writes the
+//! step's bundle into the project (`manifest.json` plus one stdout and one
+//! stderr log per command), keeps its leases alive with heartbeats and
+//! reports each outcome. It checks every exec spec again before running it
+//! (defense in depth), and no process it starts outlives the step or the agent.
+//!
+//! What it is not: it keeps no state of its own beyond the leases it holds
+//! now, decides nothing about scheduling, retries or priorities (the daemon
+//! does), and does not yet make git worktrees, checkpoint commits or
+//! sandboxes; it runs commands directly in the project directory.
+//!
+//! How it runs ([`run_agent`]): after registering, `slots` independent slot
+//! loops each claim a job (`POST /v1/agents/{id}/claim`, long-polling up to
+//! 30 s, claiming again at once on 204), run it with [`run_step`] and complete
+//! it (`POST /v1/jobs/{id}/complete`); one heartbeat loop reports all held
+//! leases every `heartbeat_interval_ms` and kills the jobs whose leases come
+//! back revoked (they are not completed). The loops share one HTTP client
+//! ([`client::Client`], keep-alive) and the table of held leases. Network
+//! errors and 5xx are retried with capped backoff, an unknown agent id (a
+//! restarted daemon) leads to registering again, 401/403 end the agent. When
+//! the shutdown token fires, running jobs are killed (SIGTERM to their
+//! groups, SIGKILL 2 s later) and completed as infrastructure failures,
+//! "agent shutting down", so the daemon requeues them at once.
+//!
+//! Main types: [`AgentConfig`] and [`run_agent`] for the CLI; [`run_step`]
+//! (module [`step`]), the executor alone, usable without a daemon;
+//! [`client::Client`] and [`client::ClientError`] for the wire;
+//! [`exec::GroupChild`] for process groups; [`bundle::Bundle`] for the files.
+
+pub mod agent;
+pub mod bundle;
+pub mod client;
+pub mod exec;
+pub mod step;
+
+pub use agent::{run_agent, AgentConfig, AgentError};
+pub use client::{Client, ClientError};
+pub use step::{run_step, run_step_with, CancelReason, StepContext};

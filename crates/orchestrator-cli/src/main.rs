@@ -1,1 +1,227 @@
-fn main() {}
+//! `orch`: the one binary of the orchestrator. It starts the daemon and
+//! agents (`up`, `daemon`, `agent`), submits and watches runs (`run`, `ps`,
+//! `show`, `logs`), checks workflows without running them (`validate`,
+//! `plan`, `schema`), and measures the whole path (`bench`).
+
+mod bench;
+mod client;
+mod logs;
+mod paths;
+mod runcmd;
+mod up;
+mod view;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::client::{CliError, Client};
+use crate::view::Output;
+
+#[derive(Parser)]
+#[command(
+    name = "orch",
+    version,
+    about = "A local-first orchestrator for agent and developer workflows"
+)]
+struct Cli {
+    /// Data directory (store, tokens, daemon address). Default: ~/.local/share/orch.
+    #[arg(long, global = true, env = "ORCH_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Daemon URL; default: the address `orch up` wrote in the data directory.
+    #[arg(long, global = true, env = "ORCH_SERVER")]
+    server: Option<String>,
+    /// Admin token; default: the one in the data directory.
+    #[arg(long, global = true, env = "ORCH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// Log as JSON lines instead of text.
+    #[arg(long, global = true, env = "ORCH_LOG_JSON")]
+    log_json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the daemon and one local agent on the embedded store.
+    Up(up::UpArgs),
+    /// Start the daemon alone.
+    Daemon(up::DaemonArgs),
+    /// Start an agent that works for a daemon.
+    Agent(up::AgentArgs),
+    /// Run the demo workflow on a fresh embedded store, then exit.
+    Demo(up::DemoArgs),
+    /// Submit a workflow run.
+    Run(runcmd::RunArgs),
+    /// List runs.
+    Ps {
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+        /// Most runs to list.
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+    },
+    /// Show a run: stages, states, durations, critical path.
+    Show {
+        /// Run id (or an unambiguous prefix).
+        run: String,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Print the output of a run's commands.
+    Logs(logs::LogsArgs),
+    /// List agents.
+    Agents {
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Show a workflow's layers and critical path without running it.
+    Plan {
+        file: PathBuf,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Check a workflow file and report every problem.
+    Validate {
+        file: PathBuf,
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Print the JSON Schema of workflow files.
+    Schema,
+    /// Measure the full path (daemon, agent, HTTP, durable store) against spawning directly.
+    Bench(bench::BenchArgs),
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ORCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        b.json().init();
+    } else {
+        b.init();
+    }
+}
+
+/// Reads and validates a workflow file locally.
+fn load_workflow(file: &std::path::Path) -> anyhow::Result<(String, orchestrator_core::Workflow)> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| CliError::BadInput(format!("{}: cannot read: {e}", file.display())))?;
+    let name = file.display().to_string();
+    let wf = orchestrator_core::parse_workflow(&text, Some(&name))
+        .map_err(|e| CliError::BadInput(e.to_string()))?;
+    Ok((text, wf))
+}
+
+async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    let data_dir = paths::data_dir(cli.data_dir.as_deref());
+    let client = || Client::resolve(cli.server.clone(), cli.token.clone(), &data_dir);
+    match cli.cmd {
+        Cmd::Up(a) => up::up(a, &data_dir).await,
+        Cmd::Daemon(a) => up::daemon(a, &data_dir).await,
+        Cmd::Agent(a) => up::agent(a, cli.server.clone(), &data_dir).await,
+        Cmd::Demo(a) => up::demo(a).await,
+        Cmd::Run(a) => runcmd::run(a, &client()?).await,
+        Cmd::Ps { output, limit } => {
+            let list: Vec<orchestrator_core::api::RunSummary> =
+                client()?.get(&format!("/v1/runs?limit={limit}")).await?;
+            match output {
+                Output::Json => view::json(&list)?,
+                Output::Text => view::runs(&list),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Show { run, output } => {
+            let d: orchestrator_core::api::RunDetail =
+                client()?.get(&format!("/v1/runs/{run}")).await?;
+            match output {
+                Output::Json => view::json(&d)?,
+                Output::Text => view::run(&d),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Logs(a) => logs::logs(a, &client()?).await,
+        Cmd::Agents { output } => {
+            let list: Vec<orchestrator_core::api::AgentView> = client()?.get("/v1/agents").await?;
+            match output {
+                Output::Json => view::json(&list)?,
+                Output::Text => view::agents(&list),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Plan { file, output } => {
+            let (_, wf) = load_workflow(&file)?;
+            let plan = orchestrator_core::plan(&wf)
+                .map_err(|c| CliError::BadInput(format!("cycle: {}", c.join(" -> "))))?;
+            match output {
+                Output::Json => view::json(&plan)?,
+                Output::Text => view::plan(&plan),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Validate { file, output } => {
+            let text = std::fs::read_to_string(&file)
+                .map_err(|e| CliError::BadInput(format!("{}: cannot read: {e}", file.display())))?;
+            let name = file.display().to_string();
+            match orchestrator_core::parse_workflow(&text, Some(&name)) {
+                Ok(wf) => {
+                    match output {
+                        Output::Json => {
+                            view::json(&serde_json::json!({"valid": true, "errors": []}))?
+                        }
+                        Output::Text => println!(
+                            "{name}: valid workflow {} with {} stages",
+                            wf.name,
+                            wf.stages.len()
+                        ),
+                    }
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(errs) => {
+                    match output {
+                        Output::Json => {
+                            view::json(&serde_json::json!({"valid": false, "errors": errs.0}))?
+                        }
+                        Output::Text => eprintln!("{errs}"),
+                    }
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+        Cmd::Schema => {
+            view::json(&orchestrator_core::spec::workflow_schema())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Bench(a) => bench::bench(a).await,
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_json);
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(3);
+        }
+    };
+    match rt.block_on(dispatch(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            if e.downcast_ref::<CliError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(3)
+            }
+        }
+    }
+}

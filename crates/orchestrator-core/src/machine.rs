@@ -144,14 +144,21 @@ pub fn stage_on(
     Ok(match (s, e) {
         (S::Pending, E::NeedsMet) => (S::Queued, vec![F::EnqueueStep { step: 0, attempt }]),
         (S::Queued, E::Started) => (S::Running, vec![]),
-        (S::Running, E::StepSucceeded { step, steps }) if step + 1 < steps => (
-            S::Queued,
-            vec![F::EnqueueStep {
-                step: step + 1,
-                attempt,
-            }],
-        ),
-        (S::Running, E::StepSucceeded { step, steps }) if step + 1 == steps => {
+        // Compared in u64: `step + 1` must not overflow on a corrupt `step`.
+        (S::Running, E::StepSucceeded { step, steps })
+            if u64::from(step) + 1 < u64::from(steps) =>
+        {
+            (
+                S::Queued,
+                vec![F::EnqueueStep {
+                    step: step + 1,
+                    attempt,
+                }],
+            )
+        }
+        (S::Running, E::StepSucceeded { step, steps })
+            if u64::from(step) + 1 == u64::from(steps) =>
+        {
             (S::Succeeded, vec![F::ReleaseDependents, F::StageEnded])
         }
         (S::Running, E::StepFailed) => (S::Failed, vec![F::BlockDependents, F::StageEnded]),

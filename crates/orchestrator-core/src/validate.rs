@@ -106,62 +106,179 @@ pub fn parse_workflow(text: &str, file: Option<&str>) -> Result<Workflow, SpecEr
     if problems.is_empty() {
         return Ok(wf);
     }
+    let lines: Vec<&str> = text.lines().collect();
     Err(SpecErrors(
         problems
             .into_iter()
             .map(|p| {
-                let (line, column) = p
-                    .locate
-                    .as_ref()
-                    .and_then(|(k, v)| locate(text, k, v))
-                    .map_or((None, None), |(l, c)| (Some(l), Some(c)));
+                let (line, column) =
+                    place(&lines, &p).map_or((None, None), |(l, c)| (Some(l), Some(c)));
                 err(line, column, &p.field, p.message)
             })
             .collect(),
     ))
 }
 
-/// serde_yaml reports nested errors as `stages[0].steps[1]: message`.
+/// serde_yaml reports nested errors as `stages[0].steps[1]: message`, and
+/// errors in a top-level field as `name: message`.
 fn split_field_prefix(msg: &str) -> (String, String) {
+    const TOP_LEVEL: [&str; 4] = ["name", "description", "env", "stages"];
     if let Some((head, tail)) = msg.split_once(": ") {
-        if !head.contains(' ') && (head.contains('.') || head.contains('[')) {
+        if !head.contains(' ')
+            && (head.contains('.') || head.contains('[') || TOP_LEVEL.contains(&head))
+        {
             return (head.to_owned(), tail.to_owned());
         }
     }
     (String::new(), msg.to_owned())
 }
 
-/// A semantic problem, with a `key: value` to look for in the source to find its line.
+/// A semantic problem, with where to look for it in the source to find its line.
 struct Problem {
     field: String,
     message: String,
+    /// A `key: value` to look for (`value` may also be an item of a flow or
+    /// block list under `key`).
     locate: Option<(String, String)>,
+    /// The stage the problem belongs to, as its id and how many earlier
+    /// stages use the same id: `locate` is searched only inside that stage's
+    /// block, and the stage's `id:` line is the fallback.
+    stage: Option<(String, usize)>,
+}
+
+/// The 1-based (line, column) of a problem, where the text shows it.
+fn place(lines: &[&str], p: &Problem) -> Option<(usize, usize)> {
+    let kv = p.locate.as_ref();
+    let Some((id, nth)) = &p.stage else {
+        return kv.and_then(|(k, v)| locate_in(lines, 0, lines.len(), k, v));
+    };
+    match stage_block(lines, id, *nth) {
+        Some((from, to)) => kv
+            .and_then(|(k, v)| locate_in(lines, from, to, k, v))
+            .or_else(|| locate_in(lines, from, to, "id", id)),
+        // Not a block-style stage (e.g. JSON): search the whole text.
+        None => kv
+            .and_then(|(k, v)| locate_in(lines, 0, lines.len(), k, v))
+            .or_else(|| locate_in(lines, 0, lines.len(), "id", id)),
+    }
 }
 
 /// Finds the first line holding `key: value` (or `- value` in a list under key), 1-based.
+#[cfg(test)]
 fn locate(text: &str, key: &str, value: &str) -> Option<(usize, usize)> {
-    let quoted = |s: &str| [s.to_owned(), format!("\"{s}\""), format!("'{s}'")];
-    for (i, line) in text.lines().enumerate() {
+    let lines: Vec<&str> = text.lines().collect();
+    locate_in(&lines, 0, lines.len(), key, value)
+}
+
+fn indent_of(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+fn is_blank_or_comment(line: &str) -> bool {
+    let t = line.trim();
+    t.is_empty() || t.starts_with('#')
+}
+
+/// A plain YAML scalar ends before ` #`.
+fn strip_comment(s: &str) -> &str {
+    s.find(" #").map_or(s, |i| s[..i].trim_end())
+}
+
+/// Whether `written` (as it appears in the source) is `value`, plain or quoted.
+fn same_value(written: &str, value: &str) -> bool {
+    let written = written.trim();
+    [written, strip_comment(written)].iter().any(|w| {
+        *w == value
+            || w.strip_prefix('"').and_then(|r| r.strip_suffix('"')) == Some(value)
+            || w.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) == Some(value)
+    })
+}
+
+/// Searches `lines[from..to]` for `key: value`, `key: [.., value, ..]`, or
+/// `key:` followed by a block list holding `- value`. Returns the 1-based line
+/// and column: of the key for `key: value`, of the value for list items.
+fn locate_in(
+    lines: &[&str],
+    from: usize,
+    to: usize,
+    key: &str,
+    value: &str,
+) -> Option<(usize, usize)> {
+    let to = to.min(lines.len());
+    for i in from..to {
+        let line = lines[i];
         let trimmed = line.trim_start().trim_start_matches("- ").trim_start();
-        if let Some(rest) = trimmed.strip_prefix(key).and_then(|r| r.strip_prefix(':')) {
-            let rest = rest.trim();
-            if quoted(value).iter().any(|q| rest == q) {
-                return Some((i + 1, line.len() - trimmed.len() + 1));
+        let Some(rest) = trimmed.strip_prefix(key).and_then(|r| r.strip_prefix(':')) else {
+            continue;
+        };
+        if !(rest.is_empty() || rest.starts_with([' ', '\t'])) {
+            continue;
+        }
+        let key_col = line.len() - trimmed.len();
+        if same_value(rest, value) {
+            return Some((i + 1, key_col + 1));
+        }
+        let body = strip_comment(rest.trim());
+        // Flow sequences: `needs: [a, b]`.
+        if let Some(inner) = body.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
+            let mut offset = line.len() - rest.len() + (rest.len() - rest.trim_start().len()) + 1;
+            for item in inner.split(',') {
+                if same_value(item, value) {
+                    return Some((i + 1, offset + indent_of(item) + 1));
+                }
+                offset += item.len() + 1;
             }
-            // Flow sequences: `needs: [a, b]`.
-            if rest.starts_with('[') {
-                let inner = rest.trim_matches(|c| c == '[' || c == ']');
-                if inner
-                    .split(',')
-                    .any(|x| quoted(value).iter().any(|q| x.trim() == q))
-                {
-                    let col = line.find(value).map_or(1, |c| c + 1);
-                    return Some((i + 1, col));
+        }
+        // Block sequences: `needs:` then `- a` lines, indented at least as the key.
+        if body.is_empty() {
+            for (j, item_line) in lines.iter().enumerate().take(to).skip(i + 1) {
+                if is_blank_or_comment(item_line) {
+                    continue;
+                }
+                let ind = indent_of(item_line);
+                let Some(item) = item_line.trim_start().strip_prefix("- ") else {
+                    break;
+                };
+                if ind < key_col {
+                    break;
+                }
+                if same_value(item, value) {
+                    return Some((j + 1, ind + 2 + indent_of(item) + 1));
                 }
             }
         }
     }
     None
+}
+
+/// The lines (0-based, end exclusive) of the block-style list item of the
+/// `nth` (0-based) stage whose `id:` is `id`, judged by indentation.
+fn stage_block(lines: &[&str], id: &str, nth: usize) -> Option<(usize, usize)> {
+    let mut id_line = locate_in(lines, 0, lines.len(), "id", id)?.0 - 1;
+    for _ in 0..nth {
+        id_line = locate_in(lines, id_line + 1, lines.len(), "id", id)?.0 - 1;
+    }
+    let ind = indent_of(lines[id_line]);
+    let opens_item = |l: &str| {
+        let t = l.trim_start();
+        t.starts_with("- ") || t == "-"
+    };
+    let (start, dash) = if opens_item(lines[id_line]) {
+        (id_line, ind)
+    } else {
+        // The `-` that opens this item is on the nearest earlier, less indented line.
+        let k = (0..id_line)
+            .rev()
+            .find(|&k| !is_blank_or_comment(lines[k]) && indent_of(lines[k]) < ind)?;
+        if !opens_item(lines[k]) {
+            return None;
+        }
+        (k, indent_of(lines[k]))
+    };
+    let end = (start + 1..lines.len())
+        .find(|&k| !is_blank_or_comment(lines[k]) && indent_of(lines[k]) <= dash)
+        .unwrap_or(lines.len());
+    Some((start, end))
 }
 
 /// Whether `s` is usable as a workflow name or stage id (it becomes a path component).
@@ -205,89 +322,112 @@ fn check(wf: &Workflow) -> Vec<Problem> {
             None,
         );
     }
-    check_env("env", &wf.env, &mut out);
+    check_env("env", &wf.env, None, &mut out);
+    // Whether the graph of needs already has a reported problem that a cycle
+    // search would repeat or misread (a self-need is a cycle; duplicate ids
+    // make "the stage named x" ambiguous).
+    let mut graph_reported = false;
     let mut seen: BTreeMap<&str, usize> = BTreeMap::new();
+    // For each stage, how many earlier stages use its id (to find its own block).
+    let mut nth = vec![0usize; wf.stages.len()];
+    let mut uses: BTreeMap<&str, usize> = BTreeMap::new();
     for (i, st) in wf.stages.iter().enumerate() {
-        let at = Some(("id", st.id.as_str()));
-        if !is_valid_id(&st.id) {
-            add(
+        let n = uses.entry(st.id.as_str()).or_default();
+        nth[i] = *n;
+        *n += 1;
+    }
+    for (i, st) in wf.stages.iter().enumerate() {
+        let id = st.id.as_str();
+        let stage = (id, nth[i]);
+        if !is_valid_id(id) {
+            add_in(
                 &mut out,
                 format!("stages[{i}].id"),
-                format!("invalid stage id {:?}: {ID_RULE}", st.id),
-                at,
+                format!("invalid stage id {id:?}: {ID_RULE}"),
+                stage,
+                None,
             );
         }
-        if let Some(first) = seen.insert(&st.id, i) {
-            add(
+        if let Some(first) = seen.get(id) {
+            graph_reported = true;
+            add_in(
                 &mut out,
                 format!("stages[{i}].id"),
                 format!(
-                    "duplicate stage id {:?}: stages[{first}] already uses it; ids must be unique",
-                    st.id
+                    "duplicate stage id {id:?}: stages[{first}] already uses it; ids must be unique"
                 ),
-                at,
+                stage,
+                None,
             );
-            // Locating by text would point at the first occurrence, so leave the line out.
-            if let Some(p) = out.last_mut() {
-                p.locate = None;
-            }
+        } else {
+            seen.insert(id, i);
         }
         if st.steps.is_empty() {
-            add(
+            add_in(
                 &mut out,
                 format!("stages[{i}].steps"),
-                format!("stage {:?} has no steps; expected at least one", st.id),
-                at,
+                format!("stage {id:?} has no steps; expected at least one"),
+                stage,
+                None,
             );
         }
         let mut needs_seen = BTreeSet::new();
         for (j, n) in st.needs.iter().enumerate() {
             if !needs_seen.insert(n) {
-                add(
+                add_in(
                     &mut out,
                     format!("stages[{i}].needs[{j}]"),
-                    format!("stage {:?} lists {n:?} twice in needs", st.id),
-                    at,
+                    format!("stage {id:?} lists {n:?} twice in needs"),
+                    stage,
+                    Some(("needs", n)),
                 );
             }
-            if n == &st.id {
-                add(
+            if n == id {
+                graph_reported = true;
+                add_in(
                     &mut out,
                     format!("stages[{i}].needs[{j}]"),
-                    format!("stage {:?} needs itself", st.id),
-                    at,
+                    format!("stage {id:?} needs itself"),
+                    stage,
+                    Some(("needs", n)),
                 );
             }
         }
         for (j, l) in st.labels.iter().enumerate() {
             if l.trim().is_empty() {
-                add(
+                add_in(
                     &mut out,
                     format!("stages[{i}].labels[{j}]"),
                     "empty label; expected a capability name".into(),
-                    at,
+                    stage,
+                    None,
                 );
             }
         }
-        check_env(&format!("stages[{i}].env"), &st.env, &mut out);
+        check_env(&format!("stages[{i}].env"), &st.env, Some(stage), &mut out);
         for (k, step) in st.steps.iter().enumerate() {
             if step.commands.is_empty() {
-                add(
+                add_in(
                     &mut out,
                     format!("stages[{i}].steps[{k}].commands"),
-                    format!(
-                        "step {k} of stage {:?} has no commands; expected at least one",
-                        st.id
-                    ),
-                    at,
+                    format!("step {k} of stage {id:?} has no commands; expected at least one"),
+                    stage,
+                    None,
                 );
             }
             for (c, cmd) in step.commands.iter().enumerate() {
                 let field = format!("stages[{i}].steps[{k}].commands[{c}]");
                 if let Err(msg) = check_command(cmd, step.shell) {
-                    add(&mut out, field.clone(), msg, at);
+                    // Point at the line the rule is about, when the text shows it.
+                    let at = match (&cmd.cwd, &cmd.run) {
+                        (Some(cwd), _) if msg.starts_with("cwd ") => Some(("cwd", cwd.as_str())),
+                        (_, Some(run)) => Some(("run", run.as_str())),
+                        _ if cmd.argv.is_empty() => Some(("argv", "[]")),
+                        _ => None,
+                    };
+                    add_in(&mut out, field.clone(), msg, stage, at);
                 }
-                check_env(&format!("{field}.env"), &cmd.env, &mut out);
+                check_env(&format!("{field}.env"), &cmd.env, Some(stage), &mut out);
             }
         }
     }
@@ -295,55 +435,83 @@ fn check(wf: &Workflow) -> Vec<Problem> {
         for (j, n) in st.needs.iter().enumerate() {
             if n != &st.id && !seen.contains_key(n.as_str()) {
                 let known: Vec<&str> = seen.keys().copied().take(10).collect();
-                add(&mut out,
+                add_in(&mut out,
                     format!("stages[{i}].needs[{j}]"),
                     format!(
                         "stage {:?} needs {n:?}, which is not a stage of this workflow; expected one of: {}",
                         st.id,
                         known.join(", ")
                     ),
+                    (st.id.as_str(), nth[i]),
                     Some(("needs", n)),
                 );
             }
         }
     }
-    if out.is_empty() {
+    // Needs that point nowhere are ignored by the cycle search, so a cycle
+    // among the other stages is still reported alongside them.
+    if !graph_reported {
         if let Some(cycle) = crate::plan::find_cycle(wf) {
             let first = cycle.first().cloned().unwrap_or_default();
-            add(
+            add_in(
                 &mut out,
                 "stages".into(),
                 format!(
                     "the needs of these stages form a cycle: {}",
                     cycle.join(" -> ")
                 ),
-                Some(("id", &first)),
+                (first.as_str(), 0),
+                None,
             );
         }
     }
     out
 }
 
+/// A problem located by a `key: value` anywhere in the text.
 fn add(out: &mut Vec<Problem>, field: String, message: String, locate: Option<(&str, &str)>) {
     out.push(Problem {
         field,
         message,
         locate: locate.map(|(k, v)| (k.to_owned(), v.to_owned())),
+        stage: None,
     });
 }
 
-fn check_env(field: &str, env: &BTreeMap<String, String>, out: &mut Vec<Problem>) {
+/// A problem of one stage, located inside that stage's block (at its `id:`
+/// line when `locate` is None or not found).
+fn add_in(
+    out: &mut Vec<Problem>,
+    field: String,
+    message: String,
+    (id, nth): (&str, usize),
+    locate: Option<(&str, &str)>,
+) {
+    out.push(Problem {
+        field,
+        message,
+        locate: locate.map(|(k, v)| (k.to_owned(), v.to_owned())),
+        stage: Some((id.to_owned(), nth)),
+    });
+}
+
+fn check_env(
+    field: &str,
+    env: &BTreeMap<String, String>,
+    stage: Option<(&str, usize)>,
+    out: &mut Vec<Problem>,
+) {
     for k in env.keys() {
         let ok = !k.is_empty()
             && !k.starts_with(|c: char| c.is_ascii_digit())
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !ok {
-            add(
-                out,
-                format!("{field}.{k}"),
-                format!("invalid environment variable name {k:?}: expected letters, digits and '_', not starting with a digit"),
-                None,
-            );
+            let field = format!("{field}.{k}");
+            let message = format!("invalid environment variable name {k:?}: expected letters, digits and '_', not starting with a digit");
+            match stage {
+                Some(id) => add_in(out, field, message, id, None),
+                None => add(out, field, message, None),
+            }
         }
     }
 }
@@ -416,6 +584,29 @@ mod tests {
         assert_eq!(locate(src, "id", "d"), Some((5, 5)));
         assert_eq!(locate(src, "needs", "c").map(|x| x.0), Some(4));
         assert_eq!(locate(src, "id", "zz"), None);
+    }
+
+    #[test]
+    fn locate_finds_items_of_block_lists_and_the_column_of_flow_items() {
+        let src =
+            "stages:\n  - id: e\n    needs: [e, x]\n    labels:\n      - gpu\n      - 'big'\n";
+        // The column is the item's, not the first `e` of `needs`.
+        assert_eq!(locate(src, "needs", "e"), Some((3, 13)));
+        assert_eq!(locate(src, "needs", "x"), Some((3, 16)));
+        assert_eq!(locate(src, "labels", "gpu"), Some((5, 9)));
+        assert_eq!(locate(src, "labels", "big"), Some((6, 9)));
+        assert_eq!(locate(src, "labels", "e"), None);
+    }
+
+    #[test]
+    fn stage_blocks_end_at_the_next_item() {
+        let src = "name: w\nstages:\n  - description: first\n    id: a\n    needs:\n      - z\n  - id: b\n    needs: [z]\nenv: {}\n";
+        let lines: Vec<&str> = src.lines().collect();
+        assert_eq!(stage_block(&lines, "a", 0), Some((2, 6)));
+        assert_eq!(stage_block(&lines, "b", 0), Some((6, 8)));
+        assert_eq!(stage_block(&lines, "b", 1), None);
+        assert_eq!(locate_in(&lines, 6, 8, "needs", "z"), Some((8, 13)));
+        assert_eq!(locate_in(&lines, 2, 6, "needs", "z"), Some((6, 9)));
     }
 
     #[test]

@@ -1,1 +1,215 @@
-//! placeholder
+//! The control plane: the daemon that owns the store and serves the API.
+//!
+//! What it is: an axum HTTP server under `/v1` (runs for users; register,
+//! claim, heartbeat and complete for agents; `/v1/events` as Server-Sent
+//! Events; `/healthz`; `/metrics`), and the lease reaper. Both run as named
+//! components under one supervisor ([`Daemon`]) that cancels them together on
+//! shutdown and then closes the store.
+//!
+//! Who owns what: the store's writer thread owns every state change (the
+//! scheduler pass runs there, at the end of each batch that made stages
+//! runnable). Handlers only send commands to the store or read from it;
+//! claims long-poll on the store's "jobs queued" signal, never on a timer.
+//! The reaper is the one timer: it sleeps until the next lease could expire.
+//!
+//! What it is not: it runs no user commands (agents do) and holds no state
+//! the store does not: a restarted daemon resumes from the store.
+//!
+//! Main types: [`DaemonConfig`], [`Daemon`], [`auth::Tokens`].
+
+pub mod api;
+pub mod auth;
+mod error;
+mod events;
+pub mod metrics;
+mod reaper;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use orchestrator_store::Store;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use auth::Tokens;
+pub use error::ApiErr;
+
+/// The daemon's settings.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// Address to listen on; port 0 picks a free one.
+    pub listen: SocketAddr,
+    pub tokens: Tokens,
+    /// How long a lease lives without a heartbeat, in milliseconds.
+    pub lease_ttl_ms: u64,
+    /// How often agents are told to heartbeat, in milliseconds.
+    pub heartbeat_interval_ms: u64,
+    /// Longest a claim long-polls, in milliseconds.
+    pub max_claim_wait_ms: u64,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+    /// Longest the reaper sleeps between looks at the leases, in milliseconds.
+    pub reaper_tick_ms: u64,
+}
+
+impl DaemonConfig {
+    pub fn new(listen: SocketAddr, tokens: Tokens) -> Self {
+        DaemonConfig {
+            listen,
+            tokens,
+            lease_ttl_ms: 30_000,
+            heartbeat_interval_ms: 10_000,
+            max_claim_wait_ms: 30_000,
+            max_body_bytes: 8 * 1024 * 1024,
+            reaper_tick_ms: 1_000,
+        }
+    }
+}
+
+/// What every handler shares.
+pub struct App<S> {
+    pub store: Arc<S>,
+    pub config: DaemonConfig,
+    pub metrics: metrics::Metrics,
+    /// Cancelled on shutdown: long-polls and event streams end.
+    pub shutdown: CancellationToken,
+}
+
+/// A started daemon.
+pub struct Daemon {
+    pub addr: SocketAddr,
+    shutdown: CancellationToken,
+    tasks: JoinSet<(&'static str, Result<(), String>)>,
+    close: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+}
+
+fn router<S: Store>(app: Arc<App<S>>) -> Router {
+    let tokens = Arc::new(app.config.tokens.clone());
+    let admin = Router::new()
+        .route(
+            "/v1/runs",
+            post(api::submit_run::<S>).get(api::list_runs::<S>),
+        )
+        .route("/v1/runs/{id}", get(api::get_run::<S>))
+        .route("/v1/runs/{id}/stages", get(api::get_stages::<S>))
+        .route("/v1/runs/{id}/stages/{stage}", get(api::get_stage::<S>))
+        .route("/v1/runs/{id}/jobs", get(api::get_jobs::<S>))
+        .route("/v1/agents", get(api::list_agents::<S>))
+        .route("/v1/events", get(events::events::<S>))
+        .route("/metrics", get(metrics_handler::<S>))
+        .route_layer(axum::middleware::from_fn_with_state(
+            tokens.clone(),
+            auth::admin_only,
+        ));
+    let agent = Router::new()
+        .route("/v1/agents", post(api::register_agent::<S>))
+        .route("/v1/agents/{id}/claim", post(api::claim::<S>))
+        .route("/v1/agents/{id}/heartbeat", post(api::heartbeat::<S>))
+        .route("/v1/jobs/{id}/complete", post(api::complete::<S>))
+        .route_layer(axum::middleware::from_fn_with_state(
+            tokens,
+            auth::agent_or_admin,
+        ));
+    let limit = app.config.max_body_bytes;
+    Router::new()
+        .merge(admin)
+        .merge(agent)
+        .route("/healthz", get(api::healthz))
+        .fallback(|| async {
+            error::ApiErr::new(
+                axum::http::StatusCode::NOT_FOUND,
+                "no such endpoint; the API lives under /v1",
+            )
+        })
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+async fn metrics_handler<S: Store>(
+    axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
+) -> Result<String, ApiErr> {
+    let counts = app.store.counts().await?;
+    Ok(app.metrics.render(&counts, &app.store.writer_stats()))
+}
+
+impl Daemon {
+    /// Binds, resumes from the store and starts every component.
+    pub async fn start<S: Store>(config: DaemonConfig, store: Arc<S>) -> std::io::Result<Daemon> {
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let addr = listener.local_addr()?;
+        // Leases from before a restart get one more lease time, so their
+        // agents can reach this daemon before they are judged.
+        match store.resume(config.lease_ttl_ms).await {
+            Ok(n) if n > 0 => tracing::info!(leases = n, "resumed with active leases"),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(std::io::Error::other(format!(
+                    "cannot resume from the store: {e}"
+                )))
+            }
+        }
+        let shutdown = CancellationToken::new();
+        let app = Arc::new(App {
+            store: store.clone(),
+            config,
+            metrics: Default::default(),
+            shutdown: shutdown.clone(),
+        });
+        let mut tasks = JoinSet::new();
+        let (a, stop) = (app.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            let r = axum::serve(listener, router(a))
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            ("api", r.map_err(|e| e.to_string()))
+        });
+        let (a, stop) = (app.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            reaper::run(a, stop).await;
+            ("reaper", Ok(()))
+        });
+        tracing::info!(%addr, "daemon listening");
+        let close = Box::pin(async move { store.close().await });
+        Ok(Daemon {
+            addr,
+            shutdown,
+            tasks,
+            close,
+        })
+    }
+
+    /// A token that stops the daemon when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs until shutdown is requested or a component fails; then stops every
+    /// component and closes the store.
+    pub async fn wait(mut self) -> Result<(), String> {
+        let mut failure = None;
+        tokio::select! {
+            _ = self.shutdown.cancelled() => {}
+            Some(done) = self.tasks.join_next() => {
+                let msg = match done {
+                    Ok((name, Ok(()))) => format!("component {name} stopped unexpectedly"),
+                    Ok((name, Err(e))) => format!("component {name} failed: {e}"),
+                    Err(e) => format!("a component panicked: {e}"),
+                };
+                tracing::error!("{msg}");
+                failure = Some(msg);
+            }
+        }
+        self.shutdown.cancel();
+        while let Some(done) = self.tasks.join_next().await {
+            if let Ok((name, Err(e))) = done {
+                tracing::error!(component = name, error = %e, "component failed while stopping");
+            }
+        }
+        self.close.await;
+        tracing::info!("daemon stopped; store closed");
+        failure.map_or(Ok(()), Err)
+    }
+}

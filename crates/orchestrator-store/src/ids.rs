@@ -32,7 +32,10 @@ pub fn new_id(prefix: &str) -> String {
 
 /// A 128-bit secret as 32 hex characters.
 pub fn new_secret() -> String {
-    random_bytes::<16>().iter().map(|b| format!("{b:02x}")).collect()
+    random_bytes::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Unix time in milliseconds.

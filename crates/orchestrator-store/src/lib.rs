@@ -134,10 +134,12 @@ pub trait Store: Send + Sync + 'static {
     fn list_runs(&self, limit: u32) -> impl Future<Output = Result<Vec<RunSummary>>> + Send;
     fn run_detail(&self, run_id: &str) -> impl Future<Output = Result<RunDetail>> + Send;
     fn list_agents(&self) -> impl Future<Output = Result<Vec<AgentView>>> + Send;
-    /// Transitions with `seq > after`, oldest first, at most `limit`.
+    /// Transitions with `seq > after`, oldest first, at most `limit`; only
+    /// those of run `run` when given.
     fn transitions_since(
         &self,
         after: i64,
+        run: Option<String>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Transition>>> + Send;
     fn counts(&self) -> impl Future<Output = Result<Counts>> + Send;

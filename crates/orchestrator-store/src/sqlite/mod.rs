@@ -19,8 +19,8 @@ use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 use crate::{Counts, NewRun, Result, Store, StoreError};
-use writer::{Command, Ctx, Stats, Writer};
 pub use writer::WriterStats;
+use writer::{Command, Ctx, Stats, Writer};
 
 /// How the store batches and where it lives.
 #[derive(Debug, Clone)]
@@ -38,7 +38,12 @@ pub struct StoreOptions {
 
 impl StoreOptions {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        StoreOptions { path: path.into(), max_items: 256, max_ms: 5, queue: 4096 }
+        StoreOptions {
+            path: path.into(),
+            max_items: 256,
+            max_ms: 5,
+            queue: 4096,
+        }
     }
 }
 
@@ -123,7 +128,10 @@ impl SqliteStore {
                 });
             })
         });
-        self.sender()?.send(cmd).await.map_err(|_| StoreError::Closed)?;
+        self.sender()?
+            .send(cmd)
+            .await
+            .map_err(|_| StoreError::Closed)?;
         answer.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -134,7 +142,9 @@ impl SqliteStore {
     ) -> Result<R> {
         let conn = self.read.clone();
         tokio::task::spawn_blocking(move || {
-            let c = conn.lock().map_err(|_| StoreError::Database("read connection poisoned".into()))?;
+            let c = conn
+                .lock()
+                .map_err(|_| StoreError::Database("read connection poisoned".into()))?;
             f(&c)
         })
         .await
@@ -159,7 +169,8 @@ impl Store for SqliteStore {
 
     async fn claim(&self, agent_id: &str, lease_ttl_ms: u64) -> Result<Option<ClaimedJob>> {
         let agent_id = agent_id.to_owned();
-        self.write(move |ctx| ops::claim(ctx, &agent_id, lease_ttl_ms)).await
+        self.write(move |ctx| ops::claim(ctx, &agent_id, lease_ttl_ms))
+            .await
     }
 
     async fn heartbeat(
@@ -169,11 +180,13 @@ impl Store for SqliteStore {
         lease_ttl_ms: u64,
     ) -> Result<HeartbeatResponse> {
         let agent_id = agent_id.to_owned();
-        self.write(move |ctx| ops::heartbeat(ctx, &agent_id, leases, lease_ttl_ms)).await
+        self.write(move |ctx| ops::heartbeat(ctx, &agent_id, leases, lease_ttl_ms))
+            .await
     }
 
     async fn complete(&self, job_id: i64, req: CompleteRequest) -> Result<Completed> {
-        self.write(move |ctx| ops::complete(ctx, job_id, req)).await?
+        self.write(move |ctx| ops::complete(ctx, job_id, req))
+            .await?
     }
 
     async fn expire_leases(&self, now_ms: i64) -> Result<usize> {
@@ -201,8 +214,14 @@ impl Store for SqliteStore {
         self.read(reads::list_agents).await
     }
 
-    async fn transitions_since(&self, after: i64, limit: u32) -> Result<Vec<Transition>> {
-        self.read(move |c| reads::transitions_since(c, after, limit)).await
+    async fn transitions_since(
+        &self,
+        after: i64,
+        run: Option<String>,
+        limit: u32,
+    ) -> Result<Vec<Transition>> {
+        self.read(move |c| reads::transitions_since(c, after, run.as_deref(), limit))
+            .await
     }
 
     async fn counts(&self) -> Result<Counts> {

@@ -38,7 +38,10 @@ fn workflow(ctx: &mut Ctx<'_>, run_id: &str) -> Result<Arc<Workflow>> {
         .prepare_cached("SELECT spec FROM runs WHERE id = ?1")?
         .query_row([run_id], |r| r.get(0))
         .optional()?
-        .ok_or_else(|| StoreError::NotFound { what: "run", id: run_id.to_owned() })?;
+        .ok_or_else(|| StoreError::NotFound {
+            what: "run",
+            id: run_id.to_owned(),
+        })?;
     let wf: Workflow = serde_json::from_str(&spec)
         .map_err(|e| StoreError::Database(format!("run {run_id}: stored spec unreadable: {e}")))?;
     let wf = Arc::new(wf);
@@ -50,7 +53,10 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
     let wf = orchestrator_core::parse_workflow(&run.workflow, run.file.as_deref())
         .map_err(StoreError::InvalidWorkflow)?;
     let plan = orchestrator_core::plan(&wf).map_err(|cycle| {
-        conflict(format!("the needs of these stages form a cycle: {}", cycle.join(" -> ")))
+        conflict(format!(
+            "the needs of these stages form a cycle: {}",
+            cycle.join(" -> ")
+        ))
     })?;
     let run_id = ids::new_id("r");
     let spec = serde_json::to_string(&wf).map_err(|e| StoreError::Database(e.to_string()))?;
@@ -77,16 +83,21 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
         Some(&run_id),
         None,
         RunState::Running.as_str(),
-        format!("submitted workflow {} ({} stages, spec sha256 {})", wf.name, wf.stages.len(), &hash[..12]),
+        format!(
+            "submitted workflow {} ({} stages, spec sha256 {})",
+            wf.name,
+            wf.stages.len(),
+            &hash[..12]
+        ),
         &run.actor,
     )?;
     {
         let mut ins_stage = ctx.conn.prepare_cached(
             "INSERT INTO stage_runs (run_id, stage_id, ord, state, unmet, steps_total) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         )?;
-        let mut ins_req = ctx
-            .conn
-            .prepare_cached("INSERT INTO requires (run_id, stage_id, required) VALUES (?1, ?2, ?3)")?;
+        let mut ins_req = ctx.conn.prepare_cached(
+            "INSERT INTO requires (run_id, stage_id, required) VALUES (?1, ?2, ?3)",
+        )?;
         for (i, st) in wf.stages.iter().enumerate() {
             ins_stage.execute(params![
                 run_id,
@@ -145,9 +156,19 @@ pub fn schedule(ctx: &mut Ctx<'_>) -> Result<()> {
         let reason = if needs.is_empty() {
             "runnable: needs nothing".to_owned()
         } else {
-            format!("runnable: every stage it needs succeeded ({})", needs.join(", "))
+            format!(
+                "runnable: every stage it needs succeeded ({})",
+                needs.join(", ")
+            )
         };
-        stage_event(ctx, &run_id, &stage_id, StageEvent::NeedsMet, reason, "scheduler")?;
+        stage_event(
+            ctx,
+            &run_id,
+            &stage_id,
+            StageEvent::NeedsMet,
+            reason,
+            "scheduler",
+        )?;
     }
     Ok(())
 }
@@ -201,7 +222,14 @@ pub fn stage_event(
                 ended_at = CASE WHEN ?6 THEN ?5 ELSE ended_at END
              WHERE run_id = ?1 AND stage_id = ?2",
         )?
-        .execute(params![run_id, stage_id, to.as_str(), started, ctx.now, to.is_terminal()])?;
+        .execute(params![
+            run_id,
+            stage_id,
+            to.as_str(),
+            started,
+            ctx.now,
+            to.is_terminal()
+        ])?;
     if to != row.state {
         ctx.transition(
             Entity::Stage,
@@ -215,7 +243,9 @@ pub fn stage_event(
     }
     for effect in effects {
         match effect {
-            StageEffect::EnqueueStep { step, attempt } => enqueue(ctx, run_id, stage_id, &row, step, attempt)?,
+            StageEffect::EnqueueStep { step, attempt } => {
+                enqueue(ctx, run_id, stage_id, &row, step, attempt)?
+            }
             StageEffect::ReleaseDependents => {
                 ctx.conn
                     .prepare_cached(
@@ -256,13 +286,24 @@ pub fn stage_event(
     Ok(to)
 }
 
-fn enqueue(ctx: &mut Ctx<'_>, run_id: &str, stage_id: &str, row: &StageRow, step: u32, attempt: u32) -> Result<()> {
+fn enqueue(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    row: &StageRow,
+    step: u32,
+    attempt: u32,
+) -> Result<()> {
     let wf = workflow(ctx, run_id)?;
     let stage = wf
         .stages
         .get(row.ord)
         .filter(|s| s.id == stage_id)
-        .ok_or_else(|| StoreError::Database(format!("stage {stage_id} missing from the spec of run {run_id}")))?;
+        .ok_or_else(|| {
+            StoreError::Database(format!(
+                "stage {stage_id} missing from the spec of run {run_id}"
+            ))
+        })?;
     let st = stage
         .steps
         .get(step as usize)
@@ -283,9 +324,12 @@ fn enqueue(ctx: &mut Ctx<'_>, run_id: &str, stage_id: &str, row: &StageRow, step
         timeout_ms: stage.timeout.map(|d| d.as_millis()),
     };
     let payload = serde_json::to_string(&spec).map_err(|e| StoreError::Database(e.to_string()))?;
-    let labels = serde_json::to_string(&stage.labels).map_err(|e| StoreError::Database(e.to_string()))?;
+    let labels =
+        serde_json::to_string(&stage.labels).map_err(|e| StoreError::Database(e.to_string()))?;
     ctx.conn
-        .prepare_cached("UPDATE stage_runs SET step = ?3, attempt = ?4 WHERE run_id = ?1 AND stage_id = ?2")?
+        .prepare_cached(
+            "UPDATE stage_runs SET step = ?3, attempt = ?4 WHERE run_id = ?1 AND stage_id = ?2",
+        )?
         .execute(params![run_id, stage_id, step, attempt])?;
     ctx.conn
         .prepare_cached(
@@ -339,7 +383,14 @@ fn stage_ended(ctx: &mut Ctx<'_>, run_id: &str, succeeded: bool) -> Result<()> {
         return Ok(());
     }
     let open = (total - ended).max(0) as usize;
-    let to = run_on(from, RunEvent::StageEnded { open, unsuccessful: (ended - ok) as usize }).map_err(conflict)?;
+    let to = run_on(
+        from,
+        RunEvent::StageEnded {
+            open,
+            unsuccessful: (ended - ok) as usize,
+        },
+    )
+    .map_err(conflict)?;
     if to != from {
         ctx.conn
             .prepare_cached("UPDATE runs SET state = ?2, ended_at = ?3 WHERE id = ?1")?
@@ -349,7 +400,15 @@ fn stage_ended(ctx: &mut Ctx<'_>, run_id: &str, succeeded: bool) -> Result<()> {
         } else {
             format!("{} of {total} stages did not succeed", ended - ok)
         };
-        ctx.transition(Entity::Run, run_id.to_owned(), Some(run_id), Some(from.as_str()), to.as_str(), reason, "scheduler")?;
+        ctx.transition(
+            Entity::Run,
+            run_id.to_owned(),
+            Some(run_id),
+            Some(from.as_str()),
+            to.as_str(),
+            reason,
+            "scheduler",
+        )?;
         ctx.workflows.remove(run_id);
     }
     Ok(())
@@ -369,14 +428,37 @@ fn set_job_state(
             "UPDATE jobs SET state = ?2, ended_at = CASE WHEN ?3 THEN ?4 ELSE ended_at END WHERE id = ?1",
         )?
         .execute(params![job_id, to.as_str(), to.is_terminal(), ctx.now])?;
-    ctx.transition(Entity::Job, job_id.to_string(), Some(run_id), Some(from.as_str()), to.as_str(), reason, actor)
+    ctx.transition(
+        Entity::Job,
+        job_id.to_string(),
+        Some(run_id),
+        Some(from.as_str()),
+        to.as_str(),
+        reason,
+        actor,
+    )
 }
 
-fn end_lease(ctx: &mut Ctx<'_>, lease_id: i64, run_id: &str, to: &str, reason: String, actor: &str) -> Result<()> {
+fn end_lease(
+    ctx: &mut Ctx<'_>,
+    lease_id: i64,
+    run_id: &str,
+    to: &str,
+    reason: String,
+    actor: &str,
+) -> Result<()> {
     ctx.conn
         .prepare_cached("UPDATE leases SET state = ?2 WHERE id = ?1")?
         .execute(params![lease_id, to])?;
-    ctx.transition(Entity::Lease, lease_id.to_string(), Some(run_id), Some("active"), to, reason, actor)
+    ctx.transition(
+        Entity::Lease,
+        lease_id.to_string(),
+        Some(run_id),
+        Some("active"),
+        to,
+        reason,
+        actor,
+    )
 }
 
 pub fn register_agent(
@@ -389,9 +471,13 @@ pub fn register_agent(
         return Err(conflict("agent name must be 1 to 128 characters"));
     }
     if reg.slots == 0 || reg.slots > 4096 {
-        return Err(conflict(format!("slots = {}: expected 1 to 4096", reg.slots)));
+        return Err(conflict(format!(
+            "slots = {}: expected 1 to 4096",
+            reg.slots
+        )));
     }
-    let labels = serde_json::to_string(&reg.labels).map_err(|e| StoreError::Database(e.to_string()))?;
+    let labels =
+        serde_json::to_string(&reg.labels).map_err(|e| StoreError::Database(e.to_string()))?;
     let existing: Option<String> = ctx
         .conn
         .prepare_cached("SELECT id FROM agents WHERE name = ?1")?
@@ -420,7 +506,12 @@ pub fn register_agent(
                 None,
                 None,
                 "registered",
-                format!("agent {} with {} slots, labels [{}]", reg.name, reg.slots, reg.labels.join(", ")),
+                format!(
+                    "agent {} with {} slots, labels [{}]",
+                    reg.name,
+                    reg.slots,
+                    reg.labels.join(", ")
+                ),
                 &format!("agent:{id}"),
             )?;
             id
@@ -434,9 +525,19 @@ pub fn register_agent(
         .collect::<rusqlite::Result<_>>()?;
     let mut stale_jobs = Vec::new();
     for lease_id in stale {
-        stale_jobs.push(lose_lease(ctx, lease_id, "expired", "agent registered again; leases of its earlier run are void")?);
+        stale_jobs.push(lose_lease(
+            ctx,
+            lease_id,
+            "expired",
+            "agent registered again; leases of its earlier run are void",
+        )?);
     }
-    Ok(AgentRegistered { agent_id, lease_ttl_ms, heartbeat_interval_ms, stale_jobs })
+    Ok(AgentRegistered {
+        agent_id,
+        lease_ttl_ms,
+        heartbeat_interval_ms,
+        stale_jobs,
+    })
 }
 
 /// Ends an active lease without a completion (expiry, agent restart) and
@@ -462,7 +563,10 @@ fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, lease_to: &str, why: &str) -> Re
             ctx,
             &run_id,
             &stage_id,
-            StageEvent::AttemptLost { attempt, max_attempts: MAX_INFRA_ATTEMPTS },
+            StageEvent::AttemptLost {
+                attempt,
+                max_attempts: MAX_INFRA_ATTEMPTS,
+            },
             format!("attempt {attempt} lost: {reason}; restarting from step 0"),
             "reaper",
         )?;
@@ -477,7 +581,10 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
         .query_row([agent_id], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let Some((labels, slots)) = agent else {
-        return Err(StoreError::NotFound { what: "agent", id: agent_id.to_owned() });
+        return Err(StoreError::NotFound {
+            what: "agent",
+            id: agent_id.to_owned(),
+        });
     };
     ctx.conn
         .prepare_cached("UPDATE agents SET last_seen_at = ?2 WHERE id = ?1")?
@@ -499,10 +606,14 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
         let need: Vec<String> = serde_json::from_str(labels).unwrap_or_default();
         need.iter().all(|l| agent_labels.contains(l))
     };
-    let Some((job_id, _, payload)) = candidates.into_iter().find(|(_, l, _)| l == "[]" || fits(l)) else {
+    let Some((job_id, _, payload)) = candidates
+        .into_iter()
+        .find(|(_, l, _)| l == "[]" || fits(l))
+    else {
         return Ok(None);
     };
-    let spec: JobSpec = serde_json::from_str(&payload).map_err(|e| StoreError::Database(e.to_string()))?;
+    let spec: JobSpec =
+        serde_json::from_str(&payload).map_err(|e| StoreError::Database(e.to_string()))?;
     let token = ids::new_secret();
     let expires = ctx.now + lease_ttl_ms as i64;
     ctx.conn
@@ -542,19 +653,36 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
         format!("step {} running on agent {agent_id}", spec.step),
         &actor,
     )?;
-    Ok(Some(ClaimedJob { job_id, lease_id, lease_token: token, lease_expires_at_ms: expires, spec }))
+    Ok(Some(ClaimedJob {
+        job_id,
+        lease_id,
+        lease_token: token,
+        lease_expires_at_ms: expires,
+        spec,
+    }))
 }
 
-pub fn heartbeat(ctx: &mut Ctx<'_>, agent_id: &str, leases: Vec<LeaseRef>, lease_ttl_ms: u64) -> Result<HeartbeatResponse> {
+pub fn heartbeat(
+    ctx: &mut Ctx<'_>,
+    agent_id: &str,
+    leases: Vec<LeaseRef>,
+    lease_ttl_ms: u64,
+) -> Result<HeartbeatResponse> {
     let n = ctx
         .conn
         .prepare_cached("UPDATE agents SET last_seen_at = ?2 WHERE id = ?1")?
         .execute(params![agent_id, ctx.now])?;
     if n == 0 {
-        return Err(StoreError::NotFound { what: "agent", id: agent_id.to_owned() });
+        return Err(StoreError::NotFound {
+            what: "agent",
+            id: agent_id.to_owned(),
+        });
     }
     let expires = ctx.now + lease_ttl_ms as i64;
-    let mut out = HeartbeatResponse { lease_expires_at_ms: expires, ..Default::default() };
+    let mut out = HeartbeatResponse {
+        lease_expires_at_ms: expires,
+        ..Default::default()
+    };
     for l in leases {
         let live: Option<i64> = ctx
             .conn
@@ -590,8 +718,12 @@ pub fn complete(ctx: &mut Ctx<'_>, job_id: i64, req: CompleteRequest) -> Result<
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
         })
         .optional()?;
-    let Some((run_id, stage_id, state, step, attempt, holder, lease_id, token, lease_state)) = row else {
-        return Ok(Err(StoreError::NotFound { what: "job", id: job_id.to_string() }));
+    let Some((run_id, stage_id, state, step, attempt, holder, lease_id, token, lease_state)) = row
+    else {
+        return Ok(Err(StoreError::NotFound {
+            what: "job",
+            id: job_id.to_string(),
+        }));
     };
     let actor = format!("agent:{}", req.agent_id);
     let from = JobState::parse(&state).unwrap_or(JobState::Failed);
@@ -620,11 +752,20 @@ pub fn complete(ctx: &mut Ctx<'_>, job_id: i64, req: CompleteRequest) -> Result<
         return Ok(Err(StoreError::StaleLease { job_id, reason }));
     }
     let o = &req.outcome;
-    let exit_codes = serde_json::to_string(&o.exit_codes).map_err(|e| StoreError::Database(e.to_string()))?;
+    let exit_codes =
+        serde_json::to_string(&o.exit_codes).map_err(|e| StoreError::Database(e.to_string()))?;
     ctx.conn
         .prepare_cached("UPDATE jobs SET exit_codes = ?2, error = ?3, error_class = ?4, bundle = ?5 WHERE id = ?1")?
         .execute(params![job_id, exit_codes, o.error, o.error_class.map(|c| c.as_str()), o.bundle])?;
-    let to = job_on(from, if o.success { JobEvent::Succeed } else { JobEvent::Fail }).map_err(conflict)?;
+    let to = job_on(
+        from,
+        if o.success {
+            JobEvent::Succeed
+        } else {
+            JobEvent::Fail
+        },
+    )
+    .map_err(conflict)?;
     let reason = match (&o.error, o.success) {
         (_, true) => format!("step {step} succeeded in {} ms", o.duration_ms),
         (Some(e), false) => e.clone(),
@@ -632,20 +773,36 @@ pub fn complete(ctx: &mut Ctx<'_>, job_id: i64, req: CompleteRequest) -> Result<
     };
     set_job_state(ctx, job_id, &run_id, from, to, reason.clone(), &actor)?;
     if let Some(l) = lease_id {
-        end_lease(ctx, l, &run_id, "released", format!("job {job_id} completed"), &actor)?;
+        end_lease(
+            ctx,
+            l,
+            &run_id,
+            "released",
+            format!("job {job_id} completed"),
+            &actor,
+        )?;
     }
     let row = load_stage(ctx, &run_id, &stage_id)?;
     let event = if o.success {
-        StageEvent::StepSucceeded { step, steps: row.steps_total }
+        StageEvent::StepSucceeded {
+            step,
+            steps: row.steps_total,
+        }
     } else if o.error_class == Some(ErrorClass::Infra) {
-        StageEvent::AttemptLost { attempt, max_attempts: MAX_INFRA_ATTEMPTS }
+        StageEvent::AttemptLost {
+            attempt,
+            max_attempts: MAX_INFRA_ATTEMPTS,
+        }
     } else {
         StageEvent::StepFailed
     };
     let why = if o.success {
         format!("step {step} succeeded")
     } else {
-        format!("step {step} failed ({}): {reason}", o.error_class.map_or("task", |c| c.as_str()))
+        format!(
+            "step {step} failed ({}): {reason}",
+            o.error_class.map_or("task", |c| c.as_str())
+        )
     };
     let stage_state = stage_event(ctx, &run_id, &stage_id, event, why, &actor)?;
     let run_state: String = ctx
@@ -662,11 +819,18 @@ pub fn complete(ctx: &mut Ctx<'_>, job_id: i64, req: CompleteRequest) -> Result<
 pub fn expire_leases(ctx: &mut Ctx<'_>, now: i64) -> Result<usize> {
     let due: Vec<(i64, i64)> = ctx
         .conn
-        .prepare_cached("SELECT id, expires_at FROM leases WHERE state = 'active' AND expires_at <= ?1")?
+        .prepare_cached(
+            "SELECT id, expires_at FROM leases WHERE state = 'active' AND expires_at <= ?1",
+        )?
         .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     for (lease_id, at) in &due {
-        lose_lease(ctx, *lease_id, "expired", &format!("lease expired {} ms ago without a heartbeat", now - at))?;
+        lose_lease(
+            ctx,
+            *lease_id,
+            "expired",
+            &format!("lease expired {} ms ago without a heartbeat", now - at),
+        )?;
     }
     Ok(due.len())
 }
@@ -674,7 +838,9 @@ pub fn expire_leases(ctx: &mut Ctx<'_>, now: i64) -> Result<usize> {
 pub fn resume(ctx: &mut Ctx<'_>, grace_ms: u64) -> Result<usize> {
     let n = ctx
         .conn
-        .prepare_cached("UPDATE leases SET expires_at = MAX(expires_at, ?1) WHERE state = 'active'")?
+        .prepare_cached(
+            "UPDATE leases SET expires_at = MAX(expires_at, ?1) WHERE state = 'active'",
+        )?
         .execute([ctx.now + grace_ms as i64])?;
     // Anything runnable that was not queued before a crash is queued now.
     ctx.schedule = true;

@@ -51,8 +51,13 @@ fn resolve_run(conn: &Connection, id: &str) -> Result<String> {
         .collect::<rusqlite::Result<_>>()?;
     match found.as_slice() {
         [one] if !id.is_empty() => Ok(one.clone()),
-        [] | [_] => Err(StoreError::NotFound { what: "run", id: id.to_owned() }),
-        _ => Err(StoreError::Conflict(format!("run id prefix {id:?} is ambiguous; give more characters"))),
+        [] | [_] => Err(StoreError::NotFound {
+            what: "run",
+            id: id.to_owned(),
+        }),
+        _ => Err(StoreError::Conflict(format!(
+            "run id prefix {id:?} is ambiguous; give more characters"
+        ))),
     }
 }
 
@@ -62,7 +67,8 @@ pub fn run_detail(conn: &Connection, id: &str) -> Result<RunDetail> {
     let (run, spec): (RunSummary, String) = conn
         .prepare_cached(&sql)?
         .query_row([&id], |r| Ok((run_summary(r)?, r.get(10)?)))?;
-    let wf: Workflow = serde_json::from_str(&spec).map_err(|e| StoreError::Database(format!("run {id}: {e}")))?;
+    let wf: Workflow =
+        serde_json::from_str(&spec).map_err(|e| StoreError::Database(format!("run {id}: {e}")))?;
     let plan = orchestrator_core::plan(&wf)
         .map_err(|c| StoreError::Database(format!("run {id}: stored spec has a cycle {c:?}")))?;
     let mut stages: Vec<StageView> = conn
@@ -95,7 +101,12 @@ pub fn run_detail(conn: &Connection, id: &str) -> Result<RunDetail> {
         )?
         .query_map([&id], job_view)?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(RunDetail { run, stages, jobs, plan })
+    Ok(RunDetail {
+        run,
+        stages,
+        jobs,
+        plan,
+    })
 }
 
 fn job_view(r: &Row<'_>) -> rusqlite::Result<JobView> {
@@ -110,7 +121,9 @@ fn job_view(r: &Row<'_>) -> rusqlite::Result<JobView> {
         attempt: r.get(4)?,
         state: JobState::parse(&state).unwrap_or(JobState::Failed),
         agent_id: r.get(6)?,
-        exit_codes: codes.and_then(|c| serde_json::from_str(&c).ok()).unwrap_or_default(),
+        exit_codes: codes
+            .and_then(|c| serde_json::from_str(&c).ok())
+            .unwrap_or_default(),
         error: r.get(8)?,
         error_class: class.and_then(|c| ErrorClass::parse(&c)),
         bundle: r.get(10)?,
@@ -143,13 +156,22 @@ pub fn list_agents(conn: &Connection) -> Result<Vec<AgentView>> {
     Ok(rows)
 }
 
-pub fn transitions_since(conn: &Connection, after: i64, limit: u32) -> Result<Vec<Transition>> {
+pub fn transitions_since(
+    conn: &Connection,
+    after: i64,
+    run: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Transition>> {
+    let sql = if run.is_some() {
+        "SELECT seq, entity, entity_id, run_id, from_state, to_state, reason, actor, at
+         FROM transitions WHERE run_id = ?3 AND seq > ?1 ORDER BY seq LIMIT ?2"
+    } else {
+        "SELECT seq, entity, entity_id, run_id, from_state, to_state, reason, actor, at
+         FROM transitions WHERE seq > ?1 AND ?3 IS NULL ORDER BY seq LIMIT ?2"
+    };
     let rows = conn
-        .prepare_cached(
-            "SELECT seq, entity, entity_id, run_id, from_state, to_state, reason, actor, at
-             FROM transitions WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-        )?
-        .query_map(params![after, limit], |r| {
+        .prepare_cached(sql)?
+        .query_map(params![after, limit, run], |r| {
             let entity: String = r.get(1)?;
             Ok(Transition {
                 seq: r.get(0)?,
@@ -186,6 +208,8 @@ pub fn counts(conn: &Connection) -> Result<Counts> {
         stages: by_state("stage_runs")?,
         jobs: by_state("jobs")?,
         agents: conn.query_row("SELECT COUNT(*) FROM agents", [], |r| r.get(0))?,
-        transitions: conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM transitions", [], |r| r.get(0))?,
+        transitions: conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM transitions", [], |r| {
+            r.get(0)
+        })?,
     })
 }

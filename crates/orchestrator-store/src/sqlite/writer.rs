@@ -18,7 +18,7 @@ use orchestrator_core::{Transition, Workflow};
 use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, Notify};
 
-use crate::{StoreError, Result};
+use crate::{Result, StoreError};
 
 /// Called after the batch commits (None) or fails to (Some(error)).
 pub type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
@@ -201,7 +201,16 @@ impl Ctx<'_> {
             "INSERT INTO transitions (entity, entity_id, run_id, from_state, to_state, reason, actor, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
         )?;
-        st.execute(rusqlite::params![entity.as_str(), entity_id, run_id, from, to, reason, actor, self.now])?;
+        st.execute(rusqlite::params![
+            entity.as_str(),
+            entity_id,
+            run_id,
+            from,
+            to,
+            reason,
+            actor,
+            self.now
+        ])?;
         let seq = self.conn.last_insert_rowid();
         self.transitions.push(Transition {
             seq,

@@ -1,0 +1,285 @@
+//! Child processes in their own process groups: spawning, waiting under a
+//! deadline or a cancellation, and killing the whole group.
+//!
+//! It exists because a command is rarely one process: `sh -c`, test runners and
+//! coding agents start children of their own, and none of them may outlive the
+//! step or the agent. Every command therefore leads a fresh process group
+//! (`process_group(0)`), and every way a command can end (exit, timeout,
+//! cancellation, the future being dropped) ends with the group signalled:
+//! SIGTERM, a grace period, then SIGKILL.
+
+use std::io;
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How long a process group gets between SIGTERM and SIGKILL.
+pub const KILL_GRACE: Duration = Duration::from_secs(2);
+
+/// How often the group is probed while waiting for it to empty (only on the
+/// kill path, never while a command runs normally).
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+
+/// How long to wait for the group to vanish after SIGKILL.
+const AFTER_KILL: Duration = Duration::from_secs(1);
+
+/// Why a command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndReason {
+    /// It exited (or died of a signal) by itself.
+    Exited,
+    /// Its deadline passed and its group was killed.
+    TimedOut,
+    /// The cancellation token fired and its group was killed.
+    Cancelled,
+}
+
+/// How a command ended: its status and why.
+#[derive(Debug, Clone, Copy)]
+pub struct Ended {
+    pub status: ExitStatus,
+    pub reason: EndReason,
+}
+
+/// A running command leading its own process group. Dropping it before it
+/// has finished SIGKILLs the whole group.
+#[derive(Debug)]
+pub struct GroupChild {
+    child: Child,
+    pgid: Pid,
+    /// Set once the group has been dealt with; the drop guard then does nothing.
+    done: bool,
+}
+
+impl GroupChild {
+    /// Spawns `cmd` as the leader of a new process group, with stdin closed
+    /// and `kill_on_drop` set. The caller sets program, args, cwd, env and the
+    /// stdout/stderr files.
+    pub fn spawn(cmd: &mut Command) -> io::Result<Self> {
+        cmd.process_group(0)
+            .kill_on_drop(true)
+            .stdin(std::process::Stdio::null());
+        let child = cmd.spawn()?;
+        let pid = child
+            .id()
+            .ok_or_else(|| io::Error::other("the child exited before its pid was read"))?;
+        let pid = i32::try_from(pid).map_err(io::Error::other)?;
+        Ok(GroupChild {
+            child,
+            pgid: Pid::from_raw(pid),
+            done: false,
+        })
+    }
+
+    /// The process group id (the leader's pid).
+    pub fn pgid(&self) -> i32 {
+        self.pgid.as_raw()
+    }
+
+    /// Waits for the command to end, killing its group when `deadline` passes
+    /// or `cancel` fires. Whatever ends it, processes it left behind in its
+    /// group are terminated before this returns.
+    pub async fn wait(
+        mut self,
+        deadline: Option<Instant>,
+        cancel: &CancellationToken,
+    ) -> io::Result<Ended> {
+        let timer = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        let reason = tokio::select! {
+            biased;
+            status = self.child.wait() => {
+                let status = status?;
+                // The leader is gone; background processes it started in its
+                // group must not outlive the step.
+                self.sweep().await;
+                return Ok(Ended { status, reason: EndReason::Exited });
+            }
+            () = timer => EndReason::TimedOut,
+            () = cancel.cancelled() => EndReason::Cancelled,
+        };
+        let status = self.terminate().await?;
+        Ok(Ended { status, reason })
+    }
+
+    /// SIGTERM to the group, up to [`KILL_GRACE`] for it to end, then SIGKILL.
+    /// Signals the group before reaping the leader, so the group id cannot
+    /// have been reused by then.
+    async fn terminate(&mut self) -> io::Result<ExitStatus> {
+        let deadline = Instant::now() + KILL_GRACE;
+        signal_group(self.pgid, Signal::SIGTERM);
+        let status = match tokio::time::timeout_at(deadline, self.child.wait()).await {
+            Ok(status) => status?,
+            Err(_) => {
+                signal_group(self.pgid, Signal::SIGKILL);
+                self.child.wait().await?
+            }
+        };
+        drain_group(self.pgid, deadline).await;
+        self.done = true;
+        Ok(status)
+    }
+
+    /// After the leader exited by itself: terminate what is left in its group.
+    /// The common case (nothing left) costs one `killpg` answering ESRCH.
+    async fn sweep(&mut self) {
+        if signal_group(self.pgid, Signal::SIGTERM) {
+            tracing::debug!(
+                pgid = self.pgid.as_raw(),
+                "terminating processes left behind in the command's group"
+            );
+            drain_group(self.pgid, Instant::now() + KILL_GRACE).await;
+        }
+        self.done = true;
+    }
+}
+
+impl Drop for GroupChild {
+    fn drop(&mut self) {
+        if !self.done {
+            // The future was dropped mid-command (agent torn down): nothing may
+            // outlive it. `kill_on_drop` handles the leader, this the rest.
+            signal_group(self.pgid, Signal::SIGKILL);
+        }
+    }
+}
+
+/// Sends `sig` to the group; true when the group still had members.
+fn signal_group(pgid: Pid, sig: Signal) -> bool {
+    match killpg(pgid, sig) {
+        Ok(()) => true,
+        Err(Errno::ESRCH) => false,
+        Err(e) => {
+            tracing::warn!(pgid = pgid.as_raw(), signal = %sig, error = %e, "could not signal process group");
+            false
+        }
+    }
+}
+
+/// Waits until the group has no live member or `deadline` passes, then
+/// SIGKILLs whatever is left and waits briefly for it to go.
+async fn drain_group(pgid: Pid, deadline: Instant) {
+    while group_alive(pgid) {
+        if Instant::now() >= deadline {
+            signal_group(pgid, Signal::SIGKILL);
+            let gone_by = Instant::now() + AFTER_KILL;
+            while group_alive(pgid) && Instant::now() < gone_by {
+                tokio::time::sleep(PROBE_EVERY).await;
+            }
+            return;
+        }
+        tokio::time::sleep(PROBE_EVERY).await;
+    }
+}
+
+/// Whether the group has a member that is not a zombie. Orphaned members are
+/// reaped by init, which may be slow (or never happen in some containers), so
+/// zombies, which hold nothing and cannot be killed, are not counted.
+pub fn group_alive(pgid: Pid) -> bool {
+    if killpg(pgid, None::<Signal>).is_err() {
+        return false;
+    }
+    match live_members(pgid.as_raw()) {
+        Some(n) => n > 0,
+        // No /proc to look into: trust the signal probe.
+        None => true,
+    }
+}
+
+/// Counts the non-zombie processes in group `pgid` from `/proc`; None when
+/// `/proc` cannot be read.
+pub fn live_members(pgid: i32) -> Option<usize> {
+    let entries = std::fs::read_dir("/proc").ok()?;
+    let mut n = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !name.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // Format: "pid (comm) state ppid pgrp ...": comm may hold spaces and
+        // parentheses, so parse from the last ')'.
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
+        if pgrp == Some(pgid) && !matches!(state, Some("Z" | "X")) {
+            n += 1;
+        }
+    }
+    Some(n)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Command {
+        let mut c = Command::new("/bin/sh");
+        c.arg("-c").arg(script);
+        c
+    }
+
+    #[tokio::test]
+    async fn exit_status_is_reported() {
+        let child = GroupChild::spawn(&mut sh("exit 7")).unwrap();
+        let ended = child.wait(None, &CancellationToken::new()).await.unwrap();
+        assert_eq!(ended.reason, EndReason::Exited);
+        assert_eq!(ended.status.code(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn background_leftovers_are_terminated_after_exit() {
+        let child = GroupChild::spawn(&mut sh("sleep 30 & exit 0")).unwrap();
+        let pgid = child.pgid();
+        let ended = child.wait(None, &CancellationToken::new()).await.unwrap();
+        assert_eq!(ended.status.code(), Some(0));
+        assert_eq!(live_members(pgid), Some(0));
+    }
+
+    #[tokio::test]
+    async fn a_group_ignoring_sigterm_gets_sigkill() {
+        let mut cmd = sh("trap '' TERM; sleep 30 & sleep 30");
+        let child = GroupChild::spawn(&mut cmd).unwrap();
+        let pgid = child.pgid();
+        let started = Instant::now();
+        let deadline = Some(Instant::now() + Duration::from_millis(200));
+        let ended = child
+            .wait(deadline, &CancellationToken::new())
+            .await
+            .unwrap();
+        assert_eq!(ended.reason, EndReason::TimedOut);
+        assert!(started.elapsed() >= KILL_GRACE);
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert_eq!(live_members(pgid), Some(0));
+    }
+
+    #[tokio::test]
+    async fn dropping_a_running_child_kills_its_group() {
+        let child = GroupChild::spawn(&mut sh("sleep 30 & sleep 30")).unwrap();
+        let pgid = child.pgid();
+        // Give sh time to start its background child.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        drop(child);
+        let until = Instant::now() + Duration::from_secs(5);
+        while live_members(pgid) != Some(0) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(live_members(pgid), Some(0));
+    }
+}

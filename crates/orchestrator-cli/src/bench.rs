@@ -1,0 +1,291 @@
+//! `orch bench`: the full path (daemon and agent over loopback HTTP, durable
+//! SQLite store) through three workloads, beside a baseline that spawns the
+//! same commands directly in the same run. Prints medians of tasks/s and
+//! ms/task, and the ratio to the baseline.
+//!
+//! - W1: N independent `/bin/true` stages, parallelism = slots (default 1000, 2).
+//! - W2: a chain of N stages, each needing the previous one (default 200).
+//! - W3: L layers of W stages, every stage needing every stage of the layer
+//!   before (default 20 × 50).
+
+use std::fmt::Write as _;
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{bail, Result};
+use orchestrator_core::api::Submitted;
+use orchestrator_core::RunState;
+use serde::Serialize;
+
+use crate::client::Client;
+use crate::up::{AgentOpts, DaemonArgs, UpArgs};
+use crate::view::{self, Output};
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Workloads to run (w1, w2, w3).
+    #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3")]
+    pub workloads: Vec<String>,
+    /// Times each workload runs; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
+    /// Agent slots (the parallelism).
+    #[arg(long, default_value_t = 2)]
+    pub slots: u32,
+    /// Stages of W1.
+    #[arg(long, default_value_t = 1000)]
+    pub w1: usize,
+    /// Length of the W2 chain.
+    #[arg(long, default_value_t = 200)]
+    pub w2: usize,
+    /// Layers and width of W3, as LxW.
+    #[arg(long, default_value = "20x50")]
+    pub w3: String,
+    #[arg(short, long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+#[derive(Serialize)]
+struct Row {
+    workload: String,
+    tasks: usize,
+    baseline_tasks_per_s: f64,
+    orch_tasks_per_s: f64,
+    orch_ms_per_task: f64,
+    ratio_to_baseline: f64,
+    samples_orch_s: Vec<f64>,
+    samples_baseline_s: Vec<f64>,
+}
+
+struct Workload {
+    name: &'static str,
+    yaml: String,
+    tasks: usize,
+    /// Stage layers for the baseline: each layer runs with `slots` workers.
+    layers: Vec<usize>,
+}
+
+fn stage(out: &mut String, id: &str, needs: &[String]) {
+    let _ = write!(out, "  - id: {id}\n");
+    if !needs.is_empty() {
+        let _ = write!(out, "    needs: [{}]\n", needs.join(", "));
+    }
+    out.push_str("    steps:\n      - commands:\n          - argv: [/bin/true]\n");
+}
+
+fn workloads(a: &BenchArgs) -> Result<Vec<Workload>> {
+    let (l, w) = a
+        .w3
+        .split_once('x')
+        .and_then(|(l, w)| Some((l.parse::<usize>().ok()?, w.parse::<usize>().ok()?)))
+        .ok_or_else(|| anyhow::anyhow!("--w3 {:?}: expected LAYERSxWIDTH such as 20x50", a.w3))?;
+    let mut out = Vec::new();
+    for name in &a.workloads {
+        let mut y = format!("name: bench-{name}\nstages:\n");
+        let wl = match name.as_str() {
+            "w1" => {
+                for i in 0..a.w1 {
+                    stage(&mut y, &format!("s{i}"), &[]);
+                }
+                Workload {
+                    name: "W1 independent",
+                    yaml: y,
+                    tasks: a.w1,
+                    layers: vec![a.w1],
+                }
+            }
+            "w2" => {
+                for i in 0..a.w2 {
+                    let needs = if i == 0 {
+                        vec![]
+                    } else {
+                        vec![format!("s{}", i - 1)]
+                    };
+                    stage(&mut y, &format!("s{i}"), &needs);
+                }
+                Workload {
+                    name: "W2 chain",
+                    yaml: y,
+                    tasks: a.w2,
+                    layers: vec![1; a.w2],
+                }
+            }
+            "w3" => {
+                for li in 0..l {
+                    let needs: Vec<String> = if li == 0 {
+                        vec![]
+                    } else {
+                        (0..w).map(|j| format!("l{}s{j}", li - 1)).collect()
+                    };
+                    for j in 0..w {
+                        stage(&mut y, &format!("l{li}s{j}"), &needs);
+                    }
+                }
+                Workload {
+                    name: "W3 layered",
+                    yaml: y,
+                    tasks: l * w,
+                    layers: vec![w; l],
+                }
+            }
+            other => bail!("unknown workload {other:?}: expected w1, w2 or w3"),
+        };
+        out.push(wl);
+    }
+    Ok(out)
+}
+
+/// Spawns `/bin/true` for every task directly, `slots` at a time, layer by layer.
+fn baseline(layers: &[usize], slots: u32) -> Result<f64> {
+    let start = Instant::now();
+    for &n in layers {
+        let next = Arc::new(AtomicUsize::new(0));
+        let workers: Vec<_> = (0..slots.max(1))
+            .map(|_| {
+                let next = next.clone();
+                std::thread::spawn(move || -> std::io::Result<()> {
+                    while next.fetch_add(1, Ordering::Relaxed) < n {
+                        let st = Command::new("/bin/true")
+                            .stdin(Stdio::null())
+                            .stdout(Stdio::null())
+                            .status()?;
+                        if !st.success() {
+                            return Err(std::io::Error::other("/bin/true failed"));
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("baseline worker panicked"))??;
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    if s.is_empty() {
+        0.0
+    } else if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2.0
+    }
+}
+
+pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
+    let wls = workloads(&a)?;
+    let root = tempfile_dir()?;
+    let data = root.join("data");
+    let project = root.join("project");
+    std::fs::create_dir_all(&project)?;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let args = UpArgs {
+        daemon: DaemonArgs {
+            listen: "127.0.0.1:0".parse()?,
+            store: None,
+            lease_ttl_ms: 30_000,
+            heartbeat_ms: 10_000,
+            max_body_bytes: 64 * 1024 * 1024,
+            batch_max_items: 256,
+            batch_max_ms: 5,
+        },
+        agent: AgentOpts {
+            slots: a.slots,
+            labels: vec![],
+            name: Some("bench".into()),
+        },
+    };
+    let up = tokio::spawn({
+        let (d, s) = (data.clone(), stop.clone());
+        async move { crate::up::run_up_quiet(args, &d, s).await }
+    });
+    let mut client = None;
+    for _ in 0..400 {
+        if let Ok(c) = Client::resolve(None, None, &data) {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let Some(client) = client else {
+        bail!("the bench daemon did not start")
+    };
+    let mut rows = Vec::new();
+    for wl in &wls {
+        let file = project.join(format!("{}.yaml", wl.name.split(' ').next().unwrap_or("w")));
+        std::fs::write(&file, &wl.yaml)?;
+        let (mut o, mut b) = (Vec::new(), Vec::new());
+        for _ in 0..a.repeat.max(1) {
+            let layers = wl.layers.clone();
+            let slots = a.slots;
+            b.push(tokio::task::spawn_blocking(move || baseline(&layers, slots)).await??);
+            let t = Instant::now();
+            let s: Submitted =
+                crate::runcmd::submit(&client, &file, Some(project.clone()), 0).await?;
+            let state = crate::runcmd::wait(&client, &s.run_id, false).await?;
+            let secs = t.elapsed().as_secs_f64();
+            if state != RunState::Succeeded {
+                bail!("bench run {} of {} ended {state}", s.run_id, wl.name);
+            }
+            o.push(secs);
+        }
+        let (mo, mb) = (median(&o), median(&b));
+        rows.push(Row {
+            workload: wl.name.into(),
+            tasks: wl.tasks,
+            baseline_tasks_per_s: wl.tasks as f64 / mb,
+            orch_tasks_per_s: wl.tasks as f64 / mo,
+            orch_ms_per_task: mo * 1000.0 / wl.tasks as f64,
+            ratio_to_baseline: mb / mo,
+            samples_orch_s: o,
+            samples_baseline_s: b,
+        });
+    }
+    stop.cancel();
+    up.await??;
+    let _ = std::fs::remove_dir_all(&root);
+    match a.output {
+        Output::Json => view::json(&rows)?,
+        Output::Text => {
+            println!(
+                "{} cores, {} slots, {} repeats (medians)",
+                std::thread::available_parallelism().map_or(0, |n| n.get()),
+                a.slots,
+                a.repeat
+            );
+            println!(
+                "{:<16} {:>6} {:>14} {:>12} {:>10} {:>9}",
+                "WORKLOAD", "TASKS", "BASELINE t/s", "ORCH t/s", "ms/task", "RATIO"
+            );
+            for r in &rows {
+                println!(
+                    "{:<16} {:>6} {:>14.0} {:>12.0} {:>10.2} {:>8.0}%",
+                    r.workload,
+                    r.tasks,
+                    r.baseline_tasks_per_s,
+                    r.orch_tasks_per_s,
+                    r.orch_ms_per_task,
+                    r.ratio_to_baseline * 100.0
+                );
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn tempfile_dir() -> Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!(
+        "orch-bench-{}-{}",
+        std::process::id(),
+        orchestrator_store::now_ms()
+    ));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}

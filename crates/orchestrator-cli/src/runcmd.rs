@@ -1,0 +1,166 @@
+//! `orch run FILE`: submit a run, and with `--wait` follow it live (stages
+//! done of total, what runs now, elapsed) until it ends; the exit code tells
+//! the outcome.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use orchestrator_core::api::{RunDetail, SubmitRun, Submitted};
+use orchestrator_core::{Entity, RunState, StageState};
+
+use crate::client::Client;
+use crate::view::{self, Output};
+
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The workflow file (YAML or JSON).
+    pub file: PathBuf,
+    /// The project directory the run works in. Default: the current directory.
+    #[arg(long)]
+    pub project: Option<PathBuf>,
+    /// Suggested priority; higher runs first.
+    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
+    pub priority: i32,
+    /// Follow the run until it ends; exit 0 if it succeeded, 1 if not.
+    #[arg(long)]
+    pub wait: bool,
+    #[arg(short, long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+pub async fn submit(
+    client: &Client,
+    file: &std::path::Path,
+    project: Option<PathBuf>,
+    priority: i32,
+) -> Result<Submitted> {
+    let (text, _) = crate::load_workflow(file)?;
+    let project = match project {
+        Some(p) => p,
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    let project = std::fs::canonicalize(&project).map_err(|e| {
+        crate::CliError::BadInput(format!("project directory {}: {e}", project.display()))
+    })?;
+    client
+        .post(
+            "/v1/runs",
+            &SubmitRun {
+                workflow: text,
+                file: Some(file.display().to_string()),
+                project_dir: project.display().to_string(),
+                priority,
+            },
+        )
+        .await
+}
+
+pub async fn run(a: RunArgs, client: &Client) -> Result<ExitCode> {
+    let submitted = submit(client, &a.file, a.project.clone(), a.priority).await?;
+    if !a.wait {
+        match a.output {
+            Output::Json => view::json(&submitted)?,
+            Output::Text => println!("{}", submitted.run_id),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let show_progress = a.output == Output::Text;
+    if show_progress {
+        eprintln!("run {} submitted", submitted.run_id);
+    }
+    let state = wait(client, &submitted.run_id, show_progress).await?;
+    let detail: RunDetail = client
+        .get(&format!("/v1/runs/{}", submitted.run_id))
+        .await?;
+    match a.output {
+        Output::Json => view::json(&detail)?,
+        Output::Text => view::run(&detail),
+    }
+    Ok(exit_code(state))
+}
+
+pub fn exit_code(state: RunState) -> ExitCode {
+    if state == RunState::Succeeded {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// Follows a run's events until it ends; returns its final state.
+pub async fn wait(client: &Client, run_id: &str, progress: bool) -> Result<RunState> {
+    let detail: RunDetail = client.get(&format!("/v1/runs/{run_id}")).await?;
+    if detail.run.state.is_terminal() {
+        return Ok(detail.run.state);
+    }
+    let total = detail.run.stages_total as u64;
+    let bar = if progress {
+        let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
+        b.set_style(
+            ProgressStyle::with_template(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} stages  {wide_msg}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b.enable_steady_tick(Duration::from_millis(120));
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let started = Instant::now();
+    let mut running: BTreeSet<String> = BTreeSet::new();
+    let mut ended = 0u64;
+    let mut outcome = RunState::Running;
+    // Replay the run's log from the start so nothing is counted twice or missed.
+    client
+        .follow_run(run_id, 0, |t| {
+            match t.entity {
+                Entity::Stage => {
+                    let stage = t.entity_id.rsplit('/').next().unwrap_or("").to_owned();
+                    let to = StageState::parse(&t.to);
+                    if to == Some(StageState::Running) {
+                        running.insert(stage);
+                    } else {
+                        running.remove(&stage);
+                    }
+                    if to.is_some_and(StageState::is_terminal) {
+                        ended += 1;
+                    }
+                    bar.set_position(ended.min(total));
+                    let now: Vec<&str> = running.iter().take(4).map(String::as_str).collect();
+                    let more = running.len().saturating_sub(now.len());
+                    let suffix = if more > 0 {
+                        format!(" +{more}")
+                    } else {
+                        String::new()
+                    };
+                    bar.set_message(if now.is_empty() {
+                        String::new()
+                    } else {
+                        format!("running: {}{suffix}", now.join(", "))
+                    });
+                }
+                Entity::Run => {
+                    if let Some(s) = RunState::parse(&t.to).filter(|s| s.is_terminal()) {
+                        outcome = s;
+                        return false;
+                    }
+                }
+                _ => {}
+            }
+            true
+        })
+        .await?;
+    bar.finish_and_clear();
+    if progress {
+        eprintln!(
+            "run {run_id} {outcome} after {}",
+            view::duration(started.elapsed().as_millis() as i64)
+        );
+    }
+    Ok(outcome)
+}

@@ -1,0 +1,323 @@
+//! Starting the parts: `orch up` (daemon and a local agent in one process on
+//! the embedded store), `orch daemon`, `orch agent`, and `orch demo`.
+//! SIGINT/SIGTERM stop them cleanly: the agent kills its commands' process
+//! groups and reports them, then the daemon drains and closes the store.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{anyhow, Context, Result};
+use orchestrator_agent::{run_agent, AgentConfig};
+use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
+use orchestrator_store::{SqliteStore, StoreOptions};
+use tokio_util::sync::CancellationToken;
+
+use crate::client::Client;
+use crate::paths;
+
+#[derive(clap::Args, Clone)]
+pub struct DaemonArgs {
+    /// Address to listen on; port 0 picks a free one.
+    #[arg(long, default_value = "127.0.0.1:7437", env = "ORCH_LISTEN")]
+    pub listen: SocketAddr,
+    /// The store: `sqlite:PATH`. Default: orch.db in the data directory.
+    #[arg(long, env = "ORCH_STORE")]
+    pub store: Option<String>,
+    /// Lease lifetime without a heartbeat, in milliseconds.
+    #[arg(long, default_value_t = 30_000, env = "ORCH_LEASE_TTL_MS")]
+    pub lease_ttl_ms: u64,
+    /// Heartbeat interval agents are told to use, in milliseconds.
+    #[arg(long, default_value_t = 10_000, env = "ORCH_HEARTBEAT_MS")]
+    pub heartbeat_ms: u64,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = 8 * 1024 * 1024, env = "ORCH_MAX_BODY_BYTES")]
+    pub max_body_bytes: usize,
+    /// Most store commands committed in one transaction.
+    #[arg(long, default_value_t = 256, env = "ORCH_BATCH_MAX_ITEMS")]
+    pub batch_max_items: usize,
+    /// Longest a store batch keeps taking waiting commands, in milliseconds.
+    #[arg(long, default_value_t = 5, env = "ORCH_BATCH_MAX_MS")]
+    pub batch_max_ms: u64,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct AgentOpts {
+    /// Jobs the agent runs at once.
+    #[arg(long, default_value_t = default_slots(), env = "ORCH_SLOTS")]
+    pub slots: u32,
+    /// Capabilities the agent offers (repeat or comma-separate).
+    #[arg(long = "label", value_delimiter = ',', env = "ORCH_LABELS")]
+    pub labels: Vec<String>,
+    /// Agent name; default: `<hostname>-local` for `up`, `<hostname>` otherwise.
+    #[arg(long, env = "ORCH_AGENT_NAME")]
+    pub name: Option<String>,
+}
+
+fn default_slots() -> u32 {
+    std::thread::available_parallelism().map_or(2, |n| n.get() as u32)
+}
+
+#[derive(clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub daemon: DaemonArgs,
+    #[command(flatten)]
+    pub agent: AgentOpts,
+}
+
+#[derive(clap::Args)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    pub agent: AgentOpts,
+    /// Agent token; default: agent.token in the data directory.
+    #[arg(long, env = "ORCH_AGENT_TOKEN", hide_env_values = true)]
+    pub agent_token: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct DemoArgs {
+    /// The workflow to run.
+    #[arg(default_value = "examples/demo.yaml")]
+    pub file: PathBuf,
+    /// Where the demo keeps its store; default: a fresh temporary directory.
+    #[arg(long)]
+    pub demo_dir: Option<PathBuf>,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Resolves when SIGINT or SIGTERM arrives.
+async fn signals() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+fn store_path(arg: Option<&str>, data_dir: &Path) -> Result<PathBuf> {
+    match arg {
+        None => Ok(data_dir.join("orch.db")),
+        Some(s) => s
+            .strip_prefix("sqlite:")
+            .map(PathBuf::from)
+            .ok_or_else(|| anyhow!("--store {s:?}: expected sqlite:PATH")),
+    }
+}
+
+/// Opens the store and starts the daemon; writes the endpoint file.
+async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens)> {
+    let tokens = Tokens {
+        admin: vec![paths::ensure_token(data_dir, "admin.token")?],
+        agent: vec![paths::ensure_token(data_dir, "agent.token")?],
+    };
+    let mut opts = StoreOptions::new(store_path(a.store.as_deref(), data_dir)?);
+    opts.max_items = a.batch_max_items;
+    opts.max_ms = a.batch_max_ms;
+    let store = Arc::new(SqliteStore::open(opts).context("cannot open the store")?);
+    let mut cfg = DaemonConfig::new(a.listen, tokens.clone());
+    cfg.lease_ttl_ms = a.lease_ttl_ms;
+    cfg.heartbeat_interval_ms = a.heartbeat_ms;
+    cfg.max_body_bytes = a.max_body_bytes;
+    let daemon = Daemon::start(cfg, store)
+        .await
+        .with_context(|| format!("cannot start the daemon on {}", a.listen))?;
+    paths::write_atomic(
+        &paths::endpoint_file(data_dir),
+        &format!("http://{}\n", daemon.addr),
+    )?;
+    Ok((daemon, tokens))
+}
+
+fn agent_config(o: &AgentOpts, server: String, token: String, default_name: String) -> AgentConfig {
+    AgentConfig {
+        server,
+        token,
+        name: o.name.clone().unwrap_or(default_name),
+        labels: o.labels.clone(),
+        slots: o.slots,
+        hostname: Some(hostname()),
+    }
+}
+
+/// Runs a daemon and one agent until `stop` or a signal; agent first down.
+async fn run_up(a: UpArgs, data_dir: &Path, stop: CancellationToken) -> Result<()> {
+    run_up_inner(a, data_dir, stop, true).await
+}
+
+/// [`run_up`] without the banner, for `orch bench`.
+pub async fn run_up_quiet(a: UpArgs, data_dir: &Path, stop: CancellationToken) -> Result<()> {
+    run_up_inner(a, data_dir, stop, false).await
+}
+
+async fn run_up_inner(
+    a: UpArgs,
+    data_dir: &Path,
+    stop: CancellationToken,
+    banner: bool,
+) -> Result<()> {
+    let (daemon, tokens) = start_daemon(&a.daemon, data_dir).await?;
+    let url = format!("http://{}", daemon.addr);
+    if banner {
+        eprintln!("orch daemon on {url} (data in {})", data_dir.display());
+    }
+    let agent_stop = CancellationToken::new();
+    let cfg = agent_config(
+        &a.agent,
+        url,
+        tokens.agent[0].clone(),
+        format!("{}-local", hostname()),
+    );
+    let agent = tokio::spawn(run_agent(cfg, agent_stop.clone()));
+    let daemon_stop = daemon.shutdown_token();
+    let daemon_task = tokio::spawn(daemon.wait());
+    tokio::select! {
+        r = signals() => r?,
+        _ = stop.cancelled() => {}
+    }
+    if banner {
+        eprintln!("stopping: agent first, then the daemon");
+    }
+    agent_stop.cancel();
+    match agent.await {
+        Ok(Err(e)) => tracing::error!(error = %e, "agent failed"),
+        Err(e) => tracing::error!(error = %e, "agent task failed"),
+        Ok(Ok(())) => {}
+    }
+    daemon_stop.cancel();
+    daemon_task.await?.map_err(|e| anyhow!(e))?;
+    let _ = std::fs::remove_file(paths::endpoint_file(data_dir));
+    Ok(())
+}
+
+pub async fn up(a: UpArgs, data_dir: &Path) -> Result<ExitCode> {
+    run_up(a, data_dir, CancellationToken::new()).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn daemon(a: DaemonArgs, data_dir: &Path) -> Result<ExitCode> {
+    let (daemon, _) = start_daemon(&a, data_dir).await?;
+    eprintln!(
+        "orch daemon on http://{} (data in {})",
+        daemon.addr,
+        data_dir.display()
+    );
+    let stop = daemon.shutdown_token();
+    tokio::spawn(async move {
+        let _ = signals().await;
+        stop.cancel();
+    });
+    daemon.wait().await.map_err(|e| anyhow!(e))?;
+    let _ = std::fs::remove_file(paths::endpoint_file(data_dir));
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn agent(a: AgentArgs, server: Option<String>, data_dir: &Path) -> Result<ExitCode> {
+    let server = match server {
+        Some(s) => s,
+        None => std::fs::read_to_string(paths::endpoint_file(data_dir))
+            .map(|s| s.trim().to_owned())
+            .map_err(|_| anyhow!("no daemon address: pass --server URL"))?,
+    };
+    let token = match a.agent_token {
+        Some(t) => t,
+        None => std::fs::read_to_string(data_dir.join("agent.token"))
+            .map(|s| s.trim().to_owned())
+            .map_err(|_| anyhow!("no agent token: pass --agent-token or set ORCH_AGENT_TOKEN"))?,
+    };
+    let stop = CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let _ = signals().await;
+        s.cancel();
+    });
+    run_agent(agent_config(&a.agent, server, token, hostname()), stop).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `orch demo`: a daemon and agent on a fresh store, the demo workflow run to
+/// its end with live progress, the result shown, and everything stopped.
+pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
+    let tmp;
+    let dir = match a.demo_dir {
+        Some(d) => d,
+        None => {
+            tmp = std::env::temp_dir().join(format!("orch-demo-{}", std::process::id()));
+            tmp.clone()
+        }
+    };
+    let stop = CancellationToken::new();
+    let args = UpArgs {
+        daemon: DaemonArgs {
+            listen: "127.0.0.1:0".parse()?,
+            store: None,
+            lease_ttl_ms: 30_000,
+            heartbeat_ms: 10_000,
+            max_body_bytes: 8 * 1024 * 1024,
+            batch_max_items: 256,
+            batch_max_ms: 5,
+        },
+        agent: AgentOpts {
+            slots: default_slots().max(2),
+            labels: vec![],
+            name: None,
+        },
+    };
+    let up = tokio::spawn({
+        let (dir, stop) = (dir.clone(), stop.clone());
+        async move { run_up(args, &dir, stop).await }
+    });
+    // The endpoint file appears once the daemon listens.
+    let mut client = None;
+    for _ in 0..200 {
+        if let Ok(c) = Client::resolve(None, None, &dir) {
+            client = Some(c);
+            break;
+        }
+        if up.is_finished() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    let Some(client) = client else {
+        stop.cancel();
+        return match up.await? {
+            Err(e) => Err(e),
+            Ok(()) => Err(anyhow!("the demo daemon did not start")),
+        };
+    };
+    let outcome = async {
+        let submitted = crate::runcmd::submit(&client, &a.file, None, 0).await?;
+        eprintln!(
+            "run {} submitted ({} layers, critical path {})",
+            submitted.run_id,
+            submitted.plan.layers.len(),
+            submitted.plan.critical_path.join(" -> ")
+        );
+        let state = crate::runcmd::wait(&client, &submitted.run_id, true).await?;
+        let detail = client
+            .get(&format!("/v1/runs/{}", submitted.run_id))
+            .await?;
+        crate::view::run(&detail);
+        println!(
+            "\nbundles (manifest.json and each command's logs) are under .orchestrator/runs/{}/",
+            submitted.run_id
+        );
+        anyhow::Ok(state)
+    }
+    .await;
+    stop.cancel();
+    up.await??;
+    Ok(crate::runcmd::exit_code(outcome?))
+}

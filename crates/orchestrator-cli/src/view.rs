@@ -1,0 +1,156 @@
+//! How read commands print: tables for people, `-o json` for programs.
+
+use orchestrator_core::api::{AgentView, RunDetail, RunSummary};
+use orchestrator_core::Plan;
+
+/// `-o` values.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+pub fn json<T: serde::Serialize>(v: &T) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+/// `1.2s`, `3m04s`, `2h01m`.
+pub fn duration(ms: i64) -> String {
+    let ms = ms.max(0);
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else if ms < 3_600_000 {
+        format!("{}m{:02}s", ms / 60_000, (ms / 1000) % 60)
+    } else {
+        format!("{}h{:02}m", ms / 3_600_000, (ms / 60_000) % 60)
+    }
+}
+
+fn span(start: Option<i64>, end: Option<i64>) -> String {
+    match (start, end) {
+        (Some(s), Some(e)) => duration(e - s),
+        (Some(s), None) => format!("{} so far", duration(orchestrator_store::now_ms() - s)),
+        _ => "-".into(),
+    }
+}
+
+pub fn runs(list: &[RunSummary]) {
+    if list.is_empty() {
+        println!("no runs yet; start one with `orch run FILE`");
+        return;
+    }
+    println!(
+        "{:<13} {:<20} {:<10} {:>5} {:>9} {:>10}",
+        "RUN", "WORKFLOW", "STATE", "PRIO", "STAGES", "DURATION"
+    );
+    for r in list {
+        println!(
+            "{:<13} {:<20} {:<10} {:>5} {:>9} {:>10}",
+            r.id,
+            r.workflow,
+            r.state.as_str(),
+            r.priority,
+            format!("{}/{}", r.stages_succeeded, r.stages_total),
+            span(
+                Some(r.created_at_ms),
+                r.ended_at_ms.or(Some(orchestrator_store::now_ms()))
+            ),
+        );
+    }
+}
+
+pub fn run(d: &RunDetail) {
+    let r = &d.run;
+    println!("run       {}", r.id);
+    println!("workflow  {}", r.workflow);
+    println!("project   {}", r.project_dir);
+    println!("state     {}", r.state);
+    println!("priority  {}", r.priority);
+    println!(
+        "stages    {} succeeded, {} ended, {} in all",
+        r.stages_succeeded, r.stages_ended, r.stages_total
+    );
+    println!("duration  {}", span(Some(r.created_at_ms), r.ended_at_ms));
+    println!("critical  {}", d.plan.critical_path.join(" -> "));
+    println!();
+    println!(
+        "{:<24} {:<10} {:>7} {:>8} {:>12}  NEEDS",
+        "STAGE", "STATE", "STEP", "ATTEMPT", "DURATION"
+    );
+    let critical: std::collections::HashSet<&str> =
+        d.plan.critical_path.iter().map(String::as_str).collect();
+    for s in &d.stages {
+        let mark = if critical.contains(s.stage_id.as_str()) {
+            "*"
+        } else {
+            " "
+        };
+        println!(
+            "{mark}{:<23} {:<10} {:>7} {:>8} {:>12}  {}",
+            s.stage_id,
+            s.state.as_str(),
+            format!("{}/{}", (s.step + 1).min(s.steps_total), s.steps_total),
+            s.attempt,
+            span(s.started_at_ms, s.ended_at_ms),
+            s.needs.join(", "),
+        );
+    }
+    println!("(* on the critical path)");
+    let failed: Vec<_> = d.jobs.iter().filter(|j| j.error.is_some()).collect();
+    if !failed.is_empty() {
+        println!();
+        println!("failures:");
+        for j in failed {
+            println!(
+                "  {} step {} attempt {} (job {}, {}): {}",
+                j.stage_id,
+                j.step,
+                j.attempt,
+                j.id,
+                j.error_class.map_or("task", |c| c.as_str()),
+                j.error.as_deref().unwrap_or("")
+            );
+        }
+    }
+}
+
+pub fn plan(p: &Plan) {
+    for (i, layer) in p.layers.iter().enumerate() {
+        println!(
+            "layer {i} ({} in parallel): {}",
+            p.parallelism[i],
+            layer.join(", ")
+        );
+    }
+    let est = if p.critical_path_ms > 0 {
+        format!(" (estimated {})", duration(p.critical_path_ms as i64))
+    } else {
+        String::new()
+    };
+    println!("critical path{est}: {}", p.critical_path.join(" -> "));
+}
+
+pub fn agents(list: &[AgentView]) {
+    if list.is_empty() {
+        println!("no agents registered");
+        return;
+    }
+    println!(
+        "{:<13} {:<24} {:>7} {:<20} LAST SEEN",
+        "AGENT", "NAME", "SLOTS", "LABELS"
+    );
+    let now = orchestrator_store::now_ms();
+    for a in list {
+        println!(
+            "{:<13} {:<24} {:>7} {:<20} {} ago",
+            a.id,
+            a.name,
+            format!("{}/{}", a.running, a.slots),
+            a.labels.join(","),
+            duration(now - a.last_seen_ms)
+        );
+    }
+}

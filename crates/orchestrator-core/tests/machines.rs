@@ -1,0 +1,631 @@
+//! The state machines of stage, job and run, checked exhaustively: every state
+//! against every event (with representative parameters), against a table of
+//! the allowed transitions written out here. Anything not in a table must be
+//! refused.
+
+use orchestrator_core::error::{ErrorClass, MAX_INFRA_ATTEMPTS};
+use orchestrator_core::machine::{
+    job_on, run_on, stage_on, JobEvent, RejectedTransition, RunEvent, StageEffect, StageEvent,
+};
+use orchestrator_core::{Entity, JobState, RunState, StageState, Transition};
+use proptest::prelude::*;
+
+use JobState as J;
+use RunState as R;
+use StageEffect as F;
+use StageState as S;
+
+// ================================================================ stage
+
+/// The stage's own attempt number passed to `stage_on` in the table.
+const ATTEMPT: u32 = 2;
+const MAX: u32 = MAX_INFRA_ATTEMPTS;
+
+/// Representative stage events: every variant, with the parameters that
+/// matter on either side of each guard.
+fn stage_events() -> Vec<StageEvent> {
+    use StageEvent as E;
+    let events = vec![
+        E::NeedsMet,
+        E::Started,
+        E::StepSucceeded { step: 0, steps: 1 },
+        E::StepSucceeded { step: 0, steps: 3 },
+        E::StepSucceeded { step: 1, steps: 3 },
+        E::StepSucceeded { step: 2, steps: 3 },
+        E::StepSucceeded { step: 3, steps: 3 },
+        E::StepSucceeded { step: 0, steps: 0 },
+        E::StepSucceeded {
+            step: u32::MAX - 1,
+            steps: u32::MAX,
+        },
+        E::StepSucceeded {
+            step: u32::MAX,
+            steps: u32::MAX,
+        },
+        E::StepSucceeded {
+            step: u32::MAX,
+            steps: 0,
+        },
+        E::StepFailed,
+        E::AttemptLost {
+            attempt: 1,
+            max_attempts: MAX,
+        },
+        E::AttemptLost {
+            attempt: MAX - 1,
+            max_attempts: MAX,
+        },
+        E::AttemptLost {
+            attempt: MAX,
+            max_attempts: MAX,
+        },
+        E::AttemptLost {
+            attempt: MAX + 1,
+            max_attempts: MAX,
+        },
+        E::UpstreamFailed,
+        E::Cancel,
+    ];
+    // Fails to compile when a variant is added and not listed above.
+    for e in &events {
+        match e {
+            E::NeedsMet
+            | E::Started
+            | E::StepSucceeded { .. }
+            | E::StepFailed
+            | E::AttemptLost { .. }
+            | E::UpstreamFailed
+            | E::Cancel => {}
+        }
+    }
+    events
+}
+
+type StageRow = (StageState, StageEvent, StageState, &'static [StageEffect]);
+
+/// Every allowed stage transition (with `attempt` = [`ATTEMPT`]).
+fn stage_table() -> Vec<StageRow> {
+    use StageEvent as E;
+    const ENDED_BADLY: &[StageEffect] = &[F::BlockDependents, F::StageEnded];
+    const SUCCEEDED: &[StageEffect] = &[F::ReleaseDependents, F::StageEnded];
+    const CANCELLED: &[StageEffect] = &[F::CancelJob, F::StageEnded];
+    let lost = |attempt| E::AttemptLost {
+        attempt,
+        max_attempts: MAX,
+    };
+    let mut rows: Vec<StageRow> = vec![
+        (
+            S::Pending,
+            E::NeedsMet,
+            S::Queued,
+            &[F::EnqueueStep {
+                step: 0,
+                attempt: ATTEMPT,
+            }],
+        ),
+        (S::Pending, E::UpstreamFailed, S::Blocked, ENDED_BADLY),
+        (S::Pending, E::Cancel, S::Cancelled, CANCELLED),
+        (S::Queued, E::Started, S::Running, &[]),
+        (S::Queued, E::Cancel, S::Cancelled, CANCELLED),
+        (
+            S::Running,
+            E::StepSucceeded { step: 0, steps: 1 },
+            S::Succeeded,
+            SUCCEEDED,
+        ),
+        (
+            S::Running,
+            E::StepSucceeded { step: 0, steps: 3 },
+            S::Queued,
+            &[F::EnqueueStep {
+                step: 1,
+                attempt: ATTEMPT,
+            }],
+        ),
+        (
+            S::Running,
+            E::StepSucceeded { step: 1, steps: 3 },
+            S::Queued,
+            &[F::EnqueueStep {
+                step: 2,
+                attempt: ATTEMPT,
+            }],
+        ),
+        (
+            S::Running,
+            E::StepSucceeded { step: 2, steps: 3 },
+            S::Succeeded,
+            SUCCEEDED,
+        ),
+        (
+            S::Running,
+            E::StepSucceeded {
+                step: u32::MAX - 1,
+                steps: u32::MAX,
+            },
+            S::Succeeded,
+            SUCCEEDED,
+        ),
+        (S::Running, E::StepFailed, S::Failed, ENDED_BADLY),
+        (S::Running, E::Cancel, S::Cancelled, CANCELLED),
+    ];
+    // A lost attempt, whether its job was still queued or already running:
+    // restart from step 0 with the next attempt, or fail at the limit.
+    for from in [S::Queued, S::Running] {
+        rows.push((
+            from,
+            lost(1),
+            S::Queued,
+            &[F::EnqueueStep {
+                step: 0,
+                attempt: 2,
+            }],
+        ));
+        rows.push((
+            from,
+            lost(MAX - 1),
+            S::Queued,
+            &[F::EnqueueStep {
+                step: 0,
+                attempt: MAX,
+            }],
+        ));
+        rows.push((from, lost(MAX), S::Failed, ENDED_BADLY));
+        rows.push((from, lost(MAX + 1), S::Failed, ENDED_BADLY));
+    }
+    rows
+}
+
+#[test]
+fn the_stage_machine_allows_exactly_the_transitions_of_its_table() {
+    let table = stage_table();
+    let events = stage_events();
+    for (s, e, _, _) in &table {
+        assert!(
+            events.contains(e),
+            "table row event {e:?} is not enumerated"
+        );
+        assert!(!s.is_terminal(), "table row leaves terminal state {s}");
+    }
+    let mut allowed = 0;
+    for &s in StageState::ALL {
+        for &e in &events {
+            let got = stage_on(s, ATTEMPT, e);
+            match table.iter().find(|(from, ev, _, _)| *from == s && *ev == e) {
+                Some((_, _, to, effects)) => {
+                    allowed += 1;
+                    assert_eq!(got, Ok((*to, effects.to_vec())), "{s} on {e:?}");
+                }
+                None => {
+                    let err = got.expect_err(&format!("{s} on {e:?} should be refused"));
+                    assert_eq!(err.entity, "stage");
+                    assert_eq!(err.state, s.as_str());
+                    assert_eq!(err.event, format!("{e:?}"));
+                }
+            }
+        }
+    }
+    assert_eq!(allowed, table.len(), "every row was exercised once");
+}
+
+#[test]
+fn a_terminal_stage_refuses_every_event() {
+    let terminal: Vec<_> = StageState::ALL
+        .iter()
+        .copied()
+        .filter(|s| s.is_terminal())
+        .collect();
+    assert_eq!(
+        terminal,
+        [S::Succeeded, S::Failed, S::Blocked, S::Cancelled]
+    );
+    for s in terminal {
+        for e in stage_events() {
+            assert!(stage_on(s, ATTEMPT, e).is_err(), "{s} took {e:?}");
+        }
+    }
+}
+
+#[test]
+fn every_live_stage_state_can_still_end() {
+    for &s in StageState::ALL.iter().filter(|s| !s.is_terminal()) {
+        let (to, effects) = stage_on(s, ATTEMPT, StageEvent::Cancel).unwrap();
+        assert_eq!(to, S::Cancelled);
+        assert!(effects.contains(&F::StageEnded), "{s}");
+    }
+}
+
+#[test]
+fn the_last_step_succeeding_succeeds_the_stage_and_releases_its_dependents() {
+    let (to, effects) = stage_on(
+        S::Running,
+        1,
+        StageEvent::StepSucceeded { step: 4, steps: 5 },
+    )
+    .unwrap();
+    assert_eq!(to, S::Succeeded);
+    assert_eq!(effects, [F::ReleaseDependents, F::StageEnded]);
+}
+
+#[test]
+fn an_earlier_step_succeeding_queues_the_next_step_in_the_same_attempt() {
+    let (to, effects) = stage_on(
+        S::Running,
+        3,
+        StageEvent::StepSucceeded { step: 1, steps: 5 },
+    )
+    .unwrap();
+    assert_eq!(to, S::Queued);
+    assert_eq!(
+        effects,
+        [F::EnqueueStep {
+            step: 2,
+            attempt: 3
+        }]
+    );
+}
+
+#[test]
+fn a_step_number_past_the_last_is_refused_not_wrapped() {
+    for (step, steps) in [(5, 5), (9, 5), (0, 0), (u32::MAX, u32::MAX), (u32::MAX, 1)] {
+        assert!(
+            stage_on(S::Running, 1, StageEvent::StepSucceeded { step, steps }).is_err(),
+            "step {step} of {steps}"
+        );
+    }
+}
+
+#[test]
+fn a_lost_attempt_below_the_limit_restarts_from_step_zero_with_the_next_attempt() {
+    for from in [S::Queued, S::Running] {
+        for attempt in 1..MAX {
+            let (to, effects) = stage_on(
+                from,
+                attempt,
+                StageEvent::AttemptLost {
+                    attempt,
+                    max_attempts: MAX,
+                },
+            )
+            .unwrap();
+            assert_eq!(to, S::Queued);
+            assert_eq!(
+                effects,
+                [F::EnqueueStep {
+                    step: 0,
+                    attempt: attempt + 1
+                }]
+            );
+        }
+    }
+}
+
+#[test]
+fn a_lost_attempt_at_the_limit_fails_the_stage_and_blocks_its_dependents() {
+    for from in [S::Queued, S::Running] {
+        let (to, effects) = stage_on(
+            from,
+            MAX,
+            StageEvent::AttemptLost {
+                attempt: MAX,
+                max_attempts: MAX,
+            },
+        )
+        .unwrap();
+        assert_eq!(to, S::Failed);
+        assert_eq!(effects, [F::BlockDependents, F::StageEnded]);
+    }
+}
+
+#[test]
+fn a_refusal_reads_as_a_sentence() {
+    let err: RejectedTransition = stage_on(S::Succeeded, 1, StageEvent::Started).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "stage in state succeeded cannot take event Started"
+    );
+}
+
+proptest! {
+    #[test]
+    fn step_succeeded_follows_its_rule_for_any_numbers(
+        step in prop_oneof![0u32..8, any::<u32>()],
+        steps in prop_oneof![0u32..8, any::<u32>()],
+        attempt in 1u32..10,
+    ) {
+        let got = stage_on(S::Running, attempt, StageEvent::StepSucceeded { step, steps });
+        let (step, steps) = (u64::from(step), u64::from(steps));
+        if step + 1 < steps {
+            prop_assert_eq!(got, Ok((S::Queued, vec![F::EnqueueStep { step: step as u32 + 1, attempt }])));
+        } else if step + 1 == steps {
+            prop_assert_eq!(got, Ok((S::Succeeded, vec![F::ReleaseDependents, F::StageEnded])));
+        } else {
+            prop_assert!(got.is_err());
+        }
+    }
+
+    #[test]
+    fn attempt_lost_follows_its_rule_for_any_numbers(
+        attempt in any::<u32>(),
+        max_attempts in any::<u32>(),
+        queued in any::<bool>(),
+    ) {
+        let from = if queued { S::Queued } else { S::Running };
+        let got = stage_on(from, 1, StageEvent::AttemptLost { attempt, max_attempts }).unwrap();
+        if attempt >= max_attempts {
+            prop_assert_eq!(got, (S::Failed, vec![F::BlockDependents, F::StageEnded]));
+        } else {
+            prop_assert_eq!(got, (S::Queued, vec![F::EnqueueStep { step: 0, attempt: attempt + 1 }]));
+        }
+    }
+}
+
+// ================================================================== job
+
+fn job_events() -> Vec<JobEvent> {
+    use JobEvent as E;
+    let events = vec![E::Lease, E::Succeed, E::Fail, E::Expire, E::Cancel];
+    for e in &events {
+        match e {
+            E::Lease | E::Succeed | E::Fail | E::Expire | E::Cancel => {}
+        }
+    }
+    events
+}
+
+/// Every allowed job transition.
+const JOB_TABLE: &[(JobState, JobEvent, JobState)] = &[
+    (J::Queued, JobEvent::Lease, J::Leased),
+    (J::Queued, JobEvent::Cancel, J::Cancelled),
+    (J::Leased, JobEvent::Succeed, J::Succeeded),
+    (J::Leased, JobEvent::Fail, J::Failed),
+    (J::Leased, JobEvent::Expire, J::Expired),
+    (J::Leased, JobEvent::Cancel, J::Cancelled),
+];
+
+#[test]
+fn the_job_machine_allows_exactly_the_transitions_of_its_table() {
+    for &s in JobState::ALL {
+        for e in job_events() {
+            let got = job_on(s, e);
+            match JOB_TABLE
+                .iter()
+                .find(|(from, ev, _)| *from == s && *ev == e)
+            {
+                Some((_, _, to)) => assert_eq!(got, Ok(*to), "{s} on {e:?}"),
+                None => {
+                    let err = got.expect_err(&format!("{s} on {e:?} should be refused"));
+                    assert_eq!((err.entity, err.state.as_str()), ("job", s.as_str()));
+                    assert_eq!(err.event, format!("{e:?}"));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_terminal_job_refuses_every_event() {
+    let terminal: Vec<_> = JobState::ALL
+        .iter()
+        .copied()
+        .filter(|s| s.is_terminal())
+        .collect();
+    assert_eq!(
+        terminal,
+        [J::Succeeded, J::Failed, J::Expired, J::Cancelled]
+    );
+    for s in terminal {
+        for e in job_events() {
+            assert!(job_on(s, e).is_err(), "{s} took {e:?}");
+        }
+    }
+}
+
+#[test]
+fn a_job_completes_at_most_once() {
+    let done = job_on(
+        job_on(J::Queued, JobEvent::Lease).unwrap(),
+        JobEvent::Succeed,
+    )
+    .unwrap();
+    for e in job_events() {
+        assert!(job_on(done, e).is_err(), "{e:?} after success");
+    }
+}
+
+#[test]
+fn a_queued_job_cannot_expire_or_complete_without_a_lease() {
+    for e in [JobEvent::Succeed, JobEvent::Fail, JobEvent::Expire] {
+        assert!(job_on(J::Queued, e).is_err(), "{e:?}");
+    }
+}
+
+// ================================================================== run
+
+fn run_events() -> Vec<RunEvent> {
+    use RunEvent as E;
+    let ended = |open, unsuccessful| E::StageEnded { open, unsuccessful };
+    let events = vec![
+        ended(3, 0),
+        ended(1, 2),
+        ended(0, 0),
+        ended(0, 1),
+        ended(0, 4),
+        E::Cancel,
+    ];
+    for e in &events {
+        match e {
+            E::StageEnded { .. } | E::Cancel => {}
+        }
+    }
+    events
+}
+
+/// Every allowed run transition.
+fn run_table() -> Vec<(RunState, RunEvent, RunState)> {
+    let ended = |open, unsuccessful| RunEvent::StageEnded { open, unsuccessful };
+    vec![
+        (R::Running, ended(3, 0), R::Running),
+        (R::Running, ended(1, 2), R::Running),
+        (R::Running, ended(0, 0), R::Succeeded),
+        (R::Running, ended(0, 1), R::Failed),
+        (R::Running, ended(0, 4), R::Failed),
+        (R::Running, RunEvent::Cancel, R::Cancelled),
+    ]
+}
+
+#[test]
+fn the_run_machine_allows_exactly_the_transitions_of_its_table() {
+    let table = run_table();
+    for &s in RunState::ALL {
+        for e in run_events() {
+            let got = run_on(s, e);
+            match table.iter().find(|(from, ev, _)| *from == s && *ev == e) {
+                Some((_, _, to)) => assert_eq!(got, Ok(*to), "{s} on {e:?}"),
+                None => {
+                    let err = got.expect_err(&format!("{s} on {e:?} should be refused"));
+                    assert_eq!((err.entity, err.state.as_str()), ("run", s.as_str()));
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn a_terminal_run_refuses_every_event() {
+    let terminal: Vec<_> = RunState::ALL
+        .iter()
+        .copied()
+        .filter(|s| s.is_terminal())
+        .collect();
+    assert_eq!(terminal, [R::Succeeded, R::Failed, R::Cancelled]);
+    for s in terminal {
+        for e in run_events() {
+            assert!(run_on(s, e).is_err(), "{s} took {e:?}");
+        }
+    }
+}
+
+proptest! {
+    #[test]
+    fn a_run_ends_only_when_no_stage_is_open_and_fails_if_any_stage_did(
+        open in prop_oneof![Just(0usize), 0usize..100, any::<usize>()],
+        unsuccessful in prop_oneof![Just(0usize), 0usize..100, any::<usize>()],
+    ) {
+        let got = run_on(R::Running, RunEvent::StageEnded { open, unsuccessful }).unwrap();
+        let expected = match (open, unsuccessful) {
+            (o, _) if o > 0 => R::Running,
+            (_, 0) => R::Succeeded,
+            _ => R::Failed,
+        };
+        prop_assert_eq!(got, expected);
+    }
+}
+
+// ============================================================ names
+
+macro_rules! assert_names_round_trip {
+    ($ty:ty) => {{
+        let all = <$ty>::ALL;
+        let mut names: Vec<&str> = all.iter().map(|s| s.as_str()).collect();
+        for &s in all {
+            assert_eq!(<$ty>::parse(s.as_str()), Some(s));
+            assert_eq!(s.to_string(), s.as_str());
+            // The serde name is the same as the store's name.
+            assert_eq!(
+                serde_json::to_value(s).unwrap(),
+                serde_json::Value::String(s.as_str().to_owned())
+            );
+            assert_eq!(
+                serde_json::from_value::<$ty>(serde_json::json!(s.as_str())).unwrap(),
+                s
+            );
+            assert_eq!(<$ty>::parse(&s.as_str().to_uppercase()), None);
+        }
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all.len(), "names are unique");
+        assert_eq!(<$ty>::parse(""), None);
+        assert_eq!(<$ty>::parse("nonsense"), None);
+    }};
+}
+
+#[test]
+fn every_stage_state_name_round_trips() {
+    assert_names_round_trip!(StageState);
+    assert_eq!(StageState::ALL.len(), 7);
+}
+
+#[test]
+fn every_job_state_name_round_trips() {
+    assert_names_round_trip!(JobState);
+    assert_eq!(JobState::ALL.len(), 6);
+}
+
+#[test]
+fn every_run_state_name_round_trips() {
+    assert_names_round_trip!(RunState);
+    assert_eq!(RunState::ALL.len(), 4);
+}
+
+#[test]
+fn every_entity_name_round_trips() {
+    let all = [
+        Entity::Run,
+        Entity::Stage,
+        Entity::Job,
+        Entity::Lease,
+        Entity::Agent,
+    ];
+    // Fails to compile when a variant is added and not listed above.
+    for e in all {
+        match e {
+            Entity::Run | Entity::Stage | Entity::Job | Entity::Lease | Entity::Agent => {}
+        }
+    }
+    let mut names: Vec<&str> = all.iter().map(|e| e.as_str()).collect();
+    for e in all {
+        assert_eq!(Entity::parse(e.as_str()), Some(e));
+        assert_eq!(
+            serde_json::to_value(e).unwrap(),
+            serde_json::Value::String(e.as_str().to_owned())
+        );
+    }
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), all.len());
+    assert_eq!(Entity::parse("Run"), None);
+    assert_eq!(Entity::parse("runs"), None);
+}
+
+#[test]
+fn every_error_class_name_round_trips() {
+    for c in [ErrorClass::Infra, ErrorClass::Task] {
+        assert_eq!(ErrorClass::parse(c.as_str()), Some(c));
+        assert_eq!(
+            serde_json::to_value(c).unwrap(),
+            serde_json::Value::String(c.as_str().to_owned())
+        );
+    }
+    assert_eq!(ErrorClass::parse("other"), None);
+}
+
+#[test]
+fn a_transition_row_serializes_with_store_names() {
+    let t = Transition {
+        seq: 7,
+        entity: Entity::Stage,
+        entity_id: "r1/build".into(),
+        run_id: Some("r1".into()),
+        from: Some(S::Running.as_str().into()),
+        to: S::Succeeded.as_str().into(),
+        reason: "last step succeeded".into(),
+        actor: "agent:a1".into(),
+        at_ms: 1_700_000_000_000,
+    };
+    let v = serde_json::to_value(&t).unwrap();
+    assert_eq!(v["entity"], "stage");
+    assert_eq!(v["from"], "running");
+    assert_eq!(v["to"], "succeeded");
+    assert_eq!(serde_json::from_value::<Transition>(v).unwrap(), t);
+}

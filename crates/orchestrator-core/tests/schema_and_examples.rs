@@ -1,0 +1,285 @@
+//! The published JSON Schema of a workflow, and the example workflows shipped
+//! in `examples/`: every one of them must parse, validate and plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::PathBuf;
+
+use orchestrator_core::spec::{workflow_schema, CommandSpec, DurationSpec, Stage, Step, Workflow};
+use orchestrator_core::{parse_workflow, plan};
+use serde_json::Value;
+
+fn examples_dir() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples"))
+}
+
+/// Every workflow file in `examples/`, by file name.
+fn examples() -> BTreeMap<String, Workflow> {
+    let dir = examples_dir();
+    let mut out = BTreeMap::new();
+    let entries = fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    for entry in entries {
+        let path = entry.unwrap().path();
+        let is_workflow = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .is_some_and(|e| matches!(e, "yaml" | "yml" | "json"));
+        if !is_workflow {
+            continue;
+        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let text = fs::read_to_string(&path).unwrap();
+        match parse_workflow(&text, Some(&name)) {
+            Ok(wf) => {
+                out.insert(name, wf);
+            }
+            Err(e) => panic!("example {name} does not parse:\n{e}"),
+        }
+    }
+    out
+}
+
+fn example(name: &str) -> Workflow {
+    examples()
+        .remove(name)
+        .unwrap_or_else(|| panic!("examples/{name} is missing"))
+}
+
+fn stage<'a>(wf: &'a Workflow, id: &str) -> &'a Stage {
+    wf.stages
+        .iter()
+        .find(|s| s.id == id)
+        .unwrap_or_else(|| panic!("{} has no stage {id}", wf.name))
+}
+
+fn commands(wf: &Workflow) -> impl Iterator<Item = (&Step, &CommandSpec)> {
+    wf.stages
+        .iter()
+        .flat_map(|s| &s.steps)
+        .flat_map(|st| st.commands.iter().map(move |c| (st, c)))
+}
+
+// --------------------------------------------------------------- schema
+
+#[test]
+fn the_schema_is_a_json_object_naming_the_workflow_vocabulary() {
+    let schema = workflow_schema();
+    assert!(schema.is_object(), "{schema}");
+    let text = schema.to_string();
+    for word in [
+        "stages", "needs", "steps", "commands", "argv", "shell", "run", "cwd",
+    ] {
+        assert!(
+            text.contains(&format!("\"{word}\"")),
+            "schema lacks {word:?}"
+        );
+    }
+    assert_eq!(schema["title"], "Workflow");
+    let required: BTreeSet<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(required, BTreeSet::from(["name", "stages"]));
+}
+
+/// The `properties` of a schema object, as a set of names.
+fn properties(def: &Value) -> BTreeSet<String> {
+    def["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no properties in {def}"))
+        .keys()
+        .cloned()
+        .collect()
+}
+
+/// The keys of a JSON object.
+fn keys(v: &Value) -> BTreeSet<String> {
+    v.as_object().unwrap().keys().cloned().collect()
+}
+
+#[test]
+fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts() {
+    // A workflow with every optional field set serializes every field.
+    let cmd = CommandSpec {
+        argv: vec!["echo".into()],
+        run: Some("echo".into()),
+        cwd: Some("sub".into()),
+        env: BTreeMap::from([("A".into(), "1".into())]),
+        timeout: Some(DurationSpec::from_secs(1)),
+    };
+    let step = Step {
+        name: Some("s".into()),
+        shell: true,
+        commands: vec![cmd],
+    };
+    let stage = Stage {
+        id: "a".into(),
+        description: Some("d".into()),
+        needs: vec!["b".into()],
+        labels: vec!["gpu".into()],
+        timeout: Some(DurationSpec::from_secs(2)),
+        estimate: Some(DurationSpec::from_secs(3)),
+        env: BTreeMap::from([("B".into(), "2".into())]),
+        steps: vec![step],
+    };
+    let wf = Workflow {
+        name: "w".into(),
+        description: Some("d".into()),
+        env: BTreeMap::from([("C".into(), "3".into())]),
+        stages: vec![stage],
+    };
+    let full = serde_json::to_value(&wf).unwrap();
+    let schema = workflow_schema();
+    let defs = &schema["$defs"];
+    assert_eq!(properties(&schema), keys(&full));
+    assert_eq!(properties(&defs["Stage"]), keys(&full["stages"][0]));
+    assert_eq!(
+        properties(&defs["Step"]),
+        keys(&full["stages"][0]["steps"][0])
+    );
+    assert_eq!(
+        properties(&defs["CommandSpec"]),
+        keys(&full["stages"][0]["steps"][0]["commands"][0])
+    );
+    for def in [&schema, &defs["Stage"], &defs["Step"], &defs["CommandSpec"]] {
+        assert_eq!(def["additionalProperties"], false, "{def}");
+    }
+}
+
+#[test]
+fn the_schema_describes_durations_as_seconds_or_a_string_with_a_unit() {
+    let schema = workflow_schema();
+    let duration = &schema["$defs"]["Duration"];
+    let text = duration.to_string();
+    assert!(text.contains("integer"), "{text}");
+    assert!(text.contains("(ms|s|m|h)"), "{text}");
+    assert!(schema["$defs"]["Stage"]["properties"]["timeout"]
+        .to_string()
+        .contains("#/$defs/Duration"));
+}
+
+#[test]
+fn every_field_of_the_schema_has_a_description() {
+    let schema = workflow_schema();
+    let mut objects = vec![("Workflow".to_owned(), &schema)];
+    for (name, def) in schema["$defs"].as_object().unwrap() {
+        objects.push((name.clone(), def));
+    }
+    for (name, def) in objects {
+        let Some(props) = def["properties"].as_object() else {
+            continue;
+        };
+        for (field, p) in props {
+            assert!(
+                p["description"].as_str().is_some_and(|d| !d.is_empty()),
+                "{name}.{field} has no description"
+            );
+        }
+    }
+}
+
+// ------------------------------------------------------------- examples
+
+#[test]
+fn every_example_workflow_parses_validates_and_plans() {
+    let all = examples();
+    for name in ["demo.yaml", "hello.yaml", "diamond.yaml", "failing.yaml"] {
+        assert!(all.contains_key(name), "examples/{name} is missing");
+    }
+    for (name, wf) in &all {
+        let p = plan(wf).unwrap_or_else(|c| panic!("{name} has a cycle {c:?}"));
+        let planned: usize = p.layers.iter().map(Vec::len).sum();
+        assert_eq!(planned, wf.stages.len(), "{name}");
+        assert!(
+            wf.description.is_some(),
+            "{name} should say what it is about"
+        );
+    }
+}
+
+#[test]
+fn examples_stay_inside_the_project_and_write_only_under_dot_orchestrator() {
+    for (name, wf) in examples() {
+        for (_, cmd) in commands(&wf) {
+            if let Some(cwd) = &cmd.cwd {
+                assert!(cwd.starts_with(".orchestrator/"), "{name}: cwd {cwd}");
+            }
+            let text = cmd.argv.join(" ") + cmd.run.as_deref().unwrap_or("");
+            for bad in ["rm ", "sudo", "curl", "wget", "/tmp", "~/", "$HOME"] {
+                assert!(!text.contains(bad), "{name}: {bad:?} in {text:?}");
+            }
+            // Every redirection into a file goes under the demo's output directory.
+            for (i, _) in text.match_indices('>') {
+                let target = text[i + 1..].trim_start();
+                if target.starts_with('&') || target.starts_with('>') {
+                    continue;
+                }
+                assert!(
+                    target.starts_with("\"$DEMO_OUT/")
+                        || target.starts_with("/dev/")
+                        || cmd.cwd.is_some(),
+                    "{name}: writes outside .orchestrator/: {text:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn hello_is_one_stage_of_one_step_saying_hello() {
+    let wf = example("hello.yaml");
+    assert_eq!(wf.stages.len(), 1);
+    assert_eq!(wf.stages[0].steps.len(), 1);
+    assert_eq!(wf.stages[0].steps[0].commands[0].argv, ["echo", "hello"]);
+}
+
+#[test]
+fn diamond_forks_after_a_and_joins_at_d() {
+    let wf = example("diamond.yaml");
+    let p = plan(&wf).unwrap();
+    assert_eq!(p.layers, [vec!["a"], vec!["b", "c"], vec!["d"]]);
+    assert_eq!(p.critical_path, ["a", "c", "d"]);
+}
+
+#[test]
+fn failing_has_a_failing_stage_its_blocked_dependent_and_an_independent_stage() {
+    let wf = example("failing.yaml");
+    let check = stage(&wf, "check");
+    let last = check.steps[0]
+        .commands
+        .iter()
+        .find(|c| c.argv.join(" ").contains("exit 1"));
+    assert!(last.is_some(), "check should exit 1");
+    assert_eq!(stage(&wf, "publish").needs, ["check"]);
+    let docs = stage(&wf, "docs");
+    assert!(docs.needs.is_empty());
+    assert!(wf.stages.iter().all(|s| !s.needs.contains(&docs.id)));
+}
+
+#[test]
+fn the_demo_is_a_diamond_ish_pipeline_whose_critical_path_runs_through_build() {
+    let wf = example("demo.yaml");
+    assert!(wf.stages.len() >= 6, "{} stages", wf.stages.len());
+    let p = plan(&wf).unwrap();
+    assert_eq!(p.layers[0], ["fetch"]);
+    assert_eq!(p.parallelism, [1, 3, 1, 1]);
+    assert_eq!(p.critical_path, ["fetch", "build", "package", "report"]);
+    // Every stage has an estimate, so the critical path is meaningful.
+    assert!(wf.stages.iter().all(|s| s.estimate.is_some()));
+    assert!(p.critical_path_ms > 0);
+    // Multi-step stages, stage env, and a shell step using `run:`.
+    assert!(wf.stages.iter().any(|s| s.steps.len() > 1));
+    assert!(wf.stages.iter().any(|s| !s.env.is_empty()));
+    assert!(commands(&wf).any(|(step, c)| step.shell && c.run.is_some()));
+    // It makes its progress visible, and writes its output under .orchestrator/demo-out.
+    assert!(commands(&wf).any(|(_, c)| c.argv.first().is_some_and(|p| p == "sleep")));
+    assert_eq!(wf.env["DEMO_OUT"], ".orchestrator/demo-out");
+    // Its sleeps (as commands; `build` also sleeps in its shell loop) stay short.
+    let sleep_s: f64 = commands(&wf)
+        .filter(|(_, c)| c.argv.first().is_some_and(|p| p == "sleep"))
+        .map(|(_, c)| c.argv[1].parse::<f64>().unwrap())
+        .sum();
+    assert!(sleep_s < 3.0, "{sleep_s}s of sleeping");
+}

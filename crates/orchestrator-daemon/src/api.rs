@@ -1,0 +1,188 @@
+//! The HTTP API under `/v1`: runs for users, the lease protocol for agents.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use orchestrator_core::api::{
+    ClaimRequest, CompleteRequest, HeartbeatRequest, RegisterAgent, SubmitRun,
+};
+use orchestrator_store::{NewRun, Store, StoreError};
+use serde::Deserialize;
+
+use crate::error::{ApiErr, JsonBody};
+use crate::App;
+
+pub async fn submit_run<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    JsonBody(req): JsonBody<SubmitRun>,
+) -> Result<Response, ApiErr> {
+    let dir = std::path::Path::new(&req.project_dir);
+    if !dir.is_absolute() || !dir.is_dir() {
+        return Err(ApiErr::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "project_dir {:?}: expected the absolute path of an existing directory",
+                req.project_dir
+            ),
+        ));
+    }
+    let submitted = app
+        .store
+        .submit_run(NewRun {
+            workflow: req.workflow,
+            file: req.file,
+            project_dir: req.project_dir,
+            priority: req.priority,
+            actor: "user:admin".into(),
+        })
+        .await?;
+    tracing::info!(run_id = %submitted.run_id, "run submitted");
+    Ok((StatusCode::CREATED, Json(submitted)).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    #[serde(default = "default_limit")]
+    limit: u32,
+}
+
+fn default_limit() -> u32 {
+    100
+}
+
+pub async fn list_runs<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiErr> {
+    Ok(Json(app.store.list_runs(q.limit.min(10_000)).await?).into_response())
+}
+
+pub async fn get_run<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiErr> {
+    Ok(Json(app.store.run_detail(&id).await?).into_response())
+}
+
+pub async fn get_stages<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiErr> {
+    Ok(Json(app.store.run_detail(&id).await?.stages).into_response())
+}
+
+pub async fn get_stage<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path((id, stage)): Path<(String, String)>,
+) -> Result<Response, ApiErr> {
+    let detail = app.store.run_detail(&id).await?;
+    let st = detail
+        .stages
+        .into_iter()
+        .find(|s| s.stage_id == stage)
+        .ok_or(StoreError::NotFound {
+            what: "stage",
+            id: format!("{id}/{stage}"),
+        })?;
+    Ok(Json(st).into_response())
+}
+
+pub async fn get_jobs<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiErr> {
+    Ok(Json(app.store.run_detail(&id).await?.jobs).into_response())
+}
+
+pub async fn list_agents<S: Store>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiErr> {
+    Ok(Json(app.store.list_agents().await?).into_response())
+}
+
+pub async fn register_agent<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    JsonBody(req): JsonBody<RegisterAgent>,
+) -> Result<Response, ApiErr> {
+    let cfg = &app.config;
+    let reg = app
+        .store
+        .register_agent(req, cfg.lease_ttl_ms, cfg.heartbeat_interval_ms)
+        .await?;
+    tracing::info!(agent_id = %reg.agent_id, stale = reg.stale_jobs.len(), "agent registered");
+    Ok(Json(reg).into_response())
+}
+
+/// Long-poll: answers with a job as soon as one this agent can run is
+/// queued, or 204 when `wait_ms` passes first. No polling interval: it waits
+/// on the store's "jobs queued" signal.
+pub async fn claim<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path(agent_id): Path<String>,
+    JsonBody(req): JsonBody<ClaimRequest>,
+) -> Result<Response, ApiErr> {
+    let wait = Duration::from_millis(req.wait_ms.min(app.config.max_claim_wait_ms));
+    let deadline = tokio::time::Instant::now() + wait;
+    let queued = app.store.jobs_queued();
+    loop {
+        let notified = queued.notified();
+        tokio::pin!(notified);
+        // Registered before looking, so a job queued in between still wakes us.
+        notified.as_mut().enable();
+        let started = std::time::Instant::now();
+        if let Some(job) = app.store.claim(&agent_id, app.config.lease_ttl_ms).await? {
+            app.metrics.claim_granted(started.elapsed());
+            return Ok(Json(job).into_response());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            app.metrics.claim_empty();
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        tokio::select! {
+            _ = &mut notified => {}
+            _ = tokio::time::sleep_until(deadline) => {}
+            _ = app.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
+        }
+    }
+}
+
+pub async fn heartbeat<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path(agent_id): Path<String>,
+    JsonBody(req): JsonBody<HeartbeatRequest>,
+) -> Result<Response, ApiErr> {
+    let r = app
+        .store
+        .heartbeat(&agent_id, req.leases, app.config.lease_ttl_ms)
+        .await?;
+    if !r.revoked.is_empty() {
+        tracing::warn!(agent_id = %agent_id, revoked = ?r.revoked, "heartbeat named leases the agent no longer holds");
+    }
+    Ok(Json(r).into_response())
+}
+
+pub async fn complete<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path(job_id): Path<i64>,
+    JsonBody(req): JsonBody<CompleteRequest>,
+) -> Result<Response, ApiErr> {
+    let agent = req.agent_id.clone();
+    match app.store.complete(job_id, req).await {
+        Ok(done) => {
+            app.metrics.completed();
+            Ok(Json(done).into_response())
+        }
+        Err(e @ StoreError::StaleLease { .. }) => {
+            app.metrics.stale_completion();
+            tracing::warn!(job_id, agent_id = %agent, error = %e, "completion refused");
+            Err(e.into())
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}

@@ -1,0 +1,95 @@
+//! Bearer tokens. Admin tokens may do everything; agent tokens may only
+//! register, claim, heartbeat and complete. Only `/healthz` needs none.
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::error::ApiErr;
+
+/// Who a token belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Admin,
+    Agent,
+}
+
+/// The tokens the daemon accepts.
+#[derive(Debug, Clone, Default)]
+pub struct Tokens {
+    pub admin: Vec<String>,
+    pub agent: Vec<String>,
+}
+
+impl Tokens {
+    fn role_of(&self, token: &str) -> Option<Role> {
+        // Compare every token in full so timing does not reveal a prefix.
+        let eq = |a: &str, b: &str| {
+            a.len() == b.len()
+                && a.bytes()
+                    .zip(b.bytes())
+                    .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+                    == 0
+        };
+        if self.admin.iter().any(|t| eq(t, token)) {
+            Some(Role::Admin)
+        } else if self.agent.iter().any(|t| eq(t, token)) {
+            Some(Role::Agent)
+        } else {
+            None
+        }
+    }
+}
+
+fn role(tokens: &Tokens, req: &Request) -> Result<Role, ApiErr> {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        return Err(ApiErr::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token: send `Authorization: Bearer <token>` (orch up writes them to the data directory)",
+        ));
+    };
+    let token = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| {
+            ApiErr::new(
+                StatusCode::UNAUTHORIZED,
+                "malformed Authorization header: expected `Bearer <token>`",
+            )
+        })?;
+    tokens.role_of(token.trim()).ok_or_else(|| {
+        ApiErr::new(
+            StatusCode::UNAUTHORIZED,
+            "unknown token: check the admin or agent token in use",
+        )
+    })
+}
+
+/// Lets admin tokens through.
+pub async fn admin_only(
+    State(tokens): State<Arc<Tokens>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiErr> {
+    match role(&tokens, &req)? {
+        Role::Admin => Ok(next.run(req).await),
+        Role::Agent => Err(ApiErr::new(
+            StatusCode::FORBIDDEN,
+            "an agent token may only register, claim, heartbeat and complete; use an admin token",
+        )),
+    }
+}
+
+/// Lets agent and admin tokens through.
+pub async fn agent_or_admin(
+    State(tokens): State<Arc<Tokens>>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiErr> {
+    role(&tokens, &req)?;
+    Ok(next.run(req).await)
+}

@@ -1,0 +1,91 @@
+//! How every failure becomes an HTTP answer: a status and an `ApiError` body
+//! that says what was wrong and what to do.
+
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use orchestrator_core::api::ApiError;
+use orchestrator_store::StoreError;
+use serde::de::DeserializeOwned;
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiErr(pub StatusCode, pub ApiError);
+
+impl ApiErr {
+    pub fn new(status: StatusCode, msg: impl Into<String>) -> Self {
+        ApiErr(
+            status,
+            ApiError {
+                error: msg.into(),
+                details: None,
+            },
+        )
+    }
+}
+
+impl IntoResponse for ApiErr {
+    fn into_response(self) -> Response {
+        (self.0, Json(self.1)).into_response()
+    }
+}
+
+impl From<StoreError> for ApiErr {
+    fn from(e: StoreError) -> Self {
+        let status = match &e {
+            StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
+            StoreError::InvalidWorkflow(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            StoreError::StaleLease { .. } | StoreError::Conflict(_) => StatusCode::CONFLICT,
+            StoreError::Forbidden { .. } => StatusCode::FORBIDDEN,
+            StoreError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        if status == StatusCode::INTERNAL_SERVER_ERROR {
+            tracing::error!(error = %e, "store error");
+        }
+        let details = match &e {
+            StoreError::InvalidWorkflow(errs) => serde_json::to_value(&errs.0).ok(),
+            _ => None,
+        };
+        ApiErr(
+            status,
+            ApiError {
+                error: e.to_string(),
+                details,
+            },
+        )
+    }
+}
+
+/// A JSON body whose every rejection is an `ApiError` naming the problem.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiErr;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|e| {
+                let status = e.status();
+                let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                    "request body too large; the daemon's limit is set by --max-body-bytes"
+                        .to_owned()
+                } else {
+                    format!("cannot read the request body: {e}")
+                };
+                ApiErr::new(status, msg)
+            })?;
+        serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
+            ApiErr::new(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "invalid JSON body: {e} (line {}, column {})",
+                    e.line(),
+                    e.column()
+                ),
+            )
+        })
+    }
+}

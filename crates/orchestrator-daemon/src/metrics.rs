@@ -1,0 +1,139 @@
+//! `/metrics` in Prometheus text format. Every metric the daemon exports is
+//! described here, in one place.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use orchestrator_store::{Counts, WriterStats};
+
+/// Counters the API updates as it serves.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    claims_granted: AtomicU64,
+    claims_empty: AtomicU64,
+    claim_micros: AtomicU64,
+    completions: AtomicU64,
+    stale_completions: AtomicU64,
+    leases_expired: AtomicU64,
+}
+
+impl Metrics {
+    pub fn claim_granted(&self, took: Duration) {
+        self.claims_granted.fetch_add(1, Ordering::Relaxed);
+        self.claim_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+    pub fn claim_empty(&self) {
+        self.claims_empty.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn completed(&self) {
+        self.completions.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn stale_completion(&self) {
+        self.stale_completions.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn leases_expired(&self, n: usize) {
+        self.leases_expired.fetch_add(n as u64, Ordering::Relaxed);
+    }
+
+    /// The whole exposition.
+    pub fn render(&self, counts: &Counts, w: &WriterStats) -> String {
+        let mut out = String::with_capacity(4096);
+        let c = |x: &AtomicU64| x.load(Ordering::Relaxed);
+        let mut gauge_by_state = |name: &str, help: &str, rows: &[(String, i64)]| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+            for (state, n) in rows {
+                let _ = writeln!(out, "{name}{{state=\"{state}\"}} {n}");
+            }
+        };
+        gauge_by_state("orch_runs", "Runs by state.", &counts.runs);
+        gauge_by_state("orch_stages", "Stage runs by state.", &counts.stages);
+        gauge_by_state("orch_jobs", "Jobs by state.", &counts.jobs);
+        let mut one = |name: &str, kind: &str, help: &str, v: f64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
+        one(
+            "orch_agents",
+            "gauge",
+            "Registered agents.",
+            counts.agents as f64,
+        );
+        one(
+            "orch_transitions_total",
+            "counter",
+            "Transition rows written.",
+            counts.transitions as f64,
+        );
+        one(
+            "orch_claims_granted_total",
+            "counter",
+            "Claims answered with a job.",
+            c(&self.claims_granted) as f64,
+        );
+        one(
+            "orch_claims_empty_total",
+            "counter",
+            "Claims that waited and got no job.",
+            c(&self.claims_empty) as f64,
+        );
+        one(
+            "orch_claim_store_seconds_total",
+            "counter",
+            "Time granted claims spent in the store.",
+            c(&self.claim_micros) as f64 / 1e6,
+        );
+        one(
+            "orch_completions_total",
+            "counter",
+            "Jobs completed.",
+            c(&self.completions) as f64,
+        );
+        one(
+            "orch_stale_completions_total",
+            "counter",
+            "Completions refused for a stale lease.",
+            c(&self.stale_completions) as f64,
+        );
+        one(
+            "orch_leases_expired_total",
+            "counter",
+            "Leases the reaper expired.",
+            c(&self.leases_expired) as f64,
+        );
+        one(
+            "orch_store_batches_total",
+            "counter",
+            "Store transactions committed.",
+            w.batches as f64,
+        );
+        one(
+            "orch_store_commands_total",
+            "counter",
+            "Store commands committed.",
+            w.commands as f64,
+        );
+        one(
+            "orch_store_batch_max",
+            "gauge",
+            "Largest store batch so far.",
+            w.max_batch as f64,
+        );
+        one(
+            "orch_store_commit_seconds_total",
+            "counter",
+            "Time spent committing store batches.",
+            w.commit_micros as f64 / 1e6,
+        );
+        one(
+            "orch_store_failed_batches_total",
+            "counter",
+            "Store batches rolled back.",
+            w.failed_batches as f64,
+        );
+        out
+    }
+}
