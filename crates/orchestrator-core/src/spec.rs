@@ -132,15 +132,17 @@ impl DurationSpec {
 impl fmt::Display for DurationSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let ms = self.0;
-        if ms % 3_600_000 == 0 && ms > 0 {
-            write!(f, "{}h", ms / 3_600_000)
-        } else if ms % 60_000 == 0 && ms > 0 {
-            write!(f, "{}m", ms / 60_000)
-        } else if ms % 1000 == 0 {
-            write!(f, "{}s", ms / 1000)
-        } else {
-            write!(f, "{ms}ms")
+        if ms == 0 {
+            return f.write_str("0s");
         }
+        // The largest unit that divides the value exactly. (`checked_rem`, not
+        // `%`, because clippy asks for `is_multiple_of`, which needs Rust 1.87.)
+        for (unit, name) in [(3_600_000, "h"), (60_000, "m"), (1000, "s")] {
+            if ms.checked_rem(unit) == Some(0) {
+                return write!(f, "{}{name}", ms / unit);
+            }
+        }
+        write!(f, "{ms}ms")
     }
 }
 
@@ -212,7 +214,9 @@ mod tests {
 
     #[test]
     fn durations_display_round_trips() {
-        for s in ["250ms", "30s", "10m", "2h", "0s"] {
+        for s in [
+            "250ms", "30s", "10m", "2h", "0s", "1500ms", "90s", "61m", "25h",
+        ] {
             assert_eq!(DurationSpec::parse(s).unwrap().to_string(), s);
         }
     }

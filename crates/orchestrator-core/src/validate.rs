@@ -501,17 +501,21 @@ fn check_env(
     stage: Option<(&str, usize)>,
     out: &mut Vec<Problem>,
 ) {
-    for k in env.keys() {
+    for (k, v) in env {
         let ok = !k.is_empty()
             && !k.starts_with(|c: char| c.is_ascii_digit())
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok {
-            let field = format!("{field}.{k}");
-            let message = format!("invalid environment variable name {k:?}: expected letters, digits and '_', not starting with a digit");
-            match stage {
-                Some(id) => add_in(out, field, message, id, None),
-                None => add(out, field, message, None),
-            }
+        let message = if !ok {
+            format!("invalid environment variable name {k:?}: expected letters, digits and '_', not starting with a digit")
+        } else if v.contains('\0') {
+            format!("environment variable {k:?} holds a NUL byte; values must be plain strings")
+        } else {
+            continue;
+        };
+        let field = format!("{field}.{k}");
+        match stage {
+            Some(id) => add_in(out, field, message, id, None),
+            None => add(out, field, message, None),
         }
     }
 }
@@ -544,6 +548,7 @@ pub fn check_command(cmd: &CommandSpec, shell_allowed: bool) -> Result<(), Strin
         .argv
         .iter()
         .chain(cmd.run.iter())
+        .chain(cmd.cwd.iter())
         .any(|a| a.contains('\0'))
     {
         return Err("contains a NUL byte; arguments must be plain strings".into());

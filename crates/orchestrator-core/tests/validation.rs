@@ -796,6 +796,42 @@ fn an_environment_variable_name_starting_with_a_digit_is_refused() {
     assert_eq!(cmd.line, Some(line_of(&text, "- id: a")), "{cmd}");
 }
 
+#[test]
+fn a_nul_byte_in_an_argument_a_cwd_or_an_env_value_is_refused() {
+    let text = yaml(
+        r#"
+        name: nul
+        env:
+          TOP: "a\0b"
+        stages:
+          - id: a
+            steps:
+              - commands:
+                  - argv: [echo, "x\0y"]
+                  - argv: [ls]
+                    cwd: "sub\0dir"
+                  - argv: [env]
+                    env:
+                      INNER: "c\0d"
+        "#,
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 4, "{errs:#?}");
+    assert_mentions(error_at(&errs, "env.TOP"), &["NUL byte"]);
+    assert_mentions(
+        error_at(&errs, "stages[0].steps[0].commands[0]"),
+        &["NUL byte"],
+    );
+    assert_mentions(
+        error_at(&errs, "stages[0].steps[0].commands[1]"),
+        &["NUL byte"],
+    );
+    assert_mentions(
+        error_at(&errs, "stages[0].steps[0].commands[2].env.INNER"),
+        &["\"INNER\" holds a NUL byte"],
+    );
+}
+
 // ------------------------------------------------------------ durations
 
 #[test]
@@ -1075,4 +1111,30 @@ fn a_parsed_workflow_serializes_back_to_text_that_parses_to_the_same_workflow() 
     assert_eq!(parses(&again), wf);
     let json = serde_json::to_string(&wf).unwrap();
     assert_eq!(parses(&json), wf);
+}
+
+mod durations {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn any_duration_is_written_in_a_form_that_parses_back_to_it(ms in 0u64..=u64::MAX / 4) {
+            let d = DurationSpec(ms);
+            let shown = d.to_string();
+            prop_assert_eq!(DurationSpec::parse(&shown), Ok(d), "{}", shown);
+            // And as it appears in a workflow file.
+            let text = format!(
+                "name: d\nstages:\n  - id: a\n    estimate: {shown}\n    steps: [{{commands: [{{argv: [true]}}]}}]\n"
+            );
+            prop_assert_eq!(parses(&text).stages[0].estimate, Some(d));
+        }
+
+        #[test]
+        fn a_duration_with_an_unknown_unit_is_refused(n in 0u64..1000, unit in "[a-z]{1,4}") {
+            prop_assume!(!matches!(unit.as_str(), "ms" | "s" | "m" | "h"));
+            let err = DurationSpec::parse(&format!("{n}{unit}")).unwrap_err();
+            prop_assert!(err.contains("unknown unit"), "{}", err);
+        }
+    }
 }
