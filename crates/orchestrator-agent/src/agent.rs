@@ -41,7 +41,7 @@ pub const SHUTTING_DOWN: &str = "agent shutting down";
 pub const LEASE_REVOKED: &str = "lease revoked by the daemon";
 
 /// How to run an agent.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentConfig {
     /// The daemon, `http://host:port`.
     pub server: String,
@@ -55,6 +55,19 @@ pub struct AgentConfig {
     pub slots: u32,
     /// The machine's name; this machine's hostname when None.
     pub hostname: Option<String>,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("server", &self.server)
+            .field("token", &"<redacted>")
+            .field("name", &self.name)
+            .field("labels", &self.labels)
+            .field("slots", &self.slots)
+            .field("hostname", &self.hostname)
+            .finish()
+    }
 }
 
 /// Why an agent stopped other than by being asked to.
@@ -537,6 +550,19 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_stays_out_of_debug_output() {
+        let cfg = AgentConfig {
+            server: "http://127.0.0.1:1".into(),
+            token: "s3cret".into(),
+            name: "a".into(),
+            labels: vec![],
+            slots: 1,
+            hostname: None,
+        };
+        assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_cap() {

@@ -93,13 +93,22 @@ impl ClientError {
 }
 
 /// The daemon's API, as the agent uses it.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     /// `http://host:port`, without a trailing slash.
     base: String,
     /// The `Authorization` header value.
     auth: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The token stays out of logs.
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Which kind of endpoint a request went to, to read a 404 right.

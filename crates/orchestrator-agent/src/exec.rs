@@ -118,12 +118,12 @@ impl GroupChild {
     async fn terminate(&mut self) -> io::Result<ExitStatus> {
         let deadline = Instant::now() + KILL_GRACE;
         signal_group(self.pgid, Signal::SIGTERM);
-        let status = match tokio::time::timeout_at(deadline, self.child.wait()).await {
-            Ok(status) => status?,
-            Err(_) => {
-                signal_group(self.pgid, Signal::SIGKILL);
-                self.child.wait().await?
-            }
+        let waited = tokio::time::timeout_at(deadline, self.child.wait()).await;
+        let status = if let Ok(status) = waited {
+            status?
+        } else {
+            signal_group(self.pgid, Signal::SIGKILL);
+            self.child.wait().await?
         };
         drain_group(self.pgid, deadline).await;
         self.done = true;

@@ -94,10 +94,7 @@ pub async fn run_step_with(
     let spec = &job.spec;
     let mut rec = Recorder::new(job, ctx, spec.bundle_dir(job.job_id));
 
-    let project = match check_project_dir(&spec.project_dir).and_then(|p| {
-        check_ids(spec)?;
-        Ok(p)
-    }) {
+    let project = match check_ids(spec).and_then(|()| check_project_dir(&spec.project_dir)) {
         Ok(p) => p,
         // No bundle can be written without a project directory.
         Err(msg) => return rec.outcome(Some(Failure::task(msg))),
@@ -253,6 +250,7 @@ async fn run_commands(
             bundle.dir().to_string_lossy().into_owned(),
         ),
     ];
+    let secrets = inherited_secrets();
     for (i, cmd) in commands.iter().enumerate() {
         if cancel.is_cancelled() {
             return Some(Failure::infra(ctx.cancel_reason.get().to_owned()));
@@ -272,6 +270,9 @@ async fn run_commands(
             Err(e) => return Some(Failure::infra(e.to_string())),
         };
         let mut command = Command::new(&cmd.argv[0]);
+        for name in &secrets {
+            command.env_remove(name);
+        }
         command
             .args(&cmd.argv[1..])
             .current_dir(&cmd.cwd_abs)
@@ -335,6 +336,20 @@ async fn run_commands(
     None
 }
 
+/// Names of the agent's own environment variables that hold the
+/// orchestrator's secrets (`ORCH_TOKEN`, `ORCH_AGENT_TOKEN`, any `ORCH_…TOKEN…`):
+/// commands inherit the rest of the agent's environment, not these. A step
+/// that sets such a variable itself still gets its own value.
+fn inherited_secrets() -> Vec<std::ffi::OsString> {
+    std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            k.to_str()
+                .is_some_and(|k| k.starts_with("ORCH_") && k.contains("TOKEN"))
+        })
+        .collect()
+}
+
 /// Which timeout a command ran under.
 #[derive(Clone, Copy)]
 enum Limit {
@@ -345,7 +360,12 @@ enum Limit {
 }
 
 /// How a command's end bears on the step: None to go on with the next one.
-fn judge(cmd: &Prepared<'_>, ended: Ended, limit: Option<Limit>, reason: &CancelReason) -> Option<Failure> {
+fn judge(
+    cmd: &Prepared<'_>,
+    ended: Ended,
+    limit: Option<Limit>,
+    reason: &CancelReason,
+) -> Option<Failure> {
     let status = ended.status;
     let message = match ended.reason {
         EndReason::Cancelled => return Some(Failure::infra(reason.get().to_owned())),

@@ -1,0 +1,59 @@
+//! The orchestrator's tokens in the agent's environment do not reach the
+//! commands it runs. Alone in its own test binary because it changes the
+//! process environment, which other tests spawning processes would race with.
+
+use std::collections::BTreeMap;
+
+use orchestrator_agent::run_step;
+use orchestrator_core::api::{ClaimedJob, JobSpec};
+use orchestrator_core::spec::CommandSpec;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::test]
+async fn orchestrator_tokens_are_not_inherited() {
+    // Set before any other thread of this binary exists.
+    std::env::set_var("ORCH_AGENT_TOKEN", "agent-secret");
+    std::env::set_var("ORCH_TOKEN", "admin-secret");
+    std::env::set_var("ORCH_SECRETS_TEST_VISIBLE", "visible");
+    let project = tempfile::tempdir().unwrap();
+    let mut env = BTreeMap::new();
+    // A step may still set such a variable itself.
+    env.insert("ORCH_TOKEN".to_owned(), "from-the-step".to_owned());
+    let job = ClaimedJob {
+        job_id: 1,
+        lease_id: 1,
+        lease_token: "t".into(),
+        lease_expires_at_ms: 0,
+        spec: JobSpec {
+            run_id: "r".into(),
+            stage_id: "s".into(),
+            step: 0,
+            steps_total: 1,
+            attempt: 1,
+            step_name: None,
+            project_dir: project.path().to_string_lossy().into_owned(),
+            shell: false,
+            commands: vec![CommandSpec {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "echo \"${ORCH_AGENT_TOKEN:-unset}|$ORCH_TOKEN|$ORCH_SECRETS_TEST_VISIBLE\""
+                        .into(),
+                ],
+                run: None,
+                cwd: None,
+                env: BTreeMap::new(),
+                timeout: None,
+            }],
+            env,
+            timeout_ms: None,
+        },
+    };
+    let out = run_step(&job, "a", CancellationToken::new()).await;
+    assert!(out.success, "{out:?}");
+    let log = project.path().join(&out.bundle).join("cmd-000.stdout.log");
+    assert_eq!(
+        std::fs::read_to_string(log).unwrap(),
+        "unset|from-the-step|visible\n"
+    );
+}
