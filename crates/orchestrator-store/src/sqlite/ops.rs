@@ -597,21 +597,29 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
         return Ok(None);
     }
     let agent_labels: Vec<String> = serde_json::from_str(&labels).unwrap_or_default();
-    let candidates: Vec<(i64, String, String)> = ctx
+    // Labels are checked here rather than in SQL; most jobs need none.
+    let candidates: Vec<(i64, String)> = ctx
         .conn
-        .prepare_cached("SELECT id, labels, payload FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id LIMIT 256")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .prepare_cached(
+            "SELECT id, labels FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id LIMIT 256",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
         .collect::<rusqlite::Result<_>>()?;
     let fits = |labels: &str| {
         let need: Vec<String> = serde_json::from_str(labels).unwrap_or_default();
         need.iter().all(|l| agent_labels.contains(l))
     };
-    let Some((job_id, _, payload)) = candidates
+    let Some(job_id) = candidates
         .into_iter()
-        .find(|(_, l, _)| l == "[]" || fits(l))
+        .find(|(_, l)| l == "[]" || fits(l))
+        .map(|(id, _)| id)
     else {
         return Ok(None);
     };
+    let payload: String = ctx
+        .conn
+        .prepare_cached("SELECT payload FROM jobs WHERE id = ?1")?
+        .query_row([job_id], |r| r.get(0))?;
     let spec: JobSpec =
         serde_json::from_str(&payload).map_err(|e| StoreError::Database(e.to_string()))?;
     let token = ids::new_secret();

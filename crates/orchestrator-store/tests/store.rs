@@ -1,0 +1,493 @@
+//! Scenarios against the real SQLite store: every state change through the
+//! writer, read back through the read connection.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use orchestrator_core::api::{CompleteRequest, LeaseRef, RegisterAgent, StepOutcome};
+use orchestrator_core::error::ErrorClass;
+use orchestrator_core::{Entity, JobState, RunState, StageState};
+use orchestrator_store::{NewRun, SqliteStore, Store, StoreError, StoreOptions};
+
+const TTL: u64 = 30_000;
+
+fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    SqliteStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap()
+}
+
+fn new_run(yaml: &str) -> NewRun {
+    NewRun {
+        workflow: yaml.to_owned(),
+        file: Some("wf.yaml".into()),
+        project_dir: "/tmp".into(),
+        priority: 0,
+        actor: "user:test".into(),
+    }
+}
+
+async fn agent(s: &SqliteStore, name: &str, slots: u32, labels: &[&str]) -> String {
+    s.register_agent(
+        RegisterAgent {
+            name: name.into(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            slots,
+            hostname: None,
+        },
+        TTL,
+        10_000,
+    )
+    .await
+    .unwrap()
+    .agent_id
+}
+
+fn outcome(success: bool, class: Option<ErrorClass>) -> StepOutcome {
+    StepOutcome {
+        success,
+        exit_codes: vec![Some(if success { 0 } else { 1 })],
+        error: (!success).then(|| "boom".to_owned()),
+        error_class: class,
+        bundle: "b".into(),
+        duration_ms: 1,
+    }
+}
+
+async fn complete_ok(s: &SqliteStore, agent_id: &str, job: &orchestrator_core::api::ClaimedJob) {
+    s.complete(
+        job.job_id,
+        CompleteRequest {
+            agent_id: agent_id.into(),
+            lease_token: job.lease_token.clone(),
+            outcome: outcome(true, None),
+        },
+    )
+    .await
+    .unwrap();
+}
+
+fn stage_states(d: &orchestrator_core::api::RunDetail) -> HashMap<String, StageState> {
+    d.stages
+        .iter()
+        .map(|s| (s.stage_id.clone(), s.state))
+        .collect()
+}
+
+const DIAMOND: &str = "name: d\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n  - id: b\n    needs: [a]\n    steps: [{commands: [{argv: [x]}]}, {commands: [{argv: [y]}]}]\n  - id: c\n    needs: [a]\n    steps: [{commands: [{argv: [x]}]}]\n  - id: d\n    needs: [b, c]\n    steps: [{commands: [{argv: [x]}]}]\n";
+
+/// Replays the transitions log: the last `to` of every entity must be its stored state.
+async fn assert_log_replays_to_state(s: &SqliteStore, run_id: &str) {
+    let log = s
+        .transitions_since(0, Some(run_id.to_owned()), 1_000_000)
+        .await
+        .unwrap();
+    let mut last: HashMap<(Entity, String), String> = HashMap::new();
+    let mut prev_seq = 0;
+    for t in &log {
+        assert!(t.seq > prev_seq, "seq strictly increasing");
+        prev_seq = t.seq;
+        if let Some(from) = &t.from {
+            if let Some(before) = last.get(&(t.entity, t.entity_id.clone())) {
+                assert_eq!(
+                    before, from,
+                    "transition {t:?} starts where the previous one ended"
+                );
+            }
+        }
+        last.insert((t.entity, t.entity_id.clone()), t.to.clone());
+    }
+    let d = s.run_detail(run_id).await.unwrap();
+    assert_eq!(
+        last[&(Entity::Run, run_id.to_owned())],
+        d.run.state.as_str()
+    );
+    for st in &d.stages {
+        assert_eq!(
+            last[&(Entity::Stage, format!("{run_id}/{}", st.stage_id))],
+            st.state.as_str(),
+            "stage {}",
+            st.stage_id
+        );
+    }
+    for j in &d.jobs {
+        assert_eq!(
+            last[&(Entity::Job, j.id.to_string())],
+            j.state.as_str(),
+            "job {}",
+            j.id
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_diamond_runs_to_success_and_its_log_replays_to_the_stored_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let a = agent(&s, "a1", 4, &[]).await;
+    let run = s.submit_run(new_run(DIAMOND)).await.unwrap().run_id;
+    let d = s.run_detail(&run).await.unwrap();
+    assert_eq!(stage_states(&d)["a"], StageState::Queued);
+    assert_eq!(stage_states(&d)["d"], StageState::Pending);
+    let mut order = Vec::new();
+    while let Some(job) = s.claim(&a, TTL).await.unwrap() {
+        order.push(format!("{}:{}", job.spec.stage_id, job.spec.step));
+        complete_ok(&s, &a, &job).await;
+    }
+    assert_eq!(order.first().map(String::as_str), Some("a:0"));
+    assert_eq!(order.last().map(String::as_str), Some("d:0"));
+    assert_eq!(order.len(), 5, "a, b (2 steps), c, d: {order:?}");
+    let d = s.run_detail(&run).await.unwrap();
+    assert_eq!(d.run.state, RunState::Succeeded);
+    assert!(d.stages.iter().all(|x| x.state == StageState::Succeeded));
+    assert_eq!(d.run.stages_succeeded, 4);
+    assert_log_replays_to_state(&s, &run).await;
+}
+
+#[tokio::test]
+async fn a_completion_with_a_stale_token_is_refused_and_the_refusal_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let a = agent(&s, "a1", 1, &[]).await;
+    let run = s.submit_run(new_run(DIAMOND)).await.unwrap().run_id;
+    let job = s.claim(&a, TTL).await.unwrap().unwrap();
+    let bad = CompleteRequest {
+        agent_id: a.clone(),
+        lease_token: "nope".into(),
+        outcome: outcome(true, None),
+    };
+    match s.complete(job.job_id, bad).await {
+        Err(StoreError::StaleLease { job_id, .. }) => assert_eq!(job_id, job.job_id),
+        other => panic!("expected a stale lease refusal, got {other:?}"),
+    }
+    let log = s
+        .transitions_since(0, Some(run.clone()), 10_000)
+        .await
+        .unwrap();
+    assert!(log.iter().any(
+        |t| t.reason.starts_with("completion refused") && t.entity_id == job.job_id.to_string()
+    ));
+    complete_ok(&s, &a, &job).await;
+    // The same token again: the lease is released, the job succeeded.
+    let again = CompleteRequest {
+        agent_id: a.clone(),
+        lease_token: job.lease_token.clone(),
+        outcome: outcome(true, None),
+    };
+    assert!(matches!(
+        s.complete(job.job_id, again).await,
+        Err(StoreError::StaleLease { .. })
+    ));
+    let d = s.run_detail(&run).await.unwrap();
+    assert_eq!(
+        d.jobs
+            .iter()
+            .filter(|j| j.state == JobState::Succeeded)
+            .count(),
+        1
+    );
+    assert_log_replays_to_state(&s, &run).await;
+}
+
+#[tokio::test]
+async fn a_task_failure_blocks_dependents_and_fails_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let a = agent(&s, "a1", 1, &[]).await;
+    let run = s.submit_run(new_run(DIAMOND)).await.unwrap().run_id;
+    let ja = s.claim(&a, TTL).await.unwrap().unwrap();
+    complete_ok(&s, &a, &ja).await;
+    // b and c are queued; fail whichever is b, finish c.
+    loop {
+        let Some(j) = s.claim(&a, TTL).await.unwrap() else {
+            break;
+        };
+        let ok = j.spec.stage_id != "b";
+        let class = (!ok).then_some(ErrorClass::Task);
+        s.complete(
+            j.job_id,
+            CompleteRequest {
+                agent_id: a.clone(),
+                lease_token: j.lease_token.clone(),
+                outcome: outcome(ok, class),
+            },
+        )
+        .await
+        .unwrap();
+    }
+    let d = s.run_detail(&run).await.unwrap();
+    let st = stage_states(&d);
+    assert_eq!(st["b"], StageState::Failed);
+    assert_eq!(st["c"], StageState::Succeeded);
+    assert_eq!(st["d"], StageState::Blocked);
+    assert_eq!(d.run.state, RunState::Failed);
+    let failed = d.jobs.iter().find(|j| j.state == JobState::Failed).unwrap();
+    assert_eq!(failed.error_class, Some(ErrorClass::Task));
+    assert_eq!(failed.exit_codes, vec![Some(1)]);
+    assert_log_replays_to_state(&s, &run).await;
+}
+
+#[tokio::test]
+async fn expired_leases_restart_the_stage_until_five_attempts_then_fail_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let a = agent(&s, "a1", 1, &[]).await;
+    let run = s.submit_run(new_run(DIAMOND)).await.unwrap().run_id;
+    for attempt in 1..=5u32 {
+        let j = s.claim(&a, 1).await.unwrap().expect("stage a requeued");
+        assert_eq!(j.spec.stage_id, "a");
+        assert_eq!(j.spec.attempt, attempt);
+        assert_eq!(j.spec.step, 0);
+        let n = s
+            .expire_leases(orchestrator_store::now_ms() + 10)
+            .await
+            .unwrap();
+        assert_eq!(n, 1);
+        // The late completion of the lost attempt is refused.
+        let late = CompleteRequest {
+            agent_id: a.clone(),
+            lease_token: j.lease_token.clone(),
+            outcome: outcome(true, None),
+        };
+        assert!(matches!(
+            s.complete(j.job_id, late).await,
+            Err(StoreError::StaleLease { .. })
+        ));
+    }
+    let d = s.run_detail(&run).await.unwrap();
+    assert_eq!(stage_states(&d)["a"], StageState::Failed);
+    assert!(["b", "c", "d"]
+        .iter()
+        .all(|x| stage_states(&d)[*x] == StageState::Blocked));
+    assert_eq!(d.run.state, RunState::Failed);
+    assert_eq!(
+        d.jobs
+            .iter()
+            .filter(|j| j.state == JobState::Expired)
+            .count(),
+        5
+    );
+    assert_log_replays_to_state(&s, &run).await;
+}
+
+#[tokio::test]
+async fn an_infra_failure_retries_the_stage_from_step_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let a = agent(&s, "a1", 1, &[]).await;
+    let run = s.submit_run(new_run(DIAMOND)).await.unwrap().run_id;
+    let j = s.claim(&a, TTL).await.unwrap().unwrap();
+    s.complete(
+        j.job_id,
+        CompleteRequest {
+            agent_id: a.clone(),
+            lease_token: j.lease_token.clone(),
+            outcome: outcome(false, Some(ErrorClass::Infra)),
+        },
+    )
+    .await
+    .unwrap();
+    let j2 = s.claim(&a, TTL).await.unwrap().unwrap();
+    assert_eq!(
+        (j2.spec.stage_id.as_str(), j2.spec.step, j2.spec.attempt),
+        ("a", 0, 2)
+    );
+    assert_log_replays_to_state(&s, &run).await;
+}
+
+#[tokio::test]
+async fn labels_and_slots_decide_what_an_agent_may_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let plain = agent(&s, "plain", 1, &[]).await;
+    let gpu = agent(&s, "gpu", 1, &["gpu", "linux"]).await;
+    let wf = "name: l\nstages:\n  - id: g\n    labels: [gpu]\n    steps: [{commands: [{argv: [x]}]}]\n  - id: p\n    steps: [{commands: [{argv: [x]}]}]\n  - id: q\n    steps: [{commands: [{argv: [x]}]}]\n";
+    s.submit_run(new_run(wf)).await.unwrap();
+    let j = s.claim(&plain, TTL).await.unwrap().unwrap();
+    assert_ne!(
+        j.spec.stage_id, "g",
+        "an agent without the label never gets the gpu stage"
+    );
+    assert!(
+        s.claim(&plain, TTL).await.unwrap().is_none(),
+        "one slot, one job"
+    );
+    let g = s.claim(&gpu, TTL).await.unwrap().unwrap();
+    assert_eq!(
+        g.spec.stage_id, "g",
+        "the labelled stage goes first to the agent that can run it"
+    );
+}
+
+#[tokio::test]
+async fn an_invalid_workflow_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let before = s.counts().await.unwrap().transitions;
+    let err = s.submit_run(new_run("name: x\nstages:\n  - id: a\n    needs: [zz]\n    steps: [{commands: [{argv: [x]}]}]\n")).await;
+    match err {
+        Err(StoreError::InvalidWorkflow(e)) => assert!(e.to_string().contains("zz")),
+        other => panic!("expected an invalid workflow error, got {other:?}"),
+    }
+    assert!(s.list_runs(10).await.unwrap().is_empty());
+    assert_eq!(s.counts().await.unwrap().transitions, before);
+}
+
+#[tokio::test]
+async fn unknown_agents_and_jobs_are_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    assert!(matches!(
+        s.claim("nobody", TTL).await,
+        Err(StoreError::NotFound { what: "agent", .. })
+    ));
+    assert!(matches!(
+        s.heartbeat("nobody", vec![], TTL).await,
+        Err(StoreError::NotFound { .. })
+    ));
+    let req = CompleteRequest {
+        agent_id: "x".into(),
+        lease_token: "y".into(),
+        outcome: outcome(true, None),
+    };
+    assert!(matches!(
+        s.complete(999, req).await,
+        Err(StoreError::NotFound { what: "job", .. })
+    ));
+}
+
+#[tokio::test]
+async fn heartbeats_extend_held_leases_and_revoke_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let a = agent(&s, "a1", 2, &[]).await;
+    s.submit_run(new_run(DIAMOND)).await.unwrap();
+    let j = s.claim(&a, 1_000).await.unwrap().unwrap();
+    let r = s
+        .heartbeat(
+            &a,
+            vec![
+                LeaseRef {
+                    job_id: j.job_id,
+                    lease_token: j.lease_token.clone(),
+                },
+                LeaseRef {
+                    job_id: 4242,
+                    lease_token: "x".into(),
+                },
+            ],
+            60_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.extended, vec![j.job_id]);
+    assert_eq!(r.revoked, vec![4242]);
+    // Extended past the original 1 s: nothing expires 2 s from now.
+    assert_eq!(
+        s.expire_leases(orchestrator_store::now_ms() + 2_000)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn an_agent_registering_again_voids_the_leases_of_its_earlier_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let a = agent(&s, "a1", 1, &[]).await;
+    s.submit_run(new_run(DIAMOND)).await.unwrap();
+    let j = s.claim(&a, TTL).await.unwrap().unwrap();
+    let again = s
+        .register_agent(
+            RegisterAgent {
+                name: "a1".into(),
+                labels: vec![],
+                slots: 1,
+                hostname: None,
+            },
+            TTL,
+            10_000,
+        )
+        .await
+        .unwrap();
+    assert_eq!(again.agent_id, a, "same name, same id");
+    assert_eq!(again.stale_jobs, vec![j.job_id]);
+    let j2 = s.claim(&a, TTL).await.unwrap().unwrap();
+    assert_eq!(j2.spec.attempt, 2);
+}
+
+#[tokio::test]
+async fn the_store_survives_a_reopen_with_every_run_intact() {
+    let dir = tempfile::tempdir().unwrap();
+    let run;
+    {
+        let s = open(&dir);
+        let a = agent(&s, "a1", 1, &[]).await;
+        run = s.submit_run(new_run(DIAMOND)).await.unwrap().run_id;
+        let j = s.claim(&a, TTL).await.unwrap().unwrap();
+        complete_ok(&s, &a, &j).await;
+        s.close().await;
+    }
+    let s = open(&dir);
+    let d = s.run_detail(&run).await.unwrap();
+    assert_eq!(stage_states(&d)["a"], StageState::Succeeded);
+    assert_eq!(stage_states(&d)["b"], StageState::Queued);
+    let a = agent(&s, "a1", 4, &[]).await;
+    while let Some(j) = s.claim(&a, TTL).await.unwrap() {
+        complete_ok(&s, &a, &j).await;
+    }
+    assert_eq!(
+        s.run_detail(&run).await.unwrap().run.state,
+        RunState::Succeeded
+    );
+    assert_log_replays_to_state(&s, &run).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_commands_are_group_committed() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Arc::new(open(&dir));
+    let a = agent(&s, "a1", 64, &[]).await;
+    let mut y = String::from("name: w\nstages:\n");
+    for i in 0..200 {
+        y.push_str(&format!(
+            "  - id: s{i}\n    steps: [{{commands: [{{argv: [x]}}]}}]\n"
+        ));
+    }
+    let run = s.submit_run(new_run(&y)).await.unwrap().run_id;
+    let before = s.writer_stats();
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let (s, a) = (s.clone(), a.clone());
+        tasks.push(tokio::spawn(async move {
+            while let Some(j) = s.claim(&a, TTL).await.unwrap() {
+                complete_ok(&s, &a, &j).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let after = s.writer_stats();
+    let commands = after.commands - before.commands;
+    let batches = after.batches - before.batches;
+    assert!(
+        commands >= 400,
+        "200 claims and 200 completions at least, got {commands}"
+    );
+    assert!(
+        batches < commands,
+        "{commands} commands in {batches} batches: some must share a commit"
+    );
+    assert!(after.max_batch > 1);
+    let d = s.run_detail(&run).await.unwrap();
+    assert_eq!(d.run.state, RunState::Succeeded);
+    assert_eq!(
+        d.jobs
+            .iter()
+            .filter(|j| j.state == JobState::Succeeded)
+            .count(),
+        200,
+        "each stage completed exactly once"
+    );
+    assert_log_replays_to_state(&s, &run).await;
+}
