@@ -303,14 +303,19 @@ fn handle_stale_jobs(reg: &AgentRegistered, shared: Option<&Shared>) {
 /// One slot: claim, run, complete, again, until the agent stops.
 async fn slot_loop(shared: &Shared, slot: u32) -> Result<(), ClientError> {
     let mut backoff = Backoff::new();
+    // A job handed out with the previous completion, run without claiming.
+    let mut handed: Option<ClaimedJob> = None;
     loop {
         if shared.stop.is_cancelled() {
             return Ok(());
         }
         let session = shared.session();
-        let answer = tokio::select! {
-            answer = shared.client.claim(&session.agent_id, CLAIM_WAIT_MS) => answer,
-            () = shared.stop.cancelled() => return Ok(()),
+        let answer = match handed.take() {
+            Some(job) => Ok(Some(job)),
+            None => tokio::select! {
+                answer = shared.client.claim(&session.agent_id, CLAIM_WAIT_MS) => answer,
+                () = shared.stop.cancelled() => return Ok(()),
+            },
         };
         match answer {
             Ok(None) => backoff.reset(),
@@ -323,7 +328,7 @@ async fn slot_loop(shared: &Shared, slot: u32) -> Result<(), ClientError> {
                     job_id = job.job_id,
                     slot
                 );
-                run_job(shared, &session, job).instrument(span).await?;
+                handed = run_job(shared, &session, job).instrument(span).await?;
             }
             Err(ClientError::UnknownAgent { .. }) => {
                 if !shared.reregister(&session).await? || !backoff.sleep(&shared.stop).await {
@@ -342,8 +347,13 @@ async fn slot_loop(shared: &Shared, slot: u32) -> Result<(), ClientError> {
 }
 
 /// Runs one claimed job under its lease and reports it, unless the lease was
-/// revoked meanwhile.
-async fn run_job(shared: &Shared, session: &Session, job: ClaimedJob) -> Result<(), ClientError> {
+/// revoked meanwhile. Returns the next job when the daemon handed one out
+/// with the completion.
+async fn run_job(
+    shared: &Shared,
+    session: &Session,
+    job: ClaimedJob,
+) -> Result<Option<ClaimedJob>, ClientError> {
     tracing::debug!(
         step = job.spec.step,
         attempt = job.spec.attempt,
@@ -378,7 +388,7 @@ async fn run_job(shared: &Shared, session: &Session, job: ClaimedJob) -> Result<
     };
     let result = if revoked.load(Ordering::SeqCst) {
         tracing::warn!("job killed after its lease was revoked; not completing it");
-        Ok(())
+        Ok(None)
     } else {
         log_outcome(&outcome);
         complete(shared, &job, &session.agent_id, outcome, &revoked).await
@@ -409,11 +419,13 @@ async fn complete(
     agent_id: &str,
     outcome: StepOutcome,
     revoked: &AtomicBool,
-) -> Result<(), ClientError> {
+) -> Result<Option<ClaimedJob>, ClientError> {
     let req = CompleteRequest {
         agent_id: agent_id.to_owned(),
         lease_token: job.lease_token.clone(),
         outcome,
+        // A stopping agent takes no new work.
+        claim_next: !shared.stop.is_cancelled(),
     };
     let mut backoff = Backoff::new();
     let mut give_up_at: Option<Instant> = None;
@@ -421,17 +433,17 @@ async fn complete(
         match shared.client.complete(job.job_id, &req).await {
             Ok(done) => {
                 tracing::debug!(stage_state = ?done.stage_state, run_state = ?done.run_state, "job completed");
-                return Ok(());
+                return Ok(done.next);
             }
             Err(ClientError::StaleLease(message)) => {
                 tracing::warn!(%message, "completion refused: the lease is stale");
-                return Ok(());
+                return Ok(None);
             }
             Err(e) if e.is_auth() => return Err(e),
             Err(e) if e.is_retryable() => {
                 if revoked.load(Ordering::SeqCst) {
                     tracing::warn!(error = %e, "lease revoked while completing; giving up");
-                    return Ok(());
+                    return Ok(None);
                 }
                 let delay = backoff.next_delay();
                 if shared.stop.is_cancelled() {
@@ -439,7 +451,7 @@ async fn complete(
                         .get_or_insert_with(|| Instant::now() + SHUTDOWN_COMPLETE_WINDOW);
                     if Instant::now() + delay > until {
                         tracing::warn!(error = %e, "could not report the job before stopping; the daemon will requeue it when its lease expires");
-                        return Ok(());
+                        return Ok(None);
                     }
                     tokio::time::sleep(delay).await;
                 } else {
@@ -452,7 +464,7 @@ async fn complete(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "completion refused");
-                return Ok(());
+                return Ok(None);
             }
         }
     }

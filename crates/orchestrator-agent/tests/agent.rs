@@ -127,6 +127,7 @@ impl Stub {
                     job_id,
                     stage_state: StageState::Succeeded,
                     run_state: RunState::Running,
+                    next: None,
                 };
                 (200, json(&done))
             }

@@ -43,6 +43,10 @@ pub struct BenchArgs {
     /// Layers and width of W3, as LxW.
     #[arg(long, default_value = "20x50")]
     pub w3: String,
+    /// Where the store and the project (whose bundles the agent writes) live.
+    /// Default: a fresh directory under $TMPDIR.
+    #[arg(long)]
+    pub dir: Option<std::path::PathBuf>,
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
 }
@@ -52,11 +56,13 @@ struct Row {
     workload: String,
     tasks: usize,
     baseline_tasks_per_s: f64,
+    bundle_floor_tasks_per_s: f64,
     orch_tasks_per_s: f64,
     orch_ms_per_task: f64,
     ratio_to_baseline: f64,
     samples_orch_s: Vec<f64>,
     samples_baseline_s: Vec<f64>,
+    samples_bundle_floor_s: Vec<f64>,
 }
 
 struct Workload {
@@ -137,22 +143,43 @@ fn workloads(a: &BenchArgs) -> Result<Vec<Workload>> {
     Ok(out)
 }
 
-/// Spawns `/bin/true` for every task directly, `slots` at a time, layer by layer.
-fn baseline(layers: &[usize], slots: u32) -> Result<f64> {
+/// Spawns `/bin/true` for every task directly, `slots` at a time, layer by
+/// layer. With `bundles`, each task also writes what an agent writes: a
+/// directory, its stdout and stderr files and an fsynced manifest, which
+/// shows what the filesystem alone costs.
+fn baseline(layers: &[usize], slots: u32, bundles: Option<&std::path::Path>) -> Result<f64> {
     let start = Instant::now();
+    let seq = Arc::new(AtomicUsize::new(0));
     for &n in layers {
         let next = Arc::new(AtomicUsize::new(0));
         let workers: Vec<_> = (0..slots.max(1))
             .map(|_| {
-                let next = next.clone();
+                let (next, seq) = (next.clone(), seq.clone());
+                let bundles = bundles.map(std::path::Path::to_path_buf);
                 std::thread::spawn(move || -> std::io::Result<()> {
                     while next.fetch_add(1, Ordering::Relaxed) < n {
-                        let st = Command::new("/bin/true")
-                            .stdin(Stdio::null())
-                            .stdout(Stdio::null())
-                            .status()?;
-                        if !st.success() {
+                        let mut cmd = Command::new("/bin/true");
+                        cmd.stdin(Stdio::null()).stdout(Stdio::null());
+                        let dir = match &bundles {
+                            Some(root) => {
+                                let i = seq.fetch_add(1, Ordering::Relaxed);
+                                let d = root.join(format!("s{i}/step-000"));
+                                std::fs::create_dir_all(&d)?;
+                                cmd.stdout(std::fs::File::create(d.join("cmd-000.stdout.log"))?);
+                                cmd.stderr(std::fs::File::create(d.join("cmd-000.stderr.log"))?);
+                                Some(d)
+                            }
+                            None => None,
+                        };
+                        if !cmd.status()?.success() {
                             return Err(std::io::Error::other("/bin/true failed"));
+                        }
+                        if let Some(d) = dir {
+                            let tmp = d.join("manifest.json.tmp");
+                            let mut f = std::fs::File::create(&tmp)?;
+                            std::io::Write::write_all(&mut f, b"{}\n")?;
+                            f.sync_all()?;
+                            std::fs::rename(&tmp, d.join("manifest.json"))?;
                         }
                     }
                     Ok(())
@@ -181,7 +208,14 @@ fn median(v: &[f64]) -> f64 {
 
 pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
     let wls = workloads(&a)?;
-    let root = tempfile_dir()?;
+    let root = match &a.dir {
+        Some(d) => {
+            let d = d.join(format!("orch-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&d)?;
+            d
+        }
+        None => tempfile_dir()?,
+    };
     let data = root.join("data");
     let project = root.join("project");
     std::fs::create_dir_all(&project)?;
@@ -221,11 +255,18 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
     for wl in &wls {
         let file = project.join(format!("{}.yaml", wl.name.split(' ').next().unwrap_or("w")));
         std::fs::write(&file, &wl.yaml)?;
-        let (mut o, mut b) = (Vec::new(), Vec::new());
-        for _ in 0..a.repeat.max(1) {
-            let layers = wl.layers.clone();
-            let slots = a.slots;
-            b.push(tokio::task::spawn_blocking(move || baseline(&layers, slots)).await??);
+        let (mut o, mut b, mut f) = (Vec::new(), Vec::new(), Vec::new());
+        for i in 0..a.repeat.max(1) {
+            let (layers, slots) = (wl.layers.clone(), a.slots);
+            b.push(tokio::task::spawn_blocking(move || baseline(&layers, slots, None)).await??);
+            let (layers, floor) = (
+                wl.layers.clone(),
+                root.join(format!("floor-{}-{i}", wl.tasks)),
+            );
+            f.push(
+                tokio::task::spawn_blocking(move || baseline(&layers, slots, Some(&floor)))
+                    .await??,
+            );
             let t = Instant::now();
             let s: Submitted =
                 crate::runcmd::submit(&client, &file, Some(project.clone()), 0).await?;
@@ -236,16 +277,18 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
             }
             o.push(secs);
         }
-        let (mo, mb) = (median(&o), median(&b));
+        let (mo, mb, mf) = (median(&o), median(&b), median(&f));
         rows.push(Row {
             workload: wl.name.into(),
             tasks: wl.tasks,
             baseline_tasks_per_s: wl.tasks as f64 / mb,
+            bundle_floor_tasks_per_s: wl.tasks as f64 / mf,
             orch_tasks_per_s: wl.tasks as f64 / mo,
             orch_ms_per_task: mo * 1000.0 / wl.tasks as f64,
             ratio_to_baseline: mb / mo,
             samples_orch_s: o,
             samples_baseline_s: b,
+            samples_bundle_floor_s: f,
         });
     }
     stop.cancel();
@@ -261,20 +304,22 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
                 a.repeat
             );
             println!(
-                "{:<16} {:>6} {:>14} {:>12} {:>10} {:>9}",
-                "WORKLOAD", "TASKS", "BASELINE t/s", "ORCH t/s", "ms/task", "RATIO"
+                "{:<16} {:>6} {:>11} {:>13} {:>10} {:>8} {:>7}",
+                "WORKLOAD", "TASKS", "SPAWN t/s", "+BUNDLE t/s", "ORCH t/s", "ms/task", "RATIO"
             );
             for r in &rows {
                 println!(
-                    "{:<16} {:>6} {:>14.0} {:>12.0} {:>10.2} {:>8.0}%",
+                    "{:<16} {:>6} {:>11.0} {:>13.0} {:>10.0} {:>8.2} {:>6.0}%",
                     r.workload,
                     r.tasks,
                     r.baseline_tasks_per_s,
+                    r.bundle_floor_tasks_per_s,
                     r.orch_tasks_per_s,
                     r.orch_ms_per_task,
                     r.ratio_to_baseline * 100.0
                 );
             }
+            println!("SPAWN: /bin/true spawned directly; +BUNDLE: the same, each writing a bundle's files; RATIO: ORCH / SPAWN");
         }
     }
     Ok(ExitCode::SUCCESS)

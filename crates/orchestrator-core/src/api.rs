@@ -220,6 +220,10 @@ pub struct CompleteRequest {
     pub agent_id: String,
     pub lease_token: String,
     pub outcome: StepOutcome,
+    /// Also lease the agent its next job, in the same transaction, and
+    /// return it in the answer: one round trip instead of two per job.
+    #[serde(default)]
+    pub claim_next: bool,
 }
 
 /// How a step ended, as the agent saw it.
@@ -241,6 +245,9 @@ pub struct Completed {
     pub job_id: i64,
     pub stage_state: StageState,
     pub run_state: RunState,
+    /// The agent's next job when it asked for one and one was queued.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<ClaimedJob>,
 }
 
 /// The bundle's `manifest.json`: the immutable record of one attempt.

@@ -169,7 +169,11 @@ pub async fn complete<S: Store>(
     JsonBody(req): JsonBody<CompleteRequest>,
 ) -> Result<Response, ApiErr> {
     let agent = req.agent_id.clone();
-    match app.store.complete(job_id, req).await {
+    match app
+        .store
+        .complete(job_id, req, app.config.lease_ttl_ms)
+        .await
+    {
         Ok(done) => {
             app.metrics.completed();
             Ok(Json(done).into_response())

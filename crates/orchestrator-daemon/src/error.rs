@@ -77,15 +77,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 };
                 ApiErr::new(status, msg)
             })?;
+        // Like axum's own `Json`: a body that is not JSON is a 400; JSON that
+        // does not fit the request (a missing field, a wrong type) is a 422.
+        // serde_json's message already ends with "at line L column C".
         serde_json::from_slice(&bytes).map(JsonBody).map_err(|e| {
-            ApiErr::new(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "invalid JSON body: {e} (line {}, column {})",
-                    e.line(),
-                    e.column()
-                ),
-            )
+            if e.classify() == serde_json::error::Category::Data {
+                ApiErr::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!("invalid request: {e}"),
+                )
+            } else {
+                ApiErr::new(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}"))
+            }
         })
     }
 }

@@ -190,7 +190,10 @@ impl Daemon {
     /// component and closes the store.
     pub async fn wait(mut self) -> Result<(), String> {
         let mut failure = None;
+        // Biased: once shutdown is requested, components end because of it;
+        // a random pick could blame the first one to finish.
         tokio::select! {
+            biased;
             _ = self.shutdown.cancelled() => {}
             Some(done) = self.tasks.join_next() => {
                 let msg = match done {

@@ -116,12 +116,14 @@ pub trait Store: Send + Sync + 'static {
         leases: Vec<LeaseRef>,
         lease_ttl_ms: u64,
     ) -> impl Future<Output = Result<HeartbeatResponse>> + Send;
-    /// Completes a job under its live lease. A stale token is refused with
+    /// Completes a job under its live lease; with `claim_next`, also leases
+    /// the agent its next job (for `lease_ttl_ms`) in the same transaction. A stale token is refused with
     /// [`StoreError::StaleLease`] and the refusal is recorded as a transition.
     fn complete(
         &self,
         job_id: i64,
         req: CompleteRequest,
+        lease_ttl_ms: u64,
     ) -> impl Future<Output = Result<Completed>> + Send;
     /// Expires every active lease whose time ran out before `now_ms`; returns how many.
     fn expire_leases(&self, now_ms: i64) -> impl Future<Output = Result<usize>> + Send;

@@ -59,7 +59,9 @@ async fn complete_ok(s: &SqliteStore, agent_id: &str, job: &orchestrator_core::a
             agent_id: agent_id.into(),
             lease_token: job.lease_token.clone(),
             outcome: outcome(true, None),
+            claim_next: false,
         },
+        TTL,
     )
     .await
     .unwrap();
@@ -153,8 +155,9 @@ async fn a_completion_with_a_stale_token_is_refused_and_the_refusal_is_recorded(
         agent_id: a.clone(),
         lease_token: "nope".into(),
         outcome: outcome(true, None),
+        claim_next: false,
     };
-    match s.complete(job.job_id, bad).await {
+    match s.complete(job.job_id, bad, TTL).await {
         Err(StoreError::StaleLease { job_id, .. }) => assert_eq!(job_id, job.job_id),
         other => panic!("expected a stale lease refusal, got {other:?}"),
     }
@@ -171,9 +174,10 @@ async fn a_completion_with_a_stale_token_is_refused_and_the_refusal_is_recorded(
         agent_id: a.clone(),
         lease_token: job.lease_token.clone(),
         outcome: outcome(true, None),
+        claim_next: false,
     };
     assert!(matches!(
-        s.complete(job.job_id, again).await,
+        s.complete(job.job_id, again, TTL).await,
         Err(StoreError::StaleLease { .. })
     ));
     let d = s.run_detail(&run).await.unwrap();
@@ -208,7 +212,9 @@ async fn a_task_failure_blocks_dependents_and_fails_the_run() {
                 agent_id: a.clone(),
                 lease_token: j.lease_token.clone(),
                 outcome: outcome(ok, class),
+                claim_next: false,
             },
+            TTL,
         )
         .await
         .unwrap();
@@ -246,9 +252,10 @@ async fn expired_leases_restart_the_stage_until_five_attempts_then_fail_it() {
             agent_id: a.clone(),
             lease_token: j.lease_token.clone(),
             outcome: outcome(true, None),
+            claim_next: false,
         };
         assert!(matches!(
-            s.complete(j.job_id, late).await,
+            s.complete(j.job_id, late, TTL).await,
             Err(StoreError::StaleLease { .. })
         ));
     }
@@ -281,7 +288,9 @@ async fn an_infra_failure_retries_the_stage_from_step_zero() {
             agent_id: a.clone(),
             lease_token: j.lease_token.clone(),
             outcome: outcome(false, Some(ErrorClass::Infra)),
+            claim_next: false,
         },
+        TTL,
     )
     .await
     .unwrap();
@@ -347,9 +356,10 @@ async fn unknown_agents_and_jobs_are_not_found() {
         agent_id: "x".into(),
         lease_token: "y".into(),
         outcome: outcome(true, None),
+        claim_next: false,
     };
     assert!(matches!(
-        s.complete(999, req).await,
+        s.complete(999, req, TTL).await,
         Err(StoreError::NotFound { what: "job", .. })
     ));
 }
@@ -489,5 +499,34 @@ async fn concurrent_commands_are_group_committed() {
         200,
         "each stage completed exactly once"
     );
+    assert_log_replays_to_state(&s, &run).await;
+}
+
+#[tokio::test]
+async fn a_completion_can_hand_the_agent_its_next_job_including_stages_it_just_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let a = agent(&s, "a1", 1, &[]).await;
+    let run = s.submit_run(new_run(DIAMOND)).await.unwrap().run_id;
+    let mut job = s.claim(&a, TTL).await.unwrap().unwrap();
+    let mut seen = vec![job.spec.stage_id.clone()];
+    loop {
+        let req = CompleteRequest {
+            agent_id: a.clone(),
+            lease_token: job.lease_token.clone(),
+            outcome: outcome(true, None),
+            claim_next: true,
+        };
+        match s.complete(job.job_id, req, TTL).await.unwrap().next {
+            Some(next) => {
+                seen.push(next.spec.stage_id.clone());
+                job = next;
+            }
+            None => break,
+        }
+    }
+    // a released b and c, which were queued and handed out in the same commit.
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    assert_eq!(s.run_detail(&run).await.unwrap().run.state, RunState::Succeeded);
     assert_log_replays_to_state(&s, &run).await;
 }

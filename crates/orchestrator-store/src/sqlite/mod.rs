@@ -184,8 +184,13 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn complete(&self, job_id: i64, req: CompleteRequest) -> Result<Completed> {
-        self.write(move |ctx| ops::complete(ctx, job_id, req))
+    async fn complete(
+        &self,
+        job_id: i64,
+        req: CompleteRequest,
+        lease_ttl_ms: u64,
+    ) -> Result<Completed> {
+        self.write(move |ctx| ops::complete(ctx, job_id, req, lease_ttl_ms))
             .await?
     }
 

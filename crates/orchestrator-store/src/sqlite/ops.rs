@@ -715,7 +715,12 @@ pub fn heartbeat(
 
 /// Completes a job. The outer error rolls the command back; the inner one is
 /// a refusal that is recorded (and so must commit) before it is returned.
-pub fn complete(ctx: &mut Ctx<'_>, job_id: i64, req: CompleteRequest) -> Result<Result<Completed>> {
+pub fn complete(
+    ctx: &mut Ctx<'_>,
+    job_id: i64,
+    req: CompleteRequest,
+    lease_ttl_ms: u64,
+) -> Result<Result<Completed>> {
     let row: Option<(String, String, String, u32, u32, Option<String>, Option<i64>, Option<String>, Option<String>)> = ctx
         .conn
         .prepare_cached(
@@ -817,10 +822,21 @@ pub fn complete(ctx: &mut Ctx<'_>, job_id: i64, req: CompleteRequest) -> Result<
         .conn
         .prepare_cached("SELECT state FROM runs WHERE id = ?1")?
         .query_row([&run_id], |r| r.get(0))?;
+    let next = if req.claim_next {
+        // Stages this completion released are queued first, so the agent
+        // can be handed one of them at once.
+        if ctx.schedule {
+            schedule(ctx)?;
+        }
+        claim(ctx, &req.agent_id, lease_ttl_ms)?
+    } else {
+        None
+    };
     Ok(Ok(Completed {
         job_id,
         stage_state,
         run_state: RunState::parse(&run_state).unwrap_or(RunState::Running),
+        next,
     }))
 }
 

@@ -1,0 +1,756 @@
+//! The end-to-end harness: runs the real `orch` binary as separate processes
+//! (daemon, agents, CLI commands) in a private temporary directory, speaks
+//! raw HTTP/1.1 to the daemon, and kills every process it started when the
+//! test ends, however it ends. When a test fails, the stderr of every
+//! process it started is printed.
+//!
+//! Every wait polls a condition under a generous deadline: nothing here
+//! asserts timing with a fixed sleep, so the tests hold on a loaded machine.
+
+#![allow(dead_code)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::Value;
+
+/// How long a test waits for anything before it gives up.
+pub const LONG: Duration = Duration::from_secs(60);
+
+/// The `orch` binary under test.
+pub fn orch_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_orch")
+}
+
+/// The repository's `examples/` directory.
+pub fn examples() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples")
+}
+
+/// Polls `f` until it gives a value; panics naming `what` after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        if Instant::now() >= deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// What a finished `orch` command printed, and how it exited.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    /// Stdout as JSON; panics with the whole output when it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{self}"))
+    }
+
+    /// Panics with the whole output unless the exit code is `code`.
+    #[track_caller]
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(self.code, code, "unexpected exit code:\n{self}");
+        self
+    }
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "exit code {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+            self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+/// A long-running process the harness started.
+struct Proc {
+    label: String,
+    child: Child,
+    log: PathBuf,
+    exited: Option<ExitStatus>,
+}
+
+/// Which process, for signals and waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcId(usize);
+
+/// A daemon the harness started, and what it wrote to the data directory.
+#[derive(Debug, Clone)]
+pub struct Daemon {
+    pub id: ProcId,
+    /// `http://127.0.0.1:PORT`
+    pub url: String,
+    pub port: u16,
+    pub admin_token: String,
+    pub agent_token: String,
+}
+
+/// One test's world: a temporary directory holding the data directory and a
+/// project directory, and the processes started in it.
+pub struct Harness {
+    root: tempfile::TempDir,
+    /// The `--data-dir` of every command.
+    pub data: PathBuf,
+    /// The project directory runs work in.
+    pub project: PathBuf,
+    procs: Vec<Proc>,
+    /// Processes that outlive the agent that started them (its commands after
+    /// a SIGKILL), as (pid, run id); killed at the end if still that run's.
+    strays: Vec<(i32, String)>,
+    counter: AtomicUsize,
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        let root = tempfile::Builder::new()
+            .prefix("orch-e2e-")
+            .tempdir()
+            .expect("cannot create a temporary directory");
+        let data = root.path().join("data");
+        let project = root.path().join("project");
+        std::fs::create_dir_all(&data).unwrap();
+        std::fs::create_dir_all(&project).unwrap();
+        // Canonical, as the daemon records the project directory.
+        let project = project.canonicalize().unwrap();
+        Harness {
+            root,
+            data,
+            project,
+            procs: Vec::new(),
+            strays: Vec::new(),
+            counter: AtomicUsize::new(0),
+        }
+    }
+
+    /// The temporary directory everything lives in.
+    pub fn root(&self) -> &Path {
+        self.root.path()
+    }
+
+    /// Copies `examples/NAME` into the project directory; returns its path there.
+    pub fn example(&self, name: &str) -> PathBuf {
+        let to = self.project.join(name);
+        std::fs::copy(examples().join(name), &to)
+            .unwrap_or_else(|e| panic!("cannot copy example {name}: {e}"));
+        to
+    }
+
+    /// Writes a file into the temporary directory (outside the project); returns its path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.root().join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    fn next(&self) -> usize {
+        self.counter.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// `orch` with a clean environment: no ORCH_* variable of the caller leaks in.
+    fn command(&self) -> Command {
+        let mut c = Command::new(orch_bin());
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ORCH_") {
+                c.env_remove(k);
+            }
+        }
+        c.stdin(Stdio::null()).current_dir(self.root());
+        c
+    }
+
+    /// Runs `orch --data-dir DATA ARGS` to its end (at most two minutes).
+    pub fn orch(&self, args: &[&str]) -> Out {
+        self.orch_in(self.root(), true, args)
+    }
+
+    /// Runs `orch ARGS` in `cwd`, with `--data-dir DATA` when `data_dir`.
+    pub fn orch_in(&self, cwd: &Path, data_dir: bool, args: &[&str]) -> Out {
+        let n = self.next();
+        let out_path = self.root().join(format!("cmd-{n}.stdout"));
+        let err_path = self.root().join(format!("cmd-{n}.stderr"));
+        let mut c = self.command();
+        c.current_dir(cwd);
+        if data_dir {
+            c.arg("--data-dir").arg(&self.data);
+        }
+        c.args(args)
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap());
+        let mut child = c.spawn().expect("cannot start orch");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "`orch {}` did not end within two minutes; stderr:\n{}",
+                    args.join(" "),
+                    std::fs::read_to_string(&err_path).unwrap_or_default()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Out {
+            code: status.code().unwrap_or(-1),
+            stdout: std::fs::read_to_string(&out_path).unwrap_or_default(),
+            stderr: std::fs::read_to_string(&err_path).unwrap_or_default(),
+        }
+    }
+
+    /// Starts `orch --data-dir DATA ARGS` in the background, stderr and
+    /// stdout to a log file.
+    pub fn spawn(&mut self, label: &str, args: &[&str]) -> ProcId {
+        let n = self.next();
+        let log = self.root().join(format!("{label}-{n}.log"));
+        let f = std::fs::File::create(&log).unwrap();
+        let child = self
+            .command()
+            .env("ORCH_LOG", "info")
+            .arg("--data-dir")
+            .arg(&self.data)
+            .args(args)
+            .stdout(f.try_clone().unwrap())
+            .stderr(f)
+            .spawn()
+            .expect("cannot start orch");
+        self.procs.push(Proc {
+            label: format!("{label} (orch {})", args.join(" ")),
+            child,
+            log,
+            exited: None,
+        });
+        ProcId(self.procs.len() - 1)
+    }
+
+    pub fn pid(&self, id: ProcId) -> i32 {
+        self.procs[id.0].child.id() as i32
+    }
+
+    /// Whether the process has exited; reaps it when it has.
+    pub fn exited(&mut self, id: ProcId) -> Option<ExitStatus> {
+        let p = &mut self.procs[id.0];
+        if p.exited.is_none() {
+            p.exited = p.child.try_wait().unwrap();
+        }
+        p.exited
+    }
+
+    pub fn signal(&mut self, id: ProcId, sig: Signal) {
+        if self.exited(id).is_none() {
+            kill(Pid::from_raw(self.pid(id)), sig).unwrap();
+        }
+    }
+
+    /// Waits for the process to exit; panics after `timeout`.
+    pub fn wait_exit(&mut self, id: ProcId, timeout: Duration) -> ExitStatus {
+        let label = self.procs[id.0].label.clone();
+        wait_for(&format!("{label} to exit"), timeout, || self.exited(id))
+    }
+
+    /// SIGKILLs the process and reaps it.
+    pub fn kill9(&mut self, id: ProcId) {
+        self.signal(id, Signal::SIGKILL);
+        self.wait_exit(id, LONG);
+    }
+
+    /// The process's output so far.
+    pub fn log(&self, id: ProcId) -> String {
+        std::fs::read_to_string(&self.procs[id.0].log).unwrap_or_default()
+    }
+
+    /// Remembers a process a run's command started, so it is killed at the end.
+    pub fn stray(&mut self, pid: i32, run_id: &str) {
+        self.strays.push((pid, run_id.to_owned()));
+    }
+
+    /// Starts `orch daemon --listen 127.0.0.1:0 EXTRA` and waits until it listens.
+    pub fn start_daemon(&mut self, extra: &[&str]) -> Daemon {
+        self.start_daemon_on("127.0.0.1:0", extra)
+    }
+
+    /// Starts a daemon on `listen` and waits for it to write its endpoint. A
+    /// daemon that cannot bind (the port of a daemon just killed) is retried.
+    pub fn start_daemon_on(&mut self, listen: &str, extra: &[&str]) -> Daemon {
+        let mut args = vec!["daemon", "--listen", listen];
+        args.extend_from_slice(extra);
+        self.start_server("daemon", &args)
+    }
+
+    /// Starts `orch up --listen 127.0.0.1:0 EXTRA` (daemon and local agent).
+    pub fn start_up(&mut self, extra: &[&str]) -> Daemon {
+        let mut args = vec!["up", "--listen", "127.0.0.1:0"];
+        args.extend_from_slice(extra);
+        self.start_server("up", &args)
+    }
+
+    fn start_server(&mut self, label: &str, args: &[&str]) -> Daemon {
+        let endpoint = self.data.join("endpoint");
+        let deadline = Instant::now() + LONG;
+        loop {
+            // A daemon killed before writes no endpoint away: remove its file
+            // so that the one found below is the new daemon's.
+            let _ = std::fs::remove_file(&endpoint);
+            let id = self.spawn(label, args);
+            let url = loop {
+                if let Ok(s) = std::fs::read_to_string(&endpoint) {
+                    break Some(s.trim().to_owned());
+                }
+                if self.exited(id).is_some() {
+                    break None;
+                }
+                if Instant::now() >= deadline {
+                    panic!("{label} did not start:\n{}", self.log(id));
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            };
+            let Some(url) = url else {
+                if Instant::now() >= deadline {
+                    panic!("{label} did not start:\n{}", self.log(id));
+                }
+                std::thread::sleep(Duration::from_millis(250));
+                continue;
+            };
+            let port = url
+                .rsplit(':')
+                .next()
+                .and_then(|p| p.parse().ok())
+                .unwrap_or_else(|| panic!("endpoint {url:?} has no port"));
+            let token = |name: &str| {
+                std::fs::read_to_string(self.data.join(name))
+                    .unwrap_or_else(|e| panic!("no {name}: {e}"))
+                    .trim()
+                    .to_owned()
+            };
+            return Daemon {
+                id,
+                port,
+                admin_token: token("admin.token"),
+                agent_token: token("agent.token"),
+                url,
+            };
+        }
+    }
+
+    /// Starts `orch agent --server URL --slots N --name NAME`.
+    pub fn start_agent(&mut self, d: &Daemon, name: &str, slots: u32) -> ProcId {
+        let slots = slots.to_string();
+        self.spawn(
+            &format!("agent-{name}"),
+            &[
+                "agent", "--server", &d.url, "--slots", &slots, "--name", name,
+            ],
+        )
+    }
+
+    /// `orch run FILE --project PROJECT` without waiting; returns the run id.
+    pub fn submit(&self, file: &Path) -> String {
+        let out = self.orch(&[
+            "run",
+            file.to_str().unwrap(),
+            "--project",
+            self.project.to_str().unwrap(),
+        ]);
+        out.expect_code(0);
+        let id = out.stdout.trim().to_owned();
+        assert!(!id.is_empty(), "no run id printed:\n{out}");
+        id
+    }
+
+    /// `orch show RUN -o json`.
+    pub fn show(&self, run: &str) -> Value {
+        let out = self.orch(&["show", run, "-o", "json"]);
+        out.expect_code(0);
+        out.json()
+    }
+
+    /// `orch ps -o json`.
+    pub fn ps(&self) -> Value {
+        let out = self.orch(&["ps", "-o", "json"]);
+        out.expect_code(0);
+        out.json()
+    }
+
+    /// Polls the run (over HTTP) until it has ended; returns `orch show -o json` of it.
+    pub fn wait_run_end(&self, d: &Daemon, run: &str) -> Value {
+        wait_for(&format!("run {run} to end"), LONG, || {
+            let r = http(
+                d,
+                "GET",
+                &format!("/v1/runs/{run}"),
+                Some(&d.admin_token),
+                None,
+            );
+            (r.status == 200 && r.json()["run"]["state"] != "running").then_some(())
+        });
+        self.show(run)
+    }
+}
+
+impl Default for Harness {
+    fn default() -> Self {
+        Harness::new()
+    }
+}
+
+/// Whether the process is gone (or a zombie nobody reaped yet).
+pub fn process_gone(pid: i32) -> bool {
+    if kill(Pid::from_raw(pid), None).is_err() {
+        return true;
+    }
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name in parentheses.
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .is_some_and(|rest| rest.trim_start().starts_with('Z')),
+        Err(_) => true,
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        for p in &mut self.procs {
+            if p.exited.is_none() && p.child.try_wait().ok().flatten().is_none() {
+                let _ = p.child.kill();
+                let _ = p.child.wait();
+            }
+        }
+        for (pid, run) in &self.strays {
+            // Only if that pid still runs a command of this run: pids are reused.
+            let marker = format!("ORCH_RUN_ID={run}");
+            let ours = std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|kv| kv == marker.as_bytes()));
+            if ours {
+                let _ = kill(Pid::from_raw(*pid), Signal::SIGKILL);
+            }
+        }
+        if std::thread::panicking() {
+            for p in &self.procs {
+                let log = std::fs::read_to_string(&p.log).unwrap_or_default();
+                let mut cut = log.len().saturating_sub(6000);
+                while !log.is_char_boundary(cut) {
+                    cut += 1;
+                }
+                eprintln!("===== {} =====\n{}", p.label, &log[cut..]);
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- HTTP
+
+/// An HTTP answer.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON; panics with the body when it is not.
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The `error` of a JSON error answer; panics when there is none.
+    #[track_caller]
+    pub fn error(&self) -> String {
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/json"),
+            "error answer is not JSON: {self:?}"
+        );
+        match self.json()["error"].as_str() {
+            Some(e) if !e.is_empty() => e.to_owned(),
+            _ => panic!("no `error` in the answer: {}", self.text()),
+        }
+    }
+}
+
+fn request_head(
+    d: &Daemon,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body_len: Option<usize>,
+) -> String {
+    let mut head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n",
+        d.port
+    );
+    if let Some(t) = token {
+        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
+    }
+    if let Some(n) = body_len {
+        head.push_str(&format!(
+            "Content-Type: application/json\r\nContent-Length: {n}\r\n"
+        ));
+    }
+    head.push_str("\r\n");
+    head
+}
+
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Parses a response head: status and headers.
+fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
+    let head = String::from_utf8_lossy(head);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    (status, headers)
+}
+
+/// Decodes the complete chunks at the front of `raw` into `out`; returns the
+/// bytes consumed and whether the last chunk was seen.
+fn dechunk(raw: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
+    let mut pos = 0;
+    loop {
+        let Some(eol) = find(&raw[pos..], b"\r\n") else {
+            return (pos, false);
+        };
+        let size_text = String::from_utf8_lossy(&raw[pos..pos + eol]);
+        let size_text = size_text.split(';').next().unwrap_or("").trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .unwrap_or_else(|_| panic!("bad chunk size {size_text:?}"));
+        let start = pos + eol + 2;
+        if size == 0 {
+            return (raw.len(), true);
+        }
+        if raw.len() < start + size + 2 {
+            return (pos, false);
+        }
+        out.extend_from_slice(&raw[start..start + size]);
+        pos = start + size + 2;
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`), read to its end.
+pub fn http(
+    d: &Daemon,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&[u8]>,
+) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", d.port))
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", d.url));
+    s.set_read_timeout(Some(LONG)).unwrap();
+    s.set_write_timeout(Some(LONG)).unwrap();
+    let head = request_head(d, method, path, token, body.map(<[u8]>::len));
+    let mut req = head.into_bytes();
+    if let Some(b) = body {
+        req.extend_from_slice(b);
+    }
+    // The daemon may answer (413) and close before reading all of the body:
+    // what could not be written does not matter then, the answer does.
+    let _ = s.write_all(&req);
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            // A reset after the answer (unread request body) ends it too.
+            Err(e) if find(&raw, b"\r\n\r\n").is_some() => {
+                let _ = e;
+                break;
+            }
+            Err(e) => panic!("{method} {path}: reading the answer failed: {e}"),
+        }
+    }
+    let end = find(&raw, b"\r\n\r\n").unwrap_or_else(|| {
+        panic!(
+            "{method} {path}: no HTTP answer: {:?}",
+            String::from_utf8_lossy(&raw)
+        )
+    });
+    let (status, headers) = parse_head(&raw[..end]);
+    let rest = &raw[end + 4..];
+    let mut resp = Response {
+        status,
+        headers,
+        body: Vec::new(),
+    };
+    if resp
+        .header("transfer-encoding")
+        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
+    {
+        let mut body = Vec::new();
+        dechunk(rest, &mut body);
+        resp.body = body;
+    } else {
+        let len = resp
+            .header("content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(rest.len())
+            .min(rest.len());
+        resp.body = rest[..len].to_vec();
+    }
+    resp
+}
+
+/// Reads `GET /v1/events?QUERY` as Server-Sent Events until `done` says so
+/// for an event or `timeout` passes; returns the events' data as JSON, in
+/// the order received.
+pub fn events(
+    d: &Daemon,
+    query: &str,
+    timeout: Duration,
+    mut done: impl FnMut(&Value) -> bool,
+) -> Vec<Value> {
+    let path = format!("/v1/events?{query}");
+    let mut s = TcpStream::connect(("127.0.0.1", d.port))
+        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", d.url));
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s.write_all(request_head(d, "GET", &path, Some(&d.admin_token), None).as_bytes())
+        .unwrap();
+    let deadline = Instant::now() + timeout;
+    let mut raw = Vec::new();
+    let mut head: Option<(usize, bool)> = None; // (body start, chunked)
+    let mut consumed = 0;
+    let mut text = Vec::new();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    while Instant::now() < deadline {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(e) => panic!("reading {path}: {e}"),
+        }
+        if head.is_none() {
+            let Some(end) = find(&raw, b"\r\n\r\n") else {
+                continue;
+            };
+            let (status, headers) = parse_head(&raw[..end]);
+            assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&raw));
+            let chunked = headers.iter().any(|(k, v)| {
+                k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+            });
+            head = Some((end + 4, chunked));
+            consumed = end + 4;
+        }
+        let Some((_, chunked)) = head else { continue };
+        if chunked {
+            let (n, _) = dechunk(&raw[consumed..], &mut text);
+            consumed += n;
+        } else {
+            text.extend_from_slice(&raw[consumed..]);
+            consumed = raw.len();
+        }
+        // Whole events end with a blank line.
+        while let Some(end) = find(&text, b"\n\n") {
+            let block: Vec<u8> = text.drain(..end + 2).collect();
+            let block = String::from_utf8_lossy(&block);
+            let data: Vec<&str> = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(|l| l.strip_prefix(' ').unwrap_or(l))
+                .collect();
+            if data.is_empty() {
+                continue; // a keep-alive comment
+            }
+            let v: Value = serde_json::from_str(&data.join("\n"))
+                .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {block}"));
+            let stop = done(&v);
+            seen.push(v);
+            if stop {
+                return seen;
+            }
+        }
+    }
+    seen
+}
+
+/// A POST with a JSON body.
+pub fn post_json(d: &Daemon, path: &str, token: &str, body: &Value) -> Response {
+    http(
+        d,
+        "POST",
+        path,
+        Some(token),
+        Some(body.to_string().as_bytes()),
+    )
+}
+
+/// The value of a metric line `NAME VALUE` (no labels) in a Prometheus exposition.
+pub fn metric(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == name).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+/// The stages of a run detail, by id: (state, attempt).
+pub fn stage<'a>(detail: &'a Value, id: &str) -> &'a Value {
+    detail["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["stage_id"] == id)
+        .unwrap_or_else(|| panic!("no stage {id} in {detail:#}"))
+}
+
+/// The jobs of one stage of a run detail.
+pub fn jobs_of<'a>(detail: &'a Value, stage_id: &str) -> Vec<&'a Value> {
+    detail["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|j| j["stage_id"] == stage_id)
+        .collect()
+}

@@ -1,0 +1,408 @@
+//! Runs from end to end, as a user drives them: `orch run`, `show`, `ps`,
+//! `logs`, the event stream, `orch up` and `orch demo`, each against the real
+//! binary running as separate daemon and agent processes.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use common::*;
+use nix::sys::signal::Signal;
+use serde_json::Value;
+
+#[test]
+fn a_diamond_workflow_runs_end_to_end_through_separate_daemon_and_agent() {
+    let mut h = Harness::new();
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "worker", 2);
+    let file = h.example("diamond.yaml");
+    let project = h.project.to_str().unwrap().to_owned();
+
+    let out = h.orch(&[
+        "run",
+        file.to_str().unwrap(),
+        "--project",
+        &project,
+        "--wait",
+    ]);
+    out.expect_code(0);
+    let run = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_else(|| panic!("`orch run --wait` printed no run id:\n{out}"));
+
+    let detail = h.show(&run);
+    assert_eq!(detail["run"]["id"], run.as_str());
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
+    assert_eq!(detail["run"]["project_dir"], project.as_str());
+    assert_eq!(detail["run"]["stages_total"], 4);
+    assert_eq!(detail["run"]["stages_succeeded"], 4);
+    let stages: BTreeMap<&str, &str> = detail["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["stage_id"].as_str().unwrap(),
+                s["state"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        stages,
+        BTreeMap::from([
+            ("a", "succeeded"),
+            ("b", "succeeded"),
+            ("c", "succeeded"),
+            ("d", "succeeded")
+        ])
+    );
+    // The example's comment promises this path: c is estimated longer than b.
+    assert_eq!(
+        detail["plan"]["critical_path"],
+        serde_json::json!(["a", "c", "d"])
+    );
+
+    // Every job left a bundle in the project: a manifest and its commands' logs.
+    let expected_output = BTreeMap::from([
+        ("a", "a: start"),
+        ("b", "b: left branch"),
+        ("c", "c: right branch"),
+        ("d", "d: both branches done"),
+    ]);
+    let jobs = detail["jobs"].as_array().unwrap();
+    assert_eq!(jobs.len(), 4, "one job per single-step stage: {detail:#}");
+    for job in jobs {
+        let stage_id = job["stage_id"].as_str().unwrap();
+        assert_eq!(job["state"], "succeeded", "{job:#}");
+        let bundle = job["bundle"]
+            .as_str()
+            .expect("a finished job names its bundle");
+        assert!(
+            bundle.starts_with(&format!(".orchestrator/runs/{run}/{stage_id}/")),
+            "bundle {bundle} is not under the run's and stage's directory"
+        );
+        let dir = h.project.join(bundle);
+        let manifest: Value = serde_json::from_str(
+            &std::fs::read_to_string(dir.join("manifest.json"))
+                .unwrap_or_else(|e| panic!("no manifest in {}: {e}", dir.display())),
+        )
+        .expect("manifest.json is JSON");
+        assert_eq!(manifest["success"], true, "{manifest:#}");
+        assert_eq!(manifest["run_id"], run.as_str());
+        assert_eq!(manifest["stage_id"], stage_id);
+        assert_eq!(manifest["job_id"], job["id"]);
+        assert!(
+            !manifest["commands"].as_array().unwrap().is_empty(),
+            "{manifest:#}"
+        );
+        let stdout = std::fs::read_to_string(dir.join("cmd-000.stdout.log")).unwrap();
+        assert_eq!(stdout.trim(), expected_output[stage_id]);
+    }
+
+    let listed = h.ps();
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == run.as_str())
+        .unwrap_or_else(|| panic!("`orch ps` does not list {run}: {listed:#}"));
+    assert_eq!(entry["state"], "succeeded");
+    assert_eq!(entry["workflow"], "diamond");
+
+    let logs = h.orch(&["logs", &run]);
+    logs.expect_code(0);
+    for text in expected_output.values() {
+        assert!(
+            logs.stdout.contains(text),
+            "`orch logs` lacks {text:?}:\n{logs}"
+        );
+    }
+    let only_d = h.orch(&["logs", &run, "d"]);
+    only_d.expect_code(0);
+    assert!(only_d.stdout.contains("d: both branches done"), "{only_d}");
+    assert!(!only_d.stdout.contains("a: start"), "{only_d}");
+}
+
+#[test]
+fn a_failing_stage_blocks_its_dependents_and_fails_the_run_while_independent_stages_finish() {
+    let mut h = Harness::new();
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "worker", 2);
+    let file = h.example("failing.yaml");
+    let project = h.project.to_str().unwrap().to_owned();
+
+    let out = h.orch(&[
+        "run",
+        file.to_str().unwrap(),
+        "--project",
+        &project,
+        "--wait",
+        "-o",
+        "json",
+    ]);
+    out.expect_code(1);
+    let detail = out.json();
+    let run = detail["run"]["id"].as_str().unwrap().to_owned();
+    assert_eq!(detail["run"]["state"], "failed");
+
+    // What `orch show` says afterwards is the same story.
+    let detail = h.show(&run);
+    assert_eq!(detail["run"]["state"], "failed");
+    assert_eq!(stage(&detail, "check")["state"], "failed");
+    assert_eq!(stage(&detail, "publish")["state"], "blocked");
+    assert_eq!(stage(&detail, "docs")["state"], "succeeded");
+    assert!(
+        jobs_of(&detail, "publish").is_empty(),
+        "a blocked stage never runs: {detail:#}"
+    );
+
+    let check = jobs_of(&detail, "check");
+    assert_eq!(check.len(), 1, "a task failure is not retried: {detail:#}");
+    let job = check[0];
+    assert_eq!(job["state"], "failed");
+    assert_eq!(job["exit_codes"], serde_json::json!([0, 1]));
+    assert_eq!(job["error_class"], "task");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap()
+            .contains("exited with code 1"),
+        "{job:#}"
+    );
+    let bundle = h.project.join(job["bundle"].as_str().unwrap());
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(manifest["success"], false);
+    assert_eq!(manifest["error_class"], "task");
+    assert_eq!(
+        manifest["commands"].as_array().unwrap().len(),
+        2,
+        "the command after the failing one never ran: {manifest:#}"
+    );
+    let stderr = std::fs::read_to_string(bundle.join("cmd-001.stderr.log")).unwrap();
+    assert!(stderr.contains("release notes are missing"), "{stderr}");
+
+    // The text view names the failure for a human.
+    let text = h.orch(&["show", &run]);
+    text.expect_code(0);
+    assert!(text.stdout.contains("failures:"), "{text}");
+    assert!(text.stdout.contains("exited with code 1"), "{text}");
+}
+
+#[test]
+fn events_stream_every_transition_of_a_run_in_order() {
+    let mut h = Harness::new();
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "worker", 2);
+    let file = h.example("diamond.yaml");
+    let project = h.project.to_str().unwrap().to_owned();
+    let out = h.orch(&[
+        "run",
+        file.to_str().unwrap(),
+        "--project",
+        &project,
+        "--wait",
+        "-o",
+        "json",
+    ]);
+    out.expect_code(0);
+    let run = out.json()["run"]["id"].as_str().unwrap().to_owned();
+
+    let is_run_end =
+        |t: &Value| t["entity"] == "run" && t["to"] != "running" && t["from"] == "running";
+    let events = events(&d, &format!("run={run}&since=0"), LONG, is_run_end);
+    assert!(
+        events.last().is_some_and(is_run_end),
+        "the stream did not reach the run's end: {events:#?}"
+    );
+
+    let seqs: Vec<i64> = events.iter().map(|t| t["seq"].as_i64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seqs are not strictly increasing: {seqs:?}"
+    );
+    assert!(
+        events.iter().all(|t| t["run_id"] == run.as_str()),
+        "a transition of another run leaked into ?run={run}"
+    );
+    for t in &events {
+        for field in ["entity", "entity_id", "to", "reason", "actor", "at_ms"] {
+            assert!(!t[field].is_null(), "transition lacks {field}: {t}");
+        }
+    }
+
+    let path = |entity: &str, id: &str| -> Vec<(Option<String>, String)> {
+        events
+            .iter()
+            .filter(|t| t["entity"] == entity && t["entity_id"] == id)
+            .map(|t| {
+                (
+                    t["from"].as_str().map(str::to_owned),
+                    t["to"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let run_path = path("run", &run);
+    assert_eq!(
+        run_path.first(),
+        Some(&(None, "running".to_owned())),
+        "{run_path:?}"
+    );
+    assert_eq!(
+        run_path.last(),
+        Some(&(Some("running".to_owned()), "succeeded".to_owned())),
+        "{run_path:?}"
+    );
+    let some = |s: &str| Some(s.to_owned());
+    for s in ["a", "b", "c", "d"] {
+        assert_eq!(
+            path("stage", &format!("{run}/{s}")),
+            [
+                (None, "pending".to_owned()),
+                (some("pending"), "queued".to_owned()),
+                (some("queued"), "running".to_owned()),
+                (some("running"), "succeeded".to_owned()),
+            ],
+            "stage {s}"
+        );
+    }
+    // d starts only after both of its needs succeeded.
+    let at = |id: &str, to: &str| {
+        events
+            .iter()
+            .find(|t| t["entity_id"] == format!("{run}/{id}") && t["to"] == to)
+            .and_then(|t| t["seq"].as_i64())
+            .unwrap()
+    };
+    assert!(at("b", "succeeded") < at("d", "queued"));
+    assert!(at("c", "succeeded") < at("d", "queued"));
+
+    // Resuming with `since` gives what follows, and nothing before.
+    let middle = seqs[seqs.len() / 2];
+    let rest = common::events(&d, &format!("run={run}&since={middle}"), LONG, is_run_end);
+    let rest_seqs: Vec<i64> = rest.iter().map(|t| t["seq"].as_i64().unwrap()).collect();
+    let expected: Vec<i64> = seqs.iter().copied().filter(|&s| s > middle).collect();
+    assert_eq!(rest_seqs, expected);
+}
+
+#[test]
+fn orch_up_runs_a_workflow_and_stops_cleanly_on_sigterm() {
+    let mut h = Harness::new();
+    let up = h.start_up(&["--slots", "2"]);
+    let file = h.example("hello.yaml");
+    let project = h.project.to_str().unwrap().to_owned();
+    let out = h.orch(&[
+        "run",
+        file.to_str().unwrap(),
+        "--project",
+        &project,
+        "--wait",
+        "-o",
+        "json",
+    ]);
+    out.expect_code(0);
+    let run = out.json()["run"]["id"].as_str().unwrap().to_owned();
+
+    h.signal(up.id, Signal::SIGTERM);
+    let status = h.wait_exit(up.id, Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "`orch up` exited with {status}:\n{}",
+        h.log(up.id)
+    );
+    assert!(
+        !h.data.join("endpoint").exists(),
+        "a stopped `orch up` leaves no endpoint behind"
+    );
+    let down = h.orch(&["ps"]);
+    assert_eq!(down.code, 3, "with no daemon `orch ps` fails: {down}");
+    assert!(
+        down.stderr.contains("orch up"),
+        "it says how to start one: {down}"
+    );
+
+    // The store outlives the process.
+    let again = h.start_up(&["--slots", "1"]);
+    let listed = h.ps();
+    let entry = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == run.as_str())
+        .unwrap_or_else(|| panic!("the run is gone after a restart: {listed:#}"));
+    assert_eq!(entry["state"], "succeeded");
+    h.signal(again.id, Signal::SIGTERM);
+    let status = h.wait_exit(again.id, Duration::from_secs(10));
+    assert!(status.success(), "{}", h.log(again.id));
+}
+
+#[test]
+fn orch_demo_runs_the_demo_workflow_to_success_in_the_current_directory() {
+    let h = Harness::new();
+    let cwd = h.root().join("demo-project");
+    std::fs::create_dir_all(cwd.join("examples")).unwrap();
+    std::fs::copy(examples().join("demo.yaml"), cwd.join("examples/demo.yaml")).unwrap();
+    std::fs::write(cwd.join("README.md"), "a project to demo on\n").unwrap();
+    let demo_dir = h.root().join("demo-data");
+
+    let out = h.orch_in(
+        &cwd,
+        false,
+        &[
+            "demo",
+            "examples/demo.yaml",
+            "--demo-dir",
+            demo_dir.to_str().unwrap(),
+        ],
+    );
+    out.expect_code(0);
+    assert!(out.stdout.contains("succeeded"), "{out}");
+    let run = out
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("run "))
+        .map(|id| id.trim().to_owned())
+        .unwrap_or_else(|| panic!("the demo printed no run:\n{out}"));
+    assert!(cwd.join(".orchestrator/runs").join(&run).is_dir(), "{out}");
+    let report = std::fs::read_to_string(cwd.join(".orchestrator/demo-out/report.txt"))
+        .expect("the demo's last stage wrote its report");
+    assert!(report.starts_with("report: done at"), "{report}");
+    assert!(
+        !demo_dir.join("endpoint").exists(),
+        "the demo stopped its daemon when it ended"
+    );
+    let stages: BTreeSet<String> = std::fs::read_dir(cwd.join(".orchestrator/runs").join(&run))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(
+        stages,
+        ["build", "fetch", "lint", "package", "report", "unit-tests"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    );
+}
+
+#[test]
+fn a_daemon_stops_cleanly_on_sigterm_and_removes_its_endpoint() {
+    let mut h = Harness::new();
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "idle", 1);
+    let out = h.orch(&["agents", "-o", "json"]);
+    out.expect_code(0);
+    h.signal(d.id, Signal::SIGTERM);
+    let status = h.wait_exit(d.id, Duration::from_secs(10));
+    assert!(
+        status.success(),
+        "`orch daemon` exited with {status}:\n{}",
+        h.log(d.id)
+    );
+    assert!(!h.data.join("endpoint").exists());
+}
