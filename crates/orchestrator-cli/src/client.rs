@@ -136,16 +136,20 @@ impl Client {
 
     /// Follows `/v1/events` for one run from `since`, calling `f` for each
     /// transition until it returns false. Reconnects when the stream drops
-    /// (a daemon restart), resuming after the last seq seen.
+    /// (a daemon restart), resuming after the last seq seen. `entities`
+    /// limits the kinds of entity (`run,stage`).
     pub async fn follow_run(
         &self,
         run_id: &str,
+        entities: &str,
         mut since: i64,
         mut f: impl FnMut(&Transition) -> bool,
     ) -> Result<()> {
         let mut failures = 0u32;
         loop {
-            let url = self.url(&format!("/v1/events?run={run_id}&since={since}"));
+            let url = self.url(&format!(
+                "/v1/events?run={run_id}&entities={entities}&since={since}"
+            ));
             let resp = match self.http.get(url).bearer_auth(&self.token).send().await {
                 Ok(r) => Self::check(r).await?,
                 Err(e) => {

@@ -117,7 +117,7 @@ pub async fn wait(client: &Client, run_id: &str, progress: bool) -> Result<RunSt
     let mut outcome = RunState::Running;
     // Replay the run's log from the start so nothing is counted twice or missed.
     client
-        .follow_run(run_id, 0, |t| {
+        .follow_run(run_id, if progress { "run,stage" } else { "run" }, 0, |t| {
             match t.entity {
                 Entity::Stage => {
                     let stage = t.entity_id.rsplit('/').next().unwrap_or("").to_owned();

@@ -23,6 +23,8 @@ pub struct EventsQuery {
     since: Option<i64>,
     /// Only transitions of this run.
     run: Option<String>,
+    /// Only these kinds of entity, comma-separated (`run,stage`).
+    entities: Option<String>,
 }
 
 pub async fn events<S: Store>(
@@ -42,7 +44,7 @@ pub async fn events<S: Store>(
     let shutdown = app.shutdown.clone();
     tokio::spawn(async move {
         tokio::select! {
-            _ = pump(app, live, tx, since, q.run) => {}
+            _ = pump(app, live, tx, since, q.run, q.entities) => {}
             _ = shutdown.cancelled() => {}
         }
     });
@@ -67,10 +69,17 @@ async fn pump<S: Store>(
     tx: mpsc::Sender<Event>,
     since: Option<i64>,
     run: Option<String>,
+    entities: Option<String>,
 ) {
+    let kinds: Option<Vec<&str>> = entities
+        .as_deref()
+        .map(|e| e.split(',').map(str::trim).collect());
     let wanted = |t: &Transition| {
         run.as_deref()
             .is_none_or(|r| t.run_id.as_deref() == Some(r))
+            && kinds
+                .as_ref()
+                .is_none_or(|k| k.contains(&t.entity.as_str()))
     };
     // Without `since`, start from now: the last seq committed.
     let mut last = match since {

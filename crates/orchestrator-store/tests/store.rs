@@ -527,6 +527,9 @@ async fn a_completion_can_hand_the_agent_its_next_job_including_stages_it_just_r
     }
     // a released b and c, which were queued and handed out in the same commit.
     assert_eq!(seen.len(), 5, "{seen:?}");
-    assert_eq!(s.run_detail(&run).await.unwrap().run.state, RunState::Succeeded);
+    assert_eq!(
+        s.run_detail(&run).await.unwrap().run.state,
+        RunState::Succeeded
+    );
     assert_log_replays_to_state(&s, &run).await;
 }
