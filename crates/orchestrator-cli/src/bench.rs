@@ -74,9 +74,9 @@ struct Workload {
 }
 
 fn stage(out: &mut String, id: &str, needs: &[String]) {
-    let _ = write!(out, "  - id: {id}\n");
+    let _ = writeln!(out, "  - id: {id}");
     if !needs.is_empty() {
-        let _ = write!(out, "    needs: [{}]\n", needs.join(", "));
+        let _ = writeln!(out, "    needs: [{}]", needs.join(", "));
     }
     out.push_str("    steps:\n      - commands:\n          - argv: [/bin/true]\n");
 }

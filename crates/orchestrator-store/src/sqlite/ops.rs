@@ -713,6 +713,19 @@ pub fn heartbeat(
     Ok(out)
 }
 
+/// A job with its current lease, as a completion checks it.
+struct JobLease {
+    run_id: String,
+    stage_id: String,
+    state: String,
+    step: u32,
+    attempt: u32,
+    holder: Option<String>,
+    lease_id: Option<i64>,
+    token: Option<String>,
+    lease_state: Option<String>,
+}
+
 /// Completes a job. The outer error rolls the command back; the inner one is
 /// a refusal that is recorded (and so must commit) before it is returned.
 pub fn complete(
@@ -721,17 +734,37 @@ pub fn complete(
     req: CompleteRequest,
     lease_ttl_ms: u64,
 ) -> Result<Result<Completed>> {
-    let row: Option<(String, String, String, u32, u32, Option<String>, Option<i64>, Option<String>, Option<String>)> = ctx
+    let row = ctx
         .conn
         .prepare_cached(
             "SELECT j.run_id, j.stage_id, j.state, j.step, j.attempt, j.agent_id, j.lease_id, l.token, l.state
              FROM jobs j LEFT JOIN leases l ON l.id = j.lease_id WHERE j.id = ?1",
         )?
         .query_row([job_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+            Ok(JobLease {
+                run_id: r.get(0)?,
+                stage_id: r.get(1)?,
+                state: r.get(2)?,
+                step: r.get(3)?,
+                attempt: r.get(4)?,
+                holder: r.get(5)?,
+                lease_id: r.get(6)?,
+                token: r.get(7)?,
+                lease_state: r.get(8)?,
+            })
         })
         .optional()?;
-    let Some((run_id, stage_id, state, step, attempt, holder, lease_id, token, lease_state)) = row
+    let Some(JobLease {
+        run_id,
+        stage_id,
+        state,
+        step,
+        attempt,
+        holder,
+        lease_id,
+        token,
+        lease_state,
+    }) = row
     else {
         return Ok(Err(StoreError::NotFound {
             what: "job",

@@ -187,6 +187,8 @@ impl Ctx<'_> {
     }
 
     /// Writes one transition row and keeps it for publishing after commit.
+    // One argument per column of the row; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn transition(
         &mut self,
         entity: orchestrator_core::Entity,
