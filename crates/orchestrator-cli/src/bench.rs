@@ -47,6 +47,10 @@ pub struct BenchArgs {
     /// Default: a fresh directory under $TMPDIR.
     #[arg(long)]
     pub dir: Option<std::path::PathBuf>,
+    /// Put the project (the bundles) here instead, e.g. on another
+    /// filesystem, to tell the store's costs from the bundles'.
+    #[arg(long)]
+    pub project_dir: Option<std::path::PathBuf>,
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
 }
@@ -217,7 +221,10 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
         None => tempfile_dir()?,
     };
     let data = root.join("data");
-    let project = root.join("project");
+    let project = match &a.project_dir {
+        Some(p) => p.join(format!("orch-bench-project-{}", std::process::id())),
+        None => root.join("project"),
+    };
     std::fs::create_dir_all(&project)?;
     let stop = tokio_util::sync::CancellationToken::new();
     let args = UpArgs {
@@ -294,6 +301,7 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
     stop.cancel();
     up.await??;
     let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(&project);
     match a.output {
         Output::Json => view::json(&rows)?,
         Output::Text => {
