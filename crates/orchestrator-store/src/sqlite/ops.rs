@@ -136,30 +136,29 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
 /// gets a job for its first step, highest run priority first.
 pub fn schedule(ctx: &mut Ctx<'_>) -> Result<()> {
     ctx.schedule = false;
-    let ready: Vec<(String, String)> = ctx
+    let ready: Vec<(String, String, i64)> = ctx
         .conn
         .prepare_cached(
-            "SELECT s.run_id, s.stage_id FROM stage_runs s JOIN runs r ON r.id = s.run_id
+            "SELECT s.run_id, s.stage_id, s.ord FROM stage_runs s JOIN runs r ON r.id = s.run_id
              WHERE s.state = 'pending' AND s.unmet = 0
              ORDER BY r.priority DESC, r.created_at, s.ord",
         )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    for (run_id, stage_id) in ready {
+    for (run_id, stage_id, ord) in ready {
         let wf = workflow(ctx, &run_id)?;
         let needs = wf
             .stages
-            .iter()
-            .find(|s| s.id == stage_id)
-            .map(|s| s.needs.clone())
-            .unwrap_or_default();
-        let reason = if needs.is_empty() {
-            "runnable: needs nothing".to_owned()
-        } else {
-            format!(
-                "runnable: every stage it needs succeeded ({})",
-                needs.join(", ")
-            )
+            .get(ord as usize)
+            .map_or(&[][..], |s| &s.needs[..]);
+        let reason = match needs {
+            [] => "runnable: needs nothing".to_owned(),
+            [a] => format!("runnable: {a} succeeded"),
+            [a, b] => format!("runnable: {a} and {b} succeeded"),
+            [a, b, rest @ ..] => format!(
+                "runnable: {a}, {b} and the {} other stages it needs succeeded",
+                rest.len()
+            ),
         };
         stage_event(
             ctx,
@@ -598,22 +597,30 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
     }
     let agent_labels: Vec<String> = serde_json::from_str(&labels).unwrap_or_default();
     // Labels are checked here rather than in SQL; most jobs need none.
-    let candidates: Vec<(i64, String)> = ctx
-        .conn
-        .prepare_cached(
-            "SELECT id, labels FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id LIMIT 256",
-        )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
     let fits = |labels: &str| {
-        let need: Vec<String> = serde_json::from_str(labels).unwrap_or_default();
-        need.iter().all(|l| agent_labels.contains(l))
+        labels == "[]"
+            || serde_json::from_str::<Vec<String>>(labels)
+                .unwrap_or_default()
+                .iter()
+                .all(|l| agent_labels.contains(l))
     };
-    let Some(job_id) = candidates
-        .into_iter()
-        .find(|(_, l)| l == "[]" || fits(l))
-        .map(|(id, _)| id)
-    else {
+    // Walk the queue in order and stop at the first job this agent can run;
+    // usually that is the first row.
+    let mut job_id = None;
+    {
+        let mut st = ctx.conn.prepare_cached(
+            "SELECT id, labels FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id LIMIT 256",
+        )?;
+        let mut rows = st.query([])?;
+        while let Some(r) = rows.next()? {
+            let labels: String = r.get(1)?;
+            if fits(&labels) {
+                job_id = Some(r.get::<_, i64>(0)?);
+                break;
+            }
+        }
+    }
+    let Some(job_id) = job_id else {
         return Ok(None);
     };
     let payload: String = ctx
