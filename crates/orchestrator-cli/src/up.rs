@@ -249,13 +249,10 @@ pub async fn agent(a: AgentArgs, server: Option<String>, data_dir: &Path) -> Res
 /// `orch demo`: a daemon and agent on a fresh store, the demo workflow run to
 /// its end with live progress, the result shown, and everything stopped.
 pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
-    let tmp;
-    let dir = match a.demo_dir {
-        Some(d) => d,
-        None => {
-            tmp = std::env::temp_dir().join(format!("orch-demo-{}", std::process::id()));
-            tmp.clone()
-        }
+    // A store made for the demo alone is removed after it; one the user named stays.
+    let (dir, throwaway) = match a.demo_dir {
+        Some(d) => (d, false),
+        None => (std::env::temp_dir().join(format!("orch-demo-{}", std::process::id())), true),
     };
     let stop = CancellationToken::new();
     let args = UpArgs {
@@ -319,5 +316,8 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
     .await;
     stop.cancel();
     up.await??;
+    if throwaway {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(crate::runcmd::exit_code(outcome?))
 }
