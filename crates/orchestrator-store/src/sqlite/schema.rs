@@ -110,6 +110,10 @@ CREATE INDEX transitions_run ON transitions(run_id, seq);
 
 /// Connection settings every connection gets.
 pub fn configure(conn: &Connection) -> Result<()> {
+    // Small pages: a commit touches a few rows in many tables and indexes, and
+    // WAL writes (and fsyncs) whole pages. Measured faster than 4 KiB on the
+    // bench; it only takes effect when the database is created.
+    conn.pragma_update(None, "page_size", 1024)?;
     conn.pragma_update(None, "journal_mode", "WAL")?;
     // FULL: a commit is on disk before the writer answers anyone.
     conn.pragma_update(None, "synchronous", "FULL")?;
