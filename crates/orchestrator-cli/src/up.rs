@@ -252,7 +252,10 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
     // A store made for the demo alone is removed after it; one the user named stays.
     let (dir, throwaway) = match a.demo_dir {
         Some(d) => (d, false),
-        None => (std::env::temp_dir().join(format!("orch-demo-{}", std::process::id())), true),
+        None => (
+            std::env::temp_dir().join(format!("orch-demo-{}", std::process::id())),
+            true,
+        ),
     };
     let stop = CancellationToken::new();
     let args = UpArgs {

@@ -1,7 +1,8 @@
 //! The embedded SQLite store: a writer thread for every change, a read
 //! connection for queries.
 
-mod ops;
+mod graph;
+mod leases;
 mod reads;
 mod schema;
 mod writer;
@@ -154,7 +155,7 @@ impl SqliteStore {
 
 impl Store for SqliteStore {
     async fn submit_run(&self, run: NewRun) -> Result<Submitted> {
-        self.write(move |ctx| ops::submit_run(ctx, run)).await
+        self.write(move |ctx| graph::submit_run(ctx, run)).await
     }
 
     async fn register_agent(
@@ -163,13 +164,13 @@ impl Store for SqliteStore {
         lease_ttl_ms: u64,
         heartbeat_interval_ms: u64,
     ) -> Result<AgentRegistered> {
-        self.write(move |ctx| ops::register_agent(ctx, reg, lease_ttl_ms, heartbeat_interval_ms))
+        self.write(move |ctx| leases::register_agent(ctx, reg, lease_ttl_ms, heartbeat_interval_ms))
             .await
     }
 
     async fn claim(&self, agent_id: &str, lease_ttl_ms: u64) -> Result<Option<ClaimedJob>> {
         let agent_id = agent_id.to_owned();
-        self.write(move |ctx| ops::claim(ctx, &agent_id, lease_ttl_ms))
+        self.write(move |ctx| leases::claim(ctx, &agent_id, lease_ttl_ms))
             .await
     }
 
@@ -180,7 +181,7 @@ impl Store for SqliteStore {
         lease_ttl_ms: u64,
     ) -> Result<HeartbeatResponse> {
         let agent_id = agent_id.to_owned();
-        self.write(move |ctx| ops::heartbeat(ctx, &agent_id, leases, lease_ttl_ms))
+        self.write(move |ctx| leases::heartbeat(ctx, &agent_id, leases, lease_ttl_ms))
             .await
     }
 
@@ -190,16 +191,17 @@ impl Store for SqliteStore {
         req: CompleteRequest,
         lease_ttl_ms: u64,
     ) -> Result<Completed> {
-        self.write(move |ctx| ops::complete(ctx, job_id, req, lease_ttl_ms))
+        self.write(move |ctx| leases::complete(ctx, job_id, req, lease_ttl_ms))
             .await?
     }
 
     async fn expire_leases(&self, now_ms: i64) -> Result<usize> {
-        self.write(move |ctx| ops::expire_leases(ctx, now_ms)).await
+        self.write(move |ctx| leases::expire_leases(ctx, now_ms))
+            .await
     }
 
     async fn resume(&self, grace_ms: u64) -> Result<usize> {
-        self.write(move |ctx| ops::resume(ctx, grace_ms)).await
+        self.write(move |ctx| leases::resume(ctx, grace_ms)).await
     }
 
     async fn next_lease_expiry(&self) -> Result<Option<i64>> {

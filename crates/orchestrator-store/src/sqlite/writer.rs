@@ -123,7 +123,7 @@ impl Writer {
                 replies.push(cmd(&mut ctx));
             }
             if ctx.schedule {
-                super::ops::schedule(&mut ctx)?;
+                super::graph::schedule(&mut ctx)?;
             }
             let t = Instant::now();
             ctx.conn.execute_batch("COMMIT")?;

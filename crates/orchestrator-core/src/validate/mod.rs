@@ -7,6 +7,10 @@ use std::fmt;
 
 use crate::spec::{CommandSpec, Workflow};
 
+mod locate;
+
+use locate::place;
+
 /// Largest workflow text accepted, in bytes.
 pub const MAX_WORKFLOW_BYTES: usize = 4 * 1024 * 1024;
 /// Most stages a workflow may have.
@@ -144,141 +148,6 @@ struct Problem {
     /// stages use the same id: `locate` is searched only inside that stage's
     /// block, and the stage's `id:` line is the fallback.
     stage: Option<(String, usize)>,
-}
-
-/// The 1-based (line, column) of a problem, where the text shows it.
-fn place(lines: &[&str], p: &Problem) -> Option<(usize, usize)> {
-    let kv = p.locate.as_ref();
-    let Some((id, nth)) = &p.stage else {
-        return kv.and_then(|(k, v)| locate_in(lines, 0, lines.len(), k, v));
-    };
-    match stage_block(lines, id, *nth) {
-        Some((from, to)) => kv
-            .and_then(|(k, v)| locate_in(lines, from, to, k, v))
-            .or_else(|| locate_in(lines, from, to, "id", id)),
-        // Not a block-style stage (e.g. JSON): search the whole text.
-        None => kv
-            .and_then(|(k, v)| locate_in(lines, 0, lines.len(), k, v))
-            .or_else(|| locate_in(lines, 0, lines.len(), "id", id)),
-    }
-}
-
-/// Finds the first line holding `key: value` (or `- value` in a list under key), 1-based.
-#[cfg(test)]
-fn locate(text: &str, key: &str, value: &str) -> Option<(usize, usize)> {
-    let lines: Vec<&str> = text.lines().collect();
-    locate_in(&lines, 0, lines.len(), key, value)
-}
-
-fn indent_of(line: &str) -> usize {
-    line.len() - line.trim_start().len()
-}
-
-fn is_blank_or_comment(line: &str) -> bool {
-    let t = line.trim();
-    t.is_empty() || t.starts_with('#')
-}
-
-/// A plain YAML scalar ends before ` #`.
-fn strip_comment(s: &str) -> &str {
-    s.find(" #").map_or(s, |i| s[..i].trim_end())
-}
-
-/// Whether `written` (as it appears in the source) is `value`, plain or quoted.
-fn same_value(written: &str, value: &str) -> bool {
-    let written = written.trim();
-    [written, strip_comment(written)].iter().any(|w| {
-        *w == value
-            || w.strip_prefix('"').and_then(|r| r.strip_suffix('"')) == Some(value)
-            || w.strip_prefix('\'').and_then(|r| r.strip_suffix('\'')) == Some(value)
-    })
-}
-
-/// Searches `lines[from..to]` for `key: value`, `key: [.., value, ..]`, or
-/// `key:` followed by a block list holding `- value`. Returns the 1-based line
-/// and column: of the key for `key: value`, of the value for list items.
-fn locate_in(
-    lines: &[&str],
-    from: usize,
-    to: usize,
-    key: &str,
-    value: &str,
-) -> Option<(usize, usize)> {
-    let to = to.min(lines.len());
-    for i in from..to {
-        let line = lines[i];
-        let trimmed = line.trim_start().trim_start_matches("- ").trim_start();
-        let Some(rest) = trimmed.strip_prefix(key).and_then(|r| r.strip_prefix(':')) else {
-            continue;
-        };
-        if !(rest.is_empty() || rest.starts_with([' ', '\t'])) {
-            continue;
-        }
-        let key_col = line.len() - trimmed.len();
-        if same_value(rest, value) {
-            return Some((i + 1, key_col + 1));
-        }
-        let body = strip_comment(rest.trim());
-        // Flow sequences: `needs: [a, b]`.
-        if let Some(inner) = body.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
-            let mut offset = line.len() - rest.len() + (rest.len() - rest.trim_start().len()) + 1;
-            for item in inner.split(',') {
-                if same_value(item, value) {
-                    return Some((i + 1, offset + indent_of(item) + 1));
-                }
-                offset += item.len() + 1;
-            }
-        }
-        // Block sequences: `needs:` then `- a` lines, indented at least as the key.
-        if body.is_empty() {
-            for (j, item_line) in lines.iter().enumerate().take(to).skip(i + 1) {
-                if is_blank_or_comment(item_line) {
-                    continue;
-                }
-                let ind = indent_of(item_line);
-                let Some(item) = item_line.trim_start().strip_prefix("- ") else {
-                    break;
-                };
-                if ind < key_col {
-                    break;
-                }
-                if same_value(item, value) {
-                    return Some((j + 1, ind + 2 + indent_of(item) + 1));
-                }
-            }
-        }
-    }
-    None
-}
-
-/// The lines (0-based, end exclusive) of the block-style list item of the
-/// `nth` (0-based) stage whose `id:` is `id`, judged by indentation.
-fn stage_block(lines: &[&str], id: &str, nth: usize) -> Option<(usize, usize)> {
-    let mut id_line = locate_in(lines, 0, lines.len(), "id", id)?.0 - 1;
-    for _ in 0..nth {
-        id_line = locate_in(lines, id_line + 1, lines.len(), "id", id)?.0 - 1;
-    }
-    let ind = indent_of(lines[id_line]);
-    let opens_item = |l: &str| {
-        let t = l.trim_start();
-        t.starts_with("- ") || t == "-"
-    };
-    let (start, dash) = if opens_item(lines[id_line]) {
-        (id_line, ind)
-    } else {
-        // The `-` that opens this item is on the nearest earlier, less indented line.
-        let k = (0..id_line)
-            .rev()
-            .find(|&k| !is_blank_or_comment(lines[k]) && indent_of(lines[k]) < ind)?;
-        if !opens_item(lines[k]) {
-            return None;
-        }
-        (k, indent_of(lines[k]))
-    };
-    let end = (start + 1..lines.len())
-        .find(|&k| !is_blank_or_comment(lines[k]) && indent_of(lines[k]) <= dash)
-        .unwrap_or(lines.len());
-    Some((start, end))
 }
 
 /// Whether `s` is usable as a workflow name or stage id (it becomes a path component).
@@ -581,38 +450,6 @@ pub fn check_relative_path(p: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn locate_finds_block_and_flow_forms() {
-        let src = "name: x\nstages:\n  - id: a\n    needs: [b, c]\n  - id: \"d\"\n";
-        assert_eq!(locate(src, "id", "a"), Some((3, 5)));
-        assert_eq!(locate(src, "id", "d"), Some((5, 5)));
-        assert_eq!(locate(src, "needs", "c").map(|x| x.0), Some(4));
-        assert_eq!(locate(src, "id", "zz"), None);
-    }
-
-    #[test]
-    fn locate_finds_items_of_block_lists_and_the_column_of_flow_items() {
-        let src =
-            "stages:\n  - id: e\n    needs: [e, x]\n    labels:\n      - gpu\n      - 'big'\n";
-        // The column is the item's, not the first `e` of `needs`.
-        assert_eq!(locate(src, "needs", "e"), Some((3, 13)));
-        assert_eq!(locate(src, "needs", "x"), Some((3, 16)));
-        assert_eq!(locate(src, "labels", "gpu"), Some((5, 9)));
-        assert_eq!(locate(src, "labels", "big"), Some((6, 9)));
-        assert_eq!(locate(src, "labels", "e"), None);
-    }
-
-    #[test]
-    fn stage_blocks_end_at_the_next_item() {
-        let src = "name: w\nstages:\n  - description: first\n    id: a\n    needs:\n      - z\n  - id: b\n    needs: [z]\nenv: {}\n";
-        let lines: Vec<&str> = src.lines().collect();
-        assert_eq!(stage_block(&lines, "a", 0), Some((2, 6)));
-        assert_eq!(stage_block(&lines, "b", 0), Some((6, 8)));
-        assert_eq!(stage_block(&lines, "b", 1), None);
-        assert_eq!(locate_in(&lines, 6, 8, "needs", "z"), Some((8, 13)));
-        assert_eq!(locate_in(&lines, 2, 6, "needs", "z"), Some((6, 9)));
-    }
 
     #[test]
     fn relative_paths_must_stay_inside() {

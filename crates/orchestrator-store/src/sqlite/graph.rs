@@ -1,0 +1,464 @@
+//! The run graph's write operations: submitting a run, the scheduler pass,
+//! and stage events with their effects. Run by the writer inside a batch's
+//! transaction; each loads the rows it needs, asks the core's machines what
+//! the event does, writes the new state with its transition row, and applies
+//! the effects.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use orchestrator_core::api::{JobSpec, Submitted};
+use orchestrator_core::machine::{
+    job_on, run_on, stage_on, JobEvent, RunEvent, StageEffect, StageEvent,
+};
+use orchestrator_core::{Entity, JobState, RunState, StageState, Workflow};
+use rusqlite::{params, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+use super::writer::Ctx;
+use crate::{ids, NewRun, Result, StoreError};
+
+pub(super) fn conflict(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Conflict(e.to_string())
+}
+
+pub(super) fn stage_key(run_id: &str, stage_id: &str) -> String {
+    format!("{run_id}/{stage_id}")
+}
+
+/// The parsed workflow of a run, from the cache or the `runs` row.
+pub(super) fn workflow(ctx: &mut Ctx<'_>, run_id: &str) -> Result<Arc<Workflow>> {
+    if let Some(w) = ctx.workflows.get(run_id) {
+        return Ok(w.clone());
+    }
+    let spec: String = ctx
+        .conn
+        .prepare_cached("SELECT spec FROM runs WHERE id = ?1")?
+        .query_row([run_id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "run",
+            id: run_id.to_owned(),
+        })?;
+    let wf: Workflow = serde_json::from_str(&spec)
+        .map_err(|e| StoreError::Database(format!("run {run_id}: stored spec unreadable: {e}")))?;
+    let wf = Arc::new(wf);
+    ctx.workflows.insert(run_id.to_owned(), wf.clone());
+    Ok(wf)
+}
+
+pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
+    let wf = orchestrator_core::parse_workflow(&run.workflow, run.file.as_deref())
+        .map_err(StoreError::InvalidWorkflow)?;
+    let plan = orchestrator_core::plan(&wf).map_err(|cycle| {
+        conflict(format!(
+            "the needs of these stages form a cycle: {}",
+            cycle.join(" -> ")
+        ))
+    })?;
+    let run_id = ids::new_id("r");
+    let spec = serde_json::to_string(&wf).map_err(|e| StoreError::Database(e.to_string()))?;
+    let hash = format!("{:x}", Sha256::digest(run.workflow.as_bytes()));
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO runs (id, workflow, project_dir, spec, spec_hash, state, priority, stages_total, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        )?
+        .execute(params![
+            run_id,
+            wf.name,
+            run.project_dir,
+            spec,
+            hash,
+            RunState::Running.as_str(),
+            run.priority,
+            wf.stages.len() as i64,
+            ctx.now
+        ])?;
+    ctx.transition(
+        Entity::Run,
+        run_id.clone(),
+        Some(&run_id),
+        None,
+        RunState::Running.as_str(),
+        format!(
+            "submitted workflow {} ({} stages, spec sha256 {})",
+            wf.name,
+            wf.stages.len(),
+            &hash[..12]
+        ),
+        &run.actor,
+    )?;
+    {
+        let mut ins_stage = ctx.conn.prepare_cached(
+            "INSERT INTO stage_runs (run_id, stage_id, ord, state, unmet, steps_total) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        )?;
+        let mut ins_req = ctx.conn.prepare_cached(
+            "INSERT INTO requires (run_id, stage_id, required) VALUES (?1, ?2, ?3)",
+        )?;
+        for (i, st) in wf.stages.iter().enumerate() {
+            ins_stage.execute(params![
+                run_id,
+                st.id,
+                i as i64,
+                StageState::Pending.as_str(),
+                st.needs.len() as i64,
+                st.steps.len() as i64
+            ])?;
+            for n in &st.needs {
+                ins_req.execute(params![run_id, st.id, n])?;
+            }
+        }
+    }
+    for st in &wf.stages {
+        ctx.transition(
+            Entity::Stage,
+            stage_key(&run_id, &st.id),
+            Some(&run_id),
+            None,
+            StageState::Pending.as_str(),
+            if st.needs.is_empty() {
+                "created".to_owned()
+            } else {
+                format!("created; needs {}", st.needs.join(", "))
+            },
+            "scheduler",
+        )?;
+    }
+    ctx.workflows.insert(run_id.clone(), Arc::new(wf));
+    ctx.schedule = true;
+    Ok(Submitted { run_id, plan })
+}
+
+/// The scheduler pass: every pending stage whose needs have all succeeded
+/// gets a job for its first step, highest run priority first.
+pub fn schedule(ctx: &mut Ctx<'_>) -> Result<()> {
+    ctx.schedule = false;
+    let ready: Vec<(String, String, i64)> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT s.run_id, s.stage_id, s.ord FROM stage_runs s JOIN runs r ON r.id = s.run_id
+             WHERE s.state = 'pending' AND s.unmet = 0
+             ORDER BY r.priority DESC, r.created_at, s.ord",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (run_id, stage_id, ord) in ready {
+        let wf = workflow(ctx, &run_id)?;
+        let needs = wf
+            .stages
+            .get(ord as usize)
+            .map_or(&[][..], |s| &s.needs[..]);
+        let reason = match needs {
+            [] => "runnable: needs nothing".to_owned(),
+            [a] => format!("runnable: {a} succeeded"),
+            [a, b] => format!("runnable: {a} and {b} succeeded"),
+            [a, b, rest @ ..] => format!(
+                "runnable: {a}, {b} and the {} other stages it needs succeeded",
+                rest.len()
+            ),
+        };
+        stage_event(
+            ctx,
+            &run_id,
+            &stage_id,
+            StageEvent::NeedsMet,
+            reason,
+            "scheduler",
+        )?;
+    }
+    Ok(())
+}
+
+pub(super) struct StageRow {
+    pub(super) state: StageState,
+    ord: usize,
+    attempt: u32,
+    pub(super) steps_total: u32,
+    priority: i32,
+    project_dir: String,
+}
+
+pub(super) fn load_stage(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<StageRow> {
+    ctx.conn
+        .prepare_cached(
+            "SELECT s.state, s.ord, s.attempt, s.steps_total, r.priority, r.project_dir
+             FROM stage_runs s JOIN runs r ON r.id = s.run_id WHERE s.run_id = ?1 AND s.stage_id = ?2",
+        )?
+        .query_row([run_id, stage_id], |r| {
+            let state: String = r.get(0)?;
+            Ok(StageRow {
+                state: StageState::parse(&state).unwrap_or(StageState::Failed),
+                ord: r.get::<_, i64>(1)? as usize,
+                attempt: r.get(2)?,
+                steps_total: r.get(3)?,
+                priority: r.get(4)?,
+                project_dir: r.get(5)?,
+            })
+        })
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound { what: "stage", id: stage_key(run_id, stage_id) })
+}
+
+/// Applies one event to a stage, writes the change and follows its effects.
+pub fn stage_event(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    event: StageEvent,
+    reason: String,
+    actor: &str,
+) -> Result<StageState> {
+    let row = load_stage(ctx, run_id, stage_id)?;
+    let (to, effects) = stage_on(row.state, row.attempt, event).map_err(conflict)?;
+    let started = matches!(event, StageEvent::Started);
+    ctx.conn
+        .prepare_cached(
+            "UPDATE stage_runs SET state = ?3,
+                started_at = CASE WHEN ?4 AND started_at IS NULL THEN ?5 ELSE started_at END,
+                ended_at = CASE WHEN ?6 THEN ?5 ELSE ended_at END
+             WHERE run_id = ?1 AND stage_id = ?2",
+        )?
+        .execute(params![
+            run_id,
+            stage_id,
+            to.as_str(),
+            started,
+            ctx.now,
+            to.is_terminal()
+        ])?;
+    if to != row.state {
+        ctx.transition(
+            Entity::Stage,
+            stage_key(run_id, stage_id),
+            Some(run_id),
+            Some(row.state.as_str()),
+            to.as_str(),
+            reason,
+            actor,
+        )?;
+    }
+    for effect in effects {
+        match effect {
+            StageEffect::EnqueueStep { step, attempt } => {
+                enqueue(ctx, run_id, stage_id, &row, step, attempt)?
+            }
+            StageEffect::ReleaseDependents => {
+                ctx.conn
+                    .prepare_cached(
+                        "UPDATE stage_runs SET unmet = unmet - 1 WHERE run_id = ?1 AND stage_id IN
+                         (SELECT stage_id FROM requires WHERE run_id = ?1 AND required = ?2)",
+                    )?
+                    .execute([run_id, stage_id])?;
+                ctx.schedule = true;
+            }
+            StageEffect::BlockDependents => {
+                let dependents: Vec<String> = ctx
+                    .conn
+                    .prepare_cached(
+                        "SELECT q.stage_id FROM requires q JOIN stage_runs s
+                           ON s.run_id = q.run_id AND s.stage_id = q.stage_id
+                         WHERE q.run_id = ?1 AND q.required = ?2 AND s.state = 'pending'",
+                    )?
+                    .query_map([run_id, stage_id], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for d in dependents {
+                    // A diamond may reach a dependent twice; the second time it is already blocked.
+                    if load_stage(ctx, run_id, &d)?.state == StageState::Pending {
+                        stage_event(
+                            ctx,
+                            run_id,
+                            &d,
+                            StageEvent::UpstreamFailed,
+                            format!("blocked: it needs stage {stage_id}, which ended {to}"),
+                            "scheduler",
+                        )?;
+                    }
+                }
+            }
+            StageEffect::CancelJob => cancel_live_job(ctx, run_id, stage_id, actor)?,
+            StageEffect::StageEnded => stage_ended(ctx, run_id, to == StageState::Succeeded)?,
+        }
+    }
+    Ok(to)
+}
+
+pub(super) fn enqueue(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    row: &StageRow,
+    step: u32,
+    attempt: u32,
+) -> Result<()> {
+    let wf = workflow(ctx, run_id)?;
+    let stage = wf
+        .stages
+        .get(row.ord)
+        .filter(|s| s.id == stage_id)
+        .ok_or_else(|| {
+            StoreError::Database(format!(
+                "stage {stage_id} missing from the spec of run {run_id}"
+            ))
+        })?;
+    let st = stage
+        .steps
+        .get(step as usize)
+        .ok_or_else(|| StoreError::Database(format!("stage {stage_id} has no step {step}")))?;
+    let mut env: BTreeMap<String, String> = wf.env.clone();
+    env.extend(stage.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let spec = JobSpec {
+        run_id: run_id.to_owned(),
+        stage_id: stage_id.to_owned(),
+        step,
+        steps_total: row.steps_total,
+        attempt,
+        step_name: st.name.clone(),
+        project_dir: row.project_dir.clone(),
+        shell: st.shell,
+        commands: st.commands.clone(),
+        env,
+        timeout_ms: stage.timeout.map(|d| d.as_millis()),
+    };
+    let payload = serde_json::to_string(&spec).map_err(|e| StoreError::Database(e.to_string()))?;
+    let labels =
+        serde_json::to_string(&stage.labels).map_err(|e| StoreError::Database(e.to_string()))?;
+    ctx.conn
+        .prepare_cached(
+            "UPDATE stage_runs SET step = ?3, attempt = ?4 WHERE run_id = ?1 AND stage_id = ?2",
+        )?
+        .execute(params![run_id, stage_id, step, attempt])?;
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO jobs (run_id, stage_id, step, attempt, state, priority, labels, payload, created_at)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8)",
+        )?
+        .execute(params![run_id, stage_id, step, attempt, row.priority, labels, payload, ctx.now])?;
+    let job_id = ctx.conn.last_insert_rowid();
+    ctx.transition(
+        Entity::Job,
+        job_id.to_string(),
+        Some(run_id),
+        None,
+        JobState::Queued.as_str(),
+        format!("step {step} of stage {stage_id}, attempt {attempt}"),
+        "scheduler",
+    )?;
+    ctx.queued = true;
+    Ok(())
+}
+
+pub(super) fn cancel_live_job(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    actor: &str,
+) -> Result<()> {
+    let live: Vec<(i64, String, Option<i64>)> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT id, state, lease_id FROM jobs WHERE run_id = ?1 AND stage_id = ?2 AND state IN ('queued', 'leased')",
+        )?
+        .query_map([run_id, stage_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (job_id, state, lease_id) in live {
+        let from = JobState::parse(&state).unwrap_or(JobState::Queued);
+        let to = job_on(from, JobEvent::Cancel).map_err(conflict)?;
+        set_job_state(ctx, job_id, run_id, from, to, "run cancelled".into(), actor)?;
+        if let Some(l) = lease_id {
+            end_lease(ctx, l, run_id, "revoked", "run cancelled".into(), actor)?;
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn stage_ended(ctx: &mut Ctx<'_>, run_id: &str, succeeded: bool) -> Result<()> {
+    let (state, total, ended, ok): (String, i64, i64, i64) = ctx
+        .conn
+        .prepare_cached(
+            "UPDATE runs SET stages_ended = stages_ended + 1, stages_succeeded = stages_succeeded + ?2
+             WHERE id = ?1 RETURNING state, stages_total, stages_ended, stages_succeeded",
+        )?
+        .query_row(params![run_id, succeeded as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    let from = RunState::parse(&state).unwrap_or(RunState::Running);
+    if from.is_terminal() {
+        return Ok(());
+    }
+    let open = (total - ended).max(0) as usize;
+    let to = run_on(
+        from,
+        RunEvent::StageEnded {
+            open,
+            unsuccessful: (ended - ok) as usize,
+        },
+    )
+    .map_err(conflict)?;
+    if to != from {
+        ctx.conn
+            .prepare_cached("UPDATE runs SET state = ?2, ended_at = ?3 WHERE id = ?1")?
+            .execute(params![run_id, to.as_str(), ctx.now])?;
+        let reason = if to == RunState::Succeeded {
+            format!("all {total} stages succeeded")
+        } else {
+            format!("{} of {total} stages did not succeed", ended - ok)
+        };
+        ctx.transition(
+            Entity::Run,
+            run_id.to_owned(),
+            Some(run_id),
+            Some(from.as_str()),
+            to.as_str(),
+            reason,
+            "scheduler",
+        )?;
+        ctx.workflows.remove(run_id);
+    }
+    Ok(())
+}
+
+pub(super) fn set_job_state(
+    ctx: &mut Ctx<'_>,
+    job_id: i64,
+    run_id: &str,
+    from: JobState,
+    to: JobState,
+    reason: String,
+    actor: &str,
+) -> Result<()> {
+    ctx.conn
+        .prepare_cached(
+            "UPDATE jobs SET state = ?2, ended_at = CASE WHEN ?3 THEN ?4 ELSE ended_at END WHERE id = ?1",
+        )?
+        .execute(params![job_id, to.as_str(), to.is_terminal(), ctx.now])?;
+    ctx.transition(
+        Entity::Job,
+        job_id.to_string(),
+        Some(run_id),
+        Some(from.as_str()),
+        to.as_str(),
+        reason,
+        actor,
+    )
+}
+
+pub(super) fn end_lease(
+    ctx: &mut Ctx<'_>,
+    lease_id: i64,
+    run_id: &str,
+    to: &str,
+    reason: String,
+    actor: &str,
+) -> Result<()> {
+    ctx.conn
+        .prepare_cached("UPDATE leases SET state = ?2 WHERE id = ?1")?
+        .execute(params![lease_id, to])?;
+    ctx.transition(
+        Entity::Lease,
+        lease_id.to_string(),
+        Some(run_id),
+        Some("active"),
+        to,
+        reason,
+        actor,
+    )
+}
