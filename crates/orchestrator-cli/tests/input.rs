@@ -251,6 +251,16 @@ fn tokens_decide_who_may_call_what() {
     let mut h = Harness::new();
     let d = h.start_daemon(&[]);
 
+    // The daemon made its tokens readable by their owner alone.
+    for name in ["admin.token", "agent.token"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(h.data.join(name))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{name} has mode {:o}", mode & 0o777);
+    }
+
     let r = http(&d, "GET", "/v1/runs", None, None);
     assert_eq!(r.status, 401);
     assert!(r.error().contains("bearer token"), "{}", r.text());
