@@ -19,8 +19,7 @@ use orchestrator_core::api::Submitted;
 use orchestrator_core::RunState;
 use serde::Serialize;
 
-use crate::client::Client;
-use crate::up::{AgentOpts, DaemonArgs, UpArgs};
+use crate::up::AgentOpts;
 use crate::view::{self, Output};
 
 #[derive(clap::Args)]
@@ -226,38 +225,13 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
         None => root.join("project"),
     };
     std::fs::create_dir_all(&project)?;
-    let stop = tokio_util::sync::CancellationToken::new();
-    let args = UpArgs {
-        daemon: DaemonArgs {
-            listen: "127.0.0.1:0".parse()?,
-            store: None,
-            lease_ttl_ms: 30_000,
-            heartbeat_ms: 10_000,
-            max_body_bytes: 64 * 1024 * 1024,
-            batch_max_items: 256,
-            batch_max_ms: 5,
-        },
-        agent: AgentOpts {
-            slots: a.slots,
-            labels: vec![],
-            name: Some("bench".into()),
-        },
+    let agent = AgentOpts {
+        slots: a.slots,
+        labels: vec![],
+        name: Some("bench".into()),
     };
-    let up = tokio::spawn({
-        let (d, s) = (data.clone(), stop.clone());
-        async move { crate::up::run_up_quiet(args, &d, s).await }
-    });
-    let mut client = None;
-    for _ in 0..400 {
-        if let Ok(c) = Client::resolve(None, None, &data) {
-            client = Some(c);
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    let Some(client) = client else {
-        bail!("the bench daemon did not start")
-    };
+    let embedded = crate::up::Embedded::start(&data, agent, false).await?;
+    let client = &embedded.client;
     let mut rows = Vec::new();
     for wl in &wls {
         let file = project.join(format!("{}.yaml", wl.name.split(' ').next().unwrap_or("w")));
@@ -276,8 +250,8 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
             );
             let t = Instant::now();
             let s: Submitted =
-                crate::runcmd::submit(&client, &file, Some(project.clone()), 0).await?;
-            let state = crate::runcmd::wait(&client, &s.run_id, false).await?;
+                crate::runcmd::submit(client, &file, Some(project.clone()), 0).await?;
+            let state = crate::runcmd::wait(client, &s.run_id, false).await?;
             let secs = t.elapsed().as_secs_f64();
             if state != RunState::Succeeded {
                 bail!("bench run {} of {} ended {state}", s.run_id, wl.name);
@@ -298,8 +272,7 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
             samples_bundle_floor_s: f,
         });
     }
-    stop.cancel();
-    up.await??;
+    embedded.stop().await?;
     let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_dir_all(&project);
     match a.output {

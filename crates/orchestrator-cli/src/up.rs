@@ -152,25 +152,21 @@ fn agent_config(o: &AgentOpts, server: String, token: String, default_name: Stri
 }
 
 /// Runs a daemon and one agent until `stop` or a signal; agent first down.
-async fn run_up(a: UpArgs, data_dir: &Path, stop: CancellationToken) -> Result<()> {
-    run_up_inner(a, data_dir, stop, true).await
-}
-
-/// [`run_up`] without the banner, for `orch bench`.
-pub async fn run_up_quiet(a: UpArgs, data_dir: &Path, stop: CancellationToken) -> Result<()> {
-    run_up_inner(a, data_dir, stop, false).await
-}
-
-async fn run_up_inner(
+/// `ready` learns the daemon's URL once it listens.
+async fn run_up(
     a: UpArgs,
     data_dir: &Path,
     stop: CancellationToken,
     banner: bool,
+    ready: Option<tokio::sync::oneshot::Sender<String>>,
 ) -> Result<()> {
     let (daemon, tokens) = start_daemon(&a.daemon, data_dir).await?;
     let url = format!("http://{}", daemon.addr);
     if banner {
         eprintln!("orch daemon on {url} (data in {})", data_dir.display());
+    }
+    if let Some(r) = ready {
+        let _ = r.send(url.clone());
     }
     let agent_stop = CancellationToken::new();
     let cfg = agent_config(
@@ -202,7 +198,7 @@ async fn run_up_inner(
 }
 
 pub async fn up(a: UpArgs, data_dir: &Path) -> Result<ExitCode> {
-    run_up(a, data_dir, CancellationToken::new()).await?;
+    run_up(a, data_dir, CancellationToken::new(), true, None).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -246,6 +242,58 @@ pub async fn agent(a: AgentArgs, server: Option<String>, data_dir: &Path) -> Res
     Ok(ExitCode::SUCCESS)
 }
 
+/// A daemon and one agent inside this process, on loopback and an embedded
+/// store in `dir`: what `orch demo` and `orch bench` drive over HTTP.
+pub struct Embedded {
+    pub client: Client,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl Embedded {
+    pub async fn start(dir: &Path, agent: AgentOpts, banner: bool) -> Result<Embedded> {
+        let args = UpArgs {
+            daemon: DaemonArgs {
+                listen: "127.0.0.1:0".parse()?,
+                store: None,
+                lease_ttl_ms: 30_000,
+                heartbeat_ms: 10_000,
+                max_body_bytes: 64 * 1024 * 1024,
+                batch_max_items: 256,
+                batch_max_ms: 5,
+            },
+            agent,
+        };
+        let stop = CancellationToken::new();
+        let (ready, listening) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn({
+            let (dir, stop) = (dir.to_path_buf(), stop.clone());
+            async move { run_up(args, &dir, stop, banner, Some(ready)).await }
+        });
+        match listening.await {
+            Ok(url) => {
+                let token = std::fs::read_to_string(dir.join("admin.token"))?;
+                Ok(Embedded {
+                    client: Client::new(url, token.trim().to_owned()),
+                    stop,
+                    task,
+                })
+            }
+            // The daemon failed before listening: its error says why.
+            Err(_) => Err(task
+                .await?
+                .err()
+                .unwrap_or_else(|| anyhow!("the daemon did not start"))),
+        }
+    }
+
+    /// Stops the agent, then the daemon, and closes the store.
+    pub async fn stop(self) -> Result<()> {
+        self.stop.cancel();
+        self.task.await?
+    }
+}
+
 /// `orch demo`: a daemon and agent on a fresh store, the demo workflow run to
 /// its end with live progress, the result shown, and everything stopped.
 pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
@@ -257,55 +305,22 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
             true,
         ),
     };
-    let stop = CancellationToken::new();
-    let args = UpArgs {
-        daemon: DaemonArgs {
-            listen: "127.0.0.1:0".parse()?,
-            store: None,
-            lease_ttl_ms: 30_000,
-            heartbeat_ms: 10_000,
-            max_body_bytes: 8 * 1024 * 1024,
-            batch_max_items: 256,
-            batch_max_ms: 5,
-        },
-        agent: AgentOpts {
-            slots: default_slots().max(2),
-            labels: vec![],
-            name: None,
-        },
+    let agent = AgentOpts {
+        slots: default_slots().max(2),
+        labels: vec![],
+        name: None,
     };
-    let up = tokio::spawn({
-        let (dir, stop) = (dir.clone(), stop.clone());
-        async move { run_up(args, &dir, stop).await }
-    });
-    // The endpoint file appears once the daemon listens.
-    let mut client = None;
-    for _ in 0..200 {
-        if let Ok(c) = Client::resolve(None, None, &dir) {
-            client = Some(c);
-            break;
-        }
-        if up.is_finished() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    let Some(client) = client else {
-        stop.cancel();
-        return match up.await? {
-            Err(e) => Err(e),
-            Ok(()) => Err(anyhow!("the demo daemon did not start")),
-        };
-    };
+    let embedded = Embedded::start(&dir, agent, true).await?;
+    let client = &embedded.client;
     let outcome = async {
-        let submitted = crate::runcmd::submit(&client, &a.file, None, 0).await?;
+        let submitted = crate::runcmd::submit(client, &a.file, None, 0).await?;
         eprintln!(
             "run {} submitted ({} layers, critical path {})",
             submitted.run_id,
             submitted.plan.layers.len(),
             submitted.plan.critical_path.join(" -> ")
         );
-        let state = crate::runcmd::wait(&client, &submitted.run_id, true).await?;
+        let state = crate::runcmd::wait(client, &submitted.run_id, true).await?;
         let detail = client
             .get(&format!("/v1/runs/{}", submitted.run_id))
             .await?;
@@ -317,8 +332,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
         anyhow::Ok(state)
     }
     .await;
-    stop.cancel();
-    up.await??;
+    embedded.stop().await?;
     if throwaway {
         let _ = std::fs::remove_dir_all(&dir);
     }
