@@ -533,3 +533,22 @@ async fn a_completion_can_hand_the_agent_its_next_job_including_stages_it_just_r
     );
     assert_log_replays_to_state(&s, &run).await;
 }
+
+#[tokio::test]
+async fn a_second_store_on_the_same_file_is_refused_while_the_first_is_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(&dir);
+    let second = SqliteStore::open(StoreOptions::new(dir.path().join("orch.db")));
+    match second {
+        Err(StoreError::Database(msg)) => {
+            assert!(msg.contains("in use by another orch daemon"), "{msg}")
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("two stores on one file"),
+    }
+    first.close().await;
+    drop(first);
+    // Once the first is gone the file opens again.
+    let again = open(&dir);
+    assert!(again.list_runs(1).await.unwrap().is_empty());
+}

@@ -56,6 +56,33 @@ pub struct SqliteStore {
     jobs_queued: Arc<Notify>,
     stats: Arc<Stats>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Held for the store's lifetime: one writer per database file.
+    _lock: std::fs::File,
+}
+
+/// Takes `<db>.lock` exclusively, so a second daemon on the same store is
+/// refused instead of racing the first one's writer and reaper.
+fn lock(db: &Path) -> Result<std::fs::File> {
+    let mut name = db.as_os_str().to_owned();
+    name.push(".lock");
+    let path = PathBuf::from(name);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Database(format!(
+            "the store {} is in use by another orch daemon (it holds {}); stop that one or use another data directory",
+            db.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(StoreError::Database(format!("cannot lock {}: {e}", path.display())))
+        }
+    }
 }
 
 fn open_conn(path: &Path) -> Result<Connection> {
@@ -76,6 +103,7 @@ impl SqliteStore {
                 })?;
             }
         }
+        let lock = lock(&opts.path)?;
         let mut wconn = open_conn(&opts.path)?;
         schema::migrate(&mut wconn)?;
         let read = open_conn(&opts.path)?;
@@ -103,6 +131,7 @@ impl SqliteStore {
             jobs_queued,
             stats,
             thread: Mutex::new(Some(thread)),
+            _lock: lock,
         })
     }
 
