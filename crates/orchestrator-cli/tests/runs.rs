@@ -289,6 +289,19 @@ fn events_stream_every_transition_of_a_run_in_order() {
     let rest_seqs: Vec<i64> = rest.iter().map(|t| t["seq"].as_i64().unwrap()).collect();
     let expected: Vec<i64> = seqs.iter().copied().filter(|&s| s > middle).collect();
     assert_eq!(rest_seqs, expected);
+
+    // `entities=` narrows the stream to the kinds asked for, in the same order.
+    let narrowed = common::events(
+        &d,
+        &format!("run={run}&since=0&entities=run,stage"),
+        LONG,
+        is_run_end,
+    );
+    let expected: Vec<&Value> = events
+        .iter()
+        .filter(|t| t["entity"] == "run" || t["entity"] == "stage")
+        .collect();
+    assert_eq!(narrowed.iter().collect::<Vec<_>>(), expected);
 }
 
 #[test]

@@ -168,7 +168,7 @@ pub struct JobSpec {
     pub commands: Vec<CommandSpec>,
     /// Workflow and stage environment, merged (stage wins).
     pub env: BTreeMap<String, String>,
-    /// Longest time the step may run, from the stage's timeout.
+    /// Longest time the step may run (the stage's `timeout`, which bounds each step).
     pub timeout_ms: Option<u64>,
 }
 

@@ -42,7 +42,8 @@ pub struct Stage {
     /// Capabilities an agent must have (all of them) to run this stage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
-    /// Longest time the whole stage may run, e.g. `30s`, `10m`, `2h`.
+    /// Longest time each step of this stage may run, e.g. `30s`, `10m`, `2h`;
+    /// the step's commands are killed (whole process groups) when it is exceeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout: Option<DurationSpec>,
     /// Expected duration, used only by the planner's critical path.
