@@ -204,16 +204,50 @@ pub enum JobEvent {
     Cancel,
 }
 
-/// The job machine.
-pub fn job_on(s: JobState, e: JobEvent) -> Result<JobState, RejectedTransition> {
+/// How a lease ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaseEnd {
+    /// Its job was completed under it.
+    Released,
+    /// Its time ran out, or its agent came back as a new process.
+    Expired,
+    /// Its job was cancelled.
+    Revoked,
+}
+
+impl LeaseEnd {
+    /// The lease's state name in the store.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LeaseEnd::Released => "released",
+            LeaseEnd::Expired => "expired",
+            LeaseEnd::Revoked => "revoked",
+        }
+    }
+}
+
+/// What the store must do after a job transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobEffect {
+    /// Give the claiming agent a lease on the job.
+    GrantLease,
+    /// End the job's live lease this way.
+    EndLease(LeaseEnd),
+}
+
+/// The job machine. A job holds a lease exactly while it is `leased`, so every
+/// way into that state grants one and every way out of it ends one.
+pub fn job_on(s: JobState, e: JobEvent) -> Result<(JobState, Vec<JobEffect>), RejectedTransition> {
+    use JobEffect as F;
     use JobEvent as E;
     use JobState as S;
     Ok(match (s, e) {
-        (S::Queued, E::Lease) => S::Leased,
-        (S::Leased, E::Succeed) => S::Succeeded,
-        (S::Leased, E::Fail) => S::Failed,
-        (S::Leased, E::Expire) => S::Expired,
-        (S::Queued | S::Leased, E::Cancel) => S::Cancelled,
+        (S::Queued, E::Lease) => (S::Leased, vec![F::GrantLease]),
+        (S::Leased, E::Succeed) => (S::Succeeded, vec![F::EndLease(LeaseEnd::Released)]),
+        (S::Leased, E::Fail) => (S::Failed, vec![F::EndLease(LeaseEnd::Released)]),
+        (S::Leased, E::Expire) => (S::Expired, vec![F::EndLease(LeaseEnd::Expired)]),
+        (S::Leased, E::Cancel) => (S::Cancelled, vec![F::EndLease(LeaseEnd::Revoked)]),
+        (S::Queued, E::Cancel) => (S::Cancelled, vec![]),
         (s, e) => return Err(reject("job", s, e)),
     })
 }
@@ -228,8 +262,29 @@ pub enum RunEvent {
     Cancel,
 }
 
+/// What the store must do after a run transition.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunEffect {
+    /// The run ended: record when, and let go of what it held.
+    Ended,
+    /// Cancel every stage that has not ended.
+    CancelStages,
+}
+
 /// The run machine. A `StageEnded` that leaves stages open keeps the run running.
-pub fn run_on(s: RunState, e: RunEvent) -> Result<RunState, RejectedTransition> {
+pub fn run_on(s: RunState, e: RunEvent) -> Result<(RunState, Vec<RunEffect>), RejectedTransition> {
+    let to = run_next(s, e)?;
+    let mut effects = Vec::new();
+    if e == RunEvent::Cancel {
+        effects.push(RunEffect::CancelStages);
+    }
+    if to.is_terminal() {
+        effects.push(RunEffect::Ended);
+    }
+    Ok((to, effects))
+}
+
+fn run_next(s: RunState, e: RunEvent) -> Result<RunState, RejectedTransition> {
     use RunEvent as E;
     use RunState as S;
     Ok(match (s, e) {

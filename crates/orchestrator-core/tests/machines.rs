@@ -387,7 +387,7 @@ const JOB_TABLE: &[(JobState, JobEvent, JobState)] = &[
 fn the_job_machine_allows_exactly_the_transitions_of_its_table() {
     for &s in JobState::ALL {
         for e in job_events() {
-            let got = job_on(s, e);
+            let got = job_on(s, e).map(|(to, _)| to);
             match JOB_TABLE
                 .iter()
                 .find(|(from, ev, _)| *from == s && *ev == e)
@@ -424,10 +424,11 @@ fn a_terminal_job_refuses_every_event() {
 #[test]
 fn a_job_completes_at_most_once() {
     let done = job_on(
-        job_on(J::Queued, JobEvent::Lease).unwrap(),
+        job_on(J::Queued, JobEvent::Lease).unwrap().0,
         JobEvent::Succeed,
     )
-    .unwrap();
+    .unwrap()
+    .0;
     for e in job_events() {
         assert!(job_on(done, e).is_err(), "{e:?} after success");
     }
@@ -479,7 +480,7 @@ fn the_run_machine_allows_exactly_the_transitions_of_its_table() {
     let table = run_table();
     for &s in RunState::ALL {
         for e in run_events() {
-            let got = run_on(s, e);
+            let got = run_on(s, e).map(|(to, _)| to);
             match table.iter().find(|(from, ev, _)| *from == s && *ev == e) {
                 Some((_, _, to)) => assert_eq!(got, Ok(*to), "{s} on {e:?}"),
                 None => {
@@ -512,7 +513,7 @@ proptest! {
         open in prop_oneof![Just(0usize), 0usize..100, any::<usize>()],
         unsuccessful in prop_oneof![Just(0usize), 0usize..100, any::<usize>()],
     ) {
-        let got = run_on(R::Running, RunEvent::StageEnded { open, unsuccessful }).unwrap();
+        let got = run_on(R::Running, RunEvent::StageEnded { open, unsuccessful }).unwrap().0;
         let expected = match (open, unsuccessful) {
             (o, _) if o > 0 => R::Running,
             (_, 0) => R::Succeeded,
@@ -628,4 +629,44 @@ fn a_transition_row_serializes_with_store_names() {
     assert_eq!(v["from"], "running");
     assert_eq!(v["to"], "succeeded");
     assert_eq!(serde_json::from_value::<Transition>(v).unwrap(), t);
+}
+
+#[test]
+fn a_job_holds_a_lease_exactly_while_it_is_leased() {
+    use orchestrator_core::machine::{JobEffect, LeaseEnd};
+    for &s in JobState::ALL {
+        for e in job_events() {
+            let Ok((to, effects)) = job_on(s, e) else {
+                continue;
+            };
+            let expected: Vec<JobEffect> = match (s, to) {
+                (J::Queued, J::Leased) => vec![JobEffect::GrantLease],
+                (J::Leased, J::Expired) => vec![JobEffect::EndLease(LeaseEnd::Expired)],
+                (J::Leased, J::Cancelled) => vec![JobEffect::EndLease(LeaseEnd::Revoked)],
+                (J::Leased, _) => vec![JobEffect::EndLease(LeaseEnd::Released)],
+                _ => vec![],
+            };
+            assert_eq!(effects, expected, "{s} on {e:?}");
+        }
+    }
+}
+
+#[test]
+fn a_run_that_ends_says_so_and_a_cancelled_one_cancels_its_stages() {
+    use orchestrator_core::machine::RunEffect;
+    for e in run_events() {
+        let Ok((to, effects)) = run_on(R::Running, e) else {
+            continue;
+        };
+        assert_eq!(
+            effects.contains(&RunEffect::Ended),
+            to.is_terminal(),
+            "{e:?}"
+        );
+        assert_eq!(
+            effects.contains(&RunEffect::CancelStages),
+            e == RunEvent::Cancel,
+            "{e:?}"
+        );
+    }
 }

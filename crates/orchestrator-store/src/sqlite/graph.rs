@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use orchestrator_core::api::{JobSpec, Submitted};
 use orchestrator_core::machine::{
-    job_on, run_on, stage_on, JobEvent, RunEvent, StageEffect, StageEvent,
+    job_on, run_on, stage_on, JobEffect, JobEvent, RunEffect, RunEvent, StageEffect, StageEvent,
 };
 use orchestrator_core::{Entity, JobState, RunState, StageState, Workflow};
 use rusqlite::{params, OptionalExtension};
@@ -363,13 +363,64 @@ pub(super) fn cancel_live_job(
         .collect::<rusqlite::Result<_>>()?;
     for (job_id, state, lease_id) in live {
         let from = JobState::parse(&state).unwrap_or(JobState::Queued);
-        let to = job_on(from, JobEvent::Cancel).map_err(conflict)?;
-        set_job_state(ctx, job_id, run_id, from, to, "run cancelled".into(), actor)?;
-        if let Some(l) = lease_id {
-            end_lease(ctx, l, run_id, "revoked", "run cancelled".into(), actor)?;
-        }
+        let job = JobRef {
+            id: job_id,
+            run_id,
+            lease_id,
+        };
+        job_event(
+            ctx,
+            &job,
+            from,
+            JobEvent::Cancel,
+            "run cancelled".into(),
+            actor,
+        )?;
     }
     Ok(())
+}
+
+/// A job as a job event needs it.
+pub(super) struct JobRef<'a> {
+    pub(super) id: i64,
+    pub(super) run_id: &'a str,
+    /// Its current lease, if it ever had one.
+    pub(super) lease_id: Option<i64>,
+}
+
+/// Applies one event to a job: writes the new state with its transition row
+/// and ends the job's lease when the machine says so. (A lease is granted
+/// only by a claim, which creates it.)
+pub(super) fn job_event(
+    ctx: &mut Ctx<'_>,
+    job: &JobRef<'_>,
+    from: JobState,
+    event: JobEvent,
+    reason: String,
+    actor: &str,
+) -> Result<JobState> {
+    let (to, effects) = job_on(from, event).map_err(conflict)?;
+    set_job_state(ctx, job.id, job.run_id, from, to, reason.clone(), actor)?;
+    for effect in effects {
+        match (effect, job.lease_id) {
+            (JobEffect::EndLease(end), Some(lease)) => {
+                end_lease(ctx, lease, job.run_id, end.as_str(), reason.clone(), actor)?
+            }
+            (JobEffect::EndLease(_), None) => {
+                return Err(StoreError::Database(format!(
+                    "job {} is leased without a lease",
+                    job.id
+                )))
+            }
+            (JobEffect::GrantLease, _) => {
+                return Err(conflict(format!(
+                    "job {}: a lease is granted only by a claim",
+                    job.id
+                )))
+            }
+        }
+    }
+    Ok(to)
 }
 
 pub(super) fn stage_ended(ctx: &mut Ctx<'_>, run_id: &str, succeeded: bool) -> Result<()> {
@@ -385,7 +436,7 @@ pub(super) fn stage_ended(ctx: &mut Ctx<'_>, run_id: &str, succeeded: bool) -> R
         return Ok(());
     }
     let open = (total - ended).max(0) as usize;
-    let to = run_on(
+    let (to, effects) = run_on(
         from,
         RunEvent::StageEnded {
             open,
@@ -395,8 +446,8 @@ pub(super) fn stage_ended(ctx: &mut Ctx<'_>, run_id: &str, succeeded: bool) -> R
     .map_err(conflict)?;
     if to != from {
         ctx.conn
-            .prepare_cached("UPDATE runs SET state = ?2, ended_at = ?3 WHERE id = ?1")?
-            .execute(params![run_id, to.as_str(), ctx.now])?;
+            .prepare_cached("UPDATE runs SET state = ?2 WHERE id = ?1")?
+            .execute(params![run_id, to.as_str()])?;
         let reason = if to == RunState::Succeeded {
             format!("all {total} stages succeeded")
         } else {
@@ -411,7 +462,41 @@ pub(super) fn stage_ended(ctx: &mut Ctx<'_>, run_id: &str, succeeded: bool) -> R
             reason,
             "scheduler",
         )?;
-        ctx.workflows.remove(run_id);
+        run_effects(ctx, run_id, &effects)?;
+    }
+    Ok(())
+}
+
+/// Carries out what the run machine asked for.
+fn run_effects(ctx: &mut Ctx<'_>, run_id: &str, effects: &[RunEffect]) -> Result<()> {
+    for effect in effects {
+        match effect {
+            RunEffect::Ended => {
+                ctx.conn
+                    .prepare_cached("UPDATE runs SET ended_at = ?2 WHERE id = ?1")?
+                    .execute(params![run_id, ctx.now])?;
+                ctx.workflows.remove(run_id);
+            }
+            RunEffect::CancelStages => {
+                let open: Vec<String> = ctx
+                    .conn
+                    .prepare_cached(
+                        "SELECT stage_id FROM stage_runs WHERE run_id = ?1 AND state IN ('pending', 'queued', 'running')",
+                    )?
+                    .query_map([run_id], |r| r.get(0))?
+                    .collect::<rusqlite::Result<_>>()?;
+                for stage in open {
+                    stage_event(
+                        ctx,
+                        run_id,
+                        &stage,
+                        StageEvent::Cancel,
+                        "run cancelled".into(),
+                        "scheduler",
+                    )?;
+                }
+            }
+        }
     }
     Ok(())
 }

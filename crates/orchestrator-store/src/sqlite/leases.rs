@@ -7,11 +7,11 @@ use orchestrator_core::api::{
     RegisterAgent,
 };
 use orchestrator_core::error::{ErrorClass, MAX_INFRA_ATTEMPTS};
-use orchestrator_core::machine::{job_on, JobEvent, StageEvent};
+use orchestrator_core::machine::{job_on, JobEffect, JobEvent, LeaseEnd, StageEvent};
 use orchestrator_core::{Entity, JobState, RunState};
 use rusqlite::{params, OptionalExtension};
 
-use super::graph::{conflict, end_lease, load_stage, schedule, set_job_state, stage_event};
+use super::graph::{conflict, end_lease, job_event, load_stage, schedule, stage_event, JobRef};
 use super::writer::Ctx;
 use crate::{ids, Result, StoreError};
 
@@ -82,7 +82,6 @@ pub fn register_agent(
         stale_jobs.push(lose_lease(
             ctx,
             lease_id,
-            "expired",
             "agent registered again; leases of its earlier run are void",
         )?);
     }
@@ -96,7 +95,7 @@ pub fn register_agent(
 
 /// Ends an active lease without a completion (expiry, agent restart) and
 /// requeues its stage from step 0. Returns the job id.
-fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, lease_to: &str, why: &str) -> Result<i64> {
+fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, why: &str) -> Result<i64> {
     let (job_id, agent_id, run_id, stage_id, state, attempt): (i64, String, String, String, String, u32) = ctx
         .conn
         .prepare_cached(
@@ -105,14 +104,27 @@ fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, lease_to: &str, why: &str) -> Re
         )?
         .query_row([lease_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?;
     let reason = format!("{why} (agent {agent_id})");
-    end_lease(ctx, lease_id, &run_id, lease_to, reason.clone(), "reaper")?;
     let from = JobState::parse(&state).unwrap_or(JobState::Leased);
-    if from == JobState::Leased {
-        let to = job_on(from, JobEvent::Expire).map_err(conflict)?;
+    if from != JobState::Leased {
+        // The job already left this lease behind; end the lease all the same.
+        end_lease(
+            ctx,
+            lease_id,
+            &run_id,
+            LeaseEnd::Expired.as_str(),
+            reason,
+            "reaper",
+        )?;
+    } else {
         ctx.conn
             .prepare_cached("UPDATE jobs SET error = ?2, error_class = 'infra' WHERE id = ?1")?
             .execute(params![job_id, reason])?;
-        set_job_state(ctx, job_id, &run_id, from, to, reason.clone(), "reaper")?;
+        let job = JobRef {
+            id: job_id,
+            run_id: &run_id,
+            lease_id: Some(lease_id),
+        };
+        job_event(ctx, &job, from, JobEvent::Expire, reason.clone(), "reaper")?;
         stage_event(
             ctx,
             &run_id,
@@ -184,6 +196,12 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
         .query_row([job_id], |r| r.get(0))?;
     let spec: JobSpec =
         serde_json::from_str(&payload).map_err(|e| StoreError::Database(e.to_string()))?;
+    let (to, effects) = job_on(JobState::Queued, JobEvent::Lease).map_err(conflict)?;
+    if effects != [JobEffect::GrantLease] {
+        return Err(conflict(format!(
+            "job {job_id}: leasing it grants no lease"
+        )));
+    }
     let token = ids::new_secret();
     let expires = ctx.now + lease_ttl_ms as i64;
     ctx.conn
@@ -202,7 +220,6 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
         format!("job {job_id} leased to agent {agent_id} for {lease_ttl_ms} ms"),
         &actor,
     )?;
-    let to = job_on(JobState::Queued, JobEvent::Lease).map_err(conflict)?;
     ctx.conn
         .prepare_cached("UPDATE jobs SET state = ?2, agent_id = ?3, lease_id = ?4, started_at = ?5 WHERE id = ?1")?
         .execute(params![job_id, to.as_str(), agent_id, lease_id, ctx.now])?;
@@ -365,31 +382,22 @@ pub fn complete(
     ctx.conn
         .prepare_cached("UPDATE jobs SET exit_codes = ?2, error = ?3, error_class = ?4, bundle = ?5 WHERE id = ?1")?
         .execute(params![job_id, exit_codes, o.error, o.error_class.map(|c| c.as_str()), o.bundle])?;
-    let to = job_on(
-        from,
-        if o.success {
-            JobEvent::Succeed
-        } else {
-            JobEvent::Fail
-        },
-    )
-    .map_err(conflict)?;
     let reason = match (&o.error, o.success) {
         (_, true) => format!("step {step} succeeded in {} ms", o.duration_ms),
         (Some(e), false) => e.clone(),
         (None, false) => "step failed".to_owned(),
     };
-    set_job_state(ctx, job_id, &run_id, from, to, reason.clone(), &actor)?;
-    if let Some(l) = lease_id {
-        end_lease(
-            ctx,
-            l,
-            &run_id,
-            "released",
-            format!("job {job_id} completed"),
-            &actor,
-        )?;
-    }
+    let event = if o.success {
+        JobEvent::Succeed
+    } else {
+        JobEvent::Fail
+    };
+    let job = JobRef {
+        id: job_id,
+        run_id: &run_id,
+        lease_id,
+    };
+    job_event(ctx, &job, from, event, reason.clone(), &actor)?;
     let row = load_stage(ctx, &run_id, &stage_id)?;
     let event = if o.success {
         StageEvent::StepSucceeded {
@@ -447,7 +455,6 @@ pub fn expire_leases(ctx: &mut Ctx<'_>, now: i64) -> Result<usize> {
         lose_lease(
             ctx,
             *lease_id,
-            "expired",
             &format!("lease expired {} ms ago without a heartbeat", now - at),
         )?;
     }
