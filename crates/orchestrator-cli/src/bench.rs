@@ -50,6 +50,7 @@ pub struct BenchArgs {
     /// filesystem, to tell the store's costs from the bundles'.
     #[arg(long)]
     pub project_dir: Option<std::path::PathBuf>,
+    /// Output format: text for people, json for programs.
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
 }

@@ -56,6 +56,7 @@ enum Cmd {
     Run(runcmd::RunArgs),
     /// List runs.
     Ps {
+        /// Output format: text for people, json for programs.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
         /// Most runs to list.
@@ -66,6 +67,7 @@ enum Cmd {
     Show {
         /// Run id (or an unambiguous prefix).
         run: String,
+        /// Output format: text for people, json for programs.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -73,18 +75,21 @@ enum Cmd {
     Logs(logs::LogsArgs),
     /// List agents.
     Agents {
+        /// Output format: text for people, json for programs.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
     /// Show a workflow's layers and critical path without running it.
     Plan {
         file: PathBuf,
+        /// Output format: text for people, json for programs.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
     /// Check a workflow file and report every problem.
     Validate {
         file: PathBuf,
+        /// Output format: text for people, json for programs.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },

@@ -28,6 +28,7 @@ pub struct RunArgs {
     /// Follow the run until it ends; exit 0 if it succeeded, 1 if not.
     #[arg(long)]
     pub wait: bool,
+    /// Output format: text for people, json for programs.
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
 }
