@@ -152,9 +152,8 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
             id: agent_id.to_owned(),
         });
     };
-    ctx.conn
-        .prepare_cached("UPDATE agents SET last_seen_at = ?2 WHERE id = ?1")?
-        .execute(params![agent_id, ctx.now])?;
+    // A claim that finds nothing writes nothing, so an idle agent's
+    // long-poll costs no commit; heartbeats keep `last_seen_at`.
     let held: u32 = ctx
         .conn
         .prepare_cached("SELECT COUNT(*) FROM leases WHERE agent_id = ?1 AND state = 'active'")?
@@ -196,6 +195,9 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
         .query_row([job_id], |r| r.get(0))?;
     let spec: JobSpec =
         serde_json::from_str(&payload).map_err(|e| StoreError::Database(e.to_string()))?;
+    ctx.conn
+        .prepare_cached("UPDATE agents SET last_seen_at = ?2 WHERE id = ?1")?
+        .execute(params![agent_id, ctx.now])?;
     let (to, effects) = job_on(JobState::Queued, JobEvent::Lease).map_err(conflict)?;
     if effects != [JobEffect::GrantLease] {
         return Err(conflict(format!(

@@ -125,6 +125,14 @@ impl Writer {
             if ctx.schedule {
                 super::graph::schedule(&mut ctx)?;
             }
+            if ctx.queued {
+                // Completions may have handed every new job out already;
+                // waking idle claimers for nothing would cost each a round trip.
+                ctx.queued = ctx
+                    .conn
+                    .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued')")?
+                    .query_row([], |r| r.get(0))?;
+            }
             let t = Instant::now();
             ctx.conn.execute_batch("COMMIT")?;
             self.stats
