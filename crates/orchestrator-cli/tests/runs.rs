@@ -419,3 +419,36 @@ fn a_daemon_stops_cleanly_on_sigterm_and_removes_its_endpoint() {
     );
     assert!(!h.data.join("endpoint").exists());
 }
+
+#[test]
+fn logs_follow_prints_output_as_it_is_written_and_ends_with_the_run() {
+    let mut h = Harness::new();
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "worker", 1);
+    // The step prints, then waits for the test's go-ahead, then prints again.
+    let file = h.write(
+        "follow.yaml",
+        "name: follow\nstages:\n  - id: talk\n    steps:\n      - commands:\n          - argv: [sh, -c, 'echo first; while [ ! -e go ]; do sleep 0.05; done; echo second']\n",
+    );
+    let run = h.submit(&file);
+    let (h, project) = (&h, h.project.clone());
+    std::thread::scope(|s| {
+        let follower = s.spawn(|| h.orch(&["logs", &run, "talk", "-f"]));
+        // Let the follower see the first line before the second exists.
+        wait_for("the first line in the bundle", LONG, || {
+            let runs = project.join(".orchestrator/runs").join(&run).join("talk");
+            let dir = std::fs::read_dir(runs).ok()?.next()?.ok()?.path();
+            let out = std::fs::read_to_string(dir.join("cmd-000.stdout.log")).ok()?;
+            out.contains("first").then_some(())
+        });
+        std::fs::write(project.join("go"), "").unwrap();
+        let out = follower.join().unwrap();
+        out.expect_code(0);
+        assert_eq!(out.stdout.matches("first").count(), 1, "{out}");
+        assert_eq!(out.stdout.matches("second").count(), 1, "{out}");
+        assert!(
+            out.stdout.find("first") < out.stdout.find("second"),
+            "{out}"
+        );
+    });
+}
