@@ -113,7 +113,12 @@ async fn pump<S: Store>(
         }
         // Follow live batches; on lag, go back to the log.
         loop {
-            match live.recv().await {
+            let next = tokio::select! {
+                next = live.recv() => next,
+                // The client went away while nothing happened.
+                () = tx.closed() => return,
+            };
+            match next {
                 Ok(batch) => {
                     for t in batch.iter() {
                         if t.seq <= last {

@@ -162,7 +162,13 @@ impl SqliteStore {
             .send(cmd)
             .await
             .map_err(|_| StoreError::Closed)?;
-        answer.await.map_err(|_| StoreError::Closed)?
+        // The writer drops a command unanswered only when its batch failed
+        // half-way (a command panicked); the daemon log says which.
+        answer.await.map_err(|_| {
+            StoreError::Database(
+                "the store dropped this command with a failed batch; see the daemon log".into(),
+            )
+        })?
     }
 
     /// Runs a query on the read connection off the async threads.

@@ -120,7 +120,22 @@ impl Writer {
         let outcome = (|| -> Result<()> {
             ctx.conn.execute_batch("BEGIN IMMEDIATE")?;
             for cmd in batch.drain(..) {
-                replies.push(cmd(&mut ctx));
+                // A command that panics (a bug) must not take the writer, and
+                // with it the daemon, down: its batch is rolled back, its
+                // caller sees the store error, and the next batch goes on.
+                match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd(&mut ctx))) {
+                    Ok(reply) => replies.push(reply),
+                    Err(panic) => {
+                        let what = panic
+                            .downcast_ref::<&str>()
+                            .map(|s| s.to_string())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_default();
+                        return Err(StoreError::Database(format!(
+                            "a store command panicked: {what}"
+                        )));
+                    }
+                }
             }
             if ctx.schedule {
                 super::graph::schedule(&mut ctx)?;
