@@ -67,6 +67,33 @@ struct Row {
     samples_orch_s: Vec<f64>,
     samples_baseline_s: Vec<f64>,
     samples_bundle_floor_s: Vec<f64>,
+    /// Store transactions per task over all repeats.
+    commits_per_task: f64,
+    /// Store commands per transaction (the group-commit factor).
+    commands_per_commit: f64,
+    /// Mean time of one COMMIT, fsync included, in milliseconds.
+    commit_ms: f64,
+}
+
+/// The store's counters, read from `/metrics`.
+async fn store_counters(client: &crate::client::Client) -> Result<(f64, f64, f64)> {
+    let text = client.get_text("/metrics").await?;
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix(name)?
+                    .strip_prefix(' ')?
+                    .trim()
+                    .parse::<f64>()
+                    .ok()
+            })
+            .unwrap_or(0.0)
+    };
+    Ok((
+        value("orch_store_batches_total"),
+        value("orch_store_commands_total"),
+        value("orch_store_commit_seconds_total"),
+    ))
 }
 
 struct Workload {
@@ -238,12 +265,13 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
         let file = project.join(format!("{}.yaml", wl.name.split(' ').next().unwrap_or("w")));
         std::fs::write(&file, &wl.yaml)?;
         let (mut o, mut b, mut f) = (Vec::new(), Vec::new(), Vec::new());
+        let before = store_counters(client).await?;
         for i in 0..a.repeat.max(1) {
             let (layers, slots) = (wl.layers.clone(), a.slots);
             b.push(tokio::task::spawn_blocking(move || baseline(&layers, slots, None)).await??);
             let (layers, floor) = (
                 wl.layers.clone(),
-                root.join(format!("floor-{}-{i}", wl.tasks)),
+                project.join(format!("floor-{}-{i}", wl.tasks)),
             );
             f.push(
                 tokio::task::spawn_blocking(move || baseline(&layers, slots, Some(&floor)))
@@ -260,7 +288,14 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
             o.push(secs);
         }
         let (mo, mb, mf) = (median(&o), median(&b), median(&f));
+        let after = store_counters(client).await?;
+        let (commits, commands, commit_s) =
+            (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+        let all_tasks = (wl.tasks * o.len()) as f64;
         rows.push(Row {
+            commits_per_task: commits / all_tasks,
+            commands_per_commit: commands / commits.max(1.0),
+            commit_ms: commit_s * 1000.0 / commits.max(1.0),
             workload: wl.name.into(),
             tasks: wl.tasks,
             baseline_tasks_per_s: wl.tasks as f64 / mb,
@@ -302,6 +337,17 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
                 );
             }
             println!("SPAWN: /bin/true spawned directly; +BUNDLE: the same, each writing a bundle's files; RATIO: ORCH / SPAWN");
+            println!();
+            println!(
+                "{:<16} {:>14} {:>17} {:>11}",
+                "STORE", "commits/task", "commands/commit", "commit ms"
+            );
+            for r in &rows {
+                println!(
+                    "{:<16} {:>14.2} {:>17.2} {:>11.3}",
+                    r.workload, r.commits_per_task, r.commands_per_commit, r.commit_ms
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
