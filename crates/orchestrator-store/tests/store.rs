@@ -397,6 +397,20 @@ async fn heartbeats_extend_held_leases_and_revoke_the_rest() {
             .unwrap(),
         0
     );
+    // A heartbeat that crossed the job's completion neither extends nor revokes it.
+    complete_ok(&s, &a, &j).await;
+    let r = s
+        .heartbeat(
+            &a,
+            vec![LeaseRef {
+                job_id: j.job_id,
+                lease_token: j.lease_token.clone(),
+            }],
+            60_000,
+        )
+        .await
+        .unwrap();
+    assert!(r.extended.is_empty() && r.revoked.is_empty(), "{r:?}");
 }
 
 #[tokio::test]

@@ -273,22 +273,27 @@ pub fn heartbeat(
         ..Default::default()
     };
     for l in leases {
-        let live: Option<i64> = ctx
+        let lease: Option<(i64, String)> = ctx
             .conn
             .prepare_cached(
-                "SELECT l.id FROM jobs j JOIN leases l ON l.id = j.lease_id
-                 WHERE j.id = ?1 AND l.token = ?2 AND l.agent_id = ?3 AND l.state = 'active'",
+                "SELECT l.id, l.state FROM jobs j JOIN leases l ON l.id = j.lease_id
+                 WHERE j.id = ?1 AND l.token = ?2 AND l.agent_id = ?3",
             )?
-            .query_row(params![l.job_id, l.lease_token, agent_id], |r| r.get(0))
+            .query_row(params![l.job_id, l.lease_token, agent_id], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .optional()?;
-        match live {
-            Some(lease_id) => {
+        match lease {
+            Some((lease_id, state)) if state == "active" => {
                 ctx.conn
                     .prepare_cached("UPDATE leases SET expires_at = ?2 WHERE id = ?1")?
                     .execute(params![lease_id, expires])?;
                 out.extended.push(l.job_id);
             }
-            None => out.revoked.push(l.job_id),
+            // Completed by this agent while the heartbeat was on its way:
+            // nothing to extend and nothing to kill.
+            Some((_, state)) if state == LeaseEnd::Released.as_str() => {}
+            _ => out.revoked.push(l.job_id),
         }
     }
     Ok(out)
