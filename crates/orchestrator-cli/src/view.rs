@@ -92,7 +92,16 @@ pub fn run(d: &RunDetail) {
             "{mark}{:<23} {:<10} {:>7} {:>8} {:>12}  {}",
             s.stage_id,
             s.state.as_str(),
-            format!("{}/{}", (s.step + 1).min(s.steps_total), s.steps_total),
+            // Steps reached so far: none for a stage that never started.
+            format!(
+                "{}/{}",
+                if s.started_at_ms.is_some() {
+                    (s.step + 1).min(s.steps_total)
+                } else {
+                    0
+                },
+                s.steps_total
+            ),
             s.attempt,
             span(s.started_at_ms, s.ended_at_ms),
             s.needs.join(", "),
