@@ -6,7 +6,9 @@
 //! step's bundle into the project (`manifest.json` plus one stdout and one
 //! stderr log per command), keeps its leases alive with heartbeats and
 //! reports each outcome. It checks every exec spec again before running it
-//! (defense in depth), and no process it starts outlives the step or the agent.
+//! (defense in depth), and no process it starts outlives the step or a
+//! stopping agent. (An agent killed with SIGKILL cannot kill anything; its
+//! leases expire and its stages restart elsewhere.)
 //!
 //! What it is not: it keeps no state of its own beyond the leases it holds
 //! now, decides nothing about scheduling, retries or priorities (the daemon
@@ -16,7 +18,8 @@
 //! How it runs ([`run_agent`]): after registering, `slots` independent slot
 //! loops each claim a job (`POST /v1/agents/{id}/claim`, long-polling up to
 //! 30 s, claiming again at once on 204), run it with [`run_step`] and complete
-//! it (`POST /v1/jobs/{id}/complete`); one heartbeat loop reports all held
+//! it (`POST /v1/jobs/{id}/complete` with `claim_next`, whose answer may
+//! carry the slot's next job, saving a claim); one heartbeat loop reports all held
 //! leases every `heartbeat_interval_ms` and kills the jobs whose leases come
 //! back revoked (they are not completed). The loops share one HTTP client
 //! ([`client::Client`], keep-alive) and the table of held leases. Network
