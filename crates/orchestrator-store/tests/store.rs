@@ -566,3 +566,27 @@ async fn a_second_store_on_the_same_file_is_refused_while_the_first_is_open() {
     let again = open(&dir);
     assert!(again.list_runs(1).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn a_store_written_by_a_newer_orch_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("orch.db");
+    {
+        let s = open(&dir);
+        s.submit_run(new_run(DIAMOND)).await.unwrap();
+        s.close().await;
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.pragma_update(None, "user_version", 99).unwrap();
+    drop(conn);
+    match SqliteStore::open(StoreOptions::new(&path)) {
+        Err(StoreError::Database(msg)) => assert!(msg.contains("schema version 99"), "{msg}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a newer schema was opened"),
+    }
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    let runs: i64 = conn
+        .query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(runs, 1, "the refused store keeps its runs");
+}

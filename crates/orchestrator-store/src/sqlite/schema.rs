@@ -106,6 +106,12 @@ CREATE TABLE transitions (
 );
 CREATE INDEX transitions_run ON transitions(run_id, seq);
 "#,
+    // 2: the runnable index holds only runnable stages, so counting down a
+    // stage's unmet needs no longer moves an index entry on every completion.
+    r#"
+DROP INDEX stage_runs_runnable;
+CREATE INDEX stage_runs_runnable ON stage_runs(run_id, ord) WHERE state = 'pending' AND unmet = 0;
+"#,
 ];
 
 /// Connection settings every connection gets.
