@@ -2,7 +2,7 @@
 //! each layer, and the critical path (the chain of stages that bounds the
 //! run's duration, using each stage's `estimate`, one unit when absent).
 
-use std::collections::BTreeMap;
+use std::collections::HashMap;
 
 use serde::{Deserialize, Serialize};
 
@@ -27,7 +27,7 @@ pub struct Plan {
 const DEFAULT_WEIGHT: u64 = 1;
 
 /// Index of stage ids to their position in `wf.stages`.
-fn index(wf: &Workflow) -> BTreeMap<&str, usize> {
+fn index(wf: &Workflow) -> HashMap<&str, usize> {
     wf.stages
         .iter()
         .enumerate()

@@ -107,10 +107,22 @@ CREATE TABLE transitions (
 CREATE INDEX transitions_run ON transitions(run_id, seq);
 "#,
     // 2: the runnable index holds only runnable stages, so counting down a
-    // stage's unmet needs no longer moves an index entry on every completion.
+    // stage's unmet needs no longer moves an index entry on every completion;
+    // `requires` is keyed the way it is read (the dependents of a stage), so
+    // it needs no second index.
     r#"
 DROP INDEX stage_runs_runnable;
 CREATE INDEX stage_runs_runnable ON stage_runs(run_id, ord) WHERE state = 'pending' AND unmet = 0;
+CREATE TABLE requires_by_required (
+    run_id TEXT NOT NULL,
+    required TEXT NOT NULL,
+    stage_id TEXT NOT NULL,
+    PRIMARY KEY (run_id, required, stage_id)
+) WITHOUT ROWID;
+INSERT INTO requires_by_required (run_id, required, stage_id)
+    SELECT run_id, required, stage_id FROM requires;
+DROP TABLE requires;
+ALTER TABLE requires_by_required RENAME TO requires;
 "#,
 ];
 
