@@ -111,7 +111,8 @@ impl Client {
         )
     }
 
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+    /// A GET whose answer was a success.
+    async fn fetch(&self, path: &str) -> Result<reqwest::Response> {
         let resp = self
             .http
             .get(self.url(path))
@@ -119,18 +120,15 @@ impl Client {
             .send()
             .await
             .map_err(|e| self.unreachable(e))?;
-        Ok(Self::check(resp).await?.json().await?)
+        Self::check(resp).await
+    }
+
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        Ok(self.fetch(path).await?.json().await?)
     }
 
     pub async fn get_text(&self, path: &str) -> Result<String> {
-        let resp = self
-            .http
-            .get(self.url(path))
-            .bearer_auth(&self.token)
-            .send()
-            .await
-            .map_err(|e| self.unreachable(e))?;
-        Ok(Self::check(resp).await?.text().await?)
+        Ok(self.fetch(path).await?.text().await?)
     }
 
     pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T> {
