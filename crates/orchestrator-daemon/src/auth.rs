@@ -93,3 +93,21 @@ pub async fn agent_or_admin(
     role(&tokens, &req)?;
     Ok(next.run(req).await)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens_match_whole_and_exactly() {
+        let t = Tokens {
+            admin: vec!["admin-secret".into()],
+            agent: vec!["agent-secret".into()],
+        };
+        assert_eq!(t.role_of("admin-secret"), Some(Role::Admin));
+        assert_eq!(t.role_of("agent-secret"), Some(Role::Agent));
+        for wrong in ["admin-secre", "admin-secret2", "", "ADMIN-SECRET"] {
+            assert_eq!(t.role_of(wrong), None, "{wrong:?}");
+        }
+    }
+}

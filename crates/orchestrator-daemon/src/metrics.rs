@@ -137,3 +137,38 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_is_described_and_typed_once() {
+        let m = Metrics::default();
+        m.claim_granted(Duration::from_millis(2));
+        m.completed();
+        let counts = Counts {
+            runs: vec![("running".into(), 2)],
+            stages: vec![("queued".into(), 5)],
+            jobs: vec![("leased".into(), 1)],
+            agents: 1,
+            transitions: 42,
+        };
+        let text = m.render(&counts, &WriterStats::default());
+        assert!(text.contains("orch_runs{state=\"running\"} 2"), "{text}");
+        assert!(text.contains("orch_claims_granted_total 1"), "{text}");
+        assert!(text.contains("orch_transitions_total 42"), "{text}");
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# TYPE "))
+            .map(|l| l.split(' ').next().unwrap_or(""))
+            .collect();
+        let mut unique = names.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(names.len(), unique.len(), "a metric typed twice: {names:?}");
+        for n in &names {
+            assert!(text.contains(&format!("# HELP {n} ")), "{n} lacks HELP");
+        }
+    }
+}
