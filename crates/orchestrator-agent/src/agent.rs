@@ -478,7 +478,7 @@ async fn heartbeat_loop(
     slots_done: &CancellationToken,
 ) -> Result<(), ClientError> {
     let mut backoff = Backoff::new();
-    let mut delay = shared.session().heartbeat;
+    let mut delay = Duration::ZERO;
     loop {
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
@@ -493,17 +493,32 @@ async fn heartbeat_loop(
                 lease_token: held.lease_token.clone(),
             })
             .collect();
+        // The heartbeat long-polls for one interval: the daemon answers at
+        // once when a lease is revoked (a cancelled run), so a cancellation
+        // reaches the commands without waiting for the next beat.
+        let sent = Instant::now();
         let answer = tokio::select! {
-            answer = shared.client.heartbeat(&session.agent_id, leases) => answer,
+            answer = shared.client.heartbeat(&session.agent_id, leases, session.heartbeat) => answer,
             () = slots_done.cancelled() => return Ok(()),
         };
-        delay = session.heartbeat;
         match answer {
             Ok(resp) => {
                 backoff.reset();
+                let revoked = !resp.revoked.is_empty();
                 for job_id in resp.revoked {
                     shared.revoke(job_id, "the heartbeat answered revoked");
                 }
+                // Beat again at once after a revocation or a full wait. A
+                // daemon that answered early (it caps the wait, or is
+                // stopping) is not hammered, nor left without beats for long.
+                delay = if revoked {
+                    Duration::ZERO
+                } else {
+                    session
+                        .heartbeat
+                        .saturating_sub(sent.elapsed())
+                        .min(Duration::from_secs(1))
+                };
             }
             Err(ClientError::UnknownAgent { .. }) => {
                 if !shared.reregister(&session).await? {

@@ -175,16 +175,22 @@ impl Client {
     }
 
     /// `POST /v1/agents/{id}/heartbeat`.
+    /// `POST /v1/agents/{id}/heartbeat`; with `wait`, the daemon answers
+    /// early only when one of the agent's leases is revoked.
     pub async fn heartbeat(
         &self,
         agent_id: &str,
         leases: Vec<LeaseRef>,
+        wait: Duration,
     ) -> Result<HeartbeatResponse, ClientError> {
         let path = format!("/v1/agents/{agent_id}/heartbeat");
         self.post(
             path.clone(),
-            &HeartbeatRequest { leases },
-            REQUEST_TIMEOUT,
+            &HeartbeatRequest {
+                leases,
+                wait_ms: wait.as_millis() as u64,
+            },
+            wait + REQUEST_TIMEOUT,
             Scope::Agent(agent_id),
         )
         .await?

@@ -94,7 +94,10 @@ impl Client {
             Ok(e) => e.error,
             Err(_) => text,
         };
-        if status == StatusCode::UNPROCESSABLE_ENTITY || status == StatusCode::BAD_REQUEST {
+        if status == StatusCode::UNPROCESSABLE_ENTITY
+            || status == StatusCode::BAD_REQUEST
+            || status == StatusCode::CONFLICT
+        {
             return Err(CliError::BadInput(msg).into());
         }
         bail!("{msg} (HTTP {status})")

@@ -71,6 +71,14 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Cancel a run: its running commands are killed, nothing more starts.
+    Cancel {
+        /// Run id (or an unambiguous prefix).
+        run: String,
+        /// Output format: text for people, json for programs.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Print the output of a run's commands.
     Logs(logs::LogsArgs),
     /// List agents.
@@ -149,6 +157,23 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             match output {
                 Output::Json => view::json(&d)?,
                 Output::Text => view::run(&d),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Cancel { run, output } => {
+            let client = client()?;
+            // The API takes full ids; the CLI lets a prefix stand for one.
+            let d: orchestrator_core::api::RunDetail =
+                client.get(&format!("/v1/runs/{run}")).await?;
+            let summary: orchestrator_core::api::RunSummary = client
+                .post(
+                    &format!("/v1/runs/{}/cancel", d.run.id),
+                    &serde_json::json!({}),
+                )
+                .await?;
+            match output {
+                Output::Json => view::json(&summary)?,
+                Output::Text => println!("run {} {}", summary.id, summary.state),
             }
             Ok(ExitCode::SUCCESS)
         }

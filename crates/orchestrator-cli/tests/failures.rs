@@ -319,3 +319,77 @@ fn a_daemon_killed_mid_run_resumes_from_its_store() {
     }
     assert_eq!(succeeded.len(), STAGES);
 }
+
+#[test]
+fn cancelling_a_run_kills_its_running_commands_at_once_and_records_it() {
+    let mut h = Harness::new();
+    // Beats are two minutes apart and the daemon answers a waiting heartbeat
+    // after 30 s at most: only the revocation answering the heartbeat at
+    // once can stop the commands inside the 20 s allowed below.
+    let d = h.start_daemon(&["--heartbeat-ms", "120000", "--lease-ttl-ms", "300000"]);
+    let a = h.start_agent(&d, "worker", 1);
+    let file = h.project.join("sleepy.yaml");
+    std::fs::write(
+        &file,
+        r#"
+name: sleepy
+stages:
+  - id: nap
+    steps:
+      - commands:
+          - argv: [sh, -c, 'sleep 60 & echo $$ $! > pids.tmp; mv pids.tmp pids; wait']
+  - id: after
+    needs: [nap]
+    steps:
+      - commands:
+          - argv: [echo, never]
+"#,
+    )
+    .unwrap();
+    let run = h.submit(&file);
+    let pids_file = h.project.join("pids");
+    let pids: Vec<i32> = wait_for("the step to start its commands", LONG, || {
+        let text = std::fs::read_to_string(&pids_file).ok()?;
+        let pids: Vec<i32> = text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        (pids.len() == 2).then_some(pids)
+    });
+    for &p in &pids {
+        h.stray(p, &run);
+    }
+
+    // A prefix of the id is enough for the CLI.
+    let out = h.orch(&["cancel", &run[..6]]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("cancelled"), "{out}");
+    for &p in &pids {
+        wait_for(
+            &format!("process {p} to be killed"),
+            Duration::from_secs(20),
+            || process_gone(p).then_some(()),
+        );
+    }
+
+    let detail = h.show(&run);
+    assert_eq!(detail["run"]["state"], "cancelled", "{detail:#}");
+    assert_eq!(stage(&detail, "nap")["state"], "cancelled", "{detail:#}");
+    assert_eq!(stage(&detail, "after")["state"], "cancelled", "{detail:#}");
+    let jobs = jobs_of(&detail, "nap");
+    assert_eq!(jobs.len(), 1, "{detail:#}");
+    assert_eq!(
+        jobs[0]["state"], "cancelled",
+        "a revoked job is not completed: {detail:#}"
+    );
+    assert!(
+        h.exited(a).is_none(),
+        "the agent goes on after a revocation:\n{}",
+        h.log(a)
+    );
+
+    // A run that has ended cannot be cancelled; the refusal says why.
+    let again = h.orch(&["cancel", &run]);
+    assert_eq!(again.code, 2, "{again}");
+    assert!(again.stderr.contains("already ended"), "{again}");
+}

@@ -201,6 +201,11 @@ pub struct LeaseRef {
 #[serde(deny_unknown_fields)]
 pub struct HeartbeatRequest {
     pub leases: Vec<LeaseRef>,
+    /// When nothing is revoked, wait up to this long (milliseconds) for one
+    /// of the agent's leases to be revoked before answering: cancellation
+    /// reaches the agent at once without it polling.
+    #[serde(default)]
+    pub wait_ms: u64,
 }
 
 /// The answer to a heartbeat.

@@ -98,6 +98,17 @@ pub async fn get_jobs<S: Store>(
     Ok(Json(app.store.run_detail(&id).await?.jobs).into_response())
 }
 
+/// `POST /v1/runs/{id}/cancel`: stops the run; agents holding its jobs learn
+/// at once (their long-polling heartbeat answers) and kill the commands.
+pub async fn cancel_run<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiErr> {
+    let run = app.store.cancel_run(&id, "user:admin").await?;
+    tracing::info!(run_id = %run.id, "run cancelled");
+    Ok(Json(run).into_response())
+}
+
 pub async fn list_agents<S: Store>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiErr> {
     Ok(Json(app.store.list_agents().await?).into_response())
 }
@@ -153,14 +164,57 @@ pub async fn heartbeat<S: Store>(
     Path(agent_id): Path<String>,
     JsonBody(req): JsonBody<HeartbeatRequest>,
 ) -> Result<Response, ApiErr> {
-    let r = app
+    // Subscribed before the heartbeat commits, so no revocation after it is missed.
+    let mut live = app.store.subscribe();
+    let mut r = app
         .store
         .heartbeat(&agent_id, req.leases, app.config.lease_ttl_ms)
         .await?;
+    if r.revoked.is_empty() && req.wait_ms > 0 {
+        r.revoked = wait_for_revocation(&app, &agent_id, &mut live, req.wait_ms).await?;
+    }
     if !r.revoked.is_empty() {
-        tracing::warn!(agent_id = %agent_id, revoked = ?r.revoked, "heartbeat named leases the agent no longer holds");
+        tracing::info!(agent_id = %agent_id, revoked = ?r.revoked, "agent told to stop jobs whose leases ended");
     }
     Ok(Json(r).into_response())
+}
+
+/// Waits until a lease this agent holds is revoked or expires (the jobs are
+/// returned), or `wait_ms` passes (nothing is).
+async fn wait_for_revocation<S: Store>(
+    app: &App<S>,
+    agent_id: &str,
+    live: &mut tokio::sync::broadcast::Receiver<Arc<[orchestrator_core::Transition]>>,
+    wait_ms: u64,
+) -> Result<Vec<i64>, ApiErr> {
+    use tokio::sync::broadcast::error::RecvError;
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_millis(wait_ms.min(app.config.max_claim_wait_ms));
+    loop {
+        let batch = tokio::select! {
+            b = live.recv() => b,
+            _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+            _ = app.shutdown.cancelled() => return Ok(Vec::new()),
+        };
+        let batch = match batch {
+            Ok(b) => b,
+            // Missed batches are caught by the agent's next heartbeat.
+            Err(RecvError::Lagged(_)) => continue,
+            Err(RecvError::Closed) => return Ok(Vec::new()),
+        };
+        let ended: Vec<i64> = batch
+            .iter()
+            .filter(|t| t.entity == orchestrator_core::Entity::Lease)
+            .filter(|t| t.to == "revoked" || t.to == "expired")
+            .filter_map(|t| t.entity_id.parse().ok())
+            .collect();
+        if !ended.is_empty() {
+            let jobs = app.store.lease_jobs(agent_id, ended).await?;
+            if !jobs.is_empty() {
+                return Ok(jobs);
+            }
+        }
+    }
 }
 
 pub async fn complete<S: Store>(

@@ -94,6 +94,7 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
             post(api::submit_run::<S>).get(api::list_runs::<S>),
         )
         .route("/v1/runs/{id}", get(api::get_run::<S>))
+        .route("/v1/runs/{id}/cancel", post(api::cancel_run::<S>))
         .route("/v1/runs/{id}/stages", get(api::get_stages::<S>))
         .route("/v1/runs/{id}/stages/{stage}", get(api::get_stage::<S>))
         .route("/v1/runs/{id}/jobs", get(api::get_jobs::<S>))

@@ -125,6 +125,19 @@ pub trait Store: Send + Sync + 'static {
         req: CompleteRequest,
         lease_ttl_ms: u64,
     ) -> impl Future<Output = Result<Completed>> + Send;
+    /// Cancels a running run: its open stages are cancelled, their live jobs
+    /// cancelled and leases revoked. Refused for a run that has ended.
+    fn cancel_run(
+        &self,
+        run_id: &str,
+        actor: &str,
+    ) -> impl Future<Output = Result<RunSummary>> + Send;
+    /// The jobs of those of `lease_ids` that `agent_id` held.
+    fn lease_jobs(
+        &self,
+        agent_id: &str,
+        lease_ids: Vec<i64>,
+    ) -> impl Future<Output = Result<Vec<i64>>> + Send;
     /// Expires every active lease whose time ran out before `now_ms`; returns how many.
     fn expire_leases(&self, now_ms: i64) -> impl Future<Output = Result<usize>> + Send;
     /// Gives every active lease `grace_ms` more, so agents can reach a daemon

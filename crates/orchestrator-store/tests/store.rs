@@ -590,3 +590,62 @@ async fn a_store_written_by_a_newer_orch_is_refused_and_left_untouched() {
         .unwrap();
     assert_eq!(runs, 1, "the refused store keeps its runs");
 }
+
+#[tokio::test]
+async fn cancelling_a_run_cancels_its_open_stages_revokes_its_leases_and_refuses_late_completions()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let a = agent(&s, "a1", 1, &[]).await;
+    let run = s.submit_run(new_run(DIAMOND)).await.unwrap().run_id;
+    let j = s.claim(&a, TTL).await.unwrap().unwrap();
+    let summary = s.cancel_run(&run, "user:test").await.unwrap();
+    assert_eq!(summary.state, RunState::Cancelled);
+    assert!(summary.ended_at_ms.is_some());
+    let d = s.run_detail(&run).await.unwrap();
+    assert!(
+        d.stages.iter().all(|x| x.state == StageState::Cancelled),
+        "{:?}",
+        d.stages
+    );
+    assert_eq!(
+        d.jobs.iter().find(|x| x.id == j.job_id).unwrap().state,
+        JobState::Cancelled
+    );
+    // The agent's lease is gone: a heartbeat reports it revoked, a completion is refused.
+    let r = s
+        .heartbeat(
+            &a,
+            vec![LeaseRef {
+                job_id: j.job_id,
+                lease_token: j.lease_token.clone(),
+            }],
+            TTL,
+        )
+        .await
+        .unwrap();
+    assert_eq!(r.revoked, vec![j.job_id]);
+    let late = CompleteRequest {
+        agent_id: a.clone(),
+        lease_token: j.lease_token.clone(),
+        outcome: outcome(true, None),
+        claim_next: true,
+    };
+    assert!(matches!(
+        s.complete(j.job_id, late, TTL).await,
+        Err(StoreError::StaleLease { .. })
+    ));
+    assert!(
+        s.claim(&a, TTL).await.unwrap().is_none(),
+        "nothing of a cancelled run is handed out"
+    );
+    match s.cancel_run(&run, "user:test").await {
+        Err(StoreError::Conflict(msg)) => assert!(msg.contains("already ended"), "{msg}"),
+        other => panic!("cancelling twice: {other:?}"),
+    }
+    assert!(matches!(
+        s.cancel_run("rnope", "user:test").await,
+        Err(StoreError::NotFound { .. })
+    ));
+    assert_log_replays_to_state(&s, &run).await;
+}

@@ -471,13 +471,46 @@ pub(super) fn stage_ended(ctx: &mut Ctx<'_>, run_id: &str, succeeded: bool) -> R
             reason,
             "scheduler",
         )?;
-        run_effects(ctx, run_id, &effects)?;
+        run_effects(ctx, run_id, &effects, "scheduler")?;
     }
     Ok(())
 }
 
+/// Cancels a running run: the run machine asks for its open stages to be
+/// cancelled, which cancels their live jobs and revokes their leases.
+pub fn cancel_run(ctx: &mut Ctx<'_>, run_id: &str, actor: &str) -> Result<()> {
+    let state: String = ctx
+        .conn
+        .prepare_cached("SELECT state FROM runs WHERE id = ?1")?
+        .query_row([run_id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "run",
+            id: run_id.to_owned(),
+        })?;
+    let from = RunState::parse(&state).unwrap_or(RunState::Failed);
+    let (to, effects) = run_on(from, RunEvent::Cancel).map_err(|_| {
+        conflict(format!(
+            "run {run_id} has already ended ({from}); only a running run can be cancelled"
+        ))
+    })?;
+    ctx.conn
+        .prepare_cached("UPDATE runs SET state = ?2 WHERE id = ?1")?
+        .execute(params![run_id, to.as_str()])?;
+    ctx.transition(
+        Entity::Run,
+        run_id.to_owned(),
+        Some(run_id),
+        Some(from.as_str()),
+        to.as_str(),
+        "cancelled".into(),
+        actor,
+    )?;
+    run_effects(ctx, run_id, &effects, actor)
+}
+
 /// Carries out what the run machine asked for.
-fn run_effects(ctx: &mut Ctx<'_>, run_id: &str, effects: &[RunEffect]) -> Result<()> {
+fn run_effects(ctx: &mut Ctx<'_>, run_id: &str, effects: &[RunEffect], actor: &str) -> Result<()> {
     for effect in effects {
         match effect {
             RunEffect::Ended => {
@@ -501,7 +534,7 @@ fn run_effects(ctx: &mut Ctx<'_>, run_id: &str, effects: &[RunEffect]) -> Result
                         &stage,
                         StageEvent::Cancel,
                         "run cancelled".into(),
-                        "scheduler",
+                        actor,
                     )?;
                 }
             }

@@ -230,6 +230,21 @@ impl Store for SqliteStore {
             .await?
     }
 
+    async fn cancel_run(&self, run_id: &str, actor: &str) -> Result<RunSummary> {
+        let (id, actor) = (run_id.to_owned(), actor.to_owned());
+        let read_id = id.clone();
+        self.write(move |ctx| graph::cancel_run(ctx, &id, &actor))
+            .await?;
+        self.read(move |c| reads::run_summary_by_id(c, &read_id))
+            .await
+    }
+
+    async fn lease_jobs(&self, agent_id: &str, lease_ids: Vec<i64>) -> Result<Vec<i64>> {
+        let agent_id = agent_id.to_owned();
+        self.read(move |c| reads::lease_jobs(c, &agent_id, &lease_ids))
+            .await
+    }
+
     async fn expire_leases(&self, now_ms: i64) -> Result<usize> {
         self.write(move |ctx| leases::expire_leases(ctx, now_ms))
             .await

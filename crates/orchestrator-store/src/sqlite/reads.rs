@@ -26,6 +26,32 @@ fn run_summary(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
     })
 }
 
+pub fn run_summary_by_id(conn: &Connection, id: &str) -> Result<RunSummary> {
+    let sql = format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1");
+    conn.prepare_cached(&sql)?
+        .query_row([id], run_summary)
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "run",
+            id: id.to_owned(),
+        })
+}
+
+pub fn lease_jobs(conn: &Connection, agent_id: &str, lease_ids: &[i64]) -> Result<Vec<i64>> {
+    let mut st =
+        conn.prepare_cached("SELECT job_id FROM leases WHERE id = ?1 AND agent_id = ?2")?;
+    let mut jobs = Vec::new();
+    for id in lease_ids {
+        if let Some(job) = st
+            .query_row(params![id, agent_id], |r| r.get(0))
+            .optional()?
+        {
+            jobs.push(job);
+        }
+    }
+    Ok(jobs)
+}
+
 pub fn list_runs(conn: &Connection, limit: u32) -> Result<Vec<RunSummary>> {
     let sql = format!("SELECT {RUN_COLS} FROM runs ORDER BY created_at DESC, id LIMIT ?1");
     let rows = conn
