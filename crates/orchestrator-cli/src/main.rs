@@ -72,13 +72,11 @@ enum Cmd {
         output: Output,
     },
     /// Cancel a run: its running commands are killed, nothing more starts.
-    Cancel {
-        /// Run id (or an unambiguous prefix).
-        run: String,
-        /// Output format: text for people, json for programs.
-        #[arg(short, long, value_enum, default_value = "text")]
-        output: Output,
-    },
+    Cancel(RunCommand),
+    /// Pause a run: each stage stops at its next checkpoint (running steps finish).
+    Pause(RunCommand),
+    /// Resume a paused run from where its stages stopped.
+    Resume(RunCommand),
     /// Print the output of a run's commands.
     Logs(logs::LogsArgs),
     /// List agents.
@@ -105,6 +103,35 @@ enum Cmd {
     Schema,
     /// Measure the full path (daemon, agent, HTTP, durable store) against spawning directly.
     Bench(bench::BenchArgs),
+}
+
+/// A command to one run: `cancel`, `pause`, `resume`.
+#[derive(clap::Args)]
+struct RunCommand {
+    /// Run id (or an unambiguous prefix).
+    run: String,
+    /// Output format: text for people, json for programs.
+    #[arg(short, long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+impl RunCommand {
+    async fn send(self, client: &Client, verb: &str) -> anyhow::Result<ExitCode> {
+        // The API takes full ids; the CLI lets a prefix stand for one.
+        let d: orchestrator_core::api::RunDetail =
+            client.get(&format!("/v1/runs/{}", self.run)).await?;
+        let summary: orchestrator_core::api::RunSummary = client
+            .post(
+                &format!("/v1/runs/{}/{verb}", d.run.id),
+                &serde_json::json!({}),
+            )
+            .await?;
+        match self.output {
+            Output::Json => view::json(&summary)?,
+            Output::Text => println!("run {} {}", summary.id, summary.state),
+        }
+        Ok(ExitCode::SUCCESS)
+    }
 }
 
 fn init_tracing(json: bool) {
@@ -160,23 +187,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Cancel { run, output } => {
-            let client = client()?;
-            // The API takes full ids; the CLI lets a prefix stand for one.
-            let d: orchestrator_core::api::RunDetail =
-                client.get(&format!("/v1/runs/{run}")).await?;
-            let summary: orchestrator_core::api::RunSummary = client
-                .post(
-                    &format!("/v1/runs/{}/cancel", d.run.id),
-                    &serde_json::json!({}),
-                )
-                .await?;
-            match output {
-                Output::Json => view::json(&summary)?,
-                Output::Text => println!("run {} {}", summary.id, summary.state),
-            }
-            Ok(ExitCode::SUCCESS)
-        }
+        Cmd::Cancel(c) => c.send(&client()?, "cancel").await,
+        Cmd::Pause(c) => c.send(&client()?, "pause").await,
+        Cmd::Resume(c) => c.send(&client()?, "resume").await,
         Cmd::Logs(a) => logs::logs(a, &client()?).await,
         Cmd::Agents { output } => {
             let list: Vec<orchestrator_core::api::AgentView> = client()?.get("/v1/agents").await?;

@@ -452,3 +452,59 @@ fn logs_follow_prints_output_as_it_is_written_and_ends_with_the_run() {
         );
     });
 }
+
+#[test]
+fn a_paused_run_stops_at_the_next_checkpoint_and_resumes_from_it() {
+    let mut h = Harness::new();
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "worker", 1);
+    let file = h.write(
+        "pausable.yaml",
+        r#"
+name: pausable
+stages:
+  - id: work
+    steps:
+      - commands:
+          - argv: [sh, -c, 'touch started; while [ ! -e go ]; do sleep 0.05; done']
+      - commands:
+          - argv: [sh, -c, 'echo second > second']
+"#,
+    );
+    let run = h.submit(&file);
+    let project = h.project.clone();
+    wait_for("the first step to start", LONG, || {
+        project.join("started").exists().then_some(())
+    });
+
+    let out = h.orch(&["pause", &run]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("paused"), "{out}");
+    // The running step is not interrupted: it ends, and the stage holds.
+    std::fs::write(project.join("go"), "").unwrap();
+    wait_for("the stage to hold at its checkpoint", LONG, || {
+        (stage(&h.show(&run), "work")["state"] == "paused").then_some(())
+    });
+    let detail = h.show(&run);
+    assert_eq!(detail["run"]["state"], "paused", "{detail:#}");
+    assert!(!project.join("second").exists(), "step 1 ran while paused");
+
+    let out = h.orch(&["resume", &run]);
+    out.expect_code(0);
+    let detail = h.wait_run_end(&d, &run);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
+    assert!(
+        project.join("second").exists(),
+        "step 1 ran after the resume"
+    );
+    let succeeded: Vec<u64> = jobs_of(&detail, "work")
+        .iter()
+        .filter(|j| j["state"] == "succeeded")
+        .map(|j| j["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(succeeded, [0, 1], "each step ran once: {detail:#}");
+
+    let again = h.orch(&["pause", &run]);
+    assert_eq!(again.code, 2, "{again}");
+    assert!(again.stderr.contains("already ended"), "{again}");
+}

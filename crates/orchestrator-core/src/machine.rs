@@ -33,6 +33,8 @@ states!(
     RunState {
         /// Some stage has not ended.
         Running = "running",
+        /// A human paused it: its stages stop at their next checkpoint.
+        Paused = "paused",
         /// Every stage succeeded.
         Succeeded = "succeeded",
         /// Every stage ended and at least one failed or was blocked.
@@ -51,6 +53,8 @@ states!(
         Queued = "queued",
         /// An agent holds the job of its current step.
         Running = "running",
+        /// Held at a checkpoint because its run is paused; holds no slot.
+        Paused = "paused",
         /// Its last step succeeded.
         Succeeded = "succeeded",
         /// A step failed.
@@ -113,6 +117,11 @@ pub enum StageEvent {
     AttemptLost { attempt: u32, max_attempts: u32 },
     /// A stage it needs failed or was blocked.
     UpstreamFailed,
+    /// Its run was paused: a stage at a checkpoint (its next step queued,
+    /// not started) holds there.
+    Pause,
+    /// Its run was resumed: a held stage queues step `step` again.
+    Resume { step: u32 },
     /// Its run was cancelled.
     Cancel,
 }
@@ -182,7 +191,10 @@ pub fn stage_on(
             }
         }
         (S::Pending, E::UpstreamFailed) => (S::Blocked, vec![F::BlockDependents, F::StageEnded]),
-        (S::Pending | S::Queued | S::Running, E::Cancel) => {
+        // The queued job has not started: withdrawing it loses nothing.
+        (S::Queued, E::Pause) => (S::Paused, vec![F::CancelJob]),
+        (S::Paused, E::Resume { step }) => (S::Queued, vec![F::EnqueueStep { step, attempt }]),
+        (S::Pending | S::Queued | S::Running | S::Paused, E::Cancel) => {
             (S::Cancelled, vec![F::CancelJob, F::StageEnded])
         }
         (s, e) => return Err(reject("stage", s, e)),
@@ -260,6 +272,10 @@ pub enum RunEvent {
     StageEnded { open: usize, unsuccessful: usize },
     /// A human cancelled the run.
     Cancel,
+    /// A human paused the run.
+    Pause,
+    /// A human resumed the paused run.
+    Resume,
 }
 
 /// What the store must do after a run transition.
@@ -269,14 +285,21 @@ pub enum RunEffect {
     Ended,
     /// Cancel every stage that has not ended.
     CancelStages,
+    /// Hold every stage that is at a checkpoint (queued).
+    PauseStages,
+    /// Queue again every held stage, and let runnable stages start.
+    ResumeStages,
 }
 
 /// The run machine. A `StageEnded` that leaves stages open keeps the run running.
 pub fn run_on(s: RunState, e: RunEvent) -> Result<(RunState, Vec<RunEffect>), RejectedTransition> {
     let to = run_next(s, e)?;
     let mut effects = Vec::new();
-    if e == RunEvent::Cancel {
-        effects.push(RunEffect::CancelStages);
+    match e {
+        RunEvent::Cancel => effects.push(RunEffect::CancelStages),
+        RunEvent::Pause => effects.push(RunEffect::PauseStages),
+        RunEvent::Resume => effects.push(RunEffect::ResumeStages),
+        RunEvent::StageEnded { .. } => {}
     }
     if to.is_terminal() {
         effects.push(RunEffect::Ended);
@@ -288,15 +311,19 @@ fn run_next(s: RunState, e: RunEvent) -> Result<RunState, RejectedTransition> {
     use RunEvent as E;
     use RunState as S;
     Ok(match (s, e) {
-        (S::Running, E::StageEnded { open, .. }) if open > 0 => S::Running,
+        // A paused run stays paused while stages are open; it ends like a
+        // running one when the last stage ends.
+        (S::Running | S::Paused, E::StageEnded { open, .. }) if open > 0 => s,
         (
-            S::Running,
+            S::Running | S::Paused,
             E::StageEnded {
                 unsuccessful: 0, ..
             },
         ) => S::Succeeded,
-        (S::Running, E::StageEnded { .. }) => S::Failed,
-        (S::Running, E::Cancel) => S::Cancelled,
+        (S::Running | S::Paused, E::StageEnded { .. }) => S::Failed,
+        (S::Running | S::Paused, E::Cancel) => S::Cancelled,
+        (S::Running, E::Pause) => S::Paused,
+        (S::Paused, E::Resume) => S::Running,
         (s, e) => return Err(reject("run", s, e)),
     })
 }

@@ -64,6 +64,8 @@ fn stage_events() -> Vec<StageEvent> {
             max_attempts: MAX,
         },
         E::UpstreamFailed,
+        E::Pause,
+        E::Resume { step: 1 },
         E::Cancel,
     ];
     // Fails to compile when a variant is added and not listed above.
@@ -75,6 +77,8 @@ fn stage_events() -> Vec<StageEvent> {
             | E::StepFailed
             | E::AttemptLost { .. }
             | E::UpstreamFailed
+            | E::Pause
+            | E::Resume { .. }
             | E::Cancel => {}
         }
     }
@@ -148,6 +152,19 @@ fn stage_table() -> Vec<StageRow> {
         ),
         (S::Running, E::StepFailed, S::Failed, ENDED_BADLY),
         (S::Running, E::Cancel, S::Cancelled, CANCELLED),
+        // Pausing holds a stage at its checkpoint, withdrawing the queued job;
+        // resuming queues the same step again.
+        (S::Queued, E::Pause, S::Paused, &[F::CancelJob]),
+        (
+            S::Paused,
+            E::Resume { step: 1 },
+            S::Queued,
+            &[F::EnqueueStep {
+                step: 1,
+                attempt: ATTEMPT,
+            }],
+        ),
+        (S::Paused, E::Cancel, S::Cancelled, CANCELLED),
     ];
     // A lost attempt, whether its job was still queued or already running:
     // restart from step 0 with the next attempt, or fail at the limit.
@@ -453,10 +470,12 @@ fn run_events() -> Vec<RunEvent> {
         ended(0, 1),
         ended(0, 4),
         E::Cancel,
+        E::Pause,
+        E::Resume,
     ];
     for e in &events {
         match e {
-            E::StageEnded { .. } | E::Cancel => {}
+            E::StageEnded { .. } | E::Cancel | E::Pause | E::Resume => {}
         }
     }
     events
@@ -465,14 +484,21 @@ fn run_events() -> Vec<RunEvent> {
 /// Every allowed run transition.
 fn run_table() -> Vec<(RunState, RunEvent, RunState)> {
     let ended = |open, unsuccessful| RunEvent::StageEnded { open, unsuccessful };
-    vec![
-        (R::Running, ended(3, 0), R::Running),
-        (R::Running, ended(1, 2), R::Running),
-        (R::Running, ended(0, 0), R::Succeeded),
-        (R::Running, ended(0, 1), R::Failed),
-        (R::Running, ended(0, 4), R::Failed),
-        (R::Running, RunEvent::Cancel, R::Cancelled),
-    ]
+    let mut rows = Vec::new();
+    // A paused run ends like a running one; while stages are open it keeps its state.
+    for s in [R::Running, R::Paused] {
+        rows.extend([
+            (s, ended(3, 0), s),
+            (s, ended(1, 2), s),
+            (s, ended(0, 0), R::Succeeded),
+            (s, ended(0, 1), R::Failed),
+            (s, ended(0, 4), R::Failed),
+            (s, RunEvent::Cancel, R::Cancelled),
+        ]);
+    }
+    rows.push((R::Running, RunEvent::Pause, R::Paused));
+    rows.push((R::Paused, RunEvent::Resume, R::Running));
+    rows
 }
 
 #[test]
@@ -554,7 +580,7 @@ macro_rules! assert_names_round_trip {
 #[test]
 fn every_stage_state_name_round_trips() {
     assert_names_round_trip!(StageState);
-    assert_eq!(StageState::ALL.len(), 7);
+    assert_eq!(StageState::ALL.len(), 8);
 }
 
 #[test]
@@ -566,7 +592,7 @@ fn every_job_state_name_round_trips() {
 #[test]
 fn every_run_state_name_round_trips() {
     assert_names_round_trip!(RunState);
-    assert_eq!(RunState::ALL.len(), 4);
+    assert_eq!(RunState::ALL.len(), 5);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use axum::Json;
 use orchestrator_core::api::{
     ClaimRequest, CompleteRequest, HeartbeatRequest, RegisterAgent, SubmitRun,
 };
+use orchestrator_core::machine::RunEvent;
 use orchestrator_store::{NewRun, Store, StoreError};
 use serde::Deserialize;
 
@@ -101,11 +102,35 @@ pub async fn get_jobs<S: Store>(
 /// `POST /v1/runs/{id}/cancel`: stops the run; agents holding its jobs learn
 /// at once (their long-polling heartbeat answers) and kill the commands.
 pub async fn cancel_run<S: Store>(
+    state: State<Arc<App<S>>>,
+    id: Path<String>,
+) -> Result<Response, ApiErr> {
+    command_run(state, id, RunEvent::Cancel).await
+}
+
+/// `POST /v1/runs/{id}/pause`: each stage holds at its next checkpoint.
+pub async fn pause_run<S: Store>(
+    state: State<Arc<App<S>>>,
+    id: Path<String>,
+) -> Result<Response, ApiErr> {
+    command_run(state, id, RunEvent::Pause).await
+}
+
+/// `POST /v1/runs/{id}/resume`: held stages go on from where they stopped.
+pub async fn resume_run<S: Store>(
+    state: State<Arc<App<S>>>,
+    id: Path<String>,
+) -> Result<Response, ApiErr> {
+    command_run(state, id, RunEvent::Resume).await
+}
+
+async fn command_run<S: Store>(
     State(app): State<Arc<App<S>>>,
     Path(id): Path<String>,
+    event: RunEvent,
 ) -> Result<Response, ApiErr> {
-    let run = app.store.cancel_run(&id, "user:admin").await?;
-    tracing::info!(run_id = %run.id, "run cancelled");
+    let run = app.store.command_run(&id, event, "user:admin").await?;
+    tracing::info!(run_id = %run.id, state = %run.state, "run commanded");
     Ok(Json(run).into_response())
 }
 

@@ -95,6 +95,8 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         )
         .route("/v1/runs/{id}", get(api::get_run::<S>))
         .route("/v1/runs/{id}/cancel", post(api::cancel_run::<S>))
+        .route("/v1/runs/{id}/pause", post(api::pause_run::<S>))
+        .route("/v1/runs/{id}/resume", post(api::resume_run::<S>))
         .route("/v1/runs/{id}/stages", get(api::get_stages::<S>))
         .route("/v1/runs/{id}/stages/{stage}", get(api::get_stage::<S>))
         .route("/v1/runs/{id}/jobs", get(api::get_jobs::<S>))

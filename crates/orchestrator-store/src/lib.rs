@@ -125,11 +125,14 @@ pub trait Store: Send + Sync + 'static {
         req: CompleteRequest,
         lease_ttl_ms: u64,
     ) -> impl Future<Output = Result<Completed>> + Send;
-    /// Cancels a running run: its open stages are cancelled, their live jobs
-    /// cancelled and leases revoked. Refused for a run that has ended.
-    fn cancel_run(
+    /// A human's command to a run (`Cancel`, `Pause`, `Resume`): refused when
+    /// the run's state does not allow it. Cancelling cancels the open stages,
+    /// their live jobs and leases; pausing holds each stage at its next
+    /// checkpoint; resuming queues the held stages again.
+    fn command_run(
         &self,
         run_id: &str,
+        event: orchestrator_core::machine::RunEvent,
         actor: &str,
     ) -> impl Future<Output = Result<RunSummary>> + Send;
     /// The jobs of those of `lease_ids` that `agent_id` held.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use orchestrator_core::api::{CompleteRequest, LeaseRef, RegisterAgent, StepOutcome};
 use orchestrator_core::error::ErrorClass;
+use orchestrator_core::machine::RunEvent;
 use orchestrator_core::{Entity, JobState, RunState, StageState};
 use orchestrator_store::{NewRun, SqliteStore, Store, StoreError, StoreOptions};
 
@@ -599,7 +600,10 @@ async fn cancelling_a_run_cancels_its_open_stages_revokes_its_leases_and_refuses
     let a = agent(&s, "a1", 1, &[]).await;
     let run = s.submit_run(new_run(DIAMOND)).await.unwrap().run_id;
     let j = s.claim(&a, TTL).await.unwrap().unwrap();
-    let summary = s.cancel_run(&run, "user:test").await.unwrap();
+    let summary = s
+        .command_run(&run, RunEvent::Cancel, "user:test")
+        .await
+        .unwrap();
     assert_eq!(summary.state, RunState::Cancelled);
     assert!(summary.ended_at_ms.is_some());
     let d = s.run_detail(&run).await.unwrap();
@@ -639,13 +643,92 @@ async fn cancelling_a_run_cancels_its_open_stages_revokes_its_leases_and_refuses
         s.claim(&a, TTL).await.unwrap().is_none(),
         "nothing of a cancelled run is handed out"
     );
-    match s.cancel_run(&run, "user:test").await {
+    match s.command_run(&run, RunEvent::Cancel, "user:test").await {
         Err(StoreError::Conflict(msg)) => assert!(msg.contains("already ended"), "{msg}"),
         other => panic!("cancelling twice: {other:?}"),
     }
     assert!(matches!(
-        s.cancel_run("rnope", "user:test").await,
+        s.command_run("rnope", RunEvent::Cancel, "user:test").await,
         Err(StoreError::NotFound { .. })
     ));
+    assert_log_replays_to_state(&s, &run).await;
+}
+
+#[tokio::test]
+async fn a_paused_run_holds_each_stage_at_its_next_checkpoint_and_resumes_from_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let a = agent(&s, "a1", 4, &[]).await;
+    let run = s.submit_run(new_run(DIAMOND)).await.unwrap().run_id;
+    let ja = s.claim(&a, TTL).await.unwrap().unwrap();
+    assert_eq!(
+        s.command_run(&run, RunEvent::Pause, "user:test")
+            .await
+            .unwrap()
+            .state,
+        RunState::Paused
+    );
+    // The running step is not interrupted; what it releases does not start.
+    complete_ok(&s, &a, &ja).await;
+    let d = s.run_detail(&run).await.unwrap();
+    assert_eq!(stage_states(&d)["a"], StageState::Succeeded);
+    assert_eq!(stage_states(&d)["b"], StageState::Pending);
+    assert!(
+        s.claim(&a, TTL).await.unwrap().is_none(),
+        "a paused run hands out nothing"
+    );
+    match s.command_run(&run, RunEvent::Pause, "user:test").await {
+        Err(StoreError::Conflict(msg)) => {
+            assert!(msg.contains("only a running run can be paused"), "{msg}")
+        }
+        other => panic!("pausing twice: {other:?}"),
+    }
+
+    s.command_run(&run, RunEvent::Resume, "user:test")
+        .await
+        .unwrap();
+    let j1 = s.claim(&a, TTL).await.unwrap().unwrap();
+    let j2 = s.claim(&a, TTL).await.unwrap().unwrap();
+    let (jb, jc) = if j1.spec.stage_id == "b" {
+        (j1, j2)
+    } else {
+        (j2, j1)
+    };
+    assert_eq!((jb.spec.stage_id.as_str(), jb.spec.step), ("b", 0));
+    s.command_run(&run, RunEvent::Pause, "user:test")
+        .await
+        .unwrap();
+    complete_ok(&s, &a, &jb).await;
+    complete_ok(&s, &a, &jc).await;
+    let d = s.run_detail(&run).await.unwrap();
+    assert_eq!(
+        stage_states(&d)["b"],
+        StageState::Paused,
+        "b holds before its step 1"
+    );
+    assert_eq!(stage_states(&d)["c"], StageState::Succeeded);
+    assert_eq!(stage_states(&d)["d"], StageState::Pending);
+    assert!(s.claim(&a, TTL).await.unwrap().is_none());
+
+    s.command_run(&run, RunEvent::Resume, "user:test")
+        .await
+        .unwrap();
+    let jb1 = s.claim(&a, TTL).await.unwrap().unwrap();
+    assert_eq!(
+        (jb1.spec.stage_id.as_str(), jb1.spec.step),
+        ("b", 1),
+        "b goes on from its checkpoint"
+    );
+    complete_ok(&s, &a, &jb1).await;
+    let jd = s.claim(&a, TTL).await.unwrap().unwrap();
+    complete_ok(&s, &a, &jd).await;
+    assert_eq!(
+        s.run_detail(&run).await.unwrap().run.state,
+        RunState::Succeeded
+    );
+    match s.command_run(&run, RunEvent::Resume, "user:test").await {
+        Err(StoreError::Conflict(msg)) => assert!(msg.contains("already ended"), "{msg}"),
+        other => panic!("resuming an ended run: {other:?}"),
+    }
     assert_log_replays_to_state(&s, &run).await;
 }

@@ -401,7 +401,12 @@ impl Harness {
                 Some(&d.admin_token),
                 None,
             );
-            (r.status == 200 && r.json()["run"]["state"] != "running").then_some(())
+            let state = r.json()["run"]["state"].clone();
+            (r.status == 200
+                && ["succeeded", "failed", "cancelled"]
+                    .iter()
+                    .any(|s| state == *s))
+            .then_some(())
         });
         self.show(run)
     }

@@ -147,7 +147,7 @@ pub fn schedule(ctx: &mut Ctx<'_>) -> Result<()> {
         .conn
         .prepare_cached(
             "SELECT s.run_id, s.stage_id, s.ord FROM stage_runs s JOIN runs r ON r.id = s.run_id
-             WHERE s.state = 'pending' AND s.unmet = 0
+             WHERE s.state = 'pending' AND s.unmet = 0 AND r.state = 'running'
              ORDER BY r.priority DESC, r.created_at, s.ord",
         )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?)))?
@@ -186,12 +186,14 @@ pub(super) struct StageRow {
     pub(super) steps_total: u32,
     priority: i32,
     project_dir: String,
+    /// Its run is paused: a stage reaching a checkpoint holds there.
+    run_paused: bool,
 }
 
 pub(super) fn load_stage(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<StageRow> {
     ctx.conn
         .prepare_cached(
-            "SELECT s.state, s.ord, s.attempt, s.steps_total, r.priority, r.project_dir
+            "SELECT s.state, s.ord, s.attempt, s.steps_total, r.priority, r.project_dir, r.state = 'paused'
              FROM stage_runs s JOIN runs r ON r.id = s.run_id WHERE s.run_id = ?1 AND s.stage_id = ?2",
         )?
         .query_row([run_id, stage_id], |r| {
@@ -203,6 +205,7 @@ pub(super) fn load_stage(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<
                 steps_total: r.get(3)?,
                 priority: r.get(4)?,
                 project_dir: r.get(5)?,
+                run_paused: r.get(6)?,
             })
         })
         .optional()?
@@ -243,7 +246,7 @@ pub fn stage_event(
             Some(run_id),
             Some(row.state.as_str()),
             to.as_str(),
-            reason,
+            reason.clone(),
             actor,
         )?;
     }
@@ -285,9 +288,21 @@ pub fn stage_event(
                     }
                 }
             }
-            StageEffect::CancelJob => cancel_live_job(ctx, run_id, stage_id, actor)?,
+            StageEffect::CancelJob => cancel_live_job(ctx, run_id, stage_id, &reason, actor)?,
             StageEffect::StageEnded => stage_ended(ctx, run_id, to == StageState::Succeeded)?,
         }
+    }
+    if to == StageState::Queued && row.run_paused {
+        // Its next step is queued but not started: a checkpoint, where a
+        // paused run's stages hold.
+        return stage_event(
+            ctx,
+            run_id,
+            stage_id,
+            StageEvent::Pause,
+            "held at its checkpoint: the run is paused".into(),
+            "scheduler",
+        );
     }
     Ok(to)
 }
@@ -361,6 +376,7 @@ pub(super) fn cancel_live_job(
     ctx: &mut Ctx<'_>,
     run_id: &str,
     stage_id: &str,
+    reason: &str,
     actor: &str,
 ) -> Result<()> {
     let live: Vec<(i64, String, Option<i64>)> = ctx
@@ -377,14 +393,7 @@ pub(super) fn cancel_live_job(
             run_id,
             lease_id,
         };
-        job_event(
-            ctx,
-            &job,
-            from,
-            JobEvent::Cancel,
-            "run cancelled".into(),
-            actor,
-        )?;
+        job_event(ctx, &job, from, JobEvent::Cancel, reason.to_owned(), actor)?;
     }
     Ok(())
 }
@@ -476,9 +485,15 @@ pub(super) fn stage_ended(ctx: &mut Ctx<'_>, run_id: &str, succeeded: bool) -> R
     Ok(())
 }
 
-/// Cancels a running run: the run machine asks for its open stages to be
-/// cancelled, which cancels their live jobs and revokes their leases.
-pub fn cancel_run(ctx: &mut Ctx<'_>, run_id: &str, actor: &str) -> Result<()> {
+/// A human's command to a run: cancel, pause or resume. The run machine
+/// decides whether the run's state allows it and what its stages must do.
+pub fn command_run(ctx: &mut Ctx<'_>, run_id: &str, event: RunEvent, actor: &str) -> Result<()> {
+    let (verb, allowed) = match event {
+        RunEvent::Cancel => ("cancelled", "a running or paused run"),
+        RunEvent::Pause => ("paused", "a running run"),
+        RunEvent::Resume => ("resumed", "a paused run"),
+        RunEvent::StageEnded { .. } => return Err(conflict("a stage's end is not a command")),
+    };
     let state: String = ctx
         .conn
         .prepare_cached("SELECT state FROM runs WHERE id = ?1")?
@@ -489,9 +504,14 @@ pub fn cancel_run(ctx: &mut Ctx<'_>, run_id: &str, actor: &str) -> Result<()> {
             id: run_id.to_owned(),
         })?;
     let from = RunState::parse(&state).unwrap_or(RunState::Failed);
-    let (to, effects) = run_on(from, RunEvent::Cancel).map_err(|_| {
+    let (to, effects) = run_on(from, event).map_err(|_| {
+        let why = if from.is_terminal() {
+            "has already ended"
+        } else {
+            "is"
+        };
         conflict(format!(
-            "run {run_id} has already ended ({from}); only a running run can be cancelled"
+            "run {run_id} {why} {from}; only {allowed} can be {verb}"
         ))
     })?;
     ctx.conn
@@ -503,10 +523,22 @@ pub fn cancel_run(ctx: &mut Ctx<'_>, run_id: &str, actor: &str) -> Result<()> {
         Some(run_id),
         Some(from.as_str()),
         to.as_str(),
-        "cancelled".into(),
+        verb.into(),
         actor,
     )?;
     run_effects(ctx, run_id, &effects, actor)
+}
+
+/// The run's stages in any of `states`, with their current step.
+fn stages_in(ctx: &Ctx<'_>, run_id: &str, states: &str) -> Result<Vec<(String, u32)>> {
+    let sql = format!(
+        "SELECT stage_id, step FROM stage_runs WHERE run_id = ?1 AND state IN ({states}) ORDER BY ord"
+    );
+    Ok(ctx
+        .conn
+        .prepare_cached(&sql)?
+        .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?)
 }
 
 /// Carries out what the run machine asked for.
@@ -520,14 +552,8 @@ fn run_effects(ctx: &mut Ctx<'_>, run_id: &str, effects: &[RunEffect], actor: &s
                 ctx.workflows.remove(run_id);
             }
             RunEffect::CancelStages => {
-                let open: Vec<String> = ctx
-                    .conn
-                    .prepare_cached(
-                        "SELECT stage_id FROM stage_runs WHERE run_id = ?1 AND state IN ('pending', 'queued', 'running')",
-                    )?
-                    .query_map([run_id], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
-                for stage in open {
+                let open = stages_in(ctx, run_id, "'pending', 'queued', 'running', 'paused'")?;
+                for (stage, _) in open {
                     stage_event(
                         ctx,
                         run_id,
@@ -537,6 +563,33 @@ fn run_effects(ctx: &mut Ctx<'_>, run_id: &str, effects: &[RunEffect], actor: &s
                         actor,
                     )?;
                 }
+            }
+            RunEffect::PauseStages => {
+                // Running stages hold when their step ends; pending ones are
+                // not scheduled while the run is paused.
+                for (stage, _) in stages_in(ctx, run_id, "'queued'")? {
+                    stage_event(
+                        ctx,
+                        run_id,
+                        &stage,
+                        StageEvent::Pause,
+                        "held at its checkpoint: the run is paused".into(),
+                        actor,
+                    )?;
+                }
+            }
+            RunEffect::ResumeStages => {
+                for (stage, step) in stages_in(ctx, run_id, "'paused'")? {
+                    stage_event(
+                        ctx,
+                        run_id,
+                        &stage,
+                        StageEvent::Resume { step },
+                        format!("the run was resumed; step {step} queued again"),
+                        actor,
+                    )?;
+                }
+                ctx.schedule = true;
             }
         }
     }

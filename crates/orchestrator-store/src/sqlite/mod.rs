@@ -230,10 +230,15 @@ impl Store for SqliteStore {
             .await?
     }
 
-    async fn cancel_run(&self, run_id: &str, actor: &str) -> Result<RunSummary> {
+    async fn command_run(
+        &self,
+        run_id: &str,
+        event: orchestrator_core::machine::RunEvent,
+        actor: &str,
+    ) -> Result<RunSummary> {
         let (id, actor) = (run_id.to_owned(), actor.to_owned());
         let read_id = id.clone();
-        self.write(move |ctx| graph::cancel_run(ctx, &id, &actor))
+        self.write(move |ctx| graph::command_run(ctx, &id, event, &actor))
             .await?;
         self.read(move |c| reads::run_summary_by_id(c, &read_id))
             .await
