@@ -199,18 +199,7 @@ stages:
     .unwrap();
     let run = h.submit(&file);
 
-    let pids_file = h.project.join("pids");
-    let pids: Vec<i32> = wait_for("the step to start its commands", LONG, || {
-        let text = std::fs::read_to_string(&pids_file).ok()?;
-        let pids: Vec<i32> = text
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        (pids.len() == 2).then_some(pids)
-    });
-    for &p in &pids {
-        h.stray(p, &run);
-    }
+    let pids = sleepy_pids(&mut h, &run);
 
     h.signal(a, Signal::SIGTERM);
     let status = h.wait_exit(a, Duration::from_secs(10));
@@ -347,18 +336,7 @@ stages:
     )
     .unwrap();
     let run = h.submit(&file);
-    let pids_file = h.project.join("pids");
-    let pids: Vec<i32> = wait_for("the step to start its commands", LONG, || {
-        let text = std::fs::read_to_string(&pids_file).ok()?;
-        let pids: Vec<i32> = text
-            .split_whitespace()
-            .filter_map(|p| p.parse().ok())
-            .collect();
-        (pids.len() == 2).then_some(pids)
-    });
-    for &p in &pids {
-        h.stray(p, &run);
-    }
+    let pids = sleepy_pids(&mut h, &run);
 
     // A prefix of the id is enough for the CLI.
     let out = h.orch(&["cancel", &run[..6]]);
@@ -392,4 +370,22 @@ stages:
     let again = h.orch(&["cancel", &run]);
     assert_eq!(again.code, 2, "{again}");
     assert!(again.stderr.contains("already ended"), "{again}");
+}
+
+/// Waits for the sleepy step to write `pids` (its shell and its `sleep 60`)
+/// and has the harness kill them at the end if they are still that run's.
+fn sleepy_pids(h: &mut Harness, run: &str) -> Vec<i32> {
+    let pids_file = h.project.join("pids");
+    let pids: Vec<i32> = wait_for("the step to start its commands", LONG, || {
+        let text = std::fs::read_to_string(&pids_file).ok()?;
+        let pids: Vec<i32> = text
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .collect();
+        (pids.len() == 2).then_some(pids)
+    });
+    for &p in &pids {
+        h.stray(p, run);
+    }
+    pids
 }

@@ -37,7 +37,6 @@ impl From<StoreError> for ApiErr {
             StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
             StoreError::InvalidWorkflow(_) => StatusCode::UNPROCESSABLE_ENTITY,
             StoreError::StaleLease { .. } | StoreError::Conflict(_) => StatusCode::CONFLICT,
-            StoreError::Forbidden { .. } => StatusCode::FORBIDDEN,
             StoreError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
             StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
         };

@@ -71,8 +71,6 @@ pub enum StoreError {
     InvalidWorkflow(SpecErrors),
     #[error("lease of job {job_id} refused: {reason}")]
     StaleLease { job_id: i64, reason: String },
-    #[error("agent {agent_id} may not do this: {reason}")]
-    Forbidden { agent_id: String, reason: String },
     #[error("refused: {0}")]
     Conflict(String),
     #[error("store error: {0}")]
