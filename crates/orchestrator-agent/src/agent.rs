@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::ask::AskBox;
 use crate::client::{Client, ClientError};
 use crate::step::{local_hostname, run_step_with, CancelReason, StepContext};
 
@@ -113,10 +114,16 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         heartbeat = ?session.heartbeat,
         "agent registered"
     );
+    // The endpoint lives as long as the slots (`stop`): a step still running
+    // may ask until it is killed.
+    let asks = AskBox::start(stop.clone())
+        .await
+        .map_err(|e| AgentError::Config(format!("cannot open the local step endpoint: {e}")))?;
     let shared = Arc::new(Shared {
         client,
         register,
         hostname,
+        asks,
         session: Mutex::new(Arc::new(session)),
         reregistering: tokio::sync::Mutex::new(()),
         leases: Mutex::new(HashMap::new()),
@@ -171,6 +178,8 @@ struct Shared {
     client: Client,
     register: RegisterAgent,
     hostname: Option<String>,
+    /// The local endpoint steps ask their questions through.
+    asks: AskBox,
     /// The current registration; replaced when the daemon forgets the agent.
     session: Mutex<Arc<Session>>,
     /// Held while re-registering, so that loops noticing together register once.
@@ -375,6 +384,7 @@ async fn run_job(
         agent_id: session.agent_id.clone(),
         hostname: shared.hostname.clone(),
         cancel_reason: reason.clone(),
+        asks: Some(shared.asks.clone()),
     };
     let step = run_step_with(&job, &ctx, kill.clone());
     tokio::pin!(step);

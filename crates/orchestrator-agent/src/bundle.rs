@@ -103,15 +103,17 @@ impl Bundle {
 
     /// Writes `manifest.json` atomically (temporary file, fsync, rename), on
     /// tokio's blocking pool so that the fsync does not stall other jobs.
-    pub async fn write_manifest(&self, manifest: &Manifest) -> Result<(), BundleError> {
+    /// Writes `manifest.json` and returns the bytes written.
+    pub async fn write_manifest(&self, manifest: &Manifest) -> Result<Vec<u8>, BundleError> {
         let dir = self.dir.clone();
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| BundleError::Io {
             what: "serialize the manifest for",
             path: dir.join(MANIFEST),
             source: io::Error::other(e),
         })?;
+        let bytes = json.clone();
         match tokio::task::spawn_blocking(move || write_atomically(&dir, MANIFEST, &json)).await {
-            Ok(result) => result,
+            Ok(result) => result.map(|()| bytes),
             Err(join) => Err(BundleError::Io {
                 what: "write the manifest in",
                 path: self.dir.clone(),

@@ -35,9 +35,11 @@
 //! [`exec::GroupChild`] for process groups; [`bundle::Bundle`] for the files.
 
 pub mod agent;
+pub mod ask;
 pub mod bundle;
 pub mod client;
 pub mod exec;
+pub mod git;
 pub mod step;
 
 pub use agent::{run_agent, AgentConfig, AgentError};

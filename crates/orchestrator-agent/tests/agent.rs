@@ -237,6 +237,41 @@ async fn serve(stream: TcpStream, stub: Arc<Stub>) {
     }
 }
 
+/// A git repository with one commit: a project.
+fn git_project() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [
+        &["init", "-q"][..],
+        &["config", "user.email", "t@example.com"],
+        &["config", "user.name", "t"],
+        &["commit", "-q", "--allow-empty", "-m", "init"],
+    ] {
+        let ok = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir.path())
+            .args(args)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "git {args:?}");
+    }
+    dir
+}
+
+fn head(project: &Path) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(project)
+        .args(["rev-parse", "HEAD"])
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+/// Where the jobs of run `run-1` run their commands.
+fn worktree(project: &Path) -> std::path::PathBuf {
+    project.join(".orchestrator/worktrees/run-1")
+}
+
 fn job(project: &Path, job_id: i64, argv: &[&str]) -> ClaimedJob {
     ClaimedJob {
         job_id,
@@ -260,7 +295,8 @@ fn job(project: &Path, job_id: i64, argv: &[&str]) -> ClaimedJob {
                 timeout: None,
             }],
             env: BTreeMap::new(),
-            timeout_ms: None,
+            base_commit: head(project),
+            ..JobSpec::default()
         },
     }
 }
@@ -310,7 +346,7 @@ async fn read_pgid(path: &Path) -> i32 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn claims_runs_and_completes_jobs_with_heartbeats() {
-    let project = tempfile::tempdir().unwrap();
+    let project = git_project();
     let stub = Stub::new("");
     let server = Server::start(stub.clone(), "127.0.0.1:0").await;
     stub.push_job(job(project.path(), 1, &["echo", "hello"]));
@@ -346,7 +382,7 @@ async fn claims_runs_and_completes_jobs_with_heartbeats() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_kills_running_jobs_and_reports_them_as_infra() {
-    let project = tempfile::tempdir().unwrap();
+    let project = git_project();
     let stub = Stub::new("");
     let server = Server::start(stub.clone(), "127.0.0.1:0").await;
     stub.push_job(job(
@@ -355,7 +391,7 @@ async fn shutdown_kills_running_jobs_and_reports_them_as_infra() {
         &["sh", "-c", "echo $$ > pgid; sleep 30 & sleep 30"],
     ));
     let (shutdown, agent) = start_agent(config(&server.url(), TOKEN, 1));
-    let pgid = read_pgid(&project.path().join("pgid")).await;
+    let pgid = read_pgid(&worktree(project.path()).join("pgid")).await;
 
     let started = Instant::now();
     shutdown.cancel();
@@ -372,7 +408,7 @@ async fn shutdown_kills_running_jobs_and_reports_them_as_infra() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_lease_kills_the_job_and_is_not_completed() {
-    let project = tempfile::tempdir().unwrap();
+    let project = git_project();
     let stub = Stub::new("");
     let server = Server::start(stub.clone(), "127.0.0.1:0").await;
     stub.push_job(job(
@@ -381,7 +417,7 @@ async fn a_revoked_lease_kills_the_job_and_is_not_completed() {
         &["sh", "-c", "echo $$ > pgid; sleep 30 & sleep 30"],
     ));
     let (shutdown, agent) = start_agent(config(&server.url(), TOKEN, 1));
-    let pgid = read_pgid(&project.path().join("pgid")).await;
+    let pgid = read_pgid(&worktree(project.path()).join("pgid")).await;
     // The heartbeat carries the lease before the daemon takes it back.
     eventually("a heartbeat with the lease", || {
         stub.with(|s| {
@@ -407,7 +443,7 @@ async fn a_revoked_lease_kills_the_job_and_is_not_completed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn survives_a_daemon_restart_and_registers_again() {
-    let project = tempfile::tempdir().unwrap();
+    let project = git_project();
     let first = Stub::new("a-");
     let server = Server::start(first.clone(), "127.0.0.1:0").await;
     let addr = server.addr.to_string();
@@ -460,7 +496,7 @@ async fn a_refused_token_ends_the_agent_with_the_status_and_message() {
 #[ignore]
 async fn throughput_of_true_jobs() {
     const JOBS: i64 = 2000;
-    let project = tempfile::tempdir().unwrap();
+    let project = git_project();
     let stub = Stub::new("");
     let server = Server::start(stub.clone(), "127.0.0.1:0").await;
     for id in 0..JOBS {

@@ -11,11 +11,35 @@ use tokio_util::sync::CancellationToken;
 
 #[tokio::test]
 async fn orchestrator_tokens_are_not_inherited() {
+    // A project is a git repository with a commit.
+    let project = tempfile::tempdir().unwrap();
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(project.path())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}");
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    };
+    git(&["init", "-q"]);
+    git(&[
+        "-c",
+        "user.name=t",
+        "-c",
+        "user.email=t@e",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "i",
+    ]);
+    let head = git(&["rev-parse", "HEAD"]);
     // Set before any other thread of this binary exists.
     std::env::set_var("ORCH_AGENT_TOKEN", "agent-secret");
     std::env::set_var("ORCH_TOKEN", "admin-secret");
     std::env::set_var("ORCH_SECRETS_TEST_VISIBLE", "visible");
-    let project = tempfile::tempdir().unwrap();
     let mut env = BTreeMap::new();
     // A step may still set such a variable itself.
     env.insert("ORCH_TOKEN".to_owned(), "from-the-step".to_owned());
@@ -46,7 +70,8 @@ async fn orchestrator_tokens_are_not_inherited() {
                 timeout: None,
             }],
             env,
-            timeout_ms: None,
+            base_commit: head,
+            ..JobSpec::default()
         },
     };
     let out = run_step(&job, "a", CancellationToken::new()).await;

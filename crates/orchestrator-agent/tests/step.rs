@@ -34,19 +34,50 @@ fn run(script: &str) -> CommandSpec {
     }
 }
 
+/// A git repository with one commit, whose run `run-1` has its worktree.
 struct Project {
     dir: TempDir,
+    head: String,
+}
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}: {out:?}");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
 impl Project {
+    /// The repository with the run's worktree made, as an agent makes it.
     fn new() -> Self {
-        Project {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        let p = Project::repo();
+        orchestrator_agent::git::ensure_worktree(&p.root(), "run-1", &p.head).unwrap();
+        p
     }
 
-    fn path(&self) -> PathBuf {
+    /// The repository alone.
+    fn repo() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        git(dir.path(), &["init", "-q", "-b", "main"]);
+        git(dir.path(), &["config", "user.email", "t@example.com"]);
+        git(dir.path(), &["config", "user.name", "t"]);
+        git(dir.path(), &["commit", "-q", "--allow-empty", "-m", "init"]);
+        let head = git(dir.path(), &["rev-parse", "HEAD"]);
+        Project { dir, head }
+    }
+
+    /// The project directory: bundles go under it.
+    fn root(&self) -> PathBuf {
         self.dir.path().canonicalize().unwrap()
+    }
+
+    /// The run's worktree, where commands run.
+    fn path(&self) -> PathBuf {
+        self.root().join(".orchestrator/worktrees/run-1")
     }
 
     fn job(&self, commands: Vec<CommandSpec>) -> ClaimedJob {
@@ -67,12 +98,18 @@ impl Project {
                 commands,
                 env: BTreeMap::new(),
                 timeout_ms: None,
+                base_commit: self.head.clone(),
+                artifacts: Vec::new(),
+                until: None,
+                until_shell: false,
+                iteration: 0,
+                handoff: None,
             },
         }
     }
 
     fn bundle(&self, job: &ClaimedJob) -> PathBuf {
-        self.path().join(job.spec.bundle_dir(job.job_id))
+        self.root().join(job.spec.bundle_dir(job.job_id))
     }
 
     fn log(&self, job: &ClaimedJob, name: &str) -> String {
@@ -258,6 +295,7 @@ async fn cancelling_kills_the_group_and_reports_the_reason() {
         agent_id: "agent-1".into(),
         hostname: Some("box".into()),
         cancel_reason: reason.clone(),
+        asks: None,
     };
     let task = {
         let (job, cancel) = (job.clone(), cancel.clone());
@@ -342,7 +380,7 @@ async fn a_symlink_out_of_the_project_is_refused_as_cwd() {
     let out = step(&job).await;
     assert_task_failure(
         &out,
-        "command 0 is refused: cwd \"root/tmp\" resolves to /tmp, outside the project directory",
+        "command 0 is refused: cwd \"root/tmp\" resolves to /tmp, outside the run's worktree",
     );
     assert!(out.exit_codes.is_empty());
 }
@@ -407,7 +445,7 @@ async fn a_missing_program_is_the_workflow_s_fault() {
 async fn the_project_directory_must_exist_and_be_absolute() {
     let p = Project::new();
     let mut job = p.job(vec![argv(&["true"])]);
-    job.spec.project_dir = p.path().join("gone").to_string_lossy().into_owned();
+    job.spec.project_dir = p.root().join("gone").to_string_lossy().into_owned();
     assert_task_failure(&step(&job).await, "is not usable on this machine");
     job.spec.project_dir = "relative/dir".into();
     assert_task_failure(&step(&job).await, "is not an absolute path");
@@ -415,9 +453,9 @@ async fn the_project_directory_must_exist_and_be_absolute() {
 
 #[tokio::test]
 async fn a_bundle_directory_that_cannot_be_made_is_an_infra_failure() {
-    let p = Project::new();
+    let p = Project::repo();
     // A file where the bundle tree should go.
-    fs::write(p.path().join(".orchestrator"), "").unwrap();
+    fs::write(p.root().join(".orchestrator"), "").unwrap();
     let out = step(&p.job(vec![argv(&["true"])])).await;
     assert!(!out.success);
     assert_eq!(out.error_class, Some(ErrorClass::Infra), "{out:?}");

@@ -252,7 +252,7 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
         Some(p) => p.join(format!("orch-bench-project-{}", std::process::id())),
         None => root.join("project"),
     };
-    std::fs::create_dir_all(&project)?;
+    crate::project::init(&project, &[("README.md", "the bench's project\n")])?;
     let agent = AgentOpts {
         slots: a.slots,
         labels: vec![],
@@ -279,7 +279,7 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
             );
             let t = Instant::now();
             let s: Submitted =
-                crate::runcmd::submit(client, &file, Some(project.clone()), 0).await?;
+                crate::runcmd::submit(client, &file, Some(project.clone()), 0, None).await?;
             let state = crate::runcmd::wait(client, &s.run_id, false).await?;
             let secs = t.elapsed().as_secs_f64();
             if state != RunState::Succeeded {

@@ -5,8 +5,10 @@
 
 mod bench;
 mod client;
+mod human;
 mod logs;
 mod paths;
+mod project;
 mod runcmd;
 mod up;
 mod view;
@@ -79,6 +81,20 @@ enum Cmd {
     Resume(RunCommand),
     /// Print the output of a run's commands.
     Logs(logs::LogsArgs),
+    /// List everything waiting for a human: approvals and questions, oldest first.
+    Inbox(human::InboxArgs),
+    /// Approve a stage awaiting approval; it goes on.
+    Approve(human::ApproveArgs),
+    /// Reject a stage awaiting approval; its step runs again with your feedback.
+    Reject(human::RejectArgs),
+    /// Answer a question; the stage goes on with the answer.
+    Answer(human::AnswerArgs),
+    /// Inside a running step: ask a human a question (the stage waits for the answer).
+    Ask(human::AskArgs),
+    /// List a run's checkpoints and the artifacts each committed.
+    Artifacts(human::ArtifactsArgs),
+    /// Make a git worktree of a run at one of its checkpoints.
+    Checkout(human::CheckoutArgs),
     /// List agents.
     Agents {
         /// Output format: text for people, json for programs.
@@ -191,6 +207,13 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Pause(c) => c.send(&client()?, "pause").await,
         Cmd::Resume(c) => c.send(&client()?, "resume").await,
         Cmd::Logs(a) => logs::logs(a, &client()?).await,
+        Cmd::Inbox(a) => human::inbox(a, &client()?).await,
+        Cmd::Approve(a) => human::approve(a, &client()?).await,
+        Cmd::Reject(a) => human::reject(a, &client()?).await,
+        Cmd::Answer(a) => human::answer(a, &client()?).await,
+        Cmd::Ask(a) => human::ask(a).await,
+        Cmd::Artifacts(a) => human::artifacts(a, &client()?).await,
+        Cmd::Checkout(a) => human::checkout(a, &client()?).await,
         Cmd::Agents { output } => {
             let list: Vec<orchestrator_core::api::AgentView> = client()?.get("/v1/agents").await?;
             match output {

@@ -22,6 +22,9 @@ pub struct RunArgs {
     /// The project directory the run works in. Default: the current directory.
     #[arg(long)]
     pub project: Option<PathBuf>,
+    /// The git ref the run's branch starts from (default: the project's HEAD).
+    #[arg(long = "ref")]
+    pub git_ref: Option<String>,
     /// Suggested priority; higher runs first.
     #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
     pub priority: i32,
@@ -38,6 +41,7 @@ pub async fn submit(
     file: &std::path::Path,
     project: Option<PathBuf>,
     priority: i32,
+    git_ref: Option<String>,
 ) -> Result<Submitted> {
     let (text, _) = crate::load_workflow(file)?;
     let project = match project {
@@ -55,13 +59,21 @@ pub async fn submit(
                 file: Some(file.display().to_string()),
                 project_dir: project.display().to_string(),
                 priority,
+                git_ref,
             },
         )
         .await
 }
 
 pub async fn run(a: RunArgs, client: &Client) -> Result<ExitCode> {
-    let submitted = submit(client, &a.file, a.project.clone(), a.priority).await?;
+    let submitted = submit(
+        client,
+        &a.file,
+        a.project.clone(),
+        a.priority,
+        a.git_ref.clone(),
+    )
+    .await?;
     if !a.wait {
         match a.output {
             Output::Json => view::json(&submitted)?,

@@ -310,10 +310,28 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
         labels: vec![],
         name: None,
     };
+    // The demo's own project: a fresh repository, so its run's branch and
+    // worktree land there and not in whatever directory the demo ran from.
+    let project = dir.join("project");
+    let workflow = std::fs::read_to_string(&a.file).map_err(|e| {
+        crate::CliError::BadInput(format!("{}: cannot read: {e}", a.file.display()))
+    })?;
+    crate::project::init(
+        &project,
+        &[
+            (
+                "README.md",
+                "# demo project\n\nA project the demo workflow runs on.\n",
+            ),
+            ("demo.yaml", &workflow),
+            ("notes.txt", "lint, test, build, package, report\n"),
+        ],
+    )?;
     let embedded = Embedded::start(&dir, agent, true).await?;
     let client = &embedded.client;
     let outcome = async {
-        let submitted = crate::runcmd::submit(client, &a.file, None, 0).await?;
+        let submitted =
+            crate::runcmd::submit(client, &a.file, Some(project.clone()), 0, None).await?;
         eprintln!(
             "run {} submitted ({} layers, critical path {})",
             submitted.run_id,
@@ -325,8 +343,16 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
             .get(&format!("/v1/runs/{}", submitted.run_id))
             .await?;
         crate::view::run(&detail);
+        let branch = format!("orch/run/{}", submitted.run_id);
         println!(
-            "\nbundles (manifest.json and each command's logs) are under .orchestrator/runs/{}/",
+            "\nthe run's history, one checkpoint commit per step (git log --oneline {branch}):"
+        );
+        for line in crate::project::log(&project, &branch)?.lines() {
+            println!("  {line}");
+        }
+        println!(
+            "\nbundles (manifest.json and each command's logs) are under {}/.orchestrator/runs/{}/",
+            project.display(),
             submitted.run_id
         );
         anyhow::Ok(state)

@@ -142,7 +142,7 @@ fn an_agent_killed_mid_step_loses_its_lease_and_the_stage_restarts_on_another_ag
     let run = h.submit(&file);
 
     // Running, and its command has started.
-    let pid_file = h.project.join("attempt-1.pid");
+    let pid_file = h.worktree(&run).join("attempt-1.pid");
     let pid = wait_for("attempt 1 to start its command", LONG, || {
         let pid = std::fs::read_to_string(&pid_file)
             .ok()?
@@ -375,7 +375,7 @@ stages:
 /// Waits for the sleepy step to write `pids` (its shell and its `sleep 60`)
 /// and has the harness kill them at the end if they are still that run's.
 fn sleepy_pids(h: &mut Harness, run: &str) -> Vec<i32> {
-    let pids_file = h.project.join("pids");
+    let pids_file = h.worktree(run).join("pids");
     let pids: Vec<i32> = wait_for("the step to start its commands", LONG, || {
         let text = std::fs::read_to_string(&pids_file).ok()?;
         let pids: Vec<i32> = text

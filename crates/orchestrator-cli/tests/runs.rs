@@ -356,12 +356,11 @@ fn orch_up_runs_a_workflow_and_stops_cleanly_on_sigterm() {
 }
 
 #[test]
-fn orch_demo_runs_the_demo_workflow_to_success_in_the_current_directory() {
+fn orch_demo_runs_the_demo_workflow_to_success_in_a_project_of_its_own() {
     let h = Harness::new();
-    let cwd = h.root().join("demo-project");
+    let cwd = h.root().join("somewhere");
     std::fs::create_dir_all(cwd.join("examples")).unwrap();
     std::fs::copy(examples().join("demo.yaml"), cwd.join("examples/demo.yaml")).unwrap();
-    std::fs::write(cwd.join("README.md"), "a project to demo on\n").unwrap();
     let demo_dir = h.root().join("demo-data");
 
     let out = h.orch_in(
@@ -382,15 +381,34 @@ fn orch_demo_runs_the_demo_workflow_to_success_in_the_current_directory() {
         .find_map(|l| l.strip_prefix("run "))
         .map(|id| id.trim().to_owned())
         .unwrap_or_else(|| panic!("the demo printed no run:\n{out}"));
-    assert!(cwd.join(".orchestrator/runs").join(&run).is_dir(), "{out}");
-    let report = std::fs::read_to_string(cwd.join(".orchestrator/demo-out/report.txt"))
-        .expect("the demo's last stage wrote its report");
+    // The demo works in a repository of its own, never where it was started.
+    assert!(!cwd.join(".orchestrator").exists(), "{out}");
+    let project = demo_dir.join("project");
+    assert!(
+        project.join(".orchestrator/runs").join(&run).is_dir(),
+        "{out}"
+    );
+    let branch = format!("orch/run/{run}");
+    // Nine steps, nine checkpoint commits on the run's branch, over the first commit.
+    let log = git(&project, &["log", "--format=%s", &branch]);
+    assert_eq!(log.lines().count(), 10, "{log}");
+    assert!(
+        log.lines()
+            .all(|l| l.contains("checkpoint") || l == "first commit"),
+        "{log}"
+    );
+    let report = git(&project, &["show", &format!("{branch}:out/report.txt")]);
     assert!(report.starts_with("report: done at"), "{report}");
+    assert!(
+        out.stdout
+            .contains("orch: report step 0 (summary) checkpoint"),
+        "{out}"
+    );
     assert!(
         !demo_dir.join("endpoint").exists(),
         "the demo stopped its daemon when it ended"
     );
-    let stages: BTreeSet<String> = std::fs::read_dir(cwd.join(".orchestrator/runs").join(&run))
+    let stages: BTreeSet<String> = std::fs::read_dir(project.join(".orchestrator/runs").join(&run))
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
@@ -431,7 +449,7 @@ fn logs_follow_prints_output_as_it_is_written_and_ends_with_the_run() {
         "name: follow\nstages:\n  - id: talk\n    steps:\n      - commands:\n          - argv: [sh, -c, 'echo first; while [ ! -e go ]; do sleep 0.05; done; echo second']\n",
     );
     let run = h.submit(&file);
-    let (h, project) = (&h, h.project.clone());
+    let (h, project, worktree) = (&h, h.project.clone(), h.worktree(&run));
     std::thread::scope(|s| {
         let follower = s.spawn(|| h.orch(&["logs", &run, "talk", "-f"]));
         // Let the follower see the first line before the second exists.
@@ -441,7 +459,7 @@ fn logs_follow_prints_output_as_it_is_written_and_ends_with_the_run() {
             let out = std::fs::read_to_string(dir.join("cmd-000.stdout.log")).ok()?;
             out.contains("first").then_some(())
         });
-        std::fs::write(project.join("go"), "").unwrap();
+        std::fs::write(worktree.join("go"), "").unwrap();
         let out = follower.join().unwrap();
         out.expect_code(0);
         assert_eq!(out.stdout.matches("first").count(), 1, "{out}");
@@ -472,7 +490,8 @@ stages:
 "#,
     );
     let run = h.submit(&file);
-    let project = h.project.clone();
+    // The run's commands work in its worktree.
+    let project = h.worktree(&run);
     wait_for("the first step to start", LONG, || {
         project.join("started").exists().then_some(())
     });

@@ -55,6 +55,11 @@ states!(
         Running = "running",
         /// Held at a checkpoint because its run is paused; holds no slot.
         Paused = "paused",
+        /// Held after a step's checkpoint until a human approves or rejects
+        /// it; holds no slot.
+        AwaitingApproval = "awaiting_approval",
+        /// Held until a human answers a question; holds no slot.
+        AwaitingInput = "awaiting_input",
         /// Its last step succeeded.
         Succeeded = "succeeded",
         /// A step failed.
@@ -101,6 +106,58 @@ fn reject<S: fmt::Display, E: fmt::Debug>(entity: &'static str, s: S, e: E) -> R
     }
 }
 
+/// Where a stage goes after one of its steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// Run this step next (a step number counts on across a loop's iterations).
+    Step(u32),
+    /// No step is left: the stage succeeds.
+    Done,
+    /// A loop ran its last iteration and its `until` still failed.
+    Exhausted,
+}
+
+/// Where a stage goes after step `step` (0-based, counted across
+/// iterations) of a stage with `per_iteration` steps that runs at most
+/// `iterations` times (1 for a stage that does not loop). `until_met` is the
+/// loop's `until` verdict when it ran after this step, None otherwise.
+pub fn after_step(
+    step: u32,
+    per_iteration: u32,
+    iterations: u32,
+    until_met: Option<bool>,
+) -> After {
+    let per_iteration = u64::from(per_iteration.max(1));
+    let total = per_iteration * u64::from(iterations.max(1));
+    let next = u64::from(step) + 1;
+    let iteration_ends = next % per_iteration == 0;
+    if iteration_ends && until_met == Some(true) {
+        return After::Done;
+    }
+    if next < total {
+        // `next < total <= u32::MAX * u32::MAX` could still exceed u32; a
+        // validated workflow keeps `total` small, so saturate rather than wrap.
+        return After::Step(u32::try_from(next).unwrap_or(u32::MAX));
+    }
+    if until_met == Some(false) {
+        After::Exhausted
+    } else {
+        After::Done
+    }
+}
+
+/// What holds a stage after a step's checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Nothing: go on.
+    None,
+    /// The step says `approve: true`.
+    Approval,
+    /// The step asked a question (`orch ask`) and exited: the answer is
+    /// handed to the same step, run again.
+    Question,
+}
+
 /// What happens to a stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StageEvent {
@@ -108,8 +165,9 @@ pub enum StageEvent {
     NeedsMet,
     /// An agent leased the job of its current step.
     Started,
-    /// Step `step` (0-based) of `steps` succeeded.
-    StepSucceeded { step: u32, steps: u32 },
+    /// Step `step` succeeded and checkpointed; `after` says what comes next
+    /// and `gate` whether a human must act first.
+    StepSucceeded { step: u32, after: After, gate: Gate },
     /// The current step failed.
     StepFailed,
     /// The attempt was lost (lease expired, agent gone): restart from step 0,
@@ -124,6 +182,15 @@ pub enum StageEvent {
     Resume { step: u32 },
     /// Its run was cancelled.
     Cancel,
+    /// Its queued step is an input step: ask the question and wait; `after`
+    /// is where the answer leads.
+    Asked { after: After },
+    /// A human approved the held step; go on to `resume` (None: the stage is done).
+    Approve { resume: Option<u32> },
+    /// A human rejected step `step`: run it again, with the feedback.
+    Reject { step: u32 },
+    /// A human answered the open question; go on to `resume` (None: done).
+    Answer { resume: Option<u32> },
 }
 
 /// What the store must do after a stage transition.
@@ -139,6 +206,11 @@ pub enum StageEffect {
     CancelJob,
     /// The stage ended: re-evaluate the run.
     StageEnded,
+    /// The stage waits for a human; remember `resume` (the step to run once
+    /// they approve or answer; None: the stage is then done).
+    AwaitHuman { resume: Option<u32> },
+    /// Close the stage's open questions: nobody can answer them any more.
+    CloseQuestions,
 }
 
 /// The stage machine. `attempt` is the stage's current attempt (1-based).
@@ -153,22 +225,59 @@ pub fn stage_on(
     Ok(match (s, e) {
         (S::Pending, E::NeedsMet) => (S::Queued, vec![F::EnqueueStep { step: 0, attempt }]),
         (S::Queued, E::Started) => (S::Running, vec![]),
-        // Compared in u64: `step + 1` must not overflow on a corrupt `step`.
-        (S::Running, E::StepSucceeded { step, steps })
-            if u64::from(step) + 1 < u64::from(steps) =>
-        {
-            (
-                S::Queued,
-                vec![F::EnqueueStep {
-                    step: step + 1,
-                    attempt,
-                }],
-            )
+        (
+            S::Running,
+            E::StepSucceeded {
+                after: After::Exhausted,
+                ..
+            },
+        ) => (S::Failed, vec![F::BlockDependents, F::StageEnded]),
+        (
+            S::Running,
+            E::StepSucceeded {
+                step,
+                gate: Gate::Question,
+                ..
+            },
+        ) => (S::AwaitingInput, vec![F::AwaitHuman { resume: Some(step) }]),
+        (
+            S::Running,
+            E::StepSucceeded {
+                after,
+                gate: Gate::Approval,
+                ..
+            },
+        ) => (
+            S::AwaitingApproval,
+            vec![F::AwaitHuman {
+                resume: resume_of(after),
+            }],
+        ),
+        (
+            S::Running,
+            E::StepSucceeded {
+                after,
+                gate: Gate::None,
+                ..
+            },
+        ) => go_on(resume_of(after), attempt),
+        (
+            S::Queued,
+            E::Asked {
+                after: After::Exhausted,
+            },
+        ) => (S::Failed, vec![F::BlockDependents, F::StageEnded]),
+        (S::Queued, E::Asked { after }) => (
+            S::AwaitingInput,
+            vec![F::AwaitHuman {
+                resume: resume_of(after),
+            }],
+        ),
+        (S::AwaitingApproval, E::Approve { resume }) | (S::AwaitingInput, E::Answer { resume }) => {
+            go_on(resume, attempt)
         }
-        (S::Running, E::StepSucceeded { step, steps })
-            if u64::from(step) + 1 == u64::from(steps) =>
-        {
-            (S::Succeeded, vec![F::ReleaseDependents, F::StageEnded])
+        (S::AwaitingApproval, E::Reject { step }) => {
+            (S::Queued, vec![F::EnqueueStep { step, attempt }])
         }
         (S::Running, E::StepFailed) => (S::Failed, vec![F::BlockDependents, F::StageEnded]),
         (
@@ -194,11 +303,34 @@ pub fn stage_on(
         // The queued job has not started: withdrawing it loses nothing.
         (S::Queued, E::Pause) => (S::Paused, vec![F::CancelJob]),
         (S::Paused, E::Resume { step }) => (S::Queued, vec![F::EnqueueStep { step, attempt }]),
-        (S::Pending | S::Queued | S::Running | S::Paused, E::Cancel) => {
+        (S::Pending | S::Queued | S::Running | S::Paused | S::AwaitingApproval, E::Cancel) => {
             (S::Cancelled, vec![F::CancelJob, F::StageEnded])
         }
+        (S::AwaitingInput, E::Cancel) => (S::Cancelled, vec![F::CloseQuestions, F::StageEnded]),
         (s, e) => return Err(reject("stage", s, e)),
     })
+}
+
+/// A held stage's step to run next, or None when the stage is then done.
+fn resume_of(after: After) -> Option<u32> {
+    match after {
+        After::Step(n) => Some(n),
+        After::Done | After::Exhausted => None,
+    }
+}
+
+/// Goes on to step `resume`, or succeeds when there is none.
+fn go_on(resume: Option<u32>, attempt: u32) -> (StageState, Vec<StageEffect>) {
+    match resume {
+        Some(step) => (
+            StageState::Queued,
+            vec![StageEffect::EnqueueStep { step, attempt }],
+        ),
+        None => (
+            StageState::Succeeded,
+            vec![StageEffect::ReleaseDependents, StageEffect::StageEnded],
+        ),
+    }
 }
 
 /// What happens to a job.
@@ -337,6 +469,8 @@ pub enum Entity {
     Job,
     Lease,
     Agent,
+    Question,
+    Checkpoint,
 }
 
 impl Entity {
@@ -347,6 +481,8 @@ impl Entity {
             Entity::Job => "job",
             Entity::Lease => "lease",
             Entity::Agent => "agent",
+            Entity::Question => "question",
+            Entity::Checkpoint => "checkpoint",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -356,6 +492,8 @@ impl Entity {
             "job" => Entity::Job,
             "lease" => Entity::Lease,
             "agent" => Entity::Agent,
+            "question" => Entity::Question,
+            "checkpoint" => Entity::Checkpoint,
             _ => return None,
         })
     }

@@ -28,7 +28,7 @@ pub struct Workflow {
 
 /// A node of the workflow graph: a sequence of steps that runs once every
 /// stage it `needs` has succeeded.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Stage {
     /// Unique id within the workflow. Letters, digits, `_`, `-`, `.`; at most 64.
@@ -54,10 +54,30 @@ pub struct Stage {
     pub env: BTreeMap<String, String>,
     /// The steps, run in order; a checkpoint follows each.
     pub steps: Vec<Step>,
+    /// Makes this a loop stage: its steps run again and again, each run an
+    /// iteration whose steps checkpoint like any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repeat: Option<Repeat>,
+}
+
+/// How a loop stage repeats.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Repeat {
+    /// Most iterations, at least 1. Without `until`, exactly this many run.
+    pub max: u32,
+    /// Run in the worktree after each iteration's last step: exit 0 means
+    /// done (the stage succeeds), anything else runs another iteration. When
+    /// `max` iterations ran and it still fails, the stage fails.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<CommandSpec>,
+    /// Allows `until` to be a `run:` shell string.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shell: bool,
 }
 
 /// The unit of work between two checkpoints: an exec block.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Step {
     /// Optional name shown in `orch show` and the bundle manifest.
@@ -67,11 +87,44 @@ pub struct Step {
     #[serde(default, skip_serializing_if = "is_false")]
     pub shell: bool,
     /// The commands, run one after the other; the first failure ends the step.
+    /// A step has commands or an `input`, not both.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub commands: Vec<CommandSpec>,
+    /// Files to commit on the run branch at this step's checkpoint: globs
+    /// relative to the run's worktree (`dist/**`, `report.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<String>,
+    /// Hold the stage after this step's checkpoint until a human approves
+    /// (`orch approve`) or rejects it (`orch reject --feedback`, which runs
+    /// this step again with the feedback).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub approve: bool,
+    /// Makes this an input step: instead of running commands, the stage asks
+    /// a human this question and waits; the next step receives the answer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input: Option<Input>,
+}
+
+impl Step {
+    /// Whether this step asks a human instead of running commands.
+    pub fn is_input(&self) -> bool {
+        self.input.is_some()
+    }
+}
+
+/// The fixed question of an input step.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    /// The question shown to the human.
+    pub question: String,
+    /// When given, the answer must be one of these.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
 }
 
 /// One command of an exec block: either `argv` or, in a `shell: true` step, `run`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandSpec {
     /// Program and arguments, run directly without a shell.
@@ -80,7 +133,8 @@ pub struct CommandSpec {
     /// A shell string, allowed only in a step with `shell: true`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub run: Option<String>,
-    /// Working directory relative to the project directory; must stay inside it.
+    /// Working directory relative to the run's worktree (a checkout of the
+    /// project); must stay inside it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cwd: Option<String>,
     /// Environment variables for this command (over the stage's).

@@ -5,11 +5,14 @@
 
 use orchestrator_core::error::{ErrorClass, MAX_INFRA_ATTEMPTS};
 use orchestrator_core::machine::{
-    job_on, run_on, stage_on, JobEvent, RejectedTransition, RunEvent, StageEffect, StageEvent,
+    after_step, job_on, run_on, stage_on, After, Gate, JobEvent, RejectedTransition, RunEvent,
+    StageEffect, StageEvent,
 };
 use orchestrator_core::{Entity, JobState, RunState, StageState, Transition};
 use proptest::prelude::*;
 
+use After as A;
+use Gate as G;
 use JobState as J;
 use RunState as R;
 use StageEffect as F;
@@ -25,27 +28,18 @@ const MAX: u32 = MAX_INFRA_ATTEMPTS;
 /// matter on either side of each guard.
 fn stage_events() -> Vec<StageEvent> {
     use StageEvent as E;
-    let events = vec![
-        E::NeedsMet,
-        E::Started,
-        E::StepSucceeded { step: 0, steps: 1 },
-        E::StepSucceeded { step: 0, steps: 3 },
-        E::StepSucceeded { step: 1, steps: 3 },
-        E::StepSucceeded { step: 2, steps: 3 },
-        E::StepSucceeded { step: 3, steps: 3 },
-        E::StepSucceeded { step: 0, steps: 0 },
-        E::StepSucceeded {
-            step: u32::MAX - 1,
-            steps: u32::MAX,
-        },
-        E::StepSucceeded {
-            step: u32::MAX,
-            steps: u32::MAX,
-        },
-        E::StepSucceeded {
-            step: u32::MAX,
-            steps: 0,
-        },
+    let mut events = vec![E::NeedsMet, E::Started];
+    for after in [A::Step(1), A::Done, A::Exhausted] {
+        for gate in [G::None, G::Approval, G::Question] {
+            events.push(E::StepSucceeded {
+                step: 0,
+                after,
+                gate,
+            });
+        }
+        events.push(E::Asked { after });
+    }
+    events.extend([
         E::StepFailed,
         E::AttemptLost {
             attempt: 1,
@@ -67,7 +61,12 @@ fn stage_events() -> Vec<StageEvent> {
         E::Pause,
         E::Resume { step: 1 },
         E::Cancel,
-    ];
+        E::Approve { resume: Some(1) },
+        E::Approve { resume: None },
+        E::Reject { step: 0 },
+        E::Answer { resume: Some(1) },
+        E::Answer { resume: None },
+    ]);
     // Fails to compile when a variant is added and not listed above.
     for e in &events {
         match e {
@@ -79,7 +78,11 @@ fn stage_events() -> Vec<StageEvent> {
             | E::UpstreamFailed
             | E::Pause
             | E::Resume { .. }
-            | E::Cancel => {}
+            | E::Cancel
+            | E::Asked { .. }
+            | E::Approve { .. }
+            | E::Reject { .. }
+            | E::Answer { .. } => {}
         }
     }
     events
@@ -93,9 +96,18 @@ fn stage_table() -> Vec<StageRow> {
     const ENDED_BADLY: &[StageEffect] = &[F::BlockDependents, F::StageEnded];
     const SUCCEEDED: &[StageEffect] = &[F::ReleaseDependents, F::StageEnded];
     const CANCELLED: &[StageEffect] = &[F::CancelJob, F::StageEnded];
+    const NEXT: &[StageEffect] = &[F::EnqueueStep {
+        step: 1,
+        attempt: ATTEMPT,
+    }];
     let lost = |attempt| E::AttemptLost {
         attempt,
         max_attempts: MAX,
+    };
+    let ok = |after, gate| E::StepSucceeded {
+        step: 0,
+        after,
+        gate,
     };
     let mut rows: Vec<StageRow> = vec![
         (
@@ -111,59 +123,120 @@ fn stage_table() -> Vec<StageRow> {
         (S::Pending, E::Cancel, S::Cancelled, CANCELLED),
         (S::Queued, E::Started, S::Running, &[]),
         (S::Queued, E::Cancel, S::Cancelled, CANCELLED),
+        // A step that succeeds goes on, or holds for a human first.
+        (S::Running, ok(A::Step(1), G::None), S::Queued, NEXT),
+        (S::Running, ok(A::Done, G::None), S::Succeeded, SUCCEEDED),
         (
             S::Running,
-            E::StepSucceeded { step: 0, steps: 1 },
-            S::Succeeded,
-            SUCCEEDED,
+            ok(A::Step(1), G::Approval),
+            S::AwaitingApproval,
+            &[F::AwaitHuman { resume: Some(1) }],
         ),
         (
             S::Running,
-            E::StepSucceeded { step: 0, steps: 3 },
+            ok(A::Done, G::Approval),
+            S::AwaitingApproval,
+            &[F::AwaitHuman { resume: None }],
+        ),
+        // A step that asked runs again with the answer.
+        (
+            S::Running,
+            ok(A::Step(1), G::Question),
+            S::AwaitingInput,
+            &[F::AwaitHuman { resume: Some(0) }],
+        ),
+        (
+            S::Running,
+            ok(A::Done, G::Question),
+            S::AwaitingInput,
+            &[F::AwaitHuman { resume: Some(0) }],
+        ),
+        // A loop that ran out fails, whatever the step asked for.
+        (
+            S::Running,
+            ok(A::Exhausted, G::None),
+            S::Failed,
+            ENDED_BADLY,
+        ),
+        (
+            S::Running,
+            ok(A::Exhausted, G::Approval),
+            S::Failed,
+            ENDED_BADLY,
+        ),
+        (
+            S::Running,
+            ok(A::Exhausted, G::Question),
+            S::Failed,
+            ENDED_BADLY,
+        ),
+        // An input step asks without running anything.
+        (
             S::Queued,
-            &[F::EnqueueStep {
-                step: 1,
-                attempt: ATTEMPT,
-            }],
+            E::Asked { after: A::Step(1) },
+            S::AwaitingInput,
+            &[F::AwaitHuman { resume: Some(1) }],
         ),
         (
-            S::Running,
-            E::StepSucceeded { step: 1, steps: 3 },
             S::Queued,
-            &[F::EnqueueStep {
-                step: 2,
-                attempt: ATTEMPT,
-            }],
+            E::Asked { after: A::Done },
+            S::AwaitingInput,
+            &[F::AwaitHuman { resume: None }],
         ),
         (
-            S::Running,
-            E::StepSucceeded { step: 2, steps: 3 },
-            S::Succeeded,
-            SUCCEEDED,
-        ),
-        (
-            S::Running,
-            E::StepSucceeded {
-                step: u32::MAX - 1,
-                steps: u32::MAX,
+            S::Queued,
+            E::Asked {
+                after: A::Exhausted,
             },
+            S::Failed,
+            ENDED_BADLY,
+        ),
+        (
+            S::AwaitingApproval,
+            E::Approve { resume: Some(1) },
+            S::Queued,
+            NEXT,
+        ),
+        (
+            S::AwaitingApproval,
+            E::Approve { resume: None },
             S::Succeeded,
             SUCCEEDED,
+        ),
+        (
+            S::AwaitingApproval,
+            E::Reject { step: 0 },
+            S::Queued,
+            &[F::EnqueueStep {
+                step: 0,
+                attempt: ATTEMPT,
+            }],
+        ),
+        (S::AwaitingApproval, E::Cancel, S::Cancelled, CANCELLED),
+        (
+            S::AwaitingInput,
+            E::Answer { resume: Some(1) },
+            S::Queued,
+            NEXT,
+        ),
+        (
+            S::AwaitingInput,
+            E::Answer { resume: None },
+            S::Succeeded,
+            SUCCEEDED,
+        ),
+        (
+            S::AwaitingInput,
+            E::Cancel,
+            S::Cancelled,
+            &[F::CloseQuestions, F::StageEnded],
         ),
         (S::Running, E::StepFailed, S::Failed, ENDED_BADLY),
         (S::Running, E::Cancel, S::Cancelled, CANCELLED),
         // Pausing holds a stage at its checkpoint, withdrawing the queued job;
         // resuming queues the same step again.
         (S::Queued, E::Pause, S::Paused, &[F::CancelJob]),
-        (
-            S::Paused,
-            E::Resume { step: 1 },
-            S::Queued,
-            &[F::EnqueueStep {
-                step: 1,
-                attempt: ATTEMPT,
-            }],
-        ),
+        (S::Paused, E::Resume { step: 1 }, S::Queued, NEXT),
         (S::Paused, E::Cancel, S::Cancelled, CANCELLED),
     ];
     // A lost attempt, whether its job was still queued or already running:
@@ -253,85 +326,41 @@ fn every_live_stage_state_can_still_end() {
 }
 
 #[test]
-fn the_last_step_succeeding_succeeds_the_stage_and_releases_its_dependents() {
-    let (to, effects) = stage_on(
-        S::Running,
-        1,
-        StageEvent::StepSucceeded { step: 4, steps: 5 },
-    )
-    .unwrap();
-    assert_eq!(to, S::Succeeded);
-    assert_eq!(effects, [F::ReleaseDependents, F::StageEnded]);
-}
-
-#[test]
-fn an_earlier_step_succeeding_queues_the_next_step_in_the_same_attempt() {
-    let (to, effects) = stage_on(
-        S::Running,
-        3,
-        StageEvent::StepSucceeded { step: 1, steps: 5 },
-    )
-    .unwrap();
-    assert_eq!(to, S::Queued);
-    assert_eq!(
-        effects,
-        [F::EnqueueStep {
-            step: 2,
-            attempt: 3
-        }]
-    );
-}
-
-#[test]
-fn a_step_number_past_the_last_is_refused_not_wrapped() {
-    for (step, steps) in [(5, 5), (9, 5), (0, 0), (u32::MAX, u32::MAX), (u32::MAX, 1)] {
-        assert!(
-            stage_on(S::Running, 1, StageEvent::StepSucceeded { step, steps }).is_err(),
-            "step {step} of {steps}"
-        );
-    }
-}
-
-#[test]
-fn a_lost_attempt_below_the_limit_restarts_from_step_zero_with_the_next_attempt() {
-    for from in [S::Queued, S::Running] {
-        for attempt in 1..MAX {
-            let (to, effects) = stage_on(
-                from,
-                attempt,
-                StageEvent::AttemptLost {
-                    attempt,
-                    max_attempts: MAX,
-                },
-            )
-            .unwrap();
-            assert_eq!(to, S::Queued);
-            assert_eq!(
-                effects,
-                [F::EnqueueStep {
-                    step: 0,
-                    attempt: attempt + 1
-                }]
-            );
+fn a_stage_waiting_for_a_human_holds_no_job() {
+    for s in [S::AwaitingApproval, S::AwaitingInput] {
+        assert!(!s.is_terminal());
+        for e in [
+            StageEvent::StepFailed,
+            StageEvent::Started,
+            StageEvent::Pause,
+        ] {
+            assert!(stage_on(s, 1, e).is_err(), "{s} took {e:?}");
         }
     }
 }
 
 #[test]
-fn a_lost_attempt_at_the_limit_fails_the_stage_and_blocks_its_dependents() {
-    for from in [S::Queued, S::Running] {
-        let (to, effects) = stage_on(
-            from,
-            MAX,
-            StageEvent::AttemptLost {
-                attempt: MAX,
-                max_attempts: MAX,
-            },
-        )
-        .unwrap();
-        assert_eq!(to, S::Failed);
-        assert_eq!(effects, [F::BlockDependents, F::StageEnded]);
-    }
+fn after_a_step_comes_the_next_one_then_the_end() {
+    assert_eq!(after_step(0, 3, 1, None), A::Step(1));
+    assert_eq!(after_step(1, 3, 1, None), A::Step(2));
+    assert_eq!(after_step(2, 3, 1, None), A::Done);
+}
+
+#[test]
+fn a_loop_runs_until_its_check_passes_or_its_iterations_run_out() {
+    // One step per iteration, at most 3 iterations.
+    assert_eq!(after_step(0, 1, 3, Some(false)), A::Step(1));
+    assert_eq!(after_step(1, 1, 3, Some(true)), A::Done);
+    assert_eq!(after_step(2, 1, 3, Some(false)), A::Exhausted);
+    assert_eq!(after_step(2, 1, 3, Some(true)), A::Done);
+    // Without `until`, exactly `max` iterations.
+    assert_eq!(after_step(1, 1, 3, None), A::Step(2));
+    assert_eq!(after_step(2, 1, 3, None), A::Done);
+    // Two steps per iteration: `until` is judged only at an iteration's end.
+    assert_eq!(after_step(0, 2, 2, None), A::Step(1));
+    assert_eq!(after_step(1, 2, 2, Some(false)), A::Step(2));
+    assert_eq!(after_step(3, 2, 2, Some(false)), A::Exhausted);
+    assert_eq!(after_step(2, 2, 2, Some(true)), A::Step(3));
 }
 
 #[test]
@@ -345,19 +374,26 @@ fn a_refusal_reads_as_a_sentence() {
 
 proptest! {
     #[test]
-    fn step_succeeded_follows_its_rule_for_any_numbers(
-        step in prop_oneof![0u32..8, any::<u32>()],
-        steps in prop_oneof![0u32..8, any::<u32>()],
-        attempt in 1u32..10,
+    fn after_step_never_skips_or_overruns(
+        step in 0u32..10_000,
+        per in 1u32..20,
+        iterations in 1u32..500,
+        until in prop_oneof![Just(None), Just(Some(true)), Just(Some(false))],
     ) {
-        let got = stage_on(S::Running, attempt, StageEvent::StepSucceeded { step, steps });
-        let (step, steps) = (u64::from(step), u64::from(steps));
-        if step + 1 < steps {
-            prop_assert_eq!(got, Ok((S::Queued, vec![F::EnqueueStep { step: step as u32 + 1, attempt }])));
-        } else if step + 1 == steps {
-            prop_assert_eq!(got, Ok((S::Succeeded, vec![F::ReleaseDependents, F::StageEnded])));
-        } else {
-            prop_assert!(got.is_err());
+        let total = u64::from(per) * u64::from(iterations);
+        prop_assume!(u64::from(step) < total);
+        let ends = (u64::from(step) + 1) % u64::from(per) == 0;
+        match after_step(step, per, iterations, until) {
+            A::Step(n) => {
+                prop_assert_eq!(n, step + 1);
+                prop_assert!(u64::from(n) < total);
+                prop_assert!(!(ends && until == Some(true)));
+            }
+            A::Done => prop_assert!(u64::from(step) + 1 == total || (ends && until == Some(true))),
+            A::Exhausted => {
+                prop_assert_eq!(u64::from(step) + 1, total);
+                prop_assert_eq!(until, Some(false));
+            }
         }
     }
 
@@ -580,7 +616,7 @@ macro_rules! assert_names_round_trip {
 #[test]
 fn every_stage_state_name_round_trips() {
     assert_names_round_trip!(StageState);
-    assert_eq!(StageState::ALL.len(), 8);
+    assert_eq!(StageState::ALL.len(), 10);
 }
 
 #[test]
@@ -603,11 +639,19 @@ fn every_entity_name_round_trips() {
         Entity::Job,
         Entity::Lease,
         Entity::Agent,
+        Entity::Question,
+        Entity::Checkpoint,
     ];
     // Fails to compile when a variant is added and not listed above.
     for e in all {
         match e {
-            Entity::Run | Entity::Stage | Entity::Job | Entity::Lease | Entity::Agent => {}
+            Entity::Run
+            | Entity::Stage
+            | Entity::Job
+            | Entity::Lease
+            | Entity::Agent
+            | Entity::Question
+            | Entity::Checkpoint => {}
         }
     }
     let mut names: Vec<&str> = all.iter().map(|e| e.as_str()).collect();

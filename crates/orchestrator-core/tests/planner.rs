@@ -28,7 +28,9 @@ fn stage(id: &str, needs: &[&str], estimate_ms: Option<u64>) -> Stage {
                 env: BTreeMap::new(),
                 timeout: None,
             }],
+            ..Default::default()
         }],
+        repeat: None,
     }
 }
 

@@ -5,7 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::PathBuf;
 
-use orchestrator_core::spec::{workflow_schema, CommandSpec, DurationSpec, Stage, Step, Workflow};
+use orchestrator_core::spec::{
+    workflow_schema, CommandSpec, DurationSpec, Input, Repeat, Stage, Step, Workflow,
+};
 use orchestrator_core::{parse_workflow, plan};
 use serde_json::Value;
 
@@ -112,7 +114,13 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
     let step = Step {
         name: Some("s".into()),
         shell: true,
-        commands: vec![cmd],
+        commands: vec![cmd.clone()],
+        artifacts: vec!["dist/**".into()],
+        approve: true,
+        input: Some(Input {
+            question: "q".into(),
+            choices: vec!["x".into()],
+        }),
     };
     let stage = Stage {
         id: "a".into(),
@@ -123,6 +131,11 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         estimate: Some(DurationSpec::from_secs(3)),
         env: BTreeMap::from([("B".into(), "2".into())]),
         steps: vec![step],
+        repeat: Some(Repeat {
+            max: 2,
+            until: Some(cmd),
+            shell: true,
+        }),
     };
     let wf = Workflow {
         name: "w".into(),

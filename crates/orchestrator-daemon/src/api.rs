@@ -31,6 +31,8 @@ pub async fn submit_run<S: Store>(
             ),
         ));
     }
+    let base_commit = crate::project::resolve_commit(dir, req.git_ref.as_deref())
+        .map_err(|msg| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, msg))?;
     let submitted = app
         .store
         .submit_run(NewRun {
@@ -38,6 +40,7 @@ pub async fn submit_run<S: Store>(
             file: req.file,
             project_dir: req.project_dir,
             priority: req.priority,
+            base_commit,
             actor: "user:admin".into(),
         })
         .await?;

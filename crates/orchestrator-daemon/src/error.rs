@@ -35,7 +35,9 @@ impl From<StoreError> for ApiErr {
     fn from(e: StoreError) -> Self {
         let status = match &e {
             StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
-            StoreError::InvalidWorkflow(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            StoreError::InvalidWorkflow(_) | StoreError::Invalid(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             StoreError::StaleLease { .. } | StoreError::Conflict(_) => StatusCode::CONFLICT,
             StoreError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
             StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,

@@ -21,7 +21,9 @@ pub mod api;
 pub mod auth;
 mod error;
 mod events;
+mod human;
 pub mod metrics;
+mod project;
 mod reaper;
 
 use std::net::SocketAddr;
@@ -100,6 +102,19 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/v1/runs/{id}/stages", get(api::get_stages::<S>))
         .route("/v1/runs/{id}/stages/{stage}", get(api::get_stage::<S>))
         .route("/v1/runs/{id}/jobs", get(api::get_jobs::<S>))
+        .route(
+            "/v1/runs/{id}/stages/{stage}/approve",
+            post(human::approve::<S>),
+        )
+        .route(
+            "/v1/runs/{id}/stages/{stage}/reject",
+            post(human::reject::<S>),
+        )
+        .route(
+            "/v1/runs/{id}/questions/{qid}/answer",
+            post(human::answer::<S>),
+        )
+        .route("/v1/inbox", get(human::inbox::<S>))
         .route("/v1/agents", get(api::list_agents::<S>))
         .route("/v1/events", get(events::events::<S>))
         .route("/metrics", get(metrics_handler::<S>))

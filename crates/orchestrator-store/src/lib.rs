@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use orchestrator_core::api::{
     AgentRegistered, AgentView, ClaimedJob, CompleteRequest, Completed, HeartbeatResponse,
-    LeaseRef, RegisterAgent, RunDetail, RunSummary, Submitted,
+    InboxItem, LeaseRef, RegisterAgent, RunDetail, RunSummary, Submitted,
 };
 use orchestrator_core::{SpecErrors, Transition};
 use tokio::sync::{broadcast, Notify};
@@ -47,8 +47,28 @@ pub struct NewRun {
     /// Absolute project directory.
     pub project_dir: String,
     pub priority: i32,
+    /// The commit the run's branch starts from.
+    pub base_commit: String,
     /// Who submitted it, for the transition row (`user:admin`).
     pub actor: String,
+}
+
+/// What a human says to a waiting stage.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HumanCommand {
+    Approve {
+        stage_id: String,
+        comment: Option<String>,
+    },
+    /// The step runs again with the feedback.
+    Reject {
+        stage_id: String,
+        feedback: String,
+    },
+    Answer {
+        question_id: i64,
+        text: String,
+    },
 }
 
 /// Counts for `/metrics`.
@@ -73,6 +93,9 @@ pub enum StoreError {
     StaleLease { job_id: i64, reason: String },
     #[error("refused: {0}")]
     Conflict(String),
+    /// The request itself is wrong (an answer that is not an offered choice).
+    #[error("{0}")]
+    Invalid(String),
     #[error("store error: {0}")]
     Database(String),
     #[error("the store is shut down")]
@@ -133,6 +156,17 @@ pub trait Store: Send + Sync + 'static {
         event: orchestrator_core::machine::RunEvent,
         actor: &str,
     ) -> impl Future<Output = Result<RunSummary>> + Send;
+    /// A human's answer to a waiting stage: approve, reject with feedback,
+    /// or answer a question. Refused, changing nothing, when the stage or
+    /// question is not waiting for it. `run_id` may be a unique prefix.
+    fn human(
+        &self,
+        run_id: &str,
+        command: HumanCommand,
+        actor: &str,
+    ) -> impl Future<Output = Result<RunSummary>> + Send;
+    /// Everything waiting for a human, oldest first.
+    fn inbox(&self) -> impl Future<Output = Result<Vec<InboxItem>>> + Send;
     /// The jobs of those of `lease_ids` that `agent_id` held.
     fn lease_jobs(
         &self,

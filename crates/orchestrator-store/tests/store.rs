@@ -22,6 +22,7 @@ fn new_run(yaml: &str) -> NewRun {
         file: Some("wf.yaml".into()),
         project_dir: "/tmp".into(),
         priority: 0,
+        base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
         actor: "user:test".into(),
     }
 }
@@ -50,6 +51,9 @@ fn outcome(success: bool, class: Option<ErrorClass>) -> StepOutcome {
         error_class: class,
         bundle: "b".into(),
         duration_ms: 1,
+        checkpoint: None,
+        until_met: None,
+        questions: Vec::new(),
     }
 }
 

@@ -130,6 +130,7 @@ impl Harness {
         std::fs::create_dir_all(&project).unwrap();
         // Canonical, as the daemon records the project directory.
         let project = project.canonicalize().unwrap();
+        init_repo(&project);
         Harness {
             root,
             data,
@@ -138,6 +139,11 @@ impl Harness {
             strays: Vec::new(),
             counter: AtomicUsize::new(0),
         }
+    }
+
+    /// Where run `run` runs its commands: its git worktree.
+    pub fn worktree(&self, run: &str) -> PathBuf {
+        self.project.join(".orchestrator/worktrees").join(run)
     }
 
     /// The temporary directory everything lives in.
@@ -758,4 +764,30 @@ pub fn jobs_of<'a>(detail: &'a Value, stage_id: &str) -> Vec<&'a Value> {
         .iter()
         .filter(|j| j["stage_id"] == stage_id)
         .collect()
+}
+
+/// Runs git in `dir`; panics with its output on failure; returns stdout.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let out = std::process::Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("cannot run git");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {out:?}",
+        dir.display()
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// Makes `dir` a git repository with a first commit: a project.
+pub fn init_repo(dir: &Path) {
+    git(dir, &["init", "-q", "-b", "main"]);
+    git(dir, &["config", "user.email", "e2e@example.com"]);
+    git(dir, &["config", "user.name", "e2e"]);
+    std::fs::write(dir.join("README.md"), "a project\n").unwrap();
+    git(dir, &["add", "README.md"]);
+    git(dir, &["commit", "-q", "-m", "first commit"]);
 }

@@ -8,6 +8,9 @@ use std::fmt;
 use crate::spec::{CommandSpec, Workflow};
 
 mod locate;
+mod steps;
+
+pub use steps::{check_artifact_glob, MAX_ITERATIONS};
 
 use locate::place;
 
@@ -274,31 +277,7 @@ fn check(wf: &Workflow) -> Vec<Problem> {
             }
         }
         check_env(&format!("stages[{i}].env"), &st.env, Some(stage), &mut out);
-        for (k, step) in st.steps.iter().enumerate() {
-            if step.commands.is_empty() {
-                add_in(
-                    &mut out,
-                    format!("stages[{i}].steps[{k}].commands"),
-                    format!("step {k} of stage {id:?} has no commands; expected at least one"),
-                    stage,
-                    None,
-                );
-            }
-            for (c, cmd) in step.commands.iter().enumerate() {
-                let field = format!("stages[{i}].steps[{k}].commands[{c}]");
-                if let Err(msg) = check_command(cmd, step.shell) {
-                    // Point at the line the rule is about, when the text shows it.
-                    let at = match (&cmd.cwd, &cmd.run) {
-                        (Some(cwd), _) if msg.starts_with("cwd ") => Some(("cwd", cwd.as_str())),
-                        (_, Some(run)) => Some(("run", run.as_str())),
-                        _ if cmd.argv.is_empty() => Some(("argv", "[]")),
-                        _ => None,
-                    };
-                    add_in(&mut out, field.clone(), msg, stage, at);
-                }
-                check_env(&format!("{field}.env"), &cmd.env, Some(stage), &mut out);
-            }
-        }
+        steps::check_steps(i, st, stage, &mut out);
     }
     for (i, st) in wf.stages.iter().enumerate() {
         for (j, n) in st.needs.iter().enumerate() {

@@ -15,6 +15,7 @@ use orchestrator_core::{Entity, JobState, RunState, StageState, Workflow};
 use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 
+use super::human;
 use super::writer::Ctx;
 use crate::{ids, NewRun, Result, StoreError};
 
@@ -61,8 +62,8 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
     let hash = format!("{:x}", Sha256::digest(run.workflow.as_bytes()));
     ctx.conn
         .prepare_cached(
-            "INSERT INTO runs (id, workflow, project_dir, spec, spec_hash, state, priority, stages_total, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            "INSERT INTO runs (id, workflow, project_dir, spec, spec_hash, state, priority, stages_total, created_at, base_commit)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
         .execute(params![
             run_id,
@@ -73,7 +74,8 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
             RunState::Running.as_str(),
             run.priority,
             wf.stages.len() as i64,
-            ctx.now
+            ctx.now,
+            run.base_commit
         ])?;
     ctx.transition(
         Entity::Run,
@@ -100,7 +102,7 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
                 i as i64,
                 StageState::Pending.as_str(),
                 st.needs.len() as i64,
-                st.steps.len() as i64
+                st.steps.len() as i64 * i64::from(human::iterations(st))
             ])?;
         }
         // In key order, so the B-tree only ever appends: a wide DAG has
@@ -181,11 +183,12 @@ pub fn schedule(ctx: &mut Ctx<'_>) -> Result<()> {
 
 pub(super) struct StageRow {
     pub(super) state: StageState,
-    ord: usize,
+    pub(super) ord: usize,
     attempt: u32,
     pub(super) steps_total: u32,
     priority: i32,
     project_dir: String,
+    base_commit: String,
     /// Its run is paused: a stage reaching a checkpoint holds there.
     run_paused: bool,
 }
@@ -193,7 +196,8 @@ pub(super) struct StageRow {
 pub(super) fn load_stage(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<StageRow> {
     ctx.conn
         .prepare_cached(
-            "SELECT s.state, s.ord, s.attempt, s.steps_total, r.priority, r.project_dir, r.state = 'paused'
+            "SELECT s.state, s.ord, s.attempt, s.steps_total, r.priority, r.project_dir, r.state = 'paused',
+                    COALESCE(r.base_commit, '')
              FROM stage_runs s JOIN runs r ON r.id = s.run_id WHERE s.run_id = ?1 AND s.stage_id = ?2",
         )?
         .query_row([run_id, stage_id], |r| {
@@ -206,6 +210,7 @@ pub(super) fn load_stage(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<
                 priority: r.get(4)?,
                 project_dir: r.get(5)?,
                 run_paused: r.get(6)?,
+                base_commit: r.get(7)?,
             })
         })
         .optional()?
@@ -228,7 +233,8 @@ pub fn stage_event(
         .prepare_cached(
             "UPDATE stage_runs SET state = ?3,
                 started_at = CASE WHEN ?4 AND started_at IS NULL THEN ?5 ELSE started_at END,
-                ended_at = CASE WHEN ?6 THEN ?5 ELSE ended_at END
+                ended_at = CASE WHEN ?6 THEN ?5 ELSE ended_at END,
+                waiting_since = CASE WHEN ?7 THEN COALESCE(waiting_since, ?5) ELSE NULL END
              WHERE run_id = ?1 AND stage_id = ?2",
         )?
         .execute(params![
@@ -237,7 +243,8 @@ pub fn stage_event(
             to.as_str(),
             started,
             ctx.now,
-            to.is_terminal()
+            to.is_terminal(),
+            matches!(to, StageState::AwaitingApproval | StageState::AwaitingInput)
         ])?;
     if to != row.state {
         ctx.transition(
@@ -290,9 +297,24 @@ pub fn stage_event(
             }
             StageEffect::CancelJob => cancel_live_job(ctx, run_id, stage_id, &reason, actor)?,
             StageEffect::StageEnded => stage_ended(ctx, run_id, to == StageState::Succeeded)?,
+            StageEffect::AwaitHuman { resume } => {
+                ctx.conn
+                    .prepare_cached(
+                        "UPDATE stage_runs SET resume_step = ?3 WHERE run_id = ?1 AND stage_id = ?2",
+                    )?
+                    .execute(params![run_id, stage_id, resume])?;
+            }
+            StageEffect::CloseQuestions => {
+                human::close_questions(ctx, run_id, stage_id, &reason, actor)?
+            }
         }
     }
-    if to == StageState::Queued && row.run_paused {
+    // An input step moves a queued stage on at once; only a stage still
+    // queued is at a checkpoint where a paused run holds.
+    if to == StageState::Queued
+        && row.run_paused
+        && load_stage(ctx, run_id, stage_id)?.state == StageState::Queued
+    {
         // Its next step is queued but not started: a checkpoint, where a
         // paused run's stages hold.
         return stage_event(
@@ -316,21 +338,21 @@ pub(super) fn enqueue(
     attempt: u32,
 ) -> Result<()> {
     let wf = workflow(ctx, run_id)?;
-    let stage = wf
-        .stages
-        .get(row.ord)
-        .filter(|s| s.id == stage_id)
-        .ok_or_else(|| {
-            StoreError::Database(format!(
-                "stage {stage_id} missing from the spec of run {run_id}"
-            ))
-        })?;
-    let st = stage
-        .steps
-        .get(step as usize)
-        .ok_or_else(|| StoreError::Database(format!("stage {stage_id} has no step {step}")))?;
+    let stage = human::stage_spec(&wf, run_id, stage_id, row.ord)?;
+    let st = human::step_of(stage, step)?;
+    ctx.conn
+        .prepare_cached(
+            "UPDATE stage_runs SET step = ?3, attempt = ?4 WHERE run_id = ?1 AND stage_id = ?2",
+        )?
+        .execute(params![run_id, stage_id, step, attempt])?;
+    if st.is_input() {
+        return human::ask_input(ctx, run_id, stage_id, stage, step);
+    }
     let mut env: BTreeMap<String, String> = wf.env.clone();
     env.extend(stage.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let per_iteration = u32::try_from(stage.steps.len()).unwrap_or(u32::MAX).max(1);
+    let ends_iteration = (u64::from(step) + 1) % u64::from(per_iteration) == 0;
+    let repeat = stage.repeat.as_ref();
     let spec = JobSpec {
         run_id: run_id.to_owned(),
         stage_id: stage_id.to_owned(),
@@ -343,15 +365,18 @@ pub(super) fn enqueue(
         commands: st.commands.clone(),
         env,
         timeout_ms: stage.timeout.map(|d| d.as_millis()),
+        base_commit: row.base_commit.clone(),
+        artifacts: st.artifacts.clone(),
+        until: repeat
+            .filter(|_| ends_iteration)
+            .and_then(|r| r.until.clone()),
+        until_shell: repeat.is_some_and(|r| r.shell),
+        iteration: step / per_iteration,
+        handoff: human::handoff_for(ctx, run_id, stage_id, step)?,
     };
     let payload = serde_json::to_string(&spec).map_err(|e| StoreError::Database(e.to_string()))?;
     let labels =
         serde_json::to_string(&stage.labels).map_err(|e| StoreError::Database(e.to_string()))?;
-    ctx.conn
-        .prepare_cached(
-            "UPDATE stage_runs SET step = ?3, attempt = ?4 WHERE run_id = ?1 AND stage_id = ?2",
-        )?
-        .execute(params![run_id, stage_id, step, attempt])?;
     ctx.conn
         .prepare_cached(
             "INSERT INTO jobs (run_id, stage_id, step, attempt, state, priority, labels, payload, created_at)
@@ -552,7 +577,11 @@ fn run_effects(ctx: &mut Ctx<'_>, run_id: &str, effects: &[RunEffect], actor: &s
                 ctx.workflows.remove(run_id);
             }
             RunEffect::CancelStages => {
-                let open = stages_in(ctx, run_id, "'pending', 'queued', 'running', 'paused'")?;
+                let open = stages_in(
+                    ctx,
+                    run_id,
+                    "'pending', 'queued', 'running', 'paused', 'awaiting_approval', 'awaiting_input'",
+                )?;
                 for (stage, _) in open {
                     stage_event(
                         ctx,

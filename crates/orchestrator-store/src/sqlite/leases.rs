@@ -11,7 +11,8 @@ use orchestrator_core::machine::{job_on, JobEffect, JobEvent, LeaseEnd, StageEve
 use orchestrator_core::{Entity, JobState, RunState};
 use rusqlite::{params, OptionalExtension};
 
-use super::graph::{conflict, end_lease, job_event, load_stage, schedule, stage_event, JobRef};
+use super::graph::{conflict, end_lease, job_event, schedule, stage_event, JobRef};
+use super::human;
 use super::writer::Ctx;
 use crate::{ids, Result, StoreError};
 
@@ -405,12 +406,8 @@ pub fn complete(
         lease_id,
     };
     job_event(ctx, &job, from, event, reason.clone(), &actor)?;
-    let row = load_stage(ctx, &run_id, &stage_id)?;
     let event = if o.success {
-        StageEvent::StepSucceeded {
-            step,
-            steps: row.steps_total,
-        }
+        human::step_succeeded(ctx, &run_id, &stage_id, job_id, step, o, &actor)?
     } else if o.error_class == Some(ErrorClass::Infra) {
         StageEvent::AttemptLost {
             attempt,

@@ -2,6 +2,8 @@
 //! connection for queries.
 
 mod graph;
+mod human;
+mod inbox;
 mod leases;
 mod reads;
 mod schema;
@@ -13,13 +15,13 @@ use std::time::Duration;
 
 use orchestrator_core::api::{
     AgentRegistered, AgentView, ClaimedJob, CompleteRequest, Completed, HeartbeatResponse,
-    LeaseRef, RegisterAgent, RunDetail, RunSummary, Submitted,
+    InboxItem, LeaseRef, RegisterAgent, RunDetail, RunSummary, Submitted,
 };
 use orchestrator_core::Transition;
 use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
-use crate::{Counts, NewRun, Result, Store, StoreError};
+use crate::{Counts, HumanCommand, NewRun, Result, Store, StoreError};
 pub use writer::WriterStats;
 use writer::{Command, Ctx, Stats, Writer};
 
@@ -242,6 +244,30 @@ impl Store for SqliteStore {
             .await?;
         self.read(move |c| reads::run_summary_by_id(c, &read_id))
             .await
+    }
+
+    async fn human(&self, run_id: &str, command: HumanCommand, actor: &str) -> Result<RunSummary> {
+        let prefix = run_id.to_owned();
+        let id = self.read(move |c| reads::resolve_run(c, &prefix)).await?;
+        let (read_id, actor) = (id.clone(), actor.to_owned());
+        self.write(move |ctx| match command {
+            HumanCommand::Approve { stage_id, comment } => {
+                human::approve(ctx, &id, &stage_id, comment, &actor)
+            }
+            HumanCommand::Reject { stage_id, feedback } => {
+                human::reject(ctx, &id, &stage_id, feedback, &actor)
+            }
+            HumanCommand::Answer { question_id, text } => {
+                human::answer(ctx, &id, question_id, text, &actor)
+            }
+        })
+        .await?;
+        self.read(move |c| reads::run_summary_by_id(c, &read_id))
+            .await
+    }
+
+    async fn inbox(&self) -> Result<Vec<InboxItem>> {
+        self.read(inbox::inbox).await
     }
 
     async fn lease_jobs(&self, agent_id: &str, lease_ids: Vec<i64>) -> Result<Vec<i64>> {

@@ -8,7 +8,7 @@ use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use crate::{Counts, Result, StoreError};
 
-const RUN_COLS: &str = "id, workflow, project_dir, state, priority, stages_total, stages_succeeded, stages_ended, created_at, ended_at";
+const RUN_COLS: &str = "id, workflow, project_dir, state, priority, stages_total, stages_succeeded, stages_ended, created_at, ended_at, base_commit";
 
 fn run_summary(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
     let state: String = r.get(3)?;
@@ -23,6 +23,8 @@ fn run_summary(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
         stages_ended: r.get(7)?,
         created_at_ms: r.get(8)?,
         ended_at_ms: r.get(9)?,
+        base_commit: r.get(10)?,
+        branch: Some(format!("orch/run/{}", r.get::<_, String>(0)?)),
     })
 }
 
@@ -62,7 +64,7 @@ pub fn list_runs(conn: &Connection, limit: u32) -> Result<Vec<RunSummary>> {
 }
 
 /// Finds a run by its id or by an unambiguous prefix of it.
-fn resolve_run(conn: &Connection, id: &str) -> Result<String> {
+pub fn resolve_run(conn: &Connection, id: &str) -> Result<String> {
     let exact: Option<String> = conn
         .prepare_cached("SELECT id FROM runs WHERE id = ?1")?
         .query_row([id], |r| r.get(0))
@@ -92,7 +94,7 @@ pub fn run_detail(conn: &Connection, id: &str) -> Result<RunDetail> {
     let sql = format!("SELECT {RUN_COLS}, spec FROM runs WHERE id = ?1");
     let (run, spec): (RunSummary, String) = conn
         .prepare_cached(&sql)?
-        .query_row([&id], |r| Ok((run_summary(r)?, r.get(10)?)))?;
+        .query_row([&id], |r| Ok((run_summary(r)?, r.get(11)?)))?;
     let wf: Workflow =
         serde_json::from_str(&spec).map_err(|e| StoreError::Database(format!("run {id}: {e}")))?;
     let plan = orchestrator_core::plan(&wf)
@@ -132,6 +134,8 @@ pub fn run_detail(conn: &Connection, id: &str) -> Result<RunDetail> {
         stages,
         jobs,
         plan,
+        checkpoints: super::inbox::checkpoints(conn, &id, &wf)?,
+        questions: super::inbox::questions(conn, &id)?,
     })
 }
 

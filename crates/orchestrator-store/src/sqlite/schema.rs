@@ -124,6 +124,43 @@ INSERT INTO requires_by_required (run_id, required, stage_id)
 DROP TABLE requires;
 ALTER TABLE requires_by_required RENAME TO requires;
 "#,
+    // 3: git-backed runs and humans: each run's base commit, checkpoints with
+    // their artifacts, questions, and what a stage holds while it waits for
+    // a human (the step to resume at, what to hand that step).
+    r#"
+ALTER TABLE runs ADD COLUMN base_commit TEXT;
+ALTER TABLE stage_runs ADD COLUMN resume_step INTEGER;
+ALTER TABLE stage_runs ADD COLUMN waiting_since INTEGER;
+ALTER TABLE stage_runs ADD COLUMN handoff TEXT;
+CREATE TABLE checkpoints (
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    seq INTEGER NOT NULL,
+    stage_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    job_id INTEGER NOT NULL,
+    commit_sha TEXT NOT NULL,
+    artifacts TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    PRIMARY KEY (run_id, seq)
+) WITHOUT ROWID;
+CREATE TABLE questions (
+    id INTEGER PRIMARY KEY,
+    run_id TEXT NOT NULL REFERENCES runs(id),
+    stage_id TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    job_id INTEGER,
+    question TEXT NOT NULL,
+    choices TEXT NOT NULL,
+    state TEXT NOT NULL,
+    asked_at INTEGER NOT NULL,
+    answer TEXT,
+    answered_by TEXT,
+    answered_at INTEGER
+);
+CREATE INDEX questions_run ON questions(run_id, id);
+CREATE INDEX questions_open ON questions(asked_at) WHERE state = 'open';
+CREATE INDEX stage_runs_waiting ON stage_runs(waiting_since) WHERE waiting_since IS NOT NULL;
+"#,
 ];
 
 /// Connection settings every connection gets.

@@ -10,6 +10,10 @@ use crate::machine::{JobState, RunState, StageState};
 use crate::plan::Plan;
 use crate::spec::CommandSpec;
 
+mod human;
+
+pub use human::*;
+
 /// `POST /v1/runs`: submit a workflow to run in a project directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +28,10 @@ pub struct SubmitRun {
     /// The run's suggested priority; higher runs first. Default 0.
     #[serde(default)]
     pub priority: i32,
+    /// The git ref the run's branch starts from (branch, tag or commit);
+    /// default: the project's HEAD.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
 }
 
 /// The answer to a submission.
@@ -46,6 +54,12 @@ pub struct RunSummary {
     pub stages_ended: u32,
     pub created_at_ms: i64,
     pub ended_at_ms: Option<i64>,
+    /// The commit the run's branch started from.
+    #[serde(default)]
+    pub base_commit: Option<String>,
+    /// The run's branch, `orch/run/<id>`.
+    #[serde(default)]
+    pub branch: Option<String>,
 }
 
 /// One stage of a run.
@@ -89,6 +103,10 @@ pub struct RunDetail {
     pub stages: Vec<StageView>,
     pub jobs: Vec<JobView>,
     pub plan: Plan,
+    #[serde(default)]
+    pub checkpoints: Vec<CheckpointView>,
+    #[serde(default)]
+    pub questions: Vec<QuestionView>,
 }
 
 /// `POST /v1/agents`: an agent introduces itself.
@@ -154,7 +172,7 @@ pub struct ClaimedJob {
 }
 
 /// What a job runs: one step of one stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
     pub run_id: String,
     pub stage_id: String,
@@ -170,6 +188,26 @@ pub struct JobSpec {
     pub env: BTreeMap<String, String>,
     /// Longest time the step may run (the stage's `timeout`, which bounds each step).
     pub timeout_ms: Option<u64>,
+    /// The commit the run's branch starts from; the agent creates the branch
+    /// and the run's worktree from it when they do not exist yet.
+    pub base_commit: String,
+    /// Globs of the files to commit at this step's checkpoint.
+    #[serde(default)]
+    pub artifacts: Vec<String>,
+    /// A loop stage's check, run after the iteration's last step: exit 0
+    /// ends the loop. Only set on that step.
+    #[serde(default)]
+    pub until: Option<CommandSpec>,
+    /// Whether `until` may be a shell string.
+    #[serde(default)]
+    pub until_shell: bool,
+    /// The loop iteration this step belongs to (0-based; 0 outside loops).
+    #[serde(default)]
+    pub iteration: u32,
+    /// What a human said that this step must see: a rejection's feedback or
+    /// an answer.
+    #[serde(default)]
+    pub handoff: Option<Handoff>,
 }
 
 impl JobSpec {
@@ -242,6 +280,15 @@ pub struct StepOutcome {
     /// Bundle directory relative to the project directory.
     pub bundle: String,
     pub duration_ms: u64,
+    /// The checkpoint commit made after a successful step.
+    #[serde(default)]
+    pub checkpoint: Option<CheckpointMade>,
+    /// The loop's `until` verdict, when it ran after this step.
+    #[serde(default)]
+    pub until_met: Option<bool>,
+    /// Questions the step asked (`orch ask`): the stage waits for an answer.
+    #[serde(default)]
+    pub questions: Vec<Ask>,
 }
 
 /// The answer to a completion.

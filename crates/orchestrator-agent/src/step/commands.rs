@@ -1,0 +1,234 @@
+//! Running a step's prepared commands one after the other, each in its own
+//! process group under its timeout, and judging how each ended.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::Signal;
+use orchestrator_core::api::CommandRecord;
+use tokio::process::Command;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::prepare::Prepared;
+use super::{fmt_ms, millis, CancelReason, Failure, Recorder};
+use crate::bundle::{self, Bundle};
+use crate::exec::{EndReason, Ended, GroupChild};
+
+/// What every command of a step shares: where it logs, its environment and
+/// deadline, and what cancels it.
+pub(super) struct Runner<'a> {
+    pub bundle: &'a Bundle,
+    pub cancel: &'a CancellationToken,
+    pub reason: &'a CancelReason,
+    /// The workflow's and stage's variables (a command's own win over them).
+    pub user_env: &'a BTreeMap<String, String>,
+    /// The orchestrator's own variables, which win over all others.
+    pub orch_env: Vec<(String, String)>,
+    pub step_budget: Option<Duration>,
+    pub step_deadline: Option<Instant>,
+    secrets: Vec<std::ffi::OsString>,
+}
+
+impl<'a> Runner<'a> {
+    pub fn new(
+        bundle: &'a Bundle,
+        cancel: &'a CancellationToken,
+        reason: &'a CancelReason,
+        user_env: &'a BTreeMap<String, String>,
+        orch_env: Vec<(String, String)>,
+        step_budget: Option<Duration>,
+        started: Instant,
+    ) -> Self {
+        Runner {
+            bundle,
+            cancel,
+            reason,
+            user_env,
+            orch_env,
+            step_budget,
+            step_deadline: step_budget.map(|b| started + b),
+            secrets: inherited_secrets(),
+        }
+    }
+
+    /// Runs the prepared commands in order; the first failure ends the step.
+    pub async fn run_all(
+        &self,
+        commands: &[Prepared<'_>],
+        rec: &mut Recorder<'_>,
+    ) -> Option<Failure> {
+        for (i, cmd) in commands.iter().enumerate() {
+            let (ended, limit) = match self.run_one(i, cmd, rec).await {
+                Ok(x) => x,
+                Err(failure) => return Some(failure),
+            };
+            if let Some(failure) = judge(cmd, ended, limit, self.reason) {
+                return Some(failure);
+            }
+        }
+        None
+    }
+
+    /// Runs command `i` to its end and records it; an error is a failure
+    /// before or while it ran (cancelled, out of time, could not start).
+    pub async fn run_one(
+        &self,
+        i: usize,
+        cmd: &Prepared<'_>,
+        rec: &mut Recorder<'_>,
+    ) -> Result<(Ended, Option<Limit>), Failure> {
+        if self.cancel.is_cancelled() {
+            return Err(Failure::infra(self.reason.get().to_owned()));
+        }
+        let now = Instant::now();
+        if let (Some(deadline), Some(budget)) = (self.step_deadline, self.step_budget) {
+            if now >= deadline {
+                return Err(Failure::task(format!(
+                    "the step's timeout of {} ran out before {} started",
+                    fmt_ms(budget),
+                    cmd.label
+                )));
+            }
+        }
+        let (stdout, stderr) = self
+            .bundle
+            .open_logs(i)
+            .map_err(|e| Failure::infra(e.to_string()))?;
+        let mut command = Command::new(&cmd.argv[0]);
+        for name in &self.secrets {
+            command.env_remove(name);
+        }
+        command
+            .args(&cmd.argv[1..])
+            .current_dir(&cmd.cwd_abs)
+            .envs(self.user_env)
+            .envs(&cmd.spec.env)
+            .envs(self.orch_env.iter().map(|(k, v)| (k, v)))
+            .stdout(Stdio::from(stdout))
+            .stderr(Stdio::from(stderr));
+        let child = GroupChild::spawn(&mut command).map_err(|e| spawn_failure(cmd, &e))?;
+        // Command is dropped here so the log file handles close in the agent.
+        drop(command);
+        tracing::debug!(command = i, pgid = child.pgid(), "command started");
+
+        let cmd_timeout = cmd
+            .spec
+            .timeout
+            .map(|t| Duration::from_millis(t.as_millis()));
+        let cmd_deadline = cmd_timeout.map(|t| now + t);
+        let (deadline, by_step) = match (cmd_deadline, self.step_deadline) {
+            (Some(c), Some(s)) if s < c => (Some(s), true),
+            (Some(c), _) => (Some(c), false),
+            (None, s) => (s, s.is_some()),
+        };
+        let ended = child.wait(deadline, self.cancel).await;
+        let duration = now.elapsed();
+        let ended = ended
+            .map_err(|e| Failure::infra(format!("{} could not be waited for: {e}", cmd.label)))?;
+        let status = ended.status;
+        rec.exit_codes.push(status.code());
+        rec.commands.push(CommandRecord {
+            argv: cmd.argv.clone(),
+            cwd: cmd.cwd_rel.clone(),
+            env_keys: cmd.env_keys.clone(),
+            exit_code: status.code(),
+            signal: status.signal(),
+            timed_out: ended.reason == EndReason::TimedOut,
+            duration_ms: millis(duration),
+            stdout: bundle::stdout_name(i),
+            stderr: bundle::stderr_name(i),
+        });
+        tracing::debug!(command = i, code = ?status.code(), signal = ?status.signal(), reason = ?ended.reason, "command ended");
+        let limit = if by_step {
+            self.step_budget.map(Limit::Step)
+        } else {
+            cmd_timeout.map(Limit::Command)
+        };
+        Ok((ended, limit))
+    }
+}
+
+/// Names of the agent's own environment variables that hold the
+/// orchestrator's secrets (`ORCH_TOKEN`, `ORCH_AGENT_TOKEN`, any `ORCH_…TOKEN…`):
+/// commands inherit the rest of the agent's environment, not these. A step
+/// that sets such a variable itself still gets its own value.
+fn inherited_secrets() -> Vec<std::ffi::OsString> {
+    std::env::vars_os()
+        .map(|(k, _)| k)
+        .filter(|k| {
+            k.to_str()
+                .is_some_and(|k| k.starts_with("ORCH_") && k.contains("TOKEN"))
+        })
+        .collect()
+}
+
+/// Which timeout a command ran under.
+#[derive(Clone, Copy)]
+pub(super) enum Limit {
+    /// Its own `timeout`.
+    Command(Duration),
+    /// What was left of the step's timeout.
+    Step(Duration),
+}
+
+/// How a command's end bears on the step: None to go on with the next one.
+pub(super) fn judge(
+    cmd: &Prepared<'_>,
+    ended: Ended,
+    limit: Option<Limit>,
+    reason: &CancelReason,
+) -> Option<Failure> {
+    let status = ended.status;
+    let message = match ended.reason {
+        EndReason::Cancelled => return Some(Failure::infra(reason.get().to_owned())),
+        EndReason::TimedOut => match limit {
+            Some(Limit::Step(budget)) => format!(
+                "{} timed out: the step's timeout of {} ran out",
+                cmd.label,
+                fmt_ms(budget)
+            ),
+            Some(Limit::Command(t)) => format!("{} timed out after {}", cmd.label, fmt_ms(t)),
+            None => format!("{} timed out", cmd.label),
+        },
+        EndReason::Exited if status.success() => return None,
+        EndReason::Exited => match (status.code(), status.signal()) {
+            (Some(code), _) => format!("{} exited with code {code}", cmd.label),
+            (None, Some(sig)) => format!(
+                "{} was killed by signal {sig} ({})",
+                cmd.label,
+                Signal::try_from(sig).map_or("unknown", Signal::as_str)
+            ),
+            (None, None) => format!("{} ended abnormally ({status})", cmd.label),
+        },
+    };
+    Some(Failure::task(message))
+}
+
+/// A command that could not start. A missing or non-executable program is the
+/// workflow's fault; anything else (no memory, no processes left) is the machine's.
+fn spawn_failure(cmd: &Prepared<'_>, e: &io::Error) -> Failure {
+    let program = &cmd.argv[0];
+    match e.kind() {
+        io::ErrorKind::NotFound => Failure::task(format!(
+            "{} could not start: program {program:?} not found ({e})",
+            cmd.label
+        )),
+        io::ErrorKind::PermissionDenied => Failure::task(format!(
+            "{} could not start: program {program:?} is not executable ({e})",
+            cmd.label
+        )),
+        _ if e.raw_os_error() == Some(nix::errno::Errno::ENOEXEC as i32) => Failure::task(format!(
+            "{} could not start: program {program:?} is not in an executable format ({e})",
+            cmd.label
+        )),
+        io::ErrorKind::InvalidInput => Failure::task(format!("{} could not start: {e}", cmd.label)),
+        _ => Failure::infra(format!(
+            "{} could not start: program {program:?}: {e}",
+            cmd.label
+        )),
+    }
+}

@@ -1,0 +1,324 @@
+//! The executor: runs one claimed step and says how it ended.
+//!
+//! It exists to keep "what a step does on this machine" apart from "how the
+//! agent talks to the daemon": [`run_step`] needs no daemon, so it is tested
+//! alone with real processes. It checks the exec spec again (defense in depth:
+//! the daemon validated it too, but the agent is the one that runs it), makes
+//! the bundle, runs the commands one after the other in their own process
+//! groups under their timeouts, writes the manifest and returns a
+//! [`StepOutcome`]. It never panics on bad input and never leaves a process
+//! behind.
+//!
+//! Commands are numbered from 0 in messages, as in their log file names
+//! (`cmd-000.stdout.log`) and in the workflow's field paths (`commands[0]`).
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use orchestrator_core::api::{ClaimedJob, CommandRecord, Manifest, StepOutcome};
+use orchestrator_core::error::ErrorClass;
+use orchestrator_core::spec::DurationSpec;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::ask::AskBox;
+use crate::bundle::{Bundle, BundleError};
+use crate::exec::EndReason;
+
+mod checkpoint;
+mod commands;
+mod prepare;
+
+pub use checkpoint::{manifest_path, ORCH_DIR};
+use commands::{judge, Runner};
+use prepare::{check_ids, check_project_dir, describe, prepare, prepare_one};
+
+/// Why a step was cancelled, set by whoever cancels it before cancelling;
+/// the first reason set wins. It becomes the outcome's error text.
+#[derive(Debug, Clone, Default)]
+pub struct CancelReason(Arc<OnceLock<String>>);
+
+impl CancelReason {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records `reason` unless one was recorded already.
+    pub fn set(&self, reason: impl Into<String>) {
+        // A second reason is dropped on purpose: the first cause is the true one.
+        let _ = self.0.set(reason.into());
+    }
+
+    /// The recorded reason, or `"step cancelled"`.
+    pub fn get(&self) -> &str {
+        self.0.get().map_or("step cancelled", String::as_str)
+    }
+}
+
+/// Who runs the step, for the manifest, and why it would be cancelled.
+#[derive(Debug, Clone, Default)]
+pub struct StepContext {
+    pub agent_id: String,
+    pub hostname: Option<String>,
+    pub cancel_reason: CancelReason,
+    /// The agent's local endpoint for `orch ask`; without it a step cannot ask.
+    pub asks: Option<AskBox>,
+}
+
+/// The name of this machine, when it has a printable one.
+pub fn local_hostname() -> Option<String> {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+}
+
+/// Runs one claimed step on this machine and returns how it ended; see the
+/// module documentation. `cancel` kills the running command's process group
+/// (the outcome is then an infrastructure failure, "step cancelled").
+pub async fn run_step(job: &ClaimedJob, agent_id: &str, cancel: CancellationToken) -> StepOutcome {
+    let ctx = StepContext {
+        agent_id: agent_id.to_owned(),
+        hostname: local_hostname(),
+        cancel_reason: CancelReason::new(),
+        asks: None,
+    };
+    run_step_with(job, &ctx, cancel).await
+}
+
+/// [`run_step`] with the caller's context: the hostname to record and the
+/// reason a cancellation reports.
+pub async fn run_step_with(
+    job: &ClaimedJob,
+    ctx: &StepContext,
+    cancel: CancellationToken,
+) -> StepOutcome {
+    let spec = &job.spec;
+    let mut rec = Recorder::new(job, ctx, spec.bundle_dir(job.job_id));
+
+    let project = match check_ids(spec).and_then(|()| check_project_dir(&spec.project_dir)) {
+        Ok(p) => p,
+        // No bundle can be written without a project directory.
+        Err(msg) => return rec.outcome(Some(Failure::task(msg))),
+    };
+    let bundle = match Bundle::create(&project, &rec.rel) {
+        Ok(b) => b,
+        Err(e @ BundleError::Escapes { .. }) => {
+            return rec.outcome(Some(Failure::task(e.to_string())))
+        }
+        Err(e) => return rec.outcome(Some(Failure::infra(e.to_string()))),
+    };
+    let (worktree, workdir) = match checkpoint::open_worktree(&project, spec).await {
+        Ok(w) => w,
+        Err(failure) => return rec.finish(&bundle, Some(failure)).await.0,
+    };
+    let handed = match checkpoint::hand_over(&workdir, spec) {
+        Ok(env) => env,
+        Err(failure) => return rec.finish(&bundle, Some(failure)).await.0,
+    };
+    let ask = ctx.asks.as_ref().map(AskBox::open);
+    let mut orch_env: Vec<(String, String)> = vec![
+        ("ORCH_RUN_ID".into(), spec.run_id.clone()),
+        ("ORCH_STAGE_ID".into(), spec.stage_id.clone()),
+        ("ORCH_STEP".into(), spec.step.to_string()),
+        ("ORCH_ITERATION".into(), spec.iteration.to_string()),
+        ("ORCH_ATTEMPT".into(), spec.attempt.to_string()),
+        ("ORCH_JOB_ID".into(), job.job_id.to_string()),
+        (
+            "ORCH_BUNDLE_DIR".into(),
+            bundle.dir().to_string_lossy().into_owned(),
+        ),
+        (
+            "ORCH_WORKTREE".into(),
+            workdir.to_string_lossy().into_owned(),
+        ),
+        (
+            "ORCH_PROJECT_DIR".into(),
+            project.to_string_lossy().into_owned(),
+        ),
+    ];
+    if let (Some(asks), Some(ask)) = (&ctx.asks, &ask) {
+        orch_env.push(("ORCH_AGENT_URL".into(), asks.url().to_owned()));
+        orch_env.push(("ORCH_STEP_TOKEN".into(), ask.token.clone()));
+    }
+    orch_env.extend(handed);
+    let runner = Runner::new(
+        &bundle,
+        &cancel,
+        &ctx.cancel_reason,
+        &spec.env,
+        orch_env,
+        spec.timeout_ms.map(Duration::from_millis),
+        rec.started,
+    );
+    let mut failure = match prepare(spec, &workdir) {
+        Err(msg) => Some(Failure::task(msg)),
+        Ok(commands) => runner.run_all(&commands, &mut rec).await,
+    };
+    let mut until_met = None;
+    if let (None, Some(until)) = (&failure, &spec.until) {
+        let label = format!("until ({})", describe(until));
+        match prepare_one(until, spec.until_shell, &spec.env, &workdir, label) {
+            Err(msg) => {
+                failure = Some(Failure::task(format!("the loop's until is refused: {msg}")))
+            }
+            Ok(check) => match runner.run_one(spec.commands.len(), &check, &mut rec).await {
+                Err(f) => failure = Some(f),
+                Ok((ended, _)) if ended.reason == EndReason::Exited => {
+                    until_met = Some(ended.status.success())
+                }
+                Ok((ended, limit)) => failure = judge(&check, ended, limit, &ctx.cancel_reason),
+            },
+        }
+    }
+    drop(runner);
+    let questions = ask.map(|a| a.finish()).unwrap_or_default();
+    let (mut outcome, manifest) = rec.finish(&bundle, failure).await;
+    let Some(manifest) = manifest.filter(|_| outcome.success) else {
+        return outcome;
+    };
+    match checkpoint::commit(&project, worktree, spec, job.job_id, manifest).await {
+        Ok(made) => {
+            outcome.checkpoint = Some(made);
+            outcome.until_met = until_met;
+            outcome.questions = questions;
+        }
+        Err(f) => {
+            outcome.success = false;
+            outcome.error = Some(f.message);
+            outcome.error_class = Some(f.class);
+        }
+    }
+    outcome
+}
+
+/// A failed step's class and message.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    class: ErrorClass,
+    message: String,
+}
+
+impl Failure {
+    fn task(message: String) -> Self {
+        Failure {
+            class: ErrorClass::Task,
+            message,
+        }
+    }
+    fn infra(message: String) -> Self {
+        Failure {
+            class: ErrorClass::Infra,
+            message,
+        }
+    }
+}
+
+/// What the step has done so far, turned into the manifest and the outcome.
+pub(crate) struct Recorder<'a> {
+    job: &'a ClaimedJob,
+    ctx: &'a StepContext,
+    rel: String,
+    started: Instant,
+    started_at_ms: i64,
+    commands: Vec<CommandRecord>,
+    exit_codes: Vec<Option<i32>>,
+}
+
+impl<'a> Recorder<'a> {
+    fn new(job: &'a ClaimedJob, ctx: &'a StepContext, rel: String) -> Self {
+        Recorder {
+            job,
+            ctx,
+            rel,
+            started: Instant::now(),
+            started_at_ms: now_ms(),
+            commands: Vec::new(),
+            exit_codes: Vec::new(),
+        }
+    }
+
+    fn outcome(self, failure: Option<Failure>) -> StepOutcome {
+        let (error_class, error) = match failure {
+            Some(f) => (Some(f.class), Some(f.message)),
+            None => (None, None),
+        };
+        StepOutcome {
+            success: error.is_none(),
+            exit_codes: self.exit_codes,
+            error,
+            error_class,
+            bundle: self.rel,
+            duration_ms: millis(self.started.elapsed()),
+            checkpoint: None,
+            until_met: None,
+            questions: Vec::new(),
+        }
+    }
+
+    /// Writes the manifest, then returns the outcome and the manifest's
+    /// bytes. A step that succeeded but whose manifest cannot be written
+    /// fails as an infrastructure fault.
+    async fn finish(
+        mut self,
+        bundle: &Bundle,
+        failure: Option<Failure>,
+    ) -> (StepOutcome, Option<Vec<u8>>) {
+        let spec = &self.job.spec;
+        let manifest = Manifest {
+            run_id: spec.run_id.clone(),
+            stage_id: spec.stage_id.clone(),
+            step: spec.step,
+            step_name: spec.step_name.clone(),
+            attempt: spec.attempt,
+            job_id: self.job.job_id,
+            agent_id: self.ctx.agent_id.clone(),
+            hostname: self.ctx.hostname.clone(),
+            started_at_ms: self.started_at_ms,
+            ended_at_ms: now_ms(),
+            success: failure.is_none(),
+            error: failure.as_ref().map(|f| f.message.clone()),
+            error_class: failure.as_ref().map(|f| f.class),
+            commands: std::mem::take(&mut self.commands),
+        };
+        let written = bundle.write_manifest(&manifest).await;
+        let bytes = written.as_ref().ok().cloned();
+        let failure = match (written, failure) {
+            (Ok(_), failure) => failure,
+            (Err(e), None) => Some(Failure::infra(e.to_string())),
+            (Err(e), Some(failure)) => {
+                tracing::warn!(error = %e, "could not write the manifest of a failed step");
+                Some(failure)
+            }
+        };
+        (self.outcome(failure), bytes)
+    }
+}
+
+/// A duration as the workflow would write it: `300ms`, `1s`, `10m`.
+fn fmt_ms(d: Duration) -> String {
+    DurationSpec(millis(d)).to_string()
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancel_reason_keeps_the_first() {
+        let r = CancelReason::new();
+        assert_eq!(r.get(), "step cancelled");
+        r.set("agent shutting down");
+        r.clone().set("lease revoked");
+        assert_eq!(r.get(), "agent shutting down");
+    }
+}

@@ -1,0 +1,211 @@
+//! The wire types of what a human sees and answers: checkpoints and their
+//! artifacts, questions, the inbox, and the approve, reject and answer
+//! requests.
+
+use serde::{Deserialize, Serialize};
+
+use crate::machine::StageState;
+
+/// One committed file of a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    /// Path in the run's branch.
+    pub path: String,
+    pub size: u64,
+    /// Lowercase hex.
+    pub sha256: String,
+}
+
+/// The checkpoint commit an agent made after a step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointMade {
+    pub commit: String,
+    pub artifacts: Vec<ArtifactRecord>,
+}
+
+/// A checkpoint as recorded: the run's N-th (1-based) commit on its branch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointView {
+    pub run_id: String,
+    pub seq: u32,
+    pub stage_id: String,
+    pub step: u32,
+    pub step_name: Option<String>,
+    pub job_id: i64,
+    pub commit: String,
+    pub artifacts: Vec<ArtifactRecord>,
+    pub created_at_ms: i64,
+}
+
+/// A question a running step asked through `orch ask`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ask {
+    pub question: String,
+    /// When given, the answer must be one of these.
+    #[serde(default)]
+    pub choices: Vec<String>,
+}
+
+/// Whether a question still waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QuestionState {
+    Open,
+    Answered,
+    /// Its stage ended before anyone answered.
+    Closed,
+}
+
+impl QuestionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QuestionState::Open => "open",
+            QuestionState::Answered => "answered",
+            QuestionState::Closed => "closed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "open" => QuestionState::Open,
+            "answered" => QuestionState::Answered,
+            "closed" => QuestionState::Closed,
+            _ => return None,
+        })
+    }
+}
+
+/// A question, asked by a step or by an input step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuestionView {
+    pub id: i64,
+    pub run_id: String,
+    pub stage_id: String,
+    pub step: u32,
+    pub question: String,
+    pub choices: Vec<String>,
+    pub state: QuestionState,
+    pub asked_at_ms: i64,
+    pub answer: Option<String>,
+    pub answered_by: Option<String>,
+    pub answered_at_ms: Option<i64>,
+}
+
+/// What humans said that a step must see: a rejection's feedback, or the
+/// answers to the questions its stage asked.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Handoff {
+    /// The step it is for.
+    pub for_step: u32,
+    #[serde(default)]
+    pub feedback: Option<Said>,
+    #[serde(default)]
+    pub answers: Vec<Answered>,
+}
+
+/// Free text a human gave, and who.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Said {
+    pub text: String,
+    pub by: String,
+}
+
+/// One answered question.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answered {
+    pub question_id: i64,
+    pub question: String,
+    pub answer: String,
+    pub by: String,
+}
+
+/// What waits for a human.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InboxKind {
+    Approval,
+    Question,
+}
+
+/// One entry of `orch inbox`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InboxItem {
+    pub kind: InboxKind,
+    pub run_id: String,
+    pub workflow: String,
+    pub stage_id: String,
+    pub stage_state: StageState,
+    /// The step that checkpointed (approval) or asked (question).
+    pub step: u32,
+    pub step_name: Option<String>,
+    /// Since when it waits (Unix ms).
+    pub since_ms: i64,
+    /// The last checkpoint's commit, for an approval.
+    pub commit: Option<String>,
+    pub question: Option<QuestionView>,
+    /// What to type to answer it.
+    pub answer_with: Vec<String>,
+}
+
+/// `POST /v1/runs/{id}/stages/{stage}/approve`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApproveRequest {
+    /// Who approves; recorded as the transition's actor.
+    #[serde(default)]
+    pub by: Option<String>,
+    #[serde(default)]
+    pub comment: Option<String>,
+}
+
+/// `POST /v1/runs/{id}/stages/{stage}/reject`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RejectRequest {
+    #[serde(default)]
+    pub by: Option<String>,
+    /// Handed to the step, which runs again.
+    pub feedback: String,
+}
+
+/// `POST /v1/runs/{id}/questions/{qid}/answer`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnswerRequest {
+    #[serde(default)]
+    pub by: Option<String>,
+    pub text: String,
+}
+
+/// The commands a human types to act on a waiting stage or question.
+pub fn answer_commands(
+    kind: InboxKind,
+    run_id: &str,
+    stage_id: &str,
+    question: Option<&QuestionView>,
+) -> Vec<String> {
+    match (kind, question) {
+        (InboxKind::Question, Some(q)) if !q.choices.is_empty() => q
+            .choices
+            .iter()
+            .map(|c| format!("orch answer {run_id} {} {}", q.id, shell_quote(c)))
+            .collect(),
+        (InboxKind::Question, Some(q)) => vec![format!("orch answer {run_id} {} 'TEXT'", q.id)],
+        _ => vec![
+            format!("orch approve {run_id} {stage_id}"),
+            format!("orch reject {run_id} {stage_id} --feedback 'WHAT TO CHANGE'"),
+        ],
+    }
+}
+
+/// Quotes a word for a POSIX shell when it needs it.
+pub fn shell_quote(s: &str) -> String {
+    if !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@+,".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}

@@ -1,0 +1,163 @@
+//! The checks of one stage's steps and of its loop: what each step runs or
+//! asks, which files it commits, and how the stage repeats.
+
+use super::{add_in, check_command, check_env, Problem};
+use crate::spec::Stage;
+
+/// Most iterations a loop stage may declare.
+pub const MAX_ITERATIONS: u32 = 10_000;
+
+/// Checks the steps and `repeat` of stage `i` (`stage` locates its block).
+pub(super) fn check_steps(i: usize, st: &Stage, stage: (&str, usize), out: &mut Vec<Problem>) {
+    let id = st.id.as_str();
+    for (k, step) in st.steps.iter().enumerate() {
+        let at = format!("stages[{i}].steps[{k}]");
+        match (&step.input, step.commands.is_empty()) {
+            (None, true) => add_in(
+                out,
+                format!("{at}.commands"),
+                format!(
+                    "step {k} of stage {id:?} has no commands; expected at least one command, or an `input` question"
+                ),
+                stage,
+                None,
+            ),
+            (Some(_), false) => add_in(
+                out,
+                format!("{at}.input"),
+                format!(
+                    "step {k} of stage {id:?} has both `commands` and `input`; an input step only asks, expected one of them"
+                ),
+                stage,
+                None,
+            ),
+            _ => {}
+        }
+        if let Some(input) = &step.input {
+            if input.question.trim().is_empty() {
+                add_in(
+                    out,
+                    format!("{at}.input.question"),
+                    "empty question; expected the text a human answers".into(),
+                    stage,
+                    None,
+                );
+            }
+            for (c, choice) in input.choices.iter().enumerate() {
+                if choice.trim().is_empty() {
+                    add_in(
+                        out,
+                        format!("{at}.input.choices[{c}]"),
+                        "empty choice; expected a non-empty answer".into(),
+                        stage,
+                        None,
+                    );
+                } else if input.choices[..c].contains(choice) {
+                    add_in(
+                        out,
+                        format!("{at}.input.choices[{c}]"),
+                        format!("choice {choice:?} is listed twice"),
+                        stage,
+                        None,
+                    );
+                }
+            }
+            for (field, set) in [
+                ("approve", step.approve),
+                ("artifacts", !step.artifacts.is_empty()),
+            ] {
+                if set {
+                    add_in(
+                        out,
+                        format!("{at}.{field}"),
+                        format!(
+                            "`{field}` applies to steps that run commands, not to an input step"
+                        ),
+                        stage,
+                        None,
+                    );
+                }
+            }
+        }
+        for (a, glob) in step.artifacts.iter().enumerate() {
+            if let Err(msg) = check_artifact_glob(glob) {
+                add_in(
+                    out,
+                    format!("{at}.artifacts[{a}]"),
+                    msg,
+                    stage,
+                    Some(("artifacts", glob)),
+                );
+            }
+        }
+        for (c, cmd) in step.commands.iter().enumerate() {
+            let field = format!("{at}.commands[{c}]");
+            if let Err(msg) = check_command(cmd, step.shell) {
+                // Point at the line the rule is about, when the text shows it.
+                let locate = match (&cmd.cwd, &cmd.run) {
+                    (Some(cwd), _) if msg.starts_with("cwd ") => Some(("cwd", cwd.as_str())),
+                    (_, Some(run)) => Some(("run", run.as_str())),
+                    _ if cmd.argv.is_empty() => Some(("argv", "[]")),
+                    _ => None,
+                };
+                add_in(out, field.clone(), msg, stage, locate);
+            }
+            check_env(&format!("{field}.env"), &cmd.env, Some(stage), out);
+        }
+    }
+    let Some(repeat) = &st.repeat else { return };
+    if repeat.max == 0 || repeat.max > MAX_ITERATIONS {
+        add_in(
+            out,
+            format!("stages[{i}].repeat.max"),
+            format!(
+                "max {} iterations; expected 1 to {MAX_ITERATIONS}",
+                repeat.max
+            ),
+            stage,
+            None,
+        );
+    }
+    if let Some(until) = &repeat.until {
+        let field = format!("stages[{i}].repeat.until");
+        if let Err(msg) = check_command(until, repeat.shell) {
+            let msg = msg.replace("in a step with `shell: true`", "with `repeat.shell: true`");
+            add_in(out, field.clone(), msg, stage, None);
+        }
+        check_env(&format!("{field}.env"), &until.env, Some(stage), out);
+        if st.steps.last().is_some_and(|s| s.is_input()) {
+            add_in(
+                out,
+                field,
+                format!(
+                    "stage {id:?} ends each iteration with an input step, but `until` runs after the iteration's last command step; put a step with commands last"
+                ),
+                stage,
+                None,
+            );
+        }
+    }
+}
+
+/// An artifact glob names files inside the run's worktree.
+pub fn check_artifact_glob(glob: &str) -> Result<(), String> {
+    if glob.trim().is_empty() {
+        return Err(
+            "empty artifact glob; expected a pattern such as `dist/**` or `report.md`".into(),
+        );
+    }
+    if glob.contains('\0') {
+        return Err(format!("artifact glob {glob:?} holds a NUL byte"));
+    }
+    if glob.starts_with('/') {
+        return Err(format!(
+            "artifact glob {glob:?} is absolute; expected a pattern relative to the run's worktree"
+        ));
+    }
+    if glob.split('/').any(|part| part == "..") {
+        return Err(format!(
+            "artifact glob {glob:?} contains `..`; artifacts must stay inside the run's worktree"
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,68 @@
+//! The human side of the API: the inbox, approve, reject and answer.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use orchestrator_core::api::{AnswerRequest, ApproveRequest, RejectRequest};
+use orchestrator_store::{HumanCommand, Store};
+
+use crate::error::{ApiErr, JsonBody};
+use crate::App;
+
+/// Who acted, for the transition row: the name the client gave, or the
+/// token's role.
+fn actor(by: Option<&str>) -> String {
+    match by.map(str::trim) {
+        Some(b) if !b.is_empty() => format!("user:{}", b.chars().take(64).collect::<String>()),
+        _ => "user:admin".to_owned(),
+    }
+}
+
+/// `GET /v1/inbox`: everything waiting for a human, oldest first.
+pub async fn inbox<S: Store>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiErr> {
+    Ok(Json(app.store.inbox().await?).into_response())
+}
+
+/// `POST /v1/runs/{id}/stages/{stage}/approve`.
+pub async fn approve<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path((id, stage_id)): Path<(String, String)>,
+    JsonBody(req): JsonBody<ApproveRequest>,
+) -> Result<Response, ApiErr> {
+    let cmd = HumanCommand::Approve {
+        stage_id,
+        comment: req.comment,
+    };
+    let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
+    Ok(Json(run).into_response())
+}
+
+/// `POST /v1/runs/{id}/stages/{stage}/reject`: the step runs again with the feedback.
+pub async fn reject<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path((id, stage_id)): Path<(String, String)>,
+    JsonBody(req): JsonBody<RejectRequest>,
+) -> Result<Response, ApiErr> {
+    let cmd = HumanCommand::Reject {
+        stage_id,
+        feedback: req.feedback,
+    };
+    let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
+    Ok(Json(run).into_response())
+}
+
+/// `POST /v1/runs/{id}/questions/{qid}/answer`.
+pub async fn answer<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path((id, question_id)): Path<(String, i64)>,
+    JsonBody(req): JsonBody<AnswerRequest>,
+) -> Result<Response, ApiErr> {
+    let cmd = HumanCommand::Answer {
+        question_id,
+        text: req.text,
+    };
+    let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
+    Ok(Json(run).into_response())
+}

@@ -1,0 +1,63 @@
+//! The project a run is submitted for: a git repository, whose ref the run's
+//! branch starts from. Resolved once, at submission, so the run is pinned to
+//! a commit even if the branch moves on.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Resolves `reference` (default `HEAD`) in the repository at `dir` to a
+/// full commit sha, or says why it cannot in words a user can act on.
+pub fn resolve_commit(dir: &Path, reference: Option<&str>) -> Result<String, String> {
+    let reference = reference.unwrap_or("HEAD");
+    if reference.is_empty() || reference.starts_with('-') || reference.contains('\0') {
+        return Err(format!(
+            "ref {reference:?}: expected a branch, tag or commit of the project"
+        ));
+    }
+    let inside = git(dir, &["rev-parse", "--is-inside-work-tree"]);
+    if !matches!(inside.as_deref(), Ok("true")) {
+        return Err(format!(
+            "project_dir {}: not a git repository; a project must be one (`git init` and a first commit)",
+            dir.display()
+        ));
+    }
+    let spec = format!("{reference}^{{commit}}");
+    git(
+        dir,
+        &[
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            "--end-of-options",
+            &spec,
+        ],
+    )
+    .map_err(|_| {
+        if reference == "HEAD" {
+            format!(
+                "project_dir {}: the repository has no commits yet; commit something first",
+                dir.display()
+            )
+        } else {
+            format!(
+                "ref {reference:?} is not a commit, branch or tag of the repository at {}",
+                dir.display()
+            )
+        }
+    })
+}
+
+fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .map_err(|e| format!("cannot run git: {e}"))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}

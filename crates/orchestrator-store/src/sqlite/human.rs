@@ -1,0 +1,432 @@
+//! Where humans meet the run graph: a step's checkpoint and the questions it
+//! asked, input steps, and the approve, reject and answer commands. Run by
+//! the writer inside a batch's transaction, like the rest of the graph.
+
+use orchestrator_core::api::{Answered, Ask, Handoff, QuestionState, Said, StepOutcome};
+use orchestrator_core::machine::{after_step, After, Gate, StageEvent};
+use orchestrator_core::spec::{Stage, Step};
+use orchestrator_core::{Entity, StageState};
+use rusqlite::{params, OptionalExtension};
+
+use super::graph::{conflict, load_stage, stage_event, workflow, StageRow};
+use super::writer::Ctx;
+use crate::{Result, StoreError};
+
+/// The stage spec of a stage row, and step `step` of it (counted across a
+/// loop's iterations).
+pub(super) fn stage_spec<'w>(
+    wf: &'w orchestrator_core::Workflow,
+    run_id: &str,
+    stage_id: &str,
+    ord: usize,
+) -> Result<&'w Stage> {
+    wf.stages
+        .get(ord)
+        .filter(|s| s.id == stage_id)
+        .ok_or_else(|| {
+            StoreError::Database(format!(
+                "stage {stage_id} missing from the spec of run {run_id}"
+            ))
+        })
+}
+
+/// Step `step` of a stage, counted across a loop's iterations.
+pub(super) fn step_of(stage: &Stage, step: u32) -> Result<&Step> {
+    let n = stage.steps.len().max(1);
+    stage
+        .steps
+        .get(step as usize % n)
+        .ok_or_else(|| StoreError::Database(format!("stage {} has no step {step}", stage.id)))
+}
+
+/// How many times a stage's steps run at most.
+pub(super) fn iterations(stage: &Stage) -> u32 {
+    stage.repeat.as_ref().map_or(1, |r| r.max.max(1))
+}
+
+/// Where a stage goes after step `step`.
+fn after(stage: &Stage, step: u32, until_met: Option<bool>) -> After {
+    after_step(
+        step,
+        u32::try_from(stage.steps.len()).unwrap_or(u32::MAX),
+        iterations(stage),
+        until_met,
+    )
+}
+
+/// Records what a successful step left behind (its checkpoint commit and the
+/// questions it asked) and says what the stage does next.
+pub(super) fn step_succeeded(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    job_id: i64,
+    step: u32,
+    o: &StepOutcome,
+    actor: &str,
+) -> Result<StageEvent> {
+    let row = load_stage(ctx, run_id, stage_id)?;
+    let wf = workflow(ctx, run_id)?;
+    let stage = stage_spec(&wf, run_id, stage_id, row.ord)?;
+    let spec = step_of(stage, step)?;
+    if let Some(cp) = &o.checkpoint {
+        let seq: u32 = ctx
+            .conn
+            .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM checkpoints WHERE run_id = ?1")?
+            .query_row([run_id], |r| r.get(0))?;
+        let artifacts = serde_json::to_string(&cp.artifacts)
+            .map_err(|e| StoreError::Database(e.to_string()))?;
+        ctx.conn
+            .prepare_cached(
+                "INSERT INTO checkpoints (run_id, seq, stage_id, step, job_id, commit_sha, artifacts, created_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )?
+            .execute(params![run_id, seq, stage_id, step, job_id, cp.commit, artifacts, ctx.now])?;
+        let short = cp.commit.get(..12).unwrap_or(&cp.commit);
+        ctx.transition(
+            Entity::Checkpoint,
+            format!("{run_id}/{stage_id}/{seq}"),
+            Some(run_id),
+            None,
+            "committed",
+            format!(
+                "checkpoint {seq}: step {step}{} committed {short} with {} artifact{}",
+                spec.name
+                    .as_ref()
+                    .map(|n| format!(" ({n})"))
+                    .unwrap_or_default(),
+                cp.artifacts.len(),
+                if cp.artifacts.len() == 1 { "" } else { "s" }
+            ),
+            actor,
+        )?;
+    }
+    for ask in &o.questions {
+        ask_question(ctx, run_id, stage_id, step, Some(job_id), ask, actor)?;
+    }
+    // What humans said was for this step; it has now seen it.
+    ctx.conn
+        .prepare_cached("UPDATE stage_runs SET handoff = NULL WHERE run_id = ?1 AND stage_id = ?2")?
+        .execute([run_id, stage_id])?;
+    let gate = if !o.questions.is_empty() {
+        Gate::Question
+    } else if spec.approve {
+        Gate::Approval
+    } else {
+        Gate::None
+    };
+    Ok(StageEvent::StepSucceeded {
+        step,
+        after: after(stage, step, o.until_met),
+        gate,
+    })
+}
+
+fn ask_question(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    step: u32,
+    job_id: Option<i64>,
+    ask: &Ask,
+    actor: &str,
+) -> Result<i64> {
+    let choices =
+        serde_json::to_string(&ask.choices).map_err(|e| StoreError::Database(e.to_string()))?;
+    ctx.conn
+        .prepare_cached(
+            "INSERT INTO questions (run_id, stage_id, step, job_id, question, choices, state, asked_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7)",
+        )?
+        .execute(params![run_id, stage_id, step, job_id, ask.question, choices, ctx.now])?;
+    let id = ctx.conn.last_insert_rowid();
+    ctx.transition(
+        Entity::Question,
+        id.to_string(),
+        Some(run_id),
+        None,
+        QuestionState::Open.as_str(),
+        ask.question.clone(),
+        actor,
+    )?;
+    Ok(id)
+}
+
+/// An input step came up: ask its question instead of queuing a job.
+pub(super) fn ask_input(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    stage: &Stage,
+    step: u32,
+) -> Result<()> {
+    let spec = step_of(stage, step)?;
+    let Some(input) = &spec.input else {
+        return Err(StoreError::Database(format!(
+            "step {step} of stage {stage_id} is not an input step"
+        )));
+    };
+    let ask = Ask {
+        question: input.question.clone(),
+        choices: input.choices.clone(),
+    };
+    let id = ask_question(ctx, run_id, stage_id, step, None, &ask, "scheduler")?;
+    stage_event(
+        ctx,
+        run_id,
+        stage_id,
+        StageEvent::Asked {
+            after: after(stage, step, None),
+        },
+        format!("step {step} asks question {id}: {}", input.question),
+        "scheduler",
+    )?;
+    Ok(())
+}
+
+/// The step a waiting stage resumes at (None: it is then done).
+fn resume_step(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<Option<u32>> {
+    Ok(ctx
+        .conn
+        .prepare_cached("SELECT resume_step FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
+        .query_row([run_id, stage_id], |r| r.get(0))?)
+}
+
+/// The stage, which must be waiting in `want`.
+fn waiting_stage(
+    ctx: &Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    want: StageState,
+) -> Result<StageRow> {
+    let row = load_stage(ctx, run_id, stage_id)?;
+    if row.state != want {
+        return Err(conflict(format!(
+            "stage {stage_id} of run {run_id} is {}, not {want}; nothing to {}",
+            row.state,
+            if want == StageState::AwaitingApproval {
+                "approve or reject"
+            } else {
+                "answer"
+            }
+        )));
+    }
+    Ok(row)
+}
+
+fn set_handoff(ctx: &Ctx<'_>, run_id: &str, stage_id: &str, h: &Handoff) -> Result<()> {
+    let json = serde_json::to_string(h).map_err(|e| StoreError::Database(e.to_string()))?;
+    ctx.conn
+        .prepare_cached("UPDATE stage_runs SET handoff = ?3 WHERE run_id = ?1 AND stage_id = ?2")?
+        .execute(params![run_id, stage_id, json])?;
+    Ok(())
+}
+
+/// The handoff waiting for step `step` of a stage, if any.
+pub(super) fn handoff_for(
+    ctx: &Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    step: u32,
+) -> Result<Option<Handoff>> {
+    let json: Option<String> = ctx
+        .conn
+        .prepare_cached("SELECT handoff FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
+        .query_row([run_id, stage_id], |r| r.get(0))?;
+    Ok(json
+        .and_then(|j| serde_json::from_str::<Handoff>(&j).ok())
+        .filter(|h| h.for_step == step))
+}
+
+/// `orch approve`: the held stage goes on.
+pub fn approve(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    comment: Option<String>,
+    actor: &str,
+) -> Result<()> {
+    waiting_stage(ctx, run_id, stage_id, StageState::AwaitingApproval)?;
+    let resume = resume_step(ctx, run_id, stage_id)?;
+    let reason = match comment.as_deref().map(str::trim) {
+        Some(c) if !c.is_empty() => format!("approved: {c}"),
+        _ => "approved".to_owned(),
+    };
+    stage_event(
+        ctx,
+        run_id,
+        stage_id,
+        StageEvent::Approve { resume },
+        reason,
+        actor,
+    )?;
+    Ok(())
+}
+
+/// `orch reject`: the held step runs again with the feedback.
+pub fn reject(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    feedback: String,
+    actor: &str,
+) -> Result<()> {
+    if feedback.trim().is_empty() {
+        return Err(StoreError::Invalid(
+            "empty feedback; say what the step must change".into(),
+        ));
+    }
+    waiting_stage(ctx, run_id, stage_id, StageState::AwaitingApproval)?;
+    let step: u32 = ctx
+        .conn
+        .prepare_cached("SELECT step FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
+        .query_row([run_id, stage_id], |r| r.get(0))?;
+    let handoff = Handoff {
+        for_step: step,
+        feedback: Some(Said {
+            text: feedback.clone(),
+            by: actor.to_owned(),
+        }),
+        answers: Vec::new(),
+    };
+    set_handoff(ctx, run_id, stage_id, &handoff)?;
+    stage_event(
+        ctx,
+        run_id,
+        stage_id,
+        StageEvent::Reject { step },
+        format!("rejected; step {step} runs again with feedback: {feedback}"),
+        actor,
+    )?;
+    Ok(())
+}
+
+/// `orch answer`: records the answer; once the stage has no open question
+/// left, it goes on and its next step receives the answers.
+pub fn answer(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    question_id: i64,
+    text: String,
+    actor: &str,
+) -> Result<()> {
+    let q: Option<(String, String, String, String, Option<String>)> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT stage_id, question, choices, state, answered_by FROM questions WHERE id = ?1 AND run_id = ?2",
+        )?
+        .query_row(params![question_id, run_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?;
+    let Some((stage_id, question, choices, state, answered_by)) = q else {
+        return Err(StoreError::NotFound {
+            what: "question",
+            id: format!("{question_id} of run {run_id}"),
+        });
+    };
+    match QuestionState::parse(&state) {
+        Some(QuestionState::Open) => {}
+        Some(QuestionState::Answered) => {
+            return Err(conflict(format!(
+                "question {question_id} was already answered{}",
+                answered_by.map(|b| format!(" by {b}")).unwrap_or_default()
+            )))
+        }
+        _ => {
+            return Err(conflict(format!(
+                "question {question_id} is closed: its stage {stage_id} ended before an answer"
+            )))
+        }
+    }
+    let choices: Vec<String> = serde_json::from_str(&choices).unwrap_or_default();
+    if text.trim().is_empty() {
+        return Err(StoreError::Invalid(
+            "empty answer; expected some text".into(),
+        ));
+    }
+    if !choices.is_empty() && !choices.contains(&text) {
+        return Err(StoreError::Invalid(format!(
+            "answer {text:?} is not one of the offered choices: {}",
+            choices.join(", ")
+        )));
+    }
+    waiting_stage(ctx, run_id, &stage_id, StageState::AwaitingInput)?;
+    ctx.conn
+        .prepare_cached(
+            "UPDATE questions SET state = 'answered', answer = ?2, answered_by = ?3, answered_at = ?4 WHERE id = ?1",
+        )?
+        .execute(params![question_id, text, actor, ctx.now])?;
+    ctx.transition(
+        Entity::Question,
+        question_id.to_string(),
+        Some(run_id),
+        Some(QuestionState::Open.as_str()),
+        QuestionState::Answered.as_str(),
+        text.clone(),
+        actor,
+    )?;
+    let open: i64 = ctx
+        .conn
+        .prepare_cached(
+            "SELECT COUNT(*) FROM questions WHERE run_id = ?1 AND stage_id = ?2 AND state = 'open'",
+        )?
+        .query_row([run_id, &stage_id], |r| r.get(0))?;
+    let resume = resume_step(ctx, run_id, &stage_id)?;
+    if let Some(step) = resume {
+        let mut handoff = handoff_for(ctx, run_id, &stage_id, step)?.unwrap_or(Handoff {
+            for_step: step,
+            ..Handoff::default()
+        });
+        handoff.answers.push(Answered {
+            question_id,
+            question,
+            answer: text.clone(),
+            by: actor.to_owned(),
+        });
+        set_handoff(ctx, run_id, &stage_id, &handoff)?;
+    }
+    if open == 0 {
+        stage_event(
+            ctx,
+            run_id,
+            &stage_id,
+            StageEvent::Answer { resume },
+            format!("question {question_id} answered: {text}"),
+            actor,
+        )?;
+    }
+    Ok(())
+}
+
+/// Closes a stage's open questions: it ended and nobody can answer them.
+pub(super) fn close_questions(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    reason: &str,
+    actor: &str,
+) -> Result<()> {
+    let open: Vec<i64> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT id FROM questions WHERE run_id = ?1 AND stage_id = ?2 AND state = 'open'",
+        )?
+        .query_map([run_id, stage_id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for id in open {
+        ctx.conn
+            .prepare_cached("UPDATE questions SET state = 'closed' WHERE id = ?1")?
+            .execute([id])?;
+        ctx.transition(
+            Entity::Question,
+            id.to_string(),
+            Some(run_id),
+            Some(QuestionState::Open.as_str()),
+            QuestionState::Closed.as_str(),
+            reason.to_owned(),
+            actor,
+        )?;
+    }
+    Ok(())
+}
