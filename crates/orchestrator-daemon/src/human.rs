@@ -66,3 +66,24 @@ pub async fn answer<S: Store>(
     let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
     Ok(Json(run).into_response())
 }
+
+/// `GET /v1/runs/{id}/transitions`: the run's whole log, oldest first: who
+/// did what and why.
+pub async fn transitions<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiErr> {
+    let run = app.store.run_detail(&id).await?.run.id;
+    let mut all = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = app
+            .store
+            .transitions_since(after, Some(run.clone()), 10_000)
+            .await?;
+        let Some(last) = page.last() else { break };
+        after = last.seq;
+        all.extend(page);
+    }
+    Ok(Json(all).into_response())
+}

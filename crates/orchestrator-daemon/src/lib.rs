@@ -115,6 +115,7 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
             post(human::answer::<S>),
         )
         .route("/v1/inbox", get(human::inbox::<S>))
+        .route("/v1/runs/{id}/transitions", get(human::transitions::<S>))
         .route("/v1/agents", get(api::list_agents::<S>))
         .route("/v1/events", get(events::events::<S>))
         .route("/metrics", get(metrics_handler::<S>))
