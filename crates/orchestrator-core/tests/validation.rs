@@ -1138,3 +1138,119 @@ mod durations {
         }
     }
 }
+
+// ======================================================= humans and loops
+
+#[test]
+fn approval_artifacts_input_steps_and_loops_parse() {
+    let wf = parses(&yaml(
+        r#"
+        name: full
+        stages:
+          - id: a
+            repeat:
+              max: 3
+              until: {argv: [test, -f, done]}
+            steps:
+              - approve: true
+                artifacts: [dist/**, report.md]
+                commands:
+                  - argv: ['true']
+          - id: b
+            steps:
+              - input: {question: "Ship it?", choices: [yes, no]}
+              - commands:
+                  - argv: ['true']
+        "#,
+    ));
+    let a = &wf.stages[0];
+    assert!(a.steps[0].approve);
+    assert_eq!(a.steps[0].artifacts, ["dist/**", "report.md"]);
+    assert_eq!(a.repeat.as_ref().unwrap().max, 3);
+    assert!(wf.stages[1].steps[0].is_input());
+}
+
+#[test]
+fn an_artifact_glob_must_stay_inside_the_worktree() {
+    let errs = errors(&yaml(
+        r#"
+        name: w
+        stages:
+          - id: a
+            steps:
+              - artifacts: [../secrets, /etc/passwd, ""]
+                commands:
+                  - argv: ['true']
+        "#,
+    ));
+    let up = error_at(&errs, "stages[0].steps[0].artifacts[0]");
+    assert!(up.message.contains("contains `..`"), "{up}");
+    let abs = error_at(&errs, "stages[0].steps[0].artifacts[1]");
+    assert!(abs.message.contains("is absolute"), "{abs}");
+    let empty = error_at(&errs, "stages[0].steps[0].artifacts[2]");
+    assert!(empty.message.contains("empty artifact glob"), "{empty}");
+}
+
+#[test]
+fn a_step_runs_commands_or_asks_never_both_nor_neither() {
+    let errs = errors(&yaml(
+        r#"
+        name: w
+        stages:
+          - id: a
+            steps:
+              - input: {question: "q"}
+                commands:
+                  - argv: ['true']
+              - name: empty
+              - input: {question: " ", choices: [x, x, ""]}
+                approve: true
+        "#,
+    ));
+    assert!(error_at(&errs, "stages[0].steps[0].input")
+        .message
+        .contains("both `commands` and `input`"));
+    assert!(error_at(&errs, "stages[0].steps[1].commands")
+        .message
+        .contains("or an `input` question"));
+    assert!(error_at(&errs, "stages[0].steps[2].input.question")
+        .message
+        .contains("empty question"));
+    assert!(error_at(&errs, "stages[0].steps[2].input.choices[1]")
+        .message
+        .contains("listed twice"));
+    assert!(error_at(&errs, "stages[0].steps[2].input.choices[2]")
+        .message
+        .contains("empty choice"));
+    assert!(error_at(&errs, "stages[0].steps[2].approve")
+        .message
+        .contains("not to an input step"));
+}
+
+#[test]
+fn a_loop_needs_a_sane_bound_and_a_safe_check() {
+    let errs = errors(&yaml(
+        r#"
+        name: w
+        stages:
+          - id: a
+            repeat:
+              max: 0
+              until: {run: "test -f done"}
+            steps:
+              - commands:
+                  - argv: ['true']
+          - id: b
+            repeat: {max: 2, until: {argv: ['true']}}
+            steps:
+              - input: {question: "again?"}
+        "#,
+    ));
+    let max = error_at(&errs, "stages[0].repeat.max");
+    assert!(max.message.contains("expected 1 to 10000"), "{max}");
+    assert_eq!(max.line, Some(3), "{max}");
+    let until = error_at(&errs, "stages[0].repeat.until");
+    assert!(until.message.contains("`repeat.shell: true`"), "{until}");
+    let last = error_at(&errs, "stages[1].repeat.until");
+    assert!(last.message.contains("put a step with commands last"), "{last}");
+}
