@@ -75,9 +75,17 @@ pub fn run(d: &RunDetail) {
     );
     println!("duration  {}", span(Some(r.created_at_ms), r.ended_at_ms));
     println!("critical  {}", d.plan.critical_path.join(" -> "));
+    if let Some(branch) = &r.branch {
+        println!(
+            "history   {branch} ({} checkpoint{}; `orch artifacts {}`)",
+            d.checkpoints.len(),
+            if d.checkpoints.len() == 1 { "" } else { "s" },
+            r.id
+        );
+    }
     println!();
     println!(
-        "{:<24} {:<10} {:>7} {:>8} {:>12}  NEEDS",
+        "{:<24} {:<17} {:>7} {:>8} {:>12}  NEEDS",
         "STAGE", "STATE", "STEP", "ATTEMPT", "DURATION"
     );
     let critical: std::collections::HashSet<&str> =
@@ -89,7 +97,7 @@ pub fn run(d: &RunDetail) {
             " "
         };
         println!(
-            "{mark}{:<23} {:<10} {:>7} {:>8} {:>12}  {}",
+            "{mark}{:<23} {:<17} {:>7} {:>8} {:>12}  {}",
             s.stage_id,
             s.state.as_str(),
             // Steps reached so far: none for a stage that never started.
@@ -108,6 +116,37 @@ pub fn run(d: &RunDetail) {
         );
     }
     println!("(* on the critical path)");
+    let waiting: Vec<_> = d
+        .stages
+        .iter()
+        .filter(|s| s.state == orchestrator_core::StageState::AwaitingApproval)
+        .collect();
+    let open: Vec<_> = d
+        .questions
+        .iter()
+        .filter(|q| q.state == orchestrator_core::api::QuestionState::Open)
+        .collect();
+    if !waiting.is_empty() || !open.is_empty() {
+        println!();
+        println!("waiting for you:");
+        for s in waiting {
+            println!(
+                "  {} awaits approval: orch approve {} {} | orch reject {} {} --feedback '...'",
+                s.stage_id, r.id, s.stage_id, r.id, s.stage_id
+            );
+        }
+        for q in open {
+            let how = if q.choices.is_empty() {
+                "TEXT".to_owned()
+            } else {
+                q.choices.join("|")
+            };
+            println!(
+                "  {} asks (question {}): {}  -> orch answer {} {} {how}",
+                q.stage_id, q.id, q.question, r.id, q.id
+            );
+        }
+    }
     let failed: Vec<_> = d.jobs.iter().filter(|j| j.error.is_some()).collect();
     if !failed.is_empty() {
         println!();
