@@ -337,6 +337,10 @@ pub enum Entity {
     Job,
     Lease,
     Agent,
+    /// A question a step asked a human.
+    Question,
+    /// A step's checkpoint: its artifacts committed.
+    Checkpoint,
 }
 
 impl Entity {
@@ -347,6 +351,8 @@ impl Entity {
             Entity::Job => "job",
             Entity::Lease => "lease",
             Entity::Agent => "agent",
+            Entity::Question => "question",
+            Entity::Checkpoint => "checkpoint",
         }
     }
     pub fn parse(s: &str) -> Option<Self> {
@@ -356,6 +362,8 @@ impl Entity {
             "job" => Entity::Job,
             "lease" => Entity::Lease,
             "agent" => Entity::Agent,
+            "question" => Entity::Question,
+            "checkpoint" => Entity::Checkpoint,
             _ => return None,
         })
     }

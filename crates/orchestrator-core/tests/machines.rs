@@ -603,11 +603,19 @@ fn every_entity_name_round_trips() {
         Entity::Job,
         Entity::Lease,
         Entity::Agent,
+        Entity::Question,
+        Entity::Checkpoint,
     ];
     // Fails to compile when a variant is added and not listed above.
     for e in all {
         match e {
-            Entity::Run | Entity::Stage | Entity::Job | Entity::Lease | Entity::Agent => {}
+            Entity::Run
+            | Entity::Stage
+            | Entity::Job
+            | Entity::Lease
+            | Entity::Agent
+            | Entity::Question
+            | Entity::Checkpoint => {}
         }
     }
     let mut names: Vec<&str> = all.iter().map(|e| e.as_str()).collect();
