@@ -266,8 +266,9 @@ impl<S: Store> Worker<S> {
                     return Outcome::Delivered;
                 }
                 Ok((status, body)) => {
+                    // One line, however the receiver laid out its page.
+                    let body: String = body.split_whitespace().collect::<Vec<_>>().join(" ");
                     let body: String = body.chars().take(ERROR_BODY_CHARS).collect();
-                    let body = body.trim();
                     let error = if body.is_empty() {
                         format!("HTTP {status}")
                     } else {
