@@ -62,6 +62,17 @@ pub struct HooksConfig {
     pub retry: RetryPolicy,
 }
 
+impl HooksConfig {
+    /// Refuses a URL that is not one, or that this build cannot reach.
+    pub fn check(&self) -> Result<(), HooksError> {
+        let openclaw = self.openclaw.as_ref().map(|o| &o.url);
+        self.webhooks
+            .iter()
+            .chain(openclaw)
+            .try_for_each(|u| check_url(u))
+    }
+}
+
 /// Secrets stay out of logs: only what is configured, never the keys.
 impl std::fmt::Debug for HooksConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -332,14 +343,13 @@ pub struct Hooks {
 impl Hooks {
     /// Checks every URL, loads the cursors and makes the HTTP client.
     pub fn new(cfg: &HooksConfig) -> Result<Hooks, HooksError> {
+        cfg.check()?;
         let mut targets = Vec::new();
         for url in &cfg.webhooks {
-            check_url(url)?;
             let how = How::Webhook { url: url.clone() };
             targets.push(Arc::new(Target::new(how, url)));
         }
         if let Some(oc) = &cfg.openclaw {
-            check_url(&oc.url)?;
             targets.push(Arc::new(Target::new(How::OpenClaw(oc.clone()), &oc.url)));
         }
         let http = reqwest::Client::builder()
@@ -351,6 +361,7 @@ impl Hooks {
             .user_agent(concat!("orchestrator/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| HooksError::Client(e.to_string()))?;
+        let state_file = cfg.state_file.clone().filter(|_| !targets.is_empty());
         Ok(Hooks {
             targets,
             shared: Arc::new(Shared {
@@ -359,7 +370,8 @@ impl Hooks {
                 links: cfg.links.clone(),
                 retry: cfg.retry,
             }),
-            cursors: cursor::Cursors::load(cfg.state_file.clone())?,
+            // Without targets the file is not read: nothing would use it.
+            cursors: cursor::Cursors::load(state_file)?,
         })
     }
 
