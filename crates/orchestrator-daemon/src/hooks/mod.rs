@@ -345,7 +345,12 @@ impl Hooks {
     pub fn new(cfg: &HooksConfig) -> Result<Hooks, HooksError> {
         cfg.check()?;
         let mut targets = Vec::new();
-        for url in &cfg.webhooks {
+        for (i, url) in cfg.webhooks.iter().enumerate() {
+            // The same URL twice would be two tasks on one cursor.
+            if cfg.webhooks[..i].contains(url) {
+                tracing::warn!(url = %shown_url(url), "webhook given twice; delivering once");
+                continue;
+            }
             let how = How::Webhook { url: url.clone() };
             targets.push(Arc::new(Target::new(how, url)));
         }
@@ -473,6 +478,17 @@ mod tests {
                 "{bad}"
             );
         }
+        let twice = HooksConfig {
+            webhooks: vec!["http://a/".into(), "http://b/".into(), "http://a/".into()],
+            ..Default::default()
+        };
+        let urls: Vec<_> = Hooks::new(&twice)
+            .unwrap()
+            .status()
+            .into_iter()
+            .map(|s| s.url)
+            .collect();
+        assert_eq!(urls, ["http://a/", "http://b/"]);
     }
 
     #[test]
