@@ -97,6 +97,7 @@ pub fn human_event(t: &Transition) -> Option<HumanEvent> {
     };
     // Entity ids are `run`, `run/stage`, `run/stage/N`; a question's may be
     // its bare number. The run id comes from the row when it has one.
+    // `split` yields at least one part, so `parts[0]` exists.
     let parts: Vec<&str> = t.entity_id.split('/').collect();
     let run_id = t.run_id.clone().unwrap_or_else(|| parts[0].to_owned());
     let stage_id = match t.entity {
