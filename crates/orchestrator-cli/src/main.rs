@@ -115,10 +115,25 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Webhook and OpenClaw delivery.
+    Webhooks {
+        #[command(subcommand)]
+        cmd: WebhooksCmd,
+    },
     /// Print the JSON Schema of workflow files.
     Schema,
     /// Measure the full path (daemon, agent, HTTP, durable store) against spawning directly.
     Bench(bench::BenchArgs),
+}
+
+#[derive(Subcommand)]
+enum WebhooksCmd {
+    /// Each target's deliveries, failures, backlog and last error.
+    Status {
+        /// Output format: text for people, json for programs.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
 }
 
 /// A command to one run: `cancel`, `pause`, `resume`.
@@ -260,6 +275,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(2))
                 }
             }
+        }
+        Cmd::Webhooks {
+            cmd: WebhooksCmd::Status { output },
+        } => {
+            let list: Vec<orchestrator_daemon::hooks::HookStatus> =
+                client()?.get("/v1/webhooks").await?;
+            match output {
+                Output::Json => view::json(&list)?,
+                Output::Text => view::webhooks(&list),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Schema => {
             view::json(&orchestrator_core::spec::workflow_schema())?;

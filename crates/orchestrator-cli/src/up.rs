@@ -10,11 +10,12 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use orchestrator_agent::{run_agent, AgentConfig};
+use orchestrator_daemon::hooks::{ActionLinks, HooksConfig, OpenClawConfig, DEFAULT_LINK_TTL_MS};
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
 use orchestrator_store::{SqliteStore, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::Client;
+use crate::client::{CliError, Client};
 use crate::paths;
 
 #[derive(clap::Args, Clone)]
@@ -40,6 +41,90 @@ pub struct DaemonArgs {
     /// Longest a store batch keeps taking waiting commands, in milliseconds.
     #[arg(long, default_value_t = 5, env = "ORCH_BATCH_MAX_MS")]
     pub batch_max_ms: u64,
+    #[command(flatten)]
+    pub hooks: HookArgs,
+}
+
+/// Where human-facing events go (approvals, questions, failures, finished runs).
+#[derive(clap::Args, Clone, Default)]
+#[command(next_help_heading = "Webhooks and OpenClaw")]
+pub struct HookArgs {
+    /// POST every event as signed JSON to URL (repeat, or comma-separate in the variable).
+    #[arg(
+        long = "webhook",
+        value_name = "URL",
+        env = "ORCH_WEBHOOKS",
+        value_delimiter = ','
+    )]
+    pub webhooks: Vec<String>,
+    /// Key of the X-Orch-Signature-256 HMAC; default: webhook.secret in the data directory, made once.
+    #[arg(long, env = "ORCH_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// OpenClaw gateway base URL: approvals, questions, failures and finished runs go to URL/hooks/agent.
+    #[arg(long, value_name = "URL", env = "ORCH_OPENCLAW_URL")]
+    pub openclaw_url: Option<String>,
+    /// The gateway's hook token (its `hooks.token`).
+    #[arg(long, env = "ORCH_OPENCLAW_TOKEN", hide_env_values = true)]
+    pub openclaw_token: Option<String>,
+    /// Chat channel the gateway delivers on (telegram, slack, whatsapp, ...); default: the gateway's.
+    #[arg(long, env = "ORCH_OPENCLAW_CHANNEL")]
+    pub openclaw_channel: Option<String>,
+    /// Recipient on that channel (a chat id, a phone number); default: the gateway's.
+    #[arg(long, env = "ORCH_OPENCLAW_TO")]
+    pub openclaw_to: Option<String>,
+    /// This daemon's URL as a phone reaches it: messages then carry signed one-click links.
+    #[arg(long, value_name = "URL", env = "ORCH_PUBLIC_URL")]
+    pub public_url: Option<String>,
+}
+
+impl HookArgs {
+    /// The daemon's hook settings; secrets not given are read from (or made
+    /// once in) the data directory, mode 0600, only when something needs them.
+    fn config(&self, data_dir: &Path) -> Result<HooksConfig> {
+        let given = |s: &Option<String>| s.clone().filter(|s| !s.trim().is_empty());
+        let mut h = HooksConfig {
+            webhooks: self.webhooks.clone(),
+            state_file: Some(data_dir.join("hooks.json")),
+            ..Default::default()
+        };
+        match (&self.openclaw_url, given(&self.openclaw_token)) {
+            (Some(url), Some(token)) => {
+                h.openclaw = Some(OpenClawConfig {
+                    url: url.clone(),
+                    token,
+                    channel: given(&self.openclaw_channel),
+                    to: given(&self.openclaw_to),
+                });
+            }
+            (Some(_), None) => {
+                return Err(CliError::BadInput(
+                    "--openclaw-url needs --openclaw-token (or ORCH_OPENCLAW_TOKEN): the gateway refuses hooks without its token".into(),
+                )
+                .into())
+            }
+            (None, _) if self.openclaw_channel.is_some() || self.openclaw_to.is_some() => {
+                tracing::warn!("--openclaw-channel and --openclaw-to do nothing without --openclaw-url");
+            }
+            (None, _) => {}
+        }
+        // Bad URLs are refused before any secret is made for them.
+        h.check().map_err(|e| CliError::BadInput(e.to_string()))?;
+        if !h.webhooks.is_empty() {
+            let secret = match given(&self.webhook_secret) {
+                Some(s) => s,
+                None => paths::ensure_token(data_dir, "webhook.secret")?,
+            };
+            h.webhook_secret = secret.into_bytes();
+        }
+        if let Some(url) = given(&self.public_url) {
+            h.links = Some(ActionLinks {
+                public_url: url,
+                key: paths::ensure_token(data_dir, "action.secret")?.into_bytes(),
+                ttl_ms: DEFAULT_LINK_TTL_MS,
+            });
+        }
+        Ok(h)
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -122,6 +207,7 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
         admin: vec![paths::ensure_token(data_dir, "admin.token")?],
         agent: vec![paths::ensure_token(data_dir, "agent.token")?],
     };
+    let hooks = a.hooks.config(data_dir)?;
     let mut opts = StoreOptions::new(store_path(a.store.as_deref(), data_dir)?);
     opts.max_items = a.batch_max_items;
     opts.max_ms = a.batch_max_ms;
@@ -130,6 +216,7 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     cfg.lease_ttl_ms = a.lease_ttl_ms;
     cfg.heartbeat_interval_ms = a.heartbeat_ms;
     cfg.max_body_bytes = a.max_body_bytes;
+    cfg.hooks = hooks;
     let daemon = Daemon::start(cfg, store)
         .await
         .with_context(|| format!("cannot start the daemon on {}", a.listen))?;
@@ -261,6 +348,7 @@ impl Embedded {
                 max_body_bytes: 64 * 1024 * 1024,
                 batch_max_items: 256,
                 batch_max_ms: 5,
+                hooks: HookArgs::default(),
             },
             agent,
         };

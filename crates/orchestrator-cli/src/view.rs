@@ -2,6 +2,7 @@
 
 use orchestrator_core::api::{AgentView, RunDetail, RunSummary};
 use orchestrator_core::Plan;
+use orchestrator_daemon::hooks::HookStatus;
 
 /// `-o` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -200,5 +201,53 @@ pub fn agents(list: &[AgentView]) {
             a.labels.join(","),
             duration(now - a.last_seen_ms)
         );
+    }
+}
+
+/// What a hook target is doing, in one word.
+fn hook_state(h: &HookStatus) -> &'static str {
+    if h.retrying {
+        "retrying"
+    } else if h.last_attempt_ms.is_none() {
+        "idle"
+    } else if h.last_error_ms.is_some() && h.last_error_ms >= h.last_attempt_ms {
+        // The last attempt of all failed.
+        "failing"
+    } else {
+        "ok"
+    }
+}
+
+pub fn webhooks(list: &[HookStatus]) {
+    if list.is_empty() {
+        println!("no webhooks or OpenClaw gateway; start the daemon with --webhook URL or --openclaw-url URL");
+        return;
+    }
+    println!(
+        "{:<9} {:<9} {:>9} {:>6} {:>6} {:>8} {:>10}  URL",
+        "KIND", "STATE", "DELIVERED", "FAILED", "BEHIND", "CURSOR", "LAST TRY"
+    );
+    let now = orchestrator_store::now_ms();
+    let ago = |ms: Option<i64>| ms.map_or("-".to_owned(), |t| format!("{} ago", duration(now - t)));
+    for h in list {
+        println!(
+            "{:<9} {:<9} {:>9} {:>6} {:>6} {:>8} {:>10}  {}",
+            h.kind.as_str(),
+            hook_state(h),
+            h.delivered,
+            h.failed,
+            h.behind,
+            h.cursor,
+            ago(h.last_attempt_ms),
+            h.url
+        );
+        if let Some(e) = &h.last_error {
+            let retry = if h.retrying {
+                format!(", attempt {} failed, retrying", h.attempt)
+            } else {
+                String::new()
+            };
+            println!("          last error {}{retry}: {e}", ago(h.last_error_ms));
+        }
     }
 }

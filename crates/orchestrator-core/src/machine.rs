@@ -469,7 +469,9 @@ pub enum Entity {
     Job,
     Lease,
     Agent,
+    /// A question a step asked a human.
     Question,
+    /// A step's checkpoint: its artifacts committed.
     Checkpoint,
 }
 

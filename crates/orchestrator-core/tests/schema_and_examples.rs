@@ -213,11 +213,11 @@ fn every_example_workflow_parses_validates_and_plans() {
 }
 
 #[test]
-fn examples_stay_inside_the_project_and_write_only_under_dot_orchestrator() {
+fn examples_stay_inside_the_worktree_and_write_only_under_their_output_directory() {
     for (name, wf) in examples() {
         for (_, cmd) in commands(&wf) {
             if let Some(cwd) = &cmd.cwd {
-                assert!(cwd.starts_with(".orchestrator/"), "{name}: cwd {cwd}");
+                assert!(cwd == "out" || cwd.starts_with("out/"), "{name}: cwd {cwd}");
             }
             let text = cmd.argv.join(" ") + cmd.run.as_deref().unwrap_or("");
             for bad in ["rm ", "sudo", "curl", "wget", "/tmp", "~/", "$HOME"] {
@@ -233,7 +233,7 @@ fn examples_stay_inside_the_project_and_write_only_under_dot_orchestrator() {
                     target.starts_with("\"$DEMO_OUT/")
                         || target.starts_with("/dev/")
                         || cmd.cwd.is_some(),
-                    "{name}: writes outside .orchestrator/: {text:?}"
+                    "{name}: writes outside $DEMO_OUT: {text:?}"
                 );
             }
         }
@@ -286,9 +286,15 @@ fn the_demo_is_a_diamond_ish_pipeline_whose_critical_path_runs_through_build() {
     assert!(wf.stages.iter().any(|s| s.steps.len() > 1));
     assert!(wf.stages.iter().any(|s| !s.env.is_empty()));
     assert!(commands(&wf).any(|(step, c)| step.shell && c.run.is_some()));
-    // It makes its progress visible, and writes its output under .orchestrator/demo-out.
+    // It makes its progress visible, writes its output under out/ in the
+    // run's worktree, and commits some of it at checkpoints.
     assert!(commands(&wf).any(|(_, c)| c.argv.first().is_some_and(|p| p == "sleep")));
-    assert_eq!(wf.env["DEMO_OUT"], ".orchestrator/demo-out");
+    assert_eq!(wf.env["DEMO_OUT"], "out");
+    assert!(wf
+        .stages
+        .iter()
+        .flat_map(|s| &s.steps)
+        .any(|s| !s.artifacts.is_empty()));
     // Its sleeps (as commands; `build` also sleeps in its shell loop) stay short.
     let sleep_s: f64 = commands(&wf)
         .filter(|(_, c)| c.argv.first().is_some_and(|p| p == "sleep"))

@@ -1252,5 +1252,8 @@ fn a_loop_needs_a_sane_bound_and_a_safe_check() {
     let until = error_at(&errs, "stages[0].repeat.until");
     assert!(until.message.contains("`repeat.shell: true`"), "{until}");
     let last = error_at(&errs, "stages[1].repeat.until");
-    assert!(last.message.contains("put a step with commands last"), "{last}");
+    assert!(
+        last.message.contains("put a step with commands last"),
+        "{last}"
+    );
 }

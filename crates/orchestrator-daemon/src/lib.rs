@@ -2,9 +2,10 @@
 //!
 //! What it is: an axum HTTP server under `/v1` (runs for users; register,
 //! claim, heartbeat and complete for agents; `/v1/events` as Server-Sent
-//! Events; `/healthz`; `/metrics`), and the lease reaper. Both run as named
-//! components under one supervisor ([`Daemon`]) that cancels them together on
-//! shutdown and then closes the store.
+//! Events; `/healthz`; `/metrics`), the lease reaper, and one delivery task
+//! per webhook or OpenClaw target ([`hooks`]). All run as named components
+//! under one supervisor ([`Daemon`]) that cancels them together on shutdown
+//! and then closes the store.
 //!
 //! Who owns what: the store's writer thread owns every state change (the
 //! scheduler pass runs there, at the end of each batch that made stages
@@ -21,6 +22,7 @@ pub mod api;
 pub mod auth;
 mod error;
 mod events;
+pub mod hooks;
 mod human;
 pub mod metrics;
 mod project;
@@ -55,6 +57,8 @@ pub struct DaemonConfig {
     pub max_body_bytes: usize,
     /// Longest the reaper sleeps between looks at the leases, in milliseconds.
     pub reaper_tick_ms: u64,
+    /// Webhooks and the OpenClaw gateway that hear of human-facing events.
+    pub hooks: hooks::HooksConfig,
 }
 
 impl DaemonConfig {
@@ -67,6 +71,7 @@ impl DaemonConfig {
             max_claim_wait_ms: 30_000,
             max_body_bytes: 8 * 1024 * 1024,
             reaper_tick_ms: 1_000,
+            hooks: hooks::HooksConfig::default(),
         }
     }
 }
@@ -78,6 +83,8 @@ pub struct App<S> {
     pub metrics: metrics::Metrics,
     /// Cancelled on shutdown: long-polls and event streams end.
     pub shutdown: CancellationToken,
+    /// The outbound targets, for their status.
+    pub hooks: hooks::Hooks,
 }
 
 /// A started daemon.
@@ -118,6 +125,7 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/v1/runs/{id}/transitions", get(human::transitions::<S>))
         .route("/v1/agents", get(api::list_agents::<S>))
         .route("/v1/events", get(events::events::<S>))
+        .route("/v1/webhooks", get(webhooks_handler::<S>))
         .route("/metrics", get(metrics_handler::<S>))
         .route_layer(axum::middleware::from_fn_with_state(
             tokens.clone(),
@@ -154,9 +162,18 @@ async fn metrics_handler<S: Store>(
     Ok(app.metrics.render(&counts, &app.store.writer_stats()))
 }
 
+/// `GET /v1/webhooks`: every hook target's delivery status.
+async fn webhooks_handler<S: Store>(
+    axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
+) -> axum::Json<Vec<hooks::HookStatus>> {
+    axum::Json(app.hooks.status())
+}
+
 impl Daemon {
     /// Binds, resumes from the store and starts every component.
     pub async fn start<S: Store>(config: DaemonConfig, store: Arc<S>) -> std::io::Result<Daemon> {
+        // Bad hook settings fail before anything listens or is resumed.
+        let hooks = hooks::Hooks::new(&config.hooks).map_err(std::io::Error::other)?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         // Leases from before a restart get one more lease time, so their
@@ -176,8 +193,13 @@ impl Daemon {
             config,
             metrics: Default::default(),
             shutdown: shutdown.clone(),
+            hooks,
         });
         let mut tasks = JoinSet::new();
+        if let Err(e) = app.hooks.start(&store, &mut tasks, &shutdown).await {
+            shutdown.cancel();
+            return Err(std::io::Error::other(e));
+        }
         let (a, stop) = (app.clone(), shutdown.clone());
         tasks.spawn(async move {
             let r = axum::serve(listener, router(a))

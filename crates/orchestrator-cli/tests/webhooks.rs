@@ -1,0 +1,164 @@
+//! `orch daemon --webhook` and `orch webhooks status` through the real
+//! binary: a failing run's events reach a receiver on loopback, signed with
+//! the secret the daemon made in its data directory.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+
+use common::{wait_for, Harness, LONG};
+use serde_json::Value;
+
+/// One POST a receiver got: its header lines and body.
+#[derive(Clone, Debug)]
+struct Post {
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Post {
+    fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+}
+
+/// A loopback HTTP server that answers 200 to everything and keeps what it got.
+fn receiver() -> (String, Arc<Mutex<Vec<Post>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let keep = got.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut s) = conn else { continue };
+            let mut raw = Vec::new();
+            let mut buf = [0u8; 8192];
+            let (head, len) = loop {
+                let n = s.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break (String::new(), 0);
+                }
+                raw.extend_from_slice(&buf[..n]);
+                if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                    let head = String::from_utf8_lossy(&raw[..end]).into_owned();
+                    raw.drain(..end + 4);
+                    let len = Post {
+                        head: head.clone(),
+                        body: vec![],
+                    }
+                    .header("content-length")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0);
+                    break (head, len);
+                }
+            };
+            while raw.len() < len {
+                let n = s.read(&mut buf).unwrap_or(0);
+                if n == 0 {
+                    break;
+                }
+                raw.extend_from_slice(&buf[..n]);
+            }
+            keep.lock().unwrap().push(Post { head, body: raw });
+            let _ =
+                s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        }
+    });
+    (url, got)
+}
+
+#[test]
+fn a_failing_run_reaches_a_webhook_signed_and_webhooks_status_shows_it() {
+    let (url, got) = receiver();
+    let mut h = Harness::new();
+    let d = h.start_daemon(&["--webhook", &url]);
+    h.start_agent(&d, "a1", 1);
+    let wf = h.write(
+        "fails.yaml",
+        "name: fails\nstages:\n  - id: build\n    steps: [{commands: [{argv: [\"false\"]}]}]\n",
+    );
+    let run = h.submit(&wf);
+    let posts = wait_for("two events at the receiver", LONG, || {
+        let g = got.lock().unwrap().clone();
+        (g.len() >= 2).then_some(g)
+    });
+
+    // The secret was made once, private to the user, and signs every body.
+    let secret_file = h.data.join("webhook.secret");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&secret_file)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let secret = std::fs::read_to_string(&secret_file).unwrap();
+    let kinds: Vec<String> = posts
+        .iter()
+        .map(|p| {
+            assert!(p.head.starts_with("POST /hook "), "{}", p.head);
+            assert_eq!(
+                p.header("x-orch-signature-256"),
+                Some(orchestrator_daemon::hooks::signature(
+                    secret.trim().as_bytes(),
+                    &p.body
+                ))
+            );
+            let v: Value = serde_json::from_slice(&p.body).unwrap();
+            assert_eq!(v["run_id"], run.as_str());
+            v["event"].as_str().unwrap().to_owned()
+        })
+        .collect();
+    assert_eq!(kinds, ["failure", "run_finished"]);
+
+    let status = wait_for("both deliveries in the status", LONG, || {
+        let v = h
+            .orch(&["webhooks", "status", "-o", "json"])
+            .expect_code(0)
+            .json();
+        (v[0]["delivered"] == 2).then_some(v)
+    });
+    assert_eq!(status[0]["kind"], "webhook");
+    assert_eq!(status[0]["url"], url.as_str());
+    assert_eq!(status[0]["failed"], 0);
+    let text = h.orch(&["webhooks", "status"]);
+    text.expect_code(0);
+    let row = text.stdout.lines().nth(1).unwrap_or_default().to_owned();
+    assert!(
+        row.starts_with("webhook") && row.contains(" ok ") && row.ends_with(&url),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_daemon_refuses_hooks_it_cannot_use() {
+    let h = Harness::new();
+    let out = h.orch(&[
+        "daemon",
+        "--listen",
+        "127.0.0.1:0",
+        "--openclaw-url",
+        "http://127.0.0.1:9",
+    ]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("--openclaw-token"), "{out}");
+    let out = h.orch(&[
+        "daemon",
+        "--listen",
+        "127.0.0.1:0",
+        "--webhook",
+        "ftp://example/x",
+    ]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("ftp://example/x"), "{out}");
+    assert!(
+        !h.data.join("webhook.secret").exists(),
+        "no secret made for a refused hook"
+    );
+}

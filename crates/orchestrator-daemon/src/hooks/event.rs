@@ -1,0 +1,352 @@
+//! Human-facing events: the few transitions a person wants to hear about
+//! (an approval is requested, a question asked or answered, a checkpoint
+//! committed, a stage failed, a run finished), each with the exact `orch`
+//! commands that answer it. Derived from the transitions log by a pure
+//! function, so a replay of the log after a restart yields the same events
+//! with the same `seq` — which is what lets receivers drop duplicates.
+
+use orchestrator_core::{Entity, Transition};
+use serde::{Deserialize, Serialize};
+
+/// What kind of thing happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    /// A stage holds after a step until a human approves or rejects it.
+    ApprovalRequested,
+    /// A step asked a human a question.
+    QuestionAsked,
+    /// A human (or the daemon) answered a question.
+    QuestionAnswered,
+    /// A step's artifacts were committed on the run's branch.
+    Checkpoint,
+    /// A stage failed.
+    Failure,
+    /// A run succeeded, failed or was cancelled.
+    RunFinished,
+}
+
+impl EventKind {
+    /// Every kind, for tests and documentation.
+    pub const ALL: &'static [EventKind] = &[
+        EventKind::ApprovalRequested,
+        EventKind::QuestionAsked,
+        EventKind::QuestionAnswered,
+        EventKind::Checkpoint,
+        EventKind::Failure,
+        EventKind::RunFinished,
+    ];
+
+    /// The name in payloads and in the `X-Orch-Event` header.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::ApprovalRequested => "approval_requested",
+            EventKind::QuestionAsked => "question_asked",
+            EventKind::QuestionAnswered => "question_answered",
+            EventKind::Checkpoint => "checkpoint",
+            EventKind::Failure => "failure",
+            EventKind::RunFinished => "run_finished",
+        }
+    }
+}
+
+impl std::fmt::Display for EventKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One event as webhooks receive it (the JSON body is this struct).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HumanEvent {
+    pub event: EventKind,
+    /// The transition's position in the log: unique, increasing, and the
+    /// same on every redelivery.
+    pub seq: i64,
+    pub run_id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage_id: Option<String>,
+    /// For question events: the id `orch answer` takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub question_id: Option<i64>,
+    pub entity_id: String,
+    pub from: Option<String>,
+    pub to: String,
+    pub reason: String,
+    pub actor: String,
+    pub at_ms: i64,
+    /// The exact commands a human types to respond; empty when nothing is
+    /// to be answered.
+    pub answer_with: Vec<String>,
+    /// For a question with fixed choices: the choices. The transition does
+    /// not carry them; whoever knows them (the question's row) fills them in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub choices: Vec<String>,
+}
+
+/// The human event a committed transition makes, if any.
+pub fn human_event(t: &Transition) -> Option<HumanEvent> {
+    let kind = match (t.entity, t.from.as_deref(), t.to.as_str()) {
+        (Entity::Stage, _, "awaiting_approval") => EventKind::ApprovalRequested,
+        (Entity::Stage, _, "failed") => EventKind::Failure,
+        (Entity::Question, None, "open") => EventKind::QuestionAsked,
+        (Entity::Question, _, "answered") => EventKind::QuestionAnswered,
+        (Entity::Checkpoint, _, "committed") => EventKind::Checkpoint,
+        (Entity::Run, _, "succeeded" | "failed" | "cancelled") => EventKind::RunFinished,
+        _ => return None,
+    };
+    // Entity ids are `run`, `run/stage`, `run/stage/N`; a question's may be
+    // its bare number. The run id comes from the row when it has one.
+    // `split` yields at least one part, so `parts[0]` exists.
+    let parts: Vec<&str> = t.entity_id.split('/').collect();
+    let run_id = t.run_id.clone().unwrap_or_else(|| parts[0].to_owned());
+    let stage_id = match t.entity {
+        Entity::Run => None,
+        _ if parts.len() >= 2 && parts[0] == run_id => Some(parts[1].to_owned()),
+        _ => None,
+    };
+    let question_id = match t.entity {
+        Entity::Question => parts.last().and_then(|p| p.parse().ok()),
+        _ => None,
+    };
+    let mut ev = HumanEvent {
+        event: kind,
+        seq: t.seq,
+        run_id,
+        stage_id,
+        question_id,
+        entity_id: t.entity_id.clone(),
+        from: t.from.clone(),
+        to: t.to.clone(),
+        reason: t.reason.clone(),
+        actor: t.actor.clone(),
+        at_ms: t.at_ms,
+        answer_with: Vec::new(),
+        choices: Vec::new(),
+    };
+    ev.answer_with = answer_commands(&ev);
+    Some(ev)
+}
+
+/// The commands that answer `ev`: approve or reject a held stage, answer a
+/// question (one command per choice when it has choices).
+pub fn answer_commands(ev: &HumanEvent) -> Vec<String> {
+    let run = sh_quote(&ev.run_id);
+    match ev.event {
+        EventKind::ApprovalRequested => {
+            let Some(stage) = ev.stage_id.as_deref() else {
+                return Vec::new();
+            };
+            let stage = sh_quote(stage);
+            vec![
+                format!("orch approve {run} {stage}"),
+                format!("orch reject {run} {stage} --feedback \"<what to change>\""),
+            ]
+        }
+        EventKind::QuestionAsked => {
+            let Some(q) = ev.question_id else {
+                return Vec::new();
+            };
+            if ev.choices.is_empty() {
+                vec![format!("orch answer {run} {q} \"<your answer>\"")]
+            } else {
+                ev.choices
+                    .iter()
+                    .map(|c| format!("orch answer {run} {q} {}", sh_quote(c)))
+                    .collect()
+            }
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Quotes `s` for a POSIX shell when it needs it, so a command can be
+/// pasted as it is.
+pub fn sh_quote(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:@%+=,".contains(&b));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(entity: Entity, id: &str, from: Option<&str>, to: &str, reason: &str) -> Transition {
+        Transition {
+            seq: 42,
+            entity,
+            entity_id: id.into(),
+            run_id: Some("r1".into()),
+            from: from.map(Into::into),
+            to: to.into(),
+            reason: reason.into(),
+            actor: "agent:a1".into(),
+            at_ms: 1_000,
+        }
+    }
+
+    fn kind(tr: &Transition) -> Option<EventKind> {
+        human_event(tr).map(|e| e.event)
+    }
+
+    #[test]
+    fn each_kind_comes_from_its_transition() {
+        use EventKind as K;
+        let cases = [
+            (
+                t(
+                    Entity::Stage,
+                    "r1/build",
+                    Some("running"),
+                    "awaiting_approval",
+                    "",
+                ),
+                K::ApprovalRequested,
+            ),
+            (
+                t(Entity::Question, "r1/plan/7", None, "open", "Which db?"),
+                K::QuestionAsked,
+            ),
+            (
+                t(Entity::Question, "7", Some("open"), "answered", "sqlite"),
+                K::QuestionAnswered,
+            ),
+            (
+                t(
+                    Entity::Checkpoint,
+                    "r1/build/2",
+                    None,
+                    "committed",
+                    "commit 1a2b3c",
+                ),
+                K::Checkpoint,
+            ),
+            (
+                t(
+                    Entity::Stage,
+                    "r1/build",
+                    Some("running"),
+                    "failed",
+                    "exit 1",
+                ),
+                K::Failure,
+            ),
+        ];
+        for (tr, want) in &cases {
+            assert_eq!(kind(tr), Some(*want), "{tr:?}");
+        }
+        for end in ["succeeded", "failed", "cancelled"] {
+            assert_eq!(
+                kind(&t(Entity::Run, "r1", Some("running"), end, "")),
+                Some(K::RunFinished)
+            );
+        }
+    }
+
+    #[test]
+    fn other_transitions_make_no_event() {
+        let quiet = [
+            t(Entity::Stage, "r1/b", Some("queued"), "running", ""),
+            t(Entity::Stage, "r1/b", Some("running"), "succeeded", ""),
+            t(Entity::Stage, "r1/b", Some("pending"), "blocked", ""),
+            t(Entity::Stage, "r1/b", Some("running"), "cancelled", ""),
+            t(Entity::Run, "r1", None, "running", "submitted"),
+            t(Entity::Run, "r1", Some("running"), "paused", ""),
+            t(Entity::Job, "5", Some("leased"), "failed", ""),
+            t(Entity::Lease, "5", Some("active"), "revoked", ""),
+            t(Entity::Agent, "a1", None, "registered", ""),
+            // Re-opened, not asked: only a creation is a new question.
+            t(Entity::Question, "7", Some("answered"), "open", ""),
+            t(Entity::Question, "7", Some("open"), "closed", ""),
+            t(Entity::Checkpoint, "r1/b/1", None, "started", ""),
+        ];
+        for tr in &quiet {
+            assert_eq!(kind(tr), None, "{tr:?}");
+        }
+    }
+
+    #[test]
+    fn an_event_names_its_run_stage_and_question() {
+        let e = human_event(&t(Entity::Question, "r1/plan/7", None, "open", "Which db?")).unwrap();
+        assert_eq!(
+            (e.run_id.as_str(), e.stage_id.as_deref(), e.question_id),
+            ("r1", Some("plan"), Some(7))
+        );
+        assert_eq!(e.reason, "Which db?");
+        let e = human_event(&t(Entity::Question, "9", None, "open", "?")).unwrap();
+        assert_eq!((e.stage_id, e.question_id), (None, Some(9)));
+        let mut run_end = t(Entity::Run, "r1", Some("running"), "failed", "");
+        run_end.run_id = None;
+        let e = human_event(&run_end).unwrap();
+        assert_eq!((e.run_id.as_str(), e.stage_id), ("r1", None));
+        let e = human_event(&t(Entity::Checkpoint, "r1/build/3", None, "committed", "c")).unwrap();
+        assert_eq!(e.stage_id.as_deref(), Some("build"));
+    }
+
+    #[test]
+    fn answer_with_lists_the_commands_that_answer() {
+        let approval = human_event(&t(
+            Entity::Stage,
+            "r1/build",
+            Some("running"),
+            "awaiting_approval",
+            "",
+        ))
+        .unwrap();
+        assert_eq!(
+            approval.answer_with,
+            [
+                "orch approve r1 build",
+                "orch reject r1 build --feedback \"<what to change>\""
+            ]
+        );
+        let mut q = human_event(&t(Entity::Question, "r1/plan/7", None, "open", "?")).unwrap();
+        assert_eq!(q.answer_with, ["orch answer r1 7 \"<your answer>\""]);
+        q.choices = vec!["sqlite".into(), "it's postgres".into()];
+        assert_eq!(
+            answer_commands(&q),
+            [
+                "orch answer r1 7 sqlite",
+                r"orch answer r1 7 'it'\''s postgres'"
+            ]
+        );
+        for tr in [
+            t(Entity::Stage, "r1/b", Some("running"), "failed", ""),
+            t(Entity::Run, "r1", Some("running"), "succeeded", ""),
+            t(Entity::Question, "7", Some("open"), "answered", ""),
+        ] {
+            assert!(human_event(&tr).unwrap().answer_with.is_empty());
+        }
+    }
+
+    #[test]
+    fn the_payload_has_the_documented_fields() {
+        let e = human_event(&t(Entity::Stage, "r1/b", Some("running"), "failed", "x")).unwrap();
+        let v = serde_json::to_value(&e).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        keys.sort_unstable();
+        assert_eq!(
+            keys,
+            [
+                "actor",
+                "answer_with",
+                "at_ms",
+                "entity_id",
+                "event",
+                "from",
+                "reason",
+                "run_id",
+                "seq",
+                "stage_id",
+                "to"
+            ]
+        );
+        assert_eq!(v["event"], "failure");
+    }
+}

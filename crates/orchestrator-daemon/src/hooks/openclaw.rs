@@ -1,0 +1,276 @@
+//! The OpenClaw adapter: the events a human must act on or wants to know
+//! (approval requested, question asked, failure, run finished) sent to an
+//! OpenClaw gateway's `POST /hooks/agent`, which hands the message to its
+//! agent and delivers the reply on the user's chat channel (WhatsApp,
+//! Telegram, Slack, ...). So the message is written for a person: what
+//! happened, and exactly what to type to answer — plus, when the daemon has
+//! a public URL, signed one-click links.
+
+use serde::Serialize;
+
+use super::deliver::Prepared;
+use super::sign::{sign_action, Action, ActionKind};
+use super::{ActionLinks, EventKind, HumanEvent, OpenClawConfig};
+
+/// Whether OpenClaw hears of this kind of event: what asks for a human, and
+/// how runs end. Checkpoints and answers are too chatty for a phone.
+pub fn wants(kind: EventKind) -> bool {
+    matches!(
+        kind,
+        EventKind::ApprovalRequested
+            | EventKind::QuestionAsked
+            | EventKind::Failure
+            | EventKind::RunFinished
+    )
+}
+
+/// The body of `POST /hooks/agent`.
+#[derive(Serialize)]
+struct AgentHook<'a> {
+    message: String,
+    name: &'a str,
+    deliver: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channel: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    to: Option<&'a str>,
+}
+
+/// The POST that tells the gateway of `ev`.
+pub(crate) fn request(
+    cfg: &OpenClawConfig,
+    ev: &HumanEvent,
+    links: Option<&ActionLinks>,
+    now_ms: i64,
+) -> Prepared {
+    let hook = AgentHook {
+        message: message(ev, links, now_ms),
+        name: "orchestrator",
+        deliver: true,
+        channel: cfg.channel.as_deref(),
+        to: cfg.to.as_deref(),
+    };
+    Prepared {
+        url: format!("{}/hooks/agent", cfg.url.trim_end_matches('/')),
+        headers: vec![("authorization", format!("Bearer {}", cfg.token))],
+        // A struct of strings and booleans always serializes.
+        body: serde_json::to_vec(&hook).unwrap_or_default(),
+    }
+}
+
+/// `{public_url}/v1/act/{token}` for `action`.
+fn link(links: &ActionLinks, action: &Action, now_ms: i64) -> String {
+    let token = sign_action(action, &links.key, now_ms + links.ttl_ms);
+    format!("{}/v1/act/{token}", links.public_url.trim_end_matches('/'))
+}
+
+/// The text a human reads: what happened, then how to answer.
+pub fn message(ev: &HumanEvent, links: Option<&ActionLinks>, now_ms: i64) -> String {
+    let run = &ev.run_id;
+    let stage = ev.stage_id.as_deref().unwrap_or("?");
+    let detail = |reason: &str| {
+        if reason.trim().is_empty() {
+            String::new()
+        } else {
+            format!(": {}", reason.trim())
+        }
+    };
+    // The gateway's agent reads this first: it should pass the notice on,
+    // not act on it.
+    let mut m = String::from(
+        "Pass this notice from the orchestrator on to the user, keeping commands and links exactly as written.\n\n",
+    );
+    match ev.event {
+        EventKind::ApprovalRequested => {
+            m += &format!(
+                "Stage {stage} of run {run} waits for your approval{}.\n",
+                detail(&ev.reason)
+            );
+            m += "Answer with:\n";
+            for c in &ev.answer_with {
+                m += &format!("  {c}\n");
+            }
+            if let (Some(l), Some(stage)) = (links, &ev.stage_id) {
+                let approve = Action {
+                    kind: ActionKind::Approve,
+                    run_id: run.clone(),
+                    stage_id: Some(stage.clone()),
+                    question_id: None,
+                    text: None,
+                };
+                m += &format!("Approve with one click: {}\n", link(l, &approve, now_ms));
+            }
+        }
+        EventKind::QuestionAsked => {
+            let at = ev
+                .stage_id
+                .as_deref()
+                .map_or(String::new(), |s| format!(" (stage {s})"));
+            m += &format!("Run {run}{at} asks: {}\n", ev.reason.trim());
+            m += "Answer with:\n";
+            for c in &ev.answer_with {
+                m += &format!("  {c}\n");
+            }
+            if let (Some(l), Some(q)) = (links, ev.question_id) {
+                for choice in &ev.choices {
+                    let answer = Action {
+                        kind: ActionKind::Answer,
+                        run_id: run.clone(),
+                        stage_id: ev.stage_id.clone(),
+                        question_id: Some(q),
+                        text: Some(choice.clone()),
+                    };
+                    m += &format!(
+                        "Answer \"{choice}\" with one click: {}\n",
+                        link(l, &answer, now_ms)
+                    );
+                }
+            }
+        }
+        EventKind::Failure => {
+            m += &format!("Stage {stage} of run {run} failed{}.\n", detail(&ev.reason));
+            m += &format!("See why with:\n  orch logs {run} {stage}\n  orch show {run}\n");
+        }
+        EventKind::RunFinished => {
+            m += &format!("Run {run} {}{}.\n", ev.to, detail(&ev.reason));
+            m += &format!("See it with:\n  orch show {run}\n");
+        }
+        EventKind::QuestionAnswered | EventKind::Checkpoint => {
+            m += &format!("{} of {}{}.\n", ev.event, ev.entity_id, detail(&ev.reason));
+        }
+    }
+    m
+}
+
+#[cfg(test)]
+mod tests {
+    use orchestrator_core::{Entity, Transition};
+
+    use super::*;
+    use crate::hooks::human_event;
+    use crate::hooks::sign::verify_action;
+
+    fn ev(entity: Entity, id: &str, from: Option<&str>, to: &str, reason: &str) -> HumanEvent {
+        human_event(&Transition {
+            seq: 9,
+            entity,
+            entity_id: id.into(),
+            run_id: Some("r1".into()),
+            from: from.map(Into::into),
+            to: to.into(),
+            reason: reason.into(),
+            actor: "scheduler".into(),
+            at_ms: 0,
+        })
+        .unwrap()
+    }
+
+    fn links() -> ActionLinks {
+        ActionLinks {
+            public_url: "https://orch.example/".into(),
+            key: b"k".to_vec(),
+            ttl_ms: 1_000,
+        }
+    }
+
+    /// The tokens of every one-click link in `m`.
+    fn tokens(m: &str) -> Vec<&str> {
+        m.split_whitespace()
+            .filter_map(|w| w.strip_prefix("https://orch.example/v1/act/"))
+            .collect()
+    }
+
+    #[test]
+    fn an_approval_message_says_how_to_approve_and_reject() {
+        let e = ev(
+            Entity::Stage,
+            "r1/build",
+            Some("running"),
+            "awaiting_approval",
+            "step 2 done",
+        );
+        let m = message(&e, None, 0);
+        assert!(
+            m.contains("Stage build of run r1 waits for your approval: step 2 done."),
+            "{m}"
+        );
+        assert!(m.contains("  orch approve r1 build\n"), "{m}");
+        assert!(m.contains("  orch reject r1 build --feedback"), "{m}");
+        assert!(tokens(&m).is_empty(), "no links without a public URL: {m}");
+        let m = message(&e, Some(&links()), 500);
+        let t = tokens(&m);
+        assert_eq!(t.len(), 1, "{m}");
+        let a = verify_action(t[0], b"k", 1_499).unwrap();
+        assert_eq!(
+            (a.kind, a.run_id.as_str(), a.stage_id.as_deref()),
+            (ActionKind::Approve, "r1", Some("build"))
+        );
+        assert!(
+            verify_action(t[0], b"k", 1_500).is_err(),
+            "expires after the ttl"
+        );
+    }
+
+    #[test]
+    fn a_question_message_has_one_link_per_choice() {
+        let mut e = ev(
+            Entity::Question,
+            "r1/plan/7",
+            None,
+            "open",
+            "Which database?",
+        );
+        e.choices = vec!["sqlite".into(), "postgres".into()];
+        e.answer_with = crate::hooks::event::answer_commands(&e);
+        let m = message(&e, Some(&links()), 0);
+        assert!(
+            m.contains("Run r1 (stage plan) asks: Which database?"),
+            "{m}"
+        );
+        assert!(m.contains("  orch answer r1 7 sqlite\n"), "{m}");
+        let answers: Vec<_> = tokens(&m)
+            .into_iter()
+            .map(|t| verify_action(t, b"k", 1).unwrap())
+            .map(|a| (a.kind, a.question_id, a.text.unwrap()))
+            .collect();
+        assert_eq!(
+            answers,
+            [
+                (ActionKind::Answer, Some(7), "sqlite".to_owned()),
+                (ActionKind::Answer, Some(7), "postgres".to_owned())
+            ]
+        );
+        // A free-text question has no one-click answer.
+        let e = ev(Entity::Question, "r1/plan/8", None, "open", "Why?");
+        let m = message(&e, Some(&links()), 0);
+        assert!(m.contains("  orch answer r1 8 \"<your answer>\"\n"), "{m}");
+        assert!(tokens(&m).is_empty(), "{m}");
+    }
+
+    #[test]
+    fn the_hook_body_omits_what_is_not_configured() {
+        let e = ev(Entity::Run, "r1", Some("running"), "succeeded", "");
+        let mut cfg = OpenClawConfig {
+            url: "http://gw:18789/".into(),
+            token: "tok".into(),
+            channel: None,
+            to: None,
+        };
+        let p = request(&cfg, &e, None, 0);
+        assert_eq!(p.url, "http://gw:18789/hooks/agent");
+        assert_eq!(p.headers, [("authorization", "Bearer tok".to_owned())]);
+        let v: serde_json::Value = serde_json::from_slice(&p.body).unwrap();
+        assert_eq!(v["name"], "orchestrator");
+        assert_eq!(v["deliver"], true);
+        assert!(v.get("channel").is_none() && v.get("to").is_none(), "{v}");
+        assert!(v["message"].as_str().unwrap().contains("Run r1 succeeded."));
+        cfg.channel = Some("telegram".into());
+        cfg.to = Some("12345".into());
+        let v: serde_json::Value =
+            serde_json::from_slice(&request(&cfg, &e, None, 0).body).unwrap();
+        assert_eq!(
+            (v["channel"].as_str(), v["to"].as_str()),
+            (Some("telegram"), Some("12345"))
+        );
+    }
+}
