@@ -12,8 +12,9 @@
 //!
 //! What it is not: it keeps no state of its own beyond the leases it holds
 //! now, decides nothing about scheduling, retries or priorities (the daemon
-//! does), and does not yet make git worktrees, checkpoint commits or
-//! sandboxes; it runs commands directly in the project directory.
+//! does), and does not yet make sandboxes. Module [`git`] makes run worktrees
+//! and checkpoint commits, but steps do not use it yet: they run directly in
+//! the project directory.
 //!
 //! How it runs ([`run_agent`]): after registering, `slots` independent slot
 //! loops each claim a job (`POST /v1/agents/{id}/claim`, long-polling up to
@@ -32,12 +33,14 @@
 //! Main types: [`AgentConfig`] and [`run_agent`] for the CLI; [`run_step`]
 //! (module [`step`]), the executor alone, usable without a daemon;
 //! [`client::Client`] and [`client::ClientError`] for the wire;
-//! [`exec::GroupChild`] for process groups; [`bundle::Bundle`] for the files.
+//! [`exec::GroupChild`] for process groups; [`bundle::Bundle`] for the files;
+//! [`git::ensure_worktree`] and [`git::checkpoint`] for the run's branch.
 
 pub mod agent;
 pub mod bundle;
 pub mod client;
 pub mod exec;
+pub mod git;
 pub mod step;
 
 pub use agent::{run_agent, AgentConfig, AgentError};

@@ -1,0 +1,435 @@
+//! Checkpoint commits: artifacts and extra files onto the run branch, in
+//! process, without touching the worktree's HEAD or index.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Read};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use git2::build::TreeUpdateBuilder;
+use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository};
+use glob::{MatchOptions, Pattern};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{run_ref, GitError, Pooled, RunWorktree, COMMITTER_EMAIL, COMMITTER_NAME};
+
+/// What one checkpoint commits.
+#[derive(Debug, Clone, Copy)]
+pub struct CheckpointRequest<'a> {
+    /// The run whose branch gets the commit.
+    pub run_id: &'a str,
+    /// Globs relative to the worktree root, e.g. `dist/**`, `report.md`,
+    /// `**/*.txt`. `*` does not cross `/`; `**` as a whole component matches
+    /// any number of directories; a glob matching a directory takes every
+    /// file under it.
+    pub artifacts: &'a [String],
+    /// Files committed at these tree paths whatever the globs match, e.g. the
+    /// step's manifest at `.orch/<stage_id>/step-003.json`. They win over an
+    /// artifact at the same path.
+    pub extra: &'a [(String, Vec<u8>)],
+    /// The commit message (its first line a summary; the caller adds trailers
+    /// such as `Orch-Run: <id>`).
+    pub message: &'a str,
+}
+
+/// One committed artifact file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArtifactRecord {
+    /// Path in the worktree and in the commit's tree, `/`-separated.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// SHA-256 of the content, lowercase hex.
+    pub sha256: String,
+}
+
+/// A checkpoint made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckpointCommit {
+    /// Full sha of the commit, now the tip of the run branch.
+    pub commit: String,
+    /// The committed artifacts (not the extra files), sorted by path.
+    pub artifacts: Vec<ArtifactRecord>,
+}
+
+/// Files bigger than this are streamed into the object database instead of
+/// being read into memory whole.
+const IN_MEMORY_MAX: u64 = 8 << 20;
+
+/// Tries at the compare-and-swap of the branch before giving up.
+const MAX_ATTEMPTS: u32 = 200;
+
+/// How globs match: `*` stays within one path component, dot files are not
+/// special (a step's `dist/.map` is as much an output as `dist/app.js`).
+const MATCH: MatchOptions = MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
+
+/// Commits the files matched by `req.artifacts` (read from `worktree`) and
+/// `req.extra` on the run branch, and returns the commit and the artifacts.
+///
+/// The new tree is the branch tip's tree with these paths added or replaced;
+/// the parent is the branch tip; the branch moves by compare-and-swap, and a
+/// checkpoint that lost the race to another stage of the same run is redone
+/// on the new tip. Only regular files are committed (mode 100755 when any
+/// executable bit is set, else 100644); symlinks and anything under `.git` are
+/// skipped, as are names that are not UTF-8. A glob that is absolute or has a
+/// `..` component is an error; a glob that matches nothing is not.
+pub fn checkpoint(
+    project: &Path,
+    worktree: &RunWorktree,
+    req: &CheckpointRequest,
+) -> Result<CheckpointCommit, GitError> {
+    let full_ref = run_ref(req.run_id)?;
+    if full_ref.strip_prefix("refs/heads/") != Some(worktree.branch.as_str()) {
+        return Err(GitError::WrongRun {
+            path: worktree.path.clone(),
+            branch: worktree.branch.clone(),
+            run_id: req.run_id.to_owned(),
+        });
+    }
+    let mut files = BTreeMap::new();
+    for glob in req.artifacts {
+        collect(&worktree.path, glob, &mut files)?;
+    }
+    for (path, _) in req.extra {
+        check_tree_path(path)?;
+        files.remove(path);
+    }
+    let repo = Pooled::take(project)?;
+    let made = commit(&repo, project, &full_ref, &files, req);
+    if made.is_err() {
+        repo.discard();
+    }
+    made
+}
+
+/// A regular file found by a glob.
+struct Found {
+    abs: PathBuf,
+    executable: bool,
+}
+
+/// Writes the blobs, then commits on `full_ref` until the compare-and-swap
+/// takes.
+fn commit(
+    repo: &Repository,
+    project: &Path,
+    full_ref: &str,
+    files: &BTreeMap<String, Found>,
+    req: &CheckpointRequest,
+) -> Result<CheckpointCommit, GitError> {
+    let mut updates = TreeUpdateBuilder::new();
+    let mut artifacts = Vec::with_capacity(files.len());
+    for (path, found) in files {
+        let (id, size, sha256) = write_blob(repo, project, &found.abs)?;
+        let mode = if found.executable {
+            FileMode::BlobExecutable
+        } else {
+            FileMode::Blob
+        };
+        updates.upsert(path.as_str(), id, mode);
+        artifacts.push(ArtifactRecord {
+            path: path.clone(),
+            size,
+            sha256,
+        });
+    }
+    for (path, content) in req.extra {
+        let id = repo
+            .blob(content)
+            .map_err(GitError::git(format!("write '{path}'"), project))?;
+        updates.upsert(path.as_str(), id, FileMode::Blob);
+    }
+    let sig = signature();
+    let odb = repo
+        .odb()
+        .map_err(GitError::git("open the object database", project))?;
+    let summary = req.message.lines().next().unwrap_or("");
+    let reflog = format!("checkpoint: {summary}");
+    let branch = &full_ref["refs/heads/".len()..];
+    let mut pause = Duration::from_micros(50);
+    for _ in 0..MAX_ATTEMPTS {
+        let tip = match repo.refname_to_id(full_ref) {
+            Ok(tip) => tip,
+            Err(e) if e.code() == ErrorCode::NotFound => {
+                return Err(GitError::MissingBranch {
+                    project: project.to_path_buf(),
+                    branch: branch.to_owned(),
+                })
+            }
+            Err(e) => return Err(GitError::git(format!("read branch '{branch}'"), project)(e)),
+        };
+        let parent = repo.find_commit(tip).map_err(GitError::git(
+            format!("read the tip of '{branch}'"),
+            project,
+        ))?;
+        let base = parent.tree().map_err(GitError::git(
+            format!("read the tree of '{branch}'"),
+            project,
+        ))?;
+        let tree_id = updates
+            .create_updated(repo, &base)
+            .map_err(GitError::git("build the checkpoint tree", project))?;
+        let id = odb
+            .write(
+                ObjectType::Commit,
+                commit_object(tree_id, tip, &sig, req.message).as_bytes(),
+            )
+            .map_err(GitError::git("write the checkpoint commit", project))?;
+        match repo.reference_matching(full_ref, id, true, tip, &reflog) {
+            Ok(_) => {
+                return Ok(CheckpointCommit {
+                    commit: id.to_string(),
+                    artifacts,
+                })
+            }
+            // Another stage moved the tip: redo the tree on the new one.
+            Err(e) if e.code() == ErrorCode::Modified => {}
+            // Another writer holds the ref's lock file right now.
+            Err(e) if e.code() == ErrorCode::Locked => {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(Duration::from_millis(5));
+            }
+            Err(e) => {
+                return Err(GitError::git(format!("update branch '{branch}'"), project)(
+                    e,
+                ))
+            }
+        }
+    }
+    Err(GitError::Contended {
+        project: project.to_path_buf(),
+        branch: branch.to_owned(),
+        attempts: MAX_ATTEMPTS,
+    })
+}
+
+/// The author and committer line of a checkpoint: the orchestrator, now, in UTC.
+fn signature() -> String {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    format!("{COMMITTER_NAME} <{COMMITTER_EMAIL}> {secs} +0000")
+}
+
+/// The raw commit object, written straight into the object database:
+/// `Repository::commit` would first read back the tree just written and the
+/// parent, to check that they exist, which they do.
+fn commit_object(tree: Oid, parent: Oid, signature: &str, message: &str) -> String {
+    format!("tree {tree}\nparent {parent}\nauthor {signature}\ncommitter {signature}\n\n{message}")
+}
+
+/// Stores the file at `abs` as a blob; returns its id, size and SHA-256.
+fn write_blob(
+    repo: &Repository,
+    project: &Path,
+    abs: &Path,
+) -> Result<(Oid, u64, String), GitError> {
+    // O_NOFOLLOW: the walk saw a regular file; never follow a symlink that
+    // replaced it since.
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(abs)
+        .map_err(GitError::io("open the artifact", abs))?;
+    let len = file
+        .metadata()
+        .map_err(GitError::io("read the artifact", abs))?
+        .len();
+    let mut hasher = Sha256::new();
+    let (id, size) = if len <= IN_MEMORY_MAX {
+        let mut content = Vec::with_capacity(len as usize);
+        file.read_to_end(&mut content)
+            .map_err(GitError::io("read the artifact", abs))?;
+        hasher.update(&content);
+        let id = repo
+            .blob(&content)
+            .map_err(GitError::git(format!("store {}", abs.display()), project))?;
+        (id, content.len() as u64)
+    } else {
+        stream_blob(repo, project, abs, &mut file, &mut hasher)?
+    };
+    let sha256 = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok((id, size, sha256))
+}
+
+/// Stores a big file as a blob in chunks, hashing as it goes.
+fn stream_blob(
+    repo: &Repository,
+    project: &Path,
+    abs: &Path,
+    file: &mut File,
+    hasher: &mut Sha256,
+) -> Result<(Oid, u64), GitError> {
+    use std::io::Write;
+    let git = |e| GitError::git(format!("store {}", abs.display()), project)(e);
+    let mut writer = repo.blob_writer(None).map_err(git)?;
+    let mut buf = vec![0; 1 << 16];
+    let mut size = 0u64;
+    loop {
+        let n = match file.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) => return Err(GitError::io("read the artifact", abs)(e)),
+        };
+        hasher.update(&buf[..n]);
+        writer
+            .write_all(&buf[..n])
+            .map_err(GitError::io("store the artifact", abs))?;
+        size += n as u64;
+    }
+    let id = writer.commit().map_err(git)?;
+    Ok((id, size))
+}
+
+/// Adds the regular files matching `glob` under `root` to `out`.
+fn collect(root: &Path, glob: &str, out: &mut BTreeMap<String, Found>) -> Result<(), GitError> {
+    let invalid = |reason: String| GitError::InvalidGlob {
+        glob: glob.to_owned(),
+        reason,
+    };
+    if glob.starts_with('/') || Path::new(glob).is_absolute() {
+        return Err(invalid(
+            "is absolute; artifact globs are relative to the worktree root".into(),
+        ));
+    }
+    // `dist/` and `./dist` mean `dist`.
+    let comps: Vec<&str> = glob
+        .split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .collect();
+    if comps.contains(&"..") {
+        return Err(invalid(
+            "contains '..'; artifact globs must stay inside the worktree".into(),
+        ));
+    }
+    if comps.is_empty() {
+        return Err(invalid(
+            "names no path; use '**' for every file of the worktree".into(),
+        ));
+    }
+    let pattern =
+        Pattern::new(&comps.join("/")).map_err(|e| invalid(format!("is not a valid glob: {e}")))?;
+    let literal = comps
+        .iter()
+        .take_while(|c| !c.contains(['*', '?', '[']))
+        .count();
+    let max_depth = if comps.iter().any(|c| c.contains("**")) {
+        usize::MAX
+    } else {
+        comps.len()
+    };
+
+    // Follow the literal prefix one component at a time, never through a
+    // symlink, then walk from there.
+    let mut abs = root.to_path_buf();
+    for (i, comp) in comps[..literal].iter().enumerate() {
+        if *comp == ".git" {
+            return Ok(());
+        }
+        abs.push(comp);
+        let meta = match fs::symlink_metadata(&abs) {
+            Ok(meta) => meta,
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
+                return Ok(())
+            }
+            Err(e) => return Err(GitError::io("read", &abs)(e)),
+        };
+        if meta.is_file() && i + 1 == comps.len() {
+            out.insert(comps.join("/"), found(abs, &meta));
+            return Ok(());
+        }
+        if !meta.is_dir() {
+            return Ok(());
+        }
+    }
+    let rel = comps[..literal].join("/");
+    let matcher = (literal < comps.len()).then_some(&pattern);
+    walk(&abs, &rel, literal, matcher, max_depth, out)
+}
+
+/// Adds the regular files under `dir` (whose tree path is `rel`, `depth`
+/// components deep) that `matcher` matches, or all of them when it is `None`.
+/// A matched directory brings every file under it.
+fn walk(
+    dir: &Path,
+    rel: &str,
+    depth: usize,
+    matcher: Option<&Pattern>,
+    max_depth: usize,
+    out: &mut BTreeMap<String, Found>,
+) -> Result<(), GitError> {
+    let entries = fs::read_dir(dir).map_err(GitError::io("list", dir))?;
+    for entry in entries {
+        let entry = entry.map_err(GitError::io("list", dir))?;
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else {
+            continue;
+        };
+        if name == ".git" {
+            continue;
+        }
+        let child = if rel.is_empty() {
+            name.to_owned()
+        } else {
+            format!("{rel}/{name}")
+        };
+        // `DirEntry::metadata` does not follow symlinks.
+        let meta = entry
+            .metadata()
+            .map_err(GitError::io("read", &entry.path()))?;
+        let matched = matcher.is_none_or(|p| p.matches_with(&child, MATCH));
+        if meta.is_file() && matched {
+            out.insert(child, found(entry.path(), &meta));
+        } else if meta.is_dir() && matched {
+            walk(&entry.path(), &child, depth + 1, None, max_depth, out)?;
+        } else if meta.is_dir() && depth + 1 < max_depth {
+            walk(&entry.path(), &child, depth + 1, matcher, max_depth, out)?;
+        }
+    }
+    Ok(())
+}
+
+fn found(abs: PathBuf, meta: &fs::Metadata) -> Found {
+    Found {
+        abs,
+        executable: meta.permissions().mode() & 0o111 != 0,
+    }
+}
+
+/// Checks an extra file's tree path: relative, `/`-separated, no empty, `.`,
+/// `..` or `.git` component.
+fn check_tree_path(path: &str) -> Result<(), GitError> {
+    let invalid = |reason| GitError::InvalidPath {
+        path: path.to_owned(),
+        reason,
+    };
+    if path.is_empty() {
+        return Err(invalid("is empty"));
+    }
+    if path.starts_with('/') {
+        return Err(invalid(
+            "is absolute; expected a path relative to the tree root",
+        ));
+    }
+    for comp in path.split('/') {
+        match comp {
+            "" | "." => return Err(invalid("has an empty or '.' component")),
+            ".." => return Err(invalid("contains '..'; it must stay inside the tree")),
+            ".git" => return Err(invalid("is inside '.git'")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
