@@ -254,7 +254,10 @@ struct Pooled {
 impl Pooled {
     /// A handle on the repository at `project`, from the pool when one is idle.
     fn take(project: &Path) -> Result<Pooled, GitError> {
-        let key = std::fs::canonicalize(project).map_err(|e| GitError::NotARepository {
+        // Absolute but not canonical: canonicalizing costs a system call per
+        // path component, and a project reached by two spellings merely gets
+        // two pools.
+        let key = std::path::absolute(project).map_err(|e| GitError::NotARepository {
             project: project.to_path_buf(),
             source: git2::Error::from_str(&e.to_string()),
         })?;

@@ -12,8 +12,9 @@
 //!
 //! What it is not: it keeps no state of its own beyond the leases it holds
 //! now, decides nothing about scheduling, retries or priorities (the daemon
-//! does), and does not yet make git worktrees, checkpoint commits or
-//! sandboxes; it runs commands directly in the project directory.
+//! does), and does not yet make sandboxes. Steps run in their run's git
+//! worktree (module [`git`]), which the agent makes on first use, and each
+//! successful step ends with a checkpoint commit on the run's branch.
 //!
 //! How it runs ([`run_agent`]): after registering, `slots` independent slot
 //! loops each claim a job (`POST /v1/agents/{id}/claim`, long-polling up to
@@ -32,7 +33,10 @@
 //! Main types: [`AgentConfig`] and [`run_agent`] for the CLI; [`run_step`]
 //! (module [`step`]), the executor alone, usable without a daemon;
 //! [`client::Client`] and [`client::ClientError`] for the wire;
-//! [`exec::GroupChild`] for process groups; [`bundle::Bundle`] for the files.
+//! [`exec::GroupChild`] for process groups; [`bundle::Bundle`] for the files;
+//! [`git::ensure_worktree`] and [`git::checkpoint`] for the run's branch;
+//! [`ask::AskBox`], the loopback endpoint a running step asks questions
+//! through (`orch ask`).
 
 pub mod agent;
 pub mod ask;

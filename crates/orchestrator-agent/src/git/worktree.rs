@@ -48,6 +48,16 @@ pub fn ensure_worktree(
     let project = &fs::canonicalize(project).map_err(GitError::io("resolve", project))?;
     let orch_dir = project.join(".orchestrator");
     let dir = project.join(WORKTREES);
+    // A symlink (`.orchestrator -> /elsewhere`) must not carry worktrees and
+    // lock files out of the project.
+    for p in [&orch_dir, &dir] {
+        if fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()) {
+            return Err(GitError::PathInTheWay {
+                path: p.clone(),
+                reason: "is a symlink; expected a plain directory inside the project",
+            });
+        }
+    }
     fs::create_dir_all(&dir).map_err(GitError::io("create the worktrees directory", &dir))?;
     write_gitignore(&orch_dir)?;
     let path = dir.join(run_id);

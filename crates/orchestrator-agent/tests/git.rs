@@ -1,0 +1,653 @@
+//! Run worktrees and checkpoint commits, against real repositories made with
+//! the `git` CLI.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+use std::time::Instant;
+
+use orchestrator_agent::git::{
+    add_detached_worktree, checkpoint, ensure_worktree, resolve_commit, CheckpointRequest,
+    GitError, RunWorktree,
+};
+use sha2::{Digest, Sha256};
+use tempfile::TempDir;
+
+/// Runs git in `dir`, asserts success, returns stdout trimmed.
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .expect("git runs");
+    assert!(
+        out.status.success(),
+        "git {args:?} in {}: {}",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+fn git_bytes(dir: &Path, args: &[&str]) -> Vec<u8> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "git {args:?}");
+    out.stdout
+}
+
+/// An empty repository on branch `main` with a local identity.
+fn empty_repo() -> TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    git(dir.path(), &["init", "--quiet", "--initial-branch", "main"]);
+    git(dir.path(), &["config", "user.name", "Test User"]);
+    git(dir.path(), &["config", "user.email", "test@example.com"]);
+    git(dir.path(), &["config", "commit.gpgsign", "false"]);
+    dir
+}
+
+/// A repository with one commit (README.md) on `main`; returns it and the commit.
+fn repo() -> (TempDir, String) {
+    let dir = empty_repo();
+    fs::write(dir.path().join("README.md"), "hello\n").unwrap();
+    git(dir.path(), &["add", "README.md"]);
+    git(dir.path(), &["commit", "--quiet", "-m", "first"]);
+    let head = git(dir.path(), &["rev-parse", "HEAD"]);
+    (dir, head)
+}
+
+fn canonical(p: &Path) -> PathBuf {
+    fs::canonicalize(p).unwrap()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn request<'a>(
+    run_id: &'a str,
+    artifacts: &'a [String],
+    extra: &'a [(String, Vec<u8>)],
+    message: &'a str,
+) -> CheckpointRequest<'a> {
+    CheckpointRequest {
+        run_id,
+        artifacts,
+        extra,
+        message,
+    }
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+fn write(root: &Path, rel: &str, content: &str) {
+    let path = root.join(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, content).unwrap();
+}
+
+#[test]
+fn ensure_worktree_creates_branch_and_worktree_and_leaves_the_user_alone() {
+    let (dir, base) = repo();
+    let project = dir.path();
+    // The user is busy: a modified file, a staged file, an untracked file.
+    fs::write(project.join("README.md"), "edited\n").unwrap();
+    fs::write(project.join("staged.txt"), "staged\n").unwrap();
+    git(project, &["add", "staged.txt"]);
+    fs::write(project.join("untracked.txt"), "mine\n").unwrap();
+    let status_before = git(project, &["status", "--porcelain"]);
+
+    let wt = ensure_worktree(project, "r1", "HEAD").unwrap();
+    assert_eq!(
+        wt.path,
+        canonical(project).join(".orchestrator/worktrees/r1")
+    );
+    assert_eq!(wt.branch, "orch/run/r1");
+    assert_eq!(git(project, &["rev-parse", "refs/heads/orch/run/r1"]), base);
+    assert_eq!(git(&wt.path, &["rev-parse", "HEAD"]), base);
+    assert_eq!(
+        fs::read_to_string(wt.path.join("README.md")).unwrap(),
+        "hello\n"
+    );
+    // Detached: HEAD is no branch, so the run branch can move under it.
+    let symbolic = Command::new("git")
+        .arg("-C")
+        .arg(&wt.path)
+        .args(["symbolic-ref", "-q", "HEAD"])
+        .status()
+        .unwrap();
+    assert!(!symbolic.success(), "the run worktree must be detached");
+
+    // The user's side: same branch, same index, same files, nothing new.
+    assert_eq!(git(project, &["symbolic-ref", "HEAD"]), "refs/heads/main");
+    assert_eq!(git(project, &["rev-parse", "HEAD"]), base);
+    assert_eq!(git(project, &["status", "--porcelain"]), status_before);
+    assert_eq!(
+        fs::read_to_string(project.join("README.md")).unwrap(),
+        "edited\n"
+    );
+    assert_eq!(
+        fs::read_to_string(project.join(".orchestrator/.gitignore")).unwrap(),
+        "*\n"
+    );
+    git(
+        project,
+        &["check-ignore", "-q", ".orchestrator/worktrees/r1"],
+    );
+
+    // Again, with another base: a no-op that neither moves the branch nor
+    // touches the worktree.
+    fs::write(wt.path.join("work.txt"), "in progress\n").unwrap();
+    git(project, &["commit", "--quiet", "-m", "second"]);
+    let again = ensure_worktree(project, "r1", "main").unwrap();
+    assert_eq!(again, wt);
+    assert_eq!(git(project, &["rev-parse", "orch/run/r1"]), base);
+    assert_eq!(
+        fs::read_to_string(wt.path.join("work.txt")).unwrap(),
+        "in progress\n"
+    );
+}
+
+#[test]
+fn a_clean_project_stays_clean() {
+    let (dir, _) = repo();
+    let project = dir.path();
+    let wt = ensure_worktree(project, "clean", "HEAD").unwrap();
+    write(&wt.path, "out.txt", "x");
+    let extra = vec![(".orch/s/step-000.json".to_owned(), b"{}".to_vec())];
+    checkpoint(
+        project,
+        &wt,
+        &request("clean", &strings(&["out.txt"]), &extra, "step 0"),
+    )
+    .unwrap();
+    assert_eq!(git(project, &["status", "--porcelain"]), "");
+}
+
+#[test]
+fn ensure_worktree_is_safe_to_call_from_several_threads_at_once() {
+    let (dir, base) = repo();
+    let project = dir.path().to_path_buf();
+    let barrier = Arc::new(Barrier::new(4));
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let project = project.clone();
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                barrier.wait();
+                ensure_worktree(&project, "same", "HEAD").unwrap()
+            })
+        })
+        .collect();
+    let worktrees: Vec<RunWorktree> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert!(worktrees.windows(2).all(|w| w[0] == w[1]));
+    assert_eq!(git(&worktrees[0].path, &["rev-parse", "HEAD"]), base);
+    let list = git(&project, &["worktree", "list", "--porcelain"]);
+    assert_eq!(list.matches("worktree ").count(), 2, "{list}");
+}
+
+#[test]
+fn checkpoint_commits_artifacts_and_extra_files() {
+    let (dir, base) = repo();
+    let project = dir.path();
+    let wt = ensure_worktree(project, "run-7", "HEAD").unwrap();
+    let root = &wt.path;
+    write(root, "dist/app.js", "console.log(1)\n");
+    write(root, "dist/sub/deep.txt", "deep\n");
+    write(root, "report.md", "# Report\n");
+    write(root, "notes/a.txt", "a\n");
+    write(root, "notes/b.md", "b\n");
+    write(root, "run.sh", "#!/bin/sh\necho hi\n");
+    fs::set_permissions(root.join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+    // Skipped: symlinks (to a file, to a directory) and anything in a .git.
+    symlink("report.md", root.join("link.txt")).unwrap();
+    symlink("dist", root.join("linkdir")).unwrap();
+    write(root, "vendor/.git/hidden.txt", "not mine\n");
+    write(root, "vendor/kept.txt", "kept\n");
+
+    let artifacts = strings(&["dist", "report.md", "**/*.txt", "run.sh", "missing/**"]);
+    let manifest = br#"{"step":0}"#.to_vec();
+    let extra = vec![(".orch/build/step-000.json".to_owned(), manifest.clone())];
+    let message = "build: step 0 succeeded\n\nOrch-Run: run-7\n";
+    let made = checkpoint(project, &wt, &request("run-7", &artifacts, &extra, message)).unwrap();
+
+    let paths: Vec<&str> = made.artifacts.iter().map(|a| a.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "dist/app.js",
+            "dist/sub/deep.txt",
+            "notes/a.txt",
+            "report.md",
+            "run.sh",
+            "vendor/kept.txt"
+        ]
+    );
+    for record in &made.artifacts {
+        let content = fs::read(root.join(&record.path)).unwrap();
+        assert_eq!(record.size, content.len() as u64, "{}", record.path);
+        assert_eq!(record.sha256, sha256_hex(&content), "{}", record.path);
+        let committed = git_bytes(
+            project,
+            &["show", &format!("{}:{}", made.commit, record.path)],
+        );
+        assert_eq!(committed, content, "{}", record.path);
+    }
+    assert_eq!(
+        git_bytes(
+            project,
+            &[
+                "show",
+                &format!("{}:.orch/build/step-000.json", made.commit)
+            ]
+        ),
+        manifest
+    );
+
+    // The branch moved; its log shows the message and the orchestrator as author.
+    assert_eq!(git(project, &["rev-parse", "orch/run/run-7"]), made.commit);
+    assert_eq!(
+        git(
+            project,
+            &[
+                "log",
+                "-1",
+                "--format=%s|%an <%ae>|%cn <%ce>",
+                "orch/run/run-7"
+            ]
+        ),
+        "build: step 0 succeeded|orchestrator <orch@localhost>|orchestrator <orch@localhost>"
+    );
+    assert_eq!(
+        git(project, &["log", "-1", "--format=%B", "orch/run/run-7"]),
+        message.trim()
+    );
+    assert_eq!(
+        git(project, &["rev-parse", &format!("{}^", made.commit)]),
+        base
+    );
+
+    // Modes, and what was left out.
+    let tree = git(project, &["ls-tree", "-r", &made.commit]);
+    let mode_of = |path: &str| {
+        tree.lines()
+            .find(|l| l.ends_with(&format!("\t{path}")))
+            .map(|l| l[..6].to_owned())
+    };
+    assert_eq!(mode_of("run.sh").as_deref(), Some("100755"));
+    assert_eq!(mode_of("report.md").as_deref(), Some("100644"));
+    assert_eq!(
+        mode_of("README.md").as_deref(),
+        Some("100644"),
+        "base tree kept"
+    );
+    for absent in [
+        "link.txt",
+        "linkdir/app.js",
+        "vendor/.git/hidden.txt",
+        "notes/b.md",
+    ] {
+        assert_eq!(mode_of(absent), None, "{absent} must not be committed");
+    }
+
+    // The objects are well formed.
+    git(project, &["fsck", "--strict", "--no-progress"]);
+
+    // The worktree's HEAD and index are untouched.
+    assert_eq!(git(root, &["rev-parse", "HEAD"]), base);
+    git(root, &["diff", "--cached", "--quiet"]);
+}
+
+#[test]
+fn glob_forms() {
+    let (dir, _) = repo();
+    let project = dir.path();
+    let wt = ensure_worktree(project, "globs", "HEAD").unwrap();
+    write(&wt.path, "dist/app.js", "1");
+    write(&wt.path, "dist/.map", "2");
+    write(&wt.path, "dist/sub/deep.js", "3");
+    write(&wt.path, "top.md", "4");
+    write(&wt.path, "docs/nested.md", "5");
+    let paths = |globs: &[&str]| -> Vec<String> {
+        let made = checkpoint(
+            project,
+            &wt,
+            &request("globs", &strings(globs), &[], "globs"),
+        )
+        .unwrap();
+        made.artifacts.into_iter().map(|a| a.path).collect()
+    };
+    assert_eq!(
+        paths(&["dist/**"]),
+        ["dist/.map", "dist/app.js", "dist/sub/deep.js"]
+    );
+    assert_eq!(
+        paths(&["dist/"]),
+        ["dist/.map", "dist/app.js", "dist/sub/deep.js"]
+    );
+    assert_eq!(paths(&["dist/*.js"]), ["dist/app.js"]);
+    assert_eq!(paths(&["*.md"]), ["README.md", "top.md"]);
+    assert_eq!(
+        paths(&["**/*.md"]),
+        ["README.md", "docs/nested.md", "top.md"]
+    );
+    assert_eq!(paths(&["./top.md", "top.md"]), ["top.md"]);
+    assert_eq!(
+        paths(&["d*"]).len(),
+        4,
+        "a matched directory brings its files"
+    );
+    assert_eq!(paths(&["nothing/*", "none.txt"]), Vec::<String>::new());
+}
+
+#[test]
+fn bad_globs_and_paths_are_refused_and_commit_nothing() {
+    let (dir, base) = repo();
+    let project = dir.path();
+    let wt = ensure_worktree(project, "bad", "HEAD").unwrap();
+    for glob in ["../outside/**", "/etc/passwd", "dist/../../x", "a/[b"] {
+        let err =
+            checkpoint(project, &wt, &request("bad", &strings(&[glob]), &[], "x")).unwrap_err();
+        assert!(
+            matches!(err, GitError::InvalidGlob { .. }),
+            "{glob}: {err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.contains(&format!("'{glob}'")), "{text}");
+    }
+    let err = checkpoint(
+        project,
+        &wt,
+        &request("bad", &strings(&["/etc/passwd"]), &[], "x"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("absolute"), "{err}");
+    let err = checkpoint(project, &wt, &request("bad", &strings(&["../x"]), &[], "x"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("'..'"), "{err}");
+
+    for path in ["../escape.json", "/abs.json", ".git/config", "a//b"] {
+        let extra = vec![(path.to_owned(), b"x".to_vec())];
+        let err = checkpoint(project, &wt, &request("bad", &[], &extra, "x")).unwrap_err();
+        assert!(
+            matches!(err, GitError::InvalidPath { .. }),
+            "{path}: {err:?}"
+        );
+        assert!(err.to_string().contains(&format!("'{path}'")), "{err}");
+    }
+    assert_eq!(git(project, &["rev-parse", "orch/run/bad"]), base);
+
+    // Another run's worktree, and a run whose branch was never made.
+    let err = checkpoint(project, &wt, &request("other", &[], &[], "x")).unwrap_err();
+    assert!(matches!(err, GitError::WrongRun { .. }), "{err:?}");
+    let ghost = RunWorktree {
+        path: wt.path.clone(),
+        branch: "orch/run/ghost".into(),
+    };
+    let err = checkpoint(project, &ghost, &request("ghost", &[], &[], "x")).unwrap_err();
+    assert!(
+        err.to_string().contains("'orch/run/ghost' does not exist"),
+        "{err}"
+    );
+    let err = ensure_worktree(project, "../up", "HEAD").unwrap_err();
+    assert!(err.to_string().contains("'../up'"), "{err}");
+}
+
+#[test]
+fn ensure_worktree_refuses_a_symlinked_orchestrator_directory() {
+    let (dir, _) = repo();
+    let outside = tempfile::tempdir().unwrap();
+    symlink(outside.path(), dir.path().join(".orchestrator")).unwrap();
+    let err = ensure_worktree(dir.path(), "r", "HEAD")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is a symlink"), "{err}");
+    assert!(fs::read_dir(outside.path()).unwrap().next().is_none());
+}
+
+#[test]
+fn concurrent_checkpoints_of_one_run_keep_every_file_in_a_linear_history() {
+    let (dir, base) = repo();
+    let project = dir.path().to_path_buf();
+    let wt = ensure_worktree(&project, "par", "HEAD").unwrap();
+    let barrier = Arc::new(Barrier::new(2));
+    let handles: Vec<_> = (0..2)
+        .map(|t| {
+            let (project, wt, barrier) = (project.clone(), wt.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                (0..50)
+                    .map(|i| {
+                        let extra = vec![(
+                            format!(".orch/stage-{t}/step-{i:03}.json"),
+                            format!("{{\"t\":{t},\"i\":{i}}}").into_bytes(),
+                        )];
+                        let msg = format!("stage-{t}: step {i}");
+                        checkpoint(&project, &wt, &request("par", &[], &extra, &msg))
+                            .unwrap()
+                            .commit
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let made: BTreeSet<String> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert_eq!(made.len(), 100);
+
+    let history = git(
+        &project,
+        &[
+            "rev-list",
+            "--reverse",
+            "--parents",
+            &format!("{base}..orch/run/par"),
+        ],
+    );
+    let lines: Vec<&str> = history.lines().collect();
+    assert_eq!(lines.len(), 100, "every checkpoint is on the branch");
+    let mut parent = base.clone();
+    let mut seen = BTreeSet::new();
+    for line in lines {
+        let ids: Vec<&str> = line.split(' ').collect();
+        assert_eq!(ids.len(), 2, "one parent each: {line}");
+        assert_eq!(ids[1], parent, "linear history");
+        assert!(made.contains(ids[0]));
+        let files: BTreeSet<String> = git(&project, &["ls-tree", "-r", "--name-only", ids[0]])
+            .lines()
+            .filter(|l| l.starts_with(".orch/"))
+            .map(str::to_owned)
+            .collect();
+        assert!(files.is_superset(&seen), "nothing lost at {}", ids[0]);
+        assert_eq!(files.len(), seen.len() + 1, "one new file at {}", ids[0]);
+        seen = files;
+        parent = ids[0].to_owned();
+    }
+    assert_eq!(seen.len(), 100);
+}
+
+#[test]
+fn a_resumed_run_gets_its_worktree_back_at_the_last_checkpoint() {
+    let (dir, _) = repo();
+    let project = dir.path();
+    let wt = ensure_worktree(project, "resume", "HEAD").unwrap();
+    write(&wt.path, "out/result.txt", "result\n");
+    let extra = vec![(".orch/s/step-000.json".to_owned(), b"{}".to_vec())];
+    let made = checkpoint(
+        project,
+        &wt,
+        &request("resume", &strings(&["out"]), &extra, "step 0"),
+    )
+    .unwrap();
+
+    // The worktree directory is gone (its registration is not).
+    fs::remove_dir_all(&wt.path).unwrap();
+    let back = ensure_worktree(project, "resume", "HEAD").unwrap();
+    assert_eq!(back, wt);
+    assert_eq!(git(&back.path, &["rev-parse", "HEAD"]), made.commit);
+    assert_eq!(
+        fs::read_to_string(back.path.join("out/result.txt")).unwrap(),
+        "result\n"
+    );
+    assert!(back.path.join(".orch/s/step-000.json").is_file());
+
+    // A fresh machine: a clone that has the run branch but no worktree.
+    let machine = tempfile::tempdir().unwrap();
+    let clone = machine.path().join("project");
+    git(
+        machine.path(),
+        &["clone", "--quiet", project.to_str().unwrap(), "project"],
+    );
+    git(
+        &clone,
+        &["branch", "orch/run/resume", "origin/orch/run/resume"],
+    );
+    let there = ensure_worktree(&clone, "resume", "HEAD").unwrap();
+    assert_eq!(git(&there.path, &["rev-parse", "HEAD"]), made.commit);
+    assert_eq!(
+        fs::read_to_string(there.path.join("out/result.txt")).unwrap(),
+        "result\n"
+    );
+}
+
+#[test]
+fn resolve_commit_names_what_is_wrong() {
+    let (dir, head) = repo();
+    let project = dir.path();
+    git(project, &["tag", "v1"]);
+    assert_eq!(resolve_commit(project, "HEAD").unwrap(), head);
+    assert_eq!(resolve_commit(project, "main").unwrap(), head);
+    assert_eq!(resolve_commit(project, "v1").unwrap(), head);
+    assert_eq!(resolve_commit(project, &head[..10]).unwrap(), head);
+
+    let plain = tempfile::tempdir().unwrap();
+    let err = resolve_commit(plain.path(), "HEAD").unwrap_err();
+    assert!(matches!(err, GitError::NotARepository { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains(&plain.path().display().to_string()), "{text}");
+    assert!(text.contains("is not a git repository"), "{text}");
+
+    let err = resolve_commit(project, "no-such-branch")
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("ref 'no-such-branch' does not exist"), "{err}");
+    assert!(err.contains(&project.display().to_string()), "{err}");
+
+    let tree = git(project, &["rev-parse", "HEAD^{tree}"]);
+    let err = resolve_commit(project, &tree).unwrap_err().to_string();
+    assert!(err.contains("names a tree, not a commit"), "{err}");
+
+    let empty = empty_repo();
+    for reference in ["HEAD", "main"] {
+        let err = resolve_commit(empty.path(), reference).unwrap_err();
+        assert!(matches!(err, GitError::EmptyRepository { .. }), "{err:?}");
+        assert!(err.to_string().contains("has no commits yet"), "{err}");
+    }
+    let err = ensure_worktree(empty.path(), "r", "HEAD").unwrap_err();
+    assert!(err.to_string().contains("has no commits yet"), "{err}");
+}
+
+#[test]
+fn add_detached_worktree_checks_out_the_commit() {
+    let (dir, first) = repo();
+    let project = dir.path();
+    fs::write(project.join("README.md"), "second\n").unwrap();
+    git(project, &["commit", "--quiet", "-am", "second"]);
+
+    let out = tempfile::tempdir().unwrap();
+    let dest = out.path().join("at-first");
+    add_detached_worktree(project, &first[..12], &dest).unwrap();
+    assert_eq!(git(&dest, &["rev-parse", "HEAD"]), first);
+    assert_eq!(
+        fs::read_to_string(dest.join("README.md")).unwrap(),
+        "hello\n"
+    );
+    assert_eq!(git(project, &["symbolic-ref", "HEAD"]), "refs/heads/main");
+
+    let err = add_detached_worktree(project, "HEAD", &dest)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("is not empty"), "{err}");
+    assert!(err.contains(&dest.display().to_string()), "{err}");
+    let err = add_detached_worktree(project, "nope", &out.path().join("x"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("'nope'"), "{err}");
+}
+
+/// Many checkpoints in a row all land, and what one costs is printed (not
+/// asserted; `orch bench` measures the whole path). Raise `ORCH_CHECKPOINTS`
+/// and build with `--release` for a meaningful figure.
+#[test]
+fn checkpoint_cost() {
+    let (dir, _) = repo();
+    let project = dir.path();
+    let wt = ensure_worktree(project, "bench", "HEAD").unwrap();
+    let n: usize = std::env::var("ORCH_CHECKPOINTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let mut each = Vec::with_capacity(n);
+    let start = Instant::now();
+    for i in 0..n {
+        let extra = vec![(
+            format!(".orch/build/step-{i:03}.json"),
+            format!("{{\"step\":{i},\"exit\":0}}").into_bytes(),
+        )];
+        let msg = format!("build: step {i}\n\nOrch-Run: bench\n");
+        let t = Instant::now();
+        checkpoint(project, &wt, &request("bench", &[], &extra, &msg)).unwrap();
+        each.push(t.elapsed());
+    }
+    let total = start.elapsed();
+    each.sort();
+    eprintln!(
+        "checkpoint cost, {n} checkpoints of one small manifest each (the .orch/build tree growing to {n} entries) in {}: mean {:?}, median {:?}, p99 {:?}",
+        project.display(),
+        total / n as u32,
+        each[n / 2],
+        each[n * 99 / 100],
+    );
+    // The floor on this filesystem: the files a checkpoint creates, without
+    // git. Five loose objects (blob, three trees, commit), each a temporary
+    // file linked to its name, and the branch's lock file renamed over it.
+    let floor_dir = project.join(".git/floor");
+    fs::create_dir_all(floor_dir.join("objects")).unwrap();
+    let start = Instant::now();
+    for i in 0..n {
+        for k in 0..5 {
+            let tmp = floor_dir.join("tmp");
+            fs::write(&tmp, b"x\x01small object").unwrap();
+            fs::hard_link(&tmp, floor_dir.join(format!("objects/{i}-{k}"))).unwrap();
+            fs::remove_file(&tmp).unwrap();
+        }
+        let lock = floor_dir.join("ref.lock");
+        fs::write(&lock, format!("{i:040}\n")).unwrap();
+        fs::rename(&lock, floor_dir.join("ref")).unwrap();
+    }
+    eprintln!(
+        "floor: the same 6 file creations without git: mean {:?}",
+        start.elapsed() / n as u32
+    );
+    assert_eq!(
+        git(project, &["rev-list", "--count", "orch/run/bench"]),
+        (n + 1).to_string()
+    );
+}
