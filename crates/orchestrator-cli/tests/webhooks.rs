@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 
-use common::{wait_for, Harness, LONG};
+use common::{http, wait_for, Harness, LONG};
 use serde_json::Value;
 
 /// One POST a receiver got: its header lines and body.
@@ -161,4 +161,151 @@ fn the_daemon_refuses_hooks_it_cannot_use() {
         !h.data.join("webhook.secret").exists(),
         "no secret made for a refused hook"
     );
+}
+
+/// The link to the daemon's `/v1/act/` in an OpenClaw message, as a path.
+fn act_path(message: &str, kind_word: &str) -> Option<String> {
+    message
+        .lines()
+        .filter(|l| l.to_lowercase().contains(kind_word))
+        .find_map(|l| {
+            let at = l.find("/v1/act/")?;
+            let rest = &l[at..];
+            let end = rest
+                .find(|c: char| c.is_whitespace() || c == ')' || c == '>')
+                .unwrap_or(rest.len());
+            Some(rest[..end].to_owned())
+        })
+}
+
+#[test]
+fn approvals_and_questions_reach_openclaw_with_links_that_answer_them() {
+    let (gateway, got) = receiver();
+    let (hook, hooked) = receiver();
+    // The daemon's own address goes into its links, so pick the port first.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let public = format!("http://127.0.0.1:{port}");
+    let gateway_base = gateway.trim_end_matches("/hook").to_owned();
+    let mut h = Harness::new();
+    let d = h.start_daemon_on(
+        &format!("127.0.0.1:{port}"),
+        &[
+            "--public-url",
+            &public,
+            "--openclaw-url",
+            &gateway_base,
+            "--openclaw-token",
+            "gateway-token",
+            "--openclaw-channel",
+            "telegram",
+            "--openclaw-to",
+            "@me",
+            "--webhook",
+            &hook,
+        ],
+    );
+    h.start_agent(&d, "a1", 1);
+    let wf = h.write(
+        "gated.yaml",
+        r#"
+name: gated
+stages:
+  - id: review
+    steps:
+      - approve: true
+        commands:
+          - argv: ['true']
+      - input: {question: "Ship it?", choices: ["yes", "not yet"]}
+      - commands:
+          - argv: [sh, -c, 'test "$ORCH_ANSWER" = "not yet"']
+"#,
+    );
+    let run = h.submit(&wf);
+
+    // The approval reaches the chat, with a link that approves.
+    let message = |word: &str| {
+        let got = got.clone();
+        let word = word.to_owned();
+        wait_for(
+            &format!("an OpenClaw message about {word}"),
+            LONG,
+            move || {
+                got.lock().unwrap().iter().find_map(|p| {
+                    let v: Value = serde_json::from_slice(&p.body).ok()?;
+                    let m = v["message"].as_str()?.to_owned();
+                    m.contains(&word).then_some((p.clone(), v, m))
+                })
+            },
+        )
+    };
+    let (post, body, text) = message("approv");
+    assert!(post.head.starts_with("POST /hooks/agent "), "{}", post.head);
+    assert_eq!(
+        post.header("authorization").as_deref(),
+        Some("Bearer gateway-token")
+    );
+    assert_eq!(body["deliver"], true);
+    assert_eq!(body["channel"], "telegram");
+    assert_eq!(body["to"], "@me");
+    assert!(
+        text.contains(&format!("orch approve {run} review")),
+        "{text}"
+    );
+    let link = act_path(&text, "approve").unwrap_or_else(|| panic!("no approve link in {text}"));
+
+    // Opening the link only shows what it would do; the button does it.
+    let shown = http(&d, "GET", &link, None, None);
+    assert_eq!(shown.status, 200, "{}", shown.text());
+    assert!(
+        shown.text().contains("approve stage review"),
+        "{}",
+        shown.text()
+    );
+    assert_eq!(h.show(&run)["stages"][0]["state"], "awaiting_approval");
+    let mut forged = link.clone();
+    forged.pop();
+    forged.push(if link.ends_with('A') { 'B' } else { 'A' });
+    assert_eq!(http(&d, "POST", &forged, None, Some(b"")).status, 403);
+    let done = http(&d, "POST", &link, None, Some(b""));
+    assert_eq!(done.status, 200, "{}", done.text());
+    // A second click finds nothing to approve.
+    assert_eq!(http(&d, "POST", &link, None, Some(b"")).status, 409);
+
+    // The input step's question comes with one link per choice.
+    let (_, _, text) = message("Ship it?");
+    assert!(text.contains("not yet"), "{text}");
+    let links: Vec<&str> = text.lines().filter(|l| l.contains("/v1/act/")).collect();
+    assert_eq!(links.len(), 2, "{text}");
+    let not_yet =
+        act_path(&text, "not yet").unwrap_or_else(|| panic!("no link for 'not yet' in {text}"));
+    assert_eq!(http(&d, "POST", &not_yet, None, Some(b"")).status, 200);
+
+    let detail = h.wait_run_end(&d, &run);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
+    assert_eq!(detail["questions"][0]["answered_by"], "user:link");
+    // The webhook saw the same story.
+    let wanted = [
+        "approval_requested",
+        "question_asked",
+        "question_answered",
+        "checkpoint",
+        "run_finished",
+    ];
+    wait_for("the webhook to see every kind of event", LONG, || {
+        let kinds: Vec<String> = hooked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|p| serde_json::from_slice::<Value>(&p.body).ok())
+            .map(|v| v["event"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        wanted
+            .iter()
+            .all(|k| kinds.iter().any(|x| x == k))
+            .then_some(())
+    });
 }

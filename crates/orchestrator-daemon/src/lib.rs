@@ -18,6 +18,7 @@
 //!
 //! Main types: [`DaemonConfig`], [`Daemon`], [`auth::Tokens`].
 
+mod act;
 pub mod api;
 pub mod auth;
 mod error;
@@ -145,6 +146,8 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .merge(admin)
         .merge(agent)
         .route("/healthz", get(api::healthz))
+        // The signed link is its own credential: no bearer token.
+        .route("/v1/act/{token}", get(act::show::<S>).post(act::act::<S>))
         .fallback(|| async {
             error::ApiErr::new(
                 axum::http::StatusCode::NOT_FOUND,

@@ -20,6 +20,7 @@ use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
 use super::cursor::{Cursors, Saved};
+use super::event::EventKind;
 use super::{human_event, openclaw, webhook, How, HumanEvent, Shared, Target};
 
 /// Transitions read from the log at once.
@@ -245,8 +246,28 @@ impl<S: Store> Worker<S> {
         }
     }
 
+    /// A question's choices are in its row, not its transition: filled in
+    /// here so the message offers one command (and one link) per choice.
+    async fn with_choices(&self, ev: &HumanEvent) -> HumanEvent {
+        let mut ev = ev.clone();
+        let (EventKind::QuestionAsked, Some(id)) = (ev.event, ev.question_id) else {
+            return ev;
+        };
+        match self.store.run_detail(&ev.run_id).await {
+            Ok(d) => {
+                if let Some(q) = d.questions.iter().find(|q| q.id == id) {
+                    ev.choices = q.choices.clone();
+                    ev.answer_with = super::event::answer_commands(&ev);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "question choices unavailable"),
+        }
+        ev
+    }
+
     /// Tries `ev` until it is delivered, every attempt failed, or shutdown.
     async fn deliver(&mut self, ev: &HumanEvent, feed: &mut Feed) -> Outcome {
+        let ev = &self.with_choices(ev).await;
         let req = self.target.prepare(&self.shared, ev);
         let retry = self.shared.retry;
         let shown = self.target.update(|s| s.url.clone());

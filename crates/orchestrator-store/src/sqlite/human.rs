@@ -122,6 +122,11 @@ pub(super) fn step_succeeded(
     })
 }
 
+/// A question's entity id in the transitions log: `run/stage/id`.
+fn question_key(run_id: &str, stage_id: &str, id: i64) -> String {
+    format!("{run_id}/{stage_id}/{id}")
+}
+
 fn ask_question(
     ctx: &mut Ctx<'_>,
     run_id: &str,
@@ -142,7 +147,7 @@ fn ask_question(
     let id = ctx.conn.last_insert_rowid();
     ctx.transition(
         Entity::Question,
-        id.to_string(),
+        question_key(run_id, stage_id, id),
         Some(run_id),
         None,
         QuestionState::Open.as_str(),
@@ -359,7 +364,7 @@ pub fn answer(
         .execute(params![question_id, text, actor, ctx.now])?;
     ctx.transition(
         Entity::Question,
-        question_id.to_string(),
+        question_key(run_id, &stage_id, question_id),
         Some(run_id),
         Some(QuestionState::Open.as_str()),
         QuestionState::Answered.as_str(),
@@ -420,7 +425,7 @@ pub(super) fn close_questions(
             .execute([id])?;
         ctx.transition(
             Entity::Question,
-            id.to_string(),
+            question_key(run_id, stage_id, id),
             Some(run_id),
             Some(QuestionState::Open.as_str()),
             QuestionState::Closed.as_str(),

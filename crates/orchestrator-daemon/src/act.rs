@@ -1,0 +1,142 @@
+//! Signed one-click links (`/v1/act/{token}`): how a human answers from a
+//! chat without a token of their own. The link itself is the credential: an
+//! HMAC-signed action (approve a stage, reject it, answer a question with a
+//! given text) that expires. Opening it (GET) shows what it will do and a
+//! button; only the POST acts. Chat apps fetch links to preview them, and a
+//! preview must never approve anything.
+
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use orchestrator_store::{now_ms, HumanCommand, Store, StoreError};
+
+use crate::hooks::sign::{verify_action, Action, ActionError, ActionKind};
+use crate::App;
+
+fn page(status: StatusCode, title: &str, body: &str) -> Response {
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\"><title>{t}</title></head><body style=\"font-family:sans-serif;max-width:36em;margin:2em auto\"><h1>{t}</h1>{body}</body></html>",
+        t = escape(title)
+    );
+    (status, Html(html)).into_response()
+}
+
+fn escape(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn verified<S: Store>(app: &App<S>, token: &str) -> Result<Action, Box<Response>> {
+    let Some(links) = &app.config.hooks.links else {
+        return Err(Box::new(page(
+            StatusCode::NOT_FOUND,
+            "Links are off",
+            "<p>This daemon makes no action links (it has no <code>--public-url</code>).</p>",
+        )));
+    };
+    verify_action(token, &links.key, now_ms()).map_err(|e| {
+        let status = match e {
+            ActionError::Expired { .. } => StatusCode::GONE,
+            ActionError::BadSignature => StatusCode::FORBIDDEN,
+            ActionError::Malformed(_) => StatusCode::BAD_REQUEST,
+        };
+        Box::new(page(
+            status,
+            "This link does not work",
+            &format!("<p>{}</p>", escape(&e.to_string())),
+        ))
+    })
+}
+
+fn describe(a: &Action) -> String {
+    let stage = a.stage_id.as_deref().unwrap_or("?");
+    match a.kind {
+        ActionKind::Approve => format!("approve stage {stage} of run {}", a.run_id),
+        ActionKind::Reject => format!(
+            "reject stage {stage} of run {} with feedback {:?}",
+            a.run_id,
+            a.text.as_deref().unwrap_or("")
+        ),
+        ActionKind::Answer => format!(
+            "answer question {} of run {} with {:?}",
+            a.question_id.unwrap_or_default(),
+            a.run_id,
+            a.text.as_deref().unwrap_or("")
+        ),
+    }
+}
+
+/// `GET /v1/act/{token}`: what the link does, and the button that does it.
+pub async fn show<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<String>) -> Response {
+    let action = match verified(&app, &token) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let what = describe(&action);
+    page(
+        StatusCode::OK,
+        "Confirm",
+        &format!(
+            "<p>This link will <b>{}</b>.</p><form method=\"post\"><button type=\"submit\" style=\"font-size:1.2em\">Do it</button></form>",
+            escape(&what)
+        ),
+    )
+}
+
+/// `POST /v1/act/{token}`: does what the signed action says.
+pub async fn act<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<String>) -> Response {
+    let action = match verified(&app, &token) {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let command = match (action.kind, &action.stage_id, action.question_id) {
+        (ActionKind::Approve, Some(stage), _) => HumanCommand::Approve {
+            stage_id: stage.clone(),
+            comment: Some("approved from a link".into()),
+        },
+        (ActionKind::Reject, Some(stage), _) => HumanCommand::Reject {
+            stage_id: stage.clone(),
+            feedback: action.text.clone().unwrap_or_default(),
+        },
+        (ActionKind::Answer, _, Some(id)) => HumanCommand::Answer {
+            question_id: id,
+            text: action.text.clone().unwrap_or_default(),
+        },
+        _ => {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "This link does not work",
+                "<p>The action names no stage or question.</p>",
+            )
+        }
+    };
+    let what = describe(&action);
+    match app.store.human(&action.run_id, command, "user:link").await {
+        Ok(run) => page(
+            StatusCode::OK,
+            "Done",
+            &format!("<p>Done: {}. The run is {}.</p>", escape(&what), run.state),
+        ),
+        Err(e) => {
+            let status = match e {
+                StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
+                StoreError::Conflict(_) => StatusCode::CONFLICT,
+                StoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                _ => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            page(
+                status,
+                "Not done",
+                &format!(
+                    "<p>Could not {}: {}</p>",
+                    escape(&what),
+                    escape(&e.to_string())
+                ),
+            )
+        }
+    }
+}
