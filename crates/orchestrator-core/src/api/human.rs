@@ -177,24 +177,32 @@ pub struct AnswerRequest {
     pub text: String,
 }
 
-/// The commands a human types to act on a waiting stage or question.
+/// The commands a human types to act on a waiting stage (approve or reject
+/// it) or an open question (`question`: its id and choices; one command per
+/// choice when it has some). Ready to paste: words are shell-quoted.
 pub fn answer_commands(
     kind: InboxKind,
     run_id: &str,
     stage_id: &str,
-    question: Option<&QuestionView>,
+    question: Option<(i64, &[String])>,
 ) -> Vec<String> {
+    let run = shell_quote(run_id);
     match (kind, question) {
-        (InboxKind::Question, Some(q)) if !q.choices.is_empty() => q
-            .choices
+        (InboxKind::Question, Some((id, choices))) if !choices.is_empty() => choices
             .iter()
-            .map(|c| format!("orch answer {run_id} {} {}", q.id, shell_quote(c)))
+            .map(|c| format!("orch answer {run} {id} {}", shell_quote(c)))
             .collect(),
-        (InboxKind::Question, Some(q)) => vec![format!("orch answer {run_id} {} 'TEXT'", q.id)],
-        _ => vec![
-            format!("orch approve {run_id} {stage_id}"),
-            format!("orch reject {run_id} {stage_id} --feedback 'WHAT TO CHANGE'"),
-        ],
+        (InboxKind::Question, Some((id, _))) => {
+            vec![format!("orch answer {run} {id} \"<your answer>\"")]
+        }
+        (InboxKind::Question, None) => Vec::new(),
+        (InboxKind::Approval, _) => {
+            let stage = shell_quote(stage_id);
+            vec![
+                format!("orch approve {run} {stage}"),
+                format!("orch reject {run} {stage} --feedback \"<what to change>\""),
+            ]
+        }
     }
 }
 
@@ -202,7 +210,7 @@ pub fn answer_commands(
 pub fn shell_quote(s: &str) -> String {
     if !s.is_empty()
         && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@+,".contains(c))
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=@+,%".contains(c))
     {
         s.to_owned()
     } else {

@@ -5,6 +5,7 @@
 //! function, so a replay of the log after a restart yields the same events
 //! with the same `seq` — which is what lets receivers drop duplicates.
 
+use orchestrator_core::api::{self, InboxKind};
 use orchestrator_core::{Entity, Transition};
 use serde::{Deserialize, Serialize};
 
@@ -131,45 +132,18 @@ pub fn human_event(t: &Transition) -> Option<HumanEvent> {
 /// The commands that answer `ev`: approve or reject a held stage, answer a
 /// question (one command per choice when it has choices).
 pub fn answer_commands(ev: &HumanEvent) -> Vec<String> {
-    let run = sh_quote(&ev.run_id);
-    match ev.event {
-        EventKind::ApprovalRequested => {
-            let Some(stage) = ev.stage_id.as_deref() else {
-                return Vec::new();
-            };
-            let stage = sh_quote(stage);
-            vec![
-                format!("orch approve {run} {stage}"),
-                format!("orch reject {run} {stage} --feedback \"<what to change>\""),
-            ]
+    let stage = ev.stage_id.as_deref().unwrap_or_default();
+    match (ev.event, ev.stage_id.is_some(), ev.question_id) {
+        (EventKind::ApprovalRequested, true, _) => {
+            api::answer_commands(InboxKind::Approval, &ev.run_id, stage, None)
         }
-        EventKind::QuestionAsked => {
-            let Some(q) = ev.question_id else {
-                return Vec::new();
-            };
-            if ev.choices.is_empty() {
-                vec![format!("orch answer {run} {q} \"<your answer>\"")]
-            } else {
-                ev.choices
-                    .iter()
-                    .map(|c| format!("orch answer {run} {q} {}", sh_quote(c)))
-                    .collect()
-            }
-        }
+        (EventKind::QuestionAsked, _, Some(q)) => api::answer_commands(
+            InboxKind::Question,
+            &ev.run_id,
+            stage,
+            Some((q, &ev.choices)),
+        ),
         _ => Vec::new(),
-    }
-}
-
-/// Quotes `s` for a POSIX shell when it needs it, so a command can be
-/// pasted as it is.
-pub fn sh_quote(s: &str) -> String {
-    let plain = !s.is_empty()
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_./:@%+=,".contains(&b));
-    if plain {
-        s.to_owned()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
 

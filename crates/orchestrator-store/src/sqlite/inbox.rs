@@ -132,7 +132,12 @@ pub fn inbox(conn: &Connection) -> Result<Vec<InboxItem>> {
         let (workflow, wf) = spec_of(&q.run_id)?;
         items.push(InboxItem {
             kind: InboxKind::Question,
-            answer_with: answer_commands(InboxKind::Question, &q.run_id, &q.stage_id, Some(&q)),
+            answer_with: answer_commands(
+                InboxKind::Question,
+                &q.run_id,
+                &q.stage_id,
+                Some((q.id, &q.choices)),
+            ),
             run_id: q.run_id.clone(),
             workflow,
             stage_id: q.stage_id.clone(),
