@@ -189,6 +189,8 @@ pub(super) struct StageRow {
     priority: i32,
     project_dir: String,
     base_commit: String,
+    /// What humans handed the stage for one of its steps (JSON `Handoff`).
+    handoff: Option<String>,
     /// Its run is paused: a stage reaching a checkpoint holds there.
     run_paused: bool,
 }
@@ -197,7 +199,7 @@ pub(super) fn load_stage(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<
     ctx.conn
         .prepare_cached(
             "SELECT s.state, s.ord, s.attempt, s.steps_total, r.priority, r.project_dir, r.state = 'paused',
-                    COALESCE(r.base_commit, '')
+                    COALESCE(r.base_commit, ''), s.handoff
              FROM stage_runs s JOIN runs r ON r.id = s.run_id WHERE s.run_id = ?1 AND s.stage_id = ?2",
         )?
         .query_row([run_id, stage_id], |r| {
@@ -211,6 +213,7 @@ pub(super) fn load_stage(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<
                 project_dir: r.get(5)?,
                 run_paused: r.get(6)?,
                 base_commit: r.get(7)?,
+                handoff: r.get(8)?,
             })
         })
         .optional()?
@@ -372,7 +375,7 @@ pub(super) fn enqueue(
             .and_then(|r| r.until.clone()),
         until_shell: repeat.is_some_and(|r| r.shell),
         iteration: step / per_iteration,
-        handoff: human::handoff_for(ctx, run_id, stage_id, step)?,
+        handoff: human::parse_handoff(row.handoff.as_deref(), step),
     };
     let payload = serde_json::to_string(&spec).map_err(|e| StoreError::Database(e.to_string()))?;
     let labels =

@@ -106,7 +106,10 @@ pub(super) fn step_succeeded(
     }
     // What humans said was for this step; it has now seen it.
     ctx.conn
-        .prepare_cached("UPDATE stage_runs SET handoff = NULL WHERE run_id = ?1 AND stage_id = ?2")?
+        .prepare_cached(
+            "UPDATE stage_runs SET handoff = NULL
+             WHERE run_id = ?1 AND stage_id = ?2 AND handoff IS NOT NULL",
+        )?
         .execute([run_id, stage_id])?;
     let gate = if !o.questions.is_empty() {
         Gate::Question
@@ -238,9 +241,13 @@ pub(super) fn handoff_for(
         .conn
         .prepare_cached("SELECT handoff FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
         .query_row([run_id, stage_id], |r| r.get(0))?;
-    Ok(json
-        .and_then(|j| serde_json::from_str::<Handoff>(&j).ok())
-        .filter(|h| h.for_step == step))
+    Ok(parse_handoff(json.as_deref(), step))
+}
+
+/// A stage's stored handoff, when it is for step `step`.
+pub(super) fn parse_handoff(json: Option<&str>, step: u32) -> Option<Handoff> {
+    json.and_then(|j| serde_json::from_str::<Handoff>(j).ok())
+        .filter(|h| h.for_step == step)
 }
 
 /// `orch approve`: the held stage goes on.
