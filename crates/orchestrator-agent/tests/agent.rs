@@ -22,6 +22,8 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
 const TOKEN: &str = "tok";
 
 #[derive(Default)]
@@ -239,32 +241,11 @@ async fn serve(stream: TcpStream, stub: Arc<Stub>) {
 
 /// A git repository with one commit: a project.
 fn git_project() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    for args in [
-        &["init", "-q"][..],
-        &["config", "user.email", "t@example.com"],
-        &["config", "user.name", "t"],
-        &["commit", "-q", "--allow-empty", "-m", "init"],
-    ] {
-        let ok = std::process::Command::new("git")
-            .arg("-C")
-            .arg(dir.path())
-            .args(args)
-            .status()
-            .unwrap();
-        assert!(ok.success(), "git {args:?}");
-    }
-    dir
+    common::repo().0
 }
 
 fn head(project: &Path) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(project)
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .unwrap();
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    common::git(project, &["rev-parse", "HEAD"])
 }
 
 /// Where the jobs of run `run-1` run their commands.

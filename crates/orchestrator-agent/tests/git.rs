@@ -9,29 +9,14 @@ use std::process::Command;
 use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
+use common::{empty_repo, git, repo};
 use orchestrator_agent::git::{
     add_detached_worktree, checkpoint, ensure_worktree, resolve_commit, CheckpointRequest,
     GitError, RunWorktree,
 };
 use sha2::{Digest, Sha256};
-use tempfile::TempDir;
 
-/// Runs git in `dir`, asserts success, returns stdout trimmed.
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
+mod common;
 
 fn git_bytes(dir: &Path, args: &[&str]) -> Vec<u8> {
     let out = Command::new("git")
@@ -42,26 +27,6 @@ fn git_bytes(dir: &Path, args: &[&str]) -> Vec<u8> {
         .unwrap();
     assert!(out.status.success(), "git {args:?}");
     out.stdout
-}
-
-/// An empty repository on branch `main` with a local identity.
-fn empty_repo() -> TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    git(dir.path(), &["init", "--quiet", "--initial-branch", "main"]);
-    git(dir.path(), &["config", "user.name", "Test User"]);
-    git(dir.path(), &["config", "user.email", "test@example.com"]);
-    git(dir.path(), &["config", "commit.gpgsign", "false"]);
-    dir
-}
-
-/// A repository with one commit (README.md) on `main`; returns it and the commit.
-fn repo() -> (TempDir, String) {
-    let dir = empty_repo();
-    fs::write(dir.path().join("README.md"), "hello\n").unwrap();
-    git(dir.path(), &["add", "README.md"]);
-    git(dir.path(), &["commit", "--quiet", "-m", "first"]);
-    let head = git(dir.path(), &["rev-parse", "HEAD"]);
-    (dir, head)
 }
 
 fn canonical(p: &Path) -> PathBuf {

@@ -9,33 +9,12 @@ use orchestrator_core::api::{ClaimedJob, JobSpec};
 use orchestrator_core::spec::CommandSpec;
 use tokio_util::sync::CancellationToken;
 
+mod common;
+
 #[tokio::test]
 async fn orchestrator_tokens_are_not_inherited() {
-    // A project is a git repository with a commit.
-    let project = tempfile::tempdir().unwrap();
-    let git = |args: &[&str]| {
-        let out = std::process::Command::new("git")
-            .arg("-C")
-            .arg(project.path())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "git {args:?}");
-        String::from_utf8(out.stdout).unwrap().trim().to_owned()
-    };
-    git(&["init", "-q"]);
-    git(&[
-        "-c",
-        "user.name=t",
-        "-c",
-        "user.email=t@e",
-        "commit",
-        "-q",
-        "--allow-empty",
-        "-m",
-        "i",
-    ]);
-    let head = git(&["rev-parse", "HEAD"]);
+    // A project is a git repository with a commit (made before any thread).
+    let (project, head) = common::repo();
     // Set before any other thread of this binary exists.
     std::env::set_var("ORCH_AGENT_TOKEN", "agent-secret");
     std::env::set_var("ORCH_TOKEN", "admin-secret");

@@ -11,6 +11,8 @@ use orchestrator_core::api::{ClaimedJob, JobSpec, Manifest, StepOutcome};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::spec::{CommandSpec, DurationSpec};
 use tempfile::TempDir;
+
+mod common;
 use tokio_util::sync::CancellationToken;
 
 fn argv(args: &[&str]) -> CommandSpec {
@@ -40,17 +42,6 @@ struct Project {
     head: String,
 }
 
-fn git(dir: &Path, args: &[&str]) -> String {
-    let out = std::process::Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "git {args:?}: {out:?}");
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
 impl Project {
     /// The repository with the run's worktree made, as an agent makes it.
     fn new() -> Self {
@@ -61,12 +52,7 @@ impl Project {
 
     /// The repository alone.
     fn repo() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        git(dir.path(), &["init", "-q", "-b", "main"]);
-        git(dir.path(), &["config", "user.email", "t@example.com"]);
-        git(dir.path(), &["config", "user.name", "t"]);
-        git(dir.path(), &["commit", "-q", "--allow-empty", "-m", "init"]);
-        let head = git(dir.path(), &["rev-parse", "HEAD"]);
+        let (dir, head) = common::repo();
         Project { dir, head }
     }
 
