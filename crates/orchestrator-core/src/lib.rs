@@ -2,7 +2,8 @@
 //!
 //! What it is: the workflow spec and its validation ([`spec`], [`validate`]),
 //! the DAG planner ([`plan`]: topological layers, their width, the critical
-//! path), the state machines of run, stage and job ([`machine`]: functions
+//! path), the scheduling policy ([`sched`]: placement, priority, fairness,
+//! pre-emption), the state machines of run, stage and job ([`machine`]: functions
 //! from (state, event) to (state, effects)), the classification of failures
 //! ([`error`]) and the wire types of the HTTP API ([`api`]) shared by daemon,
 //! agent and CLI.
@@ -19,6 +20,7 @@ pub mod api;
 pub mod error;
 pub mod machine;
 pub mod plan;
+pub mod sched;
 pub mod spec;
 pub mod validate;
 

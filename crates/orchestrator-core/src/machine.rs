@@ -31,6 +31,9 @@ macro_rules! states {
 states!(
     /// The state of a run.
     RunState {
+        /// Waiting for a place under its project's `max_parallel_runs`;
+        /// none of its stages is scheduled yet.
+        Queued = "queued",
         /// Some stage has not ended.
         Running = "running",
         /// A human paused it: its stages stop at their next checkpoint.
@@ -55,6 +58,9 @@ states!(
         Running = "running",
         /// Held at a checkpoint because its run is paused; holds no slot.
         Paused = "paused",
+        /// Yielded at a checkpoint to higher-priority work: its next step is
+        /// queued, pinned to the agent that holds its worktree; holds no slot.
+        Suspended = "suspended",
         /// Held after a step's checkpoint until a human approves or rejects
         /// it; holds no slot.
         AwaitingApproval = "awaiting_approval",
@@ -182,6 +188,9 @@ pub enum StageEvent {
     Resume { step: u32 },
     /// Its run was cancelled.
     Cancel,
+    /// Asked to yield to higher-priority work, it reached a checkpoint with
+    /// its next step queued: suspended there until capacity frees.
+    Yield,
     /// Its queued step is an input step: ask the question and wait; `after`
     /// is where the answer leads.
     Asked { after: After },
@@ -224,7 +233,8 @@ pub fn stage_on(
     use StageState as S;
     Ok(match (s, e) {
         (S::Pending, E::NeedsMet) => (S::Queued, vec![F::EnqueueStep { step: 0, attempt }]),
-        (S::Queued, E::Started) => (S::Running, vec![]),
+        (S::Queued | S::Suspended, E::Started) => (S::Running, vec![]),
+        (S::Queued, E::Yield) => (S::Suspended, vec![]),
         (
             S::Running,
             E::StepSucceeded {
@@ -281,7 +291,7 @@ pub fn stage_on(
         }
         (S::Running, E::StepFailed) => (S::Failed, vec![F::BlockDependents, F::StageEnded]),
         (
-            S::Running | S::Queued,
+            S::Running | S::Queued | S::Suspended,
             E::AttemptLost {
                 attempt: a,
                 max_attempts,
@@ -301,9 +311,12 @@ pub fn stage_on(
         }
         (S::Pending, E::UpstreamFailed) => (S::Blocked, vec![F::BlockDependents, F::StageEnded]),
         // The queued job has not started: withdrawing it loses nothing.
-        (S::Queued, E::Pause) => (S::Paused, vec![F::CancelJob]),
+        (S::Queued | S::Suspended, E::Pause) => (S::Paused, vec![F::CancelJob]),
         (S::Paused, E::Resume { step }) => (S::Queued, vec![F::EnqueueStep { step, attempt }]),
-        (S::Pending | S::Queued | S::Running | S::Paused | S::AwaitingApproval, E::Cancel) => {
+        (
+            S::Pending | S::Queued | S::Running | S::Paused | S::Suspended | S::AwaitingApproval,
+            E::Cancel,
+        ) => {
             (S::Cancelled, vec![F::CancelJob, F::StageEnded])
         }
         (S::AwaitingInput, E::Cancel) => (S::Cancelled, vec![F::CloseQuestions, F::StageEnded]),
@@ -408,6 +421,8 @@ pub enum RunEvent {
     Pause,
     /// A human resumed the paused run.
     Resume,
+    /// Its project has room for it under `max_parallel_runs`.
+    Admit,
 }
 
 /// What the store must do after a run transition.
@@ -421,6 +436,8 @@ pub enum RunEffect {
     PauseStages,
     /// Queue again every held stage, and let runnable stages start.
     ResumeStages,
+    /// Let the run's runnable stages start.
+    Schedule,
 }
 
 /// The run machine. A `StageEnded` that leaves stages open keeps the run running.
@@ -431,6 +448,7 @@ pub fn run_on(s: RunState, e: RunEvent) -> Result<(RunState, Vec<RunEffect>), Re
         RunEvent::Cancel => effects.push(RunEffect::CancelStages),
         RunEvent::Pause => effects.push(RunEffect::PauseStages),
         RunEvent::Resume => effects.push(RunEffect::ResumeStages),
+        RunEvent::Admit => effects.push(RunEffect::Schedule),
         RunEvent::StageEnded { .. } => {}
     }
     if to.is_terminal() {
@@ -453,7 +471,8 @@ fn run_next(s: RunState, e: RunEvent) -> Result<RunState, RejectedTransition> {
             },
         ) => S::Succeeded,
         (S::Running | S::Paused, E::StageEnded { .. }) => S::Failed,
-        (S::Running | S::Paused, E::Cancel) => S::Cancelled,
+        (S::Running | S::Paused | S::Queued, E::Cancel) => S::Cancelled,
+        (S::Queued, E::Admit) => S::Running,
         (S::Running, E::Pause) => S::Paused,
         (S::Paused, E::Resume) => S::Running,
         (s, e) => return Err(reject("run", s, e)),

@@ -11,8 +11,10 @@ use crate::plan::Plan;
 use crate::spec::CommandSpec;
 
 mod human;
+mod sched;
 
 pub use human::*;
+pub use sched::*;
 
 /// `POST /v1/runs`: submit a workflow to run in a project directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -25,9 +27,10 @@ pub struct SubmitRun {
     pub file: Option<String>,
     /// Absolute path of the project directory the run works in.
     pub project_dir: String,
-    /// The run's suggested priority; higher runs first. Default 0.
-    #[serde(default)]
-    pub priority: i32,
+    /// The run's suggested priority; higher runs first. Default: the
+    /// workflow's `priority:`, else the project's default, else 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
     /// The git ref the run's branch starts from (branch, tag or commit);
     /// default: the project's HEAD.
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
@@ -39,6 +42,20 @@ pub struct SubmitRun {
 pub struct Submitted {
     pub run_id: String,
     pub plan: Plan,
+    /// `running`, or `queued` when its project runs its most runs already.
+    #[serde(default = "running")]
+    pub state: RunState,
+    /// The effective priority and how it came about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<crate::sched::Effective>,
+    /// What the submitter should know: stages no registered agent could
+    /// ever run, a run held by its project's limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+}
+
+fn running() -> RunState {
+    RunState::Running
 }
 
 /// A run as listed by `orch ps`.
@@ -48,7 +65,11 @@ pub struct RunSummary {
     pub workflow: String,
     pub project_dir: String,
     pub state: RunState,
+    /// The effective priority.
     pub priority: i32,
+    /// What the run suggested, when it did.
+    #[serde(default)]
+    pub suggested_priority: Option<i32>,
     pub stages_total: u32,
     pub stages_succeeded: u32,
     pub stages_ended: u32,
@@ -74,6 +95,9 @@ pub struct StageView {
     pub attempt: u32,
     pub started_at_ms: Option<i64>,
     pub ended_at_ms: Option<i64>,
+    /// The agent the stage is pinned to (its worktree is there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
 }
 
 /// One job: an attempt at one step.
@@ -122,6 +146,12 @@ pub struct RegisterAgent {
     pub slots: u32,
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Memory it offers to steps, in MiB.
+    #[serde(default)]
+    pub memory_mb: u64,
+    /// Its GPUs (detected with `nvidia-smi`, or declared).
+    #[serde(default)]
+    pub gpus: Vec<crate::sched::Gpu>,
 }
 
 /// The answer to a registration.
@@ -144,10 +174,21 @@ pub struct AgentView {
     pub id: String,
     pub name: String,
     pub labels: Vec<String>,
+    /// The slots it may use (its own, capped by the system rules).
     pub slots: u32,
     pub running: u32,
     pub hostname: Option<String>,
     pub last_seen_ms: i64,
+    #[serde(default)]
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub gpus: Vec<crate::sched::Gpu>,
+    /// What it has free now.
+    #[serde(default)]
+    pub free: crate::sched::Free,
+    /// Heard from within its lease time.
+    #[serde(default)]
+    pub online: bool,
 }
 
 /// `POST /v1/agents/{id}/claim`: long-poll for a job.
@@ -167,6 +208,9 @@ pub struct ClaimedJob {
     /// Secret proving the holder; needed to heartbeat and complete.
     pub lease_token: String,
     pub lease_expires_at_ms: i64,
+    /// The memory and GPUs the step was given on this agent.
+    #[serde(default)]
+    pub grant: crate::sched::Grant,
     #[serde(flatten)]
     pub spec: JobSpec,
 }

@@ -16,6 +16,8 @@ use locate::place;
 
 /// Largest workflow text accepted, in bytes.
 pub const MAX_WORKFLOW_BYTES: usize = 4 * 1024 * 1024;
+/// Most GPUs one stage may ask for.
+pub const MAX_GPUS: u32 = 64;
 /// Most stages a workflow may have.
 pub const MAX_STAGES: usize = 20_000;
 
@@ -271,6 +273,35 @@ fn check(wf: &Workflow) -> Vec<Problem> {
                     &mut out,
                     format!("stages[{i}].labels[{j}]"),
                     "empty label; expected a capability name".into(),
+                    stage,
+                    None,
+                );
+            }
+        }
+        if let Some(r) = &st.resources {
+            if r.gpus.is_some_and(|g| g > MAX_GPUS) {
+                add_in(
+                    &mut out,
+                    format!("stages[{i}].resources.gpus"),
+                    format!("{} GPUs: expected at most {MAX_GPUS}", r.gpus.unwrap_or(0)),
+                    stage,
+                    None,
+                );
+            }
+            if r.gpu_memory.is_some_and(|m| m.as_mib() == 0) {
+                add_in(
+                    &mut out,
+                    format!("stages[{i}].resources.gpu_memory"),
+                    "0 MiB: expected an amount such as 8G (or leave it out to take whole GPUs)".into(),
+                    stage,
+                    None,
+                );
+            }
+            if r.gpus == Some(0) && r.gpu_memory.is_some() {
+                add_in(
+                    &mut out,
+                    format!("stages[{i}].resources.gpu_memory"),
+                    "set with gpus: 0; expected gpus of at least 1, or no gpu_memory".into(),
                     stage,
                     None,
                 );

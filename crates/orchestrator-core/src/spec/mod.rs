@@ -10,6 +10,10 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod size;
+
+pub use size::{human_mib, SizeSpec};
+
 /// A workflow file: a DAG of stages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -19,6 +23,11 @@ pub struct Workflow {
     /// Free text for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The priority this workflow's runs suggest (higher runs first) when
+    /// `orch run --priority` does not say; the project's policy and the
+    /// daemon's rules clamp it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<i32>,
     /// Environment variables given to every command of every stage.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
@@ -42,6 +51,10 @@ pub struct Stage {
     /// Capabilities an agent must have (all of them) to run this stage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,
+    /// What each step of this stage needs on its agent beyond one slot:
+    /// memory, GPUs and GPU memory. The stage runs only where they are free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
     /// Longest time each step of this stage may run, e.g. `30s`, `10m`, `2h`;
     /// the step's commands are killed (whole process groups) when it is exceeded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -58,6 +71,23 @@ pub struct Stage {
     /// iteration whose steps checkpoint like any other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat: Option<Repeat>,
+}
+
+/// What a stage's steps need on their agent, besides one slot.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Resources {
+    /// Memory the step may use (`512M`, `4G`); reserved on the agent while it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<SizeSpec>,
+    /// How many GPUs (distinct devices) the step needs. With `gpu_memory`
+    /// alone, 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<u32>,
+    /// GPU memory the step needs on each of its GPUs. A GPU with enough free
+    /// memory is shared with other stages; without it, each GPU is taken whole.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_memory: Option<SizeSpec>,
 }
 
 /// How a loop stage repeats.
