@@ -58,8 +58,9 @@ states!(
         Running = "running",
         /// Held at a checkpoint because its run is paused; holds no slot.
         Paused = "paused",
-        /// Yielded at a checkpoint to higher-priority work: its next step is
-        /// queued, pinned to the agent that holds its worktree; holds no slot.
+        /// Yielded at a checkpoint to higher-priority work; holds no slot.
+        /// Once that work is placed, its next step is queued again, pinned
+        /// to the agent that holds its worktree.
         Suspended = "suspended",
         /// Held after a step's checkpoint until a human approves or rejects
         /// it; holds no slot.
@@ -184,7 +185,8 @@ pub enum StageEvent {
     /// Its run was paused: a stage at a checkpoint (its next step queued,
     /// not started) holds there.
     Pause,
-    /// Its run was resumed: a held stage queues step `step` again.
+    /// Its run was resumed, or the work it yielded to was placed: a held
+    /// stage queues step `step` again.
     Resume { step: u32 },
     /// Its run was cancelled.
     Cancel,
@@ -233,8 +235,9 @@ pub fn stage_on(
     use StageState as S;
     Ok(match (s, e) {
         (S::Pending, E::NeedsMet) => (S::Queued, vec![F::EnqueueStep { step: 0, attempt }]),
-        (S::Queued | S::Suspended, E::Started) => (S::Running, vec![]),
-        (S::Queued, E::Yield) => (S::Suspended, vec![]),
+        (S::Queued, E::Started) => (S::Running, vec![]),
+        // The step it just queued has not started: withdrawing it loses nothing.
+        (S::Queued, E::Yield) => (S::Suspended, vec![F::CancelJob]),
         (
             S::Running,
             E::StepSucceeded {
@@ -312,7 +315,9 @@ pub fn stage_on(
         (S::Pending, E::UpstreamFailed) => (S::Blocked, vec![F::BlockDependents, F::StageEnded]),
         // The queued job has not started: withdrawing it loses nothing.
         (S::Queued | S::Suspended, E::Pause) => (S::Paused, vec![F::CancelJob]),
-        (S::Paused, E::Resume { step }) => (S::Queued, vec![F::EnqueueStep { step, attempt }]),
+        (S::Paused | S::Suspended, E::Resume { step }) => {
+            (S::Queued, vec![F::EnqueueStep { step, attempt }])
+        }
         (
             S::Pending | S::Queued | S::Running | S::Paused | S::Suspended | S::AwaitingApproval,
             E::Cancel,
