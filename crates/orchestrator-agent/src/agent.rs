@@ -102,6 +102,8 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         labels: cfg.labels.clone(),
         slots: cfg.slots,
         hostname: hostname.clone(),
+        memory_mb: 0,
+        gpus: Vec::new(),
     };
     // `stop` ends every loop: cancelled by `shutdown` or by a fatal error.
     let stop = shutdown.child_token();

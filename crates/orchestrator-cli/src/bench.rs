@@ -279,7 +279,7 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
             );
             let t = Instant::now();
             let s: Submitted =
-                crate::runcmd::submit(client, &file, Some(project.clone()), 0, None).await?;
+                crate::runcmd::submit(client, &file, Some(project.clone()), None, None).await?;
             let state = crate::runcmd::wait(client, &s.run_id, false).await?;
             let secs = t.elapsed().as_secs_f64();
             if state != RunState::Succeeded {

@@ -5,6 +5,7 @@
 
 mod bench;
 mod client;
+mod explain;
 mod human;
 mod logs;
 mod paths;
@@ -95,7 +96,9 @@ enum Cmd {
     Artifacts(human::ArtifactsArgs),
     /// Make a git worktree of a run at one of its checkpoints.
     Checkout(human::CheckoutArgs),
-    /// List agents.
+    /// Say why a run's stages run where they do, or why they wait.
+    Explain(explain::ExplainArgs),
+    /// List agents with their resources and what they have free.
     Agents {
         /// Output format: text for people, json for programs.
         #[arg(short, long, value_enum, default_value = "text")]
@@ -229,6 +232,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Ask(a) => human::ask(a).await,
         Cmd::Artifacts(a) => human::artifacts(a, &client()?).await,
         Cmd::Checkout(a) => human::checkout(a, &client()?).await,
+        Cmd::Explain(a) => explain::explain(a, &client()?).await,
         Cmd::Agents { output } => {
             let list: Vec<orchestrator_core::api::AgentView> = client()?.get("/v1/agents").await?;
             match output {

@@ -25,9 +25,11 @@ pub struct RunArgs {
     /// The git ref the run's branch starts from (default: the project's HEAD).
     #[arg(long = "ref")]
     pub git_ref: Option<String>,
-    /// Suggested priority; higher runs first.
-    #[arg(long, default_value_t = 0, allow_hyphen_values = true)]
-    pub priority: i32,
+    /// Suggested priority; higher runs first. Default: the workflow's
+    /// `priority:`, else the project's default. The project's policy and the
+    /// daemon's rules clamp it; `orch explain` says how.
+    #[arg(long, allow_hyphen_values = true)]
+    pub priority: Option<i32>,
     /// Follow the run until it ends; exit 0 if it succeeded, 1 if not.
     #[arg(long)]
     pub wait: bool,
@@ -40,7 +42,7 @@ pub async fn submit(
     client: &Client,
     file: &std::path::Path,
     project: Option<PathBuf>,
-    priority: i32,
+    priority: Option<i32>,
     git_ref: Option<String>,
 ) -> Result<Submitted> {
     let (text, _) = crate::load_workflow(file)?;
@@ -74,6 +76,12 @@ pub async fn run(a: RunArgs, client: &Client) -> Result<ExitCode> {
         a.git_ref.clone(),
     )
     .await?;
+    if a.output == Output::Text {
+        // Warnings go to stderr so `RUN=$(orch run ...)` still gets the id alone.
+        for w in &submitted.warnings {
+            eprintln!("warning: {w}");
+        }
+    }
     if !a.wait {
         match a.output {
             Output::Json => view::json(&submitted)?,

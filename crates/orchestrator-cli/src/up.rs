@@ -41,6 +41,11 @@ pub struct DaemonArgs {
     /// Longest a store batch keeps taking waiting commands, in milliseconds.
     #[arg(long, default_value_t = 5, env = "ORCH_BATCH_MAX_MS")]
     pub batch_max_ms: u64,
+    /// System rules (YAML): priority caps, limits per project and run,
+    /// slots reserved for high priority, agent caps, ageing. Nothing a
+    /// project or run says overrides them.
+    #[arg(long, value_name = "FILE", env = "ORCH_RULES")]
+    pub rules: Option<PathBuf>,
     #[command(flatten)]
     pub hooks: HookArgs,
 }
@@ -211,6 +216,14 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     let mut opts = StoreOptions::new(store_path(a.store.as_deref(), data_dir)?);
     opts.max_items = a.batch_max_items;
     opts.max_ms = a.batch_max_ms;
+    if let Some(path) = &a.rules {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            CliError::BadInput(format!("{}: cannot read the rules: {e}", path.display()))
+        })?;
+        opts.rules =
+            orchestrator_core::sched::parse_system_rules(&text, &path.display().to_string())
+                .map_err(|e| CliError::BadInput(e.to_string()))?;
+    }
     let store = Arc::new(SqliteStore::open(opts).context("cannot open the store")?);
     let mut cfg = DaemonConfig::new(a.listen, tokens.clone());
     cfg.lease_ttl_ms = a.lease_ttl_ms;
@@ -348,6 +361,7 @@ impl Embedded {
                 max_body_bytes: 64 * 1024 * 1024,
                 batch_max_items: 256,
                 batch_max_ms: 5,
+                rules: None,
                 hooks: HookArgs::default(),
             },
             agent,
@@ -419,7 +433,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
     let client = &embedded.client;
     let outcome = async {
         let submitted =
-            crate::runcmd::submit(client, &a.file, Some(project.clone()), 0, None).await?;
+            crate::runcmd::submit(client, &a.file, Some(project.clone()), None, None).await?;
         eprintln!(
             "run {} submitted ({} layers, critical path {})",
             submitted.run_id,

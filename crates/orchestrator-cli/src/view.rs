@@ -1,6 +1,7 @@
 //! How read commands print: tables for people, `-o json` for programs.
 
 use orchestrator_core::api::{AgentView, RunDetail, RunSummary};
+use orchestrator_core::spec::human_mib;
 use orchestrator_core::Plan;
 use orchestrator_daemon::hooks::HookStatus;
 
@@ -69,7 +70,15 @@ pub fn run(d: &RunDetail) {
     println!("workflow  {}", r.workflow);
     println!("project   {}", r.project_dir);
     println!("state     {}", r.state);
-    println!("priority  {}", r.priority);
+    match r.suggested_priority {
+        Some(sp) if sp != r.priority => {
+            println!(
+                "priority  {} (suggested {sp}; `orch explain {}`)",
+                r.priority, r.id
+            )
+        }
+        _ => println!("priority  {}", r.priority),
+    }
     println!(
         "stages    {} succeeded, {} ended, {} in all",
         r.stages_succeeded, r.stages_ended, r.stages_total
@@ -188,17 +197,41 @@ pub fn agents(list: &[AgentView]) {
         return;
     }
     println!(
-        "{:<13} {:<24} {:>7} {:<20} LAST SEEN",
-        "AGENT", "NAME", "SLOTS", "LABELS"
+        "{:<13} {:<20} {:<7} {:>7} {:>19} {:<28} {:<16} LAST SEEN",
+        "AGENT", "NAME", "STATE", "SLOTS", "MEMORY FREE", "GPUS (FREE/TOTAL)", "LABELS"
     );
     let now = orchestrator_store::now_ms();
     for a in list {
+        let gpus = if a.free.gpus.is_empty() {
+            "-".to_owned()
+        } else {
+            a.free
+                .gpus
+                .iter()
+                .map(|g| {
+                    format!(
+                        "{}:{}/{}",
+                        g.index,
+                        human_mib(g.free_mb),
+                        human_mib(g.total_mb)
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         println!(
-            "{:<13} {:<24} {:>7} {:<20} {} ago",
+            "{:<13} {:<20} {:<7} {:>7} {:>19} {:<28} {:<16} {} ago",
             a.id,
             a.name,
+            if a.online { "online" } else { "lost" },
             format!("{}/{}", a.running, a.slots),
-            a.labels.join(","),
+            format!("{}/{}", human_mib(a.free.memory_mb), human_mib(a.memory_mb)),
+            gpus,
+            if a.labels.is_empty() {
+                "-".to_owned()
+            } else {
+                a.labels.join(",")
+            },
             duration(now - a.last_seen_ms)
         );
     }

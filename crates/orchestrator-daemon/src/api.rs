@@ -33,6 +33,8 @@ pub async fn submit_run<S: Store>(
     }
     let base_commit = crate::project::resolve_commit(dir, req.git_ref.as_deref())
         .map_err(|msg| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, msg))?;
+    let policy = crate::project::read_policy(dir)
+        .map_err(|msg| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, msg))?;
     let submitted = app
         .store
         .submit_run(NewRun {
@@ -40,11 +42,15 @@ pub async fn submit_run<S: Store>(
             file: req.file,
             project_dir: req.project_dir,
             priority: req.priority,
+            policy,
             base_commit,
             actor: "user:admin".into(),
         })
         .await?;
-    tracing::info!(run_id = %submitted.run_id, "run submitted");
+    tracing::info!(run_id = %submitted.run_id, state = %submitted.state, "run submitted");
+    for w in &submitted.warnings {
+        tracing::warn!(run_id = %submitted.run_id, "{w}");
+    }
     Ok((StatusCode::CREATED, Json(submitted)).into_response())
 }
 
@@ -138,7 +144,27 @@ async fn command_run<S: Store>(
 }
 
 pub async fn list_agents<S: Store>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiErr> {
-    Ok(Json(app.store.list_agents().await?).into_response())
+    Ok(Json(app.store.list_agents(app.config.online_ms()).await?).into_response())
+}
+
+#[derive(Deserialize)]
+pub struct ExplainQuery {
+    #[serde(default)]
+    stage: Option<String>,
+}
+
+/// `GET /v1/runs/{id}/explain[?stage=S]`.
+pub async fn explain<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path(id): Path<String>,
+    Query(q): Query<ExplainQuery>,
+) -> Result<Response, ApiErr> {
+    Ok(Json(
+        app.store
+            .explain(&id, q.stage, app.config.online_ms())
+            .await?,
+    )
+    .into_response())
 }
 
 pub async fn register_agent<S: Store>(

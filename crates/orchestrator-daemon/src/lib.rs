@@ -26,6 +26,7 @@ mod events;
 pub mod hooks;
 mod human;
 pub mod metrics;
+mod preempt;
 mod project;
 mod reaper;
 
@@ -60,6 +61,9 @@ pub struct DaemonConfig {
     pub reaper_tick_ms: u64,
     /// Webhooks and the OpenClaw gateway that hear of human-facing events.
     pub hooks: hooks::HooksConfig,
+    /// Longest time between two pre-emption passes while work waits; a
+    /// pass also follows every commit that queued work, at most this often.
+    pub preempt_tick_ms: u64,
 }
 
 impl DaemonConfig {
@@ -73,7 +77,13 @@ impl DaemonConfig {
             max_body_bytes: 8 * 1024 * 1024,
             reaper_tick_ms: 1_000,
             hooks: hooks::HooksConfig::default(),
+            preempt_tick_ms: 1_000,
         }
+    }
+
+    /// An agent heard from within this long is online: one lease's time.
+    pub fn online_ms(&self) -> u64 {
+        self.lease_ttl_ms
     }
 }
 
@@ -110,6 +120,7 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/v1/runs/{id}/stages", get(api::get_stages::<S>))
         .route("/v1/runs/{id}/stages/{stage}", get(api::get_stage::<S>))
         .route("/v1/runs/{id}/jobs", get(api::get_jobs::<S>))
+        .route("/v1/runs/{id}/explain", get(api::explain::<S>))
         .route(
             "/v1/runs/{id}/stages/{stage}/approve",
             post(human::approve::<S>),
@@ -214,6 +225,11 @@ impl Daemon {
         tasks.spawn(async move {
             reaper::run(a, stop).await;
             ("reaper", Ok(()))
+        });
+        let (a, stop) = (app.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            preempt::run(a, stop).await;
+            ("preempt", Ok(()))
         });
         tracing::info!(%addr, "daemon listening");
         let close = Box::pin(async move { store.close().await });

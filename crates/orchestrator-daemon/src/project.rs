@@ -5,6 +5,23 @@
 use std::path::Path;
 use std::process::Command;
 
+use orchestrator_core::sched::{parse_project_policy, ProjectPolicy};
+
+/// Where a project keeps its scheduling policy.
+pub const POLICY_FILE: &str = ".orchestrator/policy.yaml";
+
+/// The project's policy file, read at submission; none means no limits.
+pub fn read_policy(dir: &Path) -> Result<ProjectPolicy, String> {
+    let path = dir.join(POLICY_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            parse_project_policy(&text, &path.display().to_string()).map_err(|e| e.to_string())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ProjectPolicy::default()),
+        Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
+    }
+}
+
 /// Resolves `reference` (default `HEAD`) in the repository at `dir` to a
 /// full commit sha, or says why it cannot in words a user can act on.
 pub fn resolve_commit(dir: &Path, reference: Option<&str>) -> Result<String, String> {

@@ -208,7 +208,8 @@ async fn fail_a_run(store: &SqliteStore) -> String {
             workflow: ONE_STAGE.into(),
             file: Some("wf.yaml".into()),
             project_dir: "/tmp".into(),
-            priority: 0,
+            priority: None,
+            policy: Default::default(),
             base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
             actor: "user:test".into(),
         })
@@ -222,6 +223,7 @@ async fn fail_a_run(store: &SqliteStore) -> String {
                 labels: vec![],
                 slots: 1,
                 hostname: None,
+                ..Default::default()
             },
             30_000,
             10_000,

@@ -28,8 +28,8 @@ use std::future::Future;
 use std::sync::Arc;
 
 use orchestrator_core::api::{
-    AgentRegistered, AgentView, ClaimedJob, CompleteRequest, Completed, HeartbeatResponse,
-    InboxItem, LeaseRef, RegisterAgent, RunDetail, RunSummary, Submitted,
+    AgentRegistered, AgentView, ClaimedJob, CompleteRequest, Completed, Explanation,
+    HeartbeatResponse, InboxItem, LeaseRef, RegisterAgent, RunDetail, RunSummary, Submitted,
 };
 use orchestrator_core::{SpecErrors, Transition};
 use tokio::sync::{broadcast, Notify};
@@ -46,7 +46,10 @@ pub struct NewRun {
     pub file: Option<String>,
     /// Absolute project directory.
     pub project_dir: String,
-    pub priority: i32,
+    /// The priority the run suggests (`orch run --priority`), if any.
+    pub priority: Option<i32>,
+    /// The project's policy file, as read at submission.
+    pub policy: orchestrator_core::sched::ProjectPolicy,
     /// The commit the run's branch starts from.
     pub base_commit: String,
     /// Who submitted it, for the transition row (`user:admin`).
@@ -183,7 +186,21 @@ pub trait Store: Send + Sync + 'static {
 
     fn list_runs(&self, limit: u32) -> impl Future<Output = Result<Vec<RunSummary>>> + Send;
     fn run_detail(&self, run_id: &str) -> impl Future<Output = Result<RunDetail>> + Send;
-    fn list_agents(&self) -> impl Future<Output = Result<Vec<AgentView>>> + Send;
+    /// Every agent with its capacity and what it has free now; `online`
+    /// when heard from within `online_ms`.
+    fn list_agents(&self, online_ms: u64) -> impl Future<Output = Result<Vec<AgentView>>> + Send;
+    /// One pre-emption pass: asks running lower-priority stages to yield at
+    /// their next checkpoint where waiting higher-priority work cannot be
+    /// placed otherwise. Returns how many were asked.
+    fn preempt(&self, online_ms: u64) -> impl Future<Output = Result<usize>> + Send;
+    /// Why each stage of a run (or only `stage`) runs where it does or waits.
+    /// `run_id` may be a unique prefix.
+    fn explain(
+        &self,
+        run_id: &str,
+        stage: Option<String>,
+        online_ms: u64,
+    ) -> impl Future<Output = Result<Explanation>> + Send;
     /// Transitions with `seq > after`, oldest first, at most `limit`; only
     /// those of run `run` when given.
     fn transitions_since(

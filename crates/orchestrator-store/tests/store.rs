@@ -21,7 +21,8 @@ fn new_run(yaml: &str) -> NewRun {
         workflow: yaml.to_owned(),
         file: Some("wf.yaml".into()),
         project_dir: "/tmp".into(),
-        priority: 0,
+        priority: None,
+        policy: Default::default(),
         base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
         actor: "user:test".into(),
     }
@@ -34,6 +35,7 @@ async fn agent(s: &SqliteStore, name: &str, slots: u32, labels: &[&str]) -> Stri
             labels: labels.iter().map(|l| l.to_string()).collect(),
             slots,
             hostname: None,
+            ..Default::default()
         },
         TTL,
         10_000,
@@ -432,6 +434,7 @@ async fn an_agent_registering_again_voids_the_leases_of_its_earlier_run() {
                 labels: vec![],
                 slots: 1,
                 hostname: None,
+                ..Default::default()
             },
             TTL,
             10_000,

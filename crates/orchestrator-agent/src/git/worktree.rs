@@ -114,11 +114,14 @@ fn missing_or_empty(path: &Path) -> Result<bool, GitError> {
     }
 }
 
-/// Writes `<orch_dir>/.gitignore` with `*` unless it exists.
+/// Writes `<orch_dir>/.gitignore` unless it exists: everything the agent
+/// keeps there is ignored, but the project's policy file can be committed.
 fn write_gitignore(orch_dir: &Path) -> Result<(), GitError> {
     let path = orch_dir.join(".gitignore");
     match OpenOptions::new().write(true).create_new(true).open(&path) {
-        Ok(mut file) => file.write_all(b"*\n").map_err(GitError::io("write", &path)),
+        Ok(mut file) => file
+            .write_all(b"*\n!policy.yaml\n")
+            .map_err(GitError::io("write", &path)),
         Err(e) if e.kind() == ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(GitError::io("create", &path)(e)),
     }

@@ -134,7 +134,7 @@ pub struct RunDetail {
 }
 
 /// `POST /v1/agents`: an agent introduces itself.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterAgent {
     /// A stable name; registering again under the same name reuses the agent's id.

@@ -230,9 +230,17 @@ pub enum Misfit {
     /// Not enough memory now (or ever, when `need > total`).
     Memory { need: u64, free: u64, total: u64 },
     /// Fewer GPUs than needed could ever fit (too few, or too small).
-    GpusNever { need: u32, gpu_memory: Option<u64>, suitable: u32 },
+    GpusNever {
+        need: u32,
+        gpu_memory: Option<u64>,
+        suitable: u32,
+    },
     /// Enough GPUs exist, but not enough are free now.
-    GpusBusy { need: u32, gpu_memory: Option<u64>, available: u32 },
+    GpusBusy {
+        need: u32,
+        gpu_memory: Option<u64>,
+        available: u32,
+    },
     /// The slots left are reserved for higher-priority work.
     Reserved { slots: u32, min_priority: i32 },
 }

@@ -15,12 +15,18 @@ use orchestrator_core::{Entity, JobState, RunState, StageState, Workflow};
 use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 
-use super::human;
+use orchestrator_core::sched::{self, could_ever_fit, effective_priority, Limits, Needs};
+
 use super::writer::Ctx;
+use super::{human, placement, policy, preempt};
 use crate::{ids, NewRun, Result, StoreError};
 
 pub(super) fn conflict(e: impl std::fmt::Display) -> StoreError {
     StoreError::Conflict(e.to_string())
+}
+
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Database(e.to_string()))
 }
 
 pub(super) fn stage_key(run_id: &str, stage_id: &str) -> String {
@@ -60,10 +66,20 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
     let run_id = ids::new_id("r");
     let spec = serde_json::to_string(&wf).map_err(|e| StoreError::Database(e.to_string()))?;
     let hash = format!("{:x}", Sha256::digest(run.workflow.as_bytes()));
+    let eff = effective_priority(run.priority, wf.priority, &run.policy, ctx.rules);
+    let limits = sched::limits(&run.policy, ctx.rules);
+    let active = policy::active_runs(ctx, &run.project_dir)?;
+    let hold = policy::admission(&limits, active, &run.project_dir);
+    let state = if hold.is_some() {
+        RunState::Queued
+    } else {
+        RunState::Running
+    };
     ctx.conn
         .prepare_cached(
-            "INSERT INTO runs (id, workflow, project_dir, spec, spec_hash, state, priority, stages_total, created_at, base_commit)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+            "INSERT INTO runs (id, workflow, project_dir, spec, spec_hash, state, priority, stages_total, created_at, base_commit,
+                               suggested_priority, priority_why, limits, clock, hold)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?9, ?14)",
         )?
         .execute(params![
             run_id,
@@ -71,24 +87,32 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
             run.project_dir,
             spec,
             hash,
-            RunState::Running.as_str(),
-            run.priority,
+            state.as_str(),
+            eff.value,
             wf.stages.len() as i64,
             ctx.now,
-            run.base_commit
+            run.base_commit,
+            eff.suggested,
+            to_json(&eff)?,
+            to_json(&limits)?,
+            hold
         ])?;
+    let mut reason = format!(
+        "submitted workflow {} ({} stages, spec sha256 {}); priority {eff}",
+        wf.name,
+        wf.stages.len(),
+        &hash[..12]
+    );
+    if let Some(h) = &hold {
+        reason = format!("{reason}; {h}");
+    }
     ctx.transition(
         Entity::Run,
         run_id.clone(),
         Some(&run_id),
         None,
-        RunState::Running.as_str(),
-        format!(
-            "submitted workflow {} ({} stages, spec sha256 {})",
-            wf.name,
-            wf.stages.len(),
-            &hash[..12]
-        ),
+        state.as_str(),
+        reason,
         &run.actor,
     )?;
     {
@@ -136,31 +160,87 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
             "scheduler",
         )?;
     }
+    let mut warnings = never_fits(ctx, &wf)?;
+    warnings.extend(hold);
     ctx.workflows.insert(run_id.clone(), Arc::new(wf));
     ctx.schedule = true;
-    Ok(Submitted { run_id, plan })
+    Ok(Submitted {
+        run_id,
+        plan,
+        state,
+        priority: Some(eff),
+        warnings,
+    })
+}
+
+/// Stages that no registered agent could ever run, each with every agent's reason.
+fn never_fits(ctx: &Ctx<'_>, wf: &Workflow) -> Result<Vec<String>> {
+    let ids: Vec<String> = ctx
+        .conn
+        .prepare_cached("SELECT id FROM agents ORDER BY id")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut caps = Vec::new();
+    for id in ids {
+        if let Some(c) = placement::capacity(ctx.conn, ctx.rules, &id)? {
+            caps.push((id, c));
+        }
+    }
+    let mut out = Vec::new();
+    for st in &wf.stages {
+        let needs = Needs::of_stage(st);
+        let reasons: Vec<String> = caps
+            .iter()
+            .filter_map(|(id, c)| {
+                could_ever_fit(&needs, c)
+                    .err()
+                    .map(|m| format!("agent {id} {m}"))
+            })
+            .collect();
+        if reasons.len() == caps.len() {
+            let shown: Vec<&str> = reasons.iter().take(5).map(String::as_str).collect();
+            out.push(format!(
+                "stage {} needs {needs}: no registered agent could ever run it ({}{}); it waits until one registers",
+                st.id,
+                shown.join("; "),
+                if reasons.len() > 5 { "; ..." } else { "" }
+            ));
+        }
+    }
+    Ok(out)
 }
 
 /// The scheduler pass: every pending stage whose needs have all succeeded
 /// gets a job for its first step, highest run priority first.
 pub fn schedule(ctx: &mut Ctx<'_>) -> Result<()> {
     ctx.schedule = false;
-    let ready: Vec<(String, String, i64)> = ctx
+    let ready: Vec<(String, String, i64, String, Option<String>)> = ctx
         .conn
         .prepare_cached(
-            "SELECT s.run_id, s.stage_id, s.ord FROM stage_runs s JOIN runs r ON r.id = s.run_id
+            "SELECT s.run_id, s.stage_id, s.ord, r.project_dir, r.limits FROM stage_runs s JOIN runs r ON r.id = s.run_id
              WHERE s.state = 'pending' AND s.unmet = 0 AND r.state = 'running'
              ORDER BY r.priority DESC, r.created_at, s.ord",
         )?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?)))?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?, r.get(3)?, r.get(4)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    for (run_id, stage_id, ord) in ready {
+    for (run_id, stage_id, ord, project_dir, limits) in ready {
         let wf = workflow(ctx, &run_id)?;
-        let needs = wf
-            .stages
-            .get(ord as usize)
-            .map_or(&[][..], |s| &s.needs[..]);
-        let reason = match needs {
+        let Some(stage) = wf.stages.get(ord as usize) else {
+            continue;
+        };
+        let limits = policy::parse_limits(limits.as_deref());
+        if limits != Limits::default() {
+            let needs = Needs::of_stage(stage);
+            let hold = policy::stage_hold(ctx, &run_id, &project_dir, &limits, &needs)?;
+            policy::set_stage_hold(ctx, &run_id, &stage_id, hold.as_deref())?;
+            if hold.is_some() {
+                continue;
+            }
+        }
+        let reason = match &stage.needs[..] {
             [] => "runnable: needs nothing".to_owned(),
             [a] => format!("runnable: {a} succeeded"),
             [a, b] => format!("runnable: {a} and {b} succeeded"),
@@ -193,13 +273,15 @@ pub(super) struct StageRow {
     handoff: Option<String>,
     /// Its run is paused: a stage reaching a checkpoint holds there.
     run_paused: bool,
+    /// The agent it is pinned to.
+    pub(super) agent_id: Option<String>,
 }
 
 pub(super) fn load_stage(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<StageRow> {
     ctx.conn
         .prepare_cached(
             "SELECT s.state, s.ord, s.attempt, s.steps_total, r.priority, r.project_dir, r.state = 'paused',
-                    COALESCE(r.base_commit, ''), s.handoff
+                    COALESCE(r.base_commit, ''), s.handoff, s.agent_id
              FROM stage_runs s JOIN runs r ON r.id = s.run_id WHERE s.run_id = ?1 AND s.stage_id = ?2",
         )?
         .query_row([run_id, stage_id], |r| {
@@ -214,6 +296,7 @@ pub(super) fn load_stage(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<
                 run_paused: r.get(6)?,
                 base_commit: r.get(7)?,
                 handoff: r.get(8)?,
+                agent_id: r.get(9)?,
             })
         })
         .optional()?
@@ -232,12 +315,25 @@ pub fn stage_event(
     let row = load_stage(ctx, run_id, stage_id)?;
     let (to, effects) = stage_on(row.state, row.attempt, event).map_err(conflict)?;
     let started = matches!(event, StageEvent::Started);
+    // A lost attempt restarts from step 0 anywhere: its worktree may be gone
+    // with its agent. Only a stage still on its way keeps a request to yield.
+    let lost = matches!(event, StageEvent::AttemptLost { .. });
+    let keeps_yield = !lost
+        && matches!(
+            to,
+            StageState::Running | StageState::Queued | StageState::Suspended
+        );
     ctx.conn
         .prepare_cached(
             "UPDATE stage_runs SET state = ?3,
                 started_at = CASE WHEN ?4 AND started_at IS NULL THEN ?5 ELSE started_at END,
                 ended_at = CASE WHEN ?6 THEN ?5 ELSE ended_at END,
-                waiting_since = CASE WHEN ?7 THEN COALESCE(waiting_since, ?5) ELSE NULL END
+                waiting_since = CASE WHEN ?7 THEN COALESCE(waiting_since, ?5) ELSE NULL END,
+                agent_id = CASE WHEN ?8 THEN NULL ELSE agent_id END,
+                placement = CASE WHEN ?8 THEN NULL ELSE placement END,
+                yield_job = CASE WHEN ?9 THEN yield_job ELSE NULL END,
+                yield_for = CASE WHEN ?9 THEN yield_for ELSE NULL END,
+                reserved = CASE WHEN ?9 THEN reserved ELSE NULL END
              WHERE run_id = ?1 AND stage_id = ?2",
         )?
         .execute(params![
@@ -247,7 +343,9 @@ pub fn stage_event(
             started,
             ctx.now,
             to.is_terminal(),
-            matches!(to, StageState::AwaitingApproval | StageState::AwaitingInput)
+            matches!(to, StageState::AwaitingApproval | StageState::AwaitingInput),
+            lost,
+            keeps_yield
         ])?;
     if to != row.state {
         ctx.transition(
@@ -299,8 +397,13 @@ pub fn stage_event(
                 }
             }
             StageEffect::CancelJob => cancel_live_job(ctx, run_id, stage_id, &reason, actor)?,
-            StageEffect::StageEnded => stage_ended(ctx, run_id, to == StageState::Succeeded)?,
+            StageEffect::StageEnded => {
+                // A limit of its run or project may have room now.
+                ctx.schedule = true;
+                stage_ended(ctx, run_id, to == StageState::Succeeded)?
+            }
             StageEffect::AwaitHuman { resume } => {
+                ctx.schedule = true;
                 ctx.conn
                     .prepare_cached(
                         "UPDATE stage_runs SET resume_step = ?3 WHERE run_id = ?1 AND stage_id = ?2",
@@ -380,12 +483,16 @@ pub(super) fn enqueue(
     let payload = serde_json::to_string(&spec).map_err(|e| StoreError::Database(e.to_string()))?;
     let labels =
         serde_json::to_string(&stage.labels).map_err(|e| StoreError::Database(e.to_string()))?;
+    let needs = Needs::of_stage(stage);
+    let pin = row.agent_id.as_deref().unwrap_or("");
+    let shape = placement::shape_id(ctx, &needs, pin, ctx.rules.is_high(row.priority))?;
+    let key = policy::next_key(ctx, run_id, &row.project_dir, row.priority)?;
     ctx.conn
         .prepare_cached(
-            "INSERT INTO jobs (run_id, stage_id, step, attempt, state, priority, labels, payload, created_at)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8)",
+            "INSERT INTO jobs (run_id, stage_id, step, attempt, state, priority, labels, payload, created_at, queue_key, shape)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10)",
         )?
-        .execute(params![run_id, stage_id, step, attempt, row.priority, labels, payload, ctx.now])?;
+        .execute(params![run_id, stage_id, step, attempt, row.priority, labels, payload, ctx.now, key, shape])?;
     let job_id = ctx.conn.last_insert_rowid();
     ctx.transition(
         Entity::Job,
@@ -447,6 +554,9 @@ pub(super) fn job_event(
 ) -> Result<JobState> {
     let (to, effects) = job_on(from, event).map_err(conflict)?;
     set_job_state(ctx, job.id, job.run_id, from, to, reason.clone(), actor)?;
+    if from == JobState::Queued {
+        preempt::release_yielders(ctx, job.id, "nowhere: it was withdrawn")?;
+    }
     for effect in effects {
         match (effect, job.lease_id) {
             (JobEffect::EndLease(end), Some(lease)) => {
@@ -520,8 +630,43 @@ pub fn command_run(ctx: &mut Ctx<'_>, run_id: &str, event: RunEvent, actor: &str
         RunEvent::Cancel => ("cancelled", "a running or paused run"),
         RunEvent::Pause => ("paused", "a running run"),
         RunEvent::Resume => ("resumed", "a paused run"),
-        RunEvent::StageEnded { .. } => return Err(conflict("a stage's end is not a command")),
+        RunEvent::StageEnded { .. } | RunEvent::Admit => {
+            return Err(conflict(format!("{event:?} is not a command")))
+        }
     };
+    run_event(ctx, run_id, event, verb.into(), actor, |from| {
+        let why = if from.is_terminal() {
+            "has already ended"
+        } else {
+            "is"
+        };
+        conflict(format!(
+            "run {run_id} {why} {from}; only {allowed} can be {verb}"
+        ))
+    })
+}
+
+/// Applies a scheduler event (admission) to a run.
+pub(super) fn run_command(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    event: RunEvent,
+    reason: String,
+    actor: &str,
+) -> Result<()> {
+    run_event(ctx, run_id, event, reason, actor, |from| {
+        conflict(format!("run {run_id} is {from}; cannot take {event:?}"))
+    })
+}
+
+fn run_event(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    event: RunEvent,
+    reason: String,
+    actor: &str,
+    refused: impl FnOnce(RunState) -> StoreError,
+) -> Result<()> {
     let state: String = ctx
         .conn
         .prepare_cached("SELECT state FROM runs WHERE id = ?1")?
@@ -532,16 +677,7 @@ pub fn command_run(ctx: &mut Ctx<'_>, run_id: &str, event: RunEvent, actor: &str
             id: run_id.to_owned(),
         })?;
     let from = RunState::parse(&state).unwrap_or(RunState::Failed);
-    let (to, effects) = run_on(from, event).map_err(|_| {
-        let why = if from.is_terminal() {
-            "has already ended"
-        } else {
-            "is"
-        };
-        conflict(format!(
-            "run {run_id} {why} {from}; only {allowed} can be {verb}"
-        ))
-    })?;
+    let (to, effects) = run_on(from, event).map_err(|_| refused(from))?;
     ctx.conn
         .prepare_cached("UPDATE runs SET state = ?2 WHERE id = ?1")?
         .execute(params![run_id, to.as_str()])?;
@@ -551,7 +687,7 @@ pub fn command_run(ctx: &mut Ctx<'_>, run_id: &str, event: RunEvent, actor: &str
         Some(run_id),
         Some(from.as_str()),
         to.as_str(),
-        verb.into(),
+        reason,
         actor,
     )?;
     run_effects(ctx, run_id, &effects, actor)
@@ -574,16 +710,21 @@ fn run_effects(ctx: &mut Ctx<'_>, run_id: &str, effects: &[RunEffect], actor: &s
     for effect in effects {
         match effect {
             RunEffect::Ended => {
-                ctx.conn
-                    .prepare_cached("UPDATE runs SET ended_at = ?2 WHERE id = ?1")?
-                    .execute(params![run_id, ctx.now])?;
+                let project: String = ctx
+                    .conn
+                    .prepare_cached(
+                        "UPDATE runs SET ended_at = ?2, hold = NULL WHERE id = ?1 RETURNING project_dir",
+                    )?
+                    .query_row(params![run_id, ctx.now], |r| r.get(0))?;
                 ctx.workflows.remove(run_id);
+                policy::admit(ctx, &project)?;
             }
+            RunEffect::Schedule => ctx.schedule = true,
             RunEffect::CancelStages => {
                 let open = stages_in(
                     ctx,
                     run_id,
-                    "'pending', 'queued', 'running', 'paused', 'awaiting_approval', 'awaiting_input'",
+                    "'pending', 'queued', 'running', 'paused', 'suspended', 'awaiting_approval', 'awaiting_input'",
                 )?;
                 for (stage, _) in open {
                     stage_event(

@@ -8,12 +8,14 @@ use orchestrator_core::api::{
 };
 use orchestrator_core::error::{ErrorClass, MAX_INFRA_ATTEMPTS};
 use orchestrator_core::machine::{job_on, JobEffect, JobEvent, LeaseEnd, StageEvent};
-use orchestrator_core::{Entity, JobState, RunState};
+use orchestrator_core::{Entity, JobState, RunState, StageState};
 use rusqlite::{params, OptionalExtension};
 
+use orchestrator_core::sched::{Free, Grant};
+
 use super::graph::{conflict, end_lease, job_event, schedule, stage_event, JobRef};
-use super::human;
 use super::writer::Ctx;
+use super::{human, placement, preempt};
 use crate::{ids, Result, StoreError};
 
 pub fn register_agent(
@@ -31,8 +33,28 @@ pub fn register_agent(
             reg.slots
         )));
     }
+    if reg.gpus.len() > 64 {
+        return Err(conflict(format!(
+            "{} GPUs: expected at most 64",
+            reg.gpus.len()
+        )));
+    }
+    let mut indices: Vec<u32> = reg.gpus.iter().map(|g| g.index).collect();
+    indices.sort_unstable();
+    indices.dedup();
+    if indices.len() != reg.gpus.len() {
+        return Err(conflict(
+            "gpus: two GPUs share one index; expected distinct indices",
+        ));
+    }
+    let mut labels_sorted = reg.labels.clone();
+    labels_sorted.sort();
+    labels_sorted.dedup();
     let labels =
-        serde_json::to_string(&reg.labels).map_err(|e| StoreError::Database(e.to_string()))?;
+        serde_json::to_string(&labels_sorted).map_err(|e| StoreError::Database(e.to_string()))?;
+    let gpus = serde_json::to_string(&reg.gpus).map_err(|e| StoreError::Database(e.to_string()))?;
+    let described = describe_agent(&reg);
+    let mem = i64::try_from(reg.memory_mb).unwrap_or(i64::MAX);
     let existing: Option<String> = ctx
         .conn
         .prepare_cached("SELECT id FROM agents WHERE name = ?1")?
@@ -42,31 +64,26 @@ pub fn register_agent(
         Some(id) => {
             ctx.conn
                 .prepare_cached(
-                    "UPDATE agents SET labels = ?2, slots = ?3, hostname = ?4, last_seen_at = ?5 WHERE id = ?1",
+                    "UPDATE agents SET labels = ?2, slots = ?3, hostname = ?4, last_seen_at = ?5, memory_mb = ?6, gpus = ?7 WHERE id = ?1",
                 )?
-                .execute(params![id, labels, reg.slots, reg.hostname, ctx.now])?;
+                .execute(params![id, labels, reg.slots, reg.hostname, ctx.now, mem, gpus])?;
             id
         }
         None => {
             let id = ids::new_id("a");
             ctx.conn
                 .prepare_cached(
-                    "INSERT INTO agents (id, name, labels, slots, hostname, registered_at, last_seen_at)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6)",
+                    "INSERT INTO agents (id, name, labels, slots, hostname, registered_at, last_seen_at, memory_mb, gpus)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6, ?7, ?8)",
                 )?
-                .execute(params![id, reg.name, labels, reg.slots, reg.hostname, ctx.now])?;
+                .execute(params![id, reg.name, labels, reg.slots, reg.hostname, ctx.now, mem, gpus])?;
             ctx.transition(
                 Entity::Agent,
                 id.clone(),
                 None,
                 None,
                 "registered",
-                format!(
-                    "agent {} with {} slots, labels [{}]",
-                    reg.name,
-                    reg.slots,
-                    reg.labels.join(", ")
-                ),
+                described,
                 &format!("agent:{id}"),
             )?;
             id
@@ -92,6 +109,24 @@ pub fn register_agent(
         heartbeat_interval_ms,
         stale_jobs,
     })
+}
+
+fn describe_agent(reg: &RegisterAgent) -> String {
+    let mut s = format!(
+        "agent {} with {} slots, {} memory",
+        reg.name,
+        reg.slots,
+        orchestrator_core::spec::human_mib(reg.memory_mb)
+    );
+    for g in &reg.gpus {
+        s += &format!(
+            ", GPU{} {}",
+            g.index,
+            orchestrator_core::spec::human_mib(g.memory_mb)
+        );
+    }
+    s += &format!(", labels [{}]", reg.labels.join(", "));
+    s
 }
 
 /// Ends an active lease without a completion (expiry, agent restart) and
@@ -142,12 +177,7 @@ fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, why: &str) -> Result<i64> {
 }
 
 pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Option<ClaimedJob>> {
-    let agent: Option<(String, u32)> = ctx
-        .conn
-        .prepare_cached("SELECT labels, slots FROM agents WHERE id = ?1")?
-        .query_row([agent_id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let Some((labels, slots)) = agent else {
+    let Some(cap) = placement::capacity(ctx.conn, ctx.rules, agent_id)? else {
         return Err(StoreError::NotFound {
             what: "agent",
             id: agent_id.to_owned(),
@@ -155,39 +185,11 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
     };
     // A claim that finds nothing writes nothing, so an idle agent's
     // long-poll costs no commit; heartbeats keep `last_seen_at`.
-    let held: u32 = ctx
-        .conn
-        .prepare_cached("SELECT COUNT(*) FROM leases WHERE agent_id = ?1 AND state = 'active'")?
-        .query_row([agent_id], |r| r.get(0))?;
-    if held >= slots {
+    let free = placement::agent_free(ctx, agent_id, &cap)?;
+    if free.slots == 0 {
         return Ok(None);
     }
-    let agent_labels: Vec<String> = serde_json::from_str(&labels).unwrap_or_default();
-    // Labels are checked here rather than in SQL; most jobs need none.
-    let fits = |labels: &str| {
-        labels == "[]"
-            || serde_json::from_str::<Vec<String>>(labels)
-                .unwrap_or_default()
-                .iter()
-                .all(|l| agent_labels.contains(l))
-    };
-    // Walk the queue in order and stop at the first job this agent can run;
-    // usually that is the first row.
-    let mut job_id = None;
-    {
-        let mut st = ctx.conn.prepare_cached(
-            "SELECT id, labels FROM jobs WHERE state = 'queued' ORDER BY priority DESC, id LIMIT 256",
-        )?;
-        let mut rows = st.query([])?;
-        while let Some(r) = rows.next()? {
-            let labels: String = r.get(1)?;
-            if fits(&labels) {
-                job_id = Some(r.get::<_, i64>(0)?);
-                break;
-            }
-        }
-    }
-    let Some(job_id) = job_id else {
+    let Some((job_id, grant)) = placement::pick(ctx, agent_id, &cap, &free)? else {
         return Ok(None);
     };
     let payload: String = ctx
@@ -224,8 +226,8 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
         &actor,
     )?;
     ctx.conn
-        .prepare_cached("UPDATE jobs SET state = ?2, agent_id = ?3, lease_id = ?4, started_at = ?5 WHERE id = ?1")?
-        .execute(params![job_id, to.as_str(), agent_id, lease_id, ctx.now])?;
+        .prepare_cached("UPDATE jobs SET state = ?2, agent_id = ?3, lease_id = ?4, started_at = ?5, granted = ?6 WHERE id = ?1")?
+        .execute(params![job_id, to.as_str(), agent_id, lease_id, ctx.now, grant_text(&grant)])?;
     ctx.transition(
         Entity::Job,
         job_id.to_string(),
@@ -235,6 +237,7 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
         format!("claimed by agent {agent_id}"),
         &actor,
     )?;
+    pin(ctx, &spec.run_id, &spec.stage_id, agent_id, &grant, &free)?;
     stage_event(
         ctx,
         &spec.run_id,
@@ -243,13 +246,49 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
         format!("step {} running on agent {agent_id}", spec.step),
         &actor,
     )?;
+    preempt::release_yielders(ctx, job_id, &format!("agent {agent_id}"))?;
     Ok(Some(ClaimedJob {
         job_id,
         lease_id,
         lease_token: token,
         lease_expires_at_ms: expires,
+        grant,
         spec,
     }))
+}
+
+fn grant_text(g: &Grant) -> Option<String> {
+    (g != &Grant::default()).then(|| serde_json::to_string(g).unwrap_or_default())
+}
+
+/// Pins a stage to the agent that runs its first step (its worktree will
+/// be there) and records why it was placed there.
+fn pin(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    agent_id: &str,
+    grant: &Grant,
+    before: &Free,
+) -> Result<()> {
+    let gpus = match grant.gpus.as_slice() {
+        [] => String::new(),
+        g => format!(
+            ", GPU {}",
+            g.iter()
+                .map(|x| x.index.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+    };
+    let why = format!("placed on agent {agent_id}{gpus}: it fit ({before} before)");
+    ctx.conn
+        .prepare_cached(
+            "UPDATE stage_runs SET agent_id = ?3, placement = ?4
+             WHERE run_id = ?1 AND stage_id = ?2 AND agent_id IS NULL",
+        )?
+        .execute(params![run_id, stage_id, agent_id, why])?;
+    Ok(())
 }
 
 pub fn heartbeat(
@@ -424,7 +463,26 @@ pub fn complete(
             o.error_class.map_or("task", |c| c.as_str())
         )
     };
-    let stage_state = stage_event(ctx, &run_id, &stage_id, event, why, &actor)?;
+    let asked_to_yield = if o.success {
+        preempt::yield_request(ctx, &run_id, &stage_id)?
+    } else {
+        None
+    };
+    let mut stage_state = stage_event(ctx, &run_id, &stage_id, event, why, &actor)?;
+    if let (StageState::Queued, Some((_, why))) = (stage_state, asked_to_yield) {
+        let held: Option<String> = ctx
+            .conn
+            .prepare_cached("SELECT granted FROM jobs WHERE id = ?1")?
+            .query_row([job_id], |r| r.get(0))?;
+        stage_state = preempt::yield_at_checkpoint(
+            ctx,
+            &run_id,
+            &stage_id,
+            &placement::parse_grant(held.as_deref()),
+            &why,
+            &actor,
+        )?;
+    }
     let run_state: String = ctx
         .conn
         .prepare_cached("SELECT state FROM runs WHERE id = ?1")?
@@ -472,7 +530,41 @@ pub fn resume(ctx: &mut Ctx<'_>, grace_ms: u64) -> Result<usize> {
             "UPDATE leases SET expires_at = MAX(expires_at, ?1) WHERE state = 'active'",
         )?
         .execute([ctx.now + grace_ms as i64])?;
+    reshape_legacy(ctx)?;
     // Anything runnable that was not queued before a crash is queued now.
     ctx.schedule = true;
     Ok(n)
+}
+
+/// Jobs queued by a version without shapes get their shape and queue key,
+/// so an upgrade keeps its queue.
+fn reshape_legacy(ctx: &mut Ctx<'_>) -> Result<()> {
+    let legacy: Vec<(i64, String, i32, i64)> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT id, labels, priority, created_at FROM jobs WHERE state = 'queued' AND shape IS NULL",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, labels, priority, created) in legacy {
+        let mut labels: Vec<String> = serde_json::from_str(&labels).unwrap_or_default();
+        labels.sort();
+        labels.dedup();
+        let needs = orchestrator_core::sched::Needs {
+            labels,
+            ..Default::default()
+        };
+        let shape = placement::shape_id(ctx, &needs, "", ctx.rules.is_high(priority))?;
+        let (key, _) = orchestrator_core::sched::queue_key(
+            created,
+            created,
+            priority,
+            1,
+            ctx.rules.aging.as_millis(),
+        );
+        ctx.conn
+            .prepare_cached("UPDATE jobs SET shape = ?2, queue_key = ?3 WHERE id = ?1")?
+            .execute(params![id, shape, key])?;
+    }
+    Ok(())
 }

@@ -1,10 +1,14 @@
 //! The embedded SQLite store: a writer thread for every change, a read
 //! connection for queries.
 
+mod explain;
 mod graph;
 mod human;
 mod inbox;
 mod leases;
+mod placement;
+mod policy;
+mod preempt;
 mod reads;
 mod schema;
 mod writer;
@@ -14,9 +18,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use orchestrator_core::api::{
-    AgentRegistered, AgentView, ClaimedJob, CompleteRequest, Completed, HeartbeatResponse,
-    InboxItem, LeaseRef, RegisterAgent, RunDetail, RunSummary, Submitted,
+    AgentRegistered, AgentView, ClaimedJob, CompleteRequest, Completed, Explanation,
+    HeartbeatResponse, InboxItem, LeaseRef, RegisterAgent, RunDetail, RunSummary, Submitted,
 };
+use orchestrator_core::sched::SystemRules;
 use orchestrator_core::Transition;
 use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
@@ -37,6 +42,8 @@ pub struct StoreOptions {
     pub max_ms: u64,
     /// Capacity of the writer's command queue; senders wait when it is full.
     pub queue: usize,
+    /// The daemon's system rules: priority caps, limits, reserved capacity.
+    pub rules: SystemRules,
 }
 
 impl StoreOptions {
@@ -46,6 +53,7 @@ impl StoreOptions {
             max_items: 256,
             max_ms: 5,
             queue: 4096,
+            rules: SystemRules::default(),
         }
     }
 }
@@ -57,6 +65,7 @@ pub struct SqliteStore {
     events: broadcast::Sender<Arc<[Transition]>>,
     jobs_queued: Arc<Notify>,
     stats: Arc<Stats>,
+    rules: Arc<SystemRules>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Held for the store's lifetime: one writer per database file.
     _lock: std::fs::File,
@@ -106,6 +115,7 @@ impl SqliteStore {
             }
         }
         let lock = lock(&opts.path)?;
+        let rules = Arc::new(opts.rules.clone());
         let mut wconn = open_conn(&opts.path)?;
         schema::migrate(&mut wconn)?;
         let read = open_conn(&opts.path)?;
@@ -121,6 +131,7 @@ impl SqliteStore {
             events: events.clone(),
             jobs_queued: jobs_queued.clone(),
             stats: stats.clone(),
+            rules: rules.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
@@ -132,6 +143,7 @@ impl SqliteStore {
             events,
             jobs_queued,
             stats,
+            rules,
             thread: Mutex::new(Some(thread)),
             _lock: lock,
         })
@@ -298,8 +310,30 @@ impl Store for SqliteStore {
         self.read(move |c| reads::run_detail(c, &id)).await
     }
 
-    async fn list_agents(&self) -> Result<Vec<AgentView>> {
-        self.read(reads::list_agents).await
+    async fn list_agents(&self, online_ms: u64) -> Result<Vec<AgentView>> {
+        let rules = self.rules.clone();
+        self.read(move |c| reads::list_agents(c, &rules, crate::now_ms(), online_ms))
+            .await
+    }
+
+    async fn preempt(&self, online_ms: u64) -> Result<usize> {
+        self.write(move |ctx| preempt::preempt(ctx, online_ms))
+            .await
+    }
+
+    async fn explain(
+        &self,
+        run_id: &str,
+        stage: Option<String>,
+        online_ms: u64,
+    ) -> Result<Explanation> {
+        let rules = self.rules.clone();
+        let id = run_id.to_owned();
+        self.read(move |c| {
+            let id = reads::resolve_run(c, &id)?;
+            explain::explain(c, &rules, &id, stage.as_deref(), crate::now_ms(), online_ms)
+        })
+        .await
     }
 
     async fn transitions_since(

@@ -6,9 +6,11 @@ use orchestrator_core::error::ErrorClass;
 use orchestrator_core::{Entity, JobState, RunState, StageState, Transition, Workflow};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
+use orchestrator_core::sched::{free, SystemRules};
+
 use crate::{Counts, Result, StoreError};
 
-const RUN_COLS: &str = "id, workflow, project_dir, state, priority, stages_total, stages_succeeded, stages_ended, created_at, ended_at, base_commit";
+const RUN_COLS: &str = "id, workflow, project_dir, state, priority, stages_total, stages_succeeded, stages_ended, created_at, ended_at, base_commit, suggested_priority";
 
 fn run_summary(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
     let state: String = r.get(3)?;
@@ -24,6 +26,7 @@ fn run_summary(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
         created_at_ms: r.get(8)?,
         ended_at_ms: r.get(9)?,
         base_commit: r.get(10)?,
+        suggested_priority: r.get(11)?,
         branch: Some(format!("orch/run/{}", r.get::<_, String>(0)?)),
     })
 }
@@ -94,14 +97,14 @@ pub fn run_detail(conn: &Connection, id: &str) -> Result<RunDetail> {
     let sql = format!("SELECT {RUN_COLS}, spec FROM runs WHERE id = ?1");
     let (run, spec): (RunSummary, String) = conn
         .prepare_cached(&sql)?
-        .query_row([&id], |r| Ok((run_summary(r)?, r.get(11)?)))?;
+        .query_row([&id], |r| Ok((run_summary(r)?, r.get(12)?)))?;
     let wf: Workflow =
         serde_json::from_str(&spec).map_err(|e| StoreError::Database(format!("run {id}: {e}")))?;
     let plan = orchestrator_core::plan(&wf)
         .map_err(|c| StoreError::Database(format!("run {id}: stored spec has a cycle {c:?}")))?;
     let mut stages: Vec<StageView> = conn
         .prepare_cached(
-            "SELECT stage_id, state, step, steps_total, attempt, started_at, ended_at, ord
+            "SELECT stage_id, state, step, steps_total, attempt, started_at, ended_at, ord, agent_id
              FROM stage_runs WHERE run_id = ?1 ORDER BY ord",
         )?
         .query_map([&id], |r| {
@@ -115,6 +118,7 @@ pub fn run_detail(conn: &Connection, id: &str) -> Result<RunDetail> {
                 attempt: r.get(4)?,
                 started_at_ms: r.get(5)?,
                 ended_at_ms: r.get(6)?,
+                agent_id: r.get(8)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -163,27 +167,38 @@ fn job_view(r: &Row<'_>) -> rusqlite::Result<JobView> {
     })
 }
 
-pub fn list_agents(conn: &Connection) -> Result<Vec<AgentView>> {
-    let rows = conn
-        .prepare_cached(
-            "SELECT a.id, a.name, a.labels, a.slots, a.hostname, a.last_seen_at,
-                    (SELECT COUNT(*) FROM leases l WHERE l.agent_id = a.id AND l.state = 'active')
-             FROM agents a ORDER BY a.name",
-        )?
-        .query_map([], |r| {
-            let labels: String = r.get(2)?;
-            Ok(AgentView {
-                id: r.get(0)?,
-                name: r.get(1)?,
-                labels: serde_json::from_str(&labels).unwrap_or_default(),
-                slots: r.get(3)?,
-                hostname: r.get(4)?,
-                last_seen_ms: r.get(5)?,
-                running: r.get(6)?,
-            })
-        })?
+pub fn list_agents(
+    conn: &Connection,
+    rules: &SystemRules,
+    now: i64,
+    online_ms: u64,
+) -> Result<Vec<AgentView>> {
+    let rows: Vec<(String, String, Option<String>, i64)> = conn
+        .prepare_cached("SELECT id, name, hostname, last_seen_at FROM agents ORDER BY name")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    Ok(rows)
+    let mut out = Vec::with_capacity(rows.len());
+    for (id, name, hostname, last_seen_ms) in rows {
+        let Some(cap) = super::placement::capacity(conn, rules, &id)? else {
+            continue;
+        };
+        let held = super::placement::held(conn, &id)?;
+        let free = free(&cap, held.iter());
+        out.push(AgentView {
+            id,
+            name,
+            labels: cap.labels,
+            slots: cap.slots,
+            running: held.len() as u32,
+            hostname,
+            last_seen_ms,
+            memory_mb: cap.memory_mb,
+            gpus: cap.gpus,
+            free,
+            online: now - last_seen_ms <= online_ms as i64,
+        });
+    }
+    Ok(out)
 }
 
 pub fn transitions_since(

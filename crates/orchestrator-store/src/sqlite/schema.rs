@@ -161,6 +161,42 @@ CREATE INDEX questions_run ON questions(run_id, id);
 CREATE INDEX questions_open ON questions(asked_at) WHERE state = 'open';
 CREATE INDEX stage_runs_waiting ON stage_runs(waiting_since) WHERE waiting_since IS NOT NULL;
 "#,
+    // 4: scheduling. Runs keep their effective priority's story, their
+    // limits and their fair-queue clock; stages their pinned agent, why a
+    // limit holds them, and what they yielded to; jobs their queue key,
+    // resource shape and grant; agents their memory and GPUs. A shape is a
+    // distinct (needs, pinned agent, high priority) triple: claim looks at
+    // the head of each shape's queue that fits, so dispatch is O(log n).
+    r#"
+ALTER TABLE runs ADD COLUMN suggested_priority INTEGER;
+ALTER TABLE runs ADD COLUMN priority_why TEXT;
+ALTER TABLE runs ADD COLUMN limits TEXT;
+ALTER TABLE runs ADD COLUMN clock INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE runs ADD COLUMN hold TEXT;
+CREATE INDEX runs_project ON runs(project_dir, state);
+ALTER TABLE stage_runs ADD COLUMN agent_id TEXT;
+ALTER TABLE stage_runs ADD COLUMN hold TEXT;
+ALTER TABLE stage_runs ADD COLUMN yield_for TEXT;
+ALTER TABLE stage_runs ADD COLUMN yield_job INTEGER;
+ALTER TABLE stage_runs ADD COLUMN reserved TEXT;
+ALTER TABLE stage_runs ADD COLUMN placement TEXT;
+CREATE INDEX stage_runs_suspended ON stage_runs(agent_id) WHERE state = 'suspended';
+CREATE INDEX stage_runs_yield_job ON stage_runs(yield_job) WHERE yield_job IS NOT NULL;
+ALTER TABLE jobs ADD COLUMN queue_key INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN shape INTEGER;
+ALTER TABLE jobs ADD COLUMN granted TEXT;
+CREATE INDEX jobs_shape_queue ON jobs(shape, queue_key, id) WHERE state = 'queued';
+CREATE INDEX jobs_live ON jobs(priority) WHERE state = 'leased';
+CREATE TABLE shapes (
+    id INTEGER PRIMARY KEY,
+    needs TEXT NOT NULL,
+    pin TEXT NOT NULL,
+    high INTEGER NOT NULL,
+    UNIQUE (pin, needs, high)
+);
+ALTER TABLE agents ADD COLUMN memory_mb INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE agents ADD COLUMN gpus TEXT NOT NULL DEFAULT '[]';
+"#,
 ];
 
 /// Connection settings every connection gets.

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orchestrator_core::sched::SystemRules;
 use orchestrator_core::{Transition, Workflow};
 use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, Notify};
@@ -38,6 +39,8 @@ pub struct Ctx<'c> {
     pub schedule: bool,
     /// A job was queued: wake agents waiting in claim.
     pub queued: bool,
+    /// The daemon's system rules.
+    pub rules: &'c SystemRules,
 }
 
 /// Counters for `/metrics`.
@@ -84,6 +87,7 @@ pub struct Writer {
     pub events: broadcast::Sender<Arc<[Transition]>>,
     pub jobs_queued: Arc<Notify>,
     pub stats: Arc<Stats>,
+    pub rules: Arc<SystemRules>,
 }
 
 impl Writer {
@@ -116,6 +120,7 @@ impl Writer {
             transitions: Vec::new(),
             schedule: false,
             queued: false,
+            rules: &self.rules,
         };
         let outcome = (|| -> Result<()> {
             ctx.conn.execute_batch("BEGIN IMMEDIATE")?;
