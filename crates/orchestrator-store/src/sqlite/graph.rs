@@ -312,7 +312,7 @@ pub fn stage_event(
     reason: String,
     actor: &str,
 ) -> Result<StageState> {
-    let row = load_stage(ctx, run_id, stage_id)?;
+    let mut row = load_stage(ctx, run_id, stage_id)?;
     let (to, effects) = stage_on(row.state, row.attempt, event).map_err(conflict)?;
     let started = matches!(event, StageEvent::Started);
     // A lost attempt restarts from step 0 anywhere: its worktree may be gone
@@ -347,6 +347,10 @@ pub fn stage_event(
             lost,
             keeps_yield
         ])?;
+    if lost {
+        // The restarted attempt is queued for any agent.
+        row.agent_id = None;
+    }
     if to != row.state {
         ctx.transition(
             Entity::Stage,
