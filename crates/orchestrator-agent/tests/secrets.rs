@@ -27,6 +27,7 @@ async fn orchestrator_tokens_are_not_inherited() {
         lease_id: 1,
         lease_token: "t".into(),
         lease_expires_at_ms: 0,
+        grant: Default::default(),
         spec: JobSpec {
             run_id: "r".into(),
             stage_id: "s".into(),

@@ -72,6 +72,7 @@ impl Project {
             lease_id: 7,
             lease_token: "secret".into(),
             lease_expires_at_ms: 0,
+            grant: Default::default(),
             spec: JobSpec {
                 run_id: "run-1".into(),
                 stage_id: "build".into(),
