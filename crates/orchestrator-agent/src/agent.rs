@@ -426,6 +426,7 @@ async fn run_job(
         hostname: shared.hostname.clone(),
         cancel_reason: reason.clone(),
         asks: Some(shared.asks.clone()),
+        has_gpus: !shared.register.gpus.is_empty(),
     };
     let step = run_step_with(&job, &ctx, kill.clone());
     tokio::pin!(step);

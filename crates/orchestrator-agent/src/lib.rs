@@ -4,7 +4,9 @@
 //! (name, labels, slots, and the memory and GPUs it offers: declared, or
 //! detected at start by module [`resources`]), long-polls for jobs, runs
 //! each job's step (its commands, each in its own process group, with
-//! timeouts), writes the step's bundle into the project (`manifest.json` plus one stdout and one
+//! timeouts, told through `CUDA_VISIBLE_DEVICES`, `ORCH_GPUS` and
+//! `ORCH_MEMORY_MB` what the daemon granted the step), writes the
+//! step's bundle into the project (`manifest.json` plus one stdout and one
 //! stderr log per command), keeps its leases alive with heartbeats and
 //! reports each outcome. It checks every exec spec again before running it
 //! (defense in depth), and no process it starts outlives the step or a

@@ -517,7 +517,8 @@ async fn throughput_of_true_jobs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn declared_resources_are_registered() {
+async fn declared_resources_are_registered_and_hide_gpus_from_steps_granted_none() {
+    let project = git_project();
     let stub = Stub::new("");
     let server = Server::start(stub.clone(), "127.0.0.1:0").await;
     let gpus: Vec<Gpu> = (0..2)
@@ -532,8 +533,20 @@ async fn declared_resources_are_registered() {
         gpus: Some(gpus.clone()),
         ..config(&server.url(), TOKEN, 1)
     };
+    stub.push_job(job(
+        project.path(),
+        1,
+        &[
+            "sh",
+            "-c",
+            "printf '%s|' \"${CUDA_VISIBLE_DEVICES-unset}\" > cuda",
+        ],
+    ));
     let (shutdown, agent) = start_agent(cfg);
-    eventually("the registration", || stub.with(|s| s.registrations > 0)).await;
+    eventually("the completion", || {
+        stub.with(|s| !s.completions.is_empty())
+    })
+    .await;
     shutdown.cancel();
     agent.await.unwrap().unwrap();
 
@@ -541,6 +554,12 @@ async fn declared_resources_are_registered() {
     assert_eq!((reg.memory_mb, reg.gpus), (16_384, gpus));
     assert_eq!(reg.slots, 1);
     assert_eq!(reg.labels, ["linux"]);
+    let done = stub.with(|s| s.completions.clone());
+    assert!(done[0].1.outcome.success, "{:?}", done[0].1.outcome);
+    assert_eq!(
+        std::fs::read_to_string(worktree(project.path()).join("cuda")).unwrap(),
+        "|"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
