@@ -17,6 +17,8 @@ use std::time::Duration;
 use orchestrator_core::api::{
     AgentRegistered, ClaimedJob, CompleteRequest, LeaseRef, RegisterAgent, StepOutcome,
 };
+use orchestrator_core::sched::Gpu;
+use orchestrator_core::spec::human_mib;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -24,6 +26,7 @@ use tracing::Instrument;
 
 use crate::ask::AskBox;
 use crate::client::{Client, ClientError};
+use crate::resources::{describe_gpus, Probe, Resources};
 use crate::step::{local_hostname, run_step_with, CancelReason, StepContext};
 
 /// How long a claim long-polls the daemon.
@@ -56,6 +59,11 @@ pub struct AgentConfig {
     pub slots: u32,
     /// The machine's name; this machine's hostname when None.
     pub hostname: Option<String>,
+    /// Memory offered to steps, in MiB; None detects the machine's total.
+    pub memory_mb: Option<u64>,
+    /// GPUs offered to steps; None asks `nvidia-smi`, `Some(vec![])` offers
+    /// none without asking.
+    pub gpus: Option<Vec<Gpu>>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -67,6 +75,8 @@ impl std::fmt::Debug for AgentConfig {
             .field("labels", &self.labels)
             .field("slots", &self.slots)
             .field("hostname", &self.hostname)
+            .field("memory_mb", &self.memory_mb)
+            .field("gpus", &self.gpus)
             .finish()
     }
 }
@@ -95,15 +105,24 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
     if cfg.name.trim().is_empty() {
         return Err(AgentError::Config("the agent needs a name".into()));
     }
+    check_declared_gpus(cfg.gpus.as_deref().unwrap_or_default())?;
     let client = Client::new(&cfg.server, &cfg.token)?;
     let hostname = cfg.hostname.clone().or_else(local_hostname);
+    let resources = Resources::resolve(cfg.memory_mb, cfg.gpus.clone(), &Probe::default()).await;
+    tracing::info!(
+        slots = cfg.slots,
+        memory = %human_mib(resources.memory_mb),
+        gpus = %describe_gpus(&resources.gpus),
+        labels = ?cfg.labels,
+        "agent offers"
+    );
     let register = RegisterAgent {
         name: cfg.name.clone(),
         labels: cfg.labels.clone(),
         slots: cfg.slots,
         hostname: hostname.clone(),
-        memory_mb: 0,
-        gpus: Vec::new(),
+        memory_mb: resources.memory_mb,
+        gpus: resources.gpus,
     };
     // `stop` ends every loop: cancelled by `shutdown` or by a fatal error.
     let stop = shutdown.child_token();
@@ -172,6 +191,26 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         return Err(AgentError::Task(e));
     }
     tracing::info!("agent stopped");
+    Ok(())
+}
+
+/// Declared GPUs are named by index: two of one index would be one device
+/// counted twice, and one without memory could never take a step.
+fn check_declared_gpus(gpus: &[Gpu]) -> Result<(), AgentError> {
+    for (i, g) in gpus.iter().enumerate() {
+        if gpus[..i].iter().any(|h| h.index == g.index) {
+            return Err(AgentError::Config(format!(
+                "GPU {} is declared twice",
+                g.index
+            )));
+        }
+        if g.memory_mb == 0 {
+            return Err(AgentError::Config(format!(
+                "GPU {} is declared without memory",
+                g.index
+            )));
+        }
+    }
     Ok(())
 }
 
@@ -387,6 +426,7 @@ async fn run_job(
         hostname: shared.hostname.clone(),
         cancel_reason: reason.clone(),
         asks: Some(shared.asks.clone()),
+        has_gpus: !shared.register.gpus.is_empty(),
     };
     let step = run_step_with(&job, &ctx, kill.clone());
     tokio::pin!(step);
@@ -599,8 +639,34 @@ mod tests {
             labels: vec![],
             slots: 1,
             hostname: None,
+            memory_mb: None,
+            gpus: None,
         };
         assert!(!format!("{cfg:?}").contains("s3cret"));
+    }
+
+    fn gpu(index: u32, memory_mb: u64) -> Gpu {
+        Gpu {
+            index,
+            name: String::new(),
+            memory_mb,
+        }
+    }
+
+    #[test]
+    fn declared_gpus_must_be_distinct_and_have_memory() {
+        assert!(check_declared_gpus(&[]).is_ok());
+        assert!(check_declared_gpus(&[gpu(0, 1024), gpu(1, 1024)]).is_ok());
+        let twice = check_declared_gpus(&[gpu(0, 1024), gpu(0, 2048)]).unwrap_err();
+        assert_eq!(
+            twice.to_string(),
+            "invalid agent configuration: GPU 0 is declared twice"
+        );
+        let empty = check_declared_gpus(&[gpu(2, 0)]).unwrap_err();
+        assert_eq!(
+            empty.to_string(),
+            "invalid agent configuration: GPU 2 is declared without memory"
+        );
     }
 
     #[test]

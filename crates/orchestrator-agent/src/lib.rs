@@ -1,8 +1,11 @@
 //! The agent: the worker process that runs workflow steps on one machine.
 //!
 //! What it is: a client of the daemon's HTTP API that registers itself
-//! (name, labels, slots), long-polls for jobs, runs each job's step (its
-//! commands, each in its own process group, with timeouts), writes the
+//! (name, labels, slots, and the memory and GPUs it offers: declared, or
+//! detected at start by module [`resources`]), long-polls for jobs, runs
+//! each job's step (its commands, each in its own process group, with
+//! timeouts, told through `CUDA_VISIBLE_DEVICES`, `ORCH_GPUS` and
+//! `ORCH_MEMORY_MB` what the daemon granted the step), writes the
 //! step's bundle into the project (`manifest.json` plus one stdout and one
 //! stderr log per command), keeps its leases alive with heartbeats and
 //! reports each outcome. It checks every exec spec again before running it
@@ -30,7 +33,8 @@
 //! groups, SIGKILL 2 s later) and completed as infrastructure failures,
 //! "agent shutting down", so the daemon requeues them at once.
 //!
-//! Main types: [`AgentConfig`] and [`run_agent`] for the CLI; [`run_step`]
+//! Main types: [`AgentConfig`] and [`run_agent`] for the CLI;
+//! [`Resources`] and [`Probe`] for what the agent offers; [`run_step`]
 //! (module [`step`]), the executor alone, usable without a daemon;
 //! [`client::Client`] and [`client::ClientError`] for the wire;
 //! [`exec::GroupChild`] for process groups; [`bundle::Bundle`] for the files;
@@ -44,8 +48,10 @@ pub mod bundle;
 pub mod client;
 pub mod exec;
 pub mod git;
+pub mod resources;
 pub mod step;
 
 pub use agent::{run_agent, AgentConfig, AgentError};
 pub use client::{Client, ClientError};
+pub use resources::{Probe, Resources};
 pub use step::{run_step, run_step_with, CancelReason, StepContext};

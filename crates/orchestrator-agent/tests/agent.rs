@@ -11,9 +11,10 @@ use std::time::{Duration, Instant};
 use orchestrator_agent::{run_agent, AgentConfig, AgentError, ClientError};
 use orchestrator_core::api::{
     AgentRegistered, ClaimRequest, ClaimedJob, CompleteRequest, Completed, HeartbeatRequest,
-    HeartbeatResponse, JobSpec,
+    HeartbeatResponse, JobSpec, RegisterAgent,
 };
 use orchestrator_core::error::ErrorClass;
+use orchestrator_core::sched::Gpu;
 use orchestrator_core::spec::CommandSpec;
 use orchestrator_core::{RunState, StageState};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -31,6 +32,8 @@ struct State {
     /// Prefix of the agent ids this daemon hands out.
     prefix: String,
     registrations: u32,
+    /// What each registration said.
+    registered: Vec<RegisterAgent>,
     /// The agent id the daemon knows, if any.
     known_agent: Option<String>,
     jobs: VecDeque<ClaimedJob>,
@@ -72,7 +75,9 @@ impl Stub {
         let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
         match (method, parts.as_slice()) {
             ("POST", ["v1", "agents"]) => {
+                let req: RegisterAgent = serde_json::from_slice(body).unwrap();
                 let id = self.with(|s| {
+                    s.registered.push(req);
                     s.registrations += 1;
                     let id = format!("{}agent-{}", s.prefix, s.registrations);
                     s.known_agent = Some(id.clone());
@@ -259,6 +264,7 @@ fn job(project: &Path, job_id: i64, argv: &[&str]) -> ClaimedJob {
         lease_id: job_id,
         lease_token: format!("lease-{job_id}"),
         lease_expires_at_ms: 0,
+        grant: Default::default(),
         spec: JobSpec {
             run_id: "run-1".into(),
             stage_id: format!("stage-{job_id}"),
@@ -290,6 +296,9 @@ fn config(server: &str, token: &str, slots: u32) -> AgentConfig {
         labels: vec!["linux".into()],
         slots,
         hostname: Some("box".into()),
+        // Declared, so that the tests do not depend on this machine.
+        memory_mb: Some(4096),
+        gpus: Some(vec![]),
     }
 }
 
@@ -505,4 +514,65 @@ async fn throughput_of_true_jobs() {
         "{JOBS} jobs in {elapsed:?}: {:.0} jobs/s",
         JOBS as f64 / elapsed.as_secs_f64()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_resources_are_registered_and_hide_gpus_from_steps_granted_none() {
+    let project = git_project();
+    let stub = Stub::new("");
+    let server = Server::start(stub.clone(), "127.0.0.1:0").await;
+    let gpus: Vec<Gpu> = (0..2)
+        .map(|index| Gpu {
+            index,
+            name: String::new(),
+            memory_mb: 24_576,
+        })
+        .collect();
+    let cfg = AgentConfig {
+        memory_mb: Some(16_384),
+        gpus: Some(gpus.clone()),
+        ..config(&server.url(), TOKEN, 1)
+    };
+    stub.push_job(job(
+        project.path(),
+        1,
+        &[
+            "sh",
+            "-c",
+            "printf '%s|' \"${CUDA_VISIBLE_DEVICES-unset}\" > cuda",
+        ],
+    ));
+    let (shutdown, agent) = start_agent(cfg);
+    eventually("the completion", || {
+        stub.with(|s| !s.completions.is_empty())
+    })
+    .await;
+    shutdown.cancel();
+    agent.await.unwrap().unwrap();
+
+    let reg = stub.with(|s| s.registered[0].clone());
+    assert_eq!((reg.memory_mb, reg.gpus), (16_384, gpus));
+    assert_eq!(reg.slots, 1);
+    assert_eq!(reg.labels, ["linux"]);
+    let done = stub.with(|s| s.completions.clone());
+    assert!(done[0].1.outcome.success, "{:?}", done[0].1.outcome);
+    assert_eq!(
+        std::fs::read_to_string(worktree(project.path()).join("cuda")).unwrap(),
+        "|"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gpu_declared_twice_is_refused() {
+    let gpu = Gpu {
+        index: 0,
+        name: String::new(),
+        memory_mb: 1024,
+    };
+    let cfg = AgentConfig {
+        gpus: Some(vec![gpu.clone(), gpu]),
+        ..config("http://127.0.0.1:1", TOKEN, 1)
+    };
+    let err = run_agent(cfg, CancellationToken::new()).await.unwrap_err();
+    assert!(matches!(err, AgentError::Config(_)), "{err}");
 }

@@ -1,6 +1,8 @@
-//! The orchestrator's tokens in the agent's environment do not reach the
-//! commands it runs. Alone in its own test binary because it changes the
-//! process environment, which other tests spawning processes would race with.
+//! What of the agent's own environment reaches the commands it runs: not the
+//! orchestrator's tokens, nor a grant the agent itself was given (an agent
+//! started by another agent's step); the rest does. Alone in its own test
+//! binary because it changes the process environment, which other tests
+//! spawning processes would race with.
 
 use std::collections::BTreeMap;
 
@@ -19,6 +21,9 @@ async fn orchestrator_tokens_are_not_inherited() {
     std::env::set_var("ORCH_AGENT_TOKEN", "agent-secret");
     std::env::set_var("ORCH_TOKEN", "admin-secret");
     std::env::set_var("ORCH_SECRETS_TEST_VISIBLE", "visible");
+    std::env::set_var("CUDA_VISIBLE_DEVICES", "7");
+    std::env::set_var("ORCH_GPUS", "7");
+    std::env::set_var("ORCH_MEMORY_MB", "99");
     let mut env = BTreeMap::new();
     // A step may still set such a variable itself.
     env.insert("ORCH_TOKEN".to_owned(), "from-the-step".to_owned());
@@ -27,6 +32,7 @@ async fn orchestrator_tokens_are_not_inherited() {
         lease_id: 1,
         lease_token: "t".into(),
         lease_expires_at_ms: 0,
+        grant: Default::default(),
         spec: JobSpec {
             run_id: "r".into(),
             stage_id: "s".into(),
@@ -60,4 +66,16 @@ async fn orchestrator_tokens_are_not_inherited() {
         std::fs::read_to_string(log).unwrap(),
         "unset|from-the-step|visible\n"
     );
+
+    // On an agent without GPUs (`run_step`), a step granted nothing keeps
+    // the agent's CUDA_VISIBLE_DEVICES but not the agent's own grant.
+    let mut job = job;
+    job.job_id = 2;
+    job.spec.env.clear();
+    job.spec.commands[0].argv[2] =
+        r#"echo "$CUDA_VISIBLE_DEVICES|${ORCH_GPUS-unset}|${ORCH_MEMORY_MB-unset}""#.into();
+    let out = run_step(&job, "a", CancellationToken::new()).await;
+    assert!(out.success, "{out:?}");
+    let log = project.path().join(&out.bundle).join("cmd-000.stdout.log");
+    assert_eq!(std::fs::read_to_string(log).unwrap(), "7|unset|unset\n");
 }

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use orchestrator_agent::{run_step, run_step_with, CancelReason, StepContext};
 use orchestrator_core::api::{ClaimedJob, JobSpec, Manifest, StepOutcome};
 use orchestrator_core::error::ErrorClass;
+use orchestrator_core::sched::{GpuGrant, Grant};
 use orchestrator_core::spec::{CommandSpec, DurationSpec};
 use tempfile::TempDir;
 
@@ -72,6 +73,7 @@ impl Project {
             lease_id: 7,
             lease_token: "secret".into(),
             lease_expires_at_ms: 0,
+            grant: Default::default(),
             spec: JobSpec {
                 run_id: "run-1".into(),
                 stage_id: "build".into(),
@@ -282,6 +284,7 @@ async fn cancelling_kills_the_group_and_reports_the_reason() {
         hostname: Some("box".into()),
         cancel_reason: reason.clone(),
         asks: None,
+        has_gpus: false,
     };
     let task = {
         let (job, cancel) = (job.clone(), cancel.clone());
@@ -446,4 +449,51 @@ async fn a_bundle_directory_that_cannot_be_made_is_an_infra_failure() {
     assert!(!out.success);
     assert_eq!(out.error_class, Some(ErrorClass::Infra), "{out:?}");
     assert!(out.exit_codes.is_empty());
+}
+
+/// Writes what the command was told about its grant to `grant`.
+const SHOW_GRANT: &str = r#"printf '%s|' "${CUDA_VISIBLE_DEVICES-unset}" "${ORCH_GPUS-unset}" "${ORCH_MEMORY_MB-unset}" "${CUDA_DEVICE_ORDER-unset}" > grant"#;
+
+#[tokio::test]
+async fn granted_gpus_and_memory_reach_the_commands() {
+    let p = Project::new();
+    let mut job = p.job(vec![sh(SHOW_GRANT)]);
+    job.grant = Grant {
+        memory_mb: 8192,
+        gpus: [1, 3]
+            .map(|index| GpuGrant {
+                index,
+                memory_mb: 24_576,
+            })
+            .to_vec(),
+    };
+    // A workflow cannot widen its grant.
+    job.spec
+        .env
+        .insert("CUDA_VISIBLE_DEVICES".into(), "0,1,2,3".into());
+    let out = step(&job).await;
+    assert!(out.success, "{out:?}");
+    assert_eq!(
+        fs::read_to_string(p.path().join("grant")).unwrap(),
+        "1,3|1,3|8192|PCI_BUS_ID|"
+    );
+}
+
+#[tokio::test]
+async fn a_step_granted_no_gpu_sees_none_of_the_agent_s() {
+    let p = Project::new();
+    let job = p.job(vec![sh(
+        r#"printf '%s|' "${CUDA_VISIBLE_DEVICES-unset}" "${ORCH_GPUS-unset}" "${ORCH_MEMORY_MB-unset}" > grant"#,
+    )]);
+    let ctx = StepContext {
+        agent_id: "agent-1".into(),
+        has_gpus: true,
+        ..StepContext::default()
+    };
+    let out = run_step_with(&job, &ctx, CancellationToken::new()).await;
+    assert!(out.success, "{out:?}");
+    assert_eq!(
+        fs::read_to_string(p.path().join("grant")).unwrap(),
+        "|unset|unset|"
+    );
 }

@@ -257,6 +257,8 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
         slots: a.slots,
         labels: vec![],
         name: Some("bench".into()),
+        memory: None,
+        gpus: vec![],
     };
     let embedded = crate::up::Embedded::start(&data, agent, false).await?;
     let client = &embedded.client;

@@ -10,6 +10,8 @@ use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
 use orchestrator_agent::{run_agent, AgentConfig};
+use orchestrator_core::sched::Gpu;
+use orchestrator_core::spec::SizeSpec;
 use orchestrator_daemon::hooks::{ActionLinks, HooksConfig, OpenClawConfig, DEFAULT_LINK_TTL_MS};
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
 use orchestrator_store::{SqliteStore, StoreOptions};
@@ -143,6 +145,71 @@ pub struct AgentOpts {
     /// Agent name; default: `<hostname>-local` for `up`, `<hostname>` otherwise.
     #[arg(long, env = "ORCH_AGENT_NAME")]
     pub name: Option<String>,
+    /// Memory offered to steps: `16G`, `512M`. Default: the machine's total
+    /// memory (MemTotal in /proc/meminfo; none where it cannot be read).
+    #[arg(long, value_name = "SIZE", env = "ORCH_AGENT_MEMORY", value_parser = SizeSpec::parse)]
+    pub memory: Option<SizeSpec>,
+    /// A GPU offered to steps, by its memory (`24G`); repeat or
+    /// comma-separate, in device order (indices 0, 1, ...). `none` offers no
+    /// GPU. Default: the GPUs `nvidia-smi` lists; none when it is missing,
+    /// fails or does not answer within 10 s.
+    #[arg(
+        long = "gpu",
+        value_name = "MEM",
+        value_delimiter = ',',
+        env = "ORCH_AGENT_GPUS",
+        value_parser = parse_gpu
+    )]
+    pub gpus: Vec<GpuDecl>,
+}
+
+/// One `--gpu` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GpuDecl {
+    /// `none`: the agent offers no GPU and does not look for any.
+    None,
+    /// A GPU with this much memory.
+    Memory(SizeSpec),
+}
+
+fn parse_gpu(text: &str) -> Result<GpuDecl, String> {
+    if text.trim().eq_ignore_ascii_case("none") {
+        return Ok(GpuDecl::None);
+    }
+    match SizeSpec::parse(text)? {
+        SizeSpec(0) => Err(format!(
+            "GPU memory {text:?} is zero; expected a size such as 24G, or none"
+        )),
+        size => Ok(GpuDecl::Memory(size)),
+    }
+}
+
+/// The GPUs `--gpu` declares, indexed in order; None (detect them) when
+/// there is no `--gpu`.
+fn declared_gpus(decls: &[GpuDecl]) -> Result<Option<Vec<Gpu>>, CliError> {
+    if decls.is_empty() {
+        return Ok(None);
+    }
+    if decls.contains(&GpuDecl::None) {
+        if decls.len() > 1 {
+            return Err(CliError::BadInput(
+                "--gpu none declares that the agent has no GPU; it cannot go with GPU sizes".into(),
+            ));
+        }
+        return Ok(Some(Vec::new()));
+    }
+    let gpus = (0u32..)
+        .zip(decls)
+        .filter_map(|(index, d)| match d {
+            GpuDecl::Memory(size) => Some(Gpu {
+                index,
+                name: String::new(),
+                memory_mb: size.as_mib(),
+            }),
+            GpuDecl::None => None,
+        })
+        .collect();
+    Ok(Some(gpus))
 }
 
 fn default_slots() -> u32 {
@@ -240,15 +307,22 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     Ok((daemon, tokens))
 }
 
-fn agent_config(o: &AgentOpts, server: String, token: String, default_name: String) -> AgentConfig {
-    AgentConfig {
+fn agent_config(
+    o: &AgentOpts,
+    server: String,
+    token: String,
+    default_name: String,
+) -> Result<AgentConfig, CliError> {
+    Ok(AgentConfig {
         server,
         token,
         name: o.name.clone().unwrap_or(default_name),
         labels: o.labels.clone(),
         slots: o.slots,
         hostname: Some(hostname()),
-    }
+        memory_mb: o.memory.map(SizeSpec::as_mib),
+        gpus: declared_gpus(&o.gpus)?,
+    })
 }
 
 /// Runs a daemon and one agent until `stop` or a signal; agent first down.
@@ -260,6 +334,8 @@ async fn run_up(
     banner: bool,
     ready: Option<tokio::sync::oneshot::Sender<String>>,
 ) -> Result<()> {
+    // A contradictory --gpu is refused before a daemon starts for nothing.
+    declared_gpus(&a.agent.gpus)?;
     let (daemon, tokens) = start_daemon(&a.daemon, data_dir).await?;
     let url = format!("http://{}", daemon.addr);
     if banner {
@@ -274,7 +350,7 @@ async fn run_up(
         url,
         tokens.agent[0].clone(),
         format!("{}-local", hostname()),
-    );
+    )?;
     let agent = tokio::spawn(run_agent(cfg, agent_stop.clone()));
     let daemon_stop = daemon.shutdown_token();
     let daemon_task = tokio::spawn(daemon.wait());
@@ -338,7 +414,8 @@ pub async fn agent(a: AgentArgs, server: Option<String>, data_dir: &Path) -> Res
         let _ = signals().await;
         s.cancel();
     });
-    run_agent(agent_config(&a.agent, server, token, hostname()), stop).await?;
+    let cfg = agent_config(&a.agent, server, token, hostname())?;
+    run_agent(cfg, stop).await?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -411,6 +488,8 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
         slots: default_slots().max(2),
         labels: vec![],
         name: None,
+        memory: None,
+        gpus: vec![],
     };
     // The demo's own project: a fresh repository, so its run's branch and
     // worktree land there and not in whatever directory the demo ran from.
@@ -465,4 +544,31 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     Ok(crate::runcmd::exit_code(outcome?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpu_values_are_sizes_or_none() {
+        assert_eq!(parse_gpu("24G"), Ok(GpuDecl::Memory(SizeSpec(24 * 1024))));
+        assert_eq!(parse_gpu("None"), Ok(GpuDecl::None));
+        assert!(parse_gpu("0").is_err());
+        assert!(parse_gpu("lots").is_err());
+    }
+
+    #[test]
+    fn declared_gpus_are_indexed_in_order() {
+        assert_eq!(declared_gpus(&[]).ok(), Some(None));
+        assert_eq!(declared_gpus(&[GpuDecl::None]).ok(), Some(Some(vec![])));
+        let m = |g: u64| GpuDecl::Memory(SizeSpec(g * 1024));
+        let gpus = declared_gpus(&[m(24), m(48)])
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        let got: Vec<(u32, u64)> = gpus.iter().map(|g| (g.index, g.memory_mb)).collect();
+        assert_eq!(got, [(0, 24 * 1024), (1, 48 * 1024)]);
+        assert!(declared_gpus(&[GpuDecl::None, m(24)]).is_err());
+    }
 }

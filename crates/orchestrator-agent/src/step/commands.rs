@@ -30,7 +30,8 @@ pub(super) struct Runner<'a> {
     pub orch_env: Vec<(String, String)>,
     pub step_budget: Option<Duration>,
     pub step_deadline: Option<Instant>,
-    secrets: Vec<std::ffi::OsString>,
+    /// Variables of the agent's own environment the commands do not inherit.
+    not_inherited: Vec<std::ffi::OsString>,
 }
 
 impl<'a> Runner<'a> {
@@ -51,8 +52,15 @@ impl<'a> Runner<'a> {
             orch_env,
             step_budget,
             step_deadline: step_budget.map(|b| started + b),
-            secrets: inherited_secrets(),
+            not_inherited: inherited_secrets(),
         }
+    }
+
+    /// Also keeps `names` of the agent's environment from the commands; a
+    /// step that sets one itself still gets its own value.
+    pub fn without_inherited(mut self, names: impl IntoIterator<Item = String>) -> Self {
+        self.not_inherited.extend(names.into_iter().map(Into::into));
+        self
     }
 
     /// Runs the prepared commands in order; the first failure ends the step.
@@ -99,7 +107,7 @@ impl<'a> Runner<'a> {
             .open_logs(i)
             .map_err(|e| Failure::infra(e.to_string()))?;
         let mut command = Command::new(&cmd.argv[0]);
-        for name in &self.secrets {
+        for name in &self.not_inherited {
             command.env_remove(name);
         }
         command

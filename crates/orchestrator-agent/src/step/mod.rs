@@ -27,6 +27,7 @@ use crate::exec::EndReason;
 
 mod checkpoint;
 mod commands;
+mod grant;
 mod prepare;
 
 pub use checkpoint::{manifest_path, ORCH_DIR};
@@ -63,6 +64,9 @@ pub struct StepContext {
     pub cancel_reason: CancelReason,
     /// The agent's local endpoint for `orch ask`; without it a step cannot ask.
     pub asks: Option<AskBox>,
+    /// Whether the agent has GPUs: a step granted none is then kept from
+    /// them (an empty `CUDA_VISIBLE_DEVICES`).
+    pub has_gpus: bool,
 }
 
 /// The name of this machine, when it has a printable one.
@@ -81,6 +85,7 @@ pub async fn run_step(job: &ClaimedJob, agent_id: &str, cancel: CancellationToke
         hostname: local_hostname(),
         cancel_reason: CancelReason::new(),
         asks: None,
+        has_gpus: false,
     };
     run_step_with(job, &ctx, cancel).await
 }
@@ -141,6 +146,8 @@ pub async fn run_step_with(
         orch_env.push(("ORCH_STEP_TOKEN".into(), ask.token.clone()));
     }
     orch_env.extend(handed);
+    let granted = grant::grant_env(&job.grant, ctx.has_gpus);
+    orch_env.extend(granted.set);
     let runner = Runner::new(
         &bundle,
         &cancel,
@@ -149,7 +156,8 @@ pub async fn run_step_with(
         orch_env,
         spec.timeout_ms.map(Duration::from_millis),
         rec.started,
-    );
+    )
+    .without_inherited(granted.unset);
     let mut failure = match prepare(spec, &workdir) {
         Err(msg) => Some(Failure::task(msg)),
         Ok(commands) => runner.run_all(&commands, &mut rec).await,

@@ -46,6 +46,9 @@ fn agents(conn: &Connection, rules: &SystemRules, now: i64, online_ms: u64) -> R
     Ok(out)
 }
 
+/// state, project_dir, priority, priority_why, limits, hold, spec.
+type RunRow = (String, String, i32, Option<String>, Option<String>, Option<String>, String);
+
 struct StageRow {
     id: String,
     state: StageState,
@@ -67,7 +70,7 @@ pub fn explain(
     now: i64,
     online_ms: u64,
 ) -> Result<Explanation> {
-    let row: Option<(String, String, i32, Option<String>, Option<String>, Option<String>, String)> = conn
+    let row: Option<RunRow> = conn
         .prepare_cached(
             "SELECT state, project_dir, priority, priority_why, limits, hold, spec FROM runs WHERE id = ?1",
         )?
@@ -205,7 +208,7 @@ pub fn explain(
                 s.step, s.id
             )),
             StageState::AwaitingInput => {
-                l.push(format!("waits for a human to answer (orch inbox)"))
+                l.push("waits for a human to answer (orch inbox)".into())
             }
             other => l.push(format!("ended: {other}")),
         }
