@@ -316,9 +316,7 @@ pub fn stage_on(
         (
             S::Pending | S::Queued | S::Running | S::Paused | S::Suspended | S::AwaitingApproval,
             E::Cancel,
-        ) => {
-            (S::Cancelled, vec![F::CancelJob, F::StageEnded])
-        }
+        ) => (S::Cancelled, vec![F::CancelJob, F::StageEnded]),
         (S::AwaitingInput, E::Cancel) => (S::Cancelled, vec![F::CloseQuestions, F::StageEnded]),
         (s, e) => return Err(reject("stage", s, e)),
     })

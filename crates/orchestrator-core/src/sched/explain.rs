@@ -41,9 +41,8 @@ pub fn verdict(
         .iter()
         .filter(|a| a.online && pinned.is_none_or(|p| p == a.name))
     {
-        let r = fit(needs, a.labels, a.free).and_then(|_| {
-            rules.reserve_allows(priority, a.free.slots, a.free.slots_total)
-        });
+        let r = fit(needs, a.labels, a.free)
+            .and_then(|_| rules.reserve_allows(priority, a.free.slots, a.free.slots_total));
         match r {
             Ok(()) => fits.push(a.name.to_owned()),
             Err(m) if m.is_permanent() => never.push((a.name.to_owned(), m)),

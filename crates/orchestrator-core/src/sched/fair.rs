@@ -30,7 +30,8 @@ pub fn queue_key(
     aging_ms: u64,
 ) -> (i64, i64) {
     let start = run_clock.max(now_ms);
-    let head_start = i64::from(priority).saturating_mul(i64::try_from(aging_ms).unwrap_or(i64::MAX));
+    let head_start =
+        i64::from(priority).saturating_mul(i64::try_from(aging_ms).unwrap_or(i64::MAX));
     let key = start.saturating_sub(head_start);
     let clock = start.saturating_add(QUANTUM_MS.saturating_mul(i64::from(project_runs.max(1))));
     (key, clock)

@@ -16,9 +16,11 @@ pub mod rules_file;
 
 pub use fair::queue_key;
 pub use policy::{
-    effective_priority, limits, quota_allows, Authority, Effective, Limits, ProjectPolicy,
-    Reserve, SystemRules, Usage,
+    effective_priority, limits, quota_allows, Authority, Effective, Limits, ProjectPolicy, Reserve,
+    SystemRules, Usage,
 };
 pub use preempt::{plan_preemption, AgentState, RunningJob, Waiting, YieldOrder};
-pub use resources::{could_ever_fit, fit, free, Capacity, Free, Gpu, GpuGrant, Grant, Misfit, Needs};
+pub use resources::{
+    could_ever_fit, fit, free, Capacity, Free, Gpu, GpuGrant, Grant, Misfit, Needs,
+};
 pub use rules_file::{parse_project_policy, parse_system_rules, PolicyError};

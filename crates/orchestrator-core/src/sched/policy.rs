@@ -141,9 +141,7 @@ impl SystemRules {
     ) -> Result<(), super::Misfit> {
         match self.reserve {
             Some(r)
-                if priority < r.min_priority
-                    && total_slots > r.slots
-                    && free_slots <= r.slots =>
+                if priority < r.min_priority && total_slots > r.slots && free_slots <= r.slots =>
             {
                 Err(super::Misfit::Reserved {
                     slots: r.slots,

@@ -43,7 +43,9 @@ fn check_range(r: &Option<PriorityRange>, out: &mut Vec<String>) {
 
 fn check_positive(name: &str, v: Option<u32>, out: &mut Vec<String>) {
     if v == Some(0) {
-        out.push(format!("{name}: 0 would let nothing run; expected at least 1"));
+        out.push(format!(
+            "{name}: 0 would let nothing run; expected at least 1"
+        ));
     }
 }
 

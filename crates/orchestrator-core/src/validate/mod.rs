@@ -292,7 +292,8 @@ fn check(wf: &Workflow) -> Vec<Problem> {
                 add_in(
                     &mut out,
                     format!("stages[{i}].resources.gpu_memory"),
-                    "0 MiB: expected an amount such as 8G (or leave it out to take whole GPUs)".into(),
+                    "0 MiB: expected an amount such as 8G (or leave it out to take whole GPUs)"
+                        .into(),
                     stage,
                     None,
                 );
