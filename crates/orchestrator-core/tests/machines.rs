@@ -61,6 +61,7 @@ fn stage_events() -> Vec<StageEvent> {
         E::Pause,
         E::Resume { step: 1 },
         E::Cancel,
+        E::Yield,
         E::Approve { resume: Some(1) },
         E::Approve { resume: None },
         E::Reject { step: 0 },
@@ -79,6 +80,7 @@ fn stage_events() -> Vec<StageEvent> {
             | E::Pause
             | E::Resume { .. }
             | E::Cancel
+            | E::Yield
             | E::Asked { .. }
             | E::Approve { .. }
             | E::Reject { .. }
@@ -238,10 +240,17 @@ fn stage_table() -> Vec<StageRow> {
         (S::Queued, E::Pause, S::Paused, &[F::CancelJob]),
         (S::Paused, E::Resume { step: 1 }, S::Queued, NEXT),
         (S::Paused, E::Cancel, S::Cancelled, CANCELLED),
+        // Yielding at a checkpoint keeps the queued job (pinned to the
+        // agent with the worktree), so it neither enqueues nor cancels;
+        // starting again needs no new job either.
+        (S::Queued, E::Yield, S::Suspended, &[]),
+        (S::Suspended, E::Started, S::Running, &[]),
+        (S::Suspended, E::Pause, S::Paused, &[F::CancelJob]),
+        (S::Suspended, E::Cancel, S::Cancelled, CANCELLED),
     ];
-    // A lost attempt, whether its job was still queued or already running:
-    // restart from step 0 with the next attempt, or fail at the limit.
-    for from in [S::Queued, S::Running] {
+    // A lost attempt, whether its job was still queued, suspended or already
+    // running: restart from step 0 with the next attempt, or fail at the limit.
+    for from in [S::Queued, S::Running, S::Suspended] {
         rows.push((
             from,
             lost(1),
@@ -340,6 +349,35 @@ fn a_stage_waiting_for_a_human_holds_no_job() {
 }
 
 #[test]
+fn a_suspended_stage_only_waits_to_start_again() {
+    // It holds no job of its own beyond the queued step: nothing runs, so
+    // nothing can succeed, fail, ask or yield a second time.
+    for e in [
+        StageEvent::Yield,
+        StageEvent::StepFailed,
+        StageEvent::NeedsMet,
+        StageEvent::UpstreamFailed,
+        StageEvent::Resume { step: 1 },
+        StageEvent::StepSucceeded {
+            step: 0,
+            after: A::Step(1),
+            gate: G::None,
+        },
+        StageEvent::Asked { after: A::Step(1) },
+    ] {
+        assert!(stage_on(S::Suspended, ATTEMPT, e).is_err(), "took {e:?}");
+    }
+    // Only a stage at a checkpoint (its next step queued) can yield.
+    for s in [S::Pending, S::Running, S::Paused, S::AwaitingApproval] {
+        assert!(stage_on(s, ATTEMPT, StageEvent::Yield).is_err(), "{s}");
+    }
+    // Queued, suspended, started: the round trip changes nothing else.
+    let (s, e1) = stage_on(S::Queued, ATTEMPT, StageEvent::Yield).unwrap();
+    let (s, e2) = stage_on(s, ATTEMPT, StageEvent::Started).unwrap();
+    assert_eq!((s, e1, e2), (S::Running, vec![], vec![]));
+}
+
+#[test]
 fn after_a_step_comes_the_next_one_then_the_end() {
     assert_eq!(after_step(0, 3, 1, None), A::Step(1));
     assert_eq!(after_step(1, 3, 1, None), A::Step(2));
@@ -401,9 +439,8 @@ proptest! {
     fn attempt_lost_follows_its_rule_for_any_numbers(
         attempt in any::<u32>(),
         max_attempts in any::<u32>(),
-        queued in any::<bool>(),
+        from in prop_oneof![Just(S::Queued), Just(S::Running), Just(S::Suspended)],
     ) {
-        let from = if queued { S::Queued } else { S::Running };
         let got = stage_on(from, 1, StageEvent::AttemptLost { attempt, max_attempts }).unwrap();
         if attempt >= max_attempts {
             prop_assert_eq!(got, (S::Failed, vec![F::BlockDependents, F::StageEnded]));
@@ -508,10 +545,11 @@ fn run_events() -> Vec<RunEvent> {
         E::Cancel,
         E::Pause,
         E::Resume,
+        E::Admit,
     ];
     for e in &events {
         match e {
-            E::StageEnded { .. } | E::Cancel | E::Pause | E::Resume => {}
+            E::StageEnded { .. } | E::Cancel | E::Pause | E::Resume | E::Admit => {}
         }
     }
     events
@@ -534,23 +572,62 @@ fn run_table() -> Vec<(RunState, RunEvent, RunState)> {
     }
     rows.push((R::Running, RunEvent::Pause, R::Paused));
     rows.push((R::Paused, RunEvent::Resume, R::Running));
+    // A queued run has no stage scheduled yet: it is admitted or cancelled.
+    rows.push((R::Queued, RunEvent::Admit, R::Running));
+    rows.push((R::Queued, RunEvent::Cancel, R::Cancelled));
     rows
 }
 
 #[test]
 fn the_run_machine_allows_exactly_the_transitions_of_its_table() {
     let table = run_table();
+    let mut allowed = 0;
     for &s in RunState::ALL {
         for e in run_events() {
             let got = run_on(s, e).map(|(to, _)| to);
             match table.iter().find(|(from, ev, _)| *from == s && *ev == e) {
-                Some((_, _, to)) => assert_eq!(got, Ok(*to), "{s} on {e:?}"),
+                Some((_, _, to)) => {
+                    allowed += 1;
+                    assert_eq!(got, Ok(*to), "{s} on {e:?}");
+                }
                 None => {
                     let err = got.expect_err(&format!("{s} on {e:?} should be refused"));
                     assert_eq!((err.entity, err.state.as_str()), ("run", s.as_str()));
                 }
             }
         }
+    }
+    assert_eq!(allowed, table.len(), "every row was exercised once");
+}
+
+#[test]
+fn admitting_a_queued_run_schedules_it_and_cancelling_it_ends_it() {
+    use orchestrator_core::machine::RunEffect;
+    assert_eq!(
+        run_on(R::Queued, RunEvent::Admit),
+        Ok((R::Running, vec![RunEffect::Schedule]))
+    );
+    assert_eq!(
+        run_on(R::Queued, RunEvent::Cancel),
+        Ok((
+            R::Cancelled,
+            vec![RunEffect::CancelStages, RunEffect::Ended]
+        ))
+    );
+    // Admitted once is enough: a running or paused run refuses it.
+    for s in [R::Running, R::Paused] {
+        assert!(run_on(s, RunEvent::Admit).is_err(), "{s}");
+    }
+    // Nothing of a queued run has started, so nothing of it can end or pause.
+    for e in [
+        RunEvent::Pause,
+        RunEvent::Resume,
+        RunEvent::StageEnded {
+            open: 0,
+            unsuccessful: 0,
+        },
+    ] {
+        assert!(run_on(R::Queued, e).is_err(), "{e:?}");
     }
 }
 
@@ -616,7 +693,7 @@ macro_rules! assert_names_round_trip {
 #[test]
 fn every_stage_state_name_round_trips() {
     assert_names_round_trip!(StageState);
-    assert_eq!(StageState::ALL.len(), 10);
+    assert_eq!(StageState::ALL.len(), 11);
 }
 
 #[test]
@@ -628,7 +705,7 @@ fn every_job_state_name_round_trips() {
 #[test]
 fn every_run_state_name_round_trips() {
     assert_names_round_trip!(RunState);
-    assert_eq!(RunState::ALL.len(), 5);
+    assert_eq!(RunState::ALL.len(), 6);
 }
 
 #[test]
@@ -724,19 +801,29 @@ fn a_job_holds_a_lease_exactly_while_it_is_leased() {
 #[test]
 fn a_run_that_ends_says_so_and_a_cancelled_one_cancels_its_stages() {
     use orchestrator_core::machine::RunEffect;
-    for e in run_events() {
-        let Ok((to, effects)) = run_on(R::Running, e) else {
-            continue;
-        };
-        assert_eq!(
-            effects.contains(&RunEffect::Ended),
-            to.is_terminal(),
-            "{e:?}"
-        );
-        assert_eq!(
-            effects.contains(&RunEffect::CancelStages),
-            e == RunEvent::Cancel,
-            "{e:?}"
-        );
+    let mut seen = 0;
+    for &s in RunState::ALL {
+        for e in run_events() {
+            let Ok((to, effects)) = run_on(s, e) else {
+                continue;
+            };
+            seen += 1;
+            assert_eq!(
+                effects.contains(&RunEffect::Ended),
+                to.is_terminal(),
+                "{s} on {e:?}"
+            );
+            assert_eq!(
+                effects.contains(&RunEffect::CancelStages),
+                e == RunEvent::Cancel,
+                "{s} on {e:?}"
+            );
+            assert_eq!(
+                effects.contains(&RunEffect::Schedule),
+                e == RunEvent::Admit,
+                "{s} on {e:?}"
+            );
+        }
     }
+    assert_eq!(seen, run_table().len());
 }

@@ -31,6 +31,7 @@ fn stage(id: &str, needs: &[&str], estimate_ms: Option<u64>) -> Stage {
             ..Default::default()
         }],
         repeat: None,
+        ..Default::default()
     }
 }
 
@@ -38,6 +39,7 @@ fn workflow(stages: Vec<Stage>) -> Workflow {
     Workflow {
         name: "wf".to_owned(),
         description: None,
+        priority: None,
         env: BTreeMap::new(),
         stages,
     }

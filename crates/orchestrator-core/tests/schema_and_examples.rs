@@ -6,7 +6,8 @@ use std::fs;
 use std::path::PathBuf;
 
 use orchestrator_core::spec::{
-    workflow_schema, CommandSpec, DurationSpec, Input, Repeat, Stage, Step, Workflow,
+    workflow_schema, CommandSpec, DurationSpec, Input, Repeat, Resources, SizeSpec, Stage, Step,
+    Workflow,
 };
 use orchestrator_core::{parse_workflow, plan};
 use serde_json::Value;
@@ -127,6 +128,11 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         description: Some("d".into()),
         needs: vec!["b".into()],
         labels: vec!["gpu".into()],
+        resources: Some(Resources {
+            memory: Some(SizeSpec::from_mib(512)),
+            gpus: Some(1),
+            gpu_memory: Some(SizeSpec::from_mib(8192)),
+        }),
         timeout: Some(DurationSpec::from_secs(2)),
         estimate: Some(DurationSpec::from_secs(3)),
         env: BTreeMap::from([("B".into(), "2".into())]),
@@ -140,6 +146,7 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
     let wf = Workflow {
         name: "w".into(),
         description: Some("d".into()),
+        priority: Some(5),
         env: BTreeMap::from([("C".into(), "3".into())]),
         stages: vec![stage],
     };
@@ -156,7 +163,17 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         properties(&defs["CommandSpec"]),
         keys(&full["stages"][0]["steps"][0]["commands"][0])
     );
-    for def in [&schema, &defs["Stage"], &defs["Step"], &defs["CommandSpec"]] {
+    assert_eq!(
+        properties(&defs["Resources"]),
+        keys(&full["stages"][0]["resources"])
+    );
+    for def in [
+        &schema,
+        &defs["Stage"],
+        &defs["Step"],
+        &defs["CommandSpec"],
+        &defs["Resources"],
+    ] {
         assert_eq!(def["additionalProperties"], false, "{def}");
     }
 }
@@ -171,6 +188,30 @@ fn the_schema_describes_durations_as_seconds_or_a_string_with_a_unit() {
     assert!(schema["$defs"]["Stage"]["properties"]["timeout"]
         .to_string()
         .contains("#/$defs/Duration"));
+}
+
+#[test]
+fn the_schema_describes_sizes_as_mib_or_a_string_with_a_binary_unit() {
+    let schema = workflow_schema();
+    let text = schema["$defs"]["Size"].to_string();
+    assert!(text.contains("integer"), "{text}");
+    assert!(text.contains("[MGTmgt]"), "{text}");
+    let resources = schema["$defs"]["Resources"]["properties"].to_string();
+    assert_eq!(resources.matches("#/$defs/Size").count(), 2, "{resources}");
+    // The written forms round-trip through a workflow file.
+    let wf = parse_workflow(
+        "name: w\npriority: 3\nstages:\n  - id: a\n    resources: {memory: 4G, gpu_memory: 512, gpus: 2}\n    steps: [{commands: [{argv: [\"true\"]}]}]\n",
+        Some("w.yaml"),
+    )
+    .unwrap();
+    assert_eq!(wf.priority, Some(3));
+    let r = wf.stages[0].resources.clone().unwrap();
+    assert_eq!(r.memory, Some(SizeSpec::from_mib(4096)));
+    assert_eq!(r.gpu_memory, Some(SizeSpec::from_mib(512)));
+    assert_eq!(r.gpus, Some(2));
+    let back = serde_json::to_value(&r).unwrap();
+    assert_eq!(back["memory"], "4G");
+    assert_eq!(back["gpu_memory"], "512M");
 }
 
 #[test]

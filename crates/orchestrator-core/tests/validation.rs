@@ -1257,3 +1257,69 @@ fn a_loop_needs_a_sane_bound_and_a_safe_check() {
         "{last}"
     );
 }
+
+#[test]
+fn stage_resources_must_ask_for_something_an_agent_could_give() {
+    let errs = errors(&yaml(
+        r#"
+        name: w
+        stages:
+          - id: a
+            resources: {gpus: 65}
+            steps: [{commands: [{argv: ['true']}]}]
+          - id: b
+            resources: {gpu_memory: 0}
+            steps: [{commands: [{argv: ['true']}]}]
+          - id: c
+            resources: {gpus: 0, gpu_memory: 8G}
+            steps: [{commands: [{argv: ['true']}]}]
+        "#,
+    ));
+    assert_eq!(errs.len(), 3, "{errs:#?}");
+    assert_mentions(
+        error_at(&errs, "stages[0].resources.gpus"),
+        &["65 GPUs", "at most 64"],
+    );
+    assert_mentions(
+        error_at(&errs, "stages[1].resources.gpu_memory"),
+        &["0 MiB", "leave it out"],
+    );
+    assert_mentions(
+        error_at(&errs, "stages[2].resources.gpu_memory"),
+        &["gpus: 0"],
+    );
+    let wf = parses(&yaml(
+        r#"
+        name: w
+        stages:
+          - id: a
+            resources: {memory: 16GiB, gpus: 64, gpu_memory: 512}
+            steps: [{commands: [{argv: ['true']}]}]
+        "#,
+    ));
+    let r = wf.stages[0].resources.clone().unwrap();
+    assert_eq!(r.memory.map(|m| m.as_mib()), Some(16 * 1024));
+    assert_eq!(r.gpu_memory.map(|m| m.as_mib()), Some(512));
+}
+
+#[test]
+fn a_size_in_bytes_or_below_zero_is_refused_naming_the_field() {
+    for (size, says) in [
+        ("512B", "unknown unit \"B\""),
+        ("-1", "must not be negative"),
+    ] {
+        let text = yaml(&format!(
+            r#"
+            name: w
+            stages:
+              - id: a
+                resources: {{memory: {size}}}
+                steps: [{{commands: [{{argv: ['true']}}]}}]
+            "#
+        ));
+        let err = the_error(&text);
+        assert!(err.field.contains("memory"), "{err}");
+        assert_mentions(&err, &[says]);
+        assert_eq!(err.line, Some(line_of(&text, "resources")), "{err}");
+    }
+}

@@ -63,6 +63,11 @@ struct Sim<'a> {
     yielding: Vec<bool>,
 }
 
+/// A way to place one waiting job: the agent (its index among the sims),
+/// the victims there (indices into its running jobs), what it has free
+/// once they yielded, and its cost (victims, sum of their priorities).
+type Candidate = (usize, Vec<usize>, Free, (usize, i64));
+
 /// Plans the yields for `waiting` (any order; served by priority, highest
 /// first) over `agents`. Deterministic: equal inputs, equal orders.
 pub fn plan_preemption(
@@ -114,7 +119,7 @@ pub fn plan_preemption(
             continue;
         }
         // Otherwise: the cheapest set of lower-priority victims on one agent.
-        let mut best: Option<(usize, Vec<usize>, Free, (usize, i64))> = None;
+        let mut best: Option<Candidate> = None;
         for (si, s) in sims.iter().enumerate().filter(|(_, s)| eligible(s)) {
             let mut cands: Vec<usize> = (0..s.agent.running.len())
                 .filter(|&i| !s.yielding[i] && s.agent.running[i].priority < w.priority)
@@ -137,6 +142,25 @@ pub fn plan_preemption(
             if !done {
                 continue;
             }
+            // Lowest first may have taken victims that free nothing the job
+            // lacks (a CPU job when it waits for a GPU). Drop every victim it
+            // fits without, the highest priorities first, so nobody yields in
+            // vain. The last one taken is always needed.
+            let freed = |set: &[usize]| {
+                let mut f = s.later.clone();
+                for &i in set {
+                    f.give(&s.agent.running[i].grant);
+                }
+                f
+            };
+            for k in (0..chosen.len().saturating_sub(1)).rev() {
+                let mut fewer = chosen.clone();
+                fewer.remove(k);
+                if placeable(w, &s.agent.cap.labels, &freed(&fewer), s.slots, rules).is_some() {
+                    chosen = fewer;
+                }
+            }
+            let f = freed(&chosen);
             let score = (
                 chosen.len(),
                 chosen

@@ -259,9 +259,10 @@ impl Misfit {
 
 impl fmt::Display for Misfit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let gpu_kind = |m: &Option<u64>| match m {
-            None => "whole GPU".to_owned(),
-            Some(m) => format!("GPU with {} free", human_mib(*m)),
+        // The plural goes on "GPU", not after "... free".
+        let gpus = |n: u32, m: &Option<u64>| match m {
+            None => format!("{n} whole GPU{}", plural(n)),
+            Some(m) => format!("{n} GPU{} with {} free", plural(n), human_mib(*m)),
         };
         match self {
             Misfit::Label { label } => write!(f, "lacks label {label:?}"),
@@ -284,28 +285,28 @@ impl fmt::Display for Misfit {
                 suitable,
             } => write!(
                 f,
-                "needs {need} {}{}, the agent has {suitable} such GPU{}",
-                gpu_kind(gpu_memory),
-                if *need == 1 { "" } else { "s" },
+                "needs {}, the agent has {suitable} such GPU{}",
+                gpus(*need, gpu_memory),
                 plural(*suitable)
             ),
             Misfit::GpusBusy {
                 need,
                 gpu_memory,
                 available,
+            } => write!(f, "needs {}, {available} free now", gpus(*need, gpu_memory)),
+            Misfit::Reserved {
+                slots: 1,
+                min_priority,
             } => write!(
                 f,
-                "needs {need} {}{}, {available} free now",
-                gpu_kind(gpu_memory),
-                if *need == 1 { "" } else { "s" }
+                "its last slot is reserved for priority {min_priority} and above"
             ),
             Misfit::Reserved {
                 slots,
                 min_priority,
             } => write!(
                 f,
-                "its last {slots} slot{} are reserved for priority {min_priority} and above",
-                plural(*slots)
+                "its last {slots} slots are reserved for priority {min_priority} and above"
             ),
         }
     }
@@ -325,8 +326,13 @@ pub fn fit(needs: &Needs, labels: &[String], free: &Free) -> Result<Grant, Misfi
             total: free.memory_total_mb,
         });
     }
+    // No slots at all is permanent, so it must come before the GPUs, which
+    // may still be busy with jobs from before the agent shrank.
+    if free.slots_total == 0 {
+        return Err(Misfit::Slots { total: 0 });
+    }
     let gpus = gpu_fit(needs, free)?;
-    if free.slots_total == 0 || free.slots == 0 {
+    if free.slots == 0 {
         return Err(Misfit::Slots {
             total: free.slots_total,
         });

@@ -26,18 +26,21 @@ impl SizeSpec {
         let n: u64 = digits.parse().map_err(|_| {
             format!("invalid size {text:?}: expected a number with a unit such as 512M, 4G or 1T")
         })?;
-        let unit = unit.trim();
-        let unit = unit
+        let written = unit.trim();
+        // `B` and `iB` only follow a unit: on their own (`512B`) they would
+        // read bytes as MiB, a million times too much.
+        let unit = written
             .strip_suffix("iB")
-            .or_else(|| unit.strip_suffix('B'))
-            .unwrap_or(unit);
+            .or_else(|| written.strip_suffix('B'))
+            .filter(|u| !u.is_empty())
+            .unwrap_or(written);
         let factor: u64 = match unit {
             "" | "M" | "m" => 1,
             "G" | "g" => 1024,
             "T" | "t" => 1024 * 1024,
-            other => {
+            _ => {
                 return Err(format!(
-                    "invalid size {text:?}: unknown unit {other:?}, expected M, G or T"
+                    "invalid size {text:?}: unknown unit {written:?}, expected M, G or T"
                 ))
             }
         };
