@@ -636,10 +636,16 @@ async fn a_lost_attempt_unpins_its_stage_so_any_agent_can_restart_it() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir, SystemRules::default());
     let a = agent(&s, "a", 1, 1024, &[]).await;
-    let r = s.submit_run(run(&stages(&[("x", "")]), "/p", None, Default::default())).await.unwrap();
+    let r = s
+        .submit_run(run(&stages(&[("x", "")]), "/p", None, Default::default()))
+        .await
+        .unwrap();
     let j = claim(&s, &a).await.unwrap();
     assert_eq!(s.expire_leases(j.lease_expires_at_ms + 1).await.unwrap(), 1);
     let b = agent(&s, "b", 1, 1024, &[]).await;
     let again = claim(&s, &b).await.unwrap();
-    assert_eq!((again.spec.run_id.as_str(), again.spec.attempt), (r.run_id.as_str(), 2));
+    assert_eq!(
+        (again.spec.run_id.as_str(), again.spec.attempt),
+        (r.run_id.as_str(), 2)
+    );
 }

@@ -47,7 +47,15 @@ fn agents(conn: &Connection, rules: &SystemRules, now: i64, online_ms: u64) -> R
 }
 
 /// state, project_dir, priority, priority_why, limits, hold, spec.
-type RunRow = (String, String, i32, Option<String>, Option<String>, Option<String>, String);
+type RunRow = (
+    String,
+    String,
+    i32,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+);
 
 struct StageRow {
     id: String,
@@ -207,9 +215,7 @@ pub fn explain(
                 "waits for a human to approve step {} (orch approve {run_id} {})",
                 s.step, s.id
             )),
-            StageState::AwaitingInput => {
-                l.push("waits for a human to answer (orch inbox)".into())
-            }
+            StageState::AwaitingInput => l.push("waits for a human to answer (orch inbox)".into()),
             other => l.push(format!("ended: {other}")),
         }
         out.push(StageExplanation {
