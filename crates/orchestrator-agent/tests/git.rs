@@ -106,7 +106,7 @@ fn ensure_worktree_creates_branch_and_worktree_and_leaves_the_user_alone() {
     );
     assert_eq!(
         fs::read_to_string(project.join(".orchestrator/.gitignore")).unwrap(),
-        "*\n"
+        "*\n!policy.yaml\n"
     );
     git(
         project,
