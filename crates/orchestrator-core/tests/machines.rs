@@ -240,11 +240,11 @@ fn stage_table() -> Vec<StageRow> {
         (S::Queued, E::Pause, S::Paused, &[F::CancelJob]),
         (S::Paused, E::Resume { step: 1 }, S::Queued, NEXT),
         (S::Paused, E::Cancel, S::Cancelled, CANCELLED),
-        // Yielding at a checkpoint keeps the queued job (pinned to the
-        // agent with the worktree), so it neither enqueues nor cancels;
-        // starting again needs no new job either.
-        (S::Queued, E::Yield, S::Suspended, &[]),
-        (S::Suspended, E::Started, S::Running, &[]),
+        // Yielding at a checkpoint withdraws the step just queued; once the
+        // work it yielded to is placed, the same step is queued again
+        // (pinned to the agent with the worktree).
+        (S::Queued, E::Yield, S::Suspended, &[F::CancelJob]),
+        (S::Suspended, E::Resume { step: 1 }, S::Queued, NEXT),
         (S::Suspended, E::Pause, S::Paused, &[F::CancelJob]),
         (S::Suspended, E::Cancel, S::Cancelled, CANCELLED),
     ];
@@ -349,15 +349,15 @@ fn a_stage_waiting_for_a_human_holds_no_job() {
 }
 
 #[test]
-fn a_suspended_stage_only_waits_to_start_again() {
-    // It holds no job of its own beyond the queued step: nothing runs, so
-    // nothing can succeed, fail, ask or yield a second time.
+fn a_suspended_stage_only_waits_to_be_resumed() {
+    // It holds no job: nothing runs, so nothing can start, succeed, fail,
+    // ask or yield a second time.
     for e in [
         StageEvent::Yield,
+        StageEvent::Started,
         StageEvent::StepFailed,
         StageEvent::NeedsMet,
         StageEvent::UpstreamFailed,
-        StageEvent::Resume { step: 1 },
         StageEvent::StepSucceeded {
             step: 0,
             after: A::Step(1),
@@ -371,10 +371,20 @@ fn a_suspended_stage_only_waits_to_start_again() {
     for s in [S::Pending, S::Running, S::Paused, S::AwaitingApproval] {
         assert!(stage_on(s, ATTEMPT, StageEvent::Yield).is_err(), "{s}");
     }
-    // Queued, suspended, started: the round trip changes nothing else.
+    // Queued, suspended, resumed: the same step is queued again, same attempt.
     let (s, e1) = stage_on(S::Queued, ATTEMPT, StageEvent::Yield).unwrap();
-    let (s, e2) = stage_on(s, ATTEMPT, StageEvent::Started).unwrap();
-    assert_eq!((s, e1, e2), (S::Running, vec![], vec![]));
+    let (s, e2) = stage_on(s, ATTEMPT, StageEvent::Resume { step: 3 }).unwrap();
+    assert_eq!(
+        (s, e1, e2),
+        (
+            S::Queued,
+            vec![StageEffect::CancelJob],
+            vec![StageEffect::EnqueueStep {
+                step: 3,
+                attempt: ATTEMPT
+            }]
+        )
+    );
 }
 
 #[test]
