@@ -95,8 +95,8 @@ pub fn run(d: &RunDetail) {
     }
     println!();
     println!(
-        "{:<24} {:<17} {:>7} {:>8} {:>12}  NEEDS",
-        "STAGE", "STATE", "STEP", "ATTEMPT", "DURATION"
+        "{:<24} {:<17} {:>7} {:>8} {:>12}  {:<13} NEEDS",
+        "STAGE", "STATE", "STEP", "ATTEMPT", "DURATION", "AGENT"
     );
     let critical: std::collections::HashSet<&str> =
         d.plan.critical_path.iter().map(String::as_str).collect();
@@ -107,7 +107,7 @@ pub fn run(d: &RunDetail) {
             " "
         };
         println!(
-            "{mark}{:<23} {:<17} {:>7} {:>8} {:>12}  {}",
+            "{mark}{:<23} {:<17} {:>7} {:>8} {:>12}  {:<13} {}",
             s.stage_id,
             s.state.as_str(),
             // Steps reached so far: none for a stage that never started.
@@ -122,6 +122,7 @@ pub fn run(d: &RunDetail) {
             ),
             s.attempt,
             span(s.started_at_ms, s.ended_at_ms),
+            s.agent_id.as_deref().unwrap_or("-"),
             s.needs.join(", "),
         );
     }
