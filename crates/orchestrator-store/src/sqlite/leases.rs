@@ -246,7 +246,7 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
         format!("step {} running on agent {agent_id}", spec.step),
         &actor,
     )?;
-    preempt::release_yielders(ctx, job_id, &format!("agent {agent_id}"))?;
+    preempt::release_yielders(ctx, job_id, &format!("on agent {agent_id}"))?;
     Ok(Some(ClaimedJob {
         job_id,
         lease_id,
