@@ -114,7 +114,7 @@ fn a_step_that_fits_nowhere_yet_waits_with_the_momentary_reasons_only() {
         describe(&v, 5),
         [
             "waits for capacity on 2 agents:",
-            "  agent busy: all 1 slots in use",
+            "  agent busy: its only slot is in use",
             "  agent full: needs 4 GiB memory, 0 MiB free",
         ]
     );
@@ -122,8 +122,8 @@ fn a_step_that_fits_nowhere_yet_waits_with_the_momentary_reasons_only() {
         describe(&v, 1),
         [
             "waits for capacity on 2 agents:",
-            "  agent busy: all 1 slots in use",
-            "  ... and 1 more agents",
+            "  agent busy: its only slot is in use",
+            "  ... and 1 more agent",
         ]
     );
 }

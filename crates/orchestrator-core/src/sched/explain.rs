@@ -69,7 +69,11 @@ pub fn describe(v: &Verdict, max: usize) -> Vec<String> {
             .map(|(a, m)| format!("  agent {a}: {m}"))
             .collect();
         if items.len() > max {
-            lines.push(format!("  ... and {} more agents", items.len() - max));
+            let more = items.len() - max;
+            lines.push(format!(
+                "  ... and {more} more agent{}",
+                if more == 1 { "" } else { "s" }
+            ));
         }
         lines
     };

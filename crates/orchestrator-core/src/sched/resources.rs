@@ -266,6 +266,8 @@ impl fmt::Display for Misfit {
         };
         match self {
             Misfit::Label { label } => write!(f, "lacks label {label:?}"),
+            Misfit::Slots { total: 0 } => f.write_str("has no slots"),
+            Misfit::Slots { total: 1 } => f.write_str("its only slot is in use"),
             Misfit::Slots { total } => write!(f, "all {total} slots in use"),
             Misfit::Memory { need, free, total } if need > total => write!(
                 f,
