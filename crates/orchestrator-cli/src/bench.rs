@@ -7,6 +7,8 @@
 //! - W2: a chain of N stages, each needing the previous one (default 200).
 //! - W3: L layers of W stages, every stage needing every stage of the layer
 //!   before (default 20 × 50).
+//! - sched (only when asked for): the store's dispatch path alone, in
+//!   process; see `bench_sched`.
 
 use std::fmt::Write as _;
 use std::process::{Command, ExitCode, Stdio};
@@ -24,12 +26,14 @@ use crate::view::{self, Output};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Workloads to run (w1, w2, w3).
+    /// Workloads to run (w1, w2, w3, sched). `sched` takes minutes, so it
+    /// runs only when named.
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3")]
     pub workloads: Vec<String>,
-    /// Times each workload runs; medians are reported.
-    #[arg(long, default_value_t = 3)]
-    pub repeat: usize,
+    /// Times each workload runs; medians are reported. Default: 3 for w1,
+    /// w2 and w3, 1 for sched.
+    #[arg(long)]
+    pub repeat: Option<usize>,
     /// Agent slots (the parallelism).
     #[arg(long, default_value_t = 2)]
     pub slots: u32,
@@ -50,9 +54,31 @@ pub struct BenchArgs {
     /// filesystem, to tell the store's costs from the bundles'.
     #[arg(long)]
     pub project_dir: Option<std::path::PathBuf>,
+    /// Jobs the sched workload queues before dispatch starts.
+    #[arg(long, default_value_t = 100_000)]
+    pub sched_jobs: usize,
+    /// Simulated agents of the sched workload (70% CPU, 20% big, 10% GPU).
+    #[arg(long, default_value_t = 1000)]
+    pub sched_agents: usize,
+    /// Runs the sched workload's jobs are spread over, priorities 0 to 9 in
+    /// turn; each run is one workflow of jobs/runs independent stages.
+    #[arg(long, default_value_t = 100)]
+    pub sched_runs: usize,
+    /// Milliseconds between the sched workload's pre-emption passes, as
+    /// the daemon's tick; 0 runs none.
+    #[arg(long, default_value_t = 250)]
+    pub sched_preempt_ms: u64,
     /// Output format: text for people, json for programs.
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
+}
+
+/// What `-o json` prints: one object per workload, each naming its workload.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum AnyRow<'a> {
+    Path(&'a Row),
+    Sched(&'a crate::bench_sched::SchedRow),
 }
 
 #[derive(Serialize)]
@@ -119,7 +145,7 @@ fn workloads(a: &BenchArgs) -> Result<Vec<Workload>> {
         .and_then(|(l, w)| Some((l.parse::<usize>().ok()?, w.parse::<usize>().ok()?)))
         .ok_or_else(|| anyhow::anyhow!("--w3 {:?}: expected LAYERSxWIDTH such as 20x50", a.w3))?;
     let mut out = Vec::new();
-    for name in &a.workloads {
+    for name in a.workloads.iter().filter(|w| *w != "sched") {
         let mut y = format!("name: bench-{name}\nstages:\n");
         let wl = match name.as_str() {
             "w1" => {
@@ -167,7 +193,7 @@ fn workloads(a: &BenchArgs) -> Result<Vec<Workload>> {
                     layers: vec![w; l],
                 }
             }
-            other => bail!("unknown workload {other:?}: expected w1, w2 or w3"),
+            other => bail!("unknown workload {other:?}: expected w1, w2, w3 or sched"),
         };
         out.push(wl);
     }
@@ -225,7 +251,7 @@ fn baseline(layers: &[usize], slots: u32, bundles: Option<&std::path::Path>) -> 
     Ok(start.elapsed().as_secs_f64())
 }
 
-fn median(v: &[f64]) -> f64 {
+pub(crate) fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     if s.is_empty() {
@@ -239,6 +265,7 @@ fn median(v: &[f64]) -> f64 {
 
 pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
     let wls = workloads(&a)?;
+    let sched = a.workloads.iter().any(|w| w == "sched");
     let root = match &a.dir {
         Some(d) => {
             let d = d.join(format!("orch-bench-{}", std::process::id()));
@@ -247,6 +274,51 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
         }
         None => tempfile_dir()?,
     };
+    let rows = if wls.is_empty() {
+        Vec::new()
+    } else {
+        full_path(&a, &wls, &root).await?
+    };
+    let sched_row = if sched {
+        let o = crate::bench_sched::SchedOpts {
+            jobs: a.sched_jobs,
+            agents: a.sched_agents,
+            runs: a.sched_runs,
+            preempt_ms: a.sched_preempt_ms,
+            repeat: a.repeat.unwrap_or(1),
+        };
+        Some(crate::bench_sched::run(&o, &root).await?)
+    } else {
+        None
+    };
+    let _ = std::fs::remove_dir_all(&root);
+    match a.output {
+        Output::Json if sched_row.is_none() => view::json(&rows)?,
+        Output::Json => {
+            let all: Vec<AnyRow<'_>> = rows
+                .iter()
+                .map(AnyRow::Path)
+                .chain(sched_row.iter().map(AnyRow::Sched))
+                .collect();
+            view::json(&all)?
+        }
+        Output::Text => {
+            if !rows.is_empty() {
+                print_rows(&a, &rows);
+            }
+            if let Some(r) = &sched_row {
+                if !rows.is_empty() {
+                    println!();
+                }
+                crate::bench_sched::print(r);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// W1–W3 through the daemon and an agent over loopback HTTP.
+async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> Result<Vec<Row>> {
     let data = root.join("data");
     let project = match &a.project_dir {
         Some(p) => p.join(format!("orch-bench-project-{}", std::process::id())),
@@ -263,12 +335,12 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
     let embedded = crate::up::Embedded::start(&data, agent, false).await?;
     let client = &embedded.client;
     let mut rows = Vec::new();
-    for wl in &wls {
+    for wl in wls {
         let file = project.join(format!("{}.yaml", wl.name.split(' ').next().unwrap_or("w")));
         std::fs::write(&file, &wl.yaml)?;
         let (mut o, mut b, mut f) = (Vec::new(), Vec::new(), Vec::new());
         let before = store_counters(client).await?;
-        for i in 0..a.repeat.max(1) {
+        for i in 0..a.repeat.unwrap_or(3).max(1) {
             let (layers, slots) = (wl.layers.clone(), a.slots);
             b.push(tokio::task::spawn_blocking(move || baseline(&layers, slots, None)).await??);
             let (layers, floor) = (
@@ -311,48 +383,45 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
         });
     }
     embedded.stop().await?;
-    let _ = std::fs::remove_dir_all(&root);
     let _ = std::fs::remove_dir_all(&project);
-    match a.output {
-        Output::Json => view::json(&rows)?,
-        Output::Text => {
-            println!(
-                "{} cores, {} slots, {} repeats (medians)",
-                std::thread::available_parallelism().map_or(0, |n| n.get()),
-                a.slots,
-                a.repeat
-            );
-            println!(
-                "{:<16} {:>6} {:>11} {:>13} {:>10} {:>8} {:>7}",
-                "WORKLOAD", "TASKS", "SPAWN t/s", "+BUNDLE t/s", "ORCH t/s", "ms/task", "RATIO"
-            );
-            for r in &rows {
-                println!(
-                    "{:<16} {:>6} {:>11.0} {:>13.0} {:>10.0} {:>8.2} {:>6.0}%",
-                    r.workload,
-                    r.tasks,
-                    r.baseline_tasks_per_s,
-                    r.bundle_floor_tasks_per_s,
-                    r.orch_tasks_per_s,
-                    r.orch_ms_per_task,
-                    r.ratio_to_baseline * 100.0
-                );
-            }
-            println!("SPAWN: /bin/true spawned directly; +BUNDLE: the same, each writing a bundle's files; RATIO: ORCH / SPAWN");
-            println!();
-            println!(
-                "{:<16} {:>14} {:>17} {:>11}",
-                "STORE", "commits/task", "commands/commit", "commit ms"
-            );
-            for r in &rows {
-                println!(
-                    "{:<16} {:>14.2} {:>17.2} {:>11.3}",
-                    r.workload, r.commits_per_task, r.commands_per_commit, r.commit_ms
-                );
-            }
-        }
+    Ok(rows)
+}
+
+fn print_rows(a: &BenchArgs, rows: &[Row]) {
+    println!(
+        "{} cores, {} slots, {} repeats (medians)",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        a.slots,
+        a.repeat.unwrap_or(3)
+    );
+    println!(
+        "{:<16} {:>6} {:>11} {:>13} {:>10} {:>8} {:>7}",
+        "WORKLOAD", "TASKS", "SPAWN t/s", "+BUNDLE t/s", "ORCH t/s", "ms/task", "RATIO"
+    );
+    for r in rows {
+        println!(
+            "{:<16} {:>6} {:>11.0} {:>13.0} {:>10.0} {:>8.2} {:>6.0}%",
+            r.workload,
+            r.tasks,
+            r.baseline_tasks_per_s,
+            r.bundle_floor_tasks_per_s,
+            r.orch_tasks_per_s,
+            r.orch_ms_per_task,
+            r.ratio_to_baseline * 100.0
+        );
     }
-    Ok(ExitCode::SUCCESS)
+    println!("SPAWN: /bin/true spawned directly; +BUNDLE: the same, each writing a bundle's files; RATIO: ORCH / SPAWN");
+    println!();
+    println!(
+        "{:<16} {:>14} {:>17} {:>11}",
+        "STORE", "commits/task", "commands/commit", "commit ms"
+    );
+    for r in rows {
+        println!(
+            "{:<16} {:>14.2} {:>17.2} {:>11.3}",
+            r.workload, r.commits_per_task, r.commands_per_commit, r.commit_ms
+        );
+    }
 }
 
 fn tempfile_dir() -> Result<std::path::PathBuf> {

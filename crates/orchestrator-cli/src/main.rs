@@ -4,6 +4,7 @@
 //! `plan`, `schema`), and measures the whole path (`bench`).
 
 mod bench;
+mod bench_sched;
 mod client;
 mod explain;
 mod human;
