@@ -80,10 +80,19 @@ pub fn explain(
 ) -> Result<Explanation> {
     let row: Option<RunRow> = conn
         .prepare_cached(
-            "SELECT state, project_dir, priority, priority_why, limits, hold, spec FROM runs WHERE id = ?1",
+            "SELECT r.state, r.project_dir, r.priority, r.priority_why, r.limits, r.hold, s.spec
+             FROM runs r JOIN run_specs s ON s.run_id = r.id WHERE r.id = ?1",
         )?
         .query_row([run_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+            ))
         })
         .optional()?;
     let Some((state, project, priority, why, limits, hold, spec)) = row else {

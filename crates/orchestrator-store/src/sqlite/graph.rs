@@ -40,7 +40,7 @@ pub(super) fn workflow(ctx: &mut Ctx<'_>, run_id: &str) -> Result<Arc<Workflow>>
     }
     let spec: String = ctx
         .conn
-        .prepare_cached("SELECT spec FROM runs WHERE id = ?1")?
+        .prepare_cached("SELECT spec FROM run_specs WHERE run_id = ?1")?
         .query_row([run_id], |r| r.get(0))
         .optional()?
         .ok_or_else(|| StoreError::NotFound {
@@ -77,15 +77,14 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
     };
     ctx.conn
         .prepare_cached(
-            "INSERT INTO runs (id, workflow, project_dir, spec, spec_hash, state, priority, stages_total, created_at, base_commit,
+            "INSERT INTO runs (id, workflow, project_dir, spec_hash, state, priority, stages_total, created_at, base_commit,
                                suggested_priority, priority_why, limits, clock, hold)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?9, ?14)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?8, ?13)",
         )?
         .execute(params![
             run_id,
             wf.name,
             run.project_dir,
-            spec,
             hash,
             state.as_str(),
             eff.value,
@@ -97,6 +96,9 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
             to_json(&limits)?,
             hold
         ])?;
+    ctx.conn
+        .prepare_cached("INSERT INTO run_specs (run_id, spec) VALUES (?1, ?2)")?
+        .execute(params![run_id, spec])?;
     let mut reason = format!(
         "submitted workflow {} ({} stages, spec sha256 {}); priority {eff}",
         wf.name,

@@ -84,7 +84,9 @@ pub fn inbox(conn: &Connection) -> Result<Vec<InboxItem>> {
             return Ok(x.clone());
         }
         let (name, spec): (String, String) = conn
-            .prepare_cached("SELECT workflow, spec FROM runs WHERE id = ?1")?
+            .prepare_cached(
+                "SELECT r.workflow, s.spec FROM runs r JOIN run_specs s ON s.run_id = r.id WHERE r.id = ?1",
+            )?
             .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let wf: Workflow = serde_json::from_str(&spec)
             .map_err(|e| StoreError::Database(format!("run {run_id}: {e}")))?;

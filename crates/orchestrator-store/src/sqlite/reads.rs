@@ -94,7 +94,9 @@ pub fn resolve_run(conn: &Connection, id: &str) -> Result<String> {
 
 pub fn run_detail(conn: &Connection, id: &str) -> Result<RunDetail> {
     let id = resolve_run(conn, id)?;
-    let sql = format!("SELECT {RUN_COLS}, spec FROM runs WHERE id = ?1");
+    let sql = format!(
+        "SELECT {RUN_COLS}, (SELECT spec FROM run_specs WHERE run_id = runs.id) FROM runs WHERE id = ?1"
+    );
     let (run, spec): (RunSummary, String) = conn
         .prepare_cached(&sql)?
         .query_row([&id], |r| Ok((run_summary(r)?, r.get(12)?)))?;
