@@ -192,16 +192,19 @@ fn never_fits(ctx: &Ctx<'_>, wf: &Workflow) -> Result<Vec<String>> {
         }
     }
     let mut out = Vec::new();
+    let mut judged: BTreeMap<Needs, Vec<String>> = BTreeMap::new();
     for st in &wf.stages {
         let needs = Needs::of_stage(st);
-        let reasons: Vec<String> = caps
-            .iter()
-            .filter_map(|(id, c)| {
-                could_ever_fit(&needs, c)
-                    .err()
-                    .map(|m| format!("agent {id} {m}"))
-            })
-            .collect();
+        // Wide workflows repeat a few shapes many times: judge each once.
+        let reasons = judged.entry(needs.clone()).or_insert_with(|| {
+            caps.iter()
+                .filter_map(|(id, c)| {
+                    could_ever_fit(&needs, c)
+                        .err()
+                        .map(|m| format!("agent {id} {m}"))
+                })
+                .collect::<Vec<String>>()
+        });
         if reasons.len() == caps.len() {
             let shown: Vec<&str> = reasons.iter().take(5).map(String::as_str).collect();
             out.push(format!(
