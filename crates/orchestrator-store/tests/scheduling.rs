@@ -649,3 +649,32 @@ async fn a_lost_attempt_unpins_its_stage_so_any_agent_can_restart_it() {
         (r.run_id.as_str(), 2)
     );
 }
+
+#[tokio::test]
+async fn a_stage_on_its_last_step_is_not_asked_to_yield() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, SystemRules::default());
+    let a = agent(&s, "a", 1, 1024, &[]).await;
+    s.submit_run(run(
+        &stages(&[("once", "")]),
+        "/p",
+        Some(1),
+        Default::default(),
+    ))
+    .await
+    .unwrap();
+    let j = claim(&s, &a).await.unwrap();
+    let high = s
+        .submit_run(run(
+            &stages(&[("urgent", "")]),
+            "/p",
+            Some(9),
+            Default::default(),
+        ))
+        .await
+        .unwrap();
+    // Its slot frees at its checkpoint anyway: asking would change nothing.
+    assert_eq!(s.preempt(TTL).await.unwrap(), 0);
+    done(&s, &a, &j).await;
+    assert_eq!(claim(&s, &a).await.unwrap().spec.run_id, high.run_id);
+}

@@ -97,7 +97,9 @@ pub fn preempt(ctx: &mut Ctx<'_>, online_ms: u64) -> Result<usize> {
     Ok(asked)
 }
 
-/// Online agents with their running jobs.
+/// Online agents with their running jobs. A job running its stage's last
+/// step frees its place at its checkpoint anyway: it counts as yielding, so
+/// nobody asks it to and the planner counts on what it frees.
 fn agent_states(ctx: &Ctx<'_>, online_ms: u64) -> Result<Vec<AgentState>> {
     let since = ctx.now - online_ms as i64;
     let mut agents: Vec<AgentState> = ctx
@@ -131,7 +133,8 @@ fn agent_states(ctx: &Ctx<'_>, online_ms: u64) -> Result<Vec<AgentState>> {
     let running: Vec<(String, RunningJob)> = ctx
         .conn
         .prepare_cached(
-            "SELECT l.agent_id, j.id, j.run_id, j.stage_id, j.priority, j.granted, s.yield_job IS NOT NULL
+            "SELECT l.agent_id, j.id, j.run_id, j.stage_id, j.priority, j.granted,
+                    s.yield_job IS NOT NULL OR j.step + 1 >= s.steps_total
              FROM leases l JOIN jobs j ON j.id = l.job_id
              JOIN stage_runs s ON s.run_id = j.run_id AND s.stage_id = j.stage_id
              WHERE l.state = 'active' ORDER BY j.id",
