@@ -58,6 +58,9 @@ states!(
         Running = "running",
         /// Held at a checkpoint because its run is paused; holds no slot.
         Paused = "paused",
+        /// Its attempt was lost to an infrastructure failure; the next
+        /// attempt starts from step 0 once its backoff has passed. Holds no slot.
+        Retrying = "retrying",
         /// Yielded at a checkpoint to higher-priority work; holds no slot.
         /// Once that work is placed, its next step is queued again, pinned
         /// to the agent that holds its worktree.
@@ -177,9 +180,11 @@ pub enum StageEvent {
     StepSucceeded { step: u32, after: After, gate: Gate },
     /// The current step failed.
     StepFailed,
-    /// The attempt was lost (lease expired, agent gone): restart from step 0,
-    /// unless `attempt` already reached `max_attempts`.
+    /// The attempt was lost (lease expired, agent gone): retry from step 0
+    /// after a backoff, unless `attempt` already reached `max_attempts`.
     AttemptLost { attempt: u32, max_attempts: u32 },
+    /// A retrying stage's backoff has passed: its next attempt starts.
+    RetryDue,
     /// A stage it needs failed or was blocked.
     UpstreamFailed,
     /// Its run was paused: a stage at a checkpoint (its next step queued,
@@ -222,6 +227,8 @@ pub enum StageEffect {
     AwaitHuman { resume: Option<u32> },
     /// Close the stage's open questions: nobody can answer them any more.
     CloseQuestions,
+    /// Wait out the backoff before attempt `attempt`, which starts at step 0.
+    AwaitRetry { attempt: u32 },
 }
 
 /// The stage machine. `attempt` is the stage's current attempt (1-based).
@@ -303,15 +310,12 @@ pub fn stage_on(
             if a >= max_attempts {
                 (S::Failed, vec![F::BlockDependents, F::StageEnded])
             } else {
-                (
-                    S::Queued,
-                    vec![F::EnqueueStep {
-                        step: 0,
-                        attempt: a + 1,
-                    }],
-                )
+                (S::Retrying, vec![F::AwaitRetry { attempt: a + 1 }])
             }
         }
+        (S::Retrying, E::RetryDue) => (S::Queued, vec![F::EnqueueStep { step: 0, attempt }]),
+        // Nothing runs while it waits: pausing holds it at step 0.
+        (S::Retrying, E::Pause) => (S::Paused, vec![]),
         (S::Pending, E::UpstreamFailed) => (S::Blocked, vec![F::BlockDependents, F::StageEnded]),
         // The queued job has not started: withdrawing it loses nothing.
         (S::Queued | S::Suspended, E::Pause) => (S::Paused, vec![F::CancelJob]),
@@ -319,7 +323,13 @@ pub fn stage_on(
             (S::Queued, vec![F::EnqueueStep { step, attempt }])
         }
         (
-            S::Pending | S::Queued | S::Running | S::Paused | S::Suspended | S::AwaitingApproval,
+            S::Pending
+            | S::Queued
+            | S::Running
+            | S::Paused
+            | S::Suspended
+            | S::Retrying
+            | S::AwaitingApproval,
             E::Cancel,
         ) => (S::Cancelled, vec![F::CancelJob, F::StageEnded]),
         (S::AwaitingInput, E::Cancel) => (S::Cancelled, vec![F::CloseQuestions, F::StageEnded]),

@@ -57,6 +57,7 @@ fn stage_events() -> Vec<StageEvent> {
             attempt: MAX + 1,
             max_attempts: MAX,
         },
+        E::RetryDue,
         E::UpstreamFailed,
         E::Pause,
         E::Resume { step: 1 },
@@ -76,6 +77,7 @@ fn stage_events() -> Vec<StageEvent> {
             | E::StepSucceeded { .. }
             | E::StepFailed
             | E::AttemptLost { .. }
+            | E::RetryDue
             | E::UpstreamFailed
             | E::Pause
             | E::Resume { .. }
@@ -247,27 +249,29 @@ fn stage_table() -> Vec<StageRow> {
         (S::Suspended, E::Resume { step: 1 }, S::Queued, NEXT),
         (S::Suspended, E::Pause, S::Paused, &[F::CancelJob]),
         (S::Suspended, E::Cancel, S::Cancelled, CANCELLED),
-    ];
-    // A lost attempt, whether its job was still queued, suspended or already
-    // running: restart from step 0 with the next attempt, or fail at the limit.
-    for from in [S::Queued, S::Running, S::Suspended] {
-        rows.push((
-            from,
-            lost(1),
+        // The backoff over, the attempt (already counted) starts at step 0.
+        (
+            S::Retrying,
+            E::RetryDue,
             S::Queued,
             &[F::EnqueueStep {
                 step: 0,
-                attempt: 2,
+                attempt: ATTEMPT,
             }],
-        ));
+        ),
+        (S::Retrying, E::Pause, S::Paused, &[]),
+        (S::Retrying, E::Cancel, S::Cancelled, CANCELLED),
+    ];
+    // A lost attempt, whether its job was still queued, suspended or already
+    // running: wait out a backoff before the next attempt (from step 0), or
+    // fail at the limit.
+    for from in [S::Queued, S::Running, S::Suspended] {
+        rows.push((from, lost(1), S::Retrying, &[F::AwaitRetry { attempt: 2 }]));
         rows.push((
             from,
             lost(MAX - 1),
-            S::Queued,
-            &[F::EnqueueStep {
-                step: 0,
-                attempt: MAX,
-            }],
+            S::Retrying,
+            &[F::AwaitRetry { attempt: MAX }],
         ));
         rows.push((from, lost(MAX), S::Failed, ENDED_BADLY));
         rows.push((from, lost(MAX + 1), S::Failed, ENDED_BADLY));
@@ -455,7 +459,7 @@ proptest! {
         if attempt >= max_attempts {
             prop_assert_eq!(got, (S::Failed, vec![F::BlockDependents, F::StageEnded]));
         } else {
-            prop_assert_eq!(got, (S::Queued, vec![F::EnqueueStep { step: 0, attempt: attempt + 1 }]));
+            prop_assert_eq!(got, (S::Retrying, vec![F::AwaitRetry { attempt: attempt + 1 }]));
         }
     }
 }
@@ -703,7 +707,7 @@ macro_rules! assert_names_round_trip {
 #[test]
 fn every_stage_state_name_round_trips() {
     assert_names_round_trip!(StageState);
-    assert_eq!(StageState::ALL.len(), 11);
+    assert_eq!(StageState::ALL.len(), 12);
 }
 
 #[test]

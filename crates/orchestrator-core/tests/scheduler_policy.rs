@@ -576,3 +576,41 @@ fn system_rules_read_every_field_and_refuse_values_that_make_no_sense() {
     }
     assert!(parse_system_rules("aging: 1ms\n", "rules.yaml").is_ok());
 }
+
+#[test]
+fn a_stage_may_lower_the_systems_retry_attempts_but_never_raise_them() {
+    use orchestrator_core::error::Backoff;
+    use orchestrator_core::spec::Retry;
+    let rules = orchestrator_core::sched::parse_system_rules(
+        "retry: {attempts: 3, initial: 2s}\n",
+        "rules.yaml",
+    )
+    .unwrap();
+    let (n, b) = rules.retry_of(None);
+    assert_eq!(n, 3);
+    assert_eq!(
+        b,
+        Backoff {
+            initial_ms: 2000,
+            ..Backoff::default()
+        }
+    );
+    let lower = Retry {
+        attempts: Some(2),
+        factor: Some(5),
+        ..Default::default()
+    };
+    assert_eq!(rules.retry_of(Some(&lower)).0, 2);
+    assert_eq!(rules.retry_of(Some(&lower)).1.factor, 5);
+    let higher = Retry {
+        attempts: Some(5),
+        ..Default::default()
+    };
+    assert_eq!(rules.retry_of(Some(&higher)).0, 3, "the system's 3 holds");
+    assert_eq!(
+        orchestrator_core::sched::SystemRules::default()
+            .retry_of(None)
+            .0,
+        5
+    );
+}

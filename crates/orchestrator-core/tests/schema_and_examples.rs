@@ -137,6 +137,12 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         estimate: Some(DurationSpec::from_secs(3)),
         env: BTreeMap::from([("B".into(), "2".into())]),
         steps: vec![step],
+        retry: Some(orchestrator_core::spec::Retry {
+            attempts: Some(3),
+            initial: Some(DurationSpec::from_secs(1)),
+            factor: Some(2),
+            max: Some(DurationSpec::from_secs(30)),
+        }),
         repeat: Some(Repeat {
             max: 2,
             until: Some(cmd),

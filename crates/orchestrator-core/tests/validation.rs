@@ -1323,3 +1323,26 @@ fn a_size_in_bytes_or_below_zero_is_refused_naming_the_field() {
         assert_eq!(err.line, Some(line_of(&text, "resources")), "{err}");
     }
 }
+
+#[test]
+fn retry_may_lower_the_system_attempts_never_raise_them() {
+    let ok = "name: w\nstages:\n  - id: a\n    retry: {attempts: 3, initial: 2s, factor: 3, max: 1m}\n    steps: [{commands: [{argv: [x]}]}]\n";
+    let wf = parses(ok);
+    let r = wf.stages[0].retry.clone().unwrap();
+    assert_eq!(r.attempts, Some(3));
+    let bad = "name: w\nstages:\n  - id: a\n    retry: {attempts: 9, factor: 0, initial: 2m, max: 1m}\n    steps: [{commands: [{argv: [x]}]}]\n";
+    let errs = orchestrator_core::parse_workflow(bad, Some("wf.yaml")).unwrap_err();
+    let text = errs.to_string();
+    assert!(
+        text.contains("stages[0].retry.attempts: 9: expected 1 to 5"),
+        "{text}"
+    );
+    assert!(
+        text.contains("stages[0].retry.factor: 0: expected 1 to 100"),
+        "{text}"
+    );
+    assert!(
+        text.contains("stages[0].retry.initial: 2m is longer than max 1m"),
+        "{text}"
+    );
+}

@@ -176,12 +176,15 @@ pub trait Store: Send + Sync + 'static {
         agent_id: &str,
         lease_ids: Vec<i64>,
     ) -> impl Future<Output = Result<Vec<i64>>> + Send;
-    /// Expires every active lease whose time ran out before `now_ms`; returns how many.
+    /// Expires every active lease whose time ran out before `now_ms` and
+    /// starts the next attempt of every stage whose backoff has passed;
+    /// returns how many leases expired.
     fn expire_leases(&self, now_ms: i64) -> impl Future<Output = Result<usize>> + Send;
     /// Gives every active lease `grace_ms` more, so agents can reach a daemon
     /// that just restarted before their leases are judged.
     fn resume(&self, grace_ms: u64) -> impl Future<Output = Result<usize>> + Send;
-    /// The earliest expiry among active leases.
+    /// The earliest moment the reaper has work: a lease expiry or the end
+    /// of a stage's backoff.
     fn next_lease_expiry(&self) -> impl Future<Output = Result<Option<i64>>> + Send;
 
     fn list_runs(&self, limit: u32) -> impl Future<Output = Result<Vec<RunSummary>>> + Send;

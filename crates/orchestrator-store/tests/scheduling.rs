@@ -678,3 +678,52 @@ async fn a_stage_on_its_last_step_is_not_asked_to_yield() {
     done(&s, &a, &j).await;
     assert_eq!(claim(&s, &a).await.unwrap().spec.run_id, high.run_id);
 }
+
+#[tokio::test]
+async fn a_lost_attempt_waits_out_its_backoff_then_starts_again_from_step_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, SystemRules::default());
+    let a = agent(&s, "a", 1, 1024, &[]).await;
+    let yaml = "name: w\nstages:\n  - id: x\n    retry: {attempts: 2, initial: 10s, max: 10s}\n    steps: [{commands: [{argv: [x]}]}, {commands: [{argv: [y]}]}]\n";
+    let r = s
+        .submit_run(run(yaml, "/p", None, Default::default()))
+        .await
+        .unwrap();
+    let j = claim(&s, &a).await.unwrap();
+    done(&s, &a, &j).await;
+    // A lease of 1 ms runs out at once; the next attempt then waits 5 to
+    // 10 s (half fixed, half jitter).
+    let j1 = s.claim(&a, 1).await.unwrap().unwrap();
+    assert_eq!(j1.spec.step, 1);
+    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    assert_eq!(
+        s.expire_leases(orchestrator_store::now_ms()).await.unwrap(),
+        1
+    );
+    assert_eq!(stage_state(&s, &r.run_id, "x").await, StageState::Retrying);
+    assert!(
+        claim(&s, &a).await.is_none(),
+        "nothing to run during the backoff"
+    );
+    let e = s.explain(&r.run_id, Some("x".into()), TTL).await.unwrap();
+    assert!(
+        e.stages[0].lines[0].contains("attempt 2 starts from step 0"),
+        "{:?}",
+        e.stages[0].lines
+    );
+    let due = s.next_lease_expiry().await.unwrap().unwrap();
+    let wait = due - orchestrator_store::now_ms();
+    assert!((4_000..=10_500).contains(&wait), "backoff of {wait} ms");
+    s.expire_leases(due).await.unwrap();
+    let again = claim(&s, &a).await.unwrap();
+    assert_eq!((again.spec.step, again.spec.attempt), (0, 2));
+    // The workflow allows 2 attempts: the second loss fails the stage.
+    s.expire_leases(again.lease_expires_at_ms + 1)
+        .await
+        .unwrap();
+    assert_eq!(stage_state(&s, &r.run_id, "x").await, StageState::Failed);
+    assert_eq!(
+        s.run_detail(&r.run_id).await.unwrap().run.state,
+        RunState::Failed
+    );
+}

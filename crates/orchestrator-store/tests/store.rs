@@ -13,7 +13,11 @@ use orchestrator_store::{NewRun, SqliteStore, Store, StoreError, StoreOptions};
 const TTL: u64 = 30_000;
 
 fn open(dir: &tempfile::TempDir) -> SqliteStore {
-    SqliteStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap()
+    let mut o = StoreOptions::new(dir.path().join("orch.db"));
+    // Lost attempts start again at once here; `scheduling.rs` covers backoff.
+    o.rules = orchestrator_core::sched::parse_system_rules("retry: {initial: 0s}\n", "rules.yaml")
+        .unwrap();
+    SqliteStore::open(o).unwrap()
 }
 
 fn new_run(yaml: &str) -> NewRun {

@@ -96,6 +96,14 @@ pub struct SystemRules {
     /// starves.
     #[serde(default = "default_aging")]
     pub aging: DurationSpec,
+    /// Retries after infrastructure failures, for stages that say nothing:
+    /// `attempts` caps every stage's, the backoff is the default one.
+    #[serde(default, skip_serializing_if = "is_default_retry")]
+    pub retry: crate::spec::Retry,
+}
+
+fn is_default_retry(r: &crate::spec::Retry) -> bool {
+    *r == crate::spec::Retry::default()
 }
 
 /// Priorities are clamped into this range unless the rules say otherwise.
@@ -121,11 +129,30 @@ impl Default for SystemRules {
             reserve: None,
             agent_max_slots: None,
             aging: default_aging(),
+            retry: crate::spec::Retry::default(),
         }
     }
 }
 
 impl SystemRules {
+    /// The attempts and backoff of a stage that says `stage` (None: nothing).
+    /// The stage may lower the system's attempts, never raise them.
+    pub fn retry_of(&self, stage: Option<&crate::spec::Retry>) -> (u32, crate::error::Backoff) {
+        let system = self
+            .retry
+            .attempts
+            .unwrap_or(crate::error::MAX_INFRA_ATTEMPTS)
+            .min(crate::error::MAX_INFRA_ATTEMPTS);
+        let base = self.retry.backoff(crate::error::Backoff::default());
+        match stage {
+            Some(r) => (
+                r.attempts.map_or(system, |a| a.min(system)).max(1),
+                r.backoff(base),
+            ),
+            None => (system.max(1), base),
+        }
+    }
+
     /// The slots an agent that declares `declared` may use.
     pub fn agent_slots(&self, declared: u32) -> u32 {
         self.agent_max_slots.map_or(declared, |m| declared.min(m))

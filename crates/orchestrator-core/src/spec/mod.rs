@@ -67,6 +67,10 @@ pub struct Stage {
     pub env: BTreeMap<String, String>,
     /// The steps, run in order; a checkpoint follows each.
     pub steps: Vec<Step>,
+    /// How attempts lost to infrastructure failures (agent lost, lease
+    /// expired, spawn failure) are retried: from step 0, after a backoff.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<Retry>,
     /// Makes this a loop stage: its steps run again and again, each run an
     /// iteration whose steps checkpoint like any other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -88,6 +92,37 @@ pub struct Resources {
     /// memory is shared with other stages; without it, each GPU is taken whole.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gpu_memory: Option<SizeSpec>,
+}
+
+/// How a stage retries after infrastructure failures.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Retry {
+    /// Most attempts in all, 1 to 5 (the system allows no more than 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
+    /// Wait before the first retry (default `1s`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub initial: Option<DurationSpec>,
+    /// Each further retry waits this many times longer (default 2).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub factor: Option<u32>,
+    /// Longest wait (default `1m`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<DurationSpec>,
+}
+
+impl Retry {
+    /// The backoff this says, over `base` where it says nothing.
+    pub fn backoff(&self, base: crate::error::Backoff) -> crate::error::Backoff {
+        crate::error::Backoff {
+            initial_ms: self
+                .initial
+                .map_or(base.initial_ms, DurationSpec::as_millis),
+            factor: self.factor.unwrap_or(base.factor),
+            max_ms: self.max.map_or(base.max_ms, DurationSpec::as_millis),
+        }
+    }
 }
 
 /// How a loop stage repeats.

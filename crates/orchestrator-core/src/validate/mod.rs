@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use crate::error::MAX_INFRA_ATTEMPTS;
 use crate::spec::{CommandSpec, Workflow};
 
 mod locate;
@@ -306,6 +307,37 @@ fn check(wf: &Workflow) -> Vec<Problem> {
                     stage,
                     None,
                 );
+            }
+        }
+        if let Some(r) = &st.retry {
+            if let Some(a) = r.attempts.filter(|a| !(1..=MAX_INFRA_ATTEMPTS).contains(a)) {
+                add_in(
+                    &mut out,
+                    format!("stages[{i}].retry.attempts"),
+                    format!("{a}: expected 1 to {MAX_INFRA_ATTEMPTS} (the system allows no more)"),
+                    stage,
+                    None,
+                );
+            }
+            if let Some(f) = r.factor.filter(|f| !(1..=100).contains(f)) {
+                add_in(
+                    &mut out,
+                    format!("stages[{i}].retry.factor"),
+                    format!("{f}: expected 1 to 100"),
+                    stage,
+                    None,
+                );
+            }
+            if let (Some(a), Some(b)) = (r.initial, r.max) {
+                if a > b {
+                    add_in(
+                        &mut out,
+                        format!("stages[{i}].retry.initial"),
+                        format!("{a} is longer than max {b}; expected initial <= max"),
+                        stage,
+                        None,
+                    );
+                }
             }
         }
         check_env(&format!("stages[{i}].env"), &st.env, Some(stage), &mut out);

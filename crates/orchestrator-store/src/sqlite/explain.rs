@@ -68,6 +68,8 @@ struct StageRow {
     placement: Option<String>,
     yield_for: Option<String>,
     yield_job: Option<i64>,
+    attempt: u32,
+    retry_at: Option<i64>,
 }
 
 pub fn explain(
@@ -123,7 +125,8 @@ pub fn explain(
     }
     let stages: Vec<StageRow> = conn
         .prepare_cached(
-            "SELECT stage_id, state, ord, unmet, step, agent_id, hold, placement, yield_for, yield_job
+            "SELECT stage_id, state, ord, unmet, step, agent_id, hold, placement, yield_for, yield_job,
+                    attempt, retry_at
              FROM stage_runs WHERE run_id = ?1 ORDER BY ord",
         )?
         .query_map([run_id], |r| {
@@ -139,6 +142,8 @@ pub fn explain(
                 placement: r.get(7)?,
                 yield_for: r.get(8)?,
                 yield_job: r.get(9)?,
+                attempt: r.get(10)?,
+                retry_at: r.get(11)?,
             })
         })?
         .collect::<rusqlite::Result<_>>()?;
@@ -220,6 +225,11 @@ pub fn explain(
                 ));
             }
             StageState::Paused => l.push("held at its checkpoint: the run is paused".into()),
+            StageState::Retrying => l.push(format!(
+                "an attempt was lost to an infrastructure failure; attempt {} starts from step 0 in {} ms (backoff)",
+                s.attempt,
+                s.retry_at.map_or(0, |t| (t - now).max(0))
+            )),
             StageState::AwaitingApproval => l.push(format!(
                 "waits for a human to approve step {} (orch approve {run_id} {})",
                 s.step, s.id

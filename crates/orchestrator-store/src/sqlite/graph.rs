@@ -419,6 +419,9 @@ pub fn stage_event(
                     )?
                     .execute(params![run_id, stage_id, resume])?;
             }
+            StageEffect::AwaitRetry { attempt } => {
+                retry_later(ctx, run_id, stage_id, row.ord, attempt)?
+            }
             StageEffect::CloseQuestions => {
                 human::close_questions(ctx, run_id, stage_id, &reason, actor)?
             }
@@ -733,7 +736,7 @@ fn run_effects(ctx: &mut Ctx<'_>, run_id: &str, effects: &[RunEffect], actor: &s
                 let open = stages_in(
                     ctx,
                     run_id,
-                    "'pending', 'queued', 'running', 'paused', 'suspended', 'awaiting_approval', 'awaiting_input'",
+                    "'pending', 'queued', 'running', 'paused', 'suspended', 'retrying', 'awaiting_approval', 'awaiting_input'",
                 )?;
                 for (stage, _) in open {
                     stage_event(
@@ -823,4 +826,74 @@ pub(super) fn end_lease(
         reason,
         actor,
     )
+}
+
+/// The most attempts and the backoff of a stage: its own `retry:` within
+/// the system rules.
+pub(super) fn attempt_policy(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+) -> Result<(u32, orchestrator_core::error::Backoff)> {
+    let ord: i64 = ctx
+        .conn
+        .prepare_cached("SELECT ord FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
+        .query_row([run_id, stage_id], |r| r.get(0))?;
+    let wf = workflow(ctx, run_id)?;
+    let stage = human::stage_spec(&wf, run_id, stage_id, ord as usize)?;
+    Ok(ctx.rules.retry_of(stage.retry.as_ref()))
+}
+
+/// Sets a stage to wait out its backoff before `attempt`; a zero wait
+/// starts the attempt at once.
+fn retry_later(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    ord: usize,
+    attempt: u32,
+) -> Result<()> {
+    let wf = workflow(ctx, run_id)?;
+    let stage = human::stage_spec(&wf, run_id, stage_id, ord)?;
+    let (_, backoff) = ctx.rules.retry_of(stage.retry.as_ref());
+    let jitter = f64::from(u32::from_le_bytes(ids::random_bytes::<4>())) / f64::from(u32::MAX);
+    let delay = orchestrator_core::error::retry_delay_ms(attempt, &backoff, jitter);
+    ctx.conn
+        .prepare_cached(
+            "UPDATE stage_runs SET attempt = ?3, step = 0, retry_at = ?4 WHERE run_id = ?1 AND stage_id = ?2",
+        )?
+        .execute(params![run_id, stage_id, attempt, ctx.now + delay as i64])?;
+    if delay == 0 {
+        stage_event(
+            ctx,
+            run_id,
+            stage_id,
+            StageEvent::RetryDue,
+            format!("attempt {attempt} starts from step 0"),
+            "scheduler",
+        )?;
+    }
+    Ok(())
+}
+
+/// Starts the next attempt of every stage whose backoff has passed by `now`.
+pub fn due_retries(ctx: &mut Ctx<'_>, now: i64) -> Result<usize> {
+    let due: Vec<(String, String, u32)> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT run_id, stage_id, attempt FROM stage_runs WHERE state = 'retrying' AND retry_at <= ?1",
+        )?
+        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (run_id, stage_id, attempt) in &due {
+        stage_event(
+            ctx,
+            run_id,
+            stage_id,
+            StageEvent::RetryDue,
+            format!("backoff over: attempt {attempt} starts from step 0"),
+            "scheduler",
+        )?;
+    }
+    Ok(due.len())
 }

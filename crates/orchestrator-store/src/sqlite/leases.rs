@@ -6,14 +6,14 @@ use orchestrator_core::api::{
     AgentRegistered, ClaimedJob, CompleteRequest, Completed, HeartbeatResponse, JobSpec, LeaseRef,
     RegisterAgent,
 };
-use orchestrator_core::error::{ErrorClass, MAX_INFRA_ATTEMPTS};
+use orchestrator_core::error::ErrorClass;
 use orchestrator_core::machine::{job_on, JobEffect, JobEvent, LeaseEnd, StageEvent};
 use orchestrator_core::{Entity, JobState, RunState, StageState};
 use rusqlite::{params, OptionalExtension};
 
 use orchestrator_core::sched::{Free, Grant};
 
-use super::graph::{conflict, end_lease, job_event, schedule, stage_event, JobRef};
+use super::graph::{attempt_policy, conflict, end_lease, job_event, schedule, stage_event, JobRef};
 use super::writer::Ctx;
 use super::{human, placement, preempt};
 use crate::{ids, Result, StoreError};
@@ -161,15 +161,16 @@ fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, why: &str) -> Result<i64> {
             lease_id: Some(lease_id),
         };
         job_event(ctx, &job, from, JobEvent::Expire, reason.clone(), "reaper")?;
+        let (max_attempts, _) = attempt_policy(ctx, &run_id, &stage_id)?;
         stage_event(
             ctx,
             &run_id,
             &stage_id,
             StageEvent::AttemptLost {
                 attempt,
-                max_attempts: MAX_INFRA_ATTEMPTS,
+                max_attempts,
             },
-            format!("attempt {attempt} lost: {reason}; restarting from step 0"),
+            format!("attempt {attempt} of {max_attempts} lost: {reason}; retrying from step 0 after a backoff"),
             "reaper",
         )?;
     }
@@ -450,7 +451,7 @@ pub fn complete(
     } else if o.error_class == Some(ErrorClass::Infra) {
         StageEvent::AttemptLost {
             attempt,
-            max_attempts: MAX_INFRA_ATTEMPTS,
+            max_attempts: attempt_policy(ctx, &run_id, &stage_id)?.0,
         }
     } else {
         StageEvent::StepFailed
@@ -520,6 +521,7 @@ pub fn expire_leases(ctx: &mut Ctx<'_>, now: i64) -> Result<usize> {
             &format!("lease expired {} ms ago without a heartbeat", now - at),
         )?;
     }
+    super::graph::due_retries(ctx, now)?;
     Ok(due.len())
 }
 

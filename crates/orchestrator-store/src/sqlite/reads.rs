@@ -238,7 +238,10 @@ pub fn transitions_since(
 
 pub fn next_lease_expiry(conn: &Connection) -> Result<Option<i64>> {
     Ok(conn
-        .prepare_cached("SELECT MIN(expires_at) FROM leases WHERE state = 'active'")?
+        .prepare_cached(
+            "SELECT MIN(t) FROM (SELECT MIN(expires_at) AS t FROM leases WHERE state = 'active'
+             UNION ALL SELECT MIN(retry_at) FROM stage_runs WHERE state = 'retrying')",
+        )?
         .query_row([], |r| r.get(0))?)
 }
 

@@ -209,6 +209,11 @@ CREATE TABLE run_specs (
 INSERT INTO run_specs (run_id, spec) SELECT id, spec FROM runs;
 ALTER TABLE runs DROP COLUMN spec;
 "#,
+    // 6: a stage that lost an attempt waits out its backoff until `retry_at`.
+    r#"
+ALTER TABLE stage_runs ADD COLUMN retry_at INTEGER;
+CREATE INDEX stage_runs_retry ON stage_runs(retry_at) WHERE state = 'retrying';
+"#,
 ];
 
 /// Connection settings every connection gets.
