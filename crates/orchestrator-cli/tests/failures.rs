@@ -217,7 +217,12 @@ stages:
         );
     }
 
-    let detail = h.show(&run);
+    // The lost attempt waits out its backoff (`retrying`), then its next
+    // attempt is queued.
+    let detail = wait_for("the next attempt to be queued", LONG, || {
+        let d = h.show(&run);
+        (stage(&d, "nap")["state"] == "queued").then_some(d)
+    });
     assert_eq!(detail["run"]["state"], "running");
     let nap = stage(&detail, "nap");
     assert_eq!(
