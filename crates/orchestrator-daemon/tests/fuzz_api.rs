@@ -237,6 +237,9 @@ async fn fixture() -> Fixture {
     );
     cfg.max_body_bytes = MAX_BODY;
     cfg.max_claim_wait_ms = 50;
+    // Long enough that no lease expires under a long run: the reaper's
+    // changes would look like changes made by a refused body.
+    cfg.lease_ttl_ms = 3_600_000;
     let daemon = Daemon::start(cfg, store.clone()).await.unwrap();
     let run_id = store
         .submit_run(NewRun {
@@ -258,7 +261,7 @@ async fn fixture() -> Fixture {
                 slots: 1,
                 ..Default::default()
             },
-            600_000,
+            3_600_000,
             10_000,
         )
         .await
