@@ -7,7 +7,8 @@
 //! The defaults are the CI variant. The long one is the same test with more
 //! steps and kills, e.g.
 //! `ORCH_CRASH_STEPS=6000 ORCH_CRASH_KILLS=10 cargo test -p orchestrator-cli --test crash -- --nocapture`
-//! (see docs/reliability.md). `ORCH_CRASH_SEED` replays a chaos schedule.
+//! (see docs/reliability.md). `ORCH_CRASH_SEED` picks the chaos schedule: the
+//! same seed makes the same choices, though not at the same points of the run.
 
 mod common;
 
