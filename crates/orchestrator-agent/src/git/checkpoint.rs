@@ -62,6 +62,12 @@ const IN_MEMORY_MAX: u64 = 8 << 20;
 /// Tries at the compare-and-swap of the branch before giving up.
 const MAX_ATTEMPTS: u32 = 200;
 
+/// A writer holds a ref's lock file for microseconds. One older than this
+/// was left by a writer that died holding it (an agent SIGKILLed mid-
+/// checkpoint): nobody would ever remove it, and every later checkpoint of
+/// the run would fail.
+const STALE_LOCK: Duration = Duration::from_secs(2);
+
 /// How globs match: `*` stays within one path component, dot files are not
 /// special (a step's `dist/.map` is as much an output as `dist/app.js`).
 const MATCH: MatchOptions = MatchOptions {
@@ -154,7 +160,12 @@ fn commit(
     let reflog = format!("checkpoint: {summary}");
     let branch = &full_ref["refs/heads/".len()..];
     let mut pause = Duration::from_micros(50);
-    for _ in 0..MAX_ATTEMPTS {
+    let lock = repo.commondir().join(format!("{full_ref}.lock"));
+    // Waiting on a lock does not use up the tries, so that a lock left by a
+    // dead writer has the time to become stale and be broken.
+    let lock_deadline = std::time::Instant::now() + 2 * STALE_LOCK;
+    let mut attempt = 0;
+    while attempt < MAX_ATTEMPTS {
         let tip = match repo.refname_to_id(full_ref) {
             Ok(tip) => tip,
             Err(e) if e.code() == ErrorCode::NotFound => {
@@ -190,9 +201,15 @@ fn commit(
                 })
             }
             // Another stage moved the tip: redo the tree on the new one.
-            Err(e) if e.code() == ErrorCode::Modified => {}
+            Err(e) if e.code() == ErrorCode::Modified => attempt += 1,
             // Another writer holds the ref's lock file right now.
             Err(e) if e.code() == ErrorCode::Locked => {
+                if break_stale_lock(repo.commondir(), &lock) {
+                    continue;
+                }
+                if std::time::Instant::now() >= lock_deadline {
+                    attempt += 1;
+                }
                 std::thread::sleep(pause);
                 pause = (pause * 2).min(Duration::from_millis(5));
             }
@@ -208,6 +225,41 @@ fn commit(
         branch: branch.to_owned(),
         attempts: MAX_ATTEMPTS,
     })
+}
+
+/// Removes `lock` when it is older than [`STALE_LOCK`]; whether it did.
+fn break_stale_lock(git_dir: &Path, lock: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::metadata(lock) else {
+        return false;
+    };
+    let stale = meta
+        .modified()
+        .ok()
+        .and_then(|m| m.elapsed().ok())
+        .is_some_and(|age| age >= STALE_LOCK);
+    if !stale {
+        return false;
+    }
+    // Moved aside (out of `refs/`, where it would read as a ref) before it
+    // is removed: another agent may have broken it and a live writer taken
+    // the lock afresh since the look above, and that lock is put back.
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let aside = git_dir.join(format!("orch-stale-lock-{}-{nanos}", std::process::id()));
+    if fs::rename(lock, &aside).is_err() {
+        return false;
+    }
+    let same = fs::metadata(&aside).is_ok_and(|m| m.ino() == meta.ino() && m.dev() == meta.dev());
+    if !same {
+        let _ = fs::hard_link(&aside, lock);
+    }
+    let _ = fs::remove_file(&aside);
+    if same {
+        tracing::warn!(lock = %lock.display(), "removed a stale lock left by a writer that died");
+    }
+    same
 }
 
 /// The author and committer line of a checkpoint: the orchestrator, now, in UTC.
@@ -432,4 +484,24 @@ fn check_tree_path(path: &str) -> Result<(), GitError> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_lock_older_than_a_live_writer_would_hold_it_is_broken() {
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join("refs/heads/orch/run/r1.lock");
+        fs::create_dir_all(lock.parent().unwrap()).unwrap();
+        let f = File::create(&lock).unwrap();
+        assert!(!break_stale_lock(dir.path(), &lock), "a fresh lock is held");
+        assert!(lock.exists());
+        f.set_modified(SystemTime::now() - STALE_LOCK * 2).unwrap();
+        assert!(break_stale_lock(dir.path(), &lock));
+        assert!(!lock.exists());
+        let left: Vec<_> = fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "nothing but refs/ is left: {left:?}");
+    }
 }
