@@ -46,6 +46,7 @@ pub mod agent;
 pub mod ask;
 pub mod bundle;
 pub mod client;
+pub mod context;
 pub mod exec;
 pub mod git;
 pub mod resources;

@@ -393,7 +393,14 @@ async fn shutdown_kills_running_jobs_and_reports_them_as_infra() {
     let outcome = &done[0].1.outcome;
     assert!(!outcome.success);
     assert_eq!(outcome.error_class, Some(ErrorClass::Infra));
-    assert_eq!(outcome.error.as_deref(), Some("agent shutting down"));
+    let error = outcome.error.as_deref().unwrap();
+    // What happened, then where and on what machine.
+    assert!(error.starts_with("agent shutting down [run "), "{error}");
+    assert!(error.contains(", attempt 1, agent "), "{error}");
+    assert!(
+        error.contains("memory ") && error.contains("disk "),
+        "{error}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

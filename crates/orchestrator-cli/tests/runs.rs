@@ -173,6 +173,16 @@ fn a_failing_stage_blocks_its_dependents_and_fails_the_run_while_independent_sta
             .contains("exited with code 1"),
         "{job:#}"
     );
+    // The error a human reads says where it happened and how the machine was.
+    let error = job["error"].as_str().unwrap();
+    assert!(
+        error.contains(", stage check, step 0, attempt 1, agent "),
+        "{error}"
+    );
+    assert!(
+        error.contains("load ") && error.contains("memory "),
+        "{error}"
+    );
     let bundle = h.project.join(job["bundle"].as_str().unwrap());
     let manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap())

@@ -12,6 +12,7 @@
 //! Commands are numbered from 0 in messages, as in their log file names
 //! (`cmd-000.stdout.log`) and in the workflow's field paths (`commands[0]`).
 
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -247,7 +248,10 @@ impl<'a> Recorder<'a> {
 
     fn outcome(self, failure: Option<Failure>) -> StepOutcome {
         let (error_class, error) = match failure {
-            Some(f) => (Some(f.class), Some(f.message)),
+            Some(f) => (
+                Some(f.class),
+                Some(format!("{} [{}]", f.message, self.context())),
+            ),
             None => (None, None),
         };
         StepOutcome {
@@ -261,6 +265,24 @@ impl<'a> Recorder<'a> {
             until_met: None,
             questions: Vec::new(),
         }
+    }
+
+    /// Where a failure happened and what the machine looked like then:
+    /// the human who reads the error needs both.
+    fn context(&self) -> String {
+        let spec = &self.job.spec;
+        let machine = crate::context::describe(Path::new(&spec.project_dir));
+        format!(
+            "run {}, stage {}, step {}, attempt {}, agent {} on {}{}{}",
+            spec.run_id,
+            spec.stage_id,
+            spec.step,
+            spec.attempt,
+            self.ctx.agent_id,
+            self.ctx.hostname.as_deref().unwrap_or("an unknown host"),
+            if machine.is_empty() { "" } else { "; " },
+            machine
+        )
     }
 
     /// Writes the manifest, then returns the outcome and the manifest's
