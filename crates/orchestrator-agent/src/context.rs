@@ -29,6 +29,12 @@ pub fn parse_mem_available(text: &str) -> Option<(u64, u64)> {
     Some((field("MemAvailable:")?, field("MemTotal:")?))
 }
 
+/// Block counts are `u64` on Linux and narrower elsewhere.
+#[allow(clippy::unnecessary_cast, clippy::useless_conversion)]
+fn blocks(n: nix::libc::fsblkcnt_t) -> u64 {
+    n as u64
+}
+
 /// `load 1.20 0.90 0.80, memory 3.1 GiB of 16 GiB free, disk 40 GiB of
 /// 252 GiB free at DIR`; whatever cannot be read is left out.
 pub fn describe(dir: &Path) -> String {
@@ -50,12 +56,14 @@ pub fn describe(dir: &Path) -> String {
         ));
     }
     if let Ok(s) = nix::sys::statvfs::statvfs(dir) {
+        // The field widths differ by platform; u64 holds them all.
+        #[allow(clippy::unnecessary_cast)]
         let block = s.fragment_size() as u64;
         let mib = |blocks: u64| blocks.saturating_mul(block) / (1024 * 1024);
         parts.push(format!(
             "disk {} of {} free at {}",
-            human_mib(mib(s.blocks_available() as u64)),
-            human_mib(mib(s.blocks() as u64)),
+            human_mib(mib(blocks(s.blocks_available()))),
+            human_mib(mib(blocks(s.blocks()))),
             dir.display()
         ));
     }
