@@ -1,7 +1,7 @@
 //! Why a queued step is not running yet, agent by agent, in words.
 
 use super::policy::SystemRules;
-use super::resources::{fit, Free, Misfit, Needs};
+use super::resources::{Free, Misfit, Needs};
 
 /// An agent as `orch explain` weighs it.
 #[derive(Debug, Clone)]
@@ -41,10 +41,8 @@ pub fn verdict(
         .iter()
         .filter(|a| a.online && pinned.is_none_or(|p| p == a.name))
     {
-        let r = fit(needs, a.labels, a.free)
-            .and_then(|_| rules.reserve_allows(priority, a.free.slots, a.free.slots_total));
-        match r {
-            Ok(()) => fits.push(a.name.to_owned()),
+        match rules.place(needs, a.labels, a.free, priority) {
+            Ok(_) => fits.push(a.name.to_owned()),
             Err(m) if m.is_permanent() => never.push((a.name.to_owned(), m)),
             Err(m) => waits.push((a.name.to_owned(), m)),
         }

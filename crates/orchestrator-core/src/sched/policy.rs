@@ -179,6 +179,21 @@ impl SystemRules {
         }
     }
 
+    /// Where work needing `needs` at `priority` fits on an agent with
+    /// `labels` and `free`: the grant, or why not (its resources first,
+    /// then the reserve).
+    pub fn place(
+        &self,
+        needs: &super::Needs,
+        labels: &[String],
+        free: &super::Free,
+        priority: i32,
+    ) -> Result<super::Grant, super::Misfit> {
+        let grant = super::fit(needs, labels, free)?;
+        self.reserve_allows(priority, free.slots, free.slots_total)?;
+        Ok(grant)
+    }
+
     /// Whether `priority` counts as high under the reserve rule.
     pub fn is_high(&self, priority: i32) -> bool {
         self.reserve.is_some_and(|r| priority >= r.min_priority)

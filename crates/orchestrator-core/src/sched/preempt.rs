@@ -10,7 +10,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::policy::SystemRules;
-use super::resources::{fit, free, Capacity, Free, Grant, Needs};
+use super::resources::{free, Capacity, Free, Grant, Needs};
 
 /// A job running on an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,7 +55,6 @@ pub struct YieldOrder {
 
 struct Sim<'a> {
     agent: &'a AgentState,
-    slots: u32,
     /// Free now.
     now: Free,
     /// Free once every yielding job has yielded.
@@ -87,7 +86,6 @@ pub fn plan_preemption(
             }
             Sim {
                 agent: a,
-                slots: cap.slots,
                 now,
                 later,
                 yielding: a.running.iter().map(|r| r.yielding).collect(),
@@ -100,20 +98,22 @@ pub fn plan_preemption(
     for w in order {
         let eligible = |s: &Sim<'_>| w.pinned.as_ref().is_none_or(|p| *p == s.agent.id);
         // Placeable now: an agent will claim it; count it as taken.
-        if let Some(s) = sims.iter_mut().find(|s| {
-            eligible(s) && placeable(w, &s.agent.cap.labels, &s.now, s.slots, rules).is_some()
-        }) {
-            if let Some(g) = placeable(w, &s.agent.cap.labels, &s.now, s.slots, rules) {
+        if let Some(s) = sims
+            .iter_mut()
+            .find(|s| eligible(s) && placeable(w, &s.agent.cap.labels, &s.now, rules).is_some())
+        {
+            if let Some(g) = placeable(w, &s.agent.cap.labels, &s.now, rules) {
                 s.now.take(&g);
                 s.later.take(&g);
             }
             continue;
         }
         // Placeable once the yields already asked for happen.
-        if let Some(s) = sims.iter_mut().find(|s| {
-            eligible(s) && placeable(w, &s.agent.cap.labels, &s.later, s.slots, rules).is_some()
-        }) {
-            if let Some(g) = placeable(w, &s.agent.cap.labels, &s.later, s.slots, rules) {
+        if let Some(s) = sims
+            .iter_mut()
+            .find(|s| eligible(s) && placeable(w, &s.agent.cap.labels, &s.later, rules).is_some())
+        {
+            if let Some(g) = placeable(w, &s.agent.cap.labels, &s.later, rules) {
                 s.later.take(&g);
             }
             continue;
@@ -134,7 +134,7 @@ pub fn plan_preemption(
             for i in cands {
                 f.give(&s.agent.running[i].grant);
                 chosen.push(i);
-                if placeable(w, &s.agent.cap.labels, &f, s.slots, rules).is_some() {
+                if placeable(w, &s.agent.cap.labels, &f, rules).is_some() {
                     done = true;
                     break;
                 }
@@ -156,7 +156,7 @@ pub fn plan_preemption(
             for k in (0..chosen.len().saturating_sub(1)).rev() {
                 let mut fewer = chosen.clone();
                 fewer.remove(k);
-                if placeable(w, &s.agent.cap.labels, &freed(&fewer), s.slots, rules).is_some() {
+                if placeable(w, &s.agent.cap.labels, &freed(&fewer), rules).is_some() {
                     chosen = fewer;
                 }
             }
@@ -176,7 +176,7 @@ pub fn plan_preemption(
             continue;
         };
         let s = &mut sims[si];
-        if let Some(g) = placeable(w, &s.agent.cap.labels, &f, s.slots, rules) {
+        if let Some(g) = placeable(w, &s.agent.cap.labels, &f, rules) {
             f.take(&g);
         }
         s.later = f;
@@ -207,14 +207,6 @@ pub fn plan_preemption(
 
 /// The grant `w` would get on an agent with `labels` and `f` free, if the
 /// reserve rule lets it have one.
-fn placeable(
-    w: &Waiting,
-    labels: &[String],
-    f: &Free,
-    slots: u32,
-    rules: &SystemRules,
-) -> Option<Grant> {
-    let g = fit(&w.needs, labels, f).ok()?;
-    rules.reserve_allows(w.priority, f.slots, slots).ok()?;
-    Some(g)
+fn placeable(w: &Waiting, labels: &[String], f: &Free, rules: &SystemRules) -> Option<Grant> {
+    rules.place(&w.needs, labels, f, w.priority).ok()
 }

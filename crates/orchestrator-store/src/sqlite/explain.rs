@@ -3,9 +3,9 @@
 //! what the scheduler recorded (holds, placements, yields) and from a fresh
 //! look at every agent's free resources.
 
-use orchestrator_core::api::{Explanation, StageExplanation};
+use orchestrator_core::api::{AgentView, Explanation, StageExplanation};
 use orchestrator_core::sched::explain::{describe, verdict, AgentFit};
-use orchestrator_core::sched::{free, Effective, Free, Needs, SystemRules};
+use orchestrator_core::sched::{Effective, Needs, SystemRules};
 use orchestrator_core::{RunState, StageState, Workflow};
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -15,35 +15,22 @@ use crate::{Result, StoreError};
 /// Agents named per waiting stage before the list is cut short.
 const AGENTS_SHOWN: usize = 8;
 
-struct Agent {
-    name: String,
-    labels: Vec<String>,
-    free: Free,
-    online: bool,
-}
-
-fn agents(conn: &Connection, rules: &SystemRules, now: i64, online_ms: u64) -> Result<Vec<Agent>> {
-    let rows: Vec<(String, i64)> = conn
-        .prepare_cached("SELECT id, last_seen_at FROM agents ORDER BY id")?
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
-    let mut out = Vec::new();
-    for (id, seen) in rows {
-        let Some(cap) = placement::capacity(conn, rules, &id)? else {
-            continue;
-        };
-        let mut f = free(&cap, placement::held(conn, &id)?.iter());
-        for (_, g) in placement::reservations(conn, &id)? {
-            f.take(&g);
+/// Every agent as `orch agents` shows it, less what suspended stages keep
+/// for the work they yielded to, in id order.
+fn agents(
+    conn: &Connection,
+    rules: &SystemRules,
+    now: i64,
+    online_ms: u64,
+) -> Result<Vec<AgentView>> {
+    let mut all = super::reads::list_agents(conn, rules, now, online_ms)?;
+    all.sort_by(|a, b| a.id.cmp(&b.id));
+    for a in &mut all {
+        for (_, g) in placement::reservations(conn, &a.id)? {
+            a.free.take(&g);
         }
-        out.push(Agent {
-            name: id,
-            labels: cap.labels,
-            free: f,
-            online: now - seen <= online_ms as i64,
-        });
     }
-    Ok(out)
+    Ok(all)
 }
 
 /// state, project_dir, priority, priority_why, limits, hold, spec.
@@ -161,7 +148,7 @@ pub fn explain(
             .find(|s| s.id == id)
             .map_or("unknown".to_owned(), |s| s.state.to_string())
     };
-    let mut fleet: Option<Vec<Agent>> = None;
+    let mut fleet: Option<Vec<AgentView>> = None;
     let mut out = Vec::new();
     for s in stages.iter().filter(|s| only.is_none_or(|o| o == s.id)) {
         let spec = wf.stages.get(s.ord);
@@ -268,7 +255,7 @@ fn queued_lines(
     run_id: &str,
     s: &StageRow,
     needs: &Needs,
-    fleet: &[Agent],
+    fleet: &[AgentView],
     now: i64,
     l: &mut Vec<String>,
 ) -> Result<()> {
@@ -313,7 +300,7 @@ fn queued_lines(
     let fits: Vec<AgentFit<'_>> = fleet
         .iter()
         .map(|a| AgentFit {
-            name: &a.name,
+            name: &a.id,
             labels: &a.labels,
             free: &a.free,
             online: a.online,

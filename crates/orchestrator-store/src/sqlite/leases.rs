@@ -11,7 +11,7 @@ use orchestrator_core::machine::{job_on, JobEffect, JobEvent, LeaseEnd, StageEve
 use orchestrator_core::{Entity, JobState, RunState, StageState};
 use rusqlite::{params, OptionalExtension};
 
-use orchestrator_core::sched::{Free, Grant};
+use orchestrator_core::sched::{free, Free, Grant};
 
 use super::graph::{attempt_policy, conflict, end_lease, job_event, schedule, stage_event, JobRef};
 use super::writer::Ctx;
@@ -186,7 +186,7 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
     };
     // A claim that finds nothing writes nothing, so an idle agent's
     // long-poll costs no commit; heartbeats keep `last_seen_at`.
-    let free = placement::agent_free(ctx, agent_id, &cap)?;
+    let free = free(&cap, placement::held(ctx.conn, agent_id)?.iter());
     if free.slots == 0 {
         return Ok(None);
     }

@@ -6,13 +6,13 @@
 //! Capacity freed by stages that yielded is reserved for the work they
 //! yielded to until that work is placed: only it may take it.
 
-use orchestrator_core::sched::{fit, free, Capacity, Free, Gpu, Grant, Needs};
+use orchestrator_core::sched::{fit, Capacity, Free, Gpu, Grant, Needs};
 use rusqlite::{params, Connection, OptionalExtension};
 
 use super::writer::Ctx;
 use crate::{Result, StoreError};
 
-fn db(e: impl std::fmt::Display) -> StoreError {
+pub(super) fn db(e: impl std::fmt::Display) -> StoreError {
     StoreError::Database(e.to_string())
 }
 
@@ -76,12 +76,6 @@ pub(super) fn reservations(conn: &Connection, agent_id: &str) -> Result<Vec<(i64
         .into_iter()
         .map(|(j, g)| (j, parse_grant(g.as_deref())))
         .collect())
-}
-
-/// What the agent has free now, before reservations.
-pub(super) fn agent_free(ctx: &Ctx<'_>, agent_id: &str, cap: &Capacity) -> Result<Free> {
-    let held = held(ctx.conn, agent_id)?;
-    Ok(free(cap, held.iter()))
 }
 
 /// The needs of a shape.

@@ -11,16 +11,12 @@ use orchestrator_core::{Entity, StageState};
 use rusqlite::params;
 
 use super::graph::{stage_event, stage_key};
-use super::placement::parse_grant;
+use super::placement::{db, parse_grant};
 use super::writer::Ctx;
-use crate::{Result, StoreError};
+use crate::Result;
 
 /// Most waiting jobs one pass considers: the highest priorities.
 const WAITING_PER_PASS: u32 = 32;
-
-fn db(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(e.to_string())
-}
 
 /// One pre-emption pass; returns how many stages were asked to yield.
 /// Cheap when nothing waits above the lowest running priority.
