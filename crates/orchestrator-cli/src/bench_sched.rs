@@ -303,6 +303,7 @@ fn success(agent_id: &str, job: &ClaimedJob) -> CompleteRequest {
         agent_id: agent_id.to_owned(),
         lease_token: job.lease_token.clone(),
         outcome: StepOutcome {
+            timed_out: false,
             success: true,
             exit_codes: vec![Some(0)],
             error: None,
@@ -592,6 +593,7 @@ async fn once(o: &SchedOpts, dir: &Path) -> Result<SchedSample> {
                 policy: Default::default(),
                 base_commit: "0".repeat(40),
                 actor: "user:bench".into(),
+                on_failure: None,
             })
             .await?;
         if !s.warnings.is_empty() {

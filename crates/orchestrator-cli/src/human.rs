@@ -57,6 +57,15 @@ fn print_inbox(items: &[InboxItem]) {
                     println!("  choices: {}", q.choices.join(" | "));
                 }
             }
+            (InboxKind::Decision, _) => {
+                println!(
+                    "failed · run {} ({}) stage {} {step} · waiting {waited} for a decision",
+                    item.run_id, item.workflow, item.stage_id
+                );
+                if let Some(e) = &item.error {
+                    println!("  {e}");
+                }
+            }
             _ => {
                 println!(
                     "approval · run {} ({}) stage {} {step} · waiting {waited}",

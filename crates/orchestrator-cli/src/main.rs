@@ -6,6 +6,7 @@
 mod bench;
 mod bench_sched;
 mod client;
+mod decide;
 mod explain;
 mod human;
 mod logs;
@@ -83,7 +84,8 @@ enum Cmd {
     Resume(RunCommand),
     /// Print the output of a run's commands.
     Logs(logs::LogsArgs),
-    /// List everything waiting for a human: approvals and questions, oldest first.
+    /// List everything waiting for a human: approvals, questions and failed
+    /// stages to decide about, oldest first.
     Inbox(human::InboxArgs),
     /// Approve a stage awaiting approval; it goes on.
     Approve(human::ApproveArgs),
@@ -91,6 +93,13 @@ enum Cmd {
     Reject(human::RejectArgs),
     /// Answer a question; the stage goes on with the answer.
     Answer(human::AnswerArgs),
+    /// Run a failed stage again from where it failed, as a new attempt.
+    Retry(decide::StageDecision),
+    /// Go on without a failed stage: its dependents run as if it succeeded.
+    Skip(decide::StageDecision),
+    /// End a run failed (what awaits a decision fails, the rest is
+    /// cancelled); with a stage, only that failed stage.
+    Abort(decide::AbortArgs),
     /// Inside a running step: ask a human a question (the stage waits for the answer).
     Ask(human::AskArgs),
     /// List a run's checkpoints and the artifacts each committed.
@@ -229,6 +238,9 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Inbox(a) => human::inbox(a, &client()?).await,
         Cmd::Approve(a) => human::approve(a, &client()?).await,
         Cmd::Reject(a) => human::reject(a, &client()?).await,
+        Cmd::Retry(a) => decide::retry(a, &client()?).await,
+        Cmd::Skip(a) => decide::skip(a, &client()?).await,
+        Cmd::Abort(a) => decide::abort(a, &client()?).await,
         Cmd::Answer(a) => human::answer(a, &client()?).await,
         Cmd::Ask(a) => human::ask(a).await,
         Cmd::Artifacts(a) => human::artifacts(a, &client()?).await,

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use orchestrator_core::api::{RunDetail, SubmitRun, Submitted};
+use orchestrator_core::spec::OnFailure;
 use orchestrator_core::{Entity, RunState, StageState};
 
 use crate::client::Client;
@@ -33,9 +34,30 @@ pub struct RunArgs {
     /// Follow the run until it ends; exit 0 if it succeeded, 1 if not.
     #[arg(long)]
     pub wait: bool,
+    /// What a failed stage does, over what the workflow says: `ask` waits
+    /// for `orch retry`, `orch skip` or `orch abort`; `fail` ends it failed
+    /// at once (for unattended runs such as CI).
+    #[arg(long, value_enum)]
+    pub on_failure: Option<FailureMode>,
     /// Output format: text for people, json for programs.
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
+}
+
+/// `--on-failure`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FailureMode {
+    Ask,
+    Fail,
+}
+
+impl From<FailureMode> for OnFailure {
+    fn from(m: FailureMode) -> Self {
+        match m {
+            FailureMode::Ask => OnFailure::Ask,
+            FailureMode::Fail => OnFailure::Fail,
+        }
+    }
 }
 
 pub async fn submit(
@@ -44,6 +66,7 @@ pub async fn submit(
     project: Option<PathBuf>,
     priority: Option<i32>,
     git_ref: Option<String>,
+    on_failure: Option<OnFailure>,
 ) -> Result<Submitted> {
     let (text, _) = crate::load_workflow(file)?;
     let project = match project {
@@ -62,6 +85,7 @@ pub async fn submit(
                 project_dir: project.display().to_string(),
                 priority,
                 git_ref,
+                on_failure,
             },
         )
         .await
@@ -74,6 +98,7 @@ pub async fn run(a: RunArgs, client: &Client) -> Result<ExitCode> {
         a.project.clone(),
         a.priority,
         a.git_ref.clone(),
+        a.on_failure.map(OnFailure::from),
     )
     .await?;
     if a.output == Output::Text {
@@ -144,12 +169,31 @@ pub async fn wait(client: &Client, run_id: &str, progress: bool) -> Result<RunSt
                     let stage = t.entity_id.rsplit('/').next().unwrap_or("").to_owned();
                     let to = StageState::parse(&t.to);
                     if to == Some(StageState::Running) {
-                        running.insert(stage);
+                        running.insert(stage.clone());
                     } else {
                         running.remove(&stage);
                     }
                     if to.is_some_and(StageState::is_terminal) {
                         ended += 1;
+                    }
+                    // The run cannot end until someone decides: say so, and how.
+                    if to == Some(StageState::AwaitingDecision) {
+                        let cmds = orchestrator_core::api::answer_commands(
+                            orchestrator_core::api::InboxKind::Decision,
+                            run_id,
+                            &stage,
+                            None,
+                        );
+                        let line = format!(
+                            "stage {stage} failed: {}\n  it waits for your decision:\n    {}",
+                            t.reason,
+                            cmds.join("\n    ")
+                        );
+                        if progress {
+                            bar.println(line);
+                        } else {
+                            eprintln!("{line}");
+                        }
                     }
                     bar.set_position(ended.min(total));
                     let now: Vec<&str> = running.iter().take(4).map(String::as_str).collect();

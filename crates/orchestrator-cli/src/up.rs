@@ -512,7 +512,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
     let client = &embedded.client;
     let outcome = async {
         let submitted =
-            crate::runcmd::submit(client, &a.file, Some(project.clone()), None, None).await?;
+            crate::runcmd::submit(client, &a.file, Some(project.clone()), None, None, None).await?;
         eprintln!(
             "run {} submitted ({} layers, critical path {})",
             submitted.run_id,

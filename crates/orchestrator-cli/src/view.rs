@@ -137,9 +137,20 @@ pub fn run(d: &RunDetail) {
         .iter()
         .filter(|q| q.state == orchestrator_core::api::QuestionState::Open)
         .collect();
-    if !waiting.is_empty() || !open.is_empty() {
+    let undecided: Vec<_> = d
+        .stages
+        .iter()
+        .filter(|s| s.state == orchestrator_core::StageState::AwaitingDecision)
+        .collect();
+    if !waiting.is_empty() || !open.is_empty() || !undecided.is_empty() {
         println!();
         println!("waiting for you:");
+        for s in undecided {
+            println!(
+                "  {} failed at step {}: orch retry {} {} | orch skip {} {} | orch abort {}",
+                s.stage_id, s.step, r.id, s.stage_id, r.id, s.stage_id, r.id
+            );
+        }
         for s in waiting {
             println!(
                 "  {} awaits approval: orch approve {} {} | orch reject {} {} --feedback '...'",

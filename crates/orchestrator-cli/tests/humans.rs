@@ -334,6 +334,7 @@ stages:
         commands:
           - argv: [sh, -c, 'n=$(cat count 2>/dev/null || echo 0); n=$((n + 1)); echo $n > count; [ $n -lt 3 ] || touch done']
   - id: never
+    on_failure: fail
     repeat:
       max: 2
       until: {argv: [false]}

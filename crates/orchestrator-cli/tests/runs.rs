@@ -141,6 +141,9 @@ fn a_failing_stage_blocks_its_dependents_and_fails_the_run_while_independent_sta
         "--project",
         &project,
         "--wait",
+        // Unattended: fail at once instead of waiting for a human's decision.
+        "--on-failure",
+        "fail",
         "-o",
         "json",
     ]);

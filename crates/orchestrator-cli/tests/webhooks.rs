@@ -85,6 +85,24 @@ fn a_failing_run_reaches_a_webhook_signed_and_webhooks_status_shows_it() {
         "name: fails\nstages:\n  - id: build\n    steps: [{commands: [{argv: [\"false\"]}]}]\n",
     );
     let run = h.submit(&wf);
+    // The failure asks a human to decide; the run waits for them.
+    let first = wait_for("the failure at the receiver", LONG, || {
+        let g = got.lock().unwrap().clone();
+        (!g.is_empty()).then_some(g)
+    });
+    let failure: Value = serde_json::from_slice(&first[0].body).unwrap();
+    assert_eq!(failure["event"], "failure");
+    assert_eq!(failure["to"], "awaiting_decision");
+    assert_eq!(
+        failure["answer_with"],
+        serde_json::json!([
+            format!("orch retry {run} build"),
+            format!("orch skip {run} build"),
+            format!("orch abort {run}"),
+        ])
+    );
+    h.orch(&["abort", &run, "--comment", "not worth it"])
+        .expect_code(0);
     let posts = wait_for("two events at the receiver", LONG, || {
         let g = got.lock().unwrap().clone();
         (g.len() >= 2).then_some(g)

@@ -70,15 +70,23 @@ states!(
         AwaitingApproval = "awaiting_approval",
         /// Held until a human answers a question; holds no slot.
         AwaitingInput = "awaiting_input",
-        /// Its last step succeeded.
+        /// Its steps are done; a job runs its `validate:` commands.
+        Validating = "validating",
+        /// A task failure (or infrastructure failures past their retries)
+        /// stopped it; it holds no slot and keeps what it produced until a
+        /// human retries, skips or aborts it. Its dependents wait.
+        AwaitingDecision = "awaiting_decision",
+        /// Its last step (and its validation) succeeded.
         Succeeded = "succeeded",
-        /// A step failed.
+        /// A human skipped it after a failure: its dependents go on without it.
+        Skipped = "skipped",
+        /// A step failed, and nobody was to be asked or a human aborted it.
         Failed = "failed",
         /// A stage it needs failed, so it cannot run.
         Blocked = "blocked",
         /// Its run was cancelled.
         Cancelled = "cancelled",
-    } terminal: [Succeeded, Failed, Blocked, Cancelled]
+    } terminal: [Succeeded, Skipped, Failed, Blocked, Cancelled]
 );
 
 states!(
@@ -123,6 +131,9 @@ pub enum After {
     Step(u32),
     /// No step is left: the stage succeeds.
     Done,
+    /// No step is left, and the stage's `validate:` commands run next as
+    /// job number `n` of the stage (the number after its last possible step).
+    Validate(u32),
     /// A loop ran its last iteration and its `until` still failed.
     Exhausted,
 }
@@ -178,21 +189,36 @@ pub enum StageEvent {
     /// Step `step` succeeded and checkpointed; `after` says what comes next
     /// and `gate` whether a human must act first.
     StepSucceeded { step: u32, after: After, gate: Gate },
-    /// The current step failed.
-    StepFailed,
+    /// Its validation job succeeded.
+    Validated,
+    /// Step `step` (or its validation, or a loop whose `until` still fails
+    /// after its last iteration, then `step` is that iteration's first step)
+    /// failed with a task failure. It is retried after a backoff while the
+    /// stage's attempt is below `max_attempts` (1 when its workflow does not
+    /// retry that class); then a human is asked when `ask`, else it fails.
+    StepFailed {
+        step: u32,
+        max_attempts: u32,
+        ask: bool,
+    },
     /// The attempt was lost (lease expired, agent gone): retry from step 0
-    /// after a backoff, unless `attempt` already reached `max_attempts`.
-    AttemptLost { attempt: u32, max_attempts: u32 },
-    /// A retrying stage's backoff has passed: its next attempt starts.
-    RetryDue,
+    /// after a backoff, unless `attempt` already reached `max_attempts`; then
+    /// a human is asked when `ask`, else it fails.
+    AttemptLost {
+        attempt: u32,
+        max_attempts: u32,
+        ask: bool,
+    },
+    /// A retrying stage's backoff has passed: its next attempt goes on at `next`.
+    RetryDue { next: After },
     /// A stage it needs failed or was blocked.
     UpstreamFailed,
     /// Its run was paused: a stage at a checkpoint (its next step queued,
     /// not started) holds there.
     Pause,
     /// Its run was resumed, or the work it yielded to was placed: a held
-    /// stage queues step `step` again.
-    Resume { step: u32 },
+    /// stage goes on at `next`.
+    Resume { next: After },
     /// Its run was cancelled.
     Cancel,
     /// Asked to yield to higher-priority work, it reached a checkpoint with
@@ -201,12 +227,18 @@ pub enum StageEvent {
     /// Its queued step is an input step: ask the question and wait; `after`
     /// is where the answer leads.
     Asked { after: After },
-    /// A human approved the held step; go on to `resume` (None: the stage is done).
-    Approve { resume: Option<u32> },
+    /// A human approved the held step; go on to `next`.
+    Approve { next: After },
     /// A human rejected step `step`: run it again, with the feedback.
     Reject { step: u32 },
-    /// A human answered the open question; go on to `resume` (None: done).
-    Answer { resume: Option<u32> },
+    /// A human answered the open question; go on to `next`.
+    Answer { next: After },
+    /// A human chose to try the failed stage again at `next`, as a new attempt.
+    Retry { next: After },
+    /// A human chose to go on without the failed stage.
+    Skip,
+    /// A human chose to let the failed stage fail.
+    Abort,
 }
 
 /// What the store must do after a stage transition.
@@ -227,8 +259,12 @@ pub enum StageEffect {
     AwaitHuman { resume: Option<u32> },
     /// Close the stage's open questions: nobody can answer them any more.
     CloseQuestions,
-    /// Wait out the backoff before attempt `attempt`, which starts at step 0.
-    AwaitRetry { attempt: u32 },
+    /// Wait out the backoff before attempt `attempt`, which goes on at step
+    /// `step` (0 after a lost attempt: its worktree may be gone).
+    AwaitRetry { attempt: u32, step: u32 },
+    /// The stage failed and waits for a human's decision; remember `retry`,
+    /// the step a retry runs again.
+    AwaitDecision { retry: u32 },
 }
 
 /// The stage machine. `attempt` is the stage's current attempt (1-based).
@@ -240,18 +276,13 @@ pub fn stage_on(
     use StageEffect as F;
     use StageEvent as E;
     use StageState as S;
-    Ok(match (s, e) {
-        (S::Pending, E::NeedsMet) => (S::Queued, vec![F::EnqueueStep { step: 0, attempt }]),
-        (S::Queued, E::Started) => (S::Running, vec![]),
+    let moved = match (s, e) {
+        (S::Pending, E::NeedsMet) => Some((S::Queued, vec![F::EnqueueStep { step: 0, attempt }])),
+        (S::Queued, E::Started) => Some((S::Running, vec![])),
+        // Its validation job started: it stays validating.
+        (S::Validating, E::Started) => Some((S::Validating, vec![])),
         // The step it just queued has not started: withdrawing it loses nothing.
-        (S::Queued, E::Yield) => (S::Suspended, vec![F::CancelJob]),
-        (
-            S::Running,
-            E::StepSucceeded {
-                after: After::Exhausted,
-                ..
-            },
-        ) => (S::Failed, vec![F::BlockDependents, F::StageEnded]),
+        (S::Queued, E::Yield) => Some((S::Suspended, vec![F::CancelJob])),
         (
             S::Running,
             E::StepSucceeded {
@@ -259,7 +290,7 @@ pub fn stage_on(
                 gate: Gate::Question,
                 ..
             },
-        ) => (S::AwaitingInput, vec![F::AwaitHuman { resume: Some(step) }]),
+        ) => Some((S::AwaitingInput, vec![F::AwaitHuman { resume: Some(step) }])),
         (
             S::Running,
             E::StepSucceeded {
@@ -267,12 +298,12 @@ pub fn stage_on(
                 gate: Gate::Approval,
                 ..
             },
-        ) => (
+        ) if after != After::Exhausted => Some((
             S::AwaitingApproval,
             vec![F::AwaitHuman {
                 resume: resume_of(after),
             }],
-        ),
+        )),
         (
             S::Running,
             E::StepSucceeded {
@@ -280,48 +311,50 @@ pub fn stage_on(
                 gate: Gate::None,
                 ..
             },
-        ) => go_on(resume_of(after), attempt),
-        (
-            S::Queued,
-            E::Asked {
-                after: After::Exhausted,
-            },
-        ) => (S::Failed, vec![F::BlockDependents, F::StageEnded]),
-        (S::Queued, E::Asked { after }) => (
+        ) => go_on(after, attempt),
+        (S::Validating, E::Validated) => Some(succeeded()),
+        (S::Queued, E::Asked { after }) if after != After::Exhausted => Some((
             S::AwaitingInput,
             vec![F::AwaitHuman {
                 resume: resume_of(after),
             }],
-        ),
-        (S::AwaitingApproval, E::Approve { resume }) | (S::AwaitingInput, E::Answer { resume }) => {
-            go_on(resume, attempt)
+        )),
+        (S::AwaitingApproval, E::Approve { next }) | (S::AwaitingInput, E::Answer { next }) => {
+            go_on(next, attempt)
         }
         (S::AwaitingApproval, E::Reject { step }) => {
-            (S::Queued, vec![F::EnqueueStep { step, attempt }])
+            Some((S::Queued, vec![F::EnqueueStep { step, attempt }]))
         }
-        (S::Running, E::StepFailed) => (S::Failed, vec![F::BlockDependents, F::StageEnded]),
         (
-            S::Running | S::Queued | S::Suspended,
+            S::Running | S::Validating,
+            E::StepFailed {
+                step,
+                max_attempts,
+                ask,
+            },
+        ) => Some(failed(attempt, max_attempts, ask, step)),
+        (
+            S::Running | S::Queued | S::Suspended | S::Validating,
             E::AttemptLost {
                 attempt: a,
                 max_attempts,
+                ask,
             },
-        ) => {
-            if a >= max_attempts {
-                (S::Failed, vec![F::BlockDependents, F::StageEnded])
-            } else {
-                (S::Retrying, vec![F::AwaitRetry { attempt: a + 1 }])
-            }
+        ) => Some(failed(a, max_attempts, ask, 0)),
+        (S::Retrying, E::RetryDue { next }) => step_again(next, attempt),
+        (S::AwaitingDecision, E::Retry { next }) => step_again(next, attempt.saturating_add(1)),
+        (S::AwaitingDecision, E::Skip) => {
+            Some((S::Skipped, vec![F::ReleaseDependents, F::StageEnded]))
         }
-        (S::Retrying, E::RetryDue) => (S::Queued, vec![F::EnqueueStep { step: 0, attempt }]),
-        // Nothing runs while it waits: pausing holds it at step 0.
-        (S::Retrying, E::Pause) => (S::Paused, vec![]),
-        (S::Pending, E::UpstreamFailed) => (S::Blocked, vec![F::BlockDependents, F::StageEnded]),
+        (S::AwaitingDecision, E::Abort) => Some(ended_failed()),
+        // Nothing runs while it waits: pausing holds it where it is.
+        (S::Retrying, E::Pause) => Some((S::Paused, vec![])),
+        (S::Pending, E::UpstreamFailed) => {
+            Some((S::Blocked, vec![F::BlockDependents, F::StageEnded]))
+        }
         // The queued job has not started: withdrawing it loses nothing.
-        (S::Queued | S::Suspended, E::Pause) => (S::Paused, vec![F::CancelJob]),
-        (S::Paused | S::Suspended, E::Resume { step }) => {
-            (S::Queued, vec![F::EnqueueStep { step, attempt }])
-        }
+        (S::Queued | S::Suspended, E::Pause) => Some((S::Paused, vec![F::CancelJob])),
+        (S::Paused | S::Suspended, E::Resume { next }) => step_again(next, attempt),
         (
             S::Pending
             | S::Queued
@@ -329,33 +362,89 @@ pub fn stage_on(
             | S::Paused
             | S::Suspended
             | S::Retrying
+            | S::Validating
+            | S::AwaitingDecision
             | S::AwaitingApproval,
             E::Cancel,
-        ) => (S::Cancelled, vec![F::CancelJob, F::StageEnded]),
-        (S::AwaitingInput, E::Cancel) => (S::Cancelled, vec![F::CloseQuestions, F::StageEnded]),
-        (s, e) => return Err(reject("stage", s, e)),
-    })
+        ) => Some((S::Cancelled, vec![F::CancelJob, F::StageEnded])),
+        (S::AwaitingInput, E::Cancel) => {
+            Some((S::Cancelled, vec![F::CloseQuestions, F::StageEnded]))
+        }
+        _ => None,
+    };
+    moved.ok_or_else(|| reject("stage", s, e))
+}
+
+/// After a failure of attempt `attempt`: another attempt after a backoff
+/// while attempts are left, then a human's decision or the end.
+fn failed(
+    attempt: u32,
+    max_attempts: u32,
+    ask: bool,
+    retry: u32,
+) -> (StageState, Vec<StageEffect>) {
+    if attempt < max_attempts {
+        (
+            StageState::Retrying,
+            vec![StageEffect::AwaitRetry {
+                attempt: attempt.saturating_add(1),
+                step: retry,
+            }],
+        )
+    } else if ask {
+        (
+            StageState::AwaitingDecision,
+            vec![StageEffect::AwaitDecision { retry }],
+        )
+    } else {
+        ended_failed()
+    }
+}
+
+fn ended_failed() -> (StageState, Vec<StageEffect>) {
+    (
+        StageState::Failed,
+        vec![StageEffect::BlockDependents, StageEffect::StageEnded],
+    )
+}
+
+fn succeeded() -> (StageState, Vec<StageEffect>) {
+    (
+        StageState::Succeeded,
+        vec![StageEffect::ReleaseDependents, StageEffect::StageEnded],
+    )
 }
 
 /// A held stage's step to run next, or None when the stage is then done.
-fn resume_of(after: After) -> Option<u32> {
+/// (A validation is a job like a step.)
+pub fn resume_of(after: After) -> Option<u32> {
     match after {
-        After::Step(n) => Some(n),
+        After::Step(n) | After::Validate(n) => Some(n),
         After::Done | After::Exhausted => None,
     }
 }
 
-/// Goes on to step `resume`, or succeeds when there is none.
-fn go_on(resume: Option<u32>, attempt: u32) -> (StageState, Vec<StageEffect>) {
-    match resume {
-        Some(step) => (
+/// Goes on to `next`: a step, the validation, or the end.
+fn go_on(next: After, attempt: u32) -> Option<(StageState, Vec<StageEffect>)> {
+    match next {
+        After::Done => Some(succeeded()),
+        next => step_again(next, attempt),
+    }
+}
+
+/// Queues `next` (a step or the validation) as attempt `attempt`; a stage
+/// that is done or exhausted has nothing to queue.
+fn step_again(next: After, attempt: u32) -> Option<(StageState, Vec<StageEffect>)> {
+    match next {
+        After::Step(step) => Some((
             StageState::Queued,
             vec![StageEffect::EnqueueStep { step, attempt }],
-        ),
-        None => (
-            StageState::Succeeded,
-            vec![StageEffect::ReleaseDependents, StageEffect::StageEnded],
-        ),
+        )),
+        After::Validate(step) => Some((
+            StageState::Validating,
+            vec![StageEffect::EnqueueStep { step, attempt }],
+        )),
+        After::Done | After::Exhausted => None,
     }
 }
 
@@ -436,6 +525,8 @@ pub enum RunEvent {
     Resume,
     /// Its project has room for it under `max_parallel_runs`.
     Admit,
+    /// A human aborted the run: it ends failed.
+    Abort,
 }
 
 /// What the store must do after a run transition.
@@ -451,6 +542,8 @@ pub enum RunEffect {
     ResumeStages,
     /// Let the run's runnable stages start.
     Schedule,
+    /// End every stage awaiting a decision as failed.
+    AbortStages,
 }
 
 /// The run machine. A `StageEnded` that leaves stages open keeps the run running.
@@ -462,6 +555,7 @@ pub fn run_on(s: RunState, e: RunEvent) -> Result<(RunState, Vec<RunEffect>), Re
         RunEvent::Pause => effects.push(RunEffect::PauseStages),
         RunEvent::Resume => effects.push(RunEffect::ResumeStages),
         RunEvent::Admit => effects.push(RunEffect::Schedule),
+        RunEvent::Abort => effects.extend([RunEffect::AbortStages, RunEffect::CancelStages]),
         RunEvent::StageEnded { .. } => {}
     }
     if to.is_terminal() {
@@ -485,6 +579,7 @@ fn run_next(s: RunState, e: RunEvent) -> Result<RunState, RejectedTransition> {
         ) => S::Succeeded,
         (S::Running | S::Paused, E::StageEnded { .. }) => S::Failed,
         (S::Running | S::Paused | S::Queued, E::Cancel) => S::Cancelled,
+        (S::Running | S::Paused | S::Queued, E::Abort) => S::Failed,
         (S::Queued, E::Admit) => S::Running,
         (S::Running, E::Pause) => S::Paused,
         (S::Paused, E::Resume) => S::Running,

@@ -28,8 +28,9 @@ const MAX: u32 = MAX_INFRA_ATTEMPTS;
 /// matter on either side of each guard.
 fn stage_events() -> Vec<StageEvent> {
     use StageEvent as E;
-    let mut events = vec![E::NeedsMet, E::Started];
-    for after in [A::Step(1), A::Done, A::Exhausted] {
+    let mut events = vec![E::NeedsMet, E::Started, E::Validated];
+    let afters = [A::Step(1), A::Done, A::Exhausted, A::Validate(9)];
+    for after in afters {
         for gate in [G::None, G::Approval, G::Question] {
             events.push(E::StepSucceeded {
                 step: 0,
@@ -37,37 +38,39 @@ fn stage_events() -> Vec<StageEvent> {
                 gate,
             });
         }
-        events.push(E::Asked { after });
+        events.extend([
+            E::Asked { after },
+            E::RetryDue { next: after },
+            E::Resume { next: after },
+            E::Approve { next: after },
+            E::Answer { next: after },
+            E::Retry { next: after },
+        ]);
+    }
+    for ask in [false, true] {
+        for max_attempts in [1, ATTEMPT, ATTEMPT + 1] {
+            events.push(E::StepFailed {
+                step: 1,
+                max_attempts,
+                ask,
+            });
+        }
+        for attempt in [1, MAX - 1, MAX, MAX + 1] {
+            events.push(E::AttemptLost {
+                attempt,
+                max_attempts: MAX,
+                ask,
+            });
+        }
     }
     events.extend([
-        E::StepFailed,
-        E::AttemptLost {
-            attempt: 1,
-            max_attempts: MAX,
-        },
-        E::AttemptLost {
-            attempt: MAX - 1,
-            max_attempts: MAX,
-        },
-        E::AttemptLost {
-            attempt: MAX,
-            max_attempts: MAX,
-        },
-        E::AttemptLost {
-            attempt: MAX + 1,
-            max_attempts: MAX,
-        },
-        E::RetryDue,
         E::UpstreamFailed,
         E::Pause,
-        E::Resume { step: 1 },
         E::Cancel,
         E::Yield,
-        E::Approve { resume: Some(1) },
-        E::Approve { resume: None },
         E::Reject { step: 0 },
-        E::Answer { resume: Some(1) },
-        E::Answer { resume: None },
+        E::Skip,
+        E::Abort,
     ]);
     // Fails to compile when a variant is added and not listed above.
     for e in &events {
@@ -75,9 +78,10 @@ fn stage_events() -> Vec<StageEvent> {
             E::NeedsMet
             | E::Started
             | E::StepSucceeded { .. }
-            | E::StepFailed
+            | E::Validated
+            | E::StepFailed { .. }
             | E::AttemptLost { .. }
-            | E::RetryDue
+            | E::RetryDue { .. }
             | E::UpstreamFailed
             | E::Pause
             | E::Resume { .. }
@@ -86,7 +90,10 @@ fn stage_events() -> Vec<StageEvent> {
             | E::Asked { .. }
             | E::Approve { .. }
             | E::Reject { .. }
-            | E::Answer { .. } => {}
+            | E::Answer { .. }
+            | E::Retry { .. }
+            | E::Skip
+            | E::Abort => {}
         }
     }
     events
@@ -104,10 +111,10 @@ fn stage_table() -> Vec<StageRow> {
         step: 1,
         attempt: ATTEMPT,
     }];
-    let lost = |attempt| E::AttemptLost {
-        attempt,
-        max_attempts: MAX,
-    };
+    const VALIDATE: &[StageEffect] = &[F::EnqueueStep {
+        step: 9,
+        attempt: ATTEMPT,
+    }];
     let ok = |after, gate| E::StepSucceeded {
         step: 0,
         after,
@@ -124,12 +131,16 @@ fn stage_table() -> Vec<StageRow> {
             }],
         ),
         (S::Pending, E::UpstreamFailed, S::Blocked, ENDED_BADLY),
-        (S::Pending, E::Cancel, S::Cancelled, CANCELLED),
         (S::Queued, E::Started, S::Running, &[]),
-        (S::Queued, E::Cancel, S::Cancelled, CANCELLED),
         // A step that succeeds goes on, or holds for a human first.
         (S::Running, ok(A::Step(1), G::None), S::Queued, NEXT),
         (S::Running, ok(A::Done, G::None), S::Succeeded, SUCCEEDED),
+        (
+            S::Running,
+            ok(A::Validate(9), G::None),
+            S::Validating,
+            VALIDATE,
+        ),
         (
             S::Running,
             ok(A::Step(1), G::Approval),
@@ -141,6 +152,12 @@ fn stage_table() -> Vec<StageRow> {
             ok(A::Done, G::Approval),
             S::AwaitingApproval,
             &[F::AwaitHuman { resume: None }],
+        ),
+        (
+            S::Running,
+            ok(A::Validate(9), G::Approval),
+            S::AwaitingApproval,
+            &[F::AwaitHuman { resume: Some(9) }],
         ),
         // A step that asked runs again with the answer.
         (
@@ -155,25 +172,21 @@ fn stage_table() -> Vec<StageRow> {
             S::AwaitingInput,
             &[F::AwaitHuman { resume: Some(0) }],
         ),
-        // A loop that ran out fails, whatever the step asked for.
         (
             S::Running,
-            ok(A::Exhausted, G::None),
-            S::Failed,
-            ENDED_BADLY,
-        ),
-        (
-            S::Running,
-            ok(A::Exhausted, G::Approval),
-            S::Failed,
-            ENDED_BADLY,
+            ok(A::Validate(9), G::Question),
+            S::AwaitingInput,
+            &[F::AwaitHuman { resume: Some(0) }],
         ),
         (
             S::Running,
             ok(A::Exhausted, G::Question),
-            S::Failed,
-            ENDED_BADLY,
+            S::AwaitingInput,
+            &[F::AwaitHuman { resume: Some(0) }],
         ),
+        // The validation ran: the stage is done, or it failed like a step.
+        (S::Validating, E::Started, S::Validating, &[]),
+        (S::Validating, E::Validated, S::Succeeded, SUCCEEDED),
         // An input step asks without running anything.
         (
             S::Queued,
@@ -190,22 +203,10 @@ fn stage_table() -> Vec<StageRow> {
         (
             S::Queued,
             E::Asked {
-                after: A::Exhausted,
+                after: A::Validate(9),
             },
-            S::Failed,
-            ENDED_BADLY,
-        ),
-        (
-            S::AwaitingApproval,
-            E::Approve { resume: Some(1) },
-            S::Queued,
-            NEXT,
-        ),
-        (
-            S::AwaitingApproval,
-            E::Approve { resume: None },
-            S::Succeeded,
-            SUCCEEDED,
+            S::AwaitingInput,
+            &[F::AwaitHuman { resume: Some(9) }],
         ),
         (
             S::AwaitingApproval,
@@ -216,65 +217,143 @@ fn stage_table() -> Vec<StageRow> {
                 attempt: ATTEMPT,
             }],
         ),
-        (S::AwaitingApproval, E::Cancel, S::Cancelled, CANCELLED),
-        (
-            S::AwaitingInput,
-            E::Answer { resume: Some(1) },
-            S::Queued,
-            NEXT,
-        ),
-        (
-            S::AwaitingInput,
-            E::Answer { resume: None },
-            S::Succeeded,
-            SUCCEEDED,
-        ),
         (
             S::AwaitingInput,
             E::Cancel,
             S::Cancelled,
             &[F::CloseQuestions, F::StageEnded],
         ),
-        (S::Running, E::StepFailed, S::Failed, ENDED_BADLY),
-        (S::Running, E::Cancel, S::Cancelled, CANCELLED),
-        // Pausing holds a stage at its checkpoint, withdrawing the queued job;
-        // resuming queues the same step again.
+        // Pausing holds a stage at its checkpoint, withdrawing the queued job.
         (S::Queued, E::Pause, S::Paused, &[F::CancelJob]),
-        (S::Paused, E::Resume { step: 1 }, S::Queued, NEXT),
-        (S::Paused, E::Cancel, S::Cancelled, CANCELLED),
         // Yielding at a checkpoint withdraws the step just queued; once the
         // work it yielded to is placed, the same step is queued again
         // (pinned to the agent with the worktree).
         (S::Queued, E::Yield, S::Suspended, &[F::CancelJob]),
-        (S::Suspended, E::Resume { step: 1 }, S::Queued, NEXT),
         (S::Suspended, E::Pause, S::Paused, &[F::CancelJob]),
-        (S::Suspended, E::Cancel, S::Cancelled, CANCELLED),
-        // The backoff over, the attempt (already counted) starts at step 0.
-        (
-            S::Retrying,
-            E::RetryDue,
-            S::Queued,
-            &[F::EnqueueStep {
-                step: 0,
-                attempt: ATTEMPT,
-            }],
-        ),
         (S::Retrying, E::Pause, S::Paused, &[]),
-        (S::Retrying, E::Cancel, S::Cancelled, CANCELLED),
+        // A human decides about a failed stage: skip it (dependents go on)
+        // or let it fail (dependents are blocked).
+        (S::AwaitingDecision, E::Skip, S::Skipped, SUCCEEDED),
+        (S::AwaitingDecision, E::Abort, S::Failed, ENDED_BADLY),
     ];
+    for from in [
+        S::Pending,
+        S::Queued,
+        S::Running,
+        S::Paused,
+        S::Suspended,
+        S::Retrying,
+        S::Validating,
+        S::AwaitingApproval,
+        S::AwaitingDecision,
+    ] {
+        rows.push((from, E::Cancel, S::Cancelled, CANCELLED));
+    }
+    // Going on to a step or the validation (never to nothing, for those
+    // that must run something).
+    for (from, event) in [
+        (S::AwaitingApproval, E::Approve { next: A::Done }),
+        (S::AwaitingInput, E::Answer { next: A::Done }),
+    ] {
+        rows.push((from, event, S::Succeeded, SUCCEEDED));
+    }
+    for next in [A::Step(1), A::Validate(9)] {
+        let (to, effects) = match next {
+            A::Step(_) => (S::Queued, NEXT),
+            _ => (S::Validating, VALIDATE),
+        };
+        rows.extend([
+            (S::AwaitingApproval, E::Approve { next }, to, effects),
+            (S::AwaitingInput, E::Answer { next }, to, effects),
+            (S::Paused, E::Resume { next }, to, effects),
+            (S::Suspended, E::Resume { next }, to, effects),
+            (S::Retrying, E::RetryDue { next }, to, effects),
+        ]);
+    }
+    // A human retry is a new attempt.
+    rows.push((
+        S::AwaitingDecision,
+        E::Retry { next: A::Step(1) },
+        S::Queued,
+        &[F::EnqueueStep {
+            step: 1,
+            attempt: ATTEMPT + 1,
+        }],
+    ));
+    rows.push((
+        S::AwaitingDecision,
+        E::Retry {
+            next: A::Validate(9),
+        },
+        S::Validating,
+        &[F::EnqueueStep {
+            step: 9,
+            attempt: ATTEMPT + 1,
+        }],
+    ));
+    // A task failure retries the same step while attempts are left, then
+    // asks a human or fails.
+    for from in [S::Running, S::Validating] {
+        for ask in [false, true] {
+            let failed = |max_attempts| E::StepFailed {
+                step: 1,
+                max_attempts,
+                ask,
+            };
+            let gave_up: (S, &'static [StageEffect]) = if ask {
+                (S::AwaitingDecision, &[F::AwaitDecision { retry: 1 }])
+            } else {
+                (S::Failed, ENDED_BADLY)
+            };
+            rows.push((
+                from,
+                failed(ATTEMPT + 1),
+                S::Retrying,
+                &[F::AwaitRetry {
+                    attempt: ATTEMPT + 1,
+                    step: 1,
+                }],
+            ));
+            rows.push((from, failed(ATTEMPT), gave_up.0, gave_up.1));
+            rows.push((from, failed(1), gave_up.0, gave_up.1));
+        }
+    }
     // A lost attempt, whether its job was still queued, suspended or already
     // running: wait out a backoff before the next attempt (from step 0), or
-    // fail at the limit.
-    for from in [S::Queued, S::Running, S::Suspended] {
-        rows.push((from, lost(1), S::Retrying, &[F::AwaitRetry { attempt: 2 }]));
-        rows.push((
-            from,
-            lost(MAX - 1),
-            S::Retrying,
-            &[F::AwaitRetry { attempt: MAX }],
-        ));
-        rows.push((from, lost(MAX), S::Failed, ENDED_BADLY));
-        rows.push((from, lost(MAX + 1), S::Failed, ENDED_BADLY));
+    // at the limit ask a human or fail.
+    for from in [S::Queued, S::Running, S::Suspended, S::Validating] {
+        for ask in [false, true] {
+            let lost = |attempt| E::AttemptLost {
+                attempt,
+                max_attempts: MAX,
+                ask,
+            };
+            let gave_up: (S, &'static [StageEffect]) = if ask {
+                (S::AwaitingDecision, &[F::AwaitDecision { retry: 0 }])
+            } else {
+                (S::Failed, ENDED_BADLY)
+            };
+            rows.push((
+                from,
+                lost(1),
+                S::Retrying,
+                &[F::AwaitRetry {
+                    attempt: 2,
+                    step: 0,
+                }],
+            ));
+            rows.push((
+                from,
+                lost(MAX - 1),
+                S::Retrying,
+                &[F::AwaitRetry {
+                    attempt: MAX,
+                    step: 0,
+                }],
+            ));
+            rows.push((from, lost(MAX), gave_up.0, gave_up.1));
+            rows.push((from, lost(MAX + 1), gave_up.0, gave_up.1));
+        }
     }
     rows
 }
@@ -320,7 +399,13 @@ fn a_terminal_stage_refuses_every_event() {
         .collect();
     assert_eq!(
         terminal,
-        [S::Succeeded, S::Failed, S::Blocked, S::Cancelled]
+        [
+            S::Succeeded,
+            S::Skipped,
+            S::Failed,
+            S::Blocked,
+            S::Cancelled
+        ]
     );
     for s in terminal {
         for e in stage_events() {
@@ -340,10 +425,15 @@ fn every_live_stage_state_can_still_end() {
 
 #[test]
 fn a_stage_waiting_for_a_human_holds_no_job() {
-    for s in [S::AwaitingApproval, S::AwaitingInput] {
+    for s in [S::AwaitingApproval, S::AwaitingInput, S::AwaitingDecision] {
         assert!(!s.is_terminal());
         for e in [
-            StageEvent::StepFailed,
+            StageEvent::StepFailed {
+                step: 0,
+                max_attempts: 1,
+                ask: true,
+            },
+            StageEvent::Validated,
             StageEvent::Started,
             StageEvent::Pause,
         ] {
@@ -359,7 +449,11 @@ fn a_suspended_stage_only_waits_to_be_resumed() {
     for e in [
         StageEvent::Yield,
         StageEvent::Started,
-        StageEvent::StepFailed,
+        StageEvent::StepFailed {
+            step: 0,
+            max_attempts: 1,
+            ask: true,
+        },
         StageEvent::NeedsMet,
         StageEvent::UpstreamFailed,
         StageEvent::StepSucceeded {
@@ -377,7 +471,7 @@ fn a_suspended_stage_only_waits_to_be_resumed() {
     }
     // Queued, suspended, resumed: the same step is queued again, same attempt.
     let (s, e1) = stage_on(S::Queued, ATTEMPT, StageEvent::Yield).unwrap();
-    let (s, e2) = stage_on(s, ATTEMPT, StageEvent::Resume { step: 3 }).unwrap();
+    let (s, e2) = stage_on(s, ATTEMPT, StageEvent::Resume { next: A::Step(3) }).unwrap();
     assert_eq!(
         (s, e1, e2),
         (
@@ -446,6 +540,7 @@ proptest! {
                 prop_assert_eq!(u64::from(step) + 1, total);
                 prop_assert_eq!(until, Some(false));
             }
+            A::Validate(_) => prop_assert!(false, "after_step never validates"),
         }
     }
 
@@ -453,13 +548,35 @@ proptest! {
     fn attempt_lost_follows_its_rule_for_any_numbers(
         attempt in any::<u32>(),
         max_attempts in any::<u32>(),
-        from in prop_oneof![Just(S::Queued), Just(S::Running), Just(S::Suspended)],
+        from in prop_oneof![Just(S::Queued), Just(S::Running), Just(S::Suspended), Just(S::Validating)],
+        ask in any::<bool>(),
     ) {
-        let got = stage_on(from, 1, StageEvent::AttemptLost { attempt, max_attempts }).unwrap();
-        if attempt >= max_attempts {
+        let got = stage_on(from, 1, StageEvent::AttemptLost { attempt, max_attempts, ask }).unwrap();
+        if attempt >= max_attempts && ask {
+            prop_assert_eq!(got, (S::AwaitingDecision, vec![F::AwaitDecision { retry: 0 }]));
+        } else if attempt >= max_attempts {
             prop_assert_eq!(got, (S::Failed, vec![F::BlockDependents, F::StageEnded]));
         } else {
-            prop_assert_eq!(got, (S::Retrying, vec![F::AwaitRetry { attempt: attempt + 1 }]));
+            prop_assert_eq!(got, (S::Retrying, vec![F::AwaitRetry { attempt: attempt + 1, step: 0 }]));
+        }
+    }
+
+    #[test]
+    fn a_task_failure_retries_then_asks_or_fails_for_any_numbers(
+        attempt in any::<u32>(),
+        max_attempts in any::<u32>(),
+        step in any::<u32>(),
+        from in prop_oneof![Just(S::Running), Just(S::Validating)],
+        ask in any::<bool>(),
+    ) {
+        let got = stage_on(from, attempt, StageEvent::StepFailed { step, max_attempts, ask }).unwrap();
+        if attempt < max_attempts {
+            prop_assert_eq!(got, (S::Retrying, vec![F::AwaitRetry { attempt: attempt + 1, step }]));
+        } else if ask {
+            // Nothing is thrown away: the decision retries the failed step.
+            prop_assert_eq!(got, (S::AwaitingDecision, vec![F::AwaitDecision { retry: step }]));
+        } else {
+            prop_assert_eq!(got, (S::Failed, vec![F::BlockDependents, F::StageEnded]));
         }
     }
 }
@@ -560,10 +677,11 @@ fn run_events() -> Vec<RunEvent> {
         E::Pause,
         E::Resume,
         E::Admit,
+        E::Abort,
     ];
     for e in &events {
         match e {
-            E::StageEnded { .. } | E::Cancel | E::Pause | E::Resume | E::Admit => {}
+            E::StageEnded { .. } | E::Cancel | E::Pause | E::Resume | E::Admit | E::Abort => {}
         }
     }
     events
@@ -582,6 +700,7 @@ fn run_table() -> Vec<(RunState, RunEvent, RunState)> {
             (s, ended(0, 1), R::Failed),
             (s, ended(0, 4), R::Failed),
             (s, RunEvent::Cancel, R::Cancelled),
+            (s, RunEvent::Abort, R::Failed),
         ]);
     }
     rows.push((R::Running, RunEvent::Pause, R::Paused));
@@ -589,6 +708,7 @@ fn run_table() -> Vec<(RunState, RunEvent, RunState)> {
     // A queued run has no stage scheduled yet: it is admitted or cancelled.
     rows.push((R::Queued, RunEvent::Admit, R::Running));
     rows.push((R::Queued, RunEvent::Cancel, R::Cancelled));
+    rows.push((R::Queued, RunEvent::Abort, R::Failed));
     rows
 }
 
@@ -707,7 +827,7 @@ macro_rules! assert_names_round_trip {
 #[test]
 fn every_stage_state_name_round_trips() {
     assert_names_round_trip!(StageState);
-    assert_eq!(StageState::ALL.len(), 12);
+    assert_eq!(StageState::ALL.len(), 15);
 }
 
 #[test]
@@ -829,9 +949,20 @@ fn a_run_that_ends_says_so_and_a_cancelled_one_cancels_its_stages() {
             );
             assert_eq!(
                 effects.contains(&RunEffect::CancelStages),
-                e == RunEvent::Cancel,
+                matches!(e, RunEvent::Cancel | RunEvent::Abort),
                 "{s} on {e:?}"
             );
+            // An abort fails what awaits a decision before it cancels the rest.
+            if e == RunEvent::Abort {
+                assert_eq!(
+                    effects,
+                    [
+                        RunEffect::AbortStages,
+                        RunEffect::CancelStages,
+                        RunEffect::Ended
+                    ]
+                );
+            }
             assert_eq!(
                 effects.contains(&RunEffect::Schedule),
                 e == RunEvent::Admit,

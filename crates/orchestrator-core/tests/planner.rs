@@ -41,6 +41,7 @@ fn workflow(stages: Vec<Stage>) -> Workflow {
         description: None,
         priority: None,
         env: BTreeMap::new(),
+        on_failure: None,
         stages,
     }
 }

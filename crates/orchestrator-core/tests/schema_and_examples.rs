@@ -6,8 +6,8 @@ use std::fs;
 use std::path::PathBuf;
 
 use orchestrator_core::spec::{
-    workflow_schema, CommandSpec, DurationSpec, Input, Repeat, Resources, SizeSpec, Stage, Step,
-    Workflow,
+    workflow_schema, CommandSpec, DurationSpec, Input, OnFailure, Repeat, Resources, RetryOn,
+    SizeSpec, Stage, Step, Validate, Workflow,
 };
 use orchestrator_core::{parse_workflow, plan};
 use serde_json::Value;
@@ -138,6 +138,7 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         env: BTreeMap::from([("B".into(), "2".into())]),
         steps: vec![step],
         retry: Some(orchestrator_core::spec::Retry {
+            on: Some(vec![RetryOn::Infra, RetryOn::Timeout]),
             attempts: Some(3),
             initial: Some(DurationSpec::from_secs(1)),
             factor: Some(2),
@@ -145,15 +146,21 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         }),
         repeat: Some(Repeat {
             max: 2,
-            until: Some(cmd),
+            until: Some(cmd.clone()),
             shell: true,
         }),
+        validate: Some(Validate {
+            commands: vec![cmd],
+            shell: true,
+        }),
+        on_failure: Some(OnFailure::Fail),
     };
     let wf = Workflow {
         name: "w".into(),
         description: Some("d".into()),
         priority: Some(5),
         env: BTreeMap::from([("C".into(), "3".into())]),
+        on_failure: Some(OnFailure::Ask),
         stages: vec![stage],
     };
     let full = serde_json::to_value(&wf).unwrap();
@@ -172,6 +179,14 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
     assert_eq!(
         properties(&defs["Resources"]),
         keys(&full["stages"][0]["resources"])
+    );
+    assert_eq!(
+        properties(&defs["Validate"]),
+        keys(&full["stages"][0]["validate"])
+    );
+    assert_eq!(
+        properties(&defs["Retry"]),
+        keys(&full["stages"][0]["retry"])
     );
     for def in [
         &schema,

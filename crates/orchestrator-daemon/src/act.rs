@@ -67,6 +67,12 @@ fn describe(a: &Action) -> String {
             a.run_id,
             a.text.as_deref().unwrap_or("")
         ),
+        ActionKind::Retry => format!("retry failed stage {stage} of run {}", a.run_id),
+        ActionKind::Skip => format!(
+            "skip failed stage {stage} of run {} (its dependents go on without it)",
+            a.run_id
+        ),
+        ActionKind::Abort => format!("abort run {} (it ends failed)", a.run_id),
     }
 }
 
@@ -105,6 +111,18 @@ pub async fn act<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<Str
         (ActionKind::Answer, _, Some(id)) => HumanCommand::Answer {
             question_id: id,
             text: action.text.clone().unwrap_or_default(),
+        },
+        (ActionKind::Retry, Some(stage), _) => HumanCommand::Retry {
+            stage_id: stage.clone(),
+            comment: Some("retried from a link".into()),
+        },
+        (ActionKind::Skip, Some(stage), _) => HumanCommand::Skip {
+            stage_id: stage.clone(),
+            comment: Some("skipped from a link".into()),
+        },
+        (ActionKind::Abort, _, _) => HumanCommand::Abort {
+            stage_id: None,
+            comment: Some("aborted from a link".into()),
         },
         _ => {
             return page(

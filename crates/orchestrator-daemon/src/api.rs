@@ -45,6 +45,7 @@ pub async fn submit_run<S: Store>(
             policy,
             base_commit,
             actor: "user:admin".into(),
+            on_failure: req.on_failure,
         })
         .await?;
     tracing::info!(run_id = %submitted.run_id, state = %submitted.state, "run submitted");

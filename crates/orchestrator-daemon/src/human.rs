@@ -1,11 +1,12 @@
-//! The human side of the API: the inbox, approve, reject and answer.
+//! The human side of the API: the inbox, approve, reject and answer, and
+//! the decisions about failures: retry, skip and abort.
 
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use orchestrator_core::api::{AnswerRequest, ApproveRequest, RejectRequest};
+use orchestrator_core::api::{AnswerRequest, ApproveRequest, DecideRequest, RejectRequest};
 use orchestrator_store::{HumanCommand, Store};
 
 use crate::error::{ApiErr, JsonBody};
@@ -62,6 +63,65 @@ pub async fn answer<S: Store>(
     let cmd = HumanCommand::Answer {
         question_id,
         text: req.text,
+    };
+    let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
+    Ok(Json(run).into_response())
+}
+
+/// `POST /v1/runs/{id}/stages/{stage}/retry`: the failed stage runs again
+/// from where it failed, as a new attempt.
+pub async fn retry<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path((id, stage_id)): Path<(String, String)>,
+    JsonBody(req): JsonBody<DecideRequest>,
+) -> Result<Response, ApiErr> {
+    let cmd = HumanCommand::Retry {
+        stage_id,
+        comment: req.comment,
+    };
+    let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
+    Ok(Json(run).into_response())
+}
+
+/// `POST /v1/runs/{id}/stages/{stage}/skip`: the failed stage's dependents
+/// go on without it.
+pub async fn skip<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path((id, stage_id)): Path<(String, String)>,
+    JsonBody(req): JsonBody<DecideRequest>,
+) -> Result<Response, ApiErr> {
+    let cmd = HumanCommand::Skip {
+        stage_id,
+        comment: req.comment,
+    };
+    let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
+    Ok(Json(run).into_response())
+}
+
+/// `POST /v1/runs/{id}/stages/{stage}/abort`: the failed stage ends failed;
+/// the rest of the run goes on.
+pub async fn abort_stage<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path((id, stage_id)): Path<(String, String)>,
+    JsonBody(req): JsonBody<DecideRequest>,
+) -> Result<Response, ApiErr> {
+    let cmd = HumanCommand::Abort {
+        stage_id: Some(stage_id),
+        comment: req.comment,
+    };
+    let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
+    Ok(Json(run).into_response())
+}
+
+/// `POST /v1/runs/{id}/abort`: the run ends failed.
+pub async fn abort_run<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<DecideRequest>,
+) -> Result<Response, ApiErr> {
+    let cmd = HumanCommand::Abort {
+        stage_id: None,
+        comment: req.comment,
     };
     let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
     Ok(Json(run).into_response())

@@ -133,6 +133,16 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
             "/v1/runs/{id}/questions/{qid}/answer",
             post(human::answer::<S>),
         )
+        .route(
+            "/v1/runs/{id}/stages/{stage}/retry",
+            post(human::retry::<S>),
+        )
+        .route("/v1/runs/{id}/stages/{stage}/skip", post(human::skip::<S>))
+        .route(
+            "/v1/runs/{id}/stages/{stage}/abort",
+            post(human::abort_stage::<S>),
+        )
+        .route("/v1/runs/{id}/abort", post(human::abort_run::<S>))
         .route("/v1/inbox", get(human::inbox::<S>))
         .route("/v1/runs/{id}/transitions", get(human::transitions::<S>))
         .route("/v1/agents", get(api::list_agents::<S>))

@@ -250,6 +250,7 @@ async fn fixture() -> Fixture {
             policy: Default::default(),
             base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
             actor: "user:test".into(),
+            on_failure: None,
         })
         .await
         .unwrap()

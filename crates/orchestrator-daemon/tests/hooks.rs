@@ -200,8 +200,8 @@ async fn status_when(addr: SocketAddr, ok: impl Fn(&HookStatus) -> bool) -> Hook
 const ONE_STAGE: &str =
     "name: w\nstages:\n  - id: build\n    steps: [{commands: [{argv: [make]}]}]\n";
 
-/// Submits a one-stage run and fails its only step, as an agent would:
-/// the store commits `stage failed` then `run failed`.
+/// Submits a one-stage run with `on_failure: fail` and fails its only
+/// step, as an agent would: the store commits `stage failed` then `run failed`.
 async fn fail_a_run(store: &SqliteStore) -> String {
     let run_id = store
         .submit_run(NewRun {
@@ -212,6 +212,8 @@ async fn fail_a_run(store: &SqliteStore) -> String {
             policy: Default::default(),
             base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
             actor: "user:test".into(),
+            // Ends at once: no human is asked to decide.
+            on_failure: Some(orchestrator_core::spec::OnFailure::Fail),
         })
         .await
         .unwrap()
@@ -240,6 +242,7 @@ async fn fail_a_run(store: &SqliteStore) -> String {
                 agent_id: agent,
                 lease_token: job.lease_token,
                 outcome: StepOutcome {
+                    timed_out: false,
                     success: false,
                     exit_codes: vec![Some(2)],
                     error: Some("make exited 2".into()),

@@ -50,6 +50,9 @@ pub struct NewRun {
     pub priority: Option<i32>,
     /// The project's policy file, as read at submission.
     pub policy: orchestrator_core::sched::ProjectPolicy,
+    /// What every stage of this run does when it fails, over what the
+    /// workflow says (`orch run --on-failure`).
+    pub on_failure: Option<orchestrator_core::spec::OnFailure>,
     /// The commit the run's branch starts from.
     pub base_commit: String,
     /// Who submitted it, for the transition row (`user:admin`).
@@ -71,6 +74,23 @@ pub enum HumanCommand {
     Answer {
         question_id: i64,
         text: String,
+    },
+    /// A failed stage runs again, as a new attempt, from where it failed.
+    Retry {
+        stage_id: String,
+        comment: Option<String>,
+    },
+    /// A failed stage is let go: its dependents go on without it.
+    Skip {
+        stage_id: String,
+        comment: Option<String>,
+    },
+    /// A failed stage ends failed (its dependents are blocked); without a
+    /// stage, the whole run ends failed: what awaits a decision fails, the
+    /// rest is cancelled.
+    Abort {
+        stage_id: Option<String>,
+        comment: Option<String>,
     },
 }
 

@@ -26,6 +26,7 @@ fn run(yaml: &str, project: &str, priority: Option<i32>, policy: ProjectPolicy) 
         policy,
         base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
         actor: "user:test".into(),
+        on_failure: None,
     }
 }
 
@@ -61,6 +62,7 @@ async fn done(s: &SqliteStore, agent: &str, job: &ClaimedJob) {
             agent_id: agent.into(),
             lease_token: job.lease_token.clone(),
             outcome: StepOutcome {
+                timed_out: false,
                 success: true,
                 exit_codes: vec![Some(0)],
                 error: None,
@@ -707,7 +709,7 @@ async fn a_lost_attempt_waits_out_its_backoff_then_starts_again_from_step_zero()
     );
     let e = s.explain(&r.run_id, Some("x".into()), TTL).await.unwrap();
     assert!(
-        e.stages[0].lines[0].contains("attempt 2 starts from step 0"),
+        e.stages[0].lines[0].contains("attempt 2 starts at step 0"),
         "{:?}",
         e.stages[0].lines
     );
@@ -717,13 +719,16 @@ async fn a_lost_attempt_waits_out_its_backoff_then_starts_again_from_step_zero()
     s.expire_leases(due).await.unwrap();
     let again = claim(&s, &a).await.unwrap();
     assert_eq!((again.spec.step, again.spec.attempt), (0, 2));
-    // The workflow allows 2 attempts: the second loss fails the stage.
+    // The workflow allows 2 attempts: after the second loss a human decides.
     s.expire_leases(again.lease_expires_at_ms + 1)
         .await
         .unwrap();
-    assert_eq!(stage_state(&s, &r.run_id, "x").await, StageState::Failed);
+    assert_eq!(
+        stage_state(&s, &r.run_id, "x").await,
+        StageState::AwaitingDecision
+    );
     assert_eq!(
         s.run_detail(&r.run_id).await.unwrap().run.state,
-        RunState::Failed
+        RunState::Running
     );
 }

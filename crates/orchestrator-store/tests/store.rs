@@ -1,135 +1,19 @@
 //! Scenarios against the real SQLite store: every state change through the
 //! writer, read back through the read connection.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use orchestrator_core::api::{CompleteRequest, LeaseRef, RegisterAgent, StepOutcome};
+use orchestrator_core::api::{CompleteRequest, LeaseRef, RegisterAgent};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::machine::RunEvent;
-use orchestrator_core::{Entity, JobState, RunState, StageState};
-use orchestrator_store::{NewRun, SqliteStore, Store, StoreError, StoreOptions};
+use orchestrator_core::{JobState, RunState, StageState};
+use orchestrator_store::{HumanCommand, SqliteStore, Store, StoreError, StoreOptions};
 
-const TTL: u64 = 30_000;
+mod common;
 
-fn open(dir: &tempfile::TempDir) -> SqliteStore {
-    let mut o = StoreOptions::new(dir.path().join("orch.db"));
-    // Lost attempts start again at once here; `scheduling.rs` covers backoff.
-    o.rules = orchestrator_core::sched::parse_system_rules("retry: {initial: 0s}\n", "rules.yaml")
-        .unwrap();
-    SqliteStore::open(o).unwrap()
-}
-
-fn new_run(yaml: &str) -> NewRun {
-    NewRun {
-        workflow: yaml.to_owned(),
-        file: Some("wf.yaml".into()),
-        project_dir: "/tmp".into(),
-        priority: None,
-        policy: Default::default(),
-        base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
-        actor: "user:test".into(),
-    }
-}
-
-async fn agent(s: &SqliteStore, name: &str, slots: u32, labels: &[&str]) -> String {
-    s.register_agent(
-        RegisterAgent {
-            name: name.into(),
-            labels: labels.iter().map(|l| l.to_string()).collect(),
-            slots,
-            hostname: None,
-            ..Default::default()
-        },
-        TTL,
-        10_000,
-    )
-    .await
-    .unwrap()
-    .agent_id
-}
-
-fn outcome(success: bool, class: Option<ErrorClass>) -> StepOutcome {
-    StepOutcome {
-        success,
-        exit_codes: vec![Some(if success { 0 } else { 1 })],
-        error: (!success).then(|| "boom".to_owned()),
-        error_class: class,
-        bundle: "b".into(),
-        duration_ms: 1,
-        checkpoint: None,
-        until_met: None,
-        questions: Vec::new(),
-    }
-}
-
-async fn complete_ok(s: &SqliteStore, agent_id: &str, job: &orchestrator_core::api::ClaimedJob) {
-    s.complete(
-        job.job_id,
-        CompleteRequest {
-            agent_id: agent_id.into(),
-            lease_token: job.lease_token.clone(),
-            outcome: outcome(true, None),
-            claim_next: false,
-        },
-        TTL,
-    )
-    .await
-    .unwrap();
-}
-
-fn stage_states(d: &orchestrator_core::api::RunDetail) -> HashMap<String, StageState> {
-    d.stages
-        .iter()
-        .map(|s| (s.stage_id.clone(), s.state))
-        .collect()
-}
+use common::*;
 
 const DIAMOND: &str = "name: d\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n  - id: b\n    needs: [a]\n    steps: [{commands: [{argv: [x]}]}, {commands: [{argv: [y]}]}]\n  - id: c\n    needs: [a]\n    steps: [{commands: [{argv: [x]}]}]\n  - id: d\n    needs: [b, c]\n    steps: [{commands: [{argv: [x]}]}]\n";
-
-/// Replays the transitions log: the last `to` of every entity must be its stored state.
-async fn assert_log_replays_to_state(s: &SqliteStore, run_id: &str) {
-    let log = s
-        .transitions_since(0, Some(run_id.to_owned()), 1_000_000)
-        .await
-        .unwrap();
-    let mut last: HashMap<(Entity, String), String> = HashMap::new();
-    let mut prev_seq = 0;
-    for t in &log {
-        assert!(t.seq > prev_seq, "seq strictly increasing");
-        prev_seq = t.seq;
-        if let Some(from) = &t.from {
-            if let Some(before) = last.get(&(t.entity, t.entity_id.clone())) {
-                assert_eq!(
-                    before, from,
-                    "transition {t:?} starts where the previous one ended"
-                );
-            }
-        }
-        last.insert((t.entity, t.entity_id.clone()), t.to.clone());
-    }
-    let d = s.run_detail(run_id).await.unwrap();
-    assert_eq!(
-        last[&(Entity::Run, run_id.to_owned())],
-        d.run.state.as_str()
-    );
-    for st in &d.stages {
-        assert_eq!(
-            last[&(Entity::Stage, format!("{run_id}/{}", st.stage_id))],
-            st.state.as_str(),
-            "stage {}",
-            st.stage_id
-        );
-    }
-    for j in &d.jobs {
-        assert_eq!(
-            last[&(Entity::Job, j.id.to_string())],
-            j.state.as_str(),
-            "job {}",
-            j.id
-        );
-    }
-}
 
 #[tokio::test]
 async fn a_diamond_runs_to_success_and_its_log_replays_to_the_stored_state() {
@@ -230,6 +114,24 @@ async fn a_task_failure_blocks_dependents_and_fails_the_run() {
         .await
         .unwrap();
     }
+    // b waits for a human; c, which does not need it, finished; d waits.
+    let d = s.run_detail(&run).await.unwrap();
+    let st = stage_states(&d);
+    assert_eq!(st["b"], StageState::AwaitingDecision);
+    assert_eq!(st["c"], StageState::Succeeded);
+    assert_eq!(st["d"], StageState::Pending);
+    assert_eq!(d.run.state, RunState::Running);
+    // Aborting the run fails b, which blocks d, and ends the run.
+    s.human(
+        &run,
+        HumanCommand::Abort {
+            stage_id: None,
+            comment: Some("no".into()),
+        },
+        "user:ann",
+    )
+    .await
+    .unwrap();
     let d = s.run_detail(&run).await.unwrap();
     let st = stage_states(&d);
     assert_eq!(st["b"], StageState::Failed);
@@ -243,7 +145,7 @@ async fn a_task_failure_blocks_dependents_and_fails_the_run() {
 }
 
 #[tokio::test]
-async fn expired_leases_restart_the_stage_until_five_attempts_then_fail_it() {
+async fn expired_leases_restart_the_stage_until_five_attempts_then_a_human_fails_it() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
     let a = agent(&s, "a1", 1, &[]).await;
@@ -270,6 +172,22 @@ async fn expired_leases_restart_the_stage_until_five_attempts_then_fail_it() {
             Err(StoreError::StaleLease { .. })
         ));
     }
+    let d = s.run_detail(&run).await.unwrap();
+    assert_eq!(stage_states(&d)["a"], StageState::AwaitingDecision);
+    assert!(
+        s.claim(&a, TTL).await.unwrap().is_none(),
+        "no sixth attempt by itself"
+    );
+    s.human(
+        &run,
+        HumanCommand::Abort {
+            stage_id: Some("a".into()),
+            comment: None,
+        },
+        "user:ann",
+    )
+    .await
+    .unwrap();
     let d = s.run_detail(&run).await.unwrap();
     assert_eq!(stage_states(&d)["a"], StageState::Failed);
     assert!(["b", "c", "d"]

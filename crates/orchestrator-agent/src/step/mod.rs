@@ -256,6 +256,7 @@ impl<'a> Recorder<'a> {
         };
         StepOutcome {
             success: error.is_none(),
+            timed_out: error.is_some() && self.commands.iter().any(|c| c.timed_out),
             exit_codes: self.exit_codes,
             error,
             error_class,

@@ -1,6 +1,6 @@
 //! The wire types of what a human sees and answers: checkpoints and their
-//! artifacts, questions, the inbox, and the approve, reject and answer
-//! requests.
+//! artifacts, questions, the inbox, and the approve, reject, answer,
+//! retry, skip and abort requests.
 
 use serde::{Deserialize, Serialize};
 
@@ -125,6 +125,8 @@ pub struct Answered {
 pub enum InboxKind {
     Approval,
     Question,
+    /// A failed stage waits to be retried, skipped or aborted.
+    Decision,
 }
 
 /// One entry of `orch inbox`.
@@ -135,7 +137,8 @@ pub struct InboxItem {
     pub workflow: String,
     pub stage_id: String,
     pub stage_state: StageState,
-    /// The step that checkpointed (approval) or asked (question).
+    /// The step that checkpointed (approval), asked (question) or failed
+    /// (decision).
     pub step: u32,
     pub step_name: Option<String>,
     /// Since when it waits (Unix ms).
@@ -143,8 +146,24 @@ pub struct InboxItem {
     /// The last checkpoint's commit, for an approval.
     pub commit: Option<String>,
     pub question: Option<QuestionView>,
+    /// For a decision: why the stage failed (the failed attempt's error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
     /// What to type to answer it.
     pub answer_with: Vec<String>,
+}
+
+/// `POST /v1/runs/{id}/stages/{stage}/retry`, `.../skip`, `.../abort` and
+/// `POST /v1/runs/{id}/abort`: a human's decision about a failure.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecideRequest {
+    /// Who decides; recorded as the transition's actor.
+    #[serde(default)]
+    pub by: Option<String>,
+    /// Why, recorded with the transition.
+    #[serde(default)]
+    pub comment: Option<String>,
 }
 
 /// `POST /v1/runs/{id}/stages/{stage}/approve`.
@@ -196,6 +215,14 @@ pub fn answer_commands(
             vec![format!("orch answer {run} {id} \"<your answer>\"")]
         }
         (InboxKind::Question, None) => Vec::new(),
+        (InboxKind::Decision, _) => {
+            let stage = shell_quote(stage_id);
+            vec![
+                format!("orch retry {run} {stage}"),
+                format!("orch skip {run} {stage}"),
+                format!("orch abort {run}"),
+            ]
+        }
         (InboxKind::Approval, _) => {
             let stage = shell_quote(stage_id);
             vec![

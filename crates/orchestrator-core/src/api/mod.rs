@@ -35,6 +35,10 @@ pub struct SubmitRun {
     /// default: the project's HEAD.
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub git_ref: Option<String>,
+    /// What every stage does when it fails, over what the workflow says:
+    /// `ask` (wait for a human's decision) or `fail` (end failed at once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<crate::spec::OnFailure>,
 }
 
 /// The answer to a submission.
@@ -321,6 +325,10 @@ pub struct StepOutcome {
     pub exit_codes: Vec<Option<i32>>,
     pub error: Option<String>,
     pub error_class: Option<ErrorClass>,
+    /// Whether a command ran out of its time (a task failure that
+    /// `retry: {on: [timeout]}` retries).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timed_out: bool,
     /// Bundle directory relative to the project directory.
     pub bundle: String,
     pub duration_ms: u64,

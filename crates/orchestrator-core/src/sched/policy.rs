@@ -153,6 +153,25 @@ impl SystemRules {
         }
     }
 
+    /// The most attempts a stage gets for a failure of `class`
+    /// (`timed_out` when a command ran out of time): its `retry:` limit when
+    /// its `retry.on` (else the system rules') says that class retries, else 1.
+    pub fn attempts_for(
+        &self,
+        stage: Option<&crate::spec::Retry>,
+        class: crate::error::ErrorClass,
+        timed_out: bool,
+    ) -> u32 {
+        let on = stage
+            .and_then(|r| r.on.as_deref())
+            .or(self.retry.on.as_deref());
+        if crate::spec::retries(on, class, timed_out) {
+            self.retry_of(stage).0
+        } else {
+            1
+        }
+    }
+
     /// The slots an agent that declares `declared` may use.
     pub fn agent_slots(&self, declared: u32) -> u32 {
         self.agent_max_slots.map_or(declared, |m| declared.min(m))

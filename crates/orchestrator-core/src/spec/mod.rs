@@ -31,6 +31,10 @@ pub struct Workflow {
     /// Environment variables given to every command of every stage.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub env: BTreeMap<String, String>,
+    /// What a stage does when it fails and is not retried (a stage's own
+    /// `on_failure` wins). Default: `ask`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnFailure>,
     /// The stages; order does not matter, `needs` decides it.
     pub stages: Vec<Stage>,
 }
@@ -75,6 +79,54 @@ pub struct Stage {
     /// iteration whose steps checkpoint like any other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub repeat: Option<Repeat>,
+    /// Commands run in the worktree after the last step (the stage is then
+    /// `validating`); a failure is a task failure of the stage.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub validate: Option<Validate>,
+    /// What this stage does when it fails and is not retried: `ask` (wait
+    /// for `orch retry`, `orch skip` or `orch abort`) or `fail` (end failed
+    /// at once, blocking its dependents). Default: the workflow's, else `ask`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_failure: Option<OnFailure>,
+}
+
+impl Stage {
+    /// Whether a failure of this stage waits for a human (in `wf`).
+    pub fn asks_on_failure(&self, wf: &Workflow) -> bool {
+        self.on_failure.or(wf.on_failure).unwrap_or_default() == OnFailure::Ask
+    }
+
+    /// The job number of this stage's validation: the one after its last
+    /// possible step. None when it has no `validate:`.
+    pub fn validation_step(&self) -> Option<u32> {
+        self.validate.as_ref()?;
+        let per = u64::try_from(self.steps.len()).unwrap_or(u64::MAX).max(1);
+        let iterations = u64::from(self.repeat.as_ref().map_or(1, |r| r.max.max(1)));
+        Some(u32::try_from(per.saturating_mul(iterations)).unwrap_or(u32::MAX))
+    }
+}
+
+/// What a failed stage does once its retries, if any, are spent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OnFailure {
+    /// Wait for a human: `orch retry`, `orch skip` or `orch abort`.
+    #[default]
+    Ask,
+    /// End failed at once; dependents are blocked.
+    Fail,
+}
+
+/// The checks a stage runs after its steps.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Validate {
+    /// The commands, run in order in the run's worktree; the first failure
+    /// fails the validation.
+    pub commands: Vec<CommandSpec>,
+    /// Allows these commands to be `run:` shell strings.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub shell: bool,
 }
 
 /// What a stage's steps need on their agent, besides one slot.
@@ -94,10 +146,17 @@ pub struct Resources {
     pub gpu_memory: Option<SizeSpec>,
 }
 
-/// How a stage retries after infrastructure failures.
+/// How a stage retries failed attempts.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Retry {
+    /// Which failures retry: `infra` (agent lost, lease expired, spawn or
+    /// sandbox failure), `task` (the step's own failure: non-zero exit,
+    /// failed validation, timeout) or only `timeout`. Default: `[infra]`.
+    /// An infrastructure retry starts again from step 0; a task retry runs
+    /// the failed step again in the same worktree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on: Option<Vec<RetryOn>>,
     /// Most attempts in all, 1 to 5 (the system allows no more than 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attempts: Option<u32>,
@@ -112,7 +171,25 @@ pub struct Retry {
     pub max: Option<DurationSpec>,
 }
 
+/// A class of failure that may retry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOn {
+    /// Infrastructure failures.
+    Infra,
+    /// Every task failure, timeouts included.
+    Task,
+    /// Task failures where a command ran out of time.
+    Timeout,
+}
+
 impl Retry {
+    /// Whether a failure of `class` (`timed_out` when a command ran out of
+    /// time) retries under this rule.
+    pub fn retries(&self, class: crate::error::ErrorClass, timed_out: bool) -> bool {
+        retries(self.on.as_deref(), class, timed_out)
+    }
+
     /// The backoff this says, over `base` where it says nothing.
     pub fn backoff(&self, base: crate::error::Backoff) -> crate::error::Backoff {
         crate::error::Backoff {
@@ -121,6 +198,18 @@ impl Retry {
                 .map_or(base.initial_ms, DurationSpec::as_millis),
             factor: self.factor.unwrap_or(base.factor),
             max_ms: self.max.map_or(base.max_ms, DurationSpec::as_millis),
+        }
+    }
+}
+
+/// Whether a failure of `class` retries under `on` (None: the default, infra only).
+pub fn retries(on: Option<&[RetryOn]>, class: crate::error::ErrorClass, timed_out: bool) -> bool {
+    use crate::error::ErrorClass;
+    let on = on.unwrap_or(&[RetryOn::Infra]);
+    match class {
+        ErrorClass::Infra => on.contains(&RetryOn::Infra),
+        ErrorClass::Task => {
+            on.contains(&RetryOn::Task) || (timed_out && on.contains(&RetryOn::Timeout))
         }
     }
 }

@@ -1,5 +1,6 @@
-//! The checks of one stage's steps and of its loop: what each step runs or
-//! asks, which files it commits, and how the stage repeats.
+//! The checks of one stage's steps, its loop and its validation: what each
+//! step runs or asks, which files it commits, how the stage repeats and
+//! what checks it afterwards.
 
 use super::{add_in, check_command, check_env, Problem};
 use crate::spec::Stage;
@@ -9,6 +10,7 @@ pub const MAX_ITERATIONS: u32 = 10_000;
 
 /// Checks the steps and `repeat` of stage `i` (`stage` locates its block).
 pub(super) fn check_steps(i: usize, st: &Stage, stage: (&str, usize), out: &mut Vec<Problem>) {
+    check_validate(i, st, stage, out);
     let id = st.id.as_str();
     for (k, step) in st.steps.iter().enumerate() {
         let at = format!("stages[{i}].steps[{k}]");
@@ -160,4 +162,32 @@ pub fn check_artifact_glob(glob: &str) -> Result<(), String> {
         ));
     }
     Ok(())
+}
+
+/// Checks the `validate:` block of stage `i`.
+fn check_validate(i: usize, st: &Stage, stage: (&str, usize), out: &mut Vec<Problem>) {
+    let Some(v) = &st.validate else { return };
+    if v.commands.is_empty() {
+        add_in(
+            out,
+            format!("stages[{i}].validate.commands"),
+            format!(
+                "stage {:?} validates with no commands; expected at least one command",
+                st.id
+            ),
+            stage,
+            None,
+        );
+    }
+    for (k, cmd) in v.commands.iter().enumerate() {
+        let field = format!("stages[{i}].validate.commands[{k}]");
+        if let Err(msg) = check_command(cmd, v.shell) {
+            let msg = msg.replace(
+                "in a step with `shell: true`",
+                "with `validate.shell: true`",
+            );
+            add_in(out, field.clone(), msg, stage, None);
+        }
+        check_env(&format!("{field}.env"), &cmd.env, Some(stage), out);
+    }
 }

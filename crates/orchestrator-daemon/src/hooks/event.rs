@@ -21,7 +21,8 @@ pub enum EventKind {
     QuestionAnswered,
     /// A step's artifacts were committed on the run's branch.
     Checkpoint,
-    /// A stage failed.
+    /// A stage failed: it waits for a human to retry, skip or abort it, or
+    /// (with `on_failure: fail`) it ended failed.
     Failure,
     /// A run succeeded, failed or was cancelled.
     RunFinished,
@@ -89,6 +90,9 @@ pub struct HumanEvent {
 pub fn human_event(t: &Transition) -> Option<HumanEvent> {
     let kind = match (t.entity, t.from.as_deref(), t.to.as_str()) {
         (Entity::Stage, _, "awaiting_approval") => EventKind::ApprovalRequested,
+        (Entity::Stage, _, "awaiting_decision") => EventKind::Failure,
+        // A human aborted it: they know; the run's end follows.
+        (Entity::Stage, Some("awaiting_decision"), "failed") => return None,
         (Entity::Stage, _, "failed") => EventKind::Failure,
         (Entity::Question, None, "open") => EventKind::QuestionAsked,
         (Entity::Question, _, "answered") => EventKind::QuestionAnswered,
@@ -130,12 +134,16 @@ pub fn human_event(t: &Transition) -> Option<HumanEvent> {
 }
 
 /// The commands that answer `ev`: approve or reject a held stage, answer a
-/// question (one command per choice when it has choices).
+/// question (one command per choice when it has choices), retry, skip or
+/// abort a failed stage.
 pub fn answer_commands(ev: &HumanEvent) -> Vec<String> {
     let stage = ev.stage_id.as_deref().unwrap_or_default();
     match (ev.event, ev.stage_id.is_some(), ev.question_id) {
         (EventKind::ApprovalRequested, true, _) => {
             api::answer_commands(InboxKind::Approval, &ev.run_id, stage, None)
+        }
+        (EventKind::Failure, true, _) if ev.to == "awaiting_decision" => {
+            api::answer_commands(InboxKind::Decision, &ev.run_id, stage, None)
         }
         (EventKind::QuestionAsked, _, Some(q)) => api::answer_commands(
             InboxKind::Question,

@@ -130,6 +130,29 @@ pub fn message(ev: &HumanEvent, links: Option<&ActionLinks>, now_ms: i64) -> Str
         EventKind::Failure => {
             m += &format!("Stage {stage} of run {run} failed{}.\n", detail(&ev.reason));
             m += &format!("See why with:\n  orch logs {run} {stage}\n  orch show {run}\n");
+            if !ev.answer_with.is_empty() {
+                m += "It waits for your decision. Answer with:\n";
+                for c in &ev.answer_with {
+                    m += &format!("  {c}\n");
+                }
+            }
+            if let (Some(l), Some(stage), false) = (links, &ev.stage_id, ev.answer_with.is_empty())
+            {
+                for (kind, label) in [
+                    (ActionKind::Retry, "Retry"),
+                    (ActionKind::Skip, "Skip"),
+                    (ActionKind::Abort, "Abort the run"),
+                ] {
+                    let action = Action {
+                        kind,
+                        run_id: run.clone(),
+                        stage_id: Some(stage.clone()),
+                        question_id: None,
+                        text: None,
+                    };
+                    m += &format!("{label} with one click: {}\n", link(l, &action, now_ms));
+                }
+            }
         }
         EventKind::RunFinished => {
             m += &format!("Run {run} {}{}.\n", ev.to, detail(&ev.reason));

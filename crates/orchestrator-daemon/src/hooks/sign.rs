@@ -32,6 +32,12 @@ pub enum ActionKind {
     Reject,
     /// Answer an open question with `text`.
     Answer,
+    /// Retry a failed stage waiting for a decision.
+    Retry,
+    /// Skip a failed stage waiting for a decision.
+    Skip,
+    /// Abort the run of a failed stage.
+    Abort,
 }
 
 /// One action a signed token allows.

@@ -213,10 +213,21 @@ pub fn explain(
             }
             StageState::Paused => l.push("held at its checkpoint: the run is paused".into()),
             StageState::Retrying => l.push(format!(
-                "an attempt was lost to an infrastructure failure; attempt {} starts from step 0 in {} ms (backoff)",
+                "its last attempt failed and is retried; attempt {} starts at step {} in {} ms (backoff)",
                 s.attempt,
+                s.step,
                 s.retry_at.map_or(0, |t| (t - now).max(0))
             )),
+            StageState::Validating => l.push(format!(
+                "its steps are done; its validate commands run as job step {}",
+                s.step
+            )),
+            StageState::AwaitingDecision => l.push(format!(
+                "failed at step {} and waits for a human's decision: orch retry {run_id} {id} | orch skip {run_id} {id} | orch abort {run_id}; stages that need it wait, the others go on",
+                s.step,
+                id = s.id
+            )),
+            StageState::Skipped => l.push("skipped by a human after it failed: its dependents went on without it".into()),
             StageState::AwaitingApproval => l.push(format!(
                 "waits for a human to approve step {} (orch approve {run_id} {})",
                 s.step, s.id

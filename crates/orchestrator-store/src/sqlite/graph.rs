@@ -55,8 +55,16 @@ pub(super) fn workflow(ctx: &mut Ctx<'_>, run_id: &str) -> Result<Arc<Workflow>>
 }
 
 pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
-    let wf = orchestrator_core::parse_workflow(&run.workflow, run.file.as_deref())
+    let mut wf = orchestrator_core::parse_workflow(&run.workflow, run.file.as_deref())
         .map_err(StoreError::InvalidWorkflow)?;
+    if let Some(on) = run.on_failure {
+        // The submitter's word wins over the workflow's, stage by stage; the
+        // stored spec says what the run really does.
+        wf.on_failure = Some(on);
+        for st in &mut wf.stages {
+            st.on_failure = Some(on);
+        }
+    }
     let plan = orchestrator_core::plan(&wf).map_err(|cycle| {
         conflict(format!(
             "the needs of these stages form a cycle: {}",
@@ -269,7 +277,7 @@ pub fn schedule(ctx: &mut Ctx<'_>) -> Result<()> {
 pub(super) struct StageRow {
     pub(super) state: StageState,
     pub(super) ord: usize,
-    attempt: u32,
+    pub(super) attempt: u32,
     pub(super) steps_total: u32,
     priority: i32,
     project_dir: String,
@@ -348,7 +356,12 @@ pub fn stage_event(
             started,
             ctx.now,
             to.is_terminal(),
-            matches!(to, StageState::AwaitingApproval | StageState::AwaitingInput),
+            matches!(
+                to,
+                StageState::AwaitingApproval
+                    | StageState::AwaitingInput
+                    | StageState::AwaitingDecision
+            ),
             lost,
             keeps_yield
         ])?;
@@ -409,7 +422,12 @@ pub fn stage_event(
             StageEffect::StageEnded => {
                 // A limit of its run or project may have room now.
                 ctx.schedule = true;
-                stage_ended(ctx, run_id, to == StageState::Succeeded)?
+                // A skipped stage was let go by a human: it does not fail its run.
+                stage_ended(
+                    ctx,
+                    run_id,
+                    matches!(to, StageState::Succeeded | StageState::Skipped),
+                )?
             }
             StageEffect::AwaitHuman { resume } => {
                 ctx.schedule = true;
@@ -419,8 +437,15 @@ pub fn stage_event(
                     )?
                     .execute(params![run_id, stage_id, resume])?;
             }
-            StageEffect::AwaitRetry { attempt } => {
-                retry_later(ctx, run_id, stage_id, row.ord, attempt)?
+            StageEffect::AwaitRetry { attempt, step } => {
+                retry_later(ctx, run_id, stage_id, row.ord, attempt, step)?
+            }
+            StageEffect::AwaitDecision { retry } => {
+                ctx.conn
+                    .prepare_cached(
+                        "UPDATE stage_runs SET resume_step = ?3 WHERE run_id = ?1 AND stage_id = ?2",
+                    )?
+                    .execute(params![run_id, stage_id, retry])?;
             }
             StageEffect::CloseQuestions => {
                 human::close_questions(ctx, run_id, stage_id, &reason, actor)?
@@ -457,12 +482,25 @@ pub(super) fn enqueue(
 ) -> Result<()> {
     let wf = workflow(ctx, run_id)?;
     let stage = human::stage_spec(&wf, run_id, stage_id, row.ord)?;
-    let st = human::step_of(stage, step)?;
     ctx.conn
         .prepare_cached(
             "UPDATE stage_runs SET step = ?3, attempt = ?4 WHERE run_id = ?1 AND stage_id = ?2",
         )?
         .execute(params![run_id, stage_id, step, attempt])?;
+    let validation;
+    let st = match (&stage.validate, stage.validation_step() == Some(step)) {
+        (Some(v), true) => {
+            // The validation runs like a step of its own, after the last one.
+            validation = orchestrator_core::spec::Step {
+                name: Some("validate".into()),
+                shell: v.shell,
+                commands: v.commands.clone(),
+                ..Default::default()
+            };
+            &validation
+        }
+        _ => human::step_of(stage, step)?,
+    };
     if st.is_input() {
         return human::ask_input(ctx, run_id, stage_id, stage, step);
     }
@@ -486,10 +524,10 @@ pub(super) fn enqueue(
         base_commit: row.base_commit.clone(),
         artifacts: st.artifacts.clone(),
         until: repeat
-            .filter(|_| ends_iteration)
+            .filter(|_| ends_iteration && stage.validation_step() != Some(step))
             .and_then(|r| r.until.clone()),
         until_shell: repeat.is_some_and(|r| r.shell),
-        iteration: step / per_iteration,
+        iteration: (step / per_iteration).min(human::iterations(stage).saturating_sub(1)),
         handoff: human::parse_handoff(row.handoff.as_deref(), step),
     };
     let payload = serde_json::to_string(&spec).map_err(|e| StoreError::Database(e.to_string()))?;
@@ -642,6 +680,7 @@ pub fn command_run(ctx: &mut Ctx<'_>, run_id: &str, event: RunEvent, actor: &str
         RunEvent::Cancel => ("cancelled", "a running or paused run"),
         RunEvent::Pause => ("paused", "a running run"),
         RunEvent::Resume => ("resumed", "a paused run"),
+        RunEvent::Abort => ("aborted", "a queued, running or paused run"),
         RunEvent::StageEnded { .. } | RunEvent::Admit => {
             return Err(conflict(format!("{event:?} is not a command")))
         }
@@ -732,11 +771,23 @@ fn run_effects(ctx: &mut Ctx<'_>, run_id: &str, effects: &[RunEffect], actor: &s
                 policy::admit(ctx, &project)?;
             }
             RunEffect::Schedule => ctx.schedule = true,
+            RunEffect::AbortStages => {
+                for (stage, _) in stages_in(ctx, run_id, "'awaiting_decision'")? {
+                    stage_event(
+                        ctx,
+                        run_id,
+                        &stage,
+                        StageEvent::Abort,
+                        "aborted with its run".into(),
+                        actor,
+                    )?;
+                }
+            }
             RunEffect::CancelStages => {
                 let open = stages_in(
                     ctx,
                     run_id,
-                    "'pending', 'queued', 'running', 'paused', 'suspended', 'retrying', 'awaiting_approval', 'awaiting_input'",
+                    "'pending', 'queued', 'running', 'paused', 'suspended', 'retrying', 'validating', 'awaiting_decision', 'awaiting_approval', 'awaiting_input'",
                 )?;
                 for (stage, _) in open {
                     stage_event(
@@ -765,11 +816,12 @@ fn run_effects(ctx: &mut Ctx<'_>, run_id: &str, effects: &[RunEffect], actor: &s
             }
             RunEffect::ResumeStages => {
                 for (stage, step) in stages_in(ctx, run_id, "'paused'")? {
+                    let next = human::next_of(ctx, run_id, &stage, Some(step))?;
                     stage_event(
                         ctx,
                         run_id,
                         &stage,
-                        StageEvent::Resume { step },
+                        StageEvent::Resume { next },
                         format!("the run was resumed; step {step} queued again"),
                         actor,
                     )?;
@@ -828,30 +880,50 @@ pub(super) fn end_lease(
     )
 }
 
-/// The most attempts and the backoff of a stage: its own `retry:` within
-/// the system rules.
-pub(super) fn attempt_policy(
+/// What a stage does after a failure of `class` (`timed_out` when a command
+/// ran out of time): the most attempts it gets for it (its `retry:` within
+/// the system rules, or 1 when that class does not retry), and whether a
+/// human is then asked.
+pub(super) fn failure_policy(
     ctx: &mut Ctx<'_>,
     run_id: &str,
     stage_id: &str,
-) -> Result<(u32, orchestrator_core::error::Backoff)> {
+    class: orchestrator_core::error::ErrorClass,
+    timed_out: bool,
+) -> Result<(u32, bool)> {
     let ord: i64 = ctx
         .conn
         .prepare_cached("SELECT ord FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
         .query_row([run_id, stage_id], |r| r.get(0))?;
     let wf = workflow(ctx, run_id)?;
     let stage = human::stage_spec(&wf, run_id, stage_id, ord as usize)?;
-    Ok(ctx.rules.retry_of(stage.retry.as_ref()))
+    Ok((
+        ctx.rules
+            .attempts_for(stage.retry.as_ref(), class, timed_out),
+        stage.asks_on_failure(&wf),
+    ))
 }
 
-/// Sets a stage to wait out its backoff before `attempt`; a zero wait
-/// starts the attempt at once.
+/// What follows failed attempt `attempt` of `max_attempts`, in words.
+pub(super) fn what_follows(attempt: u32, max_attempts: u32, ask: bool, step: u32) -> String {
+    if attempt < max_attempts {
+        format!("retrying at step {step} after a backoff")
+    } else if ask {
+        "waiting for a human to retry, skip or abort it".to_owned()
+    } else {
+        "the stage fails".to_owned()
+    }
+}
+
+/// Sets a stage to wait out its backoff before `attempt`, which goes on at
+/// `step`; a zero wait starts the attempt at once.
 fn retry_later(
     ctx: &mut Ctx<'_>,
     run_id: &str,
     stage_id: &str,
     ord: usize,
     attempt: u32,
+    step: u32,
 ) -> Result<()> {
     let wf = workflow(ctx, run_id)?;
     let stage = human::stage_spec(&wf, run_id, stage_id, ord)?;
@@ -860,16 +932,17 @@ fn retry_later(
     let delay = orchestrator_core::error::retry_delay_ms(attempt, &backoff, jitter);
     ctx.conn
         .prepare_cached(
-            "UPDATE stage_runs SET attempt = ?3, step = 0, retry_at = ?4 WHERE run_id = ?1 AND stage_id = ?2",
+            "UPDATE stage_runs SET attempt = ?3, step = ?5, retry_at = ?4 WHERE run_id = ?1 AND stage_id = ?2",
         )?
-        .execute(params![run_id, stage_id, attempt, ctx.now + delay as i64])?;
+        .execute(params![run_id, stage_id, attempt, ctx.now + delay as i64, step])?;
     if delay == 0 {
+        let next = human::next_of(ctx, run_id, stage_id, Some(step))?;
         stage_event(
             ctx,
             run_id,
             stage_id,
-            StageEvent::RetryDue,
-            format!("attempt {attempt} starts from step 0"),
+            StageEvent::RetryDue { next },
+            format!("attempt {attempt} starts at step {step}"),
             "scheduler",
         )?;
     }
@@ -878,20 +951,21 @@ fn retry_later(
 
 /// Starts the next attempt of every stage whose backoff has passed by `now`.
 pub fn due_retries(ctx: &mut Ctx<'_>, now: i64) -> Result<usize> {
-    let due: Vec<(String, String, u32)> = ctx
+    let due: Vec<(String, String, u32, u32)> = ctx
         .conn
         .prepare_cached(
-            "SELECT run_id, stage_id, attempt FROM stage_runs WHERE state = 'retrying' AND retry_at <= ?1",
+            "SELECT run_id, stage_id, attempt, step FROM stage_runs WHERE state = 'retrying' AND retry_at <= ?1",
         )?
-        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<rusqlite::Result<_>>()?;
-    for (run_id, stage_id, attempt) in &due {
+    for (run_id, stage_id, attempt, step) in &due {
+        let next = human::next_of(ctx, run_id, stage_id, Some(*step))?;
         stage_event(
             ctx,
             run_id,
             stage_id,
-            StageEvent::RetryDue,
-            format!("backoff over: attempt {attempt} starts from step 0"),
+            StageEvent::RetryDue { next },
+            format!("backoff over: attempt {attempt} starts at step {step}"),
             "scheduler",
         )?;
     }

@@ -44,14 +44,55 @@ pub(super) fn iterations(stage: &Stage) -> u32 {
     stage.repeat.as_ref().map_or(1, |r| r.max.max(1))
 }
 
-/// Where a stage goes after step `step`.
-fn after(stage: &Stage, step: u32, until_met: Option<bool>) -> After {
-    after_step(
+/// Where a stage goes after step `step`: its validation comes after its
+/// last step.
+pub(super) fn after(stage: &Stage, step: u32, until_met: Option<bool>) -> After {
+    match after_step(
         step,
         u32::try_from(stage.steps.len()).unwrap_or(u32::MAX),
         iterations(stage),
         until_met,
-    )
+    ) {
+        After::Done => stage.validation_step().map_or(After::Done, After::Validate),
+        after => after,
+    }
+}
+
+/// The first step of the loop iteration that step `step` ends.
+pub(super) fn last_iteration_start(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    step: u32,
+) -> Result<u32> {
+    let row = load_stage(ctx, run_id, stage_id)?;
+    let wf = workflow(ctx, run_id)?;
+    let stage = stage_spec(&wf, run_id, stage_id, row.ord)?;
+    let per = u32::try_from(stage.steps.len()).unwrap_or(u32::MAX).max(1);
+    Ok((step.saturating_add(1)).saturating_sub(per))
+}
+
+/// What a stage runs when it goes on at `step` (None: nothing is left).
+pub(super) fn next_of(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    step: Option<u32>,
+) -> Result<After> {
+    let Some(step) = step else {
+        return Ok(After::Done);
+    };
+    let ord: i64 = ctx
+        .conn
+        .prepare_cached("SELECT ord FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
+        .query_row([run_id, stage_id], |r| r.get(0))?;
+    let wf = workflow(ctx, run_id)?;
+    let stage = stage_spec(&wf, run_id, stage_id, ord as usize)?;
+    Ok(if stage.validation_step() == Some(step) {
+        After::Validate(step)
+    } else {
+        After::Step(step)
+    })
 }
 
 /// Records what a successful step left behind (its checkpoint commit and the
@@ -68,7 +109,12 @@ pub(super) fn step_succeeded(
     let row = load_stage(ctx, run_id, stage_id)?;
     let wf = workflow(ctx, run_id)?;
     let stage = stage_spec(&wf, run_id, stage_id, row.ord)?;
-    let spec = step_of(stage, step)?;
+    let validation = stage.validation_step() == Some(step);
+    let name = if validation {
+        Some("validate".to_owned())
+    } else {
+        step_of(stage, step)?.name.clone()
+    };
     if let Some(cp) = &o.checkpoint {
         let seq: u32 = ctx
             .conn
@@ -91,10 +137,7 @@ pub(super) fn step_succeeded(
             "committed",
             format!(
                 "checkpoint {seq}: step {step}{} committed {short} with {} artifact{}",
-                spec.name
-                    .as_ref()
-                    .map(|n| format!(" ({n})"))
-                    .unwrap_or_default(),
+                name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(),
                 cp.artifacts.len(),
                 if cp.artifacts.len() == 1 { "" } else { "s" }
             ),
@@ -111,6 +154,10 @@ pub(super) fn step_succeeded(
              WHERE run_id = ?1 AND stage_id = ?2 AND handoff IS NOT NULL",
         )?
         .execute([run_id, stage_id])?;
+    if validation {
+        return Ok(StageEvent::Validated);
+    }
+    let spec = step_of(stage, step)?;
     let gate = if !o.questions.is_empty() {
         Gate::Question
     } else if spec.approve {
@@ -260,6 +307,7 @@ pub fn approve(
 ) -> Result<()> {
     waiting_stage(ctx, run_id, stage_id, StageState::AwaitingApproval)?;
     let resume = resume_step(ctx, run_id, stage_id)?;
+    let next = next_of(ctx, run_id, stage_id, resume)?;
     let reason = match comment.as_deref().map(str::trim) {
         Some(c) if !c.is_empty() => format!("approved: {c}"),
         _ => "approved".to_owned(),
@@ -268,7 +316,7 @@ pub fn approve(
         ctx,
         run_id,
         stage_id,
-        StageEvent::Approve { resume },
+        StageEvent::Approve { next },
         reason,
         actor,
     )?;
@@ -399,11 +447,12 @@ pub fn answer(
         set_handoff(ctx, run_id, &stage_id, &handoff)?;
     }
     if open == 0 {
+        let next = next_of(ctx, run_id, &stage_id, resume)?;
         stage_event(
             ctx,
             run_id,
             &stage_id,
-            StageEvent::Answer { resume },
+            StageEvent::Answer { next },
             format!("question {question_id} answered: {text}"),
             actor,
         )?;

@@ -15,6 +15,9 @@ use crate::{Result, StoreError};
 /// The name of step `step` (counted across a loop's iterations) of a stage.
 fn step_name(wf: &Workflow, stage_id: &str, step: u32) -> Option<String> {
     let stage = wf.stages.iter().find(|s| s.id == stage_id)?;
+    if stage.validation_step() == Some(step) {
+        return Some("validate".into());
+    }
     super::human::step_of(stage, step).ok()?.name.clone()
 }
 
@@ -76,7 +79,7 @@ pub fn questions(conn: &Connection, run_id: &str) -> Result<Vec<QuestionView>> {
 }
 
 /// Everything waiting for a human, oldest first: stages awaiting approval
-/// and open questions.
+/// or a decision, and open questions.
 pub fn inbox(conn: &Connection) -> Result<Vec<InboxItem>> {
     let mut specs: HashMap<String, (String, Workflow)> = HashMap::new();
     let mut spec_of = |run_id: &str| -> Result<(String, Workflow)> {
@@ -121,6 +124,38 @@ pub fn inbox(conn: &Connection) -> Result<Vec<InboxItem>> {
             since_ms: since,
             commit,
             question: None,
+            error: None,
+        });
+    }
+    let decisions: Vec<(String, String, u32, i64)> = conn
+        .prepare_cached(
+            "SELECT run_id, stage_id, step, waiting_since FROM stage_runs
+             WHERE waiting_since IS NOT NULL AND state = 'awaiting_decision'",
+        )?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (run_id, stage_id, step, since) in decisions {
+        let (workflow, wf) = spec_of(&run_id)?;
+        let error: Option<String> = conn
+            .prepare_cached(
+                "SELECT error FROM jobs WHERE run_id = ?1 AND stage_id = ?2 AND error IS NOT NULL
+                 ORDER BY id DESC LIMIT 1",
+            )?
+            .query_row([&run_id, &stage_id], |r| r.get(0))
+            .optional()?;
+        items.push(InboxItem {
+            kind: InboxKind::Decision,
+            answer_with: answer_commands(InboxKind::Decision, &run_id, &stage_id, None),
+            step_name: step_name(&wf, &stage_id, step),
+            run_id,
+            workflow,
+            stage_id,
+            stage_state: StageState::AwaitingDecision,
+            step,
+            since_ms: since,
+            commit: None,
+            question: None,
+            error,
         });
     }
     let sql =
@@ -148,6 +183,7 @@ pub fn inbox(conn: &Connection) -> Result<Vec<InboxItem>> {
             since_ms: q.asked_at_ms,
             commit: None,
             question: Some(q),
+            error: None,
         });
     }
     items.sort_by_key(|i| i.since_ms);

@@ -7,13 +7,15 @@ use orchestrator_core::api::{
     RegisterAgent,
 };
 use orchestrator_core::error::ErrorClass;
-use orchestrator_core::machine::{job_on, JobEffect, JobEvent, LeaseEnd, StageEvent};
+use orchestrator_core::machine::{job_on, After, Gate, JobEffect, JobEvent, LeaseEnd, StageEvent};
 use orchestrator_core::{Entity, JobState, RunState, StageState};
 use rusqlite::{params, OptionalExtension};
 
 use orchestrator_core::sched::{free, Free, Grant};
 
-use super::graph::{attempt_policy, conflict, end_lease, job_event, schedule, stage_event, JobRef};
+use super::graph::{
+    conflict, end_lease, failure_policy, job_event, schedule, stage_event, what_follows, JobRef,
+};
 use super::writer::Ctx;
 use super::{human, placement, preempt};
 use crate::{ids, Result, StoreError};
@@ -161,7 +163,8 @@ fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, why: &str) -> Result<i64> {
             lease_id: Some(lease_id),
         };
         job_event(ctx, &job, from, JobEvent::Expire, reason.clone(), "reaper")?;
-        let (max_attempts, _) = attempt_policy(ctx, &run_id, &stage_id)?;
+        let (max_attempts, ask) =
+            failure_policy(ctx, &run_id, &stage_id, ErrorClass::Infra, false)?;
         stage_event(
             ctx,
             &run_id,
@@ -169,8 +172,12 @@ fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, why: &str) -> Result<i64> {
             StageEvent::AttemptLost {
                 attempt,
                 max_attempts,
+                ask,
             },
-            format!("attempt {attempt} of {max_attempts} lost: {reason}; retrying from step 0 after a backoff"),
+            format!(
+                "attempt {attempt} of {max_attempts} lost: {reason}; {}",
+                what_follows(attempt, max_attempts, ask, 0)
+            ),
             "reaper",
         )?;
     }
@@ -446,24 +453,66 @@ pub fn complete(
         lease_id,
     };
     job_event(ctx, &job, from, event, reason.clone(), &actor)?;
-    let event = if o.success {
+    let class = o.error_class.unwrap_or(ErrorClass::Task);
+    let mut event = if o.success {
         human::step_succeeded(ctx, &run_id, &stage_id, job_id, step, o, &actor)?
-    } else if o.error_class == Some(ErrorClass::Infra) {
-        StageEvent::AttemptLost {
-            attempt,
-            max_attempts: attempt_policy(ctx, &run_id, &stage_id)?.0,
+    } else {
+        let (max_attempts, ask) = failure_policy(ctx, &run_id, &stage_id, class, o.timed_out)?;
+        if class == ErrorClass::Infra {
+            StageEvent::AttemptLost {
+                attempt,
+                max_attempts,
+                ask,
+            }
+        } else {
+            StageEvent::StepFailed {
+                step,
+                max_attempts,
+                ask,
+            }
         }
-    } else {
-        StageEvent::StepFailed
     };
-    let why = if o.success {
-        format!("step {step} succeeded")
-    } else {
-        format!(
-            "step {step} failed ({}): {reason}",
-            o.error_class.map_or("task", |c| c.as_str())
-        )
+    let mut why = match event {
+        StageEvent::Validated => format!("validation (job {job_id}) succeeded"),
+        _ if o.success => format!("step {step} succeeded"),
+        StageEvent::StepFailed {
+            max_attempts, ask, ..
+        } => format!(
+            "step {step} failed ({}{}): {reason}; {}",
+            class.as_str(),
+            if o.timed_out { ", timeout" } else { "" },
+            what_follows(attempt, max_attempts, ask, step)
+        ),
+        StageEvent::AttemptLost {
+            max_attempts, ask, ..
+        } => format!(
+            "step {step} failed ({}): {reason}; {}",
+            class.as_str(),
+            what_follows(attempt, max_attempts, ask, 0)
+        ),
+        _ => format!("step {step} failed: {reason}"),
     };
+    // A loop whose `until` still fails after its last iteration failed its
+    // task: like a failed step, it is retried (its last iteration) or
+    // escalated, never silently ended.
+    if let StageEvent::StepSucceeded {
+        after: After::Exhausted,
+        gate: Gate::None | Gate::Approval,
+        ..
+    } = event
+    {
+        let (max_attempts, ask) = failure_policy(ctx, &run_id, &stage_id, ErrorClass::Task, false)?;
+        let last = human::last_iteration_start(ctx, &run_id, &stage_id, step)?;
+        event = StageEvent::StepFailed {
+            step: last,
+            max_attempts,
+            ask,
+        };
+        why = format!(
+            "step {step} succeeded, but the loop's until still fails after its last iteration (task); {}",
+            what_follows(attempt, max_attempts, ask, last)
+        );
+    }
     let asked_to_yield = if o.success {
         preempt::yield_request(ctx, &run_id, &stage_id)?
     } else {

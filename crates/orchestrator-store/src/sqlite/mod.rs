@@ -1,6 +1,7 @@
 //! The embedded SQLite store: a writer thread for every change, a read
 //! connection for queries.
 
+mod decide;
 mod explain;
 mod graph;
 mod human;
@@ -27,6 +28,7 @@ use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 use crate::{Counts, HumanCommand, NewRun, Result, Store, StoreError};
+use decide::Decision;
 pub use writer::WriterStats;
 use writer::{Command, Ctx, Stats, Writer};
 
@@ -272,6 +274,20 @@ impl Store for SqliteStore {
             HumanCommand::Answer { question_id, text } => {
                 human::answer(ctx, &id, question_id, text, &actor)
             }
+            HumanCommand::Retry { stage_id, comment } => {
+                decide::decide(ctx, &id, &stage_id, Decision::Retry, comment, &actor)
+            }
+            HumanCommand::Skip { stage_id, comment } => {
+                decide::decide(ctx, &id, &stage_id, Decision::Skip, comment, &actor)
+            }
+            HumanCommand::Abort {
+                stage_id: Some(stage_id),
+                comment,
+            } => decide::decide(ctx, &id, &stage_id, Decision::Abort, comment, &actor),
+            HumanCommand::Abort {
+                stage_id: None,
+                comment,
+            } => decide::abort_run(ctx, &id, comment, &actor),
         })
         .await?;
         self.read(move |c| reads::run_summary_by_id(c, &read_id))

@@ -222,11 +222,12 @@ pub(super) fn release_yielders(ctx: &mut Ctx<'_>, job_id: i64, where_: &str) -> 
             )?
             .execute([&run_id, &stage_id])?;
         if state == StageState::Suspended.as_str() {
+            let next = super::human::next_of(ctx, &run_id, &stage_id, Some(step))?;
             stage_event(
                 ctx,
                 &run_id,
                 &stage_id,
-                StageEvent::Resume { step },
+                StageEvent::Resume { next },
                 format!("resumed: the work it yielded to (job {job_id}) was placed {where_}; step {step} queued on its agent"),
                 "scheduler",
             )?;

@@ -1,0 +1,90 @@
+//! The commands that decide about a failed stage: `retry`, `skip`, `abort`.
+
+use std::process::ExitCode;
+
+use anyhow::Result;
+use orchestrator_core::api::{DecideRequest, RunSummary};
+
+use crate::client::Client;
+
+#[derive(clap::Args)]
+pub struct StageDecision {
+    /// Run id (or an unambiguous prefix).
+    run: String,
+    /// The failed stage awaiting a decision.
+    stage: String,
+    /// Why, kept with the decision.
+    #[arg(long)]
+    comment: Option<String>,
+    /// Who decides (default: $USER).
+    #[arg(long)]
+    by: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct AbortArgs {
+    /// Run id (or an unambiguous prefix).
+    run: String,
+    /// Only this failed stage ends failed (its dependents are blocked) and
+    /// the rest of the run goes on; without it, the whole run ends failed.
+    stage: Option<String>,
+    /// Why, kept with the decision.
+    #[arg(long)]
+    comment: Option<String>,
+    /// Who decides (default: $USER).
+    #[arg(long)]
+    by: Option<String>,
+}
+
+fn body(comment: Option<String>, by: Option<String>) -> DecideRequest {
+    DecideRequest {
+        by: by.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty())),
+        comment,
+    }
+}
+
+/// `orch retry RUN STAGE`.
+pub async fn retry(a: StageDecision, client: &Client) -> Result<ExitCode> {
+    let path = format!("/v1/runs/{}/stages/{}/retry", a.run, a.stage);
+    let run: RunSummary = client.post(&path, &body(a.comment, a.by)).await?;
+    println!(
+        "retrying stage {} of run {} from where it failed (run {})",
+        a.stage, run.id, run.state
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `orch skip RUN STAGE`.
+pub async fn skip(a: StageDecision, client: &Client) -> Result<ExitCode> {
+    let path = format!("/v1/runs/{}/stages/{}/skip", a.run, a.stage);
+    let run: RunSummary = client.post(&path, &body(a.comment, a.by)).await?;
+    println!(
+        "skipped stage {} of run {}; its dependents go on (run {})",
+        a.stage, run.id, run.state
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `orch abort RUN [STAGE]`.
+pub async fn abort(a: AbortArgs, client: &Client) -> Result<ExitCode> {
+    let req = body(a.comment, a.by);
+    let run: RunSummary = match &a.stage {
+        Some(stage) => {
+            let path = format!("/v1/runs/{}/stages/{stage}/abort", a.run);
+            client.post(&path, &req).await?
+        }
+        None => {
+            client
+                .post(&format!("/v1/runs/{}/abort", a.run), &req)
+                .await?
+        }
+    };
+    match &a.stage {
+        Some(stage) => println!(
+            "aborted stage {stage} of run {} (run {})",
+            run.id, run.state
+        ),
+        None => println!("aborted run {} ({})", run.id, run.state),
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,103 @@
+//! A human's decision about a failed stage: retry it, skip it, or abort it
+//! (or the whole run). Run by the writer inside a batch's transaction.
+
+use orchestrator_core::machine::{RunEvent, StageEvent};
+use orchestrator_core::{RunState, StageState};
+use rusqlite::OptionalExtension;
+
+use super::graph::{conflict, load_stage, run_command, stage_event};
+use super::human;
+use super::writer::Ctx;
+use crate::{Result, StoreError};
+
+/// What a human decided about a stage awaiting a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    Retry,
+    Skip,
+    Abort,
+}
+
+/// With a comment, `verb: comment`; without, `verb`.
+fn said(verb: &str, comment: Option<String>) -> String {
+    match comment.as_deref().map(str::trim) {
+        Some(c) if !c.is_empty() => format!("{verb}: {c}"),
+        _ => verb.to_owned(),
+    }
+}
+
+/// `orch retry|skip|abort RUN STAGE`.
+pub fn decide(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    decision: Decision,
+    comment: Option<String>,
+    actor: &str,
+) -> Result<()> {
+    let row = load_stage(ctx, run_id, stage_id)?;
+    if row.state != StageState::AwaitingDecision {
+        return Err(conflict(format!(
+            "stage {stage_id} of run {run_id} is {}, not awaiting_decision; only a failed stage waiting for a decision can be retried, skipped or aborted",
+            row.state
+        )));
+    }
+    let (event, reason) = match decision {
+        Decision::Retry => {
+            let step: Option<u32> = ctx
+                .conn
+                .prepare_cached(
+                    "SELECT resume_step FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2",
+                )?
+                .query_row([run_id, stage_id], |r| r.get(0))?;
+            let step = step.unwrap_or(0);
+            let next = human::next_of(ctx, run_id, stage_id, Some(step))?;
+            let verb = format!(
+                "retried: attempt {} goes on at step {step}",
+                row.attempt.saturating_add(1)
+            );
+            (StageEvent::Retry { next }, said(&verb, comment))
+        }
+        Decision::Skip => (
+            StageEvent::Skip,
+            said("skipped: its dependents go on without it", comment),
+        ),
+        Decision::Abort => (StageEvent::Abort, said("aborted", comment)),
+    };
+    stage_event(ctx, run_id, stage_id, event, reason, actor)?;
+    Ok(())
+}
+
+/// `orch abort RUN`: the run ends failed. Stages awaiting a decision fail;
+/// the others are cancelled.
+pub fn abort_run(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    comment: Option<String>,
+    actor: &str,
+) -> Result<()> {
+    let state: Option<String> = ctx
+        .conn
+        .prepare_cached("SELECT state FROM runs WHERE id = ?1")?
+        .query_row([run_id], |r| r.get(0))
+        .optional()?;
+    let Some(state) = state else {
+        return Err(StoreError::NotFound {
+            what: "run",
+            id: run_id.to_owned(),
+        });
+    };
+    let from = RunState::parse(&state).unwrap_or(RunState::Failed);
+    if from.is_terminal() {
+        return Err(conflict(format!(
+            "run {run_id} has already ended {from}; only a queued, running or paused run can be aborted"
+        )));
+    }
+    run_command(
+        ctx,
+        run_id,
+        RunEvent::Abort,
+        said("aborted", comment),
+        actor,
+    )
+}

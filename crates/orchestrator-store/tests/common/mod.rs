@@ -1,0 +1,136 @@
+//! What the store's integration tests share: a store on a temporary file,
+//! runs, agents, outcomes, and the check that the transitions log replays
+//! to the stored state.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+use orchestrator_core::api::{CompleteRequest, RegisterAgent, StepOutcome};
+use orchestrator_core::error::ErrorClass;
+use orchestrator_core::{Entity, StageState};
+use orchestrator_store::{NewRun, SqliteStore, Store, StoreOptions};
+
+pub const TTL: u64 = 30_000;
+
+pub fn open(dir: &tempfile::TempDir) -> SqliteStore {
+    let mut o = StoreOptions::new(dir.path().join("orch.db"));
+    // Lost attempts start again at once here; `scheduling.rs` covers backoff.
+    o.rules = orchestrator_core::sched::parse_system_rules("retry: {initial: 0s}\n", "rules.yaml")
+        .unwrap();
+    SqliteStore::open(o).unwrap()
+}
+
+pub fn new_run(yaml: &str) -> NewRun {
+    NewRun {
+        workflow: yaml.to_owned(),
+        file: Some("wf.yaml".into()),
+        project_dir: "/tmp".into(),
+        priority: None,
+        policy: Default::default(),
+        base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        actor: "user:test".into(),
+        on_failure: None,
+    }
+}
+
+pub async fn agent(s: &SqliteStore, name: &str, slots: u32, labels: &[&str]) -> String {
+    s.register_agent(
+        RegisterAgent {
+            name: name.into(),
+            labels: labels.iter().map(|l| l.to_string()).collect(),
+            slots,
+            hostname: None,
+            ..Default::default()
+        },
+        TTL,
+        10_000,
+    )
+    .await
+    .unwrap()
+    .agent_id
+}
+
+pub fn outcome(success: bool, class: Option<ErrorClass>) -> StepOutcome {
+    StepOutcome {
+        timed_out: false,
+        success,
+        exit_codes: vec![Some(if success { 0 } else { 1 })],
+        error: (!success).then(|| "boom".to_owned()),
+        error_class: class,
+        bundle: "b".into(),
+        duration_ms: 1,
+        checkpoint: None,
+        until_met: None,
+        questions: Vec::new(),
+    }
+}
+
+pub async fn complete_ok(
+    s: &SqliteStore,
+    agent_id: &str,
+    job: &orchestrator_core::api::ClaimedJob,
+) {
+    s.complete(
+        job.job_id,
+        CompleteRequest {
+            agent_id: agent_id.into(),
+            lease_token: job.lease_token.clone(),
+            outcome: outcome(true, None),
+            claim_next: false,
+        },
+        TTL,
+    )
+    .await
+    .unwrap();
+}
+
+pub fn stage_states(d: &orchestrator_core::api::RunDetail) -> HashMap<String, StageState> {
+    d.stages
+        .iter()
+        .map(|s| (s.stage_id.clone(), s.state))
+        .collect()
+}
+
+/// Replays the transitions log: the last `to` of every entity must be its stored state.
+pub async fn assert_log_replays_to_state(s: &SqliteStore, run_id: &str) {
+    let log = s
+        .transitions_since(0, Some(run_id.to_owned()), 1_000_000)
+        .await
+        .unwrap();
+    let mut last: HashMap<(Entity, String), String> = HashMap::new();
+    let mut prev_seq = 0;
+    for t in &log {
+        assert!(t.seq > prev_seq, "seq strictly increasing");
+        prev_seq = t.seq;
+        if let Some(from) = &t.from {
+            if let Some(before) = last.get(&(t.entity, t.entity_id.clone())) {
+                assert_eq!(
+                    before, from,
+                    "transition {t:?} starts where the previous one ended"
+                );
+            }
+        }
+        last.insert((t.entity, t.entity_id.clone()), t.to.clone());
+    }
+    let d = s.run_detail(run_id).await.unwrap();
+    assert_eq!(
+        last[&(Entity::Run, run_id.to_owned())],
+        d.run.state.as_str()
+    );
+    for st in &d.stages {
+        assert_eq!(
+            last[&(Entity::Stage, format!("{run_id}/{}", st.stage_id))],
+            st.state.as_str(),
+            "stage {}",
+            st.stage_id
+        );
+    }
+    for j in &d.jobs {
+        assert_eq!(
+            last[&(Entity::Job, j.id.to_string())],
+            j.state.as_str(),
+            "job {}",
+            j.id
+        );
+    }
+}
