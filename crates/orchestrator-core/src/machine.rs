@@ -207,6 +207,10 @@ pub enum StageEvent {
     Reject { step: u32 },
     /// A human answered the open question; go on to `resume` (None: done).
     Answer { resume: Option<u32> },
+    /// The daemon could not carry a runnable stage on (its run's stored spec
+    /// unreadable, a step missing): a daemon-side fault of class infra. It
+    /// fails, like a failed step, so its run ends instead of waiting forever.
+    Fault,
 }
 
 /// What the store must do after a stage transition.
@@ -317,6 +321,7 @@ pub fn stage_on(
         // Nothing runs while it waits: pausing holds it at step 0.
         (S::Retrying, E::Pause) => (S::Paused, vec![]),
         (S::Pending, E::UpstreamFailed) => (S::Blocked, vec![F::BlockDependents, F::StageEnded]),
+        (S::Pending, E::Fault) => (S::Failed, vec![F::BlockDependents, F::StageEnded]),
         // The queued job has not started: withdrawing it loses nothing.
         (S::Queued | S::Suspended, E::Pause) => (S::Paused, vec![F::CancelJob]),
         (S::Paused | S::Suspended, E::Resume { step }) => {

@@ -68,6 +68,7 @@ fn stage_events() -> Vec<StageEvent> {
         E::Reject { step: 0 },
         E::Answer { resume: Some(1) },
         E::Answer { resume: None },
+        E::Fault,
     ]);
     // Fails to compile when a variant is added and not listed above.
     for e in &events {
@@ -86,7 +87,8 @@ fn stage_events() -> Vec<StageEvent> {
             | E::Asked { .. }
             | E::Approve { .. }
             | E::Reject { .. }
-            | E::Answer { .. } => {}
+            | E::Answer { .. }
+            | E::Fault => {}
         }
     }
     events
@@ -124,6 +126,7 @@ fn stage_table() -> Vec<StageRow> {
             }],
         ),
         (S::Pending, E::UpstreamFailed, S::Blocked, ENDED_BADLY),
+        (S::Pending, E::Fault, S::Failed, ENDED_BADLY),
         (S::Pending, E::Cancel, S::Cancelled, CANCELLED),
         (S::Queued, E::Started, S::Running, &[]),
         (S::Queued, E::Cancel, S::Cancelled, CANCELLED),
