@@ -239,6 +239,10 @@ pub enum StageEvent {
     Skip,
     /// A human chose to let the failed stage fail.
     Abort,
+    /// The daemon could not carry a runnable stage on (its run's stored spec
+    /// unreadable, a step missing): a daemon-side fault of class infra. It
+    /// fails, like a failed step, so its run ends instead of waiting forever.
+    Fault,
 }
 
 /// What the store must do after a stage transition.
@@ -352,6 +356,8 @@ pub fn stage_on(
         (S::Pending, E::UpstreamFailed) => {
             Some((S::Blocked, vec![F::BlockDependents, F::StageEnded]))
         }
+        // Its spec cannot be read: nothing can be retried, so it fails.
+        (S::Pending, E::Fault) => Some(ended_failed()),
         // The queued job has not started: withdrawing it loses nothing.
         (S::Queued | S::Suspended, E::Pause) => Some((S::Paused, vec![F::CancelJob])),
         (S::Paused | S::Suspended, E::Resume { next }) => step_again(next, attempt),

@@ -71,6 +71,7 @@ fn stage_events() -> Vec<StageEvent> {
         E::Reject { step: 0 },
         E::Skip,
         E::Abort,
+        E::Fault,
     ]);
     // Fails to compile when a variant is added and not listed above.
     for e in &events {
@@ -93,7 +94,8 @@ fn stage_events() -> Vec<StageEvent> {
             | E::Answer { .. }
             | E::Retry { .. }
             | E::Skip
-            | E::Abort => {}
+            | E::Abort
+            | E::Fault => {}
         }
     }
     events
@@ -131,6 +133,7 @@ fn stage_table() -> Vec<StageRow> {
             }],
         ),
         (S::Pending, E::UpstreamFailed, S::Blocked, ENDED_BADLY),
+        (S::Pending, E::Fault, S::Failed, ENDED_BADLY),
         (S::Queued, E::Started, S::Running, &[]),
         // A step that succeeds goes on, or holds for a human first.
         (S::Running, ok(A::Step(1), G::None), S::Queued, NEXT),

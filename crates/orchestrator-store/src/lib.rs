@@ -6,15 +6,21 @@
 //! command sent to it over a bounded channel. The writer drains whatever
 //! commands are waiting (up to `max_items`, for at most `max_ms`), runs each in
 //! its own savepoint, commits them all in one transaction (group commit), and
-//! only then answers each caller and publishes the batch's transitions. Reads
-//! use a separate connection and never wait for the writer.
+//! only then answers each caller and publishes the batch's transitions. A
+//! command that fails or panics rolls back alone; a batch whose transaction
+//! breaks is rolled back whole, never committed in part. Reads use a separate
+//! connection and never wait for the writer.
 //!
 //! Every state change goes through a state machine of `orchestrator-core` and
 //! is written with its transition row in the same transaction. When a stage
 //! succeeds, its dependents' count of unmet needs drops; at the end of each
 //! batch that released stages (or submitted a run) the scheduler pass turns
 //! every runnable stage into a queued job, inside the same transaction, so a
-//! completion and the work it unlocks commit together.
+//! completion and the work it unlocks commit together. A stage the pass
+//! cannot schedule fails alone, as a daemon-side fault; other runs go on.
+//!
+//! The cargo feature `failpoints` (tests only) adds hidden hooks that fail,
+//! or abort the process at, a chosen SQL statement of the next batch.
 //!
 //! What it is not: it does no HTTP and no process handling, and it decides
 //! nothing the core's machines do not allow.
@@ -35,6 +41,9 @@ use orchestrator_core::{SpecErrors, Transition};
 use tokio::sync::{broadcast, Notify};
 
 pub use ids::{new_secret, now_ms};
+#[cfg(feature = "failpoints")]
+#[doc(hidden)]
+pub use sqlite::{FaultMode, FaultReport};
 pub use sqlite::{SqliteStore, StoreOptions, WriterStats};
 
 /// A run to create.

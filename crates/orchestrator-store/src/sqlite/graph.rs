@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use orchestrator_core::api::{JobSpec, Submitted};
+use orchestrator_core::error::ErrorClass;
 use orchestrator_core::machine::{
     job_on, run_on, stage_on, JobEffect, JobEvent, RunEffect, RunEvent, StageEffect, StageEvent,
 };
@@ -228,6 +229,11 @@ fn never_fits(ctx: &Ctx<'_>, wf: &Workflow) -> Result<Vec<String>> {
 
 /// The scheduler pass: every pending stage whose needs have all succeeded
 /// gets a job for its first step, highest run priority first.
+///
+/// Each stage is scheduled in its own savepoint: a stage that cannot be
+/// scheduled (its run's stored spec unreadable, a step missing) fails alone,
+/// as a daemon-side fault, and every other run goes on. Only a broken
+/// transaction fails the pass, and with it the batch.
 pub fn schedule(ctx: &mut Ctx<'_>) -> Result<()> {
     ctx.schedule = false;
     let ready: Vec<(String, String, i64, String, Option<String>)> = ctx
@@ -240,36 +246,91 @@ pub fn schedule(ctx: &mut Ctx<'_>) -> Result<()> {
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?, r.get(3)?, r.get(4)?)))?
         .collect::<rusqlite::Result<_>>()?;
     for (run_id, stage_id, ord, project_dir, limits) in ready {
-        let wf = workflow(ctx, &run_id)?;
-        let Some(stage) = wf.stages.get(ord as usize) else {
-            continue;
-        };
-        let limits = policy::parse_limits(limits.as_deref());
-        if limits != Limits::default() {
-            let needs = Needs::of_stage(stage);
-            let hold = policy::stage_hold(ctx, &run_id, &project_dir, &limits, &needs)?;
-            policy::set_stage_hold(ctx, &run_id, &stage_id, hold.as_deref())?;
-            if hold.is_some() {
-                continue;
-            }
+        let scheduled = ctx.savepoint(|ctx| {
+            schedule_stage(
+                ctx,
+                &run_id,
+                &stage_id,
+                ord,
+                &project_dir,
+                limits.as_deref(),
+            )
+        });
+        if let Err(e) = scheduled {
+            ctx.healthy()?;
+            stage_fault(ctx, &run_id, &stage_id, &e)?;
         }
-        let reason = match &stage.needs[..] {
-            [] => "runnable: needs nothing".to_owned(),
-            [a] => format!("runnable: {a} succeeded"),
-            [a, b] => format!("runnable: {a} and {b} succeeded"),
-            [a, b, rest @ ..] => format!(
-                "runnable: {a}, {b} and the {} other stages it needs succeeded",
-                rest.len()
-            ),
-        };
+    }
+    Ok(())
+}
+
+fn schedule_stage(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    stage_id: &str,
+    ord: i64,
+    project_dir: &str,
+    limits: Option<&str>,
+) -> Result<()> {
+    let wf = workflow(ctx, run_id)?;
+    let stage = human::stage_spec(
+        &wf,
+        run_id,
+        stage_id,
+        usize::try_from(ord).unwrap_or(usize::MAX),
+    )?;
+    let limits = policy::parse_limits(limits);
+    if limits != Limits::default() {
+        let needs = Needs::of_stage(stage);
+        let hold = policy::stage_hold(ctx, run_id, project_dir, &limits, &needs)?;
+        policy::set_stage_hold(ctx, run_id, stage_id, hold.as_deref())?;
+        if hold.is_some() {
+            return Ok(());
+        }
+    }
+    let reason = match &stage.needs[..] {
+        [] => "runnable: needs nothing".to_owned(),
+        [a] => format!("runnable: {a} succeeded"),
+        [a, b] => format!("runnable: {a} and {b} succeeded"),
+        [a, b, rest @ ..] => format!(
+            "runnable: {a}, {b} and the {} other stages it needs succeeded",
+            rest.len()
+        ),
+    };
+    stage_event(
+        ctx,
+        run_id,
+        stage_id,
+        StageEvent::NeedsMet,
+        reason,
+        "scheduler",
+    )?;
+    Ok(())
+}
+
+/// Fails a stage the scheduler pass could not carry on: left pending, it
+/// would hold its run open forever and be tried again at every pass.
+fn stage_fault(ctx: &mut Ctx<'_>, run_id: &str, stage_id: &str, error: &StoreError) -> Result<()> {
+    tracing::error!(run = run_id, stage = stage_id, error = %error,
+        "cannot schedule this stage; it fails (daemon-side fault, class infra)");
+    let reason = format!(
+        "daemon-side fault (class {}): the daemon could not schedule this stage: {error}",
+        ErrorClass::Infra.as_str()
+    );
+    let ended = ctx.savepoint(|ctx| {
         stage_event(
             ctx,
-            &run_id,
-            &stage_id,
-            StageEvent::NeedsMet,
+            run_id,
+            stage_id,
+            StageEvent::Fault,
             reason,
             "scheduler",
-        )?;
+        )
+    });
+    if let Err(e) = ended {
+        ctx.healthy()?;
+        tracing::error!(run = run_id, stage = stage_id, error = %e,
+            "cannot fail this stage either; it stays pending until the next scheduler pass");
     }
     Ok(())
 }

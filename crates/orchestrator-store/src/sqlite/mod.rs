@@ -3,6 +3,8 @@
 
 mod decide;
 mod explain;
+#[cfg(feature = "failpoints")]
+mod failpoints;
 mod graph;
 mod human;
 mod inbox;
@@ -29,6 +31,8 @@ use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 use crate::{Counts, HumanCommand, NewRun, Result, Store, StoreError};
 use decide::Decision;
+#[cfg(feature = "failpoints")]
+pub use failpoints::{FaultMode, FaultReport};
 pub use writer::WriterStats;
 use writer::{Command, Ctx, Stats, Writer};
 
@@ -69,6 +73,8 @@ pub struct SqliteStore {
     stats: Arc<Stats>,
     rules: Arc<SystemRules>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    #[cfg(feature = "failpoints")]
+    faults: Arc<failpoints::Faults>,
     /// Held for the store's lifetime: one writer per database file.
     _lock: std::fs::File,
 }
@@ -125,6 +131,8 @@ impl SqliteStore {
         let (events, _) = broadcast::channel(4096);
         let jobs_queued = Arc::new(Notify::new());
         let stats = Arc::new(Stats::default());
+        #[cfg(feature = "failpoints")]
+        let faults = Arc::new(failpoints::Faults::default());
         let w = Writer {
             conn: wconn,
             rx,
@@ -134,6 +142,8 @@ impl SqliteStore {
             jobs_queued: jobs_queued.clone(),
             stats: stats.clone(),
             rules: rules.clone(),
+            #[cfg(feature = "failpoints")]
+            faults: faults.clone(),
         };
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
@@ -147,6 +157,8 @@ impl SqliteStore {
             stats,
             rules,
             thread: Mutex::new(Some(thread)),
+            #[cfg(feature = "failpoints")]
+            faults,
             _lock: lock,
         })
     }
@@ -179,7 +191,8 @@ impl SqliteStore {
             .await
             .map_err(|_| StoreError::Closed)?;
         // The writer drops a command unanswered only when its batch failed
-        // half-way (a command panicked); the daemon log says which.
+        // half-way (its transaction broke before this command ran); the
+        // daemon log says why.
         answer.await.map_err(|_| {
             StoreError::Database(
                 "the store dropped this command with a failed batch; see the daemon log".into(),

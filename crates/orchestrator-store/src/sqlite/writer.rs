@@ -6,8 +6,12 @@
 //! all at once. It never sleeps waiting for more work: under load commands
 //! pile up while the previous commit is being synced, so batches form by
 //! themselves; when idle, a lone command is committed at once.
-//! Each command runs in its own savepoint, so one command's failure rolls back
-//! only that command. Callers are answered only after the commit.
+//! Each command runs in its own savepoint, so one command's failure, or
+//! panic, rolls back only that command. Callers are answered only after the
+//! commit. When the transaction itself can no longer be trusted (a savepoint
+//! statement failed, or SQLite rolled the transaction back on its own) the
+//! whole batch is rolled back and every caller in it gets the error: a batch
+//! is all or nothing, never a mix.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -41,6 +45,9 @@ pub struct Ctx<'c> {
     pub queued: bool,
     /// The daemon's system rules.
     pub rules: &'c SystemRules,
+    /// Why the batch's transaction can no longer be committed: a savepoint
+    /// could not be opened, released or rolled back. Checked after every command.
+    pub broken: Option<StoreError>,
 }
 
 /// Counters for `/metrics`.
@@ -88,6 +95,8 @@ pub struct Writer {
     pub jobs_queued: Arc<Notify>,
     pub stats: Arc<Stats>,
     pub rules: Arc<SystemRules>,
+    #[cfg(feature = "failpoints")]
+    pub faults: Arc<super::failpoints::Faults>,
 }
 
 impl Writer {
@@ -113,6 +122,8 @@ impl Writer {
     fn commit(&mut self, batch: &mut Vec<Command>, workflows: &mut HashMap<String, Arc<Workflow>>) {
         let n = batch.len() as u64;
         let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+        #[cfg(feature = "failpoints")]
+        self.faults.begin_batch(&mut self.conn);
         let mut ctx = Ctx {
             conn: &self.conn,
             now: crate::now_ms(),
@@ -121,26 +132,25 @@ impl Writer {
             schedule: false,
             queued: false,
             rules: &self.rules,
+            broken: None,
         };
         let outcome = (|| -> Result<()> {
             ctx.conn.execute_batch("BEGIN IMMEDIATE")?;
             for cmd in batch.drain(..) {
-                // A command that panics (a bug) must not take the writer, and
-                // with it the daemon, down: its batch is rolled back, its
-                // caller sees the store error, and the next batch goes on.
+                // `Ctx::savepoint` turns a command's panic into its own error;
+                // a panic outside it (a bug in the writer's plumbing) leaves a
+                // savepoint of unknown state, so the batch is rolled back, its
+                // callers see the store error, and the next batch goes on.
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd(&mut ctx))) {
                     Ok(reply) => replies.push(reply),
                     Err(panic) => {
-                        let what = panic
-                            .downcast_ref::<&str>()
-                            .map(|s| s.to_string())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_default();
                         return Err(StoreError::Database(format!(
-                            "a store command panicked: {what}"
+                            "a store command panicked: {}",
+                            panic_message(panic.as_ref())
                         )));
                     }
                 }
+                ctx.healthy()?;
             }
             if ctx.schedule {
                 super::graph::schedule(&mut ctx)?;
@@ -153,6 +163,7 @@ impl Writer {
                     .prepare_cached("SELECT EXISTS (SELECT 1 FROM jobs WHERE state = 'queued')")?
                     .query_row([], |r| r.get(0))?;
             }
+            ctx.healthy()?;
             let t = Instant::now();
             ctx.conn.execute_batch("COMMIT")?;
             self.stats
@@ -161,6 +172,8 @@ impl Writer {
             Ok(())
         })();
         batch.clear();
+        #[cfg(feature = "failpoints")]
+        self.faults.record();
         match outcome {
             Ok(()) => {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
@@ -182,6 +195,8 @@ impl Writer {
             Err(e) => {
                 tracing::error!(error = %e, commands = n, "store batch failed; rolled back");
                 self.stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+                // SQLite may have rolled back already (then there is no
+                // transaction to end, and the error says so harmlessly).
                 let _ = ctx.conn.execute_batch("ROLLBACK");
                 // Cached workflows may describe runs the rollback removed.
                 ctx.workflows.clear();
@@ -190,28 +205,77 @@ impl Writer {
                 }
             }
         }
+        #[cfg(feature = "failpoints")]
+        self.faults.end_batch(&mut self.conn);
     }
 }
 
+/// The text a panic carried, if it was a string.
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 impl Ctx<'_> {
-    /// Runs `f` in a savepoint: its writes and transitions stay only if it succeeds.
+    /// Runs `f` in a savepoint: its writes and transitions stay only if it
+    /// succeeds. A panic in `f` is rolled back like an error and returned as
+    /// one, so it costs only this command. When the savepoint itself cannot be
+    /// ended, the batch is marked broken and the writer rolls all of it back.
     pub fn savepoint<R>(&mut self, f: impl FnOnce(&mut Self) -> Result<R>) -> Result<R> {
         let mark = self.transitions.len();
         let (schedule, queued) = (self.schedule, self.queued);
-        self.conn.execute_batch("SAVEPOINT cmd")?;
-        match f(self) {
-            Ok(r) => {
-                self.conn.execute_batch("RELEASE cmd")?;
-                Ok(r)
-            }
+        if let Err(e) = self.conn.execute_batch("SAVEPOINT cmd") {
+            return Err(self.break_batch(e.into()));
+        }
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)))
+            .unwrap_or_else(|panic| {
+                // The cache may hold a workflow for rows the rollback removes.
+                self.workflows.clear();
+                Err(StoreError::Database(format!(
+                    "a store command panicked: {}",
+                    panic_message(panic.as_ref())
+                )))
+            });
+        match outcome {
+            Ok(r) => match self.conn.execute_batch("RELEASE cmd") {
+                Ok(()) => Ok(r),
+                Err(e) => Err(self.break_batch(e.into())),
+            },
             Err(e) => {
-                self.conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd")?;
+                if let Err(re) = self.conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd") {
+                    return Err(self.break_batch(re.into()));
+                }
                 self.transitions.truncate(mark);
                 self.schedule = schedule;
                 self.queued = queued;
                 Err(e)
             }
         }
+    }
+
+    /// Marks the batch as not committable and returns the error for the caller.
+    fn break_batch(&mut self, e: StoreError) -> StoreError {
+        self.broken.get_or_insert_with(|| e.clone());
+        e
+    }
+
+    /// Whether the batch's transaction can still be committed: no savepoint
+    /// went wrong, and SQLite did not roll the transaction back by itself
+    /// (it does on I/O errors, a full disk or an interrupt), after which later
+    /// statements would each commit on their own.
+    pub fn healthy(&mut self) -> Result<()> {
+        if let Some(e) = self.broken.take() {
+            return Err(e);
+        }
+        if self.conn.is_autocommit() {
+            return Err(StoreError::Database(
+                "SQLite rolled the batch's transaction back after an error".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Writes one transition row and keeps it for publishing after commit.

@@ -1,0 +1,159 @@
+//! Failure points in the writer, for tests only (cargo feature `failpoints`).
+//!
+//! A test arms a point for the next batch: its k-th SQL statement (counted
+//! from `BEGIN IMMEDIATE`, savepoints and `COMMIT` included) either fails, or
+//! the process aborts right after that statement finishes. The statement is
+//! counted by SQLite's trace hook and failed by its progress handler, which
+//! interrupts it (`SQLITE_INTERRUPT`), so the failure is a real SQLite error
+//! between two real statements of the batch, not an imitation in Rust.
+//! Both hooks are installed only for an armed batch: a build with the feature
+//! but no armed point runs exactly as production does.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::trace::{TraceEvent, TraceEventCodes};
+use rusqlite::Connection;
+
+use super::SqliteStore;
+use crate::Result;
+
+/// What happens at the armed statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FaultMode {
+    /// The statement fails with an interrupt error.
+    Fail,
+    /// The process aborts as soon as the statement has finished.
+    Abort,
+}
+
+/// What the last armed batch did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FaultReport {
+    /// Statements it started, up to and including `COMMIT` or `ROLLBACK`.
+    pub statements: u64,
+    /// Whether the armed statement was really interrupted.
+    pub fired: bool,
+}
+
+/// Shared between the store (which arms) and the writer (which installs).
+#[derive(Default)]
+pub struct Faults {
+    armed: Mutex<Option<(u64, FaultMode)>>,
+    current: Mutex<Option<Arc<BatchFault>>>,
+    last: Mutex<FaultReport>,
+}
+
+#[derive(Default)]
+struct BatchFault {
+    target: u64,
+    abort: bool,
+    started: AtomicU64,
+    finished: AtomicU64,
+    trip: AtomicBool,
+    fired: AtomicBool,
+}
+
+impl Faults {
+    /// Installs the hooks on the write connection when a point is armed.
+    pub fn begin_batch(&self, conn: &mut Connection) {
+        let armed = self.armed.lock().ok().and_then(|mut a| a.take());
+        let Some((target, mode)) = armed else {
+            return;
+        };
+        let f = Arc::new(BatchFault {
+            target,
+            abort: mode == FaultMode::Abort,
+            ..BatchFault::default()
+        });
+        let t = f.clone();
+        let traced = conn.trace_v2(
+            TraceEventCodes::SQLITE_TRACE_STMT | TraceEventCodes::SQLITE_TRACE_PROFILE,
+            Some(move |ev: TraceEvent<'_>| match ev {
+                TraceEvent::Stmt(..) => {
+                    let n = t.started.fetch_add(1, Ordering::SeqCst) + 1;
+                    if n == t.target && !t.abort {
+                        t.trip.store(true, Ordering::SeqCst);
+                    }
+                }
+                TraceEvent::Profile(..) => {
+                    let n = t.finished.fetch_add(1, Ordering::SeqCst) + 1;
+                    if n == t.target && t.abort {
+                        std::process::abort();
+                    }
+                }
+                _ => {}
+            }),
+        );
+        let p = f.clone();
+        let handled = conn.progress_handler(
+            1,
+            Some(move || {
+                let interrupt = p.trip.swap(false, Ordering::SeqCst);
+                if interrupt {
+                    p.fired.store(true, Ordering::SeqCst);
+                }
+                interrupt
+            }),
+        );
+        if let (Ok(()), Ok(()), Ok(mut c)) = (traced, handled, self.current.lock()) {
+            *c = Some(f);
+        }
+    }
+
+    /// Records what the batch did, before its callers are answered, and
+    /// disarms a point that was reached but not delivered.
+    pub fn record(&self) {
+        let Some(f) = self.current.lock().ok().and_then(|c| c.clone()) else {
+            return;
+        };
+        f.trip.store(false, Ordering::SeqCst);
+        if let Ok(mut last) = self.last.lock() {
+            *last = FaultReport {
+                statements: f.started.load(Ordering::SeqCst),
+                fired: f.fired.load(Ordering::SeqCst),
+            };
+        }
+    }
+
+    /// Removes the hooks, so the point never leaks into the next batch or
+    /// the writer's checkpoint at shutdown.
+    pub fn end_batch(&self, conn: &mut Connection) {
+        if let Some(_f) = self.current.lock().ok().and_then(|mut c| c.take()) {
+            let _ = conn.trace_v2(TraceEventCodes::empty(), None::<fn(TraceEvent<'_>)>);
+            let _ = conn.progress_handler(0, None::<fn() -> bool>);
+        }
+    }
+}
+
+#[doc(hidden)]
+impl SqliteStore {
+    /// Arms statement `k` (1-based) of the next batch the writer starts.
+    pub fn arm_failpoint(&self, k: u64, mode: FaultMode) {
+        if let Ok(mut a) = self.faults.armed.lock() {
+            *a = Some((k, mode));
+        }
+    }
+
+    /// What the last armed batch did.
+    pub fn failpoint_report(&self) -> FaultReport {
+        self.faults.last.lock().map(|l| *l).unwrap_or_default()
+    }
+
+    /// Commands waiting in the writer's queue.
+    pub fn queued_commands(&self) -> usize {
+        self.tx
+            .lock()
+            .ok()
+            .and_then(|t| t.as_ref().map(|t| t.max_capacity() - t.capacity()))
+            .unwrap_or(0)
+    }
+
+    /// Runs `f` as a write command of its own, in a savepoint like any other.
+    pub async fn exec_command<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+    ) -> Result<R> {
+        self.write(move |ctx| f(ctx.conn)).await
+    }
+}
