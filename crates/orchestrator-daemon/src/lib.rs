@@ -23,6 +23,7 @@ pub mod api;
 pub mod auth;
 mod error;
 mod events;
+mod extract;
 pub mod hooks;
 mod human;
 pub mod metrics;
