@@ -166,6 +166,13 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
                 "no such endpoint; the API lives under /v1",
             )
         })
+        // axum's own 405 has no body; a client should hear why.
+        .method_not_allowed_fallback(|| async {
+            error::ApiErr::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "this endpoint does not take that method (GET reads, POST acts)",
+            )
+        })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(app)
 }

@@ -361,6 +361,15 @@ async fn bad_path_parameters_get_a_4xx_naming_them_and_change_nothing() {
         let a = send(addr, "GET", &format!("/v1/runs/{id}"), Some(ADMIN), "").await;
         assert_eq!(a.status, 404, "{id}: {}", a.body);
     }
+    for (method, path) in [
+        ("DELETE", "/v1/runs/x"),
+        ("PUT", "/v1/agents"),
+        ("GET", "/v1/runs/x/cancel"),
+    ] {
+        let a = send(addr, method, path, Some(ADMIN), "").await;
+        assert_eq!(a.status, 405, "{method} {path}: {}", a.body);
+        assert!(error_of(method, &a).contains("does not take that method"));
+    }
     let upper = f.run_id.to_uppercase();
     let a = send(
         addr,
