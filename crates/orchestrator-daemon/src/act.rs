@@ -7,11 +7,12 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use orchestrator_store::{now_ms, HumanCommand, Store, StoreError};
 
+use crate::extract::Path;
 use crate::hooks::sign::{verify_action, Action, ActionError, ActionKind};
 use crate::App;
 

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -15,6 +15,7 @@ use orchestrator_store::{NewRun, Store, StoreError};
 use serde::Deserialize;
 
 use crate::error::{ApiErr, JsonBody};
+use crate::extract::{Path, Query, QueryParams};
 use crate::App;
 
 pub async fn submit_run<S: Store>(
@@ -63,6 +64,10 @@ pub struct ListQuery {
 
 fn default_limit() -> u32 {
     100
+}
+
+impl QueryParams for ListQuery {
+    const EXPECTED: &'static str = "`limit`: a whole number from 0 to 4294967295 (default 100)";
 }
 
 pub async fn list_runs<S: Store>(
@@ -152,6 +157,10 @@ pub async fn list_agents<S: Store>(State(app): State<Arc<App<S>>>) -> Result<Res
 pub struct ExplainQuery {
     #[serde(default)]
     stage: Option<String>,
+}
+
+impl QueryParams for ExplainQuery {
+    const EXPECTED: &'static str = "`stage`: a stage id of the run (optional)";
 }
 
 /// `GET /v1/runs/{id}/explain[?stage=S]`.

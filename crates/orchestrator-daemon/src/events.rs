@@ -5,7 +5,7 @@
 use std::convert::Infallible;
 use std::sync::Arc;
 
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
@@ -15,6 +15,7 @@ use orchestrator_store::Store;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
+use crate::extract::{Query, QueryParams};
 use crate::App;
 
 #[derive(Deserialize)]
@@ -25,6 +26,10 @@ pub struct EventsQuery {
     run: Option<String>,
     /// Only these kinds of entity, comma-separated (`run,stage`).
     entities: Option<String>,
+}
+
+impl QueryParams for EventsQuery {
+    const EXPECTED: &'static str = "`since`: a transition seq, a whole number from -9223372036854775808 to 9223372036854775807; `run`: a run id; `entities`: kinds of entity, comma-separated (all optional)";
 }
 
 pub async fn events<S: Store>(

@@ -3,13 +3,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use orchestrator_core::api::{AnswerRequest, ApproveRequest, DecideRequest, RejectRequest};
 use orchestrator_store::{HumanCommand, Store};
 
 use crate::error::{ApiErr, JsonBody};
+use crate::extract::Path;
 use crate::App;
 
 /// Who acted, for the transition row: the name the client gave, or the

@@ -23,6 +23,7 @@ pub mod api;
 pub mod auth;
 mod error;
 mod events;
+mod extract;
 pub mod hooks;
 mod human;
 pub mod metrics;
@@ -173,6 +174,13 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
             error::ApiErr::new(
                 axum::http::StatusCode::NOT_FOUND,
                 "no such endpoint; the API lives under /v1",
+            )
+        })
+        // axum's own 405 has no body; a client should hear why.
+        .method_not_allowed_fallback(|| async {
+            error::ApiErr::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "this endpoint does not take that method (GET reads, POST acts)",
             )
         })
         .layer(DefaultBodyLimit::max(limit))

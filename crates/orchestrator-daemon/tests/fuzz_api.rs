@@ -397,6 +397,35 @@ fn endpoints(f: &Fixture) -> Vec<Endpoint> {
             fits: nothing_fits,
             logs_refusal: false,
         },
+        // No stage of the run waits for a decision: each is refused.
+        Endpoint {
+            path: format!("/v1/runs/{run}/stages/ship/retry"),
+            token: ADMIN,
+            valid: json!({"by": "me", "comment": "again"}),
+            fits: nothing_fits,
+            logs_refusal: false,
+        },
+        Endpoint {
+            path: format!("/v1/runs/{run}/stages/ship/skip"),
+            token: ADMIN,
+            valid: json!({"by": "me"}),
+            fits: nothing_fits,
+            logs_refusal: false,
+        },
+        Endpoint {
+            path: format!("/v1/runs/{run}/stages/build/abort"),
+            token: ADMIN,
+            valid: json!({"comment": "no"}),
+            fits: nothing_fits,
+            logs_refusal: false,
+        },
+        Endpoint {
+            path: "/v1/runs/no-such-run/abort".into(),
+            token: ADMIN,
+            valid: json!({"by": "me"}),
+            fits: nothing_fits,
+            logs_refusal: false,
+        },
         Endpoint {
             path: format!("/v1/runs/{run}/questions/1/answer"),
             token: ADMIN,

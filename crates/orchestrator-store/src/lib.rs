@@ -209,6 +209,16 @@ pub trait Store: Send + Sync + 'static {
     /// starts the next attempt of every stage whose backoff has passed;
     /// returns how many leases expired.
     fn expire_leases(&self, now_ms: i64) -> impl Future<Output = Result<usize>> + Send;
+    /// Records as lost (one `online -> lost` agent transition, with how long
+    /// it has been silent and how many of its leases expired) every agent
+    /// not heard from within `online_ms` of `now_ms` and not marked already;
+    /// its next heartbeat or registration records `lost -> online`. Returns
+    /// how many were marked.
+    fn mark_lost_agents(
+        &self,
+        now_ms: i64,
+        online_ms: u64,
+    ) -> impl Future<Output = Result<usize>> + Send;
     /// Gives every active lease `grace_ms` more, so agents can reach a daemon
     /// that just restarted before their leases are judged.
     fn resume(&self, grace_ms: u64) -> impl Future<Output = Result<usize>> + Send;

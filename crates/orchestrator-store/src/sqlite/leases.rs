@@ -69,6 +69,7 @@ pub fn register_agent(
                     "UPDATE agents SET labels = ?2, slots = ?3, hostname = ?4, last_seen_at = ?5, memory_mb = ?6, gpus = ?7 WHERE id = ?1",
                 )?
                 .execute(params![id, labels, reg.slots, reg.hostname, ctx.now, mem, gpus])?;
+            super::agents::heard_from(ctx, &id, "registered again")?;
             id
         }
         None => {
@@ -209,6 +210,7 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
     ctx.conn
         .prepare_cached("UPDATE agents SET last_seen_at = ?2 WHERE id = ?1")?
         .execute(params![agent_id, ctx.now])?;
+    super::agents::heard_from(ctx, agent_id, "claim")?;
     let (to, effects) = job_on(JobState::Queued, JobEvent::Lease).map_err(conflict)?;
     if effects != [JobEffect::GrantLease] {
         return Err(conflict(format!(
@@ -315,6 +317,7 @@ pub fn heartbeat(
             id: agent_id.to_owned(),
         });
     }
+    super::agents::heard_from(ctx, agent_id, "heartbeat")?;
     let expires = ctx.now + lease_ttl_ms as i64;
     let mut out = HeartbeatResponse {
         lease_expires_at_ms: expires,

@@ -1,6 +1,7 @@
 //! The embedded SQLite store: a writer thread for every change, a read
 //! connection for queries.
 
+mod agents;
 mod decide;
 mod explain;
 #[cfg(feature = "failpoints")]
@@ -319,6 +320,11 @@ impl Store for SqliteStore {
 
     async fn expire_leases(&self, now_ms: i64) -> Result<usize> {
         self.write(move |ctx| leases::expire_leases(ctx, now_ms))
+            .await
+    }
+
+    async fn mark_lost_agents(&self, now_ms: i64, online_ms: u64) -> Result<usize> {
+        self.write(move |ctx| agents::mark_lost(ctx, now_ms, online_ms))
             .await
     }
 

@@ -75,10 +75,14 @@ pub fn resolve_run(conn: &Connection, id: &str) -> Result<String> {
     if let Some(x) = exact {
         return Ok(x);
     }
-    let like = format!("{}%", id.replace(['%', '_'], ""));
+    // Ids sort bytewise, so those starting with the prefix are the ones
+    // from the first id at or after it on; two of them make it ambiguous.
+    // (A LIKE pattern would read `%` and `_` in the id as wildcards and
+    // ignore case, so `_` alone named the only run.)
     let found: Vec<String> = conn
-        .prepare_cached("SELECT id FROM runs WHERE id LIKE ?1 LIMIT 2")?
-        .query_map([like], |r| r.get(0))?
+        .prepare_cached("SELECT id FROM runs WHERE id >= ?1 ORDER BY id LIMIT 2")?
+        .query_map([id], |r| r.get::<_, String>(0))?
+        .filter(|r| r.as_ref().map_or(true, |x| x.starts_with(id)))
         .collect::<rusqlite::Result<_>>()?;
     match found.as_slice() {
         [one] if !id.is_empty() => Ok(one.clone()),
