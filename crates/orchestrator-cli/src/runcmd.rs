@@ -189,10 +189,11 @@ pub async fn wait(client: &Client, run_id: &str, progress: bool) -> Result<RunSt
                             t.reason,
                             cmds.join("\n    ")
                         );
-                        if progress {
-                            bar.println(line);
-                        } else {
+                        // A bar drawn on no terminal prints nothing, lines included.
+                        if bar.is_hidden() {
                             eprintln!("{line}");
+                        } else {
+                            bar.println(line);
                         }
                     }
                     bar.set_position(ended.min(total));

@@ -31,19 +31,6 @@ fn inbox(h: &Harness) -> Vec<Value> {
     out.json().as_array().unwrap().clone()
 }
 
-/// The transitions log of a run.
-fn transitions(d: &Daemon, run: &str) -> Vec<Value> {
-    let r = http(
-        d,
-        "GET",
-        &format!("/v1/runs/{run}/transitions"),
-        Some(&d.admin_token),
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json().as_array().unwrap().clone()
-}
-
 const REVIEWED: &str = r#"
 name: reviewed
 stages:

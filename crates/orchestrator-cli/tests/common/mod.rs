@@ -791,3 +791,16 @@ pub fn init_repo(dir: &Path) {
     git(dir, &["add", "README.md"]);
     git(dir, &["commit", "-q", "-m", "first commit"]);
 }
+
+/// The transitions log of a run.
+pub fn transitions(d: &Daemon, run: &str) -> Vec<Value> {
+    let r = http(
+        d,
+        "GET",
+        &format!("/v1/runs/{run}/transitions"),
+        Some(&d.admin_token),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json().as_array().unwrap().clone()
+}
