@@ -226,9 +226,27 @@ async fn a_failing_command_ends_the_step() {
 #[tokio::test]
 async fn a_command_killed_by_a_signal_fails_the_step() {
     let p = Project::new();
+    let job = p.job(vec![sh("kill -USR1 $$")]);
+    let out = step(&job).await;
+    assert_task_failure(&out, "killed by signal 10 (SIGUSR1)");
+    assert_eq!(out.exit_codes, vec![None]);
+    assert_eq!(p.manifest(&job).commands[0].signal, Some(10));
+}
+
+#[tokio::test]
+async fn a_command_killed_from_outside_by_sigkill_is_an_infrastructure_failure() {
+    // What the kernel's out-of-memory killer does to a step.
+    let p = Project::new();
     let job = p.job(vec![sh("kill -9 $$")]);
     let out = step(&job).await;
-    assert_task_failure(&out, "killed by signal 9 (SIGKILL)");
+    assert!(!out.success);
+    assert_eq!(out.error_class, Some(ErrorClass::Infra), "{out:?}");
+    let error = out.error.as_deref().unwrap_or_default();
+    assert!(
+        error.contains("killed by signal 9 (SIGKILL) from outside the step")
+            && error.contains("out-of-memory"),
+        "{error}"
+    );
     assert_eq!(out.exit_codes, vec![None]);
     assert_eq!(p.manifest(&job).commands[0].signal, Some(9));
 }

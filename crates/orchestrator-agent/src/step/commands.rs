@@ -203,6 +203,14 @@ pub(super) fn judge(
             None => format!("{} timed out", cmd.label),
         },
         EndReason::Exited if status.success() => return None,
+        // Nothing here sent it: the kernel's out-of-memory killer (or an
+        // operator) took the machine's memory back. Not the step's fault.
+        EndReason::Exited if status.signal() == Some(Signal::SIGKILL as i32) => {
+            return Some(Failure::infra(format!(
+                "{} was killed by signal 9 (SIGKILL) from outside the step: most likely the kernel's out-of-memory killer (resource exhaustion)",
+                cmd.label
+            )))
+        }
         EndReason::Exited => match (status.code(), status.signal()) {
             (Some(code), _) => format!("{} exited with code {code}", cmd.label),
             (None, Some(sig)) => format!(
