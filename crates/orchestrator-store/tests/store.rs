@@ -174,6 +174,18 @@ async fn expired_leases_restart_the_stage_until_five_attempts_then_a_human_fails
     }
     let d = s.run_detail(&run).await.unwrap();
     assert_eq!(stage_states(&d)["a"], StageState::AwaitingDecision);
+    // The error a human reads says where the lost work was and when its
+    // agent was last heard from.
+    let first = d.jobs.iter().find(|j| j.attempt == 1).unwrap();
+    let error = first.error.as_deref().unwrap_or_default();
+    assert!(
+        error.starts_with("lease expired")
+            && error.contains(&format!(
+                "[run {run}, stage a, step 0, attempt 1, agent {a} on "
+            ))
+            && error.contains("last heard from"),
+        "{error}"
+    );
     assert!(
         s.claim(&a, TTL).await.unwrap().is_none(),
         "no sixth attempt by itself"

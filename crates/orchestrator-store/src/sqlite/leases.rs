@@ -135,14 +135,34 @@ fn describe_agent(reg: &RegisterAgent) -> String {
 /// Ends an active lease without a completion (expiry, agent restart) and
 /// requeues its stage from step 0. Returns the job id.
 fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, why: &str) -> Result<i64> {
-    let (job_id, agent_id, run_id, stage_id, state, attempt): (i64, String, String, String, String, u32) = ctx
+    type Lost = (
+        i64,
+        String,
+        String,
+        String,
+        String,
+        u32,
+        u32,
+        Option<String>,
+        Option<i64>,
+    );
+    let (job_id, agent_id, run_id, stage_id, state, attempt, step, host, seen): Lost = ctx
         .conn
         .prepare_cached(
-            "SELECT j.id, l.agent_id, j.run_id, j.stage_id, j.state, j.attempt FROM leases l JOIN jobs j ON j.id = l.job_id
+            "SELECT j.id, l.agent_id, j.run_id, j.stage_id, j.state, j.attempt, j.step, a.hostname, a.last_seen_at
+             FROM leases l JOIN jobs j ON j.id = l.job_id LEFT JOIN agents a ON a.id = l.agent_id
              WHERE l.id = ?1",
         )?
-        .query_row([lease_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)))?;
-    let reason = format!("{why} (agent {agent_id})");
+        .query_row([lease_id], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?, r.get(6)?, r.get(7)?, r.get(8)?))
+        })?;
+    // The machine is out of reach: say where the work was and when it was
+    // last heard of, which is what the human reading this can act on.
+    let reason = format!(
+        "{why} (agent {agent_id}) [run {run_id}, stage {stage_id}, step {step}, attempt {attempt}, agent {agent_id} on {}; last heard from {}]",
+        host.as_deref().unwrap_or("an unknown host"),
+        seen.map_or("never".to_owned(), |t| format!("{} ms before", (ctx.now - t).max(0)))
+    );
     let from = JobState::parse(&state).unwrap_or(JobState::Leased);
     if from != JobState::Leased {
         // The job already left this lease behind; end the lease all the same.
