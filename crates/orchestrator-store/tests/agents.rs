@@ -2,9 +2,12 @@
 //! heartbeating is marked lost once, with why; heard from again it is back
 //! online; its stale leases are revoked and its late completion refused.
 
+mod common;
+
+use common::{new_run, outcome};
 use orchestrator_core::api::{CompleteRequest, LeaseRef, RegisterAgent, StepOutcome};
 use orchestrator_core::{Entity, Transition};
-use orchestrator_store::{now_ms, NewRun, SqliteStore, Store, StoreError, StoreOptions};
+use orchestrator_store::{now_ms, SqliteStore, Store, StoreError, StoreOptions};
 
 const WF: &str = "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n";
 const TTL: u64 = 30_000;
@@ -29,19 +32,7 @@ async fn register(s: &SqliteStore, name: &str) -> String {
 }
 
 async fn submit(s: &SqliteStore) -> String {
-    s.submit_run(NewRun {
-        workflow: WF.into(),
-        file: Some("wf.yaml".into()),
-        project_dir: "/tmp".into(),
-        priority: None,
-        policy: Default::default(),
-        base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
-        actor: "user:test".into(),
-        on_failure: None,
-    })
-    .await
-    .unwrap()
-    .run_id
+    s.submit_run(new_run(WF)).await.unwrap().run_id
 }
 
 async fn log(s: &SqliteStore) -> Vec<Transition> {
@@ -59,18 +50,7 @@ async fn presence(s: &SqliteStore, agent: &str) -> Vec<(Option<String>, String, 
 }
 
 fn ok_outcome() -> StepOutcome {
-    StepOutcome {
-        timed_out: false,
-        success: true,
-        exit_codes: vec![Some(0)],
-        error: None,
-        error_class: None,
-        bundle: "b".into(),
-        duration_ms: 1,
-        checkpoint: None,
-        until_met: None,
-        questions: Vec::new(),
-    }
+    outcome(true, None)
 }
 
 #[tokio::test]

@@ -11,12 +11,14 @@
 //! transitions log must replay to the stored states; and the store must
 //! still take work afterwards.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orchestrator_core::api::{ClaimedJob, CompleteRequest, RegisterAgent, StepOutcome};
+use orchestrator_core::api::{ClaimedJob, CompleteRequest, RegisterAgent};
 use orchestrator_store::{FaultMode, NewRun, SqliteStore, Store, StoreOptions};
 
 const TTL: u64 = 30_000;
@@ -31,14 +33,8 @@ static SWEEPS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 fn new_run(yaml: &str, project: &str) -> NewRun {
     NewRun {
-        workflow: yaml.to_owned(),
-        file: Some("wf.yaml".into()),
         project_dir: project.into(),
-        priority: None,
-        policy: Default::default(),
-        base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
-        actor: "user:test".into(),
-        on_failure: None,
+        ..common::new_run(yaml)
     }
 }
 
@@ -163,18 +159,7 @@ async fn run_batch(s: &Arc<SqliteStore>, fx: &Fixture, k: u64, mode: FaultMode) 
             let req = CompleteRequest {
                 agent_id: agent,
                 lease_token: token,
-                outcome: StepOutcome {
-                    timed_out: false,
-                    success: true,
-                    exit_codes: vec![Some(0)],
-                    error: None,
-                    error_class: None,
-                    bundle: "b".into(),
-                    duration_ms: 1,
-                    checkpoint: None,
-                    until_met: None,
-                    questions: Vec::new(),
-                },
+                outcome: common::outcome(true, None),
                 claim_next: false,
             };
             store.complete(job, req, TTL).await

@@ -2,10 +2,12 @@
 //! broken fails alone, with a reason, while the other runs finish; a command
 //! that panics fails alone while the rest of its batch commits.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::Duration;
 
-use orchestrator_core::api::{ClaimedJob, CompleteRequest, RegisterAgent, StepOutcome};
+use orchestrator_core::api::{ClaimedJob, CompleteRequest, RegisterAgent};
 use orchestrator_core::sched::{parse_project_policy, ProjectPolicy};
 use orchestrator_core::{RunState, StageState};
 use orchestrator_store::{NewRun, SqliteStore, Store, StoreError, StoreOptions};
@@ -20,14 +22,9 @@ fn open(path: &std::path::Path) -> SqliteStore {
 
 fn new_run(project: &str, policy: ProjectPolicy) -> NewRun {
     NewRun {
-        workflow: CHAIN.to_owned(),
-        file: Some("wf.yaml".into()),
         project_dir: project.into(),
-        priority: None,
         policy,
-        base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
-        actor: "user:test".into(),
-        on_failure: None,
+        ..common::new_run(CHAIN)
     }
 }
 
@@ -50,18 +47,7 @@ async fn done(s: &SqliteStore, agent: &str, job: &ClaimedJob) -> Result<(), Stor
     let req = CompleteRequest {
         agent_id: agent.into(),
         lease_token: job.lease_token.clone(),
-        outcome: StepOutcome {
-            timed_out: false,
-            success: true,
-            exit_codes: vec![Some(0)],
-            error: None,
-            error_class: None,
-            bundle: "b".into(),
-            duration_ms: 1,
-            checkpoint: None,
-            until_met: None,
-            questions: Vec::new(),
-        },
+        outcome: common::outcome(true, None),
         claim_next: false,
     };
     s.complete(job.job_id, req, TTL).await.map(|_| ())
