@@ -154,6 +154,8 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
             shell: true,
         }),
         on_failure: Some(OnFailure::Fail),
+        sandbox: Some(orchestrator_core::spec::SandboxKind::Namespace),
+        network: true,
     };
     let wf = Workflow {
         name: "w".into(),
