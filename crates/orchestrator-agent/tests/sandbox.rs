@@ -193,6 +193,24 @@ async fn namespace_step_cannot_write_the_root_file_system() {
 }
 
 #[tokio::test]
+async fn namespace_step_cannot_unmount_or_remount_its_way_out() {
+    let p = Project::new();
+    let secret = p.outside().join("secret.txt");
+    fs::write(&secret, "s3cr3t\n").unwrap();
+    let target = PathBuf::from(format!("/etc/orch-sandbox-remount-{}", std::process::id()));
+    let script = format!(
+        "umount -l /tmp; umount -l /proc; mount -o remount,bind,rw /; \
+         cat {}; touch {}",
+        secret.display(),
+        target.display()
+    );
+    let (job, out) = p.run(NS, sh(&script)).await;
+    assert_denied(&p, &job, &out);
+    assert!(!target.exists(), "{} was written", target.display());
+    assert!(!p.log(&job, "cmd-000.stdout.log").contains("s3cr3t"));
+}
+
+#[tokio::test]
 async fn namespace_step_cannot_write_outside_its_worktree() {
     let p = Project::new();
     let target = p.outside().join("x");
@@ -334,6 +352,44 @@ async fn namespace_step_is_killed_with_its_whole_tree_on_timeout() {
 #[tokio::test]
 async fn process_step_is_killed_with_its_group_on_timeout() {
     timeout_kills_the_tree(PROCESS, "1234.6").await;
+}
+
+#[tokio::test]
+async fn cancelling_a_namespace_step_kills_its_whole_tree() {
+    let p = Project::new();
+    let secs = "1234.7";
+    let job = p.job(
+        NS,
+        vec![sh(&format!(
+            "sleep {secs} & (sleep {secs} &) ; sleep {secs}"
+        ))],
+    );
+    let cancel = CancellationToken::new();
+    let later = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        later.cancel();
+    });
+    let started = Instant::now();
+    let out = run_step(&job, "agent-1", cancel).await;
+    assert!(!out.success, "{out:?}");
+    assert!(
+        out.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("step cancelled"),
+        "{out:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let until = Instant::now() + Duration::from_secs(3);
+    while sleepers(secs) > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sleepers(secs), 0, "processes outlived the step");
 }
 
 #[tokio::test]

@@ -18,8 +18,9 @@
 //! (`mount_setattr`, recursive); the read-only directories cloned the same
 //! way (read-only now); tmpfs mounted over the hidden directories;
 //! the clones moved back at their own paths (`move_mount`); a fresh
-//! `/proc`; the working directory entered again; loopback brought up when
-//! there is no network.
+//! `/proc`; loopback brought up when there is no network. Last it enters a
+//! nested user and mount namespace, which locks every mount (see
+//! [`lock_mounts`]), and enters the working directory again.
 //!
 //! Everything the children need (paths as C strings, the id maps) is
 //! computed before forking: between fork and exec only async-signal-safe
@@ -58,6 +59,7 @@ const STEPS: &[&str] = &[
     "mounting /proc",
     "entering the working directory",
     "bringing up loopback",
+    "locking the mounts (nested user namespace)",
 ];
 const S_UNSHARE: u8 = 0;
 const S_IDMAP: u8 = 1;
@@ -70,6 +72,7 @@ const S_BIND: u8 = 7;
 const S_PROC: u8 = 8;
 const S_CHDIR: u8 = 9;
 const S_LOOPBACK: u8 = 10;
+const S_LOCK: u8 = 11;
 
 /// Kernel ABI values the libc crate may not carry.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
@@ -94,6 +97,8 @@ struct Plan {
     gid_map: CString,
     uid_line: Vec<u8>,
     gid_line: Vec<u8>,
+    /// The nested user namespace's map: its root is the outer one's.
+    inner_line: Vec<u8>,
     root: CString,
     proc: CString,
     proc_fs: CString,
@@ -179,6 +184,7 @@ impl Plan {
             gid_map: literal("/proc/self/gid_map"),
             uid_line: format!("0 {uid} 1\n").into_bytes(),
             gid_line: format!("0 {gid} 1\n").into_bytes(),
+            inner_line: b"0 0 1\n".to_vec(),
             root: literal("/"),
             proc: literal("/proc"),
             proc_fs: literal("proc"),
@@ -314,14 +320,28 @@ fn enter(plan: &Plan) -> io::Result<()> {
         // The namespace's pid 1: die when the reaper dies.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         setup_mounts(plan)?;
-        if let Some(cwd) = &plan.cwd {
-            check(plan, S_CHDIR, c_long::from(libc::chdir(cwd.as_ptr())))?;
-        }
         if !plan.network {
             loopback_up(plan)?;
         }
+        lock_mounts(plan)?;
+        if let Some(cwd) = &plan.cwd {
+            check(plan, S_CHDIR, c_long::from(libc::chdir(cwd.as_ptr())))?;
+        }
     }
     Ok(())
+}
+
+/// Moves into a nested user and mount namespace. The mounts copied into it
+/// come from a namespace its user namespace does not own, so the kernel
+/// locks them: the command, root with every capability inside, can neither
+/// unmount the tmpfs that hide host directories nor remount the read-only
+/// tree writable.
+unsafe fn lock_mounts(plan: &Plan) -> io::Result<()> {
+    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS;
+    check(plan, S_LOCK, c_long::from(libc::unshare(flags)))?;
+    check(plan, S_LOCK, write_file(&plan.setgroups, b"deny"))?;
+    check(plan, S_LOCK, write_file(&plan.uid_map, &plan.inner_line))?;
+    check(plan, S_LOCK, write_file(&plan.gid_map, &plan.inner_line))
 }
 
 /// The file system view; see the module documentation.
