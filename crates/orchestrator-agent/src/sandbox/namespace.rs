@@ -1,6 +1,9 @@
 //! The namespace sandbox: each command runs in new user, mount, pid, ipc,
 //! uts and (unless the network is allowed) net namespaces, set up between
-//! `fork` and `exec` with raw system calls (no helper binary).
+//! `fork` and `exec` with raw system calls (no external program such as
+//! `unshare(1)` or `bwrap`). It needs Linux 5.12 or later (`open_tree`,
+//! `move_mount`, `mount_setattr`) and a kernel that lets unprivileged users
+//! create user namespaces.
 //!
 //! The process the agent spawns (the *reaper*) leads the command's process
 //! group. Between fork and exec it unshares the namespaces, maps the agent's
@@ -468,7 +471,13 @@ unsafe fn reap(child: libc::pid_t) -> ! {
     for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
         libc::signal(sig, libc::SIG_DFL);
     }
-    libc::syscall(libc::SYS_close_range, 0, libc::c_uint::MAX, 0);
+    if libc::syscall(libc::SYS_close_range, 0, libc::c_uint::MAX, 0) < 0 {
+        // No close_range (before Linux 5.9): close them one by one, or the
+        // agent would wait on the report pipe for as long as the command runs.
+        for fd in 0..65_536 {
+            libc::close(fd);
+        }
+    }
     let mut status: c_int = 0;
     loop {
         let r = libc::waitpid(child, &mut status, 0);
