@@ -50,6 +50,7 @@ pub mod context;
 pub mod exec;
 pub mod git;
 pub mod resources;
+pub mod sandbox;
 pub mod step;
 
 pub use agent::{run_agent, AgentConfig, AgentError};

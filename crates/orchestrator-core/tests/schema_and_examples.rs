@@ -154,6 +154,8 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
             shell: true,
         }),
         on_failure: Some(OnFailure::Fail),
+        sandbox: Some(orchestrator_core::spec::SandboxKind::Namespace),
+        network: true,
     };
     let wf = Workflow {
         name: "w".into(),
@@ -363,4 +365,33 @@ fn the_demo_is_a_diamond_ish_pipeline_whose_critical_path_runs_through_build() {
         .map(|(_, c)| c.argv[1].parse::<f64>().unwrap())
         .sum();
     assert!(sleep_s < 3.0, "{sleep_s}s of sleeping");
+}
+
+#[test]
+fn a_stage_chooses_its_sandbox_and_older_payloads_default_to_process() {
+    use orchestrator_core::api::{JobSpec, Manifest, SandboxSpec};
+    use orchestrator_core::spec::SandboxKind;
+
+    let yaml = "name: w\nstages:\n  - id: a\n    sandbox: namespace\n    network: true\n    steps:\n      - commands: [{argv: [\"true\"]}]\n  - id: b\n    steps:\n      - commands: [{argv: [\"true\"]}]\n";
+    let wf = parse_workflow(yaml, None).unwrap();
+    assert_eq!(wf.stages[0].sandbox, Some(SandboxKind::Namespace));
+    assert!(wf.stages[0].network);
+    assert_eq!(wf.stages[1].sandbox, None);
+    assert!(!wf.stages[1].network);
+    assert!(parse_workflow(&yaml.replace("namespace", "docker"), None).is_err());
+
+    // A job or a manifest written before the field existed.
+    let mut job = serde_json::to_value(JobSpec::default()).unwrap();
+    job.as_object_mut().unwrap().remove("sandbox");
+    let job: JobSpec = serde_json::from_value(job).unwrap();
+    assert_eq!(job.sandbox, SandboxSpec::default());
+    assert_eq!(job.sandbox.kind, SandboxKind::Process);
+    let manifest = serde_json::json!({
+        "run_id": "r", "stage_id": "s", "step": 0, "step_name": null, "attempt": 1,
+        "job_id": 1, "agent_id": "a", "hostname": null, "started_at_ms": 0,
+        "ended_at_ms": 0, "success": true, "error": null, "error_class": null,
+        "commands": []
+    });
+    let manifest: Manifest = serde_json::from_value(manifest).unwrap();
+    assert_eq!(manifest.sandbox, SandboxKind::Process);
 }

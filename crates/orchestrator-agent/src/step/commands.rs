@@ -16,7 +16,8 @@ use tokio_util::sync::CancellationToken;
 use super::prepare::Prepared;
 use super::{fmt_ms, millis, CancelReason, Failure, Recorder};
 use crate::bundle::{self, Bundle};
-use crate::exec::{EndReason, Ended, GroupChild};
+use crate::exec::{EndReason, Ended};
+use crate::sandbox::{Sandbox, SandboxError};
 
 /// What every command of a step shares: where it logs, its environment and
 /// deadline, and what cancels it.
@@ -32,6 +33,8 @@ pub(super) struct Runner<'a> {
     pub step_deadline: Option<Instant>,
     /// Variables of the agent's own environment the commands do not inherit.
     not_inherited: Vec<std::ffi::OsString>,
+    /// How the commands are isolated.
+    sandbox: Sandbox,
 }
 
 impl<'a> Runner<'a> {
@@ -53,6 +56,7 @@ impl<'a> Runner<'a> {
             step_budget,
             step_deadline: step_budget.map(|b| started + b),
             not_inherited: inherited_secrets(),
+            sandbox: Sandbox::Process,
         }
     }
 
@@ -60,6 +64,12 @@ impl<'a> Runner<'a> {
     /// step that sets one itself still gets its own value.
     pub fn without_inherited(mut self, names: impl IntoIterator<Item = String>) -> Self {
         self.not_inherited.extend(names.into_iter().map(Into::into));
+        self
+    }
+
+    /// Runs the commands inside `sandbox`.
+    pub fn in_sandbox(mut self, sandbox: Sandbox) -> Self {
+        self.sandbox = sandbox;
         self
     }
 
@@ -118,7 +128,10 @@ impl<'a> Runner<'a> {
             .envs(self.orch_env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::from(stdout))
             .stderr(Stdio::from(stderr));
-        let child = GroupChild::spawn(&mut command).map_err(|e| spawn_failure(cmd, &e))?;
+        let child = self.sandbox.spawn(&mut command).map_err(|e| match e {
+            SandboxError::Spawn(e) => spawn_failure(cmd, &e),
+            e => Failure::infra(format!("{} could not start: {e}", cmd.label)),
+        })?;
         // Command is dropped here so the log file handles close in the agent.
         drop(command);
         tracing::debug!(command = i, pgid = child.pgid(), "command started");

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::ask::AskBox;
 use crate::bundle::{Bundle, BundleError};
 use crate::exec::EndReason;
+use crate::sandbox::Sandbox;
 
 mod checkpoint;
 mod commands;
@@ -158,7 +159,13 @@ pub async fn run_step_with(
         spec.timeout_ms.map(Duration::from_millis),
         rec.started,
     )
-    .without_inherited(granted.unset);
+    .without_inherited(granted.unset)
+    .in_sandbox(Sandbox::new(
+        spec.sandbox,
+        vec![workdir.clone(), bundle.dir().to_owned()],
+        vec![project.join(".git")],
+        vec![project.join(".orchestrator")],
+    ));
     let mut failure = match prepare(spec, &workdir) {
         Err(msg) => Some(Failure::task(msg)),
         Ok(commands) => runner.run_all(&commands, &mut rec).await,
@@ -310,6 +317,7 @@ impl<'a> Recorder<'a> {
             error: failure.as_ref().map(|f| f.message.clone()),
             error_class: failure.as_ref().map(|f| f.class),
             commands: std::mem::take(&mut self.commands),
+            sandbox: spec.sandbox.kind,
         };
         let written = bundle.write_manifest(&manifest).await;
         let bytes = written.as_ref().ok().cloned();

@@ -256,6 +256,19 @@ pub struct JobSpec {
     /// an answer.
     #[serde(default)]
     pub handoff: Option<Handoff>,
+    /// How the step's commands are isolated (the stage's `sandbox` and
+    /// `network`); absent from older daemons, then `process`.
+    #[serde(default)]
+    pub sandbox: SandboxSpec,
+}
+
+/// A step's isolation, as the agent applies it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxSpec {
+    pub kind: crate::spec::SandboxKind,
+    /// Whether a `namespace` sandbox keeps the network (it has none otherwise).
+    #[serde(default)]
+    pub network: bool,
 }
 
 impl JobSpec {
@@ -371,6 +384,9 @@ pub struct Manifest {
     pub error: Option<String>,
     pub error_class: Option<ErrorClass>,
     pub commands: Vec<CommandRecord>,
+    /// The isolation the commands ran under (`process` in older bundles).
+    #[serde(default)]
+    pub sandbox: crate::spec::SandboxKind,
 }
 
 /// One command of a bundle.

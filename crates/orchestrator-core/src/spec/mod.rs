@@ -88,6 +88,49 @@ pub struct Stage {
     /// at once, blocking its dependents). Default: the workflow's, else `ask`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<OnFailure>,
+    /// How this stage's commands are isolated on their agent: `process`
+    /// (none: an ordinary process group, the default) or `namespace` (Linux
+    /// namespaces: read-only root, only the run's worktree and bundle
+    /// writable, private `/tmp`, own `/proc`, no network unless `network`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<SandboxKind>,
+    /// Whether a sandboxed stage's commands may use the network. Default
+    /// false; only meaningful with `sandbox: namespace` (a `process` stage
+    /// always shares the agent's network).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
+}
+
+/// How a stage's commands are isolated from the agent's machine.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxKind {
+    /// No isolation: each command leads its own process group and sees the
+    /// machine as the agent does.
+    #[default]
+    Process,
+    /// New user, mount, pid, ipc, uts and (unless `network`) net namespaces:
+    /// the root file system read-only, the run's worktree and the step's
+    /// bundle writable, `/tmp`, `/var/tmp`, `/root`, `/home`, `/run`,
+    /// `/dev/shm` and the project's `.orchestrator` directory hidden behind
+    /// empty tmpfs, and a fresh `/proc`. Linux only.
+    Namespace,
+}
+
+impl SandboxKind {
+    /// The name a workflow uses: `process` or `namespace`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxKind::Process => "process",
+            SandboxKind::Namespace => "namespace",
+        }
+    }
+}
+
+impl fmt::Display for SandboxKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 impl Stage {

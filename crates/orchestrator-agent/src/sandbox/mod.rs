@@ -1,0 +1,138 @@
+//! How a step's commands are isolated from the agent's machine: one backend
+//! per file, chosen by the stage's `sandbox`.
+//!
+//! - [`process`]: no isolation (each command leads its own process group and
+//!   sees the machine as the agent does). The default.
+//! - [`namespace`] (Linux): each command runs in new user, mount, pid, ipc,
+//!   uts and (unless the stage allows `network`) net namespaces, set up in
+//!   the forked child before `exec`. The root file system is read-only; the
+//!   run's worktree and the step's bundle are the only writable host
+//!   directories; the project's `.git` stays readable (git works in the
+//!   worktree, read-only); `/tmp`, `/var/tmp`, `/root`, `/home`, `/run`, `/dev/shm`
+//!   and the project's `.orchestrator` directory (other runs' worktrees and
+//!   bundles) are hidden behind empty tmpfs; `/proc` is the sandbox's own.
+//!   Everything else of the host's file system (`/usr`, `/etc`, `/opt`, the
+//!   project's sources outside `.orchestrator`, ...) stays readable.
+//!
+//! Whatever the backend, the spawned process leads a process group, so
+//! [`GroupChild`]'s timeout and cancellation (the whole group signalled)
+//! work the same: for `namespace` the group leader is a small reaper whose
+//! death takes the whole pid namespace with it.
+
+use std::io;
+use std::path::PathBuf;
+
+use orchestrator_core::api::SandboxSpec;
+use orchestrator_core::spec::SandboxKind;
+use tokio::process::Command;
+
+use crate::exec::GroupChild;
+
+#[cfg(target_os = "linux")]
+mod namespace;
+mod process;
+
+/// Why a command could not be started in its sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The command itself could not start (program missing, not
+    /// executable, ...): the same errors as without a sandbox.
+    #[error(transparent)]
+    Spawn(io::Error),
+    /// The sandbox could not be set up around the command.
+    #[error("the namespace sandbox could not be set up: {step} failed: {source}{hint}", hint = hint(.step))]
+    Setup {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    /// A path the sandbox needs cannot be passed to the kernel.
+    #[error("the namespace sandbox cannot use the path {0:?}: it holds a NUL byte")]
+    Path(PathBuf),
+    /// The sandbox cannot exist on this operating system.
+    #[error("the namespace sandbox needs Linux")]
+    Unsupported,
+}
+
+fn hint(step: &str) -> &'static str {
+    if step == namespace_steps::UNSHARE {
+        " (does the kernel allow unprivileged user namespaces? see sysctl kernel.unprivileged_userns_clone and user.max_user_namespaces)"
+    } else {
+        ""
+    }
+}
+
+/// Names of the setup steps that errors refer to.
+pub(crate) mod namespace_steps {
+    pub const UNSHARE: &str = "creating the namespaces (unshare)";
+}
+
+/// The isolation of one step's commands.
+#[derive(Debug, Clone, Default)]
+pub enum Sandbox {
+    /// No isolation.
+    #[default]
+    Process,
+    /// Linux namespaces; see the module documentation.
+    Namespace {
+        /// Host directories bound writable at the same path (the worktree,
+        /// the bundle).
+        writable: Vec<PathBuf>,
+        /// Host directories bound read-only at the same path, visible even
+        /// under a hidden one (the project's `.git`, which the worktree's
+        /// `.git` file points to); those that do not exist are left out.
+        readable: Vec<PathBuf>,
+        /// Host directories hidden behind an empty tmpfs, besides the fixed
+        /// ones (the project's `.orchestrator`).
+        hidden: Vec<PathBuf>,
+        /// Whether the commands keep the host's network.
+        network: bool,
+    },
+}
+
+impl Sandbox {
+    /// The sandbox `spec` asks for, for a step whose worktree and bundle are
+    /// `writable`, which reads the repository at `readable` and whose
+    /// project keeps its other runs under `hidden`.
+    pub fn new(
+        spec: SandboxSpec,
+        writable: Vec<PathBuf>,
+        readable: Vec<PathBuf>,
+        hidden: Vec<PathBuf>,
+    ) -> Self {
+        match spec.kind {
+            SandboxKind::Process => Sandbox::Process,
+            SandboxKind::Namespace => Sandbox::Namespace {
+                writable,
+                readable,
+                hidden,
+                network: spec.network,
+            },
+        }
+    }
+
+    /// Which backend this is, for the manifest.
+    pub fn kind(&self) -> SandboxKind {
+        match self {
+            Sandbox::Process => SandboxKind::Process,
+            Sandbox::Namespace { .. } => SandboxKind::Namespace,
+        }
+    }
+
+    /// Spawns `cmd` (program, args, cwd, env and stdio already set) inside
+    /// this sandbox, as the leader of a new process group.
+    pub fn spawn(&self, cmd: &mut Command) -> Result<GroupChild, SandboxError> {
+        match self {
+            Sandbox::Process => process::spawn(cmd),
+            #[cfg(target_os = "linux")]
+            Sandbox::Namespace {
+                writable,
+                readable,
+                hidden,
+                network,
+            } => namespace::spawn(cmd, writable, readable, hidden, *network),
+            #[cfg(not(target_os = "linux"))]
+            Sandbox::Namespace { .. } => Err(SandboxError::Unsupported),
+        }
+    }
+}

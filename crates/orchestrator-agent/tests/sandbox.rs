@@ -1,0 +1,436 @@
+//! The sandboxes with real processes: each escape attempt from a
+//! `sandbox: namespace` step is its own test, and the same step under
+//! `process` is shown to behave as before (the attempt succeeds there).
+//!
+//! These tests need user namespaces; a kernel that refuses them makes them
+//! fail with the setup error, never skip.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use orchestrator_agent::exec::GroupChild;
+use orchestrator_agent::run_step;
+use orchestrator_agent::sandbox::Sandbox;
+use orchestrator_core::api::{ClaimedJob, JobSpec, Manifest, SandboxSpec, StepOutcome};
+use orchestrator_core::spec::{CommandSpec, SandboxKind};
+use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
+
+mod common;
+
+fn sh(script: &str) -> CommandSpec {
+    CommandSpec {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        run: None,
+        cwd: None,
+        env: BTreeMap::new(),
+        timeout: None,
+    }
+}
+
+fn bash(script: &str) -> CommandSpec {
+    CommandSpec {
+        argv: vec!["bash".into(), "-c".into(), script.into()],
+        ..sh("")
+    }
+}
+
+const NS: SandboxSpec = SandboxSpec {
+    kind: SandboxKind::Namespace,
+    network: false,
+};
+const PROCESS: SandboxSpec = SandboxSpec {
+    kind: SandboxKind::Process,
+    network: false,
+};
+
+/// A git repository with the run's worktree, and a private directory
+/// outside the project that no step should reach.
+struct Project {
+    dir: TempDir,
+    head: String,
+    outside: TempDir,
+}
+
+impl Project {
+    fn new() -> Self {
+        let (dir, head) = common::repo();
+        orchestrator_agent::git::ensure_worktree(
+            &dir.path().canonicalize().unwrap(),
+            "run-1",
+            &head,
+        )
+        .unwrap();
+        Project {
+            dir,
+            head,
+            outside: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().canonicalize().unwrap()
+    }
+
+    fn worktree(&self) -> PathBuf {
+        self.root().join(".orchestrator/worktrees/run-1")
+    }
+
+    fn outside(&self) -> PathBuf {
+        self.outside.path().canonicalize().unwrap()
+    }
+
+    fn job(&self, sandbox: SandboxSpec, commands: Vec<CommandSpec>) -> ClaimedJob {
+        ClaimedJob {
+            job_id: 42,
+            lease_id: 7,
+            lease_token: "secret".into(),
+            lease_expires_at_ms: 0,
+            grant: Default::default(),
+            spec: JobSpec {
+                run_id: "run-1".into(),
+                stage_id: "build".into(),
+                step: 0,
+                steps_total: 1,
+                attempt: 1,
+                project_dir: self.dir.path().to_string_lossy().into_owned(),
+                commands,
+                base_commit: self.head.clone(),
+                sandbox,
+                ..JobSpec::default()
+            },
+        }
+    }
+
+    fn bundle(&self, job: &ClaimedJob) -> PathBuf {
+        self.root().join(job.spec.bundle_dir(job.job_id))
+    }
+
+    fn log(&self, job: &ClaimedJob, name: &str) -> String {
+        fs::read_to_string(self.bundle(job).join(name)).unwrap_or_default()
+    }
+
+    fn manifest(&self, job: &ClaimedJob) -> Manifest {
+        let text = fs::read_to_string(self.bundle(job).join("manifest.json")).unwrap();
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Runs one step of `script` under `sandbox`.
+    async fn run(&self, sandbox: SandboxSpec, cmd: CommandSpec) -> (ClaimedJob, StepOutcome) {
+        let job = self.job(sandbox, vec![cmd]);
+        let out = run_step(&job, "agent-1", CancellationToken::new()).await;
+        (job, out)
+    }
+}
+
+/// The step succeeded; a kernel refusing the sandbox shows here.
+fn assert_ok(p: &Project, job: &ClaimedJob, out: &StepOutcome) {
+    assert!(
+        out.success,
+        "the step failed (does this kernel allow user namespaces?): {:?}\nstderr: {}",
+        out.error,
+        p.log(job, "cmd-000.stderr.log")
+    );
+}
+
+/// The step's command ran and failed (not the sandbox's setup).
+fn assert_denied(p: &Project, job: &ClaimedJob, out: &StepOutcome) {
+    assert!(!out.success, "the escape succeeded: {out:?}");
+    let error = out.error.as_deref().unwrap_or("");
+    assert!(
+        error.contains("exited with code"),
+        "the command did not run (sandbox setup failed?): {error}\nstderr: {}",
+        p.log(job, "cmd-000.stderr.log")
+    );
+}
+
+#[tokio::test]
+async fn namespace_step_writes_its_worktree_and_bundle_and_is_recorded() {
+    let p = Project::new();
+    let (job, out) = p
+        .run(
+            NS,
+            sh("echo made > made.txt && echo kept > \"$ORCH_BUNDLE_DIR/kept.txt\""),
+        )
+        .await;
+    assert_ok(&p, &job, &out);
+    assert_eq!(
+        fs::read_to_string(p.worktree().join("made.txt")).unwrap(),
+        "made\n"
+    );
+    assert_eq!(
+        fs::read_to_string(p.bundle(&job).join("kept.txt")).unwrap(),
+        "kept\n"
+    );
+    assert_eq!(p.manifest(&job).sandbox, SandboxKind::Namespace);
+    let (job, out) = p.run(PROCESS, sh("true")).await;
+    assert_ok(&p, &job, &out);
+    assert_eq!(p.manifest(&job).sandbox, SandboxKind::Process);
+}
+
+#[tokio::test]
+async fn namespace_step_reads_its_repository_with_git_but_cannot_write_it() {
+    let p = Project::new();
+    let (job, out) = p.run(NS, sh("git log --format=%s -1")).await;
+    assert_ok(&p, &job, &out);
+    assert_eq!(p.log(&job, "cmd-000.stdout.log"), "first\n");
+    let (job, out) = p
+        .run(NS, sh("git tag escaped && git rev-parse escaped"))
+        .await;
+    assert_denied(&p, &job, &out);
+    assert!(common::git(&p.root(), &["tag", "--list"]).is_empty());
+}
+
+#[tokio::test]
+async fn namespace_step_cannot_write_the_root_file_system() {
+    let p = Project::new();
+    let target = PathBuf::from(format!("/etc/orch-sandbox-{}", std::process::id()));
+    let (job, out) = p.run(NS, sh(&format!("touch {}", target.display()))).await;
+    assert_denied(&p, &job, &out);
+    assert!(!target.exists(), "{} was written", target.display());
+}
+
+#[tokio::test]
+async fn namespace_step_cannot_unmount_or_remount_its_way_out() {
+    let p = Project::new();
+    let secret = p.outside().join("secret.txt");
+    fs::write(&secret, "s3cr3t\n").unwrap();
+    let target = PathBuf::from(format!("/etc/orch-sandbox-remount-{}", std::process::id()));
+    let script = format!(
+        "umount -l /tmp; umount -l /proc; mount -o remount,bind,rw /; \
+         cat {}; touch {}",
+        secret.display(),
+        target.display()
+    );
+    let (job, out) = p.run(NS, sh(&script)).await;
+    assert_denied(&p, &job, &out);
+    assert!(!target.exists(), "{} was written", target.display());
+    assert!(!p.log(&job, "cmd-000.stdout.log").contains("s3cr3t"));
+}
+
+#[tokio::test]
+async fn namespace_step_cannot_write_outside_its_worktree() {
+    let p = Project::new();
+    let target = p.outside().join("x");
+    let script = format!("touch {}", target.display());
+    let (job, out) = p.run(NS, sh(&script)).await;
+    assert_denied(&p, &job, &out);
+    assert!(!target.exists());
+    let (job, out) = p.run(PROCESS, sh(&script)).await;
+    assert_ok(&p, &job, &out);
+    assert!(target.exists());
+}
+
+#[tokio::test]
+async fn namespace_step_cannot_write_the_project_outside_its_worktree() {
+    let p = Project::new();
+    let target = p.root().join("README.md");
+    // The project lies under the hidden /tmp here: the write lands in the
+    // sandbox's private tmpfs (or fails), never in the host's file.
+    let (_, out) = p
+        .run(NS, sh(&format!("echo changed > {}", target.display())))
+        .await;
+    assert!(
+        out.error
+            .as_deref()
+            .is_none_or(|e| e.contains("exited with code")),
+        "{out:?}"
+    );
+    assert_eq!(fs::read_to_string(&target).unwrap(), "hello\n");
+}
+
+#[tokio::test]
+async fn namespace_step_cannot_read_a_private_file_outside_its_worktree() {
+    let p = Project::new();
+    let secret = p.outside().join("secret.txt");
+    fs::write(&secret, "s3cr3t\n").unwrap();
+    let script = format!("cat {}", secret.display());
+    let (job, out) = p.run(NS, sh(&script)).await;
+    assert_denied(&p, &job, &out);
+    assert!(!p.log(&job, "cmd-000.stdout.log").contains("s3cr3t"));
+    let (job, out) = p.run(PROCESS, sh(&script)).await;
+    assert_ok(&p, &job, &out);
+    assert_eq!(p.log(&job, "cmd-000.stdout.log"), "s3cr3t\n");
+}
+
+#[tokio::test]
+async fn namespace_step_cannot_follow_a_symlink_out_of_its_worktree() {
+    let p = Project::new();
+    std::os::unix::fs::symlink(p.outside(), p.worktree().join("out")).unwrap();
+    let target = p.outside().join("f");
+    let (job, out) = p.run(NS, sh("echo escaped > out/f")).await;
+    assert_denied(&p, &job, &out);
+    assert!(!target.exists());
+    let (job, out) = p.run(PROCESS, sh("echo escaped > out/f")).await;
+    assert_ok(&p, &job, &out);
+    assert_eq!(fs::read_to_string(&target).unwrap(), "escaped\n");
+}
+
+#[tokio::test]
+async fn namespace_step_cannot_connect_to_the_network_unless_allowed() {
+    let p = Project::new();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port}");
+    let (job, out) = p.run(NS, bash(&script)).await;
+    assert_denied(&p, &job, &out);
+    let (job, out) = p.run(PROCESS, bash(&script)).await;
+    assert_ok(&p, &job, &out);
+    let allowed = SandboxSpec {
+        network: true,
+        ..NS
+    };
+    let (job, out) = p.run(allowed, bash(&script)).await;
+    assert_ok(&p, &job, &out);
+}
+
+#[tokio::test]
+async fn namespace_step_sees_its_own_pids_only() {
+    let p = Project::new();
+    let script = "echo $$; ls /proc | grep -c '^[0-9]'";
+    let (job, out) = p.run(NS, sh(script)).await;
+    assert_ok(&p, &job, &out);
+    let stdout = p.log(&job, "cmd-000.stdout.log");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"1"), "{stdout}");
+    let visible: u32 = lines[1].parse().unwrap();
+    assert!(visible <= 4, "{visible} processes visible in /proc");
+    let (job, out) = p.run(PROCESS, sh(script)).await;
+    assert_ok(&p, &job, &out);
+    assert_ne!(p.log(&job, "cmd-000.stdout.log").lines().next(), Some("1"));
+}
+
+/// Live processes whose command line is `sleep <secs>`.
+fn sleepers(secs: &str) -> usize {
+    let wanted = format!("sleep\0{secs}\0");
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            fs::read(e.path().join("cmdline")).is_ok_and(|c| c == wanted.as_bytes())
+                && !fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+        })
+        .count()
+}
+
+async fn timeout_kills_the_tree(sandbox: SandboxSpec, secs: &str) {
+    let p = Project::new();
+    let mut job = p.job(
+        sandbox,
+        vec![sh(&format!(
+            "sleep {secs} & (sleep {secs} &) ; sleep {secs}"
+        ))],
+    );
+    job.spec.timeout_ms = Some(500);
+    let started = Instant::now();
+    let out = run_step(&job, "agent-1", CancellationToken::new()).await;
+    let error = out.error.as_deref().unwrap_or("");
+    assert!(!out.success && error.contains("timed out"), "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let until = Instant::now() + Duration::from_secs(3);
+    while sleepers(secs) > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sleepers(secs), 0, "processes outlived the step");
+}
+
+#[tokio::test]
+async fn namespace_step_is_killed_with_its_whole_tree_on_timeout() {
+    timeout_kills_the_tree(NS, "1234.5").await;
+}
+
+#[tokio::test]
+async fn process_step_is_killed_with_its_group_on_timeout() {
+    timeout_kills_the_tree(PROCESS, "1234.6").await;
+}
+
+#[tokio::test]
+async fn cancelling_a_namespace_step_kills_its_whole_tree() {
+    let p = Project::new();
+    let secs = "1234.7";
+    let job = p.job(
+        NS,
+        vec![sh(&format!(
+            "sleep {secs} & (sleep {secs} &) ; sleep {secs}"
+        ))],
+    );
+    let cancel = CancellationToken::new();
+    let later = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        later.cancel();
+    });
+    let started = Instant::now();
+    let out = run_step(&job, "agent-1", cancel).await;
+    assert!(!out.success, "{out:?}");
+    assert!(
+        out.error
+            .as_deref()
+            .unwrap_or("")
+            .contains("step cancelled"),
+        "{out:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    let until = Instant::now() + Duration::from_secs(3);
+    while sleepers(secs) > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sleepers(secs), 0, "processes outlived the step");
+}
+
+#[tokio::test]
+async fn a_missing_program_is_still_the_workflow_fault_in_a_namespace() {
+    let p = Project::new();
+    let cmd = CommandSpec {
+        argv: vec!["/no/such/program".into()],
+        ..sh("")
+    };
+    let (_, out) = p.run(NS, cmd).await;
+    assert!(!out.success);
+    let error = out.error.unwrap_or_default();
+    assert!(error.contains("not found"), "{error}");
+}
+
+/// Spawns `/bin/true` `n` times under `sandbox`; the mean cost of one.
+async fn spawn_cost(sandbox: &Sandbox, dir: &Path, n: u32) -> Duration {
+    let started = Instant::now();
+    for _ in 0..n {
+        let mut cmd = tokio::process::Command::new("/bin/true");
+        cmd.current_dir(dir);
+        let child: GroupChild = sandbox.spawn(&mut cmd).unwrap();
+        let ended = child.wait(None, &CancellationToken::new()).await.unwrap();
+        assert!(ended.status.success());
+    }
+    started.elapsed() / n
+}
+
+/// The cost of a command under each sandbox (`cargo test -p
+/// orchestrator-agent --test sandbox -- --nocapture cost` prints it).
+#[tokio::test]
+async fn per_command_cost_of_each_sandbox() {
+    let p = Project::new();
+    let ns = Sandbox::new(
+        NS,
+        vec![p.worktree()],
+        vec![p.root().join(".git")],
+        vec![p.root().join(".orchestrator")],
+    );
+    let n = 30;
+    let process = spawn_cost(&Sandbox::Process, &p.worktree(), n).await;
+    let namespace = spawn_cost(&ns, &p.worktree(), n).await;
+    println!("per command (mean of {n}): process {process:?}, namespace {namespace:?}");
+}
