@@ -203,6 +203,12 @@ async fn a_handoff_directory_that_is_a_symlink_out_is_refused() {
         answers: Vec::new(),
     });
     let out = step(&job).await;
-    assert_refused(&out, &[".orch is a symlink to", "must be a plain directory"]);
-    assert!(!s.outside().join("build").exists(), "nothing written outside");
+    assert_refused(
+        &out,
+        &[".orch is a symlink to", "must be a plain directory"],
+    );
+    assert!(
+        !s.outside().join("build").exists(),
+        "nothing written outside"
+    );
 }

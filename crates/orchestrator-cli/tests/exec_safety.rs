@@ -1,6 +1,6 @@
 //! Exec safety from end to end, with a real daemon: a project whose policy
-//! says `allow_shell: false` gets no run that uses a shell string, and
-//! nothing of a refused run is stored.
+//! (or a daemon whose system rules) say `allow_shell: false` gets no run that
+//! uses a shell string, and nothing of a refused run is stored.
 
 mod common;
 
@@ -58,4 +58,33 @@ fn a_project_without_shell_refuses_shell_workflows_and_stores_nothing() {
     h.orch(&["run", shell.to_str().unwrap(), "--project", &project])
         .expect_code(0);
     assert_eq!(h.ps().as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn system_rules_without_shell_refuse_shell_workflows_whatever_the_project_says() {
+    let mut h = Harness::new();
+    let policy = h.project.join(".orchestrator/policy.yaml");
+    std::fs::create_dir_all(policy.parent().unwrap()).unwrap();
+    std::fs::write(&policy, "allow_shell: true\n").unwrap();
+    let rules = h.write("rules.yaml", "allow_shell: false\n");
+    let _d = h.start_daemon(&["--rules", rules.to_str().unwrap()]);
+    let shell = h.write("shell.yaml", SHELL);
+    let project = h.project.to_str().unwrap().to_owned();
+
+    let out = h.orch(&["run", shell.to_str().unwrap(), "--project", &project]);
+    out.expect_code(2);
+    for part in [
+        "the daemon's --rules file sets allow_shell: false",
+        r#"stage "build" step 0 ("compile") sets shell: true"#,
+    ] {
+        assert!(out.stderr.contains(part), "{part:?} in {out}");
+    }
+    assert_eq!(
+        h.ps().as_array().unwrap().len(),
+        0,
+        "a refused run was stored"
+    );
+    let argv = h.write("argv.yaml", ARGV);
+    h.orch(&["run", argv.to_str().unwrap(), "--project", &project])
+        .expect_code(0);
 }

@@ -112,6 +112,10 @@ pub struct SystemRules {
     /// `attempts` caps every stage's, the backoff is the default one.
     #[serde(default, skip_serializing_if = "is_default_retry")]
     pub retry: crate::spec::Retry,
+    /// Whether any run may use shell strings (`shell: true`); `false`
+    /// refuses such workflows at submission, whatever a project says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_shell: Option<bool>,
 }
 
 fn is_default_retry(r: &crate::spec::Retry) -> bool {
@@ -142,6 +146,7 @@ impl Default for SystemRules {
             agent_max_slots: None,
             aging: default_aging(),
             retry: crate::spec::Retry::default(),
+            allow_shell: None,
         }
     }
 }
