@@ -92,6 +92,7 @@ impl Project {
                 until_shell: false,
                 iteration: 0,
                 handoff: None,
+                secrets: BTreeMap::new(),
             },
         }
     }

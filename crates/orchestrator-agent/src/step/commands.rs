@@ -33,6 +33,8 @@ pub(super) struct Runner<'a> {
     pub step_deadline: Option<Instant>,
     /// Variables of the agent's own environment the commands inherit.
     inherited: Vec<(OsString, OsString)>,
+    /// Secret values to mask in the command logs.
+    secrets: Vec<String>,
 }
 
 impl<'a> Runner<'a> {
@@ -54,6 +56,7 @@ impl<'a> Runner<'a> {
             step_budget,
             step_deadline: step_budget.map(|b| started + b),
             inherited: inherited_env(),
+            secrets: Vec::new(),
         }
     }
 
@@ -62,6 +65,12 @@ impl<'a> Runner<'a> {
     pub fn without_inherited(mut self, names: impl IntoIterator<Item = String>) -> Self {
         let names: Vec<OsString> = names.into_iter().map(Into::into).collect();
         self.inherited.retain(|(k, _)| !names.contains(k));
+        self
+    }
+
+    /// Masks `values` (see [`super::redact::values`]) in every command log.
+    pub fn redacting(mut self, values: Vec<String>) -> Self {
+        self.secrets = values;
         self
     }
 
@@ -138,6 +147,10 @@ impl<'a> Runner<'a> {
         let duration = now.elapsed();
         let ended = ended
             .map_err(|e| Failure::infra(format!("{} could not be waited for: {e}", cmd.label)))?;
+        for name in [bundle::stdout_name(i), bundle::stderr_name(i)] {
+            super::redact::file(&self.bundle.dir().join(&name), &self.secrets)
+                .map_err(|e| Failure::infra(format!("masking the secrets in {name}: {e}")))?;
+        }
         let status = ended.status;
         rec.exit_codes.push(status.code());
         rec.commands.push(CommandRecord {

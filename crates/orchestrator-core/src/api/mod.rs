@@ -256,6 +256,11 @@ pub struct JobSpec {
     /// an answer.
     #[serde(default)]
     pub handoff: Option<Handoff>,
+    /// Secret values the step's commands get as variables, by name. The
+    /// agent redacts the values (`***`) from the logs, manifest and errors
+    /// it writes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
 
 impl JobSpec {

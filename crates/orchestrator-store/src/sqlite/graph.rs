@@ -594,6 +594,7 @@ pub(super) fn enqueue(
         until_shell: repeat.is_some_and(|r| r.shell),
         iteration: (step / per_iteration).min(human::iterations(stage).saturating_sub(1)),
         handoff: human::parse_handoff(row.handoff.as_deref(), step),
+        secrets: BTreeMap::new(),
     };
     let payload = serde_json::to_string(&spec).map_err(|e| StoreError::Database(e.to_string()))?;
     let labels =
