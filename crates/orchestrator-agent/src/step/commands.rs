@@ -180,9 +180,9 @@ impl<'a> Runner<'a> {
 /// proxies, an ssh-agent socket), and a workflow runs code the operator may
 /// not have read; what a command needs beyond finding programs, a home, a
 /// user name, a locale, a terminal and a temporary directory, the workflow
-/// declares in `env:`. `CUDA_VISIBLE_DEVICES` is kept for agents without GPUs
-/// of their own accounting (there the operator's restriction stands); on an
-/// agent with GPUs the grant overrides it.
+/// declares in `env:`. `CUDA_VISIBLE_DEVICES` is kept so that an operator's
+/// restriction stands on an agent that detected no GPUs; on an agent with
+/// GPUs the step's grant overrides it.
 pub(super) const INHERITED_ENV: &[&str] = &[
     "PATH",
     "HOME",
