@@ -82,6 +82,14 @@ pub enum GitError {
     /// An artifact glob is malformed or leads outside the worktree.
     #[error("artifact glob '{glob}' {reason}")]
     InvalidGlob { glob: String, reason: String },
+    /// An artifact the globs reach is a symlink that resolves outside the
+    /// run's worktree.
+    #[error("artifact '{path}' is a symlink to {}, outside the run's worktree {}; artifacts must stay inside it", target.display(), worktree.display())]
+    SymlinkEscapes {
+        path: String,
+        target: PathBuf,
+        worktree: PathBuf,
+    },
     /// An extra file's tree path is malformed or leads outside the tree.
     #[error("checkpoint file path '{path}' {reason}")]
     InvalidPath { path: String, reason: &'static str },

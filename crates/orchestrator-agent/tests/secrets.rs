@@ -1,6 +1,7 @@
-//! What of the agent's own environment reaches the commands it runs: not the
-//! orchestrator's tokens, nor a grant the agent itself was given (an agent
-//! started by another agent's step); the rest does. Alone in its own test
+//! What of the agent's own environment reaches the commands it runs: only
+//! the allowlisted variables (PATH, HOME, the locale...), never the
+//! orchestrator's tokens, other secrets, nor a grant the agent itself was
+//! given (an agent started by another agent's step). Alone in its own test
 //! binary because it changes the process environment, which other tests
 //! spawning processes would race with.
 
@@ -21,6 +22,8 @@ async fn orchestrator_tokens_are_not_inherited() {
     std::env::set_var("ORCH_AGENT_TOKEN", "agent-secret");
     std::env::set_var("ORCH_TOKEN", "admin-secret");
     std::env::set_var("ORCH_SECRETS_TEST_VISIBLE", "visible");
+    std::env::set_var("SECRET_X", "1");
+    std::env::set_var("LC_ORCH_TEST", "kept");
     std::env::set_var("CUDA_VISIBLE_DEVICES", "7");
     std::env::set_var("ORCH_GPUS", "7");
     std::env::set_var("ORCH_MEMORY_MB", "99");
@@ -46,7 +49,7 @@ async fn orchestrator_tokens_are_not_inherited() {
                 argv: vec![
                     "sh".into(),
                     "-c".into(),
-                    "echo \"${ORCH_AGENT_TOKEN:-unset}|$ORCH_TOKEN|$ORCH_SECRETS_TEST_VISIBLE\""
+                    "echo \"${ORCH_AGENT_TOKEN:-unset}|$ORCH_TOKEN|${ORCH_SECRETS_TEST_VISIBLE:-unset}\""
                         .into(),
                 ],
                 run: None,
@@ -64,7 +67,7 @@ async fn orchestrator_tokens_are_not_inherited() {
     let log = project.path().join(&out.bundle).join("cmd-000.stdout.log");
     assert_eq!(
         std::fs::read_to_string(log).unwrap(),
-        "unset|from-the-step|visible\n"
+        "unset|from-the-step|unset\n"
     );
 
     // On an agent without GPUs (`run_step`), a step granted nothing keeps
@@ -78,4 +81,32 @@ async fn orchestrator_tokens_are_not_inherited() {
     assert!(out.success, "{out:?}");
     let log = project.path().join(&out.bundle).join("cmd-000.stdout.log");
     assert_eq!(std::fs::read_to_string(log).unwrap(), "7|unset|unset\n");
+
+    // `env` is found through the inherited PATH; it shows the allowlisted
+    // variables, the step's own and the orchestrator's, nothing else.
+    job.job_id = 3;
+    job.spec.env.insert("DECLARED".into(), "yes".into());
+    job.spec.commands[0].argv = vec!["env".into()];
+    let out = run_step(&job, "a", CancellationToken::new()).await;
+    assert!(out.success, "{out:?}");
+    let log = project.path().join(&out.bundle).join("cmd-000.stdout.log");
+    let env = std::fs::read_to_string(log).unwrap();
+    assert!(!env.contains("SECRET_X"), "{env}");
+    assert!(!env.contains("agent-secret"), "{env}");
+    assert!(!env.contains("ORCH_SECRETS_TEST_VISIBLE"), "{env}");
+    for line in ["DECLARED=yes", "LC_ORCH_TEST=kept", "ORCH_RUN_ID=r"] {
+        assert!(env.lines().any(|l| l == line), "{line} in {env}");
+    }
+    assert!(env.lines().any(|l| l.starts_with("PATH=")), "{env}");
+    let names: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+    for name in names {
+        assert!(
+            name.starts_with("ORCH_")
+                || name.starts_with("LC_")
+                || ["PATH", "HOME", "USER", "LOGNAME", "LANG", "TZ", "TERM", "TMPDIR", "SHELL"]
+                    .contains(&name)
+                || ["CUDA_VISIBLE_DEVICES", "DECLARED", "PWD", "SHLVL", "_"].contains(&name),
+            "{name} leaked into the step: {env}"
+        );
+    }
 }

@@ -84,7 +84,9 @@ const MATCH: MatchOptions = MatchOptions {
 /// checkpoint that lost the race to another stage of the same run is redone
 /// on the new tip. Only regular files are committed (mode 100755 when any
 /// executable bit is set, else 100644); symlinks and anything under `.git` are
-/// skipped, as are names that are not UTF-8. A glob that is absolute or has a
+/// skipped, as are names that are not UTF-8, except that a symlink the globs
+/// reach that resolves outside the worktree is an error
+/// ([`GitError::SymlinkEscapes`]). A glob that is absolute or has a
 /// `..` component is an error; a glob that matches nothing is not.
 pub fn checkpoint(
     project: &Path,
@@ -385,6 +387,9 @@ fn collect(root: &Path, glob: &str, out: &mut BTreeMap<String, Found>) -> Result
 
     // Follow the literal prefix one component at a time, never through a
     // symlink, then walk from there.
+    let inside = root
+        .canonicalize()
+        .map_err(GitError::io("resolve the worktree", root))?;
     let mut abs = root.to_path_buf();
     for (i, comp) in comps[..literal].iter().enumerate() {
         if *comp == ".git" {
@@ -398,6 +403,9 @@ fn collect(root: &Path, glob: &str, out: &mut BTreeMap<String, Found>) -> Result
             }
             Err(e) => return Err(GitError::io("read", &abs)(e)),
         };
+        if meta.file_type().is_symlink() {
+            return check_symlink(&inside, &abs, &comps[..=i].join("/"));
+        }
         if meta.is_file() && i + 1 == comps.len() {
             out.insert(comps.join("/"), found(abs, &meta));
             return Ok(());
@@ -408,49 +416,81 @@ fn collect(root: &Path, glob: &str, out: &mut BTreeMap<String, Found>) -> Result
     }
     let rel = comps[..literal].join("/");
     let matcher = (literal < comps.len()).then_some(&pattern);
-    walk(&abs, &rel, literal, matcher, max_depth, out)
+    let walk_ = Walk {
+        inside: &inside,
+        max_depth,
+    };
+    walk_.walk(&abs, &rel, literal, matcher, out)
+}
+
+/// A symlink the globs reach: skipped when it resolves inside the worktree
+/// `inside` (canonical) or nowhere, refused when it leads out.
+fn check_symlink(inside: &Path, link: &Path, rel: &str) -> Result<(), GitError> {
+    match fs::canonicalize(link) {
+        Ok(target) if !target.starts_with(inside) => Err(GitError::SymlinkEscapes {
+            path: rel.to_owned(),
+            target,
+            worktree: inside.to_owned(),
+        }),
+        // Inside, or dangling: nothing outside can be read through it.
+        _ => Ok(()),
+    }
+}
+
+/// What every level of a glob's walk shares.
+struct Walk<'a> {
+    /// The canonical worktree.
+    inside: &'a Path,
+    /// How deep the glob can match.
+    max_depth: usize,
 }
 
 /// Adds the regular files under `dir` (whose tree path is `rel`, `depth`
 /// components deep) that `matcher` matches, or all of them when it is `None`.
 /// A matched directory brings every file under it.
-fn walk(
-    dir: &Path,
-    rel: &str,
-    depth: usize,
-    matcher: Option<&Pattern>,
-    max_depth: usize,
-    out: &mut BTreeMap<String, Found>,
-) -> Result<(), GitError> {
-    let entries = fs::read_dir(dir).map_err(GitError::io("list", dir))?;
-    for entry in entries {
-        let entry = entry.map_err(GitError::io("list", dir))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            continue;
-        };
-        if name == ".git" {
-            continue;
+impl Walk<'_> {
+    fn walk(
+        &self,
+        dir: &Path,
+        rel: &str,
+        depth: usize,
+        matcher: Option<&Pattern>,
+        out: &mut BTreeMap<String, Found>,
+    ) -> Result<(), GitError> {
+        let max_depth = self.max_depth;
+        let entries = fs::read_dir(dir).map_err(GitError::io("list", dir))?;
+        for entry in entries {
+            let entry = entry.map_err(GitError::io("list", dir))?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            if name == ".git" {
+                continue;
+            }
+            let child = if rel.is_empty() {
+                name.to_owned()
+            } else {
+                format!("{rel}/{name}")
+            };
+            // `DirEntry::metadata` does not follow symlinks.
+            let meta = entry
+                .metadata()
+                .map_err(GitError::io("read", &entry.path()))?;
+            let matched = matcher.is_none_or(|p| p.matches_with(&child, MATCH));
+            if meta.file_type().is_symlink() && (matched || depth + 1 < max_depth) {
+                // Matched, or a directory the walk would go into if followed.
+                check_symlink(self.inside, &entry.path(), &child)?;
+            } else if meta.is_file() && matched {
+                out.insert(child, found(entry.path(), &meta));
+            } else if meta.is_dir() && matched {
+                self.walk(&entry.path(), &child, depth + 1, None, out)?;
+            } else if meta.is_dir() && depth + 1 < max_depth {
+                self.walk(&entry.path(), &child, depth + 1, matcher, out)?;
+            }
         }
-        let child = if rel.is_empty() {
-            name.to_owned()
-        } else {
-            format!("{rel}/{name}")
-        };
-        // `DirEntry::metadata` does not follow symlinks.
-        let meta = entry
-            .metadata()
-            .map_err(GitError::io("read", &entry.path()))?;
-        let matched = matcher.is_none_or(|p| p.matches_with(&child, MATCH));
-        if meta.is_file() && matched {
-            out.insert(child, found(entry.path(), &meta));
-        } else if meta.is_dir() && matched {
-            walk(&entry.path(), &child, depth + 1, None, max_depth, out)?;
-        } else if meta.is_dir() && depth + 1 < max_depth {
-            walk(&entry.path(), &child, depth + 1, matcher, max_depth, out)?;
-        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn found(abs: PathBuf, meta: &fs::Metadata) -> Found {

@@ -24,6 +24,7 @@ fn git_failure(what: &str, e: GitError) -> Failure {
         | GitError::NotACommit { .. }
         | GitError::InvalidGlob { .. }
         | GitError::InvalidPath { .. }
+        | GitError::SymlinkEscapes { .. }
         | GitError::InvalidRunId { .. } => Failure::task(message),
         _ => Failure::infra(message),
     }
@@ -63,6 +64,19 @@ pub(super) fn hand_over(worktree: &Path, spec: &JobSpec) -> Result<Vec<(String, 
             dir.display()
         ))
     };
+    // The handoff directory comes from the run's tree: a step (or the
+    // project) may have made it a symlink, through which the agent would
+    // write outside the worktree.
+    for d in [worktree.join(ORCH_DIR), dir.clone()] {
+        if std::fs::symlink_metadata(&d).is_ok_and(|m| m.file_type().is_symlink()) {
+            let target = std::fs::read_link(&d).unwrap_or_default();
+            return Err(Failure::task(format!(
+                "{} is a symlink to {}; the orchestrator's directory in the worktree must be a plain directory inside it",
+                d.display(),
+                target.display()
+            )));
+        }
+    }
     for f in [&feedback, &answers] {
         match std::fs::remove_file(f) {
             Ok(()) => {}

@@ -2,6 +2,7 @@
 //! process group under its timeout, and judging how each ended.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::io;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
@@ -31,8 +32,10 @@ pub(super) struct Runner<'a> {
     pub orch_env: Vec<(String, String)>,
     pub step_budget: Option<Duration>,
     pub step_deadline: Option<Instant>,
-    /// Variables of the agent's own environment the commands do not inherit.
-    not_inherited: Vec<std::ffi::OsString>,
+    /// Variables of the agent's own environment the commands inherit.
+    inherited: Vec<(OsString, OsString)>,
+    /// Secret values to mask in the command logs.
+    secrets: Vec<String>,
     /// How the commands are isolated.
     sandbox: Sandbox,
 }
@@ -55,7 +58,8 @@ impl<'a> Runner<'a> {
             orch_env,
             step_budget,
             step_deadline: step_budget.map(|b| started + b),
-            not_inherited: inherited_secrets(),
+            inherited: inherited_env(),
+            secrets: Vec::new(),
             sandbox: Sandbox::Process,
         }
     }
@@ -63,7 +67,14 @@ impl<'a> Runner<'a> {
     /// Also keeps `names` of the agent's environment from the commands; a
     /// step that sets one itself still gets its own value.
     pub fn without_inherited(mut self, names: impl IntoIterator<Item = String>) -> Self {
-        self.not_inherited.extend(names.into_iter().map(Into::into));
+        let names: Vec<OsString> = names.into_iter().map(Into::into).collect();
+        self.inherited.retain(|(k, _)| !names.contains(k));
+        self
+    }
+
+    /// Masks `values` (see [`super::redact::values`]) in every command log.
+    pub fn redacting(mut self, values: Vec<String>) -> Self {
+        self.secrets = values;
         self
     }
 
@@ -117,10 +128,9 @@ impl<'a> Runner<'a> {
             .open_logs(i)
             .map_err(|e| Failure::infra(e.to_string()))?;
         let mut command = Command::new(&cmd.argv[0]);
-        for name in &self.not_inherited {
-            command.env_remove(name);
-        }
         command
+            .env_clear()
+            .envs(self.inherited.iter().map(|(k, v)| (k, v)))
             .args(&cmd.argv[1..])
             .current_dir(&cmd.cwd_abs)
             .envs(self.user_env)
@@ -150,6 +160,10 @@ impl<'a> Runner<'a> {
         let duration = now.elapsed();
         let ended = ended
             .map_err(|e| Failure::infra(format!("{} could not be waited for: {e}", cmd.label)))?;
+        for name in [bundle::stdout_name(i), bundle::stderr_name(i)] {
+            super::redact::file(&self.bundle.dir().join(&name), &self.secrets)
+                .map_err(|e| Failure::infra(format!("masking the secrets in {name}: {e}")))?;
+        }
         let status = ended.status;
         rec.exit_codes.push(status.code());
         rec.commands.push(CommandRecord {
@@ -173,17 +187,43 @@ impl<'a> Runner<'a> {
     }
 }
 
-/// Names of the agent's own environment variables that hold the
-/// orchestrator's secrets (`ORCH_TOKEN`, `ORCH_AGENT_TOKEN`, any `ORCH_…TOKEN…`):
-/// commands inherit the rest of the agent's environment, not these. A step
-/// that sets such a variable itself still gets its own value.
-fn inherited_secrets() -> Vec<std::ffi::OsString> {
-    std::env::vars_os()
-        .map(|(k, _)| k)
-        .filter(|k| {
-            k.to_str()
-                .is_some_and(|k| k.starts_with("ORCH_") && k.contains("TOKEN"))
+/// The only variables of the agent's own environment a step's commands
+/// inherit (names ending in `*` are prefixes). Why an allowlist: the agent's
+/// environment holds what its operator needed (tokens, cloud credentials,
+/// proxies, an ssh-agent socket), and a workflow runs code the operator may
+/// not have read; what a command needs beyond finding programs, a home, a
+/// user name, a locale, a terminal and a temporary directory, the workflow
+/// declares in `env:`. `CUDA_VISIBLE_DEVICES` is kept so that an operator's
+/// restriction stands on an agent that detected no GPUs; on an agent with
+/// GPUs the step's grant overrides it.
+pub(super) const INHERITED_ENV: &[&str] = &[
+    "PATH",
+    "HOME",
+    "USER",
+    "LOGNAME",
+    "LANG",
+    "LC_*",
+    "TZ",
+    "TERM",
+    "TMPDIR",
+    "SHELL",
+    "CUDA_VISIBLE_DEVICES",
+];
+
+/// Whether the agent's variable `name` is in [`INHERITED_ENV`].
+fn inherits(name: &str) -> bool {
+    INHERITED_ENV
+        .iter()
+        .any(|allowed| match allowed.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == *allowed,
         })
+}
+
+/// The agent's variables a command inherits: those [`INHERITED_ENV`] names.
+fn inherited_env() -> Vec<(OsString, OsString)> {
+    std::env::vars_os()
+        .filter(|(k, _)| k.to_str().is_some_and(inherits))
         .collect()
 }
 
@@ -259,5 +299,26 @@ fn spawn_failure(cmd: &Prepared<'_>, e: &io::Error) -> Failure {
             "{} could not start: program {program:?}: {e}",
             cmd.label
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_allowlist_is_inherited() {
+        for name in ["PATH", "HOME", "LC_ALL", "LC_CTYPE", "TMPDIR", "LANG"] {
+            assert!(inherits(name), "{name}");
+        }
+        for name in [
+            "ORCH_TOKEN",
+            "AWS_SECRET_ACCESS_KEY",
+            "SSH_AUTH_SOCK",
+            "PATHX",
+            "LD_PRELOAD",
+        ] {
+            assert!(!inherits(name), "{name}");
+        }
     }
 }

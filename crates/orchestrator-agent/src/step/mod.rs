@@ -31,6 +31,7 @@ mod checkpoint;
 mod commands;
 mod grant;
 mod prepare;
+mod redact;
 
 pub use checkpoint::{manifest_path, ORCH_DIR};
 use commands::{judge, Runner};
@@ -147,6 +148,7 @@ pub async fn run_step_with(
         orch_env.push(("ORCH_AGENT_URL".into(), asks.url().to_owned()));
         orch_env.push(("ORCH_STEP_TOKEN".into(), ask.token.clone()));
     }
+    orch_env.extend(spec.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
     orch_env.extend(handed);
     let granted = grant::grant_env(&job.grant, ctx.has_gpus);
     orch_env.extend(granted.set);
@@ -165,7 +167,8 @@ pub async fn run_step_with(
         vec![workdir.clone(), bundle.dir().to_owned()],
         vec![project.join(".git")],
         vec![project.join(".orchestrator")],
-    ));
+    ))
+    .redacting(redact::values(spec.secrets.values()));
     let mut failure = match prepare(spec, &workdir) {
         Err(msg) => Some(Failure::task(msg)),
         Ok(commands) => runner.run_all(&commands, &mut rec).await,
@@ -257,7 +260,7 @@ impl<'a> Recorder<'a> {
         let (error_class, error) = match failure {
             Some(f) => (
                 Some(f.class),
-                Some(format!("{} [{}]", f.message, self.context())),
+                Some(self.hide(&format!("{} [{}]", f.message, self.context()))),
             ),
             None => (None, None),
         };
@@ -273,6 +276,11 @@ impl<'a> Recorder<'a> {
             until_met: None,
             questions: Vec::new(),
         }
+    }
+
+    /// `text` with the step's secret values masked.
+    fn hide(&self, text: &str) -> String {
+        redact::text(text, &redact::values(self.job.spec.secrets.values()))
     }
 
     /// Where a failure happened and what the machine looked like then:
@@ -314,7 +322,7 @@ impl<'a> Recorder<'a> {
             started_at_ms: self.started_at_ms,
             ended_at_ms: now_ms(),
             success: failure.is_none(),
-            error: failure.as_ref().map(|f| f.message.clone()),
+            error: failure.as_ref().map(|f| self.hide(&f.message)),
             error_class: failure.as_ref().map(|f| f.class),
             commands: std::mem::take(&mut self.commands),
             sandbox: spec.sandbox.kind,

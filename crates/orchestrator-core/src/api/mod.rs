@@ -260,6 +260,11 @@ pub struct JobSpec {
     /// `network`); absent from older daemons, then `process`.
     #[serde(default)]
     pub sandbox: SandboxSpec,
+    /// Secret values the step's commands get as variables, by name. The
+    /// agent redacts the values (`***`) from the logs, manifest and errors
+    /// it writes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub secrets: BTreeMap<String, String>,
 }
 
 /// A step's isolation, as the agent applies it.

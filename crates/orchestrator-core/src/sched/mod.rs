@@ -13,6 +13,7 @@ pub mod policy;
 pub mod preempt;
 pub mod resources;
 pub mod rules_file;
+pub mod shell;
 
 pub use fair::queue_key;
 pub use policy::{
@@ -24,3 +25,4 @@ pub use resources::{
     could_ever_fit, fit, free, Capacity, Free, Gpu, GpuGrant, Grant, Misfit, Needs,
 };
 pub use rules_file::{parse_project_policy, parse_system_rules, PolicyError};
+pub use shell::{check_shell, ShellRefused, ShellUse};

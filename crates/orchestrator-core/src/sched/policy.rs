@@ -60,6 +60,18 @@ pub struct ProjectPolicy {
     /// Most resources the project's queued and running steps hold at once.
     #[serde(default, skip_serializing_if = "Quotas::is_empty")]
     pub quotas: Quotas,
+    /// Whether workflows of this project may run shell strings (`run:` in
+    /// a step, `repeat` or `validate` with `shell: true`). Unset means yes;
+    /// `false` refuses such a workflow at submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_shell: Option<bool>,
+}
+
+impl ProjectPolicy {
+    /// Whether the project allows shell strings (`allow_shell`, default true).
+    pub fn shell_allowed(&self) -> bool {
+        self.allow_shell != Some(false)
+    }
 }
 
 /// Slots of each agent kept for high-priority work.
@@ -100,6 +112,10 @@ pub struct SystemRules {
     /// `attempts` caps every stage's, the backoff is the default one.
     #[serde(default, skip_serializing_if = "is_default_retry")]
     pub retry: crate::spec::Retry,
+    /// Whether any run may use shell strings (`shell: true`); `false`
+    /// refuses such workflows at submission, whatever a project says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_shell: Option<bool>,
 }
 
 fn is_default_retry(r: &crate::spec::Retry) -> bool {
@@ -130,6 +146,7 @@ impl Default for SystemRules {
             agent_max_slots: None,
             aging: default_aging(),
             retry: crate::spec::Retry::default(),
+            allow_shell: None,
         }
     }
 }

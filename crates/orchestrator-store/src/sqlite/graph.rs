@@ -58,6 +58,10 @@ pub(super) fn workflow(ctx: &mut Ctx<'_>, run_id: &str) -> Result<Arc<Workflow>>
 pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
     let mut wf = orchestrator_core::parse_workflow(&run.workflow, run.file.as_deref())
         .map_err(StoreError::InvalidWorkflow)?;
+    if ctx.rules.allow_shell == Some(false) {
+        sched::check_shell(&wf, false, "the daemon's --rules file")
+            .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    }
     if let Some(on) = run.on_failure {
         // The submitter's word wins over the workflow's, stage by stage; the
         // stored spec says what the run really does.
@@ -594,6 +598,7 @@ pub(super) fn enqueue(
             kind: stage.sandbox.unwrap_or_default(),
             network: stage.network,
         },
+        secrets: BTreeMap::new(),
     };
     let payload = serde_json::to_string(&spec).map_err(|e| StoreError::Database(e.to_string()))?;
     let labels =
