@@ -36,7 +36,7 @@ fn job(project: &std::path::Path, head: &str, job_id: i64, argv: &[&str]) -> Cla
                 timeout: None,
             }],
             base_commit: head.to_owned(),
-            secrets: BTreeMap::from([("API_KEY".to_owned(), VALUE.to_owned())]),
+            secrets: BTreeMap::from([("API_KEY".to_owned(), VALUE.to_owned())]).into(),
             ..JobSpec::default()
         },
     }

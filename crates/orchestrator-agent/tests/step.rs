@@ -93,7 +93,7 @@ impl Project {
                 iteration: 0,
                 handoff: None,
                 sandbox: Default::default(),
-                secrets: BTreeMap::new(),
+                secrets: Default::default(),
             },
         }
     }

@@ -263,8 +263,41 @@ pub struct JobSpec {
     /// Secret values the step's commands get as variables, by name. The
     /// agent redacts the values (`***`) from the logs, manifest and errors
     /// it writes.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub secrets: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Secrets::is_empty")]
+    pub secrets: Secrets,
+}
+
+/// Secret values by name. Its `Debug` shows the names only, so that no log
+/// line or panic message that prints a job can show a value.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secrets(BTreeMap<String, String>);
+
+impl Secrets {
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    /// (name, value) pairs, by name.
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &String)> {
+        self.0.iter()
+    }
+    pub fn values(&self) -> impl Iterator<Item = &String> {
+        self.0.values()
+    }
+}
+
+impl From<BTreeMap<String, String>> for Secrets {
+    fn from(m: BTreeMap<String, String>) -> Self {
+        Secrets(m)
+    }
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.keys().map(|k| (k, "***")))
+            .finish()
+    }
 }
 
 /// A step's isolation, as the agent applies it.
@@ -417,4 +450,23 @@ pub struct ApiError {
     /// Structured details where there are some (e.g. workflow errors).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub details: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_printed_job_names_its_secrets_and_never_shows_their_values() {
+        let spec = JobSpec {
+            secrets: BTreeMap::from([("API_KEY".to_owned(), "hunter2".to_owned())]).into(),
+            ..Default::default()
+        };
+        let printed = format!("{spec:?}");
+        assert!(printed.contains("\"API_KEY\": \"***\""), "{printed}");
+        assert!(!printed.contains("hunter2"), "{printed}");
+        // The wire form still carries the value to the agent.
+        let json = serde_json::to_value(&spec).unwrap();
+        assert_eq!(json["secrets"]["API_KEY"], "hunter2");
+    }
 }
