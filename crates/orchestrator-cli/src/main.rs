@@ -13,6 +13,7 @@ mod logs;
 mod paths;
 mod project;
 mod runcmd;
+mod secrets;
 mod up;
 mod view;
 

@@ -48,6 +48,13 @@ pub struct DaemonArgs {
     /// project or run says overrides them.
     #[arg(long, value_name = "FILE", env = "ORCH_RULES")]
     pub rules: Option<PathBuf>,
+    /// A secret stages may name in `secrets:` (repeat). Kept in memory
+    /// only; prefer --secrets-file, since a command line can be seen by others.
+    #[arg(long = "secret", value_name = "NAME=VALUE")]
+    pub secrets: Vec<String>,
+    /// A file of NAME=VALUE lines (mode 600), read at start.
+    #[arg(long, value_name = "FILE", env = "ORCH_SECRETS_FILE")]
+    pub secrets_file: Option<PathBuf>,
     #[command(flatten)]
     pub hooks: HookArgs,
 }
@@ -297,6 +304,7 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     cfg.heartbeat_interval_ms = a.heartbeat_ms;
     cfg.max_body_bytes = a.max_body_bytes;
     cfg.hooks = hooks;
+    cfg.secrets = crate::secrets::load(&a.secrets, a.secrets_file.as_deref())?;
     let daemon = Daemon::start(cfg, store)
         .await
         .with_context(|| format!("cannot start the daemon on {}", a.listen))?;
@@ -439,6 +447,8 @@ impl Embedded {
                 batch_max_items: 256,
                 batch_max_ms: 5,
                 rules: None,
+                secrets: Vec::new(),
+                secrets_file: None,
                 hooks: HookArgs::default(),
             },
             agent,

@@ -156,6 +156,7 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         on_failure: Some(OnFailure::Fail),
         sandbox: Some(orchestrator_core::spec::SandboxKind::Namespace),
         network: true,
+        secrets: vec!["API_KEY".into()],
     };
     let wf = Workflow {
         name: "w".into(),

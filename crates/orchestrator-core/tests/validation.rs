@@ -1346,3 +1346,27 @@ fn retry_may_lower_the_system_attempts_never_raise_them() {
         "{text}"
     );
 }
+
+#[test]
+fn secret_names_must_be_variable_names_each_once_and_not_the_agents() {
+    let errs = errors(
+        "name: s\nstages:\n  - id: a\n    secrets: [API_KEY, 1BAD, API_KEY, ORCH_RUN_ID]\n    steps: [{commands: [{argv: ['true']}]}]\n",
+    );
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert_mentions(
+        error_at(&errs, "stages[0].secrets[1]"),
+        &["invalid secret name \"1BAD\""],
+    );
+    assert_mentions(
+        error_at(&errs, "stages[0].secrets[2]"),
+        &["secret \"API_KEY\" is named twice"],
+    );
+    assert_mentions(
+        error_at(&errs, "stages[0].secrets[3]"),
+        &["not starting with ORCH_"],
+    );
+    let ok = parses(
+        "name: s\nstages:\n  - id: a\n    secrets: [API_KEY]\n    steps: [{commands: [{argv: ['true']}]}]\n",
+    );
+    assert_eq!(ok.stages[0].secrets, ["API_KEY"]);
+}

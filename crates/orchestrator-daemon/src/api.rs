@@ -36,6 +36,24 @@ pub async fn submit_run<S: Store>(
         .map_err(|msg| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, msg))?;
     let policy = crate::project::read_policy(dir)
         .map_err(|msg| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, msg))?;
+    if let Ok(wf) = orchestrator_core::validate::parse_workflow(&req.workflow, req.file.as_deref())
+    {
+        for st in &wf.stages {
+            if let Some(name) = st
+                .secrets
+                .iter()
+                .find(|n| !app.config.secrets.contains_key(*n))
+            {
+                return Err(ApiErr::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "stage {:?} names secret {name:?}, which this daemon does not have; expected one declared with `orch daemon --secret NAME=VALUE` or `--secrets-file`",
+                        st.id
+                    ),
+                ));
+            }
+        }
+    }
     if !policy.shell_allowed() {
         // A workflow that does not parse is refused by the store, with its
         // own errors; one that does must not use a shell here.
@@ -218,8 +236,9 @@ pub async fn claim<S: Store>(
         // Registered before looking, so a job queued in between still wakes us.
         notified.as_mut().enable();
         let started = std::time::Instant::now();
-        if let Some(job) = app.store.claim(&agent_id, app.config.lease_ttl_ms).await? {
+        if let Some(mut job) = app.store.claim(&agent_id, app.config.lease_ttl_ms).await? {
             app.metrics.claim_granted(started.elapsed());
+            with_secrets(&app, &mut job);
             return Ok(Json(job).into_response());
         }
         if tokio::time::Instant::now() >= deadline {
@@ -303,8 +322,11 @@ pub async fn complete<S: Store>(
         .complete(job_id, req, app.config.lease_ttl_ms)
         .await
     {
-        Ok(done) => {
+        Ok(mut done) => {
             app.metrics.completed();
+            if let Some(job) = &mut done.next {
+                with_secrets(&app, job);
+            }
             Ok(Json(done).into_response())
         }
         Err(e @ StoreError::StaleLease { .. }) => {
@@ -313,6 +335,16 @@ pub async fn complete<S: Store>(
             Err(e.into())
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+/// Fills in the values of the secrets a claimed job's stage names.
+fn with_secrets<S: Store>(app: &App<S>, job: &mut orchestrator_core::api::ClaimedJob) {
+    let missing = job.spec.secrets.fill(&app.config.secrets);
+    if !missing.is_empty() {
+        // Checked at submission; only a daemon restarted without them gets here.
+        tracing::warn!(job_id = job.job_id, run_id = %job.spec.run_id, ?missing,
+            "secrets the stage names are not configured; its commands get them empty");
     }
 }
 

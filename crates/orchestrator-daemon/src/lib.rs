@@ -65,6 +65,9 @@ pub struct DaemonConfig {
     /// Longest time between two pre-emption passes while work waits; a
     /// pass also follows every commit that queued work, at most this often.
     pub preempt_tick_ms: u64,
+    /// Secret values by name: a stage that names one gets it when its job is
+    /// claimed. Kept in memory only, never in the store.
+    pub secrets: std::collections::BTreeMap<String, String>,
 }
 
 impl DaemonConfig {
@@ -79,6 +82,7 @@ impl DaemonConfig {
             reaper_tick_ms: 1_000,
             hooks: hooks::HooksConfig::default(),
             preempt_tick_ms: 1_000,
+            secrets: Default::default(),
         }
     }
 

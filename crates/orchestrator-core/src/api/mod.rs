@@ -284,6 +284,27 @@ impl Secrets {
     pub fn values(&self) -> impl Iterator<Item = &String> {
         self.0.values()
     }
+    /// The names a stage asks for, values not yet filled in: what the store
+    /// keeps, so that no value is ever written to it.
+    pub fn named<'a>(names: impl IntoIterator<Item = &'a String>) -> Self {
+        Secrets(
+            names
+                .into_iter()
+                .map(|n| (n.clone(), String::new()))
+                .collect(),
+        )
+    }
+    /// Fills in each name's value from `known`; returns the names it lacks.
+    pub fn fill(&mut self, known: &BTreeMap<String, String>) -> Vec<String> {
+        let mut missing = Vec::new();
+        for (name, value) in &mut self.0 {
+            match known.get(name) {
+                Some(v) => v.clone_into(value),
+                None => missing.push(name.clone()),
+            }
+        }
+        missing
+    }
 }
 
 impl From<BTreeMap<String, String>> for Secrets {

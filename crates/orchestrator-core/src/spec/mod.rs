@@ -83,6 +83,12 @@ pub struct Stage {
     /// `validating`); a failure is a task failure of the stage.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub validate: Option<Validate>,
+    /// Names of the daemon's secrets (`orch daemon --secret`,
+    /// `--secrets-file`) this stage's commands get as environment variables.
+    /// Their values never reach the store, and the agent masks them as `***`
+    /// in logs, manifests and errors.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<String>,
     /// What this stage does when it fails and is not retried: `ask` (wait
     /// for `orch retry`, `orch skip` or `orch abort`) or `fail` (end failed
     /// at once, blocking its dependents). Default: the workflow's, else `ask`.

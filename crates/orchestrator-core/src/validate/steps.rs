@@ -11,6 +11,7 @@ pub const MAX_ITERATIONS: u32 = 10_000;
 /// Checks the steps and `repeat` of stage `i` (`stage` locates its block).
 pub(super) fn check_steps(i: usize, st: &Stage, stage: (&str, usize), out: &mut Vec<Problem>) {
     check_validate(i, st, stage, out);
+    check_secrets(i, st, stage, out);
     let id = st.id.as_str();
     for (k, step) in st.steps.iter().enumerate() {
         let at = format!("stages[{i}].steps[{k}]");
@@ -189,5 +190,31 @@ fn check_validate(i: usize, st: &Stage, stage: (&str, usize), out: &mut Vec<Prob
             add_in(out, field.clone(), msg, stage, None);
         }
         check_env(&format!("{field}.env"), &cmd.env, Some(stage), out);
+    }
+}
+
+/// Checks the `secrets:` names of stage `i`: variable names, each once.
+fn check_secrets(i: usize, st: &Stage, stage: (&str, usize), out: &mut Vec<Problem>) {
+    let mut seen = std::collections::BTreeSet::new();
+    for (k, name) in st.secrets.iter().enumerate() {
+        let ok = !name.is_empty()
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        let message = if !ok {
+            format!("invalid secret name {name:?}: expected an environment variable name (letters, digits and '_', not starting with a digit)")
+        } else if !seen.insert(name) {
+            format!("secret {name:?} is named twice; expected each name once")
+        } else if name.starts_with("ORCH_") {
+            format!("secret {name:?} would hide a variable the agent sets; expected a name not starting with ORCH_")
+        } else {
+            continue;
+        };
+        add_in(
+            out,
+            format!("stages[{i}].secrets[{k}]"),
+            message,
+            stage,
+            None,
+        );
     }
 }

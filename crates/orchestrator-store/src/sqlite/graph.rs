@@ -598,7 +598,7 @@ pub(super) fn enqueue(
             kind: stage.sandbox.unwrap_or_default(),
             network: stage.network,
         },
-        secrets: Default::default(),
+        secrets: orchestrator_core::api::Secrets::named(&stage.secrets),
     };
     let payload = serde_json::to_string(&spec).map_err(|e| StoreError::Database(e.to_string()))?;
     let labels =
