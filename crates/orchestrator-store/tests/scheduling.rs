@@ -7,7 +7,7 @@ use orchestrator_core::sched::{
     parse_project_policy, parse_system_rules, Gpu, ProjectPolicy, SystemRules,
 };
 use orchestrator_core::{RunState, StageState};
-use orchestrator_store::{NewRun, SqliteStore, Store, StoreOptions};
+use orchestrator_store::{NewRun, SqliteStore, Store, StoreError, StoreOptions};
 
 const TTL: u64 = 30_000;
 
@@ -731,4 +731,33 @@ async fn a_lost_attempt_waits_out_its_backoff_then_starts_again_from_step_zero()
         s.run_detail(&r.run_id).await.unwrap().run.state,
         RunState::Running
     );
+}
+
+#[tokio::test]
+async fn the_project_chooses_the_default_sandbox_and_refuses_weaker_ones() {
+    use orchestrator_core::spec::SandboxKind;
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir, SystemRules::default());
+    let a = agent(&s, "a", 1, 1024, &[]).await;
+    let policy = parse_project_policy(
+        "sandbox: namespace\nmin_sandbox: namespace\n",
+        "policy.yaml",
+    )
+    .unwrap();
+    let weak = "name: w\nstages:\n  - id: x\n    sandbox: process\n    steps: [{commands: [{argv: [x]}]}]\n";
+    match s.submit_run(run(weak, "/p", None, policy.clone())).await {
+        Err(StoreError::Invalid(m)) => assert!(
+            m.contains("min_sandbox: namespace")
+                && m.contains("stage \"x\" chooses sandbox: process"),
+            "{m}"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(s.list_runs(10).await.unwrap().is_empty(), "nothing stored");
+    let open_choice = "name: w\nstages:\n  - id: x\n    steps: [{commands: [{argv: [x]}]}]\n";
+    s.submit_run(run(open_choice, "/p", None, policy))
+        .await
+        .unwrap();
+    let j = claim(&s, &a).await.unwrap();
+    assert_eq!(j.spec.sandbox.kind, SandboxKind::Namespace);
 }

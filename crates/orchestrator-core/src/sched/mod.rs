@@ -13,6 +13,7 @@ pub mod policy;
 pub mod preempt;
 pub mod resources;
 pub mod rules_file;
+pub mod sandbox;
 pub mod shell;
 
 pub use fair::queue_key;
@@ -25,4 +26,5 @@ pub use resources::{
     could_ever_fit, fit, free, Capacity, Free, Gpu, GpuGrant, Grant, Misfit, Needs,
 };
 pub use rules_file::{parse_project_policy, parse_system_rules, PolicyError};
+pub use sandbox::{apply_sandbox_policy, SandboxRefused};
 pub use shell::{check_shell, ShellRefused, ShellUse};

@@ -65,6 +65,14 @@ pub struct ProjectPolicy {
     /// `false` refuses such a workflow at submission.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allow_shell: Option<bool>,
+    /// The sandbox of a stage whose workflow chooses none (`process`,
+    /// `namespace`). Unset: `process`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::spec::SandboxKind>,
+    /// The weakest sandbox a stage may choose; a workflow with a weaker one
+    /// is refused at submission.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_sandbox: Option<crate::spec::SandboxKind>,
 }
 
 impl ProjectPolicy {

@@ -62,6 +62,12 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
         sched::check_shell(&wf, false, "the daemon's --rules file")
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
     }
+    orchestrator_core::sched::apply_sandbox_policy(
+        &mut wf,
+        run.policy.sandbox,
+        run.policy.min_sandbox,
+    )
+    .map_err(|e| StoreError::Invalid(e.to_string()))?;
     if let Some(on) = run.on_failure {
         // The submitter's word wins over the workflow's, stage by stage; the
         // stored spec says what the run really does.
