@@ -36,6 +36,9 @@ pub async fn submit_run<S: Store>(
         .map_err(|msg| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, msg))?;
     let policy = crate::project::read_policy(dir)
         .map_err(|msg| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, msg))?;
+    // A workflow that does not parse is refused by the store, with its own
+    // errors; one that does is checked here against what only the daemon
+    // knows: its secrets and the project's shell policy. Parsed once for both.
     if let Ok(wf) = orchestrator_core::validate::parse_workflow(&req.workflow, req.file.as_deref())
     {
         for st in &wf.stages {
@@ -53,13 +56,7 @@ pub async fn submit_run<S: Store>(
                 ));
             }
         }
-    }
-    if !policy.shell_allowed() {
-        // A workflow that does not parse is refused by the store, with its
-        // own errors; one that does must not use a shell here.
-        if let Ok(wf) =
-            orchestrator_core::validate::parse_workflow(&req.workflow, req.file.as_deref())
-        {
+        if !policy.shell_allowed() {
             let policy_file = dir.join(crate::project::POLICY_FILE);
             orchestrator_core::sched::check_shell(&wf, false, &policy_file.display().to_string())
                 .map_err(|e| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;

@@ -150,8 +150,13 @@ impl Stage {
     pub fn validation_step(&self) -> Option<u32> {
         self.validate.as_ref()?;
         let per = u64::try_from(self.steps.len()).unwrap_or(u64::MAX).max(1);
-        let iterations = u64::from(self.repeat.as_ref().map_or(1, |r| r.max.max(1)));
-        Some(u32::try_from(per.saturating_mul(iterations)).unwrap_or(u32::MAX))
+        let total = per.saturating_mul(u64::from(self.iterations()));
+        Some(u32::try_from(total).unwrap_or(u32::MAX))
+    }
+
+    /// How many times its steps run at most (1 for a stage that does not loop).
+    pub fn iterations(&self) -> u32 {
+        self.repeat.as_ref().map_or(1, |r| r.max.max(1))
     }
 }
 

@@ -44,13 +44,7 @@ pub fn decide(
     }
     let (event, reason) = match decision {
         Decision::Retry => {
-            let step: Option<u32> = ctx
-                .conn
-                .prepare_cached(
-                    "SELECT resume_step FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2",
-                )?
-                .query_row([run_id, stage_id], |r| r.get(0))?;
-            let step = step.unwrap_or(0);
+            let step = human::resume_step(ctx, run_id, stage_id)?.unwrap_or(0);
             let next = human::next_of(ctx, run_id, stage_id, Some(step))?;
             let verb = format!(
                 "retried: attempt {} goes on at step {step}",

@@ -147,7 +147,7 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
                 i as i64,
                 StageState::Pending.as_str(),
                 st.needs.len() as i64,
-                st.steps.len() as i64 * i64::from(human::iterations(st))
+                st.steps.len() as i64 * i64::from(st.iterations())
             ])?;
         }
         // In key order, so the B-tree only ever appends: a wide DAG has
@@ -563,7 +563,7 @@ pub(super) fn enqueue(
         (Some(v), true) => {
             // The validation runs like a step of its own, after the last one.
             validation = orchestrator_core::spec::Step {
-                name: Some("validate".into()),
+                name: Some(human::VALIDATION_NAME.into()),
                 shell: v.shell,
                 commands: v.commands.clone(),
                 ..Default::default()
@@ -598,7 +598,7 @@ pub(super) fn enqueue(
             .filter(|_| ends_iteration && stage.validation_step() != Some(step))
             .and_then(|r| r.until.clone()),
         until_shell: repeat.is_some_and(|r| r.shell),
-        iteration: (step / per_iteration).min(human::iterations(stage).saturating_sub(1)),
+        iteration: (step / per_iteration).min(stage.iterations().saturating_sub(1)),
         handoff: human::parse_handoff(row.handoff.as_deref(), step),
         sandbox: orchestrator_core::api::SandboxSpec {
             kind: stage.sandbox.unwrap_or_default(),
@@ -967,12 +967,9 @@ pub(super) fn failure_policy(
     class: orchestrator_core::error::ErrorClass,
     timed_out: bool,
 ) -> Result<(u32, bool)> {
-    let ord: i64 = ctx
-        .conn
-        .prepare_cached("SELECT ord FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
-        .query_row([run_id, stage_id], |r| r.get(0))?;
+    let ord = human::stage_ord(ctx, run_id, stage_id)?;
     let wf = workflow(ctx, run_id)?;
-    let stage = human::stage_spec(&wf, run_id, stage_id, ord as usize)?;
+    let stage = human::stage_spec(&wf, run_id, stage_id, ord)?;
     Ok((
         ctx.rules
             .attempts_for(stage.retry.as_ref(), class, timed_out),

@@ -30,6 +30,17 @@ pub(super) fn stage_spec<'w>(
         })
 }
 
+/// What a stage's validation job is called, where a step's name would be.
+pub(super) const VALIDATION_NAME: &str = "validate";
+
+/// The name of job `step` of a stage: a step's own, or the validation's.
+pub(super) fn step_name(stage: &Stage, step: u32) -> Option<String> {
+    if stage.validation_step() == Some(step) {
+        return Some(VALIDATION_NAME.to_owned());
+    }
+    step_of(stage, step).ok()?.name.clone()
+}
+
 /// Step `step` of a stage, counted across a loop's iterations.
 pub(super) fn step_of(stage: &Stage, step: u32) -> Result<&Step> {
     let n = stage.steps.len().max(1);
@@ -39,23 +50,27 @@ pub(super) fn step_of(stage: &Stage, step: u32) -> Result<&Step> {
         .ok_or_else(|| StoreError::Database(format!("stage {} has no step {step}", stage.id)))
 }
 
-/// How many times a stage's steps run at most.
-pub(super) fn iterations(stage: &Stage) -> u32 {
-    stage.repeat.as_ref().map_or(1, |r| r.max.max(1))
-}
-
 /// Where a stage goes after step `step`: its validation comes after its
 /// last step.
 pub(super) fn after(stage: &Stage, step: u32, until_met: Option<bool>) -> After {
     match after_step(
         step,
         u32::try_from(stage.steps.len()).unwrap_or(u32::MAX),
-        iterations(stage),
+        stage.iterations(),
         until_met,
     ) {
         After::Done => stage.validation_step().map_or(After::Done, After::Validate),
         after => after,
     }
+}
+
+/// A stage's position in its run's workflow, which `stage_spec` needs.
+pub(super) fn stage_ord(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<usize> {
+    let ord: i64 = ctx
+        .conn
+        .prepare_cached("SELECT ord FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
+        .query_row([run_id, stage_id], |r| r.get(0))?;
+    Ok(ord as usize)
 }
 
 /// The first step of the loop iteration that step `step` ends.
@@ -65,9 +80,9 @@ pub(super) fn last_iteration_start(
     stage_id: &str,
     step: u32,
 ) -> Result<u32> {
-    let row = load_stage(ctx, run_id, stage_id)?;
+    let ord = stage_ord(ctx, run_id, stage_id)?;
     let wf = workflow(ctx, run_id)?;
-    let stage = stage_spec(&wf, run_id, stage_id, row.ord)?;
+    let stage = stage_spec(&wf, run_id, stage_id, ord)?;
     let per = u32::try_from(stage.steps.len()).unwrap_or(u32::MAX).max(1);
     Ok((step.saturating_add(1)).saturating_sub(per))
 }
@@ -82,12 +97,9 @@ pub(super) fn next_of(
     let Some(step) = step else {
         return Ok(After::Done);
     };
-    let ord: i64 = ctx
-        .conn
-        .prepare_cached("SELECT ord FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
-        .query_row([run_id, stage_id], |r| r.get(0))?;
+    let ord = stage_ord(ctx, run_id, stage_id)?;
     let wf = workflow(ctx, run_id)?;
-    let stage = stage_spec(&wf, run_id, stage_id, ord as usize)?;
+    let stage = stage_spec(&wf, run_id, stage_id, ord)?;
     Ok(if stage.validation_step() == Some(step) {
         After::Validate(step)
     } else {
@@ -110,11 +122,7 @@ pub(super) fn step_succeeded(
     let wf = workflow(ctx, run_id)?;
     let stage = stage_spec(&wf, run_id, stage_id, row.ord)?;
     let validation = stage.validation_step() == Some(step);
-    let name = if validation {
-        Some("validate".to_owned())
-    } else {
-        step_of(stage, step)?.name.clone()
-    };
+    let name = step_name(stage, step);
     if let Some(cp) = &o.checkpoint {
         let seq: u32 = ctx
             .conn
@@ -240,7 +248,7 @@ pub(super) fn ask_input(
 }
 
 /// The step a waiting stage resumes at (None: it is then done).
-fn resume_step(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<Option<u32>> {
+pub(super) fn resume_step(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<Option<u32>> {
     Ok(ctx
         .conn
         .prepare_cached("SELECT resume_step FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?

@@ -15,10 +15,7 @@ use crate::{Result, StoreError};
 /// The name of step `step` (counted across a loop's iterations) of a stage.
 fn step_name(wf: &Workflow, stage_id: &str, step: u32) -> Option<String> {
     let stage = wf.stages.iter().find(|s| s.id == stage_id)?;
-    if stage.validation_step() == Some(step) {
-        return Some("validate".into());
-    }
-    super::human::step_of(stage, step).ok()?.name.clone()
+    super::human::step_name(stage, step)
 }
 
 pub fn checkpoints(conn: &Connection, run_id: &str, wf: &Workflow) -> Result<Vec<CheckpointView>> {

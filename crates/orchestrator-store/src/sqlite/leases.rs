@@ -159,7 +159,7 @@ fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, why: &str) -> Result<i64> {
     // The machine is out of reach: say where the work was and when it was
     // last heard of, which is what the human reading this can act on.
     let reason = format!(
-        "{why} (agent {agent_id}) [run {run_id}, stage {stage_id}, step {step}, attempt {attempt}, agent {agent_id} on {}; last heard from {}]",
+        "{why} [run {run_id}, stage {stage_id}, step {step}, attempt {attempt}, agent {agent_id} on {}; last heard from {}]",
         host.as_deref().unwrap_or("an unknown host"),
         seen.map_or("never".to_owned(), |t| format!("{} ms before", (ctx.now - t).max(0)))
     );
