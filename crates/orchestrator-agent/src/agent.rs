@@ -27,6 +27,7 @@ use tracing::Instrument;
 use crate::ask::AskBox;
 use crate::client::{Client, ClientError};
 use crate::resources::{describe_gpus, Probe, Resources};
+use crate::sandbox::SandboxConfig;
 use crate::step::{local_hostname, run_step_with, CancelReason, StepContext};
 
 /// How long a claim long-polls the daemon.
@@ -64,6 +65,8 @@ pub struct AgentConfig {
     /// GPUs offered to steps; None asks `nvidia-smi`, `Some(vec![])` offers
     /// none without asking.
     pub gpus: Option<Vec<Gpu>>,
+    /// How the agent isolates the steps it runs.
+    pub sandbox: SandboxConfig,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -77,6 +80,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("hostname", &self.hostname)
             .field("memory_mb", &self.memory_mb)
             .field("gpus", &self.gpus)
+            .field("sandbox", &self.sandbox)
             .finish()
     }
 }
@@ -145,6 +149,7 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         register,
         hostname,
         asks,
+        sandbox: Arc::new(cfg.sandbox.clone()),
         session: Mutex::new(Arc::new(session)),
         reregistering: tokio::sync::Mutex::new(()),
         leases: Mutex::new(HashMap::new()),
@@ -221,6 +226,8 @@ struct Shared {
     hostname: Option<String>,
     /// The local endpoint steps ask their questions through.
     asks: AskBox,
+    /// How steps are isolated.
+    sandbox: Arc<SandboxConfig>,
     /// The current registration; replaced when the daemon forgets the agent.
     session: Mutex<Arc<Session>>,
     /// Held while re-registering, so that loops noticing together register once.
@@ -427,6 +434,7 @@ async fn run_job(
         cancel_reason: reason.clone(),
         asks: Some(shared.asks.clone()),
         has_gpus: !shared.register.gpus.is_empty(),
+        sandbox: shared.sandbox.clone(),
     };
     let step = run_step_with(&job, &ctx, kill.clone());
     tokio::pin!(step);
@@ -641,6 +649,7 @@ mod tests {
             hostname: None,
             memory_mb: None,
             gpus: None,
+            sandbox: SandboxConfig::default(),
         };
         assert!(!format!("{cfg:?}").contains("s3cret"));
     }

@@ -299,6 +299,7 @@ fn config(server: &str, token: &str, slots: u32) -> AgentConfig {
         // Declared, so that the tests do not depend on this machine.
         memory_mb: Some(4096),
         gpus: Some(vec![]),
+        sandbox: Default::default(),
     }
 }
 
@@ -538,6 +539,7 @@ async fn declared_resources_are_registered_and_hide_gpus_from_steps_granted_none
     let cfg = AgentConfig {
         memory_mb: Some(16_384),
         gpus: Some(gpus.clone()),
+        sandbox: Default::default(),
         ..config(&server.url(), TOKEN, 1)
     };
     stub.push_job(job(
@@ -578,6 +580,7 @@ async fn a_gpu_declared_twice_is_refused() {
     };
     let cfg = AgentConfig {
         gpus: Some(vec![gpu.clone(), gpu]),
+        sandbox: Default::default(),
         ..config("http://127.0.0.1:1", TOKEN, 1)
     };
     let err = run_agent(cfg, CancellationToken::new()).await.unwrap_err();

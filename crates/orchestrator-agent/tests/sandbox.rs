@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use orchestrator_agent::exec::GroupChild;
 use orchestrator_agent::run_step;
-use orchestrator_agent::sandbox::Sandbox;
+use orchestrator_agent::sandbox::{Dirs, Limits, Sandbox, SandboxConfig};
 use orchestrator_core::api::{ClaimedJob, JobSpec, Manifest, SandboxSpec, StepOutcome};
 use orchestrator_core::spec::{CommandSpec, SandboxKind};
 use tempfile::TempDir;
@@ -38,12 +38,14 @@ fn bash(script: &str) -> CommandSpec {
 }
 
 const NS: SandboxSpec = SandboxSpec {
-    kind: SandboxKind::Namespace,
+    kind: Some(SandboxKind::Namespace),
     network: false,
+    image: None,
 };
 const PROCESS: SandboxSpec = SandboxSpec {
-    kind: SandboxKind::Process,
+    kind: Some(SandboxKind::Process),
     network: false,
+    image: None,
 };
 
 /// A git repository with the run's worktree, and a private directory
@@ -280,7 +282,7 @@ async fn namespace_step_cannot_connect_to_the_network_unless_allowed() {
     assert_ok(&p, &job, &out);
     let allowed = SandboxSpec {
         network: true,
-        ..NS
+        ..NS.clone()
     };
     let (job, out) = p.run(allowed, bash(&script)).await;
     assert_ok(&p, &job, &out);
@@ -423,12 +425,12 @@ async fn spawn_cost(sandbox: &Sandbox, dir: &Path, n: u32) -> Duration {
 #[tokio::test]
 async fn per_command_cost_of_each_sandbox() {
     let p = Project::new();
-    let ns = Sandbox::new(
-        NS,
-        vec![p.worktree()],
-        vec![p.root().join(".git")],
-        vec![p.root().join(".orchestrator")],
-    );
+    let dirs = Dirs {
+        writable: vec![p.worktree()],
+        readable: vec![p.root().join(".git")],
+        hidden: vec![p.root().join(".orchestrator")],
+    };
+    let ns = Sandbox::new(&NS, &SandboxConfig::default(), dirs, Limits::default()).unwrap();
     let n = 30;
     let process = spawn_cost(&Sandbox::Process, &p.worktree(), n).await;
     let namespace = spawn_cost(&ns, &p.worktree(), n).await;

@@ -305,6 +305,7 @@ async fn cancelling_kills_the_group_and_reports_the_reason() {
         cancel_reason: reason.clone(),
         asks: None,
         has_gpus: false,
+        sandbox: Default::default(),
     };
     let task = {
         let (job, cancel) = (job.clone(), cancel.clone());

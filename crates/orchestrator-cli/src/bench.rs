@@ -331,6 +331,8 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
         name: Some("bench".into()),
         memory: None,
         gpus: vec![],
+        sandbox: Some(orchestrator_core::spec::SandboxKind::Process),
+        min_sandbox: None,
     };
     let embedded = crate::up::Embedded::start(&data, agent, false).await?;
     let client = &embedded.client;

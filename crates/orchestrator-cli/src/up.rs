@@ -9,9 +9,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
-use orchestrator_agent::{run_agent, AgentConfig};
+use orchestrator_agent::{run_agent, AgentConfig, SandboxConfig};
 use orchestrator_core::sched::Gpu;
-use orchestrator_core::spec::SizeSpec;
+use orchestrator_core::spec::{SandboxKind, SizeSpec};
 use orchestrator_daemon::hooks::{ActionLinks, HooksConfig, OpenClawConfig, DEFAULT_LINK_TTL_MS};
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
 use orchestrator_store::{SqliteStore, StoreOptions};
@@ -168,6 +168,14 @@ pub struct AgentOpts {
         value_parser = parse_gpu
     )]
     pub gpus: Vec<GpuDecl>,
+    /// The sandbox of a step whose stage and project choose none: process,
+    /// namespace, bubblewrap, container or vm. Default: namespace on Linux.
+    #[arg(long, value_name = "KIND", env = "ORCH_SANDBOX", value_parser = SandboxKind::parse)]
+    pub sandbox: Option<SandboxKind>,
+    /// The weakest sandbox this agent runs; a step asking for a weaker one
+    /// fails with an error saying so. Default: none (any).
+    #[arg(long, value_name = "KIND", env = "ORCH_MIN_SANDBOX", value_parser = SandboxKind::parse)]
+    pub min_sandbox: Option<SandboxKind>,
 }
 
 /// One `--gpu` value.
@@ -330,7 +338,25 @@ fn agent_config(
         hostname: Some(hostname()),
         memory_mb: o.memory.map(SizeSpec::as_mib),
         gpus: declared_gpus(&o.gpus)?,
+        sandbox: sandbox_config(o)?,
     })
+}
+
+/// The agent's sandbox choices; a default weaker than the floor is refused
+/// rather than silently raised.
+fn sandbox_config(o: &AgentOpts) -> Result<SandboxConfig, CliError> {
+    let mut cfg = SandboxConfig::default();
+    if let Some(d) = o.sandbox {
+        cfg.default = d;
+    }
+    cfg.min = o.min_sandbox;
+    if let Some(min) = cfg.min.filter(|m| cfg.default.strength() < m.strength()) {
+        return Err(CliError::BadInput(format!(
+            "--sandbox {} is weaker than --min-sandbox {min}; expected --sandbox {min} or stronger",
+            cfg.default
+        )));
+    }
+    Ok(cfg)
 }
 
 /// Runs a daemon and one agent until `stop` or a signal; agent first down.
@@ -500,6 +526,8 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
         name: None,
         memory: None,
         gpus: vec![],
+        sandbox: None,
+        min_sandbox: None,
     };
     // The demo's own project: a fresh repository, so its run's branch and
     // worktree land there and not in whatever directory the demo ran from.

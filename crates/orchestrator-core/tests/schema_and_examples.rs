@@ -156,6 +156,7 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         on_failure: Some(OnFailure::Fail),
         sandbox: Some(orchestrator_core::spec::SandboxKind::Namespace),
         network: true,
+        image: Some("images/rootfs".into()),
         secrets: vec!["API_KEY".into()],
     };
     let wf = Workflow {
@@ -386,7 +387,7 @@ fn a_stage_chooses_its_sandbox_and_older_payloads_default_to_process() {
     job.as_object_mut().unwrap().remove("sandbox");
     let job: JobSpec = serde_json::from_value(job).unwrap();
     assert_eq!(job.sandbox, SandboxSpec::default());
-    assert_eq!(job.sandbox.kind, SandboxKind::Process);
+    assert_eq!(job.sandbox.kind, None, "the agent's default then applies");
     let manifest = serde_json::json!({
         "run_id": "r", "stage_id": "s", "step": 0, "step_name": null, "attempt": 1,
         "job_id": 1, "agent_id": "a", "hostname": null, "started_at_ms": 0,

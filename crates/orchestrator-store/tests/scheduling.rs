@@ -759,5 +759,5 @@ async fn the_project_chooses_the_default_sandbox_and_refuses_weaker_ones() {
         .await
         .unwrap();
     let j = claim(&s, &a).await.unwrap();
-    assert_eq!(j.spec.sandbox.kind, SandboxKind::Namespace);
+    assert_eq!(j.spec.sandbox.kind, Some(SandboxKind::Namespace));
 }

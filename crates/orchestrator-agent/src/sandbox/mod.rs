@@ -2,8 +2,8 @@
 //! per file, chosen by the stage's `sandbox`.
 //!
 //! - [`process`]: no isolation (each command leads its own process group and
-//!   sees the machine as the agent does). The default.
-//! - [`namespace`] (Linux): each command runs in new user, mount, pid, ipc,
+//!   sees the machine as the agent does); chosen explicitly.
+//! - [`namespace`] (Linux, the default there): each command runs in new user, mount, pid, ipc,
 //!   uts and (unless the stage allows `network`) net namespaces, set up in
 //!   the forked child before `exec`. The root file system is read-only; the
 //!   run's worktree and the step's bundle are the only writable host
@@ -28,9 +28,12 @@ use tokio::process::Command;
 
 use crate::exec::GroupChild;
 
+mod config;
 #[cfg(target_os = "linux")]
 mod namespace;
 mod process;
+
+pub use config::{platform_default, SandboxConfig, DEFAULT_PIDS_MAX};
 
 /// Why a command could not be started in its sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +55,39 @@ pub enum SandboxError {
     /// The sandbox cannot exist on this operating system.
     #[error("the namespace sandbox needs Linux")]
     Unsupported,
+    /// The step asks for a weaker sandbox than this agent runs.
+    #[error("this agent runs no step in a sandbox weaker than {min} (orch agent --min-sandbox), but the stage asks for sandbox: {asked}; choose sandbox: {min} or stronger")]
+    Refused {
+        asked: SandboxKind,
+        min: SandboxKind,
+    },
+    /// This agent cannot provide the backend the step asks for.
+    #[error("sandbox: {kind} is not available on this agent: {why}")]
+    Unavailable { kind: SandboxKind, why: String },
+}
+
+/// Resource limits of a step's commands, each command in turn.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Limits {
+    /// Memory, in MiB: what the scheduler granted the stage for its
+    /// `resources.memory`; None when it declares none.
+    pub memory_mb: Option<u64>,
+    /// The most processes and threads at once.
+    pub pids: Option<u64>,
+}
+
+/// The host directories a step's sandbox exposes.
+#[derive(Debug, Clone, Default)]
+pub struct Dirs {
+    /// Bound writable at the same path (the worktree, the bundle).
+    pub writable: Vec<PathBuf>,
+    /// Bound read-only at the same path, visible even under a hidden one
+    /// (the project's `.git`, which the worktree's `.git` file points to);
+    /// those that do not exist are left out.
+    pub readable: Vec<PathBuf>,
+    /// Hidden behind an empty tmpfs, besides the fixed ones (the project's
+    /// `.orchestrator`).
+    pub hidden: Vec<PathBuf>,
 }
 
 fn hint(step: &str) -> &'static str {
@@ -91,23 +127,34 @@ pub enum Sandbox {
 }
 
 impl Sandbox {
-    /// The sandbox `spec` asks for, for a step whose worktree and bundle are
-    /// `writable`, which reads the repository at `readable` and whose
-    /// project keeps its other runs under `hidden`.
+    /// The sandbox `spec` asks for on an agent configured with `cfg`, for a
+    /// step that sees the host's `dirs`.
     pub fn new(
-        spec: SandboxSpec,
-        writable: Vec<PathBuf>,
-        readable: Vec<PathBuf>,
-        hidden: Vec<PathBuf>,
-    ) -> Self {
-        match spec.kind {
-            SandboxKind::Process => Sandbox::Process,
-            SandboxKind::Namespace => Sandbox::Namespace {
-                writable,
-                readable,
-                hidden,
+        spec: &SandboxSpec,
+        cfg: &SandboxConfig,
+        dirs: Dirs,
+        limits: Limits,
+    ) -> Result<Self, SandboxError> {
+        // Used by the backends that apply limits.
+        let _ = limits;
+        let kind = spec.kind.unwrap_or(cfg.default);
+        if let Some(min) = cfg.min.filter(|m| kind.strength() < m.strength()) {
+            return Err(SandboxError::Refused { asked: kind, min });
+        }
+        match kind {
+            SandboxKind::Process => Ok(Sandbox::Process),
+            SandboxKind::Namespace => Ok(Sandbox::Namespace {
+                writable: dirs.writable,
+                readable: dirs.readable,
+                hidden: dirs.hidden,
                 network: spec.network,
-            },
+            }),
+            SandboxKind::Bubblewrap | SandboxKind::Container | SandboxKind::Vm => {
+                Err(SandboxError::Unavailable {
+                    kind,
+                    why: "this agent has no such backend yet".into(),
+                })
+            }
         }
     }
 

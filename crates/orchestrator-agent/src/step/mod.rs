@@ -18,14 +18,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use orchestrator_core::api::{ClaimedJob, CommandRecord, Manifest, StepOutcome};
 use orchestrator_core::error::ErrorClass;
-use orchestrator_core::spec::DurationSpec;
+use orchestrator_core::spec::{DurationSpec, SandboxKind};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::ask::AskBox;
 use crate::bundle::{Bundle, BundleError};
 use crate::exec::EndReason;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{Dirs, Limits, Sandbox, SandboxConfig};
 
 mod checkpoint;
 mod commands;
@@ -70,6 +70,8 @@ pub struct StepContext {
     /// Whether the agent has GPUs: a step granted none is then kept from
     /// them (an empty `CUDA_VISIBLE_DEVICES`).
     pub has_gpus: bool,
+    /// How the agent isolates steps.
+    pub sandbox: Arc<SandboxConfig>,
 }
 
 /// The name of this machine, when it has a printable one.
@@ -89,6 +91,7 @@ pub async fn run_step(job: &ClaimedJob, agent_id: &str, cancel: CancellationToke
         cancel_reason: CancelReason::new(),
         asks: None,
         has_gpus: false,
+        sandbox: Arc::default(),
     };
     run_step_with(job, &ctx, cancel).await
 }
@@ -152,6 +155,25 @@ pub async fn run_step_with(
     orch_env.extend(handed);
     let granted = grant::grant_env(&job.grant, ctx.has_gpus);
     orch_env.extend(granted.set);
+    let dirs = Dirs {
+        writable: vec![workdir.clone(), bundle.dir().to_owned()],
+        readable: vec![project.join(".git")],
+        hidden: vec![project.join(".orchestrator")],
+    };
+    let limits = Limits {
+        memory_mb: Some(job.grant.memory_mb).filter(|&m| m > 0),
+        pids: ctx.sandbox.pids_max,
+    };
+    let sandbox = match Sandbox::new(&spec.sandbox, &ctx.sandbox, dirs, limits) {
+        Ok(s) => s,
+        Err(e) => {
+            return rec
+                .finish(&bundle, Some(Failure::task(e.to_string())))
+                .await
+                .0
+        }
+    };
+    rec.sandbox = sandbox.kind();
     let runner = Runner::new(
         &bundle,
         &cancel,
@@ -162,12 +184,7 @@ pub async fn run_step_with(
         rec.started,
     )
     .without_inherited(granted.unset)
-    .in_sandbox(Sandbox::new(
-        spec.sandbox,
-        vec![workdir.clone(), bundle.dir().to_owned()],
-        vec![project.join(".git")],
-        vec![project.join(".orchestrator")],
-    ))
+    .in_sandbox(sandbox)
     .redacting(redact::values(spec.secrets.values()));
     let mut failure = match prepare(spec, &workdir) {
         Err(msg) => Some(Failure::task(msg)),
@@ -241,6 +258,8 @@ pub(crate) struct Recorder<'a> {
     started_at_ms: i64,
     commands: Vec<CommandRecord>,
     exit_codes: Vec<Option<i32>>,
+    /// The backend the commands run in, once chosen.
+    sandbox: SandboxKind,
 }
 
 impl<'a> Recorder<'a> {
@@ -253,6 +272,7 @@ impl<'a> Recorder<'a> {
             started_at_ms: now_ms(),
             commands: Vec::new(),
             exit_codes: Vec::new(),
+            sandbox: job.spec.sandbox.kind.unwrap_or(ctx.sandbox.default),
         }
     }
 
@@ -325,7 +345,7 @@ impl<'a> Recorder<'a> {
             error: failure.as_ref().map(|f| self.hide(&f.message)),
             error_class: failure.as_ref().map(|f| f.class),
             commands: std::mem::take(&mut self.commands),
-            sandbox: spec.sandbox.kind,
+            sandbox: self.sandbox,
         };
         let written = bundle.write_manifest(&manifest).await;
         let bytes = written.as_ref().ok().cloned();

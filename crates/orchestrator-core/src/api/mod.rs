@@ -321,13 +321,20 @@ impl std::fmt::Debug for Secrets {
     }
 }
 
-/// A step's isolation, as the agent applies it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// A step's isolation, as the stage asks for it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxSpec {
-    pub kind: crate::spec::SandboxKind,
-    /// Whether a `namespace` sandbox keeps the network (it has none otherwise).
+    /// The backend; None leaves it to the agent's default (`namespace` on
+    /// Linux unless the agent is configured otherwise).
+    #[serde(default)]
+    pub kind: Option<crate::spec::SandboxKind>,
+    /// Whether the commands keep the network (a sandbox has none otherwise).
     #[serde(default)]
     pub network: bool,
+    /// A `container` stage's image: a root file system directory or a
+    /// tarball, absolute or relative to the project directory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 impl JobSpec {
@@ -444,8 +451,13 @@ pub struct Manifest {
     pub error_class: Option<ErrorClass>,
     pub commands: Vec<CommandRecord>,
     /// The isolation the commands ran under (`process` in older bundles).
-    #[serde(default)]
+    #[serde(default = "older_sandbox")]
     pub sandbox: crate::spec::SandboxKind,
+}
+
+/// What a bundle written before sandboxes existed ran under.
+fn older_sandbox() -> crate::spec::SandboxKind {
+    crate::spec::SandboxKind::Process
 }
 
 /// One command of a bundle.

@@ -17,14 +17,6 @@ pub struct SandboxRefused {
     pub stages: Vec<(String, SandboxKind)>,
 }
 
-/// How much a sandbox isolates, to compare two: more is stronger.
-pub fn strength(k: SandboxKind) -> u8 {
-    match k {
-        SandboxKind::Process => 0,
-        SandboxKind::Namespace => 1,
-    }
-}
-
 /// Gives every stage that chooses no sandbox `default` (when set, and at
 /// least `min`), then refuses the workflow if a stage is weaker than `min`.
 pub fn apply_sandbox_policy(
@@ -32,10 +24,10 @@ pub fn apply_sandbox_policy(
     default: Option<SandboxKind>,
     min: Option<SandboxKind>,
 ) -> Result<(), SandboxRefused> {
-    let floor = min.unwrap_or_default();
+    let floor = min.unwrap_or(SandboxKind::Process);
     let default = default
         .map(|d| {
-            if strength(d) < strength(floor) {
+            if d.strength() < floor.strength() {
                 floor
             } else {
                 d
@@ -46,7 +38,7 @@ pub fn apply_sandbox_policy(
     for st in &mut wf.stages {
         match st.sandbox {
             None => st.sandbox = default,
-            Some(k) if strength(k) < strength(floor) => refused.push((st.id.clone(), k)),
+            Some(k) if k.strength() < floor.strength() => refused.push((st.id.clone(), k)),
             Some(_) => {}
         }
     }

@@ -95,41 +95,91 @@ pub struct Stage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<OnFailure>,
     /// How this stage's commands are isolated on their agent: `process`
-    /// (none: an ordinary process group, the default) or `namespace` (Linux
-    /// namespaces: read-only root, only the run's worktree and bundle
-    /// writable, private `/tmp`, own `/proc`, no network unless `network`).
+    /// (none), `namespace`, `bubblewrap`, `container` or `vm`; see
+    /// [`SandboxKind`]. Default: the project's policy (`sandbox:` in
+    /// `.orchestrator/policy.yaml`), else the agent's own default
+    /// (`namespace` on Linux).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<SandboxKind>,
     /// Whether a sandboxed stage's commands may use the network. Default
-    /// false; only meaningful with `sandbox: namespace` (a `process` stage
-    /// always shares the agent's network).
+    /// false (a `process` stage always shares the agent's network).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub network: bool,
+    /// The userland of a `container` stage: a root file system directory or
+    /// an image tarball, absolute or relative to the project directory.
+    /// Default: the agent's (`orch agent --container-image`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
 }
 
 /// How a stage's commands are isolated from the agent's machine.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SandboxKind {
     /// No isolation: each command leads its own process group and sees the
-    /// machine as the agent does.
-    #[default]
+    /// machine as the agent does. For development; chosen explicitly.
     Process,
-    /// New user, mount, pid, ipc, uts and (unless `network`) net namespaces:
-    /// the root file system read-only, the run's worktree and the step's
-    /// bundle writable, `/tmp`, `/var/tmp`, `/root`, `/home`, `/run`,
-    /// `/dev/shm` and the project's `.orchestrator` directory hidden behind
-    /// empty tmpfs, and a fresh `/proc`. Linux only.
+    /// New user, mount, pid, ipc, uts and (unless `network`) net namespaces
+    /// set up by the agent itself: the root file system read-only, the run's
+    /// worktree and the step's bundle writable, `/tmp`, `/var/tmp`, `/root`,
+    /// `/home`, `/run`, `/dev/shm` and the project's `.orchestrator`
+    /// directory hidden behind empty tmpfs, a fresh `/proc`, memory and pids
+    /// limits in a cgroup of its own. Linux only; the default there.
     Namespace,
+    /// The same view of the machine as `namespace`, built by `bwrap`
+    /// (bubblewrap) where it is installed: an audited alternative.
+    Bubblewrap,
+    /// An OCI container run by `runc`, with another userland (the stage's
+    /// `image` or the agent's) and the worktree bound in.
+    Container,
+    /// A QEMU virtual machine: the agent's kernel and base image, the stage's
+    /// disk a copy-on-write overlay kept at each checkpoint and discarded
+    /// back to the last checkpoint's on a retry, the worktree shared over 9p.
+    Vm,
 }
 
 impl SandboxKind {
-    /// The name a workflow uses: `process` or `namespace`.
+    /// Every kind, weakest first.
+    pub const ALL: [SandboxKind; 5] = [
+        SandboxKind::Process,
+        SandboxKind::Namespace,
+        SandboxKind::Bubblewrap,
+        SandboxKind::Container,
+        SandboxKind::Vm,
+    ];
+
+    /// The name a workflow uses.
     pub fn as_str(self) -> &'static str {
         match self {
             SandboxKind::Process => "process",
             SandboxKind::Namespace => "namespace",
+            SandboxKind::Bubblewrap => "bubblewrap",
+            SandboxKind::Container => "container",
+            SandboxKind::Vm => "vm",
         }
+    }
+
+    /// How much it isolates, to compare two: more is stronger. The three
+    /// namespace-based kinds are equal; a VM is stronger (its own kernel).
+    pub fn strength(self) -> u8 {
+        match self {
+            SandboxKind::Process => 0,
+            SandboxKind::Namespace | SandboxKind::Bubblewrap | SandboxKind::Container => 1,
+            SandboxKind::Vm => 2,
+        }
+    }
+
+    /// The kind named `text`, or an error listing the names.
+    pub fn parse(text: &str) -> Result<SandboxKind, String> {
+        SandboxKind::ALL
+            .into_iter()
+            .find(|k| k.as_str() == text.trim())
+            .ok_or_else(|| {
+                format!(
+                    "unknown sandbox {text:?}; expected one of {}",
+                    SandboxKind::ALL.map(SandboxKind::as_str).join(", ")
+                )
+            })
     }
 }
 

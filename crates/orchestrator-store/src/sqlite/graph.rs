@@ -601,8 +601,9 @@ pub(super) fn enqueue(
         iteration: (step / per_iteration).min(stage.iterations().saturating_sub(1)),
         handoff: human::parse_handoff(row.handoff.as_deref(), step),
         sandbox: orchestrator_core::api::SandboxSpec {
-            kind: stage.sandbox.unwrap_or_default(),
+            kind: stage.sandbox,
             network: stage.network,
+            image: stage.image.clone(),
         },
         secrets: orchestrator_core::api::Secrets::named(&stage.secrets),
     };

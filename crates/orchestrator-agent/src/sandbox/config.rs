@@ -1,0 +1,51 @@
+//! The agent's side of choosing a sandbox: its default backend for stages
+//! that choose none, the weakest one it agrees to run, and what each backend
+//! needs from the machine.
+
+use orchestrator_core::spec::SandboxKind;
+
+/// How an agent isolates the steps it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxConfig {
+    /// The backend of a step whose stage, project and workflow choose none.
+    pub default: SandboxKind,
+    /// The weakest backend this agent runs: a step asking for a weaker one
+    /// fails with an error naming both, whatever its stage says.
+    pub min: Option<SandboxKind>,
+    /// The most processes and threads one command may have at once (a fork
+    /// bomb stops there); None: no limit of the agent's own.
+    pub pids_max: Option<u64>,
+}
+
+/// The default of [`SandboxConfig::pids_max`].
+pub const DEFAULT_PIDS_MAX: u64 = 4096;
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            // TODO(flip): platform_default() once every test states its sandbox.
+            default: SandboxKind::Process,
+            min: None,
+            pids_max: Some(DEFAULT_PIDS_MAX),
+        }
+    }
+}
+
+/// `namespace` on Linux, `process` elsewhere.
+pub fn platform_default() -> SandboxKind {
+    if cfg!(target_os = "linux") {
+        SandboxKind::Namespace
+    } else {
+        SandboxKind::Process
+    }
+}
+
+impl SandboxConfig {
+    /// An agent that runs steps without isolation unless they ask for it.
+    pub fn unisolated() -> Self {
+        SandboxConfig {
+            default: SandboxKind::Process,
+            ..SandboxConfig::default()
+        }
+    }
+}
