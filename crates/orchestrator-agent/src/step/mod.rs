@@ -149,6 +149,12 @@ pub async fn run_step_with(
     ];
     if let (Some(asks), Some(ask)) = (&ctx.asks, &ask) {
         orch_env.push(("ORCH_AGENT_URL".into(), asks.url().to_owned()));
+        if let Some(socket) = asks.socket() {
+            orch_env.push((
+                "ORCH_AGENT_SOCKET".into(),
+                socket.to_string_lossy().into_owned(),
+            ));
+        }
         orch_env.push(("ORCH_STEP_TOKEN".into(), ask.token.clone()));
     }
     orch_env.extend(spec.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -157,7 +163,14 @@ pub async fn run_step_with(
     orch_env.extend(granted.set);
     let dirs = Dirs {
         writable: vec![workdir.clone(), bundle.dir().to_owned()],
-        readable: vec![project.join(".git")],
+        // The step socket's directory: `orch ask` works without network.
+        readable: std::iter::once(project.join(".git"))
+            .chain(
+                ctx.asks
+                    .as_ref()
+                    .and_then(|a| a.socket()?.parent().map(Path::to_owned)),
+            )
+            .collect(),
         hidden: vec![project.join(".orchestrator")],
     };
     let limits = Limits {
