@@ -342,19 +342,23 @@ fn agent_config(
     })
 }
 
-/// The agent's sandbox choices; a default weaker than the floor is refused
-/// rather than silently raised.
+/// The agent's sandbox choices. An explicit default weaker than the floor is
+/// refused rather than silently raised; the platform's default is raised to
+/// the floor.
 fn sandbox_config(o: &AgentOpts) -> Result<SandboxConfig, CliError> {
-    let mut cfg = SandboxConfig::default();
-    if let Some(d) = o.sandbox {
-        cfg.default = d;
-    }
-    cfg.min = o.min_sandbox;
-    if let Some(min) = cfg.min.filter(|m| cfg.default.strength() < m.strength()) {
-        return Err(CliError::BadInput(format!(
-            "--sandbox {} is weaker than --min-sandbox {min}; expected --sandbox {min} or stronger",
-            cfg.default
-        )));
+    let mut cfg = SandboxConfig {
+        min: o.min_sandbox,
+        ..SandboxConfig::default()
+    };
+    match (o.sandbox, cfg.min) {
+        (Some(d), Some(min)) if d.strength() < min.strength() => {
+            return Err(CliError::BadInput(format!(
+                "--sandbox {d} is weaker than --min-sandbox {min}; expected --sandbox {min} or stronger"
+            )))
+        }
+        (Some(d), _) => cfg.default = d,
+        (None, Some(min)) if cfg.default.strength() < min.strength() => cfg.default = min,
+        (None, _) => {}
     }
     Ok(cfg)
 }

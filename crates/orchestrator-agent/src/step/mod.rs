@@ -308,6 +308,7 @@ impl<'a> Recorder<'a> {
             checkpoint: None,
             until_met: None,
             questions: Vec::new(),
+            sandbox: Some(self.sandbox),
         }
     }
 

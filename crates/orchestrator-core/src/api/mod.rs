@@ -117,6 +117,9 @@ pub struct JobView {
     pub exit_codes: Vec<Option<i32>>,
     pub error: Option<String>,
     pub error_class: Option<ErrorClass>,
+    /// The sandbox its commands ran in, as its agent reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::spec::SandboxKind>,
     /// Path of the bundle directory, relative to the project directory.
     pub bundle: Option<String>,
     pub created_at_ms: i64,
@@ -420,6 +423,9 @@ pub struct StepOutcome {
     /// Questions the step asked (`orch ask`): the stage waits for an answer.
     #[serde(default)]
     pub questions: Vec<Ask>,
+    /// The sandbox the commands ran in (None from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::spec::SandboxKind>,
 }
 
 /// The answer to a completion.
