@@ -88,3 +88,48 @@ fn contradictory_or_unknown_agent_sandbox_flags_are_refused_before_it_starts() {
         "{unknown}"
     );
 }
+
+#[test]
+fn the_bench_measures_each_backend_per_step_and_runs_w1_in_a_sandbox() {
+    let h = Harness::new();
+    let out = h.orch(&[
+        "bench",
+        "--workloads",
+        "w1,sandbox",
+        "--w1",
+        "20",
+        "--repeat",
+        "1",
+        "--sandbox",
+        "namespace",
+        "--sandbox-steps",
+        "3",
+        "-o",
+        "json",
+    ]);
+    out.expect_code(0);
+    let rows: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+    let w1 = rows.iter().find(|r| r["workload"] == "W1 independent");
+    assert!(
+        w1.is_some_and(|r| r["orch_tasks_per_s"].as_f64().unwrap() > 0.0),
+        "{out}"
+    );
+    let backend = |k: &str| {
+        rows.iter()
+            .find(|r| r["workload"] == "sandbox" && r["sandbox"] == k)
+            .unwrap_or_else(|| panic!("no row for {k} in {out}"))
+    };
+    for k in ["process", "namespace"] {
+        assert_eq!(backend(k)["steps"], 3, "{out}");
+        assert!(backend(k)["median_ms_per_step"].as_f64().unwrap() > 0.0);
+    }
+    assert_eq!(backend("process")["overhead_ms_per_step"], 0.0);
+    // Every kind has a row: figures, or why it cannot run here.
+    for k in ["bubblewrap", "container", "vm"] {
+        let r = backend(k);
+        assert!(
+            r["steps"].as_u64().unwrap() > 0 || r["unavailable"].is_string(),
+            "{r}"
+        );
+    }
+}
