@@ -291,17 +291,26 @@ async fn namespace_step_cannot_connect_to_the_network_unless_allowed() {
 #[tokio::test]
 async fn namespace_step_sees_its_own_pids_only() {
     let p = Project::new();
-    let script = "echo $$; ls /proc | grep -c '^[0-9]'";
+    let script = "echo $$; ls /proc | grep '^[0-9]*$' | sort -n | tr '\\n' ' '";
     let (job, out) = p.run(NS, sh(script)).await;
     assert_ok(&p, &job, &out);
     let stdout = p.log(&job, "cmd-000.stdout.log");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.first(), Some(&"1"), "{stdout}");
-    let visible: u32 = lines[1].parse().unwrap();
-    assert!(visible <= 4, "{visible} processes visible in /proc");
+    // Pid 1 is the sandbox's init; the command is its first child.
+    assert_eq!(lines.first(), Some(&"2"), "{stdout}");
+    let pids: Vec<u32> = lines[1]
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    // Init, the shell, and the pipeline's four processes.
+    assert_eq!(pids[..2], [1, 2], "{stdout}");
+    assert!(
+        pids.len() <= 6 && pids.iter().all(|&p| p <= 6),
+        "processes outside the sandbox are visible: {pids:?}"
+    );
     let (job, out) = p.run(PROCESS, sh(script)).await;
     assert_ok(&p, &job, &out);
-    assert_ne!(p.log(&job, "cmd-000.stdout.log").lines().next(), Some("1"));
+    assert_ne!(p.log(&job, "cmd-000.stdout.log").lines().next(), Some("2"));
 }
 
 /// Live processes whose command line is `sleep <secs>`.

@@ -176,6 +176,11 @@ pub struct AgentOpts {
     /// fails with an error saying so. Default: none (any).
     #[arg(long, value_name = "KIND", env = "ORCH_MIN_SANDBOX", value_parser = SandboxKind::parse)]
     pub min_sandbox: Option<SandboxKind>,
+    /// The most processes and threads one command of a namespace step may
+    /// have at once (its cgroup's pids.max; a fork bomb stops there); 0: no
+    /// limit. Default: 4096.
+    #[arg(long, value_name = "N", env = "ORCH_PIDS_MAX")]
+    pub pids_max: Option<u64>,
 }
 
 /// One `--gpu` value.
@@ -350,6 +355,9 @@ fn sandbox_config(o: &AgentOpts) -> Result<SandboxConfig, CliError> {
         cfg.default = d;
     }
     cfg.min = o.min_sandbox;
+    if let Some(n) = o.pids_max {
+        cfg.pids_max = Some(n).filter(|&n| n > 0);
+    }
     if let Some(min) = cfg.min.filter(|m| cfg.default.strength() < m.strength()) {
         return Err(CliError::BadInput(format!(
             "--sandbox {} is weaker than --min-sandbox {min}; expected --sandbox {min} or stronger",
@@ -528,6 +536,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
         gpus: vec![],
         sandbox: None,
         min_sandbox: None,
+        pids_max: None,
     };
     // The demo's own project: a fresh repository, so its run's branch and
     // worktree land there and not in whatever directory the demo ran from.

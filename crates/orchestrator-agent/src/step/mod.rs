@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use orchestrator_core::api::{ClaimedJob, CommandRecord, Manifest, StepOutcome};
+use orchestrator_core::api::{AppliedLimits, ClaimedJob, CommandRecord, Manifest, StepOutcome};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::spec::{DurationSpec, SandboxKind};
 use tokio::time::Instant;
@@ -174,6 +174,10 @@ pub async fn run_step_with(
         }
     };
     rec.sandbox = sandbox.kind();
+    #[cfg(target_os = "linux")]
+    {
+        rec.limits = crate::sandbox::applied(&sandbox);
+    }
     let runner = Runner::new(
         &bundle,
         &cancel,
@@ -260,6 +264,8 @@ pub(crate) struct Recorder<'a> {
     exit_codes: Vec<Option<i32>>,
     /// The backend the commands run in, once chosen.
     sandbox: SandboxKind,
+    /// What that backend enforces on each command.
+    limits: Option<AppliedLimits>,
 }
 
 impl<'a> Recorder<'a> {
@@ -273,6 +279,7 @@ impl<'a> Recorder<'a> {
             commands: Vec::new(),
             exit_codes: Vec::new(),
             sandbox: job.spec.sandbox.kind.unwrap_or(ctx.sandbox.default),
+            limits: None,
         }
     }
 
@@ -346,6 +353,7 @@ impl<'a> Recorder<'a> {
             error_class: failure.as_ref().map(|f| f.class),
             commands: std::mem::take(&mut self.commands),
             sandbox: self.sandbox,
+            limits: self.limits.take(),
         };
         let written = bundle.write_manifest(&manifest).await;
         let bytes = written.as_ref().ok().cloned();
