@@ -226,6 +226,30 @@ async fn a_command_over_its_memory_limit_is_killed_as_out_of_memory() {
 }
 
 #[tokio::test]
+async fn a_command_killed_itself_at_its_memory_limit_is_out_of_memory_too() {
+    cgroups();
+    let p = Project::new();
+    let cmd = CommandSpec {
+        argv: vec![
+            "python3".into(),
+            "-c".into(),
+            "b = b'x' * (256 << 20)".into(),
+        ],
+        ..bash("")
+    };
+    let mut job = p.job(vec![cmd]);
+    job.grant.memory_mb = 64;
+    let out = run(&job, None).await;
+    assert_eq!(out.error_class, Some(ErrorClass::Infra), "{out:?}");
+    let error = out.error.unwrap_or_default();
+    assert!(
+        error.starts_with("out of memory: command 0") && error.contains("64 MiB"),
+        "{error}"
+    );
+    assert_eq!(p.manifest(&job).commands[0].signal, Some(9));
+}
+
+#[tokio::test]
 async fn a_command_under_its_memory_limit_succeeds() {
     cgroups();
     let p = Project::new();

@@ -267,6 +267,13 @@ impl CgroupRoot {
             make_dir(&dir).map_err(err("creating the directory", &dir))?;
             cg.dirs.push(dir.clone());
             cg.memory = Some(dir.clone());
+            if self.version == Version::V1 {
+                // A v1 cgroup inherits its parent's oom_kill_disable: with
+                // the killer off, a command at its limit would hang instead
+                // of being killed.
+                let path = dir.join("memory.oom_control");
+                write_file(&path, "0").map_err(err("enabling the out-of-memory killer", &path))?;
+            }
             if let Some(mb) = limits.memory_mb {
                 let bytes = (mb.saturating_mul(1024 * 1024)).to_string();
                 let file = match self.version {

@@ -14,10 +14,17 @@
 //!   Everything else of the host's file system (`/usr`, `/etc`, `/opt`, the
 //!   project's sources outside `.orchestrator`, ...) stays readable.
 //!
+//!   The command is pid 2 under a minimal init (`reaper.rs`). Each command
+//!   gets a cgroup of its own with the step's memory and pids limits
+//!   ([`cgroup`]), and where the kernel has Landlock its writes are
+//!   restricted to the writable directories as well ([`landlock`]); the
+//!   manifest's `limits` records what applied ([`applied`]).
+//!
 //! Whatever the backend, the spawned process leads a process group, so
 //! [`GroupChild`]'s timeout and cancellation (the whole group signalled)
 //! work the same: for `namespace` the group leader is a small reaper whose
-//! death takes the whole pid namespace with it.
+//! death takes the whole pid namespace with it, and the command's cgroup is
+//! emptied and removed when it ends.
 
 use std::io;
 use std::path::PathBuf;
