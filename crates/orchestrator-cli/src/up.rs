@@ -618,4 +618,25 @@ mod tests {
         assert_eq!(got, [(0, 24 * 1024), (1, 48 * 1024)]);
         assert!(declared_gpus(&[GpuDecl::None, m(24)]).is_err());
     }
+
+    #[test]
+    fn pids_max_sets_the_agents_limit_and_zero_lifts_it() {
+        let opts = |pids_max| AgentOpts {
+            slots: 1,
+            labels: vec![],
+            name: None,
+            memory: None,
+            gpus: vec![],
+            sandbox: None,
+            min_sandbox: None,
+            pids_max,
+        };
+        let max = |o| sandbox_config(&o).ok().and_then(|c| c.pids_max);
+        assert_eq!(
+            max(opts(None)),
+            Some(orchestrator_agent::sandbox::DEFAULT_PIDS_MAX)
+        );
+        assert_eq!(max(opts(Some(64))), Some(64));
+        assert_eq!(max(opts(Some(0))), None);
+    }
 }

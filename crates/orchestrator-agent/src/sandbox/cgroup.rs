@@ -101,7 +101,13 @@ struct Mount {
 }
 
 fn cgroup_mounts() -> io::Result<Vec<Mount>> {
-    let text = fs::read_to_string("/proc/self/mountinfo")?;
+    Ok(parse_mountinfo(&fs::read_to_string(
+        "/proc/self/mountinfo",
+    )?))
+}
+
+/// The cgroup file systems `text` (in `/proc/self/mountinfo`'s format) mounts.
+fn parse_mountinfo(text: &str) -> Vec<Mount> {
     let mut mounts = Vec::new();
     for line in text.lines() {
         let Some((left, right)) = line.split_once(" - ") else {
@@ -124,7 +130,23 @@ fn cgroup_mounts() -> io::Result<Vec<Mount>> {
             options: opts.split(',').map(str::to_owned).collect(),
         });
     }
-    Ok(mounts)
+    mounts
+}
+
+/// The path of this process's cgroup in the hierarchy of `controller` (""
+/// for v2), from `own` in `/proc/self/cgroup`'s format:
+/// `id:controllers:path`, v2 being the line with no controllers.
+fn cgroup_path(own: &str, controller: &str) -> Option<String> {
+    own.lines().find_map(|l| {
+        let mut parts = l.splitn(3, ':');
+        let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
+        let hit = if controller.is_empty() {
+            ctrls.is_empty()
+        } else {
+            ctrls.split(',').any(|c| c == controller)
+        };
+        hit.then(|| path.to_owned())
+    })
 }
 
 /// The directory of cgroup `path` (as `/proc/self/cgroup` names it) under
@@ -142,19 +164,7 @@ impl CgroupRoot {
         let own = fs::read_to_string("/proc/self/cgroup")
             .map_err(|e| format!("/proc/self/cgroup cannot be read: {e}"))?;
         let mounts = cgroup_mounts().map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
-        // `id:controllers:path`; v2 is the line with no controllers.
-        let path_of = |controller: &str| {
-            own.lines().find_map(|l| {
-                let mut parts = l.splitn(3, ':');
-                let (_, ctrls, path) = (parts.next()?, parts.next()?, parts.next()?);
-                let hit = if controller.is_empty() {
-                    ctrls.is_empty()
-                } else {
-                    ctrls.split(',').any(|c| c == controller)
-                };
-                hit.then(|| path.to_owned())
-            })
-        };
+        let path_of = |controller: &str| cgroup_path(&own, controller);
         let name = format!("orch-{}", std::process::id());
         let mut why_not_v2 = "no cgroup v2 hierarchy is mounted".to_owned();
         if let (Some(m), Some(path)) = (mounts.iter().find(|m| m.v2), path_of("")) {
@@ -513,5 +523,71 @@ impl Drop for CommandCgroup {
             std::thread::sleep(PROBE_EVERY);
         }
         self.give_up();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTINFO: &str = "\
+25 1 0:23 / / rw,relatime - ext4 /dev/vda rw
+30 25 0:26 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw,nsdelegate
+31 25 0:27 / /sys/fs/cgroup/memory rw,nosuid - cgroup cgroup rw,memory
+32 25 0:28 /outer /sys/fs/cgroup/pids rw,nosuid - cgroup cgroup rw,pids
+";
+
+    const OWN: &str = "\
+8:pids:/outer/agent
+4:memory:/process_api/abc
+1:cpu,cpuacct:/
+0::/
+";
+
+    #[test]
+    fn the_agents_cgroup_is_found_in_each_hierarchy() {
+        let mounts = parse_mountinfo(MOUNTINFO);
+        assert_eq!(mounts.len(), 3, "ext4 is no cgroup");
+        assert!(mounts[0].v2);
+        let memory = mounts
+            .iter()
+            .find(|m| m.options.iter().any(|o| o == "memory"))
+            .unwrap();
+        let path = cgroup_path(OWN, "memory").unwrap();
+        assert_eq!(
+            dir_of(memory, &path),
+            Path::new("/sys/fs/cgroup/memory/process_api/abc")
+        );
+        // A mount that shows only a subtree of its hierarchy.
+        let pids = &mounts[2];
+        let path = cgroup_path(OWN, "pids").unwrap();
+        assert_eq!(dir_of(pids, &path), Path::new("/sys/fs/cgroup/pids/agent"));
+        assert_eq!(cgroup_path(OWN, "cpuacct").as_deref(), Some("/"));
+        assert_eq!(cgroup_path(OWN, "").as_deref(), Some("/"));
+        assert_eq!(cgroup_path(OWN, "freezer"), None);
+    }
+
+    #[test]
+    fn limits_a_root_lacks_are_named() {
+        let root = CgroupRoot {
+            version: Version::V1,
+            memory: None,
+            pids: Some(PathBuf::from("/nowhere")),
+        };
+        let (applied, note) = root.applies(Limits {
+            memory_mb: Some(64),
+            pids: Some(10),
+        });
+        assert_eq!(
+            applied,
+            Limits {
+                memory_mb: None,
+                pids: Some(10)
+            }
+        );
+        assert_eq!(
+            note.as_deref(),
+            Some("not applied: memory (no v1 memory hierarchy)")
+        );
     }
 }

@@ -203,7 +203,11 @@ pub async fn run_step_with(
             }
             Ok(check) => match runner.run_one(spec.commands.len(), &check, &mut rec).await {
                 Err(f) => failure = Some(f),
-                Ok((ended, _)) if ended.reason == EndReason::Exited => {
+                // An out-of-memory kill is a failure, not an answer.
+                Ok((ended, _))
+                    if ended.reason == EndReason::Exited
+                        && ended.cgroup.is_none_or(|c| c.oom_kills == 0) =>
+                {
                     until_met = Some(ended.status.success())
                 }
                 Ok((ended, limit)) => failure = judge(&check, ended, limit, &ctx.cancel_reason),
