@@ -58,6 +58,9 @@ pub struct CgroupEnd {
     pub oom_kills: u64,
     /// Its memory limit, in MiB.
     pub memory_limit_mb: Option<u64>,
+    /// Whether that limit was hit (an out-of-memory kill without it: the
+    /// machine ran out).
+    pub hit_memory_limit: bool,
 }
 
 /// A running command leading its own process group. Dropping it before it
@@ -150,6 +153,7 @@ impl GroupChild {
         let end = CgroupEnd {
             oom_kills: cgroup.oom_kills(),
             memory_limit_mb: cgroup.memory_limit_mb(),
+            hit_memory_limit: cgroup.hit_memory_limit(),
         };
         if cgroup.kill_all() {
             tracing::debug!(

@@ -450,6 +450,26 @@ impl CommandCgroup {
             .unwrap_or(0)
     }
 
+    /// Whether the cgroup's own memory limit was hit (rather than the
+    /// machine running out): v1 counts failed charges at the limit in
+    /// `memory.failcnt`, v2 the limit's out-of-memory events as `oom`.
+    pub fn hit_memory_limit(&self) -> bool {
+        let Some(dir) = &self.memory else {
+            return false;
+        };
+        let count = match self.version {
+            Version::V1 => fs::read_to_string(dir.join("memory.failcnt"))
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok()),
+            Version::V2 => fs::read_to_string(dir.join("memory.events"))
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix("oom "))
+                .and_then(|n| n.trim().parse().ok()),
+        };
+        self.memory_limit_mb.is_some() && count.unwrap_or(0) > 0
+    }
+
     /// The processes in the cgroup now.
     pub fn pids(&self) -> Vec<i32> {
         let Some(dir) = self.dirs.first() else {

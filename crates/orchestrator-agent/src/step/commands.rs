@@ -292,14 +292,21 @@ pub(super) fn judge(
 
 /// The message of a command the out-of-memory killer ended.
 fn out_of_memory(cmd: &Prepared<'_>, cgroup: Option<CgroupEnd>) -> String {
-    match cgroup.and_then(|c| c.memory_limit_mb) {
+    match cgroup
+        .filter(|c| c.hit_memory_limit)
+        .and_then(|c| c.memory_limit_mb)
+    {
         Some(mb) => format!(
             "out of memory: {} was killed by the kernel because the step's commands used more than their memory limit of {mb} MiB (the stage's resources.memory); raise resources.memory",
             cmd.label
         ),
         None => format!(
-            "out of memory: {} was killed by the kernel's out-of-memory killer: the machine ran out of memory (the stage declares no resources.memory; declaring it reserves memory for the step)",
-            cmd.label
+            "out of memory: {} was killed by the kernel's out-of-memory killer: the machine ran out of memory{}",
+            cmd.label,
+            match cgroup.and_then(|c| c.memory_limit_mb) {
+                Some(mb) => format!(" before the step's commands reached their memory limit of {mb} MiB (other processes of the machine used more than the scheduler granted them)"),
+                None => " (the stage declares no resources.memory; declaring it reserves memory for the step)".to_owned(),
+            }
         ),
     }
 }
