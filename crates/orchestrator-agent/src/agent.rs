@@ -110,6 +110,8 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         return Err(AgentError::Config("the agent needs a name".into()));
     }
     check_declared_gpus(cfg.gpus.as_deref().unwrap_or_default())?;
+    #[cfg(target_os = "linux")]
+    crate::sandbox::report_at_start();
     let client = Client::new(&cfg.server, &cfg.token)?;
     let hostname = cfg.hostname.clone().or_else(local_hostname);
     let resources = Resources::resolve(cfg.memory_mb, cfg.gpus.clone(), &Probe::default()).await;

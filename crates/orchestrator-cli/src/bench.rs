@@ -366,6 +366,7 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
         gpus: vec![],
         sandbox: Some(a.sandbox),
         min_sandbox: None,
+        pids_max: None,
     };
     let embedded = crate::up::Embedded::start(&data, agent, false).await?;
     let client = &embedded.client;

@@ -176,6 +176,11 @@ pub struct AgentOpts {
     /// fails with an error saying so. Default: none (any).
     #[arg(long, value_name = "KIND", env = "ORCH_MIN_SANDBOX", value_parser = SandboxKind::parse)]
     pub min_sandbox: Option<SandboxKind>,
+    /// The most processes and threads one command of a namespace step may
+    /// have at once (its cgroup's pids.max; a fork bomb stops there); 0: no
+    /// limit. Default: 4096.
+    #[arg(long, value_name = "N", env = "ORCH_PIDS_MAX")]
+    pub pids_max: Option<u64>,
 }
 
 /// One `--gpu` value.
@@ -360,6 +365,9 @@ fn sandbox_config(o: &AgentOpts) -> Result<SandboxConfig, CliError> {
         (None, Some(min)) if cfg.default.strength() < min.strength() => cfg.default = min,
         (None, _) => {}
     }
+    if let Some(n) = o.pids_max {
+        cfg.pids_max = Some(n).filter(|&n| n > 0);
+    }
     Ok(cfg)
 }
 
@@ -532,6 +540,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
         gpus: vec![],
         sandbox: None,
         min_sandbox: None,
+        pids_max: None,
     };
     // The demo's own project: a fresh repository, so its run's branch and
     // worktree land there and not in whatever directory the demo ran from.
@@ -612,5 +621,26 @@ mod tests {
         let got: Vec<(u32, u64)> = gpus.iter().map(|g| (g.index, g.memory_mb)).collect();
         assert_eq!(got, [(0, 24 * 1024), (1, 48 * 1024)]);
         assert!(declared_gpus(&[GpuDecl::None, m(24)]).is_err());
+    }
+
+    #[test]
+    fn pids_max_sets_the_agents_limit_and_zero_lifts_it() {
+        let opts = |pids_max| AgentOpts {
+            slots: 1,
+            labels: vec![],
+            name: None,
+            memory: None,
+            gpus: vec![],
+            sandbox: None,
+            min_sandbox: None,
+            pids_max,
+        };
+        let max = |o| sandbox_config(&o).ok().and_then(|c| c.pids_max);
+        assert_eq!(
+            max(opts(None)),
+            Some(orchestrator_agent::sandbox::DEFAULT_PIDS_MAX)
+        );
+        assert_eq!(max(opts(Some(64))), Some(64));
+        assert_eq!(max(opts(Some(0))), None);
     }
 }

@@ -6,6 +6,57 @@ mod common;
 use common::*;
 
 #[test]
+fn steps_run_in_the_agents_default_namespace_unless_a_stage_says_process_and_show_tells_which() {
+    let mut h = Harness::new();
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "worker", 2);
+    let wf = h.write(
+        "isolation.yaml",
+        r#"
+name: isolation
+on_failure: fail
+stages:
+  - id: boxed
+    steps:
+      - commands:
+          # It sees only its own few processes, and the host's /etc is
+          # read-only.
+          - argv: [sh, -c, 'test $(ls -d /proc/[0-9]* | wc -l) -lt 10 && ! touch /etc/orch-escape && echo boxed > where.txt']
+        artifacts: [where.txt]
+  - id: open
+    sandbox: process
+    steps:
+      - commands:
+          - argv: ['true']
+"#,
+    );
+    let run = h.submit(&wf);
+    let detail = h.wait_run_end(&d, &run);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
+    let escaped = std::path::Path::new("/etc/orch-escape").exists();
+    let _ = std::fs::remove_file("/etc/orch-escape");
+    assert!(!escaped, "a step wrote the host's /etc");
+    assert_eq!(jobs_of(&detail, "boxed")[0]["sandbox"], "namespace");
+    assert_eq!(jobs_of(&detail, "open")[0]["sandbox"], "process");
+
+    let show = h.orch(&["show", &run]);
+    show.expect_code(0);
+    let line = |id: &str| {
+        show.stdout
+            .lines()
+            .find(|l| l.get(1..).is_some_and(|l| l.starts_with(id)))
+            .unwrap_or_else(|| panic!("no line for {id} in {show}"))
+            .to_owned()
+    };
+    assert!(line("boxed").contains(" namespace "), "{show}");
+    assert!(line("open").contains(" process! "), "{show}");
+    assert!(
+        show.stdout.contains("ran without isolation: sandbox: process"),
+        "{show}"
+    );
+}
+
+#[test]
 fn an_agent_with_a_floor_refuses_a_weaker_stage_with_an_error_naming_both() {
     let mut h = Harness::new();
     let d = h.start_daemon(&[]);

@@ -23,8 +23,7 @@ pub const DEFAULT_PIDS_MAX: u64 = 4096;
 impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
-            // TODO(flip): platform_default() once pid 1 of a namespace is an init.
-            default: SandboxKind::Process,
+            default: platform_default(),
             min: None,
             pids_max: Some(DEFAULT_PIDS_MAX),
         }

@@ -14,10 +14,17 @@
 //!   Everything else of the host's file system (`/usr`, `/etc`, `/opt`, the
 //!   project's sources outside `.orchestrator`, ...) stays readable.
 //!
+//!   The command is pid 2 under a minimal init (`reaper.rs`). Each command
+//!   gets a cgroup of its own with the step's memory and pids limits
+//!   ([`cgroup`]), and where the kernel has Landlock its writes are
+//!   restricted to the writable directories as well ([`landlock`]); the
+//!   manifest's `limits` records what applied ([`applied`]).
+//!
 //! Whatever the backend, the spawned process leads a process group, so
 //! [`GroupChild`]'s timeout and cancellation (the whole group signalled)
 //! work the same: for `namespace` the group leader is a small reaper whose
-//! death takes the whole pid namespace with it.
+//! death takes the whole pid namespace with it, and the command's cgroup is
+//! emptied and removed when it ends.
 
 use std::io;
 use std::path::PathBuf;
@@ -28,12 +35,24 @@ use tokio::process::Command;
 
 use crate::exec::GroupChild;
 
+#[cfg(target_os = "linux")]
+pub mod cgroup;
 mod config;
+#[cfg(target_os = "linux")]
+pub mod landlock;
+#[cfg(target_os = "linux")]
+mod limits;
 #[cfg(target_os = "linux")]
 mod namespace;
 mod process;
+#[cfg(target_os = "linux")]
+mod reaper;
 
+#[cfg(target_os = "linux")]
+pub use cgroup::CommandCgroup;
 pub use config::{platform_default, SandboxConfig, DEFAULT_PIDS_MAX};
+#[cfg(target_os = "linux")]
+pub use limits::{applied, report_at_start};
 
 /// Why a command could not be started in its sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +142,8 @@ pub enum Sandbox {
         hidden: Vec<PathBuf>,
         /// Whether the commands keep the host's network.
         network: bool,
+        /// Each command's limits, applied through its own cgroup.
+        limits: Limits,
     },
 }
 
@@ -135,8 +156,6 @@ impl Sandbox {
         dirs: Dirs,
         limits: Limits,
     ) -> Result<Self, SandboxError> {
-        // Used by the backends that apply limits.
-        let _ = limits;
         let kind = spec.kind.unwrap_or(cfg.default);
         if let Some(min) = cfg.min.filter(|m| kind.strength() < m.strength()) {
             return Err(SandboxError::Refused { asked: kind, min });
@@ -148,6 +167,7 @@ impl Sandbox {
                 readable: dirs.readable,
                 hidden: dirs.hidden,
                 network: spec.network,
+                limits,
             }),
             SandboxKind::Bubblewrap | SandboxKind::Container | SandboxKind::Vm => {
                 Err(SandboxError::Unavailable {
@@ -177,7 +197,8 @@ impl Sandbox {
                 readable,
                 hidden,
                 network,
-            } => namespace::spawn(cmd, writable, readable, hidden, *network),
+                limits,
+            } => namespace::spawn(cmd, writable, readable, hidden, *network, *limits),
             #[cfg(not(target_os = "linux"))]
             Sandbox::Namespace { .. } => Err(SandboxError::Unsupported),
         }

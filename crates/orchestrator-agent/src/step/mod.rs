@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use orchestrator_core::api::{ClaimedJob, CommandRecord, Manifest, StepOutcome};
+use orchestrator_core::api::{AppliedLimits, ClaimedJob, CommandRecord, Manifest, StepOutcome};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::spec::{DurationSpec, SandboxKind};
 use tokio::time::Instant;
@@ -187,6 +187,10 @@ pub async fn run_step_with(
         }
     };
     rec.sandbox = sandbox.kind();
+    #[cfg(target_os = "linux")]
+    {
+        rec.limits = crate::sandbox::applied(&sandbox);
+    }
     let runner = Runner::new(
         &bundle,
         &cancel,
@@ -212,7 +216,11 @@ pub async fn run_step_with(
             }
             Ok(check) => match runner.run_one(spec.commands.len(), &check, &mut rec).await {
                 Err(f) => failure = Some(f),
-                Ok((ended, _)) if ended.reason == EndReason::Exited => {
+                // An out-of-memory kill is a failure, not an answer.
+                Ok((ended, _))
+                    if ended.reason == EndReason::Exited
+                        && ended.cgroup.is_none_or(|c| c.oom_kills == 0) =>
+                {
                     until_met = Some(ended.status.success())
                 }
                 Ok((ended, limit)) => failure = judge(&check, ended, limit, &ctx.cancel_reason),
@@ -273,6 +281,8 @@ pub(crate) struct Recorder<'a> {
     exit_codes: Vec<Option<i32>>,
     /// The backend the commands run in, once chosen.
     sandbox: SandboxKind,
+    /// What that backend enforces on each command.
+    limits: Option<AppliedLimits>,
 }
 
 impl<'a> Recorder<'a> {
@@ -286,6 +296,7 @@ impl<'a> Recorder<'a> {
             commands: Vec::new(),
             exit_codes: Vec::new(),
             sandbox: job.spec.sandbox.kind.unwrap_or(ctx.sandbox.default),
+            limits: None,
         }
     }
 
@@ -360,6 +371,7 @@ impl<'a> Recorder<'a> {
             error_class: failure.as_ref().map(|f| f.class),
             commands: std::mem::take(&mut self.commands),
             sandbox: self.sandbox,
+            limits: self.limits.take(),
         };
         let written = bundle.write_manifest(&manifest).await;
         let bytes = written.as_ref().ok().cloned();
