@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
-use orchestrator_agent::{run_agent, AgentConfig, SandboxConfig};
+use orchestrator_agent::{run_agent, Accel, AgentConfig, SandboxConfig, VmConfig};
 use orchestrator_core::sched::Gpu;
 use orchestrator_core::spec::{SandboxKind, SizeSpec};
 use orchestrator_daemon::hooks::{ActionLinks, HooksConfig, OpenClawConfig, DEFAULT_LINK_TTL_MS};
@@ -176,6 +176,35 @@ pub struct AgentOpts {
     /// fails with an error saying so. Default: none (any).
     #[arg(long, value_name = "KIND", env = "ORCH_MIN_SANDBOX", value_parser = SandboxKind::parse)]
     pub min_sandbox: Option<SandboxKind>,
+    /// Boxed: the flags would make every subcommand as large.
+    #[command(flatten)]
+    pub vm: Box<VmOpts>,
+}
+
+/// What the vm sandbox boots (scripts/vm-assets.sh builds the three files).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct VmOpts {
+    /// The kernel of the vm sandbox's VMs (a bzImage, or an uncompressed
+    /// vmlinux, which boots faster under software emulation).
+    #[arg(long, value_name = "PATH", env = "ORCH_VM_KERNEL")]
+    pub vm_kernel: Option<PathBuf>,
+    /// The initramfs holding orch's VM init.
+    #[arg(long, value_name = "PATH", env = "ORCH_VM_INITRD")]
+    pub vm_initrd: Option<PathBuf>,
+    /// The base disk image (qcow2) each stage's VM disk starts from.
+    #[arg(long, value_name = "PATH", env = "ORCH_VM_IMAGE")]
+    pub vm_image: Option<PathBuf>,
+    /// A VM's memory, unless the stage was granted more. Default: 256M.
+    #[arg(long, value_name = "SIZE", env = "ORCH_VM_MEMORY", value_parser = SizeSpec::parse)]
+    pub vm_memory: Option<SizeSpec>,
+    /// KVM, software emulation (tcg), or auto: KVM when a test boot under it
+    /// works. Default: auto.
+    #[arg(long, value_name = "ACCEL", env = "ORCH_VM_ACCEL", value_parser = Accel::parse)]
+    pub vm_accel: Option<Accel>,
+    /// The QEMU system emulator; qemu-img is taken from its directory.
+    /// Default: qemu-system-x86_64 from PATH.
+    #[arg(long, value_name = "PATH", env = "ORCH_QEMU")]
+    pub qemu: Option<PathBuf>,
 }
 
 /// One `--gpu` value.
@@ -350,6 +379,14 @@ fn sandbox_config(o: &AgentOpts) -> Result<SandboxConfig, CliError> {
         cfg.default = d;
     }
     cfg.min = o.min_sandbox;
+    cfg.vm = VmConfig {
+        kernel: o.vm.vm_kernel.clone(),
+        initrd: o.vm.vm_initrd.clone(),
+        image: o.vm.vm_image.clone(),
+        memory_mb: o.vm.vm_memory.map_or(cfg.vm.memory_mb, SizeSpec::as_mib),
+        qemu: o.vm.qemu.clone().unwrap_or(cfg.vm.qemu),
+        accel: o.vm.vm_accel.unwrap_or(cfg.vm.accel),
+    };
     if let Some(min) = cfg.min.filter(|m| cfg.default.strength() < m.strength()) {
         return Err(CliError::BadInput(format!(
             "--sandbox {} is weaker than --min-sandbox {min}; expected --sandbox {min} or stronger",
@@ -528,6 +565,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
         gpus: vec![],
         sandbox: None,
         min_sandbox: None,
+        vm: Default::default(),
     };
     // The demo's own project: a fresh repository, so its run's branch and
     // worktree land there and not in whatever directory the demo ran from.

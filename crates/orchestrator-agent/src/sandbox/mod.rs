@@ -14,13 +14,18 @@
 //!   Everything else of the host's file system (`/usr`, `/etc`, `/opt`, the
 //!   project's sources outside `.orchestrator`, ...) stays readable.
 //!
+//! - [`vm`]: each command boots its own QEMU virtual machine on the stage's
+//!   disk (a qcow2 overlay kept at each checkpoint, discarded on failure);
+//!   the worktree and bundle are shared over 9p; see the module.
+//!
 //! Whatever the backend, the spawned process leads a process group, so
 //! [`GroupChild`]'s timeout and cancellation (the whole group signalled)
 //! work the same: for `namespace` the group leader is a small reaper whose
 //! death takes the whole pid namespace with it.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use orchestrator_core::api::SandboxSpec;
 use orchestrator_core::spec::SandboxKind;
@@ -32,8 +37,10 @@ mod config;
 #[cfg(target_os = "linux")]
 mod namespace;
 mod process;
+mod vm;
 
 pub use config::{platform_default, SandboxConfig, DEFAULT_PIDS_MAX};
+pub use vm::{Accel, VmConfig, VmError, DEFAULT_VM_MEMORY_MB, KVM_PROBE};
 
 /// Why a command could not be started in its sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -64,6 +71,9 @@ pub enum SandboxError {
     /// This agent cannot provide the backend the step asks for.
     #[error("sandbox: {kind} is not available on this agent: {why}")]
     Unavailable { kind: SandboxKind, why: String },
+    /// The vm backend could not prepare or start the step's VM.
+    #[error(transparent)]
+    Vm(#[from] VmError),
 }
 
 /// Resource limits of a step's commands, each command in turn.
@@ -124,6 +134,8 @@ pub enum Sandbox {
         /// Whether the commands keep the host's network.
         network: bool,
     },
+    /// A QEMU virtual machine per command; see [`vm`].
+    Vm(Arc<vm::VmSandbox>),
 }
 
 impl Sandbox {
@@ -135,8 +147,6 @@ impl Sandbox {
         dirs: Dirs,
         limits: Limits,
     ) -> Result<Self, SandboxError> {
-        // Used by the backends that apply limits.
-        let _ = limits;
         let kind = spec.kind.unwrap_or(cfg.default);
         if let Some(min) = cfg.min.filter(|m| kind.strength() < m.strength()) {
             return Err(SandboxError::Refused { asked: kind, min });
@@ -149,12 +159,19 @@ impl Sandbox {
                 hidden: dirs.hidden,
                 network: spec.network,
             }),
-            SandboxKind::Bubblewrap | SandboxKind::Container | SandboxKind::Vm => {
-                Err(SandboxError::Unavailable {
-                    kind,
-                    why: "this agent has no such backend yet".into(),
-                })
-            }
+            SandboxKind::Vm => vm::VmSandbox::new(
+                &cfg.vm,
+                dirs.writable,
+                dirs.readable,
+                limits.memory_mb,
+                spec.network,
+            )
+            .map(|v| Sandbox::Vm(Arc::new(v)))
+            .map_err(|why| SandboxError::Unavailable { kind, why }),
+            SandboxKind::Bubblewrap | SandboxKind::Container => Err(SandboxError::Unavailable {
+                kind,
+                why: "this agent has no such backend yet".into(),
+            }),
         }
     }
 
@@ -163,6 +180,26 @@ impl Sandbox {
         match self {
             Sandbox::Process => SandboxKind::Process,
             Sandbox::Namespace { .. } => SandboxKind::Namespace,
+            Sandbox::Vm(_) => SandboxKind::Vm,
+        }
+    }
+
+    /// Prepares what the step's commands share across commands: for `vm`,
+    /// the step's disk in `state` (the stage's own directory) as a fresh copy
+    /// of the last checkpoint's. Nothing for the other backends.
+    pub async fn begin_step(&self, state: &Path) -> Result<(), SandboxError> {
+        match self {
+            Sandbox::Vm(v) => Ok(v.begin_step(state).await?),
+            _ => Ok(()),
+        }
+    }
+
+    /// Keeps what the step changed outside the worktree once its checkpoint
+    /// is committed: for `vm`, its disk. Nothing for the other backends.
+    pub async fn keep(&self) -> Result<(), SandboxError> {
+        match self {
+            Sandbox::Vm(v) => Ok(v.keep().await?),
+            _ => Ok(()),
         }
     }
 
@@ -180,6 +217,7 @@ impl Sandbox {
             } => namespace::spawn(cmd, writable, readable, hidden, *network),
             #[cfg(not(target_os = "linux"))]
             Sandbox::Namespace { .. } => Err(SandboxError::Unsupported),
+            Sandbox::Vm(v) => v.spawn(cmd),
         }
     }
 }

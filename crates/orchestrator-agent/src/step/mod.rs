@@ -174,6 +174,18 @@ pub async fn run_step_with(
         }
     };
     rec.sandbox = sandbox.kind();
+    let state = project
+        .join(".orchestrator")
+        .join("vm")
+        .join(&spec.run_id)
+        .join(&spec.stage_id);
+    if let Err(e) = sandbox.begin_step(&state).await {
+        return rec
+            .finish(&bundle, Some(Failure::infra(e.to_string())))
+            .await
+            .0;
+    }
+    let kept = sandbox.clone();
     let runner = Runner::new(
         &bundle,
         &cancel,
@@ -214,6 +226,12 @@ pub async fn run_step_with(
     };
     match checkpoint::commit(&project, worktree, spec, job.job_id, manifest).await {
         Ok(made) => {
+            if let Err(e) = kept.keep().await {
+                outcome.success = false;
+                outcome.error = Some(e.to_string());
+                outcome.error_class = Some(ErrorClass::Infra);
+                return outcome;
+            }
             outcome.checkpoint = Some(made);
             outcome.until_met = until_met;
             outcome.questions = questions;
