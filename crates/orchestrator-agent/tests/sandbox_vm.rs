@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orchestrator_agent::sandbox::{Accel, SandboxConfig, VmConfig};
+use orchestrator_agent::sandbox::{Accel, Dirs, Limits, Sandbox, SandboxConfig, VmConfig};
 use orchestrator_agent::{run_step_with, CancelReason, StepContext};
 use orchestrator_core::api::{ClaimedJob, JobSpec, Manifest, SandboxSpec, StepOutcome};
 use orchestrator_core::spec::{CommandSpec, DurationSpec, SandboxKind};
@@ -269,4 +269,28 @@ async fn a_timeout_kills_the_vm() {
         None,
         "a process outlived the VM's timeout"
     );
+}
+
+/// With `network: true` the guest has a network device and a default route
+/// (QEMU's user-mode NAT).
+#[tokio::test]
+async fn network_true_gives_the_vm_a_nic() {
+    let p = Project::new();
+    let mut job = p.job(1, 0, 1, vec![sh("ls /sys/class/net; ip route")]);
+    job.spec.sandbox.network = true;
+    let out = p.run(&job).await;
+    ok(&p, &job, &out);
+    let stdout = p.log(&job, "cmd-000.stdout.log");
+    assert!(stdout.lines().any(|l| l == "eth0"), "{stdout}");
+    assert!(stdout.contains("default via 10.0.2.2"), "{stdout}");
+}
+
+/// An agent without the VM's files refuses a vm step, naming the flag.
+#[test]
+fn a_missing_kernel_names_its_flag() {
+    let cfg = SandboxConfig::default();
+    let err = Sandbox::new(&VM, &cfg, Dirs::default(), Limits::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("--vm-kernel is not set"), "{text}");
+    assert!(text.contains("sandbox: vm is not available"), "{text}");
 }

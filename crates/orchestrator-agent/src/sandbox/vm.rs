@@ -51,6 +51,7 @@
 use std::ffi::{CString, OsStr};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -269,7 +270,12 @@ impl VmSandbox {
         if ctl.exists() {
             std::fs::remove_dir_all(&ctl).map_err(io("clearing the control directory"))?;
         }
-        std::fs::create_dir_all(&ctl).map_err(io("creating the control directory"))?;
+        // Private: it briefly holds the command's environment, secrets included.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&ctl)
+            .map_err(io("creating the control directory"))?;
 
         let mut script = b"exec /bin/env -i".to_vec();
         for (k, v) in std.get_envs() {
@@ -358,12 +364,20 @@ impl VmSandbox {
 }
 
 /// Runs QEMU, then hands the command's output and status on as its own.
+/// The guest wrote those files: one that is not a plain file (a symlink to
+/// a host file the agent may read, a FIFO) is ignored. The command's
+/// environment (secrets included) does not stay on disk.
 const WRAPPER: &str = r#"ctl=$1; shift
 "$@" </dev/null >"$ctl/qemu.log" 2>&1
 rc=$?
-[ -f "$ctl/stdout" ] && cat "$ctl/stdout"
-[ -f "$ctl/stderr" ] && cat "$ctl/stderr" >&2
-if [ -s "$ctl/status" ]; then read -r code <"$ctl/status"; exit "$code"; fi
+rm -f "$ctl/cmd"
+plain() { [ -f "$ctl/$1" ] && [ ! -L "$ctl/$1" ]; }
+plain stdout && cat "$ctl/stdout"
+plain stderr && cat "$ctl/stderr" >&2
+rm -f "$ctl/stdout" "$ctl/stderr"
+if plain status && read -r code <"$ctl/status" && [ "$code" -ge 0 ] 2>/dev/null && [ "$code" -le 255 ]; then
+    exit "$code"
+fi
 {
     echo "orch vm sandbox: the VM ended (qemu exit status $rc) without the command's exit status; qemu said:"
     cat "$ctl/qemu.log"
