@@ -294,3 +294,16 @@ fn a_missing_kernel_names_its_flag() {
     assert!(text.contains("--vm-kernel is not set"), "{text}");
     assert!(text.contains("sandbox: vm is not available"), "{text}");
 }
+
+/// An agent whose QEMU is missing refuses a vm step, naming `--qemu`.
+#[test]
+fn a_missing_qemu_names_its_flag() {
+    let mut cfg = context().sandbox.as_ref().clone();
+    cfg.vm.qemu = PathBuf::from("/nonexistent/qemu-system-x86_64");
+    let err = Sandbox::new(&VM, &cfg, Dirs::default(), Limits::default()).unwrap_err();
+    let text = err.to_string();
+    assert!(
+        text.contains("--qemu /nonexistent/qemu-system-x86_64: no such program"),
+        "{text}"
+    );
+}

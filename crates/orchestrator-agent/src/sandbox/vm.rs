@@ -179,11 +179,17 @@ impl VmSandbox {
             Some(p) => Ok(p.clone()),
         }
         };
+        let qemu = find_program(&cfg.qemu).ok_or_else(|| {
+            format!(
+                "orch agent --qemu {}: no such program; expected QEMU's x86_64 system emulator (.ci/run installs qemu-system-x86)",
+                cfg.qemu.display()
+            )
+        })?;
         Ok(VmSandbox {
             kernel: need(&cfg.kernel, "--vm-kernel", "the kernel the VMs boot")?,
             initrd: need(&cfg.initrd, "--vm-initrd", "the initramfs with orch's init")?,
             image: need(&cfg.image, "--vm-image", "the base qcow2 disk image")?,
-            qemu: cfg.qemu.clone(),
+            qemu,
             accel: cfg.accel,
             memory_mb: memory_mb.map_or(cfg.memory_mb, |m| m.max(cfg.memory_mb)),
             writable,
@@ -457,6 +463,18 @@ impl Plan {
         }
         GroupChild::spawn(cmd).map_err(SandboxError::Spawn)
     }
+}
+
+/// `program` itself when it names a path, else the first file of that name
+/// in PATH: QEMU is started by a shell whose PATH is fixed.
+fn find_program(program: &Path) -> Option<PathBuf> {
+    if program.components().count() > 1 {
+        return program.is_file().then(|| program.to_owned());
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|p| p.is_file())
 }
 
 /// Appends `s` single-quoted for the shell.

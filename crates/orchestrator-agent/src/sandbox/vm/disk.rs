@@ -32,12 +32,12 @@ pub enum VmError {
     NotBegun,
 }
 
-/// `qemu-img` next to `qemu` when that is a path, else from PATH.
+/// `qemu-img` next to `qemu` when there is one, else from PATH.
 pub fn qemu_img(qemu: &Path) -> PathBuf {
-    match qemu.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.join("qemu-img"),
-        _ => PathBuf::from("qemu-img"),
-    }
+    qemu.parent()
+        .map(|dir| dir.join("qemu-img"))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("qemu-img"))
 }
 
 /// Makes `dir/step.qcow2` a fresh copy of `dir/checkpoint.qcow2`, which is
