@@ -647,4 +647,50 @@ mod tests {
         assert_eq!(got, [(0, 24 * 1024), (1, 48 * 1024)]);
         assert!(declared_gpus(&[GpuDecl::None, m(24)]).is_err());
     }
+
+    #[derive(clap::Parser)]
+    struct Opts {
+        #[command(flatten)]
+        agent: AgentOpts,
+    }
+
+    #[test]
+    fn vm_flags_reach_the_sandbox_config() {
+        use clap::Parser;
+        let o = Opts::try_parse_from([
+            "orch",
+            "--vm-kernel",
+            "/k",
+            "--vm-initrd",
+            "/i",
+            "--vm-image",
+            "/b.qcow2",
+            "--vm-memory",
+            "1G",
+            "--vm-accel",
+            "tcg",
+            "--qemu",
+            "/q",
+        ])
+        .unwrap();
+        let cfg = sandbox_config(&o.agent).unwrap();
+        assert_eq!(
+            cfg.vm,
+            VmConfig {
+                kernel: Some("/k".into()),
+                initrd: Some("/i".into()),
+                image: Some("/b.qcow2".into()),
+                memory_mb: 1024,
+                qemu: "/q".into(),
+                accel: Accel::Tcg,
+            }
+        );
+        let bad = Opts::try_parse_from(["orch", "--vm-accel", "hvf"])
+            .err()
+            .unwrap();
+        assert!(
+            bad.to_string().contains("expected auto, kvm or tcg"),
+            "{bad}"
+        );
+    }
 }
