@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Builds what the `vm` sandbox boots, cached in a directory ($1, default
-# ~/.cache/orch/vm): a Debian kernel (uncompressed), an initramfs (static busybox, the
-# kernel modules for virtio disks, 9p shares and virtio networking, and the
+# ~/.cache/orch/vm): a Debian kernel (uncompressed), an initramfs (static
+# busybox, the kernel modules for virtio disks, 9p shares and virtio networking, and the
 # init that runs one command), and a base disk image (qcow2 holding ext4 with
 # busybox as /bin/sh and a marker file /orch-base). Prints the three paths as
 # ORCH_VM_KERNEL=..., ORCH_VM_INITRD=..., ORCH_VM_IMAGE=... lines. Needs
 # apt-get (to download the kernel package), busybox-static, cpio, e2fsprogs,
-# xz-utils and qemu-utils; .ci/run installs them. Does nothing when the files are there.
+# xz-utils and qemu-utils; .ci/run installs them. Does nothing when the
+# files are there. ORCH_VM_KERNEL_PKG names another kernel package (one whose
+# modules are not compressed, with the kernel xz-compressed).
 set -euo pipefail
 
 dir=${1:-$HOME/.cache/orch/vm}
-# The generic kernel: the cloud one has no 9p.
-kpkg=${ORCH_VM_KERNEL_PKG:-linux-image-6.1.0-56-amd64}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$dir"
 kernel=$dir/vmlinux initrd=$dir/initrd.img image=$dir/base.qcow2
@@ -20,6 +20,10 @@ stamp=$dir/init.sha256
 
 want_init=$(sha256sum "$here/vm-init.sh" | cut -d' ' -f1)
 if [ ! -f "$kernel" ] || [ ! -f "$initrd" ] || [ ! -f "$image" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want_init" ]; then
+    # The generic kernel (the cloud one has no 9p), the version Debian's
+    # metapackage currently names: older ones leave the mirror.
+    kpkg=${ORCH_VM_KERNEL_PKG:-$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-[0-9]/ { print $2; exit }')}
+    [ -n "$kpkg" ] || { echo "vm-assets: apt-cache names no kernel for linux-image-amd64 (run apt-get update)" >&2; exit 1; }
     work=$(mktemp -d)
     trap 'rm -rf "$work"' EXIT
     (cd "$work" && apt-get download -q "$kpkg" >/dev/null 2>&1) || {
