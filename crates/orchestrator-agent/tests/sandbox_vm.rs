@@ -307,3 +307,36 @@ fn a_missing_qemu_names_its_flag() {
         "{text}"
     );
 }
+
+/// Root in the guest reaches the control share (init's root, through
+/// /proc/1/root, outside the chroot), but what it plants there
+/// (symlinks to host files in place of its output) reaches no log; a VM that
+/// ends without a status fails the step with code 125.
+#[tokio::test]
+async fn the_guest_cannot_read_host_files_through_the_control_share() {
+    let p = Project::new();
+    let outside = tempfile::tempdir().unwrap();
+    let secret = outside.path().canonicalize().unwrap().join("secret");
+    fs::write(&secret, "host-secret\n").unwrap();
+    let s = secret.to_str().unwrap();
+    let job = p.job(
+        1,
+        0,
+        1,
+        vec![sh(&format!(
+            "c=/proc/1/root/ctl; for f in stdout stderr status qemu.log console.log; \
+             do rm -f $c/$f; ln -s {s} $c/$f; done; sync; poweroff -f"
+        ))],
+    );
+    let out = p.run(&job).await;
+    assert!(!out.success);
+    assert_eq!(out.exit_codes, vec![Some(125)], "{:?}", out.error);
+    let logs = p.log(&job, "cmd-000.stdout.log") + &p.log(&job, "cmd-000.stderr.log");
+    assert!(!logs.contains("host-secret"), "{logs}");
+    assert!(logs.contains("without the command's exit status"), "{logs}");
+    let planted = p.root().join(".orchestrator/vm/run-1/build/ctl/status");
+    assert!(
+        fs::symlink_metadata(&planted).is_ok_and(|m| m.file_type().is_symlink()),
+        "the guest did not plant its symlinks (so this test proved nothing): {logs}"
+    );
+}

@@ -330,7 +330,7 @@ impl VmSandbox {
             arg(a.as_bytes());
         }
         arg(b"-serial");
-        arg(&[b"file:", ctl.join("console.log").as_os_str().as_bytes()].concat());
+        arg(&[b"file:", dir.join("console.log").as_os_str().as_bytes()].concat());
         arg(b"-kernel");
         arg(self.kernel.as_os_str().as_bytes());
         arg(b"-initrd");
@@ -365,16 +365,18 @@ impl VmSandbox {
             arg(b"-nic");
             arg(b"none");
         }
-        Plan::new(&ctl, &self.qemu, args)
+        Plan::new(&ctl, dir, &self.qemu, args)
     }
 }
 
 /// Runs QEMU, then hands the command's output and status on as its own.
-/// The guest wrote those files: one that is not a plain file (a symlink to
-/// a host file the agent may read, a FIFO) is ignored. The command's
+/// The guest wrote those files (root in the guest reaches the control
+/// share through /proc/1/root): one that is not a plain file (a symlink to a host file the agent
+/// may read, a FIFO) is ignored. QEMU's messages and the console stay in
+/// the stage's directory, out of the guest's reach. The command's
 /// environment (secrets included) does not stay on disk.
-const WRAPPER: &str = r#"ctl=$1; shift
-"$@" </dev/null >"$ctl/qemu.log" 2>&1
+const WRAPPER: &str = r#"ctl=$1 logs=$2; shift 2
+"$@" </dev/null >"$logs/qemu.log" 2>&1
 rc=$?
 rm -f "$ctl/cmd"
 plain() { [ -f "$ctl/$1" ] && [ ! -L "$ctl/$1" ]; }
@@ -386,9 +388,9 @@ if plain status && read -r code <"$ctl/status" && [ "$code" -ge 0 ] 2>/dev/null 
 fi
 {
     echo "orch vm sandbox: the VM ended (qemu exit status $rc) without the command's exit status; qemu said:"
-    cat "$ctl/qemu.log"
-    echo "the VM's console ($ctl/console.log), last lines:"
-    tail -n 20 "$ctl/console.log"
+    cat "$logs/qemu.log"
+    echo "the VM's console ($logs/console.log), last lines:"
+    tail -n 20 "$logs/console.log"
 } >&2
 exit 125
 "#;
@@ -422,7 +424,7 @@ impl Exec {
 }
 
 impl Plan {
-    fn new(ctl: &Path, qemu: &Path, args: Vec<Vec<u8>>) -> Result<Self, VmError> {
+    fn new(ctl: &Path, logs: &Path, qemu: &Path, args: Vec<Vec<u8>>) -> Result<Self, VmError> {
         let c = |b: &[u8]| {
             CString::new(b).map_err(|_| VmError::Path {
                 path: PathBuf::from(OsStr::from_bytes(b)),
@@ -435,6 +437,7 @@ impl Plan {
             c(WRAPPER.as_bytes())?,
             c(b"sh")?,
             c(ctl.as_os_str().as_bytes())?,
+            c(logs.as_os_str().as_bytes())?,
             c(qemu.as_os_str().as_bytes())?,
         ];
         for a in &args {
