@@ -167,18 +167,9 @@ impl VmSandbox {
         memory_mb: Option<u64>,
         network: bool,
     ) -> Result<Self, String> {
-        let need = |p: &Option<PathBuf>, flag: &str, what: &str| {
-            match p {
-            None => Err(format!(
-                "orch agent {flag} is not set; expected the path of {what} (scripts/vm-assets.sh builds one)"
-            )),
-            Some(p) if !p.is_file() => Err(format!(
-                "orch agent {flag} {}: no such file; expected {what}",
-                p.display()
-            )),
-            Some(p) => Ok(p.clone()),
-        }
-        };
+        let kernel = need_file(&cfg.kernel, "--vm-kernel", "the kernel the VMs boot")?;
+        let initrd = need_file(&cfg.initrd, "--vm-initrd", "the initramfs with orch's init")?;
+        let image = need_file(&cfg.image, "--vm-image", "the base qcow2 disk image")?;
         let qemu = find_program(&cfg.qemu).ok_or_else(|| {
             format!(
                 "orch agent --qemu {}: no such program; expected QEMU's x86_64 system emulator (.ci/run installs qemu-system-x86)",
@@ -186,9 +177,9 @@ impl VmSandbox {
             )
         })?;
         Ok(VmSandbox {
-            kernel: need(&cfg.kernel, "--vm-kernel", "the kernel the VMs boot")?,
-            initrd: need(&cfg.initrd, "--vm-initrd", "the initramfs with orch's init")?,
-            image: need(&cfg.image, "--vm-image", "the base qcow2 disk image")?,
+            kernel,
+            initrd,
+            image,
             qemu,
             accel: cfg.accel,
             memory_mb: memory_mb.map_or(cfg.memory_mb, |m| m.max(cfg.memory_mb)),
@@ -247,9 +238,15 @@ impl VmSandbox {
         }
         .await
         .is_some();
+        // Why KVM failed, for the operator: QEMU's own words.
+        let said = std::fs::read_to_string(probe.join("qemu.log")).unwrap_or_default();
         let _ = tokio::fs::remove_dir_all(&probe).await;
         let accel = if ok { Accel::Kvm } else { Accel::Tcg };
-        tracing::info!(accel = accel.name(), "vm sandbox: chose the accelerator");
+        tracing::info!(
+            accel = accel.name(),
+            qemu = said.trim(),
+            "vm sandbox: chose the accelerator after a test boot under KVM"
+        );
         accel
     }
 
@@ -465,6 +462,20 @@ impl Plan {
             cmd.pre_exec(move || Err(exec.exec()));
         }
         GroupChild::spawn(cmd).map_err(SandboxError::Spawn)
+    }
+}
+
+/// The file `flag` set, or why it cannot serve as `what`.
+fn need_file(path: &Option<PathBuf>, flag: &str, what: &str) -> Result<PathBuf, String> {
+    match path {
+        None => Err(format!(
+            "orch agent {flag} is not set; expected the path of {what} (scripts/vm-assets.sh builds one)"
+        )),
+        Some(p) if !p.is_file() => Err(format!(
+            "orch agent {flag} {}: no such file; expected {what}",
+            p.display()
+        )),
+        Some(p) => Ok(p.clone()),
     }
 }
 
