@@ -176,6 +176,11 @@ pub struct AgentOpts {
     /// fails with an error saying so. Default: none (any).
     #[arg(long, value_name = "KIND", env = "ORCH_MIN_SANDBOX", value_parser = SandboxKind::parse)]
     pub min_sandbox: Option<SandboxKind>,
+    /// The most processes and threads one command of a namespace step may
+    /// have at once (its cgroup's pids.max; a fork bomb stops there); 0: no
+    /// limit. Default: 4096.
+    #[arg(long, value_name = "N", env = "ORCH_PIDS_MAX")]
+    pub pids_max: Option<u64>,
     /// Boxed: the flags would make every subcommand as large.
     #[command(flatten)]
     pub vm: Box<VmOpts>,
@@ -371,14 +376,27 @@ fn agent_config(
     })
 }
 
-/// The agent's sandbox choices; a default weaker than the floor is refused
-/// rather than silently raised.
+/// The agent's sandbox choices. An explicit default weaker than the floor is
+/// refused rather than silently raised; the platform's default is raised to
+/// the floor.
 fn sandbox_config(o: &AgentOpts) -> Result<SandboxConfig, CliError> {
-    let mut cfg = SandboxConfig::default();
-    if let Some(d) = o.sandbox {
-        cfg.default = d;
+    let mut cfg = SandboxConfig {
+        min: o.min_sandbox,
+        ..SandboxConfig::default()
+    };
+    match (o.sandbox, cfg.min) {
+        (Some(d), Some(min)) if d.strength() < min.strength() => {
+            return Err(CliError::BadInput(format!(
+                "--sandbox {d} is weaker than --min-sandbox {min}; expected --sandbox {min} or stronger"
+            )))
+        }
+        (Some(d), _) => cfg.default = d,
+        (None, Some(min)) if cfg.default.strength() < min.strength() => cfg.default = min,
+        (None, _) => {}
     }
-    cfg.min = o.min_sandbox;
+    if let Some(n) = o.pids_max {
+        cfg.pids_max = Some(n).filter(|&n| n > 0);
+    }
     cfg.vm = VmConfig {
         kernel: o.vm.vm_kernel.clone(),
         initrd: o.vm.vm_initrd.clone(),
@@ -387,12 +405,6 @@ fn sandbox_config(o: &AgentOpts) -> Result<SandboxConfig, CliError> {
         qemu: o.vm.qemu.clone().unwrap_or(cfg.vm.qemu),
         accel: o.vm.vm_accel.unwrap_or(cfg.vm.accel),
     };
-    if let Some(min) = cfg.min.filter(|m| cfg.default.strength() < m.strength()) {
-        return Err(CliError::BadInput(format!(
-            "--sandbox {} is weaker than --min-sandbox {min}; expected --sandbox {min} or stronger",
-            cfg.default
-        )));
-    }
     Ok(cfg)
 }
 
@@ -565,6 +577,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
         gpus: vec![],
         sandbox: None,
         min_sandbox: None,
+        pids_max: None,
         vm: Default::default(),
     };
     // The demo's own project: a fresh repository, so its run's branch and
@@ -646,6 +659,28 @@ mod tests {
         let got: Vec<(u32, u64)> = gpus.iter().map(|g| (g.index, g.memory_mb)).collect();
         assert_eq!(got, [(0, 24 * 1024), (1, 48 * 1024)]);
         assert!(declared_gpus(&[GpuDecl::None, m(24)]).is_err());
+    }
+
+    #[test]
+    fn pids_max_sets_the_agents_limit_and_zero_lifts_it() {
+        let opts = |pids_max| AgentOpts {
+            slots: 1,
+            labels: vec![],
+            name: None,
+            memory: None,
+            gpus: vec![],
+            sandbox: None,
+            min_sandbox: None,
+            pids_max,
+            vm: Default::default(),
+        };
+        let max = |o| sandbox_config(&o).ok().and_then(|c| c.pids_max);
+        assert_eq!(
+            max(opts(None)),
+            Some(orchestrator_agent::sandbox::DEFAULT_PIDS_MAX)
+        );
+        assert_eq!(max(opts(Some(64))), Some(64));
+        assert_eq!(max(opts(Some(0))), None);
     }
 
     #[derive(clap::Parser)]

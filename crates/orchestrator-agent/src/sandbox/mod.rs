@@ -14,6 +14,11 @@
 //!   Everything else of the host's file system (`/usr`, `/etc`, `/opt`, the
 //!   project's sources outside `.orchestrator`, ...) stays readable.
 //!
+//!   The command is pid 2 under a minimal init (`reaper.rs`). Each command
+//!   gets a cgroup of its own with the step's memory and pids limits
+//!   ([`cgroup`]), and where the kernel has Landlock its writes are
+//!   restricted to the writable directories as well ([`landlock`]); the
+//!   manifest's `limits` records what applied ([`applied`]).
 //! - [`vm`]: each command boots its own QEMU virtual machine on the stage's
 //!   disk (a qcow2 overlay kept at each checkpoint, discarded on failure);
 //!   the worktree and bundle are shared over 9p; see the module.
@@ -21,7 +26,8 @@
 //! Whatever the backend, the spawned process leads a process group, so
 //! [`GroupChild`]'s timeout and cancellation (the whole group signalled)
 //! work the same: for `namespace` the group leader is a small reaper whose
-//! death takes the whole pid namespace with it.
+//! death takes the whole pid namespace with it, and the command's cgroup is
+//! emptied and removed when it ends.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -33,13 +39,25 @@ use tokio::process::Command;
 
 use crate::exec::GroupChild;
 
+#[cfg(target_os = "linux")]
+pub mod cgroup;
 mod config;
+#[cfg(target_os = "linux")]
+pub mod landlock;
+#[cfg(target_os = "linux")]
+mod limits;
 #[cfg(target_os = "linux")]
 mod namespace;
 mod process;
+#[cfg(target_os = "linux")]
+mod reaper;
 mod vm;
 
+#[cfg(target_os = "linux")]
+pub use cgroup::CommandCgroup;
 pub use config::{platform_default, SandboxConfig, DEFAULT_PIDS_MAX};
+#[cfg(target_os = "linux")]
+pub use limits::{applied, report_at_start};
 pub use vm::{Accel, VmConfig, VmError, DEFAULT_VM_MEMORY_MB, KVM_PROBE};
 
 /// Why a command could not be started in its sandbox.
@@ -133,6 +151,8 @@ pub enum Sandbox {
         hidden: Vec<PathBuf>,
         /// Whether the commands keep the host's network.
         network: bool,
+        /// Each command's limits, applied through its own cgroup.
+        limits: Limits,
     },
     /// A QEMU virtual machine per command; see [`vm`].
     Vm(Arc<vm::VmSandbox>),
@@ -158,6 +178,7 @@ impl Sandbox {
                 readable: dirs.readable,
                 hidden: dirs.hidden,
                 network: spec.network,
+                limits,
             }),
             SandboxKind::Vm => vm::VmSandbox::new(
                 &cfg.vm,
@@ -214,7 +235,8 @@ impl Sandbox {
                 readable,
                 hidden,
                 network,
-            } => namespace::spawn(cmd, writable, readable, hidden, *network),
+                limits,
+            } => namespace::spawn(cmd, writable, readable, hidden, *network, *limits),
             #[cfg(not(target_os = "linux"))]
             Sandbox::Namespace { .. } => Err(SandboxError::Unsupported),
             Sandbox::Vm(v) => v.spawn(cmd),
