@@ -397,15 +397,21 @@ fn sandbox_config(o: &AgentOpts) -> Result<SandboxConfig, CliError> {
     if let Some(n) = o.pids_max {
         cfg.pids_max = Some(n).filter(|&n| n > 0);
     }
-    cfg.vm = VmConfig {
-        kernel: o.vm.vm_kernel.clone(),
-        initrd: o.vm.vm_initrd.clone(),
-        image: o.vm.vm_image.clone(),
-        memory_mb: o.vm.vm_memory.map_or(cfg.vm.memory_mb, SizeSpec::as_mib),
-        qemu: o.vm.qemu.clone().unwrap_or(cfg.vm.qemu),
-        accel: o.vm.vm_accel.unwrap_or(cfg.vm.accel),
-    };
+    cfg.vm = vm_config(&o.vm);
     Ok(cfg)
+}
+
+/// What the vm sandbox boots, from the `--vm-*` and `--qemu` flags.
+pub fn vm_config(o: &VmOpts) -> VmConfig {
+    let d = VmConfig::default();
+    VmConfig {
+        kernel: o.vm_kernel.clone(),
+        initrd: o.vm_initrd.clone(),
+        image: o.vm_image.clone(),
+        memory_mb: o.vm_memory.map_or(d.memory_mb, SizeSpec::as_mib),
+        qemu: o.qemu.clone().unwrap_or(d.qemu),
+        accel: o.vm_accel.unwrap_or(d.accel),
+    }
 }
 
 /// Runs a daemon and one agent until `stop` or a signal; agent first down.
