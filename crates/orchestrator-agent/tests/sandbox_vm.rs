@@ -176,6 +176,11 @@ async fn a_vm_step_shares_the_worktree_keeps_its_disk_and_rolls_back() {
     ok(&p, &first, &out);
     let manifest = p.manifest(&first);
     assert_eq!(manifest.sandbox, SandboxKind::Vm);
+    let limits = manifest
+        .limits
+        .as_ref()
+        .expect("the manifest records the VM's memory");
+    assert_eq!(limits.memory_mb, Some(256));
     for c in &manifest.commands {
         println!(
             "vm command {:?}: {} ms (boot included)",

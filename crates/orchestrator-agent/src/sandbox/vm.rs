@@ -57,6 +57,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::libc::{self, c_char};
+use orchestrator_core::api::AppliedLimits;
 use tokio::process::Command;
 use tokio::sync::OnceCell;
 
@@ -188,6 +189,17 @@ impl VmSandbox {
             network,
             state: Mutex::new(None),
         })
+    }
+
+    /// What bounds each command, for the manifest: the machine's memory.
+    pub fn applied(&self) -> AppliedLimits {
+        AppliedLimits {
+            memory_mb: Some(self.memory_mb),
+            pids: None,
+            cgroup: None,
+            landlock: false,
+            note: Some("the memory of the command's VM; processes are not counted".into()),
+        }
     }
 
     /// Prepares the step's disk in `dir` (the stage's directory): a fresh
