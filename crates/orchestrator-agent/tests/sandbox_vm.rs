@@ -263,6 +263,7 @@ async fn a_timeout_kills_the_vm() {
     let started = Instant::now();
     let out = p.run(&job).await;
     assert!(!out.success);
+    assert!(out.timed_out, "{:?}", out.error);
     assert!(p.manifest(&job).commands[0].timed_out, "{:?}", out.error);
     assert!(
         started.elapsed() < Duration::from_secs(40),

@@ -387,7 +387,8 @@ impl<'a> Recorder<'a> {
             success: failure.is_none(),
             error: failure.as_ref().map(|f| self.hide(&f.message)),
             error_class: failure.as_ref().map(|f| f.class),
-            commands: std::mem::take(&mut self.commands),
+            // A copy: the outcome still reads them (whether one timed out).
+            commands: self.commands.clone(),
             sandbox: self.sandbox,
             limits: self.limits.take(),
         };
