@@ -34,7 +34,9 @@
 //! ends without a status (it could not mount the disk, ...) ends with
 //! status 125 and QEMU's messages and the console's last lines on stderr.
 //! The shell and QEMU share the command's process group, so a timeout or a
-//! cancellation kills the VM. The image must hold `/bin/sh`.
+//! cancellation kills the VM. The image must hold `/bin/sh`. `orch ask`
+//! does not work inside: its Unix socket is shared but cannot be connected
+//! to across 9p, and the agent's URL names the host's loopback.
 //!
 //! The shell is exec'd in the forked child in place of the command's
 //! program (`pre_exec`), which keeps the log files the step set on its
