@@ -56,5 +56,5 @@ pub mod step;
 pub use agent::{run_agent, AgentConfig, AgentError};
 pub use client::{Client, ClientError};
 pub use resources::{Probe, Resources};
-pub use sandbox::SandboxConfig;
+pub use sandbox::{Accel, SandboxConfig, VmConfig};
 pub use step::{run_step, run_step_with, CancelReason, StepContext};

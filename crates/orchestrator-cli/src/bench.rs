@@ -77,6 +77,9 @@ pub struct BenchArgs {
     /// spawns its commands without isolation.
     #[arg(long, value_name = "KIND", value_parser = orchestrator_core::spec::SandboxKind::parse, default_value = "process")]
     pub sandbox: orchestrator_core::spec::SandboxKind,
+    /// What the sandbox workload's `vm` steps boot.
+    #[command(flatten)]
+    pub vm: Box<crate::up::VmOpts>,
     /// Milliseconds between the sched workload's pre-emption passes, as
     /// the daemon's tick; 0 runs none.
     #[arg(long, default_value_t = 250)]
@@ -310,7 +313,13 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
         None
     };
     let sandbox_rows = if a.workloads.iter().any(|w| w == "sandbox") {
-        crate::bench_sandbox::run(a.sandbox_steps, SandboxConfig::default(), &root).await?
+        {
+            let cfg = SandboxConfig {
+                vm: crate::up::vm_config(&a.vm),
+                ..SandboxConfig::default()
+            };
+            crate::bench_sandbox::run(a.sandbox_steps, cfg, &root).await?
+        }
     } else {
         Vec::new()
     };
@@ -367,6 +376,7 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
         sandbox: Some(a.sandbox),
         min_sandbox: None,
         pids_max: None,
+        vm: Default::default(),
     };
     let embedded = crate::up::Embedded::start(&data, agent, false).await?;
     let client = &embedded.client;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{anyhow, Context, Result};
-use orchestrator_agent::{run_agent, AgentConfig, SandboxConfig};
+use orchestrator_agent::{run_agent, Accel, AgentConfig, SandboxConfig, VmConfig};
 use orchestrator_core::sched::Gpu;
 use orchestrator_core::spec::{SandboxKind, SizeSpec};
 use orchestrator_daemon::hooks::{ActionLinks, HooksConfig, OpenClawConfig, DEFAULT_LINK_TTL_MS};
@@ -181,6 +181,35 @@ pub struct AgentOpts {
     /// limit. Default: 4096.
     #[arg(long, value_name = "N", env = "ORCH_PIDS_MAX")]
     pub pids_max: Option<u64>,
+    /// Boxed: the flags would make every subcommand as large.
+    #[command(flatten)]
+    pub vm: Box<VmOpts>,
+}
+
+/// What the vm sandbox boots (scripts/vm-assets.sh builds the three files).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct VmOpts {
+    /// The kernel of the vm sandbox's VMs (a bzImage, or an uncompressed
+    /// vmlinux, which boots faster under software emulation).
+    #[arg(long, value_name = "PATH", env = "ORCH_VM_KERNEL")]
+    pub vm_kernel: Option<PathBuf>,
+    /// The initramfs holding orch's VM init.
+    #[arg(long, value_name = "PATH", env = "ORCH_VM_INITRD")]
+    pub vm_initrd: Option<PathBuf>,
+    /// The base disk image (qcow2) each stage's VM disk starts from.
+    #[arg(long, value_name = "PATH", env = "ORCH_VM_IMAGE")]
+    pub vm_image: Option<PathBuf>,
+    /// A VM's memory, unless the stage was granted more. Default: 256M.
+    #[arg(long, value_name = "SIZE", env = "ORCH_VM_MEMORY", value_parser = SizeSpec::parse)]
+    pub vm_memory: Option<SizeSpec>,
+    /// KVM, software emulation (tcg), or auto: KVM when a test boot under it
+    /// works. Default: auto.
+    #[arg(long, value_name = "ACCEL", env = "ORCH_VM_ACCEL", value_parser = Accel::parse)]
+    pub vm_accel: Option<Accel>,
+    /// The QEMU system emulator; qemu-img is taken from its directory.
+    /// Default: qemu-system-x86_64 from PATH.
+    #[arg(long, value_name = "PATH", env = "ORCH_QEMU")]
+    pub qemu: Option<PathBuf>,
 }
 
 /// One `--gpu` value.
@@ -368,7 +397,21 @@ fn sandbox_config(o: &AgentOpts) -> Result<SandboxConfig, CliError> {
     if let Some(n) = o.pids_max {
         cfg.pids_max = Some(n).filter(|&n| n > 0);
     }
+    cfg.vm = vm_config(&o.vm);
     Ok(cfg)
+}
+
+/// What the vm sandbox boots, from the `--vm-*` and `--qemu` flags.
+pub fn vm_config(o: &VmOpts) -> VmConfig {
+    let d = VmConfig::default();
+    VmConfig {
+        kernel: o.vm_kernel.clone(),
+        initrd: o.vm_initrd.clone(),
+        image: o.vm_image.clone(),
+        memory_mb: o.vm_memory.map_or(d.memory_mb, SizeSpec::as_mib),
+        qemu: o.qemu.clone().unwrap_or(d.qemu),
+        accel: o.vm_accel.unwrap_or(d.accel),
+    }
 }
 
 /// Runs a daemon and one agent until `stop` or a signal; agent first down.
@@ -541,6 +584,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
         sandbox: None,
         min_sandbox: None,
         pids_max: None,
+        vm: Default::default(),
     };
     // The demo's own project: a fresh repository, so its run's branch and
     // worktree land there and not in whatever directory the demo ran from.
@@ -634,6 +678,7 @@ mod tests {
             sandbox: None,
             min_sandbox: None,
             pids_max,
+            vm: Default::default(),
         };
         let max = |o| sandbox_config(&o).ok().and_then(|c| c.pids_max);
         assert_eq!(
@@ -642,5 +687,51 @@ mod tests {
         );
         assert_eq!(max(opts(Some(64))), Some(64));
         assert_eq!(max(opts(Some(0))), None);
+    }
+
+    #[derive(clap::Parser)]
+    struct Opts {
+        #[command(flatten)]
+        agent: AgentOpts,
+    }
+
+    #[test]
+    fn vm_flags_reach_the_sandbox_config() {
+        use clap::Parser;
+        let o = Opts::try_parse_from([
+            "orch",
+            "--vm-kernel",
+            "/k",
+            "--vm-initrd",
+            "/i",
+            "--vm-image",
+            "/b.qcow2",
+            "--vm-memory",
+            "1G",
+            "--vm-accel",
+            "tcg",
+            "--qemu",
+            "/q",
+        ])
+        .unwrap();
+        let cfg = sandbox_config(&o.agent).unwrap();
+        assert_eq!(
+            cfg.vm,
+            VmConfig {
+                kernel: Some("/k".into()),
+                initrd: Some("/i".into()),
+                image: Some("/b.qcow2".into()),
+                memory_mb: 1024,
+                qemu: "/q".into(),
+                accel: Accel::Tcg,
+            }
+        );
+        let bad = Opts::try_parse_from(["orch", "--vm-accel", "hvf"])
+            .err()
+            .unwrap();
+        assert!(
+            bad.to_string().contains("expected auto, kvm or tcg"),
+            "{bad}"
+        );
     }
 }

@@ -51,7 +51,8 @@ stages:
     assert!(line("boxed").contains(" namespace "), "{show}");
     assert!(line("open").contains(" process! "), "{show}");
     assert!(
-        show.stdout.contains("ran without isolation: sandbox: process"),
+        show.stdout
+            .contains("ran without isolation: sandbox: process"),
         "{show}"
     );
 }

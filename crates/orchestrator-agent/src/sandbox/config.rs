@@ -4,6 +4,8 @@
 
 use orchestrator_core::spec::SandboxKind;
 
+use super::VmConfig;
+
 /// How an agent isolates the steps it runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxConfig {
@@ -15,6 +17,8 @@ pub struct SandboxConfig {
     /// The most processes and threads one command may have at once (a fork
     /// bomb stops there); None: no limit of the agent's own.
     pub pids_max: Option<u64>,
+    /// What the vm backend boots.
+    pub vm: VmConfig,
 }
 
 /// The default of [`SandboxConfig::pids_max`].
@@ -26,6 +30,7 @@ impl Default for SandboxConfig {
             default: platform_default(),
             min: None,
             pids_max: Some(DEFAULT_PIDS_MAX),
+            vm: VmConfig::default(),
         }
     }
 }

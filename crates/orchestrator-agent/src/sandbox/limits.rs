@@ -26,8 +26,10 @@ pub fn report_at_start() {
 /// What `sandbox` applies to each command, for the manifest; None for a
 /// sandbox that applies nothing of the kind.
 pub fn applied(sandbox: &Sandbox) -> Option<AppliedLimits> {
-    let Sandbox::Namespace { limits, .. } = sandbox else {
-        return None;
+    let limits = match sandbox {
+        Sandbox::Namespace { limits, .. } => limits,
+        Sandbox::Vm(vm) => return Some(vm.applied()),
+        _ => return None,
     };
     let landlock = landlock::abi().is_some();
     Some(match cgroup::probe() {

@@ -19,6 +19,9 @@
 //!   ([`cgroup`]), and where the kernel has Landlock its writes are
 //!   restricted to the writable directories as well ([`landlock`]); the
 //!   manifest's `limits` records what applied ([`applied`]).
+//! - [`vm`]: each command boots its own QEMU virtual machine on the stage's
+//!   disk (a qcow2 overlay kept at each checkpoint, discarded on failure);
+//!   the worktree and bundle are shared over 9p; see the module.
 //!
 //! Whatever the backend, the spawned process leads a process group, so
 //! [`GroupChild`]'s timeout and cancellation (the whole group signalled)
@@ -27,7 +30,8 @@
 //! emptied and removed when it ends.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use orchestrator_core::api::SandboxSpec;
 use orchestrator_core::spec::SandboxKind;
@@ -47,12 +51,14 @@ mod namespace;
 mod process;
 #[cfg(target_os = "linux")]
 mod reaper;
+mod vm;
 
 #[cfg(target_os = "linux")]
 pub use cgroup::CommandCgroup;
 pub use config::{platform_default, SandboxConfig, DEFAULT_PIDS_MAX};
 #[cfg(target_os = "linux")]
 pub use limits::{applied, report_at_start};
+pub use vm::{Accel, VmConfig, VmError, DEFAULT_VM_MEMORY_MB, KVM_PROBE};
 
 /// Why a command could not be started in its sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +89,9 @@ pub enum SandboxError {
     /// This agent cannot provide the backend the step asks for.
     #[error("sandbox: {kind} is not available on this agent: {why}")]
     Unavailable { kind: SandboxKind, why: String },
+    /// The vm backend could not prepare or start the step's VM.
+    #[error(transparent)]
+    Vm(#[from] VmError),
 }
 
 /// Resource limits of a step's commands, each command in turn.
@@ -145,6 +154,8 @@ pub enum Sandbox {
         /// Each command's limits, applied through its own cgroup.
         limits: Limits,
     },
+    /// A QEMU virtual machine per command; see [`vm`].
+    Vm(Arc<vm::VmSandbox>),
 }
 
 impl Sandbox {
@@ -169,12 +180,19 @@ impl Sandbox {
                 network: spec.network,
                 limits,
             }),
-            SandboxKind::Bubblewrap | SandboxKind::Container | SandboxKind::Vm => {
-                Err(SandboxError::Unavailable {
-                    kind,
-                    why: "this agent has no such backend yet".into(),
-                })
-            }
+            SandboxKind::Vm => vm::VmSandbox::new(
+                &cfg.vm,
+                dirs.writable,
+                dirs.readable,
+                limits.memory_mb,
+                spec.network,
+            )
+            .map(|v| Sandbox::Vm(Arc::new(v)))
+            .map_err(|why| SandboxError::Unavailable { kind, why }),
+            SandboxKind::Bubblewrap | SandboxKind::Container => Err(SandboxError::Unavailable {
+                kind,
+                why: "this agent has no such backend yet".into(),
+            }),
         }
     }
 
@@ -183,6 +201,26 @@ impl Sandbox {
         match self {
             Sandbox::Process => SandboxKind::Process,
             Sandbox::Namespace { .. } => SandboxKind::Namespace,
+            Sandbox::Vm(_) => SandboxKind::Vm,
+        }
+    }
+
+    /// Prepares what the step's commands share across commands: for `vm`,
+    /// the step's disk in `state` (the stage's own directory) as a fresh copy
+    /// of the last checkpoint's. Nothing for the other backends.
+    pub async fn begin_step(&self, state: &Path) -> Result<(), SandboxError> {
+        match self {
+            Sandbox::Vm(v) => Ok(v.begin_step(state).await?),
+            _ => Ok(()),
+        }
+    }
+
+    /// Keeps what the step changed outside the worktree once its checkpoint
+    /// is committed: for `vm`, its disk. Nothing for the other backends.
+    pub async fn keep(&self) -> Result<(), SandboxError> {
+        match self {
+            Sandbox::Vm(v) => Ok(v.keep().await?),
+            _ => Ok(()),
         }
     }
 
@@ -201,6 +239,7 @@ impl Sandbox {
             } => namespace::spawn(cmd, writable, readable, hidden, *network, *limits),
             #[cfg(not(target_os = "linux"))]
             Sandbox::Namespace { .. } => Err(SandboxError::Unsupported),
+            Sandbox::Vm(v) => v.spawn(cmd),
         }
     }
 }

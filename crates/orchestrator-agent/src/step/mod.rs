@@ -191,6 +191,18 @@ pub async fn run_step_with(
     {
         rec.limits = crate::sandbox::applied(&sandbox);
     }
+    let state = project
+        .join(".orchestrator")
+        .join("vm")
+        .join(&spec.run_id)
+        .join(&spec.stage_id);
+    if let Err(e) = sandbox.begin_step(&state).await {
+        return rec
+            .finish(&bundle, Some(Failure::infra(e.to_string())))
+            .await
+            .0;
+    }
+    let kept = sandbox.clone();
     let runner = Runner::new(
         &bundle,
         &cancel,
@@ -235,6 +247,12 @@ pub async fn run_step_with(
     };
     match checkpoint::commit(&project, worktree, spec, job.job_id, manifest).await {
         Ok(made) => {
+            if let Err(e) = kept.keep().await {
+                outcome.success = false;
+                outcome.error = Some(e.to_string());
+                outcome.error_class = Some(ErrorClass::Infra);
+                return outcome;
+            }
             outcome.checkpoint = Some(made);
             outcome.until_met = until_met;
             outcome.questions = questions;
@@ -369,7 +387,8 @@ impl<'a> Recorder<'a> {
             success: failure.is_none(),
             error: failure.as_ref().map(|f| self.hide(&f.message)),
             error_class: failure.as_ref().map(|f| f.class),
-            commands: std::mem::take(&mut self.commands),
+            // A copy: the outcome still reads them (whether one timed out).
+            commands: self.commands.clone(),
             sandbox: self.sandbox,
             limits: self.limits.take(),
         };
