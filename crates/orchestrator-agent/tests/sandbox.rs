@@ -429,6 +429,7 @@ async fn per_command_cost_of_each_sandbox() {
         writable: vec![p.worktree()],
         readable: vec![p.root().join(".git")],
         hidden: vec![p.root().join(".orchestrator")],
+        project: None,
     };
     let ns = Sandbox::new(&NS, &SandboxConfig::default(), dirs, Limits::default()).unwrap();
     let n = 30;

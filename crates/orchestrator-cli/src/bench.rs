@@ -333,6 +333,8 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
         gpus: vec![],
         sandbox: Some(orchestrator_core::spec::SandboxKind::Process),
         min_sandbox: None,
+        bwrap: None,
+        container_image: None,
     };
     let embedded = crate::up::Embedded::start(&data, agent, false).await?;
     let client = &embedded.client;

@@ -176,6 +176,13 @@ pub struct AgentOpts {
     /// fails with an error saying so. Default: none (any).
     #[arg(long, value_name = "KIND", env = "ORCH_MIN_SANDBOX", value_parser = SandboxKind::parse)]
     pub min_sandbox: Option<SandboxKind>,
+    /// The `bwrap` binary of `sandbox: bubblewrap`. Default: `bwrap` in PATH.
+    #[arg(long, value_name = "PATH", env = "ORCH_BWRAP")]
+    pub bwrap: Option<PathBuf>,
+    /// The root file system of a `sandbox: container` stage that names no
+    /// `image`: a directory, or a .tar, .tar.gz or .tgz of one.
+    #[arg(long, value_name = "PATH", env = "ORCH_CONTAINER_IMAGE")]
+    pub container_image: Option<PathBuf>,
 }
 
 /// One `--gpu` value.
@@ -325,6 +332,7 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
 
 fn agent_config(
     o: &AgentOpts,
+    data_dir: &Path,
     server: String,
     token: String,
     default_name: String,
@@ -338,14 +346,20 @@ fn agent_config(
         hostname: Some(hostname()),
         memory_mb: o.memory.map(SizeSpec::as_mib),
         gpus: declared_gpus(&o.gpus)?,
-        sandbox: sandbox_config(o)?,
+        sandbox: sandbox_config(o, data_dir)?,
     })
 }
 
 /// The agent's sandbox choices; a default weaker than the floor is refused
-/// rather than silently raised.
-fn sandbox_config(o: &AgentOpts) -> Result<SandboxConfig, CliError> {
-    let mut cfg = SandboxConfig::default();
+/// rather than silently raised. Backend state (container bundles, runc's
+/// state, extracted images) lives in the data dir's `sandbox/`.
+fn sandbox_config(o: &AgentOpts, data_dir: &Path) -> Result<SandboxConfig, CliError> {
+    let mut cfg = SandboxConfig {
+        bwrap: o.bwrap.clone(),
+        container_image: o.container_image.clone(),
+        work_dir: Some(data_dir.join("sandbox")),
+        ..SandboxConfig::default()
+    };
     if let Some(d) = o.sandbox {
         cfg.default = d;
     }
@@ -381,6 +395,7 @@ async fn run_up(
     let agent_stop = CancellationToken::new();
     let cfg = agent_config(
         &a.agent,
+        data_dir,
         url,
         tokens.agent[0].clone(),
         format!("{}-local", hostname()),
@@ -448,7 +463,7 @@ pub async fn agent(a: AgentArgs, server: Option<String>, data_dir: &Path) -> Res
         let _ = signals().await;
         s.cancel();
     });
-    let cfg = agent_config(&a.agent, server, token, hostname())?;
+    let cfg = agent_config(&a.agent, data_dir, server, token, hostname())?;
     run_agent(cfg, stop).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -528,6 +543,8 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
         gpus: vec![],
         sandbox: None,
         min_sandbox: None,
+        bwrap: None,
+        container_image: None,
     };
     // The demo's own project: a fresh repository, so its run's branch and
     // worktree land there and not in whatever directory the demo ran from.

@@ -2,6 +2,8 @@
 //! that choose none, the weakest one it agrees to run, and what each backend
 //! needs from the machine.
 
+use std::path::PathBuf;
+
 use orchestrator_core::spec::SandboxKind;
 
 /// How an agent isolates the steps it runs.
@@ -15,6 +17,14 @@ pub struct SandboxConfig {
     /// The most processes and threads one command may have at once (a fork
     /// bomb stops there); None: no limit of the agent's own.
     pub pids_max: Option<u64>,
+    /// The `bwrap` binary of the bubblewrap backend; None: `bwrap` in PATH.
+    pub bwrap: Option<PathBuf>,
+    /// The container backend's image for stages that name none: a root
+    /// file system directory or a tarball of one.
+    pub container_image: Option<PathBuf>,
+    /// The agent's directory for backend state (runc's state, container
+    /// bundles, extracted images); the container backend needs it.
+    pub work_dir: Option<PathBuf>,
 }
 
 /// The default of [`SandboxConfig::pids_max`].
@@ -27,6 +37,9 @@ impl Default for SandboxConfig {
             default: SandboxKind::Process,
             min: None,
             pids_max: Some(DEFAULT_PIDS_MAX),
+            bwrap: None,
+            container_image: None,
+            work_dir: None,
         }
     }
 }

@@ -14,6 +14,13 @@
 //!   Everything else of the host's file system (`/usr`, `/etc`, `/opt`, the
 //!   project's sources outside `.orchestrator`, ...) stays readable.
 //!
+//! - [`bubblewrap`]: the same view as `namespace`, built by `bwrap`
+//!   (bubblewrap) around each command.
+//! - [`container`]: each command runs under `runc` in an OCI container
+//!   whose read-only root file system is the stage's `image` (a directory or
+//!   a tarball), with the worktree and the bundle bound writable, no network
+//!   unless allowed, and the step's memory and pids limits in its cgroup.
+//!
 //! Whatever the backend, the spawned process leads a process group, so
 //! [`GroupChild`]'s timeout and cancellation (the whole group signalled)
 //! work the same: for `namespace` the group leader is a small reaper whose
@@ -28,10 +35,16 @@ use tokio::process::Command;
 
 use crate::exec::GroupChild;
 
+#[cfg(target_os = "linux")]
+mod bubblewrap;
 mod config;
+#[cfg(target_os = "linux")]
+mod container;
 #[cfg(target_os = "linux")]
 mod namespace;
 mod process;
+#[cfg(target_os = "linux")]
+mod wrap;
 
 pub use config::{platform_default, SandboxConfig, DEFAULT_PIDS_MAX};
 
@@ -64,6 +77,17 @@ pub enum SandboxError {
     /// This agent cannot provide the backend the step asks for.
     #[error("sandbox: {kind} is not available on this agent: {why}")]
     Unavailable { kind: SandboxKind, why: String },
+    /// A wrapper backend (bubblewrap, container) could not set up.
+    #[error("the {kind} sandbox could not be set up: {what}: {source}")]
+    Backend {
+        kind: SandboxKind,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The stage's container image cannot be used.
+    #[error("the stage's image {image:?} cannot be used: {why}")]
+    Image { image: String, why: String },
 }
 
 /// Resource limits of a step's commands, each command in turn.
@@ -88,6 +112,9 @@ pub struct Dirs {
     /// Hidden behind an empty tmpfs, besides the fixed ones (the project's
     /// `.orchestrator`).
     pub hidden: Vec<PathBuf>,
+    /// The project's directory, which a relative container `image` is
+    /// resolved against.
+    pub project: Option<PathBuf>,
 }
 
 fn hint(step: &str) -> &'static str {
@@ -124,6 +151,22 @@ pub enum Sandbox {
         /// Whether the commands keep the host's network.
         network: bool,
     },
+    /// Bubblewrap; see the module documentation.
+    Bubblewrap {
+        /// The `bwrap` binary.
+        bwrap: PathBuf,
+        /// As for `Namespace`.
+        writable: Vec<PathBuf>,
+        /// As for `Namespace`.
+        readable: Vec<PathBuf>,
+        /// As for `Namespace`.
+        hidden: Vec<PathBuf>,
+        /// Whether the commands keep the host's network.
+        network: bool,
+    },
+    /// An OCI container run by runc; see the module documentation.
+    #[cfg(target_os = "linux")]
+    Container(Box<container::Container>),
 }
 
 impl Sandbox {
@@ -135,8 +178,6 @@ impl Sandbox {
         dirs: Dirs,
         limits: Limits,
     ) -> Result<Self, SandboxError> {
-        // Used by the backends that apply limits.
-        let _ = limits;
         let kind = spec.kind.unwrap_or(cfg.default);
         if let Some(min) = cfg.min.filter(|m| kind.strength() < m.strength()) {
             return Err(SandboxError::Refused { asked: kind, min });
@@ -149,12 +190,24 @@ impl Sandbox {
                 hidden: dirs.hidden,
                 network: spec.network,
             }),
-            SandboxKind::Bubblewrap | SandboxKind::Container | SandboxKind::Vm => {
-                Err(SandboxError::Unavailable {
-                    kind,
-                    why: "this agent has no such backend yet".into(),
-                })
-            }
+            #[cfg(target_os = "linux")]
+            SandboxKind::Bubblewrap => Ok(Sandbox::Bubblewrap {
+                bwrap: bubblewrap::locate(cfg.bwrap.as_deref())?,
+                writable: dirs.writable,
+                readable: dirs.readable,
+                hidden: dirs.hidden,
+                network: spec.network,
+            }),
+            #[cfg(target_os = "linux")]
+            SandboxKind::Container => Ok(Sandbox::Container(Box::new(container::Container::new(
+                spec, cfg, dirs, limits,
+            )?))),
+            #[cfg(not(target_os = "linux"))]
+            SandboxKind::Bubblewrap | SandboxKind::Container => Err(SandboxError::Unsupported),
+            SandboxKind::Vm => Err(SandboxError::Unavailable {
+                kind,
+                why: "this agent has no such backend yet".into(),
+            }),
         }
     }
 
@@ -163,6 +216,9 @@ impl Sandbox {
         match self {
             Sandbox::Process => SandboxKind::Process,
             Sandbox::Namespace { .. } => SandboxKind::Namespace,
+            Sandbox::Bubblewrap { .. } => SandboxKind::Bubblewrap,
+            #[cfg(target_os = "linux")]
+            Sandbox::Container(_) => SandboxKind::Container,
         }
     }
 
@@ -178,8 +234,20 @@ impl Sandbox {
                 hidden,
                 network,
             } => namespace::spawn(cmd, writable, readable, hidden, *network),
+            #[cfg(target_os = "linux")]
+            Sandbox::Bubblewrap {
+                bwrap,
+                writable,
+                readable,
+                hidden,
+                network,
+            } => bubblewrap::spawn(cmd, bwrap, writable, readable, hidden, *network),
+            #[cfg(target_os = "linux")]
+            Sandbox::Container(c) => c.spawn(cmd),
             #[cfg(not(target_os = "linux"))]
-            Sandbox::Namespace { .. } => Err(SandboxError::Unsupported),
+            Sandbox::Namespace { .. } | Sandbox::Bubblewrap { .. } => {
+                Err(SandboxError::Unsupported)
+            }
         }
     }
 }

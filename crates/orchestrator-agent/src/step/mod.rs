@@ -159,6 +159,7 @@ pub async fn run_step_with(
         writable: vec![workdir.clone(), bundle.dir().to_owned()],
         readable: vec![project.join(".git")],
         hidden: vec![project.join(".orchestrator")],
+        project: Some(project.clone()),
     };
     let limits = Limits {
         memory_mb: Some(job.grant.memory_mb).filter(|&m| m > 0),
