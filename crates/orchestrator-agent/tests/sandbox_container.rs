@@ -364,3 +364,29 @@ async fn per_command_cost_of_a_container() {
     println!("per command (mean of {n}): process {process:?}, container {cost:?}");
     f.assert_cleaned_up().await;
 }
+
+#[tokio::test]
+async fn dropping_a_running_container_command_removes_the_container() {
+    let f = Fixture::new();
+    let secs = "3456.7";
+    let sandbox = Sandbox::new(&container(), &f.p.cfg, f.p.dirs(), Limits::default()).unwrap();
+    let mut cmd = tokio::process::Command::new("sh");
+    cmd.args(["-c", &format!("sleep {secs} & sleep {secs}")])
+        .current_dir(f.p.worktree())
+        .env_clear()
+        .env("PATH", "/bin");
+    let child = sandbox.spawn(&mut cmd).unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while sleepers(secs) < 2 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sleepers(secs), 2, "the container's sleeps did not start");
+    // The agent tearing the step down: runc gets SIGKILL, nothing else.
+    drop(child);
+    let until = Instant::now() + Duration::from_secs(5);
+    while sleepers(secs) > 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sleepers(secs), 0, "the container outlived its runc");
+    f.assert_cleaned_up().await;
+}

@@ -1,11 +1,14 @@
 //! The container's root file system: a directory used as it is, or a
 //! tarball extracted once into the agent's cache, keyed by its sha256.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
@@ -50,7 +53,7 @@ pub(super) fn rootfs(
             path.display()
         )));
     }
-    let digest = sha256(&path).map_err(|e| bad(format!("reading {}: {e}", path.display())))?;
+    let digest = digest(&path).map_err(|e| bad(format!("reading {}: {e}", path.display())))?;
     let target = cache.join(&digest);
     if target.is_dir() {
         return Ok(target);
@@ -58,6 +61,33 @@ pub(super) fn rootfs(
     extract(&path, cache, &target)
         .map_err(|e| bad(format!("extracting {}: {e}", path.display())))?;
     Ok(target)
+}
+
+/// The tarball's sha256, hashed once per agent while its size and
+/// modification time stay the same (an image can be large, and every step
+/// of a container stage looks it up).
+fn digest(path: &Path) -> io::Result<String> {
+    type Key = (PathBuf, u64, SystemTime);
+    static KNOWN: Mutex<BTreeMap<Key, String>> = Mutex::new(BTreeMap::new());
+    let meta = fs::metadata(path)?;
+    let key = (path.to_owned(), meta.len(), meta.modified()?);
+    // A panic elsewhere while holding the lock leaves a usable map.
+    let known = |k: &Key| {
+        KNOWN
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(k)
+            .cloned()
+    };
+    if let Some(d) = known(&key) {
+        return Ok(d);
+    }
+    let d = sha256(path)?;
+    KNOWN
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(key, d.clone());
+    Ok(d)
 }
 
 fn sha256(path: &Path) -> io::Result<String> {

@@ -80,6 +80,12 @@ impl Container {
         dirs: Dirs,
         limits: Limits,
     ) -> Result<Self, SandboxError> {
+        let euid = nix::unistd::geteuid();
+        if !euid.is_root() {
+            return Err(unavailable(format!(
+                "runc runs the containers as root here (no rootless setup), and the agent runs as uid {euid}"
+            )));
+        }
         let runc = wrap::which("runc").ok_or_else(|| {
             unavailable("no runc in PATH; install runc (apt-get install runc)".into())
         })?;
