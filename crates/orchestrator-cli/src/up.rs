@@ -626,4 +626,31 @@ mod tests {
         assert_eq!(got, [(0, 24 * 1024), (1, 48 * 1024)]);
         assert!(declared_gpus(&[GpuDecl::None, m(24)]).is_err());
     }
+
+    #[derive(clap::Parser)]
+    struct Agent {
+        #[command(flatten)]
+        opts: AgentOpts,
+    }
+
+    #[test]
+    fn wrapper_backends_take_their_paths_from_flags_and_state_the_data_dir() {
+        use clap::Parser;
+        let a = Agent::parse_from([
+            "orch",
+            "--bwrap",
+            "/opt/bwrap",
+            "--container-image",
+            "/images/base.tar.gz",
+        ]);
+        let cfg = sandbox_config(&a.opts, Path::new("/data"))
+            .ok()
+            .unwrap_or_default();
+        assert_eq!(cfg.bwrap, Some(PathBuf::from("/opt/bwrap")));
+        assert_eq!(
+            cfg.container_image,
+            Some(PathBuf::from("/images/base.tar.gz"))
+        );
+        assert_eq!(cfg.work_dir, Some(PathBuf::from("/data/sandbox")));
+    }
 }

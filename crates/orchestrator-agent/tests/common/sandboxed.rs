@@ -165,14 +165,19 @@ pub fn assert_ok(p: &Project, job: &ClaimedJob, out: &StepOutcome) {
     );
 }
 
-/// The step's command ran and failed (not the sandbox's setup).
+/// The step's command ran and failed (not the sandbox's setup: a wrapper
+/// that fails to set up exits non-zero too, with its own message).
 pub fn assert_denied(p: &Project, job: &ClaimedJob, out: &StepOutcome) {
     assert!(!out.success, "the escape succeeded: {out:?}");
     let error = out.error.as_deref().unwrap_or("");
+    let stderr = p.log(job, "cmd-000.stderr.log");
     assert!(
         error.contains("exited with code"),
-        "the command did not run (sandbox setup failed?): {error}\nstderr: {}",
-        p.log(job, "cmd-000.stderr.log")
+        "the command did not run (sandbox setup failed?): {error}\nstderr: {stderr}"
+    );
+    assert!(
+        !stderr.starts_with("bwrap:") && !stderr.contains("level=error"),
+        "the sandbox's wrapper failed, not the command: {stderr}"
     );
 }
 
