@@ -390,3 +390,52 @@ async fn dropping_a_running_container_command_removes_the_container() {
     assert_eq!(sleepers(secs), 0, "the container outlived its runc");
     f.assert_cleaned_up().await;
 }
+
+#[tokio::test]
+async fn what_a_dead_agent_left_is_swept_away() {
+    let f = Fixture::new();
+    let secs = "3456.9";
+    // A pid that surely runs no more: a child that exited.
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let id = format!("orch-{dead}-0");
+    let bundle = f.work.path().join("bundles").join(&id);
+    fs::create_dir_all(&bundle).unwrap();
+    let spec = Command::new("runc")
+        .arg("spec")
+        .current_dir(&bundle)
+        .status()
+        .unwrap();
+    assert!(spec.success());
+    let mut config: serde_json::Value =
+        serde_json::from_slice(&fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    config["root"]["path"] = f.rootfs.to_string_lossy().into_owned().into();
+    config["process"]["terminal"] = false.into();
+    config["process"]["args"] = serde_json::json!(["sleep", secs]);
+    fs::write(bundle.join("config.json"), config.to_string()).unwrap();
+    let state = f.work.path().join("runc");
+    let started = Command::new("runc")
+        .arg("--root")
+        .arg(&state)
+        .args(["run", "--detach", "--bundle"])
+        .arg(&bundle)
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(started.success());
+    assert_eq!(sleepers(secs), 1, "the left-over container is not running");
+    let half = f.work.path().join(format!("images/.extracting-{dead}-0"));
+    fs::create_dir_all(half.join("bin")).unwrap();
+    // The next step's sandbox sweeps, in the background.
+    Sandbox::new(&container(), &f.p.cfg, f.p.dirs(), Limits::default()).unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while (sleepers(secs) > 0 || half.exists()) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sleepers(secs), 0, "the left-over container still runs");
+    assert!(!half.exists(), "the half-extracted image is still there");
+    f.assert_cleaned_up().await;
+}

@@ -21,14 +21,18 @@
 //! command has a watcher thread that waits (on a pidfd) for `runc run` to
 //! end, however it ends, and then runs `runc delete --force`, which kills
 //! whatever is left in the container and removes its state, and removes the
-//! command's bundle directory.
+//! command's bundle directory. Container ids carry the agent's pid, so what
+//! an agent killed before its watchers ran leaves behind is removed by the
+//! next agent using the same work directory.
 
+use std::collections::BTreeSet;
 use std::ffi::OsString;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use nix::libc;
@@ -115,6 +119,7 @@ impl Container {
         for dir in [&state, &bundles] {
             fs::create_dir_all(dir).map_err(|e| setup(format!("creating {}", dir.display()), e))?;
         }
+        sweep_once(&runc, &state, &bundles, &work.join("images"));
         Ok(Container {
             runc,
             rootfs,
@@ -157,7 +162,15 @@ impl Container {
             cgroup: format!("/orch/{id}"),
         };
         let config = bundle.join("config.json");
-        let json = serde_json::to_vec_pretty(&plan.config()).map_err(io::Error::other);
+        let json = plan
+            .config()
+            .map_err(|oci::NotUtf8(v)| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{v:?} is not UTF-8, which an OCI config.json must be"),
+                )
+            })
+            .and_then(|c| serde_json::to_vec_pretty(&c).map_err(io::Error::other));
         json.and_then(|j| fs::write(&config, j))
             .map_err(|e| removing(setup(format!("writing {}", config.display()), e)))?;
         let argv: Vec<OsString> = vec![
@@ -201,6 +214,10 @@ struct Janitor {
 impl Janitor {
     fn after(self, leader: i32) {
         wait_for_exit(leader);
+        self.clean();
+    }
+
+    fn clean(self) {
         let deleted = std::process::Command::new(&self.runc)
             .arg("--root")
             .arg(&self.state)
@@ -212,9 +229,85 @@ impl Janitor {
         if let Err(e) = deleted {
             tracing::warn!(container = %self.id, error = %e, "runc delete could not run");
         }
-        if let Err(e) = fs::remove_dir_all(&self.bundle) {
-            tracing::warn!(bundle = %self.bundle.display(), error = %e, "could not remove the container's bundle");
+        match fs::remove_dir_all(&self.bundle) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(bundle = %self.bundle.display(), error = %e, "could not remove the container's bundle");
+            }
+            _ => {}
         }
+    }
+}
+
+/// Once per agent process and work directory, in the background: removes
+/// what an agent that is gone left behind (it was killed before its
+/// watcher threads ran): containers and bundles named after its pid, and
+/// half-extracted images.
+fn sweep_once(runc: &Path, state: &Path, bundles: &Path, images: &Path) {
+    static SWEPT: Mutex<BTreeSet<PathBuf>> = Mutex::new(BTreeSet::new());
+    // A panic elsewhere while holding the lock leaves a usable set.
+    if !SWEPT
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(state.to_owned())
+    {
+        return;
+    }
+    let (runc, state, bundles, images) = (
+        runc.to_owned(),
+        state.to_owned(),
+        bundles.to_owned(),
+        images.to_owned(),
+    );
+    let swept = std::thread::Builder::new()
+        .name("runc-sweep".into())
+        .spawn(move || {
+            let mut ids: BTreeSet<String> = BTreeSet::new();
+            for dir in [&state, &bundles] {
+                ids.extend(
+                    names(dir)
+                        .into_iter()
+                        .filter(|n| left_by_the_dead(n, "orch-")),
+                );
+            }
+            for id in ids {
+                Janitor {
+                    runc: runc.clone(),
+                    state: state.clone(),
+                    bundle: bundles.join(&id),
+                    id,
+                }
+                .clean();
+            }
+            for name in names(&images) {
+                if left_by_the_dead(&name, ".extracting-") {
+                    let _ = fs::remove_dir_all(images.join(name));
+                }
+            }
+        });
+    if let Err(e) = swept {
+        tracing::warn!(error = %e, "could not start sweeping old containers");
+    }
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Whether `name` is `<prefix><pid>-<n>` of a process that no longer runs.
+fn left_by_the_dead(name: &str, prefix: &str) -> bool {
+    let pid = name
+        .strip_prefix(prefix)
+        .and_then(|rest| rest.split('-').next())
+        .and_then(|p| p.parse::<u32>().ok());
+    match pid {
+        Some(pid) => pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists(),
+        None => false,
     }
 }
 

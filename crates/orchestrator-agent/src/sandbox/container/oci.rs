@@ -49,9 +49,17 @@ pub(super) struct Plan<'a> {
     pub cgroup: String,
 }
 
-fn text(s: &std::ffi::OsStr) -> String {
-    String::from_utf8_lossy(s.as_bytes()).into_owned()
+/// `s` as JSON text; config.json holds UTF-8 only, and a lossy conversion
+/// would bind or run something other than what was asked.
+fn text(s: &std::ffi::OsStr) -> Result<String, NotUtf8> {
+    s.to_str()
+        .map(str::to_owned)
+        .ok_or_else(|| NotUtf8(String::from_utf8_lossy(s.as_bytes()).into_owned()))
 }
+
+/// A path, argument or variable that is not UTF-8 (shown lossily).
+#[derive(Debug)]
+pub(super) struct NotUtf8(pub String);
 
 /// A limit for the container: the agent's own soft limit, never above its
 /// hard limit (which an unprivileged process cannot raise, and which the
@@ -74,7 +82,7 @@ fn rlimit(name: &str, resource: libc::__rlimit_resource_t) -> Value {
 
 impl Plan<'_> {
     /// The configuration as JSON.
-    pub fn config(&self) -> Value {
+    pub fn config(&self) -> Result<Value, NotUtf8> {
         let mut namespaces = vec![
             json!({"type": "pid"}),
             json!({"type": "mount"}),
@@ -105,21 +113,30 @@ impl Plan<'_> {
         ];
         // After /tmp's tmpfs, so a worktree under /tmp lands on top of it.
         for dir in self.writable {
-            let d = text(dir.as_os_str());
+            let d = text(dir.as_os_str())?;
             mounts.push(json!({"destination": d, "type": "bind", "source": d,
                                "options": ["rbind", "rw", "nosuid", "nodev"]}));
         }
         for dir in self.readable.iter().filter(|d| d.is_dir()) {
-            let d = text(dir.as_os_str());
+            let d = text(dir.as_os_str())?;
             mounts.push(json!({"destination": d, "type": "bind", "source": d,
                                "options": ["rbind", "ro", "nosuid", "nodev"]}));
         }
         let env: Vec<String> = self
             .env
             .iter()
-            .map(|(k, v)| format!("{}={}", text(k), text(v)))
-            .collect();
-        let args: Vec<String> = self.args.iter().map(|a| text(a)).collect();
+            .map(|(k, v)| Ok(format!("{}={}", text(k)?, text(v)?)))
+            .collect::<Result<_, _>>()?;
+        let args: Vec<String> = self
+            .args
+            .iter()
+            .map(|a| text(a))
+            .collect::<Result<_, _>>()?;
+        let cwd = match self.cwd {
+            Some(c) => text(c.as_os_str())?,
+            None => "/".to_owned(),
+        };
+        let rootfs = text(self.rootfs.as_os_str())?;
         let mut resources = json!({
             "devices": [{"allow": false, "access": "rwm"}],
         });
@@ -129,14 +146,14 @@ impl Plan<'_> {
         if let Some(pids) = self.limits.pids {
             resources["pids"] = json!({"limit": pids});
         }
-        json!({
+        Ok(json!({
             "ociVersion": "1.0.2",
             "process": {
                 "terminal": false,
                 "user": {"uid": 0, "gid": 0},
                 "args": args,
                 "env": env,
-                "cwd": self.cwd.map_or_else(|| "/".to_owned(), |c| text(c.as_os_str())),
+                "cwd": cwd,
                 "capabilities": {
                     "bounding": CAPABILITIES,
                     "effective": CAPABILITIES,
@@ -149,7 +166,7 @@ impl Plan<'_> {
                 ],
                 "noNewPrivileges": true,
             },
-            "root": {"path": text(self.rootfs.as_os_str()), "readonly": true},
+            "root": {"path": rootfs, "readonly": true},
             "hostname": "orch",
             "mounts": mounts,
             "linux": {
@@ -159,6 +176,6 @@ impl Plan<'_> {
                 "maskedPaths": MASKED,
                 "readonlyPaths": READONLY,
             },
-        })
+        }))
     }
 }
