@@ -13,7 +13,8 @@ use orchestrator_core::spec::SandboxKind;
 mod common;
 
 use common::sandboxed::{
-    assert_denied, assert_ok, bash, require, sh, spawn_cost, spec, timeout_kills_the_tree, Project,
+    assert_denied, assert_ok, bash, cancel_kills_the_tree, require, sh, spawn_cost, spec,
+    timeout_kills_the_tree, Project,
 };
 
 fn bwrap() -> SandboxSpec {
@@ -139,6 +140,12 @@ async fn bubblewrap_step_sees_its_own_pids_only() {
 async fn bubblewrap_step_is_killed_with_its_whole_tree_on_timeout() {
     let p = Project::new();
     timeout_kills_the_tree(&p, bwrap(), "2345.5").await;
+}
+
+#[tokio::test]
+async fn cancelling_a_bubblewrap_step_kills_its_whole_tree() {
+    let p = Project::new();
+    cancel_kills_the_tree(&p, bwrap(), "2345.7").await;
 }
 
 #[tokio::test]

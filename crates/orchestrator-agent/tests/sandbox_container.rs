@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 mod common;
 
 use common::sandboxed::{
-    assert_denied, assert_ok, require, sh, sleepers, spawn_cost, spec, Project,
+    assert_denied, assert_ok, cancel_kills_the_tree, require, sh, sleepers, spawn_cost, spec,
+    Project,
 };
 
 fn container() -> SandboxSpec {
@@ -232,6 +233,13 @@ async fn container_step_is_killed_with_everything_in_it_on_timeout() {
 }
 
 #[tokio::test]
+async fn cancelling_a_container_step_kills_everything_in_it() {
+    let f = Fixture::new();
+    cancel_kills_the_tree(&f.p, container(), "3456.6").await;
+    f.assert_cleaned_up().await;
+}
+
+#[tokio::test]
 async fn a_tarball_image_is_extracted_once_and_works_the_same() {
     let f = Fixture::new();
     let tarball = f.p.root().join("image.tar.gz");
@@ -426,6 +434,12 @@ async fn what_a_dead_agent_left_is_swept_away() {
         .status()
         .unwrap();
     assert!(started.success());
+    // Whatever this test's outcome, the container goes.
+    let _guard = Deleted(state.clone(), id.clone());
+    let until = Instant::now() + Duration::from_secs(5);
+    while sleepers(secs) == 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     assert_eq!(sleepers(secs), 1, "the left-over container is not running");
     let half = f.work.path().join(format!("images/.extracting-{dead}-0"));
     fs::create_dir_all(half.join("bin")).unwrap();
@@ -438,4 +452,18 @@ async fn what_a_dead_agent_left_is_swept_away() {
     assert_eq!(sleepers(secs), 0, "the left-over container still runs");
     assert!(!half.exists(), "the half-extracted image is still there");
     f.assert_cleaned_up().await;
+}
+
+/// Deletes container `.1` of runc state `.0` when dropped.
+struct Deleted(PathBuf, String);
+
+impl Drop for Deleted {
+    fn drop(&mut self) {
+        let _ = Command::new("runc")
+            .arg("--root")
+            .arg(&self.0)
+            .args(["delete", "--force", &self.1])
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
 }

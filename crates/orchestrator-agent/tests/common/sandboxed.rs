@@ -229,6 +229,33 @@ pub async fn timeout_kills_the_tree(p: &Project, sandbox: SandboxSpec, secs: &st
     assert_no_sleepers(secs, Duration::from_secs(5)).await;
 }
 
+/// The same step, cancelled after 300 ms instead: it must fail as
+/// cancelled, soon, with nothing left.
+pub async fn cancel_kills_the_tree(p: &Project, sandbox: SandboxSpec, secs: &str) {
+    let job = p.job(
+        sandbox,
+        vec![sh(&format!(
+            "sleep {secs} & (sleep {secs} &) ; sleep {secs}"
+        ))],
+    );
+    let cancel = CancellationToken::new();
+    let later = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        later.cancel();
+    });
+    let started = Instant::now();
+    let out = p.run_job(&job, cancel).await;
+    let error = out.error.as_deref().unwrap_or("");
+    assert!(!out.success && error.contains("step cancelled"), "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_no_sleepers(secs, Duration::from_secs(5)).await;
+}
+
 /// Spawns `/bin/true` `n` times under `sandbox` in `dir`; the mean cost of
 /// one.
 pub async fn spawn_cost(sandbox: &Sandbox, dir: &Path, n: u32) -> Duration {
