@@ -110,6 +110,8 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         return Err(AgentError::Config("the agent needs a name".into()));
     }
     check_declared_gpus(cfg.gpus.as_deref().unwrap_or_default())?;
+    #[cfg(target_os = "linux")]
+    crate::sandbox::report_at_start();
     let client = Client::new(&cfg.server, &cfg.token)?;
     let hostname = cfg.hostname.clone().or_else(local_hostname);
     let resources = Resources::resolve(cfg.memory_mb, cfg.gpus.clone(), &Probe::default()).await;
@@ -141,7 +143,7 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
     );
     // The endpoint lives as long as the slots (`stop`): a step still running
     // may ask until it is killed.
-    let asks = AskBox::start(stop.clone())
+    let asks = AskBox::start(stop.clone(), &cfg.sandbox.socket_dir())
         .await
         .map_err(|e| AgentError::Config(format!("cannot open the local step endpoint: {e}")))?;
     let shared = Arc::new(Shared {

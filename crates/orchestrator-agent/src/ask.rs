@@ -1,16 +1,22 @@
 //! The agent's local endpoint: how a running step talks back to its agent.
 //!
-//! Every step gets `ORCH_AGENT_URL` and a token of its own in
+//! Every step gets the endpoint twice, `ORCH_AGENT_SOCKET` (a Unix socket)
+//! and `ORCH_AGENT_URL` (loopback TCP), and a token of its own in
 //! `ORCH_STEP_TOKEN`; `orch ask "QUESTION" --choice A --choice B` posts to
-//! `{ORCH_AGENT_URL}/v1/ask` with it. The agent keeps the questions with the
+//! `/v1/ask` with it, through the socket when it has one. The socket is what
+//! sandboxed steps use: a step without network has a loopback of its own,
+//! where the agent's TCP port does not exist, while the socket's directory is
+//! bound read-only into every sandbox (connecting needs no write access to
+//! the mount). The agent keeps the questions with the
 //! step and hands them to the daemon when the step completes, in the same
 //! transaction as its checkpoint: the step's process may exit right after
 //! asking, and the stage then waits for the answer holding no slot. The
-//! endpoint listens on loopback only, and a token is good only while its
-//! step runs.
+//! endpoint listens on loopback and on a socket in a directory only the
+//! agent's user may enter, and a token is good only while its step runs.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use axum::extract::State;
@@ -32,6 +38,8 @@ type Asked = Arc<Mutex<HashMap<String, Vec<Ask>>>>;
 #[derive(Debug, Clone)]
 pub struct AskBox {
     url: String,
+    /// The Unix socket, when one could be made.
+    socket: Option<PathBuf>,
     asked: Asked,
 }
 
@@ -50,14 +58,42 @@ impl StepAsk {
 }
 
 impl AskBox {
-    /// Starts the endpoint on a free loopback port; it stops with `shutdown`.
-    pub async fn start(shutdown: CancellationToken) -> std::io::Result<AskBox> {
+    /// Starts the endpoint on a free loopback port and, on Unix, on a socket
+    /// in a new directory under `socket_parent`; it stops with `shutdown`.
+    /// Without the socket (its directory cannot be made) the endpoint still
+    /// serves steps that share the agent's network, and the agent says why.
+    pub async fn start(
+        shutdown: CancellationToken,
+        socket_parent: &Path,
+    ) -> std::io::Result<AskBox> {
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let url = format!("http://{}", listener.local_addr()?);
         let asked: Asked = Arc::default();
         let app = Router::new()
             .route("/v1/ask", post(ask))
             .with_state(asked.clone());
+        let socket = match bind_socket(socket_parent) {
+            Ok((path, unix)) => {
+                let (app, shutdown) = (app.clone(), shutdown.clone());
+                let dir = path.parent().map(Path::to_owned);
+                tokio::spawn(async move {
+                    let served = axum::serve(unix, app)
+                        .with_graceful_shutdown(shutdown.cancelled_owned())
+                        .await;
+                    if let Err(e) = served {
+                        tracing::warn!(error = %e, "the step socket stopped");
+                    }
+                    if let Some(dir) = dir {
+                        let _ = std::fs::remove_dir_all(dir);
+                    }
+                });
+                Some(path)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, dir = %socket_parent.display(), "no step socket: `orch ask` works only in steps that share the agent's network");
+                None
+            }
+        };
         tokio::spawn(async move {
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(shutdown.cancelled_owned())
@@ -66,12 +102,17 @@ impl AskBox {
                 tracing::warn!(error = %e, "the step endpoint stopped");
             }
         });
-        Ok(AskBox { url, asked })
+        Ok(AskBox { url, socket, asked })
     }
 
-    /// The address steps reach the endpoint at.
+    /// The address steps reach the endpoint at over TCP.
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    /// The endpoint's Unix socket, when there is one.
+    pub fn socket(&self) -> Option<&Path> {
+        self.socket.as_deref()
     }
 
     /// Opens a step's right to ask, under a new random token.
@@ -94,6 +135,41 @@ impl AskBox {
             asked: self.asked.clone(),
         }
     }
+}
+
+/// A fresh directory of the agent's alone (mode 700) under `parent`, and a
+/// socket bound in it. A new directory each time: an agent restarted with
+/// the same parent never meets a stale socket or a directory another user
+/// prepared.
+#[cfg(unix)]
+fn bind_socket(parent: &Path) -> std::io::Result<(PathBuf, tokio::net::UnixListener)> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+    match std::fs::DirBuilder::new().mode(0o700).create(parent) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+        _ => {}
+    }
+    // A parent that another user made (in a shared /tmp) could be used to
+    // swap the socket under the steps' feet.
+    let meta = std::fs::symlink_metadata(parent)?;
+    if !meta.is_dir() || meta.uid() != nix::unistd::getuid().as_raw() || meta.mode() & 0o077 != 0 {
+        return Err(std::io::Error::other(format!(
+            "{} must be a directory of this user's with mode 700",
+            parent.display()
+        )));
+    }
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| std::io::Error::other(e.to_string()))?;
+    let name: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let dir = parent.join(format!("agent-{}-{name}", std::process::id()));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let path = dir.join("ask.sock");
+    let listener = tokio::net::UnixListener::bind(&path)?;
+    Ok((path, listener))
+}
+
+#[cfg(not(unix))]
+fn bind_socket(_: &Path) -> std::io::Result<(PathBuf, tokio::net::TcpListener)> {
+    Err(std::io::Error::other("Unix sockets need Unix"))
 }
 
 fn refuse(code: StatusCode, msg: String) -> (StatusCode, Json<serde_json::Value>) {

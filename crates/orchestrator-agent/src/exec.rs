@@ -19,6 +19,8 @@ use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::sandbox::CommandCgroup;
+
 /// How long a process group gets between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
 
@@ -45,6 +47,20 @@ pub enum EndReason {
 pub struct Ended {
     pub status: ExitStatus,
     pub reason: EndReason,
+    /// What its cgroup saw; None when it ran without one.
+    pub cgroup: Option<CgroupEnd>,
+}
+
+/// What a command's cgroup recorded by the time it ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CgroupEnd {
+    /// Processes the kernel's out-of-memory killer took from it.
+    pub oom_kills: u64,
+    /// Its memory limit, in MiB.
+    pub memory_limit_mb: Option<u64>,
+    /// Whether that limit was hit (an out-of-memory kill without it: the
+    /// machine ran out).
+    pub hit_memory_limit: bool,
 }
 
 /// A running command leading its own process group. Dropping it before it
@@ -55,6 +71,9 @@ pub struct GroupChild {
     pgid: Pid,
     /// Set once the group has been dealt with; the drop guard then does nothing.
     done: bool,
+    /// The command's own cgroup, when its sandbox made one: emptied and
+    /// removed when the command ends, whatever ends it.
+    cgroup: Option<CommandCgroup>,
 }
 
 impl GroupChild {
@@ -74,7 +93,16 @@ impl GroupChild {
             child,
             pgid: Pid::from_raw(pid),
             done: false,
+            cgroup: None,
         })
+    }
+
+    /// Hands the command's cgroup (which it has joined) to this child, to be
+    /// killed and removed with it; closes the agent's join descriptors.
+    pub fn with_cgroup(mut self, mut cgroup: CommandCgroup) -> Self {
+        cgroup.started();
+        self.cgroup = Some(cgroup);
+        self
     }
 
     /// The process group id (the leader's pid).
@@ -103,13 +131,38 @@ impl GroupChild {
                 // The leader is gone; background processes it started in its
                 // group must not outlive the step.
                 self.sweep().await;
-                return Ok(Ended { status, reason: EndReason::Exited });
+                let cgroup = self.empty_cgroup().await;
+                return Ok(Ended { status, reason: EndReason::Exited, cgroup });
             }
             () = timer => EndReason::TimedOut,
             () = cancel.cancelled() => EndReason::Cancelled,
         };
         let status = self.terminate().await?;
-        Ok(Ended { status, reason })
+        let cgroup = self.empty_cgroup().await;
+        Ok(Ended {
+            status,
+            reason,
+            cgroup,
+        })
+    }
+
+    /// Reads what the cgroup recorded, then kills whatever is still in it
+    /// (processes that left the group with `setsid`) and removes it.
+    async fn empty_cgroup(&mut self) -> Option<CgroupEnd> {
+        let cgroup = self.cgroup.take()?;
+        let end = CgroupEnd {
+            oom_kills: cgroup.oom_kills(),
+            memory_limit_mb: cgroup.memory_limit_mb(),
+            hit_memory_limit: cgroup.hit_memory_limit(),
+        };
+        if cgroup.kill_all() {
+            tracing::debug!(
+                pgid = self.pgid.as_raw(),
+                "killed processes left in the command's cgroup"
+            );
+        }
+        cgroup.remove().await;
+        Some(end)
     }
 
     /// SIGTERM to the group, up to [`KILL_GRACE`] for it to end, then SIGKILL.
@@ -150,6 +203,9 @@ impl Drop for GroupChild {
             // The future was dropped mid-command (agent torn down): nothing may
             // outlive it. `kill_on_drop` handles the leader, this the rest.
             signal_group(self.pgid, Signal::SIGKILL);
+            if let Some(cgroup) = &self.cgroup {
+                cgroup.kill_all();
+            }
         }
     }
 }

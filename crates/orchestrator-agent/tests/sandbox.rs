@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use orchestrator_agent::exec::GroupChild;
 use orchestrator_agent::run_step;
-use orchestrator_agent::sandbox::{Dirs, Limits, Sandbox, SandboxConfig};
+use orchestrator_agent::sandbox::{cgroup, landlock, Dirs, Limits, Sandbox, SandboxConfig};
 use orchestrator_core::api::{ClaimedJob, JobSpec, Manifest, SandboxSpec, StepOutcome};
 use orchestrator_core::spec::{CommandSpec, SandboxKind};
 use tempfile::TempDir;
@@ -291,17 +291,26 @@ async fn namespace_step_cannot_connect_to_the_network_unless_allowed() {
 #[tokio::test]
 async fn namespace_step_sees_its_own_pids_only() {
     let p = Project::new();
-    let script = "echo $$; ls /proc | grep -c '^[0-9]'";
+    let script = "echo $$; ls /proc | grep '^[0-9]*$' | sort -n | tr '\\n' ' '";
     let (job, out) = p.run(NS, sh(script)).await;
     assert_ok(&p, &job, &out);
     let stdout = p.log(&job, "cmd-000.stdout.log");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(lines.first(), Some(&"1"), "{stdout}");
-    let visible: u32 = lines[1].parse().unwrap();
-    assert!(visible <= 4, "{visible} processes visible in /proc");
+    // Pid 1 is the sandbox's init; the command is its first child.
+    assert_eq!(lines.first(), Some(&"2"), "{stdout}");
+    let pids: Vec<u32> = lines[1]
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    // Init, the shell, and the pipeline's four processes.
+    assert_eq!(pids[..2], [1, 2], "{stdout}");
+    assert!(
+        pids.len() <= 6 && pids.iter().all(|&p| p <= 6),
+        "processes outside the sandbox are visible: {pids:?}"
+    );
     let (job, out) = p.run(PROCESS, sh(script)).await;
     assert_ok(&p, &job, &out);
-    assert_ne!(p.log(&job, "cmd-000.stdout.log").lines().next(), Some("1"));
+    assert_ne!(p.log(&job, "cmd-000.stdout.log").lines().next(), Some("2"));
 }
 
 /// Live processes whose command line is `sleep <secs>`.
@@ -420,8 +429,37 @@ async fn spawn_cost(sandbox: &Sandbox, dir: &Path, n: u32) -> Duration {
     started.elapsed() / n
 }
 
+/// Spawns `/bin/true` `n` times without isolation but each in a fresh
+/// cgroup of its own (made, joined, emptied and removed); the mean cost.
+async fn cgroup_spawn_cost(dir: &Path, n: u32) -> Duration {
+    let root = cgroup::probe().expect("cgroups are available");
+    let started = Instant::now();
+    for _ in 0..n {
+        let cg = root
+            .create(Limits {
+                memory_mb: Some(512),
+                pids: Some(64),
+            })
+            .unwrap();
+        let fds = cg.join_fds();
+        let mut cmd = tokio::process::Command::new("/bin/true");
+        cmd.current_dir(dir);
+        // SAFETY: `join` makes only write(2) calls on descriptors open here.
+        unsafe {
+            cmd.pre_exec(move || cgroup::join(&fds));
+        }
+        let child = GroupChild::spawn(&mut cmd).unwrap().with_cgroup(cg);
+        let ended = child.wait(None, &CancellationToken::new()).await.unwrap();
+        assert!(ended.status.success());
+        assert!(ended.cgroup.is_some());
+    }
+    started.elapsed() / n
+}
+
 /// The cost of a command under each sandbox (`cargo test -p
-/// orchestrator-agent --test sandbox -- --nocapture cost` prints it).
+/// orchestrator-agent --test sandbox -- --nocapture cost` prints it). The
+/// namespace sandbox makes a cgroup per command where the machine allows
+/// (see the manifest's `limits`); `process + cgroup` shows that part alone.
 #[tokio::test]
 async fn per_command_cost_of_each_sandbox() {
     let p = Project::new();
@@ -431,9 +469,18 @@ async fn per_command_cost_of_each_sandbox() {
         hidden: vec![p.root().join(".orchestrator")],
         project: None,
     };
-    let ns = Sandbox::new(&NS, &SandboxConfig::default(), dirs, Limits::default()).unwrap();
+    let limits = Limits {
+        memory_mb: Some(512),
+        pids: Some(64),
+    };
+    let ns = Sandbox::new(&NS, &SandboxConfig::default(), dirs, limits).unwrap();
     let n = 30;
     let process = spawn_cost(&Sandbox::Process, &p.worktree(), n).await;
+    let with_cgroup = cgroup_spawn_cost(&p.worktree(), n).await;
     let namespace = spawn_cost(&ns, &p.worktree(), n).await;
-    println!("per command (mean of {n}): process {process:?}, namespace {namespace:?}");
+    println!(
+        "per command (mean of {n}): process {process:?}, process + cgroup {with_cgroup:?}, namespace (with cgroup: {}, landlock: {}) {namespace:?}",
+        cgroup::probe().is_ok(),
+        landlock::abi().is_some()
+    );
 }

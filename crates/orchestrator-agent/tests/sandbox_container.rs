@@ -358,6 +358,8 @@ async fn container_memory_and_pids_limits_are_in_its_cgroup() {
         ["123", &(200u64 * 1024 * 1024).to_string()],
         "{stdout}"
     );
+    let limits = f.p.manifest(&job).limits.unwrap();
+    assert_eq!((limits.memory_mb, limits.pids), (Some(200), Some(123)));
 }
 
 /// The cost of a command in a container (`cargo test -p orchestrator-agent

@@ -9,6 +9,8 @@
 //!   before (default 20 × 50).
 //! - sched (only when asked for): the store's dispatch path alone, in
 //!   process; see `bench_sched`.
+//! - sandbox (only when asked for): what each sandbox backend adds to a
+//!   step; see `bench_sandbox`.
 
 use std::fmt::Write as _;
 use std::process::{Command, ExitCode, Stdio};
@@ -21,13 +23,16 @@ use orchestrator_core::api::Submitted;
 use orchestrator_core::RunState;
 use serde::Serialize;
 
+use orchestrator_agent::SandboxConfig;
+
 use crate::up::AgentOpts;
 use crate::view::{self, Output};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Workloads to run (w1, w2, w3, sched). `sched` takes minutes, so it
-    /// runs only when named.
+    /// Workloads to run (w1, w2, w3, sched, sandbox). `sched` takes
+    /// minutes and `sandbox` measures the agent alone, so they run only when
+    /// named.
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3")]
     pub workloads: Vec<String>,
     /// Times each workload runs; medians are reported. Default: 3 for w1,
@@ -64,6 +69,14 @@ pub struct BenchArgs {
     /// turn; each run is one workflow of jobs/runs independent stages.
     #[arg(long, default_value_t = 100)]
     pub sched_runs: usize,
+    /// Steps the sandbox workload runs under each backend (a `vm` runs 5
+    /// at most: each boots a machine).
+    #[arg(long, default_value_t = 200)]
+    pub sandbox_steps: usize,
+    /// The sandbox W1–W3's steps run in. Default: process, as the baseline
+    /// spawns its commands without isolation.
+    #[arg(long, value_name = "KIND", value_parser = orchestrator_core::spec::SandboxKind::parse, default_value = "process")]
+    pub sandbox: orchestrator_core::spec::SandboxKind,
     /// Milliseconds between the sched workload's pre-emption passes, as
     /// the daemon's tick; 0 runs none.
     #[arg(long, default_value_t = 250)]
@@ -79,6 +92,7 @@ pub struct BenchArgs {
 enum AnyRow<'a> {
     Path(&'a Row),
     Sched(&'a crate::bench_sched::SchedRow),
+    Sandbox(&'a crate::bench_sandbox::SandboxRow),
 }
 
 #[derive(Serialize)]
@@ -145,7 +159,11 @@ fn workloads(a: &BenchArgs) -> Result<Vec<Workload>> {
         .and_then(|(l, w)| Some((l.parse::<usize>().ok()?, w.parse::<usize>().ok()?)))
         .ok_or_else(|| anyhow::anyhow!("--w3 {:?}: expected LAYERSxWIDTH such as 20x50", a.w3))?;
     let mut out = Vec::new();
-    for name in a.workloads.iter().filter(|w| *w != "sched") {
+    for name in a
+        .workloads
+        .iter()
+        .filter(|w| *w != "sched" && *w != "sandbox")
+    {
         let mut y = format!("name: bench-{name}\nstages:\n");
         let wl = match name.as_str() {
             "w1" => {
@@ -193,7 +211,7 @@ fn workloads(a: &BenchArgs) -> Result<Vec<Workload>> {
                     layers: vec![w; l],
                 }
             }
-            other => bail!("unknown workload {other:?}: expected w1, w2, w3 or sched"),
+            other => bail!("unknown workload {other:?}: expected w1, w2, w3, sched or sandbox"),
         };
         out.push(wl);
     }
@@ -291,26 +309,41 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
     } else {
         None
     };
+    let sandbox_rows = if a.workloads.iter().any(|w| w == "sandbox") {
+        crate::bench_sandbox::run(a.sandbox_steps, SandboxConfig::default(), &root).await?
+    } else {
+        Vec::new()
+    };
     let _ = std::fs::remove_dir_all(&root);
     match a.output {
-        Output::Json if sched_row.is_none() => view::json(&rows)?,
+        Output::Json if sched_row.is_none() && sandbox_rows.is_empty() => view::json(&rows)?,
         Output::Json => {
             let all: Vec<AnyRow<'_>> = rows
                 .iter()
                 .map(AnyRow::Path)
                 .chain(sched_row.iter().map(AnyRow::Sched))
+                .chain(sandbox_rows.iter().map(AnyRow::Sandbox))
                 .collect();
             view::json(&all)?
         }
         Output::Text => {
+            let mut first = true;
+            let mut gap = || {
+                if !std::mem::take(&mut first) {
+                    println!();
+                }
+            };
             if !rows.is_empty() {
+                gap();
                 print_rows(&a, &rows);
             }
             if let Some(r) = &sched_row {
-                if !rows.is_empty() {
-                    println!();
-                }
+                gap();
                 crate::bench_sched::print(r);
+            }
+            if !sandbox_rows.is_empty() {
+                gap();
+                crate::bench_sandbox::print(&sandbox_rows);
             }
         }
     }
@@ -331,8 +364,9 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
         name: Some("bench".into()),
         memory: None,
         gpus: vec![],
-        sandbox: Some(orchestrator_core::spec::SandboxKind::Process),
+        sandbox: Some(a.sandbox),
         min_sandbox: None,
+        pids_max: None,
         bwrap: None,
         container_image: None,
     };
@@ -394,10 +428,11 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
 
 fn print_rows(a: &BenchArgs, rows: &[Row]) {
     println!(
-        "{} cores, {} slots, {} repeats (medians)",
+        "{} cores, {} slots, {} repeats (medians), steps in sandbox: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         a.slots,
-        a.repeat.unwrap_or(3)
+        a.repeat.unwrap_or(3),
+        a.sandbox
     );
     println!(
         "{:<16} {:>6} {:>11} {:>13} {:>10} {:>8} {:>7}",

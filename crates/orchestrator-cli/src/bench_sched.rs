@@ -313,6 +313,7 @@ fn success(agent_id: &str, job: &ClaimedJob) -> CompleteRequest {
             checkpoint: None,
             until_met: None,
             questions: Vec::new(),
+            sandbox: None,
         },
         claim_next: true,
     }

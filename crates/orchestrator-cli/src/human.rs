@@ -173,31 +173,43 @@ pub struct AskArgs {
 }
 
 /// `orch ask`, run inside a step: the question goes to the step's agent,
-/// which hands it to the daemon when the step ends.
+/// which hands it to the daemon when the step ends. Through the agent's Unix
+/// socket when the step has one (a sandboxed step has no way to the agent's
+/// TCP port), else over loopback TCP.
 pub async fn ask(a: AskArgs) -> Result<ExitCode> {
-    let (Ok(url), Ok(token)) = (
-        std::env::var("ORCH_AGENT_URL"),
-        std::env::var("ORCH_STEP_TOKEN"),
-    ) else {
-        return Err(CliError::BadInput(
-            "orch ask works only inside a running step: ORCH_AGENT_URL and ORCH_STEP_TOKEN are not set".into(),
-        )
-        .into());
+    let Ok(token) = std::env::var("ORCH_STEP_TOKEN") else {
+        return Err(not_in_a_step());
     };
-    let body = Ask {
+    let body = serde_json::to_vec(&Ask {
         question: a.question,
         choices: a.choices,
+    })?;
+    let (status, answer) = match (
+        std::env::var_os("ORCH_AGENT_SOCKET"),
+        std::env::var("ORCH_AGENT_URL"),
+    ) {
+        (Some(socket), _) => {
+            let socket = std::path::PathBuf::from(socket);
+            post_unix(&socket, "/v1/ask", &token, body)
+                .await
+                .with_context(|| format!("cannot reach the agent at {}", socket.display()))?
+        }
+        (None, Ok(url)) => {
+            let resp = reqwest::Client::new()
+                .post(format!("{}/v1/ask", url.trim_end_matches('/')))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .with_context(|| format!("cannot reach the agent at {url}"))?;
+            let status = resp.status().as_u16();
+            (status, resp.bytes().await.unwrap_or_default().to_vec())
+        }
+        (None, Err(_)) => return Err(not_in_a_step()),
     };
-    let resp = reqwest::Client::new()
-        .post(format!("{}/v1/ask", url.trim_end_matches('/')))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("cannot reach the agent at {url}"))?;
-    let status = resp.status();
-    let answer: serde_json::Value = resp.json().await.unwrap_or_default();
-    if !status.is_success() {
+    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+    if !(200..300).contains(&status) {
         let msg = answer["error"].as_str().unwrap_or("refused").to_owned();
         return Err(CliError::BadInput(format!("orch ask: {msg}")).into());
     }
@@ -206,6 +218,36 @@ pub async fn ask(a: AskArgs) -> Result<ExitCode> {
         answer["note"].as_str().unwrap_or("question recorded")
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn not_in_a_step() -> anyhow::Error {
+    CliError::BadInput(
+        "orch ask works only inside a running step: ORCH_STEP_TOKEN and ORCH_AGENT_SOCKET or ORCH_AGENT_URL are not set".into(),
+    )
+    .into()
+}
+
+/// One JSON POST over HTTP/1.1 on a Unix socket: the status and the body.
+async fn post_unix(
+    socket: &std::path::Path,
+    path: &str,
+    token: &str,
+    body: Vec<u8>,
+) -> Result<(u16, Vec<u8>)> {
+    use http_body_util::{BodyExt, Full};
+    let stream = tokio::net::UnixStream::connect(socket).await?;
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let req = hyper::Request::post(path)
+        .header("host", "agent")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(Full::new(hyper::body::Bytes::from(body)))?;
+    let resp = sender.send_request(req).await?;
+    let status = resp.status().as_u16();
+    let bytes = resp.into_body().collect().await?.to_bytes();
+    Ok((status, bytes.to_vec()))
 }
 
 #[derive(clap::Args)]

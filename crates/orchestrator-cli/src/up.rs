@@ -176,6 +176,11 @@ pub struct AgentOpts {
     /// fails with an error saying so. Default: none (any).
     #[arg(long, value_name = "KIND", env = "ORCH_MIN_SANDBOX", value_parser = SandboxKind::parse)]
     pub min_sandbox: Option<SandboxKind>,
+    /// The most processes and threads one command of a namespace step may
+    /// have at once (its cgroup's pids.max; a fork bomb stops there); 0: no
+    /// limit. Default: 4096.
+    #[arg(long, value_name = "N", env = "ORCH_PIDS_MAX")]
+    pub pids_max: Option<u64>,
     /// The `bwrap` binary of `sandbox: bubblewrap`. Default: `bwrap` in PATH.
     #[arg(long, value_name = "PATH", env = "ORCH_BWRAP")]
     pub bwrap: Option<PathBuf>,
@@ -350,25 +355,30 @@ fn agent_config(
     })
 }
 
-/// The agent's sandbox choices; a default weaker than the floor is refused
-/// rather than silently raised. Backend state (container bundles, runc's
-/// state, extracted images) lives in the data dir's `sandbox/`.
+/// The agent's sandbox choices. An explicit default weaker than the floor is
+/// refused rather than silently raised; the platform's default is raised to
+/// the floor. Backend state (container bundles, runc's state, extracted
+/// images) lives in the data dir's `sandbox/`.
 fn sandbox_config(o: &AgentOpts, data_dir: &Path) -> Result<SandboxConfig, CliError> {
     let mut cfg = SandboxConfig {
+        min: o.min_sandbox,
         bwrap: o.bwrap.clone(),
         container_image: o.container_image.clone(),
         work_dir: Some(data_dir.join("sandbox")),
         ..SandboxConfig::default()
     };
-    if let Some(d) = o.sandbox {
-        cfg.default = d;
+    match (o.sandbox, cfg.min) {
+        (Some(d), Some(min)) if d.strength() < min.strength() => {
+            return Err(CliError::BadInput(format!(
+                "--sandbox {d} is weaker than --min-sandbox {min}; expected --sandbox {min} or stronger"
+            )))
+        }
+        (Some(d), _) => cfg.default = d,
+        (None, Some(min)) if cfg.default.strength() < min.strength() => cfg.default = min,
+        (None, _) => {}
     }
-    cfg.min = o.min_sandbox;
-    if let Some(min) = cfg.min.filter(|m| cfg.default.strength() < m.strength()) {
-        return Err(CliError::BadInput(format!(
-            "--sandbox {} is weaker than --min-sandbox {min}; expected --sandbox {min} or stronger",
-            cfg.default
-        )));
+    if let Some(n) = o.pids_max {
+        cfg.pids_max = Some(n).filter(|&n| n > 0);
     }
     Ok(cfg)
 }
@@ -543,6 +553,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
         gpus: vec![],
         sandbox: None,
         min_sandbox: None,
+        pids_max: None,
         bwrap: None,
         container_image: None,
     };
@@ -652,5 +663,32 @@ mod tests {
             Some(PathBuf::from("/images/base.tar.gz"))
         );
         assert_eq!(cfg.work_dir, Some(PathBuf::from("/data/sandbox")));
+    }
+
+    #[test]
+    fn pids_max_sets_the_agents_limit_and_zero_lifts_it() {
+        let opts = |pids_max| AgentOpts {
+            slots: 1,
+            labels: vec![],
+            name: None,
+            memory: None,
+            gpus: vec![],
+            sandbox: None,
+            min_sandbox: None,
+            pids_max,
+            bwrap: None,
+            container_image: None,
+        };
+        let max = |o| {
+            sandbox_config(&o, Path::new("/data"))
+                .ok()
+                .and_then(|c| c.pids_max)
+        };
+        assert_eq!(
+            max(opts(None)),
+            Some(orchestrator_agent::sandbox::DEFAULT_PIDS_MAX)
+        );
+        assert_eq!(max(opts(Some(64))), Some(64));
+        assert_eq!(max(opts(Some(0))), None);
     }
 }

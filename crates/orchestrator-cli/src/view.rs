@@ -1,7 +1,7 @@
 //! How read commands print: tables for people, `-o json` for programs.
 
 use orchestrator_core::api::{AgentView, RunDetail, RunSummary};
-use orchestrator_core::spec::human_mib;
+use orchestrator_core::spec::{human_mib, SandboxKind};
 use orchestrator_core::Plan;
 use orchestrator_daemon::hooks::HookStatus;
 
@@ -95,9 +95,18 @@ pub fn run(d: &RunDetail) {
     }
     println!();
     println!(
-        "{:<24} {:<17} {:>7} {:>8} {:>12}  {:<13} NEEDS",
-        "STAGE", "STATE", "STEP", "ATTEMPT", "DURATION", "AGENT"
+        "{:<24} {:<17} {:>7} {:>8} {:>12}  {:<13} {:<11} NEEDS",
+        "STAGE", "STATE", "STEP", "ATTEMPT", "DURATION", "AGENT", "SANDBOX"
     );
+    // The sandbox each stage's latest attempt ran in, as its agent reported.
+    let sandbox_of = |stage: &str| {
+        d.jobs
+            .iter()
+            .rev()
+            .filter(|j| j.stage_id == stage)
+            .find_map(|j| j.sandbox)
+    };
+    let mut unisolated = false;
     let critical: std::collections::HashSet<&str> =
         d.plan.critical_path.iter().map(String::as_str).collect();
     for s in &d.stages {
@@ -106,8 +115,16 @@ pub fn run(d: &RunDetail) {
         } else {
             " "
         };
+        let sandbox = match sandbox_of(&s.stage_id) {
+            Some(SandboxKind::Process) => {
+                unisolated = true;
+                "process!".to_owned()
+            }
+            Some(k) => k.to_string(),
+            None => "-".to_owned(),
+        };
         println!(
-            "{mark}{:<23} {:<17} {:>7} {:>8} {:>12}  {:<13} {}",
+            "{mark}{:<23} {:<17} {:>7} {:>8} {:>12}  {:<13} {:<11} {}",
             s.stage_id,
             s.state.as_str(),
             // Steps reached so far: none for a stage that never started.
@@ -123,10 +140,14 @@ pub fn run(d: &RunDetail) {
             s.attempt,
             span(s.started_at_ms, s.ended_at_ms),
             s.agent_id.as_deref().unwrap_or("-"),
+            sandbox,
             s.needs.join(", "),
         );
     }
     println!("(* on the critical path)");
+    if unisolated {
+        println!("(process! ran without isolation: sandbox: process)");
+    }
     let waiting: Vec<_> = d
         .stages
         .iter()

@@ -35,6 +35,8 @@ fn a_failed_stage_waits_across_a_daemon_restart_and_orch_retry_goes_on_from_wher
 name: fix
 stages:
   - id: build
+    # Reads the flag the "fix" makes outside its worktree.
+    sandbox: process
     steps:
       - artifacts: [out.txt]
         commands: [{{argv: [sh, -c, 'echo built > out.txt']}}]

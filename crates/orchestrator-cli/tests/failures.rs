@@ -191,6 +191,8 @@ fn sigterm_to_an_agent_kills_its_running_commands_and_requeues_the_job() {
 name: sleepy
 stages:
   - id: nap
+    # The test watches the command's pids as the host numbers them.
+    sandbox: process
     steps:
       - commands:
           - argv: [sh, -c, 'sleep 60 & echo $$ $! > pids.tmp; mv pids.tmp pids; wait']
@@ -329,6 +331,8 @@ fn cancelling_a_run_kills_its_running_commands_at_once_and_records_it() {
 name: sleepy
 stages:
   - id: nap
+    # The test watches the command's pids as the host numbers them.
+    sandbox: process
     steps:
       - commands:
           - argv: [sh, -c, 'sleep 60 & echo $$ $! > pids.tmp; mv pids.tmp pids; wait']

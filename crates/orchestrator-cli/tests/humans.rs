@@ -199,6 +199,8 @@ fn a_step_asks_a_question_and_runs_again_with_the_answer() {
 name: asking
 stages:
   - id: pick
+    # No network: the question reaches the agent through its socket.
+    sandbox: namespace
     steps:
       - artifacts: [choice.txt]
         commands:

@@ -250,6 +250,8 @@ const LOW_WORKFLOW: &str = r#"
 name: low
 stages:
   - id: grind
+    # Waits for a release file outside its worktree.
+    sandbox: process
     repeat: {max: 4}
     steps:
       - shell: true

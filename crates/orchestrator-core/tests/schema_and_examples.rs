@@ -396,4 +396,5 @@ fn a_stage_chooses_its_sandbox_and_older_payloads_default_to_process() {
     });
     let manifest: Manifest = serde_json::from_value(manifest).unwrap();
     assert_eq!(manifest.sandbox, SandboxKind::Process);
+    assert_eq!(manifest.limits, None, "older bundles recorded no limits");
 }

@@ -252,6 +252,7 @@ async fn fail_a_run(store: &SqliteStore) -> String {
                     checkpoint: None,
                     until_met: None,
                     questions: Vec::new(),
+                    sandbox: None,
                 },
                 claim_next: false,
             },

@@ -72,6 +72,7 @@ async fn done(s: &SqliteStore, agent: &str, job: &ClaimedJob) {
                 checkpoint: None,
                 until_met: None,
                 questions: Vec::new(),
+                sandbox: None,
             },
             claim_next: false,
         },

@@ -33,8 +33,7 @@ pub const DEFAULT_PIDS_MAX: u64 = 4096;
 impl Default for SandboxConfig {
     fn default() -> Self {
         SandboxConfig {
-            // TODO(flip): platform_default() once every test states its sandbox.
-            default: SandboxKind::Process,
+            default: platform_default(),
             min: None,
             pids_max: Some(DEFAULT_PIDS_MAX),
             bwrap: None,
@@ -54,6 +53,12 @@ pub fn platform_default() -> SandboxKind {
 }
 
 impl SandboxConfig {
+    /// Where the agent makes the directory of its step socket (`orch ask`):
+    /// a directory of this user's under the system's temporary directory.
+    pub fn socket_dir(&self) -> std::path::PathBuf {
+        std::env::temp_dir().join(format!("orch-{}", nix::unistd::getuid()))
+    }
+
     /// An agent that runs steps without isolation unless they ask for it.
     pub fn unisolated() -> Self {
         SandboxConfig {

@@ -14,6 +14,12 @@
 //!   Everything else of the host's file system (`/usr`, `/etc`, `/opt`, the
 //!   project's sources outside `.orchestrator`, ...) stays readable.
 //!
+//!   The command is pid 2 under a minimal init (`reaper.rs`). Each command
+//!   gets a cgroup of its own with the step's memory and pids limits
+//!   ([`cgroup`]), and where the kernel has Landlock its writes are
+//!   restricted to the writable directories as well ([`landlock`]); the
+//!   manifest's `limits` records what applied ([`applied`]).
+//!
 //! - [`bubblewrap`]: the same view as `namespace`, built by `bwrap`
 //!   (bubblewrap) around each command.
 //! - [`container`]: each command runs under `runc` in an OCI container
@@ -24,7 +30,8 @@
 //! Whatever the backend, the spawned process leads a process group, so
 //! [`GroupChild`]'s timeout and cancellation (the whole group signalled)
 //! work the same: for `namespace` the group leader is a small reaper whose
-//! death takes the whole pid namespace with it.
+//! death takes the whole pid namespace with it, and the command's cgroup is
+//! emptied and removed when it ends.
 
 use std::io;
 use std::path::PathBuf;
@@ -37,16 +44,28 @@ use crate::exec::GroupChild;
 
 #[cfg(target_os = "linux")]
 mod bubblewrap;
+#[cfg(target_os = "linux")]
+pub mod cgroup;
 mod config;
 #[cfg(target_os = "linux")]
 mod container;
 #[cfg(target_os = "linux")]
+pub mod landlock;
+#[cfg(target_os = "linux")]
+mod limits;
+#[cfg(target_os = "linux")]
 mod namespace;
 mod process;
 #[cfg(target_os = "linux")]
+mod reaper;
+#[cfg(target_os = "linux")]
 mod wrap;
 
+#[cfg(target_os = "linux")]
+pub use cgroup::CommandCgroup;
 pub use config::{platform_default, SandboxConfig, DEFAULT_PIDS_MAX};
+#[cfg(target_os = "linux")]
+pub use limits::{applied, report_at_start};
 
 /// Why a command could not be started in its sandbox.
 #[derive(Debug, thiserror::Error)]
@@ -150,6 +169,8 @@ pub enum Sandbox {
         hidden: Vec<PathBuf>,
         /// Whether the commands keep the host's network.
         network: bool,
+        /// Each command's limits, applied through its own cgroup.
+        limits: Limits,
     },
     /// Bubblewrap; see the module documentation.
     Bubblewrap {
@@ -189,6 +210,7 @@ impl Sandbox {
                 readable: dirs.readable,
                 hidden: dirs.hidden,
                 network: spec.network,
+                limits,
             }),
             #[cfg(target_os = "linux")]
             SandboxKind::Bubblewrap => Ok(Sandbox::Bubblewrap {
@@ -233,7 +255,8 @@ impl Sandbox {
                 readable,
                 hidden,
                 network,
-            } => namespace::spawn(cmd, writable, readable, hidden, *network),
+                limits,
+            } => namespace::spawn(cmd, writable, readable, hidden, *network, *limits),
             #[cfg(target_os = "linux")]
             Sandbox::Bubblewrap {
                 bwrap,

@@ -6,16 +6,17 @@
 //! create user namespaces.
 //!
 //! The process the agent spawns (the *reaper*) leads the command's process
-//! group. Between fork and exec it unshares the namespaces, maps the agent's
-//! uid and gid to root inside (with `setgroups` denied), forks again and
-//! then only waits: it closes every descriptor, waits for its child and exits
-//! with the child's status (re-raising its signal). The child is pid 1 of the
+//! group. Between fork and exec it first joins the command's cgroup (when
+//! there is one, see [`super::cgroup`]), unshares the namespaces, maps the
+//! agent's uid and gid to root inside (with `setgroups` denied), forks again
+//! and then only waits (see [`super::reaper`]). Its child is pid 1 of the
 //! new pid namespace; it dies with a SIGKILL when the reaper dies
 //! (`PR_SET_PDEATHSIG`), and when it dies the kernel kills everything else in
 //! the namespace. So signalling the group (timeout, cancellation, the agent
 //! dropping the command) takes the whole sandbox down.
 //!
-//! The child then builds its view of the file system before `exec`:
+//! Pid 1 builds the command's view of the file system, then forks the
+//! command (pid 2) and stays as the namespace's init. The view:
 //! mount propagation made private; the writable directories cloned as
 //! detached mounts (`open_tree`); the whole tree made read-only
 //! (`mount_setattr`, recursive); the read-only directories cloned the same
@@ -23,7 +24,9 @@
 //! the clones moved back at their own paths (`move_mount`); a fresh
 //! `/proc`; loopback brought up when there is no network. Last it enters a
 //! nested user and mount namespace, which locks every mount (see
-//! [`lock_mounts`]), and enters the working directory again.
+//! [`lock_mounts`]), and enters the working directory again. The command,
+//! last, restricts itself with Landlock where the kernel has it (see
+//! [`super::landlock`]) and execs.
 //!
 //! Everything the children need (paths as C strings, the id maps) is
 //! computed before forking: between fork and exec only async-signal-safe
@@ -39,12 +42,19 @@ use std::path::{Path, PathBuf};
 use nix::libc::{self, c_int, c_long};
 use tokio::process::Command;
 
-use super::{namespace_steps, SandboxError};
+use super::cgroup::{self, CommandCgroup};
+use super::landlock::Rules;
+use super::reaper::{init, reap};
+use super::{namespace_steps, Limits, SandboxError};
 use crate::exec::GroupChild;
 
 /// Directories hidden behind an empty tmpfs (when they exist): the host's
 /// temporary files, homes and runtime sockets.
 const HIDDEN: &[&str] = &["/tmp", "/var/tmp", "/root", "/home", "/run", "/dev/shm"];
+
+/// Writable for Landlock besides the bound and hidden directories: devices
+/// (`/dev/null`, a terminal) and the sandbox's own `/proc`.
+const LANDLOCK_WRITABLE: &[&str] = &["/dev", "/proc"];
 
 /// The most writable directories a sandbox binds (the worktree, the bundle).
 const MAX_BINDS: usize = 4;
@@ -63,6 +73,9 @@ const STEPS: &[&str] = &[
     "entering the working directory",
     "bringing up loopback",
     "locking the mounts (nested user namespace)",
+    "joining the command's cgroup",
+    "forking the command",
+    "restricting writes with Landlock",
 ];
 const S_UNSHARE: u8 = 0;
 const S_IDMAP: u8 = 1;
@@ -76,6 +89,9 @@ const S_PROC: u8 = 8;
 const S_CHDIR: u8 = 9;
 const S_LOOPBACK: u8 = 10;
 const S_LOCK: u8 = 11;
+const S_CGROUP: u8 = 12;
+const S_COMMAND: u8 = 13;
+const S_LANDLOCK: u8 = 14;
 
 /// Kernel ABI values the libc crate may not carry.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
@@ -118,6 +134,9 @@ struct Plan {
     cwd: Option<CString>,
     network: bool,
     report: RawFd,
+    /// The command cgroup's `cgroup.procs`, open for writing.
+    cgroup: Vec<RawFd>,
+    landlock: Option<Rules>,
 }
 
 fn cstring(path: &Path) -> Result<CString, SandboxError> {
@@ -194,10 +213,7 @@ impl Plan {
             empty: literal(""),
             tmpfs: literal("tmpfs"),
             tmpfs_opts: literal("mode=1777"),
-            hidden: hide
-                .into_iter()
-                .map(|p| cstring(p))
-                .collect::<Result<_, _>>()?,
+            hidden: hide.iter().map(|p| cstring(p)).collect::<Result<_, _>>()?,
             writable: writable
                 .iter()
                 .map(|p| cstring(p))
@@ -210,9 +226,18 @@ impl Plan {
                 .iter()
                 .map(|p| cstring(p))
                 .collect::<Result<_, _>>()?,
+            landlock: Rules::new(
+                writable
+                    .iter()
+                    .chain(hide.iter().copied())
+                    .map(|p| cstring(p))
+                    .chain(LANDLOCK_WRITABLE.iter().map(|p| Ok(literal(p))))
+                    .collect::<Result<_, _>>()?,
+            ),
             cwd: cwd.map(cstring).transpose()?,
             network,
             report,
+            cgroup: Vec::new(),
         })
     }
 }
@@ -224,13 +249,15 @@ pub(super) fn spawn(
     readable: &[PathBuf],
     hidden: &[PathBuf],
     network: bool,
+    limits: Limits,
 ) -> Result<GroupChild, SandboxError> {
+    let cgroup = command_cgroup(limits)?;
     let (mut reader, writer) = io::pipe().map_err(|source| SandboxError::Setup {
         step: "opening the report pipe",
         source,
     })?;
     let cwd = cmd.as_std().get_current_dir().map(Path::to_owned);
-    let plan = Plan::new(
+    let mut plan = Plan::new(
         cwd.as_deref(),
         writable,
         readable,
@@ -238,6 +265,9 @@ pub(super) fn spawn(
         network,
         writer.as_raw_fd(),
     )?;
+    if let Some(cg) = &cgroup {
+        plan.cgroup = cg.join_fds();
+    }
     // SAFETY: the closure runs in the forked child before exec. It only
     // reads `plan` (built before forking) and makes async-signal-safe
     // system calls: no allocation, no lock, no panic.
@@ -261,13 +291,35 @@ pub(super) fn spawn(
             source: io::Error::from_raw_os_error(errno),
         });
     }
-    spawned.map_err(SandboxError::Spawn)
+    let spawned = spawned.map_err(SandboxError::Spawn)?;
+    Ok(match cgroup {
+        Some(cg) => spawned.with_cgroup(cg),
+        None => spawned,
+    })
+}
+
+/// A fresh cgroup for the command, when this agent can make them (why it
+/// cannot was logged when the agent started).
+fn command_cgroup(limits: Limits) -> Result<Option<CommandCgroup>, SandboxError> {
+    let Ok(root) = cgroup::probe() else {
+        return Ok(None);
+    };
+    root.create(limits)
+        .map(Some)
+        .map_err(|e| SandboxError::Setup {
+            step: "creating the command's cgroup",
+            source: e.into(),
+        })
 }
 
 /// Reports that `step` failed with the current errno and returns the error
 /// for std to report too. Async-signal-safe.
 fn fail(plan: &Plan, step: u8) -> io::Error {
-    let err = io::Error::last_os_error();
+    report(plan, step, io::Error::last_os_error())
+}
+
+/// Reports that `step` failed with `err`. Async-signal-safe.
+fn report(plan: &Plan, step: u8, err: io::Error) -> io::Error {
     let errno = err.raw_os_error().unwrap_or(libc::EINVAL);
     let e = errno.to_le_bytes();
     let msg = [step, e[0], e[1], e[2], e[3]];
@@ -301,25 +353,35 @@ unsafe fn write_file(path: &CString, data: &[u8]) -> c_long {
     }
 }
 
-/// Runs in the child std forked, before exec: enters the namespaces, forks
-/// the namespace's first process (which returns to exec the command) and
-/// turns itself into the reaper (which never returns).
+/// Runs in the child std forked, before exec: joins the cgroup, enters the
+/// namespaces, forks the namespace's first process and turns itself into
+/// the reaper (which never returns). That first process sets up the mounts,
+/// forks the command (which returns to exec) and becomes its init.
 fn enter(plan: &Plan) -> io::Result<()> {
     // SAFETY: raw system calls on data prepared before the fork.
     unsafe {
+        // First, so that every process of the command is inside.
+        cgroup::join(&plan.cgroup).map_err(|e| report(plan, S_CGROUP, e))?;
         check(plan, S_UNSHARE, c_long::from(libc::unshare(plan.flags)))?;
         // `setgroups` must be denied before an unprivileged gid map.
         check(plan, S_IDMAP, write_file(&plan.setgroups, b"deny"))?;
         check(plan, S_IDMAP, write_file(&plan.uid_map, &plan.uid_line))?;
         check(plan, S_IDMAP, write_file(&plan.gid_map, &plan.gid_line))?;
-        // A raw clone, not libc's fork: fork's atfork handlers may take
-        // locks another thread of the agent held when std forked.
-        let pid = libc::syscall(libc::SYS_clone, c_long::from(libc::SIGCHLD), 0, 0, 0, 0);
+        // How the command ended, from init to the reaper.
+        let mut status: [c_int; 2] = [-1; 2];
+        check(
+            plan,
+            S_FORK,
+            c_long::from(libc::pipe2(status.as_mut_ptr(), libc::O_CLOEXEC)),
+        )?;
+        let pid = fork();
         check(plan, S_FORK, pid)?;
         if pid > 0 {
+            libc::close(status[1]);
             // The pid fits: the kernel's pids are `pid_t`.
-            reap(pid as libc::pid_t);
+            reap(pid as libc::pid_t, status[0]);
         }
+        libc::close(status[0]);
         // The namespace's pid 1: die when the reaper dies.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         setup_mounts(plan)?;
@@ -330,8 +392,23 @@ fn enter(plan: &Plan) -> io::Result<()> {
         if let Some(cwd) = &plan.cwd {
             check(plan, S_CHDIR, c_long::from(libc::chdir(cwd.as_ptr())))?;
         }
+        let command = fork();
+        check(plan, S_COMMAND, command)?;
+        if command > 0 {
+            init(command as libc::pid_t, status[1]);
+        }
+        libc::close(status[1]);
+        if let Some(rules) = &plan.landlock {
+            rules.apply().map_err(|e| report(plan, S_LANDLOCK, e))?;
+        }
     }
     Ok(())
+}
+
+/// A raw clone, not libc's fork: fork's atfork handlers may take locks
+/// another thread of the agent held when std forked.
+unsafe fn fork() -> c_long {
+    libc::syscall(libc::SYS_clone, c_long::from(libc::SIGCHLD), 0, 0, 0, 0)
 }
 
 /// Moves into a nested user and mount namespace. The mounts copied into it
@@ -460,45 +537,4 @@ unsafe fn loopback_up(plan: &Plan) -> io::Result<()> {
     let result = check(plan, S_LOOPBACK, c_long::from(rc));
     libc::close(sock);
     result
-}
-
-/// The reaper: closes every descriptor (the report pipe, std's exec pipe,
-/// the log files), waits for the namespace's first process and exits as it
-/// did. Async-signal-safe; never returns.
-unsafe fn reap(child: libc::pid_t) -> ! {
-    // The agent's signal handlers were inherited by the fork: the group's
-    // SIGTERM must end the reaper (and with it the namespace).
-    for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGQUIT] {
-        libc::signal(sig, libc::SIG_DFL);
-    }
-    if libc::syscall(libc::SYS_close_range, 0, libc::c_uint::MAX, 0) < 0 {
-        // No close_range (before Linux 5.9): close them one by one, or the
-        // agent would wait on the report pipe for as long as the command runs.
-        for fd in 0..65_536 {
-            libc::close(fd);
-        }
-    }
-    let mut status: c_int = 0;
-    loop {
-        let r = libc::waitpid(child, &mut status, 0);
-        if r == child {
-            break;
-        }
-        if r < 0 && *libc::__errno_location() != libc::EINTR {
-            libc::_exit(127);
-        }
-    }
-    if libc::WIFEXITED(status) {
-        libc::_exit(libc::WEXITSTATUS(status));
-    }
-    let sig = libc::WTERMSIG(status);
-    // Die of the same signal, without a core dump of the reaper.
-    let no_core = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    libc::setrlimit(libc::RLIMIT_CORE, &no_core);
-    libc::signal(sig, libc::SIG_DFL);
-    libc::kill(libc::getpid(), sig);
-    libc::_exit(128 + sig)
 }

@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 use super::prepare::Prepared;
 use super::{fmt_ms, millis, CancelReason, Failure, Recorder};
 use crate::bundle::{self, Bundle};
-use crate::exec::{EndReason, Ended};
+use crate::exec::{CgroupEnd, EndReason, Ended};
 use crate::sandbox::{Sandbox, SandboxError};
 
 /// What every command of a step shares: where it logs, its environment and
@@ -255,14 +255,27 @@ pub(super) fn judge(
             Some(Limit::Command(t)) => format!("{} timed out after {}", cmd.label, fmt_ms(t)),
             None => format!("{} timed out", cmd.label),
         },
+        // The kernel counted it: a process of the command went over the
+        // memory limit (or the machine ran out). Whichever process it took,
+        // the command's own status shows only the aftermath, even success
+        // (a shell that went on after its child was killed).
+        EndReason::Exited if ended.cgroup.is_some_and(|c| c.oom_kills > 0) => {
+            return Some(Failure::infra(out_of_memory(cmd, ended.cgroup)));
+        }
         EndReason::Exited if status.success() => return None,
-        // Nothing here sent it: the kernel's out-of-memory killer (or an
-        // operator) took the machine's memory back. Not the step's fault.
+        // Nothing here sent it: without a cgroup to ask, most likely the
+        // kernel's out-of-memory killer took the machine's memory back. Not
+        // the step's fault either way.
         EndReason::Exited if status.signal() == Some(Signal::SIGKILL as i32) => {
+            let why = if ended.cgroup.is_some() {
+                "not the out-of-memory killer (the command's cgroup counted no out-of-memory kill): an operator or another program"
+            } else {
+                "most likely the kernel's out-of-memory killer (resource exhaustion)"
+            };
             return Some(Failure::infra(format!(
-                "{} was killed by signal 9 (SIGKILL) from outside the step: most likely the kernel's out-of-memory killer (resource exhaustion)",
+                "{} was killed by signal 9 (SIGKILL) from outside the step: {why}",
                 cmd.label
-            )))
+            )));
         }
         EndReason::Exited => match (status.code(), status.signal()) {
             (Some(code), _) => format!("{} exited with code {code}", cmd.label),
@@ -275,6 +288,27 @@ pub(super) fn judge(
         },
     };
     Some(Failure::task(message))
+}
+
+/// The message of a command the out-of-memory killer ended.
+fn out_of_memory(cmd: &Prepared<'_>, cgroup: Option<CgroupEnd>) -> String {
+    match cgroup
+        .filter(|c| c.hit_memory_limit)
+        .and_then(|c| c.memory_limit_mb)
+    {
+        Some(mb) => format!(
+            "out of memory: {} was killed by the kernel because the step's commands used more than their memory limit of {mb} MiB (the stage's resources.memory); raise resources.memory",
+            cmd.label
+        ),
+        None => format!(
+            "out of memory: {} was killed by the kernel's out-of-memory killer: the machine ran out of memory{}",
+            cmd.label,
+            match cgroup.and_then(|c| c.memory_limit_mb) {
+                Some(mb) => format!(" before the step's commands reached their memory limit of {mb} MiB (other processes of the machine used more than the scheduler granted them)"),
+                None => " (the stage declares no resources.memory; declaring it reserves memory for the step)".to_owned(),
+            }
+        ),
+    }
 }
 
 /// A command that could not start. A missing or non-executable program is the

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use orchestrator_core::api::{ClaimedJob, CommandRecord, Manifest, StepOutcome};
+use orchestrator_core::api::{AppliedLimits, ClaimedJob, CommandRecord, Manifest, StepOutcome};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::spec::{DurationSpec, SandboxKind};
 use tokio::time::Instant;
@@ -149,6 +149,12 @@ pub async fn run_step_with(
     ];
     if let (Some(asks), Some(ask)) = (&ctx.asks, &ask) {
         orch_env.push(("ORCH_AGENT_URL".into(), asks.url().to_owned()));
+        if let Some(socket) = asks.socket() {
+            orch_env.push((
+                "ORCH_AGENT_SOCKET".into(),
+                socket.to_string_lossy().into_owned(),
+            ));
+        }
         orch_env.push(("ORCH_STEP_TOKEN".into(), ask.token.clone()));
     }
     orch_env.extend(spec.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -157,7 +163,14 @@ pub async fn run_step_with(
     orch_env.extend(granted.set);
     let dirs = Dirs {
         writable: vec![workdir.clone(), bundle.dir().to_owned()],
-        readable: vec![project.join(".git")],
+        // The step socket's directory: `orch ask` works without network.
+        readable: std::iter::once(project.join(".git"))
+            .chain(
+                ctx.asks
+                    .as_ref()
+                    .and_then(|a| a.socket()?.parent().map(Path::to_owned)),
+            )
+            .collect(),
         hidden: vec![project.join(".orchestrator")],
         project: Some(project.clone()),
     };
@@ -175,6 +188,10 @@ pub async fn run_step_with(
         }
     };
     rec.sandbox = sandbox.kind();
+    #[cfg(target_os = "linux")]
+    {
+        rec.limits = crate::sandbox::applied(&sandbox);
+    }
     let runner = Runner::new(
         &bundle,
         &cancel,
@@ -200,7 +217,11 @@ pub async fn run_step_with(
             }
             Ok(check) => match runner.run_one(spec.commands.len(), &check, &mut rec).await {
                 Err(f) => failure = Some(f),
-                Ok((ended, _)) if ended.reason == EndReason::Exited => {
+                // An out-of-memory kill is a failure, not an answer.
+                Ok((ended, _))
+                    if ended.reason == EndReason::Exited
+                        && ended.cgroup.is_none_or(|c| c.oom_kills == 0) =>
+                {
                     until_met = Some(ended.status.success())
                 }
                 Ok((ended, limit)) => failure = judge(&check, ended, limit, &ctx.cancel_reason),
@@ -261,6 +282,8 @@ pub(crate) struct Recorder<'a> {
     exit_codes: Vec<Option<i32>>,
     /// The backend the commands run in, once chosen.
     sandbox: SandboxKind,
+    /// What that backend enforces on each command.
+    limits: Option<AppliedLimits>,
 }
 
 impl<'a> Recorder<'a> {
@@ -274,6 +297,7 @@ impl<'a> Recorder<'a> {
             commands: Vec::new(),
             exit_codes: Vec::new(),
             sandbox: job.spec.sandbox.kind.unwrap_or(ctx.sandbox.default),
+            limits: None,
         }
     }
 
@@ -296,6 +320,7 @@ impl<'a> Recorder<'a> {
             checkpoint: None,
             until_met: None,
             questions: Vec::new(),
+            sandbox: Some(self.sandbox),
         }
     }
 
@@ -347,6 +372,7 @@ impl<'a> Recorder<'a> {
             error_class: failure.as_ref().map(|f| f.class),
             commands: std::mem::take(&mut self.commands),
             sandbox: self.sandbox,
+            limits: self.limits.take(),
         };
         let written = bundle.write_manifest(&manifest).await;
         let bytes = written.as_ref().ok().cloned();

@@ -117,6 +117,9 @@ pub struct JobView {
     pub exit_codes: Vec<Option<i32>>,
     pub error: Option<String>,
     pub error_class: Option<ErrorClass>,
+    /// The sandbox its commands ran in, as its agent reported it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::spec::SandboxKind>,
     /// Path of the bundle directory, relative to the project directory.
     pub bundle: Option<String>,
     pub created_at_ms: i64,
@@ -420,6 +423,9 @@ pub struct StepOutcome {
     /// Questions the step asked (`orch ask`): the stage waits for an answer.
     #[serde(default)]
     pub questions: Vec<Ask>,
+    /// The sandbox the commands ran in (None from older agents).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sandbox: Option<crate::spec::SandboxKind>,
 }
 
 /// The answer to a completion.
@@ -453,6 +459,32 @@ pub struct Manifest {
     /// The isolation the commands ran under (`process` in older bundles).
     #[serde(default = "older_sandbox")]
     pub sandbox: crate::spec::SandboxKind,
+    /// The limits and restrictions the sandbox applied to each command;
+    /// None for a sandbox that applies none (`process`) and in older bundles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<AppliedLimits>,
+}
+
+/// What a sandbox enforced on each command of a step, beyond its isolation.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedLimits {
+    /// The memory limit of each command's cgroup, in MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mb: Option<u64>,
+    /// The most processes and threads of each command's cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pids: Option<u64>,
+    /// The cgroup interface the limits went through (`v1`, `v2`); None:
+    /// the commands ran without a cgroup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// Whether writes outside the sandbox's writable directories were also
+    /// refused by Landlock.
+    #[serde(default)]
+    pub landlock: bool,
+    /// What was asked but not applied, and why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// What a bundle written before sandboxes existed ran under.

@@ -458,8 +458,8 @@ pub fn complete(
     let exit_codes =
         serde_json::to_string(&o.exit_codes).map_err(|e| StoreError::Database(e.to_string()))?;
     ctx.conn
-        .prepare_cached("UPDATE jobs SET exit_codes = ?2, error = ?3, error_class = ?4, bundle = ?5 WHERE id = ?1")?
-        .execute(params![job_id, exit_codes, o.error, o.error_class.map(|c| c.as_str()), o.bundle])?;
+        .prepare_cached("UPDATE jobs SET exit_codes = ?2, error = ?3, error_class = ?4, bundle = ?5, sandbox = ?6 WHERE id = ?1")?
+        .execute(params![job_id, exit_codes, o.error, o.error_class.map(|c| c.as_str()), o.bundle, o.sandbox.map(|k| k.as_str())])?;
     let reason = match (&o.error, o.success) {
         (_, true) => format!("step {step} succeeded in {} ms", o.duration_ms),
         (Some(e), false) => e.clone(),

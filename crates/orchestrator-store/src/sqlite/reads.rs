@@ -3,6 +3,7 @@
 
 use orchestrator_core::api::{AgentView, JobView, RunDetail, RunSummary, StageView};
 use orchestrator_core::error::ErrorClass;
+use orchestrator_core::spec::SandboxKind;
 use orchestrator_core::{Entity, JobState, RunState, StageState, Transition, Workflow};
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
@@ -134,7 +135,7 @@ pub fn run_detail(conn: &Connection, id: &str) -> Result<RunDetail> {
     let jobs = conn
         .prepare_cached(
             "SELECT id, run_id, stage_id, step, attempt, state, agent_id, exit_codes, error, error_class, bundle,
-                    created_at, started_at, ended_at
+                    created_at, started_at, ended_at, sandbox
              FROM jobs WHERE run_id = ?1 ORDER BY id",
         )?
         .query_map([&id], job_view)?
@@ -153,6 +154,7 @@ fn job_view(r: &Row<'_>) -> rusqlite::Result<JobView> {
     let state: String = r.get(5)?;
     let codes: Option<String> = r.get(7)?;
     let class: Option<String> = r.get(9)?;
+    let sandbox: Option<String> = r.get(14)?;
     Ok(JobView {
         id: r.get(0)?,
         run_id: r.get(1)?,
@@ -166,6 +168,7 @@ fn job_view(r: &Row<'_>) -> rusqlite::Result<JobView> {
             .unwrap_or_default(),
         error: r.get(8)?,
         error_class: class.and_then(|c| ErrorClass::parse(&c)),
+        sandbox: sandbox.and_then(|k| SandboxKind::parse(&k).ok()),
         bundle: r.get(10)?,
         created_at_ms: r.get(11)?,
         started_at_ms: r.get(12)?,

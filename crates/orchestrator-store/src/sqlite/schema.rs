@@ -214,6 +214,10 @@ ALTER TABLE runs DROP COLUMN spec;
 ALTER TABLE stage_runs ADD COLUMN retry_at INTEGER;
 CREATE INDEX stage_runs_retry ON stage_runs(retry_at) WHERE state = 'retrying';
 "#,
+    // 7: the sandbox a job's commands ran in, as its agent reported it.
+    r#"
+ALTER TABLE jobs ADD COLUMN sandbox TEXT;
+"#,
 ];
 
 /// Connection settings every connection gets.

@@ -62,6 +62,7 @@ pub fn outcome(success: bool, class: Option<ErrorClass>) -> StepOutcome {
         checkpoint: None,
         until_met: None,
         questions: Vec::new(),
+        sandbox: None,
     }
 }
 

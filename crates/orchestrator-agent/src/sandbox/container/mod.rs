@@ -132,6 +132,20 @@ impl Container {
         })
     }
 
+    /// What runc enforces in each command's cgroup, for the manifest.
+    pub fn applied(&self) -> orchestrator_core::api::AppliedLimits {
+        // runc uses cgroup v2 exactly when /sys/fs/cgroup is the unified
+        // hierarchy, whose root alone has cgroup.controllers.
+        let v2 = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+        orchestrator_core::api::AppliedLimits {
+            memory_mb: self.limits.memory_mb,
+            pids: self.limits.pids,
+            cgroup: Some(if v2 { "v2" } else { "v1" }.to_owned()),
+            landlock: false,
+            note: None,
+        }
+    }
+
     /// Spawns `cmd` in a new container; see the module documentation.
     pub fn spawn(&self, cmd: &mut Command) -> Result<GroupChild, SandboxError> {
         static NEXT: AtomicU64 = AtomicU64::new(0);
