@@ -467,6 +467,7 @@ async fn per_command_cost_of_each_sandbox() {
         writable: vec![p.worktree()],
         readable: vec![p.root().join(".git")],
         hidden: vec![p.root().join(".orchestrator")],
+        project: None,
     };
     let limits = Limits {
         memory_mb: Some(512),

@@ -80,6 +80,11 @@ pub struct BenchArgs {
     /// What the sandbox workload's `vm` steps boot.
     #[command(flatten)]
     pub vm: Box<crate::up::VmOpts>,
+    /// The image the sandbox workload's `container` steps run in (a root
+    /// file system directory or tarball); without it `container` is
+    /// reported unavailable.
+    #[arg(long, value_name = "PATH", env = "ORCH_CONTAINER_IMAGE")]
+    pub container_image: Option<std::path::PathBuf>,
     /// Milliseconds between the sched workload's pre-emption passes, as
     /// the daemon's tick; 0 runs none.
     #[arg(long, default_value_t = 250)]
@@ -313,13 +318,13 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
         None
     };
     let sandbox_rows = if a.workloads.iter().any(|w| w == "sandbox") {
-        {
-            let cfg = SandboxConfig {
-                vm: crate::up::vm_config(&a.vm),
-                ..SandboxConfig::default()
-            };
-            crate::bench_sandbox::run(a.sandbox_steps, cfg, &root).await?
-        }
+        let cfg = SandboxConfig {
+            vm: crate::up::vm_config(&a.vm),
+            container_image: a.container_image.clone(),
+            work_dir: Some(root.join("sandbox-state")),
+            ..SandboxConfig::default()
+        };
+        crate::bench_sandbox::run(a.sandbox_steps, cfg, &root).await?
     } else {
         Vec::new()
     };
@@ -377,6 +382,8 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
         min_sandbox: None,
         pids_max: None,
         vm: Default::default(),
+        bwrap: None,
+        container_image: None,
     };
     let embedded = crate::up::Embedded::start(&data, agent, false).await?;
     let client = &embedded.client;

@@ -181,6 +181,13 @@ pub struct AgentOpts {
     /// limit. Default: 4096.
     #[arg(long, value_name = "N", env = "ORCH_PIDS_MAX")]
     pub pids_max: Option<u64>,
+    /// The `bwrap` binary of `sandbox: bubblewrap`. Default: `bwrap` in PATH.
+    #[arg(long, value_name = "PATH", env = "ORCH_BWRAP")]
+    pub bwrap: Option<PathBuf>,
+    /// The root file system of a `sandbox: container` stage that names no
+    /// `image`: a directory, or a .tar, .tar.gz or .tgz of one.
+    #[arg(long, value_name = "PATH", env = "ORCH_CONTAINER_IMAGE")]
+    pub container_image: Option<PathBuf>,
     /// Boxed: the flags would make every subcommand as large.
     #[command(flatten)]
     pub vm: Box<VmOpts>,
@@ -359,6 +366,7 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
 
 fn agent_config(
     o: &AgentOpts,
+    data_dir: &Path,
     server: String,
     token: String,
     default_name: String,
@@ -372,16 +380,20 @@ fn agent_config(
         hostname: Some(hostname()),
         memory_mb: o.memory.map(SizeSpec::as_mib),
         gpus: declared_gpus(&o.gpus)?,
-        sandbox: sandbox_config(o)?,
+        sandbox: sandbox_config(o, data_dir)?,
     })
 }
 
 /// The agent's sandbox choices. An explicit default weaker than the floor is
 /// refused rather than silently raised; the platform's default is raised to
-/// the floor.
-fn sandbox_config(o: &AgentOpts) -> Result<SandboxConfig, CliError> {
+/// the floor. Backend state (container bundles, runc's state, extracted
+/// images) lives in the data dir's `sandbox/`.
+fn sandbox_config(o: &AgentOpts, data_dir: &Path) -> Result<SandboxConfig, CliError> {
     let mut cfg = SandboxConfig {
         min: o.min_sandbox,
+        bwrap: o.bwrap.clone(),
+        container_image: o.container_image.clone(),
+        work_dir: Some(data_dir.join("sandbox")),
         ..SandboxConfig::default()
     };
     match (o.sandbox, cfg.min) {
@@ -436,6 +448,7 @@ async fn run_up(
     let agent_stop = CancellationToken::new();
     let cfg = agent_config(
         &a.agent,
+        data_dir,
         url,
         tokens.agent[0].clone(),
         format!("{}-local", hostname()),
@@ -503,7 +516,7 @@ pub async fn agent(a: AgentArgs, server: Option<String>, data_dir: &Path) -> Res
         let _ = signals().await;
         s.cancel();
     });
-    let cfg = agent_config(&a.agent, server, token, hostname())?;
+    let cfg = agent_config(&a.agent, data_dir, server, token, hostname())?;
     run_agent(cfg, stop).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -585,6 +598,8 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
         min_sandbox: None,
         pids_max: None,
         vm: Default::default(),
+        bwrap: None,
+        container_image: None,
     };
     // The demo's own project: a fresh repository, so its run's branch and
     // worktree land there and not in whatever directory the demo ran from.
@@ -667,6 +682,33 @@ mod tests {
         assert!(declared_gpus(&[GpuDecl::None, m(24)]).is_err());
     }
 
+    #[derive(clap::Parser)]
+    struct Agent {
+        #[command(flatten)]
+        opts: AgentOpts,
+    }
+
+    #[test]
+    fn wrapper_backends_take_their_paths_from_flags_and_state_the_data_dir() {
+        use clap::Parser;
+        let a = Agent::parse_from([
+            "orch",
+            "--bwrap",
+            "/opt/bwrap",
+            "--container-image",
+            "/images/base.tar.gz",
+        ]);
+        let cfg = sandbox_config(&a.opts, Path::new("/data"))
+            .ok()
+            .unwrap_or_default();
+        assert_eq!(cfg.bwrap, Some(PathBuf::from("/opt/bwrap")));
+        assert_eq!(
+            cfg.container_image,
+            Some(PathBuf::from("/images/base.tar.gz"))
+        );
+        assert_eq!(cfg.work_dir, Some(PathBuf::from("/data/sandbox")));
+    }
+
     #[test]
     fn pids_max_sets_the_agents_limit_and_zero_lifts_it() {
         let opts = |pids_max| AgentOpts {
@@ -679,8 +721,14 @@ mod tests {
             min_sandbox: None,
             pids_max,
             vm: Default::default(),
+            bwrap: None,
+            container_image: None,
         };
-        let max = |o| sandbox_config(&o).ok().and_then(|c| c.pids_max);
+        let max = |o| {
+            sandbox_config(&o, Path::new("/data"))
+                .ok()
+                .and_then(|c| c.pids_max)
+        };
         assert_eq!(
             max(opts(None)),
             Some(orchestrator_agent::sandbox::DEFAULT_PIDS_MAX)
@@ -714,7 +762,7 @@ mod tests {
             "/q",
         ])
         .unwrap();
-        let cfg = sandbox_config(&o.agent).unwrap();
+        let cfg = sandbox_config(&o.agent, Path::new("/data")).unwrap();
         assert_eq!(
             cfg.vm,
             VmConfig {

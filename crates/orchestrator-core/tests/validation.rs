@@ -1370,3 +1370,25 @@ fn secret_names_must_be_variable_names_each_once_and_not_the_agents() {
     );
     assert_eq!(ok.stages[0].secrets, ["API_KEY"]);
 }
+
+#[test]
+fn an_image_needs_the_container_sandbox() {
+    let text = yaml(
+        r#"
+        name: img
+        stages:
+          - id: build
+            sandbox: namespace
+            image: images/rootfs.tar.gz
+            steps:
+              - commands:
+                  - argv: [make]
+        "#,
+    );
+    let err = the_error(&text);
+    assert_eq!(err.field, "stages[0].image", "{err}");
+    assert_mentions(&err, &["\"build\"", "namespace", "sandbox: container"]);
+    for ok in ["sandbox: container\n    ", ""] {
+        parses(&text.replace("sandbox: namespace\n    ", ok));
+    }
+}

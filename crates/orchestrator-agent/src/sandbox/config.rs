@@ -2,6 +2,8 @@
 //! that choose none, the weakest one it agrees to run, and what each backend
 //! needs from the machine.
 
+use std::path::PathBuf;
+
 use orchestrator_core::spec::SandboxKind;
 
 use super::VmConfig;
@@ -19,6 +21,14 @@ pub struct SandboxConfig {
     pub pids_max: Option<u64>,
     /// What the vm backend boots.
     pub vm: VmConfig,
+    /// The `bwrap` binary of the bubblewrap backend; None: `bwrap` in PATH.
+    pub bwrap: Option<PathBuf>,
+    /// The container backend's image for stages that name none: a root
+    /// file system directory or a tarball of one.
+    pub container_image: Option<PathBuf>,
+    /// The agent's directory for backend state (runc's state, container
+    /// bundles, extracted images); the container backend needs it.
+    pub work_dir: Option<PathBuf>,
 }
 
 /// The default of [`SandboxConfig::pids_max`].
@@ -31,6 +41,9 @@ impl Default for SandboxConfig {
             min: None,
             pids_max: Some(DEFAULT_PIDS_MAX),
             vm: VmConfig::default(),
+            bwrap: None,
+            container_image: None,
+            work_dir: None,
         }
     }
 }

@@ -29,6 +29,7 @@ pub fn applied(sandbox: &Sandbox) -> Option<AppliedLimits> {
     let limits = match sandbox {
         Sandbox::Namespace { limits, .. } => limits,
         Sandbox::Vm(vm) => return Some(vm.applied()),
+        Sandbox::Container(c) => return Some(c.applied()),
         _ => return None,
     };
     let landlock = landlock::abi().is_some();

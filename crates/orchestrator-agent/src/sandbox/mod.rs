@@ -23,6 +23,13 @@
 //!   disk (a qcow2 overlay kept at each checkpoint, discarded on failure);
 //!   the worktree and bundle are shared over 9p; see the module.
 //!
+//! - [`bubblewrap`]: the same view as `namespace`, built by `bwrap`
+//!   (bubblewrap) around each command.
+//! - [`container`]: each command runs under `runc` in an OCI container
+//!   whose read-only root file system is the stage's `image` (a directory or
+//!   a tarball), with the worktree and the bundle bound writable, no network
+//!   unless allowed, and the step's memory and pids limits in its cgroup.
+//!
 //! Whatever the backend, the spawned process leads a process group, so
 //! [`GroupChild`]'s timeout and cancellation (the whole group signalled)
 //! work the same: for `namespace` the group leader is a small reaper whose
@@ -40,8 +47,12 @@ use tokio::process::Command;
 use crate::exec::GroupChild;
 
 #[cfg(target_os = "linux")]
+mod bubblewrap;
+#[cfg(target_os = "linux")]
 pub mod cgroup;
 mod config;
+#[cfg(target_os = "linux")]
+mod container;
 #[cfg(target_os = "linux")]
 pub mod landlock;
 #[cfg(target_os = "linux")]
@@ -52,6 +63,8 @@ mod process;
 #[cfg(target_os = "linux")]
 mod reaper;
 mod vm;
+#[cfg(target_os = "linux")]
+mod wrap;
 
 #[cfg(target_os = "linux")]
 pub use cgroup::CommandCgroup;
@@ -92,6 +105,17 @@ pub enum SandboxError {
     /// The vm backend could not prepare or start the step's VM.
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// A wrapper backend (bubblewrap, container) could not set up.
+    #[error("the {kind} sandbox could not be set up: {what}: {source}")]
+    Backend {
+        kind: SandboxKind,
+        what: String,
+        #[source]
+        source: io::Error,
+    },
+    /// The stage's container image cannot be used.
+    #[error("the stage's image {image:?} cannot be used: {why}")]
+    Image { image: String, why: String },
 }
 
 /// Resource limits of a step's commands, each command in turn.
@@ -116,6 +140,9 @@ pub struct Dirs {
     /// Hidden behind an empty tmpfs, besides the fixed ones (the project's
     /// `.orchestrator`).
     pub hidden: Vec<PathBuf>,
+    /// The project's directory, which a relative container `image` is
+    /// resolved against.
+    pub project: Option<PathBuf>,
 }
 
 fn hint(step: &str) -> &'static str {
@@ -156,6 +183,22 @@ pub enum Sandbox {
     },
     /// A QEMU virtual machine per command; see [`vm`].
     Vm(Arc<vm::VmSandbox>),
+    /// Bubblewrap; see the module documentation.
+    Bubblewrap {
+        /// The `bwrap` binary.
+        bwrap: PathBuf,
+        /// As for `Namespace`.
+        writable: Vec<PathBuf>,
+        /// As for `Namespace`.
+        readable: Vec<PathBuf>,
+        /// As for `Namespace`.
+        hidden: Vec<PathBuf>,
+        /// Whether the commands keep the host's network.
+        network: bool,
+    },
+    /// An OCI container run by runc; see the module documentation.
+    #[cfg(target_os = "linux")]
+    Container(Box<container::Container>),
 }
 
 impl Sandbox {
@@ -189,10 +232,20 @@ impl Sandbox {
             )
             .map(|v| Sandbox::Vm(Arc::new(v)))
             .map_err(|why| SandboxError::Unavailable { kind, why }),
-            SandboxKind::Bubblewrap | SandboxKind::Container => Err(SandboxError::Unavailable {
-                kind,
-                why: "this agent has no such backend yet".into(),
+            #[cfg(target_os = "linux")]
+            SandboxKind::Bubblewrap => Ok(Sandbox::Bubblewrap {
+                bwrap: bubblewrap::locate(cfg.bwrap.as_deref())?,
+                writable: dirs.writable,
+                readable: dirs.readable,
+                hidden: dirs.hidden,
+                network: spec.network,
             }),
+            #[cfg(target_os = "linux")]
+            SandboxKind::Container => Ok(Sandbox::Container(Box::new(container::Container::new(
+                spec, cfg, dirs, limits,
+            )?))),
+            #[cfg(not(target_os = "linux"))]
+            SandboxKind::Bubblewrap | SandboxKind::Container => Err(SandboxError::Unsupported),
         }
     }
 
@@ -201,6 +254,9 @@ impl Sandbox {
         match self {
             Sandbox::Process => SandboxKind::Process,
             Sandbox::Namespace { .. } => SandboxKind::Namespace,
+            Sandbox::Bubblewrap { .. } => SandboxKind::Bubblewrap,
+            #[cfg(target_os = "linux")]
+            Sandbox::Container(_) => SandboxKind::Container,
             Sandbox::Vm(_) => SandboxKind::Vm,
         }
     }
@@ -237,8 +293,20 @@ impl Sandbox {
                 network,
                 limits,
             } => namespace::spawn(cmd, writable, readable, hidden, *network, *limits),
+            #[cfg(target_os = "linux")]
+            Sandbox::Bubblewrap {
+                bwrap,
+                writable,
+                readable,
+                hidden,
+                network,
+            } => bubblewrap::spawn(cmd, bwrap, writable, readable, hidden, *network),
+            #[cfg(target_os = "linux")]
+            Sandbox::Container(c) => c.spawn(cmd),
             #[cfg(not(target_os = "linux"))]
-            Sandbox::Namespace { .. } => Err(SandboxError::Unsupported),
+            Sandbox::Namespace { .. } | Sandbox::Bubblewrap { .. } => {
+                Err(SandboxError::Unsupported)
+            }
             Sandbox::Vm(v) => v.spawn(cmd),
         }
     }

@@ -172,6 +172,7 @@ pub async fn run_step_with(
             )
             .collect(),
         hidden: vec![project.join(".orchestrator")],
+        project: Some(project.clone()),
     };
     let limits = Limits {
         memory_mb: Some(job.grant.memory_mb).filter(|&m| m > 0),

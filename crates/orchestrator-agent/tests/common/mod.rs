@@ -44,3 +44,5 @@ pub fn repo() -> (TempDir, String) {
     let head = git(dir.path(), &["rev-parse", "HEAD"]);
     (dir, head)
 }
+
+pub mod sandboxed;

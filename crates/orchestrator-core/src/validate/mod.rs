@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use crate::error::MAX_INFRA_ATTEMPTS;
-use crate::spec::{CommandSpec, Workflow};
+use crate::spec::{CommandSpec, SandboxKind, Workflow};
 
 mod locate;
 mod steps;
@@ -245,6 +245,19 @@ fn check(wf: &Workflow) -> Vec<Problem> {
                 stage,
                 None,
             );
+        }
+        if let (Some(image), Some(kind)) = (&st.image, st.sandbox) {
+            if kind != SandboxKind::Container {
+                add_in(
+                    &mut out,
+                    format!("stages[{i}].image"),
+                    format!(
+                        "stage {id:?} sets image {image:?} but its sandbox is {kind}; an image is only used by sandbox: container (set sandbox: container, or remove image)"
+                    ),
+                    stage,
+                    Some(("image", image)),
+                );
+            }
         }
         let mut needs_seen = BTreeSet::new();
         for (j, n) in st.needs.iter().enumerate() {

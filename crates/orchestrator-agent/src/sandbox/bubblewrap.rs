@@ -1,0 +1,149 @@
+//! The bubblewrap sandbox: each command runs under `bwrap` (bubblewrap 0.8
+//! or later), which builds the same view as the namespace backend with a
+//! well-known setuid-free tool instead of the agent's own system calls.
+//!
+//! The command line given to `bwrap`, in the order it applies it (tmpfs
+//! first, so the binds beneath them land on top):
+//! `--unshare-all` (user, ipc, pid, net, uts, cgroup; `--share-net` when
+//! the stage allows `network`), `--die-with-parent`, `--ro-bind / /`,
+//! `--dev /dev`, `--proc /proc`, `--tmpfs` over each hidden directory
+//! (`/tmp`, `/var/tmp`, `/root`, `/home`, `/run`, `/dev/shm` and the
+//! project's `.orchestrator`), `--bind` each writable directory,
+//! `--ro-bind` each readable one that exists, `--chdir` the command's
+//! working directory.
+//!
+//! `bwrap` itself leads the command's process group. Its child, pid 1 of
+//! the new pid namespace, gets SIGKILL when `bwrap` dies
+//! (`--die-with-parent`), and its death ends every process in the
+//! namespace: signalling the group (timeout, cancellation) takes the whole
+//! sandbox down, as with the namespace backend.
+//!
+//! Limits (`Limits`) are not applied here: RLIMIT_NPROC counts every
+//! process of the user, not the command's, so it cannot stand in for a
+//! pids cgroup.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+
+use orchestrator_core::spec::SandboxKind;
+use tokio::process::Command;
+
+use super::{wrap, SandboxError};
+use crate::exec::GroupChild;
+
+/// Directories hidden behind an empty tmpfs (when they exist), the same as
+/// the namespace backend's.
+const HIDDEN: &[&str] = &["/tmp", "/var/tmp", "/root", "/home", "/run", "/dev/shm"];
+
+/// The `bwrap` binary: `configured`, or `bwrap` in the agent's PATH.
+pub(super) fn locate(configured: Option<&Path>) -> Result<PathBuf, SandboxError> {
+    let unavailable = |why: String| SandboxError::Unavailable {
+        kind: SandboxKind::Bubblewrap,
+        why,
+    };
+    match configured {
+        Some(p) if wrap::is_executable(p) => Ok(p.to_owned()),
+        Some(p) => Err(unavailable(format!(
+            "{} (orch agent --bwrap, ORCH_BWRAP) is not an executable file; install bubblewrap (apt-get install bubblewrap) or pass the path of its bwrap",
+            p.display()
+        ))),
+        None => wrap::which("bwrap").ok_or_else(|| {
+            unavailable(
+                "no bwrap in PATH; install bubblewrap (apt-get install bubblewrap) or pass orch agent --bwrap PATH"
+                    .into(),
+            )
+        }),
+    }
+}
+
+/// The arguments `bwrap` gets before the command's own command line.
+fn arguments(
+    cwd: Option<&Path>,
+    writable: &[PathBuf],
+    readable: &[PathBuf],
+    hidden: &[PathBuf],
+    network: bool,
+) -> Vec<OsString> {
+    let mut args: Vec<OsString> = vec!["bwrap".into(), "--unshare-all".into()];
+    if network {
+        args.push("--share-net".into());
+    }
+    for a in [
+        "--die-with-parent",
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+    ] {
+        args.push(a.into());
+    }
+    // A hidden directory inside another is hidden already.
+    let mut hide: Vec<PathBuf> = HIDDEN
+        .iter()
+        .map(PathBuf::from)
+        .chain(hidden.iter().cloned())
+        .filter(|p| p.is_dir())
+        .collect();
+    hide.sort();
+    hide.dedup();
+    for dir in hide
+        .iter()
+        .filter(|p| !hide.iter().any(|q| q != *p && p.starts_with(q)))
+    {
+        args.push("--tmpfs".into());
+        args.push(dir.into());
+    }
+    for dir in writable {
+        args.extend(["--bind".into(), dir.into(), dir.into()]);
+    }
+    for dir in readable.iter().filter(|p| p.is_dir()) {
+        args.extend(["--ro-bind".into(), dir.into(), dir.into()]);
+    }
+    if let Some(cwd) = cwd {
+        args.extend(["--chdir".into(), cwd.into()]);
+    }
+    args.push("--".into());
+    args
+}
+
+/// Spawns `cmd` under `bwrap`; see the module documentation.
+pub(super) fn spawn(
+    cmd: &mut Command,
+    bwrap: &Path,
+    writable: &[PathBuf],
+    readable: &[PathBuf],
+    hidden: &[PathBuf],
+    network: bool,
+) -> Result<GroupChild, SandboxError> {
+    let cwd = cmd.as_std().get_current_dir().map(Path::to_owned);
+    let mut argv = arguments(cwd.as_deref(), writable, readable, hidden, network);
+    argv.extend(wrap::command_line(cmd));
+    let env = wrap::command_env(cmd);
+    wrap::spawn(SandboxKind::Bubblewrap, cmd, bwrap, &argv, &env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tmpfs_come_before_the_binds_beneath_them() {
+        let tmp = std::env::temp_dir();
+        let args = arguments(
+            Some(&tmp),
+            &[tmp.join("w")],
+            std::slice::from_ref(&tmp),
+            &[tmp.join("hidden")],
+            false,
+        );
+        let pos = |s: &str| args.iter().position(|a| a == s).unwrap();
+        assert!(pos("--tmpfs") < pos("--bind"));
+        assert!(!args.iter().any(|a| a == "--share-net"));
+        // The hidden directory lies under /tmp, hidden already.
+        assert!(!args.iter().any(|a| a == tmp.join("hidden").as_os_str()));
+        assert_eq!(args.last().unwrap(), "--");
+    }
+}
