@@ -196,3 +196,35 @@ async fn per_command_cost_of_bubblewrap() {
     println!("per command (mean of {n}): process {process:?}, bubblewrap {cost:?}");
     assert!(cost < Duration::from_secs(1));
 }
+
+#[tokio::test]
+async fn a_bubblewrap_command_over_its_memory_limit_is_killed_as_out_of_memory() {
+    let p = Project::new();
+    let mut job = p.job(
+        bwrap(),
+        vec![bash(
+            "python3 -c 'b = b\"x\" * (256 << 20); print(len(b))'; echo after",
+        )],
+    );
+    job.grant.memory_mb = 64;
+    let out = p
+        .run_job(&job, tokio_util::sync::CancellationToken::new())
+        .await;
+    assert!(!out.success, "{out:?}");
+    assert_eq!(
+        out.error_class,
+        Some(orchestrator_core::error::ErrorClass::Infra),
+        "{out:?}"
+    );
+    let error = out.error.unwrap_or_default();
+    assert!(
+        error.contains("out of memory") && error.contains("memory limit of 64 MiB"),
+        "{error}"
+    );
+    let limits = p
+        .manifest(&job)
+        .limits
+        .expect("the manifest records limits");
+    assert_eq!(limits.memory_mb, Some(64));
+    assert!(!limits.landlock, "bubblewrap applies no Landlock rules");
+}

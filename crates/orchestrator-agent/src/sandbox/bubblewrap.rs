@@ -18,9 +18,10 @@
 //! namespace: signalling the group (timeout, cancellation) takes the whole
 //! sandbox down, as with the namespace backend.
 //!
-//! Limits (`Limits`) are not applied here: RLIMIT_NPROC counts every
-//! process of the user, not the command's, so it cannot stand in for a
-//! pids cgroup.
+//! Limits (`Limits`) come from the command's own cgroup, as for the
+//! namespace backend: the forked child joins it before executing `bwrap`,
+//! so everything in the sandbox is inside, and the cgroup's end (emptied,
+//! out-of-memory kills counted) is the same.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,8 @@ use std::path::{Path, PathBuf};
 use orchestrator_core::spec::SandboxKind;
 use tokio::process::Command;
 
-use super::{wrap, SandboxError};
+use super::cgroup::{self, CommandCgroup};
+use super::{wrap, Limits, SandboxError};
 use crate::exec::GroupChild;
 
 /// Directories hidden behind an empty tmpfs (when they exist), the same as
@@ -117,12 +119,31 @@ pub(super) fn spawn(
     readable: &[PathBuf],
     hidden: &[PathBuf],
     network: bool,
+    limits: Limits,
 ) -> Result<GroupChild, SandboxError> {
     let cwd = cmd.as_std().get_current_dir().map(Path::to_owned);
     let mut argv = arguments(cwd.as_deref(), writable, readable, hidden, network);
     argv.extend(wrap::command_line(cmd));
     let env = wrap::command_env(cmd);
-    wrap::spawn(SandboxKind::Bubblewrap, cmd, bwrap, &argv, &env)
+    // The same cgroup as a namespace command's: `bwrap` joins it before it
+    // executes, so the sandbox and everything in it are inside.
+    let cgroup = match cgroup::probe() {
+        Ok(root) => Some(root.create(limits).map_err(|e| SandboxError::Backend {
+            kind: SandboxKind::Bubblewrap,
+            what: "creating the command's cgroup".into(),
+            source: e.into(),
+        })?),
+        Err(_) => None,
+    };
+    let join = cgroup
+        .as_ref()
+        .map(CommandCgroup::join_fds)
+        .unwrap_or_default();
+    let spawned = wrap::spawn(SandboxKind::Bubblewrap, cmd, bwrap, &argv, &env, join)?;
+    Ok(match cgroup {
+        Some(cg) => spawned.with_cgroup(cg),
+        None => spawned,
+    })
 }
 
 #[cfg(test)]

@@ -26,13 +26,13 @@ pub fn report_at_start() {
 /// What `sandbox` applies to each command, for the manifest; None for a
 /// sandbox that applies nothing of the kind.
 pub fn applied(sandbox: &Sandbox) -> Option<AppliedLimits> {
-    let limits = match sandbox {
-        Sandbox::Namespace { limits, .. } => limits,
+    let (limits, landlock) = match sandbox {
+        Sandbox::Namespace { limits, .. } => (limits, landlock::abi().is_some()),
+        Sandbox::Bubblewrap { limits, .. } => (limits, false),
         Sandbox::Vm(vm) => return Some(vm.applied()),
         Sandbox::Container(c) => return Some(c.applied()),
         _ => return None,
     };
-    let landlock = landlock::abi().is_some();
     Some(match cgroup::probe() {
         Ok(root) => {
             let (applied, note) = root.applies(*limits);

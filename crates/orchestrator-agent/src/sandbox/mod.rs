@@ -195,6 +195,8 @@ pub enum Sandbox {
         hidden: Vec<PathBuf>,
         /// Whether the commands keep the host's network.
         network: bool,
+        /// Each command's limits, applied through its own cgroup.
+        limits: Limits,
     },
     /// An OCI container run by runc; see the module documentation.
     #[cfg(target_os = "linux")]
@@ -239,6 +241,7 @@ impl Sandbox {
                 readable: dirs.readable,
                 hidden: dirs.hidden,
                 network: spec.network,
+                limits,
             }),
             #[cfg(target_os = "linux")]
             SandboxKind::Container => Ok(Sandbox::Container(Box::new(container::Container::new(
@@ -300,7 +303,8 @@ impl Sandbox {
                 readable,
                 hidden,
                 network,
-            } => bubblewrap::spawn(cmd, bwrap, writable, readable, hidden, *network),
+                limits,
+            } => bubblewrap::spawn(cmd, bwrap, writable, readable, hidden, *network, *limits),
             #[cfg(target_os = "linux")]
             Sandbox::Container(c) => c.spawn(cmd),
             #[cfg(not(target_os = "linux"))]

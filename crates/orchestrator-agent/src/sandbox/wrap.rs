@@ -10,6 +10,7 @@
 
 use std::ffi::{CString, OsStr, OsString};
 use std::io;
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -104,21 +105,26 @@ pub(super) fn command_env(cmd: &Command) -> Vec<(OsString, OsString)> {
 }
 
 /// Spawns `cmd` as the leader of a new process group, executing `program`
-/// (as `kind`'s wrapper) with `argv` and `env` instead of the command itself.
+/// (as `kind`'s wrapper) with `argv` and `env` instead of the command itself,
+/// after joining the cgroups whose `cgroup.procs` are open at `join`.
 pub(super) fn spawn(
     kind: SandboxKind,
     cmd: &mut Command,
     program: &Path,
     argv: &[OsString],
     env: &[(OsString, OsString)],
+    join: Vec<RawFd>,
 ) -> Result<GroupChild, SandboxError> {
     let exec = Exec::new(program, argv, env)?;
     // SAFETY: the closure runs in the forked child before std's exec and
-    // only calls execve on data prepared before the fork (async-signal-safe,
-    // no allocation). When execve fails its errno goes back to the caller as
-    // the spawn's error.
+    // only writes to descriptors and calls execve on data prepared before
+    // the fork (async-signal-safe, no allocation). When either fails its
+    // errno goes back to the caller as the spawn's error.
     unsafe {
-        cmd.pre_exec(move || exec.run());
+        cmd.pre_exec(move || {
+            super::cgroup::join(&join)?;
+            exec.run()
+        });
     }
     GroupChild::spawn(cmd).map_err(|source| SandboxError::Backend {
         kind,

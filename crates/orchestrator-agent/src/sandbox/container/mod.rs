@@ -197,8 +197,15 @@ impl Container {
             id.clone().into(),
         ];
         let runc_env = [("PATH".into(), "/usr/sbin:/usr/bin:/sbin:/bin".into())];
-        let child = wrap::spawn(SandboxKind::Container, cmd, &self.runc, &argv, &runc_env)
-            .map_err(removing)?;
+        let child = wrap::spawn(
+            SandboxKind::Container,
+            cmd,
+            &self.runc,
+            &argv,
+            &runc_env,
+            Vec::new(),
+        )
+        .map_err(removing)?;
         let leader = child.pgid();
         let janitor = Janitor {
             runc: self.runc.clone(),
