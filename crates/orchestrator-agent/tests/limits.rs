@@ -8,24 +8,23 @@
 //! controllers and a kernel with Landlock; where either is missing they fail
 //! naming it, never skip.
 
-use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orchestrator_agent::exec::{EndReason, GroupChild};
 use orchestrator_agent::sandbox::{cgroup, landlock, Limits, SandboxConfig};
 use orchestrator_agent::{run_step_with, StepContext};
-use orchestrator_core::api::{ClaimedJob, JobSpec, Manifest, SandboxSpec, StepOutcome};
+use orchestrator_core::api::{ClaimedJob, Manifest, SandboxSpec, StepOutcome};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::spec::{CommandSpec, SandboxKind};
-use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 mod common;
+
+use common::sandboxed::bash;
 
 const NS: SandboxSpec = SandboxSpec {
     kind: Some(SandboxKind::Namespace),
@@ -33,70 +32,24 @@ const NS: SandboxSpec = SandboxSpec {
     image: None,
 };
 
-fn bash(script: &str) -> CommandSpec {
-    CommandSpec {
-        argv: vec!["bash".into(), "-c".into(), script.into()],
-        run: None,
-        cwd: None,
-        env: BTreeMap::new(),
-        timeout: None,
-    }
-}
-
-struct Project {
-    dir: TempDir,
-    head: String,
-}
+/// The shared sandboxed project, its jobs in a namespace.
+struct Project(common::sandboxed::Project);
 
 impl Project {
     fn new() -> Self {
-        let (dir, head) = common::repo();
-        orchestrator_agent::git::ensure_worktree(
-            &dir.path().canonicalize().unwrap(),
-            "run-1",
-            &head,
-        )
-        .unwrap();
-        Project { dir, head }
+        Project(common::sandboxed::Project::new())
     }
 
     fn job(&self, commands: Vec<CommandSpec>) -> ClaimedJob {
-        ClaimedJob {
-            job_id: 42,
-            lease_id: 7,
-            lease_token: "secret".into(),
-            lease_expires_at_ms: 0,
-            grant: Default::default(),
-            spec: JobSpec {
-                run_id: "run-1".into(),
-                stage_id: "build".into(),
-                step: 0,
-                steps_total: 1,
-                attempt: 1,
-                project_dir: self.dir.path().to_string_lossy().into_owned(),
-                commands,
-                base_commit: self.head.clone(),
-                sandbox: NS,
-                ..JobSpec::default()
-            },
-        }
-    }
-
-    fn bundle(&self, job: &ClaimedJob) -> PathBuf {
-        self.dir
-            .path()
-            .canonicalize()
-            .unwrap()
-            .join(job.spec.bundle_dir(job.job_id))
+        self.0.job(NS, commands)
     }
 
     fn log(&self, job: &ClaimedJob, name: &str) -> String {
-        fs::read_to_string(self.bundle(job).join(name)).unwrap_or_default()
+        self.0.log(job, name)
     }
 
     fn manifest(&self, job: &ClaimedJob) -> Manifest {
-        let text = fs::read_to_string(self.bundle(job).join("manifest.json")).unwrap();
-        serde_json::from_str(&text).unwrap()
+        self.0.manifest(job)
     }
 }
 

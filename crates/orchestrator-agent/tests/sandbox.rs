@@ -5,37 +5,22 @@
 //! These tests need user namespaces; a kernel that refuses them makes them
 //! fail with the setup error, never skip.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use orchestrator_agent::exec::GroupChild;
-use orchestrator_agent::run_step;
 use orchestrator_agent::sandbox::{cgroup, landlock, Dirs, Limits, Sandbox, SandboxConfig};
-use orchestrator_core::api::{ClaimedJob, JobSpec, Manifest, SandboxSpec, StepOutcome};
+use orchestrator_core::api::SandboxSpec;
 use orchestrator_core::spec::{CommandSpec, SandboxKind};
-use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
 mod common;
 
-fn sh(script: &str) -> CommandSpec {
-    CommandSpec {
-        argv: vec!["sh".into(), "-c".into(), script.into()],
-        run: None,
-        cwd: None,
-        env: BTreeMap::new(),
-        timeout: None,
-    }
-}
-
-fn bash(script: &str) -> CommandSpec {
-    CommandSpec {
-        argv: vec!["bash".into(), "-c".into(), script.into()],
-        ..sh("")
-    }
-}
+use common::sandboxed::{
+    assert_denied, assert_ok, bash, cancel_kills_the_tree, sh, spawn_cost, timeout_kills_the_tree,
+    Project,
+};
 
 const NS: SandboxSpec = SandboxSpec {
     kind: Some(SandboxKind::Namespace),
@@ -47,106 +32,6 @@ const PROCESS: SandboxSpec = SandboxSpec {
     network: false,
     image: None,
 };
-
-/// A git repository with the run's worktree, and a private directory
-/// outside the project that no step should reach.
-struct Project {
-    dir: TempDir,
-    head: String,
-    outside: TempDir,
-}
-
-impl Project {
-    fn new() -> Self {
-        let (dir, head) = common::repo();
-        orchestrator_agent::git::ensure_worktree(
-            &dir.path().canonicalize().unwrap(),
-            "run-1",
-            &head,
-        )
-        .unwrap();
-        Project {
-            dir,
-            head,
-            outside: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn root(&self) -> PathBuf {
-        self.dir.path().canonicalize().unwrap()
-    }
-
-    fn worktree(&self) -> PathBuf {
-        self.root().join(".orchestrator/worktrees/run-1")
-    }
-
-    fn outside(&self) -> PathBuf {
-        self.outside.path().canonicalize().unwrap()
-    }
-
-    fn job(&self, sandbox: SandboxSpec, commands: Vec<CommandSpec>) -> ClaimedJob {
-        ClaimedJob {
-            job_id: 42,
-            lease_id: 7,
-            lease_token: "secret".into(),
-            lease_expires_at_ms: 0,
-            grant: Default::default(),
-            spec: JobSpec {
-                run_id: "run-1".into(),
-                stage_id: "build".into(),
-                step: 0,
-                steps_total: 1,
-                attempt: 1,
-                project_dir: self.dir.path().to_string_lossy().into_owned(),
-                commands,
-                base_commit: self.head.clone(),
-                sandbox,
-                ..JobSpec::default()
-            },
-        }
-    }
-
-    fn bundle(&self, job: &ClaimedJob) -> PathBuf {
-        self.root().join(job.spec.bundle_dir(job.job_id))
-    }
-
-    fn log(&self, job: &ClaimedJob, name: &str) -> String {
-        fs::read_to_string(self.bundle(job).join(name)).unwrap_or_default()
-    }
-
-    fn manifest(&self, job: &ClaimedJob) -> Manifest {
-        let text = fs::read_to_string(self.bundle(job).join("manifest.json")).unwrap();
-        serde_json::from_str(&text).unwrap()
-    }
-
-    /// Runs one step of `script` under `sandbox`.
-    async fn run(&self, sandbox: SandboxSpec, cmd: CommandSpec) -> (ClaimedJob, StepOutcome) {
-        let job = self.job(sandbox, vec![cmd]);
-        let out = run_step(&job, "agent-1", CancellationToken::new()).await;
-        (job, out)
-    }
-}
-
-/// The step succeeded; a kernel refusing the sandbox shows here.
-fn assert_ok(p: &Project, job: &ClaimedJob, out: &StepOutcome) {
-    assert!(
-        out.success,
-        "the step failed (does this kernel allow user namespaces?): {:?}\nstderr: {}",
-        out.error,
-        p.log(job, "cmd-000.stderr.log")
-    );
-}
-
-/// The step's command ran and failed (not the sandbox's setup).
-fn assert_denied(p: &Project, job: &ClaimedJob, out: &StepOutcome) {
-    assert!(!out.success, "the escape succeeded: {out:?}");
-    let error = out.error.as_deref().unwrap_or("");
-    assert!(
-        error.contains("exited with code"),
-        "the command did not run (sandbox setup failed?): {error}\nstderr: {}",
-        p.log(job, "cmd-000.stderr.log")
-    );
-}
 
 #[tokio::test]
 async fn namespace_step_writes_its_worktree_and_bundle_and_is_recorded() {
@@ -314,93 +199,19 @@ async fn namespace_step_sees_its_own_pids_only() {
 }
 
 /// Live processes whose command line is `sleep <secs>`.
-fn sleepers(secs: &str) -> usize {
-    let wanted = format!("sleep\0{secs}\0");
-    fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter(|e| {
-            fs::read(e.path().join("cmdline")).is_ok_and(|c| c == wanted.as_bytes())
-                && !fs::read_to_string(e.path().join("stat")).is_ok_and(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .is_some_and(|r| r.trim_start().starts_with('Z'))
-                })
-        })
-        .count()
-}
-
-async fn timeout_kills_the_tree(sandbox: SandboxSpec, secs: &str) {
-    let p = Project::new();
-    let mut job = p.job(
-        sandbox,
-        vec![sh(&format!(
-            "sleep {secs} & (sleep {secs} &) ; sleep {secs}"
-        ))],
-    );
-    job.spec.timeout_ms = Some(500);
-    let started = Instant::now();
-    let out = run_step(&job, "agent-1", CancellationToken::new()).await;
-    let error = out.error.as_deref().unwrap_or("");
-    assert!(!out.success && error.contains("timed out"), "{out:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(6),
-        "{:?}",
-        started.elapsed()
-    );
-    let until = Instant::now() + Duration::from_secs(3);
-    while sleepers(secs) > 0 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(sleepers(secs), 0, "processes outlived the step");
-}
-
 #[tokio::test]
 async fn namespace_step_is_killed_with_its_whole_tree_on_timeout() {
-    timeout_kills_the_tree(NS, "1234.5").await;
+    timeout_kills_the_tree(&Project::new(), NS, "1234.5").await;
 }
 
 #[tokio::test]
 async fn process_step_is_killed_with_its_group_on_timeout() {
-    timeout_kills_the_tree(PROCESS, "1234.6").await;
+    timeout_kills_the_tree(&Project::new(), PROCESS, "1234.6").await;
 }
 
 #[tokio::test]
 async fn cancelling_a_namespace_step_kills_its_whole_tree() {
-    let p = Project::new();
-    let secs = "1234.7";
-    let job = p.job(
-        NS,
-        vec![sh(&format!(
-            "sleep {secs} & (sleep {secs} &) ; sleep {secs}"
-        ))],
-    );
-    let cancel = CancellationToken::new();
-    let later = cancel.clone();
-    tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        later.cancel();
-    });
-    let started = Instant::now();
-    let out = run_step(&job, "agent-1", cancel).await;
-    assert!(!out.success, "{out:?}");
-    assert!(
-        out.error
-            .as_deref()
-            .unwrap_or("")
-            .contains("step cancelled"),
-        "{out:?}"
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(6),
-        "{:?}",
-        started.elapsed()
-    );
-    let until = Instant::now() + Duration::from_secs(3);
-    while sleepers(secs) > 0 && Instant::now() < until {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(sleepers(secs), 0, "processes outlived the step");
+    cancel_kills_the_tree(&Project::new(), NS, "1234.7").await;
 }
 
 #[tokio::test]
@@ -414,19 +225,6 @@ async fn a_missing_program_is_still_the_workflow_fault_in_a_namespace() {
     assert!(!out.success);
     let error = out.error.unwrap_or_default();
     assert!(error.contains("not found"), "{error}");
-}
-
-/// Spawns `/bin/true` `n` times under `sandbox`; the mean cost of one.
-async fn spawn_cost(sandbox: &Sandbox, dir: &Path, n: u32) -> Duration {
-    let started = Instant::now();
-    for _ in 0..n {
-        let mut cmd = tokio::process::Command::new("/bin/true");
-        cmd.current_dir(dir);
-        let child: GroupChild = sandbox.spawn(&mut cmd).unwrap();
-        let ended = child.wait(None, &CancellationToken::new()).await.unwrap();
-        assert!(ended.status.success());
-    }
-    started.elapsed() / n
 }
 
 /// Spawns `/bin/true` `n` times without isolation but each in a fresh
