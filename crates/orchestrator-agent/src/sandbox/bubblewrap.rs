@@ -30,12 +30,8 @@ use orchestrator_core::spec::SandboxKind;
 use tokio::process::Command;
 
 use super::cgroup::{self, CommandCgroup};
-use super::{wrap, Limits, SandboxError};
+use super::{to_hide, wrap, Limits, SandboxError};
 use crate::exec::GroupChild;
-
-/// Directories hidden behind an empty tmpfs (when they exist), the same as
-/// the namespace backend's.
-const HIDDEN: &[&str] = &["/tmp", "/var/tmp", "/root", "/home", "/run", "/dev/shm"];
 
 /// The `bwrap` binary: `configured`, or `bwrap` in the agent's PATH.
 pub(super) fn locate(configured: Option<&Path>) -> Result<PathBuf, SandboxError> {
@@ -82,19 +78,7 @@ fn arguments(
     ] {
         args.push(a.into());
     }
-    // A hidden directory inside another is hidden already.
-    let mut hide: Vec<PathBuf> = HIDDEN
-        .iter()
-        .map(PathBuf::from)
-        .chain(hidden.iter().cloned())
-        .filter(|p| p.is_dir())
-        .collect();
-    hide.sort();
-    hide.dedup();
-    for dir in hide
-        .iter()
-        .filter(|p| !hide.iter().any(|q| q != *p && p.starts_with(q)))
-    {
+    for dir in to_hide(hidden) {
         args.push("--tmpfs".into());
         args.push(dir.into());
     }

@@ -118,6 +118,31 @@ pub enum SandboxError {
     Image { image: String, why: String },
 }
 
+/// Host directories every namespace-based sandbox hides behind an empty
+/// tmpfs (when they exist): the host's temporary files, homes and runtime
+/// sockets.
+pub(crate) const HIDDEN: &[&str] = &["/tmp", "/var/tmp", "/root", "/home", "/run", "/dev/shm"];
+
+/// The directories to cover with a tmpfs: [`HIDDEN`] and `extra` that
+/// exist, outermost only (a hidden directory inside another is hidden
+/// already, and its mount point would not exist in the outer tmpfs).
+pub(crate) fn to_hide(extra: &[PathBuf]) -> Vec<PathBuf> {
+    let mut hide: Vec<PathBuf> = HIDDEN
+        .iter()
+        .map(PathBuf::from)
+        .chain(extra.iter().cloned())
+        .filter(|p| p.is_dir())
+        .collect();
+    hide.sort();
+    hide.dedup();
+    let outermost: Vec<PathBuf> = hide
+        .iter()
+        .filter(|p| !hide.iter().any(|q| q != *p && p.starts_with(q)))
+        .cloned()
+        .collect();
+    outermost
+}
+
 /// Resource limits of a step's commands, each command in turn.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {

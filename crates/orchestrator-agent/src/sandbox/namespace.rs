@@ -45,12 +45,8 @@ use tokio::process::Command;
 use super::cgroup::{self, CommandCgroup};
 use super::landlock::Rules;
 use super::reaper::{init, reap};
-use super::{namespace_steps, Limits, SandboxError};
+use super::{namespace_steps, to_hide, Limits, SandboxError};
 use crate::exec::GroupChild;
-
-/// Directories hidden behind an empty tmpfs (when they exist): the host's
-/// temporary files, homes and runtime sockets.
-const HIDDEN: &[&str] = &["/tmp", "/var/tmp", "/root", "/home", "/run", "/dev/shm"];
 
 /// Writable for Landlock besides the bound and hidden directories: devices
 /// (`/dev/null`, a terminal) and the sandbox's own `/proc`.
@@ -174,20 +170,7 @@ impl Plan {
         if !network {
             flags |= libc::CLONE_NEWNET;
         }
-        // A hidden directory inside another is hidden already (and its
-        // mount point would not exist in the outer tmpfs).
-        let mut hide: Vec<PathBuf> = HIDDEN
-            .iter()
-            .map(PathBuf::from)
-            .chain(hidden.iter().cloned())
-            .filter(|p| p.is_dir())
-            .collect();
-        hide.sort();
-        hide.dedup();
-        let hide: Vec<&PathBuf> = hide
-            .iter()
-            .filter(|p| !hide.iter().any(|q| q != *p && p.starts_with(q)))
-            .collect();
+        let hide = to_hide(hidden);
         let mut mkdirs: Vec<PathBuf> = Vec::new();
         for w in writable.iter().chain(&readable) {
             let ancestors: Vec<&Path> = w.ancestors().collect();
@@ -229,7 +212,7 @@ impl Plan {
             landlock: Rules::new(
                 writable
                     .iter()
-                    .chain(hide.iter().copied())
+                    .chain(hide.iter())
                     .map(|p| cstring(p))
                     .chain(LANDLOCK_WRITABLE.iter().map(|p| Ok(literal(p))))
                     .collect::<Result<_, _>>()?,
