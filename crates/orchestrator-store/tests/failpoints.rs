@@ -133,6 +133,8 @@ struct Outcome {
     submitted: Option<String>,
     claimed: Option<i64>,
     errors: usize,
+    /// What the first failed command said, for the failure report.
+    first_error: Option<String>,
 }
 
 /// Runs the batch as one transaction, with `k` armed in `mode`.
@@ -180,16 +182,32 @@ async fn run_batch(s: &Arc<SqliteStore>, fx: &Fixture, k: u64, mode: FaultMode) 
     release.send(()).unwrap();
     held.await.unwrap().unwrap();
     let mut errors = 0;
+    let mut first_error = None;
+    let mut note = |e: String| {
+        first_error.get_or_insert(e);
+    };
     let mut completed = [false; 2];
     for (i, c) in completions.into_iter().enumerate() {
-        completed[i] = c.await.unwrap().is_ok();
+        match c.await.unwrap() {
+            Ok(_) => completed[i] = true,
+            Err(e) => note(e.to_string()),
+        }
         errors += usize::from(!completed[i]);
     }
-    let submitted = submit.await.unwrap().ok().map(|r| r.run_id);
+    let submitted = match submit.await.unwrap() {
+        Ok(r) => Some(r.run_id),
+        Err(e) => {
+            note(e.to_string());
+            None
+        }
+    };
     errors += usize::from(submitted.is_none());
     let claimed = match claim.await.unwrap() {
         Ok(job) => Some(job.expect("the batch's claim finds the queued job").job_id),
-        Err(_) => None,
+        Err(e) => {
+            note(e.to_string());
+            None
+        }
     };
     errors += usize::from(claimed.is_none());
     Outcome {
@@ -197,6 +215,7 @@ async fn run_batch(s: &Arc<SqliteStore>, fx: &Fixture, k: u64, mode: FaultMode) 
         submitted,
         claimed,
         errors,
+        first_error,
     }
 }
 
@@ -403,7 +422,11 @@ async fn failing_any_statement_of_a_batch_rolls_back_the_batch_or_only_its_comma
         assert_log_replays(&c);
         assert_effects(&c, &fx, &pre, &o);
         if !report.fired {
-            assert_eq!(o.errors, 0, "k = {k}: nothing failed, {o:?}");
+            assert_eq!(
+                o.errors, 0,
+                "k = {k}: the point did not fire, yet {} commands failed; the first said: {:?}",
+                o.errors, o.first_error
+            );
             if k > report.statements {
                 break report.statements;
             }
@@ -514,6 +537,7 @@ async fn a_crash_after_any_statement_of_a_batch_leaves_all_of_it_or_none() {
                 submitted,
                 claimed: Some(fx.queued),
                 errors: 0,
+                first_error: None,
             };
             assert!(o.submitted.is_some(), "k = {k}: a mix of before and after");
             assert_effects(&c, &fx, &pre, &o);
