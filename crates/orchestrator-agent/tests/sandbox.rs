@@ -282,3 +282,18 @@ async fn per_command_cost_of_each_sandbox() {
         landlock::abi().is_some()
     );
 }
+
+#[tokio::test]
+async fn the_agents_own_binary_is_there_to_call_inside_a_namespace() {
+    // Wherever the agent runs from (a home's ~/.cargo/bin, a build directory
+    // under /tmp), `orch ask` must be callable inside; here the agent is this
+    // test binary.
+    let exe = std::env::current_exe().unwrap();
+    let p = Project::new();
+    let cmd = orchestrator_core::spec::CommandSpec {
+        argv: vec!["test".into(), "-x".into(), exe.to_string_lossy().into()],
+        ..sh("")
+    };
+    let (job, out) = p.run(NS, cmd).await;
+    assert_ok(&p, &job, &out);
+}

@@ -74,6 +74,17 @@ pub struct StepContext {
     pub sandbox: Arc<SandboxConfig>,
 }
 
+/// The directory of the running `orch` binary, when it can be told.
+fn orch_dir() -> Option<std::path::PathBuf> {
+    static DIR: OnceLock<Option<std::path::PathBuf>> = OnceLock::new();
+    DIR.get_or_init(|| {
+        std::env::current_exe()
+            .ok()
+            .and_then(|e| e.parent().map(Path::to_owned))
+    })
+    .clone()
+}
+
 /// The name of this machine, when it has a printable one.
 pub fn local_hostname() -> Option<String> {
     nix::unistd::gethostname()
@@ -163,13 +174,17 @@ pub async fn run_step_with(
     orch_env.extend(granted.set);
     let dirs = Dirs {
         writable: vec![workdir.clone(), bundle.dir().to_owned()],
-        // The step socket's directory: `orch ask` works without network.
+        // The step socket's directory, so that `orch ask` works without
+        // network, and the directory of the agent's own `orch`, so that it is
+        // there to call even when it lives under a hidden directory (a home's
+        // ~/.cargo/bin, a build directory under /tmp).
         readable: std::iter::once(project.join(".git"))
             .chain(
                 ctx.asks
                     .as_ref()
                     .and_then(|a| a.socket()?.parent().map(Path::to_owned)),
             )
+            .chain(orch_dir())
             .collect(),
         hidden: vec![project.join(".orchestrator")],
         project: Some(project.clone()),
