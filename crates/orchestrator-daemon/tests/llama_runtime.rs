@@ -95,6 +95,24 @@ async fn start(model: &PathBuf, python: &PathBuf, port: u16) -> Server {
     Server { child, url, log }
 }
 
+/// One value of the server's Prometheus metrics.
+async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
+    let text = http
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+        .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn llama_server_serves_the_small_model_and_stops_on_sigterm() {
     let model = env_path("ORCH_TEST_MODEL");
@@ -108,7 +126,14 @@ async fn llama_server_serves_the_small_model_and_stops_on_sigterm() {
     let t0 = Instant::now();
     let mut server = start(&model, &python, free_port()).await;
     let ready = t0.elapsed();
-    let http = reqwest::Client::builder().timeout(REQUEST).build().unwrap();
+    // A fresh connection per request: llama.cpp's server may close a
+    // kept-alive connection after a streamed answer, and a request sent on
+    // it then fails with an incomplete message.
+    let http = reqwest::Client::builder()
+        .timeout(REQUEST)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
     let url = server.url.clone();
     let chat = |stream: bool| {
         json!({
@@ -196,6 +221,37 @@ async fn llama_server_serves_the_small_model_and_stops_on_sigterm() {
         .unwrap_or_else(|| panic!("no llamacpp:tokens_predicted_total in:\n{metrics}"));
     let predicted: f64 = predicted.trim().parse().unwrap();
     assert!(predicted >= 2.0, "{metrics}");
+
+    // A client that goes away frees its slot: a long streaming request is
+    // busy while read, and no longer counted soon after it is dropped.
+    let mut long = chat(true);
+    long["max_tokens"] = json!(1000);
+    long["messages"] = json!([{"role": "user", "content": "Write a long story."}]);
+    let resp = http
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&long)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut stream = resp.bytes_stream();
+    stream.next().await.expect("a first chunk").unwrap();
+    assert_eq!(
+        metric(&http, &url, "llamacpp:requests_processing").await,
+        1.0
+    );
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric(&http, &url, "llamacpp:requests_processing").await != 0.0 {
+        assert!(
+            Instant::now() < deadline,
+            "slot still busy 5 s after the client went away\n{}",
+            server.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let after = metric(&http, &url, "llamacpp:tokens_predicted_total").await;
+    assert!(after < predicted + 500.0, "{after} tokens predicted in all");
 
     // SIGTERM: the launcher stops the server and exits 0 within seconds.
     let pid = server.child.id().expect("launcher still running");
