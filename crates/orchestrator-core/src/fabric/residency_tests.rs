@@ -1,0 +1,385 @@
+use super::*;
+use proptest::prelude::*;
+
+fn place(name: &str, budget_mib: u64) -> PlaceBudget {
+    PlaceBudget {
+        place: name.into(),
+        budget_mib,
+    }
+}
+
+fn model(
+    name: &str,
+    memory_mib: u64,
+    places: &[&str],
+    idle_stop_ms: Option<u64>,
+) -> ModelFootprint {
+    ModelFootprint {
+        model: name.into(),
+        memory_mib,
+        places: places.iter().map(|p| p.to_string()).collect(),
+        idle_stop_ms,
+    }
+}
+
+fn inst(model: &str, place: &str, state: InstanceState) -> Instance {
+    Instance {
+        model: model.into(),
+        place: place.into(),
+        state,
+    }
+}
+
+fn wants(list: &[(&str, u32, i64)]) -> BTreeMap<String, Demand> {
+    list.iter()
+        .map(|(m, waiting, best_key)| {
+            (
+                m.to_string(),
+                Demand {
+                    waiting: *waiting,
+                    best_key: *best_key,
+                },
+            )
+        })
+        .collect()
+}
+
+fn start(m: &str, p: &str) -> Action {
+    Action::Start {
+        model: m.into(),
+        place: p.into(),
+    }
+}
+fn stop(m: &str, p: &str) -> Action {
+    Action::Stop {
+        model: m.into(),
+        place: p.into(),
+    }
+}
+fn drain(m: &str, p: &str) -> Action {
+    Action::Drain {
+        model: m.into(),
+        place: p.into(),
+    }
+}
+
+#[test]
+fn starts_a_needed_model_where_it_fits() {
+    let places = [place("a", 4000), place("b", 16000)];
+    let models = [model("big", 8000, &["a", "b"], None)];
+    let acts = decide(0, &places, &models, &[], &wants(&[("big", 1, 0)]));
+    assert_eq!(acts, vec![start("big", "b")]);
+    assert!(!can_be_resident(&models[0], &places[0]));
+    assert!(can_be_resident(&models[0], &places[1]));
+}
+
+#[test]
+fn nothing_without_demand_and_unknown_models_are_ignored() {
+    let places = [place("a", 4000)];
+    let models = [model("m", 1000, &["a"], None)];
+    assert!(decide(0, &places, &models, &[], &wants(&[("m", 0, 0)])).is_empty());
+    assert!(decide(0, &places, &models, &[], &wants(&[("x", 3, 0)])).is_empty());
+}
+
+#[test]
+fn idle_past_idle_stop_is_stopped_unless_wanted() {
+    let places = [place("a", 4000)];
+    let models = [model("m", 1000, &["a"], Some(60_000))];
+    let idle = [inst("m", "a", InstanceState::Idle { since_ms: 0 })];
+    assert!(decide(59_999, &places, &models, &idle, &wants(&[])).is_empty());
+    assert_eq!(
+        decide(60_000, &places, &models, &idle, &wants(&[])),
+        vec![stop("m", "a")]
+    );
+    assert!(decide(90_000, &places, &models, &idle, &wants(&[("m", 1, 0)])).is_empty());
+}
+
+#[test]
+fn less_urgent_idle_model_makes_room() {
+    let places = [place("a", 10_000)];
+    let models = [
+        model("low", 6000, &["a"], None),
+        model("high", 6000, &["a"], None),
+    ];
+    let res = [inst("low", "a", InstanceState::Idle { since_ms: 0 })];
+    let acts = decide(5, &places, &models, &res, &wants(&[("high", 1, -100)]));
+    assert_eq!(acts, vec![stop("low", "a"), start("high", "a")]);
+    // A more urgent resident model is not stopped for a less urgent one.
+    let acts = decide(
+        5,
+        &places,
+        &models,
+        &res,
+        &wants(&[("high", 1, 10), ("low", 1, 0)]),
+    );
+    assert!(acts.is_empty(), "{acts:?}");
+}
+
+#[test]
+fn busy_is_drained_never_stopped() {
+    let places = [place("a", 10_000)];
+    let models = [
+        model("low", 6000, &["a"], None),
+        model("high", 6000, &["a"], None),
+    ];
+    let res = [inst("low", "a", InstanceState::Busy { in_flight: 2 })];
+    let acts = decide(5, &places, &models, &res, &wants(&[("high", 1, -100)]));
+    assert_eq!(acts, vec![drain("low", "a")]);
+    // Once idle, it is stopped and the urgent model starts.
+    let res = [inst("low", "a", InstanceState::Idle { since_ms: 6 })];
+    let acts = decide(7, &places, &models, &res, &wants(&[("high", 1, -100)]));
+    assert_eq!(acts, vec![stop("low", "a"), start("high", "a")]);
+}
+
+#[test]
+fn starting_instances_are_left_alone() {
+    let places = [place("a", 10_000)];
+    let models = [
+        model("low", 6000, &["a"], None),
+        model("high", 6000, &["a"], None),
+    ];
+    let res = [inst("low", "a", InstanceState::Starting)];
+    assert!(decide(5, &places, &models, &res, &wants(&[("high", 1, -100)])).is_empty());
+}
+
+#[test]
+fn prefers_a_place_where_stopping_idle_is_enough() {
+    let places = [place("a", 8000), place("b", 8000)];
+    let models = [
+        model("x", 6000, &["a"], None),
+        model("y", 6000, &["b"], None),
+        model("z", 6000, &["a", "b"], None),
+    ];
+    let res = [
+        inst("x", "a", InstanceState::Busy { in_flight: 1 }),
+        inst("y", "b", InstanceState::Idle { since_ms: 0 }),
+    ];
+    let acts = decide(1, &places, &models, &res, &wants(&[("z", 1, -5)]));
+    assert_eq!(acts, vec![stop("y", "b"), start("z", "b")]);
+}
+
+#[test]
+fn reserved_place_is_not_taken_by_less_urgent_models() {
+    let places = [place("a", 10_000)];
+    let models = [
+        model("busy", 6000, &["a"], None),
+        model("urgent", 8000, &["a"], None),
+        model("small", 3000, &["a"], None),
+    ];
+    let res = [inst("busy", "a", InstanceState::Busy { in_flight: 1 })];
+    let acts = decide(
+        1,
+        &places,
+        &models,
+        &res,
+        &wants(&[("urgent", 1, -50), ("small", 1, 0)]),
+    );
+    assert_eq!(acts, vec![drain("busy", "a")]);
+}
+
+/// Two models that do not fit together, both always wanted at the same
+/// priority: simulated over time, each gets served again and again.
+#[test]
+fn models_that_do_not_fit_together_alternate() {
+    let aging = 1000u64;
+    let places = [place("gpu", 10_000)];
+    let models = [
+        model("a", 6000, &["gpu"], None),
+        model("b", 6000, &["gpu"], None),
+    ];
+    // Each model's queue: enqueue times of waiting requests.
+    let mut queues: BTreeMap<&str, Vec<i64>> = BTreeMap::new();
+    let mut instances: Vec<Instance> = Vec::new();
+    let mut served: BTreeMap<&str, u32> = BTreeMap::new();
+    let mut in_flight: Option<(&str, i64)> = None; // model, finishes at
+    for now in (0..200_000i64).step_by(100) {
+        // Steady arrivals for both.
+        if now % 500 == 0 {
+            queues.entry("a").or_default().push(now);
+            queues.entry("b").or_default().push(now);
+        }
+        if let Some((m, until)) = in_flight {
+            if now >= until {
+                in_flight = None;
+                for i in instances.iter_mut().filter(|i| i.model == m) {
+                    i.state = InstanceState::Idle { since_ms: now };
+                }
+            }
+        }
+        let demand: BTreeMap<String, Demand> = queues
+            .iter()
+            .filter(|(_, q)| !q.is_empty())
+            .map(|(m, q)| {
+                let best_key = super::super::queue::request_key(0, q[0], aging);
+                (
+                    m.to_string(),
+                    Demand {
+                        waiting: q.len() as u32,
+                        best_key,
+                    },
+                )
+            })
+            .collect();
+        let acts = decide(now, &places, &models, &instances, &demand);
+        let mut draining = HashSet::new();
+        for a in &acts {
+            match a {
+                Action::Stop { model, .. } => instances.retain(|i| &i.model != model),
+                Action::Start { model, place } => instances.push(Instance {
+                    model: model.clone(),
+                    place: place.clone(),
+                    // Loading takes no time in this simulation.
+                    state: InstanceState::Idle { since_ms: now },
+                }),
+                Action::Drain { model, .. } => {
+                    draining.insert(model.clone());
+                }
+            }
+        }
+        let total: u64 = instances.iter().map(|_| 6000).sum();
+        assert!(total <= 10_000);
+        // Dispatch one request at a time to a resident idle, undrained model.
+        if in_flight.is_none() {
+            for i in instances.iter_mut() {
+                let m: &str = if i.model == "a" { "a" } else { "b" };
+                let q = queues.entry(m).or_default();
+                if !q.is_empty() && !draining.contains(m) {
+                    q.remove(0);
+                    i.state = InstanceState::Busy { in_flight: 1 };
+                    in_flight = Some((m, now + 300));
+                    *served.entry(m).or_default() += 1;
+                    break;
+                }
+            }
+        }
+    }
+    let (a, b) = (served["a"], served["b"]);
+    assert!(a > 100 && b > 100, "a {a} b {b}");
+    // Neither waits unboundedly: the oldest waiting request is recent.
+    for q in queues.values() {
+        if let Some(oldest) = q.first() {
+            assert!(200_000 - oldest < 60_000, "oldest waiting since {oldest}");
+        }
+    }
+}
+
+/// Places, models, instances, demand and now.
+type World = (
+    Vec<PlaceBudget>,
+    Vec<ModelFootprint>,
+    Vec<Instance>,
+    BTreeMap<String, Demand>,
+    i64,
+);
+
+fn world() -> impl Strategy<Value = World> {
+    let places = proptest::collection::vec(1000u64..20_000, 1..3);
+    let models = proptest::collection::vec(
+        (
+            500u64..12_000,
+            any::<u8>(),
+            proptest::option::of(0u64..10_000),
+        ),
+        1..5,
+    );
+    (places, models)
+        .prop_flat_map(|(budgets, ms)| {
+            let places: Vec<PlaceBudget> = budgets
+                .iter()
+                .enumerate()
+                .map(|(n, b)| place(&format!("p{n}"), *b))
+                .collect();
+            let models: Vec<ModelFootprint> = ms
+                .iter()
+                .enumerate()
+                .map(|(n, (mem, mask, idle))| {
+                    let allowed: Vec<String> = (0..places.len())
+                        .filter(|p| mask & (1 << p) != 0 || *p == usize::from(*mask) % places.len())
+                        .map(|p| format!("p{p}"))
+                        .collect();
+                    ModelFootprint {
+                        model: format!("m{n}"),
+                        memory_mib: *mem,
+                        places: allowed,
+                        idle_stop_ms: *idle,
+                    }
+                })
+                .collect();
+            let nm = models.len();
+            let np = places.len();
+            let inst =
+                proptest::collection::vec((0..nm, 0..np, 0u8..3, 0i64..10_000, 1u32..4), 0..6);
+            let dem = proptest::collection::vec((0..nm, 0u32..3, -5000i64..5000), 0..5);
+            (Just(places), Just(models), inst, dem, 0i64..20_000)
+        })
+        .prop_map(|(places, models, raw, dem, now)| {
+            // Keep only instances that fit the budget, one per model.
+            let mut used = vec![0u64; places.len()];
+            let mut instances: Vec<Instance> = Vec::new();
+            for (m, p, s, since, n) in raw {
+                let mm = &models[m];
+                if instances.iter().any(|i| i.model == mm.model)
+                    || used[p] + mm.memory_mib > places[p].budget_mib
+                {
+                    continue;
+                }
+                used[p] += mm.memory_mib;
+                let state = match s {
+                    0 => InstanceState::Starting,
+                    1 => InstanceState::Idle { since_ms: since },
+                    _ => InstanceState::Busy { in_flight: n },
+                };
+                instances.push(inst(&mm.model, &places[p].place, state));
+            }
+            let demand = dem
+                .into_iter()
+                .map(|(m, waiting, best_key)| (format!("m{m}"), Demand { waiting, best_key }))
+                .collect();
+            (places, models, instances, demand, now)
+        })
+}
+
+proptest! {
+    #[test]
+    fn invariants((places, models, instances, demand, now) in world()) {
+        let acts = decide(now, &places, &models, &instances, &demand);
+        let mut after = instances.clone();
+        for a in &acts {
+            match a {
+                Action::Stop { model, place } => {
+                    let i = instances.iter().find(|i| &i.model == model && &i.place == place);
+                    // Only existing, idle instances are stopped.
+                    prop_assert!(matches!(i.map(|i| i.state), Some(InstanceState::Idle { .. })), "{a:?}");
+                    after.retain(|i| !(&i.model == model && &i.place == place));
+                }
+                Action::Start { model, place } => {
+                    let m = models.iter().find(|m| &m.model == model).unwrap();
+                    prop_assert!(m.places.contains(place));
+                    prop_assert!(!instances.iter().any(|i| &i.model == model));
+                    prop_assert!(demand.get(model).is_some_and(|d| d.waiting > 0));
+                    after.push(inst(model, place, InstanceState::Starting));
+                }
+                Action::Drain { model, place } => {
+                    let i = instances.iter().find(|i| &i.model == model && &i.place == place);
+                    prop_assert!(matches!(i.map(|i| i.state), Some(InstanceState::Busy { .. })), "{a:?}");
+                }
+            }
+        }
+        // Budget never exceeded.
+        for p in &places {
+            let used: u64 = after
+                .iter()
+                .filter(|i| i.place == p.place)
+                .map(|i| models.iter().find(|m| m.model == i.model).unwrap().memory_mib)
+                .sum();
+            prop_assert!(used <= p.budget_mib, "{} uses {used} of {}: {acts:?}", p.place, p.budget_mib);
+        }
+        // A model is started at most once.
+        let mut started = HashSet::new();
+        for a in &acts {
+            if let Action::Start { model, .. } = a {
+                prop_assert!(started.insert(model.clone()));
+            }
+        }
+    }
+}
