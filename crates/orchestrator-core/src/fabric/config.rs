@@ -27,7 +27,9 @@ pub struct ModelSpec {
     /// a map with that one key.
     #[serde(with = "serde_yaml_ng::with::singleton_map")]
     pub runtime: Runtime,
-    /// What one instance holds while it is resident.
+    /// What one instance holds while it is resident; required above 0 for
+    /// `llama_cpp`, ignored (and 0 by default) for `external`.
+    #[serde(default)]
     pub memory: SizeSpec,
     /// Which memory `memory` is counted in.
     #[serde(default)]
@@ -248,7 +250,6 @@ models:
   - name: remote.gpt
     runtime:
       external: { url: "https://api.example.com/v1", api_key_env: EXAMPLE_KEY }
-    memory: 0
 "#;
 
     fn one(body: &str) -> String {

@@ -128,7 +128,8 @@ pub fn decide(
             });
             if expired && urgency(&i.model) == i64::MAX {
                 stopped.insert(n);
-                *used.entry(i.place.as_str()).or_default() -= m.memory_mib;
+                let u = used.entry(i.place.as_str()).or_default();
+                *u = u.saturating_sub(m.memory_mib);
                 stops.push((i.model.clone(), i.place.clone()));
             }
         }
@@ -153,10 +154,9 @@ pub fn decide(
             .filter(|p| !reserved.contains(p))
             .collect();
         // Room already.
-        if let Some(p) = fits
-            .iter()
-            .find(|p| budget[**p] - used.get(**p).copied().unwrap_or(0) >= m.memory_mib)
-        {
+        if let Some(p) = fits.iter().find(|p| {
+            budget[**p].saturating_sub(used.get(**p).copied().unwrap_or(0)) >= m.memory_mib
+        }) {
             *used.entry(p).or_default() += m.memory_mib;
             starts.push((m.model.clone(), p.to_string()));
             continue;
@@ -165,7 +165,7 @@ pub fn decide(
         // less urgent busy ones.
         let mut plan: Option<(&str, Vec<usize>, Vec<usize>)> = None;
         for p in &fits {
-            let free = budget[*p] - used.get(*p).copied().unwrap_or(0);
+            let free = budget[*p].saturating_sub(used.get(*p).copied().unwrap_or(0));
             let mut victims: Vec<usize> = instances
                 .iter()
                 .enumerate()
@@ -211,7 +211,8 @@ pub fn decide(
             for n in idle {
                 let i = &instances[n];
                 stopped.insert(n);
-                *used.entry(p).or_default() -= mem(&i.model);
+                let u = used.entry(p).or_default();
+                *u = u.saturating_sub(mem(&i.model));
                 stops.push((i.model.clone(), i.place.clone()));
             }
             *used.entry(p).or_default() += m.memory_mib;

@@ -177,6 +177,19 @@ fn reserved_place_is_not_taken_by_less_urgent_models() {
     assert_eq!(acts, vec![drain("busy", "a")]);
 }
 
+#[test]
+fn over_budget_state_does_not_panic() {
+    // The budget shrank below what is resident: nothing starts, nothing busy stops.
+    let places = [place("a", 1000)];
+    let models = [
+        model("m", 6000, &["a"], None),
+        model("n", 500, &["a"], None),
+    ];
+    let res = [inst("m", "a", InstanceState::Busy { in_flight: 1 })];
+    let acts = decide(0, &places, &models, &res, &wants(&[("n", 1, 0)]));
+    assert_eq!(acts, vec![drain("m", "a")]);
+}
+
 /// Two models that do not fit together, both always wanted at the same
 /// priority: simulated over time, each gets served again and again.
 #[test]
@@ -373,6 +386,22 @@ proptest! {
                 .map(|i| models.iter().find(|m| m.model == i.model).unwrap().memory_mib)
                 .sum();
             prop_assert!(used <= p.budget_mib, "{} uses {used} of {}: {acts:?}", p.place, p.budget_mib);
+        }
+        // Every stop has a purpose: idle past idle_stop with nothing
+        // waiting, or room for a more urgent model started on that place.
+        let urgency = |m: &str| demand.get(m).filter(|d| d.waiting > 0).map_or(i64::MAX, |d| d.best_key);
+        for a in &acts {
+            if let Action::Stop { model, place } = a {
+                let m = models.iter().find(|m| &m.model == model).unwrap();
+                let i = instances.iter().find(|i| &i.model == model && &i.place == place).unwrap();
+                let expired = match (i.state, m.idle_stop_ms) {
+                    (InstanceState::Idle { since_ms }, Some(d)) => now - since_ms >= d as i64,
+                    _ => false,
+                } && urgency(model) == i64::MAX;
+                let for_urgent = acts.iter().any(|b| matches!(b, Action::Start { model: sm, place: sp }
+                    if sp == place && demand[sm].best_key < urgency(model)));
+                prop_assert!(expired || for_urgent, "{a:?} in {acts:?}");
+            }
         }
         // A model is started at most once.
         let mut started = HashSet::new();
