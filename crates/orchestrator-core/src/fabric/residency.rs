@@ -13,6 +13,11 @@
 //!   it is idle, and a later decision stops it, so requests are never cut off
 //!   and models that do not fit together alternate at request boundaries as
 //!   their oldest waiting requests age past each other;
+//! - `switch_ms` keeps a resident model that still has waiting requests
+//!   from being displaced until the other model's most urgent request is
+//!   more urgent by more than that (in key terms: has waited that much
+//!   longer at equal priority), so two models that do not fit together
+//!   take turns of about `switch_ms` instead of reloading at every request;
 //! - a drain holds for the latest decision only: an instance that a decision
 //!   does not name again takes requests again;
 //! - starts never take a place past its budget, counting the stops of the
@@ -91,14 +96,18 @@ pub fn can_be_resident(model: &ModelFootprint, place: &PlaceBudget) -> bool {
     model.places.contains(&place.place) && model.memory_mib <= place.budget_mib
 }
 
-/// The decision for now; stops first, then starts, then drains.
+/// The decision for now; stops first, then starts, then drains. See the
+/// module's rules; `switch_ms` is the hysteresis between models that
+/// displace each other.
 pub fn decide(
     now_ms: i64,
     places: &[PlaceBudget],
     models: &[ModelFootprint],
     instances: &[Instance],
     demand: &BTreeMap<String, Demand>,
+    switch_ms: u64,
 ) -> Vec<Action> {
+    let switch = i64::try_from(switch_ms).unwrap_or(i64::MAX);
     let model = |name: &str| models.iter().find(|m| m.model == name);
     let mem = |name: &str| model(name).map_or(0, |m| m.memory_mib);
     let urgency = |name: &str| {
@@ -169,7 +178,11 @@ pub fn decide(
             let mut victims: Vec<usize> = instances
                 .iter()
                 .enumerate()
-                .filter(|(n, i)| i.place == *p && !stopped.contains(n) && urgency(&i.model) > key)
+                .filter(|(n, i)| i.place == *p && !stopped.contains(n))
+                .filter(|(_, i)| {
+                    let u = urgency(&i.model);
+                    u == i64::MAX || u > key.saturating_add(switch)
+                })
                 .filter(|(_, i)| !matches!(i.state, InstanceState::Starting))
                 .map(|(n, _)| n)
                 .collect();

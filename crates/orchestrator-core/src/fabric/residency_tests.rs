@@ -1,6 +1,17 @@
 use super::*;
 use proptest::prelude::*;
 
+/// Without hysteresis, for the scenarios.
+fn decide(
+    now_ms: i64,
+    places: &[PlaceBudget],
+    models: &[ModelFootprint],
+    instances: &[Instance],
+    demand: &BTreeMap<String, Demand>,
+) -> Vec<Action> {
+    super::decide(now_ms, places, models, instances, demand, 0)
+}
+
 fn place(name: &str, budget_mib: u64) -> PlaceBudget {
     PlaceBudget {
         place: name.into(),
@@ -194,6 +205,43 @@ fn over_budget_state_does_not_panic() {
 /// priority: simulated over time, each gets served again and again.
 #[test]
 fn models_that_do_not_fit_together_alternate() {
+    let (served, swaps) = alternate(0);
+    assert!(served.0 > 100 && served.1 > 100, "{served:?}");
+    let (served_h, swaps_h) = alternate(10_000);
+    assert!(served_h.0 > 100 && served_h.1 > 100, "{served_h:?}");
+    // Hysteresis makes turns longer: far fewer reloads.
+    assert!(
+        swaps_h * 5 < swaps,
+        "{swaps_h} swaps with hysteresis, {swaps} without"
+    );
+}
+
+#[test]
+fn hysteresis_keeps_a_resident_model_with_close_demand() {
+    let places = [place("a", 10_000)];
+    let models = [
+        model("x", 6000, &["a"], None),
+        model("y", 6000, &["a"], None),
+    ];
+    let res = [inst("x", "a", InstanceState::Idle { since_ms: 0 })];
+    let w = wants(&[("x", 1, 100), ("y", 1, 50)]);
+    assert!(super::decide(0, &places, &models, &res, &w, 60).is_empty());
+    assert_eq!(
+        super::decide(0, &places, &models, &res, &w, 40),
+        vec![stop("x", "a"), start("y", "a")]
+    );
+    // A resident model with nothing waiting is displaced whatever the hysteresis.
+    let w = wants(&[("y", 1, 50)]);
+    assert_eq!(
+        super::decide(0, &places, &models, &res, &w, 1_000_000).len(),
+        2
+    );
+}
+
+/// Simulates two models that do not fit together, both always wanted:
+/// (requests served of each, model starts).
+fn alternate(switch_ms: u64) -> ((u32, u32), u32) {
+    let mut swaps = 0u32;
     let aging = 1000u64;
     let places = [place("gpu", 10_000)];
     let models = [
@@ -233,17 +281,20 @@ fn models_that_do_not_fit_together_alternate() {
                 )
             })
             .collect();
-        let acts = decide(now, &places, &models, &instances, &demand);
+        let acts = super::decide(now, &places, &models, &instances, &demand, switch_ms);
         let mut draining = HashSet::new();
         for a in &acts {
             match a {
                 Action::Stop { model, .. } => instances.retain(|i| &i.model != model),
-                Action::Start { model, place } => instances.push(Instance {
-                    model: model.clone(),
-                    place: place.clone(),
-                    // Loading takes no time in this simulation.
-                    state: InstanceState::Idle { since_ms: now },
-                }),
+                Action::Start { model, place } => {
+                    swaps += 1;
+                    instances.push(Instance {
+                        model: model.clone(),
+                        place: place.clone(),
+                        // Loading takes no time in this simulation.
+                        state: InstanceState::Idle { since_ms: now },
+                    })
+                }
                 Action::Drain { model, .. } => {
                     draining.insert(model.clone());
                 }
@@ -266,14 +317,13 @@ fn models_that_do_not_fit_together_alternate() {
             }
         }
     }
-    let (a, b) = (served["a"], served["b"]);
-    assert!(a > 100 && b > 100, "a {a} b {b}");
     // Neither waits unboundedly: the oldest waiting request is recent.
     for q in queues.values() {
         if let Some(oldest) = q.first() {
             assert!(200_000 - oldest < 60_000, "oldest waiting since {oldest}");
         }
     }
+    ((served["a"], served["b"]), swaps)
 }
 
 /// Places, models, instances, demand and now.
@@ -354,8 +404,8 @@ fn world() -> impl Strategy<Value = World> {
 
 proptest! {
     #[test]
-    fn invariants((places, models, instances, demand, now) in world()) {
-        let acts = decide(now, &places, &models, &instances, &demand);
+    fn invariants((places, models, instances, demand, now) in world(), switch in 0u64..3000) {
+        let acts = super::decide(now, &places, &models, &instances, &demand, switch);
         let mut after = instances.clone();
         for a in &acts {
             match a {
@@ -399,7 +449,7 @@ proptest! {
                     _ => false,
                 } && urgency(model) == i64::MAX;
                 let for_urgent = acts.iter().any(|b| matches!(b, Action::Start { model: sm, place: sp }
-                    if sp == place && demand[sm].best_key < urgency(model)));
+                    if sp == place && (urgency(model) == i64::MAX || demand[sm].best_key + (switch as i64) < urgency(model))));
                 prop_assert!(expired || for_urgent, "{a:?} in {acts:?}");
             }
         }
