@@ -254,3 +254,7 @@ pub fn decide(
 #[cfg(test)]
 #[path = "residency_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "residency_sim.rs"]
+mod sim;
