@@ -5,7 +5,8 @@
 //! path), the scheduling policy ([`sched`]: placement, priority, fairness,
 //! pre-emption), the state machines of run, stage and job ([`machine`]: functions
 //! from (state, event) to (state, effects)), the classification of failures
-//! ([`error`]) and the wire types of the HTTP API ([`api`]) shared by daemon,
+//! ([`error`]), the model fabric's queueing, residency and accounting
+//! ([`fabric`]) and the wire types of the HTTP API ([`api`]) shared by daemon,
 //! agent and CLI.
 //!
 //! What it is not: it never touches a file, a socket, a database or the time
@@ -18,6 +19,7 @@
 
 pub mod api;
 pub mod error;
+pub mod fabric;
 pub mod machine;
 pub mod plan;
 pub mod sched;
