@@ -68,6 +68,8 @@ pub struct DaemonConfig {
     /// Secret values by name: a stage that names one gets it when its job is
     /// claimed. Kept in memory only, never in the store.
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// The models the gateway under `/v1` serves (`orch daemon --models`).
+    pub models: Vec<orchestrator_core::fabric::ModelSpec>,
 }
 
 impl DaemonConfig {
@@ -83,6 +85,7 @@ impl DaemonConfig {
             hooks: hooks::HooksConfig::default(),
             preempt_tick_ms: 1_000,
             secrets: Default::default(),
+            models: Vec::new(),
         }
     }
 
