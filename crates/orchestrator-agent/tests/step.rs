@@ -94,6 +94,7 @@ impl Project {
                 handoff: None,
                 sandbox: Default::default(),
                 secrets: Default::default(),
+                api_key: None,
             },
         }
     }
@@ -306,6 +307,7 @@ async fn cancelling_kills_the_group_and_reports_the_reason() {
         asks: None,
         has_gpus: false,
         sandbox: Default::default(),
+        daemon_url: None,
     };
     let task = {
         let (job, cancel) = (job.clone(), cancel.clone());

@@ -24,6 +24,7 @@ pub mod auth;
 mod error;
 mod events;
 mod extract;
+pub mod fabric;
 pub mod hooks;
 mod human;
 pub mod metrics;
@@ -104,6 +105,8 @@ pub struct App<S> {
     pub shutdown: CancellationToken,
     /// The outbound targets, for their status.
     pub hooks: hooks::Hooks,
+    /// Mints and checks the jobs' keys to the model gateway.
+    pub job_keys: fabric::JobKeys,
 }
 
 /// A started daemon.
@@ -175,6 +178,8 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .merge(admin)
         .merge(agent)
         .route("/healthz", get(api::healthz))
+        // The model gateway: a job's own key is its credential.
+        .route("/v1/models", get(fabric::list_models::<S>))
         // The signed link is its own credential: no bearer token.
         .route("/v1/act/{token}", get(act::show::<S>).post(act::act::<S>))
         .fallback(|| async {
@@ -233,6 +238,7 @@ impl Daemon {
             metrics: Default::default(),
             shutdown: shutdown.clone(),
             hooks,
+            job_keys: Default::default(),
         });
         let mut tasks = JoinSet::new();
         if let Err(e) = app.hooks.start(&store, &mut tasks, &shutdown).await {

@@ -72,6 +72,9 @@ pub struct StepContext {
     pub has_gpus: bool,
     /// How the agent isolates steps.
     pub sandbox: Arc<SandboxConfig>,
+    /// The daemon's URL: a step with a job key gets `OPENAI_BASE_URL`
+    /// `<daemon>/v1`, the model gateway.
+    pub daemon_url: Option<String>,
 }
 
 /// The directory of the running `orch` binary, when it can be told.
@@ -103,6 +106,7 @@ pub async fn run_step(job: &ClaimedJob, agent_id: &str, cancel: CancellationToke
         asks: None,
         has_gpus: false,
         sandbox: Arc::default(),
+        daemon_url: None,
     };
     run_step_with(job, &ctx, cancel).await
 }
@@ -167,6 +171,13 @@ pub async fn run_step_with(
             ));
         }
         orch_env.push(("ORCH_STEP_TOKEN".into(), ask.token.clone()));
+    }
+    if let (Some(key), Some(url)) = (&spec.api_key, &ctx.daemon_url) {
+        orch_env.push(("OPENAI_API_KEY".into(), key.clone()));
+        orch_env.push((
+            "OPENAI_BASE_URL".into(),
+            format!("{}/v1", url.trim_end_matches('/')),
+        ));
     }
     orch_env.extend(spec.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
     orch_env.extend(handed);
