@@ -58,6 +58,10 @@ pub struct DaemonArgs {
     /// The models the gateway serves (YAML, a list under `models:`), read at start.
     #[arg(long, value_name = "FILE", env = "ORCH_MODELS")]
     pub models: Option<PathBuf>,
+    /// The script that starts a llama.cpp server for a `llama_cpp` model;
+    /// default: scripts/llama-server.py of the checkout holding this binary.
+    #[arg(long, value_name = "PATH", env = "ORCH_LLAMA_LAUNCHER")]
+    pub llama_launcher: Option<PathBuf>,
     #[command(flatten)]
     pub hooks: HookArgs,
 }
@@ -368,6 +372,9 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     cfg.hooks = hooks;
     cfg.secrets = crate::secrets::load(&a.secrets, a.secrets_file.as_deref())?;
     cfg.models = models;
+    if let Some(l) = &a.llama_launcher {
+        cfg.llama_launcher = l.clone();
+    }
     let daemon = Daemon::start(cfg, store)
         .await
         .with_context(|| format!("cannot start the daemon on {}", a.listen))?;
@@ -558,6 +565,7 @@ impl Embedded {
                 secrets: Vec::new(),
                 secrets_file: None,
                 models: None,
+                llama_launcher: None,
                 hooks: HookArgs::default(),
             },
             agent,

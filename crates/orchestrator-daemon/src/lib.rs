@@ -71,6 +71,8 @@ pub struct DaemonConfig {
     pub secrets: std::collections::BTreeMap<String, String>,
     /// The models the gateway under `/v1` serves (`orch daemon --models`).
     pub models: Vec<orchestrator_core::fabric::ModelSpec>,
+    /// The script that starts a llama.cpp server (`scripts/llama-server.py`).
+    pub llama_launcher: std::path::PathBuf,
 }
 
 impl DaemonConfig {
@@ -87,6 +89,7 @@ impl DaemonConfig {
             preempt_tick_ms: 1_000,
             secrets: Default::default(),
             models: Vec::new(),
+            llama_launcher: fabric::llama::default_launcher(),
         }
     }
 
@@ -107,6 +110,8 @@ pub struct App<S> {
     pub hooks: hooks::Hooks,
     /// Mints and checks the jobs' keys to the model gateway.
     pub job_keys: fabric::JobKeys,
+    /// The models' servers; llama.cpp ones are killed when this is dropped.
+    pub upstreams: fabric::Upstreams,
 }
 
 /// A started daemon.
@@ -180,6 +185,9 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/healthz", get(api::healthz))
         // The model gateway: a job's own key is its credential.
         .route("/v1/models", get(fabric::list_models::<S>))
+        .route("/v1/chat/completions", post(fabric::proxy::forward::<S>))
+        .route("/v1/completions", post(fabric::proxy::forward::<S>))
+        .route("/v1/embeddings", post(fabric::proxy::forward::<S>))
         // The signed link is its own credential: no bearer token.
         .route("/v1/act/{token}", get(act::show::<S>).post(act::act::<S>))
         .fallback(|| async {
@@ -234,11 +242,12 @@ impl Daemon {
         let shutdown = CancellationToken::new();
         let app = Arc::new(App {
             store: store.clone(),
-            config,
             metrics: Default::default(),
             shutdown: shutdown.clone(),
             hooks,
             job_keys: Default::default(),
+            upstreams: fabric::Upstreams::new(config.llama_launcher.clone()),
+            config,
         });
         let mut tasks = JoinSet::new();
         if let Err(e) = app.hooks.start(&store, &mut tasks, &shutdown).await {

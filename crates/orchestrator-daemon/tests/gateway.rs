@@ -31,10 +31,13 @@ fn assert_invalid_key(status: u16, body: &Value) {
     assert!(body["error"]["message"].as_str().is_some(), "{body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_jobs_key_opens_the_gateway_while_the_job_is_leased_and_only_then() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap());
+/// A daemon serving `models`, one run submitted and its job claimed: the
+/// daemon, its `/v1` URL, the claimed job and the agent's id.
+async fn leased_job(
+    dir: &std::path::Path,
+    models: Vec<orchestrator_core::fabric::ModelSpec>,
+) -> (Daemon, String, Value, String) {
+    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.join("orch.db"))).unwrap());
     let mut cfg = DaemonConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         Tokens {
@@ -42,7 +45,9 @@ async fn a_jobs_key_opens_the_gateway_while_the_job_is_leased_and_only_then() {
             agent: vec![AGENT.into()],
         },
     );
-    cfg.models = models();
+    cfg.models = models;
+    cfg.llama_launcher =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llama-server.py");
     let daemon = Daemon::start(cfg, store.clone()).await.unwrap();
     let base = format!("http://{}/v1", daemon.addr);
     let http = reqwest::Client::new();
@@ -51,7 +56,7 @@ async fn a_jobs_key_opens_the_gateway_while_the_job_is_leased_and_only_then() {
             workflow: "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n"
                 .into(),
             file: Some("wf.yaml".into()),
-            project_dir: dir.path().display().to_string(),
+            project_dir: dir.display().to_string(),
             priority: None,
             policy: Default::default(),
             base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
@@ -75,6 +80,14 @@ async fn a_jobs_key_opens_the_gateway_while_the_job_is_leased_and_only_then() {
     )
     .await;
     assert_eq!(s, 200, "{job}");
+    (daemon, base, job, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_key_opens_the_gateway_while_the_job_is_leased_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, base, job, agent) = leased_job(dir.path(), models()).await;
+    let http = reqwest::Client::new();
     let job_id = job["job_id"].as_i64().unwrap();
     let key = job["api_key"].as_str().unwrap().to_owned();
     assert!(key.starts_with(&format!("orch-job-{job_id}-")), "{key}");
@@ -120,6 +133,121 @@ async fn a_jobs_key_opens_the_gateway_while_the_job_is_leased_and_only_then() {
             .contains("no longer running"),
         "{b}"
     );
+    daemon.shutdown_token().cancel();
+    daemon.wait().await.unwrap();
+}
+
+fn env_path(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: scripts/test installs the model runtime and sets it \
+             (or run `scripts/model-assets.sh` and export the lines it prints)"
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_jobs_key_gets_real_completions_from_a_llama_cpp_model_started_on_first_use() {
+    let model = env_path("ORCH_TEST_MODEL");
+    env_path("ORCH_LLAMA_PYTHON");
+    let models = orchestrator_core::fabric::parse_models(
+        &format!(
+            "models:\n  - name: smol\n    runtime: {{llama_cpp: {{model: {model:?}, ctx: 2048, threads: 1}}}}\n    memory: 1G\n    concurrency: 2\n"
+        ),
+        "models.yaml",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, base, job, _agent) = leased_job(dir.path(), models).await;
+    let key = job["api_key"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let chat = json!({
+        "model": "smol",
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 8,
+    });
+
+    // Refused before anything starts: a wrong key, bad JSON, an unknown model.
+    let (s, b) = send(
+        http.post(format!("{base}/chat/completions"))
+            .bearer_auth("orch-job-1-00")
+            .json(&chat),
+    )
+    .await;
+    assert_invalid_key(s, &b);
+    let (s, b) = send(
+        http.post(format!("{base}/chat/completions"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body("{\"model\": "),
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["type"], "invalid_request_error", "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("JSON"),
+        "{b}"
+    );
+    let (s, b) = send(
+        http.post(format!("{base}/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "no-such-model", "messages": []})),
+    )
+    .await;
+    assert_eq!(s, 404, "{b}");
+    assert_eq!(b["error"]["code"], "model_not_found", "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-model"),
+        "{b}"
+    );
+
+    // A real completion, through a llama.cpp server started on first use.
+    let (s, b) = send(
+        http.post(format!("{base}/chat/completions"))
+            .bearer_auth(&key)
+            .json(&chat),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["choices"][0]["message"]["content"].is_string(), "{b}");
+    assert!(b["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{b}");
+
+    // Streamed: Server-Sent Events pass through to the end.
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    let r = http
+        .post(format!("{base}/chat/completions"))
+        .bearer_auth(&key)
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"),
+        "{:?}",
+        r.headers()
+    );
+    let text = r.text().await.unwrap();
+    assert!(text.contains("data: {"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    // Plain completions go through too.
+    let (s, b) = send(
+        http.post(format!("{base}/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "smol", "prompt": "Once upon", "max_tokens": 4})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["choices"][0]["text"].is_string(), "{b}");
     daemon.shutdown_token().cancel();
     daemon.wait().await.unwrap();
 }

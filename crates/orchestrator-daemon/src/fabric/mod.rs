@@ -2,11 +2,15 @@
 //! with their job's key ([`keys`]).
 //!
 //! What it is: `GET /v1/models`, the configured models in OpenAI's list
-//! shape. Every answer it refuses has OpenAI's error shape
+//! shape, and the completion and embedding routes passed through to each
+//! model's server ([`proxy`]): an external one, or a llama.cpp server started
+//! on first use ([`llama`]). Every answer it refuses has OpenAI's error shape
 //! (`{"error": {"message", "type", "code"}}`), so that OpenAI clients show
 //! the reason.
 
 pub mod keys;
+pub mod llama;
+pub mod proxy;
 
 use std::sync::Arc;
 
@@ -20,6 +24,7 @@ use serde_json::json;
 use crate::App;
 
 pub use keys::JobKeys;
+pub use proxy::Upstreams;
 
 /// An answer in OpenAI's error shape.
 #[derive(Debug)]
