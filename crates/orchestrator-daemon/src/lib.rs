@@ -211,7 +211,17 @@ async fn metrics_handler<S: Store>(
     axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
 ) -> Result<String, ApiErr> {
     let counts = app.store.counts().await?;
-    Ok(app.metrics.render(&counts, &app.store.writer_stats()))
+    let mut text = app.metrics.render(&counts, &app.store.writer_stats());
+    let waiting = app.upstreams.slots.waiting_all();
+    if !waiting.is_empty() {
+        text.push_str("# HELP orch_model_requests_waiting Gateway requests waiting for a slot of their model.\n# TYPE orch_model_requests_waiting gauge\n");
+        for (model, n) in waiting {
+            text.push_str(&format!(
+                "orch_model_requests_waiting{{model=\"{model}\"}} {n}\n"
+            ));
+        }
+    }
+    Ok(text)
 }
 
 /// `GET /v1/webhooks`: every hook target's delivery status.

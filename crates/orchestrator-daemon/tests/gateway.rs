@@ -37,6 +37,17 @@ async fn leased_job(
     dir: &std::path::Path,
     models: Vec<orchestrator_core::fabric::ModelSpec>,
 ) -> (Daemon, String, Value, String) {
+    let (daemon, base, mut jobs, agent) = leased_jobs(dir, models, &[None]).await;
+    (daemon, base, jobs.remove(0), agent)
+}
+
+/// A daemon serving `models`, one run submitted per priority and every job
+/// claimed by one agent: the jobs come back in the order of `priorities`.
+async fn leased_jobs(
+    dir: &std::path::Path,
+    models: Vec<orchestrator_core::fabric::ModelSpec>,
+    priorities: &[Option<i32>],
+) -> (Daemon, String, Vec<Value>, String) {
     let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.join("orch.db"))).unwrap());
     let mut cfg = DaemonConfig::new(
         "127.0.0.1:0".parse().unwrap(),
@@ -51,36 +62,53 @@ async fn leased_job(
     let daemon = Daemon::start(cfg, store.clone()).await.unwrap();
     let base = format!("http://{}/v1", daemon.addr);
     let http = reqwest::Client::new();
-    store
-        .submit_run(NewRun {
-            workflow: "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n"
-                .into(),
-            file: Some("wf.yaml".into()),
-            project_dir: dir.display().to_string(),
-            priority: None,
-            policy: Default::default(),
-            base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
-            actor: "user:test".into(),
-            on_failure: None,
-        })
-        .await
-        .unwrap();
+    let mut runs = Vec::new();
+    for priority in priorities {
+        let run = store
+            .submit_run(NewRun {
+                workflow: "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n"
+                    .into(),
+                file: Some("wf.yaml".into()),
+                project_dir: dir.display().to_string(),
+                priority: *priority,
+                policy: Default::default(),
+                base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
+                actor: "user:test".into(),
+                on_failure: None,
+            })
+            .await
+            .unwrap();
+        runs.push(run.run_id);
+    }
     let (s, reg) = send(
         http.post(format!("{base}/agents"))
             .bearer_auth(AGENT)
-            .json(&json!({"name": "a1", "slots": 1})),
+            .json(&json!({"name": "a1", "slots": priorities.len()})),
     )
     .await;
     assert_eq!(s, 200, "{reg}");
     let agent = reg["agent_id"].as_str().unwrap().to_owned();
-    let (s, job) = send(
-        http.post(format!("{base}/agents/{agent}/claim"))
-            .bearer_auth(AGENT)
-            .json(&json!({"wait_ms": 1000})),
-    )
-    .await;
-    assert_eq!(s, 200, "{job}");
-    (daemon, base, job, agent)
+    let mut jobs = Vec::new();
+    for _ in priorities {
+        let (s, job) = send(
+            http.post(format!("{base}/agents/{agent}/claim"))
+                .bearer_auth(AGENT)
+                .json(&json!({"wait_ms": 1000})),
+        )
+        .await;
+        assert_eq!(s, 200, "{job}");
+        jobs.push(job);
+    }
+    let jobs = runs
+        .iter()
+        .map(|r| {
+            jobs.iter()
+                .find(|j| j["run_id"] == r.as_str())
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    (daemon, base, jobs, agent)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,6 +276,92 @@ async fn a_leased_jobs_key_gets_real_completions_from_a_llama_cpp_model_started_
     .await;
     assert_eq!(s, 200, "{b}");
     assert!(b["choices"][0]["text"].is_string(), "{b}");
+    daemon.shutdown_token().cancel();
+    daemon.wait().await.unwrap();
+}
+
+/// The metric of requests waiting for `model`'s slot.
+async fn waiting(http: &reqwest::Client, base: &str, model: &str) -> u64 {
+    let text = http
+        .get(format!("{}/metrics", base.trim_end_matches("/v1")))
+        .bearer_auth("admin-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!("orch_model_requests_waiting{{model=\"{model}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_slot_a_high_priority_request_is_served_before_a_low_one_queued_earlier() {
+    let model = env_path("ORCH_TEST_MODEL");
+    env_path("ORCH_LLAMA_PYTHON");
+    let models = orchestrator_core::fabric::parse_models(
+        &format!(
+            "models:\n  - name: smol\n    runtime: {{llama_cpp: {{model: {model:?}, ctx: 4096, threads: 1}}}}\n    memory: 1G\n    concurrency: 1\n"
+        ),
+        "models.yaml",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, base, jobs, _agent) =
+        leased_jobs(dir.path(), models, &[Some(0), Some(0), Some(50)]).await;
+    let key = |i: usize| jobs[i]["api_key"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+
+    // The slot is taken by a long, low-priority streamed answer, read no further.
+    let mut held = http
+        .post(format!("{base}/chat/completions"))
+        .bearer_auth(key(0))
+        .json(&json!({
+            "model": "smol",
+            "messages": [{"role": "user", "content": "Tell a very long story."}],
+            "max_tokens": 3000, "ignore_eos": true, "stream": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status().as_u16(), 200);
+    held.chunk().await.unwrap().expect("a first event");
+
+    // Low, then high: both wait for the slot.
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ask = |name: &'static str, key: String| {
+        let (http, base, order) = (http.clone(), base.clone(), order.clone());
+        tokio::spawn(async move {
+            let (s, b) = send(
+                http.post(format!("{base}/chat/completions"))
+                    .bearer_auth(key)
+                    .json(&json!({
+                        "model": "smol",
+                        "messages": [{"role": "user", "content": "Say hi."}],
+                        "max_tokens": 4,
+                    })),
+            )
+            .await;
+            assert_eq!(s, 200, "{b}");
+            order.lock().unwrap().push(name);
+        })
+    };
+    let low = ask("low", key(1));
+    while waiting(&http, &base, "smol").await < 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let high = ask("high", key(2));
+    while waiting(&http, &base, "smol").await < 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // The long answer's client goes away: its slot goes to the high one first.
+    drop(held);
+    low.await.unwrap();
+    high.await.unwrap();
+    assert_eq!(*order.lock().unwrap(), ["high", "low"]);
     daemon.shutdown_token().cancel();
     daemon.wait().await.unwrap();
 }

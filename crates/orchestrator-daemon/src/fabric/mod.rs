@@ -4,13 +4,15 @@
 //! What it is: `GET /v1/models`, the configured models in OpenAI's list
 //! shape, and the completion and embedding routes passed through to each
 //! model's server ([`proxy`]): an external one, or a llama.cpp server started
-//! on first use ([`llama`]). Every answer it refuses has OpenAI's error shape
+//! on first use ([`llama`]). Requests wait for a slot of their model in
+//! their run's priority order ([`slots`]). Every answer it refuses has OpenAI's error shape
 //! (`{"error": {"message", "type", "code"}}`), so that OpenAI clients show
 //! the reason.
 
 pub mod keys;
 pub mod llama;
 pub mod proxy;
+pub mod slots;
 
 use std::sync::Arc;
 

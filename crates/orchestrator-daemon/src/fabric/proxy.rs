@@ -9,6 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::Response;
+use futures_util::StreamExt;
 use orchestrator_core::fabric::Runtime;
 use orchestrator_store::Store;
 
@@ -19,6 +20,8 @@ use crate::App;
 /// client that reaches them.
 pub struct Upstreams {
     pub llama: super::llama::LlamaServers,
+    /// Each model's queue for its slots.
+    pub slots: Arc<super::slots::Slots>,
     http: reqwest::Client,
 }
 
@@ -26,6 +29,7 @@ impl Upstreams {
     pub fn new(launcher: std::path::PathBuf) -> Self {
         Upstreams {
             llama: super::llama::LlamaServers::new(launcher),
+            slots: Arc::default(),
             // A fresh connection per request: llama.cpp may close a kept-alive
             // one after a streamed answer.
             http: reqwest::Client::builder()
@@ -49,7 +53,7 @@ pub async fn forward<S: Store>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OpenAiErr> {
-    keys::authorize(&app, &headers).await?;
+    let holder = keys::authorize(&app, &headers).await?;
     let req: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
         OpenAiErr::new(
             StatusCode::BAD_REQUEST,
@@ -72,6 +76,11 @@ pub async fn forward<S: Store>(
         ));
     };
     let up = &app.upstreams;
+    // Held until the answer's last byte is sent or its client goes away.
+    let permit = up
+        .slots
+        .acquire(&model.name, model.concurrency, holder.priority)
+        .await;
     let (base, api_key) = match &model.runtime {
         Runtime::External { url, api_key_env } => (
             url.trim_end_matches('/').to_owned(),
@@ -99,6 +108,9 @@ pub async fn forward<S: Store>(
         }
     }
     answer
-        .body(Body::from_stream(resp.bytes_stream()))
+        .body(Body::from_stream(resp.bytes_stream().map(move |chunk| {
+            let _held = &permit;
+            chunk
+        })))
         .map_err(|e| upstream_err(e.to_string()))
 }
