@@ -458,6 +458,25 @@ async fn environment_reaches_the_command() {
 }
 
 #[tokio::test]
+async fn a_job_key_reaches_the_command_as_the_openai_variables_and_never_the_logs() {
+    let p = Project::new();
+    let cmd = sh("test \"$OPENAI_API_KEY\" = orch-job-42-abc && printf '%s|%s' \"$OPENAI_API_KEY\" \"$OPENAI_BASE_URL\"");
+    let mut job = p.job(vec![cmd]);
+    job.spec.api_key = Some("orch-job-42-abc".into());
+    let ctx = StepContext {
+        agent_id: "agent-1".into(),
+        daemon_url: Some("http://daemon:7437/".into()),
+        ..StepContext::default()
+    };
+    let out = run_step_with(&job, &ctx, CancellationToken::new()).await;
+    assert!(out.success, "{out:?}");
+    assert_eq!(
+        p.log(&job, "cmd-000.stdout.log"),
+        "***|http://daemon:7437/v1"
+    );
+}
+
+#[tokio::test]
 async fn a_missing_program_is_the_workflow_s_fault() {
     let p = Project::new();
     let job = p.job(vec![argv(&["no-such-program-xyz", "arg"])]);

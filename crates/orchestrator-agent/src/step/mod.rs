@@ -241,7 +241,9 @@ pub async fn run_step_with(
     )
     .without_inherited(granted.unset)
     .in_sandbox(sandbox)
-    .redacting(redact::values(spec.secrets.values()));
+    .redacting(redact::values(
+        spec.secrets.values().chain(spec.api_key.iter()),
+    ));
     let mut failure = match prepare(spec, &workdir) {
         Err(msg) => Some(Failure::task(msg)),
         Ok(commands) => runner.run_all(&commands, &mut rec).await,
@@ -368,9 +370,13 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    /// `text` with the step's secret values masked.
+    /// `text` with the step's secret values and model key masked.
     fn hide(&self, text: &str) -> String {
-        redact::text(text, &redact::values(self.job.spec.secrets.values()))
+        let spec = &self.job.spec;
+        redact::text(
+            text,
+            &redact::values(spec.secrets.values().chain(spec.api_key.iter())),
+        )
     }
 
     /// Where a failure happened and what the machine looked like then:
