@@ -152,6 +152,7 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         hostname,
         asks,
         sandbox: Arc::new(cfg.sandbox.clone()),
+        server: cfg.server.clone(),
         session: Mutex::new(Arc::new(session)),
         reregistering: tokio::sync::Mutex::new(()),
         leases: Mutex::new(HashMap::new()),
@@ -230,6 +231,8 @@ struct Shared {
     asks: AskBox,
     /// How steps are isolated.
     sandbox: Arc<SandboxConfig>,
+    /// The daemon's URL, for the steps' model gateway.
+    server: String,
     /// The current registration; replaced when the daemon forgets the agent.
     session: Mutex<Arc<Session>>,
     /// Held while re-registering, so that loops noticing together register once.
@@ -437,6 +440,7 @@ async fn run_job(
         asks: Some(shared.asks.clone()),
         has_gpus: !shared.register.gpus.is_empty(),
         sandbox: shared.sandbox.clone(),
+        daemon_url: Some(shared.server.clone()),
     };
     let step = run_step_with(&job, &ctx, kill.clone());
     tokio::pin!(step);

@@ -82,6 +82,7 @@ fn context() -> StepContext {
         asks: None,
         has_gpus: false,
         sandbox: Arc::new(sandbox),
+        daemon_url: None,
     }
 }
 

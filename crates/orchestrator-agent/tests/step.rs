@@ -94,6 +94,7 @@ impl Project {
                 handoff: None,
                 sandbox: Default::default(),
                 secrets: Default::default(),
+                api_key: None,
             },
         }
     }
@@ -306,6 +307,7 @@ async fn cancelling_kills_the_group_and_reports_the_reason() {
         asks: None,
         has_gpus: false,
         sandbox: Default::default(),
+        daemon_url: None,
     };
     let task = {
         let (job, cancel) = (job.clone(), cancel.clone());
@@ -452,6 +454,25 @@ async fn environment_reaches_the_command() {
     assert_eq!(
         p.manifest(&job).commands[0].env_keys,
         ["BOTH", "FROM_CMD", "FROM_STEP"]
+    );
+}
+
+#[tokio::test]
+async fn a_job_key_reaches_the_command_as_the_openai_variables_and_never_the_logs() {
+    let p = Project::new();
+    let cmd = sh("test \"$OPENAI_API_KEY\" = orch-job-42-abc && printf '%s|%s' \"$OPENAI_API_KEY\" \"$OPENAI_BASE_URL\"");
+    let mut job = p.job(vec![cmd]);
+    job.spec.api_key = Some("orch-job-42-abc".into());
+    let ctx = StepContext {
+        agent_id: "agent-1".into(),
+        daemon_url: Some("http://daemon:7437/".into()),
+        ..StepContext::default()
+    };
+    let out = run_step_with(&job, &ctx, CancellationToken::new()).await;
+    assert!(out.success, "{out:?}");
+    assert_eq!(
+        p.log(&job, "cmd-000.stdout.log"),
+        "***|http://daemon:7437/v1"
     );
 }
 

@@ -55,6 +55,13 @@ pub struct DaemonArgs {
     /// A file of NAME=VALUE lines (mode 600), read at start.
     #[arg(long, value_name = "FILE", env = "ORCH_SECRETS_FILE")]
     pub secrets_file: Option<PathBuf>,
+    /// The models the gateway serves (YAML, a list under `models:`), read at start.
+    #[arg(long, value_name = "FILE", env = "ORCH_MODELS")]
+    pub models: Option<PathBuf>,
+    /// The script that starts a llama.cpp server for a `llama_cpp` model;
+    /// default: scripts/llama-server.py of the checkout holding this binary.
+    #[arg(long, value_name = "PATH", env = "ORCH_LLAMA_LAUNCHER")]
+    pub llama_launcher: Option<PathBuf>,
     #[command(flatten)]
     pub hooks: HookArgs,
 }
@@ -347,6 +354,16 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
             orchestrator_core::sched::parse_system_rules(&text, &path.display().to_string())
                 .map_err(|e| CliError::BadInput(e.to_string()))?;
     }
+    let models = match &a.models {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                CliError::BadInput(format!("{}: cannot read the models: {e}", path.display()))
+            })?;
+            orchestrator_core::fabric::parse_models(&text, &path.display().to_string())
+                .map_err(|e| CliError::BadInput(e.to_string()))?
+        }
+        None => Vec::new(),
+    };
     let store = Arc::new(SqliteStore::open(opts).context("cannot open the store")?);
     let mut cfg = DaemonConfig::new(a.listen, tokens.clone());
     cfg.lease_ttl_ms = a.lease_ttl_ms;
@@ -354,6 +371,10 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     cfg.max_body_bytes = a.max_body_bytes;
     cfg.hooks = hooks;
     cfg.secrets = crate::secrets::load(&a.secrets, a.secrets_file.as_deref())?;
+    cfg.models = models;
+    if let Some(l) = &a.llama_launcher {
+        cfg.llama_launcher = l.clone();
+    }
     let daemon = Daemon::start(cfg, store)
         .await
         .with_context(|| format!("cannot start the daemon on {}", a.listen))?;
@@ -543,6 +564,8 @@ impl Embedded {
                 rules: None,
                 secrets: Vec::new(),
                 secrets_file: None,
+                models: None,
+                llama_launcher: None,
                 hooks: HookArgs::default(),
             },
             agent,

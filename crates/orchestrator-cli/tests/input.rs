@@ -394,3 +394,23 @@ fn commands_that_need_a_daemon_say_how_to_start_one() {
     assert_eq!(out.code, 3, "{out}");
     assert!(out.stderr.contains("cannot reach the daemon"), "{out}");
 }
+
+#[test]
+fn a_bad_models_file_stops_the_daemon_with_the_file_model_and_field() {
+    let h = Harness::new();
+    let models = h.write(
+        "models.yaml",
+        "models:\n  - name: small\n    runtime: {external: {url: \"ftp://x\"}}\n",
+    );
+    let out = h.orch(&[
+        "daemon",
+        "--listen",
+        "127.0.0.1:0",
+        "--models",
+        models.to_str().unwrap(),
+    ]);
+    out.expect_code(2);
+    assert!(out.stderr.contains("models.yaml"), "{out}");
+    assert!(out.stderr.contains("model \"small\""), "{out}");
+    assert!(out.stderr.contains("runtime.external.url"), "{out}");
+}

@@ -24,6 +24,7 @@ pub mod auth;
 mod error;
 mod events;
 mod extract;
+pub mod fabric;
 pub mod hooks;
 mod human;
 pub mod metrics;
@@ -68,6 +69,10 @@ pub struct DaemonConfig {
     /// Secret values by name: a stage that names one gets it when its job is
     /// claimed. Kept in memory only, never in the store.
     pub secrets: std::collections::BTreeMap<String, String>,
+    /// The models the gateway under `/v1` serves (`orch daemon --models`).
+    pub models: Vec<orchestrator_core::fabric::ModelSpec>,
+    /// The script that starts a llama.cpp server (`scripts/llama-server.py`).
+    pub llama_launcher: std::path::PathBuf,
 }
 
 impl DaemonConfig {
@@ -83,6 +88,8 @@ impl DaemonConfig {
             hooks: hooks::HooksConfig::default(),
             preempt_tick_ms: 1_000,
             secrets: Default::default(),
+            models: Vec::new(),
+            llama_launcher: fabric::llama::default_launcher(),
         }
     }
 
@@ -101,6 +108,10 @@ pub struct App<S> {
     pub shutdown: CancellationToken,
     /// The outbound targets, for their status.
     pub hooks: hooks::Hooks,
+    /// Mints and checks the jobs' keys to the model gateway.
+    pub job_keys: fabric::JobKeys,
+    /// The models' servers; llama.cpp ones are killed when this is dropped.
+    pub upstreams: fabric::Upstreams,
 }
 
 /// A started daemon.
@@ -172,6 +183,11 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .merge(admin)
         .merge(agent)
         .route("/healthz", get(api::healthz))
+        // The model gateway: a job's own key is its credential.
+        .route("/v1/models", get(fabric::list_models::<S>))
+        .route("/v1/chat/completions", post(fabric::proxy::forward::<S>))
+        .route("/v1/completions", post(fabric::proxy::forward::<S>))
+        .route("/v1/embeddings", post(fabric::proxy::forward::<S>))
         // The signed link is its own credential: no bearer token.
         .route("/v1/act/{token}", get(act::show::<S>).post(act::act::<S>))
         .fallback(|| async {
@@ -195,7 +211,17 @@ async fn metrics_handler<S: Store>(
     axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
 ) -> Result<String, ApiErr> {
     let counts = app.store.counts().await?;
-    Ok(app.metrics.render(&counts, &app.store.writer_stats()))
+    let mut text = app.metrics.render(&counts, &app.store.writer_stats());
+    let waiting = app.upstreams.slots.waiting_all();
+    if !waiting.is_empty() {
+        text.push_str("# HELP orch_model_requests_waiting Gateway requests waiting for a slot of their model.\n# TYPE orch_model_requests_waiting gauge\n");
+        for (model, n) in waiting {
+            text.push_str(&format!(
+                "orch_model_requests_waiting{{model=\"{model}\"}} {n}\n"
+            ));
+        }
+    }
+    Ok(text)
 }
 
 /// `GET /v1/webhooks`: every hook target's delivery status.
@@ -226,10 +252,12 @@ impl Daemon {
         let shutdown = CancellationToken::new();
         let app = Arc::new(App {
             store: store.clone(),
-            config,
             metrics: Default::default(),
             shutdown: shutdown.clone(),
             hooks,
+            job_keys: Default::default(),
+            upstreams: fabric::Upstreams::new(config.llama_launcher.clone()),
+            config,
         });
         let mut tasks = JoinSet::new();
         if let Err(e) = app.hooks.start(&store, &mut tasks, &shutdown).await {

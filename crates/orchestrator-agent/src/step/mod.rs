@@ -72,6 +72,9 @@ pub struct StepContext {
     pub has_gpus: bool,
     /// How the agent isolates steps.
     pub sandbox: Arc<SandboxConfig>,
+    /// The daemon's URL: a step with a job key gets `OPENAI_BASE_URL`
+    /// `<daemon>/v1`, the model gateway.
+    pub daemon_url: Option<String>,
 }
 
 /// The directory of the running `orch` binary, when it can be told.
@@ -103,6 +106,7 @@ pub async fn run_step(job: &ClaimedJob, agent_id: &str, cancel: CancellationToke
         asks: None,
         has_gpus: false,
         sandbox: Arc::default(),
+        daemon_url: None,
     };
     run_step_with(job, &ctx, cancel).await
 }
@@ -168,6 +172,13 @@ pub async fn run_step_with(
         }
         orch_env.push(("ORCH_STEP_TOKEN".into(), ask.token.clone()));
     }
+    if let (Some(key), Some(url)) = (&spec.api_key, &ctx.daemon_url) {
+        orch_env.push(("OPENAI_API_KEY".into(), key.clone()));
+        orch_env.push((
+            "OPENAI_BASE_URL".into(),
+            format!("{}/v1", url.trim_end_matches('/')),
+        ));
+    }
     orch_env.extend(spec.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
     orch_env.extend(handed);
     let granted = grant::grant_env(&job.grant, ctx.has_gpus);
@@ -230,7 +241,9 @@ pub async fn run_step_with(
     )
     .without_inherited(granted.unset)
     .in_sandbox(sandbox)
-    .redacting(redact::values(spec.secrets.values()));
+    .redacting(redact::values(
+        spec.secrets.values().chain(spec.api_key.iter()),
+    ));
     let mut failure = match prepare(spec, &workdir) {
         Err(msg) => Some(Failure::task(msg)),
         Ok(commands) => runner.run_all(&commands, &mut rec).await,
@@ -357,9 +370,13 @@ impl<'a> Recorder<'a> {
         }
     }
 
-    /// `text` with the step's secret values masked.
+    /// `text` with the step's secret values and model key masked.
     fn hide(&self, text: &str) -> String {
-        redact::text(text, &redact::values(self.job.spec.secrets.values()))
+        let spec = &self.job.spec;
+        redact::text(
+            text,
+            &redact::values(spec.secrets.values().chain(spec.api_key.iter())),
+        )
     }
 
     /// Where a failure happened and what the machine looked like then:

@@ -268,6 +268,10 @@ pub struct JobSpec {
     /// it writes.
     #[serde(default, skip_serializing_if = "Secrets::is_empty")]
     pub secrets: Secrets,
+    /// The job's key to the daemon's model gateway, minted when the job is
+    /// handed out and never stored; the step gets it as `OPENAI_API_KEY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<String>,
 }
 
 /// Secret values by name. Its `Debug` shows the names only, so that no log

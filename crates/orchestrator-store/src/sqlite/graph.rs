@@ -606,6 +606,7 @@ pub(super) fn enqueue(
             image: stage.image.clone(),
         },
         secrets: orchestrator_core::api::Secrets::named(&stage.secrets),
+        api_key: None,
     };
     let payload = serde_json::to_string(&spec).map_err(|e| StoreError::Database(e.to_string()))?;
     let labels =

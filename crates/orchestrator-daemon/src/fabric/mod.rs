@@ -1,0 +1,75 @@
+//! The model gateway: an OpenAI-compatible API under `/v1` that steps reach
+//! with their job's key ([`keys`]).
+//!
+//! What it is: `GET /v1/models`, the configured models in OpenAI's list
+//! shape, and the completion and embedding routes passed through to each
+//! model's server ([`proxy`]): an external one, or a llama.cpp server started
+//! on first use ([`llama`]). Requests wait for a slot of their model in
+//! their run's priority order ([`slots`]). Every answer it refuses has OpenAI's error shape
+//! (`{"error": {"message", "type", "code"}}`), so that OpenAI clients show
+//! the reason.
+
+pub mod keys;
+pub mod llama;
+pub mod proxy;
+pub mod slots;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use orchestrator_store::Store;
+use serde_json::json;
+
+use crate::App;
+
+pub use keys::JobKeys;
+pub use proxy::Upstreams;
+
+/// An answer in OpenAI's error shape.
+#[derive(Debug)]
+pub struct OpenAiErr {
+    pub status: StatusCode,
+    pub message: String,
+    pub kind: &'static str,
+    pub code: &'static str,
+}
+
+impl OpenAiErr {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        OpenAiErr {
+            status,
+            message: message.into(),
+            kind: "invalid_request_error",
+            code,
+        }
+    }
+}
+
+impl IntoResponse for OpenAiErr {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "code": self.code,
+        }});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+/// `GET /v1/models`: the models this daemon serves.
+pub async fn list_models<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+) -> Result<Response, OpenAiErr> {
+    keys::authorize(&app, &headers).await?;
+    let data: Vec<_> = app
+        .config
+        .models
+        .iter()
+        .map(|m| json!({"id": m.name, "object": "model", "created": 0, "owned_by": "orchestrator"}))
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
+}

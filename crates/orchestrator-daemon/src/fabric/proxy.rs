@@ -1,0 +1,116 @@
+//! `POST /v1/chat/completions`, `/v1/completions` and `/v1/embeddings`:
+//! checked (the job's key, the JSON, the model), then passed to the model's
+//! server unchanged, and its answer streamed back unchanged (Server-Sent
+//! Events included). A client that goes away drops the upstream request.
+
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
+use axum::response::Response;
+use futures_util::StreamExt;
+use orchestrator_core::fabric::Runtime;
+use orchestrator_store::Store;
+
+use super::{keys, OpenAiErr};
+use crate::App;
+
+/// What the gateway holds besides the keys: the servers it started and the
+/// client that reaches them.
+pub struct Upstreams {
+    pub llama: super::llama::LlamaServers,
+    /// Each model's queue for its slots.
+    pub slots: Arc<super::slots::Slots>,
+    http: reqwest::Client,
+}
+
+impl Upstreams {
+    pub fn new(launcher: std::path::PathBuf) -> Self {
+        Upstreams {
+            llama: super::llama::LlamaServers::new(launcher),
+            slots: Arc::default(),
+            // A fresh connection per request: llama.cpp may close a kept-alive
+            // one after a streamed answer.
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .expect("a client with default TLS settings builds"),
+        }
+    }
+}
+
+fn upstream_err(message: String) -> OpenAiErr {
+    let mut e = OpenAiErr::new(StatusCode::BAD_GATEWAY, "upstream_error", message);
+    e.kind = "api_error";
+    e
+}
+
+/// Forwards one request to its model's server.
+pub async fn forward<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, OpenAiErr> {
+    let holder = keys::authorize(&app, &headers).await?;
+    let req: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        OpenAiErr::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            format!("the request body is not valid JSON: {e}"),
+        )
+    })?;
+    let Some(name) = req.get("model").and_then(|m| m.as_str()) else {
+        return Err(OpenAiErr::new(
+            StatusCode::BAD_REQUEST,
+            "missing_model",
+            "the request names no model; expected a string `model`, one of GET /v1/models",
+        ));
+    };
+    let Some(model) = app.config.models.iter().find(|m| m.name == name) else {
+        return Err(OpenAiErr::new(
+            StatusCode::NOT_FOUND,
+            "model_not_found",
+            format!("the model `{name}` does not exist on this daemon; GET /v1/models lists those it serves"),
+        ));
+    };
+    let up = &app.upstreams;
+    // Held until the answer's last byte is sent or its client goes away.
+    let permit = up
+        .slots
+        .acquire(&model.name, model.concurrency, holder.priority)
+        .await;
+    let (base, api_key) = match &model.runtime {
+        Runtime::External { url, api_key_env } => (
+            url.trim_end_matches('/').to_owned(),
+            api_key_env.as_ref().and_then(|v| std::env::var(v).ok()),
+        ),
+        Runtime::LlamaCpp { .. } => (up.llama.url(model).await.map_err(upstream_err)?, None),
+    };
+    let path = uri.path().strip_prefix("/v1").unwrap_or(uri.path());
+    let mut out = up
+        .http
+        .post(format!("{base}{path}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(body);
+    if let Some(k) = api_key {
+        out = out.bearer_auth(k);
+    }
+    let resp = out
+        .send()
+        .await
+        .map_err(|e| upstream_err(format!("model `{name}`: {e}")))?;
+    let mut answer = Response::builder().status(resp.status().as_u16());
+    for h in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
+        if let Some(v) = resp.headers().get(&h) {
+            answer = answer.header(h, v.as_bytes());
+        }
+    }
+    answer
+        .body(Body::from_stream(resp.bytes_stream().map(move |chunk| {
+            let _held = &permit;
+            chunk
+        })))
+        .map_err(|e| upstream_err(e.to_string()))
+}

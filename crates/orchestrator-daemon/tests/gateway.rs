@@ -1,0 +1,367 @@
+//! The model gateway, against the real daemon on a real SQLite store over
+//! HTTP: a job's key opens it while the job is leased, and only then.
+
+use std::sync::Arc;
+
+use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
+use orchestrator_store::{NewRun, SqliteStore, Store, StoreOptions};
+use serde_json::{json, Value};
+
+const AGENT: &str = "agent-token";
+
+async fn send(r: reqwest::RequestBuilder) -> (u16, Value) {
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+fn models() -> Vec<orchestrator_core::fabric::ModelSpec> {
+    orchestrator_core::fabric::parse_models(
+        "models:\n  - name: remote\n    runtime: {external: {url: \"http://127.0.0.1:9\"}}\n",
+        "models.yaml",
+    )
+    .unwrap()
+}
+
+fn assert_invalid_key(status: u16, body: &Value) {
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["error"]["code"], "invalid_api_key", "{body}");
+    assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+    assert!(body["error"]["message"].as_str().is_some(), "{body}");
+}
+
+/// A daemon serving `models`, one run submitted and its job claimed: the
+/// daemon, its `/v1` URL, the claimed job and the agent's id.
+async fn leased_job(
+    dir: &std::path::Path,
+    models: Vec<orchestrator_core::fabric::ModelSpec>,
+) -> (Daemon, String, Value, String) {
+    let (daemon, base, mut jobs, agent) = leased_jobs(dir, models, &[None]).await;
+    (daemon, base, jobs.remove(0), agent)
+}
+
+/// A daemon serving `models`, one run submitted per priority and every job
+/// claimed by one agent: the jobs come back in the order of `priorities`.
+async fn leased_jobs(
+    dir: &std::path::Path,
+    models: Vec<orchestrator_core::fabric::ModelSpec>,
+    priorities: &[Option<i32>],
+) -> (Daemon, String, Vec<Value>, String) {
+    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.join("orch.db"))).unwrap());
+    let mut cfg = DaemonConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Tokens {
+            admin: vec!["admin-token".into()],
+            agent: vec![AGENT.into()],
+        },
+    );
+    cfg.models = models;
+    cfg.llama_launcher =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llama-server.py");
+    let daemon = Daemon::start(cfg, store.clone()).await.unwrap();
+    let base = format!("http://{}/v1", daemon.addr);
+    let http = reqwest::Client::new();
+    let mut runs = Vec::new();
+    for priority in priorities {
+        let run = store
+            .submit_run(NewRun {
+                workflow: "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n"
+                    .into(),
+                file: Some("wf.yaml".into()),
+                project_dir: dir.display().to_string(),
+                priority: *priority,
+                policy: Default::default(),
+                base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
+                actor: "user:test".into(),
+                on_failure: None,
+            })
+            .await
+            .unwrap();
+        runs.push(run.run_id);
+    }
+    let (s, reg) = send(
+        http.post(format!("{base}/agents"))
+            .bearer_auth(AGENT)
+            .json(&json!({"name": "a1", "slots": priorities.len()})),
+    )
+    .await;
+    assert_eq!(s, 200, "{reg}");
+    let agent = reg["agent_id"].as_str().unwrap().to_owned();
+    let mut jobs = Vec::new();
+    for _ in priorities {
+        let (s, job) = send(
+            http.post(format!("{base}/agents/{agent}/claim"))
+                .bearer_auth(AGENT)
+                .json(&json!({"wait_ms": 1000})),
+        )
+        .await;
+        assert_eq!(s, 200, "{job}");
+        jobs.push(job);
+    }
+    let jobs = runs
+        .iter()
+        .map(|r| {
+            jobs.iter()
+                .find(|j| j["run_id"] == r.as_str())
+                .unwrap()
+                .clone()
+        })
+        .collect();
+    (daemon, base, jobs, agent)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_key_opens_the_gateway_while_the_job_is_leased_and_only_then() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, base, job, agent) = leased_job(dir.path(), models()).await;
+    let http = reqwest::Client::new();
+    let job_id = job["job_id"].as_i64().unwrap();
+    let key = job["api_key"].as_str().unwrap().to_owned();
+    assert!(key.starts_with(&format!("orch-job-{job_id}-")), "{key}");
+
+    // Leased: the key lists the models.
+    let (s, list) = send(http.get(format!("{base}/models")).bearer_auth(&key)).await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list["object"], "list");
+    assert_eq!(list["data"][0]["id"], "remote", "{list}");
+
+    // No key, another string, a forged signature, the agent's token: refused.
+    let (s, b) = send(http.get(format!("{base}/models"))).await;
+    assert_invalid_key(s, &b);
+    let forged = format!("{}0", &key[..key.len() - 1]);
+    let forged = if forged == key {
+        format!("{}1", &key[..key.len() - 1])
+    } else {
+        forged
+    };
+    for bad in ["sk-nothing", AGENT, forged.as_str(), "orch-job-1-00"] {
+        let (s, b) = send(http.get(format!("{base}/models")).bearer_auth(bad)).await;
+        assert_invalid_key(s, &b);
+    }
+
+    // The job ends: its key no longer works.
+    let (s, done) = send(
+        http.post(format!("{base}/jobs/{job_id}/complete"))
+            .bearer_auth(AGENT)
+            .json(&json!({
+                "agent_id": agent,
+                "lease_token": job["lease_token"],
+                "outcome": {"success": true, "exit_codes": [0], "error": null, "error_class": null, "bundle": "b", "duration_ms": 1},
+            })),
+    )
+    .await;
+    assert_eq!(s, 200, "{done}");
+    let (s, b) = send(http.get(format!("{base}/models")).bearer_auth(&key)).await;
+    assert_invalid_key(s, &b);
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no longer running"),
+        "{b}"
+    );
+    daemon.shutdown_token().cancel();
+    daemon.wait().await.unwrap();
+}
+
+fn env_path(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: scripts/test installs the model runtime and sets it \
+             (or run `scripts/model-assets.sh` and export the lines it prints)"
+        ),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leased_jobs_key_gets_real_completions_from_a_llama_cpp_model_started_on_first_use() {
+    let model = env_path("ORCH_TEST_MODEL");
+    env_path("ORCH_LLAMA_PYTHON");
+    let models = orchestrator_core::fabric::parse_models(
+        &format!(
+            "models:\n  - name: smol\n    runtime: {{llama_cpp: {{model: {model:?}, ctx: 2048, threads: 1}}}}\n    memory: 1G\n    concurrency: 2\n"
+        ),
+        "models.yaml",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, base, job, _agent) = leased_job(dir.path(), models).await;
+    let key = job["api_key"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let chat = json!({
+        "model": "smol",
+        "messages": [{"role": "user", "content": "Say hello."}],
+        "max_tokens": 8,
+    });
+
+    // Refused before anything starts: a wrong key, bad JSON, an unknown model.
+    let (s, b) = send(
+        http.post(format!("{base}/chat/completions"))
+            .bearer_auth("orch-job-1-00")
+            .json(&chat),
+    )
+    .await;
+    assert_invalid_key(s, &b);
+    let (s, b) = send(
+        http.post(format!("{base}/chat/completions"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body("{\"model\": "),
+    )
+    .await;
+    assert_eq!(s, 400, "{b}");
+    assert_eq!(b["error"]["type"], "invalid_request_error", "{b}");
+    assert!(
+        b["error"]["message"].as_str().unwrap().contains("JSON"),
+        "{b}"
+    );
+    let (s, b) = send(
+        http.post(format!("{base}/chat/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "no-such-model", "messages": []})),
+    )
+    .await;
+    assert_eq!(s, 404, "{b}");
+    assert_eq!(b["error"]["code"], "model_not_found", "{b}");
+    assert!(
+        b["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no-such-model"),
+        "{b}"
+    );
+
+    // A real completion, through a llama.cpp server started on first use.
+    let (s, b) = send(
+        http.post(format!("{base}/chat/completions"))
+            .bearer_auth(&key)
+            .json(&chat),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["choices"][0]["message"]["content"].is_string(), "{b}");
+    assert!(b["usage"]["completion_tokens"].as_u64().unwrap() > 0, "{b}");
+
+    // Streamed: Server-Sent Events pass through to the end.
+    let mut streamed = chat.clone();
+    streamed["stream"] = json!(true);
+    let r = http
+        .post(format!("{base}/chat/completions"))
+        .bearer_auth(&key)
+        .json(&streamed)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(
+        r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/event-stream"),
+        "{:?}",
+        r.headers()
+    );
+    let text = r.text().await.unwrap();
+    assert!(text.contains("data: {"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+
+    // Plain completions go through too.
+    let (s, b) = send(
+        http.post(format!("{base}/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": "smol", "prompt": "Once upon", "max_tokens": 4})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(b["choices"][0]["text"].is_string(), "{b}");
+    daemon.shutdown_token().cancel();
+    daemon.wait().await.unwrap();
+}
+
+/// The metric of requests waiting for `model`'s slot.
+async fn waiting(http: &reqwest::Client, base: &str, model: &str) -> u64 {
+    let text = http
+        .get(format!("{}/metrics", base.trim_end_matches("/v1")))
+        .bearer_auth("admin-token")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let line = format!("orch_model_requests_waiting{{model=\"{model}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&line))
+        .map_or(0, |n| n.trim().parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_one_slot_a_high_priority_request_is_served_before_a_low_one_queued_earlier() {
+    let model = env_path("ORCH_TEST_MODEL");
+    env_path("ORCH_LLAMA_PYTHON");
+    let models = orchestrator_core::fabric::parse_models(
+        &format!(
+            "models:\n  - name: smol\n    runtime: {{llama_cpp: {{model: {model:?}, ctx: 4096, threads: 1}}}}\n    memory: 1G\n    concurrency: 1\n"
+        ),
+        "models.yaml",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, base, jobs, _agent) =
+        leased_jobs(dir.path(), models, &[Some(0), Some(0), Some(50)]).await;
+    let key = |i: usize| jobs[i]["api_key"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+
+    // The slot is taken by a long, low-priority streamed answer, read no further.
+    let mut held = http
+        .post(format!("{base}/chat/completions"))
+        .bearer_auth(key(0))
+        .json(&json!({
+            "model": "smol",
+            "messages": [{"role": "user", "content": "Tell a very long story."}],
+            "max_tokens": 3000, "ignore_eos": true, "stream": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status().as_u16(), 200);
+    held.chunk().await.unwrap().expect("a first event");
+
+    // Low, then high: both wait for the slot.
+    let order = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ask = |name: &'static str, key: String| {
+        let (http, base, order) = (http.clone(), base.clone(), order.clone());
+        tokio::spawn(async move {
+            let (s, b) = send(
+                http.post(format!("{base}/chat/completions"))
+                    .bearer_auth(key)
+                    .json(&json!({
+                        "model": "smol",
+                        "messages": [{"role": "user", "content": "Say hi."}],
+                        "max_tokens": 4,
+                    })),
+            )
+            .await;
+            assert_eq!(s, 200, "{b}");
+            order.lock().unwrap().push(name);
+        })
+    };
+    let low = ask("low", key(1));
+    while waiting(&http, &base, "smol").await < 1 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let high = ask("high", key(2));
+    while waiting(&http, &base, "smol").await < 2 {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+
+    // The long answer's client goes away: its slot goes to the high one first.
+    drop(held);
+    low.await.unwrap();
+    high.await.unwrap();
+    assert_eq!(*order.lock().unwrap(), ["high", "low"]);
+    daemon.shutdown_token().cancel();
+    daemon.wait().await.unwrap();
+}
