@@ -462,7 +462,7 @@ async fn a_job_key_reaches_the_command_as_the_openai_variables_and_never_the_log
     let p = Project::new();
     let cmd = sh("test \"$OPENAI_API_KEY\" = orch-job-42-abc && printf '%s|%s' \"$OPENAI_API_KEY\" \"$OPENAI_BASE_URL\"");
     let mut job = p.job(vec![cmd]);
-    job.spec.api_key = Some("orch-job-42-abc".into());
+    job.spec.api_key = Some(orchestrator_core::api::ApiKey("orch-job-42-abc".into()));
     let ctx = StepContext {
         agent_id: "agent-1".into(),
         daemon_url: Some("http://daemon:7437/".into()),

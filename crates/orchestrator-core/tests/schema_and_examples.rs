@@ -398,3 +398,15 @@ fn a_stage_chooses_its_sandbox_and_older_payloads_default_to_process() {
     assert_eq!(manifest.sandbox, SandboxKind::Process);
     assert_eq!(manifest.limits, None, "older bundles recorded no limits");
 }
+
+#[test]
+fn a_jobs_model_key_never_shows_in_debug_output() {
+    let job = orchestrator_core::api::JobSpec {
+        api_key: Some(orchestrator_core::api::ApiKey("orch-job-7-s3cret".into())),
+        ..Default::default()
+    };
+    assert!(!format!("{job:?}").contains("s3cret"));
+    // On the wire it is the plain string the step gets.
+    let wire = serde_json::to_value(&job).unwrap();
+    assert_eq!(wire["api_key"], "orch-job-7-s3cret");
+}

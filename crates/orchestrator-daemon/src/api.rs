@@ -338,7 +338,9 @@ pub async fn complete<S: Store>(
 /// Fills in the values of the secrets a claimed job's stage names.
 /// Also mints the job's key to the model gateway.
 fn with_secrets<S: Store>(app: &App<S>, job: &mut orchestrator_core::api::ClaimedJob) {
-    job.spec.api_key = Some(app.job_keys.mint(job.job_id, &job.spec.run_id));
+    job.spec.api_key = Some(orchestrator_core::api::ApiKey(
+        app.job_keys.mint(job.job_id, &job.spec.run_id),
+    ));
     let missing = job.spec.secrets.fill(&app.config.secrets);
     if !missing.is_empty() {
         // Checked at submission; only a daemon restarted without them gets here.

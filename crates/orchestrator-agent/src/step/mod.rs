@@ -173,7 +173,7 @@ pub async fn run_step_with(
         orch_env.push(("ORCH_STEP_TOKEN".into(), ask.token.clone()));
     }
     if let (Some(key), Some(url)) = (&spec.api_key, &ctx.daemon_url) {
-        orch_env.push(("OPENAI_API_KEY".into(), key.clone()));
+        orch_env.push(("OPENAI_API_KEY".into(), key.0.clone()));
         orch_env.push((
             "OPENAI_BASE_URL".into(),
             format!("{}/v1", url.trim_end_matches('/')),
@@ -242,7 +242,9 @@ pub async fn run_step_with(
     .without_inherited(granted.unset)
     .in_sandbox(sandbox)
     .redacting(redact::values(
-        spec.secrets.values().chain(spec.api_key.iter()),
+        spec.secrets
+            .values()
+            .chain(spec.api_key.iter().map(|k| &k.0)),
     ));
     let mut failure = match prepare(spec, &workdir) {
         Err(msg) => Some(Failure::task(msg)),
@@ -375,7 +377,11 @@ impl<'a> Recorder<'a> {
         let spec = &self.job.spec;
         redact::text(
             text,
-            &redact::values(spec.secrets.values().chain(spec.api_key.iter())),
+            &redact::values(
+                spec.secrets
+                    .values()
+                    .chain(spec.api_key.iter().map(|k| &k.0)),
+            ),
         )
     }
 

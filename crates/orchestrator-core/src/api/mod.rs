@@ -271,7 +271,19 @@ pub struct JobSpec {
     /// The job's key to the daemon's model gateway, minted when the job is
     /// handed out and never stored; the step gets it as `OPENAI_API_KEY`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub api_key: Option<String>,
+    pub api_key: Option<ApiKey>,
+}
+
+/// A job's key to the model gateway. Its `Debug` hides the value, so that
+/// no log line or panic message that prints a job can show it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct ApiKey(pub String);
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(***)")
+    }
 }
 
 /// Secret values by name. Its `Debug` shows the names only, so that no log
