@@ -371,6 +371,8 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     cfg.max_body_bytes = a.max_body_bytes;
     cfg.hooks = hooks;
     cfg.secrets = crate::secrets::load(&a.secrets, a.secrets_file.as_deref())?;
+    // Kept beside the tokens, so a running step's model key outlives a restart.
+    cfg.job_key_secret = Some(paths::ensure_token(data_dir, "job-keys.secret")?.into_bytes());
     cfg.models = models;
     if let Some(l) = &a.llama_launcher {
         cfg.llama_launcher = l.clone();

@@ -73,6 +73,9 @@ pub struct DaemonConfig {
     pub models: Vec<orchestrator_core::fabric::ModelSpec>,
     /// The script that starts a llama.cpp server (`scripts/llama-server.py`).
     pub llama_launcher: std::path::PathBuf,
+    /// The secret that signs job keys for the gateway; None makes one for
+    /// this process alone (keys then die with the daemon).
+    pub job_key_secret: Option<Vec<u8>>,
 }
 
 impl DaemonConfig {
@@ -89,6 +92,7 @@ impl DaemonConfig {
             preempt_tick_ms: 1_000,
             secrets: Default::default(),
             models: Vec::new(),
+            job_key_secret: None,
             llama_launcher: fabric::llama::default_launcher(),
         }
     }
@@ -255,7 +259,11 @@ impl Daemon {
             metrics: Default::default(),
             shutdown: shutdown.clone(),
             hooks,
-            job_keys: Default::default(),
+            job_keys: config
+                .job_key_secret
+                .clone()
+                .map(fabric::JobKeys::with_secret)
+                .unwrap_or_default(),
             upstreams: fabric::Upstreams::new(config.llama_launcher.clone()),
             config,
         });

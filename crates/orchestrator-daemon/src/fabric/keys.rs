@@ -1,10 +1,9 @@
-//! Per-job API keys: `orch-job-<job_id>-<hmac>`, minted when a job is handed
-//! to an agent and given to its step as `OPENAI_API_KEY`. A key is accepted
-//! while its HMAC matches (the daemon's key, made at start, so keys do not
-//! outlive the daemon) and its job is still leased.
-
-use std::collections::HashMap;
-use std::sync::Mutex;
+//! Per-job API keys: `orch-job-<job_id>-<run_id>-<hmac>`, minted when a job
+//! is handed to an agent and given to its step as `OPENAI_API_KEY`. A key is
+//! accepted while its HMAC matches and its job is still leased. The key
+//! names its run, so checking it needs no memory of minted keys, and with
+//! the secret kept in the daemon's data directory a running step's key
+//! still works after the daemon restarts.
 
 use axum::http::{header, HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
@@ -19,20 +18,19 @@ type HmacSha256 = Hmac<Sha256>;
 
 const PREFIX: &str = "orch-job-";
 
-/// The daemon's job-key secret and the run of each job it minted a key for.
+/// The daemon's job-key secret.
 pub struct JobKeys {
-    secret: [u8; 32],
-    runs: Mutex<HashMap<i64, String>>,
+    secret: Vec<u8>,
 }
 
 impl Default for JobKeys {
+    /// A secret of this process alone: keys die with the daemon.
     fn default() -> Self {
         let mut secret = [0u8; 32];
+        // Without the OS's randomness no key could be trusted; stopping is
+        // the only safe answer, and it happens at start.
         getrandom::fill(&mut secret).expect("the OS gives random bytes");
-        JobKeys {
-            secret,
-            runs: Mutex::default(),
-        }
+        JobKeys::with_secret(secret.to_vec())
     }
 }
 
@@ -46,50 +44,46 @@ pub struct KeyHolder {
 }
 
 impl JobKeys {
-    fn mac(&self, job_id: i64) -> HmacSha256 {
+    /// Keys signed with `secret` (the data directory's, so that they outlive
+    /// a restart).
+    pub fn with_secret(secret: Vec<u8>) -> Self {
+        JobKeys { secret }
+    }
+
+    fn mac(&self, job_id: i64, run_id: &str) -> HmacSha256 {
+        // HMAC accepts a key of any length.
         let mut m = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key");
-        m.update(job_id.to_string().as_bytes());
+        m.update(format!("{job_id}-{run_id}").as_bytes());
         m
     }
 
     /// The key of `job_id`, a job of `run_id`.
     pub fn mint(&self, job_id: i64, run_id: &str) -> String {
-        self.runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(job_id, run_id.to_owned());
         let sig: String = self
-            .mac(job_id)
+            .mac(job_id, run_id)
             .finalize()
             .into_bytes()
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        format!("{PREFIX}{job_id}-{sig}")
-    }
-
-    /// Forgets an ended job: its key is refused from now on.
-    pub fn forget(&self, job_id: i64) {
-        self.runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&job_id);
+        format!("{PREFIX}{job_id}-{run_id}-{sig}")
     }
 
     /// The job and run of a key this daemon minted, signature checked in
     /// constant time; `None` for any other string.
     pub fn check(&self, key: &str) -> Option<(i64, String)> {
-        let (id, sig) = key.strip_prefix(PREFIX)?.split_once('-')?;
-        let job_id: i64 = id.parse().ok()?;
-        if sig.len() != 64 {
+        let mut parts = key.strip_prefix(PREFIX)?.splitn(3, '-');
+        let job_id: i64 = parts.next()?.parse().ok()?;
+        let run_id = parts.next()?;
+        let sig = parts.next()?;
+        if sig.len() != 64 || run_id.is_empty() {
             return None;
         }
         let bytes: Vec<u8> = (0..32)
             .map(|i| u8::from_str_radix(sig.get(2 * i..2 * i + 2)?, 16).ok())
             .collect::<Option<_>>()?;
-        self.mac(job_id).verify_slice(&bytes).ok()?;
-        let runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        Some((job_id, runs.get(&job_id)?.clone()))
+        self.mac(job_id, run_id).verify_slice(&bytes).ok()?;
+        Some((job_id, run_id.to_owned()))
     }
 }
 
@@ -121,7 +115,6 @@ pub async fn authorize<S: Store>(
         .iter()
         .any(|j| j.id == job_id && j.state == JobState::Leased);
     if !leased {
-        app.job_keys.forget(job_id);
         return Err(unauthorized(&format!(
             "the API key's job {job_id} is no longer running; a key works only while its job is leased"
         )));
@@ -131,4 +124,37 @@ pub async fn authorize<S: Store>(
         run_id,
         priority: detail.run.priority,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_names_its_job_and_run_and_survives_a_restart_with_the_same_secret() {
+        let before = JobKeys::with_secret(b"kept in the data dir".to_vec());
+        let key = before.mint(42, "r0abc");
+        let after = JobKeys::with_secret(b"kept in the data dir".to_vec());
+        assert_eq!(after.check(&key), Some((42, "r0abc".to_owned())));
+        let other = JobKeys::with_secret(b"another daemon".to_vec());
+        assert_eq!(other.check(&key), None);
+    }
+
+    #[test]
+    fn a_key_with_any_part_changed_is_refused() {
+        let keys = JobKeys::with_secret(b"s".to_vec());
+        let key = keys.mint(7, "r1");
+        assert!(keys.check(&key).is_some());
+        for forged in [
+            key.replacen("orch-job-7-", "orch-job-8-", 1),
+            key.replacen("-r1-", "-r2-", 1),
+            format!("{}0", &key[..key.len() - 1]),
+            "orch-job-7-r1".to_owned(),
+            "sk-anything".to_owned(),
+        ] {
+            if forged != key {
+                assert_eq!(keys.check(&forged), None, "{forged}");
+            }
+        }
+    }
 }
