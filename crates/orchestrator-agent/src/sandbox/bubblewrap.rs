@@ -40,12 +40,12 @@ pub(super) fn locate(configured: Option<&Path>) -> Result<PathBuf, SandboxError>
         why,
     };
     match configured {
-        Some(p) if wrap::is_executable(p) => Ok(p.to_owned()),
+        Some(p) if super::is_executable(p) => Ok(p.to_owned()),
         Some(p) => Err(unavailable(format!(
             "{} (orch agent --bwrap, ORCH_BWRAP) is not an executable file; install bubblewrap (apt-get install bubblewrap) or pass the path of its bwrap",
             p.display()
         ))),
-        None => wrap::which("bwrap").ok_or_else(|| {
+        None => super::which("bwrap").ok_or_else(|| {
             unavailable(
                 "no bwrap in PATH; install bubblewrap (apt-get install bubblewrap) or pass orch agent --bwrap PATH"
                     .into(),

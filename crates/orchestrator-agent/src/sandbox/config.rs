@@ -63,12 +63,4 @@ impl SandboxConfig {
     pub fn socket_dir(&self) -> std::path::PathBuf {
         std::env::temp_dir().join(format!("orch-{}", nix::unistd::getuid()))
     }
-
-    /// An agent that runs steps without isolation unless they ask for it.
-    pub fn unisolated() -> Self {
-        SandboxConfig {
-            default: SandboxKind::Process,
-            ..SandboxConfig::default()
-        }
-    }
 }

@@ -143,6 +143,21 @@ pub(crate) fn to_hide(extra: &[PathBuf]) -> Vec<PathBuf> {
     outermost
 }
 
+/// Finds `name` in the agent's PATH, as an absolute path.
+pub(crate) fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(name))
+        .find(|p| is_executable(p))
+}
+
+/// Whether `path` is a file someone may execute.
+pub(crate) fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+}
+
 /// Resource limits of a step's commands, each command in turn.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Limits {

@@ -132,18 +132,3 @@ pub(super) fn spawn(
         source,
     })
 }
-
-/// Finds `name` in the agent's PATH, as an absolute path.
-pub(super) fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(name))
-        .find(|p| is_executable(p))
-}
-
-/// Whether `path` is a file someone may execute.
-pub(super) fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}

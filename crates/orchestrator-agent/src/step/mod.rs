@@ -241,11 +241,7 @@ pub async fn run_step_with(
     )
     .without_inherited(granted.unset)
     .in_sandbox(sandbox)
-    .redacting(redact::values(
-        spec.secrets
-            .values()
-            .chain(spec.api_key.iter().map(|k| &k.0)),
-    ));
+    .redacting(redact::values(spec.hidden_values()));
     let mut failure = match prepare(spec, &workdir) {
         Err(msg) => Some(Failure::task(msg)),
         Ok(commands) => runner.run_all(&commands, &mut rec).await,
@@ -375,14 +371,7 @@ impl<'a> Recorder<'a> {
     /// `text` with the step's secret values and model key masked.
     fn hide(&self, text: &str) -> String {
         let spec = &self.job.spec;
-        redact::text(
-            text,
-            &redact::values(
-                spec.secrets
-                    .values()
-                    .chain(spec.api_key.iter().map(|k| &k.0)),
-            ),
-        )
+        redact::text(text, &redact::values(spec.hidden_values()))
     }
 
     /// Where a failure happened and what the machine looked like then:

@@ -357,6 +357,14 @@ pub struct SandboxSpec {
 }
 
 impl JobSpec {
+    /// The values this job's logs, manifest and errors must never show:
+    /// its secrets and its model key.
+    pub fn hidden_values(&self) -> impl Iterator<Item = &String> {
+        self.secrets
+            .values()
+            .chain(self.api_key.iter().map(|k| &k.0))
+    }
+
     /// The bundle directory of this attempt, relative to the project directory.
     pub fn bundle_dir(&self, job_id: i64) -> String {
         format!(

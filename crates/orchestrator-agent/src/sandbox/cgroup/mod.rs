@@ -340,12 +340,6 @@ impl CommandCgroup {
         self.procs.iter().map(AsRawFd::as_raw_fd).collect()
     }
 
-    /// The `cgroup.procs` files to join, for backends that start the
-    /// command through another program.
-    pub fn procs_paths(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|d| d.join("cgroup.procs")).collect()
-    }
-
     /// Closes the agent's copies of the join descriptors, once the command
     /// has started.
     pub fn started(&mut self) {

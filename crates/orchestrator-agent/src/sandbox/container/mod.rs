@@ -90,7 +90,7 @@ impl Container {
                 "runc runs the containers as root here (no rootless setup), and the agent runs as uid {euid}"
             )));
         }
-        let runc = wrap::which("runc").ok_or_else(|| {
+        let runc = super::which("runc").ok_or_else(|| {
             unavailable("no runc in PATH; install runc (apt-get install runc)".into())
         })?;
         let work = cfg.work_dir.as_deref().ok_or_else(|| {
