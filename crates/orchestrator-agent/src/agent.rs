@@ -67,6 +67,8 @@ pub struct AgentConfig {
     pub gpus: Option<Vec<Gpu>>,
     /// How the agent isolates the steps it runs.
     pub sandbox: SandboxConfig,
+    /// Memory lent to model servers the daemon orders here; None lends none.
+    pub models: Option<crate::models::ModelHosting>,
 }
 
 impl std::fmt::Debug for AgentConfig {
@@ -81,6 +83,7 @@ impl std::fmt::Debug for AgentConfig {
             .field("memory_mb", &self.memory_mb)
             .field("gpus", &self.gpus)
             .field("sandbox", &self.sandbox)
+            .field("models", &self.models)
             .finish()
     }
 }
@@ -129,6 +132,11 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         hostname: hostname.clone(),
         memory_mb: resources.memory_mb,
         gpus: resources.gpus,
+        model_memory: cfg
+            .models
+            .as_ref()
+            .map(|m| m.memory.clone())
+            .unwrap_or_default(),
     };
     // `stop` ends every loop: cancelled by `shutdown` or by a fatal error.
     let stop = shutdown.child_token();
@@ -141,6 +149,16 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         heartbeat = ?session.heartbeat,
         "agent registered"
     );
+    let model_servers = cfg.models.clone().map(|hosting| {
+        tokio::spawn(crate::models::host_models(
+            client.clone(),
+            session.agent_id.clone(),
+            cfg.name.clone(),
+            cfg.labels.clone(),
+            hosting,
+            stop.clone(),
+        ))
+    });
     // The endpoint lives as long as the slots (`stop`): a step still running
     // may ask until it is killed.
     let asks = AskBox::start(stop.clone(), &cfg.sandbox.socket_dir())
@@ -188,6 +206,10 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
         }
     }
     slots_done.cancel();
+    if let Some(m) = model_servers {
+        shared.stop.cancel();
+        let _ = m.await;
+    }
     if let Err(e) = heartbeat.await {
         tracing::error!(error = %e, "agent heartbeat task failed");
         panicked.get_or_insert_with(|| e.to_string());
@@ -656,6 +678,7 @@ mod tests {
             memory_mb: None,
             gpus: None,
             sandbox: SandboxConfig::default(),
+            models: None,
         };
         assert!(!format!("{cfg:?}").contains("s3cret"));
     }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use orchestrator_core::api::{
     AgentRegistered, ApiError, ClaimRequest, ClaimedJob, CompleteRequest, Completed,
-    HeartbeatRequest, HeartbeatResponse, LeaseRef, RegisterAgent,
+    HeartbeatRequest, HeartbeatResponse, LeaseRef, ModelOrders, ModelReport, RegisterAgent,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -195,6 +195,20 @@ impl Client {
         )
         .await?
         .ok_or_else(|| no_content(&path))
+    }
+
+    /// `POST /v1/agents/{id}/models`: the model servers the daemon wants
+    /// here; it answers early only when they differ from `report`.
+    pub async fn models(
+        &self,
+        agent_id: &str,
+        report: &ModelReport,
+    ) -> Result<ModelOrders, ClientError> {
+        let path = format!("/v1/agents/{agent_id}/models");
+        let timeout = Duration::from_millis(report.wait_ms) + CLAIM_SLACK;
+        self.post(path.clone(), report, timeout, Scope::Agent(agent_id))
+            .await?
+            .ok_or_else(|| no_content(&path))
     }
 
     /// `POST /v1/jobs/{id}/complete`; a 409 is [`ClientError::StaleLease`].

@@ -49,6 +49,8 @@ pub mod client;
 pub mod context;
 pub mod exec;
 pub mod git;
+pub mod model_server;
+pub mod models;
 pub mod resources;
 pub mod sandbox;
 pub mod step;

@@ -300,6 +300,7 @@ fn config(server: &str, token: &str, slots: u32) -> AgentConfig {
         memory_mb: Some(4096),
         gpus: Some(vec![]),
         sandbox: Default::default(),
+        models: None,
     }
 }
 

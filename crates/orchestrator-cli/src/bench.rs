@@ -384,6 +384,7 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
         vm: Default::default(),
         bwrap: None,
         container_image: None,
+        models: Default::default(),
     };
     let embedded = crate::up::Embedded::start(&data, agent, false).await?;
     let client = &embedded.client;

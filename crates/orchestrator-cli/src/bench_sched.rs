@@ -556,6 +556,7 @@ async fn once(o: &SchedOpts, dir: &Path) -> Result<SchedSample> {
                     AgentKind::Gpu => vec!["gpu".into()],
                 },
                 hostname: Some("bench".into()),
+                model_memory: Default::default(),
             },
             TTL_MS,
             TTL_MS / 3,

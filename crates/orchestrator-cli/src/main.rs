@@ -3,6 +3,7 @@
 //! `show`, `logs`), checks workflows without running them (`validate`,
 //! `plan`, `schema`), and measures the whole path (`bench`).
 
+mod agent_models;
 mod bench;
 mod bench_sandbox;
 mod bench_sched;

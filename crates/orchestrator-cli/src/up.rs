@@ -199,6 +199,8 @@ pub struct AgentOpts {
     /// Boxed: the flags would make every subcommand as large.
     #[command(flatten)]
     pub vm: Box<VmOpts>,
+    #[command(flatten)]
+    pub models: Box<crate::agent_models::ModelOpts>,
 }
 
 /// What the vm sandbox boots (scripts/vm-assets.sh builds the three files).
@@ -408,6 +410,7 @@ fn agent_config(
         memory_mb: o.memory.map(SizeSpec::as_mib),
         gpus: declared_gpus(&o.gpus)?,
         sandbox: sandbox_config(o, data_dir)?,
+        models: o.models.hosting(),
     })
 }
 
@@ -629,6 +632,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
         vm: Default::default(),
         bwrap: None,
         container_image: None,
+        models: Default::default(),
     };
     // The demo's own project: a fresh repository, so its run's branch and
     // worktree land there and not in whatever directory the demo ran from.
@@ -752,6 +756,7 @@ mod tests {
             vm: Default::default(),
             bwrap: None,
             container_image: None,
+            models: Default::default(),
         };
         let max = |o| {
             sandbox_config(&o, Path::new("/data"))

@@ -1,6 +1,6 @@
 //! `model:` on a stage: it runs only on an agent where the model can be
-//! resident, an unknown model is refused at submission, and a models file
-//! this daemon cannot honour is refused at start.
+//! resident, and an unknown model is refused at submission. A model placed
+//! on an agent runs there, as the agent's child, ordered by the daemon.
 
 mod common;
 
@@ -112,23 +112,109 @@ fn a_stage_with_a_model_runs_where_that_model_can_be_resident() {
     );
 }
 
+fn env_path(name: &str) -> String {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: scripts/test installs the model runtime and sets it \
+             (or run `scripts/model-assets.sh` and export the lines it prints)"
+        ),
+    }
+}
+
+/// The pids of the llama.cpp servers answering to `alias`.
+fn servers(alias: &str) -> Vec<i32> {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", "--", &format!("--alias {alias}")])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect()
+}
+
+fn parent_of(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The command name may hold spaces; the fields after its ')' do not.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    rest.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
 #[test]
-fn a_models_file_placing_a_server_on_agents_is_refused_at_start() {
-    let h = Harness::new();
+fn a_model_placed_on_an_agent_runs_there_and_answers_its_stage_through_the_gateway() {
+    let model = env_path("ORCH_TEST_MODEL");
+    env_path("ORCH_LLAMA_PYTHON");
+    let mut h = Harness::new();
     let file = h.write(
         "models.yaml",
-        "models:\n- {name: s, runtime: {llama_cpp: {model: s.gguf}}, memory: 1G, placement: {agents: [gpu-box]}}\n",
+        &format!(
+            "models:\n- {{name: hosted-smol, runtime: {{llama_cpp: {{model: {model:?}, ctx: 512, threads: 1}}}}, memory: 300M, placement: {{agents: [gpu-box]}}}}\n"
+        ),
     );
-    let out = h.orch(&[
-        "daemon",
-        "--listen",
-        "127.0.0.1:0",
-        "--models",
-        file.to_str().unwrap(),
-    ]);
-    assert_ne!(out.code, 0, "{out}");
+    let d = h.start_daemon(&["--models", file.to_str().unwrap()]);
+    let hoster = h.spawn(
+        "agent-hoster",
+        &[
+            "agent",
+            "--server",
+            &d.url,
+            "--slots",
+            "1",
+            "--name",
+            "hoster",
+            "--label",
+            "gpu-box",
+            "--model-ram",
+            "1G",
+        ],
+    );
+    h.start_agent(&d, "plain", 1);
+    wait_for("both agents", LONG, || {
+        let r = http(&d, "GET", "/v1/agents", Some(&d.admin_token), None);
+        (r.text().contains("\"hoster\"") && r.text().contains("\"plain\"")).then_some(())
+    });
+    assert!(labels_of(&d, "hoster").contains(&"model:hosted-smol".to_owned()));
+    assert!(!labels_of(&d, "plain").contains(&"model:hosted-smol".to_owned()));
     assert!(
-        out.stderr.contains("model \"s\": placement.agents"),
-        "{out}"
+        servers("hosted-smol").is_empty(),
+        "started before anyone asked"
     );
+
+    // The step calls the gateway like any OpenAI client would.
+    let script = r#"
+import json, os, urllib.request
+req = urllib.request.Request(
+    os.environ["OPENAI_BASE_URL"] + "/completions",
+    data=json.dumps({"model": "hosted-smol", "prompt": "Once upon a time", "max_tokens": 5}).encode(),
+    headers={"Authorization": "Bearer " + os.environ["OPENAI_API_KEY"], "Content-Type": "application/json"},
+)
+answer = json.load(urllib.request.urlopen(req))
+print("completion tokens:", answer["usage"]["completion_tokens"])
+"#;
+    let wf = h.write(
+        "wf.yaml",
+        &format!(
+            "name: m\nstages:\n  - id: ask\n    model: hosted-smol\n    sandbox: process\n    steps:\n      - commands:\n          - argv: [python3, -c, {}]\n",
+            serde_json::to_string(script).unwrap()
+        ),
+    );
+    let run = h.submit(&wf);
+    let detail = h.wait_run_end(&d, &run);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
+    let job = jobs_of(&detail, "ask")[0];
+    assert_eq!(job["agent_id"], agent(&d, "hoster")["id"], "{detail:#}");
+    let bundle = h.project.join(job["bundle"].as_str().unwrap());
+    let out = std::fs::read_to_string(bundle.join("cmd-000.stdout.log")).unwrap();
+    assert!(out.contains("completion tokens: "), "{out}");
+
+    // The server is the agent's child, and goes with it.
+    let pids = servers("hosted-smol");
+    assert_eq!(pids.len(), 1, "{pids:?}");
+    assert_eq!(parent_of(pids[0]), h.pid(hoster));
+    h.signal(hoster, nix::sys::signal::Signal::SIGTERM);
+    h.wait_exit(hoster, LONG);
+    wait_for("the server to stop with its agent", LONG, || {
+        servers("hosted-smol").is_empty().then_some(())
+    });
 }

@@ -234,6 +234,7 @@ pub async fn register_agent<S: Store>(
         &req.name,
         &req.labels,
         on_daemon_host,
+        &req.model_memory,
     );
     req.labels.extend(models);
     let reg = app

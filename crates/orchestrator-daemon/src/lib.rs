@@ -102,7 +102,7 @@ impl DaemonConfig {
             model_switch_ms: 10_000,
             model_aging_ms: 1_000,
             job_key_secret: None,
-            llama_launcher: fabric::llama::default_launcher(),
+            llama_launcher: orchestrator_agent::model_server::default_launcher(),
         }
     }
 
@@ -188,6 +188,10 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/v1/agents", post(api::register_agent::<S>))
         .route("/v1/agents/{id}/claim", post(api::claim::<S>))
         .route("/v1/agents/{id}/heartbeat", post(api::heartbeat::<S>))
+        .route(
+            "/v1/agents/{id}/models",
+            post(fabric::remote::agent_models::<S>),
+        )
         .route("/v1/jobs/{id}/complete", post(api::complete::<S>))
         .route_layer(axum::middleware::from_fn_with_state(
             tokens,
@@ -241,8 +245,7 @@ async fn webhooks_handler<S: Store>(
 impl Daemon {
     /// Binds, resumes from the store and starts every component.
     pub async fn start<S: Store>(config: DaemonConfig, store: Arc<S>) -> std::io::Result<Daemon> {
-        // Bad hook or model settings fail before anything listens or is resumed.
-        fabric::placement::check_supported(&config.models).map_err(std::io::Error::other)?;
+        // Bad hook settings fail before anything listens or is resumed.
         let hooks = hooks::Hooks::new(&config.hooks).map_err(std::io::Error::other)?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
@@ -274,7 +277,7 @@ impl Daemon {
                 &config.model_local,
                 config.model_switch_ms,
                 config.model_aging_ms,
-                fabric::llama::Launcher::new(config.llama_launcher.clone()),
+                orchestrator_agent::model_server::Launcher::new(config.llama_launcher.clone()),
             )),
             config,
         });

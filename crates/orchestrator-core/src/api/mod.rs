@@ -11,9 +11,11 @@ use crate::plan::Plan;
 use crate::spec::CommandSpec;
 
 mod human;
+mod models;
 mod sched;
 
 pub use human::*;
+pub use models::*;
 pub use sched::*;
 
 /// `POST /v1/runs`: submit a workflow to run in a project directory.
@@ -159,6 +161,9 @@ pub struct RegisterAgent {
     /// Its GPUs (detected with `nvidia-smi`, or declared).
     #[serde(default)]
     pub gpus: Vec<crate::sched::Gpu>,
+    /// Memory it lends to model servers the daemon orders it to run.
+    #[serde(default, skip_serializing_if = "ModelMemory::is_none")]
+    pub model_memory: ModelMemory,
 }
 
 /// The answer to a registration.

@@ -1,6 +1,8 @@
 //! Residency in the daemon: which model servers run, started and stopped by
 //! the core's [`residency::decide`] over the memory the models file lends
-//! (`local:`), and the keepers that run each server.
+//! (`local:`) and the memory agents lend (`orch agent --model-ram`), and
+//! the keepers that run each server on the daemon's machine. Servers on an
+//! agent's machine are ordered through its long-poll ([`super::remote`]).
 //!
 //! The loop wakes on every change in the [`Pool`] (a request queued or
 //! finished, a server ready or gone), applies the decision (stops, then
@@ -18,16 +20,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use orchestrator_agent::model_server::Launcher;
+use orchestrator_core::api::ModelMemory;
 use orchestrator_core::fabric::hosts::{self, Host};
 use orchestrator_core::fabric::residency::{
     self, Action, Demand, InstanceState, ModelFootprint, PlaceBudget,
 };
 use orchestrator_core::fabric::{LocalHost, ModelSpec, Runtime};
-use tokio::process::Child;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
-use super::llama::Launcher;
 use super::pool::{Instance, Pool};
 
 /// How often residency looks again while requests wait.
@@ -75,20 +77,59 @@ fn half_of_ram_mib() -> u64 {
         .map_or(4096, |kib| kib / 1024 / 2)
 }
 
+/// The places models may occupy now, and the models in their terms.
+pub(crate) struct Places {
+    pub hosts: Vec<Host>,
+    pub footprints: Vec<ModelFootprint>,
+    pub budgets: Vec<PlaceBudget>,
+}
+
+impl Places {
+    pub fn new(specs: &[ModelSpec], hosts: Vec<Host>) -> Self {
+        Places {
+            footprints: specs
+                .iter()
+                .filter_map(|m| hosts::footprint(m, &hosts))
+                .collect(),
+            budgets: hosts::budgets(&hosts),
+            hosts,
+        }
+    }
+
+    /// The agent a place belongs to ([`LOCAL`] for the daemon's machine).
+    pub fn agent_of(&self, place: &str) -> Option<&str> {
+        self.hosts
+            .iter()
+            .find(|h| h.place == place)
+            .map(|h| h.agent.as_str())
+    }
+}
+
+/// An agent that lends memory to model servers, as last heard.
+pub(crate) struct LendingAgent {
+    pub labels: Vec<String>,
+    pub memory: ModelMemory,
+    pub last_seen: std::time::Instant,
+    /// Wakes its long-poll when its orders change.
+    pub orders_changed: Arc<Notify>,
+}
+
 /// The fabric's moving part: the pool of requests and the servers behind it.
 pub struct Fabric {
     pub pool: Arc<Pool>,
-    specs: Vec<ModelSpec>,
-    hosts: Vec<Host>,
-    footprints: Vec<ModelFootprint>,
-    budgets: Vec<PlaceBudget>,
+    pub(crate) specs: Vec<ModelSpec>,
+    pub(crate) local: LocalHost,
+    pub(crate) places: Mutex<Places>,
+    pub(crate) agents: Mutex<BTreeMap<String, LendingAgent>>,
+    /// Whether any model may run somewhere; residency sleeps otherwise.
+    any_managed: bool,
     switch_ms: u64,
     launcher: Launcher,
     next_instance: AtomicU64,
     /// How each running keeper is told to stop its server.
     stops: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     /// Servers started, by model.
-    starts: Mutex<BTreeMap<String, u64>>,
+    pub(crate) starts: Mutex<BTreeMap<String, u64>>,
 }
 
 impl Fabric {
@@ -99,16 +140,15 @@ impl Fabric {
         aging_ms: u64,
         launcher: Launcher,
     ) -> Self {
-        let hosts = local_hosts(local);
         let pool = Arc::new(Pool::new(aging_ms));
-        let footprints = models
-            .iter()
-            .filter_map(|m| hosts::footprint(m, &hosts))
-            .collect();
         for m in models {
             pool.declare(&m.name, m.concurrency);
         }
-        let mut next = 1u64;
+        // Random high bits: an agent still running servers ordered by an
+        // earlier daemon never reports an id this one hands out.
+        let mut seed = [0u8; 4];
+        let _ = getrandom::fill(&mut seed);
+        let mut next = u64::from(u32::from_le_bytes(seed)) << 24 | 1;
         {
             let mut st = pool.lock();
             for m in models {
@@ -132,9 +172,10 @@ impl Fabric {
         Fabric {
             pool,
             specs: models.to_vec(),
-            budgets: hosts::budgets(&hosts),
-            hosts,
-            footprints,
+            local: local.clone(),
+            places: Mutex::new(Places::new(models, local_hosts(local))),
+            agents: Mutex::default(),
+            any_managed: models.iter().any(|m| m.runtime.is_managed()),
             switch_ms,
             launcher,
             next_instance: AtomicU64::new(next),
@@ -153,7 +194,7 @@ impl Fabric {
 
     /// Runs residency until `shutdown`; every server is stopped then.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
-        if self.footprints.is_empty() {
+        if !self.any_managed {
             return shutdown.cancelled().await;
         }
         loop {
@@ -183,6 +224,8 @@ impl Fabric {
 
     /// One decision, applied; returns how long to sleep at most.
     fn step(self: &Arc<Self>, shutdown: &CancellationToken) -> Duration {
+        self.forget_silent_agents();
+        let places = self.lock_places();
         let pool = &self.pool;
         let mut st = pool.lock();
         let now = pool.now_ms();
@@ -218,8 +261,8 @@ impl Fabric {
             .collect();
         let actions = residency::decide(
             now,
-            &self.budgets,
-            &self.footprints,
+            &places.budgets,
+            &places.footprints,
             &seen,
             &demand,
             self.switch_ms,
@@ -241,6 +284,7 @@ impl Fabric {
                     if let Some(tx) = tx {
                         let _ = tx.send(());
                     }
+                    self.wake_agent(places.agent_of(&place));
                 }
                 Action::Start { model, place } => {
                     // The decision counts its stops as done; memory is free
@@ -264,14 +308,15 @@ impl Fabric {
                         stopping: false,
                         permanent: false,
                     });
-                    let gpu = self
-                        .hosts
-                        .iter()
-                        .find(|h| h.place == place)
-                        .and_then(|h| h.gpu);
+                    tracing::info!(%model, %place, "starting model server");
+                    let host = places.hosts.iter().find(|h| h.place == place);
+                    if host.is_some_and(|h| h.agent != LOCAL) {
+                        self.wake_agent(places.agent_of(&place));
+                        continue;
+                    }
+                    let gpu = host.and_then(|h| h.gpu);
                     let (tx, rx) = oneshot::channel();
                     self.lock_stops().insert(id, tx);
-                    tracing::info!(%model, %place, "starting model server");
                     tokio::spawn(self.clone().keep(id, spec, gpu, rx, shutdown.clone()));
                 }
                 Action::Drain { model, place } => {
@@ -298,7 +343,7 @@ impl Fabric {
             .iter()
             .filter(|i| i.url.is_some() && i.in_flight == 0 && !i.stopping && !i.permanent)
             .filter_map(|i| {
-                let fp = self.footprints.iter().find(|f| f.model == i.model)?;
+                let fp = places.footprints.iter().find(|f| f.model == i.model)?;
                 let at = i
                     .idle_since_ms
                     .saturating_add(i64::try_from(fp.idle_stop_ms?).unwrap_or(i64::MAX));
@@ -308,6 +353,10 @@ impl Fabric {
         next_idle_stop.map_or(Duration::from_secs(3600), |ms| {
             Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
         })
+    }
+
+    pub(crate) fn lock_places(&self) -> std::sync::MutexGuard<'_, Places> {
+        self.places.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_stops(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<()>>> {
@@ -325,25 +374,12 @@ impl Fabric {
         shutdown: CancellationToken,
     ) {
         let started = tokio::select! {
-            r = self.launcher.spawn(&spec, gpu) => r,
+            r = self.launcher.spawn(&spec, "127.0.0.1", gpu) => r,
             _ = shutdown.cancelled() => Err("the daemon is stopping".into()),
         };
         let mut child = match started {
             Ok((url, child)) => {
-                let mut st = self.pool.lock();
-                let now = self.pool.now_ms();
-                if let Some(i) = st.instances.iter_mut().find(|i| i.id == id) {
-                    i.url = Some(url);
-                    i.idle_since_ms = now;
-                }
-                self.pool.dispatch(&mut st, &spec.name);
-                drop(st);
-                *self
-                    .starts
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .entry(spec.name.clone())
-                    .or_default() += 1;
+                self.ready(id, &spec.name, url);
                 child
             }
             Err(e) => {
@@ -356,8 +392,8 @@ impl Fabric {
         };
         self.pool.changed.notify_one();
         tokio::select! {
-            _ = stop => terminate(&mut child).await,
-            _ = shutdown.cancelled() => terminate(&mut child).await,
+            _ = stop => orchestrator_agent::model_server::terminate(&mut child, STOP_GRACE).await,
+            _ = shutdown.cancelled() => orchestrator_agent::model_server::terminate(&mut child, STOP_GRACE).await,
             status = child.wait() => {
                 tracing::warn!(model = %spec.name, status = ?status, "model server exited; it starts again when next needed");
             }
@@ -366,22 +402,26 @@ impl Fabric {
         self.pool.changed.notify_one();
     }
 
-    fn forget(&self, id: u64) {
+    /// Instance `id` of `model` answers at `url`: it takes requests.
+    pub(crate) fn ready(&self, id: u64, model: &str, url: String) {
+        let mut st = self.pool.lock();
+        let now = self.pool.now_ms();
+        if let Some(i) = st.instances.iter_mut().find(|i| i.id == id) {
+            i.url = Some(url);
+            i.idle_since_ms = now;
+        }
+        self.pool.dispatch(&mut st, model);
+        drop(st);
+        *self
+            .starts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(model.to_owned())
+            .or_default() += 1;
+    }
+
+    pub(crate) fn forget(&self, id: u64) {
         self.lock_stops().remove(&id);
         self.pool.lock().instances.retain(|i| i.id != id);
     }
-}
-
-/// SIGTERM, then SIGKILL after [`STOP_GRACE`].
-async fn terminate(child: &mut Child) {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    // A pid from `id()` is one this process started and has not reaped.
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
-            return;
-        }
-    }
-    let _ = child.kill().await;
 }

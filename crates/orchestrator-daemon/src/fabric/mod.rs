@@ -4,7 +4,7 @@
 //! What it is: `GET /v1/models`, the configured models in OpenAI's list
 //! shape, and the completion and embedding routes passed through to each
 //! model's server ([`proxy`]): an external one, or a llama.cpp server
-//! ([`llama`]) that residency ([`control`]) starts when its model is wanted
+//! (`orchestrator_agent::model_server`) that residency ([`control`]) starts when its model is wanted
 //! and stops when its memory is needed, between requests. Requests wait for
 //! a slot of their model in their run's priority order ([`pool`]). Every answer it refuses has OpenAI's error shape
 //! (`{"error": {"message", "type", "code"}}`), so that OpenAI clients show
@@ -12,11 +12,11 @@
 
 pub mod control;
 pub mod keys;
-pub mod llama;
 pub mod metrics;
 pub mod placement;
 pub mod pool;
 pub mod proxy;
+pub mod remote;
 
 use std::sync::Arc;
 

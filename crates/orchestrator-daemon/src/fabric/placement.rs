@@ -1,31 +1,15 @@
 //! Where a stage that declares `model: NAME` may run: on an agent with the
 //! label `model:NAME`, which the daemon adds when the agent registers, for
-//! every external model (reachable from anywhere through the gateway) and
-//! for every model the daemon runs when the agent is on the daemon's
-//! machine and the model fits the memory lent there (`local:`).
-//!
-//! What it is not: model servers on other agents' machines. The daemon runs
-//! them on its own machine only, so a models file that places a model on
-//! agents is refused at start ([`check_supported`]).
+//! every external model (reachable from anywhere through the gateway), for
+//! every model the daemon runs on its own machine when the agent is on that
+//! machine and the model fits the memory lent there (`local:`), and for
+//! every model placed on the agent (`placement.agents`) that fits the
+//! memory the agent lends (`--model-ram`, `--model-gpu`).
 
+use orchestrator_core::api::ModelMemory;
 use orchestrator_core::fabric::hosts::{self, Host};
 use orchestrator_core::fabric::{LocalHost, ModelSpec};
 use orchestrator_core::sched::resources::model_label;
-
-/// Refuses what this daemon cannot do with its models.
-pub fn check_supported(models: &[ModelSpec]) -> Result<(), String> {
-    match models
-        .iter()
-        .find(|m| m.runtime.is_managed() && !m.placement.agents.is_empty())
-    {
-        Some(m) => Err(format!(
-            "model {:?}: placement.agents {:?}: model servers run on the daemon's machine only; \
-             remove placement.agents (a stage with `model: {}` then runs on agents of the daemon's machine)",
-            m.name, m.placement.agents, m.name
-        )),
-        None => Ok(()),
-    }
-}
 
 /// This machine's name, as agents report theirs.
 pub fn daemon_hostname() -> Option<String> {
@@ -35,15 +19,16 @@ pub fn daemon_hostname() -> Option<String> {
 }
 
 /// The `model:NAME` labels of an agent named `agent` with `labels`, on the
-/// daemon's machine or not.
+/// daemon's machine or not, lending `memory` to model servers.
 pub fn model_labels(
     models: &[ModelSpec],
     local: &LocalHost,
     agent: &str,
     labels: &[String],
     on_daemon_host: bool,
+    memory: &ModelMemory,
 ) -> Vec<String> {
-    let here: Vec<Host> = if on_daemon_host {
+    let mut here: Vec<Host> = if on_daemon_host {
         super::control::local_hosts(local)
             .into_iter()
             .map(|h| Host {
@@ -55,6 +40,7 @@ pub fn model_labels(
     } else {
         Vec::new()
     };
+    here.extend(super::remote::agent_hosts(agent, labels, memory));
     models
         .iter()
         .filter(|m| hosts::stage_agents(m, &here).is_none_or(|a| a.iter().any(|x| x == agent)))
@@ -77,7 +63,14 @@ mod tests {
         let local = orchestrator_core::fabric::parse_models_file(local, "m.yaml")
             .unwrap()
             .local;
-        model_labels(&ms, &local, "a1", &[], on_daemon_host)
+        model_labels(
+            &ms,
+            &local,
+            "a1",
+            &[],
+            on_daemon_host,
+            &ModelMemory::default(),
+        )
     }
 
     #[test]
@@ -101,15 +94,39 @@ mod tests {
     }
 
     #[test]
-    fn models_placed_on_agents_are_refused() {
+    fn an_agent_lending_memory_gets_the_models_placed_on_it_that_fit() {
         let ms = orchestrator_core::fabric::parse_models(
-            "models:\n- {name: s, runtime: {llama_cpp: {model: s.gguf}}, memory: 1G, placement: {agents: [box]}}\n",
+            "models:\n\
+             - {name: named, runtime: {llama_cpp: {model: s.gguf}}, memory: 1G, placement: {agents: [box]}}\n\
+             - {name: labelled, runtime: {llama_cpp: {model: s.gguf}}, memory: 1G, placement: {agents: [fast]}}\n\
+             - {name: huge, runtime: {llama_cpp: {model: s.gguf}}, memory: 64G, placement: {agents: [box]}}\n\
+             - {name: card, runtime: {llama_cpp: {model: s.gguf}}, memory: 6G, on: gpu, placement: {agents: [box]}}\n\
+             - {name: home, runtime: {llama_cpp: {model: s.gguf}}, memory: 1G}\n",
             "m.yaml",
         )
         .unwrap();
-        let e = check_supported(&ms).unwrap_err();
-        assert!(e.contains("\"s\"") && e.contains("placement.agents"), "{e}");
-        let ok = orchestrator_core::fabric::parse_models(MODELS, "m.yaml").unwrap();
-        assert!(check_supported(&ok).is_ok());
+        let lends = ModelMemory {
+            ram_mb: 4096,
+            gpus_mb: vec![8192],
+        };
+        let got = model_labels(
+            &ms,
+            &LocalHost::default(),
+            "box",
+            &["fast".into()],
+            false,
+            &lends,
+        );
+        assert_eq!(got, ["model:named", "model:labelled", "model:card"]);
+        // Lending nothing: none of them.
+        let none = model_labels(
+            &ms,
+            &LocalHost::default(),
+            "box",
+            &[],
+            false,
+            &ModelMemory::default(),
+        );
+        assert!(none.is_empty(), "{none:?}");
     }
 }

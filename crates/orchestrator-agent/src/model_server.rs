@@ -1,7 +1,8 @@
 //! Starting one llama.cpp server: the launcher script
-//! (`scripts/llama-server.py`) on a free loopback port, ready when it prints
-//! `ready URL`. When and where servers run is residency's choice
-//! ([`super::control`]).
+//! (`scripts/llama-server.py`) on a free port, ready when it prints
+//! `ready URL`. The daemon's model fabric decides when and where servers
+//! run: on its own machine it uses this directly, on an agent's machine it
+//! orders the agent to ([`crate::models`]).
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -40,9 +41,15 @@ impl Launcher {
         Launcher { script, python }
     }
 
-    /// Starts `m`'s server (on GPU `gpu` when given) and waits until it is
-    /// ready: its OpenAI base URL and its process, killed when dropped.
-    pub async fn spawn(&self, m: &ModelSpec, gpu: Option<u32>) -> Result<(String, Child), String> {
+    /// Starts `m`'s server listening on `host` (on GPU `gpu` when given) and
+    /// waits until it is ready: its OpenAI base URL and its process, killed
+    /// when dropped.
+    pub async fn spawn(
+        &self,
+        m: &ModelSpec,
+        host: &str,
+        gpu: Option<u32>,
+    ) -> Result<(String, Child), String> {
         let Runtime::LlamaCpp {
             model,
             ctx,
@@ -52,7 +59,7 @@ impl Launcher {
         else {
             return Err(format!("model {:?} is not a llama_cpp model", m.name));
         };
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
+        let port = std::net::TcpListener::bind((host, 0))
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free port: {e}"))?
             .port();
@@ -64,7 +71,14 @@ impl Launcher {
             .arg(&self.script)
             .arg("--model")
             .arg(model)
-            .args(["--port", &port.to_string(), "--alias", &m.name])
+            .args([
+                "--host",
+                host,
+                "--port",
+                &port.to_string(),
+                "--alias",
+                &m.name,
+            ])
             .args(["--ctx", &ctx.to_string()])
             .args(["--parallel", &m.concurrency.to_string()])
             .args(["--threads", &threads.to_string()])
@@ -81,7 +95,9 @@ impl Launcher {
                     self.script.display()
                 )
             })?;
-        let stdout = child.stdout.take().expect("stdout is piped");
+        let Some(stdout) = child.stdout.take() else {
+            return Err("the server's output was not piped".into());
+        };
         let mut lines = BufReader::new(stdout).lines();
         let ready = tokio::time::timeout(READY_WITHIN, async {
             while let Ok(Some(line)) = lines.next_line().await {
@@ -113,4 +129,18 @@ impl Launcher {
         tracing::info!(model = %m.name, %url, "llama.cpp server ready");
         Ok((format!("{url}/v1"), child))
     }
+}
+
+/// Stops a server: SIGTERM, then SIGKILL after `grace`.
+pub async fn terminate(child: &mut Child, grace: Duration) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    // A pid from `id()` is one this process started and has not reaped.
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
 }
