@@ -26,7 +26,7 @@ const RESET: [c_int; 6] = [
     libc::SIGPIPE,
 ];
 
-unsafe fn reset_signals() {
+pub(super) unsafe fn reset_signals() {
     for sig in RESET {
         libc::signal(sig, libc::SIG_DFL);
     }
@@ -35,7 +35,7 @@ unsafe fn reset_signals() {
 /// Closes every descriptor but `keep` (the report pipe, std's exec pipe, the
 /// log files), or the agent would wait on its pipes for as long as the
 /// command runs.
-unsafe fn close_all_but(keep: c_int) {
+pub(super) unsafe fn close_all_but(keep: c_int) {
     let keep = libc::c_uint::try_from(keep).unwrap_or(0);
     let below = keep
         .checked_sub(1)

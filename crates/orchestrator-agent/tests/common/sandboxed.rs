@@ -95,6 +95,7 @@ impl Project {
             readable: vec![self.root().join(".git")],
             hidden: vec![self.root().join(".orchestrator")],
             project: Some(self.root()),
+            gateway: None,
         }
     }
 

@@ -204,6 +204,7 @@ impl Container {
             &argv,
             &runc_env,
             Vec::new(),
+            None,
         )
         .map_err(removing)?;
         let leader = child.pgid();

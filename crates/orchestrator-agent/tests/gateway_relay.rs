@@ -1,0 +1,172 @@
+//! The model gateway's relay into sandboxes without network, with real
+//! processes and the agent's real step socket: a step reaches the socket at
+//! `127.0.0.1:GATEWAY_PORT` of its own loopback, the socket answers the
+//! agent's own paths and relays the gateway's to the daemon (here an
+//! address where nothing listens, so the relay's error is what comes back),
+//! and nothing else is reached. The gateway through a real daemon is tested
+//! end to end in `orchestrator-cli`'s `tests/gateway.rs`.
+
+use std::sync::Arc;
+
+use orchestrator_agent::ask::AskBox;
+use orchestrator_agent::sandbox::{Dirs, Limits, Sandbox, SandboxConfig, GATEWAY_PORT};
+use orchestrator_agent::{run_step_with, StepContext};
+use orchestrator_core::api::{ApiKey, SandboxSpec};
+use orchestrator_core::spec::{CommandSpec, SandboxKind};
+use tokio_util::sync::CancellationToken;
+
+mod common;
+
+use common::sandboxed::{assert_ok, require, spawn_cost, spec, Project};
+
+/// Where the relay sends the gateway's requests: a port where nothing
+/// listens, so that a relayed request is told apart from one answered by
+/// the agent itself.
+const NO_DAEMON: &str = "http://127.0.0.1:9";
+
+/// Asks a question through the sandbox's gateway port, asks for the models
+/// (relayed to the daemon) and for a daemon path outside the gateway, and
+/// prints each status and body.
+const PROBE: &str = r#"
+import json, os, urllib.error, urllib.request
+base = os.environ["OPENAI_BASE_URL"]
+def call(path, body=None, token=None):
+    req = urllib.request.Request(base + path, data=body)
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return [r.status, r.read().decode()]
+    except urllib.error.HTTPError as e:
+        return [e.code, e.read().decode()]
+ask = json.dumps({"question": "Which database?", "choices": ["sqlite", "postgres"]}).encode()
+print(json.dumps({
+    "base": base,
+    "ask": call("/ask", ask, os.environ["ORCH_STEP_TOKEN"]),
+    "models": call("/models", token=os.environ["OPENAI_API_KEY"]),
+    "runs": call("/runs", token=os.environ["OPENAI_API_KEY"]),
+}))
+"#;
+
+fn probe() -> CommandSpec {
+    CommandSpec {
+        argv: vec!["/usr/bin/python3".into(), "-c".into(), PROBE.into()],
+        ..common::sandboxed::sh("")
+    }
+}
+
+async fn relayed(kind: SandboxKind) {
+    let p = Project::new();
+    let stop = CancellationToken::new();
+    let sockets = tempfile::tempdir().unwrap();
+    let asks = AskBox::start(stop.clone(), &sockets.path().join("orch"), Some(NO_DAEMON))
+        .await
+        .unwrap();
+    assert!(asks.relays_gateway());
+    let mut job = p.job(spec(kind), vec![probe()]);
+    job.spec.api_key = Some(ApiKey("orch-job-42-00".into()));
+    let ctx = StepContext {
+        agent_id: "agent-1".into(),
+        sandbox: Arc::new(p.cfg.clone()),
+        asks: Some(asks),
+        daemon_url: Some(NO_DAEMON.into()),
+        ..StepContext::default()
+    };
+    let out = run_step_with(&job, &ctx, CancellationToken::new()).await;
+    assert_ok(&p, &job, &out);
+    let printed = p.stdout(&job);
+    let seen: serde_json::Value = serde_json::from_str(printed.trim()).expect(&printed);
+    assert_eq!(
+        seen["base"],
+        format!("http://127.0.0.1:{GATEWAY_PORT}/v1"),
+        "{seen:#}"
+    );
+    // The agent's own path, answered by the agent through the relay.
+    assert_eq!(seen["ask"][0], 200, "{seen:#}");
+    assert_eq!(out.questions.len(), 1, "{out:?}");
+    assert_eq!(out.questions[0].question, "Which database?");
+    // A gateway path, relayed to the daemon's address.
+    assert_eq!(seen["models"][0], 502, "{seen:#}");
+    let why = seen["models"][1].as_str().unwrap();
+    assert!(why.contains(&format!("{NO_DAEMON}/v1")), "{why}");
+    // The daemon's API is under /v1 too, and is not relayed.
+    assert_eq!(seen["runs"][0], 404, "{seen:#}");
+    stop.cancel();
+}
+
+#[tokio::test]
+async fn a_namespace_step_without_network_reaches_the_step_socket_at_the_gateway_port() {
+    relayed(SandboxKind::Namespace).await;
+}
+
+#[tokio::test]
+async fn a_bubblewrap_step_without_network_reaches_the_step_socket_at_the_gateway_port() {
+    require("bwrap", "bubblewrap");
+    relayed(SandboxKind::Bubblewrap).await;
+}
+
+#[tokio::test]
+async fn a_step_with_network_or_without_a_key_gets_no_relay() {
+    let p = Project::new();
+    let sockets = tempfile::tempdir().unwrap();
+    let socket = sockets.path().join("ask.sock");
+    let dirs = || Dirs {
+        gateway: Some(socket.clone()),
+        ..p.dirs()
+    };
+    let open = SandboxSpec {
+        network: true,
+        ..spec(SandboxKind::Namespace)
+    };
+    let cfg = SandboxConfig::default();
+    let with_network = Sandbox::new(&open, &cfg, dirs(), Limits::default()).unwrap();
+    assert_eq!(with_network.relayed_gateway(), None);
+    let closed = Sandbox::new(
+        &spec(SandboxKind::Namespace),
+        &cfg,
+        dirs(),
+        Limits::default(),
+    );
+    assert!(closed.unwrap().relayed_gateway().is_some());
+    let no_socket = Sandbox::new(
+        &spec(SandboxKind::Namespace),
+        &cfg,
+        p.dirs(),
+        Limits::default(),
+    );
+    assert_eq!(no_socket.unwrap().relayed_gateway(), None);
+}
+
+/// What the relay adds to each command (`cargo test --release -p
+/// orchestrator-agent --test gateway_relay -- --nocapture cost` prints it):
+/// a listening socket and a forked process in the sandbox.
+#[tokio::test]
+async fn per_command_cost_of_the_relay() {
+    let p = Project::new();
+    let stop = CancellationToken::new();
+    let sockets = tempfile::tempdir().unwrap();
+    let asks = AskBox::start(stop.clone(), &sockets.path().join("orch"), Some(NO_DAEMON))
+        .await
+        .unwrap();
+    let socket = asks.socket().unwrap().to_owned();
+    let cfg = SandboxConfig::default();
+    let n = 30;
+    let mut line = format!("per command (mean of {n}):");
+    for kind in [SandboxKind::Namespace, SandboxKind::Bubblewrap] {
+        if kind == SandboxKind::Bubblewrap
+            && Sandbox::new(&spec(kind), &cfg, p.dirs(), Limits::default()).is_err()
+        {
+            continue;
+        }
+        let mut dirs = p.dirs();
+        dirs.readable.extend(socket.parent().map(ToOwned::to_owned));
+        let plain = Sandbox::new(&spec(kind), &cfg, dirs.clone(), Limits::default()).unwrap();
+        dirs.gateway = Some(socket.clone());
+        let relay = Sandbox::new(&spec(kind), &cfg, dirs, Limits::default()).unwrap();
+        let without = spawn_cost(&plain, &p.worktree(), n).await;
+        let with = spawn_cost(&relay, &p.worktree(), n).await;
+        line += &format!(" {kind}: {without:?} without the relay, {with:?} with it;");
+    }
+    println!("{line}");
+    stop.cancel();
+}
