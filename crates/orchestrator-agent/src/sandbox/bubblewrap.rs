@@ -104,6 +104,8 @@ fn arguments(
 }
 
 /// Spawns `cmd` under `bwrap`; see the module documentation.
+// The arguments are the fields of `Sandbox::Bubblewrap`, passed as they are.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn spawn(
     cmd: &mut Command,
     bwrap: &Path,

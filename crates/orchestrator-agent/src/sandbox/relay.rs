@@ -272,8 +272,8 @@ unsafe fn relay_one(socket: &libc::sockaddr_un, tcp: c_int) -> ! {
             }
             break;
         }
-        for i in 0..2 {
-            if fds[i].fd < 0 || fds[i].revents == 0 {
+        for (i, side) in fds.iter_mut().enumerate() {
+            if side.fd < 0 || side.revents == 0 {
                 continue;
             }
             let (from, to) = if i == 0 { (tcp, unix) } else { (unix, tcp) };
@@ -283,7 +283,7 @@ unsafe fn relay_one(socket: &libc::sockaddr_un, tcp: c_int) -> ! {
             }
             if n <= 0 || !send_all(to, &buf[..n as usize]) {
                 libc::shutdown(to, libc::SHUT_WR);
-                fds[i].fd = -1;
+                side.fd = -1;
             }
         }
     }
