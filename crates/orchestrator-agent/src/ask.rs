@@ -13,6 +13,8 @@
 //! asking, and the stage then waits for the answer holding no slot. The
 //! endpoint listens on loopback and on a socket in a directory only the
 //! agent's user may enter, and a token is good only while its step runs.
+//! The socket also relays the daemon's model gateway, for the same steps
+//! without network (see `crate::gateway`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -68,9 +70,8 @@ impl AskBox {
     /// serves steps that share the agent's network, and the agent says why.
     ///
     /// With `daemon_url`, the socket also relays the daemon's model gateway
-    /// (see `crate::gateway`), for steps whose
-    /// sandbox has no network. The TCP endpoint does not: a step that can
-    /// reach it can reach the daemon.
+    /// (see `crate::gateway`), for steps whose sandbox has no network. The
+    /// TCP endpoint does not: a step that can reach it can reach the daemon.
     pub async fn start(
         shutdown: CancellationToken,
         socket_parent: &Path,

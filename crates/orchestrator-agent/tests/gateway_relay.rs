@@ -7,6 +7,7 @@
 //! end to end in `orchestrator-cli`'s `tests/gateway.rs`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use orchestrator_agent::ask::AskBox;
 use orchestrator_agent::sandbox::{Dirs, Limits, Sandbox, SandboxConfig, GATEWAY_PORT};
@@ -150,7 +151,7 @@ async fn per_command_cost_of_the_relay() {
         .unwrap();
     let socket = asks.socket().unwrap().to_owned();
     let cfg = SandboxConfig::default();
-    let n = 30;
+    let n = 60;
     let mut line = format!("per command (mean of {n}):");
     for kind in [SandboxKind::Namespace, SandboxKind::Bubblewrap] {
         if kind == SandboxKind::Bubblewrap
@@ -163,8 +164,13 @@ async fn per_command_cost_of_the_relay() {
         let plain = Sandbox::new(&spec(kind), &cfg, dirs.clone(), Limits::default()).unwrap();
         dirs.gateway = Some(socket.clone());
         let relay = Sandbox::new(&spec(kind), &cfg, dirs, Limits::default()).unwrap();
-        let without = spawn_cost(&plain, &p.worktree(), n).await;
-        let with = spawn_cost(&relay, &p.worktree(), n).await;
+        // Alternated, so that a busy machine weighs on both alike.
+        let (mut without, mut with) = (Duration::ZERO, Duration::ZERO);
+        for _ in 0..n {
+            without += spawn_cost(&plain, &p.worktree(), 1).await;
+            with += spawn_cost(&relay, &p.worktree(), 1).await;
+        }
+        let (without, with) = (without / n, with / n);
         line += &format!(" {kind}: {without:?} without the relay, {with:?} with it;");
     }
     println!("{line}");

@@ -23,8 +23,8 @@
 //! way (read-only now); tmpfs mounted over the hidden directories;
 //! the clones moved back at their own paths (`move_mount`); a fresh
 //! `/proc`; loopback brought up when there is no network, with the model
-//! gateway's relay listening there (see [`super::relay`]; it is forked
-//! before the command, so the command may be pid 3). Last it enters a
+//! gateway's port open there (see [`super::relay`]; init serves it). Last it
+//! enters a
 //! nested user and mount namespace, which locks every mount (see
 //! [`lock_mounts`]), and enters the working directory again. The command,
 //! last, restricts itself with Landlock where the kernel has it (see
@@ -365,8 +365,10 @@ fn enter(plan: &Plan) -> io::Result<()> {
         // The namespace's pid 1: die when the reaper dies.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         setup_mounts(plan)?;
+        // The gateway's port, open before the command starts (-1: none).
+        let mut listener = -1;
         if !plan.network {
-            loopback_up_and_relay(plan)?;
+            listener = loopback_up_and_listen(plan)?;
         }
         lock_mounts(plan)?;
         if let Some(cwd) = &plan.cwd {
@@ -375,7 +377,8 @@ fn enter(plan: &Plan) -> io::Result<()> {
         let command = fork();
         check(plan, S_COMMAND, command)?;
         if command > 0 {
-            init(command as libc::pid_t, status[1]);
+            let relay = plan.relay.as_ref().map(|r| (r, listener));
+            init(command as libc::pid_t, status[1], relay);
         }
         libc::close(status[1]);
         if let Some(rules) = &plan.landlock {
@@ -500,11 +503,11 @@ unsafe fn clone_trees(plan: &Plan, dirs: &[CString], fds: &mut [c_int]) -> io::R
 
 /// Brings up `lo` in the new network namespace, so local servers a step
 /// starts itself can be reached, then opens the model gateway's port there
-/// (see [`super::relay`]).
-unsafe fn loopback_up_and_relay(plan: &Plan) -> io::Result<()> {
+/// (see [`super::relay`]), which init serves; the port's descriptor, or -1.
+unsafe fn loopback_up_and_listen(plan: &Plan) -> io::Result<c_int> {
     check(plan, S_LOOPBACK, loopback_up())?;
-    if let Some(relay) = &plan.relay {
-        relay.start().map_err(|e| report(plan, S_RELAY, e))?;
+    match &plan.relay {
+        Some(_) => super::relay::listen().map_err(|e| report(plan, S_RELAY, e)),
+        None => Ok(-1),
     }
-    Ok(())
 }

@@ -3,23 +3,29 @@
 //! Such a sandbox has a network namespace of its own with loopback only, so
 //! the daemon's gateway (`OPENAI_BASE_URL`) is out of reach. What is in reach
 //! is the agent's step socket (its directory is bound into every sandbox),
-//! which relays `/v1/...` to the daemon's gateway (see `crate::gateway`).
+//! which relays the gateway's paths to the daemon (see `crate::gateway`).
 //! So the sandbox's network namespace gets a listener on
-//! `127.0.0.1:`[`GATEWAY_PORT`], made before the command starts, and a small
-//! relay process that copies each TCP connection's bytes to a new connection
-//! to that socket and back. Ordinary OpenAI clients then work with
-//! `OPENAI_BASE_URL=http://127.0.0.1:GATEWAY_PORT/v1`, and a streamed answer
-//! streams: bytes go through as they arrive, nothing is parsed or buffered.
-//! The relay reaches nothing but the socket, and the socket's server relays
-//! nothing but `/v1/...` to the daemon, under the step's own key.
+//! `127.0.0.1:`[`GATEWAY_PORT`], made before the command starts, and each
+//! connection to it gets a process that copies its bytes to a new
+//! connection to that socket and back. Ordinary OpenAI clients then work
+//! with `OPENAI_BASE_URL=http://127.0.0.1:GATEWAY_PORT/v1`, and a streamed
+//! answer streams: bytes go through as they arrive, nothing is parsed or
+//! buffered. The relay reaches nothing but the socket, and the socket's
+//! server relays nothing but the gateway to the daemon, under the step's
+//! own key.
 //!
-//! The relay process is forked, never executed: it is the agent's code
-//! running in the forked child, so everything here is async-signal-safe
-//! system calls on data prepared before the fork, no allocation. It lives as
-//! long as the sandbox: in the namespace backend it is a child of the
-//! namespace's init (the pid namespace's end kills it); under bubblewrap it
-//! dies with `bwrap` (`PR_SET_PDEATHSIG`) and with the command's process
-//! group, which it belongs to.
+//! Who accepts: in the namespace backend, the namespace's init, which waits
+//! for the command anyway ([`Relay::serve_until`]), so a command that never
+//! calls the gateway costs no process. Under bubblewrap, whose init is
+//! `bwrap`'s, a relay process forked before `bwrap` runs
+//! ([`Relay::enter_own_network`]); it dies with `bwrap`
+//! (`PR_SET_PDEATHSIG`) and with the command's process group, which it
+//! belongs to.
+//!
+//! Everything here is the agent's code running in forked children, never
+//! executed: async-signal-safe system calls on data prepared before the
+//! fork, no allocation. A connection's process ends with its connection, or
+//! with the sandbox (the pid namespace's end, or its process group killed).
 
 use std::ffi::CString;
 use std::io;
@@ -28,7 +34,7 @@ use std::path::Path;
 
 use nix::libc::{self, c_int, c_long};
 
-use super::reaper::{close_all_but, reset_signals};
+use super::reaper::{close_all_but, reset_signals, wait_for};
 use super::SandboxError;
 
 /// The loopback port a sandbox without network reaches the gateway at. The
@@ -96,10 +102,99 @@ impl Relay {
             return Err(e);
         }
         if pid == 0 {
-            serve(&self.socket, listener, parent);
+            serve(self, listener, parent);
         }
         libc::close(listener);
         Ok(())
+    }
+
+    /// The namespace backend's init: waits for `command` (its wait status),
+    /// reaping every other child, and meanwhile hands each connection to
+    /// `listener` to a process of its own. Only a connection costs a
+    /// process; a command that never calls the gateway costs none. Without
+    /// a signalfd the port is closed and init only waits. Async-signal-safe.
+    pub(super) unsafe fn serve_until(&self, command: libc::pid_t, listener: c_int) -> c_int {
+        // SIGCHLD is read from a descriptor, so that one poll waits for both
+        // a connection and a child's end. Blocked before the first reaping
+        // below, so no end goes unnoticed.
+        let mut chld: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut chld);
+        libc::sigaddset(&mut chld, libc::SIGCHLD);
+        libc::sigprocmask(libc::SIG_BLOCK, &chld, std::ptr::null_mut());
+        let ended = libc::signalfd(-1, &chld, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if ended < 0 {
+            libc::close(listener);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &chld, std::ptr::null_mut());
+            return wait_for(command, true);
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: ended,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: listener,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+        loop {
+            let mut status: c_int = 0;
+            loop {
+                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                if pid == command {
+                    return status;
+                }
+                if pid <= 0 {
+                    break;
+                }
+            }
+            if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
+                continue;
+            }
+            if fds[0].revents != 0 {
+                while libc::read(ended, info.as_mut_ptr().cast(), info.len()) > 0 {}
+            }
+            if fds[1].revents != 0 && !self.hand_over(listener, &[listener, ended]) {
+                // A port that fails for good is given up, not spun on.
+                libc::close(listener);
+                fds[1].fd = -1;
+            }
+        }
+    }
+
+    /// Accepts one connection on `listener` and forks its relay; the child
+    /// closes `close` first. False when the listener fails for good.
+    /// Async-signal-safe.
+    unsafe fn hand_over(&self, listener: c_int, close: &[c_int]) -> bool {
+        let conn = libc::accept4(
+            listener,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+            libc::SOCK_CLOEXEC,
+        );
+        if conn < 0 {
+            return matches!(
+                *libc::__errno_location(),
+                libc::EINTR
+                    | libc::EAGAIN
+                    | libc::ECONNABORTED
+                    | libc::EMFILE
+                    | libc::ENFILE
+                    | libc::ENOBUFS
+                    | libc::ENOMEM
+            );
+        }
+        if fork() == 0 {
+            for &fd in close {
+                libc::close(fd);
+            }
+            relay_one(&self.socket, conn);
+        }
+        libc::close(conn);
+        true
     }
 
     /// For a wrapper that makes no network namespace of its own (`bwrap
@@ -170,7 +265,7 @@ pub(super) unsafe fn fork() -> c_long {
 }
 
 /// A listening TCP socket on `127.0.0.1:GATEWAY_PORT`, closed on exec.
-unsafe fn listen() -> io::Result<c_int> {
+pub(super) unsafe fn listen() -> io::Result<c_int> {
     let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
     if fd < 0 {
         return Err(io::Error::last_os_error());
@@ -195,7 +290,7 @@ unsafe fn listen() -> io::Result<c_int> {
 /// The relay process: accepts on `listener` and hands each connection to a
 /// process of its own, which copies it to and from the step socket. Never
 /// returns.
-unsafe fn serve(socket: &libc::sockaddr_un, listener: c_int, parent: libc::pid_t) -> ! {
+unsafe fn serve(relay: &Relay, listener: c_int, parent: libc::pid_t) -> ! {
     libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
     // A parent gone before the line above sent no signal.
     if libc::getppid() != parent {
@@ -209,31 +304,8 @@ unsafe fn serve(socket: &libc::sockaddr_un, listener: c_int, parent: libc::pid_t
     // Nothing of the command's (its log files, the status pipes) may stay
     // open here: the agent reads the logs to their end.
     close_all_but(listener);
-    loop {
-        let conn = libc::accept4(
-            listener,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_CLOEXEC,
-        );
-        if conn < 0 {
-            match *libc::__errno_location() {
-                libc::EINTR
-                | libc::ECONNABORTED
-                | libc::EMFILE
-                | libc::ENFILE
-                | libc::ENOBUFS
-                | libc::ENOMEM => continue,
-                _ => libc::_exit(1),
-            }
-        }
-        let pid = fork();
-        if pid == 0 {
-            libc::close(listener);
-            relay_one(socket, conn);
-        }
-        libc::close(conn);
-    }
+    while relay.hand_over(listener, &[listener]) {}
+    libc::_exit(1)
 }
 
 /// Copies one connection to a new connection to the step socket and back
