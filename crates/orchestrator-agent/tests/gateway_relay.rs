@@ -12,13 +12,13 @@ use std::time::Duration;
 use orchestrator_agent::ask::AskBox;
 use orchestrator_agent::sandbox::{Dirs, Limits, Sandbox, SandboxConfig, GATEWAY_PORT};
 use orchestrator_agent::{run_step_with, StepContext};
-use orchestrator_core::api::{ApiKey, SandboxSpec};
+use orchestrator_core::api::{ApiKey, ClaimedJob, SandboxSpec};
 use orchestrator_core::spec::{CommandSpec, SandboxKind};
 use tokio_util::sync::CancellationToken;
 
 mod common;
 
-use common::sandboxed::{assert_ok, require, spawn_cost, spec, Project};
+use common::sandboxed::{assert_no_sleepers, assert_ok, require, sh, spawn_cost, spec, Project};
 
 /// Where the relay sends the gateway's requests: a port where nothing
 /// listens, so that a relayed request is told apart from one answered by
@@ -52,20 +52,19 @@ print(json.dumps({
 fn probe() -> CommandSpec {
     CommandSpec {
         argv: vec!["/usr/bin/python3".into(), "-c".into(), PROBE.into()],
-        ..common::sandboxed::sh("")
+        ..sh("")
     }
 }
 
-async fn relayed(kind: SandboxKind) {
-    let p = Project::new();
+/// An agent's context whose step socket relays the gateway (to
+/// [`NO_DAEMON`]); the socket lives until the token is cancelled.
+async fn relaying(p: &Project) -> (StepContext, CancellationToken, tempfile::TempDir) {
     let stop = CancellationToken::new();
     let sockets = tempfile::tempdir().unwrap();
     let asks = AskBox::start(stop.clone(), &sockets.path().join("orch"), Some(NO_DAEMON))
         .await
         .unwrap();
     assert!(asks.relays_gateway());
-    let mut job = p.job(spec(kind), vec![probe()]);
-    job.spec.api_key = Some(ApiKey("orch-job-42-00".into()));
     let ctx = StepContext {
         agent_id: "agent-1".into(),
         sandbox: Arc::new(p.cfg.clone()),
@@ -73,6 +72,19 @@ async fn relayed(kind: SandboxKind) {
         daemon_url: Some(NO_DAEMON.into()),
         ..StepContext::default()
     };
+    (ctx, stop, sockets)
+}
+
+fn keyed(p: &Project, kind: SandboxKind, commands: Vec<CommandSpec>) -> ClaimedJob {
+    let mut job = p.job(spec(kind), commands);
+    job.spec.api_key = Some(ApiKey("orch-job-42-00".into()));
+    job
+}
+
+async fn relayed(kind: SandboxKind) {
+    let p = Project::new();
+    let (ctx, stop, _sockets) = relaying(&p).await;
+    let job = keyed(&p, kind, vec![probe()]);
     let out = run_step_with(&job, &ctx, CancellationToken::new()).await;
     assert_ok(&p, &job, &out);
     let printed = p.stdout(&job);
@@ -104,6 +116,48 @@ async fn a_namespace_step_without_network_reaches_the_step_socket_at_the_gateway
 async fn a_bubblewrap_step_without_network_reaches_the_step_socket_at_the_gateway_port() {
     require("bwrap", "bubblewrap");
     relayed(SandboxKind::Bubblewrap).await;
+}
+
+/// Init serves the gateway's port while it waits: the command's exit code
+/// still comes through, and a timeout still ends the whole sandbox, a
+/// connection held open to the gateway and the processes behind it
+/// included.
+#[tokio::test]
+async fn a_relaying_init_passes_the_exit_code_on_and_dies_whole_on_timeout() {
+    let p = Project::new();
+    let (ctx, stop, _sockets) = relaying(&p).await;
+    let job = keyed(
+        &p,
+        SandboxKind::Namespace,
+        vec![sh("sleep 0.2 & (sleep 0.3 &); exit 3")],
+    );
+    let out = run_step_with(&job, &ctx, CancellationToken::new()).await;
+    let error = out.error.as_deref().unwrap_or("");
+    assert!(
+        !out.success && error.contains("exited with code 3"),
+        "{out:?}"
+    );
+
+    let hold = "import socket, time; s = socket.create_connection(('127.0.0.1', int(__import__('sys').argv[1]))); time.sleep(43)";
+    let mut job = keyed(
+        &p,
+        SandboxKind::Namespace,
+        vec![sh(&format!(
+            "/usr/bin/python3 -c \"{hold}\" {GATEWAY_PORT} & sleep 43"
+        ))],
+    );
+    job.spec.timeout_ms = Some(1000);
+    let started = std::time::Instant::now();
+    let out = run_step_with(&job, &ctx, CancellationToken::new()).await;
+    let error = out.error.as_deref().unwrap_or("");
+    assert!(!out.success && error.contains("timed out"), "{out:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_no_sleepers("43", Duration::from_secs(5)).await;
+    stop.cancel();
 }
 
 #[tokio::test]
