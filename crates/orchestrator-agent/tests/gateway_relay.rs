@@ -6,24 +6,21 @@
 //! and nothing else is reached. The gateway through a real daemon is tested
 //! end to end in `orchestrator-cli`'s `tests/gateway.rs`.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator_agent::ask::AskBox;
+use orchestrator_agent::run_step_with;
 use orchestrator_agent::sandbox::{Dirs, Limits, Sandbox, SandboxConfig, GATEWAY_PORT};
-use orchestrator_agent::{run_step_with, StepContext};
-use orchestrator_core::api::{ApiKey, ClaimedJob, SandboxSpec};
+use orchestrator_core::api::SandboxSpec;
 use orchestrator_core::spec::{CommandSpec, SandboxKind};
 use tokio_util::sync::CancellationToken;
 
 mod common;
 
-use common::sandboxed::{assert_no_sleepers, assert_ok, require, sh, spawn_cost, spec, Project};
-
-/// Where the relay sends the gateway's requests: a port where nothing
-/// listens, so that a relayed request is told apart from one answered by
-/// the agent itself.
-const NO_DAEMON: &str = "http://127.0.0.1:9";
+use common::sandboxed::{
+    assert_no_sleepers, assert_ok, keyed, relaying, require, sh, spawn_cost, spec, Project,
+    NO_DAEMON,
+};
 
 /// Asks a question through the sandbox's gateway port, asks for the models
 /// (relayed to the daemon) and for a daemon path outside the gateway, and
@@ -54,31 +51,6 @@ fn probe() -> CommandSpec {
         argv: vec!["/usr/bin/python3".into(), "-c".into(), PROBE.into()],
         ..sh("")
     }
-}
-
-/// An agent's context whose step socket relays the gateway (to
-/// [`NO_DAEMON`]); the socket lives until the token is cancelled.
-async fn relaying(p: &Project) -> (StepContext, CancellationToken, tempfile::TempDir) {
-    let stop = CancellationToken::new();
-    let sockets = tempfile::tempdir().unwrap();
-    let asks = AskBox::start(stop.clone(), &sockets.path().join("orch"), Some(NO_DAEMON))
-        .await
-        .unwrap();
-    assert!(asks.relays_gateway());
-    let ctx = StepContext {
-        agent_id: "agent-1".into(),
-        sandbox: Arc::new(p.cfg.clone()),
-        asks: Some(asks),
-        daemon_url: Some(NO_DAEMON.into()),
-        ..StepContext::default()
-    };
-    (ctx, stop, sockets)
-}
-
-fn keyed(p: &Project, kind: SandboxKind, commands: Vec<CommandSpec>) -> ClaimedJob {
-    let mut job = p.job(spec(kind), commands);
-    job.spec.api_key = Some(ApiKey("orch-job-42-00".into()));
-    job
 }
 
 async fn relayed(kind: SandboxKind) {

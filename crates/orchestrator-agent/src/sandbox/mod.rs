@@ -337,6 +337,8 @@ impl Sandbox {
                 gateway: Some(_),
                 ..
             } => Some(gateway_url()),
+            #[cfg(target_os = "linux")]
+            Sandbox::Container(c) => c.relays_gateway().then(gateway_url),
             _ => None,
         }
     }

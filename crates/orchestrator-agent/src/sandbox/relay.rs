@@ -16,11 +16,13 @@
 //!
 //! Who accepts: in the namespace backend, the namespace's init, which waits
 //! for the command anyway ([`Relay::serve_until`]), so a command that never
-//! calls the gateway costs no process. Under bubblewrap, whose init is
-//! `bwrap`'s, a relay process forked before `bwrap` runs
-//! ([`Relay::enter_own_network`]); it dies with `bwrap`
+//! calls the gateway costs no process. Under bubblewrap and runc, whose
+//! inits are theirs, a relay process forked before the wrapper runs, in a
+//! network namespace made for the wrapper to share
+//! ([`Relay::enter_own_network`]); it dies with the wrapper
 //! (`PR_SET_PDEATHSIG`) and with the command's process group, which it
-//! belongs to.
+//! belongs to. It stays in the host's mount namespace, so it reaches the
+//! socket even from a container whose root file system lacks it.
 //!
 //! Everything here is the agent's code running in forked children, never
 //! executed: async-signal-safe system calls on data prepared before the
@@ -198,18 +200,26 @@ impl Relay {
     }
 
     /// For a wrapper that makes no network namespace of its own (`bwrap
-    /// --share-net`): enters a new user and network namespace (the ids mapped
-    /// to themselves, so the wrapper runs as before), brings up loopback and
-    /// starts the relay there. Async-signal-safe.
-    pub(super) unsafe fn enter_own_network(&self) -> io::Result<()> {
-        if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) < 0 {
+    /// --share-net`, runc given none): enters a new network namespace, with
+    /// `user` in a new user namespace too (the ids mapped to themselves, so
+    /// the wrapper runs as before; runc, which needs the host's root, gets
+    /// none), brings up loopback and starts the relay there.
+    /// Async-signal-safe.
+    pub(super) unsafe fn enter_own_network(&self, user: bool) -> io::Result<()> {
+        let flags = if user {
+            libc::CLONE_NEWUSER | libc::CLONE_NEWNET
+        } else {
+            libc::CLONE_NEWNET
+        };
+        if libc::unshare(flags) < 0 {
             return Err(io::Error::last_os_error());
         }
-        for (file, data) in [
+        let maps = [
             (&self.setgroups, &b"deny"[..]),
             (&self.uid_map, &self.uid_line),
             (&self.gid_map, &self.gid_line),
-        ] {
+        ];
+        for (file, data) in maps.into_iter().filter(|_| user) {
             if write_file(file, data) < 0 {
                 return Err(io::Error::last_os_error());
             }

@@ -135,7 +135,8 @@ pub(super) fn spawn(
         cmd.pre_exec(move || {
             super::cgroup::join(&join)?;
             if let Some(relay) = &relay {
-                relay.enter_own_network()?;
+                // runc needs the host's root; bwrap runs unprivileged.
+                relay.enter_own_network(kind != SandboxKind::Container)?;
             }
             exec.run()
         });
