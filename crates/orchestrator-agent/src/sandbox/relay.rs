@@ -72,7 +72,9 @@ impl Relay {
         let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
         addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
         let bytes = socket.as_os_str().as_bytes();
-        // One byte stays zero: the path's terminating NUL.
+        // One byte stays zero: the path's terminating NUL. A path too long
+        // for an address could not have been bound by the agent either, so
+        // in practice only a NUL byte gets here.
         if bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
             return Err(SandboxError::Path(socket.to_owned()));
         }
