@@ -161,7 +161,7 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
     });
     // The endpoint lives as long as the slots (`stop`): a step still running
     // may ask until it is killed.
-    let asks = AskBox::start(stop.clone(), &cfg.sandbox.socket_dir())
+    let asks = AskBox::start(stop.clone(), &cfg.sandbox.socket_dir(), Some(&cfg.server))
         .await
         .map_err(|e| AgentError::Config(format!("cannot open the local step endpoint: {e}")))?;
     let shared = Arc::new(Shared {

@@ -13,6 +13,8 @@
 //! asking, and the stage then waits for the answer holding no slot. The
 //! endpoint listens on loopback and on a socket in a directory only the
 //! agent's user may enter, and a token is good only while its step runs.
+//! The socket also relays the daemon's model gateway, for the same steps
+//! without network (see `crate::gateway`).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +29,8 @@ use orchestrator_core::api::Ask;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::gateway::{self, Upstream};
+
 /// Longest question or choice accepted, in bytes.
 const MAX_TEXT: usize = 16 * 1024;
 /// Most questions one step may ask.
@@ -40,6 +44,8 @@ pub struct AskBox {
     url: String,
     /// The Unix socket, when one could be made.
     socket: Option<PathBuf>,
+    /// Whether the socket relays the daemon's model gateway.
+    gateway: bool,
     asked: Asked,
 }
 
@@ -62,9 +68,14 @@ impl AskBox {
     /// in a new directory under `socket_parent`; it stops with `shutdown`.
     /// Without the socket (its directory cannot be made) the endpoint still
     /// serves steps that share the agent's network, and the agent says why.
+    ///
+    /// With `daemon_url`, the socket also relays the daemon's model gateway
+    /// (see `crate::gateway`), for steps whose sandbox has no network. The
+    /// TCP endpoint does not: a step that can reach it can reach the daemon.
     pub async fn start(
         shutdown: CancellationToken,
         socket_parent: &Path,
+        daemon_url: Option<&str>,
     ) -> std::io::Result<AskBox> {
         let listener = tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0))).await?;
         let url = format!("http://{}", listener.local_addr()?);
@@ -72,9 +83,18 @@ impl AskBox {
         let app = Router::new()
             .route("/v1/ask", post(ask))
             .with_state(asked.clone());
+        let upstream = daemon_url
+            .map(Upstream::new)
+            .transpose()
+            .map_err(std::io::Error::other)?;
+        let gateway = upstream.is_some();
         let socket = match bind_socket(socket_parent) {
             Ok((path, unix)) => {
-                let (app, shutdown) = (app.clone(), shutdown.clone());
+                let app = match upstream {
+                    Some(up) => app.clone().merge(gateway::routes(up)),
+                    None => app.clone(),
+                };
+                let shutdown = shutdown.clone();
                 let dir = path.parent().map(Path::to_owned);
                 tokio::spawn(async move {
                     let served = axum::serve(unix, app)
@@ -102,7 +122,12 @@ impl AskBox {
                 tracing::warn!(error = %e, "the step endpoint stopped");
             }
         });
-        Ok(AskBox { url, socket, asked })
+        Ok(AskBox {
+            url,
+            gateway: gateway && socket.is_some(),
+            socket,
+            asked,
+        })
     }
 
     /// The address steps reach the endpoint at over TCP.
@@ -113,6 +138,12 @@ impl AskBox {
     /// The endpoint's Unix socket, when there is one.
     pub fn socket(&self) -> Option<&Path> {
         self.socket.as_deref()
+    }
+
+    /// Whether the socket relays the daemon's model gateway, so that a
+    /// sandbox without network can reach it.
+    pub fn relays_gateway(&self) -> bool {
+        self.gateway
     }
 
     /// Opens a step's right to ask, under a new random token.

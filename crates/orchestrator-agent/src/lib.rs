@@ -40,7 +40,9 @@
 //! [`exec::GroupChild`] for process groups; [`bundle::Bundle`] for the files;
 //! [`git::ensure_worktree`] and [`git::checkpoint`] for the run's branch;
 //! [`ask::AskBox`], the loopback endpoint a running step asks questions
-//! through (`orch ask`).
+//! through (`orch ask`) and whose socket relays the model gateway to
+//! sandboxes without network (module `gateway`, and `sandbox::relay` inside
+//! the sandbox).
 
 pub mod agent;
 pub mod ask;
@@ -48,6 +50,7 @@ pub mod bundle;
 pub mod client;
 pub mod context;
 pub mod exec;
+mod gateway;
 pub mod git;
 pub mod model_server;
 pub mod models;

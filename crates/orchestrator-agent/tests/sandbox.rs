@@ -266,6 +266,7 @@ async fn per_command_cost_of_each_sandbox() {
         readable: vec![p.root().join(".git")],
         hidden: vec![p.root().join(".orchestrator")],
         project: None,
+        gateway: None,
     };
     let limits = Limits {
         memory_mb: Some(512),

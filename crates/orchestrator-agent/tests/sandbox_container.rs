@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use orchestrator_agent::sandbox::{Limits, Sandbox};
+use orchestrator_agent::run_step_with;
+use orchestrator_agent::sandbox::{Limits, Sandbox, GATEWAY_PORT};
 use orchestrator_core::api::SandboxSpec;
 use orchestrator_core::spec::SandboxKind;
 use tempfile::TempDir;
@@ -18,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 mod common;
 
 use common::sandboxed::{
-    assert_denied, assert_ok, cancel_kills_the_tree, require, sh, sleepers, spawn_cost, spec,
-    Project,
+    assert_denied, assert_ok, cancel_kills_the_tree, keyed, relaying, require, sh, sleepers,
+    spawn_cost, spec, Project, NO_DAEMON,
 };
 
 fn container() -> SandboxSpec {
@@ -468,4 +469,36 @@ impl Drop for Deleted {
             .stderr(std::process::Stdio::null())
             .status();
     }
+}
+
+/// Without network, a container reaches the model gateway's port on its
+/// own loopback, relayed by the agent (here to an address where no daemon
+/// listens, so the relay's answer is what comes back), and still nothing
+/// else.
+#[tokio::test]
+async fn container_step_without_network_reaches_the_gateway_port_and_nothing_else() {
+    let f = Fixture::new();
+    let (ctx, stop, _sockets) = relaying(&f.p).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // nc's input stays open a while: a client that half-closes before its
+    // answer comes is hung up on by the HTTP server, relayed or not.
+    let script = format!(
+        "echo \"$OPENAI_BASE_URL\"; (printf 'GET /v1/models HTTP/1.0\\r\\n\\r\\n'; sleep 1) | nc -w 5 127.0.0.1 {GATEWAY_PORT}; echo; \
+         if echo hi | nc -w 2 127.0.0.1 {port}; then echo reached; else echo unreachable; fi"
+    );
+    let job = keyed(&f.p, SandboxKind::Container, vec![sh(&script)]);
+    let out = run_step_with(&job, &ctx, CancellationToken::new()).await;
+    assert_ok(&f.p, &job, &out);
+    let printed = f.p.stdout(&job);
+    assert!(
+        printed.starts_with(&format!("http://127.0.0.1:{GATEWAY_PORT}/v1\n")),
+        "{printed}"
+    );
+    assert!(printed.contains(" 502 Bad Gateway"), "{printed}");
+    assert!(printed.contains(&format!("{NO_DAEMON}/v1")), "{printed}");
+    assert!(printed.trim_end().ends_with("unreachable"), "{printed}");
+    drop(listener);
+    stop.cancel();
+    f.assert_cleaned_up().await;
 }

@@ -202,7 +202,9 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .merge(admin)
         .merge(agent)
         .route("/healthz", get(api::healthz))
-        // The model gateway: a job's own key is its credential.
+        // The model gateway: a job's own key is its credential. The agent
+        // relays exactly these paths to sandboxes without network (its
+        // `gateway::GATEWAY_PATHS`): a new gateway path belongs there too.
         .route("/v1/models", get(fabric::list_models::<S>))
         .route("/v1/chat/completions", post(fabric::proxy::forward::<S>))
         .route("/v1/completions", post(fabric::proxy::forward::<S>))

@@ -18,6 +18,13 @@
 //! namespace: signalling the group (timeout, cancellation) takes the whole
 //! sandbox down, as with the namespace backend.
 //!
+//! Without network and with a gateway socket, `bwrap` gets `--share-net`
+//! of a network namespace made for it instead: the forked child enters a
+//! new user and network namespace (its ids mapped to themselves) and starts
+//! the model gateway's relay there before executing `bwrap` (see
+//! [`super::relay`]); the sandbox then has loopback and the gateway, and
+//! nothing else of the network.
+//!
 //! Limits (`Limits`) come from the command's own cgroup, as for the
 //! namespace backend: the forked child joins it before executing `bwrap`,
 //! so everything in the sandbox is inside, and the cgroup's end (emptied,
@@ -30,6 +37,7 @@ use orchestrator_core::spec::SandboxKind;
 use tokio::process::Command;
 
 use super::cgroup::{self, CommandCgroup};
+use super::relay::Relay;
 use super::{to_hide, wrap, Limits, SandboxError};
 use crate::exec::GroupChild;
 
@@ -96,6 +104,8 @@ fn arguments(
 }
 
 /// Spawns `cmd` under `bwrap`; see the module documentation.
+// The arguments are the fields of `Sandbox::Bubblewrap`, passed as they are.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn spawn(
     cmd: &mut Command,
     bwrap: &Path,
@@ -103,10 +113,15 @@ pub(super) fn spawn(
     readable: &[PathBuf],
     hidden: &[PathBuf],
     network: bool,
+    gateway: Option<&Path>,
     limits: Limits,
 ) -> Result<GroupChild, SandboxError> {
+    let relay = gateway.filter(|_| !network).map(Relay::new).transpose()?;
     let cwd = cmd.as_std().get_current_dir().map(Path::to_owned);
-    let mut argv = arguments(cwd.as_deref(), writable, readable, hidden, network);
+    // With the relay, the network namespace is the relay's, made before
+    // `bwrap` runs: `bwrap` shares it.
+    let share_net = network || relay.is_some();
+    let mut argv = arguments(cwd.as_deref(), writable, readable, hidden, share_net);
     argv.extend(wrap::command_line(cmd));
     let env = wrap::command_env(cmd);
     // The same cgroup as a namespace command's: `bwrap` joins it before it
@@ -123,7 +138,15 @@ pub(super) fn spawn(
         .as_ref()
         .map(CommandCgroup::join_fds)
         .unwrap_or_default();
-    let spawned = wrap::spawn(SandboxKind::Bubblewrap, cmd, bwrap, &argv, &env, join)?;
+    let spawned = wrap::spawn(
+        SandboxKind::Bubblewrap,
+        cmd,
+        bwrap,
+        &argv,
+        &env,
+        join,
+        relay,
+    )?;
     Ok(match cgroup {
         Some(cg) => spawned.with_cgroup(cg),
         None => spawned,

@@ -14,7 +14,9 @@
 //!   Everything else of the host's file system (`/usr`, `/etc`, `/opt`, the
 //!   project's sources outside `.orchestrator`, ...) stays readable.
 //!
-//!   The command is pid 2 under a minimal init (`reaper.rs`). Each command
+//!   The command runs under a minimal init (`reaper.rs`). Without network,
+//!   the daemon's model gateway is relayed to `127.0.0.1` inside
+//!   ([`relay`]). Each command
 //!   gets a cgroup of its own with the step's memory and pids limits
 //!   ([`cgroup`]), and where the kernel has Landlock its writes are
 //!   restricted to the writable directories as well ([`landlock`]); the
@@ -62,6 +64,8 @@ mod namespace;
 mod process;
 #[cfg(target_os = "linux")]
 mod reaper;
+#[cfg(target_os = "linux")]
+mod relay;
 mod vm;
 #[cfg(target_os = "linux")]
 mod wrap;
@@ -71,6 +75,8 @@ pub use cgroup::CommandCgroup;
 pub use config::{platform_default, SandboxConfig, DEFAULT_PIDS_MAX};
 #[cfg(target_os = "linux")]
 pub use limits::{applied, report_at_start};
+#[cfg(target_os = "linux")]
+pub use relay::{gateway_url, GATEWAY_PORT};
 pub use vm::{Accel, VmConfig, VmError, DEFAULT_VM_MEMORY_MB, KVM_PROBE};
 
 /// Why a command could not be started in its sandbox.
@@ -183,6 +189,11 @@ pub struct Dirs {
     /// The project's directory, which a relative container `image` is
     /// resolved against.
     pub project: Option<PathBuf>,
+    /// The agent's step socket, which relays the daemon's model gateway: a
+    /// `namespace` or `bubblewrap` sandbox without network reaches the
+    /// gateway through it (see [`relay`]). None when the step has no
+    /// gateway to reach.
+    pub gateway: Option<PathBuf>,
 }
 
 fn hint(step: &str) -> &'static str {
@@ -218,6 +229,8 @@ pub enum Sandbox {
         hidden: Vec<PathBuf>,
         /// Whether the commands keep the host's network.
         network: bool,
+        /// The step socket the gateway is relayed to, without network.
+        gateway: Option<PathBuf>,
         /// Each command's limits, applied through its own cgroup.
         limits: Limits,
     },
@@ -235,6 +248,8 @@ pub enum Sandbox {
         hidden: Vec<PathBuf>,
         /// Whether the commands keep the host's network.
         network: bool,
+        /// The step socket the gateway is relayed to, without network.
+        gateway: Option<PathBuf>,
         /// Each command's limits, applied through its own cgroup.
         limits: Limits,
     },
@@ -263,6 +278,7 @@ impl Sandbox {
                 readable: dirs.readable,
                 hidden: dirs.hidden,
                 network: spec.network,
+                gateway: dirs.gateway.filter(|_| !spec.network),
                 limits,
             }),
             SandboxKind::Vm => vm::VmSandbox::new(
@@ -281,6 +297,7 @@ impl Sandbox {
                 readable: dirs.readable,
                 hidden: dirs.hidden,
                 network: spec.network,
+                gateway: dirs.gateway.filter(|_| !spec.network),
                 limits,
             }),
             #[cfg(target_os = "linux")]
@@ -301,6 +318,28 @@ impl Sandbox {
             #[cfg(target_os = "linux")]
             Sandbox::Container(_) => SandboxKind::Container,
             Sandbox::Vm(_) => SandboxKind::Vm,
+        }
+    }
+
+    /// The `OPENAI_BASE_URL` the step's commands reach the model gateway at
+    /// when it is relayed into the sandbox (no network, a gateway socket);
+    /// None when they reach the daemon directly.
+    pub fn relayed_gateway(&self) -> Option<String> {
+        match self {
+            #[cfg(target_os = "linux")]
+            Sandbox::Namespace {
+                network: false,
+                gateway: Some(_),
+                ..
+            }
+            | Sandbox::Bubblewrap {
+                network: false,
+                gateway: Some(_),
+                ..
+            } => Some(gateway_url()),
+            #[cfg(target_os = "linux")]
+            Sandbox::Container(c) => c.relays_gateway().then(gateway_url),
+            _ => None,
         }
     }
 
@@ -334,8 +373,17 @@ impl Sandbox {
                 readable,
                 hidden,
                 network,
+                gateway,
                 limits,
-            } => namespace::spawn(cmd, writable, readable, hidden, *network, *limits),
+            } => namespace::spawn(
+                cmd,
+                writable,
+                readable,
+                hidden,
+                *network,
+                gateway.as_deref(),
+                *limits,
+            ),
             #[cfg(target_os = "linux")]
             Sandbox::Bubblewrap {
                 bwrap,
@@ -343,8 +391,18 @@ impl Sandbox {
                 readable,
                 hidden,
                 network,
+                gateway,
                 limits,
-            } => bubblewrap::spawn(cmd, bwrap, writable, readable, hidden, *network, *limits),
+            } => bubblewrap::spawn(
+                cmd,
+                bwrap,
+                writable,
+                readable,
+                hidden,
+                *network,
+                gateway.as_deref(),
+                *limits,
+            ),
             #[cfg(target_os = "linux")]
             Sandbox::Container(c) => c.spawn(cmd),
             #[cfg(not(target_os = "linux"))]

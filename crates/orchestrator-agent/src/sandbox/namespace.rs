@@ -22,7 +22,9 @@
 //! (`mount_setattr`, recursive); the read-only directories cloned the same
 //! way (read-only now); tmpfs mounted over the hidden directories;
 //! the clones moved back at their own paths (`move_mount`); a fresh
-//! `/proc`; loopback brought up when there is no network. Last it enters a
+//! `/proc`; loopback brought up when there is no network, with the model
+//! gateway's port open there (see [`super::relay`]; init serves it). Last it
+//! enters a
 //! nested user and mount namespace, which locks every mount (see
 //! [`lock_mounts`]), and enters the working directory again. The command,
 //! last, restricts itself with Landlock where the kernel has it (see
@@ -45,6 +47,7 @@ use tokio::process::Command;
 use super::cgroup::{self, CommandCgroup};
 use super::landlock::Rules;
 use super::reaper::{init, reap};
+use super::relay::{fork, loopback_up, write_file, Relay};
 use super::{namespace_steps, to_hide, Limits, SandboxError};
 use crate::exec::GroupChild;
 
@@ -72,6 +75,7 @@ const STEPS: &[&str] = &[
     "joining the command's cgroup",
     "forking the command",
     "restricting writes with Landlock",
+    "opening the model gateway's port",
 ];
 const S_UNSHARE: u8 = 0;
 const S_IDMAP: u8 = 1;
@@ -88,6 +92,7 @@ const S_LOCK: u8 = 11;
 const S_CGROUP: u8 = 12;
 const S_COMMAND: u8 = 13;
 const S_LANDLOCK: u8 = 14;
+const S_RELAY: u8 = 15;
 
 /// Kernel ABI values the libc crate may not carry.
 const OPEN_TREE_CLONE: libc::c_uint = 1;
@@ -133,6 +138,8 @@ struct Plan {
     /// The command cgroup's `cgroup.procs`, open for writing.
     cgroup: Vec<RawFd>,
     landlock: Option<Rules>,
+    /// The model gateway's relay, for a sandbox without network.
+    relay: Option<Relay>,
 }
 
 fn cstring(path: &Path) -> Result<CString, SandboxError> {
@@ -221,6 +228,7 @@ impl Plan {
             network,
             report,
             cgroup: Vec::new(),
+            relay: None,
         })
     }
 }
@@ -232,6 +240,7 @@ pub(super) fn spawn(
     readable: &[PathBuf],
     hidden: &[PathBuf],
     network: bool,
+    gateway: Option<&Path>,
     limits: Limits,
 ) -> Result<GroupChild, SandboxError> {
     let cgroup = command_cgroup(limits)?;
@@ -250,6 +259,9 @@ pub(super) fn spawn(
     )?;
     if let Some(cg) = &cgroup {
         plan.cgroup = cg.join_fds();
+    }
+    if !network {
+        plan.relay = gateway.map(Relay::new).transpose()?;
     }
     // SAFETY: the closure runs in the forked child before exec. It only
     // reads `plan` (built before forking) and makes async-signal-safe
@@ -321,21 +333,6 @@ fn check(plan: &Plan, step: u8, rc: c_long) -> io::Result<()> {
     }
 }
 
-/// Writes `data` to the file at `path`. Async-signal-safe.
-unsafe fn write_file(path: &CString, data: &[u8]) -> c_long {
-    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-    if fd < 0 {
-        return -1;
-    }
-    let n = libc::write(fd, data.as_ptr().cast(), data.len());
-    libc::close(fd);
-    if n < 0 || n as usize != data.len() {
-        -1
-    } else {
-        0
-    }
-}
-
 /// Runs in the child std forked, before exec: joins the cgroup, enters the
 /// namespaces, forks the namespace's first process and turns itself into
 /// the reaper (which never returns). That first process sets up the mounts,
@@ -368,8 +365,10 @@ fn enter(plan: &Plan) -> io::Result<()> {
         // The namespace's pid 1: die when the reaper dies.
         libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
         setup_mounts(plan)?;
+        // The gateway's port, open before the command starts (-1: none).
+        let mut listener = -1;
         if !plan.network {
-            loopback_up(plan)?;
+            listener = loopback_up_and_listen(plan)?;
         }
         lock_mounts(plan)?;
         if let Some(cwd) = &plan.cwd {
@@ -378,7 +377,8 @@ fn enter(plan: &Plan) -> io::Result<()> {
         let command = fork();
         check(plan, S_COMMAND, command)?;
         if command > 0 {
-            init(command as libc::pid_t, status[1]);
+            let relay = plan.relay.as_ref().map(|r| (r, listener));
+            init(command as libc::pid_t, status[1], relay);
         }
         libc::close(status[1]);
         if let Some(rules) = &plan.landlock {
@@ -386,12 +386,6 @@ fn enter(plan: &Plan) -> io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A raw clone, not libc's fork: fork's atfork handlers may take locks
-/// another thread of the agent held when std forked.
-unsafe fn fork() -> c_long {
-    libc::syscall(libc::SYS_clone, c_long::from(libc::SIGCHLD), 0, 0, 0, 0)
 }
 
 /// Moves into a nested user and mount namespace. The mounts copied into it
@@ -508,16 +502,12 @@ unsafe fn clone_trees(plan: &Plan, dirs: &[CString], fds: &mut [c_int]) -> io::R
 }
 
 /// Brings up `lo` in the new network namespace, so local servers a step
-/// starts itself can be reached.
-unsafe fn loopback_up(plan: &Plan) -> io::Result<()> {
-    let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-    check(plan, S_LOOPBACK, c_long::from(sock))?;
-    let mut req: libc::ifreq = std::mem::zeroed();
-    req.ifr_name[0] = b'l' as libc::c_char;
-    req.ifr_name[1] = b'o' as libc::c_char;
-    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    let rc = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req as *const libc::ifreq);
-    let result = check(plan, S_LOOPBACK, c_long::from(rc));
-    libc::close(sock);
-    result
+/// starts itself can be reached, then opens the model gateway's port there
+/// (see [`super::relay`]), which init serves; the port's descriptor, or -1.
+unsafe fn loopback_up_and_listen(plan: &Plan) -> io::Result<c_int> {
+    check(plan, S_LOOPBACK, loopback_up())?;
+    match &plan.relay {
+        Some(_) => super::relay::listen().map_err(|e| report(plan, S_RELAY, e)),
+        None => Ok(-1),
+    }
 }

@@ -15,6 +15,8 @@
 
 use nix::libc::{self, c_int};
 
+use super::relay::Relay;
+
 /// The signals whose handlers the agent installed: its copies must not run
 /// in a forked process that never execs.
 const RESET: [c_int; 6] = [
@@ -26,7 +28,7 @@ const RESET: [c_int; 6] = [
     libc::SIGPIPE,
 ];
 
-unsafe fn reset_signals() {
+pub(super) unsafe fn reset_signals() {
     for sig in RESET {
         libc::signal(sig, libc::SIG_DFL);
     }
@@ -35,16 +37,26 @@ unsafe fn reset_signals() {
 /// Closes every descriptor but `keep` (the report pipe, std's exec pipe, the
 /// log files), or the agent would wait on its pipes for as long as the
 /// command runs.
-unsafe fn close_all_but(keep: c_int) {
-    let keep = libc::c_uint::try_from(keep).unwrap_or(0);
-    let below = keep
-        .checked_sub(1)
-        .map_or(0, |end| libc::syscall(libc::SYS_close_range, 0, end, 0));
-    let above = libc::syscall(libc::SYS_close_range, keep + 1, libc::c_uint::MAX, 0);
-    if below < 0 || above < 0 {
+pub(super) unsafe fn close_all_but(keep: c_int) {
+    close_all_but_two(keep, keep);
+}
+
+/// Closes every descriptor but `a` and `b` (which may be equal).
+pub(super) unsafe fn close_all_but_two(a: c_int, b: c_int) {
+    let (lo, hi) = (a.min(b), a.max(b));
+    let mut failed = false;
+    let mut from: c_int = 0;
+    for keep in [lo, hi] {
+        if keep > from {
+            failed |= libc::syscall(libc::SYS_close_range, from, keep - 1, 0) < 0;
+        }
+        from = from.max(keep.saturating_add(1));
+    }
+    failed |= libc::syscall(libc::SYS_close_range, from, libc::c_uint::MAX, 0) < 0;
+    if failed {
         // No close_range (before Linux 5.9): one by one.
         for fd in 0..65_536 {
-            if fd != keep as c_int {
+            if fd != a && fd != b {
                 libc::close(fd);
             }
         }
@@ -52,7 +64,7 @@ unsafe fn close_all_but(keep: c_int) {
 }
 
 /// Waits for `pid`, reaping whatever else ends meanwhile; its wait status.
-unsafe fn wait_for(pid: libc::pid_t, any: bool) -> c_int {
+pub(super) unsafe fn wait_for(pid: libc::pid_t, any: bool) -> c_int {
     let mut status: c_int = 0;
     loop {
         let r = libc::waitpid(if any { -1 } else { pid }, &mut status, 0);
@@ -68,10 +80,24 @@ unsafe fn wait_for(pid: libc::pid_t, any: bool) -> c_int {
 /// The namespace's pid 1 once the command (`command`, pid 2) is started:
 /// reaps every orphan, and when the command ends writes its wait status to
 /// `status_fd` and exits (which kills what is left in the namespace).
-pub(super) unsafe fn init(command: libc::pid_t, status_fd: c_int) -> ! {
+/// Meanwhile it serves the model gateway's port with `relay`, when the
+/// sandbox has one (see [`super::relay`]).
+pub(super) unsafe fn init(
+    command: libc::pid_t,
+    status_fd: c_int,
+    relay: Option<(&Relay, c_int)>,
+) -> ! {
     reset_signals();
-    close_all_but(status_fd);
-    let status = wait_for(command, true);
+    let status = match relay {
+        Some((relay, listener)) => {
+            close_all_but_two(status_fd, listener);
+            relay.serve_until(command, listener)
+        }
+        None => {
+            close_all_but(status_fd);
+            wait_for(command, true)
+        }
+    };
     let bytes = status.to_ne_bytes();
     libc::write(status_fd, bytes.as_ptr().cast(), bytes.len());
     if libc::WIFEXITED(status) {

@@ -18,6 +18,7 @@ use nix::libc::{self, c_char};
 use orchestrator_core::spec::SandboxKind;
 use tokio::process::Command;
 
+use super::relay::Relay;
 use super::SandboxError;
 use crate::exec::GroupChild;
 
@@ -106,7 +107,9 @@ pub(super) fn command_env(cmd: &Command) -> Vec<(OsString, OsString)> {
 
 /// Spawns `cmd` as the leader of a new process group, executing `program`
 /// (as `kind`'s wrapper) with `argv` and `env` instead of the command itself,
-/// after joining the cgroups whose `cgroup.procs` are open at `join`.
+/// after joining the cgroups whose `cgroup.procs` are open at `join` and,
+/// with a `relay`, in a network namespace of its own that has the model
+/// gateway's relay (see [`super::relay`]).
 pub(super) fn spawn(
     kind: SandboxKind,
     cmd: &mut Command,
@@ -114,21 +117,29 @@ pub(super) fn spawn(
     argv: &[OsString],
     env: &[(OsString, OsString)],
     join: Vec<RawFd>,
+    relay: Option<Relay>,
 ) -> Result<GroupChild, SandboxError> {
     let exec = Exec::new(program, argv, env)?;
+    let what = match relay {
+        Some(_) => format!(
+            "starting {} in a network namespace with the model gateway's relay",
+            program.display()
+        ),
+        None => format!("starting {}", program.display()),
+    };
     // SAFETY: the closure runs in the forked child before std's exec and
-    // only writes to descriptors and calls execve on data prepared before
-    // the fork (async-signal-safe, no allocation). When either fails its
-    // errno goes back to the caller as the spawn's error.
+    // only makes system calls and calls execve on data prepared before the
+    // fork (async-signal-safe, no allocation). When one fails its errno
+    // goes back to the caller as the spawn's error.
     unsafe {
         cmd.pre_exec(move || {
             super::cgroup::join(&join)?;
+            if let Some(relay) = &relay {
+                // runc needs the host's root; bwrap runs unprivileged.
+                relay.enter_own_network(kind != SandboxKind::Container)?;
+            }
             exec.run()
         });
     }
-    GroupChild::spawn(cmd).map_err(|source| SandboxError::Backend {
-        kind,
-        what: format!("starting {}", program.display()),
-        source,
-    })
+    GroupChild::spawn(cmd).map_err(|source| SandboxError::Backend { kind, what, source })
 }

@@ -172,13 +172,9 @@ pub async fn run_step_with(
         }
         orch_env.push(("ORCH_STEP_TOKEN".into(), ask.token.clone()));
     }
-    if let (Some(key), Some(url)) = (&spec.api_key, &ctx.daemon_url) {
-        orch_env.push(("OPENAI_API_KEY".into(), key.0.clone()));
-        orch_env.push((
-            "OPENAI_BASE_URL".into(),
-            format!("{}/v1", url.trim_end_matches('/')),
-        ));
-    }
+    // The gateway's variables go here, once the sandbox says where the
+    // gateway is: before the secrets and handed values, as ever.
+    let gateway_at = orch_env.len();
     orch_env.extend(spec.secrets.iter().map(|(k, v)| (k.clone(), v.clone())));
     orch_env.extend(handed);
     let granted = grant::grant_env(&job.grant, ctx.has_gpus);
@@ -199,6 +195,13 @@ pub async fn run_step_with(
             .collect(),
         hidden: vec![project.join(".orchestrator")],
         project: Some(project.clone()),
+        // A step with a key reaches the gateway, even without network:
+        // through the step socket, which relays it to the daemon.
+        gateway: ctx
+            .asks
+            .as_ref()
+            .filter(|a| a.relays_gateway() && spec.api_key.is_some())
+            .and_then(|a| a.socket().map(Path::to_owned)),
     };
     let limits = Limits {
         memory_mb: Some(job.grant.memory_mb).filter(|&m| m > 0),
@@ -214,6 +217,18 @@ pub async fn run_step_with(
         }
     };
     rec.sandbox = sandbox.kind();
+    if let (Some(key), Some(url)) = (&spec.api_key, &ctx.daemon_url) {
+        let base = sandbox
+            .relayed_gateway()
+            .unwrap_or_else(|| format!("{}/v1", url.trim_end_matches('/')));
+        orch_env.splice(
+            gateway_at..gateway_at,
+            [
+                ("OPENAI_API_KEY".into(), key.0.clone()),
+                ("OPENAI_BASE_URL".into(), base),
+            ],
+        );
+    }
     #[cfg(target_os = "linux")]
     {
         rec.limits = crate::sandbox::applied(&sandbox);

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use orchestrator_agent::ask::AskBox;
 use orchestrator_agent::exec::GroupChild;
 use orchestrator_agent::sandbox::{Dirs, Sandbox};
 use orchestrator_agent::{run_step_with, SandboxConfig, StepContext};
-use orchestrator_core::api::{ClaimedJob, JobSpec, Manifest, SandboxSpec, StepOutcome};
+use orchestrator_core::api::{ApiKey, ClaimedJob, JobSpec, Manifest, SandboxSpec, StepOutcome};
 use orchestrator_core::spec::{CommandSpec, SandboxKind};
 use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
@@ -95,6 +96,7 @@ impl Project {
             readable: vec![self.root().join(".git")],
             hidden: vec![self.root().join(".orchestrator")],
             project: Some(self.root()),
+            gateway: None,
         }
     }
 
@@ -270,4 +272,35 @@ pub async fn spawn_cost(sandbox: &Sandbox, dir: &Path, n: u32) -> Duration {
         assert!(ended.status.success());
     }
     started.elapsed() / n
+}
+
+/// Where the relay sends the gateway's requests: a port where nothing
+/// listens, so that a relayed request is told apart from one answered by
+/// the agent itself.
+pub const NO_DAEMON: &str = "http://127.0.0.1:9";
+
+/// An agent's context whose step socket relays the gateway (to
+/// [`NO_DAEMON`]); the socket lives until the token is cancelled.
+pub async fn relaying(p: &Project) -> (StepContext, CancellationToken, tempfile::TempDir) {
+    let stop = CancellationToken::new();
+    let sockets = tempfile::tempdir().unwrap();
+    let asks = AskBox::start(stop.clone(), &sockets.path().join("orch"), Some(NO_DAEMON))
+        .await
+        .unwrap();
+    assert!(asks.relays_gateway());
+    let ctx = StepContext {
+        agent_id: "agent-1".into(),
+        sandbox: Arc::new(p.cfg.clone()),
+        asks: Some(asks),
+        daemon_url: Some(NO_DAEMON.into()),
+        ..StepContext::default()
+    };
+    (ctx, stop, sockets)
+}
+
+/// A job of `commands` under `kind`, with a key to the model gateway.
+pub fn keyed(p: &Project, kind: SandboxKind, commands: Vec<CommandSpec>) -> ClaimedJob {
+    let mut job = p.job(spec(kind), commands);
+    job.spec.api_key = Some(ApiKey("orch-job-42-00".into()));
+    job
 }

@@ -174,7 +174,9 @@ impl Harness {
     fn command(&self) -> Command {
         let mut c = Command::new(orch_bin());
         for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("ORCH_") {
+            // The python that runs llama.cpp is the machine's, not a
+            // setting under test.
+            if k.to_string_lossy().starts_with("ORCH_") && k != "ORCH_LLAMA_PYTHON" {
                 c.env_remove(k);
             }
         }

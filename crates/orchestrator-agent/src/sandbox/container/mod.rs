@@ -12,7 +12,10 @@
 //! cgroup and (unless the stage allows `network`) network namespaces; runc's
 //! default capability set; no new privileges; RLIMIT_NOFILE and
 //! RLIMIT_NPROC no higher than the agent's own; the step's memory and pids
-//! limits in the container's cgroup (see [`oci`]).
+//! limits in the container's cgroup (see [`oci`]). Without network but with
+//! the model gateway, runc is given no network namespace to make: it runs in
+//! one made for it with the gateway's relay (see [`super::relay`]), which
+//! the container shares.
 //!
 //! `runc run` leads the command's process group and passes its stdio (the
 //! log files) to the command, whose exit status becomes its own. The
@@ -40,6 +43,7 @@ use orchestrator_core::api::SandboxSpec;
 use orchestrator_core::spec::SandboxKind;
 use tokio::process::Command;
 
+use super::relay::Relay;
 use super::{wrap, Dirs, Limits, SandboxConfig, SandboxError};
 use crate::exec::GroupChild;
 
@@ -58,6 +62,8 @@ pub struct Container {
     writable: Vec<PathBuf>,
     readable: Vec<PathBuf>,
     network: bool,
+    /// The step socket the model gateway is relayed to, without network.
+    gateway: Option<PathBuf>,
     limits: Limits,
 }
 
@@ -128,8 +134,14 @@ impl Container {
             writable: dirs.writable,
             readable: dirs.readable,
             network: spec.network,
+            gateway: dirs.gateway.filter(|_| !spec.network),
             limits,
         })
+    }
+
+    /// Whether the commands reach the model gateway through the relay.
+    pub fn relays_gateway(&self) -> bool {
+        self.gateway.is_some()
     }
 
     /// What runc enforces in each command's cgroup, for the manifest.
@@ -161,6 +173,12 @@ impl Container {
             let _ = fs::remove_dir_all(&bundle);
             e
         };
+        let relay = self
+            .gateway
+            .as_deref()
+            .map(Relay::new)
+            .transpose()
+            .map_err(removing)?;
         let args = wrap::command_line(cmd);
         let env = wrap::command_env(cmd);
         let cwd = cmd.as_std().get_current_dir().map(Path::to_owned);
@@ -171,7 +189,9 @@ impl Container {
             cwd: cwd.as_deref(),
             writable: &self.writable,
             readable: &self.readable,
-            network: self.network,
+            // With the relay, runc makes no network namespace: the
+            // container shares runc's, made with the relay in it.
+            network: self.network || relay.is_some(),
             limits: self.limits,
             cgroup: format!("/orch/{id}"),
         };
@@ -204,6 +224,7 @@ impl Container {
             &argv,
             &runc_env,
             Vec::new(),
+            relay,
         )
         .map_err(removing)?;
         let leader = child.pgid();
