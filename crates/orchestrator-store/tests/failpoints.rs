@@ -424,8 +424,8 @@ async fn failing_any_statement_of_a_batch_rolls_back_the_batch_or_only_its_comma
         if !report.fired {
             assert_eq!(
                 o.errors, 0,
-                "k = {k}: the point did not fire, yet {} commands failed; the first said: {:?}",
-                o.errors, o.first_error
+                "k = {k}: the point did not fire, yet {} commands failed; the first said: {:?}; the batch: {:?}",
+                o.errors, o.first_error, report.error
             );
             if k > report.statements {
                 break report.statements;

@@ -28,12 +28,14 @@ pub enum FaultMode {
 }
 
 /// What the last armed batch did.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FaultReport {
     /// Statements it started, up to and including `COMMIT` or `ROLLBACK`.
     pub statements: u64,
     /// Whether the armed statement was really interrupted.
     pub fired: bool,
+    /// Why the batch failed, when it did.
+    pub error: Option<String>,
 }
 
 /// Shared between the store (which arms) and the writer (which installs).
@@ -103,7 +105,7 @@ impl Faults {
 
     /// Records what the batch did, before its callers are answered, and
     /// disarms a point that was reached but not delivered.
-    pub fn record(&self) {
+    pub fn record(&self, error: Option<String>) {
         let Some(f) = self.current.lock().ok().and_then(|c| c.clone()) else {
             return;
         };
@@ -112,6 +114,7 @@ impl Faults {
             *last = FaultReport {
                 statements: f.started.load(Ordering::SeqCst),
                 fired: f.fired.load(Ordering::SeqCst),
+                error,
             };
         }
     }
@@ -137,7 +140,11 @@ impl SqliteStore {
 
     /// What the last armed batch did.
     pub fn failpoint_report(&self) -> FaultReport {
-        self.faults.last.lock().map(|l| *l).unwrap_or_default()
+        self.faults
+            .last
+            .lock()
+            .map(|l| l.clone())
+            .unwrap_or_default()
     }
 
     /// Commands waiting in the writer's queue.

@@ -173,7 +173,8 @@ impl Writer {
         })();
         batch.clear();
         #[cfg(feature = "failpoints")]
-        self.faults.record();
+        self.faults
+            .record(outcome.as_ref().err().map(ToString::to_string));
         match outcome {
             Ok(()) => {
                 self.stats.batches.fetch_add(1, Ordering::Relaxed);
