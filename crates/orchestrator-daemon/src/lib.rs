@@ -116,6 +116,8 @@ pub struct App<S> {
     pub job_keys: fabric::JobKeys,
     /// The models' servers; llama.cpp ones are killed when this is dropped.
     pub upstreams: fabric::Upstreams,
+    /// The gateway's requests counted, until flushed to the store.
+    pub usage: Arc<fabric::usage::Accounting>,
 }
 
 /// A started daemon.
@@ -189,6 +191,7 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/healthz", get(api::healthz))
         // The model gateway: a job's own key is its credential.
         .route("/v1/models", get(fabric::list_models::<S>))
+        .route("/v1/usage", get(fabric::job_usage::<S>))
         .route("/v1/chat/completions", post(fabric::proxy::forward::<S>))
         .route("/v1/completions", post(fabric::proxy::forward::<S>))
         .route("/v1/embeddings", post(fabric::proxy::forward::<S>))
@@ -216,15 +219,11 @@ async fn metrics_handler<S: Store>(
 ) -> Result<String, ApiErr> {
     let counts = app.store.counts().await?;
     let mut text = app.metrics.render(&counts, &app.store.writer_stats());
-    let waiting = app.upstreams.slots.waiting_all();
-    if !waiting.is_empty() {
-        text.push_str("# HELP orch_model_requests_waiting Gateway requests waiting for a slot of their model.\n# TYPE orch_model_requests_waiting gauge\n");
-        for (model, n) in waiting {
-            text.push_str(&format!(
-                "orch_model_requests_waiting{{model=\"{model}\"}} {n}\n"
-            ));
-        }
-    }
+    metrics::render_models(
+        &mut text,
+        &app.upstreams.slots.waiting_all(),
+        &app.usage.by_model(),
+    );
     Ok(text)
 }
 
@@ -265,6 +264,7 @@ impl Daemon {
                 .map(fabric::JobKeys::with_secret)
                 .unwrap_or_default(),
             upstreams: fabric::Upstreams::new(config.llama_launcher.clone()),
+            usage: Arc::default(),
             config,
         });
         let mut tasks = JoinSet::new();
@@ -289,8 +289,21 @@ impl Daemon {
             preempt::run(a, stop).await;
             ("preempt", Ok(()))
         });
+        let (usage, st, stop) = (app.usage.clone(), store.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            fabric::usage::run(usage, st, stop).await;
+            ("usage", Ok(()))
+        });
         tracing::info!(%addr, "daemon listening");
-        let close = Box::pin(async move { store.close().await });
+        // After every component stopped (the API too, so no request is still
+        // being counted), the last usage reaches the store before it closes.
+        let usage = app.usage.clone();
+        let close = Box::pin(async move {
+            if let Err(e) = usage.flush(&*store).await {
+                tracing::error!(error = %e, "the last model usage could not be written");
+            }
+            store.close().await
+        });
         Ok(Daemon {
             addr,
             shutdown,

@@ -13,6 +13,7 @@ pub mod keys;
 pub mod llama;
 pub mod proxy;
 pub mod slots;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -57,6 +58,28 @@ impl IntoResponse for OpenAiErr {
         }});
         (self.status, Json(body)).into_response()
     }
+}
+
+/// `GET /v1/usage`: the model usage of the key's job so far, flushed to the
+/// store first so that it counts every request that has ended. The agent
+/// reads it for the step's manifest.
+pub async fn job_usage<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+) -> Result<Response, OpenAiErr> {
+    let holder = keys::authorize(&app, &headers).await?;
+    let store_err = |e: orchestrator_store::StoreError| {
+        let mut err = OpenAiErr::new(StatusCode::SERVICE_UNAVAILABLE, "store_error", e.to_string());
+        err.kind = "api_error";
+        err
+    };
+    app.usage.flush(&*app.store).await.map_err(store_err)?;
+    let models = app.store.job_usage(holder.job_id).await.map_err(store_err)?;
+    Ok(Json(orchestrator_core::api::JobUsage {
+        job_id: holder.job_id,
+        models,
+    })
+    .into_response())
 }
 
 /// `GET /v1/models`: the models this daemon serves.
