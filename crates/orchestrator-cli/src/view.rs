@@ -217,7 +217,13 @@ fn models(u: &UsageSummary) {
     println!();
     println!(
         "{:<24} {:<20} {:>8} {:>10} {:>10} {:>19} {:>19}",
-        "MODELS BY STAGE", "MODEL", "REQUESTS", "TOKENS IN", "TOKENS OUT", "WAIT MEAN/MAX", "LATENCY MEAN/MAX"
+        "MODELS BY STAGE",
+        "MODEL",
+        "REQUESTS",
+        "TOKENS IN",
+        "TOKENS OUT",
+        "WAIT MEAN/MAX",
+        "LATENCY MEAN/MAX"
     );
     let ms = |v: u64| duration(i64::try_from(v).unwrap_or(i64::MAX));
     let row = |stage: &str, model: &str, u: &Usage| {

@@ -78,10 +78,9 @@ fn a_steps_model_calls_show_in_orch_show_and_its_manifest() {
     assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
     let job = jobs_of(&detail, "think")[0];
     let bundle = h.project.join(job["bundle"].as_str().unwrap());
-    let said: Value = serde_json::from_str(
-        &std::fs::read_to_string(bundle.join("cmd-000.stdout.log")).unwrap(),
-    )
-    .unwrap();
+    let said: Value =
+        serde_json::from_str(&std::fs::read_to_string(bundle.join("cmd-000.stdout.log")).unwrap())
+            .unwrap();
     let (tin, tout) = (said["in"].as_u64().unwrap(), said["out"].as_u64().unwrap());
     assert!(tin > 0 && tout > 0, "{said}");
 
@@ -101,7 +100,11 @@ fn a_steps_model_calls_show_in_orch_show_and_its_manifest() {
         .find(|l| l.starts_with("think ") && l.contains(" smol "))
         .unwrap_or_else(|| panic!("no usage row for think in {show}"));
     let cols: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(cols[2..5], ["2", &tin.to_string(), &tout.to_string()], "{show}");
+    assert_eq!(
+        cols[2..5],
+        ["2", &tin.to_string(), &tout.to_string()],
+        "{show}"
+    );
     assert!(show.stdout.contains("MODELS BY STAGE"), "{show}");
 
     // The manifest, in the bundle and committed on the run's branch.

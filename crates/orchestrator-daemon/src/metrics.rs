@@ -189,8 +189,14 @@ pub fn render_models(
         .flat_map(|(m, u)| {
             let m = label(m);
             [
-                (format!("model=\"{m}\",direction=\"in\""), u.prompt_tokens as f64),
-                (format!("model=\"{m}\",direction=\"out\""), u.completion_tokens as f64),
+                (
+                    format!("model=\"{m}\",direction=\"in\""),
+                    u.prompt_tokens as f64,
+                ),
+                (
+                    format!("model=\"{m}\",direction=\"out\""),
+                    u.completion_tokens as f64,
+                ),
             ]
         })
         .collect();

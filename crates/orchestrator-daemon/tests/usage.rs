@@ -91,7 +91,11 @@ async fn leased_job(dir: &std::path::Path) -> (Daemon, String, Value) {
 
 /// `(prompt_tokens, completion_tokens)` of an answer's `usage`.
 fn tokens(usage: &Value) -> (u64, u64) {
-    let n = |k: &str| usage[k].as_u64().unwrap_or_else(|| panic!("{k} in {usage}"));
+    let n = |k: &str| {
+        usage[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {usage}"))
+    };
     (n("prompt_tokens"), n("completion_tokens"))
 }
 
@@ -164,11 +168,21 @@ async fn a_jobs_model_calls_are_counted_per_stage_and_model_shown_and_kept() {
         Some(2.0)
     );
     assert_eq!(
-        metric(&http, &addr, "orch_model_tokens_total{model=\"smol\",direction=\"in\"}").await,
+        metric(
+            &http,
+            &addr,
+            "orch_model_tokens_total{model=\"smol\",direction=\"in\"}"
+        )
+        .await,
         Some((p1 + p2) as f64)
     );
     assert_eq!(
-        metric(&http, &addr, "orch_model_tokens_total{model=\"smol\",direction=\"out\"}").await,
+        metric(
+            &http,
+            &addr,
+            "orch_model_tokens_total{model=\"smol\",direction=\"out\"}"
+        )
+        .await,
         Some((c1 + c2) as f64)
     );
     let (s, mine) = send(http.get(format!("{addr}/v1/usage")).bearer_auth(&key)).await;
@@ -233,7 +247,10 @@ async fn a_jobs_model_calls_are_counted_per_stage_and_model_shown_and_kept() {
     let models = &detail["models"];
     let smol = &models["by_stage"]["think"]["smol"];
     assert_eq!(smol["requests"], 4, "{models}");
-    assert!(smol["prompt_tokens"].as_u64().unwrap() > p1 + p2, "{models}");
+    assert!(
+        smol["prompt_tokens"].as_u64().unwrap() > p1 + p2,
+        "{models}"
+    );
     assert!(
         smol["max_queue_wait_ms"].as_u64().unwrap() >= 400,
         "the waiting request's wait: {models}"

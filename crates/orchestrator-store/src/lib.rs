@@ -262,8 +262,9 @@ pub trait Store: Send + Sync + 'static {
     fn job_usage(
         &self,
         job_id: i64,
-    ) -> impl Future<Output = Result<std::collections::BTreeMap<String, orchestrator_core::fabric::Usage>>>
-           + Send;
+    ) -> impl Future<
+        Output = Result<std::collections::BTreeMap<String, orchestrator_core::fabric::Usage>>,
+    > + Send;
     fn counts(&self) -> impl Future<Output = Result<Counts>> + Send;
 
     /// Every committed batch's transitions, in commit order.

@@ -69,12 +69,20 @@ pub async fn job_usage<S: Store>(
 ) -> Result<Response, OpenAiErr> {
     let holder = keys::authorize(&app, &headers).await?;
     let store_err = |e: orchestrator_store::StoreError| {
-        let mut err = OpenAiErr::new(StatusCode::SERVICE_UNAVAILABLE, "store_error", e.to_string());
+        let mut err = OpenAiErr::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_error",
+            e.to_string(),
+        );
         err.kind = "api_error";
         err
     };
     app.usage.flush(&*app.store).await.map_err(store_err)?;
-    let models = app.store.job_usage(holder.job_id).await.map_err(store_err)?;
+    let models = app
+        .store
+        .job_usage(holder.job_id)
+        .await
+        .map_err(store_err)?;
     Ok(Json(orchestrator_core::api::JobUsage {
         job_id: holder.job_id,
         models,

@@ -104,7 +104,11 @@ pub async fn forward<S: Store>(
         .send()
         .await
         .map_err(|e| upstream_err(format!("model `{name}`: {e}")))?;
-    meter.answer_type(resp.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()));
+    meter.answer_type(
+        resp.headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+    );
     let mut answer = Response::builder().status(resp.status().as_u16());
     for h in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
         if let Some(v) = resp.headers().get(&h) {

@@ -151,7 +151,9 @@ pub struct Meter {
 impl Meter {
     /// Tells the meter the answer's `Content-Type`.
     pub fn answer_type(&mut self, content_type: Option<&[u8]>) {
-        let ct = content_type.map(String::from_utf8_lossy).unwrap_or_default();
+        let ct = content_type
+            .map(String::from_utf8_lossy)
+            .unwrap_or_default();
         self.body = if ct.starts_with("text/event-stream") {
             Watch::Sse(SseUsage::default())
         } else if ct.contains("json") {
@@ -164,9 +166,7 @@ impl Meter {
     /// Looks at a chunk of the answer on its way to the client.
     pub fn observe(&mut self, chunk: &[u8]) {
         match &mut self.body {
-            Watch::Json(buf) if buf.len() + chunk.len() <= MAX_BODY => {
-                buf.extend_from_slice(chunk)
-            }
+            Watch::Json(buf) if buf.len() + chunk.len() <= MAX_BODY => buf.extend_from_slice(chunk),
             Watch::Json(_) => self.body = Watch::Ignore,
             Watch::Sse(s) => s.feed(chunk),
             Watch::Unknown | Watch::Ignore => {}
@@ -291,9 +291,7 @@ impl SseUsage {
             let line = std::mem::take(&mut self.line);
             self.event_line(&line);
         }
-        self.usage
-            .or(self.timings)
-            .unwrap_or((0, self.text_chunks))
+        self.usage.or(self.timings).unwrap_or((0, self.text_chunks))
     }
 }
 
