@@ -154,10 +154,10 @@ async fn a_jobs_model_calls_are_counted_per_stage_and_model_shown_and_kept() {
         .unwrap();
     let last_usage = text
         .lines()
+        .rev()
         .filter_map(|l| l.strip_prefix("data: "))
         .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| v.get("usage").cloned())
-        .last()
+        .find_map(|v| v.get("usage").cloned())
         .unwrap_or_else(|| panic!("no usage in the stream: {text}"));
     let (p2, c2) = tokens(&last_usage);
     assert!(p1 > 0 && c1 > 0 && p2 > 0 && c2 > 0, "{whole} {last_usage}");

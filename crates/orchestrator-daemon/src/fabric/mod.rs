@@ -5,7 +5,9 @@
 //! shape, and the completion and embedding routes passed through to each
 //! model's server ([`proxy`]): an external one, or a llama.cpp server started
 //! on first use ([`llama`]). Requests wait for a slot of their model in
-//! their run's priority order ([`slots`]). Every answer it refuses has OpenAI's error shape
+//! their run's priority order ([`slots`]) and are counted for their job's
+//! run, stage and model ([`usage`]; `GET /v1/usage` reads the job's own).
+//! Every answer it refuses has OpenAI's error shape
 //! (`{"error": {"message", "type", "code"}}`), so that OpenAI clients show
 //! the reason.
 
