@@ -55,7 +55,8 @@ pub struct DaemonArgs {
     /// A file of NAME=VALUE lines (mode 600), read at start.
     #[arg(long, value_name = "FILE", env = "ORCH_SECRETS_FILE")]
     pub secrets_file: Option<PathBuf>,
-    /// The models the gateway serves (YAML, a list under `models:`), read at start.
+    /// The models the gateway serves (YAML: a list under `models:`, and
+    /// `local:`, `switch:`, `aging:`), read at start.
     #[arg(long, value_name = "FILE", env = "ORCH_MODELS")]
     pub models: Option<PathBuf>,
     /// The script that starts a llama.cpp server for a `llama_cpp` model;
@@ -359,10 +360,10 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
             let text = std::fs::read_to_string(path).map_err(|e| {
                 CliError::BadInput(format!("{}: cannot read the models: {e}", path.display()))
             })?;
-            orchestrator_core::fabric::parse_models(&text, &path.display().to_string())
+            orchestrator_core::fabric::parse_models_file(&text, &path.display().to_string())
                 .map_err(|e| CliError::BadInput(e.to_string()))?
         }
-        None => Vec::new(),
+        None => Default::default(),
     };
     let store = Arc::new(SqliteStore::open(opts).context("cannot open the store")?);
     let mut cfg = DaemonConfig::new(a.listen, tokens.clone());
@@ -373,7 +374,10 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     cfg.secrets = crate::secrets::load(&a.secrets, a.secrets_file.as_deref())?;
     // Kept beside the tokens, so a running step's model key outlives a restart.
     cfg.job_key_secret = Some(paths::ensure_token(data_dir, "job-keys.secret")?.into_bytes());
-    cfg.models = models;
+    cfg.model_switch_ms = models.switch_ms();
+    cfg.model_aging_ms = models.aging_ms();
+    cfg.model_local = models.local;
+    cfg.models = models.models;
     if let Some(l) = &a.llama_launcher {
         cfg.llama_launcher = l.clone();
     }

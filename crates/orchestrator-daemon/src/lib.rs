@@ -72,6 +72,12 @@ pub struct DaemonConfig {
     pub secrets: std::collections::BTreeMap<String, String>,
     /// The models the gateway under `/v1` serves (`orch daemon --models`).
     pub models: Vec<orchestrator_core::fabric::ModelSpec>,
+    /// What the daemon's machine lends to the models (the models file's `local:`).
+    pub model_local: orchestrator_core::fabric::LocalHost,
+    /// The models file's `switch`, in milliseconds.
+    pub model_switch_ms: u64,
+    /// The models file's `aging`, in milliseconds.
+    pub model_aging_ms: u64,
     /// The script that starts a llama.cpp server (`scripts/llama-server.py`).
     pub llama_launcher: std::path::PathBuf,
     /// The secret that signs job keys for the gateway; None makes one for
@@ -93,6 +99,9 @@ impl DaemonConfig {
             preempt_tick_ms: 1_000,
             secrets: Default::default(),
             models: Vec::new(),
+            model_local: Default::default(),
+            model_switch_ms: 10_000,
+            model_aging_ms: 1_000,
             job_key_secret: None,
             llama_launcher: fabric::llama::default_launcher(),
         }
@@ -220,11 +229,8 @@ async fn metrics_handler<S: Store>(
 ) -> Result<String, ApiErr> {
     let counts = app.store.counts().await?;
     let mut text = app.metrics.render(&counts, &app.store.writer_stats());
-    metrics::render_models(
-        &mut text,
-        &app.upstreams.slots.waiting_all(),
-        &app.usage.by_model(),
-    );
+    fabric::metrics::render(&app.upstreams.fabric, &mut text);
+    metrics::render_models(&mut text, &app.usage.by_model());
     Ok(text)
 }
 
@@ -264,7 +270,13 @@ impl Daemon {
                 .clone()
                 .map(fabric::JobKeys::with_secret)
                 .unwrap_or_default(),
-            upstreams: fabric::Upstreams::new(config.llama_launcher.clone()),
+            upstreams: fabric::Upstreams::new(fabric::control::Fabric::new(
+                &config.models,
+                &config.model_local,
+                config.model_switch_ms,
+                config.model_aging_ms,
+                fabric::llama::Launcher::new(config.llama_launcher.clone()),
+            )),
             usage: Arc::default(),
             config,
         });
@@ -289,6 +301,11 @@ impl Daemon {
         tasks.spawn(async move {
             preempt::run(a, stop).await;
             ("preempt", Ok(()))
+        });
+        let (f, stop) = (app.upstreams.fabric.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            f.run(stop).await;
+            ("fabric", Ok(()))
         });
         let (usage, st, stop) = (app.usage.clone(), store.clone(), shutdown.clone());
         tasks.spawn(async move {

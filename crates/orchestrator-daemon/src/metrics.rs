@@ -145,14 +145,14 @@ fn label(v: &str) -> String {
         .replace('\n', "\\n")
 }
 
-/// The model gateway's metrics, by model: requests waiting for a slot now,
-/// and since the daemon started the requests counted (answered, failed or
+/// The model gateway's accounting, by model (the fabric's own lines, such as
+/// the requests waiting, are `fabric::metrics`): since the daemon started,
+/// the requests counted (answered, failed or
 /// abandoned), their tokens in (prompt) and out (completion), and the sums
 /// of their queue waits and latencies (a mean is the sum over the requests).
 /// Per run and stage, the store keeps them (`GET /v1/runs/{id}`'s `models`).
 pub fn render_models(
     out: &mut String,
-    waiting: &[(String, usize)],
     used: &std::collections::BTreeMap<String, orchestrator_core::fabric::Usage>,
 ) {
     let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
@@ -169,15 +169,6 @@ pub fn render_models(
             .map(|(m, u)| (format!("model=\"{}\"", label(m)), f(u)))
             .collect::<Vec<_>>()
     };
-    family(
-        "orch_model_requests_waiting",
-        "gauge",
-        "Gateway requests waiting for a slot of their model.",
-        waiting
-            .iter()
-            .map(|(m, n)| (format!("model=\"{}\"", label(m)), *n as f64))
-            .collect(),
-    );
     family(
         "orch_model_requests_total",
         "counter",
@@ -248,7 +239,7 @@ mod tests {
                 ..Default::default()
             },
         );
-        render_models(&mut text, &[("smol\"2".into(), 1)], &used);
+        render_models(&mut text, &used);
         assert!(
             text.contains("orch_model_tokens_total{model=\"smol\\\"2\",direction=\"in\"} 31"),
             "{text}"

@@ -9,12 +9,48 @@ use serde::{Deserialize, Serialize};
 
 use crate::spec::{DurationSpec, SizeSpec};
 
-/// The file the daemon reads: a list of models under `models:`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// The file the daemon reads: a list of models under `models:`, and how
+/// the fabric shares memory and slots among them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelsFile {
     #[serde(default)]
     pub models: Vec<ModelSpec>,
+    /// What the daemon's own machine lends to the models it runs.
+    #[serde(default)]
+    pub local: LocalHost,
+    /// How long a resident model with waiting requests keeps its memory
+    /// against another model's more urgent ones (hysteresis: models that do
+    /// not fit together take turns about this long instead of reloading at
+    /// every request). Default 10s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switch: Option<DurationSpec>,
+    /// A waiting request gains one priority level per this much waiting,
+    /// as jobs do. Default 1s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aging: Option<DurationSpec>,
+}
+
+impl ModelsFile {
+    pub fn switch_ms(&self) -> u64 {
+        self.switch.map_or(10_000, |d| d.as_millis())
+    }
+
+    pub fn aging_ms(&self) -> u64 {
+        self.aging.map_or(1_000, |d| d.as_millis()).max(1)
+    }
+}
+
+/// Memory the daemon's machine lends to models.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalHost {
+    /// RAM for `on: ram` models; default half of the machine's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ram: Option<SizeSpec>,
+    /// Memory of each GPU for `on: gpu` models, by index; none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<SizeSpec>,
 }
 
 /// One model the fabric may serve.
@@ -134,8 +170,13 @@ pub struct FabricConfigError {
     pub message: String,
 }
 
-/// Reads and checks a models file (YAML; JSON is YAML too).
+/// Reads and checks a models file (YAML; JSON is YAML too): the models alone.
 pub fn parse_models(text: &str, file: &str) -> Result<Vec<ModelSpec>, FabricConfigError> {
+    parse_models_file(text, file).map(|f| f.models)
+}
+
+/// Reads and checks a models file, with its memory and timing settings.
+pub fn parse_models_file(text: &str, file: &str) -> Result<ModelsFile, FabricConfigError> {
     let err = |model: Option<&str>, field: &str, message: String| FabricConfigError {
         file: file.to_owned(),
         model: model.map(str::to_owned),
@@ -143,7 +184,7 @@ pub fn parse_models(text: &str, file: &str) -> Result<Vec<ModelSpec>, FabricConf
         message,
     };
     if text.trim().is_empty() {
-        return Ok(Vec::new());
+        return Ok(ModelsFile::default());
     }
     let parsed: ModelsFile = serde_yaml_ng::from_str(text).map_err(|e| {
         let at = e
@@ -163,7 +204,21 @@ pub fn parse_models(text: &str, file: &str) -> Result<Vec<ModelSpec>, FabricConf
             ));
         }
     }
-    Ok(parsed.models)
+    if parsed.local.ram.is_some_and(|r| r.as_mib() == 0) {
+        return Err(err(
+            None,
+            "local.ram",
+            "0; expected a size above 0 such as 8G".into(),
+        ));
+    }
+    if let Some(n) = parsed.local.gpus.iter().position(|g| g.as_mib() == 0) {
+        return Err(err(
+            None,
+            &format!("local.gpus[{n}]"),
+            "0; expected the GPU's memory such as 24G".into(),
+        ));
+    }
+    Ok(parsed)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -276,6 +331,29 @@ models:
         let json = serde_json::to_string(&ms).unwrap();
         let back: Vec<ModelSpec> = serde_json::from_str(&json).unwrap();
         assert_eq!(back, ms);
+    }
+
+    #[test]
+    fn the_local_budget_and_timings_are_read_and_checked() {
+        let f = parse_models_file(
+            "local: {ram: 512M, gpus: [24G]}\nswitch: 2s\naging: 500ms\nmodels: []\n",
+            "m.yaml",
+        )
+        .unwrap();
+        assert_eq!(f.local.ram, Some(SizeSpec::from_mib(512)));
+        assert_eq!(f.local.gpus, vec![SizeSpec::from_mib(24 * 1024)]);
+        assert_eq!((f.switch_ms(), f.aging_ms()), (2_000, 500));
+        let d = parse_models_file("models: []\n", "m.yaml").unwrap();
+        assert_eq!(
+            (d.local.ram, d.switch_ms(), d.aging_ms()),
+            (None, 10_000, 1_000)
+        );
+        let e = parse_models_file("local: {ram: 0}\n", "m.yaml").unwrap_err();
+        assert_eq!((e.model, e.field.as_str()), (None, "local.ram"));
+        let e = parse_models_file("local: {gpus: [8G, 0]}\n", "m.yaml").unwrap_err();
+        assert_eq!(e.field, "local.gpus[1]");
+        let e = parse_models_file("local: {vram: 8G}\n", "m.yaml").unwrap_err();
+        assert!(e.message.contains("vram"), "{e}");
     }
 
     #[test]

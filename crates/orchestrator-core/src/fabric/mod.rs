@@ -24,7 +24,10 @@ pub mod queue;
 pub mod residency;
 pub mod usage;
 
-pub use config::{parse_models, FabricConfigError, MemoryKind, ModelSpec, Placement, Runtime};
+pub use config::{
+    parse_models, parse_models_file, FabricConfigError, LocalHost, MemoryKind, ModelSpec,
+    ModelsFile, Placement, Runtime,
+};
 pub use hosts::{budgets, footprint, may_occupy, stage_agents, Host};
 pub use queue::{request_key, Dispatch, QueueError, RequestId, RequestQueue};
 pub use residency::{

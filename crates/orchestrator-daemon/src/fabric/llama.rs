@@ -1,37 +1,18 @@
-//! The llama.cpp servers the gateway starts: one per `llama_cpp` model, on
-//! first use, through the launcher script (`scripts/llama-server.py`), on a
-//! free loopback port. Each is kept running and killed when the daemon's
-//! state is dropped at shutdown.
+//! Starting one llama.cpp server: the launcher script
+//! (`scripts/llama-server.py`) on a free loopback port, ready when it prints
+//! `ready URL`. When and where servers run is residency's choice
+//! ([`super::control`]).
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator_core::fabric::{ModelSpec, Runtime};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::{Mutex, OnceCell};
 
 /// Longest a server may take to print `ready`.
 const READY_WITHIN: Duration = Duration::from_secs(120);
-
-/// One running server.
-struct Instance {
-    /// Its OpenAI base URL, `http://127.0.0.1:PORT/v1`.
-    url: String,
-    _child: Child,
-}
-
-type Slot = Arc<OnceCell<Instance>>;
-
-/// The servers started so far, by model name.
-pub struct LlamaServers {
-    launcher: PathBuf,
-    python: PathBuf,
-    started: Mutex<HashMap<String, Slot>>,
-}
 
 /// The launcher next to this binary's checkout (`<repo>/scripts/llama-server.py`
 /// above the binary's directory), else the relative path.
@@ -43,32 +24,25 @@ pub fn default_launcher() -> PathBuf {
         .unwrap_or(rel)
 }
 
-impl LlamaServers {
-    pub fn new(launcher: PathBuf) -> Self {
+/// How the fabric starts a llama.cpp server: the launcher script and the
+/// Python that has `xllamacpp` (`ORCH_LLAMA_PYTHON`, else `python3`).
+#[derive(Debug, Clone)]
+pub struct Launcher {
+    pub script: PathBuf,
+    pub python: PathBuf,
+}
+
+impl Launcher {
+    pub fn new(script: PathBuf) -> Self {
         let python = std::env::var_os("ORCH_LLAMA_PYTHON")
             .filter(|p| !p.is_empty())
             .map_or_else(|| PathBuf::from("python3"), PathBuf::from);
-        LlamaServers {
-            launcher,
-            python,
-            started: Mutex::default(),
-        }
+        Launcher { script, python }
     }
 
-    /// The base URL of `model`'s server, starting it if it is not running.
-    pub async fn url(&self, model: &ModelSpec) -> Result<String, String> {
-        let slot = self
-            .started
-            .lock()
-            .await
-            .entry(model.name.clone())
-            .or_default()
-            .clone();
-        let inst = slot.get_or_try_init(|| self.start(model)).await?;
-        Ok(inst.url.clone())
-    }
-
-    async fn start(&self, m: &ModelSpec) -> Result<Instance, String> {
+    /// Starts `m`'s server (on GPU `gpu` when given) and waits until it is
+    /// ready: its OpenAI base URL and its process, killed when dropped.
+    pub async fn spawn(&self, m: &ModelSpec, gpu: Option<u32>) -> Result<(String, Child), String> {
         let Runtime::LlamaCpp {
             model,
             ctx,
@@ -82,8 +56,12 @@ impl LlamaServers {
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free port: {e}"))?
             .port();
-        let mut child = Command::new(&self.python)
-            .arg(&self.launcher)
+        let mut cmd = Command::new(&self.python);
+        if let Some(g) = gpu {
+            cmd.env("CUDA_VISIBLE_DEVICES", g.to_string());
+        }
+        let mut child = cmd
+            .arg(&self.script)
             .arg("--model")
             .arg(model)
             .args(["--port", &port.to_string(), "--alias", &m.name])
@@ -100,7 +78,7 @@ impl LlamaServers {
                 format!(
                     "cannot start {} {}: {e}",
                     self.python.display(),
-                    self.launcher.display()
+                    self.script.display()
                 )
             })?;
         let stdout = child.stdout.take().expect("stdout is piped");
@@ -133,9 +111,6 @@ impl LlamaServers {
         // Keep reading, so that the server never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         tracing::info!(model = %m.name, %url, "llama.cpp server ready");
-        Ok(Instance {
-            url: format!("{url}/v1"),
-            _child: child,
-        })
+        Ok((format!("{url}/v1"), child))
     }
 }

@@ -3,18 +3,21 @@
 //!
 //! What it is: `GET /v1/models`, the configured models in OpenAI's list
 //! shape, and the completion and embedding routes passed through to each
-//! model's server ([`proxy`]): an external one, or a llama.cpp server started
-//! on first use ([`llama`]). Requests wait for a slot of their model in
-//! their run's priority order ([`slots`]) and are counted for their job's
-//! run, stage and model ([`usage`]; `GET /v1/usage` reads the job's own).
-//! Every answer it refuses has OpenAI's error shape
+//! model's server ([`proxy`]): an external one, or a llama.cpp server
+//! ([`llama`]) that residency ([`control`]) starts when its model is wanted
+//! and stops when its memory is needed, between requests. Requests wait for
+//! a slot of their model in their run's priority order ([`pool`]) and are
+//! counted for their job's run, stage and model ([`usage`]; `GET /v1/usage`
+//! reads the job's own). Every answer it refuses has OpenAI's error shape
 //! (`{"error": {"message", "type", "code"}}`), so that OpenAI clients show
 //! the reason.
 
+pub mod control;
 pub mod keys;
 pub mod llama;
+pub mod metrics;
+pub mod pool;
 pub mod proxy;
-pub mod slots;
 pub mod usage;
 
 use std::sync::Arc;

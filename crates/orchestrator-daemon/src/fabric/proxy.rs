@@ -16,20 +16,17 @@ use orchestrator_store::Store;
 use super::{keys, OpenAiErr};
 use crate::App;
 
-/// What the gateway holds besides the keys: the servers it started and the
-/// client that reaches them.
+/// What the gateway holds besides the keys: the models' queues and servers,
+/// and the client that reaches them.
 pub struct Upstreams {
-    pub llama: super::llama::LlamaServers,
-    /// Each model's queue for its slots.
-    pub slots: Arc<super::slots::Slots>,
+    pub fabric: Arc<super::control::Fabric>,
     http: reqwest::Client,
 }
 
 impl Upstreams {
-    pub fn new(launcher: std::path::PathBuf) -> Self {
+    pub fn new(fabric: super::control::Fabric) -> Self {
         Upstreams {
-            llama: super::llama::LlamaServers::new(launcher),
-            slots: Arc::default(),
+            fabric: Arc::new(fabric),
             // A fresh connection per request: llama.cpp may close a kept-alive
             // one after a streamed answer.
             http: reqwest::Client::builder()
@@ -78,18 +75,23 @@ pub async fn forward<S: Store>(
     };
     let up = &app.upstreams;
     // Held until the answer's last byte is sent or its client goes away.
-    let permit = up
-        .slots
-        .acquire(&model.name, model.concurrency, holder.priority)
-        .await;
+    let (permit, grant) = up
+        .fabric
+        .pool
+        .acquire(&model.name, holder.priority)
+        .await
+        .map_err(|e| {
+            app.usage.failed(holder.job_id, &model.name, arrived);
+            upstream_err(format!("model `{name}`: {e}"))
+        })?;
     // Counts the request when dropped: at its answer's end, or here on failure.
     let mut meter = app.usage.meter(holder.job_id, &model.name, arrived);
-    let (base, api_key) = match &model.runtime {
-        Runtime::External { url, api_key_env } => (
-            url.trim_end_matches('/').to_owned(),
-            api_key_env.as_ref().and_then(|v| std::env::var(v).ok()),
-        ),
-        Runtime::LlamaCpp { .. } => (up.llama.url(model).await.map_err(upstream_err)?, None),
+    let base = grant.url;
+    let api_key = match &model.runtime {
+        Runtime::External { api_key_env, .. } => {
+            api_key_env.as_ref().and_then(|v| std::env::var(v).ok())
+        }
+        Runtime::LlamaCpp { .. } => None,
     };
     let path = uri.path().strip_prefix("/v1").unwrap_or(uri.path());
     let mut out = up

@@ -63,6 +63,20 @@ impl Accounting {
             .record(r);
     }
 
+    /// Counts a request that never got a slot because its model could not
+    /// serve (its server would not start): all its time was waiting.
+    pub fn failed(&self, job_id: i64, model: &str, arrived: Instant) {
+        let waited = u64::try_from(arrived.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.record(
+            job_id,
+            model,
+            RequestUsage {
+                queue_wait_ms: waited,
+                ..Default::default()
+            },
+        );
+    }
+
     /// Totals per model since this daemon started, for `/metrics`.
     pub fn by_model(&self) -> BTreeMap<String, Usage> {
         lock(&self.by_model).clone()

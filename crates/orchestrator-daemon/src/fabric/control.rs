@@ -1,0 +1,387 @@
+//! Residency in the daemon: which model servers run, started and stopped by
+//! the core's [`residency::decide`] over the memory the models file lends
+//! (`local:`), and the keepers that run each server.
+//!
+//! The loop wakes on every change in the [`Pool`] (a request queued or
+//! finished, a server ready or gone), applies the decision (stops, then
+//! starts, then drains), and sleeps. While requests wait it also looks
+//! again every [`WAITING_TICK`], because ageing changes which model is
+//! most urgent; with none waiting it sleeps until the next idle instance
+//! may be stopped.
+//!
+//! A stop is only ever given for an idle instance: it takes no new request
+//! and keeps its memory counted until its process is gone. A server that
+//! dies is forgotten and started again when its model is next wanted.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use orchestrator_core::fabric::hosts::{self, Host};
+use orchestrator_core::fabric::residency::{
+    self, Action, Demand, InstanceState, ModelFootprint, PlaceBudget,
+};
+use orchestrator_core::fabric::{LocalHost, ModelSpec, Runtime};
+use tokio::process::Child;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::llama::Launcher;
+use super::pool::{Instance, Pool};
+
+/// How often residency looks again while requests wait.
+const WAITING_TICK: Duration = Duration::from_millis(250);
+/// How long a stopped server has to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// The place name of the daemon machine's RAM; its GPUs are `local/gpuN`.
+pub const LOCAL: &str = "local";
+
+/// The memory the daemon's machine lends to models, as places.
+pub fn local_hosts(local: &LocalHost) -> Vec<Host> {
+    let ram = local.ram.map_or_else(half_of_ram_mib, |r| r.as_mib());
+    let mut out = vec![Host {
+        place: LOCAL.into(),
+        agent: LOCAL.into(),
+        labels: Vec::new(),
+        is_daemon_host: true,
+        gpu: None,
+        budget_mib: ram,
+    }];
+    for (n, g) in local.gpus.iter().enumerate() {
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
+        out.push(Host {
+            place: format!("{LOCAL}/gpu{n}"),
+            agent: LOCAL.into(),
+            labels: Vec::new(),
+            is_daemon_host: true,
+            gpu: Some(n),
+            budget_mib: g.as_mib(),
+        });
+    }
+    out
+}
+
+/// Half of this machine's memory (`/proc/meminfo`), else 4 GiB.
+fn half_of_ram_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("MemTotal:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .map_or(4096, |kib| kib / 1024 / 2)
+}
+
+/// The fabric's moving part: the pool of requests and the servers behind it.
+pub struct Fabric {
+    pub pool: Arc<Pool>,
+    specs: Vec<ModelSpec>,
+    hosts: Vec<Host>,
+    footprints: Vec<ModelFootprint>,
+    budgets: Vec<PlaceBudget>,
+    switch_ms: u64,
+    launcher: Launcher,
+    next_instance: AtomicU64,
+    /// How each running keeper is told to stop its server.
+    stops: Mutex<HashMap<u64, oneshot::Sender<()>>>,
+    /// Servers started, by model.
+    starts: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Fabric {
+    pub fn new(
+        models: &[ModelSpec],
+        local: &LocalHost,
+        switch_ms: u64,
+        aging_ms: u64,
+        launcher: Launcher,
+    ) -> Self {
+        let hosts = local_hosts(local);
+        let pool = Arc::new(Pool::new(aging_ms));
+        let footprints = models
+            .iter()
+            .filter_map(|m| hosts::footprint(m, &hosts))
+            .collect();
+        for m in models {
+            pool.declare(&m.name, m.concurrency);
+        }
+        let mut next = 1u64;
+        {
+            let mut st = pool.lock();
+            for m in models {
+                // An external server is always there.
+                if let Runtime::External { url, .. } = &m.runtime {
+                    st.instances.push(Instance {
+                        id: next,
+                        model: m.name.clone(),
+                        place: "external".into(),
+                        url: Some(url.trim_end_matches('/').to_owned()),
+                        in_flight: 0,
+                        idle_since_ms: 0,
+                        draining: false,
+                        stopping: false,
+                        permanent: true,
+                    });
+                    next += 1;
+                }
+            }
+        }
+        Fabric {
+            pool,
+            specs: models.to_vec(),
+            budgets: hosts::budgets(&hosts),
+            hosts,
+            footprints,
+            switch_ms,
+            launcher,
+            next_instance: AtomicU64::new(next),
+            stops: Mutex::default(),
+            starts: Mutex::default(),
+        }
+    }
+
+    /// Servers started so far, by model.
+    pub fn starts(&self) -> BTreeMap<String, u64> {
+        self.starts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Runs residency until `shutdown`; every server is stopped then.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        if self.footprints.is_empty() {
+            return shutdown.cancelled().await;
+        }
+        loop {
+            let wake = self.step(&shutdown);
+            tokio::select! {
+                _ = self.pool.changed.notified() => {}
+                _ = tokio::time::sleep(wake) => {}
+                _ = shutdown.cancelled() => break,
+            }
+        }
+        // The keepers stop their servers on shutdown; the daemon is not
+        // stopped until they are gone.
+        let gone = async {
+            loop {
+                let changed = self.pool.changed.notified();
+                if self.pool.lock().instances.iter().all(|i| i.permanent) {
+                    return;
+                }
+                changed.await;
+            }
+        };
+        let limit = STOP_GRACE + Duration::from_secs(2);
+        if tokio::time::timeout(limit, gone).await.is_err() {
+            tracing::warn!("model servers still stopping after {limit:?}");
+        }
+    }
+
+    /// One decision, applied; returns how long to sleep at most.
+    fn step(self: &Arc<Self>, shutdown: &CancellationToken) -> Duration {
+        let pool = &self.pool;
+        let mut st = pool.lock();
+        let now = pool.now_ms();
+        let seen: Vec<residency::Instance> = st
+            .instances
+            .iter()
+            .filter(|i| !i.permanent)
+            .map(|i| residency::Instance {
+                model: i.model.clone(),
+                place: i.place.clone(),
+                state: if i.url.is_none() || i.stopping {
+                    InstanceState::Starting
+                } else if i.in_flight > 0 {
+                    InstanceState::Busy {
+                        in_flight: i.in_flight,
+                    }
+                } else {
+                    InstanceState::Idle {
+                        since_ms: i.idle_since_ms,
+                    }
+                },
+            })
+            .collect();
+        let demand: BTreeMap<String, Demand> = st
+            .models
+            .iter()
+            .filter_map(|(name, m)| {
+                m.queue.best_key().map(|best_key| {
+                    let waiting = u32::try_from(m.queue.waiting()).unwrap_or(u32::MAX);
+                    (name.clone(), Demand { waiting, best_key })
+                })
+            })
+            .collect();
+        let actions = residency::decide(
+            now,
+            &self.budgets,
+            &self.footprints,
+            &seen,
+            &demand,
+            self.switch_ms,
+        );
+        for i in st.instances.iter_mut() {
+            i.draining = false;
+        }
+        for a in actions {
+            match a {
+                Action::Stop { model, place } => {
+                    let Some(i) = st.instances.iter_mut().find(|i| {
+                        i.model == model && i.place == place && !i.stopping && i.in_flight == 0
+                    }) else {
+                        continue;
+                    };
+                    i.stopping = true;
+                    tracing::info!(%model, %place, "stopping model server to free its memory");
+                    let tx = self.lock_stops().remove(&i.id);
+                    if let Some(tx) = tx {
+                        let _ = tx.send(());
+                    }
+                }
+                Action::Start { model, place } => {
+                    // The decision counts its stops as done; memory is free
+                    // only once their processes are gone, and their exit
+                    // brings the next decision.
+                    if st.instances.iter().any(|i| i.place == place && i.stopping) {
+                        continue;
+                    }
+                    let Some(spec) = self.specs.iter().find(|s| s.name == model).cloned() else {
+                        continue;
+                    };
+                    let id = self.next_instance.fetch_add(1, Ordering::Relaxed);
+                    st.instances.push(Instance {
+                        id,
+                        model: model.clone(),
+                        place: place.clone(),
+                        url: None,
+                        in_flight: 0,
+                        idle_since_ms: now,
+                        draining: false,
+                        stopping: false,
+                        permanent: false,
+                    });
+                    let gpu = self
+                        .hosts
+                        .iter()
+                        .find(|h| h.place == place)
+                        .and_then(|h| h.gpu);
+                    let (tx, rx) = oneshot::channel();
+                    self.lock_stops().insert(id, tx);
+                    tracing::info!(%model, %place, "starting model server");
+                    tokio::spawn(self.clone().keep(id, spec, gpu, rx, shutdown.clone()));
+                }
+                Action::Drain { model, place } => {
+                    for i in st
+                        .instances
+                        .iter_mut()
+                        .filter(|i| i.model == model && i.place == place)
+                    {
+                        i.draining = true;
+                    }
+                }
+            }
+        }
+        let names: Vec<String> = st.models.keys().cloned().collect();
+        for n in &names {
+            pool.dispatch(&mut st, n);
+        }
+        if st.models.values().any(|m| m.queue.waiting() > 0) {
+            return WAITING_TICK;
+        }
+        // Otherwise until the first idle instance may be stopped.
+        let next_idle_stop = st
+            .instances
+            .iter()
+            .filter(|i| i.url.is_some() && i.in_flight == 0 && !i.stopping && !i.permanent)
+            .filter_map(|i| {
+                let fp = self.footprints.iter().find(|f| f.model == i.model)?;
+                let at = i
+                    .idle_since_ms
+                    .saturating_add(i64::try_from(fp.idle_stop_ms?).unwrap_or(i64::MAX));
+                Some(at.saturating_sub(now).max(1))
+            })
+            .min();
+        next_idle_stop.map_or(Duration::from_secs(3600), |ms| {
+            Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
+        })
+    }
+
+    fn lock_stops(&self) -> std::sync::MutexGuard<'_, HashMap<u64, oneshot::Sender<()>>> {
+        self.stops.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs instance `id`'s server until residency stops it, it dies or the
+    /// daemon stops; then forgets the instance.
+    async fn keep(
+        self: Arc<Self>,
+        id: u64,
+        spec: ModelSpec,
+        gpu: Option<u32>,
+        stop: oneshot::Receiver<()>,
+        shutdown: CancellationToken,
+    ) {
+        let started = tokio::select! {
+            r = self.launcher.spawn(&spec, gpu) => r,
+            _ = shutdown.cancelled() => Err("the daemon is stopping".into()),
+        };
+        let mut child = match started {
+            Ok((url, child)) => {
+                let mut st = self.pool.lock();
+                let now = self.pool.now_ms();
+                if let Some(i) = st.instances.iter_mut().find(|i| i.id == id) {
+                    i.url = Some(url);
+                    i.idle_since_ms = now;
+                }
+                self.pool.dispatch(&mut st, &spec.name);
+                drop(st);
+                *self
+                    .starts
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(spec.name.clone())
+                    .or_default() += 1;
+                child
+            }
+            Err(e) => {
+                tracing::warn!(model = %spec.name, error = %e, "model server did not start");
+                self.forget(id);
+                self.pool.fail_waiting(&spec.name, &e);
+                self.pool.changed.notify_one();
+                return;
+            }
+        };
+        self.pool.changed.notify_one();
+        tokio::select! {
+            _ = stop => terminate(&mut child).await,
+            _ = shutdown.cancelled() => terminate(&mut child).await,
+            status = child.wait() => {
+                tracing::warn!(model = %spec.name, status = ?status, "model server exited; it starts again when next needed");
+            }
+        }
+        self.forget(id);
+        self.pool.changed.notify_one();
+    }
+
+    fn forget(&self, id: u64) {
+        self.lock_stops().remove(&id);
+        self.pool.lock().instances.retain(|i| i.id != id);
+    }
+}
+
+/// SIGTERM, then SIGKILL after [`STOP_GRACE`].
+async fn terminate(child: &mut Child) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    // A pid from `id()` is one this process started and has not reaped.
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_ok() {
+            return;
+        }
+    }
+    let _ = child.kill().await;
+}
