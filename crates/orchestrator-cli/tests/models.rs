@@ -1,135 +1,134 @@
-//! A step that calls a model through the gateway: its calls are counted for
-//! its stage, shown by `orch show` (text and JSON) and written into the
-//! step's manifest, in the bundle and on the run's branch.
+//! `model:` on a stage: it runs only on an agent where the model can be
+//! resident, an unknown model is refused at submission, and a models file
+//! this daemon cannot honour is refused at start.
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
-use serde_json::Value;
+use serde_json::json;
 
-/// Two chat calls, one answered whole and one streamed; prints the tokens
-/// the model said they cost, as `{"in": N, "out": M}`.
-const CALLS: &str = r#"
-import json, os, urllib.request
-base, key = os.environ["OPENAI_BASE_URL"], os.environ["OPENAI_API_KEY"]
-def ask(stream):
-    body = {"model": "smol", "messages": [{"role": "user", "content": "Say hi."}],
-            "max_tokens": 6, "stream": stream, "stream_options": {"include_usage": True}}
-    req = urllib.request.Request(base + "/chat/completions", data=json.dumps(body).encode(),
-        headers={"Authorization": "Bearer " + key, "Content-Type": "application/json"})
-    with urllib.request.urlopen(req) as r:
-        text = r.read().decode()
-    if not stream:
-        return json.loads(text)["usage"]
-    usage = None
-    for line in text.splitlines():
-        if line.startswith("data: {"):
-            usage = json.loads(line[6:]).get("usage") or usage
-    return usage
-a, b = ask(False), ask(True)
-print(json.dumps({"in": a["prompt_tokens"] + b["prompt_tokens"],
-                  "out": a["completion_tokens"] + b["completion_tokens"]}))
-"#;
+const LONG: Duration = Duration::from_secs(60);
 
-fn env_path(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: scripts/test installs the model runtime and sets it \
-             (or run `scripts/model-assets.sh` and export the lines it prints)"
-        ),
-    }
+fn models_file(h: &Harness) -> std::path::PathBuf {
+    // Nothing calls the llama.cpp models here: their files are never opened.
+    h.write(
+        "models.yaml",
+        "local: {ram: 1G}\nmodels:\n\
+         - {name: remote, runtime: {external: {url: 'http://127.0.0.1:9'}}}\n\
+         - {name: small, runtime: {llama_cpp: {model: small.gguf}}, memory: 300M}\n\
+         - {name: big, runtime: {llama_cpp: {model: big.gguf}}, memory: 64G}\n",
+    )
+}
+
+fn agent(d: &Daemon, name: &str) -> serde_json::Value {
+    let r = http(d, "GET", "/v1/agents", Some(&d.admin_token), None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let agents = r.json();
+    agents
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["name"] == name)
+        .unwrap_or_else(|| panic!("no agent {name} in {agents:#}"))
+        .clone()
+}
+
+fn labels_of(d: &Daemon, name: &str) -> Vec<String> {
+    let a = agent(d, name);
+    let mut l: Vec<String> = a["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
+    l.sort();
+    l
 }
 
 #[test]
-fn a_steps_model_calls_show_in_orch_show_and_its_manifest() {
-    let model = env_path("ORCH_TEST_MODEL");
-    env_path("ORCH_LLAMA_PYTHON");
+fn a_stage_with_a_model_runs_where_that_model_can_be_resident() {
     let mut h = Harness::new();
-    let models = h.write(
-        "models.yaml",
-        &format!(
-            "models:\n  - name: smol\n    runtime: {{llama_cpp: {{model: {model:?}, ctx: 2048, threads: 1}}}}\n    memory: 1G\n"
-        ),
+    let file = models_file(&h);
+    let d = h.start_daemon(&["--models", file.to_str().unwrap()]);
+    h.start_agent(&d, "here", 2);
+    // An agent on another machine: only the external model reaches it.
+    let r = post_json(
+        &d,
+        "/v1/agents",
+        &d.agent_token,
+        &json!({"name": "elsewhere", "slots": 1, "hostname": "another-machine", "labels": ["fast"]}),
     );
-    let launcher = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../scripts/llama-server.py")
-        .canonicalize()
-        .unwrap();
-    let d = h.start_daemon(&[
-        "--models",
-        models.to_str().unwrap(),
-        "--llama-launcher",
-        launcher.to_str().unwrap(),
-    ]);
-    h.start_agent(&d, "worker", 1);
-    let calls: String = CALLS
-        .lines()
-        .map(|l| format!("                {l}\n"))
-        .collect();
+    assert_eq!(r.status, 200, "{}", r.text());
+    wait_for("the local agent", LONG, || {
+        let r = http(&d, "GET", "/v1/agents", Some(&d.admin_token), None);
+        r.text().contains("\"here\"").then_some(())
+    });
+    assert_eq!(labels_of(&d, "here"), ["model:remote", "model:small"]);
+    assert_eq!(labels_of(&d, "elsewhere"), ["fast", "model:remote"]);
+
     let wf = h.write(
-        "talk.yaml",
-        &format!(
-            "name: talk\nstages:\n  - id: think\n    sandbox: process\n    steps:\n      - commands:\n          - argv:\n              - python3\n              - -c\n              - |\n{calls}  - id: quiet\n    sandbox: process\n    steps: [{{commands: [{{argv: ['true']}}]}}]\n"
-        ),
+        "wf.yaml",
+        "name: m\nstages:\n\
+         - {id: small, model: small, steps: [{commands: [{argv: ['true']}]}]}\n\
+         - {id: big, model: big, steps: [{commands: [{argv: ['true']}]}]}\n",
     );
     let run = h.submit(&wf);
-    let detail = h.wait_run_end(&d, &run);
-    assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
-    let job = jobs_of(&detail, "think")[0];
-    let bundle = h.project.join(job["bundle"].as_str().unwrap());
-    let said: Value =
-        serde_json::from_str(&std::fs::read_to_string(bundle.join("cmd-000.stdout.log")).unwrap())
-            .unwrap();
-    let (tin, tout) = (said["in"].as_u64().unwrap(), said["out"].as_u64().unwrap());
-    assert!(tin > 0 && tout > 0, "{said}");
-
-    // `orch show -o json`: the stage's usage by model; the quiet stage has none.
-    let smol = &detail["models"]["by_stage"]["think"]["smol"];
-    assert_eq!(smol["requests"], 2, "{detail:#}");
-    assert_eq!(smol["prompt_tokens"], tin, "{detail:#}");
-    assert_eq!(smol["completion_tokens"], tout, "{detail:#}");
-    assert!(detail["models"]["by_stage"].get("quiet").is_none());
-
-    // `orch show`: a row for the stage and model, and one for the run.
-    let show = h.orch(&["show", &run]);
-    show.expect_code(0);
-    let row = show
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("think ") && l.contains(" smol "))
-        .unwrap_or_else(|| panic!("no usage row for think in {show}"));
-    let cols: Vec<&str> = row.split_whitespace().collect();
+    let detail = wait_for("stage small to succeed", LONG, || {
+        let d = h.show(&run);
+        (stage(&d, "small")["state"] == "succeeded").then_some(d)
+    });
+    assert!(agent(&d, "here")["id"].is_string());
     assert_eq!(
-        cols[2..5],
-        ["2", &tin.to_string(), &tout.to_string()],
-        "{show}"
+        jobs_of(&detail, "small")[0]["agent_id"],
+        agent(&d, "here")["id"],
+        "{detail:#}"
     );
-    assert!(show.stdout.contains("MODELS BY STAGE"), "{show}");
+    // No agent can hold 64G of model: the stage waits, and says why.
+    assert_eq!(stage(&detail, "big")["state"], "queued", "{detail:#}");
+    let out = h.orch(&["explain", &run, "big"]);
+    out.expect_code(0);
+    assert!(out.stdout.contains("model:big"), "{out}");
+    h.orch(&["cancel", &run]).expect_code(0);
 
-    // The manifest, in the bundle and committed on the run's branch.
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap())
-            .unwrap();
-    assert_eq!(manifest["models"]["smol"]["requests"], 2, "{manifest:#}");
-    assert_eq!(manifest["models"]["smol"]["prompt_tokens"], tin);
-    assert_eq!(manifest["models"]["smol"]["completion_tokens"], tout);
-    let branch = detail["run"]["branch"].as_str().unwrap();
-    let committed: Value = serde_json::from_str(&git(
-        &h.project,
-        &["show", &format!("{branch}:.orch/think/step-000.json")],
-    ))
-    .unwrap();
-    assert_eq!(committed["models"], manifest["models"]);
-    let quiet = jobs_of(&detail, "quiet")[0];
-    let quiet: Value = serde_json::from_str(
-        &std::fs::read_to_string(
-            h.project
-                .join(quiet["bundle"].as_str().unwrap())
-                .join("manifest.json"),
-        )
-        .unwrap(),
-    )
-    .unwrap();
-    assert!(quiet.get("models").is_none(), "{quiet:#}");
+    // A model the daemon does not serve is refused, naming stage and model.
+    let bad = h.write(
+        "bad.yaml",
+        "name: b\nstages:\n  - {id: x, model: nope, steps: [{commands: [{argv: ['true']}]}]}\n",
+    );
+    let out = h.orch(&[
+        "run",
+        bad.to_str().unwrap(),
+        "--project",
+        h.project.to_str().unwrap(),
+    ]);
+    out.expect_code(2);
+    assert!(
+        out.stderr
+            .contains("stage \"x\": model \"nope\" is not served by this daemon")
+            && out.stderr.contains("remote, small, big"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_models_file_placing_a_server_on_agents_is_refused_at_start() {
+    let h = Harness::new();
+    let file = h.write(
+        "models.yaml",
+        "models:\n- {name: s, runtime: {llama_cpp: {model: s.gguf}}, memory: 1G, placement: {agents: [gpu-box]}}\n",
+    );
+    let out = h.orch(&[
+        "daemon",
+        "--listen",
+        "127.0.0.1:0",
+        "--models",
+        file.to_str().unwrap(),
+    ]);
+    assert_ne!(out.code, 0, "{out}");
+    assert!(
+        out.stderr.contains("model \"s\": placement.agents"),
+        "{out}"
+    );
 }

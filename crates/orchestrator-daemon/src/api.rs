@@ -42,6 +42,24 @@ pub async fn submit_run<S: Store>(
     if let Ok(wf) = orchestrator_core::validate::parse_workflow(&req.workflow, req.file.as_deref())
     {
         for st in &wf.stages {
+            if let Some(m) = st
+                .model
+                .as_deref()
+                .filter(|m| !app.config.models.iter().any(|x| x.name == *m))
+            {
+                return Err(ApiErr::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "stage {:?}: model {m:?} is not served by this daemon; expected one of its models file (`orch daemon --models`): {}",
+                        st.id,
+                        if app.config.models.is_empty() {
+                            "it declares none".to_owned()
+                        } else {
+                            app.config.models.iter().map(|x| x.name.as_str()).collect::<Vec<_>>().join(", ")
+                        }
+                    ),
+                ));
+            }
             if let Some(name) = st
                 .secrets
                 .iter()
@@ -209,9 +227,19 @@ pub async fn explain<S: Store>(
 
 pub async fn register_agent<S: Store>(
     State(app): State<Arc<App<S>>>,
-    JsonBody(req): JsonBody<RegisterAgent>,
+    JsonBody(mut req): JsonBody<RegisterAgent>,
 ) -> Result<Response, ApiErr> {
     let cfg = &app.config;
+    // Where a stage with `model:` may run.
+    let on_daemon_host = req.hostname.is_some() && req.hostname == app.daemon_hostname;
+    let models = crate::fabric::placement::model_labels(
+        &cfg.models,
+        &cfg.model_local,
+        &req.name,
+        &req.labels,
+        on_daemon_host,
+    );
+    req.labels.extend(models);
     let reg = app
         .store
         .register_agent(req, cfg.lease_ttl_ms, cfg.heartbeat_interval_ms)

@@ -128,6 +128,8 @@ pub struct App<S> {
     pub upstreams: fabric::Upstreams,
     /// The gateway's requests counted, until flushed to the store.
     pub usage: Arc<fabric::usage::Accounting>,
+    /// This machine's name: agents reporting it share the daemon's machine.
+    pub daemon_hostname: Option<String>,
 }
 
 /// A started daemon.
@@ -244,7 +246,8 @@ async fn webhooks_handler<S: Store>(
 impl Daemon {
     /// Binds, resumes from the store and starts every component.
     pub async fn start<S: Store>(config: DaemonConfig, store: Arc<S>) -> std::io::Result<Daemon> {
-        // Bad hook settings fail before anything listens or is resumed.
+        // Bad hook or model settings fail before anything listens or is resumed.
+        fabric::placement::check_supported(&config.models).map_err(std::io::Error::other)?;
         let hooks = hooks::Hooks::new(&config.hooks).map_err(std::io::Error::other)?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
@@ -270,6 +273,7 @@ impl Daemon {
                 .clone()
                 .map(fabric::JobKeys::with_secret)
                 .unwrap_or_default(),
+            daemon_hostname: fabric::placement::daemon_hostname(),
             upstreams: fabric::Upstreams::new(fabric::control::Fabric::new(
                 &config.models,
                 &config.model_local,

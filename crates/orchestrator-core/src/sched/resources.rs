@@ -35,6 +35,7 @@ impl Needs {
     /// What each step of `stage` needs.
     pub fn of_stage(stage: &Stage) -> Needs {
         let mut labels = stage.labels.clone();
+        labels.extend(stage.model.as_deref().map(model_label));
         labels.sort();
         labels.dedup();
         let r = stage.resources.clone().unwrap_or_default();
@@ -53,6 +54,12 @@ impl Needs {
         // Serializing plain fields cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+}
+
+/// The label of an agent where `model` can be resident, which a stage
+/// declaring `model:` needs.
+pub fn model_label(model: &str) -> String {
+    format!("model:{model}")
 }
 
 impl fmt::Display for Needs {

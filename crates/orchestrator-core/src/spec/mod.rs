@@ -110,6 +110,11 @@ pub struct Stage {
     /// Default: the agent's (`orch agent --container-image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// The model (a name from the daemon's models file) this stage's steps
+    /// call through the gateway: the stage runs only on an agent where that
+    /// model can be resident. An agent has the label `model:NAME` for each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
 }
 
 /// How a stage's commands are isolated from the agent's machine.

@@ -16,6 +16,7 @@ pub mod control;
 pub mod keys;
 pub mod llama;
 pub mod metrics;
+pub mod placement;
 pub mod pool;
 pub mod proxy;
 pub mod usage;
