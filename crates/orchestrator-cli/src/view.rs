@@ -1,6 +1,7 @@
 //! How read commands print: tables for people, `-o json` for programs.
 
 use orchestrator_core::api::{AgentView, RunDetail, RunSummary};
+use orchestrator_core::fabric::{Usage, UsageSummary};
 use orchestrator_core::spec::{human_mib, SandboxKind};
 use orchestrator_core::Plan;
 use orchestrator_daemon::hooks::HookStatus;
@@ -148,6 +149,9 @@ pub fn run(d: &RunDetail) {
     if unisolated {
         println!("(process! ran without isolation: sandbox: process)");
     }
+    if let Some(u) = &d.models {
+        models(u);
+    }
     let waiting: Vec<_> = d
         .stages
         .iter()
@@ -206,6 +210,40 @@ pub fn run(d: &RunDetail) {
             );
         }
     }
+}
+
+/// A run's model calls through the gateway, per stage and model, and in all.
+fn models(u: &UsageSummary) {
+    println!();
+    println!(
+        "{:<24} {:<20} {:>8} {:>10} {:>10} {:>19} {:>19}",
+        "MODELS BY STAGE",
+        "MODEL",
+        "REQUESTS",
+        "TOKENS IN",
+        "TOKENS OUT",
+        "WAIT MEAN/MAX",
+        "LATENCY MEAN/MAX"
+    );
+    let ms = |v: u64| duration(i64::try_from(v).unwrap_or(i64::MAX));
+    let row = |stage: &str, model: &str, u: &Usage| {
+        println!(
+            "{:<24} {:<20} {:>8} {:>10} {:>10} {:>19} {:>19}",
+            stage,
+            model,
+            u.requests,
+            u.prompt_tokens,
+            u.completion_tokens,
+            format!("{}/{}", ms(u.mean_queue_wait_ms()), ms(u.max_queue_wait_ms)),
+            format!("{}/{}", ms(u.mean_latency_ms()), ms(u.max_latency_ms)),
+        )
+    };
+    for (stage, by_model) in &u.by_stage {
+        for (model, usage) in by_model {
+            row(stage, model, usage);
+        }
+    }
+    row("(all)", "", &u.total);
 }
 
 pub fn plan(p: &Plan) {

@@ -125,6 +125,10 @@ pub async fn get_run<S: Store>(
     State(app): State<Arc<App<S>>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiErr> {
+    // The run's model usage then counts every request that has ended.
+    if let Err(e) = app.usage.flush(&*app.store).await {
+        tracing::warn!(error = %e, "model usage not written before a read");
+    }
     Ok(Json(app.store.run_detail(&id).await?).into_response())
 }
 

@@ -2,8 +2,9 @@
 //!
 //! What it is: an axum HTTP server under `/v1` (runs for users; register,
 //! claim, heartbeat and complete for agents; `/v1/events` as Server-Sent
-//! Events; `/healthz`; `/metrics`), the lease reaper, and one delivery task
-//! per webhook or OpenClaw target ([`hooks`]). All run as named components
+//! Events; `/healthz`; `/metrics`), the lease reaper, the flusher of the
+//! model gateway's usage ([`fabric::usage`]), and one delivery task per
+//! webhook or OpenClaw target ([`hooks`]). All run as named components
 //! under one supervisor ([`Daemon`]) that cancels them together on shutdown
 //! and then closes the store.
 //!
@@ -125,6 +126,8 @@ pub struct App<S> {
     pub job_keys: fabric::JobKeys,
     /// The models' servers; llama.cpp ones are killed when this is dropped.
     pub upstreams: fabric::Upstreams,
+    /// The gateway's requests counted, until flushed to the store.
+    pub usage: Arc<fabric::usage::Accounting>,
     /// This machine's name: agents reporting it share the daemon's machine.
     pub daemon_hostname: Option<String>,
 }
@@ -206,6 +209,7 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         // relays exactly these paths to sandboxes without network (its
         // `gateway::GATEWAY_PATHS`): a new gateway path belongs there too.
         .route("/v1/models", get(fabric::list_models::<S>))
+        .route("/v1/usage", get(fabric::job_usage::<S>))
         .route("/v1/chat/completions", post(fabric::proxy::forward::<S>))
         .route("/v1/completions", post(fabric::proxy::forward::<S>))
         .route("/v1/embeddings", post(fabric::proxy::forward::<S>))
@@ -234,6 +238,7 @@ async fn metrics_handler<S: Store>(
     let counts = app.store.counts().await?;
     let mut text = app.metrics.render(&counts, &app.store.writer_stats());
     fabric::metrics::render(&app.upstreams.fabric, &mut text);
+    metrics::render_models(&mut text, &app.usage.by_model());
     Ok(text)
 }
 
@@ -281,6 +286,7 @@ impl Daemon {
                 config.model_aging_ms,
                 orchestrator_agent::model_server::Launcher::new(config.llama_launcher.clone()),
             )),
+            usage: Arc::default(),
             config,
         });
         let mut tasks = JoinSet::new();
@@ -310,8 +316,21 @@ impl Daemon {
             f.run(stop).await;
             ("fabric", Ok(()))
         });
+        let (usage, st, stop) = (app.usage.clone(), store.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            fabric::usage::run(usage, st, stop).await;
+            ("usage", Ok(()))
+        });
         tracing::info!(%addr, "daemon listening");
-        let close = Box::pin(async move { store.close().await });
+        // After every component stopped (the API too, so no request is still
+        // being counted), the last usage reaches the store before it closes.
+        let usage = app.usage.clone();
+        let close = Box::pin(async move {
+            if let Err(e) = usage.flush(&*store).await {
+                tracing::error!(error = %e, "the last model usage could not be written");
+            }
+            store.close().await
+        });
         Ok(Daemon {
             addr,
             shutdown,

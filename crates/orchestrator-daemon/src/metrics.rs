@@ -138,6 +138,79 @@ impl Metrics {
     }
 }
 
+/// A label value as the text format wants it.
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// The model gateway's accounting, by model (the fabric's own lines, such as
+/// the requests waiting, are `fabric::metrics`): since the daemon started,
+/// the requests counted (answered, failed or
+/// abandoned), their tokens in (prompt) and out (completion), and the sums
+/// of their queue waits and latencies (a mean is the sum over the requests).
+/// Per run and stage, the store keeps them (`GET /v1/runs/{id}`'s `models`).
+pub fn render_models(
+    out: &mut String,
+    used: &std::collections::BTreeMap<String, orchestrator_core::fabric::Usage>,
+) {
+    let mut family = |name: &str, kind: &str, help: &str, rows: Vec<(String, f64)>| {
+        if rows.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for (labels, v) in rows {
+            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+        }
+    };
+    let by = |f: &dyn Fn(&orchestrator_core::fabric::Usage) -> f64| {
+        used.iter()
+            .map(|(m, u)| (format!("model=\"{}\"", label(m)), f(u)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        "orch_model_requests_total",
+        "counter",
+        "Gateway requests counted, answered or failed.",
+        by(&|u| u.requests as f64),
+    );
+    let tokens = used
+        .iter()
+        .flat_map(|(m, u)| {
+            let m = label(m);
+            [
+                (
+                    format!("model=\"{m}\",direction=\"in\""),
+                    u.prompt_tokens as f64,
+                ),
+                (
+                    format!("model=\"{m}\",direction=\"out\""),
+                    u.completion_tokens as f64,
+                ),
+            ]
+        })
+        .collect();
+    family(
+        "orch_model_tokens_total",
+        "counter",
+        "Tokens of gateway requests: in (prompt) and out (completion).",
+        tokens,
+    );
+    family(
+        "orch_model_queue_wait_seconds_total",
+        "counter",
+        "Time gateway requests waited for a slot of their model.",
+        by(&|u| u.queue_wait_ms as f64 / 1e3),
+    );
+    family(
+        "orch_model_latency_seconds_total",
+        "counter",
+        "Time from a gateway request's slot to its answer's last byte.",
+        by(&|u| u.latency_ms as f64 / 1e3),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,7 +227,24 @@ mod tests {
             agents: 1,
             transitions: 42,
         };
-        let text = m.render(&counts, &WriterStats::default());
+        let mut text = m.render(&counts, &WriterStats::default());
+        let mut used = std::collections::BTreeMap::new();
+        used.insert(
+            "smol\"2".to_owned(),
+            orchestrator_core::fabric::Usage {
+                requests: 2,
+                prompt_tokens: 31,
+                completion_tokens: 5,
+                queue_wait_ms: 1500,
+                ..Default::default()
+            },
+        );
+        render_models(&mut text, &used);
+        assert!(
+            text.contains("orch_model_tokens_total{model=\"smol\\\"2\",direction=\"in\"} 31"),
+            "{text}"
+        );
+        assert!(text.contains("orch_model_queue_wait_seconds_total{model=\"smol\\\"2\"} 1.5"));
         assert!(text.contains("orch_runs{state=\"running\"} 2"), "{text}");
         assert!(text.contains("orch_claims_granted_total 1"), "{text}");
         assert!(text.contains("orch_transitions_total 42"), "{text}");

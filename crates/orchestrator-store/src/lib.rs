@@ -251,6 +251,20 @@ pub trait Store: Send + Sync + 'static {
         run: Option<String>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Transition>>> + Send;
+    /// Adds model usage, as (job id, model, totals) rows, to the jobs'
+    /// runs and stages; one transaction for all. Returns how many rows named
+    /// no known job and were dropped.
+    fn record_usage(
+        &self,
+        rows: Vec<(i64, String, orchestrator_core::fabric::Usage)>,
+    ) -> impl Future<Output = Result<usize>> + Send;
+    /// One job's model usage by model name.
+    fn job_usage(
+        &self,
+        job_id: i64,
+    ) -> impl Future<
+        Output = Result<std::collections::BTreeMap<String, orchestrator_core::fabric::Usage>>,
+    > + Send;
     fn counts(&self) -> impl Future<Output = Result<Counts>> + Send;
 
     /// Every committed batch's transitions, in commit order.

@@ -32,6 +32,7 @@ mod commands;
 mod grant;
 mod prepare;
 mod redact;
+mod usage;
 
 pub use checkpoint::{manifest_path, ORCH_DIR};
 use commands::{judge, Runner};
@@ -416,6 +417,10 @@ impl<'a> Recorder<'a> {
         failure: Option<Failure>,
     ) -> (StepOutcome, Option<Vec<u8>>) {
         let spec = &self.job.spec;
+        let models = match (&spec.api_key, &self.ctx.daemon_url) {
+            (Some(key), Some(url)) => usage::fetch(url, &key.0).await,
+            _ => Default::default(),
+        };
         let manifest = Manifest {
             run_id: spec.run_id.clone(),
             stage_id: spec.stage_id.clone(),
@@ -434,6 +439,7 @@ impl<'a> Recorder<'a> {
             commands: self.commands.clone(),
             sandbox: self.sandbox,
             limits: self.limits.take(),
+            models,
         };
         let written = bundle.write_manifest(&manifest).await;
         let bytes = written.as_ref().ok().cloned();

@@ -140,6 +140,10 @@ pub struct RunDetail {
     pub checkpoints: Vec<CheckpointView>,
     #[serde(default)]
     pub questions: Vec<QuestionView>,
+    /// The run's model calls through the gateway, by stage and model; None
+    /// when it made none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub models: Option<crate::fabric::UsageSummary>,
 }
 
 /// `POST /v1/agents`: an agent introduces itself.
@@ -492,6 +496,19 @@ pub struct Manifest {
     /// None for a sandbox that applies none (`process`) and in older bundles.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<AppliedLimits>,
+    /// The step's model calls through the gateway, by model name, as the
+    /// daemon counted them when the step ended; empty when it made none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub models: BTreeMap<String, crate::fabric::Usage>,
+}
+
+/// `GET /v1/usage`, asked with a job's key: that job's model calls so far.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobUsage {
+    pub job_id: i64,
+    /// Model name to the job's totals with it.
+    #[serde(default)]
+    pub models: BTreeMap<String, crate::fabric::Usage>,
 }
 
 /// What a sandbox enforced on each command of a step, beyond its isolation.

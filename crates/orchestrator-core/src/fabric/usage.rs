@@ -98,6 +98,11 @@ impl UsageLedger {
         self.rows.entry(key).or_default().record(r);
     }
 
+    /// Adds a total to the row of `key`: a stored row read back.
+    pub fn add(&mut self, key: UsageKey, u: &Usage) {
+        self.rows.entry(key).or_default().add(u);
+    }
+
     /// Adds another ledger's rows to this one.
     pub fn merge(&mut self, other: &UsageLedger) {
         for (k, u) in &other.rows {

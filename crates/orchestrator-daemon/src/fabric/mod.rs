@@ -6,7 +6,9 @@
 //! model's server ([`proxy`]): an external one, or a llama.cpp server
 //! (`orchestrator_agent::model_server`) that residency ([`control`]) starts when its model is wanted
 //! and stops when its memory is needed, between requests. Requests wait for
-//! a slot of their model in their run's priority order ([`pool`]). Every answer it refuses has OpenAI's error shape
+//! a slot of their model in their run's priority order ([`pool`]) and are
+//! counted for their job's run, stage and model ([`usage`]; `GET /v1/usage`
+//! reads the job's own). Every answer it refuses has OpenAI's error shape
 //! (`{"error": {"message", "type", "code"}}`), so that OpenAI clients show
 //! the reason.
 
@@ -17,6 +19,7 @@ pub mod placement;
 pub mod pool;
 pub mod proxy;
 pub mod remote;
+pub mod usage;
 
 use std::sync::Arc;
 
@@ -61,6 +64,36 @@ impl IntoResponse for OpenAiErr {
         }});
         (self.status, Json(body)).into_response()
     }
+}
+
+/// `GET /v1/usage`: the model usage of the key's job so far, flushed to the
+/// store first so that it counts every request that has ended. The agent
+/// reads it for the step's manifest.
+pub async fn job_usage<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    headers: HeaderMap,
+) -> Result<Response, OpenAiErr> {
+    let holder = keys::authorize(&app, &headers).await?;
+    let store_err = |e: orchestrator_store::StoreError| {
+        let mut err = OpenAiErr::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_error",
+            e.to_string(),
+        );
+        err.kind = "api_error";
+        err
+    };
+    app.usage.flush(&*app.store).await.map_err(store_err)?;
+    let models = app
+        .store
+        .job_usage(holder.job_id)
+        .await
+        .map_err(store_err)?;
+    Ok(Json(orchestrator_core::api::JobUsage {
+        job_id: holder.job_id,
+        models,
+    })
+    .into_response())
 }
 
 /// `GET /v1/models`: the models this daemon serves.

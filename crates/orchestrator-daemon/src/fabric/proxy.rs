@@ -50,6 +50,7 @@ pub async fn forward<S: Store>(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, OpenAiErr> {
+    let arrived = std::time::Instant::now();
     let holder = keys::authorize(&app, &headers).await?;
     let req: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
         OpenAiErr::new(
@@ -79,7 +80,12 @@ pub async fn forward<S: Store>(
         .pool
         .acquire(&model.name, holder.priority)
         .await
-        .map_err(|e| upstream_err(format!("model `{name}`: {e}")))?;
+        .map_err(|e| {
+            app.usage.failed(holder.job_id, &model.name, arrived);
+            upstream_err(format!("model `{name}`: {e}"))
+        })?;
+    // Counts the request when dropped: at its answer's end, or here on failure.
+    let mut meter = app.usage.meter(holder.job_id, &model.name, arrived);
     let base = grant.url;
     let api_key = match &model.runtime {
         Runtime::External { api_key_env, .. } => {
@@ -100,6 +106,11 @@ pub async fn forward<S: Store>(
         .send()
         .await
         .map_err(|e| upstream_err(format!("model `{name}`: {e}")))?;
+    meter.answer_type(
+        resp.headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.as_bytes()),
+    );
     let mut answer = Response::builder().status(resp.status().as_u16());
     for h in [header::CONTENT_TYPE, header::CACHE_CONTROL] {
         if let Some(v) = resp.headers().get(&h) {
@@ -109,6 +120,9 @@ pub async fn forward<S: Store>(
     answer
         .body(Body::from_stream(resp.bytes_stream().map(move |chunk| {
             let _held = &permit;
+            if let Ok(c) = &chunk {
+                meter.observe(c);
+            }
             chunk
         })))
         .map_err(|e| upstream_err(e.to_string()))

@@ -15,6 +15,7 @@ mod policy;
 mod preempt;
 mod reads;
 mod schema;
+mod usage;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -379,6 +380,20 @@ impl Store for SqliteStore {
     ) -> Result<Vec<Transition>> {
         self.read(move |c| reads::transitions_since(c, after, run.as_deref(), limit))
             .await
+    }
+
+    async fn record_usage(
+        &self,
+        rows: Vec<(i64, String, orchestrator_core::fabric::Usage)>,
+    ) -> Result<usize> {
+        self.write(move |ctx| usage::record(ctx, rows)).await
+    }
+
+    async fn job_usage(
+        &self,
+        job_id: i64,
+    ) -> Result<std::collections::BTreeMap<String, orchestrator_core::fabric::Usage>> {
+        self.read(move |c| usage::job(c, job_id)).await
     }
 
     async fn counts(&self) -> Result<Counts> {

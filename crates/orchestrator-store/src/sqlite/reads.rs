@@ -147,6 +147,7 @@ pub fn run_detail(conn: &Connection, id: &str) -> Result<RunDetail> {
         plan,
         checkpoints: super::inbox::checkpoints(conn, &id, &wf)?,
         questions: super::inbox::questions(conn, &id)?,
+        models: super::usage::run(conn, &id)?,
     })
 }
 

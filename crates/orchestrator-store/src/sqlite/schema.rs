@@ -218,6 +218,26 @@ CREATE INDEX stage_runs_retry ON stage_runs(retry_at) WHERE state = 'retrying';
     r#"
 ALTER TABLE jobs ADD COLUMN sandbox TEXT;
 "#,
+    // 8: model calls through the gateway, per job and model; a run's and a
+    // stage's usage is their sum. Run and stage are copied from the job so
+    // that reading a run's usage needs no join.
+    r#"
+CREATE TABLE model_usage (
+    job_id INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    run_id TEXT NOT NULL,
+    stage_id TEXT NOT NULL,
+    requests INTEGER NOT NULL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    queue_wait_ms INTEGER NOT NULL,
+    latency_ms INTEGER NOT NULL,
+    max_queue_wait_ms INTEGER NOT NULL,
+    max_latency_ms INTEGER NOT NULL,
+    PRIMARY KEY (job_id, model)
+) WITHOUT ROWID;
+CREATE INDEX model_usage_run ON model_usage(run_id);
+"#,
 ];
 
 /// Connection settings every connection gets.
