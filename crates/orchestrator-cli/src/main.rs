@@ -4,6 +4,7 @@
 //! `plan`, `schema`), and measures the whole path (`bench`).
 
 mod bench;
+mod bench_gateway;
 mod bench_sandbox;
 mod bench_sched;
 mod client;
