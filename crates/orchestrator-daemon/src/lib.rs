@@ -295,6 +295,14 @@ impl Daemon {
         }
         let (a, stop) = (app.clone(), shutdown.clone());
         tasks.spawn(async move {
+            use axum::serve::ListenerExt;
+            // Without it a streamed answer's small events wait for the
+            // client's delayed ACK (Nagle): a token held up to 40 ms.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
             let r = axum::serve(listener, router(a))
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
