@@ -296,8 +296,9 @@ impl Daemon {
         let (a, stop) = (app.clone(), shutdown.clone());
         tasks.spawn(async move {
             use axum::serve::ListenerExt;
-            // Without it a streamed answer's small events wait for the
-            // client's delayed ACK (Nagle): a token held up to 40 ms.
+            // Without it a streamed answer's small writes wait for the
+            // client's delayed ACK (Nagle): tens of milliseconds a request,
+            // measured in docs/benchmarks.md.
             let listener = listener.tap_io(|tcp| {
                 if let Err(e) = tcp.set_nodelay(true) {
                     tracing::debug!(error = %e, "cannot set TCP_NODELAY");
