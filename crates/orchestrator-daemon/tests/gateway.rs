@@ -448,16 +448,17 @@ async fn malformed_requests_unknown_models_and_unknown_routes_get_openai_error_b
     daemon.wait().await.unwrap();
 }
 
-/// Polls the waiting gauge of `model` until it reads `n` (a minute at most).
-async fn wait_waiting(http: &reqwest::Client, base: &str, model: &str, n: u64) {
-    for _ in 0..6000 {
+/// Polls the waiting gauge of `model` until it reads `n`, for `secs` at most.
+async fn wait_waiting(http: &reqwest::Client, base: &str, model: &str, n: u64, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
         if waiting(http, base, model).await == n {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     panic!(
-        "{model}: {} requests waiting, expected {n}",
+        "{model}: {} requests waiting after {secs} s, expected {n}",
         waiting(http, base, model).await
     );
 }
@@ -468,7 +469,7 @@ async fn a_client_gone_mid_answer_frees_its_slot_and_one_gone_while_queued_leave
     env_path("ORCH_LLAMA_PYTHON");
     let models = orchestrator_core::fabric::parse_models(
         &format!(
-            "models:\n  - name: smol\n    runtime: {{llama_cpp: {{model: {model:?}, ctx: 2048, threads: 1}}}}\n    memory: 1G\n    concurrency: 1\n"
+            "models:\n  - name: smol\n    runtime: {{llama_cpp: {{model: {model:?}, ctx: 4096, threads: 1}}}}\n    memory: 1G\n    concurrency: 1\n"
         ),
         "models.yaml",
     )
@@ -483,14 +484,15 @@ async fn a_client_gone_mid_answer_frees_its_slot_and_one_gone_while_queued_leave
         "max_tokens": 4,
     });
 
-    // A takes the only slot with a long streamed answer and reads one chunk.
+    // A takes the only slot with a long streamed answer (minutes on one
+    // thread) and reads one chunk.
     let mut a = http
         .post(format!("{base}/chat/completions"))
         .bearer_auth(key(0))
         .json(&json!({
             "model": "smol",
             "messages": [{"role": "user", "content": "Tell a very long story."}],
-            "max_tokens": 400, "ignore_eos": true, "stream": true,
+            "max_tokens": 3000, "ignore_eos": true, "stream": true,
         }))
         .send()
         .await
@@ -512,9 +514,11 @@ async fn a_client_gone_mid_answer_frees_its_slot_and_one_gone_while_queued_leave
     )
     .await
     .unwrap();
-    wait_waiting(&http, &base, "smol", 1).await;
+    wait_waiting(&http, &base, "smol", 1, 60).await;
+    // Well before A's long answer could end on its own: had B stayed in the
+    // queue, only A's end would empty it.
     drop(b);
-    wait_waiting(&http, &base, "smol", 0).await;
+    wait_waiting(&http, &base, "smol", 0, 10).await;
 
     // C queues behind A: B's leaving gave it no slot, A still holds the only one.
     let c = tokio::spawn({
@@ -528,7 +532,7 @@ async fn a_client_gone_mid_answer_frees_its_slot_and_one_gone_while_queued_leave
             .await
         }
     });
-    wait_waiting(&http, &base, "smol", 1).await;
+    wait_waiting(&http, &base, "smol", 1, 60).await;
     assert!(!c.is_finished());
 
     // A goes away mid-answer: C gets the slot (had B taken it, C would wait
