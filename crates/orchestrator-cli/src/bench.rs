@@ -11,6 +11,9 @@
 //!   process; see `bench_sched`.
 //! - sandbox (only when asked for): what each sandbox backend adds to a
 //!   step; see `bench_sandbox`.
+//! - gateway (only when asked for): what the model gateway adds to a short
+//!   completion against the same llama.cpp server called directly; see
+//!   `bench_gateway`.
 
 use std::fmt::Write as _;
 use std::process::{Command, ExitCode, Stdio};
@@ -30,9 +33,9 @@ use crate::view::{self, Output};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Workloads to run (w1, w2, w3, sched, sandbox). `sched` takes
-    /// minutes and `sandbox` measures the agent alone, so they run only when
-    /// named.
+    /// Workloads to run (w1, w2, w3, sched, sandbox, gateway). `sched`
+    /// takes minutes, `sandbox` measures the agent alone and `gateway` needs
+    /// a model, so they run only when named.
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3")]
     pub workloads: Vec<String>,
     /// Times each workload runs; medians are reported. Default: 3 for w1,
@@ -89,6 +92,18 @@ pub struct BenchArgs {
     /// the daemon's tick; 0 runs none.
     #[arg(long, default_value_t = 250)]
     pub sched_preempt_ms: u64,
+    /// The GGUF model file the gateway workload's llama.cpp server loads
+    /// (`scripts/model-assets.sh` fetches a small one).
+    #[arg(long, value_name = "PATH", env = "ORCH_TEST_MODEL")]
+    pub gateway_model: Option<std::path::PathBuf>,
+    /// Measured requests of the gateway workload, each way (after a warm-up
+    /// of 10).
+    #[arg(long, default_value_t = 200)]
+    pub gateway_requests: usize,
+    /// The script that starts a llama.cpp server for the gateway workload;
+    /// default: scripts/llama-server.py of the checkout holding this binary.
+    #[arg(long, value_name = "PATH", env = "ORCH_LLAMA_LAUNCHER")]
+    pub llama_launcher: Option<std::path::PathBuf>,
     /// Output format: text for people, json for programs.
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
@@ -101,6 +116,7 @@ enum AnyRow<'a> {
     Path(&'a Row),
     Sched(&'a crate::bench_sched::SchedRow),
     Sandbox(&'a crate::bench_sandbox::SandboxRow),
+    Gateway(&'a crate::bench_gateway::GatewayRow),
 }
 
 #[derive(Serialize)]
@@ -170,7 +186,7 @@ fn workloads(a: &BenchArgs) -> Result<Vec<Workload>> {
     for name in a
         .workloads
         .iter()
-        .filter(|w| *w != "sched" && *w != "sandbox")
+        .filter(|w| !matches!(w.as_str(), "sched" | "sandbox" | "gateway"))
     {
         let mut y = format!("name: bench-{name}\nstages:\n");
         let wl = match name.as_str() {
@@ -219,7 +235,9 @@ fn workloads(a: &BenchArgs) -> Result<Vec<Workload>> {
                     layers: vec![w; l],
                 }
             }
-            other => bail!("unknown workload {other:?}: expected w1, w2, w3, sched or sandbox"),
+            other => {
+                bail!("unknown workload {other:?}: expected w1, w2, w3, sched, sandbox or gateway")
+            }
         };
         out.push(wl);
     }
@@ -292,6 +310,34 @@ pub(crate) fn median(v: &[f64]) -> f64 {
 pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
     let wls = workloads(&a)?;
     let sched = a.workloads.iter().any(|w| w == "sched");
+    // Checked before anything runs, so a missing model costs no waiting.
+    let gateway = if a.workloads.iter().any(|w| w == "gateway") {
+        let Some(model) = a.gateway_model.clone() else {
+            return Err(crate::client::CliError::BadInput(
+                "the gateway workload needs a GGUF model file: --gateway-model PATH or \
+                 ORCH_TEST_MODEL (scripts/model-assets.sh fetches one)"
+                    .into(),
+            )
+            .into());
+        };
+        if !model.is_file() {
+            return Err(crate::client::CliError::BadInput(format!(
+                "--gateway-model {}: no such file",
+                model.display()
+            ))
+            .into());
+        }
+        Some(crate::bench_gateway::GatewayOpts {
+            model,
+            launcher: a
+                .llama_launcher
+                .clone()
+                .unwrap_or_else(orchestrator_agent::model_server::default_launcher),
+            requests: a.gateway_requests,
+        })
+    } else {
+        None
+    };
     let root = match &a.dir {
         Some(d) => {
             let d = d.join(format!("orch-bench-{}", std::process::id()));
@@ -328,15 +374,24 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
     } else {
         Vec::new()
     };
+    let gateway_rows = match &gateway {
+        Some(o) => crate::bench_gateway::run(o, &root).await?,
+        None => Vec::new(),
+    };
     let _ = std::fs::remove_dir_all(&root);
     match a.output {
-        Output::Json if sched_row.is_none() && sandbox_rows.is_empty() => view::json(&rows)?,
+        Output::Json
+            if sched_row.is_none() && sandbox_rows.is_empty() && gateway_rows.is_empty() =>
+        {
+            view::json(&rows)?
+        }
         Output::Json => {
             let all: Vec<AnyRow<'_>> = rows
                 .iter()
                 .map(AnyRow::Path)
                 .chain(sched_row.iter().map(AnyRow::Sched))
                 .chain(sandbox_rows.iter().map(AnyRow::Sandbox))
+                .chain(gateway_rows.iter().map(AnyRow::Gateway))
                 .collect();
             view::json(&all)?
         }
@@ -358,6 +413,10 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
             if !sandbox_rows.is_empty() {
                 gap();
                 crate::bench_sandbox::print(&sandbox_rows);
+            }
+            if !gateway_rows.is_empty() {
+                gap();
+                crate::bench_gateway::print(&gateway_rows);
             }
         }
     }

@@ -5,6 +5,7 @@
 
 mod agent_models;
 mod bench;
+mod bench_gateway;
 mod bench_sandbox;
 mod bench_sched;
 mod client;

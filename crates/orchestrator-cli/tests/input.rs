@@ -315,9 +315,16 @@ fn tokens_decide_who_may_call_what() {
     assert!(text.contains("orch_store_batches_total"), "{text}");
     assert_eq!(metric(&text, "orch_agents"), Some(1.0), "{text}");
 
+    // Unknown paths: the daemon's own resources answer in its shape, the
+    // rest of /v1 is the model gateway's and answers in OpenAI's.
+    for path in ["/nothing-here", "/v1/runs/x/nothing-here"] {
+        let r = http(&d, "GET", path, Some(&d.admin_token), None);
+        assert_eq!(r.status, 404, "{path}");
+        r.error();
+    }
     let r = http(&d, "GET", "/v1/nothing-here", Some(&d.admin_token), None);
     assert_eq!(r.status, 404);
-    r.error();
+    assert!(r.json()["error"]["message"].is_string(), "{}", r.text());
 
     // The CLI with a wrong token says so and exits 3.
     let out = h.orch(&["--token", "wrong", "ps"]);

@@ -37,6 +37,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::extract::DefaultBodyLimit;
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
 use orchestrator_store::Store;
@@ -215,18 +216,38 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/v1/embeddings", post(fabric::proxy::forward::<S>))
         // The signed link is its own credential: no bearer token.
         .route("/v1/act/{token}", get(act::show::<S>).post(act::act::<S>))
-        .fallback(|| async {
-            error::ApiErr::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "no such endpoint; the API lives under /v1",
-            )
+        // Under /v1, whatever is not one of the daemon's own resources is
+        // OpenAI's namespace: an OpenAI client there reads OpenAI's shape.
+        .fallback(|uri: axum::http::Uri| async move {
+            let status = axum::http::StatusCode::NOT_FOUND;
+            if fabric::is_gateway_path(uri.path()) {
+                fabric::OpenAiErr::new(
+                    status,
+                    "unknown_url",
+                    format!("no such endpoint: {}; the gateway serves GET /v1/models and POST /v1/chat/completions, /v1/completions and /v1/embeddings", uri.path()),
+                )
+                .into_response()
+            } else {
+                error::ApiErr::new(status, "no such endpoint; the API lives under /v1").into_response()
+            }
         })
         // axum's own 405 has no body; a client should hear why.
-        .method_not_allowed_fallback(|| async {
-            error::ApiErr::new(
-                axum::http::StatusCode::METHOD_NOT_ALLOWED,
-                "this endpoint does not take that method (GET reads, POST acts)",
-            )
+        .method_not_allowed_fallback(|method: axum::http::Method, uri: axum::http::Uri| async move {
+            let status = axum::http::StatusCode::METHOD_NOT_ALLOWED;
+            if fabric::is_gateway_path(uri.path()) {
+                fabric::OpenAiErr::new(
+                    status,
+                    "method_not_allowed",
+                    format!("{method} {} is not served: GET /v1/models lists, the others take POST", uri.path()),
+                )
+                .into_response()
+            } else {
+                error::ApiErr::new(
+                    status,
+                    "this endpoint does not take that method (GET reads, POST acts)",
+                )
+                .into_response()
+            }
         })
         .layer(DefaultBodyLimit::max(limit))
         .with_state(app)
@@ -296,6 +317,15 @@ impl Daemon {
         }
         let (a, stop) = (app.clone(), shutdown.clone());
         tasks.spawn(async move {
+            use axum::serve::ListenerExt;
+            // Without it a streamed answer's small writes wait for the
+            // client's delayed ACK (Nagle): tens of milliseconds a request,
+            // measured in docs/benchmarks.md.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
             let r = axum::serve(listener, router(a))
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;

@@ -365,3 +365,189 @@ async fn with_one_slot_a_high_priority_request_is_served_before_a_low_one_queued
     daemon.shutdown_token().cancel();
     daemon.wait().await.unwrap();
 }
+
+/// An answer in OpenAI's error shape, with this status and code.
+fn assert_openai_error(status: u16, body: &Value, want: u16, code: &str) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(body["error"]["type"].as_str().is_some(), "{body}");
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(!message.is_empty(), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_unknown_models_and_unknown_routes_get_openai_error_bodies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, base, job, _agent) = leased_job(dir.path(), models()).await;
+    let key = job["api_key"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let post_raw = |path: &str, body: &'static str| {
+        http.post(format!("{base}{path}"))
+            .bearer_auth(&key)
+            .header("content-type", "application/json")
+            .body(body)
+    };
+
+    // Refused before the (unreachable) upstream is ever asked, on every route.
+    for path in ["/chat/completions", "/completions", "/embeddings"] {
+        for bad in ["{\"model\": ", "not json", ""] {
+            let (s, b) = send(post_raw(path, bad)).await;
+            assert_openai_error(s, &b, 400, "invalid_json");
+        }
+        for nameless in ["{}", "[1, 2]", "{\"model\": null, \"prompt\": \"x\"}"] {
+            let (s, b) = send(post_raw(path, nameless)).await;
+            assert_openai_error(s, &b, 400, "missing_model");
+        }
+        for typed in ["{\"model\": 42}", "{\"model\": [\"remote\"]}"] {
+            let (s, b) = send(post_raw(path, typed)).await;
+            assert_openai_error(s, &b, 400, "invalid_model");
+            assert!(
+                b["error"]["message"].as_str().unwrap().contains("string"),
+                "{b}"
+            );
+        }
+        let (s, b) = send(post_raw(path, "{\"model\": \"nope\", \"prompt\": \"x\"}")).await;
+        assert_openai_error(s, &b, 404, "model_not_found");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains("`nope`"),
+            "{b}"
+        );
+    }
+
+    // A wrong method or an unknown path in the gateway's namespace.
+    for path in ["/chat/completions", "/completions", "/embeddings"] {
+        let (s, b) = send(http.get(format!("{base}{path}")).bearer_auth(&key)).await;
+        assert_openai_error(s, &b, 405, "method_not_allowed");
+    }
+    let (s, b) = send(http.post(format!("{base}/models")).bearer_auth(&key)).await;
+    assert_openai_error(s, &b, 405, "method_not_allowed");
+    for path in ["/audio/speech", "/models/remote/x", "/chat"] {
+        let (s, b) = send(http.post(format!("{base}{path}")).bearer_auth(&key)).await;
+        assert_openai_error(s, &b, 404, "unknown_url");
+        assert!(
+            b["error"]["message"].as_str().unwrap().contains(path),
+            "{b}"
+        );
+    }
+
+    // The daemon's own API keeps its own shape: `error` is a string.
+    let root = base.trim_end_matches("/v1");
+    for url in [format!("{base}/runs/x/nope"), format!("{root}/nope")] {
+        let (s, b) = send(http.get(&url).bearer_auth("admin-token")).await;
+        assert_eq!(s, 404, "{url}: {b}");
+        assert!(b["error"].is_string(), "{url}: {b}");
+    }
+    let (s, b) = send(
+        http.get(format!("{base}/jobs/1/complete"))
+            .bearer_auth(AGENT),
+    )
+    .await;
+    assert_eq!(s, 405, "{b}");
+    assert!(b["error"].is_string(), "{b}");
+    daemon.shutdown_token().cancel();
+    daemon.wait().await.unwrap();
+}
+
+/// Polls the waiting gauge of `model` until it reads `n`, for `secs` at most.
+async fn wait_waiting(http: &reqwest::Client, base: &str, model: &str, n: u64, secs: u64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while std::time::Instant::now() < deadline {
+        if waiting(http, base, model).await == n {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!(
+        "{model}: {} requests waiting after {secs} s, expected {n}",
+        waiting(http, base, model).await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_gone_mid_answer_frees_its_slot_and_one_gone_while_queued_leaves_the_queue() {
+    let model = env_path("ORCH_TEST_MODEL");
+    env_path("ORCH_LLAMA_PYTHON");
+    let models = orchestrator_core::fabric::parse_models(
+        &format!(
+            "models:\n  - name: smol\n    runtime: {{llama_cpp: {{model: {model:?}, ctx: 4096, threads: 1}}}}\n    memory: 1G\n    concurrency: 1\n"
+        ),
+        "models.yaml",
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, base, jobs, _agent) = leased_jobs(dir.path(), models, &[None, None, None]).await;
+    let key = |i: usize| jobs[i]["api_key"].as_str().unwrap().to_owned();
+    let http = reqwest::Client::new();
+    let short = json!({
+        "model": "smol",
+        "messages": [{"role": "user", "content": "Say hi."}],
+        "max_tokens": 4,
+    });
+
+    // A takes the only slot with a long streamed answer (minutes on one
+    // thread) and reads one chunk.
+    let mut a = http
+        .post(format!("{base}/chat/completions"))
+        .bearer_auth(key(0))
+        .json(&json!({
+            "model": "smol",
+            "messages": [{"role": "user", "content": "Tell a very long story."}],
+            "max_tokens": 3000, "ignore_eos": true, "stream": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(a.status().as_u16(), 200);
+    a.chunk().await.unwrap().expect("a first event");
+
+    // B queues behind A on a bare connection, then closes it unanswered.
+    let body = short.to_string();
+    let mut b = tokio::net::TcpStream::connect(daemon.addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut b,
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: daemon\r\nauthorization: Bearer {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            key(1),
+            body.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    wait_waiting(&http, &base, "smol", 1, 60).await;
+    // Well before A's long answer could end on its own: had B stayed in the
+    // queue, only A's end would empty it.
+    drop(b);
+    wait_waiting(&http, &base, "smol", 0, 10).await;
+
+    // C queues behind A: B's leaving gave it no slot, A still holds the only one.
+    let c = tokio::spawn({
+        let (http, base, key, short) = (http.clone(), base.clone(), key(2), short.clone());
+        async move {
+            send(
+                http.post(format!("{base}/chat/completions"))
+                    .bearer_auth(key)
+                    .json(&short),
+            )
+            .await
+        }
+    });
+    wait_waiting(&http, &base, "smol", 1, 60).await;
+    assert!(!c.is_finished());
+
+    // A goes away mid-answer: C gets the slot (had B taken it, C would wait
+    // for ever) and nothing is left waiting.
+    drop(a);
+    let (s, answer) = tokio::time::timeout(std::time::Duration::from_secs(120), c)
+        .await
+        .expect("C is served once A is gone")
+        .unwrap();
+    assert_eq!(s, 200, "{answer}");
+    assert!(
+        answer["choices"][0]["message"]["content"].is_string(),
+        "{answer}"
+    );
+    assert_eq!(waiting(&http, &base, "smol").await, 0);
+    daemon.shutdown_token().cancel();
+    daemon.wait().await.unwrap();
+}

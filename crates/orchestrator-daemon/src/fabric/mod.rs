@@ -96,6 +96,22 @@ pub async fn job_usage<S: Store>(
     .into_response())
 }
 
+/// The daemon's own resources under `/v1`; the rest of `/v1` is the gateway's.
+const DAEMON_RESOURCES: &[&str] = &[
+    "runs", "agents", "jobs", "inbox", "events", "webhooks", "act",
+];
+
+/// Whether an answer about `path` (one no route took) belongs to the gateway,
+/// and so takes OpenAI's error shape: under `/v1` and none of the daemon's
+/// own resources.
+pub fn is_gateway_path(path: &str) -> bool {
+    let Some(rest) = path.strip_prefix("/v1/") else {
+        return false;
+    };
+    let first = rest.split('/').next().unwrap_or_default();
+    !DAEMON_RESOURCES.contains(&first)
+}
+
 /// `GET /v1/models`: the models this daemon serves.
 pub async fn list_models<S: Store>(
     State(app): State<Arc<App<S>>>,

@@ -59,12 +59,22 @@ pub async fn forward<S: Store>(
             format!("the request body is not valid JSON: {e}"),
         )
     })?;
-    let Some(name) = req.get("model").and_then(|m| m.as_str()) else {
-        return Err(OpenAiErr::new(
-            StatusCode::BAD_REQUEST,
-            "missing_model",
-            "the request names no model; expected a string `model`, one of GET /v1/models",
-        ));
+    let name = match req.get("model") {
+        Some(serde_json::Value::String(name)) => name.as_str(),
+        None | Some(serde_json::Value::Null) => {
+            return Err(OpenAiErr::new(
+                StatusCode::BAD_REQUEST,
+                "missing_model",
+                "the request names no model; expected a string `model`, one of GET /v1/models",
+            ))
+        }
+        Some(other) => {
+            return Err(OpenAiErr::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_model",
+                format!("`model` must be a string naming one of GET /v1/models, not {other}"),
+            ))
+        }
     };
     let Some(model) = app.config.models.iter().find(|m| m.name == name) else {
         return Err(OpenAiErr::new(
