@@ -7,16 +7,6 @@ use std::process::{Command, Stdio};
 
 use common::*;
 
-fn env_path(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: scripts/test installs the model runtime and sets it \
-             (or run `scripts/model-assets.sh` and export the lines it prints)"
-        ),
-    }
-}
-
 /// `orch bench ARGS` with the model runtime from the test's environment and
 /// no other `ORCH_` variable.
 fn bench(args: &[&str]) -> Out {
@@ -30,10 +20,13 @@ fn bench(args: &[&str]) -> Out {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llama-server.py");
     let dir = tempfile::tempdir().unwrap();
     let out = c
-        .env("ORCH_LLAMA_PYTHON", env_path("ORCH_LLAMA_PYTHON"))
+        .env(
+            "ORCH_LLAMA_PYTHON",
+            std::env::var("ORCH_LLAMA_PYTHON").unwrap_or_default(),
+        )
         .env("TMPDIR", dir.path())
         .arg("bench")
-        .args(["--gateway-model", &env_path("ORCH_TEST_MODEL")])
+        .args(["--gateway-model", &test_model()])
         .arg("--llama-launcher")
         .arg(&launcher)
         .args(args)

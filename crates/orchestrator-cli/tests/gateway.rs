@@ -165,20 +165,9 @@ with open("stream.json", "w") as f:
     json.dump(seen, f)
 "#;
 
-fn env_path(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: scripts/test installs the model runtime and sets it \
-             (or run `scripts/model-assets.sh` and export the lines it prints)"
-        ),
-    }
-}
-
 #[test]
 fn a_step_without_network_streams_a_completion_from_a_llama_cpp_model() {
-    let model = env_path("ORCH_TEST_MODEL");
-    env_path("ORCH_LLAMA_PYTHON");
+    let model = test_model();
     let mut h = Harness::new();
     let models = h.write(
         "models.yaml",

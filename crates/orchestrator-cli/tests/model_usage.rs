@@ -31,20 +31,9 @@ print(json.dumps({"in": a["prompt_tokens"] + b["prompt_tokens"],
                   "out": a["completion_tokens"] + b["completion_tokens"]}))
 "#;
 
-fn env_path(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: scripts/test installs the model runtime and sets it \
-             (or run `scripts/model-assets.sh` and export the lines it prints)"
-        ),
-    }
-}
-
 #[test]
 fn a_steps_model_calls_show_in_orch_show_and_its_manifest() {
-    let model = env_path("ORCH_TEST_MODEL");
-    env_path("ORCH_LLAMA_PYTHON");
+    let model = test_model();
     let mut h = Harness::new();
     let models = h.write(
         "models.yaml",

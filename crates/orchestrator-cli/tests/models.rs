@@ -112,16 +112,6 @@ fn a_stage_with_a_model_runs_where_that_model_can_be_resident() {
     );
 }
 
-fn env_path(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: scripts/test installs the model runtime and sets it \
-             (or run `scripts/model-assets.sh` and export the lines it prints)"
-        ),
-    }
-}
-
 /// The pids of the llama.cpp servers answering to `alias`.
 fn servers(alias: &str) -> Vec<i32> {
     let out = std::process::Command::new("pgrep")
@@ -143,8 +133,7 @@ fn parent_of(pid: i32) -> i32 {
 
 #[test]
 fn a_model_placed_on_an_agent_runs_there_and_answers_its_stage_through_the_gateway() {
-    let model = env_path("ORCH_TEST_MODEL");
-    env_path("ORCH_LLAMA_PYTHON");
+    let model = test_model();
     let mut h = Harness::new();
     let file = h.write(
         "models.yaml",

@@ -3,18 +3,12 @@
 
 use std::sync::Arc;
 
-use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{NewRun, SqliteStore, Store, StoreOptions};
+use orchestrator_daemon::Daemon;
 use serde_json::{json, Value};
 
-const AGENT: &str = "agent-token";
+mod common;
 
-async fn send(r: reqwest::RequestBuilder) -> (u16, Value) {
-    let r = r.send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
+use common::{send, AGENT};
 
 fn models() -> Vec<orchestrator_core::fabric::ModelSpec> {
     orchestrator_core::fabric::parse_models(
@@ -42,73 +36,19 @@ async fn leased_job(
 }
 
 /// A daemon serving `models`, one run submitted per priority and every job
-/// claimed by one agent: the jobs come back in the order of `priorities`.
+/// claimed by one agent: the daemon, its `/v1` URL, the jobs in the order
+/// of `priorities` and the agent's id.
 async fn leased_jobs(
     dir: &std::path::Path,
     models: Vec<orchestrator_core::fabric::ModelSpec>,
     priorities: &[Option<i32>],
 ) -> (Daemon, String, Vec<Value>, String) {
-    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.join("orch.db"))).unwrap());
-    let mut cfg = DaemonConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        Tokens {
-            admin: vec!["admin-token".into()],
-            agent: vec![AGENT.into()],
-        },
-    );
-    cfg.models = models;
-    cfg.llama_launcher =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llama-server.py");
-    let daemon = Daemon::start(cfg, store.clone()).await.unwrap();
-    let base = format!("http://{}/v1", daemon.addr);
-    let http = reqwest::Client::new();
-    let mut runs = Vec::new();
-    for priority in priorities {
-        let run = store
-            .submit_run(NewRun {
-                workflow: "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n"
-                    .into(),
-                file: Some("wf.yaml".into()),
-                project_dir: dir.display().to_string(),
-                priority: *priority,
-                policy: Default::default(),
-                base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
-                actor: "user:test".into(),
-                on_failure: None,
-            })
-            .await
-            .unwrap();
-        runs.push(run.run_id);
-    }
-    let (s, reg) = send(
-        http.post(format!("{base}/agents"))
-            .bearer_auth(AGENT)
-            .json(&json!({"name": "a1", "slots": priorities.len()})),
-    )
-    .await;
-    assert_eq!(s, 200, "{reg}");
-    let agent = reg["agent_id"].as_str().unwrap().to_owned();
-    let mut jobs = Vec::new();
-    for _ in priorities {
-        let (s, job) = send(
-            http.post(format!("{base}/agents/{agent}/claim"))
-                .bearer_auth(AGENT)
-                .json(&json!({"wait_ms": 1000})),
-        )
-        .await;
-        assert_eq!(s, 200, "{job}");
-        jobs.push(job);
-    }
-    let jobs = runs
-        .iter()
-        .map(|r| {
-            jobs.iter()
-                .find(|j| j["run_id"] == r.as_str())
-                .unwrap()
-                .clone()
-        })
-        .collect();
-    (daemon, base, jobs, agent)
+    let file = orchestrator_core::fabric::ModelsFile {
+        models,
+        ..Default::default()
+    };
+    let (daemon, addr, jobs, agent) = common::fabric_daemon(dir, file, priorities).await;
+    (daemon, format!("{addr}/v1"), jobs, agent)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,20 +105,10 @@ async fn a_jobs_key_opens_the_gateway_while_the_job_is_leased_and_only_then() {
     daemon.wait().await.unwrap();
 }
 
-fn env_path(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: scripts/test installs the model runtime and sets it \
-             (or run `scripts/model-assets.sh` and export the lines it prints)"
-        ),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_leased_jobs_key_gets_real_completions_from_a_llama_cpp_model_started_on_first_use() {
-    let model = env_path("ORCH_TEST_MODEL");
-    env_path("ORCH_LLAMA_PYTHON");
+    let model = common::env_path("ORCH_TEST_MODEL");
+    common::env_path("ORCH_LLAMA_PYTHON");
     let models = orchestrator_core::fabric::parse_models(
         &format!(
             "models:\n  - name: smol\n    runtime: {{llama_cpp: {{model: {model:?}, ctx: 2048, threads: 1}}}}\n    memory: 1G\n    concurrency: 2\n"
@@ -299,8 +229,8 @@ async fn waiting(http: &reqwest::Client, base: &str, model: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_one_slot_a_high_priority_request_is_served_before_a_low_one_queued_earlier() {
-    let model = env_path("ORCH_TEST_MODEL");
-    env_path("ORCH_LLAMA_PYTHON");
+    let model = common::env_path("ORCH_TEST_MODEL");
+    common::env_path("ORCH_LLAMA_PYTHON");
     let models = orchestrator_core::fabric::parse_models(
         &format!(
             "models:\n  - name: smol\n    runtime: {{llama_cpp: {{model: {model:?}, ctx: 4096, threads: 1}}}}\n    memory: 1G\n    concurrency: 1\n"
@@ -465,8 +395,8 @@ async fn wait_waiting(http: &reqwest::Client, base: &str, model: &str, n: u64, s
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_mid_answer_frees_its_slot_and_one_gone_while_queued_leaves_the_queue() {
-    let model = env_path("ORCH_TEST_MODEL");
-    env_path("ORCH_LLAMA_PYTHON");
+    let model = common::env_path("ORCH_TEST_MODEL");
+    common::env_path("ORCH_LLAMA_PYTHON");
     let models = orchestrator_core::fabric::parse_models(
         &format!(
             "models:\n  - name: smol\n    runtime: {{llama_cpp: {{model: {model:?}, ctx: 4096, threads: 1}}}}\n    memory: 1G\n    concurrency: 1\n"

@@ -4,91 +4,20 @@
 
 use std::sync::Arc;
 
-use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{NewRun, SqliteStore, Store, StoreOptions};
+use orchestrator_daemon::Daemon;
+
+mod common;
+
+use common::{metrics, test_model};
 use serde_json::{json, Value};
-
-const AGENT: &str = "agent-token";
-
-fn env_path(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: scripts/test installs the model runtime and sets it \
-             (or run `scripts/model-assets.sh` and export the lines it prints)"
-        ),
-    }
-}
 
 /// A daemon with `models_yaml` (a whole models file), one run submitted
 /// and its job claimed: the daemon, its base URL and the job's key.
 async fn daemon_with_key(dir: &std::path::Path, models_yaml: &str) -> (Daemon, String, String) {
-    let file = orchestrator_core::fabric::parse_models_file(models_yaml, "models.yaml").unwrap();
-    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.join("orch.db"))).unwrap());
-    let mut cfg = DaemonConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        Tokens {
-            admin: vec!["admin-token".into()],
-            agent: vec![AGENT.into()],
-        },
-    );
-    cfg.model_switch_ms = file.switch_ms();
-    cfg.model_aging_ms = file.aging_ms();
-    cfg.model_local = file.local;
-    cfg.models = file.models;
-    cfg.llama_launcher =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llama-server.py");
-    let daemon = Daemon::start(cfg, store.clone()).await.unwrap();
-    let base = format!("http://{}", daemon.addr);
-    store
-        .submit_run(NewRun {
-            workflow: "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n"
-                .into(),
-            file: Some("wf.yaml".into()),
-            project_dir: dir.display().to_string(),
-            priority: None,
-            policy: Default::default(),
-            base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
-            actor: "user:test".into(),
-            on_failure: None,
-        })
-        .await
-        .unwrap();
-    let http = reqwest::Client::new();
-    let reg: Value = http
-        .post(format!("{base}/v1/agents"))
-        .bearer_auth(AGENT)
-        .json(&json!({"name": "a1", "slots": 1}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let agent = reg["agent_id"].as_str().unwrap();
-    let job: Value = http
-        .post(format!("{base}/v1/agents/{agent}/claim"))
-        .bearer_auth(AGENT)
-        .json(&json!({"wait_ms": 1000}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let key = job["api_key"].as_str().unwrap().to_owned();
+    let (daemon, base, jobs, _) =
+        common::fabric_daemon(dir, common::models_file(models_yaml), &[None]).await;
+    let key = jobs[0]["api_key"].as_str().unwrap().to_owned();
     (daemon, base, key)
-}
-
-async fn metrics(http: &reqwest::Client, base: &str) -> String {
-    http.get(format!("{base}/metrics"))
-        .bearer_auth("admin-token")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 fn metric(text: &str, prefix: &str) -> u64 {
@@ -122,8 +51,7 @@ async fn complete(http: &reqwest::Client, base: &str, key: &str, model: &str) ->
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_models_that_do_not_fit_together_take_turns_and_no_request_fails() {
-    let model = env_path("ORCH_TEST_MODEL");
-    env_path("ORCH_LLAMA_PYTHON");
+    let model = test_model();
     // Each holds 300 MiB of a 400 MiB budget: one at a time.
     let yaml = format!(
         "local: {{ram: 400M}}\nswitch: 500ms\nmodels:\n\
@@ -205,8 +133,7 @@ async fn until_resident(http: &reqwest::Client, base: &str, n: usize) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_server_is_stopped_and_a_dead_one_starts_again_when_next_wanted() {
-    let model = env_path("ORCH_TEST_MODEL");
-    env_path("ORCH_LLAMA_PYTHON");
+    let model = test_model();
     let yaml = format!(
         "models:\n\
          - {{name: phoenix-idle, runtime: {{llama_cpp: {{model: {model:?}, ctx: 512, threads: 1}}}}, memory: 300M, idle_stop: 1s}}\n"

@@ -3,90 +3,26 @@
 //! model answered, shows in the run, the job's usage and `/metrics`, and
 //! survives the daemon's shutdown.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{NewRun, SqliteStore, Store, StoreOptions};
+use orchestrator_daemon::Daemon;
+use orchestrator_store::{SqliteStore, Store, StoreOptions};
 use serde_json::{json, Value};
 
-const AGENT: &str = "agent-token";
-const ADMIN: &str = "admin-token";
+mod common;
 
-async fn send(r: reqwest::RequestBuilder) -> (u16, Value) {
-    let r = r.send().await.unwrap();
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-fn env_path(name: &str) -> String {
-    match std::env::var(name) {
-        Ok(v) if !v.is_empty() => v,
-        _ => panic!(
-            "{name} is not set: scripts/test installs the model runtime and sets it \
-             (or run `scripts/model-assets.sh` and export the lines it prints)"
-        ),
-    }
-}
+use common::{send, ADMIN, AGENT};
 
 /// A daemon serving `smol` (llama.cpp, one slot) and `remote` (nothing
 /// listens there), with one run's job claimed: the daemon, its address and
 /// the job.
 async fn leased_job(dir: &std::path::Path) -> (Daemon, String, Value) {
-    let model = env_path("ORCH_TEST_MODEL");
-    env_path("ORCH_LLAMA_PYTHON");
-    let models = orchestrator_core::fabric::parse_models(
-        &format!(
-            "models:\n  - name: smol\n    runtime: {{llama_cpp: {{model: {model:?}, ctx: 4096, threads: 1}}}}\n    memory: 1G\n    concurrency: 1\n  - name: remote\n    runtime: {{external: {{url: \"http://127.0.0.1:9\"}}}}\n"
-        ),
-        "models.yaml",
-    )
-    .unwrap();
-    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.join("orch.db"))).unwrap());
-    let mut cfg = DaemonConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        Tokens {
-            admin: vec![ADMIN.into()],
-            agent: vec![AGENT.into()],
-        },
-    );
-    cfg.models = models;
-    cfg.llama_launcher =
-        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llama-server.py");
-    let daemon = Daemon::start(cfg, store.clone()).await.unwrap();
-    let addr = format!("http://{}", daemon.addr);
-    store
-        .submit_run(NewRun {
-            workflow: "name: w\nstages:\n  - id: think\n    steps: [{commands: [{argv: [x]}]}]\n"
-                .into(),
-            file: Some("wf.yaml".into()),
-            project_dir: dir.display().to_string(),
-            priority: None,
-            policy: Default::default(),
-            base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
-            actor: "user:test".into(),
-            on_failure: None,
-        })
-        .await
-        .unwrap();
-    let http = reqwest::Client::new();
-    let (s, reg) = send(
-        http.post(format!("{addr}/v1/agents"))
-            .bearer_auth(AGENT)
-            .json(&json!({"name": "a1", "slots": 1})),
-    )
-    .await;
-    assert_eq!(s, 200, "{reg}");
-    let agent = reg["agent_id"].as_str().unwrap();
-    let (s, job) = send(
-        http.post(format!("{addr}/v1/agents/{agent}/claim"))
-            .bearer_auth(AGENT)
-            .json(&json!({"wait_ms": 1000})),
-    )
-    .await;
-    assert_eq!(s, 200, "{job}");
-    (daemon, addr, job)
+    let model = common::test_model();
+    let models = common::models_file(&format!(
+        "models:\n  - name: smol\n    runtime: {{llama_cpp: {{model: {model:?}, ctx: 4096, threads: 1}}}}\n    memory: 1G\n    concurrency: 1\n  - name: remote\n    runtime: {{external: {{url: \"http://127.0.0.1:9\"}}}}\n"
+    ));
+    let (daemon, addr, mut jobs, _) = common::fabric_daemon(dir, models, &[None]).await;
+    (daemon, addr, jobs.remove(0))
 }
 
 /// `(prompt_tokens, completion_tokens)` of an answer's `usage`.
@@ -101,15 +37,7 @@ fn tokens(usage: &Value) -> (u64, u64) {
 
 /// The value of one sample of `/metrics`.
 async fn metric(http: &reqwest::Client, addr: &str, sample: &str) -> Option<f64> {
-    let text = http
-        .get(format!("{addr}/metrics"))
-        .bearer_auth(ADMIN)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::metrics(http, addr).await;
     let prefix = format!("{sample} ");
     text.lines()
         .find_map(|l| l.strip_prefix(&prefix))

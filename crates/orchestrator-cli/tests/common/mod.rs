@@ -806,3 +806,17 @@ pub fn transitions(d: &Daemon, run: &str) -> Vec<Value> {
     assert_eq!(r.status, 200, "{}", r.text());
     r.json().as_array().unwrap().clone()
 }
+
+/// The real SmolLM2 model file `scripts/test` provides (with the Python
+/// that runs llama.cpp); panics with how to get them when unset.
+pub fn test_model() -> String {
+    let var = |name: &str| match std::env::var(name) {
+        Ok(v) if !v.is_empty() => v,
+        _ => panic!(
+            "{name} is not set: scripts/test installs the model runtime and sets it \
+             (or run `scripts/model-assets.sh` and export the lines it prints)"
+        ),
+    };
+    var("ORCH_LLAMA_PYTHON");
+    var("ORCH_TEST_MODEL")
+}
