@@ -2,7 +2,7 @@
 //! a short completion, against calling the same llama.cpp server directly.
 //!
 //! One llama.cpp server is started through the daemon's own launcher
-//! (`fabric::llama`), and an in-process daemon on a fresh SQLite store serves
+//! (`orchestrator_agent::model_server`), and an in-process daemon on a fresh SQLite store serves
 //! it as an `external` model, so both paths reach the very same server and
 //! the difference is the gateway alone: the job key's check (a store read),
 //! the JSON and model check, the model's slot, and the pass-through. The key
