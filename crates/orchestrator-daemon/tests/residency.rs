@@ -175,3 +175,44 @@ async fn an_idle_server_is_stopped_and_a_dead_one_starts_again_when_next_wanted(
         .unwrap();
     assert!(left.stdout.is_empty(), "a server outlived the daemon");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_for_a_model_no_place_can_hold_is_answered_at_once_saying_why() {
+    // Never started: no file is needed.
+    let yaml = "local: {ram: 400M}\nmodels:\n\
+         - {name: huge, runtime: {llama_cpp: {model: huge.gguf}}, memory: 64G}\n\
+         - {name: far, runtime: {llama_cpp: {model: far.gguf}}, memory: 1G, placement: {agents: [gpu-box]}}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, base, key) = daemon_with_key(dir.path(), yaml).await;
+    let http = reqwest::Client::new();
+    for (model, needs) in [
+        ("huge", "65536 MiB of RAM on the daemon's machine"),
+        ("far", "an agent named or labelled gpu-box"),
+    ] {
+        let r = http
+            .post(format!("{base}/v1/completions"))
+            .bearer_auth(&key)
+            .json(&json!({"model": model, "prompt": "x", "max_tokens": 1}))
+            .timeout(std::time::Duration::from_secs(20))
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(status, 502, "{body}");
+        let msg = body["error"]["message"].as_str().unwrap();
+        assert!(
+            msg.contains("resident nowhere") && msg.contains(needs),
+            "{msg}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &metrics(&http, &base).await,
+            "orch_model_requests_waiting{model=\"huge\"} "
+        ),
+        0
+    );
+    daemon.shutdown_token().cancel();
+    daemon.wait().await.unwrap();
+}

@@ -225,6 +225,7 @@ impl Fabric {
     /// One decision, applied; returns how long to sleep at most.
     fn step(self: &Arc<Self>, shutdown: &CancellationToken) -> Duration {
         self.forget_silent_agents();
+        self.fail_homeless();
         let places = self.lock_places();
         let pool = &self.pool;
         let mut st = pool.lock();
@@ -353,6 +354,48 @@ impl Fabric {
         next_idle_stop.map_or(Duration::from_secs(3600), |ms| {
             Duration::from_millis(u64::try_from(ms).unwrap_or(u64::MAX))
         })
+    }
+
+    /// Answers the waiting requests of models that no place can hold now
+    /// (none may run where memory is lent, or none lends enough), instead
+    /// of leaving them to wait for their clients' timeouts.
+    fn fail_homeless(&self) {
+        let homeless: Vec<(String, String)> = {
+            let places = self.lock_places();
+            let st = self.pool.lock();
+            places
+                .footprints
+                .iter()
+                .filter(|f| f.places.is_empty())
+                .filter(|f| st.models.get(&f.model).is_some_and(|m| m.queue.waiting() > 0))
+                .filter_map(|f| {
+                    let spec = self.specs.iter().find(|s| s.name == f.model)?;
+                    let kind = match spec.on {
+                        orchestrator_core::fabric::MemoryKind::Ram => "RAM",
+                        orchestrator_core::fabric::MemoryKind::Gpu => "GPU memory",
+                    };
+                    let where_ = if spec.placement.agents.is_empty() {
+                        "the daemon's machine (the models file's `local:`)".to_owned()
+                    } else {
+                        format!(
+                            "an agent named or labelled {} lending memory (orch agent --model-ram, --model-gpu)",
+                            spec.placement.agents.join(" or ")
+                        )
+                    };
+                    Some((
+                        f.model.clone(),
+                        format!(
+                            "it can be resident nowhere now: it needs {} MiB of {kind} on {where_}, and none lends that much",
+                            f.memory_mib
+                        ),
+                    ))
+                })
+                .collect()
+        };
+        for (model, why) in homeless {
+            tracing::warn!(%model, %why, "model requests refused");
+            self.pool.fail_waiting(&model, &why);
+        }
     }
 
     pub(crate) fn lock_places(&self) -> std::sync::MutexGuard<'_, Places> {
