@@ -142,6 +142,9 @@ fn a_model_placed_on_an_agent_runs_there_and_answers_its_stage_through_the_gatew
         ),
     );
     let d = h.start_daemon(&["--models", file.to_str().unwrap()]);
+    // The launcher of this checkout: the binary may be built elsewhere.
+    let launcher =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llama-server.py");
     let hoster = h.spawn(
         "agent-hoster",
         &[
@@ -156,6 +159,8 @@ fn a_model_placed_on_an_agent_runs_there_and_answers_its_stage_through_the_gatew
             "gpu-box",
             "--model-ram",
             "1G",
+            "--model-launcher",
+            launcher.to_str().unwrap(),
         ],
     );
     h.start_agent(&d, "plain", 1);
