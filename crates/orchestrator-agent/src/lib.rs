@@ -14,8 +14,11 @@
 //! leases expire and its stages restart elsewhere.)
 //!
 //! What it is not: it keeps no state of its own beyond the leases it holds
-//! now, decides nothing about scheduling, retries or priorities (the daemon
-//! does), and does not yet make sandboxes. Steps run in their run's git
+//! now, and decides nothing about scheduling, retries, priorities or which
+//! model servers run where (the daemon does; this agent runs the servers it
+//! is ordered to, module [`models`], through [`model_server`], which the
+//! daemon uses for its own machine too). Steps run in their sandbox
+//! (module [`sandbox`]) in their run's git
 //! worktree (module [`git`]), which the agent makes on first use, and each
 //! successful step ends with a checkpoint commit on the run's branch.
 //!

@@ -2,8 +2,10 @@
 //!
 //! What it is: an axum HTTP server under `/v1` (runs for users; register,
 //! claim, heartbeat and complete for agents; `/v1/events` as Server-Sent
-//! Events; `/healthz`; `/metrics`), the lease reaper, the flusher of the
-//! model gateway's usage ([`fabric::usage`]), and one delivery task per
+//! Events; `/healthz`; `/metrics`; the model gateway under `/v1`), the lease
+//! reaper, model residency ([`fabric::control`]: which model servers run
+//! where), the flusher of the model gateway's usage ([`fabric::usage`]),
+//! and one delivery task per
 //! webhook or OpenClaw target ([`hooks`]). All run as named components
 //! under one supervisor ([`Daemon`]) that cancels them together on shutdown
 //! and then closes the store.
