@@ -1,5 +1,6 @@
 //! Bearer tokens. Admin tokens may do everything; agent tokens may only
-//! register, claim, heartbeat and complete. Only `/healthz` needs none.
+//! register, claim, heartbeat and complete. Only `/healthz` and `/readyz`
+//! need none (the model gateway takes a job's key instead).
 
 use std::sync::Arc;
 

@@ -28,6 +28,7 @@ mod error;
 mod events;
 mod extract;
 pub mod fabric;
+pub mod health;
 pub mod hooks;
 mod human;
 pub mod metrics;
@@ -121,6 +122,8 @@ pub struct App<S> {
     pub store: Arc<S>,
     pub config: DaemonConfig,
     pub metrics: metrics::Metrics,
+    /// The looping components' last ticks, for `/readyz`.
+    pub health: health::Health,
     /// Cancelled on shutdown: long-polls and event streams end.
     pub shutdown: CancellationToken,
     /// The outbound targets, for their status.
@@ -208,6 +211,7 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .merge(admin)
         .merge(agent)
         .route("/healthz", get(api::healthz))
+        .route("/readyz", get(health::readyz::<S>))
         // The model gateway: a job's own key is its credential. The agent
         // relays exactly these paths to sandboxes without network (its
         // `gateway::GATEWAY_PATHS`): a new gateway path belongs there too.
@@ -294,6 +298,7 @@ impl Daemon {
         let app = Arc::new(App {
             store: store.clone(),
             metrics: Default::default(),
+            health: Default::default(),
             shutdown: shutdown.clone(),
             hooks,
             job_keys: config

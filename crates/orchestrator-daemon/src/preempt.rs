@@ -15,7 +15,10 @@ use crate::App;
 pub async fn run<S: Store>(app: Arc<App<S>>, stop: CancellationToken) {
     let tick = Duration::from_millis(app.config.preempt_tick_ms.max(10));
     let queued = app.store.jobs_queued();
+    // A pass and its pause take at most a tick and a quarter.
+    app.health.register("preempt", tick + tick / 4);
     loop {
+        app.health.tick("preempt");
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = queued.notified() => {}

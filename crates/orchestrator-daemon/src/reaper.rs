@@ -17,7 +17,9 @@ pub async fn run<S: Store>(app: Arc<App<S>>, stop: CancellationToken) {
     // their leases do (`Store::resume`): silence while it was down is not theirs.
     let window = i64::try_from(app.config.online_ms()).unwrap_or(i64::MAX);
     let judge_agents_from = now_ms().saturating_add(window);
+    app.health.register("reaper", tick);
     loop {
+        app.health.tick("reaper");
         let wait = match app.store.next_lease_expiry().await {
             Ok(Some(at)) => Duration::from_millis((at - now_ms()).max(0) as u64).min(tick),
             Ok(None) => tick,

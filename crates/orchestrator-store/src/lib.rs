@@ -272,6 +272,9 @@ pub trait Store: Send + Sync + 'static {
     /// Notified after every commit that queued at least one job.
     fn jobs_queued(&self) -> Arc<Notify>;
     fn writer_stats(&self) -> WriterStats;
+    /// Commits an empty write through the writer: proof that it runs and
+    /// that the database grants the write lock. Changes nothing.
+    fn probe_write(&self) -> impl Future<Output = Result<()>> + Send;
     /// Finishes the writer's work and closes the store cleanly.
     fn close(&self) -> impl Future<Output = ()> + Send;
 }

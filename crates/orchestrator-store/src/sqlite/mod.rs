@@ -412,6 +412,12 @@ impl Store for SqliteStore {
         self.stats.snapshot()
     }
 
+    async fn probe_write(&self) -> Result<()> {
+        // A command runs inside the batch's `BEGIN IMMEDIATE`, which holds
+        // the write lock, and its answer comes after `COMMIT`.
+        self.write(|_| Ok(())).await
+    }
+
     async fn close(&self) {
         // Dropping the last sender ends the writer's loop after its queue drains.
         if let Ok(mut tx) = self.tx.lock() {

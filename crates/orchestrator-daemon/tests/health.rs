@@ -1,0 +1,75 @@
+//! `/healthz` and `/readyz` against a real daemon on a real SQLite store:
+//! ready while the store takes writes and the loops tick, and not ready,
+//! saying which part and why, once the store stops taking writes.
+
+use std::sync::Arc;
+
+use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
+use orchestrator_store::{SqliteStore, Store, StoreOptions};
+use serde_json::Value;
+
+async fn get(url: &str) -> (u16, Value) {
+    let r = reqwest::get(url).await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_while_the_store_takes_writes_and_the_loops_tick_and_not_after() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap());
+    let mut cfg = DaemonConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Tokens {
+            admin: vec!["admin".into()],
+            agent: vec!["agent".into()],
+        },
+    );
+    cfg.reaper_tick_ms = 100;
+    cfg.preempt_tick_ms = 100;
+    let daemon = Daemon::start(cfg, store.clone()).await.unwrap();
+    let base = format!("http://{}", daemon.addr);
+
+    let r = reqwest::get(format!("{base}/healthz")).await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+
+    // No token needed; every component named with its state.
+    let (status, body) = get(&format!("{base}/readyz")).await;
+    assert_eq!(status, 200, "{body:#}");
+    assert_eq!(body["ready"], true, "{body:#}");
+    let c = &body["components"];
+    assert_eq!(c["store"]["ok"], true, "{body:#}");
+    assert!(
+        c["store"]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("writable"),
+        "{body:#}"
+    );
+    for looping in ["reaper", "preempt"] {
+        assert_eq!(c[looping]["ok"], true, "{body:#}");
+        // The loops tick every 100 ms: the last tick is recent.
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let (_, again) = get(&format!("{base}/readyz")).await;
+        let age = again["components"][looping]["last_tick_age_ms"]
+            .as_u64()
+            .unwrap();
+        assert!(age < 1_000, "{looping}: {again:#}");
+    }
+
+    // The writer gone: the store is not ready, and says so.
+    store.close().await;
+    let (status, body) = get(&format!("{base}/readyz")).await;
+    assert_eq!(status, 503, "{body:#}");
+    assert_eq!(body["ready"], false, "{body:#}");
+    assert_eq!(body["components"]["store"]["ok"], false, "{body:#}");
+    assert!(
+        body["components"]["store"]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("a write failed"),
+        "{body:#}"
+    );
+    daemon.shutdown_token().cancel();
+    let _ = daemon.wait().await;
+}
