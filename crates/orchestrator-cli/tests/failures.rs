@@ -170,6 +170,15 @@ fn an_agent_killed_mid_step_loses_its_lease_and_the_stage_restarts_on_another_ag
     assert_eq!(jobs.len(), 2, "{detail:#}");
     assert_eq!(by_attempt[&1]["state"], "expired", "{detail:#}");
     assert_eq!(by_attempt[&2]["state"], "succeeded", "{detail:#}");
+    // The lost attempt counts as a retry of its class.
+    assert_eq!(by_attempt[&1]["error_class"], "infra", "{detail:#}");
+    let metrics = http(&d, "GET", "/metrics", Some(&d.admin_token), None).text();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "orch_retries_total{class=\"infra\"} 1"),
+        "{metrics}"
+    );
     assert_ne!(
         by_attempt[&1]["agent_id"], by_attempt[&2]["agent_id"],
         "attempt 2 ran on the other agent"

@@ -266,6 +266,9 @@ async fn metrics_handler<S: Store>(
     let mut text = app.metrics.render(&counts, &app.store.writer_stats());
     fabric::metrics::render(&app.upstreams.fabric, &mut text);
     metrics::render_models(&mut text, &app.usage.by_model());
+    let agents = app.store.list_agents(app.config.online_ms()).await?;
+    let inbox = app.store.inbox().await?;
+    metrics::render_agents_and_inbox(&mut text, &agents, &inbox);
     Ok(text)
 }
 

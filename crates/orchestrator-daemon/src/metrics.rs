@@ -7,9 +7,17 @@ use std::time::Duration;
 
 use orchestrator_store::{Counts, WriterStats};
 
+/// Upper bounds of the claim latency histogram's buckets, in seconds.
+const CLAIM_BUCKETS: [f64; 10] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+
 /// Counters the API updates as it serves.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// Granted claims by the first bucket their store time fits (the last
+    /// slot: above every bound).
+    claim_hist: [AtomicU64; CLAIM_BUCKETS.len() + 1],
     claims_granted: AtomicU64,
     claims_empty: AtomicU64,
     claim_micros: AtomicU64,
@@ -21,6 +29,12 @@ pub struct Metrics {
 impl Metrics {
     pub fn claim_granted(&self, took: Duration) {
         self.claims_granted.fetch_add(1, Ordering::Relaxed);
+        let secs = took.as_secs_f64();
+        let slot = CLAIM_BUCKETS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(CLAIM_BUCKETS.len());
+        self.claim_hist[slot].fetch_add(1, Ordering::Relaxed);
         self.claim_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
@@ -86,6 +100,35 @@ impl Metrics {
             "Time granted claims spent in the store.",
             c(&self.claim_micros) as f64 / 1e6,
         );
+        let _ = writeln!(
+            out,
+            "# HELP orch_claim_seconds Time granted claims spent in the store.\n# TYPE orch_claim_seconds histogram"
+        );
+        let mut cumulative = 0u64;
+        for (b, n) in CLAIM_BUCKETS.iter().zip(&self.claim_hist) {
+            cumulative += c(n);
+            let _ = writeln!(out, "orch_claim_seconds_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let _ = writeln!(
+            out,
+            "orch_claim_seconds_bucket{{le=\"+Inf\"}} {}\norch_claim_seconds_sum {}\norch_claim_seconds_count {}",
+            c(&self.claims_granted),
+            c(&self.claim_micros) as f64 / 1e6,
+            c(&self.claims_granted)
+        );
+        let _ = writeln!(
+            out,
+            "# HELP orch_retries_total Failed attempts tried again, by the failure's class.\n# TYPE orch_retries_total counter"
+        );
+        for (class, n) in &counts.retries {
+            let _ = writeln!(out, "orch_retries_total{{class=\"{}\"}} {n}", label(class));
+        }
+        let mut one = |name: &str, kind: &str, help: &str, v: f64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+            );
+        };
         one(
             "orch_completions_total",
             "counter",
@@ -135,6 +178,48 @@ impl Metrics {
             w.failed_batches as f64,
         );
         out
+    }
+}
+
+/// What each online agent offers and uses, and what waits for humans.
+pub fn render_agents_and_inbox(
+    out: &mut String,
+    agents: &[orchestrator_core::api::AgentView],
+    inbox: &[orchestrator_core::api::InboxItem],
+) {
+    let rows = [
+        ("orch_agent_slots", "Slots an online agent may use."),
+        ("orch_agent_slots_used", "Jobs an online agent runs now."),
+        (
+            "orch_agent_memory_mb",
+            "Memory an online agent offers to steps, in MiB.",
+        ),
+    ];
+    for (name, help) in rows {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for a in agents {
+            let v = match name {
+                "orch_agent_slots" => u64::from(a.slots),
+                "orch_agent_slots_used" => u64::from(a.running),
+                _ => a.memory_mb,
+            };
+            let _ = writeln!(out, "{name}{{agent=\"{}\"}} {v}", label(&a.name));
+        }
+    }
+    let mut by_kind: std::collections::BTreeMap<String, u64> = Default::default();
+    for i in inbox {
+        let kind = serde_json::to_value(i.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        *by_kind.entry(kind).or_default() += 1;
+    }
+    let _ = writeln!(
+        out,
+        "# HELP orch_inbox_items What waits for a human (approvals, questions, failures), by kind.\n# TYPE orch_inbox_items gauge"
+    );
+    for (kind, n) in by_kind {
+        let _ = writeln!(out, "orch_inbox_items{{kind=\"{}\"}} {n}", label(&kind));
     }
 }
 
@@ -226,6 +311,7 @@ mod tests {
             jobs: vec![("leased".into(), 1)],
             agents: 1,
             transitions: 42,
+            retries: vec![("infra".into(), 3)],
         };
         let mut text = m.render(&counts, &WriterStats::default());
         let mut used = std::collections::BTreeMap::new();
@@ -248,6 +334,24 @@ mod tests {
         assert!(text.contains("orch_runs{state=\"running\"} 2"), "{text}");
         assert!(text.contains("orch_claims_granted_total 1"), "{text}");
         assert!(text.contains("orch_transitions_total 42"), "{text}");
+        assert!(
+            text.contains("orch_retries_total{class=\"infra\"} 3"),
+            "{text}"
+        );
+        // 2 ms: in the 2.5 ms bucket and every wider one, not the 1 ms one.
+        assert!(
+            text.contains("orch_claim_seconds_bucket{le=\"0.001\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("orch_claim_seconds_bucket{le=\"0.0025\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("orch_claim_seconds_bucket{le=\"+Inf\"} 1"),
+            "{text}"
+        );
+        assert!(text.contains("orch_claim_seconds_count 1"), "{text}");
         let names: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

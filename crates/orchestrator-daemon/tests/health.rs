@@ -73,3 +73,52 @@ async fn ready_while_the_store_takes_writes_and_the_loops_tick_and_not_after() {
     daemon.shutdown_token().cancel();
     let _ = daemon.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_show_each_agents_slots_and_a_claim_latency_histogram() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap());
+    let cfg = DaemonConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Tokens {
+            admin: vec!["admin".into()],
+            agent: vec!["agent".into()],
+        },
+    );
+    let daemon = Daemon::start(cfg, store.clone()).await.unwrap();
+    let base = format!("http://{}", daemon.addr);
+    let http = reqwest::Client::new();
+    let reg: Value = http
+        .post(format!("{base}/v1/agents"))
+        .bearer_auth("agent")
+        .json(&serde_json::json!({"name": "box-1", "slots": 3, "memory_mb": 2048}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(reg["agent_id"].is_string(), "{reg}");
+    let text = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth("admin")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "orch_agent_slots{agent=\"box-1\"} 3",
+        "orch_agent_slots_used{agent=\"box-1\"} 0",
+        "orch_agent_memory_mb{agent=\"box-1\"} 2048",
+        "# TYPE orch_claim_seconds histogram",
+        "orch_claim_seconds_count 0",
+        "# TYPE orch_inbox_items gauge",
+        "# TYPE orch_retries_total counter",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+    daemon.shutdown_token().cancel();
+    daemon.wait().await.unwrap();
+}

@@ -112,6 +112,8 @@ pub struct Counts {
     pub jobs: Vec<(String, i64)>,
     pub agents: i64,
     pub transitions: i64,
+    /// (error class, count) of failed attempts that were tried again.
+    pub retries: Vec<(String, i64)>,
 }
 
 /// Why a store operation failed.

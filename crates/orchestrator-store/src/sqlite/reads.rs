@@ -269,5 +269,15 @@ pub fn counts(conn: &Connection) -> Result<Counts> {
         transitions: conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM transitions", [], |r| {
             r.get(0)
         })?,
+        retries: conn
+            .prepare_cached(
+                "SELECT j.error_class, COUNT(*) FROM jobs j
+                 WHERE j.error_class IS NOT NULL AND EXISTS (
+                     SELECT 1 FROM jobs k
+                     WHERE k.run_id = j.run_id AND k.stage_id = j.stage_id AND k.attempt > j.attempt)
+                 GROUP BY j.error_class ORDER BY j.error_class",
+            )?
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?,
     })
 }
