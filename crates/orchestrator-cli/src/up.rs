@@ -63,6 +63,12 @@ pub struct DaemonArgs {
     /// default: scripts/llama-server.py of the checkout holding this binary.
     #[arg(long, value_name = "PATH", env = "ORCH_LLAMA_LAUNCHER")]
     pub llama_launcher: Option<PathBuf>,
+    /// Export state for tools that read files into DIR: `current.json`
+    /// (runs, agents, inbox; rewritten atomically after changes),
+    /// `transitions.jsonl` (appended) and `metrics.json` (every 60 s).
+    /// Default: no export.
+    #[arg(long, value_name = "DIR", env = "ORCH_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     #[command(flatten)]
     pub hooks: HookArgs,
 }
@@ -383,6 +389,7 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     if let Some(l) = &a.llama_launcher {
         cfg.llama_launcher = l.clone();
     }
+    cfg.state_dir = a.state_dir.clone();
     let daemon = Daemon::start(cfg, store)
         .await
         .with_context(|| format!("cannot start the daemon on {}", a.listen))?;
@@ -575,6 +582,7 @@ impl Embedded {
                 secrets_file: None,
                 models: None,
                 llama_launcher: None,
+                state_dir: None,
                 hooks: HookArgs::default(),
             },
             agent,

@@ -35,6 +35,7 @@ pub mod metrics;
 mod preempt;
 mod project;
 mod reaper;
+pub mod state_export;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -84,6 +85,9 @@ pub struct DaemonConfig {
     pub model_aging_ms: u64,
     /// The script that starts a llama.cpp server (`scripts/llama-server.py`).
     pub llama_launcher: std::path::PathBuf,
+    /// Where the `.state/` export writes (`current.json`,
+    /// `transitions.jsonl`, `metrics.json`); None: no export.
+    pub state_dir: Option<std::path::PathBuf>,
     /// The secret that signs job keys for the gateway; None makes one for
     /// this process alone (keys then die with the daemon).
     pub job_key_secret: Option<Vec<u8>>,
@@ -107,6 +111,7 @@ impl DaemonConfig {
             model_switch_ms: 10_000,
             model_aging_ms: 1_000,
             job_key_secret: None,
+            state_dir: None,
             llama_launcher: orchestrator_agent::model_server::default_launcher(),
         }
     }
@@ -351,6 +356,13 @@ impl Daemon {
             preempt::run(a, stop).await;
             ("preempt", Ok(()))
         });
+        if let Some(dir) = app.config.state_dir.clone() {
+            let (a, stop) = (app.clone(), shutdown.clone());
+            tasks.spawn(async move {
+                state_export::run(a, dir, stop).await;
+                ("state export", Ok(()))
+            });
+        }
         let (f, stop) = (app.upstreams.fabric.clone(), shutdown.clone());
         tasks.spawn(async move {
             f.run(stop).await;
