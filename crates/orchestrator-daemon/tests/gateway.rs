@@ -245,19 +245,7 @@ async fn with_one_slot_a_high_priority_request_is_served_before_a_low_one_queued
     let http = reqwest::Client::new();
 
     // The slot is taken by a long, low-priority streamed answer, read no further.
-    let mut held = http
-        .post(format!("{base}/chat/completions"))
-        .bearer_auth(key(0))
-        .json(&json!({
-            "model": "smol",
-            "messages": [{"role": "user", "content": "Tell a very long story."}],
-            "max_tokens": 3000, "ignore_eos": true, "stream": true,
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(held.status().as_u16(), 200);
-    held.chunk().await.unwrap().expect("a first event");
+    let held = common::hold_slot(&http, &format!("{base}/chat/completions"), &key(0)).await;
 
     // Low, then high: both wait for the slot.
     let order = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -416,19 +404,7 @@ async fn a_client_gone_mid_answer_frees_its_slot_and_one_gone_while_queued_leave
 
     // A takes the only slot with a long streamed answer (minutes on one
     // thread) and reads one chunk.
-    let mut a = http
-        .post(format!("{base}/chat/completions"))
-        .bearer_auth(key(0))
-        .json(&json!({
-            "model": "smol",
-            "messages": [{"role": "user", "content": "Tell a very long story."}],
-            "max_tokens": 3000, "ignore_eos": true, "stream": true,
-        }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(a.status().as_u16(), 200);
-    a.chunk().await.unwrap().expect("a first event");
+    let a = common::hold_slot(&http, &format!("{base}/chat/completions"), &key(0)).await;
 
     // B queues behind A on a bare connection, then closes it unanswered.
     let body = short.to_string();

@@ -125,18 +125,7 @@ async fn a_jobs_model_calls_are_counted_per_stage_and_model_shown_and_kept() {
 
     // With the one slot held by an answer whose client stops reading, a
     // second request waits; the first, abandoned, still counts.
-    let mut held = http
-        .post(format!("{addr}/v1/chat/completions"))
-        .bearer_auth(&key)
-        .json(&json!({
-            "model": "smol",
-            "messages": [{"role": "user", "content": "Tell a very long story."}],
-            "max_tokens": 3000, "ignore_eos": true, "stream": true,
-        }))
-        .send()
-        .await
-        .unwrap();
-    held.chunk().await.unwrap().expect("a first event");
+    let held = common::hold_slot(&http, &format!("{addr}/v1/chat/completions"), &key).await;
     let waiter = {
         let (http, addr, key) = (http.clone(), addr.clone(), key.clone());
         tokio::spawn(async move {

@@ -130,3 +130,23 @@ pub async fn metrics(http: &reqwest::Client, addr: &str) -> String {
         .await
         .unwrap()
 }
+
+/// Starts a long streamed chat answer of model `smol` at `url` (a
+/// `.../chat/completions`) with `key` and reads its first event: the
+/// request holds its slot until the answer is dropped.
+pub async fn hold_slot(http: &reqwest::Client, url: &str, key: &str) -> reqwest::Response {
+    let mut held = http
+        .post(url)
+        .bearer_auth(key)
+        .json(&json!({
+            "model": "smol",
+            "messages": [{"role": "user", "content": "Tell a very long story."}],
+            "max_tokens": 3000, "ignore_eos": true, "stream": true,
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(held.status().as_u16(), 200);
+    held.chunk().await.unwrap().expect("a first event");
+    held
+}
