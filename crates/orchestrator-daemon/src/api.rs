@@ -234,7 +234,7 @@ pub async fn register_agent<S: Store>(
     let on_daemon_host = req.hostname.is_some() && req.hostname == app.daemon_hostname;
     let models = crate::fabric::placement::model_labels(
         &cfg.models,
-        &cfg.model_local,
+        &app.upstreams.fabric.local_hosts,
         &req.name,
         &req.labels,
         on_daemon_host,

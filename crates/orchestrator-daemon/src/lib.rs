@@ -314,7 +314,7 @@ impl Daemon {
                 .clone()
                 .map(fabric::JobKeys::with_secret)
                 .unwrap_or_default(),
-            daemon_hostname: fabric::placement::daemon_hostname(),
+            daemon_hostname: orchestrator_agent::step::local_hostname(),
             upstreams: fabric::Upstreams::new(fabric::control::Fabric::new(
                 &config.models,
                 &config.model_local,

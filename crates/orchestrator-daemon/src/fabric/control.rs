@@ -65,16 +65,11 @@ pub fn local_hosts(local: &LocalHost) -> Vec<Host> {
     out
 }
 
-/// Half of this machine's memory (`/proc/meminfo`), else 4 GiB.
+/// Half of this machine's memory (`MemTotal`, as an agent reads it), else 4 GiB.
 fn half_of_ram_mib() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|m| {
-            m.lines()
-                .find_map(|l| l.strip_prefix("MemTotal:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        })
-        .map_or(4096, |kib| kib / 1024 / 2)
+    orchestrator_agent::Probe::default()
+        .memory_mb()
+        .map_or(4096, |mb| mb / 2)
 }
 
 /// The places models may occupy now, and the models in their terms.
@@ -118,7 +113,8 @@ pub(crate) struct LendingAgent {
 pub struct Fabric {
     pub pool: Arc<Pool>,
     pub(crate) specs: Vec<ModelSpec>,
-    pub(crate) local: LocalHost,
+    /// The daemon machine's places, read once at start.
+    pub(crate) local_hosts: Vec<Host>,
     pub(crate) places: Mutex<Places>,
     pub(crate) agents: Mutex<BTreeMap<String, LendingAgent>>,
     /// Whether any model may run somewhere; residency sleeps otherwise.
@@ -140,6 +136,7 @@ impl Fabric {
         aging_ms: u64,
         launcher: Launcher,
     ) -> Self {
+        let hosts = local_hosts(local);
         let pool = Arc::new(Pool::new(aging_ms));
         for m in models {
             pool.declare(&m.name, m.concurrency);
@@ -172,8 +169,8 @@ impl Fabric {
         Fabric {
             pool,
             specs: models.to_vec(),
-            local: local.clone(),
-            places: Mutex::new(Places::new(models, local_hosts(local))),
+            places: Mutex::new(Places::new(models, hosts.clone())),
+            local_hosts: hosts,
             agents: Mutex::default(),
             any_managed: models.iter().any(|m| m.runtime.is_managed()),
             switch_ms,

@@ -8,33 +8,27 @@
 
 use orchestrator_core::api::ModelMemory;
 use orchestrator_core::fabric::hosts::{self, Host};
-use orchestrator_core::fabric::{LocalHost, ModelSpec};
+use orchestrator_core::fabric::ModelSpec;
 use orchestrator_core::sched::resources::model_label;
 
-/// This machine's name, as agents report theirs.
-pub fn daemon_hostname() -> Option<String> {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-}
-
 /// The `model:NAME` labels of an agent named `agent` with `labels`, on the
-/// daemon's machine or not, lending `memory` to model servers.
+/// daemon's machine (whose places are `local`) or not, lending `memory` to
+/// model servers.
 pub fn model_labels(
     models: &[ModelSpec],
-    local: &LocalHost,
+    local: &[Host],
     agent: &str,
     labels: &[String],
     on_daemon_host: bool,
     memory: &ModelMemory,
 ) -> Vec<String> {
     let mut here: Vec<Host> = if on_daemon_host {
-        super::control::local_hosts(local)
-            .into_iter()
+        local
+            .iter()
             .map(|h| Host {
                 agent: agent.to_owned(),
                 labels: labels.to_vec(),
-                ..h
+                ..h.clone()
             })
             .collect()
     } else {
@@ -60,9 +54,11 @@ mod tests {
 
     fn labels(local: &str, on_daemon_host: bool) -> Vec<String> {
         let ms = orchestrator_core::fabric::parse_models(MODELS, "m.yaml").unwrap();
-        let local = orchestrator_core::fabric::parse_models_file(local, "m.yaml")
-            .unwrap()
-            .local;
+        let local = super::super::control::local_hosts(
+            &orchestrator_core::fabric::parse_models_file(local, "m.yaml")
+                .unwrap()
+                .local,
+        );
         model_labels(
             &ms,
             &local,
@@ -109,24 +105,10 @@ mod tests {
             ram_mb: 4096,
             gpus_mb: vec![8192],
         };
-        let got = model_labels(
-            &ms,
-            &LocalHost::default(),
-            "box",
-            &["fast".into()],
-            false,
-            &lends,
-        );
+        let got = model_labels(&ms, &[], "box", &["fast".into()], false, &lends);
         assert_eq!(got, ["model:named", "model:labelled", "model:card"]);
         // Lending nothing: none of them.
-        let none = model_labels(
-            &ms,
-            &LocalHost::default(),
-            "box",
-            &[],
-            false,
-            &ModelMemory::default(),
-        );
+        let none = model_labels(&ms, &[], "box", &[], false, &ModelMemory::default());
         assert!(none.is_empty(), "{none:?}");
     }
 }

@@ -24,7 +24,7 @@ use orchestrator_core::fabric::hosts::Host;
 use orchestrator_store::Store;
 use tokio::sync::Notify;
 
-use super::control::{local_hosts, Fabric, LendingAgent, Places};
+use super::control::{Fabric, LendingAgent, Places};
 use crate::error::{ApiErr, JsonBody};
 use crate::App;
 
@@ -76,7 +76,7 @@ impl Fabric {
 
     /// Rebuilds the places from the daemon's machine and every agent heard.
     fn rebuild_places(&self) {
-        let mut hosts = local_hosts(&self.local);
+        let mut hosts = self.local_hosts.clone();
         for (name, a) in self.lock_agents().iter() {
             hosts.extend(agent_hosts(name, &a.labels, &a.memory));
         }
