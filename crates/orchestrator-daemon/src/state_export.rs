@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use orchestrator_store::Store;
+use orchestrator_store::{now_ms, Store};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -221,10 +221,4 @@ fn write_atomic(path: &Path, doc: &serde_json::Value) -> Result<(), String> {
         let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
     }
     Ok(())
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
