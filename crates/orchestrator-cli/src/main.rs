@@ -132,6 +132,13 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Print a link that opens the web dashboard logged in (it works once,
+    /// for 10 minutes); the dashboard itself is at /ui/ on the daemon.
+    Dashboard {
+        /// Output format: text for people, json for programs.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Webhook and OpenClaw delivery.
     Webhooks {
         #[command(subcommand)]
@@ -296,6 +303,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     Ok(ExitCode::from(2))
                 }
             }
+        }
+        Cmd::Dashboard { output } => {
+            let link: orchestrator_daemon::dashboard::Link = client()?
+                .post("/v1/dashboard/links", &serde_json::json!({}))
+                .await?;
+            match output {
+                Output::Json => view::json(&link)?,
+                Output::Text => println!("{}", link.url),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         Cmd::Webhooks {
             cmd: WebhooksCmd::Status { output },

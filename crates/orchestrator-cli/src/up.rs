@@ -382,6 +382,8 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     cfg.secrets = crate::secrets::load(&a.secrets, a.secrets_file.as_deref())?;
     // Kept beside the tokens, so a running step's model key outlives a restart.
     cfg.job_key_secret = Some(paths::ensure_token(data_dir, "job-keys.secret")?.into_bytes());
+    // Kept too, so a browser's dashboard session outlives a restart.
+    cfg.dashboard_secret = Some(paths::ensure_token(data_dir, "dashboard.secret")?.into_bytes());
     cfg.model_switch_ms = models.switch_ms();
     cfg.model_aging_ms = models.aging_ms();
     cfg.model_local = models.local;
@@ -478,6 +480,10 @@ async fn run_up(
     let url = format!("http://{}", daemon.addr);
     if banner {
         eprintln!("orch daemon on {url} (data in {})", data_dir.display());
+        eprintln!(
+            "dashboard: {} (this link works once, for 10 minutes; `orch dashboard` makes another)",
+            daemon.dashboard_link().url
+        );
     }
     if let Some(r) = ready {
         let _ = r.send(url.clone());
@@ -523,6 +529,10 @@ pub async fn daemon(a: DaemonArgs, data_dir: &Path) -> Result<ExitCode> {
         "orch daemon on http://{} (data in {})",
         daemon.addr,
         data_dir.display()
+    );
+    eprintln!(
+        "dashboard: {} (this link works once, for 10 minutes; `orch dashboard` makes another)",
+        daemon.dashboard_link().url
     );
     let stop = daemon.shutdown_token();
     tokio::spawn(async move {

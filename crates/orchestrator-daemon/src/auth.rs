@@ -1,6 +1,8 @@
 //! Bearer tokens. Admin tokens may do everything; agent tokens may only
-//! register, claim, heartbeat and complete. Only `/healthz` and `/readyz`
-//! need none (the model gateway takes a job's key instead).
+//! register, claim, heartbeat and complete. A dashboard session (see
+//! [`crate::dashboard::session`]) counts as an admin token until it expires.
+//! Only `/healthz`, `/readyz` and the dashboard's static page need none (the
+//! model gateway takes a job's key instead).
 
 use std::sync::Arc;
 
@@ -45,7 +47,14 @@ impl Tokens {
     }
 }
 
-fn role(tokens: &Tokens, req: &Request) -> Result<Role, ApiErr> {
+/// What the middleware checks a request's token against.
+#[derive(Debug)]
+pub struct Gate {
+    pub tokens: Tokens,
+    pub sessions: Arc<crate::dashboard::Sessions>,
+}
+
+fn role(gate: &Gate, req: &Request) -> Result<Role, ApiErr> {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return Err(ApiErr::new(
             StatusCode::UNAUTHORIZED,
@@ -62,21 +71,29 @@ fn role(tokens: &Tokens, req: &Request) -> Result<Role, ApiErr> {
                 "malformed Authorization header: expected `Bearer <token>`",
             )
         })?;
-    tokens.role_of(token.trim()).ok_or_else(|| {
-        ApiErr::new(
-            StatusCode::UNAUTHORIZED,
-            "unknown token: check the admin or agent token in use",
-        )
-    })
+    let token = token.trim();
+    if let Some(role) = gate.tokens.role_of(token) {
+        return Ok(role);
+    }
+    if gate
+        .sessions
+        .is_session(token, orchestrator_store::now_ms())
+    {
+        return Ok(Role::Admin);
+    }
+    Err(ApiErr::new(
+        StatusCode::UNAUTHORIZED,
+        "unknown token: check the admin or agent token in use (a dashboard session ends after 12 hours)",
+    ))
 }
 
 /// Lets admin tokens through.
 pub async fn admin_only(
-    State(tokens): State<Arc<Tokens>>,
+    State(gate): State<Arc<Gate>>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiErr> {
-    match role(&tokens, &req)? {
+    match role(&gate, &req)? {
         Role::Admin => Ok(next.run(req).await),
         Role::Agent => Err(ApiErr::new(
             StatusCode::FORBIDDEN,
@@ -87,11 +104,11 @@ pub async fn admin_only(
 
 /// Lets agent and admin tokens through.
 pub async fn agent_or_admin(
-    State(tokens): State<Arc<Tokens>>,
+    State(gate): State<Arc<Gate>>,
     req: Request,
     next: Next,
 ) -> Result<Response, ApiErr> {
-    role(&tokens, &req)?;
+    role(&gate, &req)?;
     Ok(next.run(req).await)
 }
 

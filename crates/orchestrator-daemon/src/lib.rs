@@ -24,6 +24,7 @@
 mod act;
 pub mod api;
 pub mod auth;
+pub mod dashboard;
 mod error;
 mod events;
 mod extract;
@@ -91,6 +92,9 @@ pub struct DaemonConfig {
     /// The secret that signs job keys for the gateway; None makes one for
     /// this process alone (keys then die with the daemon).
     pub job_key_secret: Option<Vec<u8>>,
+    /// The key of the dashboard's links and sessions; None makes one for
+    /// this process alone (browsers then log in again after a restart).
+    pub dashboard_secret: Option<Vec<u8>>,
 }
 
 impl DaemonConfig {
@@ -111,6 +115,7 @@ impl DaemonConfig {
             model_switch_ms: 10_000,
             model_aging_ms: 1_000,
             job_key_secret: None,
+            dashboard_secret: None,
             state_dir: None,
             llama_launcher: orchestrator_agent::model_server::default_launcher(),
         }
@@ -141,18 +146,24 @@ pub struct App<S> {
     pub usage: Arc<fabric::usage::Accounting>,
     /// This machine's name: agents reporting it share the daemon's machine.
     pub daemon_hostname: Option<String>,
+    /// The dashboard's links and sessions.
+    pub sessions: Arc<dashboard::Sessions>,
 }
 
 /// A started daemon.
 pub struct Daemon {
     pub addr: SocketAddr,
+    sessions: Arc<dashboard::Sessions>,
     shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, Result<(), String>)>,
     close: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
 fn router<S: Store>(app: Arc<App<S>>) -> Router {
-    let tokens = Arc::new(app.config.tokens.clone());
+    let tokens = Arc::new(auth::Gate {
+        tokens: app.config.tokens.clone(),
+        sessions: app.sessions.clone(),
+    });
     let admin = Router::new()
         .route(
             "/v1/runs",
@@ -194,6 +205,11 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/v1/events", get(events::events::<S>))
         .route("/v1/webhooks", get(webhooks_handler::<S>))
         .route("/metrics", get(metrics_handler::<S>))
+        .route(
+            "/v1/runs/{id}/jobs/{job}/logs",
+            get(dashboard::logs::read::<S>),
+        )
+        .route("/v1/dashboard/links", post(dashboard::new_link::<S>))
         .route_layer(axum::middleware::from_fn_with_state(
             tokens.clone(),
             auth::admin_only,
@@ -217,6 +233,13 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .merge(agent)
         .route("/healthz", get(api::healthz))
         .route("/readyz", get(health::readyz::<S>))
+        // The page holds no data: it asks for a token, then uses the API.
+        .route("/ui", get(dashboard::root))
+        .route("/ui/", get(dashboard::index))
+        .route("/ui/app.js", get(dashboard::script))
+        .route("/ui/style.css", get(dashboard::style))
+        // The ticket is its own credential, good once.
+        .route("/v1/dashboard/session", post(dashboard::redeem::<S>))
         // The model gateway: a job's own key is its credential. The agent
         // relays exactly these paths to sandboxes without network (its
         // `gateway::GATEWAY_PATHS`): a new gateway path belongs there too.
@@ -323,6 +346,7 @@ impl Daemon {
                 orchestrator_agent::model_server::Launcher::new(config.llama_launcher.clone()),
             )),
             usage: Arc::default(),
+            sessions: Arc::new(dashboard::Sessions::new(config.dashboard_secret.clone())),
             config,
         });
         let mut tasks = JoinSet::new();
@@ -385,10 +409,23 @@ impl Daemon {
         });
         Ok(Daemon {
             addr,
+            sessions: app.sessions.clone(),
             shutdown,
             tasks,
             close,
         })
+    }
+
+    /// A link to the dashboard that logs a browser in, good once for
+    /// [`dashboard::session::TICKET_TTL_MS`].
+    pub fn dashboard_link(&self) -> dashboard::Link {
+        let host = match self.addr.ip() {
+            ip if ip.is_unspecified() => {
+                std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), self.addr.port())
+            }
+            _ => self.addr,
+        };
+        dashboard::link(&self.sessions, &format!("http://{host}"))
     }
 
     /// A token that stops the daemon when cancelled.
