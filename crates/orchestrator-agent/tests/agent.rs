@@ -263,6 +263,7 @@ fn job(project: &Path, job_id: i64, argv: &[&str]) -> ClaimedJob {
         job_id,
         lease_id: job_id,
         lease_token: format!("lease-{job_id}"),
+        queued_at_ms: 0,
         lease_expires_at_ms: 0,
         grant: Default::default(),
         spec: JobSpec {

@@ -64,6 +64,7 @@ impl Setup {
             job_id: 1,
             lease_id: 1,
             lease_token: "t".into(),
+            queued_at_ms: 0,
             lease_expires_at_ms: 0,
             grant: Default::default(),
             spec: JobSpec {

@@ -19,6 +19,7 @@ fn job(project: &std::path::Path, head: &str, job_id: i64, argv: &[&str]) -> Cla
         job_id,
         lease_id: 1,
         lease_token: "t".into(),
+        queued_at_ms: 0,
         lease_expires_at_ms: 0,
         grant: Default::default(),
         spec: JobSpec {

@@ -72,6 +72,7 @@ impl Project {
             job_id: 42,
             lease_id: 7,
             lease_token: "secret".into(),
+            queued_at_ms: 0,
             lease_expires_at_ms: 0,
             grant: Default::default(),
             spec: JobSpec {

@@ -119,6 +119,7 @@ fn job(project: &Path, head: &str, kind: SandboxKind, job_id: i64) -> ClaimedJob
         job_id,
         lease_id: job_id,
         lease_token: String::new(),
+        queued_at_ms: 0,
         lease_expires_at_ms: 0,
         grant: Default::default(),
         spec: JobSpec {

@@ -267,7 +267,11 @@ pub async fn claim<S: Store>(
         notified.as_mut().enable();
         let started = std::time::Instant::now();
         if let Some(mut job) = app.store.claim(&agent_id, app.config.lease_ttl_ms).await? {
-            app.metrics.claim_granted(started.elapsed());
+            let waited = orchestrator_store::now_ms().saturating_sub(job.queued_at_ms);
+            app.metrics.claim_granted(
+                started.elapsed(),
+                Duration::from_millis(waited.max(0) as u64),
+            );
             with_secrets(&app, &mut job);
             return Ok(Json(job).into_response());
         }

@@ -2,8 +2,11 @@
 //! each component reports its own health). The store is ready when a write
 //! commits through its writer within [`STORE_WITHIN`]; a looping component
 //! (the reaper, the pre-emption loop) is ready while its last tick is no
-//! older than three of its intervals and a second. Neither needs a token,
-//! so that probes of a supervisor can ask.
+//! older than three of its intervals and a second. The model fabric and the
+//! webhook targets report their health too, but do not gate readiness: a
+//! model that cannot start or a chat that does not answer must not take the
+//! daemon out of service for every run. Neither endpoint needs a token, so
+//! that probes of a supervisor can ask.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -60,6 +63,8 @@ impl Health {
 #[derive(Debug, Serialize)]
 pub struct ComponentHealth {
     pub ok: bool,
+    /// Whether the daemon is ready only while this component is.
+    pub required: bool,
     pub detail: String,
     /// For a looping component: milliseconds since its last tick.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -86,14 +91,17 @@ pub async fn readyz<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
                 ms(started.elapsed())
             ),
             last_tick_age_ms: None,
+            required: true,
         },
         Ok(Err(e)) => ComponentHealth {
             ok: false,
+            required: true,
             detail: format!("a write failed: {e}"),
             last_tick_age_ms: None,
         },
         Err(_) => ComponentHealth {
             ok: false,
+            required: true,
             detail: format!("a write did not commit within {}s", STORE_WITHIN.as_secs()),
             last_tick_age_ms: None,
         },
@@ -118,12 +126,27 @@ pub async fn readyz<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
             *name,
             ComponentHealth {
                 ok,
+                required: true,
                 detail,
-                last_tick_age_ms: Some(u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+                last_tick_age_ms: Some(age_ms(age)),
             },
         );
     }
-    let ready = components.values().all(|c| c.ok);
+    let fabric = app.upstreams.fabric.report();
+    components.insert(
+        "fabric",
+        ComponentHealth {
+            ok: fabric.ok,
+            required: false,
+            detail: fabric.detail,
+            last_tick_age_ms: Some(age_ms(fabric.last_step_age)),
+        },
+    );
+    let hooks = app.hooks.status();
+    if !hooks.is_empty() {
+        components.insert("webhooks", webhooks(&hooks));
+    }
+    let ready = components.values().all(|c| c.ok || !c.required);
     let status = if ready {
         StatusCode::OK
     } else {
@@ -132,6 +155,101 @@ pub async fn readyz<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
     (status, Json(Readiness { ready, components })).into_response()
 }
 
+/// Healthy while no target is retrying an event or gave one up in the last
+/// minute; the detail names each troubled target and its last error.
+fn webhooks(targets: &[crate::hooks::HookStatus]) -> ComponentHealth {
+    let now = orchestrator_store::now_ms();
+    let troubled: Vec<String> = targets
+        .iter()
+        .filter(|t| t.retrying || t.last_error_ms.is_some_and(|at| now - at < 60_000))
+        .map(|t| {
+            format!(
+                "{} {} (attempt {}, {} behind): {}",
+                t.url,
+                if t.retrying {
+                    "retrying"
+                } else {
+                    "failed recently"
+                },
+                t.attempt,
+                t.behind,
+                t.last_error.as_deref().unwrap_or("no answer")
+            )
+        })
+        .collect();
+    let behind: u64 = targets.iter().map(|t| t.behind).sum();
+    ComponentHealth {
+        ok: troubled.is_empty(),
+        required: false,
+        detail: if troubled.is_empty() {
+            format!(
+                "{} targets delivering; {behind} events behind",
+                targets.len()
+            )
+        } else {
+            troubled.join("; ")
+        },
+        last_tick_age_ms: None,
+    }
+}
+
+fn age_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hooks::{HookStatus, TargetKind};
+
+    fn target(retrying: bool, last_error_ms: Option<i64>) -> HookStatus {
+        HookStatus {
+            url: "http://chat.example/hook".into(),
+            kind: TargetKind::Webhook,
+            delivered: 3,
+            failed: 0,
+            retries: 1,
+            retrying,
+            attempt: u32::from(retrying) * 2,
+            behind: 4,
+            last_status: Some(503),
+            last_error: last_error_ms.map(|_| "503 Service Unavailable".into()),
+            last_error_ms,
+            last_attempt_ms: None,
+            cursor: 10,
+        }
+    }
+
+    #[test]
+    fn webhooks_are_healthy_until_a_target_retries_or_failed_in_the_last_minute() {
+        let now = orchestrator_store::now_ms();
+        let fine = webhooks(&[target(false, Some(now - 120_000))]);
+        assert!(fine.ok && !fine.required, "{}", fine.detail);
+        assert!(
+            fine.detail
+                .contains("1 targets delivering; 4 events behind"),
+            "{}",
+            fine.detail
+        );
+        let retrying = webhooks(&[target(true, Some(now - 1_000))]);
+        assert!(!retrying.ok);
+        assert!(
+            retrying
+                .detail
+                .contains("retrying (attempt 2, 4 behind): 503 Service Unavailable"),
+            "{}",
+            retrying.detail
+        );
+        let failed = webhooks(&[target(false, Some(now - 5_000))]);
+        assert!(!failed.ok);
+        assert!(
+            failed.detail.contains("failed recently"),
+            "{}",
+            failed.detail
+        );
+    }
 }

@@ -12,12 +12,66 @@ const CLAIM_BUCKETS: [f64; 10] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
 ];
 
+/// Upper bounds of the dispatch latency histogram's buckets, in seconds: a
+/// job waits from milliseconds (a free slot) to hours (a full machine).
+const DISPATCH_BUCKETS: [f64; 14] = [
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0, 3600.0,
+];
+
+/// A histogram of durations over fixed bucket bounds, counted without locks.
+#[derive(Debug)]
+pub struct Histogram<const N: usize> {
+    bounds: &'static [f64; N],
+    /// Observations by the first bucket they fit; the last slot is above
+    /// every bound. (N + 1 slots: a const generic cannot say so.)
+    slots: Vec<AtomicU64>,
+    count: AtomicU64,
+    micros: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    fn new(bounds: &'static [f64; N]) -> Self {
+        Histogram {
+            bounds,
+            slots: (0..=N).map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        let slot = self.bounds.iter().position(|b| secs <= *b).unwrap_or(N);
+        self.slots[slot].fetch_add(1, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let c = |x: &AtomicU64| x.load(Ordering::Relaxed);
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0u64;
+        for (b, n) in self.bounds.iter().zip(&self.slots) {
+            cumulative += c(n);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cumulative}");
+        }
+        let count = c(&self.count);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {}\n{name}_count {count}",
+            c(&self.micros) as f64 / 1e6,
+        );
+    }
+}
+
 /// Counters the API updates as it serves.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
-    /// Granted claims by the first bucket their store time fits (the last
-    /// slot: above every bound).
-    claim_hist: [AtomicU64; CLAIM_BUCKETS.len() + 1],
+    /// Granted claims' time in the store.
+    claim: Histogram<{ CLAIM_BUCKETS.len() }>,
+    /// Jobs' time from queued to leased.
+    dispatch: Histogram<{ DISPATCH_BUCKETS.len() }>,
     claims_granted: AtomicU64,
     claims_empty: AtomicU64,
     claim_micros: AtomicU64,
@@ -26,15 +80,27 @@ pub struct Metrics {
     leases_expired: AtomicU64,
 }
 
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            claim: Histogram::new(&CLAIM_BUCKETS),
+            dispatch: Histogram::new(&DISPATCH_BUCKETS),
+            claims_granted: AtomicU64::new(0),
+            claims_empty: AtomicU64::new(0),
+            claim_micros: AtomicU64::new(0),
+            completions: AtomicU64::new(0),
+            stale_completions: AtomicU64::new(0),
+            leases_expired: AtomicU64::new(0),
+        }
+    }
+}
+
 impl Metrics {
-    pub fn claim_granted(&self, took: Duration) {
+    /// A claim got a job: `took` in the store, `waited` since the job was queued.
+    pub fn claim_granted(&self, took: Duration, waited: Duration) {
         self.claims_granted.fetch_add(1, Ordering::Relaxed);
-        let secs = took.as_secs_f64();
-        let slot = CLAIM_BUCKETS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(CLAIM_BUCKETS.len());
-        self.claim_hist[slot].fetch_add(1, Ordering::Relaxed);
+        self.claim.observe(took);
+        self.dispatch.observe(waited);
         self.claim_micros
             .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
@@ -100,21 +166,15 @@ impl Metrics {
             "Time granted claims spent in the store.",
             c(&self.claim_micros) as f64 / 1e6,
         );
-        let _ = writeln!(
-            out,
-            "# HELP orch_claim_seconds Time granted claims spent in the store.\n# TYPE orch_claim_seconds histogram"
+        self.claim.render(
+            &mut out,
+            "orch_claim_seconds",
+            "Time granted claims spent in the store.",
         );
-        let mut cumulative = 0u64;
-        for (b, n) in CLAIM_BUCKETS.iter().zip(&self.claim_hist) {
-            cumulative += c(n);
-            let _ = writeln!(out, "orch_claim_seconds_bucket{{le=\"{b}\"}} {cumulative}");
-        }
-        let _ = writeln!(
-            out,
-            "orch_claim_seconds_bucket{{le=\"+Inf\"}} {}\norch_claim_seconds_sum {}\norch_claim_seconds_count {}",
-            c(&self.claims_granted),
-            c(&self.claim_micros) as f64 / 1e6,
-            c(&self.claims_granted)
+        self.dispatch.render(
+            &mut out,
+            "orch_dispatch_seconds",
+            "Time from a job queued to its lease (claim granted).",
         );
         let _ = writeln!(
             out,
@@ -303,7 +363,7 @@ mod tests {
     #[test]
     fn every_metric_is_described_and_typed_once() {
         let m = Metrics::default();
-        m.claim_granted(Duration::from_millis(2));
+        m.claim_granted(Duration::from_millis(2), Duration::from_millis(700));
         m.completed();
         let counts = Counts {
             runs: vec![("running".into(), 2)],
@@ -352,6 +412,15 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("orch_claim_seconds_count 1"), "{text}");
+        // 700 ms queued: in the 1 s bucket, not the 0.5 s one.
+        for (line, present) in [
+            ("orch_dispatch_seconds_bucket{le=\"0.5\"} 0", true),
+            ("orch_dispatch_seconds_bucket{le=\"1\"} 1", true),
+            ("orch_dispatch_seconds_sum 0.7\n", true),
+            ("orch_dispatch_seconds_count 1", true),
+        ] {
+            assert_eq!(text.contains(line), present, "{line}: {text}");
+        }
         let names: Vec<&str> = text
             .lines()
             .filter_map(|l| l.strip_prefix("# TYPE "))

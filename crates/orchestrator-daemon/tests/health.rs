@@ -46,6 +46,17 @@ async fn ready_while_the_store_takes_writes_and_the_loops_tick_and_not_after() {
             .starts_with("writable"),
         "{body:#}"
     );
+    // The fabric reports itself, without gating readiness.
+    assert_eq!(c["fabric"]["ok"], true, "{body:#}");
+    assert_eq!(c["fabric"]["required"], false, "{body:#}");
+    assert!(
+        c["fabric"]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("0 models"),
+        "{body:#}"
+    );
+    assert_eq!(c["store"]["required"], true, "{body:#}");
     for looping in ["reaper", "preempt"] {
         assert_eq!(c[looping]["ok"], true, "{body:#}");
         // The loops tick every 100 ms: the last tick is recent.
@@ -116,6 +127,77 @@ async fn metrics_show_each_agents_slots_and_a_claim_latency_histogram() {
         "orch_claim_seconds_count 0",
         "# TYPE orch_inbox_items gauge",
         "# TYPE orch_retries_total counter",
+    ] {
+        assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
+    }
+
+    // A job queued and claimed: one claim and one dispatch observed.
+    let project = dir.path().join("project");
+    std::fs::create_dir_all(&project).unwrap();
+    for args in [
+        &["init", "-q"][..],
+        &[
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-q",
+            "--allow-empty",
+            "-m",
+            "first",
+        ],
+    ] {
+        let ok = std::process::Command::new("git")
+            .args(args)
+            .current_dir(&project)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    }
+    let submitted = http
+        .post(format!("{base}/v1/runs"))
+        .bearer_auth("admin")
+        .json(&serde_json::json!({
+            "workflow": "name: one\nstages:\n  - id: a\n    steps:\n      - commands:\n          - argv: [true]\n",
+            "project_dir": project.canonicalize().unwrap(),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        submitted.status().as_u16(),
+        201,
+        "{:?}",
+        submitted.text().await
+    );
+    let id = reg["agent_id"].as_str().unwrap();
+    let claimed: Value = http
+        .post(format!("{base}/v1/agents/{id}/claim"))
+        .bearer_auth("agent")
+        .json(&serde_json::json!({"wait_ms": 5000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(claimed["queued_at_ms"].as_i64().unwrap() > 0, "{claimed}");
+    let text = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth("admin")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for line in [
+        "orch_claim_seconds_count 1",
+        "orch_dispatch_seconds_count 1",
+        "orch_dispatch_seconds_bucket{le=\"+Inf\"} 1",
+        "orch_agent_slots_used{agent=\"box-1\"} 1",
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
     }

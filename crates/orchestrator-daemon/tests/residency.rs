@@ -216,3 +216,48 @@ async fn a_request_for_a_model_no_place_can_hold_is_answered_at_once_saying_why(
     daemon.shutdown_token().cancel();
     daemon.wait().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_cannot_start_fails_its_requests_and_readyz_names_it() {
+    test_model();
+    let yaml = "local: {ram: 400M}\nmodels:\n\
+         - {name: gone, runtime: {llama_cpp: {model: /nonexistent/gone.gguf}}, memory: 100M}\n";
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, base, key) = daemon_with_key(dir.path(), yaml).await;
+    let http = reqwest::Client::new();
+    let ready: Value = http
+        .get(format!("{base}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["components"]["fabric"]["ok"], true, "{ready:#}");
+    let r = http
+        .post(format!("{base}/v1/completions"))
+        .bearer_auth(&key)
+        .json(&json!({"model": "gone", "prompt": "x", "max_tokens": 1}))
+        .timeout(std::time::Duration::from_secs(60))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 502, "{body}");
+    // The fabric says what failed; the daemon stays ready for everything else.
+    let r = http.get(format!("{base}/readyz")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let ready: Value = r.json().await.unwrap();
+    let fabric = &ready["components"]["fabric"];
+    assert_eq!(fabric["ok"], false, "{ready:#}");
+    assert_eq!(fabric["required"], false, "{ready:#}");
+    let detail = fabric["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("failed to start") && detail.contains("gone:"),
+        "{detail}"
+    );
+    assert_eq!(ready["ready"], true, "{ready:#}");
+    daemon.shutdown_token().cancel();
+    daemon.wait().await.unwrap();
+}

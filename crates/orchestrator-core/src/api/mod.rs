@@ -223,6 +223,10 @@ pub struct ClaimedJob {
     pub lease_id: i64,
     /// Secret proving the holder; needed to heartbeat and complete.
     pub lease_token: String,
+    /// When the job was queued (Unix ms): its dispatch latency is the
+    /// time from then to the lease.
+    #[serde(default)]
+    pub queued_at_ms: i64,
     pub lease_expires_at_ms: i64,
     /// The memory and GPUs the step was given on this agent.
     #[serde(default)]

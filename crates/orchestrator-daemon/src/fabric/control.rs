@@ -126,6 +126,8 @@ pub struct Fabric {
     stops: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     /// Servers started, by model.
     pub(crate) starts: Mutex<BTreeMap<String, u64>>,
+    /// What `/readyz` reports ([`super::health`]).
+    pub(crate) health: Mutex<super::health::FabricHealth>,
 }
 
 impl Fabric {
@@ -178,6 +180,7 @@ impl Fabric {
             next_instance: AtomicU64::new(next),
             stops: Mutex::default(),
             starts: Mutex::default(),
+            health: Mutex::default(),
         }
     }
 
@@ -191,11 +194,15 @@ impl Fabric {
 
     /// Runs residency until `shutdown`; every server is stopped then.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        self.lock_health().looping = true;
         if !self.any_managed {
-            return shutdown.cancelled().await;
+            shutdown.cancelled().await;
+            self.lock_health().looping = false;
+            return;
         }
         loop {
             let wake = self.step(&shutdown);
+            self.lock_health().last_step = std::time::Instant::now();
             tokio::select! {
                 _ = self.pool.changed.notified() => {}
                 _ = tokio::time::sleep(wake) => {}
@@ -213,6 +220,7 @@ impl Fabric {
                 changed.await;
             }
         };
+        self.lock_health().looping = false;
         let limit = STOP_GRACE + Duration::from_secs(2);
         if tokio::time::timeout(limit, gone).await.is_err() {
             tracing::warn!("model servers still stopping after {limit:?}");
@@ -424,6 +432,9 @@ impl Fabric {
             }
             Err(e) => {
                 tracing::warn!(model = %spec.name, error = %e, "model server did not start");
+                if !shutdown.is_cancelled() {
+                    self.start_failed(&spec.name, &e);
+                }
                 self.forget(id);
                 self.pool.fail_waiting(&spec.name, &e);
                 self.pool.changed.notify_one();

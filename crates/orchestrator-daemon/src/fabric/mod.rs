@@ -13,6 +13,7 @@
 //! the reason.
 
 pub mod control;
+pub mod health;
 pub mod keys;
 pub mod metrics;
 pub mod placement;

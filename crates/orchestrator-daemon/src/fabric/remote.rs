@@ -178,6 +178,7 @@ impl Fabric {
         }
         for (id, model, error) in failed {
             tracing::warn!(%agent, %model, %error, "model server did not start on agent");
+            self.start_failed(&model, &format!("on agent {agent}: {error}"));
             self.forget(id);
             self.pool
                 .fail_waiting(&model, &format!("on agent {agent}: {error}"));

@@ -221,10 +221,10 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
     let Some((job_id, grant)) = placement::pick(ctx, agent_id, &cap, &free)? else {
         return Ok(None);
     };
-    let payload: String = ctx
+    let (payload, queued_at_ms): (String, i64) = ctx
         .conn
-        .prepare_cached("SELECT payload FROM jobs WHERE id = ?1")?
-        .query_row([job_id], |r| r.get(0))?;
+        .prepare_cached("SELECT payload, created_at FROM jobs WHERE id = ?1")?
+        .query_row([job_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let spec: JobSpec =
         serde_json::from_str(&payload).map_err(|e| StoreError::Database(e.to_string()))?;
     ctx.conn
@@ -281,6 +281,7 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
         job_id,
         lease_id,
         lease_token: token,
+        queued_at_ms,
         lease_expires_at_ms: expires,
         grant,
         spec,
