@@ -104,24 +104,15 @@ fn a_browser_sees_the_graph_approves_by_clicking_and_watches_the_run_finish() {
         "{link}"
     );
 
-    let out = Command::new("node")
-        .arg("drive.mjs")
-        .arg(&link)
-        .arg(&run)
-        .arg(artifacts())
-        .arg(&release)
-        .current_dir(driver_dir())
-        .output()
-        .expect("cannot run node: run scripts/test, which installs it");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "the browser test failed ({}):\n{stdout}\n{stderr}",
-        out.status
+    let seen = drive(
+        "drive.mjs",
+        &[
+            &link,
+            &run,
+            artifacts().to_str().unwrap(),
+            release.to_str().unwrap(),
+        ],
     );
-    let seen: Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("the driver printed no JSON ({e}):\n{stdout}\n{stderr}"));
     eprintln!(
         "screenshots: {}",
         artifacts().join("dashboard-*.png").display()
@@ -186,6 +177,101 @@ fn a_browser_sees_the_graph_approves_by_clicking_and_watches_the_run_finish() {
                 && t["from"] == "awaiting_approval")
         ),
         "no approval by the dashboard in {log}"
+    );
+}
+
+/// Runs a driver script in tests/dashboard; returns what it printed as JSON.
+fn drive(script: &str, args: &[&str]) -> Value {
+    let out = Command::new("node")
+        .arg(script)
+        .args(args)
+        .current_dir(driver_dir())
+        .output()
+        .expect("cannot run node: run scripts/test, which installs it");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}):\n{stdout}\n{stderr}"))
+}
+
+#[test]
+fn the_inbox_answers_skips_rejects_with_feedback_and_approves_by_clicking() {
+    check_tools();
+    let mut h = Harness::new();
+    let d = h.start_up(&["--slots", "3"]);
+    let wf = format!(
+        r#"
+name: inbox
+stages:
+  - id: pick
+    # No network: the question reaches the agent through its socket.
+    sandbox: namespace
+    steps:
+      - artifacts: [choice.txt]
+        commands:
+          - argv: [sh, -c, 'if [ -z "$ORCH_ANSWER" ]; then exec "$0" ask "Which database?" --choice sqlite --choice postgres; fi; echo "$ORCH_ANSWER" > choice.txt', "{orch}"]
+  - id: flaky
+    steps:
+      - commands:
+          - argv: [sh, -c, 'echo broken >&2; exit 3']
+  - id: draft
+    steps:
+      - name: write
+        approve: true
+        artifacts: [draft.md]
+        commands:
+          - argv: [sh, -c, 'if [ -n "$ORCH_FEEDBACK" ]; then {{ echo v2; cat "$ORCH_FEEDBACK_FILE"; }} > draft.md; else echo v1 > draft.md; fi']
+"#,
+        orch = orch_bin()
+    );
+    let file = h.write("inbox.yaml", &wf);
+    let run = h.submit(&file);
+    wait_for("three items in the inbox", LONG, || {
+        let detail = h.show(&run);
+        (stage(&detail, "pick")["state"] == "awaiting_input"
+            && stage(&detail, "flaky")["state"] == "awaiting_decision"
+            && stage(&detail, "draft")["state"] == "awaiting_approval")
+            .then_some(())
+    });
+    let link = h.orch(&["dashboard"]);
+    link.expect_code(0);
+    let artifacts = artifacts();
+    let seen = drive(
+        "inbox.mjs",
+        &[link.stdout.trim(), &run, artifacts.to_str().unwrap()],
+    );
+    assert_eq!(seen["items"], 3, "{seen}");
+    assert_eq!(seen["badge"], "3", "{seen}");
+    assert_eq!(seen["commit_changed"], true, "{seen}");
+    assert_eq!(seen["badge_after"], true, "{seen}");
+    assert_eq!(seen["problems"], serde_json::json!([]), "{seen}");
+
+    // Each click went through the API and did what the CLI's command does.
+    let detail = h.wait_run_end(&d, &run);
+    assert_eq!(stage(&detail, "pick")["state"], "succeeded", "{detail}");
+    assert_eq!(stage(&detail, "flaky")["state"], "skipped", "{detail}");
+    assert_eq!(stage(&detail, "draft")["state"], "succeeded", "{detail}");
+    let q = &detail["questions"][0];
+    assert_eq!(q["answer"], "postgres", "{q}");
+    assert_eq!(q["answered_by"], "user:dashboard", "{q}");
+    let show = |path: &str| {
+        let out = Command::new("git")
+            .args(["show", &format!("orch/run/{run}:{path}")])
+            .current_dir(&h.project)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(show("choice.txt"), "postgres\n");
+    let draft = show("draft.md");
+    assert!(
+        draft.starts_with("v2\n") && draft.contains("say v2, please"),
+        "{draft}"
     );
 }
 

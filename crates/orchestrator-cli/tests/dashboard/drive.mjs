@@ -7,7 +7,7 @@
 // (the `serve` stage's command waits for RELEASE_FILE, which this creates
 // once the page shows the command's first line)
 // Prints one JSON line of what it saw; exits non-zero on the first failure.
-import { chromium } from "playwright-core";
+import { launch, open, T } from "./browser.mjs";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { join } from "node:path";
 
@@ -18,29 +18,12 @@ if (!link || !runId || !artifacts || !release) {
 }
 mkdirSync(artifacts, { recursive: true });
 
-const browser = await chromium.launch({
-  executablePath: process.env.ORCH_CHROMIUM || "/usr/bin/chromium",
-  headless: true,
-  args: [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-  ],
-  // Playwright gives every launch a fresh, empty user data directory of its own.
-});
+const browser = await launch();
 const seen = {};
 const problems = [];
 let page;
 try {
-  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  page.on("pageerror", (e) => problems.push(`page error: ${e.message}`));
-  page.on("console", (m) => m.type() === "error" && problems.push(`console: ${m.text()}`));
-  const T = { timeout: 30_000 };
+  page = await open(browser, problems);
 
   await page.goto(link);
   // The ticket is traded for a session and leaves the address bar.

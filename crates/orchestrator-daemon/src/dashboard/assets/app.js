@@ -462,11 +462,12 @@ function stageActions(detail, st) {
   return out;
 }
 
-function questionForm(q) {
+function questionForm(q, head) {
   const path = `/v1/runs/${encodeURIComponent(q.run_id)}/questions/${q.id}/answer`;
   const send = (text) => act(path, { by: "dashboard", text }, "answered");
   const input = h("input", { type: "text", "data-draft": `answer:${q.id}`, placeholder: "your answer" });
   return h("div", { class: "panel item", "data-question": q.id },
+    head || "",
     h("strong", {}, "Question: "), q.question,
     q.choices.length
       ? h("div", { class: "actions" }, q.choices.map((c) => h("button", { class: "plain", "data-action": "answer", onclick: () => send(c) }, c)))
@@ -601,7 +602,7 @@ async function inboxView() {
       h("a", { href: `#/runs/${encodeURIComponent(it.run_id)}/${encodeURIComponent(it.stage_id)}` }, `${it.workflow} / ${it.stage_id}`),
       h("span", { class: "muted" }, ` · step ${it.step + 1}${it.step_name ? " " + it.step_name : ""} · waiting ${duration(Date.now() - it.since_ms)}`),
       it.commit ? h("span", { class: "muted" }, " · commit ", h("code", {}, short(it.commit, 10))) : "");
-    if (it.kind === "question" && it.question) return questionForm(it.question);
+    if (it.kind === "question" && it.question) return questionForm(it.question, head);
     if (it.kind === "approval") {
       const fb = h("textarea", { "data-draft": `reject:${key}`, placeholder: "feedback for the step, if you reject" });
       return h("div", { class: "panel item", "data-item": key },

@@ -1,0 +1,62 @@
+// The inbox, clicked through as a user would: answers a question by its
+// choice, skips a failed stage, rejects an approval with feedback, sees the
+// step come back for approval with a new checkpoint, and approves it.
+//
+// usage: node inbox.mjs LINK RUN_ID ARTIFACT_DIR
+// Prints one JSON line of what it saw; exits non-zero on the first failure.
+import { launch, open, T } from "./browser.mjs";
+import { mkdirSync } from "node:fs";
+import { join } from "node:path";
+
+const [link, runId, artifacts] = process.argv.slice(2);
+if (!link || !runId || !artifacts) {
+  console.error("usage: node inbox.mjs LINK RUN_ID ARTIFACT_DIR");
+  process.exit(2);
+}
+mkdirSync(artifacts, { recursive: true });
+
+const browser = await launch();
+const seen = {};
+const problems = [];
+let page;
+try {
+  page = await open(browser, problems);
+  await page.goto(link);
+  await page.locator('nav a[data-view="inbox"]').click();
+  const question = page.locator("#inbox [data-question]");
+  const decision = page.locator(`#inbox [data-item="${runId}/flaky"]`);
+  const approval = page.locator(`#inbox [data-item="${runId}/draft"]`);
+  await question.waitFor(T);
+  await decision.waitFor(T);
+  await approval.waitFor(T);
+  seen.items = await page.locator("#inbox > *").count();
+  seen.badge = (await page.locator("#inbox-count").textContent()).trim();
+  await page.screenshot({ path: join(artifacts, "dashboard-inbox.png"), fullPage: true });
+
+  await question.locator('button[data-action="answer"]', { hasText: "postgres" }).click();
+  await question.waitFor({ state: "detached", ...T });
+  await decision.locator('button[data-action="skip"]').click();
+  await decision.waitFor({ state: "detached", ...T });
+
+  // Rejecting needs feedback; the step runs again and comes back with a
+  // new checkpoint commit.
+  const before = await approval.locator("code").textContent();
+  await approval.locator("textarea").fill("say v2, please");
+  await approval.locator('button[data-action="reject"]').click();
+  await page
+    .locator(`#inbox [data-item="${runId}/draft"] code`)
+    .filter({ hasNotText: before })
+    .waitFor(T);
+  seen.commit_changed = true;
+  await approval.locator('button[data-action="approve"]').click();
+  await page.locator("main", { hasText: "Nothing waits for you." }).waitFor(T);
+  seen.badge_after = await page.locator("#inbox-count").isHidden();
+  seen.problems = problems;
+  console.log(JSON.stringify(seen));
+} catch (e) {
+  console.error(`inbox test failed: ${e.message}\nseen so far: ${JSON.stringify(seen)}\nproblems: ${problems.join("; ")}`);
+  process.exitCode = 1;
+  await page?.screenshot({ path: join(artifacts, "dashboard-inbox-failure.png"), fullPage: true }).catch(() => {});
+} finally {
+  await browser.close();
+}
