@@ -2,7 +2,8 @@
 //!
 //! What it is: an axum HTTP server under `/v1` (runs for users; register,
 //! claim, heartbeat and complete for agents; `/v1/events` as Server-Sent
-//! Events; `/healthz`; `/metrics`; the model gateway under `/v1`), the lease
+//! Events; `/healthz`; `/readyz`; `/metrics`; the model gateway under
+//! `/v1`; the web dashboard under `/ui/`, see [`dashboard`]), the lease
 //! reaper, model residency ([`fabric::control`]: which model servers run
 //! where), the flusher of the model gateway's usage ([`fabric::usage`]),
 //! and one delivery task per
