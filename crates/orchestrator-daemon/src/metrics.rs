@@ -251,8 +251,16 @@ pub fn render_agents_and_inbox(
         ("orch_agent_slots", "Slots an online agent may use."),
         ("orch_agent_slots_used", "Jobs an online agent runs now."),
         (
+            "orch_agent_slots_free",
+            "Slots an online agent has free now.",
+        ),
+        (
             "orch_agent_memory_mb",
             "Memory an online agent offers to steps, in MiB.",
+        ),
+        (
+            "orch_agent_memory_free_mb",
+            "Memory an online agent has free for steps now, in MiB.",
         ),
     ];
     for (name, help) in rows {
@@ -261,9 +269,26 @@ pub fn render_agents_and_inbox(
             let v = match name {
                 "orch_agent_slots" => u64::from(a.slots),
                 "orch_agent_slots_used" => u64::from(a.running),
+                "orch_agent_slots_free" => u64::from(a.free.slots),
+                "orch_agent_memory_free_mb" => a.free.memory_mb,
                 _ => a.memory_mb,
             };
             let _ = writeln!(out, "{name}{{agent=\"{}\"}} {v}", label(&a.name));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP orch_agent_gpu_memory_free_mb Memory free on each GPU of an online agent, in MiB.\n# TYPE orch_agent_gpu_memory_free_mb gauge"
+    );
+    for a in agents {
+        for g in &a.free.gpus {
+            let _ = writeln!(
+                out,
+                "orch_agent_gpu_memory_free_mb{{agent=\"{}\",gpu=\"{}\"}} {}",
+                label(&a.name),
+                g.index,
+                g.free_mb
+            );
         }
     }
     let mut by_kind: std::collections::BTreeMap<String, u64> = Default::default();

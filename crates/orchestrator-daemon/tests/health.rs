@@ -198,6 +198,9 @@ async fn metrics_show_each_agents_slots_and_a_claim_latency_histogram() {
         "orch_dispatch_seconds_count 1",
         "orch_dispatch_seconds_bucket{le=\"+Inf\"} 1",
         "orch_agent_slots_used{agent=\"box-1\"} 1",
+        "orch_agent_slots_free{agent=\"box-1\"} 2",
+        "orch_agent_memory_free_mb{agent=\"box-1\"} 2048",
+        "# TYPE orch_agent_gpu_memory_free_mb gauge",
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in\n{text}");
     }
