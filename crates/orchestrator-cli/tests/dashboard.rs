@@ -238,13 +238,12 @@ stages:
             && stage(&detail, "draft")["state"] == "awaiting_approval")
             .then_some(())
     });
-    let link = h.orch(&["dashboard"]);
-    link.expect_code(0);
     let artifacts = artifacts();
     let seen = drive(
         "inbox.mjs",
-        &[link.stdout.trim(), &run, artifacts.to_str().unwrap()],
+        &[&d.url, &d.admin_token, &run, artifacts.to_str().unwrap()],
     );
+    assert_eq!(seen["wrong_token_refused"], true, "{seen}");
     assert_eq!(seen["items"], 3, "{seen}");
     assert_eq!(seen["badge"], "3", "{seen}");
     assert_eq!(seen["commit_changed"], true, "{seen}");

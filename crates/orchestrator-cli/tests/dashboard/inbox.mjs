@@ -1,16 +1,17 @@
-// The inbox, clicked through as a user would: answers a question by its
+// The inbox, clicked through as a user would, after a login with the admin
+// token (a wrong one first, refused): answers a question by its
 // choice, skips a failed stage, rejects an approval with feedback, sees the
 // step come back for approval with a new checkpoint, and approves it.
 //
-// usage: node inbox.mjs LINK RUN_ID ARTIFACT_DIR
+// usage: node inbox.mjs BASE_URL ADMIN_TOKEN RUN_ID ARTIFACT_DIR
 // Prints one JSON line of what it saw; exits non-zero on the first failure.
 import { launch, open, T } from "./browser.mjs";
 import { mkdirSync } from "node:fs";
 import { join } from "node:path";
 
-const [link, runId, artifacts] = process.argv.slice(2);
-if (!link || !runId || !artifacts) {
-  console.error("usage: node inbox.mjs LINK RUN_ID ARTIFACT_DIR");
+const [base, token, runId, artifacts] = process.argv.slice(2);
+if (!base || !token || !runId || !artifacts) {
+  console.error("usage: node inbox.mjs BASE_URL ADMIN_TOKEN RUN_ID ARTIFACT_DIR");
   process.exit(2);
 }
 mkdirSync(artifacts, { recursive: true });
@@ -21,7 +22,15 @@ const problems = [];
 let page;
 try {
   page = await open(browser, problems);
-  await page.goto(link);
+  await page.goto(`${base}/ui/`);
+  await page.locator("#token").fill("not-the-token");
+  await page.locator("form.login button").click();
+  await page.locator("#login-error", { hasText: "not accepted" }).waitFor(T);
+  seen.wrong_token_refused = true;
+  // The browser logs the refused request as an error: it was meant.
+  problems.splice(0, problems.length, ...problems.filter((p) => !p.includes("401")));
+  await page.locator("#token").fill(token);
+  await page.locator("form.login button").click();
   await page.locator('nav a[data-view="inbox"]').click();
   const question = page.locator("#inbox [data-question]");
   const decision = page.locator(`#inbox [data-item="${runId}/flaky"]`);
