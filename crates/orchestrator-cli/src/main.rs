@@ -9,6 +9,7 @@ mod bench_gateway;
 mod bench_sandbox;
 mod bench_sched;
 mod client;
+mod config;
 mod decide;
 mod explain;
 mod human;
@@ -143,6 +144,11 @@ enum Cmd {
     Webhooks {
         #[command(subcommand)]
         cmd: WebhooksCmd,
+    },
+    /// Configuration files of `orch daemon`, `orch agent` and `orch up`.
+    Config {
+        #[command(subcommand)]
+        cmd: config::ConfigCmd,
     },
     /// Print the JSON Schema of workflow files.
     Schema,
@@ -325,6 +331,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Config { cmd } => config::run(cmd),
         Cmd::Schema => {
             view::json(&orchestrator_core::spec::workflow_schema())?;
             Ok(ExitCode::SUCCESS)
@@ -333,8 +340,49 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-fn main() -> ExitCode {
+/// The command line with the settings of `--config FILE` (of `up`,
+/// `daemon` and `agent`) under its flags and environment variables.
+///
+/// The file's settings whose variables are unset are given to clap as those
+/// variables for a second parse, and removed again after it, so that no
+/// process this one starts inherits them. This runs before the async
+/// runtime starts, while the process has one thread: setting and removing
+/// variables races with no other reader.
+fn parse_with_config() -> Result<Cli, CliError> {
     let cli = Cli::parse();
+    let (kind, file) = match &cli.cmd {
+        Cmd::Up(a) => (config::Kind::Up, &a.daemon.config),
+        Cmd::Daemon(a) => (config::Kind::Daemon, &a.config),
+        Cmd::Agent(a) => (config::Kind::Agent, &a.config),
+        _ => return Ok(cli),
+    };
+    let Some(file) = file else {
+        return Ok(cli);
+    };
+    let vars = config::variables(&config::load(file, kind)?);
+    if vars.is_empty() {
+        return Ok(cli);
+    }
+    for (name, value) in &vars {
+        std::env::set_var(name, value);
+    }
+    let cli = Cli::parse();
+    for (name, _) in &vars {
+        std::env::remove_var(name);
+    }
+    Ok(cli)
+}
+
+fn main() -> ExitCode {
+    let cli = match parse_with_config() {
+        Ok(cli) => cli,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                eprintln!("error: {line}");
+            }
+            return ExitCode::from(2);
+        }
+    };
     init_tracing(cli.log_json);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

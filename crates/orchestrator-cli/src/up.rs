@@ -22,6 +22,10 @@ use crate::paths;
 
 #[derive(clap::Args, Clone)]
 pub struct DaemonArgs {
+    /// Settings from a TOML file (`orch config defaults` lists them);
+    /// a flag or an environment variable beats the file's value.
+    #[arg(long, value_name = "FILE", env = "ORCH_CONFIG")]
+    pub config: Option<PathBuf>,
     /// Address to listen on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:7437", env = "ORCH_LISTEN")]
     pub listen: SocketAddr,
@@ -298,6 +302,10 @@ pub struct UpArgs {
 
 #[derive(clap::Args)]
 pub struct AgentArgs {
+    /// Settings from a TOML file (`orch config defaults` lists them);
+    /// a flag or an environment variable beats the file's value.
+    #[arg(long, value_name = "FILE", env = "ORCH_CONFIG")]
+    pub config: Option<PathBuf>,
     #[command(flatten)]
     pub agent: AgentOpts,
     /// Agent token; default: agent.token in the data directory.
@@ -580,6 +588,7 @@ impl Embedded {
     pub async fn start(dir: &Path, agent: AgentOpts, banner: bool) -> Result<Embedded> {
         let args = UpArgs {
             daemon: DaemonArgs {
+                config: None,
                 listen: "127.0.0.1:0".parse()?,
                 store: None,
                 lease_ttl_ms: 30_000,

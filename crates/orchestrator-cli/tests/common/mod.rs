@@ -116,6 +116,8 @@ pub struct Harness {
     /// a SIGKILL), as (pid, run id); killed at the end if still that run's.
     strays: Vec<(i32, String)>,
     counter: AtomicUsize,
+    /// Variables every `orch` started from now on gets.
+    env: Vec<(String, String)>,
 }
 
 impl Harness {
@@ -138,6 +140,7 @@ impl Harness {
             procs: Vec::new(),
             strays: Vec::new(),
             counter: AtomicUsize::new(0),
+            env: Vec::new(),
         }
     }
 
@@ -180,8 +183,17 @@ impl Harness {
                 c.env_remove(k);
             }
         }
+        c.envs(self.env.iter().map(|(k, v)| (k, v)));
         c.stdin(Stdio::null()).current_dir(self.root());
         c
+    }
+
+    /// Sets `name` for every `orch` started from now on; `None` stops setting it.
+    pub fn set_env(&mut self, name: &str, value: Option<&str>) {
+        self.env.retain(|(k, _)| k != name);
+        if let Some(v) = value {
+            self.env.push((name.to_owned(), v.to_owned()));
+        }
     }
 
     /// Runs `orch --data-dir DATA ARGS` to its end (at most two minutes).
@@ -312,7 +324,8 @@ impl Harness {
         self.start_server("up", &args)
     }
 
-    fn start_server(&mut self, label: &str, args: &[&str]) -> Daemon {
+    /// Starts `orch ARGS` (a daemon or `up`) and waits for it to write its endpoint.
+    pub fn start_server(&mut self, label: &str, args: &[&str]) -> Daemon {
         let endpoint = self.data.join("endpoint");
         let deadline = Instant::now() + LONG;
         loop {
