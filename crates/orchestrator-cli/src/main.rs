@@ -19,6 +19,7 @@ mod runcmd;
 mod secrets;
 mod up;
 mod view;
+mod workflows;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -63,6 +64,9 @@ enum Cmd {
     Demo(up::DemoArgs),
     /// Submit a workflow run.
     Run(runcmd::RunArgs),
+    /// List the workflows of the projects the daemon watches, with the
+    /// definition each runs and why its last reload failed, if it did.
+    Workflows(workflows::WorkflowsArgs),
     /// List runs.
     Ps {
         /// Output format: text for people, json for programs.
@@ -217,6 +221,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Agent(a) => up::agent(a, cli.server.clone(), &data_dir).await,
         Cmd::Demo(a) => up::demo(a).await,
         Cmd::Run(a) => runcmd::run(a, &client()?).await,
+        Cmd::Workflows(a) => workflows::list(a, &client()?).await,
         Cmd::Ps { output, limit } => {
             let list: Vec<orchestrator_core::api::RunSummary> =
                 client()?.get(&format!("/v1/runs?limit={limit}")).await?;

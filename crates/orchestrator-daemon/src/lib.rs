@@ -5,8 +5,10 @@
 //! Events; `/healthz`; `/metrics`; the model gateway under `/v1`), the lease
 //! reaper, model residency ([`fabric::control`]: which model servers run
 //! where), the flusher of the model gateway's usage ([`fabric::usage`]),
-//! and one delivery task per
-//! webhook or OpenClaw target ([`hooks`]). All run as named components
+//! one delivery task per
+//! webhook or OpenClaw target ([`hooks`]), and the workflow watcher
+//! ([`watch`]) that keeps the [`catalog`] of watched projects' workflows
+//! current. All run as named components
 //! under one supervisor ([`Daemon`]) that cancels them together on shutdown
 //! and then closes the store.
 //!
@@ -24,6 +26,7 @@
 mod act;
 pub mod api;
 pub mod auth;
+pub mod catalog;
 mod error;
 mod events;
 mod extract;
@@ -36,6 +39,7 @@ mod preempt;
 mod project;
 mod reaper;
 pub mod state_export;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -91,6 +95,9 @@ pub struct DaemonConfig {
     /// The secret that signs job keys for the gateway; None makes one for
     /// this process alone (keys then die with the daemon).
     pub job_key_secret: Option<Vec<u8>>,
+    /// Project directories whose `.orchestrator/workflows/` the daemon
+    /// watches: their definitions form the catalog runs can name.
+    pub watch: Vec<std::path::PathBuf>,
 }
 
 impl DaemonConfig {
@@ -112,6 +119,7 @@ impl DaemonConfig {
             model_aging_ms: 1_000,
             job_key_secret: None,
             state_dir: None,
+            watch: Vec::new(),
             llama_launcher: orchestrator_agent::model_server::default_launcher(),
         }
     }
@@ -141,6 +149,8 @@ pub struct App<S> {
     pub usage: Arc<fabric::usage::Accounting>,
     /// This machine's name: agents reporting it share the daemon's machine.
     pub daemon_hostname: Option<String>,
+    /// The watched projects' workflows, by name.
+    pub catalog: Arc<std::sync::Mutex<catalog::Catalog>>,
 }
 
 /// A started daemon.
@@ -148,6 +158,7 @@ pub struct Daemon {
     pub addr: SocketAddr,
     shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, Result<(), String>)>,
+    catalog: Arc<std::sync::Mutex<catalog::Catalog>>,
     close: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
@@ -191,6 +202,7 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/v1/inbox", get(human::inbox::<S>))
         .route("/v1/runs/{id}/transitions", get(human::transitions::<S>))
         .route("/v1/agents", get(api::list_agents::<S>))
+        .route("/v1/workflows", get(api::list_workflows::<S>))
         .route("/v1/events", get(events::events::<S>))
         .route("/v1/webhooks", get(webhooks_handler::<S>))
         .route("/metrics", get(metrics_handler::<S>))
@@ -302,6 +314,15 @@ impl Daemon {
                 )))
             }
         }
+        let catalog = Arc::new(std::sync::Mutex::new(catalog::Catalog::default()));
+        // A project that cannot be watched fails the start, before anything
+        // runs: `orch up --project` should not look fine and ignore edits.
+        let watch = if config.watch.is_empty() {
+            None
+        } else {
+            let projects = watch::projects(&config.watch).map_err(std::io::Error::other)?;
+            Some(watch::start(catalog.clone(), &projects).map_err(std::io::Error::other)?)
+        };
         let shutdown = CancellationToken::new();
         let app = Arc::new(App {
             store: store.clone(),
@@ -323,6 +344,7 @@ impl Daemon {
                 orchestrator_agent::model_server::Launcher::new(config.llama_launcher.clone()),
             )),
             usage: Arc::default(),
+            catalog: catalog.clone(),
             config,
         });
         let mut tasks = JoinSet::new();
@@ -363,6 +385,13 @@ impl Daemon {
                 ("state export", Ok(()))
             });
         }
+        if let Some(w) = watch {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                w.run(stop).await;
+                ("workflow watcher", Ok(()))
+            });
+        }
         let (f, stop) = (app.upstreams.fabric.clone(), shutdown.clone());
         tasks.spawn(async move {
             f.run(stop).await;
@@ -387,8 +416,14 @@ impl Daemon {
             addr,
             shutdown,
             tasks,
+            catalog,
             close,
         })
+    }
+
+    /// The watched projects' workflows now, as `GET /v1/workflows` lists them.
+    pub fn workflows(&self) -> Vec<orchestrator_core::api::WorkflowView> {
+        watch::lock(&self.catalog).list()
     }
 
     /// A token that stops the daemon when cancelled.
