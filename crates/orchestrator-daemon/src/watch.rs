@@ -256,3 +256,79 @@ impl Watch {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::hash;
+
+    fn wf(word: &str) -> String {
+        format!("name: w\nstages:\n  - id: a\n    steps:\n      - commands:\n          - argv: [echo, {word}]\n")
+    }
+
+    /// Polls the catalog until `f` holds (at most 20 s): no fixed sleep.
+    async fn until(c: &Mutex<Catalog>, what: &str, f: impl Fn(&Catalog) -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !f(&lock(c)) {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_writes_ends_on_the_last_text_and_later_files_are_seen() {
+        let tmp = tempfile::tempdir().unwrap();
+        let projects = projects(&[tmp.path().to_path_buf()]).unwrap();
+        let p = projects[0].clone();
+        let dir = p.join(WORKFLOWS_DIR);
+        assert!(dir.is_dir(), "the workflows folder is made when missing");
+        std::fs::write(dir.join("w.yaml"), wf("zero")).unwrap();
+        let catalog = Arc::new(Mutex::new(Catalog::default()));
+        let watch = start(catalog.clone(), &projects).unwrap();
+        assert_eq!(
+            lock(&catalog).resolve(&p, "w").unwrap().hash,
+            hash(&wf("zero"))
+        );
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watch.run(stop.clone()));
+
+        // An editor's burst: many writes in place and through renames.
+        for i in 0..30 {
+            let text = wf(&format!("v{i}"));
+            if i % 2 == 0 {
+                std::fs::write(dir.join("w.yaml"), text).unwrap();
+            } else {
+                std::fs::write(dir.join(".w.yaml.swp"), &text).unwrap();
+                std::fs::rename(dir.join(".w.yaml.swp"), dir.join("w.yaml")).unwrap();
+            }
+        }
+        let last = hash(&wf("v29"));
+        until(&catalog, "the last text", |c| {
+            c.resolve(&p, "w").is_ok_and(|d| d.hash == last)
+        })
+        .await;
+        assert_eq!(
+            lock(&catalog).list().len(),
+            1,
+            "the swap file is no workflow"
+        );
+
+        // A file that did not exist when watching began.
+        std::fs::write(dir.join("later.json"), r#"{"name": "later", "stages": [{"id": "a", "steps": [{"commands": [{"argv": ["true"]}]}]}]}"#).unwrap();
+        until(&catalog, "the new file", |c| c.resolve(&p, "later").is_ok()).await;
+        std::fs::remove_file(dir.join("later.json")).unwrap();
+        until(&catalog, "the removal", |c| c.resolve(&p, "later").is_err()).await;
+
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[test]
+    fn a_missing_project_is_refused() {
+        let e = projects(&[PathBuf::from("/nonexistent/orch-project")])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains("/nonexistent/orch-project"), "{e}");
+    }
+}
