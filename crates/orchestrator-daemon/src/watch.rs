@@ -38,6 +38,8 @@ pub enum WatchError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot start watching workflow files: {0}")]
+    Start(notify::Error),
     #[error("cannot watch {dir}: {source}")]
     Notify { dir: PathBuf, source: notify::Error },
 }
@@ -116,10 +118,7 @@ pub fn start(catalog: Arc<Mutex<Catalog>>, projects: &[PathBuf]) -> Result<Watch
             }
         }
     })
-    .map_err(|source| WatchError::Notify {
-        dir: PathBuf::new(),
-        source,
-    })?;
+    .map_err(WatchError::Start)?;
     for p in projects {
         let dir = p.join(WORKFLOWS_DIR);
         watcher
