@@ -1,7 +1,8 @@
 //! `orch`: the one binary of the orchestrator. It starts the daemon and
-//! agents (`up`, `daemon`, `agent`), submits and watches runs (`run`, `ps`,
-//! `show`, `logs`), checks workflows without running them (`validate`,
-//! `plan`, `schema`), and measures the whole path (`bench`).
+//! agents (`up`, `daemon`, `agent`), lists the workflows the daemon watches
+//! (`workflows`), submits and watches runs (`run`, `ps`, `show`, `logs`),
+//! checks workflows without running them (`validate`, `plan`, `schema`),
+//! and measures the whole path (`bench`).
 
 mod agent_models;
 mod bench;
