@@ -1,7 +1,8 @@
 //! `orch`: the one binary of the orchestrator. It starts the daemon and
-//! agents (`up`, `daemon`, `agent`), submits and watches runs (`run`, `ps`,
-//! `show`, `logs`), checks workflows without running them (`validate`,
-//! `plan`, `schema`), and measures the whole path (`bench`).
+//! agents (`up`, `daemon`, `agent`), lists the workflows the daemon watches
+//! (`workflows`), submits and watches runs (`run`, `ps`, `show`, `logs`),
+//! checks workflows without running them (`validate`, `plan`, `schema`),
+//! and measures the whole path (`bench`).
 
 mod agent_models;
 mod bench;
@@ -20,6 +21,7 @@ mod runcmd;
 mod secrets;
 mod up;
 mod view;
+mod workflows;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -64,6 +66,9 @@ enum Cmd {
     Demo(up::DemoArgs),
     /// Submit a workflow run.
     Run(runcmd::RunArgs),
+    /// List the workflows of the projects the daemon watches, with the
+    /// definition each runs and why its last reload failed, if it did.
+    Workflows(workflows::WorkflowsArgs),
     /// List runs.
     Ps {
         /// Output format: text for people, json for programs.
@@ -230,6 +235,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Agent(a) => up::agent(a, cli.server.clone(), &data_dir).await,
         Cmd::Demo(a) => up::demo(a).await,
         Cmd::Run(a) => runcmd::run(a, &client()?).await,
+        Cmd::Workflows(a) => workflows::list(a, &client()?).await,
         Cmd::Ps { output, limit } => {
             let list: Vec<orchestrator_core::api::RunSummary> =
                 client()?.get(&format!("/v1/runs?limit={limit}")).await?;

@@ -1,4 +1,5 @@
-//! `orch run FILE`: submit a run, and with `--wait` follow it live (stages
+//! `orch run FILE` or `orch run NAME` (a workflow of the project's catalog,
+//! which the daemon watches): submit a run, and with `--wait` follow it live (stages
 //! done of total, what runs now, elapsed) until it ends; the exit code tells
 //! the outcome.
 
@@ -18,7 +19,9 @@ use crate::view::{self, Output};
 
 #[derive(clap::Args)]
 pub struct RunArgs {
-    /// The workflow file (YAML or JSON).
+    /// The workflow file (YAML or JSON), or the name of a workflow in the
+    /// project's catalog (`orch workflows`): the daemon then runs the
+    /// definition it loaded last from `.orchestrator/workflows/`.
     pub file: PathBuf,
     /// The project directory the run works in. Default: the current directory.
     #[arg(long)]
@@ -60,6 +63,29 @@ impl From<FailureMode> for OnFailure {
     }
 }
 
+/// Whether `orch run ARG` names a catalog workflow rather than a file: no
+/// such file, no directory part and no workflow extension.
+pub fn is_name(arg: &std::path::Path) -> bool {
+    let s = arg.to_string_lossy();
+    !arg.exists()
+        && !s.contains('/')
+        && !s.is_empty()
+        && !matches!(
+            arg.extension().and_then(|e| e.to_str()),
+            Some("yaml" | "yml" | "json")
+        )
+}
+
+fn project_dir(project: Option<PathBuf>) -> Result<PathBuf> {
+    let project = match project {
+        Some(p) => p,
+        None => std::env::current_dir().context("cannot read the current directory")?,
+    };
+    Ok(std::fs::canonicalize(&project).map_err(|e| {
+        crate::CliError::BadInput(format!("project directory {}: {e}", project.display()))
+    })?)
+}
+
 pub async fn submit(
     client: &Client,
     file: &std::path::Path,
@@ -69,18 +95,13 @@ pub async fn submit(
     on_failure: Option<OnFailure>,
 ) -> Result<Submitted> {
     let (text, _) = crate::load_workflow(file)?;
-    let project = match project {
-        Some(p) => p,
-        None => std::env::current_dir().context("cannot read the current directory")?,
-    };
-    let project = std::fs::canonicalize(&project).map_err(|e| {
-        crate::CliError::BadInput(format!("project directory {}: {e}", project.display()))
-    })?;
+    let project = project_dir(project)?;
     client
         .post(
             "/v1/runs",
             &SubmitRun {
                 workflow: text,
+                workflow_name: None,
                 file: Some(file.display().to_string()),
                 project_dir: project.display().to_string(),
                 priority,
@@ -91,16 +112,39 @@ pub async fn submit(
         .await
 }
 
+/// Submits the catalog's workflow `name` of the project.
+async fn submit_name(client: &Client, name: &str, a: &RunArgs) -> Result<Submitted> {
+    let project = project_dir(a.project.clone())?;
+    client
+        .post(
+            "/v1/runs",
+            &SubmitRun {
+                workflow: String::new(),
+                workflow_name: Some(name.to_owned()),
+                file: None,
+                project_dir: project.display().to_string(),
+                priority: a.priority,
+                git_ref: a.git_ref.clone(),
+                on_failure: a.on_failure.map(OnFailure::from),
+            },
+        )
+        .await
+}
+
 pub async fn run(a: RunArgs, client: &Client) -> Result<ExitCode> {
-    let submitted = submit(
-        client,
-        &a.file,
-        a.project.clone(),
-        a.priority,
-        a.git_ref.clone(),
-        a.on_failure.map(OnFailure::from),
-    )
-    .await?;
+    let submitted = if is_name(&a.file) {
+        submit_name(client, &a.file.to_string_lossy(), &a).await?
+    } else {
+        submit(
+            client,
+            &a.file,
+            a.project.clone(),
+            a.priority,
+            a.git_ref.clone(),
+            a.on_failure.map(OnFailure::from),
+        )
+        .await?
+    };
     if a.output == Output::Text {
         // Warnings go to stderr so `RUN=$(orch run ...)` still gets the id alone.
         for w in &submitted.warnings {

@@ -73,8 +73,30 @@ pub struct DaemonArgs {
     /// Default: no export.
     #[arg(long, value_name = "DIR", env = "ORCH_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// A project whose workflows (`.orchestrator/workflows/*.yaml|*.yml|*.json`)
+    /// the daemon watches: edits reload them for new runs, which can then
+    /// name them (`orch run NAME`). Repeat for several. Default: the current
+    /// directory when it has `.orchestrator/workflows/`.
+    #[arg(long = "project", value_name = "DIR")]
+    pub projects: Vec<PathBuf>,
     #[command(flatten)]
     pub hooks: HookArgs,
+}
+
+impl DaemonArgs {
+    /// With no `--project`, the current directory when it keeps workflows.
+    fn default_projects(&mut self) {
+        if self.projects.is_empty() {
+            if let Ok(cwd) = std::env::current_dir() {
+                if cwd
+                    .join(orchestrator_daemon::catalog::WORKFLOWS_DIR)
+                    .is_dir()
+                {
+                    self.projects.push(cwd);
+                }
+            }
+        }
+    }
 }
 
 /// Where human-facing events go (approvals, questions, failures, finished runs).
@@ -400,6 +422,7 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
         cfg.llama_launcher = l.clone();
     }
     cfg.state_dir = a.state_dir.clone();
+    cfg.watch = a.projects.clone();
     let daemon = Daemon::start(cfg, store)
         .await
         .with_context(|| format!("cannot start the daemon on {}", a.listen))?;
@@ -492,6 +515,7 @@ async fn run_up(
             "dashboard: {} (this link works once, for 10 minutes; `orch dashboard` makes another)",
             daemon.dashboard_link().url
         );
+        crate::workflows::banner(&a.daemon.projects, &daemon.workflows());
     }
     if let Some(r) = ready {
         let _ = r.send(url.clone());
@@ -526,12 +550,14 @@ async fn run_up(
     Ok(())
 }
 
-pub async fn up(a: UpArgs, data_dir: &Path) -> Result<ExitCode> {
+pub async fn up(mut a: UpArgs, data_dir: &Path) -> Result<ExitCode> {
+    a.daemon.default_projects();
     run_up(a, data_dir, CancellationToken::new(), true, None).await?;
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn daemon(a: DaemonArgs, data_dir: &Path) -> Result<ExitCode> {
+pub async fn daemon(mut a: DaemonArgs, data_dir: &Path) -> Result<ExitCode> {
+    a.default_projects();
     let (daemon, _) = start_daemon(&a, data_dir).await?;
     eprintln!(
         "orch daemon on http://{} (data in {})",
@@ -542,6 +568,7 @@ pub async fn daemon(a: DaemonArgs, data_dir: &Path) -> Result<ExitCode> {
         "dashboard: {} (this link works once, for 10 minutes; `orch dashboard` makes another)",
         daemon.dashboard_link().url
     );
+    crate::workflows::banner(&a.projects, &daemon.workflows());
     let stop = daemon.shutdown_token();
     tokio::spawn(async move {
         let _ = signals().await;
@@ -602,6 +629,7 @@ impl Embedded {
                 models: None,
                 llama_launcher: None,
                 state_dir: None,
+                projects: Vec::new(),
                 hooks: HookArgs::default(),
             },
             agent,

@@ -69,6 +69,9 @@ pub fn run(d: &RunDetail) {
     let r = &d.run;
     println!("run       {}", r.id);
     println!("workflow  {}", r.workflow);
+    if let Some(h) = &r.spec_hash {
+        println!("spec      sha256 {h}");
+    }
     println!("project   {}", r.project_dir);
     println!("state     {}", r.state);
     match r.suggested_priority {

@@ -20,9 +20,10 @@ use crate::App;
 
 pub async fn submit_run<S: Store>(
     State(app): State<Arc<App<S>>>,
-    JsonBody(req): JsonBody<SubmitRun>,
+    JsonBody(mut req): JsonBody<SubmitRun>,
 ) -> Result<Response, ApiErr> {
-    let dir = std::path::Path::new(&req.project_dir);
+    let project_dir = std::path::PathBuf::from(&req.project_dir);
+    let dir = project_dir.as_path();
     if !dir.is_absolute() || !dir.is_dir() {
         return Err(ApiErr::new(
             StatusCode::UNPROCESSABLE_ENTITY,
@@ -32,6 +33,7 @@ pub async fn submit_run<S: Store>(
             ),
         ));
     }
+    by_name(&app, dir, &mut req)?;
     let base_commit = crate::project::resolve_commit(dir, req.git_ref.as_deref())
         .map_err(|msg| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, msg))?;
     let policy = crate::project::read_policy(dir)
@@ -98,6 +100,42 @@ pub async fn submit_run<S: Store>(
         tracing::warn!(run_id = %submitted.run_id, "{w}");
     }
     Ok((StatusCode::CREATED, Json(submitted)).into_response())
+}
+
+/// A run that names a catalog workflow gets the catalog's text of it now,
+/// so that the store records exactly the definition the run starts with.
+fn by_name<S>(app: &App<S>, dir: &std::path::Path, req: &mut SubmitRun) -> Result<(), ApiErr> {
+    let unprocessable = |msg: String| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, msg);
+    let Some(name) = req.workflow_name.as_deref() else {
+        if req.workflow.is_empty() {
+            return Err(unprocessable(
+                "workflow: expected the workflow's text, or workflow_name: the name of a workflow of the project's catalog".into(),
+            ));
+        }
+        return Ok(());
+    };
+    if !req.workflow.is_empty() {
+        return Err(unprocessable(
+            "workflow and workflow_name: expected one of them, not both".into(),
+        ));
+    }
+    // The catalog knows projects by their canonical directory.
+    let project = std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+    let def = crate::watch::lock(&app.catalog)
+        .resolve(&project, name)
+        .map_err(|e| unprocessable(e.to_string()))?;
+    tracing::info!(workflow = %def.name, file = %def.file.display(), "run of workflow {} from the catalog (sha256 {}…)", def.name, &def.hash[..12]);
+    req.workflow = def.text;
+    req.file = Some(def.file.display().to_string());
+    Ok(())
+}
+
+/// `GET /v1/workflows`: the watched projects' workflow files, with the
+/// definition each answers with and its last reload's error.
+pub async fn list_workflows<S: Store>(
+    State(app): State<Arc<App<S>>>,
+) -> Json<Vec<orchestrator_core::api::WorkflowView>> {
+    Json(crate::watch::lock(&app.catalog).list())
 }
 
 #[derive(Deserialize)]

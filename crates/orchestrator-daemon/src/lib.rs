@@ -6,8 +6,10 @@
 //! `/v1`; the web dashboard under `/ui/`, see [`dashboard`]), the lease
 //! reaper, model residency ([`fabric::control`]: which model servers run
 //! where), the flusher of the model gateway's usage ([`fabric::usage`]),
-//! and one delivery task per
-//! webhook or OpenClaw target ([`hooks`]). All run as named components
+//! one delivery task per
+//! webhook or OpenClaw target ([`hooks`]), and the workflow watcher
+//! ([`watch`]) that keeps the [`catalog`] of watched projects' workflows
+//! current. All run as named components
 //! under one supervisor ([`Daemon`]) that cancels them together on shutdown
 //! and then closes the store.
 //!
@@ -26,6 +28,7 @@ mod act;
 pub mod api;
 pub mod auth;
 pub mod dashboard;
+pub mod catalog;
 mod error;
 mod events;
 mod extract;
@@ -38,6 +41,7 @@ mod preempt;
 mod project;
 mod reaper;
 pub mod state_export;
+pub mod watch;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -96,6 +100,9 @@ pub struct DaemonConfig {
     /// The key of the dashboard's links and sessions; None makes one for
     /// this process alone (browsers then log in again after a restart).
     pub dashboard_secret: Option<Vec<u8>>,
+    /// Project directories whose `.orchestrator/workflows/` the daemon
+    /// watches: their definitions form the catalog runs can name.
+    pub watch: Vec<std::path::PathBuf>,
 }
 
 impl DaemonConfig {
@@ -118,6 +125,7 @@ impl DaemonConfig {
             job_key_secret: None,
             dashboard_secret: None,
             state_dir: None,
+            watch: Vec::new(),
             llama_launcher: orchestrator_agent::model_server::default_launcher(),
         }
     }
@@ -149,6 +157,8 @@ pub struct App<S> {
     pub daemon_hostname: Option<String>,
     /// The dashboard's links and sessions.
     pub sessions: Arc<dashboard::Sessions>,
+    /// The watched projects' workflows, by name.
+    pub catalog: Arc<std::sync::Mutex<catalog::Catalog>>,
 }
 
 /// A started daemon.
@@ -157,6 +167,7 @@ pub struct Daemon {
     sessions: Arc<dashboard::Sessions>,
     shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, Result<(), String>)>,
+    catalog: Arc<std::sync::Mutex<catalog::Catalog>>,
     close: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
 
@@ -203,6 +214,7 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/v1/inbox", get(human::inbox::<S>))
         .route("/v1/runs/{id}/transitions", get(human::transitions::<S>))
         .route("/v1/agents", get(api::list_agents::<S>))
+        .route("/v1/workflows", get(api::list_workflows::<S>))
         .route("/v1/events", get(events::events::<S>))
         .route("/v1/webhooks", get(webhooks_handler::<S>))
         .route("/metrics", get(metrics_handler::<S>))
@@ -326,6 +338,15 @@ impl Daemon {
                 )))
             }
         }
+        let catalog = Arc::new(std::sync::Mutex::new(catalog::Catalog::default()));
+        // A project that cannot be watched fails the start, before anything
+        // runs: `orch up --project` should not look fine and ignore edits.
+        let watch = if config.watch.is_empty() {
+            None
+        } else {
+            let projects = watch::projects(&config.watch).map_err(std::io::Error::other)?;
+            Some(watch::start(catalog.clone(), &projects).map_err(std::io::Error::other)?)
+        };
         let shutdown = CancellationToken::new();
         let app = Arc::new(App {
             store: store.clone(),
@@ -348,6 +369,7 @@ impl Daemon {
             )),
             usage: Arc::default(),
             sessions: Arc::new(dashboard::Sessions::new(config.dashboard_secret.clone())),
+            catalog: catalog.clone(),
             config,
         });
         let mut tasks = JoinSet::new();
@@ -388,6 +410,13 @@ impl Daemon {
                 ("state export", Ok(()))
             });
         }
+        if let Some(w) = watch {
+            let stop = shutdown.clone();
+            tasks.spawn(async move {
+                w.run(stop).await;
+                ("workflow watcher", Ok(()))
+            });
+        }
         let (f, stop) = (app.upstreams.fabric.clone(), shutdown.clone());
         tasks.spawn(async move {
             f.run(stop).await;
@@ -413,6 +442,7 @@ impl Daemon {
             sessions: app.sessions.clone(),
             shutdown,
             tasks,
+            catalog,
             close,
         })
     }
@@ -427,6 +457,11 @@ impl Daemon {
             _ => self.addr,
         };
         dashboard::link(&self.sessions, &format!("http://{host}"))
+    }
+
+    /// The watched projects' workflows now, as `GET /v1/workflows` lists them.
+    pub fn workflows(&self) -> Vec<orchestrator_core::api::WorkflowView> {
+        watch::lock(&self.catalog).list()
     }
 
     /// A token that stops the daemon when cancelled.

@@ -22,8 +22,16 @@ pub use sched::*;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SubmitRun {
-    /// The workflow file's text (YAML or JSON).
+    /// The workflow file's text (YAML or JSON). Empty when the run names a
+    /// workflow of the project's catalog instead (`workflow_name`).
+    #[serde(default)]
     pub workflow: String,
+    /// A workflow of the catalog of `project_dir` (the definitions the daemon
+    /// watches in `.orchestrator/workflows/`), by its `name:`; the run then
+    /// starts with exactly the catalog's current definition. Given instead
+    /// of `workflow`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workflow_name: Option<String>,
     /// The file's name, used in error messages only.
     #[serde(default)]
     pub file: Option<String>,
@@ -87,6 +95,28 @@ pub struct RunSummary {
     /// The run's branch, `orch/run/<id>`.
     #[serde(default)]
     pub branch: Option<String>,
+    /// The sha256 of the workflow text the run started with (hex).
+    #[serde(default)]
+    pub spec_hash: Option<String>,
+}
+
+/// `GET /v1/workflows`: one workflow file of a watched project's catalog.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkflowView {
+    pub project_dir: String,
+    /// The definition's `name:`; the file's stem while no valid definition
+    /// was ever loaded from it.
+    pub name: String,
+    pub file: String,
+    /// The sha256 (hex) of the definition runs by this name start with;
+    /// None while no valid definition was ever loaded from the file.
+    pub hash: Option<String>,
+    /// When that definition was loaded, in milliseconds since the epoch.
+    pub loaded_at_ms: Option<i64>,
+    /// Why the file's last reload failed (the definition in `hash` is
+    /// kept); None when it succeeded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// One stage of a run.

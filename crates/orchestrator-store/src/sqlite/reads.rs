@@ -11,7 +11,7 @@ use orchestrator_core::sched::{free, SystemRules};
 
 use crate::{Counts, Result, StoreError};
 
-const RUN_COLS: &str = "id, workflow, project_dir, state, priority, stages_total, stages_succeeded, stages_ended, created_at, ended_at, base_commit, suggested_priority";
+const RUN_COLS: &str = "id, workflow, project_dir, state, priority, stages_total, stages_succeeded, stages_ended, created_at, ended_at, base_commit, suggested_priority, spec_hash";
 
 fn run_summary(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
     let state: String = r.get(3)?;
@@ -29,6 +29,7 @@ fn run_summary(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
         base_commit: r.get(10)?,
         suggested_priority: r.get(11)?,
         branch: Some(format!("orch/run/{}", r.get::<_, String>(0)?)),
+        spec_hash: r.get(12)?,
     })
 }
 
@@ -104,7 +105,7 @@ pub fn run_detail(conn: &Connection, id: &str) -> Result<RunDetail> {
     );
     let (run, spec): (RunSummary, String) = conn
         .prepare_cached(&sql)?
-        .query_row([&id], |r| Ok((run_summary(r)?, r.get(12)?)))?;
+        .query_row([&id], |r| Ok((run_summary(r)?, r.get(13)?)))?;
     let wf: Workflow =
         serde_json::from_str(&spec).map_err(|e| StoreError::Database(format!("run {id}: {e}")))?;
     let plan = orchestrator_core::plan(&wf)
