@@ -75,9 +75,14 @@ pub struct DaemonArgs {
     pub state_dir: Option<PathBuf>,
     /// A project whose workflows (`.orchestrator/workflows/*.yaml|*.yml|*.json`)
     /// the daemon watches: edits reload them for new runs, which can then
-    /// name them (`orch run NAME`). Repeat for several. Default: the current
-    /// directory when it has `.orchestrator/workflows/`.
-    #[arg(long = "project", value_name = "DIR")]
+    /// name them (`orch run NAME`). Repeat or comma-separate for several.
+    /// Default: the current directory when it has `.orchestrator/workflows/`.
+    #[arg(
+        long = "project",
+        value_name = "DIR",
+        env = "ORCH_PROJECTS",
+        value_delimiter = ','
+    )]
     pub projects: Vec<PathBuf>,
     #[command(flatten)]
     pub hooks: HookArgs,

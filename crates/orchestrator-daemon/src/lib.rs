@@ -27,8 +27,8 @@
 mod act;
 pub mod api;
 pub mod auth;
-pub mod dashboard;
 pub mod catalog;
+pub mod dashboard;
 mod error;
 mod events;
 mod extract;
