@@ -28,7 +28,7 @@ use serde::Serialize;
 
 use orchestrator_agent::SandboxConfig;
 
-use crate::up::AgentOpts;
+use crate::agent_opts::AgentOpts;
 use crate::view::{self, Output};
 
 #[derive(clap::Args)]
@@ -82,7 +82,7 @@ pub struct BenchArgs {
     pub sandbox: orchestrator_core::spec::SandboxKind,
     /// What the sandbox workload's `vm` steps boot.
     #[command(flatten)]
-    pub vm: Box<crate::up::VmOpts>,
+    pub vm: Box<crate::agent_opts::VmOpts>,
     /// The image the sandbox workload's `container` steps run in (a root
     /// file system directory or tarball); without it `container` is
     /// reported unavailable.
@@ -365,7 +365,7 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
     };
     let sandbox_rows = if a.workloads.iter().any(|w| w == "sandbox") {
         let cfg = SandboxConfig {
-            vm: crate::up::vm_config(&a.vm),
+            vm: crate::agent_opts::vm_config(&a.vm),
             container_image: a.container_image.clone(),
             work_dir: Some(root.join("sandbox-state")),
             ..SandboxConfig::default()
@@ -445,7 +445,7 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
         container_image: None,
         models: Default::default(),
     };
-    let embedded = crate::up::Embedded::start(&data, agent, false).await?;
+    let embedded = crate::demo::Embedded::start(&data, agent, false).await?;
     let client = &embedded.client;
     let mut rows = Vec::new();
     for wl in wls {

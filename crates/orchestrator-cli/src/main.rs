@@ -5,6 +5,7 @@
 //! and measures the whole path (`bench`).
 
 mod agent_models;
+mod agent_opts;
 mod bench;
 mod bench_gateway;
 mod bench_sandbox;
@@ -12,6 +13,7 @@ mod bench_sched;
 mod client;
 mod config;
 mod decide;
+mod demo;
 mod explain;
 mod human;
 mod logs;
@@ -63,7 +65,7 @@ enum Cmd {
     /// Start an agent that works for a daemon.
     Agent(up::AgentArgs),
     /// Run the demo workflow on a fresh embedded store, then exit.
-    Demo(up::DemoArgs),
+    Demo(demo::DemoArgs),
     /// Submit a workflow run.
     Run(runcmd::RunArgs),
     /// List the workflows of the projects the daemon watches, with the
@@ -233,7 +235,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Up(a) => up::up(a, &data_dir).await,
         Cmd::Daemon(a) => up::daemon(a, &data_dir).await,
         Cmd::Agent(a) => up::agent(a, cli.server.clone(), &data_dir).await,
-        Cmd::Demo(a) => up::demo(a).await,
+        Cmd::Demo(a) => demo::demo(a).await,
         Cmd::Run(a) => runcmd::run(a, &client()?).await,
         Cmd::Workflows(a) => workflows::list(a, &client()?).await,
         Cmd::Ps { output, limit } => {
