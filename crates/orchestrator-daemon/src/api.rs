@@ -411,11 +411,15 @@ pub async fn complete<S: Store>(
 }
 
 /// Fills in the values of the secrets a claimed job's stage names.
-/// Also mints the job's key to the model gateway.
+/// Also mints the job's key to the model gateway, when the daemon serves
+/// models: without a key the agent neither offers the gateway to the step
+/// nor asks for its usage, a round trip per step saved.
 fn with_secrets<S: Store>(app: &App<S>, job: &mut orchestrator_core::api::ClaimedJob) {
-    job.spec.api_key = Some(orchestrator_core::api::ApiKey(
-        app.job_keys.mint(job.job_id, &job.spec.run_id),
-    ));
+    if !app.config.models.is_empty() {
+        job.spec.api_key = Some(orchestrator_core::api::ApiKey(
+            app.job_keys.mint(job.job_id, &job.spec.run_id),
+        ));
+    }
     let missing = job.spec.secrets.fill(&app.config.secrets);
     if !missing.is_empty() {
         // Checked at submission; only a daemon restarted without them gets here.

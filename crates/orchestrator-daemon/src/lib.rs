@@ -305,7 +305,7 @@ async fn metrics_handler<S: Store>(
 ) -> Result<String, ApiErr> {
     let counts = app.store.counts().await?;
     let mut text = app.metrics.render(&counts, &app.store.writer_stats());
-    fabric::metrics::render(&app.upstreams.fabric, &mut text);
+    metrics::render_fabric(&app.upstreams.fabric, &mut text);
     metrics::render_models(&mut text, &app.usage.by_model());
     let agents = app.store.list_agents(app.config.online_ms()).await?;
     let inbox = app.store.inbox().await?;

@@ -316,7 +316,7 @@ fn label(v: &str) -> String {
 }
 
 /// The model gateway's accounting, by model (the fabric's own lines, such as
-/// the requests waiting, are `fabric::metrics`): since the daemon started,
+/// the requests waiting, are `render_fabric`): since the daemon started,
 /// the requests counted (answered, failed or
 /// abandoned), their tokens in (prompt) and out (completion), and the sums
 /// of their queue waits and latencies (a mean is the sum over the requests).
@@ -379,6 +379,36 @@ pub fn render_models(
         "Time from a gateway request's slot to its answer's last byte.",
         by(&|u| u.latency_ms as f64 / 1e3),
     );
+}
+
+/// The fabric's lines: requests waiting per model, the servers running
+/// where, and how often each model was started (a model that reloads often
+/// is short of memory or `switch` time).
+pub fn render_fabric(fabric: &crate::fabric::control::Fabric, out: &mut String) {
+    let waiting = fabric.pool.waiting_all();
+    if waiting.is_empty() {
+        return;
+    }
+    out.push_str("# HELP orch_model_requests_waiting Gateway requests waiting for a slot of their model.\n# TYPE orch_model_requests_waiting gauge\n");
+    for (model, n) in &waiting {
+        out.push_str(&format!(
+            "orch_model_requests_waiting{{model=\"{model}\"}} {n}\n"
+        ));
+    }
+    out.push_str("# HELP orch_model_instances Model servers by place; serving=\"false\" while one starts, drains or stops.\n# TYPE orch_model_instances gauge\n");
+    for (model, place, serving) in fabric.pool.instances() {
+        out.push_str(&format!(
+            "orch_model_instances{{model=\"{model}\",place=\"{place}\",serving=\"{serving}\"}} 1\n"
+        ));
+    }
+    out.push_str("# HELP orch_model_starts_total Model servers started and ready, by model.\n# TYPE orch_model_starts_total counter\n");
+    let starts = fabric.starts();
+    for (model, _) in &waiting {
+        let n = starts.get(model).copied().unwrap_or(0);
+        out.push_str(&format!(
+            "orch_model_starts_total{{model=\"{model}\"}} {n}\n"
+        ));
+    }
 }
 
 #[cfg(test)]

@@ -103,6 +103,15 @@ pub enum HumanCommand {
     },
 }
 
+/// What the model gateway checks of a job's key: is the job leased, and at
+/// what priority its run's requests queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobHolder {
+    pub state: orchestrator_core::JobState,
+    pub run_id: String,
+    pub priority: i32,
+}
+
 /// Counts for `/metrics`.
 #[derive(Debug, Clone, Default)]
 pub struct Counts {
@@ -267,6 +276,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> impl Future<
         Output = Result<std::collections::BTreeMap<String, orchestrator_core::fabric::Usage>>,
     > + Send;
+    /// A job's state with its run's id and priority; None for an unknown
+    /// job. Cheap whatever the run's size: the gateway asks it per request.
+    fn job_holder(&self, job_id: i64) -> impl Future<Output = Result<Option<JobHolder>>> + Send;
     fn counts(&self) -> impl Future<Output = Result<Counts>> + Send;
 
     /// Every committed batch's transitions, in commit order.

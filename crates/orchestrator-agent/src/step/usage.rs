@@ -17,8 +17,16 @@ const TIMEOUT: Duration = Duration::from_secs(10);
 /// say, since a step's result does not depend on its accounting.
 pub(crate) async fn fetch(daemon_url: &str, key: &str) -> BTreeMap<String, Usage> {
     let url = format!("{}/v1/usage", daemon_url.trim_end_matches('/'));
+    // One client for every step: its connections to the daemon are kept.
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     let asked = async {
-        let client = reqwest::Client::builder().timeout(TIMEOUT).build()?;
+        let client = match CLIENT.get() {
+            Some(c) => c,
+            None => {
+                let c = reqwest::Client::builder().timeout(TIMEOUT).build()?;
+                CLIENT.get_or_init(|| c)
+            }
+        };
         client
             .get(&url)
             .bearer_auth(key)

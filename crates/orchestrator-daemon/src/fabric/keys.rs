@@ -105,16 +105,15 @@ pub async fn authorize<S: Store>(
     let (job_id, run_id) = app.job_keys.check(key.trim()).ok_or_else(|| {
         unauthorized("invalid API key; expected the key this daemon gave the step (OPENAI_API_KEY)")
     })?;
-    let detail = app
+    let holder = app
         .store
-        .run_detail(&run_id)
+        .job_holder(job_id)
         .await
-        .map_err(|_| unauthorized("the API key's run is gone"))?;
-    let leased = detail
-        .jobs
-        .iter()
-        .any(|j| j.id == job_id && j.state == JobState::Leased);
-    if !leased {
+        .ok()
+        .flatten()
+        .filter(|h| h.run_id == run_id)
+        .ok_or_else(|| unauthorized("the API key's job is gone"))?;
+    if holder.state != JobState::Leased {
         return Err(unauthorized(&format!(
             "the API key's job {job_id} is no longer running; a key works only while its job is leased"
         )));
@@ -122,7 +121,7 @@ pub async fn authorize<S: Store>(
     Ok(KeyHolder {
         job_id,
         run_id,
-        priority: detail.run.priority,
+        priority: holder.priority,
     })
 }
 

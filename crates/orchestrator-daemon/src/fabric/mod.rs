@@ -15,7 +15,6 @@
 pub mod control;
 pub mod health;
 pub mod keys;
-pub mod metrics;
 pub mod placement;
 pub mod pool;
 pub mod proxy;

@@ -396,6 +396,10 @@ impl Store for SqliteStore {
         self.read(move |c| usage::job(c, job_id)).await
     }
 
+    async fn job_holder(&self, job_id: i64) -> Result<Option<crate::JobHolder>> {
+        self.read(move |c| usage::job_holder(c, job_id)).await
+    }
+
     async fn counts(&self) -> Result<Counts> {
         self.read(reads::counts).await
     }

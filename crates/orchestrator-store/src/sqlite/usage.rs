@@ -81,6 +81,27 @@ pub fn job(conn: &Connection, job_id: i64) -> Result<BTreeMap<String, Usage>> {
     Ok(rows)
 }
 
+/// A job's state and its run's id and priority, by one indexed lookup:
+/// what the gateway checks of a key on every request.
+pub fn job_holder(conn: &Connection, job_id: i64) -> Result<Option<crate::JobHolder>> {
+    use rusqlite::OptionalExtension;
+    let row = conn
+        .prepare_cached(
+            "SELECT j.state, j.run_id, r.priority FROM jobs j JOIN runs r ON r.id = j.run_id WHERE j.id = ?1",
+        )?
+        .query_row([job_id], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+        })
+        .optional()?;
+    Ok(row.and_then(|(state, run_id, priority)| {
+        orchestrator_core::JobState::parse(&state).map(|state| crate::JobHolder {
+            state,
+            run_id,
+            priority,
+        })
+    }))
+}
+
 /// One run's totals by stage and model; None when it made no model call.
 pub fn run(conn: &Connection, run_id: &str) -> Result<Option<UsageSummary>> {
     let sql = format!("SELECT stage_id, model, {COLS} FROM model_usage WHERE run_id = ?1");
