@@ -71,6 +71,25 @@ async fn usage_rows_add_up_per_job_and_show_per_stage_in_the_run() {
 }
 
 #[tokio::test]
+async fn a_jobs_holder_is_its_state_run_and_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let mut r = new_run(TWO);
+    r.priority = Some(7);
+    let run = s.submit_run(r).await.unwrap().run_id;
+    let d = s.run_detail(&run).await.unwrap();
+    let job = d.jobs[0].id;
+    let h = s.job_holder(job).await.unwrap().unwrap();
+    assert_eq!(h.state, orchestrator_core::JobState::Queued);
+    assert_eq!(
+        (h.run_id.as_str(), h.priority),
+        (run.as_str(), d.run.priority)
+    );
+    assert_eq!(s.job_holder(i64::MAX).await.unwrap(), None);
+    s.close().await;
+}
+
+#[tokio::test]
 async fn a_store_from_before_usage_opens_and_counts_from_then_on() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("orch.db");
