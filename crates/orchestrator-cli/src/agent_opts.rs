@@ -65,6 +65,27 @@ pub struct AgentOpts {
     pub models: Box<crate::agent_models::ModelOpts>,
 }
 
+impl AgentOpts {
+    /// An agent of `slots` slots with every other option at its default, as
+    /// the embedded agents of `orch demo` and `orch bench` start.
+    pub fn with_slots(slots: u32) -> AgentOpts {
+        AgentOpts {
+            slots,
+            labels: vec![],
+            name: None,
+            memory: None,
+            gpus: vec![],
+            sandbox: None,
+            min_sandbox: None,
+            pids_max: None,
+            vm: Default::default(),
+            bwrap: None,
+            container_image: None,
+            models: Default::default(),
+        }
+    }
+}
+
 /// What the vm sandbox boots (scripts/vm-assets.sh builds the three files).
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct VmOpts {
@@ -272,18 +293,8 @@ mod tests {
     #[test]
     fn pids_max_sets_the_agents_limit_and_zero_lifts_it() {
         let opts = |pids_max| AgentOpts {
-            slots: 1,
-            labels: vec![],
-            name: None,
-            memory: None,
-            gpus: vec![],
-            sandbox: None,
-            min_sandbox: None,
             pids_max,
-            vm: Default::default(),
-            bwrap: None,
-            container_image: None,
-            models: Default::default(),
+            ..AgentOpts::with_slots(1)
         };
         let max = |o| {
             sandbox_config(&o, Path::new("/data"))

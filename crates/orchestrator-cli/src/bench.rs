@@ -432,18 +432,9 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
     };
     crate::project::init(&project, &[("README.md", "the bench's project\n")])?;
     let agent = AgentOpts {
-        slots: a.slots,
-        labels: vec![],
         name: Some("bench".into()),
-        memory: None,
-        gpus: vec![],
         sandbox: Some(a.sandbox),
-        min_sandbox: None,
-        pids_max: None,
-        vm: Default::default(),
-        bwrap: None,
-        container_image: None,
-        models: Default::default(),
+        ..AgentOpts::with_slots(a.slots)
     };
     let embedded = crate::demo::Embedded::start(&data, agent, false).await?;
     let client = &embedded.client;

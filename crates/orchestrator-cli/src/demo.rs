@@ -93,20 +93,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
             true,
         ),
     };
-    let agent = AgentOpts {
-        slots: default_slots().max(2),
-        labels: vec![],
-        name: None,
-        memory: None,
-        gpus: vec![],
-        sandbox: None,
-        min_sandbox: None,
-        pids_max: None,
-        vm: Default::default(),
-        bwrap: None,
-        container_image: None,
-        models: Default::default(),
-    };
+    let agent = AgentOpts::with_slots(default_slots().max(2));
     // The demo's own project: a fresh repository, so its run's branch and
     // worktree land there and not in whatever directory the demo ran from.
     let project = dir.join("project");

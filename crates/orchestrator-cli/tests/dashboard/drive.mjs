@@ -7,24 +7,12 @@
 // (the `serve` stage's command waits for RELEASE_FILE, which this creates
 // once the page shows the command's first line)
 // Prints one JSON line of what it saw; exits non-zero on the first failure.
-import { launch, open, T } from "./browser.mjs";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { drive, T } from "./browser.mjs";
+import { writeFileSync } from "node:fs";
 import { join } from "node:path";
 
-const [link, runId, artifacts, release] = process.argv.slice(2);
-if (!link || !runId || !artifacts || !release) {
-  console.error("usage: node drive.mjs LINK RUN_ID ARTIFACT_DIR RELEASE_FILE");
-  process.exit(2);
-}
-mkdirSync(artifacts, { recursive: true });
-
-const browser = await launch();
-const seen = {};
-const problems = [];
-let page;
-try {
-  page = await open(browser, problems);
-
+await drive("drive.mjs", ["LINK", "RUN_ID", "ARTIFACT_DIR", "RELEASE_FILE"], async (page, args, seen) => {
+  const { LINK: link, RUN_ID: runId, ARTIFACT_DIR: artifacts, RELEASE_FILE: release } = args;
   await page.goto(link);
   // The ticket is traded for a session and leaves the address bar.
   const row = page.locator(`#runs tr[data-run="${runId}"]`);
@@ -82,12 +70,4 @@ try {
   await page.locator('nav a[data-view="inbox"]').click();
   await page.locator("main h1", { hasText: "Inbox" }).waitFor(T);
   seen.inbox_empty = await page.locator("main", { hasText: "Nothing waits for you." }).count();
-  seen.problems = problems;
-  console.log(JSON.stringify(seen));
-} catch (e) {
-  console.error(`dashboard test failed: ${e.message}\nseen so far: ${JSON.stringify(seen)}\nproblems: ${problems.join("; ")}`);
-  process.exitCode = 1;
-  await page?.screenshot({ path: join(artifacts, "dashboard-failure.png"), fullPage: true }).catch(() => {});
-} finally {
-  await browser.close();
-}
+});

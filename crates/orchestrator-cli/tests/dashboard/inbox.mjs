@@ -5,23 +5,11 @@
 //
 // usage: node inbox.mjs BASE_URL ADMIN_TOKEN RUN_ID ARTIFACT_DIR
 // Prints one JSON line of what it saw; exits non-zero on the first failure.
-import { launch, open, T } from "./browser.mjs";
-import { mkdirSync } from "node:fs";
+import { drive, T } from "./browser.mjs";
 import { join } from "node:path";
 
-const [base, token, runId, artifacts] = process.argv.slice(2);
-if (!base || !token || !runId || !artifacts) {
-  console.error("usage: node inbox.mjs BASE_URL ADMIN_TOKEN RUN_ID ARTIFACT_DIR");
-  process.exit(2);
-}
-mkdirSync(artifacts, { recursive: true });
-
-const browser = await launch();
-const seen = {};
-const problems = [];
-let page;
-try {
-  page = await open(browser, problems);
+await drive("inbox.mjs", ["BASE_URL", "ADMIN_TOKEN", "RUN_ID", "ARTIFACT_DIR"], async (page, args, seen, problems) => {
+  const { BASE_URL: base, ADMIN_TOKEN: token, RUN_ID: runId, ARTIFACT_DIR: artifacts } = args;
   await page.goto(`${base}/ui/`);
   await page.locator("#token").fill("not-the-token");
   await page.locator("form.login button").click();
@@ -60,12 +48,4 @@ try {
   await approval.locator('button[data-action="approve"]').click();
   await page.locator("main", { hasText: "Nothing waits for you." }).waitFor(T);
   seen.badge_after = await page.locator("#inbox-count").isHidden();
-  seen.problems = problems;
-  console.log(JSON.stringify(seen));
-} catch (e) {
-  console.error(`inbox test failed: ${e.message}\nseen so far: ${JSON.stringify(seen)}\nproblems: ${problems.join("; ")}`);
-  process.exitCode = 1;
-  await page?.screenshot({ path: join(artifacts, "dashboard-inbox-failure.png"), fullPage: true }).catch(() => {});
-} finally {
-  await browser.close();
-}
+});
