@@ -9,6 +9,9 @@
 # caller to export. Idempotent: a second run installs, initialises and
 # creates nothing, and leaves a running server running.
 #
+# With --fresh, the database `orch_test` is dropped and created again
+# first, so schemas earlier test runs left behind go with it.
+#
 # The cluster lives in $1, default ~/.cache/orch/pg. initdb refuses to run
 # as root, so as root the cluster belongs to the `postgres` user and lives
 # in its home (/var/lib/postgresql/orch-test): root's home is not readable
@@ -16,6 +19,11 @@
 set -euo pipefail
 
 port=${ORCH_PG_PORT:-55432}
+fresh=0
+if [ "${1:-}" = --fresh ]; then
+    fresh=1
+    shift
+fi
 
 need_pkg() {
     dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed" && return 0
@@ -61,6 +69,9 @@ fi
 psql() { as_owner "$bin/psql" -h 127.0.0.1 -p "$port" -U postgres -d postgres -XAtq "$@"; }
 if [ "$(psql -c "SELECT 1 FROM pg_roles WHERE rolname = 'orch'")" != 1 ]; then
     psql -c "CREATE ROLE orch LOGIN CREATEDB"
+fi
+if [ "$fresh" = 1 ]; then
+    psql -c "DROP DATABASE IF EXISTS orch_test WITH (FORCE)"
 fi
 if [ "$(psql -c "SELECT 1 FROM pg_database WHERE datname = 'orch_test'")" != 1 ]; then
     psql -c "CREATE DATABASE orch_test OWNER orch"

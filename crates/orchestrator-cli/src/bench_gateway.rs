@@ -21,7 +21,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{NewRun, SqliteStore, Store, StoreOptions};
+use orchestrator_store::{NewRun, SqlStore, Store, StoreOptions};
 use serde::Serialize;
 use serde_json::{json, Value};
 
@@ -121,7 +121,7 @@ async fn once(http: &reqwest::Client, to: &Route, body: &Value) -> Result<f64> {
 /// A daemon serving the server at `upstream` as the `external` model
 /// [`MODEL`], and the key of a job claimed over HTTP.
 async fn daemon_with_key(dir: &Path, upstream: &str) -> Result<(Daemon, String)> {
-    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.join("orch.db")))?);
+    let store = Arc::new(SqlStore::open(StoreOptions::new(dir.join("orch.db")))?);
     let agent_token = random_token()?;
     let mut cfg = DaemonConfig::new(
         "127.0.0.1:0".parse()?,

@@ -1,5 +1,5 @@
 //! `orch bench --workloads sched`: the store's dispatch path alone, with
-//! no HTTP and no processes. A fresh `SqliteStore` gets N simulated agents
+//! no HTTP and no processes. A fresh `SqlStore` gets N simulated agents
 //! of three kinds and M queued one-step stages of five resource shapes in
 //! runs of mixed priority; then every agent slot claims and completes as
 //! fast as the store answers, the way the real agent's slot loop does
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use orchestrator_core::api::{ClaimedJob, CompleteRequest, RegisterAgent, StepOutcome};
 use orchestrator_core::sched::{Gpu, Grant};
-use orchestrator_store::{NewRun, SqliteStore, Store, StoreOptions};
+use orchestrator_store::{NewRun, SqlStore, Store, StoreOptions};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -215,7 +215,7 @@ struct Agent {
 }
 
 struct Shared {
-    store: SqliteStore,
+    store: SqlStore,
     agents: Vec<Agent>,
     jobs: usize,
     completed: AtomicUsize,
@@ -529,7 +529,7 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 async fn once(o: &SchedOpts, dir: &Path) -> Result<SchedSample> {
     let load_before = load_average();
     let writers_before = writer_threads();
-    let store = SqliteStore::open(StoreOptions::new(dir.join("orch.db")))?;
+    let store = SqlStore::open(StoreOptions::new(dir.join("orch.db")))?;
 
     let t = Instant::now();
     let specs: Vec<AgentSpec> = (0..o.agents).map(|i| agent_spec(agent_kind(i))).collect();

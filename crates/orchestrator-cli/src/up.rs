@@ -13,7 +13,7 @@ use anyhow::{anyhow, Context, Result};
 use orchestrator_agent::run_agent;
 use orchestrator_daemon::hooks::{ActionLinks, HooksConfig, OpenClawConfig, DEFAULT_LINK_TTL_MS};
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{SqliteStore, StoreOptions};
+use orchestrator_store::{SqlStore, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent_opts::{agent_config, declared_gpus, hostname, AgentOpts};
@@ -257,7 +257,7 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
         }
         None => Default::default(),
     };
-    let store = Arc::new(SqliteStore::open(opts).context("cannot open the store")?);
+    let store = Arc::new(SqlStore::open(opts).context("cannot open the store")?);
     let mut cfg = DaemonConfig::new(a.listen, tokens.clone());
     cfg.lease_ttl_ms = a.lease_ttl_ms;
     cfg.heartbeat_interval_ms = a.heartbeat_ms;

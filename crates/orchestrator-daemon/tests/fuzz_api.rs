@@ -16,7 +16,7 @@ use orchestrator_core::api::{
     ClaimRequest, CompleteRequest, HeartbeatRequest, RegisterAgent, SubmitRun,
 };
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{NewRun, SqliteStore, Store, StoreOptions};
+use orchestrator_store::{NewRun, SqlStore, Store, StoreOptions};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-token";
@@ -193,7 +193,7 @@ fn garbage(rng: &mut Rng) -> Vec<u8> {
 
 struct Fixture {
     dir: tempfile::TempDir,
-    store: Arc<SqliteStore>,
+    store: Arc<SqlStore>,
     daemon: Daemon,
     http: reqwest::Client,
     run_id: String,
@@ -227,7 +227,7 @@ async fn fixture() -> Fixture {
     std::fs::create_dir(&project).unwrap();
     git(&project, &["init", "-q"]);
     git(&project, &["commit", "-q", "--allow-empty", "-m", "first"]);
-    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap());
+    let store = Arc::new(SqlStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap());
     let mut cfg = DaemonConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         Tokens {
@@ -294,7 +294,7 @@ struct Snapshot {
     agents: String,
 }
 
-async fn snapshot(store: &SqliteStore) -> Snapshot {
+async fn snapshot(store: &SqlStore) -> Snapshot {
     let agents = store.list_agents(u64::MAX / 4).await.unwrap();
     let c = store.counts().await.unwrap();
     Snapshot {

@@ -16,7 +16,7 @@ use orchestrator_core::api::RegisterAgent;
 use orchestrator_daemon::hooks::sign::{sign_action, Action, ActionKind};
 use orchestrator_daemon::hooks::ActionLinks;
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{now_ms, NewRun, SqliteStore, Store, StoreOptions};
+use orchestrator_store::{now_ms, NewRun, SqlStore, Store, StoreOptions};
 use serde_json::{json, Value};
 
 mod fuzz_http;
@@ -31,7 +31,7 @@ const WORKFLOW: &str = "name: w\nstages:\n  - id: build\n    steps: [{commands: 
 
 struct Fixture {
     _dir: tempfile::TempDir,
-    store: Arc<SqliteStore>,
+    store: Arc<SqlStore>,
     daemon: Daemon,
     run_id: String,
     agent_id: String,
@@ -42,7 +42,7 @@ struct Fixture {
 
 async fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap());
+    let store = Arc::new(SqlStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap());
     let mut cfg = DaemonConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         Tokens {
@@ -118,7 +118,7 @@ struct Snapshot {
     agents: String,
 }
 
-async fn snapshot(store: &SqliteStore) -> Snapshot {
+async fn snapshot(store: &SqlStore) -> Snapshot {
     let agents = store.list_agents(u64::MAX / 4).await.unwrap();
     let c = store.counts().await.unwrap();
     Snapshot {

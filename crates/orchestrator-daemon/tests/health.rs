@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{SqliteStore, Store, StoreOptions};
+use orchestrator_store::{SqlStore, Store, StoreOptions};
 use serde_json::Value;
 
 async fn get(url: &str) -> (u16, Value) {
@@ -17,7 +17,7 @@ async fn get(url: &str) -> (u16, Value) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_while_the_store_takes_writes_and_the_loops_tick_and_not_after() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap());
+    let store = Arc::new(SqlStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap());
     let mut cfg = DaemonConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         Tokens {
@@ -88,7 +88,7 @@ async fn ready_while_the_store_takes_writes_and_the_loops_tick_and_not_after() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_show_each_agents_slots_and_a_claim_latency_histogram() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap());
+    let store = Arc::new(SqlStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap());
     let cfg = DaemonConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         Tokens {

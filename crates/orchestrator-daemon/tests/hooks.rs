@@ -18,7 +18,7 @@ use orchestrator_daemon::hooks::{
     signature, ActionLinks, HookStatus, HooksConfig, OpenClawConfig, RetryPolicy,
 };
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{NewRun, SqliteStore, Store, StoreOptions};
+use orchestrator_store::{NewRun, SqlStore, Store, StoreOptions};
 use serde_json::Value;
 
 const LONG: Duration = Duration::from_secs(30);
@@ -136,8 +136,8 @@ async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
 
 // ------------------------------------------------------------ the daemon
 
-fn open_store(dir: &Path) -> Arc<SqliteStore> {
-    Arc::new(SqliteStore::open(StoreOptions::new(dir.join("orch.db"))).unwrap())
+fn open_store(dir: &Path) -> Arc<SqlStore> {
+    Arc::new(SqlStore::open(StoreOptions::new(dir.join("orch.db"))).unwrap())
 }
 
 /// Quick retries, so a test sees them all within a second.
@@ -160,7 +160,7 @@ fn webhooks(dir: &Path, urls: &[&str]) -> HooksConfig {
     }
 }
 
-async fn start(store: &Arc<SqliteStore>, hooks: HooksConfig) -> Daemon {
+async fn start(store: &Arc<SqlStore>, hooks: HooksConfig) -> Daemon {
     let mut cfg = DaemonConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         Tokens {
@@ -202,7 +202,7 @@ const ONE_STAGE: &str =
 
 /// Submits a one-stage run with `on_failure: fail` and fails its only
 /// step, as an agent would: the store commits `stage failed` then `run failed`.
-async fn fail_a_run(store: &SqliteStore) -> String {
+async fn fail_a_run(store: &SqlStore) -> String {
     let run_id = store
         .submit_run(NewRun {
             workflow: ONE_STAGE.into(),

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use orchestrator_core::{Entity, Transition};
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{NewRun, SqliteStore, Store, StoreOptions};
+use orchestrator_store::{NewRun, SqlStore, Store, StoreOptions};
 use serde_json::{json, Value};
 
 const AGENT: &str = "agent-token";
 const TTL_MS: u64 = 400;
 
-async fn agent_log(store: &SqliteStore, agent: &str) -> Vec<Transition> {
+async fn agent_log(store: &SqlStore, agent: &str) -> Vec<Transition> {
     store
         .transitions_since(0, None, 100_000)
         .await
@@ -40,7 +40,7 @@ async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_agent_is_marked_lost_once_and_its_stale_lease_is_revoked_when_it_returns() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap());
+    let store = Arc::new(SqlStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap());
     let mut cfg = DaemonConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         Tokens {

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use orchestrator_daemon::Daemon;
-use orchestrator_store::{SqliteStore, Store, StoreOptions};
+use orchestrator_store::{SqlStore, Store, StoreOptions};
 use serde_json::{json, Value};
 
 mod common;
@@ -187,7 +187,7 @@ async fn a_jobs_model_calls_are_counted_per_stage_and_model_shown_and_kept() {
     assert_eq!(s, 200);
     daemon.shutdown_token().cancel();
     daemon.wait().await.unwrap();
-    let store = SqliteStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap();
+    let store = SqlStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap();
     let kept = store.run_detail(&run_id).await.unwrap().models.unwrap();
     assert_eq!(kept.by_stage["think"]["smol"].requests, 5);
     assert_eq!(kept.total.requests, 6);

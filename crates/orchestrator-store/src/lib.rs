@@ -1,7 +1,7 @@
 //! The store: where every run, stage run, job, lease, agent and transition lives.
 //!
 //! What it is: the [`Store`] trait the daemon talks to, and its embedded
-//! SQLite implementation ([`SqliteStore`]: WAL, `synchronous=FULL`, versioned
+//! SQLite implementation ([`SqlStore`]: WAL, `synchronous=FULL`, versioned
 //! migrations). One writer thread owns the write connection; every write is a
 //! command sent to it over a bounded channel. The writer drains whatever
 //! commands are waiting (up to `max_items`, for at most `max_ms`), runs each in
@@ -25,10 +25,11 @@
 //! What it is not: it does no HTTP and no process handling, and it decides
 //! nothing the core's machines do not allow.
 //!
-//! Main types: [`Store`], [`SqliteStore`], [`StoreOptions`], [`NewRun`], [`StoreError`].
+//! Main types: [`Store`], [`SqlStore`], [`StoreOptions`], [`NewRun`], [`StoreError`].
 
+mod db;
 mod ids;
-mod sqlite;
+mod sql;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -41,10 +42,10 @@ use orchestrator_core::{SpecErrors, Transition};
 use tokio::sync::{broadcast, Notify};
 
 pub use ids::{new_secret, now_ms};
+pub use sql::{sqlite_to_postgres, CopyReport, Location, SqlStore, StoreOptions, WriterStats};
 #[cfg(feature = "failpoints")]
 #[doc(hidden)]
-pub use sqlite::{FaultMode, FaultReport};
-pub use sqlite::{SqliteStore, StoreOptions, WriterStats};
+pub use sql::{FaultMode, FaultReport};
 
 /// A run to create.
 #[derive(Debug, Clone)]
@@ -147,6 +148,12 @@ pub enum StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
+        StoreError::Database(e.to_string())
+    }
+}
+
+impl From<db::Error> for StoreError {
+    fn from(e: db::Error) -> Self {
         StoreError::Database(e.to_string())
     }
 }

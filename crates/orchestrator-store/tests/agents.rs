@@ -7,16 +7,16 @@ mod common;
 use common::{new_run, outcome};
 use orchestrator_core::api::{CompleteRequest, LeaseRef, RegisterAgent, StepOutcome};
 use orchestrator_core::{Entity, Transition};
-use orchestrator_store::{now_ms, SqliteStore, Store, StoreError, StoreOptions};
+use orchestrator_store::{now_ms, SqlStore, Store, StoreError};
 
 const WF: &str = "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n";
 const TTL: u64 = 30_000;
 
-fn open(dir: &tempfile::TempDir) -> SqliteStore {
-    SqliteStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap()
+fn open(dir: &tempfile::TempDir) -> SqlStore {
+    SqlStore::open(common::options(dir)).unwrap()
 }
 
-async fn register(s: &SqliteStore, name: &str) -> String {
+async fn register(s: &SqlStore, name: &str) -> String {
     s.register_agent(
         RegisterAgent {
             name: name.into(),
@@ -31,16 +31,16 @@ async fn register(s: &SqliteStore, name: &str) -> String {
     .agent_id
 }
 
-async fn submit(s: &SqliteStore) -> String {
+async fn submit(s: &SqlStore) -> String {
     s.submit_run(new_run(WF)).await.unwrap().run_id
 }
 
-async fn log(s: &SqliteStore) -> Vec<Transition> {
+async fn log(s: &SqlStore) -> Vec<Transition> {
     s.transitions_since(0, None, 1_000_000).await.unwrap()
 }
 
 /// The agent's presence as (from, to, reason), in order, after its registration.
-async fn presence(s: &SqliteStore, agent: &str) -> Vec<(Option<String>, String, String)> {
+async fn presence(s: &SqlStore, agent: &str) -> Vec<(Option<String>, String, String)> {
     log(s)
         .await
         .into_iter()

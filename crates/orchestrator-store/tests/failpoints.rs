@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orchestrator_core::api::{ClaimedJob, CompleteRequest, RegisterAgent};
-use orchestrator_store::{FaultMode, NewRun, SqliteStore, Store, StoreOptions};
+use orchestrator_store::{FaultMode, NewRun, SqlStore, Store, StoreOptions};
 
 const TTL: u64 = 30_000;
 const DIAMOND: &str = "name: d\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n  - id: b\n    needs: [a]\n    steps: [{commands: [{argv: [x]}]}]\n  - id: c\n    needs: [a]\n    steps: [{commands: [{argv: [x]}]}]\n  - id: d\n    needs: [b, c]\n    steps: [{commands: [{argv: [x]}]}]\n";
@@ -74,8 +74,8 @@ impl Fixture {
     }
 }
 
-fn open(db: &Path) -> Arc<SqliteStore> {
-    Arc::new(SqliteStore::open(StoreOptions::new(db)).unwrap())
+fn open(db: &Path) -> Arc<SqlStore> {
+    Arc::new(SqlStore::open(StoreOptions::new(db)).unwrap())
 }
 
 async fn fixture(dir: &Path) -> Fixture {
@@ -118,7 +118,7 @@ fn copy(fx: &Fixture, dir: &Path) -> PathBuf {
     db
 }
 
-async fn wait_queued(s: &SqliteStore, n: usize) {
+async fn wait_queued(s: &SqlStore, n: usize) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while s.queued_commands() < n {
         assert!(Instant::now() < deadline, "commands never queued");
@@ -138,7 +138,7 @@ struct Outcome {
 }
 
 /// Runs the batch as one transaction, with `k` armed in `mode`.
-async fn run_batch(s: &Arc<SqliteStore>, fx: &Fixture, k: u64, mode: FaultMode) -> Outcome {
+async fn run_batch(s: &Arc<SqlStore>, fx: &Fixture, k: u64, mode: FaultMode) -> Outcome {
     // Hold the writer until the whole batch is queued behind it.
     let (release, gate) = std::sync::mpsc::channel::<()>();
     let (running, started) = tokio::sync::oneshot::channel::<()>();

@@ -10,14 +10,14 @@ use std::time::Duration;
 use orchestrator_core::api::{ClaimedJob, CompleteRequest, RegisterAgent};
 use orchestrator_core::sched::{parse_project_policy, ProjectPolicy};
 use orchestrator_core::{RunState, StageState};
-use orchestrator_store::{NewRun, SqliteStore, Store, StoreError, StoreOptions};
+use orchestrator_store::{NewRun, SqlStore, Store, StoreError, StoreOptions};
 
 const TTL: u64 = 30_000;
 
 const CHAIN: &str = "name: chain\nstages:\n  - id: one\n    steps: [{commands: [{argv: [x]}]}]\n  - id: two\n    needs: [one]\n    steps: [{commands: [{argv: [y]}]}]\n";
 
-fn open(path: &std::path::Path) -> SqliteStore {
-    SqliteStore::open(StoreOptions::new(path)).unwrap()
+fn open(path: &std::path::Path) -> SqlStore {
+    SqlStore::open(StoreOptions::new(path)).unwrap()
 }
 
 fn new_run(project: &str, policy: ProjectPolicy) -> NewRun {
@@ -28,7 +28,7 @@ fn new_run(project: &str, policy: ProjectPolicy) -> NewRun {
     }
 }
 
-async fn agent(s: &SqliteStore) -> String {
+async fn agent(s: &SqlStore) -> String {
     let reg = RegisterAgent {
         name: "a".into(),
         slots: 8,
@@ -37,13 +37,13 @@ async fn agent(s: &SqliteStore) -> String {
     s.register_agent(reg, TTL, 10_000).await.unwrap().agent_id
 }
 
-async fn claim_of(s: &SqliteStore, agent: &str, run: &str) -> ClaimedJob {
+async fn claim_of(s: &SqlStore, agent: &str, run: &str) -> ClaimedJob {
     let job = s.claim(agent, TTL).await.unwrap().expect("a queued job");
     assert_eq!(job.spec.run_id, run, "claimed {:?}", job.spec);
     job
 }
 
-async fn done(s: &SqliteStore, agent: &str, job: &ClaimedJob) -> Result<(), StoreError> {
+async fn done(s: &SqlStore, agent: &str, job: &ClaimedJob) -> Result<(), StoreError> {
     let req = CompleteRequest {
         agent_id: agent.into(),
         lease_token: job.lease_token.clone(),
@@ -88,7 +88,7 @@ fn states(db: &std::path::Path, run: &str) -> (String, Vec<(String, String)>) {
 }
 
 /// The reason of the transition that took `stage` of `run` to `to`.
-async fn reason_for(s: &SqliteStore, run: &str, stage: &str, to: &str) -> String {
+async fn reason_for(s: &SqlStore, run: &str, stage: &str, to: &str) -> String {
     let key = format!("{run}/{stage}");
     s.transitions_since(0, Some(run.to_owned()), 10_000)
         .await
@@ -269,7 +269,7 @@ async fn a_panicking_command_fails_alone_and_the_rest_of_its_batch_commits() {
         .unwrap();
 }
 
-async fn wait_queued(s: &SqliteStore, n: usize) {
+async fn wait_queued(s: &SqlStore, n: usize) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while s.queued_commands() < n {
         assert!(

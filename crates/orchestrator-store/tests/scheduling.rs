@@ -2,19 +2,21 @@
 //! priorities and their authorities, fairness, project limits, pinning,
 //! reserved capacity, cooperative pre-emption and `explain`.
 
+mod common;
+
 use orchestrator_core::api::{ClaimedJob, CompleteRequest, RegisterAgent, StepOutcome};
 use orchestrator_core::sched::{
     parse_project_policy, parse_system_rules, Gpu, ProjectPolicy, SystemRules,
 };
 use orchestrator_core::{RunState, StageState};
-use orchestrator_store::{NewRun, SqliteStore, Store, StoreError, StoreOptions};
+use orchestrator_store::{NewRun, SqlStore, Store, StoreError};
 
 const TTL: u64 = 30_000;
 
-fn open(dir: &tempfile::TempDir, rules: SystemRules) -> SqliteStore {
-    let mut o = StoreOptions::new(dir.path().join("orch.db"));
+fn open(dir: &tempfile::TempDir, rules: SystemRules) -> SqlStore {
+    let mut o = common::options(dir);
     o.rules = rules;
-    SqliteStore::open(o).unwrap()
+    SqlStore::open(o).unwrap()
 }
 
 fn run(yaml: &str, project: &str, priority: Option<i32>, policy: ProjectPolicy) -> NewRun {
@@ -30,7 +32,7 @@ fn run(yaml: &str, project: &str, priority: Option<i32>, policy: ProjectPolicy) 
     }
 }
 
-async fn agent(s: &SqliteStore, name: &str, slots: u32, memory_mb: u64, gpus: &[u64]) -> String {
+async fn agent(s: &SqlStore, name: &str, slots: u32, memory_mb: u64, gpus: &[u64]) -> String {
     s.register_agent(
         RegisterAgent {
             name: name.into(),
@@ -55,7 +57,7 @@ async fn agent(s: &SqliteStore, name: &str, slots: u32, memory_mb: u64, gpus: &[
     .agent_id
 }
 
-async fn done(s: &SqliteStore, agent: &str, job: &ClaimedJob) {
+async fn done(s: &SqlStore, agent: &str, job: &ClaimedJob) {
     s.complete(
         job.job_id,
         CompleteRequest {
@@ -82,11 +84,11 @@ async fn done(s: &SqliteStore, agent: &str, job: &ClaimedJob) {
     .unwrap();
 }
 
-async fn claim(s: &SqliteStore, agent: &str) -> Option<ClaimedJob> {
+async fn claim(s: &SqlStore, agent: &str) -> Option<ClaimedJob> {
     s.claim(agent, TTL).await.unwrap()
 }
 
-async fn stage_state(s: &SqliteStore, run: &str, stage: &str) -> StageState {
+async fn stage_state(s: &SqlStore, run: &str, stage: &str) -> StageState {
     s.run_detail(run)
         .await
         .unwrap()

@@ -7,7 +7,7 @@ use orchestrator_core::api::{CompleteRequest, LeaseRef, RegisterAgent};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::machine::RunEvent;
 use orchestrator_core::{JobState, RunState, StageState};
-use orchestrator_store::{HumanCommand, SqliteStore, Store, StoreError, StoreOptions};
+use orchestrator_store::{HumanCommand, SqlStore, Store, StoreError, StoreOptions};
 
 mod common;
 
@@ -493,8 +493,8 @@ async fn a_completion_can_hand_the_agent_its_next_job_including_stages_it_just_r
 #[tokio::test]
 async fn a_second_store_on_the_same_file_is_refused_while_the_first_is_open() {
     let dir = tempfile::tempdir().unwrap();
-    let first = open(&dir);
-    let second = SqliteStore::open(StoreOptions::new(dir.path().join("orch.db")));
+    let first = open_sqlite(&dir);
+    let second = SqlStore::open(StoreOptions::new(dir.path().join("orch.db")));
     match second {
         Err(StoreError::Database(msg)) => {
             assert!(msg.contains("in use by another orch daemon"), "{msg}")
@@ -505,7 +505,7 @@ async fn a_second_store_on_the_same_file_is_refused_while_the_first_is_open() {
     first.close().await;
     drop(first);
     // Once the first is gone the file opens again.
-    let again = open(&dir);
+    let again = open_sqlite(&dir);
     assert!(again.list_runs(1).await.unwrap().is_empty());
 }
 
@@ -514,14 +514,14 @@ async fn a_store_written_by_a_newer_orch_is_refused_and_left_untouched() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("orch.db");
     {
-        let s = open(&dir);
+        let s = open_sqlite(&dir);
         s.submit_run(new_run(DIAMOND)).await.unwrap();
         s.close().await;
     }
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
-    match SqliteStore::open(StoreOptions::new(&path)) {
+    match SqlStore::open(StoreOptions::new(&path)) {
         Err(StoreError::Database(msg)) => assert!(msg.contains("schema version 99"), "{msg}"),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a newer schema was opened"),

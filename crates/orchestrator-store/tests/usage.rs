@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use orchestrator_core::fabric::Usage;
-use orchestrator_store::{SqliteStore, Store, StoreOptions};
+use orchestrator_store::{SqlStore, Store, StoreOptions};
 
 const TWO: &str = "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n  - id: b\n    steps: [{commands: [{argv: [x]}]}]\n";
 
@@ -94,7 +94,7 @@ async fn a_store_from_before_usage_opens_and_counts_from_then_on() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("orch.db");
     let run = {
-        let s = open(&dir);
+        let s = open_sqlite(&dir);
         let run = s.submit_run(new_run(TWO)).await.unwrap().run_id;
         s.close().await;
         run
@@ -104,7 +104,7 @@ async fn a_store_from_before_usage_opens_and_counts_from_then_on() {
     conn.execute_batch("DROP TABLE model_usage; PRAGMA user_version = 7;")
         .unwrap();
     drop(conn);
-    let s = SqliteStore::open(StoreOptions::new(&path)).unwrap();
+    let s = SqlStore::open(StoreOptions::new(&path)).unwrap();
     let d = s.run_detail(&run).await.unwrap();
     assert_eq!(d.models, None);
     let a = d.jobs[0].id;

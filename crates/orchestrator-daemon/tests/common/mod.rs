@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use orchestrator_core::fabric::ModelsFile;
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{NewRun, SqliteStore, Store, StoreOptions};
+use orchestrator_store::{NewRun, SqlStore, Store, StoreOptions};
 use serde_json::{json, Value};
 
 pub const AGENT: &str = "agent-token";
@@ -52,7 +52,7 @@ pub async fn fabric_daemon(
     models: ModelsFile,
     priorities: &[Option<i32>],
 ) -> (Daemon, String, Vec<Value>, String) {
-    let store = Arc::new(SqliteStore::open(StoreOptions::new(dir.join("orch.db"))).unwrap());
+    let store = Arc::new(SqlStore::open(StoreOptions::new(dir.join("orch.db"))).unwrap());
     let mut cfg = DaemonConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         Tokens {

@@ -8,16 +8,58 @@ use std::collections::HashMap;
 use orchestrator_core::api::{CompleteRequest, RegisterAgent, StepOutcome};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::{Entity, StageState};
-use orchestrator_store::{NewRun, SqliteStore, Store, StoreOptions};
+use orchestrator_store::{Location, NewRun, SqlStore, Store, StoreOptions};
 
 pub const TTL: u64 = 30_000;
 
-pub fn open(dir: &tempfile::TempDir) -> SqliteStore {
-    let mut o = StoreOptions::new(dir.path().join("orch.db"));
+/// Where this run of the suite keeps a test's store: a SQLite file in
+/// `dir`, or with `ORCH_TEST_STORE=postgres` a schema of its own in the
+/// database at `ORCH_TEST_POSTGRES` (which `scripts/postgres.sh` prints),
+/// named after `dir`, so a store opened again in `dir` finds its data.
+pub fn location(dir: &tempfile::TempDir) -> Location {
+    if std::env::var("ORCH_TEST_STORE").as_deref() != Ok("postgres") {
+        return Location::Sqlite(dir.path().join("orch.db"));
+    }
+    let url = std::env::var("ORCH_TEST_POSTGRES")
+        .expect("ORCH_TEST_STORE=postgres needs ORCH_TEST_POSTGRES: run scripts/postgres.sh");
+    let name: String = dir
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    Location::Postgres {
+        url,
+        schema: Some(format!("t_{}", name.to_ascii_lowercase())),
+    }
+}
+
+/// Whether this run of the suite is on PostgreSQL.
+pub fn on_postgres() -> bool {
+    std::env::var("ORCH_TEST_STORE").as_deref() == Ok("postgres")
+}
+
+pub fn options(dir: &tempfile::TempDir) -> StoreOptions {
+    StoreOptions::at(location(dir))
+}
+
+pub fn open(dir: &tempfile::TempDir) -> SqlStore {
+    open_with(options(dir))
+}
+
+/// A SQLite store in `dir` whatever the suite's backend, for what only a
+/// SQLite file has (its lock, its schema version pragma, its migrations).
+pub fn open_sqlite(dir: &tempfile::TempDir) -> SqlStore {
+    open_with(StoreOptions::new(dir.path().join("orch.db")))
+}
+
+fn open_with(mut o: StoreOptions) -> SqlStore {
     // Lost attempts start again at once here; `scheduling.rs` covers backoff.
     o.rules = orchestrator_core::sched::parse_system_rules("retry: {initial: 0s}\n", "rules.yaml")
         .unwrap();
-    SqliteStore::open(o).unwrap()
+    SqlStore::open(o).unwrap()
 }
 
 pub fn new_run(yaml: &str) -> NewRun {
@@ -33,7 +75,7 @@ pub fn new_run(yaml: &str) -> NewRun {
     }
 }
 
-pub async fn agent(s: &SqliteStore, name: &str, slots: u32, labels: &[&str]) -> String {
+pub async fn agent(s: &SqlStore, name: &str, slots: u32, labels: &[&str]) -> String {
     s.register_agent(
         RegisterAgent {
             name: name.into(),
@@ -66,11 +108,7 @@ pub fn outcome(success: bool, class: Option<ErrorClass>) -> StepOutcome {
     }
 }
 
-pub async fn complete_ok(
-    s: &SqliteStore,
-    agent_id: &str,
-    job: &orchestrator_core::api::ClaimedJob,
-) {
+pub async fn complete_ok(s: &SqlStore, agent_id: &str, job: &orchestrator_core::api::ClaimedJob) {
     s.complete(
         job.job_id,
         CompleteRequest {
@@ -93,7 +131,7 @@ pub fn stage_states(d: &orchestrator_core::api::RunDetail) -> HashMap<String, St
 }
 
 /// Replays the transitions log: the last `to` of every entity must be its stored state.
-pub async fn assert_log_replays_to_state(s: &SqliteStore, run_id: &str) {
+pub async fn assert_log_replays_to_state(s: &SqlStore, run_id: &str) {
     let log = s
         .transitions_since(0, Some(run_id.to_owned()), 1_000_000)
         .await

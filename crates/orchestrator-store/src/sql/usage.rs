@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
+use crate::db::{params, Conn};
 use orchestrator_core::fabric::{Usage, UsageKey, UsageLedger, UsageSummary};
-use rusqlite::{params, Connection};
 
 use super::writer::Ctx;
 use crate::Result;
@@ -25,15 +25,17 @@ pub fn record(ctx: &mut Ctx<'_>, rows: Vec<(i64, String, Usage)>) -> Result<usiz
     let mut stmt = ctx.conn.prepare_cached(
         "INSERT INTO model_usage (job_id, model, run_id, stage_id, requests, prompt_tokens,
              completion_tokens, queue_wait_ms, latency_ms, max_queue_wait_ms, max_latency_ms)
-         SELECT id, ?2, run_id, stage_id, ?3, ?4, ?5, ?6, ?7, ?8, ?9 FROM jobs WHERE id = ?1
+         SELECT id, ?2, run_id, stage_id, CAST(?3 AS BIGINT), CAST(?4 AS BIGINT), CAST(?5 AS BIGINT),
+                CAST(?6 AS BIGINT), CAST(?7 AS BIGINT), CAST(?8 AS BIGINT), CAST(?9 AS BIGINT)
+         FROM jobs WHERE id = ?1
          ON CONFLICT (job_id, model) DO UPDATE SET
-             requests = requests + excluded.requests,
-             prompt_tokens = prompt_tokens + excluded.prompt_tokens,
-             completion_tokens = completion_tokens + excluded.completion_tokens,
-             queue_wait_ms = queue_wait_ms + excluded.queue_wait_ms,
-             latency_ms = latency_ms + excluded.latency_ms,
-             max_queue_wait_ms = MAX(max_queue_wait_ms, excluded.max_queue_wait_ms),
-             max_latency_ms = MAX(max_latency_ms, excluded.max_latency_ms)",
+             requests = model_usage.requests + excluded.requests,
+             prompt_tokens = model_usage.prompt_tokens + excluded.prompt_tokens,
+             completion_tokens = model_usage.completion_tokens + excluded.completion_tokens,
+             queue_wait_ms = model_usage.queue_wait_ms + excluded.queue_wait_ms,
+             latency_ms = model_usage.latency_ms + excluded.latency_ms,
+             max_queue_wait_ms = MAX(model_usage.max_queue_wait_ms, excluded.max_queue_wait_ms),
+             max_latency_ms = MAX(model_usage.max_latency_ms, excluded.max_latency_ms)",
     )?;
     let mut lost = 0;
     for (job, model, u) in rows {
@@ -58,8 +60,8 @@ pub fn record(ctx: &mut Ctx<'_>, rows: Vec<(i64, String, Usage)>) -> Result<usiz
 const COLS: &str = "requests, prompt_tokens, completion_tokens, queue_wait_ms, latency_ms,
     max_queue_wait_ms, max_latency_ms";
 
-fn usage_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Usage> {
-    let g = |i: usize| -> rusqlite::Result<u64> { Ok(uint(r.get(at + i)?)) };
+fn usage_at(r: &crate::db::Row<'_>, at: usize) -> crate::db::Result<Usage> {
+    let g = |i: usize| -> crate::db::Result<u64> { Ok(uint(r.get(at + i)?)) };
     Ok(Usage {
         requests: g(0)?,
         prompt_tokens: g(1)?,
@@ -72,19 +74,19 @@ fn usage_at(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<Usage> {
 }
 
 /// One job's totals by model.
-pub fn job(conn: &Connection, job_id: i64) -> Result<BTreeMap<String, Usage>> {
+pub fn job(conn: &Conn, job_id: i64) -> Result<BTreeMap<String, Usage>> {
     let sql = format!("SELECT model, {COLS} FROM model_usage WHERE job_id = ?1");
     let rows = conn
         .prepare_cached(&sql)?
         .query_map([job_id], |r| Ok((r.get::<_, String>(0)?, usage_at(r, 1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     Ok(rows)
 }
 
 /// A job's state and its run's id and priority, by one indexed lookup:
 /// what the gateway checks of a key on every request.
-pub fn job_holder(conn: &Connection, job_id: i64) -> Result<Option<crate::JobHolder>> {
-    use rusqlite::OptionalExtension;
+pub fn job_holder(conn: &Conn, job_id: i64) -> Result<Option<crate::JobHolder>> {
+    use crate::db::Optional;
     let row = conn
         .prepare_cached(
             "SELECT j.state, j.run_id, r.priority FROM jobs j JOIN runs r ON r.id = j.run_id WHERE j.id = ?1",
@@ -103,7 +105,7 @@ pub fn job_holder(conn: &Connection, job_id: i64) -> Result<Option<crate::JobHol
 }
 
 /// One run's totals by stage and model; None when it made no model call.
-pub fn run(conn: &Connection, run_id: &str) -> Result<Option<UsageSummary>> {
+pub fn run(conn: &Conn, run_id: &str) -> Result<Option<UsageSummary>> {
     let sql = format!("SELECT stage_id, model, {COLS} FROM model_usage WHERE run_id = ?1");
     let mut ledger = UsageLedger::default();
     let mut any = false;
@@ -115,7 +117,7 @@ pub fn run(conn: &Connection, run_id: &str) -> Result<Option<UsageSummary>> {
             stage: r.get(0)?,
             model: r.get(1)?,
         };
-        ledger.add(key, &usage_at(r, 2)?);
+        ledger.add(key, &usage_at(&r, 2)?);
         any = true;
     }
     Ok(any.then(|| ledger.summary(run_id)))

@@ -3,11 +3,11 @@
 //! what the scheduler recorded (holds, placements, yields) and from a fresh
 //! look at every agent's free resources.
 
+use crate::db::{params, Conn, Optional};
 use orchestrator_core::api::{AgentView, Explanation, StageExplanation};
 use orchestrator_core::sched::explain::{describe, verdict, AgentFit};
 use orchestrator_core::sched::{Effective, Needs, SystemRules};
 use orchestrator_core::{RunState, StageState, Workflow};
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::placement;
 use crate::{Result, StoreError};
@@ -17,12 +17,7 @@ const AGENTS_SHOWN: usize = 8;
 
 /// Every agent as `orch agents` shows it, less what suspended stages keep
 /// for the work they yielded to, in id order.
-fn agents(
-    conn: &Connection,
-    rules: &SystemRules,
-    now: i64,
-    online_ms: u64,
-) -> Result<Vec<AgentView>> {
+fn agents(conn: &Conn, rules: &SystemRules, now: i64, online_ms: u64) -> Result<Vec<AgentView>> {
     let mut all = super::reads::list_agents(conn, rules, now, online_ms)?;
     all.sort_by(|a, b| a.id.cmp(&b.id));
     for a in &mut all {
@@ -60,7 +55,7 @@ struct StageRow {
 }
 
 pub fn explain(
-    conn: &Connection,
+    conn: &Conn,
     rules: &SystemRules,
     run_id: &str,
     only: Option<&str>,
@@ -133,7 +128,7 @@ pub fn explain(
                 retry_at: r.get(11)?,
             })
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     if let Some(want) = only {
         if !stages.iter().any(|s| s.id == want) {
             return Err(StoreError::NotFound {
@@ -261,7 +256,7 @@ pub fn explain(
 
 #[allow(clippy::too_many_arguments)]
 fn queued_lines(
-    conn: &Connection,
+    conn: &Conn,
     rules: &SystemRules,
     run_id: &str,
     s: &StageRow,
@@ -289,7 +284,7 @@ fn queued_lines(
     ));
     let (ahead, higher): (i64, i64) = conn
         .prepare_cached(
-            "SELECT COUNT(*), COALESCE(SUM(priority > ?3), 0) FROM jobs
+            "SELECT COUNT(*), COALESCE(SUM(CASE WHEN priority > ?3 THEN 1 ELSE 0 END), 0) FROM jobs
              WHERE state = 'queued' AND (queue_key < ?1 OR (queue_key = ?1 AND id < ?2))",
         )?
         .query_row(params![key, job, priority], |r| Ok((r.get(0)?, r.get(1)?)))?;

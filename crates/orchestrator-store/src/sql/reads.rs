@@ -1,11 +1,11 @@
 //! Queries on the read connection. They never wait for the writer: WAL lets
 //! them read the last committed state while a batch is being written.
 
+use crate::db::{params, Conn, Optional, Row};
 use orchestrator_core::api::{AgentView, JobView, RunDetail, RunSummary, StageView};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::spec::SandboxKind;
 use orchestrator_core::{Entity, JobState, RunState, StageState, Transition, Workflow};
-use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use orchestrator_core::sched::{free, SystemRules};
 
@@ -13,7 +13,7 @@ use crate::{Counts, Result, StoreError};
 
 const RUN_COLS: &str = "id, workflow, project_dir, state, priority, stages_total, stages_succeeded, stages_ended, created_at, ended_at, base_commit, suggested_priority, spec_hash";
 
-fn run_summary(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
+fn run_summary(r: &Row<'_>) -> crate::db::Result<RunSummary> {
     let state: String = r.get(3)?;
     Ok(RunSummary {
         id: r.get(0)?,
@@ -33,7 +33,7 @@ fn run_summary(r: &Row<'_>) -> rusqlite::Result<RunSummary> {
     })
 }
 
-pub fn run_summary_by_id(conn: &Connection, id: &str) -> Result<RunSummary> {
+pub fn run_summary_by_id(conn: &Conn, id: &str) -> Result<RunSummary> {
     let sql = format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1");
     conn.prepare_cached(&sql)?
         .query_row([id], run_summary)
@@ -44,7 +44,7 @@ pub fn run_summary_by_id(conn: &Connection, id: &str) -> Result<RunSummary> {
         })
 }
 
-pub fn lease_jobs(conn: &Connection, agent_id: &str, lease_ids: &[i64]) -> Result<Vec<i64>> {
+pub fn lease_jobs(conn: &Conn, agent_id: &str, lease_ids: &[i64]) -> Result<Vec<i64>> {
     let mut st =
         conn.prepare_cached("SELECT job_id FROM leases WHERE id = ?1 AND agent_id = ?2")?;
     let mut jobs = Vec::new();
@@ -59,17 +59,17 @@ pub fn lease_jobs(conn: &Connection, agent_id: &str, lease_ids: &[i64]) -> Resul
     Ok(jobs)
 }
 
-pub fn list_runs(conn: &Connection, limit: u32) -> Result<Vec<RunSummary>> {
+pub fn list_runs(conn: &Conn, limit: u32) -> Result<Vec<RunSummary>> {
     let sql = format!("SELECT {RUN_COLS} FROM runs ORDER BY created_at DESC, id LIMIT ?1");
     let rows = conn
         .prepare_cached(&sql)?
         .query_map([limit], run_summary)?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     Ok(rows)
 }
 
 /// Finds a run by its id or by an unambiguous prefix of it.
-pub fn resolve_run(conn: &Connection, id: &str) -> Result<String> {
+pub fn resolve_run(conn: &Conn, id: &str) -> Result<String> {
     let exact: Option<String> = conn
         .prepare_cached("SELECT id FROM runs WHERE id = ?1")?
         .query_row([id], |r| r.get(0))
@@ -85,7 +85,7 @@ pub fn resolve_run(conn: &Connection, id: &str) -> Result<String> {
         .prepare_cached("SELECT id FROM runs WHERE id >= ?1 ORDER BY id LIMIT 2")?
         .query_map([id], |r| r.get::<_, String>(0))?
         .filter(|r| r.as_ref().map_or(true, |x| x.starts_with(id)))
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     match found.as_slice() {
         [one] if !id.is_empty() => Ok(one.clone()),
         [] | [_] => Err(StoreError::NotFound {
@@ -98,7 +98,7 @@ pub fn resolve_run(conn: &Connection, id: &str) -> Result<String> {
     }
 }
 
-pub fn run_detail(conn: &Connection, id: &str) -> Result<RunDetail> {
+pub fn run_detail(conn: &Conn, id: &str) -> Result<RunDetail> {
     let id = resolve_run(conn, id)?;
     let sql = format!(
         "SELECT {RUN_COLS}, (SELECT spec FROM run_specs WHERE run_id = runs.id) FROM runs WHERE id = ?1"
@@ -129,7 +129,7 @@ pub fn run_detail(conn: &Connection, id: &str) -> Result<RunDetail> {
                 agent_id: r.get(8)?,
             })
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     for (s, spec) in stages.iter_mut().zip(&wf.stages) {
         s.needs = spec.needs.clone();
     }
@@ -140,7 +140,7 @@ pub fn run_detail(conn: &Connection, id: &str) -> Result<RunDetail> {
              FROM jobs WHERE run_id = ?1 ORDER BY id",
         )?
         .query_map([&id], job_view)?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     Ok(RunDetail {
         run,
         stages,
@@ -152,7 +152,7 @@ pub fn run_detail(conn: &Connection, id: &str) -> Result<RunDetail> {
     })
 }
 
-fn job_view(r: &Row<'_>) -> rusqlite::Result<JobView> {
+fn job_view(r: &Row<'_>) -> crate::db::Result<JobView> {
     let state: String = r.get(5)?;
     let codes: Option<String> = r.get(7)?;
     let class: Option<String> = r.get(9)?;
@@ -179,7 +179,7 @@ fn job_view(r: &Row<'_>) -> rusqlite::Result<JobView> {
 }
 
 pub fn list_agents(
-    conn: &Connection,
+    conn: &Conn,
     rules: &SystemRules,
     now: i64,
     online_ms: u64,
@@ -187,7 +187,7 @@ pub fn list_agents(
     let rows: Vec<(String, String, Option<String>, i64)> = conn
         .prepare_cached("SELECT id, name, hostname, last_seen_at FROM agents ORDER BY name")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     let mut out = Vec::with_capacity(rows.len());
     for (id, name, hostname, last_seen_ms) in rows {
         let Some(cap) = super::placement::capacity(conn, rules, &id)? else {
@@ -213,7 +213,7 @@ pub fn list_agents(
 }
 
 pub fn transitions_since(
-    conn: &Connection,
+    conn: &Conn,
     after: i64,
     run: Option<&str>,
     limit: u32,
@@ -223,7 +223,7 @@ pub fn transitions_since(
          FROM transitions WHERE run_id = ?3 AND seq > ?1 ORDER BY seq LIMIT ?2"
     } else {
         "SELECT seq, entity, entity_id, run_id, from_state, to_state, reason, actor, at
-         FROM transitions WHERE seq > ?1 AND ?3 IS NULL ORDER BY seq LIMIT ?2"
+         FROM transitions WHERE seq > ?1 AND CAST(?3 AS TEXT) IS NULL ORDER BY seq LIMIT ?2"
     };
     let rows = conn
         .prepare_cached(sql)?
@@ -241,26 +241,26 @@ pub fn transitions_since(
                 at_ms: r.get(8)?,
             })
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     Ok(rows)
 }
 
-pub fn next_lease_expiry(conn: &Connection) -> Result<Option<i64>> {
+pub fn next_lease_expiry(conn: &Conn) -> Result<Option<i64>> {
     Ok(conn
         .prepare_cached(
             "SELECT MIN(t) FROM (SELECT MIN(expires_at) AS t FROM leases WHERE state = 'active'
-             UNION ALL SELECT MIN(retry_at) FROM stage_runs WHERE state = 'retrying')",
+             UNION ALL SELECT MIN(retry_at) FROM stage_runs WHERE state = 'retrying') AS due",
         )?
         .query_row([], |r| r.get(0))?)
 }
 
-pub fn counts(conn: &Connection) -> Result<Counts> {
+pub fn counts(conn: &Conn) -> Result<Counts> {
     let by_state = |table: &str| -> Result<Vec<(String, i64)>> {
         let sql = format!("SELECT state, COUNT(*) FROM {table} GROUP BY state");
         Ok(conn
             .prepare_cached(&sql)?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?)
+            .collect::<crate::db::Result<_>>()?)
     };
     Ok(Counts {
         runs: by_state("runs")?,
@@ -279,6 +279,6 @@ pub fn counts(conn: &Connection) -> Result<Counts> {
                  GROUP BY j.error_class ORDER BY j.error_class",
             )?
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-            .collect::<rusqlite::Result<_>>()?,
+            .collect::<crate::db::Result<_>>()?,
     })
 }

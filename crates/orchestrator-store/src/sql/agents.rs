@@ -5,8 +5,8 @@
 //! `list_agents` still judges `online` from the heartbeat's age alone; these
 //! rows record when that judgement changed, and why.
 
+use crate::db::{params, Optional};
 use orchestrator_core::Entity;
-use rusqlite::{params, OptionalExtension};
 
 use super::writer::Ctx;
 use crate::Result;
@@ -43,7 +43,7 @@ pub fn mark_lost(ctx: &mut Ctx<'_>, now: i64, online_ms: u64) -> Result<usize> {
         .conn
         .prepare_cached("SELECT id, last_seen_at FROM agents WHERE last_seen_at < ?1")?
         .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     let mut marked = 0;
     for (agent_id, last_seen) in silent {
         if matches!(last_presence(ctx, &agent_id)?, Some((state, _)) if state == LOST) {

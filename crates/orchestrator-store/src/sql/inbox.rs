@@ -3,12 +3,12 @@
 
 use std::collections::HashMap;
 
+use crate::db::{Conn, Optional, Row};
 use orchestrator_core::api::{
     answer_commands, ArtifactRecord, CheckpointView, InboxItem, InboxKind, QuestionState,
     QuestionView,
 };
 use orchestrator_core::{StageState, Workflow};
-use rusqlite::{Connection, OptionalExtension, Row};
 
 use crate::{Result, StoreError};
 
@@ -18,7 +18,7 @@ fn step_name(wf: &Workflow, stage_id: &str, step: u32) -> Option<String> {
     super::human::step_name(stage, step)
 }
 
-pub fn checkpoints(conn: &Connection, run_id: &str, wf: &Workflow) -> Result<Vec<CheckpointView>> {
+pub fn checkpoints(conn: &Conn, run_id: &str, wf: &Workflow) -> Result<Vec<CheckpointView>> {
     let rows = conn
         .prepare_cached(
             "SELECT seq, stage_id, step, job_id, commit_sha, artifacts, created_at
@@ -41,14 +41,14 @@ pub fn checkpoints(conn: &Connection, run_id: &str, wf: &Workflow) -> Result<Vec
                 created_at_ms: r.get(6)?,
             })
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     Ok(rows)
 }
 
 const QUESTION_COLS: &str =
     "id, run_id, stage_id, step, question, choices, state, asked_at, answer, answered_by, answered_at";
 
-fn question_view(r: &Row<'_>) -> rusqlite::Result<QuestionView> {
+fn question_view(r: &Row<'_>) -> crate::db::Result<QuestionView> {
     let choices: String = r.get(5)?;
     let state: String = r.get(6)?;
     Ok(QuestionView {
@@ -66,18 +66,18 @@ fn question_view(r: &Row<'_>) -> rusqlite::Result<QuestionView> {
     })
 }
 
-pub fn questions(conn: &Connection, run_id: &str) -> Result<Vec<QuestionView>> {
+pub fn questions(conn: &Conn, run_id: &str) -> Result<Vec<QuestionView>> {
     let sql = format!("SELECT {QUESTION_COLS} FROM questions WHERE run_id = ?1 ORDER BY id");
     let rows = conn
         .prepare_cached(&sql)?
         .query_map([run_id], question_view)?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     Ok(rows)
 }
 
 /// Everything waiting for a human, oldest first: stages awaiting approval
 /// or a decision, and open questions.
-pub fn inbox(conn: &Connection) -> Result<Vec<InboxItem>> {
+pub fn inbox(conn: &Conn) -> Result<Vec<InboxItem>> {
     let mut specs: HashMap<String, (String, Workflow)> = HashMap::new();
     let mut spec_of = |run_id: &str| -> Result<(String, Workflow)> {
         if let Some(x) = specs.get(run_id) {
@@ -100,7 +100,7 @@ pub fn inbox(conn: &Connection) -> Result<Vec<InboxItem>> {
              WHERE waiting_since IS NOT NULL AND state = 'awaiting_approval'",
         )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     for (run_id, stage_id, step, since) in approvals {
         let (workflow, wf) = spec_of(&run_id)?;
         let commit: Option<String> = conn
@@ -130,7 +130,7 @@ pub fn inbox(conn: &Connection) -> Result<Vec<InboxItem>> {
              WHERE waiting_since IS NOT NULL AND state = 'awaiting_decision'",
         )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     for (run_id, stage_id, step, since) in decisions {
         let (workflow, wf) = spec_of(&run_id)?;
         let error: Option<String> = conn
@@ -160,7 +160,7 @@ pub fn inbox(conn: &Connection) -> Result<Vec<InboxItem>> {
     let open: Vec<QuestionView> = conn
         .prepare_cached(&sql)?
         .query_map([], question_view)?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     for q in open {
         let (workflow, wf) = spec_of(&q.run_id)?;
         items.push(InboxItem {

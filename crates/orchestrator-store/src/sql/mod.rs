@@ -2,6 +2,7 @@
 //! connection for queries.
 
 mod agents;
+mod copy;
 mod decide;
 mod explain;
 #[cfg(feature = "failpoints")]
@@ -10,18 +11,23 @@ mod graph;
 mod human;
 mod inbox;
 mod leases;
+mod listen;
+mod location;
 mod placement;
 mod policy;
 mod preempt;
 mod reads;
 mod schema;
+mod schema_pg;
 mod usage;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::db::Conn;
 use orchestrator_core::api::{
     AgentRegistered, AgentView, ClaimedJob, CompleteRequest, Completed, Explanation,
     HeartbeatResponse, InboxItem, LeaseRef, RegisterAgent, RunDetail, RunSummary, Submitted,
@@ -32,17 +38,20 @@ use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 use crate::{Counts, HumanCommand, NewRun, Result, Store, StoreError};
+pub use copy::{sqlite_to_postgres, CopyReport};
 use decide::Decision;
 #[cfg(feature = "failpoints")]
 pub use failpoints::{FaultMode, FaultReport};
+pub use location::Location;
 pub use writer::WriterStats;
 use writer::{Command, Ctx, Stats, Writer};
 
 /// How the store batches and where it lives.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// The database file; created with its directory when missing.
-    pub path: PathBuf,
+    /// The database: a SQLite file (created with its directory when
+    /// missing) or a PostgreSQL database.
+    pub location: Location,
     /// Most commands committed in one transaction.
     pub max_items: usize,
     /// Longest time, in milliseconds, a batch keeps taking commands that are
@@ -55,9 +64,15 @@ pub struct StoreOptions {
 }
 
 impl StoreOptions {
+    /// A SQLite store in the file `path`.
     pub fn new(path: impl Into<PathBuf>) -> Self {
+        Self::at(Location::Sqlite(path.into()))
+    }
+
+    /// A store at `location`, with the default batching.
+    pub fn at(location: Location) -> Self {
         StoreOptions {
-            path: path.into(),
+            location,
             max_items: 256,
             max_ms: 5,
             queue: 4096,
@@ -67,18 +82,30 @@ impl StoreOptions {
 }
 
 /// The SQLite implementation of [`Store`].
-pub struct SqliteStore {
+pub struct SqlStore {
     tx: Mutex<Option<mpsc::Sender<Command>>>,
-    read: Arc<Mutex<Connection>>,
+    read: Arc<Mutex<Conn>>,
     events: broadcast::Sender<Arc<[Transition]>>,
     jobs_queued: Arc<Notify>,
     stats: Arc<Stats>,
     rules: Arc<SystemRules>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// PostgreSQL only: the thread that publishes every daemon's commits.
+    listener: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
     #[cfg(feature = "failpoints")]
     faults: Arc<failpoints::Faults>,
-    /// Held for the store's lifetime: one writer per database file.
-    _lock: std::fs::File,
+    /// SQLite only, held for the store's lifetime: one writer per database file.
+    _lock: Option<std::fs::File>,
+}
+
+/// The connections a store opens, by backend.
+struct Opened {
+    write: Conn,
+    read: Conn,
+    lock: Option<std::fs::File>,
+    /// PostgreSQL: the listener's connection and the writer's NOTIFY
+    /// channel and payload prefix.
+    pg: Option<(Conn, listen::Listener)>,
 }
 
 /// Takes `<db>.lock` exclusively, so a second daemon on the same store is
@@ -114,29 +141,79 @@ fn open_conn(path: &Path) -> Result<Connection> {
     Ok(conn)
 }
 
-impl SqliteStore {
-    /// Opens (creating and migrating when needed) the store and starts its writer.
+fn open_sqlite(path: &Path) -> Result<Opened> {
+    location::ensure_parent(path)?;
+    let lock = lock(path)?;
+    let mut write = open_conn(path)?;
+    schema::migrate(&mut write)?;
+    let read = open_conn(path)?;
+    Ok(Opened {
+        write: Conn::Sqlite(write),
+        read: Conn::Sqlite(read),
+        lock: Some(lock),
+        pg: None,
+    })
+}
+
+fn open_postgres(
+    url: &str,
+    schema: Option<&str>,
+    events: &broadcast::Sender<Arc<[Transition]>>,
+    jobs_queued: &Arc<Notify>,
+) -> Result<Opened> {
+    let write = location::connect_pg(url, schema, "writer")?;
+    schema_pg::migrate(&write)?;
+    let read = location::connect_pg(url, schema, "reader")?;
+    let listen = location::connect_pg(url, schema, "listener")?;
+    // Subscribers hear of what is committed from now on, as on SQLite.
+    let last: i64 = read.query_row("SELECT COALESCE(MAX(seq), 0) FROM transitions", [], |r| {
+        r.get(0)
+    })?;
+    let listener = listen::Listener {
+        url: url.to_owned(),
+        schema: schema.map(str::to_owned),
+        instance: crate::ids::new_id("d"),
+        events: events.clone(),
+        jobs_queued: jobs_queued.clone(),
+        stop: Arc::new(AtomicBool::new(false)),
+        last,
+    };
+    Ok(Opened {
+        write,
+        read,
+        lock: None,
+        pg: Some((listen, listener)),
+    })
+}
+
+impl SqlStore {
+    /// Opens (creating and migrating when needed) the store and starts its
+    /// writer, and on PostgreSQL the thread that follows other daemons' commits.
     pub fn open(opts: StoreOptions) -> Result<Self> {
-        if let Some(dir) = opts.path.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| {
-                    StoreError::Database(format!("cannot create {}: {e}", dir.display()))
-                })?;
-            }
-        }
-        let lock = lock(&opts.path)?;
         let rules = Arc::new(opts.rules.clone());
-        let mut wconn = open_conn(&opts.path)?;
-        schema::migrate(&mut wconn)?;
-        let read = open_conn(&opts.path)?;
-        let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let (events, _) = broadcast::channel(4096);
         let jobs_queued = Arc::new(Notify::new());
+        let opened = match &opts.location {
+            Location::Sqlite(path) => open_sqlite(path)?,
+            // The driver runs a runtime of its own per connection, which
+            // cannot start on a thread already inside one (a daemon opens
+            // its store from async code).
+            Location::Postgres { url, schema } => std::thread::scope(|s| {
+                s.spawn(|| open_postgres(url, schema.as_deref(), &events, &jobs_queued))
+                    .join()
+                    .map_err(|_| StoreError::Database("opening the store panicked".into()))?
+            })?,
+        };
+        let (tx, rx) = mpsc::channel(opts.queue.max(1));
         let stats = Arc::new(Stats::default());
         #[cfg(feature = "failpoints")]
         let faults = Arc::new(failpoints::Faults::default());
+        let notify = opened
+            .pg
+            .as_ref()
+            .map(|(_, l)| (listen::channel(l.schema.as_deref()), l.instance.clone()));
         let w = Writer {
-            conn: wconn,
+            conn: opened.write,
             rx,
             max_items: opts.max_items.max(1),
             max_wait: Duration::from_millis(opts.max_ms),
@@ -144,24 +221,39 @@ impl SqliteStore {
             jobs_queued: jobs_queued.clone(),
             stats: stats.clone(),
             rules: rules.clone(),
+            notify,
             #[cfg(feature = "failpoints")]
             faults: faults.clone(),
+        };
+        let listener = match opened.pg {
+            Some((conn, l)) => {
+                let stop = l.stop.clone();
+                let handle = std::thread::Builder::new()
+                    .name("store-listener".into())
+                    .spawn(move || l.run(conn))
+                    .map_err(|e| {
+                        StoreError::Database(format!("cannot start the store listener: {e}"))
+                    })?;
+                Some((stop, handle))
+            }
+            None => None,
         };
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || w.run())
             .map_err(|e| StoreError::Database(format!("cannot start the store writer: {e}")))?;
-        Ok(SqliteStore {
+        Ok(SqlStore {
             tx: Mutex::new(Some(tx)),
-            read: Arc::new(Mutex::new(read)),
+            read: Arc::new(Mutex::new(opened.read)),
             events,
             jobs_queued,
             stats,
             rules,
             thread: Mutex::new(Some(thread)),
+            listener: Mutex::new(listener),
             #[cfg(feature = "failpoints")]
             faults,
-            _lock: lock,
+            _lock: opened.lock,
         })
     }
 
@@ -205,7 +297,7 @@ impl SqliteStore {
     /// Runs a query on the read connection off the async threads.
     async fn read<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+        f: impl FnOnce(&Conn) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         let conn = self.read.clone();
         tokio::task::spawn_blocking(move || {
@@ -219,7 +311,7 @@ impl SqliteStore {
     }
 }
 
-impl Store for SqliteStore {
+impl Store for SqlStore {
     async fn submit_run(&self, run: NewRun) -> Result<Submitted> {
         self.write(move |ctx| graph::submit_run(ctx, run)).await
     }
@@ -429,6 +521,11 @@ impl Store for SqliteStore {
         }
         let handle = self.thread.lock().ok().and_then(|mut t| t.take());
         if let Some(h) = handle {
+            let _ = tokio::task::spawn_blocking(move || h.join()).await;
+        }
+        let listener = self.listener.lock().ok().and_then(|mut l| l.take());
+        if let Some((stop, h)) = listener {
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
             let _ = tokio::task::spawn_blocking(move || h.join()).await;
         }
     }

@@ -2,6 +2,7 @@
 //! leases, heartbeat them and complete them; the reaper expires them. A job
 //! completes at most once: only under its live lease, and a refusal is recorded.
 
+use crate::db::{params, Optional};
 use orchestrator_core::api::{
     AgentRegistered, ClaimedJob, CompleteRequest, Completed, HeartbeatResponse, JobSpec, LeaseRef,
     RegisterAgent,
@@ -9,7 +10,6 @@ use orchestrator_core::api::{
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::machine::{job_on, After, Gate, JobEffect, JobEvent, LeaseEnd, StageEvent};
 use orchestrator_core::{Entity, JobState, RunState, StageState};
-use rusqlite::{params, OptionalExtension};
 
 use orchestrator_core::sched::{free, Free, Grant};
 
@@ -97,7 +97,7 @@ pub fn register_agent(
         .conn
         .prepare_cached("SELECT id FROM leases WHERE agent_id = ?1 AND state = 'active'")?
         .query_map([&agent_id], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     let mut stale_jobs = Vec::new();
     for lease_id in stale {
         stale_jobs.push(lose_lease(
@@ -239,12 +239,11 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
     }
     let token = ids::new_secret();
     let expires = ctx.now + lease_ttl_ms as i64;
-    ctx.conn
+    let lease_id: i64 = ctx.conn
         .prepare_cached(
-            "INSERT INTO leases (job_id, agent_id, token, state, expires_at, created_at) VALUES (?1, ?2, ?3, 'active', ?4, ?5)",
+            "INSERT INTO leases (job_id, agent_id, token, state, expires_at, created_at) VALUES (?1, ?2, ?3, 'active', ?4, ?5) RETURNING id",
         )?
-        .execute(params![job_id, agent_id, token, expires, ctx.now])?;
-    let lease_id = ctx.conn.last_insert_rowid();
+        .query_row(params![job_id, agent_id, token, expires, ctx.now], |r| r.get(0))?;
     let actor = format!("agent:{agent_id}");
     ctx.transition(
         Entity::Lease,
@@ -586,7 +585,7 @@ pub fn expire_leases(ctx: &mut Ctx<'_>, now: i64) -> Result<usize> {
             "SELECT id, expires_at FROM leases WHERE state = 'active' AND expires_at <= ?1",
         )?
         .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     for (lease_id, at) in &due {
         lose_lease(
             ctx,
@@ -620,7 +619,7 @@ fn reshape_legacy(ctx: &mut Ctx<'_>) -> Result<()> {
             "SELECT id, labels, priority, created_at FROM jobs WHERE state = 'queued' AND shape IS NULL",
         )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     for (id, labels, priority, created) in legacy {
         let mut labels: Vec<String> = serde_json::from_str(&labels).unwrap_or_default();
         labels.sort();

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::trace::{TraceEvent, TraceEventCodes};
 use rusqlite::Connection;
 
-use super::SqliteStore;
+use super::SqlStore;
 use crate::Result;
 
 /// What happens at the armed statement.
@@ -130,7 +130,7 @@ impl Faults {
 }
 
 #[doc(hidden)]
-impl SqliteStore {
+impl SqlStore {
     /// Arms statement `k` (1-based) of the next batch the writer starts.
     pub fn arm_failpoint(&self, k: u64, mode: FaultMode) {
         if let Ok(mut a) = self.faults.armed.lock() {
@@ -159,7 +159,7 @@ impl SqliteStore {
     /// Runs `f` as a write command of its own, in a savepoint like any other.
     pub async fn exec_command<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&Connection) -> Result<R> + Send + 'static,
+        f: impl FnOnce(&crate::db::Conn) -> Result<R> + Send + 'static,
     ) -> Result<R> {
         self.write(move |ctx| f(ctx.conn)).await
     }

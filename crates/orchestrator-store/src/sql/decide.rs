@@ -1,9 +1,9 @@
 //! A human's decision about a failed stage: retry it, skip it, or abort it
 //! (or the whole run). Run by the writer inside a batch's transaction.
 
+use crate::db::Optional;
 use orchestrator_core::machine::{RunEvent, StageEvent};
 use orchestrator_core::{RunState, StageState};
-use rusqlite::OptionalExtension;
 
 use super::graph::{conflict, load_stage, run_command, stage_event};
 use super::human;

@@ -7,13 +7,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::db::{params, Optional};
 use orchestrator_core::api::{JobSpec, Submitted};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::machine::{
     job_on, run_on, stage_on, JobEffect, JobEvent, RunEffect, RunEvent, StageEffect, StageEvent,
 };
 use orchestrator_core::{Entity, JobState, RunState, StageState, Workflow};
-use rusqlite::{params, OptionalExtension};
 use sha2::{Digest, Sha256};
 
 use orchestrator_core::sched::{self, could_ever_fit, effective_priority, Limits, Needs};
@@ -200,7 +200,7 @@ fn never_fits(ctx: &Ctx<'_>, wf: &Workflow) -> Result<Vec<String>> {
         .conn
         .prepare_cached("SELECT id FROM agents ORDER BY id")?
         .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     if ids.is_empty() {
         return Ok(Vec::new());
     }
@@ -254,7 +254,7 @@ pub fn schedule(ctx: &mut Ctx<'_>) -> Result<()> {
              ORDER BY r.priority DESC, r.created_at, s.ord",
         )?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, i64>(2)?, r.get(3)?, r.get(4)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     for (run_id, stage_id, ord, project_dir, limits) in ready {
         let scheduled = ctx.savepoint(|ctx| {
             schedule_stage(
@@ -474,7 +474,7 @@ pub fn stage_event(
                          WHERE q.run_id = ?1 AND q.required = ?2 AND s.state = 'pending'",
                     )?
                     .query_map([run_id, stage_id], |r| r.get(0))?
-                    .collect::<rusqlite::Result<_>>()?;
+                    .collect::<crate::db::Result<_>>()?;
                 for d in dependents {
                     // A diamond may reach a dependent twice; the second time it is already blocked.
                     if load_stage(ctx, run_id, &d)?.state == StageState::Pending {
@@ -615,13 +615,12 @@ pub(super) fn enqueue(
     let pin = row.agent_id.as_deref().unwrap_or("");
     let shape = placement::shape_id(ctx, &needs, pin, ctx.rules.is_high(row.priority))?;
     let key = policy::next_key(ctx, run_id, &row.project_dir, row.priority)?;
-    ctx.conn
+    let job_id: i64 = ctx.conn
         .prepare_cached(
             "INSERT INTO jobs (run_id, stage_id, step, attempt, state, priority, labels, payload, created_at, queue_key, shape)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10)",
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
         )?
-        .execute(params![run_id, stage_id, step, attempt, row.priority, labels, payload, ctx.now, key, shape])?;
-    let job_id = ctx.conn.last_insert_rowid();
+        .query_row(params![run_id, stage_id, step, attempt, row.priority, labels, payload, ctx.now, key, shape], |r| r.get(0))?;
     ctx.transition(
         Entity::Job,
         job_id.to_string(),
@@ -648,7 +647,7 @@ pub(super) fn cancel_live_job(
             "SELECT id, state, lease_id FROM jobs WHERE run_id = ?1 AND stage_id = ?2 AND state IN ('queued', 'leased')",
         )?
         .query_map([run_id, stage_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     for (job_id, state, lease_id) in live {
         let from = JobState::parse(&state).unwrap_or(JobState::Queued);
         let job = JobRef {
@@ -831,7 +830,7 @@ fn stages_in(ctx: &Ctx<'_>, run_id: &str, states: &str) -> Result<Vec<(String, u
         .conn
         .prepare_cached(&sql)?
         .query_map([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?)
+        .collect::<crate::db::Result<_>>()?)
 }
 
 /// Carries out what the run machine asked for.
@@ -1032,7 +1031,7 @@ pub fn due_retries(ctx: &mut Ctx<'_>, now: i64) -> Result<usize> {
             "SELECT run_id, stage_id, attempt, step FROM stage_runs WHERE state = 'retrying' AND retry_at <= ?1",
         )?
         .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     for (run_id, stage_id, attempt, step) in &due {
         let next = human::next_of(ctx, run_id, stage_id, Some(*step))?;
         stage_event(

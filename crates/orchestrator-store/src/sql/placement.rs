@@ -6,8 +6,8 @@
 //! Capacity freed by stages that yielded is reserved for the work they
 //! yielded to until that work is placed: only it may take it.
 
+use crate::db::{params, Conn, Optional};
 use orchestrator_core::sched::{fit, Capacity, Free, Gpu, Grant, Needs};
-use rusqlite::{params, Connection, OptionalExtension};
 
 use super::writer::Ctx;
 use crate::{Result, StoreError};
@@ -19,7 +19,7 @@ pub(super) fn db(e: impl std::fmt::Display) -> StoreError {
 /// An agent's capacity (slots capped by the system rules), or None when
 /// the agent is unknown.
 pub(super) fn capacity(
-    conn: &Connection,
+    conn: &Conn,
     rules: &orchestrator_core::sched::SystemRules,
     agent_id: &str,
 ) -> Result<Option<Capacity>> {
@@ -41,14 +41,14 @@ pub(super) fn capacity(
 }
 
 /// What the agent's live jobs hold.
-pub(super) fn held(conn: &Connection, agent_id: &str) -> Result<Vec<Grant>> {
+pub(super) fn held(conn: &Conn, agent_id: &str) -> Result<Vec<Grant>> {
     let rows: Vec<Option<String>> = conn
         .prepare_cached(
             "SELECT j.granted FROM leases l JOIN jobs j ON j.id = l.job_id
              WHERE l.agent_id = ?1 AND l.state = 'active'",
         )?
         .query_map([agent_id], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     Ok(rows
         .into_iter()
         .map(|g| parse_grant(g.as_deref()))
@@ -63,7 +63,7 @@ pub(super) fn parse_grant(g: Option<&str>) -> Grant {
 
 /// Capacity kept for the work suspended stages on this agent yielded to:
 /// (the job it is kept for, what is kept).
-pub(super) fn reservations(conn: &Connection, agent_id: &str) -> Result<Vec<(i64, Grant)>> {
+pub(super) fn reservations(conn: &Conn, agent_id: &str) -> Result<Vec<(i64, Grant)>> {
     let rows: Vec<(i64, Option<String>)> = conn
         .prepare_cached(
             "SELECT yield_job, reserved FROM stage_runs
@@ -71,7 +71,7 @@ pub(super) fn reservations(conn: &Connection, agent_id: &str) -> Result<Vec<(i64
              ORDER BY yield_job",
         )?
         .query_map([agent_id], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     Ok(rows
         .into_iter()
         .map(|(j, g)| (j, parse_grant(g.as_deref())))
@@ -79,7 +79,7 @@ pub(super) fn reservations(conn: &Connection, agent_id: &str) -> Result<Vec<(i64
 }
 
 /// The needs of a shape.
-fn shape_needs(conn: &Connection, shape: i64) -> Result<Needs> {
+fn shape_needs(conn: &Conn, shape: i64) -> Result<Needs> {
     let text: String = conn
         .prepare_cached("SELECT needs FROM shapes WHERE id = ?1")?
         .query_row([shape], |r| r.get(0))?;
@@ -97,10 +97,10 @@ pub(super) fn shape_id(ctx: &Ctx<'_>, needs: &Needs, pin: &str, high: bool) -> R
     if let Some(id) = found {
         return Ok(id);
     }
-    ctx.conn
-        .prepare_cached("INSERT INTO shapes (needs, pin, high) VALUES (?1, ?2, ?3)")?
-        .execute(params![key, pin, high])?;
-    Ok(ctx.conn.last_insert_rowid())
+    Ok(ctx
+        .conn
+        .prepare_cached("INSERT INTO shapes (needs, pin, high) VALUES (?1, ?2, ?3) RETURNING id")?
+        .query_row(params![key, pin, high], |r| r.get(0))?)
 }
 
 /// The job `agent_id` should run next and what it gets, if any fits.
@@ -148,7 +148,7 @@ pub(super) fn pick(
         .conn
         .prepare_cached("SELECT id, needs, high FROM shapes WHERE pin = '' OR pin = ?1")?
         .query_map([agent_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     let mut best: Option<((i64, i64), Grant)> = None;
     let mut head = ctx.conn.prepare_cached(
         "SELECT queue_key, id FROM jobs WHERE shape = ?1 AND state = 'queued'

@@ -18,9 +18,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::db::Conn;
 use orchestrator_core::sched::SystemRules;
 use orchestrator_core::{Transition, Workflow};
-use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, Notify};
 
 use crate::{Result, StoreError};
@@ -32,7 +32,7 @@ pub type Command = Box<dyn FnOnce(&mut Ctx<'_>) -> Reply + Send>;
 
 /// What a command sees while it runs.
 pub struct Ctx<'c> {
-    pub conn: &'c Connection,
+    pub conn: &'c Conn,
     /// The time of the batch, in Unix milliseconds: one clock reading per batch.
     pub now: i64,
     /// Parsed workflows of running runs, so queuing a job never re-parses.
@@ -87,7 +87,7 @@ impl Stats {
 }
 
 pub struct Writer {
-    pub conn: Connection,
+    pub conn: Conn,
     pub rx: mpsc::Receiver<Command>,
     pub max_items: usize,
     pub max_wait: Duration,
@@ -95,6 +95,10 @@ pub struct Writer {
     pub jobs_queued: Arc<Notify>,
     pub stats: Arc<Stats>,
     pub rules: Arc<SystemRules>,
+    /// PostgreSQL: the channel every batch NOTIFYs, and this daemon's name
+    /// in the payload. Transitions are then published by the listener,
+    /// which hears every daemon's, not here.
+    pub notify: Option<(String, String)>,
     #[cfg(feature = "failpoints")]
     pub faults: Arc<super::failpoints::Faults>,
 }
@@ -116,14 +120,18 @@ impl Writer {
             self.commit(&mut batch, &mut workflows);
         }
         // Checkpoint the WAL so a clean shutdown leaves one tidy file.
-        let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+        if !self.conn.is_postgres() {
+            let _ = self.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE);");
+        }
     }
 
     fn commit(&mut self, batch: &mut Vec<Command>, workflows: &mut HashMap<String, Arc<Workflow>>) {
         let n = batch.len() as u64;
         let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
         #[cfg(feature = "failpoints")]
-        self.faults.begin_batch(&mut self.conn);
+        if let Some(c) = self.conn.sqlite_mut() {
+            self.faults.begin_batch(c);
+        }
         let mut ctx = Ctx {
             conn: &self.conn,
             now: crate::now_ms(),
@@ -135,7 +143,15 @@ impl Writer {
             broken: None,
         };
         let outcome = (|| -> Result<()> {
-            ctx.conn.execute_batch("BEGIN IMMEDIATE")?;
+            if ctx.conn.is_postgres() {
+                // One batch at a time across every daemon on the database.
+                ctx.conn.execute_batch(&format!(
+                    "BEGIN; SELECT pg_advisory_xact_lock({})",
+                    super::schema_pg::WRITE_LOCK
+                ))?;
+            } else {
+                ctx.conn.execute_batch("BEGIN IMMEDIATE")?;
+            }
             for cmd in batch.drain(..) {
                 // `Ctx::savepoint` turns a command's panic into its own error;
                 // a panic outside it (a bug in the writer's plumbing) leaves a
@@ -164,6 +180,16 @@ impl Writer {
                     .query_row([], |r| r.get(0))?;
             }
             ctx.healthy()?;
+            if let Some((channel, instance)) = &self.notify {
+                if !ctx.transitions.is_empty() || ctx.queued {
+                    // Delivered to every listener when, and only if, the batch commits.
+                    ctx.conn.query_row(
+                        "SELECT pg_notify(?1, ?2)",
+                        crate::db::params![channel, super::listen::payload(instance, ctx.queued)],
+                        |_| Ok(()),
+                    )?;
+                }
+            }
             let t = Instant::now();
             ctx.conn.execute_batch("COMMIT")?;
             self.stats
@@ -185,7 +211,7 @@ impl Writer {
                 for r in replies {
                     r(None);
                 }
-                if !transitions.is_empty() {
+                if !transitions.is_empty() && self.notify.is_none() {
                     // No subscriber is not an error.
                     let _ = self.events.send(transitions.into());
                 }
@@ -207,7 +233,9 @@ impl Writer {
             }
         }
         #[cfg(feature = "failpoints")]
-        self.faults.end_batch(&mut self.conn);
+        if let Some(c) = self.conn.sqlite_mut() {
+            self.faults.end_batch(c);
+        }
     }
 }
 
@@ -294,19 +322,21 @@ impl Ctx<'_> {
     ) -> Result<()> {
         let mut st = self.conn.prepare_cached(
             "INSERT INTO transitions (entity, entity_id, run_id, from_state, to_state, reason, actor, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING seq",
         )?;
-        st.execute(rusqlite::params![
-            entity.as_str(),
-            entity_id,
-            run_id,
-            from,
-            to,
-            reason,
-            actor,
-            self.now
-        ])?;
-        let seq = self.conn.last_insert_rowid();
+        let seq = st.query_row(
+            crate::db::params![
+                entity.as_str(),
+                entity_id,
+                run_id,
+                from,
+                to,
+                reason,
+                actor,
+                self.now
+            ],
+            |r| r.get(0),
+        )?;
         self.transitions.push(Transition {
             seq,
             entity,

@@ -2,11 +2,11 @@
 //! asked, input steps, and the approve, reject and answer commands. Run by
 //! the writer inside a batch's transaction, like the rest of the graph.
 
+use crate::db::{params, Optional};
 use orchestrator_core::api::{Answered, Ask, Handoff, QuestionState, Said, StepOutcome};
 use orchestrator_core::machine::{after_step, After, Gate, StageEvent};
 use orchestrator_core::spec::{Stage, Step};
 use orchestrator_core::{Entity, StageState};
-use rusqlite::{params, OptionalExtension};
 
 use super::graph::{conflict, load_stage, stage_event, workflow, StageRow};
 use super::writer::Ctx;
@@ -196,13 +196,12 @@ fn ask_question(
 ) -> Result<i64> {
     let choices =
         serde_json::to_string(&ask.choices).map_err(|e| StoreError::Database(e.to_string()))?;
-    ctx.conn
+    let id: i64 = ctx.conn
         .prepare_cached(
             "INSERT INTO questions (run_id, stage_id, step, job_id, question, choices, state, asked_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7)",
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7) RETURNING id",
         )?
-        .execute(params![run_id, stage_id, step, job_id, ask.question, choices, ctx.now])?;
-    let id = ctx.conn.last_insert_rowid();
+        .query_row(params![run_id, stage_id, step, job_id, ask.question, choices, ctx.now], |r| r.get(0))?;
     ctx.transition(
         Entity::Question,
         question_key(run_id, stage_id, id),
@@ -482,7 +481,7 @@ pub(super) fn close_questions(
             "SELECT id FROM questions WHERE run_id = ?1 AND stage_id = ?2 AND state = 'open'",
         )?
         .query_map([run_id, stage_id], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     for id in open {
         ctx.conn
             .prepare_cached("UPDATE questions SET state = 'closed' WHERE id = ?1")?

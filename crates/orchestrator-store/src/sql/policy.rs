@@ -3,9 +3,9 @@
 //! and the project's quotas, and giving each queued job its fair queue key.
 //! The rules themselves are the core's; this applies them to the rows.
 
+use crate::db::params;
 use orchestrator_core::machine::RunEvent;
 use orchestrator_core::sched::{queue_key, quota_allows, Limits, Needs, Usage};
-use rusqlite::params;
 
 use super::graph::{conflict, run_command};
 use super::writer::Ctx;
@@ -16,7 +16,7 @@ pub(super) fn active_runs(ctx: &Ctx<'_>, project_dir: &str) -> Result<u32> {
     count_active(ctx.conn, project_dir)
 }
 
-pub(super) fn count_active(conn: &rusqlite::Connection, project_dir: &str) -> Result<u32> {
+pub(super) fn count_active(conn: &crate::db::Conn, project_dir: &str) -> Result<u32> {
     Ok(conn
         .prepare_cached(
             "SELECT COUNT(*) FROM runs WHERE project_dir = ?1 AND state IN ('running', 'paused')",
@@ -49,7 +49,7 @@ pub(super) fn admit(ctx: &mut Ctx<'_>, project_dir: &str) -> Result<()> {
              ORDER BY priority DESC, created_at, id",
         )?
         .query_map([project_dir], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     for (run_id, limits) in queued {
         let active = active_runs(ctx, project_dir)?;
         if admission(&parse_limits(limits.as_deref()), active, project_dir).is_some() {
@@ -149,7 +149,7 @@ pub(super) fn next_key(
         .prepare_cached("SELECT clock FROM runs WHERE id = ?1")?
         .query_row([run_id], |r| r.get(0))
         .map_err(|e| match e {
-            rusqlite::Error::QueryReturnedNoRows => conflict(format!("run {run_id} not found")),
+            crate::db::Error::NoRows => conflict(format!("run {run_id} not found")),
             e => StoreError::from(e),
         })?;
     let runs = active_runs(ctx, project_dir)?;

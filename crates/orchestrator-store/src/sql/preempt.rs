@@ -3,12 +3,12 @@
 //! checkpoint, and the resumption of yielded stages once the work they
 //! yielded to is placed.
 
+use crate::db::params;
 use orchestrator_core::machine::StageEvent;
 use orchestrator_core::sched::{
     plan_preemption, AgentState, Capacity, Gpu, Grant, Needs, RunningJob, Waiting,
 };
 use orchestrator_core::{Entity, StageState};
-use rusqlite::params;
 
 use super::graph::{stage_event, stage_key};
 use super::placement::{db, parse_grant};
@@ -56,7 +56,7 @@ pub fn preempt(ctx: &mut Ctx<'_>, online_ms: u64) -> Result<usize> {
                 pinned: (!pin.is_empty()).then_some(pin),
             })
         })
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     if waiting.is_empty() {
         return Ok(0);
     }
@@ -125,7 +125,7 @@ fn agent_states(ctx: &Ctx<'_>, online_ms: u64) -> Result<Vec<AgentState>> {
                 running: Vec::new(),
             })
         })
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     let running: Vec<(String, RunningJob)> = ctx
         .conn
         .prepare_cached(
@@ -150,7 +150,7 @@ fn agent_states(ctx: &Ctx<'_>, online_ms: u64) -> Result<Vec<AgentState>> {
                 },
             ))
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     for (agent, job) in running {
         if let Some(a) = agents.iter_mut().find(|a| a.id == agent) {
             a.running.push(job);
@@ -213,7 +213,7 @@ pub(super) fn release_yielders(ctx: &mut Ctx<'_>, job_id: i64, where_: &str) -> 
         .query_map([job_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?
-        .collect::<rusqlite::Result<_>>()?;
+        .collect::<crate::db::Result<_>>()?;
     for (run_id, stage_id, state, step) in stages {
         ctx.conn
             .prepare_cached(

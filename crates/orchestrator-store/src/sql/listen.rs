@@ -1,0 +1,159 @@
+//! What a daemon learns of other daemons' commits on a shared PostgreSQL
+//! store. Every writer batch that wrote transitions or queued a job sends a
+//! NOTIFY with its commit; one thread per store LISTENs, reads the
+//! transitions committed since the last it published, in `seq` order, and
+//! publishes them, its own daemon's included, so every subscriber sees one
+//! ordered stream whichever daemon committed what. Writer batches hold one
+//! advisory lock from `BEGIN` to `COMMIT`, so `seq` order is commit order
+//! and "everything after the last seq read" never skips a row.
+//!
+//! A lost connection is opened again (after a second, then longer); the
+//! first read after it catches up on whatever was committed meanwhile.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use orchestrator_core::Transition;
+use postgres::fallible_iterator::FallibleIterator;
+use tokio::sync::{broadcast, Notify};
+
+use super::location::connect_pg;
+use super::reads;
+use crate::db::Conn;
+use crate::Result;
+
+/// A page of the transitions read after a notification.
+const PAGE: u32 = 2000;
+/// How often the thread looks at its stop flag while nothing arrives.
+const STOP_CHECK: Duration = Duration::from_millis(500);
+/// Reads the log even without a notification this often: a NOTIFY sent
+/// while this thread's connection was being replaced is not delivered.
+const CATCH_UP: Duration = Duration::from_secs(30);
+
+/// The channel's name for the store in `schema`.
+pub fn channel(schema: Option<&str>) -> String {
+    format!("orch_commits_{}", schema.unwrap_or("public"))
+}
+
+/// The NOTIFY payload: the committing daemon and whether it queued a job.
+pub fn payload(instance: &str, queued: bool) -> String {
+    format!("{instance} {}", if queued { "q" } else { "-" })
+}
+
+pub struct Listener {
+    pub url: String,
+    pub schema: Option<String>,
+    pub instance: String,
+    pub events: broadcast::Sender<Arc<[Transition]>>,
+    pub jobs_queued: Arc<Notify>,
+    pub stop: Arc<AtomicBool>,
+    /// The last seq published.
+    pub last: i64,
+}
+
+impl Listener {
+    /// The thread's loop: returns when `stop` is set.
+    pub fn run(mut self, mut conn: Conn) {
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match self.follow(&conn) {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "store listener lost its connection; reconnecting");
+                }
+            }
+            loop {
+                if self.stopped_during(backoff) {
+                    return;
+                }
+                match connect_pg(&self.url, self.schema.as_deref(), "listener") {
+                    Ok(c) => {
+                        conn = c;
+                        backoff = Duration::from_secs(1);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store listener cannot reconnect");
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        }
+    }
+
+    fn stopped_during(&self, wait: Duration) -> bool {
+        let until = Instant::now() + wait;
+        while Instant::now() < until {
+            if self.stop.load(Ordering::Relaxed) {
+                return true;
+            }
+            std::thread::sleep(STOP_CHECK.min(until - Instant::now()));
+        }
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// LISTENs on `conn` and publishes until stopped (Ok) or the
+    /// connection fails (Err).
+    fn follow(&mut self, conn: &Conn) -> Result<()> {
+        let Conn::Postgres(pg) = conn else {
+            return Ok(());
+        };
+        conn.execute_batch(&format!("LISTEN \"{}\"", channel(self.schema.as_deref())))?;
+        // Whatever was committed before LISTEN took effect.
+        self.publish(conn)?;
+        let mut last_read = Instant::now();
+        while !self.stop.load(Ordering::Relaxed) {
+            let mut heard = false;
+            let mut others_queued = false;
+            {
+                let mut client = pg.client();
+                let mut notes = client.notifications();
+                let first = notes
+                    .timeout_iter(STOP_CHECK)
+                    .next()
+                    .map_err(crate::db::Error::from)?;
+                let mut seen = |n: &postgres::Notification| {
+                    heard = true;
+                    let (from, flag) = n.payload().split_once(' ').unwrap_or(("", ""));
+                    if flag == "q" && from != self.instance {
+                        others_queued = true;
+                    }
+                };
+                if let Some(n) = first {
+                    seen(&n);
+                    // Take what is already waiting too, then read once.
+                    let mut rest = notes.iter();
+                    while let Some(n) = rest.next().map_err(crate::db::Error::from)? {
+                        seen(&n);
+                    }
+                }
+            }
+            if heard || last_read.elapsed() >= CATCH_UP {
+                self.publish(conn)?;
+                last_read = Instant::now();
+            }
+            if others_queued {
+                self.jobs_queued.notify_waiters();
+            }
+        }
+        Ok(())
+    }
+
+    /// Publishes every transition after the last one published.
+    fn publish(&mut self, conn: &Conn) -> Result<()> {
+        loop {
+            let page = reads::transitions_since(conn, self.last, None, PAGE)?;
+            let Some(t) = page.last() else {
+                return Ok(());
+            };
+            self.last = t.seq;
+            let full = page.len() as u32 == PAGE;
+            // No subscriber is not an error.
+            let _ = self.events.send(page.into());
+            if !full {
+                return Ok(());
+            }
+        }
+    }
+}

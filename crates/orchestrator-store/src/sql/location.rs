@@ -1,0 +1,169 @@
+//! Where a store lives: a SQLite file (the default) or a PostgreSQL
+//! database, named by a URL, and how to connect to either.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use crate::db::pg::PgConn;
+use crate::db::Conn;
+use crate::{Result, StoreError};
+
+/// A store's database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A SQLite file; created with its directory when missing.
+    Sqlite(PathBuf),
+    /// A PostgreSQL database (`postgres://user[:password]@host[:port]/db`),
+    /// and the schema in it that holds the store's tables (the user's
+    /// default search path when none: usually `public`). Several daemons
+    /// may share one.
+    Postgres { url: String, schema: Option<String> },
+}
+
+impl Location {
+    /// `postgres://...` or `postgresql://...` is PostgreSQL; `sqlite:PATH`
+    /// or any other text is a SQLite file's path.
+    pub fn parse(text: &str) -> Location {
+        if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+            Location::Postgres {
+                url: text.to_owned(),
+                schema: None,
+            }
+        } else {
+            let path = text.strip_prefix("sqlite:").unwrap_or(text);
+            Location::Sqlite(PathBuf::from(path))
+        }
+    }
+
+    /// The location as a user may see it: a URL's password left out.
+    pub fn shown(&self) -> String {
+        match self {
+            Location::Sqlite(p) => p.display().to_string(),
+            Location::Postgres { url, schema } => {
+                let url = redact(url);
+                match schema {
+                    Some(s) => format!("{url} (schema {s})"),
+                    None => url,
+                }
+            }
+        }
+    }
+}
+
+/// `url` without the password it may carry.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (auth, host) = match rest.rsplit_once('@') {
+        Some(parts) => parts,
+        None => return url.to_owned(),
+    };
+    match auth.split_once(':') {
+        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
+        None => url.to_owned(),
+    }
+}
+
+/// A schema name the store will quote into SQL: letters, digits and `_`.
+fn check_schema(schema: &str) -> Result<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Database(format!(
+            "schema name {schema:?}: expected letters, digits and '_' (not first a digit), at most 63"
+        )))
+    }
+}
+
+/// Opens a connection to a PostgreSQL store, creating its schema on first
+/// use. Every connection of one store sets the same search path, so the
+/// store's SQL names tables unqualified.
+pub fn connect_pg(url: &str, schema: Option<&str>, role: &str) -> Result<Conn> {
+    let shown = redact(url);
+    let mut config = postgres::Config::from_str(url).map_err(|e| {
+        StoreError::Database(format!(
+            "store URL {shown}: {e} (expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE)"
+        ))
+    })?;
+    config.application_name(&format!("orch {role}"));
+    if let Some(s) = schema {
+        check_schema(s)?;
+        config.options(&format!("-c search_path={s}"));
+    }
+    let client = config.connect(postgres::NoTls).map_err(|e| {
+        StoreError::Database(format!(
+            "cannot connect to the PostgreSQL store at {shown}: {}",
+            crate::db::Error::from(e)
+        ))
+    })?;
+    let conn = Conn::Postgres(Box::new(PgConn::new(client)));
+    if let Some(s) = schema {
+        conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {s}"))?;
+    }
+    Ok(conn)
+}
+
+/// The parent directory a SQLite file needs, created when missing.
+pub fn ensure_parent(path: &Path) -> Result<()> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Database(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_choose_postgres_and_anything_else_is_a_file() {
+        assert_eq!(
+            Location::parse("postgres://u@h/db"),
+            Location::Postgres {
+                url: "postgres://u@h/db".into(),
+                schema: None
+            }
+        );
+        assert!(matches!(
+            Location::parse("postgresql://h/db"),
+            Location::Postgres { .. }
+        ));
+        assert_eq!(
+            Location::parse("sqlite:/var/orch.db"),
+            Location::Sqlite("/var/orch.db".into())
+        );
+        assert_eq!(
+            Location::parse("data/orch.db"),
+            Location::Sqlite("data/orch.db".into())
+        );
+    }
+
+    #[test]
+    fn passwords_are_never_shown() {
+        assert_eq!(
+            redact("postgres://orch:s3cret@db:5432/orch"),
+            "postgres://orch:***@db:5432/orch"
+        );
+        assert_eq!(redact("postgres://orch@db/orch"), "postgres://orch@db/orch");
+        assert_eq!(redact("postgres://db/orch"), "postgres://db/orch");
+    }
+
+    #[test]
+    fn schema_names_are_checked_before_they_reach_sql() {
+        assert!(check_schema("orch_test_1").is_ok());
+        for bad in ["", "1abc", "a;drop", "a b", "x\"y"] {
+            assert!(check_schema(bad).is_err(), "{bad}");
+        }
+    }
+}
