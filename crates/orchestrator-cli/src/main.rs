@@ -17,6 +17,7 @@ mod demo;
 mod explain;
 mod human;
 mod logs;
+mod migrate;
 mod paths;
 mod project;
 mod runcmd;
@@ -143,6 +144,20 @@ enum Cmd {
     /// Print a link that opens the web dashboard logged in (it works once,
     /// for 10 minutes); the dashboard itself is at /ui/ on the daemon.
     Dashboard {
+        /// Output format: text for people, json for programs.
+        #[arg(short, long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Copy a single-machine store into an empty PostgreSQL one, whole
+    /// (runs, stages, jobs, leases, agents, the transitions log), in one
+    /// transaction. Stop the daemon first: a store in use is refused.
+    Migrate {
+        /// The SQLite store: `sqlite:PATH` or a path (a daemon's DATA_DIR/orch.db).
+        #[arg(long)]
+        from: String,
+        /// The PostgreSQL store: `postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE`.
+        #[arg(long)]
+        to: String,
         /// Output format: text for people, json for programs.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
@@ -328,6 +343,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Migrate { from, to, output } => migrate::run(&from, &to, output).await,
         Cmd::Webhooks {
             cmd: WebhooksCmd::Status { output },
         } => {

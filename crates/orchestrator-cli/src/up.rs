@@ -13,7 +13,7 @@ use anyhow::{anyhow, Context, Result};
 use orchestrator_agent::run_agent;
 use orchestrator_daemon::hooks::{ActionLinks, HooksConfig, OpenClawConfig, DEFAULT_LINK_TTL_MS};
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{SqlStore, StoreOptions};
+use orchestrator_store::{Location, SqlStore, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent_opts::{agent_config, declared_gpus, hostname, AgentOpts};
@@ -29,7 +29,9 @@ pub struct DaemonArgs {
     /// Address to listen on; port 0 picks a free one.
     #[arg(long, default_value = "127.0.0.1:7437", env = "ORCH_LISTEN")]
     pub listen: SocketAddr,
-    /// The store: `sqlite:PATH`. Default: orch.db in the data directory.
+    /// The store: `sqlite:PATH`, or `postgres://USER[:PASSWORD]@HOST[:PORT]/DB`
+    /// (several daemons may share one database). Default: orch.db in the
+    /// data directory.
     #[arg(long, env = "ORCH_STORE")]
     pub store: Option<String>,
     /// Lease lifetime without a heartbeat, in milliseconds.
@@ -219,13 +221,14 @@ async fn signals() -> Result<()> {
     Ok(())
 }
 
-fn store_path(arg: Option<&str>, data_dir: &Path) -> Result<PathBuf> {
+fn store_location(arg: Option<&str>, data_dir: &Path) -> Result<Location> {
     match arg {
-        None => Ok(data_dir.join("orch.db")),
-        Some(s) => s
-            .strip_prefix("sqlite:")
-            .map(PathBuf::from)
-            .ok_or_else(|| anyhow!("--store {s:?}: expected sqlite:PATH")),
+        None => Ok(Location::Sqlite(data_dir.join("orch.db"))),
+        Some(s) if s.starts_with("sqlite:") || s.starts_with("postgres") => Ok(Location::parse(s)),
+        Some(s) => Err(CliError::BadInput(format!(
+            "--store {s:?}: expected sqlite:PATH or postgres://USER@HOST[:PORT]/DATABASE"
+        ))
+        .into()),
     }
 }
 
@@ -236,7 +239,9 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
         agent: vec![paths::ensure_token(data_dir, "agent.token")?],
     };
     let hooks = a.hooks.config(data_dir)?;
-    let mut opts = StoreOptions::new(store_path(a.store.as_deref(), data_dir)?);
+    let location = store_location(a.store.as_deref(), data_dir)?;
+    tracing::info!(store = %location.shown(), "opening the store");
+    let mut opts = StoreOptions::at(location);
     opts.max_items = a.batch_max_items;
     opts.max_ms = a.batch_max_ms;
     if let Some(path) = &a.rules {

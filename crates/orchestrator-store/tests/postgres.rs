@@ -92,11 +92,17 @@ async fn two_stores_on_one_database_share_runs_claims_and_events() {
             break;
         }
     }
-    let logged = a.transitions_since(0, Some(run.clone()), 10_000).await.unwrap();
+    let logged = a
+        .transitions_since(0, Some(run.clone()), 10_000)
+        .await
+        .unwrap();
     let logged: Vec<i64> = logged.iter().map(|t| t.seq).collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
     for s in &logged {
-        assert!(seqs.contains(s), "seq {s} of the run never reached A's subscriber: {seqs:?}");
+        assert!(
+            seqs.contains(s),
+            "seq {s} of the run never reached A's subscriber: {seqs:?}"
+        );
     }
     a.close().await;
     b.close().await;
@@ -106,7 +112,11 @@ async fn two_stores_on_one_database_share_runs_claims_and_events() {
 async fn claims_through_two_stores_never_hand_one_job_out_twice() {
     let loc = fresh();
     let stores = [Arc::new(open_at(&loc)), Arc::new(open_at(&loc))];
-    let run = stores[0].submit_run(new_run(&wide(120))).await.unwrap().run_id;
+    let run = stores[0]
+        .submit_run(new_run(&wide(120)))
+        .await
+        .unwrap()
+        .run_id;
     let mut tasks = Vec::new();
     for i in 0..8 {
         let s = stores[i % 2].clone();
@@ -202,20 +212,30 @@ async fn migrate_copies_a_sqlite_store_mid_run_and_the_run_finishes_on_postgres(
     {
         let open = open_sqlite(&dir);
         let loc = fresh();
-        let Location::Postgres { url, schema } = &loc else { unreachable!() };
+        let Location::Postgres { url, schema } = &loc else {
+            unreachable!()
+        };
         let e = sqlite_to_postgres(&file, url, schema.as_deref()).unwrap_err();
-        assert!(e.to_string().contains("in use by another orch daemon"), "{e}");
+        assert!(
+            e.to_string().contains("in use by another orch daemon"),
+            "{e}"
+        );
         open.close().await;
     }
     let loc = fresh();
-    let Location::Postgres { url, schema } = &loc else { unreachable!() };
+    let Location::Postgres { url, schema } = &loc else {
+        unreachable!()
+    };
     let report = sqlite_to_postgres(&file, url, schema.as_deref()).unwrap();
     assert_eq!(report.rows("runs"), 1);
     assert_eq!(report.rows("jobs"), 3);
     assert!(report.rows("transitions") > 5, "{report:?}");
     // Into a store that already has runs: refused, nothing added.
     let again = sqlite_to_postgres(&file, url, schema.as_deref()).unwrap_err();
-    assert!(again.to_string().contains("already holds 1 runs"), "{again}");
+    assert!(
+        again.to_string().contains("already holds 1 runs"),
+        "{again}"
+    );
 
     let pg = open_at(&loc);
     let after = pg.run_detail(&run).await.unwrap();

@@ -21,14 +21,29 @@ pub enum Location {
 }
 
 impl Location {
-    /// `postgres://...` or `postgresql://...` is PostgreSQL; `sqlite:PATH`
-    /// or any other text is a SQLite file's path.
+    /// `postgres://...` or `postgresql://...` is PostgreSQL (a `schema=NAME`
+    /// query parameter names the schema, taken out of the URL the driver
+    /// sees); `sqlite:PATH` or any other text is a SQLite file's path.
     pub fn parse(text: &str) -> Location {
         if text.starts_with("postgres://") || text.starts_with("postgresql://") {
-            Location::Postgres {
-                url: text.to_owned(),
-                schema: None,
-            }
+            let (base, query) = text.split_once('?').unwrap_or((text, ""));
+            let mut schema = None;
+            let rest: Vec<&str> = query
+                .split('&')
+                .filter(|p| match p.strip_prefix("schema=") {
+                    Some(name) => {
+                        schema = Some(name.to_owned());
+                        false
+                    }
+                    None => !p.is_empty(),
+                })
+                .collect();
+            let url = if rest.is_empty() {
+                base.to_owned()
+            } else {
+                format!("{base}?{}", rest.join("&"))
+            };
+            Location::Postgres { url, schema }
         } else {
             let path = text.strip_prefix("sqlite:").unwrap_or(text);
             Location::Sqlite(PathBuf::from(path))
@@ -133,6 +148,13 @@ mod tests {
             Location::Postgres {
                 url: "postgres://u@h/db".into(),
                 schema: None
+            }
+        );
+        assert_eq!(
+            Location::parse("postgres://u@h/db?schema=team_a&connect_timeout=5"),
+            Location::Postgres {
+                url: "postgres://u@h/db?connect_timeout=5".into(),
+                schema: Some("team_a".into())
             }
         );
         assert!(matches!(
