@@ -92,6 +92,16 @@ pub struct BenchArgs {
     /// the daemon's tick; 0 runs none.
     #[arg(long, default_value_t = 250)]
     pub sched_preempt_ms: u64,
+    /// The sched workload with every job plain and every agent a 4-slot
+    /// CPU agent: the claim path alone, for any number of agents (the
+    /// default mix of kinds needs ten or more).
+    #[arg(long)]
+    pub sched_plain: bool,
+    /// The store to measure: a PostgreSQL URL (`postgres://USER@HOST/DB`);
+    /// each workload gets a schema of its own there, dropped afterwards.
+    /// Default: a SQLite file in the bench's directory.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
     /// The GGUF model file the gateway workload's llama.cpp server loads
     /// (`scripts/model-assets.sh` fetches a small one).
     #[arg(long, value_name = "PATH", env = "ORCH_TEST_MODEL")]
@@ -357,6 +367,8 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
             agents: a.sched_agents,
             runs: a.sched_runs,
             preempt_ms: a.sched_preempt_ms,
+            store: a.store.clone(),
+            plain: a.sched_plain,
             repeat: a.repeat.unwrap_or(1),
         };
         Some(crate::bench_sched::run(&o, &root).await?)
@@ -436,7 +448,10 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
         sandbox: Some(a.sandbox),
         ..AgentOpts::with_slots(a.slots)
     };
-    let embedded = crate::demo::Embedded::start(&data, agent, false).await?;
+    let scratch = a.store.as_deref().map(|url| Scratch::new(url, "w"));
+    let embedded =
+        crate::demo::Embedded::start(&data, agent, false, scratch.as_ref().map(Scratch::store))
+            .await?;
     let client = &embedded.client;
     let mut rows = Vec::new();
     for wl in wls {
@@ -492,13 +507,56 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
     Ok(rows)
 }
 
+/// A PostgreSQL schema of the bench's own, dropped when it is done with.
+pub(crate) struct Scratch {
+    url: String,
+    pub schema: String,
+}
+
+impl Scratch {
+    pub fn new(url: &str, what: &str) -> Scratch {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        Scratch {
+            url: url.split('?').next().unwrap_or(url).to_owned(),
+            schema: format!(
+                "orch_bench_{what}_{}_{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ),
+        }
+    }
+
+    /// The `--store` value for it.
+    pub fn store(&self) -> String {
+        format!("{}?schema={}", self.url, self.schema)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = orchestrator_store::drop_schema(&self.url, &self.schema) {
+            eprintln!("cannot drop the bench's schema {}: {e}", self.schema);
+        }
+    }
+}
+
+/// The store a bench measures, as its tables' headers say it.
+pub(crate) fn store_name(store: Option<&str>) -> &'static str {
+    if store.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    }
+}
+
 fn print_rows(a: &BenchArgs, rows: &[Row]) {
     println!(
-        "{} cores, {} slots, {} repeats (medians), steps in sandbox: {}",
+        "{} cores, {} slots, {} repeats (medians), steps in sandbox: {}, store: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         a.slots,
         a.repeat.unwrap_or(3),
-        a.sandbox
+        a.sandbox,
+        store_name(a.store.as_deref())
     );
     println!(
         "{:<16} {:>6} {:>11} {:>13} {:>10} {:>8} {:>7}",

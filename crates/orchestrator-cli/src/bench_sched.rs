@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use orchestrator_core::api::{ClaimedJob, CompleteRequest, RegisterAgent, StepOutcome};
 use orchestrator_core::sched::{Gpu, Grant};
-use orchestrator_store::{NewRun, SqlStore, Store, StoreOptions};
+use orchestrator_store::{Location, NewRun, SqlStore, Store, StoreOptions};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +45,11 @@ pub struct SchedOpts {
     /// Milliseconds between pre-emption passes; 0 runs none.
     pub preempt_ms: u64,
     pub repeat: usize,
+    /// A PostgreSQL URL to measure instead of a SQLite file.
+    pub store: Option<String>,
+    /// Every job plain and every agent a 4-slot CPU agent: the claim path
+    /// alone, for any number of agents (the mix needs ten or more).
+    pub plain: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -54,8 +59,12 @@ enum AgentKind {
     Gpu,
 }
 
-/// 70% CPU-only, 20% `big`, 10% with GPUs, interleaved so any N has the mix.
-fn agent_kind(i: usize) -> AgentKind {
+/// 70% CPU-only, 20% `big`, 10% with GPUs, interleaved so any N of ten
+/// or more has the mix; all CPU-only when `plain`.
+fn agent_kind(i: usize, plain: bool) -> AgentKind {
+    if plain {
+        return AgentKind::Cpu;
+    }
     match i % 10 {
         0..=6 => AgentKind::Cpu,
         7 | 8 => AgentKind::Big,
@@ -109,7 +118,11 @@ enum JobShape {
 }
 
 /// 3% GPU, 10% big, 5% 24G, 25% 4G, 57% plain, interleaved.
-fn job_shape(i: usize) -> JobShape {
+/// All plain when `plain`.
+fn job_shape(i: usize, plain: bool) -> JobShape {
+    if plain {
+        return JobShape::Plain;
+    }
     match i % 100 {
         0..=2 => JobShape::Gpu,
         3..=12 => JobShape::Big,
@@ -171,7 +184,7 @@ impl JobShape {
 }
 
 /// `runs` runs of `jobs` one-step stages in all, as even as they divide.
-fn workflows(jobs: usize, runs: usize) -> Result<Vec<String>> {
+fn workflows(jobs: usize, runs: usize, plain: bool) -> Result<Vec<String>> {
     let runs = runs.min(jobs).max(1);
     let per = jobs.div_ceil(runs);
     if per > orchestrator_core::validate::MAX_STAGES {
@@ -186,7 +199,7 @@ fn workflows(jobs: usize, runs: usize) -> Result<Vec<String>> {
         let n = jobs / runs + usize::from(r < jobs % runs);
         let mut y = format!("name: sched-{r}\nstages:\n");
         for _ in 0..n {
-            let s = job_shape(i);
+            let s = job_shape(i, plain);
             y.push_str(&format!("  - id: {}{i}\n", s.letter()));
             y.push_str(s.yaml());
             y.push_str("    steps: [{commands: [{argv: [/bin/true]}]}]\n");
@@ -502,6 +515,8 @@ pub struct SchedSample {
 #[derive(Serialize)]
 pub struct SchedRow {
     pub workload: String,
+    /// SQLite or PostgreSQL.
+    pub store: String,
     pub jobs: usize,
     pub runs: usize,
     pub agents: usize,
@@ -529,10 +544,20 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 async fn once(o: &SchedOpts, dir: &Path) -> Result<SchedSample> {
     let load_before = load_average();
     let writers_before = writer_threads();
-    let store = SqlStore::open(StoreOptions::new(dir.join("orch.db")))?;
+    let scratch = o
+        .store
+        .as_deref()
+        .map(|url| crate::bench::Scratch::new(url, "sched"));
+    let location = match &scratch {
+        Some(s) => Location::parse(&s.store()),
+        None => Location::Sqlite(dir.join("orch.db")),
+    };
+    let store = SqlStore::open(StoreOptions::at(location))?;
 
     let t = Instant::now();
-    let specs: Vec<AgentSpec> = (0..o.agents).map(|i| agent_spec(agent_kind(i))).collect();
+    let specs: Vec<AgentSpec> = (0..o.agents)
+        .map(|i| agent_spec(agent_kind(i, o.plain)))
+        .collect();
     // Registered concurrently so group commit takes them in batches; not timed as dispatch.
     let regs = futures_util::future::try_join_all(specs.iter().enumerate().map(|(i, s)| {
         store.register_agent(
@@ -582,7 +607,7 @@ async fn once(o: &SchedOpts, dir: &Path) -> Result<SchedSample> {
         })
         .collect();
 
-    let wfs = workflows(o.jobs, o.runs)?;
+    let wfs = workflows(o.jobs, o.runs, o.plain)?;
     let runs = wfs.len();
     let t = Instant::now();
     for (r, yaml) in wfs.into_iter().enumerate() {
@@ -761,10 +786,13 @@ pub async fn run(o: &SchedOpts, root: &Path) -> Result<SchedRow> {
     };
     Ok(SchedRow {
         workload: "sched".into(),
+        store: crate::bench::store_name(o.store.as_deref()).into(),
         jobs: o.jobs,
         runs: o.runs.min(o.jobs).max(1),
         agents: o.agents,
-        slots: (0..o.agents).map(|i| agent_spec(agent_kind(i)).slots).sum(),
+        slots: (0..o.agents)
+            .map(|i| agent_spec(agent_kind(i, o.plain)).slots)
+            .sum(),
         repeat: samples.len(),
         preempt_ms: o.preempt_ms,
         submit_s: med(|s| s.submit_s),
@@ -779,8 +807,8 @@ pub async fn run(o: &SchedOpts, root: &Path) -> Result<SchedRow> {
 
 pub fn print(r: &SchedRow) {
     println!(
-        "SCHED: {} jobs in {} runs, {} agents ({} slots), in process, {} repeat(s) (medians)",
-        r.jobs, r.runs, r.agents, r.slots, r.repeat
+        "SCHED: {} jobs in {} runs, {} agents ({} slots), in process, {} store, {} repeat(s) (medians)",
+        r.jobs, r.runs, r.agents, r.slots, r.store, r.repeat
     );
     println!(
         "  submit        {:>9.2} s   ({:.0} jobs/s queued)",

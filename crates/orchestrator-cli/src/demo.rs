@@ -30,12 +30,18 @@ pub struct Embedded {
 }
 
 impl Embedded {
-    pub async fn start(dir: &Path, agent: AgentOpts, banner: bool) -> Result<Embedded> {
+    /// `store`: as `--store` (default: orch.db in `dir`).
+    pub async fn start(
+        dir: &Path,
+        agent: AgentOpts,
+        banner: bool,
+        store: Option<String>,
+    ) -> Result<Embedded> {
         let args = UpArgs {
             daemon: DaemonArgs {
                 config: None,
                 listen: "127.0.0.1:0".parse()?,
-                store: None,
+                store,
                 lease_ttl_ms: 30_000,
                 heartbeat_ms: 10_000,
                 max_body_bytes: 64 * 1024 * 1024,
@@ -111,7 +117,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
             ("notes.txt", "lint, test, build, package, report\n"),
         ],
     )?;
-    let embedded = Embedded::start(&dir, agent, true).await?;
+    let embedded = Embedded::start(&dir, agent, true, None).await?;
     let client = &embedded.client;
     let outcome = async {
         let submitted =

@@ -1,8 +1,14 @@
 //! The store: where every run, stage run, job, lease, agent and transition lives.
 //!
-//! What it is: the [`Store`] trait the daemon talks to, and its embedded
-//! SQLite implementation ([`SqlStore`]: WAL, `synchronous=FULL`, versioned
-//! migrations). One writer thread owns the write connection; every write is a
+//! What it is: the [`Store`] trait the daemon talks to, and its one
+//! implementation, [`SqlStore`], on the embedded SQLite (WAL,
+//! `synchronous=FULL`, versioned migrations; the default) or on PostgreSQL
+//! (chosen by a [`Location`]; several daemons may share one database: their
+//! write batches are serialised by an advisory lock, and every commit is
+//! published to every daemon through LISTEN/NOTIFY in `seq` order). The
+//! store's SQL is written once against a small connection seam (`db`) and
+//! translated for PostgreSQL. [`sqlite_to_postgres`] copies a SQLite store
+//! into an empty PostgreSQL one (`orch migrate`). One writer thread owns the write connection; every write is a
 //! command sent to it over a bounded channel. The writer drains whatever
 //! commands are waiting (up to `max_items`, for at most `max_ms`), runs each in
 //! its own savepoint, commits them all in one transaction (group commit), and
@@ -25,7 +31,7 @@
 //! What it is not: it does no HTTP and no process handling, and it decides
 //! nothing the core's machines do not allow.
 //!
-//! Main types: [`Store`], [`SqlStore`], [`StoreOptions`], [`NewRun`], [`StoreError`].
+//! Main types: [`Store`], [`SqlStore`], [`StoreOptions`], [`Location`], [`NewRun`], [`StoreError`].
 
 mod db;
 mod ids;
@@ -42,7 +48,9 @@ use orchestrator_core::{SpecErrors, Transition};
 use tokio::sync::{broadcast, Notify};
 
 pub use ids::{new_secret, now_ms};
-pub use sql::{sqlite_to_postgres, CopyReport, Location, SqlStore, StoreOptions, WriterStats};
+pub use sql::{
+    drop_schema, sqlite_to_postgres, CopyReport, Location, SqlStore, StoreOptions, WriterStats,
+};
 #[cfg(feature = "failpoints")]
 #[doc(hidden)]
 pub use sql::{FaultMode, FaultReport};

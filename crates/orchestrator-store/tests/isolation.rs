@@ -10,14 +10,14 @@ use std::time::Duration;
 use orchestrator_core::api::{ClaimedJob, CompleteRequest, RegisterAgent};
 use orchestrator_core::sched::{parse_project_policy, ProjectPolicy};
 use orchestrator_core::{RunState, StageState};
-use orchestrator_store::{NewRun, SqlStore, Store, StoreError, StoreOptions};
+use orchestrator_store::{NewRun, SqlStore, Store, StoreError};
 
 const TTL: u64 = 30_000;
 
 const CHAIN: &str = "name: chain\nstages:\n  - id: one\n    steps: [{commands: [{argv: [x]}]}]\n  - id: two\n    needs: [one]\n    steps: [{commands: [{argv: [y]}]}]\n";
 
-fn open(path: &std::path::Path) -> SqlStore {
-    SqlStore::open(StoreOptions::new(path)).unwrap()
+fn open(dir: &tempfile::TempDir) -> SqlStore {
+    SqlStore::open(common::options(dir)).unwrap()
 }
 
 fn new_run(project: &str, policy: ProjectPolicy) -> NewRun {
@@ -53,38 +53,53 @@ async fn done(s: &SqlStore, agent: &str, job: &ClaimedJob) -> Result<(), StoreEr
     s.complete(job.job_id, req, TTL).await.map(|_| ())
 }
 
-/// Rewrites a run's stored workflow behind the store's back.
-fn set_spec(db: &std::path::Path, run: &str, edit: impl FnOnce(String) -> String) {
-    let c = rusqlite::Connection::open(db).unwrap();
-    let spec: String = c
-        .query_row("SELECT spec FROM run_specs WHERE run_id = ?1", [run], |r| {
-            r.get(0)
+/// Rewrites a run's stored workflow behind the store's back (no store
+/// open on it: a store of its own, for this one write).
+async fn set_spec(
+    dir: &tempfile::TempDir,
+    run: &str,
+    edit: impl FnOnce(String) -> String + Send + 'static,
+) {
+    let s = open(dir);
+    let run = run.to_owned();
+    let n = s
+        .exec_command(move |c| {
+            let spec: String = c.query_row(
+                "SELECT spec FROM run_specs WHERE run_id = ?1",
+                [run.as_str()],
+                |r| r.get(0),
+            )?;
+            Ok(c.execute(
+                "UPDATE run_specs SET spec = ?2 WHERE run_id = ?1",
+                [run, edit(spec)],
+            )?)
         })
-        .unwrap();
-    let n = c
-        .execute(
-            "UPDATE run_specs SET spec = ?2 WHERE run_id = ?1",
-            [run, &edit(spec)],
-        )
+        .await
         .unwrap();
     assert_eq!(n, 1);
+    s.close().await;
 }
 
 /// The state of a run and of its stages, read straight from the database:
 /// the store's own run view needs the spec these tests break.
-fn states(db: &std::path::Path, run: &str) -> (String, Vec<(String, String)>) {
-    let c = rusqlite::Connection::open(db).unwrap();
-    let run_state = c
-        .query_row("SELECT state FROM runs WHERE id = ?1", [run], |r| r.get(0))
-        .unwrap();
-    let stages = c
-        .prepare("SELECT stage_id, state FROM stage_runs WHERE run_id = ?1 ORDER BY ord")
-        .unwrap()
-        .query_map([run], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<rusqlite::Result<_>>()
-        .unwrap();
-    (run_state, stages)
+async fn states(s: &SqlStore, run: &str) -> (String, Vec<(String, String)>) {
+    let run = run.to_owned();
+    s.exec_command(move |c| {
+        let run_state = c.query_row(
+            "SELECT state FROM runs WHERE id = ?1",
+            [run.as_str()],
+            |r| r.get(0),
+        )?;
+        let stages = c
+            .prepare_cached(
+                "SELECT stage_id, state FROM stage_runs WHERE run_id = ?1 ORDER BY ord",
+            )?
+            .query_map([run.as_str()], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<_, _>>()?;
+        Ok((run_state, stages))
+    })
+    .await
+    .unwrap()
 }
 
 /// The reason of the transition that took `stage` of `run` to `to`.
@@ -106,8 +121,7 @@ fn pair(a: &str, b: &str) -> (String, String) {
 #[tokio::test]
 async fn a_run_whose_spec_is_unreadable_fails_alone_when_admitted_and_the_other_run_finishes() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("orch.db");
-    let s = open(&db);
+    let s = open(&dir);
     let a = agent(&s).await;
     let one_at_a_time = parse_project_policy("max_parallel_runs: 1\n", "policy.yaml").unwrap();
     let first = s
@@ -123,8 +137,8 @@ async fn a_run_whose_spec_is_unreadable_fails_alone_when_admitted_and_the_other_
     // Reopened, the store has no parsed copy of the broken spec to fall back on.
     s.close().await;
     drop(s);
-    set_spec(&db, &broken.run_id, |_| "{\"name\": ".to_owned());
-    let s = open(&db);
+    set_spec(&dir, &broken.run_id, |_| "{\"name\": ".to_owned()).await;
+    let s = open(&dir);
 
     done(&s, &a, &job).await.unwrap();
     let job = claim_of(&s, &a, &first.run_id).await;
@@ -135,7 +149,7 @@ async fn a_run_whose_spec_is_unreadable_fails_alone_when_admitted_and_the_other_
     let d = s.run_detail(&first.run_id).await.unwrap();
     assert_eq!(d.run.state, RunState::Succeeded);
     assert_eq!(
-        states(&db, &broken.run_id),
+        states(&s, &broken.run_id).await,
         (
             "failed".to_owned(),
             vec![pair("one", "failed"), pair("two", "blocked")]
@@ -155,8 +169,7 @@ async fn a_run_whose_spec_is_unreadable_fails_alone_when_admitted_and_the_other_
 #[tokio::test]
 async fn a_stage_whose_step_is_missing_fails_alone_and_the_run_beside_it_goes_on() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("orch.db");
-    let s = open(&db);
+    let s = open(&dir);
     let a = agent(&s).await;
     let good = s
         .submit_run(new_run("/p", Default::default()))
@@ -170,12 +183,13 @@ async fn a_stage_whose_step_is_missing_fails_alone_and_the_run_beside_it_goes_on
     let job_bad = claim_of(&s, &a, &bad.run_id).await;
     s.close().await;
     drop(s);
-    set_spec(&db, &bad.run_id, |spec| {
+    set_spec(&dir, &bad.run_id, |spec| {
         let mut wf: serde_json::Value = serde_json::from_str(&spec).unwrap();
         wf["stages"][1]["steps"] = serde_json::json!([]);
         wf.to_string()
-    });
-    let s = Arc::new(open(&db));
+    })
+    .await;
+    let s = Arc::new(open(&dir));
 
     // Both completions release a second stage; only the broken run's fails.
     let (r_good, r_bad) = tokio::join!(done(&s, &a, &job_good), done(&s, &a, &job_bad));
@@ -201,8 +215,7 @@ async fn a_stage_whose_step_is_missing_fails_alone_and_the_run_beside_it_goes_on
 #[tokio::test]
 async fn a_panicking_command_fails_alone_and_the_rest_of_its_batch_commits() {
     let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("orch.db");
-    let s = Arc::new(open(&db));
+    let s = Arc::new(open(&dir));
     // Hold the writer in a command of its own until the batch under test is
     // queued behind it, so the three commands share one transaction.
     let (release, gate) = std::sync::mpsc::channel::<()>();

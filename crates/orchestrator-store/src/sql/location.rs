@@ -125,6 +125,21 @@ pub fn connect_pg(url: &str, schema: Option<&str>, role: &str) -> Result<Conn> {
     Ok(conn)
 }
 
+/// Drops `schema` and every table in it: what a benchmark or a test made
+/// for itself, never the store a daemon uses.
+pub fn drop_schema(url: &str, schema: &str) -> Result<()> {
+    check_schema(schema)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let conn = connect_pg(url, None, "cleanup")?;
+            conn.execute_batch(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| StoreError::Database("dropping a schema panicked".into()))?
+    })
+}
+
 /// The parent directory a SQLite file needs, created when missing.
 pub fn ensure_parent(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {

@@ -42,7 +42,7 @@ pub use copy::{sqlite_to_postgres, CopyReport};
 use decide::Decision;
 #[cfg(feature = "failpoints")]
 pub use failpoints::{FaultMode, FaultReport};
-pub use location::Location;
+pub use location::{drop_schema, Location};
 pub use writer::WriterStats;
 use writer::{Command, Ctx, Stats, Writer};
 
