@@ -213,3 +213,61 @@ fn two_daemons_share_one_database_and_a_run_survives_one_being_killed() {
         elapsed.as_secs_f64()
     );
 }
+
+#[test]
+fn migrate_moves_a_single_machine_store_to_postgres_and_its_runs_go_on() {
+    let mut h = Harness::new();
+    let d = h.start_up(&[]);
+    let done = h.submit(&h.example("diamond.yaml"));
+    let end = h.wait_run_end(&d, &done);
+    assert_eq!(end["run"]["state"], "succeeded", "{end:#}");
+    h.signal(d.id, nix::sys::signal::Signal::SIGTERM);
+    h.wait_exit(d.id, Duration::from_secs(60));
+
+    let db = h.data.join("orch.db");
+    let from = format!("sqlite:{}", db.display());
+    // Bad input: named, nothing copied.
+    let bad = h.orch(&["migrate", "--from", &from, "--to", "sqlite:/tmp/x.db"]);
+    bad.expect_code(2);
+    assert!(
+        bad.stderr.contains("--to") && bad.stderr.contains("postgres://"),
+        "{bad}"
+    );
+    let missing = h.orch(&[
+        "migrate",
+        "--from",
+        "/nowhere/orch.db",
+        "--to",
+        &store_url(),
+    ]);
+    missing.expect_code(2);
+    assert!(missing.stderr.contains("/nowhere/orch.db"), "{missing}");
+
+    let to = store_url();
+    let out = h.orch(&["migrate", "--from", &from, "--to", &to, "-o", "json"]);
+    out.expect_code(0);
+    let tables = out.json()["tables"].clone();
+    let rows = |t: &str| {
+        tables
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["table"] == t)
+            .map(|r| r["rows"].as_u64().unwrap())
+            .unwrap_or_else(|| panic!("no {t} in {tables}"))
+    };
+    assert_eq!(rows("runs"), 1);
+    assert_eq!(rows("stage_runs"), 4);
+    // Into the same, no longer empty store: refused.
+    let again = h.orch(&["migrate", "--from", &from, "--to", &to]);
+    again.expect_code(2);
+    assert!(again.stderr.contains("already holds 1 runs"), "{again}");
+
+    // The daemon on PostgreSQL has the run as it was, and runs new ones.
+    let pg = h.start_up(&["--store", &to]);
+    let shown = h.show(&done);
+    assert_eq!(shown["run"]["state"], "succeeded");
+    assert_eq!(shown["stages"], end["stages"]);
+    let next = h.submit(&h.example("diamond.yaml"));
+    assert_eq!(h.wait_run_end(&pg, &next)["run"]["state"], "succeeded");
+}
