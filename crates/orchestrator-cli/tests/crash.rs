@@ -85,18 +85,6 @@ fn workflow(stages: usize) -> String {
     wf
 }
 
-fn run_detail(d: &Daemon, run: &str) -> Value {
-    let r = http(
-        d,
-        "GET",
-        &format!("/v1/runs/{run}"),
-        Some(&d.admin_token),
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
-
 fn ended(detail: &Value) -> bool {
     ["succeeded", "failed", "cancelled"]
         .iter()

@@ -47,18 +47,6 @@ fn store_url() -> String {
     format!("{url}?schema={schema}")
 }
 
-fn detail(d: &Daemon, run: &str) -> Value {
-    let r = http(
-        d,
-        "GET",
-        &format!("/v1/runs/{run}"),
-        Some(&d.admin_token),
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
-
 fn succeeded_jobs(detail: &Value) -> usize {
     detail["jobs"]
         .as_array()
@@ -128,17 +116,17 @@ fn two_daemons_share_one_database_and_a_run_survives_one_being_killed() {
     let run = h.submit(&file);
 
     // Daemon B answers for a run submitted through A.
-    let at_b = detail(&b, &run);
+    let at_b = run_detail(&b, &run);
     assert_eq!(at_b["run"]["stages_total"], STAGES);
 
     // Kill A once a third of the steps are done; start it again at once.
     wait_for("a third of the steps", Duration::from_secs(600), || {
-        (succeeded_jobs(&detail(&b, &run)) >= STAGES * STEPS_PER_STAGE / 3).then_some(())
+        (succeeded_jobs(&run_detail(&b, &run)) >= STAGES * STEPS_PER_STAGE / 3).then_some(())
     });
     h.kill9(a.id);
-    let done_while_a_was_down = succeeded_jobs(&detail(&b, &run));
+    let done_while_a_was_down = succeeded_jobs(&run_detail(&b, &run));
     std::thread::sleep(Duration::from_millis(500));
-    let progressed = succeeded_jobs(&detail(&b, &run));
+    let progressed = succeeded_jobs(&run_detail(&b, &run));
     let a = h.start_daemon_on(&listen_a, &flags);
     assert_eq!(a.port.to_string(), listen_a.rsplit(':').next().unwrap());
 
@@ -151,7 +139,7 @@ fn two_daemons_share_one_database_and_a_run_survives_one_being_killed() {
     );
 
     // Every step completed exactly once: one job per (stage, step), succeeded.
-    let final_detail = detail(&a, &run);
+    let final_detail = run_detail(&a, &run);
     let mut by_step: BTreeMap<(String, u64), Vec<&Value>> = BTreeMap::new();
     for j in final_detail["jobs"].as_array().unwrap() {
         by_step

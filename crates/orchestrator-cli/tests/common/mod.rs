@@ -440,6 +440,19 @@ impl Default for Harness {
 }
 
 /// Whether the process is gone (or a zombie nobody reaped yet).
+/// `GET /v1/runs/RUN` of daemon `d`, which must answer 200.
+pub fn run_detail(d: &Daemon, run: &str) -> Value {
+    let r = http(
+        d,
+        "GET",
+        &format!("/v1/runs/{run}"),
+        Some(&d.admin_token),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
 pub fn process_gone(pid: i32) -> bool {
     if kill(Pid::from_raw(pid), None).is_err() {
         return true;

@@ -67,10 +67,7 @@ pub fn sqlite_to_postgres(from: &Path, url: &str, schema: Option<&str>) -> Resul
 fn copy(src: &Conn, url: &str, schema: Option<&str>) -> Result<CopyReport> {
     let dst = location::connect_pg(url, schema, "migrate")?;
     schema_pg::migrate(&dst)?;
-    dst.execute_batch(&format!(
-        "BEGIN; SELECT pg_advisory_xact_lock({})",
-        schema_pg::WRITE_LOCK
-    ))?;
+    dst.execute_batch(&format!("BEGIN; {}", schema_pg::WRITE_LOCK))?;
     match copy_tables(src, &dst) {
         Ok(report) => {
             dst.execute_batch("COMMIT")?;

@@ -6,11 +6,13 @@
 use crate::db::Conn;
 use crate::{Result, StoreError};
 
-/// Held (transaction-scoped) by every writer batch: one batch at a time
-/// across every daemon on the database, as SQLite's single writer has it.
-pub const WRITE_LOCK: i64 = 0x6f72_6368_0001;
-/// Held while migrating.
-const MIGRATE_LOCK: i64 = 0x6f72_6368_0002;
+/// Taken (transaction-scoped) by every writer batch: one batch at a time
+/// across every daemon on the store, as SQLite's single writer has it. The
+/// second key is the schema's, so stores in other schemas of the same
+/// database never wait for this one.
+pub const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock(1869767528, hashtext(current_schema()))";
+/// Taken while migrating.
+const MIGRATE_LOCK: &str = "SELECT pg_advisory_xact_lock(1869767529, hashtext(current_schema()))";
 
 const MIGRATIONS: &[&str] = &[
     // 1: SQLite's schema version 8.
@@ -212,7 +214,7 @@ pub const IDENTITIES: &[(&str, &str)] = &[
 /// Brings the database (its current schema) up to the newest version.
 pub fn migrate(conn: &Conn) -> Result<()> {
     conn.execute_batch(&format!(
-        "BEGIN; SELECT pg_advisory_xact_lock({MIGRATE_LOCK});
+        "BEGIN; {MIGRATE_LOCK};
          CREATE TABLE IF NOT EXISTS orch_schema (version BIGINT NOT NULL);"
     ))?;
     let outcome = (|| -> Result<()> {

@@ -145,10 +145,8 @@ impl Writer {
         let outcome = (|| -> Result<()> {
             if ctx.conn.is_postgres() {
                 // One batch at a time across every daemon on the database.
-                ctx.conn.execute_batch(&format!(
-                    "BEGIN; SELECT pg_advisory_xact_lock({})",
-                    super::schema_pg::WRITE_LOCK
-                ))?;
+                ctx.conn
+                    .execute_batch(&format!("BEGIN; {}", super::schema_pg::WRITE_LOCK))?;
             } else {
                 ctx.conn.execute_batch("BEGIN IMMEDIATE")?;
             }
