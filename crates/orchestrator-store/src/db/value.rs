@@ -69,14 +69,22 @@ impl Params for Vec<Value> {
         &self,
         bind: &mut dyn FnMut(usize, ValueRef<'_>) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        for (i, p) in self.iter().enumerate() {
-            bind(i + 1, p.to_value()?)?;
-        }
-        Ok(())
+        bind_each(self, bind)
     }
     fn len(&self) -> usize {
         Vec::len(self)
     }
+}
+
+/// Binds `items` in order, the first as `?1`.
+fn bind_each<T: ToValue>(
+    items: &[T],
+    bind: &mut dyn FnMut(usize, ValueRef<'_>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    for (i, p) in items.iter().enumerate() {
+        bind(i + 1, p.to_value()?)?;
+    }
+    Ok(())
 }
 
 /// A Rust value that can be bound as a parameter.
@@ -268,10 +276,7 @@ macro_rules! array_params {
                 &self,
                 bind: &mut dyn FnMut(usize, ValueRef<'_>) -> Result<(), Error>,
             ) -> Result<(), Error> {
-                for (i, p) in self.iter().enumerate() {
-                    bind(i + 1, p.to_value()?)?;
-                }
-                Ok(())
+                bind_each(self, bind)
             }
             fn len(&self) -> usize {
                 $n
@@ -286,10 +291,7 @@ impl Params for &[&dyn ToValue] {
         &self,
         bind: &mut dyn FnMut(usize, ValueRef<'_>) -> Result<(), Error>,
     ) -> Result<(), Error> {
-        for (i, p) in self.iter().enumerate() {
-            bind(i + 1, p.to_value()?)?;
-        }
-        Ok(())
+        bind_each(self, bind)
     }
     fn len(&self) -> usize {
         <[&dyn ToValue]>::len(self)
