@@ -111,10 +111,7 @@ impl Conn {
         params: P,
         f: impl FnOnce(&Row<'_>) -> Result<T>,
     ) -> Result<T> {
-        match self {
-            Conn::Sqlite(c) => Stmt::Sqlite(c.prepare_cached(sql)?).query_row(params, f),
-            Conn::Postgres(_) => self.prepare_cached(sql)?.query_row(params, f),
-        }
+        self.prepare_cached(sql)?.query_row(params, f)
     }
 
     /// Whether no transaction is open (SQLite ends one by itself after some errors).
