@@ -389,6 +389,9 @@ async fn slot_loop(shared: &Shared, slot: u32) -> Result<(), ClientError> {
     let mut backoff = Backoff::new();
     // A job handed out with the previous completion, run without claiming.
     let mut handed: Option<ClaimedJob> = None;
+    // Kept until a claim is answered, so asking again after an error gets
+    // the job a lost answer carried.
+    let mut key: Option<String> = None;
     loop {
         if shared.stop.is_cancelled() {
             return Ok(());
@@ -396,11 +399,17 @@ async fn slot_loop(shared: &Shared, slot: u32) -> Result<(), ClientError> {
         let session = shared.session();
         let answer = match handed.take() {
             Some(job) => Ok(Some(job)),
-            None => tokio::select! {
-                answer = shared.client.claim(&session.agent_id, CLAIM_WAIT_MS) => answer,
-                () = shared.stop.cancelled() => return Ok(()),
-            },
+            None => {
+                let key = key.get_or_insert_with(claim_key);
+                tokio::select! {
+                    answer = shared.client.claim(&session.agent_id, CLAIM_WAIT_MS, key) => answer,
+                    () = shared.stop.cancelled() => return Ok(()),
+                }
+            }
         };
+        if answer.is_ok() {
+            key = None;
+        }
         match answer {
             Ok(None) => backoff.reset(),
             Ok(Some(job)) => {
@@ -428,6 +437,22 @@ async fn slot_loop(shared: &Shared, slot: u32) -> Result<(), ClientError> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// A fresh key for one claim: unique among this agent's claims.
+fn claim_key() -> String {
+    let mut bytes = [0u8; 12];
+    // Without randomness, time and a counter are unique enough within one
+    // agent, which is all a key must be.
+    if getrandom::fill(&mut bytes).is_err() {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        bytes[..8].copy_from_slice(&now.to_le_bytes());
+        bytes[8..].copy_from_slice(&(COUNTER.fetch_add(1, Ordering::Relaxed) as u32).to_le_bytes());
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Runs one claimed job under its lease and reports it, unless the lease was
@@ -514,6 +539,8 @@ async fn complete(
         outcome,
         // A stopping agent takes no new work.
         claim_next: !shared.stop.is_cancelled(),
+        // The same for every retry below: one completion, one next job.
+        claim_key: Some(claim_key()),
     };
     let mut backoff = Backoff::new();
     let mut give_up_at: Option<Instant> = None;

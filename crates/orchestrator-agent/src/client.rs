@@ -157,24 +157,29 @@ impl Client {
             .ok_or_else(|| no_content("/v1/agents"))
     }
 
-    /// `POST /v1/agents/{id}/claim`: a job, or None when none came within `wait_ms`.
+    /// `POST /v1/agents/{id}/claim`: a job, or None when none came within
+    /// `wait_ms`. Asked again with the same `key` after an error, it gets
+    /// the job the lost answer carried.
     pub async fn claim(
         &self,
         agent_id: &str,
         wait_ms: u64,
+        key: &str,
     ) -> Result<Option<ClaimedJob>, ClientError> {
         let path = format!("/v1/agents/{agent_id}/claim");
         let timeout = Duration::from_millis(wait_ms) + CLAIM_SLACK;
         self.post(
             path,
-            &ClaimRequest { wait_ms },
+            &ClaimRequest {
+                wait_ms,
+                claim_key: Some(key.to_owned()),
+            },
             timeout,
             Scope::Agent(agent_id),
         )
         .await
     }
 
-    /// `POST /v1/agents/{id}/heartbeat`.
     /// `POST /v1/agents/{id}/heartbeat`; with `wait`, the daemon answers
     /// early only when one of the agent's leases is revoked.
     pub async fn heartbeat(

@@ -329,6 +329,7 @@ fn success(agent_id: &str, job: &ClaimedJob) -> CompleteRequest {
             sandbox: None,
         },
         claim_next: true,
+        claim_key: None,
     }
 }
 

@@ -304,7 +304,11 @@ pub async fn claim<S: Store>(
         // Registered before looking, so a job queued in between still wakes us.
         notified.as_mut().enable();
         let started = std::time::Instant::now();
-        if let Some(mut job) = app.store.claim(&agent_id, app.config.lease_ttl_ms).await? {
+        if let Some(mut job) = app
+            .store
+            .claim_keyed(&agent_id, app.config.lease_ttl_ms, req.claim_key.clone())
+            .await?
+        {
             let waited = orchestrator_store::now_ms().saturating_sub(job.queued_at_ms);
             app.metrics.claim_granted(
                 started.elapsed(),

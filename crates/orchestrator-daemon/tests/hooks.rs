@@ -255,6 +255,7 @@ async fn fail_a_run(store: &SqlStore) -> String {
                     sandbox: None,
                 },
                 claim_next: false,
+                claim_key: None,
             },
             30_000,
         )

@@ -187,6 +187,17 @@ pub trait Store: Send + Sync + 'static {
         &self,
         agent_id: &str,
         lease_ttl_ms: u64,
+    ) -> impl Future<Output = Result<Option<ClaimedJob>>> + Send {
+        self.claim_keyed(agent_id, lease_ttl_ms, None)
+    }
+    /// [`Store::claim`] under the agent's key for this claim: when a claim
+    /// with that key already leased a job that is still held, that job is
+    /// handed out again instead of another.
+    fn claim_keyed(
+        &self,
+        agent_id: &str,
+        lease_ttl_ms: u64,
+        key: Option<String>,
     ) -> impl Future<Output = Result<Option<ClaimedJob>>> + Send;
     /// Extends the leases the agent proves it holds; lists those it no longer holds.
     fn heartbeat(
@@ -198,6 +209,9 @@ pub trait Store: Send + Sync + 'static {
     /// Completes a job under its live lease; with `claim_next`, also leases
     /// the agent its next job (for `lease_ttl_ms`) in the same transaction. A stale token is refused with
     /// [`StoreError::StaleLease`] and the refusal is recorded as a transition.
+    /// The same completion sent again by its holder (its answer was lost) is
+    /// acknowledged again, recording nothing, and hands back the next job
+    /// that the request's `claim_key` leased.
     fn complete(
         &self,
         job_id: i64,

@@ -115,6 +115,7 @@ async fn a_silent_agent_is_marked_lost_once_and_back_online_when_heard_from() {
         lease_token: job.lease_token.clone(),
         outcome: ok_outcome(),
         claim_next: false,
+        claim_key: None,
     };
     assert!(matches!(
         s.complete(job.job_id, late, TTL).await,

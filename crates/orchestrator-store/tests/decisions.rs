@@ -23,6 +23,7 @@ async fn finish(s: &SqlStore, agent: &str, job: &ClaimedJob, o: StepOutcome) {
             lease_token: job.lease_token.clone(),
             outcome: o,
             claim_next: false,
+            claim_key: None,
         },
         TTL,
     )

@@ -163,6 +163,7 @@ async fn run_batch(s: &Arc<SqlStore>, fx: &Fixture, k: u64, mode: FaultMode) -> 
                 lease_token: token,
                 outcome: common::outcome(true, None),
                 claim_next: false,
+                claim_key: None,
             };
             store.complete(job, req, TTL).await
         }));

@@ -49,6 +49,7 @@ async fn done(s: &SqlStore, agent: &str, job: &ClaimedJob) -> Result<(), StoreEr
         lease_token: job.lease_token.clone(),
         outcome: common::outcome(true, None),
         claim_next: false,
+        claim_key: None,
     };
     s.complete(job.job_id, req, TTL).await.map(|_| ())
 }

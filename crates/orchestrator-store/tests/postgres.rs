@@ -168,6 +168,42 @@ async fn a_database_from_a_newer_orch_is_refused() {
 }
 
 #[tokio::test]
+async fn a_database_from_an_older_orch_is_migrated_and_keeps_its_runs() {
+    let loc = fresh();
+    let s = open_at(&loc);
+    let run = s.submit_run(new_run(&wide(2))).await.unwrap().run_id;
+    // Back to schema 1, as the first orch with PostgreSQL left it.
+    s.exec_command(|c| {
+        c.execute_batch(
+            "ALTER TABLE leases DROP COLUMN claim_key; DELETE FROM orch_schema WHERE version > 1",
+        )?;
+        Ok(())
+    })
+    .await
+    .unwrap();
+    s.close().await;
+    drop(s);
+    let s = open_at(&loc);
+    let a = agent(&s, "a1", 2, &[]).await;
+    let job = s
+        .claim_keyed(&a, TTL, Some("k".into()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(job.spec.run_id, run);
+    let again = s.claim_keyed(&a, TTL, Some("k".into())).await.unwrap();
+    assert_eq!(again.map(|j| j.job_id), Some(job.job_id));
+    let version: i64 = s
+        .exec_command(
+            |c| Ok(c.query_row("SELECT MAX(version) FROM orch_schema", [], |r| r.get(0))?),
+        )
+        .await
+        .unwrap();
+    assert_eq!(version, 2);
+    s.close().await;
+}
+
+#[tokio::test]
 async fn a_bad_url_or_an_unreachable_server_is_named_in_the_error() {
     let bad = Location::Postgres {
         url: "postgres://orch:hunter2@127.0.0.1:1/nowhere".into(),
@@ -253,6 +289,7 @@ async fn migrate_copies_a_sqlite_store_mid_run_and_the_run_finishes_on_postgres(
             lease_token: held.lease_token.clone(),
             outcome: outcome(true, None),
             claim_next: false,
+            claim_key: None,
         },
         TTL,
     )

@@ -77,6 +77,7 @@ async fn done(s: &SqlStore, agent: &str, job: &ClaimedJob) {
                 sandbox: None,
             },
             claim_next: false,
+            claim_key: None,
         },
         TTL,
     )

@@ -14,6 +14,8 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, Once};
+use std::thread::ThreadId;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
@@ -122,6 +124,7 @@ pub struct Harness {
 
 impl Harness {
     pub fn new() -> Harness {
+        remember_failures();
         let root = tempfile::Builder::new()
             .prefix("orch-e2e-")
             .tempdir()
@@ -493,8 +496,35 @@ impl Drop for Harness {
                 }
                 eprintln!("===== {} =====\n{}", p.label, &log[cut..]);
             }
+            // Said again after the logs, so the failure is the last thing
+            // printed and survives when only the output's tail is kept.
+            let me = std::thread::current().id();
+            let failures = FAILURES.lock().unwrap_or_else(|e| e.into_inner());
+            for (_, what) in failures.iter().filter(|(t, _)| *t == me) {
+                eprintln!("===== the test failed: {what}");
+            }
         }
     }
+}
+
+/// Why each failing test thread panicked, as the panic hook saw it.
+static FAILURES: Mutex<Vec<(ThreadId, String)>> = Mutex::new(Vec::new());
+
+/// Keeps every panic's message (the default hook still prints it) for the
+/// harness to repeat after the processes' logs.
+fn remember_failures() {
+    static HOOK: Once = Once::new();
+    HOOK.call_once(|| {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let what = info.to_string();
+            FAILURES
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((std::thread::current().id(), what));
+            default(info);
+        }));
+    });
 }
 
 // ---------------------------------------------------------------- HTTP

@@ -244,6 +244,12 @@ pub struct ClaimRequest {
     /// Longest time to wait for a job, in milliseconds (capped by the daemon).
     #[serde(default)]
     pub wait_ms: u64,
+    /// Names this claim, so that asking again after a lost answer (a
+    /// dropped connection, a daemon killed after it committed) gets back
+    /// the job the first ask leased, instead of leaving that lease to
+    /// expire and its stage to start over. Unique per agent and claim.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_key: Option<String>,
 }
 
 /// A job handed to an agent under a lease, with everything needed to run it.
@@ -464,6 +470,11 @@ pub struct CompleteRequest {
     /// return it in the answer: one round trip instead of two per job.
     #[serde(default)]
     pub claim_next: bool,
+    /// The next claim's key (see [`ClaimRequest::claim_key`]). Sending the
+    /// same completion again after a lost answer is acknowledged once more,
+    /// with the job that the first one leased.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_key: Option<String>,
 }
 
 /// How a step ended, as the agent saw it.

@@ -205,7 +205,17 @@ fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, why: &str) -> Result<i64> {
     Ok(job_id)
 }
 
-pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Option<ClaimedJob>> {
+pub fn claim(
+    ctx: &mut Ctx<'_>,
+    agent_id: &str,
+    lease_ttl_ms: u64,
+    key: Option<&str>,
+) -> Result<Option<ClaimedJob>> {
+    if let Some(key) = key {
+        if let Some(job) = claimed_before(ctx, agent_id, key, lease_ttl_ms)? {
+            return Ok(Some(job));
+        }
+    }
     let Some(cap) = placement::capacity(ctx.conn, ctx.rules, agent_id)? else {
         return Err(StoreError::NotFound {
             what: "agent",
@@ -241,9 +251,9 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
     let expires = ctx.now + lease_ttl_ms as i64;
     let lease_id: i64 = ctx.conn
         .prepare_cached(
-            "INSERT INTO leases (job_id, agent_id, token, state, expires_at, created_at) VALUES (?1, ?2, ?3, 'active', ?4, ?5) RETURNING id",
+            "INSERT INTO leases (job_id, agent_id, token, state, expires_at, created_at, claim_key) VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6) RETURNING id",
         )?
-        .query_row(params![job_id, agent_id, token, expires, ctx.now], |r| r.get(0))?;
+        .query_row(params![job_id, agent_id, token, expires, ctx.now, key], |r| r.get(0))?;
     let actor = format!("agent:{agent_id}");
     ctx.transition(
         Entity::Lease,
@@ -283,6 +293,52 @@ pub fn claim(ctx: &mut Ctx<'_>, agent_id: &str, lease_ttl_ms: u64) -> Result<Opt
         queued_at_ms,
         lease_expires_at_ms: expires,
         grant,
+        spec,
+    }))
+}
+
+/// The job a claim named `key` already leased this agent, handed out again
+/// (its lease extended) because the agent asks again: the first answer
+/// never reached it. Nothing is recorded; the lease is the one it was.
+fn claimed_before(
+    ctx: &mut Ctx<'_>,
+    agent_id: &str,
+    key: &str,
+    lease_ttl_ms: u64,
+) -> Result<Option<ClaimedJob>> {
+    type Row = (i64, i64, String, String, i64, Option<String>);
+    let row: Option<Row> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT l.id, l.job_id, l.token, j.payload, j.created_at, j.granted
+             FROM leases l JOIN jobs j ON j.id = l.job_id AND j.lease_id = l.id
+             WHERE l.agent_id = ?1 AND l.state = 'active' AND l.claim_key = ?2 AND j.state = 'leased'",
+        )?
+        .query_row(params![agent_id, key], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?))
+        })
+        .optional()?;
+    let Some((lease_id, job_id, token, payload, queued_at_ms, granted)) = row else {
+        return Ok(None);
+    };
+    let spec: JobSpec =
+        serde_json::from_str(&payload).map_err(|e| StoreError::Database(e.to_string()))?;
+    let expires = ctx.now + lease_ttl_ms as i64;
+    ctx.conn
+        .prepare_cached("UPDATE leases SET expires_at = MAX(expires_at, ?2) WHERE id = ?1")?
+        .execute(params![lease_id, expires])?;
+    tracing::info!(
+        agent_id,
+        job_id,
+        "claim asked again after its answer was lost; the same job handed out"
+    );
+    Ok(Some(ClaimedJob {
+        job_id,
+        lease_id,
+        lease_token: token,
+        queued_at_ms,
+        lease_expires_at_ms: expires,
+        grant: placement::parse_grant(granted.as_deref()),
         spec,
     }))
 }
@@ -430,6 +486,15 @@ pub fn complete(
     };
     let actor = format!("agent:{}", req.agent_id);
     let from = JobState::parse(&state).unwrap_or(JobState::Failed);
+    // The same completion again, from the holder under the same token: the
+    // first was recorded (a lease is released only by its completion) and
+    // its answer lost. Acknowledged again, with the job it leased.
+    if holder.as_deref() == Some(req.agent_id.as_str())
+        && token.as_deref() == Some(req.lease_token.as_str())
+        && lease_state.as_deref() == Some(LeaseEnd::Released.as_str())
+    {
+        return completed_before(ctx, job_id, &run_id, &stage_id, &req, lease_ttl_ms).map(Ok);
+    }
     let refusal = if holder.as_deref() != Some(req.agent_id.as_str()) {
         Some(format!("agent {} does not hold job {job_id}", req.agent_id))
     } else if token.as_deref() != Some(req.lease_token.as_str()) {
@@ -566,7 +631,7 @@ pub fn complete(
         if ctx.schedule {
             schedule(ctx)?;
         }
-        claim(ctx, &req.agent_id, lease_ttl_ms)?
+        claim(ctx, &req.agent_id, lease_ttl_ms, req.claim_key.as_deref())?
     } else {
         None
     };
@@ -576,6 +641,39 @@ pub fn complete(
         run_state: RunState::parse(&run_state).unwrap_or(RunState::Running),
         next,
     }))
+}
+
+/// The answer to a completion asked again: the stage and run as they are
+/// now and, when asked for, the next job the first completion leased (or
+/// one leased now, if it found none).
+fn completed_before(
+    ctx: &mut Ctx<'_>,
+    job_id: i64,
+    run_id: &str,
+    stage_id: &str,
+    req: &CompleteRequest,
+    lease_ttl_ms: u64,
+) -> Result<Completed> {
+    let stage: String = ctx
+        .conn
+        .prepare_cached("SELECT state FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
+        .query_row(params![run_id, stage_id], |r| r.get(0))?;
+    let run: String = ctx
+        .conn
+        .prepare_cached("SELECT state FROM runs WHERE id = ?1")?
+        .query_row([run_id], |r| r.get(0))?;
+    tracing::info!(job_id, agent_id = %req.agent_id, "completion sent again after its answer was lost; acknowledged again");
+    let next = if req.claim_next {
+        claim(ctx, &req.agent_id, lease_ttl_ms, req.claim_key.as_deref())?
+    } else {
+        None
+    };
+    Ok(Completed {
+        job_id,
+        stage_state: StageState::parse(&stage).unwrap_or(StageState::Running),
+        run_state: RunState::parse(&run).unwrap_or(RunState::Running),
+        next,
+    })
 }
 
 pub fn expire_leases(ctx: &mut Ctx<'_>, now: i64) -> Result<usize> {

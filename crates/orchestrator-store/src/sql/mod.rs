@@ -326,9 +326,14 @@ impl Store for SqlStore {
             .await
     }
 
-    async fn claim(&self, agent_id: &str, lease_ttl_ms: u64) -> Result<Option<ClaimedJob>> {
+    async fn claim_keyed(
+        &self,
+        agent_id: &str,
+        lease_ttl_ms: u64,
+        key: Option<String>,
+    ) -> Result<Option<ClaimedJob>> {
         let agent_id = agent_id.to_owned();
-        self.write(move |ctx| leases::claim(ctx, &agent_id, lease_ttl_ms))
+        self.write(move |ctx| leases::claim(ctx, &agent_id, lease_ttl_ms, key.as_deref()))
             .await
     }
 

@@ -238,6 +238,11 @@ CREATE TABLE model_usage (
 ) WITHOUT ROWID;
 CREATE INDEX model_usage_run ON model_usage(run_id);
 "#,
+    // 9: the key the agent named its claim with, so a claim asked again
+    // after a lost answer gets back the lease the first one granted.
+    r#"
+ALTER TABLE leases ADD COLUMN claim_key TEXT;
+"#,
 ];
 
 /// Connection settings every connection gets.

@@ -199,6 +199,10 @@ CREATE TABLE model_usage (
 );
 CREATE INDEX model_usage_run ON model_usage(run_id);
 "#,
+    // 2: SQLite's schema version 9.
+    r#"
+ALTER TABLE leases ADD COLUMN claim_key TEXT;
+"#,
 ];
 
 /// The tables whose ids come from an identity column, with that column:

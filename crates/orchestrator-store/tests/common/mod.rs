@@ -116,6 +116,7 @@ pub async fn complete_ok(s: &SqlStore, agent_id: &str, job: &orchestrator_core::
             lease_token: job.lease_token.clone(),
             outcome: outcome(true, None),
             claim_next: false,
+            claim_key: None,
         },
         TTL,
     )
