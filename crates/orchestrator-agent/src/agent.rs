@@ -547,6 +547,9 @@ async fn complete(
     loop {
         match shared.client.complete(job.job_id, &req).await {
             Ok(done) => {
+                if done.again {
+                    tracing::info!("the completion was recorded before its answer was lost");
+                }
                 tracing::debug!(stage_state = ?done.stage_state, run_state = ?done.run_state, "job completed");
                 return Ok(done.next);
             }

@@ -135,6 +135,7 @@ impl Stub {
                     stage_state: StageState::Succeeded,
                     run_state: RunState::Running,
                     next: None,
+                    again: false,
                 };
                 (200, json(&done))
             }

@@ -93,8 +93,13 @@ fn a_completion_with_a_stale_lease_token_is_refused_and_recorded() {
     assert_eq!(done["stage_state"], "succeeded");
     assert_eq!(done["run_state"], "succeeded");
 
-    // A job completes at most once.
+    // A job completes at most once: the same completion again (its answer
+    // lost) is acknowledged as such and records nothing.
     let r = complete(&lease_token);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["again"], true, "{}", r.text());
+    // Under another token it is refused.
+    let r = complete("fedcba9876543210fedcba9876543210");
     assert_eq!(r.status, 409, "{}", r.text());
     r.error();
 

@@ -136,7 +136,7 @@ fn a_lost_claim_answer_and_a_lost_completion_answer_lose_no_work() {
     let mut h = Harness::new();
     // Short leases: a lease the agent never heard of would expire within
     // the test and show as a second attempt.
-    let d = h.start_daemon(&["--lease-ttl-ms", "1500", "--heartbeat-ms", "300"]);
+    let d = h.start_daemon(&["--lease-ttl-ms", "3000", "--heartbeat-ms", "500"]);
     let proxy = lossy_proxy(d.port, &["/claim", "/complete"]);
     let server = format!("http://127.0.0.1:{}", proxy.port);
     h.spawn(

@@ -399,7 +399,10 @@ pub async fn complete<S: Store>(
         .await
     {
         Ok(mut done) => {
-            app.metrics.completed();
+            // Sent again after a lost answer: counted the first time.
+            if !done.again {
+                app.metrics.completed();
+            }
             if let Some(job) = &mut done.next {
                 with_secrets(&app, job);
             }

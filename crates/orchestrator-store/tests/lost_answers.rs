@@ -92,6 +92,10 @@ async fn a_completion_sent_again_is_acknowledged_with_the_next_job_it_leased() {
     let next = first.next.clone().expect("the other first-layer stage");
     let again = s.complete(job.job_id, req.clone(), TTL).await.unwrap();
     assert_eq!(again.job_id, job.job_id);
+    assert!(
+        !first.again && again.again,
+        "the answer says which was recorded"
+    );
     assert_eq!(again.stage_state, first.stage_state);
     let handed = again.next.expect("the same next job again");
     assert_eq!(

@@ -286,7 +286,9 @@ fn value_text(key: &Key, v: &toml::Value) -> Result<String, String> {
         match v {
             V::String(s) => Ok(s.clone()),
             V::Integer(i) => Ok(i.to_string()),
-            V::Float(f) => Ok(f.to_string()),
+            // Debug keeps the point (`2.0`, not `2`), so a whole float
+            // given where an integer is expected is refused by its parser.
+            V::Float(f) => Ok(format!("{f:?}")),
             other => Err(other),
         }
     }
@@ -591,6 +593,12 @@ listen = "127.0.0.1:0"
         );
         assert!(
             p[1].message.starts_with("lease_ttl_ms: invalid value '-4'"),
+            "{p:?}"
+        );
+        let p = problems("lease_ttl_ms = 5000.0\n", Kind::Daemon);
+        assert!(
+            p[0].message
+                .starts_with("lease_ttl_ms: invalid value '5000.0'"),
             "{p:?}"
         );
         let p = problems("webhooks = [\"http://a/x,y\"]\n", Kind::Daemon);

@@ -515,6 +515,10 @@ pub struct Completed {
     /// The agent's next job when it asked for one and one was queued.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<ClaimedJob>,
+    /// This completion had been recorded before: it was sent again after
+    /// its answer was lost, and nothing was recorded this time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub again: bool,
 }
 
 /// The bundle's `manifest.json`: the immutable record of one attempt.

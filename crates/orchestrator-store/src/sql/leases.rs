@@ -640,6 +640,7 @@ pub fn complete(
         stage_state,
         run_state: RunState::parse(&run_state).unwrap_or(RunState::Running),
         next,
+        again: false,
     }))
 }
 
@@ -673,6 +674,7 @@ fn completed_before(
         stage_state: StageState::parse(&stage).unwrap_or(StageState::Running),
         run_state: RunState::parse(&run).unwrap_or(RunState::Running),
         next,
+        again: true,
     })
 }
 
