@@ -9,8 +9,9 @@
 //! catalog, which ignores texts it has already seen. There is no timer
 //! otherwise: nothing happens until the kernel reports a change.
 //!
-//! Limits: a workflows directory removed and made again is not watched
-//! again until the daemon restarts; files in subdirectories are not read.
+//! The directory's parent (`.orchestrator/`) is watched too, so a
+//! workflows directory removed and made again is seen, and watched again
+//! before it is read. Files in subdirectories are not read.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -47,7 +48,7 @@ pub enum WatchError {
 /// A started watch: the kernel's watches, and the projects they report.
 pub struct Watch {
     // Dropping it ends the kernel's watches.
-    _watcher: notify::RecommendedWatcher,
+    watcher: notify::RecommendedWatcher,
     changed: mpsc::Receiver<PathBuf>,
     /// Set when a report did not fit the channel: every project is read.
     overflow: Arc<AtomicBool>,
@@ -121,16 +122,22 @@ pub fn start(catalog: Arc<Mutex<Catalog>>, projects: &[PathBuf]) -> Result<Watch
     .map_err(WatchError::Start)?;
     for p in projects {
         let dir = p.join(WORKFLOWS_DIR);
-        watcher
-            .watch(&dir, RecursiveMode::NonRecursive)
-            .map_err(|source| WatchError::Notify { dir, source })?;
+        // The parent reports the directory itself going and coming back.
+        for d in [dir.parent().unwrap_or(p), &dir] {
+            watcher
+                .watch(d, RecursiveMode::NonRecursive)
+                .map_err(|source| WatchError::Notify {
+                    dir: d.to_path_buf(),
+                    source,
+                })?;
+        }
         lock(&catalog).add_project(p);
     }
     for p in projects {
         scan(&catalog, p);
     }
     Ok(Watch {
-        _watcher: watcher,
+        watcher,
         changed,
         overflow,
         catalog,
@@ -216,6 +223,19 @@ fn log(file: &Path, r: &Reload) {
 }
 
 impl Watch {
+    /// Watches `project`'s workflows directory again: after it was removed
+    /// and made again, the old watch went with the old directory. On a
+    /// directory still watched this changes nothing.
+    fn watch_again(&mut self, project: &Path) {
+        let dir = project.join(WORKFLOWS_DIR);
+        if !dir.is_dir() {
+            return;
+        }
+        if let Err(e) = self.watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the workflows directory again; edits are seen after a restart");
+        }
+    }
+
     /// Reads projects again as their directories change, until `stop`.
     pub async fn run(mut self, stop: CancellationToken) {
         loop {
@@ -241,6 +261,9 @@ impl Watch {
                 dirty.extend(lock(&self.catalog).projects());
             }
             dirty.remove(Path::new(""));
+            for p in &dirty {
+                self.watch_again(p);
+            }
             let catalog = self.catalog.clone();
             // Reading files blocks; it is short, but not the runtime's to wait on.
             let done = tokio::task::spawn_blocking(move || {
@@ -317,6 +340,39 @@ mod tests {
         until(&catalog, "the new file", |c| c.resolve(&p, "later").is_ok()).await;
         std::fs::remove_file(dir.join("later.json")).unwrap();
         until(&catalog, "the removal", |c| c.resolve(&p, "later").is_err()).await;
+
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_workflows_directory_removed_and_made_again_is_watched_again() {
+        let tmp = tempfile::tempdir().unwrap();
+        let projects = projects(&[tmp.path().to_path_buf()]).unwrap();
+        let p = projects[0].clone();
+        let dir = p.join(WORKFLOWS_DIR);
+        std::fs::write(dir.join("w.yaml"), wf("zero")).unwrap();
+        let catalog = Arc::new(Mutex::new(Catalog::default()));
+        let watch = start(catalog.clone(), &projects).unwrap();
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(watch.run(stop.clone()));
+
+        // (A directory that cannot be read keeps its definitions.)
+        std::fs::remove_dir_all(&dir).unwrap();
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("w.yaml"), wf("one")).unwrap();
+        let one = hash(&wf("one"));
+        until(&catalog, "the file in the new directory", |c| {
+            c.resolve(&p, "w").is_ok_and(|d| d.hash == one)
+        })
+        .await;
+        // Edits in it are seen: it is watched, not only read once.
+        std::fs::write(dir.join("w.yaml"), wf("two")).unwrap();
+        let two = hash(&wf("two"));
+        until(&catalog, "an edit in the new directory", |c| {
+            c.resolve(&p, "w").is_ok_and(|d| d.hash == two)
+        })
+        .await;
 
         stop.cancel();
         task.await.unwrap();
