@@ -190,14 +190,7 @@ fn a_lost_claim_answer_and_a_lost_completion_answer_lose_no_work() {
     assert_eq!(steps, want);
 
     // Nothing expired or was refused: the log says so.
-    let log = http(
-        &d,
-        "GET",
-        &format!("/v1/runs/{run}/transitions"),
-        Some(&d.admin_token),
-        None,
-    )
-    .json();
+    let log = run_transitions(&d, &run);
     let reasons: Vec<&str> = log
         .as_array()
         .unwrap()

@@ -182,14 +182,7 @@ fn two_daemons_share_one_database_and_a_run_survives_one_being_killed() {
         run_ended = id == run && to == "succeeded";
     }
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seq order");
-    let log = http(
-        &b,
-        "GET",
-        &format!("/v1/runs/{run}/transitions"),
-        Some(&b.admin_token),
-        None,
-    )
-    .json();
+    let log = run_transitions(&b, &run);
     let submitted_at_a = log.as_array().unwrap()[0]["seq"].as_i64().unwrap();
     assert!(
         seqs.contains(&submitted_at_a),

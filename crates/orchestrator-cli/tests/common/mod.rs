@@ -456,6 +456,19 @@ pub fn run_detail(d: &Daemon, run: &str) -> Value {
     r.json()
 }
 
+/// `GET /v1/runs/{run}/transitions`: the run's log, oldest first.
+pub fn run_transitions(d: &Daemon, run: &str) -> Value {
+    let r = http(
+        d,
+        "GET",
+        &format!("/v1/runs/{run}/transitions"),
+        Some(&d.admin_token),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
 pub fn process_gone(pid: i32) -> bool {
     if kill(Pid::from_raw(pid), None).is_err() {
         return true;
