@@ -442,33 +442,24 @@ impl Default for Harness {
     }
 }
 
-/// Whether the process is gone (or a zombie nobody reaped yet).
 /// `GET /v1/runs/RUN` of daemon `d`, which must answer 200.
 pub fn run_detail(d: &Daemon, run: &str) -> Value {
-    let r = http(
-        d,
-        "GET",
-        &format!("/v1/runs/{run}"),
-        Some(&d.admin_token),
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
+    admin_get(d, &format!("/v1/runs/{run}"))
 }
 
 /// `GET /v1/runs/{run}/transitions`: the run's log, oldest first.
 pub fn run_transitions(d: &Daemon, run: &str) -> Value {
-    let r = http(
-        d,
-        "GET",
-        &format!("/v1/runs/{run}/transitions"),
-        Some(&d.admin_token),
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
+    admin_get(d, &format!("/v1/runs/{run}/transitions"))
+}
+
+/// `GET path` as the admin; the answer must be 200 and JSON.
+pub fn admin_get(d: &Daemon, path: &str) -> Value {
+    let r = http(d, "GET", path, Some(&d.admin_token), None);
+    assert_eq!(r.status, 200, "GET {path}: {}", r.text());
     r.json()
 }
 
+/// Whether the process is gone (or a zombie nobody reaped yet).
 pub fn process_gone(pid: i32) -> bool {
     if kill(Pid::from_raw(pid), None).is_err() {
         return true;
