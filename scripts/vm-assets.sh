@@ -75,7 +75,7 @@ if [ ! -f "$kernel" ] || [ ! -f "$initrd" ] || [ ! -f "$image" ] || [ "$(cat "$s
         [ "$a" = busybox ] || ln -sf busybox "$base/bin/$a"
     done
     echo "the base image of orch's vm sandbox" >"$base/orch-base"
-    mkfs.ext4 -q -F -d "$base" "$work/base.ext4" 256M
+    mkfs.ext4 -q -F -d "$base" "$work/base.ext4" 256M >&2
     qemu-img convert -q -f raw -O qcow2 "$work/base.ext4" "$image.tmp"
 
     mv "$kernel.tmp" "$kernel"

@@ -6,12 +6,18 @@
 //! apart from the running of commands. Log files are opened here and handed to
 //! the child processes as their stdout and stderr, so output goes straight to
 //! disk without passing through the agent.
+//!
+//! The step can write its bundle directory (it may keep files there), so the
+//! agent reaches it only through a [`ConfinedDir`]: every file it makes there
+//! replaces whatever a step planted at the name and never follows a link.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use orchestrator_core::api::Manifest;
+
+use crate::confined::{ConfinedDir, ConfinedError};
 
 /// Name of the manifest inside a bundle directory.
 pub const MANIFEST: &str = "manifest.json";
@@ -37,49 +43,64 @@ pub enum BundleError {
         #[source]
         source: io::Error,
     },
-    /// The bundle path leads outside the project directory (a symlink inside
-    /// the project, such as `.orchestrator -> /`): the project's fault.
-    #[error("bundle directory {} resolves to {}, outside the project directory {}; symlinks must not lead out of the project", rel, resolved.display(), project.display())]
+    /// A component of the bundle path is a symlink or not a directory (a
+    /// symlink inside the project, such as `.orchestrator -> /`): the
+    /// project's fault.
+    #[error("bundle directory {rel} under {}: {source}; symlinks must not lead out of the project", project.display())]
     Escapes {
         rel: String,
-        resolved: PathBuf,
         project: PathBuf,
+        #[source]
+        source: ConfinedError,
     },
+    /// A file of the bundle could not be made or replaced.
+    #[error(transparent)]
+    Confined(#[from] ConfinedError),
 }
 
 /// The bundle directory of one attempt, created and checked.
 #[derive(Debug, Clone)]
 pub struct Bundle {
-    /// Absolute path of the directory (under the canonical project directory).
-    dir: PathBuf,
+    /// The directory, opened without following links.
+    dir: ConfinedDir,
     /// The same directory relative to the project directory, as reported.
     rel: String,
 }
 
 impl Bundle {
-    /// Creates `project/rel` (and its parents) and checks that it resolves to a
-    /// directory inside `project`, which must already be canonical.
+    /// Creates `project/rel` (and its parents), walking it without following
+    /// links; `project` must already be canonical.
     pub fn create(project: &Path, rel: &str) -> Result<Self, BundleError> {
-        let dir = project.join(rel);
-        // Check the part that already exists before creating anything, so that
-        // a symlink out of the project never gets directories made through it.
-        let mut existing = dir.clone();
-        while !existing.exists() && existing.pop() {}
-        check_inside(project, rel, &existing)?;
-        fs::create_dir_all(&dir).map_err(|source| BundleError::Io {
-            what: "create the bundle directory",
-            path: dir.clone(),
-            source,
-        })?;
-        let resolved = check_inside(project, rel, &dir)?;
+        let dir =
+            ConfinedDir::open(project, Path::new(rel), true).map_err(|source| match source {
+                ConfinedError::NotADirectory { link: true, .. } | ConfinedError::BadName { .. } => {
+                    BundleError::Escapes {
+                        rel: rel.to_owned(),
+                        project: project.to_owned(),
+                        source,
+                    }
+                }
+                ConfinedError::Io { what, path, source } => BundleError::Io { what, path, source },
+                ConfinedError::NotADirectory { path, found, .. } => BundleError::Io {
+                    what: "create the bundle directory",
+                    source: io::Error::new(io::ErrorKind::NotADirectory, found),
+                    path,
+                },
+                other => BundleError::Confined(other),
+            })?;
         Ok(Bundle {
-            dir: resolved,
+            dir,
             rel: rel.to_owned(),
         })
     }
 
     /// Absolute path of the bundle directory.
     pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The bundle directory itself, for files made or read in it.
+    pub fn confined(&self) -> &ConfinedDir {
         &self.dir
     }
 
@@ -88,27 +109,25 @@ impl Bundle {
         &self.rel
     }
 
-    /// Creates (or truncates) command `index`'s stdout and stderr logs.
+    /// Creates command `index`'s stdout and stderr logs afresh, replacing
+    /// whatever the step left at their names; open for reading and writing,
+    /// so that the agent can read back what the command wrote through its
+    /// own descriptor.
     pub fn open_logs(&self, index: usize) -> Result<(File, File), BundleError> {
-        let open = |name: String| {
-            let path = self.dir.join(name);
-            File::create(&path).map_err(|source| BundleError::Io {
-                what: "create the log file",
-                path,
-                source,
-            })
-        };
-        Ok((open(stdout_name(index))?, open(stderr_name(index))?))
+        Ok((
+            self.dir.create(&stdout_name(index))?,
+            self.dir.create(&stderr_name(index))?,
+        ))
     }
 
     /// Writes `manifest.json` atomically (temporary file, fsync, rename), on
-    /// tokio's blocking pool so that the fsync does not stall other jobs.
-    /// Writes `manifest.json` and returns the bytes written.
+    /// tokio's blocking pool so that the fsync does not stall other jobs,
+    /// and returns the bytes written.
     pub async fn write_manifest(&self, manifest: &Manifest) -> Result<Vec<u8>, BundleError> {
         let dir = self.dir.clone();
         let json = serde_json::to_vec_pretty(manifest).map_err(|e| BundleError::Io {
             what: "serialize the manifest for",
-            path: dir.join(MANIFEST),
+            path: self.dir().join(MANIFEST),
             source: io::Error::other(e),
         })?;
         let bytes = json.clone();
@@ -116,50 +135,33 @@ impl Bundle {
             Ok(result) => result.map(|()| bytes),
             Err(join) => Err(BundleError::Io {
                 what: "write the manifest in",
-                path: self.dir.clone(),
+                path: self.dir().to_owned(),
                 source: io::Error::other(join),
             }),
         }
     }
 }
 
-/// Resolves `path` and checks that it lies inside `project` (canonical).
-fn check_inside(project: &Path, rel: &str, path: &Path) -> Result<PathBuf, BundleError> {
-    let resolved = path.canonicalize().map_err(|source| BundleError::Io {
-        what: "resolve the bundle directory",
-        path: path.to_owned(),
-        source,
-    })?;
-    if !resolved.starts_with(project) {
-        return Err(BundleError::Escapes {
-            rel: rel.to_owned(),
-            resolved,
-            project: project.to_owned(),
-        });
-    }
-    Ok(resolved)
-}
-
 /// Writes `dir/name` by way of `dir/name.tmp`: readers see the old file or
 /// the whole new one, never a part.
-fn write_atomically(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), BundleError> {
-    let tmp = dir.join(format!("{name}.tmp"));
-    let dest = dir.join(name);
-    let io_err = |what, path: &Path| {
-        let path = path.to_owned();
+fn write_atomically(dir: &ConfinedDir, name: &str, bytes: &[u8]) -> Result<(), BundleError> {
+    let tmp = format!("{name}.tmp");
+    let io_err = |what, name: &str| {
+        let path = dir.path().join(name);
         move |source| BundleError::Io { what, path, source }
     };
-    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    let mut f = dir.create(&tmp)?;
     f.write_all(bytes).map_err(io_err("write", &tmp))?;
     f.write_all(b"\n").map_err(io_err("write", &tmp))?;
     f.sync_all().map_err(io_err("fsync", &tmp))?;
     drop(f);
-    fs::rename(&tmp, &dest).map_err(io_err("rename the manifest into", &dest))
+    Ok(dir.rename(&tmp, name)?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::fs;
 
     #[test]
     fn names_are_zero_padded() {
@@ -182,7 +184,8 @@ mod tests {
     #[test]
     fn manifest_write_leaves_no_temporary_file() {
         let tmp = tempfile::tempdir().unwrap();
-        write_atomically(tmp.path(), MANIFEST, b"{}").unwrap();
+        let dir = ConfinedDir::open(tmp.path(), Path::new(""), false).unwrap();
+        write_atomically(&dir, MANIFEST, b"{}").unwrap();
         assert_eq!(
             fs::read_to_string(tmp.path().join(MANIFEST)).unwrap(),
             "{}\n"

@@ -32,6 +32,7 @@
 //! on disk is opened afresh.
 
 mod checkpoint;
+mod guard;
 mod worktree;
 
 use std::collections::HashMap;
@@ -43,6 +44,7 @@ use std::sync::{LazyLock, Mutex};
 use git2::{ErrorCode, Repository};
 
 pub use checkpoint::{checkpoint, ArtifactRecord, CheckpointCommit, CheckpointRequest};
+pub use guard::{guard, Guarded};
 pub use worktree::{add_detached_worktree, ensure_worktree, RunWorktree};
 
 /// Name and email of the author and committer of checkpoint commits.

@@ -51,6 +51,7 @@ pub mod agent;
 pub mod ask;
 pub mod bundle;
 pub mod client;
+pub mod confined;
 pub mod context;
 pub mod exec;
 mod gateway;

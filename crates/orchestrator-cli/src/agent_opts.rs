@@ -51,6 +51,11 @@ pub struct AgentOpts {
     /// limit. Default: 4096.
     #[arg(long, value_name = "N", env = "ORCH_PIDS_MAX")]
     pub pids_max: Option<u64>,
+    /// The most kept of each command's stdout and of its stderr (`32M`): past
+    /// it the middle is cut and marked, the first and last halves kept; 0:
+    /// no cap. Default: 32M.
+    #[arg(long, value_name = "SIZE", env = "ORCH_LOG_CAP", value_parser = SizeSpec::parse)]
+    pub log_cap: Option<SizeSpec>,
     /// The `bwrap` binary of `sandbox: bubblewrap`. Default: `bwrap` in PATH.
     #[arg(long, value_name = "PATH", env = "ORCH_BWRAP")]
     pub bwrap: Option<PathBuf>,
@@ -78,6 +83,7 @@ impl AgentOpts {
             sandbox: None,
             min_sandbox: None,
             pids_max: None,
+            log_cap: None,
             vm: Default::default(),
             bwrap: None,
             container_image: None,
@@ -219,6 +225,9 @@ pub fn sandbox_config(o: &AgentOpts, data_dir: &Path) -> Result<SandboxConfig, C
     }
     if let Some(n) = o.pids_max {
         cfg.pids_max = Some(n).filter(|&n| n > 0);
+    }
+    if let Some(cap) = o.log_cap {
+        cfg.log_cap = cap.as_mib() << 20;
     }
     cfg.vm = vm_config(&o.vm);
     Ok(cfg)

@@ -3,7 +3,7 @@
 use std::fs::{self, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use git2::{ErrorCode, Repository};
 use serde::{Deserialize, Serialize};
@@ -73,7 +73,10 @@ pub fn ensure_worktree(
         .map_err(GitError::io("lock the worktree lock", &lock_path))?;
 
     let tip = ensure_branch(&repo, project, &branch, base_commit)?;
-    if path.join(".git").exists() {
+    // Made before: its `.git` is proved (and put back) rather than trusted,
+    // since a step may have replaced it.
+    if fs::symlink_metadata(&path).is_ok() && super::guard::admin_dir(project, &path).is_ok() {
+        super::guard::guard(project, &path)?;
         drop(lock);
         return Ok(RunWorktree { path, branch });
     }
@@ -181,7 +184,7 @@ fn prune_missing(repo: &Repository, project: &Path, path: &Path) -> Result<(), G
 
 /// `git worktree add --detach <path> <sha>`, run in `project`.
 fn git_worktree_add(project: &Path, path: &Path, sha: &str) -> Result<(), GitError> {
-    let mut cmd = Command::new("git");
+    let mut cmd = super::guard::git_command();
     cmd.arg("-C")
         .arg(project)
         .args(["worktree", "add", "--quiet", "--detach"])
@@ -190,15 +193,6 @@ fn git_worktree_add(project: &Path, path: &Path, sha: &str) -> Result<(), GitErr
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
-    // A step or hook may have left these set; they would point git elsewhere.
-    for var in [
-        "GIT_DIR",
-        "GIT_WORK_TREE",
-        "GIT_INDEX_FILE",
-        "GIT_COMMON_DIR",
-    ] {
-        cmd.env_remove(var);
-    }
     let command = format!("git worktree add --detach {} {sha}", path.display());
     let output = cmd.output().map_err(|e| GitError::Command {
         command: command.clone(),

@@ -29,6 +29,9 @@ pub struct SandboxConfig {
     /// The agent's directory for backend state (runc's state, container
     /// bundles, extracted images); the container backend needs it.
     pub work_dir: Option<PathBuf>,
+    /// The most bytes kept of each command's stdout and of its stderr: past
+    /// it the middle is cut, the first and last halves kept (0: no cap).
+    pub log_cap: u64,
 }
 
 /// The default of [`SandboxConfig::pids_max`].
@@ -44,6 +47,7 @@ impl Default for SandboxConfig {
             bwrap: None,
             container_image: None,
             work_dir: None,
+            log_cap: crate::step::DEFAULT_LOG_CAP,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use orchestrator_core::api::{ArtifactRecord, CheckpointMade, Handoff, JobSpec};
 
 use super::Failure;
+use crate::confined::{ConfinedDir, ConfinedError};
 use crate::git::{self, CheckpointRequest, GitError, RunWorktree};
 
 /// Where the orchestrator keeps its own files in a run's tree: manifests
@@ -55,47 +56,57 @@ pub(super) async fn open_worktree(
 /// point at it. Files a previous step was handed are removed, so a step never
 /// mistakes old feedback for its own.
 pub(super) fn hand_over(worktree: &Path, spec: &JobSpec) -> Result<Vec<(String, String)>, Failure> {
-    let dir = worktree.join(ORCH_DIR).join(&spec.stage_id);
-    let feedback = dir.join("feedback.md");
-    let answers = dir.join("answers.md");
-    let io = |e: std::io::Error| {
+    let rel = Path::new(ORCH_DIR).join(&spec.stage_id);
+    let shown = worktree.join(&rel);
+    // The handoff directory is in the run's tree, which steps write: it is
+    // walked without following links, and its files are made afresh.
+    let dir = match ConfinedDir::open(worktree, &rel, spec.handoff.is_some()) {
+        Ok(dir) => dir,
+        Err(ConfinedError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound && spec.handoff.is_none() =>
+        {
+            return Ok(Vec::new())
+        }
+        Err(e @ (ConfinedError::NotADirectory { .. } | ConfinedError::BadName { .. })) => {
+            return Err(Failure::task(format!(
+                "{e}: the orchestrator's directory in the worktree must be a plain directory inside it"
+            )))
+        }
+        Err(e) => {
+            return Err(Failure::infra(format!(
+                "writing the step's handoff in {}: {e}",
+                shown.display()
+            )))
+        }
+    };
+    let io = |e: ConfinedError| {
         Failure::infra(format!(
             "writing the step's handoff in {}: {e}",
-            dir.display()
+            shown.display()
         ))
     };
-    // The handoff directory comes from the run's tree: a step (or the
-    // project) may have made it a symlink, through which the agent would
-    // write outside the worktree.
-    for d in [worktree.join(ORCH_DIR), dir.clone()] {
-        if std::fs::symlink_metadata(&d).is_ok_and(|m| m.file_type().is_symlink()) {
-            let target = std::fs::read_link(&d).unwrap_or_default();
-            return Err(Failure::task(format!(
-                "{} is a symlink to {}; the orchestrator's directory in the worktree must be a plain directory inside it",
-                d.display(),
-                target.display()
-            )));
-        }
-    }
-    for f in [&feedback, &answers] {
-        match std::fs::remove_file(f) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io(e)),
-        }
+    let write = |name: &str, text: &str| -> Result<String, Failure> {
+        let mut f = dir.create(name).map_err(io)?;
+        std::io::Write::write_all(&mut f, text.as_bytes()).map_err(|e| {
+            io(ConfinedError::Io {
+                what: "write",
+                path: dir.path().join(name),
+                source: e,
+            })
+        })?;
+        Ok(dir.path().join(name).to_string_lossy().into_owned())
+    };
+    for name in [FEEDBACK, ANSWERS] {
+        dir.remove(name).map_err(io)?;
     }
     let mut env = Vec::new();
     let Some(h) = &spec.handoff else {
         return Ok(env);
     };
-    std::fs::create_dir_all(&dir).map_err(io)?;
     if let Some(said) = &h.feedback {
-        std::fs::write(&feedback, feedback_text(h, &said.text, &said.by)).map_err(io)?;
+        let path = write(FEEDBACK, &feedback_text(h, &said.text, &said.by))?;
         env.push(("ORCH_FEEDBACK".to_owned(), said.text.clone()));
-        env.push((
-            "ORCH_FEEDBACK_FILE".to_owned(),
-            feedback.to_string_lossy().into_owned(),
-        ));
+        env.push(("ORCH_FEEDBACK_FILE".to_owned(), path));
     }
     if let Some(last) = h.answers.last() {
         let mut text = String::new();
@@ -105,17 +116,18 @@ pub(super) fn hand_over(worktree: &Path, spec: &JobSpec) -> Result<Vec<(String, 
                 a.question_id, a.question, a.answer, a.by
             ));
         }
-        std::fs::write(&answers, text).map_err(io)?;
+        let path = write(ANSWERS, &text)?;
         env.push(("ORCH_ANSWER".to_owned(), last.answer.clone()));
         env.push(("ORCH_QUESTION".to_owned(), last.question.clone()));
         env.push(("ORCH_QUESTION_ID".to_owned(), last.question_id.to_string()));
-        env.push((
-            "ORCH_ANSWER_FILE".to_owned(),
-            answers.to_string_lossy().into_owned(),
-        ));
+        env.push(("ORCH_ANSWER_FILE".to_owned(), path));
     }
     Ok(env)
 }
+
+/// The handoff's files in `.orch/<stage>/`.
+const FEEDBACK: &str = "feedback.md";
+const ANSWERS: &str = "answers.md";
 
 fn feedback_text(h: &Handoff, text: &str, by: &str) -> String {
     format!(

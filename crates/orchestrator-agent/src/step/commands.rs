@@ -38,6 +38,8 @@ pub(super) struct Runner<'a> {
     secrets: Vec<String>,
     /// How the commands are isolated.
     sandbox: Sandbox,
+    /// The most bytes kept of each log (0: no cap).
+    log_cap: u64,
 }
 
 impl<'a> Runner<'a> {
@@ -61,7 +63,14 @@ impl<'a> Runner<'a> {
             inherited: inherited_env(),
             secrets: Vec::new(),
             sandbox: Sandbox::Process,
+            log_cap: super::logs::DEFAULT_LOG_CAP,
         }
+    }
+
+    /// Keeps at most `cap` bytes of each log (0: no cap).
+    pub fn capping_logs(mut self, cap: u64) -> Self {
+        self.log_cap = cap;
+        self
     }
 
     /// Also keeps `names` of the agent's environment from the commands; a
@@ -127,6 +136,13 @@ impl<'a> Runner<'a> {
             .bundle
             .open_logs(i)
             .map_err(|e| Failure::infra(e.to_string()))?;
+        // The agent keeps its own descriptors: after the command it reads
+        // back what was written through them, never through the names.
+        let for_child = |f: &std::fs::File| {
+            f.try_clone()
+                .map_err(|e| Failure::infra(format!("{} could not get its log: {e}", cmd.label)))
+        };
+        let (child_out, child_err) = (for_child(&stdout)?, for_child(&stderr)?);
         let mut command = Command::new(&cmd.argv[0]);
         command
             .env_clear()
@@ -136,8 +152,8 @@ impl<'a> Runner<'a> {
             .envs(self.user_env)
             .envs(&cmd.spec.env)
             .envs(self.orch_env.iter().map(|(k, v)| (k, v)))
-            .stdout(Stdio::from(stdout))
-            .stderr(Stdio::from(stderr));
+            .stdout(Stdio::from(child_out))
+            .stderr(Stdio::from(child_err));
         let child = self.sandbox.spawn(&mut command).map_err(|e| match e {
             SandboxError::Spawn(e) => spawn_failure(cmd, &e),
             e => Failure::infra(format!("{} could not start: {e}", cmd.label)),
@@ -156,13 +172,25 @@ impl<'a> Runner<'a> {
             (Some(c), _) => (Some(c), false),
             (None, s) => (s, s.is_some()),
         };
-        let ended = child.wait(deadline, self.cancel).await;
+        let ended = tokio::select! {
+            ended = child.wait(deadline, self.cancel) => ended,
+            never = super::logs::bound([&stdout, &stderr], self.log_cap) => match never {},
+        };
         let duration = now.elapsed();
         let ended = ended
             .map_err(|e| Failure::infra(format!("{} could not be waited for: {e}", cmd.label)))?;
-        for name in [bundle::stdout_name(i), bundle::stderr_name(i)] {
-            super::redact::file(&self.bundle.dir().join(&name), &self.secrets)
-                .map_err(|e| Failure::infra(format!("masking the secrets in {name}: {e}")))?;
+        for (name, log) in [
+            (bundle::stdout_name(i), &stdout),
+            (bundle::stderr_name(i), &stderr),
+        ] {
+            super::logs::seal(
+                self.bundle.confined(),
+                &name,
+                log,
+                &self.secrets,
+                self.log_cap,
+            )
+            .map_err(|e| Failure::infra(format!("sealing the log {name}: {e}")))?;
         }
         let status = ended.status;
         rec.exit_codes.push(status.code());

@@ -30,12 +30,14 @@ use crate::sandbox::{Dirs, Limits, Sandbox, SandboxConfig};
 mod checkpoint;
 mod commands;
 mod grant;
+mod logs;
 mod prepare;
 mod redact;
 mod usage;
 
 pub use checkpoint::{manifest_path, ORCH_DIR};
 use commands::{judge, Runner};
+pub use logs::DEFAULT_LOG_CAP;
 use prepare::{check_ids, check_project_dir, describe, prepare, prepare_one};
 
 /// Why a step was cancelled, set by whoever cancels it before cancelling;
@@ -257,6 +259,7 @@ pub async fn run_step_with(
     )
     .without_inherited(granted.unset)
     .in_sandbox(sandbox)
+    .capping_logs(ctx.sandbox.log_cap)
     .redacting(redact::values(spec.hidden_values()));
     let mut failure = match prepare(spec, &workdir) {
         Err(msg) => Some(Failure::task(msg)),
@@ -283,6 +286,25 @@ pub async fn run_step_with(
         }
     }
     drop(runner);
+    // Whatever the step did to the worktree's `.git`, no git runs through
+    // it: neither the agent's nor a user's looking at the run's work.
+    let guarded = {
+        let (project, path) = (project.clone(), worktree.path.clone());
+        tokio::task::spawn_blocking(move || crate::git::guard(&project, &path)).await
+    };
+    match guarded {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            failure = failure.or(Some(Failure::infra(format!(
+                "checking the worktree's .git: {e}"
+            ))))
+        }
+        Err(e) => {
+            failure = failure.or(Some(Failure::infra(format!(
+                "checking the worktree's .git: {e}"
+            ))))
+        }
+    }
     let questions = ask.map(|a| a.finish()).unwrap_or_default();
     let (mut outcome, manifest) = rec.finish(&bundle, failure).await;
     let Some(manifest) = manifest.filter(|_| outcome.success) else {
