@@ -115,6 +115,21 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
     check_declared_gpus(cfg.gpus.as_deref().unwrap_or_default())?;
     #[cfg(target_os = "linux")]
     crate::sandbox::report_at_start();
+    // Before anything is claimed: what an earlier agent here left running
+    // dies, so no new attempt shares a worktree with an old one.
+    if let Some(work) = &cfg.sandbox.work_dir {
+        let records = work.join("running");
+        let killed = crate::leftovers::kill_leftovers(&records);
+        if killed > 0 {
+            tracing::warn!(
+                processes = killed,
+                "killed what an earlier agent left running"
+            );
+        }
+        if let Err(e) = crate::leftovers::record_in(&records) {
+            tracing::warn!(dir = %records.display(), error = %e, "cannot record running commands; a restarted agent will not find what this one leaves");
+        }
+    }
     let client = Client::new(&cfg.server, &cfg.token)?;
     let hostname = cfg.hostname.clone().or_else(local_hostname);
     let resources = Resources::resolve(cfg.memory_mb, cfg.gpus.clone(), &Probe::default()).await;

@@ -260,6 +260,18 @@ impl ConfinedDir {
         Ok(file)
     }
 
+    /// Whether something (anything, a link included) has the name `name`.
+    pub fn holds_name(&self, name: &str) -> bool {
+        plain(name).is_ok_and(|name| {
+            fstatat(
+                self.fd.as_fd(),
+                name,
+                nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .is_ok()
+        })
+    }
+
     /// Whether `name` is, right now, the very file `file` is open on (the
     /// same device and inode, not a link to it).
     pub fn holds(&self, name: &str, file: &File) -> Result<bool, ConfinedError> {

@@ -74,6 +74,9 @@ pub struct GroupChild {
     /// The command's own cgroup, when its sandbox made one: emptied and
     /// removed when the command ends, whatever ends it.
     cgroup: Option<CommandCgroup>,
+    /// The group's record in the agent's work directory, which a restarted
+    /// agent kills by (see [`crate::leftovers`]).
+    _record: crate::leftovers::Record,
 }
 
 impl GroupChild {
@@ -94,6 +97,7 @@ impl GroupChild {
             pgid: Pid::from_raw(pid),
             done: false,
             cgroup: None,
+            _record: crate::leftovers::Record::new(pid),
         })
     }
 

@@ -56,6 +56,7 @@ pub mod context;
 pub mod exec;
 mod gateway;
 pub mod git;
+pub mod leftovers;
 pub mod model_server;
 pub mod models;
 pub mod resources;

@@ -211,6 +211,8 @@ pub fn sandbox_config(o: &AgentOpts, data_dir: &Path) -> Result<SandboxConfig, C
         bwrap: o.bwrap.clone(),
         container_image: o.container_image.clone(),
         work_dir: Some(data_dir.join("sandbox")),
+        // Its tokens: no step of this agent's ever sees them.
+        private: vec![data_dir.to_owned()],
         ..SandboxConfig::default()
     };
     match (o.sandbox, cfg.min) {

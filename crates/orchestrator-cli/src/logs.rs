@@ -3,12 +3,13 @@
 //! printing as commands write, until the run ends.
 
 use std::collections::HashMap;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
+use orchestrator_agent::confined::{ConfinedDir, ConfinedError};
 use orchestrator_core::api::{exec_id, JobView, RunDetail};
 
 use crate::client::Client;
@@ -24,11 +25,11 @@ pub struct LogsArgs {
     pub follow: bool,
 }
 
-fn bundle_dir(project: &Path, j: &JobView) -> PathBuf {
+/// A job's bundle directory relative to its project.
+fn bundle_rel(j: &JobView) -> PathBuf {
     match &j.bundle {
-        Some(b) => project.join(b),
-        None => project
-            .join(".orchestrator/runs")
+        Some(b) => PathBuf::from(b),
+        None => PathBuf::from(".orchestrator/runs")
             .join(&j.run_id)
             .join(&j.stage_id)
             .join(exec_id(j.step, j.attempt, j.id)),
@@ -50,20 +51,37 @@ fn drain(
         .iter()
         .filter(|j| stage.is_none_or(|s| s == j.stage_id))
     {
-        let dir = bundle_dir(project, j);
+        // The bundle is the step's to write: its directory is walked
+        // without following links, and only regular files are read.
+        let rel = bundle_rel(j);
+        let dir = match ConfinedDir::open(project, &rel, false) {
+            Ok(dir) => dir,
+            Err(ConfinedError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
+                continue
+            }
+            Err(e) => anyhow::bail!("job {}: its bundle cannot be read: {e}", j.id),
+        };
         for i in 0.. {
             let mut any = false;
             for stream in ["stdout", "stderr"] {
-                let path = dir.join(format!("cmd-{i:03}.{stream}.log"));
-                let Ok(mut f) = std::fs::File::open(&path) else {
-                    continue;
+                let name = format!("cmd-{i:03}.{stream}.log");
+                let mut f = match dir.open_regular(&name) {
+                    Ok(f) => f,
+                    Err(ConfinedError::Io { source, .. })
+                        if source.kind() == ErrorKind::NotFound =>
+                    {
+                        continue
+                    }
+                    Err(e) => {
+                        any = true;
+                        eprintln!("orch: job {}: skipping {name}: {e}", j.id);
+                        continue;
+                    }
                 };
                 any = true;
-                let off = offsets.entry(path.clone()).or_insert(0);
-                f.seek(SeekFrom::Start(*off))?;
-                let mut buf = Vec::new();
-                f.read_to_end(&mut buf)?;
-                if buf.is_empty() {
+                let off = offsets.entry(dir.path().join(&name)).or_insert(0);
+                let size = f.metadata()?.len();
+                if size <= *off {
                     continue;
                 }
                 if *off == 0 {
@@ -73,9 +91,17 @@ fn drain(
                         j.stage_id, j.step, j.attempt
                     )?;
                 }
-                *off += buf.len() as u64;
-                out.write_all(&buf)?;
-                if !buf.ends_with(b"\n") {
+                // Copied in pieces up to the size seen now: a log of any
+                // size takes constant memory.
+                f.seek(SeekFrom::Start(*off))?;
+                let copied = std::io::copy(&mut (&mut f).take(size - *off), &mut out)?;
+                *off += copied;
+                let mut last = [0u8; 1];
+                if copied > 0
+                    && f.seek(SeekFrom::Start(*off - 1)).is_ok()
+                    && f.read_exact(&mut last).is_ok()
+                    && last[0] != b'\n'
+                {
                     writeln!(out)?;
                 }
                 printed = true;

@@ -67,3 +67,17 @@ pub fn write_atomic(path: &Path, text: &str) -> Result<()> {
 pub fn endpoint_file(dir: &Path) -> PathBuf {
     dir.join("endpoint")
 }
+
+/// Registers `dirs` as the orchestrator's private directories on this
+/// machine: every sandbox of every agent here hides them (see
+/// `orchestrator_agent::sandbox::private`). A failure is logged, not fatal:
+/// the agent still hides its own data directory.
+pub fn register_private(dirs: &[PathBuf]) {
+    let dirs: Vec<PathBuf> = dirs
+        .iter()
+        .map(|d| std::path::absolute(d).unwrap_or_else(|_| d.clone()))
+        .collect();
+    if let Err(e) = orchestrator_agent::sandbox::private::register(&dirs) {
+        tracing::warn!(error = %e, dirs = ?dirs, "cannot register the private directories; steps of other agents on this machine may see them");
+    }
+}

@@ -234,6 +234,10 @@ fn store_location(arg: Option<&str>, data_dir: &Path) -> Result<Location> {
 
 /// Opens the store and starts the daemon; writes the endpoint file.
 async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens)> {
+    // Its tokens and secrets, hidden from every step on this machine.
+    let mut private = vec![data_dir.to_owned()];
+    private.extend(a.state_dir.clone());
+    paths::register_private(&private);
     let tokens = Tokens {
         admin: vec![paths::ensure_token(data_dir, "admin.token")?],
         agent: vec![paths::ensure_token(data_dir, "agent.token")?],
@@ -394,6 +398,7 @@ pub async fn agent(a: AgentArgs, server: Option<String>, data_dir: &Path) -> Res
         let _ = signals().await;
         s.cancel();
     });
+    paths::register_private(&[data_dir.to_owned()]);
     let cfg = agent_config(&a.agent, data_dir, server, token, hostname())?;
     run_agent(cfg, stop).await?;
     Ok(ExitCode::SUCCESS)

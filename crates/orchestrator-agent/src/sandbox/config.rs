@@ -32,6 +32,10 @@ pub struct SandboxConfig {
     /// The most bytes kept of each command's stdout and of its stderr: past
     /// it the middle is cut, the first and last halves kept (0: no cap).
     pub log_cap: u64,
+    /// This agent's private directories (its data directory, its daemon's):
+    /// hidden from every namespace-based sandbox, besides those registered
+    /// on the machine (see [`super::private`]).
+    pub private: Vec<PathBuf>,
 }
 
 /// The default of [`SandboxConfig::pids_max`].
@@ -48,6 +52,7 @@ impl Default for SandboxConfig {
             container_image: None,
             work_dir: None,
             log_cap: crate::step::DEFAULT_LOG_CAP,
+            private: Vec::new(),
         }
     }
 }

@@ -61,6 +61,7 @@ pub mod landlock;
 mod limits;
 #[cfg(target_os = "linux")]
 mod namespace;
+pub mod private;
 mod process;
 #[cfg(target_os = "linux")]
 mod reaper;

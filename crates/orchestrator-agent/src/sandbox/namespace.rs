@@ -135,6 +135,8 @@ struct Plan {
     cwd: Option<CString>,
     network: bool,
     report: RawFd,
+    /// The agent's pid, which the reaper must not outlive.
+    agent: libc::pid_t,
     /// The command cgroup's `cgroup.procs`, open for writing.
     cgroup: Vec<RawFd>,
     landlock: Option<Rules>,
@@ -227,6 +229,7 @@ impl Plan {
             cwd: cwd.map(cstring).transpose()?,
             network,
             report,
+            agent: crate::leftovers::agent_pid(),
             cgroup: Vec::new(),
             relay: None,
         })
@@ -340,6 +343,8 @@ fn check(plan: &Plan, step: u8, rc: c_long) -> io::Result<()> {
 fn enter(plan: &Plan) -> io::Result<()> {
     // SAFETY: raw system calls on data prepared before the fork.
     unsafe {
+        // The reaper dies with the agent, and with it the namespace.
+        crate::leftovers::die_with_agent(plan.agent)?;
         // First, so that every process of the command is inside.
         cgroup::join(&plan.cgroup).map_err(|e| report(plan, S_CGROUP, e))?;
         check(plan, S_UNSHARE, c_long::from(libc::unshare(plan.flags)))?;

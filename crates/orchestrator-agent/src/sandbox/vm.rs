@@ -470,10 +470,15 @@ impl Plan {
             argv,
             envp,
         };
-        // SAFETY: between fork and exec the closure only calls execve, which
-        // is async-signal-safe, on pointers prepared before the fork.
+        // SAFETY: between fork and exec the closure only calls prctl,
+        // getppid and execve, which are async-signal-safe, on pointers
+        // prepared before the fork.
+        let agent = crate::leftovers::agent_pid();
         unsafe {
-            cmd.pre_exec(move || Err(exec.exec()));
+            cmd.pre_exec(move || {
+                crate::leftovers::die_with_agent(agent)?;
+                Err(exec.exec())
+            });
         }
         GroupChild::spawn(cmd).map_err(SandboxError::Spawn)
     }

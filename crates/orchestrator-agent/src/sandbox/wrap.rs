@@ -131,8 +131,10 @@ pub(super) fn spawn(
     // only makes system calls and calls execve on data prepared before the
     // fork (async-signal-safe, no allocation). When one fails its errno
     // goes back to the caller as the spawn's error.
+    let agent = crate::leftovers::agent_pid();
     unsafe {
         cmd.pre_exec(move || {
+            crate::leftovers::die_with_agent(agent)?;
             super::cgroup::join(&join)?;
             if let Some(relay) = &relay {
                 // runc needs the host's root; bwrap runs unprivileged.

@@ -196,7 +196,12 @@ pub async fn run_step_with(
             )
             .chain(orch_dir())
             .collect(),
-        hidden: vec![project.join(".orchestrator")],
+        // Other runs' worktrees and bundles, and every daemon's and
+        // agent's data directory on the machine, wherever it lives.
+        hidden: std::iter::once(project.join(".orchestrator"))
+            .chain(ctx.sandbox.private.iter().cloned())
+            .chain(crate::sandbox::private::registered())
+            .collect(),
         project: Some(project.clone()),
         // A step with a key reaches the gateway, even without network:
         // through the step socket, which relays it to the daemon.

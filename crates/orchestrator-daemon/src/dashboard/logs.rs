@@ -10,6 +10,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
+use orchestrator_agent::confined::{ConfinedDir, ConfinedError};
 use orchestrator_core::api::{exec_id, JobView};
 use orchestrator_store::Store;
 use serde::{Deserialize, Serialize};
@@ -66,7 +67,13 @@ pub struct LogPiece {
 
 /// The bundle directory of a job, inside the project. A bundle path the
 /// agent reported that would leave the project is refused.
+#[cfg(test)]
 fn bundle_dir(project: &FsPath, j: &JobView) -> Result<PathBuf, ApiErr> {
+    bundle_rel(j).map(|rel| project.join(rel))
+}
+
+/// The bundle directory of a job, relative to its project.
+fn bundle_rel(j: &JobView) -> Result<PathBuf, ApiErr> {
     match &j.bundle {
         Some(b) => {
             let rel = FsPath::new(b);
@@ -82,28 +89,56 @@ fn bundle_dir(project: &FsPath, j: &JobView) -> Result<PathBuf, ApiErr> {
                     ),
                 ));
             }
-            Ok(project.join(rel))
+            Ok(rel.to_owned())
         }
-        None => Ok(project
-            .join(".orchestrator/runs")
+        None => Ok(PathBuf::from(".orchestrator/runs")
             .join(&j.run_id)
             .join(&j.stage_id)
             .join(exec_id(j.step, j.attempt, j.id))),
     }
 }
 
-fn read_piece(path: &FsPath, offset: u64) -> std::io::Result<Option<(Vec<u8>, u64)>> {
-    let mut f = match std::fs::File::open(path) {
+/// Reads up to [`MAX_PIECE`] bytes of log `name` from `offset` on, and the
+/// file's size; None when there is no such log (yet). The bundle is written
+/// by the step, so its directory is walked without following links and only
+/// a regular file is read: a link a step put at a log's name is refused.
+fn read_piece(
+    dir: Option<&ConfinedDir>,
+    name: &str,
+    offset: u64,
+) -> Result<Option<(Vec<u8>, u64)>, ConfinedError> {
+    let Some(dir) = dir else { return Ok(None) };
+    let f = match dir.open_regular(name) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(ConfinedError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(None)
+        }
         Err(e) => return Err(e),
     };
-    let size = f.metadata()?.len();
+    let io = |source| ConfinedError::Io {
+        what: "read",
+        path: dir.path().join(name),
+        source,
+    };
+    let size = f.metadata().map_err(io)?.len();
     let start = offset.min(size);
-    f.seek(SeekFrom::Start(start))?;
+    let mut f = f;
+    f.seek(SeekFrom::Start(start)).map_err(io)?;
     let mut buf = Vec::new();
-    f.take(MAX_PIECE).read_to_end(&mut buf)?;
+    f.take(MAX_PIECE).read_to_end(&mut buf).map_err(io)?;
     Ok(Some((buf, size)))
+}
+
+/// The bundle directory, opened without following links; None when it does
+/// not exist (yet).
+fn open_bundle(project: &FsPath, rel: &FsPath) -> Result<Option<ConfinedDir>, ConfinedError> {
+    match ConfinedDir::open(project, rel, false) {
+        Ok(d) => Ok(Some(d)),
+        Err(ConfinedError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The longest prefix that does not end inside a UTF-8 character.
@@ -129,7 +164,8 @@ pub async fn read<S: Store>(
             format!("run {} has no job {job}", detail.run.id),
         ));
     };
-    let dir = bundle_dir(FsPath::new(&detail.run.project_dir), j)?;
+    let project = PathBuf::from(&detail.run.project_dir);
+    let rel = bundle_rel(j)?;
     let ended = j.state.is_terminal();
     let stream = match q.stream {
         Stream::Stdout => "stdout",
@@ -137,23 +173,32 @@ pub async fn read<S: Store>(
     };
     let (offset, cmd) = (q.offset, q.cmd);
     let piece = tokio::task::spawn_blocking(move || {
-        let commands = (0u32..)
-            .take_while(|i| {
-                ["stdout", "stderr"]
-                    .iter()
-                    .any(|s| dir.join(format!("cmd-{i:03}.{s}.log")).exists())
-            })
-            .count() as u32;
-        let path = dir.join(format!("cmd-{cmd:03}.{stream}.log"));
-        read_piece(&path, offset).map(|r| (r, commands))
+        let dir = open_bundle(&project, &rel)?;
+        let commands = match &dir {
+            None => 0,
+            Some(dir) => (0u32..)
+                .take_while(|i| {
+                    ["stdout", "stderr"]
+                        .iter()
+                        .any(|s| dir.holds_name(&format!("cmd-{i:03}.{s}.log")))
+                })
+                .count() as u32,
+        };
+        read_piece(dir.as_ref(), &format!("cmd-{cmd:03}.{stream}.log"), offset)
+            .map(|r| (r, commands))
     })
     .await
     .map_err(|e| ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-    .map_err(|e| {
-        ApiErr::new(
+    .map_err(|e| match e {
+        ConfinedError::Io { .. } => ApiErr::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             format!("job {job}: cannot read its log: {e}"),
-        )
+        ),
+        // Something a step put in its bundle: refused, never followed.
+        e => ApiErr::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("job {job}: its log cannot be served: {e}"),
+        ),
     })?;
     Ok(Json(match piece {
         (None, commands) => LogPiece {

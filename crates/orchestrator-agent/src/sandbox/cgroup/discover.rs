@@ -73,7 +73,8 @@ pub(super) fn dir_of(mount: &Mount, path: &str) -> PathBuf {
 }
 
 /// Removes what agents that are gone left under `own` (`orch-<pid>` whose
-/// pid is dead), so test runs and crashed agents do not pile up cgroups.
+/// pid is dead), so test runs and crashed agents do not pile up cgroups;
+/// processes still in them (a killed agent's commands) are killed first.
 pub(super) fn sweep_stale(own: &Path) {
     let Ok(entries) = fs::read_dir(own) else {
         return;
@@ -89,10 +90,42 @@ pub(super) fn sweep_stale(own: &Path) {
         let dir = entry.path();
         if let Ok(children) = fs::read_dir(&dir) {
             for child in children.flatten().filter(|c| c.path().is_dir()) {
+                kill_members(&child.path());
                 let _ = fs::remove_dir(child.path());
             }
         }
         let _ = fs::remove_dir(&dir);
+    }
+}
+
+/// SIGKILLs every process in cgroup `dir` and waits (briefly) for it to
+/// empty, so that it can be removed.
+fn kill_members(dir: &Path) {
+    let members = || -> Vec<i32> {
+        ["cgroup.procs", "tasks"]
+            .iter()
+            .filter_map(|f| fs::read_to_string(dir.join(f)).ok())
+            .flat_map(|t| {
+                t.lines()
+                    .filter_map(|l| l.trim().parse::<i32>().ok())
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let pids = members();
+        if pids.is_empty() || std::time::Instant::now() >= deadline {
+            return;
+        }
+        tracing::warn!(cgroup = %dir.display(), processes = pids.len(), "killing what a dead agent's command left running");
+        for pid in pids {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

@@ -1,0 +1,149 @@
+//! The orchestrator's own directories on this machine, which no sandbox
+//! shows.
+//!
+//! A daemon's or agent's data directory holds its tokens and secrets
+//! (`admin.token`, `agent.token`, `dashboard.secret`, `job-keys.secret`),
+//! and it may live anywhere: `~/.local/share/orch`, `/var/lib/orch`,
+//! `/srv/ci/orch`. The sandboxes hide a fixed list of places (`/tmp`,
+//! `/home`, ...) and the project's `.orchestrator`; for the rest, every
+//! daemon and agent registers its private directories here when it starts,
+//! and every namespace-based sandbox (`namespace`, `bubblewrap`) hides all
+//! directories registered on the machine, whoever registered them.
+//!
+//! The registry is a directory of small files, one per registered path
+//! (named by a hash of the path, so registering again changes nothing):
+//! `/run/orch/private` for root, `$XDG_RUNTIME_DIR/orch/private` or
+//! `/tmp/orch-<uid>/private` for other users. Entries are never removed:
+//! a stopped daemon's tokens are still on disk. A reader takes entries only
+//! from files owned by root or by its own user, so another local user
+//! cannot make a sandbox hide what it needs.
+
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+
+/// The registry of the machine's root processes.
+const ROOT_REGISTRY: &str = "/run/orch/private";
+
+/// Where this process registers.
+fn own_registry() -> PathBuf {
+    let uid = nix::unistd::getuid();
+    if uid.is_root() {
+        return PathBuf::from(ROOT_REGISTRY);
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        Some(d) => PathBuf::from(d).join("orch/private"),
+        None => std::env::temp_dir().join(format!("orch-{uid}/private")),
+    }
+}
+
+/// Every registry a reader looks in: root's, the runtime directories of
+/// the machine's users, and the fallbacks under the temporary directory.
+fn registries() -> Vec<PathBuf> {
+    let mut all = vec![PathBuf::from(ROOT_REGISTRY), own_registry()];
+    for (parent, sub) in [("/run/user", "orch/private"), ("/tmp", "private")] {
+        let Ok(list) = fs::read_dir(parent) else {
+            continue;
+        };
+        for e in list.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if parent == "/tmp" && !name.starts_with("orch-") {
+                continue;
+            }
+            all.push(e.path().join(sub));
+        }
+    }
+    all.sort();
+    all.dedup();
+    all
+}
+
+/// Registers `dirs` (absolute; made canonical where they exist) as private
+/// to the orchestrator on this machine. Idempotent.
+pub fn register(dirs: &[PathBuf]) -> io::Result<()> {
+    let registry = own_registry();
+    fs::create_dir_all(&registry)?;
+    forget_gone(&registry);
+    for dir in dirs {
+        let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
+        if !dir.is_absolute() {
+            continue;
+        }
+        let text = dir.to_string_lossy();
+        let name = hex(&Sha256::digest(text.as_bytes())[..12]);
+        let path = registry.join(&name);
+        if fs::read_to_string(&path).is_ok_and(|t| t.trim_end() == text) {
+            continue;
+        }
+        let tmp = registry.join(format!("{name}.{}.tmp", std::process::id()));
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o644)
+            .open(&tmp)?;
+        writeln!(f, "{text}")?;
+        drop(f);
+        fs::rename(&tmp, &path)?;
+    }
+    Ok(())
+}
+
+/// Every directory registered on this machine, by root or by this user.
+pub fn registered() -> Vec<PathBuf> {
+    let me = nix::unistd::getuid().as_raw();
+    let mut dirs = Vec::new();
+    for registry in registries() {
+        let Ok(list) = fs::read_dir(&registry) else {
+            continue;
+        };
+        for e in list.flatten() {
+            let path = e.path();
+            if path.extension().is_some_and(|x| x == "tmp") {
+                continue;
+            }
+            // Not followed: an entry is a plain file of a trusted owner.
+            let Ok(meta) = fs::symlink_metadata(&path) else {
+                continue;
+            };
+            if !meta.file_type().is_file()
+                || (meta.uid() != 0 && meta.uid() != me)
+                || meta.len() > 4096
+            {
+                continue;
+            }
+            let Ok(text) = fs::read_to_string(&path) else {
+                continue;
+            };
+            let dir = PathBuf::from(text.trim_end_matches('\n'));
+            if dir.is_absolute() && dir != Path::new("/") {
+                dirs.push(dir);
+            }
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// Removes the entries of directories that no longer exist (and hold no
+/// tokens any more), so that the registry does not grow without end.
+fn forget_gone(registry: &Path) {
+    let Ok(list) = fs::read_dir(registry) else {
+        return;
+    };
+    for e in list.flatten() {
+        let gone = fs::read_to_string(e.path())
+            .is_ok_and(|t| fs::symlink_metadata(t.trim_end_matches('\n')).is_err());
+        if gone {
+            let _ = fs::remove_file(e.path());
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

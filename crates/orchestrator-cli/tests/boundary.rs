@@ -1,0 +1,205 @@
+//! The sandbox as a boundary, attacked through the real binaries: a step
+//! that swaps its logs for links to host files, a step that hunts for the
+//! orchestrator's tokens wherever its data directories live, and a step
+//! whose agent is SIGKILLed while it runs.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{http, jobs_of, process_gone, wait_for, Harness, LONG};
+
+/// A host file holding `SECRET-OF-THE-HOST`, outside every project.
+fn host_secret(h: &Harness) -> PathBuf {
+    let path = h.root().join("host-secret.txt");
+    std::fs::write(&path, "SECRET-OF-THE-HOST\n").unwrap();
+    path
+}
+
+#[test]
+fn a_log_a_step_swapped_for_a_link_is_never_served() {
+    let mut h = Harness::new();
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "worker", 1);
+    let secret = host_secret(&h);
+    let file = h.write(
+        "swap.yaml",
+        &format!(
+            r#"name: swap
+stages:
+  - id: swap
+    steps:
+      - commands:
+          - argv: [sh, -c, 'echo honest; ln -sf {s} "$ORCH_BUNDLE_DIR/cmd-000.stdout.log"; ln -s {s} "$ORCH_BUNDLE_DIR/cmd-001.stdout.log"; ln -s {s} "$ORCH_BUNDLE_DIR/cmd-000.stderr.log.x"; touch swapped; while [ ! -e go ]; do sleep 0.05; done']
+"#,
+            s = secret.display()
+        ),
+    );
+    let run = h.submit(&file);
+    let worktree = h.worktree(&run);
+    wait_for("the step to swap its logs", LONG, || {
+        worktree.join("swapped").exists().then_some(())
+    });
+    let detail = common::run_detail(&d, &run);
+    let job = jobs_of(&detail, "swap")[0]["id"].as_i64().unwrap();
+    // While it runs: the API refuses the links, it never reads through them.
+    for cmd in [0, 1] {
+        let r = http(
+            &d,
+            "GET",
+            &format!("/v1/runs/{run}/jobs/{job}/logs?cmd={cmd}"),
+            Some(&d.admin_token),
+            None,
+        );
+        assert!(
+            !r.text().contains("SECRET-OF-THE-HOST"),
+            "cmd {cmd}: {}",
+            r.text()
+        );
+        assert_eq!(r.status, 422, "cmd {cmd}: {}", r.text());
+        assert!(r.text().contains("not a regular file"), "{}", r.text());
+    }
+    let logs = h.orch(&["logs", &run]);
+    assert!(!logs.stdout.contains("SECRET-OF-THE-HOST"), "{logs}");
+    std::fs::write(worktree.join("go"), "").unwrap();
+    let detail = h.wait_run_end(&d, &run);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
+    // Afterwards the agent's own log is back at its name.
+    let logs = h.orch(&["logs", &run]);
+    logs.expect_code(0);
+    assert!(!logs.stdout.contains("SECRET-OF-THE-HOST"), "{logs}");
+    assert!(logs.stdout.contains("honest"), "{logs}");
+    let r = http(
+        &d,
+        "GET",
+        &format!("/v1/runs/{run}/jobs/{job}/logs?cmd=0"),
+        Some(&d.admin_token),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["text"], "honest\n");
+}
+
+/// Removes a directory made outside the harness's temporary one.
+struct Cleanup(PathBuf);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_step_finds_no_token_wherever_the_data_directory_lives() {
+    let unique = format!("orch-e2e-{}", std::process::id());
+    for parent in ["/var/lib", "/srv", "/opt"] {
+        let mut h = Harness::new();
+        let data = Path::new(parent).join(&unique).join("data");
+        let _cleanup = Cleanup(Path::new(parent).join(&unique));
+        std::fs::create_dir_all(&data).unwrap();
+        h.data = data.clone();
+        let d = h.start_daemon(&[]);
+        h.start_agent(&d, "worker", 1);
+        let names = [
+            "admin.token",
+            "agent.token",
+            "dashboard.secret",
+            "job-keys.secret",
+        ];
+        let by_path: String = names
+            .iter()
+            .map(|n| format!("cat {}/{n}; ", data.display()))
+            .collect();
+        let file = h.write(
+            "hunt.yaml",
+            &format!(
+                r#"name: hunt
+stages:
+  - id: hunt
+    steps:
+      - commands:
+          - argv: [sh, -c, '{by_path} ls -la {parent} {parent}/{unique} {data}; find / -xdev \( -name "*.token" -o -name "*.secret" \) 2>/dev/null | sed "s/^/FOUND /"; true']
+"#,
+                data = data.display()
+            ),
+        );
+        let run = h.submit(&file);
+        let detail = h.wait_run_end(&d, &run);
+        assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
+        let logs = h.orch(&["logs", &run]);
+        logs.expect_code(0);
+        for name in names {
+            let value = std::fs::read_to_string(data.join(name)).unwrap();
+            assert!(
+                !logs.stdout.contains(value.trim()),
+                "{parent}: the step read {name}:\n{logs}"
+            );
+            assert!(
+                !logs
+                    .stdout
+                    .contains(&format!("FOUND {}/{name}", data.display())),
+                "{parent}: the step found {name}:\n{logs}"
+            );
+        }
+    }
+}
+
+const SLEEPS: &str = r#"
+name: sleeps
+stages:
+  - id: nap
+    sandbox: SANDBOX
+    steps:
+      - commands:
+          - argv: [sh, -c, 'sleep 3600 & echo $! > bg.tmp; mv bg.tmp bg; ls /proc > /dev/null; wait']
+"#;
+
+/// The pid, as the host numbers it, of the step's `sleep 3600`.
+fn host_pid_of_sleep(run: &str) -> Option<i32> {
+    let wanted = b"sleep\x003600\x00";
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let env = std::fs::read(e.path().join("environ")).ok()?;
+        let mine = env
+            .split(|&b| b == 0)
+            .any(|v| v == format!("ORCH_RUN_ID={run}").as_bytes());
+        (cmdline == wanted && mine && !process_gone(pid)).then_some(pid)
+    })
+}
+
+#[test]
+fn a_sigkilled_agents_step_dies_with_it_or_when_it_starts_again() {
+    for sandbox in ["namespace", "process"] {
+        let mut h = Harness::new();
+        let d = h.start_daemon(&["--lease-ttl-ms", "3000", "--heartbeat-ms", "300"]);
+        let a = h.start_agent(&d, "doomed", 1);
+        let file = h.write("sleeps.yaml", &SLEEPS.replace("SANDBOX", sandbox));
+        let run = h.submit(&file);
+        let worktree = h.worktree(&run);
+        wait_for("the step to start its sleep", LONG, || {
+            worktree.join("bg").exists().then_some(())
+        });
+        let pid = wait_for("the sleep's host pid", LONG, || host_pid_of_sleep(&run));
+        h.stray(pid, &run);
+        h.kill9(a);
+        if sandbox == "namespace" {
+            // The whole sandbox dies with its agent.
+            wait_for(
+                "the namespace step to die with its agent",
+                Duration::from_secs(10),
+                || process_gone(pid).then_some(()),
+            );
+        }
+        // The agent started again kills what it left before claiming.
+        h.start_agent(&d, "doomed", 1);
+        wait_for(
+            &format!("the {sandbox} step's background sleep to be killed"),
+            Duration::from_secs(20),
+            || process_gone(pid).then_some(()),
+        );
+        // The retry cannot end (it sleeps too): the run is cancelled.
+        h.orch(&["cancel", &run]).expect_code(0);
+    }
+}
