@@ -203,3 +203,32 @@ fn a_sigkilled_agents_step_dies_with_it_or_when_it_starts_again() {
         h.orch(&["cancel", &run]).expect_code(0);
     }
 }
+
+#[test]
+fn a_daemon_stopped_past_the_lease_time_loses_no_running_step() {
+    let mut h = Harness::new();
+    let d = h.start_daemon(&["--lease-ttl-ms", "2000", "--heartbeat-ms", "200"]);
+    h.start_agent(&d, "healthy", 1);
+    let file = h.write(
+        "long.yaml",
+        "name: long\nstages:\n  - id: work\n    steps:\n      - commands:\n          - argv: [sh, -c, 'touch started; while [ ! -e go ]; do sleep 0.05; done; echo done']\n",
+    );
+    let run = h.submit(&file);
+    let worktree = h.worktree(&run);
+    wait_for("the step to start", LONG, || {
+        worktree.join("started").exists().then_some(())
+    });
+    // Frozen for three lease times, as a laptop's suspend or `kill -STOP`.
+    h.signal(d.id, nix::sys::signal::Signal::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(6));
+    h.signal(d.id, nix::sys::signal::Signal::SIGCONT);
+    // The healthy agent's lease stands: the step goes on and ends.
+    std::thread::sleep(Duration::from_secs(1));
+    std::fs::write(worktree.join("go"), "").unwrap();
+    let detail = h.wait_run_end(&d, &run);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
+    let jobs = jobs_of(&detail, "work");
+    assert_eq!(jobs.len(), 1, "the step ran again: {detail:#}");
+    assert_eq!(jobs[0]["attempt"], 1, "{detail:#}");
+    assert_eq!(jobs[0]["state"], "succeeded", "{detail:#}");
+}
