@@ -468,16 +468,27 @@ impl Daemon {
         })
     }
 
-    /// A link to the dashboard that logs a browser in, good once for
-    /// [`dashboard::session::TICKET_TTL_MS`].
-    pub fn dashboard_link(&self) -> dashboard::Link {
+    /// The daemon's address as a local browser reaches it.
+    fn local_base(&self) -> String {
         let host = match self.addr.ip() {
             ip if ip.is_unspecified() => {
                 std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), self.addr.port())
             }
             _ => self.addr,
         };
-        dashboard::link(&self.sessions, &format!("http://{host}"))
+        format!("http://{host}")
+    }
+
+    /// The dashboard's page, without a login.
+    pub fn dashboard_url(&self) -> String {
+        format!("{}/ui/", self.local_base())
+    }
+
+    /// A link to the dashboard that logs a browser in, good once for
+    /// [`dashboard::session::TICKET_TTL_MS`]. A credential: for a person
+    /// at a terminal only, never for a log.
+    pub fn dashboard_link(&self) -> dashboard::Link {
+        dashboard::link(&self.sessions, &self.local_base())
     }
 
     /// The watched projects' workflows now, as `GET /v1/workflows` lists them.
