@@ -2,7 +2,8 @@
 //! and style, embedded in the binary, under `/ui/`. The page holds no data;
 //! it reads and acts through the same `/v1` API as the CLI, with the admin
 //! token typed at its login, or with a session traded for the ticket of a
-//! short-lived link (`orch up` prints one, `orch dashboard` makes one).
+//! short-lived link (`orch dashboard` makes one; `orch up` at a terminal
+//! prints one).
 //!
 //! What it is not: a second API. The only routes it adds are the page, the
 //! ticket trade, logging out and revoking sessions, and the log reader the
