@@ -44,6 +44,7 @@ impl Embedded {
                 store,
                 lease_ttl_ms: 30_000,
                 heartbeat_ms: 10_000,
+                dashboard_session_max_ms: orchestrator_daemon::dashboard::session::SESSION_MAX_MS,
                 max_body_bytes: 64 * 1024 * 1024,
                 batch_max_items: 256,
                 batch_max_ms: 5,

@@ -144,6 +144,10 @@ enum Cmd {
     /// Print a link that opens the web dashboard logged in (it works once,
     /// for 10 minutes); the dashboard itself is at /ui/ on the daemon.
     Dashboard {
+        /// Instead: end every dashboard session and every login link not
+        /// yet used (browsers log in again with a new link).
+        #[arg(long)]
+        revoke: bool,
         /// Output format: text for people, json for programs.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
@@ -333,7 +337,22 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Cmd::Dashboard { output } => {
+        Cmd::Dashboard {
+            revoke: true,
+            output,
+        } => {
+            let r: orchestrator_daemon::dashboard::Revoked = client()?
+                .post("/v1/dashboard/revoke", &serde_json::json!({}))
+                .await?;
+            match output {
+                Output::Json => view::json(&r)?,
+                Output::Text => println!(
+                    "every dashboard session and unused login link is revoked; `orch dashboard` makes a new link"
+                ),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Dashboard { output, .. } => {
             let link: orchestrator_daemon::dashboard::Link = client()?
                 .post("/v1/dashboard/links", &serde_json::json!({}))
                 .await?;

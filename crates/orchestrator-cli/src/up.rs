@@ -40,6 +40,15 @@ pub struct DaemonArgs {
     /// Heartbeat interval agents are told to use, in milliseconds.
     #[arg(long, default_value_t = 10_000, env = "ORCH_HEARTBEAT_MS")]
     pub heartbeat_ms: u64,
+    /// Longest a dashboard session lives from its login, in milliseconds;
+    /// nothing extends it.
+    #[arg(
+        long,
+        default_value_t = 12 * 60 * 60 * 1000,
+        env = "ORCH_DASHBOARD_SESSION_MAX_MS",
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub dashboard_session_max_ms: u64,
     /// Largest request body, in bytes.
     #[arg(long, default_value_t = 8 * 1024 * 1024, env = "ORCH_MAX_BODY_BYTES")]
     pub max_body_bytes: usize,
@@ -277,6 +286,7 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     cfg.job_key_secret = Some(paths::ensure_token(data_dir, "job-keys.secret")?.into_bytes());
     // Kept too, so a browser's dashboard session outlives a restart.
     cfg.dashboard_secret = Some(paths::ensure_token(data_dir, "dashboard.secret")?.into_bytes());
+    cfg.dashboard_session_max_ms = a.dashboard_session_max_ms;
     cfg.model_switch_ms = models.switch_ms();
     cfg.model_aging_ms = models.aging_ms();
     cfg.model_local = models.local;
@@ -296,6 +306,26 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     Ok((daemon, tokens))
 }
 
+/// Where the dashboard is, without a login: what a log may hold.
+fn dashboard_hint(daemon: &Daemon) -> String {
+    let link = daemon.dashboard_url();
+    format!("dashboard: {link} (`orch dashboard` prints a link that logs a browser in)")
+}
+
+/// A live login link is a credential: it goes only to a person at a
+/// terminal, never into a file or a service's log that others may read.
+fn dashboard_banner(daemon: &Daemon) {
+    use std::io::IsTerminal;
+    if std::io::stdout().is_terminal() {
+        println!(
+            "dashboard: {} (this link works once, for 10 minutes; `orch dashboard` makes another)",
+            daemon.dashboard_link().url
+        );
+    } else {
+        eprintln!("{}", dashboard_hint(daemon));
+    }
+}
+
 /// Runs a daemon and one agent until `stop` or a signal; agent first down.
 /// `ready` learns the daemon's URL once it listens.
 pub async fn run_up(
@@ -311,10 +341,7 @@ pub async fn run_up(
     let url = format!("http://{}", daemon.addr);
     if banner {
         eprintln!("orch daemon on {url} (data in {})", data_dir.display());
-        eprintln!(
-            "dashboard: {} (this link works once, for 10 minutes; `orch dashboard` makes another)",
-            daemon.dashboard_link().url
-        );
+        dashboard_banner(&daemon);
         crate::workflows::banner(&a.daemon.projects, &daemon.workflows());
     }
     if let Some(r) = ready {
@@ -364,10 +391,7 @@ pub async fn daemon(mut a: DaemonArgs, data_dir: &Path) -> Result<ExitCode> {
         daemon.addr,
         data_dir.display()
     );
-    eprintln!(
-        "dashboard: {} (this link works once, for 10 minutes; `orch dashboard` makes another)",
-        daemon.dashboard_link().url
-    );
+    eprintln!("{}", dashboard_hint(&daemon));
     crate::workflows::banner(&a.projects, &daemon.workflows());
     let stop = daemon.shutdown_token();
     tokio::spawn(async move {

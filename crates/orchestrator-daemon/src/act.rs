@@ -1,19 +1,22 @@
 //! Signed one-click links (`/v1/act/{token}`): how a human answers from a
 //! chat without a token of their own. The link itself is the credential: an
 //! HMAC-signed action (approve a stage, reject it, answer a question with a
-//! given text) that expires. Opening it (GET) shows what it will do and a
-//! button; only the POST acts. Chat apps fetch links to preview them, and a
-//! preview must never approve anything.
+//! given text) for one request (the transition that asked) that expires.
+//! Opening it (GET) shows what it will do and a button; only the POST acts.
+//! Chat apps fetch links to preview them, and a preview must never approve
+//! anything. The POST acts once: the store refuses a link used before, or
+//! one whose request was since answered or asked again, and records the use
+//! with the action.
 
 use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
-use orchestrator_store::{now_ms, HumanCommand, Store, StoreError};
+use orchestrator_store::{now_ms, HumanCommand, LinkTarget, LinkUse, Store, StoreError};
 
 use crate::extract::Path;
-use crate::hooks::sign::{verify_action, Action, ActionError, ActionKind};
+use crate::hooks::sign::{verify_link, Action, ActionError, ActionKind, SignedAction};
 use crate::App;
 
 fn page(status: StatusCode, title: &str, body: &str) -> Response {
@@ -31,7 +34,7 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn verified<S: Store>(app: &App<S>, token: &str) -> Result<Action, Box<Response>> {
+fn verified<S: Store>(app: &App<S>, token: &str) -> Result<SignedAction, Box<Response>> {
     let Some(links) = &app.config.hooks.links else {
         return Err(Box::new(page(
             StatusCode::NOT_FOUND,
@@ -39,7 +42,7 @@ fn verified<S: Store>(app: &App<S>, token: &str) -> Result<Action, Box<Response>
             "<p>This daemon makes no action links (it has no <code>--public-url</code>).</p>",
         )));
     };
-    verify_action(token, &links.key, now_ms()).map_err(|e| {
+    verify_link(token, &links.key, now_ms()).map_err(|e| {
         let status = match e {
             ActionError::Expired { .. } => StatusCode::GONE,
             ActionError::BadSignature => StatusCode::FORBIDDEN,
@@ -80,7 +83,7 @@ fn describe(a: &Action) -> String {
 /// `GET /v1/act/{token}`: what the link does, and the button that does it.
 pub async fn show<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<String>) -> Response {
     let action = match verified(&app, &token) {
-        Ok(a) => a,
+        Ok(a) => a.action,
         Err(r) => return *r,
     };
     let what = describe(&action);
@@ -96,9 +99,26 @@ pub async fn show<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<St
 
 /// `POST /v1/act/{token}`: does what the signed action says.
 pub async fn act<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<String>) -> Response {
-    let action = match verified(&app, &token) {
-        Ok(a) => a,
+    let (action, expires_at_ms, id) = match verified(&app, &token) {
+        Ok(s) => (s.action, s.expires_at_ms, s.id),
         Err(r) => return *r,
+    };
+    let target = match (action.kind, &action.stage_id, action.question_id) {
+        (ActionKind::Answer, _, Some(q)) => LinkTarget::Question(q),
+        (_, Some(stage), _) => LinkTarget::Stage(stage.clone()),
+        _ => {
+            return page(
+                StatusCode::BAD_REQUEST,
+                "This link does not work",
+                "<p>The action names no stage or question.</p>",
+            )
+        }
+    };
+    let link = LinkUse {
+        id,
+        target,
+        round: action.round,
+        expires_at_ms,
     };
     let command = match (action.kind, &action.stage_id, action.question_id) {
         (ActionKind::Approve, Some(stage), _) => HumanCommand::Approve {
@@ -134,7 +154,11 @@ pub async fn act<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<Str
         }
     };
     let what = describe(&action);
-    match app.store.human(&action.run_id, command, "user:link").await {
+    match app
+        .store
+        .human_by_link(&action.run_id, command, "user:link", link)
+        .await
+    {
         Ok(run) => page(
             StatusCode::OK,
             "Done",
@@ -143,7 +167,7 @@ pub async fn act<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<Str
         Err(e) => {
             let status = match e {
                 StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
-                StoreError::Conflict(_) => StatusCode::CONFLICT,
+                StoreError::Conflict(_) | StoreError::Refused(_) => StatusCode::CONFLICT,
                 StoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => StatusCode::INTERNAL_SERVER_ERROR,
             };

@@ -83,7 +83,7 @@ fn role(gate: &Gate, req: &Request) -> Result<Role, ApiErr> {
     }
     Err(ApiErr::new(
         StatusCode::UNAUTHORIZED,
-        "unknown token: check the admin or agent token in use (a dashboard session ends after 12 hours)",
+        "unknown token: check the admin or agent token in use (a dashboard session ends at its maximum age, when it logs out, or when the admin revokes every session)",
     ))
 }
 

@@ -38,7 +38,9 @@ impl From<StoreError> for ApiErr {
             StoreError::InvalidWorkflow(_) | StoreError::Invalid(_) => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
-            StoreError::StaleLease { .. } | StoreError::Conflict(_) => StatusCode::CONFLICT,
+            StoreError::StaleLease { .. } | StoreError::Conflict(_) | StoreError::Refused(_) => {
+                StatusCode::CONFLICT
+            }
             StoreError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
             StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
         };

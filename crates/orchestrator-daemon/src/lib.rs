@@ -100,6 +100,9 @@ pub struct DaemonConfig {
     /// The key of the dashboard's links and sessions; None makes one for
     /// this process alone (browsers then log in again after a restart).
     pub dashboard_secret: Option<Vec<u8>>,
+    /// The longest a dashboard session lives, in milliseconds, from the
+    /// login that made it; nothing extends it.
+    pub dashboard_session_max_ms: u64,
     /// Project directories whose `.orchestrator/workflows/` the daemon
     /// watches: their definitions form the catalog runs can name.
     pub watch: Vec<std::path::PathBuf>,
@@ -124,6 +127,7 @@ impl DaemonConfig {
             model_aging_ms: 1_000,
             job_key_secret: None,
             dashboard_secret: None,
+            dashboard_session_max_ms: dashboard::session::SESSION_MAX_MS,
             state_dir: None,
             watch: Vec::new(),
             llama_launcher: orchestrator_agent::model_server::default_launcher(),
@@ -223,6 +227,8 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
             get(dashboard::logs::read::<S>),
         )
         .route("/v1/dashboard/links", post(dashboard::new_link::<S>))
+        .route("/v1/dashboard/logout", post(dashboard::logout::<S>))
+        .route("/v1/dashboard/revoke", post(dashboard::revoke::<S>))
         .route_layer(axum::middleware::from_fn_with_state(
             tokens.clone(),
             auth::admin_only,
@@ -338,6 +344,16 @@ impl Daemon {
                 )))
             }
         }
+        let sessions = Arc::new(dashboard::Sessions::new(
+            config.dashboard_secret.clone(),
+            config.dashboard_session_max_ms,
+        ));
+        // Logged-out and revoked sessions stay dead across a restart: none
+        // is honoured before the store's revocations are known.
+        let revoked = store.revocations().await.map_err(|e| {
+            std::io::Error::other(format!("cannot read the dashboard's revocations: {e}"))
+        })?;
+        sessions.load(&revoked, orchestrator_store::now_ms());
         let catalog = Arc::new(std::sync::Mutex::new(catalog::Catalog::default()));
         // A project that cannot be watched fails the start, before anything
         // runs: `orch up --project` should not look fine and ignore edits.
@@ -368,7 +384,7 @@ impl Daemon {
                 orchestrator_agent::model_server::Launcher::new(config.llama_launcher.clone()),
             )),
             usage: Arc::default(),
-            sessions: Arc::new(dashboard::Sessions::new(config.dashboard_secret.clone())),
+            sessions,
             catalog: catalog.clone(),
             config,
         });
@@ -417,6 +433,11 @@ impl Daemon {
                 ("workflow watcher", Ok(()))
             });
         }
+        let (a, stop) = (app.clone(), shutdown.clone());
+        tasks.spawn(async move {
+            dashboard::refresh_revocations(a, stop).await;
+            ("dashboard revocations", Ok(()))
+        });
         let (f, stop) = (app.upstreams.fabric.clone(), shutdown.clone());
         tasks.spawn(async move {
             f.run(stop).await;
@@ -447,16 +468,27 @@ impl Daemon {
         })
     }
 
-    /// A link to the dashboard that logs a browser in, good once for
-    /// [`dashboard::session::TICKET_TTL_MS`].
-    pub fn dashboard_link(&self) -> dashboard::Link {
+    /// The daemon's address as a local browser reaches it.
+    fn local_base(&self) -> String {
         let host = match self.addr.ip() {
             ip if ip.is_unspecified() => {
                 std::net::SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), self.addr.port())
             }
             _ => self.addr,
         };
-        dashboard::link(&self.sessions, &format!("http://{host}"))
+        format!("http://{host}")
+    }
+
+    /// The dashboard's page, without a login.
+    pub fn dashboard_url(&self) -> String {
+        format!("{}/ui/", self.local_base())
+    }
+
+    /// A link to the dashboard that logs a browser in, good once for
+    /// [`dashboard::session::TICKET_TTL_MS`]. A credential: for a person
+    /// at a terminal only, never for a log.
+    pub fn dashboard_link(&self) -> dashboard::Link {
+        dashboard::link(&self.sessions, &self.local_base())
     }
 
     /// The watched projects' workflows now, as `GET /v1/workflows` lists them.

@@ -112,6 +112,67 @@ pub enum HumanCommand {
     },
 }
 
+/// A one-time credential the store remembers as spent until it expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// A signed action link (`/v1/act/...`), by the digest of its signed part.
+    Link,
+    /// A dashboard login ticket, by its nonce.
+    Ticket,
+    /// A dashboard session ended by its holder, by its id.
+    Session,
+}
+
+impl Credential {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Credential::Link => "link",
+            Credential::Ticket => "ticket",
+            Credential::Session => "session",
+        }
+    }
+}
+
+/// What a signed link answers: the entity that asked and the transition
+/// that asked it (its `seq`). The link acts only while that transition is
+/// still the entity's latest, and only once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LinkUse {
+    /// The link's id: the digest of its signed part.
+    pub id: String,
+    pub target: LinkTarget,
+    /// The `seq` of the transition the link was sent for.
+    pub round: i64,
+    /// When the link stops working anyway; its record may go after that.
+    pub expires_at_ms: i64,
+}
+
+/// The entity a link's request was made by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LinkTarget {
+    Stage(String),
+    Question(i64),
+}
+
+/// Why a one-time credential was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("this link was already used (at {at_ms}, Unix ms); nothing was done again")]
+    Used { at_ms: i64 },
+    #[error("this link was sent for an earlier request of {what}, which has since been answered or replaced by a newer request; use the link of the newest message, or the `orch` command it names")]
+    Superseded { what: String },
+}
+
+/// The dashboard sessions ended before their time, as the store keeps them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Revocations {
+    /// Every session and login ticket made at or before this time (Unix ms)
+    /// is void (`orch dashboard --revoke`).
+    pub before_ms: Option<i64>,
+    /// Sessions logged out, by id, with when each would have expired.
+    pub sessions: Vec<(String, i64)>,
+}
+
 /// What the model gateway checks of a job's key: is the job leased, and at
 /// what priority its run's requests queue.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +209,9 @@ pub enum StoreError {
     /// The request itself is wrong (an answer that is not an offered choice).
     #[error("{0}")]
     Invalid(String),
+    /// A one-time credential was spent already or no longer applies.
+    #[error("{0}")]
+    Refused(Refused),
     #[error("store error: {0}")]
     Database(String),
     #[error("the store is shut down")]
@@ -237,6 +301,29 @@ pub trait Store: Send + Sync + 'static {
         command: HumanCommand,
         actor: &str,
     ) -> impl Future<Output = Result<RunSummary>> + Send;
+    /// [`Store::human`] through a signed link: refused with
+    /// [`StoreError::Refused`] when the link was used before or its request
+    /// is no longer the latest of its entity; otherwise the command and the
+    /// link's record as used commit together.
+    fn human_by_link(
+        &self,
+        run_id: &str,
+        command: HumanCommand,
+        actor: &str,
+        link: LinkUse,
+    ) -> impl Future<Output = Result<RunSummary>> + Send;
+    /// Records a one-time credential as spent until `expires_at_ms`;
+    /// [`StoreError::Refused`] when it was spent before.
+    fn spend(
+        &self,
+        kind: Credential,
+        id: String,
+        expires_at_ms: i64,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Voids every dashboard session and login ticket made at or before `at_ms`.
+    fn revoke_sessions(&self, at_ms: i64) -> impl Future<Output = Result<()>> + Send;
+    /// The dashboard sessions ended before their time.
+    fn revocations(&self) -> impl Future<Output = Result<Revocations>> + Send;
     /// Everything waiting for a human, oldest first.
     fn inbox(&self) -> impl Future<Output = Result<Vec<InboxItem>>> + Send;
     /// The jobs of those of `lease_ids` that `agent_id` held.

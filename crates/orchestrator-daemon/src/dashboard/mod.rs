@@ -2,10 +2,12 @@
 //! and style, embedded in the binary, under `/ui/`. The page holds no data;
 //! it reads and acts through the same `/v1` API as the CLI, with the admin
 //! token typed at its login, or with a session traded for the ticket of a
-//! short-lived link (`orch up` prints one, `orch dashboard` makes one).
+//! short-lived link (`orch dashboard` makes one; `orch up` at a terminal
+//! prints one).
 //!
 //! What it is not: a second API. The only routes it adds are the page, the
-//! ticket trade, and the log reader the CLI does from the files directly.
+//! ticket trade, logging out and revoking sessions, and the log reader the
+//! CLI does from the files directly.
 
 pub mod logs;
 pub mod session;
@@ -15,10 +17,10 @@ use std::sync::Arc;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
-use orchestrator_store::{now_ms, Store};
+use orchestrator_store::{now_ms, Credential, Refused, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
-pub use session::Sessions;
+pub use session::{Sessions, TicketError};
 
 use crate::error::{ApiErr, JsonBody};
 use crate::App;
@@ -90,22 +92,107 @@ pub struct Session {
 }
 
 /// `POST /v1/dashboard/session`: a link's ticket for a session. Needs no
-/// token: the ticket is the credential, and works once.
+/// token: the ticket is the credential, and works once: it is spent in the
+/// store before the session is made, so a restart does not revive it.
 pub async fn redeem<S: Store>(
     axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
     JsonBody(req): JsonBody<Redeem>,
 ) -> Result<Response, ApiErr> {
-    match app.sessions.redeem(&req.ticket, now_ms()) {
-        Ok((token, expires_at_ms)) => Ok(Json(Session {
-            token,
-            expires_at_ms,
-        })
-        .into_response()),
-        Err(e) => {
-            tracing::warn!(error = %e, "a dashboard link was refused");
-            Err(ApiErr::new(StatusCode::UNAUTHORIZED, e.to_string()))
-        }
+    let now = now_ms();
+    let refused = |e: TicketError| {
+        tracing::warn!(error = %e, "a dashboard link was refused");
+        ApiErr::new(StatusCode::UNAUTHORIZED, e.to_string())
+    };
+    let ticket = app
+        .sessions
+        .check_ticket(&req.ticket, now)
+        .map_err(refused)?;
+    match app
+        .store
+        .spend(Credential::Ticket, ticket.nonce, ticket.expires_at_ms)
+        .await
+    {
+        Ok(()) => {}
+        Err(StoreError::Refused(Refused::Used { .. })) => return Err(refused(TicketError::Used)),
+        Err(e) => return Err(e.into()),
     }
+    let (token, expires_at_ms) = app.sessions.session(now);
+    Ok(Json(Session {
+        token,
+        expires_at_ms,
+    })
+    .into_response())
+}
+
+/// The session a request's bearer token is, if it is one: the admin gate
+/// let it through, so a token that reads as a session is one.
+fn session_of<S: Store>(app: &App<S>, headers: &HeaderMap) -> Option<session::Session> {
+    let token = headers
+        .get(header::AUTHORIZATION)?
+        .to_str()
+        .ok()?
+        .strip_prefix("Bearer ")?;
+    app.sessions.session_of(token.trim(), now_ms())
+}
+
+/// Refuses a dashboard session what only the admin token may do.
+fn admin_token_only<S: Store>(app: &App<S>, headers: &HeaderMap, what: &str) -> Result<(), ApiErr> {
+    match session_of(app, headers) {
+        Some(_) => Err(ApiErr::new(
+            StatusCode::FORBIDDEN,
+            format!("a dashboard session cannot {what}; use the admin token (`orch dashboard` on the daemon's machine)"),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// `POST /v1/dashboard/logout` (a session): ends the caller's session on
+/// the server, for every copy of its token, across restarts.
+pub async fn logout<S: Store>(
+    axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiErr> {
+    let Some(s) = session_of(&app, &headers) else {
+        return Err(ApiErr::new(
+            StatusCode::BAD_REQUEST,
+            "logout ends a dashboard session, and this token is not one; `orch dashboard --revoke` ends every session",
+        ));
+    };
+    match app
+        .store
+        .spend(Credential::Session, s.id.clone(), s.expires_at_ms)
+        .await
+    {
+        // Logged out already by a concurrent request: the same outcome.
+        Ok(()) | Err(StoreError::Refused(Refused::Used { .. })) => {}
+        Err(e) => return Err(e.into()),
+    }
+    app.sessions.revoke(&s);
+    tracing::info!(session = %s.id, "a dashboard session logged out");
+    Ok(Json(serde_json::json!({ "logged_out": true })).into_response())
+}
+
+/// What `POST /v1/dashboard/revoke` did.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Revoked {
+    /// Every session and login link made at or before this time is void.
+    pub revoked_before_ms: i64,
+}
+
+/// `POST /v1/dashboard/revoke` (admin token only): ends every dashboard
+/// session and every login link not yet used.
+pub async fn revoke<S: Store>(
+    axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
+    headers: HeaderMap,
+) -> Result<Json<Revoked>, ApiErr> {
+    admin_token_only(&app, &headers, "revoke sessions")?;
+    let at = now_ms();
+    app.store.revoke_sessions(at).await?;
+    app.sessions.revoke_before(at);
+    tracing::info!(before_ms = at, "every dashboard session revoked");
+    Ok(Json(Revoked {
+        revoked_before_ms: at,
+    }))
 }
 
 /// A link that logs a browser in.
@@ -124,12 +211,14 @@ pub fn link(sessions: &Sessions, base: &str) -> Link {
     }
 }
 
-/// `POST /v1/dashboard/links` (admin): a login link, on the address the
+/// `POST /v1/dashboard/links` (admin token only: a session that made
+/// links could log in again forever): a login link, on the address the
 /// caller reached the daemon at (or the public URL, when one is set).
 pub async fn new_link<S: Store>(
     axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
     headers: HeaderMap,
-) -> Json<Link> {
+) -> Result<Json<Link>, ApiErr> {
+    admin_token_only(&app, &headers, "make login links")?;
     let base = match &app.config.hooks.links {
         Some(l) => l.public_url.clone(),
         None => headers
@@ -145,5 +234,26 @@ pub async fn new_link<S: Store>(
                 |h| format!("http://{h}"),
             ),
     };
-    Json(link(&app.sessions, &base))
+    Ok(Json(link(&app.sessions, &base)))
+}
+
+/// How often a daemon reads the revocations again: what another daemon on
+/// the same database revoked is honoured here within this long.
+const REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Keeps the sessions' copy of the store's revocations current until `stop`.
+pub async fn refresh_revocations<S: Store>(
+    app: Arc<App<S>>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(REFRESH) => {}
+        }
+        match app.store.revocations().await {
+            Ok(r) => app.sessions.load(&r, now_ms()),
+            Err(e) => tracing::warn!(error = %e, "cannot read the dashboard's revocations"),
+        }
+    }
 }

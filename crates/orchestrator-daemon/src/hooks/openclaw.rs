@@ -97,6 +97,7 @@ pub fn message(ev: &HumanEvent, links: Option<&ActionLinks>, now_ms: i64) -> Str
                     stage_id: Some(stage.clone()),
                     question_id: None,
                     text: None,
+                    round: ev.seq,
                 };
                 m += &format!("Approve with one click: {}\n", link(l, &approve, now_ms));
             }
@@ -119,6 +120,7 @@ pub fn message(ev: &HumanEvent, links: Option<&ActionLinks>, now_ms: i64) -> Str
                         stage_id: ev.stage_id.clone(),
                         question_id: Some(q),
                         text: Some(choice.clone()),
+                        round: ev.seq,
                     };
                     m += &format!(
                         "Answer \"{choice}\" with one click: {}\n",
@@ -149,6 +151,7 @@ pub fn message(ev: &HumanEvent, links: Option<&ActionLinks>, now_ms: i64) -> Str
                         stage_id: Some(stage.clone()),
                         question_id: None,
                         text: None,
+                        round: ev.seq,
                     };
                     m += &format!("{label} with one click: {}\n", link(l, &action, now_ms));
                 }

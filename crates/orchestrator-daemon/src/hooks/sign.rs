@@ -10,15 +10,17 @@
 //! able to mint actions.
 //!
 //! Verification checks the signature before it reads anything, in constant
-//! time, then the expiry. A token is not single-use by itself: the actions it
-//! carries are refused by the state machines once done (a stage approved is
-//! no longer awaiting approval), which is what makes a replay harmless.
+//! time, then the expiry. An action names the request it answers (`round`:
+//! the `seq` of the transition that asked), so a link sent for one approval
+//! round cannot approve the next; the store acts on it only while that
+//! transition is its entity's latest, and records the link (by the digest of
+//! its signed part, [`SignedAction::id`]) as used in the same transaction.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -52,6 +54,19 @@ pub struct Action {
     /// The answer, or the rejection's feedback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// The `seq` of the transition that asked (the stage's wait began, the
+    /// question was asked): the one request this action answers.
+    pub round: i64,
+}
+
+/// A verified token: its action, its expiry and its id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignedAction {
+    pub action: Action,
+    pub expires_at_ms: i64,
+    /// The hex SHA-256 of the signed part: one per link, whatever encoding
+    /// of its signature is presented.
+    pub id: String,
 }
 
 /// What the first part of a token encodes.
@@ -103,6 +118,11 @@ pub fn sign_action(action: &Action, key: &[u8], expires_at_ms: i64) -> String {
 
 /// Checks `token` against `key` at `now_ms` and returns the action it allows.
 pub fn verify_action(token: &str, key: &[u8], now_ms: i64) -> Result<Action, ActionError> {
+    verify_link(token, key, now_ms).map(|s| s.action)
+}
+
+/// [`verify_action`], with the token's expiry and id.
+pub fn verify_link(token: &str, key: &[u8], now_ms: i64) -> Result<SignedAction, ActionError> {
     let (payload, sig) = token
         .split_once('.')
         .ok_or_else(|| ActionError::Malformed("expected PAYLOAD.SIGNATURE".into()))?;
@@ -127,7 +147,15 @@ pub fn verify_action(token: &str, key: &[u8], now_ms: i64) -> Result<Action, Act
             expired_at_ms: claims.exp,
         });
     }
-    Ok(claims.action)
+    let id = Sha256::digest(payload.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    Ok(SignedAction {
+        action: claims.action,
+        expires_at_ms: claims.exp,
+        id,
+    })
 }
 
 #[cfg(test)]
@@ -143,6 +171,7 @@ mod tests {
             stage_id: Some("build".into()),
             question_id: None,
             text: None,
+            round: 3,
         }
     }
 
@@ -154,6 +183,7 @@ mod tests {
             stage_id: Some("plan".into()),
             question_id: Some(7),
             text: Some("use sqlite, é & \"quotes\"".into()),
+            round: 9,
         };
         for a in [approve(), answer] {
             let t = sign_action(&a, KEY, 2_000);

@@ -26,6 +26,7 @@ const TABLES: &[&str] = &[
     "checkpoints",
     "questions",
     "model_usage",
+    "spent_credentials",
 ];
 
 /// Rows copied, by table, in copy order.

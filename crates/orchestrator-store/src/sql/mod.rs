@@ -19,6 +19,7 @@ mod preempt;
 mod reads;
 mod schema;
 mod schema_pg;
+mod spent;
 mod usage;
 mod writer;
 
@@ -37,7 +38,9 @@ use orchestrator_core::Transition;
 use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
-use crate::{Counts, HumanCommand, NewRun, Result, Store, StoreError};
+use crate::{
+    Counts, Credential, HumanCommand, LinkUse, NewRun, Result, Revocations, Store, StoreError,
+};
 pub use copy::{sqlite_to_postgres, CopyReport};
 use decide::Decision;
 #[cfg(feature = "failpoints")]
@@ -311,6 +314,35 @@ impl SqlStore {
     }
 }
 
+/// Carries out a human's command inside the writer's transaction.
+fn human_command(ctx: &mut Ctx<'_>, id: &str, command: HumanCommand, actor: &str) -> Result<()> {
+    match command {
+        HumanCommand::Approve { stage_id, comment } => {
+            human::approve(ctx, id, &stage_id, comment, actor)
+        }
+        HumanCommand::Reject { stage_id, feedback } => {
+            human::reject(ctx, id, &stage_id, feedback, actor)
+        }
+        HumanCommand::Answer { question_id, text } => {
+            human::answer(ctx, id, question_id, text, actor)
+        }
+        HumanCommand::Retry { stage_id, comment } => {
+            decide::decide(ctx, id, &stage_id, Decision::Retry, comment, actor)
+        }
+        HumanCommand::Skip { stage_id, comment } => {
+            decide::decide(ctx, id, &stage_id, Decision::Skip, comment, actor)
+        }
+        HumanCommand::Abort {
+            stage_id: Some(stage_id),
+            comment,
+        } => decide::decide(ctx, id, &stage_id, Decision::Abort, comment, actor),
+        HumanCommand::Abort {
+            stage_id: None,
+            comment,
+        } => decide::abort_run(ctx, id, comment, actor),
+    }
+}
+
 impl Store for SqlStore {
     async fn submit_run(&self, run: NewRun) -> Result<Submitted> {
         self.write(move |ctx| graph::submit_run(ctx, run)).await
@@ -376,34 +408,46 @@ impl Store for SqlStore {
         let prefix = run_id.to_owned();
         let id = self.read(move |c| reads::resolve_run(c, &prefix)).await?;
         let (read_id, actor) = (id.clone(), actor.to_owned());
-        self.write(move |ctx| match command {
-            HumanCommand::Approve { stage_id, comment } => {
-                human::approve(ctx, &id, &stage_id, comment, &actor)
-            }
-            HumanCommand::Reject { stage_id, feedback } => {
-                human::reject(ctx, &id, &stage_id, feedback, &actor)
-            }
-            HumanCommand::Answer { question_id, text } => {
-                human::answer(ctx, &id, question_id, text, &actor)
-            }
-            HumanCommand::Retry { stage_id, comment } => {
-                decide::decide(ctx, &id, &stage_id, Decision::Retry, comment, &actor)
-            }
-            HumanCommand::Skip { stage_id, comment } => {
-                decide::decide(ctx, &id, &stage_id, Decision::Skip, comment, &actor)
-            }
-            HumanCommand::Abort {
-                stage_id: Some(stage_id),
-                comment,
-            } => decide::decide(ctx, &id, &stage_id, Decision::Abort, comment, &actor),
-            HumanCommand::Abort {
-                stage_id: None,
-                comment,
-            } => decide::abort_run(ctx, &id, comment, &actor),
+        self.write(move |ctx| human_command(ctx, &id, command, &actor))
+            .await?;
+        self.read(move |c| reads::run_summary_by_id(c, &read_id))
+            .await
+    }
+
+    async fn human_by_link(
+        &self,
+        run_id: &str,
+        command: HumanCommand,
+        actor: &str,
+        link: LinkUse,
+    ) -> Result<RunSummary> {
+        let prefix = run_id.to_owned();
+        let id = self.read(move |c| reads::resolve_run(c, &prefix)).await?;
+        let (read_id, actor) = (id.clone(), actor.to_owned());
+        self.write(move |ctx| {
+            // "Used" first: a used link's round has moved on too, and the
+            // human should hear the more precise reason.
+            spent::spend(ctx, Credential::Link, &link.id, link.expires_at_ms)?;
+            spent::check_round(ctx, &id, &link)?;
+            human_command(ctx, &id, command, &actor)
         })
         .await?;
         self.read(move |c| reads::run_summary_by_id(c, &read_id))
             .await
+    }
+
+    async fn spend(&self, kind: Credential, id: String, expires_at_ms: i64) -> Result<()> {
+        self.write(move |ctx| spent::spend(ctx, kind, &id, expires_at_ms))
+            .await
+    }
+
+    async fn revoke_sessions(&self, at_ms: i64) -> Result<()> {
+        self.write(move |ctx| spent::revoke_sessions(ctx, at_ms))
+            .await
+    }
+
+    async fn revocations(&self) -> Result<Revocations> {
+        self.read(|c| spent::revocations(c, crate::now_ms())).await
     }
 
     async fn inbox(&self) -> Result<Vec<InboxItem>> {

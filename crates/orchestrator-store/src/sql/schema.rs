@@ -243,6 +243,18 @@ CREATE INDEX model_usage_run ON model_usage(run_id);
     r#"
 ALTER TABLE leases ADD COLUMN claim_key TEXT;
 "#,
+    // 10: one-time credentials spent (action links, dashboard tickets,
+    // logged-out sessions), kept until they would have expired anyway.
+    r#"
+CREATE TABLE spent_credentials (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    expires_at INTEGER NOT NULL,
+    spent_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, id)
+) WITHOUT ROWID;
+CREATE INDEX spent_credentials_expiry ON spent_credentials(expires_at);
+"#,
 ];
 
 /// Connection settings every connection gets.

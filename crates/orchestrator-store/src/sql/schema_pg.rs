@@ -203,6 +203,17 @@ CREATE INDEX model_usage_run ON model_usage(run_id);
     r#"
 ALTER TABLE leases ADD COLUMN claim_key TEXT;
 "#,
+    // 3: SQLite's schema version 10.
+    r#"
+CREATE TABLE spent_credentials (
+    kind TEXT NOT NULL,
+    id TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    spent_at BIGINT NOT NULL,
+    PRIMARY KEY (kind, id)
+);
+CREATE INDEX spent_credentials_expiry ON spent_credentials(expires_at);
+"#,
 ];
 
 /// The tables whose ids come from an identity column, with that column:

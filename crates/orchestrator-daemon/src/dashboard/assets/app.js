@@ -119,6 +119,20 @@ function logout(why) {
   showLogin(why);
 }
 
+// A session is ended on the server, so a copy of its token left anywhere
+// dies with it; the admin token is no session and is only forgotten here.
+async function logOutEverywhere() {
+  if (state.token && state.token.startsWith("ui2.")) {
+    try {
+      await api("/v1/dashboard/logout", { method: "POST", body: {}, noLogout: true });
+    } catch (e) {
+      // 401: the session had ended already.
+      if (e.status !== 401) return toast("Not logged out: " + e.message, true);
+    }
+  }
+  logout("Logged out.");
+}
+
 function showLogin(why) {
   document.getElementById("nav").hidden = true;
   document.getElementById("logout").hidden = true;
@@ -660,7 +674,7 @@ function start() {
 }
 
 async function boot() {
-  document.getElementById("logout").addEventListener("click", () => logout("Logged out."));
+  document.getElementById("logout").addEventListener("click", logOutEverywhere);
   const m = location.hash.match(/ticket=([^&]+)/);
   if (m) {
     // The ticket works once; it leaves the address bar at once.
