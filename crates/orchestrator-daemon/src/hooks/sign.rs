@@ -52,6 +52,10 @@ pub struct Action {
     /// The answer, or the rejection's feedback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Who the link was sent to (a chat channel and recipient): the actor
+    /// its action is recorded under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
 }
 
 /// What the first part of a token encodes.
@@ -143,6 +147,7 @@ mod tests {
             stage_id: Some("build".into()),
             question_id: None,
             text: None,
+            to: None,
         }
     }
 
@@ -154,6 +159,7 @@ mod tests {
             stage_id: Some("plan".into()),
             question_id: Some(7),
             text: Some("use sqlite, é & \"quotes\"".into()),
+            to: Some("telegram/@me".into()),
         };
         for a in [approve(), answer] {
             let t = sign_action(&a, KEY, 2_000);

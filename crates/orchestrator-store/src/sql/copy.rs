@@ -26,6 +26,7 @@ const TABLES: &[&str] = &[
     "checkpoints",
     "questions",
     "model_usage",
+    "agent_tokens",
 ];
 
 /// Rows copied, by table, in copy order.

@@ -243,6 +243,15 @@ CREATE INDEX model_usage_run ON model_usage(run_id);
     r#"
 ALTER TABLE leases ADD COLUMN claim_key TEXT;
 "#,
+    // 10: one credential per agent name, kept as the SHA-256 of its token.
+    r#"
+CREATE TABLE agent_tokens (
+    name TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+"#,
 ];
 
 /// Connection settings every connection gets.

@@ -203,6 +203,15 @@ CREATE INDEX model_usage_run ON model_usage(run_id);
     r#"
 ALTER TABLE leases ADD COLUMN claim_key TEXT;
 "#,
+    // 3: SQLite's schema version 10.
+    r#"
+CREATE TABLE agent_tokens (
+    name TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+"#,
 ];
 
 /// The tables whose ids come from an identity column, with that column:
