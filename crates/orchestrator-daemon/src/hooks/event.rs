@@ -377,6 +377,7 @@ mod tests {
                 "event",
                 "from",
                 "reason",
+                "reason_from",
                 "run_id",
                 "seq",
                 "stage_id",
