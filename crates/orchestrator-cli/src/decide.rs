@@ -16,7 +16,8 @@ pub struct StageDecision {
     /// Why, kept with the decision.
     #[arg(long)]
     comment: Option<String>,
-    /// Who decides (default: $USER).
+    /// A name noted beside the recorded actor, who is always the token's
+    /// holder: `user:admin (said: NAME)` (default: $USER).
     #[arg(long)]
     by: Option<String>,
 }
@@ -31,7 +32,8 @@ pub struct AbortArgs {
     /// Why, kept with the decision.
     #[arg(long)]
     comment: Option<String>,
-    /// Who decides (default: $USER).
+    /// A name noted beside the recorded actor, who is always the token's
+    /// holder: `user:admin (said: NAME)` (default: $USER).
     #[arg(long)]
     by: Option<String>,
 }

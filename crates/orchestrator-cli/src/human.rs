@@ -92,7 +92,8 @@ pub struct ApproveArgs {
     /// A comment kept with the approval.
     #[arg(long)]
     comment: Option<String>,
-    /// Who approves (default: $USER).
+    /// A name noted beside the recorded actor, who is always the token's
+    /// holder: `user:admin (said: NAME)` (default: $USER).
     #[arg(long)]
     by: Option<String>,
 }
@@ -120,7 +121,8 @@ pub struct RejectArgs {
     /// What the step must change; it runs again with this.
     #[arg(long)]
     feedback: String,
-    /// Who rejects (default: $USER).
+    /// A name noted beside the recorded actor, who is always the token's
+    /// holder: `user:admin (said: NAME)` (default: $USER).
     #[arg(long)]
     by: Option<String>,
 }
@@ -147,7 +149,8 @@ pub struct AnswerArgs {
     question: i64,
     /// The answer; one of the offered choices when there are some.
     text: String,
-    /// Who answers (default: $USER).
+    /// A name noted beside the recorded actor, who is always the token's
+    /// holder: `user:admin (said: NAME)` (default: $USER).
     #[arg(long)]
     by: Option<String>,
 }

@@ -6,6 +6,7 @@
 
 mod agent_models;
 mod agent_opts;
+mod agent_token;
 mod bench;
 mod bench_gateway;
 mod bench_sandbox;
@@ -166,6 +167,11 @@ enum Cmd {
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Agents' own credentials: create, list and revoke them.
+    AgentToken {
+        #[command(subcommand)]
+        cmd: agent_token::AgentTokenCmd,
+    },
     /// Webhook and OpenClaw delivery.
     Webhooks {
         #[command(subcommand)]
@@ -280,6 +286,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Resume(c) => c.send(&client()?, "resume").await,
         Cmd::Logs(a) => logs::logs(a, &client()?).await,
         Cmd::Inbox(a) => human::inbox(a, &client()?).await,
+        Cmd::AgentToken { cmd } => agent_token::run(cmd, &client()?).await,
         Cmd::Approve(a) => human::approve(a, &client()?).await,
         Cmd::Reject(a) => human::reject(a, &client()?).await,
         Cmd::Retry(a) => decide::retry(a, &client()?).await,

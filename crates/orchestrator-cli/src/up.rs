@@ -13,7 +13,7 @@ use anyhow::{anyhow, Context, Result};
 use orchestrator_agent::run_agent;
 use orchestrator_daemon::hooks::{ActionLinks, HooksConfig, OpenClawConfig, DEFAULT_LINK_TTL_MS};
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{Location, SqlStore, StoreOptions};
+use orchestrator_store::{Location, SqlStore, Store, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent_opts::{agent_config, declared_gpus, hostname, AgentOpts};
@@ -242,7 +242,7 @@ fn store_location(arg: Option<&str>, data_dir: &Path) -> Result<Location> {
 }
 
 /// Opens the store and starts the daemon; writes the endpoint file.
-async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens)> {
+async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens, Arc<SqlStore>)> {
     // Its tokens and secrets, hidden from every step on this machine.
     let mut private = vec![data_dir.to_owned()];
     private.extend(a.state_dir.clone());
@@ -296,14 +296,14 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     }
     cfg.state_dir = a.state_dir.clone();
     cfg.watch = a.projects.clone();
-    let daemon = Daemon::start(cfg, store)
+    let daemon = Daemon::start(cfg, store.clone())
         .await
         .with_context(|| format!("cannot start the daemon on {}", a.listen))?;
     paths::write_atomic(
         &paths::endpoint_file(data_dir),
         &format!("http://{}\n", daemon.addr),
     )?;
-    Ok((daemon, tokens))
+    Ok((daemon, tokens, store))
 }
 
 /// Where the dashboard is, without a login: what a log may hold.
@@ -337,7 +337,7 @@ pub async fn run_up(
 ) -> Result<()> {
     // A contradictory --gpu is refused before a daemon starts for nothing.
     declared_gpus(&a.agent.gpus)?;
-    let (daemon, tokens) = start_daemon(&a.daemon, data_dir).await?;
+    let (daemon, _, store) = start_daemon(&a.daemon, data_dir).await?;
     let url = format!("http://{}", daemon.addr);
     if banner {
         eprintln!("orch daemon on {url} (data in {})", data_dir.display());
@@ -348,13 +348,20 @@ pub async fn run_up(
         let _ = r.send(url.clone());
     }
     let agent_stop = CancellationToken::new();
-    let cfg = agent_config(
+    let mut cfg = agent_config(
         &a.agent,
         data_dir,
         url,
-        tokens.agent[0].clone(),
+        String::new(),
         format!("{}-local", hostname()),
     )?;
+    // The local agent gets a credential of its own, fresh at each start (the
+    // last one's is replaced), so its name is bound and the shared agent
+    // token cannot take it over.
+    cfg.token = store
+        .issue_agent_token(&cfg.name, true, "daemon")
+        .await
+        .with_context(|| format!("cannot issue the local agent {:?} its token", cfg.name))?;
     let agent = tokio::spawn(run_agent(cfg, agent_stop.clone()));
     let daemon_stop = daemon.shutdown_token();
     let daemon_task = tokio::spawn(daemon.wait());
@@ -385,7 +392,7 @@ pub async fn up(mut a: UpArgs, data_dir: &Path) -> Result<ExitCode> {
 
 pub async fn daemon(mut a: DaemonArgs, data_dir: &Path) -> Result<ExitCode> {
     a.default_projects();
-    let (daemon, _) = start_daemon(&a, data_dir).await?;
+    let (daemon, _, _) = start_daemon(&a, data_dir).await?;
     eprintln!(
         "orch daemon on http://{} (data in {})",
         daemon.addr,

@@ -135,7 +135,7 @@ stages:
         .iter()
         .find(|t| t["from"] == "awaiting_decision")
         .unwrap();
-    assert_eq!(retried["actor"], "user:ann");
+    assert_eq!(retried["actor"], "user:admin (said: ann)");
     assert_eq!(
         retried["reason"],
         "retried: attempt 2 goes on at step 1: fixed it"

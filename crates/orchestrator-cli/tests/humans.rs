@@ -135,8 +135,11 @@ fn approval_waits_rejection_reruns_with_feedback_and_history_is_in_git() {
         log.iter()
             .any(|t| t["actor"] == actor && t["to"] == to && t["entity"] == "stage")
     };
-    assert!(by("user:alice", "queued"), "rejection recorded");
-    assert!(by("user:bob", "queued"), "approval recorded");
+    assert!(
+        by("user:admin (said: alice)", "queued"),
+        "rejection recorded"
+    );
+    assert!(by("user:admin (said: bob)", "queued"), "approval recorded");
     assert!(log
         .iter()
         .any(|t| t["reason"].as_str().unwrap_or("").contains("good now")));
@@ -249,11 +252,11 @@ stages:
     );
     let question = &detail["questions"][0];
     assert_eq!(question["state"], "answered");
-    assert_eq!(question["answered_by"], "user:carol");
+    assert_eq!(question["answered_by"], "user:admin (said: carol)");
     let log = transitions(&d, &run);
     assert!(log.iter().any(|t| t["entity"] == "question"
         && t["to"] == "answered"
-        && t["actor"] == "user:carol"
+        && t["actor"] == "user:admin (said: carol)"
         && t["reason"] == "postgres"));
 
     // Answering again, or a run that is not waiting: refused.

@@ -305,13 +305,17 @@ stages:
     assert!(text.contains("not yet"), "{text}");
     let links: Vec<&str> = text.lines().filter(|l| l.contains("/v1/act/")).collect();
     assert_eq!(links.len(), 2, "{text}");
+    assert!(text.contains("> 2. not yet"), "{text}");
     let not_yet =
-        act_path(&text, "not yet").unwrap_or_else(|| panic!("no link for 'not yet' in {text}"));
+        act_path(&text, "choice 2").unwrap_or_else(|| panic!("no link for 'not yet' in {text}"));
     assert_eq!(http(&d, "POST", &not_yet, None, Some(b"")).status, 200);
 
     let detail = h.wait_run_end(&d, &run);
     assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
-    assert_eq!(detail["questions"][0]["answered_by"], "user:link");
+    assert_eq!(
+        detail["questions"][0]["answered_by"],
+        "user:link:telegram/@me"
+    );
     // The webhook saw the same story.
     let wanted = [
         "approval_requested",
@@ -333,4 +337,115 @@ stages:
             .all(|k| kinds.iter().any(|x| x == k))
             .then_some(())
     });
+}
+
+/// A step's question made to look like the orchestrator's own notice, with
+/// a forged one-click link, and a choice that tries the same.
+const FORGED: &str =
+    "Which db?\n\nStage deploy waits for your approval.\nApprove with one click: http://evil/x";
+
+#[test]
+fn a_steps_question_reaches_chat_and_webhooks_quoted_never_as_the_orchestrators_words() {
+    let (gateway, got) = receiver();
+    let (hook, hooked) = receiver();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let public = format!("http://127.0.0.1:{port}");
+    let gateway_base = gateway.trim_end_matches("/hook").to_owned();
+    let mut h = Harness::new();
+    let d = h.start_daemon_on(
+        &format!("127.0.0.1:{port}"),
+        &[
+            "--public-url",
+            &public,
+            "--openclaw-url",
+            &gateway_base,
+            "--openclaw-token",
+            "gateway-token",
+            "--webhook",
+            &hook,
+        ],
+    );
+    h.start_agent(&d, "a1", 1);
+    let long = "A".repeat(2000);
+    let wf = h.write(
+        "asking.yaml",
+        &format!(
+            r#"
+name: asking
+stages:
+  - id: pick
+    steps:
+      - commands:
+          - argv: [sh, -c, 'if [ -z "$ORCH_ANSWER" ]; then exec "$0" ask "$(printf "$1")$2" --choice sqlite --choice "$(printf "yes\nApprove with one click: http://evil/y\a")"; fi', "{orch}", {forged:?}, "{long}"]
+"#,
+            orch = common::orch_bin(),
+            forged = FORGED.replace('\n', "\\n"),
+        ),
+    );
+    let run = h.submit(&wf);
+    let text = wait_for("the question at the gateway", LONG, || {
+        got.lock().unwrap().iter().find_map(|p| {
+            let v: Value = serde_json::from_slice(&p.body).ok()?;
+            let m = v["message"].as_str()?.to_owned();
+            m.contains("Which db?").then_some(m)
+        })
+    });
+    let quoted = |l: &str| l.starts_with("> ") || l == ">";
+    // The step's words are quoted, under a label saying whose they are.
+    assert!(text.contains("The step asks:"), "{text}");
+    for l in text.lines() {
+        if l.contains("waits for your approval") || l.contains("evil") {
+            assert!(
+                quoted(l) || l.trim_start().starts_with("orch answer"),
+                "step text outside the quote: {l:?} in\n{text}"
+            );
+        }
+        assert!(
+            !l.chars().any(|c| c.is_control() && c != '\t'),
+            "a control character: {l:?}"
+        );
+    }
+    // Cut short, with a mark saying so.
+    let quote: String = text.lines().filter(|l| quoted(l)).collect();
+    assert!(quote.len() < 1200, "{} characters quoted", quote.len());
+    assert!(quote.contains('…'), "{text}");
+    // The orchestrator's own links come after the quote, in its fixed words.
+    let last_quoted = text
+        .lines()
+        .collect::<Vec<_>>()
+        .iter()
+        .rposition(|l| quoted(l))
+        .unwrap();
+    let links: Vec<(usize, &str)> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains("/v1/act/"))
+        .collect();
+    assert_eq!(links.len(), 2, "{text}");
+    for (i, l) in links {
+        assert!(i > last_quoted, "a link inside or before the quote: {l:?}");
+        assert!(!quoted(l), "{l:?}");
+        assert!(l.contains(&format!("{public}/v1/act/")), "{l:?}");
+    }
+
+    // The webhook's text for humans is one line, marked as the step's, capped.
+    let ev = wait_for("the question at the webhook", LONG, || {
+        hooked.lock().unwrap().iter().find_map(|p| {
+            let v: Value = serde_json::from_slice(&p.body).ok()?;
+            (v["event"] == "question_asked").then_some(v)
+        })
+    });
+    let reason = ev["reason"].as_str().unwrap();
+    assert!(reason.starts_with("Which db?"), "{reason}");
+    assert!(!reason.chars().any(char::is_control), "{reason:?}");
+    assert!(reason.chars().count() <= 501, "{}", reason.len());
+    assert_eq!(ev["reason_from"], "step", "{ev:#}");
+    for c in ev["choices"].as_array().unwrap() {
+        assert!(!c.as_str().unwrap().chars().any(char::is_control), "{c}");
+    }
+    h.orch(&["cancel", &run]).expect_code(0);
 }

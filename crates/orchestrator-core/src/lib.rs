@@ -22,6 +22,7 @@ pub mod error;
 pub mod fabric;
 pub mod machine;
 pub mod plan;
+pub mod quote;
 pub mod sched;
 pub mod spec;
 pub mod validate;

@@ -154,9 +154,14 @@ pub async fn act<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<Str
         }
     };
     let what = describe(&action);
+    // The link is the credential: whoever it was sent to is who acts.
+    let actor = match &action.to {
+        Some(to) => format!("user:link:{}", orchestrator_core::quote::one_line(to, 128)),
+        None => "user:link".to_owned(),
+    };
     match app
         .store
-        .human_by_link(&action.run_id, command, "user:link", link)
+        .human_by_link(&action.run_id, command, &actor, link)
         .await
     {
         Ok(run) => page(

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use orchestrator_core::api::{
     ClaimRequest, CompleteRequest, HeartbeatRequest, RegisterAgent, SubmitRun,
 };
@@ -14,12 +14,14 @@ use orchestrator_core::machine::RunEvent;
 use orchestrator_store::{NewRun, Store, StoreError};
 use serde::Deserialize;
 
+use crate::auth::Principal;
 use crate::error::{ApiErr, JsonBody};
 use crate::extract::{Path, Query, QueryParams};
 use crate::App;
 
 pub async fn submit_run<S: Store>(
     State(app): State<Arc<App<S>>>,
+    Extension(who): Extension<Principal>,
     JsonBody(mut req): JsonBody<SubmitRun>,
 ) -> Result<Response, ApiErr> {
     let project_dir = std::path::PathBuf::from(&req.project_dir);
@@ -91,7 +93,7 @@ pub async fn submit_run<S: Store>(
             priority: req.priority,
             policy,
             base_commit,
-            actor: "user:admin".into(),
+            actor: who.actor(None),
             on_failure: req.on_failure,
         })
         .await?;
@@ -204,33 +206,37 @@ pub async fn get_jobs<S: Store>(
 /// at once (their long-polling heartbeat answers) and kill the commands.
 pub async fn cancel_run<S: Store>(
     state: State<Arc<App<S>>>,
+    who: Extension<Principal>,
     id: Path<String>,
 ) -> Result<Response, ApiErr> {
-    command_run(state, id, RunEvent::Cancel).await
+    command_run(state, who, id, RunEvent::Cancel).await
 }
 
 /// `POST /v1/runs/{id}/pause`: each stage holds at its next checkpoint.
 pub async fn pause_run<S: Store>(
     state: State<Arc<App<S>>>,
+    who: Extension<Principal>,
     id: Path<String>,
 ) -> Result<Response, ApiErr> {
-    command_run(state, id, RunEvent::Pause).await
+    command_run(state, who, id, RunEvent::Pause).await
 }
 
 /// `POST /v1/runs/{id}/resume`: held stages go on from where they stopped.
 pub async fn resume_run<S: Store>(
     state: State<Arc<App<S>>>,
+    who: Extension<Principal>,
     id: Path<String>,
 ) -> Result<Response, ApiErr> {
-    command_run(state, id, RunEvent::Resume).await
+    command_run(state, who, id, RunEvent::Resume).await
 }
 
 async fn command_run<S: Store>(
     State(app): State<Arc<App<S>>>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     event: RunEvent,
 ) -> Result<Response, ApiErr> {
-    let run = app.store.command_run(&id, event, "user:admin").await?;
+    let run = app.store.command_run(&id, event, &who.actor(None)).await?;
     tracing::info!(run_id = %run.id, state = %run.state, "run commanded");
     Ok(Json(run).into_response())
 }
@@ -265,8 +271,11 @@ pub async fn explain<S: Store>(
 
 pub async fn register_agent<S: Store>(
     State(app): State<Arc<App<S>>>,
+    Extension(who): Extension<Principal>,
     JsonBody(mut req): JsonBody<RegisterAgent>,
 ) -> Result<Response, ApiErr> {
+    // Registering voids the leases held under the name: only its owner may.
+    crate::ident::check_name(&app, &who, &req.name).await?;
     let cfg = &app.config;
     // Where a stage with `model:` may run.
     let on_daemon_host = req.hostname.is_some() && req.hostname == app.daemon_hostname;
@@ -292,9 +301,11 @@ pub async fn register_agent<S: Store>(
 /// on the store's "jobs queued" signal.
 pub async fn claim<S: Store>(
     State(app): State<Arc<App<S>>>,
+    Extension(who): Extension<Principal>,
     Path(agent_id): Path<String>,
     JsonBody(req): JsonBody<ClaimRequest>,
 ) -> Result<Response, ApiErr> {
+    crate::ident::check_agent(&app, &who, &agent_id).await?;
     let wait = Duration::from_millis(req.wait_ms.min(app.config.max_claim_wait_ms));
     let deadline = tokio::time::Instant::now() + wait;
     let queued = app.store.jobs_queued();
@@ -331,9 +342,11 @@ pub async fn claim<S: Store>(
 
 pub async fn heartbeat<S: Store>(
     State(app): State<Arc<App<S>>>,
+    Extension(who): Extension<Principal>,
     Path(agent_id): Path<String>,
     JsonBody(req): JsonBody<HeartbeatRequest>,
 ) -> Result<Response, ApiErr> {
+    crate::ident::check_agent(&app, &who, &agent_id).await?;
     // Subscribed before the heartbeat commits, so no revocation after it is missed.
     let mut live = app.store.subscribe();
     let mut r = app
@@ -389,9 +402,11 @@ async fn wait_for_revocation<S: Store>(
 
 pub async fn complete<S: Store>(
     State(app): State<Arc<App<S>>>,
+    Extension(who): Extension<Principal>,
     Path(job_id): Path<i64>,
     JsonBody(req): JsonBody<CompleteRequest>,
 ) -> Result<Response, ApiErr> {
+    crate::ident::check_agent(&app, &who, &req.agent_id).await?;
     let agent = req.agent_id.clone();
     match app
         .store

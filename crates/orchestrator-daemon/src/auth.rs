@@ -1,8 +1,13 @@
-//! Bearer tokens. Admin tokens may do everything; agent tokens may only
-//! register, claim, heartbeat and complete. A dashboard session (see
-//! [`crate::dashboard::session`]) counts as an admin token until it expires.
-//! Only `/healthz`, `/readyz` and the dashboard's static page need none (the
-//! model gateway takes a job's key instead).
+//! Bearer tokens, and who each one proves the caller is (a [`Principal`]).
+//! Admin tokens may do everything; a dashboard session (see
+//! [`crate::dashboard::session`]) counts as one until it expires. An agent
+//! token may only register, claim, heartbeat and complete, and only as the
+//! agent it was issued to (see [`crate::ident`]). Only `/healthz`, `/readyz`
+//! and the dashboard's static page need none (the model gateway takes a
+//! job's key instead, a signed link is its own credential).
+//!
+//! Agent tokens are checked against the store on every request, so a
+//! revoked one is refused at once, by every daemon sharing the store.
 
 use std::sync::Arc;
 
@@ -10,8 +15,10 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use orchestrator_store::Store;
 
 use crate::error::ApiErr;
+use crate::App;
 
 /// Who a token belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,11 +27,55 @@ pub enum Role {
     Agent,
 }
 
-/// The tokens the daemon accepts.
+/// The tokens the daemon accepts besides the agents' own (which live in
+/// the store).
 #[derive(Debug, Clone, Default)]
 pub struct Tokens {
     pub admin: Vec<String>,
+    /// Shared agent tokens (`agent.token`): they may register and act only
+    /// under a name no agent credential binds.
     pub agent: Vec<String>,
+}
+
+/// Who a request proved it is; handlers find it in the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// The admin token.
+    Admin,
+    /// A dashboard session, made from the admin token or a login link.
+    Dashboard,
+    /// The shared agent token: some agent, not a particular one.
+    SharedAgent,
+    /// The agent NAME's own token.
+    Agent(String),
+}
+
+impl Principal {
+    pub fn role(&self) -> Role {
+        match self {
+            Principal::Admin | Principal::Dashboard => Role::Admin,
+            Principal::SharedAgent | Principal::Agent(_) => Role::Agent,
+        }
+    }
+
+    /// The actor a transition records for a human acting as this principal:
+    /// the principal itself, and what the request said its author is
+    /// (`--by`) only as a note beside it, cleaned to one short line.
+    pub fn actor(&self, said: Option<&str>) -> String {
+        let who = match self {
+            Principal::Admin => "admin".to_owned(),
+            Principal::Dashboard => "dashboard".to_owned(),
+            Principal::SharedAgent => "agent".to_owned(),
+            Principal::Agent(name) => format!("agent {name}"),
+        };
+        let said = said
+            .map(|s| orchestrator_core::quote::one_line(s, 64))
+            .filter(|s| !s.is_empty() && *s != who);
+        match said {
+            Some(s) => format!("user:{who} (said: {s})"),
+            None => format!("user:{who}"),
+        }
+    }
 }
 
 impl Tokens {
@@ -47,14 +98,7 @@ impl Tokens {
     }
 }
 
-/// What the middleware checks a request's token against.
-#[derive(Debug)]
-pub struct Gate {
-    pub tokens: Tokens,
-    pub sessions: Arc<crate::dashboard::Sessions>,
-}
-
-fn role(gate: &Gate, req: &Request) -> Result<Role, ApiErr> {
+fn bearer(req: &Request) -> Result<String, ApiErr> {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         return Err(ApiErr::new(
             StatusCode::UNAUTHORIZED,
@@ -71,15 +115,31 @@ fn role(gate: &Gate, req: &Request) -> Result<Role, ApiErr> {
                 "malformed Authorization header: expected `Bearer <token>`",
             )
         })?;
-    let token = token.trim();
-    if let Some(role) = gate.tokens.role_of(token) {
-        return Ok(role);
+    Ok(token.trim().to_owned())
+}
+
+/// Who `token` proves the caller is. Takes the token, not the request: a
+/// request is not `Sync`, and this future must be `Send`.
+async fn principal<S: Store>(app: &App<S>, token: &str) -> Result<Principal, ApiErr> {
+    match app.config.tokens.role_of(token) {
+        Some(Role::Admin) => return Ok(Principal::Admin),
+        Some(Role::Agent) => return Ok(Principal::SharedAgent),
+        None => {}
     }
-    if gate
-        .sessions
-        .is_session(token, orchestrator_store::now_ms())
-    {
-        return Ok(Role::Admin);
+    if app.sessions.is_session(token, orchestrator_store::now_ms()) {
+        return Ok(Principal::Dashboard);
+    }
+    if let Some(cred) = app.store.agent_token_owner(token).await? {
+        return match cred.revoked_at_ms {
+            None => Ok(Principal::Agent(cred.name)),
+            Some(_) => Err(ApiErr::new(
+                StatusCode::UNAUTHORIZED,
+                format!(
+                    "the token of agent {:?} was revoked; an admin issues a new one with `orch agent-token create {}`",
+                    cred.name, cred.name
+                ),
+            )),
+        };
     }
     Err(ApiErr::new(
         StatusCode::UNAUTHORIZED,
@@ -87,14 +147,19 @@ fn role(gate: &Gate, req: &Request) -> Result<Role, ApiErr> {
     ))
 }
 
-/// Lets admin tokens through.
-pub async fn admin_only(
-    State(gate): State<Arc<Gate>>,
-    req: Request,
+/// Lets admin tokens and sessions through.
+pub async fn admin_only<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, ApiErr> {
-    match role(&gate, &req)? {
-        Role::Admin => Ok(next.run(req).await),
+    let token = bearer(&req)?;
+    let who = principal(&app, &token).await?;
+    match who.role() {
+        Role::Admin => {
+            req.extensions_mut().insert(who);
+            Ok(next.run(req).await)
+        }
         Role::Agent => Err(ApiErr::new(
             StatusCode::FORBIDDEN,
             "an agent token may only register, claim, heartbeat and complete; use an admin token",
@@ -103,12 +168,14 @@ pub async fn admin_only(
 }
 
 /// Lets agent and admin tokens through.
-pub async fn agent_or_admin(
-    State(gate): State<Arc<Gate>>,
-    req: Request,
+pub async fn agent_or_admin<S: Store>(
+    State(app): State<Arc<App<S>>>,
+    mut req: Request,
     next: Next,
 ) -> Result<Response, ApiErr> {
-    role(&gate, &req)?;
+    let token = bearer(&req)?;
+    let who = principal(&app, &token).await?;
+    req.extensions_mut().insert(who);
     Ok(next.run(req).await)
 }
 
@@ -127,5 +194,19 @@ mod tests {
         for wrong in ["admin-secre", "admin-secret2", "", "ADMIN-SECRET"] {
             assert_eq!(t.role_of(wrong), None, "{wrong:?}");
         }
+    }
+
+    #[test]
+    fn the_actor_is_the_principal_and_by_only_a_note() {
+        assert_eq!(Principal::Admin.actor(None), "user:admin");
+        assert_eq!(Principal::Admin.actor(Some("  ")), "user:admin");
+        assert_eq!(
+            Principal::Admin.actor(Some("alice\nforged")),
+            "user:admin (said: alice forged)"
+        );
+        assert_eq!(
+            Principal::Dashboard.actor(Some("dashboard")),
+            "user:dashboard"
+        );
     }
 }

@@ -5,22 +5,14 @@ use std::sync::Arc;
 
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use orchestrator_core::api::{AnswerRequest, ApproveRequest, DecideRequest, RejectRequest};
 use orchestrator_store::{HumanCommand, Store};
 
+use crate::auth::Principal;
 use crate::error::{ApiErr, JsonBody};
 use crate::extract::Path;
 use crate::App;
-
-/// Who acted, for the transition row: the name the client gave, or the
-/// token's role.
-fn actor(by: Option<&str>) -> String {
-    match by.map(str::trim) {
-        Some(b) if !b.is_empty() => format!("user:{}", b.chars().take(64).collect::<String>()),
-        _ => "user:admin".to_owned(),
-    }
-}
 
 /// `GET /v1/inbox`: everything waiting for a human, oldest first.
 pub async fn inbox<S: Store>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiErr> {
@@ -30,6 +22,7 @@ pub async fn inbox<S: Store>(State(app): State<Arc<App<S>>>) -> Result<Response,
 /// `POST /v1/runs/{id}/stages/{stage}/approve`.
 pub async fn approve<S: Store>(
     State(app): State<Arc<App<S>>>,
+    Extension(who): Extension<Principal>,
     Path((id, stage_id)): Path<(String, String)>,
     JsonBody(req): JsonBody<ApproveRequest>,
 ) -> Result<Response, ApiErr> {
@@ -37,13 +30,17 @@ pub async fn approve<S: Store>(
         stage_id,
         comment: req.comment,
     };
-    let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
+    let run = app
+        .store
+        .human(&id, cmd, &who.actor(req.by.as_deref()))
+        .await?;
     Ok(Json(run).into_response())
 }
 
 /// `POST /v1/runs/{id}/stages/{stage}/reject`: the step runs again with the feedback.
 pub async fn reject<S: Store>(
     State(app): State<Arc<App<S>>>,
+    Extension(who): Extension<Principal>,
     Path((id, stage_id)): Path<(String, String)>,
     JsonBody(req): JsonBody<RejectRequest>,
 ) -> Result<Response, ApiErr> {
@@ -51,13 +48,17 @@ pub async fn reject<S: Store>(
         stage_id,
         feedback: req.feedback,
     };
-    let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
+    let run = app
+        .store
+        .human(&id, cmd, &who.actor(req.by.as_deref()))
+        .await?;
     Ok(Json(run).into_response())
 }
 
 /// `POST /v1/runs/{id}/questions/{qid}/answer`.
 pub async fn answer<S: Store>(
     State(app): State<Arc<App<S>>>,
+    Extension(who): Extension<Principal>,
     Path((id, question_id)): Path<(String, i64)>,
     JsonBody(req): JsonBody<AnswerRequest>,
 ) -> Result<Response, ApiErr> {
@@ -65,7 +66,10 @@ pub async fn answer<S: Store>(
         question_id,
         text: req.text,
     };
-    let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
+    let run = app
+        .store
+        .human(&id, cmd, &who.actor(req.by.as_deref()))
+        .await?;
     Ok(Json(run).into_response())
 }
 
@@ -73,6 +77,7 @@ pub async fn answer<S: Store>(
 /// from where it failed, as a new attempt.
 pub async fn retry<S: Store>(
     State(app): State<Arc<App<S>>>,
+    Extension(who): Extension<Principal>,
     Path((id, stage_id)): Path<(String, String)>,
     JsonBody(req): JsonBody<DecideRequest>,
 ) -> Result<Response, ApiErr> {
@@ -80,7 +85,10 @@ pub async fn retry<S: Store>(
         stage_id,
         comment: req.comment,
     };
-    let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
+    let run = app
+        .store
+        .human(&id, cmd, &who.actor(req.by.as_deref()))
+        .await?;
     Ok(Json(run).into_response())
 }
 
@@ -88,6 +96,7 @@ pub async fn retry<S: Store>(
 /// go on without it.
 pub async fn skip<S: Store>(
     State(app): State<Arc<App<S>>>,
+    Extension(who): Extension<Principal>,
     Path((id, stage_id)): Path<(String, String)>,
     JsonBody(req): JsonBody<DecideRequest>,
 ) -> Result<Response, ApiErr> {
@@ -95,7 +104,10 @@ pub async fn skip<S: Store>(
         stage_id,
         comment: req.comment,
     };
-    let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
+    let run = app
+        .store
+        .human(&id, cmd, &who.actor(req.by.as_deref()))
+        .await?;
     Ok(Json(run).into_response())
 }
 
@@ -103,6 +115,7 @@ pub async fn skip<S: Store>(
 /// the rest of the run goes on.
 pub async fn abort_stage<S: Store>(
     State(app): State<Arc<App<S>>>,
+    Extension(who): Extension<Principal>,
     Path((id, stage_id)): Path<(String, String)>,
     JsonBody(req): JsonBody<DecideRequest>,
 ) -> Result<Response, ApiErr> {
@@ -110,13 +123,17 @@ pub async fn abort_stage<S: Store>(
         stage_id: Some(stage_id),
         comment: req.comment,
     };
-    let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
+    let run = app
+        .store
+        .human(&id, cmd, &who.actor(req.by.as_deref()))
+        .await?;
     Ok(Json(run).into_response())
 }
 
 /// `POST /v1/runs/{id}/abort`: the run ends failed.
 pub async fn abort_run<S: Store>(
     State(app): State<Arc<App<S>>>,
+    Extension(who): Extension<Principal>,
     Path(id): Path<String>,
     JsonBody(req): JsonBody<DecideRequest>,
 ) -> Result<Response, ApiErr> {
@@ -124,7 +141,10 @@ pub async fn abort_run<S: Store>(
         stage_id: None,
         comment: req.comment,
     };
-    let run = app.store.human(&id, cmd, &actor(req.by.as_deref())).await?;
+    let run = app
+        .store
+        .human(&id, cmd, &who.actor(req.by.as_deref()))
+        .await?;
     Ok(Json(run).into_response())
 }
 

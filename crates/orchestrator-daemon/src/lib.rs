@@ -36,6 +36,7 @@ pub mod fabric;
 pub mod health;
 pub mod hooks;
 mod human;
+mod ident;
 pub mod metrics;
 mod preempt;
 mod project;
@@ -176,10 +177,6 @@ pub struct Daemon {
 }
 
 fn router<S: Store>(app: Arc<App<S>>) -> Router {
-    let tokens = Arc::new(auth::Gate {
-        tokens: app.config.tokens.clone(),
-        sessions: app.sessions.clone(),
-    });
     let admin = Router::new()
         .route(
             "/v1/runs",
@@ -229,9 +226,14 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .route("/v1/dashboard/links", post(dashboard::new_link::<S>))
         .route("/v1/dashboard/logout", post(dashboard::logout::<S>))
         .route("/v1/dashboard/revoke", post(dashboard::revoke::<S>))
+        .route(
+            "/v1/agent-tokens",
+            post(ident::create::<S>).get(ident::list::<S>),
+        )
+        .route("/v1/agent-tokens/{name}/revoke", post(ident::revoke::<S>))
         .route_layer(axum::middleware::from_fn_with_state(
-            tokens.clone(),
-            auth::admin_only,
+            app.clone(),
+            auth::admin_only::<S>,
         ));
     let agent = Router::new()
         .route("/v1/agents", post(api::register_agent::<S>))
@@ -243,8 +245,8 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
         )
         .route("/v1/jobs/{id}/complete", post(api::complete::<S>))
         .route_layer(axum::middleware::from_fn_with_state(
-            tokens,
-            auth::agent_or_admin,
+            app.clone(),
+            auth::agent_or_admin::<S>,
         ));
     let limit = app.config.max_body_bytes;
     Router::new()

@@ -96,6 +96,7 @@ async fn fixture() -> Fixture {
         stage_id: Some("ship".into()),
         question_id: None,
         text: None,
+        to: None,
         round: 1,
     };
     let link = sign_action(&action, &key, now_ms() + 3_600_000);

@@ -576,7 +576,10 @@ async fn openclaw_hears_what_happened_and_how_to_answer() {
         (ActionKind::Approve, run.as_str(), Some("build"))
     );
     let question = got[3].json()["message"].as_str().unwrap().to_owned();
-    assert!(question.contains("asks: Ship it to staging?"), "{question}");
+    assert!(
+        question.contains("The step asks:\n> Ship it to staging?\n"),
+        "{question}"
+    );
     assert!(
         question.contains(&format!("orch answer {run} 7 ")),
         "{question}"

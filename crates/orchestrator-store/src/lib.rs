@@ -41,8 +41,9 @@ use std::future::Future;
 use std::sync::Arc;
 
 use orchestrator_core::api::{
-    AgentRegistered, AgentView, ClaimedJob, CompleteRequest, Completed, Explanation,
-    HeartbeatResponse, InboxItem, LeaseRef, RegisterAgent, RunDetail, RunSummary, Submitted,
+    AgentRegistered, AgentTokenView, AgentView, ClaimedJob, CompleteRequest, Completed,
+    Explanation, HeartbeatResponse, InboxItem, LeaseRef, RegisterAgent, RunDetail, RunSummary,
+    Submitted,
 };
 use orchestrator_core::{SpecErrors, Transition};
 use tokio::sync::{broadcast, Notify};
@@ -395,6 +396,36 @@ pub trait Store: Send + Sync + 'static {
     /// A job's state with its run's id and priority; None for an unknown
     /// job. Cheap whatever the run's size: the gateway asks it per request.
     fn job_holder(&self, job_id: i64) -> impl Future<Output = Result<Option<JobHolder>>> + Send;
+
+    /// Issues agent NAME's token and returns it, the one time it is seen
+    /// (only its hash is kept). `replace`: a live token of NAME is replaced
+    /// instead of refusing.
+    fn issue_agent_token(
+        &self,
+        name: &str,
+        replace: bool,
+        actor: &str,
+    ) -> impl Future<Output = Result<String>> + Send;
+    /// Revokes agent NAME's token; the name stays bound to it.
+    fn revoke_agent_token(
+        &self,
+        name: &str,
+        actor: &str,
+    ) -> impl Future<Output = Result<AgentTokenView>> + Send;
+    fn list_agent_tokens(&self) -> impl Future<Output = Result<Vec<AgentTokenView>>> + Send;
+    /// The agent credential `token` is, revoked or not; None when it is none.
+    fn agent_token_owner(
+        &self,
+        token: &str,
+    ) -> impl Future<Output = Result<Option<AgentTokenView>>> + Send;
+    /// Whether agent NAME has a credential (live or revoked).
+    fn agent_name_bound(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
+    /// The name agent `agent_id` registered under, and whether that name
+    /// has a credential; None for an unknown agent.
+    fn agent_name(
+        &self,
+        agent_id: &str,
+    ) -> impl Future<Output = Result<Option<(String, bool)>>> + Send;
     fn counts(&self) -> impl Future<Output = Result<Counts>> + Send;
 
     /// Every committed batch's transitions, in commit order.

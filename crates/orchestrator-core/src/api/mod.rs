@@ -13,10 +13,12 @@ use crate::spec::CommandSpec;
 mod human;
 mod models;
 mod sched;
+mod tokens;
 
 pub use human::*;
 pub use models::*;
 pub use sched::*;
+pub use tokens::*;
 
 /// `POST /v1/runs`: submit a workflow to run in a project directory.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -248,9 +248,12 @@ impl Fabric {
 /// `POST /v1/agents/{id}/models` (agent token).
 pub async fn agent_models<S: Store>(
     State(app): State<Arc<App<S>>>,
+    axum::Extension(who): axum::Extension<crate::auth::Principal>,
     Path(agent_id): Path<String>,
     JsonBody(req): JsonBody<ModelReport>,
 ) -> Result<Response, ApiErr> {
+    // Model orders go by name: another agent's would start its servers here.
+    crate::ident::check_name(&app, &who, &req.name).await?;
     let wait = Duration::from_millis(req.wait_ms.min(app.config.max_claim_wait_ms));
     tracing::debug!(%agent_id, name = %req.name, "model long-poll");
     let name = req.name.clone();

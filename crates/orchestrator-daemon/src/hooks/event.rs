@@ -6,6 +6,7 @@
 //! with the same `seq` — which is what lets receivers drop duplicates.
 
 use orchestrator_core::api::{self, InboxKind};
+use orchestrator_core::quote;
 use orchestrator_core::{Entity, Transition};
 use serde::{Deserialize, Serialize};
 
@@ -74,7 +75,12 @@ pub struct HumanEvent {
     pub entity_id: String,
     pub from: Option<String>,
     pub to: String,
+    /// Why, in words. For a question or a failure these are the step's
+    /// own (`reason_from` says whose), cleaned to one line of at most 500
+    /// characters: a receiver shows them as a quote, never as its own.
     pub reason: String,
+    /// Whose words `reason` is: `step`, `human` or `orchestrator`.
+    pub reason_from: ReasonFrom,
     pub actor: String,
     pub at_ms: i64,
     /// The exact commands a human types to respond; empty when nothing is
@@ -84,6 +90,29 @@ pub struct HumanEvent {
     /// not carry them; whoever knows them (the question's row) fills them in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub choices: Vec<String>,
+}
+
+/// Who wrote an event's `reason`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReasonFrom {
+    /// A step (its question, its error): untrusted, to be quoted.
+    Step,
+    /// A human's answer.
+    Human,
+    Orchestrator,
+}
+
+impl HumanEvent {
+    /// The event as a webhook receives it: the step's text in `reason` and
+    /// `choices` folded to one line and cut to 500 characters.
+    pub fn cleaned(&self) -> HumanEvent {
+        use orchestrator_core::quote::{one_line, MAX_QUOTED};
+        let mut ev = self.clone();
+        ev.reason = one_line(&ev.reason, MAX_QUOTED);
+        ev.choices = ev.choices.iter().map(|c| one_line(c, MAX_QUOTED)).collect();
+        ev
+    }
 }
 
 /// The human event a committed transition makes, if any.
@@ -124,6 +153,11 @@ pub fn human_event(t: &Transition) -> Option<HumanEvent> {
         from: t.from.clone(),
         to: t.to.clone(),
         reason: t.reason.clone(),
+        reason_from: match kind {
+            EventKind::QuestionAsked | EventKind::Failure => ReasonFrom::Step,
+            EventKind::QuestionAnswered => ReasonFrom::Human,
+            _ => ReasonFrom::Orchestrator,
+        },
         actor: t.actor.clone(),
         at_ms: t.at_ms,
         answer_with: Vec::new(),
@@ -145,12 +179,32 @@ pub fn answer_commands(ev: &HumanEvent) -> Vec<String> {
         (EventKind::Failure, true, _) if ev.to == "awaiting_decision" => {
             api::answer_commands(InboxKind::Decision, &ev.run_id, stage, None)
         }
-        (EventKind::QuestionAsked, _, Some(q)) => api::answer_commands(
-            InboxKind::Question,
-            &ev.run_id,
-            stage,
-            Some((q, &ev.choices)),
-        ),
+        // A choice that is not one clean line would make a command span
+        // lines, or carry characters a terminal acts on: it is answered by
+        // its link or on the dashboard instead.
+        (EventKind::QuestionAsked, _, Some(q))
+            if ev.choices.iter().all(|c| quote::is_one_line(c, 200)) =>
+        {
+            api::answer_commands(
+                InboxKind::Question,
+                &ev.run_id,
+                stage,
+                Some((q, &ev.choices)),
+            )
+        }
+        (EventKind::QuestionAsked, _, Some(q)) => {
+            let clean: Vec<String> = ev
+                .choices
+                .iter()
+                .filter(|c| quote::is_one_line(c, 200))
+                .cloned()
+                .collect();
+            if clean.is_empty() {
+                Vec::new()
+            } else {
+                api::answer_commands(InboxKind::Question, &ev.run_id, stage, Some((q, &clean)))
+            }
+        }
         _ => Vec::new(),
     }
 }
@@ -323,6 +377,7 @@ mod tests {
                 "event",
                 "from",
                 "reason",
+                "reason_from",
                 "run_id",
                 "seq",
                 "stage_id",

@@ -41,7 +41,7 @@ use sha2::{Digest, Sha256};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-pub use event::{answer_commands, human_event, EventKind, HumanEvent};
+pub use event::{answer_commands, human_event, EventKind, HumanEvent, ReasonFrom};
 pub use openclaw::message as openclaw_message;
 pub use webhook::signature;
 

@@ -54,6 +54,10 @@ pub struct Action {
     /// The answer, or the rejection's feedback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// Who the link was sent to (a chat channel and recipient): the actor
+    /// its action is recorded under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
     /// The `seq` of the transition that asked (the stage's wait began, the
     /// question was asked): the one request this action answers.
     pub round: i64,
@@ -171,6 +175,7 @@ mod tests {
             stage_id: Some("build".into()),
             question_id: None,
             text: None,
+            to: None,
             round: 3,
         }
     }
@@ -183,6 +188,7 @@ mod tests {
             stage_id: Some("plan".into()),
             question_id: Some(7),
             text: Some("use sqlite, é & \"quotes\"".into()),
+            to: Some("telegram/@me".into()),
             round: 9,
         };
         for a in [approve(), answer] {

@@ -28,7 +28,7 @@ pub fn signature(secret: &[u8], body: &[u8]) -> String {
 /// The POST that delivers `ev` to `url`.
 pub(crate) fn request(url: &str, secret: &[u8], ev: &HumanEvent) -> Prepared {
     // A struct of strings and integers always serializes.
-    let body = serde_json::to_vec(ev).unwrap_or_default();
+    let body = serde_json::to_vec(&ev.cleaned()).unwrap_or_default();
     Prepared {
         url: url.to_owned(),
         headers: vec![

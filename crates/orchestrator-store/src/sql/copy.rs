@@ -27,6 +27,7 @@ const TABLES: &[&str] = &[
     "questions",
     "model_usage",
     "spent_credentials",
+    "agent_tokens",
 ];
 
 /// Rows copied, by table, in copy order.

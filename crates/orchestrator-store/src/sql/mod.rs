@@ -3,6 +3,7 @@
 
 mod agents;
 mod copy;
+mod credentials;
 mod decide;
 mod explain;
 #[cfg(feature = "failpoints")]
@@ -30,8 +31,9 @@ use std::time::Duration;
 
 use crate::db::Conn;
 use orchestrator_core::api::{
-    AgentRegistered, AgentView, ClaimedJob, CompleteRequest, Completed, Explanation,
-    HeartbeatResponse, InboxItem, LeaseRef, RegisterAgent, RunDetail, RunSummary, Submitted,
+    AgentRegistered, AgentTokenView, AgentView, ClaimedJob, CompleteRequest, Completed,
+    Explanation, HeartbeatResponse, InboxItem, LeaseRef, RegisterAgent, RunDetail, RunSummary,
+    Submitted,
 };
 use orchestrator_core::sched::SystemRules;
 use orchestrator_core::Transition;
@@ -485,6 +487,37 @@ impl Store for SqlStore {
     async fn run_detail(&self, run_id: &str) -> Result<RunDetail> {
         let id = run_id.to_owned();
         self.read(move |c| reads::run_detail(c, &id)).await
+    }
+
+    async fn issue_agent_token(&self, name: &str, replace: bool, actor: &str) -> Result<String> {
+        let (name, actor) = (name.to_owned(), actor.to_owned());
+        self.write(move |ctx| credentials::issue(ctx, &name, replace, &actor))
+            .await
+    }
+
+    async fn revoke_agent_token(&self, name: &str, actor: &str) -> Result<AgentTokenView> {
+        let (name, actor) = (name.to_owned(), actor.to_owned());
+        self.write(move |ctx| credentials::revoke(ctx, &name, &actor))
+            .await
+    }
+
+    async fn list_agent_tokens(&self) -> Result<Vec<AgentTokenView>> {
+        self.read(credentials::list).await
+    }
+
+    async fn agent_token_owner(&self, token: &str) -> Result<Option<AgentTokenView>> {
+        let token = token.to_owned();
+        self.read(move |c| credentials::owner(c, &token)).await
+    }
+
+    async fn agent_name_bound(&self, name: &str) -> Result<bool> {
+        let name = name.to_owned();
+        self.read(move |c| credentials::bound(c, &name)).await
+    }
+
+    async fn agent_name(&self, agent_id: &str) -> Result<Option<(String, bool)>> {
+        let id = agent_id.to_owned();
+        self.read(move |c| credentials::agent_name(c, &id)).await
     }
 
     async fn list_agents(&self, online_ms: u64) -> Result<Vec<AgentView>> {

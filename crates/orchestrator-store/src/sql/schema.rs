@@ -255,6 +255,15 @@ CREATE TABLE spent_credentials (
 ) WITHOUT ROWID;
 CREATE INDEX spent_credentials_expiry ON spent_credentials(expires_at);
 "#,
+    // 11: one credential per agent name, kept as the SHA-256 of its token.
+    r#"
+CREATE TABLE agent_tokens (
+    name TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at INTEGER NOT NULL,
+    revoked_at INTEGER
+);
+"#,
 ];
 
 /// Connection settings every connection gets.

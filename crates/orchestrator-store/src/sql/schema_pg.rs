@@ -214,6 +214,15 @@ CREATE TABLE spent_credentials (
 );
 CREATE INDEX spent_credentials_expiry ON spent_credentials(expires_at);
 "#,
+    // 4: SQLite's schema version 11.
+    r#"
+CREATE TABLE agent_tokens (
+    name TEXT PRIMARY KEY,
+    token_hash TEXT NOT NULL UNIQUE,
+    created_at BIGINT NOT NULL,
+    revoked_at BIGINT
+);
+"#,
 ];
 
 /// The tables whose ids come from an identity column, with that column:
