@@ -126,6 +126,8 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
                 "killed what an earlier agent left running"
             );
         }
+        #[cfg(target_os = "linux")]
+        crate::sandbox::sweep_containers_at_start(&cfg.sandbox);
         if let Err(e) = crate::leftovers::record_in(&records) {
             tracing::warn!(dir = %records.display(), error = %e, "cannot record running commands; a restarted agent will not find what this one leaves");
         }

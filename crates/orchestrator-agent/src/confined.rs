@@ -295,6 +295,110 @@ impl ConfinedDir {
     }
 }
 
+/// The most bytes a workflow, policy, rules or models file may hold.
+pub const MAX_DEFINITION_BYTES: u64 = 1 << 20;
+
+/// Whether [`read_definition`] follows a symlink at the file's own name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Links {
+    /// A path an operator typed: a link to a regular file is fine.
+    Follow,
+    /// A file of the repository (`.orchestrator/policy.yaml`, the
+    /// workflows directory): committed content is not trusted, so a link
+    /// there is refused rather than read through.
+    Refuse,
+}
+
+/// Why a definition file was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum DefinitionError {
+    #[error("{}: {found}; expected a regular file", path.display())]
+    NotAFile { path: PathBuf, found: &'static str },
+    #[error("{}: {size} bytes; expected at most {max} bytes", path.display())]
+    TooLarge { path: PathBuf, size: u64, max: u64 },
+    #[error("{}: cannot read: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Reads a definition file (workflow, policy, rules, models) as text: only
+/// a regular file, checked to hold at most `max` bytes before anything is
+/// read, so a link to `/dev/zero`, a FIFO or a huge file is refused at
+/// once. None when there is no file at `path`.
+pub fn read_definition(
+    path: &Path,
+    max: u64,
+    links: Links,
+) -> Result<Option<String>, DefinitionError> {
+    use std::io::Read;
+    let mut flags = OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC;
+    if links == Links::Refuse {
+        flags |= OFlag::O_NOFOLLOW;
+    }
+    let io = |source: io::Error| DefinitionError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let fd = match openat(nix::fcntl::AT_FDCWD, path, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(None),
+        Err(Errno::ELOOP) if links == Links::Refuse => {
+            return Err(DefinitionError::NotAFile {
+                path: path.to_owned(),
+                found: "a symlink, which is not followed in a repository",
+            })
+        }
+        Err(e) => return Err(io(io::Error::from(e))),
+    };
+    let file = File::from(fd);
+    let meta = file.metadata().map_err(io)?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        use std::os::unix::fs::FileTypeExt;
+        let found = if ft.is_dir() {
+            "a directory"
+        } else if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(DefinitionError::NotAFile {
+            path: path.to_owned(),
+            found,
+        });
+    }
+    if meta.len() > max {
+        return Err(DefinitionError::TooLarge {
+            path: path.to_owned(),
+            size: meta.len(),
+            max,
+        });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // One byte more than allowed tells a file that grew since.
+    file.take(max + 1).read_to_end(&mut bytes).map_err(io)?;
+    if bytes.len() as u64 > max {
+        return Err(DefinitionError::TooLarge {
+            path: path.to_owned(),
+            size: bytes.len() as u64,
+            max,
+        });
+    }
+    String::from_utf8(bytes).map(Some).map_err(|e| {
+        io(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("not UTF-8 text: {e}"),
+        ))
+    })
+}
+
 /// `rel` as bytes has no NUL and is relative: what [`ConfinedDir::open`]
 /// takes.
 pub fn is_relative_plain(rel: &Path) -> bool {
@@ -309,6 +413,39 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn definitions_are_regular_small_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let ok = tmp.path().join("ok.yaml");
+        std::fs::write(&ok, "name: x\n").unwrap();
+        assert_eq!(
+            read_definition(&ok, 100, Links::Refuse).unwrap().as_deref(),
+            Some("name: x\n")
+        );
+        assert!(
+            read_definition(&tmp.path().join("none"), 100, Links::Refuse)
+                .unwrap()
+                .is_none()
+        );
+        let zero = tmp.path().join("zero.yaml");
+        symlink("/dev/zero", &zero).unwrap();
+        let err = read_definition(&zero, 100, Links::Refuse).unwrap_err();
+        assert!(err.to_string().contains("a symlink"), "{err}");
+        let err = read_definition(&zero, 100, Links::Follow).unwrap_err();
+        assert!(err.to_string().contains("a device"), "{err}");
+        let fifo = tmp.path().join("fifo.yaml");
+        nix::unistd::mkfifo(&fifo, Mode::from_bits_truncate(0o600)).unwrap();
+        let err = read_definition(&fifo, 100, Links::Follow).unwrap_err();
+        assert!(err.to_string().contains("a FIFO"), "{err}");
+        let big = tmp.path().join("big.yaml");
+        std::fs::write(&big, vec![b'#'; 101]).unwrap();
+        let err = read_definition(&big, 100, Links::Follow).unwrap_err();
+        assert!(
+            err.to_string().contains("101 bytes; expected at most 100"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_link_in_the_path_is_refused() {

@@ -243,10 +243,23 @@ fn init_tracing(json: bool) {
     }
 }
 
+/// Reads a definition file an operator named: a regular file (a link to
+/// one is fine) of at most a MiB, refused before reading otherwise.
+pub(crate) fn read_definition(file: &std::path::Path) -> Result<String, CliError> {
+    use orchestrator_agent::confined::{read_definition, Links, MAX_DEFINITION_BYTES};
+    match read_definition(file, MAX_DEFINITION_BYTES, Links::Follow) {
+        Ok(Some(text)) => Ok(text),
+        Ok(None) => Err(CliError::BadInput(format!(
+            "{}: cannot read: no such file",
+            file.display()
+        ))),
+        Err(e) => Err(CliError::BadInput(e.to_string())),
+    }
+}
+
 /// Reads and validates a workflow file locally.
 fn load_workflow(file: &std::path::Path) -> anyhow::Result<(String, orchestrator_core::Workflow)> {
-    let text = std::fs::read_to_string(file)
-        .map_err(|e| CliError::BadInput(format!("{}: cannot read: {e}", file.display())))?;
+    let text = read_definition(file)?;
     let name = file.display().to_string();
     let wf = orchestrator_core::parse_workflow(&text, Some(&name))
         .map_err(|e| CliError::BadInput(e.to_string()))?;
@@ -316,8 +329,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Validate { file, output } => {
-            let text = std::fs::read_to_string(&file)
-                .map_err(|e| CliError::BadInput(format!("{}: cannot read: {e}", file.display())))?;
+            let text = read_definition(&file)?;
             let name = file.display().to_string();
             match orchestrator_core::parse_workflow(&text, Some(&name)) {
                 Ok(wf) => {

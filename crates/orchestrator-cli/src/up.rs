@@ -258,18 +258,14 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     opts.max_items = a.batch_max_items;
     opts.max_ms = a.batch_max_ms;
     if let Some(path) = &a.rules {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            CliError::BadInput(format!("{}: cannot read the rules: {e}", path.display()))
-        })?;
+        let text = crate::read_definition(path)?;
         opts.rules =
             orchestrator_core::sched::parse_system_rules(&text, &path.display().to_string())
                 .map_err(|e| CliError::BadInput(e.to_string()))?;
     }
     let models = match &a.models {
         Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| {
-                CliError::BadInput(format!("{}: cannot read the models: {e}", path.display()))
-            })?;
+            let text = crate::read_definition(path)?;
             orchestrator_core::fabric::parse_models_file(&text, &path.display().to_string())
                 .map_err(|e| CliError::BadInput(e.to_string()))?
         }

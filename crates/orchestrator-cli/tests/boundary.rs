@@ -232,3 +232,66 @@ fn a_daemon_stopped_past_the_lease_time_loses_no_running_step() {
     assert_eq!(jobs[0]["attempt"], 1, "{detail:#}");
     assert_eq!(jobs[0]["state"], "succeeded", "{detail:#}");
 }
+
+#[test]
+fn a_committed_policy_linked_to_dev_zero_is_refused_at_once() {
+    let mut h = Harness::new();
+    let d = h.start_daemon(&[]);
+    let orch_dir = h.project.join(".orchestrator");
+    std::fs::create_dir_all(&orch_dir).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", orch_dir.join("policy.yaml")).unwrap();
+    let file = h.write(
+        "hello.yaml",
+        "name: hello\nstages:\n  - id: a\n    steps:\n      - commands:\n          - argv: [true]\n",
+    );
+    let out = h.orch(&[
+        "run",
+        file.to_str().unwrap(),
+        "--project",
+        h.project.to_str().unwrap(),
+    ]);
+    assert_ne!(out.code, 0, "{out}");
+    assert!(out.stderr.contains("policy.yaml"), "{out}");
+    assert!(out.stderr.contains("expected a regular file"), "{out}");
+    // A FIFO, and a file past the limit, are refused the same way.
+    std::fs::remove_file(orch_dir.join("policy.yaml")).unwrap();
+    nix::unistd::mkfifo(
+        &orch_dir.join("policy.yaml"),
+        nix::sys::stat::Mode::from_bits_truncate(0o600),
+    )
+    .unwrap();
+    let out = h.orch(&[
+        "run",
+        file.to_str().unwrap(),
+        "--project",
+        h.project.to_str().unwrap(),
+    ]);
+    assert!(
+        out.stderr.contains("a FIFO; expected a regular file"),
+        "{out}"
+    );
+    std::fs::remove_file(orch_dir.join("policy.yaml")).unwrap();
+    std::fs::write(orch_dir.join("policy.yaml"), vec![b'#'; 2 << 20]).unwrap();
+    let out = h.orch(&[
+        "run",
+        file.to_str().unwrap(),
+        "--project",
+        h.project.to_str().unwrap(),
+    ]);
+    assert!(
+        out.stderr.contains("expected at most 1048576 bytes"),
+        "{out}"
+    );
+    // The daemon is unharmed: with the policy gone, the run goes through.
+    std::fs::remove_file(orch_dir.join("policy.yaml")).unwrap();
+    h.start_agent(&d, "worker", 1);
+    let run = h.submit(&file);
+    assert_eq!(h.wait_run_end(&d, &run)["run"]["state"], "succeeded");
+    // A workflow file given on the command line must be a regular file too.
+    let out = h.orch(&["validate", "/dev/zero"]);
+    assert_eq!(out.code, 2, "{out}");
+    assert!(
+        out.stderr.contains("a device; expected a regular file"),
+        "{out}"
+    );
+}

@@ -245,6 +245,8 @@ stages:
     );
     assert_eq!(seen["wrong_token_refused"], true, "{seen}");
     assert_eq!(seen["items"], 3, "{seen}");
+    assert_eq!(seen["question_quoted"], 1, "{seen}");
+    assert_eq!(seen["error_quoted"], 1, "{seen}");
     assert_eq!(seen["badge"], "3", "{seen}");
     assert_eq!(seen["commit_changed"], true, "{seen}");
     assert_eq!(seen["badge_after"], true, "{seen}");
@@ -257,7 +259,7 @@ stages:
     assert_eq!(stage(&detail, "draft")["state"], "succeeded", "{detail}");
     let q = &detail["questions"][0];
     assert_eq!(q["answer"], "postgres", "{q}");
-    assert_eq!(q["answered_by"], "user:dashboard", "{q}");
+    assert_eq!(q["answered_by"], "user:admin", "{q}");
     let show = |path: &str| {
         let out = Command::new("git")
             .args(["show", &format!("orch/run/{run}:{path}")])

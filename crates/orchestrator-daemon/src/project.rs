@@ -5,20 +5,22 @@
 use std::path::Path;
 use std::process::Command;
 
+use orchestrator_agent::confined::{read_definition, Links, MAX_DEFINITION_BYTES};
 use orchestrator_core::sched::{parse_project_policy, ProjectPolicy};
 
 /// Where a project keeps its scheduling policy.
 pub const POLICY_FILE: &str = ".orchestrator/policy.yaml";
 
 /// The project's policy file, read at submission; none means no limits.
+/// It is repository content: a regular file of bounded size, never a link.
 pub fn read_policy(dir: &Path) -> Result<ProjectPolicy, String> {
     let path = dir.join(POLICY_FILE);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => {
+    match read_definition(&path, MAX_DEFINITION_BYTES, Links::Refuse) {
+        Ok(Some(text)) => {
             parse_project_policy(&text, &path.display().to_string()).map_err(|e| e.to_string())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ProjectPolicy::default()),
-        Err(e) => Err(format!("{}: cannot read: {e}", path.display())),
+        Ok(None) => Ok(ProjectPolicy::default()),
+        Err(e) => Err(e.to_string()),
     }
 }
 

@@ -164,11 +164,13 @@ pub fn scan(catalog: &Mutex<Catalog>, project: &Path) {
     let mut reads: Vec<(PathBuf, Result<Option<String>, String>)> = files
         .into_iter()
         .map(|f| {
-            let r = match std::fs::read_to_string(&f) {
-                Ok(t) => Ok(Some(t)),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(e.to_string()),
-            };
+            // Committed files: regular, bounded, never read through a link.
+            let r = orchestrator_agent::confined::read_definition(
+                &f,
+                orchestrator_agent::confined::MAX_DEFINITION_BYTES,
+                orchestrator_agent::confined::Links::Refuse,
+            )
+            .map_err(|e| e.to_string());
             (f, r)
         })
         .collect();

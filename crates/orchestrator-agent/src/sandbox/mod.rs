@@ -75,6 +75,8 @@ mod wrap;
 pub use cgroup::CommandCgroup;
 pub use config::{platform_default, SandboxConfig, DEFAULT_PIDS_MAX};
 #[cfg(target_os = "linux")]
+pub use container::sweep_at_start as sweep_containers_at_start;
+#[cfg(target_os = "linux")]
 pub use limits::{applied, report_at_start};
 #[cfg(target_os = "linux")]
 pub use relay::{gateway_url, GATEWAY_PORT};

@@ -27,6 +27,15 @@ await drive("inbox.mjs", ["BASE_URL", "ADMIN_TOKEN", "RUN_ID", "ARTIFACT_DIR"], 
   await decision.waitFor(T);
   await approval.waitFor(T);
   seen.items = await page.locator("#inbox > *").count();
+  // The step's words are quoted under a label, not said in the page's voice.
+  seen.question_quoted = await question
+    .locator(".step-said", { hasText: "The step asks:" })
+    .locator("blockquote.step-text", { hasText: "Which database?" })
+    .count();
+  seen.error_quoted = await decision
+    .locator(".step-said", { hasText: "What was reported:" })
+    .locator("blockquote.step-text")
+    .count();
   seen.badge = (await page.locator("#inbox-count").textContent()).trim();
   await page.screenshot({ path: join(artifacts, "dashboard-inbox.png"), fullPage: true });
 

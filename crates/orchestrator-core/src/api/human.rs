@@ -158,7 +158,8 @@ pub struct InboxItem {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DecideRequest {
-    /// Who decides; recorded as the transition's actor.
+    /// Who says they decide: a note kept beside the actor, which is the
+    /// authenticated caller.
     #[serde(default)]
     pub by: Option<String>,
     /// Why, recorded with the transition.
@@ -170,7 +171,8 @@ pub struct DecideRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApproveRequest {
-    /// Who approves; recorded as the transition's actor.
+    /// Who says they approve: a note kept beside the actor, which is the
+    /// authenticated caller.
     #[serde(default)]
     pub by: Option<String>,
     #[serde(default)]

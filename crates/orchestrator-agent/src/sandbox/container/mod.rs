@@ -302,30 +302,7 @@ fn sweep_once(runc: &Path, state: &Path, bundles: &Path, images: &Path) {
     );
     let swept = std::thread::Builder::new()
         .name("runc-sweep".into())
-        .spawn(move || {
-            let mut ids: BTreeSet<String> = BTreeSet::new();
-            for dir in [&state, &bundles] {
-                ids.extend(
-                    names(dir)
-                        .into_iter()
-                        .filter(|n| left_by_the_dead(n, "orch-")),
-                );
-            }
-            for id in ids {
-                Janitor {
-                    runc: runc.clone(),
-                    state: state.clone(),
-                    bundle: bundles.join(&id),
-                    id,
-                }
-                .clean();
-            }
-            for name in names(&images) {
-                if left_by_the_dead(&name, ".extracting-") {
-                    let _ = fs::remove_dir_all(images.join(name));
-                }
-            }
-        });
+        .spawn(move || sweep(&runc, &state, &bundles, &images));
     if let Err(e) = swept {
         tracing::warn!(error = %e, "could not start sweeping old containers");
     }
@@ -389,4 +366,49 @@ fn is_zombie(pid: i32) -> bool {
             .next()
             .is_some_and(|r| r.trim_start().starts_with('Z'))
     })
+}
+
+/// Removes what agents that are gone left: their containers (killed by
+/// `runc delete --force`), bundles and half-extracted images.
+fn sweep(runc: &Path, state: &Path, bundles: &Path, images: &Path) {
+    let mut ids: BTreeSet<String> = BTreeSet::new();
+    for dir in [state, bundles] {
+        ids.extend(
+            names(dir)
+                .into_iter()
+                .filter(|n| left_by_the_dead(n, "orch-")),
+        );
+    }
+    for id in ids {
+        Janitor {
+            runc: runc.to_owned(),
+            state: state.to_owned(),
+            bundle: bundles.join(&id),
+            id,
+        }
+        .clean();
+    }
+    for name in names(images) {
+        if left_by_the_dead(&name, ".extracting-") {
+            let _ = fs::remove_dir_all(images.join(name));
+        }
+    }
+}
+
+/// What a dead agent's containers left under this agent's work directory,
+/// removed now: an agent calls it when it starts, before it claims
+/// anything. Does nothing where containers cannot run.
+pub fn sweep_at_start(cfg: &SandboxConfig) {
+    let (Some(work), Some(runc)) = (cfg.work_dir.as_deref(), super::which("runc")) else {
+        return;
+    };
+    if !nix::unistd::geteuid().is_root() || !work.join("runc").is_dir() {
+        return;
+    }
+    sweep(
+        &runc,
+        &work.join("runc"),
+        &work.join("bundles"),
+        &work.join("images"),
+    );
 }

@@ -451,13 +451,13 @@ function stageActions(detail, st) {
     out.push(h("div", { class: "panel item" },
       h("strong", {}, "Waits for your approval"),
       h("div", { class: "actions" },
-        h("button", { "data-action": "approve", onclick: () => act(`${base}/approve`, { by: "dashboard" }, `approved ${st.stage_id}`) }, "Approve"),
+        h("button", { "data-action": "approve", onclick: () => act(`${base}/approve`, {}, `approved ${st.stage_id}`) }, "Approve"),
       ),
       fb,
       h("div", { class: "actions" },
         h("button", { class: "danger", "data-action": "reject", onclick: () => {
           if (!fb.value.trim()) return toast("Say what to change: the step runs again with your feedback.", true);
-          act(`${base}/reject`, { by: "dashboard", feedback: fb.value }, `rejected ${st.stage_id}`);
+          act(`${base}/reject`, { feedback: fb.value }, `rejected ${st.stage_id}`);
         } }, "Reject with feedback")),
     ));
   }
@@ -465,9 +465,9 @@ function stageActions(detail, st) {
     out.push(h("div", { class: "panel item decision" },
       h("strong", {}, "Failed: decide what happens"),
       h("div", { class: "actions" },
-        h("button", { "data-action": "retry", onclick: () => act(`${base}/retry`, { by: "dashboard" }, `retrying ${st.stage_id}`) }, "Retry"),
-        h("button", { class: "plain", "data-action": "skip", onclick: () => act(`${base}/skip`, { by: "dashboard" }, `skipped ${st.stage_id}`) }, "Skip"),
-        h("button", { class: "danger", "data-action": "abort", onclick: () => act(`${base}/abort`, { by: "dashboard" }, `aborted ${st.stage_id}`) }, "Abort"),
+        h("button", { "data-action": "retry", onclick: () => act(`${base}/retry`, {}, `retrying ${st.stage_id}`) }, "Retry"),
+        h("button", { class: "plain", "data-action": "skip", onclick: () => act(`${base}/skip`, {}, `skipped ${st.stage_id}`) }, "Skip"),
+        h("button", { class: "danger", "data-action": "abort", onclick: () => act(`${base}/abort`, {}, `aborted ${st.stage_id}`) }, "Abort"),
       )));
   }
   for (const q of detail.questions.filter((q) => q.stage_id === st.stage_id && q.state === "open")) {
@@ -476,15 +476,30 @@ function stageActions(detail, st) {
   return out;
 }
 
+// Text a step wrote (its question, its choices, its failure) is quoted
+// under a label, never shown as the dashboard's own words: control and
+// direction-changing characters are dropped and it is cut at 500 characters.
+const STEP_TEXT_MAX = 500;
+function stepText(text) {
+  const clean = String(text ?? "")
+    .replace(/[\u0000-\u0008\u000b-\u001f\u007f-\u009f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]/g, "");
+  return clean.length > STEP_TEXT_MAX ? clean.slice(0, STEP_TEXT_MAX) + "…" : clean;
+}
+function stepSaid(label, text) {
+  return h("div", { class: "step-said" },
+    h("span", { class: "muted" }, label),
+    h("blockquote", { class: "step-text" }, stepText(text)));
+}
+
 function questionForm(q, head) {
   const path = `/v1/runs/${encodeURIComponent(q.run_id)}/questions/${q.id}/answer`;
-  const send = (text) => act(path, { by: "dashboard", text }, "answered");
+  const send = (text) => act(path, { text }, "answered");
   const input = h("input", { type: "text", "data-draft": `answer:${q.id}`, placeholder: "your answer" });
   return h("div", { class: "panel item", "data-question": q.id },
     head || "",
-    h("strong", {}, "Question: "), q.question,
+    stepSaid("The step asks:", q.question),
     q.choices.length
-      ? h("div", { class: "actions" }, q.choices.map((c) => h("button", { class: "plain", "data-action": "answer", onclick: () => send(c) }, c)))
+      ? h("div", { class: "actions" }, q.choices.map((c) => h("button", { class: "plain", "data-action": "answer", title: "a choice the step offered", onclick: () => send(c) }, stepText(c).slice(0, 80))))
       : [input, h("div", { class: "actions" }, h("button", { "data-action": "answer", onclick: () => input.value.trim() && send(input.value) }, "Answer"))],
   );
 }
@@ -622,21 +637,21 @@ async function inboxView() {
       return h("div", { class: "panel item", "data-item": key },
         head,
         h("div", { class: "actions" },
-          h("button", { "data-action": "approve", onclick: () => act(`${base}/approve`, { by: "dashboard" }, `approved ${it.stage_id}`) }, "Approve")),
+          h("button", { "data-action": "approve", onclick: () => act(`${base}/approve`, {}, `approved ${it.stage_id}`) }, "Approve")),
         fb,
         h("div", { class: "actions" },
           h("button", { class: "danger", "data-action": "reject", onclick: () => {
             if (!fb.value.trim()) return toast("Say what to change: the step runs again with your feedback.", true);
-            act(`${base}/reject`, { by: "dashboard", feedback: fb.value }, `rejected ${it.stage_id}`);
+            act(`${base}/reject`, { feedback: fb.value }, `rejected ${it.stage_id}`);
           } }, "Reject with feedback")));
     }
     return h("div", { class: "panel item decision", "data-item": key },
       head,
-      it.error ? h("p", { class: "error" }, it.error) : "",
+      it.error ? stepSaid("What was reported:", it.error) : "",
       h("div", { class: "actions" },
-        h("button", { "data-action": "retry", onclick: () => act(`${base}/retry`, { by: "dashboard" }, `retrying ${it.stage_id}`) }, "Retry"),
-        h("button", { class: "plain", "data-action": "skip", onclick: () => act(`${base}/skip`, { by: "dashboard" }, `skipped ${it.stage_id}`) }, "Skip"),
-        h("button", { class: "danger", "data-action": "abort", onclick: () => act(`${base}/abort`, { by: "dashboard" }, `aborted ${it.stage_id}`) }, "Abort")));
+        h("button", { "data-action": "retry", onclick: () => act(`${base}/retry`, {}, `retrying ${it.stage_id}`) }, "Retry"),
+        h("button", { class: "plain", "data-action": "skip", onclick: () => act(`${base}/skip`, {}, `skipped ${it.stage_id}`) }, "Skip"),
+        h("button", { class: "danger", "data-action": "abort", onclick: () => act(`${base}/abort`, {}, `aborted ${it.stage_id}`) }, "Abort")));
   });
   return [h("h1", {}, "Inbox"), items.length ? h("div", { id: "inbox" }, rows) : h("p", { class: "muted" }, "Nothing waits for you.")];
 }
