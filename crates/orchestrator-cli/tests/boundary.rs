@@ -93,7 +93,13 @@ impl Drop for Cleanup {
 #[test]
 fn a_step_finds_no_token_wherever_the_data_directory_lives() {
     let unique = format!("orch-e2e-{}", std::process::id());
-    for parent in ["/var/lib", "/srv", "/opt"] {
+    for (parent, sandbox) in [
+        ("/var/lib", "namespace"),
+        ("/srv", "namespace"),
+        ("/opt", "namespace"),
+        ("/var/lib", "bubblewrap"),
+        ("/srv", "bubblewrap"),
+    ] {
         let mut h = Harness::new();
         let data = Path::new(parent).join(&unique).join("data");
         let _cleanup = Cleanup(Path::new(parent).join(&unique));
@@ -117,6 +123,7 @@ fn a_step_finds_no_token_wherever_the_data_directory_lives() {
                 r#"name: hunt
 stages:
   - id: hunt
+    sandbox: {sandbox}
     steps:
       - commands:
           - argv: [sh, -c, '{by_path} ls -la {parent} {parent}/{unique} {data}; find / -xdev \( -name "*.token" -o -name "*.secret" \) 2>/dev/null | sed "s/^/FOUND /"; true']
@@ -133,13 +140,13 @@ stages:
             let value = std::fs::read_to_string(data.join(name)).unwrap();
             assert!(
                 !logs.stdout.contains(value.trim()),
-                "{parent}: the step read {name}:\n{logs}"
+                "{parent} ({sandbox}): the step read {name}:\n{logs}"
             );
             assert!(
                 !logs
                     .stdout
                     .contains(&format!("FOUND {}/{name}", data.display())),
-                "{parent}: the step found {name}:\n{logs}"
+                "{parent} ({sandbox}): the step found {name}:\n{logs}"
             );
         }
     }
@@ -171,7 +178,7 @@ fn host_pid_of_sleep(run: &str) -> Option<i32> {
 
 #[test]
 fn a_sigkilled_agents_step_dies_with_it_or_when_it_starts_again() {
-    for sandbox in ["namespace", "process"] {
+    for sandbox in ["namespace", "bubblewrap", "process"] {
         let mut h = Harness::new();
         let d = h.start_daemon(&["--lease-ttl-ms", "3000", "--heartbeat-ms", "300"]);
         let a = h.start_agent(&d, "doomed", 1);
@@ -184,7 +191,7 @@ fn a_sigkilled_agents_step_dies_with_it_or_when_it_starts_again() {
         let pid = wait_for("the sleep's host pid", LONG, || host_pid_of_sleep(&run));
         h.stray(pid, &run);
         h.kill9(a);
-        if sandbox == "namespace" {
+        if sandbox != "process" {
             // The whole sandbox dies with its agent.
             wait_for(
                 "the namespace step to die with its agent",

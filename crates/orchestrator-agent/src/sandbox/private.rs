@@ -51,7 +51,11 @@ fn registries() -> Vec<PathBuf> {
         for e in list.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if parent == "/tmp" && !name.starts_with("orch-") {
+            // `/tmp/orch-<uid>` only: other `orch-*` names are not registries.
+            let uid_dir = name
+                .strip_prefix("orch-")
+                .is_some_and(|u| !u.is_empty() && u.bytes().all(|b| b.is_ascii_digit()));
+            if parent == "/tmp" && !uid_dir {
                 continue;
             }
             all.push(e.path().join(sub));
@@ -65,9 +69,12 @@ fn registries() -> Vec<PathBuf> {
 /// Registers `dirs` (absolute; made canonical where they exist) as private
 /// to the orchestrator on this machine. Idempotent.
 pub fn register(dirs: &[PathBuf]) -> io::Result<()> {
-    let registry = own_registry();
-    fs::create_dir_all(&registry)?;
-    forget_gone(&registry);
+    register_in(&own_registry(), dirs)
+}
+
+fn register_in(registry: &Path, dirs: &[PathBuf]) -> io::Result<()> {
+    fs::create_dir_all(registry)?;
+    forget_gone(registry);
     for dir in dirs {
         let dir = fs::canonicalize(dir).unwrap_or_else(|_| dir.clone());
         if !dir.is_absolute() {
@@ -95,10 +102,21 @@ pub fn register(dirs: &[PathBuf]) -> io::Result<()> {
 /// Every directory registered on this machine, by root or by this user.
 pub fn registered() -> Vec<PathBuf> {
     let me = nix::unistd::getuid().as_raw();
+    let mut dirs: Vec<PathBuf> = registries()
+        .iter()
+        .flat_map(|r| read_registry(r, me))
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
+}
+
+/// The directories registered in `registry` by root or by user `me`.
+fn read_registry(registry: &Path, me: u32) -> Vec<PathBuf> {
     let mut dirs = Vec::new();
-    for registry in registries() {
-        let Ok(list) = fs::read_dir(&registry) else {
-            continue;
+    {
+        let Ok(list) = fs::read_dir(registry) else {
+            return dirs;
         };
         for e in list.flatten() {
             let path = e.path();
@@ -124,8 +142,6 @@ pub fn registered() -> Vec<PathBuf> {
             }
         }
     }
-    dirs.sort();
-    dirs.dedup();
     dirs
 }
 
@@ -146,4 +162,36 @@ fn forget_gone(registry: &Path) {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_directories_are_read_back_and_gone_ones_forgotten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let registry = tmp.path().join("private");
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        register_in(&registry, &[a.clone(), b.clone()]).unwrap();
+        // Again: nothing new.
+        register_in(&registry, &[a.clone()]).unwrap();
+        let me = nix::unistd::getuid().as_raw();
+        let mut got = read_registry(&registry, me);
+        got.sort();
+        let canon = |p: &Path| fs::canonicalize(p).unwrap();
+        assert_eq!(got, vec![canon(&a), canon(&b)]);
+        fs::remove_dir(&b).unwrap();
+        register_in(&registry, &[a.clone()]).unwrap();
+        assert_eq!(read_registry(&registry, me), vec![canon(&a)]);
+        // An entry of another user is not taken.
+        if me == 0 {
+            let other = registry.join("planted");
+            fs::write(&other, "/usr\n").unwrap();
+            nix::unistd::chown(&other, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+            assert_eq!(read_registry(&registry, me), vec![canon(&a)]);
+        }
+    }
 }
