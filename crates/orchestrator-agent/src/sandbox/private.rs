@@ -177,14 +177,14 @@ mod tests {
         fs::create_dir_all(&b).unwrap();
         register_in(&registry, &[a.clone(), b.clone()]).unwrap();
         // Again: nothing new.
-        register_in(&registry, &[a.clone()]).unwrap();
+        register_in(&registry, std::slice::from_ref(&a)).unwrap();
         let me = nix::unistd::getuid().as_raw();
         let mut got = read_registry(&registry, me);
         got.sort();
         let canon = |p: &Path| fs::canonicalize(p).unwrap();
         assert_eq!(got, vec![canon(&a), canon(&b)]);
         fs::remove_dir(&b).unwrap();
-        register_in(&registry, &[a.clone()]).unwrap();
+        register_in(&registry, std::slice::from_ref(&a)).unwrap();
         assert_eq!(read_registry(&registry, me), vec![canon(&a)]);
         // An entry of another user is not taken.
         if me == 0 {
