@@ -54,6 +54,7 @@ impl Embedded {
                 models: None,
                 llama_launcher: None,
                 state_dir: None,
+                no_shared_agent_token: false,
                 projects: Vec::new(),
                 hooks: HookArgs::default(),
             },

@@ -84,6 +84,11 @@ pub struct DaemonArgs {
     /// Default: no export.
     #[arg(long, value_name = "DIR", env = "ORCH_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Refuse the shared agent token (`agent.token`): every agent then needs
+    /// a token of its own (`orch agent-token create NAME`). Default: the
+    /// shared token is accepted for names no agent token binds.
+    #[arg(long, env = "ORCH_NO_SHARED_AGENT_TOKEN")]
+    pub no_shared_agent_token: bool,
     /// A project whose workflows (`.orchestrator/workflows/*.yaml|*.yml|*.json`)
     /// the daemon watches: edits reload them for new runs, which can then
     /// name them (`orch run NAME`). Repeat or comma-separate for several.
@@ -249,7 +254,11 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     paths::register_private(&private);
     let tokens = Tokens {
         admin: vec![paths::ensure_token(data_dir, "admin.token")?],
-        agent: vec![paths::ensure_token(data_dir, "agent.token")?],
+        agent: if a.no_shared_agent_token {
+            Vec::new()
+        } else {
+            vec![paths::ensure_token(data_dir, "agent.token")?]
+        },
     };
     let hooks = a.hooks.config(data_dir)?;
     let location = store_location(a.store.as_deref(), data_dir)?;

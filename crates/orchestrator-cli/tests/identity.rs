@@ -313,3 +313,16 @@ stages:
     assert!(log.iter().any(|(a, _)| a == "user:dashboard"), "{log:?}");
     h.orch(&["cancel", &run2]).expect_code(0);
 }
+
+#[test]
+fn a_daemon_that_refuses_the_shared_token_takes_only_agents_own_tokens() {
+    let mut h = Harness::new();
+    // A shared token left from before the operator turned it off.
+    std::fs::write(h.data.join("agent.token"), "shared-left-from-before\n").unwrap();
+    let d = h.start_daemon(&["--no-shared-agent-token"]);
+    let r = register(&d, "shared-left-from-before", "anyone");
+    assert_eq!(r.status, 401, "{}", r.text());
+    let own = create_token(&h, "builder");
+    let r = register(&d, &own, "builder");
+    assert_eq!(r.status, 200, "{}", r.text());
+}
