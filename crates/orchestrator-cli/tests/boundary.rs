@@ -251,13 +251,13 @@ fn a_committed_policy_linked_to_dev_zero_is_refused_at_once() {
         "hello.yaml",
         "name: hello\nstages:\n  - id: a\n    steps:\n      - commands:\n          - argv: [true]\n",
     );
-    let out = h.orch(&[
-        "run",
-        file.to_str().unwrap(),
-        "--project",
-        h.project.to_str().unwrap(),
-    ]);
-    assert_ne!(out.code, 0, "{out}");
+    let submit_refused = || {
+        let project = h.project.to_str().unwrap();
+        let out = h.orch(&["run", file.to_str().unwrap(), "--project", project]);
+        assert_ne!(out.code, 0, "{out}");
+        out
+    };
+    let out = submit_refused();
     assert!(out.stderr.contains("policy.yaml"), "{out}");
     assert!(out.stderr.contains("expected a regular file"), "{out}");
     // A FIFO, and a file past the limit, are refused the same way.
@@ -267,24 +267,14 @@ fn a_committed_policy_linked_to_dev_zero_is_refused_at_once() {
         nix::sys::stat::Mode::from_bits_truncate(0o600),
     )
     .unwrap();
-    let out = h.orch(&[
-        "run",
-        file.to_str().unwrap(),
-        "--project",
-        h.project.to_str().unwrap(),
-    ]);
+    let out = submit_refused();
     assert!(
         out.stderr.contains("a FIFO; expected a regular file"),
         "{out}"
     );
     std::fs::remove_file(orch_dir.join("policy.yaml")).unwrap();
     std::fs::write(orch_dir.join("policy.yaml"), vec![b'#'; 2 << 20]).unwrap();
-    let out = h.orch(&[
-        "run",
-        file.to_str().unwrap(),
-        "--project",
-        h.project.to_str().unwrap(),
-    ]);
+    let out = submit_refused();
     assert!(
         out.stderr.contains("expected at most 1048576 bytes"),
         "{out}"
