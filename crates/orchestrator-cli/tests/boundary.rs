@@ -162,6 +162,23 @@ stages:
           - argv: [sh, -c, 'sleep 3600 & echo $! > bg.tmp; mv bg.tmp bg; ls /proc > /dev/null; wait']
 "#;
 
+/// The cgroup directories (v1 hierarchies) the agent made for process
+/// `pid`'s command: `.../orch-<agent pid>/cmd-<n>`.
+fn command_cgroups(pid: i32) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            (path.contains("/orch-") && !controllers.is_empty()).then(|| {
+                Path::new("/sys/fs/cgroup")
+                    .join(controllers)
+                    .join(path.trim_start_matches('/'))
+            })
+        })
+        .collect()
+}
+
 /// The pid, as the host numbers it, of the step's `sleep 3600`.
 fn host_pid_of_sleep(run: &str) -> Option<i32> {
     let wanted = b"sleep\x003600\x00";
@@ -190,6 +207,13 @@ fn a_sigkilled_agents_step_dies_with_it_or_when_it_starts_again() {
         });
         let pid = wait_for("the sleep's host pid", LONG, || host_pid_of_sleep(&run));
         h.stray(pid, &run);
+        let cgroups = command_cgroups(pid);
+        if sandbox == "namespace" {
+            assert!(
+                !cgroups.is_empty(),
+                "the namespace step has no cgroup of its own"
+            );
+        }
         h.kill9(a);
         if sandbox != "process" {
             // The whole sandbox dies with its agent.
@@ -205,6 +229,12 @@ fn a_sigkilled_agents_step_dies_with_it_or_when_it_starts_again() {
             &format!("the {sandbox} step's background sleep to be killed"),
             Duration::from_secs(20),
             || process_gone(pid).then_some(()),
+        );
+        // The dead agent's cgroups are emptied and removed too.
+        wait_for(
+            "the dead agent's command cgroups to be removed",
+            Duration::from_secs(20),
+            || cgroups.iter().all(|c| !c.exists()).then_some(()),
         );
         // The retry cannot end (it sleeps too): the run is cancelled.
         h.orch(&["cancel", &run]).expect_code(0);
