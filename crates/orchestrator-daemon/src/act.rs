@@ -82,11 +82,37 @@ fn describe(a: &Action) -> String {
 
 /// `GET /v1/act/{token}`: what the link does, and the button that does it.
 pub async fn show<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<String>) -> Response {
-    let action = match verified(&app, &token) {
-        Ok(a) => a.action,
+    let signed = match verified(&app, &token) {
+        Ok(s) => s,
         Err(r) => return *r,
     };
-    let what = describe(&action);
+    let what = describe(&signed.action);
+    // A link already used, or sent for a request a newer one replaced,
+    // says so before anyone clicks.
+    if let Some(link) = link_use(&signed) {
+        match app.store.link_refusal(&signed.action.run_id, link).await {
+            Ok(Some(why)) => {
+                return page(
+                    StatusCode::CONFLICT,
+                    "This link does not work any more",
+                    &format!(
+                        "<p>It would {}, but: {}</p>",
+                        escape(&what),
+                        escape(&why.to_string())
+                    ),
+                )
+            }
+            Ok(None) => {}
+            Err(StoreError::NotFound { .. }) => {
+                return page(
+                    StatusCode::NOT_FOUND,
+                    "This link does not work",
+                    "<p>Its run or question is not known here.</p>",
+                )
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot tell whether a link was used; showing it"),
+        }
+    }
     page(
         StatusCode::OK,
         "Confirm",
@@ -97,29 +123,37 @@ pub async fn show<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<St
     )
 }
 
-/// `POST /v1/act/{token}`: does what the signed action says.
-pub async fn act<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<String>) -> Response {
-    let (action, expires_at_ms, id) = match verified(&app, &token) {
-        Ok(s) => (s.action, s.expires_at_ms, s.id),
-        Err(r) => return *r,
-    };
+/// The request a verified link answers, for the store's checks; None when
+/// it names no stage or question.
+fn link_use(signed: &SignedAction) -> Option<LinkUse> {
+    let action = &signed.action;
     let target = match (action.kind, &action.stage_id, action.question_id) {
         (ActionKind::Answer, _, Some(q)) => LinkTarget::Question(q),
         (_, Some(stage), _) => LinkTarget::Stage(stage.clone()),
-        _ => {
-            return page(
-                StatusCode::BAD_REQUEST,
-                "This link does not work",
-                "<p>The action names no stage or question.</p>",
-            )
-        }
+        _ => return None,
     };
-    let link = LinkUse {
-        id,
+    Some(LinkUse {
+        id: signed.id.clone(),
         target,
         round: action.round,
-        expires_at_ms,
+        expires_at_ms: signed.expires_at_ms,
+    })
+}
+
+/// `POST /v1/act/{token}`: does what the signed action says.
+pub async fn act<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<String>) -> Response {
+    let signed = match verified(&app, &token) {
+        Ok(s) => s,
+        Err(r) => return *r,
     };
+    let Some(link) = link_use(&signed) else {
+        return page(
+            StatusCode::BAD_REQUEST,
+            "This link does not work",
+            "<p>The action names no stage or question.</p>",
+        );
+    };
+    let action = signed.action;
     let command = match (action.kind, &action.stage_id, action.question_id) {
         (ActionKind::Approve, Some(stage), _) => HumanCommand::Approve {
             stage_id: stage.clone(),

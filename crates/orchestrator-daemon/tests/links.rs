@@ -110,6 +110,14 @@ async fn link_in(got: &Mutex<Vec<String>>, word: &str, n: usize, line_word: &str
 }
 
 /// Clicks the link's button: its status and page.
+/// Opens a link as a browser does first: its page, nothing done.
+async fn open(d: &Daemon, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("http://{}{path}", d.addr))
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
 async fn click(d: &Daemon, path: &str) -> (u16, String) {
     let r = reqwest::Client::new()
         .post(format!("http://{}{path}", d.addr))
@@ -210,6 +218,17 @@ async fn an_approve_link_acts_on_its_own_round_once_even_after_a_restart() {
     assert_ne!(first, second);
     assert_eq!(stage_state(&store, &run).await, "awaiting_approval");
 
+    // Its page already says so; the new link's page offers to approve.
+    let (status, page) = open(&d, &first).await;
+    assert_eq!(status, 409, "{page}");
+    assert!(
+        page.contains("does not work any more") && page.contains("newer request"),
+        "{page}"
+    );
+    let (status, page) = open(&d, &second).await;
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Do it"), "{page}");
+
     // The old link must not approve the new round's work.
     let (status, page) = click(&d, &first).await;
     assert_eq!(status, 409, "{page}");
@@ -220,6 +239,9 @@ async fn an_approve_link_acts_on_its_own_round_once_even_after_a_restart() {
     let (status, page) = click(&d, &second).await;
     assert_eq!(status, 200, "{page}");
     let (status, page) = click(&d, &second).await;
+    assert_eq!(status, 409, "{page}");
+    assert!(page.contains("already used"), "{page}");
+    let (status, page) = open(&d, &second).await;
     assert_eq!(status, 409, "{page}");
     assert!(page.contains("already used"), "{page}");
 

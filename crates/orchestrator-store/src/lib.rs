@@ -313,6 +313,13 @@ pub trait Store: Send + Sync + 'static {
         actor: &str,
         link: LinkUse,
     ) -> impl Future<Output = Result<RunSummary>> + Send;
+    /// Why a signed link would be refused now (used, or its request
+    /// superseded), without spending it; None when it would act.
+    fn link_refusal(
+        &self,
+        run_id: &str,
+        link: LinkUse,
+    ) -> impl Future<Output = Result<Option<Refused>>> + Send;
     /// Records a one-time credential as spent until `expires_at_ms`;
     /// [`StoreError::Refused`] when it was spent before.
     fn spend(

@@ -41,7 +41,8 @@ use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 use crate::{
-    Counts, Credential, HumanCommand, LinkUse, NewRun, Result, Revocations, Store, StoreError,
+    Counts, Credential, HumanCommand, LinkUse, NewRun, Refused, Result, Revocations, Store,
+    StoreError,
 };
 pub use copy::{sqlite_to_postgres, CopyReport};
 use decide::Decision;
@@ -436,6 +437,15 @@ impl Store for SqlStore {
         .await?;
         self.read(move |c| reads::run_summary_by_id(c, &read_id))
             .await
+    }
+
+    async fn link_refusal(&self, run_id: &str, link: LinkUse) -> Result<Option<Refused>> {
+        let prefix = run_id.to_owned();
+        self.read(move |c| {
+            let id = reads::resolve_run(c, &prefix)?;
+            spent::refusal(c, &id, &link)
+        })
+        .await
     }
 
     async fn spend(&self, kind: Credential, id: String, expires_at_ms: i64) -> Result<()> {

@@ -37,6 +37,28 @@ pub fn spend(ctx: &mut Ctx<'_>, kind: Credential, id: &str, expires_at_ms: i64) 
 
 /// Refuses a link whose request is no longer its entity's latest.
 pub fn check_round(ctx: &mut Ctx<'_>, run_id: &str, link: &LinkUse) -> Result<()> {
+    round_is_latest(ctx.conn, run_id, link)
+}
+
+/// Why `link` would be refused now (used before, or its request is no
+/// longer the latest), without spending it: what its page says before the
+/// human clicks.
+pub fn refusal(conn: &Conn, run_id: &str, link: &LinkUse) -> Result<Option<Refused>> {
+    let used: Option<i64> = conn
+        .prepare_cached("SELECT spent_at FROM spent_credentials WHERE kind = ?1 AND id = ?2")?
+        .query_row(params![Credential::Link.as_str(), link.id], |r| r.get(0))
+        .optional()?;
+    if let Some(at_ms) = used {
+        return Ok(Some(Refused::Used { at_ms }));
+    }
+    match round_is_latest(conn, run_id, link) {
+        Ok(()) => Ok(None),
+        Err(StoreError::Refused(why)) => Ok(Some(why)),
+        Err(e) => Err(e),
+    }
+}
+
+fn round_is_latest(conn: &Conn, run_id: &str, link: &LinkUse) -> Result<()> {
     let (entity, key, what) = match &link.target {
         LinkTarget::Stage(stage) => (
             Entity::Stage,
@@ -44,8 +66,7 @@ pub fn check_round(ctx: &mut Ctx<'_>, run_id: &str, link: &LinkUse) -> Result<()
             format!("stage {stage} of run {run_id}"),
         ),
         LinkTarget::Question(id) => {
-            let stage: String = ctx
-                .conn
+            let stage: String = conn
                 .prepare_cached("SELECT stage_id FROM questions WHERE id = ?1 AND run_id = ?2")?
                 .query_row(params![id, run_id], |r| r.get(0))
                 .optional()?
@@ -60,8 +81,7 @@ pub fn check_round(ctx: &mut Ctx<'_>, run_id: &str, link: &LinkUse) -> Result<()
             )
         }
     };
-    let latest: Option<i64> = ctx
-        .conn
+    let latest: Option<i64> = conn
         .prepare_cached(
             "SELECT MAX(seq) FROM transitions WHERE run_id = ?1 AND entity = ?2 AND entity_id = ?3",
         )?
