@@ -3,7 +3,8 @@
 //! temporary file), its handoff directory and the worktree's `.git`. Each
 //! test plants, lets the agent do its writing, and checks that the host file
 //! the link points at is untouched, under every backend that binds the
-//! bundle writable (`namespace`, `bubblewrap`).
+//! bundle writable (`namespace`, `bubblewrap`, `container`; `vm`, whose
+//! guest writes the bundle over 9p, for the next command's log).
 //!
 //! A link resolves on the host, so its target needs to exist only there: the
 //! step itself cannot see it.
@@ -18,13 +19,44 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 
-use common::sandboxed::{require, sh, spec, Project};
+use common::sandboxed::{busybox_rootfs, require, sh, spec, vm_asset, Project};
+use tempfile::TempDir;
 
 const ORIGINAL: &str = "the host's own content\n";
 
 fn backends() -> Vec<SandboxSpec> {
     require("bwrap", "bubblewrap");
-    vec![spec(SandboxKind::Namespace), spec(SandboxKind::Bubblewrap)]
+    vec![
+        spec(SandboxKind::Namespace),
+        spec(SandboxKind::Bubblewrap),
+        spec(SandboxKind::Container),
+    ]
+}
+
+/// A project whose agent runs `sandbox`: a busybox image and a work
+/// directory for containers, the VM assets for the vm (the directories
+/// live as long as the project).
+fn project(sandbox: &SandboxSpec) -> (Project, Vec<TempDir>) {
+    let mut p = Project::new();
+    let mut keep = Vec::new();
+    match sandbox.kind {
+        Some(SandboxKind::Container) => {
+            let image = tempfile::tempdir().unwrap();
+            let rootfs = image.path().canonicalize().unwrap().join("rootfs");
+            busybox_rootfs(&rootfs);
+            let work = tempfile::tempdir().unwrap();
+            p.cfg.container_image = Some(rootfs);
+            p.cfg.work_dir = Some(work.path().to_owned());
+            keep.extend([image, work]);
+        }
+        Some(SandboxKind::Vm) => {
+            p.cfg.vm.kernel = Some(vm_asset("ORCH_VM_KERNEL", "vmlinux"));
+            p.cfg.vm.initrd = Some(vm_asset("ORCH_VM_INITRD", "initrd.img"));
+            p.cfg.vm.image = Some(vm_asset("ORCH_VM_IMAGE", "base.qcow2"));
+        }
+        _ => {}
+    }
+    (p, keep)
 }
 
 /// A host file outside everything the step may write.
@@ -54,8 +86,8 @@ async fn run(p: &Project, job: &ClaimedJob) -> orchestrator_core::api::StepOutco
 
 #[tokio::test]
 async fn a_symlinked_log_of_the_next_command_is_not_followed() {
-    for sandbox in backends() {
-        let p = Project::new();
+    for sandbox in backends().into_iter().chain([spec(SandboxKind::Vm)]) {
+        let (p, _dirs) = project(&sandbox);
         let (out_target, err_target) = (host_file(&p, "stdout"), host_file(&p, "stderr"));
         let plant = format!(
             "ln -s {} \"$ORCH_BUNDLE_DIR/cmd-001.stdout.log\" && ln -s {} \"$ORCH_BUNDLE_DIR/cmd-001.stderr.log\"",
@@ -77,7 +109,7 @@ async fn a_symlinked_log_of_the_next_command_is_not_followed() {
 #[tokio::test]
 async fn a_symlink_into_the_projects_git_config_is_not_followed() {
     for sandbox in backends() {
-        let p = Project::new();
+        let (p, _dirs) = project(&sandbox);
         let config = p.root().join(".git/config");
         let before = fs::read_to_string(&config).unwrap();
         let plant = format!(
@@ -99,7 +131,7 @@ async fn a_symlink_into_the_projects_git_config_is_not_followed() {
 #[tokio::test]
 async fn a_hardlinked_log_does_not_write_the_file_it_shares() {
     for sandbox in backends() {
-        let p = Project::new();
+        let (p, _dirs) = project(&sandbox);
         let plant = "printf 'the host'\"'\"'s own content\\n' > \"$ORCH_BUNDLE_DIR/kept.txt\" && ln \"$ORCH_BUNDLE_DIR/kept.txt\" \"$ORCH_BUNDLE_DIR/cmd-001.stdout.log\"";
         let job = planting(&p, sandbox.clone(), plant);
         let out = run(&p, &job).await;
@@ -112,7 +144,7 @@ async fn a_hardlinked_log_does_not_write_the_file_it_shares() {
 #[tokio::test]
 async fn a_symlinked_manifest_temporary_is_not_followed() {
     for sandbox in backends() {
-        let p = Project::new();
+        let (p, _dirs) = project(&sandbox);
         let target = host_file(&p, "manifest");
         let plant = format!(
             "ln -s {} \"$ORCH_BUNDLE_DIR/manifest.json.tmp\" && ln -s {} \"$ORCH_BUNDLE_DIR/manifest.json\"",
@@ -133,7 +165,7 @@ async fn a_symlinked_manifest_temporary_is_not_followed() {
 #[tokio::test]
 async fn a_symlinked_redaction_temporary_is_not_followed() {
     for sandbox in backends() {
-        let p = Project::new();
+        let (p, _dirs) = project(&sandbox);
         let target = host_file(&p, "redacting");
         let plant = format!(
             "ln -s {} \"$ORCH_BUNDLE_DIR/cmd-001.stdout.redacting\" && ln -s {} \"$ORCH_BUNDLE_DIR/cmd-001.stderr.redacting\"",
@@ -157,7 +189,7 @@ async fn a_symlinked_redaction_temporary_is_not_followed() {
 #[tokio::test]
 async fn a_symlinked_handoff_file_is_not_followed() {
     for sandbox in backends() {
-        let p = Project::new();
+        let (p, _dirs) = project(&sandbox);
         let target = host_file(&p, "feedback");
         // The first step plants the link where the next step's feedback goes.
         let plant = format!(
@@ -188,14 +220,15 @@ async fn a_symlinked_handoff_file_is_not_followed() {
 #[tokio::test]
 async fn a_replaced_worktree_git_file_is_put_back_and_never_used() {
     for sandbox in backends() {
-        let p = Project::new();
+        let (p, _dirs) = project(&sandbox);
         let wt = p.worktree();
         let before = fs::read_to_string(wt.join(".git")).unwrap();
         let marker = p.outside().join("fsmonitor-ran");
         // A repository of the step's own whose config runs a program on
-        // every `git status`: in place of the worktree's `.git`.
+        // every `git status`: in place of the worktree's `.git` (made by
+        // hand, as an image may have no git).
         let plant = format!(
-            "rm .git && git init -q . && git config core.fsmonitor 'touch {}' && git config core.hooksPath /nonexistent",
+            "rm .git && mkdir -p .git/objects .git/refs/heads && echo 'ref: refs/heads/main' > .git/HEAD && printf '[core]\\n\\trepositoryformatversion = 0\\n\\tfsmonitor = touch {}\\n\\thooksPath = /nonexistent\\n' > .git/config",
             marker.display()
         );
         let job = p.job(sandbox.clone(), vec![sh(&plant)]);
@@ -213,7 +246,7 @@ async fn a_replaced_worktree_git_file_is_put_back_and_never_used() {
         assert!(status.status.success());
         assert!(!marker.exists(), "{sandbox:?}: the planted fsmonitor ran");
         // The next step runs in the run's worktree as before.
-        let mut job = p.job(sandbox.clone(), vec![sh("git rev-parse --git-dir")]);
+        let mut job = p.job(sandbox.clone(), vec![sh("cat .git")]);
         job.job_id = 43;
         job.spec.step = 1;
         let out = run(&p, &job).await;

@@ -19,39 +19,12 @@ use tokio_util::sync::CancellationToken;
 mod common;
 
 use common::sandboxed::{
-    assert_denied, assert_ok, cancel_kills_the_tree, keyed, relaying, require, sh, sleepers,
+    assert_denied, assert_ok, busybox_rootfs, cancel_kills_the_tree, keyed, relaying, sh, sleepers,
     spawn_cost, spec, Project, NO_DAEMON,
 };
 
 fn container() -> SandboxSpec {
     spec(SandboxKind::Container)
-}
-
-/// A busybox root file system: every applet linked in /bin, an
-/// /etc/os-release of its own.
-fn build_rootfs(root: &Path) {
-    require("runc", "runc");
-    require("busybox", "busybox-static");
-    let busybox = Path::new("/bin/busybox");
-    assert!(
-        busybox.is_file(),
-        "/bin/busybox is missing: install busybox-static (.ci/run installs it)"
-    );
-    for d in ["bin", "etc", "proc", "dev", "sys", "tmp"] {
-        fs::create_dir_all(root.join(d)).unwrap();
-    }
-    fs::copy(busybox, root.join("bin/busybox")).unwrap();
-    let list = Command::new(busybox).arg("--list").output().unwrap();
-    for applet in String::from_utf8(list.stdout).unwrap().lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
-        }
-    }
-    fs::write(
-        root.join("etc/os-release"),
-        "ID=orch-test\nNAME=\"orch test image\"\n",
-    )
-    .unwrap();
 }
 
 /// A project whose agent runs containers from a fresh busybox image, with
@@ -67,7 +40,7 @@ impl Fixture {
     fn new() -> Self {
         let image = tempfile::tempdir().unwrap();
         let rootfs = image.path().canonicalize().unwrap().join("rootfs");
-        build_rootfs(&rootfs);
+        busybox_rootfs(&rootfs);
         let work = tempfile::tempdir().unwrap();
         let mut p = Project::new();
         p.cfg.container_image = Some(rootfs.clone());

@@ -25,6 +25,8 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 
+use common::sandboxed::vm_asset;
+
 fn sh(script: &str) -> CommandSpec {
     CommandSpec {
         argv: vec!["sh".into(), "-c".into(), script.into()],
@@ -41,21 +43,6 @@ const VM: SandboxSpec = SandboxSpec {
     image: None,
 };
 
-/// The asset `var` names, or its default in the cache; fails when absent.
-fn asset(var: &str, file: &str) -> PathBuf {
-    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-            .join(".cache/orch/vm")
-            .join(file)
-    });
-    assert!(
-        path.is_file(),
-        "{} is missing ({var}); .ci/run builds it with scripts/vm-assets.sh",
-        path.display()
-    );
-    path
-}
-
 fn context() -> StepContext {
     for tool in ["qemu-system-x86_64", "qemu-img"] {
         let found = std::process::Command::new(tool).arg("--version").output();
@@ -67,9 +54,9 @@ fn context() -> StepContext {
     let accel = std::env::var("ORCH_VM_ACCEL").map_or(Accel::Auto, |a| Accel::parse(&a).unwrap());
     let sandbox = SandboxConfig {
         vm: VmConfig {
-            kernel: Some(asset("ORCH_VM_KERNEL", "vmlinux")),
-            initrd: Some(asset("ORCH_VM_INITRD", "initrd.img")),
-            image: Some(asset("ORCH_VM_IMAGE", "base.qcow2")),
+            kernel: Some(vm_asset("ORCH_VM_KERNEL", "vmlinux")),
+            initrd: Some(vm_asset("ORCH_VM_INITRD", "initrd.img")),
+            image: Some(vm_asset("ORCH_VM_IMAGE", "base.qcow2")),
             accel,
             ..VmConfig::default()
         },

@@ -42,6 +42,51 @@ pub fn spec(kind: SandboxKind) -> SandboxSpec {
     }
 }
 
+/// A busybox root file system: every applet linked in /bin, an
+/// /etc/os-release of its own.
+pub fn busybox_rootfs(root: &Path) {
+    require("runc", "runc");
+    require("busybox", "busybox-static");
+    let busybox = Path::new("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "/bin/busybox is missing: install busybox-static (.ci/run installs it)"
+    );
+    for d in ["bin", "etc", "proc", "dev", "sys", "tmp"] {
+        fs::create_dir_all(root.join(d)).unwrap();
+    }
+    fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    let list = std::process::Command::new(busybox)
+        .arg("--list")
+        .output()
+        .unwrap();
+    for applet in String::from_utf8(list.stdout).unwrap().lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet)).unwrap();
+        }
+    }
+    fs::write(
+        root.join("etc/os-release"),
+        "ID=orch-test\nNAME=\"orch test image\"\n",
+    )
+    .unwrap();
+}
+
+/// The asset `var` names, or its default in the cache; fails when absent.
+pub fn vm_asset(var: &str, file: &str) -> PathBuf {
+    let path = std::env::var_os(var).map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+            .join(".cache/orch/vm")
+            .join(file)
+    });
+    assert!(
+        path.is_file(),
+        "{} is missing ({var}); .ci/run builds it with scripts/vm-assets.sh",
+        path.display()
+    );
+    path
+}
+
 /// Fails, naming the package, when `program` is not installed.
 pub fn require(program: &str, package: &str) {
     let found = std::env::var_os("PATH")
