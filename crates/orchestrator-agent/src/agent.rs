@@ -115,6 +115,11 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
     check_declared_gpus(cfg.gpus.as_deref().unwrap_or_default())?;
     #[cfg(target_os = "linux")]
     crate::sandbox::report_at_start();
+    // Whatever this agent starts dies with it (the watchdog kills the
+    // running groups when the agent is gone).
+    if let Err(e) = crate::leftovers::start_watchdog() {
+        tracing::warn!(error = %e, "cannot start the watchdog; a killed agent's commands are killed only when it starts again");
+    }
     // Before anything is claimed: what an earlier agent here left running
     // dies, so no new attempt shares a worktree with an old one.
     if let Some(work) = &cfg.sandbox.work_dir {

@@ -1,13 +1,21 @@
 //! No attempt outlives its agent.
 //!
-//! A running command is the agent's child. Two things make sure that none
+//! A running command is the agent's child. Three things make sure that none
 //! of its processes survives the agent, however the agent ends:
 //!
-//! - **Parent-death signal.** Every process the agent spawns for a step (a
-//!   `process` command, the namespace sandbox's reaper, `bwrap`, `runc`,
-//!   QEMU) asks the kernel for SIGKILL when the agent dies
-//!   ([`die_with_agent`], between fork and exec). In the namespace and
-//!   bubblewrap sandboxes that death takes the whole pid namespace down.
+//! - **Parent-death signal.** Every sandbox process the agent spawns for a
+//!   step (the namespace sandbox's reaper, `bwrap`, `runc`, QEMU) asks the
+//!   kernel for SIGKILL when the agent dies ([`die_with_agent`], between
+//!   fork and exec). In the namespace and bubblewrap sandboxes that death
+//!   takes the whole pid namespace down.
+//! - **The watchdog.** A small process forked once when the agent starts
+//!   ([`start_watchdog`]) is told every command's process group as it
+//!   starts and ends, over a pipe only the agent holds the writing end of.
+//!   When the agent dies the pipe ends, and the watchdog SIGKILLs every
+//!   group still running, background children of a `process` command
+//!   included. A `process` command is spawned without code between fork and
+//!   exec, so it keeps the cheap `posix_spawn` path; the watchdog costs one
+//!   8-byte write per command start and end.
 //! - **Records, and a sweep at start.** What the signal does not reach (a
 //!   `process` command's background children, a container, a cgroup's
 //!   strays) is found again: every command's process group is recorded in
@@ -20,6 +28,7 @@
 
 use std::fs;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -30,6 +39,113 @@ use nix::unistd::Pid;
 
 /// Where this agent records its running commands' groups, once set.
 static RECORDS: OnceLock<PathBuf> = OnceLock::new();
+
+/// The writing end of the watchdog's pipe, once it runs.
+static WATCHDOG: OnceLock<OwnedFd> = OnceLock::new();
+
+/// The most groups the watchdog keeps at once (a fixed array: it may not
+/// allocate after the fork).
+const WATCHED_MAX: usize = 16_384;
+
+/// Starts the watchdog (once per process); see the module documentation.
+pub fn start_watchdog() -> io::Result<()> {
+    if WATCHDOG.get().is_some() {
+        return Ok(());
+    }
+    let (read, write) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(io::Error::from)?;
+    // SAFETY: the child runs only async-signal-safe system calls on a
+    // fixed-size stack array (see `watch`) and never returns.
+    match unsafe { nix::unistd::fork() }.map_err(io::Error::from)? {
+        nix::unistd::ForkResult::Child => {
+            drop(write);
+            // SAFETY: in the forked child; `watch` never returns.
+            unsafe { watch(read.as_raw_fd()) }
+        }
+        nix::unistd::ForkResult::Parent { .. } => {
+            drop(read);
+            // The agent never waits on the watchdog: a full pipe fails the
+            // write instead.
+            nix::fcntl::fcntl(
+                &write,
+                nix::fcntl::FcntlArg::F_SETFL(
+                    nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_CLOEXEC,
+                ),
+            )
+            .map_err(io::Error::from)?;
+            let _ = WATCHDOG.set(write);
+            Ok(())
+        }
+    }
+}
+
+/// The watchdog's loop: reads (op, pgid) records until the pipe ends, then
+/// kills every group it holds and exits.
+///
+/// # Safety
+/// Only in a child just forked: async-signal-safe calls, no allocation.
+unsafe fn watch(fd: RawFd) -> ! {
+    // SAFETY: raw system calls on the child's own descriptors and stack.
+    unsafe {
+        // Out of the agent's group and deaf to its terminal's signals, so
+        // that a Ctrl-C to the agent cannot take the watchdog first.
+        libc::setpgid(0, 0);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+            libc::signal(sig, libc::SIG_IGN);
+        }
+        let mut groups = [0 as libc::pid_t; WATCHED_MAX];
+        let mut n = 0usize;
+        let mut rec = [0u8; 8];
+        loop {
+            let mut got = 0usize;
+            while got < rec.len() {
+                let r = libc::read(fd, rec.as_mut_ptr().add(got).cast(), rec.len() - got);
+                if r > 0 {
+                    got += r as usize;
+                } else if r < 0 && nix::errno::Errno::last_raw() == libc::EINTR {
+                    continue;
+                } else {
+                    break;
+                }
+            }
+            if got < rec.len() {
+                break;
+            }
+            let op = i32::from_ne_bytes([rec[0], rec[1], rec[2], rec[3]]);
+            let pgid = i32::from_ne_bytes([rec[4], rec[5], rec[6], rec[7]]);
+            if op == 1 && n < WATCHED_MAX {
+                groups[n] = pgid;
+                n += 1;
+            } else if op == 2 {
+                if let Some(i) = groups[..n].iter().position(|&g| g == pgid) {
+                    n -= 1;
+                    groups[i] = groups[n];
+                }
+            }
+        }
+        for &g in &groups[..n] {
+            if g > 1 {
+                libc::kill(-g, libc::SIGKILL);
+            }
+        }
+        libc::_exit(0)
+    }
+}
+
+/// Tells the watchdog that group `pgid` started (`op` 1) or ended (2).
+fn tell_watchdog(op: i32, pgid: i32) {
+    let Some(fd) = WATCHDOG.get() else {
+        return;
+    };
+    let mut rec = [0u8; 8];
+    rec[..4].copy_from_slice(&op.to_ne_bytes());
+    rec[4..].copy_from_slice(&pgid.to_ne_bytes());
+    // Eight bytes are written whole (under PIPE_BUF); a full pipe (a stuck
+    // watchdog) must not block the agent.
+    if let Err(e) = nix::unistd::write(fd, &rec) {
+        tracing::warn!(error = %e, "cannot tell the watchdog about a command");
+    }
+}
 
 /// How long a sweep waits for killed processes to be gone.
 const GONE_WITHIN: Duration = Duration::from_secs(5);
@@ -69,33 +185,37 @@ pub fn record_in(dir: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// A running command's group, recorded until dropped.
+/// A running command's group, recorded (and watched) until dropped.
 #[derive(Debug)]
-pub struct Record(Option<PathBuf>);
+pub struct Record {
+    pgid: i32,
+    file: Option<PathBuf>,
+}
 
 impl Record {
-    /// Records group `pgid` (its leader's pid), when records are kept.
+    /// Records group `pgid` (its leader's pid) with the watchdog and, when
+    /// records are kept, in the work directory.
     pub fn new(pgid: i32) -> Self {
-        let Some(dir) = RECORDS.get() else {
-            return Record(None);
-        };
-        let Some(start) = start_time(pgid) else {
-            return Record(None);
-        };
-        let path = dir.join(pgid.to_string());
-        match fs::write(&path, format!("{start}\n")) {
-            Ok(()) => Record(Some(path)),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "cannot record a running command");
-                Record(None)
+        tell_watchdog(1, pgid);
+        let file = RECORDS.get().and_then(|dir| {
+            let start = start_time(pgid)?;
+            let path = dir.join(pgid.to_string());
+            match fs::write(&path, format!("{start}\n")) {
+                Ok(()) => Some(path),
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot record a running command");
+                    None
+                }
             }
-        }
+        });
+        Record { pgid, file }
     }
 }
 
 impl Drop for Record {
     fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
+        tell_watchdog(2, self.pgid);
+        if let Some(path) = self.file.take() {
             let _ = fs::remove_file(path);
         }
     }

@@ -193,6 +193,23 @@ fn host_pid_of_sleep(run: &str) -> Option<i32> {
     })
 }
 
+/// The agent's watchdog: its child with its own command line.
+fn watchdog_of(agent: i32) -> Option<i32> {
+    let cmdline = std::fs::read(format!("/proc/{agent}/cmdline")).ok()?;
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
+        let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+        let ppid: i32 = stat
+            .rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .nth(1)?
+            .parse()
+            .ok()?;
+        (ppid == agent && std::fs::read(e.path().join("cmdline")).ok()? == cmdline).then_some(pid)
+    })
+}
+
 #[test]
 fn a_sigkilled_agents_step_dies_with_it_or_when_it_starts_again() {
     for sandbox in ["namespace", "bubblewrap", "process"] {
@@ -214,23 +231,37 @@ fn a_sigkilled_agents_step_dies_with_it_or_when_it_starts_again() {
                 "the namespace step has no cgroup of its own"
             );
         }
+        // The step, background children included, dies with its agent.
         h.kill9(a);
-        if sandbox != "process" {
-            // The whole sandbox dies with its agent.
-            wait_for(
-                "the namespace step to die with its agent",
-                Duration::from_secs(10),
-                || process_gone(pid).then_some(()),
-            );
-        }
-        // The agent started again kills what it left before claiming.
+        wait_for(
+            &format!("the {sandbox} step to die with its agent"),
+            Duration::from_secs(10),
+            || process_gone(pid).then_some(()),
+        );
+
+        // When even the agent's watchdog is killed first, the agent started
+        // again kills what was left before it claims.
+        std::fs::remove_file(worktree.join("bg")).unwrap();
+        let b = h.start_agent(&d, "doomed", 1);
+        wait_for("the retry to start its sleep", LONG, || {
+            worktree.join("bg").exists().then_some(())
+        });
+        let pid = wait_for("the retry's host pid", LONG, || host_pid_of_sleep(&run));
+        h.stray(pid, &run);
+        let watchdog = watchdog_of(h.pid(b)).expect("the agent has a watchdog");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(watchdog),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        h.kill9(b);
         h.start_agent(&d, "doomed", 1);
         wait_for(
-            &format!("the {sandbox} step's background sleep to be killed"),
+            &format!("the {sandbox} step's sleep to be killed by the agent started again"),
             Duration::from_secs(20),
             || process_gone(pid).then_some(()),
         );
-        // The dead agent's cgroups are emptied and removed too.
+        // The dead agents' cgroups are emptied and removed too.
         wait_for(
             "the dead agent's command cgroups to be removed",
             Duration::from_secs(20),

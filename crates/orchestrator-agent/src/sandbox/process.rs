@@ -1,7 +1,7 @@
 //! No isolation: the command runs as the agent's child, leading its own
-//! process group, and sees the machine as the agent does. It is killed when
-//! the agent dies; what it left running is killed when the agent starts
-//! again (see [`crate::leftovers`]).
+//! process group, and sees the machine as the agent does. Its group is
+//! killed by the agent's watchdog when the agent dies, or when the agent
+//! starts again (see [`crate::leftovers`]).
 
 use tokio::process::Command;
 
@@ -10,11 +10,7 @@ use crate::exec::GroupChild;
 
 /// Spawns `cmd` as the leader of a new process group.
 pub(super) fn spawn(cmd: &mut Command) -> Result<GroupChild, SandboxError> {
-    let agent = crate::leftovers::agent_pid();
-    // SAFETY: the closure runs in the forked child before exec and makes
-    // async-signal-safe system calls only.
-    unsafe {
-        cmd.pre_exec(move || crate::leftovers::die_with_agent(agent));
-    }
+    // No code between fork and exec (it would cost the `posix_spawn` path):
+    // the agent's watchdog kills the group if the agent dies.
     GroupChild::spawn(cmd).map_err(SandboxError::Spawn)
 }
