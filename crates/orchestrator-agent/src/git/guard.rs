@@ -102,16 +102,28 @@ pub fn guard(project: &Path, worktree: &Path) -> Result<Guarded, GitError> {
 /// The worktree's entry in the repository (`.git/worktrees/<name>`): the one
 /// whose `gitdir` file names `worktree/.git`.
 pub(super) fn admin_dir(project: &Path, worktree: &Path) -> Result<PathBuf, GitError> {
-    let repo = super::open(project)?;
-    let entries = repo.commondir().join("worktrees");
     let want = worktree.join(".git");
+    // The common case without opening the repository: `.git` is a
+    // directory, and git named the entry after the worktree's directory.
+    let dot_git = project.join(".git");
+    let entries = if dot_git.is_dir() {
+        dot_git.join("worktrees")
+    } else {
+        super::open(project)?.commondir().join("worktrees")
+    };
+    let names = |entry: &Path| {
+        fs::read_to_string(entry.join("gitdir"))
+            .is_ok_and(|text| Path::new(text.trim_end_matches('\n')) == want)
+    };
+    if let Some(guess) = worktree.file_name().map(|n| entries.join(n)) {
+        if names(&guess) {
+            return Ok(guess);
+        }
+    }
+    // A taken name gets a number: look at every entry.
     let list = fs::read_dir(&entries).map_err(GitError::io("list", &entries))?;
     for entry in list.flatten() {
-        let gitdir = entry.path().join("gitdir");
-        let Ok(text) = fs::read_to_string(&gitdir) else {
-            continue;
-        };
-        if Path::new(text.trim_end_matches('\n')) == want {
+        if names(&entry.path()) {
             return Ok(entry.path());
         }
     }

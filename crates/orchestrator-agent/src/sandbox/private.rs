@@ -22,6 +22,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
 
 use sha2::{Digest, Sha256};
 
@@ -100,15 +102,55 @@ fn register_in(registry: &Path, dirs: &[PathBuf]) -> io::Result<()> {
 }
 
 /// Every directory registered on this machine, by root or by this user.
+///
+/// Asked before every step, so it is kept between calls and read again only
+/// when a directory that holds registries, or a registry, changed (its
+/// modification time: every registration renames a file into one).
 pub fn registered() -> Vec<PathBuf> {
+    static CACHE: Mutex<Option<Cached>> = Mutex::new(None);
+    let parents = stamps(&[Path::new("/run/user"), Path::new("/tmp")]);
+    // A panic elsewhere while holding the lock leaves a usable cache.
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let registries = match cache.as_ref() {
+        Some(c) if c.parents == parents => c.registries.clone(),
+        _ => registries(),
+    };
+    let refs: Vec<&Path> = registries.iter().map(PathBuf::as_path).collect();
+    let seen = stamps(&refs);
+    if let Some(c) = cache.as_ref() {
+        if c.parents == parents && c.seen == seen {
+            return c.dirs.clone();
+        }
+    }
     let me = nix::unistd::getuid().as_raw();
-    let mut dirs: Vec<PathBuf> = registries()
+    let mut dirs: Vec<PathBuf> = registries
         .iter()
         .flat_map(|r| read_registry(r, me))
         .collect();
     dirs.sort();
     dirs.dedup();
+    *cache = Some(Cached {
+        parents,
+        registries,
+        seen,
+        dirs: dirs.clone(),
+    });
     dirs
+}
+
+/// What [`registered`] read last, and the times it was read at.
+struct Cached {
+    parents: Vec<Option<SystemTime>>,
+    registries: Vec<PathBuf>,
+    seen: Vec<Option<SystemTime>>,
+    dirs: Vec<PathBuf>,
+}
+
+/// Each directory's modification time, None where it is missing.
+fn stamps(dirs: &[&Path]) -> Vec<Option<SystemTime>> {
+    dirs.iter()
+        .map(|d| fs::metadata(d).and_then(|m| m.modified()).ok())
+        .collect()
 }
 
 /// The directories registered in `registry` by root or by user `me`.
