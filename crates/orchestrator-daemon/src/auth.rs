@@ -129,14 +129,13 @@ async fn principal<S: Store>(app: &App<S>, token: &str) -> Result<Principal, Api
     if app.sessions.is_session(token, orchestrator_store::now_ms()) {
         return Ok(Principal::Dashboard);
     }
-    if let Some(cred) = app.store.agent_token_owner(token).await? {
-        return match cred.revoked_at_ms {
-            None => Ok(Principal::Agent(cred.name)),
-            Some(_) => Err(ApiErr::new(
+    if let Some((name, revoked)) = crate::ident::token_owner(app, token).await? {
+        return match revoked {
+            false => Ok(Principal::Agent(name)),
+            true => Err(ApiErr::new(
                 StatusCode::UNAUTHORIZED,
                 format!(
-                    "the token of agent {:?} was revoked; an admin issues a new one with `orch agent-token create {}`",
-                    cred.name, cred.name
+                    "the token of agent {name:?} was revoked; an admin issues a new one with `orch agent-token create {name}`"
                 ),
             )),
         };

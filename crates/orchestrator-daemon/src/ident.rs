@@ -7,7 +7,9 @@
 //! credential, registering under it (which voids the agent's leases) or
 //! acting for its agent id needs that credential.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,6 +22,81 @@ use crate::auth::Principal;
 use crate::error::{ApiErr, JsonBody};
 use crate::extract::Path;
 use crate::App;
+
+/// How long an identity read from the store is trusted before it is read
+/// again: a credential issued or revoked by another daemon on a shared
+/// store takes effect here within this time; one issued or revoked by this
+/// daemon takes effect at once.
+const FRESH_FOR: Duration = Duration::from_secs(5);
+
+/// Entries kept at most; past this the cache starts afresh.
+const CACHE_MAX: usize = 4096;
+
+/// A name and a flag (revoked, or bound) read from the store, by key, with
+/// when it was read; None when the store knew nothing.
+type Kept = Mutex<HashMap<String, (Option<(String, bool)>, Instant)>>;
+
+/// Identities read from the store, kept briefly: every claim, heartbeat and
+/// completion needs them, and a store read each would be most of a step's
+/// latency.
+#[derive(Debug, Default)]
+pub struct Identities {
+    /// Agent token → its owner and whether it is revoked.
+    tokens: Kept,
+    /// Agent id → its name and whether that name is bound to a credential.
+    agents: Kept,
+}
+
+impl Identities {
+    /// Forgets everything: a credential was issued or revoked here.
+    pub fn forget(&self) {
+        lock(&self.tokens).clear();
+        lock(&self.agents).clear();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic elsewhere while holding it leaves a usable map.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `key`'s entry in `map` while fresh, else `read` and keep it.
+async fn cached<F>(
+    map: &Kept,
+    key: &str,
+    read: F,
+) -> Result<Option<(String, bool)>, ApiErr>
+where
+    F: std::future::Future<Output = orchestrator_store::Result<Option<(String, bool)>>>,
+{
+    if let Some((v, at)) = lock(map).get(key) {
+        if at.elapsed() < FRESH_FOR {
+            return Ok(v.clone());
+        }
+    }
+    let v = read.await?;
+    let mut m = lock(map);
+    if m.len() >= CACHE_MAX {
+        m.clear();
+    }
+    m.insert(key.to_owned(), (v.clone(), Instant::now()));
+    Ok(v)
+}
+
+/// The owner of agent token `token` and whether it is revoked.
+pub async fn token_owner<S: Store>(
+    app: &App<S>,
+    token: &str,
+) -> Result<Option<(String, bool)>, ApiErr> {
+    cached(&app.identities.tokens, token, async {
+        Ok(app
+            .store
+            .agent_token_owner(token)
+            .await?
+            .map(|c| (c.name, c.revoked_at_ms.is_some())))
+    })
+    .await
+}
 
 fn forbidden(msg: String) -> ApiErr {
     ApiErr::new(StatusCode::FORBIDDEN, msg)
@@ -54,7 +131,13 @@ pub async fn check_agent<S: Store>(
     if matches!(who, Principal::Admin | Principal::Dashboard) {
         return Ok(());
     }
-    let Some((name, bound)) = app.store.agent_name(agent_id).await? else {
+    let Some((name, bound)) = cached(
+        &app.identities.agents,
+        agent_id,
+        app.store.agent_name(agent_id),
+    )
+    .await?
+    else {
         return match who {
             // Unknown to everyone: the store answers as before (404).
             Principal::SharedAgent => Ok(()),
@@ -85,6 +168,7 @@ pub async fn create<S: Store>(
         .store
         .issue_agent_token(&req.name, false, &who.actor(None))
         .await?;
+    app.identities.forget();
     tracing::info!(agent = %req.name, "agent token issued");
     Ok((
         StatusCode::CREATED,
@@ -112,6 +196,7 @@ pub async fn revoke<S: Store>(
         .store
         .revoke_agent_token(&name, &who.actor(None))
         .await?;
+    app.identities.forget();
     tracing::info!(agent = %name, "agent token revoked");
     Ok(Json(view).into_response())
 }

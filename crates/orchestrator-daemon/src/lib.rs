@@ -164,6 +164,8 @@ pub struct App<S> {
     pub sessions: Arc<dashboard::Sessions>,
     /// The watched projects' workflows, by name.
     pub catalog: Arc<std::sync::Mutex<catalog::Catalog>>,
+    /// Agent identities read from the store, kept briefly.
+    pub identities: ident::Identities,
 }
 
 /// A started daemon.
@@ -388,6 +390,7 @@ impl Daemon {
             usage: Arc::default(),
             sessions,
             catalog: catalog.clone(),
+            identities: Default::default(),
             config,
         });
         let mut tasks = JoinSet::new();
