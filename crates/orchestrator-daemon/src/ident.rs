@@ -61,11 +61,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// `key`'s entry in `map` while fresh, else `read` and keep it.
-async fn cached<F>(
-    map: &Kept,
-    key: &str,
-    read: F,
-) -> Result<Option<(String, bool)>, ApiErr>
+async fn cached<F>(map: &Kept, key: &str, read: F) -> Result<Option<(String, bool)>, ApiErr>
 where
     F: std::future::Future<Output = orchestrator_store::Result<Option<(String, bool)>>>,
 {
