@@ -251,6 +251,7 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     // Its tokens and secrets, hidden from every step on this machine.
     let mut private = vec![data_dir.to_owned()];
     private.extend(a.state_dir.clone());
+    private.extend(a.secrets_file.clone());
     paths::register_private(&private);
     let tokens = Tokens {
         admin: vec![paths::ensure_token(data_dir, "admin.token")?],

@@ -353,3 +353,44 @@ fn a_committed_policy_linked_to_dev_zero_is_refused_at_once() {
         "{out}"
     );
 }
+
+#[test]
+fn a_step_cannot_read_the_daemons_secrets_file_wherever_it_lives() {
+    let dir = Path::new("/srv").join(format!("orch-e2e-secrets-{}", std::process::id()));
+    let _cleanup = Cleanup(dir.clone());
+    std::fs::create_dir_all(&dir).unwrap();
+    let secrets = dir.join("secrets.env");
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&secrets)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"DEPLOY_KEY=topsecretvalue42\n").unwrap();
+    }
+    let mut h = Harness::new();
+    let d = h.start_daemon(&["--secrets-file", secrets.to_str().unwrap()]);
+    h.start_agent(&d, "worker", 1);
+    for sandbox in ["namespace", "bubblewrap"] {
+        let file = h.write(
+            "peek.yaml",
+            &format!(
+                "name: peek\nstages:\n  - id: peek\n    sandbox: {sandbox}\n    steps:\n      - commands:\n          - argv: [sh, -c, 'cat {} ; ls {}; echo END']\n",
+                secrets.display(),
+                dir.display()
+            ),
+        );
+        let run = h.submit(&file);
+        let detail = h.wait_run_end(&d, &run);
+        assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
+        let logs = h.orch(&["logs", &run]);
+        assert!(logs.stdout.contains("END"), "{logs}");
+        assert!(
+            !logs.stdout.contains("topsecretvalue42"),
+            "{sandbox}: the step read the secrets file:\n{logs}"
+        );
+    }
+}

@@ -90,6 +90,9 @@ fn arguments(
         args.push("--tmpfs".into());
         args.push(dir.into());
     }
+    for file in super::files_to_hide(hidden) {
+        args.extend(["--ro-bind".into(), "/dev/null".into(), file.into()]);
+    }
     for dir in writable {
         args.extend(["--bind".into(), dir.into(), dir.into()]);
     }

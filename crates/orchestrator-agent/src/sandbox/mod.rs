@@ -152,6 +152,21 @@ pub(crate) fn to_hide(extra: &[PathBuf]) -> Vec<PathBuf> {
     outermost
 }
 
+/// The files among `extra` to cover with an empty one (`/dev/null` bound
+/// over them): the orchestrator's private files that live outside every
+/// hidden directory (a daemon's `--secrets-file`, say).
+pub(crate) fn files_to_hide(extra: &[PathBuf]) -> Vec<PathBuf> {
+    let dirs = to_hide(extra);
+    let mut files: Vec<PathBuf> = extra
+        .iter()
+        .filter(|p| p.is_file() && !dirs.iter().any(|d| p.starts_with(d)))
+        .cloned()
+        .collect();
+    files.sort();
+    files.dedup();
+    files
+}
+
 /// Finds `name` in the agent's PATH, as an absolute path.
 pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;

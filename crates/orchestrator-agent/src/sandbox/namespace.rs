@@ -126,6 +126,9 @@ struct Plan {
     tmpfs: CString,
     tmpfs_opts: CString,
     hidden: Vec<CString>,
+    /// Private files outside the hidden directories, covered by `/dev/null`.
+    hidden_files: Vec<CString>,
+    dev_null: CString,
     writable: Vec<CString>,
     /// Host directories bound read-only at their own paths.
     readable: Vec<CString>,
@@ -206,6 +209,11 @@ impl Plan {
             tmpfs: literal("tmpfs"),
             tmpfs_opts: literal("mode=1777"),
             hidden: hide.iter().map(|p| cstring(p)).collect::<Result<_, _>>()?,
+            hidden_files: super::files_to_hide(hidden)
+                .iter()
+                .map(|p| cstring(p))
+                .collect::<Result<_, _>>()?,
+            dev_null: literal("/dev/null"),
             writable: writable
                 .iter()
                 .map(|p| cstring(p))
@@ -453,6 +461,19 @@ unsafe fn setup_mounts(plan: &Plan) -> io::Result<()> {
                 plan.tmpfs.as_ptr(),
                 libc::MS_NOSUID | libc::MS_NODEV,
                 plan.tmpfs_opts.as_ptr().cast(),
+            )),
+        )?;
+    }
+    for file in &plan.hidden_files {
+        check(
+            plan,
+            S_HIDE,
+            c_long::from(libc::mount(
+                plan.dev_null.as_ptr(),
+                file.as_ptr(),
+                std::ptr::null(),
+                libc::MS_BIND,
+                std::ptr::null(),
             )),
         )?;
     }
