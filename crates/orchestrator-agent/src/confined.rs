@@ -207,6 +207,14 @@ impl ConfinedDir {
         Err(ConfinedError::io("create", &path, Errno::EEXIST))
     }
 
+    /// Makes `name` a symlink to `target`, replacing whatever held it.
+    pub fn link(&self, name: &str, target: &Path) -> Result<(), ConfinedError> {
+        let name = plain(name)?;
+        self.remove(name)?;
+        nix::unistd::symlinkat(target, self.fd.as_fd(), name)
+            .map_err(|e| ConfinedError::io("link", &self.path.join(name), e))
+    }
+
     /// Removes `name` (a file, a link, or an empty directory); a name that
     /// is not there is no error.
     pub fn remove(&self, name: &str) -> Result<(), ConfinedError> {

@@ -76,6 +76,7 @@ impl Project {
             lease_expires_at_ms: 0,
             grant: Default::default(),
             spec: JobSpec {
+                mounts: Vec::new(),
                 run_id: "run-1".into(),
                 stage_id: "build".into(),
                 step: 2,

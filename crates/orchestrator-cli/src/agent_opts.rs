@@ -56,6 +56,16 @@ pub struct AgentOpts {
     /// no cap. Default: 32M.
     #[arg(long, value_name = "SIZE", env = "ORCH_LOG_CAP", value_parser = SizeSpec::parse)]
     pub log_cap: Option<SizeSpec>,
+    /// A host directory under which stages may name read-only `mounts:`
+    /// (repeat or comma-separate), such as `~/.cargo` or `/opt/venvs`; the
+    /// orchestrator's own data directories never can be. Default: none.
+    #[arg(
+        long = "allow-mount",
+        value_name = "PATH",
+        value_delimiter = ',',
+        env = "ORCH_ALLOW_MOUNTS"
+    )]
+    pub allow_mounts: Vec<PathBuf>,
     /// The `bwrap` binary of `sandbox: bubblewrap`. Default: `bwrap` in PATH.
     #[arg(long, value_name = "PATH", env = "ORCH_BWRAP")]
     pub bwrap: Option<PathBuf>,
@@ -84,6 +94,7 @@ impl AgentOpts {
             min_sandbox: None,
             pids_max: None,
             log_cap: None,
+            allow_mounts: vec![],
             vm: Default::default(),
             bwrap: None,
             container_image: None,
@@ -231,6 +242,7 @@ pub fn sandbox_config(o: &AgentOpts, data_dir: &Path) -> Result<SandboxConfig, C
     if let Some(cap) = o.log_cap {
         cfg.log_cap = cap.as_mib() << 20;
     }
+    cfg.allow_mounts = o.allow_mounts.clone();
     cfg.vm = vm_config(&o.vm);
     Ok(cfg)
 }

@@ -157,6 +157,7 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         sandbox: Some(orchestrator_core::spec::SandboxKind::Namespace),
         network: true,
         image: Some("images/rootfs".into()),
+        mounts: vec!["~/.cargo".into()],
         model: Some("smol".into()),
         secrets: vec!["API_KEY".into()],
     };

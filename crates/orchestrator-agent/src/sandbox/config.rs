@@ -36,6 +36,9 @@ pub struct SandboxConfig {
     /// hidden from every namespace-based sandbox, besides those registered
     /// on the machine (see [`super::private`]).
     pub private: Vec<PathBuf>,
+    /// Host paths under which a stage's `mounts:` may name what it reads
+    /// (`orch agent --allow-mount`); none by default.
+    pub allow_mounts: Vec<PathBuf>,
 }
 
 /// The default of [`SandboxConfig::pids_max`].
@@ -53,6 +56,7 @@ impl Default for SandboxConfig {
             work_dir: None,
             log_cap: crate::step::DEFAULT_LOG_CAP,
             private: Vec::new(),
+            allow_mounts: Vec::new(),
         }
     }
 }

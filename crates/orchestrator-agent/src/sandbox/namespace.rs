@@ -56,7 +56,7 @@ use crate::exec::GroupChild;
 const LANDLOCK_WRITABLE: &[&str] = &["/dev", "/proc"];
 
 /// The most writable directories a sandbox binds (the worktree, the bundle).
-const MAX_BINDS: usize = 4;
+const MAX_BINDS: usize = 16;
 
 /// The setup steps, by the index the child reports.
 const STEPS: &[&str] = &[

@@ -30,6 +30,7 @@ use crate::sandbox::{Dirs, Limits, Sandbox, SandboxConfig};
 mod checkpoint;
 mod commands;
 mod grant;
+mod home;
 mod logs;
 mod prepare;
 mod redact;
@@ -182,8 +183,34 @@ pub async fn run_step_with(
     orch_env.extend(handed);
     let granted = grant::grant_env(&job.grant, ctx.has_gpus);
     orch_env.extend(granted.set);
+    let private: Vec<std::path::PathBuf> = ctx
+        .sandbox
+        .private
+        .iter()
+        .cloned()
+        .chain(crate::sandbox::private::registered())
+        .collect();
+    let mounts = match home::resolve(&spec.mounts, &ctx.sandbox.allow_mounts, &private) {
+        Ok(m) => m,
+        Err(msg) => return rec.finish(&bundle, Some(Failure::task(msg))).await.0,
+    };
+    // A process step keeps the agent's home: it sees the machine as is.
+    let step_home = if spec.sandbox.kind.unwrap_or(ctx.sandbox.default) == SandboxKind::Process {
+        None
+    } else {
+        match home::prepare(&project, &spec.run_id, &spec.stage_id, &mounts) {
+            Ok(h) => Some(h),
+            Err(msg) => return rec.finish(&bundle, Some(Failure::infra(msg))).await.0,
+        }
+    };
+    if let Some(h) = &step_home {
+        orch_env.push(("HOME".into(), h.to_string_lossy().into_owned()));
+    }
     let dirs = Dirs {
-        writable: vec![workdir.clone(), bundle.dir().to_owned()],
+        writable: [workdir.clone(), bundle.dir().to_owned()]
+            .into_iter()
+            .chain(step_home.clone())
+            .collect(),
         // The step socket's directory, so that `orch ask` works without
         // network, and the directory of the agent's own `orch`, so that it is
         // there to call even when it lives under a hidden directory (a home's
@@ -195,12 +222,12 @@ pub async fn run_step_with(
                     .and_then(|a| a.socket()?.parent().map(Path::to_owned)),
             )
             .chain(orch_dir())
+            .chain(mounts.paths.iter().cloned())
             .collect(),
         // Other runs' worktrees and bundles, and every daemon's and
         // agent's data directory on the machine, wherever it lives.
         hidden: std::iter::once(project.join(".orchestrator"))
-            .chain(ctx.sandbox.private.iter().cloned())
-            .chain(crate::sandbox::private::registered())
+            .chain(private)
             .collect(),
         project: Some(project.clone()),
         // A step with a key reaches the gateway, even without network:

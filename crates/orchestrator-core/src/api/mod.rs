@@ -314,6 +314,10 @@ pub struct JobSpec {
     /// `network`); absent from older daemons, then `process`.
     #[serde(default)]
     pub sandbox: SandboxSpec,
+    /// The stage's `mounts`: host paths bound read-only (see
+    /// [`crate::spec::StageSpec::mounts`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<String>,
     /// Secret values the step's commands get as variables, by name. The
     /// agent redacts the values (`***`) from the logs, manifest and errors
     /// it writes.

@@ -110,6 +110,13 @@ pub struct Stage {
     /// Default: the agent's (`orch agent --container-image`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<String>,
+    /// Host paths a sandboxed stage's commands may read, bound read-only at
+    /// their own paths: absolute, or `~/...` in the agent's home (which the
+    /// step's own home then links to). Each must lie under a path the agent
+    /// allows (`orch agent --allow-mount`); the orchestrator's own data
+    /// directories never can be mounted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mounts: Vec<String>,
     /// The model (a name from the daemon's models file) this stage's steps
     /// call through the gateway: the stage runs only on an agent where that
     /// model can be resident. An agent has the label `model:NAME` for each.

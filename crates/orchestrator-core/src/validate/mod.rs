@@ -259,6 +259,17 @@ fn check(wf: &Workflow) -> Vec<Problem> {
                 );
             }
         }
+        for (j, m) in st.mounts.iter().enumerate() {
+            if let Err(why) = check_mount(m) {
+                add_in(
+                    &mut out,
+                    format!("stages[{i}].mounts[{j}]"),
+                    format!("stage {id:?} mounts {m:?}: {why}"),
+                    stage,
+                    Some(("mounts", m)),
+                );
+            }
+        }
         let mut needs_seen = BTreeSet::new();
         for (j, n) in st.needs.iter().enumerate() {
             if !needs_seen.insert(n) {
@@ -405,6 +416,28 @@ fn add(out: &mut Vec<Problem>, field: String, message: String, locate: Option<(&
 
 /// A problem of one stage, located inside that stage's block (at its `id:`
 /// line when `locate` is None or not found).
+/// A mount must name one host path plainly: absolute (not `/` itself) or
+/// `~/...`, without `..`, and no control characters.
+fn check_mount(m: &str) -> Result<(), &'static str> {
+    let rest = if let Some(r) = m.strip_prefix("~/") {
+        r
+    } else if let Some(r) = m.strip_prefix('/') {
+        r
+    } else {
+        return Err("expected an absolute path or one in the agent's home (~/...)");
+    };
+    if rest.trim_matches('/').is_empty() {
+        return Err("expected a directory or file below /, not the whole file system or home");
+    }
+    if m.chars().any(char::is_control) {
+        return Err("expected a path without control characters");
+    }
+    if rest.split('/').any(|c| c == "..") {
+        return Err("expected a path without `..`");
+    }
+    Ok(())
+}
+
 fn add_in(
     out: &mut Vec<Problem>,
     field: String,

@@ -605,6 +605,7 @@ pub(super) fn enqueue(
             network: stage.network,
             image: stage.image.clone(),
         },
+        mounts: stage.mounts.clone(),
         secrets: orchestrator_core::api::Secrets::named(&stage.secrets),
         api_key: None,
     };
