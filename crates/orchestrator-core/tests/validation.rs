@@ -1392,3 +1392,37 @@ fn an_image_needs_the_container_sandbox() {
         parses(&text.replace("sandbox: namespace\n    ", ok));
     }
 }
+
+#[test]
+fn a_mount_names_one_host_path_plainly() {
+    let wf = |mount: &str| {
+        yaml(&format!(
+            r#"
+        name: m
+        stages:
+          - id: build
+            mounts: ["{mount}"]
+            steps:
+              - commands:
+                  - argv: [make]
+        "#
+        ))
+    };
+    for (bad, says) in [
+        (
+            "relative/dir",
+            "an absolute path or one in the agent's home",
+        ),
+        ("/", "not the whole file system"),
+        ("~/", "not the whole file system"),
+        ("/opt/../etc", "without `..`"),
+        ("~/../../etc", "without `..`"),
+    ] {
+        let err = the_error(&wf(bad));
+        assert_eq!(err.field, "stages[0].mounts[0]", "{bad}: {err}");
+        assert_mentions(&err, &["\"build\"", says]);
+    }
+    for ok in ["/opt/venvs/app", "~/.cargo", "/usr/local/lib/node_modules/"] {
+        parses(&wf(ok));
+    }
+}
