@@ -15,6 +15,7 @@ mod client;
 mod config;
 mod decide;
 mod demo;
+mod diff;
 mod explain;
 mod human;
 mod logs;
@@ -122,6 +123,9 @@ enum Cmd {
     Artifacts(human::ArtifactsArgs),
     /// Make a git worktree of a run at one of its checkpoints.
     Checkout(human::CheckoutArgs),
+    /// Show the change a run (or one stage, or one checkpoint) made, without
+    /// the orchestrator's own records.
+    Diff(diff::DiffArgs),
     /// Say why a run's stages run where they do, or why they wait.
     Explain(explain::ExplainArgs),
     /// List agents with their resources and what they have free.
@@ -311,6 +315,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Ask(a) => human::ask(a).await,
         Cmd::Artifacts(a) => human::artifacts(a, &client()?).await,
         Cmd::Checkout(a) => human::checkout(a, &client()?).await,
+        Cmd::Diff(a) => diff::diff(a, &client()?).await,
         Cmd::Explain(a) => explain::explain(a, &client()?).await,
         Cmd::Agents { output } => {
             let list: Vec<orchestrator_core::api::AgentView> = client()?.get("/v1/agents").await?;

@@ -1,0 +1,140 @@
+//! `orch diff RUN [STAGE] [--checkpoint N] [--stat]`: the change a run made,
+//! as git shows it, without the orchestrator's own records.
+//!
+//! A whole run is its branch against the commit it started from. A stage is
+//! the commits of its own checkpoints (other stages' commits interleave on
+//! the branch, so a range would mix them in), and `--checkpoint N` is that
+//! one commit. The `.orch/` directory, where the checkpoints' manifests
+//! live, is left out. git runs with no hooks, no file system monitor, no
+//! external diff driver and no text conversion: the run branch's
+//! `.gitattributes` is the step's to write.
+
+use std::path::Path;
+use std::process::{Command, ExitCode};
+
+use anyhow::{Context, Result};
+use orchestrator_core::api::RunDetail;
+
+use crate::client::{CliError, Client};
+
+#[derive(clap::Args)]
+pub struct DiffArgs {
+    /// Run id (or an unambiguous prefix).
+    run: String,
+    /// Only this stage's checkpoints.
+    stage: Option<String>,
+    /// Only this checkpoint (as `orch artifacts` numbers them).
+    #[arg(long)]
+    checkpoint: Option<u32>,
+    /// A summary of the files changed instead of the patch.
+    #[arg(long)]
+    stat: bool,
+}
+
+/// What to show: a range, or single commits.
+enum Shown {
+    Range(String, String),
+    Commits(Vec<String>),
+}
+
+pub async fn diff(a: DiffArgs, client: &Client) -> Result<ExitCode> {
+    let d: RunDetail = client.get(&format!("/v1/runs/{}", a.run)).await?;
+    let shown = choose(&d, a.stage.as_deref(), a.checkpoint)?;
+    let mut git = Command::new("git");
+    git.arg("-C")
+        .arg(Path::new(&d.run.project_dir))
+        .args([
+            "-c",
+            "core.hooksPath=/dev/null",
+            "-c",
+            "core.fsmonitor=false",
+        ])
+        .arg("--no-pager");
+    for var in [
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+        "GIT_INDEX_FILE",
+        "GIT_EXTERNAL_DIFF",
+    ] {
+        git.env_remove(var);
+    }
+    let options = ["--no-ext-diff", "--no-textconv", "--no-color"];
+    match &shown {
+        Shown::Range(from, to) => {
+            git.arg("diff").args(options).arg(format!("{from}..{to}"));
+        }
+        Shown::Commits(commits) => {
+            git.args(["show", "--format=commit %H%n%s%n"])
+                .args(options)
+                .args(commits);
+        }
+    }
+    if a.stat {
+        git.arg("--stat");
+    }
+    git.args(["--", ".", ":(exclude).orch"]);
+    let status = git
+        .status()
+        .with_context(|| "could not run git (is it installed and on PATH?)")?;
+    Ok(if status.success() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The commits or range `stage` and `checkpoint` pick out of run `d`.
+fn choose(d: &RunDetail, stage: Option<&str>, checkpoint: Option<u32>) -> Result<Shown, CliError> {
+    let id = &d.run.id;
+    if let Some(n) = checkpoint {
+        let cp = d
+            .checkpoints
+            .iter()
+            .find(|c| c.seq == n && stage.is_none_or(|s| s == c.stage_id))
+            .ok_or_else(|| {
+                CliError::BadInput(format!(
+                    "run {id} has no checkpoint {n}{}; it has {} (see `orch artifacts {id}`)",
+                    stage
+                        .map(|s| format!(" of stage {s:?}"))
+                        .unwrap_or_default(),
+                    d.checkpoints.len()
+                ))
+            })?;
+        return Ok(Shown::Commits(vec![cp.commit.clone()]));
+    }
+    if let Some(s) = stage {
+        if !d.stages.iter().any(|x| x.stage_id == s) {
+            return Err(CliError::BadInput(format!(
+                "run {id} has no stage {s:?}; its stages are {}",
+                d.stages
+                    .iter()
+                    .map(|x| x.stage_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        let commits: Vec<String> = d
+            .checkpoints
+            .iter()
+            .filter(|c| c.stage_id == s)
+            .map(|c| c.commit.clone())
+            .collect();
+        if commits.is_empty() {
+            return Err(CliError::BadInput(format!(
+                "stage {s:?} of run {id} has no checkpoint yet: nothing to show"
+            )));
+        }
+        return Ok(Shown::Commits(commits));
+    }
+    let base = d.run.base_commit.clone().ok_or_else(|| {
+        CliError::BadInput(format!(
+            "run {id} records no base commit: nothing to compare"
+        ))
+    })?;
+    let tip = match (d.checkpoints.last(), &d.run.branch) {
+        (Some(c), _) => c.commit.clone(),
+        (None, Some(b)) => b.clone(),
+        (None, None) => base.clone(),
+    };
+    Ok(Shown::Range(base, tip))
+}
