@@ -87,6 +87,18 @@ pub fn start_watchdog() -> io::Result<()> {
 unsafe fn watch(fd: RawFd) -> ! {
     // SAFETY: raw system calls on the child's own descriptors and stack.
     unsafe {
+        // The fork copied every descriptor the agent had open, pipes whose
+        // readers wait for their end included (a `git` whose output is
+        // being read, a sandbox's setup report): keep only the watchdog's
+        // own pipe, as stdin, and close everything else at once.
+        let fd = if libc::dup2(fd, 0) == 0 { 0 } else { fd };
+        if fd != 0 || libc::syscall(libc::SYS_close_range, 1u32, u32::MAX, 0u32) != 0 {
+            for other in 1..65_536 {
+                if other != fd {
+                    libc::close(other);
+                }
+            }
+        }
         // Out of the agent's group and deaf to its terminal's signals, so
         // that a Ctrl-C to the agent cannot take the watchdog first.
         libc::setpgid(0, 0);
@@ -288,4 +300,37 @@ pub fn kill_leftovers(records: &Path) -> usize {
         std::thread::sleep(Duration::from_millis(10));
     }
     killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn the_watchdog_keeps_no_pipe_of_the_agents_open() {
+        // A pipe whose reader waits for its end, open while the watchdog forks.
+        let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+        start_watchdog().unwrap();
+        drop(write);
+        let mut reader = std::fs::File::from(read);
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = reader.read_to_end(&mut buf);
+            let _ = tx.send(());
+        });
+        // The end comes at once: the watchdog closed its copy.
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("the watchdog holds a copy of the agent's pipe");
+    }
+
+    #[test]
+    fn start_times_and_groups_are_read_from_proc() {
+        let me = std::process::id() as i32;
+        assert!(start_time(me).is_some());
+        let (pgid, state) = group_and_state(me).unwrap();
+        assert_eq!(pgid, nix::unistd::getpgrp().as_raw());
+        assert_ne!(state, 'Z');
+    }
 }

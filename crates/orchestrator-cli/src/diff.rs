@@ -31,18 +31,17 @@ pub struct DiffArgs {
     stat: bool,
 }
 
-/// What to show: a range, or single commits.
-enum Shown {
-    Range(String, String),
-    Commits(Vec<String>),
-}
+/// Options that keep a diff to git's own, plain output.
+const OPTIONS: [&str; 3] = ["--no-ext-diff", "--no-textconv", "--no-color"];
 
-pub async fn diff(a: DiffArgs, client: &Client) -> Result<ExitCode> {
-    let d: RunDetail = client.get(&format!("/v1/runs/{}", a.run)).await?;
-    let shown = choose(&d, a.stage.as_deref(), a.checkpoint)?;
+/// The pathspec that leaves the checkpoints' manifests out.
+const WITHOUT_RECORDS: [&str; 3] = ["--", ".", ":(exclude).orch"];
+
+/// git in `project`, running nothing the repository's content could name.
+fn git_in(project: &Path) -> Command {
     let mut git = Command::new("git");
     git.arg("-C")
-        .arg(Path::new(&d.run.project_dir))
+        .arg(project)
         .args([
             "-c",
             "core.hooksPath=/dev/null",
@@ -58,21 +57,48 @@ pub async fn diff(a: DiffArgs, client: &Client) -> Result<ExitCode> {
     ] {
         git.env_remove(var);
     }
-    let options = ["--no-ext-diff", "--no-textconv", "--no-color"];
+    git
+}
+
+/// The files checkpoint `commit` changed in `project` (`git show --stat`),
+/// without the manifests; None when git cannot tell.
+pub fn stat_of(project: &Path, commit: &str) -> Option<String> {
+    let out = git_in(project)
+        .args(["show", "--format=", "--stat"])
+        .args(OPTIONS)
+        .arg(commit)
+        .args(WITHOUT_RECORDS)
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
+}
+
+/// What to show: a range, or single commits.
+enum Shown {
+    Range(String, String),
+    Commits(Vec<String>),
+}
+
+pub async fn diff(a: DiffArgs, client: &Client) -> Result<ExitCode> {
+    let d: RunDetail = client.get(&format!("/v1/runs/{}", a.run)).await?;
+    let shown = choose(&d, a.stage.as_deref(), a.checkpoint)?;
+    let mut git = git_in(Path::new(&d.run.project_dir));
     match &shown {
         Shown::Range(from, to) => {
-            git.arg("diff").args(options).arg(format!("{from}..{to}"));
+            git.arg("diff").args(OPTIONS).arg(format!("{from}..{to}"));
         }
         Shown::Commits(commits) => {
             git.args(["show", "--format=commit %H%n%s%n"])
-                .args(options)
+                .args(OPTIONS)
                 .args(commits);
         }
     }
     if a.stat {
         git.arg("--stat");
     }
-    git.args(["--", ".", ":(exclude).orch"]);
+    git.args(WITHOUT_RECORDS);
     let status = git
         .status()
         .with_context(|| "could not run git (is it installed and on PATH?)")?;

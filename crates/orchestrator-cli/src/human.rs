@@ -29,12 +29,25 @@ pub async fn inbox(a: InboxArgs, client: &Client) -> Result<ExitCode> {
     let items: Vec<InboxItem> = client.get("/v1/inbox").await?;
     match a.output {
         Output::Json => view::json(&items)?,
-        Output::Text => print_inbox(&items),
+        Output::Text => {
+            // What each approval would accept: its checkpoint's files.
+            let mut stats = std::collections::HashMap::new();
+            for item in items.iter().filter(|i| i.kind == InboxKind::Approval) {
+                let Some(commit) = &item.commit else { continue };
+                let d: RunDetail = client.get(&format!("/v1/runs/{}", item.run_id)).await?;
+                if let Some(stat) =
+                    crate::diff::stat_of(std::path::Path::new(&d.run.project_dir), commit)
+                {
+                    stats.insert(commit.clone(), stat);
+                }
+            }
+            print_inbox(&items, &stats);
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_inbox(items: &[InboxItem]) {
+fn print_inbox(items: &[InboxItem], stats: &std::collections::HashMap<String, String>) {
     if items.is_empty() {
         println!("nothing waits for you");
         return;
@@ -73,6 +86,16 @@ fn print_inbox(items: &[InboxItem]) {
                 );
                 if let Some(c) = &item.commit {
                     println!("  checkpoint {}", c.get(..12).unwrap_or(c));
+                    match stats.get(c) {
+                        Some(stat) if !stat.is_empty() => {
+                            for line in stat.lines() {
+                                println!("  {line}");
+                            }
+                        }
+                        Some(_) => println!("  (no files changed besides the manifest)"),
+                        None => {}
+                    }
+                    println!("  $ orch diff {} {}", item.run_id, item.stage_id);
                 }
             }
         }

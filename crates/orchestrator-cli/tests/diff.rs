@@ -60,3 +60,35 @@ fn a_runs_diff_shows_its_work_by_run_stage_and_checkpoint_without_manifests() {
     assert_eq!(bad.code, 2, "{bad}");
     assert!(bad.stderr.contains("no checkpoint 9"), "{bad}");
 }
+
+#[test]
+fn an_approval_in_the_inbox_shows_what_it_would_accept() {
+    let mut h = Harness::new();
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "worker", 1);
+    let file = h.write(
+        "gated.yaml",
+        "name: gated\nstages:\n  - id: draft\n    steps:\n      - approve: true\n        artifacts: [draft.md]\n        commands:\n          - argv: [sh, -c, 'printf \"one\\ntwo\\n\" > draft.md']\n",
+    );
+    let run = h.submit(&file);
+    common::wait_for("the approval to wait", common::LONG, || {
+        (common::stage(&h.show(&run), "draft")["state"] == "awaiting_approval").then_some(())
+    });
+    let inbox = h.orch(&["inbox"]);
+    inbox.expect_code(0);
+    assert!(inbox.stdout.contains("draft.md | 2 ++"), "{inbox}");
+    assert!(
+        inbox.stdout.contains("1 file changed, 2 insertions(+)"),
+        "{inbox}"
+    );
+    assert!(!inbox.stdout.contains(".orch/"), "{inbox}");
+    assert!(
+        inbox.stdout.contains(&format!("$ orch diff {run} draft")),
+        "{inbox}"
+    );
+    let shown = h.orch(&["diff", &run, "draft"]);
+    assert!(
+        shown.stdout.contains("+one") && shown.stdout.contains("+two"),
+        "{shown}"
+    );
+}
