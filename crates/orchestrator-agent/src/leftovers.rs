@@ -1,6 +1,6 @@
 //! No attempt outlives its agent.
 //!
-//! A running command is the agent's child. Three things make sure that none
+//! A running command is the agent's child. These make sure that none
 //! of its processes survives the agent, however the agent ends:
 //!
 //! - **Parent-death signal.** Every sandbox process the agent spawns for a
@@ -19,10 +19,12 @@
 //! - **Records, and a sweep at start.** What the signal does not reach (a
 //!   `process` command's background children, a container, a cgroup's
 //!   strays) is found again: every command's process group is recorded in
-//!   the agent's work directory (`running/<pgid>`, with the leader's start
-//!   time) while it runs, and an agent that starts kills every recorded
-//!   group, what is left in the cgroups of agents that are gone, and their
-//!   containers, before it claims anything ([`kill_leftovers`]). So a stage
+//!   the agent's work directory (`running/<agent pid>-<its start
+//!   time>/<pgid>`, with the leader's start time) while it runs, and an
+//!   agent that starts kills the recorded groups of every agent that is
+//!   gone (never those of a live agent sharing the data directory), what is
+//!   left in their cgroups, and their containers, before it claims anything
+//!   ([`kill_leftovers`]). So a stage
 //!   is never handed to a new attempt on this machine while an earlier
 //!   attempt may still be writing its worktree.
 
@@ -192,9 +194,25 @@ pub fn agent_pid() -> libc::pid_t {
 /// Records running commands' groups under `dir` from now on (the first
 /// directory set wins: one agent per process).
 pub fn record_in(dir: &Path) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
-    let _ = RECORDS.set(dir.to_owned());
+    // A directory of this process's own (`<pid>-<start time>`): another
+    // agent sharing the data directory tells it from a dead one's.
+    let me = std::process::id() as i32;
+    let own = dir.join(format!("{me}-{}", start_time(me).unwrap_or(0)));
+    fs::create_dir_all(&own)?;
+    let _ = RECORDS.set(own);
     Ok(())
+}
+
+/// Whether the agent that owns records directory `name` (`<pid>-<start>`)
+/// is still running: a live process with that pid and start time.
+fn owner_alive(name: &str) -> bool {
+    let Some((pid, start)) = name.split_once('-') else {
+        return false;
+    };
+    match (pid.parse::<i32>(), start.parse::<u64>()) {
+        (Ok(pid), Ok(start)) => start_time(pid) == Some(start),
+        _ => false,
+    }
 }
 
 /// A running command's group, recorded (and watched) until dropped.
@@ -271,25 +289,39 @@ fn members(pgid: i32, since: u64) -> Vec<i32> {
 /// processes it killed.
 pub fn kill_leftovers(records: &Path) -> usize {
     let mut killed = 0;
-    let Ok(entries) = fs::read_dir(records) else {
+    let Ok(owners) = fs::read_dir(records) else {
         return 0;
     };
     let mut pending = Vec::new();
-    for e in entries.flatten() {
-        let path = e.path();
-        let pgid = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok());
-        let since = fs::read_to_string(&path)
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok());
-        if let (Some(pgid), Some(since)) = (pgid, since) {
-            for pid in members(pgid, since) {
-                if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
-                    killed += 1;
-                    pending.push(pid);
+    for owner in owners.flatten() {
+        let name = owner.file_name().to_string_lossy().into_owned();
+        // Another agent, alive, sharing this data directory: its commands
+        // are its own.
+        if owner_alive(&name) {
+            continue;
+        }
+        let dir = owner.path();
+        let Ok(entries) = fs::read_dir(&dir) else {
+            let _ = fs::remove_file(&dir);
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let pgid = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok());
+            let since = fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| t.trim().parse::<u64>().ok());
+            if let (Some(pgid), Some(since)) = (pgid, since) {
+                for pid in members(pgid, since) {
+                    if kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+                        killed += 1;
+                        pending.push(pid);
+                    }
                 }
             }
+            let _ = fs::remove_file(&path);
         }
-        let _ = fs::remove_file(&path);
+        let _ = fs::remove_dir(&dir);
     }
     let deadline = Instant::now() + GONE_WITHIN;
     while Instant::now() < deadline
@@ -323,6 +355,25 @@ mod tests {
         // The end comes at once: the watchdog closed its copy.
         rx.recv_timeout(Duration::from_secs(5))
             .expect("the watchdog holds a copy of the agent's pipe");
+    }
+
+    #[test]
+    fn a_live_agents_records_are_left_alone_and_a_dead_ones_swept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let me = std::process::id() as i32;
+        let live = tmp.path().join(format!("{me}-{}", start_time(me).unwrap()));
+        let dead = tmp.path().join("999999999-1");
+        for d in [&live, &dead] {
+            fs::create_dir_all(d).unwrap();
+            // A group that does not exist: nothing to kill, only to forget.
+            fs::write(d.join("999999998"), "0\n").unwrap();
+        }
+        assert_eq!(kill_leftovers(tmp.path()), 0);
+        assert!(
+            live.join("999999998").exists(),
+            "a live agent's record was swept"
+        );
+        assert!(!dead.exists(), "a dead agent's records were kept");
     }
 
     #[test]

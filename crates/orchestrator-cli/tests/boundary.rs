@@ -394,3 +394,31 @@ fn a_step_cannot_read_the_daemons_secrets_file_wherever_it_lives() {
         );
     }
 }
+
+#[test]
+fn an_agent_starting_beside_a_live_one_leaves_its_steps_alone() {
+    let mut h = Harness::new();
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "first", 1);
+    let file = h.write("sleeps.yaml", &SLEEPS.replace("SANDBOX", "process"));
+    let run = h.submit(&file);
+    let pid = wait_for("the sleep's host pid", LONG, || host_pid_of_sleep(&run));
+    h.stray(pid, &run);
+    // A second agent on the same data directory sweeps only what dead
+    // agents left.
+    h.start_agent(&d, "second", 1);
+    wait_for("the second agent to register", LONG, || {
+        let agents = common::admin_get(&d, "/v1/agents");
+        agents
+            .as_array()?
+            .iter()
+            .any(|a| a["name"] == "second")
+            .then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !process_gone(pid),
+        "the second agent killed the first one's step"
+    );
+    h.orch(&["cancel", &run]).expect_code(0);
+}
