@@ -14,9 +14,10 @@
 //! (named by a hash of the path, so registering again changes nothing):
 //! `/run/orch/private` for root, `$XDG_RUNTIME_DIR/orch/private` or
 //! `/tmp/orch-<uid>/private` for other users. Entries are never removed:
-//! a stopped daemon's tokens are still on disk. A reader takes entries only
-//! from files owned by root or by its own user, so another local user
-//! cannot make a sandbox hide what it needs.
+//! a stopped daemon's tokens are still on disk. A reader takes every entry
+//! written by root or by its own user, and another user's entry only for a
+//! path that user owns, so nobody can make a sandbox hide what its steps
+//! need (`/usr`) from someone else's.
 
 use std::fs;
 use std::io::{self, Write};
@@ -169,17 +170,20 @@ fn read_registry(registry: &Path, me: u32) -> Vec<PathBuf> {
             let Ok(meta) = fs::symlink_metadata(&path) else {
                 continue;
             };
-            if !meta.file_type().is_file()
-                || (meta.uid() != 0 && meta.uid() != me)
-                || meta.len() > 4096
-            {
+            if !meta.file_type().is_file() || meta.len() > 4096 {
                 continue;
             }
             let Ok(text) = fs::read_to_string(&path) else {
                 continue;
             };
             let dir = PathBuf::from(text.trim_end_matches('\n'));
-            if dir.is_absolute() && dir != Path::new("/") {
+            // Root and this user name what they like; another user only
+            // what is theirs, so nobody can hide what a step needs (`/usr`)
+            // from someone else's steps.
+            let trusted = meta.uid() == 0
+                || meta.uid() == me
+                || fs::symlink_metadata(&dir).is_ok_and(|d| d.uid() == meta.uid());
+            if trusted && dir.is_absolute() && dir != Path::new("/") {
                 dirs.push(dir);
             }
         }
@@ -228,12 +232,21 @@ mod tests {
         fs::remove_dir(&b).unwrap();
         register_in(&registry, std::slice::from_ref(&a)).unwrap();
         assert_eq!(read_registry(&registry, me), vec![canon(&a)]);
-        // An entry of another user is not taken.
+        // Another user's entry is taken for what that user owns only.
         if me == 0 {
             let other = registry.join("planted");
             fs::write(&other, "/usr\n").unwrap();
             nix::unistd::chown(&other, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
             assert_eq!(read_registry(&registry, me), vec![canon(&a)]);
+            let theirs = tmp.path().join("theirs");
+            fs::create_dir_all(&theirs).unwrap();
+            nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+            fs::write(&other, format!("{}\n", theirs.display())).unwrap();
+            let mut got = read_registry(&registry, me);
+            got.sort();
+            let mut want = vec![canon(&a), theirs.clone()];
+            want.sort();
+            assert_eq!(got, want);
         }
     }
 }
