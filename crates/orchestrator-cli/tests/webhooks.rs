@@ -235,8 +235,9 @@ stages:
   - id: review
     steps:
       - approve: true
+        artifacts: [notes.md]
         commands:
-          - argv: ['true']
+          - argv: [sh, -c, 'echo reviewed > notes.md']
       - input: {question: "Ship it?", choices: ["yes", "not yet"]}
       - commands:
           - argv: [sh, -c, 'test "$ORCH_ANSWER" = "not yet"']
@@ -273,6 +274,12 @@ stages:
         text.contains(&format!("orch approve {run} review")),
         "{text}"
     );
+    // What the approval would accept: its checkpoint's files, quoted.
+    assert!(
+        text.contains("The files its checkpoint changed:\n>  notes.md | 1 +"),
+        "{text}"
+    );
+    assert!(text.contains(&format!("orch diff {run} review")), "{text}");
     let link = act_path(&text, "approve").unwrap_or_else(|| panic!("no approve link in {text}"));
 
     // Opening the link only shows what it would do; the button does it.
@@ -324,6 +331,19 @@ stages:
         "checkpoint",
         "run_finished",
     ];
+    let approval: Value = wait_for("the webhook to hear the approval", LONG, || {
+        hooked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter_map(|p| serde_json::from_slice::<Value>(&p.body).ok())
+            .find(|v| v["event"] == "approval_requested")
+    });
+    let stat = approval["diffstat"].as_str().unwrap_or_default();
+    assert!(
+        stat.contains("notes.md | 1 +") && !stat.contains(".orch/"),
+        "{approval}"
+    );
     wait_for("the webhook to see every kind of event", LONG, || {
         let kinds: Vec<String> = hooked
             .lock()

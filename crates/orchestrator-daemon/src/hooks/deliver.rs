@@ -250,6 +250,10 @@ impl<S: Store> Worker<S> {
     /// here so the message offers one command (and one link) per choice.
     async fn with_choices(&self, ev: &HumanEvent) -> HumanEvent {
         let mut ev = ev.clone();
+        if ev.event == EventKind::ApprovalRequested {
+            ev.diffstat = self.approval_stat(&ev).await;
+            return ev;
+        }
         let (EventKind::QuestionAsked, Some(id)) = (ev.event, ev.question_id) else {
             return ev;
         };
@@ -263,6 +267,24 @@ impl<S: Store> Worker<S> {
             Err(e) => tracing::debug!(error = %e, "question choices unavailable"),
         }
         ev
+    }
+
+    /// What an approval would accept: its stage's latest checkpoint's files.
+    async fn approval_stat(&self, ev: &HumanEvent) -> Option<String> {
+        let d = self.store.run_detail(&ev.run_id).await.ok()?;
+        let stage = ev.stage_id.as_deref()?;
+        let commit = d
+            .checkpoints
+            .iter()
+            .filter(|c| c.stage_id == stage)
+            .max_by_key(|c| c.seq)?
+            .commit
+            .clone();
+        let project = std::path::PathBuf::from(&d.run.project_dir);
+        tokio::task::spawn_blocking(move || crate::project::checkpoint_stat(&project, &commit))
+            .await
+            .ok()
+            .flatten()
     }
 
     /// Tries `ev` until it is delivered, every attempt failed, or shutdown.

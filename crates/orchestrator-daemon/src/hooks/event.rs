@@ -90,6 +90,11 @@ pub struct HumanEvent {
     /// not carry them; whoever knows them (the question's row) fills them in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub choices: Vec<String>,
+    /// For an approval: the files its checkpoint changed (`git diff
+    /// --stat`, the orchestrator's manifests left out). The file names are
+    /// the step's: cleaned and capped like its other text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub diffstat: Option<String>,
 }
 
 /// Who wrote an event's `reason`.
@@ -111,6 +116,9 @@ impl HumanEvent {
         let mut ev = self.clone();
         ev.reason = one_line(&ev.reason, MAX_QUOTED);
         ev.choices = ev.choices.iter().map(|c| one_line(c, MAX_QUOTED)).collect();
+        ev.diffstat = ev
+            .diffstat
+            .map(|d| orchestrator_core::quote::clean(&d, 4 * MAX_QUOTED));
         ev
     }
 }
@@ -162,6 +170,7 @@ pub fn human_event(t: &Transition) -> Option<HumanEvent> {
         at_ms: t.at_ms,
         answer_with: Vec::new(),
         choices: Vec::new(),
+        diffstat: None,
     };
     ev.answer_with = answer_commands(&ev);
     Some(ev)

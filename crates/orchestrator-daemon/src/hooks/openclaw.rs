@@ -121,6 +121,10 @@ fn message_to(ev: &HumanEvent, links: Option<&ActionLinks>, to: &str, now_ms: i6
         EventKind::ApprovalRequested => {
             m += &format!("Stage {stage} of run {run} waits for your approval.\n");
             m += &quoted("The step says:", &ev.reason);
+            if let Some(stat) = &ev.diffstat {
+                m += &quoted("The files its checkpoint changed:", stat);
+                m += &format!("See the change: orch diff {run} {stage}\n");
+            }
             commands(&mut m, "Answer with:\n");
             if let (Some(l), Some(stage)) = (links, &ev.stage_id) {
                 let approve = Action {
@@ -283,6 +287,26 @@ mod tests {
             verify_action(t[0], b"k", 1_500).is_err(),
             "expires after the ttl"
         );
+    }
+
+    #[test]
+    fn an_approval_message_quotes_the_files_its_checkpoint_changed() {
+        let mut e = ev(
+            Entity::Stage,
+            "r1/build",
+            Some("running"),
+            "awaiting_approval",
+            "step 2 done",
+        );
+        e.diffstat = Some(" src/lib.rs | 2 +-\n 1 file changed".into());
+        let m = message(&e, None, 0);
+        assert!(
+            m.contains(
+                "The files its checkpoint changed:\n>  src/lib.rs | 2 +-\n>  1 file changed\n"
+            ),
+            "{m}"
+        );
+        assert!(m.contains("See the change: orch diff r1 build\n"), "{m}");
     }
 
     #[test]
