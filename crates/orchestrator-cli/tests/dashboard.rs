@@ -238,6 +238,12 @@ stages:
             && stage(&detail, "draft")["state"] == "awaiting_approval")
             .then_some(())
     });
+    // The CLI numbers the waiting step as the page must.
+    let inbox = h.orch(&["inbox"]);
+    assert!(
+        inbox.stdout.contains("stage draft step 0 (write)"),
+        "{inbox}"
+    );
     let artifacts = artifacts();
     let seen = drive(
         "inbox.mjs",
@@ -247,6 +253,8 @@ stages:
     assert_eq!(seen["items"], 3, "{seen}");
     assert_eq!(seen["question_quoted"], 1, "{seen}");
     assert_eq!(seen["error_quoted"], 1, "{seen}");
+    let approval = seen["approval_text"].as_str().unwrap_or_default();
+    assert!(approval.contains("step 0 write"), "{seen}");
     assert_eq!(seen["badge"], "3", "{seen}");
     assert_eq!(seen["commit_changed"], true, "{seen}");
     assert_eq!(seen["badge_after"], true, "{seen}");

@@ -32,6 +32,8 @@ await drive("inbox.mjs", ["BASE_URL", "ADMIN_TOKEN", "RUN_ID", "ARTIFACT_DIR"], 
     .locator(".step-said", { hasText: "The step asks:" })
     .locator("blockquote.step-text", { hasText: "Which database?" })
     .count();
+  // Steps are numbered as everywhere else (the CLI, commits, bundles): from 0.
+  seen.approval_text = await approval.textContent();
   seen.error_quoted = await decision
     .locator(".step-said", { hasText: "What was reported:" })
     .locator("blockquote.step-text")

@@ -515,7 +515,7 @@ function stagePanel(detail, stageId) {
     const attempts = jobs.filter((j) => j.step === i);
     const cp = cps.filter((c) => c.step === i);
     steps.push(h("tr", { "data-step": i },
-      h("td", {}, String(i + 1), cp[0]?.step_name ? h("div", { class: "muted" }, cp[0].step_name) : ""),
+      h("td", {}, String(i), cp[0]?.step_name ? h("div", { class: "muted" }, cp[0].step_name) : ""),
       h("td", {}, attempts.length === 0 ? h("span", { class: "muted" }, i < st.step ? "" : "not started") :
         attempts.map((j) => h("div", {},
           pill(j.state), " ",
@@ -629,7 +629,7 @@ async function inboxView() {
     const head = h("div", {},
       h("strong", {}, it.kind), " · ",
       h("a", { href: `#/runs/${encodeURIComponent(it.run_id)}/${encodeURIComponent(it.stage_id)}` }, `${it.workflow} / ${it.stage_id}`),
-      h("span", { class: "muted" }, ` · step ${it.step + 1}${it.step_name ? " " + it.step_name : ""} · waiting ${duration(Date.now() - it.since_ms)}`),
+      h("span", { class: "muted" }, ` · step ${it.step}${it.step_name ? " " + it.step_name : ""} · waiting ${duration(Date.now() - it.since_ms)}`),
       it.commit ? h("span", { class: "muted" }, " · commit ", h("code", {}, short(it.commit, 10))) : "");
     if (it.kind === "question" && it.question) return questionForm(it.question, head);
     if (it.kind === "approval") {
