@@ -16,7 +16,6 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
@@ -66,6 +65,11 @@ pub enum ConfinedError {
 }
 
 impl ConfinedError {
+    /// Whether nothing is at the path: what readers treat as "not yet".
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, ConfinedError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
+
     fn io(what: &'static str, path: &Path, e: Errno) -> Self {
         ConfinedError::Io {
             what,
@@ -405,15 +409,6 @@ pub fn read_definition(
             format!("not UTF-8 text: {e}"),
         ))
     })
-}
-
-/// `rel` as bytes has no NUL and is relative: what [`ConfinedDir::open`]
-/// takes.
-pub fn is_relative_plain(rel: &Path) -> bool {
-    !rel.as_os_str().as_bytes().contains(&0)
-        && rel
-            .components()
-            .all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
 }
 
 #[cfg(test)]

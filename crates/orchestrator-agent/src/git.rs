@@ -33,6 +33,7 @@
 
 mod checkpoint;
 mod guard;
+mod show;
 mod worktree;
 
 use std::collections::HashMap;
@@ -44,7 +45,8 @@ use std::sync::{LazyLock, Mutex};
 use git2::{ErrorCode, Repository};
 
 pub use checkpoint::{checkpoint, ArtifactRecord, CheckpointCommit, CheckpointRequest};
-pub use guard::{guard, Guarded};
+pub use guard::{git_command, guard, Guarded};
+pub use show::{checkpoint_stat, git_in, PLAIN_DIFF, WITHOUT_RECORDS};
 pub use worktree::{add_detached_worktree, ensure_worktree, RunWorktree};
 
 /// Name and email of the author and committer of checkpoint commits.

@@ -10,9 +10,10 @@
 //! `.gitattributes` is the step's to write.
 
 use std::path::Path;
-use std::process::{Command, ExitCode};
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use orchestrator_agent::git::{git_in, PLAIN_DIFF, WITHOUT_RECORDS};
 use orchestrator_core::api::RunDetail;
 
 use crate::client::{CliError, Client};
@@ -31,50 +32,6 @@ pub struct DiffArgs {
     stat: bool,
 }
 
-/// Options that keep a diff to git's own, plain output.
-const OPTIONS: [&str; 3] = ["--no-ext-diff", "--no-textconv", "--no-color"];
-
-/// The pathspec that leaves the checkpoints' manifests out.
-const WITHOUT_RECORDS: [&str; 3] = ["--", ".", ":(exclude).orch"];
-
-/// git in `project`, running nothing the repository's content could name.
-fn git_in(project: &Path) -> Command {
-    let mut git = Command::new("git");
-    git.arg("-C")
-        .arg(project)
-        .args([
-            "-c",
-            "core.hooksPath=/dev/null",
-            "-c",
-            "core.fsmonitor=false",
-        ])
-        .arg("--no-pager");
-    for var in [
-        "GIT_DIR",
-        "GIT_WORK_TREE",
-        "GIT_INDEX_FILE",
-        "GIT_EXTERNAL_DIFF",
-    ] {
-        git.env_remove(var);
-    }
-    git
-}
-
-/// The files checkpoint `commit` changed in `project` (`git show --stat`),
-/// without the manifests; None when git cannot tell.
-pub fn stat_of(project: &Path, commit: &str) -> Option<String> {
-    let out = git_in(project)
-        .args(["show", "--format=", "--stat"])
-        .args(OPTIONS)
-        .arg(commit)
-        .args(WITHOUT_RECORDS)
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
-}
-
 /// What to show: a range, or single commits.
 enum Shown {
     Range(String, String),
@@ -87,11 +44,13 @@ pub async fn diff(a: DiffArgs, client: &Client) -> Result<ExitCode> {
     let mut git = git_in(Path::new(&d.run.project_dir));
     match &shown {
         Shown::Range(from, to) => {
-            git.arg("diff").args(OPTIONS).arg(format!("{from}..{to}"));
+            git.arg("diff")
+                .args(PLAIN_DIFF)
+                .arg(format!("{from}..{to}"));
         }
         Shown::Commits(commits) => {
             git.args(["show", "--format=commit %H%n%s%n"])
-                .args(OPTIONS)
+                .args(PLAIN_DIFF)
                 .args(commits);
         }
     }

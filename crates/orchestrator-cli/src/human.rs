@@ -35,9 +35,10 @@ pub async fn inbox(a: InboxArgs, client: &Client) -> Result<ExitCode> {
             for item in items.iter().filter(|i| i.kind == InboxKind::Approval) {
                 let Some(commit) = &item.commit else { continue };
                 let d: RunDetail = client.get(&format!("/v1/runs/{}", item.run_id)).await?;
-                if let Some(stat) =
-                    crate::diff::stat_of(std::path::Path::new(&d.run.project_dir), commit)
-                {
+                if let Some(stat) = orchestrator_agent::git::checkpoint_stat(
+                    std::path::Path::new(&d.run.project_dir),
+                    commit,
+                ) {
                     stats.insert(commit.clone(), stat);
                 }
             }

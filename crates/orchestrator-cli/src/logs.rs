@@ -3,13 +3,13 @@
 //! printing as commands write, until the run ends.
 
 use std::collections::HashMap;
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use orchestrator_agent::confined::{ConfinedDir, ConfinedError};
+use orchestrator_agent::confined::ConfinedDir;
 use orchestrator_core::api::{exec_id, JobView, RunDetail};
 
 use crate::client::Client;
@@ -56,9 +56,7 @@ fn drain(
         let rel = bundle_rel(j);
         let dir = match ConfinedDir::open(project, &rel, false) {
             Ok(dir) => dir,
-            Err(ConfinedError::Io { source, .. }) if source.kind() == ErrorKind::NotFound => {
-                continue
-            }
+            Err(e) if e.is_not_found() => continue,
             Err(e) => anyhow::bail!("job {}: its bundle cannot be read: {e}", j.id),
         };
         for i in 0.. {
@@ -67,11 +65,7 @@ fn drain(
                 let name = format!("cmd-{i:03}.{stream}.log");
                 let mut f = match dir.open_regular(&name) {
                     Ok(f) => f,
-                    Err(ConfinedError::Io { source, .. })
-                        if source.kind() == ErrorKind::NotFound =>
-                    {
-                        continue
-                    }
+                    Err(e) if e.is_not_found() => continue,
                     Err(e) => {
                         any = true;
                         eprintln!("orch: job {}: skipping {name}: {e}", j.id);

@@ -66,41 +66,6 @@ pub fn resolve_commit(dir: &Path, reference: Option<&str>) -> Result<String, Str
     })
 }
 
-/// The files checkpoint `commit` of the repository at `dir` changed, as
-/// `git show --stat` lists them, without the orchestrator's manifests
-/// (`.orch/`); None when git cannot tell. git runs no hook, file system
-/// monitor, external diff or text conversion the run's files could name.
-pub fn checkpoint_stat(dir: &Path, commit: &str) -> Option<String> {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args([
-            "-c",
-            "core.hooksPath=/dev/null",
-            "-c",
-            "core.fsmonitor=false",
-        ])
-        .args([
-            "show",
-            "--format=",
-            "--stat",
-            "--no-ext-diff",
-            "--no-textconv",
-            "--no-color",
-        ])
-        .arg(commit)
-        .args(["--", ".", ":(exclude).orch"])
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env_remove("GIT_DIR")
-        .env_remove("GIT_WORK_TREE")
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
-        .filter(|s| !s.is_empty())
-}
-
 fn git(dir: &Path, args: &[&str]) -> Result<String, String> {
     let out = Command::new("git")
         .arg("-C")

@@ -20,7 +20,7 @@ use super::GitError;
 
 /// Options that keep a git the agent runs from running programs named by
 /// configuration: hooks and the file system monitor.
-pub(crate) const NO_PROGRAMS: &[&str] = &[
+const NO_PROGRAMS: &[&str] = &[
     "-c",
     "core.hooksPath=/dev/null",
     "-c",
@@ -29,7 +29,7 @@ pub(crate) const NO_PROGRAMS: &[&str] = &[
 
 /// `git` with [`NO_PROGRAMS`] and without the variables that would point it
 /// at another repository.
-pub(crate) fn git_command() -> Command {
+pub fn git_command() -> Command {
     let mut cmd = Command::new("git");
     cmd.args(NO_PROGRAMS);
     for var in [

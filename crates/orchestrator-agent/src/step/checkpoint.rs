@@ -62,11 +62,7 @@ pub(super) fn hand_over(worktree: &Path, spec: &JobSpec) -> Result<Vec<(String, 
     // walked without following links, and its files are made afresh.
     let dir = match ConfinedDir::open(worktree, &rel, spec.handoff.is_some()) {
         Ok(dir) => dir,
-        Err(ConfinedError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound && spec.handoff.is_none() =>
-        {
-            return Ok(Vec::new())
-        }
+        Err(e) if e.is_not_found() && spec.handoff.is_none() => return Ok(Vec::new()),
         Err(e @ (ConfinedError::NotADirectory { .. } | ConfinedError::BadName { .. })) => {
             return Err(Failure::task(format!(
                 "{e}: the orchestrator's directory in the worktree must be a plain directory inside it"

@@ -322,20 +322,15 @@ pub async fn run_step_with(
     // it: neither the agent's nor a user's looking at the run's work.
     let guarded = {
         let (project, path) = (project.clone(), worktree.path.clone());
-        tokio::task::spawn_blocking(move || crate::git::guard(&project, &path)).await
+        tokio::task::spawn_blocking(move || crate::git::guard(&project, &path).map(drop))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
     };
-    match guarded {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => {
-            failure = failure.or(Some(Failure::infra(format!(
-                "checking the worktree's .git: {e}"
-            ))))
-        }
-        Err(e) => {
-            failure = failure.or(Some(Failure::infra(format!(
-                "checking the worktree's .git: {e}"
-            ))))
-        }
+    if let Err(e) = guarded {
+        failure = failure.or(Some(Failure::infra(format!(
+            "checking the worktree's .git: {e}"
+        ))));
     }
     let questions = ask.map(|a| a.finish()).unwrap_or_default();
     let (mut outcome, manifest) = rec.finish(&bundle, failure).await;

@@ -67,11 +67,6 @@ pub struct LogPiece {
 
 /// The bundle directory of a job, inside the project. A bundle path the
 /// agent reported that would leave the project is refused.
-#[cfg(test)]
-fn bundle_dir(project: &FsPath, j: &JobView) -> Result<PathBuf, ApiErr> {
-    bundle_rel(j).map(|rel| project.join(rel))
-}
-
 /// The bundle directory of a job, relative to its project.
 fn bundle_rel(j: &JobView) -> Result<PathBuf, ApiErr> {
     match &j.bundle {
@@ -110,9 +105,7 @@ fn read_piece(
     let Some(dir) = dir else { return Ok(None) };
     let f = match dir.open_regular(name) {
         Ok(f) => f,
-        Err(ConfinedError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(None)
-        }
+        Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e),
     };
     let io = |source| ConfinedError::Io {
@@ -134,9 +127,7 @@ fn read_piece(
 fn open_bundle(project: &FsPath, rel: &FsPath) -> Result<Option<ConfinedDir>, ConfinedError> {
     match ConfinedDir::open(project, rel, false) {
         Ok(d) => Ok(Some(d)),
-        Err(ConfinedError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
-            Ok(None)
-        }
+        Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -226,6 +217,10 @@ pub async fn read<S: Store>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bundle_dir(project: &FsPath, j: &JobView) -> Result<PathBuf, ApiErr> {
+        bundle_rel(j).map(|rel| project.join(rel))
+    }
 
     #[test]
     fn a_cut_character_waits_for_the_next_piece() {

@@ -281,10 +281,13 @@ impl<S: Store> Worker<S> {
             .commit
             .clone();
         let project = std::path::PathBuf::from(&d.run.project_dir);
-        tokio::task::spawn_blocking(move || crate::project::checkpoint_stat(&project, &commit))
-            .await
-            .ok()
-            .flatten()
+        tokio::task::spawn_blocking(move || {
+            orchestrator_agent::git::checkpoint_stat(&project, &commit)
+        })
+        .await
+        .ok()
+        .flatten()
+        .filter(|s| !s.is_empty())
     }
 
     /// Tries `ev` until it is delivered, every attempt failed, or shutdown.
