@@ -32,8 +32,11 @@
 //! on disk is opened afresh.
 
 mod checkpoint;
+mod collect;
 mod guard;
+mod import;
 mod show;
+mod stepgit;
 mod worktree;
 
 use std::collections::HashMap;
@@ -46,8 +49,18 @@ use git2::{ErrorCode, Repository};
 
 pub use checkpoint::{checkpoint, ArtifactRecord, CheckpointCommit, CheckpointRequest};
 pub use guard::{git_command, guard, Guarded};
-pub use show::{checkpoint_stat, git_in, PLAIN_DIFF, WITHOUT_RECORDS};
+pub use show::{checkpoint_stat, git_in, step_start, PLAIN_DIFF, WITHOUT_RECORDS};
+pub use stepgit::{prepare_step_git, StepGit};
 pub use worktree::{add_detached_worktree, ensure_worktree, RunWorktree};
+
+/// Where the orchestrator keeps its own files in a run's worktree (what
+/// humans handed a stage): never committed, and hidden from the step's git.
+pub const RECORDS_DIR: &str = ".orch";
+
+/// The commit header that holds a checkpoint's record (the step's manifest,
+/// one line of JSON): `git cat-file commit <sha>` shows it, and `git log`
+/// stays the work and the checkpoint messages.
+pub const RECORD_HEADER: &str = "orch-manifest";
 
 /// Name and email of the author and committer of checkpoint commits.
 pub const COMMITTER_NAME: &str = "orchestrator";
@@ -94,9 +107,9 @@ pub enum GitError {
         target: PathBuf,
         worktree: PathBuf,
     },
-    /// An extra file's tree path is malformed or leads outside the tree.
-    #[error("checkpoint file path '{path}' {reason}")]
-    InvalidPath { path: String, reason: &'static str },
+    /// What the step committed in its own git cannot be taken in.
+    #[error("the step's commits cannot be taken into the run branch: {reason}")]
+    StepCommits { reason: String },
     /// The worktree handed to `checkpoint` belongs to another run.
     #[error("worktree {} is on branch '{branch}', not on run {run_id}'s branch", path.display())]
     WrongRun {

@@ -63,8 +63,17 @@ async fn namespace_step_reads_its_repository_with_git_but_cannot_write_it() {
     let (job, out) = p.run(NS, sh("git log --format=%s -1")).await;
     assert_ok(&p, &job, &out);
     assert_eq!(p.log(&job, "cmd-000.stdout.log"), "first\n");
+    // A tag in the step's own git stays there.
+    let (job, out) = p.run(NS, sh("git tag mine && git rev-parse mine")).await;
+    assert_ok(&p, &job, &out);
     let (job, out) = p
-        .run(NS, sh("git tag escaped && git rev-parse escaped"))
+        .run(
+            NS,
+            sh(&format!(
+                "git --git-dir={}/.git tag escaped",
+                p.root().display()
+            )),
+        )
         .await;
     assert_denied(&p, &job, &out);
     assert!(common::git(&p.root(), &["tag", "--list"]).is_empty());
@@ -267,6 +276,7 @@ async fn per_command_cost_of_each_sandbox() {
         hidden: vec![p.root().join(".orchestrator")],
         project: None,
         gateway: None,
+        covers: Vec::new(),
     };
     let limits = Limits {
         memory_mb: Some(512),

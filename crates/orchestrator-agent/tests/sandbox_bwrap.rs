@@ -50,9 +50,11 @@ async fn bubblewrap_step_reads_its_repository_with_git_but_cannot_write_it() {
     let (job, out) = p.run(bwrap(), sh("git log --format=%s -1")).await;
     assert_ok(&p, &job, &out);
     assert_eq!(p.stdout(&job), "first\n");
-    let (job, out) = p
-        .run(bwrap(), sh("git tag escaped && git rev-parse escaped"))
-        .await;
+    // A tag in the step's own git stays there.
+    let (job, out) = p.run(bwrap(), sh("git tag mine && git rev-parse mine")).await;
+    assert_ok(&p, &job, &out);
+    let escape = format!("git --git-dir={}/.git tag escaped", p.root().display());
+    let (job, out) = p.run(bwrap(), sh(&escape)).await;
     assert_denied(&p, &job, &out);
     assert!(common::git(&p.root(), &["tag", "--list"]).is_empty());
 }

@@ -2,18 +2,20 @@
 //! as git shows it, without the orchestrator's own records.
 //!
 //! A whole run is its branch against the commit it started from. A stage is
-//! the commits of its own checkpoints (other stages' commits interleave on
-//! the branch, so a range would mix them in), and `--checkpoint N` is that
-//! one commit. The `.orch/` directory, where the checkpoints' manifests
-//! live, is left out. git runs with no hooks, no file system monitor, no
-//! external diff driver and no text conversion: the run branch's
-//! `.gitattributes` is the step's to write.
+//! the change of each of its steps (other stages' commits interleave on
+//! the branch, so one range would mix them in), and `--checkpoint N` is
+//! one step's: its own commits and its checkpoint, from the checkpoint
+//! before them (see `orchestrator_agent::git::step_start`). `.orch/`, where
+//! runs made by earlier versions kept their manifests, is left out. git
+//! runs with no hooks, no file system monitor, no external diff driver and
+//! no text conversion: the run branch's `.gitattributes` is the step's to
+//! write.
 
 use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use orchestrator_agent::git::{git_in, PLAIN_DIFF, WITHOUT_RECORDS};
+use orchestrator_agent::git::{git_in, step_start, PLAIN_DIFF, WITHOUT_RECORDS};
 use orchestrator_core::api::RunDetail;
 
 use crate::client::{CliError, Client};
@@ -32,40 +34,57 @@ pub struct DiffArgs {
     stat: bool,
 }
 
-/// What to show: a range, or single commits.
+/// What to show: a range, or steps' checkpoints (a heading and the commit).
 enum Shown {
     Range(String, String),
-    Commits(Vec<String>),
+    Checkpoints(Vec<(String, String)>),
 }
 
 pub async fn diff(a: DiffArgs, client: &Client) -> Result<ExitCode> {
     let d: RunDetail = client.get(&format!("/v1/runs/{}", a.run)).await?;
     let shown = choose(&d, a.stage.as_deref(), a.checkpoint)?;
-    let mut git = git_in(Path::new(&d.run.project_dir));
-    match &shown {
-        Shown::Range(from, to) => {
-            git.arg("diff")
-                .args(PLAIN_DIFF)
-                .arg(format!("{from}..{to}"));
+    let project = Path::new(&d.run.project_dir);
+    let ranges = match shown {
+        Shown::Range(from, to) => vec![(None, format!("{from}..{to}"))],
+        Shown::Checkpoints(cps) => cps
+            .into_iter()
+            .map(|(heading, commit)| {
+                let start = step_start(project, &commit).unwrap_or_else(|| format!("{commit}^"));
+                (Some(heading), format!("{start}..{commit}"))
+            })
+            .collect(),
+    };
+    let mut ok = true;
+    for (heading, range) in ranges {
+        if let Some(h) = heading {
+            use std::io::Write;
+            println!("{h}");
+            std::io::stdout().flush()?;
         }
-        Shown::Commits(commits) => {
-            git.args(["show", "--format=commit %H%n%s%n"])
-                .args(PLAIN_DIFF)
-                .args(commits);
+        let mut git = git_in(project);
+        git.arg("diff").args(PLAIN_DIFF).arg(range);
+        if a.stat {
+            git.arg("--stat");
         }
+        git.args(WITHOUT_RECORDS);
+        let status = git
+            .status()
+            .with_context(|| "could not run git (is it installed and on PATH?)")?;
+        ok &= status.success();
     }
-    if a.stat {
-        git.arg("--stat");
-    }
-    git.args(WITHOUT_RECORDS);
-    let status = git
-        .status()
-        .with_context(|| "could not run git (is it installed and on PATH?)")?;
-    Ok(if status.success() {
+    Ok(if ok {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The heading of one checkpoint's change.
+fn heading(c: &orchestrator_core::api::CheckpointView) -> String {
+    format!(
+        "checkpoint {} (stage {}, step {}): {}",
+        c.seq, c.stage_id, c.step, c.commit
+    )
 }
 
 /// The commits or range `stage` and `checkpoint` pick out of run `d`.
@@ -85,7 +104,7 @@ fn choose(d: &RunDetail, stage: Option<&str>, checkpoint: Option<u32>) -> Result
                     d.checkpoints.len()
                 ))
             })?;
-        return Ok(Shown::Commits(vec![cp.commit.clone()]));
+        return Ok(Shown::Checkpoints(vec![(heading(cp), cp.commit.clone())]));
     }
     if let Some(s) = stage {
         if !d.stages.iter().any(|x| x.stage_id == s) {
@@ -98,18 +117,18 @@ fn choose(d: &RunDetail, stage: Option<&str>, checkpoint: Option<u32>) -> Result
                     .join(", ")
             )));
         }
-        let commits: Vec<String> = d
+        let commits: Vec<(String, String)> = d
             .checkpoints
             .iter()
             .filter(|c| c.stage_id == s)
-            .map(|c| c.commit.clone())
+            .map(|c| (heading(c), c.commit.clone()))
             .collect();
         if commits.is_empty() {
             return Err(CliError::BadInput(format!(
                 "stage {s:?} of run {id} has no checkpoint yet: nothing to show"
             )));
         }
-        return Ok(Shown::Commits(commits));
+        return Ok(Shown::Checkpoints(commits));
     }
     let base = d.run.base_commit.clone().ok_or_else(|| {
         CliError::BadInput(format!(

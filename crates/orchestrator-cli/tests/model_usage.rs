@@ -103,12 +103,18 @@ fn a_steps_model_calls_show_in_orch_show_and_its_manifest() {
     assert_eq!(manifest["models"]["smol"]["requests"], 2, "{manifest:#}");
     assert_eq!(manifest["models"]["smol"]["prompt_tokens"], tin);
     assert_eq!(manifest["models"]["smol"]["completion_tokens"], tout);
+    // The checkpoint commit keeps the manifest in its `orch-manifest` header.
     let branch = detail["run"]["branch"].as_str().unwrap();
-    let committed: Value = serde_json::from_str(&git(
+    let think = git(
         &h.project,
-        &["show", &format!("{branch}:.orch/think/step-000.json")],
-    ))
-    .unwrap();
+        &["log", "--format=%H", "--grep=^Orch-Stage: think$", branch],
+    );
+    let raw = git(&h.project, &["cat-file", "commit", think.trim()]);
+    let header = raw
+        .lines()
+        .find_map(|l| l.strip_prefix("orch-manifest "))
+        .expect("a manifest header");
+    let committed: Value = serde_json::from_str(header).unwrap();
     assert_eq!(committed["models"], manifest["models"]);
     let quiet = jobs_of(&detail, "quiet")[0];
     let quiet: Value = serde_json::from_str(

@@ -1,20 +1,24 @@
-//! Checkpoint commits: artifacts and extra files onto the run branch, in
-//! process, without touching the worktree's HEAD or index.
+//! Checkpoint commits: the step's own commits and its artifacts onto the
+//! run branch, with the step's record in the commit's header, in process,
+//! without touching the worktree's files.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Read};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use git2::build::TreeUpdateBuilder;
 use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository};
-use glob::{MatchOptions, Pattern};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{run_ref, GitError, Pooled, RunWorktree, COMMITTER_EMAIL, COMMITTER_NAME};
+use super::collect::{collect, Found};
+use super::import::{self, Taken};
+use super::{
+    run_ref, GitError, Pooled, RunWorktree, StepGit, COMMITTER_EMAIL, COMMITTER_NAME, RECORD_HEADER,
+};
 
 /// What one checkpoint commits.
 #[derive(Debug, Clone, Copy)]
@@ -26,10 +30,12 @@ pub struct CheckpointRequest<'a> {
     /// any number of directories; a glob matching a directory takes every
     /// file under it.
     pub artifacts: &'a [String],
-    /// Files committed at these tree paths whatever the globs match, e.g. the
-    /// step's manifest at `.orch/<stage_id>/step-003.json`. They win over an
-    /// artifact at the same path.
-    pub extra: &'a [(String, Vec<u8>)],
+    /// The step's record (its manifest), kept in the commit's
+    /// [`RECORD_HEADER`] header; empty for none.
+    pub record: &'a [u8],
+    /// The step's own git directory, whose commits on the run branch come
+    /// before the checkpoint's; None when the step had none.
+    pub step_git: Option<&'a StepGit>,
     /// The commit message (its first line a summary; the caller adds trailers
     /// such as `Orch-Run: <id>`).
     pub message: &'a str,
@@ -51,7 +57,7 @@ pub struct ArtifactRecord {
 pub struct CheckpointCommit {
     /// Full sha of the commit, now the tip of the run branch.
     pub commit: String,
-    /// The committed artifacts (not the extra files), sorted by path.
+    /// The committed artifacts, sorted by path.
     pub artifacts: Vec<ArtifactRecord>,
 }
 
@@ -68,21 +74,15 @@ const MAX_ATTEMPTS: u32 = 200;
 /// the run would fail.
 const STALE_LOCK: Duration = Duration::from_secs(2);
 
-/// How globs match: `*` stays within one path component, dot files are not
-/// special (a step's `dist/.map` is as much an output as `dist/app.js`).
-const MATCH: MatchOptions = MatchOptions {
-    case_sensitive: true,
-    require_literal_separator: true,
-    require_literal_leading_dot: false,
-};
-
-/// Commits the files matched by `req.artifacts` (read from `worktree`) and
-/// `req.extra` on the run branch, and returns the commit and the artifacts.
+/// Takes in the step's own commits, then commits the files matched by
+/// `req.artifacts` (read from `worktree`) on the run branch with the
+/// step's record, and returns the commit and the artifacts.
 ///
-/// The new tree is the branch tip's tree with these paths added or replaced;
-/// the parent is the branch tip; the branch moves by compare-and-swap, and a
+/// The parent is the step's last commit (see `import`), or the branch tip
+/// when it made none; the new tree is the parent's with the artifacts
+/// added or replaced. The branch moves by compare-and-swap, and a
 /// checkpoint that lost the race to another stage of the same run is redone
-/// on the new tip. Only regular files are committed (mode 100755 when any
+/// on the new tip, the step's commits replayed onto it. Only regular files are committed (mode 100755 when any
 /// executable bit is set, else 100644); symlinks and anything under `.git` are
 /// skipped, as are names that are not UTF-8, except that a symlink the globs
 /// reach that resolves outside the worktree is an error
@@ -105,22 +105,16 @@ pub fn checkpoint(
     for glob in req.artifacts {
         collect(&worktree.path, glob, &mut files)?;
     }
-    for (path, _) in req.extra {
-        check_tree_path(path)?;
-        files.remove(path);
-    }
     let repo = Pooled::take(project)?;
-    let made = commit(&repo, project, &full_ref, &files, req);
+    let made = match req.step_git {
+        Some(sg) => import::take_in(&repo, project, sg),
+        None => Ok(None),
+    }
+    .and_then(|taken| commit(&repo, project, &full_ref, &files, taken.as_ref(), req));
     if made.is_err() {
         repo.discard();
     }
     made
-}
-
-/// A regular file found by a glob.
-struct Found {
-    abs: PathBuf,
-    executable: bool,
 }
 
 /// Writes the blobs, then commits on `full_ref` until the compare-and-swap
@@ -130,6 +124,7 @@ fn commit(
     project: &Path,
     full_ref: &str,
     files: &BTreeMap<String, Found>,
+    taken: Option<&Taken>,
     req: &CheckpointRequest,
 ) -> Result<CheckpointCommit, GitError> {
     let mut updates = TreeUpdateBuilder::new();
@@ -147,12 +142,6 @@ fn commit(
             size,
             sha256,
         });
-    }
-    for (path, content) in req.extra {
-        let id = repo
-            .blob(content)
-            .map_err(GitError::git(format!("write '{path}'"), project))?;
-        updates.upsert(path.as_str(), id, FileMode::Blob);
     }
     let sig = signature();
     let odb = repo
@@ -178,7 +167,16 @@ fn commit(
             }
             Err(e) => return Err(GitError::git(format!("read branch '{branch}'"), project)(e)),
         };
-        let parent = repo.find_commit(tip).map_err(GitError::git(
+        let parent_id = match taken {
+            None => tip,
+            Some(t) if tip == t.started_at => t.head,
+            // What the step committed is on the branch already.
+            Some(t) if tip == t.head || repo.graph_descendant_of(tip, t.head).unwrap_or(false) => {
+                tip
+            }
+            Some(t) => import::replay(repo, project, t, tip)?,
+        };
+        let parent = repo.find_commit(parent_id).map_err(GitError::git(
             format!("read the tip of '{branch}'"),
             project,
         ))?;
@@ -192,7 +190,7 @@ fn commit(
         let id = odb
             .write(
                 ObjectType::Commit,
-                commit_object(tree_id, tip, &sig, req.message).as_bytes(),
+                commit_object(tree_id, parent_id, &sig, req.record, req.message).as_bytes(),
             )
             .map_err(GitError::git("write the checkpoint commit", project))?;
         match repo.reference_matching(full_ref, id, true, tip, &reflog) {
@@ -274,9 +272,22 @@ fn signature() -> String {
 
 /// The raw commit object, written straight into the object database:
 /// `Repository::commit` would first read back the tree just written and the
-/// parent, to check that they exist, which they do.
-fn commit_object(tree: Oid, parent: Oid, signature: &str, message: &str) -> String {
-    format!("tree {tree}\nparent {parent}\nauthor {signature}\ncommitter {signature}\n\n{message}")
+/// parent, to check that they exist, which they do. The record goes in a
+/// header of its own after the committer, as git's own extra headers do; a
+/// line break in it continues on a line that starts with a space.
+fn commit_object(tree: Oid, parent: Oid, signature: &str, record: &[u8], message: &str) -> String {
+    let mut object =
+        format!("tree {tree}\nparent {parent}\nauthor {signature}\ncommitter {signature}\n");
+    if !record.is_empty() {
+        let record = String::from_utf8_lossy(record);
+        object.push_str(RECORD_HEADER);
+        object.push(' ');
+        object.push_str(&record.trim_end_matches('\n').replace('\n', "\n "));
+        object.push('\n');
+    }
+    object.push('\n');
+    object.push_str(message);
+    object
 }
 
 /// Stores the file at `abs` as a blob; returns its id, size and SHA-256.
@@ -345,185 +356,6 @@ fn stream_blob(
     }
     let id = writer.commit().map_err(git)?;
     Ok((id, size))
-}
-
-/// Adds the regular files matching `glob` under `root` to `out`.
-fn collect(root: &Path, glob: &str, out: &mut BTreeMap<String, Found>) -> Result<(), GitError> {
-    let invalid = |reason: String| GitError::InvalidGlob {
-        glob: glob.to_owned(),
-        reason,
-    };
-    if glob.starts_with('/') || Path::new(glob).is_absolute() {
-        return Err(invalid(
-            "is absolute; artifact globs are relative to the worktree root".into(),
-        ));
-    }
-    // `dist/` and `./dist` mean `dist`.
-    let comps: Vec<&str> = glob
-        .split('/')
-        .filter(|c| !c.is_empty() && *c != ".")
-        .collect();
-    if comps.contains(&"..") {
-        return Err(invalid(
-            "contains '..'; artifact globs must stay inside the worktree".into(),
-        ));
-    }
-    if comps.is_empty() {
-        return Err(invalid(
-            "names no path; use '**' for every file of the worktree".into(),
-        ));
-    }
-    let pattern =
-        Pattern::new(&comps.join("/")).map_err(|e| invalid(format!("is not a valid glob: {e}")))?;
-    let literal = comps
-        .iter()
-        .take_while(|c| !c.contains(['*', '?', '[']))
-        .count();
-    let max_depth = if comps.iter().any(|c| c.contains("**")) {
-        usize::MAX
-    } else {
-        comps.len()
-    };
-
-    // Follow the literal prefix one component at a time, never through a
-    // symlink, then walk from there.
-    let inside = root
-        .canonicalize()
-        .map_err(GitError::io("resolve the worktree", root))?;
-    let mut abs = root.to_path_buf();
-    for (i, comp) in comps[..literal].iter().enumerate() {
-        if *comp == ".git" {
-            return Ok(());
-        }
-        abs.push(comp);
-        let meta = match fs::symlink_metadata(&abs) {
-            Ok(meta) => meta,
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => {
-                return Ok(())
-            }
-            Err(e) => return Err(GitError::io("read", &abs)(e)),
-        };
-        if meta.file_type().is_symlink() {
-            return check_symlink(&inside, &abs, &comps[..=i].join("/"));
-        }
-        if meta.is_file() && i + 1 == comps.len() {
-            out.insert(comps.join("/"), found(abs, &meta));
-            return Ok(());
-        }
-        if !meta.is_dir() {
-            return Ok(());
-        }
-    }
-    let rel = comps[..literal].join("/");
-    let matcher = (literal < comps.len()).then_some(&pattern);
-    let walk_ = Walk {
-        inside: &inside,
-        max_depth,
-    };
-    walk_.walk(&abs, &rel, literal, matcher, out)
-}
-
-/// A symlink the globs reach: skipped when it resolves inside the worktree
-/// `inside` (canonical) or nowhere, refused when it leads out.
-fn check_symlink(inside: &Path, link: &Path, rel: &str) -> Result<(), GitError> {
-    match fs::canonicalize(link) {
-        Ok(target) if !target.starts_with(inside) => Err(GitError::SymlinkEscapes {
-            path: rel.to_owned(),
-            target,
-            worktree: inside.to_owned(),
-        }),
-        // Inside, or dangling: nothing outside can be read through it.
-        _ => Ok(()),
-    }
-}
-
-/// What every level of a glob's walk shares.
-struct Walk<'a> {
-    /// The canonical worktree.
-    inside: &'a Path,
-    /// How deep the glob can match.
-    max_depth: usize,
-}
-
-/// Adds the regular files under `dir` (whose tree path is `rel`, `depth`
-/// components deep) that `matcher` matches, or all of them when it is `None`.
-/// A matched directory brings every file under it.
-impl Walk<'_> {
-    fn walk(
-        &self,
-        dir: &Path,
-        rel: &str,
-        depth: usize,
-        matcher: Option<&Pattern>,
-        out: &mut BTreeMap<String, Found>,
-    ) -> Result<(), GitError> {
-        let max_depth = self.max_depth;
-        let entries = fs::read_dir(dir).map_err(GitError::io("list", dir))?;
-        for entry in entries {
-            let entry = entry.map_err(GitError::io("list", dir))?;
-            let name = entry.file_name();
-            let Some(name) = name.to_str() else {
-                continue;
-            };
-            if name == ".git" {
-                continue;
-            }
-            let child = if rel.is_empty() {
-                name.to_owned()
-            } else {
-                format!("{rel}/{name}")
-            };
-            // `DirEntry::metadata` does not follow symlinks.
-            let meta = entry
-                .metadata()
-                .map_err(GitError::io("read", &entry.path()))?;
-            let matched = matcher.is_none_or(|p| p.matches_with(&child, MATCH));
-            if meta.file_type().is_symlink() && (matched || depth + 1 < max_depth) {
-                // Matched, or a directory the walk would go into if followed.
-                check_symlink(self.inside, &entry.path(), &child)?;
-            } else if meta.is_file() && matched {
-                out.insert(child, found(entry.path(), &meta));
-            } else if meta.is_dir() && matched {
-                self.walk(&entry.path(), &child, depth + 1, None, out)?;
-            } else if meta.is_dir() && depth + 1 < max_depth {
-                self.walk(&entry.path(), &child, depth + 1, matcher, out)?;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn found(abs: PathBuf, meta: &fs::Metadata) -> Found {
-    Found {
-        abs,
-        executable: meta.permissions().mode() & 0o111 != 0,
-    }
-}
-
-/// Checks an extra file's tree path: relative, `/`-separated, no empty, `.`,
-/// `..` or `.git` component.
-fn check_tree_path(path: &str) -> Result<(), GitError> {
-    let invalid = |reason| GitError::InvalidPath {
-        path: path.to_owned(),
-        reason,
-    };
-    if path.is_empty() {
-        return Err(invalid("is empty"));
-    }
-    if path.starts_with('/') {
-        return Err(invalid(
-            "is absolute; expected a path relative to the tree root",
-        ));
-    }
-    for comp in path.split('/') {
-        match comp {
-            "" | "." => return Err(invalid("has an empty or '.' component")),
-            ".." => return Err(invalid("contains '..'; it must stay inside the tree")),
-            ".git" => return Err(invalid("is inside '.git'")),
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

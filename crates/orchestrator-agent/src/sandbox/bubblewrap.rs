@@ -68,6 +68,7 @@ fn arguments(
     writable: &[PathBuf],
     readable: &[PathBuf],
     hidden: &[PathBuf],
+    covers: &[(PathBuf, PathBuf)],
     network: bool,
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["bwrap".into(), "--unshare-all".into()];
@@ -99,6 +100,9 @@ fn arguments(
     for dir in readable.iter().filter(|p| p.is_dir()) {
         args.extend(["--ro-bind".into(), dir.into(), dir.into()]);
     }
+    for (what, over) in super::covers_to_make(covers) {
+        args.extend(["--ro-bind".into(), what.into(), over.into()]);
+    }
     if let Some(cwd) = cwd {
         args.extend(["--chdir".into(), cwd.into()]);
     }
@@ -115,6 +119,7 @@ pub(super) fn spawn(
     writable: &[PathBuf],
     readable: &[PathBuf],
     hidden: &[PathBuf],
+    covers: &[(PathBuf, PathBuf)],
     network: bool,
     gateway: Option<&Path>,
     limits: Limits,
@@ -124,7 +129,14 @@ pub(super) fn spawn(
     // With the relay, the network namespace is the relay's, made before
     // `bwrap` runs: `bwrap` shares it.
     let share_net = network || relay.is_some();
-    let mut argv = arguments(cwd.as_deref(), writable, readable, hidden, share_net);
+    let mut argv = arguments(
+        cwd.as_deref(),
+        writable,
+        readable,
+        hidden,
+        covers,
+        share_net,
+    );
     argv.extend(wrap::command_line(cmd));
     let env = wrap::command_env(cmd);
     // The same cgroup as a namespace command's: `bwrap` joins it before it
@@ -168,6 +180,7 @@ mod tests {
             &[tmp.join("w")],
             std::slice::from_ref(&tmp),
             &[tmp.join("hidden")],
+            &[],
             false,
         );
         let pos = |s: &str| args.iter().position(|a| a == s).unwrap();

@@ -167,6 +167,17 @@ pub(crate) fn files_to_hide(extra: &[PathBuf]) -> Vec<PathBuf> {
     files
 }
 
+/// The covers that can be made: both sides plain files (a missing or
+/// replaced target is left uncovered rather than failing the command).
+pub(crate) fn covers_to_make(covers: &[(PathBuf, PathBuf)]) -> Vec<(PathBuf, PathBuf)> {
+    let plain = |p: &Path| std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file());
+    covers
+        .iter()
+        .filter(|(what, over)| plain(what) && plain(over))
+        .cloned()
+        .collect()
+}
+
 /// Finds `name` in the agent's PATH, as an absolute path.
 pub(crate) fn which(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
@@ -204,6 +215,9 @@ pub struct Dirs {
     /// Hidden behind an empty tmpfs, besides the fixed ones (the project's
     /// `.orchestrator`).
     pub hidden: Vec<PathBuf>,
+    /// Files bound read-only over others: (what, over what). The step's
+    /// git file covers the worktree's `.git` (see `crate::git::StepGit`).
+    pub covers: Vec<(PathBuf, PathBuf)>,
     /// The project's directory, which a relative container `image` is
     /// resolved against.
     pub project: Option<PathBuf>,
@@ -245,6 +259,8 @@ pub enum Sandbox {
         /// Host directories hidden behind an empty tmpfs, besides the fixed
         /// ones (the project's `.orchestrator`).
         hidden: Vec<PathBuf>,
+        /// Files bound read-only over others: (what, over what).
+        covers: Vec<(PathBuf, PathBuf)>,
         /// Whether the commands keep the host's network.
         network: bool,
         /// The step socket the gateway is relayed to, without network.
@@ -264,6 +280,8 @@ pub enum Sandbox {
         readable: Vec<PathBuf>,
         /// As for `Namespace`.
         hidden: Vec<PathBuf>,
+        /// As for `Namespace`.
+        covers: Vec<(PathBuf, PathBuf)>,
         /// Whether the commands keep the host's network.
         network: bool,
         /// The step socket the gateway is relayed to, without network.
@@ -295,6 +313,7 @@ impl Sandbox {
                 writable: dirs.writable,
                 readable: dirs.readable,
                 hidden: dirs.hidden,
+                covers: dirs.covers,
                 network: spec.network,
                 gateway: dirs.gateway.filter(|_| !spec.network),
                 limits,
@@ -314,6 +333,7 @@ impl Sandbox {
                 writable: dirs.writable,
                 readable: dirs.readable,
                 hidden: dirs.hidden,
+                covers: dirs.covers,
                 network: spec.network,
                 gateway: dirs.gateway.filter(|_| !spec.network),
                 limits,
@@ -390,6 +410,7 @@ impl Sandbox {
                 writable,
                 readable,
                 hidden,
+                covers,
                 network,
                 gateway,
                 limits,
@@ -398,6 +419,7 @@ impl Sandbox {
                 writable,
                 readable,
                 hidden,
+                covers,
                 *network,
                 gateway.as_deref(),
                 *limits,
@@ -408,6 +430,7 @@ impl Sandbox {
                 writable,
                 readable,
                 hidden,
+                covers,
                 network,
                 gateway,
                 limits,
@@ -417,6 +440,7 @@ impl Sandbox {
                 writable,
                 readable,
                 hidden,
+                covers,
                 *network,
                 gateway.as_deref(),
                 *limits,

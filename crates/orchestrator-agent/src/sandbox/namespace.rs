@@ -132,6 +132,9 @@ struct Plan {
     writable: Vec<CString>,
     /// Host directories bound read-only at their own paths.
     readable: Vec<CString>,
+    /// Files bound read-only over others: what, and over what.
+    cover_what: Vec<CString>,
+    cover_over: Vec<CString>,
     /// Every ancestor of a bound directory, outermost first: the mount
     /// points to create inside the hiding tmpfs.
     mkdirs: Vec<CString>,
@@ -162,15 +165,17 @@ impl Plan {
         writable: &[PathBuf],
         readable: &[PathBuf],
         hidden: &[PathBuf],
+        covers: &[(PathBuf, PathBuf)],
         network: bool,
         report: RawFd,
     ) -> Result<Self, SandboxError> {
         let readable: Vec<PathBuf> = readable.iter().filter(|p| p.is_dir()).cloned().collect();
-        if writable.len() > MAX_BINDS || readable.len() > MAX_BINDS {
+        let covers = super::covers_to_make(covers);
+        if writable.len() > MAX_BINDS || readable.len() > MAX_BINDS || covers.len() > MAX_BINDS {
             return Err(SandboxError::Setup {
                 step: "planning the mounts",
                 source: io::Error::other(format!(
-                    "more than {MAX_BINDS} writable or read-only directories"
+                    "more than {MAX_BINDS} writable or read-only directories or covered files"
                 )),
             });
         }
@@ -222,6 +227,14 @@ impl Plan {
                 .iter()
                 .map(|p| cstring(p))
                 .collect::<Result<_, _>>()?,
+            cover_what: covers
+                .iter()
+                .map(|(what, _)| cstring(what))
+                .collect::<Result<_, _>>()?,
+            cover_over: covers
+                .iter()
+                .map(|(_, over)| cstring(over))
+                .collect::<Result<_, _>>()?,
             mkdirs: mkdirs
                 .iter()
                 .map(|p| cstring(p))
@@ -245,11 +258,14 @@ impl Plan {
 }
 
 /// Spawns `cmd` in new namespaces; see the module documentation.
+// The arguments are the fields of `Sandbox::Namespace`, passed as they are.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn spawn(
     cmd: &mut Command,
     writable: &[PathBuf],
     readable: &[PathBuf],
     hidden: &[PathBuf],
+    covers: &[(PathBuf, PathBuf)],
     network: bool,
     gateway: Option<&Path>,
     limits: Limits,
@@ -265,6 +281,7 @@ pub(super) fn spawn(
         writable,
         readable,
         hidden,
+        covers,
         network,
         writer.as_raw_fd(),
     )?;
@@ -451,6 +468,9 @@ unsafe fn setup_mounts(plan: &Plan) -> io::Result<()> {
     // Cloned after the tree went read-only, so read-only themselves.
     let mut read_only: [c_int; MAX_BINDS] = [-1; MAX_BINDS];
     clone_trees(plan, &plan.readable, &mut read_only)?;
+    // Before the hiding: what covers may live in a hidden directory.
+    let mut covers: [c_int; MAX_BINDS] = [-1; MAX_BINDS];
+    clone_trees(plan, &plan.cover_what, &mut covers)?;
     for dir in &plan.hidden {
         check(
             plan,
@@ -482,10 +502,12 @@ unsafe fn setup_mounts(plan: &Plan) -> io::Result<()> {
         // the move below fail, which is reported.
         libc::mkdir(dir.as_ptr(), 0o755);
     }
+    // Covers last: what they cover is inside a bound directory.
     let moves = clones
         .iter()
         .zip(&plan.writable)
-        .chain(read_only.iter().zip(&plan.readable));
+        .chain(read_only.iter().zip(&plan.readable))
+        .chain(covers.iter().zip(&plan.cover_over));
     for (fd, dir) in moves {
         let rc = libc::syscall(
             libc::SYS_move_mount,

@@ -8,11 +8,11 @@ use orchestrator_core::api::{ArtifactRecord, CheckpointMade, Handoff, JobSpec};
 
 use super::Failure;
 use crate::confined::{ConfinedDir, ConfinedError};
-use crate::git::{self, CheckpointRequest, GitError, RunWorktree};
+use crate::git::{self, CheckpointRequest, GitError, RunWorktree, StepGit};
 
-/// Where the orchestrator keeps its own files in a run's tree: manifests
-/// and what humans handed a stage.
-pub const ORCH_DIR: &str = ".orch";
+/// Where the orchestrator keeps what humans handed a stage in the run's
+/// worktree; never committed.
+pub const ORCH_DIR: &str = git::RECORDS_DIR;
 
 /// A git failure as the step's failure: a project that is not (or no longer)
 /// a usable repository is the workflow's problem; the rest is the machine's.
@@ -24,7 +24,7 @@ fn git_failure(what: &str, e: GitError) -> Failure {
         | GitError::UnknownRef { .. }
         | GitError::NotACommit { .. }
         | GitError::InvalidGlob { .. }
-        | GitError::InvalidPath { .. }
+        | GitError::StepCommits { .. }
         | GitError::SymlinkEscapes { .. }
         | GitError::InvalidRunId { .. } => Failure::task(message),
         _ => Failure::infra(message),
@@ -50,6 +50,27 @@ pub(super) async fn open_worktree(
         .canonicalize()
         .map_err(|e| Failure::infra(format!("the run's worktree {}: {e}", wt.path.display())))?;
     Ok((wt, canonical))
+}
+
+/// The step's own git directory, made afresh (see [`StepGit`]).
+pub(super) async fn step_git(
+    project: &Path,
+    worktree: &RunWorktree,
+    spec: &JobSpec,
+    sandboxed: bool,
+) -> Result<StepGit, Failure> {
+    let (project, worktree, run_id, stage_id) = (
+        project.to_owned(),
+        worktree.clone(),
+        spec.run_id.clone(),
+        spec.stage_id.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        git::prepare_step_git(&project, &worktree, &run_id, &stage_id, sandboxed)
+    })
+    .await
+    .map_err(|e| Failure::infra(format!("preparing the step's git: {e}")))?
+    .map_err(|e| git_failure("preparing the step's git", e))
 }
 
 /// Writes what humans said into the worktree and returns the variables that
@@ -132,15 +153,11 @@ fn feedback_text(h: &Handoff, text: &str, by: &str) -> String {
     )
 }
 
-/// Where a step's manifest lives in the run's tree.
-pub fn manifest_path(spec: &JobSpec) -> String {
-    format!("{ORCH_DIR}/{}/step-{:03}.json", spec.stage_id, spec.step)
-}
-
-/// Commits the step's artifacts and manifest on the run branch.
+/// Commits the step's own commits, artifacts and manifest on the run branch.
 pub(super) async fn commit(
     project: &Path,
     worktree: RunWorktree,
+    step_git: StepGit,
     spec: &JobSpec,
     job_id: i64,
     manifest: Vec<u8>,
@@ -164,7 +181,6 @@ pub(super) async fn commit(
         spec.run_id.clone(),
         spec.artifacts.clone(),
     );
-    let extra = vec![(manifest_path(spec), manifest)];
     let made = tokio::task::spawn_blocking(move || {
         git::checkpoint(
             &project,
@@ -172,7 +188,8 @@ pub(super) async fn commit(
             &CheckpointRequest {
                 run_id: &run_id,
                 artifacts: &artifacts,
-                extra: &extra,
+                record: &manifest,
+                step_git: Some(&step_git),
                 message: &message,
             },
         )

@@ -36,7 +36,7 @@ mod prepare;
 mod redact;
 mod usage;
 
-pub use checkpoint::{manifest_path, ORCH_DIR};
+pub use checkpoint::ORCH_DIR;
 use commands::{judge, Runner};
 pub use logs::DEFAULT_LOG_CAP;
 use prepare::{check_ids, check_project_dir, describe, prepare, prepare_one};
@@ -141,6 +141,11 @@ pub async fn run_step_with(
         Ok(w) => w,
         Err(failure) => return rec.finish(&bundle, Some(failure)).await.0,
     };
+    let sandboxed = spec.sandbox.kind.unwrap_or(ctx.sandbox.default) != SandboxKind::Process;
+    let step_git = match checkpoint::step_git(&project, &worktree, spec, sandboxed).await {
+        Ok(g) => g,
+        Err(failure) => return rec.finish(&bundle, Some(failure)).await.0,
+    };
     let handed = match checkpoint::hand_over(&workdir, spec) {
         Ok(env) => env,
         Err(failure) => return rec.finish(&bundle, Some(failure)).await.0,
@@ -195,7 +200,7 @@ pub async fn run_step_with(
         Err(msg) => return rec.finish(&bundle, Some(Failure::task(msg))).await.0,
     };
     // A process step keeps the agent's home: it sees the machine as is.
-    let step_home = if spec.sandbox.kind.unwrap_or(ctx.sandbox.default) == SandboxKind::Process {
+    let step_home = if !sandboxed {
         None
     } else {
         match home::prepare(&project, &spec.run_id, &spec.stage_id, &mounts) {
@@ -210,6 +215,13 @@ pub async fn run_step_with(
         writable: [workdir.clone(), bundle.dir().to_owned()]
             .into_iter()
             .chain(step_home.clone())
+            .chain(step_git.gitfile.as_ref().map(|_| step_git.dir.clone()))
+            .collect(),
+        // The worktree's `.git` points at the step's own git directory.
+        covers: step_git
+            .gitfile
+            .iter()
+            .map(|f| (f.clone(), workdir.join(".git")))
             .collect(),
         // The step socket's directory, so that `orch ask` works without
         // network, and the directory of the agent's own `orch`, so that it is
@@ -337,7 +349,7 @@ pub async fn run_step_with(
     let Some(manifest) = manifest.filter(|_| outcome.success) else {
         return outcome;
     };
-    match checkpoint::commit(&project, worktree, spec, job.job_id, manifest).await {
+    match checkpoint::commit(&project, worktree, step_git, spec, job.job_id, manifest).await {
         Ok(made) => {
             if let Err(e) = kept.keep().await {
                 outcome.success = false;
@@ -491,7 +503,11 @@ impl<'a> Recorder<'a> {
             models,
         };
         let written = bundle.write_manifest(&manifest).await;
-        let bytes = written.as_ref().ok().cloned();
+        // One line: the checkpoint keeps it in a commit header.
+        let bytes = written
+            .as_ref()
+            .ok()
+            .and_then(|_| serde_json::to_vec(&manifest).ok());
         let failure = match (written, failure) {
             (Ok(_), failure) => failure,
             (Err(e), None) => Some(Failure::infra(e.to_string())),

@@ -142,6 +142,7 @@ impl Project {
             hidden: vec![self.root().join(".orchestrator")],
             project: Some(self.root()),
             gateway: None,
+            covers: Vec::new(),
         }
     }
 

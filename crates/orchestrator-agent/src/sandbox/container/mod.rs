@@ -61,6 +61,8 @@ pub struct Container {
     bundles: PathBuf,
     writable: Vec<PathBuf>,
     readable: Vec<PathBuf>,
+    /// Files bound read-only over others: (what, over what).
+    covers: Vec<(PathBuf, PathBuf)>,
     network: bool,
     /// The step socket the model gateway is relayed to, without network.
     gateway: Option<PathBuf>,
@@ -133,6 +135,7 @@ impl Container {
             bundles,
             writable: dirs.writable,
             readable: dirs.readable,
+            covers: dirs.covers,
             network: spec.network,
             gateway: dirs.gateway.filter(|_| !spec.network),
             limits,
@@ -189,6 +192,7 @@ impl Container {
             cwd: cwd.as_deref(),
             writable: &self.writable,
             readable: &self.readable,
+            covers: &self.covers,
             // With the relay, runc makes no network namespace: the
             // container shares runc's, made with the relay in it.
             network: self.network || relay.is_some(),

@@ -43,6 +43,7 @@ pub(super) struct Plan<'a> {
     pub cwd: Option<&'a Path>,
     pub writable: &'a [PathBuf],
     pub readable: &'a [PathBuf],
+    pub covers: &'a [(PathBuf, PathBuf)],
     pub network: bool,
     pub limits: Limits,
     /// The container's cgroup, relative to each hierarchy's root.
@@ -121,6 +122,13 @@ impl Plan<'_> {
             let d = text(dir.as_os_str())?;
             mounts.push(json!({"destination": d, "type": "bind", "source": d,
                                "options": ["rbind", "ro", "nosuid", "nodev"]}));
+        }
+        for (what, over) in super::super::covers_to_make(self.covers) {
+            mounts.push(
+                json!({"destination": text(over.as_os_str())?, "type": "bind",
+                               "source": text(what.as_os_str())?,
+                               "options": ["bind", "ro", "nosuid", "nodev"]}),
+            );
         }
         let env: Vec<String> = self
             .env

@@ -1,0 +1,255 @@
+//! A step's own git directory: how `git status`, `git diff`, `git add` and
+//! `git commit` work in the worktree inside a sandbox while the project's
+//! repository stays unwritable.
+//!
+//! Why a directory of its own: the worktree's entry in the project's
+//! repository (`.git/worktrees/<run>`) shares the project's objects and
+//! refs, which a sandboxed step must not write. So before every step the
+//! agent makes `<project>/.orchestrator/git/<run>/<stage>` afresh: a small
+//! repository whose `HEAD` is the branch `orch/run/<run>` at the run's last
+//! checkpoint, whose index is that commit's tree, and whose object
+//! directory is its own, with the project's objects as an alternate
+//! (readable, never written). Inside the sandbox the worktree's `.git` file
+//! is covered, read-only, by one that points there, so git and the libraries
+//! that read `.git` themselves (GitPython, libgit2) find it; outside, the
+//! worktree's `.git` still points at the project's entry, which the guard
+//! keeps so.
+//!
+//! A step without a sandbox (`process`) has no such covering: its git uses
+//! the worktree's own entry, whose `HEAD` and index the agent sets the same
+//! way, and its objects go straight into the project's repository.
+//!
+//! What the step committed on the run's branch is taken in at the
+//! checkpoint (see `import`), which proves it is what it claims before any
+//! of it reaches the project's branch; nothing else of the directory (its
+//! config, hooks, other refs) is ever read.
+
+use std::fs;
+use std::io::{ErrorKind, Read, Write};
+use std::path::{Path, PathBuf};
+
+use git2::{Oid, Repository};
+
+use super::{open, run_branch, GitError, RunWorktree, RECORDS_DIR};
+use crate::confined::ConfinedDir;
+
+/// Where the step directories of a project live, relative to it.
+const STEP_GIT: &str = ".orchestrator/git";
+
+/// The longest `HEAD` or ref file read back from a step's directory.
+const MAX_REF_FILE: u64 = 4096;
+/// The longest `packed-refs` read back (a step may have made many refs).
+const MAX_PACKED_REFS: u64 = 16 << 20;
+
+/// A step's git directory, made by [`prepare_step_git`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepGit {
+    /// The directory git uses inside the step.
+    pub dir: PathBuf,
+    /// The file that covers the worktree's `.git` inside the sandbox
+    /// (`gitdir: <dir>`); None for a step without a sandbox, whose git uses
+    /// the worktree's own entry.
+    pub gitfile: Option<PathBuf>,
+    /// The commit the step started from: the run branch's tip when the
+    /// directory was made.
+    pub started_at: Oid,
+    /// The run's branch, short name.
+    pub branch: String,
+}
+
+/// Makes the git directory the step of `stage_id` uses; see the module
+/// documentation. With `sandboxed` false the worktree's own entry in the
+/// project's repository is set up instead.
+pub fn prepare_step_git(
+    project: &Path,
+    worktree: &RunWorktree,
+    run_id: &str,
+    stage_id: &str,
+    sandboxed: bool,
+) -> Result<StepGit, GitError> {
+    let branch = run_branch(run_id)?;
+    let repo = open(project)?;
+    let tip = repo
+        .refname_to_id(&format!("refs/heads/{branch}"))
+        .map_err(|_| GitError::MissingBranch {
+            project: project.to_owned(),
+            branch: branch.clone(),
+        })?;
+    let tree = repo
+        .find_commit(tip)
+        .and_then(|c| c.tree())
+        .map_err(GitError::git(
+            format!("read the tip of '{branch}'"),
+            project,
+        ))?;
+    if !sandboxed {
+        let admin = super::guard::admin_dir(project, &worktree.path)?;
+        write_file(&admin.join("HEAD"), format!("{tip}\n").as_bytes())?;
+        let mut index = git2::Index::open(&admin.join("index"))
+            .map_err(GitError::git("open the worktree's index", project))?;
+        write_index(project, &mut index, &tree)?;
+        return Ok(StepGit {
+            dir: admin,
+            gitfile: None,
+            started_at: tip,
+            branch,
+        });
+    }
+    let parent = project.join(STEP_GIT).join(run_id);
+    fs::create_dir_all(&parent).map_err(GitError::io("create", &parent))?;
+    let dir = parent.join(stage_id);
+    // Whatever the last step left there goes: what it committed was taken
+    // in at its checkpoint, or belongs to a step that failed.
+    match fs::remove_dir_all(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(GitError::io("remove the last step's git directory", &dir)(
+                e,
+            ))
+        }
+    }
+    for sub in ["objects/info", "objects/pack", "info", "refs/tags"] {
+        fs::create_dir_all(dir.join(sub)).map_err(GitError::io("create", &dir.join(sub)))?;
+    }
+    let head_ref = dir.join("refs/heads").join(&branch);
+    if let Some(p) = head_ref.parent() {
+        fs::create_dir_all(p).map_err(GitError::io("create", p))?;
+    }
+    write_file(&head_ref, format!("{tip}\n").as_bytes())?;
+    write_file(
+        &dir.join("HEAD"),
+        format!("ref: refs/heads/{branch}\n").as_bytes(),
+    )?;
+    write_file(
+        &dir.join("config"),
+        b"[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n",
+    )?;
+    let objects = repo.commondir().join("objects");
+    write_file(
+        &dir.join("objects/info/alternates"),
+        format!("{}\n", objects.display()).as_bytes(),
+    )?;
+    write_file(
+        &dir.join("info/exclude"),
+        format!("/{RECORDS_DIR}/\n").as_bytes(),
+    )?;
+    let mut index = git2::Index::open(&dir.join("index"))
+        .map_err(GitError::git("create the step's index", project))?;
+    write_index(project, &mut index, &tree)?;
+    let gitfile = parent.join(format!("{stage_id}.git"));
+    write_file(&gitfile, format!("gitdir: {}\n", dir.display()).as_bytes())?;
+    Ok(StepGit {
+        dir,
+        gitfile: Some(gitfile),
+        started_at: tip,
+        branch,
+    })
+}
+
+/// Fills `index` with `tree` and writes it. Entries carry no file times, so
+/// the step's first `git status` hashes the files once: the agent cannot
+/// know which of them a step before changed.
+fn write_index(project: &Path, index: &mut git2::Index, tree: &git2::Tree) -> Result<(), GitError> {
+    index
+        .read_tree(tree)
+        .map_err(GitError::git("fill the step's index", project))?;
+    index
+        .write()
+        .map_err(GitError::git("write the step's index", project))
+}
+
+/// Writes a file the agent owns afresh (the step cannot reach the
+/// directory yet, or it is the agent's own).
+fn write_file(path: &Path, bytes: &[u8]) -> Result<(), GitError> {
+    let tmp = path.with_extension("orch-tmp");
+    let mut f = fs::File::create(&tmp).map_err(GitError::io("create", &tmp))?;
+    f.write_all(bytes).map_err(GitError::io("write", &tmp))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(GitError::io("replace", path))
+}
+
+/// The commit the run's branch names in the step's directory after the
+/// step, or None when the step removed it. Read without following a link
+/// and without trusting anything but the hexadecimal id; a name that is
+/// not a commit id is the step's error.
+pub(super) fn step_head(repo: &Repository, sg: &StepGit) -> Result<Option<Oid>, GitError> {
+    if sg.gitfile.is_none() {
+        // The worktree's own entry: its HEAD, which git moves on commit.
+        return match read_ref_file(&sg.dir, "HEAD", MAX_REF_FILE)? {
+            Some(text) if text.starts_with("ref: ") => {
+                let name = text["ref: ".len()..].trim();
+                match repo.refname_to_id(name) {
+                    Ok(id) => Ok(Some(id)),
+                    Err(_) => Ok(None),
+                }
+            }
+            Some(text) => parse_id(&text, &sg.dir.join("HEAD")).map(Some),
+            None => Ok(None),
+        };
+    }
+    let rel = format!("refs/heads/{}", sg.branch);
+    if let Some(text) = read_ref_file(&sg.dir, &rel, MAX_REF_FILE)? {
+        return parse_id(&text, &sg.dir.join(&rel)).map(Some);
+    }
+    // `git pack-refs` (or `git gc`) moves loose refs into `packed-refs`.
+    let Some(packed) = read_ref_file(&sg.dir, "packed-refs", MAX_PACKED_REFS)? else {
+        return Ok(None);
+    };
+    for line in packed.lines() {
+        if let Some((id, name)) = line.split_once(' ') {
+            if name == rel {
+                return parse_id(id, &sg.dir.join("packed-refs")).map(Some);
+            }
+        }
+    }
+    Ok(None)
+}
+
+fn parse_id(text: &str, path: &Path) -> Result<Oid, GitError> {
+    let text = text.trim();
+    if text.len() != 40 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(GitError::StepCommits {
+            reason: format!(
+                "{} holds {:?}, not a commit id",
+                path.display(),
+                &text[..text.len().min(80)]
+            ),
+        });
+    }
+    Oid::from_str(text).map_err(|_| GitError::StepCommits {
+        reason: format!("{} does not hold a commit id", path.display()),
+    })
+}
+
+/// The text of `dir/rel`, reached without following a link; None when it
+/// does not exist.
+fn read_ref_file(dir: &Path, rel: &str, max: u64) -> Result<Option<String>, GitError> {
+    let (parent, name) = match rel.rsplit_once('/') {
+        Some((p, n)) => (Path::new(p), n),
+        None => (Path::new(""), rel),
+    };
+    let confined = match ConfinedDir::open(dir, parent, false) {
+        Ok(d) => d,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => {
+            return Err(GitError::StepCommits {
+                reason: format!("{}: {e}", dir.join(parent).display()),
+            })
+        }
+    };
+    let file = match confined.open_regular(name) {
+        Ok(f) => f,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => {
+            return Err(GitError::StepCommits {
+                reason: format!("{}: {e}", dir.join(rel).display()),
+            })
+        }
+    };
+    let mut text = String::new();
+    file.take(max)
+        .read_to_string(&mut text)
+        .map_err(GitError::io("read", &dir.join(rel)))?;
+    Ok(Some(text))
+}
