@@ -51,7 +51,9 @@ async fn bubblewrap_step_reads_its_repository_with_git_but_cannot_write_it() {
     assert_ok(&p, &job, &out);
     assert_eq!(p.stdout(&job), "first\n");
     // A tag in the step's own git stays there.
-    let (job, out) = p.run(bwrap(), sh("git tag mine && git rev-parse mine")).await;
+    let (job, out) = p
+        .run(bwrap(), sh("git tag mine && git rev-parse mine"))
+        .await;
     assert_ok(&p, &job, &out);
     let escape = format!("git --git-dir={}/.git tag escaped", p.root().display());
     let (job, out) = p.run(bwrap(), sh(&escape)).await;

@@ -18,6 +18,7 @@ mod demo;
 mod diff;
 mod explain;
 mod human;
+mod land;
 mod logs;
 mod migrate;
 mod paths;
@@ -126,6 +127,9 @@ enum Cmd {
     /// Show the change a run (or one stage, or one checkpoint) made, without
     /// the orchestrator's own records.
     Diff(diff::DiffArgs),
+    /// Land a run's work on one of the project's branches: squashed (the
+    /// default), merged or rebased, with a message that summarises the run.
+    Land(land::LandArgs),
     /// Say why a run's stages run where they do, or why they wait.
     Explain(explain::ExplainArgs),
     /// List agents with their resources and what they have free.
@@ -316,6 +320,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Artifacts(a) => human::artifacts(a, &client()?).await,
         Cmd::Checkout(a) => human::checkout(a, &client()?).await,
         Cmd::Diff(a) => diff::diff(a, &client()?).await,
+        Cmd::Land(a) => land::land(a, &client()?).await,
         Cmd::Explain(a) => explain::explain(a, &client()?).await,
         Cmd::Agents { output } => {
             let list: Vec<orchestrator_core::api::AgentView> = client()?.get("/v1/agents").await?;

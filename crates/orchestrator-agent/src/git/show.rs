@@ -49,7 +49,7 @@ pub fn step_start(project: &Path, commit: &str) -> Option<String> {
 /// Whether `c` is a checkpoint commit: it holds a record (the import
 /// refuses a step's commit that claims one), or, made before records left
 /// the tree, the orchestrator committed it with the run's trailers.
-fn is_checkpoint(c: &git2::Commit) -> bool {
+pub(super) fn is_checkpoint(c: &git2::Commit) -> bool {
     c.header_field_bytes(super::RECORD_HEADER).is_ok()
         || (c.committer().email() == Some(super::COMMITTER_EMAIL)
             && c.message().is_some_and(|m| m.contains("\nOrch-Job: ")))
