@@ -51,7 +51,7 @@ use git2::{ErrorCode, Repository};
 pub use checkpoint::{checkpoint, ArtifactRecord, CheckpointCommit, CheckpointRequest};
 pub use guard::{git_command, guard, Guarded};
 pub use land::{land, work_commits, LandError, LandMode, LandRequest, Landed};
-pub use show::{checkpoint_stat, git_in, step_start, PLAIN_DIFF, WITHOUT_RECORDS};
+pub use show::{checkpoint_stat, diff_files, git_in, step_start, PLAIN_DIFF, WITHOUT_RECORDS};
 pub use stepgit::{prepare_step_git, StepGit};
 pub use worktree::{add_detached_worktree, ensure_worktree, RunWorktree};
 

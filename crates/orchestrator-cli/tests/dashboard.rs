@@ -255,6 +255,8 @@ stages:
     assert_eq!(seen["error_quoted"], 1, "{seen}");
     let approval = seen["approval_text"].as_str().unwrap_or_default();
     assert!(approval.contains("step 0 write"), "{seen}");
+    let patch = seen["approval_patch"].as_str().unwrap_or_default();
+    assert!(patch.contains("+v1"), "{seen}");
     assert_eq!(seen["badge"], "3", "{seen}");
     assert_eq!(seen["commit_changed"], true, "{seen}");
     assert_eq!(seen["badge_after"], true, "{seen}");

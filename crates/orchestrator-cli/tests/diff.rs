@@ -92,3 +92,62 @@ fn an_approval_in_the_inbox_shows_what_it_would_accept() {
         "{shown}"
     );
 }
+
+#[test]
+fn the_diff_api_lists_each_file_and_names_only_the_runs_checkpoints() {
+    let mut h = Harness::new();
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "worker", 1);
+    let file = h.write("two.yaml", TWO_STAGES);
+    let run = h.submit(&file);
+    let detail = h.wait_run_end(&d, &run);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
+    let get = |q: &str| {
+        common::http(
+            &d,
+            "GET",
+            &format!("/v1/runs/{run}/diff{q}"),
+            Some(&d.admin_token),
+            None,
+        )
+    };
+    let all = get("");
+    assert_eq!(all.status, 200, "{}", all.text());
+    let all = all.json();
+    let paths: Vec<&str> = all["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["a.txt", "b.txt"], "{all:#}");
+    assert_eq!(all["files"][0]["status"], "added");
+    assert_eq!(all["files"][0]["insertions"], 1);
+    assert!(
+        all["files"][0]["patch"]
+            .as_str()
+            .unwrap()
+            .starts_with("@@ -0,0 +1 @@\n+from-a"),
+        "{all:#}"
+    );
+
+    let b = detail["checkpoints"][1]["commit"].as_str().unwrap();
+    let one = get(&format!("?commit={}", &b[..10]));
+    assert_eq!(one.status, 200, "{}", one.text());
+    let one = one.json();
+    assert_eq!(one["to"], b);
+    assert_eq!(one["files"].as_array().unwrap().len(), 1, "{one:#}");
+    assert_eq!(one["files"][0]["path"], "b.txt");
+
+    // Only the run's checkpoints: not its base, not any object by name.
+    let base = detail["run"]["base_commit"].as_str().unwrap();
+    for q in [
+        format!("?commit={base}"),
+        "?commit=HEAD".into(),
+        "?commit=abc".into(),
+    ] {
+        let r = get(&q);
+        assert_eq!(r.status, 404, "{q}: {}", r.text());
+        assert!(r.text().contains("has no checkpoint"), "{q}: {}", r.text());
+    }
+}

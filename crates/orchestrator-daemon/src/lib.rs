@@ -225,6 +225,7 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
             "/v1/runs/{id}/jobs/{job}/logs",
             get(dashboard::logs::read::<S>),
         )
+        .route("/v1/runs/{id}/diff", get(dashboard::diff::read::<S>))
         .route("/v1/dashboard/links", post(dashboard::new_link::<S>))
         .route("/v1/dashboard/logout", post(dashboard::logout::<S>))
         .route("/v1/dashboard/revoke", post(dashboard::revoke::<S>))

@@ -71,3 +71,101 @@ pub fn checkpoint_stat(project: &Path, commit: &str) -> Option<String> {
         .success()
         .then(|| String::from_utf8_lossy(&out.stdout).trim_end().to_owned())
 }
+
+/// The most files a [`diff_files`] lists.
+pub const MAX_DIFF_FILES: usize = 500;
+/// The most bytes of patch kept per file.
+pub const MAX_PATCH_BYTES: usize = 64 * 1024;
+
+/// The change from `from` to `to` in the repository at `project`, file by
+/// file, without `.orch/`; made by libgit2, which runs no diff driver or
+/// text conversion the run's `.gitattributes` could name.
+pub fn diff_files(
+    project: &Path,
+    from: &str,
+    to: &str,
+) -> Result<orchestrator_core::api::RunDiff, super::GitError> {
+    use git2::{Delta, DiffOptions, Patch};
+    let repo = super::open(project)?;
+    let git = |what: &str| super::GitError::git(what.to_owned(), project);
+    let tree = |rev: &str| -> Result<(git2::Oid, git2::Tree), super::GitError> {
+        let c = super::peel_commit(&repo, project, rev)?;
+        let t = repo
+            .find_commit(c)
+            .and_then(|c| c.tree())
+            .map_err(git("read a tree"))?;
+        Ok((c, t))
+    };
+    let ((from_id, old), (to_id, new)) = (tree(from)?, tree(to)?);
+    let mut opts = DiffOptions::new();
+    opts.context_lines(3);
+    let mut diff = repo
+        .diff_tree_to_tree(Some(&old), Some(&new), Some(&mut opts))
+        .map_err(git("diff"))?;
+    let mut find = git2::DiffFindOptions::new();
+    find.renames(true);
+    diff.find_similar(Some(&mut find)).map_err(git("diff"))?;
+    let mut files = Vec::new();
+    let mut left_out = 0u32;
+    for i in 0..diff.deltas().len() {
+        let Some(delta) = diff.get_delta(i) else {
+            continue;
+        };
+        let path_of = |f: git2::DiffFile| f.path().map(|p| p.to_string_lossy().into_owned());
+        let path = path_of(delta.new_file())
+            .or_else(|| path_of(delta.old_file()))
+            .unwrap_or_default();
+        if path == super::RECORDS_DIR || path.starts_with(&format!("{}/", super::RECORDS_DIR)) {
+            continue;
+        }
+        if files.len() == MAX_DIFF_FILES {
+            left_out += 1;
+            continue;
+        }
+        let status = match delta.status() {
+            Delta::Added => "added",
+            Delta::Deleted => "deleted",
+            Delta::Renamed => "renamed",
+            Delta::Typechange => "typechange",
+            _ => "modified",
+        };
+        let old_path = (delta.status() == Delta::Renamed)
+            .then(|| path_of(delta.old_file()))
+            .flatten();
+        let binary = delta.flags().is_binary();
+        let (mut insertions, mut deletions, mut text, mut truncated) = (0, 0, String::new(), false);
+        if let Some(mut patch) = Patch::from_diff(&diff, i).map_err(git("diff"))? {
+            let (_, ins, del) = patch.line_stats().map_err(git("diff"))?;
+            insertions = u32::try_from(ins).unwrap_or(u32::MAX);
+            deletions = u32::try_from(del).unwrap_or(u32::MAX);
+            if !binary {
+                let buf = patch.to_buf().map_err(git("diff"))?;
+                let whole = String::from_utf8_lossy(&buf);
+                // The hunks only: the header repeats what the fields say.
+                let hunks = whole.find("\n@@").map_or("", |at| &whole[at + 1..]);
+                truncated = hunks.len() > MAX_PATCH_BYTES;
+                let mut end = hunks.len().min(MAX_PATCH_BYTES);
+                while !hunks.is_char_boundary(end) {
+                    end -= 1;
+                }
+                text = hunks[..end].to_owned();
+            }
+        }
+        files.push(orchestrator_core::api::FileDiff {
+            path,
+            old_path,
+            status: status.to_owned(),
+            insertions,
+            deletions,
+            binary,
+            patch: text,
+            truncated,
+        });
+    }
+    Ok(orchestrator_core::api::RunDiff {
+        from: from_id.to_string(),
+        to: to_id.to_string(),
+        files,
+        files_left_out: left_out,
+    })
+}

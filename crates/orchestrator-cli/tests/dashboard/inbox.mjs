@@ -34,6 +34,11 @@ await drive("inbox.mjs", ["BASE_URL", "ADMIN_TOKEN", "RUN_ID", "ARTIFACT_DIR"], 
     .count();
   // Steps are numbered as everywhere else (the CLI, commits, bundles): from 0.
   seen.approval_text = await approval.textContent();
+  // The approval shows the change it would accept, file by file.
+  const file = approval.locator('details.file[data-file="draft.md"]');
+  await file.waitFor(T);
+  await file.locator("summary").click();
+  seen.approval_patch = await file.locator("pre.patch").textContent();
   seen.error_quoted = await decision
     .locator(".step-said", { hasText: "What was reported:" })
     .locator("blockquote.step-text")
@@ -48,11 +53,11 @@ await drive("inbox.mjs", ["BASE_URL", "ADMIN_TOKEN", "RUN_ID", "ARTIFACT_DIR"], 
 
   // Rejecting needs feedback; the step runs again and comes back with a
   // new checkpoint commit.
-  const before = await approval.locator("code").textContent();
+  const before = await approval.locator("code[data-commit]").textContent();
   await approval.locator("textarea").fill("say v2, please");
   await approval.locator('button[data-action="reject"]').click();
   await page
-    .locator(`#inbox [data-item="${runId}/draft"] code`)
+    .locator(`#inbox [data-item="${runId}/draft"] code[data-commit]`)
     .filter({ hasNotText: before })
     .waitFor(T);
   seen.commit_changed = true;

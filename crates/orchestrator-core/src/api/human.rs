@@ -246,3 +246,35 @@ pub fn shell_quote(s: &str) -> String {
         format!("'{}'", s.replace('\'', r"'\''"))
     }
 }
+
+/// `GET /v1/runs/{id}/diff`: the change a run (or one step of it) made,
+/// file by file, as a reviewer reads it before approving.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunDiff {
+    /// The commit the change is shown from.
+    pub from: String,
+    /// The commit it is shown to.
+    pub to: String,
+    /// The files changed, by path.
+    pub files: Vec<FileDiff>,
+    /// Files left out past the cap on their number.
+    pub files_left_out: u32,
+}
+
+/// One file's change in a [`RunDiff`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileDiff {
+    pub path: String,
+    /// The path before, for a renamed file.
+    pub old_path: Option<String>,
+    /// `added`, `deleted`, `modified`, `renamed` or `typechange`.
+    pub status: String,
+    pub insertions: u32,
+    pub deletions: u32,
+    /// Binary content: no patch.
+    pub binary: bool,
+    /// The unified patch (hunks only), cut at the cap; text a step wrote.
+    pub patch: String,
+    /// Whether the patch was cut.
+    pub truncated: bool,
+}

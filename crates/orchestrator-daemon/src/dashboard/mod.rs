@@ -9,6 +9,7 @@
 //! ticket trade, logging out and revoking sessions, and the log reader the
 //! CLI does from the files directly.
 
+pub mod diff;
 pub mod logs;
 pub mod session;
 

@@ -448,8 +448,10 @@ function stageActions(detail, st) {
   const out = [];
   if (st.state === "awaiting_approval") {
     const fb = h("textarea", { "data-draft": `reject:${key}`, placeholder: "feedback for the step, if you reject" });
+    const latest = detail.checkpoints.filter((c) => c.stage_id === st.stage_id).pop();
     out.push(h("div", { class: "panel item" },
       h("strong", {}, "Waits for your approval"),
+      latest ? changesPanel(detail.run.id, latest.commit) : "",
       h("div", { class: "actions" },
         h("button", { "data-action": "approve", onclick: () => act(`${base}/approve`, {}, `approved ${st.stage_id}`) }, "Approve"),
       ),
@@ -554,6 +556,50 @@ function stagePanel(detail, stageId) {
   );
 }
 
+// ---------- changes ----------
+
+// A patch is text a step wrote: put in the page as text only, with the
+// characters that reorder or hide text (bidirectional controls, zero-width
+// ones) shown by name, so what a reviewer reads is what would be approved.
+function visible(text) {
+  return String(text ?? "").replace(/[\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]/g,
+    (c) => `<U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}>`);
+}
+
+// The change a checkpoint's step made, file by file; fetched once per commit.
+const diffs = new Map();
+function changesPanel(runId, commit) {
+  const box = h("div", { class: "changes", "data-changes": commit }, h("span", { class: "muted" }, "Loading the change…"));
+  const fill = (d) => box.replaceChildren(...changesOf(d).flat().filter((c) => c !== ""));
+  if (diffs.has(commit)) fill(diffs.get(commit));
+  else {
+    api(`/v1/runs/${encodeURIComponent(runId)}/diff?commit=${encodeURIComponent(commit)}`)
+      .then((d) => { diffs.set(commit, d); fill(d); })
+      .catch((e) => box.replaceChildren(h("span", { class: "error" }, `The change cannot be shown: ${e.message}`)));
+  }
+  return box;
+}
+
+function changesOf(d) {
+  if (!d.files.length) return [h("span", { class: "muted" }, "This step changed no file.")];
+  const ins = d.files.reduce((n, f) => n + f.insertions, 0);
+  const del = d.files.reduce((n, f) => n + f.deletions, 0);
+  const line = (l) => h("span", { class: l.startsWith("+") ? "add" : l.startsWith("-") ? "del" : l.startsWith("@@") ? "hunk" : "" }, visible(l) + "\n");
+  return [
+    h("div", { class: "muted" }, `${d.files.length} file${d.files.length === 1 ? "" : "s"} changed, ${ins} insertion${ins === 1 ? "" : "s"}(+), ${del} deletion${del === 1 ? "" : "s"}(-)`),
+    d.files.map((f) => h("details", { class: "file", "data-file": f.path },
+      h("summary", {},
+        h("code", {}, visible(f.old_path ? `${f.old_path} → ${f.path}` : f.path)), " ",
+        h("span", { class: "add" }, `+${f.insertions}`), " ",
+        h("span", { class: "del" }, `-${f.deletions}`), " ",
+        h("span", { class: "muted" }, f.status)),
+      f.binary ? h("p", { class: "muted" }, "binary file")
+        : h("pre", { class: "patch" }, f.patch.replace(/\n$/, "").split("\n").map(line)),
+      f.truncated ? h("p", { class: "muted" }, "The patch is cut here: orch diff shows all of it.") : "")),
+    d.files_left_out ? h("p", { class: "muted" }, `${d.files_left_out} more files are not shown: orch diff lists them.`) : "",
+  ];
+}
+
 // ---------- logs ----------
 
 function stopLog() {
@@ -630,12 +676,13 @@ async function inboxView() {
       h("strong", {}, it.kind), " · ",
       h("a", { href: `#/runs/${encodeURIComponent(it.run_id)}/${encodeURIComponent(it.stage_id)}` }, `${it.workflow} / ${it.stage_id}`),
       h("span", { class: "muted" }, ` · step ${it.step}${it.step_name ? " " + it.step_name : ""} · waiting ${duration(Date.now() - it.since_ms)}`),
-      it.commit ? h("span", { class: "muted" }, " · commit ", h("code", {}, short(it.commit, 10))) : "");
+      it.commit ? h("span", { class: "muted" }, " · commit ", h("code", { "data-commit": it.commit }, short(it.commit, 10))) : "");
     if (it.kind === "question" && it.question) return questionForm(it.question, head);
     if (it.kind === "approval") {
       const fb = h("textarea", { "data-draft": `reject:${key}`, placeholder: "feedback for the step, if you reject" });
       return h("div", { class: "panel item", "data-item": key },
         head,
+        it.commit ? changesPanel(it.run_id, it.commit) : "",
         h("div", { class: "actions" },
           h("button", { "data-action": "approve", onclick: () => act(`${base}/approve`, {}, `approved ${it.stage_id}`) }, "Approve")),
         fb,
