@@ -18,6 +18,7 @@
 //! [`machine::Transition`], [`api::ClaimedJob`], [`api::Manifest`].
 
 pub mod api;
+pub mod cache;
 pub mod error;
 pub mod fabric;
 pub mod machine;

@@ -42,6 +42,7 @@ fn workflow(stages: Vec<Stage>) -> Workflow {
         priority: None,
         env: BTreeMap::new(),
         on_failure: None,
+        cache: vec![],
         stages,
     }
 }

@@ -160,6 +160,11 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         mounts: vec!["~/.cargo".into()],
         model: Some("smol".into()),
         secrets: vec!["API_KEY".into()],
+        cache: vec![orchestrator_core::spec::Cache {
+            path: ".venv".into(),
+            key: "pip-${{ hashFiles('requirements.txt') }}".into(),
+            restore_keys: vec!["pip-".into()],
+        }],
     };
     let wf = Workflow {
         name: "w".into(),
@@ -167,6 +172,11 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         priority: Some(5),
         env: BTreeMap::from([("C".into(), "3".into())]),
         on_failure: Some(OnFailure::Ask),
+        cache: vec![orchestrator_core::spec::Cache {
+            path: "~/.cache/pip".into(),
+            key: "pip".into(),
+            restore_keys: vec![],
+        }],
         stages: vec![stage],
     };
     let full = serde_json::to_value(&wf).unwrap();
@@ -194,12 +204,17 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         properties(&defs["Retry"]),
         keys(&full["stages"][0]["retry"])
     );
+    assert_eq!(
+        properties(&defs["Cache"]),
+        keys(&full["stages"][0]["cache"][0])
+    );
     for def in [
         &schema,
         &defs["Stage"],
         &defs["Step"],
         &defs["CommandSpec"],
         &defs["Resources"],
+        &defs["Cache"],
     ] {
         assert_eq!(def["additionalProperties"], false, "{def}");
     }

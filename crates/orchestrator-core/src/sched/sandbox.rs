@@ -65,6 +65,7 @@ mod tests {
             priority: None,
             env: Default::default(),
             on_failure: None,
+            cache: vec![],
             stages: choices
                 .iter()
                 .enumerate()

@@ -10,8 +10,10 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod cache;
 mod size;
 
+pub use cache::Cache;
 pub use size::{human_mib, SizeSpec};
 
 /// A workflow file: a DAG of stages.
@@ -35,6 +37,10 @@ pub struct Workflow {
     /// `on_failure` wins). Default: `ask`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<OnFailure>,
+    /// Caches every stage restores and saves (a stage's own entry for the
+    /// same `path` wins); see [`Cache`].
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache: Vec<Cache>,
     /// The stages; order does not matter, `needs` decides it.
     pub stages: Vec<Stage>,
 }
@@ -117,6 +123,12 @@ pub struct Stage {
     /// directories never can be mounted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mounts: Vec<String>,
+    /// Directories kept between runs of the project on the agent's machine:
+    /// restored before the stage's first step, saved when its last step
+    /// succeeds; see [`Cache`]. With the workflow's `cache:`, at most
+    /// [`crate::cache::MAX_CACHES`] in all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cache: Vec<Cache>,
     /// The model (a name from the daemon's models file) this stage's steps
     /// call through the gateway: the stage runs only on an agent where that
     /// model can be resident. An agent has the label `model:NAME` for each.

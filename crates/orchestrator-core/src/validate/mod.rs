@@ -8,6 +8,7 @@ use std::fmt;
 use crate::error::MAX_INFRA_ATTEMPTS;
 use crate::spec::{CommandSpec, SandboxKind, Workflow};
 
+mod caches;
 mod locate;
 mod steps;
 
@@ -132,7 +133,7 @@ pub fn parse_workflow(text: &str, file: Option<&str>) -> Result<Workflow, SpecEr
 /// serde_yaml reports nested errors as `stages[0].steps[1]: message`, and
 /// errors in a top-level field as `name: message`.
 fn split_field_prefix(msg: &str) -> (String, String) {
-    const TOP_LEVEL: [&str; 4] = ["name", "description", "env", "stages"];
+    const TOP_LEVEL: [&str; 5] = ["name", "description", "env", "cache", "stages"];
     if let Some((head, tail)) = msg.split_once(": ") {
         if !head.contains(' ')
             && (head.contains('.') || head.contains('[') || TOP_LEVEL.contains(&head))
@@ -384,6 +385,13 @@ fn check(wf: &Workflow) -> Vec<Problem> {
             }
         }
     }
+    let stages: Vec<(&str, usize)> = wf
+        .stages
+        .iter()
+        .enumerate()
+        .map(|(i, st)| (st.id.as_str(), nth[i]))
+        .collect();
+    caches::check_caches(wf, &stages, &mut out);
     // Needs that point nowhere are ignored by the cycle search, so a cycle
     // among the other stages is still reported alongside them.
     if !graph_reported {
