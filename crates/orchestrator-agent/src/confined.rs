@@ -307,6 +307,13 @@ impl ConfinedDir {
     }
 }
 
+impl AsFd for ConfinedDir {
+    /// The directory's descriptor, for `*at` calls relative to it.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// The most bytes a workflow, policy, rules or models file may hold.
 pub const MAX_DEFINITION_BYTES: u64 = 1 << 20;
 

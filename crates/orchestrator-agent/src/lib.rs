@@ -50,6 +50,7 @@
 pub mod agent;
 pub mod ask;
 pub mod bundle;
+pub mod cache;
 pub mod client;
 pub mod confined;
 pub mod context;

@@ -77,6 +77,7 @@ impl Project {
             grant: Default::default(),
             spec: JobSpec {
                 mounts: Vec::new(),
+                cache: None,
                 run_id: "run-1".into(),
                 stage_id: "build".into(),
                 step: 2,

@@ -66,6 +66,11 @@ pub struct AgentOpts {
         env = "ORCH_ALLOW_MOUNTS"
     )]
     pub allow_mounts: Vec<PathBuf>,
+    /// The most one saved cache entry (a stage's `cache:`) may hold (`4G`):
+    /// a larger one is not saved, and the step's manifest says why; 0 saves
+    /// none. Default: 4G.
+    #[arg(long, value_name = "SIZE", env = "ORCH_CACHE_MAX", value_parser = SizeSpec::parse)]
+    pub cache_max: Option<SizeSpec>,
     /// The `bwrap` binary of `sandbox: bubblewrap`. Default: `bwrap` in PATH.
     #[arg(long, value_name = "PATH", env = "ORCH_BWRAP")]
     pub bwrap: Option<PathBuf>,
@@ -95,6 +100,7 @@ impl AgentOpts {
             pids_max: None,
             log_cap: None,
             allow_mounts: vec![],
+            cache_max: None,
             vm: Default::default(),
             bwrap: None,
             container_image: None,
@@ -243,6 +249,9 @@ pub fn sandbox_config(o: &AgentOpts, data_dir: &Path) -> Result<SandboxConfig, C
         cfg.log_cap = cap.as_mib() << 20;
     }
     cfg.allow_mounts = o.allow_mounts.clone();
+    if let Some(max) = o.cache_max {
+        cfg.cache_max = max.as_mib() << 20;
+    }
     cfg.vm = vm_config(&o.vm);
     Ok(cfg)
 }

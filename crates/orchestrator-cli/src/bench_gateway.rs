@@ -150,6 +150,7 @@ async fn daemon_with_key(dir: &Path, upstream: &str) -> Result<(Daemon, String)>
             policy: Default::default(),
             // Never checked out: no agent runs this job, it only holds the key.
             base_commit: "0".repeat(40),
+            tree: Vec::new(),
             actor: "user:bench".into(),
             on_failure: None,
         })

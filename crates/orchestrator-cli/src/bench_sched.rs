@@ -620,6 +620,7 @@ async fn once(o: &SchedOpts, dir: &Path) -> Result<SchedSample> {
                 priority: Some((r % 10) as i32),
                 policy: Default::default(),
                 base_commit: "0".repeat(40),
+                tree: Vec::new(),
                 actor: "user:bench".into(),
                 on_failure: None,
             })

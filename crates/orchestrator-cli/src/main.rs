@@ -11,6 +11,7 @@ mod bench;
 mod bench_gateway;
 mod bench_sandbox;
 mod bench_sched;
+mod cachecmd;
 mod client;
 mod config;
 mod decide;
@@ -181,6 +182,11 @@ enum Cmd {
     AgentToken {
         #[command(subcommand)]
         cmd: agent_token::AgentTokenCmd,
+    },
+    /// The caches a project's stages keep on this machine: list, remove.
+    Cache {
+        #[command(subcommand)]
+        cmd: cachecmd::CacheCmd,
     },
     /// Webhook and OpenClaw delivery.
     Webhooks {
@@ -406,6 +412,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Config { cmd } => config::run(cmd),
+        Cmd::Cache { cmd } => cachecmd::run(cmd),
         Cmd::Schema => {
             view::json(&orchestrator_core::spec::workflow_schema())?;
             Ok(ExitCode::SUCCESS)

@@ -155,6 +155,24 @@ pub fn run(d: &RunDetail) {
     if let Some(u) = &d.models {
         models(u);
     }
+    if d.stages.iter().any(|s| !s.cache.is_empty()) {
+        println!();
+        println!(
+            "{:<24} {:<24} {:<40} RESTORE KEYS",
+            "CACHE OF", "PATH", "KEY"
+        );
+        for s in &d.stages {
+            for c in &s.cache {
+                println!(
+                    "{:<24} {:<24} {:<40} {}",
+                    s.stage_id,
+                    c.path,
+                    c.key,
+                    c.restore_keys.join(", ")
+                );
+            }
+        }
+    }
     let waiting: Vec<_> = d
         .stages
         .iter()

@@ -43,8 +43,15 @@ pub async fn submit_run<S: Store>(
     // A workflow that does not parse is refused by the store, with its own
     // errors; one that does is checked here against what only the daemon
     // knows: its secrets and the project's shell policy. Parsed once for both.
+    let mut tree = Vec::new();
     if let Ok(wf) = orchestrator_core::validate::parse_workflow(&req.workflow, req.file.as_deref())
     {
+        // A cache key that hashes files is computed by the store from the
+        // base commit's files, listed here (the store runs no git).
+        if orchestrator_core::cache::hashes_files(&wf) {
+            tree = crate::project::list_tree(dir, &base_commit)
+                .map_err(|msg| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, msg))?;
+        }
         for st in &wf.stages {
             if let Some(m) = st
                 .model
@@ -93,6 +100,7 @@ pub async fn submit_run<S: Store>(
             priority: req.priority,
             policy,
             base_commit,
+            tree,
             actor: who.actor(None),
             on_failure: req.on_failure,
         })

@@ -6,6 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use orchestrator_agent::confined::{read_definition, Links, MAX_DEFINITION_BYTES};
+use orchestrator_core::cache::{TreeFile, TreeKind};
 use orchestrator_core::sched::{parse_project_policy, ProjectPolicy};
 
 /// Where a project keeps its scheduling policy.
@@ -64,6 +65,57 @@ pub fn resolve_commit(dir: &Path, reference: Option<&str>) -> Result<String, Str
             )
         }
     })
+}
+
+/// Every file of `commit` in the repository at `dir`, with its object id
+/// and kind, for cache keys that hash files. Read from git's objects, so
+/// nothing in the working directory (a link, an untracked file) counts.
+pub fn list_tree(dir: &Path, commit: &str) -> Result<Vec<TreeFile>, String> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "ls-tree",
+            "-r",
+            "-z",
+            "--full-tree",
+            "--end-of-options",
+            commit,
+        ])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .map_err(|e| format!("cannot run git to list commit {commit}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "listing the files of commit {commit} for the cache keys: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(parse_tree(&out.stdout))
+}
+
+/// `git ls-tree -r -z` records: `<mode> <type> <id>\t<path>\0`. Paths
+/// that are not UTF-8 cannot be named by a pattern and are left out.
+fn parse_tree(bytes: &[u8]) -> Vec<TreeFile> {
+    bytes
+        .split(|b| *b == 0)
+        .filter_map(|rec| {
+            let rec = std::str::from_utf8(rec).ok()?;
+            let (meta, path) = rec.split_once('\t')?;
+            let mut parts = meta.split(' ');
+            let (mode, _, id) = (parts.next()?, parts.next()?, parts.next()?);
+            let kind = match mode {
+                "100644" | "100755" => TreeKind::File,
+                "120000" => TreeKind::Symlink,
+                _ => TreeKind::Other,
+            };
+            Some(TreeFile {
+                path: path.to_owned(),
+                id: id.to_owned(),
+                kind,
+            })
+        })
+        .collect()
 }
 
 fn git(dir: &Path, args: &[&str]) -> Result<String, String> {

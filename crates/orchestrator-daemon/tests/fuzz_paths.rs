@@ -69,6 +69,7 @@ async fn fixture() -> Fixture {
             priority: None,
             policy: Default::default(),
             base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            tree: Vec::new(),
             actor: "user:test".into(),
             on_failure: None,
         })

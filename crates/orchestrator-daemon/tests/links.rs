@@ -179,6 +179,7 @@ async fn an_approve_link_acts_on_its_own_round_once_even_after_a_restart() {
             policy: Default::default(),
             on_failure: None,
             base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            tree: Vec::new(),
             actor: "user:test".into(),
         })
         .await

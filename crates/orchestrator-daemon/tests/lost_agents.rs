@@ -62,6 +62,7 @@ async fn a_silent_agent_is_marked_lost_once_and_its_stale_lease_is_revoked_when_
             priority: None,
             policy: Default::default(),
             base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            tree: Vec::new(),
             actor: "user:test".into(),
             on_failure: None,
         })

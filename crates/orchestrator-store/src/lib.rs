@@ -74,6 +74,9 @@ pub struct NewRun {
     pub on_failure: Option<orchestrator_core::spec::OnFailure>,
     /// The commit the run's branch starts from.
     pub base_commit: String,
+    /// The files of `base_commit`, listed by the daemon when a cache key
+    /// hashes files (`hashFiles`); empty otherwise.
+    pub tree: Vec<orchestrator_core::cache::TreeFile>,
     /// Who submitted it, for the transition row (`user:admin`).
     pub actor: String,
 }

@@ -27,6 +27,7 @@ fn run(yaml: &str, project: &str, priority: Option<i32>, policy: ProjectPolicy) 
         priority,
         policy,
         base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        tree: Vec::new(),
         actor: "user:test".into(),
         on_failure: None,
     }

@@ -39,6 +39,9 @@ pub struct SandboxConfig {
     /// Host paths under which a stage's `mounts:` may name what it reads
     /// (`orch agent --allow-mount`); none by default.
     pub allow_mounts: Vec<PathBuf>,
+    /// The most bytes one saved cache entry holds (`orch agent
+    /// --cache-max`); a larger one is not saved. 0: no cache is saved.
+    pub cache_max: u64,
 }
 
 /// The default of [`SandboxConfig::pids_max`].
@@ -57,6 +60,7 @@ impl Default for SandboxConfig {
             log_cap: crate::step::DEFAULT_LOG_CAP,
             private: Vec::new(),
             allow_mounts: Vec::new(),
+            cache_max: crate::cache::DEFAULT_CACHE_MAX,
         }
     }
 }

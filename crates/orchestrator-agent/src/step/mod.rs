@@ -27,6 +27,7 @@ use crate::bundle::{Bundle, BundleError};
 use crate::exec::EndReason;
 use crate::sandbox::{Dirs, Limits, Sandbox, SandboxConfig};
 
+mod caches;
 mod checkpoint;
 mod commands;
 mod grant;
@@ -211,6 +212,18 @@ pub async fn run_step_with(
     if let Some(h) = &step_home {
         orch_env.push(("HOME".into(), h.to_string_lossy().into_owned()));
     }
+    let caches = caches::Caches::new(
+        spec,
+        &project,
+        &workdir,
+        step_home.as_deref(),
+        ctx.sandbox.cache_max,
+    );
+    let (mut caches, restored) = caches.restore().await;
+    if let Err(msg) = restored {
+        rec.caches = std::mem::take(&mut caches.records);
+        return rec.finish(&bundle, Some(Failure::task(msg))).await.0;
+    }
     let dirs = Dirs {
         writable: [workdir.clone(), bundle.dir().to_owned()]
             .into_iter()
@@ -344,6 +357,11 @@ pub async fn run_step_with(
             "checking the worktree's .git: {e}"
         ))));
     }
+    // Saved before the checkpoint, so that its manifest says so.
+    if failure.is_none() && until_met != Some(false) {
+        caches = caches.save(spec).await;
+    }
+    rec.caches = caches.records;
     let questions = ask.map(|a| a.finish()).unwrap_or_default();
     let (mut outcome, manifest) = rec.finish(&bundle, failure).await;
     let Some(manifest) = manifest.filter(|_| outcome.success) else {
@@ -405,6 +423,8 @@ pub(crate) struct Recorder<'a> {
     sandbox: SandboxKind,
     /// What that backend enforces on each command.
     limits: Option<AppliedLimits>,
+    /// What the step did with its stage's caches.
+    caches: Vec<orchestrator_core::api::CacheRecord>,
 }
 
 impl<'a> Recorder<'a> {
@@ -419,6 +439,7 @@ impl<'a> Recorder<'a> {
             exit_codes: Vec::new(),
             sandbox: job.spec.sandbox.kind.unwrap_or(ctx.sandbox.default),
             limits: None,
+            caches: Vec::new(),
         }
     }
 
@@ -501,6 +522,7 @@ impl<'a> Recorder<'a> {
             sandbox: self.sandbox,
             limits: self.limits.take(),
             models,
+            caches: std::mem::take(&mut self.caches),
         };
         let written = bundle.write_manifest(&manifest).await;
         // One line: the checkpoint keeps it in a commit header.

@@ -80,6 +80,7 @@ pub async fn fabric_daemon(
                 priority: *priority,
                 policy: Default::default(),
                 base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
+                tree: Vec::new(),
                 actor: "user:test".into(),
                 on_failure: None,
             })

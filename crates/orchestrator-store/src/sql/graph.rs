@@ -68,6 +68,11 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
         run.policy.min_sandbox,
     )
     .map_err(|e| StoreError::Invalid(e.to_string()))?;
+    // Keys are computed now, once, from the base commit: every attempt of
+    // the run, on any agent, uses the same ones, and the stored spec says
+    // which (the workflow's entries moved into each stage).
+    orchestrator_core::cache::resolve(&mut wf, &run.tree, run.file.as_deref())
+        .map_err(StoreError::InvalidWorkflow)?;
     if let Some(on) = run.on_failure {
         // The submitter's word wins over the workflow's, stage by stage; the
         // stored spec says what the run really does.
@@ -606,6 +611,7 @@ pub(super) fn enqueue(
             image: stage.image.clone(),
         },
         mounts: stage.mounts.clone(),
+        cache: cache_plan(stage, step, ends_iteration),
         secrets: orchestrator_core::api::Secrets::named(&stage.secrets),
         api_key: None,
     };
@@ -633,6 +639,33 @@ pub(super) fn enqueue(
     )?;
     ctx.queued = true;
     Ok(())
+}
+
+/// What step `step` of `stage` does with the stage's caches: restore them
+/// when it is the first step that runs commands, save them when its
+/// success ends the stage (the validation, else the last step, of the last
+/// iteration or of one whose `until` is met). None when neither.
+fn cache_plan(
+    stage: &orchestrator_core::spec::Stage,
+    step: u32,
+    ends_iteration: bool,
+) -> Option<orchestrator_core::api::CachePlan> {
+    if stage.cache.is_empty() {
+        return None;
+    }
+    let first = stage.steps.iter().position(|s| !s.is_input());
+    let restore = first.is_some_and(|f| u32::try_from(f).ok() == Some(step));
+    let per = u32::try_from(stage.steps.len()).unwrap_or(u32::MAX).max(1);
+    let save = match (&stage.validate, &stage.repeat) {
+        (Some(_), _) => stage.validation_step() == Some(step),
+        (None, Some(r)) if r.until.is_some() => ends_iteration,
+        (None, _) => step / per + 1 == stage.iterations() && ends_iteration,
+    };
+    (restore || save).then(|| orchestrator_core::api::CachePlan {
+        entries: stage.cache.clone(),
+        restore,
+        save,
+    })
 }
 
 pub(super) fn cancel_live_job(

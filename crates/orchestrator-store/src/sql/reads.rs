@@ -127,11 +127,13 @@ pub fn run_detail(conn: &Conn, id: &str) -> Result<RunDetail> {
                 started_at_ms: r.get(5)?,
                 ended_at_ms: r.get(6)?,
                 agent_id: r.get(8)?,
+                cache: Vec::new(),
             })
         })?
         .collect::<crate::db::Result<_>>()?;
     for (s, spec) in stages.iter_mut().zip(&wf.stages) {
         s.needs = spec.needs.clone();
+        s.cache = spec.cache.clone();
     }
     let jobs = conn
         .prepare_cached(

@@ -70,6 +70,7 @@ pub fn new_run(yaml: &str) -> NewRun {
         priority: None,
         policy: Default::default(),
         base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        tree: Vec::new(),
         actor: "user:test".into(),
         on_failure: None,
     }
