@@ -231,3 +231,144 @@ fn a_failed_stage_saves_nothing_and_a_key_that_cannot_be_computed_exits_2() {
         "nothing submitted"
     );
 }
+
+/// Builds `wheels/synth-1.0-py3-none-any.whl` in `project`: `modules`
+/// modules of about 4 KiB each, a stand-in for a dependency tree that a
+/// stage installs without network.
+fn make_wheel(project: &Path, modules: usize) {
+    let script = format!(
+        r#"
+import base64, hashlib, os, zipfile
+os.makedirs("wheels", exist_ok=True)
+files = {{"synth/__init__.py": "VALUE = 1\n"}}
+for i in range({modules}):
+    files[f"synth/mod_{{i:05}}.py"] = "".join(f"def f{{j}}(x):\n    return x * {{j}} + {{i}}\n" for j in range(120))
+files["synth-1.0.dist-info/METADATA"] = "Metadata-Version: 2.1\nName: synth\nVersion: 1.0\n"
+files["synth-1.0.dist-info/WHEEL"] = "Wheel-Version: 1.0\nGenerator: orch-bench\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+record = []
+for name, text in files.items():
+    digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+    record.append(f"{{name}},sha256={{digest}},{{len(text.encode())}}")
+record.append("synth-1.0.dist-info/RECORD,,")
+files["synth-1.0.dist-info/RECORD"] = "\n".join(record) + "\n"
+with zipfile.ZipFile("wheels/synth-1.0-py3-none-any.whl", "w", zipfile.ZIP_DEFLATED) as z:
+    for name, text in files.items():
+        z.writestr(name, text)
+"#
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .current_dir(project)
+        .output()
+        .expect("python3 runs");
+    assert!(out.status.success(), "{out:?}");
+}
+
+fn du(dir: &Path) -> u64 {
+    let Ok(list) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    list.flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => du(&e.path()),
+            Ok(t) if t.is_file() => e.metadata().map_or(0, |m| m.len()),
+            _ => 0,
+        })
+        .sum()
+}
+
+fn median(mut v: Vec<u64>) -> u64 {
+    v.sort_unstable();
+    v[v.len() / 2]
+}
+
+/// `cargo test -p orchestrator-cli --test caches -- --ignored --nocapture`:
+/// the same workflow (`python3 -m venv .venv` and a `pip install` of a
+/// local wheel, no network) with a cold cache and then a warm one, in the
+/// default namespace sandbox; medians of ROUNDS (default 3) pairs. Prints
+/// figures; asserts only that the warm run restored and skipped the install.
+#[test]
+#[ignore]
+fn bench_a_warm_cache_against_a_cold_one() {
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
+    let mut h = Harness::new();
+    make_wheel(&h.project, 1500);
+    commit(&h.project, "requirements.txt", "synth==1.0\n");
+    git(&h.project, &["add", "wheels"]);
+    git(&h.project, &["commit", "-q", "-m", "wheels"]);
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "bench", 1);
+    let file = h.write(
+        "venv.yaml",
+        r#"name: venv
+on_failure: fail
+stages:
+  - id: install
+    cache:
+      - path: .venv
+        key: venv-${{ hashFiles('requirements.txt') }}
+    steps:
+      - shell: true
+        commands:
+          - run: |
+              test -x .venv/bin/python || python3 -m venv .venv
+              .venv/bin/python -m pip install -q --no-index --find-links wheels -r requirements.txt
+              .venv/bin/python -c 'import synth'
+"#,
+    );
+    let caches = h.project.join(".orchestrator/caches");
+    let step = |run: &str| {
+        let detail = h.wait_run_end(&d, run);
+        assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
+        let job = &detail["jobs"][0];
+        let ms = job["ended_at_ms"].as_u64().unwrap() - job["started_at_ms"].as_u64().unwrap();
+        let manifest: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(
+                h.project
+                    .join(job["bundle"].as_str().unwrap())
+                    .join("manifest.json"),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        (ms, manifest["caches"][0].clone())
+    };
+    let (mut cold, mut warm, mut save_ms, mut restore_ms) = (vec![], vec![], vec![], vec![]);
+    let (mut entry_bytes, mut venv_bytes) = (0, 0);
+    for _ in 0..rounds {
+        let _ = std::fs::remove_dir_all(&caches);
+        let run = h.submit(&file);
+        let (ms, rec) = step(&run);
+        assert_eq!(rec["saved"], "saved", "{rec:#}");
+        cold.push(ms);
+        save_ms.push(rec["ms"].as_u64().unwrap());
+        venv_bytes = du(&h.worktree(&run).join(".venv"));
+        entry_bytes = du(&caches);
+        let run = h.submit(&file);
+        let (ms, rec) = step(&run);
+        assert_eq!(rec["restored"], "exact", "{rec:#}");
+        assert_eq!(rec["saved"], "skipped", "{rec:#}");
+        warm.push(ms);
+        restore_ms.push(rec["ms"].as_u64().unwrap());
+    }
+    let mib = |b: u64| b as f64 / f64::from(1u32 << 20);
+    println!(
+        "rounds {rounds}, {} CPUs",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!(
+        "first run (cold: venv + pip install + save)  step {} ms (save {} ms)",
+        median(cold),
+        median(save_ms)
+    );
+    println!(
+        "second run (warm: restore + pip no-op)       step {} ms (restore {} ms)",
+        median(warm),
+        median(restore_ms)
+    );
+    println!(".venv in a run's worktree {:.1} MiB; the saved entry {:.1} MiB (one per key, on the agent's disk)", mib(venv_bytes), mib(entry_bytes));
+}
