@@ -311,3 +311,47 @@ async fn a_bubblewrap_step_commits_and_its_commits_land_on_the_run_branch() {
     common::sandboxed::require("bwrap", "bubblewrap");
     agent_commits_in(SandboxKind::Bubblewrap).await;
 }
+
+/// What git inside steps costs a step: making its git directory, and taking
+/// in one small commit at the checkpoint, against a checkpoint that takes
+/// nothing in. Prints medians; `cargo test -p orchestrator-agent --test
+/// step_git -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn bench_step_git() {
+    use std::time::{Duration, Instant};
+    let (_dir, project, wt, _) = setup("bench");
+    let n: usize = std::env::var("ORCH_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let (mut prep, mut plain, mut taking) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..n {
+        let t = Instant::now();
+        let sg = prepare_step_git(&project, &wt, "bench", "build", true).unwrap();
+        prep.push(t.elapsed());
+        if i % 2 == 0 {
+            let t = Instant::now();
+            take(&project, &wt, "bench", &sg).unwrap();
+            plain.push(t.elapsed());
+        } else {
+            fs::write(wt.path.join("f.txt"), format!("{i}\n")).unwrap();
+            step_git(&sg, &wt.path, &["add", "f.txt"]);
+            step_git(&sg, &wt.path, &["commit", "-qm", "step"]);
+            let t = Instant::now();
+            take(&project, &wt, "bench", &sg).unwrap();
+            taking.push(t.elapsed());
+        }
+    }
+    let files = git(&project, &["ls-files"]).lines().count();
+    eprintln!(
+        "step git, {n} steps on a {files}-file tree: make the directory: median {:?}; checkpoint taking nothing in: median {:?}; checkpoint taking in one commit: median {:?}",
+        median(prep),
+        median(plain),
+        median(taking)
+    );
+}

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 
 use git2::{Oid, Repository};
 
-use super::{open, run_branch, GitError, RunWorktree, RECORDS_DIR};
+use super::{run_branch, GitError, RunWorktree, RECORDS_DIR};
 use crate::confined::ConfinedDir;
 
 /// Where the step directories of a project live, relative to it.
@@ -68,7 +68,7 @@ pub fn prepare_step_git(
     sandboxed: bool,
 ) -> Result<StepGit, GitError> {
     let branch = run_branch(run_id)?;
-    let repo = open(project)?;
+    let repo = super::Pooled::take(project)?;
     let tip = repo
         .refname_to_id(&format!("refs/heads/{branch}"))
         .map_err(|_| GitError::MissingBranch {
@@ -98,53 +98,178 @@ pub fn prepare_step_git(
     let parent = project.join(STEP_GIT).join(run_id);
     fs::create_dir_all(&parent).map_err(GitError::io("create", &parent))?;
     let dir = parent.join(stage_id);
-    // Whatever the last step left there goes: what it committed was taken
-    // in at its checkpoint, or belongs to a step that failed.
-    match fs::remove_dir_all(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(GitError::io("remove the last step's git directory", &dir)(
-                e,
-            ))
+    // The directory stays from step to step (making it anew costs more than
+    // the rest of a step), but a step wrote it: every name the agent writes
+    // is reached without following a link and made afresh, and the objects
+    // a step left (taken in at its checkpoint, or a failed step's) go.
+    let at = |rel: &str, create: bool| {
+        ConfinedDir::open(&parent, &Path::new(stage_id).join(rel), create)
+            .map_err(|e| GitError::io("prepare", &dir.join(rel))(e.into()))
+    };
+    let root = at("", true)?;
+    if !objects_empty(&dir) {
+        let objects = dir.join("objects");
+        match fs::remove_dir_all(&objects) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
+            Err(e) => return Err(GitError::io("remove the last step's objects", &objects)(e)),
         }
     }
-    for sub in ["objects/info", "objects/pack", "info", "refs/tags"] {
-        fs::create_dir_all(dir.join(sub)).map_err(GitError::io("create", &dir.join(sub)))?;
+    let (branch_dir, branch_name) = match branch.rsplit_once('/') {
+        Some((d, n)) => (format!("refs/heads/{d}"), n.to_owned()),
+        None => ("refs/heads".to_owned(), branch.clone()),
+    };
+    // A file still as the agent wrote it (its change time proves it) is
+    // left alone: most steps never touch their git directory.
+    let write = |d: &ConfinedDir, name: &str, bytes: &[u8]| {
+        let path = d.path().join(name);
+        if Written::unchanged(&path, bytes) {
+            return Ok(());
+        }
+        let mut f = d
+            .create(name)
+            .map_err(|e| GitError::io("write", &path)(e.into()))?;
+        f.write_all(bytes).map_err(GitError::io("write", &path))?;
+        Written::record(&path, &f, bytes);
+        Ok(())
+    };
+    write(
+        &at(&branch_dir, true)?,
+        &branch_name,
+        format!("{tip}\n").as_bytes(),
+    )?;
+    at("refs/tags", true)?;
+    // A packed copy of the run's ref would not win over the loose one, but
+    // `git pack-refs` would fold it back: none is kept.
+    let index_path = dir.join("index");
+    let index_kept = Written::unchanged(&index_path, tree.id().as_bytes());
+    for name in [
+        "packed-refs",
+        "index",
+        "index.lock",
+        "HEAD.lock",
+        "FETCH_HEAD",
+        "ORIG_HEAD",
+        "MERGE_HEAD",
+        "CHERRY_PICK_HEAD",
+    ] {
+        if (name == "index" && index_kept) || fs::symlink_metadata(dir.join(name)).is_err() {
+            continue;
+        }
+        root.remove(name)
+            .map_err(|e| GitError::io("prepare", &dir.join(name))(e.into()))?;
     }
-    let head_ref = dir.join("refs/heads").join(&branch);
-    if let Some(p) = head_ref.parent() {
-        fs::create_dir_all(p).map_err(GitError::io("create", p))?;
-    }
-    write_file(&head_ref, format!("{tip}\n").as_bytes())?;
-    write_file(
-        &dir.join("HEAD"),
+    write(
+        &root,
+        "HEAD",
         format!("ref: refs/heads/{branch}\n").as_bytes(),
     )?;
-    write_file(
-        &dir.join("config"),
+    write(
+        &root,
+        "config",
         b"[core]\n\trepositoryformatversion = 0\n\tfilemode = true\n\tbare = false\n\tlogallrefupdates = true\n",
     )?;
     let objects = repo.commondir().join("objects");
-    write_file(
-        &dir.join("objects/info/alternates"),
+    write(
+        &at("objects/info", true)?,
+        "alternates",
         format!("{}\n", objects.display()).as_bytes(),
     )?;
-    write_file(
-        &dir.join("info/exclude"),
+    at("objects/pack", true)?;
+    write(
+        &at("info", true)?,
+        "exclude",
         format!("/{RECORDS_DIR}/\n").as_bytes(),
     )?;
-    let mut index = git2::Index::open(&dir.join("index"))
-        .map_err(GitError::git("create the step's index", project))?;
-    write_index(project, &mut index, &tree)?;
+    if !index_kept {
+        let mut index = git2::Index::open(&index_path)
+            .map_err(GitError::git("create the step's index", project))?;
+        write_index(project, &mut index, &tree)?;
+        if let Ok(f) = fs::File::open(&index_path) {
+            Written::record(&index_path, &f, tree.id().as_bytes());
+        }
+    }
     let gitfile = parent.join(format!("{stage_id}.git"));
-    write_file(&gitfile, format!("gitdir: {}\n", dir.display()).as_bytes())?;
+    let want = format!("gitdir: {}\n", dir.display());
+    if fs::read(&gitfile).ok().as_deref() != Some(want.as_bytes()) {
+        write_file(&gitfile, want.as_bytes())?;
+    }
     Ok(StepGit {
         dir,
         gitfile: Some(gitfile),
         started_at: tip,
         branch,
     })
+}
+
+/// What the agent last wrote in the step directories of this process: by
+/// path, the file's identity and change time, and what it holds (for the
+/// index, the tree it was made from). A file whose identity and change time
+/// are the same was not written since: renaming, writing or replacing it
+/// changes its change time, which no step can set.
+struct Written;
+
+type Stamp = (u64, u64, i64, i64, u64);
+type Stamps = std::collections::HashMap<PathBuf, (Stamp, Vec<u8>)>;
+
+static WRITTEN: std::sync::LazyLock<std::sync::Mutex<Stamps>> =
+    std::sync::LazyLock::new(Default::default);
+
+impl Written {
+    fn stamp(meta: &fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        (
+            meta.dev(),
+            meta.ino(),
+            meta.ctime(),
+            meta.ctime_nsec(),
+            meta.size(),
+        )
+    }
+
+    fn unchanged(path: &Path, content: &[u8]) -> bool {
+        let Ok(meta) = fs::symlink_metadata(path) else {
+            return false;
+        };
+        if !meta.is_file() {
+            return false;
+        }
+        let map = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(path)
+            .is_some_and(|(stamp, held)| *stamp == Self::stamp(&meta) && held == content)
+    }
+
+    fn record(path: &Path, file: &fs::File, content: &[u8]) {
+        if let Ok(meta) = file.metadata() {
+            let mut map = WRITTEN.lock().unwrap_or_else(|e| e.into_inner());
+            map.insert(path.to_owned(), (Self::stamp(&meta), content.to_vec()));
+        }
+    }
+}
+
+/// Whether `dir/objects` holds nothing a step wrote: only `info` and an
+/// empty `pack`, as the agent makes it (anything else, a link included,
+/// says no).
+fn objects_empty(dir: &Path) -> bool {
+    let objects = dir.join("objects");
+    let Ok(entries) = fs::read_dir(&objects) else {
+        return false;
+    };
+    for entry in entries {
+        let Ok(entry) = entry else { return false };
+        let plain_dir = entry.file_type().is_ok_and(|t| t.is_dir());
+        match entry.file_name().to_str() {
+            Some("info") if plain_dir => {}
+            Some("pack") if plain_dir => {
+                if fs::read_dir(entry.path()).map_or(true, |mut d| d.next().is_some()) {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    // A link at `objects` itself reads as the directory it leads to.
+    fs::symlink_metadata(&objects).is_ok_and(|m| m.is_dir())
 }
 
 /// Fills `index` with `tree` and writes it. Entries carry no file times, so
