@@ -68,7 +68,10 @@ states!(
         /// Held after a step's checkpoint until a human approves or rejects
         /// it; holds no slot.
         AwaitingApproval = "awaiting_approval",
-        /// Held until a human answers a question; holds no slot.
+        /// Held until a human answers a question. After a step that asked
+        /// and exited, or an input step, it holds no slot; while its step
+        /// waits inside (`orch ask --wait`) the step's job stays leased and
+        /// holds its slot, and the answer goes to that running step.
         AwaitingInput = "awaiting_input",
         /// Its steps are done; a job runs its `validate:` commands.
         Validating = "validating",
@@ -233,6 +236,14 @@ pub enum StageEvent {
     Reject { step: u32 },
     /// A human answered the open question; go on to `next`.
     Answer { next: After },
+    /// Its running step asked a question and waits inside for the answer
+    /// (`orch ask --wait`): the stage waits for a human while its job stays
+    /// leased.
+    WaitForAnswer,
+    /// The running step's wait ended: its questions were answered (the step
+    /// receives the answer where it runs), or it stopped waiting (it gave
+    /// up, ended or was lost). The job goes on, or ends, as a running one.
+    WaitEnded,
     /// A human chose to try the failed stage again at `next`, as a new attempt.
     Retry { next: After },
     /// A human chose to go on without the failed stage.
@@ -323,6 +334,10 @@ pub fn stage_on(
                 resume: resume_of(after),
             }],
         )),
+        // A step waiting inside is still the stage's running job: nothing
+        // is queued or ended, and no new round starts when it goes on.
+        (S::Running, E::WaitForAnswer) => Some((S::AwaitingInput, vec![])),
+        (S::AwaitingInput, E::WaitEnded) => Some((S::Running, vec![])),
         (S::AwaitingApproval, E::Approve { next }) | (S::AwaitingInput, E::Answer { next }) => {
             go_on(next, attempt)
         }
@@ -373,9 +388,11 @@ pub fn stage_on(
             | S::AwaitingApproval,
             E::Cancel,
         ) => Some((S::Cancelled, vec![F::CancelJob, F::StageEnded])),
-        (S::AwaitingInput, E::Cancel) => {
-            Some((S::Cancelled, vec![F::CloseQuestions, F::StageEnded]))
-        }
+        // Its step may be waiting inside for the answer: that job goes too.
+        (S::AwaitingInput, E::Cancel) => Some((
+            S::Cancelled,
+            vec![F::CancelJob, F::CloseQuestions, F::StageEnded],
+        )),
         _ => None,
     };
     moved.ok_or_else(|| reject("stage", s, e))

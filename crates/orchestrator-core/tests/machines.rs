@@ -72,6 +72,8 @@ fn stage_events() -> Vec<StageEvent> {
         E::Skip,
         E::Abort,
         E::Fault,
+        E::WaitForAnswer,
+        E::WaitEnded,
     ]);
     // Fails to compile when a variant is added and not listed above.
     for e in &events {
@@ -95,7 +97,9 @@ fn stage_events() -> Vec<StageEvent> {
             | E::Retry { .. }
             | E::Skip
             | E::Abort
-            | E::Fault => {}
+            | E::Fault
+            | E::WaitForAnswer
+            | E::WaitEnded => {}
         }
     }
     events
@@ -224,8 +228,13 @@ fn stage_table() -> Vec<StageRow> {
             S::AwaitingInput,
             E::Cancel,
             S::Cancelled,
-            &[F::CloseQuestions, F::StageEnded],
+            &[F::CancelJob, F::CloseQuestions, F::StageEnded],
         ),
+        // A running step that waits inside for an answer (`orch ask
+        // --wait`): the stage shows it waits, and goes on running once the
+        // wait ends, with no new job and no new attempt.
+        (S::Running, E::WaitForAnswer, S::AwaitingInput, &[]),
+        (S::AwaitingInput, E::WaitEnded, S::Running, &[]),
         // Pausing holds a stage at its checkpoint, withdrawing the queued job.
         (S::Queued, E::Pause, S::Paused, &[F::CancelJob]),
         // Yielding at a checkpoint withdraws the step just queued; once the
@@ -426,8 +435,11 @@ fn every_live_stage_state_can_still_end() {
     }
 }
 
+/// A stage waiting for a human takes no job outcome. One whose step waits
+/// inside (`orch ask --wait`) still has a leased job, but its wait ends
+/// (`WaitEnded`, back to running) before that job's outcome is applied.
 #[test]
-fn a_stage_waiting_for_a_human_holds_no_job() {
+fn a_stage_waiting_for_a_human_takes_no_job_outcome() {
     for s in [S::AwaitingApproval, S::AwaitingInput, S::AwaitingDecision] {
         assert!(!s.is_terminal());
         for e in [
@@ -439,6 +451,17 @@ fn a_stage_waiting_for_a_human_holds_no_job() {
             StageEvent::Validated,
             StageEvent::Started,
             StageEvent::Pause,
+            StageEvent::StepSucceeded {
+                step: 0,
+                after: A::Step(1),
+                gate: G::None,
+            },
+            StageEvent::AttemptLost {
+                attempt: 1,
+                max_attempts: MAX,
+                ask: true,
+            },
+            StageEvent::WaitForAnswer,
         ] {
             assert!(stage_on(s, 1, e).is_err(), "{s} took {e:?}");
         }
@@ -519,6 +542,50 @@ fn a_refusal_reads_as_a_sentence() {
         err.to_string(),
         "stage in state succeeded cannot take event Started"
     );
+}
+
+/// Every event a running stage's job can end with, for the property below.
+fn job_outcomes() -> Vec<StageEvent> {
+    stage_events()
+        .into_iter()
+        .filter(|e| {
+            matches!(
+                e,
+                StageEvent::StepSucceeded { .. }
+                    | StageEvent::StepFailed { .. }
+                    | StageEvent::AttemptLost { .. }
+            )
+        })
+        .collect()
+}
+
+proptest! {
+    /// Waiting inside a step for answers, any number of times, changes
+    /// nothing about how the step ends: no job is queued, no attempt is
+    /// counted, and its outcome then leads exactly where it would have led
+    /// without the waits.
+    #[test]
+    fn waits_inside_a_step_never_change_where_it_leads(
+        waits in 0usize..8,
+        pick in any::<prop::sample::Index>(),
+        attempt in 1u32..=MAX,
+    ) {
+        let outcomes = job_outcomes();
+        let outcome = outcomes[pick.index(outcomes.len())];
+        let mut s = S::Running;
+        for _ in 0..waits {
+            let (waiting, e1) = stage_on(s, attempt, StageEvent::WaitForAnswer).unwrap();
+            prop_assert_eq!(waiting, S::AwaitingInput);
+            prop_assert!(stage_on(waiting, attempt, outcome).is_err());
+            let (back, e2) = stage_on(waiting, attempt, StageEvent::WaitEnded).unwrap();
+            prop_assert!(e1.is_empty() && e2.is_empty());
+            s = back;
+        }
+        prop_assert_eq!(
+            stage_on(s, attempt, outcome),
+            stage_on(S::Running, attempt, outcome)
+        );
+    }
 }
 
 proptest! {

@@ -335,6 +335,30 @@ pub trait Store: Send + Sync + 'static {
     fn revoke_sessions(&self, at_ms: i64) -> impl Future<Output = Result<()>> + Send;
     /// The dashboard sessions ended before their time.
     fn revocations(&self) -> impl Future<Output = Result<Revocations>> + Send;
+    /// A running step asks a question and waits for the answer inside
+    /// (`orch ask --wait`): recorded once per `req.key`, under the job's
+    /// live lease, and its stage shows `awaiting_input` while the job stays
+    /// leased. Returns the question's id.
+    fn ask_waiting(
+        &self,
+        job_id: i64,
+        req: orchestrator_core::api::WaitAsk,
+    ) -> impl Future<Output = Result<i64>> + Send;
+    /// Where the question `poll.question_id` that job `job_id`'s step waits
+    /// for stands. Refused ([`StoreError::StaleLease`]) unless
+    /// `poll.agent_id` holds the job's live lease under `poll.lease_token`.
+    fn wait_status(
+        &self,
+        job_id: i64,
+        poll: orchestrator_core::api::WaitPoll,
+    ) -> impl Future<Output = Result<orchestrator_core::api::WaitStatus>> + Send;
+    /// The step stops waiting for `poll.question_id` (checked as
+    /// [`Store::wait_status`]): an open question closes and its stage runs on.
+    fn withdraw_wait(
+        &self,
+        job_id: i64,
+        poll: orchestrator_core::api::WaitPoll,
+    ) -> impl Future<Output = Result<orchestrator_core::api::WaitStatus>> + Send;
     /// Everything waiting for a human, oldest first.
     fn inbox(&self) -> impl Future<Output = Result<Vec<InboxItem>>> + Send;
     /// The jobs of those of `lease_ids` that `agent_id` held.

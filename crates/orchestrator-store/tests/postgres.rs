@@ -175,7 +175,7 @@ async fn a_database_from_an_older_orch_is_migrated_and_keeps_its_runs() {
     // Back to schema 1, as the first orch with PostgreSQL left it.
     s.exec_command(|c| {
         c.execute_batch(
-            "ALTER TABLE leases DROP COLUMN claim_key; DROP TABLE spent_credentials; DROP TABLE agent_tokens; DELETE FROM orch_schema WHERE version > 1",
+            "DROP INDEX questions_job; ALTER TABLE questions DROP COLUMN wait_key; ALTER TABLE leases DROP COLUMN claim_key; DROP TABLE spent_credentials; DROP TABLE agent_tokens; DELETE FROM orch_schema WHERE version > 1",
         )?;
         Ok(())
     })
@@ -199,7 +199,7 @@ async fn a_database_from_an_older_orch_is_migrated_and_keeps_its_runs() {
         )
         .await
         .unwrap();
-    assert_eq!(version, 4);
+    assert_eq!(version, 5);
     s.close().await;
 }
 

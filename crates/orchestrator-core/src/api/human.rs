@@ -89,6 +89,84 @@ pub struct QuestionView {
     pub answer: Option<String>,
     pub answered_by: Option<String>,
     pub answered_at_ms: Option<i64>,
+    /// Whether the step that asked waits for the answer while it runs
+    /// (`orch ask --wait`), holding its slot, rather than running again.
+    #[serde(default)]
+    pub waiting: bool,
+}
+
+/// What a running step sends its agent's endpoint (`POST /v1/ask`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepAskRequest {
+    pub question: String,
+    #[serde(default)]
+    pub choices: Vec<String>,
+    /// Forward the question now and wait for the answer inside the step
+    /// (`orch ask --wait`); without it, the question is handed over when
+    /// the step ends and the answer comes to the step run again.
+    #[serde(default)]
+    pub wait: bool,
+}
+
+/// `POST /v1/jobs/{id}/questions` (agent to daemon): a running step asks
+/// and waits for the answer. `key` names this ask: sent again after a lost
+/// answer, it finds the question the first one made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitAsk {
+    pub agent_id: String,
+    pub lease_token: String,
+    pub key: String,
+    pub question: String,
+    #[serde(default)]
+    pub choices: Vec<String>,
+}
+
+/// `POST /v1/jobs/{id}/questions/{qid}/wait` and `.../withdraw` (agent to
+/// daemon), and the local endpoint's `POST /v1/ask/wait` and
+/// `/v1/ask/withdraw` (step to agent, which fills in the lease).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WaitPoll {
+    #[serde(default)]
+    pub agent_id: String,
+    #[serde(default)]
+    pub lease_token: String,
+    /// The question (the local endpoint's requests name it here).
+    #[serde(default)]
+    pub question_id: i64,
+    /// Answer as soon as the question is answered or closed, or after this
+    /// long (milliseconds) with it still open.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// Where a question a running step waits for stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitStatus {
+    pub question_id: i64,
+    pub state: QuestionState,
+    pub asked_at_ms: i64,
+    /// The answer, as the human gave it: the step prints it, never runs it.
+    pub answer: Option<String>,
+    pub answered_by: Option<String>,
+    pub answered_at_ms: Option<i64>,
+}
+
+/// A question a step waited for while it ran, as its manifest records it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitRecord {
+    pub question_id: i64,
+    pub question: String,
+    /// `answered`, `closed` (withdrawn: the step gave up), or `open` (the
+    /// step ended while still waiting; the question closed with it).
+    pub state: QuestionState,
+    /// From the question reaching the daemon to the step hearing how it
+    /// ended (or ending), in milliseconds.
+    pub waited_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answered_by: Option<String>,
 }
 
 /// What humans said that a step must see: a rejection's feedback, or the

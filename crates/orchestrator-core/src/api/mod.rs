@@ -566,6 +566,10 @@ pub struct Manifest {
     /// What the step did with its stage's caches; empty when nothing.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub caches: Vec<CacheRecord>,
+    /// The questions the step waited for while it ran (`orch ask --wait`):
+    /// no new round, but a record of how long it waited for whom.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waits: Vec<human::WaitRecord>,
 }
 
 /// `GET /v1/usage`, asked with a job's key: that job's model calls so far.

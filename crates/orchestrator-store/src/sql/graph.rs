@@ -407,11 +407,13 @@ pub fn stage_event(
     // A lost attempt restarts from step 0 anywhere: its worktree may be gone
     // with its agent. Only a stage still on its way keeps a request to yield.
     let lost = matches!(event, StageEvent::AttemptLost { .. });
+    // A step waiting inside for an answer is still on its way to its
+    // checkpoint, where it yields.
     let keeps_yield = !lost
-        && matches!(
+        && (matches!(
             to,
             StageState::Running | StageState::Queued | StageState::Suspended
-        );
+        ) || matches!(event, StageEvent::WaitForAnswer));
     ctx.conn
         .prepare_cached(
             "UPDATE stage_runs SET state = ?3,
@@ -715,6 +717,10 @@ pub(super) fn job_event(
 ) -> Result<JobState> {
     let (to, effects) = job_on(from, event).map_err(conflict)?;
     set_job_state(ctx, job.id, job.run_id, from, to, reason.clone(), actor)?;
+    if from == JobState::Leased {
+        // Whatever its step still waited for can no longer reach it.
+        super::wait::end_waits(ctx, job.id, job.run_id, &reason, actor)?;
+    }
     if from == JobState::Queued {
         preempt::release_yielders(ctx, job.id, "nowhere: it was withdrawn")?;
     }

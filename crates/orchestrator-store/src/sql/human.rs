@@ -153,7 +153,7 @@ pub(super) fn step_succeeded(
         )?;
     }
     for ask in &o.questions {
-        ask_question(ctx, run_id, stage_id, step, Some(job_id), ask, actor)?;
+        ask_question(ctx, run_id, stage_id, step, Some(job_id), ask, None, actor)?;
     }
     // What humans said was for this step; it has now seen it.
     ctx.conn
@@ -181,27 +181,31 @@ pub(super) fn step_succeeded(
 }
 
 /// A question's entity id in the transitions log: `run/stage/id`.
-fn question_key(run_id: &str, stage_id: &str, id: i64) -> String {
+pub(super) fn question_key(run_id: &str, stage_id: &str, id: i64) -> String {
     format!("{run_id}/{stage_id}/{id}")
 }
 
-fn ask_question(
+/// Records an open question. `wait_key`: its running step waits for the
+/// answer inside (`orch ask --wait`), and its agent named the ask so.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn ask_question(
     ctx: &mut Ctx<'_>,
     run_id: &str,
     stage_id: &str,
     step: u32,
     job_id: Option<i64>,
     ask: &Ask,
+    wait_key: Option<&str>,
     actor: &str,
 ) -> Result<i64> {
     let choices =
         serde_json::to_string(&ask.choices).map_err(|e| StoreError::Database(e.to_string()))?;
     let id: i64 = ctx.conn
         .prepare_cached(
-            "INSERT INTO questions (run_id, stage_id, step, job_id, question, choices, state, asked_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7) RETURNING id",
+            "INSERT INTO questions (run_id, stage_id, step, job_id, question, choices, state, asked_at, wait_key)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'open', ?7, ?8) RETURNING id",
         )?
-        .query_row(params![run_id, stage_id, step, job_id, ask.question, choices, ctx.now], |r| r.get(0))?;
+        .query_row(params![run_id, stage_id, step, job_id, ask.question, choices, ctx.now, wait_key], |r| r.get(0))?;
     ctx.transition(
         Entity::Question,
         question_key(run_id, stage_id, id),
@@ -232,7 +236,7 @@ pub(super) fn ask_input(
         question: input.question.clone(),
         choices: input.choices.clone(),
     };
-    let id = ask_question(ctx, run_id, stage_id, step, None, &ask, "scheduler")?;
+    let id = ask_question(ctx, run_id, stage_id, step, None, &ask, None, "scheduler")?;
     stage_event(
         ctx,
         run_id,
@@ -377,16 +381,26 @@ pub fn answer(
     text: String,
     actor: &str,
 ) -> Result<()> {
-    let q: Option<(String, String, String, String, Option<String>)> = ctx
+    type Row = (String, String, String, String, Option<String>, i64);
+    let q: Option<Row> = ctx
         .conn
         .prepare_cached(
-            "SELECT stage_id, question, choices, state, answered_by FROM questions WHERE id = ?1 AND run_id = ?2",
+            "SELECT stage_id, question, choices, state, answered_by,
+                    CASE WHEN wait_key IS NULL THEN 0 ELSE 1 END
+             FROM questions WHERE id = ?1 AND run_id = ?2",
         )?
         .query_row(params![question_id, run_id], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+            ))
         })
         .optional()?;
-    let Some((stage_id, question, choices, state, answered_by)) = q else {
+    let Some((stage_id, question, choices, state, answered_by, waited)) = q else {
         return Err(StoreError::NotFound {
             what: "question",
             id: format!("{question_id} of run {run_id}"),
@@ -433,6 +447,11 @@ pub fn answer(
         text.clone(),
         actor,
     )?;
+    if waited != 0 {
+        // Its step is still running, waiting for this: no handoff, no new
+        // round; the answer reaches the step where it runs.
+        return super::wait::answered(ctx, run_id, &stage_id, question_id, actor);
+    }
     let open: i64 = ctx
         .conn
         .prepare_cached(

@@ -46,7 +46,8 @@ pub fn checkpoints(conn: &Conn, run_id: &str, wf: &Workflow) -> Result<Vec<Check
 }
 
 const QUESTION_COLS: &str =
-    "id, run_id, stage_id, step, question, choices, state, asked_at, answer, answered_by, answered_at";
+    "id, run_id, stage_id, step, question, choices, state, asked_at, answer, answered_by, answered_at,
+     CASE WHEN wait_key IS NULL THEN 0 ELSE 1 END";
 
 fn question_view(r: &Row<'_>) -> crate::db::Result<QuestionView> {
     let choices: String = r.get(5)?;
@@ -63,6 +64,7 @@ fn question_view(r: &Row<'_>) -> crate::db::Result<QuestionView> {
         answer: r.get(8)?,
         answered_by: r.get(9)?,
         answered_at_ms: r.get(10)?,
+        waiting: r.get::<_, i64>(11)? != 0,
     })
 }
 

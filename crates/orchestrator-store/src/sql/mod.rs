@@ -22,6 +22,7 @@ mod schema;
 mod schema_pg;
 mod spent;
 mod usage;
+mod wait;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -33,7 +34,7 @@ use crate::db::Conn;
 use orchestrator_core::api::{
     AgentRegistered, AgentTokenView, AgentView, ClaimedJob, CompleteRequest, Completed,
     Explanation, HeartbeatResponse, InboxItem, LeaseRef, RegisterAgent, RunDetail, RunSummary,
-    Submitted,
+    Submitted, WaitPoll, WaitStatus,
 };
 use orchestrator_core::sched::SystemRules;
 use orchestrator_core::Transition;
@@ -460,6 +461,22 @@ impl Store for SqlStore {
 
     async fn revocations(&self) -> Result<Revocations> {
         self.read(|c| spent::revocations(c, crate::now_ms())).await
+    }
+
+    async fn ask_waiting(&self, job_id: i64, req: orchestrator_core::api::WaitAsk) -> Result<i64> {
+        self.write(move |ctx| wait::ask(ctx, job_id, &req)).await
+    }
+
+    async fn wait_status(&self, job_id: i64, p: WaitPoll) -> Result<WaitStatus> {
+        let (agent, token, q) = (p.agent_id, p.lease_token, p.question_id);
+        self.read(move |c| wait::status(c, job_id, &agent, &token, q))
+            .await
+    }
+
+    async fn withdraw_wait(&self, job_id: i64, p: WaitPoll) -> Result<WaitStatus> {
+        let (agent, token, q) = (p.agent_id, p.lease_token, p.question_id);
+        self.write(move |ctx| wait::withdraw(ctx, job_id, &agent, &token, q))
+            .await
     }
 
     async fn inbox(&self) -> Result<Vec<InboxItem>> {

@@ -81,8 +81,11 @@ pub(super) fn stage_hold(
         let open: i64 = ctx
             .conn
             .prepare_cached(
-                "SELECT COUNT(*) FROM stage_runs WHERE run_id = ?1
-                 AND state IN ('queued', 'running', 'suspended')",
+                // A stage whose step waits inside for an answer still runs.
+                "SELECT COUNT(*) FROM stage_runs s WHERE s.run_id = ?1
+                 AND (s.state IN ('queued', 'running', 'suspended')
+                      OR (s.state = 'awaiting_input' AND EXISTS (SELECT 1 FROM jobs j
+                          WHERE j.run_id = s.run_id AND j.stage_id = s.stage_id AND j.state = 'leased')))",
             )?
             .query_row([run_id], |r| r.get(0))?;
         if open.max(0) as u64 >= l.value {

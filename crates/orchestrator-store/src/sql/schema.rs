@@ -264,6 +264,13 @@ CREATE TABLE agent_tokens (
     revoked_at INTEGER
 );
 "#,
+    // 12: questions a running step waits for inside (`orch ask --wait`):
+    // the key its agent named the ask with, so that asking again after a
+    // lost answer finds the same question. NULL for every other question.
+    r#"
+ALTER TABLE questions ADD COLUMN wait_key TEXT;
+CREATE INDEX questions_job ON questions(job_id) WHERE wait_key IS NOT NULL;
+"#,
 ];
 
 /// Connection settings every connection gets.

@@ -223,6 +223,11 @@ CREATE TABLE agent_tokens (
     revoked_at BIGINT
 );
 "#,
+    // 5: SQLite's schema version 12.
+    r#"
+ALTER TABLE questions ADD COLUMN wait_key TEXT;
+CREATE INDEX questions_job ON questions(job_id) WHERE wait_key IS NOT NULL;
+"#,
 ];
 
 /// The tables whose ids come from an identity column, with that column:
