@@ -185,7 +185,8 @@ pub async fn run_agent(cfg: AgentConfig, shutdown: CancellationToken) -> Result<
     // may ask until it is killed.
     let asks = AskBox::start(stop.clone(), &cfg.sandbox.socket_dir(), Some(&cfg.server))
         .await
-        .map_err(|e| AgentError::Config(format!("cannot open the local step endpoint: {e}")))?;
+        .map_err(|e| AgentError::Config(format!("cannot open the local step endpoint: {e}")))?
+        .with_daemon(client.clone());
     let shared = Arc::new(Shared {
         client,
         register,

@@ -14,6 +14,7 @@ use std::time::Duration;
 use orchestrator_core::api::{
     AgentRegistered, ApiError, ClaimRequest, ClaimedJob, CompleteRequest, Completed,
     HeartbeatRequest, HeartbeatResponse, LeaseRef, ModelOrders, ModelReport, RegisterAgent,
+    WaitAsk, WaitPoll, WaitStatus,
 };
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
@@ -228,6 +229,54 @@ impl Client {
             .await
         {
             Ok(Some(done)) => Ok(done),
+            Ok(None) => Err(no_content(&path)),
+            Err(ClientError::Rejected {
+                status: 409,
+                message,
+                ..
+            }) => Err(ClientError::StaleLease(message)),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// `POST /v1/jobs/{id}/questions`: a running step's question, asked
+    /// now; a 409 is [`ClientError::StaleLease`] (the step's lease ended).
+    pub async fn ask_waiting(&self, job_id: i64, req: &WaitAsk) -> Result<WaitStatus, ClientError> {
+        let path = format!("/v1/jobs/{job_id}/questions");
+        self.post_lease(path, req, REQUEST_TIMEOUT).await
+    }
+
+    /// `POST /v1/jobs/{id}/questions/{qid}/wait`: the question's state once
+    /// it is answered or closed, or after `poll.wait_ms`.
+    pub async fn wait_question(
+        &self,
+        job_id: i64,
+        poll: &WaitPoll,
+    ) -> Result<WaitStatus, ClientError> {
+        let path = format!("/v1/jobs/{job_id}/questions/{}/wait", poll.question_id);
+        let timeout = Duration::from_millis(poll.wait_ms) + CLAIM_SLACK;
+        self.post_lease(path, poll, timeout).await
+    }
+
+    /// `POST /v1/jobs/{id}/questions/{qid}/withdraw`: the step stopped waiting.
+    pub async fn withdraw_question(
+        &self,
+        job_id: i64,
+        poll: &WaitPoll,
+    ) -> Result<WaitStatus, ClientError> {
+        let path = format!("/v1/jobs/{job_id}/questions/{}/withdraw", poll.question_id);
+        self.post_lease(path, poll, REQUEST_TIMEOUT).await
+    }
+
+    /// A request under a job's lease: a 409 says the lease is no longer live.
+    async fn post_lease<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: String,
+        body: &B,
+        timeout: Duration,
+    ) -> Result<T, ClientError> {
+        match self.post(path.clone(), body, timeout, Scope::Other).await {
+            Ok(Some(answer)) => Ok(answer),
             Ok(None) => Err(no_content(&path)),
             Err(ClientError::Rejected {
                 status: 409,

@@ -7,7 +7,8 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use orchestrator_core::api::{
-    AnswerRequest, ApproveRequest, Ask, InboxItem, InboxKind, RejectRequest, RunDetail, RunSummary,
+    AnswerRequest, ApproveRequest, InboxItem, InboxKind, QuestionState, RejectRequest, RunDetail,
+    RunSummary, StepAskRequest, WaitPoll, WaitStatus,
 };
 
 use crate::client::{CliError, Client};
@@ -69,6 +70,9 @@ fn print_inbox(items: &[InboxItem], stats: &std::collections::HashMap<String, St
                 println!("  {}", q.question);
                 if !q.choices.is_empty() {
                     println!("  choices: {}", q.choices.join(" | "));
+                }
+                if q.waiting {
+                    println!("  (its step waits for the answer while it runs, holding its slot)");
                 }
             }
             (InboxKind::Decision, _) => {
@@ -197,61 +201,189 @@ pub struct AskArgs {
     /// An answer the human may give (repeat for each); without any, free text.
     #[arg(long = "choice")]
     choices: Vec<String>,
+    /// Wait for the answer inside this step and print it on stdout, instead
+    /// of handing the question over when the step ends (the step then runs
+    /// again with the answer). The step keeps running, and its slot, meanwhile.
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: give up after this long (250ms, 30s, 10m, 2h): the
+    /// question is withdrawn and `orch ask` exits 1. Default: wait until
+    /// answered, or until the step's own timeout ends it.
+    #[arg(long, requires = "wait", value_parser = parse_timeout)]
+    timeout: Option<orchestrator_core::spec::DurationSpec>,
+}
+
+fn parse_timeout(text: &str) -> Result<orchestrator_core::spec::DurationSpec, String> {
+    orchestrator_core::spec::DurationSpec::parse(text)
+}
+
+/// How `orch ask` reaches its step's agent.
+enum Endpoint {
+    Socket(std::path::PathBuf),
+    Url(String),
+}
+
+impl Endpoint {
+    /// The step's token and its agent's endpoint, from the variables every
+    /// step gets; an error naming what is missing outside a step.
+    fn from_env() -> Result<(String, Endpoint)> {
+        let token = std::env::var("ORCH_STEP_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
+        let endpoint = match (
+            std::env::var_os("ORCH_AGENT_SOCKET").filter(|s| !s.is_empty()),
+            std::env::var("ORCH_AGENT_URL")
+                .ok()
+                .filter(|u| !u.is_empty()),
+        ) {
+            (Some(socket), _) => Some(Endpoint::Socket(socket.into())),
+            (None, Some(url)) => Some(Endpoint::Url(url)),
+            (None, None) => None,
+        };
+        match (token, endpoint) {
+            (Some(t), Some(e)) => Ok((t, e)),
+            (token, endpoint) => {
+                let mut missing = Vec::new();
+                if token.is_none() {
+                    missing.push("ORCH_STEP_TOKEN is not set");
+                }
+                if endpoint.is_none() {
+                    missing.push("neither ORCH_AGENT_SOCKET nor ORCH_AGENT_URL is set");
+                }
+                Err(CliError::BadInput(format!(
+                    "orch ask works only inside a running step, whose agent sets its variables: {}",
+                    missing.join(", and ")
+                ))
+                .into())
+            }
+        }
+    }
+
+    /// POSTs `body` with the step's token: the status and the JSON answer.
+    async fn post(
+        &self,
+        path: &str,
+        token: &str,
+        body: Vec<u8>,
+    ) -> Result<(u16, serde_json::Value)> {
+        let (status, bytes) = match self {
+            Endpoint::Socket(socket) => post_unix(socket, path, token, body)
+                .await
+                .with_context(|| format!("cannot reach the agent at {}", socket.display()))?,
+            Endpoint::Url(url) => {
+                let resp = reqwest::Client::new()
+                    .post(format!("{}{path}", url.trim_end_matches('/')))
+                    .bearer_auth(token)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach the agent at {url}"))?;
+                let status = resp.status().as_u16();
+                (status, resp.bytes().await.unwrap_or_default().to_vec())
+            }
+        };
+        Ok((status, serde_json::from_slice(&bytes).unwrap_or_default()))
+    }
+}
+
+/// An answer from the agent that is not a success, as the step's error.
+fn refused(what: &str, status: u16, answer: &serde_json::Value) -> anyhow::Error {
+    let msg = answer["error"].as_str().unwrap_or("refused");
+    if (400..500).contains(&status) {
+        CliError::BadInput(format!("orch ask: {what}: {msg}")).into()
+    } else {
+        anyhow::anyhow!("orch ask: {what}: {msg}")
+    }
 }
 
 /// `orch ask`, run inside a step: the question goes to the step's agent,
-/// which hands it to the daemon when the step ends. Through the agent's Unix
-/// socket when the step has one (a sandboxed step has no way to the agent's
-/// TCP port), else over loopback TCP.
+/// which hands it to the daemon when the step ends; with `--wait`, at once,
+/// and the answer is printed here. Through the agent's Unix socket when the
+/// step has one (a sandboxed step has no way to the agent's TCP port), else
+/// over loopback TCP.
 pub async fn ask(a: AskArgs) -> Result<ExitCode> {
-    let Ok(token) = std::env::var("ORCH_STEP_TOKEN") else {
-        return Err(not_in_a_step());
-    };
-    let body = serde_json::to_vec(&Ask {
+    let (token, endpoint) = Endpoint::from_env()?;
+    let body = serde_json::to_vec(&StepAskRequest {
         question: a.question,
         choices: a.choices,
+        wait: a.wait,
     })?;
-    let (status, answer) = match (
-        std::env::var_os("ORCH_AGENT_SOCKET"),
-        std::env::var("ORCH_AGENT_URL"),
-    ) {
-        (Some(socket), _) => {
-            let socket = std::path::PathBuf::from(socket);
-            post_unix(&socket, "/v1/ask", &token, body)
-                .await
-                .with_context(|| format!("cannot reach the agent at {}", socket.display()))?
-        }
-        (None, Ok(url)) => {
-            let resp = reqwest::Client::new()
-                .post(format!("{}/v1/ask", url.trim_end_matches('/')))
-                .bearer_auth(&token)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .with_context(|| format!("cannot reach the agent at {url}"))?;
-            let status = resp.status().as_u16();
-            (status, resp.bytes().await.unwrap_or_default().to_vec())
-        }
-        (None, Err(_)) => return Err(not_in_a_step()),
-    };
-    let answer: serde_json::Value = serde_json::from_slice(&answer).unwrap_or_default();
+    let (status, answer) = endpoint.post("/v1/ask", &token, body).await?;
     if !(200..300).contains(&status) {
-        let msg = answer["error"].as_str().unwrap_or("refused").to_owned();
-        return Err(CliError::BadInput(format!("orch ask: {msg}")).into());
+        return Err(refused("the question was refused", status, &answer));
     }
-    eprintln!(
-        "orch ask: {}",
-        answer["note"].as_str().unwrap_or("question recorded")
-    );
-    Ok(ExitCode::SUCCESS)
+    if !a.wait {
+        eprintln!(
+            "orch ask: {}",
+            answer["note"].as_str().unwrap_or("question recorded")
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let asked: WaitStatus =
+        serde_json::from_value(answer).context("orch ask: the agent's answer does not parse")?;
+    wait_for(&endpoint, &token, asked.question_id, a.timeout).await
 }
 
-fn not_in_a_step() -> anyhow::Error {
-    CliError::BadInput(
-        "orch ask works only inside a running step: ORCH_STEP_TOKEN and ORCH_AGENT_SOCKET or ORCH_AGENT_URL are not set".into(),
-    )
-    .into()
+/// Polls the agent until the question is answered (the answer goes to
+/// stdout as the human wrote it: data for the step, never run here),
+/// closed, or the timeout passes (then it is withdrawn).
+async fn wait_for(
+    endpoint: &Endpoint,
+    token: &str,
+    question_id: i64,
+    timeout: Option<orchestrator_core::spec::DurationSpec>,
+) -> Result<ExitCode> {
+    /// The longest one poll asks the agent to wait.
+    const POLL_MS: u64 = 20_000;
+    eprintln!(
+        "orch ask: question {question_id} asked; waiting for the answer (orch inbox shows it)"
+    );
+    let deadline = timeout
+        .map(|t| std::time::Instant::now() + std::time::Duration::from_millis(t.as_millis()));
+    loop {
+        let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
+        let (path, wait_ms) = match left {
+            Some(l) if l.is_zero() => ("/v1/ask/withdraw", 0),
+            Some(l) => ("/v1/ask/wait", (l.as_millis() as u64).min(POLL_MS)),
+            None => ("/v1/ask/wait", POLL_MS),
+        };
+        let body = serde_json::to_vec(&WaitPoll {
+            question_id,
+            wait_ms,
+            ..WaitPoll::default()
+        })?;
+        let (status, answer) = endpoint.post(path, token, body).await?;
+        if !(200..300).contains(&status) {
+            return Err(refused("waiting for the answer", status, &answer));
+        }
+        let now: WaitStatus = serde_json::from_value(answer)
+            .context("orch ask: the agent's answer does not parse")?;
+        match now.state {
+            QuestionState::Answered => {
+                use std::io::Write;
+                let text = now.answer.unwrap_or_default();
+                let mut out = std::io::stdout().lock();
+                out.write_all(text.as_bytes())?;
+                out.write_all(b"\n")?;
+                out.flush()?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            QuestionState::Closed => {
+                let why = if path == "/v1/ask/withdraw" {
+                    format!(
+                        "no answer within {}; question {question_id} was withdrawn",
+                        timeout.map(|t| t.to_string()).unwrap_or_default()
+                    )
+                } else {
+                    format!("question {question_id} was closed without an answer (its stage or run ended)")
+                };
+                eprintln!("orch ask: {why}");
+                return Ok(ExitCode::from(1));
+            }
+            QuestionState::Open => {}
+        }
+    }
 }
 
 /// One JSON POST over HTTP/1.1 on a Unix socket: the status and the body.

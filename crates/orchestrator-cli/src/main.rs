@@ -119,7 +119,8 @@ enum Cmd {
     /// End a run failed (what awaits a decision fails, the rest is
     /// cancelled); with a stage, only that failed stage.
     Abort(decide::AbortArgs),
-    /// Inside a running step: ask a human a question (the stage waits for the answer).
+    /// Inside a running step: ask a human a question (the stage waits for the
+    /// answer; with --wait, the step waits and prints it).
     Ask(human::AskArgs),
     /// List a run's checkpoints and the artifacts each committed.
     Artifacts(human::ArtifactsArgs),

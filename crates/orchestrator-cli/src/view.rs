@@ -210,8 +210,17 @@ pub fn run(d: &RunDetail) {
                 q.choices.join("|")
             };
             println!(
-                "  {} asks (question {}): {}  -> orch answer {} {} {how}",
-                q.stage_id, q.id, q.question, r.id, q.id
+                "  {} asks (question {}): {}  -> orch answer {} {} {how}{}",
+                q.stage_id,
+                q.id,
+                q.question,
+                r.id,
+                q.id,
+                if q.waiting {
+                    "  (its step waits, running)"
+                } else {
+                    ""
+                }
             );
         }
     }

@@ -2,7 +2,8 @@
 //!
 //! What it is: an axum HTTP server under `/v1` (runs for users; register,
 //! claim, heartbeat and complete for agents; `/v1/events` as Server-Sent
-//! Events; `/healthz`; `/readyz`; `/metrics`; the model gateway under
+//! Events; the questions running steps wait for, see [`wait`]; `/healthz`;
+//! `/readyz`; `/metrics`; the model gateway under
 //! `/v1`; the web dashboard under `/ui/`, see [`dashboard`]), the lease
 //! reaper, model residency ([`fabric::control`]: which model servers run
 //! where), the flusher of the model gateway's usage ([`fabric::usage`]),
@@ -42,6 +43,7 @@ mod preempt;
 mod project;
 mod reaper;
 pub mod state_export;
+mod wait;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -247,6 +249,12 @@ fn router<S: Store>(app: Arc<App<S>>) -> Router {
             post(fabric::remote::agent_models::<S>),
         )
         .route("/v1/jobs/{id}/complete", post(api::complete::<S>))
+        .route("/v1/jobs/{id}/questions", post(wait::ask::<S>))
+        .route("/v1/jobs/{id}/questions/{qid}/wait", post(wait::wait::<S>))
+        .route(
+            "/v1/jobs/{id}/questions/{qid}/withdraw",
+            post(wait::withdraw::<S>),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
             auth::agent_or_admin::<S>,

@@ -22,7 +22,7 @@ use orchestrator_core::spec::{DurationSpec, SandboxKind};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::ask::AskBox;
+use crate::ask::{AskBox, WaitVia};
 use crate::bundle::{Bundle, BundleError};
 use crate::exec::EndReason;
 use crate::sandbox::{Dirs, Limits, Sandbox, SandboxConfig};
@@ -151,7 +151,14 @@ pub async fn run_step_with(
         Ok(env) => env,
         Err(failure) => return rec.finish(&bundle, Some(failure)).await.0,
     };
-    let ask = ctx.asks.as_ref().map(AskBox::open);
+    let ask = ctx.asks.as_ref().map(|asks| {
+        asks.open(asks.daemon().map(|client| WaitVia {
+            client: client.clone(),
+            agent_id: ctx.agent_id.clone(),
+            job_id: job.job_id,
+            lease_token: job.lease_token.clone(),
+        }))
+    });
     let mut orch_env: Vec<(String, String)> = vec![
         ("ORCH_RUN_ID".into(), spec.run_id.clone()),
         ("ORCH_STAGE_ID".into(), spec.stage_id.clone()),
@@ -362,7 +369,9 @@ pub async fn run_step_with(
         caches = caches.save(spec).await;
     }
     rec.caches = caches.records;
-    let questions = ask.map(|a| a.finish()).unwrap_or_default();
+    let asked = ask.map(|a| a.finish()).unwrap_or_default();
+    rec.waits = asked.waits;
+    let questions = asked.questions;
     let (mut outcome, manifest) = rec.finish(&bundle, failure).await;
     let Some(manifest) = manifest.filter(|_| outcome.success) else {
         return outcome;
@@ -425,6 +434,8 @@ pub(crate) struct Recorder<'a> {
     limits: Option<AppliedLimits>,
     /// What the step did with its stage's caches.
     caches: Vec<orchestrator_core::api::CacheRecord>,
+    /// The questions the step waited for while it ran.
+    waits: Vec<orchestrator_core::api::WaitRecord>,
 }
 
 impl<'a> Recorder<'a> {
@@ -440,6 +451,7 @@ impl<'a> Recorder<'a> {
             sandbox: job.spec.sandbox.kind.unwrap_or(ctx.sandbox.default),
             limits: None,
             caches: Vec::new(),
+            waits: Vec::new(),
         }
     }
 
@@ -523,6 +535,7 @@ impl<'a> Recorder<'a> {
             limits: self.limits.take(),
             models,
             caches: std::mem::take(&mut self.caches),
+            waits: std::mem::take(&mut self.waits),
         };
         let written = bundle.write_manifest(&manifest).await;
         // One line: the checkpoint keeps it in a commit header.

@@ -500,6 +500,7 @@ function questionForm(q, head) {
   return h("div", { class: "panel item", "data-question": q.id },
     head || "",
     stepSaid("The step asks:", q.question),
+    q.waiting ? h("div", { class: "muted", "data-waiting": q.id }, "Its step waits for your answer while it runs, holding its slot.") : "",
     q.choices.length
       ? h("div", { class: "actions" }, q.choices.map((c) => h("button", { class: "plain", "data-action": "answer", title: "a choice the step offered", onclick: () => send(c) }, stepText(c).slice(0, 80))))
       : [input, h("div", { class: "actions" }, h("button", { "data-action": "answer", onclick: () => input.value.trim() && send(input.value) }, "Answer"))],

@@ -10,7 +10,10 @@
 //! the mount). The agent keeps the questions with the
 //! step and hands them to the daemon when the step completes, in the same
 //! transaction as its checkpoint: the step's process may exit right after
-//! asking, and the stage then waits for the answer holding no slot. The
+//! asking, and the stage then waits for the answer holding no slot.
+//! `orch ask --wait` asks differently: the agent forwards the question to
+//! the daemon at once, under the step's lease, and the step waits for the
+//! answer while it runs (see [`wait`]). The
 //! endpoint listens on loopback and on a socket in a directory only the
 //! agent's user may enter, and a token is good only while its step runs.
 //! The socket also relays the daemon's model gateway, for the same steps
@@ -25,18 +28,44 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use orchestrator_core::api::Ask;
+use orchestrator_core::api::{Ask, StepAskRequest, WaitRecord};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::client::Client;
 use crate::gateway::{self, Upstream};
+
+mod wait;
+
+pub use wait::WaitVia;
 
 /// Longest question or choice accepted, in bytes.
 const MAX_TEXT: usize = 16 * 1024;
-/// Most questions one step may ask.
+/// Most questions one step may ask, of both kinds together.
 const MAX_QUESTIONS: usize = 16;
 
-type Asked = Arc<Mutex<HashMap<String, Vec<Ask>>>>;
+type Asked = Arc<Mutex<HashMap<String, Entry>>>;
+
+/// What one running step asked so far.
+#[derive(Debug, Default)]
+struct Entry {
+    /// Questions handed over when the step ends.
+    asks: Vec<Ask>,
+    /// Questions forwarded at once, that the step waits (or waited) for.
+    waits: Vec<wait::Waited>,
+    /// How to forward them: the step's job and lease, and the daemon.
+    via: Option<Arc<WaitVia>>,
+}
+
+impl Entry {
+    fn count(&self) -> usize {
+        self.asks.len() + self.waits.len()
+    }
+}
+
+fn lock(asked: &Asked) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+    asked.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 /// The running endpoint and the questions of the steps running now.
 #[derive(Debug, Clone)]
@@ -47,6 +76,8 @@ pub struct AskBox {
     /// Whether the socket relays the daemon's model gateway.
     gateway: bool,
     asked: Asked,
+    /// The daemon, for the questions steps wait for (`orch ask --wait`).
+    daemon: Option<Client>,
 }
 
 /// One running step's right to ask; its questions are taken when it ends.
@@ -55,11 +86,24 @@ pub struct StepAsk {
     asked: Asked,
 }
 
+/// What a finished step asked.
+#[derive(Debug, Default)]
+pub struct Finished {
+    /// Questions for the daemon, answered when the step runs again.
+    pub questions: Vec<Ask>,
+    /// Questions the step waited for while it ran, for its manifest.
+    pub waits: Vec<WaitRecord>,
+}
+
 impl StepAsk {
-    /// Takes the step's questions and voids its token.
-    pub fn finish(self) -> Vec<Ask> {
-        let mut map = self.asked.lock().unwrap_or_else(PoisonError::into_inner);
-        map.remove(&self.token).unwrap_or_default()
+    /// Takes the step's questions and voids its token: a wait still going
+    /// on is answered no more (its question closes when the job ends).
+    pub fn finish(self) -> Finished {
+        let entry = lock(&self.asked).remove(&self.token).unwrap_or_default();
+        Finished {
+            questions: entry.asks,
+            waits: entry.waits.into_iter().map(wait::Waited::record).collect(),
+        }
     }
 }
 
@@ -82,6 +126,8 @@ impl AskBox {
         let asked: Asked = Arc::default();
         let app = Router::new()
             .route("/v1/ask", post(ask))
+            .route("/v1/ask/wait", post(wait::wait))
+            .route("/v1/ask/withdraw", post(wait::withdraw))
             .with_state(asked.clone());
         let upstream = daemon_url
             .map(Upstream::new)
@@ -127,7 +173,19 @@ impl AskBox {
             gateway: gateway && socket.is_some(),
             socket,
             asked,
+            daemon: None,
         })
+    }
+
+    /// Lets steps ask and wait (`orch ask --wait`) through `client`.
+    pub fn with_daemon(mut self, client: Client) -> Self {
+        self.daemon = Some(client);
+        self
+    }
+
+    /// The daemon steps' waited-for questions go to, when there is one.
+    pub fn daemon(&self) -> Option<&Client> {
+        self.daemon.as_ref()
     }
 
     /// The address steps reach the endpoint at over TCP.
@@ -146,8 +204,9 @@ impl AskBox {
         self.gateway
     }
 
-    /// Opens a step's right to ask, under a new random token.
-    pub fn open(&self) -> StepAsk {
+    /// Opens a step's right to ask, under a new random token; with `via`,
+    /// also to ask and wait (`orch ask --wait`) through the step's lease.
+    pub fn open(&self, via: Option<WaitVia>) -> StepAsk {
         let mut bytes = [0u8; 16];
         // A token that cannot be drawn leaves the step unable to ask, not
         // able to ask for another: an empty token matches no request.
@@ -156,10 +215,11 @@ impl AskBox {
             Err(_) => String::new(),
         };
         if !token.is_empty() {
-            self.asked
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .insert(token.clone(), Vec::new());
+            let entry = Entry {
+                via: via.map(Arc::new),
+                ..Entry::default()
+            };
+            lock(&self.asked).insert(token.clone(), entry);
         }
         StepAsk {
             token,
@@ -207,29 +267,48 @@ fn refuse(code: StatusCode, msg: String) -> (StatusCode, Json<serde_json::Value>
     (code, Json(json!({ "error": msg })))
 }
 
+/// The step's token, from `Authorization: Bearer TOKEN`.
+fn bearer(headers: &HeaderMap) -> &str {
+    headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default()
+}
+
+fn unknown_token() -> (StatusCode, Json<serde_json::Value>) {
+    refuse(
+        StatusCode::UNAUTHORIZED,
+        "unknown step token: `orch ask` works only inside a running step, with the token its agent gave it".into(),
+    )
+}
+
 async fn ask(
     State(asked): State<Asked>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> (StatusCode, Json<serde_json::Value>) {
-    let token = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    let req: Ask = match serde_json::from_slice(&body) {
+    let token = bearer(&headers).to_owned();
+    let req: StepAskRequest = match serde_json::from_slice(&body) {
         Ok(r) => r,
         Err(e) => {
             return refuse(
                 StatusCode::BAD_REQUEST,
-                format!("expected {{\"question\": TEXT, \"choices\": [..]}}: {e}"),
+                format!("expected {{\"question\": TEXT, \"choices\": [..], \"wait\": BOOL}}: {e}"),
             )
         }
     };
     if req.question.trim().is_empty() || req.question.len() > MAX_TEXT {
         return refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("question: expected 1 to {MAX_TEXT} bytes of text"),
+            format!(
+                "question: expected 1 to {MAX_TEXT} bytes of text, got {}",
+                if req.question.trim().is_empty() {
+                    "none".to_owned()
+                } else {
+                    format!("{} bytes", req.question.len())
+                }
+            ),
         );
     }
     if let Some(bad) = req
@@ -237,29 +316,33 @@ async fn ask(
         .iter()
         .find(|c| c.trim().is_empty() || c.len() > MAX_TEXT)
     {
+        let shown: String = bad.chars().take(40).collect();
         return refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!("choice {bad:?}: expected 1 to {MAX_TEXT} bytes of text"),
+            format!("choice {shown:?}: expected 1 to {MAX_TEXT} bytes of text"),
         );
     }
-    let mut map = asked.lock().unwrap_or_else(PoisonError::into_inner);
-    let Some(list) = map.get_mut(token).filter(|_| !token.is_empty()) else {
-        return refuse(
-            StatusCode::UNAUTHORIZED,
-            "unknown step token: `orch ask` works only inside a running step".into(),
-        );
+    if req.wait {
+        return wait::ask(asked, token, req).await;
+    }
+    let mut map = lock(&asked);
+    let Some(entry) = map.get_mut(&token).filter(|_| !token.is_empty()) else {
+        return unknown_token();
     };
-    if list.len() >= MAX_QUESTIONS {
+    if entry.count() >= MAX_QUESTIONS {
         return refuse(
             StatusCode::UNPROCESSABLE_ENTITY,
             format!("a step may ask at most {MAX_QUESTIONS} questions"),
         );
     }
-    list.push(req);
+    entry.asks.push(Ask {
+        question: req.question,
+        choices: req.choices,
+    });
     (
         StatusCode::OK,
         Json(json!({
-            "asked": list.len(),
+            "asked": entry.count(),
             "note": "recorded; when this step exits, its stage checkpoints and waits for the answer, which this step receives when it runs again"
         })),
     )
