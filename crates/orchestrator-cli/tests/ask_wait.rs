@@ -247,3 +247,146 @@ stages:
     assert!(questions.iter().all(|q| q["state"] == "closed"));
     assert_eq!(jobs_of(&detail, "probe").len(), 1);
 }
+
+/// Nanoseconds since the epoch: the clock `date +%s%N` reads in the step.
+fn epoch_ns() -> i128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i128
+}
+
+/// Waits for the run's open question (over HTTP, cheaply) and answers it;
+/// returns when the answer was sent, in epoch nanoseconds.
+fn answer_next(d: &Daemon, run: &str) -> i128 {
+    let qid = wait_for(&format!("a question of run {run}"), LONG, || {
+        let detail = http(
+            d,
+            "GET",
+            &format!("/v1/runs/{run}"),
+            Some(&d.admin_token),
+            None,
+        )
+        .json();
+        let q = detail["questions"]
+            .as_array()?
+            .iter()
+            .find(|q| q["state"] == "open")?
+            .clone();
+        (stage(&detail, "pick")["state"] == "awaiting_input").then(|| q["id"].as_i64().unwrap())
+    });
+    let sent = epoch_ns();
+    let r = post_json(
+        d,
+        &format!("/v1/runs/{run}/questions/{qid}/answer"),
+        &d.admin_token,
+        &serde_json::json!({"text": "yes"}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    sent
+}
+
+fn summary(label: &str, mut ms: Vec<f64>) {
+    ms.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let at = |p: f64| ms[((ms.len() - 1) as f64 * p).round() as usize];
+    println!(
+        "{label:<32} n={:<3} median {:>7.1} ms  p90 {:>7.1} ms  min {:>7.1} ms  max {:>7.1} ms",
+        ms.len(),
+        at(0.5),
+        at(0.9),
+        ms[0],
+        ms[ms.len() - 1]
+    );
+}
+
+/// One run whose step asks and waits `k` times: answer to stamp, in ms.
+fn wait_round(h: &Harness, d: &Daemon, k: usize) -> Vec<f64> {
+    let wf = format!(
+        r#"
+name: bench-wait
+stages:
+  - id: pick
+    steps:
+      - artifacts: [stamps.txt]
+        commands:
+          - argv: [sh, -c, 'i=0; while [ $i -lt {k} ]; do "$0" ask --wait "Q$i?" >/dev/null; date +%s%N >> stamps.txt; i=$((i+1)); done', "{orch}"]
+"#,
+        orch = orch_bin()
+    );
+    let run = h.submit(&h.write("bench-wait.yaml", &wf));
+    let sent: Vec<i128> = (0..k)
+        .map(|_| {
+            let t = answer_next(d, &run);
+            // The next question must not be mistaken for this one.
+            wait_for("the step to take the answer", LONG, || {
+                let detail = run_detail(d, &run);
+                (stage(&detail, "pick")["state"] != "awaiting_input"
+                    || detail["questions"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|q| q["state"] != "open"))
+                .then_some(())
+            });
+            t
+        })
+        .collect();
+    let detail = h.wait_run_end(d, &run);
+    assert_eq!(detail["run"]["state"], "succeeded");
+    let stamps = git(&h.project, &["show", &format!("orch/run/{run}:stamps.txt")]);
+    stamps
+        .lines()
+        .zip(&sent)
+        .map(|(s, t)| (s.trim().parse::<i128>().unwrap() - t) as f64 / 1e6)
+        .collect()
+}
+
+/// Figures for docs/benchmarks.md, no assertion on time: from an answer
+/// sent to the API to the step having it, waiting inside (`orch ask
+/// --wait`) and exiting and running again (`orch ask`). Run with
+/// `cargo test -p orchestrator-cli --test ask_wait -- --ignored --nocapture`
+/// (`ORCH_BENCH_N`, default 20, answers of each kind).
+#[test]
+#[ignore]
+fn bench_answer_to_step() {
+    let n: usize = std::env::var("ORCH_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut h = Harness::new();
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "worker", 1);
+
+    // Waiting inside: a step asks up to 16 times (a step's most) and
+    // stamps each answer; as many runs as it takes for n answers.
+    let mut waited = Vec::new();
+    while waited.len() < n {
+        let k = (n - waited.len()).min(16);
+        waited.extend(wait_round(&h, &d, k));
+    }
+    // Exiting and running again: a run per answer.
+    let wf = format!(
+        r#"
+name: bench-rerun
+stages:
+  - id: pick
+    steps:
+      - artifacts: [stamp.txt]
+        commands:
+          - argv: [sh, -c, 'if [ -z "$ORCH_ANSWER" ]; then exec "$0" ask "Q?"; fi; date +%s%N > stamp.txt', "{orch}"]
+"#,
+        orch = orch_bin()
+    );
+    let file = h.write("bench-rerun.yaml", &wf);
+    let mut rerun = Vec::new();
+    for _ in 0..n {
+        let run = h.submit(&file);
+        let t = answer_next(&d, &run);
+        h.wait_run_end(&d, &run);
+        let stamp = git(&h.project, &["show", &format!("orch/run/{run}:stamp.txt")]);
+        rerun.push((stamp.trim().parse::<i128>().unwrap() - t) as f64 / 1e6);
+    }
+    println!("answer sent (POST .../answer) -> the step has it:");
+    summary("orch ask --wait (step waits)", waited);
+    summary("orch ask (step runs again)", rerun);
+}

@@ -168,7 +168,8 @@ pub fn status(
 }
 
 fn read_status(conn: &Conn, job_id: i64, question_id: i64) -> Result<WaitStatus> {
-    let row: Option<(String, i64, Option<String>, Option<String>, Option<i64>)> = conn
+    type Row = (String, i64, Option<String>, Option<String>, Option<i64>);
+    let row: Option<Row> = conn
         .prepare_cached(
             "SELECT state, asked_at, answer, answered_by, answered_at FROM questions
              WHERE id = ?1 AND job_id = ?2 AND wait_key IS NOT NULL",
