@@ -112,10 +112,17 @@ fn a_step_waits_for_its_answer_while_it_runs_even_across_a_daemon_restart() {
     let jobs = jobs_of(&detail, "pick");
     assert_eq!(jobs.len(), 1, "{detail:#}");
     assert_eq!(jobs[0]["attempt"], 1);
-    let manifest: Value = serde_json::from_str(&git(
+    // The checkpoint commit keeps the manifest in its `orch-manifest` header.
+    let commit = git(
         &h.project,
-        &["show", &format!("{branch}:.orch/pick/step-000.json")],
-    ))
+        &["log", "--format=%H", "--grep=^Orch-Stage: pick$", &branch],
+    );
+    let raw = git(&h.project, &["cat-file", "commit", commit.trim()]);
+    let manifest: Value = serde_json::from_str(
+        raw.lines()
+            .find_map(|l| l.strip_prefix("orch-manifest "))
+            .expect("a manifest header"),
+    )
     .unwrap();
     let waits = &manifest["waits"];
     assert_eq!(waits[0]["question_id"].to_string(), qid, "{manifest:#}");
