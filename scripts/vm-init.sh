@@ -2,7 +2,8 @@
 # The init of orch's vm sandbox (/init of its initramfs): runs one command
 # and powers off. The host shares a control directory (9p tag orch-ctl)
 # holding `shares` (lines "TAG PATH": 9p shares to mount at PATH), `net`
-# (present when the command may use the network) and `cmd` (the script that
+# (present when the command may use the network), `covers` (lines "NAME
+# PATH": its file NAME bound over PATH) and `cmd` (the script that
 # runs the command, chrooted into the disk); the command's stdout, stderr
 # and exit status go back there as `stdout`, `stderr` and `status`.
 export PATH=/bin
@@ -25,6 +26,13 @@ while read -r tag path; do
     mkdir -p "/newroot$path" && mount -t 9p -o "$p9" "$tag" "/newroot$path" ||
         fail "cannot mount the share $tag at $path"
 done </ctl/shares
+# Files of the control share bound over others (lines "NAME PATH"): the
+# step's git file over the worktree's `.git`.
+if [ -f /ctl/covers ]; then
+    while read -r name path; do
+        mount --bind "/ctl/$name" "/newroot$path" || fail "cannot cover $path"
+    done </ctl/covers
+fi
 ip link set lo up
 if [ -f /ctl/net ]; then
     # QEMU's user networking: fixed addresses, its DNS at 10.0.2.3.

@@ -335,3 +335,36 @@ async fn the_guest_cannot_read_host_files_through_the_control_share() {
         "the guest did not plant its symlinks (so this test proved nothing): {logs}"
     );
 }
+
+/// Inside the guest the worktree's `.git` points at the step's own git
+/// directory (shared writable), as in every other sandbox; the guest's
+/// disk has no git, so the pointer and the directory are what is checked.
+#[tokio::test]
+async fn the_guests_worktree_git_file_points_at_the_steps_own_git() {
+    let p = Project::new();
+    let own = p.root().join(".orchestrator/git/run-1/build");
+    let job = p.job(
+        1,
+        0,
+        1,
+        vec![sh(&format!(
+            "cat .git && cat {}/HEAD && echo mine > {}/written-by-the-guest",
+            own.display(),
+            own.display()
+        ))],
+    );
+    let out = p.run(&job).await;
+    ok(&p, &job, &out);
+    let stdout = p.log(&job, "cmd-000.stdout.log");
+    assert_eq!(
+        stdout,
+        format!(
+            "gitdir: {}\nref: refs/heads/orch/run/run-1\n",
+            own.display()
+        )
+    );
+    assert!(own.join("written-by-the-guest").is_file());
+    // Outside, the worktree's `.git` is still the project's entry.
+    let host = fs::read_to_string(p.worktree().join(".git")).unwrap();
+    assert!(host.contains(".git/worktrees/"), "{host}");
+}

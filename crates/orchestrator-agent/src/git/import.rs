@@ -322,18 +322,9 @@ pub(super) fn replay(
             .cherrypick_commit(&commit, &base, 0, None)
             .map_err(git("replay"))?;
         if index.has_conflicts() {
-            let paths: Vec<String> = index
-                .conflicts()
-                .map(|c| {
-                    c.filter_map(Result::ok)
-                        .filter_map(|c| c.our.or(c.their).or(c.ancestor))
-                        .map(|e| String::from_utf8_lossy(&e.path).into_owned())
-                        .collect()
-                })
-                .unwrap_or_default();
             return Err(refused(format!(
                 "commit {id} conflicts with what another stage of the run checkpointed while the step ran ({})",
-                paths.join(", ")
+                super::land::conflict_paths(&index).join(", ")
             )));
         }
         let tree_id = index.write_tree_to(repo).map_err(git("replay"))?;

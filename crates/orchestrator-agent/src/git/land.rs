@@ -290,7 +290,8 @@ fn merged(
         .map_err(GitError::git("write the landed tree", project))?)
 }
 
-fn conflict_paths(index: &git2::Index) -> Vec<String> {
+/// The paths an index holds conflicts for, sorted.
+pub(super) fn conflict_paths(index: &git2::Index) -> Vec<String> {
     let mut paths: Vec<String> = index
         .conflicts()
         .map(|c| {
@@ -376,22 +377,7 @@ fn signature(repo: &Repository) -> Result<Signature<'static>, GitError> {
 
 /// The checkout that has `refname` checked out, if any.
 fn checkout_of(project: &Path, refname: &str) -> Result<Option<PathBuf>, GitError> {
-    let out = show::git_in(project)
-        .args(["worktree", "list", "--porcelain", "-z"])
-        .output()
-        .map_err(|e| GitError::Command {
-            command: "git worktree list".into(),
-            project: project.to_owned(),
-            detail: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(GitError::Command {
-            command: "git worktree list".into(),
-            project: project.to_owned(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = output(project, &["worktree", "list", "--porcelain", "-z"])?;
     let mut path = None;
     for field in text.split('\0') {
         if let Some(p) = field.strip_prefix("worktree ") {
@@ -405,24 +391,29 @@ fn checkout_of(project: &Path, refname: &str) -> Result<Option<PathBuf>, GitErro
 
 /// The tracked files with changes in the checkout at `path`.
 fn dirty(path: &Path) -> Result<Vec<String>, GitError> {
-    let out = show::git_in(path)
-        .args(["status", "--porcelain", "--untracked-files=no"])
-        .output()
-        .map_err(|e| GitError::Command {
-            command: "git status".into(),
-            project: path.to_owned(),
-            detail: e.to_string(),
-        })?;
-    if !out.status.success() {
-        return Err(GitError::Command {
-            command: "git status".into(),
-            project: path.to_owned(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
+    let text = output(path, &["status", "--porcelain", "--untracked-files=no"])?;
+    Ok(text
         .lines()
         .filter_map(|l| l.get(3..))
         .map(str::to_owned)
         .collect())
+}
+
+/// What hardened git prints for `args` in `dir`; its stderr in the error.
+fn output(dir: &Path, args: &[&str]) -> Result<String, GitError> {
+    let failed = |detail: String| GitError::Command {
+        command: format!("git {}", args.join(" ")),
+        project: dir.to_owned(),
+        detail,
+    };
+    let out = show::git_in(dir)
+        .args(args)
+        .output()
+        .map_err(|e| failed(e.to_string()))?;
+    if !out.status.success() {
+        return Err(failed(
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }

@@ -322,6 +322,7 @@ impl Sandbox {
                 &cfg.vm,
                 dirs.writable,
                 dirs.readable,
+                dirs.covers,
                 limits.memory_mb,
                 spec.network,
             )

@@ -152,6 +152,9 @@ pub struct VmSandbox {
     writable: Vec<PathBuf>,
     /// Shared read-only at the same path (those that exist).
     readable: Vec<PathBuf>,
+    /// Files bound read-only over others inside the guest: (what, over
+    /// what). What covers is copied into the control share.
+    covers: Vec<(PathBuf, PathBuf)>,
     network: bool,
     /// The stage's disk directory and the accelerator, once the step began.
     state: Mutex<Option<(PathBuf, Accel)>>,
@@ -167,6 +170,7 @@ impl VmSandbox {
         cfg: &VmConfig,
         writable: Vec<PathBuf>,
         readable: Vec<PathBuf>,
+        covers: Vec<(PathBuf, PathBuf)>,
         memory_mb: Option<u64>,
         network: bool,
     ) -> Result<Self, String> {
@@ -188,6 +192,7 @@ impl VmSandbox {
             memory_mb: memory_mb.map_or(cfg.memory_mb, |m| m.max(cfg.memory_mb)),
             writable,
             readable: readable.into_iter().filter(|p| p.exists()).collect(),
+            covers,
             network,
             state: Mutex::new(None),
         })
@@ -368,6 +373,19 @@ impl VmSandbox {
             arg(&virtfs(path, &tag, ro)?);
         }
         std::fs::write(ctl.join("shares"), shares).map_err(io("writing the shares"))?;
+        // The guest binds each `cover-N` of the control share over its
+        // target, after the shares are mounted.
+        let mut covers = String::new();
+        for (i, (what, over)) in super::covers_to_make(&self.covers).iter().enumerate() {
+            let Some(text) = over.to_str().filter(|s| !s.contains(['\n', ' '])) else {
+                continue;
+            };
+            let content = std::fs::read(what).map_err(io("reading a covering file"))?;
+            std::fs::write(ctl.join(format!("cover-{i}")), content)
+                .map_err(io("writing a covering file"))?;
+            covers.push_str(&format!("cover-{i} {text}\n"));
+        }
+        std::fs::write(ctl.join("covers"), covers).map_err(io("writing the covers"))?;
         if self.network {
             std::fs::write(ctl.join("net"), "").map_err(io("writing the network flag"))?;
             arg(b"-nic");
