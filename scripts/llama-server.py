@@ -3,12 +3,17 @@
 
     python3 scripts/llama-server.py --model PATH --port N --alias NAME
         [--ctx 2048] [--parallel 4] [--threads 1] [--host 127.0.0.1]
+        [--grammar-file PATH]
 
 Serves llama.cpp's HTTP API (/health, /v1/models, /v1/chat/completions with
 streaming, /v1/completions, /metrics) on HOST:PORT under the model name NAME.
 `--ctx` is the whole context, shared by the `--parallel` slots (each slot
 gets ctx/parallel tokens); `--threads` is the CPU threads for generation and
-for prompt processing. Prints `ready http://HOST:PORT` on stdout once
+for prompt processing. `--grammar-file` names a GBNF grammar (llama.cpp's
+grammar format) that constrains every completion that does not bring a
+grammar of its own: it is how a model too small to follow a client's output
+format by itself is made to follow it, on the server's side, leaving the
+client unchanged. Prints `ready http://HOST:PORT` on stdout once
 /health answers 200, and nothing else there (llama.cpp logs on stderr). Runs
 until SIGTERM or SIGINT, or until its parent process exits, then stops the
 server and exits 0. Exits 1 with one line on stderr naming the problem when
@@ -59,6 +64,7 @@ def main():
     ap.add_argument("--parallel", type=int, default=4, help="slots (requests served at once)")
     ap.add_argument("--threads", type=int, default=1, help="CPU threads")
     ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--grammar-file", help="GBNF grammar for completions that bring none")
     ap.add_argument("--ready-timeout", type=float, default=60.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -70,6 +76,15 @@ def main():
         fail(f"port out of range: {args.port}")
     if args.ctx < 1 or args.parallel < 1 or args.threads < 1:
         fail("--ctx, --parallel and --threads must be at least 1")
+    grammar = None
+    if args.grammar_file is not None:
+        try:
+            with open(args.grammar_file, encoding="utf-8") as f:
+                grammar = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            fail(f"cannot read grammar file {args.grammar_file}: {e}")
+        if not grammar.strip():
+            fail(f"grammar file {args.grammar_file} is empty")
     if not port_free(args.host, args.port):
         fail(f"port {args.port} on {args.host} is in use")
     try:
@@ -95,6 +110,12 @@ def main():
     p.cpuparams_batch.n_threads = args.threads
     p.n_gpu_layers = 0
     p.ui = False
+    if grammar is not None:
+        # The default sampling grammar: llama.cpp applies it to every request
+        # that names no grammar, JSON schema or response format of its own.
+        p.sampling.grammar = xllamacpp.CommonGrammar(
+            xllamacpp.common_grammar_type.COMMON_GRAMMAR_TYPE_USER, grammar
+        )
 
     # Blocks while the model loads; the HTTP socket is bound first.
     try:

@@ -281,7 +281,13 @@ fn every_field_of_the_schema_has_a_description() {
 #[test]
 fn every_example_workflow_parses_validates_and_plans() {
     let all = examples();
-    for name in ["demo.yaml", "hello.yaml", "diamond.yaml", "failing.yaml"] {
+    for name in [
+        "demo.yaml",
+        "hello.yaml",
+        "diamond.yaml",
+        "failing.yaml",
+        "coding-agent.yaml",
+    ] {
         assert!(all.contains_key(name), "examples/{name} is missing");
     }
     for (name, wf) in &all {
@@ -298,11 +304,23 @@ fn every_example_workflow_parses_validates_and_plans() {
 #[test]
 fn examples_stay_inside_the_worktree_and_write_only_under_their_output_directory() {
     for (name, wf) in examples() {
+        // A stage's `~/...` mounts are read-only tools it runs through its
+        // home; naming them reaches nothing else of the host.
+        let tools: Vec<String> = wf
+            .stages
+            .iter()
+            .flat_map(|s| &s.mounts)
+            .filter_map(|m| m.strip_prefix("~/"))
+            .map(|m| format!("$HOME/{m}/"))
+            .collect();
         for (_, cmd) in commands(&wf) {
             if let Some(cwd) = &cmd.cwd {
                 assert!(cwd == "out" || cwd.starts_with("out/"), "{name}: cwd {cwd}");
             }
             let text = cmd.argv.join(" ") + cmd.run.as_deref().unwrap_or("");
+            let text = tools
+                .iter()
+                .fold(text, |text, tool| text.replace(tool, "TOOL/"));
             for bad in ["rm ", "sudo", "curl", "wget", "/tmp", "~/", "$HOME"] {
                 assert!(!text.contains(bad), "{name}: {bad:?} in {text:?}");
             }
@@ -329,6 +347,23 @@ fn hello_is_one_stage_of_one_step_saying_hello() {
     assert_eq!(wf.stages.len(), 1);
     assert_eq!(wf.stages[0].steps.len(), 1);
     assert_eq!(wf.stages[0].steps[0].commands[0].argv, ["echo", "hello"]);
+}
+
+#[test]
+fn coding_agent_runs_a_mounted_agent_without_network_behind_an_approval_then_tests() {
+    let wf = example("coding-agent.yaml");
+    let agent = stage(&wf, "agent");
+    assert_eq!(agent.mounts, ["~/.cache/orch/agents/mini-swe-agent-2.4.6"]);
+    assert!(!agent.network, "the agent reaches only the model gateway");
+    assert_eq!(agent.steps.len(), 1);
+    assert!(agent.steps[0].approve);
+    let run = agent.steps[0].commands[0].argv.join(" ");
+    for want in ["$ORCH_FEEDBACK", "--model openai/smol", "$ORCH_BUNDLE_DIR"] {
+        assert!(run.contains(want), "{want}: {run}");
+    }
+    let tests = stage(&wf, "tests");
+    assert_eq!(tests.needs, ["agent"]);
+    assert!(!tests.network);
 }
 
 #[test]
