@@ -6,19 +6,21 @@
         [--grammar-file PATH]
 
 Serves llama.cpp's HTTP API (/health, /v1/models, /v1/chat/completions with
-streaming, /v1/completions, /metrics) on HOST:PORT under the model name NAME.
-`--ctx` is the whole context, shared by the `--parallel` slots (each slot
-gets ctx/parallel tokens); `--threads` is the CPU threads for generation and
-for prompt processing. `--grammar-file` names a GBNF grammar (llama.cpp's
-grammar format) that constrains every completion that does not bring a
-grammar of its own: it is how a model too small to follow a client's output
-format by itself is made to follow it, on the server's side, leaving the
-client unchanged. Prints `ready http://HOST:PORT` on stdout once
-/health answers 200, and nothing else there (llama.cpp logs on stderr). Runs
-until SIGTERM or SIGINT, or until its parent process exits, then stops the
-server and exits 0. Exits 1 with one line on stderr naming the problem when
-the server cannot start (model file missing, port in use, a model llama.cpp
-cannot load, xllamacpp not installed: scripts/model-assets.sh installs it).
+streaming, /v1/completions, /metrics) on HOST:PORT under the model name
+NAME. `--ctx` is the whole context, shared by the `--parallel` slots (each
+slot gets ctx/parallel tokens); `--threads` is the CPU threads for
+generation and for prompt processing. `--grammar-file` names a GBNF grammar
+(llama.cpp's grammar format) that constrains every completion that does not
+bring a grammar of its own: it is how a model too small to follow a client's
+output format by itself is made to follow it, on the server's side, leaving
+the client unchanged (llama.cpp reads the grammar when the model has loaded,
+and one it cannot parse stops the server there, its error on stderr). Prints
+`ready http://HOST:PORT` on stdout once /health answers 200, and nothing
+else there (llama.cpp logs on stderr). Runs until SIGTERM or SIGINT, or
+until its parent process exits, then stops the server and exits 0. Exits 1
+with one line on stderr naming the problem when the server cannot start
+(model file missing, port in use, a model llama.cpp cannot load, xllamacpp
+not installed: scripts/model-assets.sh installs it).
 """
 
 import argparse

@@ -51,6 +51,11 @@ impl Server {
 }
 
 async fn start(model: &PathBuf, python: &PathBuf, port: u16) -> Server {
+    start_with(model, python, port, &[]).await
+}
+
+/// [`start`] with more arguments for the launcher.
+async fn start_with(model: &PathBuf, python: &PathBuf, port: u16, extra: &[&str]) -> Server {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llama-server.py");
     let mut child = Command::new(python)
         .arg(&script)
@@ -58,6 +63,7 @@ async fn start(model: &PathBuf, python: &PathBuf, port: u16) -> Server {
         .arg(model)
         .args(["--port", &port.to_string(), "--alias", ALIAS])
         .args(["--ctx", "2048", "--parallel", "4", "--threads", "1"])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -321,6 +327,86 @@ async fn llama_server_names_a_missing_model_and_a_busy_port() {
     assert!(out.stdout.is_empty());
     assert!(
         err.contains(&format!("port {port} on 127.0.0.1 is in use")),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn llama_server_holds_every_completion_without_a_grammar_to_its_grammar_file() {
+    let python = env_path("ORCH_LLAMA_PYTHON");
+    let model = env_path("ORCH_TEST_MODEL");
+    let dir = tempfile::tempdir().unwrap();
+    let grammar = dir.path().join("answer.gbnf");
+    std::fs::write(&grammar, "root ::= (\"yes\" | \"no\") \".\"\n").unwrap();
+    let server = start_with(
+        &model,
+        &python,
+        free_port(),
+        &["--grammar-file", grammar.to_str().unwrap()],
+    )
+    .await;
+    let http = reqwest::Client::builder()
+        .timeout(REQUEST)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let ask = |body: Value| {
+        let http = http.clone();
+        let url = format!("{}/v1/chat/completions", server.url);
+        async move {
+            let resp = http.post(url).json(&body).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body: Value = resp.json().await.unwrap();
+            body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or_else(|| panic!("no content in {body}"))
+                .to_owned()
+        }
+    };
+    let question = |extra: Value| {
+        let mut body = json!({
+            "model": ALIAS,
+            "messages": [{"role": "user", "content": "Write a long poem about the sea."}],
+            "max_tokens": 16,
+        });
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        body
+    };
+    for _ in 0..2 {
+        let said = ask(question(json!({}))).await;
+        assert!(
+            said == "yes." || said == "no.",
+            "{said:?}\n{}",
+            server.log()
+        );
+    }
+    // A request's own grammar wins over the file's.
+    let said = ask(question(json!({"grammar": "root ::= \"maybe\""}))).await;
+    assert_eq!(said, "maybe", "{}", server.log());
+
+    let missing = dir.path().join("missing.gbnf");
+    let out = tokio::time::timeout(
+        REQUEST,
+        Command::new(&python)
+            .arg(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llama-server.py"))
+            .arg("--model")
+            .arg(&model)
+            .args(["--port", &free_port().to_string(), "--alias", ALIAS])
+            .arg("--grammar-file")
+            .arg(&missing)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("launcher did not exit")
+    .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("cannot read grammar file {}", missing.display())),
         "{err}"
     );
 }
