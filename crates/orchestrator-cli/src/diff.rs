@@ -49,7 +49,8 @@ pub async fn diff(a: DiffArgs, client: &Client) -> Result<ExitCode> {
         Shown::Checkpoints(cps) => cps
             .into_iter()
             .map(|(heading, commit)| {
-                let start = step_start(project, &commit).unwrap_or_else(|| format!("{commit}^"));
+                let start = step_start(project, &commit, d.run.base_commit.as_deref())
+                    .unwrap_or_else(|| format!("{commit}^"));
                 (Some(heading), format!("{start}..{commit}"))
             })
             .collect(),

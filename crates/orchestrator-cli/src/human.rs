@@ -39,6 +39,7 @@ pub async fn inbox(a: InboxArgs, client: &Client) -> Result<ExitCode> {
                 if let Some(stat) = orchestrator_agent::git::checkpoint_stat(
                     std::path::Path::new(&d.run.project_dir),
                     commit,
+                    d.run.base_commit.as_deref(),
                 ) {
                     stats.insert(commit.clone(), stat);
                 }

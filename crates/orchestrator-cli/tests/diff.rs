@@ -94,6 +94,34 @@ fn an_approval_in_the_inbox_shows_what_it_would_accept() {
 }
 
 #[test]
+fn a_first_steps_change_starts_at_the_runs_base_not_at_the_projects_first_commit() {
+    let mut h = Harness::new();
+    // History before the run: the step's diff must not reach into it.
+    std::fs::write(h.project.join("notes.md"), "old\n").unwrap();
+    common::git(&h.project, &["add", "notes.md"]);
+    common::git(&h.project, &["commit", "-q", "-m", "notes"]);
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "worker", 1);
+    let file = h.write(
+        "gated.yaml",
+        "name: gated\nstages:\n  - id: edit\n    steps:\n      - approve: true\n        commands:\n          - argv: [sh, -c, 'echo new >> notes.md && git commit -qam more']\n",
+    );
+    let run = h.submit(&file);
+    common::wait_for("the approval to wait", common::LONG, || {
+        (common::stage(&h.show(&run), "edit")["state"] == "awaiting_approval").then_some(())
+    });
+    let inbox = h.orch(&["inbox"]);
+    inbox.expect_code(0);
+    assert!(inbox.stdout.contains("notes.md | 1 +\n"), "{inbox}");
+    assert!(inbox.stdout.contains("1 insertion(+)"), "{inbox}");
+    let shown = h.orch(&["diff", &run, "edit"]);
+    shown.expect_code(0);
+    assert!(shown.stdout.contains("\n old\n+new\n"), "{shown}");
+    assert!(!shown.stdout.contains("new file"), "{shown}");
+    assert!(!shown.stdout.contains("README.md"), "{shown}");
+}
+
+#[test]
 fn the_diff_api_lists_each_file_and_names_only_the_runs_checkpoints() {
     let mut h = Harness::new();
     let d = h.start_daemon(&[]);

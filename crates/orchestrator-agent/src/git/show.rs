@@ -28,17 +28,23 @@ const MAX_STEP_COMMITS: usize = 10_000;
 
 /// Where the step whose checkpoint is `commit` started: the first commit
 /// before it, going back along first parents through the step's own
-/// commits, that is a checkpoint (it holds a record) or has no parent. So
-/// `<start>..<commit>` is exactly that step's change: its commits and its
-/// artifacts. None when the repository cannot tell.
-pub fn step_start(project: &Path, commit: &str) -> Option<String> {
+/// commits, that is a checkpoint (it holds a record), the run's `base` (the
+/// commit it started from; a run's first step stops there, not in the
+/// project's history before it) or has no parent. So `<start>..<commit>` is
+/// exactly that step's change: its commits and its artifacts. None when the
+/// repository cannot tell.
+pub fn step_start(project: &Path, commit: &str, base: Option<&str>) -> Option<String> {
     let repo = super::open(project).ok()?;
+    let base = match base {
+        Some(b) => Some(repo.revparse_single(b).ok()?.peel_to_commit().ok()?.id()),
+        None => None,
+    };
     let mut at = repo.revparse_single(commit).ok()?.peel_to_commit().ok()?;
     for _ in 0..MAX_STEP_COMMITS {
         let Ok(parent) = at.parent(0) else {
             return Some(at.id().to_string());
         };
-        if is_checkpoint(&parent) {
+        if Some(parent.id()) == base || is_checkpoint(&parent) {
             return Some(parent.id().to_string());
         }
         at = parent;
@@ -57,9 +63,10 @@ pub(super) fn is_checkpoint(c: &git2::Commit) -> bool {
 
 /// The files the step whose checkpoint is `commit` changed (its own
 /// commits and its artifacts), as `git diff --stat` lists them (empty when
-/// it changed nothing); None when git cannot tell.
-pub fn checkpoint_stat(project: &Path, commit: &str) -> Option<String> {
-    let start = step_start(project, commit)?;
+/// it changed nothing); None when git cannot tell. `base` is the commit the
+/// run started from (see [`step_start`]).
+pub fn checkpoint_stat(project: &Path, commit: &str, base: Option<&str>) -> Option<String> {
+    let start = step_start(project, commit, base)?;
     let out = git_in(project)
         .args(["diff", "--stat"])
         .args(PLAIN_DIFF)

@@ -67,10 +67,11 @@ pub async fn read<S: Store>(
         }
     };
     let project = PathBuf::from(&d.run.project_dir);
+    let base = d.run.base_commit.clone();
     tokio::task::spawn_blocking(move || {
         let from = match from {
             Some(f) => f,
-            None => orchestrator_agent::git::step_start(&project, &to)
+            None => orchestrator_agent::git::step_start(&project, &to, base.as_deref())
                 .unwrap_or_else(|| format!("{to}^")),
         };
         orchestrator_agent::git::diff_files(&project, &from, &to)

@@ -281,8 +281,9 @@ impl<S: Store> Worker<S> {
             .commit
             .clone();
         let project = std::path::PathBuf::from(&d.run.project_dir);
+        let base = d.run.base_commit.clone();
         tokio::task::spawn_blocking(move || {
-            orchestrator_agent::git::checkpoint_stat(&project, &commit)
+            orchestrator_agent::git::checkpoint_stat(&project, &commit, base.as_deref())
         })
         .await
         .ok()
