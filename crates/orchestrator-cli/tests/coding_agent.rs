@@ -2,7 +2,8 @@
 //! `scripts/agent-assets.sh` and run unmodified by `examples/coding-agent.yaml`
 //! in the default (namespace) sandbox without network, its virtual
 //! environment brought in with `mounts:`. It calls SmolLM2-135M through the
-//! daemon's model gateway as it would any OpenAI-compatible server.
+//! daemon's model gateway as it would any OpenAI-compatible server, and
+//! commits with git in its worktree as it would anywhere.
 //!
 //! A 135M model cannot follow the agent's action format by itself, so its
 //! llama.cpp server is given a grammar (`examples/coding-agent/notes.gbnf`,
@@ -11,10 +12,10 @@
 //! submit. That constrains the model, on the server's side; the agent, its
 //! prompts and its parsing are mini-swe-agent's own. So this test asserts
 //! the flow, never the model's cleverness: the agent's requests went through
-//! the gateway and are counted for its stage, what the model said the agent
-//! did is exactly the change in the checkpoint, `orch diff` and the approval,
-//! feedback from a rejection reaches the agent's next task, and the run ends
-//! with the tests stage passing.
+//! the gateway and are counted for its stage; what the model said the agent
+//! should do is exactly what the agent's commit, the checkpoint, `orch
+//! diff` and the approval hold; feedback from a rejection reaches the
+//! agent's next task; the tests stage passes and `orch land` lands it all.
 
 mod common;
 
@@ -23,15 +24,6 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::Value;
-
-/// Git commits made inside a step become part of the run branch (and git in
-/// the worktree works in every sandbox). Until then the agent's `git add`
-/// fails on the read-only repository, it tries again until its step limit,
-/// and its edit reaches the run branch only as the step's artifact.
-const GIT_IN_STEPS: bool = false;
-
-/// `orch land RUN` exists: it lands the run's branch in the project.
-const ORCH_LAND: bool = false;
 
 /// The agent's whole step, model calls included, on a busy two-core machine.
 const AGENT_STEP: Duration = Duration::from_secs(600);
@@ -200,7 +192,6 @@ fn a_coding_agent_from_pypi_edits_and_commits_through_the_gateway_behind_an_appr
     let first = trajectory(&h.project.join(job["bundle"].as_str().unwrap()));
     assert!(first.task.contains("NOTES.md"), "{}", first.task);
     assert!(!first.task.contains(FEEDBACK), "{}", first.task);
-    assert!(!first.lines.is_empty(), "the model made no action");
     // Every request the agent made went through the gateway and is counted
     // for its stage (and none for a stage that made none).
     let usage = &detail["models"]["by_stage"]["agent"]["smol"];
@@ -210,6 +201,7 @@ fn a_coding_agent_from_pypi_edits_and_commits_through_the_gateway_behind_an_appr
 
     // The checkpoint holds exactly what the agent's actions appended.
     let branch = detail["run"]["branch"].as_str().unwrap().to_owned();
+    let base = detail["run"]["base_commit"].as_str().unwrap().to_owned();
     let notes = |rev: &str| git(&h.project, &["show", &format!("{rev}:NOTES.md")]);
     let mut expected = vec!["# notes".to_owned()];
     expected.extend(first.lines.iter().cloned());
@@ -229,41 +221,25 @@ fn a_coding_agent_from_pypi_edits_and_commits_through_the_gateway_behind_an_appr
     );
     assert!(inbox.stdout.contains("1 file changed"), "{inbox}");
 
-    if GIT_IN_STEPS {
-        // The agent committed on its first try and said it was done.
-        assert_eq!(first.exit_status, "Submitted");
-        assert_eq!(first.calls, 1);
-        let subjects = git(
+    // The agent committed on its first try and said it was done: its commit
+    // is on the run's branch (the checkpoints around it are the
+    // orchestrator's), in the stage's git identity.
+    assert_eq!(first.exit_status, "Submitted");
+    assert_eq!(first.calls, 1);
+    let agent_commits = || -> Vec<String> {
+        git(
             &h.project,
-            &["log", "--format=%s", &format!("main..{branch}")],
-        );
-        assert!(
-            subjects.lines().any(|s| s == first.messages[0]),
-            "no commit {:?} on {branch}: {subjects}",
-            first.messages[0]
-        );
-        let commit = git(
-            &h.project,
-            &[
-                "log",
-                "-1",
-                "--format=%H",
-                "--fixed-strings",
-                &format!("--grep={}", first.messages[0]),
-                &branch,
-            ],
-        );
-        let files = git(
-            &h.project,
-            &["show", "--format=", "--name-only", commit.as_str()],
-        );
-        assert_eq!(files, "NOTES.md");
-    } else {
-        // The repository is read-only in the sandbox: the agent tried to
-        // commit at every step and stopped at its step limit.
-        assert_eq!(first.exit_status, "LimitsExceeded");
-        assert_eq!(first.calls, 3);
-    }
+            &["log", "--format=%an|%s", &format!("{base}..{branch}")],
+        )
+        .lines()
+        .filter(|l| !l.starts_with("orchestrator|"))
+        .map(str::to_owned)
+        .collect()
+    };
+    assert_eq!(
+        agent_commits(),
+        [format!("orch step|{}", first.messages[0])]
+    );
 
     // A rejection's feedback becomes part of the agent's next task.
     h.orch(&["reject", &run, "agent", "--feedback", FEEDBACK])
@@ -274,6 +250,14 @@ fn a_coding_agent_from_pypi_edits_and_commits_through_the_gateway_behind_an_appr
             .join(jobs_of(&detail, "agent")[1]["bundle"].as_str().unwrap()),
     );
     assert!(second.task.contains(FEEDBACK), "{}", second.task);
+    assert_eq!(second.exit_status, "Submitted");
+    assert_eq!(
+        agent_commits(),
+        [
+            format!("orch step|{}", second.messages[0]),
+            format!("orch step|{}", first.messages[0]),
+        ]
+    );
     let usage = &detail["models"]["by_stage"]["agent"]["smol"];
     assert_eq!(usage["requests"], first.calls + second.calls, "{detail:#}");
     expected.extend(second.lines.iter().cloned());
@@ -288,8 +272,12 @@ fn a_coding_agent_from_pypi_edits_and_commits_through_the_gateway_behind_an_appr
     diff.expect_code(0);
     assert_eq!(added(&diff.stdout), expected[1..], "{diff}");
 
-    if ORCH_LAND {
-        h.orch(&["land", &run]).expect_code(0);
-        assert_eq!(notes("main"), expected.join("\n"));
-    }
+    // Landed on the project's checked-out branch (squashed, the default),
+    // its files following.
+    h.orch_in(&h.project, true, &["land", &run]).expect_code(0);
+    assert_eq!(notes("main"), expected.join("\n"));
+    assert_eq!(
+        std::fs::read_to_string(h.project.join("NOTES.md")).unwrap(),
+        expected.join("\n") + "\n"
+    );
 }
