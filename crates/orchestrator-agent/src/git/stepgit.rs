@@ -85,9 +85,15 @@ pub fn prepare_step_git(
     if !sandboxed {
         let admin = super::guard::admin_dir(project, &worktree.path)?;
         write_file(&admin.join("HEAD"), format!("{tip}\n").as_bytes())?;
-        let mut index = git2::Index::open(&admin.join("index"))
-            .map_err(GitError::git("open the worktree's index", project))?;
-        write_index(project, &mut index, &tree)?;
+        let index_path = admin.join("index");
+        if !Written::unchanged(&index_path, tree.id().as_bytes()) {
+            let mut index = git2::Index::open(&index_path)
+                .map_err(GitError::git("open the worktree's index", project))?;
+            write_index(project, &mut index, &tree)?;
+            if let Ok(f) = fs::File::open(&index_path) {
+                Written::record(&index_path, &f, tree.id().as_bytes());
+            }
+        }
         return Ok(StepGit {
             dir: admin,
             gitfile: None,
