@@ -4,7 +4,7 @@
 //! the DAG planner ([`plan`]: topological layers, their width, the critical
 //! path), the scheduling policy ([`sched`]: placement, priority, fairness,
 //! pre-emption), the state machines of run, stage and job ([`machine`]: functions
-//! from (state, event) to (state, effects)), the classification of failures
+//! from (state, event) to (state, effects)), the rounds of a step ([`rounds`]), the classification of failures
 //! ([`error`]), the model fabric's queueing, residency and accounting
 //! ([`fabric`]) and the wire types of the HTTP API ([`api`]) shared by daemon,
 //! agent and CLI.
@@ -21,9 +21,11 @@ pub mod api;
 pub mod cache;
 pub mod error;
 pub mod fabric;
+pub mod feedback;
 pub mod machine;
 pub mod plan;
 pub mod quote;
+pub mod rounds;
 pub mod sched;
 pub mod spec;
 pub mod validate;

@@ -49,11 +49,14 @@ fn stage_events() -> Vec<StageEvent> {
     }
     for ask in [false, true] {
         for max_attempts in [1, ATTEMPT, ATTEMPT + 1] {
-            events.push(E::StepFailed {
-                step: 1,
-                max_attempts,
-                ask,
-            });
+            for send_back in [false, true] {
+                events.push(E::StepFailed {
+                    step: 1,
+                    max_attempts,
+                    ask,
+                    send_back,
+                });
+            }
         }
         for attempt in [1, MAX - 1, MAX, MAX + 1] {
             events.push(E::AttemptLost {
@@ -74,7 +77,11 @@ fn stage_events() -> Vec<StageEvent> {
         E::Fault,
         E::WaitForAnswer,
         E::WaitEnded,
+        E::Reset,
     ]);
+    for next in [A::Step(1), A::Done, A::Exhausted, A::Validate(9)] {
+        events.push(E::SendBack { next });
+    }
     // Fails to compile when a variant is added and not listed above.
     for e in &events {
         match e {
@@ -99,7 +106,9 @@ fn stage_events() -> Vec<StageEvent> {
             | E::Abort
             | E::Fault
             | E::WaitForAnswer
-            | E::WaitEnded => {}
+            | E::WaitEnded
+            | E::SendBack { .. }
+            | E::Reset => {}
         }
     }
     events
@@ -311,6 +320,7 @@ fn stage_table() -> Vec<StageRow> {
                 step: 1,
                 max_attempts,
                 ask,
+                send_back: false,
             };
             let gave_up: (S, &'static [StageEffect]) = if ask {
                 (S::AwaitingDecision, &[F::AwaitDecision { retry: 1 }])
@@ -328,7 +338,102 @@ fn stage_table() -> Vec<StageRow> {
             ));
             rows.push((from, failed(ATTEMPT), gave_up.0, gave_up.1));
             rows.push((from, failed(1), gave_up.0, gave_up.1));
+            // With rounds left to send the work back, that comes before a
+            // human or the end (but after the stage's own retries).
+            let failed = |max_attempts| E::StepFailed {
+                step: 1,
+                max_attempts,
+                ask,
+                send_back: true,
+            };
+            rows.push((
+                from,
+                failed(ATTEMPT + 1),
+                S::Retrying,
+                &[F::AwaitRetry {
+                    attempt: ATTEMPT + 1,
+                    step: 1,
+                }],
+            ));
+            rows.push((from, failed(ATTEMPT), S::Pending, &[F::SendBackUpstream]));
+            rows.push((from, failed(1), S::Pending, &[F::SendBackUpstream]));
         }
+    }
+    // Sent back: a stage that succeeded or awaits a decision runs its step
+    // (or validation) again as a new attempt, and the stages after it run
+    // again after it; an ended stage is open again.
+    for (next, to, step) in [
+        (A::Step(1), S::Queued, 1),
+        (A::Validate(9), S::Validating, 9),
+    ] {
+        const AGAIN: u32 = ATTEMPT + 1;
+        let (reopened, waiting): (&'static [StageEffect], &'static [StageEffect]) = if step == 1 {
+            (
+                &[
+                    F::EnqueueStep {
+                        step: 1,
+                        attempt: AGAIN,
+                    },
+                    F::Reopen,
+                    F::ResetDependents,
+                ],
+                &[
+                    F::EnqueueStep {
+                        step: 1,
+                        attempt: AGAIN,
+                    },
+                    F::ResetDependents,
+                ],
+            )
+        } else {
+            (
+                &[
+                    F::EnqueueStep {
+                        step: 9,
+                        attempt: AGAIN,
+                    },
+                    F::Reopen,
+                    F::ResetDependents,
+                ],
+                &[
+                    F::EnqueueStep {
+                        step: 9,
+                        attempt: AGAIN,
+                    },
+                    F::ResetDependents,
+                ],
+            )
+        };
+        rows.push((S::Succeeded, E::SendBack { next }, to, reopened));
+        rows.push((S::AwaitingDecision, E::SendBack { next }, to, waiting));
+    }
+    // Reset: back to waiting for its needs, whatever it was doing, letting
+    // go of what it held.
+    for from in [
+        S::Pending,
+        S::Retrying,
+        S::AwaitingDecision,
+        S::AwaitingApproval,
+    ] {
+        rows.push((from, E::Reset, S::Pending, &[]));
+    }
+    for from in [S::Succeeded, S::Skipped, S::Failed, S::Blocked] {
+        rows.push((from, E::Reset, S::Pending, &[F::Reopen]));
+    }
+    rows.push((
+        S::AwaitingInput,
+        E::Reset,
+        S::Pending,
+        &[F::CancelJob, F::CloseQuestions],
+    ));
+    for from in [
+        S::Queued,
+        S::Running,
+        S::Validating,
+        S::Suspended,
+        S::Paused,
+    ] {
+        rows.push((from, E::Reset, S::Pending, &[F::CancelJob]));
     }
     // A lost attempt, whether its job was still queued, suspended or already
     // running: wait out a backoff before the next attempt (from step 0), or
@@ -379,7 +484,10 @@ fn the_stage_machine_allows_exactly_the_transitions_of_its_table() {
             events.contains(e),
             "table row event {e:?} is not enumerated"
         );
-        assert!(!s.is_terminal(), "table row leaves terminal state {s}");
+        assert!(
+            !s.is_terminal() || reopens(e),
+            "table row leaves terminal state {s} on {e:?}"
+        );
     }
     let mut allowed = 0;
     for &s in StageState::ALL {
@@ -402,6 +510,30 @@ fn the_stage_machine_allows_exactly_the_transitions_of_its_table() {
     assert_eq!(allowed, table.len(), "every row was exercised once");
 }
 
+/// The events that may open an ended stage again: the work was sent back.
+fn reopens(e: &StageEvent) -> bool {
+    matches!(e, StageEvent::SendBack { .. } | StageEvent::Reset)
+}
+
+#[test]
+fn only_a_send_back_opens_an_ended_stage_again_and_a_cancelled_one_never() {
+    for &s in StageState::ALL.iter().filter(|s| s.is_terminal()) {
+        for e in stage_events().iter().filter(|e| reopens(e)) {
+            match stage_on(s, ATTEMPT, *e) {
+                Ok((to, effects)) => {
+                    assert!(!to.is_terminal(), "{s} on {e:?} went to {to}");
+                    assert!(effects.contains(&F::Reopen), "{s} on {e:?}: {effects:?}");
+                    assert_ne!(s, S::Cancelled);
+                }
+                Err(_) => assert!(
+                    s == S::Cancelled || matches!(e, StageEvent::SendBack { .. }),
+                    "{s} refused {e:?}"
+                ),
+            }
+        }
+    }
+}
+
 #[test]
 fn a_terminal_stage_refuses_every_event() {
     let terminal: Vec<_> = StageState::ALL
@@ -420,7 +552,7 @@ fn a_terminal_stage_refuses_every_event() {
         ]
     );
     for s in terminal {
-        for e in stage_events() {
+        for e in stage_events().into_iter().filter(|e| !reopens(e)) {
             assert!(stage_on(s, ATTEMPT, e).is_err(), "{s} took {e:?}");
         }
     }
@@ -447,6 +579,7 @@ fn a_stage_waiting_for_a_human_takes_no_job_outcome() {
                 step: 0,
                 max_attempts: 1,
                 ask: true,
+                send_back: false,
             },
             StageEvent::Validated,
             StageEvent::Started,
@@ -479,6 +612,7 @@ fn a_suspended_stage_only_waits_to_be_resumed() {
             step: 0,
             max_attempts: 1,
             ask: true,
+            send_back: false,
         },
         StageEvent::NeedsMet,
         StageEvent::UpstreamFailed,
@@ -639,7 +773,7 @@ proptest! {
         from in prop_oneof![Just(S::Running), Just(S::Validating)],
         ask in any::<bool>(),
     ) {
-        let got = stage_on(from, attempt, StageEvent::StepFailed { step, max_attempts, ask }).unwrap();
+        let got = stage_on(from, attempt, StageEvent::StepFailed { step, max_attempts, ask, send_back: false }).unwrap();
         if attempt < max_attempts {
             prop_assert_eq!(got, (S::Retrying, vec![F::AwaitRetry { attempt: attempt + 1, step }]));
         } else if ask {
@@ -1041,4 +1175,60 @@ fn a_run_that_ends_says_so_and_a_cancelled_one_cancels_its_stages() {
         }
     }
     assert_eq!(seen, run_table().len());
+}
+
+proptest! {
+    #[test]
+    fn a_reset_stage_always_waits_for_its_needs_again(
+        s in prop::sample::select(StageState::ALL.to_vec()),
+        attempt in 1u32..10,
+    ) {
+        match stage_on(s, attempt, StageEvent::Reset) {
+            Ok((to, effects)) => {
+                prop_assert_eq!(to, S::Pending);
+                // An ended stage counts as open again; a live job is let go.
+                prop_assert_eq!(effects.contains(&F::Reopen), s.is_terminal());
+                let runs_or_ends = effects.iter().any(|f| matches!(f, F::EnqueueStep { .. } | F::StageEnded));
+                prop_assert!(!runs_or_ends);
+            }
+            Err(_) => prop_assert_eq!(s, S::Cancelled),
+        }
+    }
+
+    #[test]
+    fn a_send_back_runs_the_step_again_as_a_new_attempt_and_resets_what_follows(
+        s in prop::sample::select(StageState::ALL.to_vec()),
+        attempt in 1u32..10,
+        step in 0u32..100,
+    ) {
+        let got = stage_on(s, attempt, StageEvent::SendBack { next: A::Step(step) });
+        if matches!(s, S::Succeeded | S::AwaitingDecision) {
+            let (to, effects) = got.unwrap();
+            prop_assert_eq!(to, S::Queued);
+            prop_assert_eq!(effects[0], F::EnqueueStep { step, attempt: attempt + 1 });
+            prop_assert!(effects.contains(&F::ResetDependents));
+            prop_assert_eq!(effects.contains(&F::Reopen), s == S::Succeeded);
+        } else {
+            prop_assert!(got.is_err());
+        }
+        // Nothing is left to run: refused, whatever the state.
+        let nothing_left = stage_on(s, attempt, StageEvent::SendBack { next: A::Done });
+        prop_assert!(nothing_left.is_err());
+    }
+
+    #[test]
+    fn a_failure_with_rounds_left_retries_first_then_sends_the_work_back(
+        from in prop::sample::select(vec![S::Running, S::Validating]),
+        attempt in 1u32..10,
+        max_attempts in 1u32..10,
+        step in 0u32..100,
+        ask in any::<bool>(),
+    ) {
+        let got = stage_on(from, attempt, StageEvent::StepFailed { step, max_attempts, ask, send_back: true }).unwrap();
+        if attempt < max_attempts {
+            prop_assert_eq!(got, (S::Retrying, vec![F::AwaitRetry { attempt: attempt + 1, step }]));
+        } else {
+            prop_assert_eq!(got, (S::Pending, vec![F::SendBackUpstream]));
+        }
+    }
 }

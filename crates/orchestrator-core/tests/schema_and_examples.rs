@@ -153,7 +153,7 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
             commands: vec![cmd],
             shell: true,
         }),
-        on_failure: Some(OnFailure::Fail),
+        on_failure: Some(OnFailure::Fail.into()),
         sandbox: Some(orchestrator_core::spec::SandboxKind::Namespace),
         network: true,
         image: Some("images/rootfs".into()),

@@ -179,6 +179,10 @@ pub struct Handoff {
     pub feedback: Option<Said>,
     #[serde(default)]
     pub answers: Vec<Answered>,
+    /// When the feedback sent the work back (rather than rejecting the
+    /// step): why, e.g. `after stage test failed (round 1 of 3)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_back: Option<String>,
 }
 
 /// Free text a human gave, and who.
@@ -243,6 +247,12 @@ pub struct DecideRequest {
     /// Why, recorded with the transition.
     #[serde(default)]
     pub comment: Option<String>,
+    /// Retry only: sends the work back to this stage with this feedback.
+    /// The stage (succeeded, or awaiting a decision) runs its last step
+    /// again with the feedback, and every stage after it that ran or waits
+    /// runs again after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<String>,
 }
 
 /// `POST /v1/runs/{id}/stages/{stage}/approve`.

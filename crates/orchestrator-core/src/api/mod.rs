@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ErrorClass;
 use crate::machine::{JobState, RunState, StageState};
 use crate::plan::Plan;
+use crate::rounds::RoundReason;
 use crate::spec::CommandSpec;
 
 mod cache;
@@ -129,10 +130,17 @@ pub struct StageView {
     pub stage_id: String,
     pub state: StageState,
     pub needs: Vec<String>,
-    /// 0-based index of the current (or last) step.
+    /// The current (or last) step: its index in the stage's steps, from 0.
     pub step: u32,
+    /// How many steps the stage has (a loop's iterations run them again).
     pub steps_total: u32,
     pub attempt: u32,
+    /// The round of its current (or last) step, from 1; 0 before it ran.
+    #[serde(default)]
+    pub round: u32,
+    /// The loop iteration it is in, from 0 (0 outside loops).
+    #[serde(default)]
+    pub iteration: u32,
     pub started_at_ms: Option<i64>,
     pub ended_at_ms: Option<i64>,
     /// The agent the stage is pinned to (its worktree is there).
@@ -149,8 +157,16 @@ pub struct JobView {
     pub id: i64,
     pub run_id: String,
     pub stage_id: String,
+    /// The step it runs: its index in the stage's steps, from 0 (a loop's
+    /// iterations are rounds of the same steps).
     pub step: u32,
     pub attempt: u32,
+    /// Which run of this step it is, from 1.
+    #[serde(default = "first_round")]
+    pub round: u32,
+    /// Why this round ran.
+    #[serde(default)]
+    pub round_reason: RoundReason,
     pub state: JobState,
     pub agent_id: Option<String>,
     pub exit_codes: Vec<Option<i32>>,
@@ -311,6 +327,19 @@ pub struct JobSpec {
     /// The loop iteration this step belongs to (0-based; 0 outside loops).
     #[serde(default)]
     pub iteration: u32,
+    /// The step's index in its stage's `steps` (`steps.len()` for the
+    /// validation): what a human sees as its number, from 0. `step` counts
+    /// on across a loop's iterations; this does not. None from older daemons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step_index: Option<u32>,
+    /// Which run of this step it is, from 1: each time the step runs again
+    /// (an answer, a rejection, a retry, a send-back, a loop's next
+    /// iteration) is a new round.
+    #[serde(default = "first_round")]
+    pub round: u32,
+    /// Why this round runs.
+    #[serde(default)]
+    pub round_reason: RoundReason,
     /// What a human said that this step must see: a rejection's feedback or
     /// an answer.
     #[serde(default)]
@@ -419,7 +448,17 @@ pub struct SandboxSpec {
     pub image: Option<String>,
 }
 
+/// The round of a job that says none (older daemons, older rows).
+fn first_round() -> u32 {
+    1
+}
+
 impl JobSpec {
+    /// The step's number as shown to humans: its index in its stage's steps.
+    pub fn shown_step(&self) -> u32 {
+        self.step_index.unwrap_or(self.step)
+    }
+
     /// The values this job's logs, manifest and errors must never show:
     /// its secrets and its model key.
     pub fn hidden_values(&self) -> impl Iterator<Item = &String> {
@@ -434,14 +473,15 @@ impl JobSpec {
             ".orchestrator/runs/{}/{}/{}",
             self.run_id,
             self.stage_id,
-            exec_id(self.step, self.attempt, job_id)
+            exec_id(self.shown_step(), self.round, job_id)
         )
     }
 }
 
-/// The name of one attempt's bundle directory: step, attempt and job id.
-pub fn exec_id(step: u32, attempt: u32, job_id: i64) -> String {
-    format!("step-{step:03}-attempt-{attempt}-job-{job_id}")
+/// The name of one round's bundle directory: step (its index in the
+/// stage), round and job id.
+pub fn exec_id(step: u32, round: u32, job_id: i64) -> String {
+    format!("step-{step:03}-round-{round}-job-{job_id}")
 }
 
 /// One lease an agent says it holds.
@@ -518,6 +558,10 @@ pub struct StepOutcome {
     /// The sandbox the commands ran in (None from older agents).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sandbox: Option<crate::spec::SandboxKind>,
+    /// After a failed command: its last lines of stderr and stdout, capped
+    /// (see [`crate::feedback`]); what a send-back hands on as feedback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_tail: Option<String>,
 }
 
 /// The answer to a completion.
@@ -543,6 +587,12 @@ pub struct Manifest {
     pub step: u32,
     pub step_name: Option<String>,
     pub attempt: u32,
+    /// Which run of this step it is, from 1 (1 in older bundles).
+    #[serde(default = "first_round")]
+    pub round: u32,
+    /// Why this round ran.
+    #[serde(default)]
+    pub round_reason: RoundReason,
     pub job_id: i64,
     pub agent_id: String,
     pub hostname: Option<String>,

@@ -11,9 +11,14 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod cache;
+mod on_failure;
 mod size;
 
 pub use cache::Cache;
+pub use on_failure::{
+    FeedbackKind, OnFailure, SendBack, StageOnFailure, DEFAULT_SEND_BACK_ROUNDS,
+    MAX_SEND_BACK_ROUNDS,
+};
 pub use size::{human_mib, SizeSpec};
 
 /// A workflow file: a DAG of stages.
@@ -96,10 +101,13 @@ pub struct Stage {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub secrets: Vec<String>,
     /// What this stage does when it fails and is not retried: `ask` (wait
-    /// for `orch retry`, `orch skip` or `orch abort`) or `fail` (end failed
-    /// at once, blocking its dependents). Default: the workflow's, else `ask`.
+    /// for `orch retry`, `orch skip` or `orch abort`), `fail` (end failed
+    /// at once, blocking its dependents), or a map that sends the work back
+    /// to a stage before it with the failure as feedback, at most
+    /// `max_rounds` times (`{retry_stage: implement, feedback: log_tail,
+    /// max_rounds: 3, then: ask}`). Default: the workflow's, else `ask`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub on_failure: Option<OnFailure>,
+    pub on_failure: Option<StageOnFailure>,
     /// How this stage's commands are isolated on their agent: `process`
     /// (none), `namespace`, `bubblewrap`, `container` or `vm`; see
     /// [`SandboxKind`]. Default: the project's policy (`sandbox:` in
@@ -216,7 +224,37 @@ impl fmt::Display for SandboxKind {
 impl Stage {
     /// Whether a failure of this stage waits for a human (in `wf`).
     pub fn asks_on_failure(&self, wf: &Workflow) -> bool {
-        self.on_failure.or(wf.on_failure).unwrap_or_default() == OnFailure::Ask
+        self.on_failure
+            .as_ref()
+            .and_then(StageOnFailure::then)
+            .or(wf.on_failure)
+            .unwrap_or_default()
+            == OnFailure::Ask
+    }
+
+    /// The rule that sends this stage's failed work back, if it has one.
+    pub fn send_back(&self) -> Option<&SendBack> {
+        self.on_failure.as_ref()?.send_back()
+    }
+
+    /// Steps per iteration (at least 1).
+    fn per_iteration(&self) -> u32 {
+        u32::try_from(self.steps.len()).unwrap_or(u32::MAX).max(1)
+    }
+
+    /// Which of its steps job number `position` runs: the index in `steps`
+    /// (a loop's iterations run the same steps again), or `steps.len()` for
+    /// the validation. Steps are shown by this number, from 0.
+    pub fn step_index(&self, position: u32) -> u32 {
+        if self.validation_step() == Some(position) {
+            return u32::try_from(self.steps.len()).unwrap_or(u32::MAX);
+        }
+        position % self.per_iteration()
+    }
+
+    /// The loop iteration (from 0) job number `position` belongs to.
+    pub fn iteration_of(&self, position: u32) -> u32 {
+        (position / self.per_iteration()).min(self.iterations().saturating_sub(1))
     }
 
     /// The job number of this stage's validation: the one after its last
@@ -232,17 +270,6 @@ impl Stage {
     pub fn iterations(&self) -> u32 {
         self.repeat.as_ref().map_or(1, |r| r.max.max(1))
     }
-}
-
-/// What a failed stage does once its retries, if any, are spent.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum OnFailure {
-    /// Wait for a human: `orch retry`, `orch skip` or `orch abort`.
-    #[default]
-    Ask,
-    /// End failed at once; dependents are blocked.
-    Fail,
 }
 
 /// The checks a stage runs after its steps.

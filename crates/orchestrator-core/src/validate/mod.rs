@@ -10,6 +10,7 @@ use crate::spec::{CommandSpec, SandboxKind, Workflow};
 
 mod caches;
 mod locate;
+mod loops;
 mod steps;
 
 pub use steps::{check_artifact_glob, MAX_ITERATIONS};
@@ -392,6 +393,7 @@ fn check(wf: &Workflow) -> Vec<Problem> {
         .map(|(i, st)| (st.id.as_str(), nth[i]))
         .collect();
     caches::check_caches(wf, &stages, &mut out);
+    loops::check_send_backs(wf, &nth, &mut out);
     // Needs that point nowhere are ignored by the cycle search, so a cycle
     // among the other stages is still reported alongside them.
     if !graph_reported {

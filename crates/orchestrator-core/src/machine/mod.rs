@@ -199,10 +199,13 @@ pub enum StageEvent {
     /// failed with a task failure. It is retried after a backoff while the
     /// stage's attempt is below `max_attempts` (1 when its workflow does not
     /// retry that class); then a human is asked when `ask`, else it fails.
+    /// `send_back`: its `on_failure` can still send the work back (rounds
+    /// are left); that comes before a human or the end.
     StepFailed {
         step: u32,
         max_attempts: u32,
         ask: bool,
+        send_back: bool,
     },
     /// The attempt was lost (lease expired, agent gone): retry from step 0
     /// after a backoff, unless `attempt` already reached `max_attempts`; then
@@ -254,6 +257,15 @@ pub enum StageEvent {
     /// unreadable, a step missing): a daemon-side fault of class infra. It
     /// fails, like a failed step, so its run ends instead of waiting forever.
     Fault,
+    /// The work was sent back to this stage (by a human, or by a later
+    /// stage's `on_failure`) while it had succeeded or awaited a decision:
+    /// it runs again at `next` with the feedback, as a new attempt, and
+    /// every stage after it runs again after it.
+    SendBack { next: After },
+    /// A stage it needs, directly or not, was sent back: it goes back to
+    /// waiting for its needs, to run again after them. Its live job is
+    /// cancelled, its open questions closed, and an ended stage is open again.
+    Reset,
 }
 
 /// What the store must do after a stage transition.
@@ -280,6 +292,14 @@ pub enum StageEffect {
     /// The stage failed and waits for a human's decision; remember `retry`,
     /// the step a retry runs again.
     AwaitDecision { retry: u32 },
+    /// The stage failed and its `on_failure` sends the work back: the stage
+    /// it names runs again with the failure as feedback (and this one, reset,
+    /// after it).
+    SendBackUpstream,
+    /// The stage had ended and is open again: its run counts it as open.
+    Reopen,
+    /// Every stage after this one goes back to waiting, to run again after it.
+    ResetDependents,
 }
 
 /// The stage machine. `attempt` is the stage's current attempt (1-based).
@@ -347,9 +367,18 @@ pub fn stage_on(
         (
             S::Running | S::Validating,
             E::StepFailed {
+                max_attempts,
+                send_back: true,
+                ..
+            },
+        ) if attempt >= max_attempts => Some((S::Pending, vec![F::SendBackUpstream])),
+        (
+            S::Running | S::Validating,
+            E::StepFailed {
                 step,
                 max_attempts,
                 ask,
+                ..
             },
         ) => Some(failed(attempt, max_attempts, ask, step)),
         (
@@ -393,9 +422,37 @@ pub fn stage_on(
             S::Cancelled,
             vec![F::CancelJob, F::CloseQuestions, F::StageEnded],
         )),
+        (S::Succeeded, E::SendBack { next }) => {
+            sent_back(next, attempt, &[F::Reopen, F::ResetDependents])
+        }
+        (S::AwaitingDecision, E::SendBack { next }) => {
+            sent_back(next, attempt, &[F::ResetDependents])
+        }
+        (S::Pending | S::Retrying | S::AwaitingDecision | S::AwaitingApproval, E::Reset) => {
+            Some((S::Pending, vec![]))
+        }
+        (S::Succeeded | S::Skipped | S::Failed | S::Blocked, E::Reset) => {
+            Some((S::Pending, vec![F::Reopen]))
+        }
+        // Its step may be waiting inside for the answer: that job goes too.
+        (S::AwaitingInput, E::Reset) => Some((S::Pending, vec![F::CancelJob, F::CloseQuestions])),
+        (S::Queued | S::Running | S::Validating | S::Suspended | S::Paused, E::Reset) => {
+            Some((S::Pending, vec![F::CancelJob]))
+        }
         _ => None,
     };
     moved.ok_or_else(|| reject("stage", s, e))
+}
+
+/// Runs `next` again as a new attempt, then does `more`.
+fn sent_back(
+    next: After,
+    attempt: u32,
+    more: &[StageEffect],
+) -> Option<(StageState, Vec<StageEffect>)> {
+    let (to, mut effects) = step_again(next, attempt.saturating_add(1))?;
+    effects.extend_from_slice(more);
+    Some((to, effects))
 }
 
 /// After a failure of attempt `attempt`: another attempt after a backoff
@@ -471,202 +528,6 @@ fn step_again(next: After, attempt: u32) -> Option<(StageState, Vec<StageEffect>
     }
 }
 
-/// What happens to a job.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobEvent {
-    /// An agent claimed it and got a lease.
-    Lease,
-    /// The agent completed it: all commands exited 0.
-    Succeed,
-    /// The agent completed it with a failure.
-    Fail,
-    /// Its lease ran out.
-    Expire,
-    /// Its run was cancelled.
-    Cancel,
-}
+mod jobs;
 
-/// How a lease ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LeaseEnd {
-    /// Its job was completed under it.
-    Released,
-    /// Its time ran out, or its agent came back as a new process.
-    Expired,
-    /// Its job was cancelled.
-    Revoked,
-}
-
-impl LeaseEnd {
-    /// The lease's state name in the store.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LeaseEnd::Released => "released",
-            LeaseEnd::Expired => "expired",
-            LeaseEnd::Revoked => "revoked",
-        }
-    }
-}
-
-/// What the store must do after a job transition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JobEffect {
-    /// Give the claiming agent a lease on the job.
-    GrantLease,
-    /// End the job's live lease this way.
-    EndLease(LeaseEnd),
-}
-
-/// The job machine. A job holds a lease exactly while it is `leased`, so every
-/// way into that state grants one and every way out of it ends one.
-pub fn job_on(s: JobState, e: JobEvent) -> Result<(JobState, Vec<JobEffect>), RejectedTransition> {
-    use JobEffect as F;
-    use JobEvent as E;
-    use JobState as S;
-    Ok(match (s, e) {
-        (S::Queued, E::Lease) => (S::Leased, vec![F::GrantLease]),
-        (S::Leased, E::Succeed) => (S::Succeeded, vec![F::EndLease(LeaseEnd::Released)]),
-        (S::Leased, E::Fail) => (S::Failed, vec![F::EndLease(LeaseEnd::Released)]),
-        (S::Leased, E::Expire) => (S::Expired, vec![F::EndLease(LeaseEnd::Expired)]),
-        (S::Leased, E::Cancel) => (S::Cancelled, vec![F::EndLease(LeaseEnd::Revoked)]),
-        (S::Queued, E::Cancel) => (S::Cancelled, vec![]),
-        (s, e) => return Err(reject("job", s, e)),
-    })
-}
-
-/// What happens to a run.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunEvent {
-    /// A stage ended; `open` stages have not ended yet, `unsuccessful` ended
-    /// without success (failed, blocked or cancelled).
-    StageEnded { open: usize, unsuccessful: usize },
-    /// A human cancelled the run.
-    Cancel,
-    /// A human paused the run.
-    Pause,
-    /// A human resumed the paused run.
-    Resume,
-    /// Its project has room for it under `max_parallel_runs`.
-    Admit,
-    /// A human aborted the run: it ends failed.
-    Abort,
-}
-
-/// What the store must do after a run transition.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RunEffect {
-    /// The run ended: record when, and let go of what it held.
-    Ended,
-    /// Cancel every stage that has not ended.
-    CancelStages,
-    /// Hold every stage that is at a checkpoint (queued).
-    PauseStages,
-    /// Queue again every held stage, and let runnable stages start.
-    ResumeStages,
-    /// Let the run's runnable stages start.
-    Schedule,
-    /// End every stage awaiting a decision as failed.
-    AbortStages,
-}
-
-/// The run machine. A `StageEnded` that leaves stages open keeps the run running.
-pub fn run_on(s: RunState, e: RunEvent) -> Result<(RunState, Vec<RunEffect>), RejectedTransition> {
-    let to = run_next(s, e)?;
-    let mut effects = Vec::new();
-    match e {
-        RunEvent::Cancel => effects.push(RunEffect::CancelStages),
-        RunEvent::Pause => effects.push(RunEffect::PauseStages),
-        RunEvent::Resume => effects.push(RunEffect::ResumeStages),
-        RunEvent::Admit => effects.push(RunEffect::Schedule),
-        RunEvent::Abort => effects.extend([RunEffect::AbortStages, RunEffect::CancelStages]),
-        RunEvent::StageEnded { .. } => {}
-    }
-    if to.is_terminal() {
-        effects.push(RunEffect::Ended);
-    }
-    Ok((to, effects))
-}
-
-fn run_next(s: RunState, e: RunEvent) -> Result<RunState, RejectedTransition> {
-    use RunEvent as E;
-    use RunState as S;
-    Ok(match (s, e) {
-        // A paused run stays paused while stages are open; it ends like a
-        // running one when the last stage ends.
-        (S::Running | S::Paused, E::StageEnded { open, .. }) if open > 0 => s,
-        (
-            S::Running | S::Paused,
-            E::StageEnded {
-                unsuccessful: 0, ..
-            },
-        ) => S::Succeeded,
-        (S::Running | S::Paused, E::StageEnded { .. }) => S::Failed,
-        (S::Running | S::Paused | S::Queued, E::Cancel) => S::Cancelled,
-        (S::Running | S::Paused | S::Queued, E::Abort) => S::Failed,
-        (S::Queued, E::Admit) => S::Running,
-        (S::Running, E::Pause) => S::Paused,
-        (S::Paused, E::Resume) => S::Running,
-        (s, e) => return Err(reject("run", s, e)),
-    })
-}
-
-/// The kind of entity a transition row is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Entity {
-    Run,
-    Stage,
-    Job,
-    Lease,
-    Agent,
-    /// A question a step asked a human.
-    Question,
-    /// A step's checkpoint: its artifacts committed.
-    Checkpoint,
-}
-
-impl Entity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Entity::Run => "run",
-            Entity::Stage => "stage",
-            Entity::Job => "job",
-            Entity::Lease => "lease",
-            Entity::Agent => "agent",
-            Entity::Question => "question",
-            Entity::Checkpoint => "checkpoint",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "run" => Entity::Run,
-            "stage" => Entity::Stage,
-            "job" => Entity::Job,
-            "lease" => Entity::Lease,
-            "agent" => Entity::Agent,
-            "question" => Entity::Question,
-            "checkpoint" => Entity::Checkpoint,
-            _ => return None,
-        })
-    }
-}
-
-/// One row of the transitions log: every state change, with why and who.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Transition {
-    /// Position in the log; strictly increasing.
-    pub seq: i64,
-    pub entity: Entity,
-    /// The entity's id: a run id, `run_id/stage_id`, a job id, a lease id or an agent id.
-    pub entity_id: String,
-    /// The run it belongs to, when it belongs to one.
-    pub run_id: Option<String>,
-    /// The state before; None for a creation.
-    pub from: Option<String>,
-    pub to: String,
-    pub reason: String,
-    /// Who caused it: `user:<name>`, `agent:<id>`, `scheduler`, `reaper`, `daemon`.
-    pub actor: String,
-    /// Unix time in milliseconds.
-    pub at_ms: i64,
-}
+pub use jobs::*;
