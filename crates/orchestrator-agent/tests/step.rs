@@ -174,7 +174,7 @@ async fn two_commands_succeed_with_logs_and_manifest() {
     assert_eq!(out.error_class, None);
     assert_eq!(
         out.bundle,
-        ".orchestrator/runs/run-1/build/step-002-attempt-1-job-42"
+        ".orchestrator/runs/run-1/build/step-002-round-1-job-42"
     );
     assert_eq!(p.log(&job, "cmd-000.stdout.log"), "one\n");
     assert_eq!(p.log(&job, "cmd-000.stderr.log"), "oops\n");

@@ -327,6 +327,7 @@ fn success(agent_id: &str, job: &ClaimedJob) -> CompleteRequest {
             until_met: None,
             questions: Vec::new(),
             sandbox: None,
+            log_tail: None,
         },
         claim_next: true,
         claim_key: None,

@@ -1,4 +1,5 @@
-//! The commands that decide about a failed stage: `retry`, `skip`, `abort`.
+//! The commands that decide about a failed stage: `retry`, `skip`, `abort`;
+//! and `retry --feedback`, which sends a run's work back to a stage.
 
 use std::process::ExitCode;
 
@@ -23,6 +24,18 @@ pub struct StageDecision {
 }
 
 #[derive(clap::Args)]
+pub struct RetryArgs {
+    #[command(flatten)]
+    decision: StageDecision,
+    /// Send the work back to STAGE with this feedback: the stage (one that
+    /// succeeded, or awaits a decision) runs its last step again with the
+    /// feedback (`ORCH_FEEDBACK`, `ORCH_FEEDBACK_FILE`), and every stage
+    /// after it that ran or waits runs again after it.
+    #[arg(long)]
+    feedback: Option<String>,
+}
+
+#[derive(clap::Args)]
 pub struct AbortArgs {
     /// Run id (or an unambiguous prefix).
     run: String,
@@ -42,17 +55,34 @@ fn body(comment: Option<String>, by: Option<String>) -> DecideRequest {
     DecideRequest {
         by: by.or_else(|| std::env::var("USER").ok().filter(|u| !u.is_empty())),
         comment,
+        feedback: None,
     }
 }
 
-/// `orch retry RUN STAGE`.
-pub async fn retry(a: StageDecision, client: &Client) -> Result<ExitCode> {
+/// `orch retry RUN STAGE [--feedback TEXT]`.
+pub async fn retry(a: RetryArgs, client: &Client) -> Result<ExitCode> {
+    let RetryArgs {
+        decision: a,
+        feedback,
+    } = a;
     let path = format!("/v1/runs/{}/stages/{}/retry", a.run, a.stage);
-    let run: RunSummary = client.post(&path, &body(a.comment, a.by)).await?;
-    println!(
-        "retrying stage {} of run {} from where it failed (run {})",
-        a.stage, run.id, run.state
-    );
+    let sent_back = feedback.is_some();
+    let req = DecideRequest {
+        feedback,
+        ..body(a.comment, a.by)
+    };
+    let run: RunSummary = client.post(&path, &req).await?;
+    if sent_back {
+        println!(
+            "sent the work of run {} back to stage {} with your feedback; the stages after it run again after it (run {})",
+            run.id, a.stage, run.state
+        );
+    } else {
+        println!(
+            "retrying stage {} of run {} from where it failed (run {})",
+            a.stage, run.id, run.state
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -32,7 +32,7 @@ fn bundle_rel(j: &JobView) -> PathBuf {
         None => PathBuf::from(".orchestrator/runs")
             .join(&j.run_id)
             .join(&j.stage_id)
-            .join(exec_id(j.step, j.attempt, j.id)),
+            .join(exec_id(j.step, j.round, j.id)),
     }
 }
 
@@ -81,8 +81,8 @@ fn drain(
                 if *off == 0 {
                     writeln!(
                         out,
-                        "==> {} step {} attempt {} cmd {i} {stream} <==",
-                        j.stage_id, j.step, j.attempt
+                        "==> {} step {} round {} ({}) attempt {} job {} cmd {i} {stream} <==",
+                        j.stage_id, j.step, j.round, j.round_reason, j.attempt, j.id
                     )?;
                 }
                 // Copied in pieces up to the size seen now: a log of any

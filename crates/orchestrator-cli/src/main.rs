@@ -112,8 +112,9 @@ enum Cmd {
     Reject(human::RejectArgs),
     /// Answer a question; the stage goes on with the answer.
     Answer(human::AnswerArgs),
-    /// Run a failed stage again from where it failed, as a new attempt.
-    Retry(decide::StageDecision),
+    /// Run a failed stage again from where it failed, as a new attempt; with
+    /// --feedback, send the work back to a stage with your feedback.
+    Retry(decide::RetryArgs),
     /// Go on without a failed stage: its dependents run as if it succeeded.
     Skip(decide::StageDecision),
     /// End a run failed (what awaits a decision fails, the rest is

@@ -89,6 +89,7 @@ pub fn run(d: &RunDetail) {
     );
     println!("duration  {}", span(Some(r.created_at_ms), r.ended_at_ms));
     println!("critical  {}", d.plan.critical_path.join(" -> "));
+    feedback_loops(&d.plan);
     if let Some(branch) = &r.branch {
         println!(
             "history   {branch} ({} checkpoint{}; `orch artifacts {}`)",
@@ -99,8 +100,8 @@ pub fn run(d: &RunDetail) {
     }
     println!();
     println!(
-        "{:<24} {:<17} {:>7} {:>8} {:>12}  {:<13} {:<11} NEEDS",
-        "STAGE", "STATE", "STEP", "ATTEMPT", "DURATION", "AGENT", "SANDBOX"
+        "{:<24} {:<17} {:>7} {:>5} {:>8} {:>12}  {:<13} {:<11} NEEDS",
+        "STAGE", "STATE", "STEP", "ROUND", "ATTEMPT", "DURATION", "AGENT", "SANDBOX"
     );
     // The sandbox each stage's latest attempt ran in, as its agent reported.
     let sandbox_of = |stage: &str| {
@@ -128,19 +129,20 @@ pub fn run(d: &RunDetail) {
             None => "-".to_owned(),
         };
         println!(
-            "{mark}{:<23} {:<17} {:>7} {:>8} {:>12}  {:<13} {:<11} {}",
+            "{mark}{:<23} {:<17} {:>7} {:>5} {:>8} {:>12}  {:<13} {:<11} {}",
             s.stage_id,
             s.state.as_str(),
-            // Steps reached so far: none for a stage that never started.
-            format!(
-                "{}/{}",
-                if s.started_at_ms.is_some() {
-                    (s.step + 1).min(s.steps_total)
-                } else {
-                    0
-                },
-                s.steps_total
-            ),
+            // The current step, from 0, of how many: none before it started.
+            if s.started_at_ms.is_some() {
+                format!("{} of {}", s.step, s.steps_total)
+            } else {
+                format!("- of {}", s.steps_total)
+            },
+            if s.round == 0 {
+                "-".to_owned()
+            } else {
+                s.round.to_string()
+            },
             s.attempt,
             span(s.started_at_ms, s.ended_at_ms),
             s.agent_id.as_deref().unwrap_or("-"),
@@ -224,21 +226,51 @@ pub fn run(d: &RunDetail) {
             );
         }
     }
+    rounds(d);
     let failed: Vec<_> = d.jobs.iter().filter(|j| j.error.is_some()).collect();
     if !failed.is_empty() {
         println!();
         println!("failures:");
         for j in failed {
             println!(
-                "  {} step {} attempt {} (job {}, {}): {}",
+                "  {} step {} round {} attempt {} (job {}, {}): {}",
                 j.stage_id,
                 j.step,
+                j.round,
                 j.attempt,
                 j.id,
                 j.error_class.map_or("task", |c| c.as_str()),
                 j.error.as_deref().unwrap_or("")
             );
         }
+    }
+}
+
+/// Every step that ran more than once: its rounds, why each ran and how it
+/// ended.
+fn rounds(d: &RunDetail) {
+    let mut steps: Vec<(&str, u32)> = d
+        .jobs
+        .iter()
+        .filter(|j| j.round > 1)
+        .map(|j| (j.stage_id.as_str(), j.step))
+        .collect();
+    steps.dedup();
+    steps.sort_unstable();
+    steps.dedup();
+    if steps.is_empty() {
+        return;
+    }
+    println!();
+    println!("rounds:");
+    for (stage, step) in steps {
+        let each: Vec<String> = d
+            .jobs
+            .iter()
+            .filter(|j| j.stage_id == stage && j.step == step)
+            .map(|j| format!("round {} ({}) {}", j.round, j.round_reason, j.state))
+            .collect();
+        println!("  {stage} step {step}: {}", each.join(", "));
     }
 }
 
@@ -290,6 +322,22 @@ pub fn plan(p: &Plan) {
         String::new()
     };
     println!("critical path{est}: {}", p.critical_path.join(" -> "));
+    feedback_loops(p);
+}
+
+/// The workflow's feedback loops, one line each.
+fn feedback_loops(p: &Plan) {
+    for l in &p.feedback_loops {
+        println!(
+            "feedback loop: when {} fails, {} runs again with the failure as feedback, then {} (at most {} round{}, then {})",
+            l.stage,
+            l.retry_stage,
+            l.runs_again.join(", "),
+            l.max_rounds,
+            if l.max_rounds == 1 { "" } else { "s" },
+            l.then
+        );
+    }
 }
 
 pub fn agents(list: &[AgentView]) {

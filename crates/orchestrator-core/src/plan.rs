@@ -20,6 +20,59 @@ pub struct Plan {
     /// Sum of the critical path's estimates in milliseconds (stages without an
     /// estimate count as 0 ms and are ranked by count).
     pub critical_path_ms: u64,
+    /// The feedback loops its stages' `on_failure` rules make.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub feedback_loops: Vec<FeedbackLoop>,
+}
+
+/// A loop one stage's `on_failure: {retry_stage}` makes: when `stage`
+/// fails, `retry_stage` runs again with the failure as feedback, then
+/// `runs_again` (every stage after it, `stage` included) run again after
+/// it; at most `max_rounds` times, then the failure goes to `then`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedbackLoop {
+    pub stage: String,
+    pub retry_stage: String,
+    pub runs_again: Vec<String>,
+    pub max_rounds: u32,
+    /// `ask` or `fail`.
+    pub then: String,
+}
+
+/// The feedback loops of `wf`, in its stages' order.
+fn feedback_loops(wf: &Workflow) -> Vec<FeedbackLoop> {
+    wf.stages
+        .iter()
+        .filter_map(|st| {
+            let rule = st.send_back()?;
+            // The stages after the target: those with it among their ancestors.
+            let needs: std::collections::BTreeMap<&str, &[String]> = wf
+                .stages
+                .iter()
+                .map(|s| (s.id.as_str(), s.needs.as_slice()))
+                .collect();
+            let runs_again = wf
+                .stages
+                .iter()
+                .filter(|s| {
+                    crate::validate::ancestors(&needs, &s.id).contains(rule.retry_stage.as_str())
+                })
+                .map(|s| s.id.clone())
+                .collect();
+            Some(FeedbackLoop {
+                stage: st.id.clone(),
+                retry_stage: rule.retry_stage.clone(),
+                runs_again,
+                max_rounds: rule.rounds(),
+                then: if st.asks_on_failure(wf) {
+                    "ask"
+                } else {
+                    "fail"
+                }
+                .to_owned(),
+            })
+        })
+        .collect()
 }
 
 /// Stages without an estimate weigh this much on the path, so that with no
@@ -159,5 +212,6 @@ pub fn plan(wf: &Workflow) -> Result<Plan, Vec<String>> {
             .collect(),
         critical_path,
         critical_path_ms,
+        feedback_loops: feedback_loops(wf),
     })
 }

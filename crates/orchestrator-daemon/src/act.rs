@@ -170,6 +170,7 @@ pub async fn act<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<Str
         (ActionKind::Retry, Some(stage), _) => HumanCommand::Retry {
             stage_id: stage.clone(),
             comment: Some("retried from a link".into()),
+            feedback: None,
         },
         (ActionKind::Skip, Some(stage), _) => HumanCommand::Skip {
             stage_id: stage.clone(),

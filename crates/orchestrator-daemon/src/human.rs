@@ -74,7 +74,9 @@ pub async fn answer<S: Store>(
 }
 
 /// `POST /v1/runs/{id}/stages/{stage}/retry`: the failed stage runs again
-/// from where it failed, as a new attempt.
+/// from where it failed, as a new attempt; with `feedback`, the work is
+/// sent back to the stage (succeeded, or awaiting a decision) and every
+/// stage after it runs again after it.
 pub async fn retry<S: Store>(
     State(app): State<Arc<App<S>>>,
     Extension(who): Extension<Principal>,
@@ -84,6 +86,7 @@ pub async fn retry<S: Store>(
     let cmd = HumanCommand::Retry {
         stage_id,
         comment: req.comment,
+        feedback: req.feedback,
     };
     let run = app
         .store

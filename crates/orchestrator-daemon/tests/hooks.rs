@@ -254,6 +254,7 @@ async fn fail_a_run(store: &SqlStore) -> String {
                     until_met: None,
                     questions: Vec::new(),
                     sandbox: None,
+                    log_tail: None,
                 },
                 claim_next: false,
                 claim_key: None,

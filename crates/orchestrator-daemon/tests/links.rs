@@ -150,6 +150,7 @@ async fn run_next_step(store: &SqlStore, agent: &str) {
                     until_met: None,
                     questions: Vec::new(),
                     sandbox: None,
+                    log_tail: None,
                 },
                 claim_next: false,
                 claim_key: None,

@@ -98,9 +98,13 @@ pub enum HumanCommand {
         text: String,
     },
     /// A failed stage runs again, as a new attempt, from where it failed.
+    /// With feedback, the work is sent back to the stage instead (it
+    /// succeeded, or awaits a decision): it runs its last step again with
+    /// the feedback, and every stage after it runs again after it.
     Retry {
         stage_id: String,
         comment: Option<String>,
+        feedback: Option<String>,
     },
     /// A failed stage is let go: its dependents go on without it.
     Skip {

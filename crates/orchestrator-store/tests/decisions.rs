@@ -54,6 +54,7 @@ fn retry(stage: &str) -> HumanCommand {
     HumanCommand::Retry {
         stage_id: stage.into(),
         comment: None,
+        feedback: None,
     }
 }
 

@@ -76,6 +76,7 @@ async fn done(s: &SqlStore, agent: &str, job: &ClaimedJob) {
                 until_met: None,
                 questions: Vec::new(),
                 sandbox: None,
+                log_tail: None,
             },
             claim_next: false,
             claim_key: None,

@@ -121,7 +121,7 @@ pub(super) fn hand_over(worktree: &Path, spec: &JobSpec) -> Result<Vec<(String, 
         return Ok(env);
     };
     if let Some(said) = &h.feedback {
-        let path = write(FEEDBACK, &feedback_text(h, &said.text, &said.by))?;
+        let path = write(FEEDBACK, &feedback_text(h, spec, &said.text, &said.by))?;
         env.push(("ORCH_FEEDBACK".to_owned(), said.text.clone()));
         env.push(("ORCH_FEEDBACK_FILE".to_owned(), path));
     }
@@ -146,10 +146,15 @@ pub(super) fn hand_over(worktree: &Path, spec: &JobSpec) -> Result<Vec<(String, 
 const FEEDBACK: &str = "feedback.md";
 const ANSWERS: &str = "answers.md";
 
-fn feedback_text(h: &Handoff, text: &str, by: &str) -> String {
+fn feedback_text(h: &Handoff, spec: &JobSpec, text: &str, by: &str) -> String {
+    let how = match &h.sent_back {
+        Some(why) => format!("Sent back {why} by {by}"),
+        None => format!("Rejected by {by}"),
+    };
     format!(
-        "# Feedback on step {}\n\nRejected by {by}:\n\n{text}\n",
-        h.for_step
+        "# Feedback on step {} of stage {}\n\n{how}:\n\n{text}\n",
+        spec.shown_step(),
+        spec.stage_id
     )
 }
 
@@ -167,14 +172,16 @@ pub(super) async fn commit(
         .as_ref()
         .map(|n| format!(" ({n})"))
         .unwrap_or_default();
-    let iteration = if spec.until.is_some() || spec.iteration > 0 {
-        format!(", iteration {}", spec.iteration + 1)
+    // Steps from 0, as everywhere; a loop's iterations are rounds of them.
+    let round = if spec.round > 1 {
+        format!(", round {} ({})", spec.round, spec.round_reason)
     } else {
         String::new()
     };
+    let step = spec.shown_step();
     let message = format!(
-        "orch: {} step {}{name}{iteration} checkpoint\n\nOrch-Run: {}\nOrch-Stage: {}\nOrch-Step: {}\nOrch-Attempt: {}\nOrch-Job: {job_id}\n",
-        spec.stage_id, spec.step, spec.run_id, spec.stage_id, spec.step, spec.attempt
+        "orch: {} step {step}{name}{round} checkpoint\n\nOrch-Run: {}\nOrch-Stage: {}\nOrch-Step: {step}\nOrch-Round: {}\nOrch-Round-Reason: {}\nOrch-Attempt: {}\nOrch-Job: {job_id}\n",
+        spec.stage_id, spec.run_id, spec.stage_id, spec.round, spec.round_reason, spec.attempt
     );
     let (project, run_id, artifacts) = (
         project.to_owned(),

@@ -35,6 +35,7 @@ mod home;
 mod logs;
 mod prepare;
 mod redact;
+mod tail;
 mod usage;
 
 pub use checkpoint::ORCH_DIR;
@@ -162,9 +163,14 @@ pub async fn run_step_with(
     let mut orch_env: Vec<(String, String)> = vec![
         ("ORCH_RUN_ID".into(), spec.run_id.clone()),
         ("ORCH_STAGE_ID".into(), spec.stage_id.clone()),
-        ("ORCH_STEP".into(), spec.step.to_string()),
+        ("ORCH_STEP".into(), spec.shown_step().to_string()),
         ("ORCH_ITERATION".into(), spec.iteration.to_string()),
         ("ORCH_ATTEMPT".into(), spec.attempt.to_string()),
+        ("ORCH_ROUND".into(), spec.round.to_string()),
+        (
+            "ORCH_ROUND_REASON".into(),
+            spec.round_reason.as_str().to_owned(),
+        ),
         ("ORCH_JOB_ID".into(), job.job_id.to_string()),
         (
             "ORCH_BUNDLE_DIR".into(),
@@ -329,6 +335,12 @@ pub async fn run_step_with(
         Err(msg) => Some(Failure::task(msg)),
         Ok(commands) => runner.run_all(&commands, &mut rec).await,
     };
+    if failure
+        .as_ref()
+        .is_some_and(|f| f.class == ErrorClass::Task)
+    {
+        rec.log_tail = tail::of_last_command(&bundle, rec.commands.len());
+    }
     let mut until_met = None;
     if let (None, Some(until)) = (&failure, &spec.until) {
         let label = format!("until ({})", describe(until));
@@ -436,6 +448,8 @@ pub(crate) struct Recorder<'a> {
     caches: Vec<orchestrator_core::api::CacheRecord>,
     /// The questions the step waited for while it ran.
     waits: Vec<orchestrator_core::api::WaitRecord>,
+    /// After a task failure, the end of the failing command's output.
+    log_tail: Option<String>,
 }
 
 impl<'a> Recorder<'a> {
@@ -452,6 +466,7 @@ impl<'a> Recorder<'a> {
             limits: None,
             caches: Vec::new(),
             waits: Vec::new(),
+            log_tail: None,
         }
     }
 
@@ -463,6 +478,7 @@ impl<'a> Recorder<'a> {
             ),
             None => (None, None),
         };
+        let failed = error.is_some();
         StepOutcome {
             success: error.is_none(),
             timed_out: error.is_some() && self.commands.iter().any(|c| c.timed_out),
@@ -475,6 +491,7 @@ impl<'a> Recorder<'a> {
             until_met: None,
             questions: Vec::new(),
             sandbox: Some(self.sandbox),
+            log_tail: self.log_tail.filter(|_| failed),
         }
     }
 
@@ -490,10 +507,11 @@ impl<'a> Recorder<'a> {
         let spec = &self.job.spec;
         let machine = crate::context::describe(Path::new(&spec.project_dir));
         format!(
-            "run {}, stage {}, step {}, attempt {}, agent {} on {}{}{}",
+            "run {}, stage {}, step {}, round {}, attempt {}, agent {} on {}{}{}",
             spec.run_id,
             spec.stage_id,
-            spec.step,
+            spec.shown_step(),
+            spec.round,
             spec.attempt,
             self.ctx.agent_id,
             self.ctx.hostname.as_deref().unwrap_or("an unknown host"),
@@ -518,9 +536,11 @@ impl<'a> Recorder<'a> {
         let manifest = Manifest {
             run_id: spec.run_id.clone(),
             stage_id: spec.stage_id.clone(),
-            step: spec.step,
+            step: spec.shown_step(),
             step_name: spec.step_name.clone(),
             attempt: spec.attempt,
+            round: spec.round,
+            round_reason: spec.round_reason,
             job_id: self.job.job_id,
             agent_id: self.ctx.agent_id.clone(),
             hostname: self.ctx.hostname.clone(),

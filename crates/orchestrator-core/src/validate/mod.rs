@@ -13,6 +13,7 @@ mod locate;
 mod loops;
 mod steps;
 
+pub use loops::ancestors;
 pub use steps::{check_artifact_glob, MAX_ITERATIONS};
 
 use locate::place;

@@ -89,7 +89,7 @@ fn bundle_rel(j: &JobView) -> Result<PathBuf, ApiErr> {
         None => Ok(PathBuf::from(".orchestrator/runs")
             .join(&j.run_id)
             .join(&j.stage_id)
-            .join(exec_id(j.step, j.attempt, j.id))),
+            .join(exec_id(j.step, j.round, j.id))),
     }
 }
 
@@ -239,6 +239,8 @@ mod tests {
             stage_id: "s".into(),
             step: 0,
             attempt: 1,
+            round: 1,
+            round_reason: Default::default(),
             state: orchestrator_core::JobState::Leased,
             agent_id: None,
             exit_codes: vec![],
@@ -260,7 +262,7 @@ mod tests {
         assert_eq!(
             bundle_dir(p, &job(None)).ok(),
             Some(PathBuf::from(
-                "/p/.orchestrator/runs/r/s/step-000-attempt-1-job-7"
+                "/p/.orchestrator/runs/r/s/step-000-round-1-job-7"
             ))
         );
     }

@@ -52,6 +52,8 @@ struct StageRow {
     yield_job: Option<i64>,
     attempt: u32,
     retry_at: Option<i64>,
+    /// How often its failures sent its work back automatically.
+    sent_back: u32,
 }
 
 pub fn explain(
@@ -108,7 +110,7 @@ pub fn explain(
     let stages: Vec<StageRow> = conn
         .prepare_cached(
             "SELECT stage_id, state, ord, unmet, step, agent_id, hold, placement, yield_for, yield_job,
-                    attempt, retry_at
+                    attempt, retry_at, sent_back
              FROM stage_runs WHERE run_id = ?1 ORDER BY ord",
         )?
         .query_map([run_id], |r| {
@@ -126,9 +128,17 @@ pub fn explain(
                 yield_job: r.get(9)?,
                 attempt: r.get(10)?,
                 retry_at: r.get(11)?,
+                sent_back: r.get(12)?,
             })
         })?
         .collect::<crate::db::Result<_>>()?;
+    // Steps are shown by their index in the stage, as everywhere.
+    let mut stages = stages;
+    for s in &mut stages {
+        if let Some(spec) = wf.stages.get(s.ord) {
+            s.step = spec.step_index(s.step);
+        }
+    }
     if let Some(want) = only {
         if !stages.iter().any(|s| s.id == want) {
             return Err(StoreError::NotFound {
@@ -229,6 +239,19 @@ pub fn explain(
             )),
             StageState::AwaitingInput => l.push("waits for a human to answer (orch inbox)".into()),
             other => l.push(format!("ended: {other}")),
+        }
+        if let Some(rule) = spec.and_then(|st| st.send_back()) {
+            l.push(format!(
+                "feedback loop: when it fails, its work goes back to stage {} with the failure as feedback and the stages between run again ({} of {} rounds used); then {}",
+                rule.retry_stage,
+                s.sent_back,
+                rule.rounds(),
+                if spec.is_some_and(|st| st.asks_on_failure(&wf)) {
+                    "a human decides"
+                } else {
+                    "it fails"
+                }
+            ));
         }
         out.push(StageExplanation {
             stage_id: s.id.clone(),

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use orchestrator_core::sched::{self, could_ever_fit, effective_priority, Limits, Needs};
 
 use super::writer::Ctx;
-use super::{human, placement, policy, preempt};
+use super::{human, loops, placement, policy, preempt, retry};
 use crate::{ids, NewRun, Result, StoreError};
 
 pub(super) fn conflict(e: impl std::fmt::Display) -> StoreError {
@@ -78,7 +78,8 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
         // stored spec says what the run really does.
         wf.on_failure = Some(on);
         for st in &mut wf.stages {
-            st.on_failure = Some(on);
+            // A send-back rule still sends back first; the word is what it does last.
+            st.on_failure = Some(st.on_failure.take().map_or(on.into(), |f| f.with_then(on)));
         }
     }
     let plan = orchestrator_core::plan(&wf).map_err(|cycle| {
@@ -406,7 +407,8 @@ pub fn stage_event(
     let started = matches!(event, StageEvent::Started);
     // A lost attempt restarts from step 0 anywhere: its worktree may be gone
     // with its agent. Only a stage still on its way keeps a request to yield.
-    let lost = matches!(event, StageEvent::AttemptLost { .. });
+    // So does a stage reset to run again after the stages it needs.
+    let lost = matches!(event, StageEvent::AttemptLost { .. } | StageEvent::Reset);
     // A step waiting inside for an answer is still on its way to its
     // checkpoint, where it yields.
     let keeps_yield = !lost
@@ -461,7 +463,7 @@ pub fn stage_event(
     for effect in effects {
         match effect {
             StageEffect::EnqueueStep { step, attempt } => {
-                enqueue(ctx, run_id, stage_id, &row, step, attempt)?
+                enqueue(ctx, run_id, stage_id, &row, step, attempt, &event)?
             }
             StageEffect::ReleaseDependents => {
                 ctx.conn
@@ -516,7 +518,12 @@ pub fn stage_event(
                     .execute(params![run_id, stage_id, resume])?;
             }
             StageEffect::AwaitRetry { attempt, step } => {
-                retry_later(ctx, run_id, stage_id, row.ord, attempt, step)?
+                retry::retry_later(ctx, run_id, stage_id, row.ord, attempt, step)?
+            }
+            StageEffect::SendBackUpstream => loops::after_failure(ctx, run_id, stage_id)?,
+            StageEffect::Reopen => loops::reopen(ctx, run_id, stage_id, row.state)?,
+            StageEffect::ResetDependents => {
+                loops::reset_dependents(ctx, run_id, stage_id, &reason, actor)?
             }
             StageEffect::AwaitDecision { retry } => {
                 ctx.conn
@@ -557,6 +564,7 @@ pub(super) fn enqueue(
     row: &StageRow,
     step: u32,
     attempt: u32,
+    event: &StageEvent,
 ) -> Result<()> {
     let wf = workflow(ctx, run_id)?;
     let stage = human::stage_spec(&wf, run_id, stage_id, row.ord)?;
@@ -565,6 +573,7 @@ pub(super) fn enqueue(
             "UPDATE stage_runs SET step = ?3, attempt = ?4 WHERE run_id = ?1 AND stage_id = ?2",
         )?
         .execute(params![run_id, stage_id, step, attempt])?;
+    let (round, round_reason) = loops::next_round(ctx, run_id, stage_id, stage, step, event)?;
     let validation;
     let st = match (&stage.validate, stage.validation_step() == Some(step)) {
         (Some(v), true) => {
@@ -605,7 +614,10 @@ pub(super) fn enqueue(
             .filter(|_| ends_iteration && stage.validation_step() != Some(step))
             .and_then(|r| r.until.clone()),
         until_shell: repeat.is_some_and(|r| r.shell),
-        iteration: (step / per_iteration).min(stage.iterations().saturating_sub(1)),
+        iteration: stage.iteration_of(step),
+        step_index: Some(stage.step_index(step)),
+        round,
+        round_reason,
         handoff: human::parse_handoff(row.handoff.as_deref(), step),
         sandbox: orchestrator_core::api::SandboxSpec {
             kind: stage.sandbox,
@@ -626,17 +638,20 @@ pub(super) fn enqueue(
     let key = policy::next_key(ctx, run_id, &row.project_dir, row.priority)?;
     let job_id: i64 = ctx.conn
         .prepare_cached(
-            "INSERT INTO jobs (run_id, stage_id, step, attempt, state, priority, labels, payload, created_at, queue_key, shape)
-             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10) RETURNING id",
+            "INSERT INTO jobs (run_id, stage_id, step, attempt, state, priority, labels, payload, created_at, queue_key, shape, round, round_reason)
+             VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
         )?
-        .query_row(params![run_id, stage_id, step, attempt, row.priority, labels, payload, ctx.now, key, shape], |r| r.get(0))?;
+        .query_row(params![run_id, stage_id, step, attempt, row.priority, labels, payload, ctx.now, key, shape, round, round_reason.as_str()], |r| r.get(0))?;
     ctx.transition(
         Entity::Job,
         job_id.to_string(),
         Some(run_id),
         None,
         JobState::Queued.as_str(),
-        format!("step {step} of stage {stage_id}, attempt {attempt}"),
+        format!(
+            "step {} of stage {stage_id}, round {round} ({round_reason}), attempt {attempt}",
+            stage.step_index(step)
+        ),
         "scheduler",
     )?;
     ctx.queued = true;
@@ -995,93 +1010,4 @@ pub(super) fn end_lease(
         reason,
         actor,
     )
-}
-
-/// What a stage does after a failure of `class` (`timed_out` when a command
-/// ran out of time): the most attempts it gets for it (its `retry:` within
-/// the system rules, or 1 when that class does not retry), and whether a
-/// human is then asked.
-pub(super) fn failure_policy(
-    ctx: &mut Ctx<'_>,
-    run_id: &str,
-    stage_id: &str,
-    class: orchestrator_core::error::ErrorClass,
-    timed_out: bool,
-) -> Result<(u32, bool)> {
-    let ord = human::stage_ord(ctx, run_id, stage_id)?;
-    let wf = workflow(ctx, run_id)?;
-    let stage = human::stage_spec(&wf, run_id, stage_id, ord)?;
-    Ok((
-        ctx.rules
-            .attempts_for(stage.retry.as_ref(), class, timed_out),
-        stage.asks_on_failure(&wf),
-    ))
-}
-
-/// What follows failed attempt `attempt` of `max_attempts`, in words.
-pub(super) fn what_follows(attempt: u32, max_attempts: u32, ask: bool, step: u32) -> String {
-    if attempt < max_attempts {
-        format!("retrying at step {step} after a backoff")
-    } else if ask {
-        "waiting for a human to retry, skip or abort it".to_owned()
-    } else {
-        "the stage fails".to_owned()
-    }
-}
-
-/// Sets a stage to wait out its backoff before `attempt`, which goes on at
-/// `step`; a zero wait starts the attempt at once.
-fn retry_later(
-    ctx: &mut Ctx<'_>,
-    run_id: &str,
-    stage_id: &str,
-    ord: usize,
-    attempt: u32,
-    step: u32,
-) -> Result<()> {
-    let wf = workflow(ctx, run_id)?;
-    let stage = human::stage_spec(&wf, run_id, stage_id, ord)?;
-    let (_, backoff) = ctx.rules.retry_of(stage.retry.as_ref());
-    let jitter = f64::from(u32::from_le_bytes(ids::random_bytes::<4>())) / f64::from(u32::MAX);
-    let delay = orchestrator_core::error::retry_delay_ms(attempt, &backoff, jitter);
-    ctx.conn
-        .prepare_cached(
-            "UPDATE stage_runs SET attempt = ?3, step = ?5, retry_at = ?4 WHERE run_id = ?1 AND stage_id = ?2",
-        )?
-        .execute(params![run_id, stage_id, attempt, ctx.now + delay as i64, step])?;
-    if delay == 0 {
-        let next = human::next_of(ctx, run_id, stage_id, Some(step))?;
-        stage_event(
-            ctx,
-            run_id,
-            stage_id,
-            StageEvent::RetryDue { next },
-            format!("attempt {attempt} starts at step {step}"),
-            "scheduler",
-        )?;
-    }
-    Ok(())
-}
-
-/// Starts the next attempt of every stage whose backoff has passed by `now`.
-pub fn due_retries(ctx: &mut Ctx<'_>, now: i64) -> Result<usize> {
-    let due: Vec<(String, String, u32, u32)> = ctx
-        .conn
-        .prepare_cached(
-            "SELECT run_id, stage_id, attempt, step FROM stage_runs WHERE state = 'retrying' AND retry_at <= ?1",
-        )?
-        .query_map([now], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<crate::db::Result<_>>()?;
-    for (run_id, stage_id, attempt, step) in &due {
-        let next = human::next_of(ctx, run_id, stage_id, Some(*step))?;
-        stage_event(
-            ctx,
-            run_id,
-            stage_id,
-            StageEvent::RetryDue { next },
-            format!("backoff over: attempt {attempt} starts at step {step}"),
-            "scheduler",
-        )?;
-    }
-    Ok(due.len())
 }

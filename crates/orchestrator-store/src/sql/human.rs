@@ -280,7 +280,7 @@ fn waiting_stage(
     Ok(row)
 }
 
-fn set_handoff(ctx: &Ctx<'_>, run_id: &str, stage_id: &str, h: &Handoff) -> Result<()> {
+pub(super) fn set_handoff(ctx: &Ctx<'_>, run_id: &str, stage_id: &str, h: &Handoff) -> Result<()> {
     let json = serde_json::to_string(h).map_err(|e| StoreError::Database(e.to_string()))?;
     ctx.conn
         .prepare_cached("UPDATE stage_runs SET handoff = ?3 WHERE run_id = ?1 AND stage_id = ?2")?
@@ -359,6 +359,7 @@ pub fn reject(
             by: actor.to_owned(),
         }),
         answers: Vec::new(),
+        sent_back: None,
     };
     set_handoff(ctx, run_id, stage_id, &handoff)?;
     stage_event(

@@ -12,6 +12,14 @@ use orchestrator_core::{StageState, Workflow};
 
 use crate::{Result, StoreError};
 
+/// Job number `step` of a stage as shown: its index in the stage's steps.
+fn shown(wf: &Workflow, stage_id: &str, step: u32) -> u32 {
+    wf.stages
+        .iter()
+        .find(|s| s.id == stage_id)
+        .map_or(step, |s| s.step_index(step))
+}
+
 /// The name of step `step` (counted across a loop's iterations) of a stage.
 fn step_name(wf: &Workflow, stage_id: &str, step: u32) -> Option<String> {
     let stage = wf.stages.iter().find(|s| s.id == stage_id)?;
@@ -32,8 +40,8 @@ pub fn checkpoints(conn: &Conn, run_id: &str, wf: &Workflow) -> Result<Vec<Check
                 run_id: run_id.to_owned(),
                 seq: r.get(0)?,
                 step_name: step_name(wf, &stage_id, step),
+                step: shown(wf, &stage_id, step),
                 stage_id,
-                step,
                 job_id: r.get(3)?,
                 commit: r.get(4)?,
                 artifacts: serde_json::from_str::<Vec<ArtifactRecord>>(&artifacts)
@@ -105,6 +113,7 @@ pub fn inbox(conn: &Conn) -> Result<Vec<InboxItem>> {
         .collect::<crate::db::Result<_>>()?;
     for (run_id, stage_id, step, since) in approvals {
         let (workflow, wf) = spec_of(&run_id)?;
+        let shown_step = shown(&wf, &stage_id, step);
         let commit: Option<String> = conn
             .prepare_cached(
                 "SELECT commit_sha FROM checkpoints WHERE run_id = ?1 AND stage_id = ?2 ORDER BY seq DESC LIMIT 1",
@@ -119,7 +128,7 @@ pub fn inbox(conn: &Conn) -> Result<Vec<InboxItem>> {
             workflow,
             stage_id,
             stage_state: StageState::AwaitingApproval,
-            step,
+            step: shown_step,
             since_ms: since,
             commit,
             question: None,
@@ -135,6 +144,7 @@ pub fn inbox(conn: &Conn) -> Result<Vec<InboxItem>> {
         .collect::<crate::db::Result<_>>()?;
     for (run_id, stage_id, step, since) in decisions {
         let (workflow, wf) = spec_of(&run_id)?;
+        let shown_step = shown(&wf, &stage_id, step);
         let error: Option<String> = conn
             .prepare_cached(
                 "SELECT error FROM jobs WHERE run_id = ?1 AND stage_id = ?2 AND error IS NOT NULL
@@ -150,7 +160,7 @@ pub fn inbox(conn: &Conn) -> Result<Vec<InboxItem>> {
             workflow,
             stage_id,
             stage_state: StageState::AwaitingDecision,
-            step,
+            step: shown_step,
             since_ms: since,
             commit: None,
             question: None,
@@ -177,7 +187,7 @@ pub fn inbox(conn: &Conn) -> Result<Vec<InboxItem>> {
             workflow,
             stage_id: q.stage_id.clone(),
             stage_state: StageState::AwaitingInput,
-            step: q.step,
+            step: shown(&wf, &q.stage_id, q.step),
             step_name: step_name(&wf, &q.stage_id, q.step),
             since_ms: q.asked_at_ms,
             commit: None,

@@ -13,11 +13,10 @@ use orchestrator_core::{Entity, JobState, RunState, StageState};
 
 use orchestrator_core::sched::{free, Free, Grant};
 
-use super::graph::{
-    conflict, end_lease, failure_policy, job_event, schedule, stage_event, what_follows, JobRef,
-};
+use super::graph::{conflict, end_lease, job_event, schedule, stage_event, JobRef};
+use super::retry::{failure_policy, what_follows};
 use super::writer::Ctx;
-use super::{human, placement, preempt};
+use super::{human, loops, placement, preempt};
 use crate::{ids, Result, StoreError};
 
 pub fn register_agent(
@@ -523,8 +522,8 @@ pub fn complete(
     let exit_codes =
         serde_json::to_string(&o.exit_codes).map_err(|e| StoreError::Database(e.to_string()))?;
     ctx.conn
-        .prepare_cached("UPDATE jobs SET exit_codes = ?2, error = ?3, error_class = ?4, bundle = ?5, sandbox = ?6 WHERE id = ?1")?
-        .execute(params![job_id, exit_codes, o.error, o.error_class.map(|c| c.as_str()), o.bundle, o.sandbox.map(|k| k.as_str())])?;
+        .prepare_cached("UPDATE jobs SET exit_codes = ?2, error = ?3, error_class = ?4, bundle = ?5, sandbox = ?6, log_tail = ?7 WHERE id = ?1")?
+        .execute(params![job_id, exit_codes, o.error, o.error_class.map(|c| c.as_str()), o.bundle, o.sandbox.map(|k| k.as_str()), o.log_tail.as_deref().map(orchestrator_core::feedback::tail)])?;
     let reason = match (&o.error, o.success) {
         (_, true) => format!("step {step} succeeded in {} ms", o.duration_ms),
         (Some(e), false) => e.clone(),
@@ -542,6 +541,13 @@ pub fn complete(
     };
     job_event(ctx, &job, from, event, reason.clone(), &actor)?;
     let class = o.error_class.unwrap_or(ErrorClass::Task);
+    // Where a task failure's work would go back to, once the stage's own
+    // retries are spent: what the transition says.
+    let send_back = if !o.success && class == ErrorClass::Task || o.until_met == Some(false) {
+        loops::send_back_plan(ctx, &run_id, &stage_id)?
+    } else {
+        None
+    };
     let mut event = if o.success {
         human::step_succeeded(ctx, &run_id, &stage_id, job_id, step, o, &actor)?
     } else {
@@ -557,8 +563,13 @@ pub fn complete(
                 step,
                 max_attempts,
                 ask,
+                send_back: send_back.is_some(),
             }
         }
+    };
+    let follows = |max_attempts, ask, step| match &send_back {
+        Some(words) if attempt >= max_attempts => words.clone(),
+        _ => what_follows(attempt, max_attempts, ask, step),
     };
     let mut why = match event {
         StageEvent::Validated => format!("validation (job {job_id}) succeeded"),
@@ -569,7 +580,7 @@ pub fn complete(
             "step {step} failed ({}{}): {reason}; {}",
             class.as_str(),
             if o.timed_out { ", timeout" } else { "" },
-            what_follows(attempt, max_attempts, ask, step)
+            follows(max_attempts, ask, step)
         ),
         StageEvent::AttemptLost {
             max_attempts, ask, ..
@@ -595,10 +606,11 @@ pub fn complete(
             step: last,
             max_attempts,
             ask,
+            send_back: send_back.is_some(),
         };
         why = format!(
             "step {step} succeeded, but the loop's until still fails after its last iteration (task); {}",
-            what_follows(attempt, max_attempts, ask, last)
+            follows(max_attempts, ask, last)
         );
     }
     let asked_to_yield = if o.success {
@@ -693,7 +705,7 @@ pub fn expire_leases(ctx: &mut Ctx<'_>, now: i64) -> Result<usize> {
             &format!("lease expired {} ms ago without a heartbeat", now - at),
         )?;
     }
-    super::graph::due_retries(ctx, now)?;
+    super::retry::due_retries(ctx, now)?;
     Ok(due.len())
 }
 

@@ -14,10 +14,12 @@ mod inbox;
 mod leases;
 mod listen;
 mod location;
+mod loops;
 mod placement;
 mod policy;
 mod preempt;
 mod reads;
+mod retry;
 mod schema;
 mod schema_pg;
 mod spent;
@@ -330,9 +332,16 @@ fn human_command(ctx: &mut Ctx<'_>, id: &str, command: HumanCommand, actor: &str
         HumanCommand::Answer { question_id, text } => {
             human::answer(ctx, id, question_id, text, actor)
         }
-        HumanCommand::Retry { stage_id, comment } => {
-            decide::decide(ctx, id, &stage_id, Decision::Retry, comment, actor)
-        }
+        HumanCommand::Retry {
+            stage_id,
+            comment,
+            feedback: Some(feedback),
+        } => loops::by_human(ctx, id, &stage_id, &feedback, comment.as_deref(), actor),
+        HumanCommand::Retry {
+            stage_id,
+            comment,
+            feedback: None,
+        } => decide::decide(ctx, id, &stage_id, Decision::Retry, comment, actor),
         HumanCommand::Skip { stage_id, comment } => {
             decide::decide(ctx, id, &stage_id, Decision::Skip, comment, actor)
         }

@@ -4,6 +4,7 @@
 use crate::db::{params, Conn, Optional, Row};
 use orchestrator_core::api::{AgentView, JobView, RunDetail, RunSummary, StageView};
 use orchestrator_core::error::ErrorClass;
+use orchestrator_core::rounds::RoundReason;
 use orchestrator_core::spec::SandboxKind;
 use orchestrator_core::{Entity, JobState, RunState, StageState, Transition, Workflow};
 
@@ -124,6 +125,8 @@ pub fn run_detail(conn: &Conn, id: &str) -> Result<RunDetail> {
                 step: r.get(2)?,
                 steps_total: r.get(3)?,
                 attempt: r.get(4)?,
+                round: 0,
+                iteration: 0,
                 started_at_ms: r.get(5)?,
                 ended_at_ms: r.get(6)?,
                 agent_id: r.get(8)?,
@@ -131,18 +134,35 @@ pub fn run_detail(conn: &Conn, id: &str) -> Result<RunDetail> {
             })
         })?
         .collect::<crate::db::Result<_>>()?;
-    for (s, spec) in stages.iter_mut().zip(&wf.stages) {
-        s.needs = spec.needs.clone();
-        s.cache = spec.cache.clone();
-    }
-    let jobs = conn
+    let mut jobs: Vec<JobView> = conn
         .prepare_cached(
             "SELECT id, run_id, stage_id, step, attempt, state, agent_id, exit_codes, error, error_class, bundle,
-                    created_at, started_at, ended_at, sandbox
+                    created_at, started_at, ended_at, sandbox, round, round_reason
              FROM jobs WHERE run_id = ?1 ORDER BY id",
         )?
         .query_map([&id], job_view)?
         .collect::<crate::db::Result<_>>()?;
+    // Steps are shown by their index in the stage: a loop's iterations are
+    // rounds of the same steps, not more steps.
+    let specs: std::collections::HashMap<&str, &orchestrator_core::spec::Stage> =
+        wf.stages.iter().map(|s| (s.id.as_str(), s)).collect();
+    for j in &mut jobs {
+        if let Some(spec) = specs.get(j.stage_id.as_str()) {
+            j.step = spec.step_index(j.step);
+        }
+    }
+    for (s, spec) in stages.iter_mut().zip(&wf.stages) {
+        s.needs = spec.needs.clone();
+        s.cache = spec.cache.clone();
+        s.iteration = spec.iteration_of(s.step);
+        s.step = spec.step_index(s.step);
+        s.steps_total = u32::try_from(spec.steps.len()).unwrap_or(u32::MAX);
+        s.round = jobs
+            .iter()
+            .rev()
+            .find(|j| j.stage_id == s.stage_id && j.step == s.step)
+            .map_or(0, |j| j.round);
+    }
     Ok(RunDetail {
         run,
         stages,
@@ -159,7 +179,10 @@ fn job_view(r: &Row<'_>) -> crate::db::Result<JobView> {
     let codes: Option<String> = r.get(7)?;
     let class: Option<String> = r.get(9)?;
     let sandbox: Option<String> = r.get(14)?;
+    let reason: String = r.get(16)?;
     Ok(JobView {
+        round: r.get(15)?,
+        round_reason: RoundReason::parse(&reason).unwrap_or_default(),
         id: r.get(0)?,
         run_id: r.get(1)?,
         stage_id: r.get(2)?,

@@ -271,6 +271,16 @@ CREATE TABLE agent_tokens (
 ALTER TABLE questions ADD COLUMN wait_key TEXT;
 CREATE INDEX questions_job ON questions(job_id) WHERE wait_key IS NOT NULL;
 "#,
+    // 13: rounds. Each job is a round of its step (from 1) with why it ran;
+    // a failed job keeps the tail of its output, which a send-back hands
+    // on as feedback; a stage counts how often its failures sent its work
+    // back automatically.
+    r#"
+ALTER TABLE jobs ADD COLUMN round INTEGER NOT NULL DEFAULT 1;
+ALTER TABLE jobs ADD COLUMN round_reason TEXT NOT NULL DEFAULT 'first';
+ALTER TABLE jobs ADD COLUMN log_tail TEXT;
+ALTER TABLE stage_runs ADD COLUMN sent_back INTEGER NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// Connection settings every connection gets.

@@ -228,6 +228,13 @@ CREATE TABLE agent_tokens (
 ALTER TABLE questions ADD COLUMN wait_key TEXT;
 CREATE INDEX questions_job ON questions(job_id) WHERE wait_key IS NOT NULL;
 "#,
+    // 6: SQLite's schema version 13.
+    r#"
+ALTER TABLE jobs ADD COLUMN round BIGINT NOT NULL DEFAULT 1;
+ALTER TABLE jobs ADD COLUMN round_reason TEXT NOT NULL DEFAULT 'first';
+ALTER TABLE jobs ADD COLUMN log_tail TEXT;
+ALTER TABLE stage_runs ADD COLUMN sent_back BIGINT NOT NULL DEFAULT 0;
+"#,
 ];
 
 /// The tables whose ids come from an identity column, with that column:

@@ -106,6 +106,7 @@ pub fn outcome(success: bool, class: Option<ErrorClass>) -> StepOutcome {
         until_met: None,
         questions: Vec::new(),
         sandbox: None,
+        log_tail: None,
     }
 }
 

@@ -383,7 +383,8 @@ function dagView(detail, selected) {
   const nodes = Object.entries(pos).map(([id, p]) => {
     const st = byId[id] || { state: "pending", step: 0, steps_total: 0 };
     const cls = ["node", `st-${st.state}`, critNodes.has(id) ? "critical" : "", id === selected ? "selected" : ""].join(" ").trim();
-    const steps = st.steps_total ? `step ${Math.min(st.step + 1, st.steps_total)}/${st.steps_total}` : "";
+    // Steps from 0, as everywhere; a step run again shows its round.
+    const steps = st.steps_total ? `step ${st.step} of ${st.steps_total}${st.round > 1 ? ` · round ${st.round}` : ""}` : "";
     return s("g", {
       class: cls, "data-stage": id, "data-state": st.state, transform: `translate(${p.x},${p.y})`,
       onclick: () => go(`#/runs/${encodeURIComponent(detail.run.id)}/${encodeURIComponent(id)}`),
@@ -470,7 +471,8 @@ function stageActions(detail, st) {
         h("button", { "data-action": "retry", onclick: () => act(`${base}/retry`, {}, `retrying ${st.stage_id}`) }, "Retry"),
         h("button", { class: "plain", "data-action": "skip", onclick: () => act(`${base}/skip`, {}, `skipped ${st.stage_id}`) }, "Skip"),
         h("button", { class: "danger", "data-action": "abort", onclick: () => act(`${base}/abort`, {}, `aborted ${st.stage_id}`) }, "Abort"),
-      )));
+      ),
+      sendBackForm(detail, st)));
   }
   for (const q of detail.questions.filter((q) => q.stage_id === st.stage_id && q.state === "open")) {
     out.push(questionForm(q));
@@ -507,6 +509,38 @@ function questionForm(q, head) {
   );
 }
 
+// The stages a failed stage needs, directly or through others: where its
+// work can be sent back to, with feedback.
+function ancestorsOf(detail, id) {
+  const needs = Object.fromEntries(detail.stages.map((x) => [x.stage_id, x.needs]));
+  const seen = [];
+  const todo = [...(needs[id] || [])];
+  while (todo.length) {
+    const n = todo.pop();
+    if (seen.includes(n)) continue;
+    seen.push(n);
+    todo.push(...(needs[n] || []));
+  }
+  return seen;
+}
+
+function sendBackForm(detail, st) {
+  const targets = ancestorsOf(detail, st.stage_id);
+  if (!targets.length) return "";
+  const key = `${detail.run.id}/${st.stage_id}`;
+  const pick = h("select", { "data-draft": `send-back-to:${key}` }, targets.map((t) => h("option", { value: t }, t)));
+  const fb = h("textarea", { "data-draft": `send-back:${key}`, placeholder: "feedback for the stage the work goes back to" });
+  return h("div", {},
+    h("p", { class: "muted" }, "Or send the work back: that stage runs its last step again with your feedback, then every stage after it runs again."),
+    pick, fb,
+    h("div", { class: "actions" },
+      h("button", { class: "plain", "data-action": "send-back", onclick: () => {
+        if (!fb.value.trim()) return toast("Say what to change: the stage runs again with your feedback.", true);
+        const to = pick.value;
+        act(`/v1/runs/${encodeURIComponent(detail.run.id)}/stages/${encodeURIComponent(to)}/retry`, { feedback: fb.value }, `sent the work back to ${to}`);
+      } }, "Send back with feedback")));
+}
+
 function stagePanel(detail, stageId) {
   const st = detail.stages.find((x) => x.stage_id === stageId);
   if (!st) return h("p", { class: "error" }, `No stage ${stageId} in this run.`);
@@ -523,7 +557,7 @@ function stagePanel(detail, stageId) {
         attempts.map((j) => h("div", {},
           pill(j.state), " ",
           h("button", { class: "linkish", "data-job": j.id, onclick: () => openLog(detail.run.id, j) }, `job ${j.id}`),
-          ` · attempt ${j.attempt}`,
+          ` · round ${j.round} (${j.round_reason}) · attempt ${j.attempt}`,
           j.agent_id ? ` · ${j.agent_id}` : "",
           j.sandbox ? ` · ${j.sandbox}` : "",
           j.exit_codes.length ? ` · exit ${j.exit_codes.map((c) => (c === null ? "–" : c)).join(",")}` : "",
@@ -545,13 +579,14 @@ function stagePanel(detail, stageId) {
   return h("div", { class: "panel", id: "stage", "data-stage": stageId },
     h("h2", {}, "Stage ", h("code", {}, stageId), " ", pill(st.state)),
     h("p", { class: "muted" },
-      `attempt ${st.attempt}`,
+      `${st.round ? `round ${st.round} · ` : ""}attempt ${st.attempt}`,
+      st.iteration ? ` · iteration ${st.iteration}` : "",
       st.agent_id ? ` · on ${st.agent_id}` : "",
       st.started_at_ms ? ` · ${duration((st.ended_at_ms || now) - st.started_at_ms)}` : "",
       st.needs.length ? ` · needs ${st.needs.join(", ")}` : ""),
     stageActions(detail, st),
     h("table", {},
-      h("thead", {}, h("tr", {}, h("th", {}, "Step"), h("th", {}, "Attempts"), h("th", {}, "Checkpoint"))),
+      h("thead", {}, h("tr", {}, h("th", {}, "Step"), h("th", {}, "Rounds"), h("th", {}, "Checkpoint"))),
       h("tbody", {}, steps)),
     logPanel(),
   );
