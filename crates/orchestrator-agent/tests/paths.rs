@@ -202,6 +202,7 @@ async fn a_handoff_directory_that_is_a_symlink_out_is_refused() {
         for_step: 0,
         feedback: None,
         answers: Vec::new(),
+        sent_back: None,
     });
     let out = step(&job).await;
     assert_refused(

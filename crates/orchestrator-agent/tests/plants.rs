@@ -209,6 +209,7 @@ async fn a_symlinked_handoff_file_is_not_followed() {
                 by: "admin".into(),
             }),
             answers: Vec::new(),
+            sent_back: None,
         });
         let out = run(&p, &job).await;
         assert_untouched(&target);

@@ -81,8 +81,18 @@ fn drain(
                 if *off == 0 {
                     writeln!(
                         out,
-                        "==> {} step {} round {} ({}) attempt {} job {} cmd {i} {stream} <==",
-                        j.stage_id, j.step, j.round, j.round_reason, j.attempt, j.id
+                        "==> {} step {} round {}{} attempt {} job {} cmd {i} {stream} <==",
+                        j.stage_id,
+                        j.step,
+                        j.round,
+                        // A first round needs no why.
+                        if j.round > 1 {
+                            format!(" ({})", j.round_reason)
+                        } else {
+                            String::new()
+                        },
+                        j.attempt,
+                        j.id
                     )?;
                 }
                 // Copied in pieces up to the size seen now: a log of any

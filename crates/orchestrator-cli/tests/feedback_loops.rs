@@ -150,7 +150,7 @@ fn a_human_sends_a_failed_tests_work_back_with_feedback_and_it_passes_in_round_t
     logs.expect_code(0);
     assert!(
         logs.stdout
-            .contains("==> implement step 0 round 1 (first) attempt 1"),
+            .contains("==> implement step 0 round 1 attempt 1"),
         "{logs}"
     );
     assert!(

@@ -179,7 +179,7 @@ fn a_failing_stage_blocks_its_dependents_and_fails_the_run_while_independent_sta
     // The error a human reads says where it happened and how the machine was.
     let error = job["error"].as_str().unwrap();
     assert!(
-        error.contains(", stage check, step 0, attempt 1, agent "),
+        error.contains(", stage check, step 0, round 1, attempt 1, agent "),
         "{error}"
     );
     assert!(
