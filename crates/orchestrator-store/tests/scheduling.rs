@@ -555,16 +555,16 @@ async fn higher_priority_work_makes_a_loop_stage_yield_at_its_checkpoint_and_res
         .await
         .unwrap();
     assert!(log.iter().any(|t| t.to == "suspended"));
-    // Every step ran exactly once.
+    // Every iteration ran exactly once: rounds 1 to 3 of the loop's step.
     let d = s.run_detail(&low.run_id).await.unwrap();
-    let mut steps: Vec<u32> = d
+    let mut rounds: Vec<(u32, u32)> = d
         .jobs
         .iter()
         .filter(|j| j.state == orchestrator_core::JobState::Succeeded)
-        .map(|j| j.step)
+        .map(|j| (j.step, j.round))
         .collect();
-    steps.sort();
-    assert_eq!(steps, vec![0, 1, 2]);
+    rounds.sort();
+    assert_eq!(rounds, vec![(0, 1), (0, 2), (0, 3)]);
 }
 
 #[tokio::test]
