@@ -358,7 +358,11 @@ fn a_high_priority_run_makes_a_low_priority_loop_yield_at_its_checkpoint_and_it_
         .iter()
         .map(|j| (j["step"].as_u64().unwrap(), j["round"].as_u64().unwrap()))
         .collect();
-    assert_eq!(rounds, vec![(0, 1), (0, 2), (0, 3), (0, 4)], "{low_detail:#}");
+    assert_eq!(
+        rounds,
+        vec![(0, 1), (0, 2), (0, 3), (0, 4)],
+        "{low_detail:#}"
+    );
     assert!(done.iter().all(|j| j["agent_id"] == solo.as_str()));
     for j in jobs.iter().filter(|j| j["state"] != "succeeded") {
         assert_eq!(j["state"], "cancelled", "{j:#}");
