@@ -308,3 +308,23 @@ async fn the_agents_own_binary_is_there_to_call_inside_a_namespace() {
     let (job, out) = p.run(NS, cmd).await;
     assert_ok(&p, &job, &out);
 }
+
+/// A private directory the agent was given relative to its own working
+/// directory (`orch up --data-dir data`) is hidden all the same, and the
+/// step runs.
+#[tokio::test]
+async fn a_private_directory_given_relative_is_hidden_and_the_step_runs() {
+    let mut p = Project::new();
+    let here = std::env::current_dir().unwrap();
+    let private = tempfile::tempdir_in(&here).unwrap();
+    fs::write(private.path().join("admin.token"), "secret").unwrap();
+    let relative = private.path().strip_prefix(&here).unwrap().to_owned();
+    assert!(relative.is_relative());
+    p.cfg.private = vec![relative];
+    let shown = private.path().canonicalize().unwrap();
+    let (job, out) = p
+        .run(NS, sh(&format!("ls -A {}; echo listed", shown.display())))
+        .await;
+    assert_ok(&p, &job, &out);
+    assert_eq!(p.log(&job, "cmd-000.stdout.log"), "listed\n");
+}

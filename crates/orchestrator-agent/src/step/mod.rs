@@ -202,11 +202,13 @@ pub async fn run_step_with(
     orch_env.extend(handed);
     let granted = grant::grant_env(&job.grant, ctx.has_gpus);
     orch_env.extend(granted.set);
+    // Absolute: a data directory given relative to the agent's directory
+    // would be looked for in the command's.
     let private: Vec<std::path::PathBuf> = ctx
         .sandbox
         .private
         .iter()
-        .cloned()
+        .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()))
         .chain(crate::sandbox::private::registered())
         .collect();
     let mounts = match home::resolve(&spec.mounts, &ctx.sandbox.allow_mounts, &private) {
