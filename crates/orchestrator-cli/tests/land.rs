@@ -93,6 +93,46 @@ fn a_steps_commits_are_the_runs_work_shown_by_diff_and_landed_squashed() {
     assert!(msg.starts_with("Add calc\n"), "{msg}");
     assert!(msg.contains(&format!("Orch-Run: {run}")), "{msg}");
     assert_eq!(git(&h.project, &["status", "--porcelain"]), "");
+
+    // Landing it again would change nothing: refused, nothing made.
+    let landed_at = git(&h.project, &["rev-parse", "main"]);
+    let again = h.orch(&["land", &run]);
+    assert_eq!(again.code, 2, "{again}");
+    assert!(again.stderr.contains("already"), "{again}");
+    assert_eq!(git(&h.project, &["rev-parse", "main"]), landed_at);
+}
+
+#[test]
+fn a_branch_that_moved_elsewhere_gets_the_runs_work_merged_in() {
+    let mut h = Harness::new();
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "worker", 1);
+    let file = h.write("coding.yaml", CODING);
+    let run = succeeded(&mut h, &d, &file);
+    std::fs::write(h.project.join("other.txt"), "by hand\n").unwrap();
+    git(&h.project, &["add", "other.txt"]);
+    git(&h.project, &["commit", "-qm", "other work"]);
+    let moved = git(&h.project, &["rev-parse", "main"]);
+    for mode in ["--squash", "--rebase"] {
+        let branch = format!("b{}", &mode[2..]);
+        git(&h.project, &["branch", &branch, "main"]);
+        let landed = h.orch(&["land", &run, "--onto", &branch, mode]);
+        landed.expect_code(0);
+        let tree = git(&h.project, &["ls-tree", "--name-only", &branch]);
+        assert_eq!(
+            tree.lines().collect::<Vec<_>>(),
+            ["README.md", "calc.py", "other.txt", "report.md"],
+            "{mode}"
+        );
+        assert!(
+            git(
+                &h.project,
+                &["merge-base", "--is-ancestor", &moved, &branch]
+            )
+            .is_empty(),
+            "{mode}"
+        );
+    }
 }
 
 #[test]

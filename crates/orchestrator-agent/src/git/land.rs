@@ -72,6 +72,8 @@ pub enum LandError {
     NothingToLand { base: String, tip: String },
     #[error("the run's work conflicts with what branch '{branch}' gained since the run started, in {}; nothing changed (land it onto another branch, or merge by hand from the run's branch)", paths.join(", "))]
     Conflicts { branch: String, paths: Vec<String> },
+    #[error("branch '{branch}' has the run's change already (landed before?): landing it again would change nothing")]
+    AlreadyLanded { branch: String },
     #[error("commit {commit} of the run is a merge, which --rebase cannot replay; land with --squash or --merge")]
     MergeInRun { commit: String },
     #[error("the checkout at {} has branch '{branch}' checked out with uncommitted changes ({}); commit or stash them first, nothing changed", path.display(), files.join(", "))]
@@ -131,6 +133,9 @@ pub fn land(project: &Path, req: &LandRequest) -> Result<Landed, LandError> {
     let new = match req.mode {
         LandMode::Squash | LandMode::Merge => {
             let tree = merged(&repo, project, &branch, &base_tree, &old_c, &work)?;
+            if old_c.tree_id() == tree {
+                return Err(LandError::AlreadyLanded { branch });
+            }
             let tree = repo.find_tree(tree).map_err(git("read the landed tree"))?;
             let parents: Vec<&Commit> = if req.mode == LandMode::Merge {
                 vec![&old_c, &tip_c]
@@ -140,7 +145,13 @@ pub fn land(project: &Path, req: &LandRequest) -> Result<Landed, LandError> {
             repo.commit(None, &sig, &sig, req.message, &tree, &parents)
                 .map_err(git("make the landed commit"))?
         }
-        LandMode::Rebase => rebase(&repo, project, &branch, base, tip, &old_c, &sig)?,
+        LandMode::Rebase => {
+            let new = rebase(&repo, project, &branch, base, tip, &old_c, &sig)?;
+            if new == old {
+                return Err(LandError::AlreadyLanded { branch });
+            }
+            new
+        }
     };
     let landed = Landed {
         branch: branch.clone(),
