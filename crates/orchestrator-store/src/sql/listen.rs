@@ -100,8 +100,11 @@ impl Listener {
             return Ok(());
         };
         conn.execute_batch(&format!("LISTEN \"{}\"", channel(self.schema.as_deref())))?;
-        // Whatever was committed before LISTEN took effect.
+        // Whatever was committed before LISTEN took effect, a queued job
+        // among it: its NOTIFY went out before anyone here listened, so the
+        // claimers are woken to look rather than left to their next poll.
         self.publish(conn)?;
+        self.jobs_queued.notify_waiters();
         let mut last_read = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             let mut heard = false;
