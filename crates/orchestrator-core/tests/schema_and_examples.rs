@@ -6,8 +6,8 @@ use std::fs;
 use std::path::PathBuf;
 
 use orchestrator_core::spec::{
-    workflow_schema, CommandSpec, DurationSpec, Input, OnFailure, Repeat, Resources, RetryOn,
-    SizeSpec, Stage, Step, Validate, Workflow,
+    workflow_schema, CommandSpec, DurationSpec, FeedbackKind, Input, OnFailure, Repeat, Resources,
+    RetryOn, SizeSpec, Stage, StageOnFailure, Step, Validate, Workflow,
 };
 use orchestrator_core::{parse_workflow, plan};
 use serde_json::Value;
@@ -313,6 +313,15 @@ fn examples_stay_inside_the_worktree_and_write_only_under_their_output_directory
             .filter_map(|m| m.strip_prefix("~/"))
             .map(|m| format!("$HOME/{m}"))
             .collect();
+        // Its `~/...` caches are its own, in its home: it makes them and
+        // writes there.
+        let caches: Vec<String> = wf
+            .stages
+            .iter()
+            .flat_map(|s| &s.cache)
+            .filter(|c| c.path.starts_with("~/"))
+            .map(|c| c.path.clone())
+            .collect();
         for (_, cmd) in commands(&wf) {
             if let Some(cwd) = &cmd.cwd {
                 assert!(cwd == "out" || cwd.starts_with("out/"), "{name}: cwd {cwd}");
@@ -321,6 +330,9 @@ fn examples_stay_inside_the_worktree_and_write_only_under_their_output_directory
             let text = tools
                 .iter()
                 .fold(text, |text, tool| text.replace(tool, "TOOL"));
+            let text = caches
+                .iter()
+                .fold(text, |text, cache| text.replace(cache, "CACHE"));
             for bad in ["rm ", "sudo", "curl", "wget", "/tmp", "~/", "$HOME"] {
                 assert!(!text.contains(bad), "{name}: {bad:?} in {text:?}");
             }
@@ -332,6 +344,7 @@ fn examples_stay_inside_the_worktree_and_write_only_under_their_output_directory
                 }
                 assert!(
                     target.starts_with("\"$DEMO_OUT/")
+                        || target.starts_with("CACHE/")
                         || target.starts_with("/dev/")
                         || cmd.cwd.is_some(),
                     "{name}: writes outside $DEMO_OUT: {text:?}"
@@ -350,20 +363,50 @@ fn hello_is_one_stage_of_one_step_saying_hello() {
 }
 
 #[test]
-fn coding_agent_runs_a_mounted_agent_without_network_behind_an_approval_then_tests() {
+fn coding_agent_installs_a_cached_agent_without_network_behind_an_approval_and_tests_that_send_back(
+) {
     let wf = example("coding-agent.yaml");
     let agent = stage(&wf, "agent");
-    assert_eq!(agent.mounts, ["~/.cache/orch/agents/mini-swe-agent-2.4.6"]);
+    assert_eq!(agent.mounts, ["~/.cache/orch/agents/wheels-2.4.6"]);
     assert!(!agent.network, "the agent reaches only the model gateway");
-    assert_eq!(agent.steps.len(), 1);
-    assert!(agent.steps[0].approve);
-    let run = agent.steps[0].commands[0].argv.join(" ");
-    for want in ["$ORCH_FEEDBACK", "--model openai/smol", "$ORCH_BUNDLE_DIR"] {
+    // The agent's environment is kept in the cache, installed from the
+    // mounted wheels on a miss.
+    assert_eq!(agent.cache.len(), 1);
+    assert_eq!(agent.cache[0].path, "~/agent");
+    assert_eq!(agent.cache[0].key, "mini-swe-agent-2.4.6");
+    assert_eq!(agent.steps.len(), 2);
+    let install = agent.steps[0].commands[0].argv.join(" ");
+    for want in [
+        "--no-index",
+        "--find-links",
+        "~/agent/.installed",
+        "/usr/bin/python3",
+    ] {
+        assert!(install.contains(want), "{want}: {install}");
+    }
+    assert!(!agent.steps[0].approve);
+    // Feedback (a rejection's, the tests') reaches the last step, the agent.
+    assert!(agent.steps[1].approve);
+    let run = agent.steps[1].commands[0].argv.join(" ");
+    for want in [
+        "$ORCH_FEEDBACK",
+        "~/agent/bin/python -m minisweagent",
+        "--model openai/smol",
+        "$ORCH_BUNDLE_DIR",
+    ] {
         assert!(run.contains(want), "{want}: {run}");
     }
     let tests = stage(&wf, "tests");
     assert_eq!(tests.needs, ["agent"]);
     assert!(!tests.network);
+    match &tests.on_failure {
+        Some(StageOnFailure::SendBack(s)) => {
+            assert_eq!(s.retry_stage, "agent");
+            assert_eq!(s.feedback, FeedbackKind::LogTail);
+            assert_eq!(s.rounds(), 2);
+        }
+        other => panic!("tests should send a failure back to the agent: {other:?}"),
+    }
 }
 
 #[test]
