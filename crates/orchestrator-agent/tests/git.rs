@@ -361,7 +361,7 @@ fn bad_globs_and_paths_are_refused_and_commit_nothing() {
     let err = checkpoint(project, &wt, &request("other", &[], &[], "x")).unwrap_err();
     assert!(matches!(err, GitError::WrongRun { .. }), "{err:?}");
     let ghost = RunWorktree {
-        path: wt.path.clone(),
+        path: wt.path,
         branch: "orch/run/ghost".into(),
     };
     let err = checkpoint(project, &ghost, &request("ghost", &[], &[], "x")).unwrap_err();
@@ -427,7 +427,7 @@ fn concurrent_checkpoints_of_one_run_keep_every_file_in_a_linear_history() {
     );
     let lines: Vec<&str> = history.lines().collect();
     assert_eq!(lines.len(), 100, "every checkpoint is on the branch");
-    let mut parent = base.clone();
+    let mut parent = base;
     let mut seen = BTreeSet::new();
     for line in lines {
         let ids: Vec<&str> = line.split(' ').collect();

@@ -66,7 +66,7 @@ fn invalid_workflows_are_refused_with_exit_code_2_and_leave_the_store_intact() {
     let hello = h.example("hello.yaml");
     let before_run = h.submit(&hello);
     let before = runs(&h);
-    assert_eq!(before, [(before_run.clone(), "running".to_owned())]);
+    assert_eq!(before, [(before_run, "running".to_owned())]);
 
     let cases: [(&str, &str, &[&str]); 4] = [
         (

@@ -143,7 +143,7 @@ mod tests {
             let l = one_line(&s, max);
             prop_assert!(l.chars().count() <= max);
             prop_assert!(!l.chars().any(|c| c.is_control() || invisible(c) || line_break(c)));
-            prop_assert_eq!(one_line(&l, max), l.clone());
+            prop_assert_eq!(one_line(&l, max), l);
         }
     }
 }

@@ -540,7 +540,7 @@ proptest! {
         let (late, ancestors_of_late) = pick_stage.get(&candidates);
         let early = pick_ancestor.get(ancestors_of_late).clone();
         // `late` transitively needs `early`; now `early` needs `late` too.
-        let mut cyclic = wf.clone();
+        let mut cyclic = wf;
         cyclic
             .stages
             .iter_mut()

@@ -449,7 +449,7 @@ fn free_subtracts_what_running_jobs_hold() {
         "2/4 slots, 10 GiB of 16 GiB memory free, GPU0 8 GiB of 24 GiB free, GPU1 0 MiB of 24 GiB free"
     );
     // Giving back in any order restores the idle agent exactly.
-    let mut g = f.clone();
+    let mut g = f;
     g.give(&a);
     g.give(&b);
     assert_eq!(g, free(&c, []));

@@ -130,7 +130,7 @@ fn the_effective_priority_follows_its_authorities_in_order() {
         (
             Some(2000),
             None,
-            none.clone(),
+            none,
             wide.clone(),
             PRIORITY_LIMIT,
             vec![step(S, "priority range [-1000, 1000]", 2000, 1000)],
@@ -176,7 +176,7 @@ fn the_effective_priority_follows_its_authorities_in_order() {
             Some(70),
             None,
             project(range(50, 0), None),
-            wide.clone(),
+            wide,
             50,
             vec![step(P, "priority range [0, 50]", 70, 50)],
         ),
@@ -362,7 +362,7 @@ fn the_reserve_keeps_an_agents_last_slots_for_high_priority_work() {
         (11, 0, 4, Ok(())),
         // An agent with no more slots than the reserve keeps none back.
         (5, 1, 1, Ok(())),
-        (-1000, 1, 2, reserved.clone()),
+        (-1000, 1, 2, reserved),
     ] {
         assert_eq!(
             rules.reserve_allows(priority, free_slots, total),

@@ -391,7 +391,7 @@ fn equal_inputs_give_equal_plans_whatever_order_the_queue_lists_them_in() {
     let first = plan_preemption(&waiting, &agents, &rules());
     assert!(!first.is_empty());
     assert_eq!(plan_preemption(&waiting, &agents, &rules()), first);
-    let mut reversed = waiting.clone();
+    let mut reversed = waiting;
     reversed.reverse();
     assert_eq!(plan_preemption(&reversed, &agents, &rules()), first);
 }

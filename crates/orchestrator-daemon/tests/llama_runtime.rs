@@ -88,7 +88,7 @@ async fn start_with(model: &PathBuf, python: &PathBuf, port: u16, extra: &[&str]
     let first = tokio::time::timeout(READY, lines.next_line()).await;
     let url = match first {
         Ok(Ok(Some(line))) => match line.strip_prefix("ready ") {
-            Some(url) => url.to_string(),
+            Some(url) => url.to_owned(),
             None => panic!("launcher printed {line:?}, not `ready URL`"),
         },
         other => {

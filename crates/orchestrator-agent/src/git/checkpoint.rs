@@ -91,7 +91,7 @@ const STALE_LOCK: Duration = Duration::from_secs(2);
 pub fn checkpoint(
     project: &Path,
     worktree: &RunWorktree,
-    req: &CheckpointRequest,
+    req: &CheckpointRequest<'_>,
 ) -> Result<CheckpointCommit, GitError> {
     let full_ref = run_ref(req.run_id)?;
     if full_ref.strip_prefix("refs/heads/") != Some(worktree.branch.as_str()) {
@@ -125,7 +125,7 @@ fn commit(
     full_ref: &str,
     files: &BTreeMap<String, Found>,
     taken: Option<&Taken>,
-    req: &CheckpointRequest,
+    req: &CheckpointRequest<'_>,
 ) -> Result<CheckpointCommit, GitError> {
     let mut updates = TreeUpdateBuilder::new();
     let mut artifacts = Vec::with_capacity(files.len());

@@ -139,7 +139,7 @@ pub(super) fn take_in(
 /// Refuses a step's commit that claims to be a checkpoint: what the
 /// orchestrator shows as one step's change starts after the last commit
 /// holding a record.
-fn no_record(commit: &git2::Commit) -> Result<(), GitError> {
+fn no_record(commit: &git2::Commit<'_>) -> Result<(), GitError> {
     if commit.header_field_bytes(RECORD_HEADER).is_ok() {
         return Err(refused(format!(
             "commit {} carries the '{RECORD_HEADER}' header, which only checkpoints hold",

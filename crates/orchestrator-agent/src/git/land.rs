@@ -90,7 +90,7 @@ pub enum LandError {
 
 /// Lands the run's work on a branch of the repository at `project`; see the
 /// module documentation.
-pub fn land(project: &Path, req: &LandRequest) -> Result<Landed, LandError> {
+pub fn land(project: &Path, req: &LandRequest<'_>) -> Result<Landed, LandError> {
     let repo = open(project)?;
     let git = |what: &str| GitError::git(what.to_owned(), project);
     let branch = match req.onto {
@@ -137,7 +137,7 @@ pub fn land(project: &Path, req: &LandRequest) -> Result<Landed, LandError> {
                 return Err(LandError::AlreadyLanded { branch });
             }
             let tree = repo.find_tree(tree).map_err(git("read the landed tree"))?;
-            let parents: Vec<&Commit> = if req.mode == LandMode::Merge {
+            let parents: Vec<&Commit<'_>> = if req.mode == LandMode::Merge {
                 vec![&old_c, &tip_c]
             } else {
                 vec![&old_c]
@@ -250,7 +250,7 @@ fn current_branch(repo: &Repository) -> Option<String> {
 fn without_records<'r>(
     repo: &'r Repository,
     project: &Path,
-    c: &Commit,
+    c: &Commit<'_>,
 ) -> Result<Tree<'r>, GitError> {
     let tree = c
         .tree()
@@ -275,9 +275,9 @@ fn merged(
     repo: &Repository,
     project: &Path,
     branch: &str,
-    base: &Tree,
-    onto: &Commit,
-    work: &Tree,
+    base: &Tree<'_>,
+    onto: &Commit<'_>,
+    work: &Tree<'_>,
 ) -> Result<Oid, LandError> {
     let onto_tree = onto
         .tree()
@@ -324,8 +324,8 @@ fn rebase(
     branch: &str,
     base: Oid,
     tip: Oid,
-    onto: &Commit,
-    sig: &Signature,
+    onto: &Commit<'_>,
+    sig: &Signature<'_>,
 ) -> Result<Oid, LandError> {
     let git = |what: &str| GitError::git(what.to_owned(), project);
     let mut walk = repo.revwalk().map_err(git("walk the run"))?;

@@ -55,7 +55,7 @@ pub fn step_start(project: &Path, commit: &str, base: Option<&str>) -> Option<St
 /// Whether `c` is a checkpoint commit: it holds a record (the import
 /// refuses a step's commit that claims one), or, made before records left
 /// the tree, the orchestrator committed it with the run's trailers.
-pub(super) fn is_checkpoint(c: &git2::Commit) -> bool {
+pub(super) fn is_checkpoint(c: &git2::Commit<'_>) -> bool {
     c.header_field_bytes(super::RECORD_HEADER).is_ok()
         || (c.committer().email() == Some(super::COMMITTER_EMAIL)
             && c.message().is_some_and(|m| m.contains("\nOrch-Job: ")))
@@ -95,7 +95,7 @@ pub fn diff_files(
     use git2::{Delta, DiffOptions, Patch};
     let repo = super::open(project)?;
     let git = |what: &str| super::GitError::git(what.to_owned(), project);
-    let tree = |rev: &str| -> Result<(git2::Oid, git2::Tree), super::GitError> {
+    let tree = |rev: &str| -> Result<(git2::Oid, git2::Tree<'_>), super::GitError> {
         let c = super::peel_commit(&repo, project, rev)?;
         let t = repo
             .find_commit(c)
@@ -118,7 +118,7 @@ pub fn diff_files(
         let Some(delta) = diff.get_delta(i) else {
             continue;
         };
-        let path_of = |f: git2::DiffFile| f.path().map(|p| p.to_string_lossy().into_owned());
+        let path_of = |f: git2::DiffFile<'_>| f.path().map(|p| p.to_string_lossy().into_owned());
         let path = path_of(delta.new_file())
             .or_else(|| path_of(delta.old_file()))
             .unwrap_or_default();

@@ -281,7 +281,11 @@ fn objects_empty(dir: &Path) -> bool {
 /// Fills `index` with `tree` and writes it. Entries carry no file times, so
 /// the step's first `git status` hashes the files once: the agent cannot
 /// know which of them a step before changed.
-fn write_index(project: &Path, index: &mut git2::Index, tree: &git2::Tree) -> Result<(), GitError> {
+fn write_index(
+    project: &Path,
+    index: &mut git2::Index,
+    tree: &git2::Tree<'_>,
+) -> Result<(), GitError> {
     index
         .read_tree(tree)
         .map_err(GitError::git("fill the step's index", project))?;

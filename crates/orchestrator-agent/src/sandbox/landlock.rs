@@ -140,31 +140,33 @@ impl Rules {
     }
 
     unsafe fn add_rules(&self, ruleset: c_int) -> io::Result<()> {
-        for dir in &self.writable {
-            let fd = libc::open(
-                dir.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            );
-            if fd < 0 {
-                continue;
+        unsafe {
+            for dir in &self.writable {
+                let fd = libc::open(
+                    dir.as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                );
+                if fd < 0 {
+                    continue;
+                }
+                let rule = PathBeneath {
+                    allowed_access: self.handled,
+                    parent_fd: fd,
+                };
+                let rc: c_long = libc::syscall(
+                    libc::SYS_landlock_add_rule,
+                    ruleset,
+                    RULE_PATH_BENEATH,
+                    &rule as *const PathBeneath,
+                    0u32,
+                );
+                let error = (rc < 0).then(io::Error::last_os_error);
+                libc::close(fd);
+                if let Some(e) = error {
+                    return Err(e);
+                }
             }
-            let rule = PathBeneath {
-                allowed_access: self.handled,
-                parent_fd: fd,
-            };
-            let rc: c_long = libc::syscall(
-                libc::SYS_landlock_add_rule,
-                ruleset,
-                RULE_PATH_BENEATH,
-                &rule as *const PathBeneath,
-                0u32,
-            );
-            let error = (rc < 0).then(io::Error::last_os_error);
-            libc::close(fd);
-            if let Some(e) = error {
-                return Err(e);
-            }
+            Ok(())
         }
-        Ok(())
     }
 }

@@ -424,138 +424,146 @@ fn enter(plan: &Plan) -> io::Result<()> {
 /// unmount the tmpfs that hide host directories nor remount the read-only
 /// tree writable.
 unsafe fn lock_mounts(plan: &Plan) -> io::Result<()> {
-    let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS;
-    check(plan, S_LOCK, c_long::from(libc::unshare(flags)))?;
-    check(plan, S_LOCK, write_file(&plan.setgroups, b"deny"))?;
-    check(plan, S_LOCK, write_file(&plan.uid_map, &plan.inner_line))?;
-    check(plan, S_LOCK, write_file(&plan.gid_map, &plan.inner_line))
+    unsafe {
+        let flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS;
+        check(plan, S_LOCK, c_long::from(libc::unshare(flags)))?;
+        check(plan, S_LOCK, write_file(&plan.setgroups, b"deny"))?;
+        check(plan, S_LOCK, write_file(&plan.uid_map, &plan.inner_line))?;
+        check(plan, S_LOCK, write_file(&plan.gid_map, &plan.inner_line))
+    }
 }
 
 /// The file system view; see the module documentation.
 unsafe fn setup_mounts(plan: &Plan) -> io::Result<()> {
-    let null = std::ptr::null::<libc::c_char>();
-    check(
-        plan,
-        S_PRIVATE,
-        c_long::from(libc::mount(
-            null,
-            plan.root.as_ptr(),
-            null,
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        )),
-    )?;
-    let mut clones: [c_int; MAX_BINDS] = [-1; MAX_BINDS];
-    clone_trees(plan, &plan.writable, &mut clones)?;
-    let attr = MountAttr {
-        attr_set: MOUNT_ATTR_RDONLY,
-        attr_clr: 0,
-        propagation: 0,
-        userns_fd: 0,
-    };
-    check(
-        plan,
-        S_READONLY,
-        libc::syscall(
-            libc::SYS_mount_setattr,
-            libc::AT_FDCWD,
-            plan.root.as_ptr(),
-            AT_RECURSIVE,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
-        ),
-    )?;
-    // Cloned after the tree went read-only, so read-only themselves.
-    let mut read_only: [c_int; MAX_BINDS] = [-1; MAX_BINDS];
-    clone_trees(plan, &plan.readable, &mut read_only)?;
-    // Before the hiding: what covers may live in a hidden directory.
-    let mut covers: [c_int; MAX_BINDS] = [-1; MAX_BINDS];
-    clone_trees(plan, &plan.cover_what, &mut covers)?;
-    for dir in &plan.hidden {
+    unsafe {
+        let null = std::ptr::null::<libc::c_char>();
         check(
             plan,
-            S_HIDE,
+            S_PRIVATE,
             c_long::from(libc::mount(
-                plan.tmpfs.as_ptr(),
+                null,
+                plan.root.as_ptr(),
+                null,
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            )),
+        )?;
+        let mut clones: [c_int; MAX_BINDS] = [-1; MAX_BINDS];
+        clone_trees(plan, &plan.writable, &mut clones)?;
+        let attr = MountAttr {
+            attr_set: MOUNT_ATTR_RDONLY,
+            attr_clr: 0,
+            propagation: 0,
+            userns_fd: 0,
+        };
+        check(
+            plan,
+            S_READONLY,
+            libc::syscall(
+                libc::SYS_mount_setattr,
+                libc::AT_FDCWD,
+                plan.root.as_ptr(),
+                AT_RECURSIVE,
+                &attr as *const MountAttr,
+                std::mem::size_of::<MountAttr>(),
+            ),
+        )?;
+        // Cloned after the tree went read-only, so read-only themselves.
+        let mut read_only: [c_int; MAX_BINDS] = [-1; MAX_BINDS];
+        clone_trees(plan, &plan.readable, &mut read_only)?;
+        // Before the hiding: what covers may live in a hidden directory.
+        let mut covers: [c_int; MAX_BINDS] = [-1; MAX_BINDS];
+        clone_trees(plan, &plan.cover_what, &mut covers)?;
+        for dir in &plan.hidden {
+            check(
+                plan,
+                S_HIDE,
+                c_long::from(libc::mount(
+                    plan.tmpfs.as_ptr(),
+                    dir.as_ptr(),
+                    plan.tmpfs.as_ptr(),
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    plan.tmpfs_opts.as_ptr().cast(),
+                )),
+            )?;
+        }
+        for file in &plan.hidden_files {
+            check(
+                plan,
+                S_HIDE,
+                c_long::from(libc::mount(
+                    plan.dev_null.as_ptr(),
+                    file.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND,
+                    std::ptr::null(),
+                )),
+            )?;
+        }
+        for dir in &plan.mkdirs {
+            // Existing directories answer EEXIST; a missing mount point makes
+            // the move below fail, which is reported.
+            libc::mkdir(dir.as_ptr(), 0o755);
+        }
+        // Covers last: what they cover is inside a bound directory.
+        let moves = clones
+            .iter()
+            .zip(&plan.writable)
+            .chain(read_only.iter().zip(&plan.readable))
+            .chain(covers.iter().zip(&plan.cover_over));
+        for (fd, dir) in moves {
+            let rc = libc::syscall(
+                libc::SYS_move_mount,
+                *fd,
+                plan.empty.as_ptr(),
+                libc::AT_FDCWD,
                 dir.as_ptr(),
-                plan.tmpfs.as_ptr(),
-                libc::MS_NOSUID | libc::MS_NODEV,
-                plan.tmpfs_opts.as_ptr().cast(),
-            )),
-        )?;
-    }
-    for file in &plan.hidden_files {
+                MOVE_MOUNT_F_EMPTY_PATH,
+            );
+            check(plan, S_BIND, rc)?;
+            libc::close(*fd);
+        }
         check(
             plan,
-            S_HIDE,
+            S_PROC,
             c_long::from(libc::mount(
-                plan.dev_null.as_ptr(),
-                file.as_ptr(),
-                std::ptr::null(),
-                libc::MS_BIND,
+                plan.proc_fs.as_ptr(),
+                plan.proc.as_ptr(),
+                plan.proc_fs.as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
                 std::ptr::null(),
             )),
-        )?;
+        )
     }
-    for dir in &plan.mkdirs {
-        // Existing directories answer EEXIST; a missing mount point makes
-        // the move below fail, which is reported.
-        libc::mkdir(dir.as_ptr(), 0o755);
-    }
-    // Covers last: what they cover is inside a bound directory.
-    let moves = clones
-        .iter()
-        .zip(&plan.writable)
-        .chain(read_only.iter().zip(&plan.readable))
-        .chain(covers.iter().zip(&plan.cover_over));
-    for (fd, dir) in moves {
-        let rc = libc::syscall(
-            libc::SYS_move_mount,
-            *fd,
-            plan.empty.as_ptr(),
-            libc::AT_FDCWD,
-            dir.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        );
-        check(plan, S_BIND, rc)?;
-        libc::close(*fd);
-    }
-    check(
-        plan,
-        S_PROC,
-        c_long::from(libc::mount(
-            plan.proc_fs.as_ptr(),
-            plan.proc.as_ptr(),
-            plan.proc_fs.as_ptr(),
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
-            std::ptr::null(),
-        )),
-    )
 }
 
 /// Clones the trees at `dirs` as detached mounts into `fds`.
 unsafe fn clone_trees(plan: &Plan, dirs: &[CString], fds: &mut [c_int]) -> io::Result<()> {
-    for (slot, dir) in fds.iter_mut().zip(dirs) {
-        let fd = libc::syscall(
-            libc::SYS_open_tree,
-            libc::AT_FDCWD,
-            dir.as_ptr(),
-            OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
-        );
-        check(plan, S_CLONE, fd)?;
-        // Descriptors fit in c_int.
-        *slot = fd as c_int;
+    unsafe {
+        for (slot, dir) in fds.iter_mut().zip(dirs) {
+            let fd = libc::syscall(
+                libc::SYS_open_tree,
+                libc::AT_FDCWD,
+                dir.as_ptr(),
+                OPEN_TREE_CLONE | AT_RECURSIVE | libc::O_CLOEXEC as libc::c_uint,
+            );
+            check(plan, S_CLONE, fd)?;
+            // Descriptors fit in c_int.
+            *slot = fd as c_int;
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 /// Brings up `lo` in the new network namespace, so local servers a step
 /// starts itself can be reached, then opens the model gateway's port there
 /// (see [`super::relay`]), which init serves; the port's descriptor, or -1.
 unsafe fn loopback_up_and_listen(plan: &Plan) -> io::Result<c_int> {
-    check(plan, S_LOOPBACK, loopback_up())?;
-    match &plan.relay {
-        Some(_) => super::relay::listen().map_err(|e| report(plan, S_RELAY, e)),
-        None => Ok(-1),
+    unsafe {
+        check(plan, S_LOOPBACK, loopback_up())?;
+        match &plan.relay {
+            Some(_) => super::relay::listen().map_err(|e| report(plan, S_RELAY, e)),
+            None => Ok(-1),
+        }
     }
 }

@@ -244,7 +244,7 @@ mod tests {
             fs::write(&other, format!("{}\n", theirs.display())).unwrap();
             let mut got = read_registry(&registry, me);
             got.sort();
-            let mut want = vec![canon(&a), theirs.clone()];
+            let mut want = vec![canon(&a), theirs];
             want.sort();
             assert_eq!(got, want);
         }

@@ -97,19 +97,21 @@ impl Relay {
     /// loopback is up) and forks the relay process serving it. The listener
     /// is closed on exec, so the command never holds it. Async-signal-safe.
     pub(super) unsafe fn start(&self) -> io::Result<()> {
-        let listener = listen()?;
-        let parent = libc::getpid();
-        let pid = fork();
-        if pid < 0 {
-            let e = io::Error::last_os_error();
+        unsafe {
+            let listener = listen()?;
+            let parent = libc::getpid();
+            let pid = fork();
+            if pid < 0 {
+                let e = io::Error::last_os_error();
+                libc::close(listener);
+                return Err(e);
+            }
+            if pid == 0 {
+                serve(self, listener, parent);
+            }
             libc::close(listener);
-            return Err(e);
+            Ok(())
         }
-        if pid == 0 {
-            serve(self, listener, parent);
-        }
-        libc::close(listener);
-        Ok(())
     }
 
     /// The namespace backend's init: waits for `command` (its wait status),
@@ -118,53 +120,55 @@ impl Relay {
     /// process; a command that never calls the gateway costs none. Without
     /// a signalfd the port is closed and init only waits. Async-signal-safe.
     pub(super) unsafe fn serve_until(&self, command: libc::pid_t, listener: c_int) -> c_int {
-        // SIGCHLD is read from a descriptor, so that one poll waits for both
-        // a connection and a child's end. Blocked before the first reaping
-        // below, so no end goes unnoticed.
-        let mut chld: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut chld);
-        libc::sigaddset(&mut chld, libc::SIGCHLD);
-        libc::sigprocmask(libc::SIG_BLOCK, &chld, std::ptr::null_mut());
-        let ended = libc::signalfd(-1, &chld, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
-        if ended < 0 {
-            libc::close(listener);
-            libc::sigprocmask(libc::SIG_UNBLOCK, &chld, std::ptr::null_mut());
-            return wait_for(command, true);
-        }
-        let mut fds = [
-            libc::pollfd {
-                fd: ended,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: listener,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-        ];
-        let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
-        loop {
-            let mut status: c_int = 0;
-            loop {
-                let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
-                if pid == command {
-                    return status;
-                }
-                if pid <= 0 {
-                    break;
-                }
-            }
-            if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
-                continue;
-            }
-            if fds[0].revents != 0 {
-                while libc::read(ended, info.as_mut_ptr().cast(), info.len()) > 0 {}
-            }
-            if fds[1].revents != 0 && !self.hand_over(listener, &[listener, ended]) {
-                // A port that fails for good is given up, not spun on.
+        unsafe {
+            // SIGCHLD is read from a descriptor, so that one poll waits for both
+            // a connection and a child's end. Blocked before the first reaping
+            // below, so no end goes unnoticed.
+            let mut chld: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut chld);
+            libc::sigaddset(&mut chld, libc::SIGCHLD);
+            libc::sigprocmask(libc::SIG_BLOCK, &chld, std::ptr::null_mut());
+            let ended = libc::signalfd(-1, &chld, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+            if ended < 0 {
                 libc::close(listener);
-                fds[1].fd = -1;
+                libc::sigprocmask(libc::SIG_UNBLOCK, &chld, std::ptr::null_mut());
+                return wait_for(command, true);
+            }
+            let mut fds = [
+                libc::pollfd {
+                    fd: ended,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: listener,
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
+            let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+            loop {
+                let mut status: c_int = 0;
+                loop {
+                    let pid = libc::waitpid(-1, &mut status, libc::WNOHANG);
+                    if pid == command {
+                        return status;
+                    }
+                    if pid <= 0 {
+                        break;
+                    }
+                }
+                if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
+                    continue;
+                }
+                if fds[0].revents != 0 {
+                    while libc::read(ended, info.as_mut_ptr().cast(), info.len()) > 0 {}
+                }
+                if fds[1].revents != 0 && !self.hand_over(listener, &[listener, ended]) {
+                    // A port that fails for good is given up, not spun on.
+                    libc::close(listener);
+                    fds[1].fd = -1;
+                }
             }
         }
     }
@@ -173,32 +177,34 @@ impl Relay {
     /// closes `close` first. False when the listener fails for good.
     /// Async-signal-safe.
     unsafe fn hand_over(&self, listener: c_int, close: &[c_int]) -> bool {
-        let conn = libc::accept4(
-            listener,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-            libc::SOCK_CLOEXEC,
-        );
-        if conn < 0 {
-            return matches!(
-                *libc::__errno_location(),
-                libc::EINTR
-                    | libc::EAGAIN
-                    | libc::ECONNABORTED
-                    | libc::EMFILE
-                    | libc::ENFILE
-                    | libc::ENOBUFS
-                    | libc::ENOMEM
+        unsafe {
+            let conn = libc::accept4(
+                listener,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
             );
-        }
-        if fork() == 0 {
-            for &fd in close {
-                libc::close(fd);
+            if conn < 0 {
+                return matches!(
+                    *libc::__errno_location(),
+                    libc::EINTR
+                        | libc::EAGAIN
+                        | libc::ECONNABORTED
+                        | libc::EMFILE
+                        | libc::ENFILE
+                        | libc::ENOBUFS
+                        | libc::ENOMEM
+                );
             }
-            relay_one(&self.socket, conn);
+            if fork() == 0 {
+                for &fd in close {
+                    libc::close(fd);
+                }
+                relay_one(&self.socket, conn);
+            }
+            libc::close(conn);
+            true
         }
-        libc::close(conn);
-        true
     }
 
     /// For a wrapper that makes no network namespace of its own (`bwrap
@@ -208,28 +214,30 @@ impl Relay {
     /// none), brings up loopback and starts the relay there.
     /// Async-signal-safe.
     pub(super) unsafe fn enter_own_network(&self, user: bool) -> io::Result<()> {
-        let flags = if user {
-            libc::CLONE_NEWUSER | libc::CLONE_NEWNET
-        } else {
-            libc::CLONE_NEWNET
-        };
-        if libc::unshare(flags) < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let maps = [
-            (&self.setgroups, &b"deny"[..]),
-            (&self.uid_map, &self.uid_line),
-            (&self.gid_map, &self.gid_line),
-        ];
-        for (file, data) in maps.into_iter().filter(|_| user) {
-            if write_file(file, data) < 0 {
+        unsafe {
+            let flags = if user {
+                libc::CLONE_NEWUSER | libc::CLONE_NEWNET
+            } else {
+                libc::CLONE_NEWNET
+            };
+            if libc::unshare(flags) < 0 {
                 return Err(io::Error::last_os_error());
             }
+            let maps = [
+                (&self.setgroups, &b"deny"[..]),
+                (&self.uid_map, &self.uid_line),
+                (&self.gid_map, &self.gid_line),
+            ];
+            for (file, data) in maps.into_iter().filter(|_| user) {
+                if write_file(file, data) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            if loopback_up() < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            self.start()
         }
-        if loopback_up() < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        self.start()
     }
 }
 
@@ -240,151 +248,163 @@ fn literal(s: &str) -> CString {
 
 /// Writes `data` to the file at `path`. Async-signal-safe.
 pub(super) unsafe fn write_file(path: &CString, data: &[u8]) -> c_long {
-    let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-    if fd < 0 {
-        return -1;
-    }
-    let n = libc::write(fd, data.as_ptr().cast(), data.len());
-    libc::close(fd);
-    if n < 0 || n as usize != data.len() {
-        -1
-    } else {
-        0
+    unsafe {
+        let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return -1;
+        }
+        let n = libc::write(fd, data.as_ptr().cast(), data.len());
+        libc::close(fd);
+        if n < 0 || n as usize != data.len() {
+            -1
+        } else {
+            0
+        }
     }
 }
 
 /// Brings up `lo` in the current network namespace. Async-signal-safe.
 pub(super) unsafe fn loopback_up() -> c_long {
-    let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-    if sock < 0 {
-        return -1;
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return -1;
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+        let rc = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req as *const libc::ifreq);
+        let errno = *libc::__errno_location();
+        libc::close(sock);
+        *libc::__errno_location() = errno;
+        c_long::from(rc)
     }
-    let mut req: libc::ifreq = std::mem::zeroed();
-    req.ifr_name[0] = b'l' as libc::c_char;
-    req.ifr_name[1] = b'o' as libc::c_char;
-    req.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    let rc = libc::ioctl(sock, libc::SIOCSIFFLAGS, &req as *const libc::ifreq);
-    let errno = *libc::__errno_location();
-    libc::close(sock);
-    *libc::__errno_location() = errno;
-    c_long::from(rc)
 }
 
 /// A raw clone, not libc's fork: fork's atfork handlers may take locks
 /// another thread of the agent held when std forked.
 pub(super) unsafe fn fork() -> c_long {
-    libc::syscall(libc::SYS_clone, c_long::from(libc::SIGCHLD), 0, 0, 0, 0)
+    unsafe { libc::syscall(libc::SYS_clone, c_long::from(libc::SIGCHLD), 0, 0, 0, 0) }
 }
 
 /// A listening TCP socket on `127.0.0.1:GATEWAY_PORT`, closed on exec.
 pub(super) unsafe fn listen() -> io::Result<c_int> {
-    let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_port = GATEWAY_PORT.to_be();
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let bound = libc::bind(
+            fd,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        if bound < 0 || libc::listen(fd, 64) < 0 {
+            let e = io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(fd)
     }
-    let mut addr: libc::sockaddr_in = std::mem::zeroed();
-    addr.sin_family = libc::AF_INET as libc::sa_family_t;
-    addr.sin_port = GATEWAY_PORT.to_be();
-    addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
-    let bound = libc::bind(
-        fd,
-        (&addr as *const libc::sockaddr_in).cast(),
-        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-    );
-    if bound < 0 || libc::listen(fd, 64) < 0 {
-        let e = io::Error::last_os_error();
-        libc::close(fd);
-        return Err(e);
-    }
-    Ok(fd)
 }
 
 /// The relay process: accepts on `listener` and hands each connection to a
 /// process of its own, which copies it to and from the step socket. Never
 /// returns.
 unsafe fn serve(relay: &Relay, listener: c_int, parent: libc::pid_t) -> ! {
-    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
-    // A parent gone before the line above sent no signal.
-    if libc::getppid() != parent {
-        libc::_exit(0);
+    unsafe {
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0);
+        // A parent gone before the line above sent no signal.
+        if libc::getppid() != parent {
+            libc::_exit(0);
+        }
+        reset_signals();
+        // Finished connections are reaped by the kernel; a peer gone mid-write
+        // is an error to return, not a signal to die of.
+        libc::signal(libc::SIGCHLD, libc::SIG_IGN);
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        // Nothing of the command's (its log files, the status pipes) may stay
+        // open here: the agent reads the logs to their end.
+        close_all_but(listener);
+        while relay.hand_over(listener, &[listener]) {}
+        libc::_exit(1)
     }
-    reset_signals();
-    // Finished connections are reaped by the kernel; a peer gone mid-write
-    // is an error to return, not a signal to die of.
-    libc::signal(libc::SIGCHLD, libc::SIG_IGN);
-    libc::signal(libc::SIGPIPE, libc::SIG_IGN);
-    // Nothing of the command's (its log files, the status pipes) may stay
-    // open here: the agent reads the logs to their end.
-    close_all_but(listener);
-    while relay.hand_over(listener, &[listener]) {}
-    libc::_exit(1)
 }
 
 /// Copies one connection to a new connection to the step socket and back
 /// until both sides are done. Never returns.
 unsafe fn relay_one(socket: &libc::sockaddr_un, tcp: c_int) -> ! {
-    let unix = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-    let connected = unix >= 0
-        && libc::connect(
-            unix,
-            (socket as *const libc::sockaddr_un).cast(),
-            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
-        ) == 0;
-    if !connected {
-        // The client sees its connection reset, as for a server that is down.
-        libc::_exit(1);
-    }
-    let mut fds = [
-        libc::pollfd {
-            fd: tcp,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-        libc::pollfd {
-            fd: unix,
-            events: libc::POLLIN,
-            revents: 0,
-        },
-    ];
-    let mut buf = [0u8; CHUNK];
-    // Each direction ends on its reader's end of file, which is passed on as
-    // a half close: a client may finish sending and still read the answer.
-    while fds.iter().any(|p| p.fd >= 0) {
-        if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
-            if *libc::__errno_location() == libc::EINTR {
-                continue;
-            }
-            break;
+    unsafe {
+        let unix = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        let connected = unix >= 0
+            && libc::connect(
+                unix,
+                (socket as *const libc::sockaddr_un).cast(),
+                std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+            ) == 0;
+        if !connected {
+            // The client sees its connection reset, as for a server that is down.
+            libc::_exit(1);
         }
-        for (i, side) in fds.iter_mut().enumerate() {
-            if side.fd < 0 || side.revents == 0 {
-                continue;
+        let mut fds = [
+            libc::pollfd {
+                fd: tcp,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: unix,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let mut buf = [0u8; CHUNK];
+        // Each direction ends on its reader's end of file, which is passed on as
+        // a half close: a client may finish sending and still read the answer.
+        while fds.iter().any(|p| p.fd >= 0) {
+            if libc::poll(fds.as_mut_ptr(), 2, -1) < 0 {
+                if *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                break;
             }
-            let (from, to) = if i == 0 { (tcp, unix) } else { (unix, tcp) };
-            let n = libc::read(from, buf.as_mut_ptr().cast(), buf.len());
-            if n < 0 && *libc::__errno_location() == libc::EINTR {
-                continue;
-            }
-            if n <= 0 || !send_all(to, &buf[..n as usize]) {
-                libc::shutdown(to, libc::SHUT_WR);
-                side.fd = -1;
+            for (i, side) in fds.iter_mut().enumerate() {
+                if side.fd < 0 || side.revents == 0 {
+                    continue;
+                }
+                let (from, to) = if i == 0 { (tcp, unix) } else { (unix, tcp) };
+                let n = libc::read(from, buf.as_mut_ptr().cast(), buf.len());
+                if n < 0 && *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                if n <= 0 || !send_all(to, &buf[..n as usize]) {
+                    libc::shutdown(to, libc::SHUT_WR);
+                    side.fd = -1;
+                }
             }
         }
+        libc::_exit(0)
     }
-    libc::_exit(0)
 }
 
 /// Sends all of `data` on `fd`; false when the peer is gone.
 unsafe fn send_all(fd: c_int, mut data: &[u8]) -> bool {
-    while !data.is_empty() {
-        let n = libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL);
-        if n < 0 {
-            if *libc::__errno_location() == libc::EINTR {
-                continue;
+    unsafe {
+        while !data.is_empty() {
+            let n = libc::send(fd, data.as_ptr().cast(), data.len(), libc::MSG_NOSIGNAL);
+            if n < 0 {
+                if *libc::__errno_location() == libc::EINTR {
+                    continue;
+                }
+                return false;
             }
-            return false;
+            data = &data[n as usize..];
         }
-        data = &data[n as usize..];
+        true
     }
-    true
 }

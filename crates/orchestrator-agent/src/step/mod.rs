@@ -601,7 +601,7 @@ mod tests {
         let r = CancelReason::new();
         assert_eq!(r.get(), "step cancelled");
         r.set("agent shutting down");
-        r.clone().set("lease revoked");
+        r.set("lease revoked");
         assert_eq!(r.get(), "agent shutting down");
     }
 }

@@ -229,7 +229,7 @@ pub fn decide(
                 stops.push((i.model.clone(), i.place.clone()));
             }
             *used.entry(p).or_default() += m.memory_mib;
-            starts.push((m.model.clone(), p.to_string()));
+            starts.push((m.model.clone(), p.to_owned()));
         } else {
             // Wait for the busy ones to finish; keep the place for this model.
             for n in busy {

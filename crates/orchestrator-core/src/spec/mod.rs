@@ -521,7 +521,7 @@ impl<'de> Deserialize<'de> for DurationSpec {
         struct V;
         impl serde::de::Visitor<'_> for V {
             type Value = DurationSpec;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a duration such as 30s, 10m, 2h, 250ms or a number of seconds")
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<DurationSpec, E> {

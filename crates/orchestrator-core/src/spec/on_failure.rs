@@ -138,7 +138,7 @@ impl<'de> Deserialize<'de> for StageOnFailure {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
             type Value = StageOnFailure;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("`ask`, `fail`, or a map {retry_stage, feedback, max_rounds, then}")
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StageOnFailure, E> {

@@ -73,7 +73,7 @@ impl<'de> Deserialize<'de> for SizeSpec {
         struct V;
         impl serde::de::Visitor<'_> for V {
             type Value = SizeSpec;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 f.write_str("a size such as 512M, 4G, 1T or a number of MiB")
             }
             fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<SizeSpec, E> {

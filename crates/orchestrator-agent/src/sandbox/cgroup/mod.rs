@@ -306,13 +306,15 @@ fn write_file(path: &Path, value: &str) -> io::Result<()> {
 ///
 /// `fds` must be open descriptors of join files.
 pub unsafe fn join(fds: &[RawFd]) -> io::Result<()> {
-    for &fd in fds {
-        // "0" means the writer itself.
-        if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
-            return Err(io::Error::last_os_error());
+    unsafe {
+        for &fd in fds {
+            // "0" means the writer itself.
+            if libc::write(fd, b"0".as_ptr().cast(), 1) != 1 {
+                return Err(io::Error::last_os_error());
+            }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 /// How often the cgroup is looked at while it empties.
