@@ -9,7 +9,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent_opts::{default_slots, AgentOpts};
 use crate::client::Client;
-use crate::up::{run_up, DaemonArgs, HookArgs, UpArgs};
+use crate::daemon_opts::{DaemonArgs, HookArgs};
+use crate::up::{run_up, UpArgs};
 
 #[derive(clap::Args)]
 pub struct DemoArgs {

@@ -14,6 +14,7 @@ mod bench_sched;
 mod cachecmd;
 mod client;
 mod config;
+mod daemon_opts;
 mod decide;
 mod demo;
 mod diff;
@@ -68,7 +69,7 @@ enum Cmd {
     /// Start the daemon and one local agent on the embedded store.
     Up(up::UpArgs),
     /// Start the daemon alone.
-    Daemon(up::DaemonArgs),
+    Daemon(daemon_opts::DaemonArgs),
     /// Start an agent that works for a daemon.
     Agent(up::AgentArgs),
     /// Run the demo workflow on a fresh embedded store, then exit.
