@@ -3,28 +3,17 @@
 //! with the path and where it leads; symlinks that stay inside are harmless.
 //! Real files, real git, real processes.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use orchestrator_agent::run_step;
 use orchestrator_core::api::{ClaimedJob, JobSpec, StepOutcome};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::spec::CommandSpec;
 use tempfile::TempDir;
-use tokio_util::sync::CancellationToken;
 
 mod common;
 
-fn argv(args: &[&str]) -> CommandSpec {
-    CommandSpec {
-        argv: args.iter().map(|s| s.to_string()).collect(),
-        run: None,
-        cwd: None,
-        env: BTreeMap::new(),
-        timeout: None,
-    }
-}
+use common::{argv, step};
 
 /// A project whose run `run-1` has its worktree, and a directory outside it
 /// holding `secret.txt`.
@@ -89,10 +78,6 @@ impl Setup {
             &["ls-tree", "-r", "--name-only", "orch/run/run-1"],
         )
     }
-}
-
-async fn step(job: &ClaimedJob) -> StepOutcome {
-    run_step(job, "agent-1", CancellationToken::new()).await
 }
 
 fn assert_refused(out: &StepOutcome, needles: &[&str]) {

@@ -12,19 +12,11 @@ use orchestrator_core::error::ErrorClass;
 use orchestrator_core::sched::{GpuGrant, Grant};
 use orchestrator_core::spec::{CommandSpec, DurationSpec};
 use tempfile::TempDir;
-
-mod common;
 use tokio_util::sync::CancellationToken;
 
-fn argv(args: &[&str]) -> CommandSpec {
-    CommandSpec {
-        argv: args.iter().map(|s| s.to_string()).collect(),
-        run: None,
-        cwd: None,
-        env: BTreeMap::new(),
-        timeout: None,
-    }
-}
+mod common;
+
+use common::{argv, step};
 
 fn sh(script: &str) -> CommandSpec {
     argv(&["sh", "-c", script])
@@ -117,10 +109,6 @@ impl Project {
         let text = fs::read_to_string(self.bundle(job).join("manifest.json")).unwrap();
         serde_json::from_str(&text).unwrap()
     }
-}
-
-async fn step(job: &ClaimedJob) -> StepOutcome {
-    run_step(job, "agent-1", CancellationToken::new()).await
 }
 
 fn assert_task_failure(out: &StepOutcome, needle: &str) {

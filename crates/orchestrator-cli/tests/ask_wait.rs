@@ -14,13 +14,6 @@ use serde_json::Value;
 /// Short leases, so that a lost agent is noticed quickly.
 const FLAGS: &[&str] = &["--lease-ttl-ms", "3000", "--heartbeat-ms", "500"];
 
-fn wait_stage(h: &Harness, run: &str, id: &str, state: &str) -> Value {
-    wait_for(&format!("stage {id} to be {state}"), LONG, || {
-        let d = h.show(run);
-        (stage(&d, id)["state"] == state).then_some(d)
-    })
-}
-
 /// The one open question of the run, once asked.
 fn open_question(h: &Harness, run: &str) -> Value {
     wait_for("the step's question", LONG, || {

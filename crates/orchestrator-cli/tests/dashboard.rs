@@ -76,13 +76,6 @@ fn check_tools() {
     );
 }
 
-fn stage<'a>(detail: &'a Value, id: &str) -> &'a Value {
-    detail["stages"]
-        .as_array()
-        .and_then(|s| s.iter().find(|s| s["stage_id"] == id))
-        .unwrap_or_else(|| panic!("no stage {id} in {detail}"))
-}
-
 #[test]
 fn a_browser_sees_the_graph_approves_by_clicking_and_watches_the_run_finish() {
     check_tools();

@@ -6,14 +6,6 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use serde_json::Value;
-
-fn wait_stage(h: &Harness, run: &str, id: &str, state: &str) -> Value {
-    wait_for(&format!("stage {id} to be {state}"), LONG, || {
-        let d = h.show(run);
-        (stage(&d, id)["state"] == state).then_some(d)
-    })
-}
 
 /// The `to` states of a stage's transitions, in order.
 fn path_of(d: &Daemon, run: &str, stage_id: &str) -> Vec<String> {

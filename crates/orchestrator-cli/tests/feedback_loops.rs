@@ -10,22 +10,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-fn stage<'a>(detail: &'a Value, id: &str) -> &'a Value {
-    detail["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stage_id"] == id)
-        .unwrap_or_else(|| panic!("no stage {id} in {detail:#}"))
-}
-
-fn wait_stage(h: &Harness, run: &str, id: &str, state: &str) -> Value {
-    wait_for(&format!("stage {id} to be {state}"), LONG, || {
-        let d = h.show(run);
-        (stage(&d, id)["state"] == state).then_some(d)
-    })
-}
-
 /// (step, round, reason, state) of each job of a stage, in order.
 fn rounds(detail: &Value, id: &str) -> Vec<(u64, u64, String, String)> {
     detail["jobs"]

@@ -9,22 +9,6 @@ use common::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-fn stage<'a>(detail: &'a Value, id: &str) -> &'a Value {
-    detail["stages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["stage_id"] == id)
-        .unwrap_or_else(|| panic!("no stage {id} in {detail:#}"))
-}
-
-fn wait_stage(h: &Harness, run: &str, id: &str, state: &str) -> Value {
-    wait_for(&format!("stage {id} to be {state}"), LONG, || {
-        let d = h.show(run);
-        (stage(&d, id)["state"] == state).then_some(d)
-    })
-}
-
 fn inbox(h: &Harness) -> Vec<Value> {
     let out = h.orch(&["inbox", "-o", "json"]);
     out.expect_code(0);

@@ -58,13 +58,6 @@ fn submit_with(h: &Harness, file: &Path, args: &[&str]) -> (String, Out) {
     (id, out)
 }
 
-fn wait_stage(h: &Harness, run: &str, id: &str, state: &str) -> Value {
-    wait_for(&format!("stage {id} of {run} to be {state}"), LONG, || {
-        let d = h.show(run);
-        (stage(&d, id)["state"] == state).then_some(d)
-    })
-}
-
 /// `orch explain RUN [STAGE]` as text.
 fn explain(h: &Harness, args: &[&str]) -> String {
     let mut all = vec!["explain"];
@@ -72,19 +65,6 @@ fn explain(h: &Harness, args: &[&str]) -> String {
     let out = h.orch(&all);
     out.expect_code(0);
     out.stdout
-}
-
-/// The transitions log of a run, oldest first.
-fn transitions(d: &Daemon, run: &str) -> Vec<Value> {
-    let r = http(
-        d,
-        "GET",
-        &format!("/v1/runs/{run}/transitions"),
-        Some(&d.admin_token),
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json().as_array().unwrap().clone()
 }
 
 /// A job's [start, end] in daemon milliseconds; panics unless it ran and ended.

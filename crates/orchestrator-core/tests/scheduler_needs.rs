@@ -1,31 +1,14 @@
 //! What a stage needs: its labels and resources read into placement needs,
 //! and the sizes of memory a workflow writes.
 
+mod common;
+
 use orchestrator_core::sched::Needs;
 use orchestrator_core::spec::{Resources, SizeSpec, Stage};
 
+use common::{needs, shared, strings, whole};
+
 const G: u64 = 1024;
-
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| (*s).to_owned()).collect()
-}
-
-fn needs(memory_mb: u64, gpus: u32, gpu_memory_mb: Option<u64>) -> Needs {
-    Needs {
-        labels: Vec::new(),
-        memory_mb,
-        gpus,
-        gpu_memory_mb,
-    }
-}
-
-fn whole(n: u32) -> Needs {
-    needs(0, n, None)
-}
-
-fn shared(gpu_memory_mb: u64) -> Needs {
-    needs(0, 1, Some(gpu_memory_mb))
-}
 
 // ------------------------------------------------------------ what a stage needs
 

@@ -2,11 +2,15 @@
 //! on which GPUs) a step fits there, as tables and as properties over
 //! random agents and random sequences of placements.
 
+mod common;
+
 use orchestrator_core::sched::resources::GpuFree;
 use orchestrator_core::sched::{
     could_ever_fit, fit, free, Capacity, Free, Gpu, GpuGrant, Grant, Misfit, Needs,
 };
 use proptest::prelude::*;
+
+use common::{needs, shared, strings, whole};
 
 const G: u64 = 1024;
 
@@ -18,10 +22,6 @@ fn gpu(index: u32, memory_mb: u64) -> Gpu {
     }
 }
 
-fn strings(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| (*s).to_owned()).collect()
-}
-
 fn cap(slots: u32, memory_mb: u64, gpus: Vec<Gpu>) -> Capacity {
     Capacity {
         slots,
@@ -29,23 +29,6 @@ fn cap(slots: u32, memory_mb: u64, gpus: Vec<Gpu>) -> Capacity {
         gpus,
         labels: Vec::new(),
     }
-}
-
-fn needs(memory_mb: u64, gpus: u32, gpu_memory_mb: Option<u64>) -> Needs {
-    Needs {
-        labels: Vec::new(),
-        memory_mb,
-        gpus,
-        gpu_memory_mb,
-    }
-}
-
-fn whole(n: u32) -> Needs {
-    needs(0, n, None)
-}
-
-fn shared(gpu_memory_mb: u64) -> Needs {
-    needs(0, 1, Some(gpu_memory_mb))
 }
 
 /// Fits `n` on `f` and takes the grant, panicking when it does not fit.

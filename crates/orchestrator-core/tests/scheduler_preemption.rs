@@ -2,11 +2,15 @@
 //! waiting higher-priority work can be placed, as tables of small clusters
 //! and as properties over random ones.
 
+mod common;
+
 use orchestrator_core::sched::{
     fit, free, plan_preemption, AgentState, Capacity, Free, Gpu, GpuGrant, Grant, Needs, Reserve,
     RunningJob, SystemRules, Waiting, YieldOrder,
 };
 use proptest::prelude::*;
+
+use common::needs;
 
 const G: u64 = 1024;
 
@@ -82,15 +86,6 @@ fn wait(job_id: i64, priority: i32, needs: Needs) -> Waiting {
 fn pinned(mut w: Waiting, agent: &str) -> Waiting {
     w.pinned = Some(agent.into());
     w
-}
-
-fn needs(memory_mb: u64, gpus: u32, gpu_memory_mb: Option<u64>) -> Needs {
-    Needs {
-        labels: Vec::new(),
-        memory_mb,
-        gpus,
-        gpu_memory_mb,
-    }
 }
 
 /// (agent, victims, for_job) of each order.

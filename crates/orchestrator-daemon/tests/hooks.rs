@@ -3,6 +3,8 @@
 //! HTTP listeners in the test as the receivers (a webhook endpoint, a fake
 //! OpenClaw gateway). Every wait polls under a generous deadline.
 
+mod common;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -20,6 +22,8 @@ use orchestrator_daemon::hooks::{
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
 use orchestrator_store::{NewRun, SqlStore, Store, StoreOptions};
 use serde_json::Value;
+
+use common::stop;
 
 const LONG: Duration = Duration::from_secs(30);
 const ADMIN: &str = "admin-token";
@@ -170,11 +174,6 @@ async fn start(store: &Arc<SqlStore>, hooks: HooksConfig) -> Daemon {
     );
     cfg.hooks = hooks;
     Daemon::start(cfg, store.clone()).await.unwrap()
-}
-
-async fn stop(d: Daemon) {
-    d.shutdown_token().cancel();
-    d.wait().await.unwrap();
 }
 
 async fn status(addr: SocketAddr) -> Vec<HookStatus> {

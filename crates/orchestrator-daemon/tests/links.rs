@@ -3,6 +3,8 @@
 //! links in them clicked over HTTP. A link acts on the one request it was
 //! sent for, once, and stays refused across a restart.
 
+mod common;
+
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -14,6 +16,8 @@ use orchestrator_daemon::hooks::{ActionLinks, HooksConfig, OpenClawConfig, Retry
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
 use orchestrator_store::{HumanCommand, NewRun, SqlStore, Store, StoreOptions};
 use serde_json::Value;
+
+use common::stop;
 
 const LONG: Duration = Duration::from_secs(30);
 
@@ -74,11 +78,6 @@ async fn start(dir: &Path, gateway: &str) -> (Daemon, Arc<SqlStore>) {
     );
     cfg.hooks = hooks(dir, gateway);
     (Daemon::start(cfg, store.clone()).await.unwrap(), store)
-}
-
-async fn stop(d: Daemon) {
-    d.shutdown_token().cancel();
-    d.wait().await.unwrap();
 }
 
 /// Waits for the `n`th message that contains `word`; returns its

@@ -4,6 +4,8 @@
 //! across a restart; a session ends when it logs out, when the admin
 //! revokes every session, or at its maximum age, and cannot make links.
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,6 +13,8 @@ use std::time::Duration;
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
 use orchestrator_store::{SqlStore, StoreOptions};
 use serde_json::{json, Value};
+
+use common::stop;
 
 const ADMIN: &str = "admin-token";
 
@@ -28,11 +32,6 @@ async fn start(dir: &Path, session_max_ms: Option<u64>) -> Daemon {
         cfg.dashboard_session_max_ms = ms;
     }
     Daemon::start(cfg, store).await.unwrap()
-}
-
-async fn stop(d: Daemon) {
-    d.shutdown_token().cancel();
-    d.wait().await.unwrap();
 }
 
 /// A request as `token` (none: no Authorization): status and JSON body.

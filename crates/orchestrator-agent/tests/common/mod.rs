@@ -1,12 +1,18 @@
-//! What the agent's tests share: real git repositories in temporary directories.
+//! What the agent's tests share: real git repositories in temporary
+//! directories, commands in a line, and a step run without a daemon.
 // Each test binary uses a part of this.
 #![allow(dead_code)]
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
 
+use orchestrator_agent::run_step;
+use orchestrator_core::api::{ClaimedJob, StepOutcome};
+use orchestrator_core::spec::CommandSpec;
 use tempfile::TempDir;
+use tokio_util::sync::CancellationToken;
 
 /// Runs git in `dir`, asserts success, returns stdout trimmed.
 pub fn git(dir: &Path, args: &[&str]) -> String {
@@ -46,3 +52,19 @@ pub fn repo() -> (TempDir, String) {
 }
 
 pub mod sandboxed;
+
+/// A command of these arguments, with nothing else set.
+pub fn argv(args: &[&str]) -> CommandSpec {
+    CommandSpec {
+        argv: args.iter().map(|s| s.to_string()).collect(),
+        run: None,
+        cwd: None,
+        env: BTreeMap::new(),
+        timeout: None,
+    }
+}
+
+/// Runs `job` as agent `agent-1` would, with nothing cancelling it.
+pub async fn step(job: &ClaimedJob) -> StepOutcome {
+    run_step(job, "agent-1", CancellationToken::new()).await
+}

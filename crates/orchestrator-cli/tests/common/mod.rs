@@ -818,6 +818,14 @@ pub fn stage<'a>(detail: &'a Value, id: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no stage {id} in {detail:#}"))
 }
 
+/// Waits until stage `id` of `run` is in `state`; returns the run's detail then.
+pub fn wait_stage(h: &Harness, run: &str, id: &str, state: &str) -> Value {
+    wait_for(&format!("stage {id} of {run} to be {state}"), LONG, || {
+        let d = h.show(run);
+        (stage(&d, id)["state"] == state).then_some(d)
+    })
+}
+
 /// The jobs of one stage of a run detail.
 pub fn jobs_of<'a>(detail: &'a Value, stage_id: &str) -> Vec<&'a Value> {
     detail["jobs"]

@@ -1,6 +1,7 @@
-//! What the model fabric's tests share: a real daemon on a real SQLite
-//! store serving a models file, with runs submitted and their jobs claimed
-//! over HTTP, so that each job's key opens the gateway.
+//! What the daemon's tests share: for the model fabric's, a real daemon on
+//! a real SQLite store serving a models file, with runs submitted and their
+//! jobs claimed over HTTP, so that each job's key opens the gateway; for all,
+//! stopping a daemon.
 
 #![allow(dead_code)]
 
@@ -13,6 +14,12 @@ use serde_json::{json, Value};
 
 pub const AGENT: &str = "agent-token";
 pub const ADMIN: &str = "admin-token";
+
+/// Stops a daemon and waits until it has, its store closed.
+pub async fn stop(d: Daemon) {
+    d.shutdown_token().cancel();
+    d.wait().await.unwrap();
+}
 
 /// Sends a request: its status and its body as JSON (Null when it is not).
 pub async fn send(r: reqwest::RequestBuilder) -> (u16, Value) {
