@@ -8,7 +8,7 @@
 use crate::db::{params, Optional};
 use orchestrator_core::Entity;
 
-use super::writer::Ctx;
+use super::tx::Ctx;
 use crate::Result;
 
 const ONLINE: &str = "online";

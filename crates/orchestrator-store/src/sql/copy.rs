@@ -10,7 +10,7 @@ use std::path::Path;
 use crate::db::{params, Conn, Value};
 use crate::{Result, StoreError};
 
-use super::{location, schema, schema_pg};
+use super::{schema, schema_pg};
 
 /// Every table, parents before the rows that refer to them.
 const TABLES: &[&str] = &[
@@ -54,8 +54,8 @@ pub fn sqlite_to_postgres(from: &Path, url: &str, schema: Option<&str>) -> Resul
             from.display()
         )));
     }
-    let _lock = super::lock(from)?;
-    let mut src = super::open_conn(from)?;
+    let _lock = super::open::lock(from)?;
+    let mut src = super::open::open_conn(from)?;
     schema::migrate(&mut src)?;
     let src = Conn::Sqlite(src);
     // The driver runs a runtime of its own, which cannot start inside one.
@@ -67,7 +67,7 @@ pub fn sqlite_to_postgres(from: &Path, url: &str, schema: Option<&str>) -> Resul
 }
 
 fn copy(src: &Conn, url: &str, schema: Option<&str>) -> Result<CopyReport> {
-    let dst = location::connect_pg(url, schema, "migrate")?;
+    let dst = super::pg::connect_pg(url, schema, "migrate")?;
     schema_pg::migrate(&dst)?;
     dst.execute_batch(&format!("BEGIN; {}", schema_pg::WRITE_LOCK))?;
     match copy_tables(src, &dst) {

@@ -7,7 +7,7 @@ use orchestrator_core::api::{check_agent_name, AgentTokenView};
 use orchestrator_core::Entity;
 use sha2::{Digest, Sha256};
 
-use super::writer::Ctx;
+use super::tx::Ctx;
 use crate::db::{params, Conn, Optional};
 use crate::{Result, StoreError};
 

@@ -1,14 +1,18 @@
-//! A human's decision about a failed stage: retry it, skip it, or abort it
-//! (or the whole run). Run by the writer inside a batch's transaction.
+//! Human decisions: a human's command to a run (approve, reject, answer,
+//! retry with or without feedback, skip, abort) sent to what carries it
+//! out, and the decision about a failed stage: retry it, skip it, or abort
+//! it (or the whole run). Run by the writer inside a batch's transaction.
 
 use crate::db::Optional;
 use orchestrator_core::machine::{RunEvent, StageEvent};
 use orchestrator_core::{RunState, StageState};
 
-use super::graph::{conflict, load_stage, run_command, stage_event};
-use super::human;
-use super::writer::Ctx;
-use crate::{Result, StoreError};
+use super::common::conflict;
+use super::run::run_command;
+use super::stage::{load_stage, stage_event};
+use super::tx::Ctx;
+use super::{human, loops};
+use crate::{HumanCommand, Result, StoreError};
 
 /// What a human decided about a stage awaiting a decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,4 +98,45 @@ pub fn abort_run(
         said("aborted", comment),
         actor,
     )
+}
+
+/// Carries out a human's command inside the writer's transaction.
+pub fn human_command(
+    ctx: &mut Ctx<'_>,
+    id: &str,
+    command: HumanCommand,
+    actor: &str,
+) -> Result<()> {
+    match command {
+        HumanCommand::Approve { stage_id, comment } => {
+            human::approve(ctx, id, &stage_id, comment, actor)
+        }
+        HumanCommand::Reject { stage_id, feedback } => {
+            human::reject(ctx, id, &stage_id, feedback, actor)
+        }
+        HumanCommand::Answer { question_id, text } => {
+            human::answer(ctx, id, question_id, text, actor)
+        }
+        HumanCommand::Retry {
+            stage_id,
+            comment,
+            feedback: Some(feedback),
+        } => loops::by_human(ctx, id, &stage_id, &feedback, comment.as_deref(), actor),
+        HumanCommand::Retry {
+            stage_id,
+            comment,
+            feedback: None,
+        } => decide(ctx, id, &stage_id, Decision::Retry, comment, actor),
+        HumanCommand::Skip { stage_id, comment } => {
+            decide(ctx, id, &stage_id, Decision::Skip, comment, actor)
+        }
+        HumanCommand::Abort {
+            stage_id: Some(stage_id),
+            comment,
+        } => decide(ctx, id, &stage_id, Decision::Abort, comment, actor),
+        HumanCommand::Abort {
+            stage_id: None,
+            comment,
+        } => abort_run(ctx, id, comment, actor),
+    }
 }

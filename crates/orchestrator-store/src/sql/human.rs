@@ -4,65 +4,15 @@
 
 use crate::db::{params, Optional};
 use orchestrator_core::api::{Answered, Ask, Handoff, QuestionState, Said, StepOutcome};
-use orchestrator_core::machine::{after_step, After, Gate, StageEvent};
-use orchestrator_core::spec::{Stage, Step};
+use orchestrator_core::machine::{After, Gate, StageEvent};
+use orchestrator_core::spec::Stage;
 use orchestrator_core::{Entity, StageState};
 
-use super::graph::{conflict, load_stage, stage_event, workflow, StageRow};
-use super::writer::Ctx;
+use super::common::{conflict, workflow};
+use super::stage::{load_stage, stage_event, StageRow};
+use super::steps::{after, parse_handoff, stage_spec, step_name, step_of};
+use super::tx::Ctx;
 use crate::{Result, StoreError};
-
-/// The stage spec of a stage row, and step `step` of it (counted across a
-/// loop's iterations).
-pub(super) fn stage_spec<'w>(
-    wf: &'w orchestrator_core::Workflow,
-    run_id: &str,
-    stage_id: &str,
-    ord: usize,
-) -> Result<&'w Stage> {
-    wf.stages
-        .get(ord)
-        .filter(|s| s.id == stage_id)
-        .ok_or_else(|| {
-            StoreError::Database(format!(
-                "stage {stage_id} missing from the spec of run {run_id}"
-            ))
-        })
-}
-
-/// What a stage's validation job is called, where a step's name would be.
-pub(super) const VALIDATION_NAME: &str = "validate";
-
-/// The name of job `step` of a stage: a step's own, or the validation's.
-pub(super) fn step_name(stage: &Stage, step: u32) -> Option<String> {
-    if stage.validation_step() == Some(step) {
-        return Some(VALIDATION_NAME.to_owned());
-    }
-    step_of(stage, step).ok()?.name.clone()
-}
-
-/// Step `step` of a stage, counted across a loop's iterations.
-pub(super) fn step_of(stage: &Stage, step: u32) -> Result<&Step> {
-    let n = stage.steps.len().max(1);
-    stage
-        .steps
-        .get(step as usize % n)
-        .ok_or_else(|| StoreError::Database(format!("stage {} has no step {step}", stage.id)))
-}
-
-/// Where a stage goes after step `step`: its validation comes after its
-/// last step.
-pub(super) fn after(stage: &Stage, step: u32, until_met: Option<bool>) -> After {
-    match after_step(
-        step,
-        u32::try_from(stage.steps.len()).unwrap_or(u32::MAX),
-        stage.iterations(),
-        until_met,
-    ) {
-        After::Done => stage.validation_step().map_or(After::Done, After::Validate),
-        after => after,
-    }
-}
 
 /// A stage's position in its run's workflow, which `stage_spec` needs.
 pub(super) fn stage_ord(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<usize> {
@@ -300,12 +250,6 @@ pub(super) fn handoff_for(
         .prepare_cached("SELECT handoff FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
         .query_row([run_id, stage_id], |r| r.get(0))?;
     Ok(parse_handoff(json.as_deref(), step))
-}
-
-/// A stage's stored handoff, when it is for step `step`.
-pub(super) fn parse_handoff(json: Option<&str>, step: u32) -> Option<Handoff> {
-    json.and_then(|j| serde_json::from_str::<Handoff>(j).ok())
-        .filter(|h| h.for_step == step)
 }
 
 /// `orch approve`: the held stage goes on.

@@ -1,11 +1,8 @@
 //! Where a store lives: a SQLite file (the default) or a PostgreSQL
-//! database, named by a URL, and how to connect to either.
+//! database, named by a URL. Connecting to PostgreSQL is `pg.rs`.
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use crate::db::pg::PgConn;
-use crate::db::Conn;
 use crate::{Result, StoreError};
 
 /// A store's database.
@@ -80,66 +77,6 @@ pub fn redact(url: &str) -> String {
     }
 }
 
-/// A schema name the store will quote into SQL: letters, digits and `_`.
-fn check_schema(schema: &str) -> Result<()> {
-    let ok = !schema.is_empty()
-        && schema.len() <= 63
-        && schema
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !schema.starts_with(|c: char| c.is_ascii_digit());
-    if ok {
-        Ok(())
-    } else {
-        Err(StoreError::Database(format!(
-            "schema name {schema:?}: expected letters, digits and '_' (not first a digit), at most 63"
-        )))
-    }
-}
-
-/// Opens a connection to a PostgreSQL store, creating its schema on first
-/// use. Every connection of one store sets the same search path, so the
-/// store's SQL names tables unqualified.
-pub fn connect_pg(url: &str, schema: Option<&str>, role: &str) -> Result<Conn> {
-    let shown = redact(url);
-    let mut config = postgres::Config::from_str(url).map_err(|e| {
-        StoreError::Database(format!(
-            "store URL {shown}: {e} (expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE)"
-        ))
-    })?;
-    config.application_name(&format!("orch {role}"));
-    if let Some(s) = schema {
-        check_schema(s)?;
-        config.options(&format!("-c search_path={s}"));
-    }
-    let client = config.connect(postgres::NoTls).map_err(|e| {
-        StoreError::Database(format!(
-            "cannot connect to the PostgreSQL store at {shown}: {}",
-            crate::db::Error::from(e)
-        ))
-    })?;
-    let conn = Conn::Postgres(Box::new(PgConn::new(client)));
-    if let Some(s) = schema {
-        conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {s}"))?;
-    }
-    Ok(conn)
-}
-
-/// Drops `schema` and every table in it: what a benchmark or a test made
-/// for itself, never the store a daemon uses.
-pub fn drop_schema(url: &str, schema: &str) -> Result<()> {
-    check_schema(schema)?;
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            let conn = connect_pg(url, None, "cleanup")?;
-            conn.execute_batch(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
-            Ok(())
-        })
-        .join()
-        .map_err(|_| StoreError::Database("dropping a schema panicked".into()))?
-    })
-}
-
 /// The parent directory a SQLite file needs, created when missing.
 pub fn ensure_parent(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
@@ -194,13 +131,5 @@ mod tests {
         );
         assert_eq!(redact("postgres://orch@db/orch"), "postgres://orch@db/orch");
         assert_eq!(redact("postgres://db/orch"), "postgres://db/orch");
-    }
-
-    #[test]
-    fn schema_names_are_checked_before_they_reach_sql() {
-        assert!(check_schema("orch_test_1").is_ok());
-        for bad in ["", "1abc", "a;drop", "a b", "x\"y"] {
-            assert!(check_schema(bad).is_err(), "{bad}");
-        }
     }
 }

@@ -16,9 +16,10 @@ use orchestrator_core::rounds::{next_round as round_of, round_cause, EarlierJob,
 use orchestrator_core::spec::Stage;
 use orchestrator_core::{RunState, StageState};
 
-use super::graph::{conflict, load_stage, stage_event, workflow};
-use super::human;
-use super::writer::Ctx;
+use super::common::{conflict, workflow};
+use super::stage::{load_stage, stage_event};
+use super::tx::Ctx;
+use super::{human, steps};
 use crate::{Result, StoreError};
 
 /// The most characters of feedback a transition's reason repeats (the
@@ -167,7 +168,7 @@ fn last_step(ctx: &mut Ctx<'_>, run_id: &str, stage_id: &str, state: StageState)
     }
     let ord = human::stage_ord(ctx, run_id, stage_id)?;
     let wf = workflow(ctx, run_id)?;
-    let stage = human::stage_spec(&wf, run_id, stage_id, ord)?;
+    let stage = steps::stage_spec(&wf, run_id, stage_id, ord)?;
     let validation = stage.validation_step().map_or(-1, i64::from);
     let last: Option<u32> = ctx
         .conn
@@ -207,7 +208,7 @@ fn send_back(
     let next = human::next_of(ctx, run_id, target, Some(step))?;
     let ord = human::stage_ord(ctx, run_id, target)?;
     let wf = workflow(ctx, run_id)?;
-    let index = human::stage_spec(&wf, run_id, target, ord)?.step_index(step);
+    let index = steps::stage_spec(&wf, run_id, target, ord)?.step_index(step);
     stage_event(
         ctx,
         run_id,
@@ -308,7 +309,7 @@ pub(super) fn send_back_plan(
 ) -> Result<Option<String>> {
     let ord = human::stage_ord(ctx, run_id, stage_id)?;
     let wf = workflow(ctx, run_id)?;
-    let stage = human::stage_spec(&wf, run_id, stage_id, ord)?;
+    let stage = steps::stage_spec(&wf, run_id, stage_id, ord)?;
     let Some(rule) = stage.send_back() else {
         return Ok(None);
     };
@@ -342,7 +343,7 @@ fn rounds_done(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<u32> {
 pub(super) fn after_failure(ctx: &mut Ctx<'_>, run_id: &str, stage_id: &str) -> Result<()> {
     let ord = human::stage_ord(ctx, run_id, stage_id)?;
     let wf = workflow(ctx, run_id)?;
-    let stage = human::stage_spec(&wf, run_id, stage_id, ord)?;
+    let stage = steps::stage_spec(&wf, run_id, stage_id, ord)?;
     let rule = stage.send_back().ok_or_else(|| {
         StoreError::Database(format!(
             "stage {stage_id} of run {run_id} has no on_failure rule to send its work back"

@@ -1,36 +1,81 @@
-//! The embedded SQLite store: a writer thread for every change, a read
-//! connection for queries.
+//! The SQL store (SQLite embedded, or PostgreSQL): one writer thread that
+//! commits every change in batches, a read connection for queries, and
+//! `SqlStore`, which implements [`Store`] over them.
+//!
+//! The modules form layers; a module imports only from its own layer or a
+//! lower one, and only the state machines' layer has cycles, among its own
+//! modules (`layers_hold` in `layers.rs` checks this against the sources):
+//!
+//! | layer | modules |
+//! |---|---|
+//! | 0 transaction | tx, writer, schema, schema_pg, location, failpoints |
+//! | 1 domain base | common, steps, placement, agents, credentials, spent, usage |
+//! | 2 state machines | stage, job, run, lease_end, retry, loops, human, wait, preempt, policy |
+//! | 3 domain commands | submit, schedule, claim, complete, leases, decide |
+//! | 4 reads | reads, inbox, explain |
+//! | 5 plumbing | pg, copy, open |
+//! | 6 store API | mod |
+//!
+//! - 0: `Ctx` (what a command sees), savepoints and transition rows (`tx`);
+//!   the writer thread and its batches (`writer`), which knows nothing of
+//!   the domain: the end-of-batch scheduler pass and the PostgreSQL NOTIFY
+//!   payload are handed to it as `writer::Hooks` when the store is built.
+//! - 1: what the commands share and what changes no run state: helpers,
+//!   a spec's steps, placement, agents' presence, tokens, spent
+//!   credentials, model usage.
+//! - 2: the stage, job and run machines as the store applies them, and the
+//!   rules their effects call, which apply events back (a retry later, a
+//!   send-back, a question, a wait, a yield, an admission). This recursion
+//!   is the machines' own (an effect of one is an event to another), so it
+//!   lives in one layer that nothing below reaches.
+//! - 3: the commands the API sends the writer, split by what they change:
+//!   submit a run, the scheduler pass, claim, complete, register and
+//!   heartbeat, human decisions.
+//! - 4: queries on the read connection.
+//! - 5: opening a store, its PostgreSQL connections and listener, copying
+//!   SQLite into PostgreSQL.
 
 mod agents;
+mod claim;
+mod common;
+mod complete;
 mod copy;
 mod credentials;
 mod decide;
 mod explain;
 #[cfg(feature = "failpoints")]
 mod failpoints;
-mod graph;
 mod human;
 mod inbox;
+mod job;
+#[cfg(test)]
+mod layers;
+mod lease_end;
 mod leases;
-mod listen;
 mod location;
 mod loops;
+mod open;
+mod pg;
 mod placement;
 mod policy;
 mod preempt;
 mod reads;
 mod retry;
+mod run;
+mod schedule;
 mod schema;
 mod schema_pg;
 mod spent;
+mod stage;
+mod steps;
+mod submit;
+mod tx;
 mod usage;
 mod wait;
 mod writer;
 
-use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use crate::db::Conn;
 use orchestrator_core::api::{
@@ -40,7 +85,6 @@ use orchestrator_core::api::{
 };
 use orchestrator_core::sched::SystemRules;
 use orchestrator_core::Transition;
-use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 use crate::{
@@ -48,47 +92,14 @@ use crate::{
     StoreError,
 };
 pub use copy::{sqlite_to_postgres, CopyReport};
-use decide::Decision;
 #[cfg(feature = "failpoints")]
 pub use failpoints::{FaultMode, FaultReport};
-pub use location::{drop_schema, Location};
+pub use location::Location;
+pub use open::StoreOptions;
+pub use pg::drop_schema;
+use tx::Ctx;
 pub use writer::WriterStats;
-use writer::{Command, Ctx, Stats, Writer};
-
-/// How the store batches and where it lives.
-#[derive(Debug, Clone)]
-pub struct StoreOptions {
-    /// The database: a SQLite file (created with its directory when
-    /// missing) or a PostgreSQL database.
-    pub location: Location,
-    /// Most commands committed in one transaction.
-    pub max_items: usize,
-    /// Longest time, in milliseconds, a batch keeps taking commands that are
-    /// already waiting before it commits (the writer never waits for new ones).
-    pub max_ms: u64,
-    /// Capacity of the writer's command queue; senders wait when it is full.
-    pub queue: usize,
-    /// The daemon's system rules: priority caps, limits, reserved capacity.
-    pub rules: SystemRules,
-}
-
-impl StoreOptions {
-    /// A SQLite store in the file `path`.
-    pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self::at(Location::Sqlite(path.into()))
-    }
-
-    /// A store at `location`, with the default batching.
-    pub fn at(location: Location) -> Self {
-        StoreOptions {
-            location,
-            max_items: 256,
-            max_ms: 5,
-            queue: 4096,
-            rules: SystemRules::default(),
-        }
-    }
-}
+use writer::{Command, Stats};
 
 /// The SQLite implementation of [`Store`].
 pub struct SqlStore {
@@ -107,165 +118,7 @@ pub struct SqlStore {
     _lock: Option<std::fs::File>,
 }
 
-/// The connections a store opens, by backend.
-struct Opened {
-    write: Conn,
-    read: Conn,
-    lock: Option<std::fs::File>,
-    /// PostgreSQL: the listener's connection and the writer's NOTIFY
-    /// channel and payload prefix.
-    pg: Option<(Conn, listen::Listener)>,
-}
-
-/// Takes `<db>.lock` exclusively, so a second daemon on the same store is
-/// refused instead of racing the first one's writer and reaper.
-fn lock(db: &Path) -> Result<std::fs::File> {
-    let mut name = db.as_os_str().to_owned();
-    name.push(".lock");
-    let path = PathBuf::from(name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Database(format!(
-            "the store {} is in use by another orch daemon (it holds {}); stop that one or use another data directory",
-            db.display(),
-            path.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(StoreError::Database(format!("cannot lock {}: {e}", path.display())))
-        }
-    }
-}
-
-fn open_conn(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path).map_err(|e| {
-        StoreError::Database(format!("cannot open the store at {}: {e}", path.display()))
-    })?;
-    schema::configure(&conn)?;
-    Ok(conn)
-}
-
-fn open_sqlite(path: &Path) -> Result<Opened> {
-    location::ensure_parent(path)?;
-    let lock = lock(path)?;
-    let mut write = open_conn(path)?;
-    schema::migrate(&mut write)?;
-    let read = open_conn(path)?;
-    Ok(Opened {
-        write: Conn::Sqlite(write),
-        read: Conn::Sqlite(read),
-        lock: Some(lock),
-        pg: None,
-    })
-}
-
-fn open_postgres(
-    url: &str,
-    schema: Option<&str>,
-    events: &broadcast::Sender<Arc<[Transition]>>,
-    jobs_queued: &Arc<Notify>,
-) -> Result<Opened> {
-    let write = location::connect_pg(url, schema, "writer")?;
-    schema_pg::migrate(&write)?;
-    let read = location::connect_pg(url, schema, "reader")?;
-    let listen = location::connect_pg(url, schema, "listener")?;
-    // Subscribers hear of what is committed from now on, as on SQLite.
-    let last: i64 = read.query_row("SELECT COALESCE(MAX(seq), 0) FROM transitions", [], |r| {
-        r.get(0)
-    })?;
-    let listener = listen::Listener {
-        url: url.to_owned(),
-        schema: schema.map(str::to_owned),
-        instance: crate::ids::new_id("d"),
-        events: events.clone(),
-        jobs_queued: jobs_queued.clone(),
-        stop: Arc::new(AtomicBool::new(false)),
-        last,
-    };
-    Ok(Opened {
-        write,
-        read,
-        lock: None,
-        pg: Some((listen, listener)),
-    })
-}
-
 impl SqlStore {
-    /// Opens (creating and migrating when needed) the store and starts its
-    /// writer, and on PostgreSQL the thread that follows other daemons' commits.
-    pub fn open(opts: StoreOptions) -> Result<Self> {
-        let rules = Arc::new(opts.rules.clone());
-        let (events, _) = broadcast::channel(4096);
-        let jobs_queued = Arc::new(Notify::new());
-        let opened = match &opts.location {
-            Location::Sqlite(path) => open_sqlite(path)?,
-            // The driver runs a runtime of its own per connection, which
-            // cannot start on a thread already inside one (a daemon opens
-            // its store from async code).
-            Location::Postgres { url, schema } => std::thread::scope(|s| {
-                s.spawn(|| open_postgres(url, schema.as_deref(), &events, &jobs_queued))
-                    .join()
-                    .map_err(|_| StoreError::Database("opening the store panicked".into()))?
-            })?,
-        };
-        let (tx, rx) = mpsc::channel(opts.queue.max(1));
-        let stats = Arc::new(Stats::default());
-        #[cfg(feature = "failpoints")]
-        let faults = Arc::new(failpoints::Faults::default());
-        let notify = opened
-            .pg
-            .as_ref()
-            .map(|(_, l)| (listen::channel(l.schema.as_deref()), l.instance.clone()));
-        let w = Writer {
-            conn: opened.write,
-            rx,
-            max_items: opts.max_items.max(1),
-            max_wait: Duration::from_millis(opts.max_ms),
-            events: events.clone(),
-            jobs_queued: jobs_queued.clone(),
-            stats: stats.clone(),
-            rules: rules.clone(),
-            notify,
-            #[cfg(feature = "failpoints")]
-            faults: faults.clone(),
-        };
-        let listener = match opened.pg {
-            Some((conn, l)) => {
-                let stop = l.stop.clone();
-                let handle = std::thread::Builder::new()
-                    .name("store-listener".into())
-                    .spawn(move || l.run(conn))
-                    .map_err(|e| {
-                        StoreError::Database(format!("cannot start the store listener: {e}"))
-                    })?;
-                Some((stop, handle))
-            }
-            None => None,
-        };
-        let thread = std::thread::Builder::new()
-            .name("store-writer".into())
-            .spawn(move || w.run())
-            .map_err(|e| StoreError::Database(format!("cannot start the store writer: {e}")))?;
-        Ok(SqlStore {
-            tx: Mutex::new(Some(tx)),
-            read: Arc::new(Mutex::new(opened.read)),
-            events,
-            jobs_queued,
-            stats,
-            rules,
-            thread: Mutex::new(Some(thread)),
-            listener: Mutex::new(listener),
-            #[cfg(feature = "failpoints")]
-            faults,
-            _lock: opened.lock,
-        })
-    }
-
     fn sender(&self) -> Result<mpsc::Sender<Command>> {
         self.tx
             .lock()
@@ -320,45 +173,9 @@ impl SqlStore {
     }
 }
 
-/// Carries out a human's command inside the writer's transaction.
-fn human_command(ctx: &mut Ctx<'_>, id: &str, command: HumanCommand, actor: &str) -> Result<()> {
-    match command {
-        HumanCommand::Approve { stage_id, comment } => {
-            human::approve(ctx, id, &stage_id, comment, actor)
-        }
-        HumanCommand::Reject { stage_id, feedback } => {
-            human::reject(ctx, id, &stage_id, feedback, actor)
-        }
-        HumanCommand::Answer { question_id, text } => {
-            human::answer(ctx, id, question_id, text, actor)
-        }
-        HumanCommand::Retry {
-            stage_id,
-            comment,
-            feedback: Some(feedback),
-        } => loops::by_human(ctx, id, &stage_id, &feedback, comment.as_deref(), actor),
-        HumanCommand::Retry {
-            stage_id,
-            comment,
-            feedback: None,
-        } => decide::decide(ctx, id, &stage_id, Decision::Retry, comment, actor),
-        HumanCommand::Skip { stage_id, comment } => {
-            decide::decide(ctx, id, &stage_id, Decision::Skip, comment, actor)
-        }
-        HumanCommand::Abort {
-            stage_id: Some(stage_id),
-            comment,
-        } => decide::decide(ctx, id, &stage_id, Decision::Abort, comment, actor),
-        HumanCommand::Abort {
-            stage_id: None,
-            comment,
-        } => decide::abort_run(ctx, id, comment, actor),
-    }
-}
-
 impl Store for SqlStore {
     async fn submit_run(&self, run: NewRun) -> Result<Submitted> {
-        self.write(move |ctx| graph::submit_run(ctx, run)).await
+        self.write(move |ctx| submit::submit_run(ctx, run)).await
     }
 
     async fn register_agent(
@@ -378,7 +195,7 @@ impl Store for SqlStore {
         key: Option<String>,
     ) -> Result<Option<ClaimedJob>> {
         let agent_id = agent_id.to_owned();
-        self.write(move |ctx| leases::claim(ctx, &agent_id, lease_ttl_ms, key.as_deref()))
+        self.write(move |ctx| claim::claim(ctx, &agent_id, lease_ttl_ms, key.as_deref()))
             .await
     }
 
@@ -399,7 +216,7 @@ impl Store for SqlStore {
         req: CompleteRequest,
         lease_ttl_ms: u64,
     ) -> Result<Completed> {
-        self.write(move |ctx| leases::complete(ctx, job_id, req, lease_ttl_ms))
+        self.write(move |ctx| complete::complete(ctx, job_id, req, lease_ttl_ms))
             .await?
     }
 
@@ -411,7 +228,7 @@ impl Store for SqlStore {
     ) -> Result<RunSummary> {
         let (id, actor) = (run_id.to_owned(), actor.to_owned());
         let read_id = id.clone();
-        self.write(move |ctx| graph::command_run(ctx, &id, event, &actor))
+        self.write(move |ctx| run::command_run(ctx, &id, event, &actor))
             .await?;
         self.read(move |c| reads::run_summary_by_id(c, &read_id))
             .await
@@ -421,7 +238,7 @@ impl Store for SqlStore {
         let prefix = run_id.to_owned();
         let id = self.read(move |c| reads::resolve_run(c, &prefix)).await?;
         let (read_id, actor) = (id.clone(), actor.to_owned());
-        self.write(move |ctx| human_command(ctx, &id, command, &actor))
+        self.write(move |ctx| decide::human_command(ctx, &id, command, &actor))
             .await?;
         self.read(move |c| reads::run_summary_by_id(c, &read_id))
             .await
@@ -442,7 +259,7 @@ impl Store for SqlStore {
             // human should hear the more precise reason.
             spent::spend(ctx, Credential::Link, &link.id, link.expires_at_ms)?;
             spent::check_round(ctx, &id, &link)?;
-            human_command(ctx, &id, command, &actor)
+            decide::human_command(ctx, &id, command, &actor)
         })
         .await?;
         self.read(move |c| reads::run_summary_by_id(c, &read_id))
@@ -499,7 +316,7 @@ impl Store for SqlStore {
     }
 
     async fn expire_leases(&self, now_ms: i64) -> Result<usize> {
-        self.write(move |ctx| leases::expire_leases(ctx, now_ms))
+        self.write(move |ctx| lease_end::expire_leases(ctx, now_ms))
             .await
     }
 

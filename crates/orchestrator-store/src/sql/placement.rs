@@ -9,7 +9,7 @@
 use crate::db::{params, Conn, Optional};
 use orchestrator_core::sched::{fit, Capacity, Free, Gpu, Grant, Needs};
 
-use super::writer::Ctx;
+use super::tx::Ctx;
 use crate::{Result, StoreError};
 
 pub(super) fn db(e: impl std::fmt::Display) -> StoreError {

@@ -7,8 +7,9 @@ use crate::db::params;
 use orchestrator_core::machine::RunEvent;
 use orchestrator_core::sched::{queue_key, quota_allows, Limits, Needs, Usage};
 
-use super::graph::{conflict, run_command};
-use super::writer::Ctx;
+use super::common::conflict;
+use super::run::run_command;
+use super::tx::Ctx;
 use crate::{Result, StoreError};
 
 /// Runs of a project that count against `max_parallel_runs`.

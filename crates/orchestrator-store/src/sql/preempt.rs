@@ -10,9 +10,10 @@ use orchestrator_core::sched::{
 };
 use orchestrator_core::{Entity, StageState};
 
-use super::graph::{stage_event, stage_key};
+use super::common::stage_key;
 use super::placement::{db, parse_grant};
-use super::writer::Ctx;
+use super::stage::stage_event;
+use super::tx::Ctx;
 use crate::Result;
 
 /// Most waiting jobs one pass considers: the highest priorities.

@@ -6,9 +6,10 @@
 use crate::db::params;
 use orchestrator_core::machine::StageEvent;
 
-use super::graph::{stage_event, workflow};
-use super::human;
-use super::writer::Ctx;
+use super::common::workflow;
+use super::stage::stage_event;
+use super::tx::Ctx;
+use super::{human, steps};
 use crate::{ids, Result};
 
 /// What a stage does after a failure of `class` (`timed_out` when a command
@@ -24,7 +25,7 @@ pub(super) fn failure_policy(
 ) -> Result<(u32, bool)> {
     let ord = human::stage_ord(ctx, run_id, stage_id)?;
     let wf = workflow(ctx, run_id)?;
-    let stage = human::stage_spec(&wf, run_id, stage_id, ord)?;
+    let stage = steps::stage_spec(&wf, run_id, stage_id, ord)?;
     Ok((
         ctx.rules
             .attempts_for(stage.retry.as_ref(), class, timed_out),
@@ -54,7 +55,7 @@ pub(super) fn retry_later(
     step: u32,
 ) -> Result<()> {
     let wf = workflow(ctx, run_id)?;
-    let stage = human::stage_spec(&wf, run_id, stage_id, ord)?;
+    let stage = steps::stage_spec(&wf, run_id, stage_id, ord)?;
     let (_, backoff) = ctx.rules.retry_of(stage.retry.as_ref());
     let jitter = f64::from(u32::from_le_bytes(ids::random_bytes::<4>())) / f64::from(u32::MAX);
     let delay = orchestrator_core::error::retry_delay_ms(attempt, &backoff, jitter);

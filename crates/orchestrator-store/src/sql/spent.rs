@@ -6,7 +6,7 @@
 use crate::db::{params, Conn, Optional};
 use orchestrator_core::Entity;
 
-use super::writer::Ctx;
+use super::tx::Ctx;
 use crate::{Credential, LinkTarget, LinkUse, Refused, Result, Revocations, StoreError};
 
 /// The row that holds the time before which every dashboard session and

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use crate::db::{params, Conn};
 use orchestrator_core::fabric::{Usage, UsageKey, UsageLedger, UsageSummary};
 
-use super::writer::Ctx;
+use super::tx::Ctx;
 use crate::Result;
 
 /// SQLite integers are signed; counts past i64::MAX stay at the maximum.

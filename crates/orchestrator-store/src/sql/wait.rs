@@ -11,8 +11,9 @@ use orchestrator_core::api::{Ask, QuestionState, WaitAsk, WaitStatus};
 use orchestrator_core::machine::StageEvent;
 use orchestrator_core::{Entity, StageState};
 
-use super::graph::{conflict, load_stage, stage_event};
-use super::writer::Ctx;
+use super::common::conflict;
+use super::stage::{load_stage, stage_event};
+use super::tx::Ctx;
 use crate::db::{params, Conn, Optional};
 use crate::{Result, StoreError};
 

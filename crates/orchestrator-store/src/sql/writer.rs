@@ -12,6 +12,11 @@
 //! statement failed, or SQLite rolled the transaction back on its own) the
 //! whole batch is rolled back and every caller in it gets the error: a batch
 //! is all or nothing, never a mix.
+//!
+//! This is infrastructure: it imports no domain module. What a batch must
+//! do before it commits (the scheduler pass, when a command released or
+//! ended a stage or created a run) and what its PostgreSQL NOTIFY says are
+//! handed to it as [`Hooks`] by the store that builds it.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,6 +28,7 @@ use orchestrator_core::sched::SystemRules;
 use orchestrator_core::{Transition, Workflow};
 use tokio::sync::{broadcast, mpsc, Notify};
 
+use super::tx::{panic_message, Ctx};
 use crate::{Result, StoreError};
 
 /// Called after the batch commits (None) or fails to (Some(error)).
@@ -30,24 +36,23 @@ pub type Reply = Box<dyn FnOnce(Option<&StoreError>) + Send>;
 /// A write command: runs inside the batch's transaction, returns its reply.
 pub type Command = Box<dyn FnOnce(&mut Ctx<'_>) -> Reply + Send>;
 
-/// What a command sees while it runs.
-pub struct Ctx<'c> {
-    pub conn: &'c Conn,
-    /// The time of the batch, in Unix milliseconds: one clock reading per batch.
-    pub now: i64,
-    /// Parsed workflows of running runs, so queuing a job never re-parses.
-    pub workflows: &'c mut HashMap<String, Arc<Workflow>>,
-    /// Transition rows written in this batch, published after commit.
-    pub transitions: Vec<Transition>,
-    /// Some stage became runnable or a run was created: run the scheduler pass.
-    pub schedule: bool,
-    /// A job was queued: wake agents waiting in claim.
-    pub queued: bool,
-    /// The daemon's system rules.
-    pub rules: &'c SystemRules,
-    /// Why the batch's transaction can no longer be committed: a savepoint
-    /// could not be opened, released or rolled back. Checked after every command.
-    pub broken: Option<StoreError>,
+/// What the writer runs for the domain, given when the store is built.
+pub struct Hooks {
+    /// The end-of-batch scheduler pass, run inside the batch's transaction
+    /// before COMMIT when a command set `Ctx::schedule`: a completion and
+    /// the jobs it unlocks commit together.
+    pub schedule: fn(&mut Ctx<'_>) -> Result<()>,
+    /// PostgreSQL: what every batch NOTIFYs. Transitions are then published
+    /// by the listener, which hears every daemon's, not here.
+    pub notify: Option<PgNotify>,
+}
+
+/// The NOTIFY a PostgreSQL batch ends with.
+pub struct PgNotify {
+    /// The channel every daemon of the store LISTENs on.
+    pub channel: String,
+    /// The payload, given whether the batch left a job queued.
+    pub payload: Box<dyn Fn(bool) -> String + Send>,
 }
 
 /// Counters for `/metrics`.
@@ -95,10 +100,7 @@ pub struct Writer {
     pub jobs_queued: Arc<Notify>,
     pub stats: Arc<Stats>,
     pub rules: Arc<SystemRules>,
-    /// PostgreSQL: the channel every batch NOTIFYs, and this daemon's name
-    /// in the payload. Transitions are then published by the listener,
-    /// which hears every daemon's, not here.
-    pub notify: Option<(String, String)>,
+    pub hooks: Hooks,
     #[cfg(feature = "failpoints")]
     pub faults: Arc<super::failpoints::Faults>,
 }
@@ -167,7 +169,7 @@ impl Writer {
                 ctx.healthy()?;
             }
             if ctx.schedule {
-                super::graph::schedule(&mut ctx)?;
+                (self.hooks.schedule)(&mut ctx)?;
             }
             if ctx.queued {
                 // Completions may have handed every new job out already;
@@ -178,12 +180,12 @@ impl Writer {
                     .query_row([], |r| r.get(0))?;
             }
             ctx.healthy()?;
-            if let Some((channel, instance)) = &self.notify {
+            if let Some(n) = &self.hooks.notify {
                 if !ctx.transitions.is_empty() || ctx.queued {
                     // Delivered to every listener when, and only if, the batch commits.
                     ctx.conn.query_row(
                         "SELECT pg_notify(?1, ?2)",
-                        crate::db::params![channel, super::listen::payload(instance, ctx.queued)],
+                        crate::db::params![n.channel, (n.payload)(ctx.queued)],
                         |_| Ok(()),
                     )?;
                 }
@@ -209,7 +211,7 @@ impl Writer {
                 for r in replies {
                     r(None);
                 }
-                if !transitions.is_empty() && self.notify.is_none() {
+                if !transitions.is_empty() && self.hooks.notify.is_none() {
                     // No subscriber is not an error.
                     let _ = self.events.send(transitions.into());
                 }
@@ -234,118 +236,5 @@ impl Writer {
         if let Some(c) = self.conn.sqlite_mut() {
             self.faults.end_batch(c);
         }
-    }
-}
-
-/// The text a panic carried, if it was a string.
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_default()
-}
-
-impl Ctx<'_> {
-    /// Runs `f` in a savepoint: its writes and transitions stay only if it
-    /// succeeds. A panic in `f` is rolled back like an error and returned as
-    /// one, so it costs only this command. When the savepoint itself cannot be
-    /// ended, the batch is marked broken and the writer rolls all of it back.
-    pub fn savepoint<R>(&mut self, f: impl FnOnce(&mut Self) -> Result<R>) -> Result<R> {
-        let mark = self.transitions.len();
-        let (schedule, queued) = (self.schedule, self.queued);
-        if let Err(e) = self.conn.execute_batch("SAVEPOINT cmd") {
-            return Err(self.break_batch(e.into()));
-        }
-        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self)))
-            .unwrap_or_else(|panic| {
-                // The cache may hold a workflow for rows the rollback removes.
-                self.workflows.clear();
-                Err(StoreError::Database(format!(
-                    "a store command panicked: {}",
-                    panic_message(panic.as_ref())
-                )))
-            });
-        match outcome {
-            Ok(r) => match self.conn.execute_batch("RELEASE cmd") {
-                Ok(()) => Ok(r),
-                Err(e) => Err(self.break_batch(e.into())),
-            },
-            Err(e) => {
-                if let Err(re) = self.conn.execute_batch("ROLLBACK TO cmd; RELEASE cmd") {
-                    return Err(self.break_batch(re.into()));
-                }
-                self.transitions.truncate(mark);
-                self.schedule = schedule;
-                self.queued = queued;
-                Err(e)
-            }
-        }
-    }
-
-    /// Marks the batch as not committable and returns the error for the caller.
-    fn break_batch(&mut self, e: StoreError) -> StoreError {
-        self.broken.get_or_insert_with(|| e.clone());
-        e
-    }
-
-    /// Whether the batch's transaction can still be committed: no savepoint
-    /// went wrong, and SQLite did not roll the transaction back by itself
-    /// (it does on I/O errors, a full disk or an interrupt), after which later
-    /// statements would each commit on their own.
-    pub fn healthy(&mut self) -> Result<()> {
-        if let Some(e) = self.broken.take() {
-            return Err(e);
-        }
-        if self.conn.is_autocommit() {
-            return Err(StoreError::Database(
-                "SQLite rolled the batch's transaction back after an error".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Writes one transition row and keeps it for publishing after commit.
-    // One argument per column of the row; a struct would only rename them.
-    #[allow(clippy::too_many_arguments)]
-    pub fn transition(
-        &mut self,
-        entity: orchestrator_core::Entity,
-        entity_id: String,
-        run_id: Option<&str>,
-        from: Option<&str>,
-        to: &str,
-        reason: String,
-        actor: &str,
-    ) -> Result<()> {
-        let mut st = self.conn.prepare_cached(
-            "INSERT INTO transitions (entity, entity_id, run_id, from_state, to_state, reason, actor, at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING seq",
-        )?;
-        let seq = st.query_row(
-            crate::db::params![
-                entity.as_str(),
-                entity_id,
-                run_id,
-                from,
-                to,
-                reason,
-                actor,
-                self.now
-            ],
-            |r| r.get(0),
-        )?;
-        self.transitions.push(Transition {
-            seq,
-            entity,
-            entity_id,
-            run_id: run_id.map(str::to_owned),
-            from: from.map(str::to_owned),
-            to: to.to_owned(),
-            reason,
-            actor: actor.to_owned(),
-            at_ms: self.now,
-        });
-        Ok(())
     }
 }

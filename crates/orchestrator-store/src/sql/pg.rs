@@ -1,6 +1,9 @@
-//! What a daemon learns of other daemons' commits on a shared PostgreSQL
-//! store. Every writer batch that wrote transitions or queued a job sends a
-//! NOTIFY with its commit; one thread per store LISTENs, reads the
+//! The PostgreSQL side of the store's plumbing: connecting (a store's
+//! schema, its search path), dropping a scratch schema, and the listener
+//! through which a daemon learns of other daemons' commits.
+//!
+//! The listener: every writer batch that wrote transitions or queued a job
+//! sends a NOTIFY with its commit; one thread per store LISTENs, reads the
 //! transitions committed since the last it published, in `seq` order, and
 //! publishes them, its own daemon's included, so every subscriber sees one
 //! ordered stream whichever daemon committed what. Writer batches hold one
@@ -10,6 +13,7 @@
 //! A lost connection is opened again (after a second, then longer); the
 //! first read after it catches up on whatever was committed meanwhile.
 
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,10 +22,11 @@ use orchestrator_core::Transition;
 use postgres::fallible_iterator::FallibleIterator;
 use tokio::sync::{broadcast, Notify};
 
-use super::location::connect_pg;
+use super::location::redact;
 use super::reads;
+use crate::db::pg::PgConn;
 use crate::db::Conn;
-use crate::Result;
+use crate::{Result, StoreError};
 
 /// A page of the transitions read after a notification.
 const PAGE: u32 = 2000;
@@ -157,6 +162,79 @@ impl Listener {
             if !full {
                 return Ok(());
             }
+        }
+    }
+}
+
+/// A schema name the store will quote into SQL: letters, digits and `_`.
+fn check_schema(schema: &str) -> Result<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !schema.starts_with(|c: char| c.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(StoreError::Database(format!(
+            "schema name {schema:?}: expected letters, digits and '_' (not first a digit), at most 63"
+        )))
+    }
+}
+
+/// Opens a connection to a PostgreSQL store, creating its schema on first
+/// use. Every connection of one store sets the same search path, so the
+/// store's SQL names tables unqualified.
+pub fn connect_pg(url: &str, schema: Option<&str>, role: &str) -> Result<Conn> {
+    let shown = redact(url);
+    let mut config = postgres::Config::from_str(url).map_err(|e| {
+        StoreError::Database(format!(
+            "store URL {shown}: {e} (expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE)"
+        ))
+    })?;
+    config.application_name(&format!("orch {role}"));
+    if let Some(s) = schema {
+        check_schema(s)?;
+        config.options(&format!("-c search_path={s}"));
+    }
+    let client = config.connect(postgres::NoTls).map_err(|e| {
+        StoreError::Database(format!(
+            "cannot connect to the PostgreSQL store at {shown}: {}",
+            crate::db::Error::from(e)
+        ))
+    })?;
+    let conn = Conn::Postgres(Box::new(PgConn::new(client)));
+    if let Some(s) = schema {
+        conn.execute_batch(&format!("CREATE SCHEMA IF NOT EXISTS {s}"))?;
+    }
+    Ok(conn)
+}
+
+/// Drops `schema` and every table in it: what a benchmark or a test made
+/// for itself, never the store a daemon uses.
+pub fn drop_schema(url: &str, schema: &str) -> Result<()> {
+    check_schema(schema)?;
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let conn = connect_pg(url, None, "cleanup")?;
+            conn.execute_batch(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))?;
+            Ok(())
+        })
+        .join()
+        .map_err(|_| StoreError::Database("dropping a schema panicked".into()))?
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_checked_before_they_reach_sql() {
+        assert!(check_schema("orch_test_1").is_ok());
+        for bad in ["", "1abc", "a;drop", "a b", "x\"y"] {
+            assert!(check_schema(bad).is_err(), "{bad}");
         }
     }
 }

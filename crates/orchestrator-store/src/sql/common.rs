@@ -1,0 +1,44 @@
+//! Helpers every domain command shares: the error a refused event becomes,
+//! the keys transitions name stages by, and a run's parsed workflow from
+//! the batch's cache. No state changes here.
+
+use std::sync::Arc;
+
+use crate::db::Optional;
+use orchestrator_core::Workflow;
+
+use super::tx::Ctx;
+use crate::{Result, StoreError};
+
+pub(super) fn conflict(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Conflict(e.to_string())
+}
+
+pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
+    serde_json::to_string(v).map_err(|e| StoreError::Database(e.to_string()))
+}
+
+pub(super) fn stage_key(run_id: &str, stage_id: &str) -> String {
+    format!("{run_id}/{stage_id}")
+}
+
+/// The parsed workflow of a run, from the cache or the `runs` row.
+pub(super) fn workflow(ctx: &mut Ctx<'_>, run_id: &str) -> Result<Arc<Workflow>> {
+    if let Some(w) = ctx.workflows.get(run_id) {
+        return Ok(w.clone());
+    }
+    let spec: String = ctx
+        .conn
+        .prepare_cached("SELECT spec FROM run_specs WHERE run_id = ?1")?
+        .query_row([run_id], |r| r.get(0))
+        .optional()?
+        .ok_or_else(|| StoreError::NotFound {
+            what: "run",
+            id: run_id.to_owned(),
+        })?;
+    let wf: Workflow = serde_json::from_str(&spec)
+        .map_err(|e| StoreError::Database(format!("run {run_id}: stored spec unreadable: {e}")))?;
+    let wf = Arc::new(wf);
+    ctx.workflows.insert(run_id.to_owned(), wf.clone());
+    Ok(wf)
+}
