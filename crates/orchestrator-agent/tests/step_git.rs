@@ -355,3 +355,51 @@ fn bench_step_git() {
         median(taking)
     );
 }
+
+/// Without a sandbox parallel stages share the worktree's own entry: a
+/// stage whose step starts after another's sets its HEAD, and the first
+/// stage's checkpoint must take none of the other's checkpoints for its own
+/// commits, whether it committed or not.
+#[test]
+fn parallel_process_stages_share_the_worktree_entry_without_taking_each_others_checkpoints() {
+    let (_dir, project, wt, base) = setup("r9");
+    let run = |args: &[&str]| {
+        let out = Command::new("git")
+            .current_dir(&wt.path)
+            .args(["-c", "user.name=P", "-c", "user.email=p@example.com"])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}");
+    };
+    // a and b start; b checkpoints; c starts (HEAD now b's checkpoint);
+    // a, which committed nothing, checkpoints.
+    let a = prepare_step_git(&project, &wt, "r9", "a", false).unwrap();
+    let b = prepare_step_git(&project, &wt, "r9", "b", false).unwrap();
+    let after_b = take(&project, &wt, "r9", &b).unwrap();
+    let c = prepare_step_git(&project, &wt, "r9", "c", false).unwrap();
+    let after_a = take(&project, &wt, "r9", &a).unwrap();
+    assert_eq!(
+        git(&project, &["rev-parse", &format!("{after_a}^")]),
+        after_b
+    );
+    // c commits on the shared HEAD (a's checkpoint is not under it) and
+    // checkpoints: its commit goes on top of the branch, once.
+    fs::write(wt.path.join("c.txt"), "c\n").unwrap();
+    run(&["add", "c.txt"]);
+    run(&["commit", "-qm", "c's work"]);
+    let after_c = take(&project, &wt, "r9", &c).unwrap();
+    let log = git(
+        &project,
+        &["log", "--format=%s", &format!("{base}..{after_c}")],
+    );
+    assert_eq!(
+        log.lines().collect::<Vec<_>>(),
+        [
+            "orch: checkpoint",
+            "c's work",
+            "orch: checkpoint",
+            "orch: checkpoint"
+        ]
+    );
+}

@@ -169,11 +169,12 @@ fn commit(
         };
         let parent_id = match taken {
             None => tip,
-            Some(t) if tip == t.started_at => t.head,
             // What the step committed is on the branch already.
             Some(t) if tip == t.head || repo.graph_descendant_of(tip, t.head).unwrap_or(false) => {
                 tip
             }
+            // The step's commits stand on the tip: they go on as they are.
+            Some(t) if repo.graph_descendant_of(t.head, tip).unwrap_or(false) => t.head,
             Some(t) => import::replay(repo, project, t, tip)?,
         };
         let parent = repo.find_commit(parent_id).map_err(GitError::git(

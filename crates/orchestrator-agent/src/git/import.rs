@@ -32,11 +32,10 @@ const MAX_OBJECT_FILES: usize = 200_000;
 /// The commits a step added, proved and copied into the project.
 #[derive(Debug, Clone)]
 pub(super) struct Taken {
-    /// The commit the step started from.
-    pub started_at: Oid,
     /// The step's last commit on the run branch.
     pub head: Oid,
-    /// The commits from `started_at` (excluded) to `head`, oldest first.
+    /// The commits from `started_at` (excluded) to `head`, oldest first,
+    /// without those the branch held when they were taken in.
     pub commits: Vec<Oid>,
 }
 
@@ -57,6 +56,16 @@ pub(super) fn take_in(
         return Ok(None);
     };
     if head == sg.started_at {
+        return Ok(None);
+    }
+    // The branch's tip now. Without a sandbox, parallel stages share the
+    // worktree's entry, so its HEAD may name a checkpoint another stage made
+    // since: what the branch holds already is not the step's to add.
+    let tip = repo
+        .refname_to_id(&format!("refs/heads/{}", sg.branch))
+        .map_err(GitError::git("read the run's branch", project))?;
+    let known = |id: Oid| id == tip || repo.graph_descendant_of(tip, id).unwrap_or(false);
+    if repo.odb().is_ok_and(|o| o.exists(head)) && known(head) {
         return Ok(None);
     }
     let odb = repo
@@ -112,6 +121,7 @@ pub(super) fn take_in(
     walk.set_sorting(Sort::TOPOLOGICAL | Sort::REVERSE)
         .and_then(|()| walk.push(head))
         .and_then(|()| walk.hide(sg.started_at))
+        .and_then(|()| walk.hide(tip))
         .map_err(GitError::git("walk the step's commits", project))?;
     let mut commits = Vec::new();
     for id in walk {
@@ -129,11 +139,7 @@ pub(super) fn take_in(
         }
         commits.push(id);
     }
-    Ok(Some(Taken {
-        started_at: sg.started_at,
-        head,
-        commits,
-    }))
+    Ok(Some(Taken { head, commits }))
 }
 
 /// Refuses a step's commit that claims to be a checkpoint: what the
