@@ -233,7 +233,27 @@ fn heard(asked: &Asked, token: &str, status: &WaitStatus) {
     }
 }
 
-fn poll_of(body: &[u8]) -> Result<WaitPoll, (StatusCode, Json<serde_json::Value>)> {
+/// The poll in `body`, for the step's own question, while it is open; the
+/// reply to give at once otherwise (bad input, not its question, or its
+/// state when it is answered or closed already).
+#[allow(clippy::result_large_err)]
+fn still_open(
+    asked: &Asked,
+    token: &str,
+    body: &[u8],
+) -> Result<(WaitPoll, Arc<WaitVia>, WaitStatus), Early> {
+    let req = poll_of(body)?;
+    let (via, known) = own(asked, token, req.question_id)?;
+    if known.state != QuestionState::Open {
+        return Err(reply(&known));
+    }
+    Ok((req, via, known))
+}
+
+/// A reply given in place of going on.
+type Early = (StatusCode, Json<serde_json::Value>);
+
+fn poll_of(body: &[u8]) -> Result<WaitPoll, Early> {
     serde_json::from_slice(body).map_err(|e| {
         refuse(
             StatusCode::BAD_REQUEST,
@@ -251,17 +271,10 @@ pub(super) async fn wait(
     body: axum::body::Bytes,
 ) -> (StatusCode, Json<serde_json::Value>) {
     let token = bearer(&headers).to_owned();
-    let req = match poll_of(&body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let (via, known) = match own(&asked, &token, req.question_id) {
+    let (req, via, known) = match still_open(&asked, &token, &body) {
         Ok(v) => v,
         Err(e) => return e,
     };
-    if known.state != QuestionState::Open {
-        return reply(&known);
-    }
     let wait_ms = req.wait_ms.min(MAX_POLL_MS);
     match via
         .client
@@ -290,17 +303,10 @@ pub(super) async fn withdraw(
     body: axum::body::Bytes,
 ) -> (StatusCode, Json<serde_json::Value>) {
     let token = bearer(&headers).to_owned();
-    let req = match poll_of(&body) {
-        Ok(r) => r,
-        Err(e) => return e,
-    };
-    let (via, known) = match own(&asked, &token, req.question_id) {
+    let (req, via, _) = match still_open(&asked, &token, &body) {
         Ok(v) => v,
         Err(e) => return e,
     };
-    if known.state != QuestionState::Open {
-        return reply(&known);
-    }
     let mut delay = RETRY_FIRST;
     for _ in 0..WITHDRAW_TRIES {
         match via
