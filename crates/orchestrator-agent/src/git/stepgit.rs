@@ -87,12 +87,7 @@ pub fn prepare_step_git(
         write_file(&admin.join("HEAD"), format!("{tip}\n").as_bytes())?;
         let index_path = admin.join("index");
         if !Written::unchanged(&index_path, tree.id().as_bytes()) {
-            let mut index = git2::Index::open(&index_path)
-                .map_err(GitError::git("open the worktree's index", project))?;
-            write_index(project, &mut index, &tree)?;
-            if let Ok(f) = fs::File::open(&index_path) {
-                Written::record(&index_path, &f, tree.id().as_bytes());
-            }
+            write_index(project, &index_path, &tree)?;
         }
         return Ok(StepGit {
             dir: admin,
@@ -188,12 +183,7 @@ pub fn prepare_step_git(
         format!("/{RECORDS_DIR}/\n").as_bytes(),
     )?;
     if !index_kept {
-        let mut index = git2::Index::open(&index_path)
-            .map_err(GitError::git("create the step's index", project))?;
-        write_index(project, &mut index, &tree)?;
-        if let Ok(f) = fs::File::open(&index_path) {
-            Written::record(&index_path, &f, tree.id().as_bytes());
-        }
+        write_index(project, &index_path, &tree)?;
     }
     let gitfile = parent.join(format!("{stage_id}.git"));
     let want = format!("gitdir: {}\n", dir.display());
@@ -278,20 +268,24 @@ fn objects_empty(dir: &Path) -> bool {
     fs::symlink_metadata(&objects).is_ok_and(|m| m.is_dir())
 }
 
-/// Fills `index` with `tree` and writes it. Entries carry no file times, so
+/// Writes the index at `path` afresh with `tree`. Entries carry no file times, so
 /// the step's first `git status` hashes the files once: the agent cannot
 /// know which of them a step before changed.
-fn write_index(
-    project: &Path,
-    index: &mut git2::Index,
-    tree: &git2::Tree<'_>,
-) -> Result<(), GitError> {
+fn write_index(project: &Path, path: &Path, tree: &git2::Tree<'_>) -> Result<(), GitError> {
+    let mut index =
+        git2::Index::open(path).map_err(GitError::git("open the step's index", project))?;
     index
         .read_tree(tree)
         .map_err(GitError::git("fill the step's index", project))?;
     index
         .write()
-        .map_err(GitError::git("write the step's index", project))
+        .map_err(GitError::git("write the step's index", project))?;
+    // Remembered by the tree it holds, so the next step keeps it unless a
+    // step changed it or the tree moved.
+    if let Ok(f) = fs::File::open(path) {
+        Written::record(path, &f, tree.id().as_bytes());
+    }
+    Ok(())
 }
 
 /// Writes a file the agent owns afresh (the step cannot reach the
