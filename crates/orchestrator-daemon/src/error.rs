@@ -41,11 +41,21 @@ impl From<StoreError> for ApiErr {
             StoreError::StaleLease { .. } | StoreError::Conflict(_) | StoreError::Refused(_) => {
                 StatusCode::CONFLICT
             }
-            StoreError::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            // Another writer held the database: nothing was written, and the
+            // same request may succeed in a moment.
+            StoreError::Busy(_) | StoreError::Closed => StatusCode::SERVICE_UNAVAILABLE,
+            StoreError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+            StoreError::Constraint(_)
+            | StoreError::Corrupt { .. }
+            | StoreError::Database(_)
+            | StoreError::Locked { .. }
+            | StoreError::TooNew { .. }
+            | StoreError::Open { .. }
+            | StoreError::Encode { .. }
+            | StoreError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            tracing::error!(error = %e, "store error");
+        if status.is_server_error() && !matches!(e, StoreError::Closed) {
+            tracing::error!(error = %e, cause = ?std::error::Error::source(&e), "store error");
         }
         let details = match &e {
             StoreError::InvalidWorkflow(errs) => serde_json::to_value(&errs.0).ok(),

@@ -34,6 +34,7 @@
 //! Main types: [`Store`], [`SqlStore`], [`StoreOptions`], [`Location`], [`NewRun`], [`StoreError`].
 
 mod db;
+mod error;
 mod ids;
 mod sql;
 
@@ -45,9 +46,11 @@ use orchestrator_core::api::{
     Explanation, HeartbeatResponse, InboxItem, LeaseRef, RegisterAgent, RunDetail, RunSummary,
     Submitted,
 };
-use orchestrator_core::{SpecErrors, Transition};
+use orchestrator_core::Transition;
 use tokio::sync::{broadcast, Notify};
 
+pub use db::Error as DbError;
+pub use error::{Result, StoreError};
 pub use ids::{new_secret, now_ms};
 pub use sql::{
     drop_schema, sqlite_to_postgres, CopyReport, Location, SqlStore, StoreOptions, WriterStats,
@@ -202,43 +205,6 @@ pub struct Counts {
     /// (error class, count) of failed attempts that were tried again.
     pub retries: Vec<(String, i64)>,
 }
-
-/// Why a store operation failed.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    #[error("{what} {id:?} not found")]
-    NotFound { what: &'static str, id: String },
-    #[error("invalid workflow:\n{0}")]
-    InvalidWorkflow(SpecErrors),
-    #[error("lease of job {job_id} refused: {reason}")]
-    StaleLease { job_id: i64, reason: String },
-    #[error("refused: {0}")]
-    Conflict(String),
-    /// The request itself is wrong (an answer that is not an offered choice).
-    #[error("{0}")]
-    Invalid(String),
-    /// A one-time credential was spent already or no longer applies.
-    #[error("{0}")]
-    Refused(Refused),
-    #[error("store error: {0}")]
-    Database(String),
-    #[error("the store is shut down")]
-    Closed,
-}
-
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
-        StoreError::Database(e.to_string())
-    }
-}
-
-impl From<db::Error> for StoreError {
-    fn from(e: db::Error) -> Self {
-        StoreError::Database(e.to_string())
-    }
-}
-
-pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
 /// Everything the daemon needs from a store. Implementations must write every
 /// state change together with its transition row in one transaction.

@@ -161,7 +161,9 @@ async fn a_database_from_a_newer_orch_is_refused() {
     s.close().await;
     drop(s);
     match SqlStore::open(StoreOptions::at(loc.clone())) {
-        Err(StoreError::Database(m)) => assert!(m.contains("schema version 99"), "{m}"),
+        Err(e @ StoreError::TooNew { found: 99, .. }) => {
+            assert!(e.to_string().contains("schema version 99"), "{e}")
+        }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a newer schema was opened"),
     }
@@ -211,7 +213,8 @@ async fn a_bad_url_or_an_unreachable_server_is_named_in_the_error() {
         schema: None,
     };
     match SqlStore::open(StoreOptions::at(bad)) {
-        Err(StoreError::Database(m)) => {
+        Err(e @ StoreError::Open { .. }) => {
+            let m = e.to_string();
             assert!(m.contains("cannot connect to the PostgreSQL store at postgres://orch:***@127.0.0.1:1/nowhere"), "{m}");
             assert!(!m.contains("hunter2"), "{m}");
         }
@@ -223,7 +226,7 @@ async fn a_bad_url_or_an_unreachable_server_is_named_in_the_error() {
         schema: None,
     };
     match SqlStore::open(StoreOptions::at(garbled)) {
-        Err(StoreError::Database(m)) => assert!(m.contains("store URL"), "{m}"),
+        Err(e @ StoreError::Open { .. }) => assert!(e.to_string().contains("store URL"), "{e}"),
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("opened a garbled URL"),
     }

@@ -504,8 +504,11 @@ async fn a_second_store_on_the_same_file_is_refused_while_the_first_is_open() {
     let first = open_sqlite(&dir);
     let second = SqlStore::open(StoreOptions::new(dir.path().join("orch.db")));
     match second {
-        Err(StoreError::Database(msg)) => {
-            assert!(msg.contains("in use by another orch daemon"), "{msg}")
+        Err(e @ StoreError::Locked { .. }) => {
+            assert!(
+                e.to_string().contains("in use by another orch daemon"),
+                "{e}"
+            )
         }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("two stores on one file"),
@@ -530,7 +533,9 @@ async fn a_store_written_by_a_newer_orch_is_refused_and_left_untouched() {
     conn.pragma_update(None, "user_version", 99).unwrap();
     drop(conn);
     match SqlStore::open(StoreOptions::new(&path)) {
-        Err(StoreError::Database(msg)) => assert!(msg.contains("schema version 99"), "{msg}"),
+        Err(e @ StoreError::TooNew { found: 99, .. }) => {
+            assert!(e.to_string().contains("schema version 99"), "{e}")
+        }
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a newer schema was opened"),
     }

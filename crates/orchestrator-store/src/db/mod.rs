@@ -34,6 +34,50 @@ pub enum Error {
     Postgres(#[from] postgres::Error),
 }
 
+/// What a failed statement means for its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fault {
+    /// Another writer held the database past the wait.
+    Busy,
+    /// No room on the disk or in the database.
+    Full,
+    /// A table's constraint refused the write.
+    Constraint,
+    /// The database cannot be read as written.
+    Corrupt,
+    Other,
+}
+
+impl Error {
+    pub(crate) fn fault(&self) -> Fault {
+        match self {
+            Error::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+                use rusqlite::ErrorCode as C;
+                match f.code {
+                    C::DatabaseBusy | C::DatabaseLocked => Fault::Busy,
+                    C::DiskFull => Fault::Full,
+                    C::ConstraintViolation => Fault::Constraint,
+                    C::DatabaseCorrupt | C::NotADatabase => Fault::Corrupt,
+                    _ => Fault::Other,
+                }
+            }
+            Error::Postgres(e) => match e.code().map(|c| c.code()) {
+                // Class 23: integrity constraint violation.
+                Some(c) if c.starts_with("23") => Fault::Constraint,
+                // Disk full, out of memory.
+                Some("53100" | "53200") => Fault::Full,
+                // Too many connections, serialization failure, deadlock,
+                // lock not available, a statement cancelled by lock_timeout.
+                Some("53300" | "40001" | "40P01" | "55P03" | "57014") => Fault::Busy,
+                // Data or an index corrupted.
+                Some("XX001" | "XX002") => Fault::Corrupt,
+                _ => Fault::Other,
+            },
+            _ => Fault::Other,
+        }
+    }
+}
+
 /// PostgreSQL's own message, with its detail and hint where it gave them
 /// (the driver's Display says only "db error").
 fn pg_message(e: &postgres::Error) -> String {

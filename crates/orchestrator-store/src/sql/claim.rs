@@ -44,8 +44,8 @@ pub fn claim(
         .conn
         .prepare_cached("SELECT payload, created_at FROM jobs WHERE id = ?1")?
         .query_row([job_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let spec: JobSpec =
-        serde_json::from_str(&payload).map_err(|e| StoreError::Database(e.to_string()))?;
+    let spec: JobSpec = serde_json::from_str(&payload)
+        .map_err(|e| StoreError::corrupt("a job's stored spec", e))?;
     ctx.conn
         .prepare_cached("UPDATE agents SET last_seen_at = ?2 WHERE id = ?1")?
         .execute(params![agent_id, ctx.now])?;
@@ -130,8 +130,8 @@ fn claimed_before(
     let Some((lease_id, job_id, token, payload, queued_at_ms, granted)) = row else {
         return Ok(None);
     };
-    let spec: JobSpec =
-        serde_json::from_str(&payload).map_err(|e| StoreError::Database(e.to_string()))?;
+    let spec: JobSpec = serde_json::from_str(&payload)
+        .map_err(|e| StoreError::corrupt("a job's stored spec", e))?;
     let expires = ctx.now + lease_ttl_ms as i64;
     ctx.conn
         .prepare_cached("UPDATE leases SET expires_at = MAX(expires_at, ?2) WHERE id = ?1")?

@@ -14,10 +14,6 @@ pub(super) fn conflict(e: impl std::fmt::Display) -> StoreError {
     StoreError::Conflict(e.to_string())
 }
 
-pub(super) fn to_json<T: serde::Serialize>(v: &T) -> Result<String> {
-    serde_json::to_string(v).map_err(|e| StoreError::Database(e.to_string()))
-}
-
 pub(super) fn stage_key(run_id: &str, stage_id: &str) -> String {
     format!("{run_id}/{stage_id}")
 }
@@ -37,7 +33,7 @@ pub(super) fn workflow(ctx: &mut Ctx<'_>, run_id: &str) -> Result<Arc<Workflow>>
             id: run_id.to_owned(),
         })?;
     let wf: Workflow = serde_json::from_str(&spec)
-        .map_err(|e| StoreError::Database(format!("run {run_id}: stored spec unreadable: {e}")))?;
+        .map_err(|e| StoreError::corrupt(format!("run {run_id}: stored spec unreadable"), e))?;
     let wf = Arc::new(wf);
     ctx.workflows.insert(run_id.to_owned(), wf.clone());
     Ok(wf)

@@ -32,14 +32,39 @@ struct JobLease {
     lease_state: Option<String>,
 }
 
-/// Completes a job. The outer error rolls the command back; the inner one is
-/// a refusal that is recorded (and so must commit) before it is returned.
+/// What a completion came to. A refusal is an outcome, not an error: it is
+/// recorded as a transition, so its command must commit.
+#[derive(Debug)]
+pub enum Completion {
+    /// Recorded now, or recorded before and acknowledged again.
+    Recorded(Box<Completed>),
+    /// No such job.
+    UnknownJob,
+    /// The sender does not hold the job's live lease; why, in words.
+    Refused(String),
+}
+
+impl Completion {
+    /// The caller's answer: a refusal becomes the error it is to the agent.
+    pub fn into_result(self, job_id: i64) -> Result<Completed> {
+        match self {
+            Completion::Recorded(c) => Ok(*c),
+            Completion::UnknownJob => Err(StoreError::NotFound {
+                what: "job",
+                id: job_id.to_string(),
+            }),
+            Completion::Refused(reason) => Err(StoreError::StaleLease { job_id, reason }),
+        }
+    }
+}
+
+/// Completes a job. An error rolls the command back; a refusal commits.
 pub fn complete(
     ctx: &mut Ctx<'_>,
     job_id: i64,
     req: CompleteRequest,
     lease_ttl_ms: u64,
-) -> Result<Result<Completed>> {
+) -> Result<Completion> {
     let row = ctx
         .conn
         .prepare_cached(
@@ -72,10 +97,7 @@ pub fn complete(
         lease_state,
     }) = row
     else {
-        return Ok(Err(StoreError::NotFound {
-            what: "job",
-            id: job_id.to_string(),
-        }));
+        return Ok(Completion::UnknownJob);
     };
     let actor = format!("agent:{}", req.agent_id);
     let from = JobState::parse(&state).unwrap_or(JobState::Failed);
@@ -86,7 +108,8 @@ pub fn complete(
         && token.as_deref() == Some(req.lease_token.as_str())
         && lease_state.as_deref() == Some(LeaseEnd::Released.as_str())
     {
-        return completed_before(ctx, job_id, &run_id, &stage_id, &req, lease_ttl_ms).map(Ok);
+        return completed_before(ctx, job_id, &run_id, &stage_id, &req, lease_ttl_ms)
+            .map(|c| Completion::Recorded(Box::new(c)));
     }
     let refusal = if holder.as_deref() != Some(req.agent_id.as_str()) {
         Some(format!("agent {} does not hold job {job_id}", req.agent_id))
@@ -110,11 +133,10 @@ pub fn complete(
             format!("completion refused: {reason}"),
             &actor,
         )?;
-        return Ok(Err(StoreError::StaleLease { job_id, reason }));
+        return Ok(Completion::Refused(reason));
     }
     let o = &req.outcome;
-    let exit_codes =
-        serde_json::to_string(&o.exit_codes).map_err(|e| StoreError::Database(e.to_string()))?;
+    let exit_codes = crate::error::encode("exit codes", &o.exit_codes)?;
     ctx.conn
         .prepare_cached("UPDATE jobs SET exit_codes = ?2, error = ?3, error_class = ?4, bundle = ?5, sandbox = ?6, log_tail = ?7 WHERE id = ?1")?
         .execute(params![job_id, exit_codes, o.error, o.error_class.map(|c| c.as_str()), o.bundle, o.sandbox.map(|k| k.as_str()), o.log_tail.as_deref().map(orchestrator_core::feedback::tail)])?;
@@ -241,13 +263,13 @@ pub fn complete(
     } else {
         None
     };
-    Ok(Ok(Completed {
+    Ok(Completion::Recorded(Box::new(Completed {
         job_id,
         stage_state,
         run_state: RunState::parse(&run_state).unwrap_or(RunState::Running),
         next,
         again: false,
-    }))
+    })))
 }
 
 /// The answer to a completion asked again: the stage and run as they are

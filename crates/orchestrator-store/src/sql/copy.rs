@@ -49,7 +49,7 @@ impl CopyReport {
 /// (in `schema` when given), which must hold no runs yet.
 pub fn sqlite_to_postgres(from: &Path, url: &str, schema: Option<&str>) -> Result<CopyReport> {
     if !from.is_file() {
-        return Err(StoreError::Database(format!(
+        return Err(StoreError::Invalid(format!(
             "{}: no such store file (expected the SQLite file of a daemon's data directory, e.g. DATA_DIR/orch.db)",
             from.display()
         )));
@@ -62,7 +62,7 @@ pub fn sqlite_to_postgres(from: &Path, url: &str, schema: Option<&str>) -> Resul
     std::thread::scope(|s| {
         s.spawn(move || copy(&src, url, schema))
             .join()
-            .map_err(|_| StoreError::Database("the copy panicked".into()))?
+            .map_err(|_| StoreError::Internal("the copy panicked".into()))?
     })
 }
 
@@ -85,7 +85,7 @@ fn copy(src: &Conn, url: &str, schema: Option<&str>) -> Result<CopyReport> {
 fn copy_tables(src: &Conn, dst: &Conn) -> Result<CopyReport> {
     let runs: i64 = dst.query_row("SELECT COUNT(*) FROM runs", [], |r| r.get(0))?;
     if runs > 0 {
-        return Err(StoreError::Database(format!(
+        return Err(StoreError::Conflict(format!(
             "the PostgreSQL store already holds {runs} runs; migrate only into an empty one"
         )));
     }
@@ -103,14 +103,16 @@ fn copy_tables(src: &Conn, dst: &Conn) -> Result<CopyReport> {
             let values = (0..columns.len())
                 .map(|i| row.get::<_, Value>(i))
                 .collect::<crate::db::Result<Vec<_>>>()?;
-            ins.execute(values)
-                .map_err(|e| StoreError::Database(format!("copying a row of {table}: {e}")))?;
+            ins.execute(values).map_err(|e| StoreError::Open {
+                what: format!("copying a row of {table}"),
+                source: std::sync::Arc::new(e),
+            })?;
             n += 1;
         }
         let landed: i64 =
             dst.query_row(&format!("SELECT COUNT(*) FROM {table}"), [], |r| r.get(0))?;
         if landed as u64 != n {
-            return Err(StoreError::Database(format!(
+            return Err(StoreError::Internal(format!(
                 "{table}: {n} rows read but {landed} landed; nothing was kept"
             )));
         }
@@ -130,7 +132,7 @@ fn columns(dst: &Conn, table: &str) -> Result<Vec<String>> {
         .query_map(params![table], |r| r.get(0))?
         .collect::<crate::db::Result<Vec<String>>>()?;
     if cols.is_empty() {
-        return Err(StoreError::Database(format!(
+        return Err(StoreError::Internal(format!(
             "the PostgreSQL store has no table {table}"
         )));
     }

@@ -27,7 +27,7 @@ pub fn hash(token: &str) -> String {
 fn new_token() -> Result<String> {
     let mut b = [0u8; 32];
     getrandom::fill(&mut b)
-        .map_err(|e| StoreError::Database(format!("no random source for an agent token: {e}")))?;
+        .map_err(|e| StoreError::open("no random source for an agent token", e.to_string()))?;
     Ok(format!(
         "{PREFIX}{}",
         b.iter().map(|x| format!("{x:02x}")).collect::<String>()

@@ -89,7 +89,7 @@ pub fn explain(
     };
     let state = RunState::parse(&state).unwrap_or(RunState::Failed);
     let wf: Workflow = serde_json::from_str(&spec)
-        .map_err(|e| StoreError::Database(format!("run {run_id}: stored spec unreadable: {e}")))?;
+        .map_err(|e| StoreError::corrupt(format!("run {run_id}: stored spec unreadable"), e))?;
     let effective: Option<Effective> = why.and_then(|w| serde_json::from_str(&w).ok());
     let limits = super::policy::parse_limits(limits.as_deref());
     let mut lines = Vec::new();

@@ -78,8 +78,7 @@ pub(super) fn step_succeeded(
             .conn
             .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM checkpoints WHERE run_id = ?1")?
             .query_row([run_id], |r| r.get(0))?;
-        let artifacts = serde_json::to_string(&cp.artifacts)
-            .map_err(|e| StoreError::Database(e.to_string()))?;
+        let artifacts = crate::error::encode("a checkpoint's artifacts", &cp.artifacts)?;
         ctx.conn
             .prepare_cached(
                 "INSERT INTO checkpoints (run_id, seq, stage_id, step, job_id, commit_sha, artifacts, created_at)
@@ -148,8 +147,7 @@ pub(super) fn ask_question(
     wait_key: Option<&str>,
     actor: &str,
 ) -> Result<i64> {
-    let choices =
-        serde_json::to_string(&ask.choices).map_err(|e| StoreError::Database(e.to_string()))?;
+    let choices = crate::error::encode("a question's choices", &ask.choices)?;
     let id: i64 = ctx.conn
         .prepare_cached(
             "INSERT INTO questions (run_id, stage_id, step, job_id, question, choices, state, asked_at, wait_key)
@@ -178,7 +176,7 @@ pub(super) fn ask_input(
 ) -> Result<()> {
     let spec = step_of(stage, step)?;
     let Some(input) = &spec.input else {
-        return Err(StoreError::Database(format!(
+        return Err(StoreError::Internal(format!(
             "step {step} of stage {stage_id} is not an input step"
         )));
     };
@@ -231,7 +229,7 @@ fn waiting_stage(
 }
 
 pub(super) fn set_handoff(ctx: &Ctx<'_>, run_id: &str, stage_id: &str, h: &Handoff) -> Result<()> {
-    let json = serde_json::to_string(h).map_err(|e| StoreError::Database(e.to_string()))?;
+    let json = crate::error::encode("a human decision", h)?;
     ctx.conn
         .prepare_cached("UPDATE stage_runs SET handoff = ?3 WHERE run_id = ?1 AND stage_id = ?2")?
         .execute(params![run_id, stage_id, json])?;

@@ -99,7 +99,7 @@ pub fn inbox(conn: &Conn) -> Result<Vec<InboxItem>> {
             )?
             .query_row([run_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
         let wf: Workflow = serde_json::from_str(&spec)
-            .map_err(|e| StoreError::Database(format!("run {run_id}: {e}")))?;
+            .map_err(|e| StoreError::corrupt(format!("run {run_id}: stored spec unreadable"), e))?;
         specs.insert(run_id.to_owned(), (name.clone(), wf.clone()));
         Ok((name, wf))
     };

@@ -90,9 +90,8 @@ pub(super) fn enqueue(
         secrets: orchestrator_core::api::Secrets::named(&stage.secrets),
         api_key: None,
     };
-    let payload = serde_json::to_string(&spec).map_err(|e| StoreError::Database(e.to_string()))?;
-    let labels =
-        serde_json::to_string(&stage.labels).map_err(|e| StoreError::Database(e.to_string()))?;
+    let payload = crate::error::encode("a job's spec", &spec)?;
+    let labels = crate::error::encode("a stage's labels", &stage.labels)?;
     let needs = Needs::of_stage(stage);
     let pin = row.agent_id.as_deref().unwrap_or("");
     let shape = placement::shape_id(ctx, &needs, pin, ctx.rules.is_high(row.priority))?;
@@ -206,7 +205,7 @@ pub(super) fn job_event(
                 end_lease(ctx, lease, job.run_id, end.as_str(), reason.clone(), actor)?
             }
             (JobEffect::EndLease(_), None) => {
-                return Err(StoreError::Database(format!(
+                return Err(StoreError::Internal(format!(
                     "job {} is leased without a lease",
                     job.id
                 )))

@@ -46,9 +46,8 @@ pub fn register_agent(
     let mut labels_sorted = reg.labels.clone();
     labels_sorted.sort();
     labels_sorted.dedup();
-    let labels =
-        serde_json::to_string(&labels_sorted).map_err(|e| StoreError::Database(e.to_string()))?;
-    let gpus = serde_json::to_string(&reg.gpus).map_err(|e| StoreError::Database(e.to_string()))?;
+    let labels = crate::error::encode("an agent's labels", &labels_sorted)?;
+    let gpus = crate::error::encode("an agent's GPUs", &reg.gpus)?;
     let described = describe_agent(&reg);
     let mem = i64::try_from(reg.memory_mb).unwrap_or(i64::MAX);
     let existing: Option<String> = ctx

@@ -81,9 +81,8 @@ pub fn redact(url: &str) -> String {
 pub fn ensure_parent(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                StoreError::Database(format!("cannot create {}: {e}", dir.display()))
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::open(format!("cannot create {}", dir.display()), e))?;
         }
     }
     Ok(())

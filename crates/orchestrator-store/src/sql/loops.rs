@@ -345,7 +345,7 @@ pub(super) fn after_failure(ctx: &mut Ctx<'_>, run_id: &str, stage_id: &str) -> 
     let wf = workflow(ctx, run_id)?;
     let stage = steps::stage_spec(&wf, run_id, stage_id, ord)?;
     let rule = stage.send_back().ok_or_else(|| {
-        StoreError::Database(format!(
+        StoreError::Internal(format!(
             "stage {stage_id} of run {run_id} has no on_failure rule to send its work back"
         ))
     })?;

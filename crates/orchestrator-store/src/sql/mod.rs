@@ -150,7 +150,7 @@ impl SqlStore {
         // half-way (its transaction broke before this command ran); the
         // daemon log says why.
         answer.await.map_err(|_| {
-            StoreError::Database(
+            StoreError::Internal(
                 "the store dropped this command with a failed batch; see the daemon log".into(),
             )
         })?
@@ -165,11 +165,11 @@ impl SqlStore {
         tokio::task::spawn_blocking(move || {
             let c = conn
                 .lock()
-                .map_err(|_| StoreError::Database("read connection poisoned".into()))?;
+                .map_err(|_| StoreError::Internal("read connection poisoned".into()))?;
             f(&c)
         })
         .await
-        .map_err(|e| StoreError::Database(format!("read task failed: {e}")))?
+        .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
     }
 }
 
@@ -218,6 +218,7 @@ impl Store for SqlStore {
     ) -> Result<Completed> {
         self.write(move |ctx| complete::complete(ctx, job_id, req, lease_ttl_ms))
             .await?
+            .into_result(job_id)
     }
 
     async fn command_run(

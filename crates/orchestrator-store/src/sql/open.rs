@@ -75,24 +75,23 @@ pub(super) fn lock(db: &Path) -> Result<std::fs::File> {
         .truncate(false)
         .write(true)
         .open(&path)
-        .map_err(|e| StoreError::Database(format!("cannot open {}: {e}", path.display())))?;
+        .map_err(|e| StoreError::open(format!("cannot open {}", path.display()), e))?;
     match file.try_lock() {
         Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Database(format!(
-            "the store {} is in use by another orch daemon (it holds {}); stop that one or use another data directory",
-            db.display(),
-            path.display()
-        ))),
-        Err(std::fs::TryLockError::Error(e)) => {
-            Err(StoreError::Database(format!("cannot lock {}: {e}", path.display())))
-        }
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Locked {
+            path: db.to_owned(),
+            lock: path,
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(StoreError::open(
+            format!("cannot lock {}", path.display()),
+            e,
+        )),
     }
 }
 
 pub(super) fn open_conn(path: &Path) -> Result<Connection> {
-    let conn = Connection::open(path).map_err(|e| {
-        StoreError::Database(format!("cannot open the store at {}: {e}", path.display()))
-    })?;
+    let conn = Connection::open(path)
+        .map_err(|e| StoreError::open(format!("cannot open the store at {}", path.display()), e))?;
     schema::configure(&conn)?;
     Ok(conn)
 }
@@ -157,7 +156,7 @@ impl SqlStore {
             Location::Postgres { url, schema } => std::thread::scope(|s| {
                 s.spawn(|| open_postgres(url, schema.as_deref(), &events, &jobs_queued))
                     .join()
-                    .map_err(|_| StoreError::Database("opening the store panicked".into()))?
+                    .map_err(|_| StoreError::Internal("opening the store panicked".into()))?
             })?,
         };
         let (tx, rx) = mpsc::channel(opts.queue.max(1));
@@ -193,9 +192,7 @@ impl SqlStore {
                 let handle = std::thread::Builder::new()
                     .name("store-listener".into())
                     .spawn(move || l.run(conn))
-                    .map_err(|e| {
-                        StoreError::Database(format!("cannot start the store listener: {e}"))
-                    })?;
+                    .map_err(|e| StoreError::open("cannot start the store listener", e))?;
                 Some((stop, handle))
             }
             None => None,
@@ -203,7 +200,7 @@ impl SqlStore {
         let thread = std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || w.run())
-            .map_err(|e| StoreError::Database(format!("cannot start the store writer: {e}")))?;
+            .map_err(|e| StoreError::open("cannot start the store writer", e))?;
         Ok(SqlStore {
             tx: Mutex::new(Some(tx)),
             read: Arc::new(Mutex::new(opened.read)),

@@ -177,7 +177,7 @@ fn check_schema(schema: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(StoreError::Database(format!(
+        Err(StoreError::Invalid(format!(
             "schema name {schema:?}: expected letters, digits and '_' (not first a digit), at most 63"
         )))
     }
@@ -189,9 +189,10 @@ fn check_schema(schema: &str) -> Result<()> {
 pub fn connect_pg(url: &str, schema: Option<&str>, role: &str) -> Result<Conn> {
     let shown = redact(url);
     let mut config = postgres::Config::from_str(url).map_err(|e| {
-        StoreError::Database(format!(
-            "store URL {shown}: {e} (expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE)"
-        ))
+        StoreError::open(
+            format!("store URL {shown} (expected postgres://USER[:PASSWORD]@HOST[:PORT]/DATABASE)"),
+            crate::db::Error::from(e),
+        )
     })?;
     config.application_name(&format!("orch {role}"));
     if let Some(s) = schema {
@@ -199,10 +200,10 @@ pub fn connect_pg(url: &str, schema: Option<&str>, role: &str) -> Result<Conn> {
         config.options(&format!("-c search_path={s}"));
     }
     let client = config.connect(postgres::NoTls).map_err(|e| {
-        StoreError::Database(format!(
-            "cannot connect to the PostgreSQL store at {shown}: {}",
-            crate::db::Error::from(e)
-        ))
+        StoreError::open(
+            format!("cannot connect to the PostgreSQL store at {shown}"),
+            crate::db::Error::from(e),
+        )
     })?;
     let conn = Conn::Postgres(Box::new(PgConn::new(client)));
     if let Some(s) = schema {
@@ -222,7 +223,7 @@ pub fn drop_schema(url: &str, schema: &str) -> Result<()> {
             Ok(())
         })
         .join()
-        .map_err(|_| StoreError::Database("dropping a schema panicked".into()))?
+        .map_err(|_| StoreError::Internal("dropping a schema panicked".into()))?
     })
 }
 

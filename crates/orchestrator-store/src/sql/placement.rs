@@ -12,10 +12,6 @@ use orchestrator_core::sched::{fit, Capacity, Free, Gpu, Grant, Needs};
 use super::tx::Ctx;
 use crate::{Result, StoreError};
 
-pub(super) fn db(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Database(e.to_string())
-}
-
 /// An agent's capacity (slots capped by the system rules), or None when
 /// the agent is unknown.
 pub(super) fn capacity(
@@ -35,8 +31,10 @@ pub(super) fn capacity(
     Ok(Some(Capacity {
         slots: rules.agent_slots(slots),
         memory_mb: memory_mb.max(0) as u64,
-        gpus: serde_json::from_str::<Vec<Gpu>>(&gpus).map_err(db)?,
-        labels: serde_json::from_str(&labels).map_err(db)?,
+        gpus: serde_json::from_str::<Vec<Gpu>>(&gpus)
+            .map_err(|e| StoreError::corrupt(format!("agent {agent_id}: stored GPUs"), e))?,
+        labels: serde_json::from_str(&labels)
+            .map_err(|e| StoreError::corrupt(format!("agent {agent_id}: stored labels"), e))?,
     }))
 }
 
@@ -83,7 +81,8 @@ fn shape_needs(conn: &Conn, shape: i64) -> Result<Needs> {
     let text: String = conn
         .prepare_cached("SELECT needs FROM shapes WHERE id = ?1")?
         .query_row([shape], |r| r.get(0))?;
-    serde_json::from_str(&text).map_err(db)
+    serde_json::from_str(&text)
+        .map_err(|e| StoreError::corrupt(format!("shape {shape}: stored needs"), e))
 }
 
 /// The shape of (needs, pinned agent, high priority), created on first use.
@@ -155,7 +154,8 @@ pub(super) fn pick(
          ORDER BY queue_key, id LIMIT 1",
     )?;
     for (shape, needs, high) in shapes {
-        let needs: Needs = serde_json::from_str(&needs).map_err(db)?;
+        let needs: Needs = serde_json::from_str(&needs)
+            .map_err(|e| StoreError::corrupt("a shape's stored needs", e))?;
         let Ok(grant) = fit(&needs, &cap.labels, &f) else {
             continue;
         };

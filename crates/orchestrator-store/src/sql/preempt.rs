@@ -11,7 +11,7 @@ use orchestrator_core::sched::{
 use orchestrator_core::{Entity, StageState};
 
 use super::common::stage_key;
-use super::placement::{db, parse_grant};
+use super::placement::parse_grant;
 use super::stage::stage_event;
 use super::tx::Ctx;
 use crate::Result;
@@ -189,7 +189,7 @@ pub(super) fn yield_at_checkpoint(
     why: &str,
     actor: &str,
 ) -> Result<StageState> {
-    let reserved = serde_json::to_string(held).map_err(db)?;
+    let reserved = crate::error::encode("a reservation", held)?;
     ctx.conn
         .prepare_cached("UPDATE stage_runs SET reserved = ?3 WHERE run_id = ?1 AND stage_id = ?2")?
         .execute(params![run_id, stage_id, reserved])?;

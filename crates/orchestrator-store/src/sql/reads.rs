@@ -107,10 +107,14 @@ pub fn run_detail(conn: &Conn, id: &str) -> Result<RunDetail> {
     let (run, spec): (RunSummary, String) = conn
         .prepare_cached(&sql)?
         .query_row([&id], |r| Ok((run_summary(r)?, r.get(13)?)))?;
-    let wf: Workflow =
-        serde_json::from_str(&spec).map_err(|e| StoreError::Database(format!("run {id}: {e}")))?;
-    let plan = orchestrator_core::plan(&wf)
-        .map_err(|c| StoreError::Database(format!("run {id}: stored spec has a cycle {c:?}")))?;
+    let wf: Workflow = serde_json::from_str(&spec)
+        .map_err(|e| StoreError::corrupt(format!("run {id}: stored spec unreadable"), e))?;
+    let plan = orchestrator_core::plan(&wf).map_err(|c| {
+        StoreError::corrupt(
+            format!("run {id}: stored spec unreadable"),
+            format!("it has a cycle {c:?}"),
+        )
+    })?;
     let mut stages: Vec<StageView> = conn
         .prepare_cached(
             "SELECT stage_id, state, step, steps_total, attempt, started_at, ended_at, ord, agent_id

@@ -259,9 +259,10 @@ pub fn migrate(conn: &Conn) -> Result<()> {
         let version = version.unwrap_or(0);
         let known = MIGRATIONS.len() as i64;
         if version > known {
-            return Err(StoreError::Database(format!(
-                "the database has schema version {version}, newer than this orch knows ({known}); use a newer orch"
-            )));
+            return Err(StoreError::TooNew {
+                found: version,
+                known,
+            });
         }
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
             conn.execute_batch(sql)?;

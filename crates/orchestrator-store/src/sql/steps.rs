@@ -20,9 +20,10 @@ pub(super) fn stage_spec<'w>(
         .get(ord)
         .filter(|s| s.id == stage_id)
         .ok_or_else(|| {
-            StoreError::Database(format!(
-                "stage {stage_id} missing from the spec of run {run_id}"
-            ))
+            StoreError::corrupt(
+                format!("run {run_id}: stored spec unreadable"),
+                format!("it has no stage {stage_id}"),
+            )
         })
 }
 
@@ -43,7 +44,7 @@ pub(super) fn step_of(stage: &Stage, step: u32) -> Result<&Step> {
     stage
         .steps
         .get(step as usize % n)
-        .ok_or_else(|| StoreError::Database(format!("stage {} has no step {step}", stage.id)))
+        .ok_or_else(|| StoreError::Internal(format!("stage {} has no step {step}", stage.id)))
 }
 
 /// Where a stage goes after step `step`: its validation comes after its

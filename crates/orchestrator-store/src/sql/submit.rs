@@ -13,9 +13,10 @@ use orchestrator_core::sched::{self, could_ever_fit, effective_priority, Needs};
 use orchestrator_core::{Entity, RunState, StageState, Workflow};
 use sha2::{Digest, Sha256};
 
-use super::common::{conflict, stage_key, to_json};
+use super::common::{conflict, stage_key};
 use super::tx::Ctx;
 use super::{placement, policy};
+use crate::error::encode;
 use crate::{ids, NewRun, Result, StoreError};
 
 pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
@@ -52,7 +53,7 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
         ))
     })?;
     let run_id = ids::new_id("r");
-    let spec = serde_json::to_string(&wf).map_err(|e| StoreError::Database(e.to_string()))?;
+    let spec = crate::error::encode("a run's spec", &wf)?;
     let hash = format!("{:x}", Sha256::digest(run.workflow.as_bytes()));
     let eff = effective_priority(run.priority, wf.priority, &run.policy, ctx.rules);
     let limits = sched::limits(&run.policy, ctx.rules);
@@ -80,8 +81,8 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
             ctx.now,
             run.base_commit,
             eff.suggested,
-            to_json(&eff)?,
-            to_json(&limits)?,
+            encode("a run's effective policy", &eff)?,
+            encode("a run's limits", &limits)?,
             hold
         ])?;
     ctx.conn

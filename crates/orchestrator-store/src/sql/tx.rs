@@ -59,7 +59,7 @@ impl Ctx<'_> {
             .unwrap_or_else(|panic| {
                 // The cache may hold a workflow for rows the rollback removes.
                 self.workflows.clear();
-                Err(StoreError::Database(format!(
+                Err(StoreError::Internal(format!(
                     "a store command panicked: {}",
                     panic_message(panic.as_ref())
                 )))
@@ -96,7 +96,7 @@ impl Ctx<'_> {
             return Err(e);
         }
         if self.conn.is_autocommit() {
-            return Err(StoreError::Database(
+            return Err(StoreError::Internal(
                 "SQLite rolled the batch's transaction back after an error".into(),
             ));
         }

@@ -160,7 +160,7 @@ impl Writer {
                 match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| cmd(&mut ctx))) {
                     Ok(reply) => replies.push(reply),
                     Err(panic) => {
-                        return Err(StoreError::Database(format!(
+                        return Err(StoreError::Internal(format!(
                             "a store command panicked: {}",
                             panic_message(panic.as_ref())
                         )));
