@@ -529,5 +529,7 @@ fn step_again(next: After, attempt: u32) -> Option<(StageState, Vec<StageEffect>
 }
 
 mod jobs;
+mod marks;
 
 pub use jobs::*;
+pub use marks::{holds_for_pause, stage_marks, StageMarks};

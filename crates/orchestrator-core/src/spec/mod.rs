@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 mod cache;
 mod on_failure;
 mod size;
+mod steps;
 
 pub use cache::Cache;
 pub use on_failure::{
@@ -20,6 +21,7 @@ pub use on_failure::{
     MAX_SEND_BACK_ROUNDS,
 };
 pub use size::{human_mib, SizeSpec};
+pub use steps::VALIDATION_NAME;
 
 /// A workflow file: a DAG of stages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

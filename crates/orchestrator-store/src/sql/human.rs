@@ -10,7 +10,7 @@ use orchestrator_core::{Entity, StageState};
 
 use super::common::{conflict, workflow};
 use super::stage::{load_stage, stage_event, StageRow};
-use super::steps::{after, parse_handoff, stage_spec, step_name, step_of};
+use super::steps::{parse_handoff, stage_spec, step_of};
 use super::tx::Ctx;
 use crate::{Result, StoreError};
 
@@ -72,7 +72,7 @@ pub(super) fn step_succeeded(
     let wf = workflow(ctx, run_id)?;
     let stage = stage_spec(&wf, run_id, stage_id, row.ord)?;
     let validation = stage.validation_step() == Some(step);
-    let name = step_name(stage, step);
+    let name = stage.job_name(step);
     if let Some(cp) = &o.checkpoint {
         let seq: u32 = ctx
             .conn
@@ -124,7 +124,7 @@ pub(super) fn step_succeeded(
     };
     Ok(StageEvent::StepSucceeded {
         step,
-        after: after(stage, step, o.until_met),
+        after: stage.after(step, o.until_met),
         gate,
     })
 }
@@ -190,7 +190,7 @@ pub(super) fn ask_input(
         run_id,
         stage_id,
         StageEvent::Asked {
-            after: after(stage, step, None),
+            after: stage.after(step, None),
         },
         format!("step {step} asks question {id}: {}", input.question),
         "scheduler",

@@ -23,7 +23,7 @@ fn shown(wf: &Workflow, stage_id: &str, step: u32) -> u32 {
 /// The name of step `step` (counted across a loop's iterations) of a stage.
 fn step_name(wf: &Workflow, stage_id: &str, step: u32) -> Option<String> {
     let stage = wf.stages.iter().find(|s| s.id == stage_id)?;
-    super::steps::step_name(stage, step)
+    stage.job_name(step)
 }
 
 pub fn checkpoints(conn: &Conn, run_id: &str, wf: &Workflow) -> Result<Vec<CheckpointView>> {

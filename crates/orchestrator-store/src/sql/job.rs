@@ -40,7 +40,7 @@ pub(super) fn enqueue(
         (Some(v), true) => {
             // The validation runs like a step of its own, after the last one.
             validation = orchestrator_core::spec::Step {
-                name: Some(steps::VALIDATION_NAME.into()),
+                name: Some(orchestrator_core::spec::VALIDATION_NAME.into()),
                 shell: v.shell,
                 commands: v.commands.clone(),
                 ..Default::default()

@@ -9,8 +9,8 @@
 //! module and those form the store's one recursive group (see `mod.rs`).
 
 use crate::db::{params, Optional};
-use orchestrator_core::machine::{stage_on, StageEffect, StageEvent};
-use orchestrator_core::{Entity, StageState};
+use orchestrator_core::machine::{holds_for_pause, stage_marks, stage_on, StageEffect, StageEvent};
+use orchestrator_core::{Entity, RunState, StageState};
 
 use super::common::{conflict, stage_key};
 use super::job::{cancel_live_job, enqueue};
@@ -29,8 +29,8 @@ pub(super) struct StageRow {
     pub(super) base_commit: String,
     /// What humans handed the stage for one of its steps (JSON `Handoff`).
     pub(super) handoff: Option<String>,
-    /// Its run is paused: a stage reaching a checkpoint holds there.
-    pub(super) run_paused: bool,
+    /// Its run's state: a stage of a paused run holds at its checkpoint.
+    pub(super) run_state: RunState,
     /// The agent it is pinned to.
     pub(super) agent_id: Option<String>,
 }
@@ -38,7 +38,7 @@ pub(super) struct StageRow {
 pub(super) fn load_stage(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<StageRow> {
     ctx.conn
         .prepare_cached(
-            "SELECT s.state, s.ord, s.attempt, s.steps_total, r.priority, r.project_dir, r.state = 'paused',
+            "SELECT s.state, s.ord, s.attempt, s.steps_total, r.priority, r.project_dir, r.state,
                     COALESCE(r.base_commit, ''), s.handoff, s.agent_id
              FROM stage_runs s JOIN runs r ON r.id = s.run_id WHERE s.run_id = ?1 AND s.stage_id = ?2",
         )?
@@ -51,7 +51,7 @@ pub(super) fn load_stage(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<
                 steps_total: r.get(3)?,
                 priority: r.get(4)?,
                 project_dir: r.get(5)?,
-                run_paused: r.get(6)?,
+                run_state: RunState::parse(&r.get::<_, String>(6)?).unwrap_or(RunState::Running),
                 base_commit: r.get(7)?,
                 handoff: r.get(8)?,
                 agent_id: r.get(9)?,
@@ -72,18 +72,7 @@ pub fn stage_event(
 ) -> Result<StageState> {
     let mut row = load_stage(ctx, run_id, stage_id)?;
     let (to, effects) = stage_on(row.state, row.attempt, event).map_err(conflict)?;
-    let started = matches!(event, StageEvent::Started);
-    // A lost attempt restarts from step 0 anywhere: its worktree may be gone
-    // with its agent. Only a stage still on its way keeps a request to yield.
-    // So does a stage reset to run again after the stages it needs.
-    let lost = matches!(event, StageEvent::AttemptLost { .. } | StageEvent::Reset);
-    // A step waiting inside for an answer is still on its way to its
-    // checkpoint, where it yields.
-    let keeps_yield = !lost
-        && (matches!(
-            to,
-            StageState::Running | StageState::Queued | StageState::Suspended
-        ) || matches!(event, StageEvent::WaitForAnswer));
+    let marks = stage_marks(event, to);
     ctx.conn
         .prepare_cached(
             "UPDATE stage_runs SET state = ?3,
@@ -101,19 +90,14 @@ pub fn stage_event(
             run_id,
             stage_id,
             to.as_str(),
-            started,
+            marks.started,
             ctx.now,
-            to.is_terminal(),
-            matches!(
-                to,
-                StageState::AwaitingApproval
-                    | StageState::AwaitingInput
-                    | StageState::AwaitingDecision
-            ),
-            lost,
-            keeps_yield
+            marks.ended,
+            marks.waiting,
+            marks.forget_placement,
+            marks.keep_yield
         ])?;
-    if lost {
+    if marks.forget_placement {
         // The restarted attempt is queued for any agent.
         row.agent_id = None;
     }
@@ -205,14 +189,12 @@ pub fn stage_event(
             }
         }
     }
-    // An input step moves a queued stage on at once; only a stage still
-    // queued is at a checkpoint where a paused run holds.
+    // An input step moves a queued stage on at once, so the hold is decided
+    // on the stage as its effects left it.
     if to == StageState::Queued
-        && row.run_paused
-        && load_stage(ctx, run_id, stage_id)?.state == StageState::Queued
+        && row.run_state == RunState::Paused
+        && holds_for_pause(load_stage(ctx, run_id, stage_id)?.state, row.run_state)
     {
-        // Its next step is queued but not started: a checkpoint, where a
-        // paused run's stages hold.
         return stage_event(
             ctx,
             run_id,
