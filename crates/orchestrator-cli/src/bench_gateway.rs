@@ -151,7 +151,7 @@ async fn daemon_with_key(dir: &Path, upstream: &str) -> Result<(Daemon, String)>
             // Never checked out: no agent runs this job, it only holds the key.
             base_commit: "0".repeat(40),
             tree: Vec::new(),
-            actor: "user:bench".into(),
+            actor: orchestrator_core::Actor::user("bench"),
             on_failure: None,
         })
         .await?;

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use orchestrator_core::api::{RunDetail, SubmitRun, Submitted};
 use orchestrator_core::spec::OnFailure;
-use orchestrator_core::{Entity, RunState, StageState};
+use orchestrator_core::{Entity, RunState, StageState, State};
 
 use crate::client::Client;
 use crate::view::{self, Output};
@@ -211,7 +211,10 @@ pub async fn wait(client: &Client, run_id: &str, progress: bool) -> Result<RunSt
             match t.entity {
                 Entity::Stage => {
                     let stage = t.entity_id.rsplit('/').next().unwrap_or("").to_owned();
-                    let to = StageState::parse(&t.to);
+                    let to = match t.to {
+                        State::Stage(s) => Some(s),
+                        _ => None,
+                    };
                     if to == Some(StageState::Running) {
                         running.insert(stage.clone());
                     } else {
@@ -255,7 +258,10 @@ pub async fn wait(client: &Client, run_id: &str, progress: bool) -> Result<RunSt
                     });
                 }
                 Entity::Run => {
-                    if let Some(s) = RunState::parse(&t.to).filter(|s| s.is_terminal()) {
+                    if let State::Run(
+                        s @ (RunState::Succeeded | RunState::Failed | RunState::Cancelled),
+                    ) = t.to
+                    {
                         outcome = s;
                         return false;
                     }

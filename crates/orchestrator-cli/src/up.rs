@@ -171,7 +171,7 @@ pub async fn run_up(
     // last one's is replaced), so its name is bound and the shared agent
     // token cannot take it over.
     cfg.token = store
-        .issue_agent_token(&cfg.name, true, "daemon")
+        .issue_agent_token(&cfg.name, true, &orchestrator_core::Actor::Daemon)
         .await
         .with_context(|| format!("cannot issue the local agent {:?} its token", cfg.name))?;
     let agent = tokio::spawn(run_agent(cfg, agent_stop.clone()));

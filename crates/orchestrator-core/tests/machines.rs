@@ -1103,10 +1103,10 @@ fn a_transition_row_serializes_with_store_names() {
         entity: Entity::Stage,
         entity_id: "r1/build".into(),
         run_id: Some("r1".into()),
-        from: Some(S::Running.as_str().into()),
-        to: S::Succeeded.as_str().into(),
+        from: Some(S::Running.into()),
+        to: S::Succeeded.into(),
         reason: "last step succeeded".into(),
-        actor: "agent:a1".into(),
+        actor: orchestrator_core::Actor::agent("a1"),
         at_ms: 1_700_000_000_000,
     };
     let v = serde_json::to_value(&t).unwrap();

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
+use orchestrator_core::Actor;
 use orchestrator_store::{now_ms, HumanCommand, LinkTarget, LinkUse, Store, StoreError};
 
 use crate::extract::Path;
@@ -191,8 +192,11 @@ pub async fn act<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<Str
     let what = describe(&action);
     // The link is the credential: whoever it was sent to is who acts.
     let actor = match &action.to {
-        Some(to) => format!("user:link:{}", orchestrator_core::quote::one_line(to, 128)),
-        None => "user:link".to_owned(),
+        Some(to) => Actor::user(format!(
+            "link:{}",
+            orchestrator_core::quote::one_line(to, 128)
+        )),
+        None => Actor::user("link"),
     };
     match app
         .store

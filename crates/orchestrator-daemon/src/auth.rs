@@ -15,6 +15,7 @@ use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
+use orchestrator_core::Actor;
 use orchestrator_store::Store;
 
 use crate::error::ApiErr;
@@ -61,7 +62,7 @@ impl Principal {
     /// The actor a transition records for a human acting as this principal:
     /// the principal itself, and what the request said its author is
     /// (`--by`) only as a note beside it, cleaned to one short line.
-    pub fn actor(&self, said: Option<&str>) -> String {
+    pub fn actor(&self, said: Option<&str>) -> Actor {
         let who = match self {
             Principal::Admin => "admin".to_owned(),
             Principal::Dashboard => "dashboard".to_owned(),
@@ -71,10 +72,7 @@ impl Principal {
         let said = said
             .map(|s| orchestrator_core::quote::one_line(s, 64))
             .filter(|s| !s.is_empty() && *s != who);
-        match said {
-            Some(s) => format!("user:{who} (said: {s})"),
-            None => format!("user:{who}"),
-        }
+        Actor::User { name: who, said }
     }
 }
 

@@ -250,7 +250,7 @@ async fn fixture() -> Fixture {
             policy: Default::default(),
             base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
             tree: Vec::new(),
-            actor: "user:test".into(),
+            actor: orchestrator_core::Actor::user("test"),
             on_failure: None,
         })
         .await

@@ -211,7 +211,7 @@ async fn fail_a_run(store: &SqlStore) -> String {
             policy: Default::default(),
             base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
             tree: Vec::new(),
-            actor: "user:test".into(),
+            actor: orchestrator_core::Actor::user("test"),
             // Ends at once: no human is asked to decide.
             on_failure: Some(orchestrator_core::spec::OnFailure::Fail),
         })

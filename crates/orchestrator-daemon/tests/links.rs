@@ -180,7 +180,7 @@ async fn an_approve_link_acts_on_its_own_round_once_even_after_a_restart() {
             on_failure: None,
             base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
             tree: Vec::new(),
-            actor: "user:test".into(),
+            actor: orchestrator_core::Actor::user("test"),
         })
         .await
         .unwrap()
@@ -210,7 +210,7 @@ async fn an_approve_link_acts_on_its_own_round_once_even_after_a_restart() {
                 stage_id: "review".into(),
                 feedback: "not like this".into(),
             },
-            "user:test",
+            &orchestrator_core::Actor::user("test"),
         )
         .await
         .unwrap();

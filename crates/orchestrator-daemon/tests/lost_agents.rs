@@ -63,7 +63,7 @@ async fn a_silent_agent_is_marked_lost_once_and_its_stale_lease_is_revoked_when_
             policy: Default::default(),
             base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
             tree: Vec::new(),
-            actor: "user:test".into(),
+            actor: orchestrator_core::Actor::user("test"),
             on_failure: None,
         })
         .await
@@ -100,7 +100,7 @@ async fn a_silent_agent_is_marked_lost_once_and_its_stale_lease_is_revoked_when_
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert_eq!(lost.from.as_deref(), Some("online"));
+    assert_eq!(lost.from.map(|f| f.as_str()), Some("online"));
     assert_eq!(lost.actor, "reaper");
     assert!(
         lost.reason.starts_with("no heartbeat for "),
@@ -129,7 +129,7 @@ async fn a_silent_agent_is_marked_lost_once_and_its_stale_lease_is_revoked_when_
     let log = agent_log(&store, &agent).await;
     let back = log.last().unwrap();
     assert_eq!(
-        (back.from.as_deref(), back.to.as_str()),
+        (back.from.map(|f| f.as_str()), back.to.as_str()),
         (Some("lost"), "online")
     );
 

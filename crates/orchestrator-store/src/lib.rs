@@ -38,6 +38,7 @@ mod error;
 mod ids;
 mod sql;
 
+use orchestrator_core::Actor;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -81,7 +82,7 @@ pub struct NewRun {
     /// hashes files (`hashFiles`); empty otherwise.
     pub tree: Vec<orchestrator_core::cache::TreeFile>,
     /// Who submitted it, for the transition row (`user:admin`).
-    pub actor: String,
+    pub actor: Actor,
 }
 
 /// What a human says to a waiting stage.
@@ -264,7 +265,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         run_id: &str,
         event: orchestrator_core::machine::RunEvent,
-        actor: &str,
+        actor: &Actor,
     ) -> impl Future<Output = Result<RunSummary>> + Send;
     /// A human's answer to a waiting stage: approve, reject with feedback,
     /// or answer a question. Refused, changing nothing, when the stage or
@@ -273,7 +274,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         run_id: &str,
         command: HumanCommand,
-        actor: &str,
+        actor: &Actor,
     ) -> impl Future<Output = Result<RunSummary>> + Send;
     /// [`Store::human`] through a signed link: refused with
     /// [`StoreError::Refused`] when the link was used before or its request
@@ -283,7 +284,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         run_id: &str,
         command: HumanCommand,
-        actor: &str,
+        actor: &Actor,
         link: LinkUse,
     ) -> impl Future<Output = Result<RunSummary>> + Send;
     /// Why a signed link would be refused now (used, or its request
@@ -408,13 +409,13 @@ pub trait Store: Send + Sync + 'static {
         &self,
         name: &str,
         replace: bool,
-        actor: &str,
+        actor: &Actor,
     ) -> impl Future<Output = Result<String>> + Send;
     /// Revokes agent NAME's token; the name stays bound to it.
     fn revoke_agent_token(
         &self,
         name: &str,
-        actor: &str,
+        actor: &Actor,
     ) -> impl Future<Output = Result<AgentTokenView>> + Send;
     fn list_agent_tokens(&self) -> impl Future<Output = Result<Vec<AgentTokenView>>> + Send;
     /// The agent credential `token` is, revoked or not; None when it is none.

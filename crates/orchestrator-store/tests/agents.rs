@@ -45,7 +45,7 @@ async fn presence(s: &SqlStore, agent: &str) -> Vec<(Option<String>, String, Str
         .await
         .into_iter()
         .filter(|t| t.entity == Entity::Agent && t.entity_id == agent && t.to != "registered")
-        .map(|t| (t.from, t.to, t.reason))
+        .map(|t| (t.from.map(|f| f.to_string()), t.to.to_string(), t.reason))
         .collect()
 }
 

@@ -61,7 +61,7 @@ async fn a_link_acts_only_on_its_round_and_only_once_across_a_reopen() {
             stage_id: "review".into(),
             feedback: "again".into(),
         },
-        "user:test",
+        &orchestrator_core::Actor::user("test"),
     )
     .await
     .unwrap();
@@ -71,22 +71,37 @@ async fn a_link_acts_only_on_its_round_and_only_once_across_a_reopen() {
     let second = round_of(&s, &run).await;
 
     let stale = s
-        .human_by_link(&run, approve(), "user:link", link("old", first))
+        .human_by_link(
+            &run,
+            approve(),
+            &orchestrator_core::Actor::user("link"),
+            link("old", first),
+        )
         .await;
     assert!(
         matches!(stale, Err(StoreError::Refused(Refused::Superseded { .. }))),
         "{stale:?}"
     );
     assert!(awaiting(&s, &run).await, "nothing was done");
-    s.human_by_link(&run, approve(), "user:link", link("new", second))
-        .await
-        .unwrap();
+    s.human_by_link(
+        &run,
+        approve(),
+        &orchestrator_core::Actor::user("link"),
+        link("new", second),
+    )
+    .await
+    .unwrap();
     s.close().await;
     drop(s);
 
     let s = open(&dir);
     let again = s
-        .human_by_link(&run, approve(), "user:link", link("new", second))
+        .human_by_link(
+            &run,
+            approve(),
+            &orchestrator_core::Actor::user("link"),
+            link("new", second),
+        )
         .await;
     assert!(
         matches!(again, Err(StoreError::Refused(Refused::Used { .. }))),

@@ -47,7 +47,9 @@ async fn state(s: &SqlStore, run: &str, stage: &str) -> StageState {
 }
 
 async fn decide(s: &SqlStore, run: &str, cmd: HumanCommand) -> Result<(), StoreError> {
-    s.human(run, cmd, "user:ann").await.map(|_| ())
+    s.human(run, cmd, &orchestrator_core::Actor::user("ann"))
+        .await
+        .map(|_| ())
 }
 
 fn retry(stage: &str) -> HumanCommand {
@@ -169,7 +171,7 @@ async fn a_task_failure_waits_for_a_decision_and_a_retry_runs_the_failed_step_ag
         .unwrap();
     let decided = log
         .iter()
-        .find(|t| t.from.as_deref() == Some("awaiting_decision"))
+        .find(|t| t.from.map(|f| f.as_str()) == Some("awaiting_decision"))
         .unwrap();
     assert_eq!(decided.actor, "user:ann");
     assert!(

@@ -28,7 +28,7 @@ fn run(yaml: &str, project: &str, priority: Option<i32>, policy: ProjectPolicy) 
         policy,
         base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
         tree: Vec::new(),
-        actor: "user:test".into(),
+        actor: orchestrator_core::Actor::user("test"),
         on_failure: None,
     }
 }

@@ -101,7 +101,10 @@ async fn a_human_sends_the_work_back_and_everything_after_it_runs_again() {
     s.human(
         &run,
         send_back("implement", "handle the empty input"),
-        "user:ann (said: ann)",
+        &orchestrator_core::Actor::User {
+            name: "ann".into(),
+            said: Some("ann".into()),
+        },
     )
     .await
     .unwrap();
@@ -123,7 +126,7 @@ async fn a_human_sends_the_work_back_and_everything_after_it_runs_again() {
         .rev()
         .find(|t| t.entity == Entity::Stage && t.entity_id.ends_with("/implement"))
         .unwrap();
-    assert_eq!(sent.from.as_deref(), Some("succeeded"));
+    assert_eq!(sent.from.map(|f| f.as_str()), Some("succeeded"));
     assert_eq!(sent.to, "queued");
     assert_eq!(sent.actor, "user:ann (said: ann)");
     assert!(
@@ -134,7 +137,7 @@ async fn a_human_sends_the_work_back_and_everything_after_it_runs_again() {
         sent.reason
     );
     assert!(log.iter().any(|t| t.entity_id.ends_with("/docs")
-        && t.from.as_deref() == Some("succeeded")
+        && t.from.map(|f| f.as_str()) == Some("succeeded")
         && t.to == "pending"
         && t.reason.contains("runs again after implement")));
 
@@ -195,20 +198,39 @@ async fn sending_back_what_cannot_be_sent_back_is_refused_and_changes_nothing() 
         other => panic!("expected a refusal, got {other:?}"),
     };
     refused(
-        s.human(&run, send_back("test", "x"), "user:ann").await,
+        s.human(
+            &run,
+            send_back("test", "x"),
+            &orchestrator_core::Actor::user("ann"),
+        )
+        .await,
         &["stage test", "has not run yet (pending)", "succeeded"],
     );
     refused(
-        s.human(&run, send_back("implement", "x"), "user:ann").await,
+        s.human(
+            &run,
+            send_back("implement", "x"),
+            &orchestrator_core::Actor::user("ann"),
+        )
+        .await,
         &["stage implement", "is queued"],
     );
     refused(
-        s.human(&run, send_back("implement", "  "), "user:ann")
-            .await,
+        s.human(
+            &run,
+            send_back("implement", "  "),
+            &orchestrator_core::Actor::user("ann"),
+        )
+        .await,
         &["empty feedback"],
     );
     assert!(matches!(
-        s.human(&run, send_back("nope", "x"), "user:ann").await,
+        s.human(
+            &run,
+            send_back("nope", "x"),
+            &orchestrator_core::Actor::user("ann")
+        )
+        .await,
         Err(StoreError::NotFound { .. })
     ));
     // implement succeeded, but nothing after it ended yet.
@@ -218,7 +240,12 @@ async fn sending_back_what_cannot_be_sent_back_is_refused_and_changes_nothing() 
     finish(&s, &a, &j, outcome(true, None)).await;
     let before2 = log_len(&s).await;
     refused(
-        s.human(&run, send_back("implement", "x"), "user:ann").await,
+        s.human(
+            &run,
+            send_back("implement", "x"),
+            &orchestrator_core::Actor::user("ann"),
+        )
+        .await,
         &["stage implement", "no stage after it has ended"],
     );
     assert_eq!(log_len(&s).await, before2);
@@ -230,7 +257,12 @@ async fn sending_back_what_cannot_be_sent_back_is_refused_and_changes_nothing() 
     );
     let ended = log_len(&s).await;
     refused(
-        s.human(&run, send_back("implement", "x"), "user:ann").await,
+        s.human(
+            &run,
+            send_back("implement", "x"),
+            &orchestrator_core::Actor::user("ann"),
+        )
+        .await,
         &["has already ended succeeded", "stage implement"],
     );
     assert_eq!(log_len(&s).await, ended);
@@ -271,7 +303,9 @@ async fn a_failed_stage_sends_its_work_back_by_itself_at_most_max_rounds_times()
         let failed = log
             .iter()
             .rev()
-            .find(|t| t.entity_id.ends_with("/test") && t.from.as_deref() == Some("running"))
+            .find(|t| {
+                t.entity_id.ends_with("/test") && t.from.map(|f| f.as_str()) == Some("running")
+            })
             .unwrap();
         assert!(
             failed.reason.contains(&format!(
@@ -316,7 +350,7 @@ async fn a_failed_stage_sends_its_work_back_by_itself_at_most_max_rounds_times()
     s.human(
         &run,
         send_back("implement", "try the other parser"),
-        "user:ann",
+        &orchestrator_core::Actor::user("ann"),
     )
     .await
     .unwrap();
@@ -358,9 +392,13 @@ stages:
     let spin = spin.unwrap();
     assert_eq!((spin.spec.step, spin.spec.round), (0, 1));
     // Sent back while spin runs: its job is withdrawn and it waits again.
-    s.human(&run, send_back("implement", "again"), "user:ann")
-        .await
-        .unwrap();
+    s.human(
+        &run,
+        send_back("implement", "again"),
+        &orchestrator_core::Actor::user("ann"),
+    )
+    .await
+    .unwrap();
     assert_eq!(states(&s, &run).await["spin"], StageState::Pending);
     let j = claim(&s, &a).await;
     assert_eq!(j.spec.stage_id, "implement");

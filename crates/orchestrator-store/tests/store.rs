@@ -132,7 +132,7 @@ async fn a_task_failure_blocks_dependents_and_fails_the_run() {
             stage_id: None,
             comment: Some("no".into()),
         },
-        "user:ann",
+        &orchestrator_core::Actor::user("ann"),
     )
     .await
     .unwrap();
@@ -201,7 +201,7 @@ async fn expired_leases_restart_the_stage_until_five_attempts_then_a_human_fails
             stage_id: Some("a".into()),
             comment: None,
         },
-        "user:ann",
+        &orchestrator_core::Actor::user("ann"),
     )
     .await
     .unwrap();
@@ -555,7 +555,11 @@ async fn cancelling_a_run_cancels_its_open_stages_revokes_its_leases_and_refuses
     let run = s.submit_run(new_run(DIAMOND)).await.unwrap().run_id;
     let j = s.claim(&a, TTL).await.unwrap().unwrap();
     let summary = s
-        .command_run(&run, RunEvent::Cancel, "user:test")
+        .command_run(
+            &run,
+            RunEvent::Cancel,
+            &orchestrator_core::Actor::user("test"),
+        )
         .await
         .unwrap();
     assert_eq!(summary.state, RunState::Cancelled);
@@ -598,12 +602,24 @@ async fn cancelling_a_run_cancels_its_open_stages_revokes_its_leases_and_refuses
         s.claim(&a, TTL).await.unwrap().is_none(),
         "nothing of a cancelled run is handed out"
     );
-    match s.command_run(&run, RunEvent::Cancel, "user:test").await {
+    match s
+        .command_run(
+            &run,
+            RunEvent::Cancel,
+            &orchestrator_core::Actor::user("test"),
+        )
+        .await
+    {
         Err(StoreError::Conflict(msg)) => assert!(msg.contains("already ended"), "{msg}"),
         other => panic!("cancelling twice: {other:?}"),
     }
     assert!(matches!(
-        s.command_run("rnope", RunEvent::Cancel, "user:test").await,
+        s.command_run(
+            "rnope",
+            RunEvent::Cancel,
+            &orchestrator_core::Actor::user("test")
+        )
+        .await,
         Err(StoreError::NotFound { .. })
     ));
     assert_log_replays_to_state(&s, &run).await;
@@ -617,10 +633,14 @@ async fn a_paused_run_holds_each_stage_at_its_next_checkpoint_and_resumes_from_t
     let run = s.submit_run(new_run(DIAMOND)).await.unwrap().run_id;
     let ja = s.claim(&a, TTL).await.unwrap().unwrap();
     assert_eq!(
-        s.command_run(&run, RunEvent::Pause, "user:test")
-            .await
-            .unwrap()
-            .state,
+        s.command_run(
+            &run,
+            RunEvent::Pause,
+            &orchestrator_core::Actor::user("test")
+        )
+        .await
+        .unwrap()
+        .state,
         RunState::Paused
     );
     // The running step is not interrupted; what it releases does not start.
@@ -632,16 +652,27 @@ async fn a_paused_run_holds_each_stage_at_its_next_checkpoint_and_resumes_from_t
         s.claim(&a, TTL).await.unwrap().is_none(),
         "a paused run hands out nothing"
     );
-    match s.command_run(&run, RunEvent::Pause, "user:test").await {
+    match s
+        .command_run(
+            &run,
+            RunEvent::Pause,
+            &orchestrator_core::Actor::user("test"),
+        )
+        .await
+    {
         Err(StoreError::Conflict(msg)) => {
             assert!(msg.contains("only a running run can be paused"), "{msg}")
         }
         other => panic!("pausing twice: {other:?}"),
     }
 
-    s.command_run(&run, RunEvent::Resume, "user:test")
-        .await
-        .unwrap();
+    s.command_run(
+        &run,
+        RunEvent::Resume,
+        &orchestrator_core::Actor::user("test"),
+    )
+    .await
+    .unwrap();
     let j1 = s.claim(&a, TTL).await.unwrap().unwrap();
     let j2 = s.claim(&a, TTL).await.unwrap().unwrap();
     let (jb, jc) = if j1.spec.stage_id == "b" {
@@ -650,9 +681,13 @@ async fn a_paused_run_holds_each_stage_at_its_next_checkpoint_and_resumes_from_t
         (j2, j1)
     };
     assert_eq!((jb.spec.stage_id.as_str(), jb.spec.step), ("b", 0));
-    s.command_run(&run, RunEvent::Pause, "user:test")
-        .await
-        .unwrap();
+    s.command_run(
+        &run,
+        RunEvent::Pause,
+        &orchestrator_core::Actor::user("test"),
+    )
+    .await
+    .unwrap();
     complete_ok(&s, &a, &jb).await;
     complete_ok(&s, &a, &jc).await;
     let d = s.run_detail(&run).await.unwrap();
@@ -665,9 +700,13 @@ async fn a_paused_run_holds_each_stage_at_its_next_checkpoint_and_resumes_from_t
     assert_eq!(stage_states(&d)["d"], StageState::Pending);
     assert!(s.claim(&a, TTL).await.unwrap().is_none());
 
-    s.command_run(&run, RunEvent::Resume, "user:test")
-        .await
-        .unwrap();
+    s.command_run(
+        &run,
+        RunEvent::Resume,
+        &orchestrator_core::Actor::user("test"),
+    )
+    .await
+    .unwrap();
     let jb1 = s.claim(&a, TTL).await.unwrap().unwrap();
     assert_eq!(
         (jb1.spec.stage_id.as_str(), jb1.spec.step),
@@ -681,7 +720,14 @@ async fn a_paused_run_holds_each_stage_at_its_next_checkpoint_and_resumes_from_t
         s.run_detail(&run).await.unwrap().run.state,
         RunState::Succeeded
     );
-    match s.command_run(&run, RunEvent::Resume, "user:test").await {
+    match s
+        .command_run(
+            &run,
+            RunEvent::Resume,
+            &orchestrator_core::Actor::user("test"),
+        )
+        .await
+    {
         Err(StoreError::Conflict(msg)) => assert!(msg.contains("already ended"), "{msg}"),
         other => panic!("resuming an ended run: {other:?}"),
     }

@@ -52,7 +52,7 @@ async fn answer(s: &SqlStore, run: &str, question_id: i64, text: &str) {
             question_id,
             text: text.into(),
         },
-        "user:admin",
+        &orchestrator_core::Actor::user("admin"),
     )
     .await
     .unwrap();
@@ -152,7 +152,7 @@ async fn only_the_live_lease_of_the_job_that_asked_may_ask_or_read() {
             question_id: q,
             text: "yes".into(),
         },
-        "user:admin",
+        &orchestrator_core::Actor::user("admin"),
     )
     .await
     .unwrap();
@@ -211,7 +211,7 @@ async fn a_withdrawn_wait_closes_its_question_and_the_stage_runs_on() {
                 question_id: q,
                 text: "too late".into(),
             },
-            "user:admin",
+            &orchestrator_core::Actor::user("admin"),
         )
         .await;
     assert!(matches!(late, Err(StoreError::Conflict(_))), "{late:?}");
@@ -269,7 +269,7 @@ async fn a_step_that_ends_or_is_lost_while_waiting_takes_its_question_with_it() 
                 question_id: q2,
                 text: "late".into(),
             },
-            "user:admin",
+            &orchestrator_core::Actor::user("admin"),
         )
         .await;
     assert!(matches!(late, Err(StoreError::Conflict(_))), "{late:?}");
@@ -298,7 +298,7 @@ async fn a_step_that_ends_or_is_lost_while_waiting_takes_its_question_with_it() 
     s.command_run(
         &run,
         orchestrator_core::machine::RunEvent::Cancel,
-        "user:admin",
+        &orchestrator_core::Actor::user("admin"),
     )
     .await
     .unwrap();

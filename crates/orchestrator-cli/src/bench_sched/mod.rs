@@ -203,7 +203,7 @@ async fn once(o: &SchedOpts, dir: &Path) -> Result<SchedSample> {
                 policy: Default::default(),
                 base_commit: "0".repeat(40),
                 tree: Vec::new(),
-                actor: "user:bench".into(),
+                actor: orchestrator_core::Actor::user("bench"),
                 on_failure: None,
             })
             .await?;

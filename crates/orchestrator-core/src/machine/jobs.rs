@@ -1,6 +1,4 @@
-//! The job and run machines, and the transition row every change writes.
-
-use serde::{Deserialize, Serialize};
+//! The job and run machines.
 
 use super::{reject, JobState, RejectedTransition, RunState};
 
@@ -141,65 +139,4 @@ fn run_next(s: RunState, e: RunEvent) -> Result<RunState, RejectedTransition> {
         (S::Paused, E::Resume) => S::Running,
         (s, e) => return Err(reject("run", s, e)),
     })
-}
-
-/// The kind of entity a transition row is about.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Entity {
-    Run,
-    Stage,
-    Job,
-    Lease,
-    Agent,
-    /// A question a step asked a human.
-    Question,
-    /// A step's checkpoint: its artifacts committed.
-    Checkpoint,
-}
-
-impl Entity {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Entity::Run => "run",
-            Entity::Stage => "stage",
-            Entity::Job => "job",
-            Entity::Lease => "lease",
-            Entity::Agent => "agent",
-            Entity::Question => "question",
-            Entity::Checkpoint => "checkpoint",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "run" => Entity::Run,
-            "stage" => Entity::Stage,
-            "job" => Entity::Job,
-            "lease" => Entity::Lease,
-            "agent" => Entity::Agent,
-            "question" => Entity::Question,
-            "checkpoint" => Entity::Checkpoint,
-            _ => return None,
-        })
-    }
-}
-
-/// One row of the transitions log: every state change, with why and who.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Transition {
-    /// Position in the log; strictly increasing.
-    pub seq: i64,
-    pub entity: Entity,
-    /// The entity's id: a run id, `run_id/stage_id`, a job id, a lease id or an agent id.
-    pub entity_id: String,
-    /// The run it belongs to, when it belongs to one.
-    pub run_id: Option<String>,
-    /// The state before; None for a creation.
-    pub from: Option<String>,
-    pub to: String,
-    pub reason: String,
-    /// Who caused it: `user:<name>`, `agent:<id>`, `scheduler`, `reaper`, `daemon`.
-    pub actor: String,
-    /// Unix time in milliseconds.
-    pub at_ms: i64,
 }

@@ -20,7 +20,7 @@ macro_rules! states {
             /// Parses a name written by [`Self::as_str`].
             pub fn parse(s: &str) -> Option<Self> { match s { $($s => Some($name::$v),)* _ => None } }
             /// Whether no event leaves this state.
-            pub fn is_terminal(self) -> bool { matches!(self, $($name::$t)|*) }
+            pub fn is_terminal(self) -> bool { false $(|| self == $name::$t)* }
         }
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result { f.write_str(self.as_str()) }
@@ -529,7 +529,9 @@ fn step_again(next: After, attempt: u32) -> Option<(StageState, Vec<StageEffect>
 }
 
 mod jobs;
+mod log;
 mod marks;
 
 pub use jobs::*;
+pub use log::{Actor, AgentState, CheckpointState, Entity, LeaseState, State, Transition};
 pub use marks::{holds_for_pause, stage_marks, StageMarks};

@@ -5,9 +5,10 @@
 //! function, so a replay of the log after a restart yields the same events
 //! with the same `seq` — which is what lets receivers drop duplicates.
 
+use orchestrator_core::api::QuestionState;
 use orchestrator_core::api::{self, InboxKind};
 use orchestrator_core::quote;
-use orchestrator_core::{Entity, Transition};
+use orchestrator_core::{Entity, RunState, StageState, Transition};
 use serde::{Deserialize, Serialize};
 
 /// What kind of thing happened.
@@ -125,16 +126,21 @@ impl HumanEvent {
 
 /// The human event a committed transition makes, if any.
 pub fn human_event(t: &Transition) -> Option<HumanEvent> {
-    let kind = match (t.entity, t.from.as_deref(), t.to.as_str()) {
-        (Entity::Stage, _, "awaiting_approval") => EventKind::ApprovalRequested,
-        (Entity::Stage, _, "awaiting_decision") => EventKind::Failure,
+    use orchestrator_core::State as S;
+    let kind = match (t.from, t.to) {
+        (_, S::Stage(StageState::AwaitingApproval)) => EventKind::ApprovalRequested,
+        (_, S::Stage(StageState::AwaitingDecision)) => EventKind::Failure,
         // A human aborted it: they know; the run's end follows.
-        (Entity::Stage, Some("awaiting_decision"), "failed") => return None,
-        (Entity::Stage, _, "failed") => EventKind::Failure,
-        (Entity::Question, None, "open") => EventKind::QuestionAsked,
-        (Entity::Question, _, "answered") => EventKind::QuestionAnswered,
-        (Entity::Checkpoint, _, "committed") => EventKind::Checkpoint,
-        (Entity::Run, _, "succeeded" | "failed" | "cancelled") => EventKind::RunFinished,
+        (Some(S::Stage(StageState::AwaitingDecision)), S::Stage(StageState::Failed)) => {
+            return None
+        }
+        (_, S::Stage(StageState::Failed)) => EventKind::Failure,
+        (None, S::Question(QuestionState::Open)) => EventKind::QuestionAsked,
+        (_, S::Question(QuestionState::Answered)) => EventKind::QuestionAnswered,
+        (_, S::Checkpoint(_)) => EventKind::Checkpoint,
+        (_, S::Run(RunState::Succeeded | RunState::Failed | RunState::Cancelled)) => {
+            EventKind::RunFinished
+        }
         _ => return None,
     };
     // Entity ids are `run`, `run/stage`, `run/stage/N`; a question's may be
@@ -158,15 +164,15 @@ pub fn human_event(t: &Transition) -> Option<HumanEvent> {
         stage_id,
         question_id,
         entity_id: t.entity_id.clone(),
-        from: t.from.clone(),
-        to: t.to.clone(),
+        from: t.from.map(|s| s.as_str().to_owned()),
+        to: t.to.as_str().to_owned(),
         reason: t.reason.clone(),
         reason_from: match kind {
             EventKind::QuestionAsked | EventKind::Failure => ReasonFrom::Step,
             EventKind::QuestionAnswered => ReasonFrom::Human,
             _ => ReasonFrom::Orchestrator,
         },
-        actor: t.actor.clone(),
+        actor: t.actor.to_string(),
         at_ms: t.at_ms,
         answer_with: Vec::new(),
         choices: Vec::new(),
@@ -221,6 +227,7 @@ pub fn answer_commands(ev: &HumanEvent) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use orchestrator_core::State;
 
     fn t(entity: Entity, id: &str, from: Option<&str>, to: &str, reason: &str) -> Transition {
         Transition {
@@ -228,10 +235,10 @@ mod tests {
             entity,
             entity_id: id.into(),
             run_id: Some("r1".into()),
-            from: from.map(Into::into),
-            to: to.into(),
+            from: from.map(|s| State::parse(entity, s).expect("a state of the entity")),
+            to: State::parse(entity, to).expect("a state of the entity"),
             reason: reason.into(),
-            actor: "agent:a1".into(),
+            actor: orchestrator_core::Actor::agent("a1"),
             at_ms: 1_000,
         }
     }
@@ -309,7 +316,6 @@ mod tests {
             // Re-opened, not asked: only a creation is a new question.
             t(Entity::Question, "7", Some("answered"), "open", ""),
             t(Entity::Question, "7", Some("open"), "closed", ""),
-            t(Entity::Checkpoint, "r1/b/1", None, "started", ""),
         ];
         for tr in &quiet {
             assert_eq!(kind(tr), None, "{tr:?}");

@@ -220,7 +220,7 @@ fn message_to(ev: &HumanEvent, links: Option<&ActionLinks>, to: &str, now_ms: i6
 
 #[cfg(test)]
 mod tests {
-    use orchestrator_core::{Entity, Transition};
+    use orchestrator_core::{Entity, State, Transition};
 
     use super::*;
     use crate::hooks::human_event;
@@ -232,10 +232,10 @@ mod tests {
             entity,
             entity_id: id.into(),
             run_id: Some("r1".into()),
-            from: from.map(Into::into),
-            to: to.into(),
+            from: from.map(|s| State::parse(entity, s).expect("a state of the entity")),
+            to: State::parse(entity, to).expect("a state of the entity"),
             reason: reason.into(),
-            actor: "scheduler".into(),
+            actor: orchestrator_core::Actor::Scheduler,
             at_ms: 0,
         })
         .unwrap()

@@ -88,7 +88,7 @@ pub async fn fabric_daemon(
                 policy: Default::default(),
                 base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
                 tree: Vec::new(),
-                actor: "user:test".into(),
+                actor: orchestrator_core::Actor::user("test"),
                 on_failure: None,
             })
             .await

@@ -6,13 +6,12 @@
 //! rows record when that judgement changed, and why.
 
 use crate::db::{params, Optional};
+use orchestrator_core::machine::AgentState;
+use orchestrator_core::Actor;
 use orchestrator_core::Entity;
 
 use super::tx::Ctx;
 use crate::Result;
-
-const ONLINE: &str = "online";
-const LOST: &str = "lost";
 
 /// The agent's last presence transition and when it was written: agent rows
 /// carry no run, so the `run_id IS NULL` part of the run index finds them.
@@ -46,7 +45,8 @@ pub fn mark_lost(ctx: &mut Ctx<'_>, now: i64, online_ms: u64) -> Result<usize> {
         .collect::<crate::db::Result<_>>()?;
     let mut marked = 0;
     for (agent_id, last_seen) in silent {
-        if matches!(last_presence(ctx, &agent_id)?, Some((state, _)) if state == LOST) {
+        if matches!(last_presence(ctx, &agent_id)?, Some((state, _)) if state == AgentState::Lost.as_str())
+        {
             continue;
         }
         // A lease the agent held at its last heartbeat ran at least until
@@ -63,13 +63,12 @@ pub fn mark_lost(ctx: &mut Ctx<'_>, now: i64, online_ms: u64) -> Result<usize> {
             seconds(i64::try_from(online_ms).unwrap_or(i64::MAX)),
         );
         ctx.transition(
-            Entity::Agent,
             agent_id,
             None,
-            Some(ONLINE),
-            LOST,
+            Some(AgentState::Online),
+            AgentState::Lost,
             reason,
-            "reaper",
+            &Actor::Reaper,
         )?;
         marked += 1;
     }
@@ -82,17 +81,16 @@ pub fn heard_from(ctx: &mut Ctx<'_>, agent_id: &str, how: &str) -> Result<()> {
     let Some((state, lost_at)) = last_presence(ctx, agent_id)? else {
         return Ok(());
     };
-    if state != LOST {
+    if state != AgentState::Lost.as_str() {
         return Ok(());
     }
     let reason = format!("{how} after {} marked lost", seconds(ctx.now - lost_at));
     ctx.transition(
-        Entity::Agent,
         agent_id.to_owned(),
         None,
-        Some(LOST),
-        ONLINE,
+        Some(AgentState::Lost),
+        AgentState::Online,
         reason,
-        &format!("agent:{agent_id}"),
+        &Actor::agent(agent_id),
     )
 }

@@ -4,9 +4,11 @@
 
 use crate::db::{params, Optional};
 use orchestrator_core::api::{ClaimedJob, JobSpec};
+use orchestrator_core::machine::LeaseState;
 use orchestrator_core::machine::{job_on, JobEffect, JobEvent, StageEvent};
 use orchestrator_core::sched::{free, Free, Grant};
-use orchestrator_core::{Entity, JobState};
+use orchestrator_core::Actor;
+use orchestrator_core::JobState;
 
 use super::common::conflict;
 use super::stage::stage_event;
@@ -63,13 +65,12 @@ pub fn claim(
             "INSERT INTO leases (job_id, agent_id, token, state, expires_at, created_at, claim_key) VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6) RETURNING id",
         )?
         .query_row(params![job_id, agent_id, token, expires, ctx.now, key], |r| r.get(0))?;
-    let actor = format!("agent:{agent_id}");
+    let actor = Actor::agent(agent_id);
     ctx.transition(
-        Entity::Lease,
         lease_id.to_string(),
         Some(&spec.run_id),
         None,
-        "active",
+        LeaseState::Active,
         format!("job {job_id} leased to agent {agent_id} for {lease_ttl_ms} ms"),
         &actor,
     )?;
@@ -77,11 +78,10 @@ pub fn claim(
         .prepare_cached("UPDATE jobs SET state = ?2, agent_id = ?3, lease_id = ?4, started_at = ?5, granted = ?6 WHERE id = ?1")?
         .execute(params![job_id, to.as_str(), agent_id, lease_id, ctx.now, grant_text(&grant)])?;
     ctx.transition(
-        Entity::Job,
         job_id.to_string(),
         Some(&spec.run_id),
-        Some(JobState::Queued.as_str()),
-        to.as_str(),
+        Some(JobState::Queued),
+        to,
         format!("claimed by agent {agent_id}"),
         &actor,
     )?;

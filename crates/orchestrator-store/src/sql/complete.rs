@@ -8,7 +8,8 @@ use crate::db::{params, Optional};
 use orchestrator_core::api::{CompleteRequest, Completed};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::machine::{After, Gate, JobEvent, LeaseEnd, StageEvent};
-use orchestrator_core::{Entity, JobState, RunState, StageState};
+use orchestrator_core::Actor;
+use orchestrator_core::{JobState, RunState, StageState};
 
 use super::claim::claim;
 use super::job::{job_event, JobRef};
@@ -99,7 +100,7 @@ pub fn complete(
     else {
         return Ok(Completion::UnknownJob);
     };
-    let actor = format!("agent:{}", req.agent_id);
+    let actor = Actor::agent(req.agent_id.clone());
     let from = JobState::parse(&state).unwrap_or(JobState::Failed);
     // The same completion again, from the holder under the same token: the
     // first was recorded (a lease is released only by its completion) and
@@ -125,11 +126,10 @@ pub fn complete(
     };
     if let Some(reason) = refusal {
         ctx.transition(
-            Entity::Job,
             job_id.to_string(),
             Some(&run_id),
-            Some(from.as_str()),
-            from.as_str(),
+            Some(from),
+            from,
             format!("completion refused: {reason}"),
             &actor,
         )?;

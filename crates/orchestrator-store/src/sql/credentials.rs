@@ -4,7 +4,8 @@
 //! so a revoked name does not fall back to being anyone's.
 
 use orchestrator_core::api::{check_agent_name, AgentTokenView};
-use orchestrator_core::Entity;
+use orchestrator_core::machine::AgentState;
+use orchestrator_core::Actor;
 use sha2::{Digest, Sha256};
 
 use super::tx::Ctx;
@@ -42,7 +43,7 @@ fn key(name: &str) -> String {
 /// the new one (the daemon's own local agent gets a fresh one each start);
 /// without it, a live one is refused, so an admin never cuts off a running
 /// agent by mistake.
-pub fn issue(ctx: &mut Ctx<'_>, name: &str, replace: bool, actor: &str) -> Result<String> {
+pub fn issue(ctx: &mut Ctx<'_>, name: &str, replace: bool, actor: &Actor) -> Result<String> {
     check_agent_name(name).map_err(StoreError::Invalid)?;
     let before: Option<Option<i64>> = ctx
         .conn
@@ -62,13 +63,18 @@ pub fn issue(ctx: &mut Ctx<'_>, name: &str, replace: bool, actor: &str) -> Resul
                  created_at = excluded.created_at, revoked_at = NULL",
         )?
         .execute(params![name, hash(&token), ctx.now])?;
-    let from = before.map(|r| if r.is_some() { "revoked" } else { "active" });
+    let from = before.map(|r| {
+        if r.is_some() {
+            AgentState::TokenRevoked
+        } else {
+            AgentState::TokenActive
+        }
+    });
     ctx.transition(
-        Entity::Agent,
         key(name),
         None,
         from,
-        "active",
+        AgentState::TokenActive,
         format!("agent token issued for {name}"),
         actor,
     )?;
@@ -76,7 +82,7 @@ pub fn issue(ctx: &mut Ctx<'_>, name: &str, replace: bool, actor: &str) -> Resul
 }
 
 /// Revokes NAME's token: refused at once from then on.
-pub fn revoke(ctx: &mut Ctx<'_>, name: &str, actor: &str) -> Result<AgentTokenView> {
+pub fn revoke(ctx: &mut Ctx<'_>, name: &str, actor: &Actor) -> Result<AgentTokenView> {
     let row: Option<(i64, Option<i64>)> = ctx
         .conn
         .prepare_cached("SELECT created_at, revoked_at FROM agent_tokens WHERE name = ?1")?
@@ -97,11 +103,10 @@ pub fn revoke(ctx: &mut Ctx<'_>, name: &str, actor: &str) -> Result<AgentTokenVi
         .prepare_cached("UPDATE agent_tokens SET revoked_at = ?2 WHERE name = ?1")?
         .execute(params![name, ctx.now])?;
     ctx.transition(
-        Entity::Agent,
         key(name),
         None,
-        Some("active"),
-        "revoked",
+        Some(AgentState::TokenActive),
+        AgentState::TokenRevoked,
         format!("agent token of {name} revoked"),
         actor,
     )?;

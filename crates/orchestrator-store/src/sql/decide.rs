@@ -5,6 +5,7 @@
 
 use crate::db::Optional;
 use orchestrator_core::machine::{RunEvent, StageEvent};
+use orchestrator_core::Actor;
 use orchestrator_core::{RunState, StageState};
 
 use super::common::conflict;
@@ -37,7 +38,7 @@ pub fn decide(
     stage_id: &str,
     decision: Decision,
     comment: Option<String>,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     let row = load_stage(ctx, run_id, stage_id)?;
     if row.state != StageState::AwaitingDecision {
@@ -72,7 +73,7 @@ pub fn abort_run(
     ctx: &mut Ctx<'_>,
     run_id: &str,
     comment: Option<String>,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     let state: Option<String> = ctx
         .conn
@@ -105,7 +106,7 @@ pub fn human_command(
     ctx: &mut Ctx<'_>,
     id: &str,
     command: HumanCommand,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     match command {
         HumanCommand::Approve { stage_id, comment } => {

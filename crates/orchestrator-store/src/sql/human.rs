@@ -4,9 +4,11 @@
 
 use crate::db::{params, Optional};
 use orchestrator_core::api::{Answered, Ask, Handoff, QuestionState, Said, StepOutcome};
+use orchestrator_core::machine::CheckpointState;
 use orchestrator_core::machine::{After, Gate, StageEvent};
 use orchestrator_core::spec::Stage;
-use orchestrator_core::{Entity, StageState};
+use orchestrator_core::Actor;
+use orchestrator_core::StageState;
 
 use super::common::{conflict, workflow};
 use super::stage::{load_stage, stage_event, StageRow};
@@ -66,7 +68,7 @@ pub(super) fn step_succeeded(
     job_id: i64,
     step: u32,
     o: &StepOutcome,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<StageEvent> {
     let row = load_stage(ctx, run_id, stage_id)?;
     let wf = workflow(ctx, run_id)?;
@@ -87,11 +89,10 @@ pub(super) fn step_succeeded(
             .execute(params![run_id, seq, stage_id, step, job_id, cp.commit, artifacts, ctx.now])?;
         let short = cp.commit.get(..12).unwrap_or(&cp.commit);
         ctx.transition(
-            Entity::Checkpoint,
             format!("{run_id}/{stage_id}/{seq}"),
             Some(run_id),
             None,
-            "committed",
+            CheckpointState::Committed,
             format!(
                 "checkpoint {seq}: step {step}{} committed {short} with {} artifact{}",
                 name.as_ref().map(|n| format!(" ({n})")).unwrap_or_default(),
@@ -145,7 +146,7 @@ pub(super) fn ask_question(
     job_id: Option<i64>,
     ask: &Ask,
     wait_key: Option<&str>,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<i64> {
     let choices = crate::error::encode("a question's choices", &ask.choices)?;
     let id: i64 = ctx.conn
@@ -155,11 +156,10 @@ pub(super) fn ask_question(
         )?
         .query_row(params![run_id, stage_id, step, job_id, ask.question, choices, ctx.now, wait_key], |r| r.get(0))?;
     ctx.transition(
-        Entity::Question,
         question_key(run_id, stage_id, id),
         Some(run_id),
         None,
-        QuestionState::Open.as_str(),
+        QuestionState::Open,
         ask.question.clone(),
         actor,
     )?;
@@ -184,7 +184,16 @@ pub(super) fn ask_input(
         question: input.question.clone(),
         choices: input.choices.clone(),
     };
-    let id = ask_question(ctx, run_id, stage_id, step, None, &ask, None, "scheduler")?;
+    let id = ask_question(
+        ctx,
+        run_id,
+        stage_id,
+        step,
+        None,
+        &ask,
+        None,
+        &Actor::Scheduler,
+    )?;
     stage_event(
         ctx,
         run_id,
@@ -193,7 +202,7 @@ pub(super) fn ask_input(
             after: stage.after(step, None),
         },
         format!("step {step} asks question {id}: {}", input.question),
-        "scheduler",
+        &Actor::Scheduler,
     )?;
     Ok(())
 }
@@ -256,7 +265,7 @@ pub fn approve(
     run_id: &str,
     stage_id: &str,
     comment: Option<String>,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     waiting_stage(ctx, run_id, stage_id, StageState::AwaitingApproval)?;
     let resume = resume_step(ctx, run_id, stage_id)?;
@@ -282,7 +291,7 @@ pub fn reject(
     run_id: &str,
     stage_id: &str,
     feedback: String,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     if feedback.trim().is_empty() {
         return Err(StoreError::Invalid(
@@ -298,7 +307,7 @@ pub fn reject(
         for_step: step,
         feedback: Some(Said {
             text: feedback.clone(),
-            by: actor.to_owned(),
+            by: actor.to_string(),
         }),
         answers: Vec::new(),
         sent_back: None,
@@ -322,7 +331,7 @@ pub fn answer(
     run_id: &str,
     question_id: i64,
     text: String,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     type Row = (String, String, String, String, Option<String>, i64);
     let q: Option<Row> = ctx
@@ -380,13 +389,12 @@ pub fn answer(
         .prepare_cached(
             "UPDATE questions SET state = 'answered', answer = ?2, answered_by = ?3, answered_at = ?4 WHERE id = ?1",
         )?
-        .execute(params![question_id, text, actor, ctx.now])?;
+        .execute(params![question_id, text, actor.to_string(), ctx.now])?;
     ctx.transition(
-        Entity::Question,
         question_key(run_id, &stage_id, question_id),
         Some(run_id),
-        Some(QuestionState::Open.as_str()),
-        QuestionState::Answered.as_str(),
+        Some(QuestionState::Open),
+        QuestionState::Answered,
         text.clone(),
         actor,
     )?;
@@ -411,7 +419,7 @@ pub fn answer(
             question_id,
             question,
             answer: text.clone(),
-            by: actor.to_owned(),
+            by: actor.to_string(),
         });
         set_handoff(ctx, run_id, &stage_id, &handoff)?;
     }
@@ -435,7 +443,7 @@ pub(super) fn close_questions(
     run_id: &str,
     stage_id: &str,
     reason: &str,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     let open: Vec<i64> = ctx
         .conn
@@ -449,11 +457,10 @@ pub(super) fn close_questions(
             .prepare_cached("UPDATE questions SET state = 'closed' WHERE id = ?1")?
             .execute([id])?;
         ctx.transition(
-            Entity::Question,
             question_key(run_id, stage_id, id),
             Some(run_id),
-            Some(QuestionState::Open.as_str()),
-            QuestionState::Closed.as_str(),
+            Some(QuestionState::Open),
+            QuestionState::Closed,
             reason.to_owned(),
             actor,
         )?;

@@ -3,13 +3,14 @@
 //! core's job machine with its transition row, and a job's live lease
 //! ended when the machine says so. Claiming a job is `claim.rs`.
 
+use orchestrator_core::Actor;
 use std::collections::BTreeMap;
 
 use crate::db::params;
 use orchestrator_core::api::JobSpec;
 use orchestrator_core::machine::{job_on, JobEffect, JobEvent, StageEvent};
 use orchestrator_core::sched::Needs;
-use orchestrator_core::{Entity, JobState};
+use orchestrator_core::JobState;
 
 use super::common::{conflict, workflow};
 use super::lease_end::end_lease;
@@ -103,16 +104,15 @@ pub(super) fn enqueue(
         )?
         .query_row(params![run_id, stage_id, step, attempt, row.priority, labels, payload, ctx.now, key, shape, round, round_reason.as_str()], |r| r.get(0))?;
     ctx.transition(
-        Entity::Job,
         job_id.to_string(),
         Some(run_id),
         None,
-        JobState::Queued.as_str(),
+        JobState::Queued,
         format!(
             "step {} of stage {stage_id}, round {round} ({round_reason}), attempt {attempt}",
             stage.step_index(step)
         ),
-        "scheduler",
+        &Actor::Scheduler,
     )?;
     ctx.queued = true;
     Ok(())
@@ -150,7 +150,7 @@ pub(super) fn cancel_live_job(
     run_id: &str,
     stage_id: &str,
     reason: &str,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     let live: Vec<(i64, String, Option<i64>)> = ctx
         .conn
@@ -188,7 +188,7 @@ pub(super) fn job_event(
     from: JobState,
     event: JobEvent,
     reason: String,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<JobState> {
     let (to, effects) = job_on(from, event).map_err(conflict)?;
     set_job_state(ctx, job.id, job.run_id, from, to, reason.clone(), actor)?;
@@ -202,7 +202,7 @@ pub(super) fn job_event(
     for effect in effects {
         match (effect, job.lease_id) {
             (JobEffect::EndLease(end), Some(lease)) => {
-                end_lease(ctx, lease, job.run_id, end.as_str(), reason.clone(), actor)?
+                end_lease(ctx, lease, job.run_id, end, reason.clone(), actor)?
             }
             (JobEffect::EndLease(_), None) => {
                 return Err(StoreError::Internal(format!(
@@ -228,7 +228,7 @@ pub(super) fn set_job_state(
     from: JobState,
     to: JobState,
     reason: String,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     ctx.conn
         .prepare_cached(
@@ -236,11 +236,10 @@ pub(super) fn set_job_state(
         )?
         .execute(params![job_id, to.as_str(), to.is_terminal(), ctx.now])?;
     ctx.transition(
-        Entity::Job,
         job_id.to_string(),
         Some(run_id),
-        Some(from.as_str()),
-        to.as_str(),
+        Some(from),
+        to,
         reason,
         actor,
     )

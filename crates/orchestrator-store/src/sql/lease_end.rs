@@ -6,8 +6,10 @@
 
 use crate::db::params;
 use orchestrator_core::error::ErrorClass;
+use orchestrator_core::machine::LeaseState;
 use orchestrator_core::machine::{JobEvent, LeaseEnd, StageEvent};
-use orchestrator_core::{Entity, JobState};
+use orchestrator_core::Actor;
+use orchestrator_core::JobState;
 
 use super::job::{job_event, JobRef};
 use super::retry::{failure_policy, what_follows};
@@ -19,19 +21,18 @@ pub(super) fn end_lease(
     ctx: &mut Ctx<'_>,
     lease_id: i64,
     run_id: &str,
-    to: &str,
+    to: LeaseEnd,
     reason: String,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     ctx.conn
         .prepare_cached("UPDATE leases SET state = ?2 WHERE id = ?1")?
-        .execute(params![lease_id, to])?;
+        .execute(params![lease_id, to.as_str()])?;
     ctx.transition(
-        Entity::Lease,
         lease_id.to_string(),
         Some(run_id),
-        Some("active"),
-        to,
+        Some(LeaseState::Active),
+        to.into(),
         reason,
         actor,
     )
@@ -75,9 +76,9 @@ pub(super) fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, why: &str) -> Result<
             ctx,
             lease_id,
             &run_id,
-            LeaseEnd::Expired.as_str(),
+            LeaseEnd::Expired,
             reason,
-            "reaper",
+            &Actor::Reaper,
         )?;
     } else {
         ctx.conn
@@ -88,7 +89,14 @@ pub(super) fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, why: &str) -> Result<
             run_id: &run_id,
             lease_id: Some(lease_id),
         };
-        job_event(ctx, &job, from, JobEvent::Expire, reason.clone(), "reaper")?;
+        job_event(
+            ctx,
+            &job,
+            from,
+            JobEvent::Expire,
+            reason.clone(),
+            &Actor::Reaper,
+        )?;
         let (max_attempts, ask) =
             failure_policy(ctx, &run_id, &stage_id, ErrorClass::Infra, false)?;
         stage_event(
@@ -104,7 +112,7 @@ pub(super) fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, why: &str) -> Result<
                 "attempt {attempt} of {max_attempts} lost: {reason}; {}",
                 what_follows(attempt, max_attempts, ask, 0)
             ),
-            "reaper",
+            &Actor::Reaper,
         )?;
     }
     Ok(job_id)

@@ -5,8 +5,9 @@
 
 use crate::db::{params, Optional};
 use orchestrator_core::api::{AgentRegistered, HeartbeatResponse, LeaseRef, RegisterAgent};
+use orchestrator_core::machine::AgentState;
 use orchestrator_core::machine::LeaseEnd;
-use orchestrator_core::Entity;
+use orchestrator_core::Actor;
 
 use super::common::conflict;
 use super::lease_end::lose_lease;
@@ -74,13 +75,12 @@ pub fn register_agent(
                 )?
                 .execute(params![id, reg.name, labels, reg.slots, reg.hostname, ctx.now, mem, gpus])?;
             ctx.transition(
-                Entity::Agent,
                 id.clone(),
                 None,
                 None,
-                "registered",
+                AgentState::Registered,
                 described,
-                &format!("agent:{id}"),
+                &Actor::agent(&*id),
             )?;
             id
         }

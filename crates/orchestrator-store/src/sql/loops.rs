@@ -6,6 +6,7 @@
 //! again after it. And the rounds of a step: which run of it a job is, and
 //! why it runs. Run by the writer inside a batch's transaction.
 
+use orchestrator_core::Actor;
 use std::collections::BTreeSet;
 
 use crate::db::{params, Optional};
@@ -125,7 +126,7 @@ pub(super) fn reset_dependents(
     run_id: &str,
     stage_id: &str,
     why: &str,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     let after = descendants(ctx, run_id, stage_id)?;
     for d in &after {
@@ -191,7 +192,7 @@ fn send_back(
     target: &str,
     feedback: &str,
     why: &str,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     let row = load_stage(ctx, run_id, target)?;
     let step = last_step(ctx, run_id, target, row.state)?;
@@ -199,7 +200,7 @@ fn send_back(
         for_step: step,
         feedback: Some(Said {
             text: feedback.to_owned(),
-            by: actor.to_owned(),
+            by: actor.to_string(),
         }),
         answers: Vec::new(),
         sent_back: Some(why.to_owned()),
@@ -242,7 +243,7 @@ pub fn by_human(
     target: &str,
     feedback: &str,
     comment: Option<&str>,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     if feedback.trim().is_empty() {
         return Err(StoreError::Invalid(
@@ -379,5 +380,5 @@ pub(super) fn after_failure(ctx: &mut Ctx<'_>, run_id: &str, stage_id: &str) -> 
         rule.rounds()
     );
     let target = rule.retry_stage.clone();
-    send_back(ctx, run_id, &target, &feedback, &why, "scheduler")
+    send_back(ctx, run_id, &target, &feedback, &why, &Actor::Scheduler)
 }

@@ -74,6 +74,7 @@ mod usage;
 mod wait;
 mod writer;
 
+use orchestrator_core::Actor;
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -225,7 +226,7 @@ impl Store for SqlStore {
         &self,
         run_id: &str,
         event: orchestrator_core::machine::RunEvent,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<RunSummary> {
         let (id, actor) = (run_id.to_owned(), actor.to_owned());
         let read_id = id.clone();
@@ -235,7 +236,12 @@ impl Store for SqlStore {
             .await
     }
 
-    async fn human(&self, run_id: &str, command: HumanCommand, actor: &str) -> Result<RunSummary> {
+    async fn human(
+        &self,
+        run_id: &str,
+        command: HumanCommand,
+        actor: &Actor,
+    ) -> Result<RunSummary> {
         let prefix = run_id.to_owned();
         let id = self.read(move |c| reads::resolve_run(c, &prefix)).await?;
         let (read_id, actor) = (id.clone(), actor.to_owned());
@@ -249,7 +255,7 @@ impl Store for SqlStore {
         &self,
         run_id: &str,
         command: HumanCommand,
-        actor: &str,
+        actor: &Actor,
         link: LinkUse,
     ) -> Result<RunSummary> {
         let prefix = run_id.to_owned();
@@ -343,13 +349,13 @@ impl Store for SqlStore {
         self.read(move |c| reads::run_detail(c, &id)).await
     }
 
-    async fn issue_agent_token(&self, name: &str, replace: bool, actor: &str) -> Result<String> {
+    async fn issue_agent_token(&self, name: &str, replace: bool, actor: &Actor) -> Result<String> {
         let (name, actor) = (name.to_owned(), actor.to_owned());
         self.write(move |ctx| credentials::issue(ctx, &name, replace, &actor))
             .await
     }
 
-    async fn revoke_agent_token(&self, name: &str, actor: &str) -> Result<AgentTokenView> {
+    async fn revoke_agent_token(&self, name: &str, actor: &Actor) -> Result<AgentTokenView> {
         let (name, actor) = (name.to_owned(), actor.to_owned());
         self.write(move |ctx| credentials::revoke(ctx, &name, &actor))
             .await

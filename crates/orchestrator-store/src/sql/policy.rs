@@ -6,6 +6,7 @@
 use crate::db::params;
 use orchestrator_core::machine::RunEvent;
 use orchestrator_core::sched::{queue_key, quota_allows, Limits, Needs, Usage};
+use orchestrator_core::Actor;
 
 use super::common::conflict;
 use super::run::run_command;
@@ -64,7 +65,7 @@ pub(super) fn admit(ctx: &mut Ctx<'_>, project_dir: &str) -> Result<()> {
             &run_id,
             RunEvent::Admit,
             format!("admitted: project {project_dir} has room ({active} runs running)"),
-            "scheduler",
+            &Actor::Scheduler,
         )?;
     }
     Ok(())

@@ -8,7 +8,8 @@ use orchestrator_core::machine::StageEvent;
 use orchestrator_core::sched::{
     plan_preemption, AgentState, Capacity, Gpu, Grant, Needs, RunningJob, Waiting,
 };
-use orchestrator_core::{Entity, StageState};
+use orchestrator_core::Actor;
+use orchestrator_core::StageState;
 
 use super::common::stage_key;
 use super::placement::parse_grant;
@@ -80,13 +81,12 @@ pub fn preempt(ctx: &mut Ctx<'_>, online_ms: u64) -> Result<usize> {
             if n == 1 {
                 asked += 1;
                 ctx.transition(
-                    Entity::Stage,
                     stage_key(&run_id, &stage_id),
                     Some(&run_id),
-                    Some(StageState::Running.as_str()),
-                    StageState::Running.as_str(),
+                    Some(StageState::Running),
+                    StageState::Running,
                     format!("asked to yield at its next checkpoint: {}", order.reason),
-                    "scheduler",
+                    &Actor::Scheduler,
                 )?;
             }
         }
@@ -187,7 +187,7 @@ pub(super) fn yield_at_checkpoint(
     stage_id: &str,
     held: &Grant,
     why: &str,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<StageState> {
     let reserved = crate::error::encode("a reservation", held)?;
     ctx.conn
@@ -230,7 +230,7 @@ pub(super) fn release_yielders(ctx: &mut Ctx<'_>, job_id: i64, where_: &str) -> 
                 &stage_id,
                 StageEvent::Resume { next },
                 format!("resumed: the work it yielded to (job {job_id}) was placed {where_}; step {step} queued on its agent"),
-                "scheduler",
+                &Actor::Scheduler,
             )?;
         }
     }

@@ -6,7 +6,9 @@ use orchestrator_core::api::{AgentView, JobView, RunDetail, RunSummary, StageVie
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::rounds::RoundReason;
 use orchestrator_core::spec::SandboxKind;
-use orchestrator_core::{Entity, JobState, RunState, StageState, Transition, Workflow};
+use orchestrator_core::{
+    Actor, Entity, JobState, RunState, StageState, State, Transition, Workflow,
+};
 
 use orchestrator_core::sched::{free, SystemRules};
 
@@ -258,15 +260,26 @@ pub fn transitions_since(
         .prepare_cached(sql)?
         .query_map(params![after, limit, run], |r| {
             let entity: String = r.get(1)?;
+            let entity = Entity::parse(&entity).ok_or_else(|| {
+                crate::db::Error::Conversion(format!("transition: no entity {entity:?}"))
+            })?;
+            let state = |s: String| {
+                State::parse(entity, &s).ok_or_else(|| {
+                    crate::db::Error::Conversion(format!(
+                        "transition: {s:?} is not a state of a {}",
+                        entity.as_str()
+                    ))
+                })
+            };
             Ok(Transition {
                 seq: r.get(0)?,
-                entity: Entity::parse(&entity).unwrap_or(Entity::Run),
+                entity,
                 entity_id: r.get(2)?,
                 run_id: r.get(3)?,
-                from: r.get(4)?,
-                to: r.get(5)?,
+                from: r.get::<_, Option<String>>(4)?.map(state).transpose()?,
+                to: state(r.get(5)?)?,
                 reason: r.get(6)?,
-                actor: r.get(7)?,
+                actor: Actor::read(r.get(7)?),
                 at_ms: r.get(8)?,
             })
         })?

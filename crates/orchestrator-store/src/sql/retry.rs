@@ -5,6 +5,7 @@
 
 use crate::db::params;
 use orchestrator_core::machine::StageEvent;
+use orchestrator_core::Actor;
 
 use super::common::workflow;
 use super::stage::stage_event;
@@ -72,7 +73,7 @@ pub(super) fn retry_later(
             stage_id,
             StageEvent::RetryDue { next },
             format!("attempt {attempt} starts at step {step}"),
-            "scheduler",
+            &Actor::Scheduler,
         )?;
     }
     Ok(())
@@ -95,7 +96,7 @@ pub fn due_retries(ctx: &mut Ctx<'_>, now: i64) -> Result<usize> {
             stage_id,
             StageEvent::RetryDue { next },
             format!("backoff over: attempt {attempt} starts at step {step}"),
-            "scheduler",
+            &Actor::Scheduler,
         )?;
     }
     Ok(due.len())

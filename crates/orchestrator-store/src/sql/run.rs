@@ -6,7 +6,8 @@
 
 use crate::db::{params, Optional};
 use orchestrator_core::machine::{run_on, RunEffect, RunEvent, StageEvent};
-use orchestrator_core::{Entity, RunState};
+use orchestrator_core::Actor;
+use orchestrator_core::RunState;
 
 use super::common::conflict;
 use super::stage::stage_event;
@@ -45,22 +46,21 @@ pub(super) fn stage_ended(ctx: &mut Ctx<'_>, run_id: &str, succeeded: bool) -> R
             format!("{} of {total} stages did not succeed", ended - ok)
         };
         ctx.transition(
-            Entity::Run,
             run_id.to_owned(),
             Some(run_id),
-            Some(from.as_str()),
-            to.as_str(),
+            Some(from),
+            to,
             reason,
-            "scheduler",
+            &Actor::Scheduler,
         )?;
-        run_effects(ctx, run_id, &effects, "scheduler")?;
+        run_effects(ctx, run_id, &effects, &Actor::Scheduler)?;
     }
     Ok(())
 }
 
 /// A human's command to a run: cancel, pause or resume. The run machine
 /// decides whether the run's state allows it and what its stages must do.
-pub fn command_run(ctx: &mut Ctx<'_>, run_id: &str, event: RunEvent, actor: &str) -> Result<()> {
+pub fn command_run(ctx: &mut Ctx<'_>, run_id: &str, event: RunEvent, actor: &Actor) -> Result<()> {
     let (verb, allowed) = match event {
         RunEvent::Cancel => ("cancelled", "a running or paused run"),
         RunEvent::Pause => ("paused", "a running run"),
@@ -88,7 +88,7 @@ pub(super) fn run_command(
     run_id: &str,
     event: RunEvent,
     reason: String,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     run_event(ctx, run_id, event, reason, actor, |from| {
         conflict(format!("run {run_id} is {from}; cannot take {event:?}"))
@@ -100,7 +100,7 @@ fn run_event(
     run_id: &str,
     event: RunEvent,
     reason: String,
-    actor: &str,
+    actor: &Actor,
     refused: impl FnOnce(RunState) -> StoreError,
 ) -> Result<()> {
     let state: String = ctx
@@ -118,11 +118,10 @@ fn run_event(
         .prepare_cached("UPDATE runs SET state = ?2 WHERE id = ?1")?
         .execute(params![run_id, to.as_str()])?;
     ctx.transition(
-        Entity::Run,
         run_id.to_owned(),
         Some(run_id),
-        Some(from.as_str()),
-        to.as_str(),
+        Some(from),
+        to,
         reason,
         actor,
     )?;
@@ -142,7 +141,12 @@ fn stages_in(ctx: &Ctx<'_>, run_id: &str, states: &str) -> Result<Vec<(String, u
 }
 
 /// Carries out what the run machine asked for.
-fn run_effects(ctx: &mut Ctx<'_>, run_id: &str, effects: &[RunEffect], actor: &str) -> Result<()> {
+fn run_effects(
+    ctx: &mut Ctx<'_>,
+    run_id: &str,
+    effects: &[RunEffect],
+    actor: &Actor,
+) -> Result<()> {
     for effect in effects {
         match effect {
             RunEffect::Ended => {

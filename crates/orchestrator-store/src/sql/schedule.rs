@@ -7,6 +7,7 @@
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::machine::StageEvent;
 use orchestrator_core::sched::{Limits, Needs};
+use orchestrator_core::Actor;
 
 use super::common::workflow;
 use super::stage::stage_event;
@@ -90,7 +91,7 @@ fn schedule_stage(
         stage_id,
         StageEvent::NeedsMet,
         reason,
-        "scheduler",
+        &Actor::Scheduler,
     )?;
     Ok(())
 }
@@ -111,7 +112,7 @@ fn stage_fault(ctx: &mut Ctx<'_>, run_id: &str, stage_id: &str, error: &StoreErr
             stage_id,
             StageEvent::Fault,
             reason,
-            "scheduler",
+            &Actor::Scheduler,
         )
     });
     if let Err(e) = ended {

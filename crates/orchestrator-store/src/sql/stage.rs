@@ -10,7 +10,8 @@
 
 use crate::db::{params, Optional};
 use orchestrator_core::machine::{holds_for_pause, stage_marks, stage_on, StageEffect, StageEvent};
-use orchestrator_core::{Entity, RunState, StageState};
+use orchestrator_core::Actor;
+use orchestrator_core::{RunState, StageState};
 
 use super::common::{conflict, stage_key};
 use super::job::{cancel_live_job, enqueue};
@@ -68,7 +69,7 @@ pub fn stage_event(
     stage_id: &str,
     event: StageEvent,
     reason: String,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<StageState> {
     let mut row = load_stage(ctx, run_id, stage_id)?;
     let (to, effects) = stage_on(row.state, row.attempt, event).map_err(conflict)?;
@@ -103,11 +104,10 @@ pub fn stage_event(
     }
     if to != row.state {
         ctx.transition(
-            Entity::Stage,
             stage_key(run_id, stage_id),
             Some(run_id),
-            Some(row.state.as_str()),
-            to.as_str(),
+            Some(row.state),
+            to,
             reason.clone(),
             actor,
         )?;
@@ -145,7 +145,7 @@ pub fn stage_event(
                             &d,
                             StageEvent::UpstreamFailed,
                             format!("blocked: it needs stage {stage_id}, which ended {to}"),
-                            "scheduler",
+                            &Actor::Scheduler,
                         )?;
                     }
                 }
@@ -201,7 +201,7 @@ pub fn stage_event(
             stage_id,
             StageEvent::Pause,
             "held at its checkpoint: the run is paused".into(),
-            "scheduler",
+            &Actor::Scheduler,
         );
     }
     Ok(to)

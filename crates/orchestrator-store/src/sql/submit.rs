@@ -4,13 +4,14 @@
 //! the submitting command's savepoint. The scheduler pass at the end of the
 //! batch queues its first jobs.
 
+use orchestrator_core::Actor;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::db::params;
 use orchestrator_core::api::Submitted;
 use orchestrator_core::sched::{self, could_ever_fit, effective_priority, Needs};
-use orchestrator_core::{Entity, RunState, StageState, Workflow};
+use orchestrator_core::{RunState, StageState, Workflow};
 use sha2::{Digest, Sha256};
 
 use super::common::{conflict, stage_key};
@@ -98,11 +99,10 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
         reason = format!("{reason}; {h}");
     }
     ctx.transition(
-        Entity::Run,
         run_id.clone(),
         Some(&run_id),
         None,
-        state.as_str(),
+        state,
         reason,
         &run.actor,
     )?;
@@ -137,18 +137,17 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
     }
     for st in &wf.stages {
         ctx.transition(
-            Entity::Stage,
             stage_key(&run_id, &st.id),
             Some(&run_id),
             None,
-            StageState::Pending.as_str(),
+            StageState::Pending,
             match st.needs.as_slice() {
                 [] => "created".to_owned(),
                 [a] => format!("created; needs {a}"),
                 [a, b] => format!("created; needs {a} and {b}"),
                 many => format!("created; needs {} stages", many.len()),
             },
-            "scheduler",
+            &Actor::Scheduler,
         )?;
     }
     let mut warnings = never_fits(ctx, &wf)?;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use crate::db::Conn;
 use orchestrator_core::sched::SystemRules;
-use orchestrator_core::{Transition, Workflow};
+use orchestrator_core::{Actor, State, Transition, Workflow};
 
 use crate::{Result, StoreError};
 
@@ -104,18 +104,18 @@ impl Ctx<'_> {
     }
 
     /// Writes one transition row and keeps it for publishing after commit.
-    // One argument per column of the row; a struct would only rename them.
-    #[allow(clippy::too_many_arguments)]
-    pub fn transition(
+    /// The entity is the states' own; `from` is None for a creation.
+    pub fn transition<S: Into<State>>(
         &mut self,
-        entity: orchestrator_core::Entity,
         entity_id: String,
         run_id: Option<&str>,
-        from: Option<&str>,
-        to: &str,
+        from: Option<S>,
+        to: S,
         reason: String,
-        actor: &str,
+        actor: &Actor,
     ) -> Result<()> {
+        let (from, to) = (from.map(Into::into), to.into());
+        let entity = to.entity();
         let mut st = self.conn.prepare_cached(
             "INSERT INTO transitions (entity, entity_id, run_id, from_state, to_state, reason, actor, at)
              VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) RETURNING seq",
@@ -125,10 +125,10 @@ impl Ctx<'_> {
                 entity.as_str(),
                 entity_id,
                 run_id,
-                from,
-                to,
+                from.map(State::as_str),
+                to.as_str(),
                 reason,
-                actor,
+                actor.to_string(),
                 self.now
             ],
             |r| r.get(0),
@@ -138,10 +138,10 @@ impl Ctx<'_> {
             entity,
             entity_id,
             run_id: run_id.map(str::to_owned),
-            from: from.map(str::to_owned),
-            to: to.to_owned(),
+            from,
+            to,
             reason,
-            actor: actor.to_owned(),
+            actor: actor.clone(),
             at_ms: self.now,
         });
         Ok(())

@@ -9,7 +9,8 @@
 
 use orchestrator_core::api::{Ask, QuestionState, WaitAsk, WaitStatus};
 use orchestrator_core::machine::StageEvent;
-use orchestrator_core::{Entity, StageState};
+use orchestrator_core::Actor;
+use orchestrator_core::StageState;
 
 use super::common::conflict;
 use super::stage::{load_stage, stage_event};
@@ -124,7 +125,7 @@ pub fn ask(ctx: &mut Ctx<'_>, job_id: i64, req: &WaitAsk) -> Result<i64> {
             h.stage_id, h.run_id, stage.state
         )));
     }
-    let actor = format!("agent:{}", req.agent_id);
+    let actor = Actor::agent(req.agent_id.clone());
     let ask = Ask {
         question: req.question.clone(),
         choices: req.choices.clone(),
@@ -207,7 +208,7 @@ pub fn withdraw(
     let h = held(ctx.conn, job_id, agent_id, token)?;
     let now = read_status(ctx.conn, job_id, question_id)?;
     if now.state == QuestionState::Open {
-        let actor = format!("agent:{agent_id}");
+        let actor = Actor::agent(agent_id);
         close(
             ctx,
             &h.run_id,
@@ -236,7 +237,7 @@ pub fn end_waits(
     job_id: i64,
     run_id: &str,
     why: &str,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     let open: Vec<(i64, String)> = ctx
         .conn
@@ -275,7 +276,7 @@ pub fn answered(
     run_id: &str,
     stage_id: &str,
     question_id: i64,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     resume(
         ctx,
@@ -292,17 +293,16 @@ fn close(
     stage_id: &str,
     id: i64,
     reason: &str,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     ctx.conn
         .prepare_cached("UPDATE questions SET state = 'closed' WHERE id = ?1")?
         .execute([id])?;
     ctx.transition(
-        Entity::Question,
         super::human::question_key(run_id, stage_id, id),
         Some(run_id),
-        Some(QuestionState::Open.as_str()),
-        QuestionState::Closed.as_str(),
+        Some(QuestionState::Open),
+        QuestionState::Closed,
         reason.to_owned(),
         actor,
     )
@@ -315,7 +315,7 @@ fn resume(
     run_id: &str,
     stage_id: &str,
     reason: String,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<()> {
     let open: i64 = ctx
         .conn

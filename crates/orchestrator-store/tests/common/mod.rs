@@ -71,7 +71,7 @@ pub fn new_run(yaml: &str) -> NewRun {
         policy: Default::default(),
         base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
         tree: Vec::new(),
-        actor: "user:test".into(),
+        actor: orchestrator_core::Actor::user("test"),
         on_failure: None,
     }
 }
@@ -139,7 +139,7 @@ pub async fn assert_log_replays_to_state(s: &SqlStore, run_id: &str) {
         .transitions_since(0, Some(run_id.to_owned()), 1_000_000)
         .await
         .unwrap();
-    let mut last: HashMap<(Entity, String), String> = HashMap::new();
+    let mut last: HashMap<(Entity, String), orchestrator_core::State> = HashMap::new();
     let mut prev_seq = 0;
     for t in &log {
         assert!(t.seq > prev_seq, "seq strictly increasing");
@@ -152,7 +152,7 @@ pub async fn assert_log_replays_to_state(s: &SqlStore, run_id: &str) {
                 );
             }
         }
-        last.insert((t.entity, t.entity_id.clone()), t.to.clone());
+        last.insert((t.entity, t.entity_id.clone()), t.to);
     }
     let d = s.run_detail(run_id).await.unwrap();
     assert_eq!(
