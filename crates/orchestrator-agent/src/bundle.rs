@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use orchestrator_core::api::Manifest;
 
-use crate::confined::{ConfinedDir, ConfinedError};
+use orchestrator_host::confined::{ConfinedDir, ConfinedError};
 
 /// Name of the manifest inside a bundle directory.
 pub const MANIFEST: &str = "manifest.json";

@@ -12,9 +12,9 @@ use std::io;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use nix::errno::Errno;
-use nix::sys::signal::{killpg, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
+use orchestrator_host::process::{drain_group, signal_group};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -23,13 +23,6 @@ use crate::sandbox::CommandCgroup;
 
 /// How long a process group gets between SIGTERM and SIGKILL.
 pub const KILL_GRACE: Duration = Duration::from_secs(2);
-
-/// How often the group is probed while waiting for it to empty (only on the
-/// kill path, never while a command runs normally).
-const PROBE_EVERY: Duration = Duration::from_millis(10);
-
-/// How long to wait for the group to vanish after SIGKILL.
-const AFTER_KILL: Duration = Duration::from_secs(1);
 
 /// Why a command ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -214,80 +207,10 @@ impl Drop for GroupChild {
     }
 }
 
-/// Sends `sig` to the group; true when the group still had members.
-fn signal_group(pgid: Pid, sig: Signal) -> bool {
-    match killpg(pgid, sig) {
-        Ok(()) => true,
-        Err(Errno::ESRCH) => false,
-        Err(e) => {
-            tracing::warn!(pgid = pgid.as_raw(), signal = %sig, error = %e, "could not signal process group");
-            false
-        }
-    }
-}
-
-/// Waits until the group has no live member or `deadline` passes, then
-/// SIGKILLs whatever is left and waits briefly for it to go.
-async fn drain_group(pgid: Pid, deadline: Instant) {
-    while group_alive(pgid) {
-        if Instant::now() >= deadline {
-            signal_group(pgid, Signal::SIGKILL);
-            let gone_by = Instant::now() + AFTER_KILL;
-            while group_alive(pgid) && Instant::now() < gone_by {
-                tokio::time::sleep(PROBE_EVERY).await;
-            }
-            return;
-        }
-        tokio::time::sleep(PROBE_EVERY).await;
-    }
-}
-
-/// Whether the group has a member that is not a zombie. Orphaned members are
-/// reaped by init, which may be slow (or never happen in some containers), so
-/// zombies, which hold nothing and cannot be killed, are not counted.
-pub fn group_alive(pgid: Pid) -> bool {
-    if killpg(pgid, None::<Signal>).is_err() {
-        return false;
-    }
-    match live_members(pgid.as_raw()) {
-        Some(n) => n > 0,
-        // No /proc to look into: trust the signal probe.
-        None => true,
-    }
-}
-
-/// Counts the non-zombie processes in group `pgid` from `/proc`; None when
-/// `/proc` cannot be read.
-pub fn live_members(pgid: i32) -> Option<usize> {
-    let entries = std::fs::read_dir("/proc").ok()?;
-    let mut n = 0;
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else { continue };
-        if !name.bytes().all(|b| b.is_ascii_digit()) {
-            continue;
-        }
-        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
-            continue;
-        };
-        // Format: "pid (comm) state ppid pgrp ...": comm may hold spaces and
-        // parentheses, so parse from the last ')'.
-        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-            continue;
-        };
-        let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let pgrp = fields.nth(1).and_then(|p| p.parse::<i32>().ok());
-        if pgrp == Some(pgid) && !matches!(state, Some("Z" | "X")) {
-            n += 1;
-        }
-    }
-    Some(n)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use orchestrator_host::process::live_members;
 
     fn sh(script: &str) -> Command {
         let mut c = Command::new("/bin/sh");

@@ -2,7 +2,7 @@
 //!
 //! What it is: a client of the daemon's HTTP API that registers itself
 //! (name, labels, slots, and the memory and GPUs it offers: declared, or
-//! detected at start by module [`resources`]), long-polls for jobs, runs
+//! detected at start by `orchestrator_host::resources`), long-polls for jobs, runs
 //! each job's step (its commands, each in its own process group, with
 //! timeouts, told through `CUDA_VISIBLE_DEVICES`, `ORCH_GPUS` and
 //! `ORCH_MEMORY_MB` what the daemon granted the step), writes the
@@ -16,11 +16,14 @@
 //! What it is not: it keeps no state of its own beyond the leases it holds
 //! now, and decides nothing about scheduling, retries, priorities or which
 //! model servers run where (the daemon does; this agent runs the servers it
-//! is ordered to, module [`models`], through [`model_server`], which the
-//! daemon uses for its own machine too). Steps run in their sandbox
-//! (module [`sandbox`]) in their run's git
-//! worktree (module [`git`]), which the agent makes on first use, and each
-//! successful step ends with a checkpoint commit on the run's branch.
+//! is ordered to, module [`models`], through `orchestrator_host::model_server`,
+//! which the daemon uses for its own machine too). Nor does it hold what is
+//! about the machine rather than about running a step (its name, resources,
+//! process groups, repositories, confined file access, clock): that is
+//! `orchestrator-host`. Steps run in their sandbox (module [`sandbox`]) in
+//! their run's git worktree (`orchestrator_host::git`), which the agent
+//! makes on first use, and each successful step ends with a checkpoint
+//! commit on the run's branch.
 //!
 //! How it runs ([`run_agent`]): after registering, `slots` independent slot
 //! loops each claim a job (`POST /v1/agents/{id}/claim`, long-polling up to
@@ -36,13 +39,11 @@
 //! groups, SIGKILL 2 s later) and completed as infrastructure failures,
 //! "agent shutting down", so the daemon requeues them at once.
 //!
-//! Main types: [`AgentConfig`] and [`run_agent`] for the CLI;
-//! [`Resources`] and [`Probe`] for what the agent offers; [`run_step`]
+//! Main types: [`AgentConfig`] and [`run_agent`] for the CLI; [`run_step`]
 //! (module [`step`]), the executor alone, usable without a daemon;
 //! [`client::Client`] and [`client::ClientError`] for the wire;
-//! [`exec::GroupChild`] for process groups; [`bundle::Bundle`] for the files;
-//! [`git::ensure_worktree`] and [`git::checkpoint`] for the run's branch;
-//! [`ask::AskBox`], the loopback endpoint a running step asks questions
+//! [`exec::GroupChild`] for a command's process group; [`bundle::Bundle`]
+//! for the files; [`ask::AskBox`], the loopback endpoint a running step asks questions
 //! through (`orch ask`) and whose socket relays the model gateway to
 //! sandboxes without network (module `gateway`, and `sandbox::relay` inside
 //! the sandbox).
@@ -52,20 +53,15 @@ pub mod ask;
 pub mod bundle;
 pub mod cache;
 pub mod client;
-pub mod confined;
 pub mod context;
 pub mod exec;
 mod gateway;
-pub mod git;
 pub mod leftovers;
-pub mod model_server;
 pub mod models;
-pub mod resources;
 pub mod sandbox;
 pub mod step;
 
 pub use agent::{run_agent, AgentConfig, AgentError};
 pub use client::{Client, ClientError};
-pub use resources::{Probe, Resources};
 pub use sandbox::{Accel, SandboxConfig, VmConfig};
 pub use step::{run_step, run_step_with, CancelReason, StepContext};

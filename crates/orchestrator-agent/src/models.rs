@@ -3,7 +3,7 @@
 //! An agent that lends memory to model servers (`--model-ram`,
 //! `--model-gpu`) long-polls `POST /v1/agents/{id}/models` with the servers
 //! it runs; the answer lists every server the daemon wants here. Those
-//! missing are started through the launcher ([`crate::model_server`]),
+//! missing are started through the launcher (`orchestrator_host::model_server`),
 //! those not listed are stopped (SIGTERM, then SIGKILL), and every change
 //! (a server ready, failed or dead) is reported at once by a new poll.
 //! The daemon decides what runs where; the agent only obeys and reports.
@@ -17,7 +17,8 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::client::Client;
-use crate::model_server::{terminate, Launcher};
+use orchestrator_host::model_server::Launcher;
+use orchestrator_host::process::terminate;
 
 /// How long one long-poll waits for new orders.
 const POLL_WAIT: Duration = Duration::from_secs(25);

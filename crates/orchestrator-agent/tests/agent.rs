@@ -322,7 +322,7 @@ async fn eventually(what: &str, mut cond: impl FnMut() -> bool) {
 
 /// Non-zombie processes left in group `pgid`.
 fn live_in_group(pgid: i32) -> usize {
-    orchestrator_agent::exec::live_members(pgid).unwrap()
+    orchestrator_host::process::live_members(pgid).unwrap()
 }
 
 async fn read_pgid(path: &Path) -> i32 {

@@ -7,11 +7,11 @@ use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
 
 use orchestrator_agent::cache::{CacheStore, EntryMeta, Found, Saved};
-use orchestrator_agent::confined::ConfinedDir;
 use orchestrator_core::api::{CachePlan, ClaimedJob, SandboxSpec, StepOutcome};
 use orchestrator_core::cache::slot;
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::spec::{Cache, SandboxKind};
+use orchestrator_host::confined::ConfinedDir;
 use tokio_util::sync::CancellationToken;
 
 mod common;

@@ -26,7 +26,7 @@ struct Setup {
 impl Setup {
     fn new() -> Self {
         let (project, head) = common::repo();
-        orchestrator_agent::git::ensure_worktree(project.path(), "run-1", &head).unwrap();
+        orchestrator_host::git::ensure_worktree(project.path(), "run-1", &head).unwrap();
         let outside = tempfile::tempdir().unwrap();
         fs::write(outside.path().join("secret.txt"), "secret\n").unwrap();
         Setup {

@@ -39,7 +39,7 @@ impl Project {
     /// The repository with the run's worktree made, as an agent makes it.
     fn new() -> Self {
         let p = Project::repo();
-        orchestrator_agent::git::ensure_worktree(&p.root(), "run-1", &p.head).unwrap();
+        orchestrator_host::git::ensure_worktree(&p.root(), "run-1", &p.head).unwrap();
         p
     }
 

@@ -49,7 +49,7 @@ impl ModelOpts {
             launcher: self
                 .model_launcher
                 .clone()
-                .unwrap_or_else(orchestrator_agent::model_server::default_launcher),
+                .unwrap_or_else(orchestrator_host::model_server::default_launcher),
             listen: self
                 .model_listen
                 .clone()

@@ -52,7 +52,7 @@ pub async fn run(cmd: AgentTokenCmd, client: &Client) -> Result<ExitCode> {
                 Output::Json => view::json(&list)?,
                 Output::Text => {
                     println!("{:<32} {:<8} CREATED", "NAME", "STATE");
-                    let now = orchestrator_store::now_ms();
+                    let now = orchestrator_host::now_ms();
                     for t in &list {
                         let state = if t.revoked_at_ms.is_some() {
                             "revoked"

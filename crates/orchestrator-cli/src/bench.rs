@@ -342,7 +342,7 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
             launcher: a
                 .llama_launcher
                 .clone()
-                .unwrap_or_else(orchestrator_agent::model_server::default_launcher),
+                .unwrap_or_else(orchestrator_host::model_server::default_launcher),
             requests: a.gateway_requests,
         })
     } else {
@@ -592,7 +592,7 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     let d = std::env::temp_dir().join(format!(
         "orch-bench-{}-{}",
         std::process::id(),
-        orchestrator_store::now_ms()
+        orchestrator_host::now_ms()
     ));
     std::fs::create_dir_all(&d)?;
     Ok(d)

@@ -2,7 +2,7 @@
 //! a short completion, against calling the same llama.cpp server directly.
 //!
 //! One llama.cpp server is started through the daemon's own launcher
-//! (`orchestrator_agent::model_server`), and an in-process daemon on a fresh SQLite store serves
+//! (`orchestrator_host::model_server`), and an in-process daemon on a fresh SQLite store serves
 //! it as an `external` model, so both paths reach the very same server and
 //! the difference is the gateway alone: the job key's check (a store read),
 //! the JSON and model check, the model's slot, and the pass-through. The key
@@ -192,7 +192,7 @@ pub async fn run(o: &GatewayOpts, root: &Path) -> Result<Vec<GatewayRow>> {
         ),
         "bench models",
     )?;
-    let launcher = orchestrator_agent::model_server::Launcher::new(o.launcher.clone());
+    let launcher = orchestrator_host::model_server::Launcher::new(o.launcher.clone());
     // Held for the whole bench: dropping it stops the server.
     let (direct_base, server) = launcher
         .spawn(&spec[0], "127.0.0.1", None)

@@ -44,7 +44,7 @@ pub async fn run(steps: usize, cfg: SandboxConfig, root: &Path) -> Result<Vec<Sa
     let project = root.join("sandbox-project");
     crate::project::init(&project, &[("README.md", "the sandbox bench's project\n")])?;
     let head = crate::project::head(&project)?;
-    orchestrator_agent::git::ensure_worktree(&project, "bench", &head)
+    orchestrator_host::git::ensure_worktree(&project, "bench", &head)
         .context("cannot make the bench's worktree")?;
     let ctx = StepContext {
         agent_id: "bench".into(),

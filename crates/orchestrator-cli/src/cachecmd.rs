@@ -78,7 +78,7 @@ pub fn run(cmd: CacheCmd) -> Result<ExitCode> {
                         "{:<24} {:<40} {:>10} {:>8}  SAVED BY",
                         "PATH", "KEY", "SIZE", "AGE"
                     );
-                    let now = orchestrator_store::now_ms();
+                    let now = orchestrator_host::now_ms();
                     for r in &rows {
                         let m = &r.meta;
                         println!(

@@ -5,7 +5,7 @@
 //! the change of each of its steps (other stages' commits interleave on
 //! the branch, so one range would mix them in), and `--checkpoint N` is
 //! one step's: its own commits and its checkpoint, from the checkpoint
-//! before them (see `orchestrator_agent::git::step_start`). `.orch/`, where
+//! before them (see `orchestrator_host::git::step_start`). `.orch/`, where
 //! runs made by earlier versions kept their manifests, is left out. git
 //! runs with no hooks, no file system monitor, no external diff driver and
 //! no text conversion: the run branch's `.gitattributes` is the step's to
@@ -15,8 +15,8 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
-use orchestrator_agent::git::{git_in, step_start, PLAIN_DIFF, WITHOUT_RECORDS};
 use orchestrator_core::api::RunDetail;
+use orchestrator_host::git::{git_in, step_start, PLAIN_DIFF, WITHOUT_RECORDS};
 
 use crate::client::{CliError, Client};
 

@@ -36,7 +36,7 @@ pub async fn inbox(a: InboxArgs, client: &Client) -> Result<ExitCode> {
             for item in items.iter().filter(|i| i.kind == InboxKind::Approval) {
                 let Some(commit) = &item.commit else { continue };
                 let d: RunDetail = client.get(&format!("/v1/runs/{}", item.run_id)).await?;
-                if let Some(stat) = orchestrator_agent::git::checkpoint_stat(
+                if let Some(stat) = orchestrator_host::git::checkpoint_stat(
                     std::path::Path::new(&d.run.project_dir),
                     commit,
                     d.run.base_commit.as_deref(),
@@ -55,7 +55,7 @@ fn print_inbox(items: &[InboxItem], stats: &std::collections::HashMap<String, St
         println!("nothing waits for you");
         return;
     }
-    let now = orchestrator_store::now_ms();
+    let now = orchestrator_host::now_ms();
     for item in items {
         let step = match &item.step_name {
             Some(n) => format!("step {} ({n})", item.step),
@@ -491,7 +491,7 @@ pub async fn checkout(a: CheckoutArgs, client: &Client) -> Result<ExitCode> {
             .join(format!("{}-{}", d.run.id, cp.seq))
     });
     let (p, c, t) = (project.clone(), cp.commit.clone(), dest.clone());
-    tokio::task::spawn_blocking(move || orchestrator_agent::git::add_detached_worktree(&p, &c, &t))
+    tokio::task::spawn_blocking(move || orchestrator_host::git::add_detached_worktree(&p, &c, &t))
         .await?
         .map_err(|e| CliError::BadInput(e.to_string()))?;
     println!("{}", dest.display());

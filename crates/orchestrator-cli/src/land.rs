@@ -1,6 +1,6 @@
 //! `orch land RUN [--onto BRANCH] [--squash|--merge|--rebase]`: a run's
 //! work onto one of the project's branches, with a message that summarises
-//! the run (see `orchestrator_agent::git::land`).
+//! the run (see `orchestrator_host::git::land`).
 //!
 //! Only a run that succeeded lands unless `--force` says otherwise: a run
 //! still going, or one that failed, may land half its work. Every refusal
@@ -12,12 +12,12 @@ use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Result;
-use orchestrator_agent::git::{
-    git_in, land as land_run, work_commits, LandError, LandMode, LandRequest, PLAIN_DIFF,
-};
 use orchestrator_core::api::RunDetail;
 use orchestrator_core::machine::RunState;
 use orchestrator_core::quote;
+use orchestrator_host::git::{
+    git_in, land as land_run, work_commits, LandError, LandMode, LandRequest, PLAIN_DIFF,
+};
 
 use crate::client::{CliError, Client};
 

@@ -9,8 +9,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Result;
-use orchestrator_agent::confined::ConfinedDir;
 use orchestrator_core::api::{exec_id, JobView, RunDetail};
+use orchestrator_host::confined::ConfinedDir;
 
 use crate::client::Client;
 

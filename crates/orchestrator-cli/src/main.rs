@@ -265,7 +265,7 @@ fn init_tracing(json: bool) {
 /// Reads a definition file an operator named: a regular file (a link to
 /// one is fine) of at most a MiB, refused before reading otherwise.
 pub(crate) fn read_definition(file: &std::path::Path) -> Result<String, CliError> {
-    use orchestrator_agent::confined::{read_definition, Links, MAX_DEFINITION_BYTES};
+    use orchestrator_host::confined::{read_definition, Links, MAX_DEFINITION_BYTES};
     match read_definition(file, MAX_DEFINITION_BYTES, Links::Follow) {
         Ok(Some(text)) => Ok(text),
         Ok(None) => Err(CliError::BadInput(format!(

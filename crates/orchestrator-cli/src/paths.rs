@@ -33,7 +33,7 @@ pub fn ensure_token(dir: &Path, name: &str) -> Result<String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
     }
-    let token = orchestrator_store::new_secret();
+    let token = orchestrator_host::new_secret();
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)

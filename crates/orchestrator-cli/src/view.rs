@@ -35,7 +35,7 @@ pub fn duration(ms: i64) -> String {
 fn span(start: Option<i64>, end: Option<i64>) -> String {
     match (start, end) {
         (Some(s), Some(e)) => duration(e - s),
-        (Some(s), None) => format!("{} so far", duration(orchestrator_store::now_ms() - s)),
+        (Some(s), None) => format!("{} so far", duration(orchestrator_host::now_ms() - s)),
         _ => "-".into(),
     }
 }
@@ -59,7 +59,7 @@ pub fn runs(list: &[RunSummary]) {
             format!("{}/{}", r.stages_succeeded, r.stages_total),
             span(
                 Some(r.created_at_ms),
-                r.ended_at_ms.or(Some(orchestrator_store::now_ms()))
+                r.ended_at_ms.or(Some(orchestrator_host::now_ms()))
             ),
         );
     }
@@ -349,7 +349,7 @@ pub fn agents(list: &[AgentView]) {
         "{:<13} {:<20} {:<7} {:>7} {:>19} {:<28} {:<16} LAST SEEN",
         "AGENT", "NAME", "STATE", "SLOTS", "MEMORY FREE", "GPUS (FREE/TOTAL)", "LABELS"
     );
-    let now = orchestrator_store::now_ms();
+    let now = orchestrator_host::now_ms();
     for a in list {
         let gpus = if a.free.gpus.is_empty() {
             "-".to_owned()
@@ -409,7 +409,7 @@ pub fn webhooks(list: &[HookStatus]) {
         "{:<9} {:<9} {:>9} {:>6} {:>6} {:>8} {:>10}  URL",
         "KIND", "STATE", "DELIVERED", "FAILED", "BEHIND", "CURSOR", "LAST TRY"
     );
-    let now = orchestrator_store::now_ms();
+    let now = orchestrator_host::now_ms();
     let ago = |ms: Option<i64>| ms.map_or("-".to_owned(), |t| format!("{} ago", duration(now - t)));
     for h in list {
         println!(

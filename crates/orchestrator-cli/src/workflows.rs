@@ -37,7 +37,7 @@ pub fn table(list: &[WorkflowView]) -> String {
     if list.is_empty() {
         return "no workflows: the daemon watches no project with workflow files (`orch up --project DIR`, files in DIR/.orchestrator/workflows/)\n".into();
     }
-    let now = orchestrator_store::now_ms();
+    let now = orchestrator_host::now_ms();
     let mut out = format!(
         "{:<20} {:<12} {:>10}  {:<7} FILE\n",
         "WORKFLOW", "SHA256", "LOADED", "STATE"
@@ -119,7 +119,7 @@ mod tests {
             name: name.into(),
             file: format!("/p/.orchestrator/workflows/{name}.yaml"),
             hash: hash.map(str::to_owned),
-            loaded_at_ms: hash.map(|_| orchestrator_store::now_ms()),
+            loaded_at_ms: hash.map(|_| orchestrator_host::now_ms()),
             error: error.map(str::to_owned),
         }
     }

@@ -77,7 +77,7 @@ impl DaemonConfig {
             dashboard_session_max_ms: dashboard::session::SESSION_MAX_MS,
             state_dir: None,
             watch: Vec::new(),
-            llama_launcher: orchestrator_agent::model_server::default_launcher(),
+            llama_launcher: orchestrator_host::model_server::default_launcher(),
         }
     }
 

@@ -158,7 +158,7 @@ pub async fn readyz<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
 /// Healthy while no target is retrying an event or gave one up in the last
 /// minute; the detail names each troubled target and its last error.
 fn webhooks(targets: &[crate::hooks::HookStatus]) -> ComponentHealth {
-    let now = orchestrator_store::now_ms();
+    let now = orchestrator_host::now_ms();
     let troubled: Vec<String> = targets
         .iter()
         .filter(|t| t.retrying || t.last_error_ms.is_some_and(|at| now - at < 60_000))
@@ -226,7 +226,7 @@ mod tests {
 
     #[test]
     fn webhooks_are_healthy_until_a_target_retries_or_failed_in_the_last_minute() {
-        let now = orchestrator_store::now_ms();
+        let now = orchestrator_host::now_ms();
         let fine = webhooks(&[target(false, Some(now - 120_000))]);
         assert!(fine.ok && !fine.required, "{}", fine.detail);
         assert!(

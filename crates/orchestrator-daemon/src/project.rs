@@ -5,9 +5,9 @@
 use std::path::Path;
 use std::process::Command;
 
-use orchestrator_agent::confined::{read_definition, Links, MAX_DEFINITION_BYTES};
 use orchestrator_core::cache::{TreeFile, TreeKind};
 use orchestrator_core::sched::{parse_project_policy, ProjectPolicy};
+use orchestrator_host::confined::{read_definition, Links, MAX_DEFINITION_BYTES};
 
 /// Where a project keeps its scheduling policy.
 pub const POLICY_FILE: &str = ".orchestrator/policy.yaml";

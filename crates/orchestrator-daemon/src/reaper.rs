@@ -13,7 +13,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use orchestrator_store::{now_ms, Store};
+use orchestrator_host::now_ms;
+use orchestrator_store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::App;

@@ -50,7 +50,7 @@ impl Daemon {
         let revoked = store.revocations().await.map_err(|e| {
             std::io::Error::other(format!("cannot read the dashboard's revocations: {e}"))
         })?;
-        sessions.load(&revoked, orchestrator_store::now_ms());
+        sessions.load(&revoked, orchestrator_host::now_ms());
         let catalog = Arc::new(std::sync::Mutex::new(catalog::Catalog::default()));
         // A project that cannot be watched fails the start, before anything
         // runs: `orch up --project` should not look fine and ignore edits.
@@ -72,13 +72,13 @@ impl Daemon {
                 .clone()
                 .map(fabric::JobKeys::with_secret)
                 .unwrap_or_default(),
-            daemon_hostname: orchestrator_agent::step::local_hostname(),
+            daemon_hostname: orchestrator_host::local_hostname(),
             upstreams: fabric::Upstreams::new(fabric::control::Fabric::new(
                 &config.models,
                 &config.model_local,
                 config.model_switch_ms,
                 config.model_aging_ms,
-                orchestrator_agent::model_server::Launcher::new(config.llama_launcher.clone()),
+                orchestrator_host::model_server::Launcher::new(config.llama_launcher.clone()),
             )),
             usage: Arc::default(),
             sessions,

@@ -165,16 +165,16 @@ pub fn scan(catalog: &Mutex<Catalog>, project: &Path) {
         .into_iter()
         .map(|f| {
             // Committed files: regular, bounded, never read through a link.
-            let r = orchestrator_agent::confined::read_definition(
+            let r = orchestrator_host::confined::read_definition(
                 &f,
-                orchestrator_agent::confined::MAX_DEFINITION_BYTES,
-                orchestrator_agent::confined::Links::Refuse,
+                orchestrator_host::confined::MAX_DEFINITION_BYTES,
+                orchestrator_host::confined::Links::Refuse,
             )
             .map_err(|e| e.to_string());
             (f, r)
         })
         .collect();
-    let now = orchestrator_store::now_ms();
+    let now = orchestrator_host::now_ms();
     let mut c = lock(catalog);
     for known in c.files(project) {
         if !reads.iter().any(|(f, _)| *f == known) {

@@ -567,7 +567,7 @@ async fn openclaw_hears_what_happened_and_how_to_answer() {
         .filter_map(|w| w.strip_prefix("https://orch.example/v1/act/"))
         .collect();
     assert_eq!(links.len(), 1, "{approval}");
-    let action = verify_action(links[0], b"action-key", orchestrator_store::now_ms()).unwrap();
+    let action = verify_action(links[0], b"action-key", orchestrator_host::now_ms()).unwrap();
     assert_eq!(
         (
             action.kind,

@@ -35,7 +35,6 @@
 
 mod db;
 mod error;
-mod ids;
 mod sql;
 
 use orchestrator_core::Actor;
@@ -52,7 +51,6 @@ use tokio::sync::{broadcast, Notify};
 
 pub use db::Error as DbError;
 pub use error::{Result, StoreError};
-pub use ids::{new_secret, now_ms};
 pub use sql::{
     drop_schema, sqlite_to_postgres, CopyReport, Location, SqlStore, StoreOptions, WriterStats,
 };

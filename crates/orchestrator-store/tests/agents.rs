@@ -7,7 +7,8 @@ mod common;
 use common::{new_run, outcome};
 use orchestrator_core::api::{CompleteRequest, LeaseRef, RegisterAgent, StepOutcome};
 use orchestrator_core::{Entity, Transition};
-use orchestrator_store::{now_ms, SqlStore, Store, StoreError};
+use orchestrator_host::now_ms;
+use orchestrator_store::{SqlStore, Store, StoreError};
 
 const WF: &str = "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n";
 const TTL: u64 = 30_000;

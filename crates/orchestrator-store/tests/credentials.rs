@@ -7,8 +7,9 @@ mod common;
 
 use common::*;
 use orchestrator_core::api::RunDetail;
+use orchestrator_host::now_ms;
 use orchestrator_store::{
-    now_ms, Credential, HumanCommand, LinkTarget, LinkUse, Refused, SqlStore, Store, StoreError,
+    Credential, HumanCommand, LinkTarget, LinkUse, Refused, SqlStore, Store, StoreError,
 };
 
 const GATED: &str = "name: gated\nstages:\n  - id: review\n    steps:\n      - approve: true\n        commands: [{argv: ['true']}]\n";

@@ -705,7 +705,7 @@ async fn a_lost_attempt_waits_out_its_backoff_then_starts_again_from_step_zero()
     assert_eq!(j1.spec.step, 1);
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     assert_eq!(
-        s.expire_leases(orchestrator_store::now_ms()).await.unwrap(),
+        s.expire_leases(orchestrator_host::now_ms()).await.unwrap(),
         1
     );
     assert_eq!(stage_state(&s, &r.run_id, "x").await, StageState::Retrying);
@@ -720,7 +720,7 @@ async fn a_lost_attempt_waits_out_its_backoff_then_starts_again_from_step_zero()
         e.stages[0].lines
     );
     let due = s.next_lease_expiry().await.unwrap().unwrap();
-    let wait = due - orchestrator_store::now_ms();
+    let wait = due - orchestrator_host::now_ms();
     assert!((4_000..=10_500).contains(&wait), "backoff of {wait} ms");
     s.expire_leases(due).await.unwrap();
     let again = claim(&s, &a).await.unwrap();

@@ -160,7 +160,7 @@ async fn expired_leases_restart_the_stage_until_five_attempts_then_a_human_fails
         assert_eq!(j.spec.attempt, attempt);
         assert_eq!(j.spec.step, 0);
         let n = s
-            .expire_leases(orchestrator_store::now_ms() + 10)
+            .expire_leases(orchestrator_host::now_ms() + 10)
             .await
             .unwrap();
         assert_eq!(n, 1);
@@ -340,7 +340,7 @@ async fn heartbeats_extend_held_leases_and_revoke_the_rest() {
     assert_eq!(r.revoked, vec![4242]);
     // Extended past the original 1 s: nothing expires 2 s from now.
     assert_eq!(
-        s.expire_leases(orchestrator_store::now_ms() + 2_000)
+        s.expire_leases(orchestrator_host::now_ms() + 2_000)
             .await
             .unwrap(),
         0

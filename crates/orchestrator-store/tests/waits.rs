@@ -246,7 +246,7 @@ async fn a_step_that_ends_or_is_lost_while_waiting_takes_its_question_with_it() 
         .unwrap();
     assert_ne!(q, q2);
     let expired = s
-        .expire_leases(orchestrator_store::now_ms() + TTL as i64 + 1)
+        .expire_leases(orchestrator_host::now_ms() + TTL as i64 + 1)
         .await
         .unwrap();
     assert_eq!(expired, 1);

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ask::AskBox;
 use crate::client::{Client, ClientError};
-use crate::resources::{describe_gpus, Probe, Resources};
 use crate::sandbox::SandboxConfig;
-use crate::step::local_hostname;
+use orchestrator_host::local_hostname;
+use orchestrator_host::resources::{describe_gpus, Probe, Resources};
 
 mod backoff;
 mod heartbeat;

@@ -24,7 +24,7 @@ use nix::fcntl::renameat;
 use nix::sys::stat::{mkdirat, Mode};
 use serde::{Deserialize, Serialize};
 
-use crate::confined::{ConfinedDir, ConfinedError};
+use orchestrator_host::confined::{ConfinedDir, ConfinedError};
 
 pub mod copy;
 

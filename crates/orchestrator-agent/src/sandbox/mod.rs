@@ -216,7 +216,7 @@ pub struct Dirs {
     /// `.orchestrator`).
     pub hidden: Vec<PathBuf>,
     /// Files bound read-only over others: (what, over what). The step's
-    /// git file covers the worktree's `.git` (see `crate::git::StepGit`).
+    /// git file covers the worktree's `.git` (see `orchestrator_host::git::StepGit`).
     pub covers: Vec<(PathBuf, PathBuf)>,
     /// The project's directory, which a relative container `image` is
     /// resolved against.

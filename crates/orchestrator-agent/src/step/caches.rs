@@ -13,7 +13,7 @@ use orchestrator_core::api::{CachePlan, CacheRecord, JobSpec};
 use orchestrator_core::cache::{check_path, slot, Root};
 
 use crate::cache::{CacheError, CacheStore, CopyError, EntryMeta, Found, Saved};
-use crate::confined::ConfinedDir;
+use orchestrator_host::confined::ConfinedDir;
 
 /// One step's view of its stage's caches.
 #[derive(Debug, Default)]
@@ -236,7 +236,7 @@ impl Caches {
         let meta = EntryMeta {
             path: c.path.clone(),
             key: c.key.clone(),
-            saved_at_ms: now_ms(),
+            saved_at_ms: orchestrator_host::now_ms(),
             bytes: 0,
             files: 0,
             run_id: run_id.to_owned(),
@@ -259,10 +259,4 @@ impl Caches {
 
 fn millis(since: Instant) -> u64 {
     u64::try_from(since.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use orchestrator_core::api::{ArtifactRecord, CheckpointMade, Handoff, JobSpec};
 
 use super::Failure;
-use crate::confined::{ConfinedDir, ConfinedError};
-use crate::git::{self, CheckpointRequest, GitError, RunWorktree, StepGit};
+use orchestrator_host::confined::{ConfinedDir, ConfinedError};
+use orchestrator_host::git::{self, CheckpointRequest, GitError, RunWorktree, StepGit};
 
 /// Where the orchestrator keeps what humans handed a stage in the run's
 /// worktree; never committed.

@@ -14,7 +14,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use crate::confined::ConfinedDir;
+use orchestrator_host::confined::ConfinedDir;
 
 /// A stage's mounts resolved on this agent: the host paths to bind, and
 /// the `~/...` ones by their place in the home.

@@ -19,7 +19,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::time::Duration;
 
-use crate::confined::ConfinedDir;
+use orchestrator_host::confined::ConfinedDir;
 
 use super::redact::MASK;
 

@@ -14,7 +14,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use orchestrator_core::api::{ClaimedJob, StepOutcome};
 use orchestrator_core::error::ErrorClass;
@@ -95,20 +95,13 @@ fn orch_dir() -> Option<std::path::PathBuf> {
     .clone()
 }
 
-/// The name of this machine, when it has a printable one.
-pub fn local_hostname() -> Option<String> {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-}
-
 /// Runs one claimed step on this machine and returns how it ended; see the
 /// module documentation. `cancel` kills the running command's process group
 /// (the outcome is then an infrastructure failure, "step cancelled").
 pub async fn run_step(job: &ClaimedJob, agent_id: &str, cancel: CancellationToken) -> StepOutcome {
     let ctx = StepContext {
         agent_id: agent_id.to_owned(),
-        hostname: local_hostname(),
+        hostname: orchestrator_host::local_hostname(),
         cancel_reason: CancelReason::new(),
         asks: None,
         has_gpus: false,
@@ -369,10 +362,12 @@ pub async fn run_step_with(
     // it: neither the agent's nor a user's looking at the run's work.
     let guarded = {
         let (project, path) = (project.clone(), worktree.path.clone());
-        tokio::task::spawn_blocking(move || crate::git::guard(&project, &path).map(drop))
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()))
+        tokio::task::spawn_blocking(move || {
+            orchestrator_host::git::guard(&project, &path).map(drop)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r.map_err(|e| e.to_string()))
     };
     if let Err(e) = guarded {
         failure = failure.or(Some(Failure::infra(format!(
@@ -418,12 +413,6 @@ fn fmt_ms(d: Duration) -> String {
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 #[cfg(test)]

@@ -8,9 +8,10 @@ use std::path::Path;
 use orchestrator_core::api::{AppliedLimits, ClaimedJob, CommandRecord, Manifest, StepOutcome};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::spec::SandboxKind;
+use orchestrator_host::now_ms;
 use tokio::time::Instant;
 
-use super::{millis, now_ms, redact, usage, StepContext};
+use super::{millis, redact, usage, StepContext};
 use crate::bundle::Bundle;
 
 /// A failed step's class and message.

@@ -4,52 +4,18 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::path::Path;
-use std::process::Command;
 
 use orchestrator_agent::run_step;
 use orchestrator_core::api::{ClaimedJob, StepOutcome};
 use orchestrator_core::spec::CommandSpec;
-use tempfile::TempDir;
 use tokio_util::sync::CancellationToken;
 
-/// Runs git in `dir`, asserts success, returns stdout trimmed.
-pub fn git(dir: &Path, args: &[&str]) -> String {
-    let out = Command::new("git")
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .expect("git runs");
-    assert!(
-        out.status.success(),
-        "git {args:?} in {}: {}",
-        dir.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap().trim().to_owned()
-}
-
-/// An empty repository on branch `main` with a local identity.
-pub fn empty_repo() -> TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    git(dir.path(), &["init", "--quiet", "--initial-branch", "main"]);
-    git(dir.path(), &["config", "user.name", "Test User"]);
-    git(dir.path(), &["config", "user.email", "test@example.com"]);
-    git(dir.path(), &["config", "commit.gpgsign", "false"]);
-    dir
-}
-
-/// A repository with one commit (README.md) on `main`; returns it and the commit.
-pub fn repo() -> (TempDir, String) {
-    let dir = empty_repo();
-    fs::write(dir.path().join("README.md"), "hello\n").unwrap();
-    git(dir.path(), &["add", "README.md"]);
-    git(dir.path(), &["commit", "--quiet", "-m", "first"]);
-    let head = git(dir.path(), &["rev-parse", "HEAD"]);
-    (dir, head)
-}
+/// Repositories to run in, shared with the host crate's tests.
+#[path = "../../../orchestrator-host/tests/common/mod.rs"]
+mod repos;
+// Each test binary uses a part of these.
+#[allow(unused_imports)]
+pub use repos::{empty_repo, git, repo};
 
 pub mod sandboxed;
 

@@ -109,7 +109,7 @@ pub struct Project {
 impl Project {
     pub fn new() -> Self {
         let (dir, head) = super::repo();
-        orchestrator_agent::git::ensure_worktree(
+        orchestrator_host::git::ensure_worktree(
             &dir.path().canonicalize().unwrap(),
             "run-1",
             &head,

@@ -71,10 +71,10 @@ pub async fn read<S: Store>(
     tokio::task::spawn_blocking(move || {
         let from = match from {
             Some(f) => f,
-            None => orchestrator_agent::git::step_start(&project, &to, base.as_deref())
+            None => orchestrator_host::git::step_start(&project, &to, base.as_deref())
                 .unwrap_or_else(|| format!("{to}^")),
         };
-        orchestrator_agent::git::diff_files(&project, &from, &to)
+        orchestrator_host::git::diff_files(&project, &from, &to)
     })
     .await
     .map_err(|e| ApiErr::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?

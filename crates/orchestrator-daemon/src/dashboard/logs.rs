@@ -10,8 +10,8 @@ use std::sync::Arc;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
-use orchestrator_agent::confined::{ConfinedDir, ConfinedError};
 use orchestrator_core::api::{exec_id, JobView};
+use orchestrator_host::confined::{ConfinedDir, ConfinedError};
 use orchestrator_store::Store;
 use serde::{Deserialize, Serialize};
 

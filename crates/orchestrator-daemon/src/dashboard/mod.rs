@@ -18,7 +18,8 @@ use std::sync::Arc;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
-use orchestrator_store::{now_ms, Credential, Refused, Store, StoreError};
+use orchestrator_host::now_ms;
+use orchestrator_store::{Credential, Refused, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
 pub use session::{Sessions, TicketError};

@@ -20,13 +20,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use orchestrator_agent::model_server::Launcher;
 use orchestrator_core::api::ModelMemory;
 use orchestrator_core::fabric::hosts::{self, Host};
 use orchestrator_core::fabric::residency::{
     self, Action, Demand, InstanceState, ModelFootprint, PlaceBudget,
 };
 use orchestrator_core::fabric::{LocalHost, ModelSpec, Runtime};
+use orchestrator_host::model_server::Launcher;
 use tokio::sync::{oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -67,7 +67,7 @@ pub fn local_hosts(local: &LocalHost) -> Vec<Host> {
 
 /// Half of this machine's memory (`MemTotal`, as an agent reads it), else 4 GiB.
 fn half_of_ram_mib() -> u64 {
-    orchestrator_agent::Probe::default()
+    orchestrator_host::Probe::default()
         .memory_mb()
         .map_or(4096, |mb| mb / 2)
 }
@@ -443,8 +443,8 @@ impl Fabric {
         };
         self.pool.changed.notify_one();
         tokio::select! {
-            _ = stop => orchestrator_agent::model_server::terminate(&mut child, STOP_GRACE).await,
-            _ = shutdown.cancelled() => orchestrator_agent::model_server::terminate(&mut child, STOP_GRACE).await,
+            _ = stop => orchestrator_host::process::terminate(&mut child, STOP_GRACE).await,
+            _ = shutdown.cancelled() => orchestrator_host::process::terminate(&mut child, STOP_GRACE).await,
             status = child.wait() => {
                 tracing::warn!(model = %spec.name, status = ?status, "model server exited; it starts again when next needed");
             }

@@ -4,7 +4,7 @@
 //! What it is: `GET /v1/models`, the configured models in OpenAI's list
 //! shape, and the completion and embedding routes passed through to each
 //! model's server ([`proxy`]): an external one, or a llama.cpp server
-//! (`orchestrator_agent::model_server`) that residency ([`control`]) starts when its model is wanted
+//! (`orchestrator_host::model_server`) that residency ([`control`]) starts when its model is wanted
 //! and stops when its memory is needed, between requests. Requests wait for
 //! a slot of their model in their run's priority order ([`pool`]) and are
 //! counted for their job's run, stage and model ([`usage`]; `GET /v1/usage`

@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator_core::Transition;
-use orchestrator_store::{now_ms, Store};
+use orchestrator_host::now_ms;
+use orchestrator_store::Store;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
@@ -283,7 +284,7 @@ impl<S: Store> Worker<S> {
         let project = std::path::PathBuf::from(&d.run.project_dir);
         let base = d.run.base_commit.clone();
         tokio::task::spawn_blocking(move || {
-            orchestrator_agent::git::checkpoint_stat(&project, &commit, base.as_deref())
+            orchestrator_host::git::checkpoint_stat(&project, &commit, base.as_deref())
         })
         .await
         .ok()

@@ -9,12 +9,13 @@ use orchestrator_core::machine::{job_on, JobEffect, JobEvent, StageEvent};
 use orchestrator_core::sched::{free, Free, Grant};
 use orchestrator_core::Actor;
 use orchestrator_core::JobState;
+use orchestrator_host::ids;
 
 use super::common::conflict;
 use super::stage::stage_event;
 use super::tx::Ctx;
 use super::{placement, preempt};
-use crate::{ids, Result, StoreError};
+use crate::{Result, StoreError};
 
 pub fn claim(
     ctx: &mut Ctx<'_>,

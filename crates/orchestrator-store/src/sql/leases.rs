@@ -8,12 +8,13 @@ use orchestrator_core::api::{AgentRegistered, HeartbeatResponse, LeaseRef, Regis
 use orchestrator_core::machine::AgentState;
 use orchestrator_core::machine::LeaseEnd;
 use orchestrator_core::Actor;
+use orchestrator_host::ids;
 
 use super::common::conflict;
 use super::lease_end::lose_lease;
 use super::placement;
 use super::tx::Ctx;
-use crate::{ids, Result, StoreError};
+use crate::{Result, StoreError};
 
 pub fn register_agent(
     ctx: &mut Ctx<'_>,

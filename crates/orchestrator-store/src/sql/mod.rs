@@ -293,7 +293,8 @@ impl Store for SqlStore {
     }
 
     async fn revocations(&self) -> Result<Revocations> {
-        self.read(|c| spent::revocations(c, crate::now_ms())).await
+        self.read(|c| spent::revocations(c, orchestrator_host::now_ms()))
+            .await
     }
 
     async fn ask_waiting(&self, job_id: i64, req: orchestrator_core::api::WaitAsk) -> Result<i64> {
@@ -382,7 +383,7 @@ impl Store for SqlStore {
 
     async fn list_agents(&self, online_ms: u64) -> Result<Vec<AgentView>> {
         let rules = self.rules.clone();
-        self.read(move |c| reads::list_agents(c, &rules, crate::now_ms(), online_ms))
+        self.read(move |c| reads::list_agents(c, &rules, orchestrator_host::now_ms(), online_ms))
             .await
     }
 
@@ -401,7 +402,14 @@ impl Store for SqlStore {
         let id = run_id.to_owned();
         self.read(move |c| {
             let id = reads::resolve_run(c, &id)?;
-            explain::explain(c, &rules, &id, stage.as_deref(), crate::now_ms(), online_ms)
+            explain::explain(
+                c,
+                &rules,
+                &id,
+                stage.as_deref(),
+                orchestrator_host::now_ms(),
+                online_ms,
+            )
         })
         .await
     }

@@ -127,7 +127,7 @@ fn open_postgres(
     let listener = pg::Listener {
         url: url.to_owned(),
         schema: schema.map(str::to_owned),
-        instance: crate::ids::new_id("d"),
+        instance: orchestrator_host::ids::new_id("d"),
         events: events.clone(),
         jobs_queued: jobs_queued.clone(),
         stop: Arc::new(AtomicBool::new(false)),

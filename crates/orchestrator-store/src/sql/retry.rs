@@ -6,12 +6,13 @@
 use crate::db::params;
 use orchestrator_core::machine::StageEvent;
 use orchestrator_core::Actor;
+use orchestrator_host::ids;
 
 use super::common::workflow;
 use super::stage::stage_event;
 use super::tx::Ctx;
 use super::{human, steps};
-use crate::{ids, Result};
+use crate::Result;
 
 /// What a stage does after a failure of `class` (`timed_out` when a command
 /// ran out of time): the most attempts it gets for it (its `retry:` within

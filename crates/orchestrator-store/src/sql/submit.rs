@@ -12,13 +12,14 @@ use crate::db::params;
 use orchestrator_core::api::Submitted;
 use orchestrator_core::sched::{self, could_ever_fit, effective_priority, Needs};
 use orchestrator_core::{RunState, StageState, Workflow};
+use orchestrator_host::ids;
 use sha2::{Digest, Sha256};
 
 use super::common::{conflict, stage_key};
 use super::tx::Ctx;
 use super::{placement, policy};
 use crate::error::encode;
-use crate::{ids, NewRun, Result, StoreError};
+use crate::{NewRun, Result, StoreError};
 
 pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
     let mut wf = orchestrator_core::parse_workflow(&run.workflow, run.file.as_deref())

@@ -136,7 +136,7 @@ impl Writer {
         }
         let mut ctx = Ctx {
             conn: &self.conn,
-            now: crate::now_ms(),
+            now: orchestrator_host::now_ms(),
             workflows,
             transitions: Vec::new(),
             schedule: false,

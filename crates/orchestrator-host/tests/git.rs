@@ -10,7 +10,7 @@ use std::sync::{Arc, Barrier};
 use std::time::Instant;
 
 use common::{empty_repo, git, repo};
-use orchestrator_agent::git::{
+use orchestrator_host::git::{
     add_detached_worktree, checkpoint, ensure_worktree, resolve_commit, CheckpointRequest,
     GitError, RunWorktree,
 };

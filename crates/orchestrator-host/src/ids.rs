@@ -1,10 +1,11 @@
 //! Ids and secrets: short random ids users can type, and lease/API secrets.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use crate::clock::now_ms;
 
 const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 
-pub(crate) fn random_bytes<const N: usize>() -> [u8; N] {
+/// `N` random bytes from the OS.
+pub fn random_bytes<const N: usize>() -> [u8; N] {
     let mut b = [0u8; N];
     // The OS random source failing is not recoverable in any useful way;
     // falling back to the clock keeps ids unique enough for one machine.
@@ -38,10 +39,20 @@ pub fn new_secret() -> String {
         .collect()
 }
 
-/// Unix time in milliseconds.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_secrets_have_their_shapes() {
+        let id = new_id("r");
+        assert_eq!(id.len(), 11, "{id}");
+        assert!(id.starts_with('r'));
+        assert!(id[1..].bytes().all(|b| ALPHABET.contains(&b)), "{id}");
+        assert_ne!(new_id("r"), new_id("r"));
+        let secret = new_secret();
+        assert_eq!(secret.len(), 32);
+        assert!(secret.bytes().all(|b| b.is_ascii_hexdigit()), "{secret}");
+        assert_ne!(new_secret(), new_secret());
+    }
 }

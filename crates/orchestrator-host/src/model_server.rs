@@ -2,7 +2,8 @@
 //! (`scripts/llama-server.py`) on a free port, ready when it prints
 //! `ready URL`. The daemon's model fabric decides when and where servers
 //! run: on its own machine it uses this directly, on an agent's machine it
-//! orders the agent to ([`crate::models`]).
+//! orders the agent to (`orchestrator_agent::models`), which uses this
+//! too. Stopping a server is [`crate::process::terminate`].
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -129,18 +130,4 @@ impl Launcher {
         tracing::info!(model = %m.name, %url, "llama.cpp server ready");
         Ok((format!("{url}/v1"), child))
     }
-}
-
-/// Stops a server: SIGTERM, then SIGKILL after `grace`.
-pub async fn terminate(child: &mut Child, grace: Duration) {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    // A pid from `id()` is one this process started and has not reaped.
-    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-        if tokio::time::timeout(grace, child.wait()).await.is_ok() {
-            return;
-        }
-    }
-    let _ = child.kill().await;
 }

@@ -12,8 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use orchestrator_agent::{Probe, Resources};
 use orchestrator_core::sched::Gpu;
+use orchestrator_host::{Probe, Resources};
 
 fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
