@@ -109,6 +109,16 @@ pub struct StepAskRequest {
     pub wait: bool,
 }
 
+/// The local endpoint's answer to a [`StepAskRequest`] without `wait`: the
+/// question is kept for when the step ends.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepAsked {
+    /// Questions this step has asked so far.
+    pub asked: usize,
+    /// What happens next, for the step's log.
+    pub note: String,
+}
+
 /// `POST /v1/jobs/{id}/questions` (agent to daemon): a running step asks
 /// and waits for the answer. `key` names this ask: sent again after a lost
 /// answer, it finds the question the first one made.
