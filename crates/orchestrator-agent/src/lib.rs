@@ -32,7 +32,8 @@
 //! carry the slot's next job, saving a claim); one heartbeat loop reports all held
 //! leases every `heartbeat_interval_ms` and kills the jobs whose leases come
 //! back revoked (they are not completed). The loops share one HTTP client
-//! ([`client::Client`], keep-alive) and the table of held leases. Network
+//! ([`Client`], of crate `orchestrator-client`, keep-alive) and the table of
+//! held leases. Network
 //! errors and 5xx are retried with capped backoff, an unknown agent id (a
 //! restarted daemon) leads to registering again, 401/403 end the agent. When
 //! the shutdown token fires, running jobs are killed (SIGTERM to their
@@ -41,7 +42,8 @@
 //!
 //! Main types: [`AgentConfig`] and [`run_agent`] for the CLI; [`run_step`]
 //! (module [`step`]), the executor alone, usable without a daemon;
-//! [`client::Client`] and [`client::ClientError`] for the wire;
+//! [`Client`] and [`ClientError`] (re-exported from `orchestrator-client`)
+//! for the wire;
 //! [`exec::GroupChild`] for a command's process group; [`bundle::Bundle`]
 //! for the files; [`ask::AskBox`], the loopback endpoint a running step asks questions
 //! through (`orch ask`) and whose socket relays the model gateway to
@@ -52,7 +54,6 @@ pub mod agent;
 pub mod ask;
 pub mod bundle;
 pub mod cache;
-pub mod client;
 pub mod context;
 pub mod exec;
 mod gateway;
@@ -62,6 +63,6 @@ pub mod sandbox;
 pub mod step;
 
 pub use agent::{run_agent, AgentConfig, AgentError};
-pub use client::{Client, ClientError};
+pub use orchestrator_client::{Client, ClientError};
 pub use sandbox::{Accel, SandboxConfig, VmConfig};
 pub use step::{run_step, run_step_with, CancelReason, StepContext};

@@ -12,11 +12,11 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use orchestrator_client::Client;
 use orchestrator_core::api::{ModelMemory, ModelOrders, ModelReport, ServerOrder, ServerReport};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use crate::client::Client;
 use orchestrator_host::model_server::Launcher;
 use orchestrator_host::process::terminate;
 

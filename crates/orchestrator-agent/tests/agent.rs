@@ -483,7 +483,7 @@ async fn a_refused_token_ends_the_agent_with_the_status_and_message() {
         .unwrap()
         .unwrap_err();
     assert!(
-        matches!(&err, AgentError::Client(ClientError::Unauthorized(m)) if m == "bad token"),
+        matches!(&err, AgentError::Client(ClientError::Unauthorized(r)) if r.message() == "bad token"),
         "{err:?}"
     );
     let text = err.to_string();

@@ -4,6 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use orchestrator_client::ClientError;
 use orchestrator_core::api::LeaseRef;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -11,7 +12,6 @@ use tokio_util::sync::CancellationToken;
 use super::backoff::Backoff;
 use super::lock;
 use super::session::Shared;
-use crate::client::ClientError;
 
 /// One heartbeat per interval for all held leases (also when none are held:
 /// it tells the daemon the agent is alive); revoked leases are killed. Ends

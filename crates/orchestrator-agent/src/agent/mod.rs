@@ -2,7 +2,7 @@
 //! loop, react to revoked leases, and shut down without leaving work behind.
 //!
 //! It exists to hold the policy that ties the executor ([`crate::step`]) to
-//! the daemon ([`crate::client`]): which errors are retried (network, 5xx: capped
+//! the daemon (`orchestrator_client`): which errors are retried (network, 5xx: capped
 //! exponential backoff, 100 ms doubling to 5 s), which re-register (an unknown
 //! agent id after a daemon restart), which end the agent (401, 403, answers it
 //! does not understand), and what happens to running jobs when a lease is
@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
+use orchestrator_client::{Client, ClientError};
 use orchestrator_core::api::RegisterAgent;
 use orchestrator_core::sched::Gpu;
 use orchestrator_core::spec::human_mib;
@@ -20,7 +21,6 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::ask::AskBox;
-use crate::client::{Client, ClientError};
 use crate::sandbox::SandboxConfig;
 use orchestrator_host::local_hostname;
 use orchestrator_host::resources::{describe_gpus, Probe, Resources};

@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use orchestrator_client::{Client, ClientError};
 use orchestrator_core::api::{AgentRegistered, RegisterAgent};
 use tokio_util::sync::CancellationToken;
 
 use super::backoff::Backoff;
 use super::{lock, DEFAULT_HEARTBEAT, LEASE_REVOKED};
 use crate::ask::AskBox;
-use crate::client::{Client, ClientError};
 use crate::sandbox::SandboxConfig;
 use crate::step::CancelReason;
 

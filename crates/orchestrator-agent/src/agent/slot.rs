@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use orchestrator_client::ClientError;
 use orchestrator_core::api::{ClaimedJob, CompleteRequest, StepOutcome};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -13,7 +14,6 @@ use tracing::Instrument;
 use super::backoff::Backoff;
 use super::session::{Held, Session, Shared};
 use super::{lock, CLAIM_WAIT_MS, SHUTDOWN_COMPLETE_WINDOW, SHUTTING_DOWN};
-use crate::client::ClientError;
 use crate::step::{run_step_with, CancelReason, StepContext};
 
 /// One slot: claim, run, complete, again, until the agent stops.
@@ -185,8 +185,8 @@ pub(super) async fn complete(
                 tracing::debug!(stage_state = ?done.stage_state, run_state = ?done.run_state, "job completed");
                 return Ok(done.next);
             }
-            Err(ClientError::StaleLease(message)) => {
-                tracing::warn!(%message, "completion refused: the lease is stale");
+            Err(ClientError::StaleLease(refused)) => {
+                tracing::warn!(message = %refused.message(), "completion refused: the lease is stale");
                 return Ok(None);
             }
             Err(e) if e.is_auth() => return Err(e),

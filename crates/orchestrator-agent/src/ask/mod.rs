@@ -28,11 +28,11 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::{Json, Router};
-use orchestrator_core::api::{Ask, StepAskRequest, WaitRecord};
+use orchestrator_client::Client;
+use orchestrator_core::api::{Ask, StepAskRequest, StepAsked, WaitRecord};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::Client;
 use crate::gateway::{self, Upstream};
 
 mod wait;
@@ -339,11 +339,9 @@ async fn ask(
         question: req.question,
         choices: req.choices,
     });
-    (
-        StatusCode::OK,
-        Json(json!({
-            "asked": entry.count(),
-            "note": "recorded; when this step exits, its stage checkpoints and waits for the answer, which this step receives when it runs again"
-        })),
-    )
+    let asked = StepAsked {
+        asked: entry.count(),
+        note: "recorded; when this step exits, its stage checkpoints and waits for the answer, which this step receives when it runs again".into(),
+    };
+    (StatusCode::OK, Json(json!(asked)))
 }

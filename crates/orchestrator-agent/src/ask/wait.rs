@@ -15,13 +15,13 @@ use std::time::Duration;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
+use orchestrator_client::{Client, ClientError};
 use orchestrator_core::api::{
     QuestionState, StepAskRequest, WaitAsk, WaitPoll, WaitRecord, WaitStatus,
 };
 use tokio::time::Instant;
 
 use super::{bearer, lock, refuse, unknown_token, Asked, MAX_QUESTIONS};
-use crate::client::{Client, ClientError};
 
 /// The longest one poll of the daemon waits for an answer.
 const MAX_POLL_MS: u64 = 25_000;
@@ -97,17 +97,15 @@ fn reply(status: &WaitStatus) -> (StatusCode, Json<serde_json::Value>) {
 /// The daemon's refusal, told to the step in its own words.
 fn refused_by_daemon(e: ClientError) -> (StatusCode, Json<serde_json::Value>) {
     match e {
-        ClientError::StaleLease(m) => refuse(
+        ClientError::StaleLease(r) => refuse(
             StatusCode::CONFLICT,
-            format!("refused: this step's lease is no longer live ({m})"),
+            format!(
+                "refused: this step's lease is no longer live ({})",
+                r.message()
+            ),
         ),
-        ClientError::Rejected {
-            status, message, ..
-        } => refuse(
-            StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST),
-            message,
-        ),
-        ClientError::NotFound { message, .. } => refuse(StatusCode::NOT_FOUND, message),
+        ClientError::Rejected(r) if r.status.is_client_error() => refuse(r.status, r.message()),
+        ClientError::NotFound(r) => refuse(StatusCode::NOT_FOUND, r.message()),
         e => refuse(
             StatusCode::BAD_GATEWAY,
             format!("the agent could not reach its daemon: {e}"),
@@ -360,14 +358,25 @@ mod tests {
 
     #[test]
     fn refusals_keep_the_daemons_words_and_status() {
-        let (code, Json(body)) = refused_by_daemon(ClientError::StaleLease("gone".into()));
+        let refusal = |status: StatusCode, body: &str| {
+            Box::new(orchestrator_client::Refusal {
+                path: "/".into(),
+                status,
+                error: None,
+                body: body.into(),
+            })
+        };
+        let (code, Json(body)) = refused_by_daemon(ClientError::StaleLease(refusal(
+            StatusCode::CONFLICT,
+            "gone",
+        )));
         assert_eq!(code, StatusCode::CONFLICT);
         assert!(body["error"].as_str().unwrap().contains("gone"));
-        let (code, _) = refused_by_daemon(ClientError::Rejected {
-            path: "/".into(),
-            status: 422,
-            message: "too long".into(),
-        });
+        let (code, Json(body)) = refused_by_daemon(ClientError::Rejected(refusal(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "too long",
+        )));
         assert_eq!(code, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(body["error"], "too long");
     }
 }
