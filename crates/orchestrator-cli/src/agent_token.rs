@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::Subcommand;
-use orchestrator_core::api::{check_agent_name, AgentTokenCreated, AgentTokenView, NewAgentToken};
+use orchestrator_core::api::check_agent_name;
 
 use crate::client::{CliError, Client};
 use crate::view::{self, Output};
@@ -37,9 +37,7 @@ pub async fn run(cmd: AgentTokenCmd, client: &Client) -> Result<ExitCode> {
     match cmd {
         AgentTokenCmd::Create { name } => {
             check_agent_name(&name).map_err(CliError::BadInput)?;
-            let made: AgentTokenCreated = client
-                .post("/v1/agent-tokens", &NewAgentToken { name })
-                .await?;
+            let made = client.create_agent_token(&name).await?;
             eprintln!(
                 "token of agent {:?} (shown once; start it with `orch agent --name {} --agent-token TOKEN`):",
                 made.name, made.name
@@ -47,7 +45,7 @@ pub async fn run(cmd: AgentTokenCmd, client: &Client) -> Result<ExitCode> {
             println!("{}", made.token);
         }
         AgentTokenCmd::List { output } => {
-            let list: Vec<AgentTokenView> = client.get("/v1/agent-tokens").await?;
+            let list = client.agent_tokens().await?;
             match output {
                 Output::Json => view::json(&list)?,
                 Output::Text => {
@@ -70,23 +68,9 @@ pub async fn run(cmd: AgentTokenCmd, client: &Client) -> Result<ExitCode> {
             }
         }
         AgentTokenCmd::Revoke { name } => {
-            let path = format!("/v1/agent-tokens/{}/revoke", encode(&name));
-            let _: AgentTokenView = client.post(&path, &serde_json::json!({})).await?;
+            client.revoke_agent_token(&name).await?;
             println!("revoked the token of agent {name:?}");
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// NAME as one path segment.
-fn encode(name: &str) -> String {
-    name.bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
 }

@@ -151,7 +151,7 @@ struct Row {
 
 /// The store's counters, read from `/metrics`.
 async fn store_counters(client: &crate::client::Client) -> Result<(f64, f64, f64)> {
-    let text = client.get_text("/metrics").await?;
+    let text = client.metrics().await?;
     let value = |name: &str| {
         text.lines()
             .find_map(|l| {

@@ -4,7 +4,8 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use orchestrator_core::api::{DecideRequest, RunSummary};
+use orchestrator_client::Decision;
+use orchestrator_core::api::DecideRequest;
 
 use crate::client::Client;
 
@@ -65,13 +66,14 @@ pub async fn retry(a: RetryArgs, client: &Client) -> Result<ExitCode> {
         decision: a,
         feedback,
     } = a;
-    let path = format!("/v1/runs/{}/stages/{}/retry", a.run, a.stage);
     let sent_back = feedback.is_some();
     let req = DecideRequest {
         feedback,
         ..body(a.comment, a.by)
     };
-    let run: RunSummary = client.post(&path, &req).await?;
+    let run = client
+        .decide(&a.run, &a.stage, Decision::Retry, &req)
+        .await?;
     if sent_back {
         println!(
             "sent the work of run {} back to stage {} with your feedback; the stages after it run again after it (run {})",
@@ -88,8 +90,9 @@ pub async fn retry(a: RetryArgs, client: &Client) -> Result<ExitCode> {
 
 /// `orch skip RUN STAGE`.
 pub async fn skip(a: StageDecision, client: &Client) -> Result<ExitCode> {
-    let path = format!("/v1/runs/{}/stages/{}/skip", a.run, a.stage);
-    let run: RunSummary = client.post(&path, &body(a.comment, a.by)).await?;
+    let run = client
+        .decide(&a.run, &a.stage, Decision::Skip, &body(a.comment, a.by))
+        .await?;
     println!(
         "skipped stage {} of run {}; its dependents go on (run {})",
         a.stage, run.id, run.state
@@ -100,16 +103,9 @@ pub async fn skip(a: StageDecision, client: &Client) -> Result<ExitCode> {
 /// `orch abort RUN [STAGE]`.
 pub async fn abort(a: AbortArgs, client: &Client) -> Result<ExitCode> {
     let req = body(a.comment, a.by);
-    let run: RunSummary = match &a.stage {
-        Some(stage) => {
-            let path = format!("/v1/runs/{}/stages/{stage}/abort", a.run);
-            client.post(&path, &req).await?
-        }
-        None => {
-            client
-                .post(&format!("/v1/runs/{}/abort", a.run), &req)
-                .await?
-        }
+    let run = match &a.stage {
+        Some(stage) => client.decide(&a.run, stage, Decision::Abort, &req).await?,
+        None => client.abort_run(&a.run, &req).await?,
     };
     match &a.stage {
         Some(stage) => println!(

@@ -71,7 +71,7 @@ impl Embedded {
             Ok(url) => {
                 let token = std::fs::read_to_string(dir.join("admin.token"))?;
                 Ok(Embedded {
-                    client: Client::new(url, token.trim().to_owned()),
+                    client: Client::new(&url, token.trim())?,
                     stop,
                     task,
                 })
@@ -132,9 +132,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
             submitted.plan.critical_path.join(" -> ")
         );
         let state = crate::runcmd::wait(client, &submitted.run_id, true).await?;
-        let detail = client
-            .get(&format!("/v1/runs/{}", submitted.run_id))
-            .await?;
+        let detail = client.run(&submitted.run_id).await?;
         crate::view::run(&detail);
         let branch = format!("orch/run/{}", submitted.run_id);
         println!(

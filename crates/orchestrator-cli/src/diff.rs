@@ -41,7 +41,7 @@ enum Shown {
 }
 
 pub async fn diff(a: DiffArgs, client: &Client) -> Result<ExitCode> {
-    let d: RunDetail = client.get(&format!("/v1/runs/{}", a.run)).await?;
+    let d = client.run(&a.run).await?;
     let shown = choose(&d, a.stage.as_deref(), a.checkpoint)?;
     let project = Path::new(&d.run.project_dir);
     let ranges = match shown {

@@ -21,26 +21,12 @@ pub struct ExplainArgs {
 }
 
 pub async fn explain(a: ExplainArgs, client: &Client) -> Result<ExitCode> {
-    let mut path = format!("/v1/runs/{}/explain", a.run);
-    if let Some(s) = &a.stage {
-        path += &format!("?stage={}", urlencode(s));
-    }
-    let e: Explanation = client.get(&path).await?;
+    let e = client.explain(&a.run, a.stage.as_deref()).await?;
     match a.output {
         Output::Json => view::json(&e)?,
         Output::Text => print(&e),
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Stage ids are letters, digits, `_`, `-` and `.`; anything else is escaped.
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'-' | b'.' => (b as char).to_string(),
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn print(e: &Explanation) {

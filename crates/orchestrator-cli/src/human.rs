@@ -5,10 +5,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
+use orchestrator_client::ClientError;
 use orchestrator_core::api::{
-    AnswerRequest, ApproveRequest, InboxItem, InboxKind, QuestionState, RejectRequest, RunDetail,
-    RunSummary, StepAskRequest, WaitPoll, WaitStatus,
+    AnswerRequest, ApproveRequest, InboxItem, InboxKind, QuestionState, RejectRequest, WaitPoll,
 };
 
 use crate::client::{CliError, Client};
@@ -27,7 +27,7 @@ pub struct InboxArgs {
 }
 
 pub async fn inbox(a: InboxArgs, client: &Client) -> Result<ExitCode> {
-    let items: Vec<InboxItem> = client.get("/v1/inbox").await?;
+    let items = client.inbox().await?;
     match a.output {
         Output::Json => view::json(&items)?,
         Output::Text => {
@@ -35,7 +35,7 @@ pub async fn inbox(a: InboxArgs, client: &Client) -> Result<ExitCode> {
             let mut stats = std::collections::HashMap::new();
             for item in items.iter().filter(|i| i.kind == InboxKind::Approval) {
                 let Some(commit) = &item.commit else { continue };
-                let d: RunDetail = client.get(&format!("/v1/runs/{}", item.run_id)).await?;
+                let d = client.run(&item.run_id).await?;
                 if let Some(stat) = orchestrator_host::git::checkpoint_stat(
                     std::path::Path::new(&d.run.project_dir),
                     commit,
@@ -132,8 +132,7 @@ pub async fn approve(a: ApproveArgs, client: &Client) -> Result<ExitCode> {
         by: by(a.by),
         comment: a.comment,
     };
-    let path = format!("/v1/runs/{}/stages/{}/approve", a.run, a.stage);
-    let run: RunSummary = client.post(&path, &body).await?;
+    let run = client.approve(&a.run, &a.stage, &body).await?;
     println!(
         "approved stage {} of run {} (run {})",
         a.stage, run.id, run.state
@@ -161,8 +160,7 @@ pub async fn reject(a: RejectArgs, client: &Client) -> Result<ExitCode> {
         by: by(a.by),
         feedback: a.feedback,
     };
-    let path = format!("/v1/runs/{}/stages/{}/reject", a.run, a.stage);
-    let run: RunSummary = client.post(&path, &body).await?;
+    let run = client.reject(&a.run, &a.stage, &body).await?;
     println!(
         "rejected stage {} of run {}: the step runs again with your feedback",
         a.stage, run.id
@@ -189,8 +187,7 @@ pub async fn answer(a: AnswerArgs, client: &Client) -> Result<ExitCode> {
         by: by(a.by),
         text: a.text,
     };
-    let path = format!("/v1/runs/{}/questions/{}/answer", a.run, a.question);
-    let run: RunSummary = client.post(&path, &body).await?;
+    let run = client.answer(&a.run, a.question, &body).await?;
     println!("answered question {} of run {}", a.question, run.id);
     Ok(ExitCode::SUCCESS)
 }
@@ -218,83 +215,62 @@ fn parse_timeout(text: &str) -> Result<orchestrator_core::spec::DurationSpec, St
     orchestrator_core::spec::DurationSpec::parse(text)
 }
 
-/// How `orch ask` reaches its step's agent.
-enum Endpoint {
-    Socket(std::path::PathBuf),
-    Url(String),
-}
-
-impl Endpoint {
-    /// The step's token and its agent's endpoint, from the variables every
-    /// step gets; an error naming what is missing outside a step.
-    fn from_env() -> Result<(String, Endpoint)> {
-        let token = std::env::var("ORCH_STEP_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty());
-        let endpoint = match (
-            std::env::var_os("ORCH_AGENT_SOCKET").filter(|s| !s.is_empty()),
-            std::env::var("ORCH_AGENT_URL")
-                .ok()
-                .filter(|u| !u.is_empty()),
-        ) {
-            (Some(socket), _) => Some(Endpoint::Socket(socket.into())),
-            (None, Some(url)) => Some(Endpoint::Url(url)),
-            (None, None) => None,
-        };
-        match (token, endpoint) {
-            (Some(t), Some(e)) => Ok((t, e)),
-            (token, endpoint) => {
-                let mut missing = Vec::new();
-                if token.is_none() {
-                    missing.push("ORCH_STEP_TOKEN is not set");
-                }
-                if endpoint.is_none() {
-                    missing.push("neither ORCH_AGENT_SOCKET nor ORCH_AGENT_URL is set");
-                }
-                Err(CliError::BadInput(format!(
-                    "orch ask works only inside a running step, whose agent sets its variables: {}",
-                    missing.join(", and ")
-                ))
-                .into())
-            }
+/// The step's client of its agent's endpoint, from the variables every
+/// step gets (its token; the agent's Unix socket, else its loopback URL),
+/// and where that is, for messages; an error naming what is missing
+/// outside a step.
+fn step_client() -> Result<(Client, String)> {
+    let token = std::env::var("ORCH_STEP_TOKEN")
+        .ok()
+        .filter(|t| !t.is_empty());
+    let socket = std::env::var_os("ORCH_AGENT_SOCKET").filter(|s| !s.is_empty());
+    let url = std::env::var("ORCH_AGENT_URL")
+        .ok()
+        .filter(|u| !u.is_empty());
+    let (token, builder, at) = match (token, socket, url) {
+        (Some(t), Some(socket), _) => {
+            let at = std::path::Path::new(&socket).display().to_string();
+            // The host only names the agent: the socket is the way there.
+            (t, Client::builder("http://agent").unix_socket(socket), at)
         }
-    }
-
-    /// POSTs `body` with the step's token: the status and the JSON answer.
-    async fn post(
-        &self,
-        path: &str,
-        token: &str,
-        body: Vec<u8>,
-    ) -> Result<(u16, serde_json::Value)> {
-        let (status, bytes) = match self {
-            Endpoint::Socket(socket) => post_unix(socket, path, token, body)
-                .await
-                .with_context(|| format!("cannot reach the agent at {}", socket.display()))?,
-            Endpoint::Url(url) => {
-                let resp = reqwest::Client::new()
-                    .post(format!("{}{path}", url.trim_end_matches('/')))
-                    .bearer_auth(token)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .with_context(|| format!("cannot reach the agent at {url}"))?;
-                let status = resp.status().as_u16();
-                (status, resp.bytes().await.unwrap_or_default().to_vec())
+        (Some(t), None, Some(url)) => (t, Client::builder(url.as_str()), url),
+        (token, socket, url) => {
+            let mut missing = Vec::new();
+            if token.is_none() {
+                missing.push("ORCH_STEP_TOKEN is not set");
             }
-        };
-        Ok((status, serde_json::from_slice(&bytes).unwrap_or_default()))
+            if socket.is_none() && url.is_none() {
+                missing.push("neither ORCH_AGENT_SOCKET nor ORCH_AGENT_URL is set");
+            }
+            return Err(CliError::BadInput(format!(
+                "orch ask works only inside a running step, whose agent sets its variables: {}",
+                missing.join(", and ")
+            ))
+            .into());
+        }
+    };
+    match builder.token(token).build() {
+        Ok(client) => Ok((client, at)),
+        Err(e) => Err(anyhow::anyhow!("cannot reach the agent at {at}: {e}")),
     }
 }
 
-/// An answer from the agent that is not a success, as the step's error.
-fn refused(what: &str, status: u16, answer: &serde_json::Value) -> anyhow::Error {
-    let msg = answer["error"].as_str().unwrap_or("refused");
-    if (400..500).contains(&status) {
-        CliError::BadInput(format!("orch ask: {what}: {msg}")).into()
-    } else {
-        anyhow::anyhow!("orch ask: {what}: {msg}")
+/// A request to the agent that failed, as the step's error: a refusal in
+/// the agent's words (exit 2 for a 4xx), else why there was no answer.
+fn failed(what: &str, at: &str, e: ClientError) -> anyhow::Error {
+    if let Some(r) = e.refusal() {
+        let msg = r.error.as_ref().map_or("refused", |a| a.error.as_str());
+        return if r.status.is_client_error() {
+            CliError::BadInput(format!("orch ask: {what}: {msg}")).into()
+        } else {
+            anyhow::anyhow!("orch ask: {what}: {msg}")
+        };
+    }
+    match e {
+        ClientError::Unreachable { source, .. } => {
+            anyhow::Error::new(source).context(format!("cannot reach the agent at {at}"))
+        }
+        e => anyhow::anyhow!("orch ask: the agent's answer does not parse: {e}"),
     }
 }
 
@@ -304,34 +280,29 @@ fn refused(what: &str, status: u16, answer: &serde_json::Value) -> anyhow::Error
 /// step has one (a sandboxed step has no way to the agent's TCP port), else
 /// over loopback TCP.
 pub async fn ask(a: AskArgs) -> Result<ExitCode> {
-    let (token, endpoint) = Endpoint::from_env()?;
-    let body = serde_json::to_vec(&StepAskRequest {
-        question: a.question,
-        choices: a.choices,
-        wait: a.wait,
-    })?;
-    let (status, answer) = endpoint.post("/v1/ask", &token, body).await?;
-    if !(200..300).contains(&status) {
-        return Err(refused("the question was refused", status, &answer));
-    }
+    let (client, at) = step_client()?;
+    let refused = |e| failed("the question was refused", &at, e);
     if !a.wait {
-        eprintln!(
-            "orch ask: {}",
-            answer["note"].as_str().unwrap_or("question recorded")
-        );
+        let asked = client
+            .step_ask(a.question, a.choices)
+            .await
+            .map_err(refused)?;
+        eprintln!("orch ask: {}", asked.note);
         return Ok(ExitCode::SUCCESS);
     }
-    let asked: WaitStatus =
-        serde_json::from_value(answer).context("orch ask: the agent's answer does not parse")?;
-    wait_for(&endpoint, &token, asked.question_id, a.timeout).await
+    let asked = client
+        .step_ask_wait(a.question, a.choices)
+        .await
+        .map_err(refused)?;
+    wait_for(&client, &at, asked.question_id, a.timeout).await
 }
 
 /// Polls the agent until the question is answered (the answer goes to
 /// stdout as the human wrote it: data for the step, never run here),
 /// closed, or the timeout passes (then it is withdrawn).
 async fn wait_for(
-    endpoint: &Endpoint,
-    token: &str,
+    client: &Client,
+    at: &str,
     question_id: i64,
     timeout: Option<orchestrator_core::spec::DurationSpec>,
 ) -> Result<ExitCode> {
@@ -344,22 +315,22 @@ async fn wait_for(
         .map(|t| std::time::Instant::now() + std::time::Duration::from_millis(t.as_millis()));
     loop {
         let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-        let (path, wait_ms) = match left {
-            Some(l) if l.is_zero() => ("/v1/ask/withdraw", 0),
-            Some(l) => ("/v1/ask/wait", (l.as_millis() as u64).min(POLL_MS)),
-            None => ("/v1/ask/wait", POLL_MS),
+        let (withdraw, wait_ms) = match left {
+            Some(l) if l.is_zero() => (true, 0),
+            Some(l) => (false, (l.as_millis() as u64).min(POLL_MS)),
+            None => (false, POLL_MS),
         };
-        let body = serde_json::to_vec(&WaitPoll {
+        let poll = WaitPoll {
             question_id,
             wait_ms,
             ..WaitPoll::default()
-        })?;
-        let (status, answer) = endpoint.post(path, token, body).await?;
-        if !(200..300).contains(&status) {
-            return Err(refused("waiting for the answer", status, &answer));
+        };
+        let now = if withdraw {
+            client.step_withdraw(&poll).await
+        } else {
+            client.step_wait(&poll).await
         }
-        let now: WaitStatus = serde_json::from_value(answer)
-            .context("orch ask: the agent's answer does not parse")?;
+        .map_err(|e| failed("waiting for the answer", at, e))?;
         match now.state {
             QuestionState::Answered => {
                 use std::io::Write;
@@ -371,7 +342,7 @@ async fn wait_for(
                 return Ok(ExitCode::SUCCESS);
             }
             QuestionState::Closed => {
-                let why = if path == "/v1/ask/withdraw" {
+                let why = if withdraw {
                     format!(
                         "no answer within {}; question {question_id} was withdrawn",
                         timeout.map(|t| t.to_string()).unwrap_or_default()
@@ -387,29 +358,6 @@ async fn wait_for(
     }
 }
 
-/// One JSON POST over HTTP/1.1 on a Unix socket: the status and the body.
-async fn post_unix(
-    socket: &std::path::Path,
-    path: &str,
-    token: &str,
-    body: Vec<u8>,
-) -> Result<(u16, Vec<u8>)> {
-    use http_body_util::{BodyExt, Full};
-    let stream = tokio::net::UnixStream::connect(socket).await?;
-    let (mut sender, conn) =
-        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-    tokio::spawn(conn);
-    let req = hyper::Request::post(path)
-        .header("host", "agent")
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", "application/json")
-        .body(Full::new(hyper::body::Bytes::from(body)))?;
-    let resp = sender.send_request(req).await?;
-    let status = resp.status().as_u16();
-    let bytes = resp.into_body().collect().await?.to_bytes();
-    Ok((status, bytes.to_vec()))
-}
-
 #[derive(clap::Args)]
 pub struct ArtifactsArgs {
     /// Run id (or an unambiguous prefix).
@@ -420,7 +368,7 @@ pub struct ArtifactsArgs {
 }
 
 pub async fn artifacts(a: ArtifactsArgs, client: &Client) -> Result<ExitCode> {
-    let d: RunDetail = client.get(&format!("/v1/runs/{}", a.run)).await?;
+    let d = client.run(&a.run).await?;
     match a.output {
         Output::Json => view::json(&d.checkpoints)?,
         Output::Text => {
@@ -470,7 +418,7 @@ pub struct CheckoutArgs {
 }
 
 pub async fn checkout(a: CheckoutArgs, client: &Client) -> Result<ExitCode> {
-    let d: RunDetail = client.get(&format!("/v1/runs/{}", a.run)).await?;
+    let d = client.run(&a.run).await?;
     let cp = match a.checkpoint {
         Some(n) => d.checkpoints.iter().find(|c| c.seq == n).ok_or_else(|| {
             CliError::BadInput(format!(

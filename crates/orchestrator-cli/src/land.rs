@@ -50,7 +50,7 @@ pub struct LandArgs {
 }
 
 pub async fn land(a: LandArgs, client: &Client) -> Result<ExitCode> {
-    let d: RunDetail = client.get(&format!("/v1/runs/{}", a.run)).await?;
+    let d = client.run(&a.run).await?;
     let id = &d.run.id;
     let state = d.run.state;
     if state != RunState::Succeeded && !a.force {

@@ -121,7 +121,7 @@ fn drain(
 pub async fn logs(a: LogsArgs, client: &Client) -> Result<ExitCode> {
     let mut offsets = HashMap::new();
     loop {
-        let detail: RunDetail = client.get(&format!("/v1/runs/{}", a.run)).await?;
+        let detail = client.run(&a.run).await?;
         if let Some(s) = &a.stage {
             if !detail.stages.iter().any(|x| &x.stage_id == s) {
                 anyhow::bail!("run {} has no stage {s:?}", detail.run.id);

@@ -35,6 +35,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use orchestrator_client::RunVerb;
 
 use crate::client::{CliError, Client};
 use crate::view::Output;
@@ -228,16 +229,10 @@ struct RunCommand {
 }
 
 impl RunCommand {
-    async fn send(self, client: &Client, verb: &str) -> anyhow::Result<ExitCode> {
+    async fn send(self, client: &Client, verb: RunVerb) -> anyhow::Result<ExitCode> {
         // The API takes full ids; the CLI lets a prefix stand for one.
-        let d: orchestrator_core::api::RunDetail =
-            client.get(&format!("/v1/runs/{}", self.run)).await?;
-        let summary: orchestrator_core::api::RunSummary = client
-            .post(
-                &format!("/v1/runs/{}/{verb}", d.run.id),
-                &serde_json::json!({}),
-            )
-            .await?;
+        let d = client.run(&self.run).await?;
+        let summary = client.run_command(&d.run.id, verb).await?;
         match self.output {
             Output::Json => view::json(&summary)?,
             Output::Text => println!("run {} {}", summary.id, summary.state),
@@ -287,7 +282,7 @@ fn load_workflow(file: &std::path::Path) -> anyhow::Result<(String, orchestrator
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let data_dir = paths::data_dir(cli.data_dir.as_deref());
-    let client = || Client::resolve(cli.server.clone(), cli.token.clone(), &data_dir);
+    let client = || client::resolve(cli.server.clone(), cli.token.clone(), &data_dir);
     match cli.cmd {
         Cmd::Up(a) => up::up(a, &data_dir).await,
         Cmd::Daemon(a) => up::daemon(a, &data_dir).await,
@@ -296,8 +291,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Run(a) => runcmd::run(a, &client()?).await,
         Cmd::Workflows(a) => workflows::list(a, &client()?).await,
         Cmd::Ps { output, limit } => {
-            let list: Vec<orchestrator_core::api::RunSummary> =
-                client()?.get(&format!("/v1/runs?limit={limit}")).await?;
+            let list = client()?.runs(limit).await?;
             match output {
                 Output::Json => view::json(&list)?,
                 Output::Text => view::runs(&list),
@@ -305,17 +299,16 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Show { run, output } => {
-            let d: orchestrator_core::api::RunDetail =
-                client()?.get(&format!("/v1/runs/{run}")).await?;
+            let d = client()?.run(&run).await?;
             match output {
                 Output::Json => view::json(&d)?,
                 Output::Text => view::run(&d),
             }
             Ok(ExitCode::SUCCESS)
         }
-        Cmd::Cancel(c) => c.send(&client()?, "cancel").await,
-        Cmd::Pause(c) => c.send(&client()?, "pause").await,
-        Cmd::Resume(c) => c.send(&client()?, "resume").await,
+        Cmd::Cancel(c) => c.send(&client()?, RunVerb::Cancel).await,
+        Cmd::Pause(c) => c.send(&client()?, RunVerb::Pause).await,
+        Cmd::Resume(c) => c.send(&client()?, RunVerb::Resume).await,
         Cmd::Logs(a) => logs::logs(a, &client()?).await,
         Cmd::Inbox(a) => human::inbox(a, &client()?).await,
         Cmd::AgentToken { cmd } => agent_token::run(cmd, &client()?).await,
@@ -332,7 +325,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Land(a) => land::land(a, &client()?).await,
         Cmd::Explain(a) => explain::explain(a, &client()?).await,
         Cmd::Agents { output } => {
-            let list: Vec<orchestrator_core::api::AgentView> = client()?.get("/v1/agents").await?;
+            let list = client()?.agents().await?;
             match output {
                 Output::Json => view::json(&list)?,
                 Output::Text => view::agents(&list),
@@ -382,7 +375,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             output,
         } => {
             let r: orchestrator_daemon::dashboard::Revoked = client()?
-                .post("/v1/dashboard/revoke", &serde_json::json!({}))
+                .post_json("/v1/dashboard/revoke", &serde_json::json!({}))
                 .await?;
             match output {
                 Output::Json => view::json(&r)?,
@@ -394,7 +387,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Dashboard { output, .. } => {
             let link: orchestrator_daemon::dashboard::Link = client()?
-                .post("/v1/dashboard/links", &serde_json::json!({}))
+                .post_json("/v1/dashboard/links", &serde_json::json!({}))
                 .await?;
             match output {
                 Output::Json => view::json(&link)?,
@@ -407,7 +400,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd: WebhooksCmd::Status { output },
         } => {
             let list: Vec<orchestrator_daemon::hooks::HookStatus> =
-                client()?.get("/v1/webhooks").await?;
+                client()?.get_json("/v1/webhooks").await?;
             match output {
                 Output::Json => view::json(&list)?,
                 Output::Text => view::webhooks(&list),
@@ -481,12 +474,9 @@ fn main() -> ExitCode {
     match rt.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            if e.downcast_ref::<CliError>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(3)
-            }
+            let (message, code) = client::report(&e);
+            eprintln!("error: {message}");
+            ExitCode::from(code)
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use orchestrator_core::api::{RunDetail, SubmitRun, Submitted};
+use orchestrator_core::api::{SubmitRun, Submitted};
 use orchestrator_core::spec::OnFailure;
 use orchestrator_core::{Entity, RunState, StageState, State};
 
@@ -96,39 +96,33 @@ pub async fn submit(
 ) -> Result<Submitted> {
     let (text, _) = crate::load_workflow(file)?;
     let project = project_dir(project)?;
-    client
-        .post(
-            "/v1/runs",
-            &SubmitRun {
-                workflow: text,
-                workflow_name: None,
-                file: Some(file.display().to_string()),
-                project_dir: project.display().to_string(),
-                priority,
-                git_ref,
-                on_failure,
-            },
-        )
-        .await
+    Ok(client
+        .submit(&SubmitRun {
+            workflow: text,
+            workflow_name: None,
+            file: Some(file.display().to_string()),
+            project_dir: project.display().to_string(),
+            priority,
+            git_ref,
+            on_failure,
+        })
+        .await?)
 }
 
 /// Submits the catalog's workflow `name` of the project.
 async fn submit_name(client: &Client, name: &str, a: &RunArgs) -> Result<Submitted> {
     let project = project_dir(a.project.clone())?;
-    client
-        .post(
-            "/v1/runs",
-            &SubmitRun {
-                workflow: String::new(),
-                workflow_name: Some(name.to_owned()),
-                file: None,
-                project_dir: project.display().to_string(),
-                priority: a.priority,
-                git_ref: a.git_ref.clone(),
-                on_failure: a.on_failure.map(OnFailure::from),
-            },
-        )
-        .await
+    Ok(client
+        .submit(&SubmitRun {
+            workflow: String::new(),
+            workflow_name: Some(name.to_owned()),
+            file: None,
+            project_dir: project.display().to_string(),
+            priority: a.priority,
+            git_ref: a.git_ref.clone(),
+            on_failure: a.on_failure.map(OnFailure::from),
+        })
+        .await?)
 }
 
 pub async fn run(a: RunArgs, client: &Client) -> Result<ExitCode> {
@@ -163,9 +157,7 @@ pub async fn run(a: RunArgs, client: &Client) -> Result<ExitCode> {
         eprintln!("run {} submitted", submitted.run_id);
     }
     let state = wait(client, &submitted.run_id, show_progress).await?;
-    let detail: RunDetail = client
-        .get(&format!("/v1/runs/{}", submitted.run_id))
-        .await?;
+    let detail = client.run(&submitted.run_id).await?;
     match a.output {
         Output::Json => view::json(&detail)?,
         Output::Text => view::run(&detail),
@@ -183,7 +175,7 @@ pub fn exit_code(state: RunState) -> ExitCode {
 
 /// Follows a run's events until it ends; returns its final state.
 pub async fn wait(client: &Client, run_id: &str, progress: bool) -> Result<RunState> {
-    let detail: RunDetail = client.get(&format!("/v1/runs/{run_id}")).await?;
+    let detail = client.run(run_id).await?;
     if detail.run.state.is_terminal() {
         return Ok(detail.run.state);
     }
@@ -206,8 +198,12 @@ pub async fn wait(client: &Client, run_id: &str, progress: bool) -> Result<RunSt
     let mut ended = 0u64;
     let mut outcome = RunState::Running;
     // Replay the run's log from the start so nothing is counted twice or missed.
-    client
-        .follow_run(run_id, if progress { "run,stage" } else { "run" }, 0, |t| {
+    crate::client::follow_run(
+        client,
+        run_id,
+        if progress { "run,stage" } else { "run" },
+        0,
+        |t| {
             match t.entity {
                 Entity::Stage => {
                     let stage = t.entity_id.rsplit('/').next().unwrap_or("").to_owned();
@@ -269,8 +265,9 @@ pub async fn wait(client: &Client, run_id: &str, progress: bool) -> Result<RunSt
                 _ => {}
             }
             true
-        })
-        .await?;
+        },
+    )
+    .await?;
     bar.finish_and_clear();
     if progress {
         eprintln!(

@@ -19,7 +19,7 @@ pub struct WorkflowsArgs {
 }
 
 pub async fn list(a: WorkflowsArgs, client: &Client) -> Result<ExitCode> {
-    let list: Vec<WorkflowView> = client.get("/v1/workflows").await?;
+    let list = client.workflows().await?;
     match a.output {
         Output::Json => view::json(&list)?,
         Output::Text => print!("{}", table(&list)),

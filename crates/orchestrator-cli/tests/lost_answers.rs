@@ -16,6 +16,11 @@ use common::*;
 
 /// A proxy to the daemon on `upstream` that swallows, once each, the first
 /// 200 answer to a request whose request line contains one of `rules`.
+///
+/// It reads HTTP/1.1 off the wire itself, on purpose: it stands between the
+/// agent and the daemon, and must cut the connection after the daemon
+/// answered and before the agent heard, which no client can do. The test's
+/// own requests go through `orchestrator-client` (`common`).
 struct LossyProxy {
     port: u16,
     /// The request lines whose answers were swallowed.

@@ -228,7 +228,7 @@ fn events_stream_every_transition_of_a_run_in_order() {
 
     let is_run_end =
         |t: &Value| t["entity"] == "run" && t["to"] != "running" && t["from"] == "running";
-    let events = events(&d, &format!("run={run}&since=0"), LONG, is_run_end);
+    let events = events(&d, EventFilter::run(&run, 0), LONG, is_run_end);
     assert!(
         events.last().is_some_and(is_run_end),
         "the stream did not reach the run's end: {events:#?}"
@@ -298,7 +298,7 @@ fn events_stream_every_transition_of_a_run_in_order() {
 
     // Resuming with `since` gives what follows, and nothing before.
     let middle = seqs[seqs.len() / 2];
-    let rest = common::events(&d, &format!("run={run}&since={middle}"), LONG, is_run_end);
+    let rest = common::events(&d, EventFilter::run(&run, middle), LONG, is_run_end);
     let rest_seqs: Vec<i64> = rest.iter().map(|t| t["seq"].as_i64().unwrap()).collect();
     let expected: Vec<i64> = seqs.iter().copied().filter(|&s| s > middle).collect();
     assert_eq!(rest_seqs, expected);
@@ -306,7 +306,10 @@ fn events_stream_every_transition_of_a_run_in_order() {
     // `entities=` narrows the stream to the kinds asked for, in the same order.
     let narrowed = common::events(
         &d,
-        &format!("run={run}&since=0&entities=run,stage"),
+        EventFilter {
+            entities: Some("run,stage".into()),
+            ..EventFilter::run(&run, 0)
+        },
         LONG,
         is_run_end,
     );

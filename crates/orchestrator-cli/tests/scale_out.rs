@@ -8,10 +8,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::time::{Duration, Instant};
 
 use common::*;
+use futures_util::StreamExt;
 use serde_json::Value;
 
 const STAGES: usize = 20;
@@ -56,30 +56,20 @@ fn succeeded_jobs(detail: &Value) -> usize {
         .count()
 }
 
-/// Reads `/v1/events` of `d` in a thread; returns the transitions' seqs.
+/// Reads `/v1/events` of `d` in a thread, from the moment this returns;
+/// returns the transitions' seqs, entity ids and new states.
 fn follow_events(d: &Daemon) -> std::sync::mpsc::Receiver<(i64, String, String)> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", d.port)).unwrap();
-    write!(
-        s,
-        "GET /v1/events HTTP/1.0\r\nHost: x\r\nAuthorization: Bearer {}\r\nAccept: text/event-stream\r\n\r\n",
-        d.admin_token
-    )
-    .unwrap();
+    let mut events = block_on(d.admin().events(&EventFilter::default()))
+        .unwrap_or_else(|e| panic!("/v1/events: {e}"));
     std::thread::spawn(move || {
-        for line in BufReader::new(s).lines() {
-            let Ok(line) = line else { return };
-            if let Some(data) = line.strip_prefix("data: ") {
-                if let Ok(t) = serde_json::from_str::<Value>(data) {
-                    let seq = t["seq"].as_i64().unwrap_or(-1);
-                    let id = t["entity_id"].as_str().unwrap_or("").to_owned();
-                    let to = t["to"].as_str().unwrap_or("").to_owned();
-                    if tx.send((seq, id, to)).is_err() {
-                        return;
-                    }
+        block_on(async move {
+            while let Some(Ok(t)) = events.next().await {
+                if tx.send((t.seq, t.entity_id, t.to)).is_err() {
+                    return;
                 }
             }
-        }
+        })
     });
     rx
 }

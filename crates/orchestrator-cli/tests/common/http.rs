@@ -1,13 +1,49 @@
-//! Raw HTTP/1.1 to the daemon, over a plain TCP stream: a request and its
-//! answer (chunked bodies included), and the event stream read as it comes.
+//! The daemon's API as the tests call it, through `orchestrator-client`:
+//! typed reads (a run, its log, the event stream) and raw requests, whose
+//! status, headers and body a test checks as they came (refusals, limits,
+//! the dashboard's pages). The tests are synchronous; one runtime serves
+//! every request.
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
 
+use futures_util::StreamExt;
+pub use orchestrator_client::EventFilter;
+use orchestrator_client::{Client, Method};
 use serde_json::Value;
 
 use super::{Daemon, LONG};
+
+/// Runs `f` to its end on the tests' runtime.
+pub fn block_on<F: Future>(f: F) -> F::Output {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("the tests' runtime starts")
+    })
+    .block_on(f)
+}
+
+impl Daemon {
+    /// A client of this daemon with `token` (or none).
+    pub fn client(&self, token: Option<&str>) -> Client {
+        let mut b = Client::builder(self.url.as_str()).timeout(LONG);
+        if let Some(t) = token {
+            b = b.token(t);
+        }
+        b.build()
+            .unwrap_or_else(|e| panic!("no client for {}: {e}", self.url))
+    }
+
+    /// A client of this daemon with the admin token.
+    pub fn admin(&self) -> Client {
+        self.client(Some(&self.admin_token))
+    }
+}
 
 /// An HTTP answer.
 #[derive(Debug)]
@@ -50,75 +86,7 @@ impl Response {
     }
 }
 
-fn request_head(
-    d: &Daemon,
-    method: &str,
-    path: &str,
-    token: Option<&str>,
-    body_len: Option<usize>,
-) -> String {
-    let mut head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: close\r\n",
-        d.port
-    );
-    if let Some(t) = token {
-        head.push_str(&format!("Authorization: Bearer {t}\r\n"));
-    }
-    if let Some(n) = body_len {
-        head.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {n}\r\n"
-        ));
-    }
-    head.push_str("\r\n");
-    head
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Parses a response head: status and headers.
-fn parse_head(head: &[u8]) -> (u16, Vec<(String, String)>) {
-    let head = String::from_utf8_lossy(head);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    (status, headers)
-}
-
-/// Decodes the complete chunks at the front of `raw` into `out`; returns the
-/// bytes consumed and whether the last chunk was seen.
-fn dechunk(raw: &[u8], out: &mut Vec<u8>) -> (usize, bool) {
-    let mut pos = 0;
-    loop {
-        let Some(eol) = find(&raw[pos..], b"\r\n") else {
-            return (pos, false);
-        };
-        let size_text = String::from_utf8_lossy(&raw[pos..pos + eol]);
-        let size_text = size_text.split(';').next().unwrap_or("").trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .unwrap_or_else(|_| panic!("bad chunk size {size_text:?}"));
-        let start = pos + eol + 2;
-        if size == 0 {
-            return (raw.len(), true);
-        }
-        if raw.len() < start + size + 2 {
-            return (pos, false);
-        }
-        out.extend_from_slice(&raw[start..start + size]);
-        pos = start + size + 2;
-    }
-}
-
-/// One request on a fresh connection (`Connection: close`), read to its end.
+/// One request, its answer as it came, whatever its status.
 pub fn http(
     d: &Daemon,
     method: &str,
@@ -126,142 +94,53 @@ pub fn http(
     token: Option<&str>,
     body: Option<&[u8]>,
 ) -> Response {
-    let mut s = TcpStream::connect(("127.0.0.1", d.port))
-        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", d.url));
-    s.set_read_timeout(Some(LONG)).unwrap();
-    s.set_write_timeout(Some(LONG)).unwrap();
-    let head = request_head(d, method, path, token, body.map(<[u8]>::len));
-    let mut req = head.into_bytes();
-    if let Some(b) = body {
-        req.extend_from_slice(b);
+    let m = Method::from_bytes(method.as_bytes())
+        .unwrap_or_else(|e| panic!("bad method {method:?}: {e}"));
+    let r = block_on(d.client(token).send(m, path, body.map(<[u8]>::to_vec)))
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    Response {
+        status: r.status.as_u16(),
+        headers: r
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                let v = String::from_utf8_lossy(v.as_bytes()).into_owned();
+                (k.as_str().to_owned(), v)
+            })
+            .collect(),
+        body: r.body,
     }
-    // The daemon may answer (413) and close before reading all of the body:
-    // what could not be written does not matter then, the answer does.
-    let _ = s.write_all(&req);
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            // A reset after the answer (unread request body) ends it too.
-            Err(e) if find(&raw, b"\r\n\r\n").is_some() => {
-                let _ = e;
-                break;
-            }
-            Err(e) => panic!("{method} {path}: reading the answer failed: {e}"),
-        }
-    }
-    let end = find(&raw, b"\r\n\r\n").unwrap_or_else(|| {
-        panic!(
-            "{method} {path}: no HTTP answer: {:?}",
-            String::from_utf8_lossy(&raw)
-        )
-    });
-    let (status, headers) = parse_head(&raw[..end]);
-    let rest = &raw[end + 4..];
-    let mut resp = Response {
-        status,
-        headers,
-        body: Vec::new(),
-    };
-    if resp
-        .header("transfer-encoding")
-        .is_some_and(|v| v.eq_ignore_ascii_case("chunked"))
-    {
-        let mut body = Vec::new();
-        dechunk(rest, &mut body);
-        resp.body = body;
-    } else {
-        let len = resp
-            .header("content-length")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(rest.len())
-            .min(rest.len());
-        resp.body = rest[..len].to_vec();
-    }
-    resp
 }
 
-/// Reads `GET /v1/events?QUERY` as Server-Sent Events until `done` says so
-/// for an event or `timeout` passes; returns the events' data as JSON, in
-/// the order received.
+/// Reads `GET /v1/events` as the admin until `done` says so for an event
+/// or `timeout` passes; returns the transitions as JSON, in the order
+/// received.
 pub fn events(
     d: &Daemon,
-    query: &str,
+    filter: EventFilter,
     timeout: Duration,
     mut done: impl FnMut(&Value) -> bool,
 ) -> Vec<Value> {
-    let path = format!("/v1/events?{query}");
-    let mut s = TcpStream::connect(("127.0.0.1", d.port))
-        .unwrap_or_else(|e| panic!("cannot connect to {}: {e}", d.url));
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    s.write_all(request_head(d, "GET", &path, Some(&d.admin_token), None).as_bytes())
-        .unwrap();
-    let deadline = Instant::now() + timeout;
-    let mut raw = Vec::new();
-    let mut head: Option<(usize, bool)> = None; // (body start, chunked)
-    let mut consumed = 0;
-    let mut text = Vec::new();
+    let client = d.admin();
     let mut seen = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    while Instant::now() < deadline {
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => raw.extend_from_slice(&buf[..n]),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted
-                ) =>
-            {
-                continue
+    block_on(async {
+        let follow = async {
+            let mut events = client
+                .events(&filter)
+                .await
+                .unwrap_or_else(|e| panic!("/v1/events ({filter:?}): {e}"));
+            while let Some(t) = events.next().await {
+                let t = t.unwrap_or_else(|e| panic!("reading /v1/events: {e}"));
+                let v = serde_json::to_value(&t).expect("a transition is JSON");
+                let stop = done(&v);
+                seen.push(v);
+                if stop {
+                    return;
+                }
             }
-            Err(e) => panic!("reading {path}: {e}"),
-        }
-        if head.is_none() {
-            let Some(end) = find(&raw, b"\r\n\r\n") else {
-                continue;
-            };
-            let (status, headers) = parse_head(&raw[..end]);
-            assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&raw));
-            let chunked = headers.iter().any(|(k, v)| {
-                k.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
-            });
-            head = Some((end + 4, chunked));
-            consumed = end + 4;
-        }
-        let Some((_, chunked)) = head else { continue };
-        if chunked {
-            let (n, _) = dechunk(&raw[consumed..], &mut text);
-            consumed += n;
-        } else {
-            text.extend_from_slice(&raw[consumed..]);
-            consumed = raw.len();
-        }
-        // Whole events end with a blank line.
-        while let Some(end) = find(&text, b"\n\n") {
-            let block: Vec<u8> = text.drain(..end + 2).collect();
-            let block = String::from_utf8_lossy(&block);
-            let data: Vec<&str> = block
-                .lines()
-                .filter_map(|l| l.strip_prefix("data:"))
-                .map(|l| l.strip_prefix(' ').unwrap_or(l))
-                .collect();
-            if data.is_empty() {
-                continue; // a keep-alive comment
-            }
-            let v: Value = serde_json::from_str(&data.join("\n"))
-                .unwrap_or_else(|e| panic!("event data is not JSON ({e}): {block}"));
-            let stop = done(&v);
-            seen.push(v);
-            if stop {
-                return seen;
-            }
-        }
-    }
+        };
+        let _ = tokio::time::timeout(timeout, follow).await;
+    });
     seen
 }
 

@@ -1,6 +1,6 @@
 //! The end-to-end harness: runs the real `orch` binary as separate processes
 //! (daemon, agents, CLI commands) in a private temporary directory, speaks
-//! raw HTTP/1.1 to the daemon, and kills every process it started when the
+//! to the daemon through `orchestrator-client`, and kills every process it started when the
 //! test ends, however it ends. When a test fails, the stderr of every
 //! process it started is printed.
 //!
@@ -424,20 +424,14 @@ impl Harness {
 
     /// Polls the run (over HTTP) until it has ended; returns `orch show -o json` of it.
     pub fn wait_run_end(&self, d: &Daemon, run: &str) -> Value {
+        let client = d.admin();
         wait_for(&format!("run {run} to end"), LONG, || {
-            let r = http(
-                d,
-                "GET",
-                &format!("/v1/runs/{run}"),
-                Some(&d.admin_token),
-                None,
-            );
-            let state = r.json()["run"]["state"].clone();
-            (r.status == 200
-                && ["succeeded", "failed", "cancelled"]
-                    .iter()
-                    .any(|s| state == *s))
-            .then_some(())
+            match block_on(client.run(run)) {
+                Ok(detail) => detail.run.state.is_terminal().then_some(()),
+                // An answer that is not the run (yet): ask again.
+                Err(e) if e.status().is_some() => None,
+                Err(e) => panic!("run {run}: {e}"),
+            }
         });
         self.show(run)
     }

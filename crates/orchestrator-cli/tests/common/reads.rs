@@ -3,16 +3,17 @@
 
 use serde_json::Value;
 
-use super::{http, wait_for, Daemon, Harness, LONG};
+use super::{block_on, http, wait_for, Daemon, Harness, LONG};
 
-/// `GET /v1/runs/RUN` of daemon `d`, which must answer 200.
+/// `GET /v1/runs/RUN` of daemon `d`, which must answer it, as JSON.
 pub fn run_detail(d: &Daemon, run: &str) -> Value {
-    admin_get(d, &format!("/v1/runs/{run}"))
+    let detail = block_on(d.admin().run(run)).unwrap_or_else(|e| panic!("run {run}: {e}"));
+    serde_json::to_value(detail).expect("a run detail is JSON")
 }
 
-/// `GET /v1/runs/{run}/transitions`: the run's log, oldest first.
+/// `GET /v1/runs/{run}/transitions`: the run's log, oldest first, as JSON.
 pub fn run_transitions(d: &Daemon, run: &str) -> Value {
-    admin_get(d, &format!("/v1/runs/{run}/transitions"))
+    Value::Array(transitions(d, run))
 }
 
 /// `GET path` as the admin; the answer must be 200 and JSON.
@@ -60,13 +61,9 @@ pub fn jobs_of<'a>(detail: &'a Value, stage_id: &str) -> Vec<&'a Value> {
 
 /// The transitions log of a run.
 pub fn transitions(d: &Daemon, run: &str) -> Vec<Value> {
-    let r = http(
-        d,
-        "GET",
-        &format!("/v1/runs/{run}/transitions"),
-        Some(&d.admin_token),
-        None,
-    );
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json().as_array().unwrap().clone()
+    let log =
+        block_on(d.admin().transitions(run)).unwrap_or_else(|e| panic!("run {run}'s log: {e}"));
+    log.iter()
+        .map(|t| serde_json::to_value(t).expect("a transition is JSON"))
+        .collect()
 }
