@@ -2,7 +2,7 @@
 //! loop, react to revoked leases, and shut down without leaving work behind.
 //!
 //! It exists to hold the policy that ties the executor ([`crate::step`]) to
-//! the daemon (`orchestrator_client`): which errors are retried (network, 5xx: capped
+//! the daemon ([`orchestrator_client::Client`]): which errors are retried (network, 5xx: capped
 //! exponential backoff, 100 ms doubling to 5 s), which re-register (an unknown
 //! agent id after a daemon restart), which end the agent (401, 403, answers it
 //! does not understand), and what happens to running jobs when a lease is
