@@ -65,7 +65,7 @@ fn follow_events(d: &Daemon) -> std::sync::mpsc::Receiver<(i64, String, String)>
     std::thread::spawn(move || {
         block_on(async move {
             while let Some(Ok(t)) = events.next().await {
-                if tx.send((t.seq, t.entity_id, t.to)).is_err() {
+                if tx.send((t.seq, t.entity_id, t.to.to_string())).is_err() {
                     return;
                 }
             }

@@ -14,8 +14,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use orchestrator_core::Actor;
-use orchestrator_store::{HumanCommand, LinkTarget, LinkUse, Store, StoreError};
 use orchestrator_host::now_ms;
+use orchestrator_store::{HumanCommand, LinkTarget, LinkUse, Store, StoreError};
 
 use crate::extract::Path;
 use crate::hooks::sign::{verify_link, Action, ActionError, ActionKind, SignedAction};
