@@ -7,13 +7,10 @@
 //! - W2: a chain of N stages, each needing the previous one (default 200).
 //! - W3: L layers of W stages, every stage needing every stage of the layer
 //!   before (default 20 × 50).
-//! - sched (only when asked for): the store's dispatch path alone, in
-//!   process; see `bench_sched`.
-//! - sandbox (only when asked for): what each sandbox backend adds to a
-//!   step; see `bench_sandbox`.
-//! - gateway (only when asked for): what the model gateway adds to a short
-//!   completion against the same llama.cpp server called directly; see
-//!   `bench_gateway`.
+//!
+//! What one part costs alone (the store's dispatch path, a sandbox backend,
+//! the model gateway) is measured by the `orchestrator-bench` crate's
+//! benches instead, which are not part of this binary.
 
 use std::fmt::Write as _;
 use std::process::{Command, ExitCode, Stdio};
@@ -26,22 +23,19 @@ use orchestrator_core::api::Submitted;
 use orchestrator_core::RunState;
 use serde::Serialize;
 
-use orchestrator_agent::SandboxConfig;
-
 use crate::agent_opts::AgentOpts;
 use crate::view::{self, Output};
 
 #[derive(clap::Args)]
 pub struct BenchArgs {
-    /// Workloads to run (w1, w2, w3, sched, sandbox, gateway). `sched`
-    /// takes minutes, `sandbox` measures the agent alone and `gateway` needs
-    /// a model, so they run only when named.
+    /// Workloads to run (w1, w2, w3). The store's dispatch path, the
+    /// sandbox backends and the model gateway alone are measured by
+    /// `cargo bench -p orchestrator-bench --bench sched|sandbox|gateway`.
     #[arg(long, value_delimiter = ',', default_value = "w1,w2,w3")]
     pub workloads: Vec<String>,
-    /// Times each workload runs; medians are reported. Default: 3 for w1,
-    /// w2 and w3, 1 for sched.
-    #[arg(long)]
-    pub repeat: Option<usize>,
+    /// Times each workload runs; medians are reported.
+    #[arg(long, default_value_t = 3)]
+    pub repeat: usize,
     /// Agent slots (the parallelism).
     #[arg(long, default_value_t = 2)]
     pub slots: u32,
@@ -62,71 +56,18 @@ pub struct BenchArgs {
     /// filesystem, to tell the store's costs from the bundles'.
     #[arg(long)]
     pub project_dir: Option<std::path::PathBuf>,
-    /// Jobs the sched workload queues before dispatch starts.
-    #[arg(long, default_value_t = 100_000)]
-    pub sched_jobs: usize,
-    /// Simulated agents of the sched workload (70% CPU, 20% big, 10% GPU).
-    #[arg(long, default_value_t = 1000)]
-    pub sched_agents: usize,
-    /// Runs the sched workload's jobs are spread over, priorities 0 to 9 in
-    /// turn; each run is one workflow of jobs/runs independent stages.
-    #[arg(long, default_value_t = 100)]
-    pub sched_runs: usize,
-    /// Steps the sandbox workload runs under each backend (a `vm` runs 5
-    /// at most: each boots a machine).
-    #[arg(long, default_value_t = 200)]
-    pub sandbox_steps: usize,
     /// The sandbox W1–W3's steps run in. Default: process, as the baseline
     /// spawns its commands without isolation.
     #[arg(long, value_name = "KIND", value_parser = orchestrator_core::spec::SandboxKind::parse, default_value = "process")]
     pub sandbox: orchestrator_core::spec::SandboxKind,
-    /// What the sandbox workload's `vm` steps boot.
-    #[command(flatten)]
-    pub vm: Box<crate::agent_opts::VmOpts>,
-    /// The image the sandbox workload's `container` steps run in (a root
-    /// file system directory or tarball); without it `container` is
-    /// reported unavailable.
-    #[arg(long, value_name = "PATH", env = "ORCH_CONTAINER_IMAGE")]
-    pub container_image: Option<std::path::PathBuf>,
-    /// Milliseconds between the sched workload's pre-emption passes, as
-    /// the daemon's tick; 0 runs none.
-    #[arg(long, default_value_t = 250)]
-    pub sched_preempt_ms: u64,
-    /// The sched workload with every job plain and every agent a 4-slot
-    /// CPU agent: the claim path alone, for any number of agents (the
-    /// default mix of kinds needs ten or more).
-    #[arg(long)]
-    pub sched_plain: bool,
     /// The store to measure: a PostgreSQL URL (`postgres://USER@HOST/DB`);
     /// each workload gets a schema of its own there, dropped afterwards.
     /// Default: a SQLite file in the bench's directory.
     #[arg(long, value_name = "URL")]
     pub store: Option<String>,
-    /// The GGUF model file the gateway workload's llama.cpp server loads
-    /// (`scripts/model-assets.sh` fetches a small one).
-    #[arg(long, value_name = "PATH", env = "ORCH_TEST_MODEL")]
-    pub gateway_model: Option<std::path::PathBuf>,
-    /// Measured requests of the gateway workload, each way (after a warm-up
-    /// of 10).
-    #[arg(long, default_value_t = 200)]
-    pub gateway_requests: usize,
-    /// The script that starts a llama.cpp server for the gateway workload;
-    /// default: scripts/llama-server.py of the checkout holding this binary.
-    #[arg(long, value_name = "PATH", env = "ORCH_LLAMA_LAUNCHER")]
-    pub llama_launcher: Option<std::path::PathBuf>,
     /// Output format: text for people, json for programs.
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
-}
-
-/// What `-o json` prints: one object per workload, each naming its workload.
-#[derive(Serialize)]
-#[serde(untagged)]
-enum AnyRow<'a> {
-    Path(&'a Row),
-    Sched(&'a crate::bench_sched::SchedRow),
-    Sandbox(&'a crate::bench_sandbox::SandboxRow),
-    Gateway(&'a crate::bench_gateway::GatewayRow),
 }
 
 #[derive(Serialize)]
@@ -193,11 +134,7 @@ fn workloads(a: &BenchArgs) -> Result<Vec<Workload>> {
         .and_then(|(l, w)| Some((l.parse::<usize>().ok()?, w.parse::<usize>().ok()?)))
         .ok_or_else(|| anyhow::anyhow!("--w3 {:?}: expected LAYERSxWIDTH such as 20x50", a.w3))?;
     let mut out = Vec::new();
-    for name in a
-        .workloads
-        .iter()
-        .filter(|w| !matches!(w.as_str(), "sched" | "sandbox" | "gateway"))
-    {
+    for name in &a.workloads {
         let mut y = format!("name: bench-{name}\nstages:\n");
         let wl = match name.as_str() {
             "w1" => {
@@ -245,9 +182,14 @@ fn workloads(a: &BenchArgs) -> Result<Vec<Workload>> {
                     layers: vec![w; l],
                 }
             }
-            other => {
-                bail!("unknown workload {other:?}: expected w1, w2, w3, sched, sandbox or gateway")
+            moved @ ("sched" | "sandbox" | "gateway") => {
+                return Err(crate::client::CliError::BadInput(format!(
+                    "the {moved} workload is not part of orch: in a checkout of its source, run \
+                     `cargo bench -p orchestrator-bench --bench {moved}` (docs/benchmarks.md)"
+                ))
+                .into())
             }
+            other => bail!("unknown workload {other:?}: expected w1, w2 or w3"),
         };
         out.push(wl);
     }
@@ -305,7 +247,7 @@ fn baseline(layers: &[usize], slots: u32, bundles: Option<&std::path::Path>) -> 
     Ok(start.elapsed().as_secs_f64())
 }
 
-pub(crate) fn median(v: &[f64]) -> f64 {
+fn median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     if s.is_empty() {
@@ -319,35 +261,6 @@ pub(crate) fn median(v: &[f64]) -> f64 {
 
 pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
     let wls = workloads(&a)?;
-    let sched = a.workloads.iter().any(|w| w == "sched");
-    // Checked before anything runs, so a missing model costs no waiting.
-    let gateway = if a.workloads.iter().any(|w| w == "gateway") {
-        let Some(model) = a.gateway_model.clone() else {
-            return Err(crate::client::CliError::BadInput(
-                "the gateway workload needs a GGUF model file: --gateway-model PATH or \
-                 ORCH_TEST_MODEL (scripts/model-assets.sh fetches one)"
-                    .into(),
-            )
-            .into());
-        };
-        if !model.is_file() {
-            return Err(crate::client::CliError::BadInput(format!(
-                "--gateway-model {}: no such file",
-                model.display()
-            ))
-            .into());
-        }
-        Some(crate::bench_gateway::GatewayOpts {
-            model,
-            launcher: a
-                .llama_launcher
-                .clone()
-                .unwrap_or_else(orchestrator_host::model_server::default_launcher),
-            requests: a.gateway_requests,
-        })
-    } else {
-        None
-    };
     let root = match &a.dir {
         Some(d) => {
             let d = d.join(format!("orch-bench-{}", std::process::id()));
@@ -356,81 +269,11 @@ pub async fn bench(a: BenchArgs) -> Result<ExitCode> {
         }
         None => tempfile_dir()?,
     };
-    let rows = if wls.is_empty() {
-        Vec::new()
-    } else {
-        full_path(&a, &wls, &root).await?
-    };
-    let sched_row = if sched {
-        let o = crate::bench_sched::SchedOpts {
-            jobs: a.sched_jobs,
-            agents: a.sched_agents,
-            runs: a.sched_runs,
-            preempt_ms: a.sched_preempt_ms,
-            store: a.store.clone(),
-            plain: a.sched_plain,
-            repeat: a.repeat.unwrap_or(1),
-        };
-        Some(crate::bench_sched::run(&o, &root).await?)
-    } else {
-        None
-    };
-    let sandbox_rows = if a.workloads.iter().any(|w| w == "sandbox") {
-        let cfg = SandboxConfig {
-            vm: crate::agent_opts::vm_config(&a.vm),
-            container_image: a.container_image.clone(),
-            work_dir: Some(root.join("sandbox-state")),
-            ..SandboxConfig::default()
-        };
-        crate::bench_sandbox::run(a.sandbox_steps, cfg, &root).await?
-    } else {
-        Vec::new()
-    };
-    let gateway_rows = match &gateway {
-        Some(o) => crate::bench_gateway::run(o, &root).await?,
-        None => Vec::new(),
-    };
+    let rows = full_path(&a, &wls, &root).await?;
     let _ = std::fs::remove_dir_all(&root);
     match a.output {
-        Output::Json
-            if sched_row.is_none() && sandbox_rows.is_empty() && gateway_rows.is_empty() =>
-        {
-            view::json(&rows)?
-        }
-        Output::Json => {
-            let all: Vec<AnyRow<'_>> = rows
-                .iter()
-                .map(AnyRow::Path)
-                .chain(sched_row.iter().map(AnyRow::Sched))
-                .chain(sandbox_rows.iter().map(AnyRow::Sandbox))
-                .chain(gateway_rows.iter().map(AnyRow::Gateway))
-                .collect();
-            view::json(&all)?
-        }
-        Output::Text => {
-            let mut first = true;
-            let mut gap = || {
-                if !std::mem::take(&mut first) {
-                    println!();
-                }
-            };
-            if !rows.is_empty() {
-                gap();
-                print_rows(&a, &rows);
-            }
-            if let Some(r) = &sched_row {
-                gap();
-                crate::bench_sched::print(r);
-            }
-            if !sandbox_rows.is_empty() {
-                gap();
-                crate::bench_sandbox::print(&sandbox_rows);
-            }
-            if !gateway_rows.is_empty() {
-                gap();
-                crate::bench_gateway::print(&gateway_rows);
-            }
-        }
+        Output::Json => view::json(&rows)?,
+        Output::Text => print_rows(&a, &rows),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -448,10 +291,19 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
         sandbox: Some(a.sandbox),
         ..AgentOpts::with_slots(a.slots)
     };
-    let scratch = a.store.as_deref().map(|url| Scratch::new(url, "w"));
-    let embedded =
-        crate::demo::Embedded::start(&data, agent, false, scratch.as_ref().map(Scratch::store))
-            .await?;
+    let scratch = a
+        .store
+        .as_deref()
+        .map(|url| orchestrator_store::ScratchSchema::new(url, "orch_bench_w"));
+    let embedded = crate::demo::Embedded::start(
+        &data,
+        agent,
+        false,
+        scratch
+            .as_ref()
+            .map(orchestrator_store::ScratchSchema::store),
+    )
+    .await?;
     let client = &embedded.client;
     let mut rows = Vec::new();
     for wl in wls {
@@ -459,7 +311,7 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
         std::fs::write(&file, &wl.yaml)?;
         let (mut o, mut b, mut f) = (Vec::new(), Vec::new(), Vec::new());
         let before = store_counters(client).await?;
-        for i in 0..a.repeat.unwrap_or(3).max(1) {
+        for i in 0..a.repeat.max(1) {
             let (layers, slots) = (wl.layers.clone(), a.slots);
             b.push(tokio::task::spawn_blocking(move || baseline(&layers, slots, None)).await??);
             let (layers, floor) = (
@@ -507,41 +359,8 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
     Ok(rows)
 }
 
-/// A PostgreSQL schema of the bench's own, dropped when it is done with.
-pub(crate) struct Scratch {
-    url: String,
-    pub schema: String,
-}
-
-impl Scratch {
-    pub fn new(url: &str, what: &str) -> Scratch {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        Scratch {
-            url: url.split('?').next().unwrap_or(url).to_owned(),
-            schema: format!(
-                "orch_bench_{what}_{}_{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::Relaxed)
-            ),
-        }
-    }
-
-    /// The `--store` value for it.
-    pub fn store(&self) -> String {
-        format!("{}?schema={}", self.url, self.schema)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Err(e) = orchestrator_store::drop_schema(&self.url, &self.schema) {
-            eprintln!("cannot drop the bench's schema {}: {e}", self.schema);
-        }
-    }
-}
-
 /// The store a bench measures, as its tables' headers say it.
-pub(crate) fn store_name(store: Option<&str>) -> &'static str {
+fn store_name(store: Option<&str>) -> &'static str {
     if store.is_some() {
         "PostgreSQL"
     } else {
@@ -554,7 +373,7 @@ fn print_rows(a: &BenchArgs, rows: &[Row]) {
         "{} cores, {} slots, {} repeats (medians), steps in sandbox: {}, store: {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         a.slots,
-        a.repeat.unwrap_or(3),
+        a.repeat,
         a.sandbox,
         store_name(a.store.as_deref())
     );

@@ -42,11 +42,6 @@ pub fn init(dir: &Path, files: &[(&str, &str)]) -> Result<()> {
     Ok(())
 }
 
-/// The commit `HEAD` names in `dir`.
-pub fn head(dir: &Path) -> Result<String> {
-    git(dir, &["rev-parse", "HEAD"])
-}
-
 /// `git log --oneline` of a branch, for showing a run's history.
 pub fn log(dir: &Path, branch: &str) -> Result<String> {
     git(dir, &["log", "--oneline", "--end-of-options", branch])

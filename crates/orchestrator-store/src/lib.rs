@@ -52,7 +52,8 @@ use tokio::sync::{broadcast, Notify};
 pub use db::Error as DbError;
 pub use error::{Result, StoreError};
 pub use sql::{
-    drop_schema, sqlite_to_postgres, CopyReport, Location, SqlStore, StoreOptions, WriterStats,
+    drop_schema, sqlite_to_postgres, CopyReport, Location, ScratchSchema, SqlStore, StoreOptions,
+    WriterStats,
 };
 #[cfg(feature = "failpoints")]
 #[doc(hidden)]

@@ -97,7 +97,7 @@ pub use copy::{sqlite_to_postgres, CopyReport};
 pub use failpoints::{FaultMode, FaultReport};
 pub use location::Location;
 pub use open::StoreOptions;
-pub use pg::drop_schema;
+pub use pg::{drop_schema, ScratchSchema};
 use tx::Ctx;
 pub use writer::WriterStats;
 use writer::{Command, Stats};

@@ -227,6 +227,45 @@ pub fn drop_schema(url: &str, schema: &str) -> Result<()> {
     })
 }
 
+/// A schema of a PostgreSQL database that one benchmark owns: named after
+/// the process and a counter, so measurements running at once never share
+/// one, and dropped with every table in it when this is dropped.
+#[derive(Debug)]
+pub struct ScratchSchema {
+    url: String,
+    schema: String,
+}
+
+impl ScratchSchema {
+    /// A fresh schema in the database at `url` (a `?schema=` there is
+    /// ignored), its name starting with `prefix`, which must be a valid
+    /// schema name itself (letters, digits, underscores).
+    pub fn new(url: &str, prefix: &str) -> ScratchSchema {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        ScratchSchema {
+            url: url.split('?').next().unwrap_or(url).to_owned(),
+            schema: format!(
+                "{prefix}_{}_{}",
+                std::process::id(),
+                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ),
+        }
+    }
+
+    /// The store location that opens it, as `--store` takes it.
+    pub fn store(&self) -> String {
+        format!("{}?schema={}", self.url, self.schema)
+    }
+}
+
+impl Drop for ScratchSchema {
+    fn drop(&mut self) {
+        if let Err(e) = drop_schema(&self.url, &self.schema) {
+            tracing::warn!("cannot drop the schema {}: {e}", self.schema);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

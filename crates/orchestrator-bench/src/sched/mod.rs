@@ -1,4 +1,4 @@
-//! `orch bench --workloads sched`: the store's dispatch path alone, with
+//! `cargo bench --bench sched`: the store's dispatch path alone, with
 //! no HTTP and no processes. A fresh `SqlStore` gets N simulated agents
 //! of three kinds and M queued one-step stages of five resource shapes in
 //! runs of mixed priority; then every agent slot claims and completes as
@@ -12,6 +12,7 @@
 //! of the kind it needs.
 
 use std::collections::HashSet;
+use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,19 +45,36 @@ const CLAIM_WAIT: Duration = Duration::from_millis(orchestrator_agent::agent::CL
 const STALL: Duration = Duration::from_secs(60);
 const GIB: u64 = 1024;
 
-/// What `orch bench` passes in.
+/// The sched bench's options.
+#[derive(Debug, clap::Args)]
 pub struct SchedOpts {
+    /// Jobs queued before dispatch starts.
+    #[arg(long, alias = "sched-jobs", default_value_t = 100_000)]
     pub jobs: usize,
+    /// Simulated agents (70% CPU, 20% big, 10% GPU).
+    #[arg(long, alias = "sched-agents", default_value_t = 1000)]
     pub agents: usize,
-    /// Runs the jobs are spread over (fewer when there are fewer jobs).
+    /// Runs the jobs are spread over, priorities 0 to 9 in turn; each run is
+    /// one workflow of jobs/runs independent stages (fewer runs when there
+    /// are fewer jobs).
+    #[arg(long, alias = "sched-runs", default_value_t = 100)]
     pub runs: usize,
-    /// Milliseconds between pre-emption passes; 0 runs none.
+    /// Milliseconds between pre-emption passes, as the daemon's tick; 0
+    /// runs none.
+    #[arg(long, alias = "sched-preempt-ms", default_value_t = 250)]
     pub preempt_ms: u64,
+    /// Times the workload runs, each on a fresh store; medians are reported.
+    #[arg(long, default_value_t = 1)]
     pub repeat: usize,
-    /// A PostgreSQL URL to measure instead of a SQLite file.
+    /// The store to measure: a PostgreSQL URL (`postgres://USER@HOST/DB`);
+    /// each repeat gets a schema of its own there, dropped afterwards.
+    /// Default: a SQLite file in the bench's directory.
+    #[arg(long, value_name = "URL")]
     pub store: Option<String>,
     /// Every job plain and every agent a 4-slot CPU agent: the claim path
-    /// alone, for any number of agents (the mix needs ten or more).
+    /// alone, for any number of agents (the default mix of kinds needs ten
+    /// or more).
+    #[arg(long, alias = "sched-plain")]
     pub plain: bool,
 }
 
@@ -130,7 +148,7 @@ async fn once(o: &SchedOpts, dir: &Path) -> Result<SchedSample> {
     let scratch = o
         .store
         .as_deref()
-        .map(|url| crate::bench::Scratch::new(url, "sched"));
+        .map(|url| orchestrator_store::ScratchSchema::new(url, "orch_bench_sched"));
     let location = match &scratch {
         Some(s) => Location::parse(&s.store()),
         None => Location::Sqlite(dir.join("orch.db")),
@@ -356,7 +374,7 @@ async fn once(o: &SchedOpts, dir: &Path) -> Result<SchedSample> {
 /// Runs the workload `o.repeat` times, each on a fresh store under `root`.
 pub async fn run(o: &SchedOpts, root: &Path) -> Result<SchedRow> {
     if o.jobs == 0 || o.agents == 0 || o.runs == 0 {
-        bail!("--sched-jobs, --sched-agents and --sched-runs must be at least 1");
+        bail!("--jobs, --agents and --runs must be at least 1");
     }
     let mut samples = Vec::new();
     for i in 0..o.repeat.max(1) {
@@ -366,11 +384,11 @@ pub async fn run(o: &SchedOpts, root: &Path) -> Result<SchedRow> {
         let _ = std::fs::remove_dir_all(&dir);
     }
     let med = |f: fn(&SchedSample) -> f64| {
-        crate::bench::median(&samples.iter().map(f).collect::<Vec<_>>())
+        crate::stats::median(&samples.iter().map(f).collect::<Vec<_>>())
     };
     Ok(SchedRow {
         workload: "sched".into(),
-        store: crate::bench::store_name(o.store.as_deref()).into(),
+        store: store_name(o.store.as_deref()).into(),
         jobs: o.jobs,
         runs: o.runs.min(o.jobs).max(1),
         agents: o.agents,
@@ -389,21 +407,27 @@ pub async fn run(o: &SchedOpts, root: &Path) -> Result<SchedRow> {
     })
 }
 
-pub fn print(r: &SchedRow) {
-    println!(
+/// The figures as text, a line each.
+pub fn render(r: &SchedRow) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "SCHED: {} jobs in {} runs, {} agents ({} slots), in process, {} store, {} repeat(s) (medians)",
         r.jobs, r.runs, r.agents, r.slots, r.store, r.repeat
     );
-    println!(
+    let _ = writeln!(
+        out,
         "  submit        {:>9.2} s   ({:.0} jobs/s queued)",
         r.submit_s,
         r.jobs as f64 / r.submit_s.max(1e-9)
     );
-    println!(
+    let _ = writeln!(
+        out,
         "  dispatch      {:>9.2} s   {:.0} dispatches/s",
         r.dispatch_s, r.dispatches_per_s
     );
-    println!(
+    let _ = writeln!(
+        out,
         "  claim latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         r.claim_p50_ms, r.claim_p99_ms, r.claim_max_ms
     );
@@ -421,7 +445,8 @@ pub fn print(r: &SchedRow) {
             )
         };
         let load = |l: Option<f64>| l.map_or("?".to_owned(), |l| format!("{l:.2}"));
-        println!(
+        let _ = writeln!(
+        out,
             "  #{i}: load {} -> {}; submit {:.2} s, dispatch {:.2} s, p50 {:.2} ms, p99 {:.2} ms; store {:.1} commands/commit (largest {}), {:.3} ms/commit; {} empty claims",
             load(s.load_before),
             load(s.load_after),
@@ -435,12 +460,23 @@ pub fn print(r: &SchedRow) {
             s.empty_claims,
         );
         let ms = |v: Option<f64>| v.map_or("?".to_owned(), |v| format!("{v:.3}"));
-        println!(
+        let _ = writeln!(
+        out,
             "      writer per dispatch: {} ms on a CPU, {} ms waiting for one, {:.3} ms in COMMIT; {preempt}",
             ms(s.writer_cpu_ms_per_dispatch),
             ms(s.writer_runqueue_ms_per_dispatch),
             s.commit_ms_per_dispatch
         );
     }
-    println!("  checked: every job dispatched and succeeded once; no agent over its slots, memory or GPU memory; every job on an agent of its kind");
+    out.push_str("  checked: every job dispatched and succeeded once; no agent over its slots, memory or GPU memory; every job on an agent of its kind\n");
+    out
+}
+
+/// The store a bench measures, as its header says it.
+fn store_name(store: Option<&str>) -> &'static str {
+    if store.is_some() {
+        "PostgreSQL"
+    } else {
+        "SQLite"
+    }
 }

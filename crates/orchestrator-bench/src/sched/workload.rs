@@ -145,7 +145,7 @@ pub(super) fn workflows(jobs: usize, runs: usize, plain: bool) -> Result<Vec<Str
     let per = jobs.div_ceil(runs);
     if per > orchestrator_core::validate::MAX_STAGES {
         bail!(
-            "--sched-jobs {jobs}: {per} stages per run over {runs} runs; a workflow takes at most {}",
+            "--jobs {jobs}: {per} stages per run over {runs} runs; a workflow takes at most {}",
             orchestrator_core::validate::MAX_STAGES
         );
     }

@@ -1,4 +1,4 @@
-//! `orch bench --workloads sandbox`: what each sandbox backend adds to a
+//! `cargo bench --bench sandbox`: what each sandbox backend adds to a
 //! step. The agent's own step runner runs a one-command step (`/bin/true`)
 //! again and again under each backend in turn, rounds interleaved so that
 //! the machine's noise falls on every backend alike; reported are the median
@@ -7,15 +7,16 @@
 //! prepare the worktree, write the bundle, run the command, commit the
 //! checkpoint, so the difference is the backend's cost per step.
 
-use std::path::Path;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
 use orchestrator_agent::sandbox::{Dirs, Limits, Sandbox, SandboxConfig};
-use orchestrator_agent::{run_step_with, StepContext};
+use orchestrator_agent::{run_step_with, Accel, StepContext, VmConfig};
 use orchestrator_core::api::{ClaimedJob, JobSpec, SandboxSpec};
-use orchestrator_core::spec::{CommandSpec, SandboxKind};
+use orchestrator_core::spec::{CommandSpec, SandboxKind, SizeSpec};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -38,12 +39,66 @@ pub struct SandboxRow {
 /// costs seconds.
 const VM_STEPS: usize = 5;
 
+/// The sandbox bench's options: how many steps, and what the `vm` and
+/// `container` backends need (as `orch agent` takes them).
+#[derive(Debug, clap::Args)]
+pub struct SandboxOpts {
+    /// Steps under each backend (a `vm` runs 5 at most: each boots a machine).
+    #[arg(long, alias = "sandbox-steps", default_value_t = 200)]
+    pub steps: usize,
+    /// The kernel of the vm sandbox's VMs (a bzImage, or an uncompressed
+    /// vmlinux, which boots faster under software emulation).
+    #[arg(long, value_name = "PATH", env = "ORCH_VM_KERNEL")]
+    pub vm_kernel: Option<PathBuf>,
+    /// The initramfs holding orch's VM init.
+    #[arg(long, value_name = "PATH", env = "ORCH_VM_INITRD")]
+    pub vm_initrd: Option<PathBuf>,
+    /// The base disk image (qcow2) each step's VM disk starts from.
+    #[arg(long, value_name = "PATH", env = "ORCH_VM_IMAGE")]
+    pub vm_image: Option<PathBuf>,
+    /// A VM's memory. Default: 256M.
+    #[arg(long, value_name = "SIZE", env = "ORCH_VM_MEMORY", value_parser = SizeSpec::parse)]
+    pub vm_memory: Option<SizeSpec>,
+    /// KVM, software emulation (tcg), or auto: KVM when a test boot under it
+    /// works. Default: auto.
+    #[arg(long, value_name = "ACCEL", env = "ORCH_VM_ACCEL", value_parser = Accel::parse)]
+    pub vm_accel: Option<Accel>,
+    /// The QEMU system emulator; qemu-img is taken from its directory.
+    /// Default: qemu-system-x86_64 from PATH.
+    #[arg(long, value_name = "PATH", env = "ORCH_QEMU")]
+    pub qemu: Option<PathBuf>,
+    /// The image the `container` steps run in (a root file system directory
+    /// or tarball); without it `container` is reported unavailable.
+    #[arg(long, value_name = "PATH", env = "ORCH_CONTAINER_IMAGE")]
+    pub container_image: Option<PathBuf>,
+}
+
+impl SandboxOpts {
+    /// The agent's sandbox configuration these options make, its backend
+    /// state kept under `root`.
+    pub fn config(&self, root: &Path) -> SandboxConfig {
+        let d = VmConfig::default();
+        SandboxConfig {
+            vm: VmConfig {
+                kernel: self.vm_kernel.clone(),
+                initrd: self.vm_initrd.clone(),
+                image: self.vm_image.clone(),
+                memory_mb: self.vm_memory.map_or(d.memory_mb, SizeSpec::as_mib),
+                qemu: self.qemu.clone().unwrap_or(d.qemu),
+                accel: self.vm_accel.unwrap_or(d.accel),
+            },
+            container_image: self.container_image.clone(),
+            work_dir: Some(root.join("sandbox-state")),
+            ..SandboxConfig::default()
+        }
+    }
+}
+
 /// Runs `steps` steps per backend in `root` (a fresh directory) on an agent
 /// configured as `cfg`.
 pub async fn run(steps: usize, cfg: SandboxConfig, root: &Path) -> Result<Vec<SandboxRow>> {
     let project = root.join("sandbox-project");
-    crate::project::init(&project, &[("README.md", "the sandbox bench's project\n")])?;
-    let head = crate::project::head(&project)?;
+    let head = crate::project::init(&project, "the sandbox bench's project\n")?;
     orchestrator_host::git::ensure_worktree(&project, "bench", &head)
         .context("cannot make the bench's worktree")?;
     let ctx = StepContext {
@@ -96,10 +151,10 @@ pub async fn run(steps: usize, cfg: SandboxConfig, root: &Path) -> Result<Vec<Sa
     let base = kinds
         .iter()
         .position(|k| *k == SandboxKind::Process)
-        .map(|i| crate::bench::median(&samples[i]))
+        .map(|i| crate::stats::median(&samples[i]))
         .unwrap_or(0.0);
     for (kind, s) in kinds.into_iter().zip(samples) {
-        let median = crate::bench::median(&s);
+        let median = crate::stats::median(&s);
         rows.push(SandboxRow {
             workload: "sandbox",
             sandbox: kind,
@@ -155,22 +210,31 @@ fn percentile(v: &[f64], q: f64) -> f64 {
     }
 }
 
-pub fn print(rows: &[SandboxRow]) {
-    println!(
+/// The figures as text: a line per backend.
+pub fn render(rows: &[SandboxRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{:<12} {:>6} {:>12} {:>12} {:>14}",
         "SANDBOX", "STEPS", "MEDIAN ms", "P90 ms", "VS PROCESS ms"
     );
     for r in rows {
         match &r.unavailable {
-            Some(why) => println!("{:<12} unavailable: {why}", r.sandbox.as_str()),
-            None => println!(
-                "{:<12} {:>6} {:>12.2} {:>12.2} {:>+14.2}",
-                r.sandbox.as_str(),
-                r.steps,
-                r.median_ms_per_step,
-                r.p90_ms_per_step,
-                r.overhead_ms_per_step
-            ),
+            Some(why) => {
+                let _ = writeln!(out, "{:<12} unavailable: {why}", r.sandbox.as_str());
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "{:<12} {:>6} {:>12.2} {:>12.2} {:>+14.2}",
+                    r.sandbox.as_str(),
+                    r.steps,
+                    r.median_ms_per_step,
+                    r.p90_ms_per_step,
+                    r.overhead_ms_per_step
+                );
+            }
         }
     }
+    out
 }

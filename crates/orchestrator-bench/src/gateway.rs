@@ -1,4 +1,4 @@
-//! `orch bench --workloads gateway`: what the daemon's model gateway adds to
+//! `cargo bench --bench gateway`: what the daemon's model gateway adds to
 //! a short completion, against calling the same llama.cpp server directly.
 //!
 //! One llama.cpp server is started through the daemon's own launcher
@@ -14,6 +14,7 @@
 //! machine's noise falls on both alike: `POST /v1/completions`, a fixed
 //! short prompt, `max_tokens: 1`, temperature 0; once whole, once streamed.
 
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -31,10 +32,55 @@ const MODEL: &str = "bench";
 /// connections and the store's pages are warm after these.
 const WARMUP: usize = 10;
 
+/// The gateway bench's options, as given.
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {
+    /// The GGUF model file the llama.cpp server loads
+    /// (`scripts/model-assets.sh` fetches a small one).
+    #[arg(
+        long,
+        alias = "gateway-model",
+        value_name = "PATH",
+        env = "ORCH_TEST_MODEL"
+    )]
+    pub model: Option<PathBuf>,
+    /// Measured requests, each way (after a warm-up of 10).
+    #[arg(long, alias = "gateway-requests", default_value_t = 200)]
+    pub requests: usize,
+    /// The script that starts a llama.cpp server; default:
+    /// scripts/llama-server.py of this checkout.
+    #[arg(long, value_name = "PATH", env = "ORCH_LLAMA_LAUNCHER")]
+    pub llama_launcher: Option<PathBuf>,
+}
+
+/// What the bench runs with: a model that exists, and a launcher.
+#[derive(Debug)]
 pub struct GatewayOpts {
     pub model: PathBuf,
     pub launcher: PathBuf,
     pub requests: usize,
+}
+
+impl GatewayArgs {
+    /// Checked before anything starts, so a missing model costs no waiting.
+    pub fn opts(&self) -> Result<GatewayOpts> {
+        let Some(model) = self.model.clone() else {
+            bail!(
+                "the gateway bench needs a GGUF model file: --model PATH or \
+                 ORCH_TEST_MODEL (scripts/model-assets.sh fetches one)"
+            );
+        };
+        if !model.is_file() {
+            bail!("--model {}: no such file", model.display());
+        }
+        Ok(GatewayOpts {
+            model,
+            launcher: self.llama_launcher.clone().unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/llama-server.py")
+            }),
+            requests: self.requests,
+        })
+    }
 }
 
 /// One variant's figures, in milliseconds.
@@ -258,7 +304,7 @@ pub async fn run(o: &GatewayOpts, root: &Path) -> Result<Vec<GatewayRow>> {
             gateway_mean_ms: mean(&g),
             overhead_p50_ms: gp50 - dp50,
             overhead_p99_ms: gp99 - dp99,
-            overhead_paired_median_ms: crate::bench::median(
+            overhead_paired_median_ms: crate::stats::median(
                 &g.iter().zip(&d).map(|(g, d)| g - d).collect::<Vec<_>>(),
             ),
             samples_direct_ms: d,
@@ -274,12 +320,16 @@ pub async fn run(o: &GatewayOpts, root: &Path) -> Result<Vec<GatewayRow>> {
     Ok(rows)
 }
 
-pub fn print(rows: &[GatewayRow]) {
-    println!(
+/// The figures as text: a line per variant, then the means.
+pub fn render(rows: &[GatewayRow]) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
         "{} cores; POST /v1/completions, max_tokens 1, temperature 0, one at a time, direct and gateway alternating",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
-    println!(
+    let _ = writeln!(
+        out,
         "{:<12} {:>8} {:>11} {:>11} {:>12} {:>12} {:>10} {:>10}",
         "GATEWAY",
         "REQUESTS",
@@ -291,7 +341,8 @@ pub fn print(rows: &[GatewayRow]) {
         "+p99 ms"
     );
     for r in rows {
-        println!(
+        let _ = writeln!(
+            out,
             "{:<12} {:>8} {:>11.3} {:>11.3} {:>12.3} {:>12.3} {:>+10.3} {:>+10.3}",
             r.variant,
             r.requests,
@@ -304,7 +355,8 @@ pub fn print(rows: &[GatewayRow]) {
         );
     }
     for r in rows {
-        println!(
+        let _ = writeln!(
+        out,
             "{}: mean ms direct {:.3}, gateway {:.3} ({:+.3}); median of the rounds' differences {:+.3} ms",
             r.variant,
             r.direct_mean_ms,
@@ -313,4 +365,5 @@ pub fn print(rows: &[GatewayRow]) {
             r.overhead_paired_median_ms
         );
     }
+    out
 }
