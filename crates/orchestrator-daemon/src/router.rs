@@ -155,15 +155,25 @@ pub(crate) fn router<S: Store>(app: Arc<App<S>>) -> Router {
 
 async fn metrics_handler<S: Store>(
     axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
-) -> Result<String, ApiErr> {
-    let counts = app.store.counts().await?;
-    let mut text = app.metrics.render(&counts, &app.store.writer_stats());
-    metrics::render_fabric(&app.upstreams.fabric, &mut text);
-    metrics::render_models(&mut text, &app.usage.by_model());
-    let agents = app.store.list_agents(app.config.online_ms()).await?;
-    let inbox = app.store.inbox().await?;
-    metrics::render_agents_and_inbox(&mut text, &agents, &inbox);
-    Ok(text)
+    headers: axum::http::HeaderMap,
+) -> Result<impl IntoResponse, ApiErr> {
+    let scraped = metrics::Scraped {
+        counts: app.store.counts().await?,
+        writer: app.store.writer_stats(),
+        fabric: metrics::FabricView::of(&app.upstreams.fabric),
+        models: app.usage.by_model(),
+        agents: app.store.list_agents(app.config.online_ms()).await?,
+        inbox: app.store.inbox().await?,
+    };
+    let format = metrics::Format::accepted(
+        headers
+            .get(axum::http::header::ACCEPT)
+            .and_then(|v| v.to_str().ok()),
+    );
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, format.content_type())],
+        app.metrics.render(scraped, format),
+    ))
 }
 
 /// `GET /v1/webhooks`: every hook target's delivery status.

@@ -110,15 +110,43 @@ async fn metrics_show_each_agents_slots_and_a_claim_latency_histogram() {
         .await
         .unwrap();
     assert!(reg["agent_id"].is_string(), "{reg}");
-    let text = http
+    let resp = http
         .get(format!("{base}/metrics"))
         .bearer_auth("admin")
         .send()
         .await
-        .unwrap()
-        .text()
+        .unwrap();
+    assert_eq!(
+        resp.headers()["content-type"],
+        "text/plain; version=0.0.4; charset=utf-8"
+    );
+    let text = resp.text().await.unwrap();
+    // A scraper that asks for OpenMetrics gets it, the same samples.
+    let resp = http
+        .get(format!("{base}/metrics"))
+        .bearer_auth("admin")
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
+        .send()
         .await
         .unwrap();
+    assert!(
+        resp.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/openmetrics-text; version=1.0.0"),
+        "{:?}",
+        resp.headers()
+    );
+    let om = resp.text().await.unwrap();
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(
+        om.lines()
+            .any(|l| l == "orch_agent_slots{agent=\"box-1\"} 3"),
+        "{om}"
+    );
     for line in [
         "orch_agent_slots{agent=\"box-1\"} 3",
         "orch_agent_slots_used{agent=\"box-1\"} 0",
