@@ -14,7 +14,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use orchestrator_core::Actor;
-use orchestrator_host::now_ms;
 use orchestrator_store::{HumanCommand, LinkTarget, LinkUse, Store, StoreError};
 
 use crate::extract::Path;
@@ -44,7 +43,7 @@ fn verified<S: Store>(app: &App<S>, token: &str) -> Result<SignedAction, Box<Res
             "<p>This daemon makes no action links (it has no <code>--public-url</code>).</p>",
         )));
     };
-    verify_link(token, &links.key, now_ms()).map_err(|e| {
+    verify_link(token, &links.key, app.config.clock.now_ms()).map_err(|e| {
         let status = match e {
             ActionError::Expired { .. } => StatusCode::GONE,
             ActionError::BadSignature => StatusCode::FORBIDDEN,

@@ -124,7 +124,7 @@ async fn principal<S: Store>(app: &App<S>, token: &str) -> Result<Principal, Api
         Some(Role::Agent) => return Ok(Principal::SharedAgent),
         None => {}
     }
-    if app.sessions.is_session(token, orchestrator_host::now_ms()) {
+    if app.sessions.is_session(token, app.config.clock.now_ms()) {
         return Ok(Principal::Dashboard);
     }
     if let Some((name, revoked)) = crate::ident::token_owner(app, token).await? {

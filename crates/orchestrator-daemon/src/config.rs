@@ -1,6 +1,9 @@
 //! The daemon's settings ([`DaemonConfig`]) and their defaults.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use orchestrator_host::clock::{Clock, SystemClock};
 
 use crate::{dashboard, hooks, Tokens};
 
@@ -53,6 +56,9 @@ pub struct DaemonConfig {
     /// Project directories whose `.orchestrator/workflows/` the daemon
     /// watches: their definitions form the catalog runs can name.
     pub watch: Vec<std::path::PathBuf>,
+    /// What the daemon takes the time to be: sessions, links, leases and
+    /// agents expire by it. The store given to the daemon should share it.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl DaemonConfig {
@@ -78,6 +84,7 @@ impl DaemonConfig {
             state_dir: None,
             watch: Vec::new(),
             llama_launcher: orchestrator_host::model_server::default_launcher(),
+            clock: Arc::new(SystemClock),
         }
     }
 

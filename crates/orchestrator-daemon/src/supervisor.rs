@@ -17,6 +17,7 @@ use crate::{
 pub struct Daemon {
     pub addr: SocketAddr,
     sessions: Arc<dashboard::Sessions>,
+    clock: Arc<dyn orchestrator_host::clock::Clock>,
     shutdown: CancellationToken,
     tasks: JoinSet<(&'static str, Result<(), String>)>,
     catalog: Arc<std::sync::Mutex<catalog::Catalog>>,
@@ -50,7 +51,7 @@ impl Daemon {
         let revoked = store.revocations().await.map_err(|e| {
             std::io::Error::other(format!("cannot read the dashboard's revocations: {e}"))
         })?;
-        sessions.load(&revoked, orchestrator_host::now_ms());
+        sessions.load(&revoked, config.clock.now_ms());
         let catalog = Arc::new(std::sync::Mutex::new(catalog::Catalog::default()));
         // A project that cannot be watched fails the start, before anything
         // runs: `orch up --project` should not look fine and ignore edits.
@@ -159,6 +160,7 @@ impl Daemon {
         Ok(Daemon {
             addr,
             sessions: app.sessions.clone(),
+            clock: app.config.clock.clone(),
             shutdown,
             tasks,
             catalog,
@@ -186,7 +188,7 @@ impl Daemon {
     /// [`dashboard::session::TICKET_TTL_MS`]. A credential: for a person
     /// at a terminal only, never for a log.
     pub fn dashboard_link(&self) -> dashboard::Link {
-        dashboard::link(&self.sessions, &self.local_base())
+        dashboard::link(&self.sessions, &self.local_base(), self.clock.now_ms())
     }
 
     /// The watched projects' workflows now, as `GET /v1/workflows` lists them.

@@ -19,7 +19,22 @@ use common::stop;
 const ADMIN: &str = "admin-token";
 
 async fn start(dir: &Path, session_max_ms: Option<u64>) -> Daemon {
-    let store = Arc::new(SqlStore::open(StoreOptions::new(dir.join("orch.db"))).unwrap());
+    start_at(
+        dir,
+        session_max_ms,
+        Arc::new(orchestrator_host::clock::SystemClock),
+    )
+    .await
+}
+
+/// A daemon and its store on `clock`.
+async fn start_at(
+    dir: &Path,
+    session_max_ms: Option<u64>,
+    clock: Arc<dyn orchestrator_host::clock::Clock>,
+) -> Daemon {
+    let opts = StoreOptions::new(dir.join("orch.db")).with_clock(clock.clone());
+    let store = Arc::new(SqlStore::open(opts).unwrap());
     let mut cfg = DaemonConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         Tokens {
@@ -31,6 +46,7 @@ async fn start(dir: &Path, session_max_ms: Option<u64>) -> Daemon {
     if let Some(ms) = session_max_ms {
         cfg.dashboard_session_max_ms = ms;
     }
+    cfg.clock = clock;
     Daemon::start(cfg, store).await.unwrap()
 }
 
@@ -160,13 +176,13 @@ async fn the_admin_revokes_every_session_and_unused_link_and_it_holds_after_a_re
 #[tokio::test]
 async fn a_session_cannot_make_login_links_and_ends_at_its_max_age() {
     let dir = tempfile::tempdir().unwrap();
-    let d = start(dir.path(), Some(1_500)).await;
-    let before = orchestrator_host::now_ms();
+    let clock = orchestrator_host::clock::ManualClock::at_now();
+    let d = start_at(dir.path(), Some(1_500), Arc::new(clock.clone())).await;
     let (status, s) = redeem(&d, &ticket(&d, ADMIN).await).await;
     assert_eq!(status, 200, "{s}");
     let token = s["token"].as_str().unwrap().to_owned();
-    assert!(s["expires_at_ms"].as_i64().unwrap() <= orchestrator_host::now_ms() + 1_500);
-    assert!(s["expires_at_ms"].as_i64().unwrap() >= before + 1_500);
+    let now = orchestrator_host::clock::Clock::now_ms(&clock);
+    assert_eq!(s["expires_at_ms"].as_i64().unwrap(), now + 1_500);
 
     // A session making itself a link would log in again, past its end.
     let (status, body) = call(&d, "POST", "/v1/dashboard/links", Some(&token), json!({})).await;
@@ -176,7 +192,10 @@ async fn a_session_cannot_make_login_links_and_ends_at_its_max_age() {
         "{body}"
     );
     assert!(reads_runs(&d, &token).await);
-    tokio::time::sleep(Duration::from_millis(1_600)).await;
+    // Its last millisecond still reads; the next one does not.
+    clock.advance_ms(1_499);
+    assert!(reads_runs(&d, &token).await);
+    clock.advance_ms(1);
     let (status, body) = call(&d, "GET", "/v1/runs", Some(&token), Value::Null).await;
     assert_eq!(status, 401, "{body}");
     stop(d).await;

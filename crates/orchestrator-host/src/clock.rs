@@ -20,7 +20,7 @@ pub fn now_ms() -> i64 {
 }
 
 /// A source of the current time in Unix milliseconds.
-pub trait Clock: Send + Sync {
+pub trait Clock: Send + Sync + std::fmt::Debug {
     /// The current time in Unix milliseconds.
     fn now_ms(&self) -> i64;
 }

@@ -18,7 +18,6 @@ use std::sync::Arc;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
-use orchestrator_host::now_ms;
 use orchestrator_store::{Credential, Refused, Store, StoreError};
 use serde::{Deserialize, Serialize};
 
@@ -100,7 +99,7 @@ pub async fn redeem<S: Store>(
     axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
     JsonBody(req): JsonBody<Redeem>,
 ) -> Result<Response, ApiErr> {
-    let now = now_ms();
+    let now = app.config.clock.now_ms();
     let refused = |e: TicketError| {
         tracing::warn!(error = %e, "a dashboard link was refused");
         ApiErr::new(StatusCode::UNAUTHORIZED, e.to_string())
@@ -134,7 +133,8 @@ fn session_of<S: Store>(app: &App<S>, headers: &HeaderMap) -> Option<session::Se
         .to_str()
         .ok()?
         .strip_prefix("Bearer ")?;
-    app.sessions.session_of(token.trim(), now_ms())
+    app.sessions
+        .session_of(token.trim(), app.config.clock.now_ms())
 }
 
 /// Refuses a dashboard session what only the admin token may do.
@@ -188,7 +188,7 @@ pub async fn revoke<S: Store>(
     headers: HeaderMap,
 ) -> Result<Json<Revoked>, ApiErr> {
     admin_token_only(&app, &headers, "revoke sessions")?;
-    let at = now_ms();
+    let at = app.config.clock.now_ms();
     app.store.revoke_sessions(at).await?;
     app.sessions.revoke_before(at);
     tracing::info!(before_ms = at, "every dashboard session revoked");
@@ -204,9 +204,10 @@ pub struct Link {
     pub expires_at_ms: i64,
 }
 
-/// The dashboard's URL with a fresh ticket, on `base` (`http://host:port`).
-pub fn link(sessions: &Sessions, base: &str) -> Link {
-    let (ticket, expires_at_ms) = sessions.ticket(now_ms());
+/// The dashboard's URL with a fresh ticket, on `base` (`http://host:port`),
+/// made at `now_ms`.
+pub fn link(sessions: &Sessions, base: &str, now_ms: i64) -> Link {
+    let (ticket, expires_at_ms) = sessions.ticket(now_ms);
     Link {
         url: format!("{}/ui/#ticket={ticket}", base.trim_end_matches('/')),
         expires_at_ms,
@@ -236,7 +237,7 @@ pub async fn new_link<S: Store>(
                 |h| format!("http://{h}"),
             ),
     };
-    Ok(Json(link(&app.sessions, &base)))
+    Ok(Json(link(&app.sessions, &base, app.config.clock.now_ms())))
 }
 
 /// How often a daemon reads the revocations again: what another daemon on
@@ -254,7 +255,7 @@ pub async fn refresh_revocations<S: Store>(
             _ = tokio::time::sleep(REFRESH) => {}
         }
         match app.store.revocations().await {
-            Ok(r) => app.sessions.load(&r, now_ms()),
+            Ok(r) => app.sessions.load(&r, app.config.clock.now_ms()),
             Err(e) => tracing::warn!(error = %e, "cannot read the dashboard's revocations"),
         }
     }

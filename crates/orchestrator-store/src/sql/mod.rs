@@ -110,6 +110,9 @@ pub struct SqlStore {
     jobs_queued: Arc<Notify>,
     stats: Arc<Stats>,
     rules: Arc<SystemRules>,
+    /// The time reads judge by (revocations, agents online); the writer
+    /// holds the same clock.
+    clock: Arc<dyn orchestrator_host::clock::Clock>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// PostgreSQL only: the thread that publishes every daemon's commits.
     listener: Mutex<Option<(Arc<AtomicBool>, std::thread::JoinHandle<()>)>>,
@@ -120,6 +123,11 @@ pub struct SqlStore {
 }
 
 impl SqlStore {
+    /// The clock the store stamps rows with and judges time by.
+    pub fn clock(&self) -> Arc<dyn orchestrator_host::clock::Clock> {
+        self.clock.clone()
+    }
+
     fn sender(&self) -> Result<mpsc::Sender<Command>> {
         self.tx
             .lock()
@@ -293,8 +301,8 @@ impl Store for SqlStore {
     }
 
     async fn revocations(&self) -> Result<Revocations> {
-        self.read(|c| spent::revocations(c, orchestrator_host::now_ms()))
-            .await
+        let now = self.clock.now_ms();
+        self.read(move |c| spent::revocations(c, now)).await
     }
 
     async fn ask_waiting(&self, job_id: i64, req: orchestrator_core::api::WaitAsk) -> Result<i64> {
@@ -383,7 +391,8 @@ impl Store for SqlStore {
 
     async fn list_agents(&self, online_ms: u64) -> Result<Vec<AgentView>> {
         let rules = self.rules.clone();
-        self.read(move |c| reads::list_agents(c, &rules, orchestrator_host::now_ms(), online_ms))
+        let now = self.clock.now_ms();
+        self.read(move |c| reads::list_agents(c, &rules, now, online_ms))
             .await
     }
 
@@ -400,16 +409,10 @@ impl Store for SqlStore {
     ) -> Result<Explanation> {
         let rules = self.rules.clone();
         let id = run_id.to_owned();
+        let now = self.clock.now_ms();
         self.read(move |c| {
             let id = reads::resolve_run(c, &id)?;
-            explain::explain(
-                c,
-                &rules,
-                &id,
-                stage.as_deref(),
-                orchestrator_host::now_ms(),
-                online_ms,
-            )
+            explain::explain(c, &rules, &id, stage.as_deref(), now, online_ms)
         })
         .await
     }

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use orchestrator_core::sched::SystemRules;
 use orchestrator_core::Transition;
+use orchestrator_host::clock::{Clock, SystemClock};
 use rusqlite::Connection;
 use tokio::sync::{broadcast, mpsc, Notify};
 
@@ -34,6 +35,8 @@ pub struct StoreOptions {
     pub queue: usize,
     /// The daemon's system rules: priority caps, limits, reserved capacity.
     pub rules: SystemRules,
+    /// What every row is stamped with and leases expire by.
+    pub clock: Arc<dyn Clock>,
 }
 
 impl StoreOptions {
@@ -50,7 +53,14 @@ impl StoreOptions {
             max_ms: 5,
             queue: 4096,
             rules: SystemRules::default(),
+            clock: Arc::new(SystemClock),
         }
+    }
+
+    /// The same options on another clock (a test's `ManualClock`).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
     }
 }
 
@@ -179,6 +189,7 @@ impl SqlStore {
             jobs_queued: jobs_queued.clone(),
             stats: stats.clone(),
             rules: rules.clone(),
+            clock: opts.clock.clone(),
             hooks: Hooks {
                 schedule: schedule::schedule,
                 notify,
@@ -208,6 +219,7 @@ impl SqlStore {
             jobs_queued,
             stats,
             rules,
+            clock: opts.clock,
             thread: Mutex::new(Some(thread)),
             listener: Mutex::new(listener),
             #[cfg(feature = "failpoints")]

@@ -100,6 +100,8 @@ pub struct Writer {
     pub jobs_queued: Arc<Notify>,
     pub stats: Arc<Stats>,
     pub rules: Arc<SystemRules>,
+    /// Stamps each batch: every row of one batch carries the same time.
+    pub clock: Arc<dyn orchestrator_host::clock::Clock>,
     pub hooks: Hooks,
     #[cfg(feature = "failpoints")]
     pub faults: Arc<super::failpoints::Faults>,
@@ -136,7 +138,7 @@ impl Writer {
         }
         let mut ctx = Ctx {
             conn: &self.conn,
-            now: orchestrator_host::now_ms(),
+            now: self.clock.now_ms(),
             workflows,
             transitions: Vec::new(),
             schedule: false,
