@@ -50,6 +50,9 @@ use orchestrator_core::Transition;
 use tokio::sync::{broadcast, Notify};
 
 pub use db::Error as DbError;
+#[cfg(feature = "failpoints")]
+#[doc(hidden)]
+pub use db::Value;
 pub use error::{Result, StoreError};
 pub use sql::{
     drop_schema, sqlite_to_postgres, CopyReport, Location, ScratchSchema, SqlStore, StoreOptions,

@@ -1,0 +1,295 @@
+//! Snapshots of the whole store after scripted scenarios: every row of the
+//! run graph, the leases and the transitions log, in a canonical text (ids
+//! renamed in order of appearance, times relative to a manual clock), so a
+//! change to what the store writes shows as a reviewed diff of
+//! `tests/snapshots/`. Run `cargo insta review` (or set `INSTA_UPDATE=always`)
+//! to accept a deliberate change.
+
+mod common;
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use common::*;
+use orchestrator_core::api::{ClaimedJob, CompleteRequest};
+use orchestrator_core::error::ErrorClass;
+use orchestrator_host::clock::ManualClock;
+use orchestrator_store::{SqlStore, Store, Value};
+
+const T0: i64 = 1_700_000_000_000;
+
+/// Renames ids (runs, agents) in order of first appearance, so a dump does
+/// not depend on random ids.
+#[derive(Default)]
+struct Names {
+    seen: HashMap<String, String>,
+}
+
+impl Names {
+    fn name(&mut self, prefix: &str, id: &str) -> String {
+        let n = self.seen.values().filter(|v| v.starts_with(prefix)).count() + 1;
+        self.seen
+            .entry(id.to_owned())
+            .or_insert_with(|| format!("{prefix}{n}"))
+            .clone()
+    }
+
+    /// `text` with every id seen so far replaced by its name.
+    fn scrub(&self, text: &str) -> String {
+        let mut ids: Vec<(&String, &String)> = self.seen.iter().collect();
+        // Longest first, so no id is replaced inside a longer one.
+        ids.sort_by_key(|(id, _)| std::cmp::Reverse(id.len()));
+        ids.into_iter().fold(text.to_owned(), |t, (id, name)| {
+            t.replace(id.as_str(), name)
+        })
+    }
+}
+
+type Rows = Vec<Vec<Option<String>>>;
+
+fn text_of(v: Value) -> String {
+    match v {
+        Value::Null => "-".to_owned(),
+        Value::Integer(i) => i.to_string(),
+        Value::Real(r) => r.to_string(),
+        Value::Text(t) => t,
+        Value::Blob(b) => format!("<{} bytes>", b.len()),
+    }
+}
+
+/// Every row of `sql`, each column as text.
+async fn rows(s: &SqlStore, sql: &'static str, columns: usize) -> Rows {
+    s.exec_command(move |c| {
+        let mut st = c.prepare_cached(sql)?;
+        let rows = st
+            .query_map((), |r| {
+                (0..columns)
+                    .map(|i| r.get::<_, Option<Value>>(i).map(|v| v.map(text_of)))
+                    .collect()
+            })?
+            .collect::<Result<Rows, _>>()?;
+        Ok(rows)
+    })
+    .await
+    .unwrap()
+}
+
+/// The store as canonical text.
+async fn dump(s: &SqlStore) -> String {
+    let mut names = Names::default();
+    let mut out = String::new();
+    let runs = rows(
+        s,
+        "SELECT id, workflow, state, priority, stages_total, stages_succeeded, stages_ended, created_at, ended_at
+         FROM runs ORDER BY created_at, id",
+        9,
+    )
+    .await;
+    let agents = rows(s, "SELECT id, name FROM agents ORDER BY name", 2).await;
+    for r in &runs {
+        names.name("R", r[0].as_deref().unwrap_or(""));
+    }
+    for a in &agents {
+        names.name("A", a[0].as_deref().unwrap_or(""));
+    }
+    let at = |v: &Option<String>| match v.as_deref().and_then(|t| t.parse::<i64>().ok()) {
+        Some(t) => format!("+{}", t - T0),
+        None => "-".to_owned(),
+    };
+    let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+    writeln!(out, "runs:").unwrap();
+    for r in &runs {
+        writeln!(
+            out,
+            "  {} {} {} prio={} stages={}/{}/{} at={} ended={}",
+            text(&r[0]),
+            text(&r[1]),
+            text(&r[2]),
+            text(&r[3]),
+            text(&r[5]),
+            text(&r[6]),
+            text(&r[4]),
+            at(&r[7]),
+            at(&r[8])
+        )
+        .unwrap();
+    }
+    writeln!(out, "agents:").unwrap();
+    for a in &agents {
+        writeln!(out, "  {} {}", text(&a[0]), text(&a[1])).unwrap();
+    }
+    writeln!(out, "stages:").unwrap();
+    for r in rows(
+        s,
+        "SELECT run_id, stage_id, state, unmet, step, attempt, started_at, ended_at
+         FROM stage_runs ORDER BY run_id, ord",
+        8,
+    )
+    .await
+    {
+        writeln!(
+            out,
+            "  {}/{} {} unmet={} step={} attempt={} started={} ended={}",
+            text(&r[0]),
+            text(&r[1]),
+            text(&r[2]),
+            text(&r[3]),
+            text(&r[4]),
+            text(&r[5]),
+            at(&r[6]),
+            at(&r[7])
+        )
+        .unwrap();
+    }
+    writeln!(out, "jobs:").unwrap();
+    for r in rows(
+        s,
+        "SELECT id, run_id, stage_id, step, attempt, round, round_reason, state, agent_id, error_class
+         FROM jobs ORDER BY id",
+        10,
+    )
+    .await
+    {
+        writeln!(
+            out,
+            "  job {} {}/{} step={} attempt={} round={} ({}) {} agent={} class={}",
+            text(&r[0]),
+            text(&r[1]),
+            text(&r[2]),
+            text(&r[3]),
+            text(&r[4]),
+            text(&r[5]),
+            text(&r[6]),
+            text(&r[7]),
+            text(&r[8]),
+            text(&r[9])
+        )
+        .unwrap();
+    }
+    writeln!(out, "leases:").unwrap();
+    for r in rows(
+        s,
+        "SELECT id, job_id, agent_id, state, expires_at FROM leases ORDER BY id",
+        5,
+    )
+    .await
+    {
+        writeln!(
+            out,
+            "  lease {} job={} agent={} {} expires={}",
+            text(&r[0]),
+            text(&r[1]),
+            text(&r[2]),
+            text(&r[3]),
+            at(&r[4])
+        )
+        .unwrap();
+    }
+    writeln!(out, "transitions:").unwrap();
+    for r in rows(
+        s,
+        "SELECT seq, entity, entity_id, from_state, to_state, actor, at, reason
+         FROM transitions ORDER BY seq",
+        8,
+    )
+    .await
+    {
+        writeln!(
+            out,
+            "  {} {} {} {} -> {} by {} at {}: {}",
+            text(&r[0]),
+            text(&r[1]),
+            text(&r[2]),
+            text(&r[3]),
+            text(&r[4]),
+            text(&r[5]),
+            at(&r[6]),
+            text(&r[7])
+        )
+        .unwrap();
+    }
+    names.scrub(&out)
+}
+
+async fn store(dir: &tempfile::TempDir, clock: &ManualClock) -> SqlStore {
+    // SQLite alone: PostgreSQL numbers its identities in steps of its own.
+    let mut o = orchestrator_store::StoreOptions::new(dir.path().join("orch.db"))
+        .with_clock(Arc::new(clock.clone()));
+    o.rules = orchestrator_core::sched::parse_system_rules("retry: {initial: 0s}\n", "rules.yaml")
+        .unwrap();
+    SqlStore::open(o).unwrap()
+}
+
+async fn finish(
+    s: &SqlStore,
+    agent: &str,
+    job: &ClaimedJob,
+    success: bool,
+    class: Option<ErrorClass>,
+) {
+    s.complete(
+        job.job_id,
+        CompleteRequest {
+            agent_id: agent.into(),
+            lease_token: job.lease_token.clone(),
+            outcome: outcome(success, class),
+            claim_next: false,
+            claim_key: None,
+        },
+        TTL,
+    )
+    .await
+    .unwrap();
+}
+
+const DIAMOND: &str = "name: diamond\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n  - id: b\n    needs: [a]\n    steps: [{commands: [{argv: [x]}]}, {commands: [{argv: [y]}]}]\n  - id: c\n    needs: [a]\n    steps: [{commands: [{argv: [x]}]}]\n  - id: d\n    needs: [b, c]\n    steps: [{commands: [{argv: [x]}]}]\n";
+
+#[tokio::test]
+async fn a_diamond_run_to_success() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let s = store(&dir, &clock).await;
+    s.submit_run(new_run(DIAMOND)).await.unwrap();
+    let a = agent(&s, "a1", 1, &[]).await;
+    while let Some(job) = s.claim(&a, TTL).await.unwrap() {
+        clock.advance_ms(100);
+        finish(&s, &a, &job, true, None).await;
+        clock.advance_ms(10);
+    }
+    insta::assert_snapshot!(dump(&s).await);
+    s.close().await;
+}
+
+#[tokio::test]
+async fn a_lost_attempt_then_a_failed_step_waits_for_a_decision() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let s = store(&dir, &clock).await;
+    s.submit_run(new_run(
+        "name: flaky\nstages:\n  - id: build\n    retry: {attempts: 2}\n    steps: [{commands: [{argv: [x]}]}, {commands: [{argv: [y]}]}]\n",
+    ))
+    .await
+    .unwrap();
+    let a = agent(&s, "a1", 1, &[]).await;
+    // The first attempt's lease runs out: infra, tried again from step 0.
+    let first = s.claim(&a, TTL).await.unwrap().expect("step 0");
+    clock.advance_ms(i64::try_from(TTL).unwrap());
+    assert_eq!(s.expire_leases(clock_now(&clock)).await.unwrap(), 1);
+    // The second attempt's step 0 succeeds; step 1 fails its task, which
+    // the workflow does not retry: it waits for a human.
+    let again = s.claim(&a, TTL).await.unwrap().expect("step 0 again");
+    assert_ne!(again.job_id, first.job_id);
+    clock.advance_ms(50);
+    finish(&s, &a, &again, true, None).await;
+    let step1 = s.claim(&a, TTL).await.unwrap().expect("step 1");
+    clock.advance_ms(50);
+    finish(&s, &a, &step1, false, Some(ErrorClass::Task)).await;
+    assert!(s.claim(&a, TTL).await.unwrap().is_none());
+    insta::assert_snapshot!(dump(&s).await);
+    s.close().await;
+}
+
+fn clock_now(c: &ManualClock) -> i64 {
+    orchestrator_host::clock::Clock::now_ms(c)
+}
