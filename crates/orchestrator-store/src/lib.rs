@@ -60,7 +60,7 @@ pub use sql::{
 };
 #[cfg(feature = "failpoints")]
 #[doc(hidden)]
-pub use sql::{FaultMode, FaultReport};
+pub use sql::{FaultMode, FaultReport, Point};
 
 /// A run to create.
 #[derive(Debug, Clone)]

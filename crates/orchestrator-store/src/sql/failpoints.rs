@@ -8,6 +8,10 @@
 //! between two real statements of the batch, not an imitation in Rust.
 //! Both hooks are installed only for an armed batch: a build with the feature
 //! but no armed point runs exactly as production does.
+//!
+//! Beside that sweep, named points ([`Point`]) mark the moments of a batch
+//! that matter whatever its statements are: just before its `COMMIT`, and
+//! just after it, before any caller is answered or any transition published.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -27,6 +31,19 @@ pub enum FaultMode {
     Abort,
 }
 
+/// A named moment of a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Point {
+    /// Every command ran; `COMMIT` is next. A failure here rolls the batch
+    /// back whole.
+    BeforeCommit,
+    /// The batch is durable; its callers are not answered yet and its
+    /// transitions not published. A failure here answers every caller with
+    /// an error although their commands committed: the lost answer an agent
+    /// must survive by asking again.
+    AfterCommit,
+}
+
 /// What the last armed batch did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct FaultReport {
@@ -42,6 +59,7 @@ pub struct FaultReport {
 #[derive(Default)]
 pub struct Faults {
     armed: Mutex<Option<(u64, FaultMode)>>,
+    named: Mutex<Option<(Point, FaultMode)>>,
     current: Mutex<Option<Arc<BatchFault>>>,
     last: Mutex<FaultReport>,
 }
@@ -57,6 +75,26 @@ struct BatchFault {
 }
 
 impl Faults {
+    /// The batch reached `point`: fails or aborts when it is armed (once).
+    pub fn at(&self, point: Point) -> Result<()> {
+        let mut named = match self.named.lock() {
+            Ok(n) => n,
+            Err(_) => return Ok(()),
+        };
+        match *named {
+            Some((p, mode)) if p == point => {
+                *named = None;
+                if mode == FaultMode::Abort {
+                    std::process::abort();
+                }
+                Err(crate::StoreError::Internal(format!(
+                    "failure point {point:?} fired"
+                )))
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Installs the hooks on the write connection when a point is armed.
     pub fn begin_batch(&self, conn: &mut Connection) {
         let armed = self.armed.lock().ok().and_then(|mut a| a.take());
@@ -135,6 +173,13 @@ impl SqlStore {
     pub fn arm_failpoint(&self, k: u64, mode: FaultMode) {
         if let Ok(mut a) = self.faults.armed.lock() {
             *a = Some((k, mode));
+        }
+    }
+
+    /// Arms the named `point` of the next batch that reaches it.
+    pub fn arm_point(&self, point: Point, mode: FaultMode) {
+        if let Ok(mut n) = self.faults.named.lock() {
+            *n = Some((point, mode));
         }
     }
 

@@ -94,7 +94,7 @@ use crate::{
 };
 pub use copy::{sqlite_to_postgres, CopyReport};
 #[cfg(feature = "failpoints")]
-pub use failpoints::{FaultMode, FaultReport};
+pub use failpoints::{FaultMode, FaultReport, Point};
 pub use location::Location;
 pub use open::StoreOptions;
 pub use pg::{drop_schema, ScratchSchema};

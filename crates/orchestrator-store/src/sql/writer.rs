@@ -192,6 +192,8 @@ impl Writer {
                     )?;
                 }
             }
+            #[cfg(feature = "failpoints")]
+            self.faults.at(super::failpoints::Point::BeforeCommit)?;
             let t = Instant::now();
             ctx.conn.execute_batch("COMMIT")?;
             self.stats
@@ -210,8 +212,12 @@ impl Writer {
                 self.stats.max_batch.fetch_max(n, Ordering::Relaxed);
                 let queued = ctx.queued;
                 let transitions = std::mem::take(&mut ctx.transitions);
+                #[cfg(feature = "failpoints")]
+                let lost = self.faults.at(super::failpoints::Point::AfterCommit).err();
+                #[cfg(not(feature = "failpoints"))]
+                let lost: Option<crate::StoreError> = None;
                 for r in replies {
-                    r(None);
+                    r(lost.as_ref());
                 }
                 if !transitions.is_empty() && self.hooks.notify.is_none() {
                     // No subscriber is not an error.
