@@ -56,7 +56,7 @@ pub use db::Value;
 pub use error::{Result, StoreError};
 pub use sql::{
     drop_schema, sqlite_to_postgres, CopyReport, Location, ScratchSchema, SqlStore, StoreOptions,
-    WriterStats,
+    Table, WriterStats, TABLES,
 };
 #[cfg(feature = "failpoints")]
 #[doc(hidden)]

@@ -312,3 +312,39 @@ async fn migrate_copies_a_sqlite_store_mid_run_and_the_run_finishes_on_postgres(
     assert_log_replays_to_state(&pg, &run).await;
     pg.close().await;
 }
+
+#[tokio::test]
+async fn both_databases_have_the_listed_tables_with_the_same_columns() {
+    use orchestrator_store::TABLES;
+    use std::collections::BTreeSet;
+    let dir = tempfile::tempdir().unwrap();
+    let sqlite = SqlStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap();
+    sqlite.close().await;
+    drop(sqlite);
+    let lite = rusqlite::Connection::open(dir.path().join("orch.db")).unwrap();
+    let loc = fresh();
+    let pg = open_at(&loc);
+    for t in TABLES {
+        let want: BTreeSet<String> = lite
+            .prepare(&format!("SELECT name FROM pragma_table_info('{}')", t.name))
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let name = t.name;
+        let got: BTreeSet<String> = pg
+            .exec_command(move |c| {
+                Ok(c.prepare_cached(
+                    "SELECT column_name::text FROM information_schema.columns
+                     WHERE table_schema = current_schema() AND table_name = ?1",
+                )?
+                .query_map([name], |r| r.get(0))?
+                .collect::<Result<_, _>>()?)
+            })
+            .await
+            .unwrap();
+        assert_eq!(got, want, "table {}", t.name);
+    }
+    pg.close().await;
+}

@@ -10,25 +10,10 @@ use std::path::Path;
 use crate::db::{params, Conn, Value};
 use crate::{Result, StoreError};
 
+use super::tables::TABLES;
 use super::{schema, schema_pg};
 
 /// Every table, parents before the rows that refer to them.
-const TABLES: &[&str] = &[
-    "runs",
-    "run_specs",
-    "stage_runs",
-    "requires",
-    "agents",
-    "shapes",
-    "jobs",
-    "leases",
-    "transitions",
-    "checkpoints",
-    "questions",
-    "model_usage",
-    "spent_credentials",
-    "agent_tokens",
-];
 
 /// Rows copied, by table, in copy order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -90,7 +75,7 @@ fn copy_tables(src: &Conn, dst: &Conn) -> Result<CopyReport> {
         )));
     }
     let mut report = CopyReport::default();
-    for table in TABLES {
+    for table in TABLES.iter().map(|t| t.name) {
         let columns = columns(dst, table)?;
         let list = columns.join(", ");
         let marks: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();

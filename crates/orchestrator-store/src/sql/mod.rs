@@ -8,7 +8,7 @@
 //!
 //! | layer | modules |
 //! |---|---|
-//! | 0 transaction | tx, writer, schema, schema_pg, location, failpoints |
+//! | 0 transaction | tx, writer, tables, schema, schema_pg, location, failpoints |
 //! | 1 domain base | common, steps, placement, agents, credentials, spent, usage |
 //! | 2 state machines | stage, job, run, lease_end, retry, loops, human, wait, preempt, policy |
 //! | 3 domain commands | submit, schedule, claim, complete, leases, decide |
@@ -69,6 +69,7 @@ mod spent;
 mod stage;
 mod steps;
 mod submit;
+mod tables;
 mod tx;
 mod usage;
 mod wait;
@@ -98,6 +99,7 @@ pub use failpoints::{FaultMode, FaultReport, Point};
 pub use location::Location;
 pub use open::StoreOptions;
 pub use pg::{drop_schema, ScratchSchema};
+pub use tables::{Table, TABLES};
 use tx::Ctx;
 pub use writer::WriterStats;
 use writer::{Command, Stats};

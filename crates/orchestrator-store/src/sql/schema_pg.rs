@@ -3,6 +3,7 @@
 //! identity column. Versions are kept in `orch_schema`; migrations run under
 //! an advisory lock, so daemons starting together migrate once.
 
+use super::tables::TABLES;
 use crate::db::Conn;
 use crate::{Result, StoreError};
 
@@ -237,16 +238,6 @@ ALTER TABLE stage_runs ADD COLUMN sent_back BIGINT NOT NULL DEFAULT 0;
 "#,
 ];
 
-/// The tables whose ids come from an identity column, with that column:
-/// after rows are copied in with their ids, each identity restarts past them.
-pub const IDENTITIES: &[(&str, &str)] = &[
-    ("jobs", "id"),
-    ("leases", "id"),
-    ("shapes", "id"),
-    ("transitions", "seq"),
-    ("questions", "id"),
-];
-
 /// Brings the database (its current schema) up to the newest version.
 pub fn migrate(conn: &Conn) -> Result<()> {
     conn.execute_batch(&format!(
@@ -285,7 +276,7 @@ pub fn migrate(conn: &Conn) -> Result<()> {
 
 /// Restarts every identity past the largest id its table holds.
 pub fn reset_identities(conn: &Conn) -> Result<()> {
-    for (table, column) in IDENTITIES {
+    for (table, column) in TABLES.iter().filter_map(|t| Some((t.name, t.identity?))) {
         conn.execute_batch(&format!(
             "SELECT setval(pg_get_serial_sequence('{table}', '{column}'), \
              COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)"
