@@ -13,8 +13,6 @@ use crate::{Result, StoreError};
 use super::tables::TABLES;
 use super::{schema, schema_pg};
 
-/// Every table, parents before the rows that refer to them.
-
 /// Rows copied, by table, in copy order.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CopyReport {
