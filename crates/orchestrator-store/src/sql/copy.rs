@@ -99,7 +99,7 @@ fn copy_tables(src: &Conn, dst: &Conn) -> Result<CopyReport> {
                 "{table}: {n} rows read but {landed} landed; nothing was kept"
             )));
         }
-        report.tables.push((table.to_string(), n));
+        report.tables.push((table.to_owned(), n));
     }
     schema_pg::reset_identities(dst)?;
     Ok(report)
