@@ -37,9 +37,9 @@ pub async fn submit_run<S: Store>(
     }
     by_name(&app, dir, &mut req)?;
     let base_commit = crate::project::resolve_commit(dir, req.git_ref.as_deref())
-        .map_err(|msg| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, msg))?;
+        .map_err(|e| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     let policy = crate::project::read_policy(dir)
-        .map_err(|msg| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, msg))?;
+        .map_err(|e| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
     // A workflow that does not parse is refused by the store, with its own
     // errors; one that does is checked here against what only the daemon
     // knows: its secrets and the project's shell policy. Parsed once for both.
@@ -50,7 +50,7 @@ pub async fn submit_run<S: Store>(
         // base commit's files, listed here (the store runs no git).
         if orchestrator_core::cache::hashes_files(&wf) {
             tree = crate::project::list_tree(dir, &base_commit)
-                .map_err(|msg| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, msg))?;
+                .map_err(|e| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
         }
         for st in &wf.stages {
             if let Some(m) = st
