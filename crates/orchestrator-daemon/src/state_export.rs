@@ -132,35 +132,53 @@ async fn export<S: Store>(app: &App<S>, dir: &Path, last: &mut i64) {
     }
 }
 
+/// Why an export was not written (the next tick tries again).
+#[derive(Debug, thiserror::Error)]
+enum ExportError {
+    #[error(transparent)]
+    Store(#[from] orchestrator_store::StoreError),
+    #[error(transparent)]
+    Encode(#[from] serde_json::Error),
+    #[error("{}: {source}", .path.display())]
+    Io {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
+    move |source| ExportError::Io {
+        path: path.to_owned(),
+        source,
+    }
+}
+
 /// Appends every transition after `last` from the store's log.
 async fn append_transitions<S: Store>(
     app: &App<S>,
     dir: &Path,
     last: &mut i64,
-) -> Result<(), String> {
+) -> Result<(), ExportError> {
     let path = dir.join("transitions.jsonl");
     loop {
-        let page = app
-            .store
-            .transitions_since(*last, None, 1000)
-            .await
-            .map_err(|e| e.to_string())?;
+        let page = app.store.transitions_since(*last, None, 1000).await?;
         if page.is_empty() {
             return Ok(());
         }
         let mut text = String::new();
         for t in &page {
-            text.push_str(&serde_json::to_string(t).map_err(|e| e.to_string())?);
+            text.push_str(&serde_json::to_string(t)?);
             text.push('\n');
         }
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(io(&path))?;
         f.write_all(text.as_bytes())
             .and_then(|()| f.sync_data())
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(io(&path))?;
         *last = page.last().map_or(*last, |t| t.seq);
         if page.len() < 1000 {
             return Ok(());
@@ -168,21 +186,20 @@ async fn append_transitions<S: Store>(
     }
 }
 
-async fn write_current<S: Store>(app: &App<S>, dir: &Path, seq: i64) -> Result<(), String> {
+async fn write_current<S: Store>(app: &App<S>, dir: &Path, seq: i64) -> Result<(), ExportError> {
     let s = &app.store;
-    let e = |e: orchestrator_store::StoreError| e.to_string();
     let doc = json!({
         "at_ms": now_ms(),
         "last_seq": seq,
-        "runs": s.list_runs(1000).await.map_err(e)?,
-        "agents": s.list_agents(app.config.online_ms()).await.map_err(e)?,
-        "inbox": s.inbox().await.map_err(e)?,
+        "runs": s.list_runs(1000).await?,
+        "agents": s.list_agents(app.config.online_ms()).await?,
+        "inbox": s.inbox().await?,
     });
     write_atomic(&dir.join("current.json"), &doc)
 }
 
-async fn write_metrics<S: Store>(app: &App<S>, dir: &Path) -> Result<(), String> {
-    let c = app.store.counts().await.map_err(|e| e.to_string())?;
+async fn write_metrics<S: Store>(app: &App<S>, dir: &Path) -> Result<(), ExportError> {
+    let c = app.store.counts().await?;
     let w = app.store.writer_stats();
     let map = |rows: &[(String, i64)]| -> serde_json::Map<String, serde_json::Value> {
         rows.iter().map(|(k, v)| (k.clone(), json!(v))).collect()
@@ -208,15 +225,14 @@ async fn write_metrics<S: Store>(app: &App<S>, dir: &Path) -> Result<(), String>
 
 /// Writes `doc` to a temporary file beside `path`, syncs it and renames it
 /// over `path`: a reader sees the old file or the new one, never half.
-fn write_atomic(path: &Path, doc: &serde_json::Value) -> Result<(), String> {
+fn write_atomic(path: &Path, doc: &serde_json::Value) -> Result<(), ExportError> {
     let tmp = path.with_extension("json.tmp");
-    let err = |e: std::io::Error| format!("{}: {e}", path.display());
-    let text = serde_json::to_vec_pretty(doc).map_err(|e| e.to_string())?;
-    let mut f = std::fs::File::create(&tmp).map_err(err)?;
+    let text = serde_json::to_vec_pretty(doc)?;
+    let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
     f.write_all(&text)
         .and_then(|()| f.sync_all())
-        .map_err(err)?;
-    std::fs::rename(&tmp, path).map_err(err)?;
+        .map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))?;
     if let Some(parent) = path.parent() {
         // The rename itself is durable once the directory is synced.
         let _ = std::fs::File::open(parent).and_then(|d| d.sync_all());
