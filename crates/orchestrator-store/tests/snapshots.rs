@@ -75,139 +75,91 @@ async fn rows(s: &SqlStore, sql: &'static str, columns: usize) -> Rows {
     .unwrap()
 }
 
+/// How a column is shown: its value, `label=value`, or a time relative to
+/// the scenario's start.
+#[derive(Clone, Copy)]
+enum Col {
+    Plain,
+    Named(&'static str),
+    At(&'static str),
+}
+
+/// One table's rows in the dump.
+struct Section {
+    title: &'static str,
+    sql: &'static str,
+    cols: &'static [Col],
+}
+
+const SECTIONS: &[Section] = {
+    use Col::{At, Named, Plain};
+    &[
+        Section {
+            title: "runs",
+            sql: "SELECT id, workflow, state, priority, stages_succeeded, stages_ended, stages_total, created_at, ended_at FROM runs ORDER BY created_at, id",
+            cols: &[Plain, Plain, Plain, Named("prio"), Named("succeeded"), Named("ended"), Named("of"), At("at"), At("ended")],
+        },
+        Section {
+            title: "agents",
+            sql: "SELECT id, name FROM agents ORDER BY name",
+            cols: &[Plain, Plain],
+        },
+        Section {
+            title: "stages",
+            sql: "SELECT run_id || '/' || stage_id, state, unmet, step, attempt, started_at, ended_at FROM stage_runs ORDER BY run_id, ord",
+            cols: &[Plain, Plain, Named("unmet"), Named("step"), Named("attempt"), At("started"), At("ended")],
+        },
+        Section {
+            title: "jobs",
+            sql: "SELECT id, run_id || '/' || stage_id, step, attempt, round, round_reason, state, agent_id, error_class FROM jobs ORDER BY id",
+            cols: &[Named("job"), Plain, Named("step"), Named("attempt"), Named("round"), Plain, Plain, Named("agent"), Named("class")],
+        },
+        Section {
+            title: "leases",
+            sql: "SELECT id, job_id, agent_id, state, expires_at FROM leases ORDER BY id",
+            cols: &[Named("lease"), Named("job"), Named("agent"), Plain, At("expires")],
+        },
+        Section {
+            title: "transitions",
+            sql: "SELECT seq, entity, entity_id, COALESCE(from_state, '-') || ' -> ' || to_state, actor, at, reason FROM transitions ORDER BY seq",
+            cols: &[Plain, Plain, Plain, Plain, Named("by"), At("at"), Named("why")],
+        },
+    ]
+};
+
 /// The store as canonical text.
 async fn dump(s: &SqlStore) -> String {
     let mut names = Names::default();
+    for (prefix, sql) in [
+        ("R", "SELECT id FROM runs ORDER BY created_at, id"),
+        ("A", "SELECT id FROM agents ORDER BY name"),
+    ] {
+        for r in rows(s, sql, 1).await {
+            names.name(prefix, r[0].as_deref().unwrap_or(""));
+        }
+    }
     let mut out = String::new();
-    let runs = rows(
-        s,
-        "SELECT id, workflow, state, priority, stages_total, stages_succeeded, stages_ended, created_at, ended_at
-         FROM runs ORDER BY created_at, id",
-        9,
-    )
-    .await;
-    let agents = rows(s, "SELECT id, name FROM agents ORDER BY name", 2).await;
-    for r in &runs {
-        names.name("R", r[0].as_deref().unwrap_or(""));
-    }
-    for a in &agents {
-        names.name("A", a[0].as_deref().unwrap_or(""));
-    }
-    let at = |v: &Option<String>| match v.as_deref().and_then(|t| t.parse::<i64>().ok()) {
-        Some(t) => format!("+{}", t - T0),
-        None => "-".to_owned(),
-    };
-    let text = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
-    writeln!(out, "runs:").unwrap();
-    for r in &runs {
-        writeln!(
-            out,
-            "  {} {} {} prio={} stages={}/{}/{} at={} ended={}",
-            text(&r[0]),
-            text(&r[1]),
-            text(&r[2]),
-            text(&r[3]),
-            text(&r[5]),
-            text(&r[6]),
-            text(&r[4]),
-            at(&r[7]),
-            at(&r[8])
-        )
-        .unwrap();
-    }
-    writeln!(out, "agents:").unwrap();
-    for a in &agents {
-        writeln!(out, "  {} {}", text(&a[0]), text(&a[1])).unwrap();
-    }
-    writeln!(out, "stages:").unwrap();
-    for r in rows(
-        s,
-        "SELECT run_id, stage_id, state, unmet, step, attempt, started_at, ended_at
-         FROM stage_runs ORDER BY run_id, ord",
-        8,
-    )
-    .await
-    {
-        writeln!(
-            out,
-            "  {}/{} {} unmet={} step={} attempt={} started={} ended={}",
-            text(&r[0]),
-            text(&r[1]),
-            text(&r[2]),
-            text(&r[3]),
-            text(&r[4]),
-            text(&r[5]),
-            at(&r[6]),
-            at(&r[7])
-        )
-        .unwrap();
-    }
-    writeln!(out, "jobs:").unwrap();
-    for r in rows(
-        s,
-        "SELECT id, run_id, stage_id, step, attempt, round, round_reason, state, agent_id, error_class
-         FROM jobs ORDER BY id",
-        10,
-    )
-    .await
-    {
-        writeln!(
-            out,
-            "  job {} {}/{} step={} attempt={} round={} ({}) {} agent={} class={}",
-            text(&r[0]),
-            text(&r[1]),
-            text(&r[2]),
-            text(&r[3]),
-            text(&r[4]),
-            text(&r[5]),
-            text(&r[6]),
-            text(&r[7]),
-            text(&r[8]),
-            text(&r[9])
-        )
-        .unwrap();
-    }
-    writeln!(out, "leases:").unwrap();
-    for r in rows(
-        s,
-        "SELECT id, job_id, agent_id, state, expires_at FROM leases ORDER BY id",
-        5,
-    )
-    .await
-    {
-        writeln!(
-            out,
-            "  lease {} job={} agent={} {} expires={}",
-            text(&r[0]),
-            text(&r[1]),
-            text(&r[2]),
-            text(&r[3]),
-            at(&r[4])
-        )
-        .unwrap();
-    }
-    writeln!(out, "transitions:").unwrap();
-    for r in rows(
-        s,
-        "SELECT seq, entity, entity_id, from_state, to_state, actor, at, reason
-         FROM transitions ORDER BY seq",
-        8,
-    )
-    .await
-    {
-        writeln!(
-            out,
-            "  {} {} {} {} -> {} by {} at {}: {}",
-            text(&r[0]),
-            text(&r[1]),
-            text(&r[2]),
-            text(&r[3]),
-            text(&r[4]),
-            text(&r[5]),
-            at(&r[6]),
-            text(&r[7])
-        )
-        .unwrap();
+    for sec in SECTIONS {
+        writeln!(out, "{}:", sec.title).unwrap();
+        for r in rows(s, sec.sql, sec.cols.len()).await {
+            let cells: Vec<String> = sec
+                .cols
+                .iter()
+                .zip(&r)
+                .map(|(col, v)| {
+                    let v = v.clone().unwrap_or_else(|| "-".to_owned());
+                    match col {
+                        Col::Plain => v,
+                        Col::Named(l) => format!("{l}={v}"),
+                        Col::At(l) => match v.parse::<i64>() {
+                            Ok(t) => format!("{l}=+{}", t - T0),
+                            Err(_) => format!("{l}=-"),
+                        },
+                    }
+                })
+                .collect();
+            writeln!(out, "  {}", cells.join(" ")).unwrap();
+        }
     }
     names.scrub(&out)
 }
