@@ -1,8 +1,13 @@
-//! What the scheduler's tests share: placement needs in a line.
+//! What the core's tests share: placement needs in a line (the scheduler's
+//! tests) and workflows written in the Rust source (the validation tests).
 // Each test binary uses a part of this.
 #![allow(dead_code)]
 
+use orchestrator_core::sched::policy::PriorityRange;
 use orchestrator_core::sched::Needs;
+
+pub mod stage_events;
+pub mod workflow_text;
 
 /// Needs without labels: memory, whole GPUs or one shared GPU's memory.
 pub fn needs(memory_mb: u64, gpus: u32, gpu_memory_mb: Option<u64>) -> Needs {
@@ -26,4 +31,9 @@ pub fn whole(n: u32) -> Needs {
 
 pub fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| (*s).to_owned()).collect()
+}
+
+/// A project's or the system's priority range.
+pub fn range(min: i32, max: i32) -> Option<PriorityRange> {
+    Some(PriorityRange { min, max })
 }
