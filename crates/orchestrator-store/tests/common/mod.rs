@@ -10,7 +10,12 @@ use orchestrator_core::error::ErrorClass;
 use orchestrator_core::{Entity, StageState};
 use orchestrator_store::{Location, NewRun, SqlStore, Store, StoreOptions};
 
+pub mod scheduling;
+
 pub const TTL: u64 = 30_000;
+
+/// Four stages: `a`, then `b` (two steps) and `c`, then `d`.
+pub const DIAMOND: &str = "name: d\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n  - id: b\n    needs: [a]\n    steps: [{commands: [{argv: [x]}]}, {commands: [{argv: [y]}]}]\n  - id: c\n    needs: [a]\n    steps: [{commands: [{argv: [x]}]}]\n  - id: d\n    needs: [b, c]\n    steps: [{commands: [{argv: [x]}]}]\n";
 
 /// Where this run of the suite keeps a test's store: a SQLite file in
 /// `dir`, or with `ORCH_TEST_STORE=postgres` a schema of its own in the
@@ -56,7 +61,7 @@ pub fn open_sqlite(dir: &tempfile::TempDir) -> SqlStore {
 }
 
 fn open_with(mut o: StoreOptions) -> SqlStore {
-    // Lost attempts start again at once here; `scheduling.rs` covers backoff.
+    // Lost attempts start again at once here; `scheduling_preemption.rs` covers backoff.
     o.rules = orchestrator_core::sched::parse_system_rules("retry: {initial: 0s}\n", "rules.yaml")
         .unwrap();
     SqlStore::open(o).unwrap()
