@@ -1,4 +1,5 @@
-//! Real git repositories in temporary directories, made with the `git` CLI.
+//! Real git repositories in temporary directories, made with the `git` CLI,
+//! and what the run worktree and checkpoint tests share.
 //! The agent's tests use these too (`#[path]` from its `tests/common`).
 // Each test binary uses a part of this.
 #![allow(dead_code)]
@@ -8,6 +9,8 @@ use std::path::Path;
 use std::process::Command;
 
 use tempfile::TempDir;
+
+pub mod checkpoints;
 
 /// Runs git in `dir`, asserts success, returns stdout trimmed.
 pub fn git(dir: &Path, args: &[&str]) -> String {
