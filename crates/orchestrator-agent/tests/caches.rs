@@ -82,6 +82,10 @@ fn tmp_is_empty(p: &Project) -> bool {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn a_later_step_restores_what_was_saved_and_its_writes_never_reach_the_entry() {
     for sandbox in backends() {
         let p = Project::new();
@@ -135,6 +139,10 @@ async fn a_later_step_restores_what_was_saved_and_its_writes_never_reach_the_ent
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn a_cache_holding_links_is_saved_and_restored_with_them_as_links_never_their_targets() {
     for sandbox in backends() {
         let p = Project::new();

@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 
-use common::sandboxed::bash;
+use common::sandboxed::{bash, require};
 
 const NS: SandboxSpec = SandboxSpec {
     kind: Some(SandboxKind::Namespace),
@@ -153,7 +153,12 @@ read -t 30 -u 9"#
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs python3: run scripts/test"
+)]
 async fn a_command_over_its_memory_limit_is_killed_as_out_of_memory() {
+    require("python3", "python3");
     cgroups();
     let p = Project::new();
     let mut job = p.job(vec![bash(
@@ -179,7 +184,12 @@ async fn a_command_over_its_memory_limit_is_killed_as_out_of_memory() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs python3: run scripts/test"
+)]
 async fn a_command_killed_itself_at_its_memory_limit_is_out_of_memory_too() {
+    require("python3", "python3");
     cgroups();
     let p = Project::new();
     let cmd = CommandSpec {
@@ -203,7 +213,12 @@ async fn a_command_killed_itself_at_its_memory_limit_is_out_of_memory_too() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs python3: run scripts/test"
+)]
 async fn a_command_under_its_memory_limit_succeeds() {
+    require("python3", "python3");
     cgroups();
     let p = Project::new();
     let mut job = p.job(vec![bash(

@@ -48,6 +48,10 @@ async fn run(p: &Project, job: &ClaimedJob) -> StepOutcome {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn an_allowed_mount_is_readable_at_its_path_and_through_the_steps_home() {
     for sandbox in backends() {
         let tool = Tool::new("ok");
@@ -121,6 +125,10 @@ async fn a_mount_that_would_show_a_data_directory_is_refused() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn a_step_has_a_writable_home_with_a_git_identity_kept_across_its_steps() {
     for sandbox in backends() {
         let p = Project::new();

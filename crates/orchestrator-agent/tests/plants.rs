@@ -50,6 +50,7 @@ fn project(sandbox: &SandboxSpec) -> (Project, Vec<TempDir>) {
             keep.extend([image, work]);
         }
         Some(SandboxKind::Vm) => {
+            require("qemu-system-x86_64", "qemu-system-x86");
             p.cfg.vm.kernel = Some(vm_asset("ORCH_VM_KERNEL", "vmlinux"));
             p.cfg.vm.initrd = Some(vm_asset("ORCH_VM_INITRD", "initrd.img"));
             p.cfg.vm.image = Some(vm_asset("ORCH_VM_IMAGE", "base.qcow2"));
@@ -85,6 +86,10 @@ async fn run(p: &Project, job: &ClaimedJob) -> orchestrator_core::api::StepOutco
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap, runc, busybox-static and QEMU: run scripts/test"
+)]
 async fn a_symlinked_log_of_the_next_command_is_not_followed() {
     for sandbox in backends().into_iter().chain([spec(SandboxKind::Vm)]) {
         let (p, _dirs) = project(&sandbox);
@@ -107,6 +112,10 @@ async fn a_symlinked_log_of_the_next_command_is_not_followed() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap, runc and busybox-static: run scripts/test"
+)]
 async fn a_symlink_into_the_projects_git_config_is_not_followed() {
     for sandbox in backends() {
         let (p, _dirs) = project(&sandbox);
@@ -129,6 +138,10 @@ async fn a_symlink_into_the_projects_git_config_is_not_followed() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap, runc and busybox-static: run scripts/test"
+)]
 async fn a_hardlinked_log_does_not_write_the_file_it_shares() {
     for sandbox in backends() {
         let (p, _dirs) = project(&sandbox);
@@ -142,6 +155,10 @@ async fn a_hardlinked_log_does_not_write_the_file_it_shares() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap, runc and busybox-static: run scripts/test"
+)]
 async fn a_symlinked_manifest_temporary_is_not_followed() {
     for sandbox in backends() {
         let (p, _dirs) = project(&sandbox);
@@ -163,6 +180,10 @@ async fn a_symlinked_manifest_temporary_is_not_followed() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap, runc and busybox-static: run scripts/test"
+)]
 async fn a_symlinked_redaction_temporary_is_not_followed() {
     for sandbox in backends() {
         let (p, _dirs) = project(&sandbox);
@@ -187,6 +208,10 @@ async fn a_symlinked_redaction_temporary_is_not_followed() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap, runc and busybox-static: run scripts/test"
+)]
 async fn a_symlinked_handoff_file_is_not_followed() {
     for sandbox in backends() {
         let (p, _dirs) = project(&sandbox);
@@ -219,6 +244,10 @@ async fn a_symlinked_handoff_file_is_not_followed() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap, runc and busybox-static: run scripts/test"
+)]
 async fn a_replaced_worktree_git_file_is_put_back_and_never_used() {
     for sandbox in backends() {
         let (p, _dirs) = project(&sandbox);

@@ -1,6 +1,7 @@
 //! The bubblewrap backend with real processes: each escape attempt from a
 //! `sandbox: bubblewrap` step is its own test. They need `bwrap` (Debian
-//! package bubblewrap, which `.ci/run` installs) and fail without it.
+//! package bubblewrap), so they are in the system tier: `scripts/test`
+//! installs it and runs them; without it they fail.
 
 use std::fs;
 use std::path::PathBuf;
@@ -23,6 +24,10 @@ fn bwrap() -> SandboxSpec {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn bubblewrap_step_writes_its_worktree_and_bundle_and_is_recorded() {
     let p = Project::new();
     let (job, out) = p
@@ -45,6 +50,10 @@ async fn bubblewrap_step_writes_its_worktree_and_bundle_and_is_recorded() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn bubblewrap_step_reads_its_repository_with_git_but_cannot_write_it() {
     let p = Project::new();
     let (job, out) = p.run(bwrap(), sh("git log --format=%s -1")).await;
@@ -62,6 +71,10 @@ async fn bubblewrap_step_reads_its_repository_with_git_but_cannot_write_it() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn bubblewrap_step_cannot_write_the_root_file_system() {
     let p = Project::new();
     let target = PathBuf::from(format!("/etc/orch-bwrap-{}", std::process::id()));
@@ -73,6 +86,10 @@ async fn bubblewrap_step_cannot_write_the_root_file_system() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn bubblewrap_step_cannot_write_outside_its_worktree() {
     let p = Project::new();
     let target = p.outside().join("x");
@@ -84,6 +101,10 @@ async fn bubblewrap_step_cannot_write_outside_its_worktree() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn bubblewrap_step_cannot_read_a_private_file_outside_its_worktree() {
     let p = Project::new();
     let secret = p.outside().join("secret.txt");
@@ -96,6 +117,10 @@ async fn bubblewrap_step_cannot_read_a_private_file_outside_its_worktree() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn bubblewrap_step_cannot_read_another_runs_files() {
     let p = Project::new();
     let other = p.root().join(".orchestrator/worktrees/run-2");
@@ -107,6 +132,10 @@ async fn bubblewrap_step_cannot_read_another_runs_files() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn bubblewrap_step_cannot_follow_a_symlink_out_of_its_worktree() {
     let p = Project::new();
     std::os::unix::fs::symlink(p.outside(), p.worktree().join("out")).unwrap();
@@ -116,6 +145,10 @@ async fn bubblewrap_step_cannot_follow_a_symlink_out_of_its_worktree() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn bubblewrap_step_cannot_connect_to_the_network_unless_allowed() {
     let p = Project::new();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -132,6 +165,10 @@ async fn bubblewrap_step_cannot_connect_to_the_network_unless_allowed() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn bubblewrap_step_sees_its_own_pids_only() {
     let p = Project::new();
     let (job, out) = p.run(bwrap(), sh("ls /proc | grep -c '^[0-9]'")).await;
@@ -141,18 +178,30 @@ async fn bubblewrap_step_sees_its_own_pids_only() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn bubblewrap_step_is_killed_with_its_whole_tree_on_timeout() {
     let p = Project::new();
     timeout_kills_the_tree(&p, bwrap(), "2345.5").await;
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn cancelling_a_bubblewrap_step_kills_its_whole_tree() {
     let p = Project::new();
     cancel_kills_the_tree(&p, bwrap(), "2345.7").await;
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn exit_codes_come_back_through_bwrap() {
     let p = Project::new();
     let (_, out) = p.run(bwrap(), sh("exit 7")).await;
@@ -190,6 +239,10 @@ fn a_missing_bwrap_says_how_to_get_one() {
 /// The cost of a command under bubblewrap (`cargo test -p
 /// orchestrator-agent --test sandbox_bwrap -- --nocapture cost` prints it).
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn per_command_cost_of_bubblewrap() {
     let p = Project::new();
     let cfg = SandboxConfig::default();
@@ -202,7 +255,12 @@ async fn per_command_cost_of_bubblewrap() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap and python3: run scripts/test"
+)]
 async fn a_bubblewrap_command_over_its_memory_limit_is_killed_as_out_of_memory() {
+    require("python3", "python3");
     let p = Project::new();
     let mut job = p.job(
         bwrap(),

@@ -1,7 +1,8 @@
 //! The container backend with real processes: runc runs each command in a
 //! container whose root file system is a tiny busybox image built here.
 //! They need runc and a static busybox (Debian packages runc and
-//! busybox-static, which `.ci/run` installs) and fail without them.
+//! busybox-static), so they are in the system tier: `scripts/test` installs
+//! both and runs them; without them they fail.
 
 use std::fs;
 use std::os::unix::fs::MetadataExt;
@@ -86,6 +87,10 @@ impl Fixture {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs runc and busybox-static: run scripts/test"
+)]
 async fn container_step_sees_the_images_userland_and_writes_its_worktree() {
     let f = Fixture::new();
     let (job, out) = f
@@ -115,6 +120,10 @@ async fn container_step_sees_the_images_userland_and_writes_its_worktree() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs runc and busybox-static: run scripts/test"
+)]
 async fn container_step_cannot_write_its_root_file_system() {
     let f = Fixture::new();
     let (job, out) = f.p.run(container(), sh("touch /etc/escaped")).await;
@@ -123,6 +132,10 @@ async fn container_step_cannot_write_its_root_file_system() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs runc and busybox-static: run scripts/test"
+)]
 async fn container_step_cannot_read_the_hosts_files() {
     let f = Fixture::new();
     let secret = f.p.outside().join("secret.txt");
@@ -135,6 +148,10 @@ async fn container_step_cannot_read_the_hosts_files() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs runc and busybox-static: run scripts/test"
+)]
 async fn container_step_exit_codes_come_back() {
     let f = Fixture::new();
     let (_, out) = f.p.run(container(), sh("exit 7")).await;
@@ -145,6 +162,10 @@ async fn container_step_exit_codes_come_back() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs runc and busybox-static: run scripts/test"
+)]
 async fn container_step_has_no_network_unless_allowed() {
     let f = Fixture::new();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -167,6 +188,10 @@ async fn container_step_has_no_network_unless_allowed() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs runc and busybox-static: run scripts/test"
+)]
 async fn container_step_is_killed_with_everything_in_it_on_timeout() {
     let f = Fixture::new();
     let secs = "3456.5";
@@ -207,6 +232,10 @@ async fn container_step_is_killed_with_everything_in_it_on_timeout() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs runc and busybox-static: run scripts/test"
+)]
 async fn cancelling_a_container_step_kills_everything_in_it() {
     let f = Fixture::new();
     cancel_kills_the_tree(&f.p, container(), "3456.6").await;
@@ -214,6 +243,10 @@ async fn cancelling_a_container_step_kills_everything_in_it() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs runc and busybox-static: run scripts/test"
+)]
 async fn a_tarball_image_is_extracted_once_and_works_the_same() {
     let f = Fixture::new();
     let tarball = f.p.root().join("image.tar.gz");
@@ -251,6 +284,10 @@ async fn a_tarball_image_is_extracted_once_and_works_the_same() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs runc and busybox-static: run scripts/test"
+)]
 async fn a_bad_image_path_names_the_image_and_what_was_expected() {
     let f = Fixture::new();
     fs::write(f.p.root().join("notes.txt"), "not an image\n").unwrap();
@@ -296,6 +333,10 @@ fn limit(text: &str, name: &str) -> (u64, u64) {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs runc and busybox-static: run scripts/test"
+)]
 async fn container_rlimits_stay_within_the_agents_hard_limits() {
     let f = Fixture::new();
     let (job, out) = f.p.run(container(), sh("cat /proc/self/limits")).await;
@@ -313,6 +354,10 @@ async fn container_rlimits_stay_within_the_agents_hard_limits() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs runc and busybox-static: run scripts/test"
+)]
 async fn container_memory_and_pids_limits_are_in_its_cgroup() {
     let mut f = Fixture::new();
     f.p.cfg.pids_max = Some(123);
@@ -339,6 +384,10 @@ async fn container_memory_and_pids_limits_are_in_its_cgroup() {
 /// The cost of a command in a container (`cargo test -p orchestrator-agent
 /// --test sandbox_container -- --nocapture cost` prints it).
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs runc and busybox-static: run scripts/test"
+)]
 async fn per_command_cost_of_a_container() {
     let f = Fixture::new();
     let sandbox = Sandbox::new(&container(), &f.p.cfg, f.p.dirs(), Limits::default()).unwrap();
@@ -350,6 +399,10 @@ async fn per_command_cost_of_a_container() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs runc and busybox-static: run scripts/test"
+)]
 async fn dropping_a_running_container_command_removes_the_container() {
     let f = Fixture::new();
     let secs = "3456.7";
@@ -376,6 +429,10 @@ async fn dropping_a_running_container_command_removes_the_container() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs runc and busybox-static: run scripts/test"
+)]
 async fn what_a_dead_agent_left_is_swept_away() {
     let f = Fixture::new();
     let secs = "3456.9";
@@ -449,6 +506,10 @@ impl Drop for Deleted {
 /// listens, so the relay's answer is what comes back), and still nothing
 /// else.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs runc and busybox-static: run scripts/test"
+)]
 async fn container_step_without_network_reaches_the_gateway_port_and_nothing_else() {
     let f = Fixture::new();
     let (ctx, stop, _sockets) = relaying(&f.p).await;

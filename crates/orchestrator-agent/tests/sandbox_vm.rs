@@ -6,8 +6,9 @@
 //!
 //! They need `qemu-system-x86_64`, `qemu-img` and the assets of
 //! `scripts/vm-assets.sh` (paths in ORCH_VM_KERNEL, ORCH_VM_INITRD and
-//! ORCH_VM_IMAGE, else ~/.cache/orch/vm); `.ci/run` installs and builds them.
-//! A missing one fails the test, never skips it. ORCH_VM_ACCEL (auto, kvm,
+//! ORCH_VM_IMAGE, else ~/.cache/orch/vm), so they are in the system tier:
+//! `scripts/test` installs and builds them and runs these tests. A missing one
+//! fails the test, never skips it. ORCH_VM_ACCEL (auto, kvm,
 //! tcg) chooses the accelerator; auto by default.
 
 use std::collections::BTreeMap;
@@ -48,7 +49,8 @@ fn context() -> StepContext {
         let found = std::process::Command::new(tool).arg("--version").output();
         assert!(
             found.is_ok_and(|o| o.status.success()),
-            "{tool} is missing; .ci/run installs it (qemu-system-x86 from bookworm-backports, qemu-utils)"
+            "{tool} is missing: this system-tier test needs qemu-system-x86 (from \
+             bookworm-backports) and qemu-utils; scripts/test installs them"
         );
     }
     let accel = std::env::var("ORCH_VM_ACCEL").map_or(Accel::Auto, |a| Accel::parse(&a).unwrap());
@@ -146,6 +148,10 @@ fn ok(p: &Project, job: &ClaimedJob, out: &StepOutcome) {
 /// checkpoint, and a failed attempt's writes are rolled back; a failing
 /// command's exit code fails the step.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs QEMU and the VM assets: run scripts/test"
+)]
 async fn a_vm_step_shares_the_worktree_keeps_its_disk_and_rolls_back() {
     let p = Project::new();
     let host_kernel = fs::read_to_string("/proc/sys/kernel/osrelease").unwrap();
@@ -244,6 +250,10 @@ fn process_naming(needle: &Path) -> Option<String> {
 
 /// A command's timeout kills its VM: no QEMU is left.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs QEMU and the VM assets: run scripts/test"
+)]
 async fn a_timeout_kills_the_vm() {
     let p = Project::new();
     let mut cmd = sh("echo started; sleep 600");
@@ -269,6 +279,10 @@ async fn a_timeout_kills_the_vm() {
 /// With `network: true` the guest has a network device and a default route
 /// (QEMU's user-mode NAT).
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs QEMU and the VM assets: run scripts/test"
+)]
 async fn network_true_gives_the_vm_a_nic() {
     let p = Project::new();
     let mut job = p.job(1, 0, 1, vec![sh("ls /sys/class/net; ip route")]);
@@ -292,6 +306,10 @@ fn a_missing_kernel_names_its_flag() {
 
 /// An agent whose QEMU is missing refuses a vm step, naming `--qemu`.
 #[test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs QEMU and the VM assets: run scripts/test"
+)]
 fn a_missing_qemu_names_its_flag() {
     let mut cfg = context().sandbox.as_ref().clone();
     cfg.vm.qemu = PathBuf::from("/nonexistent/qemu-system-x86_64");
@@ -308,6 +326,10 @@ fn a_missing_qemu_names_its_flag() {
 /// (symlinks to host files in place of its output) reaches no log; a VM that
 /// ends without a status fails the step with code 125.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs QEMU and the VM assets: run scripts/test"
+)]
 async fn the_guest_cannot_read_host_files_through_the_control_share() {
     let p = Project::new();
     let outside = tempfile::tempdir().unwrap();
@@ -340,6 +362,10 @@ async fn the_guest_cannot_read_host_files_through_the_control_share() {
 /// directory (shared writable), as in every other sandbox; the guest's
 /// disk has no git, so the pointer and the directory are what is checked.
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs QEMU and the VM assets: run scripts/test"
+)]
 async fn the_guests_worktree_git_file_points_at_the_steps_own_git() {
     let p = Project::new();
     let own = p.root().join(".orchestrator/git/run-1/build");

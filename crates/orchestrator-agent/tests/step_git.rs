@@ -64,6 +64,10 @@ async fn a_namespace_step_commits_and_its_commits_land_on_the_run_branch() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 async fn a_bubblewrap_step_commits_and_its_commits_land_on_the_run_branch() {
     common::sandboxed::require("bwrap", "bubblewrap");
     agent_commits_in(SandboxKind::Bubblewrap).await;

@@ -27,6 +27,10 @@ fn args(model: Option<PathBuf>, requests: usize) -> GatewayArgs {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs llama.cpp and the test model: run scripts/test"
+)]
 async fn the_gateway_bench_prints_direct_and_gateway_percentiles_of_real_completions() {
     let o = args(Some(test_model()), 5).opts().unwrap();
     let dir = tempfile::tempdir().unwrap();

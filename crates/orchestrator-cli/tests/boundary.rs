@@ -8,7 +8,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{http, jobs_of, process_gone, wait_for, Harness, LONG};
+use common::{http, jobs_of, process_gone, require, wait_for, Harness, LONG};
 
 /// A host file holding `SECRET-OF-THE-HOST`, outside every project.
 fn host_secret(h: &Harness) -> PathBuf {
@@ -91,7 +91,12 @@ impl Drop for Cleanup {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 fn a_step_finds_no_token_wherever_the_data_directory_lives() {
+    require("bwrap", "bubblewrap");
     let unique = format!("orch-e2e-{}", std::process::id());
     for (parent, sandbox) in [
         ("/var/lib", "namespace"),
@@ -211,7 +216,12 @@ fn watchdog_of(agent: i32) -> Option<i32> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 fn a_sigkilled_agents_step_dies_with_it_or_when_it_starts_again() {
+    require("bwrap", "bubblewrap");
     for sandbox in ["namespace", "bubblewrap", "process"] {
         let mut h = Harness::new();
         let d = h.start_daemon(&["--lease-ttl-ms", "3000", "--heartbeat-ms", "300"]);
@@ -355,7 +365,12 @@ fn a_committed_policy_linked_to_dev_zero_is_refused_at_once() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap: run scripts/test"
+)]
 fn a_step_cannot_read_the_daemons_secrets_file_wherever_it_lives() {
+    require("bwrap", "bubblewrap");
     let dir = Path::new("/srv").join(format!("orch-e2e-secrets-{}", std::process::id()));
     let _cleanup = Cleanup(dir.clone());
     std::fs::create_dir_all(&dir).unwrap();

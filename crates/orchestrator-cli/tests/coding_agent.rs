@@ -181,6 +181,10 @@ fn added(diff: &str) -> Vec<String> {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs the coding agent, llama.cpp and the test model: run scripts/test"
+)]
 fn a_coding_agent_from_pypi_edits_and_commits_through_the_gateway_behind_an_approval_and_the_tests()
 {
     let model = test_model();

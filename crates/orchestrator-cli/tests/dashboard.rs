@@ -64,6 +64,7 @@ fn driver_dir() -> PathBuf {
 
 /// Node, Playwright and Chromium, or a panic saying how to get them.
 fn check_tools() {
+    require("node", "nodejs");
     let chromium = std::env::var("ORCH_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         Path::new(&chromium).exists(),
@@ -77,6 +78,10 @@ fn check_tools() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs Chromium, node and playwright-core: run scripts/test"
+)]
 fn a_browser_sees_the_graph_approves_by_clicking_and_watches_the_run_finish() {
     check_tools();
     let mut h = Harness::new();
@@ -193,6 +198,10 @@ fn drive(script: &str, args: &[&str]) -> Value {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs Chromium, node and playwright-core: run scripts/test"
+)]
 fn the_inbox_answers_skips_rejects_with_feedback_and_approves_by_clicking() {
     check_tools();
     let mut h = Harness::new();

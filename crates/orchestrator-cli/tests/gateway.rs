@@ -81,7 +81,13 @@ fn seen(h: &Harness, run: &str, id: &str) -> Value {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs bubblewrap and python3: run scripts/test"
+)]
 fn a_step_without_network_reaches_the_gateway_and_nothing_else() {
+    require("python3", "python3");
+    require("bwrap", "bubblewrap");
     let mut h = Harness::new();
     let models = h.write("models.yaml", MODELS);
     let d = h.start_daemon(&["--models", models.to_str().unwrap()]);
@@ -89,25 +95,16 @@ fn a_step_without_network_reaches_the_gateway_and_nothing_else() {
     // A port of the host's loopback that a step with network does reach.
     let other = TcpListener::bind("127.0.0.1:0").unwrap();
     let ports = (d.port, other.local_addr().unwrap().port());
-    let bwrap = which("bwrap");
     let mut wf = String::from("name: gateway\non_failure: fail\nstages:");
     wf += &stage("namespace", "namespace", false, None, ports);
     wf += &stage("open", "namespace", true, Some("namespace"), ports);
-    if bwrap {
-        wf += &stage("bubblewrap", "bubblewrap", false, Some("open"), ports);
-    } else {
-        eprintln!("no bwrap in PATH: the bubblewrap stage is left out");
-    }
+    wf += &stage("bubblewrap", "bubblewrap", false, Some("open"), ports);
     let file = h.write("gateway.yaml", &wf);
     let run = h.submit(&file);
     let detail = h.wait_run_end(&d, &run);
     assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
 
-    let mut closed = vec!["namespace"];
-    if bwrap {
-        closed.push("bubblewrap");
-    }
-    for id in closed {
+    for id in ["namespace", "bubblewrap"] {
         let s = seen(&h, &run, id);
         assert_eq!(s["base"], "http://127.0.0.1:11380/v1", "{id}: {s:#}");
         assert_eq!(s["status"], 200, "{id}: {s:#}");
@@ -128,11 +125,6 @@ fn a_step_without_network_reaches_the_gateway_and_nothing_else() {
     assert_eq!(open["daemon_port"], "reached", "{open:#}");
     assert_eq!(open["other_port"], "reached", "{open:#}");
     drop(other);
-}
-
-fn which(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(name).is_file()))
 }
 
 /// Streams a chat completion from the gateway and writes what arrived to
@@ -166,6 +158,10 @@ with open("stream.json", "w") as f:
 "#;
 
 #[test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs llama.cpp and the test model: run scripts/test"
+)]
 fn a_step_without_network_streams_a_completion_from_a_llama_cpp_model() {
     let model = test_model();
     let mut h = Harness::new();

@@ -32,6 +32,10 @@ print(json.dumps({"in": a["prompt_tokens"] + b["prompt_tokens"],
 "#;
 
 #[test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs llama.cpp and the test model: run scripts/test"
+)]
 fn a_steps_model_calls_show_in_orch_show_and_its_manifest() {
     let model = test_model();
     let mut h = Harness::new();

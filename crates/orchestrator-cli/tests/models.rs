@@ -132,6 +132,10 @@ fn parent_of(pid: i32) -> i32 {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs llama.cpp and the test model: run scripts/test"
+)]
 fn a_model_placed_on_an_agent_runs_there_and_answers_its_stage_through_the_gateway() {
     let model = test_model();
     let mut h = Harness::new();

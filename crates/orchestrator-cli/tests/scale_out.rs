@@ -75,6 +75,10 @@ fn follow_events(d: &Daemon) -> std::sync::mpsc::Receiver<(i64, String, String)>
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs PostgreSQL: run scripts/test"
+)]
 fn two_daemons_share_one_database_and_a_run_survives_one_being_killed() {
     let store = store_url();
     let flags = ["--store", store.as_str()];
@@ -186,6 +190,10 @@ fn two_daemons_share_one_database_and_a_run_survives_one_being_killed() {
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs PostgreSQL: run scripts/test"
+)]
 fn migrate_moves_a_single_machine_store_to_postgres_and_its_runs_go_on() {
     let mut h = Harness::new();
     let d = h.start_up(&[]);

@@ -106,6 +106,10 @@ async fn a_jobs_key_opens_the_gateway_while_the_job_is_leased_and_only_then() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs llama.cpp and the test model: run scripts/test"
+)]
 async fn a_leased_jobs_key_gets_real_completions_from_a_llama_cpp_model_started_on_first_use() {
     let model = common::env_path("ORCH_TEST_MODEL");
     common::env_path("ORCH_LLAMA_PYTHON");
@@ -228,6 +232,10 @@ async fn waiting(http: &reqwest::Client, base: &str, model: &str) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs llama.cpp and the test model: run scripts/test"
+)]
 async fn with_one_slot_a_high_priority_request_is_served_before_a_low_one_queued_earlier() {
     let model = common::env_path("ORCH_TEST_MODEL");
     common::env_path("ORCH_LLAMA_PYTHON");
@@ -382,6 +390,10 @@ async fn wait_waiting(http: &reqwest::Client, base: &str, model: &str, n: u64, s
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs llama.cpp and the test model: run scripts/test"
+)]
 async fn a_client_gone_mid_answer_frees_its_slot_and_one_gone_while_queued_leaves_the_queue() {
     let model = common::env_path("ORCH_TEST_MODEL");
     common::env_path("ORCH_LLAMA_PYTHON");

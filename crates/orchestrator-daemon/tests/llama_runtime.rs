@@ -120,6 +120,10 @@ async fn metric(http: &reqwest::Client, url: &str, name: &str) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs llama.cpp and the test model: run scripts/test"
+)]
 async fn llama_server_serves_the_small_model_and_stops_on_sigterm() {
     let model = env_path("ORCH_TEST_MODEL");
     let python = env_path("ORCH_LLAMA_PYTHON");
@@ -285,6 +289,10 @@ async fn llama_server_serves_the_small_model_and_stops_on_sigterm() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs llama.cpp and the test model: run scripts/test"
+)]
 async fn llama_server_names_a_missing_model_and_a_busy_port() {
     let python = env_path("ORCH_LLAMA_PYTHON");
     let model = env_path("ORCH_TEST_MODEL");
@@ -332,6 +340,10 @@ async fn llama_server_names_a_missing_model_and_a_busy_port() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs llama.cpp and the test model: run scripts/test"
+)]
 async fn llama_server_holds_every_completion_without_a_grammar_to_its_grammar_file() {
     let python = env_path("ORCH_LLAMA_PYTHON");
     let model = env_path("ORCH_TEST_MODEL");

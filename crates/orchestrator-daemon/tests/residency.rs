@@ -50,6 +50,10 @@ async fn complete(http: &reqwest::Client, base: &str, key: &str, model: &str) ->
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs llama.cpp and the test model: run scripts/test"
+)]
 async fn two_models_that_do_not_fit_together_take_turns_and_no_request_fails() {
     let model = test_model();
     // Each holds 300 MiB of a 400 MiB budget: one at a time.
@@ -132,6 +136,10 @@ async fn until_resident(http: &reqwest::Client, base: &str, n: usize) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs llama.cpp and the test model: run scripts/test"
+)]
 async fn an_idle_server_is_stopped_and_a_dead_one_starts_again_when_next_wanted() {
     let model = test_model();
     let yaml = format!(
@@ -218,6 +226,10 @@ async fn a_request_for_a_model_no_place_can_hold_is_answered_at_once_saying_why(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs llama.cpp and the test model: run scripts/test"
+)]
 async fn a_server_that_cannot_start_fails_its_requests_and_readyz_names_it() {
     test_model();
     let yaml = "local: {ram: 400M}\nmodels:\n\

@@ -45,6 +45,10 @@ async fn metric(http: &reqwest::Client, addr: &str, sample: &str) -> Option<f64>
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs llama.cpp and the test model: run scripts/test"
+)]
 async fn a_jobs_model_calls_are_counted_per_stage_and_model_shown_and_kept() {
     let dir = tempfile::tempdir().unwrap();
     let (daemon, addr, job) = leased_job(dir.path()).await;

@@ -51,6 +51,10 @@ fn wide(n: usize) -> String {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs PostgreSQL: run scripts/test"
+)]
 async fn two_stores_on_one_database_share_runs_claims_and_events() {
     let loc = fresh();
     let a = open_at(&loc);
@@ -109,6 +113,10 @@ async fn two_stores_on_one_database_share_runs_claims_and_events() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs PostgreSQL: run scripts/test"
+)]
 async fn claims_through_two_stores_never_hand_one_job_out_twice() {
     let loc = fresh();
     let stores = [Arc::new(open_at(&loc)), Arc::new(open_at(&loc))];
@@ -148,6 +156,10 @@ async fn claims_through_two_stores_never_hand_one_job_out_twice() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs PostgreSQL: run scripts/test"
+)]
 async fn a_database_from_a_newer_orch_is_refused() {
     let loc = fresh();
     let s = open_at(&loc);
@@ -170,6 +182,10 @@ async fn a_database_from_a_newer_orch_is_refused() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs PostgreSQL: run scripts/test"
+)]
 async fn a_database_from_an_older_orch_is_migrated_and_keeps_its_runs() {
     let loc = fresh();
     let s = open_at(&loc);
@@ -233,6 +249,10 @@ async fn a_bad_url_or_an_unreachable_server_is_named_in_the_error() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs PostgreSQL: run scripts/test"
+)]
 async fn migrate_copies_a_sqlite_store_mid_run_and_the_run_finishes_on_postgres() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("orch.db");
@@ -314,6 +334,10 @@ async fn migrate_copies_a_sqlite_store_mid_run_and_the_run_finishes_on_postgres(
 }
 
 #[tokio::test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs PostgreSQL: run scripts/test"
+)]
 async fn both_databases_have_the_listed_tables_with_the_same_columns() {
     use orchestrator_store::TABLES;
     use std::collections::BTreeSet;

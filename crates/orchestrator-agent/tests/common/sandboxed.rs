@@ -50,7 +50,8 @@ pub fn busybox_rootfs(root: &Path) {
     let busybox = Path::new("/bin/busybox");
     assert!(
         busybox.is_file(),
-        "/bin/busybox is missing: install busybox-static (.ci/run installs it)"
+        "/bin/busybox is missing: this system-tier test needs the Debian package \
+         busybox-static; scripts/test installs it"
     );
     for d in ["bin", "etc", "proc", "dev", "sys", "tmp"] {
         fs::create_dir_all(root.join(d)).unwrap();
@@ -81,19 +82,22 @@ pub fn vm_asset(var: &str, file: &str) -> PathBuf {
     });
     assert!(
         path.is_file(),
-        "{} is missing ({var}); .ci/run builds it with scripts/vm-assets.sh",
+        "{} is missing ({var}): this system-tier test needs the vm sandbox's assets; \
+         scripts/test builds them (scripts/vm-assets.sh) and sets {var}",
         path.display()
     );
     path
 }
 
-/// Fails, naming the package, when `program` is not installed.
+/// Fails, naming the package and how to get it, when `program` is not on
+/// PATH: a system-tier test never skips what it cannot run.
 pub fn require(program: &str, package: &str) {
     let found = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()));
     assert!(
         found,
-        "{program} is not installed: these tests need the Debian package {package} (.ci/run installs it)"
+        "{program} is not installed: this system-tier test needs the Debian package {package}; \
+         scripts/test installs it"
     );
 }
 

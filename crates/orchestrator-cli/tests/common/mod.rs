@@ -22,12 +22,15 @@ use serde_json::Value;
 
 mod http;
 mod reads;
+mod system;
 
 // Each test binary uses a part of these.
 #[allow(unused_imports)]
 pub use http::*;
 #[allow(unused_imports)]
 pub use reads::*;
+#[allow(unused_imports)]
+pub use system::*;
 
 /// How long a test waits for anything before it gives up.
 pub const LONG: Duration = Duration::from_secs(60);
