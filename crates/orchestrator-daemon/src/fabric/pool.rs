@@ -25,7 +25,20 @@ pub struct Grant {
     pub queue_wait_ms: u64,
 }
 
-type Waiter = oneshot::Sender<Result<Grant, String>>;
+type Waiter = oneshot::Sender<Result<Grant, Unavailable>>;
+
+/// Why a model cannot serve a request now.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unavailable {
+    #[error("model {0:?} is not declared")]
+    Undeclared(String),
+    /// Its server stopped while the request waited.
+    #[error("model {0:?} stopped serving")]
+    Stopped(String),
+    /// Its server would not start (or its agent said why it cannot serve).
+    #[error("{0}")]
+    Failed(String),
+}
 
 pub(crate) struct ModelQueue {
     pub queue: RequestQueue,
@@ -190,14 +203,14 @@ impl Pool {
         self: &Arc<Self>,
         model: &str,
         priority: i32,
-    ) -> Result<(Permit, Grant), String> {
+    ) -> Result<(Permit, Grant), Unavailable> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
             let mut st = self.lock();
             let now = self.now_ms();
             let Some(m) = st.models.get_mut(model) else {
-                return Err(format!("model {model:?} is not declared"));
+                return Err(Unavailable::Undeclared(model.to_owned()));
             };
             // Ids come from a counter, so they never repeat.
             let _ = m.queue.enqueue(id, priority, now);
@@ -214,7 +227,7 @@ impl Pool {
         match rx.await {
             Ok(Ok(grant)) => Ok((permit, grant)),
             Ok(Err(e)) => Err(e),
-            Err(_) => Err(format!("model {model:?} stopped serving")),
+            Err(_) => Err(Unavailable::Stopped(model.to_owned())),
         }
     }
 
@@ -225,7 +238,7 @@ impl Pool {
             for id in m.queue.waiting_ids() {
                 let _ = m.queue.cancel(id);
                 if let Some(tx) = m.waiters.remove(&id) {
-                    let _ = tx.send(Err(error.to_owned()));
+                    let _ = tx.send(Err(Unavailable::Failed(error.to_owned())));
                 }
             }
         }
