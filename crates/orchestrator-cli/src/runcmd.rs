@@ -206,7 +206,7 @@ pub async fn wait(client: &Client, run_id: &str, progress: bool) -> Result<RunSt
         |t| {
             match t.entity {
                 Entity::Stage => {
-                    let stage = t.entity_id.rsplit('/').next().unwrap_or("").to_owned();
+                    let stage = t.stage().map_or("", |k| k.stage_id).to_owned();
                     let to = match t.to {
                         State::Stage(s) => Some(s),
                         _ => None,

@@ -30,7 +30,7 @@ pub mod sched;
 pub mod spec;
 pub mod validate;
 
-pub use machine::{Actor, Entity, JobState, RunState, StageState, State, Transition};
+pub use machine::{Actor, Entity, JobState, RunState, StageKey, StageState, State, Transition};
 pub use plan::{plan, Plan};
 pub use spec::Workflow;
 pub use validate::{parse_workflow, SpecError, SpecErrors};

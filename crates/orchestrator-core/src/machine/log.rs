@@ -299,6 +299,34 @@ impl<'de> Deserialize<'de> for Actor {
     }
 }
 
+/// A stage of a run, as the log names it: `run_id/stage_id` (a checkpoint
+/// adds `/seq`, a question `/id`). Stage ids hold no `/` (validation refuses one), so the
+/// first `/` ends the run's id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct StageKey<'a> {
+    pub run_id: &'a str,
+    pub stage_id: &'a str,
+}
+
+impl<'a> StageKey<'a> {
+    pub fn new(run_id: &'a str, stage_id: &'a str) -> Self {
+        StageKey { run_id, stage_id }
+    }
+
+    /// The stage an entity id names (`run/stage` or `run/stage/seq`), if any.
+    pub fn parse(entity_id: &'a str) -> Option<Self> {
+        let (run_id, rest) = entity_id.split_once('/')?;
+        let stage_id = rest.split('/').next().filter(|s| !s.is_empty())?;
+        (!run_id.is_empty()).then_some(StageKey { run_id, stage_id })
+    }
+}
+
+impl fmt::Display for StageKey<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.run_id, self.stage_id)
+    }
+}
+
 /// One row of the transitions log: every state change, with why and who.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Transition {
@@ -317,6 +345,19 @@ pub struct Transition {
     pub actor: Actor,
     /// Unix time in milliseconds.
     pub at_ms: i64,
+}
+
+impl Transition {
+    /// The stage the row is about: a stage's, a checkpoint's or a
+    /// question's row.
+    pub fn stage(&self) -> Option<StageKey<'_>> {
+        match self.entity {
+            Entity::Stage | Entity::Checkpoint | Entity::Question => {
+                StageKey::parse(&self.entity_id)
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The row as it travels, before its states are read against its entity.
@@ -388,6 +429,17 @@ mod tests {
         }
         assert_eq!(State::parse(Entity::Run, "leased"), None);
         assert_eq!(State::parse(Entity::Job, "bogus"), None);
+    }
+
+    #[test]
+    fn a_stage_key_reads_back_from_stage_and_checkpoint_ids() {
+        let k = StageKey::new("r1", "build");
+        assert_eq!(k.to_string(), "r1/build");
+        assert_eq!(StageKey::parse("r1/build"), Some(k));
+        assert_eq!(StageKey::parse("r1/build/3"), Some(k));
+        for bad in ["r1", "/build", "r1/", ""] {
+            assert_eq!(StageKey::parse(bad), None, "{bad:?}");
+        }
     }
 
     #[test]

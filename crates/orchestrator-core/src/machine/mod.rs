@@ -533,5 +533,7 @@ mod log;
 mod marks;
 
 pub use jobs::*;
-pub use log::{Actor, AgentState, CheckpointState, Entity, LeaseState, State, Transition};
+pub use log::{
+    Actor, AgentState, CheckpointState, Entity, LeaseState, StageKey, State, Transition,
+};
 pub use marks::{holds_for_pause, stage_marks, StageMarks};

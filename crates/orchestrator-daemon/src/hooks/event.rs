@@ -143,18 +143,19 @@ pub fn human_event(t: &Transition) -> Option<HumanEvent> {
         }
         _ => return None,
     };
-    // Entity ids are `run`, `run/stage`, `run/stage/N`; a question's may be
-    // its bare number. The run id comes from the row when it has one.
-    // `split` yields at least one part, so `parts[0]` exists.
-    let parts: Vec<&str> = t.entity_id.split('/').collect();
-    let run_id = t.run_id.clone().unwrap_or_else(|| parts[0].to_owned());
-    let stage_id = match t.entity {
-        Entity::Run => None,
-        _ if parts.len() >= 2 && parts[0] == run_id => Some(parts[1].to_owned()),
-        _ => None,
-    };
+    // Entity ids are `run`, `run/stage`, `run/stage/N`; a question's is its
+    // number. The run id comes from the row when it has one.
+    let stage = t.stage();
+    let run_id = t
+        .run_id
+        .clone()
+        .or_else(|| stage.map(|k| k.run_id.to_owned()))
+        .unwrap_or_else(|| t.entity_id.clone());
+    let stage_id = stage
+        .filter(|k| k.run_id == run_id)
+        .map(|k| k.stage_id.to_owned());
     let question_id = match t.entity {
-        Entity::Question => parts.last().and_then(|p| p.parse().ok()),
+        Entity::Question => t.entity_id.rsplit('/').next().and_then(|p| p.parse().ok()),
         _ => None,
     };
     let mut ev = HumanEvent {

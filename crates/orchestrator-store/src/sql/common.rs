@@ -15,7 +15,7 @@ pub(super) fn conflict(e: impl std::fmt::Display) -> StoreError {
 }
 
 pub(super) fn stage_key(run_id: &str, stage_id: &str) -> String {
-    format!("{run_id}/{stage_id}")
+    orchestrator_core::StageKey::new(run_id, stage_id).to_string()
 }
 
 /// The parsed workflow of a run, from the cache or the `runs` row.

@@ -132,7 +132,10 @@ pub(super) fn step_succeeded(
 
 /// A question's entity id in the transitions log: `run/stage/id`.
 pub(super) fn question_key(run_id: &str, stage_id: &str, id: i64) -> String {
-    format!("{run_id}/{stage_id}/{id}")
+    format!(
+        "{}/{id}",
+        orchestrator_core::StageKey::new(run_id, stage_id)
+    )
 }
 
 /// Records an open question. `wait_key`: its running step waits for the
