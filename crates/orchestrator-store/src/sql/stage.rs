@@ -191,8 +191,7 @@ pub fn stage_event(
     }
     // An input step moves a queued stage on at once, so the hold is decided
     // on the stage as its effects left it.
-    if to == StageState::Queued
-        && row.run_state == RunState::Paused
+    if holds_for_pause(to, row.run_state)
         && holds_for_pause(load_stage(ctx, run_id, stage_id)?.state, row.run_state)
     {
         return stage_event(
