@@ -16,11 +16,10 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 
-use common::sandboxed::{require, sh, spec, Project};
+use common::sandboxed::{sh, spec, Project};
 
 fn backends() -> Vec<SandboxSpec> {
-    require("bwrap", "bubblewrap");
-    vec![spec(SandboxKind::Namespace), spec(SandboxKind::Bubblewrap)]
+    common::sandboxed::backends(&[(SandboxKind::Bubblewrap, "bwrap", "bubblewrap")])
 }
 
 fn cache(path: &str, key: &str, restore_keys: &[&str]) -> Cache {
@@ -82,10 +81,6 @@ fn tmp_is_empty(p: &Project) -> bool {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(feature = "system-tests"),
-    ignore = "needs bubblewrap: run scripts/test"
-)]
 async fn a_later_step_restores_what_was_saved_and_its_writes_never_reach_the_entry() {
     for sandbox in backends() {
         let p = Project::new();
@@ -139,10 +134,6 @@ async fn a_later_step_restores_what_was_saved_and_its_writes_never_reach_the_ent
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(feature = "system-tests"),
-    ignore = "needs bubblewrap: run scripts/test"
-)]
 async fn a_cache_holding_links_is_saved_and_restored_with_them_as_links_never_their_targets() {
     for sandbox in backends() {
         let p = Project::new();

@@ -13,11 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 
-use common::sandboxed::{require, sh, spec, Project};
+use common::sandboxed::{sh, spec, Project};
 
 fn backends() -> Vec<SandboxSpec> {
-    require("bwrap", "bubblewrap");
-    vec![spec(SandboxKind::Namespace), spec(SandboxKind::Bubblewrap)]
+    common::sandboxed::backends(&[(SandboxKind::Bubblewrap, "bwrap", "bubblewrap")])
 }
 
 /// A tool directory in the agent's home (hidden from steps by default),
@@ -48,10 +47,6 @@ async fn run(p: &Project, job: &ClaimedJob) -> StepOutcome {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(feature = "system-tests"),
-    ignore = "needs bubblewrap: run scripts/test"
-)]
 async fn an_allowed_mount_is_readable_at_its_path_and_through_the_steps_home() {
     for sandbox in backends() {
         let tool = Tool::new("ok");
@@ -125,10 +120,6 @@ async fn a_mount_that_would_show_a_data_directory_is_refused() {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(feature = "system-tests"),
-    ignore = "needs bubblewrap: run scripts/test"
-)]
 async fn a_step_has_a_writable_home_with_a_git_identity_kept_across_its_steps() {
     for sandbox in backends() {
         let p = Project::new();

@@ -25,12 +25,10 @@ use tempfile::TempDir;
 const ORIGINAL: &str = "the host's own content\n";
 
 fn backends() -> Vec<SandboxSpec> {
-    require("bwrap", "bubblewrap");
-    vec![
-        spec(SandboxKind::Namespace),
-        spec(SandboxKind::Bubblewrap),
-        spec(SandboxKind::Container),
-    ]
+    common::sandboxed::backends(&[
+        (SandboxKind::Bubblewrap, "bwrap", "bubblewrap"),
+        (SandboxKind::Container, "runc", "runc"),
+    ])
 }
 
 /// A project whose agent runs `sandbox`: a busybox image and a work
@@ -86,12 +84,11 @@ async fn run(p: &Project, job: &ClaimedJob) -> orchestrator_core::api::StepOutco
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(feature = "system-tests"),
-    ignore = "needs bubblewrap, runc, busybox-static and QEMU: run scripts/test"
-)]
 async fn a_symlinked_log_of_the_next_command_is_not_followed() {
-    for sandbox in backends().into_iter().chain([spec(SandboxKind::Vm)]) {
+    for sandbox in backends()
+        .into_iter()
+        .chain(cfg!(feature = "system-tests").then(|| spec(SandboxKind::Vm)))
+    {
         let (p, _dirs) = project(&sandbox);
         let (out_target, err_target) = (host_file(&p, "stdout"), host_file(&p, "stderr"));
         let plant = format!(
@@ -112,10 +109,6 @@ async fn a_symlinked_log_of_the_next_command_is_not_followed() {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(feature = "system-tests"),
-    ignore = "needs bubblewrap, runc and busybox-static: run scripts/test"
-)]
 async fn a_symlink_into_the_projects_git_config_is_not_followed() {
     for sandbox in backends() {
         let (p, _dirs) = project(&sandbox);
@@ -138,10 +131,6 @@ async fn a_symlink_into_the_projects_git_config_is_not_followed() {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(feature = "system-tests"),
-    ignore = "needs bubblewrap, runc and busybox-static: run scripts/test"
-)]
 async fn a_hardlinked_log_does_not_write_the_file_it_shares() {
     for sandbox in backends() {
         let (p, _dirs) = project(&sandbox);
@@ -155,10 +144,6 @@ async fn a_hardlinked_log_does_not_write_the_file_it_shares() {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(feature = "system-tests"),
-    ignore = "needs bubblewrap, runc and busybox-static: run scripts/test"
-)]
 async fn a_symlinked_manifest_temporary_is_not_followed() {
     for sandbox in backends() {
         let (p, _dirs) = project(&sandbox);
@@ -180,10 +165,6 @@ async fn a_symlinked_manifest_temporary_is_not_followed() {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(feature = "system-tests"),
-    ignore = "needs bubblewrap, runc and busybox-static: run scripts/test"
-)]
 async fn a_symlinked_redaction_temporary_is_not_followed() {
     for sandbox in backends() {
         let (p, _dirs) = project(&sandbox);
@@ -208,10 +189,6 @@ async fn a_symlinked_redaction_temporary_is_not_followed() {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(feature = "system-tests"),
-    ignore = "needs bubblewrap, runc and busybox-static: run scripts/test"
-)]
 async fn a_symlinked_handoff_file_is_not_followed() {
     for sandbox in backends() {
         let (p, _dirs) = project(&sandbox);
@@ -244,10 +221,6 @@ async fn a_symlinked_handoff_file_is_not_followed() {
 }
 
 #[tokio::test]
-#[cfg_attr(
-    not(feature = "system-tests"),
-    ignore = "needs bubblewrap, runc and busybox-static: run scripts/test"
-)]
 async fn a_replaced_worktree_git_file_is_put_back_and_never_used() {
     for sandbox in backends() {
         let (p, _dirs) = project(&sandbox);

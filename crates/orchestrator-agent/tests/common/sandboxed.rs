@@ -91,6 +91,20 @@ pub fn vm_asset(var: &str, file: &str) -> PathBuf {
 
 /// Fails, naming the package and how to get it, when `program` is not on
 /// PATH: a system-tier test never skips what it cannot run.
+/// The backends a test that holds for every sandbox runs under: the
+/// `namespace` sandbox, built in, in every tier; with the system tier also
+/// `others` (each checked installed through `require`, `(program, package)`).
+pub fn backends(others: &[(SandboxKind, &str, &str)]) -> Vec<SandboxSpec> {
+    let mut out = vec![spec(SandboxKind::Namespace)];
+    if cfg!(feature = "system-tests") {
+        for (kind, program, package) in others {
+            require(program, package);
+            out.push(spec(*kind));
+        }
+    }
+    out
+}
+
 pub fn require(program: &str, package: &str) {
     let found = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|d| d.join(program).is_file()));

@@ -12,3 +12,17 @@ pub fn require(program: &str, package: &str) {
          scripts/test installs it"
     );
 }
+
+/// The sandboxes a test that holds for each of `all` runs under: every one in
+/// the system tier (`bubblewrap` checked installed), and without it those
+/// built into `orch`, so the plain tier still attacks the default sandbox.
+pub fn sandboxes<'a>(all: &[&'a str]) -> Vec<&'a str> {
+    let system = cfg!(feature = "system-tests");
+    if system && all.contains(&"bubblewrap") {
+        require("bwrap", "bubblewrap");
+    }
+    all.iter()
+        .copied()
+        .filter(|s| system || *s != "bubblewrap")
+        .collect()
+}
