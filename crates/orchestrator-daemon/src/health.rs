@@ -144,7 +144,7 @@ pub async fn readyz<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
     );
     let hooks = app.hooks.status();
     if !hooks.is_empty() {
-        components.insert("webhooks", webhooks(&hooks));
+        components.insert("webhooks", webhooks(&hooks, app.config.clock.now_ms()));
     }
     let ready = components.values().all(|c| c.ok || !c.required);
     let status = if ready {
@@ -157,8 +157,7 @@ pub async fn readyz<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
 
 /// Healthy while no target is retrying an event or gave one up in the last
 /// minute; the detail names each troubled target and its last error.
-fn webhooks(targets: &[crate::hooks::HookStatus]) -> ComponentHealth {
-    let now = orchestrator_host::now_ms();
+fn webhooks(targets: &[crate::hooks::HookStatus], now: i64) -> ComponentHealth {
     let troubled: Vec<String> = targets
         .iter()
         .filter(|t| t.retrying || t.last_error_ms.is_some_and(|at| now - at < 60_000))
@@ -227,7 +226,7 @@ mod tests {
     #[test]
     fn webhooks_are_healthy_until_a_target_retries_or_failed_in_the_last_minute() {
         let now = orchestrator_host::now_ms();
-        let fine = webhooks(&[target(false, Some(now - 120_000))]);
+        let fine = webhooks(&[target(false, Some(now - 120_000))], now);
         assert!(fine.ok && !fine.required, "{}", fine.detail);
         assert!(
             fine.detail
@@ -235,7 +234,7 @@ mod tests {
             "{}",
             fine.detail
         );
-        let retrying = webhooks(&[target(true, Some(now - 1_000))]);
+        let retrying = webhooks(&[target(true, Some(now - 1_000))], now);
         assert!(!retrying.ok);
         assert!(
             retrying
@@ -244,7 +243,7 @@ mod tests {
             "{}",
             retrying.detail
         );
-        let failed = webhooks(&[target(false, Some(now - 5_000))]);
+        let failed = webhooks(&[target(false, Some(now - 5_000))], now);
         assert!(!failed.ok);
         assert!(
             failed.detail.contains("failed recently"),

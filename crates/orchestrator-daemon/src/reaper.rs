@@ -11,9 +11,8 @@
 //! before anything is expired.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use orchestrator_host::now_ms;
 use orchestrator_store::Store;
 use tokio_util::sync::CancellationToken;
 
@@ -21,11 +20,16 @@ use crate::App;
 
 pub async fn run<S: Store>(app: Arc<App<S>>, stop: CancellationToken) {
     let tick = Duration::from_millis(app.config.reaper_tick_ms.max(10));
+    let clock = app.config.clock.clone();
+    let now_ms = || clock.now_ms();
     // Agents get one online window to reach a daemon that just started, as
     // their leases do (`Store::resume`): silence while it was down is not theirs.
     let window = i64::try_from(app.config.online_ms()).unwrap_or(i64::MAX);
     let mut judge_agents_from = now_ms().saturating_add(window);
     app.health.register("reaper", tick);
+    // Both clocks as the last wake-up read them: a stall is measured from
+    // there, so one that begins while the store is asked is seen too.
+    let mut mark = (Instant::now(), now_ms());
     loop {
         app.health.tick("reaper");
         let wait = match app.store.next_lease_expiry().await {
@@ -36,13 +40,16 @@ pub async fn run<S: Store>(app: Arc<App<S>>, stop: CancellationToken) {
                 tick
             }
         };
-        let (mono, wall) = (std::time::Instant::now(), now_ms());
+        let slept = Instant::now();
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
         let now = now_ms();
-        let late = stalled_for(wait, mono.elapsed(), now - wall);
+        let ahead =
+            (now - mark.1) - i64::try_from(mark.0.elapsed().as_millis()).unwrap_or(i64::MAX);
+        let late = stalled_for(wait, slept.elapsed(), ahead);
+        mark = (Instant::now(), now);
         if let Some(late) = late {
             match app.store.resume(app.config.lease_ttl_ms).await {
                 Ok(n) => tracing::warn!(
@@ -78,14 +85,15 @@ pub async fn run<S: Store>(app: Arc<App<S>>, stop: CancellationToken) {
     }
 }
 
-/// How far past what it asked the reaper woke, when that is a stall rather
-/// than scheduling noise: by the monotonic clock (the process was stopped)
-/// or by the wall clock that leases are kept in (the machine was suspended,
-/// or the clock jumped ahead).
-fn stalled_for(asked: Duration, mono: Duration, wall_ms: i64) -> Option<Duration> {
-    let wall = Duration::from_millis(u64::try_from(wall_ms).unwrap_or(0));
-    let woke = mono.max(wall);
-    woke.checked_sub(asked).filter(|late| *late >= STALL)
+/// How late the reaper woke, when that is a stall rather than scheduling
+/// noise: by the monotonic clock over its sleep (the process was stopped),
+/// or by how far the wall clock that leases are kept in ran ahead of the
+/// monotonic one since the last wake-up (the machine was suspended, or the
+/// clock jumped ahead, even while the store was being asked).
+fn stalled_for(asked: Duration, slept: Duration, ahead_ms: i64) -> Option<Duration> {
+    let ahead = Duration::from_millis(u64::try_from(ahead_ms).unwrap_or(0));
+    let late = slept.saturating_sub(asked).max(ahead);
+    (late >= STALL).then_some(late)
 }
 
 /// A wake-up this late is a stall. Far below any lease time that makes
@@ -99,10 +107,11 @@ mod tests {
     #[test]
     fn a_late_wake_by_either_clock_is_a_stall_and_noise_is_not() {
         let s = Duration::from_secs;
-        assert_eq!(stalled_for(s(1), Duration::from_millis(1_050), 1_040), None);
-        assert_eq!(stalled_for(s(1), s(36), 36_000), Some(s(35)));
+        assert_eq!(stalled_for(s(1), Duration::from_millis(1_050), 40), None);
+        // Stopped: both clocks went on while it slept.
+        assert_eq!(stalled_for(s(1), s(36), 0), Some(s(35)));
         // Suspended: the monotonic clock stood still, the wall clock did not.
-        assert_eq!(stalled_for(s(1), s(1), 61_000), Some(s(60)));
+        assert_eq!(stalled_for(s(1), s(1), 60_000), Some(s(60)));
         // The wall clock went back: not a stall.
         assert_eq!(stalled_for(s(1), s(1), -5_000), None);
     }

@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use orchestrator_host::now_ms;
 use orchestrator_store::Store;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
@@ -189,7 +188,7 @@ async fn append_transitions<S: Store>(
 async fn write_current<S: Store>(app: &App<S>, dir: &Path, seq: i64) -> Result<(), ExportError> {
     let s = &app.store;
     let doc = json!({
-        "at_ms": now_ms(),
+        "at_ms": app.config.clock.now_ms(),
         "last_seq": seq,
         "runs": s.list_runs(1000).await?,
         "agents": s.list_agents(app.config.online_ms()).await?,
@@ -205,7 +204,7 @@ async fn write_metrics<S: Store>(app: &App<S>, dir: &Path) -> Result<(), ExportE
         rows.iter().map(|(k, v)| (k.clone(), json!(v))).collect()
     };
     let doc = json!({
-        "at_ms": now_ms(),
+        "at_ms": app.config.clock.now_ms(),
         "runs": map(&c.runs),
         "stages": map(&c.stages),
         "jobs": map(&c.jobs),

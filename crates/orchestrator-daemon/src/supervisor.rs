@@ -28,7 +28,8 @@ impl Daemon {
     /// Binds, resumes from the store and starts every component.
     pub async fn start<S: Store>(config: DaemonConfig, store: Arc<S>) -> std::io::Result<Daemon> {
         // Bad hook settings fail before anything listens or is resumed.
-        let hooks = hooks::Hooks::new(&config.hooks).map_err(std::io::Error::other)?;
+        let hooks = hooks::Hooks::new(&config.hooks, config.clock.clone())
+            .map_err(std::io::Error::other)?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let addr = listener.local_addr()?;
         // Leases from before a restart get one more lease time, so their

@@ -1,7 +1,8 @@
 //! An agent that stops heartbeating, against the real daemon and its reaper
 //! on a real SQLite store, over HTTP: its lease expires, it is marked lost
 //! once, and when it comes back its stale lease is revoked, its late
-//! completion refused (and logged), and it is online again.
+//! completion refused (and logged), and it is online again. The reaper keeps
+//! time by the daemon's clock, and a jump of it is the daemon's absence.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -150,6 +151,95 @@ async fn a_silent_agent_is_marked_lost_once_and_its_stale_lease_is_revoked_when_
         .filter(|t| t.reason.starts_with("completion refused"))
         .count();
     assert_eq!(refusals, 1);
+    daemon.shutdown_token().cancel();
+    daemon.wait().await.unwrap();
+}
+
+/// The leases' transitions to `to`, the reaper's.
+async fn leases_to(store: &SqlStore, to: &str) -> usize {
+    store
+        .transitions_since(0, None, 100_000)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.entity == Entity::Lease && t.to == to)
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reaper_keeps_time_by_the_daemons_clock_and_a_jump_ahead_gives_leases_their_time_back()
+{
+    let dir = tempfile::tempdir().unwrap();
+    let clock = orchestrator_host::clock::ManualClock::at_now();
+    let shared: Arc<dyn orchestrator_host::clock::Clock> = Arc::new(clock.clone());
+    let opts = StoreOptions::new(dir.path().join("orch.db")).with_clock(shared.clone());
+    let store = Arc::new(SqlStore::open(opts).unwrap());
+    let mut cfg = DaemonConfig::new(
+        "127.0.0.1:0".parse().unwrap(),
+        Tokens {
+            admin: vec!["admin-token".into()],
+            agent: vec![AGENT.into()],
+        },
+    );
+    cfg.lease_ttl_ms = 1_000;
+    cfg.reaper_tick_ms = 20;
+    cfg.clock = shared;
+    let daemon = Daemon::start(cfg, store.clone()).await.unwrap();
+    let base = format!("http://{}/v1", daemon.addr);
+    let http = reqwest::Client::new();
+    store
+        .submit_run(NewRun {
+            workflow: "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n"
+                .into(),
+            file: Some("wf.yaml".into()),
+            project_dir: dir.path().display().to_string(),
+            priority: None,
+            policy: Default::default(),
+            base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
+            tree: Vec::new(),
+            actor: orchestrator_core::Actor::user("test"),
+            on_failure: None,
+        })
+        .await
+        .unwrap();
+    let (s, reg) = post(
+        &http,
+        format!("{base}/agents"),
+        json!({"name": "a1", "slots": 1}),
+    )
+    .await;
+    assert_eq!(s, 200, "{reg}");
+    let agent = reg["agent_id"].as_str().unwrap().to_owned();
+    let (s, job) = post(
+        &http,
+        format!("{base}/agents/{agent}/claim"),
+        json!({"wait_ms": 1000}),
+    )
+    .await;
+    assert_eq!(s, 200, "{job}");
+
+    // Real time past the lease time while the daemon's clock stands still:
+    // nothing expires.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    assert_eq!(leases_to(&store, "expired").await, 0);
+
+    // A minute's jump of the wall clock is the daemon's own absence, not the
+    // agent's silence: the lease gets its full time again from the new now.
+    clock.advance_ms(60_000);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(leases_to(&store, "expired").await, 0);
+
+    // Past the lease time by the daemon's clock, short of a stall: expired.
+    clock.advance_ms(1_500);
+    let started = Instant::now();
+    while leases_to(&store, "expired").await == 0 {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the lease never expired by the daemon's clock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(leases_to(&store, "expired").await, 1);
     daemon.shutdown_token().cancel();
     daemon.wait().await.unwrap();
 }

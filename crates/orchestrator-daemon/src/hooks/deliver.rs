@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator_core::Transition;
-use orchestrator_host::now_ms;
 use orchestrator_store::Store;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
@@ -114,7 +113,9 @@ impl Target {
     fn prepare(&self, shared: &Shared, ev: &HumanEvent) -> Prepared {
         match &self.how {
             How::Webhook { url } => webhook::request(url, &shared.secret, ev),
-            How::OpenClaw(cfg) => openclaw::request(cfg, ev, shared.links.as_ref(), now_ms()),
+            How::OpenClaw(cfg) => {
+                openclaw::request(cfg, ev, shared.links.as_ref(), shared.clock.now_ms())
+            }
         }
     }
 }
@@ -301,7 +302,7 @@ impl<S: Store> Worker<S> {
         for attempt in 1..=retry.max_attempts.max(1) {
             self.target.update(|s| {
                 s.attempt = attempt;
-                s.last_attempt_ms = Some(now_ms());
+                s.last_attempt_ms = Some(self.shared.clock.now_ms());
             });
             let sent = tokio::select! {
                 r = send(&self.shared.http, &req) => r,
@@ -330,7 +331,7 @@ impl<S: Store> Worker<S> {
             self.target.update(|s| {
                 s.last_status = error.0;
                 s.last_error = Some(error.1.clone());
-                s.last_error_ms = Some(now_ms());
+                s.last_error_ms = Some(self.shared.clock.now_ms());
                 if !last {
                     s.retrying = true;
                     s.retries += 1;

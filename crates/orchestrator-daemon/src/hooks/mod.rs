@@ -35,6 +35,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use orchestrator_host::clock::Clock;
 use orchestrator_store::Store;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -331,6 +332,9 @@ pub(crate) struct Shared {
     pub secret: Vec<u8>,
     pub links: Option<ActionLinks>,
     pub retry: RetryPolicy,
+    /// The daemon's clock: when attempts and errors happened, and how long
+    /// an action link lives.
+    pub clock: Arc<dyn Clock>,
 }
 
 /// The configured targets, ready to start.
@@ -342,7 +346,7 @@ pub struct Hooks {
 
 impl Hooks {
     /// Checks every URL, loads the cursors and makes the HTTP client.
-    pub fn new(cfg: &HooksConfig) -> Result<Hooks, HooksError> {
+    pub fn new(cfg: &HooksConfig, clock: Arc<dyn Clock>) -> Result<Hooks, HooksError> {
         cfg.check()?;
         let mut targets = Vec::new();
         for (i, url) in cfg.webhooks.iter().enumerate() {
@@ -374,6 +378,7 @@ impl Hooks {
                 secret: cfg.webhook_secret.clone(),
                 links: cfg.links.clone(),
                 retry: cfg.retry,
+                clock,
             }),
             // Without targets the file is not read: nothing would use it.
             cursors: cursor::Cursors::load(state_file)?,
@@ -474,7 +479,10 @@ mod tests {
                 ..Default::default()
             };
             assert!(
-                matches!(Hooks::new(&cfg), Err(HooksError::BadUrl { .. })),
+                matches!(
+                    Hooks::new(&cfg, Arc::new(orchestrator_host::clock::SystemClock)),
+                    Err(HooksError::BadUrl { .. })
+                ),
                 "{bad}"
             );
         }
@@ -482,7 +490,7 @@ mod tests {
             webhooks: vec!["http://a/".into(), "http://b/".into(), "http://a/".into()],
             ..Default::default()
         };
-        let urls: Vec<_> = Hooks::new(&twice)
+        let urls: Vec<_> = Hooks::new(&twice, Arc::new(orchestrator_host::clock::SystemClock))
             .unwrap()
             .status()
             .into_iter()
