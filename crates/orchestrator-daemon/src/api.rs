@@ -328,7 +328,7 @@ pub async fn claim<S: Store>(
             .claim_keyed(&agent_id, app.config.lease_ttl_ms, req.claim_key.clone())
             .await?
         {
-            let waited = orchestrator_host::now_ms().saturating_sub(job.queued_at_ms);
+            let waited = app.config.clock.now_ms().saturating_sub(job.queued_at_ms);
             app.metrics.claim_granted(
                 started.elapsed(),
                 Duration::from_millis(waited.max(0) as u64),
