@@ -20,7 +20,6 @@
 
 pub mod cli;
 pub mod gateway;
-mod project;
 pub mod sandbox;
 pub mod sched;
 mod stats;

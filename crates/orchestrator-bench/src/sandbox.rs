@@ -98,7 +98,10 @@ impl SandboxOpts {
 /// configured as `cfg`.
 pub async fn run(steps: usize, cfg: SandboxConfig, root: &Path) -> Result<Vec<SandboxRow>> {
     let project = root.join("sandbox-project");
-    let head = crate::project::init(&project, "the sandbox bench's project\n")?;
+    let head = orchestrator_host::git::new_project(
+        &project,
+        &[("README.md", "the sandbox bench's project\n")],
+    )?;
     orchestrator_host::git::ensure_worktree(&project, "bench", &head)
         .context("cannot make the bench's worktree")?;
     let ctx = StepContext {

@@ -285,7 +285,7 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
         Some(p) => p.join(format!("orch-bench-project-{}", std::process::id())),
         None => root.join("project"),
     };
-    crate::project::init(&project, &[("README.md", "the bench's project\n")])?;
+    orchestrator_host::git::new_project(&project, &[("README.md", "the bench's project\n")])?;
     let agent = AgentOpts {
         name: Some("bench".into()),
         sandbox: Some(a.sandbox),

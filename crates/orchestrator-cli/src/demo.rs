@@ -109,7 +109,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
     let workflow = std::fs::read_to_string(&a.file).map_err(|e| {
         crate::CliError::BadInput(format!("{}: cannot read: {e}", a.file.display()))
     })?;
-    crate::project::init(
+    orchestrator_host::git::new_project(
         &project,
         &[
             (
@@ -138,7 +138,7 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
         println!(
             "\nthe run's history, one checkpoint commit per step (git log --oneline {branch}):"
         );
-        for line in crate::project::log(&project, &branch)?.lines() {
+        for line in orchestrator_host::git::log_oneline(&project, &branch)?.lines() {
             println!("  {line}");
         }
         println!(

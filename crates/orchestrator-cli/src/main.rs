@@ -21,7 +21,6 @@ mod land;
 mod logs;
 mod migrate;
 mod paths;
-mod project;
 mod runcmd;
 mod secrets;
 mod up;
