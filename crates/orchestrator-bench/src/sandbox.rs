@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, Result};
-use orchestrator_agent::sandbox::{Dirs, Limits, Sandbox, SandboxConfig};
-use orchestrator_agent::{run_step_with, Accel, StepContext, VmConfig};
+use orchestrator_agent::sandbox::{Dirs, Limits, Sandbox, SandboxConfig, VmOpts};
+use orchestrator_agent::{run_step_with, StepContext};
 use orchestrator_core::api::{ClaimedJob, JobSpec, SandboxSpec};
-use orchestrator_core::spec::{CommandSpec, SandboxKind, SizeSpec};
+use orchestrator_core::spec::{CommandSpec, SandboxKind};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
@@ -46,27 +46,8 @@ pub struct SandboxOpts {
     /// Steps under each backend (a `vm` runs 5 at most: each boots a machine).
     #[arg(long, alias = "sandbox-steps", default_value_t = 200)]
     pub steps: usize,
-    /// The kernel of the vm sandbox's VMs (a bzImage, or an uncompressed
-    /// vmlinux, which boots faster under software emulation).
-    #[arg(long, value_name = "PATH", env = "ORCH_VM_KERNEL")]
-    pub vm_kernel: Option<PathBuf>,
-    /// The initramfs holding orch's VM init.
-    #[arg(long, value_name = "PATH", env = "ORCH_VM_INITRD")]
-    pub vm_initrd: Option<PathBuf>,
-    /// The base disk image (qcow2) each step's VM disk starts from.
-    #[arg(long, value_name = "PATH", env = "ORCH_VM_IMAGE")]
-    pub vm_image: Option<PathBuf>,
-    /// A VM's memory. Default: 256M.
-    #[arg(long, value_name = "SIZE", env = "ORCH_VM_MEMORY", value_parser = SizeSpec::parse)]
-    pub vm_memory: Option<SizeSpec>,
-    /// KVM, software emulation (tcg), or auto: KVM when a test boot under it
-    /// works. Default: auto.
-    #[arg(long, value_name = "ACCEL", env = "ORCH_VM_ACCEL", value_parser = Accel::parse)]
-    pub vm_accel: Option<Accel>,
-    /// The QEMU system emulator; qemu-img is taken from its directory.
-    /// Default: qemu-system-x86_64 from PATH.
-    #[arg(long, value_name = "PATH", env = "ORCH_QEMU")]
-    pub qemu: Option<PathBuf>,
+    #[command(flatten)]
+    pub vm: VmOpts,
     /// The image the `container` steps run in (a root file system directory
     /// or tarball); without it `container` is reported unavailable.
     #[arg(long, value_name = "PATH", env = "ORCH_CONTAINER_IMAGE")]
@@ -77,16 +58,8 @@ impl SandboxOpts {
     /// The agent's sandbox configuration these options make, its backend
     /// state kept under `root`.
     pub fn config(&self, root: &Path) -> SandboxConfig {
-        let d = VmConfig::default();
         SandboxConfig {
-            vm: VmConfig {
-                kernel: self.vm_kernel.clone(),
-                initrd: self.vm_initrd.clone(),
-                image: self.vm_image.clone(),
-                memory_mb: self.vm_memory.map_or(d.memory_mb, SizeSpec::as_mib),
-                qemu: self.qemu.clone().unwrap_or(d.qemu),
-                accel: self.vm_accel.unwrap_or(d.accel),
-            },
+            vm: self.vm.config(),
             container_image: self.container_image.clone(),
             work_dir: Some(root.join("sandbox-state")),
             ..SandboxConfig::default()

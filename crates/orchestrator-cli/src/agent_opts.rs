@@ -5,7 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
-use orchestrator_agent::{Accel, AgentConfig, SandboxConfig, VmConfig};
+use orchestrator_agent::sandbox::VmOpts;
+use orchestrator_agent::{AgentConfig, SandboxConfig};
 use orchestrator_core::sched::Gpu;
 use orchestrator_core::spec::{SandboxKind, SizeSpec};
 
@@ -107,32 +108,6 @@ impl AgentOpts {
             models: Default::default(),
         }
     }
-}
-
-/// What the vm sandbox boots (scripts/vm-assets.sh builds the three files).
-#[derive(Debug, Clone, Default, clap::Args)]
-pub struct VmOpts {
-    /// The kernel of the vm sandbox's VMs (a bzImage, or an uncompressed
-    /// vmlinux, which boots faster under software emulation).
-    #[arg(long, value_name = "PATH", env = "ORCH_VM_KERNEL")]
-    pub vm_kernel: Option<PathBuf>,
-    /// The initramfs holding orch's VM init.
-    #[arg(long, value_name = "PATH", env = "ORCH_VM_INITRD")]
-    pub vm_initrd: Option<PathBuf>,
-    /// The base disk image (qcow2) each stage's VM disk starts from.
-    #[arg(long, value_name = "PATH", env = "ORCH_VM_IMAGE")]
-    pub vm_image: Option<PathBuf>,
-    /// A VM's memory, unless the stage was granted more. Default: 256M.
-    #[arg(long, value_name = "SIZE", env = "ORCH_VM_MEMORY", value_parser = SizeSpec::parse)]
-    pub vm_memory: Option<SizeSpec>,
-    /// KVM, software emulation (tcg), or auto: KVM when a test boot under it
-    /// works. Default: auto.
-    #[arg(long, value_name = "ACCEL", env = "ORCH_VM_ACCEL", value_parser = Accel::parse)]
-    pub vm_accel: Option<Accel>,
-    /// The QEMU system emulator; qemu-img is taken from its directory.
-    /// Default: qemu-system-x86_64 from PATH.
-    #[arg(long, value_name = "PATH", env = "ORCH_QEMU")]
-    pub qemu: Option<PathBuf>,
 }
 
 /// One `--gpu` value.
@@ -252,21 +227,8 @@ pub fn sandbox_config(o: &AgentOpts, data_dir: &Path) -> Result<SandboxConfig, C
     if let Some(max) = o.cache_max {
         cfg.cache_max = max.as_mib() << 20;
     }
-    cfg.vm = vm_config(&o.vm);
+    cfg.vm = o.vm.config();
     Ok(cfg)
-}
-
-/// What the vm sandbox boots, from the `--vm-*` and `--qemu` flags.
-pub fn vm_config(o: &VmOpts) -> VmConfig {
-    let d = VmConfig::default();
-    VmConfig {
-        kernel: o.vm_kernel.clone(),
-        initrd: o.vm_initrd.clone(),
-        image: o.vm_image.clone(),
-        memory_mb: o.vm_memory.map_or(d.memory_mb, SizeSpec::as_mib),
-        qemu: o.qemu.clone().unwrap_or(d.qemu),
-        accel: o.vm_accel.unwrap_or(d.accel),
-    }
 }
 
 #[cfg(test)]
@@ -350,6 +312,7 @@ mod tests {
     #[test]
     fn vm_flags_reach_the_sandbox_config() {
         use clap::Parser;
+        use orchestrator_agent::{Accel, VmConfig};
         let o = Opts::try_parse_from([
             "orch",
             "--vm-kernel",

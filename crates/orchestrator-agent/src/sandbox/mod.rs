@@ -68,6 +68,8 @@ mod reaper;
 #[cfg(target_os = "linux")]
 mod relay;
 mod vm;
+#[cfg(feature = "args")]
+mod vm_args;
 #[cfg(target_os = "linux")]
 mod wrap;
 
@@ -81,6 +83,8 @@ pub use limits::{applied, report_at_start};
 #[cfg(target_os = "linux")]
 pub use relay::{gateway_url, GATEWAY_PORT};
 pub use vm::{Accel, VmConfig, VmError, DEFAULT_VM_MEMORY_MB, KVM_PROBE};
+#[cfg(feature = "args")]
+pub use vm_args::VmOpts;
 
 /// Why a command could not be started in its sandbox.
 #[derive(Debug, thiserror::Error)]
