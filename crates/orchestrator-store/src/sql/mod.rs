@@ -13,7 +13,7 @@
 //! | 2 state machines | stage, job, run, lease_end, retry, loops, human, wait, preempt, policy |
 //! | 3 domain commands | submit, schedule, claim, complete, leases, decide |
 //! | 4 reads | reads, inbox, explain |
-//! | 5 plumbing | pg, copy, open |
+//! | 5 plumbing | pg, copy, open, schema_dump |
 //! | 6 store API | mod |
 //!
 //! - 0: `Ctx` (what a command sees), savepoints and transition rows (`tx`);
@@ -64,6 +64,8 @@ mod retry;
 mod run;
 mod schedule;
 mod schema;
+#[cfg(test)]
+mod schema_dump;
 mod schema_pg;
 mod spent;
 mod stage;
