@@ -340,7 +340,6 @@ async fn migrate_copies_a_sqlite_store_mid_run_and_the_run_finishes_on_postgres(
 )]
 async fn both_databases_have_the_listed_tables_with_the_same_columns() {
     use orchestrator_store::TABLES;
-    use std::collections::BTreeSet;
     let dir = tempfile::tempdir().unwrap();
     let sqlite = SqlStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap();
     sqlite.close().await;
@@ -349,26 +348,32 @@ async fn both_databases_have_the_listed_tables_with_the_same_columns() {
     let loc = fresh();
     let pg = open_at(&loc);
     for t in TABLES {
-        let want: BTreeSet<String> = lite
-            .prepare(&format!("SELECT name FROM pragma_table_info('{}')", t.name))
+        let want: Vec<&str> = t.column_names().collect();
+        let on_sqlite: Vec<String> = lite
+            .prepare(&format!(
+                "SELECT name FROM pragma_table_info('{}') ORDER BY cid",
+                t.name
+            ))
             .unwrap()
             .query_map([], |r| r.get(0))
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
+        assert_eq!(on_sqlite, want, "table {} on SQLite", t.name);
         let name = t.name;
-        let got: BTreeSet<String> = pg
+        let on_postgres: Vec<String> = pg
             .exec_command(move |c| {
                 Ok(c.prepare_cached(
                     "SELECT column_name::text FROM information_schema.columns
-                     WHERE table_schema = current_schema() AND table_name = ?1",
+                     WHERE table_schema = current_schema() AND table_name = ?1
+                     ORDER BY ordinal_position",
                 )?
                 .query_map([name], |r| r.get(0))?
                 .collect::<Result<_, _>>()?)
             })
             .await
             .unwrap();
-        assert_eq!(got, want, "table {}", t.name);
+        assert_eq!(on_postgres, want, "table {} on PostgreSQL", t.name);
     }
     pg.close().await;
 }

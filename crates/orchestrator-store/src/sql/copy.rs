@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use crate::db::{params, Conn, Value};
+use crate::db::{Conn, Value};
 use crate::{Result, StoreError};
 
 use super::tables::TABLES;
@@ -73,17 +73,17 @@ fn copy_tables(src: &Conn, dst: &Conn) -> Result<CopyReport> {
         )));
     }
     let mut report = CopyReport::default();
-    for table in TABLES.iter().map(|t| t.name) {
-        let columns = columns(dst, table)?;
-        let list = columns.join(", ");
-        let marks: Vec<String> = (1..=columns.len()).map(|i| format!("?{i}")).collect();
+    for t in TABLES {
+        let table = t.name;
+        let list = t.column_names().collect::<Vec<_>>().join(", ");
+        let marks: Vec<String> = (1..=t.columns.len()).map(|i| format!("?{i}")).collect();
         let insert = format!("INSERT INTO {table} ({list}) VALUES ({})", marks.join(", "));
         let mut ins = dst.prepare_cached(&insert)?;
         let mut read = src.prepare_cached(&format!("SELECT {list} FROM {table}"))?;
         let mut rows = read.query(())?;
         let mut n = 0u64;
         while let Some(row) = rows.next()? {
-            let values = (0..columns.len())
+            let values = (0..t.columns.len())
                 .map(|i| row.get::<_, Value>(i))
                 .collect::<crate::db::Result<Vec<_>>>()?;
             ins.execute(values).map_err(|e| StoreError::Open {
@@ -103,21 +103,4 @@ fn copy_tables(src: &Conn, dst: &Conn) -> Result<CopyReport> {
     }
     schema_pg::reset_identities(dst)?;
     Ok(report)
-}
-
-/// The table's columns in the PostgreSQL schema, in order.
-fn columns(dst: &Conn, table: &str) -> Result<Vec<String>> {
-    let cols = dst
-        .prepare_cached(
-            "SELECT column_name::text FROM information_schema.columns
-             WHERE table_schema = current_schema() AND table_name = ?1 ORDER BY ordinal_position",
-        )?
-        .query_map(params![table], |r| r.get(0))?
-        .collect::<crate::db::Result<Vec<String>>>()?;
-    if cols.is_empty() {
-        return Err(StoreError::Internal(format!(
-            "the PostgreSQL store has no table {table}"
-        )));
-    }
-    Ok(cols)
 }

@@ -8,7 +8,7 @@
 //!
 //! | layer | modules |
 //! |---|---|
-//! | 0 transaction | tx, writer, tables, schema, schema_pg, location, failpoints |
+//! | 0 transaction | tx, writer, ddl, tables, schema, schema_pg, location, failpoints |
 //! | 1 domain base | common, steps, placement, agents, credentials, spent, usage |
 //! | 2 state machines | stage, job, run, lease_end, retry, loops, human, wait, preempt, policy |
 //! | 3 domain commands | submit, schedule, claim, complete, leases, decide |
@@ -20,6 +20,9 @@
 //!   the writer thread and its batches (`writer`), which knows nothing of
 //!   the domain: the end-of-batch scheduler pass and the PostgreSQL NOTIFY
 //!   payload are handed to it as `writer::Hooks` when the store is built.
+//!   The tables, defined once (`tables`) and written as either database's
+//!   DDL (`ddl`); each database's schema versions and migrations (`schema`,
+//!   `schema_pg`).
 //! - 1: what the commands share and what changes no run state: helpers,
 //!   a spec's steps, placement, agents' presence, tokens, spent
 //!   credentials, model usage.
@@ -33,7 +36,8 @@
 //!   heartbeat, human decisions.
 //! - 4: queries on the read connection.
 //! - 5: opening a store, its PostgreSQL connections and listener, copying
-//!   SQLite into PostgreSQL.
+//!   SQLite into PostgreSQL; the schema tests' canonical dump of what each
+//!   database holds (`schema_dump`, tests only).
 
 mod agents;
 mod claim;
@@ -41,6 +45,7 @@ mod common;
 mod complete;
 mod copy;
 mod credentials;
+mod ddl;
 mod decide;
 mod explain;
 #[cfg(feature = "failpoints")]
@@ -96,12 +101,13 @@ use crate::{
     StoreError,
 };
 pub use copy::{sqlite_to_postgres, CopyReport};
+pub use ddl::Table;
 #[cfg(feature = "failpoints")]
 pub use failpoints::{FaultMode, FaultReport, Point};
 pub use location::Location;
 pub use open::StoreOptions;
 pub use pg::{drop_schema, ScratchSchema};
-pub use tables::{Table, TABLES};
+pub use tables::TABLES;
 use tx::Ctx;
 pub use writer::WriterStats;
 use writer::{Command, Stats};

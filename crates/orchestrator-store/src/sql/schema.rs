@@ -1,11 +1,20 @@
-//! The SQLite schema and its migrations, numbered by `PRAGMA user_version`.
-//! A migration runs once, in its own transaction; a newer database than this
-//! binary knows is refused rather than guessed at.
+//! The SQLite schema's versions, numbered by `PRAGMA user_version`. A new
+//! database is created at the newest version from `TABLES`; one an older
+//! orch made takes the migrations after its version, each once, in its own
+//! transaction. A newer database than this binary knows is refused rather
+//! than guessed at.
 
 use rusqlite::Connection;
 
+use super::ddl::{create_all, Dialect};
+use super::tables::TABLES;
 use crate::{Result, StoreError};
 
+/// Every version's migration from the one before, from an empty database.
+/// History: what the databases made by each orch hold, so never edited. A
+/// change to the schema is a new migration here, one in `schema_pg.rs` and
+/// the same change in `TABLES`; the schema tests check that running them
+/// all gives what `TABLES` creates.
 const MIGRATIONS: &[&str] = &[
     // 1: the walking skeleton.
     r#"
@@ -316,7 +325,20 @@ pub fn migrate(conn: &mut Connection) -> Result<()> {
             known,
         });
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    if version == 0 {
+        let tx = conn.transaction()?;
+        tx.execute_batch(&create_all(TABLES, Dialect::Sqlite))?;
+        tx.pragma_update(None, "user_version", known)?;
+        tx.commit()?;
+        tracing::info!(version = known, "store created");
+        return Ok(());
+    }
+    upgrade(conn, version as usize)
+}
+
+/// Runs the migrations after `version`.
+pub(super) fn upgrade(conn: &mut Connection, version: usize) -> Result<()> {
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
         let tx = conn.transaction()?;
         tx.execute_batch(sql)?;
         tx.pragma_update(None, "user_version", (i + 1) as i64)?;

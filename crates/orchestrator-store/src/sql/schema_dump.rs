@@ -3,7 +3,9 @@
 //! columns with their types, nullability and defaults, keys, unique and
 //! foreign-key constraints, indexes. The tests compare it with the recorded
 //! `snapshots/`, so any change to what a store is created with, however it
-//! is written, shows as a reviewed diff.
+//! is written, shows as a reviewed diff; and they check that a store an
+//! older orch made, migrated through every version, ends with exactly the
+//! schema a new store is created with from `TABLES`.
 
 use std::fmt::Write as _;
 
@@ -11,6 +13,7 @@ use rusqlite::Connection;
 
 use super::location::Location;
 use super::pg::{connect_pg, ScratchSchema};
+use super::tables::TABLES;
 use super::{schema, schema_pg};
 use crate::db::Conn;
 
@@ -239,6 +242,19 @@ pub fn postgres(c: &Conn) -> String {
     out
 }
 
+/// Fails at the first line where a migrated schema differs from a new one.
+fn assert_same(migrated: &str, created: &str) {
+    for (i, (m, c)) in migrated.lines().zip(created.lines()).enumerate() {
+        assert_eq!(
+            m,
+            c,
+            "line {}: migrated (left) and created (right) differ",
+            i + 1
+        );
+    }
+    assert_eq!(migrated.lines().count(), created.lines().count());
+}
+
 /// A connection to a schema of its own on the test server, dropped after.
 pub fn scratch_postgres(prefix: &str) -> (ScratchSchema, Conn) {
     let url = std::env::var("ORCH_TEST_POSTGRES")
@@ -267,4 +283,108 @@ fn a_new_postgres_store_has_the_recorded_schema() {
     let (_scratch, c) = scratch_postgres("schema_dump");
     schema_pg::migrate(&c).unwrap();
     insta::assert_snapshot!("postgres", postgres(&c));
+}
+
+#[test]
+fn a_sqlite_store_migrated_through_every_version_has_the_schema_of_a_new_one() {
+    let mut new = Connection::open_in_memory().unwrap();
+    schema::migrate(&mut new).unwrap();
+    let mut old = Connection::open_in_memory().unwrap();
+    schema::upgrade(&mut old, 0).unwrap();
+    assert_same(&sqlite(&old), &sqlite(&new));
+    let version = |c: &Connection| -> i64 {
+        c.query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(version(&old), version(&new));
+
+    // Exactly the listed tables, their columns in order, and the listed
+    // identity as the rowid (an INTEGER PRIMARY KEY).
+    let names = rows(
+        &old,
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name",
+        |r| r.get::<_, String>(0),
+    );
+    let mut listed: Vec<String> = TABLES.iter().map(|t| t.name.to_owned()).collect();
+    listed.sort();
+    assert_eq!(names, listed);
+    for t in TABLES {
+        let columns = rows(
+            &old,
+            &format!(
+                "SELECT name, type, pk FROM pragma_table_info('{}') ORDER BY cid",
+                t.name
+            ),
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                ))
+            },
+        );
+        let names: Vec<&str> = columns.iter().map(|(n, _, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            t.column_names().collect::<Vec<_>>(),
+            "table {}",
+            t.name
+        );
+        let key: Vec<_> = columns.iter().filter(|(_, _, pk)| *pk > 0).collect();
+        let rowid = match key.as_slice() {
+            [(name, ty, _)] if ty == "INTEGER" => Some(name.as_str()),
+            _ => None,
+        };
+        assert_eq!(rowid, t.identity(), "table {}", t.name);
+    }
+}
+
+#[test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs PostgreSQL: run scripts/test"
+)]
+fn a_postgres_store_migrated_through_every_version_has_the_schema_of_a_new_one() {
+    let (_new_schema, new) = scratch_postgres("schema_new");
+    schema_pg::migrate(&new).unwrap();
+    let (_old_schema, old) = scratch_postgres("schema_old");
+    old.execute_batch(schema_pg::VERSIONS).unwrap();
+    schema_pg::upgrade(&old, 0).unwrap();
+    assert_same(&postgres(&old), &postgres(&new));
+    let versions = |c: &Conn| -> Vec<i64> {
+        c.prepare_cached("SELECT version FROM orch_schema ORDER BY 1")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .collect::<crate::db::Result<_>>()
+            .unwrap()
+    };
+    assert_eq!(versions(&old), versions(&new));
+
+    // The listed tables' columns in order, the listed identity numbered.
+    for t in TABLES {
+        let columns: Vec<(String, String)> = old
+            .prepare_cached(
+                "SELECT column_name::text, is_identity::text FROM information_schema.columns
+                 WHERE table_schema = current_schema() AND table_name = ?1
+                 ORDER BY ordinal_position",
+            )
+            .unwrap()
+            .query_map([t.name], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<crate::db::Result<_>>()
+            .unwrap();
+        let names: Vec<&str> = columns.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            t.column_names().collect::<Vec<_>>(),
+            "table {}",
+            t.name
+        );
+        let identity = columns
+            .iter()
+            .find(|(_, i)| i == "YES")
+            .map(|(n, _)| n.as_str());
+        assert_eq!(identity, t.identity(), "table {}", t.name);
+    }
 }

@@ -1,8 +1,11 @@
-//! The PostgreSQL schema: the same tables, columns and indexes as SQLite's
-//! newest schema (`schema.rs`), every integer a BIGINT and every row id an
-//! identity column. Versions are kept in `orch_schema`; migrations run under
-//! an advisory lock, so daemons starting together migrate once.
+//! The PostgreSQL schema's versions: the same tables as SQLite's (both are
+//! created from `TABLES`), every integer a BIGINT and every row id an
+//! identity column. Versions are kept in `orch_schema`; a new schema is
+//! created at the newest version, one an older orch made takes the
+//! migrations after its version. Both run under an advisory lock, so
+//! daemons starting together migrate once.
 
+use super::ddl::{create_all, Dialect};
 use super::tables::TABLES;
 use crate::db::Conn;
 use crate::{Result, StoreError};
@@ -12,9 +15,14 @@ use crate::{Result, StoreError};
 /// second key is the schema's, so stores in other schemas of the same
 /// database never wait for this one.
 pub const WRITE_LOCK: &str = "SELECT pg_advisory_xact_lock(1869767528, hashtext(current_schema()))";
+/// Where the versions a schema has been migrated to are kept.
+pub(super) const VERSIONS: &str =
+    "CREATE TABLE IF NOT EXISTS orch_schema (version BIGINT NOT NULL)";
 /// Taken while migrating.
 const MIGRATE_LOCK: &str = "SELECT pg_advisory_xact_lock(1869767529, hashtext(current_schema()))";
 
+/// Every version's migration from the one before, from an empty schema:
+/// history, as `schema.rs`'s is, never edited.
 const MIGRATIONS: &[&str] = &[
     // 1: SQLite's schema version 8.
     r#"
@@ -240,10 +248,7 @@ ALTER TABLE stage_runs ADD COLUMN sent_back BIGINT NOT NULL DEFAULT 0;
 
 /// Brings the database (its current schema) up to the newest version.
 pub fn migrate(conn: &Conn) -> Result<()> {
-    conn.execute_batch(&format!(
-        "BEGIN; {MIGRATE_LOCK};
-         CREATE TABLE IF NOT EXISTS orch_schema (version BIGINT NOT NULL);"
-    ))?;
+    conn.execute_batch(&format!("BEGIN; {MIGRATE_LOCK}; {VERSIONS};"))?;
     let outcome = (|| -> Result<()> {
         let version: Option<i64> =
             conn.query_row("SELECT MAX(version) FROM orch_schema", [], |r| r.get(0))?;
@@ -255,15 +260,16 @@ pub fn migrate(conn: &Conn) -> Result<()> {
                 known,
             });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            conn.execute_batch(sql)?;
-            conn.execute(
-                "INSERT INTO orch_schema (version) VALUES (?1)",
-                [(i + 1) as i64],
-            )?;
-            tracing::info!(version = i + 1, "store migrated (PostgreSQL)");
+        if version == 0 {
+            conn.execute_batch(&create_all(TABLES, Dialect::Postgres))?;
+            // Every version is recorded, as if each had been migrated to.
+            for v in 1..=known {
+                conn.execute("INSERT INTO orch_schema (version) VALUES (?1)", [v])?;
+            }
+            tracing::info!(version = known, "store created (PostgreSQL)");
+            return Ok(());
         }
-        Ok(())
+        upgrade(conn, version as usize)
     })();
     match outcome {
         Ok(()) => Ok(conn.execute_batch("COMMIT")?),
@@ -274,9 +280,22 @@ pub fn migrate(conn: &Conn) -> Result<()> {
     }
 }
 
+/// Runs the migrations after `version`, inside the caller's transaction.
+pub(super) fn upgrade(conn: &Conn, version: usize) -> Result<()> {
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        conn.execute_batch(sql)?;
+        conn.execute(
+            "INSERT INTO orch_schema (version) VALUES (?1)",
+            [(i + 1) as i64],
+        )?;
+        tracing::info!(version = i + 1, "store migrated (PostgreSQL)");
+    }
+    Ok(())
+}
+
 /// Restarts every identity past the largest id its table holds.
 pub fn reset_identities(conn: &Conn) -> Result<()> {
-    for (table, column) in TABLES.iter().filter_map(|t| Some((t.name, t.identity?))) {
+    for (table, column) in TABLES.iter().filter_map(|t| Some((t.name, t.identity()?))) {
         conn.execute_batch(&format!(
             "SELECT setval(pg_get_serial_sequence('{table}', '{column}'), \
              COALESCE((SELECT MAX({column}) FROM {table}), 0) + 1, false)"
