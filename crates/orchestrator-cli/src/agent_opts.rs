@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use orchestrator_agent::sandbox::VmOpts;
 use orchestrator_agent::{AgentConfig, SandboxConfig};
 use orchestrator_core::sched::Gpu;
-use orchestrator_core::spec::{SandboxKind, SizeSpec};
+use orchestrator_core::spec::{SandboxKind, SizeError, SizeSpec};
 
 use crate::client::CliError;
 
@@ -119,14 +119,23 @@ pub enum GpuDecl {
     Memory(SizeSpec),
 }
 
-pub fn parse_gpu(text: &str) -> Result<GpuDecl, String> {
+/// Why a `--gpu` value declares no GPU.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GpuDeclError {
+    #[error(transparent)]
+    Size(#[from] SizeError),
+    #[error("GPU memory {text:?} is zero; expected a size such as 24G, or none")]
+    Zero { text: String },
+}
+
+pub fn parse_gpu(text: &str) -> Result<GpuDecl, GpuDeclError> {
     if text.trim().eq_ignore_ascii_case("none") {
         return Ok(GpuDecl::None);
     }
     match SizeSpec::parse(text)? {
-        SizeSpec(0) => Err(format!(
-            "GPU memory {text:?} is zero; expected a size such as 24G, or none"
-        )),
+        SizeSpec(0) => Err(GpuDeclError::Zero {
+            text: text.to_owned(),
+        }),
         size => Ok(GpuDecl::Memory(size)),
     }
 }

@@ -36,7 +36,7 @@ pub enum AgentTokenCmd {
 pub async fn run(cmd: AgentTokenCmd, client: &Client) -> Result<ExitCode> {
     match cmd {
         AgentTokenCmd::Create { name } => {
-            check_agent_name(&name).map_err(CliError::BadInput)?;
+            check_agent_name(&name).map_err(|e| CliError::BadInput(e.to_string()))?;
             let made = client.create_agent_token(&name).await?;
             eprintln!(
                 "token of agent {:?} (shown once; start it with `orch agent --name {} --agent-token TOKEN`):",

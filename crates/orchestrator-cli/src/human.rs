@@ -207,12 +207,8 @@ pub struct AskArgs {
     /// With --wait: give up after this long (250ms, 30s, 10m, 2h): the
     /// question is withdrawn and `orch ask` exits 1. Default: wait until
     /// answered, or until the step's own timeout ends it.
-    #[arg(long, requires = "wait", value_parser = parse_timeout)]
+    #[arg(long, requires = "wait", value_parser = orchestrator_core::spec::DurationSpec::parse)]
     timeout: Option<orchestrator_core::spec::DurationSpec>,
-}
-
-fn parse_timeout(text: &str) -> Result<orchestrator_core::spec::DurationSpec, String> {
-    orchestrator_core::spec::DurationSpec::parse(text)
 }
 
 /// The step's client of its agent's endpoint, from the variables every

@@ -87,7 +87,7 @@ fn sizes_refuse_what_is_not_a_number_with_a_binary_unit() {
         ("99999999999999999999", "expected a number"),
         ("99999999999999999T", "too large"),
     ] {
-        let err = SizeSpec::parse(text).expect_err(text);
+        let err = SizeSpec::parse(text).expect_err(text).to_string();
         assert!(err.contains(&format!("{text:?}")), "{err}");
         assert!(err.contains(says), "{text}: {err}");
     }

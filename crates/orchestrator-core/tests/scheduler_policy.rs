@@ -320,14 +320,20 @@ fn quotas_allow_a_step_only_while_what_it_adds_stays_within_them() {
         ..Needs::default()
     };
     assert_eq!(quota_allows(&l, used(1, 4096, 0), &n(4096, 1)), Ok(()));
-    let slots = quota_allows(&l, used(2, 0, 0), &n(0, 0)).unwrap_err();
+    let slots = quota_allows(&l, used(2, 0, 0), &n(0, 0))
+        .unwrap_err()
+        .to_string();
     assert_eq!(
         slots,
         "project quota slots 2 reached: 2 in use, this step needs 1"
     );
-    let memory = quota_allows(&l, used(0, 4096, 0), &n(4097, 0)).unwrap_err();
+    let memory = quota_allows(&l, used(0, 4096, 0), &n(4097, 0))
+        .unwrap_err()
+        .to_string();
     assert!(memory.contains("memory (MiB) 8192"), "{memory}");
-    let gpus = quota_allows(&l, used(0, 0, 1), &n(0, 1)).unwrap_err();
+    let gpus = quota_allows(&l, used(0, 0, 1), &n(0, 1))
+        .unwrap_err()
+        .to_string();
     assert!(gpus.contains("gpus 1"), "{gpus}");
     // A step that adds none of a resource is not held back by its quota,
     // even when the project is over it (the quota shrank meanwhile).

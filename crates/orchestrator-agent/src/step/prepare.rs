@@ -99,7 +99,7 @@ pub(super) fn prepare_one<'a>(
     workdir: &Path,
     label: String,
 ) -> Result<Prepared<'a>, String> {
-    check_command(cmd, shell)?;
+    check_command(cmd, shell).map_err(|e| e.to_string())?;
     check_env(&cmd.env)?;
     let cwd_abs = resolve_cwd(workdir, cmd.cwd.as_deref())?;
     let argv = match &cmd.run {

@@ -32,16 +32,26 @@ pub const MAX_AGENT_NAME: usize = 128;
 
 /// Checks an agent name: 1 to 128 characters, none of them a control
 /// character or white space at either end.
-pub fn check_agent_name(name: &str) -> Result<(), String> {
+pub fn check_agent_name(name: &str) -> Result<(), AgentNameError> {
     if name.is_empty() || name.len() > MAX_AGENT_NAME {
-        return Err(format!(
-            "agent name {name:?}: expected 1 to {MAX_AGENT_NAME} bytes"
-        ));
+        return Err(AgentNameError::Length {
+            name: name.to_owned(),
+        });
     }
     if name.trim() != name || name.chars().any(char::is_control) {
-        return Err(format!(
-            "agent name {name:?}: expected no control characters and no spaces at either end"
-        ));
+        return Err(AgentNameError::Characters {
+            name: name.to_owned(),
+        });
     }
     Ok(())
+}
+
+/// Why a name cannot be an agent's; each names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AgentNameError {
+    #[error("agent name {name:?}: expected 1 to {MAX_AGENT_NAME} bytes")]
+    Length { name: String },
+    /// A control character, or white space at either end.
+    #[error("agent name {name:?}: expected no control characters and no spaces at either end")]
+    Characters { name: String },
 }

@@ -3,25 +3,27 @@
 //! brackets and braces are refused, so a pattern never means more than it
 //! shows.
 
+use super::GlobError;
+
 /// Checks a pattern: relative, plain names, no `..`.
-pub fn check_pattern(p: &str) -> Result<(), String> {
+pub fn check_pattern(p: &str) -> Result<(), GlobError> {
     if p.is_empty() {
-        return Err("is empty; expected a file of the repository".into());
+        return Err(GlobError::Empty);
     }
     if p.starts_with('/') {
-        return Err("is absolute; expected a path from the repository's top".into());
+        return Err(GlobError::Absolute);
     }
     if p.chars()
         .any(|c| c.is_control() || matches!(c, '[' | ']' | '{' | '}' | '\\'))
     {
-        return Err("holds a control character, a bracket, a brace or a backslash; expected names with `*`, `?` or `**`".into());
+        return Err(GlobError::Special);
     }
     for part in p.split('/') {
         match part {
-            "" => return Err("has an empty name (`//` or a trailing `/`)".into()),
-            "." | ".." => return Err(format!("has {part:?}; expected plain names")),
+            "" => return Err(GlobError::EmptyName),
+            "." | ".." => return Err(GlobError::DotName(part.to_owned())),
             _ if part.contains("**") && part != "**" => {
-                return Err(format!("has {part:?}; `**` must be a whole name"))
+                return Err(GlobError::PartialDoubleStar(part.to_owned()))
             }
             _ => {}
         }

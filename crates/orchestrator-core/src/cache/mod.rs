@@ -21,8 +21,10 @@ use sha2::{Digest, Sha256};
 use crate::spec::{Cache, Workflow};
 use crate::validate::{SpecError, SpecErrors};
 
+mod error;
 mod glob;
 
+pub use error::{ComputeError, ExprFault, GlobError, HashFilesError, KeyError, PathError};
 pub use glob::{check_pattern, matches};
 
 /// Most cache entries a stage has, its own and the workflow's together.
@@ -47,7 +49,7 @@ pub enum Part {
 
 /// Parses a key (or restore prefix) template; the error says what was
 /// expected where.
-pub fn parse_key(text: &str) -> Result<Vec<Part>, String> {
+pub fn parse_key(text: &str) -> Result<Vec<Part>, KeyError> {
     let mut parts = Vec::new();
     let mut rest = text;
     let mut literal = String::new();
@@ -56,18 +58,19 @@ pub fn parse_key(text: &str) -> Result<Vec<Part>, String> {
             if !literal.is_empty() {
                 parts.push(Part::Literal(std::mem::take(&mut literal)));
             }
-            let end = after
-                .find("}}")
-                .ok_or_else(|| format!("{text:?}: `${{{{` is not closed by `}}}}`"))?;
+            let end = after.find("}}").ok_or_else(|| KeyError::Unclosed {
+                text: text.to_owned(),
+            })?;
             parts.push(parse_expr(text, &after[..end])?);
             rest = &after[end + 2..];
             continue;
         }
         let c = rest.chars().next().unwrap_or_default();
         if !is_key_char(c) {
-            return Err(format!(
-                "{text:?}: {c:?} is not allowed in a key; expected letters, digits, `.`, `_`, `-`, `+`, `=` and `${{{{ hashFiles('FILE') }}}}`"
-            ));
+            return Err(KeyError::BadChar {
+                text: text.to_owned(),
+                found: c,
+            });
         }
         literal.push(c);
         rest = &rest[c.len_utf8()..];
@@ -76,12 +79,12 @@ pub fn parse_key(text: &str) -> Result<Vec<Part>, String> {
         parts.push(Part::Literal(literal));
     }
     match parts.first() {
-        None => return Err("is empty; expected a key such as `deps-v1`".into()),
+        None => return Err(KeyError::Empty),
         Some(Part::Literal(l)) if !l.starts_with(|c: char| c.is_ascii_alphanumeric()) => {
-            return Err(format!(
-                "{text:?} starts with {:?}; expected a letter or digit first",
-                l.chars().next().unwrap_or_default()
-            ))
+            return Err(KeyError::BadStart {
+                text: text.to_owned(),
+                found: l.chars().next().unwrap_or_default(),
+            })
         }
         _ => {}
     }
@@ -93,9 +96,10 @@ pub fn parse_key(text: &str) -> Result<Vec<Part>, String> {
         })
         .sum();
     if len > MAX_KEY_LEN {
-        return Err(format!(
-            "{text:?} is {len} bytes once computed; expected at most {MAX_KEY_LEN}"
-        ));
+        return Err(KeyError::TooLong {
+            text: text.to_owned(),
+            len,
+        });
     }
     Ok(parts)
 }
@@ -105,18 +109,20 @@ fn is_key_char(c: char) -> bool {
 }
 
 /// `hashFiles('a', "b")` between `${{` and `}}`.
-fn parse_expr(text: &str, expr: &str) -> Result<Part, String> {
-    let bad = |why: &str| {
-        format!("{text:?}: `${{{{{expr}}}}}` {why}; expected `${{{{ hashFiles('FILE', ...) }}}}`")
+fn parse_expr(text: &str, expr: &str) -> Result<Part, KeyError> {
+    let bad = |fault: ExprFault| KeyError::Expr {
+        text: text.to_owned(),
+        expr: expr.to_owned(),
+        fault,
     };
     let inner = expr
         .trim()
         .strip_prefix("hashFiles")
-        .ok_or_else(|| bad("is not a function this syntax knows"))?
+        .ok_or_else(|| bad(ExprFault::UnknownFunction))?
         .trim_start()
         .strip_prefix('(')
         .and_then(|r| r.trim_end().strip_suffix(')'))
-        .ok_or_else(|| bad("lacks its parentheses"))?;
+        .ok_or_else(|| bad(ExprFault::NoParentheses))?;
     let mut patterns = Vec::new();
     let mut rest = inner.trim();
     loop {
@@ -124,19 +130,23 @@ fn parse_expr(text: &str, expr: &str) -> Result<Part, String> {
             .chars()
             .next()
             .filter(|c| matches!(c, '\'' | '"'))
-            .ok_or_else(|| bad("has an argument that is not a quoted string"))?;
+            .ok_or_else(|| bad(ExprFault::Unquoted))?;
         let body = &rest[1..];
         let end = body
             .find(quote)
-            .ok_or_else(|| bad("has a string that is not closed"))?;
+            .ok_or_else(|| bad(ExprFault::UnclosedString))?;
         let pattern = &body[..end];
-        check_pattern(pattern).map_err(|why| format!("{text:?}: pattern {pattern:?} {why}"))?;
+        check_pattern(pattern).map_err(|source| KeyError::Pattern {
+            text: text.to_owned(),
+            pattern: pattern.to_owned(),
+            source,
+        })?;
         patterns.push(pattern.to_owned());
         rest = body[end + 1..].trim_start();
         match rest.strip_prefix(',') {
             Some(r) => rest = r.trim_start(),
             None if rest.is_empty() => break,
-            None => return Err(bad("has something other than `,` between its strings")),
+            None => return Err(bad(ExprFault::BadSeparator)),
         }
     }
     Ok(Part::HashFiles(patterns))
@@ -152,57 +162,39 @@ pub enum Root {
 }
 
 /// Checks a cache path; returns where it is and the path below that root.
-pub fn check_path(path: &str) -> Result<(Root, &str), String> {
+pub fn check_path(path: &str) -> Result<(Root, &str), PathError> {
     let (root, rel) = match path.strip_prefix("~/") {
         Some(rel) => (Root::Home, rel),
-        None if path.starts_with('/') => {
-            return Err("is absolute; expected a path relative to the worktree (`.venv`) or under the stage's home (`~/.cache/pip`)".into())
-        }
-        None if path.starts_with('~') => {
-            return Err("expected `~/` followed by a directory under the stage's home".into())
-        }
+        None if path.starts_with('/') => return Err(PathError::Absolute),
+        None if path.starts_with('~') => return Err(PathError::BadHome),
         None => (Root::Worktree, path),
     };
     if path.len() > MAX_PATH_LEN {
-        return Err(format!(
-            "is {} bytes; expected at most {MAX_PATH_LEN}",
-            path.len()
-        ));
+        return Err(PathError::TooLong { len: path.len() });
     }
     if rel.is_empty() {
-        return Err("names the whole home; expected a directory under it".into());
+        return Err(PathError::WholeHome);
     }
     for part in rel.split('/') {
         match part {
-            "" => return Err(
-                "has an empty name (`//` or a trailing `/`); expected plain names joined by `/`"
-                    .into(),
-            ),
-            "." | ".." => {
-                return Err(format!(
-                    "has {part:?}; expected plain names, never `.` or `..`"
-                ))
-            }
-            ".git" => return Err("lies in a `.git` directory, which only git writes".into()),
+            "" => return Err(PathError::EmptyName),
+            "." | ".." => return Err(PathError::DotName(part.to_owned())),
+            ".git" => return Err(PathError::InGit),
             _ if !part
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')) =>
             {
-                return Err(format!(
-                    "has {part:?}; expected names of letters, digits, `.`, `_` and `-`"
-                ))
+                return Err(PathError::BadName(part.to_owned()))
             }
             _ => {}
         }
     }
     let first = rel.split('/').next().unwrap_or_default();
     match (root, first) {
-        (Root::Worktree, ".orchestrator" | ".orch") => Err(format!(
-            "lies in `{first}`, the orchestrator's directory; expected a directory of the step's own"
-        )),
-        (Root::Home, ".gitconfig") if rel == ".gitconfig" => {
-            Err("is the home's git identity, which the agent writes; expected a directory".into())
+        (Root::Worktree, ".orchestrator" | ".orch") => {
+            Err(PathError::Orchestrator(first.to_owned()))
         }
+        (Root::Home, ".gitconfig") if rel == ".gitconfig" => Err(PathError::GitIdentity),
         _ => Ok((root, rel)),
     }
 }
@@ -263,14 +255,16 @@ pub fn resolve(wf: &mut Workflow, tree: &[TreeFile], file: Option<&str>) -> Resu
         for (j, c) in list.iter_mut().enumerate() {
             match compute(&c.key, tree) {
                 Ok(k) => c.key = k,
-                Err(why) => errors.push(error(file, format!("{field}[{j}].key"), why)),
+                Err(why) => errors.push(error(file, format!("{field}[{j}].key"), why.to_string())),
             }
             for (r, prefix) in c.restore_keys.iter_mut().enumerate() {
                 match compute(prefix, tree) {
                     Ok(k) => *prefix = k,
-                    Err(why) => {
-                        errors.push(error(file, format!("{field}[{j}].restore_keys[{r}]"), why))
-                    }
+                    Err(why) => errors.push(error(
+                        file,
+                        format!("{field}[{j}].restore_keys[{r}]"),
+                        why.to_string(),
+                    )),
                 }
             }
         }
@@ -300,7 +294,7 @@ fn error(file: Option<&str>, field: String, message: String) -> SpecError {
 }
 
 /// One template computed over `tree`.
-pub fn compute(template: &str, tree: &[TreeFile]) -> Result<String, String> {
+pub fn compute(template: &str, tree: &[TreeFile]) -> Result<String, ComputeError> {
     let mut out = String::new();
     for part in parse_key(template)? {
         match part {
@@ -312,7 +306,7 @@ pub fn compute(template: &str, tree: &[TreeFile]) -> Result<String, String> {
 }
 
 /// The digest of the files of `tree` that match any of `patterns`.
-pub fn hash_files(patterns: &[String], tree: &[TreeFile]) -> Result<String, String> {
+pub fn hash_files(patterns: &[String], tree: &[TreeFile]) -> Result<String, HashFilesError> {
     let call = format!(
         "hashFiles({})",
         patterns
@@ -333,15 +327,11 @@ pub fn hash_files(patterns: &[String], tree: &[TreeFile]) -> Result<String, Stri
             continue;
         }
         if f.kind != TreeKind::File {
-            return Err(format!(
-                "{call} matches {:?}, which is {} in the base commit; expected regular files",
-                f.path,
-                if f.kind == TreeKind::Symlink {
-                    "a symlink"
-                } else {
-                    "not a file (a submodule?)"
-                }
-            ));
+            return Err(HashFilesError::NotAFile {
+                call,
+                path: f.path.clone(),
+                kind: f.kind,
+            });
         }
         hasher.update(f.path.as_bytes());
         hasher.update([0]);
@@ -349,9 +339,7 @@ pub fn hash_files(patterns: &[String], tree: &[TreeFile]) -> Result<String, Stri
         hasher.update(b"\n");
     }
     if seen.is_empty() {
-        return Err(format!(
-            "{call} matches no file of the run's base commit; expected at least one committed file (the key cannot be computed)"
-        ));
+        return Err(HashFilesError::NoMatch { call });
     }
     let digest = hasher.finalize();
     Ok(digest

@@ -18,8 +18,8 @@ pub mod shell;
 
 pub use fair::queue_key;
 pub use policy::{
-    effective_priority, limits, quota_allows, Authority, Effective, Limits, ProjectPolicy, Reserve,
-    SystemRules, Usage,
+    effective_priority, limits, quota_allows, Authority, Effective, Limits, ProjectPolicy,
+    QuotaReached, Reserve, SystemRules, Usage,
 };
 pub use preempt::{plan_preemption, AgentState, RunningJob, Waiting, YieldOrder};
 pub use resources::{

@@ -414,9 +414,26 @@ pub struct Usage {
     pub gpus: u64,
 }
 
+/// A project quota one more step would exceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("project quota {quota} {limit} reached: {used} in use, this step needs {needs}")]
+pub struct QuotaReached {
+    /// `slots`, `memory (MiB)` or `gpus`.
+    pub quota: &'static str,
+    pub limit: u64,
+    /// What the project's queued and running steps hold.
+    pub used: u64,
+    /// What the step adds.
+    pub needs: u64,
+}
+
 /// Whether one more step needing `needs` stays within the quotas, given
 /// what the project already holds; the error names the quota.
-pub fn quota_allows(limits: &Limits, used: Usage, needs: &super::Needs) -> Result<(), String> {
+pub fn quota_allows(
+    limits: &Limits,
+    used: Usage,
+    needs: &super::Needs,
+) -> Result<(), QuotaReached> {
     let checks = [
         ("slots", limits.quota_slots, used.slots, 1),
         (
@@ -430,10 +447,12 @@ pub fn quota_allows(limits: &Limits, used: Usage, needs: &super::Needs) -> Resul
     for (name, limit, used, more) in checks {
         if let Some(l) = limit {
             if more > 0 && used.saturating_add(more) > l.value {
-                return Err(format!(
-                    "project quota {name} {} reached: {used} in use, this step needs {more}",
-                    l.value
-                ));
+                return Err(QuotaReached {
+                    quota: name,
+                    limit: l.value,
+                    used,
+                    needs: more,
+                });
             }
         }
     }

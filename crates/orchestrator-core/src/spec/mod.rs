@@ -11,16 +11,18 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 mod cache;
+mod errors;
 mod on_failure;
 mod size;
 mod steps;
 
 pub use cache::Cache;
+pub use errors::{DurationError, UnknownSandbox};
 pub use on_failure::{
     FeedbackKind, OnFailure, SendBack, StageOnFailure, DEFAULT_SEND_BACK_ROUNDS,
     MAX_SEND_BACK_ROUNDS,
 };
-pub use size::{human_mib, SizeSpec};
+pub use size::{human_mib, SizeError, SizeSpec};
 pub use steps::VALIDATION_NAME;
 
 /// A workflow file: a DAG of stages.
@@ -204,15 +206,12 @@ impl SandboxKind {
     }
 
     /// The kind named `text`, or an error listing the names.
-    pub fn parse(text: &str) -> Result<SandboxKind, String> {
+    pub fn parse(text: &str) -> Result<SandboxKind, UnknownSandbox> {
         SandboxKind::ALL
             .into_iter()
             .find(|k| k.as_str() == text.trim())
-            .ok_or_else(|| {
-                format!(
-                    "unknown sandbox {text:?}; expected one of {}",
-                    SandboxKind::ALL.map(SandboxKind::as_str).join(", ")
-                )
+            .ok_or_else(|| UnknownSandbox {
+                text: text.to_owned(),
             })
     }
 }
@@ -473,12 +472,12 @@ impl DurationSpec {
         self.0
     }
     /// Parses `250ms`, `30s`, `10m`, `2h` or a bare number of seconds.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, DurationError> {
         let t = text.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (digits, unit) = t.split_at(split);
-        let n: u64 = digits.parse().map_err(|_| {
-            format!("invalid duration {text:?}: expected a number with a unit such as 250ms, 30s, 10m or 2h")
+        let n: u64 = digits.parse().map_err(|_| DurationError::NotANumber {
+            text: text.to_owned(),
         })?;
         let factor = match unit.trim() {
             "ms" => 1,
@@ -486,9 +485,10 @@ impl DurationSpec {
             "m" => 60_000,
             "h" => 3_600_000,
             other => {
-                return Err(format!(
-                    "invalid duration {text:?}: unknown unit {other:?}, expected ms, s, m or h"
-                ))
+                return Err(DurationError::UnknownUnit {
+                    text: text.to_owned(),
+                    unit: other.to_owned(),
+                })
             }
         };
         Ok(DurationSpec(n.saturating_mul(factor)))

@@ -19,12 +19,12 @@ impl SizeSpec {
         self.0
     }
     /// Parses `512M`, `4G`, `16GiB`, `1T`, `2048` (MiB).
-    pub fn parse(text: &str) -> Result<Self, String> {
+    pub fn parse(text: &str) -> Result<Self, SizeError> {
         let t = text.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (digits, unit) = t.split_at(split);
-        let n: u64 = digits.parse().map_err(|_| {
-            format!("invalid size {text:?}: expected a number with a unit such as 512M, 4G or 1T")
+        let n: u64 = digits.parse().map_err(|_| SizeError::NotANumber {
+            text: text.to_owned(),
         })?;
         let written = unit.trim();
         // `B` and `iB` only follow a unit: on their own (`512B`) they would
@@ -39,15 +39,32 @@ impl SizeSpec {
             "G" | "g" => 1024,
             "T" | "t" => 1024 * 1024,
             _ => {
-                return Err(format!(
-                    "invalid size {text:?}: unknown unit {written:?}, expected M, G or T"
-                ))
+                return Err(SizeError::UnknownUnit {
+                    text: text.to_owned(),
+                    unit: written.to_owned(),
+                })
             }
         };
         n.checked_mul(factor)
             .map(SizeSpec)
-            .ok_or_else(|| format!("invalid size {text:?}: too large"))
+            .ok_or_else(|| SizeError::TooLarge {
+                text: text.to_owned(),
+            })
     }
+}
+
+/// Why a text is no size; each names the text as written.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// No number leads the text (or it does not fit in 64 bits).
+    #[error("invalid size {text:?}: expected a number with a unit such as 512M, 4G or 1T")]
+    NotANumber { text: String },
+    /// The number is followed by something other than M, G or T.
+    #[error("invalid size {text:?}: unknown unit {unit:?}, expected M, G or T")]
+    UnknownUnit { text: String, unit: String },
+    /// The amount in MiB does not fit in 64 bits.
+    #[error("invalid size {text:?}: too large")]
+    TooLarge { text: String },
 }
 
 impl fmt::Display for SizeSpec {

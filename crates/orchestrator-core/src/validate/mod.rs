@@ -9,10 +9,12 @@ use crate::error::MAX_INFRA_ATTEMPTS;
 use crate::spec::{CommandSpec, SandboxKind, Workflow};
 
 mod caches;
+mod errors;
 mod locate;
 mod loops;
 mod steps;
 
+pub use errors::{ArtifactGlobError, CommandError, RelativePathError};
 pub use loops::ancestors;
 pub use steps::{check_artifact_glob, MAX_ITERATIONS};
 
@@ -491,25 +493,21 @@ fn check_env(
 
 /// Checks one command against the exec-safety rules. The agent calls this again
 /// before running anything (defense in depth).
-pub fn check_command(cmd: &CommandSpec, shell_allowed: bool) -> Result<(), String> {
+pub fn check_command(cmd: &CommandSpec, shell_allowed: bool) -> Result<(), CommandError> {
     match (&cmd.run, cmd.argv.is_empty()) {
-        (Some(_), false) => return Err("has both `argv` and `run`; expected exactly one".into()),
-        (None, true) => {
-            return Err("has neither `argv` nor `run`; expected a non-empty argv list".into())
-        }
+        (Some(_), false) => return Err(CommandError::BothArgvAndRun),
+        (None, true) => return Err(CommandError::Neither),
         (Some(r), true) => {
             if !shell_allowed {
-                return Err(format!(
-                    "`run: {r:?}` is a shell string, allowed only in a step with `shell: true`; use `argv: [...]` instead"
-                ));
+                return Err(CommandError::ShellNotAllowed { run: r.clone() });
             }
             if r.trim().is_empty() {
-                return Err("`run` is empty; expected a shell command".into());
+                return Err(CommandError::EmptyRun);
             }
         }
         (None, false) => {
             if cmd.argv[0].is_empty() {
-                return Err("argv[0] is empty; expected a program name or path".into());
+                return Err(CommandError::EmptyProgram);
             }
         }
     }
@@ -520,18 +518,21 @@ pub fn check_command(cmd: &CommandSpec, shell_allowed: bool) -> Result<(), Strin
         .chain(cmd.cwd.iter())
         .any(|a| a.contains('\0'))
     {
-        return Err("contains a NUL byte; arguments must be plain strings".into());
+        return Err(CommandError::Nul);
     }
     if let Some(cwd) = &cmd.cwd {
-        check_relative_path(cwd).map_err(|m| format!("cwd {cwd:?} {m}"))?;
+        check_relative_path(cwd).map_err(|source| CommandError::Cwd {
+            cwd: cwd.clone(),
+            source,
+        })?;
     }
     Ok(())
 }
 
 /// A path a step names must be relative and stay inside the project directory.
-pub fn check_relative_path(p: &str) -> Result<(), String> {
+pub fn check_relative_path(p: &str) -> Result<(), RelativePathError> {
     if p.starts_with('/') {
-        return Err("is absolute; expected a path relative to the project directory".into());
+        return Err(RelativePathError::Absolute);
     }
     let mut depth: i64 = 0;
     for part in p.split('/') {
@@ -541,7 +542,7 @@ pub fn check_relative_path(p: &str) -> Result<(), String> {
             _ => depth += 1,
         }
         if depth < 0 {
-            return Err("leads outside the project directory; expected a path inside it".into());
+            return Err(RelativePathError::Escapes);
         }
     }
     Ok(())

@@ -2,7 +2,7 @@
 //! step runs or asks, which files it commits, how the stage repeats and
 //! what checks it afterwards.
 
-use super::{add_in, check_command, check_env, Problem};
+use super::{add_in, check_command, check_env, ArtifactGlobError, CommandError, Problem};
 use crate::spec::Stage;
 
 /// Most iterations a loop stage may declare.
@@ -83,11 +83,11 @@ pub(super) fn check_steps(i: usize, st: &Stage, stage: (&str, usize), out: &mut 
             }
         }
         for (a, glob) in step.artifacts.iter().enumerate() {
-            if let Err(msg) = check_artifact_glob(glob) {
+            if let Err(e) = check_artifact_glob(glob) {
                 add_in(
                     out,
                     format!("{at}.artifacts[{a}]"),
-                    msg,
+                    e.to_string(),
                     stage,
                     Some(("artifacts", glob)),
                 );
@@ -95,15 +95,17 @@ pub(super) fn check_steps(i: usize, st: &Stage, stage: (&str, usize), out: &mut 
         }
         for (c, cmd) in step.commands.iter().enumerate() {
             let field = format!("{at}.commands[{c}]");
-            if let Err(msg) = check_command(cmd, step.shell) {
+            if let Err(e) = check_command(cmd, step.shell) {
                 // Point at the line the rule is about, when the text shows it.
                 let locate = match (&cmd.cwd, &cmd.run) {
-                    (Some(cwd), _) if msg.starts_with("cwd ") => Some(("cwd", cwd.as_str())),
+                    (Some(cwd), _) if matches!(e, CommandError::Cwd { .. }) => {
+                        Some(("cwd", cwd.as_str()))
+                    }
                     (_, Some(run)) => Some(("run", run.as_str())),
                     _ if cmd.argv.is_empty() => Some(("argv", "[]")),
                     _ => None,
                 };
-                add_in(out, field.clone(), msg, stage, locate);
+                add_in(out, field.clone(), e.to_string(), stage, locate);
             }
             check_env(&format!("{field}.env"), &cmd.env, Some(stage), out);
         }
@@ -123,8 +125,8 @@ pub(super) fn check_steps(i: usize, st: &Stage, stage: (&str, usize), out: &mut 
     }
     if let Some(until) = &repeat.until {
         let field = format!("stages[{i}].repeat.until");
-        if let Err(msg) = check_command(until, repeat.shell) {
-            let msg = msg.replace("in a step with `shell: true`", "with `repeat.shell: true`");
+        if let Err(e) = check_command(until, repeat.shell) {
+            let msg = shell_rule(&e, "with `repeat.shell: true`");
             add_in(out, field.clone(), msg, stage, None);
         }
         check_env(&format!("{field}.env"), &until.env, Some(stage), out);
@@ -143,26 +145,27 @@ pub(super) fn check_steps(i: usize, st: &Stage, stage: (&str, usize), out: &mut 
 }
 
 /// An artifact glob names files inside the run's worktree.
-pub fn check_artifact_glob(glob: &str) -> Result<(), String> {
+pub fn check_artifact_glob(glob: &str) -> Result<(), ArtifactGlobError> {
     if glob.trim().is_empty() {
-        return Err(
-            "empty artifact glob; expected a pattern such as `dist/**` or `report.md`".into(),
-        );
+        return Err(ArtifactGlobError::Empty);
     }
     if glob.contains('\0') {
-        return Err(format!("artifact glob {glob:?} holds a NUL byte"));
+        return Err(ArtifactGlobError::Nul(glob.to_owned()));
     }
     if glob.starts_with('/') {
-        return Err(format!(
-            "artifact glob {glob:?} is absolute; expected a pattern relative to the run's worktree"
-        ));
+        return Err(ArtifactGlobError::Absolute(glob.to_owned()));
     }
     if glob.split('/').any(|part| part == "..") {
-        return Err(format!(
-            "artifact glob {glob:?} contains `..`; artifacts must stay inside the run's worktree"
-        ));
+        return Err(ArtifactGlobError::Escapes(glob.to_owned()));
     }
     Ok(())
+}
+
+/// The message of `e` for a command outside a step's `commands`, whose
+/// shell is allowed by another field (`allowed_by`) than the step's.
+fn shell_rule(e: &CommandError, allowed_by: &str) -> String {
+    e.to_string()
+        .replace("in a step with `shell: true`", allowed_by)
 }
 
 /// Checks the `validate:` block of stage `i`.
@@ -182,11 +185,8 @@ fn check_validate(i: usize, st: &Stage, stage: (&str, usize), out: &mut Vec<Prob
     }
     for (k, cmd) in v.commands.iter().enumerate() {
         let field = format!("stages[{i}].validate.commands[{k}]");
-        if let Err(msg) = check_command(cmd, v.shell) {
-            let msg = msg.replace(
-                "in a step with `shell: true`",
-                "with `validate.shell: true`",
-            );
+        if let Err(e) = check_command(cmd, v.shell) {
+            let msg = shell_rule(&e, "with `validate.shell: true`");
             add_in(out, field.clone(), msg, stage, None);
         }
         check_env(&format!("{field}.env"), &cmd.env, Some(stage), out);

@@ -44,7 +44,7 @@ fn key(name: &str) -> String {
 /// without it, a live one is refused, so an admin never cuts off a running
 /// agent by mistake.
 pub fn issue(ctx: &mut Ctx<'_>, name: &str, replace: bool, actor: &Actor) -> Result<String> {
-    check_agent_name(name).map_err(StoreError::Invalid)?;
+    check_agent_name(name).map_err(|e| StoreError::Invalid(e.to_string()))?;
     let before: Option<Option<i64>> = ctx
         .conn
         .prepare_cached("SELECT revoked_at FROM agent_tokens WHERE name = ?1")?
