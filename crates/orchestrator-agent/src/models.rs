@@ -166,7 +166,8 @@ async fn keep(
             let _ = tx.send(Event::Ready { instance, url });
             child
         }
-        Err(error) => {
+        Err(e) => {
+            let error = e.to_string();
             let _ = tx.send(Event::Failed { instance, error });
             return;
         }

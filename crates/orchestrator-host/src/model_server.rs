@@ -5,6 +5,7 @@
 //! orders the agent to (`orchestrator_agent::models`), which uses this
 //! too. Stopping a server is [`crate::process::terminate`].
 
+use std::io;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -15,6 +16,29 @@ use tokio::process::{Child, Command};
 
 /// Longest a server may take to print `ready`.
 const READY_WITHIN: Duration = Duration::from_secs(120);
+
+/// Why a model's server did not start; each names the model or the
+/// program.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("model {model:?} is not a llama_cpp model")]
+    NotLlamaCpp { model: String },
+    #[error("no free port: {0}")]
+    NoPort(#[source] io::Error),
+    #[error("cannot start {} {}: {source}", .python.display(), .script.display())]
+    Spawn {
+        python: PathBuf,
+        script: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the server's output was not piped")]
+    NotPiped,
+    #[error("the llama.cpp server for model {model:?} exited before it was ready")]
+    Exited { model: String },
+    #[error("the llama.cpp server for model {model:?} was not ready within {}s", .within.as_secs())]
+    NotReady { model: String, within: Duration },
+}
 
 /// The launcher next to this binary's checkout (`<repo>/scripts/llama-server.py`
 /// above the binary's directory), else the relative path.
@@ -50,7 +74,7 @@ impl Launcher {
         m: &ModelSpec,
         host: &str,
         gpu: Option<u32>,
-    ) -> Result<(String, Child), String> {
+    ) -> Result<(String, Child), LaunchError> {
         let Runtime::LlamaCpp {
             model,
             ctx,
@@ -58,11 +82,13 @@ impl Launcher {
             extra_args,
         } = &m.runtime
         else {
-            return Err(format!("model {:?} is not a llama_cpp model", m.name));
+            return Err(LaunchError::NotLlamaCpp {
+                model: m.name.clone(),
+            });
         };
         let port = std::net::TcpListener::bind((host, 0))
             .and_then(|l| l.local_addr())
-            .map_err(|e| format!("no free port: {e}"))?
+            .map_err(LaunchError::NoPort)?
             .port();
         let mut cmd = Command::new(&self.python);
         if let Some(g) = gpu {
@@ -89,15 +115,13 @@ impl Launcher {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| {
-                format!(
-                    "cannot start {} {}: {e}",
-                    self.python.display(),
-                    self.script.display()
-                )
+            .map_err(|source| LaunchError::Spawn {
+                python: self.python.clone(),
+                script: self.script.clone(),
+                source,
             })?;
         let Some(stdout) = child.stdout.take() else {
-            return Err("the server's output was not piped".into());
+            return Err(LaunchError::NotPiped);
         };
         let mut lines = BufReader::new(stdout).lines();
         let ready = tokio::time::timeout(READY_WITHIN, async {
@@ -112,17 +136,15 @@ impl Launcher {
         let url = match ready {
             Ok(Some(url)) => url,
             Ok(None) => {
-                return Err(format!(
-                    "the llama.cpp server for model {:?} exited before it was ready",
-                    m.name
-                ))
+                return Err(LaunchError::Exited {
+                    model: m.name.clone(),
+                })
             }
             Err(_) => {
-                return Err(format!(
-                    "the llama.cpp server for model {:?} was not ready within {}s",
-                    m.name,
-                    READY_WITHIN.as_secs()
-                ))
+                return Err(LaunchError::NotReady {
+                    model: m.name.clone(),
+                    within: READY_WITHIN,
+                })
             }
         };
         // Keep reading, so that the server never blocks on a full pipe.

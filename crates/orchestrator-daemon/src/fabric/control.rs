@@ -422,8 +422,8 @@ impl Fabric {
         shutdown: CancellationToken,
     ) {
         let started = tokio::select! {
-            r = self.launcher.spawn(&spec, "127.0.0.1", gpu) => r,
-            _ = shutdown.cancelled() => Err("the daemon is stopping".into()),
+            r = self.launcher.spawn(&spec, "127.0.0.1", gpu) => r.map_err(|e| e.to_string()),
+            _ = shutdown.cancelled() => Err("the daemon is stopping".to_owned()),
         };
         let mut child = match started {
             Ok((url, child)) => {
