@@ -82,7 +82,9 @@ pub use container::sweep_at_start as sweep_containers_at_start;
 pub use limits::{applied, report_at_start};
 #[cfg(target_os = "linux")]
 pub use relay::{gateway_url, GATEWAY_PORT};
-pub use vm::{Accel, VmConfig, VmError, DEFAULT_VM_MEMORY_MB, KVM_PROBE};
+pub use vm::{
+    Accel, UnknownAccel, VmConfig, VmError, VmUnavailable, DEFAULT_VM_MEMORY_MB, KVM_PROBE,
+};
 #[cfg(feature = "args")]
 pub use vm_args::VmOpts;
 
@@ -118,6 +120,9 @@ pub enum SandboxError {
     /// The vm backend could not prepare or start the step's VM.
     #[error(transparent)]
     Vm(#[from] VmError),
+    /// This agent's configuration lacks what a VM boots from.
+    #[error("sandbox: {kind} is not available on this agent: {0}", kind = SandboxKind::Vm)]
+    VmUnavailable(#[source] VmUnavailable),
     /// A wrapper backend (bubblewrap, container) could not set up.
     #[error("the {kind} sandbox could not be set up: {what}: {source}")]
     Backend {
@@ -331,7 +336,7 @@ impl Sandbox {
                 spec.network,
             )
             .map(|v| Sandbox::Vm(Arc::new(v)))
-            .map_err(|why| SandboxError::Unavailable { kind, why }),
+            .map_err(SandboxError::VmUnavailable),
             #[cfg(target_os = "linux")]
             SandboxKind::Bubblewrap => Ok(Sandbox::Bubblewrap {
                 bwrap: bubblewrap::locate(cfg.bwrap.as_deref())?,

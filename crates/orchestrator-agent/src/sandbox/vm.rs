@@ -89,14 +89,12 @@ pub enum Accel {
 
 impl Accel {
     /// Parses `auto`, `kvm` or `tcg`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnknownAccel> {
         match s {
             "auto" => Ok(Accel::Auto),
             "kvm" => Ok(Accel::Kvm),
             "tcg" => Ok(Accel::Tcg),
-            _ => Err(format!(
-                "{s:?} is no VM accelerator; expected auto, kvm or tcg"
-            )),
+            _ => Err(UnknownAccel(s.to_owned())),
         }
     }
 
@@ -107,6 +105,30 @@ impl Accel {
             Accel::Tcg => "tcg",
         }
     }
+}
+
+/// A `--vm-accel` value that names no accelerator.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is no VM accelerator; expected auto, kvm or tcg")]
+pub struct UnknownAccel(pub String);
+
+/// Why this agent cannot boot a step's VM: a piece of its configuration
+/// is missing, named with the flag that sets it.
+#[derive(Debug, thiserror::Error)]
+pub enum VmUnavailable {
+    #[error("orch agent {flag} is not set; expected the path of {what} (scripts/vm-assets.sh builds one)")]
+    Unset {
+        flag: &'static str,
+        what: &'static str,
+    },
+    #[error("orch agent {flag} {}: no such file; expected {what}", .path.display())]
+    NoFile {
+        flag: &'static str,
+        path: PathBuf,
+        what: &'static str,
+    },
+    #[error("orch agent --qemu {}: no such program; expected QEMU's x86_64 system emulator (.ci/run installs qemu-system-x86)", .program.display())]
+    NoQemu { program: PathBuf },
 }
 
 /// What the agent boots its VMs from (`orch agent --vm-*`, `--qemu`).
@@ -173,15 +195,12 @@ impl VmSandbox {
         covers: Vec<(PathBuf, PathBuf)>,
         memory_mb: Option<u64>,
         network: bool,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, VmUnavailable> {
         let kernel = need_file(&cfg.kernel, "--vm-kernel", "the kernel the VMs boot")?;
         let initrd = need_file(&cfg.initrd, "--vm-initrd", "the initramfs with orch's init")?;
         let image = need_file(&cfg.image, "--vm-image", "the base qcow2 disk image")?;
-        let qemu = find_program(&cfg.qemu).ok_or_else(|| {
-            format!(
-                "orch agent --qemu {}: no such program; expected QEMU's x86_64 system emulator (.ci/run installs qemu-system-x86)",
-                cfg.qemu.display()
-            )
+        let qemu = find_program(&cfg.qemu).ok_or_else(|| VmUnavailable::NoQemu {
+            program: cfg.qemu.clone(),
         })?;
         Ok(VmSandbox {
             kernel,
@@ -503,15 +522,18 @@ impl Plan {
 }
 
 /// The file `flag` set, or why it cannot serve as `what`.
-fn need_file(path: &Option<PathBuf>, flag: &str, what: &str) -> Result<PathBuf, String> {
+fn need_file(
+    path: &Option<PathBuf>,
+    flag: &'static str,
+    what: &'static str,
+) -> Result<PathBuf, VmUnavailable> {
     match path {
-        None => Err(format!(
-            "orch agent {flag} is not set; expected the path of {what} (scripts/vm-assets.sh builds one)"
-        )),
-        Some(p) if !p.is_file() => Err(format!(
-            "orch agent {flag} {}: no such file; expected {what}",
-            p.display()
-        )),
+        None => Err(VmUnavailable::Unset { flag, what }),
+        Some(p) if !p.is_file() => Err(VmUnavailable::NoFile {
+            flag,
+            path: p.clone(),
+            what,
+        }),
         Some(p) => Ok(p.clone()),
     }
 }

@@ -10,10 +10,53 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use orchestrator_core::api::{CachePlan, CacheRecord, JobSpec};
-use orchestrator_core::cache::{check_path, slot, Root};
+use orchestrator_core::cache::{check_path, slot, PathError, Root};
 
 use crate::cache::{CacheError, CacheStore, CopyError, EntryMeta, Found, Saved};
-use orchestrator_host::confined::ConfinedDir;
+use orchestrator_host::confined::{ConfinedDir, ConfinedError};
+
+/// Why a cache entry is not restored (the step fails) or not saved (the
+/// manifest notes it).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CacheStepError {
+    #[error("restoring the stage's caches: {0}")]
+    Join(#[source] tokio::task::JoinError),
+    #[error("cache[{j}] path {path:?} {source}")]
+    Path {
+        j: usize,
+        path: String,
+        #[source]
+        source: PathError,
+    },
+    /// A `~/` entry in a step that keeps the agent's home.
+    #[error("cache[{j}] path {path:?}: a process step keeps the agent's own home, so a ~/ cache has nowhere to go; use a worktree path or another sandbox")]
+    NoHome { j: usize, path: String },
+    /// The way to the entry's path is not the step's own (a link on it).
+    #[error("cache[{j}] path {path:?}: {source}")]
+    Confined {
+        j: usize,
+        path: String,
+        #[source]
+        source: ConfinedError,
+    },
+    #[error("this agent saves no caches (orch agent --cache-max 0)")]
+    NotSaving,
+    #[error("nothing at {path:?} to save")]
+    Nothing { path: String },
+    /// The entry's path cannot be opened to be saved.
+    #[error(transparent)]
+    Open(ConfinedError),
+    #[error("the caches directory cannot be made")]
+    NoStore,
+    #[error(transparent)]
+    Store(CacheError),
+    #[error("{path:?} is too large to keep: {source}")]
+    TooLarge {
+        path: String,
+        #[source]
+        source: CopyError,
+    },
+}
 
 /// One step's view of its stage's caches.
 #[derive(Debug, Default)]
@@ -67,7 +110,7 @@ impl Caches {
 
     /// Restores every entry when this step is the stage's first; an error
     /// is the step's failure, in words naming the entry.
-    pub(super) async fn restore(self) -> (Self, Result<(), String>) {
+    pub(super) async fn restore(self) -> (Self, Result<(), CacheStepError>) {
         if !self.plan.as_ref().is_some_and(|p| p.restore) {
             return (self, Ok(()));
         }
@@ -79,10 +122,7 @@ impl Caches {
         .await
         {
             Ok(done) => done,
-            Err(e) => (
-                Caches::default(),
-                Err(format!("restoring the stage's caches: {e}")),
-            ),
+            Err(e) => (Caches::default(), Err(CacheStepError::Join(e))),
         }
     }
 
@@ -109,18 +149,27 @@ impl Caches {
     }
 
     /// The directory an entry lives in and its path below it.
-    fn place<'a>(&self, j: usize, path: &'a str) -> Result<(&Path, &'a str), String> {
-        let (root, rel) =
-            check_path(path).map_err(|why| format!("cache[{j}] path {path:?} {why}"))?;
+    fn place<'a>(&self, j: usize, path: &'a str) -> Result<(&Path, &'a str), CacheStepError> {
+        let (root, rel) = check_path(path).map_err(|source| CacheStepError::Path {
+            j,
+            path: path.to_owned(),
+            source,
+        })?;
         match root {
             Root::Worktree => Ok((&self.worktree, rel)),
-            Root::Home => self.home.as_deref().map(|h| (h, rel)).ok_or_else(|| {
-                format!("cache[{j}] path {path:?}: a process step keeps the agent's own home, so a ~/ cache has nowhere to go; use a worktree path or another sandbox")
-            }),
+            Root::Home => {
+                self.home
+                    .as_deref()
+                    .map(|h| (h, rel))
+                    .ok_or_else(|| CacheStepError::NoHome {
+                        j,
+                        path: path.to_owned(),
+                    })
+            }
         }
     }
 
-    fn restore_all(&mut self) -> Result<(), String> {
+    fn restore_all(&mut self) -> Result<(), CacheStepError> {
         let entries = self
             .plan
             .as_ref()
@@ -157,8 +206,14 @@ impl Caches {
             let (parent_rel, name) = rel.rsplit_once('/').unwrap_or(("", rel));
             // The way to the path is the step's (or the repository's): a
             // link there is refused, never followed.
-            let parent = ConfinedDir::open(&base, Path::new(parent_rel), true)
-                .map_err(|e| format!("cache[{j}] path {:?}: {e}", c.path))?;
+            let parent =
+                ConfinedDir::open(&base, Path::new(parent_rel), true).map_err(|source| {
+                    CacheStepError::Confined {
+                        j,
+                        path: c.path.clone(),
+                        source,
+                    }
+                })?;
             let Some(store) = &store else { continue };
             match store.restore(&slot, &meta.key, &parent, name) {
                 Ok(copied) => {
@@ -170,8 +225,12 @@ impl Caches {
                     self.exact[j] = how == "exact";
                     tracing::info!(path = %c.path, key = %meta.key, how, bytes = copied.bytes, ms = r.ms, "cache restored");
                 }
-                Err(e @ CacheError::Confined(_)) => {
-                    return Err(format!("cache[{j}] path {:?}: {e}", c.path))
+                Err(CacheError::Confined(source)) => {
+                    return Err(CacheStepError::Confined {
+                        j,
+                        path: c.path.clone(),
+                        source,
+                    })
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, path = %c.path, "restoring a cache entry failed; taken as a miss");
@@ -205,7 +264,7 @@ impl Caches {
                 Err(why) => {
                     tracing::warn!(path = %c.path, key = %c.key, "cache not saved: {why}");
                     r.saved = Some("not saved".into());
-                    r.note = Some(why);
+                    r.note = Some(why.to_string());
                 }
             }
         }
@@ -217,22 +276,25 @@ impl Caches {
         c: &orchestrator_core::spec::Cache,
         run_id: &str,
         stage_id: &str,
-    ) -> Result<(&'static str, u64), String> {
+    ) -> Result<(&'static str, u64), CacheStepError> {
         if self.exact[j] {
             return Ok(("skipped", 0));
         }
         if self.max == 0 {
-            return Err("this agent saves no caches (orch agent --cache-max 0)".into());
+            return Err(CacheStepError::NotSaving);
         }
+        let nothing = || CacheStepError::Nothing {
+            path: c.path.clone(),
+        };
         let (base, rel) = self.place(j, &c.path)?;
         let src = match ConfinedDir::open(base, Path::new(rel), false) {
             Ok(d) => d,
-            Err(e) if e.is_not_found() => return Err(format!("nothing at {:?} to save", c.path)),
-            Err(e) => return Err(e.to_string()),
+            Err(e) if e.is_not_found() => return Err(nothing()),
+            Err(e) => return Err(CacheStepError::Open(e)),
         };
         let store = CacheStore::open(&self.project, true)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| "the caches directory cannot be made".to_owned())?;
+            .map_err(CacheStepError::Store)?
+            .ok_or(CacheStepError::NoStore)?;
         let meta = EntryMeta {
             path: c.path.clone(),
             key: c.key.clone(),
@@ -248,11 +310,14 @@ impl Caches {
                 Ok(("saved", copied.bytes))
             }
             Ok(Saved::Kept) => Ok(("kept", 0)),
-            Ok(Saved::Nothing) => Err(format!("nothing at {:?} to save", c.path)),
-            Err(CacheError::Copy(e @ CopyError::TooLarge { .. })) => {
-                Err(format!("{:?} is too large to keep: {e}", c.path))
+            Ok(Saved::Nothing) => Err(nothing()),
+            Err(CacheError::Copy(source @ CopyError::TooLarge { .. })) => {
+                Err(CacheStepError::TooLarge {
+                    path: c.path.clone(),
+                    source,
+                })
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => Err(CacheStepError::Store(e)),
         }
     }
 }

@@ -11,10 +11,84 @@
 //! a git identity, and a link in it for each `~/...` mount, so that tools
 //! that look in `$HOME` find what was mounted.
 
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-use orchestrator_host::confined::ConfinedDir;
+use orchestrator_host::confined::{ConfinedDir, ConfinedError};
+
+/// Why mount `j` of a stage (`mount` as written) is refused; the step
+/// fails, naming the field and what to do.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum MountError {
+    #[error("mounts[{j}] {mount:?}: this agent has no HOME to find it in")]
+    NoHome { j: usize, mount: String },
+    #[error("mounts[{j}] {mount:?}: {} cannot be mounted on this agent: {source}", .path.display())]
+    Unreadable {
+        j: usize,
+        mount: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("mounts[{j}] {mount:?}: {} is not a directory; expected a directory to bind read-only", .real.display())]
+    NotADirectory {
+        j: usize,
+        mount: String,
+        real: PathBuf,
+    },
+    /// Under no `--allow-mount` path (those are `allowed`).
+    #[error("mounts[{j}] {mount:?}: {} is not under a path this agent allows to be mounted; its operator allows it with `orch agent --allow-mount {}`{}", .real.display(), .real.display(), allows(.allowed))]
+    NotAllowed {
+        j: usize,
+        mount: String,
+        real: PathBuf,
+        allowed: Vec<PathBuf>,
+    },
+    /// It holds or lies in a directory of the orchestrator's (`private`).
+    #[error("mounts[{j}] {mount:?}: {} holds or lies in {}, a directory of the orchestrator's own, which no step may see", .real.display(), .private.display())]
+    Private {
+        j: usize,
+        mount: String,
+        real: PathBuf,
+        private: PathBuf,
+    },
+}
+
+/// ` (this agent allows A, B)`, or that it allows none.
+fn allows(allowed: &[PathBuf]) -> String {
+    if allowed.is_empty() {
+        " (this agent allows none)".to_owned()
+    } else {
+        format!(
+            " (this agent allows {})",
+            allowed
+                .iter()
+                .map(|a| a.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+/// Why the stage's home cannot be made ready.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum HomeError {
+    #[error("making the step's home: {0}")]
+    Make(#[source] ConfinedError),
+    #[error("writing the step's git identity: {0}")]
+    CreateIdentity(#[source] ConfinedError),
+    #[error("writing the step's git identity: {0}")]
+    WriteIdentity(#[source] io::Error),
+    /// A `~/...` mount whose path is not UTF-8.
+    #[error("~/{}: not UTF-8", .rel.display())]
+    NotUtf8 { rel: PathBuf },
+    #[error("linking ~/{} into the step's home: {source}", .rel.display())]
+    Link {
+        rel: PathBuf,
+        #[source]
+        source: ConfinedError,
+    },
+}
 
 /// A stage's mounts resolved on this agent: the host paths to bind, and
 /// the `~/...` ones by their place in the home.
@@ -32,7 +106,7 @@ pub(super) fn resolve(
     mounts: &[String],
     allowed: &[PathBuf],
     private: &[PathBuf],
-) -> Result<Mounts, String> {
+) -> Result<Mounts, MountError> {
     let mut out = Mounts::default();
     if mounts.is_empty() {
         return Ok(out);
@@ -52,54 +126,50 @@ pub(super) fn resolve(
         .chain([PathBuf::from("/run/orch")])
         .collect();
     for (j, m) in mounts.iter().enumerate() {
-        let field = format!("mounts[{j}] {m:?}");
+        let mount = || m.clone();
         let (path, in_home) = match m.strip_prefix("~/") {
             Some(rest) => match &home {
                 Some(h) => (h.join(rest), Some(PathBuf::from(rest))),
-                None => return Err(format!("{field}: this agent has no HOME to find it in")),
+                None => return Err(MountError::NoHome { j, mount: mount() }),
             },
             None => (PathBuf::from(m), None),
         };
-        let real = std::fs::canonicalize(&path).map_err(|e| {
-            format!(
-                "{field}: {} cannot be mounted on this agent: {e}",
-                path.display()
-            )
-        })?;
+        let real = match std::fs::canonicalize(&path) {
+            Ok(real) => real,
+            Err(source) => {
+                return Err(MountError::Unreadable {
+                    j,
+                    mount: mount(),
+                    path,
+                    source,
+                })
+            }
+        };
         if !real.is_dir() {
-            return Err(format!(
-                "{field}: {} is not a directory; expected a directory to bind read-only",
-                real.display()
-            ));
+            return Err(MountError::NotADirectory {
+                j,
+                mount: mount(),
+                real,
+            });
         }
         if !allowed.iter().any(|a| real.starts_with(a)) {
-            return Err(format!(
-                "{field}: {} is not under a path this agent allows to be mounted; its operator allows it with `orch agent --allow-mount {}`{}",
-                real.display(),
-                real.display(),
-                if allowed.is_empty() {
-                    " (this agent allows none)".to_owned()
-                } else {
-                    format!(
-                        " (this agent allows {})",
-                        allowed
-                            .iter()
-                            .map(|a| a.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                }
-            ));
+            return Err(MountError::NotAllowed {
+                j,
+                mount: mount(),
+                real,
+                allowed,
+            });
         }
         if let Some(p) = private
             .iter()
             .find(|p| real.starts_with(p) || p.starts_with(&real))
         {
-            return Err(format!(
-                "{field}: {} holds or lies in {}, a directory of the orchestrator's own, which no step may see",
-                real.display(),
-                p.display()
-            ));
+            return Err(MountError::Private {
+                j,
+                mount: mount(),
+                real,
+                private: p.clone(),
+            });
         }
         if let Some(rel) = in_home {
             out.in_home.push((rel, real.clone()));
@@ -118,19 +188,18 @@ pub(super) fn prepare(
     run_id: &str,
     stage_id: &str,
     mounts: &Mounts,
-) -> Result<PathBuf, String> {
+) -> Result<PathBuf, HomeError> {
     let rel = Path::new(".orchestrator/homes").join(run_id).join(stage_id);
-    let home = ConfinedDir::open(project, &rel, true)
-        .map_err(|e| format!("making the step's home: {e}"))?;
+    let home = ConfinedDir::open(project, &rel, true).map_err(HomeError::Make)?;
     // The step writes its home: the agent makes its files afresh, through
     // the directory, never following what the step left.
     if !home.holds_name(".gitconfig") {
         let mut f = home
             .create(".gitconfig")
-            .map_err(|e| format!("writing the step's git identity: {e}"))?;
+            .map_err(HomeError::CreateIdentity)?;
         let text = "[user]\n\tname = orch step\n\temail = step@orch.invalid\n[init]\n\tdefaultBranch = main\n";
         f.write_all(text.as_bytes())
-            .map_err(|e| format!("writing the step's git identity: {e}"))?;
+            .map_err(HomeError::WriteIdentity)?;
     }
     for (rel, host) in &mounts.in_home {
         let (Some(parent), Some(name)) = (rel.parent(), rel.file_name().and_then(|n| n.to_str()))
@@ -141,13 +210,16 @@ pub(super) fn prepare(
         for part in parent.iter() {
             let part = part
                 .to_str()
-                .ok_or_else(|| format!("~/{}: not UTF-8", rel.display()))?;
-            dir = dir
-                .subdir(part, true)
-                .map_err(|e| format!("linking ~/{} into the step's home: {e}", rel.display()))?;
+                .ok_or_else(|| HomeError::NotUtf8 { rel: rel.clone() })?;
+            dir = dir.subdir(part, true).map_err(|source| HomeError::Link {
+                rel: rel.clone(),
+                source,
+            })?;
         }
-        dir.link(name, host)
-            .map_err(|e| format!("linking ~/{} into the step's home: {e}", rel.display()))?;
+        dir.link(name, host).map_err(|source| HomeError::Link {
+            rel: rel.clone(),
+            source,
+        })?;
     }
     Ok(home.path().to_owned())
 }

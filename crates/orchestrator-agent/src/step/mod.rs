@@ -124,7 +124,7 @@ pub async fn run_step_with(
     let project = match check_ids(spec).and_then(|()| check_project_dir(&spec.project_dir)) {
         Ok(p) => p,
         // No bundle can be written without a project directory.
-        Err(msg) => return rec.outcome(Some(Failure::task(msg))),
+        Err(e) => return rec.outcome(Some(Failure::task(e.to_string()))),
     };
     let bundle = match Bundle::create(&project, &rec.rel) {
         Ok(b) => b,
@@ -207,7 +207,12 @@ pub async fn run_step_with(
         .collect();
     let mounts = match home::resolve(&spec.mounts, &ctx.sandbox.allow_mounts, &private) {
         Ok(m) => m,
-        Err(msg) => return rec.finish(&bundle, Some(Failure::task(msg))).await.0,
+        Err(e) => {
+            return rec
+                .finish(&bundle, Some(Failure::task(e.to_string())))
+                .await
+                .0
+        }
     };
     // A process step keeps the agent's home: it sees the machine as is.
     let step_home = if !sandboxed {
@@ -215,7 +220,12 @@ pub async fn run_step_with(
     } else {
         match home::prepare(&project, &spec.run_id, &spec.stage_id, &mounts) {
             Ok(h) => Some(h),
-            Err(msg) => return rec.finish(&bundle, Some(Failure::infra(msg))).await.0,
+            Err(e) => {
+                return rec
+                    .finish(&bundle, Some(Failure::infra(e.to_string())))
+                    .await
+                    .0
+            }
         }
     };
     if let Some(h) = &step_home {
@@ -229,9 +239,12 @@ pub async fn run_step_with(
         ctx.sandbox.cache_max,
     );
     let (mut caches, restored) = caches.restore().await;
-    if let Err(msg) = restored {
+    if let Err(e) = restored {
         rec.caches = std::mem::take(&mut caches.records);
-        return rec.finish(&bundle, Some(Failure::task(msg))).await.0;
+        return rec
+            .finish(&bundle, Some(Failure::task(e.to_string())))
+            .await
+            .0;
     }
     let dirs = Dirs {
         writable: [workdir.clone(), bundle.dir().to_owned()]
@@ -328,7 +341,7 @@ pub async fn run_step_with(
     .capping_logs(ctx.sandbox.log_cap)
     .redacting(redact::values(spec.hidden_values()));
     let mut failure = match prepare(spec, &workdir) {
-        Err(msg) => Some(Failure::task(msg)),
+        Err(e) => Some(Failure::task(e.to_string())),
         Ok(commands) => runner.run_all(&commands, &mut rec).await,
     };
     if failure

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use orchestrator_core::api::JobSpec;
 use orchestrator_core::spec::CommandSpec;
-use orchestrator_core::validate::check_command;
+use orchestrator_core::validate::{check_command, CommandError};
 
 /// Longest command description quoted in an error message, in characters.
 const DESCRIBE_MAX: usize = 80;
@@ -28,39 +28,134 @@ pub(super) struct Prepared<'a> {
     pub label: String,
 }
 
+/// Why a step has no project directory to write its bundle in.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum ProjectError {
+    /// `what` is `run id` or `stage id`.
+    #[error("{what} {id:?} is not usable in a path; expected letters, digits, '_', '-' or '.', starting with a letter or digit")]
+    BadId { what: &'static str, id: String },
+    #[error("project directory {dir:?} is not an absolute path; expected one")]
+    NotAbsolute { dir: String },
+    #[error("project directory {dir:?} is not a directory")]
+    NotADirectory { dir: String },
+    #[error("project directory {dir:?} is not usable on this machine: {source}")]
+    Unusable {
+        dir: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("project directory {dir:?} cannot be resolved: {source}")]
+    Unresolved {
+        dir: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Why one command is refused before anything runs.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CommandRefused {
+    #[error(transparent)]
+    Rules(#[from] CommandError),
+    #[error(transparent)]
+    Env(#[from] EnvError),
+    #[error(transparent)]
+    Cwd(#[from] CwdError),
+}
+
+/// A variable the OS cannot carry (or that would mean something else).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum EnvError {
+    #[error("invalid environment variable name {name:?}: expected letters, digits and '_'")]
+    BadName { name: String },
+    #[error("environment variable {name:?} holds a NUL byte; values must be plain strings")]
+    Nul { name: String },
+}
+
+/// Why a command's working directory is not one inside the worktree.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CwdError {
+    #[error("cwd {cwd:?} does not exist in the run's worktree")]
+    Missing { cwd: String },
+    #[error("cwd {cwd:?} cannot be resolved: {source}")]
+    Unresolved {
+        cwd: String,
+        #[source]
+        source: io::Error,
+    },
+    /// A symlink on the way leads out of the worktree.
+    #[error("cwd {cwd:?} resolves to {}, outside the run's worktree {}; symlinks must not lead out of it", .resolved.display(), .worktree.display())]
+    Outside {
+        cwd: String,
+        resolved: PathBuf,
+        worktree: PathBuf,
+    },
+    #[error("cwd {cwd:?} is not a directory")]
+    NotADirectory { cwd: String },
+}
+
+/// One reason a step is refused before anything runs.
+#[derive(Debug, thiserror::Error)]
+pub(super) enum Refusal {
+    #[error("the step has no commands; expected at least one")]
+    NoCommands,
+    #[error("the step's env: {0}")]
+    Env(#[source] EnvError),
+    #[error("command {i} is refused: {source}")]
+    Command {
+        i: usize,
+        #[source]
+        source: CommandRefused,
+    },
+}
+
+/// Every reason a step is refused, in the order of its spec.
+#[derive(Debug)]
+pub(super) struct StepRefused(pub Vec<Refusal>);
+
+impl std::fmt::Display for StepRefused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, r) in self.0.iter().enumerate() {
+            if n > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{r}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for StepRefused {}
+
 /// The project directory must be an existing absolute directory; returns it
 /// canonicalized.
-pub(super) fn check_project_dir(dir: &str) -> Result<PathBuf, String> {
+pub(super) fn check_project_dir(dir: &str) -> Result<PathBuf, ProjectError> {
     let path = Path::new(dir);
+    let dir = || dir.to_owned();
     if !path.is_absolute() {
-        return Err(format!(
-            "project directory {dir:?} is not an absolute path; expected one"
-        ));
+        return Err(ProjectError::NotAbsolute { dir: dir() });
     }
     match std::fs::metadata(path) {
         Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err(format!("project directory {dir:?} is not a directory")),
-        Err(e) => {
-            return Err(format!(
-                "project directory {dir:?} is not usable on this machine: {e}"
-            ))
-        }
+        Ok(_) => return Err(ProjectError::NotADirectory { dir: dir() }),
+        Err(source) => return Err(ProjectError::Unusable { dir: dir(), source }),
     }
     path.canonicalize()
-        .map_err(|e| format!("project directory {dir:?} cannot be resolved: {e}"))
+        .map_err(|source| ProjectError::Unresolved { dir: dir(), source })
 }
 
 /// Run and stage ids become path components of the bundle directory.
-pub(super) fn check_ids(spec: &JobSpec) -> Result<(), String> {
+pub(super) fn check_ids(spec: &JobSpec) -> Result<(), ProjectError> {
     for (what, id) in [("run id", &spec.run_id), ("stage id", &spec.stage_id)] {
         let ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
             && id
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if !ok {
-            return Err(format!(
-                "{what} {id:?} is not usable in a path; expected letters, digits, '_', '-' or '.', starting with a letter or digit"
-            ));
+            return Err(ProjectError::BadId {
+                what,
+                id: id.to_string(),
+            });
         }
     }
     Ok(())
@@ -68,26 +163,29 @@ pub(super) fn check_ids(spec: &JobSpec) -> Result<(), String> {
 
 /// Checks every command and resolves its working directory. All problems are
 /// reported together; nothing runs if there is one.
-pub(super) fn prepare<'a>(spec: &'a JobSpec, workdir: &Path) -> Result<Vec<Prepared<'a>>, String> {
+pub(super) fn prepare<'a>(
+    spec: &'a JobSpec,
+    workdir: &Path,
+) -> Result<Vec<Prepared<'a>>, StepRefused> {
     let mut problems = Vec::new();
     let mut out = Vec::with_capacity(spec.commands.len());
     if spec.commands.is_empty() {
-        problems.push("the step has no commands; expected at least one".to_owned());
+        problems.push(Refusal::NoCommands);
     }
-    if let Err(msg) = check_env(&spec.env) {
-        problems.push(format!("the step's env: {msg}"));
+    if let Err(e) = check_env(&spec.env) {
+        problems.push(Refusal::Env(e));
     }
     for (i, cmd) in spec.commands.iter().enumerate() {
         let label = format!("command {i} ({})", describe(cmd));
         match prepare_one(cmd, spec.shell, &spec.env, workdir, label) {
             Ok(p) => out.push(p),
-            Err(msg) => problems.push(format!("command {i} is refused: {msg}")),
+            Err(source) => problems.push(Refusal::Command { i, source }),
         }
     }
     if problems.is_empty() {
         Ok(out)
     } else {
-        Err(problems.join("; "))
+        Err(StepRefused(problems))
     }
 }
 
@@ -98,8 +196,8 @@ pub(super) fn prepare_one<'a>(
     env: &BTreeMap<String, String>,
     workdir: &Path,
     label: String,
-) -> Result<Prepared<'a>, String> {
-    check_command(cmd, shell).map_err(|e| e.to_string())?;
+) -> Result<Prepared<'a>, CommandRefused> {
+    check_command(cmd, shell)?;
     check_env(&cmd.env)?;
     let cwd_abs = resolve_cwd(workdir, cmd.cwd.as_deref())?;
     let argv = match &cmd.run {
@@ -118,17 +216,13 @@ pub(super) fn prepare_one<'a>(
 }
 
 /// Names and values the OS cannot carry (or that would mean something else).
-fn check_env(env: &BTreeMap<String, String>) -> Result<(), String> {
+fn check_env(env: &BTreeMap<String, String>) -> Result<(), EnvError> {
     for (k, v) in env {
         if k.is_empty() || k.contains(['=', '\0']) {
-            return Err(format!(
-                "invalid environment variable name {k:?}: expected letters, digits and '_'"
-            ));
+            return Err(EnvError::BadName { name: k.clone() });
         }
         if v.contains('\0') {
-            return Err(format!(
-                "environment variable {k:?} holds a NUL byte; values must be plain strings"
-            ));
+            return Err(EnvError::Nul { name: k.clone() });
         }
     }
     Ok(())
@@ -136,26 +230,29 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), String> {
 
 /// The working directory, which must resolve (symlinks followed) to a
 /// directory inside the canonical working tree.
-fn resolve_cwd(project: &Path, cwd: Option<&str>) -> Result<PathBuf, String> {
+fn resolve_cwd(project: &Path, cwd: Option<&str>) -> Result<PathBuf, CwdError> {
     let Some(cwd) = cwd else {
         return Ok(project.to_owned());
     };
-    let resolved = project.join(cwd).canonicalize().map_err(|e| {
-        if e.kind() == io::ErrorKind::NotFound {
-            format!("cwd {cwd:?} does not exist in the run's worktree")
+    let resolved = project.join(cwd).canonicalize().map_err(|source| {
+        let cwd = cwd.to_owned();
+        if source.kind() == io::ErrorKind::NotFound {
+            CwdError::Missing { cwd }
         } else {
-            format!("cwd {cwd:?} cannot be resolved: {e}")
+            CwdError::Unresolved { cwd, source }
         }
     })?;
     if !resolved.starts_with(project) {
-        return Err(format!(
-            "cwd {cwd:?} resolves to {}, outside the run's worktree {}; symlinks must not lead out of it",
-            resolved.display(),
-            project.display()
-        ));
+        return Err(CwdError::Outside {
+            cwd: cwd.to_owned(),
+            resolved,
+            worktree: project.to_owned(),
+        });
     }
     if !resolved.is_dir() {
-        return Err(format!("cwd {cwd:?} is not a directory"));
+        return Err(CwdError::NotADirectory {
+            cwd: cwd.to_owned(),
+        });
     }
     Ok(resolved)
 }

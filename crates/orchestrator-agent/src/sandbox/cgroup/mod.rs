@@ -39,9 +39,55 @@ mod discover;
 use discover::{cgroup_mounts, cgroup_path, dir_of, sweep_stale};
 
 /// Why this agent's commands get no cgroup.
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[error("cgroup limits cannot be applied: {0}")]
-pub struct Unavailable(String);
+pub struct Unavailable(#[source] ProbeError);
+
+/// Why no parent for the commands' cgroups could be found or made.
+#[derive(Debug, thiserror::Error)]
+pub enum ProbeError {
+    #[error("/proc/self/cgroup cannot be read: {0}")]
+    OwnCgroup(#[source] io::Error),
+    #[error("/proc/self/mountinfo: {0}")]
+    Mounts(#[source] io::Error),
+    #[error("no cgroup v2 hierarchy is mounted")]
+    NoV2,
+    /// The agent's v2 cgroup lacks the memory or the pids controller.
+    #[error("cgroup v2 at {} offers no memory and pids controllers (it offers {offered:?})", .dir.display())]
+    V2Controllers { dir: PathBuf, offered: String },
+    /// The agent's v2 cgroup is not delegated to it (or holds its process).
+    #[error("the memory and pids controllers cannot be enabled below the agent's cgroup {} ({source}); run the agent in a delegated cgroup of its own (systemd-run --scope -p Delegate=yes)", .dir.display())]
+    NotDelegated {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} cannot be created: {source}", .dir.display())]
+    MakeDir {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{}: enabling the controllers: {source}", .dir.display())]
+    Enable {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// No v1 hierarchy has this controller.
+    #[error("no cgroup v1 {0} hierarchy is mounted")]
+    NoV1(&'static str),
+    /// The agent is in no v1 cgroup of this controller.
+    #[error("/proc/self/cgroup names no {0} cgroup")]
+    NoV1Cgroup(&'static str),
+    /// Neither v2 nor either v1 controller can be used.
+    #[error("{v2}; {memory}; {pids}")]
+    Neither {
+        v2: Box<ProbeError>,
+        memory: Box<ProbeError>,
+        pids: Box<ProbeError>,
+    },
+}
 
 /// A failure to set up or use one command's cgroup.
 #[derive(Debug, thiserror::Error)]
@@ -105,34 +151,39 @@ pub fn probe() -> Result<&'static CgroupRoot, &'static Unavailable> {
 }
 
 impl CgroupRoot {
-    fn find() -> Result<Self, String> {
-        let own = fs::read_to_string("/proc/self/cgroup")
-            .map_err(|e| format!("/proc/self/cgroup cannot be read: {e}"))?;
-        let mounts = cgroup_mounts().map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+    fn find() -> Result<Self, ProbeError> {
+        let own = fs::read_to_string("/proc/self/cgroup").map_err(ProbeError::OwnCgroup)?;
+        let mounts = cgroup_mounts().map_err(ProbeError::Mounts)?;
         let path_of = |controller: &str| cgroup_path(&own, controller);
         let name = format!("orch-{}", std::process::id());
-        let mut why_not_v2 = "no cgroup v2 hierarchy is mounted".to_owned();
+        let mut why_not_v2 = ProbeError::NoV2;
         if let (Some(m), Some(path)) = (mounts.iter().find(|m| m.v2), path_of("")) {
             match Self::v2(&dir_of(m, &path), &name) {
                 Ok(root) => return Ok(root),
                 Err(why) => why_not_v2 = why,
             }
         }
-        let v1 = |controller: &str| -> Result<PathBuf, String> {
+        let v1 = |controller: &'static str| -> Result<PathBuf, ProbeError> {
             let mount = mounts
                 .iter()
                 .find(|m| !m.v2 && m.options.iter().any(|o| o == controller))
-                .ok_or_else(|| format!("no cgroup v1 {controller} hierarchy is mounted"))?;
-            let path = path_of(controller)
-                .ok_or_else(|| format!("/proc/self/cgroup names no {controller} cgroup"))?;
+                .ok_or(ProbeError::NoV1(controller))?;
+            let path = path_of(controller).ok_or(ProbeError::NoV1Cgroup(controller))?;
             let own = dir_of(mount, &path);
             sweep_stale(&own);
             let dir = own.join(&name);
-            make_dir(&dir).map_err(|e| format!("{} cannot be created: {e}", dir.display()))?;
+            make_dir(&dir).map_err(|source| ProbeError::MakeDir {
+                dir: dir.clone(),
+                source,
+            })?;
             Ok(dir)
         };
         match (v1("memory"), v1("pids")) {
-            (Err(m), Err(p)) => Err(format!("{why_not_v2}; {m}; {p}")),
+            (Err(m), Err(p)) => Err(ProbeError::Neither {
+                v2: Box::new(why_not_v2),
+                memory: Box::new(m),
+                pids: Box::new(p),
+            }),
             (memory, pids) => {
                 for e in [&memory, &pids]
                     .into_iter()
@@ -151,29 +202,35 @@ impl CgroupRoot {
 
     /// The v2 parent under `own`, when v2 has both controllers and they can
     /// be enabled below the agent's cgroup.
-    fn v2(own: &Path, name: &str) -> Result<Self, String> {
+    fn v2(own: &Path, name: &str) -> Result<Self, ProbeError> {
         let available = fs::read_to_string(own.join("cgroup.controllers")).unwrap_or_default();
         let has = |c: &str| available.split_whitespace().any(|a| a == c);
         if !has("memory") || !has("pids") {
-            return Err(format!(
-                "cgroup v2 at {} offers no memory and pids controllers (it offers {:?})",
-                own.display(),
-                available.trim()
-            ));
+            return Err(ProbeError::V2Controllers {
+                dir: own.to_owned(),
+                offered: available.trim().to_owned(),
+            });
         }
         // The kernel refuses this while `own` holds processes of its own
         // (the agent): cgroup v2 keeps processes in leaves only.
-        write_file(&own.join("cgroup.subtree_control"), "+memory +pids").map_err(|e| {
-            format!(
-                "the memory and pids controllers cannot be enabled below the agent's cgroup {} ({e}); run the agent in a delegated cgroup of its own (systemd-run --scope -p Delegate=yes)",
-                own.display()
-            )
+        write_file(&own.join("cgroup.subtree_control"), "+memory +pids").map_err(|source| {
+            ProbeError::NotDelegated {
+                dir: own.to_owned(),
+                source,
+            }
         })?;
         sweep_stale(own);
         let dir = own.join(name);
-        make_dir(&dir).map_err(|e| format!("{} cannot be created: {e}", dir.display()))?;
-        write_file(&dir.join("cgroup.subtree_control"), "+memory +pids")
-            .map_err(|e| format!("{}: enabling the controllers: {e}", dir.display()))?;
+        make_dir(&dir).map_err(|source| ProbeError::MakeDir {
+            dir: dir.clone(),
+            source,
+        })?;
+        write_file(&dir.join("cgroup.subtree_control"), "+memory +pids").map_err(|source| {
+            ProbeError::Enable {
+                dir: dir.clone(),
+                source,
+            }
+        })?;
         Ok(CgroupRoot {
             version: Version::V2,
             memory: Some(dir),
