@@ -93,7 +93,9 @@ async fn start_daemon(a: &DaemonArgs, data_dir: &Path) -> Result<(Daemon, Tokens
     cfg.heartbeat_interval_ms = a.heartbeat_ms;
     cfg.max_body_bytes = a.max_body_bytes;
     cfg.hooks = hooks;
-    cfg.secrets = crate::secrets::load(&a.secrets, a.secrets_file.as_deref())?;
+    // Wrong input (exit code 2), shown as its message, which names its cause.
+    cfg.secrets = crate::secrets::load(&a.secrets, a.secrets_file.as_deref())
+        .map_err(|e| CliError::BadInput(e.to_string()))?;
     // Kept beside the tokens, so a running step's model key outlives a restart.
     cfg.job_key_secret = Some(paths::ensure_token(data_dir, "job-keys.secret")?.into_bytes());
     // Kept too, so a browser's dashboard session outlives a restart.
@@ -176,6 +178,8 @@ pub async fn run_up(
         .with_context(|| format!("cannot issue the local agent {:?} its token", cfg.name))?;
     let agent = tokio::spawn(run_agent(cfg, agent_stop.clone()));
     let daemon_stop = daemon.shutdown_token();
+    // A failure becomes its message alone: `report` shows an error's causes
+    // after it, and this message holds its cause already.
     let daemon_task = tokio::spawn(daemon.wait());
     tokio::select! {
         r = signals() => r?,
@@ -191,7 +195,7 @@ pub async fn run_up(
         Ok(Ok(())) => {}
     }
     daemon_stop.cancel();
-    daemon_task.await?.map_err(|e| anyhow!(e))?;
+    daemon_task.await?.map_err(|e| anyhow!(e.to_string()))?;
     let _ = std::fs::remove_file(paths::endpoint_file(data_dir));
     Ok(())
 }
@@ -217,7 +221,7 @@ pub async fn daemon(mut a: DaemonArgs, data_dir: &Path) -> Result<ExitCode> {
         let _ = signals().await;
         stop.cancel();
     });
-    daemon.wait().await.map_err(|e| anyhow!(e))?;
+    daemon.wait().await.map_err(|e| anyhow!(e.to_string()))?;
     let _ = std::fs::remove_file(paths::endpoint_file(data_dir));
     Ok(ExitCode::SUCCESS)
 }

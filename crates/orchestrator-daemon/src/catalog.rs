@@ -22,6 +22,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use orchestrator_core::api::WorkflowView;
+use orchestrator_core::SpecErrors;
+use orchestrator_host::confined::DefinitionError;
 use sha2::{Digest, Sha256};
 
 /// Where a project keeps its workflows, under its directory.
@@ -105,16 +107,35 @@ pub fn hash(text: &str) -> String {
     format!("{:x}", Sha256::digest(text.as_bytes()))
 }
 
+/// Why a workflow file of a project gives no definition.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error("{}: cannot read: {source}", .file.display())]
+    Unreadable {
+        file: PathBuf,
+        #[source]
+        source: DefinitionError,
+    },
+    /// Not a valid workflow: every problem, each naming the file.
+    #[error(transparent)]
+    Invalid(#[from] SpecErrors),
+    #[error("{}: the needs of these stages form a cycle: {}", .file.display(), .cycle.join(" -> "))]
+    Cycle { file: PathBuf, cycle: Vec<String> },
+    /// Its name is taken by `other`, loaded first.
+    #[error("{}: name: workflow {name:?} is already defined by {}; expected a name no other workflow file of the project uses", .file.display(), .other.display())]
+    NameTaken {
+        file: PathBuf,
+        name: String,
+        other: PathBuf,
+    },
+}
+
 /// Checks `text` as a workflow: parsed, validated, and planned (no cycle).
-fn check(text: &str, file: &Path) -> Result<orchestrator_core::Workflow, String> {
-    let wf = orchestrator_core::parse_workflow(text, Some(&file.display().to_string()))
-        .map_err(|e| e.to_string())?;
-    orchestrator_core::plan(&wf).map_err(|cycle| {
-        format!(
-            "{}: the needs of these stages form a cycle: {}",
-            file.display(),
-            cycle.join(" -> ")
-        )
+fn check(text: &str, file: &Path) -> Result<orchestrator_core::Workflow, FileError> {
+    let wf = orchestrator_core::parse_workflow(text, Some(&file.display().to_string()))?;
+    orchestrator_core::plan(&wf).map_err(|cycle| FileError::Cycle {
+        file: file.to_owned(),
+        cycle,
     })?;
     Ok(wf)
 }
@@ -143,7 +164,7 @@ impl Catalog {
         &mut self,
         project: &Path,
         file: &Path,
-        read: Result<Option<String>, String>,
+        read: Result<Option<String>, DefinitionError>,
         now_ms: i64,
     ) -> Reload {
         let files = self.projects.entry(project.to_path_buf()).or_default();
@@ -157,10 +178,14 @@ impl Catalog {
                     None => Reload::Unchanged,
                 }
             }
-            Err(e) => {
+            Err(source) => {
                 let st = files.entry(file.to_path_buf()).or_default();
                 st.seen = None;
-                st.error = Some(format!("{}: cannot read: {e}", file.display()));
+                let e = FileError::Unreadable {
+                    file: file.to_owned(),
+                    source,
+                };
+                st.error = Some(e.to_string());
                 return Reload::Invalid {
                     kept: st.def.as_ref().map(|d| d.name.clone()),
                     error: st.error.clone().unwrap_or_default(),
@@ -177,12 +202,11 @@ impl Catalog {
                 .iter()
                 .find(|(f, s)| *f != file && s.def.as_ref().is_some_and(|d| d.name == wf.name))
             {
-                Some((other, _)) => Err(format!(
-                    "{}: name: workflow {:?} is already defined by {}; expected a name no other workflow file of the project uses",
-                    file.display(),
-                    wf.name,
-                    other.display()
-                )),
+                Some((other, _)) => Err(FileError::NameTaken {
+                    file: file.to_owned(),
+                    name: wf.name,
+                    other: other.clone(),
+                }),
                 None => Ok(wf),
             }
         });
@@ -205,7 +229,8 @@ impl Catalog {
                     previous,
                 }
             }
-            Err(error) => {
+            Err(e) => {
+                let error = e.to_string();
                 st.error = Some(error.clone());
                 Reload::Invalid {
                     kept: st.def.as_ref().map(|d| d.name.clone()),
@@ -426,7 +451,10 @@ mod tests {
         let r = c.reload(
             Path::new(P),
             &file("hello.yaml"),
-            Err("permission denied".into()),
+            Err(DefinitionError::Io {
+                path: file("hello.yaml"),
+                source: std::io::ErrorKind::PermissionDenied.into(),
+            }),
             2,
         );
         assert!(matches!(r, Reload::Invalid { kept: Some(_), .. }));

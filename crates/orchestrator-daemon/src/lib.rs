@@ -54,4 +54,4 @@ pub use app::App;
 pub use auth::Tokens;
 pub use config::DaemonConfig;
 pub use error::ApiErr;
-pub use supervisor::Daemon;
+pub use supervisor::{Daemon, DaemonError};

@@ -13,13 +13,33 @@ use crate::{
     DaemonConfig,
 };
 
+/// The daemon's components, each a task that ends with its name and how
+/// it ended.
+pub(crate) type Components = JoinSet<(&'static str, std::io::Result<()>)>;
+
+/// Why the daemon stopped without being asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A component ended without an error while it should run on.
+    #[error("component {0} stopped unexpectedly")]
+    Stopped(&'static str),
+    #[error("component {component} failed: {source}")]
+    Failed {
+        component: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("a component panicked: {0}")]
+    Panicked(#[source] tokio::task::JoinError),
+}
+
 /// A started daemon.
 pub struct Daemon {
     pub addr: SocketAddr,
     sessions: Arc<dashboard::Sessions>,
     clock: Arc<dyn orchestrator_host::clock::Clock>,
     shutdown: CancellationToken,
-    tasks: JoinSet<(&'static str, Result<(), String>)>,
+    tasks: Components,
     catalog: Arc<std::sync::Mutex<catalog::Catalog>>,
     close: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
 }
@@ -107,7 +127,7 @@ impl Daemon {
             let r = axum::serve(listener, router(a))
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await;
-            ("api", r.map_err(|e| e.to_string()))
+            ("api", r)
         });
         let (a, stop) = (app.clone(), shutdown.clone());
         tasks.spawn(async move {
@@ -204,7 +224,7 @@ impl Daemon {
 
     /// Runs until shutdown is requested or a component fails; then stops every
     /// component and closes the store.
-    pub async fn wait(mut self) -> Result<(), String> {
+    pub async fn wait(mut self) -> Result<(), DaemonError> {
         let mut failure = None;
         // Biased: once shutdown is requested, components end because of it;
         // a random pick could blame the first one to finish.
@@ -212,13 +232,13 @@ impl Daemon {
             biased;
             _ = self.shutdown.cancelled() => {}
             Some(done) = self.tasks.join_next() => {
-                let msg = match done {
-                    Ok((name, Ok(()))) => format!("component {name} stopped unexpectedly"),
-                    Ok((name, Err(e))) => format!("component {name} failed: {e}"),
-                    Err(e) => format!("a component panicked: {e}"),
+                let e = match done {
+                    Ok((name, Ok(()))) => DaemonError::Stopped(name),
+                    Ok((component, Err(source))) => DaemonError::Failed { component, source },
+                    Err(e) => DaemonError::Panicked(e),
                 };
-                tracing::error!("{msg}");
-                failure = Some(msg);
+                tracing::error!("{e}");
+                failure = Some(e);
             }
         }
         self.shutdown.cancel();

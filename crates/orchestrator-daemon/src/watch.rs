@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use notify::event::{AccessKind, AccessMode};
 use notify::{EventKind, RecursiveMode, Watcher as _};
+use orchestrator_host::confined::DefinitionError;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -161,7 +162,7 @@ pub fn scan(catalog: &Mutex<Catalog>, project: &Path) {
     };
     files.sort();
     // Read outside the lock; a file that vanished meanwhile reads as gone.
-    let mut reads: Vec<(PathBuf, Result<Option<String>, String>)> = files
+    let mut reads: Vec<(PathBuf, Result<Option<String>, DefinitionError>)> = files
         .into_iter()
         .map(|f| {
             // Committed files: regular, bounded, never read through a link.
@@ -169,8 +170,7 @@ pub fn scan(catalog: &Mutex<Catalog>, project: &Path) {
                 &f,
                 orchestrator_host::confined::MAX_DEFINITION_BYTES,
                 orchestrator_host::confined::Links::Refuse,
-            )
-            .map_err(|e| e.to_string());
+            );
             (f, r)
         })
         .collect();

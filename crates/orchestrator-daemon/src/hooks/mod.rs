@@ -39,7 +39,6 @@ use orchestrator_host::clock::Clock;
 use orchestrator_store::Store;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use event::{answer_commands, human_event, EventKind, HumanEvent, ReasonFrom};
@@ -400,7 +399,7 @@ impl Hooks {
     pub(crate) async fn start<S: Store>(
         &self,
         store: &Arc<S>,
-        tasks: &mut JoinSet<(&'static str, Result<(), String>)>,
+        tasks: &mut crate::supervisor::Components,
         stop: &CancellationToken,
     ) -> Result<(), HooksError> {
         if self.targets.is_empty() {
