@@ -2,11 +2,28 @@
 //! (one `NAME=VALUE` a line, readable by its owner only).
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::io;
+use std::path::{Path, PathBuf};
 
-use anyhow::Result;
-
-use crate::client::CliError;
+/// Why the secrets cannot be loaded; each names where the bad one came
+/// from (never its value).
+#[derive(Debug, thiserror::Error)]
+pub enum SecretsError {
+    /// `place` is `FILE:LINE` or `--secret #N`.
+    #[error("{place}: expected NAME=VALUE, found no '='")]
+    NoEquals { place: String },
+    #[error("{place}: invalid secret name {name:?}: expected letters, digits and '_', not starting with a digit")]
+    BadName { place: String, name: String },
+    #[error("{}: cannot read the secrets: {source}", .file.display())]
+    Unreadable {
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The file's mode lets its group or others read it.
+    #[error("{}: mode {mode:03o} lets others read the secrets; expected 600 (chmod 600 {})", .file.display(), .file.display())]
+    Exposed { file: PathBuf, mode: u32 },
+}
 
 /// Whether `name` can be an environment variable's name.
 fn valid_name(name: &str) -> bool {
@@ -16,53 +33,56 @@ fn valid_name(name: &str) -> bool {
 }
 
 /// One `NAME=VALUE`; `place` says where it came from in errors (never the value).
-fn parse_pair(text: &str, place: &str) -> Result<(String, String)> {
+fn parse_pair(text: &str, place: String) -> Result<(String, String), SecretsError> {
     let Some((name, value)) = text.split_once('=') else {
-        return Err(
-            CliError::BadInput(format!("{place}: expected NAME=VALUE, found no '='")).into(),
-        );
+        return Err(SecretsError::NoEquals { place });
     };
     let name = name.trim();
     if !valid_name(name) {
-        return Err(CliError::BadInput(format!(
-            "{place}: invalid secret name {name:?}: expected letters, digits and '_', not starting with a digit"
-        ))
-        .into());
+        return Err(SecretsError::BadName {
+            place,
+            name: name.to_owned(),
+        });
     }
     Ok((name.to_owned(), value.to_owned()))
 }
 
 /// The secrets given on the command line and in `file`.
-pub fn load(given: &[String], file: Option<&Path>) -> Result<BTreeMap<String, String>> {
+pub fn load(
+    given: &[String],
+    file: Option<&Path>,
+) -> Result<BTreeMap<String, String>, SecretsError> {
     let mut out = BTreeMap::new();
     if let Some(path) = file {
         let shown = path.display();
-        let meta = std::fs::metadata(path)
-            .map_err(|e| CliError::BadInput(format!("{shown}: cannot read the secrets: {e}")))?;
+        let unreadable = |source| SecretsError::Unreadable {
+            file: path.to_owned(),
+            source,
+        };
+        let meta = std::fs::metadata(path).map_err(unreadable)?;
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
             let mode = meta.permissions().mode() & 0o777;
             if mode & 0o077 != 0 {
-                return Err(CliError::BadInput(format!(
-                    "{shown}: mode {mode:03o} lets others read the secrets; expected 600 (chmod 600 {shown})"
-                ))
-                .into());
+                return Err(SecretsError::Exposed {
+                    file: path.to_owned(),
+                    mode,
+                });
             }
         }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| CliError::BadInput(format!("{shown}: cannot read the secrets: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(unreadable)?;
         for (n, line) in text.lines().enumerate() {
             let line = line.trim_start();
             if line.is_empty() || line.starts_with('#') {
                 continue;
             }
-            let (k, v) = parse_pair(line, &format!("{shown}:{}", n + 1))?;
+            let (k, v) = parse_pair(line, format!("{shown}:{}", n + 1))?;
             out.insert(k, v);
         }
     }
     for (i, pair) in given.iter().enumerate() {
-        let (k, v) = parse_pair(pair, &format!("--secret #{}", i + 1))?;
+        let (k, v) = parse_pair(pair, format!("--secret #{}", i + 1))?;
         out.insert(k, v);
     }
     Ok(out)

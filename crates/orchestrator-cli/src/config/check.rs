@@ -115,9 +115,39 @@ fn type_name(v: &toml::Value) -> &'static str {
     }
 }
 
+/// Why a file's value is refused for its key; the caller names the key.
+#[derive(Debug, thiserror::Error)]
+enum ValueError {
+    /// A switch given something else than a boolean (of this type).
+    #[error("expected true or false, found {0}")]
+    NotABool(&'static str),
+    #[error("expected a value, found a table: settings are keys at the top level, not sections")]
+    Table,
+    /// A list holding a value of this type.
+    #[error("expected an array of strings, found {0} in it")]
+    BadElement(&'static str),
+    #[error("{element:?}: an element cannot hold {delimiter:?}, which separates them")]
+    HoldsDelimiter { element: String, delimiter: char },
+    #[error("expected {expected}, found {found}")]
+    WrongType {
+        expected: &'static str,
+        found: &'static str,
+    },
+    /// The flag's own parser refuses the text: its message's first line.
+    #[error("{}", first_line(.0))]
+    Refused(#[source] clap::Error),
+}
+
+/// The first line of clap's message, without its `error: `.
+fn first_line(e: &clap::Error) -> String {
+    let rendered = e.to_string();
+    let first = rendered.lines().next().unwrap_or_default();
+    first.strip_prefix("error: ").unwrap_or(first).to_owned()
+}
+
 /// The text of a value, as its environment variable would hold it: lists
 /// joined by their delimiter.
-fn value_text(key: &Key, v: &toml::Value) -> Result<String, String> {
+fn value_text(key: &Key, v: &toml::Value) -> Result<String, ValueError> {
     use toml::Value as V;
     fn scalar(v: &toml::Value) -> Result<String, &toml::Value> {
         match v {
@@ -132,30 +162,20 @@ fn value_text(key: &Key, v: &toml::Value) -> Result<String, String> {
     if key.is_switch() {
         return match v {
             V::Boolean(b) => Ok(b.to_string()),
-            other => Err(format!(
-                "expected true or false, found {}",
-                type_name(other)
-            )),
+            other => Err(ValueError::NotABool(type_name(other))),
         };
     }
     match (v, key.arg.get_value_delimiter()) {
-        (V::Table(_), _) => Err(
-            "expected a value, found a table: settings are keys at the top level, not sections"
-                .into(),
-        ),
+        (V::Table(_), _) => Err(ValueError::Table),
         (V::Array(items), Some(delim)) => {
             let mut parts = Vec::new();
             for item in items {
-                let s = scalar(item).map_err(|other| {
-                    format!(
-                        "expected an array of strings, found {} in it",
-                        type_name(other)
-                    )
-                })?;
+                let s = scalar(item).map_err(|other| ValueError::BadElement(type_name(other)))?;
                 if s.contains(delim) {
-                    return Err(format!(
-                        "{s:?}: an element cannot hold {delim:?}, which separates them"
-                    ));
+                    return Err(ValueError::HoldsDelimiter {
+                        element: s,
+                        delimiter: delim,
+                    });
                 }
                 parts.push(s);
             }
@@ -167,27 +187,25 @@ fn value_text(key: &Key, v: &toml::Value) -> Result<String, String> {
             } else {
                 "a string or a number"
             };
-            format!("expected {expected}, found {}", type_name(other))
+            ValueError::WrongType {
+                expected,
+                found: type_name(other),
+            }
         }),
     }
 }
 
 /// Runs the flag's own parser on the value.
-fn validate(key: &Key, text: &str) -> Result<(), String> {
+fn validate(key: &Key, text: &str) -> Result<(), ValueError> {
     // An empty value leaves the default (its variable is not set).
     if key.is_switch() || text.is_empty() {
         return Ok(());
     }
     let cmd = clap::Command::new("orch").arg(key.arg.clone());
     let flag = OsString::from(format!("--{}={text}", key.long()));
-    match cmd.try_get_matches_from([OsString::from("orch"), flag]) {
-        Ok(_) => Ok(()),
-        Err(e) => {
-            let rendered = e.to_string();
-            let first = rendered.lines().next().unwrap_or_default();
-            Err(first.strip_prefix("error: ").unwrap_or(first).to_owned())
-        }
-    }
+    cmd.try_get_matches_from([OsString::from("orch"), flag])
+        .map(drop)
+        .map_err(ValueError::Refused)
 }
 
 /// `; did you mean ...?`, or where the key belongs, or nothing.
