@@ -5,7 +5,8 @@
 //! path), the scheduling policy ([`sched`]: placement, priority, fairness,
 //! pre-emption), the state machines of run, stage and job ([`machine`]: functions
 //! from (state, event) to (state, effects)), the rounds of a step ([`rounds`]), the classification of failures
-//! ([`error`]), the model fabric's queueing, residency and accounting
+//! ([`error`]), the expression language of conditions and substitutions
+//! ([`expr`]), the model fabric's queueing, residency and accounting
 //! ([`fabric`]) and the wire types of the HTTP API ([`api`]) shared by daemon,
 //! agent and CLI.
 //!
@@ -20,6 +21,7 @@
 pub mod api;
 pub mod cache;
 pub mod error;
+pub mod expr;
 pub mod fabric;
 pub mod feedback;
 pub mod machine;
