@@ -32,6 +32,7 @@ fn rendering_values() {
         ("${{ '}}' }}", "}}"),
         ("${{ 'a''}}''b' }}", "a'}}'b"),
         ("${{ format('{{{0}}}', 'x') }}", "{x}"),
+        ("${{ format('{0}}}', inputs.name) }}", "world}"),
         ("é ${{ 'ü' }} é", "é ü é"),
         ("${{ inputs.name }}${{ inputs.name }}", "worldworld"),
         ("a }} b", "a }} b"),
