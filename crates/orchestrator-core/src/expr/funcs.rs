@@ -63,6 +63,8 @@ pub(super) fn call(
     column: usize,
     ctx: &Context<'_>,
 ) -> Result<Value, ExprError> {
+    // Parsing checked this already; a tree built by hand may not have been.
+    check_arity(name, args.len(), column)?;
     if STATUS_FUNCTIONS.contains(&name) {
         let Some(status) = ctx.status else {
             return Err(ExprError::new(

@@ -204,3 +204,20 @@ fn host_functions() {
     let e = run("hash()").unwrap_err();
     assert!(e.message.ends_with("(known: contains, startsWith, endsWith, format, join, toJSON, fromJSON, length, success, failure, always, cancelled, big, bigList, hashFiles)"), "{e}");
 }
+
+#[test]
+fn hand_built_calls_are_checked_too() {
+    let expr = Expr {
+        kind: ExprKind::Call("contains".to_owned(), vec![]),
+        column: 4,
+    };
+    let e = eval(&expr, &ctx()).unwrap_err();
+    assert_eq!(
+        (e.kind, e.column, e.message.as_str()),
+        (
+            ErrorKind::Arguments,
+            4,
+            "contains takes 2 arguments, found 0"
+        )
+    );
+}
