@@ -2,7 +2,7 @@
 //! each layer, and the critical path (the chain of stages that bounds the
 //! run's duration, using each stage's `estimate`, one unit when absent).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
@@ -23,6 +23,10 @@ pub struct Plan {
     /// The feedback loops its stages' `on_failure` rules make.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub feedback_loops: Vec<FeedbackLoop>,
+    /// For each stage a matrix made, the id of the matrix stage it came
+    /// from (`test[py=3.12]` → `test`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub matrix: BTreeMap<String, String>,
 }
 
 /// A loop one stage's `on_failure: {retry_stage}` makes: when `stage`
@@ -71,6 +75,22 @@ fn feedback_loops(wf: &Workflow) -> Vec<FeedbackLoop> {
                 }
                 .to_owned(),
             })
+        })
+        .collect()
+}
+
+/// Each stage a matrix made, and the matrix stage it came from. A stored
+/// spec read back has lost the [`crate::spec::MatrixInstance`], so the id
+/// says it then.
+fn matrix_origins(wf: &Workflow) -> BTreeMap<String, String> {
+    wf.stages
+        .iter()
+        .filter_map(|s| {
+            let of = match &s.instance {
+                Some(i) => i.of.clone(),
+                None => crate::spec::matrix_stage_of(&s.id)?.to_owned(),
+            };
+            Some((s.id.clone(), of))
         })
         .collect()
 }
@@ -213,5 +233,6 @@ pub fn plan(wf: &Workflow) -> Result<Plan, Vec<String>> {
         critical_path,
         critical_path_ms,
         feedback_loops: feedback_loops(wf),
+        matrix: matrix_origins(wf),
     })
 }

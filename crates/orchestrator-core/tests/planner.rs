@@ -39,6 +39,7 @@ fn workflow(stages: Vec<Stage>) -> Workflow {
     Workflow {
         name: "wf".to_owned(),
         description: None,
+        inputs: BTreeMap::new(),
         priority: None,
         env: BTreeMap::new(),
         on_failure: None,

@@ -6,8 +6,9 @@ use std::fs;
 use std::path::PathBuf;
 
 use orchestrator_core::spec::{
-    workflow_schema, CommandSpec, DurationSpec, FeedbackKind, Input, OnFailure, Repeat, Resources,
-    RetryOn, SizeSpec, Stage, StageOnFailure, Step, Validate, Workflow,
+    workflow_schema, CommandSpec, DurationSpec, FeedbackKind, Input, InputType, Matrix,
+    MatrixValues, OnFailure, Repeat, Resources, RetryOn, SizeSpec, Stage, StageOnFailure, Step,
+    Validate, Workflow, WorkflowInput,
 };
 use orchestrator_core::{parse_workflow, plan};
 use serde_json::Value;
@@ -127,6 +128,12 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         id: "a".into(),
         description: Some("d".into()),
         needs: vec!["b".into()],
+        matrix: Some(Matrix {
+            axes: vec![("py".into(), vec![Value::from("3.12")])],
+            include: vec![MatrixValues(vec![("py".into(), Value::from("3.13"))])],
+            exclude: vec![MatrixValues(vec![("py".into(), Value::from("3.12"))])],
+        }),
+        instance: None,
         labels: vec!["gpu".into()],
         resources: Some(Resources {
             memory: Some(SizeSpec::from_mib(512)),
@@ -169,6 +176,16 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
     let wf = Workflow {
         name: "w".into(),
         description: Some("d".into()),
+        inputs: BTreeMap::from([(
+            "target".into(),
+            WorkflowInput {
+                kind: InputType::Choice,
+                description: Some("where".into()),
+                default: Some(Value::from("linux")),
+                required: Some(false),
+                choices: vec![Value::from("linux"), Value::from("mac")],
+            },
+        )]),
         priority: Some(5),
         env: BTreeMap::from([("C".into(), "3".into())]),
         on_failure: Some(OnFailure::Ask),
@@ -208,7 +225,21 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         properties(&defs["Cache"]),
         keys(&full["stages"][0]["cache"][0])
     );
+    assert_eq!(
+        properties(&defs["WorkflowInput"]),
+        keys(&full["inputs"]["target"])
+    );
+    // A matrix's own keys are its own: only include and exclude are fixed.
+    assert_eq!(
+        properties(&defs["Matrix"]),
+        BTreeSet::from(["include".to_owned(), "exclude".to_owned()])
+    );
+    assert_eq!(
+        keys(&full["stages"][0]["matrix"]),
+        BTreeSet::from(["py", "include", "exclude"].map(str::to_owned))
+    );
     for def in [
+        &defs["WorkflowInput"],
         &schema,
         &defs["Stage"],
         &defs["Step"],

@@ -62,6 +62,7 @@ mod tests {
         Workflow {
             name: "w".into(),
             description: None,
+            inputs: Default::default(),
             priority: None,
             env: Default::default(),
             on_failure: None,

@@ -10,16 +10,30 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+mod bind;
 mod cache;
 mod duration;
 mod errors;
+mod expand;
+mod inputs;
+mod matrix;
 mod on_failure;
 mod size;
 mod steps;
 
+pub use bind::{bind_inputs, Given, GivenValue, InputError, InputErrors};
 pub use cache::Cache;
 pub use duration::DurationSpec;
 pub use errors::{DurationError, UnknownSandbox};
+pub use expand::{expand, ExpandError};
+pub use inputs::{
+    input_env_name, input_env_value, is_scalar, is_valid_input_name, same_value, InputType,
+    WorkflowInput, MAX_INPUTS, MAX_INPUTS_BYTES, MAX_INPUT_NAME, MAX_INPUT_VALUE_BYTES,
+};
+pub use matrix::{
+    instance_id, is_id_safe, matrix_stage_of, Matrix, MatrixError, MatrixInstance, MatrixValues,
+    ID_VALUE_CHARS, MAX_COMBINATIONS,
+};
 pub use on_failure::{
     FeedbackKind, OnFailure, SendBack, StageOnFailure, DEFAULT_SEND_BACK_ROUNDS,
     MAX_SEND_BACK_ROUNDS,
@@ -36,6 +50,18 @@ pub struct Workflow {
     /// Free text for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
+    /// The parameters a run of this workflow takes, by name (letters,
+    /// digits, `_`, `-`; at most 64 inputs): given with `orch run -p
+    /// NAME=VALUE`, `--params-file` or the API, else their `default`. Each
+    /// reaches every command as the environment variable `ORCH_INPUT_NAME`
+    /// (uppercased, `-` as `_`) and is written `${{ inputs.NAME }}` in the
+    /// workflow's text.
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "inputs::unique_inputs"
+    )]
+    pub inputs: BTreeMap<String, WorkflowInput>,
     /// The priority this workflow's runs suggest (higher runs first) when
     /// `orch run --priority` does not say; the project's policy and the
     /// daemon's rules clamp it.
@@ -66,9 +92,23 @@ pub struct Stage {
     /// Free text for humans.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub description: Option<String>,
-    /// Ids of the stages that must succeed before this one starts.
+    /// Ids of the stages that must succeed before this one starts. Naming
+    /// a matrix stage means every stage its matrix makes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub needs: Vec<String>,
+    /// Runs this stage once for each combination of these values, each run
+    /// a stage of its own with the id `ID[KEY=VALUE,...]` (keys in the order
+    /// written) and the values as `${{ matrix.KEY }}`: `{py: ["3.11",
+    /// "3.12"], os: [linux, mac]}` makes four. `exclude:` entries take
+    /// combinations out, `include:` entries add some. At most 256
+    /// combinations; each shares this stage's needs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub matrix: Option<Matrix>,
+    /// The matrix stage and combination this stage was made from; set by
+    /// [`expand`], never written in a workflow.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub instance: Option<MatrixInstance>,
     /// Capabilities an agent must have (all of them) to run this stage.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub labels: Vec<String>,

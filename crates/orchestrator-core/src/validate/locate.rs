@@ -8,18 +8,86 @@ use super::Problem;
 /// The 1-based (line, column) of a problem, where the text shows it.
 pub(super) fn place(lines: &[&str], p: &Problem) -> Option<(usize, usize)> {
     let kv = p.locate.as_ref();
-    let Some((id, nth)) = &p.stage else {
-        return kv.and_then(|(k, v)| locate_in(lines, 0, lines.len(), k, v));
+    let all = (0, lines.len());
+    // The range to search, and where to point when nothing more is found.
+    let (mut range, fallback) = match &p.stage {
+        None => (all, None),
+        Some((id, nth)) => match stage_block(lines, id, *nth) {
+            Some((from, to)) => ((from, to), locate_in(lines, from, to, "id", id)),
+            // Not a block-style stage (e.g. JSON): search the whole text.
+            None => (all, locate_in(lines, 0, lines.len(), "id", id)),
+        },
     };
-    match stage_block(lines, id, *nth) {
-        Some((from, to)) => kv
-            .and_then(|(k, v)| locate_in(lines, from, to, k, v))
-            .or_else(|| locate_in(lines, from, to, "id", id)),
-        // Not a block-style stage (e.g. JSON): search the whole text.
-        None => kv
-            .and_then(|(k, v)| locate_in(lines, 0, lines.len(), k, v))
-            .or_else(|| locate_in(lines, 0, lines.len(), "id", id)),
+    let mut at = None;
+    for key in &p.within {
+        match descend(lines, range, key) {
+            Some((pos, block)) => {
+                at = Some(pos);
+                range = block;
+            }
+            // A flow map (`matrix: {py: [...]}`): point at the key on the
+            // line of the last one found, and search no further.
+            None => {
+                return at
+                    .map(|(l, c)| flow_key(lines[l - 1], key).map_or((l, c), |c| (l, c)))
+                    .or(fallback);
+            }
+        }
     }
+    kv.and_then(|(k, v)| locate_in(lines, range.0, range.1, k, v))
+        .or_else(|| {
+            let (l, c) = at?;
+            Some(
+                kv.and_then(|(k, _)| flow_key(lines[l - 1], k))
+                    .map_or((l, c), |c| (l, c)),
+            )
+        })
+        .or(fallback)
+}
+
+/// The line of `key:` among the direct children of `lines[from..to]` (those
+/// as indented as the first), as a 1-based (line, column) of the key, and
+/// the lines of its block: those after it indented more.
+fn descend(
+    lines: &[&str],
+    (from, to): (usize, usize),
+    key: &str,
+) -> Option<((usize, usize), (usize, usize))> {
+    let to = to.min(lines.len());
+    let key_col = |line: &str| {
+        let t = line.trim_start();
+        let t = t.strip_prefix("- ").map_or(t, str::trim_start);
+        line.len() - t.len()
+    };
+    let first = (from..to).find(|&i| !is_blank_or_comment(lines[i]))?;
+    let child = key_col(lines[first]);
+    for i in first..to {
+        let line = lines[i];
+        if is_blank_or_comment(line) || key_col(line) != child {
+            continue;
+        }
+        let rest = &line[child..];
+        let Some(after) = rest.strip_prefix(key).and_then(|r| r.strip_prefix(':')) else {
+            continue;
+        };
+        if !(after.is_empty() || after.starts_with([' ', '\t'])) {
+            continue;
+        }
+        let end = (i + 1..to)
+            .find(|&k| !is_blank_or_comment(lines[k]) && indent_of(lines[k]) <= child)
+            .unwrap_or(to);
+        return Some(((i + 1, child + 1), (i + 1, end)));
+    }
+    None
+}
+
+/// The 1-based column of `key:` inside a flow map on `line` (`{type:
+/// number, default: 3}`).
+fn flow_key(line: &str, key: &str) -> Option<usize> {
+    let pat = format!("{key}:");
+    line.match_indices(&pat)
+        .find(|(i, _)| line[..*i].trim_end().ends_with(['{', ',']))
+        .map(|(i, _)| i + 1)
 }
 
 /// Finds the first line holding `key: value` (or `- value` in a list under key), 1-based.

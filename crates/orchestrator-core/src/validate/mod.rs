@@ -10,12 +10,15 @@ use crate::spec::{CommandSpec, SandboxKind, Workflow};
 
 mod caches;
 mod errors;
+mod inputs;
 mod locate;
 mod loops;
+mod matrix;
 mod steps;
 
 pub use errors::{ArtifactGlobError, CommandError, RelativePathError};
 pub use loops::ancestors;
+pub use matrix::is_valid_stage_id;
 pub use steps::{check_artifact_glob, MAX_ITERATIONS};
 
 use locate::place;
@@ -79,8 +82,9 @@ impl fmt::Display for SpecErrors {
     }
 }
 
-/// Parses and validates workflow YAML (JSON is YAML too). `file` is only used
-/// in error messages.
+/// Parses and validates workflow YAML (JSON is YAML too), then expands its
+/// matrix stages ([`crate::spec::expand`]): what it returns holds only
+/// stages that run. `file` is only used in error messages.
 pub fn parse_workflow(text: &str, file: Option<&str>) -> Result<Workflow, SpecErrors> {
     let err = |line, column, field: &str, message: String| SpecError {
         file: file.map(str::to_owned),
@@ -119,7 +123,10 @@ pub fn parse_workflow(text: &str, file: Option<&str>) -> Result<Workflow, SpecEr
     };
     let problems = check(&wf);
     if problems.is_empty() {
-        return Ok(wf);
+        // Validation has refused everything expanding could: this is a
+        // last word without a place in the file.
+        return crate::spec::expand(wf)
+            .map_err(|e| SpecErrors(vec![err(None, None, "stages", e.to_string())]));
     }
     let lines: Vec<&str> = text.lines().collect();
     Err(SpecErrors(
@@ -137,7 +144,7 @@ pub fn parse_workflow(text: &str, file: Option<&str>) -> Result<Workflow, SpecEr
 /// serde_yaml reports nested errors as `stages[0].steps[1]: message`, and
 /// errors in a top-level field as `name: message`.
 fn split_field_prefix(msg: &str) -> (String, String) {
-    const TOP_LEVEL: [&str; 5] = ["name", "description", "env", "cache", "stages"];
+    const TOP_LEVEL: [&str; 6] = ["name", "description", "inputs", "env", "cache", "stages"];
     if let Some((head, tail)) = msg.split_once(": ") {
         if !head.contains(' ')
             && (head.contains('.') || head.contains('[') || TOP_LEVEL.contains(&head))
@@ -159,6 +166,10 @@ struct Problem {
     /// stages use the same id: `locate` is searched only inside that stage's
     /// block, and the stage's `id:` line is the fallback.
     stage: Option<(String, usize)>,
+    /// Keys leading to the block `locate` is searched in, each inside the
+    /// last (`["matrix", "include"]`); the deepest one found is the
+    /// fallback.
+    within: Vec<String>,
 }
 
 /// Whether `s` is usable as a workflow name or stage id (it becomes a path component).
@@ -203,6 +214,7 @@ fn check(wf: &Workflow) -> Vec<Problem> {
         );
     }
     check_env("env", &wf.env, None, &mut out);
+    inputs::check_inputs(wf, &mut out);
     // Whether the graph of needs already has a reported problem that a cycle
     // search would repeat or misread (a self-need is a cycle; duplicate ids
     // make "the stage named x" ambiguous).
@@ -376,13 +388,21 @@ fn check(wf: &Workflow) -> Vec<Problem> {
         for (j, n) in st.needs.iter().enumerate() {
             if n != &st.id && !seen.contains_key(n.as_str()) {
                 let known: Vec<&str> = seen.keys().copied().take(10).collect();
+                let of_matrix = crate::spec::matrix_stage_of(n)
+                    .filter(|of| wf.stages.iter().any(|s| s.id == *of && s.matrix.is_some()));
                 add_in(&mut out,
                     format!("stages[{i}].needs[{j}]"),
-                    format!(
-                        "stage {:?} needs {n:?}, which is not a stage of this workflow; expected one of: {}",
-                        st.id,
-                        known.join(", ")
-                    ),
+                    match of_matrix {
+                        Some(of) => format!(
+                            "stage {:?} needs {n:?}, one combination of the matrix stage {of:?}; a stage can only need a matrix stage as a whole: write needs: [{of}]",
+                            st.id
+                        ),
+                        None => format!(
+                            "stage {:?} needs {n:?}, which is not a stage of this workflow; expected one of: {}",
+                            st.id,
+                            known.join(", ")
+                        ),
+                    },
                     (st.id.as_str(), nth[i]),
                     Some(("needs", n)),
                 );
@@ -397,6 +417,7 @@ fn check(wf: &Workflow) -> Vec<Problem> {
         .collect();
     caches::check_caches(wf, &stages, &mut out);
     loops::check_send_backs(wf, &nth, &mut out);
+    matrix::check_matrices(wf, &nth, &mut out);
     // Needs that point nowhere are ignored by the cycle search, so a cycle
     // among the other stages is still reported alongside them.
     if !graph_reported {
@@ -424,6 +445,7 @@ fn add(out: &mut Vec<Problem>, field: String, message: String, locate: Option<(&
         message,
         locate: locate.map(|(k, v)| (k.to_owned(), v.to_owned())),
         stage: None,
+        within: Vec::new(),
     });
 }
 
@@ -463,6 +485,27 @@ fn add_in(
         message,
         locate: locate.map(|(k, v)| (k.to_owned(), v.to_owned())),
         stage: Some((id.to_owned(), nth)),
+        within: Vec::new(),
+    });
+}
+
+/// A problem located inside the block that the keys `within` lead to (in
+/// `stage`'s block when it is given), by `locate` there or at the deepest
+/// of those keys.
+fn add_within(
+    out: &mut Vec<Problem>,
+    field: String,
+    message: String,
+    stage: Option<(&str, usize)>,
+    within: &[&str],
+    locate: Option<(&str, &str)>,
+) {
+    out.push(Problem {
+        field,
+        message,
+        locate: locate.map(|(k, v)| (k.to_owned(), v.to_owned())),
+        stage: stage.map(|(id, nth)| (id.to_owned(), nth)),
+        within: within.iter().map(|k| (*k).to_owned()).collect(),
     });
 }
 
