@@ -36,7 +36,7 @@ pub(super) fn check_matrices(wf: &Workflow, nth: &[usize], out: &mut Vec<Problem
                         st.id
                     ),
                     stage,
-                    &[],
+                    &["on_failure"],
                     Some(("retry_stage", target)),
                 );
             }
