@@ -163,22 +163,11 @@ pub fn input_env_name(name: &str) -> String {
 }
 
 /// A value as text, the way its environment variable (and a matrix stage's
-/// id) shows it: a string as it is, a number in its shortest form, a
-/// boolean as `true`/`false`, null as nothing, a list or map as JSON.
+/// id) shows it: as `${{ ... }}` shows it ([`crate::expr::to_text`]): a
+/// string as it is, a number in its shortest form, a boolean as
+/// `true`/`false`, null as nothing, a list or map as JSON.
 pub fn input_env_value(v: &Value) -> String {
-    match v {
-        Value::String(s) => s.clone(),
-        Value::Null => String::new(),
-        Value::Bool(b) => b.to_string(),
-        Value::Number(n) => match (n.as_i64(), n.as_u64(), n.as_f64()) {
-            (Some(i), _, _) => i.to_string(),
-            (None, Some(u), _) => u.to_string(),
-            // Display of an f64 is the shortest text that reads back as it.
-            (None, None, Some(f)) => f.to_string(),
-            (None, None, None) => n.to_string(),
-        },
-        Value::Array(_) | Value::Object(_) => v.to_string(),
-    }
+    crate::expr::to_text(v)
 }
 
 /// Reads `inputs:` into a map, refusing a name written twice (a plain map
