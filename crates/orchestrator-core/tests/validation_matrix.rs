@@ -85,12 +85,12 @@ fn a_need_naming_one_combination_is_refused_saying_to_need_the_matrix_stage() {
         name: w
         stages:
           - id: test
-            matrix: {py: ["3.12"]}
+            matrix: {py: ["3.12"], os: [mac]}
             steps:
               - commands:
                   - argv: ["true"]
           - id: deploy
-            needs: ["test[py=3.12]"]
+            needs: ["test[py=3.12,os=mac]"]
             steps:
               - commands:
                   - argv: ["true"]
@@ -101,12 +101,18 @@ fn a_need_naming_one_combination_is_refused_saying_to_need_the_matrix_stage() {
     assert_mentions(
         &err,
         &[
-            "\"test[py=3.12]\"",
+            "\"test[py=3.12,os=mac]\"",
             "one combination of the matrix stage \"test\"",
             "needs: [test]",
         ],
     );
-    assert_eq!(err.line, Some(line_of(&text, "needs: [\"test")), "{err}");
+    let line = line_of(&text, "needs: [\"test");
+    assert_eq!(err.line, Some(line), "{err}");
+    assert_eq!(
+        err.column,
+        Some(column_of(&text, line, "\"test", 0)),
+        "{err}"
+    );
 }
 
 #[test]

@@ -149,7 +149,7 @@ fn locate_in(
         // Flow sequences: `needs: [a, b]`.
         if let Some(inner) = body.strip_prefix('[').and_then(|r| r.strip_suffix(']')) {
             let mut offset = line.len() - rest.len() + (rest.len() - rest.trim_start().len()) + 1;
-            for item in inner.split(',') {
+            for item in flow_items(inner) {
                 if same_value(item, value) {
                     return Some((i + 1, offset + indent_of(item) + 1));
                 }
@@ -176,6 +176,29 @@ fn locate_in(
         }
     }
     None
+}
+
+/// The items of a flow sequence's inside, split at the commas outside
+/// quotes and brackets (`"a,b", [c, d], e`), each with its spaces.
+fn flow_items(inner: &str) -> Vec<&str> {
+    let mut items = Vec::new();
+    let (mut start, mut depth, mut quote) = (0, 0i32, None);
+    for (i, c) in inner.char_indices() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (Some(_), _) => {}
+            (None, '"' | '\'') => quote = Some(c),
+            (None, '[' | '{') => depth += 1,
+            (None, ']' | '}') => depth -= 1,
+            (None, ',') if depth == 0 => {
+                items.push(&inner[start..i]);
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    items.push(&inner[start..]);
+    items
 }
 
 /// The lines (0-based, end exclusive) of the block-style list item of the
@@ -231,6 +254,17 @@ mod tests {
         assert_eq!(locate(src, "labels", "gpu"), Some((5, 9)));
         assert_eq!(locate(src, "labels", "big"), Some((6, 9)));
         assert_eq!(locate(src, "labels", "e"), None);
+    }
+
+    #[test]
+    fn flow_items_with_commas_inside_quotes_are_found_whole() {
+        let src = "needs: [a, \"b[x=1,y=2]\", 'c,d']\n";
+        assert_eq!(locate(src, "needs", "b[x=1,y=2]"), Some((1, 12)));
+        assert_eq!(locate(src, "needs", "c,d"), Some((1, 26)));
+        assert_eq!(
+            flow_items("a, [b, c], {d: e, f: g}, h"),
+            ["a", " [b, c]", " {d: e, f: g}", " h"]
+        );
     }
 
     #[test]
