@@ -7,8 +7,8 @@
 //! from (state, event) to (state, effects)), the rounds of a step ([`rounds`]), the classification of failures
 //! ([`error`]), the expression language of conditions and substitutions
 //! ([`expr`]), the model fabric's queueing, residency and accounting
-//! ([`fabric`]) and the wire types of the HTTP API ([`api`]) shared by daemon,
-//! agent and CLI.
+//! ([`fabric`]), the wire types of the HTTP API ([`api`]) shared by daemon,
+//! agent and CLI, and the ids they name things by ([`ids`]).
 //!
 //! What it is not: it never touches a file, a socket, a database or the time
 //! of day. The store applies the effects the machines return and writes the
@@ -16,7 +16,8 @@
 //! here testable exhaustively and deterministically.
 //!
 //! Main types: [`spec::Workflow`], [`plan::Plan`], [`machine::StageState`],
-//! [`machine::Transition`], [`api::ClaimedJob`], [`api::Manifest`].
+//! [`machine::Transition`], [`api::ClaimedJob`], [`api::Manifest`], and the
+//! ids [`RunId`], [`AgentId`], [`JobId`], [`LeaseId`].
 
 pub mod api;
 pub mod cache;
@@ -24,6 +25,7 @@ pub mod error;
 pub mod expr;
 pub mod fabric;
 pub mod feedback;
+pub mod ids;
 pub mod machine;
 pub mod plan;
 pub mod quote;
@@ -32,6 +34,7 @@ pub mod sched;
 pub mod spec;
 pub mod validate;
 
+pub use ids::{AgentId, JobId, LeaseId, RunId};
 pub use machine::{Actor, Entity, JobState, RunState, StageKey, StageState, State, Transition};
 pub use plan::{plan, Plan};
 pub use spec::Workflow;
