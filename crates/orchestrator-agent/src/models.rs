@@ -8,6 +8,7 @@
 //! (a server ready, failed or dead) is reported at once by a new poll.
 //! The daemon decides what runs where; the agent only obeys and reports.
 
+use orchestrator_core::AgentId;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -50,7 +51,7 @@ struct Server {
 /// Runs the servers the daemon orders until `stop`; they are stopped then.
 pub async fn host_models(
     client: Client,
-    agent_id: String,
+    agent_id: AgentId,
     name: String,
     labels: Vec<String>,
     hosting: ModelHosting,

@@ -2,6 +2,7 @@
 //! web framework): claim, run, complete, heartbeats, revocation, shutdown,
 //! re-registration after a daemon restart, and a refused token.
 
+use orchestrator_core::JobId;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -37,7 +38,7 @@ struct State {
     /// The agent id the daemon knows, if any.
     known_agent: Option<String>,
     jobs: VecDeque<ClaimedJob>,
-    revoke_next: Vec<i64>,
+    revoke_next: Vec<JobId>,
     heartbeats: Vec<HeartbeatRequest>,
     completions: Vec<(i64, CompleteRequest)>,
 }
@@ -84,7 +85,7 @@ impl Stub {
                     id
                 });
                 let reg = AgentRegistered {
-                    agent_id: id,
+                    agent_id: id.into(),
                     lease_ttl_ms: 10_000,
                     heartbeat_interval_ms: 50,
                     stale_jobs: vec![],
@@ -127,9 +128,9 @@ impl Stub {
                 }
             }
             ("POST", ["v1", "jobs", id, "complete"]) => {
-                let job_id: i64 = id.parse().unwrap();
+                let job_id: JobId = id.parse().unwrap();
                 let req: CompleteRequest = serde_json::from_slice(body).unwrap();
-                self.with(|s| s.completions.push((job_id, req)));
+                self.with(|s| s.completions.push((job_id.get(), req)));
                 let done = Completed {
                     job_id,
                     stage_state: StageState::Succeeded,
@@ -261,8 +262,8 @@ fn worktree(project: &Path) -> std::path::PathBuf {
 
 fn job(project: &Path, job_id: i64, argv: &[&str]) -> ClaimedJob {
     ClaimedJob {
-        job_id,
-        lease_id: job_id,
+        job_id: job_id.into(),
+        lease_id: job_id.into(),
         lease_token: format!("lease-{job_id}"),
         queued_at_ms: 0,
         lease_expires_at_ms: 0,
@@ -428,7 +429,7 @@ async fn a_revoked_lease_kills_the_job_and_is_not_completed() {
         })
     })
     .await;
-    stub.with(|s| s.revoke_next = vec![9]);
+    stub.with(|s| s.revoke_next = vec![JobId::new(9)]);
     eventually("the job's group to die", || live_in_group(pgid) == 0).await;
     // The slot is free again: a next job runs and completes.
     stub.push_job(job(project.path(), 10, &["true"]));

@@ -144,7 +144,7 @@ async fn a_step_has_a_writable_home_with_a_git_identity_kept_across_its_steps() 
         );
         // The next step of the stage finds what the last one left there.
         let mut job = p.job(sandbox.clone(), vec![sh("cat \"$HOME/note\"")]);
-        job.job_id = 43;
+        job.job_id = 43.into();
         job.spec.step = 1;
         let out = run(&p, &job).await;
         assert!(out.success, "{sandbox:?}: {:?}", out.error);

@@ -26,7 +26,7 @@ struct Setup {
 impl Setup {
     fn new() -> Self {
         let (project, head) = common::repo();
-        orchestrator_host::git::ensure_worktree(project.path(), "run-1", &head).unwrap();
+        orchestrator_host::git::ensure_worktree(project.path(), &"run-1".into(), &head).unwrap();
         let outside = tempfile::tempdir().unwrap();
         fs::write(outside.path().join("secret.txt"), "secret\n").unwrap();
         Setup {
@@ -50,8 +50,8 @@ impl Setup {
 
     fn job(&self, commands: Vec<CommandSpec>, artifacts: &[&str]) -> ClaimedJob {
         ClaimedJob {
-            job_id: 1,
-            lease_id: 1,
+            job_id: 1.into(),
+            lease_id: 1.into(),
             lease_token: "t".into(),
             queued_at_ms: 0,
             lease_expires_at_ms: 0,
@@ -145,7 +145,7 @@ async fn an_artifact_glob_matching_a_symlinked_directory_outside_is_refused() {
         .enumerate()
     {
         let mut job = s.job(cmds.clone(), &[glob]);
-        job.job_id = 10 + i as i64;
+        job.job_id = (10 + i as i64).into();
         let out = step(&job).await;
         let target = format!("is a symlink to {}", outside.display());
         assert_refused(&out, &["artifact 'dist/vendor'", &target]);
@@ -154,7 +154,7 @@ async fn an_artifact_glob_matching_a_symlinked_directory_outside_is_refused() {
     // A symlinked directory in the glob's literal part is refused too.
     let cmd = argv(&["ln", "-s", outside.to_str().unwrap(), "out"]);
     let mut job = s.job(vec![cmd], &["out/secret.txt"]);
-    job.job_id = 20;
+    job.job_id = 20.into();
     let out = step(&job).await;
     assert_refused(&out, &["artifact 'out' is a symlink to"]);
     assert!(!s.committed().contains("secret.txt"), "{}", s.committed());

@@ -202,7 +202,7 @@ async fn a_symlinked_handoff_file_is_not_followed() {
         let out = run(&p, &job).await;
         assert!(out.success, "{sandbox:?}: {:?}", out.error);
         let mut job = p.job(sandbox.clone(), vec![sh("cat \"$ORCH_FEEDBACK_FILE\"")]);
-        job.job_id = 43;
+        job.job_id = 43.into();
         job.spec.step = 1;
         job.spec.handoff = Some(Handoff {
             for_step: 1,
@@ -250,7 +250,7 @@ async fn a_replaced_worktree_git_file_is_put_back_and_never_used() {
         assert!(!marker.exists(), "{sandbox:?}: the planted fsmonitor ran");
         // The next step runs in the run's worktree as before.
         let mut job = p.job(sandbox.clone(), vec![sh("cat .git")]);
-        job.job_id = 43;
+        job.job_id = 43.into();
         job.spec.step = 1;
         let out = run(&p, &job).await;
         assert!(out.success, "{sandbox:?}: {:?}", out.error);

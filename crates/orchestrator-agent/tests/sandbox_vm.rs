@@ -96,8 +96,8 @@ impl Project {
 
     fn job(&self, id: i64, step: u32, attempt: u32, commands: Vec<CommandSpec>) -> ClaimedJob {
         ClaimedJob {
-            job_id: id,
-            lease_id: 7,
+            job_id: id.into(),
+            lease_id: 7.into(),
             lease_token: "secret".into(),
             queued_at_ms: 0,
             lease_expires_at_ms: 0,

@@ -16,8 +16,8 @@ const VALUE: &str = "s3cr3t-v4lue";
 
 fn job(project: &std::path::Path, head: &str, job_id: i64, argv: &[&str]) -> ClaimedJob {
     ClaimedJob {
-        job_id,
-        lease_id: 1,
+        job_id: job_id.into(),
+        lease_id: 1.into(),
         lease_token: "t".into(),
         queued_at_ms: 0,
         lease_expires_at_ms: 0,
@@ -48,7 +48,7 @@ async fn secrets_reach_the_commands_and_are_masked_in_logs_manifest_and_errors()
     let (project, head) = common::repo();
     let script = r#"echo "key=$API_KEY"; echo "err $API_KEY" >&2; test "${#API_KEY}" -eq 12"#;
     let j = job(project.path(), &head, 1, &["sh", "-c", script]);
-    let out = run_step(&j, "a", CancellationToken::new()).await;
+    let out = run_step(&j, &"a".into(), CancellationToken::new()).await;
     assert!(out.success, "{out:?}");
     let bundle = project.path().join(&out.bundle);
     assert_eq!(
@@ -62,7 +62,7 @@ async fn secrets_reach_the_commands_and_are_masked_in_logs_manifest_and_errors()
 
     // A failure whose message would quote the value.
     let j = job(project.path(), &head, 2, &[VALUE]);
-    let out = run_step(&j, "a", CancellationToken::new()).await;
+    let out = run_step(&j, &"a".into(), CancellationToken::new()).await;
     assert!(!out.success, "{out:?}");
     let error = out.error.unwrap();
     assert!(error.contains("program \"***\" not found"), "{error}");

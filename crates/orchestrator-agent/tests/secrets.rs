@@ -31,8 +31,8 @@ async fn orchestrator_tokens_are_not_inherited() {
     // A step may still set such a variable itself.
     env.insert("ORCH_TOKEN".to_owned(), "from-the-step".to_owned());
     let job = ClaimedJob {
-        job_id: 1,
-        lease_id: 1,
+        job_id: 1.into(),
+        lease_id: 1.into(),
         lease_token: "t".into(),
         queued_at_ms: 0,
         lease_expires_at_ms: 0,
@@ -63,7 +63,7 @@ async fn orchestrator_tokens_are_not_inherited() {
             ..JobSpec::default()
         },
     };
-    let out = run_step(&job, "a", CancellationToken::new()).await;
+    let out = run_step(&job, &"a".into(), CancellationToken::new()).await;
     assert!(out.success, "{out:?}");
     let log = project.path().join(&out.bundle).join("cmd-000.stdout.log");
     assert_eq!(
@@ -74,21 +74,21 @@ async fn orchestrator_tokens_are_not_inherited() {
     // On an agent without GPUs (`run_step`), a step granted nothing keeps
     // the agent's CUDA_VISIBLE_DEVICES but not the agent's own grant.
     let mut job = job;
-    job.job_id = 2;
+    job.job_id = 2.into();
     job.spec.env.clear();
     job.spec.commands[0].argv[2] =
         r#"echo "$CUDA_VISIBLE_DEVICES|${ORCH_GPUS-unset}|${ORCH_MEMORY_MB-unset}""#.into();
-    let out = run_step(&job, "a", CancellationToken::new()).await;
+    let out = run_step(&job, &"a".into(), CancellationToken::new()).await;
     assert!(out.success, "{out:?}");
     let log = project.path().join(&out.bundle).join("cmd-000.stdout.log");
     assert_eq!(std::fs::read_to_string(log).unwrap(), "7|unset|unset\n");
 
     // `env` is found through the inherited PATH; it shows the allowlisted
     // variables, the step's own and the orchestrator's, nothing else.
-    job.job_id = 3;
+    job.job_id = 3.into();
     job.spec.env.insert("DECLARED".into(), "yes".into());
     job.spec.commands[0].argv = vec!["env".into()];
-    let out = run_step(&job, "a", CancellationToken::new()).await;
+    let out = run_step(&job, &"a".into(), CancellationToken::new()).await;
     assert!(out.success, "{out:?}");
     let log = project.path().join(&out.bundle).join("cmd-000.stdout.log");
     let env = std::fs::read_to_string(log).unwrap();

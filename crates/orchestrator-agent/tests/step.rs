@@ -39,7 +39,7 @@ impl Project {
     /// The repository with the run's worktree made, as an agent makes it.
     fn new() -> Self {
         let p = Project::repo();
-        orchestrator_host::git::ensure_worktree(&p.root(), "run-1", &p.head).unwrap();
+        orchestrator_host::git::ensure_worktree(&p.root(), &"run-1".into(), &p.head).unwrap();
         p
     }
 
@@ -61,8 +61,8 @@ impl Project {
 
     fn job(&self, commands: Vec<CommandSpec>) -> ClaimedJob {
         ClaimedJob {
-            job_id: 42,
-            lease_id: 7,
+            job_id: 42.into(),
+            lease_id: 7.into(),
             lease_token: "secret".into(),
             queued_at_ms: 0,
             lease_expires_at_ms: 0,
@@ -180,7 +180,7 @@ async fn two_commands_succeed_with_logs_and_manifest() {
             m.stage_id.as_str(),
             m.step,
             m.attempt,
-            m.job_id
+            m.job_id.get()
         ),
         ("run-1", "build", 2, 1, 42)
     );
@@ -337,7 +337,7 @@ async fn a_cancelled_token_runs_nothing() {
     let job = p.job(vec![argv(&["touch", "should-not-exist"])]);
     let cancel = CancellationToken::new();
     cancel.cancel();
-    let out = run_step(&job, "agent-1", cancel).await;
+    let out = run_step(&job, &"agent-1".into(), cancel).await;
     assert_eq!(out.error_class, Some(ErrorClass::Infra));
     assert!(
         out.error

@@ -7,6 +7,7 @@
 //! prepare the worktree, write the bundle, run the command, commit the
 //! checkpoint, so the difference is the backend's cost per step.
 
+use orchestrator_core::{JobId, LeaseId};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -75,7 +76,7 @@ pub async fn run(steps: usize, cfg: SandboxConfig, root: &Path) -> Result<Vec<Sa
         &project,
         &[("README.md", "the sandbox bench's project\n")],
     )?;
-    orchestrator_host::git::ensure_worktree(&project, "bench", &head)
+    orchestrator_host::git::ensure_worktree(&project, &"bench".into(), &head)
         .context("cannot make the bench's worktree")?;
     let ctx = StepContext {
         agent_id: "bench".into(),
@@ -111,7 +112,7 @@ pub async fn run(steps: usize, cfg: SandboxConfig, root: &Path) -> Result<Vec<Sa
                 continue;
             }
             job_id += 1;
-            let job = job(&project, &head, kind, job_id);
+            let job = job(&project, &head, kind, JobId::new(job_id));
             let t = Instant::now();
             let out = run_step_with(&job, &ctx, CancellationToken::new()).await;
             let ms = t.elapsed().as_secs_f64() * 1000.0;
@@ -145,10 +146,10 @@ pub async fn run(steps: usize, cfg: SandboxConfig, root: &Path) -> Result<Vec<Sa
     Ok(rows)
 }
 
-fn job(project: &Path, head: &str, kind: SandboxKind, job_id: i64) -> ClaimedJob {
+fn job(project: &Path, head: &str, kind: SandboxKind, job_id: JobId) -> ClaimedJob {
     ClaimedJob {
         job_id,
-        lease_id: job_id,
+        lease_id: LeaseId::new(job_id.get()),
         lease_token: String::new(),
         queued_at_ms: 0,
         lease_expires_at_ms: 0,

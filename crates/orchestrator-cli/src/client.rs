@@ -5,6 +5,7 @@
 //! followed across daemon restarts. The requests themselves are
 //! `orchestrator-client`'s.
 
+use orchestrator_core::RunId;
 use std::path::Path;
 use std::time::Duration;
 
@@ -92,7 +93,7 @@ pub fn report(e: &anyhow::Error) -> (String, u8) {
 /// limits the kinds of entity (`run,stage`).
 pub async fn follow_run(
     client: &Client,
-    run_id: &str,
+    run_id: &RunId,
     entities: &str,
     mut since: i64,
     mut f: impl FnMut(&Transition) -> bool,

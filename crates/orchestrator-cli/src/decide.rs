@@ -1,6 +1,7 @@
 //! The commands that decide about a failed stage: `retry`, `skip`, `abort`;
 //! and `retry --feedback`, which sends a run's work back to a stage.
 
+use orchestrator_core::RunId;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -12,7 +13,7 @@ use crate::client::Client;
 #[derive(clap::Args)]
 pub struct StageDecision {
     /// Run id (or an unambiguous prefix).
-    run: String,
+    run: RunId,
     /// The failed stage awaiting a decision.
     stage: String,
     /// Why, kept with the decision.
@@ -39,7 +40,7 @@ pub struct RetryArgs {
 #[derive(clap::Args)]
 pub struct AbortArgs {
     /// Run id (or an unambiguous prefix).
-    run: String,
+    run: RunId,
     /// Only this failed stage ends failed (its dependents are blocked) and
     /// the rest of the run goes on; without it, the whole run ends failed.
     stage: Option<String>,

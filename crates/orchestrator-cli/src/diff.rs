@@ -11,6 +11,7 @@
 //! no text conversion: the run branch's `.gitattributes` is the step's to
 //! write.
 
+use orchestrator_core::RunId;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -23,7 +24,7 @@ use crate::client::{CliError, Client};
 #[derive(clap::Args)]
 pub struct DiffArgs {
     /// Run id (or an unambiguous prefix).
-    run: String,
+    run: RunId,
     /// Only this stage's checkpoints.
     stage: Option<String>,
     /// Only this checkpoint (as `orch artifacts` numbers them).

@@ -1,6 +1,7 @@
 //! `orch explain RUN [STAGE]`: why each stage runs where it does, or why it
 //! waits: which rule, which resource, which higher-priority work.
 
+use orchestrator_core::RunId;
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -12,7 +13,7 @@ use crate::{view, Output};
 #[derive(clap::Args)]
 pub struct ExplainArgs {
     /// Run id (or an unambiguous prefix).
-    pub run: String,
+    pub run: RunId,
     /// Only this stage.
     pub stage: Option<String>,
     /// Output format: text for people, json for programs.

@@ -2,6 +2,7 @@
 //! `answer`; the ones a step asks with (`ask`); and the ones that read a
 //! run's git history (`artifacts`, `checkout`).
 
+use orchestrator_core::RunId;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -115,7 +116,7 @@ fn print_inbox(items: &[InboxItem], stats: &std::collections::HashMap<String, St
 #[derive(clap::Args)]
 pub struct ApproveArgs {
     /// Run id (or an unambiguous prefix).
-    run: String,
+    run: RunId,
     /// The stage awaiting approval.
     stage: String,
     /// A comment kept with the approval.
@@ -143,7 +144,7 @@ pub async fn approve(a: ApproveArgs, client: &Client) -> Result<ExitCode> {
 #[derive(clap::Args)]
 pub struct RejectArgs {
     /// Run id (or an unambiguous prefix).
-    run: String,
+    run: RunId,
     /// The stage awaiting approval.
     stage: String,
     /// What the step must change; it runs again with this.
@@ -171,7 +172,7 @@ pub async fn reject(a: RejectArgs, client: &Client) -> Result<ExitCode> {
 #[derive(clap::Args)]
 pub struct AnswerArgs {
     /// Run id (or an unambiguous prefix).
-    run: String,
+    run: RunId,
     /// The question's id, as `orch inbox` shows it.
     question: i64,
     /// The answer; one of the offered choices when there are some.
@@ -357,7 +358,7 @@ async fn wait_for(
 #[derive(clap::Args)]
 pub struct ArtifactsArgs {
     /// Run id (or an unambiguous prefix).
-    run: String,
+    run: RunId,
     /// Output format: text for people, json for programs.
     #[arg(short, long, value_enum, default_value = "text")]
     output: Output,
@@ -404,7 +405,7 @@ pub async fn artifacts(a: ArtifactsArgs, client: &Client) -> Result<ExitCode> {
 #[derive(clap::Args)]
 pub struct CheckoutArgs {
     /// Run id (or an unambiguous prefix).
-    run: String,
+    run: RunId,
     /// The checkpoint (as `orch artifacts` numbers them); default: the latest.
     #[arg(long)]
     checkpoint: Option<u32>,

@@ -8,6 +8,7 @@
 //! branch gained, a checkout with uncommitted changes) exits 2 and changes
 //! nothing.
 
+use orchestrator_core::RunId;
 use std::path::Path;
 use std::process::ExitCode;
 
@@ -24,7 +25,7 @@ use crate::client::{CliError, Client};
 #[derive(clap::Args)]
 pub struct LandArgs {
     /// Run id (or an unambiguous prefix).
-    run: String,
+    run: RunId,
     /// The branch to land on; the one the project's checkout is on when
     /// left out.
     #[arg(long)]

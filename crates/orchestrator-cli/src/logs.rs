@@ -2,6 +2,7 @@
 //! the bundles in the project directory, in job order. With `-f` it keeps
 //! printing as commands write, until the run ends.
 
+use orchestrator_core::RunId;
 use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -17,7 +18,7 @@ use crate::client::Client;
 #[derive(clap::Args)]
 pub struct LogsArgs {
     /// Run id (or an unambiguous prefix).
-    pub run: String,
+    pub run: RunId,
     /// Only this stage.
     pub stage: Option<String>,
     /// Keep following new output until the run ends.
@@ -30,7 +31,7 @@ fn bundle_rel(j: &JobView) -> PathBuf {
     match &j.bundle {
         Some(b) => PathBuf::from(b),
         None => PathBuf::from(".orchestrator/runs")
-            .join(&j.run_id)
+            .join(j.run_id.as_str())
             .join(&j.stage_id)
             .join(exec_id(j.step, j.round, j.id)),
     }

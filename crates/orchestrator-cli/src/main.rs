@@ -27,6 +27,7 @@ mod up;
 mod view;
 mod workflows;
 
+use orchestrator_core::RunId;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -88,7 +89,7 @@ enum Cmd {
     /// Show a run: stages, states, durations, critical path.
     Show {
         /// Run id (or an unambiguous prefix).
-        run: String,
+        run: RunId,
         /// Output format: text for people, json for programs.
         #[arg(short, long, value_enum, default_value = "text")]
         output: Output,
@@ -218,7 +219,7 @@ enum WebhooksCmd {
 #[derive(clap::Args)]
 struct RunCommand {
     /// Run id (or an unambiguous prefix).
-    run: String,
+    run: RunId,
     /// Output format: text for people, json for programs.
     #[arg(short, long, value_enum, default_value = "text")]
     output: Output,

@@ -3,6 +3,7 @@
 //! done of total, what runs now, elapsed) until it ends; the exit code tells
 //! the outcome.
 
+use orchestrator_core::RunId;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -174,7 +175,7 @@ pub fn exit_code(state: RunState) -> ExitCode {
 }
 
 /// Follows a run's events until it ends; returns its final state.
-pub async fn wait(client: &Client, run_id: &str, progress: bool) -> Result<RunState> {
+pub async fn wait(client: &Client, run_id: &RunId, progress: bool) -> Result<RunState> {
     let detail = client.run(run_id).await?;
     if detail.run.state.is_terminal() {
         return Ok(detail.run.state);

@@ -3,6 +3,7 @@
 use orchestrator_core::api::{AgentView, RunDetail, RunSummary};
 use orchestrator_core::fabric::{Usage, UsageSummary};
 use orchestrator_core::spec::{human_mib, SandboxKind};
+use orchestrator_core::AgentId;
 use orchestrator_core::Plan;
 use orchestrator_daemon::hooks::HookStatus;
 
@@ -145,7 +146,7 @@ pub fn run(d: &RunDetail) {
             },
             s.attempt,
             span(s.started_at_ms, s.ended_at_ms),
-            s.agent_id.as_deref().unwrap_or("-"),
+            s.agent_id.as_ref().map_or("-", AgentId::as_str),
             sandbox,
             s.needs.join(", "),
         );

@@ -4,6 +4,7 @@
 
 mod common;
 
+use orchestrator_core::RunId;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -73,7 +74,7 @@ fn a_completion_with_a_stale_lease_token_is_refused_and_recorded() {
             .as_str()
             .is_some_and(|r| r.starts_with("completion refused"))
     };
-    let seen = events(&d, EventFilter::run(&run, 0), LONG, refused);
+    let seen = events(&d, EventFilter::run(&RunId::from(&run), 0), LONG, refused);
     let t = seen
         .iter()
         .find(|t| refused(t))

@@ -4,6 +4,7 @@
 
 mod common;
 
+use orchestrator_core::RunId;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
@@ -228,7 +229,12 @@ fn events_stream_every_transition_of_a_run_in_order() {
 
     let is_run_end =
         |t: &Value| t["entity"] == "run" && t["to"] != "running" && t["from"] == "running";
-    let events = events(&d, EventFilter::run(&run, 0), LONG, is_run_end);
+    let events = events(
+        &d,
+        EventFilter::run(&RunId::from(&run), 0),
+        LONG,
+        is_run_end,
+    );
     assert!(
         events.last().is_some_and(is_run_end),
         "the stream did not reach the run's end: {events:#?}"
@@ -298,7 +304,12 @@ fn events_stream_every_transition_of_a_run_in_order() {
 
     // Resuming with `since` gives what follows, and nothing before.
     let middle = seqs[seqs.len() / 2];
-    let rest = common::events(&d, EventFilter::run(&run, middle), LONG, is_run_end);
+    let rest = common::events(
+        &d,
+        EventFilter::run(&RunId::from(&run), middle),
+        LONG,
+        is_run_end,
+    );
     let rest_seqs: Vec<i64> = rest.iter().map(|t| t["seq"].as_i64().unwrap()).collect();
     let expected: Vec<i64> = seqs.iter().copied().filter(|&s| s > middle).collect();
     assert_eq!(rest_seqs, expected);
@@ -308,7 +319,7 @@ fn events_stream_every_transition_of_a_run_in_order() {
         &d,
         EventFilter {
             entities: Some("run,stage".into()),
-            ..EventFilter::run(&run, 0)
+            ..EventFilter::run(&RunId::from(&run), 0)
         },
         LONG,
         is_run_end,

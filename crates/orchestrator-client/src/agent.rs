@@ -10,6 +10,7 @@ use orchestrator_core::api::{
     HeartbeatResponse, LeaseRef, ModelOrders, ModelReport, RegisterAgent, WaitAsk, WaitPoll,
     WaitStatus,
 };
+use orchestrator_core::{AgentId, JobId};
 use reqwest::Method;
 
 use crate::client::{encode, Client, REQUEST_TIMEOUT};
@@ -35,11 +36,11 @@ impl Client {
     /// the job the lost answer carried.
     pub async fn claim(
         &self,
-        agent_id: &str,
+        agent_id: &AgentId,
         wait_ms: u64,
         key: &str,
     ) -> Result<Option<ClaimedJob>, ClientError> {
-        let path = format!("/v1/agents/{}/claim", encode(agent_id));
+        let path = format!("/v1/agents/{}/claim", encode(agent_id.as_str()));
         let req = ClaimRequest {
             wait_ms,
             claim_key: Some(key.to_owned()),
@@ -54,11 +55,11 @@ impl Client {
     /// early only when one of the agent's leases is revoked.
     pub async fn heartbeat(
         &self,
-        agent_id: &str,
+        agent_id: &AgentId,
         leases: Vec<LeaseRef>,
         wait: Duration,
     ) -> Result<HeartbeatResponse, ClientError> {
-        let path = format!("/v1/agents/{}/heartbeat", encode(agent_id));
+        let path = format!("/v1/agents/{}/heartbeat", encode(agent_id.as_str()));
         let req = HeartbeatRequest {
             leases,
             wait_ms: wait.as_millis() as u64,
@@ -72,10 +73,10 @@ impl Client {
     /// here; it answers early only when they differ from `report`.
     pub async fn models(
         &self,
-        agent_id: &str,
+        agent_id: &AgentId,
         report: &ModelReport,
     ) -> Result<ModelOrders, ClientError> {
-        let path = format!("/v1/agents/{}/models", encode(agent_id));
+        let path = format!("/v1/agents/{}/models", encode(agent_id.as_str()));
         let timeout = Duration::from_millis(report.wait_ms) + LONG_POLL_SLACK;
         self.expect(Method::POST, &path, Some(report), Some(timeout))
             .await
@@ -85,7 +86,7 @@ impl Client {
     /// `POST /v1/jobs/{id}/complete`; a 409 is [`ClientError::StaleLease`].
     pub async fn complete(
         &self,
-        job_id: i64,
+        job_id: JobId,
         req: &CompleteRequest,
     ) -> Result<Completed, ClientError> {
         let path = format!("/v1/jobs/{job_id}/complete");
@@ -96,7 +97,11 @@ impl Client {
 
     /// `POST /v1/jobs/{id}/questions`: a running step's question, asked
     /// now; a 409 is [`ClientError::StaleLease`] (the step's lease ended).
-    pub async fn ask_waiting(&self, job_id: i64, req: &WaitAsk) -> Result<WaitStatus, ClientError> {
+    pub async fn ask_waiting(
+        &self,
+        job_id: JobId,
+        req: &WaitAsk,
+    ) -> Result<WaitStatus, ClientError> {
         let path = format!("/v1/jobs/{job_id}/questions");
         self.expect(Method::POST, &path, Some(req), Some(self.short()))
             .await
@@ -107,7 +112,7 @@ impl Client {
     /// it is answered or closed, or after `poll.wait_ms`.
     pub async fn wait_question(
         &self,
-        job_id: i64,
+        job_id: JobId,
         poll: &WaitPoll,
     ) -> Result<WaitStatus, ClientError> {
         let path = format!("/v1/jobs/{job_id}/questions/{}/wait", poll.question_id);
@@ -120,7 +125,7 @@ impl Client {
     /// `POST /v1/jobs/{id}/questions/{qid}/withdraw`: the step stopped waiting.
     pub async fn withdraw_question(
         &self,
-        job_id: i64,
+        job_id: JobId,
         poll: &WaitPoll,
     ) -> Result<WaitStatus, ClientError> {
         let path = format!("/v1/jobs/{job_id}/questions/{}/withdraw", poll.question_id);

@@ -3,6 +3,7 @@
 use std::error::Error as _;
 
 use orchestrator_core::api::ApiError;
+use orchestrator_core::AgentId;
 use reqwest::StatusCode;
 
 /// Longest part of an unexpected answer body quoted in a message.
@@ -84,7 +85,7 @@ pub enum ClientError {
     /// id (it restarted and forgot it); register again.
     #[error("the daemon does not know agent {agent_id} ({}): {}", refusal.status, refusal.message())]
     UnknownAgent {
-        agent_id: String,
+        agent_id: AgentId,
         refusal: Box<Refusal>,
     },
     /// 404 elsewhere (an unknown run, job or route).
@@ -158,10 +159,10 @@ impl ClientError {
     }
 
     /// A 404 read as "this agent id is unknown".
-    pub(crate) fn for_agent(self, agent_id: &str) -> ClientError {
+    pub(crate) fn for_agent(self, agent_id: &AgentId) -> ClientError {
         match self {
             ClientError::NotFound(refusal) => ClientError::UnknownAgent {
-                agent_id: agent_id.to_owned(),
+                agent_id: agent_id.clone(),
                 refusal,
             },
             e => e,
@@ -239,7 +240,7 @@ mod tests {
         assert!(matches!(e(409).under_lease(), ClientError::StaleLease(_)));
         assert!(matches!(e(422).under_lease(), ClientError::Rejected(_)));
         assert!(matches!(
-            e(404).for_agent("a1"),
+            e(404).for_agent(&"a1".into()),
             ClientError::UnknownAgent { agent_id, .. } if agent_id == "a1"
         ));
         assert_eq!(e(422).status(), Some(StatusCode::UNPROCESSABLE_ENTITY));

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use futures_util::stream::{BoxStream, Stream, StreamExt};
-use orchestrator_core::Transition;
+use orchestrator_core::{RunId, Transition};
 use reqwest::Method;
 
 use crate::client::{encode, Client};
@@ -15,7 +15,7 @@ use crate::error::ClientError;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventFilter {
     /// Only this run's.
-    pub run: Option<String>,
+    pub run: Option<RunId>,
     /// Only these kinds of entity, comma-separated (`run,stage`).
     pub entities: Option<String>,
     /// Only those after this seq (the daemon's default: from now on).
@@ -24,9 +24,9 @@ pub struct EventFilter {
 
 impl EventFilter {
     /// The transitions of `run` after `since`.
-    pub fn run(run: &str, since: i64) -> EventFilter {
+    pub fn run(run: &RunId, since: i64) -> EventFilter {
         EventFilter {
-            run: Some(run.to_owned()),
+            run: Some(run.clone()),
             entities: None,
             since: Some(since),
         }
@@ -35,7 +35,7 @@ impl EventFilter {
     fn query(&self) -> String {
         let mut parts = Vec::new();
         if let Some(r) = &self.run {
-            parts.push(format!("run={}", encode(r)));
+            parts.push(format!("run={}", encode(r.as_str())));
         }
         if let Some(e) = &self.entities {
             // The commas separate kinds: they stay as they are.
@@ -144,7 +144,7 @@ mod tests {
         assert_eq!(EventFilter::default().query(), "");
         let f = EventFilter {
             entities: Some("run,stage".into()),
-            ..EventFilter::run("r 1", 7)
+            ..EventFilter::run(&"r 1".into(), 7)
         };
         assert_eq!(f.query(), "?run=r%201&entities=run,stage&since=7");
     }

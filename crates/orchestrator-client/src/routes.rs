@@ -6,7 +6,7 @@ use orchestrator_core::api::{
     Explanation, InboxItem, NewAgentToken, RejectRequest, RunDetail, RunSummary, SubmitRun,
     Submitted, WorkflowView,
 };
-use orchestrator_core::Transition;
+use orchestrator_core::{RunId, Transition};
 use reqwest::Method;
 
 use crate::client::{encode, Client};
@@ -81,19 +81,23 @@ impl Client {
     }
 
     /// `GET /v1/runs/{id}`; `id` may be an unambiguous prefix.
-    pub async fn run(&self, id: &str) -> Result<RunDetail, ClientError> {
-        self.get(&format!("/v1/runs/{}", encode(id))).await
+    pub async fn run(&self, id: &RunId) -> Result<RunDetail, ClientError> {
+        self.get(&format!("/v1/runs/{}", encode(id.as_str()))).await
     }
 
     /// `GET /v1/runs/{id}/transitions`: the run's log, oldest first.
-    pub async fn transitions(&self, id: &str) -> Result<Vec<Transition>, ClientError> {
-        self.get(&format!("/v1/runs/{}/transitions", encode(id)))
+    pub async fn transitions(&self, id: &RunId) -> Result<Vec<Transition>, ClientError> {
+        self.get(&format!("/v1/runs/{}/transitions", encode(id.as_str())))
             .await
     }
 
     /// `GET /v1/runs/{id}/explain[?stage=S]`: why stages wait.
-    pub async fn explain(&self, id: &str, stage: Option<&str>) -> Result<Explanation, ClientError> {
-        let mut path = format!("/v1/runs/{}/explain", encode(id));
+    pub async fn explain(
+        &self,
+        id: &RunId,
+        stage: Option<&str>,
+    ) -> Result<Explanation, ClientError> {
+        let mut path = format!("/v1/runs/{}/explain", encode(id.as_str()));
         if let Some(s) = stage {
             path += &format!("?stage={}", encode(s));
         }
@@ -101,55 +105,66 @@ impl Client {
     }
 
     /// `POST /v1/runs/{id}/{cancel,pause,resume}`; `id` must be a full id.
-    pub async fn run_command(&self, id: &str, verb: RunVerb) -> Result<RunSummary, ClientError> {
-        let path = format!("/v1/runs/{}/{}", encode(id), verb.path());
+    pub async fn run_command(&self, id: &RunId, verb: RunVerb) -> Result<RunSummary, ClientError> {
+        let path = format!("/v1/runs/{}/{}", encode(id.as_str()), verb.path());
         self.post(&path, &empty()).await
     }
 
     /// `POST /v1/runs/{id}/stages/{stage}/approve`.
     pub async fn approve(
         &self,
-        run: &str,
+        run: &RunId,
         stage: &str,
         req: &ApproveRequest,
     ) -> Result<RunSummary, ClientError> {
-        let path = format!("/v1/runs/{}/stages/{}/approve", encode(run), encode(stage));
+        let path = format!(
+            "/v1/runs/{}/stages/{}/approve",
+            encode(run.as_str()),
+            encode(stage)
+        );
         self.post(&path, req).await
     }
 
     /// `POST /v1/runs/{id}/stages/{stage}/reject`.
     pub async fn reject(
         &self,
-        run: &str,
+        run: &RunId,
         stage: &str,
         req: &RejectRequest,
     ) -> Result<RunSummary, ClientError> {
-        let path = format!("/v1/runs/{}/stages/{}/reject", encode(run), encode(stage));
+        let path = format!(
+            "/v1/runs/{}/stages/{}/reject",
+            encode(run.as_str()),
+            encode(stage)
+        );
         self.post(&path, req).await
     }
 
     /// `POST /v1/runs/{id}/questions/{qid}/answer`.
     pub async fn answer(
         &self,
-        run: &str,
+        run: &RunId,
         question: i64,
         req: &AnswerRequest,
     ) -> Result<RunSummary, ClientError> {
-        let path = format!("/v1/runs/{}/questions/{question}/answer", encode(run));
+        let path = format!(
+            "/v1/runs/{}/questions/{question}/answer",
+            encode(run.as_str())
+        );
         self.post(&path, req).await
     }
 
     /// `POST /v1/runs/{id}/stages/{stage}/{retry,skip,abort}`.
     pub async fn decide(
         &self,
-        run: &str,
+        run: &RunId,
         stage: &str,
         decision: Decision,
         req: &DecideRequest,
     ) -> Result<RunSummary, ClientError> {
         let path = format!(
             "/v1/runs/{}/stages/{}/{}",
-            encode(run),
+            encode(run.as_str()),
             encode(stage),
             decision.path()
         );
@@ -159,10 +174,10 @@ impl Client {
     /// `POST /v1/runs/{id}/abort`: the whole run.
     pub async fn abort_run(
         &self,
-        run: &str,
+        run: &RunId,
         req: &DecideRequest,
     ) -> Result<RunSummary, ClientError> {
-        self.post(&format!("/v1/runs/{}/abort", encode(run)), req)
+        self.post(&format!("/v1/runs/{}/abort", encode(run.as_str())), req)
             .await
     }
 

@@ -111,8 +111,8 @@ async fn typed_answers_and_refusals() {
     assert!(matches!(&e, ClientError::Server(r) if r.error_text() == "upstream down"));
     assert!(e.is_retryable());
 
-    assert!(c.claim("known", 0, "k").await.unwrap().is_none());
-    let e = c.claim("gone", 0, "k").await.unwrap_err();
+    assert!(c.claim(&"known".into(), 0, "k").await.unwrap().is_none());
+    let e = c.claim(&"gone".into(), 0, "k").await.unwrap_err();
     assert!(
         matches!(&e, ClientError::UnknownAgent { agent_id, refusal } if agent_id == "gone" && refusal.message() == "no such agent"),
         "{e:?}"
@@ -123,7 +123,7 @@ async fn typed_answers_and_refusals() {
         "outcome": {"success": true, "exit_codes": [], "duration_ms": 1, "bundle": "b"}
     }))
     .unwrap();
-    let e = c.complete(1, &req).await.unwrap_err();
+    let e = c.complete(1.into(), &req).await.unwrap_err();
     assert!(matches!(&e, ClientError::StaleLease(r) if r.message() == "lease expired"));
 
     // The raw answer is as it came: a redirect is not followed.
@@ -162,7 +162,7 @@ async fn no_answer_is_unreachable() {
 async fn events_stream_as_transitions() {
     let c = Client::new(&serve_tcp().await, "t").unwrap();
     let seen: Vec<_> = c
-        .events(&EventFilter::run("r1", 0))
+        .events(&EventFilter::run(&"r1".into(), 0))
         .await
         .unwrap()
         .map(|t| t.unwrap().seq)

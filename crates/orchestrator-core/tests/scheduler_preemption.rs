@@ -8,6 +8,7 @@ use orchestrator_core::sched::{
     fit, free, plan_preemption, AgentState, Capacity, Free, Gpu, GpuGrant, Grant, Needs, Reserve,
     RunningJob, SystemRules, Waiting, YieldOrder,
 };
+use orchestrator_core::JobId;
 use proptest::prelude::*;
 
 use common::needs;
@@ -33,7 +34,7 @@ fn cap(slots: u32, memory_mb: u64, gpus: &[u64]) -> Capacity {
 
 fn job(job_id: i64, priority: i32, grant: Grant) -> RunningJob {
     RunningJob {
-        job_id,
+        job_id: job_id.into(),
         stage: format!("run/s{job_id}"),
         priority,
         grant,
@@ -75,7 +76,7 @@ fn agent(id: &str, cap: Capacity, running: Vec<RunningJob>) -> AgentState {
 
 fn wait(job_id: i64, priority: i32, needs: Needs) -> Waiting {
     Waiting {
-        job_id,
+        job_id: job_id.into(),
         stage: format!("run/w{job_id}"),
         priority,
         needs,
@@ -96,7 +97,13 @@ fn plan(
 ) -> Vec<(String, Vec<i64>, i64)> {
     plan_preemption(waiting, agents, rules)
         .into_iter()
-        .map(|o| (o.agent, o.victims, o.for_job))
+        .map(|o| {
+            (
+                o.agent.into_string(),
+                o.victims.iter().map(|v| v.get()).collect(),
+                o.for_job.get(),
+            )
+        })
         .collect()
 }
 
@@ -452,7 +459,7 @@ fn arb_waiting(id: i64) -> impl Strategy<Value = Waiting> {
         prop::option::of(0usize..4),
     )
         .prop_map(move |(m, gpus, gm, priority, pin)| Waiting {
-            pinned: pin.map(|i| format!("a{i}")),
+            pinned: pin.map(|i| format!("a{i}").into()),
             ..wait(
                 id,
                 priority,
@@ -462,7 +469,7 @@ fn arb_waiting(id: i64) -> impl Strategy<Value = Waiting> {
 }
 
 /// What `a` has free once its yielding jobs and `more` have yielded.
-fn freed(a: &AgentState, rules: &SystemRules, more: &[i64]) -> Free {
+fn freed(a: &AgentState, rules: &SystemRules, more: &[JobId]) -> Free {
     let mut c = a.cap.clone();
     c.slots = rules.agent_slots(c.slots);
     let mut f = free(&c, a.running.iter().map(|r| &r.grant));
@@ -532,7 +539,7 @@ proptest! {
                 prop_assert!(placeable(&w, &freed(a, &rules, &o.victims), &rules), "{:?}", o);
                 // ...and not without any one of them.
                 for v in &o.victims {
-                    let fewer: Vec<i64> = o.victims.iter().copied().filter(|x| x != v).collect();
+                    let fewer: Vec<JobId> = o.victims.iter().copied().filter(|x| x != v).collect();
                     prop_assert!(!placeable(&w, &freed(a, &rules, &fewer), &rules), "{} yields in vain: {:?}", v, o);
                 }
             }
@@ -540,7 +547,7 @@ proptest! {
                 // Nothing asked: no eligible agent could make room, even if
                 // every lower-priority job on it yielded.
                 for a in eligible {
-                    let all: Vec<i64> = a.running.iter().filter(|r| r.priority < w.priority).map(|r| r.job_id).collect();
+                    let all: Vec<JobId> = a.running.iter().filter(|r| r.priority < w.priority).map(|r| r.job_id).collect();
                     prop_assert!(!placeable(&w, &freed(a, &rules, &all), &rules), "missed room on {}", a.id);
                 }
             }

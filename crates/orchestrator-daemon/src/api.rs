@@ -1,5 +1,6 @@
 //! The HTTP API under `/v1`: runs for users, the lease protocol for agents.
 
+use orchestrator_core::{AgentId, JobId, LeaseId, RunId};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -171,7 +172,7 @@ pub async fn list_runs<S: Store>(
 
 pub async fn get_run<S: Store>(
     State(app): State<Arc<App<S>>>,
-    Path(id): Path<String>,
+    Path(id): Path<RunId>,
 ) -> Result<Response, ApiErr> {
     // The run's model usage then counts every request that has ended.
     if let Err(e) = app.usage.flush(&*app.store).await {
@@ -182,14 +183,14 @@ pub async fn get_run<S: Store>(
 
 pub async fn get_stages<S: Store>(
     State(app): State<Arc<App<S>>>,
-    Path(id): Path<String>,
+    Path(id): Path<RunId>,
 ) -> Result<Response, ApiErr> {
     Ok(Json(app.store.run_detail(&id).await?.stages).into_response())
 }
 
 pub async fn get_stage<S: Store>(
     State(app): State<Arc<App<S>>>,
-    Path((id, stage)): Path<(String, String)>,
+    Path((id, stage)): Path<(RunId, String)>,
 ) -> Result<Response, ApiErr> {
     let detail = app.store.run_detail(&id).await?;
     let st = detail
@@ -205,7 +206,7 @@ pub async fn get_stage<S: Store>(
 
 pub async fn get_jobs<S: Store>(
     State(app): State<Arc<App<S>>>,
-    Path(id): Path<String>,
+    Path(id): Path<RunId>,
 ) -> Result<Response, ApiErr> {
     Ok(Json(app.store.run_detail(&id).await?.jobs).into_response())
 }
@@ -215,7 +216,7 @@ pub async fn get_jobs<S: Store>(
 pub async fn cancel_run<S: Store>(
     state: State<Arc<App<S>>>,
     who: Extension<Principal>,
-    id: Path<String>,
+    id: Path<RunId>,
 ) -> Result<Response, ApiErr> {
     command_run(state, who, id, RunEvent::Cancel).await
 }
@@ -224,7 +225,7 @@ pub async fn cancel_run<S: Store>(
 pub async fn pause_run<S: Store>(
     state: State<Arc<App<S>>>,
     who: Extension<Principal>,
-    id: Path<String>,
+    id: Path<RunId>,
 ) -> Result<Response, ApiErr> {
     command_run(state, who, id, RunEvent::Pause).await
 }
@@ -233,7 +234,7 @@ pub async fn pause_run<S: Store>(
 pub async fn resume_run<S: Store>(
     state: State<Arc<App<S>>>,
     who: Extension<Principal>,
-    id: Path<String>,
+    id: Path<RunId>,
 ) -> Result<Response, ApiErr> {
     command_run(state, who, id, RunEvent::Resume).await
 }
@@ -241,7 +242,7 @@ pub async fn resume_run<S: Store>(
 async fn command_run<S: Store>(
     State(app): State<Arc<App<S>>>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    Path(id): Path<RunId>,
     event: RunEvent,
 ) -> Result<Response, ApiErr> {
     let run = app.store.command_run(&id, event, &who.actor(None)).await?;
@@ -266,7 +267,7 @@ impl QueryParams for ExplainQuery {
 /// `GET /v1/runs/{id}/explain[?stage=S]`.
 pub async fn explain<S: Store>(
     State(app): State<Arc<App<S>>>,
-    Path(id): Path<String>,
+    Path(id): Path<RunId>,
     Query(q): Query<ExplainQuery>,
 ) -> Result<Response, ApiErr> {
     Ok(Json(
@@ -310,7 +311,7 @@ pub async fn register_agent<S: Store>(
 pub async fn claim<S: Store>(
     State(app): State<Arc<App<S>>>,
     Extension(who): Extension<Principal>,
-    Path(agent_id): Path<String>,
+    Path(agent_id): Path<AgentId>,
     JsonBody(req): JsonBody<ClaimRequest>,
 ) -> Result<Response, ApiErr> {
     crate::ident::check_agent(&app, &who, &agent_id).await?;
@@ -351,7 +352,7 @@ pub async fn claim<S: Store>(
 pub async fn heartbeat<S: Store>(
     State(app): State<Arc<App<S>>>,
     Extension(who): Extension<Principal>,
-    Path(agent_id): Path<String>,
+    Path(agent_id): Path<AgentId>,
     JsonBody(req): JsonBody<HeartbeatRequest>,
 ) -> Result<Response, ApiErr> {
     crate::ident::check_agent(&app, &who, &agent_id).await?;
@@ -374,10 +375,10 @@ pub async fn heartbeat<S: Store>(
 /// returned), or `wait_ms` passes (nothing is).
 async fn wait_for_revocation<S: Store>(
     app: &App<S>,
-    agent_id: &str,
+    agent_id: &AgentId,
     live: &mut tokio::sync::broadcast::Receiver<Arc<[orchestrator_core::Transition]>>,
     wait_ms: u64,
-) -> Result<Vec<i64>, ApiErr> {
+) -> Result<Vec<JobId>, ApiErr> {
     use tokio::sync::broadcast::error::RecvError;
     let deadline = tokio::time::Instant::now()
         + Duration::from_millis(wait_ms.min(app.config.max_claim_wait_ms));
@@ -393,7 +394,7 @@ async fn wait_for_revocation<S: Store>(
             Err(RecvError::Lagged(_)) => continue,
             Err(RecvError::Closed) => return Ok(Vec::new()),
         };
-        let ended: Vec<i64> = batch
+        let ended: Vec<LeaseId> = batch
             .iter()
             .filter(|t| t.entity == orchestrator_core::Entity::Lease)
             .filter(|t| t.to == "revoked" || t.to == "expired")
@@ -411,7 +412,7 @@ async fn wait_for_revocation<S: Store>(
 pub async fn complete<S: Store>(
     State(app): State<Arc<App<S>>>,
     Extension(who): Extension<Principal>,
-    Path(job_id): Path<i64>,
+    Path(job_id): Path<JobId>,
     JsonBody(req): JsonBody<CompleteRequest>,
 ) -> Result<Response, ApiErr> {
     crate::ident::check_agent(&app, &who, &req.agent_id).await?;
@@ -433,7 +434,7 @@ pub async fn complete<S: Store>(
         }
         Err(e @ StoreError::StaleLease { .. }) => {
             app.metrics.stale_completion();
-            tracing::warn!(job_id, agent_id = %agent, error = %e, "completion refused");
+            tracing::warn!(%job_id, agent_id = %agent, error = %e, "completion refused");
             Err(e.into())
         }
         Err(e) => Err(e.into()),
@@ -453,7 +454,7 @@ fn with_secrets<S: Store>(app: &App<S>, job: &mut orchestrator_core::api::Claime
     let missing = job.spec.secrets.fill(&app.config.secrets);
     if !missing.is_empty() {
         // Checked at submission; only a daemon restarted without them gets here.
-        tracing::warn!(job_id = job.job_id, run_id = %job.spec.run_id, ?missing,
+        tracing::warn!(job_id = %job.job_id, run_id = %job.spec.run_id, ?missing,
             "secrets the stage names are not configured; its commands get them empty");
     }
 }

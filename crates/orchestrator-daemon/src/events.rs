@@ -2,6 +2,7 @@
 //! resume with `?since=SEQ` (or `Last-Event-ID`): the hub replays the log
 //! from the store, then follows live commits, never skipping or repeating a seq.
 
+use orchestrator_core::RunId;
 use std::convert::Infallible;
 use std::sync::Arc;
 
@@ -23,7 +24,7 @@ pub struct EventsQuery {
     /// Only transitions with a larger seq.
     since: Option<i64>,
     /// Only transitions of this run.
-    run: Option<String>,
+    run: Option<RunId>,
     /// Only these kinds of entity, comma-separated (`run,stage`).
     entities: Option<String>,
 }
@@ -73,15 +74,14 @@ async fn pump<S: Store>(
     mut live: broadcast::Receiver<Arc<[Transition]>>,
     tx: mpsc::Sender<Event>,
     since: Option<i64>,
-    run: Option<String>,
+    run: Option<RunId>,
     entities: Option<String>,
 ) {
     let kinds: Option<Vec<&str>> = entities
         .as_deref()
         .map(|e| e.split(',').map(str::trim).collect());
     let wanted = |t: &Transition| {
-        run.as_deref()
-            .is_none_or(|r| t.run_id.as_deref() == Some(r))
+        run.as_ref().is_none_or(|r| t.run_id.as_ref() == Some(r))
             && kinds
                 .as_ref()
                 .is_none_or(|k| k.contains(&t.entity.as_str()))

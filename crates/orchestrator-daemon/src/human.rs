@@ -1,6 +1,7 @@
 //! The human side of the API: the inbox, approve, reject and answer, and
 //! the decisions about failures: retry, skip and abort.
 
+use orchestrator_core::RunId;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -23,7 +24,7 @@ pub async fn inbox<S: Store>(State(app): State<Arc<App<S>>>) -> Result<Response,
 pub async fn approve<S: Store>(
     State(app): State<Arc<App<S>>>,
     Extension(who): Extension<Principal>,
-    Path((id, stage_id)): Path<(String, String)>,
+    Path((id, stage_id)): Path<(RunId, String)>,
     JsonBody(req): JsonBody<ApproveRequest>,
 ) -> Result<Response, ApiErr> {
     let cmd = HumanCommand::Approve {
@@ -41,7 +42,7 @@ pub async fn approve<S: Store>(
 pub async fn reject<S: Store>(
     State(app): State<Arc<App<S>>>,
     Extension(who): Extension<Principal>,
-    Path((id, stage_id)): Path<(String, String)>,
+    Path((id, stage_id)): Path<(RunId, String)>,
     JsonBody(req): JsonBody<RejectRequest>,
 ) -> Result<Response, ApiErr> {
     let cmd = HumanCommand::Reject {
@@ -59,7 +60,7 @@ pub async fn reject<S: Store>(
 pub async fn answer<S: Store>(
     State(app): State<Arc<App<S>>>,
     Extension(who): Extension<Principal>,
-    Path((id, question_id)): Path<(String, i64)>,
+    Path((id, question_id)): Path<(RunId, i64)>,
     JsonBody(req): JsonBody<AnswerRequest>,
 ) -> Result<Response, ApiErr> {
     let cmd = HumanCommand::Answer {
@@ -80,7 +81,7 @@ pub async fn answer<S: Store>(
 pub async fn retry<S: Store>(
     State(app): State<Arc<App<S>>>,
     Extension(who): Extension<Principal>,
-    Path((id, stage_id)): Path<(String, String)>,
+    Path((id, stage_id)): Path<(RunId, String)>,
     JsonBody(req): JsonBody<DecideRequest>,
 ) -> Result<Response, ApiErr> {
     let cmd = HumanCommand::Retry {
@@ -100,7 +101,7 @@ pub async fn retry<S: Store>(
 pub async fn skip<S: Store>(
     State(app): State<Arc<App<S>>>,
     Extension(who): Extension<Principal>,
-    Path((id, stage_id)): Path<(String, String)>,
+    Path((id, stage_id)): Path<(RunId, String)>,
     JsonBody(req): JsonBody<DecideRequest>,
 ) -> Result<Response, ApiErr> {
     let cmd = HumanCommand::Skip {
@@ -119,7 +120,7 @@ pub async fn skip<S: Store>(
 pub async fn abort_stage<S: Store>(
     State(app): State<Arc<App<S>>>,
     Extension(who): Extension<Principal>,
-    Path((id, stage_id)): Path<(String, String)>,
+    Path((id, stage_id)): Path<(RunId, String)>,
     JsonBody(req): JsonBody<DecideRequest>,
 ) -> Result<Response, ApiErr> {
     let cmd = HumanCommand::Abort {
@@ -137,7 +138,7 @@ pub async fn abort_stage<S: Store>(
 pub async fn abort_run<S: Store>(
     State(app): State<Arc<App<S>>>,
     Extension(who): Extension<Principal>,
-    Path(id): Path<String>,
+    Path(id): Path<RunId>,
     JsonBody(req): JsonBody<DecideRequest>,
 ) -> Result<Response, ApiErr> {
     let cmd = HumanCommand::Abort {
@@ -155,7 +156,7 @@ pub async fn abort_run<S: Store>(
 /// did what and why.
 pub async fn transitions<S: Store>(
     State(app): State<Arc<App<S>>>,
-    Path(id): Path<String>,
+    Path(id): Path<RunId>,
 ) -> Result<Response, ApiErr> {
     let run = app.store.run_detail(&id).await?.run.id;
     let mut all = Vec::new();

@@ -7,6 +7,7 @@
 //! credential, registering under it (which voids the agent's leases) or
 //! acting for its agent id needs that credential.
 
+use orchestrator_core::AgentId;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -122,14 +123,14 @@ pub async fn check_name<S: Store>(app: &App<S>, who: &Principal, name: &str) -> 
 pub async fn check_agent<S: Store>(
     app: &App<S>,
     who: &Principal,
-    agent_id: &str,
+    agent_id: &AgentId,
 ) -> Result<(), ApiErr> {
     if matches!(who, Principal::Admin | Principal::Dashboard) {
         return Ok(());
     }
     let Some((name, bound)) = cached(
         &app.identities.agents,
-        agent_id,
+        agent_id.as_str(),
         app.store.agent_name(agent_id),
     )
     .await?

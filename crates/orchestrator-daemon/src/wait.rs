@@ -5,6 +5,7 @@
 //! asks again. Each poll proves the job's live lease: a step's questions
 //! are readable only by the agent running that step, and only while it runs.
 
+use orchestrator_core::JobId;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,7 +25,7 @@ use crate::App;
 pub async fn ask<S: Store>(
     State(app): State<Arc<App<S>>>,
     Extension(who): Extension<Principal>,
-    Path(job_id): Path<i64>,
+    Path(job_id): Path<JobId>,
     JsonBody(req): JsonBody<WaitAsk>,
 ) -> Result<Json<WaitStatus>, ApiErr> {
     crate::ident::check_agent(&app, &who, &req.agent_id).await?;
@@ -35,7 +36,7 @@ pub async fn ask<S: Store>(
         wait_ms: 0,
     };
     let question_id = app.store.ask_waiting(job_id, req).await?;
-    tracing::info!(job_id, question_id, "a running step asks and waits");
+    tracing::info!(%job_id, question_id, "a running step asks and waits");
     let status = app
         .store
         .wait_status(
@@ -54,7 +55,7 @@ pub async fn ask<S: Store>(
 pub async fn wait<S: Store>(
     State(app): State<Arc<App<S>>>,
     Extension(who): Extension<Principal>,
-    Path((job_id, question_id)): Path<(i64, i64)>,
+    Path((job_id, question_id)): Path<(JobId, i64)>,
     JsonBody(mut poll): JsonBody<WaitPoll>,
 ) -> Result<Json<WaitStatus>, ApiErr> {
     use tokio::sync::broadcast::error::RecvError;
@@ -106,7 +107,7 @@ pub async fn wait<S: Store>(
 pub async fn withdraw<S: Store>(
     State(app): State<Arc<App<S>>>,
     Extension(who): Extension<Principal>,
-    Path((job_id, question_id)): Path<(i64, i64)>,
+    Path((job_id, question_id)): Path<(JobId, i64)>,
     JsonBody(mut poll): JsonBody<WaitPoll>,
 ) -> Result<Json<WaitStatus>, ApiErr> {
     crate::ident::check_agent(&app, &who, &poll.agent_id).await?;

@@ -8,6 +8,7 @@
 //! `ORCH_FUZZ_CASES=2000 cargo test -p orchestrator-daemon --test fuzz_api`
 //! (and `ORCH_FUZZ_SEED=<n>` for other ones).
 
+use orchestrator_core::{AgentId, JobId, RunId};
 use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
@@ -196,9 +197,9 @@ struct Fixture {
     store: Arc<SqlStore>,
     daemon: Daemon,
     http: reqwest::Client,
-    run_id: String,
-    agent_id: String,
-    job_id: i64,
+    run_id: RunId,
+    agent_id: AgentId,
+    job_id: JobId,
     lease_token: String,
 }
 

@@ -106,9 +106,9 @@ async fn fixture() -> Fixture {
         _dir: dir,
         store,
         daemon,
-        run_id,
-        agent_id,
-        job_id: job.job_id,
+        run_id: run_id.into_string(),
+        agent_id: agent_id.into_string(),
+        job_id: job.job_id.get(),
         link,
     }
 }

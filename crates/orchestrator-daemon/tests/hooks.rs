@@ -5,6 +5,7 @@
 
 mod common;
 
+use orchestrator_core::RunId;
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -201,7 +202,7 @@ const ONE_STAGE: &str =
 
 /// Submits a one-stage run with `on_failure: fail` and fails its only
 /// step, as an agent would: the store commits `stage failed` then `run failed`.
-async fn fail_a_run(store: &SqlStore) -> String {
+async fn fail_a_run(store: &SqlStore) -> RunId {
     let run_id = store
         .submit_run(NewRun {
             workflow: ONE_STAGE.into(),
@@ -278,10 +279,10 @@ fn events(got: &[Got]) -> Vec<(String, String)> {
         .collect()
 }
 
-fn pair(run: &str) -> Vec<(String, String)> {
+fn pair(run: &RunId) -> Vec<(String, String)> {
     vec![
-        ("failure".into(), run.to_owned()),
-        ("run_finished".into(), run.to_owned()),
+        ("failure".into(), run.to_string()),
+        ("run_finished".into(), run.to_string()),
     ]
 }
 
@@ -441,7 +442,7 @@ fn append_transition(
     dir: &Path,
     entity: &str,
     id: &str,
-    run: &str,
+    run: &RunId,
     from: Option<&str>,
     to: &str,
     reason: &str,
@@ -450,7 +451,7 @@ fn append_transition(
     c.execute(
         "INSERT INTO transitions (entity, entity_id, run_id, from_state, to_state, reason, actor, at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'scheduler', 1)",
-        rusqlite::params![entity, id, run, from, to, reason],
+        rusqlite::params![entity, id, run.as_str(), from, to, reason],
     )
     .unwrap();
 }

@@ -5,6 +5,7 @@
 
 mod common;
 
+use orchestrator_core::{AgentId, RunId};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -129,7 +130,7 @@ async fn click(d: &Daemon, path: &str) -> (u16, String) {
 const GATED: &str = "name: gated\nstages:\n  - id: review\n    steps:\n      - approve: true\n        commands: [{argv: ['true']}]\n";
 
 /// Runs the next queued job to success, as an agent would.
-async fn run_next_step(store: &SqlStore, agent: &str) {
+async fn run_next_step(store: &SqlStore, agent: &AgentId) {
     let job = store.claim(agent, 30_000).await.unwrap().expect("a job");
     store
         .complete(
@@ -160,7 +161,7 @@ async fn run_next_step(store: &SqlStore, agent: &str) {
         .unwrap();
 }
 
-async fn stage_state(store: &SqlStore, run: &str) -> String {
+async fn stage_state(store: &SqlStore, run: &RunId) -> String {
     let detail = serde_json::to_value(store.run_detail(run).await.unwrap()).unwrap();
     detail["stages"][0]["state"].as_str().unwrap().to_owned()
 }

@@ -4,6 +4,7 @@
 //! completion refused (and logged), and it is online again. The reaper keeps
 //! time by the daemon's clock, and a jump of it is the daemon's absence.
 
+use orchestrator_core::AgentId;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,13 +16,13 @@ use serde_json::{json, Value};
 const AGENT: &str = "agent-token";
 const TTL_MS: u64 = 400;
 
-async fn agent_log(store: &SqlStore, agent: &str) -> Vec<Transition> {
+async fn agent_log(store: &SqlStore, agent: &AgentId) -> Vec<Transition> {
     store
         .transitions_since(0, None, 100_000)
         .await
         .unwrap()
         .into_iter()
-        .filter(|t| t.entity == Entity::Agent && t.entity_id == agent)
+        .filter(|t| t.entity == Entity::Agent && t.entity_id == agent.as_str())
         .collect()
 }
 
@@ -77,7 +78,7 @@ async fn a_silent_agent_is_marked_lost_once_and_its_stale_lease_is_revoked_when_
     )
     .await;
     assert_eq!(s, 200, "{reg}");
-    let agent = reg["agent_id"].as_str().unwrap().to_owned();
+    let agent = AgentId::from(reg["agent_id"].as_str().unwrap());
     let (s, job) = post(
         &http,
         format!("{base}/agents/{agent}/claim"),

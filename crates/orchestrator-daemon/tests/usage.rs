@@ -3,6 +3,7 @@
 //! model answered, shows in the run, the job's usage and `/metrics`, and
 //! survives the daemon's shutdown.
 
+use orchestrator_core::RunId;
 use std::time::Duration;
 
 use orchestrator_daemon::Daemon;
@@ -52,7 +53,7 @@ async fn metric(http: &reqwest::Client, addr: &str, sample: &str) -> Option<f64>
 async fn a_jobs_model_calls_are_counted_per_stage_and_model_shown_and_kept() {
     let dir = tempfile::tempdir().unwrap();
     let (daemon, addr, job) = leased_job(dir.path()).await;
-    let run_id = job["run_id"].as_str().unwrap().to_owned();
+    let run_id = RunId::from(job["run_id"].as_str().unwrap());
     let key = job["api_key"].as_str().unwrap().to_owned();
     let http = reqwest::Client::new();
     let chat = |stream: bool| {

@@ -48,6 +48,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{LazyLock, Mutex};
 
 use git2::{ErrorCode, Repository};
+use orchestrator_core::RunId;
 
 pub use checkpoint::{checkpoint, ArtifactRecord, CheckpointCommit, CheckpointRequest};
 pub use guard::{git_command, guard, Guarded};
@@ -96,10 +97,7 @@ pub enum GitError {
     },
     /// The run id cannot be part of a branch name or a directory name.
     #[error("run id '{run_id}' cannot name a git branch and a worktree directory: {reason}")]
-    InvalidRunId {
-        run_id: String,
-        reason: &'static str,
-    },
+    InvalidRunId { run_id: RunId, reason: &'static str },
     /// An artifact glob is malformed or leads outside the worktree.
     #[error("artifact glob '{glob}' {reason}")]
     InvalidGlob { glob: String, reason: String },
@@ -119,7 +117,7 @@ pub enum GitError {
     WrongRun {
         path: PathBuf,
         branch: String,
-        run_id: String,
+        run_id: RunId,
     },
     /// The run branch does not exist: `ensure_worktree` was not called first.
     #[error("branch '{branch}' does not exist in the git repository at {}; ensure_worktree creates it before the first checkpoint", project.display())]
@@ -236,17 +234,18 @@ fn open(project: &Path) -> Result<Repository, GitError> {
 }
 
 /// The full name of run `run_id`'s branch, after checking the id.
-fn run_ref(run_id: &str) -> Result<String, GitError> {
+fn run_ref(run_id: &RunId) -> Result<String, GitError> {
     Ok(format!("refs/heads/{}", run_branch(run_id)?))
 }
 
 /// The short name of run `run_id`'s branch, `orch/run/<run_id>`, after
 /// checking that the id is safe both in a ref name and as a directory name.
-fn run_branch(run_id: &str) -> Result<String, GitError> {
+fn run_branch(id: &RunId) -> Result<String, GitError> {
     let invalid = |reason| GitError::InvalidRunId {
-        run_id: run_id.to_owned(),
+        run_id: id.clone(),
         reason,
     };
+    let run_id = id.as_str();
     if run_id.is_empty() {
         return Err(invalid("it is empty"));
     }

@@ -49,7 +49,7 @@ fn record_of(project: &Path, commit: &str) -> String {
 fn checkpoint_commits_artifacts_and_keeps_the_record_out_of_the_tree() {
     let (dir, base) = repo();
     let project = dir.path();
-    let wt = ensure_worktree(project, "run-7", "HEAD").unwrap();
+    let wt = ensure_worktree(project, &"run-7".into(), "HEAD").unwrap();
     let root = &wt.path;
     write(root, "dist/app.js", "console.log(1)\n");
     write(root, "dist/sub/deep.txt", "deep\n");
@@ -73,7 +73,7 @@ fn checkpoint_commits_artifacts_and_keeps_the_record_out_of_the_tree() {
     let made = checkpoint(
         project,
         &wt,
-        &request("run-7", &artifacts, &manifest, message),
+        &request(&"run-7".into(), &artifacts, &manifest, message),
     )
     .unwrap();
 
@@ -161,7 +161,7 @@ fn checkpoint_commits_artifacts_and_keeps_the_record_out_of_the_tree() {
 fn glob_forms() {
     let (dir, _) = repo();
     let project = dir.path();
-    let wt = ensure_worktree(project, "globs", "HEAD").unwrap();
+    let wt = ensure_worktree(project, &"globs".into(), "HEAD").unwrap();
     write(&wt.path, "dist/app.js", "1");
     write(&wt.path, "dist/.map", "2");
     write(&wt.path, "dist/sub/deep.js", "3");
@@ -171,7 +171,7 @@ fn glob_forms() {
         let made = checkpoint(
             project,
             &wt,
-            &request("globs", &strings(globs), &[], "globs"),
+            &request(&"globs".into(), &strings(globs), &[], "globs"),
         )
         .unwrap();
         made.artifacts.into_iter().map(|a| a.path).collect()
@@ -203,10 +203,14 @@ fn glob_forms() {
 fn bad_globs_and_paths_are_refused_and_commit_nothing() {
     let (dir, base) = repo();
     let project = dir.path();
-    let wt = ensure_worktree(project, "bad", "HEAD").unwrap();
+    let wt = ensure_worktree(project, &"bad".into(), "HEAD").unwrap();
     for glob in ["../outside/**", "/etc/passwd", "dist/../../x", "a/[b"] {
-        let err =
-            checkpoint(project, &wt, &request("bad", &strings(&[glob]), &[], "x")).unwrap_err();
+        let err = checkpoint(
+            project,
+            &wt,
+            &request(&"bad".into(), &strings(&[glob]), &[], "x"),
+        )
+        .unwrap_err();
         assert!(
             matches!(err, GitError::InvalidGlob { .. }),
             "{glob}: {err:?}"
@@ -217,31 +221,35 @@ fn bad_globs_and_paths_are_refused_and_commit_nothing() {
     let err = checkpoint(
         project,
         &wt,
-        &request("bad", &strings(&["/etc/passwd"]), &[], "x"),
+        &request(&"bad".into(), &strings(&["/etc/passwd"]), &[], "x"),
     )
     .unwrap_err()
     .to_string();
     assert!(err.contains("absolute"), "{err}");
-    let err = checkpoint(project, &wt, &request("bad", &strings(&["../x"]), &[], "x"))
-        .unwrap_err()
-        .to_string();
+    let err = checkpoint(
+        project,
+        &wt,
+        &request(&"bad".into(), &strings(&["../x"]), &[], "x"),
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("'..'"), "{err}");
 
     assert_eq!(git(project, &["rev-parse", "orch/run/bad"]), base);
 
     // Another run's worktree, and a run whose branch was never made.
-    let err = checkpoint(project, &wt, &request("other", &[], &[], "x")).unwrap_err();
+    let err = checkpoint(project, &wt, &request(&"other".into(), &[], &[], "x")).unwrap_err();
     assert!(matches!(err, GitError::WrongRun { .. }), "{err:?}");
     let ghost = RunWorktree {
         path: wt.path,
         branch: "orch/run/ghost".into(),
     };
-    let err = checkpoint(project, &ghost, &request("ghost", &[], &[], "x")).unwrap_err();
+    let err = checkpoint(project, &ghost, &request(&"ghost".into(), &[], &[], "x")).unwrap_err();
     assert!(
         err.to_string().contains("'orch/run/ghost' does not exist"),
         "{err}"
     );
-    let err = ensure_worktree(project, "../up", "HEAD").unwrap_err();
+    let err = ensure_worktree(project, &"../up".into(), "HEAD").unwrap_err();
     assert!(err.to_string().contains("'../up'"), "{err}");
 }
 
@@ -249,7 +257,7 @@ fn bad_globs_and_paths_are_refused_and_commit_nothing() {
 fn concurrent_checkpoints_of_one_run_keep_every_file_in_a_linear_history() {
     let (dir, base) = repo();
     let project = dir.path().to_path_buf();
-    let wt = ensure_worktree(&project, "par", "HEAD").unwrap();
+    let wt = ensure_worktree(&project, &"par".into(), "HEAD").unwrap();
     let barrier = Arc::new(Barrier::new(2));
     let handles: Vec<_> = (0..2)
         .map(|t| {
@@ -262,9 +270,13 @@ fn concurrent_checkpoints_of_one_run_keep_every_file_in_a_linear_history() {
                         write(&wt.path, &out, "x");
                         let record = format!("{{\"t\":{t},\"i\":{i}}}").into_bytes();
                         let msg = format!("stage-{t}: step {i}");
-                        checkpoint(&project, &wt, &request("par", &[out], &record, &msg))
-                            .unwrap()
-                            .commit
+                        checkpoint(
+                            &project,
+                            &wt,
+                            &request(&"par".into(), &[out], &record, &msg),
+                        )
+                        .unwrap()
+                        .commit
                     })
                     .collect::<Vec<_>>()
             })
@@ -314,7 +326,7 @@ fn concurrent_checkpoints_of_one_run_keep_every_file_in_a_linear_history() {
 fn checkpoint_cost() {
     let (dir, _) = repo();
     let project = dir.path();
-    let wt = ensure_worktree(project, "bench", "HEAD").unwrap();
+    let wt = ensure_worktree(project, &"bench".into(), "HEAD").unwrap();
     let n: usize = std::env::var("ORCH_CHECKPOINTS")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -325,7 +337,7 @@ fn checkpoint_cost() {
         let record = format!("{{\"step\":{i},\"exit\":0}}").into_bytes();
         let msg = format!("build: step {i}\n\nOrch-Run: bench\n");
         let t = Instant::now();
-        checkpoint(project, &wt, &request("bench", &[], &record, &msg)).unwrap();
+        checkpoint(project, &wt, &request(&"bench".into(), &[], &record, &msg)).unwrap();
         each.push(t.elapsed());
     }
     let total = start.elapsed();

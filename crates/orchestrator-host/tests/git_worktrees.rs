@@ -32,7 +32,7 @@ fn ensure_worktree_creates_branch_and_worktree_and_leaves_the_user_alone() {
     fs::write(project.join("untracked.txt"), "mine\n").unwrap();
     let status_before = git(project, &["status", "--porcelain"]);
 
-    let wt = ensure_worktree(project, "r1", "HEAD").unwrap();
+    let wt = ensure_worktree(project, &"r1".into(), "HEAD").unwrap();
     assert_eq!(
         wt.path,
         canonical(project).join(".orchestrator/worktrees/r1")
@@ -74,7 +74,7 @@ fn ensure_worktree_creates_branch_and_worktree_and_leaves_the_user_alone() {
     // touches the worktree.
     fs::write(wt.path.join("work.txt"), "in progress\n").unwrap();
     git(project, &["commit", "--quiet", "-m", "second"]);
-    let again = ensure_worktree(project, "r1", "main").unwrap();
+    let again = ensure_worktree(project, &"r1".into(), "main").unwrap();
     assert_eq!(again, wt);
     assert_eq!(git(project, &["rev-parse", "orch/run/r1"]), base);
     assert_eq!(
@@ -87,12 +87,12 @@ fn ensure_worktree_creates_branch_and_worktree_and_leaves_the_user_alone() {
 fn a_clean_project_stays_clean() {
     let (dir, _) = repo();
     let project = dir.path();
-    let wt = ensure_worktree(project, "clean", "HEAD").unwrap();
+    let wt = ensure_worktree(project, &"clean".into(), "HEAD").unwrap();
     write(&wt.path, "out.txt", "x");
     checkpoint(
         project,
         &wt,
-        &request("clean", &strings(&["out.txt"]), b"{}", "step 0"),
+        &request(&"clean".into(), &strings(&["out.txt"]), b"{}", "step 0"),
     )
     .unwrap();
     assert_eq!(git(project, &["status", "--porcelain"]), "");
@@ -109,7 +109,7 @@ fn ensure_worktree_is_safe_to_call_from_several_threads_at_once() {
             let barrier = barrier.clone();
             std::thread::spawn(move || {
                 barrier.wait();
-                ensure_worktree(&project, "same", "HEAD").unwrap()
+                ensure_worktree(&project, &"same".into(), "HEAD").unwrap()
             })
         })
         .collect();
@@ -125,7 +125,7 @@ fn ensure_worktree_refuses_a_symlinked_orchestrator_directory() {
     let (dir, _) = repo();
     let outside = tempfile::tempdir().unwrap();
     symlink(outside.path(), dir.path().join(".orchestrator")).unwrap();
-    let err = ensure_worktree(dir.path(), "r", "HEAD")
+    let err = ensure_worktree(dir.path(), &"r".into(), "HEAD")
         .unwrap_err()
         .to_string();
     assert!(err.contains("is a symlink"), "{err}");
@@ -136,18 +136,18 @@ fn ensure_worktree_refuses_a_symlinked_orchestrator_directory() {
 fn a_resumed_run_gets_its_worktree_back_at_the_last_checkpoint() {
     let (dir, _) = repo();
     let project = dir.path();
-    let wt = ensure_worktree(project, "resume", "HEAD").unwrap();
+    let wt = ensure_worktree(project, &"resume".into(), "HEAD").unwrap();
     write(&wt.path, "out/result.txt", "result\n");
     let made = checkpoint(
         project,
         &wt,
-        &request("resume", &strings(&["out"]), b"{}", "step 0"),
+        &request(&"resume".into(), &strings(&["out"]), b"{}", "step 0"),
     )
     .unwrap();
 
     // The worktree directory is gone (its registration is not).
     fs::remove_dir_all(&wt.path).unwrap();
-    let back = ensure_worktree(project, "resume", "HEAD").unwrap();
+    let back = ensure_worktree(project, &"resume".into(), "HEAD").unwrap();
     assert_eq!(back, wt);
     assert_eq!(git(&back.path, &["rev-parse", "HEAD"]), made.commit);
     assert_eq!(
@@ -166,7 +166,7 @@ fn a_resumed_run_gets_its_worktree_back_at_the_last_checkpoint() {
         &clone,
         &["branch", "orch/run/resume", "origin/orch/run/resume"],
     );
-    let there = ensure_worktree(&clone, "resume", "HEAD").unwrap();
+    let there = ensure_worktree(&clone, &"resume".into(), "HEAD").unwrap();
     assert_eq!(git(&there.path, &["rev-parse", "HEAD"]), made.commit);
     assert_eq!(
         fs::read_to_string(there.path.join("out/result.txt")).unwrap(),
@@ -207,7 +207,7 @@ fn resolve_commit_names_what_is_wrong() {
         assert!(matches!(err, GitError::EmptyRepository { .. }), "{err:?}");
         assert!(err.to_string().contains("has no commits yet"), "{err}");
     }
-    let err = ensure_worktree(empty.path(), "r", "HEAD").unwrap_err();
+    let err = ensure_worktree(empty.path(), &"r".into(), "HEAD").unwrap_err();
     assert!(err.to_string().contains("has no commits yet"), "{err}");
 }
 

@@ -42,7 +42,7 @@ fn take(project: &Path, wt: &RunWorktree, run: &str, sg: &StepGit) -> Result<Str
         project,
         wt,
         &CheckpointRequest {
-            run_id: run,
+            run_id: &run.into(),
             artifacts: &[],
             record: br#"{"step":0}"#,
             step_git: Some(sg),
@@ -55,14 +55,14 @@ fn take(project: &Path, wt: &RunWorktree, run: &str, sg: &StepGit) -> Result<Str
 fn setup(run: &str) -> (tempfile::TempDir, PathBuf, RunWorktree, String) {
     let (dir, base) = repo();
     let project = dir.path().canonicalize().unwrap();
-    let wt = ensure_worktree(&project, run, "HEAD").unwrap();
+    let wt = ensure_worktree(&project, &run.into(), "HEAD").unwrap();
     (dir, project, wt, base)
 }
 
 #[test]
 fn a_steps_commits_come_before_its_checkpoint_on_the_run_branch() {
     let (_dir, project, wt, base) = setup("r1");
-    let sg = prepare_step_git(&project, &wt, "r1", "build", true).unwrap();
+    let sg = prepare_step_git(&project, &wt, &"r1".into(), "build", true).unwrap();
     assert_eq!(sg.started_at.to_string(), base);
     // The step sees the run's branch at its last checkpoint, clean.
     assert_eq!(step_git(&sg, &wt.path, &["status", "--porcelain"]), "");
@@ -99,7 +99,7 @@ fn a_steps_commits_come_before_its_checkpoint_on_the_run_branch() {
     assert_eq!(git(&project, &["fsck", "--strict", "--no-dangling"]), "");
 
     // The next step starts from the checkpoint, with a fresh directory.
-    let next = prepare_step_git(&project, &wt, "r1", "build", true).unwrap();
+    let next = prepare_step_git(&project, &wt, &"r1".into(), "build", true).unwrap();
     assert_eq!(next.started_at.to_string(), made);
     assert_eq!(step_git(&next, &wt.path, &["status", "--porcelain"]), "");
     assert_eq!(
@@ -111,7 +111,7 @@ fn a_steps_commits_come_before_its_checkpoint_on_the_run_branch() {
 #[test]
 fn a_step_that_commits_nothing_checkpoints_on_the_tip() {
     let (_dir, project, wt, base) = setup("r2");
-    let sg = prepare_step_git(&project, &wt, "r2", "build", true).unwrap();
+    let sg = prepare_step_git(&project, &wt, &"r2".into(), "build", true).unwrap();
     let made = take(&project, &wt, "r2", &sg).unwrap();
     assert_eq!(git(&project, &["rev-parse", &format!("{made}^")]), base);
 }
@@ -119,8 +119,8 @@ fn a_step_that_commits_nothing_checkpoints_on_the_tip() {
 #[test]
 fn commits_of_parallel_stages_are_replayed_onto_each_other() {
     let (_dir, project, wt, base) = setup("r3");
-    let a = prepare_step_git(&project, &wt, "r3", "a", true).unwrap();
-    let b = prepare_step_git(&project, &wt, "r3", "b", true).unwrap();
+    let a = prepare_step_git(&project, &wt, &"r3".into(), "a", true).unwrap();
+    let b = prepare_step_git(&project, &wt, &"r3".into(), "b", true).unwrap();
     fs::write(wt.path.join("a.txt"), "a\n").unwrap();
     step_git(&a, &wt.path, &["add", "a.txt"]);
     step_git(&a, &wt.path, &["commit", "-qm", "a"]);
@@ -147,8 +147,8 @@ fn commits_of_parallel_stages_are_replayed_onto_each_other() {
 #[test]
 fn a_commit_that_conflicts_with_a_parallel_stage_fails_the_step_naming_the_file() {
     let (_dir, project, wt, _) = setup("r4");
-    let a = prepare_step_git(&project, &wt, "r4", "a", true).unwrap();
-    let b = prepare_step_git(&project, &wt, "r4", "b", true).unwrap();
+    let a = prepare_step_git(&project, &wt, &"r4".into(), "a", true).unwrap();
+    let b = prepare_step_git(&project, &wt, &"r4".into(), "b", true).unwrap();
     fs::write(wt.path.join("README.md"), "a's\n").unwrap();
     step_git(&a, &wt.path, &["commit", "-qam", "a"]);
     fs::write(wt.path.join("README.md"), "b's\n").unwrap();
@@ -163,7 +163,7 @@ fn a_commit_that_conflicts_with_a_parallel_stage_fails_the_step_naming_the_file(
 #[test]
 fn rewriting_the_runs_history_is_refused() {
     let (_dir, project, wt, base) = setup("r5");
-    let sg = prepare_step_git(&project, &wt, "r5", "build", true).unwrap();
+    let sg = prepare_step_git(&project, &wt, &"r5".into(), "build", true).unwrap();
     step_git(
         &sg,
         &wt.path,
@@ -177,7 +177,7 @@ fn rewriting_the_runs_history_is_refused() {
 #[test]
 fn a_link_in_the_steps_objects_is_refused_before_anything_is_read() {
     let (_dir, project, wt, base) = setup("r6");
-    let sg = prepare_step_git(&project, &wt, "r6", "build", true).unwrap();
+    let sg = prepare_step_git(&project, &wt, &"r6".into(), "build", true).unwrap();
     fs::write(wt.path.join("x.txt"), "x\n").unwrap();
     step_git(&sg, &wt.path, &["add", "x.txt"]);
     step_git(&sg, &wt.path, &["commit", "-qm", "x"]);
@@ -194,7 +194,7 @@ fn a_tree_holding_a_dot_git_or_a_submodule_is_refused() {
         ("100644 blob {blob}\t.GIT", ".GIT"),
         ("160000 commit {commit}\tvendor", "submodules"),
     ] {
-        let sg = prepare_step_git(&project, &wt, "r7", "build", true).unwrap();
+        let sg = prepare_step_git(&project, &wt, &"r7".into(), "build", true).unwrap();
         let blob = step_git(&sg, &wt.path, &["hash-object", "-w", "--stdin"]);
         let entry = entry
             .replace("{blob}", &blob)
@@ -227,7 +227,7 @@ fn a_tree_holding_a_dot_git_or_a_submodule_is_refused() {
 #[test]
 fn without_a_sandbox_git_uses_the_worktrees_own_entry() {
     let (_dir, project, wt, base) = setup("r8");
-    let sg = prepare_step_git(&project, &wt, "r8", "build", false).unwrap();
+    let sg = prepare_step_git(&project, &wt, &"r8".into(), "build", false).unwrap();
     assert!(sg.gitfile.is_none());
     fs::write(wt.path.join("p.txt"), "p\n").unwrap();
     let run = |args: &[&str]| {
@@ -271,7 +271,7 @@ fn bench_step_git() {
     let (mut prep, mut plain, mut taking) = (Vec::new(), Vec::new(), Vec::new());
     for i in 0..n {
         let t = Instant::now();
-        let sg = prepare_step_git(&project, &wt, "bench", "build", true).unwrap();
+        let sg = prepare_step_git(&project, &wt, &"bench".into(), "build", true).unwrap();
         prep.push(t.elapsed());
         if i % 2 == 0 {
             let t = Instant::now();
@@ -313,10 +313,10 @@ fn parallel_process_stages_share_the_worktree_entry_without_taking_each_others_c
     };
     // a and b start; b checkpoints; c starts (HEAD now b's checkpoint);
     // a, which committed nothing, checkpoints.
-    let a = prepare_step_git(&project, &wt, "r9", "a", false).unwrap();
-    let b = prepare_step_git(&project, &wt, "r9", "b", false).unwrap();
+    let a = prepare_step_git(&project, &wt, &"r9".into(), "a", false).unwrap();
+    let b = prepare_step_git(&project, &wt, &"r9".into(), "b", false).unwrap();
     let after_b = take(&project, &wt, "r9", &b).unwrap();
-    let c = prepare_step_git(&project, &wt, "r9", "c", false).unwrap();
+    let c = prepare_step_git(&project, &wt, &"r9".into(), "c", false).unwrap();
     let after_a = take(&project, &wt, "r9", &a).unwrap();
     assert_eq!(
         git(&project, &["rev-parse", &format!("{after_a}^")]),

@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use orchestrator_core::SpecErrors;
+use orchestrator_core::{JobId, SpecErrors};
 
 use crate::db::{self, Fault};
 use crate::Refused;
@@ -25,7 +25,7 @@ pub enum StoreError {
     #[error("invalid workflow:\n{0}")]
     InvalidWorkflow(SpecErrors),
     #[error("lease of job {job_id} refused: {reason}")]
-    StaleLease { job_id: i64, reason: String },
+    StaleLease { job_id: JobId, reason: String },
     #[error("refused: {0}")]
     Conflict(String),
     /// The request itself is wrong (an answer that is not an offered choice).

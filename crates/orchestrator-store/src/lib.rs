@@ -37,7 +37,7 @@ mod db;
 mod error;
 mod sql;
 
-use orchestrator_core::Actor;
+use orchestrator_core::{Actor, AgentId, JobId, LeaseId, RunId};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -192,7 +192,7 @@ pub struct Revocations {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobHolder {
     pub state: orchestrator_core::JobState,
-    pub run_id: String,
+    pub run_id: RunId,
     pub priority: i32,
 }
 
@@ -226,7 +226,7 @@ pub trait Store: Send + Sync + 'static {
     /// Leases the best queued job this agent can run, if any.
     fn claim(
         &self,
-        agent_id: &str,
+        agent_id: &AgentId,
         lease_ttl_ms: u64,
     ) -> impl Future<Output = Result<Option<ClaimedJob>>> + Send {
         self.claim_keyed(agent_id, lease_ttl_ms, None)
@@ -236,14 +236,14 @@ pub trait Store: Send + Sync + 'static {
     /// handed out again instead of another.
     fn claim_keyed(
         &self,
-        agent_id: &str,
+        agent_id: &AgentId,
         lease_ttl_ms: u64,
         key: Option<String>,
     ) -> impl Future<Output = Result<Option<ClaimedJob>>> + Send;
     /// Extends the leases the agent proves it holds; lists those it no longer holds.
     fn heartbeat(
         &self,
-        agent_id: &str,
+        agent_id: &AgentId,
         leases: Vec<LeaseRef>,
         lease_ttl_ms: u64,
     ) -> impl Future<Output = Result<HeartbeatResponse>> + Send;
@@ -255,7 +255,7 @@ pub trait Store: Send + Sync + 'static {
     /// that the request's `claim_key` leased.
     fn complete(
         &self,
-        job_id: i64,
+        job_id: JobId,
         req: CompleteRequest,
         lease_ttl_ms: u64,
     ) -> impl Future<Output = Result<Completed>> + Send;
@@ -265,7 +265,7 @@ pub trait Store: Send + Sync + 'static {
     /// checkpoint; resuming queues the held stages again.
     fn command_run(
         &self,
-        run_id: &str,
+        run_id: &RunId,
         event: orchestrator_core::machine::RunEvent,
         actor: &Actor,
     ) -> impl Future<Output = Result<RunSummary>> + Send;
@@ -274,7 +274,7 @@ pub trait Store: Send + Sync + 'static {
     /// question is not waiting for it. `run_id` may be a unique prefix.
     fn human(
         &self,
-        run_id: &str,
+        run_id: &RunId,
         command: HumanCommand,
         actor: &Actor,
     ) -> impl Future<Output = Result<RunSummary>> + Send;
@@ -284,7 +284,7 @@ pub trait Store: Send + Sync + 'static {
     /// link's record as used commit together.
     fn human_by_link(
         &self,
-        run_id: &str,
+        run_id: &RunId,
         command: HumanCommand,
         actor: &Actor,
         link: LinkUse,
@@ -293,7 +293,7 @@ pub trait Store: Send + Sync + 'static {
     /// superseded), without spending it; None when it would act.
     fn link_refusal(
         &self,
-        run_id: &str,
+        run_id: &RunId,
         link: LinkUse,
     ) -> impl Future<Output = Result<Option<Refused>>> + Send;
     /// Records a one-time credential as spent until `expires_at_ms`;
@@ -314,7 +314,7 @@ pub trait Store: Send + Sync + 'static {
     /// leased. Returns the question's id.
     fn ask_waiting(
         &self,
-        job_id: i64,
+        job_id: JobId,
         req: orchestrator_core::api::WaitAsk,
     ) -> impl Future<Output = Result<i64>> + Send;
     /// Where the question `poll.question_id` that job `job_id`'s step waits
@@ -322,14 +322,14 @@ pub trait Store: Send + Sync + 'static {
     /// `poll.agent_id` holds the job's live lease under `poll.lease_token`.
     fn wait_status(
         &self,
-        job_id: i64,
+        job_id: JobId,
         poll: orchestrator_core::api::WaitPoll,
     ) -> impl Future<Output = Result<orchestrator_core::api::WaitStatus>> + Send;
     /// The step stops waiting for `poll.question_id` (checked as
     /// [`Store::wait_status`]): an open question closes and its stage runs on.
     fn withdraw_wait(
         &self,
-        job_id: i64,
+        job_id: JobId,
         poll: orchestrator_core::api::WaitPoll,
     ) -> impl Future<Output = Result<orchestrator_core::api::WaitStatus>> + Send;
     /// Everything waiting for a human, oldest first.
@@ -337,9 +337,9 @@ pub trait Store: Send + Sync + 'static {
     /// The jobs of those of `lease_ids` that `agent_id` held.
     fn lease_jobs(
         &self,
-        agent_id: &str,
-        lease_ids: Vec<i64>,
-    ) -> impl Future<Output = Result<Vec<i64>>> + Send;
+        agent_id: &AgentId,
+        lease_ids: Vec<LeaseId>,
+    ) -> impl Future<Output = Result<Vec<JobId>>> + Send;
     /// Expires every active lease whose time ran out before `now_ms` and
     /// starts the next attempt of every stage whose backoff has passed;
     /// returns how many leases expired.
@@ -362,7 +362,7 @@ pub trait Store: Send + Sync + 'static {
     fn next_lease_expiry(&self) -> impl Future<Output = Result<Option<i64>>> + Send;
 
     fn list_runs(&self, limit: u32) -> impl Future<Output = Result<Vec<RunSummary>>> + Send;
-    fn run_detail(&self, run_id: &str) -> impl Future<Output = Result<RunDetail>> + Send;
+    fn run_detail(&self, run_id: &RunId) -> impl Future<Output = Result<RunDetail>> + Send;
     /// Every agent with its capacity and what it has free now; `online`
     /// when heard from within `online_ms`.
     fn list_agents(&self, online_ms: u64) -> impl Future<Output = Result<Vec<AgentView>>> + Send;
@@ -374,7 +374,7 @@ pub trait Store: Send + Sync + 'static {
     /// `run_id` may be a unique prefix.
     fn explain(
         &self,
-        run_id: &str,
+        run_id: &RunId,
         stage: Option<String>,
         online_ms: u64,
     ) -> impl Future<Output = Result<Explanation>> + Send;
@@ -383,7 +383,7 @@ pub trait Store: Send + Sync + 'static {
     fn transitions_since(
         &self,
         after: i64,
-        run: Option<String>,
+        run: Option<RunId>,
         limit: u32,
     ) -> impl Future<Output = Result<Vec<Transition>>> + Send;
     /// Adds model usage, as (job id, model, totals) rows, to the jobs'
@@ -391,18 +391,18 @@ pub trait Store: Send + Sync + 'static {
     /// no known job and were dropped.
     fn record_usage(
         &self,
-        rows: Vec<(i64, String, orchestrator_core::fabric::Usage)>,
+        rows: Vec<(JobId, String, orchestrator_core::fabric::Usage)>,
     ) -> impl Future<Output = Result<usize>> + Send;
     /// One job's model usage by model name.
     fn job_usage(
         &self,
-        job_id: i64,
+        job_id: JobId,
     ) -> impl Future<
         Output = Result<std::collections::BTreeMap<String, orchestrator_core::fabric::Usage>>,
     > + Send;
     /// A job's state with its run's id and priority; None for an unknown
     /// job. Cheap whatever the run's size: the gateway asks it per request.
-    fn job_holder(&self, job_id: i64) -> impl Future<Output = Result<Option<JobHolder>>> + Send;
+    fn job_holder(&self, job_id: JobId) -> impl Future<Output = Result<Option<JobHolder>>> + Send;
 
     /// Issues agent NAME's token and returns it, the one time it is seen
     /// (only its hash is kept). `replace`: a live token of NAME is replaced
@@ -431,7 +431,7 @@ pub trait Store: Send + Sync + 'static {
     /// has a credential; None for an unknown agent.
     fn agent_name(
         &self,
-        agent_id: &str,
+        agent_id: &AgentId,
     ) -> impl Future<Output = Result<Option<(String, bool)>>> + Send;
     fn counts(&self) -> impl Future<Output = Result<Counts>> + Send;
 

@@ -6,6 +6,8 @@ mod common;
 
 use common::{new_run, outcome};
 use orchestrator_core::api::{CompleteRequest, LeaseRef, RegisterAgent, StepOutcome};
+use orchestrator_core::AgentId;
+use orchestrator_core::RunId;
 use orchestrator_core::{Entity, Transition};
 use orchestrator_host::now_ms;
 use orchestrator_store::{SqlStore, Store, StoreError};
@@ -17,7 +19,7 @@ fn open(dir: &tempfile::TempDir) -> SqlStore {
     SqlStore::open(common::options(dir)).unwrap()
 }
 
-async fn register(s: &SqlStore, name: &str) -> String {
+async fn register(s: &SqlStore, name: &str) -> AgentId {
     s.register_agent(
         RegisterAgent {
             name: name.into(),
@@ -32,7 +34,7 @@ async fn register(s: &SqlStore, name: &str) -> String {
     .agent_id
 }
 
-async fn submit(s: &SqlStore) -> String {
+async fn submit(s: &SqlStore) -> RunId {
     s.submit_run(new_run(WF)).await.unwrap().run_id
 }
 
@@ -41,11 +43,13 @@ async fn log(s: &SqlStore) -> Vec<Transition> {
 }
 
 /// The agent's presence as (from, to, reason), in order, after its registration.
-async fn presence(s: &SqlStore, agent: &str) -> Vec<(Option<String>, String, String)> {
+async fn presence(s: &SqlStore, agent: &AgentId) -> Vec<(Option<String>, String, String)> {
     log(s)
         .await
         .into_iter()
-        .filter(|t| t.entity == Entity::Agent && t.entity_id == agent && t.to != "registered")
+        .filter(|t| {
+            t.entity == Entity::Agent && t.entity_id == agent.as_str() && t.to != "registered"
+        })
         .map(|t| (t.from.map(|f| f.to_string()), t.to.to_string(), t.reason))
         .collect()
 }

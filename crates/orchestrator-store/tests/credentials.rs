@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use orchestrator_core::api::RunDetail;
+use orchestrator_core::RunId;
 use orchestrator_host::now_ms;
 use orchestrator_store::{
     Credential, HumanCommand, LinkTarget, LinkUse, Refused, SqlStore, Store, StoreError,
@@ -15,7 +16,7 @@ use orchestrator_store::{
 const GATED: &str = "name: gated\nstages:\n  - id: review\n    steps:\n      - approve: true\n        commands: [{argv: ['true']}]\n";
 
 /// The `seq` of the stage's latest transition: what a link sent now names.
-async fn round_of(s: &SqlStore, run: &str) -> i64 {
+async fn round_of(s: &SqlStore, run: &RunId) -> i64 {
     s.transitions_since(0, Some(run.to_owned()), 1_000)
         .await
         .unwrap()
@@ -42,7 +43,7 @@ fn link(id: &str, round: i64) -> LinkUse {
     }
 }
 
-async fn awaiting(s: &SqlStore, run: &str) -> bool {
+async fn awaiting(s: &SqlStore, run: &RunId) -> bool {
     let d: RunDetail = s.run_detail(run).await.unwrap();
     d.stages[0].state.as_str() == "awaiting_approval"
 }

@@ -8,14 +8,15 @@ use common::*;
 use orchestrator_core::api::{ClaimedJob, CompleteRequest, InboxKind, StepOutcome};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::spec::OnFailure;
+use orchestrator_core::{AgentId, RunId};
 use orchestrator_core::{JobState, RunState, StageState};
 use orchestrator_store::{HumanCommand, SqlStore, Store, StoreError};
 
-async fn claim(s: &SqlStore, agent: &str) -> ClaimedJob {
+async fn claim(s: &SqlStore, agent: &AgentId) -> ClaimedJob {
     s.claim(agent, TTL).await.unwrap().expect("a queued job")
 }
 
-async fn finish(s: &SqlStore, agent: &str, job: &ClaimedJob, o: StepOutcome) {
+async fn finish(s: &SqlStore, agent: &AgentId, job: &ClaimedJob, o: StepOutcome) {
     s.complete(
         job.job_id,
         CompleteRequest {
@@ -42,11 +43,11 @@ fn timed_out() -> StepOutcome {
     }
 }
 
-async fn state(s: &SqlStore, run: &str, stage: &str) -> StageState {
+async fn state(s: &SqlStore, run: &RunId, stage: &str) -> StageState {
     stage_states(&s.run_detail(run).await.unwrap())[stage]
 }
 
-async fn decide(s: &SqlStore, run: &str, cmd: HumanCommand) -> Result<(), StoreError> {
+async fn decide(s: &SqlStore, run: &RunId, cmd: HumanCommand) -> Result<(), StoreError> {
     s.human(run, cmd, &orchestrator_core::Actor::user("ann"))
         .await
         .map(|_| ())

@@ -13,6 +13,7 @@
 
 mod common;
 
+use orchestrator_core::{AgentId, JobId, RunId};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,7 +43,7 @@ fn new_run(yaml: &str, project: &str) -> NewRun {
 #[derive(Clone)]
 struct Fixture {
     db: PathBuf,
-    agent: String,
+    agent: AgentId,
     /// The leased jobs the batch completes: stage `a` of the diamond, stage `one` of the chain.
     done: [(i64, String); 2],
     /// The queued job the batch's claim takes.
@@ -95,7 +96,7 @@ async fn fixture(dir: &Path) -> Fixture {
     }
     leased.sort_by_key(|j| j.spec.run_id != diamond.run_id);
     s.submit_run(new_run(SINGLE, "/r")).await.unwrap();
-    let done = [0, 1].map(|i| (leased[i].job_id, leased[i].lease_token.clone()));
+    let done = [0, 1].map(|i| (leased[i].job_id.get(), leased[i].lease_token.clone()));
     s.close().await;
     let queued = rusqlite::Connection::open(&db)
         .unwrap()
@@ -130,8 +131,8 @@ async fn wait_queued(s: &SqlStore, n: usize) {
 #[derive(Debug)]
 struct Outcome {
     completed: [bool; 2],
-    submitted: Option<String>,
-    claimed: Option<i64>,
+    submitted: Option<RunId>,
+    claimed: Option<JobId>,
     errors: usize,
     /// What the first failed command said, for the failure report.
     first_error: Option<String>,
@@ -165,7 +166,7 @@ async fn run_batch(s: &Arc<SqlStore>, fx: &Fixture, k: u64, mode: FaultMode) -> 
                 claim_next: false,
                 claim_key: None,
             };
-            store.complete(job, req, TTL).await
+            store.complete(job.into(), req, TTL).await
         }));
         wait_queued(s, completions.len()).await;
     }
@@ -359,7 +360,7 @@ fn assert_effects(c: &rusqlite::Connection, fx: &Fixture, pre: &Dump, o: &Outcom
         expect.push((run_of(fx.done[1].0), "two"));
     }
     if let Some(r) = &o.submitted {
-        expect.push((r.clone(), "only"));
+        expect.push((r.to_string(), "only"));
     }
     let mut faults = 0;
     for (run, stage) in expect {
@@ -530,13 +531,13 @@ async fn a_crash_after_any_statement_of_a_batch_leaves_all_of_it_or_none() {
             // Not the content from before: then all of the batch, to the last command.
             let submitted = c
                 .query_row("SELECT id FROM runs WHERE project_dir = '/s'", [], |r| {
-                    r.get(0)
+                    r.get::<_, String>(0).map(RunId::from)
                 })
                 .ok();
             let o = Outcome {
                 completed: [true, true],
                 submitted,
-                claimed: Some(fx.queued),
+                claimed: Some(fx.queued.into()),
                 errors: 0,
                 first_error: None,
             };

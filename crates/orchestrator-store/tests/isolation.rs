@@ -4,6 +4,7 @@
 
 mod common;
 
+use orchestrator_core::{AgentId, RunId};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,7 +29,7 @@ fn new_run(project: &str, policy: ProjectPolicy) -> NewRun {
     }
 }
 
-async fn agent(s: &SqlStore) -> String {
+async fn agent(s: &SqlStore) -> AgentId {
     let reg = RegisterAgent {
         name: "a".into(),
         slots: 8,
@@ -37,13 +38,13 @@ async fn agent(s: &SqlStore) -> String {
     s.register_agent(reg, TTL, 10_000).await.unwrap().agent_id
 }
 
-async fn claim_of(s: &SqlStore, agent: &str, run: &str) -> ClaimedJob {
+async fn claim_of(s: &SqlStore, agent: &AgentId, run: &RunId) -> ClaimedJob {
     let job = s.claim(agent, TTL).await.unwrap().expect("a queued job");
-    assert_eq!(job.spec.run_id, run, "claimed {:?}", job.spec);
+    assert_eq!(job.spec.run_id, *run, "claimed {:?}", job.spec);
     job
 }
 
-async fn done(s: &SqlStore, agent: &str, job: &ClaimedJob) -> Result<(), StoreError> {
+async fn done(s: &SqlStore, agent: &AgentId, job: &ClaimedJob) -> Result<(), StoreError> {
     let req = CompleteRequest {
         agent_id: agent.into(),
         lease_token: job.lease_token.clone(),
@@ -58,7 +59,7 @@ async fn done(s: &SqlStore, agent: &str, job: &ClaimedJob) -> Result<(), StoreEr
 /// open on it: a store of its own, for this one write).
 async fn set_spec(
     dir: &tempfile::TempDir,
-    run: &str,
+    run: &RunId,
     edit: impl FnOnce(String) -> String + Send + 'static,
 ) {
     let s = open(dir);
@@ -72,7 +73,7 @@ async fn set_spec(
             )?;
             Ok(c.execute(
                 "UPDATE run_specs SET spec = ?2 WHERE run_id = ?1",
-                [run, edit(spec)],
+                [run.into_string(), edit(spec)],
             )?)
         })
         .await
@@ -83,7 +84,7 @@ async fn set_spec(
 
 /// The state of a run and of its stages, read straight from the database:
 /// the store's own run view needs the spec these tests break.
-async fn states(s: &SqlStore, run: &str) -> (String, Vec<(String, String)>) {
+async fn states(s: &SqlStore, run: &RunId) -> (String, Vec<(String, String)>) {
     let run = run.to_owned();
     s.exec_command(move |c| {
         let run_state = c.query_row(
@@ -104,7 +105,7 @@ async fn states(s: &SqlStore, run: &str) -> (String, Vec<(String, String)>) {
 }
 
 /// The reason of the transition that took `stage` of `run` to `to`.
-async fn reason_for(s: &SqlStore, run: &str, stage: &str, to: &str) -> String {
+async fn reason_for(s: &SqlStore, run: &RunId, stage: &str, to: &str) -> String {
     let key = format!("{run}/{stage}");
     s.transitions_since(0, Some(run.to_owned()), 10_000)
         .await

@@ -150,7 +150,7 @@ async fn heartbeats_extend_held_leases_and_revoke_the_rest() {
                     lease_token: j.lease_token.clone(),
                 },
                 LeaseRef {
-                    job_id: 4242,
+                    job_id: 4242.into(),
                     lease_token: "x".into(),
                 },
             ],

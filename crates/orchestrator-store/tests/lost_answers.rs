@@ -9,6 +9,7 @@ mod common;
 
 use common::{agent, assert_log_replays_to_state, new_run, outcome, TTL};
 use orchestrator_core::api::CompleteRequest;
+use orchestrator_core::JobId;
 use orchestrator_core::{Entity, JobState, RunState};
 use orchestrator_store::{SqlStore, Store, StoreError};
 
@@ -24,7 +25,7 @@ fn key(k: &str) -> Option<String> {
 }
 
 /// How often the log says job `job_id` went to `to`.
-async fn times(s: &SqlStore, job_id: i64, to: &str) -> usize {
+async fn times(s: &SqlStore, job_id: JobId, to: &str) -> usize {
     s.transitions_since(0, None, 1_000_000)
         .await
         .unwrap()

@@ -80,7 +80,7 @@ async fn cancelling_a_run_cancels_its_open_stages_revokes_its_leases_and_refuses
     }
     assert!(matches!(
         s.command_run(
-            "rnope",
+            &"rnope".into(),
             RunEvent::Cancel,
             &orchestrator_core::Actor::user("test")
         )

@@ -167,11 +167,11 @@ async fn unknown_agents_and_jobs_are_not_found() {
     let dir = tempfile::tempdir().unwrap();
     let s = open(&dir);
     assert!(matches!(
-        s.claim("nobody", TTL).await,
+        s.claim(&"nobody".into(), TTL).await,
         Err(StoreError::NotFound { what: "agent", .. })
     ));
     assert!(matches!(
-        s.heartbeat("nobody", vec![], TTL).await,
+        s.heartbeat(&"nobody".into(), vec![], TTL).await,
         Err(StoreError::NotFound { .. })
     ));
     let req = CompleteRequest {
@@ -182,7 +182,7 @@ async fn unknown_agents_and_jobs_are_not_found() {
         claim_key: None,
     };
     assert!(matches!(
-        s.complete(999, req, TTL).await,
+        s.complete(999.into(), req, TTL).await,
         Err(StoreError::NotFound { what: "job", .. })
     ));
 }

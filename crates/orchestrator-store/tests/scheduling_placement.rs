@@ -132,8 +132,8 @@ async fn a_started_stage_stays_pinned_to_its_agent() {
     assert_eq!(
         s.run_detail(&r.run_id).await.unwrap().stages[0]
             .agent_id
-            .as_deref(),
-        Some(a.as_str())
+            .as_ref(),
+        Some(&a)
     );
 }
 

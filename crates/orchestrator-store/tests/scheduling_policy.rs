@@ -4,6 +4,7 @@
 //! and the project chooses the default sandbox.
 
 use orchestrator_core::sched::{parse_project_policy, parse_system_rules, SystemRules};
+use orchestrator_core::RunId;
 use orchestrator_core::{RunState, StageState};
 use orchestrator_store::{Store, StoreError};
 
@@ -130,7 +131,7 @@ async fn max_parallel_runs_queues_runs_and_admits_them_in_turn() {
     let j1 = claim(&s, &a).await.unwrap();
     let j2 = claim(&s, &a).await.unwrap();
     assert!(claim(&s, &a).await.is_none(), "the queued run has no jobs");
-    let runs: Vec<String> = vec![j1.spec.run_id.clone(), j2.spec.run_id.clone()];
+    let runs: Vec<RunId> = vec![j1.spec.run_id.clone(), j2.spec.run_id.clone()];
     assert!(!runs.contains(&two.run_id));
     let j_one = if j1.spec.run_id == one.run_id {
         &j1

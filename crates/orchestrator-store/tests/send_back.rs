@@ -10,14 +10,15 @@ use common::*;
 use orchestrator_core::api::{ClaimedJob, CompleteRequest, StepOutcome};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::rounds::RoundReason;
+use orchestrator_core::{AgentId, RunId};
 use orchestrator_core::{Entity, RunState, StageState};
 use orchestrator_store::{HumanCommand, SqlStore, Store, StoreError};
 
-async fn claim(s: &SqlStore, agent: &str) -> ClaimedJob {
+async fn claim(s: &SqlStore, agent: &AgentId) -> ClaimedJob {
     s.claim(agent, TTL).await.unwrap().expect("a queued job")
 }
 
-async fn finish(s: &SqlStore, agent: &str, job: &ClaimedJob, o: StepOutcome) {
+async fn finish(s: &SqlStore, agent: &AgentId, job: &ClaimedJob, o: StepOutcome) {
     s.complete(
         job.job_id,
         CompleteRequest {
@@ -50,7 +51,7 @@ fn send_back(stage: &str, feedback: &str) -> HumanCommand {
     }
 }
 
-async fn states(s: &SqlStore, run: &str) -> std::collections::HashMap<String, StageState> {
+async fn states(s: &SqlStore, run: &RunId) -> std::collections::HashMap<String, StageState> {
     stage_states(&s.run_detail(run).await.unwrap())
 }
 
@@ -72,7 +73,7 @@ stages:
 ";
 
 /// Runs queued jobs, failing `test` with `fail_test`, until nothing is queued.
-async fn drain(s: &SqlStore, a: &str, fail_test: bool) -> Vec<ClaimedJob> {
+async fn drain(s: &SqlStore, a: &AgentId, fail_test: bool) -> Vec<ClaimedJob> {
     let mut ran = Vec::new();
     while let Some(j) = s.claim(a, TTL).await.unwrap() {
         let o = if fail_test && j.spec.stage_id == "test" {

@@ -7,6 +7,7 @@
 
 mod common;
 
+use orchestrator_core::AgentId;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -175,7 +176,7 @@ async fn store(dir: &tempfile::TempDir, clock: &ManualClock) -> SqlStore {
 
 async fn finish(
     s: &SqlStore,
-    agent: &str,
+    agent: &AgentId,
     job: &ClaimedJob,
     success: bool,
     class: Option<ErrorClass>,

@@ -36,7 +36,7 @@ async fn usage_rows_add_up_per_job_and_show_per_stage_in_the_run() {
         .record_usage(vec![
             (a, "m".into(), used(1, 10, 2, 5, 100)),
             (b, "n".into(), used(2, 7, 3, 0, 40)),
-            (i64::MAX, "m".into(), used(1, 1, 1, 1, 1)),
+            (i64::MAX.into(), "m".into(), used(1, 1, 1, 1, 1)),
         ])
         .await
         .unwrap();
@@ -60,7 +60,7 @@ async fn usage_rows_add_up_per_job_and_show_per_stage_in_the_run() {
     assert_eq!(summary.by_stage["b"]["n"].requests, 2);
     assert_eq!(summary.total.requests, 4);
     assert_eq!(summary.total.total_tokens(), 30 + 6 + 7 + 3);
-    assert_eq!(s.job_usage(i64::MAX).await.unwrap().len(), 0);
+    assert_eq!(s.job_usage(i64::MAX.into()).await.unwrap().len(), 0);
     s.close().await;
     drop(s);
 
@@ -85,7 +85,7 @@ async fn a_jobs_holder_is_its_state_run_and_priority() {
         (h.run_id.as_str(), h.priority),
         (run.as_str(), d.run.priority)
     );
-    assert_eq!(s.job_holder(i64::MAX).await.unwrap(), None);
+    assert_eq!(s.job_holder(i64::MAX.into()).await.unwrap(), None);
     s.close().await;
 }
 

@@ -9,12 +9,13 @@ mod common;
 
 use common::{agent, assert_log_replays_to_state, complete_ok, new_run, stage_states, TTL};
 use orchestrator_core::api::{ClaimedJob, QuestionState, WaitAsk, WaitPoll};
+use orchestrator_core::{AgentId, RunId};
 use orchestrator_core::{Entity, JobState, RunState, StageState};
 use orchestrator_store::{HumanCommand, SqlStore, Store, StoreError};
 
 const ONE: &str = "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n";
 
-fn ask(agent: &str, job: &ClaimedJob, key: &str, question: &str) -> WaitAsk {
+fn ask(agent: &AgentId, job: &ClaimedJob, key: &str, question: &str) -> WaitAsk {
     WaitAsk {
         agent_id: agent.into(),
         lease_token: job.lease_token.clone(),
@@ -24,7 +25,7 @@ fn ask(agent: &str, job: &ClaimedJob, key: &str, question: &str) -> WaitAsk {
     }
 }
 
-fn poll(agent: &str, job: &ClaimedJob, question_id: i64) -> WaitPoll {
+fn poll(agent: &AgentId, job: &ClaimedJob, question_id: i64) -> WaitPoll {
     WaitPoll {
         agent_id: agent.into(),
         lease_token: job.lease_token.clone(),
@@ -33,19 +34,19 @@ fn poll(agent: &str, job: &ClaimedJob, question_id: i64) -> WaitPoll {
     }
 }
 
-async fn stage(s: &SqlStore, run: &str) -> StageState {
+async fn stage(s: &SqlStore, run: &RunId) -> StageState {
     stage_states(&s.run_detail(run).await.unwrap())["a"]
 }
 
 /// A run of one stage, its job claimed by a fresh agent.
-async fn running(s: &SqlStore) -> (String, String, ClaimedJob) {
+async fn running(s: &SqlStore) -> (AgentId, RunId, ClaimedJob) {
     let a = agent(s, "a1", 1, &[]).await;
     let run = s.submit_run(new_run(ONE)).await.unwrap().run_id;
     let job = s.claim(&a, TTL).await.unwrap().unwrap();
     (a, run, job)
 }
 
-async fn answer(s: &SqlStore, run: &str, question_id: i64, text: &str) {
+async fn answer(s: &SqlStore, run: &RunId, question_id: i64, text: &str) {
     s.human(
         run,
         HumanCommand::Answer {
@@ -117,7 +118,7 @@ async fn only_the_live_lease_of_the_job_that_asked_may_ask_or_read() {
         "{refused:?}"
     );
     let refused = s
-        .ask_waiting(j1.job_id, ask("someone-else", &j1, "k", "Q?"))
+        .ask_waiting(j1.job_id, ask(&"someone-else".into(), &j1, "k", "Q?"))
         .await;
     assert!(matches!(refused, Err(StoreError::StaleLease { .. })));
     let q = s

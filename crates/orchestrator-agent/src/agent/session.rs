@@ -2,6 +2,7 @@
 //! session (registered again when a restarted daemon forgets the agent), the
 //! leases held now, and the first fatal error.
 
+use orchestrator_core::{AgentId, JobId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -33,7 +34,7 @@ pub(super) struct Shared {
     /// Held while re-registering, so that loops noticing together register once.
     pub(super) reregistering: tokio::sync::Mutex<()>,
     /// Leases held now, by job id.
-    pub(super) leases: Mutex<HashMap<i64, Held>>,
+    pub(super) leases: Mutex<HashMap<JobId, Held>>,
     pub(super) stop: CancellationToken,
     /// The first fatal error, returned by `run_agent`.
     pub(super) fatal: Mutex<Option<ClientError>>,
@@ -42,7 +43,7 @@ pub(super) struct Shared {
 /// One registration with the daemon.
 #[derive(Debug)]
 pub(super) struct Session {
-    pub(super) agent_id: String,
+    pub(super) agent_id: AgentId,
     pub(super) heartbeat: Duration,
     /// Counts registrations, to tell a stale view of the session from the current one.
     pub(super) generation: u64,
@@ -73,9 +74,9 @@ impl Shared {
     }
 
     /// Kills a job whose lease the daemon no longer honours; it is not completed.
-    pub(super) fn revoke(&self, job_id: i64, why: &str) {
+    pub(super) fn revoke(&self, job_id: JobId, why: &str) {
         if let Some(held) = lock(&self.leases).get(&job_id) {
-            tracing::warn!(job_id, why, "lease revoked; killing the job");
+            tracing::warn!(%job_id, why, "lease revoked; killing the job");
             held.reason.set(LEASE_REVOKED);
             held.revoked.store(true, Ordering::SeqCst);
             held.kill.cancel();

@@ -2,6 +2,7 @@
 //! completion), run the step, complete it, again; and what a completion does
 //! when the daemon cannot be reached, or the agent is stopping.
 
+use orchestrator_core::AgentId;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -50,7 +51,7 @@ pub(super) async fn slot_loop(shared: &Shared, slot: u32) -> Result<(), ClientEr
                     "job",
                     run_id = %job.spec.run_id,
                     stage_id = %job.spec.stage_id,
-                    job_id = job.job_id,
+                    job_id = %job.job_id,
                     slot
                 );
                 handed = run_job(shared, &session, job).instrument(span).await?;
@@ -161,7 +162,7 @@ pub(super) fn log_outcome(outcome: &StepOutcome) {
 pub(super) async fn complete(
     shared: &Shared,
     job: &ClaimedJob,
-    agent_id: &str,
+    agent_id: &AgentId,
     outcome: StepOutcome,
     revoked: &AtomicBool,
 ) -> Result<Option<ClaimedJob>, ClientError> {

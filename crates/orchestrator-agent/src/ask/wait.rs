@@ -9,6 +9,7 @@
 //! own questions only: it cannot read or withdraw another step's, and it
 //! is void once the step ends.
 
+use orchestrator_core::{AgentId, JobId};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,8 +38,8 @@ const WITHDRAW_TRIES: u32 = 8;
 #[derive(Clone)]
 pub struct WaitVia {
     pub client: Client,
-    pub agent_id: String,
-    pub job_id: i64,
+    pub agent_id: AgentId,
+    pub job_id: JobId,
     pub lease_token: String,
 }
 
@@ -165,7 +166,7 @@ pub(super) async fn ask(
         match via.client.ask_waiting(via.job_id, &wait_ask).await {
             Ok(s) => break s,
             Err(e) if e.is_retryable() && running(&asked, &token) => {
-                tracing::warn!(job_id = via.job_id, error = %e, "the daemon did not take a step's question yet; asking again");
+                tracing::warn!(job_id = %via.job_id, error = %e, "the daemon did not take a step's question yet; asking again");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(RETRY_MAX);
             }
@@ -284,7 +285,7 @@ pub(super) async fn wait(
             reply(&status)
         }
         Err(e) if e.is_retryable() => {
-            tracing::warn!(job_id = via.job_id, error = %e, "cannot reach the daemon for a step's answer; the step polls again");
+            tracing::warn!(job_id = %via.job_id, error = %e, "cannot reach the daemon for a step's answer; the step polls again");
             tokio::time::sleep(Duration::from_millis(wait_ms).min(RETRY_MAX)).await;
             reply(&known)
         }

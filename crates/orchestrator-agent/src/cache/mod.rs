@@ -14,6 +14,7 @@
 //! then writes there never reaches the entry. Every copy walks descriptors
 //! without following links ([`copy`]).
 
+use orchestrator_core::RunId;
 use std::ffi::CString;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
@@ -51,7 +52,7 @@ pub struct EntryMeta {
     pub bytes: u64,
     pub files: u64,
     /// The run and stage that saved it.
-    pub run_id: String,
+    pub run_id: RunId,
     pub stage_id: String,
 }
 

@@ -6,6 +6,7 @@
 //! the step is a path the agent will not write through: a link on the way
 //! to the cache path, or a `~/` cache in a step that has no home of its own.
 
+use orchestrator_core::RunId;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -243,7 +244,7 @@ impl Caches {
         Ok(())
     }
 
-    fn save_all(&mut self, run_id: &str, stage_id: &str) {
+    fn save_all(&mut self, run_id: &RunId, stage_id: &str) {
         let entries = self
             .plan
             .as_ref()
@@ -274,7 +275,7 @@ impl Caches {
         &self,
         j: usize,
         c: &orchestrator_core::spec::Cache,
-        run_id: &str,
+        run_id: &RunId,
         stage_id: &str,
     ) -> Result<(&'static str, u64), CacheStepError> {
         if self.exact[j] {

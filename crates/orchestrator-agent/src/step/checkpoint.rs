@@ -2,6 +2,7 @@
 //! that it must see (files in the worktree and variables), the loop's
 //! `until` check, and the checkpoint commit after it succeeds.
 
+use orchestrator_core::JobId;
 use std::path::{Path, PathBuf};
 
 use orchestrator_core::api::{ArtifactRecord, CheckpointMade, Handoff, JobSpec};
@@ -164,7 +165,7 @@ pub(super) async fn commit(
     worktree: RunWorktree,
     step_git: StepGit,
     spec: &JobSpec,
-    job_id: i64,
+    job_id: JobId,
     manifest: Vec<u8>,
 ) -> Result<CheckpointMade, Failure> {
     let name = spec

@@ -11,6 +11,7 @@
 //! a git identity, and a link in it for each `~/...` mount, so that tools
 //! that look in `$HOME` find what was mounted.
 
+use orchestrator_core::RunId;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -185,11 +186,13 @@ pub(super) fn resolve(
 /// identity when missing, and links each `~/...` mount into it.
 pub(super) fn prepare(
     project: &Path,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     mounts: &Mounts,
 ) -> Result<PathBuf, HomeError> {
-    let rel = Path::new(".orchestrator/homes").join(run_id).join(stage_id);
+    let rel = Path::new(".orchestrator/homes")
+        .join(run_id.as_str())
+        .join(stage_id);
     let home = ConfinedDir::open(project, &rel, true).map_err(HomeError::Make)?;
     // The step writes its home: the agent makes its files afresh, through
     // the directory, never following what the step left.

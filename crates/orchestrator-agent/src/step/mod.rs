@@ -12,6 +12,7 @@
 //! Commands are numbered from 0 in messages, as in their log file names
 //! (`cmd-000.stdout.log`) and in the workflow's field paths (`commands[0]`).
 
+use orchestrator_core::AgentId;
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
@@ -69,7 +70,7 @@ impl CancelReason {
 /// Who runs the step, for the manifest, and why it would be cancelled.
 #[derive(Debug, Clone, Default)]
 pub struct StepContext {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub hostname: Option<String>,
     pub cancel_reason: CancelReason,
     /// The agent's local endpoint for `orch ask`; without it a step cannot ask.
@@ -98,7 +99,11 @@ fn orch_dir() -> Option<std::path::PathBuf> {
 /// Runs one claimed step on this machine and returns how it ended; see the
 /// module documentation. `cancel` kills the running command's process group
 /// (the outcome is then an infrastructure failure, "step cancelled").
-pub async fn run_step(job: &ClaimedJob, agent_id: &str, cancel: CancellationToken) -> StepOutcome {
+pub async fn run_step(
+    job: &ClaimedJob,
+    agent_id: &AgentId,
+    cancel: CancellationToken,
+) -> StepOutcome {
     let ctx = StepContext {
         agent_id: agent_id.to_owned(),
         hostname: orchestrator_host::local_hostname(),
@@ -155,7 +160,7 @@ pub async fn run_step_with(
         }))
     });
     let mut orch_env: Vec<(String, String)> = vec![
-        ("ORCH_RUN_ID".into(), spec.run_id.clone()),
+        ("ORCH_RUN_ID".into(), spec.run_id.to_string()),
         ("ORCH_STAGE_ID".into(), spec.stage_id.clone()),
         ("ORCH_STEP".into(), spec.shown_step().to_string()),
         ("ORCH_ITERATION".into(), spec.iteration.to_string()),
@@ -318,7 +323,7 @@ pub async fn run_step_with(
     let state = project
         .join(".orchestrator")
         .join("vm")
-        .join(&spec.run_id)
+        .join(spec.run_id.as_str())
         .join(&spec.stage_id);
     if let Err(e) = sandbox.begin_step(&state).await {
         return rec

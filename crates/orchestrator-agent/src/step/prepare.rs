@@ -146,7 +146,10 @@ pub(super) fn check_project_dir(dir: &str) -> Result<PathBuf, ProjectError> {
 
 /// Run and stage ids become path components of the bundle directory.
 pub(super) fn check_ids(spec: &JobSpec) -> Result<(), ProjectError> {
-    for (what, id) in [("run id", &spec.run_id), ("stage id", &spec.stage_id)] {
+    for (what, id) in [
+        ("run id", spec.run_id.as_str()),
+        ("stage id", spec.stage_id.as_str()),
+    ] {
         let ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
             && id
                 .chars()
@@ -154,7 +157,7 @@ pub(super) fn check_ids(spec: &JobSpec) -> Result<(), ProjectError> {
         if !ok {
             return Err(ProjectError::BadId {
                 what,
-                id: id.to_string(),
+                id: id.to_owned(),
             });
         }
     }

@@ -32,5 +32,5 @@ pub fn argv(args: &[&str]) -> CommandSpec {
 
 /// Runs `job` as agent `agent-1` would, with nothing cancelling it.
 pub async fn step(job: &ClaimedJob) -> StepOutcome {
-    run_step(job, "agent-1", CancellationToken::new()).await
+    run_step(job, &"agent-1".into(), CancellationToken::new()).await
 }

@@ -129,7 +129,7 @@ impl Project {
         let (dir, head) = super::repo();
         orchestrator_host::git::ensure_worktree(
             &dir.path().canonicalize().unwrap(),
-            "run-1",
+            &"run-1".into(),
             &head,
         )
         .unwrap();
@@ -166,8 +166,8 @@ impl Project {
 
     pub fn job(&self, sandbox: SandboxSpec, commands: Vec<CommandSpec>) -> ClaimedJob {
         ClaimedJob {
-            job_id: 42,
-            lease_id: 7,
+            job_id: 42.into(),
+            lease_id: 7.into(),
             lease_token: "secret".into(),
             queued_at_ms: 0,
             lease_expires_at_ms: 0,

@@ -3,6 +3,7 @@
 //! audit checks `list_agents` snapshots, and a watchdog fails a stalled run.
 //! What each agent holds is tracked here, so an over-committed agent shows.
 
+use orchestrator_core::{AgentId, JobId};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +29,7 @@ pub(super) struct Held {
 }
 
 pub(super) struct Agent {
-    pub(super) id: String,
+    pub(super) id: AgentId,
     pub(super) spec: AgentSpec,
     pub(super) held: Mutex<Held>,
 }
@@ -117,7 +118,7 @@ impl Shared {
     }
 }
 
-pub(super) fn success(agent_id: &str, job: &ClaimedJob) -> CompleteRequest {
+pub(super) fn success(agent_id: &AgentId, job: &ClaimedJob) -> CompleteRequest {
     CompleteRequest {
         agent_id: agent_id.to_owned(),
         lease_token: job.lease_token.clone(),
@@ -143,7 +144,7 @@ pub(super) fn success(agent_id: &str, job: &ClaimedJob) -> CompleteRequest {
 /// One agent slot: claim, then complete each job at once with
 /// `claim_next`, until every job is done. Returns (job id, microseconds
 /// from the request to the answer that handed it out) per dispatch.
-pub(super) async fn slot(sh: Arc<Shared>, a: usize) -> Result<Vec<(i64, u32)>> {
+pub(super) async fn slot(sh: Arc<Shared>, a: usize) -> Result<Vec<(JobId, u32)>> {
     let agent_id = sh.agents[a].id.clone();
     let queued = sh.store.jobs_queued();
     let mut out = Vec::new();

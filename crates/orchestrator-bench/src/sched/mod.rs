@@ -11,6 +11,7 @@
 //! agent was ever given more than it has, and every job went to an agent
 //! of the kind it needs.
 
+use orchestrator_core::JobId;
 use std::collections::HashSet;
 use std::fmt::Write as _;
 use std::path::Path;
@@ -269,7 +270,7 @@ async fn once(o: &SchedOpts, dir: &Path) -> Result<SchedSample> {
             slots.spawn(slot(sh.clone(), a));
         }
     }
-    let mut dispatched: Vec<(i64, u32)> = Vec::with_capacity(o.jobs);
+    let mut dispatched: Vec<(JobId, u32)> = Vec::with_capacity(o.jobs);
     let mut failed = None;
     while let Some(r) = slots.join_next().await {
         match r.context("an agent slot panicked").and_then(|r| r) {
@@ -300,7 +301,7 @@ async fn once(o: &SchedOpts, dir: &Path) -> Result<SchedSample> {
         .lock()
         .map(|v| v.clone())
         .unwrap_or_else(|_| vec!["the violations list was poisoned".into()]);
-    let distinct: HashSet<i64> = dispatched.iter().map(|(j, _)| *j).collect();
+    let distinct: HashSet<JobId> = dispatched.iter().map(|(j, _)| *j).collect();
     if dispatched.len() != o.jobs || distinct.len() != o.jobs {
         problems.push(format!(
             "{} dispatches of {} distinct jobs; expected {} of each",

@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+use orchestrator_core::RunId;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -429,7 +430,7 @@ impl Harness {
     pub fn wait_run_end(&self, d: &Daemon, run: &str) -> Value {
         let client = d.admin();
         wait_for(&format!("run {run} to end"), LONG, || {
-            match block_on(client.run(run)) {
+            match block_on(client.run(&RunId::from(run))) {
                 Ok(detail) => detail.run.state.is_terminal().then_some(()),
                 // An answer that is not the run (yet): ask again.
                 Err(e) if e.status().is_some() => None,

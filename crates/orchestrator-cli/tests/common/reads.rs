@@ -1,13 +1,15 @@
 //! What the tests read from a daemon, as the admin: a run's detail, its
 //! stages, jobs and transitions, and a metric of an exposition.
 
+use orchestrator_core::RunId;
 use serde_json::Value;
 
 use super::{block_on, http, wait_for, Daemon, Harness, LONG};
 
 /// `GET /v1/runs/RUN` of daemon `d`, which must answer it, as JSON.
 pub fn run_detail(d: &Daemon, run: &str) -> Value {
-    let detail = block_on(d.admin().run(run)).unwrap_or_else(|e| panic!("run {run}: {e}"));
+    let detail =
+        block_on(d.admin().run(&RunId::from(run))).unwrap_or_else(|e| panic!("run {run}: {e}"));
     serde_json::to_value(detail).expect("a run detail is JSON")
 }
 
@@ -61,8 +63,8 @@ pub fn jobs_of<'a>(detail: &'a Value, stage_id: &str) -> Vec<&'a Value> {
 
 /// The transitions log of a run.
 pub fn transitions(d: &Daemon, run: &str) -> Vec<Value> {
-    let log =
-        block_on(d.admin().transitions(run)).unwrap_or_else(|e| panic!("run {run}'s log: {e}"));
+    let log = block_on(d.admin().transitions(&RunId::from(run)))
+        .unwrap_or_else(|e| panic!("run {run}'s log: {e}"));
     log.iter()
         .map(|t| serde_json::to_value(t).expect("a transition is JSON"))
         .collect()

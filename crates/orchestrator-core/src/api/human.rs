@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{AgentId, JobId, RunId};
 use crate::machine::StageState;
 
 /// One committed file of a checkpoint.
@@ -26,12 +27,12 @@ pub struct CheckpointMade {
 /// A checkpoint as recorded: the run's N-th (1-based) commit on its branch.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CheckpointView {
-    pub run_id: String,
+    pub run_id: RunId,
     pub seq: u32,
     pub stage_id: String,
     pub step: u32,
     pub step_name: Option<String>,
-    pub job_id: i64,
+    pub job_id: JobId,
     pub commit: String,
     pub artifacts: Vec<ArtifactRecord>,
     pub created_at_ms: i64,
@@ -79,7 +80,7 @@ impl QuestionState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QuestionView {
     pub id: i64,
-    pub run_id: String,
+    pub run_id: RunId,
     pub stage_id: String,
     pub step: u32,
     pub question: String,
@@ -125,7 +126,7 @@ pub struct StepAsked {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct WaitAsk {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub lease_token: String,
     pub key: String,
     pub question: String,
@@ -140,7 +141,7 @@ pub struct WaitAsk {
 #[serde(deny_unknown_fields)]
 pub struct WaitPoll {
     #[serde(default)]
-    pub agent_id: String,
+    pub agent_id: AgentId,
     #[serde(default)]
     pub lease_token: String,
     /// The question (the local endpoint's requests name it here).
@@ -225,7 +226,7 @@ pub enum InboxKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InboxItem {
     pub kind: InboxKind,
-    pub run_id: String,
+    pub run_id: RunId,
     pub workflow: String,
     pub stage_id: String,
     pub stage_state: StageState,
@@ -301,11 +302,11 @@ pub struct AnswerRequest {
 /// choice when it has some). Ready to paste: words are shell-quoted.
 pub fn answer_commands(
     kind: InboxKind,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     question: Option<(i64, &[String])>,
 ) -> Vec<String> {
-    let run = shell_quote(run_id);
+    let run = shell_quote(run_id.as_str());
     match (kind, question) {
         (InboxKind::Question, Some((id, choices))) if !choices.is_empty() => choices
             .iter()

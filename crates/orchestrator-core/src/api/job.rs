@@ -8,14 +8,15 @@ use serde::{Deserialize, Serialize};
 
 use super::{first_round, Ask, CachePlan, CheckpointMade, Handoff};
 use crate::error::ErrorClass;
+use crate::ids::{JobId, LeaseId, RunId};
 use crate::rounds::RoundReason;
 use crate::spec::CommandSpec;
 
 /// A job handed to an agent under a lease, with everything needed to run it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClaimedJob {
-    pub job_id: i64,
-    pub lease_id: i64,
+    pub job_id: JobId,
+    pub lease_id: LeaseId,
     /// Secret proving the holder; needed to heartbeat and complete.
     pub lease_token: String,
     /// When the job was queued (Unix ms): its dispatch latency is the
@@ -33,7 +34,7 @@ pub struct ClaimedJob {
 /// What a job runs: one step of one stage.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobSpec {
-    pub run_id: String,
+    pub run_id: RunId,
     pub stage_id: String,
     pub step: u32,
     pub steps_total: u32,
@@ -199,7 +200,7 @@ impl JobSpec {
     }
 
     /// The bundle directory of this attempt, relative to the project directory.
-    pub fn bundle_dir(&self, job_id: i64) -> String {
+    pub fn bundle_dir(&self, job_id: JobId) -> String {
         format!(
             ".orchestrator/runs/{}/{}/{}",
             self.run_id,
@@ -211,7 +212,7 @@ impl JobSpec {
 
 /// The name of one round's bundle directory: step (its index in the
 /// stage), round and job id.
-pub fn exec_id(step: u32, round: u32, job_id: i64) -> String {
+pub fn exec_id(step: u32, round: u32, job_id: JobId) -> String {
     format!("step-{step:03}-round-{round}-job-{job_id}")
 }
 
@@ -251,7 +252,7 @@ pub struct StepOutcome {
 /// `GET /v1/usage`, asked with a job's key: that job's model calls so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobUsage {
-    pub job_id: i64,
+    pub job_id: JobId,
     /// Model name to the job's totals with it.
     #[serde(default)]
     pub models: BTreeMap<String, crate::fabric::Usage>,

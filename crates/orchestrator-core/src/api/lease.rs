@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::{ClaimedJob, ModelMemory, StepOutcome};
+use crate::ids::{AgentId, JobId};
 use crate::machine::{RunState, StageState};
 
 /// `POST /v1/agents`: an agent introduces itself.
@@ -33,7 +34,7 @@ pub struct RegisterAgent {
 /// The answer to a registration.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentRegistered {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     /// How long a lease lives without a heartbeat.
     pub lease_ttl_ms: u64,
     /// How often the agent should heartbeat.
@@ -41,13 +42,13 @@ pub struct AgentRegistered {
     /// Leases the daemon still thinks this agent holds from before (after a
     /// restart of the agent they are stale: the agent must kill their commands).
     #[serde(default)]
-    pub stale_jobs: Vec<i64>,
+    pub stale_jobs: Vec<JobId>,
 }
 
 /// An agent as shown by the API.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentView {
-    pub id: String,
+    pub id: AgentId,
     pub name: String,
     pub labels: Vec<String>,
     /// The slots it may use (its own, capped by the system rules).
@@ -85,7 +86,7 @@ pub struct ClaimRequest {
 /// One lease an agent says it holds.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LeaseRef {
-    pub job_id: i64,
+    pub job_id: JobId,
     pub lease_token: String,
 }
 
@@ -105,17 +106,17 @@ pub struct HeartbeatRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     /// Leases extended, with their new expiry.
-    pub extended: Vec<i64>,
+    pub extended: Vec<JobId>,
     pub lease_expires_at_ms: i64,
     /// Leases no longer held: the agent must kill these jobs' commands.
-    pub revoked: Vec<i64>,
+    pub revoked: Vec<JobId>,
 }
 
 /// `POST /v1/jobs/{id}/complete`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompleteRequest {
-    pub agent_id: String,
+    pub agent_id: AgentId,
     pub lease_token: String,
     pub outcome: StepOutcome,
     /// Also lease the agent its next job, in the same transaction, and
@@ -132,7 +133,7 @@ pub struct CompleteRequest {
 /// The answer to a completion.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Completed {
-    pub job_id: i64,
+    pub job_id: JobId,
     pub stage_state: StageState,
     pub run_state: RunState,
     /// The agent's next job when it asked for one and one was queued.

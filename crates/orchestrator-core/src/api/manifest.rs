@@ -7,12 +7,13 @@ use serde::{Deserialize, Serialize};
 
 use super::{first_round, human, CacheRecord};
 use crate::error::ErrorClass;
+use crate::ids::{AgentId, JobId, RunId};
 use crate::rounds::RoundReason;
 
 /// The bundle's `manifest.json`: the immutable record of one attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    pub run_id: String,
+    pub run_id: RunId,
     pub stage_id: String,
     pub step: u32,
     pub step_name: Option<String>,
@@ -23,8 +24,8 @@ pub struct Manifest {
     /// Why this round ran.
     #[serde(default)]
     pub round_reason: RoundReason,
-    pub job_id: i64,
-    pub agent_id: String,
+    pub job_id: JobId,
+    pub agent_id: AgentId,
     pub hostname: Option<String>,
     pub started_at_ms: i64,
     pub ended_at_ms: i64,

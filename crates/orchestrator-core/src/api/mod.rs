@@ -8,6 +8,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::ErrorClass;
+use crate::ids::{AgentId, JobId, RunId};
 use crate::machine::{JobState, RunState, StageState};
 use crate::plan::Plan;
 use crate::rounds::RoundReason;
@@ -66,7 +67,7 @@ pub struct SubmitRun {
 /// The answer to a submission.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Submitted {
-    pub run_id: String,
+    pub run_id: RunId,
     pub plan: Plan,
     /// `running`, or `queued` when its project runs its most runs already.
     #[serde(default = "running")]
@@ -87,7 +88,7 @@ fn running() -> RunState {
 /// A run as listed by `orch ps`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RunSummary {
-    pub id: String,
+    pub id: RunId,
     pub workflow: String,
     pub project_dir: String,
     pub state: RunState,
@@ -152,7 +153,7 @@ pub struct StageView {
     pub ended_at_ms: Option<i64>,
     /// The agent the stage is pinned to (its worktree is there).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_id: Option<String>,
+    pub agent_id: Option<AgentId>,
     /// The stage's caches, their keys as computed when the run was submitted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cache: Vec<crate::spec::Cache>,
@@ -161,8 +162,8 @@ pub struct StageView {
 /// One job: an attempt at one step.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobView {
-    pub id: i64,
-    pub run_id: String,
+    pub id: JobId,
+    pub run_id: RunId,
     pub stage_id: String,
     /// The step it runs: its index in the stage's steps, from 0 (a loop's
     /// iterations are rounds of the same steps).
@@ -175,7 +176,7 @@ pub struct JobView {
     #[serde(default)]
     pub round_reason: RoundReason,
     pub state: JobState,
-    pub agent_id: Option<String>,
+    pub agent_id: Option<AgentId>,
     pub exit_codes: Vec<Option<i32>>,
     pub error: Option<String>,
     pub error_class: Option<ErrorClass>,

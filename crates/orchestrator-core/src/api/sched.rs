@@ -3,13 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{AgentId, RunId};
 use crate::machine::{RunState, StageState};
 use crate::sched::{Effective, Limits, Needs};
 
 /// `GET /v1/runs/{id}/explain`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Explanation {
-    pub run_id: String,
+    pub run_id: RunId,
     pub state: RunState,
     /// The effective priority and the rules that made it.
     pub priority: Option<Effective>,
@@ -27,6 +28,6 @@ pub struct StageExplanation {
     pub state: StageState,
     pub needs: Needs,
     /// The agent it is pinned to.
-    pub agent_id: Option<String>,
+    pub agent_id: Option<AgentId>,
     pub lines: Vec<String>,
 }

@@ -3,6 +3,7 @@
 //! add up; a [`UsageSummary`] is what manifests, `orch show` and the
 //! metrics carry, as JSON.
 
+use crate::ids::RunId;
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -77,7 +78,7 @@ impl Usage {
 /// Whose requests a total counts.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct UsageKey {
-    pub run: String,
+    pub run: RunId,
     pub stage: String,
     pub model: String,
 }
@@ -89,9 +90,9 @@ pub struct UsageLedger {
 }
 
 impl UsageLedger {
-    pub fn record(&mut self, run: &str, stage: &str, model: &str, r: RequestUsage) {
+    pub fn record(&mut self, run: &RunId, stage: &str, model: &str, r: RequestUsage) {
         let key = UsageKey {
-            run: run.into(),
+            run: run.clone(),
             stage: stage.into(),
             model: model.into(),
         };
@@ -110,18 +111,18 @@ impl UsageLedger {
         }
     }
 
-    pub fn get(&self, run: &str, stage: &str, model: &str) -> Option<&Usage> {
+    pub fn get(&self, run: &RunId, stage: &str, model: &str) -> Option<&Usage> {
         self.rows.get(&UsageKey {
-            run: run.into(),
+            run: run.clone(),
             stage: stage.into(),
             model: model.into(),
         })
     }
 
     /// The totals of one run, by stage and by model.
-    pub fn summary(&self, run: &str) -> UsageSummary {
+    pub fn summary(&self, run: &RunId) -> UsageSummary {
         let mut s = UsageSummary::default();
-        for (k, u) in self.rows.iter().filter(|(k, _)| k.run == run) {
+        for (k, u) in self.rows.iter().filter(|(k, _)| k.run == *run) {
             s.total.add(u);
             s.by_model.entry(k.model.clone()).or_default().add(u);
             s.by_stage
@@ -186,31 +187,31 @@ mod tests {
     #[test]
     fn records_and_summarises_per_stage_and_model() {
         let mut l = UsageLedger::default();
-        l.record("r1", "build", "qwen", req(100, 20, 5, 300));
-        l.record("r1", "build", "qwen", req(50, 10, 15, 100));
-        l.record("r1", "review", "llama", req(10, 1, 0, 50));
-        l.record("r2", "build", "qwen", req(1, 1, 1, 1));
-        let u = l.get("r1", "build", "qwen").unwrap();
+        l.record(&RunId::from("r1"), "build", "qwen", req(100, 20, 5, 300));
+        l.record(&RunId::from("r1"), "build", "qwen", req(50, 10, 15, 100));
+        l.record(&RunId::from("r1"), "review", "llama", req(10, 1, 0, 50));
+        l.record(&RunId::from("r2"), "build", "qwen", req(1, 1, 1, 1));
+        let u = l.get(&RunId::from("r1"), "build", "qwen").unwrap();
         assert_eq!(
             (u.requests, u.prompt_tokens, u.completion_tokens),
             (2, 150, 30)
         );
         assert_eq!((u.queue_wait_ms, u.max_queue_wait_ms), (20, 15));
         assert_eq!((u.mean_latency_ms(), u.max_latency_ms), (200, 300));
-        let s = l.summary("r1");
+        let s = l.summary(&RunId::from("r1"));
         assert_eq!(s.total.requests, 3);
         assert_eq!(s.total.total_tokens(), 191);
         assert_eq!(s.by_model["qwen"].requests, 2);
         assert_eq!(s.by_stage["review"]["llama"].latency_ms, 50);
-        assert_eq!(l.summary("nope"), UsageSummary::default());
+        assert_eq!(l.summary(&RunId::from("nope")), UsageSummary::default());
         assert_eq!(Usage::default().mean_queue_wait_ms(), 0);
     }
 
     #[test]
     fn summary_json_round_trips() {
         let mut l = UsageLedger::default();
-        l.record("r", "s", "m", req(3, 4, 5, 6));
-        let s = l.summary("r");
+        l.record(&RunId::from("r"), "s", "m", req(3, 4, 5, 6));
+        let s = l.summary(&RunId::from("r"));
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["total"]["prompt_tokens"], 3);
         assert_eq!(json["by_stage"]["s"]["m"]["latency_ms"], 6);
@@ -241,7 +242,7 @@ mod tests {
         fn merge_is_recording_together(a in reqs(), b in reqs()) {
             let put = |l: &mut UsageLedger, rs: &[Req]| {
                 for (s, m, (p, c, w, lat)) in rs {
-                    l.record("r", &format!("s{s}"), &format!("m{m}"), req(*p, *c, *w, *lat));
+                    l.record(&RunId::from("r"), &format!("s{s}"), &format!("m{m}"), req(*p, *c, *w, *lat));
                 }
             };
             let (mut la, mut lb, mut both) = Default::default();
@@ -249,12 +250,12 @@ mod tests {
             put(&mut lb, &b);
             put(&mut both, &a);
             put(&mut both, &b);
-            let (sa, sb) = (la.summary("r"), lb.summary("r"));
+            let (sa, sb) = (la.summary(&RunId::from("r")), lb.summary(&RunId::from("r")));
             la.merge(&lb);
             prop_assert_eq!(&la, &both);
             let mut s = sa;
             s.merge(&sb);
-            prop_assert_eq!(&s, &both.summary("r"));
+            prop_assert_eq!(&s, &both.summary(&RunId::from("r")));
             let mut by_model = Usage::default();
             s.by_model.values().for_each(|u| by_model.add(u));
             prop_assert_eq!(by_model, s.total);

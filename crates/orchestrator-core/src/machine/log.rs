@@ -9,6 +9,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::{JobState, LeaseEnd, RunState, StageState};
 use crate::api::QuestionState;
+use crate::ids::{AgentId, RunId};
 
 /// The kind of entity a transition row is about.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -195,7 +196,7 @@ pub enum Actor {
     /// gave for themselves on a shared credential: recorded, never trusted.
     User { name: String, said: Option<String> },
     /// An agent, by its id.
-    Agent(String),
+    Agent(AgentId),
     /// The daemon's scheduler (queueing, placement, pre-emption, holds).
     Scheduler,
     /// The daemon's reaper (expired leases, lost agents).
@@ -217,7 +218,7 @@ impl Actor {
     }
 
     /// An agent.
-    pub fn agent(id: impl Into<String>) -> Self {
+    pub fn agent(id: impl Into<AgentId>) -> Self {
         Actor::Agent(id.into())
     }
 
@@ -337,7 +338,7 @@ pub struct Transition {
     /// an agent id, a question id or `run_id/stage_id/seq` of a checkpoint.
     pub entity_id: String,
     /// The run it belongs to, when it belongs to one.
-    pub run_id: Option<String>,
+    pub run_id: Option<RunId>,
     /// The state before; None for a creation.
     pub from: Option<State>,
     pub to: State,
@@ -366,7 +367,7 @@ struct RawTransition {
     seq: i64,
     entity: Entity,
     entity_id: String,
-    run_id: Option<String>,
+    run_id: Option<RunId>,
     from: Option<String>,
     to: String,
     reason: String,

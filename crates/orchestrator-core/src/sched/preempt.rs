@@ -11,11 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use super::policy::SystemRules;
 use super::resources::{free, Capacity, Free, Grant, Needs};
+use crate::ids::{AgentId, JobId};
 
 /// A job running on an agent.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunningJob {
-    pub job_id: i64,
+    pub job_id: JobId,
     /// `run/stage`, for the reason.
     pub stage: String,
     pub priority: i32,
@@ -27,7 +28,7 @@ pub struct RunningJob {
 /// An agent with what it runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentState {
-    pub id: String,
+    pub id: AgentId,
     pub cap: Capacity,
     pub running: Vec<RunningJob>,
 }
@@ -35,20 +36,20 @@ pub struct AgentState {
 /// A queued job that may deserve a slot.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Waiting {
-    pub job_id: i64,
+    pub job_id: JobId,
     pub stage: String,
     pub priority: i32,
     pub needs: Needs,
     /// The agent its stage is pinned to, if it started somewhere already.
-    pub pinned: Option<String>,
+    pub pinned: Option<AgentId>,
 }
 
 /// Ask these jobs on `agent` to yield at their next checkpoint, for `for_job`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct YieldOrder {
-    pub agent: String,
-    pub victims: Vec<i64>,
-    pub for_job: i64,
+    pub agent: AgentId,
+    pub victims: Vec<JobId>,
+    pub for_job: JobId,
     /// Why, as a person reads it.
     pub reason: String,
 }

@@ -4,6 +4,7 @@
 //! checkpoint of the run can be named: the endpoint shows the run's work,
 //! not any object of the repository.
 
+use orchestrator_core::RunId;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -31,7 +32,7 @@ impl QueryParams for DiffQuery {
 
 pub async fn read<S: Store>(
     State(app): State<Arc<App<S>>>,
-    Path(run): Path<String>,
+    Path(run): Path<RunId>,
     Query(q): Query<DiffQuery>,
 ) -> Result<Json<RunDiff>, ApiErr> {
     let d = app.store.run_detail(&run).await?;

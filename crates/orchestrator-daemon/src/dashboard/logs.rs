@@ -3,6 +3,7 @@
 //! The dashboard follows a running command by asking again from where the
 //! last piece ended; `orch logs` reads the same files directly.
 
+use orchestrator_core::{JobId, RunId};
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Component, Path as FsPath, PathBuf};
 use std::sync::Arc;
@@ -87,7 +88,7 @@ fn bundle_rel(j: &JobView) -> Result<PathBuf, ApiErr> {
             Ok(rel.to_owned())
         }
         None => Ok(PathBuf::from(".orchestrator/runs")
-            .join(&j.run_id)
+            .join(j.run_id.as_str())
             .join(&j.stage_id)
             .join(exec_id(j.step, j.round, j.id))),
     }
@@ -145,7 +146,7 @@ fn whole_chars(buf: &[u8]) -> usize {
 
 pub async fn read<S: Store>(
     State(app): State<Arc<App<S>>>,
-    Path((run, job)): Path<(String, i64)>,
+    Path((run, job)): Path<(RunId, JobId)>,
     Query(q): Query<LogQuery>,
 ) -> Result<Json<LogPiece>, ApiErr> {
     let detail = app.store.run_detail(&run).await?;
@@ -234,7 +235,7 @@ mod tests {
     #[test]
     fn a_bundle_path_outside_the_project_is_refused() {
         let job = |bundle: Option<&str>| JobView {
-            id: 7,
+            id: 7.into(),
             run_id: "r".into(),
             stage_id: "s".into(),
             step: 0,

@@ -8,6 +8,7 @@
 use axum::http::{header, HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
 use orchestrator_core::JobState;
+use orchestrator_core::{JobId, RunId};
 use orchestrator_store::Store;
 use sha2::Sha256;
 
@@ -37,8 +38,8 @@ impl Default for JobKeys {
 /// A job whose key was accepted.
 #[derive(Debug, Clone)]
 pub struct KeyHolder {
-    pub job_id: i64,
-    pub run_id: String,
+    pub job_id: JobId,
+    pub run_id: RunId,
     /// The run's priority.
     pub priority: i32,
 }
@@ -50,7 +51,7 @@ impl JobKeys {
         JobKeys { secret }
     }
 
-    fn mac(&self, job_id: i64, run_id: &str) -> HmacSha256 {
+    fn mac(&self, job_id: JobId, run_id: &str) -> HmacSha256 {
         // HMAC accepts a key of any length.
         let mut m = HmacSha256::new_from_slice(&self.secret).expect("HMAC takes any key");
         m.update(format!("{job_id}-{run_id}").as_bytes());
@@ -58,9 +59,9 @@ impl JobKeys {
     }
 
     /// The key of `job_id`, a job of `run_id`.
-    pub fn mint(&self, job_id: i64, run_id: &str) -> String {
+    pub fn mint(&self, job_id: JobId, run_id: &RunId) -> String {
         let sig: String = self
-            .mac(job_id, run_id)
+            .mac(job_id, run_id.as_str())
             .finalize()
             .into_bytes()
             .iter()
@@ -71,9 +72,9 @@ impl JobKeys {
 
     /// The job and run of a key this daemon minted, signature checked in
     /// constant time; `None` for any other string.
-    pub fn check(&self, key: &str) -> Option<(i64, String)> {
+    pub fn check(&self, key: &str) -> Option<(JobId, RunId)> {
         let mut parts = key.strip_prefix(PREFIX)?.splitn(3, '-');
-        let job_id: i64 = parts.next()?.parse().ok()?;
+        let job_id: JobId = parts.next()?.parse().ok()?;
         let run_id = parts.next()?;
         let sig = parts.next()?;
         if sig.len() != 64 || run_id.is_empty() {
@@ -83,7 +84,7 @@ impl JobKeys {
             .map(|i| u8::from_str_radix(sig.get(2 * i..2 * i + 2)?, 16).ok())
             .collect::<Option<_>>()?;
         self.mac(job_id, run_id).verify_slice(&bytes).ok()?;
-        Some((job_id, run_id.to_owned()))
+        Some((job_id, RunId::from(run_id)))
     }
 }
 
@@ -132,9 +133,12 @@ mod tests {
     #[test]
     fn a_key_names_its_job_and_run_and_survives_a_restart_with_the_same_secret() {
         let before = JobKeys::with_secret(b"kept in the data dir".to_vec());
-        let key = before.mint(42, "r0abc");
+        let key = before.mint(JobId::new(42), &RunId::from("r0abc"));
         let after = JobKeys::with_secret(b"kept in the data dir".to_vec());
-        assert_eq!(after.check(&key), Some((42, "r0abc".to_owned())));
+        assert_eq!(
+            after.check(&key),
+            Some((JobId::new(42), RunId::from("r0abc")))
+        );
         let other = JobKeys::with_secret(b"another daemon".to_vec());
         assert_eq!(other.check(&key), None);
     }
@@ -142,7 +146,7 @@ mod tests {
     #[test]
     fn a_key_with_any_part_changed_is_refused() {
         let keys = JobKeys::with_secret(b"s".to_vec());
-        let key = keys.mint(7, "r1");
+        let key = keys.mint(JobId::new(7), &RunId::from("r1"));
         assert!(keys.check(&key).is_some());
         for forged in [
             key.replacen("orch-job-7-", "orch-job-8-", 1),

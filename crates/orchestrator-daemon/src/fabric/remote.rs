@@ -12,6 +12,7 @@
 //!
 //! Lock order, as in [`super::control`]: places, then pool, then agents.
 
+use orchestrator_core::AgentId;
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -249,7 +250,7 @@ impl Fabric {
 pub async fn agent_models<S: Store>(
     State(app): State<Arc<App<S>>>,
     axum::Extension(who): axum::Extension<crate::auth::Principal>,
-    Path(agent_id): Path<String>,
+    Path(agent_id): Path<AgentId>,
     JsonBody(req): JsonBody<ModelReport>,
 ) -> Result<Response, ApiErr> {
     // Model orders go by name: another agent's would start its servers here.

@@ -16,6 +16,7 @@
 //! run's usage is read, and at shutdown. Answering a request never waits for
 //! the store.
 
+use orchestrator_core::JobId;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ const MAX_LINE: usize = 1024 * 1024;
 /// Usage gathered since the last flush, and totals per model since start.
 #[derive(Default)]
 pub struct Accounting {
-    pending: Mutex<HashMap<(i64, String), Usage>>,
+    pending: Mutex<HashMap<(JobId, String), Usage>>,
     by_model: Mutex<BTreeMap<String, Usage>>,
     /// One flush at a time: a reader that flushes first then sees every
     /// record made before it asked, even those another flush was writing.
@@ -52,7 +53,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Accounting {
     /// Counts one request of `job_id` to `model`.
-    pub fn record(&self, job_id: i64, model: &str, r: RequestUsage) {
+    pub fn record(&self, job_id: JobId, model: &str, r: RequestUsage) {
         lock(&self.pending)
             .entry((job_id, model.to_owned()))
             .or_default()
@@ -65,7 +66,7 @@ impl Accounting {
 
     /// Counts a request that never got a slot because its model could not
     /// serve (its server would not start): all its time was waiting.
-    pub fn failed(&self, job_id: i64, model: &str, arrived: Instant) {
+    pub fn failed(&self, job_id: JobId, model: &str, arrived: Instant) {
         let waited = u64::try_from(arrived.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.record(
             job_id,
@@ -84,7 +85,7 @@ impl Accounting {
 
     /// A meter for a request of `job_id` to `model` that arrived at
     /// `arrived` and got its slot now.
-    pub fn meter(self: &Arc<Self>, job_id: i64, model: &str, arrived: Instant) -> Meter {
+    pub fn meter(self: &Arc<Self>, job_id: JobId, model: &str, arrived: Instant) -> Meter {
         let granted = Instant::now();
         Meter {
             accounting: self.clone(),
@@ -100,7 +101,7 @@ impl Accounting {
     /// store refuses is kept for the next flush.
     pub async fn flush<S: Store>(&self, store: &S) -> Result<(), StoreError> {
         let _one = self.flushing.lock().await;
-        let rows: Vec<(i64, String, Usage)> = std::mem::take(&mut *lock(&self.pending))
+        let rows: Vec<(JobId, String, Usage)> = std::mem::take(&mut *lock(&self.pending))
             .into_iter()
             .map(|((job, model), u)| (job, model, u))
             .collect();
@@ -155,7 +156,7 @@ enum Watch {
 /// Follows one request; records it when dropped.
 pub struct Meter {
     accounting: Arc<Accounting>,
-    job_id: i64,
+    job_id: JobId,
     model: String,
     queue_wait: Duration,
     granted: Instant,
@@ -209,7 +210,7 @@ impl Drop for Meter {
             queue_wait_ms: ms(self.queue_wait),
             latency_ms: ms(self.granted.elapsed()),
         };
-        tracing::debug!(job_id = self.job_id, model = %self.model, ?r, "model request counted");
+        tracing::debug!(job_id = %self.job_id, model = %self.model, ?r, "model request counted");
         self.accounting.record(self.job_id, &self.model, r);
     }
 }
@@ -381,24 +382,24 @@ mod tests {
     fn a_json_answer_s_usage_is_read_and_a_failed_one_counts_no_tokens() {
         let acc = Arc::new(Accounting::default());
         let arrived = Instant::now();
-        let mut m = acc.meter(7, "smol", arrived);
+        let mut m = acc.meter(JobId::new(7), "smol", arrived);
         m.answer_type(Some(b"application/json; charset=utf-8"));
         let body = br#"{"object":"chat.completion","usage":{"completion_tokens":5,"prompt_tokens":31,"total_tokens":36}}"#;
         for c in body.chunks(10) {
             m.observe(c);
         }
         drop(m);
-        let mut m = acc.meter(7, "smol", arrived);
+        let mut m = acc.meter(JobId::new(7), "smol", arrived);
         m.answer_type(Some(b"text/event-stream"));
         m.observe(WITH_TIMINGS.as_bytes());
         drop(m);
-        drop(acc.meter(7, "smol", arrived)); // the upstream failed
+        drop(acc.meter(JobId::new(7), "smol", arrived)); // the upstream failed
         let u = acc.by_model()["smol"];
         assert_eq!(
             (u.requests, u.prompt_tokens, u.completion_tokens),
             (3, 62, 10)
         );
         let pending = lock(&acc.pending);
-        assert_eq!(pending[&(7, "smol".to_owned())], u);
+        assert_eq!(pending[&(JobId::new(7), "smol".to_owned())], u);
     }
 }

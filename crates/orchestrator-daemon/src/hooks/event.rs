@@ -8,6 +8,7 @@
 use orchestrator_core::api::QuestionState;
 use orchestrator_core::api::{self, InboxKind};
 use orchestrator_core::quote;
+use orchestrator_core::RunId;
 use orchestrator_core::{Entity, RunState, StageState, Transition};
 use serde::{Deserialize, Serialize};
 
@@ -67,7 +68,7 @@ pub struct HumanEvent {
     /// The transition's position in the log: unique, increasing, and the
     /// same on every redelivery.
     pub seq: i64,
-    pub run_id: String,
+    pub run_id: RunId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_id: Option<String>,
     /// For question events: the id `orch answer` takes.
@@ -149,10 +150,10 @@ pub fn human_event(t: &Transition) -> Option<HumanEvent> {
     let run_id = t
         .run_id
         .clone()
-        .or_else(|| stage.map(|k| k.run_id.to_owned()))
-        .unwrap_or_else(|| t.entity_id.clone());
+        .or_else(|| stage.map(|k| RunId::from(k.run_id)))
+        .unwrap_or_else(|| RunId::from(&t.entity_id));
     let stage_id = stage
-        .filter(|k| k.run_id == run_id)
+        .filter(|k| k.run_id == run_id.as_str())
         .map(|k| k.stage_id.to_owned());
     let question_id = match t.entity {
         Entity::Question => t.entity_id.rsplit('/').next().and_then(|p| p.parse().ok()),

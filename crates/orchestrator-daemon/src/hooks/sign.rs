@@ -19,6 +19,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use hmac::{Hmac, Mac};
+use orchestrator_core::RunId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -46,7 +47,7 @@ pub enum ActionKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Action {
     pub kind: ActionKind,
-    pub run_id: String,
+    pub run_id: RunId,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

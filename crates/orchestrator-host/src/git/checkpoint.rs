@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use git2::build::TreeUpdateBuilder;
 use git2::{ErrorCode, FileMode, ObjectType, Oid, Repository};
+use orchestrator_core::RunId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -24,7 +25,7 @@ use super::{
 #[derive(Debug, Clone, Copy)]
 pub struct CheckpointRequest<'a> {
     /// The run whose branch gets the commit.
-    pub run_id: &'a str,
+    pub run_id: &'a RunId,
     /// Globs relative to the worktree root, e.g. `dist/**`, `report.md`,
     /// `**/*.txt`. `*` does not cross `/`; `**` as a whole component matches
     /// any number of directories; a glob matching a directory takes every
@@ -98,7 +99,7 @@ pub fn checkpoint(
         return Err(GitError::WrongRun {
             path: worktree.path.clone(),
             branch: worktree.branch.clone(),
-            run_id: req.run_id.to_owned(),
+            run_id: req.run_id.clone(),
         });
     }
     let mut files = BTreeMap::new();

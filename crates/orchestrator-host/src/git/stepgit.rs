@@ -29,6 +29,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
 
 use git2::{Oid, Repository};
+use orchestrator_core::RunId;
 
 use super::{run_branch, GitError, RunWorktree, RECORDS_DIR};
 use crate::confined::ConfinedDir;
@@ -63,7 +64,7 @@ pub struct StepGit {
 pub fn prepare_step_git(
     project: &Path,
     worktree: &RunWorktree,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     sandboxed: bool,
 ) -> Result<StepGit, GitError> {
@@ -96,7 +97,7 @@ pub fn prepare_step_git(
             branch,
         });
     }
-    let parent = project.join(STEP_GIT).join(run_id);
+    let parent = project.join(STEP_GIT).join(run_id.as_str());
     fs::create_dir_all(&parent).map_err(GitError::io("create", &parent))?;
     let dir = parent.join(stage_id);
     // The directory stays from step to step (making it anew costs more than

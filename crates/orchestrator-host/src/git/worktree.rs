@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use git2::{ErrorCode, Repository};
+use orchestrator_core::RunId;
 use serde::{Deserialize, Serialize};
 
 use super::{open, peel_commit, run_branch, GitError};
@@ -39,7 +40,7 @@ const WORKTREES: &str = ".orchestrator/worktrees";
 /// `<project>/.orchestrator/worktrees/<run_id>.lock`.
 pub fn ensure_worktree(
     project: &Path,
-    run_id: &str,
+    run_id: &RunId,
     base_commit: &str,
 ) -> Result<RunWorktree, GitError> {
     let branch = run_branch(run_id)?;
@@ -60,7 +61,7 @@ pub fn ensure_worktree(
     }
     fs::create_dir_all(&dir).map_err(GitError::io("create the worktrees directory", &dir))?;
     write_gitignore(&orch_dir)?;
-    let path = dir.join(run_id);
+    let path = dir.join(run_id.as_str());
 
     let lock_path = dir.join(format!("{run_id}.lock"));
     let lock = OpenOptions::new()

@@ -4,10 +4,11 @@
 use std::fs;
 use std::path::Path;
 
+use orchestrator_core::RunId;
 use orchestrator_host::git::CheckpointRequest;
 
 pub fn request<'a>(
-    run_id: &'a str,
+    run_id: &'a RunId,
     artifacts: &'a [String],
     record: &'a [u8],
     message: &'a str,

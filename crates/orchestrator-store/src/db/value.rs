@@ -232,6 +232,40 @@ macro_rules! int_from_value {
 }
 int_from_value!(i8, i16, i32, i64, u8, u16, u32, u64, usize, isize);
 
+// The ids bind and read as the text or integer they wrap, so their
+// columns are the same as when they were plain values.
+macro_rules! text_id_value {
+    ($($t:ty),*) => {$(
+        impl ToValue for $t {
+            fn to_value(&self) -> Result<ValueRef<'_>, Error> {
+                Ok(ValueRef::Text(self.as_str()))
+            }
+        }
+        impl FromValue for $t {
+            fn from_value(v: ValueRef<'_>) -> Result<Self, Error> {
+                String::from_value(v).map(<$t>::from)
+            }
+        }
+    )*};
+}
+text_id_value!(orchestrator_core::RunId, orchestrator_core::AgentId);
+
+macro_rules! int_id_value {
+    ($($t:ty),*) => {$(
+        impl ToValue for $t {
+            fn to_value(&self) -> Result<ValueRef<'_>, Error> {
+                Ok(ValueRef::Integer(self.get()))
+            }
+        }
+        impl FromValue for $t {
+            fn from_value(v: ValueRef<'_>) -> Result<Self, Error> {
+                i64::from_value(v).map(<$t>::from)
+            }
+        }
+    )*};
+}
+int_id_value!(orchestrator_core::JobId, orchestrator_core::LeaseId);
+
 /// The parameters of one statement, bound by position (`?1` is the first).
 pub trait Params {
     /// Calls `bind` with each parameter in order.

@@ -8,6 +8,7 @@
 use crate::db::{params, Optional};
 use orchestrator_core::machine::AgentState;
 use orchestrator_core::Actor;
+use orchestrator_core::AgentId;
 use orchestrator_core::Entity;
 
 use super::tx::Ctx;
@@ -15,7 +16,7 @@ use crate::Result;
 
 /// The agent's last presence transition and when it was written: agent rows
 /// carry no run, so the `run_id IS NULL` part of the run index finds them.
-fn last_presence(ctx: &Ctx<'_>, agent_id: &str) -> Result<Option<(String, i64)>> {
+fn last_presence(ctx: &Ctx<'_>, agent_id: &AgentId) -> Result<Option<(String, i64)>> {
     Ok(ctx
         .conn
         .prepare_cached(
@@ -38,7 +39,7 @@ fn seconds(ms: i64) -> String {
 /// many were marked.
 pub fn mark_lost(ctx: &mut Ctx<'_>, now: i64, online_ms: u64) -> Result<usize> {
     let cutoff = now.saturating_sub(i64::try_from(online_ms).unwrap_or(i64::MAX));
-    let silent: Vec<(String, i64)> = ctx
+    let silent: Vec<(AgentId, i64)> = ctx
         .conn
         .prepare_cached("SELECT id, last_seen_at FROM agents WHERE last_seen_at < ?1")?
         .query_map([cutoff], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -63,7 +64,7 @@ pub fn mark_lost(ctx: &mut Ctx<'_>, now: i64, online_ms: u64) -> Result<usize> {
             seconds(i64::try_from(online_ms).unwrap_or(i64::MAX)),
         );
         ctx.transition(
-            agent_id,
+            agent_id.to_string(),
             None,
             Some(AgentState::Online),
             AgentState::Lost,
@@ -77,7 +78,7 @@ pub fn mark_lost(ctx: &mut Ctx<'_>, now: i64, online_ms: u64) -> Result<usize> {
 
 /// Records that a lost agent was heard from again (`how`: a heartbeat, a
 /// registration); nothing for an agent that was not marked lost.
-pub fn heard_from(ctx: &mut Ctx<'_>, agent_id: &str, how: &str) -> Result<()> {
+pub fn heard_from(ctx: &mut Ctx<'_>, agent_id: &AgentId, how: &str) -> Result<()> {
     let Some((state, lost_at)) = last_presence(ctx, agent_id)? else {
         return Ok(());
     };
@@ -86,11 +87,11 @@ pub fn heard_from(ctx: &mut Ctx<'_>, agent_id: &str, how: &str) -> Result<()> {
     }
     let reason = format!("{how} after {} marked lost", seconds(ctx.now - lost_at));
     ctx.transition(
-        agent_id.to_owned(),
+        agent_id.to_string(),
         None,
         Some(AgentState::Lost),
         AgentState::Online,
         reason,
-        &Actor::agent(agent_id),
+        &Actor::agent(agent_id.clone()),
     )
 }

@@ -9,6 +9,7 @@ use orchestrator_core::machine::{job_on, JobEffect, JobEvent, StageEvent};
 use orchestrator_core::sched::{free, Free, Grant};
 use orchestrator_core::Actor;
 use orchestrator_core::JobState;
+use orchestrator_core::{AgentId, JobId, LeaseId, RunId};
 use orchestrator_host::ids;
 
 use super::common::conflict;
@@ -19,7 +20,7 @@ use crate::{Result, StoreError};
 
 pub fn claim(
     ctx: &mut Ctx<'_>,
-    agent_id: &str,
+    agent_id: &AgentId,
     lease_ttl_ms: u64,
     key: Option<&str>,
 ) -> Result<Option<ClaimedJob>> {
@@ -31,7 +32,7 @@ pub fn claim(
     let Some(cap) = placement::capacity(ctx.conn, ctx.rules, agent_id)? else {
         return Err(StoreError::NotFound {
             what: "agent",
-            id: agent_id.to_owned(),
+            id: agent_id.to_string(),
         });
     };
     // A claim that finds nothing writes nothing, so an idle agent's
@@ -61,12 +62,12 @@ pub fn claim(
     }
     let token = ids::new_secret();
     let expires = ctx.now + lease_ttl_ms as i64;
-    let lease_id: i64 = ctx.conn
+    let lease_id: LeaseId = ctx.conn
         .prepare_cached(
             "INSERT INTO leases (job_id, agent_id, token, state, expires_at, created_at, claim_key) VALUES (?1, ?2, ?3, 'active', ?4, ?5, ?6) RETURNING id",
         )?
         .query_row(params![job_id, agent_id, token, expires, ctx.now, key], |r| r.get(0))?;
-    let actor = Actor::agent(agent_id);
+    let actor = Actor::agent(agent_id.clone());
     ctx.transition(
         lease_id.to_string(),
         Some(&spec.run_id),
@@ -112,11 +113,11 @@ pub fn claim(
 /// never reached it. Nothing is recorded; the lease is the one it was.
 fn claimed_before(
     ctx: &mut Ctx<'_>,
-    agent_id: &str,
+    agent_id: &AgentId,
     key: &str,
     lease_ttl_ms: u64,
 ) -> Result<Option<ClaimedJob>> {
-    type Row = (i64, i64, String, String, i64, Option<String>);
+    type Row = (LeaseId, JobId, String, String, i64, Option<String>);
     let row: Option<Row> = ctx
         .conn
         .prepare_cached(
@@ -138,8 +139,8 @@ fn claimed_before(
         .prepare_cached("UPDATE leases SET expires_at = MAX(expires_at, ?2) WHERE id = ?1")?
         .execute(params![lease_id, expires])?;
     tracing::info!(
-        agent_id,
-        job_id,
+        %agent_id,
+        %job_id,
         "claim asked again after its answer was lost; the same job handed out"
     );
     Ok(Some(ClaimedJob {
@@ -161,9 +162,9 @@ fn grant_text(g: &Grant) -> Option<String> {
 /// be there) and records why it was placed there.
 fn pin(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
-    agent_id: &str,
+    agent_id: &AgentId,
     grant: &Grant,
     before: &Free,
 ) -> Result<()> {

@@ -2,6 +2,7 @@
 //! the keys transitions name stages by, and a run's parsed workflow from
 //! the batch's cache. No state changes here.
 
+use orchestrator_core::RunId;
 use std::sync::Arc;
 
 use crate::db::Optional;
@@ -14,12 +15,12 @@ pub(super) fn conflict(e: impl std::fmt::Display) -> StoreError {
     StoreError::Conflict(e.to_string())
 }
 
-pub(super) fn stage_key(run_id: &str, stage_id: &str) -> String {
-    orchestrator_core::StageKey::new(run_id, stage_id).to_string()
+pub(super) fn stage_key(run_id: &RunId, stage_id: &str) -> String {
+    orchestrator_core::StageKey::new(run_id.as_str(), stage_id).to_string()
 }
 
 /// The parsed workflow of a run, from the cache or the `runs` row.
-pub(super) fn workflow(ctx: &mut Ctx<'_>, run_id: &str) -> Result<Arc<Workflow>> {
+pub(super) fn workflow(ctx: &mut Ctx<'_>, run_id: &RunId) -> Result<Arc<Workflow>> {
     if let Some(w) = ctx.workflows.get(run_id) {
         return Ok(w.clone());
     }
@@ -30,11 +31,11 @@ pub(super) fn workflow(ctx: &mut Ctx<'_>, run_id: &str) -> Result<Arc<Workflow>>
         .optional()?
         .ok_or_else(|| StoreError::NotFound {
             what: "run",
-            id: run_id.to_owned(),
+            id: run_id.to_string(),
         })?;
     let wf: Workflow = serde_json::from_str(&spec)
         .map_err(|e| StoreError::corrupt(format!("run {run_id}: stored spec unreadable"), e))?;
     let wf = Arc::new(wf);
-    ctx.workflows.insert(run_id.to_owned(), wf.clone());
+    ctx.workflows.insert(run_id.clone(), wf.clone());
     Ok(wf)
 }

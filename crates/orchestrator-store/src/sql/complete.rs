@@ -9,6 +9,7 @@ use orchestrator_core::api::{CompleteRequest, Completed};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::machine::{After, Gate, JobEvent, LeaseEnd, StageEvent};
 use orchestrator_core::Actor;
+use orchestrator_core::{AgentId, JobId, LeaseId, RunId};
 use orchestrator_core::{JobState, RunState, StageState};
 
 use super::claim::claim;
@@ -22,13 +23,13 @@ use crate::{Result, StoreError};
 
 /// A job with its current lease, as a completion checks it.
 struct JobLease {
-    run_id: String,
+    run_id: RunId,
     stage_id: String,
     state: String,
     step: u32,
     attempt: u32,
-    holder: Option<String>,
-    lease_id: Option<i64>,
+    holder: Option<AgentId>,
+    lease_id: Option<LeaseId>,
     token: Option<String>,
     lease_state: Option<String>,
 }
@@ -47,7 +48,7 @@ pub enum Completion {
 
 impl Completion {
     /// The caller's answer: a refusal becomes the error it is to the agent.
-    pub fn into_result(self, job_id: i64) -> Result<Completed> {
+    pub fn into_result(self, job_id: JobId) -> Result<Completed> {
         match self {
             Completion::Recorded(c) => Ok(*c),
             Completion::UnknownJob => Err(StoreError::NotFound {
@@ -62,7 +63,7 @@ impl Completion {
 /// Completes a job. An error rolls the command back; a refusal commits.
 pub fn complete(
     ctx: &mut Ctx<'_>,
-    job_id: i64,
+    job_id: JobId,
     req: CompleteRequest,
     lease_ttl_ms: u64,
 ) -> Result<Completion> {
@@ -105,14 +106,14 @@ pub fn complete(
     // The same completion again, from the holder under the same token: the
     // first was recorded (a lease is released only by its completion) and
     // its answer lost. Acknowledged again, with the job it leased.
-    if holder.as_deref() == Some(req.agent_id.as_str())
+    if holder.as_ref() == Some(&req.agent_id)
         && token.as_deref() == Some(req.lease_token.as_str())
         && lease_state.as_deref() == Some(LeaseEnd::Released.as_str())
     {
         return completed_before(ctx, job_id, &run_id, &stage_id, &req, lease_ttl_ms)
             .map(|c| Completion::Recorded(Box::new(c)));
     }
-    let refusal = if holder.as_deref() != Some(req.agent_id.as_str()) {
+    let refusal = if holder.as_ref() != Some(&req.agent_id) {
         Some(format!("agent {} does not hold job {job_id}", req.agent_id))
     } else if token.as_deref() != Some(req.lease_token.as_str()) {
         Some("the lease token is not the job's current lease".to_owned())
@@ -277,8 +278,8 @@ pub fn complete(
 /// one leased now, if it found none).
 fn completed_before(
     ctx: &mut Ctx<'_>,
-    job_id: i64,
-    run_id: &str,
+    job_id: JobId,
+    run_id: &RunId,
     stage_id: &str,
     req: &CompleteRequest,
     lease_ttl_ms: u64,
@@ -291,7 +292,7 @@ fn completed_before(
         .conn
         .prepare_cached("SELECT state FROM runs WHERE id = ?1")?
         .query_row([run_id], |r| r.get(0))?;
-    tracing::info!(job_id, agent_id = %req.agent_id, "completion sent again after its answer was lost; acknowledged again");
+    tracing::info!(%job_id, agent_id = %req.agent_id, "completion sent again after its answer was lost; acknowledged again");
     let next = if req.claim_next {
         claim(ctx, &req.agent_id, lease_ttl_ms, req.claim_key.as_deref())?
     } else {

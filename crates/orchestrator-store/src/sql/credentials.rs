@@ -6,6 +6,7 @@
 use orchestrator_core::api::{check_agent_name, AgentTokenView};
 use orchestrator_core::machine::AgentState;
 use orchestrator_core::Actor;
+use orchestrator_core::AgentId;
 use sha2::{Digest, Sha256};
 
 use super::tx::Ctx;
@@ -153,7 +154,7 @@ pub fn bound(c: &Conn, name: &str) -> Result<bool> {
 }
 
 /// The name agent `agent_id` registered under, and whether it is bound.
-pub fn agent_name(c: &Conn, agent_id: &str) -> Result<Option<(String, bool)>> {
+pub fn agent_name(c: &Conn, agent_id: &AgentId) -> Result<Option<(String, bool)>> {
     let name: Option<String> = c
         .prepare_cached("SELECT name FROM agents WHERE id = ?1")?
         .query_row([agent_id], |r| r.get(0))

@@ -6,6 +6,7 @@
 use crate::db::Optional;
 use orchestrator_core::machine::{RunEvent, StageEvent};
 use orchestrator_core::Actor;
+use orchestrator_core::RunId;
 use orchestrator_core::{RunState, StageState};
 
 use super::common::conflict;
@@ -34,7 +35,7 @@ fn said(verb: &str, comment: Option<String>) -> String {
 /// `orch retry|skip|abort RUN STAGE`.
 pub fn decide(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     decision: Decision,
     comment: Option<String>,
@@ -71,7 +72,7 @@ pub fn decide(
 /// the others are cancelled.
 pub fn abort_run(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     comment: Option<String>,
     actor: &Actor,
 ) -> Result<()> {
@@ -83,7 +84,7 @@ pub fn abort_run(
     let Some(state) = state else {
         return Err(StoreError::NotFound {
             what: "run",
-            id: run_id.to_owned(),
+            id: run_id.to_string(),
         });
     };
     let from = RunState::parse(&state).unwrap_or(RunState::Failed);
@@ -104,7 +105,7 @@ pub fn abort_run(
 /// Carries out a human's command inside the writer's transaction.
 pub fn human_command(
     ctx: &mut Ctx<'_>,
-    id: &str,
+    id: &RunId,
     command: HumanCommand,
     actor: &Actor,
 ) -> Result<()> {

@@ -7,6 +7,7 @@ use crate::db::{params, Conn, Optional};
 use orchestrator_core::api::{AgentView, Explanation, StageExplanation};
 use orchestrator_core::sched::explain::{describe, verdict, AgentFit};
 use orchestrator_core::sched::{Effective, Needs, SystemRules};
+use orchestrator_core::{AgentId, JobId, RunId};
 use orchestrator_core::{RunState, StageState, Workflow};
 
 use super::placement;
@@ -45,11 +46,11 @@ struct StageRow {
     ord: usize,
     unmet: i64,
     step: u32,
-    agent: Option<String>,
+    agent: Option<AgentId>,
     hold: Option<String>,
     placement: Option<String>,
     yield_for: Option<String>,
-    yield_job: Option<i64>,
+    yield_job: Option<JobId>,
     attempt: u32,
     retry_at: Option<i64>,
     /// How often its failures sent its work back automatically.
@@ -59,7 +60,7 @@ struct StageRow {
 pub fn explain(
     conn: &Conn,
     rules: &SystemRules,
-    run_id: &str,
+    run_id: &RunId,
     only: Option<&str>,
     now: i64,
     online_ms: u64,
@@ -84,7 +85,7 @@ pub fn explain(
     let Some((state, project, priority, why, limits, hold, spec)) = row else {
         return Err(StoreError::NotFound {
             what: "run",
-            id: run_id.to_owned(),
+            id: run_id.to_string(),
         });
     };
     let state = RunState::parse(&state).unwrap_or(RunState::Failed);
@@ -195,7 +196,7 @@ pub fn explain(
                 l.push(format!(
                     "running step {} on agent {}",
                     s.step,
-                    s.agent.as_deref().unwrap_or("?")
+                    s.agent.as_ref().map(AgentId::as_str).unwrap_or("?")
                 ));
                 if let Some(p) = &s.placement {
                     l.push(p.clone());
@@ -213,7 +214,7 @@ pub fn explain(
                 ));
                 l.push(format!(
                     "pinned to agent {}: it resumes there once that work is placed",
-                    s.agent.as_deref().unwrap_or("?")
+                    s.agent.as_ref().map(AgentId::as_str).unwrap_or("?")
                 ));
             }
             StageState::Paused => l.push("held at its checkpoint: the run is paused".into()),
@@ -281,7 +282,7 @@ pub fn explain(
 fn queued_lines(
     conn: &Conn,
     rules: &SystemRules,
-    run_id: &str,
+    run_id: &RunId,
     s: &StageRow,
     needs: &Needs,
     fleet: &[AgentView],
@@ -329,13 +330,19 @@ fn queued_lines(
     let fits: Vec<AgentFit<'_>> = fleet
         .iter()
         .map(|a| AgentFit {
-            name: &a.id,
+            name: a.id.as_str(),
             labels: &a.labels,
             free: &a.free,
             online: a.online,
         })
         .collect();
-    let v = verdict(needs, priority, s.agent.as_deref(), &fits, rules);
+    let v = verdict(
+        needs,
+        priority,
+        s.agent.as_ref().map(AgentId::as_str),
+        &fits,
+        rules,
+    );
     l.extend(describe(&v, AGENTS_SHOWN));
     Ok(())
 }

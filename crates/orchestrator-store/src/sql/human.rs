@@ -9,6 +9,7 @@ use orchestrator_core::machine::{After, Gate, StageEvent};
 use orchestrator_core::spec::Stage;
 use orchestrator_core::Actor;
 use orchestrator_core::StageState;
+use orchestrator_core::{JobId, RunId};
 
 use super::common::{conflict, workflow};
 use super::stage::{load_stage, stage_event, StageRow};
@@ -17,18 +18,18 @@ use super::tx::Ctx;
 use crate::{Result, StoreError};
 
 /// A stage's position in its run's workflow, which `stage_spec` needs.
-pub(super) fn stage_ord(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<usize> {
+pub(super) fn stage_ord(ctx: &Ctx<'_>, run_id: &RunId, stage_id: &str) -> Result<usize> {
     let ord: i64 = ctx
         .conn
         .prepare_cached("SELECT ord FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
-        .query_row([run_id, stage_id], |r| r.get(0))?;
+        .query_row(params![run_id, stage_id], |r| r.get(0))?;
     Ok(ord as usize)
 }
 
 /// The first step of the loop iteration that step `step` ends.
 pub(super) fn last_iteration_start(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     step: u32,
 ) -> Result<u32> {
@@ -42,7 +43,7 @@ pub(super) fn last_iteration_start(
 /// What a stage runs when it goes on at `step` (None: nothing is left).
 pub(super) fn next_of(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     step: Option<u32>,
 ) -> Result<After> {
@@ -63,9 +64,9 @@ pub(super) fn next_of(
 /// questions it asked) and says what the stage does next.
 pub(super) fn step_succeeded(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
-    job_id: i64,
+    job_id: JobId,
     step: u32,
     o: &StepOutcome,
     actor: &Actor,
@@ -111,7 +112,7 @@ pub(super) fn step_succeeded(
             "UPDATE stage_runs SET handoff = NULL
              WHERE run_id = ?1 AND stage_id = ?2 AND handoff IS NOT NULL",
         )?
-        .execute([run_id, stage_id])?;
+        .execute(params![run_id, stage_id])?;
     if validation {
         return Ok(StageEvent::Validated);
     }
@@ -131,10 +132,10 @@ pub(super) fn step_succeeded(
 }
 
 /// A question's entity id in the transitions log: `run/stage/id`.
-pub(super) fn question_key(run_id: &str, stage_id: &str, id: i64) -> String {
+pub(super) fn question_key(run_id: &RunId, stage_id: &str, id: i64) -> String {
     format!(
         "{}/{id}",
-        orchestrator_core::StageKey::new(run_id, stage_id)
+        orchestrator_core::StageKey::new(run_id.as_str(), stage_id)
     )
 }
 
@@ -143,10 +144,10 @@ pub(super) fn question_key(run_id: &str, stage_id: &str, id: i64) -> String {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn ask_question(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     step: u32,
-    job_id: Option<i64>,
+    job_id: Option<JobId>,
     ask: &Ask,
     wait_key: Option<&str>,
     actor: &Actor,
@@ -172,7 +173,7 @@ pub(super) fn ask_question(
 /// An input step came up: ask its question instead of queuing a job.
 pub(super) fn ask_input(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     stage: &Stage,
     step: u32,
@@ -211,17 +212,17 @@ pub(super) fn ask_input(
 }
 
 /// The step a waiting stage resumes at (None: it is then done).
-pub(super) fn resume_step(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<Option<u32>> {
+pub(super) fn resume_step(ctx: &Ctx<'_>, run_id: &RunId, stage_id: &str) -> Result<Option<u32>> {
     Ok(ctx
         .conn
         .prepare_cached("SELECT resume_step FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
-        .query_row([run_id, stage_id], |r| r.get(0))?)
+        .query_row(params![run_id, stage_id], |r| r.get(0))?)
 }
 
 /// The stage, which must be waiting in `want`.
 fn waiting_stage(
     ctx: &Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     want: StageState,
 ) -> Result<StageRow> {
@@ -240,7 +241,12 @@ fn waiting_stage(
     Ok(row)
 }
 
-pub(super) fn set_handoff(ctx: &Ctx<'_>, run_id: &str, stage_id: &str, h: &Handoff) -> Result<()> {
+pub(super) fn set_handoff(
+    ctx: &Ctx<'_>,
+    run_id: &RunId,
+    stage_id: &str,
+    h: &Handoff,
+) -> Result<()> {
     let json = crate::error::encode("a human decision", h)?;
     ctx.conn
         .prepare_cached("UPDATE stage_runs SET handoff = ?3 WHERE run_id = ?1 AND stage_id = ?2")?
@@ -251,21 +257,21 @@ pub(super) fn set_handoff(ctx: &Ctx<'_>, run_id: &str, stage_id: &str, h: &Hando
 /// The handoff waiting for step `step` of a stage, if any.
 pub(super) fn handoff_for(
     ctx: &Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     step: u32,
 ) -> Result<Option<Handoff>> {
     let json: Option<String> = ctx
         .conn
         .prepare_cached("SELECT handoff FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
-        .query_row([run_id, stage_id], |r| r.get(0))?;
+        .query_row(params![run_id, stage_id], |r| r.get(0))?;
     Ok(parse_handoff(json.as_deref(), step))
 }
 
 /// `orch approve`: the held stage goes on.
 pub fn approve(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     comment: Option<String>,
     actor: &Actor,
@@ -291,7 +297,7 @@ pub fn approve(
 /// `orch reject`: the held step runs again with the feedback.
 pub fn reject(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     feedback: String,
     actor: &Actor,
@@ -305,7 +311,7 @@ pub fn reject(
     let step: u32 = ctx
         .conn
         .prepare_cached("SELECT step FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
-        .query_row([run_id, stage_id], |r| r.get(0))?;
+        .query_row(params![run_id, stage_id], |r| r.get(0))?;
     let handoff = Handoff {
         for_step: step,
         feedback: Some(Said {
@@ -331,7 +337,7 @@ pub fn reject(
 /// left, it goes on and its next step receives the answers.
 pub fn answer(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     question_id: i64,
     text: String,
     actor: &Actor,
@@ -411,7 +417,7 @@ pub fn answer(
         .prepare_cached(
             "SELECT COUNT(*) FROM questions WHERE run_id = ?1 AND stage_id = ?2 AND state = 'open'",
         )?
-        .query_row([run_id, &stage_id], |r| r.get(0))?;
+        .query_row(params![run_id, &stage_id], |r| r.get(0))?;
     let resume = resume_step(ctx, run_id, &stage_id)?;
     if let Some(step) = resume {
         let mut handoff = handoff_for(ctx, run_id, &stage_id, step)?.unwrap_or(Handoff {
@@ -443,7 +449,7 @@ pub fn answer(
 /// Closes a stage's open questions: it ended and nobody can answer them.
 pub(super) fn close_questions(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     reason: &str,
     actor: &Actor,
@@ -453,7 +459,7 @@ pub(super) fn close_questions(
         .prepare_cached(
             "SELECT id FROM questions WHERE run_id = ?1 AND stage_id = ?2 AND state = 'open'",
         )?
-        .query_map([run_id, stage_id], |r| r.get(0))?
+        .query_map(params![run_id, stage_id], |r| r.get(0))?
         .collect::<crate::db::Result<_>>()?;
     for id in open {
         ctx.conn

@@ -1,9 +1,10 @@
 //! Reads of what humans see: a run's checkpoints and questions, and the
 //! inbox of everything waiting for a human across runs.
 
+use orchestrator_core::RunId;
 use std::collections::HashMap;
 
-use crate::db::{Conn, Optional, Row};
+use crate::db::{params, Conn, Optional, Row};
 use orchestrator_core::api::{
     answer_commands, ArtifactRecord, CheckpointView, InboxItem, InboxKind, QuestionState,
     QuestionView,
@@ -26,7 +27,7 @@ fn step_name(wf: &Workflow, stage_id: &str, step: u32) -> Option<String> {
     stage.job_name(step)
 }
 
-pub fn checkpoints(conn: &Conn, run_id: &str, wf: &Workflow) -> Result<Vec<CheckpointView>> {
+pub fn checkpoints(conn: &Conn, run_id: &RunId, wf: &Workflow) -> Result<Vec<CheckpointView>> {
     let rows = conn
         .prepare_cached(
             "SELECT seq, stage_id, step, job_id, commit_sha, artifacts, created_at
@@ -76,7 +77,7 @@ fn question_view(r: &Row<'_>) -> crate::db::Result<QuestionView> {
     })
 }
 
-pub fn questions(conn: &Conn, run_id: &str) -> Result<Vec<QuestionView>> {
+pub fn questions(conn: &Conn, run_id: &RunId) -> Result<Vec<QuestionView>> {
     let sql = format!("SELECT {QUESTION_COLS} FROM questions WHERE run_id = ?1 ORDER BY id");
     let rows = conn
         .prepare_cached(&sql)?
@@ -88,8 +89,8 @@ pub fn questions(conn: &Conn, run_id: &str) -> Result<Vec<QuestionView>> {
 /// Everything waiting for a human, oldest first: stages awaiting approval
 /// or a decision, and open questions.
 pub fn inbox(conn: &Conn) -> Result<Vec<InboxItem>> {
-    let mut specs: HashMap<String, (String, Workflow)> = HashMap::new();
-    let mut spec_of = |run_id: &str| -> Result<(String, Workflow)> {
+    let mut specs: HashMap<RunId, (String, Workflow)> = HashMap::new();
+    let mut spec_of = |run_id: &RunId| -> Result<(String, Workflow)> {
         if let Some(x) = specs.get(run_id) {
             return Ok(x.clone());
         }
@@ -104,7 +105,7 @@ pub fn inbox(conn: &Conn) -> Result<Vec<InboxItem>> {
         Ok((name, wf))
     };
     let mut items = Vec::new();
-    let approvals: Vec<(String, String, u32, i64)> = conn
+    let approvals: Vec<(RunId, String, u32, i64)> = conn
         .prepare_cached(
             "SELECT run_id, stage_id, step, waiting_since FROM stage_runs
              WHERE waiting_since IS NOT NULL AND state = 'awaiting_approval'",
@@ -118,7 +119,7 @@ pub fn inbox(conn: &Conn) -> Result<Vec<InboxItem>> {
             .prepare_cached(
                 "SELECT commit_sha FROM checkpoints WHERE run_id = ?1 AND stage_id = ?2 ORDER BY seq DESC LIMIT 1",
             )?
-            .query_row([&run_id, &stage_id], |r| r.get(0))
+            .query_row(params![run_id, stage_id], |r| r.get(0))
             .optional()?;
         items.push(InboxItem {
             kind: InboxKind::Approval,
@@ -135,7 +136,7 @@ pub fn inbox(conn: &Conn) -> Result<Vec<InboxItem>> {
             error: None,
         });
     }
-    let decisions: Vec<(String, String, u32, i64)> = conn
+    let decisions: Vec<(RunId, String, u32, i64)> = conn
         .prepare_cached(
             "SELECT run_id, stage_id, step, waiting_since FROM stage_runs
              WHERE waiting_since IS NOT NULL AND state = 'awaiting_decision'",
@@ -150,7 +151,7 @@ pub fn inbox(conn: &Conn) -> Result<Vec<InboxItem>> {
                 "SELECT error FROM jobs WHERE run_id = ?1 AND stage_id = ?2 AND error IS NOT NULL
                  ORDER BY id DESC LIMIT 1",
             )?
-            .query_row([&run_id, &stage_id], |r| r.get(0))
+            .query_row(params![run_id, stage_id], |r| r.get(0))
             .optional()?;
         items.push(InboxItem {
             kind: InboxKind::Decision,

@@ -4,6 +4,7 @@
 //! ended when the machine says so. Claiming a job is `claim.rs`.
 
 use orchestrator_core::Actor;
+use orchestrator_core::{AgentId, JobId, LeaseId, RunId};
 use std::collections::BTreeMap;
 
 use crate::db::params;
@@ -21,7 +22,7 @@ use crate::{Result, StoreError};
 
 pub(super) fn enqueue(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     row: &StageRow,
     step: u32,
@@ -94,10 +95,10 @@ pub(super) fn enqueue(
     let payload = crate::error::encode("a job's spec", &spec)?;
     let labels = crate::error::encode("a stage's labels", &stage.labels)?;
     let needs = Needs::of_stage(stage);
-    let pin = row.agent_id.as_deref().unwrap_or("");
+    let pin = row.agent_id.as_ref().map_or("", AgentId::as_str);
     let shape = placement::shape_id(ctx, &needs, pin, ctx.rules.is_high(row.priority))?;
     let key = policy::next_key(ctx, run_id, &row.project_dir, row.priority)?;
-    let job_id: i64 = ctx.conn
+    let job_id: JobId = ctx.conn
         .prepare_cached(
             "INSERT INTO jobs (run_id, stage_id, step, attempt, state, priority, labels, payload, created_at, queue_key, shape, round, round_reason)
              VALUES (?1, ?2, ?3, ?4, 'queued', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) RETURNING id",
@@ -147,17 +148,17 @@ fn cache_plan(
 
 pub(super) fn cancel_live_job(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     reason: &str,
     actor: &Actor,
 ) -> Result<()> {
-    let live: Vec<(i64, String, Option<i64>)> = ctx
+    let live: Vec<(JobId, String, Option<LeaseId>)> = ctx
         .conn
         .prepare_cached(
             "SELECT id, state, lease_id FROM jobs WHERE run_id = ?1 AND stage_id = ?2 AND state IN ('queued', 'leased')",
         )?
-        .query_map([run_id, stage_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .query_map(params![run_id, stage_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<crate::db::Result<_>>()?;
     for (job_id, state, lease_id) in live {
         let from = JobState::parse(&state).unwrap_or(JobState::Queued);
@@ -173,10 +174,10 @@ pub(super) fn cancel_live_job(
 
 /// A job as a job event needs it.
 pub(super) struct JobRef<'a> {
-    pub(super) id: i64,
-    pub(super) run_id: &'a str,
+    pub(super) id: JobId,
+    pub(super) run_id: &'a RunId,
     /// Its current lease, if it ever had one.
-    pub(super) lease_id: Option<i64>,
+    pub(super) lease_id: Option<LeaseId>,
 }
 
 /// Applies one event to a job: writes the new state with its transition row
@@ -223,8 +224,8 @@ pub(super) fn job_event(
 
 pub(super) fn set_job_state(
     ctx: &mut Ctx<'_>,
-    job_id: i64,
-    run_id: &str,
+    job_id: JobId,
+    run_id: &RunId,
     from: JobState,
     to: JobState,
     reason: String,

@@ -10,6 +10,7 @@ use orchestrator_core::machine::LeaseState;
 use orchestrator_core::machine::{JobEvent, LeaseEnd, StageEvent};
 use orchestrator_core::Actor;
 use orchestrator_core::JobState;
+use orchestrator_core::{AgentId, JobId, LeaseId, RunId};
 
 use super::job::{job_event, JobRef};
 use super::retry::{failure_policy, what_follows};
@@ -19,8 +20,8 @@ use crate::Result;
 
 pub(super) fn end_lease(
     ctx: &mut Ctx<'_>,
-    lease_id: i64,
-    run_id: &str,
+    lease_id: LeaseId,
+    run_id: &RunId,
     to: LeaseEnd,
     reason: String,
     actor: &Actor,
@@ -40,11 +41,11 @@ pub(super) fn end_lease(
 
 /// Ends an active lease without a completion (expiry, agent restart) and
 /// requeues its stage from step 0. Returns the job id.
-pub(super) fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, why: &str) -> Result<i64> {
+pub(super) fn lose_lease(ctx: &mut Ctx<'_>, lease_id: LeaseId, why: &str) -> Result<JobId> {
     type Lost = (
-        i64,
-        String,
-        String,
+        JobId,
+        AgentId,
+        RunId,
         String,
         String,
         u32,
@@ -119,7 +120,7 @@ pub(super) fn lose_lease(ctx: &mut Ctx<'_>, lease_id: i64, why: &str) -> Result<
 }
 
 pub fn expire_leases(ctx: &mut Ctx<'_>, now: i64) -> Result<usize> {
-    let due: Vec<(i64, i64)> = ctx
+    let due: Vec<(LeaseId, i64)> = ctx
         .conn
         .prepare_cached(
             "SELECT id, expires_at FROM leases WHERE state = 'active' AND expires_at <= ?1",

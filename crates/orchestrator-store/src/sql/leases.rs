@@ -8,6 +8,7 @@ use orchestrator_core::api::{AgentRegistered, HeartbeatResponse, LeaseRef, Regis
 use orchestrator_core::machine::AgentState;
 use orchestrator_core::machine::LeaseEnd;
 use orchestrator_core::Actor;
+use orchestrator_core::{AgentId, JobId, LeaseId};
 use orchestrator_host::ids;
 
 use super::common::conflict;
@@ -52,7 +53,7 @@ pub fn register_agent(
     let gpus = crate::error::encode("an agent's GPUs", &reg.gpus)?;
     let described = describe_agent(&reg);
     let mem = i64::try_from(reg.memory_mb).unwrap_or(i64::MAX);
-    let existing: Option<String> = ctx
+    let existing: Option<AgentId> = ctx
         .conn
         .prepare_cached("SELECT id FROM agents WHERE name = ?1")?
         .query_row([&reg.name], |r| r.get(0))
@@ -68,7 +69,7 @@ pub fn register_agent(
             id
         }
         None => {
-            let id = ids::new_id("a");
+            let id = AgentId::new(ids::new_id("a"));
             ctx.conn
                 .prepare_cached(
                     "INSERT INTO agents (id, name, labels, slots, hostname, registered_at, last_seen_at, memory_mb, gpus)
@@ -76,18 +77,18 @@ pub fn register_agent(
                 )?
                 .execute(params![id, reg.name, labels, reg.slots, reg.hostname, ctx.now, mem, gpus])?;
             ctx.transition(
-                id.clone(),
+                id.to_string(),
                 None,
                 None,
                 AgentState::Registered,
                 described,
-                &Actor::agent(&*id),
+                &Actor::agent(id.clone()),
             )?;
             id
         }
     };
     // A registering agent holds nothing: leases of an earlier incarnation are void.
-    let stale: Vec<i64> = ctx
+    let stale: Vec<LeaseId> = ctx
         .conn
         .prepare_cached("SELECT id FROM leases WHERE agent_id = ?1 AND state = 'active'")?
         .query_map([&agent_id], |r| r.get(0))?
@@ -128,7 +129,7 @@ fn describe_agent(reg: &RegisterAgent) -> String {
 
 pub fn heartbeat(
     ctx: &mut Ctx<'_>,
-    agent_id: &str,
+    agent_id: &AgentId,
     leases: Vec<LeaseRef>,
     lease_ttl_ms: u64,
 ) -> Result<HeartbeatResponse> {
@@ -139,7 +140,7 @@ pub fn heartbeat(
     if n == 0 {
         return Err(StoreError::NotFound {
             what: "agent",
-            id: agent_id.to_owned(),
+            id: agent_id.to_string(),
         });
     }
     super::agents::heard_from(ctx, agent_id, "heartbeat")?;
@@ -149,7 +150,7 @@ pub fn heartbeat(
         ..Default::default()
     };
     for l in leases {
-        let lease: Option<(i64, String)> = ctx
+        let lease: Option<(LeaseId, String)> = ctx
             .conn
             .prepare_cached(
                 "SELECT l.id, l.state FROM jobs j JOIN leases l ON l.id = j.lease_id
@@ -191,7 +192,7 @@ pub fn resume(ctx: &mut Ctx<'_>, grace_ms: u64) -> Result<usize> {
 /// Jobs queued by a version without shapes get their shape and queue key,
 /// so an upgrade keeps its queue.
 fn reshape_legacy(ctx: &mut Ctx<'_>) -> Result<()> {
-    let legacy: Vec<(i64, String, i32, i64)> = ctx
+    let legacy: Vec<(JobId, String, i32, i64)> = ctx
         .conn
         .prepare_cached(
             "SELECT id, labels, priority, created_at FROM jobs WHERE state = 'queued' AND shape IS NULL",

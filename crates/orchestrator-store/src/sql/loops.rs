@@ -7,6 +7,7 @@
 //! why it runs. Run by the writer inside a batch's transaction.
 
 use orchestrator_core::Actor;
+use orchestrator_core::RunId;
 use std::collections::BTreeSet;
 
 use crate::db::{params, Optional};
@@ -31,7 +32,7 @@ const SHOWN: usize = 300;
 /// a stage, made because of `event`.
 pub(super) fn next_round(
     ctx: &Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     stage: &Stage,
     position: u32,
@@ -43,7 +44,7 @@ pub(super) fn next_round(
             "SELECT step, started_at IS NOT NULL, round, round_reason FROM jobs
              WHERE run_id = ?1 AND stage_id = ?2 ORDER BY id",
         )?
-        .query_map([run_id, stage_id], |r| {
+        .query_map(params![run_id, stage_id], |r| {
             let reason: String = r.get(3)?;
             Ok(EarlierJob {
                 index: stage.step_index(r.get(0)?),
@@ -66,7 +67,7 @@ pub(super) fn next_round(
 
 /// Every stage after `stage_id` (needing it, directly or through others),
 /// in the workflow's order.
-fn descendants(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<Vec<String>> {
+fn descendants(ctx: &Ctx<'_>, run_id: &RunId, stage_id: &str) -> Result<Vec<String>> {
     let mut seen = BTreeSet::new();
     let mut todo = vec![stage_id.to_owned()];
     let mut next = ctx
@@ -74,7 +75,7 @@ fn descendants(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<Vec<String
         .prepare_cached("SELECT stage_id FROM requires WHERE run_id = ?1 AND required = ?2")?;
     while let Some(s) = todo.pop() {
         let found: Vec<String> = next
-            .query_map([run_id, s.as_str()], |r| r.get(0))?
+            .query_map(params![run_id, s.as_str()], |r| r.get(0))?
             .collect::<crate::db::Result<_>>()?;
         for d in found {
             if seen.insert(d.clone()) {
@@ -88,7 +89,7 @@ fn descendants(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<Vec<String
         let ord: i64 = ctx
             .conn
             .prepare_cached("SELECT ord FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
-            .query_row([run_id, d.as_str()], |r| r.get(0))?;
+            .query_row(params![run_id, d.as_str()], |r| r.get(0))?;
         ordered.push((ord, d));
     }
     ordered.sort();
@@ -99,7 +100,7 @@ fn descendants(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<Vec<String
 /// no end time.
 pub(super) fn reopen(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     from: StageState,
 ) -> Result<()> {
@@ -114,7 +115,7 @@ pub(super) fn reopen(
         .prepare_cached(
             "UPDATE stage_runs SET ended_at = NULL WHERE run_id = ?1 AND stage_id = ?2",
         )?
-        .execute([run_id, stage_id])?;
+        .execute(params![run_id, stage_id])?;
     Ok(())
 }
 
@@ -123,7 +124,7 @@ pub(super) fn reopen(
 /// dropped), and each one's count of unmet needs is taken again.
 pub(super) fn reset_dependents(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     why: &str,
     actor: &Actor,
@@ -143,7 +144,7 @@ pub(super) fn reset_dependents(
                 "UPDATE stage_runs SET handoff = NULL, resume_step = NULL, retry_at = NULL, hold = NULL
                  WHERE run_id = ?1 AND stage_id = ?2",
             )?
-            .execute([run_id, d.as_str()])?;
+            .execute(params![run_id, d.as_str()])?;
     }
     for d in &after {
         ctx.conn
@@ -154,7 +155,7 @@ pub(super) fn reset_dependents(
                     WHERE q.run_id = ?1 AND q.stage_id = ?2 AND s.state NOT IN ('succeeded', 'skipped'))
                  WHERE run_id = ?1 AND stage_id = ?2",
             )?
-            .execute([run_id, d.as_str()])?;
+            .execute(params![run_id, d.as_str()])?;
     }
     ctx.schedule = true;
     Ok(())
@@ -163,7 +164,7 @@ pub(super) fn reset_dependents(
 /// The job number a stage sent back runs again: the step that failed when
 /// it awaits a decision, else its last step (not its validation, which
 /// follows it again).
-fn last_step(ctx: &mut Ctx<'_>, run_id: &str, stage_id: &str, state: StageState) -> Result<u32> {
+fn last_step(ctx: &mut Ctx<'_>, run_id: &RunId, stage_id: &str, state: StageState) -> Result<u32> {
     if state == StageState::AwaitingDecision {
         return Ok(human::resume_step(ctx, run_id, stage_id)?.unwrap_or(0));
     }
@@ -188,7 +189,7 @@ fn last_step(ctx: &mut Ctx<'_>, run_id: &str, stage_id: &str, state: StageState)
 /// stage test failed (round 1 of 3)`).
 fn send_back(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     target: &str,
     feedback: &str,
     why: &str,
@@ -239,7 +240,7 @@ const RAN: [StageState; 6] = [
 /// `orch retry RUN STAGE --feedback TEXT`: a human sends the work back.
 pub fn by_human(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     target: &str,
     feedback: &str,
     comment: Option<&str>,
@@ -257,7 +258,7 @@ pub fn by_human(
         .optional()?;
     let run = run.ok_or_else(|| StoreError::NotFound {
         what: "run",
-        id: run_id.to_owned(),
+        id: run_id.to_string(),
     })?;
     let run = RunState::parse(&run).unwrap_or(RunState::Failed);
     if run.is_terminal() {
@@ -305,7 +306,7 @@ pub fn by_human(
 /// failure's transition; None when it would not.
 pub(super) fn send_back_plan(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
 ) -> Result<Option<String>> {
     let ord = human::stage_ord(ctx, run_id, stage_id)?;
@@ -331,17 +332,17 @@ pub(super) fn send_back_plan(
 }
 
 /// How many times a stage's failures sent its work back automatically.
-fn rounds_done(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<u32> {
+fn rounds_done(ctx: &Ctx<'_>, run_id: &RunId, stage_id: &str) -> Result<u32> {
     Ok(ctx
         .conn
         .prepare_cached("SELECT sent_back FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
-        .query_row([run_id, stage_id], |r| r.get(0))?)
+        .query_row(params![run_id, stage_id], |r| r.get(0))?)
 }
 
 /// The failed stage's `on_failure` sends its work back: the feedback is
 /// built from its last job (the failing command, its exit code, the tail
 /// of its output).
-pub(super) fn after_failure(ctx: &mut Ctx<'_>, run_id: &str, stage_id: &str) -> Result<()> {
+pub(super) fn after_failure(ctx: &mut Ctx<'_>, run_id: &RunId, stage_id: &str) -> Result<()> {
     let ord = human::stage_ord(ctx, run_id, stage_id)?;
     let wf = workflow(ctx, run_id)?;
     let stage = steps::stage_spec(&wf, run_id, stage_id, ord)?;
@@ -356,14 +357,14 @@ pub(super) fn after_failure(ctx: &mut Ctx<'_>, run_id: &str, stage_id: &str) -> 
             "UPDATE stage_runs SET sent_back = sent_back + 1 WHERE run_id = ?1 AND stage_id = ?2
              RETURNING sent_back",
         )?
-        .query_row([run_id, stage_id], |r| r.get(0))?;
+        .query_row(params![run_id, stage_id], |r| r.get(0))?;
     let (step, error, tail): (u32, Option<String>, Option<String>) = ctx
         .conn
         .prepare_cached(
             "SELECT step, error, log_tail FROM jobs WHERE run_id = ?1 AND stage_id = ?2
              ORDER BY id DESC LIMIT 1",
         )?
-        .query_row([run_id, stage_id], |r| {
+        .query_row(params![run_id, stage_id], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?))
         })?;
     let error = error

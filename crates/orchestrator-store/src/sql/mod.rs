@@ -82,7 +82,7 @@ mod usage;
 mod wait;
 mod writer;
 
-use orchestrator_core::Actor;
+use orchestrator_core::{Actor, AgentId, JobId, LeaseId, RunId};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
@@ -209,29 +209,29 @@ impl Store for SqlStore {
 
     async fn claim_keyed(
         &self,
-        agent_id: &str,
+        agent_id: &AgentId,
         lease_ttl_ms: u64,
         key: Option<String>,
     ) -> Result<Option<ClaimedJob>> {
-        let agent_id = agent_id.to_owned();
+        let agent_id = agent_id.clone();
         self.write(move |ctx| claim::claim(ctx, &agent_id, lease_ttl_ms, key.as_deref()))
             .await
     }
 
     async fn heartbeat(
         &self,
-        agent_id: &str,
+        agent_id: &AgentId,
         leases: Vec<LeaseRef>,
         lease_ttl_ms: u64,
     ) -> Result<HeartbeatResponse> {
-        let agent_id = agent_id.to_owned();
+        let agent_id = agent_id.clone();
         self.write(move |ctx| leases::heartbeat(ctx, &agent_id, leases, lease_ttl_ms))
             .await
     }
 
     async fn complete(
         &self,
-        job_id: i64,
+        job_id: JobId,
         req: CompleteRequest,
         lease_ttl_ms: u64,
     ) -> Result<Completed> {
@@ -242,11 +242,11 @@ impl Store for SqlStore {
 
     async fn command_run(
         &self,
-        run_id: &str,
+        run_id: &RunId,
         event: orchestrator_core::machine::RunEvent,
         actor: &Actor,
     ) -> Result<RunSummary> {
-        let (id, actor) = (run_id.to_owned(), actor.to_owned());
+        let (id, actor) = (run_id.clone(), actor.to_owned());
         let read_id = id.clone();
         self.write(move |ctx| run::command_run(ctx, &id, event, &actor))
             .await?;
@@ -256,11 +256,11 @@ impl Store for SqlStore {
 
     async fn human(
         &self,
-        run_id: &str,
+        run_id: &RunId,
         command: HumanCommand,
         actor: &Actor,
     ) -> Result<RunSummary> {
-        let prefix = run_id.to_owned();
+        let prefix = run_id.clone();
         let id = self.read(move |c| reads::resolve_run(c, &prefix)).await?;
         let (read_id, actor) = (id.clone(), actor.to_owned());
         self.write(move |ctx| decide::human_command(ctx, &id, command, &actor))
@@ -271,12 +271,12 @@ impl Store for SqlStore {
 
     async fn human_by_link(
         &self,
-        run_id: &str,
+        run_id: &RunId,
         command: HumanCommand,
         actor: &Actor,
         link: LinkUse,
     ) -> Result<RunSummary> {
-        let prefix = run_id.to_owned();
+        let prefix = run_id.clone();
         let id = self.read(move |c| reads::resolve_run(c, &prefix)).await?;
         let (read_id, actor) = (id.clone(), actor.to_owned());
         self.write(move |ctx| {
@@ -291,8 +291,8 @@ impl Store for SqlStore {
             .await
     }
 
-    async fn link_refusal(&self, run_id: &str, link: LinkUse) -> Result<Option<Refused>> {
-        let prefix = run_id.to_owned();
+    async fn link_refusal(&self, run_id: &RunId, link: LinkUse) -> Result<Option<Refused>> {
+        let prefix = run_id.clone();
         self.read(move |c| {
             let id = reads::resolve_run(c, &prefix)?;
             spent::refusal(c, &id, &link)
@@ -315,17 +315,21 @@ impl Store for SqlStore {
         self.read(move |c| spent::revocations(c, now)).await
     }
 
-    async fn ask_waiting(&self, job_id: i64, req: orchestrator_core::api::WaitAsk) -> Result<i64> {
+    async fn ask_waiting(
+        &self,
+        job_id: JobId,
+        req: orchestrator_core::api::WaitAsk,
+    ) -> Result<i64> {
         self.write(move |ctx| wait::ask(ctx, job_id, &req)).await
     }
 
-    async fn wait_status(&self, job_id: i64, p: WaitPoll) -> Result<WaitStatus> {
+    async fn wait_status(&self, job_id: JobId, p: WaitPoll) -> Result<WaitStatus> {
         let (agent, token, q) = (p.agent_id, p.lease_token, p.question_id);
         self.read(move |c| wait::status(c, job_id, &agent, &token, q))
             .await
     }
 
-    async fn withdraw_wait(&self, job_id: i64, p: WaitPoll) -> Result<WaitStatus> {
+    async fn withdraw_wait(&self, job_id: JobId, p: WaitPoll) -> Result<WaitStatus> {
         let (agent, token, q) = (p.agent_id, p.lease_token, p.question_id);
         self.write(move |ctx| wait::withdraw(ctx, job_id, &agent, &token, q))
             .await
@@ -335,8 +339,8 @@ impl Store for SqlStore {
         self.read(inbox::inbox).await
     }
 
-    async fn lease_jobs(&self, agent_id: &str, lease_ids: Vec<i64>) -> Result<Vec<i64>> {
-        let agent_id = agent_id.to_owned();
+    async fn lease_jobs(&self, agent_id: &AgentId, lease_ids: Vec<LeaseId>) -> Result<Vec<JobId>> {
+        let agent_id = agent_id.clone();
         self.read(move |c| reads::lease_jobs(c, &agent_id, &lease_ids))
             .await
     }
@@ -363,8 +367,8 @@ impl Store for SqlStore {
         self.read(move |c| reads::list_runs(c, limit)).await
     }
 
-    async fn run_detail(&self, run_id: &str) -> Result<RunDetail> {
-        let id = run_id.to_owned();
+    async fn run_detail(&self, run_id: &RunId) -> Result<RunDetail> {
+        let id = run_id.clone();
         self.read(move |c| reads::run_detail(c, &id)).await
     }
 
@@ -394,8 +398,8 @@ impl Store for SqlStore {
         self.read(move |c| credentials::bound(c, &name)).await
     }
 
-    async fn agent_name(&self, agent_id: &str) -> Result<Option<(String, bool)>> {
-        let id = agent_id.to_owned();
+    async fn agent_name(&self, agent_id: &AgentId) -> Result<Option<(String, bool)>> {
+        let id = agent_id.clone();
         self.read(move |c| credentials::agent_name(c, &id)).await
     }
 
@@ -413,12 +417,12 @@ impl Store for SqlStore {
 
     async fn explain(
         &self,
-        run_id: &str,
+        run_id: &RunId,
         stage: Option<String>,
         online_ms: u64,
     ) -> Result<Explanation> {
         let rules = self.rules.clone();
-        let id = run_id.to_owned();
+        let id = run_id.clone();
         let now = self.clock.now_ms();
         self.read(move |c| {
             let id = reads::resolve_run(c, &id)?;
@@ -430,28 +434,28 @@ impl Store for SqlStore {
     async fn transitions_since(
         &self,
         after: i64,
-        run: Option<String>,
+        run: Option<RunId>,
         limit: u32,
     ) -> Result<Vec<Transition>> {
-        self.read(move |c| reads::transitions_since(c, after, run.as_deref(), limit))
+        self.read(move |c| reads::transitions_since(c, after, run.as_ref(), limit))
             .await
     }
 
     async fn record_usage(
         &self,
-        rows: Vec<(i64, String, orchestrator_core::fabric::Usage)>,
+        rows: Vec<(JobId, String, orchestrator_core::fabric::Usage)>,
     ) -> Result<usize> {
         self.write(move |ctx| usage::record(ctx, rows)).await
     }
 
     async fn job_usage(
         &self,
-        job_id: i64,
+        job_id: JobId,
     ) -> Result<std::collections::BTreeMap<String, orchestrator_core::fabric::Usage>> {
         self.read(move |c| usage::job(c, job_id)).await
     }
 
-    async fn job_holder(&self, job_id: i64) -> Result<Option<crate::JobHolder>> {
+    async fn job_holder(&self, job_id: JobId) -> Result<Option<crate::JobHolder>> {
         self.read(move |c| usage::job_holder(c, job_id)).await
     }
 

@@ -8,6 +8,7 @@
 
 use crate::db::{params, Conn, Optional};
 use orchestrator_core::sched::{fit, Capacity, Free, Gpu, Grant, Needs};
+use orchestrator_core::{AgentId, JobId};
 
 use super::tx::Ctx;
 use crate::{Result, StoreError};
@@ -17,7 +18,7 @@ use crate::{Result, StoreError};
 pub(super) fn capacity(
     conn: &Conn,
     rules: &orchestrator_core::sched::SystemRules,
-    agent_id: &str,
+    agent_id: &AgentId,
 ) -> Result<Option<Capacity>> {
     let row: Option<(String, u32, i64, String)> = conn
         .prepare_cached("SELECT labels, slots, memory_mb, gpus FROM agents WHERE id = ?1")?
@@ -39,7 +40,7 @@ pub(super) fn capacity(
 }
 
 /// What the agent's live jobs hold.
-pub(super) fn held(conn: &Conn, agent_id: &str) -> Result<Vec<Grant>> {
+pub(super) fn held(conn: &Conn, agent_id: &AgentId) -> Result<Vec<Grant>> {
     let rows: Vec<Option<String>> = conn
         .prepare_cached(
             "SELECT j.granted FROM leases l JOIN jobs j ON j.id = l.job_id
@@ -61,8 +62,8 @@ pub(super) fn parse_grant(g: Option<&str>) -> Grant {
 
 /// Capacity kept for the work suspended stages on this agent yielded to:
 /// (the job it is kept for, what is kept).
-pub(super) fn reservations(conn: &Conn, agent_id: &str) -> Result<Vec<(i64, Grant)>> {
-    let rows: Vec<(i64, Option<String>)> = conn
+pub(super) fn reservations(conn: &Conn, agent_id: &AgentId) -> Result<Vec<(JobId, Grant)>> {
+    let rows: Vec<(JobId, Option<String>)> = conn
         .prepare_cached(
             "SELECT yield_job, reserved FROM stage_runs
              WHERE agent_id = ?1 AND state = 'suspended' AND yield_job IS NOT NULL
@@ -105,13 +106,13 @@ pub(super) fn shape_id(ctx: &Ctx<'_>, needs: &Needs, pin: &str, high: bool) -> R
 /// The job `agent_id` should run next and what it gets, if any fits.
 pub(super) fn pick(
     ctx: &Ctx<'_>,
-    agent_id: &str,
+    agent_id: &AgentId,
     cap: &Capacity,
     free_now: &Free,
-) -> Result<Option<(i64, Grant)>> {
+) -> Result<Option<(JobId, Grant)>> {
     let reserved = reservations(ctx.conn, agent_id)?;
     // First the work that stages here yielded to: it may use what they freed.
-    let mut waited_for: Vec<i64> = reserved.iter().map(|(j, _)| *j).collect();
+    let mut waited_for: Vec<JobId> = reserved.iter().map(|(j, _)| *j).collect();
     waited_for.dedup();
     for w in &waited_for {
         let job: Option<(i64, String)> = ctx
@@ -123,7 +124,7 @@ pub(super) fn pick(
             .query_row([w], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         let Some((shape, pin)) = job else { continue };
-        if !pin.is_empty() && pin != agent_id {
+        if !pin.is_empty() && pin != *agent_id {
             continue;
         }
         let mut f = free_now.clone();
@@ -148,7 +149,7 @@ pub(super) fn pick(
         .prepare_cached("SELECT id, needs, high FROM shapes WHERE pin = '' OR pin = ?1")?
         .query_map([agent_id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
         .collect::<crate::db::Result<_>>()?;
-    let mut best: Option<((i64, i64), Grant)> = None;
+    let mut best: Option<((i64, JobId), Grant)> = None;
     let mut head = ctx.conn.prepare_cached(
         "SELECT queue_key, id FROM jobs WHERE shape = ?1 AND state = 'queued'
          ORDER BY queue_key, id LIMIT 1",
@@ -167,7 +168,7 @@ pub(super) fn pick(
         {
             continue;
         }
-        let top: Option<(i64, i64)> = head
+        let top: Option<(i64, JobId)> = head
             .query_row([shape], |r| Ok((r.get(0)?, r.get(1)?)))
             .optional()?;
         if let Some(k) = top {

@@ -7,6 +7,7 @@ use crate::db::params;
 use orchestrator_core::machine::RunEvent;
 use orchestrator_core::sched::{queue_key, quota_allows, Limits, Needs, Usage};
 use orchestrator_core::Actor;
+use orchestrator_core::RunId;
 
 use super::common::conflict;
 use super::run::run_command;
@@ -44,7 +45,7 @@ pub(super) fn parse_limits(text: Option<&str>) -> Limits {
 
 /// Admits queued runs of `project_dir`, best first, while its limit allows.
 pub(super) fn admit(ctx: &mut Ctx<'_>, project_dir: &str) -> Result<()> {
-    let queued: Vec<(String, Option<String>)> = ctx
+    let queued: Vec<(RunId, Option<String>)> = ctx
         .conn
         .prepare_cached(
             "SELECT id, limits FROM runs WHERE project_dir = ?1 AND state = 'queued'
@@ -74,7 +75,7 @@ pub(super) fn admit(ctx: &mut Ctx<'_>, project_dir: &str) -> Result<()> {
 /// Why a runnable stage of `run_id` must wait under its run's limits, if it must.
 pub(super) fn stage_hold(
     ctx: &Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     project_dir: &str,
     limits: &Limits,
     needs: &Needs,
@@ -130,7 +131,7 @@ pub(super) fn project_usage(ctx: &Ctx<'_>, project_dir: &str) -> Result<Usage> {
 /// Records (or clears) why a runnable stage waits; writes only on change.
 pub(super) fn set_stage_hold(
     ctx: &Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     hold: Option<&str>,
 ) -> Result<()> {
@@ -145,7 +146,7 @@ pub(super) fn set_stage_hold(
 /// The queue key of a job of `run_id` queued now, moving the run's clock on.
 pub(super) fn next_key(
     ctx: &Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     project_dir: &str,
     priority: i32,
 ) -> Result<i64> {

@@ -10,6 +10,7 @@ use orchestrator_core::sched::{
 };
 use orchestrator_core::Actor;
 use orchestrator_core::StageState;
+use orchestrator_core::{AgentId, JobId, RunId};
 
 use super::common::stage_key;
 use super::placement::parse_grant;
@@ -40,9 +41,9 @@ pub fn preempt(ctx: &mut Ctx<'_>, online_ms: u64) -> Result<usize> {
         )?
         .query_map(params![min_running, WAITING_PER_PASS], |r| {
             Ok((
-                r.get::<_, i64>(0)?,
+                r.get::<_, JobId>(0)?,
                 r.get::<_, i32>(1)?,
-                r.get::<_, String>(2)?,
+                r.get::<_, RunId>(2)?,
                 r.get::<_, String>(3)?,
                 r.get::<_, String>(4)?,
                 r.get::<_, String>(5)?,
@@ -55,7 +56,7 @@ pub fn preempt(ctx: &mut Ctx<'_>, online_ms: u64) -> Result<usize> {
                 stage: stage_key(&run, &stage),
                 priority,
                 needs: serde_json::from_str::<Needs>(&needs).unwrap_or_default(),
-                pinned: (!pin.is_empty()).then_some(pin),
+                pinned: (!pin.is_empty()).then(|| AgentId::from(pin)),
             })
         })
         .collect::<crate::db::Result<_>>()?;
@@ -67,7 +68,7 @@ pub fn preempt(ctx: &mut Ctx<'_>, online_ms: u64) -> Result<usize> {
     let mut asked = 0;
     for order in orders {
         for victim in &order.victims {
-            let (run_id, stage_id): (String, String) = ctx
+            let (run_id, stage_id): (RunId, String) = ctx
                 .conn
                 .prepare_cached("SELECT run_id, stage_id FROM jobs WHERE id = ?1")?
                 .query_row([victim], |r| Ok((r.get(0)?, r.get(1)?)))?;
@@ -106,7 +107,7 @@ fn agent_states(ctx: &Ctx<'_>, online_ms: u64) -> Result<Vec<AgentState>> {
         )?
         .query_map([since], |r| {
             Ok((
-                r.get::<_, String>(0)?,
+                r.get::<_, AgentId>(0)?,
                 r.get::<_, String>(1)?,
                 r.get::<_, u32>(2)?,
                 r.get::<_, i64>(3)?,
@@ -127,7 +128,7 @@ fn agent_states(ctx: &Ctx<'_>, online_ms: u64) -> Result<Vec<AgentState>> {
             })
         })
         .collect::<crate::db::Result<_>>()?;
-    let running: Vec<(String, RunningJob)> = ctx
+    let running: Vec<(AgentId, RunningJob)> = ctx
         .conn
         .prepare_cached(
             "SELECT l.agent_id, j.id, j.run_id, j.stage_id, j.priority, j.granted,
@@ -137,7 +138,7 @@ fn agent_states(ctx: &Ctx<'_>, online_ms: u64) -> Result<Vec<AgentState>> {
              WHERE l.state = 'active' ORDER BY j.id",
         )?
         .query_map([], |r| {
-            let run: String = r.get(2)?;
+            let run: RunId = r.get(2)?;
             let stage: String = r.get(3)?;
             let granted: Option<String> = r.get(5)?;
             Ok((
@@ -163,15 +164,15 @@ fn agent_states(ctx: &Ctx<'_>, online_ms: u64) -> Result<Vec<AgentState>> {
 /// What a stage asked to yield is waiting to do: (the job it yields to, why).
 pub(super) fn yield_request(
     ctx: &Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
-) -> Result<Option<(i64, String)>> {
-    let row: (Option<i64>, Option<String>) = ctx
+) -> Result<Option<(JobId, String)>> {
+    let row: (Option<JobId>, Option<String>) = ctx
         .conn
         .prepare_cached(
             "SELECT yield_job, yield_for FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2",
         )?
-        .query_row([run_id, stage_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        .query_row(params![run_id, stage_id], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(match row {
         (Some(j), why) => Some((j, why.unwrap_or_default())),
         _ => None,
@@ -183,7 +184,7 @@ pub(super) fn yield_request(
 /// yielded to.
 pub(super) fn yield_at_checkpoint(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     held: &Grant,
     why: &str,
@@ -205,8 +206,8 @@ pub(super) fn yield_at_checkpoint(
 
 /// Job `job_id` left the queue (placed `where_`, or withdrawn): stages that
 /// yielded to it resume, and stages still asked to yield to it need not.
-pub(super) fn release_yielders(ctx: &mut Ctx<'_>, job_id: i64, where_: &str) -> Result<()> {
-    let stages: Vec<(String, String, String, u32)> = ctx
+pub(super) fn release_yielders(ctx: &mut Ctx<'_>, job_id: JobId, where_: &str) -> Result<()> {
+    let stages: Vec<(RunId, String, String, u32)> = ctx
         .conn
         .prepare_cached(
             "SELECT run_id, stage_id, state, step FROM stage_runs WHERE yield_job = ?1",
@@ -221,7 +222,7 @@ pub(super) fn release_yielders(ctx: &mut Ctx<'_>, job_id: i64, where_: &str) -> 
                 "UPDATE stage_runs SET yield_job = NULL, yield_for = NULL, reserved = NULL
                  WHERE run_id = ?1 AND stage_id = ?2",
             )?
-            .execute([&run_id, &stage_id])?;
+            .execute(params![run_id, stage_id])?;
         if state == StageState::Suspended.as_str() {
             let next = super::human::next_of(ctx, &run_id, &stage_id, Some(step))?;
             stage_event(

@@ -9,6 +9,7 @@ use orchestrator_core::spec::SandboxKind;
 use orchestrator_core::{
     Actor, Entity, JobState, RunState, StageState, State, Transition, Workflow,
 };
+use orchestrator_core::{AgentId, JobId, LeaseId, RunId};
 
 use orchestrator_core::sched::{free, SystemRules};
 
@@ -36,18 +37,18 @@ fn run_summary(r: &Row<'_>) -> crate::db::Result<RunSummary> {
     })
 }
 
-pub fn run_summary_by_id(conn: &Conn, id: &str) -> Result<RunSummary> {
+pub fn run_summary_by_id(conn: &Conn, id: &RunId) -> Result<RunSummary> {
     let sql = format!("SELECT {RUN_COLS} FROM runs WHERE id = ?1");
     conn.prepare_cached(&sql)?
         .query_row([id], run_summary)
         .optional()?
         .ok_or_else(|| StoreError::NotFound {
             what: "run",
-            id: id.to_owned(),
+            id: id.to_string(),
         })
 }
 
-pub fn lease_jobs(conn: &Conn, agent_id: &str, lease_ids: &[i64]) -> Result<Vec<i64>> {
+pub fn lease_jobs(conn: &Conn, agent_id: &AgentId, lease_ids: &[LeaseId]) -> Result<Vec<JobId>> {
     let mut st =
         conn.prepare_cached("SELECT job_id FROM leases WHERE id = ?1 AND agent_id = ?2")?;
     let mut jobs = Vec::new();
@@ -72,8 +73,9 @@ pub fn list_runs(conn: &Conn, limit: u32) -> Result<Vec<RunSummary>> {
 }
 
 /// Finds a run by its id or by an unambiguous prefix of it.
-pub fn resolve_run(conn: &Conn, id: &str) -> Result<String> {
-    let exact: Option<String> = conn
+pub fn resolve_run(conn: &Conn, run: &RunId) -> Result<RunId> {
+    let id = run.as_str();
+    let exact: Option<RunId> = conn
         .prepare_cached("SELECT id FROM runs WHERE id = ?1")?
         .query_row([id], |r| r.get(0))
         .optional()?;
@@ -90,7 +92,7 @@ pub fn resolve_run(conn: &Conn, id: &str) -> Result<String> {
         .filter(|r| r.as_ref().map_or(true, |x| x.starts_with(id)))
         .collect::<crate::db::Result<_>>()?;
     match found.as_slice() {
-        [one] if !id.is_empty() => Ok(one.clone()),
+        [one] if !id.is_empty() => Ok(RunId::from(one)),
         [] | [_] => Err(StoreError::NotFound {
             what: "run",
             id: id.to_owned(),
@@ -101,7 +103,7 @@ pub fn resolve_run(conn: &Conn, id: &str) -> Result<String> {
     }
 }
 
-pub fn run_detail(conn: &Conn, id: &str) -> Result<RunDetail> {
+pub fn run_detail(conn: &Conn, id: &RunId) -> Result<RunDetail> {
     let id = resolve_run(conn, id)?;
     let sql = format!(
         "SELECT {RUN_COLS}, (SELECT spec FROM run_specs WHERE run_id = runs.id) FROM runs WHERE id = ?1"
@@ -215,7 +217,7 @@ pub fn list_agents(
     now: i64,
     online_ms: u64,
 ) -> Result<Vec<AgentView>> {
-    let rows: Vec<(String, String, Option<String>, i64)> = conn
+    let rows: Vec<(AgentId, String, Option<String>, i64)> = conn
         .prepare_cached("SELECT id, name, hostname, last_seen_at FROM agents ORDER BY name")?
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<crate::db::Result<_>>()?;
@@ -246,7 +248,7 @@ pub fn list_agents(
 pub fn transitions_since(
     conn: &Conn,
     after: i64,
-    run: Option<&str>,
+    run: Option<&RunId>,
     limit: u32,
 ) -> Result<Vec<Transition>> {
     let sql = if run.is_some() {

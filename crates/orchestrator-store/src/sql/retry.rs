@@ -6,6 +6,7 @@
 use crate::db::params;
 use orchestrator_core::machine::StageEvent;
 use orchestrator_core::Actor;
+use orchestrator_core::RunId;
 use orchestrator_host::ids;
 
 use super::common::workflow;
@@ -20,7 +21,7 @@ use crate::Result;
 /// human is then asked.
 pub(super) fn failure_policy(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     class: orchestrator_core::error::ErrorClass,
     timed_out: bool,
@@ -50,7 +51,7 @@ pub(super) fn what_follows(attempt: u32, max_attempts: u32, ask: bool, step: u32
 /// `step`; a zero wait starts the attempt at once.
 pub(super) fn retry_later(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     ord: usize,
     attempt: u32,
@@ -82,7 +83,7 @@ pub(super) fn retry_later(
 
 /// Starts the next attempt of every stage whose backoff has passed by `now`.
 pub fn due_retries(ctx: &mut Ctx<'_>, now: i64) -> Result<usize> {
-    let due: Vec<(String, String, u32, u32)> = ctx
+    let due: Vec<(RunId, String, u32, u32)> = ctx
         .conn
         .prepare_cached(
             "SELECT run_id, stage_id, attempt, step FROM stage_runs WHERE state = 'retrying' AND retry_at <= ?1",

@@ -7,6 +7,7 @@
 use crate::db::{params, Optional};
 use orchestrator_core::machine::{run_on, RunEffect, RunEvent, StageEvent};
 use orchestrator_core::Actor;
+use orchestrator_core::RunId;
 use orchestrator_core::RunState;
 
 use super::common::conflict;
@@ -15,7 +16,7 @@ use super::tx::Ctx;
 use super::{human, policy};
 use crate::{Result, StoreError};
 
-pub(super) fn stage_ended(ctx: &mut Ctx<'_>, run_id: &str, succeeded: bool) -> Result<()> {
+pub(super) fn stage_ended(ctx: &mut Ctx<'_>, run_id: &RunId, succeeded: bool) -> Result<()> {
     let (state, total, ended, ok): (String, i64, i64, i64) = ctx
         .conn
         .prepare_cached(
@@ -46,7 +47,7 @@ pub(super) fn stage_ended(ctx: &mut Ctx<'_>, run_id: &str, succeeded: bool) -> R
             format!("{} of {total} stages did not succeed", ended - ok)
         };
         ctx.transition(
-            run_id.to_owned(),
+            run_id.to_string(),
             Some(run_id),
             Some(from),
             to,
@@ -60,7 +61,12 @@ pub(super) fn stage_ended(ctx: &mut Ctx<'_>, run_id: &str, succeeded: bool) -> R
 
 /// A human's command to a run: cancel, pause or resume. The run machine
 /// decides whether the run's state allows it and what its stages must do.
-pub fn command_run(ctx: &mut Ctx<'_>, run_id: &str, event: RunEvent, actor: &Actor) -> Result<()> {
+pub fn command_run(
+    ctx: &mut Ctx<'_>,
+    run_id: &RunId,
+    event: RunEvent,
+    actor: &Actor,
+) -> Result<()> {
     let (verb, allowed) = match event {
         RunEvent::Cancel => ("cancelled", "a running or paused run"),
         RunEvent::Pause => ("paused", "a running run"),
@@ -85,7 +91,7 @@ pub fn command_run(ctx: &mut Ctx<'_>, run_id: &str, event: RunEvent, actor: &Act
 /// Applies a scheduler event (admission) to a run.
 pub(super) fn run_command(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     event: RunEvent,
     reason: String,
     actor: &Actor,
@@ -97,7 +103,7 @@ pub(super) fn run_command(
 
 fn run_event(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     event: RunEvent,
     reason: String,
     actor: &Actor,
@@ -110,7 +116,7 @@ fn run_event(
         .optional()?
         .ok_or_else(|| StoreError::NotFound {
             what: "run",
-            id: run_id.to_owned(),
+            id: run_id.to_string(),
         })?;
     let from = RunState::parse(&state).unwrap_or(RunState::Failed);
     let (to, effects) = run_on(from, event).map_err(|_| refused(from))?;
@@ -118,7 +124,7 @@ fn run_event(
         .prepare_cached("UPDATE runs SET state = ?2 WHERE id = ?1")?
         .execute(params![run_id, to.as_str()])?;
     ctx.transition(
-        run_id.to_owned(),
+        run_id.to_string(),
         Some(run_id),
         Some(from),
         to,
@@ -129,7 +135,7 @@ fn run_event(
 }
 
 /// The run's stages in any of `states`, with their current step.
-fn stages_in(ctx: &Ctx<'_>, run_id: &str, states: &str) -> Result<Vec<(String, u32)>> {
+fn stages_in(ctx: &Ctx<'_>, run_id: &RunId, states: &str) -> Result<Vec<(String, u32)>> {
     let sql = format!(
         "SELECT stage_id, step FROM stage_runs WHERE run_id = ?1 AND state IN ({states}) ORDER BY ord"
     );
@@ -143,7 +149,7 @@ fn stages_in(ctx: &Ctx<'_>, run_id: &str, states: &str) -> Result<Vec<(String, u
 /// Carries out what the run machine asked for.
 fn run_effects(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     effects: &[RunEffect],
     actor: &Actor,
 ) -> Result<()> {

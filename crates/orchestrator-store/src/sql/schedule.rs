@@ -8,6 +8,7 @@ use orchestrator_core::error::ErrorClass;
 use orchestrator_core::machine::StageEvent;
 use orchestrator_core::sched::{Limits, Needs};
 use orchestrator_core::Actor;
+use orchestrator_core::RunId;
 
 use super::common::workflow;
 use super::stage::stage_event;
@@ -24,7 +25,7 @@ use crate::{Result, StoreError};
 /// transaction fails the pass, and with it the batch.
 pub fn schedule(ctx: &mut Ctx<'_>) -> Result<()> {
     ctx.schedule = false;
-    let ready: Vec<(String, String, i64, String, Option<String>)> = ctx
+    let ready: Vec<(RunId, String, i64, String, Option<String>)> = ctx
         .conn
         .prepare_cached(
             "SELECT s.run_id, s.stage_id, s.ord, r.project_dir, r.limits FROM stage_runs s JOIN runs r ON r.id = s.run_id
@@ -54,7 +55,7 @@ pub fn schedule(ctx: &mut Ctx<'_>) -> Result<()> {
 
 fn schedule_stage(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     ord: i64,
     project_dir: &str,
@@ -98,8 +99,13 @@ fn schedule_stage(
 
 /// Fails a stage the scheduler pass could not carry on: left pending, it
 /// would hold its run open forever and be tried again at every pass.
-fn stage_fault(ctx: &mut Ctx<'_>, run_id: &str, stage_id: &str, error: &StoreError) -> Result<()> {
-    tracing::error!(run = run_id, stage = stage_id, error = %error,
+fn stage_fault(
+    ctx: &mut Ctx<'_>,
+    run_id: &RunId,
+    stage_id: &str,
+    error: &StoreError,
+) -> Result<()> {
+    tracing::error!(run = %run_id, stage = stage_id, error = %error,
         "cannot schedule this stage; it fails (daemon-side fault, class infra)");
     let reason = format!(
         "daemon-side fault (class {}): the daemon could not schedule this stage: {error}",
@@ -117,7 +123,7 @@ fn stage_fault(ctx: &mut Ctx<'_>, run_id: &str, stage_id: &str, error: &StoreErr
     });
     if let Err(e) = ended {
         ctx.healthy()?;
-        tracing::error!(run = run_id, stage = stage_id, error = %e,
+        tracing::error!(run = %run_id, stage = stage_id, error = %e,
             "cannot fail this stage either; it stays pending until the next scheduler pass");
     }
     Ok(())

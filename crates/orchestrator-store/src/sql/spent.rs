@@ -5,6 +5,7 @@
 
 use crate::db::{params, Conn, Optional};
 use orchestrator_core::Entity;
+use orchestrator_core::RunId;
 
 use super::tx::Ctx;
 use crate::{Credential, LinkTarget, LinkUse, Refused, Result, Revocations, StoreError};
@@ -36,14 +37,14 @@ pub fn spend(ctx: &mut Ctx<'_>, kind: Credential, id: &str, expires_at_ms: i64) 
 }
 
 /// Refuses a link whose request is no longer its entity's latest.
-pub fn check_round(ctx: &mut Ctx<'_>, run_id: &str, link: &LinkUse) -> Result<()> {
+pub fn check_round(ctx: &mut Ctx<'_>, run_id: &RunId, link: &LinkUse) -> Result<()> {
     round_is_latest(ctx.conn, run_id, link)
 }
 
 /// Why `link` would be refused now (used before, or its request is no
 /// longer the latest), without spending it: what its page says before the
 /// human clicks.
-pub fn refusal(conn: &Conn, run_id: &str, link: &LinkUse) -> Result<Option<Refused>> {
+pub fn refusal(conn: &Conn, run_id: &RunId, link: &LinkUse) -> Result<Option<Refused>> {
     let used: Option<i64> = conn
         .prepare_cached("SELECT spent_at FROM spent_credentials WHERE kind = ?1 AND id = ?2")?
         .query_row(params![Credential::Link.as_str(), link.id], |r| r.get(0))
@@ -58,7 +59,7 @@ pub fn refusal(conn: &Conn, run_id: &str, link: &LinkUse) -> Result<Option<Refus
     }
 }
 
-fn round_is_latest(conn: &Conn, run_id: &str, link: &LinkUse) -> Result<()> {
+fn round_is_latest(conn: &Conn, run_id: &RunId, link: &LinkUse) -> Result<()> {
     let (entity, key, what) = match &link.target {
         LinkTarget::Stage(stage) => (
             Entity::Stage,

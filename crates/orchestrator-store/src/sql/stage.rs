@@ -11,6 +11,7 @@
 use crate::db::{params, Optional};
 use orchestrator_core::machine::{holds_for_pause, stage_marks, stage_on, StageEffect, StageEvent};
 use orchestrator_core::Actor;
+use orchestrator_core::{AgentId, RunId};
 use orchestrator_core::{RunState, StageState};
 
 use super::common::{conflict, stage_key};
@@ -33,17 +34,17 @@ pub(super) struct StageRow {
     /// Its run's state: a stage of a paused run holds at its checkpoint.
     pub(super) run_state: RunState,
     /// The agent it is pinned to.
-    pub(super) agent_id: Option<String>,
+    pub(super) agent_id: Option<AgentId>,
 }
 
-pub(super) fn load_stage(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<StageRow> {
+pub(super) fn load_stage(ctx: &Ctx<'_>, run_id: &RunId, stage_id: &str) -> Result<StageRow> {
     ctx.conn
         .prepare_cached(
             "SELECT s.state, s.ord, s.attempt, s.steps_total, r.priority, r.project_dir, r.state,
                     COALESCE(r.base_commit, ''), s.handoff, s.agent_id
              FROM stage_runs s JOIN runs r ON r.id = s.run_id WHERE s.run_id = ?1 AND s.stage_id = ?2",
         )?
-        .query_row([run_id, stage_id], |r| {
+        .query_row(params![run_id, stage_id], |r| {
             let state: String = r.get(0)?;
             Ok(StageRow {
                 state: StageState::parse(&state).unwrap_or(StageState::Failed),
@@ -65,7 +66,7 @@ pub(super) fn load_stage(ctx: &Ctx<'_>, run_id: &str, stage_id: &str) -> Result<
 /// Applies one event to a stage, writes the change and follows its effects.
 pub fn stage_event(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     event: StageEvent,
     reason: String,
@@ -123,7 +124,7 @@ pub fn stage_event(
                         "UPDATE stage_runs SET unmet = unmet - 1 WHERE run_id = ?1 AND stage_id IN
                          (SELECT stage_id FROM requires WHERE run_id = ?1 AND required = ?2)",
                     )?
-                    .execute([run_id, stage_id])?;
+                    .execute(params![run_id, stage_id])?;
                 ctx.schedule = true;
             }
             StageEffect::BlockDependents => {
@@ -134,7 +135,7 @@ pub fn stage_event(
                            ON s.run_id = q.run_id AND s.stage_id = q.stage_id
                          WHERE q.run_id = ?1 AND q.required = ?2 AND s.state = 'pending'",
                     )?
-                    .query_map([run_id, stage_id], |r| r.get(0))?
+                    .query_map(params![run_id, stage_id], |r| r.get(0))?
                     .collect::<crate::db::Result<_>>()?;
                 for d in dependents {
                     // A diamond may reach a dependent twice; the second time it is already blocked.

@@ -4,6 +4,7 @@
 
 use orchestrator_core::api::Handoff;
 use orchestrator_core::spec::{Stage, Step};
+use orchestrator_core::RunId;
 
 use crate::{Result, StoreError};
 
@@ -11,7 +12,7 @@ use crate::{Result, StoreError};
 /// loop's iterations).
 pub(super) fn stage_spec<'w>(
     wf: &'w orchestrator_core::Workflow,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     ord: usize,
 ) -> Result<&'w Stage> {

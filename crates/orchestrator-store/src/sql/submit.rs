@@ -11,7 +11,7 @@ use std::sync::Arc;
 use crate::db::params;
 use orchestrator_core::api::Submitted;
 use orchestrator_core::sched::{self, could_ever_fit, effective_priority, Needs};
-use orchestrator_core::{RunState, StageState, Workflow};
+use orchestrator_core::{AgentId, RunId, RunState, StageState, Workflow};
 use orchestrator_host::ids;
 use sha2::{Digest, Sha256};
 
@@ -54,7 +54,7 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
             cycle.join(" -> ")
         ))
     })?;
-    let run_id = ids::new_id("r");
+    let run_id = RunId::new(ids::new_id("r"));
     let spec = crate::error::encode("a run's spec", &wf)?;
     let hash = format!("{:x}", Sha256::digest(run.workflow.as_bytes()));
     let eff = effective_priority(run.priority, wf.priority, &run.policy, ctx.rules);
@@ -100,7 +100,7 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
         reason = format!("{reason}; {h}");
     }
     ctx.transition(
-        run_id.clone(),
+        run_id.to_string(),
         Some(&run_id),
         None,
         state,
@@ -166,7 +166,7 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
 
 /// Stages that no registered agent could ever run, each with every agent's reason.
 fn never_fits(ctx: &Ctx<'_>, wf: &Workflow) -> Result<Vec<String>> {
-    let ids: Vec<String> = ctx
+    let ids: Vec<AgentId> = ctx
         .conn
         .prepare_cached("SELECT id FROM agents ORDER BY id")?
         .query_map([], |r| r.get(0))?

@@ -6,6 +6,7 @@
 //! imports a domain module of the store. The domain's commands are written
 //! against `Ctx`; the writer (`writer.rs`) owns the batches they run in.
 
+use orchestrator_core::RunId;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -21,7 +22,7 @@ pub struct Ctx<'c> {
     /// The time of the batch, in Unix milliseconds: one clock reading per batch.
     pub now: i64,
     /// Parsed workflows of running runs, so queuing a job never re-parses.
-    pub workflows: &'c mut HashMap<String, Arc<Workflow>>,
+    pub workflows: &'c mut HashMap<RunId, Arc<Workflow>>,
     /// Transition rows written in this batch, published after commit.
     pub transitions: Vec<Transition>,
     /// Some stage became runnable or a run was created: run the scheduler pass.
@@ -108,7 +109,7 @@ impl Ctx<'_> {
     pub fn transition<S: Into<State>>(
         &mut self,
         entity_id: String,
-        run_id: Option<&str>,
+        run_id: Option<&RunId>,
         from: Option<S>,
         to: S,
         reason: String,
@@ -137,7 +138,7 @@ impl Ctx<'_> {
             seq,
             entity,
             entity_id,
-            run_id: run_id.map(str::to_owned),
+            run_id: run_id.cloned(),
             from,
             to,
             reason,

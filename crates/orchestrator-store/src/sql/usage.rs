@@ -1,6 +1,7 @@
 //! Model usage: the gateway's per-job totals, added to `model_usage` in
 //! one command per flush, and read back per job or per run.
 
+use orchestrator_core::{JobId, RunId};
 use std::collections::BTreeMap;
 
 use crate::db::{params, Conn};
@@ -21,7 +22,7 @@ fn uint(v: i64) -> u64 {
 /// Adds each (job, model, usage) to its row. A job that does not exist
 /// (never minted by this store) adds nothing; the count of rows that did
 /// not land is returned.
-pub fn record(ctx: &mut Ctx<'_>, rows: Vec<(i64, String, Usage)>) -> Result<usize> {
+pub fn record(ctx: &mut Ctx<'_>, rows: Vec<(JobId, String, Usage)>) -> Result<usize> {
     let mut stmt = ctx.conn.prepare_cached(
         "INSERT INTO model_usage (job_id, model, run_id, stage_id, requests, prompt_tokens,
              completion_tokens, queue_wait_ms, latency_ms, max_queue_wait_ms, max_latency_ms)
@@ -74,7 +75,7 @@ fn usage_at(r: &crate::db::Row<'_>, at: usize) -> crate::db::Result<Usage> {
 }
 
 /// One job's totals by model.
-pub fn job(conn: &Conn, job_id: i64) -> Result<BTreeMap<String, Usage>> {
+pub fn job(conn: &Conn, job_id: JobId) -> Result<BTreeMap<String, Usage>> {
     let sql = format!("SELECT model, {COLS} FROM model_usage WHERE job_id = ?1");
     let rows = conn
         .prepare_cached(&sql)?
@@ -85,14 +86,14 @@ pub fn job(conn: &Conn, job_id: i64) -> Result<BTreeMap<String, Usage>> {
 
 /// A job's state and its run's id and priority, by one indexed lookup:
 /// what the gateway checks of a key on every request.
-pub fn job_holder(conn: &Conn, job_id: i64) -> Result<Option<crate::JobHolder>> {
+pub fn job_holder(conn: &Conn, job_id: JobId) -> Result<Option<crate::JobHolder>> {
     use crate::db::Optional;
     let row = conn
         .prepare_cached(
             "SELECT j.state, j.run_id, r.priority FROM jobs j JOIN runs r ON r.id = j.run_id WHERE j.id = ?1",
         )?
         .query_row([job_id], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get(2)?))
+            Ok((r.get::<_, String>(0)?, r.get::<_, RunId>(1)?, r.get(2)?))
         })
         .optional()?;
     Ok(row.and_then(|(state, run_id, priority)| {
@@ -105,7 +106,7 @@ pub fn job_holder(conn: &Conn, job_id: i64) -> Result<Option<crate::JobHolder>> 
 }
 
 /// One run's totals by stage and model; None when it made no model call.
-pub fn run(conn: &Conn, run_id: &str) -> Result<Option<UsageSummary>> {
+pub fn run(conn: &Conn, run_id: &RunId) -> Result<Option<UsageSummary>> {
     let sql = format!("SELECT stage_id, model, {COLS} FROM model_usage WHERE run_id = ?1");
     let mut ledger = UsageLedger::default();
     let mut any = false;
@@ -113,7 +114,7 @@ pub fn run(conn: &Conn, run_id: &str) -> Result<Option<UsageSummary>> {
     let mut rows = stmt.query([run_id])?;
     while let Some(r) = rows.next()? {
         let key = UsageKey {
-            run: run_id.to_owned(),
+            run: run_id.clone(),
             stage: r.get(0)?,
             model: r.get(1)?,
         };

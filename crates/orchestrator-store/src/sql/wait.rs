@@ -11,6 +11,7 @@ use orchestrator_core::api::{Ask, QuestionState, WaitAsk, WaitStatus};
 use orchestrator_core::machine::StageEvent;
 use orchestrator_core::Actor;
 use orchestrator_core::StageState;
+use orchestrator_core::{AgentId, JobId, RunId};
 
 use super::common::conflict;
 use super::stage::{load_stage, stage_event};
@@ -29,15 +30,15 @@ const MAX_KEY: usize = 128;
 
 /// What a live lease proves: the job's place in its run.
 struct Held {
-    run_id: String,
+    run_id: RunId,
     stage_id: String,
     step: u32,
 }
 
 /// The job, when `agent_id` holds its live lease under `token`. Anything
 /// else is refused: a step's right to ask ends with its lease.
-fn held(conn: &Conn, job_id: i64, agent_id: &str, token: &str) -> Result<Held> {
-    let row: Option<(String, String, u32, String, String)> = conn
+fn held(conn: &Conn, job_id: JobId, agent_id: &AgentId, token: &str) -> Result<Held> {
+    let row: Option<(RunId, String, u32, String, String)> = conn
         .prepare_cached(
             "SELECT j.run_id, j.stage_id, j.step, j.state, l.state
              FROM jobs j JOIN leases l ON l.id = j.lease_id
@@ -82,7 +83,7 @@ fn check_text(what: &str, text: &str) -> Result<()> {
 /// A running step asks and waits: the question is recorded (once per key)
 /// and its stage shows `awaiting_input` while the job stays leased.
 /// Returns the question's id.
-pub fn ask(ctx: &mut Ctx<'_>, job_id: i64, req: &WaitAsk) -> Result<i64> {
+pub fn ask(ctx: &mut Ctx<'_>, job_id: JobId, req: &WaitAsk) -> Result<i64> {
     let h = held(ctx.conn, job_id, &req.agent_id, &req.lease_token)?;
     if req.key.is_empty() || req.key.len() > MAX_KEY {
         return Err(StoreError::Invalid(format!(
@@ -160,8 +161,8 @@ pub fn ask(ctx: &mut Ctx<'_>, job_id: i64, req: &WaitAsk) -> Result<i64> {
 /// it and only while that step runs.
 pub fn status(
     conn: &Conn,
-    job_id: i64,
-    agent_id: &str,
+    job_id: JobId,
+    agent_id: &AgentId,
     token: &str,
     question_id: i64,
 ) -> Result<WaitStatus> {
@@ -169,7 +170,7 @@ pub fn status(
     read_status(conn, job_id, question_id)
 }
 
-fn read_status(conn: &Conn, job_id: i64, question_id: i64) -> Result<WaitStatus> {
+fn read_status(conn: &Conn, job_id: JobId, question_id: i64) -> Result<WaitStatus> {
     type Row = (String, i64, Option<String>, Option<String>, Option<i64>);
     let row: Option<Row> = conn
         .prepare_cached(
@@ -200,15 +201,15 @@ fn read_status(conn: &Conn, job_id: i64, question_id: i64) -> Result<WaitStatus>
 /// unless a human answered it first, and the stage runs on.
 pub fn withdraw(
     ctx: &mut Ctx<'_>,
-    job_id: i64,
-    agent_id: &str,
+    job_id: JobId,
+    agent_id: &AgentId,
     token: &str,
     question_id: i64,
 ) -> Result<WaitStatus> {
     let h = held(ctx.conn, job_id, agent_id, token)?;
     let now = read_status(ctx.conn, job_id, question_id)?;
     if now.state == QuestionState::Open {
-        let actor = Actor::agent(agent_id);
+        let actor = Actor::agent(agent_id.clone());
         close(
             ctx,
             &h.run_id,
@@ -234,8 +235,8 @@ pub fn withdraw(
 /// be applied as to any running stage.
 pub fn end_waits(
     ctx: &mut Ctx<'_>,
-    job_id: i64,
-    run_id: &str,
+    job_id: JobId,
+    run_id: &RunId,
     why: &str,
     actor: &Actor,
 ) -> Result<()> {
@@ -273,7 +274,7 @@ pub fn end_waits(
 /// for nothing more, it runs on and receives the answer where it runs.
 pub fn answered(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     question_id: i64,
     actor: &Actor,
@@ -289,7 +290,7 @@ pub fn answered(
 
 fn close(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     id: i64,
     reason: &str,
@@ -312,7 +313,7 @@ fn close(
 /// running step waits for is open.
 fn resume(
     ctx: &mut Ctx<'_>,
-    run_id: &str,
+    run_id: &RunId,
     stage_id: &str,
     reason: String,
     actor: &Actor,
@@ -323,7 +324,7 @@ fn resume(
             "SELECT COUNT(*) FROM questions
              WHERE run_id = ?1 AND stage_id = ?2 AND wait_key IS NOT NULL AND state = 'open'",
         )?
-        .query_row([run_id, stage_id], |r| r.get(0))?;
+        .query_row(params![run_id, stage_id], |r| r.get(0))?;
     if open == 0 && load_stage(ctx, run_id, stage_id)?.state == StageState::AwaitingInput {
         stage_event(ctx, run_id, stage_id, StageEvent::WaitEnded, reason, actor)?;
     }

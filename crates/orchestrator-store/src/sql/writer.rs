@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use crate::db::Conn;
 use orchestrator_core::sched::SystemRules;
-use orchestrator_core::{Transition, Workflow};
+use orchestrator_core::{RunId, Transition, Workflow};
 use tokio::sync::{broadcast, mpsc, Notify};
 
 use super::tx::{panic_message, Ctx};
@@ -129,7 +129,7 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, batch: &mut Vec<Command>, workflows: &mut HashMap<String, Arc<Workflow>>) {
+    fn commit(&mut self, batch: &mut Vec<Command>, workflows: &mut HashMap<RunId, Arc<Workflow>>) {
         let n = batch.len() as u64;
         let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
         #[cfg(feature = "failpoints")]

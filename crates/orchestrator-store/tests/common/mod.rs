@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use orchestrator_core::api::{CompleteRequest, RegisterAgent, StepOutcome};
 use orchestrator_core::error::ErrorClass;
-use orchestrator_core::{Entity, StageState};
+use orchestrator_core::{AgentId, Entity, RunId, StageState};
 use orchestrator_store::{Location, NewRun, SqlStore, Store, StoreOptions};
 
 pub mod scheduling;
@@ -81,7 +81,7 @@ pub fn new_run(yaml: &str) -> NewRun {
     }
 }
 
-pub async fn agent(s: &SqlStore, name: &str, slots: u32, labels: &[&str]) -> String {
+pub async fn agent(s: &SqlStore, name: &str, slots: u32, labels: &[&str]) -> AgentId {
     s.register_agent(
         RegisterAgent {
             name: name.into(),
@@ -115,11 +115,15 @@ pub fn outcome(success: bool, class: Option<ErrorClass>) -> StepOutcome {
     }
 }
 
-pub async fn complete_ok(s: &SqlStore, agent_id: &str, job: &orchestrator_core::api::ClaimedJob) {
+pub async fn complete_ok(
+    s: &SqlStore,
+    agent_id: &AgentId,
+    job: &orchestrator_core::api::ClaimedJob,
+) {
     s.complete(
         job.job_id,
         CompleteRequest {
-            agent_id: agent_id.into(),
+            agent_id: agent_id.clone(),
             lease_token: job.lease_token.clone(),
             outcome: outcome(true, None),
             claim_next: false,
@@ -139,9 +143,9 @@ pub fn stage_states(d: &orchestrator_core::api::RunDetail) -> HashMap<String, St
 }
 
 /// Replays the transitions log: the last `to` of every entity must be its stored state.
-pub async fn assert_log_replays_to_state(s: &SqlStore, run_id: &str) {
+pub async fn assert_log_replays_to_state(s: &SqlStore, run_id: &RunId) {
     let log = s
-        .transitions_since(0, Some(run_id.to_owned()), 1_000_000)
+        .transitions_since(0, Some(run_id.clone()), 1_000_000)
         .await
         .unwrap();
     let mut last: HashMap<(Entity, String), orchestrator_core::State> = HashMap::new();
@@ -161,7 +165,7 @@ pub async fn assert_log_replays_to_state(s: &SqlStore, run_id: &str) {
     }
     let d = s.run_detail(run_id).await.unwrap();
     assert_eq!(
-        last[&(Entity::Run, run_id.to_owned())],
+        last[&(Entity::Run, run_id.to_string())],
         d.run.state.as_str()
     );
     for st in &d.stages {

@@ -4,7 +4,7 @@
 
 use orchestrator_core::api::{ClaimedJob, CompleteRequest, RegisterAgent, StepOutcome};
 use orchestrator_core::sched::{Gpu, ProjectPolicy, SystemRules};
-use orchestrator_core::StageState;
+use orchestrator_core::{AgentId, RunId, StageState};
 use orchestrator_store::{NewRun, SqlStore, Store};
 
 use super::{options, TTL};
@@ -29,7 +29,7 @@ pub fn run(yaml: &str, project: &str, priority: Option<i32>, policy: ProjectPoli
     }
 }
 
-pub async fn agent(s: &SqlStore, name: &str, slots: u32, memory_mb: u64, gpus: &[u64]) -> String {
+pub async fn agent(s: &SqlStore, name: &str, slots: u32, memory_mb: u64, gpus: &[u64]) -> AgentId {
     s.register_agent(
         RegisterAgent {
             name: name.into(),
@@ -54,11 +54,11 @@ pub async fn agent(s: &SqlStore, name: &str, slots: u32, memory_mb: u64, gpus: &
     .agent_id
 }
 
-pub async fn done(s: &SqlStore, agent: &str, job: &ClaimedJob) {
+pub async fn done(s: &SqlStore, agent: &AgentId, job: &ClaimedJob) {
     s.complete(
         job.job_id,
         CompleteRequest {
-            agent_id: agent.into(),
+            agent_id: agent.clone(),
             lease_token: job.lease_token.clone(),
             outcome: StepOutcome {
                 timed_out: false,
@@ -83,11 +83,11 @@ pub async fn done(s: &SqlStore, agent: &str, job: &ClaimedJob) {
     .unwrap();
 }
 
-pub async fn claim(s: &SqlStore, agent: &str) -> Option<ClaimedJob> {
+pub async fn claim(s: &SqlStore, agent: &AgentId) -> Option<ClaimedJob> {
     s.claim(agent, TTL).await.unwrap()
 }
 
-pub async fn stage_state(s: &SqlStore, run: &str, stage: &str) -> StageState {
+pub async fn stage_state(s: &SqlStore, run: &RunId, stage: &str) -> StageState {
     s.run_detail(run)
         .await
         .unwrap()
