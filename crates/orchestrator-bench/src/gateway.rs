@@ -22,7 +22,7 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use futures_util::StreamExt;
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{NewRun, SqlStore, Store, StoreOptions};
+use orchestrator_store::{NewRun, SqlStore, StoreOptions};
 use serde::Serialize;
 use serde_json::{json, Value};
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{anyhow, Context, Result};
 use orchestrator_agent::run_agent;
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{SqlStore, Store, StoreOptions};
+use orchestrator_store::{SqlStore, StoreOptions};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent_opts::{agent_config, declared_gpus, hostname, AgentOpts};

@@ -14,7 +14,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Response};
 use orchestrator_core::Actor;
-use orchestrator_store::{HumanCommand, LinkTarget, LinkUse, Store, StoreError};
+use orchestrator_store::{HumanCommand, LinkTarget, LinkUse, StoreError};
 
 use crate::extract::Path;
 use crate::hooks::sign::{verify_link, Action, ActionError, ActionKind, SignedAction};
@@ -35,7 +35,7 @@ fn escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-fn verified<S: Store>(app: &App<S>, token: &str) -> Result<SignedAction, Box<Response>> {
+fn verified(app: &App, token: &str) -> Result<SignedAction, Box<Response>> {
     let Some(links) = &app.config.hooks.links else {
         return Err(Box::new(page(
             StatusCode::NOT_FOUND,
@@ -82,7 +82,7 @@ fn describe(a: &Action) -> String {
 }
 
 /// `GET /v1/act/{token}`: what the link does, and the button that does it.
-pub async fn show<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<String>) -> Response {
+pub async fn show(State(app): State<Arc<App>>, Path(token): Path<String>) -> Response {
     let signed = match verified(&app, &token) {
         Ok(s) => s,
         Err(r) => return *r,
@@ -142,7 +142,7 @@ fn link_use(signed: &SignedAction) -> Option<LinkUse> {
 }
 
 /// `POST /v1/act/{token}`: does what the signed action says.
-pub async fn act<S: Store>(State(app): State<Arc<App<S>>>, Path(token): Path<String>) -> Response {
+pub async fn act(State(app): State<Arc<App>>, Path(token): Path<String>) -> Response {
     let signed = match verified(&app, &token) {
         Ok(s) => s,
         Err(r) => return *r,

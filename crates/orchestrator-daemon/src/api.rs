@@ -12,7 +12,7 @@ use orchestrator_core::api::{
     ClaimRequest, CompleteRequest, HeartbeatRequest, RegisterAgent, SubmitRun,
 };
 use orchestrator_core::machine::RunEvent;
-use orchestrator_store::{NewRun, Store, StoreError};
+use orchestrator_store::{NewRun, StoreError};
 use serde::Deserialize;
 
 use crate::auth::Principal;
@@ -20,8 +20,8 @@ use crate::error::{ApiErr, JsonBody};
 use crate::extract::{Path, Query, QueryParams};
 use crate::App;
 
-pub async fn submit_run<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn submit_run(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     JsonBody(mut req): JsonBody<SubmitRun>,
 ) -> Result<Response, ApiErr> {
@@ -115,7 +115,7 @@ pub async fn submit_run<S: Store>(
 
 /// A run that names a catalog workflow gets the catalog's text of it now,
 /// so that the store records exactly the definition the run starts with.
-fn by_name<S>(app: &App<S>, dir: &std::path::Path, req: &mut SubmitRun) -> Result<(), ApiErr> {
+fn by_name(app: &App, dir: &std::path::Path, req: &mut SubmitRun) -> Result<(), ApiErr> {
     let unprocessable = |msg: String| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, msg);
     let Some(name) = req.workflow_name.as_deref() else {
         if req.workflow.is_empty() {
@@ -143,8 +143,8 @@ fn by_name<S>(app: &App<S>, dir: &std::path::Path, req: &mut SubmitRun) -> Resul
 
 /// `GET /v1/workflows`: the watched projects' workflow files, with the
 /// definition each answers with and its last reload's error.
-pub async fn list_workflows<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn list_workflows(
+    State(app): State<Arc<App>>,
 ) -> Json<Vec<orchestrator_core::api::WorkflowView>> {
     Json(crate::watch::lock(&app.catalog).list())
 }
@@ -163,33 +163,33 @@ impl QueryParams for ListQuery {
     const EXPECTED: &'static str = "`limit`: a whole number from 0 to 4294967295 (default 100)";
 }
 
-pub async fn list_runs<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn list_runs(
+    State(app): State<Arc<App>>,
     Query(q): Query<ListQuery>,
 ) -> Result<Response, ApiErr> {
     Ok(Json(app.store.list_runs(q.limit.min(10_000)).await?).into_response())
 }
 
-pub async fn get_run<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn get_run(
+    State(app): State<Arc<App>>,
     Path(id): Path<RunId>,
 ) -> Result<Response, ApiErr> {
     // The run's model usage then counts every request that has ended.
-    if let Err(e) = app.usage.flush(&*app.store).await {
+    if let Err(e) = app.usage.flush(&app.store).await {
         tracing::warn!(error = %e, "model usage not written before a read");
     }
     Ok(Json(app.store.run_detail(&id).await?).into_response())
 }
 
-pub async fn get_stages<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn get_stages(
+    State(app): State<Arc<App>>,
     Path(id): Path<RunId>,
 ) -> Result<Response, ApiErr> {
     Ok(Json(app.store.run_detail(&id).await?.stages).into_response())
 }
 
-pub async fn get_stage<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn get_stage(
+    State(app): State<Arc<App>>,
     Path((id, stage)): Path<(RunId, String)>,
 ) -> Result<Response, ApiErr> {
     let detail = app.store.run_detail(&id).await?;
@@ -204,8 +204,8 @@ pub async fn get_stage<S: Store>(
     Ok(Json(st).into_response())
 }
 
-pub async fn get_jobs<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn get_jobs(
+    State(app): State<Arc<App>>,
     Path(id): Path<RunId>,
 ) -> Result<Response, ApiErr> {
     Ok(Json(app.store.run_detail(&id).await?.jobs).into_response())
@@ -213,8 +213,8 @@ pub async fn get_jobs<S: Store>(
 
 /// `POST /v1/runs/{id}/cancel`: stops the run; agents holding its jobs learn
 /// at once (their long-polling heartbeat answers) and kill the commands.
-pub async fn cancel_run<S: Store>(
-    state: State<Arc<App<S>>>,
+pub async fn cancel_run(
+    state: State<Arc<App>>,
     who: Extension<Principal>,
     id: Path<RunId>,
 ) -> Result<Response, ApiErr> {
@@ -222,8 +222,8 @@ pub async fn cancel_run<S: Store>(
 }
 
 /// `POST /v1/runs/{id}/pause`: each stage holds at its next checkpoint.
-pub async fn pause_run<S: Store>(
-    state: State<Arc<App<S>>>,
+pub async fn pause_run(
+    state: State<Arc<App>>,
     who: Extension<Principal>,
     id: Path<RunId>,
 ) -> Result<Response, ApiErr> {
@@ -231,16 +231,16 @@ pub async fn pause_run<S: Store>(
 }
 
 /// `POST /v1/runs/{id}/resume`: held stages go on from where they stopped.
-pub async fn resume_run<S: Store>(
-    state: State<Arc<App<S>>>,
+pub async fn resume_run(
+    state: State<Arc<App>>,
     who: Extension<Principal>,
     id: Path<RunId>,
 ) -> Result<Response, ApiErr> {
     command_run(state, who, id, RunEvent::Resume).await
 }
 
-async fn command_run<S: Store>(
-    State(app): State<Arc<App<S>>>,
+async fn command_run(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Path(id): Path<RunId>,
     event: RunEvent,
@@ -250,7 +250,7 @@ async fn command_run<S: Store>(
     Ok(Json(run).into_response())
 }
 
-pub async fn list_agents<S: Store>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiErr> {
+pub async fn list_agents(State(app): State<Arc<App>>) -> Result<Response, ApiErr> {
     Ok(Json(app.store.list_agents(app.config.online_ms()).await?).into_response())
 }
 
@@ -265,8 +265,8 @@ impl QueryParams for ExplainQuery {
 }
 
 /// `GET /v1/runs/{id}/explain[?stage=S]`.
-pub async fn explain<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn explain(
+    State(app): State<Arc<App>>,
     Path(id): Path<RunId>,
     Query(q): Query<ExplainQuery>,
 ) -> Result<Response, ApiErr> {
@@ -278,8 +278,8 @@ pub async fn explain<S: Store>(
     .into_response())
 }
 
-pub async fn register_agent<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn register_agent(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     JsonBody(mut req): JsonBody<RegisterAgent>,
 ) -> Result<Response, ApiErr> {
@@ -308,8 +308,8 @@ pub async fn register_agent<S: Store>(
 /// Long-poll: answers with a job as soon as one this agent can run is
 /// queued, or 204 when `wait_ms` passes first. No polling interval: it waits
 /// on the store's "jobs queued" signal.
-pub async fn claim<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn claim(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Path(agent_id): Path<AgentId>,
     JsonBody(req): JsonBody<ClaimRequest>,
@@ -349,8 +349,8 @@ pub async fn claim<S: Store>(
     }
 }
 
-pub async fn heartbeat<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn heartbeat(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Path(agent_id): Path<AgentId>,
     JsonBody(req): JsonBody<HeartbeatRequest>,
@@ -373,8 +373,8 @@ pub async fn heartbeat<S: Store>(
 
 /// Waits until a lease this agent holds is revoked or expires (the jobs are
 /// returned), or `wait_ms` passes (nothing is).
-async fn wait_for_revocation<S: Store>(
-    app: &App<S>,
+async fn wait_for_revocation(
+    app: &App,
     agent_id: &AgentId,
     live: &mut tokio::sync::broadcast::Receiver<Arc<[orchestrator_core::Transition]>>,
     wait_ms: u64,
@@ -409,8 +409,8 @@ async fn wait_for_revocation<S: Store>(
     }
 }
 
-pub async fn complete<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn complete(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Path(job_id): Path<JobId>,
     JsonBody(req): JsonBody<CompleteRequest>,
@@ -445,7 +445,7 @@ pub async fn complete<S: Store>(
 /// Also mints the job's key to the model gateway, when the daemon serves
 /// models: without a key the agent neither offers the gateway to the step
 /// nor asks for its usage, a round trip per step saved.
-fn with_secrets<S: Store>(app: &App<S>, job: &mut orchestrator_core::api::ClaimedJob) {
+fn with_secrets(app: &App, job: &mut orchestrator_core::api::ClaimedJob) {
     if !app.config.models.is_empty() {
         job.spec.api_key = Some(orchestrator_core::api::ApiKey(
             app.job_keys.mint(job.job_id, &job.spec.run_id),

@@ -1,6 +1,7 @@
 //! What every handler shares ([`App`]): the store, the settings and the
 //! daemon's in-memory parts (metrics, hooks, gateway, sessions, catalog).
 
+use orchestrator_store::SqlStore;
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
@@ -8,8 +9,8 @@ use tokio_util::sync::CancellationToken;
 use crate::{catalog, dashboard, fabric, health, hooks, ident, metrics, DaemonConfig};
 
 /// What every handler shares.
-pub struct App<S> {
-    pub store: Arc<S>,
+pub struct App {
+    pub store: Arc<SqlStore>,
     pub config: DaemonConfig,
     pub metrics: metrics::Metrics,
     /// The looping components' last ticks, for `/readyz`.

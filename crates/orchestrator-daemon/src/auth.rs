@@ -16,7 +16,6 @@ use axum::http::{header, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
 use orchestrator_core::Actor;
-use orchestrator_store::Store;
 
 use crate::error::ApiErr;
 use crate::App;
@@ -118,7 +117,7 @@ fn bearer(req: &Request) -> Result<String, ApiErr> {
 
 /// Who `token` proves the caller is. Takes the token, not the request: a
 /// request is not `Sync`, and this future must be `Send`.
-async fn principal<S: Store>(app: &App<S>, token: &str) -> Result<Principal, ApiErr> {
+async fn principal(app: &App, token: &str) -> Result<Principal, ApiErr> {
     match app.config.tokens.role_of(token) {
         Some(Role::Admin) => return Ok(Principal::Admin),
         Some(Role::Agent) => return Ok(Principal::SharedAgent),
@@ -145,8 +144,8 @@ async fn principal<S: Store>(app: &App<S>, token: &str) -> Result<Principal, Api
 }
 
 /// Lets admin tokens and sessions through.
-pub async fn admin_only<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn admin_only(
+    State(app): State<Arc<App>>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiErr> {
@@ -165,8 +164,8 @@ pub async fn admin_only<S: Store>(
 }
 
 /// Lets agent and admin tokens through.
-pub async fn agent_or_admin<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn agent_or_admin(
+    State(app): State<Arc<App>>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiErr> {

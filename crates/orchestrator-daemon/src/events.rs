@@ -12,7 +12,6 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::IntoResponse;
 use futures_util::stream;
 use orchestrator_core::Transition;
-use orchestrator_store::Store;
 use serde::Deserialize;
 use tokio::sync::{broadcast, mpsc};
 
@@ -33,8 +32,8 @@ impl QueryParams for EventsQuery {
     const EXPECTED: &'static str = "`since`: a transition seq, a whole number from -9223372036854775808 to 9223372036854775807; `run`: a run id; `entities`: kinds of entity, comma-separated (all optional)";
 }
 
-pub async fn events<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn events(
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> impl IntoResponse {
@@ -69,8 +68,8 @@ fn event(t: &Transition) -> Option<Event> {
 }
 
 /// Sends transitions to one client until it goes away.
-async fn pump<S: Store>(
-    app: Arc<App<S>>,
+async fn pump(
+    app: Arc<App>,
     mut live: broadcast::Receiver<Arc<[Transition]>>,
     tx: mpsc::Sender<Event>,
     since: Option<i64>,

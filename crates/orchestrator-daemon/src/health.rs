@@ -16,7 +16,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use orchestrator_store::Store;
 use serde::Serialize;
 
 use crate::App;
@@ -80,7 +79,7 @@ pub struct Readiness {
 
 /// `GET /readyz`: 200 when every component is ready, else 503; the body
 /// says each one's state either way.
-pub async fn readyz<S: Store>(State(app): State<Arc<App<S>>>) -> Response {
+pub async fn readyz(State(app): State<Arc<App>>) -> Response {
     let mut components = BTreeMap::new();
     let started = Instant::now();
     let store = match tokio::time::timeout(STORE_WITHIN, app.store.probe_write()).await {

@@ -8,7 +8,7 @@ use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use orchestrator_core::api::{AnswerRequest, ApproveRequest, DecideRequest, RejectRequest};
-use orchestrator_store::{HumanCommand, Store};
+use orchestrator_store::HumanCommand;
 
 use crate::auth::Principal;
 use crate::error::{ApiErr, JsonBody};
@@ -16,13 +16,13 @@ use crate::extract::Path;
 use crate::App;
 
 /// `GET /v1/inbox`: everything waiting for a human, oldest first.
-pub async fn inbox<S: Store>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiErr> {
+pub async fn inbox(State(app): State<Arc<App>>) -> Result<Response, ApiErr> {
     Ok(Json(app.store.inbox().await?).into_response())
 }
 
 /// `POST /v1/runs/{id}/stages/{stage}/approve`.
-pub async fn approve<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn approve(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Path((id, stage_id)): Path<(RunId, String)>,
     JsonBody(req): JsonBody<ApproveRequest>,
@@ -39,8 +39,8 @@ pub async fn approve<S: Store>(
 }
 
 /// `POST /v1/runs/{id}/stages/{stage}/reject`: the step runs again with the feedback.
-pub async fn reject<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn reject(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Path((id, stage_id)): Path<(RunId, String)>,
     JsonBody(req): JsonBody<RejectRequest>,
@@ -57,8 +57,8 @@ pub async fn reject<S: Store>(
 }
 
 /// `POST /v1/runs/{id}/questions/{qid}/answer`.
-pub async fn answer<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn answer(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Path((id, question_id)): Path<(RunId, i64)>,
     JsonBody(req): JsonBody<AnswerRequest>,
@@ -78,8 +78,8 @@ pub async fn answer<S: Store>(
 /// from where it failed, as a new attempt; with `feedback`, the work is
 /// sent back to the stage (succeeded, or awaiting a decision) and every
 /// stage after it runs again after it.
-pub async fn retry<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn retry(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Path((id, stage_id)): Path<(RunId, String)>,
     JsonBody(req): JsonBody<DecideRequest>,
@@ -98,8 +98,8 @@ pub async fn retry<S: Store>(
 
 /// `POST /v1/runs/{id}/stages/{stage}/skip`: the failed stage's dependents
 /// go on without it.
-pub async fn skip<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn skip(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Path((id, stage_id)): Path<(RunId, String)>,
     JsonBody(req): JsonBody<DecideRequest>,
@@ -117,8 +117,8 @@ pub async fn skip<S: Store>(
 
 /// `POST /v1/runs/{id}/stages/{stage}/abort`: the failed stage ends failed;
 /// the rest of the run goes on.
-pub async fn abort_stage<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn abort_stage(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Path((id, stage_id)): Path<(RunId, String)>,
     JsonBody(req): JsonBody<DecideRequest>,
@@ -135,8 +135,8 @@ pub async fn abort_stage<S: Store>(
 }
 
 /// `POST /v1/runs/{id}/abort`: the run ends failed.
-pub async fn abort_run<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn abort_run(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Path(id): Path<RunId>,
     JsonBody(req): JsonBody<DecideRequest>,
@@ -154,8 +154,8 @@ pub async fn abort_run<S: Store>(
 
 /// `GET /v1/runs/{id}/transitions`: the run's whole log, oldest first: who
 /// did what and why.
-pub async fn transitions<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn transitions(
+    State(app): State<Arc<App>>,
     Path(id): Path<RunId>,
 ) -> Result<Response, ApiErr> {
     let run = app.store.run_detail(&id).await?.run.id;

@@ -17,7 +17,6 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use orchestrator_core::api::{AgentTokenCreated, NewAgentToken};
-use orchestrator_store::Store;
 
 use crate::auth::Principal;
 use crate::error::{ApiErr, JsonBody};
@@ -81,10 +80,7 @@ where
 }
 
 /// The owner of agent token `token` and whether it is revoked.
-pub async fn token_owner<S: Store>(
-    app: &App<S>,
-    token: &str,
-) -> Result<Option<(String, bool)>, ApiErr> {
+pub async fn token_owner(app: &App, token: &str) -> Result<Option<(String, bool)>, ApiErr> {
     cached(&app.identities.tokens, token, async {
         Ok(app
             .store
@@ -100,7 +96,7 @@ fn forbidden(msg: String) -> ApiErr {
 }
 
 /// May `who` register, or report models, as the agent named `name`?
-pub async fn check_name<S: Store>(app: &App<S>, who: &Principal, name: &str) -> Result<(), ApiErr> {
+pub async fn check_name(app: &App, who: &Principal, name: &str) -> Result<(), ApiErr> {
     match who {
         Principal::Admin | Principal::Dashboard => Ok(()),
         Principal::Agent(own) if own == name => Ok(()),
@@ -120,11 +116,7 @@ pub async fn check_name<S: Store>(app: &App<S>, who: &Principal, name: &str) -> 
 }
 
 /// May `who` claim, heartbeat or complete for agent `agent_id`?
-pub async fn check_agent<S: Store>(
-    app: &App<S>,
-    who: &Principal,
-    agent_id: &AgentId,
-) -> Result<(), ApiErr> {
+pub async fn check_agent(app: &App, who: &Principal, agent_id: &AgentId) -> Result<(), ApiErr> {
     if matches!(who, Principal::Admin | Principal::Dashboard) {
         return Ok(());
     }
@@ -156,8 +148,8 @@ pub async fn check_agent<S: Store>(
 }
 
 /// `POST /v1/agent-tokens` (admin): issues NAME's credential, shown once.
-pub async fn create<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn create(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     JsonBody(req): JsonBody<NewAgentToken>,
 ) -> Result<Response, ApiErr> {
@@ -178,14 +170,14 @@ pub async fn create<S: Store>(
 }
 
 /// `GET /v1/agent-tokens` (admin): every name's credential, never a token.
-pub async fn list<S: Store>(State(app): State<Arc<App<S>>>) -> Result<Response, ApiErr> {
+pub async fn list(State(app): State<Arc<App>>) -> Result<Response, ApiErr> {
     Ok(Json(app.store.list_agent_tokens().await?).into_response())
 }
 
 /// `POST /v1/agent-tokens/{name}/revoke` (admin): refused from now on; the
 /// agent's leases are not ended, they expire as its heartbeats stop.
-pub async fn revoke<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn revoke(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiErr> {

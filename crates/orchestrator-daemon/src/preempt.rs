@@ -7,12 +7,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use orchestrator_store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::App;
 
-pub async fn run<S: Store>(app: Arc<App<S>>, stop: CancellationToken) {
+pub async fn run(app: Arc<App>, stop: CancellationToken) {
     let tick = Duration::from_millis(app.config.preempt_tick_ms.max(10));
     let queued = app.store.jobs_queued();
     // A pass and its pause take at most a tick and a quarter.

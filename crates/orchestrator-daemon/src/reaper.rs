@@ -13,17 +13,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use orchestrator_store::Store;
 use tokio_util::sync::CancellationToken;
 
 use crate::App;
 
-pub async fn run<S: Store>(app: Arc<App<S>>, stop: CancellationToken) {
+pub async fn run(app: Arc<App>, stop: CancellationToken) {
     let tick = Duration::from_millis(app.config.reaper_tick_ms.max(10));
     let clock = app.config.clock.clone();
     let now_ms = || clock.now_ms();
     // Agents get one online window to reach a daemon that just started, as
-    // their leases do (`Store::resume`): silence while it was down is not theirs.
+    // their leases do (`SqlStore::resume`): silence while it was down is not theirs.
     let window = i64::try_from(app.config.online_ms()).unwrap_or(i64::MAX);
     let mut judge_agents_from = now_ms().saturating_add(window);
     app.health.register("reaper", tick);

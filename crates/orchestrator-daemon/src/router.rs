@@ -7,115 +7,90 @@ use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::Router;
-use orchestrator_store::Store;
 
 use crate::{
     act, api, auth, dashboard, error, events, fabric, health, hooks, human, ident, metrics, wait,
     ApiErr, App,
 };
 
-pub(crate) fn router<S: Store>(app: Arc<App<S>>) -> Router {
+pub(crate) fn router(app: Arc<App>) -> Router {
     let admin = Router::new()
-        .route(
-            "/v1/runs",
-            post(api::submit_run::<S>).get(api::list_runs::<S>),
-        )
-        .route("/v1/runs/{id}", get(api::get_run::<S>))
-        .route("/v1/runs/{id}/cancel", post(api::cancel_run::<S>))
-        .route("/v1/runs/{id}/pause", post(api::pause_run::<S>))
-        .route("/v1/runs/{id}/resume", post(api::resume_run::<S>))
-        .route("/v1/runs/{id}/stages", get(api::get_stages::<S>))
-        .route("/v1/runs/{id}/stages/{stage}", get(api::get_stage::<S>))
-        .route("/v1/runs/{id}/jobs", get(api::get_jobs::<S>))
-        .route("/v1/runs/{id}/explain", get(api::explain::<S>))
-        .route(
-            "/v1/runs/{id}/stages/{stage}/approve",
-            post(human::approve::<S>),
-        )
-        .route(
-            "/v1/runs/{id}/stages/{stage}/reject",
-            post(human::reject::<S>),
-        )
-        .route(
-            "/v1/runs/{id}/questions/{qid}/answer",
-            post(human::answer::<S>),
-        )
-        .route(
-            "/v1/runs/{id}/stages/{stage}/retry",
-            post(human::retry::<S>),
-        )
-        .route("/v1/runs/{id}/stages/{stage}/skip", post(human::skip::<S>))
+        .route("/v1/runs", post(api::submit_run).get(api::list_runs))
+        .route("/v1/runs/{id}", get(api::get_run))
+        .route("/v1/runs/{id}/cancel", post(api::cancel_run))
+        .route("/v1/runs/{id}/pause", post(api::pause_run))
+        .route("/v1/runs/{id}/resume", post(api::resume_run))
+        .route("/v1/runs/{id}/stages", get(api::get_stages))
+        .route("/v1/runs/{id}/stages/{stage}", get(api::get_stage))
+        .route("/v1/runs/{id}/jobs", get(api::get_jobs))
+        .route("/v1/runs/{id}/explain", get(api::explain))
+        .route("/v1/runs/{id}/stages/{stage}/approve", post(human::approve))
+        .route("/v1/runs/{id}/stages/{stage}/reject", post(human::reject))
+        .route("/v1/runs/{id}/questions/{qid}/answer", post(human::answer))
+        .route("/v1/runs/{id}/stages/{stage}/retry", post(human::retry))
+        .route("/v1/runs/{id}/stages/{stage}/skip", post(human::skip))
         .route(
             "/v1/runs/{id}/stages/{stage}/abort",
-            post(human::abort_stage::<S>),
+            post(human::abort_stage),
         )
-        .route("/v1/runs/{id}/abort", post(human::abort_run::<S>))
-        .route("/v1/inbox", get(human::inbox::<S>))
-        .route("/v1/runs/{id}/transitions", get(human::transitions::<S>))
-        .route("/v1/agents", get(api::list_agents::<S>))
-        .route("/v1/workflows", get(api::list_workflows::<S>))
-        .route("/v1/events", get(events::events::<S>))
-        .route("/v1/webhooks", get(webhooks_handler::<S>))
-        .route("/metrics", get(metrics_handler::<S>))
-        .route(
-            "/v1/runs/{id}/jobs/{job}/logs",
-            get(dashboard::logs::read::<S>),
-        )
-        .route("/v1/runs/{id}/diff", get(dashboard::diff::read::<S>))
-        .route("/v1/dashboard/links", post(dashboard::new_link::<S>))
-        .route("/v1/dashboard/logout", post(dashboard::logout::<S>))
-        .route("/v1/dashboard/revoke", post(dashboard::revoke::<S>))
-        .route(
-            "/v1/agent-tokens",
-            post(ident::create::<S>).get(ident::list::<S>),
-        )
-        .route("/v1/agent-tokens/{name}/revoke", post(ident::revoke::<S>))
+        .route("/v1/runs/{id}/abort", post(human::abort_run))
+        .route("/v1/inbox", get(human::inbox))
+        .route("/v1/runs/{id}/transitions", get(human::transitions))
+        .route("/v1/agents", get(api::list_agents))
+        .route("/v1/workflows", get(api::list_workflows))
+        .route("/v1/events", get(events::events))
+        .route("/v1/webhooks", get(webhooks_handler))
+        .route("/metrics", get(metrics_handler))
+        .route("/v1/runs/{id}/jobs/{job}/logs", get(dashboard::logs::read))
+        .route("/v1/runs/{id}/diff", get(dashboard::diff::read))
+        .route("/v1/dashboard/links", post(dashboard::new_link))
+        .route("/v1/dashboard/logout", post(dashboard::logout))
+        .route("/v1/dashboard/revoke", post(dashboard::revoke))
+        .route("/v1/agent-tokens", post(ident::create).get(ident::list))
+        .route("/v1/agent-tokens/{name}/revoke", post(ident::revoke))
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
-            auth::admin_only::<S>,
+            auth::admin_only,
         ));
     let agent = Router::new()
-        .route("/v1/agents", post(api::register_agent::<S>))
-        .route("/v1/agents/{id}/claim", post(api::claim::<S>))
-        .route("/v1/agents/{id}/heartbeat", post(api::heartbeat::<S>))
-        .route(
-            "/v1/agents/{id}/models",
-            post(fabric::remote::agent_models::<S>),
-        )
-        .route("/v1/jobs/{id}/complete", post(api::complete::<S>))
-        .route("/v1/jobs/{id}/questions", post(wait::ask::<S>))
-        .route("/v1/jobs/{id}/questions/{qid}/wait", post(wait::wait::<S>))
+        .route("/v1/agents", post(api::register_agent))
+        .route("/v1/agents/{id}/claim", post(api::claim))
+        .route("/v1/agents/{id}/heartbeat", post(api::heartbeat))
+        .route("/v1/agents/{id}/models", post(fabric::remote::agent_models))
+        .route("/v1/jobs/{id}/complete", post(api::complete))
+        .route("/v1/jobs/{id}/questions", post(wait::ask))
+        .route("/v1/jobs/{id}/questions/{qid}/wait", post(wait::wait))
         .route(
             "/v1/jobs/{id}/questions/{qid}/withdraw",
-            post(wait::withdraw::<S>),
+            post(wait::withdraw),
         )
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
-            auth::agent_or_admin::<S>,
+            auth::agent_or_admin,
         ));
     let limit = app.config.max_body_bytes;
     Router::new()
         .merge(admin)
         .merge(agent)
         .route("/healthz", get(api::healthz))
-        .route("/readyz", get(health::readyz::<S>))
+        .route("/readyz", get(health::readyz))
         // The page holds no data: it asks for a token, then uses the API.
         .route("/ui", get(dashboard::root))
         .route("/ui/", get(dashboard::index))
         .route("/ui/app.js", get(dashboard::script))
         .route("/ui/style.css", get(dashboard::style))
         // The ticket is its own credential, good once.
-        .route("/v1/dashboard/session", post(dashboard::redeem::<S>))
+        .route("/v1/dashboard/session", post(dashboard::redeem))
         // The model gateway: a job's own key is its credential. The agent
         // relays exactly these paths to sandboxes without network (its
         // `gateway::GATEWAY_PATHS`): a new gateway path belongs there too.
-        .route("/v1/models", get(fabric::list_models::<S>))
-        .route("/v1/usage", get(fabric::job_usage::<S>))
-        .route("/v1/chat/completions", post(fabric::proxy::forward::<S>))
-        .route("/v1/completions", post(fabric::proxy::forward::<S>))
-        .route("/v1/embeddings", post(fabric::proxy::forward::<S>))
+        .route("/v1/models", get(fabric::list_models))
+        .route("/v1/usage", get(fabric::job_usage))
+        .route("/v1/chat/completions", post(fabric::proxy::forward))
+        .route("/v1/completions", post(fabric::proxy::forward))
+        .route("/v1/embeddings", post(fabric::proxy::forward))
         // The signed link is its own credential: no bearer token.
-        .route("/v1/act/{token}", get(act::show::<S>).post(act::act::<S>))
+        .route("/v1/act/{token}", get(act::show).post(act::act))
         // Under /v1, whatever is not one of the daemon's own resources is
         // OpenAI's namespace: an OpenAI client there reads OpenAI's shape.
         .fallback(|uri: axum::http::Uri| async move {
@@ -153,8 +128,8 @@ pub(crate) fn router<S: Store>(app: Arc<App<S>>) -> Router {
         .with_state(app)
 }
 
-async fn metrics_handler<S: Store>(
-    axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
+async fn metrics_handler(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
     headers: axum::http::HeaderMap,
 ) -> Result<impl IntoResponse, ApiErr> {
     let scraped = metrics::Scraped {
@@ -177,8 +152,8 @@ async fn metrics_handler<S: Store>(
 }
 
 /// `GET /v1/webhooks`: every hook target's delivery status.
-async fn webhooks_handler<S: Store>(
-    axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
+async fn webhooks_handler(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
 ) -> axum::Json<Vec<hooks::HookStatus>> {
     axum::Json(app.hooks.status())
 }

@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use orchestrator_store::Store;
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +31,7 @@ pub const FLUSH: Duration = Duration::from_millis(250);
 pub const METRICS_EVERY: Duration = Duration::from_secs(60);
 
 /// Runs the export into `dir` until `stop`.
-pub async fn run<S: Store>(app: Arc<App<S>>, dir: PathBuf, stop: CancellationToken) {
+pub async fn run(app: Arc<App>, dir: PathBuf, stop: CancellationToken) {
     let mut live = app.store.subscribe();
     let mut last = match prepare(&dir) {
         Ok(seq) => seq,
@@ -122,7 +121,7 @@ fn cut_partial_line(mut f: &std::fs::File) -> std::io::Result<()> {
     Ok(())
 }
 
-async fn export<S: Store>(app: &App<S>, dir: &Path, last: &mut i64) {
+async fn export(app: &App, dir: &Path, last: &mut i64) {
     if let Err(e) = append_transitions(app, dir, last).await {
         tracing::warn!(error = %e, "cannot append to transitions.jsonl");
     }
@@ -154,11 +153,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> ExportError + '_ {
 }
 
 /// Appends every transition after `last` from the store's log.
-async fn append_transitions<S: Store>(
-    app: &App<S>,
-    dir: &Path,
-    last: &mut i64,
-) -> Result<(), ExportError> {
+async fn append_transitions(app: &App, dir: &Path, last: &mut i64) -> Result<(), ExportError> {
     let path = dir.join("transitions.jsonl");
     loop {
         let page = app.store.transitions_since(*last, None, 1000).await?;
@@ -185,7 +180,7 @@ async fn append_transitions<S: Store>(
     }
 }
 
-async fn write_current<S: Store>(app: &App<S>, dir: &Path, seq: i64) -> Result<(), ExportError> {
+async fn write_current(app: &App, dir: &Path, seq: i64) -> Result<(), ExportError> {
     let s = &app.store;
     let doc = json!({
         "at_ms": app.config.clock.now_ms(),
@@ -197,7 +192,7 @@ async fn write_current<S: Store>(app: &App<S>, dir: &Path, seq: i64) -> Result<(
     write_atomic(&dir.join("current.json"), &doc)
 }
 
-async fn write_metrics<S: Store>(app: &App<S>, dir: &Path) -> Result<(), ExportError> {
+async fn write_metrics(app: &App, dir: &Path) -> Result<(), ExportError> {
     let c = app.store.counts().await?;
     let w = app.store.writer_stats();
     let map = |rows: &[(String, i64)]| -> serde_json::Map<String, serde_json::Value> {

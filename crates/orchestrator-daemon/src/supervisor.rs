@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use orchestrator_store::Store;
+use orchestrator_store::SqlStore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -46,7 +46,7 @@ pub struct Daemon {
 
 impl Daemon {
     /// Binds, resumes from the store and starts every component.
-    pub async fn start<S: Store>(config: DaemonConfig, store: Arc<S>) -> std::io::Result<Daemon> {
+    pub async fn start(config: DaemonConfig, store: Arc<SqlStore>) -> std::io::Result<Daemon> {
         // Bad hook settings fail before anything listens or is resumed.
         let hooks = hooks::Hooks::new(&config.hooks, config.clock.clone())
             .map_err(std::io::Error::other)?;
@@ -173,7 +173,7 @@ impl Daemon {
         // being counted), the last usage reaches the store before it closes.
         let usage = app.usage.clone();
         let close = Box::pin(async move {
-            if let Err(e) = usage.flush(&*store).await {
+            if let Err(e) = usage.flush(&store).await {
                 tracing::error!(error = %e, "the last model usage could not be written");
             }
             store.close().await

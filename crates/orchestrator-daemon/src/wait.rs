@@ -13,7 +13,6 @@ use axum::extract::State;
 use axum::{Extension, Json};
 use orchestrator_core::api::{QuestionState, WaitAsk, WaitPoll, WaitStatus};
 use orchestrator_core::Entity;
-use orchestrator_store::Store;
 
 use crate::auth::Principal;
 use crate::error::{ApiErr, JsonBody};
@@ -22,8 +21,8 @@ use crate::App;
 
 /// `POST /v1/jobs/{id}/questions`: the running step asks and waits; the
 /// question (open) with its id.
-pub async fn ask<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn ask(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Path(job_id): Path<JobId>,
     JsonBody(req): JsonBody<WaitAsk>,
@@ -52,8 +51,8 @@ pub async fn ask<S: Store>(
 
 /// `POST /v1/jobs/{id}/questions/{qid}/wait`: the question's state, as soon
 /// as it is answered or closed, or after `wait_ms` with it still open.
-pub async fn wait<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn wait(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Path((job_id, question_id)): Path<(JobId, i64)>,
     JsonBody(mut poll): JsonBody<WaitPoll>,
@@ -104,8 +103,8 @@ pub async fn wait<S: Store>(
 
 /// `POST /v1/jobs/{id}/questions/{qid}/withdraw`: the step stopped
 /// waiting; an open question closes and the stage runs on.
-pub async fn withdraw<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn withdraw(
+    State(app): State<Arc<App>>,
     Extension(who): Extension<Principal>,
     Path((job_id, question_id)): Path<(JobId, i64)>,
     JsonBody(mut poll): JsonBody<WaitPoll>,

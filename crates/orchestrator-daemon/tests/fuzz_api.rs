@@ -17,7 +17,7 @@ use orchestrator_core::api::{
     ClaimRequest, CompleteRequest, HeartbeatRequest, RegisterAgent, SubmitRun,
 };
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{NewRun, SqlStore, Store, StoreOptions};
+use orchestrator_store::{NewRun, SqlStore, StoreOptions};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-token";

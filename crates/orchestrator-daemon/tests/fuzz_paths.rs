@@ -17,7 +17,7 @@ use orchestrator_daemon::hooks::sign::{sign_action, Action, ActionKind};
 use orchestrator_daemon::hooks::ActionLinks;
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
 use orchestrator_host::now_ms;
-use orchestrator_store::{NewRun, SqlStore, Store, StoreOptions};
+use orchestrator_store::{NewRun, SqlStore, StoreOptions};
 use serde_json::{json, Value};
 
 mod fuzz_http;

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{SqlStore, Store, StoreOptions};
+use orchestrator_store::{SqlStore, StoreOptions};
 use serde_json::Value;
 
 async fn get(url: &str) -> (u16, Value) {

@@ -1,5 +1,5 @@
 //! Webhooks and the OpenClaw adapter end to end: the real daemon on a real
-//! SQLite store, transitions committed through the `Store` trait, and real
+//! SQLite store, transitions committed through the store, and real
 //! HTTP listeners in the test as the receivers (a webhook endpoint, a fake
 //! OpenClaw gateway). Every wait polls under a generous deadline.
 
@@ -21,7 +21,7 @@ use orchestrator_daemon::hooks::{
     signature, ActionLinks, HookStatus, HooksConfig, OpenClawConfig, RetryPolicy,
 };
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{NewRun, SqlStore, Store, StoreOptions};
+use orchestrator_store::{NewRun, SqlStore, StoreOptions};
 use serde_json::Value;
 
 use common::stop;

@@ -15,7 +15,7 @@ use axum::extract::State;
 use orchestrator_core::api::{CompleteRequest, RegisterAgent, StepOutcome};
 use orchestrator_daemon::hooks::{ActionLinks, HooksConfig, OpenClawConfig, RetryPolicy};
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{HumanCommand, NewRun, SqlStore, Store, StoreOptions};
+use orchestrator_store::{HumanCommand, NewRun, SqlStore, StoreOptions};
 use serde_json::Value;
 
 use common::stop;

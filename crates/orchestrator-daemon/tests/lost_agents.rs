@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use orchestrator_core::{Entity, Transition};
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{NewRun, SqlStore, Store, StoreOptions};
+use orchestrator_store::{NewRun, SqlStore, StoreOptions};
 use serde_json::{json, Value};
 
 const AGENT: &str = "agent-token";

@@ -7,7 +7,7 @@ use orchestrator_core::RunId;
 use std::time::Duration;
 
 use orchestrator_daemon::Daemon;
-use orchestrator_store::{SqlStore, Store, StoreOptions};
+use orchestrator_store::{SqlStore, StoreOptions};
 use serde_json::{json, Value};
 
 mod common;

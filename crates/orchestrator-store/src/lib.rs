@@ -1,7 +1,8 @@
 //! The store: where every run, stage run, job, lease, agent and transition lives.
 //!
-//! What it is: the [`Store`] trait the daemon talks to, and its one
-//! implementation, [`SqlStore`], on the embedded SQLite (WAL,
+//! What it is: [`SqlStore`], the store the daemon talks to (one concrete
+//! type: there is no second implementation to hide behind a trait), on the
+//! embedded SQLite (WAL,
 //! `synchronous=FULL`, versioned migrations; the default) or on PostgreSQL
 //! (chosen by a [`Location`]; several daemons may share one database: their
 //! write batches are serialised by an advisory lock, and every commit is
@@ -31,23 +32,13 @@
 //! What it is not: it does no HTTP and no process handling, and it decides
 //! nothing the core's machines do not allow.
 //!
-//! Main types: [`Store`], [`SqlStore`], [`StoreOptions`], [`Location`], [`NewRun`], [`StoreError`].
+//! Main types: [`SqlStore`], [`StoreOptions`], [`Location`], [`NewRun`], [`StoreError`].
 
 mod db;
 mod error;
 mod sql;
 
-use orchestrator_core::{Actor, AgentId, JobId, LeaseId, RunId};
-use std::future::Future;
-use std::sync::Arc;
-
-use orchestrator_core::api::{
-    AgentRegistered, AgentTokenView, AgentView, ClaimedJob, CompleteRequest, Completed,
-    Explanation, HeartbeatResponse, InboxItem, LeaseRef, RegisterAgent, RunDetail, RunSummary,
-    Submitted,
-};
-use orchestrator_core::Transition;
-use tokio::sync::{broadcast, Notify};
+use orchestrator_core::{Actor, RunId};
 
 pub use db::Error as DbError;
 #[cfg(feature = "failpoints")]
@@ -207,242 +198,4 @@ pub struct Counts {
     pub transitions: i64,
     /// (error class, count) of failed attempts that were tried again.
     pub retries: Vec<(String, i64)>,
-}
-
-/// Everything the daemon needs from a store. Implementations must write every
-/// state change together with its transition row in one transaction.
-pub trait Store: Send + Sync + 'static {
-    /// Validates, plans and writes a run with its stage runs and `requires`
-    /// edges; runnable stages are queued in the same transaction.
-    fn submit_run(&self, run: NewRun) -> impl Future<Output = Result<Submitted>> + Send;
-    /// Registers an agent (again, under the same name, reusing its id). Leases
-    /// an earlier incarnation held are void: their stages are requeued.
-    fn register_agent(
-        &self,
-        reg: RegisterAgent,
-        lease_ttl_ms: u64,
-        heartbeat_interval_ms: u64,
-    ) -> impl Future<Output = Result<AgentRegistered>> + Send;
-    /// Leases the best queued job this agent can run, if any.
-    fn claim(
-        &self,
-        agent_id: &AgentId,
-        lease_ttl_ms: u64,
-    ) -> impl Future<Output = Result<Option<ClaimedJob>>> + Send {
-        self.claim_keyed(agent_id, lease_ttl_ms, None)
-    }
-    /// [`Store::claim`] under the agent's key for this claim: when a claim
-    /// with that key already leased a job that is still held, that job is
-    /// handed out again instead of another.
-    fn claim_keyed(
-        &self,
-        agent_id: &AgentId,
-        lease_ttl_ms: u64,
-        key: Option<String>,
-    ) -> impl Future<Output = Result<Option<ClaimedJob>>> + Send;
-    /// Extends the leases the agent proves it holds; lists those it no longer holds.
-    fn heartbeat(
-        &self,
-        agent_id: &AgentId,
-        leases: Vec<LeaseRef>,
-        lease_ttl_ms: u64,
-    ) -> impl Future<Output = Result<HeartbeatResponse>> + Send;
-    /// Completes a job under its live lease; with `claim_next`, also leases
-    /// the agent its next job (for `lease_ttl_ms`) in the same transaction. A stale token is refused with
-    /// [`StoreError::StaleLease`] and the refusal is recorded as a transition.
-    /// The same completion sent again by its holder (its answer was lost) is
-    /// acknowledged again, recording nothing, and hands back the next job
-    /// that the request's `claim_key` leased.
-    fn complete(
-        &self,
-        job_id: JobId,
-        req: CompleteRequest,
-        lease_ttl_ms: u64,
-    ) -> impl Future<Output = Result<Completed>> + Send;
-    /// A human's command to a run (`Cancel`, `Pause`, `Resume`): refused when
-    /// the run's state does not allow it. Cancelling cancels the open stages,
-    /// their live jobs and leases; pausing holds each stage at its next
-    /// checkpoint; resuming queues the held stages again.
-    fn command_run(
-        &self,
-        run_id: &RunId,
-        event: orchestrator_core::machine::RunEvent,
-        actor: &Actor,
-    ) -> impl Future<Output = Result<RunSummary>> + Send;
-    /// A human's answer to a waiting stage: approve, reject with feedback,
-    /// or answer a question. Refused, changing nothing, when the stage or
-    /// question is not waiting for it. `run_id` may be a unique prefix.
-    fn human(
-        &self,
-        run_id: &RunId,
-        command: HumanCommand,
-        actor: &Actor,
-    ) -> impl Future<Output = Result<RunSummary>> + Send;
-    /// [`Store::human`] through a signed link: refused with
-    /// [`StoreError::Refused`] when the link was used before or its request
-    /// is no longer the latest of its entity; otherwise the command and the
-    /// link's record as used commit together.
-    fn human_by_link(
-        &self,
-        run_id: &RunId,
-        command: HumanCommand,
-        actor: &Actor,
-        link: LinkUse,
-    ) -> impl Future<Output = Result<RunSummary>> + Send;
-    /// Why a signed link would be refused now (used, or its request
-    /// superseded), without spending it; None when it would act.
-    fn link_refusal(
-        &self,
-        run_id: &RunId,
-        link: LinkUse,
-    ) -> impl Future<Output = Result<Option<Refused>>> + Send;
-    /// Records a one-time credential as spent until `expires_at_ms`;
-    /// [`StoreError::Refused`] when it was spent before.
-    fn spend(
-        &self,
-        kind: Credential,
-        id: String,
-        expires_at_ms: i64,
-    ) -> impl Future<Output = Result<()>> + Send;
-    /// Voids every dashboard session and login ticket made at or before `at_ms`.
-    fn revoke_sessions(&self, at_ms: i64) -> impl Future<Output = Result<()>> + Send;
-    /// The dashboard sessions ended before their time.
-    fn revocations(&self) -> impl Future<Output = Result<Revocations>> + Send;
-    /// A running step asks a question and waits for the answer inside
-    /// (`orch ask --wait`): recorded once per `req.key`, under the job's
-    /// live lease, and its stage shows `awaiting_input` while the job stays
-    /// leased. Returns the question's id.
-    fn ask_waiting(
-        &self,
-        job_id: JobId,
-        req: orchestrator_core::api::WaitAsk,
-    ) -> impl Future<Output = Result<i64>> + Send;
-    /// Where the question `poll.question_id` that job `job_id`'s step waits
-    /// for stands. Refused ([`StoreError::StaleLease`]) unless
-    /// `poll.agent_id` holds the job's live lease under `poll.lease_token`.
-    fn wait_status(
-        &self,
-        job_id: JobId,
-        poll: orchestrator_core::api::WaitPoll,
-    ) -> impl Future<Output = Result<orchestrator_core::api::WaitStatus>> + Send;
-    /// The step stops waiting for `poll.question_id` (checked as
-    /// [`Store::wait_status`]): an open question closes and its stage runs on.
-    fn withdraw_wait(
-        &self,
-        job_id: JobId,
-        poll: orchestrator_core::api::WaitPoll,
-    ) -> impl Future<Output = Result<orchestrator_core::api::WaitStatus>> + Send;
-    /// Everything waiting for a human, oldest first.
-    fn inbox(&self) -> impl Future<Output = Result<Vec<InboxItem>>> + Send;
-    /// The jobs of those of `lease_ids` that `agent_id` held.
-    fn lease_jobs(
-        &self,
-        agent_id: &AgentId,
-        lease_ids: Vec<LeaseId>,
-    ) -> impl Future<Output = Result<Vec<JobId>>> + Send;
-    /// Expires every active lease whose time ran out before `now_ms` and
-    /// starts the next attempt of every stage whose backoff has passed;
-    /// returns how many leases expired.
-    fn expire_leases(&self, now_ms: i64) -> impl Future<Output = Result<usize>> + Send;
-    /// Records as lost (one `online -> lost` agent transition, with how long
-    /// it has been silent and how many of its leases expired) every agent
-    /// not heard from within `online_ms` of `now_ms` and not marked already;
-    /// its next heartbeat or registration records `lost -> online`. Returns
-    /// how many were marked.
-    fn mark_lost_agents(
-        &self,
-        now_ms: i64,
-        online_ms: u64,
-    ) -> impl Future<Output = Result<usize>> + Send;
-    /// Gives every active lease `grace_ms` more, so agents can reach a daemon
-    /// that just restarted before their leases are judged.
-    fn resume(&self, grace_ms: u64) -> impl Future<Output = Result<usize>> + Send;
-    /// The earliest moment the reaper has work: a lease expiry or the end
-    /// of a stage's backoff.
-    fn next_lease_expiry(&self) -> impl Future<Output = Result<Option<i64>>> + Send;
-
-    fn list_runs(&self, limit: u32) -> impl Future<Output = Result<Vec<RunSummary>>> + Send;
-    fn run_detail(&self, run_id: &RunId) -> impl Future<Output = Result<RunDetail>> + Send;
-    /// Every agent with its capacity and what it has free now; `online`
-    /// when heard from within `online_ms`.
-    fn list_agents(&self, online_ms: u64) -> impl Future<Output = Result<Vec<AgentView>>> + Send;
-    /// One pre-emption pass: asks running lower-priority stages to yield at
-    /// their next checkpoint where waiting higher-priority work cannot be
-    /// placed otherwise. Returns how many were asked.
-    fn preempt(&self, online_ms: u64) -> impl Future<Output = Result<usize>> + Send;
-    /// Why each stage of a run (or only `stage`) runs where it does or waits.
-    /// `run_id` may be a unique prefix.
-    fn explain(
-        &self,
-        run_id: &RunId,
-        stage: Option<String>,
-        online_ms: u64,
-    ) -> impl Future<Output = Result<Explanation>> + Send;
-    /// Transitions with `seq > after`, oldest first, at most `limit`; only
-    /// those of run `run` when given.
-    fn transitions_since(
-        &self,
-        after: i64,
-        run: Option<RunId>,
-        limit: u32,
-    ) -> impl Future<Output = Result<Vec<Transition>>> + Send;
-    /// Adds model usage, as (job id, model, totals) rows, to the jobs'
-    /// runs and stages; one transaction for all. Returns how many rows named
-    /// no known job and were dropped.
-    fn record_usage(
-        &self,
-        rows: Vec<(JobId, String, orchestrator_core::fabric::Usage)>,
-    ) -> impl Future<Output = Result<usize>> + Send;
-    /// One job's model usage by model name.
-    fn job_usage(
-        &self,
-        job_id: JobId,
-    ) -> impl Future<
-        Output = Result<std::collections::BTreeMap<String, orchestrator_core::fabric::Usage>>,
-    > + Send;
-    /// A job's state with its run's id and priority; None for an unknown
-    /// job. Cheap whatever the run's size: the gateway asks it per request.
-    fn job_holder(&self, job_id: JobId) -> impl Future<Output = Result<Option<JobHolder>>> + Send;
-
-    /// Issues agent NAME's token and returns it, the one time it is seen
-    /// (only its hash is kept). `replace`: a live token of NAME is replaced
-    /// instead of refusing.
-    fn issue_agent_token(
-        &self,
-        name: &str,
-        replace: bool,
-        actor: &Actor,
-    ) -> impl Future<Output = Result<String>> + Send;
-    /// Revokes agent NAME's token; the name stays bound to it.
-    fn revoke_agent_token(
-        &self,
-        name: &str,
-        actor: &Actor,
-    ) -> impl Future<Output = Result<AgentTokenView>> + Send;
-    fn list_agent_tokens(&self) -> impl Future<Output = Result<Vec<AgentTokenView>>> + Send;
-    /// The agent credential `token` is, revoked or not; None when it is none.
-    fn agent_token_owner(
-        &self,
-        token: &str,
-    ) -> impl Future<Output = Result<Option<AgentTokenView>>> + Send;
-    /// Whether agent NAME has a credential (live or revoked).
-    fn agent_name_bound(&self, name: &str) -> impl Future<Output = Result<bool>> + Send;
-    /// The name agent `agent_id` registered under, and whether that name
-    /// has a credential; None for an unknown agent.
-    fn agent_name(
-        &self,
-        agent_id: &AgentId,
-    ) -> impl Future<Output = Result<Option<(String, bool)>>> + Send;
-    fn counts(&self) -> impl Future<Output = Result<Counts>> + Send;
-
-    /// Every committed batch's transitions, in commit order.
-    fn subscribe(&self) -> broadcast::Receiver<Arc<[Transition]>>;
-    /// Notified after every commit that queued at least one job.
-    fn jobs_queued(&self) -> Arc<Notify>;
-    fn writer_stats(&self) -> WriterStats;
-    /// Commits an empty write through the writer: proof that it runs and
-    /// that the database grants the write lock. Changes nothing.
-    fn probe_write(&self) -> impl Future<Output = Result<()>> + Send;
-    /// Finishes the writer's work and closes the store cleanly.
-    fn close(&self) -> impl Future<Output = ()> + Send;
 }

@@ -10,7 +10,7 @@ use orchestrator_core::AgentId;
 use orchestrator_core::RunId;
 use orchestrator_core::{Entity, Transition};
 use orchestrator_host::now_ms;
-use orchestrator_store::{SqlStore, Store, StoreError};
+use orchestrator_store::{SqlStore, StoreError};
 
 const WF: &str = "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n";
 const TTL: u64 = 30_000;

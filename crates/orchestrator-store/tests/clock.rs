@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use common::*;
 use orchestrator_host::clock::ManualClock;
-use orchestrator_store::{SqlStore, Store};
+use orchestrator_store::SqlStore;
 
 const T0: i64 = 1_700_000_000_000;
 const ONE: &str = "name: one\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n";

@@ -10,7 +10,7 @@ use orchestrator_core::api::RunDetail;
 use orchestrator_core::RunId;
 use orchestrator_host::now_ms;
 use orchestrator_store::{
-    Credential, HumanCommand, LinkTarget, LinkUse, Refused, SqlStore, Store, StoreError,
+    Credential, HumanCommand, LinkTarget, LinkUse, Refused, SqlStore, StoreError,
 };
 
 const GATED: &str = "name: gated\nstages:\n  - id: review\n    steps:\n      - approve: true\n        commands: [{argv: ['true']}]\n";

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use orchestrator_core::api::{ClaimedJob, CompleteRequest, RegisterAgent};
-use orchestrator_store::{FaultMode, NewRun, SqlStore, Store, StoreOptions};
+use orchestrator_store::{FaultMode, NewRun, SqlStore, StoreOptions};
 
 const TTL: u64 = 30_000;
 const DIAMOND: &str = "name: d\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n  - id: b\n    needs: [a]\n    steps: [{commands: [{argv: [x]}]}]\n  - id: c\n    needs: [a]\n    steps: [{commands: [{argv: [x]}]}]\n  - id: d\n    needs: [b, c]\n    steps: [{commands: [{argv: [x]}]}]\n";

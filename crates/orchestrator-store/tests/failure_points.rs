@@ -10,7 +10,7 @@ use std::path::Path;
 
 use common::*;
 use orchestrator_core::api::CompleteRequest;
-use orchestrator_store::{FaultMode, Point, SqlStore, Store, StoreOptions};
+use orchestrator_store::{FaultMode, Point, SqlStore, StoreOptions};
 
 const ONE: &str = "name: one\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n";
 /// Set in the child process: the database and the point to crash at.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use orchestrator_core::api::{ClaimedJob, CompleteRequest, RegisterAgent};
 use orchestrator_core::sched::{parse_project_policy, ProjectPolicy};
 use orchestrator_core::{RunState, StageState};
-use orchestrator_store::{NewRun, SqlStore, Store, StoreError};
+use orchestrator_store::{NewRun, SqlStore, StoreError};
 
 const TTL: u64 = 30_000;
 

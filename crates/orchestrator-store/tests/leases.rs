@@ -5,7 +5,7 @@
 
 use orchestrator_core::api::{CompleteRequest, LeaseRef, RegisterAgent};
 use orchestrator_core::{JobState, RunState, StageState};
-use orchestrator_store::{HumanCommand, Store, StoreError};
+use orchestrator_store::{HumanCommand, StoreError};
 
 mod common;
 

@@ -11,7 +11,7 @@ use common::{agent, assert_log_replays_to_state, new_run, outcome, TTL};
 use orchestrator_core::api::CompleteRequest;
 use orchestrator_core::JobId;
 use orchestrator_core::{Entity, JobState, RunState};
-use orchestrator_store::{SqlStore, Store, StoreError};
+use orchestrator_store::{SqlStore, StoreError};
 
 /// Two stages side by side, then one after both.
 const WF: &str = "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n  - id: b\n    steps: [{commands: [{argv: [x]}]}]\n  - id: c\n    needs: [a, b]\n    steps: [{commands: [{argv: [x]}]}]\n";

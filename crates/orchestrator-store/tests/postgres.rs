@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::*;
 use orchestrator_core::api::CompleteRequest;
 use orchestrator_core::{RunState, StageState};
-use orchestrator_store::{sqlite_to_postgres, Location, SqlStore, Store, StoreError, StoreOptions};
+use orchestrator_store::{sqlite_to_postgres, Location, SqlStore, StoreError, StoreOptions};
 
 fn url() -> String {
     std::env::var("ORCH_TEST_POSTGRES")

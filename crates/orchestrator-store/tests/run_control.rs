@@ -5,7 +5,7 @@
 use orchestrator_core::api::{CompleteRequest, LeaseRef};
 use orchestrator_core::machine::RunEvent;
 use orchestrator_core::{JobState, RunState, StageState};
-use orchestrator_store::{Store, StoreError};
+use orchestrator_store::StoreError;
 
 mod common;
 

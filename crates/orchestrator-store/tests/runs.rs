@@ -7,7 +7,7 @@
 use orchestrator_core::api::CompleteRequest;
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::{JobState, RunState, StageState};
-use orchestrator_store::{HumanCommand, Store, StoreError};
+use orchestrator_store::{HumanCommand, StoreError};
 
 mod common;
 

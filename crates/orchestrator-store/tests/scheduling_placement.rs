@@ -4,7 +4,6 @@
 //! reserved slots wait for high-priority work, and the system caps slots.
 
 use orchestrator_core::sched::{parse_system_rules, SystemRules};
-use orchestrator_store::Store;
 
 mod common;
 

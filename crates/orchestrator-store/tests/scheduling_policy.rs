@@ -6,7 +6,7 @@
 use orchestrator_core::sched::{parse_project_policy, parse_system_rules, SystemRules};
 use orchestrator_core::RunId;
 use orchestrator_core::{RunState, StageState};
-use orchestrator_store::{Store, StoreError};
+use orchestrator_store::StoreError;
 
 mod common;
 

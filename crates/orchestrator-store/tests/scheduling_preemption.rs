@@ -5,7 +5,6 @@
 
 use orchestrator_core::sched::SystemRules;
 use orchestrator_core::{RunState, StageState};
-use orchestrator_store::Store;
 
 mod common;
 

@@ -12,7 +12,7 @@ use orchestrator_core::error::ErrorClass;
 use orchestrator_core::rounds::RoundReason;
 use orchestrator_core::{AgentId, RunId};
 use orchestrator_core::{Entity, RunState, StageState};
-use orchestrator_store::{HumanCommand, SqlStore, Store, StoreError};
+use orchestrator_store::{HumanCommand, SqlStore, StoreError};
 
 async fn claim(s: &SqlStore, agent: &AgentId) -> ClaimedJob {
     s.claim(agent, TTL).await.unwrap().expect("a queued job")

@@ -16,7 +16,7 @@ use common::*;
 use orchestrator_core::api::{ClaimedJob, CompleteRequest};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_host::clock::ManualClock;
-use orchestrator_store::{SqlStore, Store, Value};
+use orchestrator_store::{SqlStore, Value};
 
 const T0: i64 = 1_700_000_000_000;
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use orchestrator_core::{JobState, RunState, StageState};
-use orchestrator_store::{SqlStore, Store, StoreError, StoreOptions};
+use orchestrator_store::{SqlStore, StoreError, StoreOptions};
 
 mod common;
 

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use orchestrator_core::fabric::Usage;
-use orchestrator_store::{SqlStore, Store, StoreOptions};
+use orchestrator_store::{SqlStore, StoreOptions};
 
 const TWO: &str = "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n  - id: b\n    steps: [{commands: [{argv: [x]}]}]\n";
 

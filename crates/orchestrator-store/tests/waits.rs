@@ -11,7 +11,7 @@ use common::{agent, assert_log_replays_to_state, complete_ok, new_run, stage_sta
 use orchestrator_core::api::{ClaimedJob, QuestionState, WaitAsk, WaitPoll};
 use orchestrator_core::{AgentId, RunId};
 use orchestrator_core::{Entity, JobState, RunState, StageState};
-use orchestrator_store::{HumanCommand, SqlStore, Store, StoreError};
+use orchestrator_store::{HumanCommand, SqlStore, StoreError};
 
 const ONE: &str = "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n";
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use orchestrator_core::api::{ClaimedJob, CompleteRequest, StepOutcome};
 use orchestrator_core::sched::Grant;
-use orchestrator_store::{SqlStore, Store};
+use orchestrator_store::SqlStore;
 use tokio_util::sync::CancellationToken;
 
 use super::workload::{AgentSpec, JobShape};

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use orchestrator_core::api::RegisterAgent;
 use orchestrator_core::sched::Gpu;
-use orchestrator_store::{Location, NewRun, SqlStore, Store, StoreOptions};
+use orchestrator_store::{Location, NewRun, SqlStore, StoreOptions};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 

@@ -12,7 +12,6 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use orchestrator_core::api::RunDiff;
-use orchestrator_store::Store;
 use serde::Deserialize;
 
 use crate::error::ApiErr;
@@ -30,8 +29,8 @@ impl QueryParams for DiffQuery {
         "`commit`: one of the run's checkpoint commits, full or a prefix of at least 7 hex digits (optional)";
 }
 
-pub async fn read<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn read(
+    State(app): State<Arc<App>>,
     Path(run): Path<RunId>,
     Query(q): Query<DiffQuery>,
 ) -> Result<Json<RunDiff>, ApiErr> {

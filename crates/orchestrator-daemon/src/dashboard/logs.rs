@@ -13,7 +13,6 @@ use axum::http::StatusCode;
 use axum::Json;
 use orchestrator_core::api::{exec_id, JobView};
 use orchestrator_host::confined::{ConfinedDir, ConfinedError};
-use orchestrator_store::Store;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ApiErr;
@@ -144,8 +143,8 @@ fn whole_chars(buf: &[u8]) -> usize {
     }
 }
 
-pub async fn read<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn read(
+    State(app): State<Arc<App>>,
     Path((run, job)): Path<(RunId, JobId)>,
     Query(q): Query<LogQuery>,
 ) -> Result<Json<LogPiece>, ApiErr> {

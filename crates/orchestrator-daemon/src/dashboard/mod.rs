@@ -18,7 +18,7 @@ use std::sync::Arc;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
-use orchestrator_store::{Credential, Refused, Store, StoreError};
+use orchestrator_store::{Credential, Refused, StoreError};
 use serde::{Deserialize, Serialize};
 
 pub use session::{Sessions, TicketError};
@@ -95,8 +95,8 @@ pub struct Session {
 /// `POST /v1/dashboard/session`: a link's ticket for a session. Needs no
 /// token: the ticket is the credential, and works once: it is spent in the
 /// store before the session is made, so a restart does not revive it.
-pub async fn redeem<S: Store>(
-    axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
+pub async fn redeem(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
     JsonBody(req): JsonBody<Redeem>,
 ) -> Result<Response, ApiErr> {
     let now = app.config.clock.now_ms();
@@ -127,7 +127,7 @@ pub async fn redeem<S: Store>(
 
 /// The session a request's bearer token is, if it is one: the admin gate
 /// let it through, so a token that reads as a session is one.
-fn session_of<S: Store>(app: &App<S>, headers: &HeaderMap) -> Option<session::Session> {
+fn session_of(app: &App, headers: &HeaderMap) -> Option<session::Session> {
     let token = headers
         .get(header::AUTHORIZATION)?
         .to_str()
@@ -138,7 +138,7 @@ fn session_of<S: Store>(app: &App<S>, headers: &HeaderMap) -> Option<session::Se
 }
 
 /// Refuses a dashboard session what only the admin token may do.
-fn admin_token_only<S: Store>(app: &App<S>, headers: &HeaderMap, what: &str) -> Result<(), ApiErr> {
+fn admin_token_only(app: &App, headers: &HeaderMap, what: &str) -> Result<(), ApiErr> {
     match session_of(app, headers) {
         Some(_) => Err(ApiErr::new(
             StatusCode::FORBIDDEN,
@@ -150,8 +150,8 @@ fn admin_token_only<S: Store>(app: &App<S>, headers: &HeaderMap, what: &str) -> 
 
 /// `POST /v1/dashboard/logout` (a session): ends the caller's session on
 /// the server, for every copy of its token, across restarts.
-pub async fn logout<S: Store>(
-    axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
+pub async fn logout(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
     headers: HeaderMap,
 ) -> Result<Response, ApiErr> {
     let Some(s) = session_of(&app, &headers) else {
@@ -183,8 +183,8 @@ pub struct Revoked {
 
 /// `POST /v1/dashboard/revoke` (admin token only): ends every dashboard
 /// session and every login link not yet used.
-pub async fn revoke<S: Store>(
-    axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
+pub async fn revoke(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
     headers: HeaderMap,
 ) -> Result<Json<Revoked>, ApiErr> {
     admin_token_only(&app, &headers, "revoke sessions")?;
@@ -217,8 +217,8 @@ pub fn link(sessions: &Sessions, base: &str, now_ms: i64) -> Link {
 /// `POST /v1/dashboard/links` (admin token only: a session that made
 /// links could log in again forever): a login link, on the address the
 /// caller reached the daemon at (or the public URL, when one is set).
-pub async fn new_link<S: Store>(
-    axum::extract::State(app): axum::extract::State<Arc<App<S>>>,
+pub async fn new_link(
+    axum::extract::State(app): axum::extract::State<Arc<App>>,
     headers: HeaderMap,
 ) -> Result<Json<Link>, ApiErr> {
     admin_token_only(&app, &headers, "make login links")?;
@@ -245,10 +245,7 @@ pub async fn new_link<S: Store>(
 const REFRESH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Keeps the sessions' copy of the store's revocations current until `stop`.
-pub async fn refresh_revocations<S: Store>(
-    app: Arc<App<S>>,
-    stop: tokio_util::sync::CancellationToken,
-) {
+pub async fn refresh_revocations(app: Arc<App>, stop: tokio_util::sync::CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,

@@ -9,7 +9,6 @@ use axum::http::{header, HeaderMap, StatusCode};
 use hmac::{Hmac, Mac};
 use orchestrator_core::JobState;
 use orchestrator_core::{JobId, RunId};
-use orchestrator_store::Store;
 use sha2::Sha256;
 
 use super::OpenAiErr;
@@ -94,10 +93,7 @@ fn unauthorized(message: &str) -> OpenAiErr {
 
 /// Accepts the request's bearer key when it is a job key of this daemon
 /// and its job is leased now.
-pub async fn authorize<S: Store>(
-    app: &App<S>,
-    headers: &HeaderMap,
-) -> Result<KeyHolder, OpenAiErr> {
+pub async fn authorize(app: &App, headers: &HeaderMap) -> Result<KeyHolder, OpenAiErr> {
     let key = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

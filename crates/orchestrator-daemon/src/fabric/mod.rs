@@ -27,7 +27,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use orchestrator_store::Store;
 use serde_json::json;
 
 use crate::App;
@@ -69,8 +68,8 @@ impl IntoResponse for OpenAiErr {
 /// `GET /v1/usage`: the model usage of the key's job so far, flushed to the
 /// store first so that it counts every request that has ended. The agent
 /// reads it for the step's manifest.
-pub async fn job_usage<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn job_usage(
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
 ) -> Result<Response, OpenAiErr> {
     let holder = keys::authorize(&app, &headers).await?;
@@ -83,7 +82,7 @@ pub async fn job_usage<S: Store>(
         err.kind = "api_error";
         err
     };
-    app.usage.flush(&*app.store).await.map_err(store_err)?;
+    app.usage.flush(&app.store).await.map_err(store_err)?;
     let models = app
         .store
         .job_usage(holder.job_id)
@@ -113,8 +112,8 @@ pub fn is_gateway_path(path: &str) -> bool {
 }
 
 /// `GET /v1/models`: the models this daemon serves.
-pub async fn list_models<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn list_models(
+    State(app): State<Arc<App>>,
     headers: HeaderMap,
 ) -> Result<Response, OpenAiErr> {
     keys::authorize(&app, &headers).await?;

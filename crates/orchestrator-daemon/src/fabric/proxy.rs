@@ -11,7 +11,6 @@ use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use futures_util::StreamExt;
 use orchestrator_core::fabric::Runtime;
-use orchestrator_store::Store;
 
 use super::{keys, OpenAiErr};
 use crate::App;
@@ -44,8 +43,8 @@ fn upstream_err(message: String) -> OpenAiErr {
 }
 
 /// Forwards one request to its model's server.
-pub async fn forward<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn forward(
+    State(app): State<Arc<App>>,
     uri: Uri,
     headers: HeaderMap,
     body: Bytes,

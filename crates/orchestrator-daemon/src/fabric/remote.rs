@@ -22,7 +22,6 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use orchestrator_core::api::{ModelMemory, ModelOrders, ModelReport, ServerOrder};
 use orchestrator_core::fabric::hosts::Host;
-use orchestrator_store::Store;
 use tokio::sync::Notify;
 
 use super::control::{Fabric, LendingAgent, Places};
@@ -247,8 +246,8 @@ impl Fabric {
 }
 
 /// `POST /v1/agents/{id}/models` (agent token).
-pub async fn agent_models<S: Store>(
-    State(app): State<Arc<App<S>>>,
+pub async fn agent_models(
+    State(app): State<Arc<App>>,
     axum::Extension(who): axum::Extension<crate::auth::Principal>,
     Path(agent_id): Path<AgentId>,
     JsonBody(req): JsonBody<ModelReport>,

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use orchestrator_core::fabric::{RequestUsage, Usage};
-use orchestrator_store::{Store, StoreError};
+use orchestrator_store::{SqlStore, StoreError};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -99,7 +99,7 @@ impl Accounting {
 
     /// Writes what gathered since the last flush to the store. What the
     /// store refuses is kept for the next flush.
-    pub async fn flush<S: Store>(&self, store: &S) -> Result<(), StoreError> {
+    pub async fn flush(&self, store: &SqlStore) -> Result<(), StoreError> {
         let _one = self.flushing.lock().await;
         let rows: Vec<(JobId, String, Usage)> = std::mem::take(&mut *lock(&self.pending))
             .into_iter()
@@ -127,7 +127,7 @@ impl Accounting {
 
 /// Flushes every [`FLUSH_EVERY`] until `stop`; the last flush, after the
 /// API has stopped, is the daemon's (see `Daemon::wait`).
-pub async fn run<S: Store>(accounting: Arc<Accounting>, store: Arc<S>, stop: CancellationToken) {
+pub async fn run(accounting: Arc<Accounting>, store: Arc<SqlStore>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(FLUSH_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -135,7 +135,7 @@ pub async fn run<S: Store>(accounting: Arc<Accounting>, store: Arc<S>, stop: Can
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = accounting.flush(&*store).await {
+        if let Err(e) = accounting.flush(&store).await {
             tracing::warn!(error = %e, "model usage not written yet; kept for the next flush");
         }
     }

@@ -5,8 +5,7 @@
 //! Why a file and not a store table: a cursor is the hub's own bookkeeping,
 //! not the state of a run, stage or job, so it needs no transition row and
 //! no place in the state machines; keeping it out of the store keeps the
-//! `Store` trait and its migrations (which every backend must carry) free of
-//! it. The price is that the cursor is not written in the same transaction as
+//! store's tables and migrations (on both databases) free of it. The price is that the cursor is not written in the same transaction as
 //! anything, which at-least-once delivery does not need: a crash between a
 //! delivery and its cursor write means that one event is sent again, with the
 //! same `seq` so the receiver can tell.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use orchestrator_core::Transition;
-use orchestrator_store::Store;
+use orchestrator_store::SqlStore;
 use tokio::sync::broadcast::{self, error::RecvError};
 use tokio_util::sync::CancellationToken;
 
@@ -121,8 +121,8 @@ impl Target {
 }
 
 /// One target's delivery task.
-pub(crate) struct Worker<S> {
-    store: Arc<S>,
+pub(crate) struct Worker {
+    store: Arc<SqlStore>,
     target: Arc<Target>,
     shared: Arc<Shared>,
     cursors: Cursors,
@@ -141,9 +141,9 @@ enum Outcome {
     Stopped,
 }
 
-impl<S: Store> Worker<S> {
+impl Worker {
     pub fn new(
-        store: Arc<S>,
+        store: Arc<SqlStore>,
         target: Arc<Target>,
         shared: Arc<Shared>,
         cursors: Cursors,

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use orchestrator_host::clock::Clock;
-use orchestrator_store::Store;
+use orchestrator_store::SqlStore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -396,9 +396,9 @@ impl Hooks {
     /// Each starts from its saved cursor; a target seen for the first time
     /// starts at the log's end, saved before this returns, so everything
     /// committed from now on reaches it even across a restart.
-    pub(crate) async fn start<S: Store>(
+    pub(crate) async fn start(
         &self,
-        store: &Arc<S>,
+        store: &Arc<SqlStore>,
         tasks: &mut crate::supervisor::Components,
         stop: &CancellationToken,
     ) -> Result<(), HooksError> {

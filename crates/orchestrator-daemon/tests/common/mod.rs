@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use orchestrator_core::fabric::ModelsFile;
 use orchestrator_daemon::{Daemon, DaemonConfig, Tokens};
-use orchestrator_store::{NewRun, SqlStore, Store, StoreOptions};
+use orchestrator_store::{NewRun, SqlStore, StoreOptions};
 use serde_json::{json, Value};
 
 pub const AGENT: &str = "agent-token";

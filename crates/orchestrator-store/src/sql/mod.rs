@@ -14,7 +14,7 @@
 //! | 3 domain commands | submit, schedule, claim, complete, leases, decide |
 //! | 4 reads | reads, inbox, explain |
 //! | 5 plumbing | pg, copy, open, schema_dump |
-//! | 6 store API | mod |
+//! | 6 store API | mod, api |
 //!
 //! - 0: `Ctx` (what a command sees), savepoints and transition rows (`tx`);
 //!   the writer thread and its batches (`writer`), which knows nothing of
@@ -40,6 +40,7 @@
 //!   database holds (`schema_dump`, tests only).
 
 mod agents;
+mod api;
 mod claim;
 mod common;
 mod complete;
@@ -82,23 +83,16 @@ mod usage;
 mod wait;
 mod writer;
 
-use orchestrator_core::{Actor, AgentId, JobId, LeaseId, RunId};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use crate::db::Conn;
-use orchestrator_core::api::{
-    AgentRegistered, AgentTokenView, AgentView, ClaimedJob, CompleteRequest, Completed,
-    Explanation, HeartbeatResponse, InboxItem, LeaseRef, RegisterAgent, RunDetail, RunSummary,
-    Submitted, WaitPoll, WaitStatus,
-};
 use orchestrator_core::sched::SystemRules;
 use orchestrator_core::Transition;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 use crate::{
-    Counts, Credential, HumanCommand, LinkUse, NewRun, Refused, Result, Revocations, Store,
-    StoreError,
+    Result, StoreError,
 };
 pub use copy::{sqlite_to_postgres, CopyReport};
 pub use ddl::Table;
@@ -112,7 +106,7 @@ use tx::Ctx;
 pub use writer::WriterStats;
 use writer::{Command, Stats};
 
-/// The SQLite implementation of [`Store`].
+/// The store: SQLite or PostgreSQL behind one writer and a read connection.
 pub struct SqlStore {
     tx: Mutex<Option<mpsc::Sender<Command>>>,
     read: Arc<Mutex<Conn>>,
@@ -189,311 +183,5 @@ impl SqlStore {
         })
         .await
         .map_err(|e| StoreError::Internal(format!("read task failed: {e}")))?
-    }
-}
-
-impl Store for SqlStore {
-    async fn submit_run(&self, run: NewRun) -> Result<Submitted> {
-        self.write(move |ctx| submit::submit_run(ctx, run)).await
-    }
-
-    async fn register_agent(
-        &self,
-        reg: RegisterAgent,
-        lease_ttl_ms: u64,
-        heartbeat_interval_ms: u64,
-    ) -> Result<AgentRegistered> {
-        self.write(move |ctx| leases::register_agent(ctx, reg, lease_ttl_ms, heartbeat_interval_ms))
-            .await
-    }
-
-    async fn claim_keyed(
-        &self,
-        agent_id: &AgentId,
-        lease_ttl_ms: u64,
-        key: Option<String>,
-    ) -> Result<Option<ClaimedJob>> {
-        let agent_id = agent_id.clone();
-        self.write(move |ctx| claim::claim(ctx, &agent_id, lease_ttl_ms, key.as_deref()))
-            .await
-    }
-
-    async fn heartbeat(
-        &self,
-        agent_id: &AgentId,
-        leases: Vec<LeaseRef>,
-        lease_ttl_ms: u64,
-    ) -> Result<HeartbeatResponse> {
-        let agent_id = agent_id.clone();
-        self.write(move |ctx| leases::heartbeat(ctx, &agent_id, leases, lease_ttl_ms))
-            .await
-    }
-
-    async fn complete(
-        &self,
-        job_id: JobId,
-        req: CompleteRequest,
-        lease_ttl_ms: u64,
-    ) -> Result<Completed> {
-        self.write(move |ctx| complete::complete(ctx, job_id, req, lease_ttl_ms))
-            .await?
-            .into_result(job_id)
-    }
-
-    async fn command_run(
-        &self,
-        run_id: &RunId,
-        event: orchestrator_core::machine::RunEvent,
-        actor: &Actor,
-    ) -> Result<RunSummary> {
-        let (id, actor) = (run_id.clone(), actor.to_owned());
-        let read_id = id.clone();
-        self.write(move |ctx| run::command_run(ctx, &id, event, &actor))
-            .await?;
-        self.read(move |c| reads::run_summary_by_id(c, &read_id))
-            .await
-    }
-
-    async fn human(
-        &self,
-        run_id: &RunId,
-        command: HumanCommand,
-        actor: &Actor,
-    ) -> Result<RunSummary> {
-        let prefix = run_id.clone();
-        let id = self.read(move |c| reads::resolve_run(c, &prefix)).await?;
-        let (read_id, actor) = (id.clone(), actor.to_owned());
-        self.write(move |ctx| decide::human_command(ctx, &id, command, &actor))
-            .await?;
-        self.read(move |c| reads::run_summary_by_id(c, &read_id))
-            .await
-    }
-
-    async fn human_by_link(
-        &self,
-        run_id: &RunId,
-        command: HumanCommand,
-        actor: &Actor,
-        link: LinkUse,
-    ) -> Result<RunSummary> {
-        let prefix = run_id.clone();
-        let id = self.read(move |c| reads::resolve_run(c, &prefix)).await?;
-        let (read_id, actor) = (id.clone(), actor.to_owned());
-        self.write(move |ctx| {
-            // "Used" first: a used link's round has moved on too, and the
-            // human should hear the more precise reason.
-            spent::spend(ctx, Credential::Link, &link.id, link.expires_at_ms)?;
-            spent::check_round(ctx, &id, &link)?;
-            decide::human_command(ctx, &id, command, &actor)
-        })
-        .await?;
-        self.read(move |c| reads::run_summary_by_id(c, &read_id))
-            .await
-    }
-
-    async fn link_refusal(&self, run_id: &RunId, link: LinkUse) -> Result<Option<Refused>> {
-        let prefix = run_id.clone();
-        self.read(move |c| {
-            let id = reads::resolve_run(c, &prefix)?;
-            spent::refusal(c, &id, &link)
-        })
-        .await
-    }
-
-    async fn spend(&self, kind: Credential, id: String, expires_at_ms: i64) -> Result<()> {
-        self.write(move |ctx| spent::spend(ctx, kind, &id, expires_at_ms))
-            .await
-    }
-
-    async fn revoke_sessions(&self, at_ms: i64) -> Result<()> {
-        self.write(move |ctx| spent::revoke_sessions(ctx, at_ms))
-            .await
-    }
-
-    async fn revocations(&self) -> Result<Revocations> {
-        let now = self.clock.now_ms();
-        self.read(move |c| spent::revocations(c, now)).await
-    }
-
-    async fn ask_waiting(
-        &self,
-        job_id: JobId,
-        req: orchestrator_core::api::WaitAsk,
-    ) -> Result<i64> {
-        self.write(move |ctx| wait::ask(ctx, job_id, &req)).await
-    }
-
-    async fn wait_status(&self, job_id: JobId, p: WaitPoll) -> Result<WaitStatus> {
-        let (agent, token, q) = (p.agent_id, p.lease_token, p.question_id);
-        self.read(move |c| wait::status(c, job_id, &agent, &token, q))
-            .await
-    }
-
-    async fn withdraw_wait(&self, job_id: JobId, p: WaitPoll) -> Result<WaitStatus> {
-        let (agent, token, q) = (p.agent_id, p.lease_token, p.question_id);
-        self.write(move |ctx| wait::withdraw(ctx, job_id, &agent, &token, q))
-            .await
-    }
-
-    async fn inbox(&self) -> Result<Vec<InboxItem>> {
-        self.read(inbox::inbox).await
-    }
-
-    async fn lease_jobs(&self, agent_id: &AgentId, lease_ids: Vec<LeaseId>) -> Result<Vec<JobId>> {
-        let agent_id = agent_id.clone();
-        self.read(move |c| reads::lease_jobs(c, &agent_id, &lease_ids))
-            .await
-    }
-
-    async fn expire_leases(&self, now_ms: i64) -> Result<usize> {
-        self.write(move |ctx| lease_end::expire_leases(ctx, now_ms))
-            .await
-    }
-
-    async fn mark_lost_agents(&self, now_ms: i64, online_ms: u64) -> Result<usize> {
-        self.write(move |ctx| agents::mark_lost(ctx, now_ms, online_ms))
-            .await
-    }
-
-    async fn resume(&self, grace_ms: u64) -> Result<usize> {
-        self.write(move |ctx| leases::resume(ctx, grace_ms)).await
-    }
-
-    async fn next_lease_expiry(&self) -> Result<Option<i64>> {
-        self.read(reads::next_lease_expiry).await
-    }
-
-    async fn list_runs(&self, limit: u32) -> Result<Vec<RunSummary>> {
-        self.read(move |c| reads::list_runs(c, limit)).await
-    }
-
-    async fn run_detail(&self, run_id: &RunId) -> Result<RunDetail> {
-        let id = run_id.clone();
-        self.read(move |c| reads::run_detail(c, &id)).await
-    }
-
-    async fn issue_agent_token(&self, name: &str, replace: bool, actor: &Actor) -> Result<String> {
-        let (name, actor) = (name.to_owned(), actor.to_owned());
-        self.write(move |ctx| credentials::issue(ctx, &name, replace, &actor))
-            .await
-    }
-
-    async fn revoke_agent_token(&self, name: &str, actor: &Actor) -> Result<AgentTokenView> {
-        let (name, actor) = (name.to_owned(), actor.to_owned());
-        self.write(move |ctx| credentials::revoke(ctx, &name, &actor))
-            .await
-    }
-
-    async fn list_agent_tokens(&self) -> Result<Vec<AgentTokenView>> {
-        self.read(credentials::list).await
-    }
-
-    async fn agent_token_owner(&self, token: &str) -> Result<Option<AgentTokenView>> {
-        let token = token.to_owned();
-        self.read(move |c| credentials::owner(c, &token)).await
-    }
-
-    async fn agent_name_bound(&self, name: &str) -> Result<bool> {
-        let name = name.to_owned();
-        self.read(move |c| credentials::bound(c, &name)).await
-    }
-
-    async fn agent_name(&self, agent_id: &AgentId) -> Result<Option<(String, bool)>> {
-        let id = agent_id.clone();
-        self.read(move |c| credentials::agent_name(c, &id)).await
-    }
-
-    async fn list_agents(&self, online_ms: u64) -> Result<Vec<AgentView>> {
-        let rules = self.rules.clone();
-        let now = self.clock.now_ms();
-        self.read(move |c| reads::list_agents(c, &rules, now, online_ms))
-            .await
-    }
-
-    async fn preempt(&self, online_ms: u64) -> Result<usize> {
-        self.write(move |ctx| preempt::preempt(ctx, online_ms))
-            .await
-    }
-
-    async fn explain(
-        &self,
-        run_id: &RunId,
-        stage: Option<String>,
-        online_ms: u64,
-    ) -> Result<Explanation> {
-        let rules = self.rules.clone();
-        let id = run_id.clone();
-        let now = self.clock.now_ms();
-        self.read(move |c| {
-            let id = reads::resolve_run(c, &id)?;
-            explain::explain(c, &rules, &id, stage.as_deref(), now, online_ms)
-        })
-        .await
-    }
-
-    async fn transitions_since(
-        &self,
-        after: i64,
-        run: Option<RunId>,
-        limit: u32,
-    ) -> Result<Vec<Transition>> {
-        self.read(move |c| reads::transitions_since(c, after, run.as_ref(), limit))
-            .await
-    }
-
-    async fn record_usage(
-        &self,
-        rows: Vec<(JobId, String, orchestrator_core::fabric::Usage)>,
-    ) -> Result<usize> {
-        self.write(move |ctx| usage::record(ctx, rows)).await
-    }
-
-    async fn job_usage(
-        &self,
-        job_id: JobId,
-    ) -> Result<std::collections::BTreeMap<String, orchestrator_core::fabric::Usage>> {
-        self.read(move |c| usage::job(c, job_id)).await
-    }
-
-    async fn job_holder(&self, job_id: JobId) -> Result<Option<crate::JobHolder>> {
-        self.read(move |c| usage::job_holder(c, job_id)).await
-    }
-
-    async fn counts(&self) -> Result<Counts> {
-        self.read(reads::counts).await
-    }
-
-    fn subscribe(&self) -> broadcast::Receiver<Arc<[Transition]>> {
-        self.events.subscribe()
-    }
-
-    fn jobs_queued(&self) -> Arc<Notify> {
-        self.jobs_queued.clone()
-    }
-
-    fn writer_stats(&self) -> WriterStats {
-        self.stats.snapshot()
-    }
-
-    async fn probe_write(&self) -> Result<()> {
-        // A command runs inside the batch's `BEGIN IMMEDIATE`, which holds
-        // the write lock, and its answer comes after `COMMIT`.
-        self.write(|_| Ok(())).await
-    }
-
-    async fn close(&self) {
-        // Dropping the last sender ends the writer's loop after its queue drains.
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
-        }
-        let handle = self.thread.lock().ok().and_then(|mut t| t.take());
-        if let Some(h) = handle {
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
-        let listener = self.listener.lock().ok().and_then(|mut l| l.take());
-        if let Some((stop, h)) = listener {
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            let _ = tokio::task::spawn_blocking(move || h.join()).await;
-        }
     }
 }

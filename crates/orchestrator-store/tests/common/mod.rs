@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use orchestrator_core::api::{CompleteRequest, RegisterAgent, StepOutcome};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::{AgentId, Entity, RunId, StageState};
-use orchestrator_store::{Location, NewRun, SqlStore, Store, StoreOptions};
+use orchestrator_store::{Location, NewRun, SqlStore, StoreOptions};
 
 pub mod scheduling;
 

@@ -5,7 +5,7 @@
 use orchestrator_core::api::{ClaimedJob, CompleteRequest, RegisterAgent, StepOutcome};
 use orchestrator_core::sched::{Gpu, ProjectPolicy, SystemRules};
 use orchestrator_core::{AgentId, RunId, StageState};
-use orchestrator_store::{NewRun, SqlStore, Store};
+use orchestrator_store::{NewRun, SqlStore};
 
 use super::{options, TTL};
 
