@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::open;
 use common::{new_run, outcome};
 use orchestrator_core::api::{CompleteRequest, LeaseRef, RegisterAgent, StepOutcome};
 use orchestrator_core::AgentId;
@@ -14,10 +15,6 @@ use orchestrator_store::{SqlStore, StoreError};
 
 const WF: &str = "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n";
 const TTL: u64 = 30_000;
-
-fn open(dir: &tempfile::TempDir) -> SqlStore {
-    SqlStore::open(common::options(dir)).unwrap()
-}
 
 async fn register(s: &SqlStore, name: &str) -> AgentId {
     s.register_agent(

@@ -4,6 +4,8 @@
 
 mod common;
 
+use common::open;
+
 use orchestrator_core::{AgentId, RunId};
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,10 +18,6 @@ use orchestrator_store::{NewRun, SqlStore, StoreError};
 const TTL: u64 = 30_000;
 
 const CHAIN: &str = "name: chain\nstages:\n  - id: one\n    steps: [{commands: [{argv: [x]}]}]\n  - id: two\n    needs: [one]\n    steps: [{commands: [{argv: [y]}]}]\n";
-
-fn open(dir: &tempfile::TempDir) -> SqlStore {
-    SqlStore::open(common::options(dir)).unwrap()
-}
 
 fn new_run(project: &str, policy: ProjectPolicy) -> NewRun {
     NewRun {

@@ -7,6 +7,7 @@
 
 mod common;
 
+use common::open;
 use common::{agent, assert_log_replays_to_state, new_run, outcome, TTL};
 use orchestrator_core::api::CompleteRequest;
 use orchestrator_core::JobId;
@@ -15,10 +16,6 @@ use orchestrator_store::{SqlStore, StoreError};
 
 /// Two stages side by side, then one after both.
 const WF: &str = "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n  - id: b\n    steps: [{commands: [{argv: [x]}]}]\n  - id: c\n    needs: [a, b]\n    steps: [{commands: [{argv: [x]}]}]\n";
-
-fn open(dir: &tempfile::TempDir) -> SqlStore {
-    SqlStore::open(common::options(dir)).unwrap()
-}
 
 fn key(k: &str) -> Option<String> {
     Some(k.to_owned())

@@ -91,9 +91,7 @@ use orchestrator_core::sched::SystemRules;
 use orchestrator_core::Transition;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
-use crate::{
-    Result, StoreError,
-};
+use crate::{Result, StoreError};
 pub use copy::{sqlite_to_postgres, CopyReport};
 pub use ddl::Table;
 #[cfg(feature = "failpoints")]
