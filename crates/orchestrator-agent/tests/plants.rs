@@ -19,8 +19,7 @@ use tokio_util::sync::CancellationToken;
 
 mod common;
 
-use common::sandboxed::{busybox_rootfs, require, sh, spec, vm_asset, Project};
-use tempfile::TempDir;
+use common::sandboxed::{project, sh, spec, Project};
 
 const ORIGINAL: &str = "the host's own content\n";
 
@@ -29,33 +28,6 @@ fn backends() -> Vec<SandboxSpec> {
         (SandboxKind::Bubblewrap, "bwrap", "bubblewrap"),
         (SandboxKind::Container, "runc", "runc"),
     ])
-}
-
-/// A project whose agent runs `sandbox`: a busybox image and a work
-/// directory for containers, the VM assets for the vm (the directories
-/// live as long as the project).
-fn project(sandbox: &SandboxSpec) -> (Project, Vec<TempDir>) {
-    let mut p = Project::new();
-    let mut keep = Vec::new();
-    match sandbox.kind {
-        Some(SandboxKind::Container) => {
-            let image = tempfile::tempdir().unwrap();
-            let rootfs = image.path().canonicalize().unwrap().join("rootfs");
-            busybox_rootfs(&rootfs);
-            let work = tempfile::tempdir().unwrap();
-            p.cfg.container_image = Some(rootfs);
-            p.cfg.work_dir = Some(work.path().to_owned());
-            keep.extend([image, work]);
-        }
-        Some(SandboxKind::Vm) => {
-            require("qemu-system-x86_64", "qemu-system-x86");
-            p.cfg.vm.kernel = Some(vm_asset("ORCH_VM_KERNEL", "vmlinux"));
-            p.cfg.vm.initrd = Some(vm_asset("ORCH_VM_INITRD", "initrd.img"));
-            p.cfg.vm.image = Some(vm_asset("ORCH_VM_IMAGE", "base.qcow2"));
-        }
-        _ => {}
-    }
-    (p, keep)
 }
 
 /// A host file outside everything the step may write.

@@ -7,7 +7,7 @@
 //! from (state, event) to (state, effects)), the rounds of a step ([`rounds`]), the classification of failures
 //! ([`error`]), the expression language of conditions and substitutions
 //! ([`expr`]), the model fabric's queueing, residency and accounting
-//! ([`fabric`]), the wire types of the HTTP API ([`api`]) shared by daemon,
+//! ([`fabric`]), a step's outputs and their limits ([`outputs`]), the wire types of the HTTP API ([`api`]) shared by daemon,
 //! agent and CLI, and the ids they name things by ([`ids`]).
 //!
 //! What it is not: it never touches a file, a socket, a database or the time
@@ -27,6 +27,7 @@ pub mod fabric;
 pub mod feedback;
 pub mod ids;
 pub mod machine;
+pub mod outputs;
 pub mod plan;
 pub mod quote;
 pub mod rounds;

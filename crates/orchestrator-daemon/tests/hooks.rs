@@ -255,6 +255,7 @@ async fn fail_a_run(store: &SqlStore) -> RunId {
                     questions: Vec::new(),
                     sandbox: None,
                     log_tail: None,
+                    outputs: Default::default(),
                 },
                 claim_next: false,
                 claim_key: None,

@@ -151,6 +151,7 @@ async fn run_next_step(store: &SqlStore, agent: &AgentId) {
                     questions: Vec::new(),
                     sandbox: None,
                     log_tail: None,
+                    outputs: Default::default(),
                 },
                 claim_next: false,
                 claim_key: None,

@@ -39,6 +39,7 @@ fn failed_with_tail() -> StepOutcome {
         exit_codes: vec![Some(3)],
         error: Some("command 0 (sh -c test) exited with code 3".into()),
         log_tail: Some("--- last lines of stderr ---\nassertion failed: fixed.txt\n".into()),
+        outputs: Default::default(),
         ..outcome(false, Some(ErrorClass::Task))
     }
 }

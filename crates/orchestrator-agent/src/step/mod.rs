@@ -33,6 +33,7 @@ mod commands;
 mod grant;
 mod home;
 mod logs;
+mod outputs;
 mod prepare;
 mod record;
 mod redact;
@@ -174,6 +175,12 @@ pub async fn run_step_with(
         (
             "ORCH_BUNDLE_DIR".into(),
             bundle.dir().to_string_lossy().into_owned(),
+        ),
+        (
+            "ORCH_OUTPUT".into(),
+            outputs::path(bundle.confined())
+                .to_string_lossy()
+                .into_owned(),
         ),
         (
             "ORCH_WORKTREE".into(),
@@ -376,6 +383,14 @@ pub async fn run_step_with(
         }
     }
     drop(runner);
+    if failure.is_none() {
+        let dir = bundle.confined().clone();
+        match tokio::task::spawn_blocking(move || outputs::read(&dir)).await {
+            Ok(Ok(out)) => rec.outputs = out,
+            Ok(Err(msg)) => failure = Some(Failure::task(msg)),
+            Err(e) => failure = Some(Failure::infra(format!("reading the step's outputs: {e}"))),
+        }
+    }
     // Whatever the step did to the worktree's `.git`, no git runs through
     // it: neither the agent's nor a user's looking at the run's work.
     let guarded = {

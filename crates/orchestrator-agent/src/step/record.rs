@@ -55,6 +55,8 @@ pub(crate) struct Recorder<'a> {
     pub(super) waits: Vec<orchestrator_core::api::WaitRecord>,
     /// After a task failure, the end of the failing command's output.
     pub(super) log_tail: Option<String>,
+    /// What the step wrote to `$ORCH_OUTPUT`, once read.
+    pub(super) outputs: orchestrator_core::outputs::Outputs,
 }
 
 impl<'a> Recorder<'a> {
@@ -72,6 +74,7 @@ impl<'a> Recorder<'a> {
             caches: Vec::new(),
             waits: Vec::new(),
             log_tail: None,
+            outputs: Default::default(),
         }
     }
 
@@ -97,6 +100,11 @@ impl<'a> Recorder<'a> {
             questions: Vec::new(),
             sandbox: Some(self.sandbox),
             log_tail: self.log_tail.filter(|_| failed),
+            outputs: if failed {
+                Default::default()
+            } else {
+                self.outputs
+            },
         }
     }
 

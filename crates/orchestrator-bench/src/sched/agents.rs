@@ -135,6 +135,7 @@ pub(super) fn success(agent_id: &AgentId, job: &ClaimedJob) -> CompleteRequest {
             questions: Vec::new(),
             sandbox: None,
             log_tail: None,
+            outputs: Default::default(),
         },
         claim_next: true,
         claim_key: None,

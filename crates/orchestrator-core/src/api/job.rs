@@ -247,6 +247,10 @@ pub struct StepOutcome {
     /// (see [`crate::feedback`]); what a send-back hands on as feedback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_tail: Option<String>,
+    /// What the step wrote to `$ORCH_OUTPUT`, parsed and checked by the
+    /// agent (and checked again by the store).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub outputs: crate::outputs::Outputs,
 }
 
 /// `GET /v1/usage`, asked with a job's key: that job's model calls so far.

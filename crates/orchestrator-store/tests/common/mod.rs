@@ -112,6 +112,7 @@ pub fn outcome(success: bool, class: Option<ErrorClass>) -> StepOutcome {
         questions: Vec::new(),
         sandbox: None,
         log_tail: None,
+        outputs: Default::default(),
     }
 }
 

@@ -73,6 +73,7 @@ pub async fn done(s: &SqlStore, agent: &AgentId, job: &ClaimedJob) {
                 questions: Vec::new(),
                 sandbox: None,
                 log_tail: None,
+                outputs: Default::default(),
             },
             claim_next: false,
             claim_key: None,
