@@ -157,6 +157,10 @@ pub struct StageView {
     /// The stage's caches, their keys as computed when the run was submitted.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub cache: Vec<crate::spec::Cache>,
+    /// Its outputs: what its steps wrote to `$ORCH_OUTPUT`, merged in step
+    /// order (see [`crate::outputs::merge`]).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub outputs: crate::outputs::Outputs,
 }
 
 /// One job: an attempt at one step.

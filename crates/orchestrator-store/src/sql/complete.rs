@@ -64,7 +64,7 @@ impl Completion {
 pub fn complete(
     ctx: &mut Ctx<'_>,
     job_id: JobId,
-    req: CompleteRequest,
+    mut req: CompleteRequest,
     lease_ttl_ms: u64,
 ) -> Result<Completion> {
     let row = ctx
@@ -135,6 +135,20 @@ pub fn complete(
             &actor,
         )?;
         return Ok(Completion::Refused(reason));
+    }
+    if req.outcome.success {
+        let refused =
+            super::outputs::refused(ctx.conn, &run_id, &stage_id, step, &req.outcome.outputs)?;
+        if let Some(why) = refused {
+            let o = &mut req.outcome;
+            o.success = false;
+            o.error = Some(why);
+            o.error_class = Some(ErrorClass::Task);
+            o.checkpoint = None;
+            o.until_met = None;
+            o.questions.clear();
+            o.outputs.clear();
+        }
     }
     let o = &req.outcome;
     let exit_codes = crate::error::encode("exit codes", &o.exit_codes)?;

@@ -82,12 +82,13 @@ pub(super) fn step_succeeded(
             .prepare_cached("SELECT COALESCE(MAX(seq), 0) + 1 FROM checkpoints WHERE run_id = ?1")?
             .query_row([run_id], |r| r.get(0))?;
         let artifacts = crate::error::encode("a checkpoint's artifacts", &cp.artifacts)?;
+        let outputs = super::outputs::encode(&o.outputs)?;
         ctx.conn
             .prepare_cached(
-                "INSERT INTO checkpoints (run_id, seq, stage_id, step, job_id, commit_sha, artifacts, created_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO checkpoints (run_id, seq, stage_id, step, job_id, commit_sha, artifacts, created_at, outputs)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
             )?
-            .execute(params![run_id, seq, stage_id, step, job_id, cp.commit, artifacts, ctx.now])?;
+            .execute(params![run_id, seq, stage_id, step, job_id, cp.commit, artifacts, ctx.now, outputs])?;
         let short = cp.commit.get(..12).unwrap_or(&cp.commit);
         ctx.transition(
             format!("{run_id}/{stage_id}/{seq}"),

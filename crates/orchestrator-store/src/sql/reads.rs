@@ -139,6 +139,7 @@ pub fn run_detail(conn: &Conn, id: &RunId) -> Result<RunDetail> {
                 ended_at_ms: r.get(6)?,
                 agent_id: r.get(8)?,
                 cache: Vec::new(),
+                outputs: Default::default(),
             })
         })?
         .collect::<crate::db::Result<_>>()?;
@@ -159,7 +160,9 @@ pub fn run_detail(conn: &Conn, id: &RunId) -> Result<RunDetail> {
             j.step = spec.step_index(j.step);
         }
     }
+    let mut outputs = super::outputs::of_run(conn, &id)?;
     for (s, spec) in stages.iter_mut().zip(&wf.stages) {
+        s.outputs = outputs.remove(&s.stage_id).unwrap_or_default();
         s.needs = spec.needs.clone();
         s.cache = spec.cache.clone();
         s.iteration = spec.iteration_of(s.step);

@@ -290,6 +290,11 @@ ALTER TABLE jobs ADD COLUMN round_reason TEXT NOT NULL DEFAULT 'first';
 ALTER TABLE jobs ADD COLUMN log_tail TEXT;
 ALTER TABLE stage_runs ADD COLUMN sent_back INTEGER NOT NULL DEFAULT 0;
 "#,
+    // 14: a step's outputs (`$ORCH_OUTPUT`), kept with its checkpoint as a
+    // JSON object of strings; NULL when it wrote none.
+    r#"
+ALTER TABLE checkpoints ADD COLUMN outputs TEXT;
+"#,
 ];
 
 /// Connection settings every connection gets.

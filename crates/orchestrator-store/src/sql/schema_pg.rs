@@ -244,6 +244,10 @@ ALTER TABLE jobs ADD COLUMN round_reason TEXT NOT NULL DEFAULT 'first';
 ALTER TABLE jobs ADD COLUMN log_tail TEXT;
 ALTER TABLE stage_runs ADD COLUMN sent_back BIGINT NOT NULL DEFAULT 0;
 "#,
+    // 7: SQLite's schema version 14.
+    r#"
+ALTER TABLE checkpoints ADD COLUMN outputs TEXT;
+"#,
 ];
 
 /// Brings the database (its current schema) up to the newest version.

@@ -229,6 +229,8 @@ pub const TABLES: &[Table] = &[
             text("commit_sha").not_null(),
             text("artifacts").not_null(),
             int("created_at").not_null(),
+            // The step's outputs, a JSON object of strings (NULL: none).
+            text("outputs"),
         ],
         key: &["run_id", "seq"],
         unique: &[],
