@@ -66,6 +66,41 @@ pub fn runs(list: &[RunSummary]) {
     }
 }
 
+/// The most characters of an output's value `orch show` prints.
+const SHOWN_VALUE: usize = 80;
+
+/// Each stage's outputs, `key=value`, long values cut (`-o json` has them
+/// whole).
+fn stage_outputs(d: &RunDetail) {
+    if d.stages.iter().all(|s| s.outputs.is_empty()) {
+        return;
+    }
+    println!();
+    println!("{:<24} KEY=VALUE", "OUTPUTS OF");
+    let mut cut = false;
+    for s in &d.stages {
+        for (k, v) in &s.outputs {
+            let (shown, was_cut) = orchestrator_core::outputs::shown_value(v, SHOWN_VALUE);
+            cut |= was_cut;
+            println!(
+                "{:<24} {k}={shown}{}",
+                s.stage_id,
+                if was_cut {
+                    format!("… ({} bytes)", v.len())
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    if cut {
+        println!(
+            "(values cut at {SHOWN_VALUE} characters; `orch show {} -o json` shows them whole)",
+            d.run.id
+        );
+    }
+}
+
 pub fn run(d: &RunDetail) {
     let r = &d.run;
     println!("run       {}", r.id);
@@ -176,6 +211,7 @@ pub fn run(d: &RunDetail) {
             }
         }
     }
+    stage_outputs(d);
     let waiting: Vec<_> = d
         .stages
         .iter()

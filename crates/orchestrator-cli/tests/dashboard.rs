@@ -24,7 +24,7 @@ stages:
       - name: compile
         artifacts: [build.txt]
         commands:
-          - argv: [sh, -c, 'echo "compiled 3 units"; echo ok > build.txt']
+          - argv: [sh, -c, 'echo "compiled 3 units"; echo ok > build.txt; echo "version=1.2.3" >> "$ORCH_OUTPUT"']
   - id: lint
     steps:
       - commands:
@@ -135,6 +135,7 @@ fn a_browser_sees_the_graph_approves_by_clicking_and_watches_the_run_finish() {
         "{seen}"
     );
     assert_eq!(seen["build_checkpoints"], 1, "{seen}");
+    assert_eq!(seen["build_outputs"], "version 1.2.3", "{seen}");
     assert_eq!(seen["serve_log_before"], "waiting for release", "{seen}");
     assert_eq!(
         seen["serve_log_after"], "waiting for release\nreleased",

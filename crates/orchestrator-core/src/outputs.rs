@@ -238,10 +238,11 @@ pub fn merge<'a>(checkpoints: impl IntoIterator<Item = (u32, &'a Outputs)>) -> O
     out
 }
 
-/// A value shortened for display to at most `max` characters, and whether
-/// it was shortened; a multi-line value shows its lines joined by `⏎`.
+/// A value as a terminal may show it: step text, so control and invisible
+/// characters are dropped ([`crate::quote::clean`]) and its lines joined
+/// by `⏎`; at most `max` characters, and whether it was cut.
 pub fn shown_value(value: &str, max: usize) -> (String, bool) {
-    let one_line = value.replace('\n', "⏎");
+    let one_line = crate::quote::clean(value, usize::MAX).replace('\n', "⏎");
     match one_line.char_indices().nth(max) {
         Some((at, _)) => (one_line[..at].to_owned(), true),
         None => (one_line, false),
@@ -367,5 +368,6 @@ mod tests {
     fn shown_values_are_cut() {
         assert_eq!(shown_value("a\nb", 10), ("a⏎b".to_owned(), false));
         assert_eq!(shown_value("abcdef", 3), ("abc".to_owned(), true));
+        assert_eq!(shown_value("a\x1b[2Jb", 10), ("a[2Jb".to_owned(), false));
     }
 }

@@ -367,7 +367,8 @@ fn examples_stay_inside_the_worktree_and_write_only_under_their_output_directory
             for bad in ["rm ", "sudo", "curl", "wget", "/tmp", "~/", "$HOME"] {
                 assert!(!text.contains(bad), "{name}: {bad:?} in {text:?}");
             }
-            // Every redirection into a file goes under the demo's output directory.
+            // Every redirection into a file goes under the demo's output
+            // directory, or to the step's own output file (in its bundle).
             for (i, _) in text.match_indices('>') {
                 let target = text[i + 1..].trim_start();
                 if target.starts_with('&') || target.starts_with('>') {
@@ -377,6 +378,7 @@ fn examples_stay_inside_the_worktree_and_write_only_under_their_output_directory
                     target.starts_with("\"$DEMO_OUT/")
                         || target.starts_with("CACHE/")
                         || target.starts_with("/dev/")
+                        || target.starts_with("\"$ORCH_OUTPUT\"")
                         || cmd.cwd.is_some(),
                     "{name}: writes outside $DEMO_OUT: {text:?}"
                 );

@@ -48,6 +48,7 @@ await drive("drive.mjs", ["LINK", "RUN_ID", "ARTIFACT_DIR", "RELEASE_FILE"], asy
   await page.locator("pre#log", { hasText: "compiled 3 units" }).waitFor(T);
   seen.build_log = (await page.locator("pre#log").textContent()).trim();
   seen.build_checkpoints = await page.locator("#stage code[title]").count();
+  seen.build_outputs = (await page.locator('#stage table.outputs tr[data-output="version"]').innerText()).replace(/\s+/g, " ").trim();
 
   // Approve by clicking.
   await review.click();

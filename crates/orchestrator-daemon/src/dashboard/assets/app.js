@@ -588,8 +588,25 @@ function stagePanel(detail, stageId) {
     h("table", {},
       h("thead", {}, h("tr", {}, h("th", {}, "Step"), h("th", {}, "Rounds"), h("th", {}, "Checkpoint"))),
       h("tbody", {}, steps)),
+    outputsTable(st),
     logPanel(),
   );
+}
+
+// The most characters of an output's value the page shows.
+const SHOWN_VALUE = 2000;
+
+// A stage's outputs: step text, so put in as text, its invisible
+// characters named, long values cut (the API's run detail has them whole).
+function outputsTable(st) {
+  const outs = Object.entries(st.outputs || {});
+  if (!outs.length) return "";
+  return h("table", { class: "outputs", "data-outputs": st.stage_id },
+    h("thead", {}, h("tr", {}, h("th", {}, "Output"), h("th", {}, "Value"))),
+    h("tbody", {}, outs.map(([k, v]) => h("tr", { "data-output": k },
+      h("td", {}, h("code", {}, k)),
+      h("td", {}, h("pre", {}, visible(v.length > SHOWN_VALUE ? v.slice(0, SHOWN_VALUE) : v)),
+        v.length > SHOWN_VALUE ? h("div", { class: "muted" }, `cut at ${SHOWN_VALUE} of ${v.length} characters`) : "")))));
 }
 
 // ---------- changes ----------
