@@ -199,6 +199,7 @@ async fn daemon_with_key(dir: &Path, upstream: &str) -> Result<(Daemon, String)>
             tree: Vec::new(),
             actor: orchestrator_core::Actor::user("bench"),
             on_failure: None,
+            inputs: Default::default(),
         })
         .await?;
     let http = reqwest::Client::new();

@@ -323,9 +323,16 @@ async fn full_path(a: &BenchArgs, wls: &[Workload], root: &std::path::Path) -> R
                     .await??,
             );
             let t = Instant::now();
-            let s: Submitted =
-                crate::runcmd::submit(client, &file, Some(project.clone()), None, None, None)
-                    .await?;
+            let s: Submitted = crate::runcmd::submit(
+                client,
+                &file,
+                Some(project.clone()),
+                None,
+                None,
+                None,
+                &Default::default(),
+            )
+            .await?;
             let state = crate::runcmd::wait(client, &s.run_id, false).await?;
             let secs = t.elapsed().as_secs_f64();
             if state != RunState::Succeeded {

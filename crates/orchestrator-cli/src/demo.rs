@@ -20,6 +20,8 @@ pub struct DemoArgs {
     /// Where the demo keeps its store; default: a fresh temporary directory.
     #[arg(long)]
     pub demo_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub inputs: crate::params::InputArgs,
 }
 
 /// A daemon and one agent inside this process, on loopback and an embedded
@@ -123,8 +125,16 @@ pub async fn demo(a: DemoArgs) -> Result<ExitCode> {
     let embedded = Embedded::start(&dir, agent, true, None).await?;
     let client = &embedded.client;
     let outcome = async {
-        let submitted =
-            crate::runcmd::submit(client, &a.file, Some(project.clone()), None, None, None).await?;
+        let submitted = crate::runcmd::submit(
+            client,
+            &a.file,
+            Some(project.clone()),
+            None,
+            None,
+            None,
+            &a.inputs,
+        )
+        .await?;
         eprintln!(
             "run {} submitted ({} layers, critical path {})",
             submitted.run_id,

@@ -20,6 +20,7 @@ mod human;
 mod land;
 mod logs;
 mod migrate;
+mod params;
 mod paths;
 mod runcmd;
 mod secrets;

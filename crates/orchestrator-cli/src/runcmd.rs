@@ -43,6 +43,8 @@ pub struct RunArgs {
     /// at once (for unattended runs such as CI).
     #[arg(long, value_enum)]
     pub on_failure: Option<FailureMode>,
+    #[command(flatten)]
+    pub inputs: crate::params::InputArgs,
     /// Output format: text for people, json for programs.
     #[arg(short, long, value_enum, default_value = "text")]
     pub output: Output,
@@ -94,9 +96,11 @@ pub async fn submit(
     priority: Option<i32>,
     git_ref: Option<String>,
     on_failure: Option<OnFailure>,
+    inputs: &crate::params::InputArgs,
 ) -> Result<Submitted> {
     let (text, _) = crate::load_workflow(file)?;
     let project = project_dir(project)?;
+    let file_values = inputs.file_values()?;
     Ok(client
         .submit(&SubmitRun {
             workflow: text,
@@ -106,6 +110,8 @@ pub async fn submit(
             priority,
             git_ref,
             on_failure,
+            inputs: file_values,
+            params: inputs.params.clone(),
         })
         .await?)
 }
@@ -113,6 +119,7 @@ pub async fn submit(
 /// Submits the catalog's workflow `name` of the project.
 async fn submit_name(client: &Client, name: &str, a: &RunArgs) -> Result<Submitted> {
     let project = project_dir(a.project.clone())?;
+    let file_values = a.inputs.file_values()?;
     Ok(client
         .submit(&SubmitRun {
             workflow: String::new(),
@@ -122,6 +129,8 @@ async fn submit_name(client: &Client, name: &str, a: &RunArgs) -> Result<Submitt
             priority: a.priority,
             git_ref: a.git_ref.clone(),
             on_failure: a.on_failure.map(OnFailure::from),
+            inputs: file_values,
+            params: a.inputs.params.clone(),
         })
         .await?)
 }
@@ -137,6 +146,7 @@ pub async fn run(a: RunArgs, client: &Client) -> Result<ExitCode> {
             a.priority,
             a.git_ref.clone(),
             a.on_failure.map(OnFailure::from),
+            &a.inputs,
         )
         .await?
     };

@@ -124,6 +124,18 @@ pub fn run(d: &RunDetail) {
         r.stages_succeeded, r.stages_ended, r.stages_total
     );
     println!("duration  {}", span(Some(r.created_at_ms), r.ended_at_ms));
+    for (i, (name, value)) in d.inputs.iter().enumerate() {
+        let text = orchestrator_core::spec::input_env_value(value);
+        // A value with a newline or other control characters is quoted, so
+        // that it stays on its line.
+        let shown = if text.chars().any(char::is_control) {
+            format!("{text:?}")
+        } else {
+            text
+        };
+        let head = if i == 0 { "inputs    " } else { "          " };
+        println!("{head}{name}={shown}");
+    }
     println!("critical  {}", d.plan.critical_path.join(" -> "));
     feedback_loops(&d.plan);
     if let Some(branch) = &r.branch {

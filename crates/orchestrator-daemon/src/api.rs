@@ -92,6 +92,7 @@ pub async fn submit_run(
                 .map_err(|e| ApiErr::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
         }
     }
+    let inputs = given_inputs(&req)?;
     let submitted = app
         .store
         .submit_run(NewRun {
@@ -104,6 +105,7 @@ pub async fn submit_run(
             tree,
             actor: who.actor(None),
             on_failure: req.on_failure,
+            inputs,
         })
         .await?;
     tracing::info!(run_id = %submitted.run_id, state = %submitted.state, "run submitted");
@@ -111,6 +113,25 @@ pub async fn submit_run(
         tracing::warn!(run_id = %submitted.run_id, "{w}");
     }
     Ok((StatusCode::CREATED, Json(submitted)).into_response())
+}
+
+/// The values a submission gives the workflow's inputs: its JSON
+/// `inputs`, then its `params` texts over them. The store binds them to
+/// the workflow's declarations.
+fn given_inputs(req: &SubmitRun) -> Result<orchestrator_core::spec::Given, ApiErr> {
+    use orchestrator_core::spec::Given;
+    let unprocessable = |e: orchestrator_core::spec::InputErrors| {
+        ApiErr::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid inputs:\n{e}"),
+        )
+    };
+    let mut given = Given::from_json(serde_json::Value::Object(
+        req.inputs.clone().into_iter().collect(),
+    ))
+    .map_err(unprocessable)?;
+    given.merge(Given::from_cli(&req.params).map_err(unprocessable)?);
+    Ok(given)
 }
 
 /// A run that names a catalog workflow gets the catalog's text of it now,

@@ -35,9 +35,9 @@ impl From<StoreError> for ApiErr {
     fn from(e: StoreError) -> Self {
         let status = match &e {
             StoreError::NotFound { .. } => StatusCode::NOT_FOUND,
-            StoreError::InvalidWorkflow(_) | StoreError::Invalid(_) => {
-                StatusCode::UNPROCESSABLE_ENTITY
-            }
+            StoreError::InvalidWorkflow(_)
+            | StoreError::InvalidInputs(_)
+            | StoreError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
             StoreError::StaleLease { .. } | StoreError::Conflict(_) | StoreError::Refused(_) => {
                 StatusCode::CONFLICT
             }
@@ -59,6 +59,9 @@ impl From<StoreError> for ApiErr {
         }
         let details = match &e {
             StoreError::InvalidWorkflow(errs) => serde_json::to_value(&errs.0).ok(),
+            StoreError::InvalidInputs(errs) => Some(serde_json::Value::from(
+                errs.0.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            )),
             _ => None,
         };
         ApiErr(

@@ -73,6 +73,7 @@ async fn fixture() -> Fixture {
             tree: Vec::new(),
             actor: orchestrator_core::Actor::user("test"),
             on_failure: None,
+            inputs: Default::default(),
         })
         .await
         .unwrap()

@@ -215,6 +215,7 @@ async fn fail_a_run(store: &SqlStore) -> RunId {
             actor: orchestrator_core::Actor::user("test"),
             // Ends at once: no human is asked to decide.
             on_failure: Some(orchestrator_core::spec::OnFailure::Fail),
+            inputs: Default::default(),
         })
         .await
         .unwrap()

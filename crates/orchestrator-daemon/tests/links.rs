@@ -183,6 +183,7 @@ async fn an_approve_link_acts_on_its_own_round_once_even_after_a_restart() {
             base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
             tree: Vec::new(),
             actor: orchestrator_core::Actor::user("test"),
+            inputs: Default::default(),
         })
         .await
         .unwrap()

@@ -67,6 +67,7 @@ async fn a_silent_agent_is_marked_lost_once_and_its_stale_lease_is_revoked_when_
             tree: Vec::new(),
             actor: orchestrator_core::Actor::user("test"),
             on_failure: None,
+            inputs: Default::default(),
         })
         .await
         .unwrap()
@@ -200,6 +201,7 @@ async fn the_reaper_keeps_time_by_the_daemons_clock_and_a_jump_ahead_gives_lease
             tree: Vec::new(),
             actor: orchestrator_core::Actor::user("test"),
             on_failure: None,
+            inputs: Default::default(),
         })
         .await
         .unwrap();

@@ -24,6 +24,9 @@ pub enum StoreError {
     NotFound { what: &'static str, id: String },
     #[error("invalid workflow:\n{0}")]
     InvalidWorkflow(SpecErrors),
+    /// The values given to a workflow's inputs do not bind to it.
+    #[error("invalid inputs:\n{0}")]
+    InvalidInputs(orchestrator_core::spec::InputErrors),
     #[error("lease of job {job_id} refused: {reason}")]
     StaleLease { job_id: JobId, reason: String },
     #[error("refused: {0}")]

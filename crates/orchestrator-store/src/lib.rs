@@ -76,6 +76,10 @@ pub struct NewRun {
     pub tree: Vec<orchestrator_core::cache::TreeFile>,
     /// Who submitted it, for the transition row (`user:admin`).
     pub actor: Actor,
+    /// The values given to the workflow's inputs; the store binds them (a
+    /// missing, unknown or mistyped one refuses the run) and records the
+    /// bound values with the run.
+    pub inputs: orchestrator_core::spec::Given,
 }
 
 /// What a human says to a waiting stage.

@@ -193,7 +193,7 @@ async fn a_database_from_an_older_orch_is_migrated_and_keeps_its_runs() {
     // Back to schema 1, as the first orch with PostgreSQL left it.
     s.exec_command(|c| {
         c.execute_batch(
-            "ALTER TABLE checkpoints DROP COLUMN outputs; ALTER TABLE jobs DROP COLUMN round; ALTER TABLE jobs DROP COLUMN round_reason; ALTER TABLE jobs DROP COLUMN log_tail; ALTER TABLE stage_runs DROP COLUMN sent_back; DROP INDEX questions_job; ALTER TABLE questions DROP COLUMN wait_key; ALTER TABLE leases DROP COLUMN claim_key; DROP TABLE spent_credentials; DROP TABLE agent_tokens; DELETE FROM orch_schema WHERE version > 1",
+            "ALTER TABLE runs DROP COLUMN inputs; ALTER TABLE stage_runs DROP COLUMN matrix; ALTER TABLE checkpoints DROP COLUMN outputs; ALTER TABLE jobs DROP COLUMN round; ALTER TABLE jobs DROP COLUMN round_reason; ALTER TABLE jobs DROP COLUMN log_tail; ALTER TABLE stage_runs DROP COLUMN sent_back; DROP INDEX questions_job; ALTER TABLE questions DROP COLUMN wait_key; ALTER TABLE leases DROP COLUMN claim_key; DROP TABLE spent_credentials; DROP TABLE agent_tokens; DELETE FROM orch_schema WHERE version > 1",
         )?;
         Ok(())
     })
@@ -217,7 +217,7 @@ async fn a_database_from_an_older_orch_is_migrated_and_keeps_its_runs() {
         )
         .await
         .unwrap();
-    assert_eq!(version, 7);
+    assert_eq!(version, 8);
     assert_eq!((job.spec.round, job.spec.step_index), (1, Some(0)));
     s.close().await;
 }

@@ -102,7 +102,7 @@ async fn a_store_from_before_usage_opens_and_counts_from_then_on() {
     // Back to schema 7, as an orch without usage left it.
     let conn = rusqlite::Connection::open(&path).unwrap();
     conn.execute_batch(
-        "DROP TABLE model_usage; DROP TABLE spent_credentials; DROP TABLE agent_tokens; ALTER TABLE leases DROP COLUMN claim_key; DROP INDEX questions_job; ALTER TABLE questions DROP COLUMN wait_key; ALTER TABLE jobs DROP COLUMN round; ALTER TABLE jobs DROP COLUMN round_reason; ALTER TABLE jobs DROP COLUMN log_tail; ALTER TABLE stage_runs DROP COLUMN sent_back; ALTER TABLE checkpoints DROP COLUMN outputs; PRAGMA user_version = 7;",
+        "DROP TABLE model_usage; DROP TABLE spent_credentials; DROP TABLE agent_tokens; ALTER TABLE leases DROP COLUMN claim_key; DROP INDEX questions_job; ALTER TABLE questions DROP COLUMN wait_key; ALTER TABLE jobs DROP COLUMN round; ALTER TABLE jobs DROP COLUMN round_reason; ALTER TABLE jobs DROP COLUMN log_tail; ALTER TABLE stage_runs DROP COLUMN sent_back; ALTER TABLE checkpoints DROP COLUMN outputs; ALTER TABLE runs DROP COLUMN inputs; ALTER TABLE stage_runs DROP COLUMN matrix; PRAGMA user_version = 7;",
     )
     .unwrap();
     drop(conn);
@@ -128,5 +128,5 @@ async fn a_store_from_before_usage_opens_and_counts_from_then_on() {
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
         .unwrap();
-    assert_eq!(v, 14);
+    assert_eq!(v, 15);
 }

@@ -224,6 +224,7 @@ async fn once(o: &SchedOpts, dir: &Path) -> Result<SchedSample> {
                 tree: Vec::new(),
                 actor: orchestrator_core::Actor::user("bench"),
                 on_failure: None,
+                inputs: Default::default(),
             })
             .await?;
         if !s.warnings.is_empty() {

@@ -62,6 +62,15 @@ pub struct SubmitRun {
     /// `ask` (wait for a human's decision) or `fail` (end failed at once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_failure: Option<crate::spec::OnFailure>,
+    /// Values of the workflow's `inputs:`, by name, each JSON of the input's
+    /// own type (a params file's object). Null counts as not given.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub inputs: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Values of inputs as `orch run -p` gives them, each `NAME=VALUE` text
+    /// read as the input's type (`count=3` is a number for a number
+    /// input); over `inputs` for the same name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub params: Vec<String>,
 }
 
 /// The answer to a submission.
@@ -209,6 +218,10 @@ pub struct RunDetail {
     /// when it made none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<crate::fabric::UsageSummary>,
+    /// The values the run's inputs were bound to, by name (given, else
+    /// their defaults); empty for a workflow without inputs.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub inputs: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 /// The round of a job that says none (older daemons, older rows).

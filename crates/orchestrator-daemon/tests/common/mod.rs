@@ -90,6 +90,7 @@ pub async fn fabric_daemon(
                 tree: Vec::new(),
                 actor: orchestrator_core::Actor::user("test"),
                 on_failure: None,
+                inputs: Default::default(),
             })
             .await
             .unwrap();

@@ -39,3 +39,15 @@ pub(super) fn workflow(ctx: &mut Ctx<'_>, run_id: &RunId) -> Result<Arc<Workflow
     ctx.workflows.insert(run_id.clone(), wf.clone());
     Ok(wf)
 }
+
+/// A run's bound inputs as the `runs.inputs` column holds them (NULL for a
+/// run of an older store, or of a workflow without inputs: none).
+pub(super) fn decode_inputs(
+    run_id: &RunId,
+    text: Option<&str>,
+) -> Result<std::collections::BTreeMap<String, serde_json::Value>> {
+    text.map_or(Ok(Default::default()), |t| {
+        serde_json::from_str(t)
+            .map_err(|e| StoreError::corrupt(format!("run {run_id}: stored inputs unreadable"), e))
+    })
+}

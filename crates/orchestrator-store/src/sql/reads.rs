@@ -106,13 +106,14 @@ pub fn resolve_run(conn: &Conn, run: &RunId) -> Result<RunId> {
 pub fn run_detail(conn: &Conn, id: &RunId) -> Result<RunDetail> {
     let id = resolve_run(conn, id)?;
     let sql = format!(
-        "SELECT {RUN_COLS}, (SELECT spec FROM run_specs WHERE run_id = runs.id) FROM runs WHERE id = ?1"
+        "SELECT {RUN_COLS}, (SELECT spec FROM run_specs WHERE run_id = runs.id), inputs FROM runs WHERE id = ?1"
     );
-    let (run, spec): (RunSummary, String) = conn
+    let (run, spec, inputs): (RunSummary, String, Option<String>) = conn
         .prepare_cached(&sql)?
-        .query_row([&id], |r| Ok((run_summary(r)?, r.get(13)?)))?;
+        .query_row([&id], |r| Ok((run_summary(r)?, r.get(13)?, r.get(14)?)))?;
     let wf: Workflow = serde_json::from_str(&spec)
         .map_err(|e| StoreError::corrupt(format!("run {id}: stored spec unreadable"), e))?;
+    let inputs = super::common::decode_inputs(&id, inputs.as_deref())?;
     let plan = orchestrator_core::plan(&wf).map_err(|c| {
         StoreError::corrupt(
             format!("run {id}: stored spec unreadable"),
@@ -182,6 +183,7 @@ pub fn run_detail(conn: &Conn, id: &RunId) -> Result<RunDetail> {
         checkpoints: super::inbox::checkpoints(conn, &id, &wf)?,
         questions: super::inbox::questions(conn, &id)?,
         models: super::usage::run(conn, &id)?,
+        inputs,
     })
 }
 

@@ -295,6 +295,13 @@ ALTER TABLE stage_runs ADD COLUMN sent_back INTEGER NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE checkpoints ADD COLUMN outputs TEXT;
 "#,
+    // 15: inputs and matrices. A run keeps the values its inputs were bound
+    // to, a stage a matrix made keeps its values (JSON objects); both are
+    // what `${{ inputs.* }}` and `${{ matrix.* }}` read when a job is made.
+    r#"
+ALTER TABLE runs ADD COLUMN inputs TEXT;
+ALTER TABLE stage_runs ADD COLUMN matrix TEXT;
+"#,
 ];
 
 /// Connection settings every connection gets.

@@ -248,6 +248,11 @@ ALTER TABLE stage_runs ADD COLUMN sent_back BIGINT NOT NULL DEFAULT 0;
     r#"
 ALTER TABLE checkpoints ADD COLUMN outputs TEXT;
 "#,
+    // 8: SQLite's schema version 15.
+    r#"
+ALTER TABLE runs ADD COLUMN inputs TEXT;
+ALTER TABLE stage_runs ADD COLUMN matrix TEXT;
+"#,
 ];
 
 /// Brings the database (its current schema) up to the newest version.

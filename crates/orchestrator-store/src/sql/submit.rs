@@ -24,6 +24,10 @@ use crate::{NewRun, Result, StoreError};
 pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
     let mut wf = orchestrator_core::parse_workflow(&run.workflow, run.file.as_deref())
         .map_err(StoreError::InvalidWorkflow)?;
+    // Bound here, not only by the CLI: the API is public, and the store
+    // records exactly the values the run's commands will see.
+    let inputs = orchestrator_core::spec::bind_inputs(&wf, &run.inputs)
+        .map_err(StoreError::InvalidInputs)?;
     if ctx.rules.allow_shell == Some(false) {
         sched::check_shell(&wf, false, "the daemon's --rules file")
             .map_err(|e| StoreError::Invalid(e.to_string()))?;
@@ -55,6 +59,11 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
         ))
     })?;
     let run_id = RunId::new(ids::new_id("r"));
+    let inputs_text = if inputs.is_empty() {
+        None
+    } else {
+        Some(encode("a run's inputs", &inputs)?)
+    };
     let spec = crate::error::encode("a run's spec", &wf)?;
     let hash = format!("{:x}", Sha256::digest(run.workflow.as_bytes()));
     let eff = effective_priority(run.priority, wf.priority, &run.policy, ctx.rules);
@@ -69,8 +78,8 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
     ctx.conn
         .prepare_cached(
             "INSERT INTO runs (id, workflow, project_dir, spec_hash, state, priority, stages_total, created_at, base_commit,
-                               suggested_priority, priority_why, limits, clock, hold)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?8, ?13)",
+                               suggested_priority, priority_why, limits, clock, hold, inputs)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?8, ?13, ?14)",
         )?
         .execute(params![
             run_id,
@@ -85,7 +94,8 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
             eff.suggested,
             encode("a run's effective policy", &eff)?,
             encode("a run's limits", &limits)?,
-            hold
+            hold,
+            inputs_text
         ])?;
     ctx.conn
         .prepare_cached("INSERT INTO run_specs (run_id, spec) VALUES (?1, ?2)")?
@@ -109,16 +119,29 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
     )?;
     {
         let mut ins_stage = ctx.conn.prepare_cached(
-            "INSERT INTO stage_runs (run_id, stage_id, ord, state, unmet, steps_total) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            "INSERT INTO stage_runs (run_id, stage_id, ord, state, unmet, steps_total, matrix) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
         )?;
         for (i, st) in wf.stages.iter().enumerate() {
+            // The stored spec does not keep a stage's matrix values (they
+            // are no part of the workflow's text): its row does.
+            let matrix = match &st.instance {
+                Some(m) => Some(encode(
+                    "a stage's matrix values",
+                    &m.values
+                        .iter()
+                        .cloned()
+                        .collect::<serde_json::Map<String, serde_json::Value>>(),
+                )?),
+                None => None,
+            };
             ins_stage.execute(params![
                 run_id,
                 st.id,
                 i as i64,
                 StageState::Pending.as_str(),
                 st.needs.len() as i64,
-                st.steps.len() as i64 * i64::from(st.iterations())
+                st.steps.len() as i64 * i64::from(st.iterations()),
+                matrix
             ])?;
         }
         // In key order, so the B-tree only ever appends: a wide DAG has

@@ -35,6 +35,8 @@ pub const TABLES: &[Table] = &[
             text("limits"),
             int("clock").not_null().default("0"),
             text("hold"),
+            // The values its inputs were bound to, a JSON object by name.
+            text("inputs"),
         ],
         key: &["id"],
         unique: &[],
@@ -84,6 +86,8 @@ pub const TABLES: &[Table] = &[
             int("retry_at"),
             // How often its failures sent its work back by themselves.
             int("sent_back").not_null().default("0"),
+            // The values of a stage a matrix made, a JSON object by key.
+            text("matrix"),
         ],
         key: &["run_id", "stage_id"],
         unique: &[],

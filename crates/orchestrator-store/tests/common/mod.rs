@@ -78,6 +78,7 @@ pub fn new_run(yaml: &str) -> NewRun {
         tree: Vec::new(),
         actor: orchestrator_core::Actor::user("test"),
         on_failure: None,
+        inputs: Default::default(),
     }
 }
 

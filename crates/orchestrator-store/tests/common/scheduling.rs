@@ -26,6 +26,7 @@ pub fn run(yaml: &str, project: &str, priority: Option<i32>, policy: ProjectPoli
         tree: Vec::new(),
         actor: orchestrator_core::Actor::user("test"),
         on_failure: None,
+        inputs: Default::default(),
     }
 }
 

@@ -431,6 +431,7 @@ async function runView(route) {
     h("dt", {}, "project"), h("dd", {}, h("code", {}, r.project_dir)),
     r.branch ? [h("dt", {}, "branch"), h("dd", {}, h("code", {}, r.branch))] : [],
     r.base_commit ? [h("dt", {}, "from"), h("dd", {}, h("code", {}, short(r.base_commit)))] : [],
+    inputsView(detail.inputs),
   );
   return [
     h("h1", {}, "Run ", h("code", {}, r.id)),
@@ -441,6 +442,16 @@ async function runView(route) {
     dagView(detail, stage),
     stage ? stagePanel(detail, stage) : h("p", { class: "muted" }, "Click a stage to see its steps, checkpoints and logs."),
   ];
+}
+
+// A run's bound inputs, one `name = value` a line; values as its commands
+// see them (strings as they are, anything else as JSON).
+function inputsView(inputs) {
+  const names = Object.keys(inputs || {});
+  if (!names.length) return [];
+  const text = (v) => (typeof v === "string" ? v : v === null ? "" : JSON.stringify(v));
+  return [h("dt", {}, "inputs"), h("dd", { class: "inputs" },
+    names.map((n) => h("div", {}, h("code", {}, n), " = ", h("code", {}, text(inputs[n])))))];
 }
 
 function stageActions(detail, st) {
