@@ -116,3 +116,66 @@ async fn a_store_from_before_inputs_is_migrated_and_its_runs_have_none() {
         .unwrap();
     assert_eq!(v, 15);
 }
+
+#[tokio::test]
+async fn a_job_gets_its_commands_rendered_and_the_inputs_as_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let wf = r#"name: sub
+inputs:
+  version: {type: string}
+  dry-run: {type: boolean, default: false}
+stages:
+  - id: t
+    matrix: {py: ["3.12"]}
+    env: {WHO: "${{ run.workflow }}"}
+    steps:
+      - commands:
+          - argv: [echo, "${{ inputs.version }}", "py${{ matrix.py }}", "${{ run.id }}"]
+            cwd: "d${{ matrix.py }}"
+            env: {V: "${{ inputs.version }}"}
+"#;
+    let mut given = Given::new();
+    given.text("version", "$(rm -rf /); ${{ inputs.version }}");
+    let run = s.submit_run(with_inputs(wf, given)).await.unwrap().run_id;
+    let a = agent(&s, "a1", 1, &[]).await;
+    let job = s.claim(&a, TTL).await.unwrap().unwrap();
+    assert_eq!(job.spec.stage_id, "t[py=3.12]");
+    let c = &job.spec.commands[0];
+    assert_eq!(
+        c.argv,
+        [
+            "echo",
+            "$(rm -rf /); ${{ inputs.version }}",
+            "py3.12",
+            run.as_str()
+        ]
+    );
+    assert_eq!(c.cwd.as_deref(), Some("d3.12"));
+    assert_eq!(c.env["V"], "$(rm -rf /); ${{ inputs.version }}");
+    assert_eq!(job.spec.env["WHO"], "sub");
+    assert_eq!(
+        job.spec.env["ORCH_INPUT_VERSION"],
+        "$(rm -rf /); ${{ inputs.version }}"
+    );
+    assert_eq!(job.spec.env["ORCH_INPUT_DRY_RUN"], "false");
+    s.close().await;
+}
+
+#[tokio::test]
+async fn a_substitution_that_cannot_render_refuses_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let wf = "name: bad\ninputs: {n: {type: number, default: 1}}\nstages:\n  - id: a\n    steps: [{commands: [{argv: [echo, \"${{ inputs.n > 'x' }}\"]}]}]\n";
+    match s.submit_run(new_run(wf)).await {
+        Err(StoreError::Invalid(m)) => {
+            assert!(
+                m.contains("stage \"a\": steps[0].commands[0].argv[1]"),
+                "{m}"
+            )
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(s.list_runs(10).await.unwrap().is_empty());
+    s.close().await;
+}

@@ -174,6 +174,16 @@ impl<'a> Context<'a> {
         self
     }
 
+    /// Takes the top-level name `name` out.
+    pub fn remove(&mut self, name: &str) -> Option<Value> {
+        self.names.remove(name)
+    }
+
+    /// The value of the top-level name `name`, when the context has it.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.names.get(name)
+    }
+
     /// The top-level names, in order.
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.names.keys().map(String::as_str)

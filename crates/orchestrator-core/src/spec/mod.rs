@@ -20,6 +20,7 @@ mod matrix;
 mod on_failure;
 mod size;
 mod steps;
+mod substitute;
 
 pub use bind::{bind_inputs, Given, GivenValue, InputError, InputErrors};
 pub use cache::Cache;
@@ -40,6 +41,9 @@ pub use on_failure::{
 };
 pub use size::{human_mib, SizeError, SizeSpec};
 pub use steps::VALIDATION_NAME;
+pub use substitute::{
+    substitute_command, substitute_commands, substitute_env, substitute_text, SubstError,
+};
 
 /// A workflow file: a DAG of stages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]

@@ -11,6 +11,7 @@ use crate::spec::{SandboxKind, Workflow};
 mod caches;
 mod commands;
 mod errors;
+mod exprs;
 mod inputs;
 mod locate;
 mod loops;
@@ -420,6 +421,7 @@ fn check(wf: &Workflow) -> Vec<Problem> {
     caches::check_caches(wf, &stages, &mut out);
     loops::check_send_backs(wf, &nth, &mut out);
     matrix::check_matrices(wf, &nth, &mut out);
+    exprs::check_exprs(wf, &nth, &mut out);
     // Needs that point nowhere are ignored by the cycle search, so a cycle
     // among the other stages is still reported alongside them.
     if !graph_reported {

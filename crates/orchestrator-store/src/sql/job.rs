@@ -17,7 +17,7 @@ use super::common::{conflict, workflow};
 use super::lease_end::end_lease;
 use super::stage::StageRow;
 use super::tx::Ctx;
-use super::{human, loops, placement, policy, preempt, steps};
+use super::{human, loops, placement, policy, preempt, steps, substitute};
 use crate::{Result, StoreError};
 
 pub(super) fn enqueue(
@@ -38,7 +38,7 @@ pub(super) fn enqueue(
         .execute(params![run_id, stage_id, step, attempt])?;
     let (round, round_reason) = loops::next_round(ctx, run_id, stage_id, stage, step, event)?;
     let validation;
-    let st = match (&stage.validate, stage.validation_step() == Some(step)) {
+    let (st, field) = match (&stage.validate, stage.validation_step() == Some(step)) {
         (Some(v), true) => {
             // The validation runs like a step of its own, after the last one.
             validation = orchestrator_core::spec::Step {
@@ -47,9 +47,12 @@ pub(super) fn enqueue(
                 commands: v.commands.clone(),
                 ..Default::default()
             };
-            &validation
+            (&validation, "validate".to_owned())
         }
-        _ => steps::step_of(stage, step)?,
+        _ => (
+            steps::step_of(stage, step)?,
+            format!("steps[{}]", stage.step_index(step)),
+        ),
     };
     if st.is_input() {
         return human::ask_input(ctx, run_id, stage_id, stage, step);
@@ -59,6 +62,14 @@ pub(super) fn enqueue(
     let per_iteration = u32::try_from(stage.steps.len()).unwrap_or(u32::MAX).max(1);
     let ends_iteration = (u64::from(step) + 1) % u64::from(per_iteration) == 0;
     let repeat = stage.repeat.as_ref();
+    let until = repeat
+        .filter(|_| ends_iteration && stage.validation_step() != Some(step))
+        .and_then(|r| r.until.as_ref());
+    let expr = substitute::expr_context(ctx, run_id, stage_id)?;
+    // The submission rendered every job of the run with the same context,
+    // so this cannot fail for what it knew.
+    let rendered = substitute::render_job(st, &field, until, &env, &expr)
+        .map_err(|e| StoreError::Internal(format!("stage {stage_id}: {e}")))?;
     let spec = JobSpec {
         run_id: run_id.to_owned(),
         stage_id: stage_id.to_owned(),
@@ -68,14 +79,12 @@ pub(super) fn enqueue(
         step_name: st.name.clone(),
         project_dir: row.project_dir.clone(),
         shell: st.shell,
-        commands: st.commands.clone(),
-        env,
+        commands: rendered.step.commands,
+        env: rendered.env,
         timeout_ms: stage.timeout.map(|d| d.as_millis()),
         base_commit: row.base_commit.clone(),
         artifacts: st.artifacts.clone(),
-        until: repeat
-            .filter(|_| ends_iteration && stage.validation_step() != Some(step))
-            .and_then(|r| r.until.clone()),
+        until: rendered.until,
         until_shell: repeat.is_some_and(|r| r.shell),
         iteration: stage.iteration_of(step),
         step_index: Some(stage.step_index(step)),

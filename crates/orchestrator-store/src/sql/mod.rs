@@ -9,7 +9,7 @@
 //! | layer | modules |
 //! |---|---|
 //! | 0 transaction | tx, writer, ddl, tables, schema, schema_pg, location, failpoints |
-//! | 1 domain base | common, steps, placement, agents, credentials, spent, usage, outputs |
+//! | 1 domain base | common, steps, substitute, placement, agents, credentials, spent, usage, outputs |
 //! | 2 state machines | stage, job, run, lease_end, retry, loops, human, wait, preempt, policy |
 //! | 3 domain commands | submit, schedule, claim, complete, leases, decide |
 //! | 4 reads | reads, inbox, explain |
@@ -24,8 +24,9 @@
 //!   DDL (`ddl`); each database's schema versions and migrations (`schema`,
 //!   `schema_pg`).
 //! - 1: what the commands share and what changes no run state: helpers,
-//!   a spec's steps, placement, agents' presence, tokens, spent
-//!   credentials, model usage, stage outputs.
+//!   a spec's steps, the `${{ }}` context and rendering of a job,
+//!   placement, agents' presence, tokens, spent credentials, model usage,
+//!   stage outputs.
 //! - 2: the stage, job and run machines as the store applies them, and the
 //!   rules their effects call, which apply events back (a retry later, a
 //!   send-back, a question, a wait, a yield, an admission). This recursion
@@ -78,6 +79,7 @@ mod spent;
 mod stage;
 mod steps;
 mod submit;
+mod substitute;
 mod tables;
 mod tx;
 mod usage;

@@ -59,6 +59,21 @@ pub fn submit_run(ctx: &mut Ctx<'_>, run: NewRun) -> Result<Submitted> {
         ))
     })?;
     let run_id = RunId::new(ids::new_id("r"));
+    let mut expr = super::substitute::context_of(&run_id, &wf.name, inputs.clone(), None);
+    for st in &wf.stages {
+        match &st.instance {
+            Some(m) => expr.insert(
+                "matrix",
+                serde_json::Value::Object(m.values.iter().cloned().collect()),
+            ),
+            None => {
+                expr.remove("matrix");
+            }
+        }
+        let mut env = wf.env.clone();
+        env.extend(st.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        super::substitute::check_stage(st, &env, &expr)?;
+    }
     let inputs_text = if inputs.is_empty() {
         None
     } else {
