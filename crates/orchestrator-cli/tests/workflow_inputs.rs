@@ -216,3 +216,34 @@ fn a_substitution_that_reads_an_unknown_name_is_refused_at_submission() {
     );
     assert_eq!(h.ps(), json!([]));
 }
+
+#[test]
+fn the_inputs_example_does_what_its_comment_says() {
+    let mut h = Harness::new();
+    let d = h.start_daemon(&[]);
+    h.start_agent(&d, "w", 1);
+    let file = h.example("inputs.yaml");
+    let project = h.project.to_str().unwrap().to_owned();
+    let out = h.orch(&[
+        "run",
+        file.to_str().unwrap(),
+        "--project",
+        &project,
+        "-p",
+        "version=2.0",
+        "-p",
+        "targets=linux,mac",
+    ]);
+    let run = run_id(&out);
+    let detail = h.wait_run_end(&d, &run);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail:#}");
+    let log = logs(&h, &run);
+    assert!(
+        log.contains(r#"env: version=2.0 targets=["linux","mac"] dry-run=false"#),
+        "{log}"
+    );
+    assert!(
+        log.contains(r#"argv: version=2.0 targets=["linux","mac"] run=inputs"#),
+        "{log}"
+    );
+}

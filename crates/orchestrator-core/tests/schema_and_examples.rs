@@ -318,6 +318,8 @@ fn every_example_workflow_parses_validates_and_plans() {
         "diamond.yaml",
         "failing.yaml",
         "coding-agent.yaml",
+        "inputs.yaml",
+        "matrix.yaml",
     ] {
         assert!(all.contains_key(name), "examples/{name} is missing");
     }

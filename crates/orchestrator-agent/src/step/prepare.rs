@@ -32,7 +32,7 @@ pub(super) struct Prepared<'a> {
 #[derive(Debug, thiserror::Error)]
 pub(super) enum ProjectError {
     /// `what` is `run id` or `stage id`.
-    #[error("{what} {id:?} is not usable in a path; expected letters, digits, '_', '-' or '.', starting with a letter or digit")]
+    #[error("{what} {id:?} is not usable in a path; expected letters, digits, '_', '-' or '.', starting with a letter or digit (and for a matrix stage, its values in brackets)")]
     BadId { what: &'static str, id: String },
     #[error("project directory {dir:?} is not an absolute path; expected one")]
     NotAbsolute { dir: String },
@@ -146,14 +146,21 @@ pub(super) fn check_project_dir(dir: &str) -> Result<PathBuf, ProjectError> {
 
 /// Run and stage ids become path components of the bundle directory.
 pub(super) fn check_ids(spec: &JobSpec) -> Result<(), ProjectError> {
-    for (what, id) in [
-        ("run id", spec.run_id.as_str()),
-        ("stage id", spec.stage_id.as_str()),
+    use orchestrator_core::validate::{is_valid_id, is_valid_stage_id};
+    // A matrix stage's id (`test[py=3.12,os=linux]`) adds `[`, `]`, `=`,
+    // `,` and `+`: still one plain path component, never `/` or `..`.
+    for (what, id, ok) in [
+        (
+            "run id",
+            spec.run_id.as_str(),
+            is_valid_id(spec.run_id.as_str()),
+        ),
+        (
+            "stage id",
+            spec.stage_id.as_str(),
+            is_valid_stage_id(&spec.stage_id),
+        ),
     ] {
-        let ok = id.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-            && id
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
         if !ok {
             return Err(ProjectError::BadId {
                 what,
