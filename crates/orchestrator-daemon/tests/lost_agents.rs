@@ -4,7 +4,7 @@
 //! completion refused (and logged), and it is online again. The reaper keeps
 //! time by the daemon's clock, and a jump of it is the daemon's absence.
 
-use orchestrator_core::AgentId;
+use orchestrator_core::{AgentId, RunId};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,28 +39,25 @@ async fn post(http: &reqwest::Client, url: String, body: Value) -> (u16, Value) 
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_silent_agent_is_marked_lost_once_and_its_stale_lease_is_revoked_when_it_returns() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(SqlStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap());
-    let mut cfg = DaemonConfig::new(
+/// The daemon's settings with this test's tokens.
+fn config() -> DaemonConfig {
+    DaemonConfig::new(
         "127.0.0.1:0".parse().unwrap(),
         Tokens {
             admin: vec!["admin-token".into()],
             agent: vec![AGENT.into()],
         },
-    );
-    cfg.lease_ttl_ms = TTL_MS;
-    cfg.reaper_tick_ms = 20;
-    let daemon = Daemon::start(cfg, store.clone()).await.unwrap();
-    let base = format!("http://{}/v1", daemon.addr);
-    let http = reqwest::Client::new();
-    let run = store
+    )
+}
+
+/// A run of one stage in `project`.
+async fn submit(store: &SqlStore, project: &std::path::Path) -> RunId {
+    store
         .submit_run(NewRun {
             workflow: "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n"
                 .into(),
             file: Some("wf.yaml".into()),
-            project_dir: dir.path().display().to_string(),
+            project_dir: project.display().to_string(),
             priority: None,
             policy: Default::default(),
             base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
@@ -71,7 +68,20 @@ async fn a_silent_agent_is_marked_lost_once_and_its_stale_lease_is_revoked_when_
         })
         .await
         .unwrap()
-        .run_id;
+        .run_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_agent_is_marked_lost_once_and_its_stale_lease_is_revoked_when_it_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(SqlStore::open(StoreOptions::new(dir.path().join("orch.db"))).unwrap());
+    let mut cfg = config();
+    cfg.lease_ttl_ms = TTL_MS;
+    cfg.reaper_tick_ms = 20;
+    let daemon = Daemon::start(cfg, store.clone()).await.unwrap();
+    let base = format!("http://{}/v1", daemon.addr);
+    let http = reqwest::Client::new();
+    let run = submit(&store, dir.path()).await;
     let (s, reg) = post(
         &http,
         format!("{base}/agents"),
@@ -176,35 +186,14 @@ async fn the_reaper_keeps_time_by_the_daemons_clock_and_a_jump_ahead_gives_lease
     let shared: Arc<dyn orchestrator_host::clock::Clock> = Arc::new(clock.clone());
     let opts = StoreOptions::new(dir.path().join("orch.db")).with_clock(shared.clone());
     let store = Arc::new(SqlStore::open(opts).unwrap());
-    let mut cfg = DaemonConfig::new(
-        "127.0.0.1:0".parse().unwrap(),
-        Tokens {
-            admin: vec!["admin-token".into()],
-            agent: vec![AGENT.into()],
-        },
-    );
+    let mut cfg = config();
     cfg.lease_ttl_ms = 1_000;
     cfg.reaper_tick_ms = 20;
     cfg.clock = shared;
     let daemon = Daemon::start(cfg, store.clone()).await.unwrap();
     let base = format!("http://{}/v1", daemon.addr);
     let http = reqwest::Client::new();
-    store
-        .submit_run(NewRun {
-            workflow: "name: w\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}]\n"
-                .into(),
-            file: Some("wf.yaml".into()),
-            project_dir: dir.path().display().to_string(),
-            priority: None,
-            policy: Default::default(),
-            base_commit: "0123456789abcdef0123456789abcdef01234567".into(),
-            tree: Vec::new(),
-            actor: orchestrator_core::Actor::user("test"),
-            on_failure: None,
-            inputs: Default::default(),
-        })
-        .await
-        .unwrap();
+    submit(&store, dir.path()).await;
     let (s, reg) = post(
         &http,
         format!("{base}/agents"),
