@@ -121,6 +121,7 @@ mod tests {
             hash: hash.map(str::to_owned),
             loaded_at_ms: hash.map(|_| orchestrator_host::now_ms()),
             error: error.map(str::to_owned),
+            inputs: Default::default(),
         }
     }
 

@@ -290,6 +290,73 @@ stages:
 }
 
 #[test]
+#[cfg_attr(
+    not(feature = "system-tests"),
+    ignore = "needs Chromium, node and playwright-core: run scripts/test"
+)]
+fn a_catalog_workflow_is_started_from_its_form_with_its_inputs() {
+    check_tools();
+    let mut h = Harness::new();
+    let dir = h.project.join(".orchestrator/workflows");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("release.yaml"),
+        r#"name: release
+inputs:
+  version: {description: The release to build}
+  count: {type: number, default: 1}
+  fast: {type: boolean, default: false}
+  target: {type: choice, choices: [linux, mac], default: linux}
+  files: {type: list, required: false}
+stages:
+  - id: build
+    steps:
+      - commands:
+          - argv: [sh, -c, 'printf "%s|%s|%s|%s|%s\n" "$1" "$ORCH_INPUT_COUNT" "$ORCH_INPUT_FAST" "$ORCH_INPUT_TARGET" "$ORCH_INPUT_FILES"', _, '${{ inputs.version }}']
+"#,
+    )
+    .unwrap();
+    let project = h.project.display().to_string();
+    let d = h.start_up(&["--slots", "1", "--project", &project]);
+    let seen = drive(
+        "workflows.mjs",
+        &[&d.url, &d.admin_token, artifacts().to_str().unwrap()],
+    );
+    assert_eq!(seen["fields"], 5, "{seen}");
+    let refusal = seen["refusal"].as_str().unwrap_or_default();
+    assert!(
+        refusal.contains("missing required input 'version'"),
+        "{seen}"
+    );
+    assert_eq!(seen["problems"], serde_json::json!([]), "{seen}");
+    let run = seen["run_id"]
+        .as_str()
+        .expect("the page moved to a run")
+        .to_owned();
+    // The refused start left no run behind: only the one the form started.
+    let runs: Value = serde_json::from_str(&h.orch(&["ps", "-o", "json"]).stdout).unwrap();
+    assert_eq!(runs.as_array().map(Vec::len), Some(1), "{runs}");
+    let detail = h.wait_run_end(&d, &run);
+    assert_eq!(detail["run"]["state"], "succeeded", "{detail}");
+    assert_eq!(
+        detail["inputs"]["version"], "2.0; $(touch /tmp/orch-pwned)",
+        "{detail}"
+    );
+    assert_eq!(
+        detail["inputs"]["files"],
+        serde_json::json!(["a.txt", "b.txt"]),
+        "{detail}"
+    );
+    let logs = h.orch(&["logs", &run, "build"]);
+    assert!(
+        logs.stdout
+            .contains(r#"2.0; $(touch /tmp/orch-pwned)|3|true|mac|["a.txt","b.txt"]"#),
+        "{logs}"
+    );
+    assert!(!Path::new("/tmp/orch-pwned").exists());
+}
+
+#[test]
 fn the_page_needs_no_token_but_its_data_does_and_a_link_works_once() {
     let mut h = Harness::new();
     let d = h.start_up(&["--slots", "1"]);

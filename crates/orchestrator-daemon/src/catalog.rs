@@ -43,7 +43,7 @@ pub fn is_workflow_file(path: &Path) -> bool {
 }
 
 /// A definition runs can start with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Definition {
     pub name: String,
     pub file: PathBuf,
@@ -51,6 +51,8 @@ pub struct Definition {
     /// sha256 of `text`, hex: the `spec_hash` a run started with it records.
     pub hash: String,
     pub loaded_at_ms: i64,
+    /// The inputs it declares.
+    pub inputs: BTreeMap<String, orchestrator_core::spec::WorkflowInput>,
 }
 
 /// One workflow file of a project.
@@ -222,6 +224,7 @@ impl Catalog {
                     text,
                     hash: h.clone(),
                     loaded_at_ms: now_ms,
+                    inputs: wf.inputs.clone(),
                 });
                 Reload::Loaded {
                     name: wf.name,
@@ -300,6 +303,11 @@ impl Catalog {
                     file: file.display().to_string(),
                     hash: st.def.as_ref().map(|d| d.hash.clone()),
                     loaded_at_ms: st.def.as_ref().map(|d| d.loaded_at_ms),
+                    inputs: st
+                        .def
+                        .as_ref()
+                        .map(|d| d.inputs.clone())
+                        .unwrap_or_default(),
                     error: st.error.clone(),
                 });
             }

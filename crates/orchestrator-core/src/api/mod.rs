@@ -123,7 +123,7 @@ pub struct RunSummary {
 }
 
 /// `GET /v1/workflows`: one workflow file of a watched project's catalog.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkflowView {
     pub project_dir: String,
     /// The definition's `name:`; the file's stem while no valid definition
@@ -133,6 +133,10 @@ pub struct WorkflowView {
     /// The sha256 (hex) of the definition runs by this name start with;
     /// None while no valid definition was ever loaded from the file.
     pub hash: Option<String>,
+    /// The inputs that definition declares (what a run of it takes, as
+    /// `inputs:` says them), for a form that starts one.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub inputs: std::collections::BTreeMap<String, crate::spec::WorkflowInput>,
     /// When that definition was loaded, in milliseconds since the epoch.
     pub loaded_at_ms: Option<i64>,
     /// Why the file's last reload failed (the definition in `hash` is

@@ -27,7 +27,16 @@ use crate::error::{ApiErr, JsonBody};
 use crate::App;
 
 const INDEX: &str = include_str!("assets/index.html");
-const APP_JS: &str = include_str!("assets/app.js");
+/// The page's one script, kept in files by what they draw: `app.js` first
+/// (helpers, login, routing, live updates), the views, `start.js` last.
+const APP_JS: &str = concat!(
+    include_str!("assets/app.js"),
+    include_str!("assets/runs.js"),
+    include_str!("assets/changes.js"),
+    include_str!("assets/inbox.js"),
+    include_str!("assets/workflows.js"),
+    include_str!("assets/start.js"),
+);
 const STYLE: &str = include_str!("assets/style.css");
 
 /// Only the daemon's own script and style run on the page, and it may only
