@@ -47,6 +47,8 @@ fn stage_table() -> Vec<StageRow> {
         ),
         (S::Pending, E::UpstreamFailed, S::Blocked, ENDED_BADLY),
         (S::Pending, E::Fault, S::Failed, ENDED_BADLY),
+        (S::Queued, E::Fault, S::Failed, ENDED_BADLY),
+        (S::Validating, E::Fault, S::Failed, ENDED_BADLY),
         (S::Queued, E::Started, S::Running, &[]),
         // A step that succeeds goes on, or holds for a human first.
         (S::Running, ok(A::Step(1), G::None), S::Queued, NEXT),

@@ -92,3 +92,31 @@ fn fields_that_are_not_rendered_refuse_expressions() {
         "{e}"
     );
 }
+
+#[test]
+fn a_needed_stages_result_and_a_matrix_expansion_by_its_id_are_read() {
+    let yaml = format!(
+        "{HEAD}  - id: t\n    matrix: {{py: ['3.12']}}\n    steps: [{{commands: [{{argv: ['true']}}]}}]\n  - id: r\n    needs: [t]\n    steps:\n      - commands:\n          - argv: [echo, \"${{{{ stages['t[py=3.12]'].outputs.cov }}}}\", \"${{{{ stages['t[py=3.12]'].result }}}}\"]\n"
+    );
+    parse_workflow(&yaml, Some("wf.yaml")).unwrap();
+    for (arg, want) in [
+        (
+            "\"${{ stages['b[py=3.12]'].outputs.cov }}\"",
+            "reads the outputs of \"b[py=3.12]\", which it does not need",
+        ),
+        (
+            "'${{ stages.b.result }}'",
+            "reads the outputs of \"b\", which it does not need",
+        ),
+        (
+            "'${{ stages.a.status }}'",
+            "expected stages.ID.outputs.KEY or stages.ID.result",
+        ),
+    ] {
+        let yaml = format!(
+            "{HEAD}  - id: a\n    steps: [{{commands: [{{argv: ['true']}}]}}]\n  - id: b\n    steps: [{{commands: [{{argv: ['true']}}]}}]\n  - id: c\n    needs: [a]\n    steps:\n      - commands:\n          - argv: [echo, {arg}]\n"
+        );
+        let e = errors(&yaml);
+        assert!(e.contains(want), "{arg}: {e}");
+    }
+}

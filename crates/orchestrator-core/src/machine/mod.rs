@@ -254,8 +254,11 @@ pub enum StageEvent {
     /// A human chose to let the failed stage fail.
     Abort,
     /// The daemon could not carry a runnable stage on (its run's stored spec
-    /// unreadable, a step missing): a daemon-side fault of class infra. It
-    /// fails, like a failed step, so its run ends instead of waiting forever.
+    /// unreadable, a step missing: a daemon-side fault of class infra), or
+    /// the job of its next step cannot be made (a field reads an upstream
+    /// output that does not render). It fails, like a failed step, so its
+    /// run ends instead of waiting forever; nothing is retried, as the same
+    /// spec and outputs would fail the same way.
     Fault,
     /// The work was sent back to this stage (by a human, or by a later
     /// stage's `on_failure`) while it had succeeded or awaited a decision:
@@ -400,8 +403,10 @@ pub fn stage_on(
         (S::Pending, E::UpstreamFailed) => {
             Some((S::Blocked, vec![F::BlockDependents, F::StageEnded]))
         }
-        // Its spec cannot be read: nothing can be retried, so it fails.
-        (S::Pending, E::Fault) => Some(ended_failed()),
+        // Its spec cannot be read, or its next job cannot be made (its
+        // state then already says the job was queued): nothing can be
+        // retried, so it fails.
+        (S::Pending | S::Queued | S::Validating, E::Fault) => Some(ended_failed()),
         // The queued job has not started: withdrawing it loses nothing.
         (S::Queued | S::Suspended, E::Pause) => Some((S::Paused, vec![F::CancelJob])),
         (S::Paused | S::Suspended, E::Resume { next }) => step_again(next, attempt),

@@ -6,8 +6,9 @@
 //!
 //! What a rendered field may read: `inputs.NAME` for a declared input,
 //! `matrix.KEY` in a matrix stage that has the key, `run.id` and
-//! `run.workflow`, and `stages.ID.outputs.KEY` for a stage `ID` that the
-//! stage needs, directly or through others.
+//! `run.workflow`, and `stages.ID.outputs.KEY` and `stages.ID.result` for a
+//! stage `ID` that the stage needs, directly or through others (a matrix
+//! stage's expansion by its own id, `stages['test[py=3.12]']`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -275,15 +276,18 @@ impl Scope<'_> {
         let Some((st, _)) = self.stage else {
             return Err("`stages` is only in a stage's own fields".into());
         };
+        // A matrix stage's expansions are reached by their own ids,
+        // `stages['test[py=3.12]']`: the stage needed is `test`.
+        let needed = |id: &str| self.upstream.contains(id.split('[').next().unwrap_or(id));
         match (path.get(1), path.get(2).map(String::as_str)) {
-            (Some(id), Some("outputs")) if self.upstream.contains(id.as_str()) => Ok(()),
-            (Some(id), Some("outputs")) => Err(format!(
+            (Some(id), Some("outputs" | "result")) if needed(id) => Ok(()),
+            (Some(id), Some("outputs" | "result")) => Err(format!(
                 "stage {:?} reads the outputs of {id:?}, which it does not need; a stage reads only the outputs of the stages it needs ({})",
                 st.id,
                 needs()
             )),
             _ => Err(format!(
-                "expected stages.ID.outputs.KEY for a stage ID that stage {:?} needs ({})",
+                "expected stages.ID.outputs.KEY or stages.ID.result for a stage ID that stage {:?} needs ({})",
                 st.id,
                 needs()
             )),

@@ -66,10 +66,12 @@ pub(super) fn enqueue(
         .filter(|_| ends_iteration && stage.validation_step() != Some(step))
         .and_then(|r| r.until.as_ref());
     let expr = substitute::expr_context(ctx, run_id, stage_id)?;
-    // The submission rendered every job of the run with the same context,
-    // so this cannot fail for what it knew.
-    let rendered = substitute::render_job(st, &field, until, &env, &expr)
-        .map_err(|e| StoreError::Internal(format!("stage {stage_id}: {e}")))?;
+    // The submission rendered every field with the same context save the
+    // outputs, so only what upstream stages reported can fail this.
+    let rendered = match substitute::render_job(st, &field, until, &env, &expr) {
+        Ok(r) => r,
+        Err(e) => return unrenderable(ctx, run_id, stage_id, &e),
+    };
     let spec = JobSpec {
         run_id: run_id.to_owned(),
         stage_id: stage_id.to_owned(),
@@ -126,6 +128,32 @@ pub(super) fn enqueue(
     )?;
     ctx.queued = true;
     Ok(())
+}
+
+/// Fails a stage whose job cannot be rendered (a field reads an upstream
+/// output that does not fit it, say through `fromJSON`): the workflow's
+/// fault, not the daemon's, and the same outputs would fail it again, so
+/// it fails at once, the field and the expression in its reason.
+fn unrenderable(
+    ctx: &mut Ctx<'_>,
+    run_id: &RunId,
+    stage_id: &str,
+    error: &orchestrator_core::spec::SubstError,
+) -> Result<()> {
+    tracing::info!(run = %run_id, stage = stage_id, error = %error,
+        "cannot render this stage's job; it fails (class task)");
+    super::stage::stage_event(
+        ctx,
+        run_id,
+        stage_id,
+        StageEvent::Fault,
+        format!(
+            "task failure (class {}): its job cannot be made: {error}",
+            orchestrator_core::error::ErrorClass::Task.as_str()
+        ),
+        &Actor::Scheduler,
+    )
+    .map(|_| ())
 }
 
 /// What step `step` of `stage` does with the stage's caches: restore them

@@ -69,6 +69,12 @@ pub(super) fn of_run(conn: &Conn, run_id: &RunId) -> Result<BTreeMap<String, Out
         .collect())
 }
 
+/// One stage's outputs (empty when it has none), as [`of_run`] has them.
+pub(super) fn of_stage(conn: &Conn, run_id: &RunId, stage_id: &str) -> Result<Outputs> {
+    let rows = rows(conn, run_id, Some(stage_id))?;
+    Ok(outputs::merge(rows.iter().map(|(_, s, o)| (*s, o))))
+}
+
 /// Why a completion's outputs are refused (the step then fails as a
 /// task), or None: the step's own limits, then the stage's once they are
 /// merged with what its earlier steps wrote.

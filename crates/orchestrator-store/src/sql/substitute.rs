@@ -7,10 +7,10 @@
 
 use std::collections::BTreeMap;
 
-use orchestrator_core::expr::Context;
+use orchestrator_core::expr::{Context, Template};
 use orchestrator_core::spec::{
     input_env_name, input_env_value, substitute_command, substitute_commands, substitute_env,
-    CommandSpec, Stage, Step, SubstError,
+    substitute_text, CommandSpec, Stage, Step, SubstError,
 };
 use orchestrator_core::RunId;
 use serde_json::Value;
@@ -22,12 +22,8 @@ use crate::{Result, StoreError};
 
 /// What `${{ }}` reads in stage `stage_id`'s commands: `inputs` (the run's
 /// bound inputs), `matrix` (the stage's values, only for a stage a matrix
-/// made) and `run` (`id`, `workflow`). The one place these names are
-/// gathered for a job.
-///
-/// `stages.<id>.outputs.<key>` (what earlier stages reported) belongs here
-/// too once stages report outputs: read them for the stages `stage_id`
-/// needs and add them under `stages` with [`Context::insert`].
+/// made), `run` (`id`, `workflow`) and `stages` (see [`upstream`]). The one
+/// place these names are gathered for a job.
 pub(super) fn expr_context(
     ctx: &Ctx<'_>,
     run_id: &RunId,
@@ -51,12 +47,46 @@ pub(super) fn expr_context(
         None => None,
     };
     let inputs = decode_inputs(run_id, inputs.as_deref())?;
-    Ok(context_of(run_id, &workflow, inputs, matrix))
+    let mut c = context_of(run_id, &workflow, inputs, matrix);
+    c.insert("stages", upstream(ctx, run_id, stage_id)?);
+    Ok(c)
+}
+
+/// `stages` for stage `stage_id`: every stage it needs, directly or through
+/// others (the `requires` rows followed), by id, with its merged
+/// `outputs` and its `result` (its state: `succeeded`, `skipped`, ...).
+/// Only needs are there: a stage reads nothing of a stage that may not
+/// have ended.
+fn upstream(ctx: &Ctx<'_>, run_id: &RunId, stage_id: &str) -> Result<Value> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut todo = vec![stage_id.to_owned()];
+    let mut stmt = ctx
+        .conn
+        .prepare_cached("SELECT required FROM requires WHERE run_id = ?1 AND stage_id = ?2")?;
+    while let Some(s) = todo.pop() {
+        let needs: Vec<String> = stmt
+            .query_map(params![run_id, s], |r| r.get(0))?
+            .collect::<crate::db::Result<_>>()?;
+        todo.extend(needs.into_iter().filter(|n| seen.insert(n.clone())));
+    }
+    drop(stmt);
+    let mut stages = serde_json::Map::new();
+    for id in seen {
+        let state: String = ctx
+            .conn
+            .prepare_cached("SELECT state FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
+            .query_row(params![run_id, id], |r| r.get(0))?;
+        let outputs = super::outputs::of_stage(ctx.conn, run_id, &id)?;
+        stages.insert(id, serde_json::json!({"outputs": outputs, "result": state}));
+    }
+    Ok(Value::Object(stages))
 }
 
 /// The context of a run's stage from its parts (see [`expr_context`]);
 /// the submission renders every stage with it once, before anything is
-/// written, so that a job's rendering cannot fail later.
+/// written, so that a job's rendering cannot fail later for what it knew.
+/// No stage has outputs yet: `stages` is empty, so a reference to an
+/// output renders empty there (see [`check_stage`]).
 pub(super) fn context_of(
     run_id: &RunId,
     workflow: &str,
@@ -68,7 +98,8 @@ pub(super) fn context_of(
         .with(
             "run",
             serde_json::json!({"id": run_id.as_str(), "workflow": workflow}),
-        );
+        )
+        .with("stages", Value::Object(serde_json::Map::new()));
     if let Some(m) = matrix {
         c.insert("matrix", m);
     }
@@ -109,27 +140,62 @@ pub(super) fn render_job(
     })
 }
 
-/// Renders every job `stage` can make with `expr`, refusing the first
-/// field that does not render: a run is refused at submission rather than
-/// failing when its job is made.
+/// Renders every field of every job `stage` can make with `expr`, refusing
+/// the first that does not render: a run is refused at submission rather
+/// than failing when its job is made. A field that reads `stages` is let
+/// through when it does not render: no stage has outputs yet (an empty one
+/// may not parse as JSON, say), so only its job can tell.
 pub(super) fn check_stage(
     stage: &Stage,
     env: &BTreeMap<String, String>,
     expr: &Context<'_>,
 ) -> Result<()> {
-    let refuse = |e: SubstError| StoreError::Invalid(format!("stage {:?}: {e}", stage.id));
+    let check = |text: &str, field: String| -> Result<()> {
+        match substitute_text(text, expr, &field) {
+            Ok(_) => Ok(()),
+            Err(e) if reads_stages(text) => {
+                tracing::debug!(stage = %stage.id, error = %e, "left to job creation: it reads outputs");
+                Ok(())
+            }
+            Err(e) => Err(StoreError::Invalid(format!("stage {:?}: {e}", stage.id))),
+        }
+    };
+    let command = |cmd: &CommandSpec, field: String| -> Result<()> {
+        for (i, a) in cmd.argv.iter().enumerate() {
+            check(a, format!("{field}.argv[{i}]"))?;
+        }
+        for (k, v) in &cmd.env {
+            check(v, format!("{field}.env.{k}"))?;
+        }
+        if let Some(c) = &cmd.cwd {
+            check(c, format!("{field}.cwd"))?;
+        }
+        Ok(())
+    };
+    for (k, v) in env {
+        check(v, format!("env.{k}"))?;
+    }
     for (k, st) in stage.steps.iter().enumerate() {
-        render_job(st, &format!("steps[{k}]"), None, env, expr).map_err(refuse)?;
+        for (i, c) in st.commands.iter().enumerate() {
+            command(c, format!("steps[{k}].commands[{i}]"))?;
+        }
     }
     if let Some(v) = &stage.validate {
-        let step = Step {
-            commands: v.commands.clone(),
-            ..Default::default()
-        };
-        render_job(&step, "validate", None, env, expr).map_err(refuse)?;
+        for (i, c) in v.commands.iter().enumerate() {
+            command(c, format!("validate.commands[{i}]"))?;
+        }
     }
     if let Some(u) = stage.repeat.as_ref().and_then(|r| r.until.as_ref()) {
-        substitute_command(u, expr, "repeat.until").map_err(refuse)?;
+        command(u, "repeat.until".to_owned())?;
     }
     Ok(())
+}
+
+/// Whether `text` reads `stages` (a text that does not parse does not).
+fn reads_stages(text: &str) -> bool {
+    Template::parse(text).is_ok_and(|t| {
+        t.references()
+            .iter()
+            .any(|r| r.path.first().is_some_and(|n| n == "stages"))
+    })
 }
