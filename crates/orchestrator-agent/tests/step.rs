@@ -85,6 +85,7 @@ impl Project {
                 artifacts: Vec::new(),
                 until: None,
                 until_shell: false,
+                until_output: None,
                 iteration: 0,
                 step_index: None,
                 round: 1,

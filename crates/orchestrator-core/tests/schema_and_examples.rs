@@ -153,7 +153,7 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         }),
         repeat: Some(Repeat {
             max: 2,
-            until: Some(cmd.clone()),
+            until: Some(orchestrator_core::spec::Until::Command(cmd.clone())),
             shell: true,
         }),
         validate: Some(Validate {

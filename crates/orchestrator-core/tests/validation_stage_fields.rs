@@ -295,3 +295,60 @@ fn a_mount_names_one_host_path_plainly() {
         parses(&wf(ok));
     }
 }
+
+#[test]
+fn a_loop_may_end_on_a_marker_its_step_prints() {
+    let ok = r#"
+name: w
+stages:
+  - id: a
+    repeat: {max: 5, until: {output_contains: "DONE"}}
+    steps:
+      - commands:
+          - argv: [echo, DONE]
+"#;
+    let wf = orchestrator_core::parse_workflow(ok, Some("wf.yaml")).unwrap();
+    let repeat = wf.stages[0].repeat.as_ref().unwrap();
+    assert_eq!(repeat.until_output(), Some("DONE"));
+    assert!(repeat.until_command().is_none());
+    let long = "x".repeat(1025);
+    let errs = errors(&yaml(&format!(
+        r#"
+        name: w
+        stages:
+          - id: a
+            repeat:
+              max: 3
+              until: {{output_contains: ""}}
+            steps:
+              - commands:
+                  - argv: ['true']
+          - id: b
+            repeat:
+              max: 3
+              until: {{output_contains: "{long}"}}
+            steps:
+              - commands:
+                  - argv: ['true']
+          - id: c
+            repeat:
+              max: 3
+              until: {{output_contains: "${{{{ inputs.x }}}}"}}
+            steps:
+              - commands:
+                  - argv: ['true']
+        "#
+    )));
+    let empty = error_at(&errs, "stages[0].repeat.until.output_contains");
+    assert!(
+        empty.message.contains("0 bytes; expected 1 to 1024 bytes"),
+        "{empty}"
+    );
+    assert_eq!(empty.line, Some(6), "{empty}");
+    assert!(empty.column.is_some(), "{empty}");
+    let too_long = error_at(&errs, "stages[1].repeat.until.output_contains");
+    assert!(too_long.message.contains("1025 bytes"), "{too_long}");
+    assert_eq!(too_long.line, Some(13), "{too_long}");
+    let expr = error_at(&errs, "stages[2].repeat.until.output_contains");
+    assert!(expr.message.contains("is not substituted here"), "{expr}");
+}

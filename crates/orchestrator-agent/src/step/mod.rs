@@ -33,6 +33,7 @@ mod commands;
 mod grant;
 mod home;
 mod logs;
+mod marker;
 mod outputs;
 mod prepare;
 mod record;
@@ -383,6 +384,13 @@ pub async fn run_step_with(
         }
     }
     drop(runner);
+    if let (None, Some(text)) = (&failure, &spec.until_output) {
+        let (dir, text, count) = (bundle.confined().clone(), text.clone(), spec.commands.len());
+        match tokio::task::spawn_blocking(move || marker::printed(&dir, count, &text)).await {
+            Ok(found) => until_met = Some(found),
+            Err(e) => failure = Some(Failure::infra(format!("reading the step's logs: {e}"))),
+        }
+    }
     if failure.is_none() {
         let dir = bundle.confined().clone();
         match tokio::task::spawn_blocking(move || outputs::read(&dir)).await {

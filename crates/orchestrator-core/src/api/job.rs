@@ -61,6 +61,10 @@ pub struct JobSpec {
     /// Whether `until` may be a shell string.
     #[serde(default)]
     pub until_shell: bool,
+    /// A loop stage's marker, on the iteration's last step: the loop ends
+    /// when the stdout of one of this step's commands contains it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_output: Option<String>,
     /// The loop iteration this step belongs to (0-based; 0 outside loops).
     #[serde(default)]
     pub iteration: u32,

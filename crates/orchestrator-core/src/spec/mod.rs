@@ -21,6 +21,7 @@ mod on_failure;
 mod size;
 mod steps;
 mod substitute;
+mod until;
 
 pub use bind::{bind_inputs, Given, GivenValue, InputError, InputErrors};
 pub use cache::Cache;
@@ -44,6 +45,7 @@ pub use steps::VALIDATION_NAME;
 pub use substitute::{
     substitute_command, substitute_commands, substitute_env, substitute_text, SubstError,
 };
+pub use until::{Until, UntilOutput, MAX_UNTIL_TEXT};
 
 /// A workflow file: a DAG of stages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
@@ -422,14 +424,32 @@ pub fn retries(on: Option<&[RetryOn]>, class: crate::error::ErrorClass, timed_ou
 pub struct Repeat {
     /// Most iterations, at least 1. Without `until`, exactly this many run.
     pub max: u32,
-    /// Run in the worktree after each iteration's last step: exit 0 means
-    /// done (the stage succeeds), anything else runs another iteration. When
-    /// `max` iterations ran and it still fails, the stage fails.
+    /// What ends the loop, checked after each iteration's last step: met
+    /// means done (the stage succeeds), not met runs another iteration.
+    /// When `max` iterations ran and it is still not met, the stage fails.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub until: Option<CommandSpec>,
+    pub until: Option<Until>,
     /// Allows `until` to be a `run:` shell string.
     #[serde(default, skip_serializing_if = "is_false")]
     pub shell: bool,
+}
+
+impl Repeat {
+    /// The command `until` runs, when it is one.
+    pub fn until_command(&self) -> Option<&CommandSpec> {
+        match &self.until {
+            Some(Until::Command(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The text `until` looks for in the iteration's output, when it does.
+    pub fn until_output(&self) -> Option<&str> {
+        match &self.until {
+            Some(Until::Output(o)) => Some(&o.output_contains),
+            _ => None,
+        }
+    }
 }
 
 /// The unit of work between two checkpoints: an exec block.

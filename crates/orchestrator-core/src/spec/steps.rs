@@ -59,7 +59,7 @@ mod tests {
             steps: vec![step(Some("a")), step(Some("b"))],
             repeat: Some(Repeat {
                 max: 3,
-                until: Some(CommandSpec::default()),
+                until: Some(super::super::Until::Command(CommandSpec::default())),
                 shell: false,
             }),
             validate: Some(Validate::default()),

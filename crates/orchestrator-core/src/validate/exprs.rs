@@ -73,8 +73,16 @@ pub(super) fn check_exprs(wf: &Workflow, nth: &[usize], out: &mut Vec<Problem>) 
                 scope.command(&format!("{base}.validate.commands[{c}]"), cmd, out);
             }
         }
-        if let Some(u) = st.repeat.as_ref().and_then(|r| r.until.as_ref()) {
+        if let Some(u) = st.repeat.as_ref().and_then(|r| r.until_command()) {
             scope.command(&format!("{base}.repeat.until"), u, out);
+        }
+        if let Some(text) = st.repeat.as_ref().and_then(|r| r.until_output()) {
+            literal(
+                &format!("{base}.repeat.until.output_contains"),
+                text,
+                at,
+                out,
+            );
         }
         for (j, l) in st.labels.iter().enumerate() {
             literal(&format!("{base}.labels[{j}]"), l, at, out);

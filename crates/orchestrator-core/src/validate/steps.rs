@@ -2,8 +2,10 @@
 //! step runs or asks, which files it commits, how the stage repeats and
 //! what checks it afterwards.
 
-use super::{add_in, check_command, check_env, ArtifactGlobError, CommandError, Problem};
-use crate::spec::Stage;
+use super::{
+    add_in, add_within, check_command, check_env, ArtifactGlobError, CommandError, Problem,
+};
+use crate::spec::{Stage, MAX_UNTIL_TEXT};
 
 /// Most iterations a loop stage may declare.
 pub const MAX_ITERATIONS: u32 = 10_000;
@@ -123,13 +125,30 @@ pub(super) fn check_steps(i: usize, st: &Stage, stage: (&str, usize), out: &mut 
             None,
         );
     }
-    if let Some(until) = &repeat.until {
-        let field = format!("stages[{i}].repeat.until");
-        if let Err(e) = check_command(until, repeat.shell) {
-            let msg = shell_rule(&e, "with `repeat.shell: true`");
-            add_in(out, field.clone(), msg, stage, None);
+    if let Some(text) = repeat.until_output() {
+        if text.is_empty() || text.len() > MAX_UNTIL_TEXT {
+            add_within(
+                out,
+                format!("stages[{i}].repeat.until.output_contains"),
+                format!(
+                    "{} bytes; expected 1 to {MAX_UNTIL_TEXT} bytes of text to look for",
+                    text.len()
+                ),
+                Some(stage),
+                &["repeat", "until"],
+                None,
+            );
         }
-        check_env(&format!("{field}.env"), &until.env, Some(stage), out);
+    }
+    if repeat.until.is_some() {
+        let field = format!("stages[{i}].repeat.until");
+        if let Some(until) = repeat.until_command() {
+            if let Err(e) = check_command(until, repeat.shell) {
+                let msg = shell_rule(&e, "with `repeat.shell: true`");
+                add_in(out, field.clone(), msg, stage, None);
+            }
+            check_env(&format!("{field}.env"), &until.env, Some(stage), out);
+        }
         if st.steps.last().is_some_and(|s| s.is_input()) {
             add_in(
                 out,

@@ -62,9 +62,8 @@ pub(super) fn enqueue(
     let per_iteration = u32::try_from(stage.steps.len()).unwrap_or(u32::MAX).max(1);
     let ends_iteration = (u64::from(step) + 1) % u64::from(per_iteration) == 0;
     let repeat = stage.repeat.as_ref();
-    let until = repeat
-        .filter(|_| ends_iteration && stage.validation_step() != Some(step))
-        .and_then(|r| r.until.as_ref());
+    let checks = repeat.filter(|_| ends_iteration && stage.validation_step() != Some(step));
+    let until = checks.and_then(|r| r.until_command());
     let expr = substitute::expr_context(ctx, run_id, stage_id)?;
     // The submission rendered every field with the same context save the
     // outputs, so only what upstream stages reported can fail this.
@@ -88,6 +87,7 @@ pub(super) fn enqueue(
         artifacts: st.artifacts.clone(),
         until: rendered.until,
         until_shell: repeat.is_some_and(|r| r.shell),
+        until_output: checks.and_then(|r| r.until_output()).map(str::to_owned),
         iteration: stage.iteration_of(step),
         step_index: Some(stage.step_index(step)),
         round,

@@ -185,7 +185,7 @@ pub(super) fn check_stage(
             command(c, format!("validate.commands[{i}]"))?;
         }
     }
-    if let Some(u) = stage.repeat.as_ref().and_then(|r| r.until.as_ref()) {
+    if let Some(u) = stage.repeat.as_ref().and_then(|r| r.until_command()) {
         command(u, "repeat.until".to_owned())?;
     }
     Ok(())
