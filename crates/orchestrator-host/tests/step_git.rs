@@ -251,6 +251,26 @@ fn without_a_sandbox_git_uses_the_worktrees_own_entry() {
     );
 }
 
+#[test]
+fn parallel_unsandboxed_steps_set_up_the_shared_entry_without_failing_each_other() {
+    let (_dir, project, wt, _base) = setup("r9");
+    let (project, wt) = (std::sync::Arc::new(project), std::sync::Arc::new(wt));
+    let threads: Vec<_> = (0..8)
+        .map(|i| {
+            let (project, wt) = (project.clone(), wt.clone());
+            std::thread::spawn(move || {
+                for _ in 0..20 {
+                    prepare_step_git(&project, &wt, &"r9".into(), &format!("s{i}"), false)
+                        .expect("a parallel stage's setup of the shared entry");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+}
+
 /// What git inside steps costs a step: making its git directory, and taking
 /// in one small commit at the checkpoint, against a checkpoint that takes
 /// nothing in. Prints medians; `cargo test -p orchestrator-host --test

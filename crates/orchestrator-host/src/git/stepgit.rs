@@ -27,6 +27,8 @@
 use std::fs;
 use std::io::{ErrorKind, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use git2::{Oid, Repository};
 use orchestrator_core::RunId;
@@ -58,6 +60,9 @@ pub struct StepGit {
     pub branch: String,
 }
 
+/// Held while the worktree's own entry is set up for an unsandboxed step.
+static SHARED_ENTRY: Mutex<()> = Mutex::new(());
+
 /// Makes the git directory the step of `stage_id` uses; see the module
 /// documentation. With `sandboxed` false the worktree's own entry in the
 /// project's repository is set up instead.
@@ -84,6 +89,10 @@ pub fn prepare_step_git(
             project,
         ))?;
     if !sandboxed {
+        // Parallel stages of a run without a sandbox share this entry: one
+        // at a time writes its HEAD and index (the index's lock would
+        // refuse the second writer).
+        let _shared = SHARED_ENTRY.lock().unwrap_or_else(|e| e.into_inner());
         let admin = super::guard::admin_dir(project, &worktree.path)?;
         write_file(&admin.join("HEAD"), format!("{tip}\n").as_bytes())?;
         let index_path = admin.join("index");
@@ -292,7 +301,11 @@ fn write_index(project: &Path, path: &Path, tree: &git2::Tree<'_>) -> Result<(),
 /// Writes a file the agent owns afresh (the step cannot reach the
 /// directory yet, or it is the agent's own).
 fn write_file(path: &Path, bytes: &[u8]) -> Result<(), GitError> {
-    let tmp = path.with_extension("orch-tmp");
+    // A name of this write's own: two writers of one file must not rename
+    // each other's temporary away.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = path.with_extension(format!("orch-tmp-{}-{n}", std::process::id()));
     let mut f = fs::File::create(&tmp).map_err(GitError::io("create", &tmp))?;
     f.write_all(bytes).map_err(GitError::io("write", &tmp))?;
     drop(f);
