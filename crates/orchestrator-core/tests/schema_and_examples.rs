@@ -128,6 +128,7 @@ fn the_schema_refuses_unknown_fields_and_lists_exactly_the_fields_serde_accepts(
         id: "a".into(),
         description: Some("d".into()),
         needs: vec!["b".into()],
+        condition: Some("failure() || inputs.deploy".into()),
         matrix: Some(Matrix {
             axes: vec![("py".into(), vec![Value::from("3.12")])],
             include: vec![MatrixValues(vec![("py".into(), Value::from("3.13"))])],

@@ -51,6 +51,7 @@ fn a_terminal_stage_refuses_every_event() {
             S::Skipped,
             S::Failed,
             S::Blocked,
+            S::Bypassed,
             S::Cancelled
         ]
     );

@@ -49,6 +49,15 @@ fn stage_table() -> Vec<StageRow> {
         (S::Pending, E::Fault, S::Failed, ENDED_BADLY),
         (S::Queued, E::Fault, S::Failed, ENDED_BADLY),
         (S::Validating, E::Fault, S::Failed, ENDED_BADLY),
+        // Its condition: false (or a need bypassed) bypasses it; an error
+        // fails it before anything ran.
+        (
+            S::Pending,
+            E::Bypass,
+            S::Bypassed,
+            &[F::BypassDependents, F::StageEnded],
+        ),
+        (S::Pending, E::ConditionFailed, S::Failed, ENDED_BADLY),
         (S::Queued, E::Started, S::Running, &[]),
         // A step that succeeds goes on, or holds for a human first.
         (S::Running, ok(A::Step(1), G::None), S::Queued, NEXT),
@@ -319,7 +328,7 @@ fn stage_table() -> Vec<StageRow> {
     ] {
         rows.push((from, E::Reset, S::Pending, &[]));
     }
-    for from in [S::Succeeded, S::Skipped, S::Failed, S::Blocked] {
+    for from in [S::Succeeded, S::Skipped, S::Failed, S::Blocked, S::Bypassed] {
         rows.push((from, E::Reset, S::Pending, &[F::Reopen]));
     }
     rows.push((

@@ -38,7 +38,7 @@ macro_rules! assert_names_round_trip {
 #[test]
 fn every_stage_state_name_round_trips() {
     assert_names_round_trip!(StageState);
-    assert_eq!(StageState::ALL.len(), 15);
+    assert_eq!(StageState::ALL.len(), 16);
 }
 
 #[test]

@@ -38,7 +38,8 @@ states!(
         Running = "running",
         /// A human paused it: its stages stop at their next checkpoint.
         Paused = "paused",
-        /// Every stage succeeded.
+        /// Every stage succeeded, was skipped by a human or was bypassed by
+        /// its condition.
         Succeeded = "succeeded",
         /// Every stage ended and at least one failed or was blocked.
         Failed = "failed",
@@ -87,9 +88,13 @@ states!(
         Failed = "failed",
         /// A stage it needs failed, so it cannot run.
         Blocked = "blocked",
+        /// Its `if:` condition was false (or a stage it needs was bypassed
+        /// and its condition does not ask to run anyway): it did not run,
+        /// and that does not fail its run.
+        Bypassed = "bypassed",
         /// Its run was cancelled.
         Cancelled = "cancelled",
-    } terminal: [Succeeded, Skipped, Failed, Blocked, Cancelled]
+    } terminal: [Succeeded, Skipped, Failed, Blocked, Bypassed, Cancelled]
 );
 
 states!(
@@ -219,6 +224,12 @@ pub enum StageEvent {
     RetryDue { next: After },
     /// A stage it needs failed or was blocked.
     UpstreamFailed,
+    /// Its `if:` condition was false, or a stage it needs was bypassed and
+    /// its condition calls no status function (see [`need_ended`]).
+    Bypass,
+    /// Its `if:` condition could not be evaluated (a type error): a task
+    /// failure, decided before anything ran, so there is nothing to retry.
+    ConditionFailed,
     /// Its run was paused: a stage at a checkpoint (its next step queued,
     /// not started) holds there.
     Pause,
@@ -278,8 +289,14 @@ pub enum StageEffect {
     EnqueueStep { step: u32, attempt: u32 },
     /// The stage succeeded: dependents may have become runnable.
     ReleaseDependents,
-    /// The stage ended without success: its pending dependents are blocked.
+    /// The stage ended without success: its pending dependents are blocked,
+    /// except those whose condition calls a status function, which count
+    /// it as ended (see [`need_ended`]).
     BlockDependents,
+    /// The stage was bypassed: its pending dependents are bypassed too,
+    /// except those whose condition calls a status function, which count
+    /// it as ended (see [`need_ended`]).
+    BypassDependents,
     /// Cancel the stage's live job, if any.
     CancelJob,
     /// The stage ended: re-evaluate the run.
@@ -407,6 +424,9 @@ pub fn stage_on(
         // state then already says the job was queued): nothing can be
         // retried, so it fails.
         (S::Pending | S::Queued | S::Validating, E::Fault) => Some(ended_failed()),
+        // Its condition cannot be evaluated: a task failure of the stage.
+        (S::Pending, E::ConditionFailed) => Some(ended_failed()),
+        (S::Pending, E::Bypass) => Some((S::Bypassed, vec![F::BypassDependents, F::StageEnded])),
         // The queued job has not started: withdrawing it loses nothing.
         (S::Queued | S::Suspended, E::Pause) => Some((S::Paused, vec![F::CancelJob])),
         (S::Paused | S::Suspended, E::Resume { next }) => step_again(next, attempt),
@@ -436,7 +456,7 @@ pub fn stage_on(
         (S::Pending | S::Retrying | S::AwaitingDecision | S::AwaitingApproval, E::Reset) => {
             Some((S::Pending, vec![]))
         }
-        (S::Succeeded | S::Skipped | S::Failed | S::Blocked, E::Reset) => {
+        (S::Succeeded | S::Skipped | S::Failed | S::Blocked | S::Bypassed, E::Reset) => {
             Some((S::Pending, vec![F::Reopen]))
         }
         // Its step may be waiting inside for the answer: that job goes too.
@@ -533,10 +553,14 @@ fn step_again(next: After, attempt: u32) -> Option<(StageState, Vec<StageEffect>
     }
 }
 
+mod conditions;
 mod jobs;
 mod log;
 mod marks;
 
+pub use conditions::{
+    condition_holds, need_ended, need_result, needs_status, parse_stage_condition, NeedEnded,
+};
 pub use jobs::*;
 pub use log::{
     Actor, AgentState, CheckpointState, Entity, LeaseState, StageKey, State, Transition,

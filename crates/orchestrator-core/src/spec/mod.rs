@@ -102,6 +102,15 @@ pub struct Stage {
     /// a matrix stage means every stage its matrix makes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub needs: Vec<String>,
+    /// Runs this stage only when this condition holds (an expression, bare
+    /// or in `${{ }}`; docs/workflow-conditions.md). It reads `inputs`,
+    /// `matrix`, `run`, `stages.<need>.result` and `stages.<need>.outputs`,
+    /// and the status functions `success()`, `failure()`, `always()` and
+    /// `cancelled()` over the stages it needs. Without a status function it
+    /// means `success() && (condition)`. A stage whose condition is false is
+    /// `bypassed`, which does not fail its run.
+    #[serde(rename = "if", default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
     /// Runs this stage once for each combination of these values, each run
     /// a stage of its own with the id `ID[KEY=VALUE,...]` (keys in the order
     /// written) and the values as `${{ matrix.KEY }}`: `{py: ["3.11",

@@ -9,11 +9,13 @@
 //! `run.workflow`, and `stages.ID.outputs.KEY` and `stages.ID.result` for a
 //! stage `ID` that the stage needs, directly or through others (a matrix
 //! stage's expansion by its own id, `stages['test[py=3.12]']`).
+//! A stage's `if:` reads the same, and may call the status functions,
+//! which nothing else may.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{add_in, add_within, ancestors, Problem};
-use crate::expr::Template;
+use crate::expr::{parse_condition, Template};
 use crate::spec::{CommandSpec, Stage, Workflow};
 
 /// The top-level names a rendered field may read.
@@ -42,6 +44,9 @@ pub(super) fn check_exprs(wf: &Workflow, nth: &[usize], out: &mut Vec<Problem>) 
             upstream: ancestors(&needs, &st.id),
         };
         let base = format!("stages[{i}]");
+        if let Some(cond) = &st.condition {
+            scope.condition(&format!("{base}.if"), cond, at, out);
+        }
         for (k, v) in &st.env {
             scope.check(
                 &format!("{base}.env.{k}"),
@@ -191,6 +196,57 @@ impl Scope<'_> {
                 let m = format!("{text:?}: column {}: {why}", r.column);
                 self.push(field.to_owned(), m, at, locate, within, out);
             }
+        }
+        for e in template.exprs().filter(|e| e.uses_status_function()) {
+            let m = format!(
+                "{text:?}: column {}: the status functions (success(), failure(), always(), cancelled()) are only in a stage's `if:`",
+                e.column
+            );
+            self.push(field.to_owned(), m, at, locate, within, out);
+        }
+    }
+
+    /// Parses a stage's `if:` and checks what it reads.
+    fn condition(&self, field: &str, text: &str, at: (&str, usize), out: &mut Vec<Problem>) {
+        let locate = Some(("if", text));
+        let expr = match parse_condition(text) {
+            Ok(e) => e,
+            Err(e) => {
+                let m = format!("{text:?}: column {}: {}", e.column, e.message);
+                return add_in(out, field.to_owned(), m, at, locate);
+            }
+        };
+        for r in expr.references() {
+            if let Err(why) = self.reads_in_condition(&r.path) {
+                let m = format!("{text:?}: column {}: {why}", r.column);
+                add_in(out, field.to_owned(), m, at, locate);
+            }
+        }
+    }
+
+    /// What an `if:` may read: what a rendered field may, and the `result`
+    /// of a stage this one needs directly.
+    fn reads_in_condition(&self, path: &[String]) -> Result<(), String> {
+        let (Some(st), Some("stages"), Some(id), Some("result")) = (
+            self.stage.map(|(s, _)| s),
+            path.first().map(String::as_str),
+            path.get(1),
+            path.get(2).map(String::as_str),
+        ) else {
+            return self.reads(path);
+        };
+        if st.needs.contains(id) {
+            Ok(())
+        } else {
+            Err(format!(
+                "stage {:?} reads the result of {id:?}, which it does not need directly (it needs: {})",
+                st.id,
+                if st.needs.is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    st.needs.join(", ")
+                }
+            ))
         }
     }
 

@@ -53,6 +53,8 @@ pub fn stage_events() -> Vec<StageEvent> {
     }
     events.extend([
         E::UpstreamFailed,
+        E::Bypass,
+        E::ConditionFailed,
         E::Pause,
         E::Cancel,
         E::Yield,
@@ -78,6 +80,8 @@ pub fn stage_events() -> Vec<StageEvent> {
             | E::AttemptLost { .. }
             | E::RetryDue { .. }
             | E::UpstreamFailed
+            | E::Bypass
+            | E::ConditionFailed
             | E::Pause
             | E::Resume { .. }
             | E::Cancel

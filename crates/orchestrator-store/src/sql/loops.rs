@@ -104,7 +104,10 @@ pub(super) fn reopen(
     stage_id: &str,
     from: StageState,
 ) -> Result<()> {
-    let counted_ok = i64::from(matches!(from, StageState::Succeeded | StageState::Skipped));
+    let counted_ok = i64::from(matches!(
+        from,
+        StageState::Succeeded | StageState::Skipped | StageState::Bypassed
+    ));
     ctx.conn
         .prepare_cached(
             "UPDATE runs SET stages_ended = stages_ended - 1, stages_succeeded = stages_succeeded - ?2

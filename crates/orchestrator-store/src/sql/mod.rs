@@ -10,7 +10,7 @@
 //! |---|---|
 //! | 0 transaction | tx, writer, ddl, tables, schema, schema_pg, location, failpoints |
 //! | 1 domain base | common, steps, substitute, placement, agents, credentials, spent, usage, outputs |
-//! | 2 state machines | stage, job, run, lease_end, retry, loops, human, wait, preempt, policy |
+//! | 2 state machines | stage, conditions, job, run, lease_end, retry, loops, human, wait, preempt, policy |
 //! | 3 domain commands | submit, schedule, claim, complete, leases, decide |
 //! | 4 reads | reads, inbox, explain |
 //! | 5 plumbing | pg, copy, open, schema_dump |
@@ -29,7 +29,7 @@
 //!   stage outputs.
 //! - 2: the stage, job and run machines as the store applies them, and the
 //!   rules their effects call, which apply events back (a retry later, a
-//!   send-back, a question, a wait, a yield, an admission). This recursion
+//!   send-back, a question, a wait, a yield, an admission, a stage's `if:`). This recursion
 //!   is the machines' own (an effect of one is an event to another), so it
 //!   lives in one layer that nothing below reaches.
 //! - 3: the commands the API sends the writer, split by what they change:
@@ -45,6 +45,7 @@ mod api;
 mod claim;
 mod common;
 mod complete;
+mod conditions;
 mod copy;
 mod credentials;
 mod ddl;

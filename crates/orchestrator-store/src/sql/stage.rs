@@ -18,7 +18,7 @@ use super::common::{conflict, stage_key};
 use super::job::{cancel_live_job, enqueue};
 use super::run::stage_ended;
 use super::tx::Ctx;
-use super::{human, loops, retry};
+use super::{conditions, human, loops, retry};
 use crate::{Result, StoreError};
 
 pub(super) struct StageRow {
@@ -127,39 +127,22 @@ pub fn stage_event(
                     .execute(params![run_id, stage_id])?;
                 ctx.schedule = true;
             }
-            StageEffect::BlockDependents => {
-                let dependents: Vec<String> = ctx
-                    .conn
-                    .prepare_cached(
-                        "SELECT q.stage_id FROM requires q JOIN stage_runs s
-                           ON s.run_id = q.run_id AND s.stage_id = q.stage_id
-                         WHERE q.run_id = ?1 AND q.required = ?2 AND s.state = 'pending'",
-                    )?
-                    .query_map(params![run_id, stage_id], |r| r.get(0))?
-                    .collect::<crate::db::Result<_>>()?;
-                for d in dependents {
-                    // A diamond may reach a dependent twice; the second time it is already blocked.
-                    if load_stage(ctx, run_id, &d)?.state == StageState::Pending {
-                        stage_event(
-                            ctx,
-                            run_id,
-                            &d,
-                            StageEvent::UpstreamFailed,
-                            format!("blocked: it needs stage {stage_id}, which ended {to}"),
-                            &Actor::Scheduler,
-                        )?;
-                    }
-                }
+            StageEffect::BlockDependents | StageEffect::BypassDependents => {
+                conditions::need_ended_for_dependents(ctx, run_id, stage_id, to)?
             }
             StageEffect::CancelJob => cancel_live_job(ctx, run_id, stage_id, &reason, actor)?,
             StageEffect::StageEnded => {
                 // A limit of its run or project may have room now.
                 ctx.schedule = true;
-                // A skipped stage was let go by a human: it does not fail its run.
+                // A skipped stage was let go by a human, a bypassed one's
+                // condition said not to run: neither fails its run.
                 stage_ended(
                     ctx,
                     run_id,
-                    matches!(to, StageState::Succeeded | StageState::Skipped),
+                    matches!(
+                        to,
+                        StageState::Succeeded | StageState::Skipped | StageState::Bypassed
+                    ),
                 )?
             }
             StageEffect::AwaitHuman { resume } => {
