@@ -3,15 +3,21 @@
 //! dependent (the core's `need_ended`: count it, block it, bypass it), and
 //! the verdict of a condition once every need it waits for has ended.
 
-use orchestrator_core::machine::{need_ended, parse_stage_condition, NeedEnded, StageEvent};
+use orchestrator_core::machine::{
+    condition_holds, need_ended, need_result, needs_status, parse_stage_condition, NeedEnded,
+    StageEvent,
+};
+use orchestrator_core::spec::{matrix_stage_of, Stage};
 use orchestrator_core::{Actor, RunId, StageState};
 
 use super::common::workflow;
 use super::stage::{load_stage, stage_event};
 use super::steps::stage_spec;
+use super::substitute::expr_context;
 use super::tx::Ctx;
 use crate::db::params;
 use crate::Result;
+use serde_json::Value;
 
 /// `stage_id` ended in `to` (failed, blocked or bypassed): each pending
 /// dependent counts it as ended when its condition calls a status
@@ -85,4 +91,105 @@ pub(super) fn need_ended_for_dependents(
         }
     }
     Ok(())
+}
+
+/// What a stage with a condition does once the needs it waits for ended.
+pub(super) enum Verdict {
+    /// It runs; the reason for its transition.
+    Run(String),
+    /// It is bypassed; the reason says the condition and its value.
+    Bypass(String),
+    /// The condition could not be evaluated: a task failure of the stage.
+    Fail(String),
+}
+
+/// Evaluates `stage`'s condition `cond` with its context (the one its
+/// commands read, [`expr_context`]), `stages.<need>.result` of each need
+/// and the status of its needs.
+pub(super) fn verdict(
+    ctx: &mut Ctx<'_>,
+    run_id: &RunId,
+    stage: &Stage,
+    cond: &str,
+) -> Result<Verdict> {
+    let mut names = expr_context(ctx, run_id, &stage.id)?;
+    let mut states = Vec::with_capacity(stage.needs.len());
+    let mut stages = match names.remove("stages") {
+        Some(Value::Object(m)) => m,
+        _ => serde_json::Map::new(),
+    };
+    for need in &stage.needs {
+        let state = load_stage(ctx, run_id, need)?.state;
+        states.push(state);
+        let result = need_result(state).unwrap_or("pending");
+        add_result(&mut stages, need, result);
+        // A matrix stage's name reads its instances together.
+        if let Some(of) = matrix_stage_of(need) {
+            let joined = match stages.get(of).and_then(|v| v.get("result")) {
+                Some(Value::String(r)) => joined_result(r, result).to_owned(),
+                _ => result.to_owned(),
+            };
+            set_result(&mut stages, of, &joined);
+        }
+    }
+    names.insert("stages", Value::Object(stages));
+    let names = names.with_status(needs_status(&states, false));
+    let field = |column: usize, message: &str| {
+        format!(
+            "task failure: stage {:?}: field `if` ({cond:?}): column {column}: {message}",
+            stage.id
+        )
+    };
+    let expr = match parse_stage_condition(cond) {
+        Ok(e) => e,
+        Err(e) => return Ok(Verdict::Fail(field(e.column, &e.message))),
+    };
+    Ok(match condition_holds(&expr, &names) {
+        Ok(true) => Verdict::Run(format!("runnable: its condition `{cond}` is true")),
+        Ok(false) if expr.uses_status_function() => {
+            Verdict::Bypass(format!("bypassed: its condition `{cond}` is false"))
+        }
+        Ok(false) => Verdict::Bypass(format!(
+            "bypassed: its condition `{cond}` is false (it calls no status function, so it means `success() && ({cond})`)"
+        )),
+        Err(e) => Verdict::Fail(field(e.column, &e.message)),
+    })
+}
+
+/// Sets `stages.<id>.result` unless the context already has it.
+fn add_result(stages: &mut serde_json::Map<String, Value>, id: &str, result: &str) {
+    let entry = stages
+        .entry(id.to_owned())
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    if let Value::Object(m) = entry {
+        m.entry("result".to_owned())
+            .or_insert_with(|| Value::String(result.to_owned()));
+    }
+}
+
+fn set_result(stages: &mut serde_json::Map<String, Value>, id: &str, result: &str) {
+    let entry = stages
+        .entry(id.to_owned())
+        .or_insert_with(|| Value::Object(serde_json::Map::new()));
+    if let Value::Object(m) = entry {
+        m.insert("result".to_owned(), Value::String(result.to_owned()));
+    }
+}
+
+/// A matrix stage's result from two of its instances': `failure` over
+/// `cancelled` over `skipped` over `success`, so it reads `success` only
+/// when every instance succeeded.
+fn joined_result<'a>(a: &'a str, b: &'a str) -> &'a str {
+    let rank = |r: &str| match r {
+        "failure" => 4,
+        "cancelled" => 3,
+        "pending" => 2,
+        "skipped" => 1,
+        _ => 0,
+    };
+    if rank(a) >= rank(b) {
+        a
+    } else {
+        b
+    }
 }

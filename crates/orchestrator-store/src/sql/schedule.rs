@@ -11,6 +11,7 @@ use orchestrator_core::Actor;
 use orchestrator_core::RunId;
 
 use super::common::workflow;
+use super::conditions::{self, Verdict};
 use super::stage::stage_event;
 use super::tx::Ctx;
 use super::{policy, steps};
@@ -23,8 +24,20 @@ use crate::{Result, StoreError};
 /// scheduled (its run's stored spec unreadable, a step missing) fails alone,
 /// as a daemon-side fault, and every other run goes on. Only a broken
 /// transaction fails the pass, and with it the batch.
+///
+/// A stage that ends in the pass (bypassed or failed by its condition, or
+/// a fault) may let others be decided: the pass goes again until none
+/// ends, each round ending at least one stage, so it stops.
 pub fn schedule(ctx: &mut Ctx<'_>) -> Result<()> {
+    while schedule_once(ctx)? {}
     ctx.schedule = false;
+    Ok(())
+}
+
+/// One round of the pass; whether it ended a stage.
+fn schedule_once(ctx: &mut Ctx<'_>) -> Result<bool> {
+    ctx.schedule = false;
+    let mut ended = false;
     let ready: Vec<(RunId, String, i64, String, Option<String>)> = ctx
         .conn
         .prepare_cached(
@@ -45,12 +58,26 @@ pub fn schedule(ctx: &mut Ctx<'_>) -> Result<()> {
                 limits.as_deref(),
             )
         });
-        if let Err(e) = scheduled {
-            ctx.healthy()?;
-            stage_fault(ctx, &run_id, &stage_id, &e)?;
+        match scheduled {
+            Ok(Scheduled::Ended) => ended = true,
+            Ok(Scheduled::Went | Scheduled::Held) => {}
+            Err(e) => {
+                ctx.healthy()?;
+                ended |= stage_fault(ctx, &run_id, &stage_id, &e)?;
+            }
         }
     }
-    Ok(())
+    Ok(ended)
+}
+
+/// What one stage did in the pass.
+enum Scheduled {
+    /// Its first step is queued.
+    Went,
+    /// A limit of its run or project holds it.
+    Held,
+    /// Its condition ended it (bypassed or failed).
+    Ended,
 }
 
 fn schedule_stage(
@@ -60,7 +87,7 @@ fn schedule_stage(
     ord: i64,
     project_dir: &str,
     limits: Option<&str>,
-) -> Result<()> {
+) -> Result<Scheduled> {
     let wf = workflow(ctx, run_id)?;
     let stage = steps::stage_spec(
         &wf,
@@ -68,23 +95,42 @@ fn schedule_stage(
         stage_id,
         usize::try_from(ord).unwrap_or(usize::MAX),
     )?;
+    let mut runnable = None;
+    if let Some(cond) = &stage.condition {
+        // Decided before the limits: a bypassed stage takes no slot.
+        let (event, reason) = match conditions::verdict(ctx, run_id, stage, cond)? {
+            Verdict::Run(reason) => {
+                runnable = Some(reason);
+                (None, String::new())
+            }
+            Verdict::Bypass(reason) => (Some(StageEvent::Bypass), reason),
+            Verdict::Fail(reason) => (Some(StageEvent::ConditionFailed), reason),
+        };
+        if let Some(event) = event {
+            stage_event(ctx, run_id, stage_id, event, reason, &Actor::Scheduler)?;
+            return Ok(Scheduled::Ended);
+        }
+    }
     let limits = policy::parse_limits(limits);
     if limits != Limits::default() {
         let needs = Needs::of_stage(stage);
         let hold = policy::stage_hold(ctx, run_id, project_dir, &limits, &needs)?;
         policy::set_stage_hold(ctx, run_id, stage_id, hold.as_deref())?;
         if hold.is_some() {
-            return Ok(());
+            return Ok(Scheduled::Held);
         }
     }
-    let reason = match &stage.needs[..] {
-        [] => "runnable: needs nothing".to_owned(),
-        [a] => format!("runnable: {a} succeeded"),
-        [a, b] => format!("runnable: {a} and {b} succeeded"),
-        [a, b, rest @ ..] => format!(
-            "runnable: {a}, {b} and the {} other stages it needs succeeded",
-            rest.len()
-        ),
+    let reason = match runnable {
+        Some(reason) => reason,
+        None => match &stage.needs[..] {
+            [] => "runnable: needs nothing".to_owned(),
+            [a] => format!("runnable: {a} succeeded"),
+            [a, b] => format!("runnable: {a} and {b} succeeded"),
+            [a, b, rest @ ..] => format!(
+                "runnable: {a}, {b} and the {} other stages it needs succeeded",
+                rest.len()
+            ),
+        },
     };
     stage_event(
         ctx,
@@ -94,17 +140,18 @@ fn schedule_stage(
         reason,
         &Actor::Scheduler,
     )?;
-    Ok(())
+    Ok(Scheduled::Went)
 }
 
 /// Fails a stage the scheduler pass could not carry on: left pending, it
 /// would hold its run open forever and be tried again at every pass.
+/// Whether it ended.
 fn stage_fault(
     ctx: &mut Ctx<'_>,
     run_id: &RunId,
     stage_id: &str,
     error: &StoreError,
-) -> Result<()> {
+) -> Result<bool> {
     tracing::error!(run = %run_id, stage = stage_id, error = %error,
         "cannot schedule this stage; it fails (daemon-side fault, class infra)");
     let reason = format!(
@@ -125,6 +172,7 @@ fn stage_fault(
         ctx.healthy()?;
         tracing::error!(run = %run_id, stage = stage_id, error = %e,
             "cannot fail this stage either; it stays pending until the next scheduler pass");
+        return Ok(false);
     }
-    Ok(())
+    Ok(true)
 }
