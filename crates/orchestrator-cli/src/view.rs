@@ -202,6 +202,7 @@ pub fn run(d: &RunDetail) {
     if unisolated {
         println!("(process! ran without isolation: sandbox: process)");
     }
+    stage_conditions(d);
     if let Some(u) = &d.models {
         models(u);
     }
@@ -371,7 +372,29 @@ pub fn plan(p: &Plan) {
         String::new()
     };
     println!("critical path{est}: {}", p.critical_path.join(" -> "));
+    for (stage, cond) in &p.conditions {
+        println!("condition: {stage} runs only if: {cond}");
+    }
     feedback_loops(p);
+}
+
+/// Each stage's `if:`, and why each bypassed stage did not run.
+fn stage_conditions(d: &RunDetail) {
+    if d.stages
+        .iter()
+        .all(|s| s.condition.is_none() && s.bypassed.is_none())
+    {
+        return;
+    }
+    println!();
+    for s in &d.stages {
+        if let Some(c) = &s.condition {
+            println!("{:<24} if: {c}", s.stage_id);
+        }
+        if let Some(why) = &s.bypassed {
+            println!("{:<24} {why}", s.stage_id);
+        }
+    }
 }
 
 /// The workflow's feedback loops, one line each.

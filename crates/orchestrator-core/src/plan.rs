@@ -27,6 +27,9 @@ pub struct Plan {
     /// from (`test[py=3.12]` → `test`).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub matrix: BTreeMap<String, String>,
+    /// Each stage's `if:` condition, as written, by stage id.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub conditions: BTreeMap<String, String>,
 }
 
 /// A loop one stage's `on_failure: {retry_stage}` makes: when `stage`
@@ -234,5 +237,10 @@ pub fn plan(wf: &Workflow) -> Result<Plan, Vec<String>> {
         critical_path_ms,
         feedback_loops: feedback_loops(wf),
         matrix: matrix_origins(wf),
+        conditions: wf
+            .stages
+            .iter()
+            .filter_map(|s| Some((s.id.clone(), s.condition.clone()?)))
+            .collect(),
     })
 }

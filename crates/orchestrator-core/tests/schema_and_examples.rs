@@ -321,6 +321,7 @@ fn every_example_workflow_parses_validates_and_plans() {
         "coding-agent.yaml",
         "inputs.yaml",
         "matrix.yaml",
+        "conditions.yaml",
     ] {
         assert!(all.contains_key(name), "examples/{name} is missing");
     }

@@ -174,6 +174,13 @@ pub struct StageView {
     /// order (see [`crate::outputs::merge`]).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub outputs: crate::outputs::Outputs,
+    /// Its `if:` condition, as written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition: Option<String>,
+    /// Why a bypassed stage did not run: its condition and its value, or
+    /// the need that was bypassed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bypassed: Option<String>,
 }
 
 /// One job: an attempt at one step.

@@ -239,6 +239,7 @@ pub fn explain(
                 s.step, s.id
             )),
             StageState::AwaitingInput => l.push("waits for a human to answer (orch inbox)".into()),
+            StageState::Bypassed => l.push("bypassed: its if: condition said not to run it (orch show says why); it does not fail its run".into()),
             other => l.push(format!("ended: {other}")),
         }
         if let Some(rule) = spec.and_then(|st| st.send_back()) {

@@ -141,6 +141,8 @@ pub fn run_detail(conn: &Conn, id: &RunId) -> Result<RunDetail> {
                 agent_id: r.get(8)?,
                 cache: Vec::new(),
                 outputs: Default::default(),
+                condition: None,
+                bypassed: None,
             })
         })?
         .collect::<crate::db::Result<_>>()?;
@@ -166,6 +168,10 @@ pub fn run_detail(conn: &Conn, id: &RunId) -> Result<RunDetail> {
         s.outputs = outputs.remove(&s.stage_id).unwrap_or_default();
         s.needs = spec.needs.clone();
         s.cache = spec.cache.clone();
+        s.condition = spec.condition.clone();
+        if s.state == StageState::Bypassed {
+            s.bypassed = bypassed_reason(conn, &id, &s.stage_id)?;
+        }
         s.iteration = spec.iteration_of(s.step);
         s.step = spec.step_index(s.step);
         s.steps_total = u32::try_from(spec.steps.len()).unwrap_or(u32::MAX);
@@ -185,6 +191,17 @@ pub fn run_detail(conn: &Conn, id: &RunId) -> Result<RunDetail> {
         models: super::usage::run(conn, &id)?,
         inputs,
     })
+}
+
+/// The reason recorded when a stage was bypassed.
+fn bypassed_reason(conn: &Conn, run: &RunId, stage_id: &str) -> Result<Option<String>> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT reason FROM transitions WHERE run_id = ?1 AND entity = 'stage' AND entity_id = ?2
+               AND to_state = 'bypassed' ORDER BY seq DESC LIMIT 1",
+        )?
+        .query_row(params![run, super::common::stage_key(run, stage_id)], |r| r.get(0))
+        .optional()?)
 }
 
 fn job_view(r: &Row<'_>) -> crate::db::Result<JobView> {

@@ -62,7 +62,7 @@ function dagView(detail, selected) {
   const colour = {
     succeeded: "#1f8a4c", failed: "#c62f2f", blocked: "#c62f2f", running: "#2f6fd6", validating: "#2f6fd6",
     retrying: "#2f6fd6", awaiting_approval: "#b87b00", awaiting_input: "#b87b00", awaiting_decision: "#b87b00",
-    paused: "#b87b00", suspended: "#b87b00", cancelled: "#5b5f66", skipped: "#5b5f66",
+    paused: "#b87b00", suspended: "#b87b00", cancelled: "#5b5f66", skipped: "#5b5f66", bypassed: "#5b5f66",
   };
   const nodes = Object.entries(pos).map(([id, p]) => {
     const st = byId[id] || { state: "pending", step: 0, steps_total: 0 };
