@@ -220,3 +220,39 @@ stages:
     );
     s.close().await;
 }
+
+#[tokio::test]
+async fn a_stage_sent_back_past_a_bypassed_need_runs_again_after_its_other_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(&dir);
+    let a = agent(&s, "a", 1, &[]).await;
+    let yaml = r#"name: back
+stages:
+  - id: implement
+    steps: [{commands: [{argv: [x]}]}]
+  - id: gate
+    if: "false"
+    steps: [{commands: [{argv: [x]}]}]
+  - id: test
+    needs: [implement, gate]
+    if: always()
+    on_failure: {retry_stage: implement, max_rounds: 1}
+    steps: [{commands: [{argv: [x]}]}]
+"#;
+    let run = s.submit_run(new_run(yaml)).await.unwrap().run_id;
+    let mut ran = Vec::new();
+    let mut failed_once = false;
+    while let Some(j) = s.claim(&a, 1_000_000).await.unwrap() {
+        let id = j.spec.stage_id.clone();
+        let fail = id == "test" && !failed_once;
+        failed_once |= fail;
+        finish(&s, &a, &j, !fail).await;
+        ran.push(id);
+    }
+    assert_eq!(ran, ["implement", "test", "implement", "test"]);
+    let d = s.run_detail(&run).await.unwrap();
+    assert_eq!(stage_states(&d)["gate"], S::Bypassed);
+    assert_eq!(d.run.state, RunState::Succeeded);
+    assert_log_replays_to_state(&s, &run).await;
+    s.close().await;
+}

@@ -93,6 +93,67 @@ pub(super) fn need_ended_for_dependents(
     Ok(())
 }
 
+/// A stage reset by a send-back has had its unmet needs counted as those
+/// that did not succeed. A need that ended otherwise and was not reset
+/// with it (a bypassed one, or any ended one for a condition that calls a
+/// status function) is settled here as [`need_ended_for_dependents`]
+/// would have: counted, or the stage bypassed. A failed or blocked need
+/// of a stage without such a condition is left as before.
+pub(super) fn recount_after_reset(ctx: &mut Ctx<'_>, run_id: &RunId, stage_id: &str) -> Result<()> {
+    let row = load_stage(ctx, run_id, stage_id)?;
+    if row.state != StageState::Pending {
+        return Ok(());
+    }
+    let needs: Vec<(String, String)> = ctx
+        .conn
+        .prepare_cached(
+            "SELECT q.required, s.state FROM requires q JOIN stage_runs s
+               ON s.run_id = q.run_id AND s.stage_id = q.required
+             WHERE q.run_id = ?1 AND q.stage_id = ?2",
+        )?
+        .query_map(params![run_id, stage_id], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<crate::db::Result<_>>()?;
+    let wf = workflow(ctx, run_id).ok();
+    let uses_status = wf
+        .as_deref()
+        .and_then(|wf| stage_spec(wf, run_id, stage_id, row.ord).ok())
+        .and_then(|s| s.condition.as_deref())
+        .and_then(|c| parse_stage_condition(c).ok())
+        .is_some_and(|e| e.uses_status_function());
+    let mut counted = 0i64;
+    let mut bypassed_by = None;
+    for (need, state) in &needs {
+        let state = StageState::parse(state).unwrap_or(StageState::Pending);
+        match (state, need_ended(state, uses_status)) {
+            // Already counted as met by the recount.
+            (StageState::Succeeded | StageState::Skipped, _) => {}
+            (_, Some(NeedEnded::Count)) => counted += 1,
+            (_, Some(NeedEnded::Bypass)) => bypassed_by = Some(need.clone()),
+            _ => {}
+        }
+    }
+    if counted > 0 {
+        ctx.conn
+            .prepare_cached(
+                "UPDATE stage_runs SET unmet = unmet - ?3 WHERE run_id = ?1 AND stage_id = ?2",
+            )?
+            .execute(params![run_id, stage_id, counted])?;
+    }
+    if let Some(need) = bypassed_by {
+        stage_event(
+            ctx,
+            run_id,
+            stage_id,
+            StageEvent::Bypass,
+            format!(
+                "bypassed: it needs stage {need}, which was bypassed, and its condition calls no status function"
+            ),
+            &Actor::Scheduler,
+        )?;
+    }
+    Ok(())
+}
+
 /// What a stage with a condition does once the needs it waits for ended.
 pub(super) enum Verdict {
     /// It runs; the reason for its transition.

@@ -159,6 +159,7 @@ pub(super) fn reset_dependents(
                  WHERE run_id = ?1 AND stage_id = ?2",
             )?
             .execute(params![run_id, d.as_str()])?;
+        super::conditions::recount_after_reset(ctx, run_id, d)?;
     }
     ctx.schedule = true;
     Ok(())
