@@ -129,7 +129,7 @@ stages:
         "deploying 1.2.3".to_owned(),
         "args=1".to_owned(),
         format!("<{evil}\nsecond line>"),
-        "missing=[] result=succeeded".to_owned(),
+        "missing=[] result=success".to_owned(),
     ] {
         assert!(logs.stdout.contains(&want), "{want}: {logs}");
     }

@@ -99,7 +99,7 @@ async fn a_dependent_reads_what_its_needs_wrote() {
     let cmd = &j.spec.commands[0];
     assert_eq!(
         cmd.argv,
-        ["deploy", "1.2.3", "sha256:ab", "<>", "succeeded"],
+        ["deploy", "1.2.3", "sha256:ab", "<>", "success"],
         "a transitive need is read, a key never written renders empty"
     );
     assert_eq!(cmd.env["EVIL"], evil, "a value is never rendered again");
@@ -134,7 +134,7 @@ async fn a_matrix_expansion_is_read_by_its_bracketed_id() {
     }
     let j = next(&s, &a).await;
     assert_eq!(j.spec.stage_id, "report");
-    assert_eq!(j.spec.commands[0].argv, ["r", "91", "87", "succeeded"]);
+    assert_eq!(j.spec.commands[0].argv, ["r", "91", "87", "success"]);
 }
 
 /// `b`'s first step does not read the output; its second does, through

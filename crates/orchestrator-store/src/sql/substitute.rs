@@ -54,7 +54,8 @@ pub(super) fn expr_context(
 
 /// `stages` for stage `stage_id`: every stage it needs, directly or through
 /// others (the `requires` rows followed), by id, with its merged
-/// `outputs` and its `result` (its state: `succeeded`, `skipped`, ...).
+/// `outputs` and its `result` as conditions read it (`success`, `failure`,
+/// `skipped`, `cancelled`: `machine::need_result`).
 /// Only needs are there: a stage reads nothing of a stage that may not
 /// have ended.
 fn upstream(ctx: &Ctx<'_>, run_id: &RunId, stage_id: &str) -> Result<Value> {
@@ -77,7 +78,13 @@ fn upstream(ctx: &Ctx<'_>, run_id: &RunId, stage_id: &str) -> Result<Value> {
             .prepare_cached("SELECT state FROM stage_runs WHERE run_id = ?1 AND stage_id = ?2")?
             .query_row(params![run_id, id], |r| r.get(0))?;
         let outputs = super::outputs::of_stage(ctx.conn, run_id, &id)?;
-        stages.insert(id, serde_json::json!({"outputs": outputs, "result": state}));
+        let result = orchestrator_core::StageState::parse(&state)
+            .and_then(orchestrator_core::machine::need_result)
+            .unwrap_or(state.as_str());
+        stages.insert(
+            id,
+            serde_json::json!({"outputs": outputs, "result": result}),
+        );
     }
     Ok(Value::Object(stages))
 }
