@@ -6,54 +6,15 @@
 
 mod common;
 
+use common::outputs::{finish, map, next, wrote};
 use common::*;
-use orchestrator_core::api::{CheckpointMade, ClaimedJob, CompleteRequest, StepOutcome};
 use orchestrator_core::error::ErrorClass;
 use orchestrator_core::outputs::Outputs;
-use orchestrator_core::{AgentId, JobState, RunId, StageState};
+use orchestrator_core::{JobState, RunId, StageState};
 use orchestrator_store::SqlStore;
 
 /// `a` has two steps; `b` needs it.
 const TWO: &str = "name: o\nstages:\n  - id: a\n    steps: [{commands: [{argv: [x]}]}, {commands: [{argv: [y]}]}]\n  - id: b\n    needs: [a]\n    steps: [{commands: [{argv: [z]}]}]\n";
-
-fn map(pairs: &[(&str, &str)]) -> Outputs {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
-/// A successful step with a checkpoint and `outputs`.
-fn wrote(outputs: Outputs) -> StepOutcome {
-    StepOutcome {
-        checkpoint: Some(CheckpointMade {
-            commit: "0123456789abcdef0123456789abcdef01234567".into(),
-            artifacts: Vec::new(),
-        }),
-        outputs,
-        ..outcome(true, None)
-    }
-}
-
-async fn next(s: &SqlStore, agent: &AgentId) -> ClaimedJob {
-    s.claim(agent, TTL).await.unwrap().expect("a queued job")
-}
-
-async fn finish(s: &SqlStore, agent: &AgentId, job: &ClaimedJob, o: StepOutcome) {
-    s.complete(
-        job.job_id,
-        CompleteRequest {
-            agent_id: agent.clone(),
-            lease_token: job.lease_token.clone(),
-            outcome: o,
-            claim_next: false,
-            claim_key: None,
-        },
-        TTL,
-    )
-    .await
-    .unwrap();
-}
 
 async fn outputs_of(s: &SqlStore, run: &RunId, stage: &str) -> Outputs {
     let d = s.run_detail(run).await.unwrap();

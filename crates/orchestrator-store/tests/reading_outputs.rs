@@ -7,49 +7,11 @@
 
 mod common;
 
+use common::outputs::{finish, map, next, wrote};
 use common::*;
-use orchestrator_core::api::{CheckpointMade, ClaimedJob, CompleteRequest, StepOutcome};
 use orchestrator_core::outputs::Outputs;
-use orchestrator_core::{AgentId, RunId, StageState};
+use orchestrator_core::{RunId, StageState};
 use orchestrator_store::SqlStore;
-
-fn map(pairs: &[(&str, &str)]) -> Outputs {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-        .collect()
-}
-
-fn wrote(outputs: Outputs) -> StepOutcome {
-    StepOutcome {
-        checkpoint: Some(CheckpointMade {
-            commit: "0123456789abcdef0123456789abcdef01234567".into(),
-            artifacts: Vec::new(),
-        }),
-        outputs,
-        ..outcome(true, None)
-    }
-}
-
-async fn next(s: &SqlStore, agent: &AgentId) -> ClaimedJob {
-    s.claim(agent, TTL).await.unwrap().expect("a queued job")
-}
-
-async fn finish(s: &SqlStore, agent: &AgentId, job: &ClaimedJob, o: StepOutcome) {
-    s.complete(
-        job.job_id,
-        CompleteRequest {
-            agent_id: agent.clone(),
-            lease_token: job.lease_token.clone(),
-            outcome: o,
-            claim_next: false,
-            claim_key: None,
-        },
-        TTL,
-    )
-    .await
-    .unwrap();
-}
 
 async fn state_of(s: &SqlStore, run: &RunId, stage: &str) -> StageState {
     let d = s.run_detail(run).await.unwrap();

@@ -10,6 +10,7 @@ use orchestrator_core::error::ErrorClass;
 use orchestrator_core::{AgentId, Entity, RunId, StageState};
 use orchestrator_store::{Location, NewRun, SqlStore, StoreOptions};
 
+pub mod outputs;
 pub mod scheduling;
 
 pub const TTL: u64 = 30_000;
