@@ -173,7 +173,7 @@ pub(super) fn verdict(
     stage: &Stage,
     cond: &str,
 ) -> Result<Verdict> {
-    let mut names = expr_context(ctx, run_id, &stage.id)?;
+    let mut names = expr_context(ctx, run_id, &stage.id, true)?;
     let mut states = Vec::with_capacity(stage.needs.len());
     let mut stages = match names.remove("stages") {
         Some(Value::Object(m)) => m,

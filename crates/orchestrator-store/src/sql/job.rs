@@ -64,7 +64,8 @@ pub(super) fn enqueue(
     let repeat = stage.repeat.as_ref();
     let checks = repeat.filter(|_| ends_iteration && stage.validation_step() != Some(step));
     let until = checks.and_then(|r| r.until_command());
-    let expr = substitute::expr_context(ctx, run_id, stage_id)?;
+    let reads = substitute::job_reads_stages(st, until, &env);
+    let expr = substitute::expr_context(ctx, run_id, stage_id, reads)?;
     // The submission rendered every field with the same context save the
     // outputs, so only what upstream stages reported can fail this.
     let rendered = match substitute::render_job(st, &field, until, &env, &expr) {

@@ -22,12 +22,15 @@ use crate::{Result, StoreError};
 
 /// What `${{ }}` reads in stage `stage_id`'s commands: `inputs` (the run's
 /// bound inputs), `matrix` (the stage's values, only for a stage a matrix
-/// made), `run` (`id`, `workflow`) and `stages` (see [`upstream`]). The one
-/// place these names are gathered for a job.
+/// made), `run` (`id`, `workflow`) and, with `with_stages`, `stages` (see
+/// [`upstream`]: it reads every stage the stage needs, so a job whose
+/// fields do not read it, most of them, goes without). The one place these
+/// names are gathered for a job.
 pub(super) fn expr_context(
     ctx: &Ctx<'_>,
     run_id: &RunId,
     stage_id: &str,
+    with_stages: bool,
 ) -> Result<Context<'static>> {
     let (workflow, inputs): (String, Option<String>) = ctx
         .conn
@@ -48,7 +51,9 @@ pub(super) fn expr_context(
     };
     let inputs = decode_inputs(run_id, inputs.as_deref())?;
     let mut c = context_of(run_id, &workflow, inputs, matrix);
-    c.insert("stages", upstream(ctx, run_id, stage_id)?);
+    if with_stages {
+        c.insert("stages", upstream(ctx, run_id, stage_id)?);
+    }
     Ok(c)
 }
 
@@ -196,6 +201,21 @@ pub(super) fn check_stage(
         command(u, "repeat.until".to_owned())?;
     }
     Ok(())
+}
+
+/// Whether any field a job of step `st` renders (see [`render_job`]) reads
+/// `stages`.
+pub(super) fn job_reads_stages(
+    st: &Step,
+    until: Option<&CommandSpec>,
+    env: &BTreeMap<String, String>,
+) -> bool {
+    let command = |c: &CommandSpec| {
+        c.argv.iter().any(|a| reads_stages(a))
+            || c.env.values().any(|v| reads_stages(v))
+            || c.cwd.as_deref().is_some_and(reads_stages)
+    };
+    env.values().any(|v| reads_stages(v)) || st.commands.iter().chain(until).any(command)
 }
 
 /// Whether `text` reads `stages` (a text that does not parse does not).
